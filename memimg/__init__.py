@@ -1,0 +1,58 @@
+"""memimg: your Python objects, durable -- a memory image kept by a log of mutations.
+
+Decorate classes with :func:`persistent`, open an image with :func:`open`,
+and change its objects as usual: every change is an event in a log (SQLite by
+default), and opening the image again rebuilds the same typed graph.
+"""
+
+from memimg._api import deserialize, open, replay, serialize
+from memimg._codec import Converter, converter
+from memimg._errors import (
+    ClosedError,
+    ConflictError,
+    CorruptLogError,
+    LockedError,
+    MemimgError,
+    ReadOnlyError,
+    SchemaError,
+    UnknownTypeError,
+    UnsupportedValueError,
+)
+from memimg._image import MemoryImage
+from memimg._rows import Event
+from memimg._tx import Transaction
+from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
+from memimg.stores import MemoryStore, SQLiteStore, Store
+
+__all__ = [
+    "ClosedError",
+    "ConflictError",
+    "Converter",
+    "CorruptLogError",
+    "Event",
+    "LockedError",
+    "MemimgError",
+    "MemoryImage",
+    "MemoryStore",
+    "ReadOnlyError",
+    "SQLiteStore",
+    "SchemaError",
+    "Store",
+    "TrackedDict",
+    "TrackedList",
+    "TrackedSet",
+    "Transaction",
+    "UnknownTypeError",
+    "UnsupportedValueError",
+    "converter",
+    "deserialize",
+    "field",
+    "open",
+    "persistent",
+    "replay",
+    "serialize",
+]
+
+__version__ = "0.1.0"
+
+MemoryImage.__module__ = "memimg"

@@ -1,0 +1,406 @@
+"""Value encoding: the one place where value types become JSON and come back.
+
+A stored value is JSON data. Strings, booleans, ``None``, 64-bit ints and
+finite floats are themselves; everything else is a list whose first item is a
+tag (lists are never values -- a list is a tracked object -- so a JSON array
+in a value position is always tagged):
+
+====================  ==========================================
+``["r", oid]``        a reference to an entity or tracked collection
+``["i", "123..."]``   an int outside the 64-bit range
+``["f", "nan"]``      ``nan``, ``inf``, ``-inf``
+``["b", "base64"]``   ``bytes``
+``["D", "1.50"]``     ``Decimal`` (exponent kept)
+``["Q", "1/3"]``      ``Fraction``
+``["dt", iso, tz?, fold?]``  ``datetime`` (``tz``: an IANA key for zoneinfo)
+``["d", iso]``        ``date``
+``["t", iso, tz?, fold?]``   ``time``
+``["td", d, s, us]``  ``timedelta``
+``["u", hex]``        ``UUID``
+``["T", [..]]``       ``tuple``;  ``["F", [..]]`` ``frozenset``
+``["e", type, name]`` an ``Enum`` member
+``["v", type, {..}]`` a frozen attrs instance (a value object), by field
+``["x", type, data]`` a user value type, as its converter hooks make it
+====================  ==========================================
+
+:class:`Converter` is a ``cattrs.Converter`` that knows all of these; user
+value types are registered on it (``register_value``), with cattrs hooks.
+:class:`Codec` is the fast path built from one converter: dispatch on the
+exact type, cached per type, the cache cleared when the converter changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import math
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any, Final
+
+import attrs
+import cattrs
+
+from memimg._errors import MemimgError, UnknownTypeError, UnsupportedValueError
+from memimg.model import _types
+from memimg.model._base import PersistentBase
+from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
+
+__all__ = ["Codec", "Converter", "converter", "describe_unsupported"]
+
+INT_MAX: Final = 2**63 - 1
+INT_MIN: Final = -(2**63)
+
+Enc = Callable[[Any], Any]
+Dec = Callable[[list[Any]], Any]
+
+
+def _tz_parts(tz: dt.tzinfo | None) -> str | None:
+    if isinstance(tz, zoneinfo.ZoneInfo):
+        return tz.key
+    if tz is None or isinstance(tz, dt.timezone):
+        return None
+    raise UnsupportedValueError(
+        f"cannot store a datetime whose tzinfo is {type(tz).__qualname__}: use datetime.timezone "
+        "or zoneinfo.ZoneInfo, or register the type with memimg.converter.register_value",
+        value_type=type(tz),
+        where="",
+    )
+
+
+def _enc_datetime(v: dt.datetime) -> list[Any]:
+    key = _tz_parts(v.tzinfo)
+    if key is not None:
+        return ["dt", v.replace(tzinfo=None).isoformat(), key, v.fold]
+    return ["dt", v.isoformat()] if not v.fold else ["dt", v.isoformat(), None, 1]
+
+
+def _dec_datetime(x: list[Any]) -> dt.datetime:
+    value = dt.datetime.fromisoformat(x[1])
+    if len(x) > 2:
+        if x[2] is not None:
+            value = value.replace(tzinfo=zoneinfo.ZoneInfo(x[2]))
+        value = value.replace(fold=x[3])
+    return value
+
+
+def _enc_time(v: dt.time) -> list[Any]:
+    key = _tz_parts(v.tzinfo)
+    if key is not None:
+        return ["t", v.replace(tzinfo=None).isoformat(), key, v.fold]
+    return ["t", v.isoformat()] if not v.fold else ["t", v.isoformat(), None, 1]
+
+
+def _dec_time(x: list[Any]) -> dt.time:
+    value = dt.time.fromisoformat(x[1])
+    if len(x) > 2:
+        if x[2] is not None:
+            value = value.replace(tzinfo=zoneinfo.ZoneInfo(x[2]))
+        value = value.replace(fold=x[3])
+    return value
+
+
+@attrs.frozen
+class _Leaf:
+    """How one builtin value type is written and read back."""
+
+    tag: str
+    encode: Enc
+    decode: Dec
+
+
+_LEAVES: dict[type, _Leaf] = {
+    bytes: _Leaf("b", lambda v: ["b", base64.b64encode(v).decode("ascii")], lambda x: base64.b64decode(x[1])),
+    Decimal: _Leaf("D", lambda v: ["D", str(v)], lambda x: Decimal(x[1])),
+    Fraction: _Leaf("Q", lambda v: ["Q", str(v)], lambda x: Fraction(x[1])),
+    dt.datetime: _Leaf("dt", _enc_datetime, _dec_datetime),
+    dt.date: _Leaf("d", lambda v: ["d", v.isoformat()], lambda x: dt.date.fromisoformat(x[1])),
+    dt.time: _Leaf("t", _enc_time, _dec_time),
+    dt.timedelta: _Leaf(
+        "td",
+        lambda v: ["td", v.days, v.seconds, v.microseconds],
+        lambda x: dt.timedelta(days=x[1], seconds=x[2], microseconds=x[3]),
+    ),
+    uuid.UUID: _Leaf("u", lambda v: ["u", v.hex], lambda x: uuid.UUID(hex=x[1])),
+}
+
+
+class Converter(cattrs.Converter):
+    """The cattrs converter that knows every value type an image can store.
+
+    memimg's builtin value types (``Decimal``, ``datetime``, ``UUID``...) are
+    registered on it; register your own immutable types with
+    :meth:`register_value`. Pass it to ``memimg.open(..., converter=...)``,
+    or use the process-wide ``memimg.converter``, before opening an image
+    whose log holds such values.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._leaves: dict[type, _Leaf] = dict(_LEAVES)
+        self._custom: dict[type, str] = {}
+        self.version = 0
+        for cls, leaf in self._leaves.items():
+            self.register_unstructure_hook(cls, leaf.encode)
+            self.register_structure_hook(cls, lambda data, _, leaf=leaf: leaf.decode(data))
+
+    def register_value(
+        self,
+        cls: type,
+        *,
+        name: str | None = None,
+        aliases: tuple[str, ...] = (),
+        unstructure: Callable[[Any], Any] | None = None,
+        structure: Callable[[Any, type], Any] | None = None,
+    ) -> None:
+        """Accept instances of *cls* as stored values.
+
+        *cls* must be immutable: values are stored by value, not by identity.
+        ``unstructure(value)`` must return JSON data (``str``, ``int``,
+        ``float``, ``bool``, ``None``, lists and string-keyed dicts of them);
+        ``structure(data, cls)`` rebuilds the value. Either may be omitted if
+        hooks for *cls* are already registered on this converter with the
+        usual cattrs API (or for frozen attrs classes, which are value types
+        without registration; register them only to give a stable name).
+
+        Args:
+            name: the stable name stored in the log (default ``module.QualName``).
+            aliases: older names still accepted when reading.
+        """
+        if unstructure is not None:
+            self.register_unstructure_hook(cls, unstructure)
+        if structure is not None:
+            self.register_structure_hook(cls, structure)
+        stable = name or _types.default_name(cls)
+        existing = _types.info_of(cls)
+        if existing is not None and existing.kind in (_types.VALUE, _types.ENUM) and unstructure is None:
+            existing.name = stable
+            existing.aliases = tuple(aliases)
+            _types.register(existing)
+        else:
+            _types.register(_types.TypeInfo(cls=cls, name=stable, kind=_types.CUSTOM, aliases=tuple(aliases)))
+            self._custom[cls] = stable
+        self.version += 1
+
+
+#: The process-wide converter used by images opened without ``converter=``.
+converter = Converter()
+
+
+def describe_unsupported(value: Any, where: str) -> UnsupportedValueError:
+    """The error for a value memimg cannot store, with what to do instead."""
+    t = type(value)
+    hint = "register it with memimg.converter.register_value (immutable values only)"
+    if callable(value) and not isinstance(value, type):
+        hint = "store data, not code: functions, methods and lambdas cannot be persisted"
+    elif isinstance(value, type):
+        hint = "classes are not values; store a name or an Enum member instead"
+    elif t.__module__ in ("builtins", "_io", "io", "socket", "_thread", "threading") or hasattr(value, "close"):
+        hint = "open files, sockets, locks, generators and other runtime resources cannot be persisted"
+    elif attrs.has(t):
+        hint = f"decorate {t.__qualname__} with @memimg.persistent (an entity) or make it frozen (a value)"
+    elif isinstance(value, (list, dict, set)):
+        hint = f"use a plain list, dict or set; {t.__qualname__} subclasses are not stored"
+    elif hasattr(value, "__dict__"):
+        hint = f"decorate {t.__qualname__} with @memimg.persistent, or {hint}"
+    location = f" at {where}" if where else ""
+    return UnsupportedValueError(
+        f"cannot store a {t.__module__}.{t.__qualname__}{location}: {hint}; nothing was changed",
+        value_type=t,
+        where=where,
+    )
+
+
+# Shape classes, decided once per exact type by Codec.classify.
+NATIVE: Final = "native"
+LEAF: Final = "leaf"
+TUPLE: Final = "tuple"
+FROZENSET: Final = "frozenset"
+ENUM: Final = "enum"
+VALUE: Final = "value"
+CUSTOM: Final = "custom"
+ENTITY: Final = "entity"
+TRACKED: Final = "tracked"
+PLAIN: Final = "plain"  # a plain list/dict/set: converted to a tracked one when stored
+UNSUPPORTED: Final = "unsupported"
+
+
+class Codec:
+    """Encode and decode values for one converter; references go through *ref* / *deref*.
+
+    ``ref(obj) -> oid`` is called for entities and tracked collections while
+    encoding, ``deref(oid) -> obj`` while decoding; the graph supplies both.
+    """
+
+    def __init__(self, conv: Converter, ref: Callable[[Any], int], deref: Callable[[int], Any]) -> None:
+        self.converter = conv
+        self.ref = ref
+        self.deref = deref
+        self._seen_version = conv.version
+        self._shapes: dict[type, str] = {}
+        self._encoders: dict[type, Enc] = {}
+        self._decoders: dict[str, Dec] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._shapes = {str: NATIVE, bool: NATIVE, int: NATIVE, float: NATIVE, type(None): NATIVE}
+        self._encoders = {}
+        self._decoders = {
+            "r": lambda x: self.deref(x[1]),
+            "i": lambda x: int(x[1]),
+            "f": lambda x: float(x[1]),
+            "T": lambda x: tuple([self.decode(i) for i in x[1]]),
+            "F": lambda x: frozenset([self.decode(i) for i in x[1]]),
+            "e": self._dec_enum,
+            "v": self._dec_value,
+            "x": self._dec_custom,
+        }
+        for leaf in self.converter._leaves.values():
+            self._decoders[leaf.tag] = leaf.decode
+        self._seen_version = self.converter.version
+
+    # -- classification -----------------------------------------------------
+
+    def classify(self, t: type) -> str:
+        """The shape of values of exact type *t* (see the constants above)."""
+        if self._seen_version != self.converter.version:
+            self._reset()
+        shape = self._shapes.get(t)
+        if shape is None:
+            shape = self._classify(t)
+            self._shapes[t] = shape
+        return shape
+
+    def _classify(self, t: type) -> str:
+        if issubclass(t, PersistentBase):
+            return ENTITY if _types.info_of(t) is not None else UNSUPPORTED
+        if t in (TrackedList, TrackedDict, TrackedSet):
+            return TRACKED
+        if t in (list, dict, set):
+            return PLAIN
+        if t in self.converter._leaves:
+            return LEAF
+        if t is tuple:
+            return TUPLE
+        if t is frozenset:
+            return FROZENSET
+        if t in self.converter._custom:
+            return CUSTOM
+        if isinstance(t, enum.EnumMeta):
+            return ENUM
+        if _types.is_value_class(t):
+            return VALUE
+        return UNSUPPORTED
+
+    # -- encoding -----------------------------------------------------------
+
+    def encode(self, v: Any) -> Any:
+        """JSON data for value *v* (already validated by the graph)."""
+        t = type(v)
+        if t is str or t is bool or v is None:
+            return v
+        if t is int:
+            return v if INT_MIN <= v <= INT_MAX else ["i", str(v)]
+        if t is float:
+            return v if math.isfinite(v) else ["f", repr(v)]
+        enc = self._encoders.get(t)
+        if enc is None or self._seen_version != self.converter.version:
+            enc = self._encoder_for(t)
+        return enc(v)
+
+    def _encoder_for(self, t: type) -> Enc:
+        shape = self.classify(t)
+        enc: Enc
+        if shape in (ENTITY, TRACKED):
+            enc = lambda v: ["r", self.ref(v)]  # noqa: E731
+        elif shape == LEAF:
+            enc = self.converter._leaves[t].encode
+        elif shape == TUPLE:
+            enc = lambda v: ["T", [self.encode(i) for i in v]]  # noqa: E731
+        elif shape == FROZENSET:
+            enc = lambda v: ["F", [self.encode(i) for i in v]]  # noqa: E731
+        elif shape == ENUM:
+            name = _types.info_of(t).name  # type: ignore[union-attr]
+            enc = lambda v: ["e", name, v.name]  # noqa: E731
+        elif shape == VALUE:
+            info = _types.info_of(t)
+            assert info is not None
+            fields = info.fields
+
+            def enc(v: Any) -> Any:
+                state = {}
+                for f in fields:
+                    try:
+                        state[f] = self.encode(getattr(v, f))
+                    except AttributeError:
+                        pass
+                return ["v", info.name, state]
+
+        elif shape == CUSTOM:
+            name = self.converter._custom[t]
+            unstructure = self.converter.get_unstructure_hook(t)
+            enc = lambda v: ["x", name, unstructure(v)]  # noqa: E731
+        else:
+            raise describe_unsupported(t, "")
+        self._encoders[t] = enc
+        return enc
+
+    # -- decoding -----------------------------------------------------------
+
+    def decode(self, x: Any) -> Any:
+        """The value that JSON data *x* encodes."""
+        if type(x) is list:
+            try:
+                dec = self._decoders[x[0]]
+            except (KeyError, IndexError):
+                raise MemimgError(f"unknown value tag in stored data: {x!r:.80}") from None
+            return dec(x)
+        return x
+
+    def _dec_enum(self, x: list[Any]) -> Any:
+        info = _types.resolve(x[1])
+        try:
+            return info.cls[x[2]]  # type: ignore[index]
+        except KeyError:
+            raise UnknownTypeError(
+                f"enum {x[1]} has no member {x[2]!r} any more: add it back, or add an alias "
+                f"member ({x[2]} = <its value>) so stored values can be read",
+                type_name=x[1],
+            ) from None
+
+    def _dec_value(self, x: list[Any]) -> Any:
+        info = _types.resolve(x[1])
+        cls = info.cls
+        obj = object.__new__(cls)
+        state = x[2]
+        for f in info.fields:
+            if f in state:
+                value = self.decode(state[f])
+            else:
+                value = _default_for(info, f, obj)
+            object.__setattr__(obj, f, value)
+        if hasattr(cls, "_attrs_cached_hash"):
+            object.__setattr__(obj, "_attrs_cached_hash", None)
+        return obj
+
+    def _dec_custom(self, x: list[Any]) -> Any:
+        info = _types.resolve(x[1])
+        return self.converter.structure(x[2], info.cls)
+
+
+def _default_for(info: _types.TypeInfo, field: str, obj: Any) -> Any:
+    """The default of *field* for a stored state that lacks it (a field added since)."""
+    if field not in info.defaults:
+        raise MemimgError(
+            f"stored {info.name} has no value for field {field!r}, which has no default: "
+            f"give {info.cls.__qualname__}.{field} a default or factory, or write an upgrader "
+            f"(@memimg.upgrader({info.name!r}, from_version=...)) that fills it in"
+        )
+    default = info.defaults[field]
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory(obj) if default.takes_self else default.factory()
+    return default

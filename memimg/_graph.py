@@ -1,0 +1,732 @@
+"""The committed object graph: identity, attaching, encoding, and applying events.
+
+A :class:`Graph` holds the object table (``objects[oid]``), the root, and the
+schemas the log has declared. It is the *applier* of the committed state:
+the primitive operations events reduce to (see :mod:`memimg._kinds`), done
+with raw builtin operations on the real objects, so neither user code nor
+memimg's own tracking runs during replay or commit.
+
+Object ids are given at commit, in log order (``len(objects)`` is the next
+one), so every process folding the same log gives every object the same id.
+An object being attached carries ``_mi_oid = None`` until its commit.
+
+Attaching (:meth:`Graph.prepare`) happens at the assignment that makes a
+value reachable: it validates every value of the new subgraph, converts plain
+``list``/``dict``/``set`` into tracked ones and marks new entities as
+attached, writing an undo journal so that a failure -- or a discarded
+transaction -- leaves every object as it was. Encoding (at commit) turns the
+pending events into rows; objects met for the first time are written in full
+(``[oid, type, state]`` records) inside the event that introduces them.
+
+Everything here walks graphs with explicit work lists, never recursion, so
+a linked list of a million nodes is as fine as a tree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any, Final
+
+import orjson
+
+from memimg import _codec
+from memimg._codec import Codec, Converter, describe_unsupported
+from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
+from memimg._kinds import FIELD, KINDS, Kind
+from memimg._rows import event_checksum
+from memimg.model import _tracking, _types
+from memimg.model._base import OWNER, PersistentBase
+from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
+from memimg.stores._protocol import EventRow
+
+__all__ = ["COLLECTION_NAMES", "Graph", "Pending"]
+
+#: An event not yet committed: (kind, target object, arguments as Python values).
+Pending = tuple[Kind, Any, tuple[Any, ...]]
+
+COLLECTION_NAMES: Final = {TrackedList: "list", TrackedDict: "dict", TrackedSet: "set"}
+_COLLECTION_TYPES: Final = {name: cls for cls, name in COLLECTION_NAMES.items()}
+_NATIVE: Final = (str, int, float, bool, type(None))
+_UNDO_ATTACH: Final = 0
+_UNDO_FIELD: Final = 1
+_UNDO_ITEMS: Final = 2
+
+_list_setitem = list.__setitem__
+_list_copy = list.copy
+_dict_items = dict.items
+_dict_keys = dict.keys
+
+
+def _set_slots(obj: Any, owner: Any, oid: int | None) -> None:
+    if isinstance(obj, PersistentBase):
+        _SET_OWNER(obj, owner)
+        _SET_OID(obj, oid)
+    else:
+        obj._mi_img = owner
+        obj._mi_oid = oid
+
+
+_SET_OWNER = PersistentBase.__dict__["_mi_img"].__set__
+_SET_OID = PersistentBase.__dict__["_mi_oid"].__set__
+
+
+class Graph:
+    """The committed graph of one image (or of a detached replay)."""
+
+    def __init__(self, converter: Converter, owner: Any = None) -> None:
+        self.objects: list[Any] = [None]
+        self.root_oid = 0
+        self.owner = owner
+        self.codec = Codec(converter, self._ref_commit, self._deref)
+        #: ``type name -> (version, fields)`` as the log declared them.
+        self.declared: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self._resolved: dict[str, _types.TypeInfo] = {}
+        self._fill_plans: dict[str, Any] = {}
+        # encoding journal (one commit at a time, under the image lock)
+        self._queue: list[Any] = []
+        self._records: list[Any] = []
+        self._new_types: dict[str, Any] = {}
+        self._assigned_from = 0
+        self._declared_before: dict[str, Any] = {}
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def root(self) -> Any:
+        """The root object (``None`` before the root event)."""
+        return self.objects[self.root_oid] if self.root_oid else None
+
+    def _deref(self, oid: int) -> Any:
+        try:
+            obj = self.objects[oid]
+        except IndexError:
+            obj = None
+        if obj is None:
+            raise CorruptLogError(f"a stored reference names object {oid}, which does not exist", seq=None, table="")
+        return obj
+
+    def live_count(self) -> int:
+        """How many objects the table holds (attached, reachable or not yet collected)."""
+        return sum(1 for o in self.objects if o is not None)
+
+    # -- attaching (at assignment time) ---------------------------------------
+
+    def prepare(self, value: Any, where: str, undo: list[Any]) -> Any:
+        """Make *value* storable in this graph and return what is to be stored.
+
+        Plain containers come back as tracked ones; free-standing entities
+        and tracked collections are attached, with everything they reach.
+        Every change is journaled in *undo* (see :meth:`undo`).
+
+        Raises:
+            UnsupportedValueError: a value in the new subgraph cannot be
+                stored; everything done so far is undone.
+        """
+        t = type(value)
+        if t in _NATIVE:
+            return value
+        mark = len(undo)
+        try:
+            return self._prepare(value, where, undo)
+        except BaseException:
+            self.undo(undo[mark:])
+            del undo[mark:]
+            raise
+
+    def _prepare(self, value: Any, where: str, undo: list[Any]) -> Any:
+        stack: list[tuple[Any, str, Any]] = []
+        memo: dict[int, tuple[Any, Any]] = {}
+        out = self._inner(value, where, undo, stack, memo, mutable_ok=True)
+        while stack:
+            obj, w, source = stack.pop()
+            self._attach_contents(obj, w, source, undo, stack, memo)
+        return out
+
+    def _inner(
+        self,
+        v: Any,
+        where: str,
+        undo: list[Any],
+        stack: list[tuple[Any, str, Any]],
+        memo: dict[int, tuple[Any, Any]],
+        *,
+        mutable_ok: bool,
+    ) -> Any:
+        t = type(v)
+        if t in _NATIVE:
+            return v
+        shape = self.codec.classify(t)
+        if shape is _codec.LEAF:
+            if t is dt.datetime or t is dt.time:
+                _codec._tz_parts(v.tzinfo)
+            return v
+        if shape is _codec.ENUM or shape is _codec.CUSTOM:
+            return v
+        if shape is _codec.ENTITY or shape is _codec.TRACKED:
+            owner = v._mi_img
+            if owner is None:
+                _set_slots(v, self.owner, None)
+                undo.append((_UNDO_ATTACH, v))
+                stack.append((v, where, None))
+            elif owner is not self.owner:
+                raise UnsupportedValueError(
+                    f"cannot store {type(v).__qualname__} object at {where}: it belongs to another "
+                    "image; copy it (copy.deepcopy gives a free-standing copy) or store a value",
+                    value_type=t,
+                    where=where,
+                )
+            return v
+        if shape is _codec.PLAIN:
+            if not mutable_ok:
+                raise UnsupportedValueError(
+                    f"cannot store a {t.__name__} inside an immutable value at {where}: tuples, "
+                    "frozensets and frozen attrs values may hold values and entities, not "
+                    f"mutable containers; use a tuple or frozenset instead of the {t.__name__}",
+                    value_type=t,
+                    where=where,
+                )
+            seen = memo.get(id(v))
+            if seen is not None:
+                return seen[1]
+            tracked = {list: TrackedList, dict: TrackedDict, set: TrackedSet}[t].__new__(
+                {list: TrackedList, dict: TrackedDict, set: TrackedSet}[t]
+            )
+            tracked._mi_img = self.owner
+            memo[id(v)] = (v, tracked)
+            undo.append((_UNDO_ATTACH, tracked))
+            stack.append((tracked, where, v))
+            return tracked
+        if shape is _codec.TUPLE or shape is _codec.FROZENSET:
+            for i, item in enumerate(v):
+                self._inner(item, f"{where}[{i}]", undo, stack, memo, mutable_ok=False)
+            return v
+        if shape is _codec.VALUE:
+            for f in _types.info_of(t).fields:  # type: ignore[union-attr]
+                self._inner(getattr(v, f), f"{where}.{f}", undo, stack, memo, mutable_ok=False)
+            return v
+        raise describe_unsupported(v, where)
+
+    def _attach_contents(
+        self,
+        obj: Any,
+        where: str,
+        source: Any,
+        undo: list[Any],
+        stack: list[tuple[Any, str, Any]],
+        memo: dict[int, tuple[Any, Any]],
+    ) -> None:
+        t = type(obj)
+        inner = self._inner
+        if t is TrackedList:
+            old = source if source is not None else _list_copy(obj)
+            new = [inner(x, f"{where}[{i}]", undo, stack, memo, mutable_ok=True) for i, x in enumerate(old)]
+            if source is not None:
+                list.extend(obj, new)
+            elif any(a is not b for a, b in zip(old, new)):
+                undo.append((_UNDO_ITEMS, obj, old))
+                _list_setitem(obj, slice(None), new)
+        elif t is TrackedDict:
+            old_pairs = list(_dict_items(source if source is not None else obj))
+            pairs = []
+            for k, val in old_pairs:
+                w = f"{where}[{k!r}]"
+                pairs.append(
+                    (inner(k, w + " (key)", undo, stack, memo, mutable_ok=False), inner(val, w, undo, stack, memo, mutable_ok=True))
+                )
+            if source is not None:
+                dict.update(obj, pairs)
+            elif any(a[1] is not b[1] or a[0] is not b[0] for a, b in zip(old_pairs, pairs)):
+                undo.append((_UNDO_ITEMS, obj, dict(old_pairs)))
+                dict.clear(obj)
+                dict.update(obj, pairs)
+        elif t is TrackedSet:
+            members = source if source is not None else set.copy(obj)
+            new_members = [inner(m, f"{where} member", undo, stack, memo, mutable_ok=False) for m in members]
+            if source is not None:
+                set.update(obj, new_members)
+        else:
+            info = _types.info_of(t)
+            assert info is not None
+            for f, get in info.getters.items():
+                try:
+                    v = get(obj)
+                except AttributeError:
+                    continue
+                nv = inner(v, f"{where}.{f}" if where else f"{t.__qualname__}.{f}", undo, stack, memo, mutable_ok=True)
+                if nv is not v:
+                    undo.append((_UNDO_FIELD, obj, f, v))
+                    info.setters[f](obj, nv)
+
+    def undo(self, undo: list[Any]) -> None:
+        """Revert a journal written by :meth:`prepare`, newest first."""
+        for entry in reversed(undo):
+            tag = entry[0]
+            if tag == _UNDO_ATTACH:
+                _set_slots(entry[1], None, None)
+            elif tag == _UNDO_FIELD:
+                _, obj, f, old = entry
+                _types.info_of(type(obj)).setters[f](obj, old)  # type: ignore[union-attr]
+            else:
+                _, obj, old = entry
+                if type(obj) is TrackedList:
+                    _list_setitem(obj, slice(None), old)
+                else:
+                    dict.clear(obj)
+                    dict.update(obj, old)
+
+    # -- the committed applier --------------------------------------------------
+
+    def field_set(self, obj: Any, name: str, value: Any) -> None:
+        _types.info_of(type(obj)).setters[name](obj, value)  # type: ignore[union-attr]
+
+    def field_del(self, obj: Any, name: str) -> None:
+        _tracking.raw_slot(type(obj), name).__delete__(obj)
+
+    def list_append(self, lst: Any, items: list[Any]) -> None:
+        list.extend(lst, items)
+
+    def list_splice(self, lst: Any, start: int, stop: int, items: list[Any]) -> None:
+        if not 0 <= start <= stop <= list.__len__(lst):
+            raise IndexError(f"splice {start}:{stop} out of range for a list of {list.__len__(lst)}")
+        _list_setitem(lst, slice(start, stop), items)
+
+    def list_clear(self, lst: Any) -> None:
+        list.clear(lst)
+
+    def list_reorder(self, lst: Any, order: list[int]) -> None:
+        current = _list_copy(lst)
+        if sorted(order) != list(range(len(current))):
+            raise IndexError("list.reorder order is not a permutation of the list")
+        _list_setitem(lst, slice(None), [current[i] for i in order])
+
+    def list_reverse(self, lst: Any) -> None:
+        list.reverse(lst)
+
+    def dict_set(self, d: Any, key: Any, value: Any) -> None:
+        dict.__setitem__(d, key, value)
+
+    def dict_del(self, d: Any, key: Any) -> None:
+        dict.__delitem__(d, key)
+
+    def dict_update(self, d: Any, pairs: list[tuple[Any, Any]]) -> None:
+        dict.update(d, pairs)
+
+    def dict_clear(self, d: Any) -> None:
+        dict.clear(d)
+
+    def set_add(self, s: Any, items: list[Any]) -> None:
+        set.update(s, items)
+
+    def set_discard(self, s: Any, items: list[Any]) -> None:
+        set.difference_update(s, items)
+
+    def set_clear(self, s: Any) -> None:
+        set.clear(s)
+
+    def set_root(self, obj: Any) -> None:
+        oid = obj._mi_oid
+        if not oid:
+            raise CorruptLogError("the root event names no object", seq=None, table="memimg_events")
+        self.root_oid = oid
+
+    def collect(self) -> int:
+        """Forget every object that is no longer reachable; returns how many."""
+        reachable = self.reachable_oids()
+        dropped = 0
+        objects = self.objects
+        for oid in range(1, len(objects)):
+            obj = objects[oid]
+            if obj is not None and oid not in reachable:
+                objects[oid] = None
+                _set_slots(obj, None, None)
+                dropped += 1
+        return dropped
+
+    # -- walking the graph ----------------------------------------------------
+
+    def references(self, obj: Any) -> Iterable[Any]:
+        """The entities and tracked collections *obj* refers to directly."""
+        t = type(obj)
+        if t is TrackedList:
+            values: Iterable[Any] = _list_copy(obj)
+        elif t is TrackedDict:
+            values = [x for pair in _dict_items(obj) for x in pair]
+        elif t is TrackedSet:
+            values = set.copy(obj)
+        else:
+            info = _types.info_of(t)
+            assert info is not None
+            values = []
+            for get in info.getters.values():
+                try:
+                    values.append(get(obj))
+                except AttributeError:
+                    pass
+        out: list[Any] = []
+        work = list(values)
+        classify = self.codec.classify
+        while work:
+            v = work.pop()
+            vt = type(v)
+            if vt in _NATIVE:
+                continue
+            shape = classify(vt)
+            if shape is _codec.ENTITY or shape is _codec.TRACKED:
+                out.append(v)
+            elif shape is _codec.TUPLE or shape is _codec.FROZENSET:
+                work.extend(v)
+            elif shape is _codec.VALUE:
+                work.extend(getattr(v, f) for f in _types.info_of(vt).fields)  # type: ignore[union-attr]
+        return out
+
+    def reachable_oids(self) -> set[int]:
+        """Ids of every object reachable from the root."""
+        root = self.root
+        if root is None:
+            return set()
+        seen = {self.root_oid}
+        work = [root]
+        while work:
+            for ref in self.references(work.pop()):
+                oid = ref._mi_oid
+                if oid is not None and oid not in seen:
+                    seen.add(oid)
+                    work.append(ref)
+        return seen
+
+    # -- encoding -------------------------------------------------------------
+
+    def _ref_commit(self, obj: Any) -> int:
+        oid: int | None = obj._mi_oid
+        if oid is None:
+            if obj._mi_img is not self.owner:
+                raise MemimgError(f"internal: {type(obj).__qualname__} object is not attached")  # pragma: no cover
+            oid = len(self.objects)
+            self.objects.append(obj)
+            _set_slots(obj, self.owner, oid)
+            self._queue.append(obj)
+        return oid
+
+    def state_of(self, obj: Any) -> tuple[str, Any]:
+        """``(type name, state)`` of *obj*, its references encoded through the codec."""
+        enc = self.codec.encode
+        t = type(obj)
+        if t is TrackedList:
+            return "list", [enc(x) for x in _list_copy(obj)]
+        if t is TrackedDict:
+            if all(type(k) is str for k in _dict_keys(obj)):
+                return "dict", {k: enc(v) for k, v in _dict_items(obj)}
+            return "dict", [[enc(k), enc(v)] for k, v in _dict_items(obj)]
+        if t is TrackedSet:
+            return "set", [enc(m) for m in set.copy(obj)]
+        info = _types.info_of(t)
+        assert info is not None
+        self._declare(info)
+        state = {}
+        for f, get in info.getters.items():
+            try:
+                state[f] = enc(get(obj))
+            except AttributeError:
+                pass
+        return info.name, state
+
+    def _declare(self, info: _types.TypeInfo) -> None:
+        current = (info.version, info.fields)
+        if self.declared.get(info.name) != current:
+            if info.name not in self._declared_before:
+                self._declared_before[info.name] = self.declared.get(info.name)
+            self.declared[info.name] = current
+            self._new_types[info.name] = [info.version, list(info.fields)]
+
+    def encode_args(self, k: Kind, args: tuple[Any, ...]) -> list[Any]:
+        enc = self.codec.encode
+        out: list[Any] = []
+        for code, x in zip(k.params, args):
+            if code == "v":
+                out.append(enc(x))
+            elif code == "V":
+                out.append([enc(i) for i in x])
+            elif code == "P":
+                out.append([[enc(a), enc(b)] for a, b in x])
+            else:
+                out.append(x)
+        return out
+
+    def encode_events(self, pending: list[Pending], first_seq: int, ts: int) -> list[EventRow]:
+        """Rows for *pending*, giving ids to new objects (undone by :meth:`rollback_encode`)."""
+        self._assigned_from = len(self.objects)
+        self._declared_before = {}
+        self.codec.ref = self._ref_commit
+        rows = []
+        seq = first_seq
+        for k, target, args in pending:
+            self._records = []
+            self._new_types = {}
+            toid = 0 if target is None else self._ref_commit(target)
+            if k.conflict == FIELD:
+                self._declare(_types.info_of(type(target)))  # type: ignore[arg-type]
+            payload: list[Any] = [self.encode_args(k, args)]
+            self._drain()
+            if self._records or self._new_types:
+                payload.append(self._records)
+                if self._new_types:
+                    payload.append(self._new_types)
+            data = orjson.dumps(payload)
+            rows.append(EventRow(seq, first_seq, ts, k.name, toid, data, event_checksum(seq, first_seq, ts, k.name, toid, data)))
+            seq += 1
+        return rows
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while queue:
+            obj = queue.pop()
+            name, state = self.state_of(obj)
+            self._records.append([obj._mi_oid, name, state])
+
+    def rollback_encode(self) -> None:
+        """Undo the ids and declarations of the last :meth:`encode_events`."""
+        for obj in self.objects[self._assigned_from :]:
+            _set_slots(obj, self.owner, None)
+        del self.objects[self._assigned_from :]
+        for name, before in self._declared_before.items():
+            if before is None:
+                self.declared.pop(name, None)
+            else:
+                self.declared[name] = before
+        self._declared_before = {}
+        self._queue.clear()
+
+    # -- decoding -------------------------------------------------------------
+
+    def decode_row(self, kind_name: str, target: int, payload: bytes, seq: int) -> Pending:
+        """The event a stored row holds, creating the objects it introduces."""
+        try:
+            p = orjson.loads(payload)
+            if len(p) > 2:
+                self.declare(p[2])
+            if len(p) > 1 and p[1]:
+                self.load_records(p[1])
+            k = KINDS.get(kind_name)
+            if k is None:
+                raise MemimgError(
+                    f"event seq {seq} has kind {kind_name!r}, unknown to this version of memimg: "
+                    "the log was written by a newer memimg; upgrade memimg to open it"
+                )
+            obj = None
+            if target:
+                obj = self.objects[target] if target < len(self.objects) else None
+                if obj is None:
+                    raise CorruptLogError(
+                        f"event seq {seq} ({kind_name}) targets object {target}, which does not exist "
+                        "at that point of the log",
+                        seq=seq,
+                        table="memimg_events",
+                    )
+            args = self.decode_args(k, p[0])
+            if k.conflict == FIELD:
+                args = self._adapt_field(obj, args, seq)
+        except (MemimgError, UnknownTypeError):
+            raise
+        except Exception as err:
+            raise CorruptLogError(
+                f"event seq {seq} ({kind_name}) cannot be read: {err}", seq=seq, table="memimg_events"
+            ) from err
+        return k, obj, args
+
+    def decode_args(self, k: Kind, raw: list[Any]) -> tuple[Any, ...]:
+        dec = self.codec.decode
+        out: list[Any] = []
+        for code, x in zip(k.params, raw):
+            if code == "v":
+                out.append(dec(x))
+            elif code == "V":
+                out.append([dec(i) for i in x])
+            elif code == "P":
+                out.append([(dec(a), dec(b)) for a, b in x])
+            else:
+                out.append(x)
+        return tuple(out)
+
+    def apply_row(self, row: EventRow) -> None:
+        """Decode and apply one stored event to this graph (replay)."""
+        k, obj, args = self.decode_row(row.kind, row.target, row.payload, row.seq)
+        try:
+            k.apply(self, obj, *args)
+        except MemimgError:
+            raise
+        except Exception as err:
+            raise CorruptLogError(
+                f"event seq {row.seq} ({row.kind} on object {row.target}) does not apply to the "
+                f"state before it: {err}",
+                seq=row.seq,
+                table="memimg_events",
+            ) from err
+
+    def declare(self, types: dict[str, Any]) -> None:
+        """Record schemas declared by the log."""
+        for name, (version, fields) in types.items():
+            self.declared[name] = (version, tuple(fields))
+            self._fill_plans.pop(name, None)
+
+    def _info_for(self, name: str) -> _types.TypeInfo:
+        info = self._resolved.get(name)
+        if info is None:
+            info = _types.resolve(name)
+            self._resolved[name] = info
+        return info
+
+    def load_records(self, records: list[Any]) -> None:
+        """Create the objects of ``[oid, type, state]`` records, then fill them in."""
+        objects = self.objects
+        made = []
+        owner = self.owner
+        for oid, name, state in records:
+            cls = _COLLECTION_TYPES.get(name)
+            if cls is not None:
+                obj = cls.__new__(cls)
+                obj._mi_img = owner
+                obj._mi_oid = oid
+            else:
+                info = self._info_for(name)
+                if info.kind != _types.ENTITY:
+                    raise CorruptLogError(f"stored object {oid} has type {name!r}, which is not an entity class", seq=None, table="")
+                obj = object.__new__(info.cls)
+                _SET_OWNER(obj, owner)
+                _SET_OID(obj, oid)
+            n = len(objects)
+            if oid == n:
+                objects.append(obj)
+            elif oid > n:
+                objects.extend([None] * (oid - n))
+                objects.append(obj)
+            elif objects[oid] is None:
+                objects[oid] = obj
+            else:
+                raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
+            made.append((obj, name, state))
+        dec = self.codec.decode
+        for obj, name, state in made:
+            t = type(obj)
+            if t is TrackedList:
+                list.extend(obj, [dec(x) for x in state])
+            elif t is TrackedDict:
+                if type(state) is dict:
+                    dict.update(obj, {k: dec(v) for k, v in state.items()})
+                else:
+                    dict.update(obj, [(dec(k), dec(v)) for k, v in state])
+            elif t is TrackedSet:
+                set.update(obj, [dec(m) for m in state])
+            else:
+                self._fill(obj, name, state)
+
+    def _fill(self, obj: Any, name: str, state: dict[str, Any]) -> None:
+        plan = self._fill_plans.get(name)
+        if plan is None:
+            plan = self._fill_plan(name)
+        setters, defaults = plan
+        dec = self.codec.decode
+        for f, x in state.items():
+            setter = setters.get(f)
+            if setter is None:
+                raise self._drift(name, f)
+            setter(obj, dec(x))
+        for f, default in defaults:
+            if f not in state:
+                setter = setters[f]
+                setter(obj, _codec._default_for(self._info_for(name), f, obj))
+
+    def _fill_plan(self, name: str) -> Any:
+        info = self._info_for(name)
+        declared = self.declared.get(name)
+        stored_fields = set(declared[1]) if declared else set(info.fields)
+        defaults = [(f, None) for f in info.fields if f not in stored_fields]
+        plan = (info.setters, defaults)
+        self._fill_plans[name] = plan
+        return plan
+
+    def _drift(self, name: str, field: str) -> MemimgError:
+        info = self._info_for(name)
+        return MemimgError(
+            f"stored {name} objects have a field {field!r} that {info.cls.__qualname__} no longer "
+            f"declares: add it back, rename with memimg.field(renamed_from={field!r}), or drop it "
+            f"with @persistent(removed=({field!r},))"
+        )
+
+    def _adapt_field(self, obj: Any, args: tuple[Any, ...], seq: int) -> tuple[Any, ...]:
+        info = _types.info_of(type(obj))
+        if info is None or args[0] not in info.setters:
+            raise self._drift(info.name if info else type(obj).__qualname__, args[0])
+        return args
+
+    # -- snapshots ------------------------------------------------------------
+
+    def snapshot_data(self, seq: int) -> dict[str, Any]:
+        """The snapshot-format description of everything reachable from the root."""
+        return self._describe([self.root] if self.root is not None else [], lambda o: o._mi_oid, seq)
+
+    def _describe(self, roots: list[Any], oid_of: Any, seq: int) -> dict[str, Any]:
+        queue = list(roots)
+        seen = {id(o) for o in roots}
+
+        def ref(obj: Any) -> int:
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                queue.append(obj)
+            return oid_of(obj)  # type: ignore[no-any-return]
+
+        self.codec.ref = ref
+        self._new_types = {}
+        self._declared_before = {}
+        records = []
+        types: dict[str, Any] = {}
+        try:
+            i = 0
+            while i < len(queue):
+                obj = queue[i]
+                i += 1
+                name, state = self.state_of(obj)
+                records.append([oid_of(obj), name, state])
+                if name not in _COLLECTION_TYPES and name not in types:
+                    info = _types.info_of(type(obj))
+                    types[name] = [info.version, list(info.fields)]  # type: ignore[union-attr]
+        finally:
+            self.codec.ref = self._ref_commit
+            self._new_types = {}
+        return {
+            "format": 1,
+            "seq": seq,
+            "next_oid": len(self.objects),
+            "root": oid_of(roots[0]) if roots else 0,
+            "types": types,
+            "objects": records,
+        }
+
+    def describe_detached(self, root: Any) -> dict[str, Any]:
+        """Snapshot-format description of a graph that belongs to no image."""
+        numbering: dict[int, int] = {}
+        keep: list[Any] = []
+
+        def oid_of(obj: Any) -> int:
+            key = id(obj)
+            oid = numbering.get(key)
+            if oid is None:
+                oid = len(numbering) + 1
+                numbering[key] = oid
+                keep.append(obj)
+            return oid
+
+        data = self._describe([root], oid_of, 0)
+        data["next_oid"] = len(numbering) + 1
+        return data
+
+    def load_snapshot(self, data: dict[str, Any]) -> None:
+        """Rebuild the graph from snapshot-format *data* (into an empty graph)."""
+        if data.get("format") != 1:
+            raise MemimgError(f"unknown snapshot format {data.get('format')!r}: written by a newer memimg?")
+        self.declare(data.get("types", {}))
+        self.load_records(data["objects"])
+        n = data.get("next_oid", len(self.objects))
+        if len(self.objects) < n:
+            self.objects.extend([None] * (n - len(self.objects)))
+        self.root_oid = data["root"]

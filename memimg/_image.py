@@ -1,0 +1,620 @@
+"""The memory image: the live graph, its log, and the commit protocol between them.
+
+:class:`MemoryImage` orchestrates the other parts. It is the *owner* of every
+attached object (``obj._mi_img``): tracked writes come here, and here they
+become commits.
+
+**One commit** (a transaction's events, or a single mutation made outside any
+transaction) goes, under the image's lock:
+
+1. *validate* -- compare what the transaction read and wrote with every
+   commit since it began (:meth:`_validate`); a stale view raises
+   :class:`ConflictError` and nothing happens;
+2. *encode* -- give new objects their ids and turn the events into rows;
+3. *append* -- the store appends the rows at ``seq + 1`` only if nobody else
+   did; if somebody did, *catch up* (apply their commits), validate again
+   (a single mutation is simply planned again on the new state) and retry;
+4. *apply* -- only now change the committed objects, through the same event
+   kinds replay uses. While a multi-event transaction is being applied it is
+   *published*: readers in other threads see either none of it or all of it.
+
+So a failed append leaves memory exactly as it was, and the log and the
+graph never disagree.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import orjson
+
+from memimg import _codec
+from memimg._errors import ClosedError, ConflictError, CorruptLogError, MemimgError, ReadOnlyError
+from memimg._graph import Graph, Pending
+from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
+from memimg._rows import Event, snapshot_checksum, verify_event, verify_snapshot
+from memimg._tx import Transaction, TxScope, TxState, _raw, where_coll, where_field
+from memimg.model import _tracking, _types
+from memimg.model._base import SELF, WHOLE as WHOLE_KEY, Planner
+from memimg.stores._protocol import EventRow, SeqTaken, SnapshotRow, Store
+
+__all__ = ["DEFAULT_SNAPSHOT_EVERY", "MemoryImage"]
+
+log = logging.getLogger("memimg")
+
+#: ``snapshot_every="auto"``: snapshot when the events since the last snapshot
+#: reach this many, or the number of live objects if that is larger (so the
+#: cost of snapshots stays proportional to the cost of the events).
+DEFAULT_SNAPSHOT_EVERY: Final = 10_000
+
+_OBJ_SET = KINDS["obj.set"]
+_OBJ_DEL = KINDS["obj.del"]
+_ROOT = KINDS["root"]
+_GC = KINDS["gc"]
+_ABSENT: Any = object()
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class MemoryImage:
+    """A live object graph kept durable by a log of its mutations.
+
+    Create one with :func:`memimg.open`. The root object is :attr:`root`;
+    every object reachable from it is part of the image, and every change to
+    them is committed to the log before the mutating call returns (or at the
+    end of the enclosing :meth:`transaction`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        root: Callable[[], Any] = dict,
+        converter: _codec.Converter | None = None,
+        snapshot_every: int | str | None = "auto",
+        readonly: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        if snapshot_every is not None and snapshot_every != "auto":
+            if not isinstance(snapshot_every, int) or snapshot_every < 1:
+                raise ValueError(f"snapshot_every must be a positive int, 'auto' or None, not {snapshot_every!r}")
+        self._store = store
+        self._readonly = readonly
+        self._snapshot_every = snapshot_every
+        self._progress = progress
+        self._lock = threading.RLock()
+        self._closed = False
+        self._mi_current: contextvars.ContextVar[TxState | None] = contextvars.ContextVar(
+            f"memimg_tx_{id(self):x}", default=None
+        )
+        self._mi_publishing: list[TxState] = []
+        self._graph = Graph(converter or _codec.converter, owner=self)
+        self._seq = 0
+        self._snapshot_seq = 0
+        # conflict detection: what commits wrote, while transactions are open
+        self._open_txs: set[TxState] = set()
+        self._last: dict[tuple[int, Any], int] = {}
+        self._last_obj: dict[int, int] = {}
+        self._recent: deque[tuple[int, int, list[tuple[int, Any]]]] = deque()
+        started = time.perf_counter()
+        self._recover()
+        if self._graph.root is None:
+            self._create_root(root)
+        log.info(
+            "opened %s at seq %d (%d objects) in %.3fs",
+            store.description,
+            self._seq,
+            self._graph.live_count(),
+            time.perf_counter() - started,
+        )
+
+    # -- public API -------------------------------------------------------------
+
+    @property
+    def root(self) -> Any:
+        """The root object."""
+        return self._graph.root
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last event applied to this image (0 when empty)."""
+        return self._seq
+
+    @property
+    def store(self) -> Store:
+        """The store holding the log."""
+        return self._store
+
+    @property
+    def converter(self) -> _codec.Converter:
+        """The cattrs converter that encodes this image's values."""
+        return self._graph.codec.converter
+
+    @property
+    def readonly(self) -> bool:
+        """Whether writes are refused (``open(..., readonly=True)``)."""
+        return self._readonly
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def transaction(self, retries: int = 0) -> TxScope:
+        """A transaction, as a context manager or a decorator.
+
+        ``with img.transaction():`` commits on normal exit and discards on an
+        exception (which propagates). Nested, it is a savepoint. As a
+        decorator (``@img.transaction(retries=5)``) it runs the function in a
+        transaction and reruns it, up to *retries* times with a short
+        randomized backoff, when the commit raises :class:`ConflictError`.
+        """
+        return TxScope(self, retries)
+
+    def begin(self) -> Transaction:
+        """Open a transaction (a savepoint if one is already open in this thread or task).
+
+        Commit it with ``save()``, roll it back with ``discard()``.
+        """
+        self._check_open()
+        current = self._mi_current.get()
+        if current is not None and not current.done:
+            current.savepoint()
+            return Transaction(self, current, nested=True)
+        if self._store.changed(self._seq):
+            with self._lock:
+                self._catch_up()
+        state = TxState(self, self._seq)
+        with self._lock:
+            self._open_txs.add(state)
+        _tracking.tx_opened()
+        self._mi_current.set(state)
+        return Transaction(self, state, nested=False)
+
+    def snapshot(self) -> int:
+        """Write a snapshot of the committed state now; returns the seq it covers.
+
+        Objects no longer reachable from the root are forgotten first (a
+        ``gc`` event), so the snapshot holds exactly the reachable graph.
+        """
+        self._check_writable()
+        with self._lock:
+            started = time.perf_counter()
+            self._commit_events([(_GC, None, ())], None, auto_snapshot=False)
+            seq = self._seq
+            payload = orjson.dumps(self._graph.snapshot_data(seq))
+            ts = _now_us()
+            self._store.write_snapshot(SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)))
+            self._snapshot_seq = seq
+            log.info("snapshot at seq %d: %d bytes in %.3fs", seq, len(payload), time.perf_counter() - started)
+            return seq
+
+    def refresh(self) -> int:
+        """Apply events appended by other processes since the last read; returns how many."""
+        self._check_open()
+        with self._lock:
+            return self._catch_up()
+
+    def events(self, since: int = 0) -> Iterator[Event]:
+        """The committed events with ``seq > since``, in log order (checksums verified)."""
+        self._check_open()
+        for row in self._store.read(after=since):
+            r = EventRow(*row)
+            verify_event(r)
+            yield Event.from_row(r)
+
+    def close(self) -> None:
+        """Close the store. Objects stay readable; changing them raises :class:`ClosedError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._store.close()
+
+    def __enter__(self) -> MemoryImage:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"seq {self._seq}"
+        return f"<memimg.MemoryImage {self._store.description} {state}>"
+
+    # -- checks -----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"the image {self._store.description} is closed; open it again with memimg.open")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._readonly:
+            raise ReadOnlyError(
+                f"the image {self._store.description} was opened with readonly=True; nothing was changed"
+            )
+
+    # -- recovery ---------------------------------------------------------------
+
+    def _recover(self) -> None:
+        store, graph = self._store, self._graph
+        loaded = 0
+        for info in store.snapshots():
+            try:
+                row = SnapshotRow(*store.read_snapshot(info.seq))
+                verify_snapshot(row)
+                data = orjson.loads(row.payload)
+            except (CorruptLogError, orjson.JSONDecodeError) as err:
+                warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=3)
+                continue
+            graph.load_snapshot(data)
+            loaded = info.seq
+            break
+        first = store.first_seq()
+        if first > loaded + 1:
+            raise CorruptLogError(
+                f"events {loaded + 1}..{first - 1} are missing from {store.description} and no valid "
+                "snapshot covers them: restore the log from a backup",
+                seq=loaded + 1,
+                table="memimg_events",
+            )
+        self._seq = self._snapshot_seq = loaded
+        head = store.head()
+        progress = self._progress
+        expected = loaded + 1
+        apply_row = graph.apply_row
+        for row in store.read(after=loaded):
+            r = EventRow(*row)
+            if r.seq != expected:
+                raise CorruptLogError(
+                    f"event seq {expected} is missing from {store.description} (the next is {r.seq})",
+                    seq=expected,
+                    table="memimg_events",
+                )
+            verify_event(r)
+            apply_row(r)
+            if r.kind == "gc":
+                self._snapshot_seq = r.seq
+            expected += 1
+            if progress is not None and not expected % 10_000:
+                progress("replay", expected - 1 - loaded, head - loaded)
+        self._seq = expected - 1
+
+    def _create_root(self, factory: Callable[[], Any]) -> None:
+        if self._readonly:
+            raise MemimgError(f"{self._store.description} holds no image yet, and it was opened read-only")
+        obj = factory() if callable(factory) else factory
+        shape = self._graph.codec.classify(type(obj))
+        if shape not in (_codec.ENTITY, _codec.PLAIN, _codec.TRACKED):
+            raise TypeError(
+                f"the root must be a @persistent object or a dict, list or set, not {type(obj).__qualname__}"
+            )
+        with self._lock:
+            undo: list[Any] = []
+            obj = self._graph.prepare(obj, "root", undo)
+            try:
+                done = self._commit_events([(_ROOT, obj, ())], None, replan=True)
+            except BaseException:
+                self._graph.undo(undo)
+                raise
+            if not done:  # another process created the root first: use theirs
+                self._graph.undo(undo)
+
+    # -- the owner protocol (called by tracked objects) ---------------------------
+
+    def _mi_set_field(self, obj: Any, name: str, value: Any) -> None:
+        tx = self._mi_current.get()
+        if tx is not None and not tx.done:
+            tx.set_field(obj, name, value)
+            return
+        with self._lock:
+            self._check_writable()
+            undo: list[Any] = []
+            v = self._graph.prepare(value, where_field(obj, name), undo)
+            try:
+                self._commit_events([(_OBJ_SET, obj, (name, v))], None)
+            except BaseException:
+                self._graph.undo(undo)
+                raise
+
+    def _mi_del_field(self, obj: Any, name: str) -> None:
+        info_getter = self._graph_getter(obj, name)
+        tx = self._mi_current.get()
+        if tx is not None and not tx.done:
+            tx.del_field(obj, name, info_getter)
+            return
+        with self._lock:
+            self._check_writable()
+            info_getter(obj)  # AttributeError when unset, as for any attribute
+            self._commit_events([(_OBJ_DEL, obj, (name,))], None)
+
+    def _graph_getter(self, obj: Any, name: str) -> Callable[[Any], Any]:
+        return _types.info_of(type(obj)).getters[name]  # type: ignore[union-attr]
+
+    def _mi_mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        tx = self._mi_current.get()
+        if tx is not None and not tx.done:
+            return tx.mutate(coll, planner, args, kwargs)
+        graph = self._graph
+        base = where_coll(coll)
+        with self._lock:
+            self._check_writable()
+            while True:
+                undo: list[Any] = []
+
+                def prep(value: Any, where: str) -> Any:
+                    return graph.prepare(value, base + where, undo)
+
+                try:
+                    planned, result = planner(coll, prep, *args, **kwargs)
+                    if not planned:
+                        graph.undo(undo)
+                        break
+                    events: list[Pending] = [(KINDS[name], coll, eargs) for name, eargs in planned]
+                    done = self._commit_events(events, None, replan=True)
+                except BaseException:
+                    graph.undo(undo)
+                    raise
+                if done:
+                    break
+                graph.undo(undo)  # another process committed first: plan again on its state
+        return coll if result is SELF else result
+
+    def _mi_published_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
+        for state in list(self._mi_publishing):
+            v = state.published_field(obj, name)
+            if v is not _ABSENT:
+                return v
+        return getter(obj)
+
+    def _mi_published_coll(self, coll: Any, method: str, args: tuple[Any, ...]) -> Any:
+        for state in list(self._mi_publishing):
+            view = state.views.get(id(coll))
+            if view is not None:
+                return view.call(method, args)
+        return _raw(type(coll), method)(coll, *args)
+
+    # -- ending transactions ----------------------------------------------------
+
+    def _end_tx(self, state: TxState, *, commit: bool) -> None:
+        if self._mi_current.get() is state:
+            self._mi_current.set(None)
+        try:
+            if commit and state.events:
+                with self._lock:
+                    self._check_writable()
+                    self._validate(state)
+                    try:
+                        self._commit_events(state.events, state)
+                    except BaseException:
+                        state.discard()
+                        raise
+                state.clear()
+            else:
+                state.discard()
+        finally:
+            if not state.done:
+                state.discard()
+            with self._lock:
+                self._open_txs.discard(state)
+                self._prune()
+            _tracking.tx_closed()
+
+    # -- the commit protocol --------------------------------------------------------
+
+    def _commit_events(
+        self, events: list[Pending], state: TxState | None, *, replan: bool = False, auto_snapshot: bool = True
+    ) -> bool:
+        """Append *events* and apply them; see the module docstring.
+
+        With *replan*, returns ``False`` instead of retrying when another
+        writer got there first (the caller plans again on the new state).
+        Must be called with the lock held.
+        """
+        graph, store = self._graph, self._store
+        while True:
+            ts = _now_us()
+            rows = graph.encode_events(events, self._seq + 1, ts)
+            try:
+                store.append(rows, self._seq)
+            except SeqTaken:
+                graph.rollback_encode()
+                self._catch_up()
+                if replan:
+                    return False
+                if state is not None:
+                    self._validate(state)
+                continue
+            except BaseException as err:
+                graph.rollback_encode()
+                if isinstance(err, MemimgError):
+                    raise
+                if isinstance(err, Exception):
+                    raise MemimgError(
+                        f"writing to {store.description} failed: {err}; nothing was changed"
+                    ) from err
+                raise
+            break
+        self._apply(events, rows, state)
+        if auto_snapshot:
+            self._after_commit()
+        return True
+
+    def _apply(self, events: list[Pending], rows: list[EventRow], state: TxState | None) -> None:
+        graph = self._graph
+        publish = state is not None and len(events) > 1 and _tracking.enabled()
+        if publish:
+            self._mi_publishing.append(state)  # type: ignore[arg-type]
+        try:
+            for k, target, args in events:
+                k.apply(graph, target, *args)
+        except Exception as err:  # the log has it; memory must not silently differ
+            self._closed = True
+            raise MemimgError(
+                f"applying committed events {rows[0].seq}..{rows[-1].seq} failed ({err!r}); the "
+                "log is intact but this image is now closed: open it again"
+            ) from err
+        finally:
+            if publish:
+                self._mi_publishing.remove(state)  # type: ignore[arg-type]
+        self._seq = rows[-1].seq
+        if self._open_txs:
+            self._record_writes(events, rows)
+
+    def _after_commit(self) -> None:
+        every = self._snapshot_every
+        if every is None or self._readonly:
+            return
+        if every == "auto":
+            every = max(DEFAULT_SNAPSHOT_EVERY, len(self._graph.objects))
+        if self._seq - self._snapshot_seq >= every:  # type: ignore[operator]
+            self._snapshot_seq = self._seq  # no second attempt if this one fails
+            try:
+                self.snapshot()
+            except MemimgError as err:
+                log.warning("automatic snapshot failed: %s", err)
+
+    def _catch_up(self) -> int:
+        """Apply what other writers appended; returns how many events."""
+        batch: list[EventRow] = []
+        count = 0
+        for row in self._store.read(after=self._seq):
+            r = EventRow(*row)
+            expected = self._seq + len(batch) + 1
+            if r.seq != expected:
+                raise CorruptLogError(
+                    f"event seq {expected} is missing (the next is {r.seq})", seq=expected, table="memimg_events"
+                )
+            verify_event(r)
+            if batch and r.tx != batch[0].tx:
+                self._apply_remote(batch)
+                count += len(batch)
+                batch = []
+            batch.append(r)
+        if batch:
+            self._apply_remote(batch)
+            count += len(batch)
+        return count
+
+    def _apply_remote(self, rows: list[EventRow]) -> None:
+        graph = self._graph
+        events = [graph.decode_row(r.kind, r.target, r.payload, r.seq) for r in rows]
+        state = None
+        if len(events) > 1 and _tracking.enabled():
+            state = TxState(self, self._seq)
+            for k, target, args in events:
+                k.apply(state, target, *args)
+        self._apply(events, rows, state)
+        if any(r.kind == "gc" for r in rows):
+            self._snapshot_seq = rows[-1].seq
+
+    # -- conflict detection ---------------------------------------------------------
+
+    def _record_writes(self, events: list[Pending], rows: list[EventRow]) -> None:
+        last, last_obj = self._last, self._last_obj
+        for (k, _target, args), row in zip(events, rows):
+            rule = k.conflict
+            if rule == NONE:
+                continue
+            oid, seq = row.target, row.seq
+            keys: list[tuple[int, Any]]
+            if rule == FIELD or rule == KEY:
+                keys = [(oid, args[0])]
+            elif rule == PAIRS:
+                keys = [(oid, p[0]) for p in args[0]]
+            elif rule == MEMBERS:
+                keys = [(oid, m) for m in args[0]]
+            elif rule == WHOLE:
+                keys = [(oid, WHOLE_KEY)]
+            else:
+                keys = []
+            for key in keys:
+                last[key] = seq
+            last_obj[oid] = seq
+            self._recent.append((seq, oid, keys))
+
+    def _prune(self) -> None:
+        if not self._open_txs:
+            self._last.clear()
+            self._last_obj.clear()
+            self._recent.clear()
+            return
+        horizon = min(t.start_seq for t in self._open_txs)
+        recent, last, last_obj = self._recent, self._last, self._last_obj
+        while recent and recent[0][0] <= horizon:
+            seq, oid, keys = recent.popleft()
+            for key in keys:
+                if last.get(key) == seq:
+                    del last[key]
+            if last_obj.get(oid) == seq:
+                del last_obj[oid]
+
+    def _conflict(self, oid: int, key: Any, seq: int, what: str) -> ConflictError:
+        obj = self._graph.objects[oid] if oid < len(self._graph.objects) else None
+        name = type(obj).__qualname__ if obj is not None else "object"
+        if key is WHOLE_KEY:
+            part = f"{name} #{oid}"
+        elif isinstance(key, str) and obj is not None and not isinstance(obj, (list, dict, set)):
+            part = f"{name} #{oid}.{key}"
+        else:
+            part = f"{name} #{oid}[{key!r}]"
+        return ConflictError(
+            f"transaction conflicts with the commit at seq {seq}: it {what} {part}, which that "
+            "commit changed; nothing was applied. Run it again (@img.transaction(retries=...) does)",
+            target=oid,
+            key=None if key is WHOLE_KEY else key,
+            seq=seq,
+        )
+
+    def _check_read(self, state: TxState, oid: int, sub: Any) -> None:
+        start = state.start_seq
+        if sub is WHOLE_KEY:
+            seq = self._last_obj.get(oid, 0)
+        else:
+            seq = max(self._last.get((oid, sub), 0), self._last.get((oid, WHOLE_KEY), 0))
+        if seq > start:
+            raise self._conflict(oid, sub, seq, "read")
+
+    def _validate(self, state: TxState) -> None:
+        start = state.start_seq
+        if self._seq == start:
+            return
+        for oid, sub in state.reads:
+            self._check_read(state, oid, sub)
+        last, last_obj = self._last, self._last_obj
+        for k, target, args in state.events:
+            if target is None:
+                continue
+            oid = target._mi_oid
+            if oid is None:
+                continue
+            rule = k.conflict
+            if rule == FIELD:
+                seq = last.get((oid, args[0]), 0)
+                key = args[0]
+            elif rule in (KEY, PAIRS, MEMBERS):
+                subs = [args[0]] if rule == KEY else [p[0] for p in args[0]] if rule == PAIRS else args[0]
+                whole = last.get((oid, WHOLE_KEY), 0)
+                seq, key = whole, WHOLE_KEY
+                for sub in subs:
+                    s = last.get((oid, sub), 0)
+                    if s > seq:
+                        seq, key = s, sub
+            elif rule == APPEND:
+                seq, key = last.get((oid, WHOLE_KEY), 0), WHOLE_KEY
+            elif rule == WHOLE:
+                seq, key = last_obj.get(oid, 0), WHOLE_KEY
+            else:
+                continue
+            if seq > start:
+                raise self._conflict(oid, key, seq, "wrote")
+

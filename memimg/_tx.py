@@ -1,0 +1,392 @@
+"""Transactions: a delta layer over the committed graph, and the public handles.
+
+Inside a transaction every mutation is planned, validated and recorded as a
+pending event, then applied -- by the same kind definitions replay uses -- to
+the transaction's *delta*: per-entity field overlays and per-collection views
+(:mod:`memimg._views`). The committed objects are not touched until commit,
+so other threads and tasks keep reading committed state; the transaction
+reads its own writes through the very same object references because, while
+any transaction is open, reads go through hooks that ask the current
+transaction first (:mod:`memimg.model._tracking`). Discarding drops the
+delta and reverts the attachments journaled while preparing values: it costs
+the size of the delta, not of the graph.
+
+Reads are recorded (entity field, dict key, set member, or a whole
+collection), so a commit can be checked against every commit that happened
+since the transaction began (see ``MemoryImage._validate``). A read of
+something already overwritten by a newer commit fails at once with
+:class:`ConflictError`: a transaction never sees a mix of two states.
+
+Nested transactions are savepoints: a mark in the event list; rolling back
+to it truncates the list and rebuilds the views from what remains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from memimg._errors import ConflictError, MemimgError
+from memimg._kinds import KINDS
+from memimg._views import DELETED, DictView, ListView, SetView
+from memimg.model._base import SELF, Planner
+from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
+
+if TYPE_CHECKING:
+    from memimg._image import MemoryImage
+
+__all__ = ["Transaction", "TxScope", "TxState"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OBJ_SET = KINDS["obj.set"]
+_OBJ_DEL = KINDS["obj.del"]
+_ABSENT: Any = object()
+_RAW = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
+_raw_methods: dict[tuple[type, str], Callable[..., Any]] = {}
+
+
+def _raw(t: type, method: str) -> Callable[..., Any]:
+    fn = _raw_methods.get((t, method))
+    if fn is None:
+        fn = getattr(_RAW[t], method)
+        _raw_methods[(t, method)] = fn
+    return fn
+
+
+def where_field(obj: Any, name: str) -> str:
+    return f"{type(obj).__qualname__}.{name}"
+
+
+def where_coll(coll: Any) -> str:
+    oid = coll._mi_oid
+    return f"{_RAW[type(coll)].__name__} #{oid}" if oid else _RAW[type(coll)].__name__
+
+
+class TxState:
+    """One open transaction: its pending events, its delta, what it read."""
+
+    __slots__ = ("image", "graph", "start_seq", "events", "fields", "views", "reads", "undo", "marks", "done")
+
+    def __init__(self, image: MemoryImage, start_seq: int) -> None:
+        self.image = image
+        self.graph = image._graph
+        self.start_seq = start_seq
+        self.events: list[Any] = []
+        self.fields: dict[int, dict[str, Any]] = {}
+        self.views: dict[int, Any] = {}
+        self.reads: set[tuple[int, Any]] = set()
+        self.undo: list[Any] = []
+        self.marks: list[tuple[int, int]] = []
+        self.done = False
+
+    # -- reads (TxReader) -----------------------------------------------------
+
+    def read_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
+        d = self.fields.get(id(obj))
+        if d is not None:
+            v = d.get(name, _ABSENT)
+            if v is not _ABSENT:
+                if v is DELETED:
+                    raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
+                return v
+        oid = obj._mi_oid
+        if oid is not None:
+            self.note_read(oid, name)
+        return getter(obj)
+
+    def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any:
+        oid = coll._mi_oid
+        if oid is not None:
+            self.note_read(oid, key)
+        view = self.views.get(id(coll))
+        if view is None:
+            return _raw(type(coll), method)(coll, *args)
+        return view.call(method, args)
+
+    def note_read(self, oid: int, sub: Any) -> None:
+        key = (oid, sub)
+        if key not in self.reads:
+            image = self.image
+            if image._seq != self.start_seq:
+                image._check_read(self, oid, sub)
+            self.reads.add(key)
+
+    # -- the delta applier --------------------------------------------------------
+
+    def _fields_of(self, obj: Any) -> dict[str, Any]:
+        d = self.fields.get(id(obj))
+        if d is None:
+            d = self.fields[id(obj)] = {}
+        return d
+
+    def _view(self, coll: Any, cls: Any) -> Any:
+        v = self.views.get(id(coll))
+        if v is None:
+            v = self.views[id(coll)] = cls(coll)
+        return v
+
+    def field_set(self, obj: Any, name: str, value: Any) -> None:
+        self._fields_of(obj)[name] = value
+
+    def field_del(self, obj: Any, name: str) -> None:
+        self._fields_of(obj)[name] = DELETED
+
+    def list_append(self, lst: Any, items: list[Any]) -> None:
+        self._view(lst, ListView).append(items)
+
+    def list_splice(self, lst: Any, start: int, stop: int, items: list[Any]) -> None:
+        self._view(lst, ListView).splice(start, stop, items)
+
+    def list_clear(self, lst: Any) -> None:
+        self._view(lst, ListView).clear()
+
+    def list_reorder(self, lst: Any, order: list[int]) -> None:
+        self._view(lst, ListView).reorder(order)
+
+    def list_reverse(self, lst: Any) -> None:
+        self._view(lst, ListView).reverse()
+
+    def dict_set(self, d: Any, key: Any, value: Any) -> None:
+        self._view(d, DictView).set(key, value)
+
+    def dict_del(self, d: Any, key: Any) -> None:
+        self._view(d, DictView).delete(key)
+
+    def dict_update(self, d: Any, pairs: list[tuple[Any, Any]]) -> None:
+        self._view(d, DictView).update(pairs)
+
+    def dict_clear(self, d: Any) -> None:
+        self._view(d, DictView).clear()
+
+    def set_add(self, s: Any, items: list[Any]) -> None:
+        self._view(s, SetView).add(items)
+
+    def set_discard(self, s: Any, items: list[Any]) -> None:
+        self._view(s, SetView).discard(items)
+
+    def set_clear(self, s: Any) -> None:
+        self._view(s, SetView).clear()
+
+    def set_root(self, obj: Any) -> None:  # pragma: no cover - never inside a transaction
+        raise MemimgError("the root is created when the image is first opened")
+
+    def collect(self) -> None:  # pragma: no cover - never inside a transaction
+        raise MemimgError("collection runs with snapshots, outside transactions")
+
+    # -- mutations --------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.done:
+            raise MemimgError("this transaction has already ended; begin a new one")
+        self.image._check_writable()
+
+    def set_field(self, obj: Any, name: str, value: Any) -> None:
+        self._check()
+        v = self.graph.prepare(value, where_field(obj, name), self.undo)
+        self.events.append((_OBJ_SET, obj, (name, v)))
+        self.field_set(obj, name, v)
+
+    def del_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> None:
+        self._check()
+        self.read_field(obj, name, getter)  # AttributeError if it is not set
+        self.events.append((_OBJ_DEL, obj, (name,)))
+        self.field_del(obj, name)
+
+    def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._check()
+        undo = self.undo
+        mark = len(undo)
+        graph = self.graph
+        base = where_coll(coll)
+
+        def prep(value: Any, where: str) -> Any:
+            return graph.prepare(value, base + where, undo)
+
+        try:
+            events, result = planner(coll, prep, *args, **kwargs)
+        except BaseException:
+            graph.undo(undo[mark:])
+            del undo[mark:]
+            raise
+        for name, eargs in events:
+            k = KINDS[name]
+            self.events.append((k, coll, eargs))
+            k.apply(self, coll, *eargs)
+        return coll if result is SELF else result
+
+    # -- savepoints and ending ----------------------------------------------------
+
+    def savepoint(self) -> None:
+        self.marks.append((len(self.events), len(self.undo)))
+
+    def release(self) -> None:
+        self.marks.pop()
+
+    def rollback_savepoint(self) -> None:
+        n_events, n_undo = self.marks.pop()
+        self.graph.undo(self.undo[n_undo:])
+        del self.undo[n_undo:]
+        del self.events[n_events:]
+        self.fields.clear()
+        self.views.clear()
+        for k, target, args in self.events:
+            k.apply(self, target, *args)
+
+    def discard(self) -> None:
+        self.graph.undo(self.undo)
+        self.clear()
+
+    def clear(self) -> None:
+        self.done = True
+        self.events = []
+        self.fields = {}
+        self.views = {}
+        self.undo = []
+        self.marks = []
+
+    # -- publishing (readers outside the transaction while it is applied) --------
+
+    def published_field(self, obj: Any, name: str) -> Any:
+        d = self.fields.get(id(obj))
+        if d is None:
+            return _ABSENT
+        v = d.get(name, _ABSENT)
+        if v is DELETED:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
+        return v
+
+
+class Transaction:
+    """A transaction opened with :meth:`MemoryImage.begin`, or a savepoint inside one.
+
+    ``save()`` commits it (a savepoint: keeps its changes in the enclosing
+    transaction); ``discard()`` rolls it back. Also a context manager: commit
+    on normal exit, discard on an exception (which propagates).
+    """
+
+    __slots__ = ("_image", "_state", "nested", "_ended")
+
+    def __init__(self, image: MemoryImage, state: TxState, nested: bool) -> None:
+        self._image = image
+        self._state = state
+        #: Whether this is a savepoint inside an enclosing transaction.
+        self.nested = nested
+        self._ended = False
+
+    @property
+    def active(self) -> bool:
+        """Whether the transaction can still be saved or discarded."""
+        return not self._ended
+
+    def _end(self) -> None:
+        if self._ended:
+            raise MemimgError("this transaction has already been saved or discarded")
+        self._ended = True
+
+    def save(self) -> None:
+        """Commit (or, for a savepoint, keep its changes in the enclosing transaction).
+
+        Raises:
+            ConflictError: another commit overtook what this transaction read
+                or wrote; nothing of it was applied.
+        """
+        self._end()
+        if self.nested:
+            self._state.release()
+        else:
+            self._image._end_tx(self._state, commit=True)
+
+    def discard(self) -> None:
+        """Roll back: nothing of the transaction (or savepoint) remains."""
+        self._end()
+        if self.nested:
+            self._state.rollback_savepoint()
+        else:
+            self._image._end_tx(self._state, commit=False)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._ended:
+            return
+        if exc_type is None:
+            self.save()
+        else:
+            self.discard()
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended else "open"
+        kind = "savepoint" if self.nested else "transaction"
+        return f"<memimg {kind} from seq {self._state.start_seq}, {len(self._state.events)} events, {state}>"
+
+
+class TxScope:
+    """What ``MemoryImage.transaction(retries=...)`` returns: a context manager and a decorator."""
+
+    __slots__ = ("_image", "_retries", "_open")
+
+    def __init__(self, image: MemoryImage, retries: int) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self._image = image
+        self._retries = retries
+        self._open: list[Transaction] = []
+
+    def __enter__(self) -> Transaction:
+        tx = self._image.begin()
+        self._open.append(tx)
+        return tx
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._open.pop().__exit__(exc_type, exc, tb)
+
+    def __call__(self, fn: F) -> F:
+        image, retries = self._image, self._retries
+
+        def backoff(attempt: int) -> float:
+            return random.uniform(0.0005, min(0.05, 0.001 * 2**attempt))
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                nested = image._mi_current.get() is not None
+                attempt = 0
+                while True:
+                    try:
+                        with image.begin():
+                            return await fn(*args, **kwargs)
+                    except ConflictError:
+                        if nested or attempt >= retries:
+                            raise
+                        attempt += 1
+                        await asyncio.sleep(backoff(attempt))
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            nested = image._mi_current.get() is not None
+            attempt = 0
+            while True:
+                try:
+                    with image.begin():
+                        return fn(*args, **kwargs)
+                except ConflictError:
+                    if nested or attempt >= retries:
+                        raise
+                    attempt += 1
+                    time.sleep(backoff(attempt))
+
+        return run  # type: ignore[return-value]
+
+
+for _cls in (Transaction,):
+    _cls.__module__ = "memimg"

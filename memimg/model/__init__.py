@@ -1,0 +1,6 @@
+"""The imperative shell: entity classes, tracked collections, read tracking."""
+
+from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
+from memimg.model._persistent import field, persistent
+
+__all__ = ["TrackedDict", "TrackedList", "TrackedSet", "field", "persistent"]

@@ -1,0 +1,467 @@
+"""Tracked ``list``, ``dict`` and ``set``: still instances of the builtins.
+
+The classes are built from tables, as SQLAlchemy's ``orm/collections.py``
+does, rather than written out method by method:
+
+* a *mutator table* per type maps each mutating method to a *planner*: a
+  function that looks at the current contents and returns the events the
+  call amounts to (outcomes, not calls: ``sort`` yields the resulting order,
+  ``remove(x)`` the index it removed) plus the method's return value,
+  without changing anything. The owner prepares values, logs, and applies
+  the events; a planner that raises (``remove`` of a missing item, an
+  unsupported value) leaves everything as it was;
+* a *read table* per type lists the read methods that get a tracking hook
+  while transactions are open (see :mod:`memimg.model._tracking`); outside
+  them reads are the builtin C methods.
+
+A tracked collection that is not attached (``_mi_img is None``) behaves
+exactly like its builtin.
+
+Deliberate gaps, as in every builtin subclass: a few C functions read a
+list's or set's storage directly rather than through its methods --
+``str.join``, the C JSON encoder on lists, ``set(s)``, ``frozenset(s)`` and
+``a_plain_set.union(s)`` -- so inside a transaction they see the committed
+contents, not the transaction's own pending changes (wrap the collection in
+``list(...)`` first); and ``heapq`` functions mutate a list's storage without
+calling its methods, so their changes are not recorded (use ``insert``/``pop``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from memimg.model import _tracking
+from memimg.model._base import SELF, Planner, Prep
+
+__all__ = [
+    "DICT_MUTATORS",
+    "LIST_MUTATORS",
+    "SET_MUTATORS",
+    "TrackedDict",
+    "TrackedList",
+    "TrackedSet",
+    "tracked_types",
+]
+
+Events = list[tuple[str, tuple[Any, ...]]]
+_MISSING: Any = object()
+
+
+# -- list planners --------------------------------------------------------------
+
+
+def _index(i: Any, n: int) -> int:
+    i = i.__index__()
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError("list index out of range")
+    return i
+
+
+def _splice(old: list[Any], new: list[Any]) -> Events:
+    """The smallest single splice turning *old* into *new* (compared by identity)."""
+    n, m = len(old), len(new)
+    start = 0
+    while start < n and start < m and old[start] is new[start]:
+        start += 1
+    end_old, end_new = n, m
+    while end_old > start and end_new > start and old[end_old - 1] is new[end_new - 1]:
+        end_old -= 1
+        end_new -= 1
+    if start == end_old and start == end_new:
+        return []
+    if start == end_old == n:
+        return [("list.append", (new[start:end_new],))]
+    return [("list.splice", (start, end_old, new[start:end_new]))]
+
+
+def _list_append(lst: Any, prep: Prep, item: Any) -> tuple[Events, Any]:
+    return [("list.append", ([prep(item, "append")],))], None
+
+
+def _list_extend(lst: Any, prep: Prep, items: Iterable[Any]) -> tuple[Events, Any]:
+    prepped = [prep(x, "extend") for x in (list(lst) if items is lst else items)]
+    return ([("list.append", (prepped,))] if prepped else []), None
+
+
+def _list_iadd(lst: Any, prep: Prep, items: Iterable[Any]) -> tuple[Events, Any]:
+    return _list_extend(lst, prep, items)[0], SELF
+
+
+def _list_insert(lst: Any, prep: Prep, index: Any, item: Any) -> tuple[Events, Any]:
+    n = len(lst)
+    i = index.__index__()
+    i = max(0, i + n) if i < 0 else min(i, n)
+    value = prep(item, f"insert({index})")
+    if i == n:
+        return [("list.append", ([value],))], None
+    return [("list.insert", (i, value))], None
+
+
+def _list_setitem(lst: Any, prep: Prep, index: Any, value: Any) -> tuple[Events, Any]:
+    if isinstance(index, slice):
+        new = list(lst)
+        new[index] = [prep(x, "[slice]") for x in value]
+        return _splice(list(lst), new), None
+    i = _index(index, len(lst))
+    return [("list.set", (i, prep(value, f"[{i}]")))], None
+
+
+def _list_delitem(lst: Any, prep: Prep, index: Any) -> tuple[Events, Any]:
+    if isinstance(index, slice):
+        new = list(lst)
+        del new[index]
+        return _splice(list(lst), new), None
+    return [("list.del", (_index(index, len(lst)),))], None
+
+
+def _list_pop(lst: Any, prep: Prep, index: Any = -1) -> tuple[Events, Any]:
+    n = len(lst)
+    if not n:
+        raise IndexError("pop from empty list")
+    i = _index(index, n)
+    return [("list.del", (i,))], lst[i]
+
+
+def _list_remove(lst: Any, prep: Prep, item: Any) -> tuple[Events, Any]:
+    return [("list.del", (lst.index(item),))], None
+
+
+def _list_clear(lst: Any, prep: Prep) -> tuple[Events, Any]:
+    return ([("list.clear", ())] if len(lst) else []), None
+
+
+def _list_sort(lst: Any, prep: Prep, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> tuple[Events, Any]:
+    items = list(lst)
+    if key is None:
+        order = sorted(range(len(items)), key=items.__getitem__, reverse=reverse)
+    else:
+        keys = [key(x) for x in items]
+        order = sorted(range(len(items)), key=keys.__getitem__, reverse=reverse)
+    if order == list(range(len(items))):
+        return [], None
+    return [("list.reorder", (order,))], None
+
+
+def _list_reverse(lst: Any, prep: Prep) -> tuple[Events, Any]:
+    return ([("list.reverse", ())] if len(lst) > 1 else []), None
+
+
+def _list_imul(lst: Any, prep: Prep, times: Any) -> tuple[Events, Any]:
+    n = times.__index__()
+    items = list(lst)
+    if n <= 0:
+        return ([("list.clear", ())] if items else []), SELF
+    if n == 1 or not items:
+        return [], SELF
+    return [("list.append", (items * (n - 1),))], SELF
+
+
+LIST_MUTATORS: dict[str, Planner] = {
+    "append": _list_append,
+    "extend": _list_extend,
+    "__iadd__": _list_iadd,
+    "insert": _list_insert,
+    "__setitem__": _list_setitem,
+    "__delitem__": _list_delitem,
+    "pop": _list_pop,
+    "remove": _list_remove,
+    "clear": _list_clear,
+    "sort": _list_sort,
+    "reverse": _list_reverse,
+    "__imul__": _list_imul,
+}
+
+LIST_READS: dict[str, bool] = dict.fromkeys(
+    "__getitem__ __len__ __iter__ __reversed__ __contains__ index count copy "
+    "__eq__ __ne__ __lt__ __le__ __gt__ __ge__ __add__ __mul__ __rmul__ __repr__".split(),
+    False,
+)
+
+# -- dict planners --------------------------------------------------------------
+
+
+def _pairs(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    if len(args) > 1:
+        raise TypeError(f"update expected at most 1 argument, got {len(args)}")
+    pairs: list[tuple[Any, Any]] = []
+    if args:
+        other = args[0]
+        if isinstance(other, Mapping) or hasattr(other, "keys"):
+            pairs.extend((k, other[k]) for k in list(other.keys()))
+        else:
+            for item in other:
+                k, v = item
+                pairs.append((k, v))
+    pairs.extend(kwargs.items())
+    return pairs
+
+
+def _key_where(key: Any) -> str:
+    text = repr(key)
+    return f"[{text if len(text) < 60 else text[:57] + '...'}]"
+
+
+def _dict_setitem(d: Any, prep: Prep, key: Any, value: Any) -> tuple[Events, Any]:
+    hash(key)
+    where = _key_where(key)
+    return [("dict.set", (prep(key, where + " (key)"), prep(value, where)))], None
+
+
+def _dict_delitem(d: Any, prep: Prep, key: Any) -> tuple[Events, Any]:
+    if key not in d:
+        raise KeyError(key)
+    return [("dict.del", (key,))], None
+
+
+def _dict_pop(d: Any, prep: Prep, key: Any, default: Any = _MISSING) -> tuple[Events, Any]:
+    if key in d:
+        return [("dict.del", (key,))], d[key]
+    if default is _MISSING:
+        raise KeyError(key)
+    return [], default
+
+
+def _dict_popitem(d: Any, prep: Prep) -> tuple[Events, Any]:
+    if not len(d):
+        raise KeyError("popitem(): dictionary is empty")
+    key = next(reversed(d))
+    return [("dict.del", (key,))], (key, d[key])
+
+
+def _dict_setdefault(d: Any, prep: Prep, key: Any, default: Any = None) -> tuple[Events, Any]:
+    if key in d:
+        return [], d[key]
+    where = _key_where(key)
+    value = prep(default, where)
+    return [("dict.set", (prep(key, where + " (key)"), value))], value
+
+
+def _dict_update(d: Any, prep: Prep, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
+    pairs = []
+    for k, v in _pairs(args, kwargs):
+        hash(k)
+        where = _key_where(k)
+        pairs.append((prep(k, where + " (key)"), prep(v, where)))
+    return ([("dict.update", (pairs,))] if pairs else []), None
+
+
+def _dict_ior(d: Any, prep: Prep, other: Any) -> tuple[Events, Any]:
+    return _dict_update(d, prep, other)[0], SELF
+
+
+def _dict_clear(d: Any, prep: Prep) -> tuple[Events, Any]:
+    return ([("dict.clear", ())] if len(d) else []), None
+
+
+DICT_MUTATORS: dict[str, Planner] = {
+    "__setitem__": _dict_setitem,
+    "__delitem__": _dict_delitem,
+    "pop": _dict_pop,
+    "popitem": _dict_popitem,
+    "setdefault": _dict_setdefault,
+    "update": _dict_update,
+    "__ior__": _dict_ior,
+    "clear": _dict_clear,
+}
+
+DICT_READS: dict[str, bool] = {
+    **dict.fromkeys("__getitem__ get __contains__".split(), True),
+    **dict.fromkeys(
+        "__len__ __iter__ __reversed__ keys values items copy __eq__ __ne__ __or__ __ror__ __repr__".split(),
+        False,
+    ),
+}
+
+# -- set planners ---------------------------------------------------------------
+
+
+def _members(others: tuple[Any, ...]) -> list[Any]:
+    out: list[Any] = []
+    for other in others:
+        out.extend(other)
+    return out
+
+
+def _set_add(s: Any, prep: Prep, item: Any) -> tuple[Events, Any]:
+    if item in s:
+        return [], None
+    return [("set.add", ([prep(item, "add")],))], None
+
+
+def _set_discard(s: Any, prep: Prep, item: Any) -> tuple[Events, Any]:
+    return ([("set.discard", ([item],))] if item in s else []), None
+
+
+def _set_remove(s: Any, prep: Prep, item: Any) -> tuple[Events, Any]:
+    if item not in s:
+        raise KeyError(item)
+    return [("set.discard", ([item],))], None
+
+
+def _set_pop(s: Any, prep: Prep) -> tuple[Events, Any]:
+    for item in s:
+        return [("set.discard", ([item],))], item
+    raise KeyError("pop from an empty set")
+
+
+def _set_clear(s: Any, prep: Prep) -> tuple[Events, Any]:
+    return ([("set.clear", ())] if len(s) else []), None
+
+
+def _set_update(s: Any, prep: Prep, *others: Any) -> tuple[Events, Any]:
+    new: dict[Any, None] = {}
+    for m in _members(others):
+        if m not in s and m not in new:
+            new[prep(m, "update")] = None
+    return ([("set.add", (list(new),))] if new else []), None
+
+
+def _set_difference_update(s: Any, prep: Prep, *others: Any) -> tuple[Events, Any]:
+    gone = [m for m in dict.fromkeys(_members(others)) if m in s]
+    return ([("set.discard", (gone,))] if gone else []), None
+
+
+def _set_intersection_update(s: Any, prep: Prep, *others: Any) -> tuple[Events, Any]:
+    keep = [set(o) for o in others]
+    gone = [m for m in s if not all(m in k for k in keep)]
+    return ([("set.discard", (gone,))] if gone else []), None
+
+
+def _set_symmetric_difference_update(s: Any, prep: Prep, other: Any) -> tuple[Events, Any]:
+    members = list(dict.fromkeys(other))
+    gone = [m for m in members if m in s]
+    new = [prep(m, "symmetric_difference_update") for m in members if m not in s]
+    events: Events = []
+    if gone:
+        events.append(("set.discard", (gone,)))
+    if new:
+        events.append(("set.add", (new,)))
+    return events, None
+
+
+def _returning_self(planner: Planner) -> Planner:
+    def inplace(s: Any, prep: Prep, other: Any) -> tuple[Events, Any]:
+        if not isinstance(other, (set, frozenset)):
+            return [], NotImplemented
+        return planner(s, prep, other)[0], SELF
+
+    return inplace
+
+
+SET_MUTATORS: dict[str, Planner] = {
+    "add": _set_add,
+    "discard": _set_discard,
+    "remove": _set_remove,
+    "pop": _set_pop,
+    "clear": _set_clear,
+    "update": _set_update,
+    "difference_update": _set_difference_update,
+    "intersection_update": _set_intersection_update,
+    "symmetric_difference_update": _set_symmetric_difference_update,
+    "__ior__": _returning_self(_set_update),
+    "__isub__": _returning_self(_set_difference_update),
+    "__iand__": _returning_self(_set_intersection_update),
+    "__ixor__": _returning_self(_set_symmetric_difference_update),
+}
+
+SET_READS: dict[str, bool] = {
+    "__contains__": True,
+    **dict.fromkeys(
+        "__len__ __iter__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __or__ __ror__ __and__ "
+        "__rand__ __sub__ __rsub__ __xor__ __rxor__ isdisjoint issubset issuperset union "
+        "intersection difference symmetric_difference copy".split(),
+        False,
+    ),
+}
+
+
+# -- building the classes from the tables ---------------------------------------
+
+
+def _mutator(base: Callable[..., Any], name: str, planner: Planner) -> Callable[..., Any]:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = self._mi_img
+        if owner is None:
+            return base(self, *args, **kwargs)
+        return owner._mi_mutate(self, planner, args, kwargs)
+
+    method.__name__ = name
+    method.__doc__ = base.__doc__
+    return method
+
+
+def _build(cls: type, builtin: type, mutators: dict[str, Planner], reads: dict[str, bool]) -> None:
+    for name, planner in mutators.items():
+        method = _mutator(getattr(builtin, name), name, planner)
+        method.__qualname__ = f"{cls.__qualname__}.{name}"
+        setattr(cls, name, method)
+    readers = {}
+    for name, keyed in reads.items():
+        reader = _tracking.make_reader(name, getattr(builtin, name), keyed)
+        reader.__qualname__ = f"{cls.__qualname__}.{name}"
+        readers[name] = reader
+    _tracking.register_collection(cls, readers)
+
+
+class TrackedList(list):  # type: ignore[type-arg]
+    """A ``list`` whose mutations are recorded when it is attached to an image."""
+
+    __slots__ = ("_mi_img", "_mi_oid")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = list.__new__(cls)
+        self._mi_img = None
+        self._mi_oid = None
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (list, (), None, iter(self))
+
+
+class TrackedDict(dict):  # type: ignore[type-arg]
+    """A ``dict`` whose mutations are recorded when it is attached to an image."""
+
+    __slots__ = ("_mi_img", "_mi_oid")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = dict.__new__(cls)
+        self._mi_img = None
+        self._mi_oid = None
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (dict, (), None, None, iter(self.items()))
+
+
+class TrackedSet(set):  # type: ignore[type-arg]
+    """A ``set`` whose mutations are recorded when it is attached to an image."""
+
+    __slots__ = ("_mi_img", "_mi_oid")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = set.__new__(cls)
+        self._mi_img = None
+        self._mi_oid = None
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (set, (list(iter(self)),))
+
+    def __repr__(self) -> str:
+        return repr(set(iter(self)))
+
+
+_build(TrackedList, list, LIST_MUTATORS, LIST_READS)
+_build(TrackedDict, dict, DICT_MUTATORS, DICT_READS)
+_build(TrackedSet, set, SET_MUTATORS, SET_READS)
+
+for _cls in (TrackedList, TrackedDict, TrackedSet):
+    _cls.__module__ = "memimg"
+
+
+def tracked_types() -> dict[type, type]:
+    """``builtin -> tracked`` for the three container types."""
+    return {list: TrackedList, dict: TrackedDict, set: TrackedSet}

@@ -1,0 +1,272 @@
+"""``@persistent``: attrs entity classes whose writes are tracked and whose reads stay fast.
+
+The decorator records its options and hands the class to one builder
+(:class:`_EntityBuilder`), whose small steps run in order:
+
+1. ``add_base`` -- rebuild the class with :class:`PersistentBase` among its
+   bases, so instances carry the two hidden slots (owner, object id);
+2. ``build_attrs`` -- ``attrs.define(slots=True, eq=False)``: fields become
+   slots, so a read is CPython's specialised slot load, as fast as a plain
+   attrs class (nothing of memimg runs on a read outside a transaction);
+3. ``add_setattr`` -- one ``__setattr__``/``__delattr__`` that runs the
+   field's attrs ``on_setattr`` hooks (converters, validators) and then hands
+   the write to the owner, or stores it directly while the object is
+   free-standing;
+4. ``register`` -- the :class:`TypeInfo` (stable name, raw slot accessors) and
+   the read-tracking hooks of :mod:`memimg.model._tracking`.
+
+Replay never goes through any of this: it writes slots through the raw
+accessors recorded in the ``TypeInfo``, so no user code runs.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, dataclass_transform, overload
+
+import attrs
+from attrs import setters
+
+from memimg.model import _tracking, _types
+from memimg.model._base import PersistentBase
+
+__all__ = ["field", "persistent"]
+
+T = TypeVar("T", bound=type)
+
+_OBJ_SETATTR = object.__setattr__
+_OBJ_DELATTR = object.__delattr__
+_FORBIDDEN_OPTIONS = {"slots", "frozen", "eq", "order", "unsafe_hash", "hash", "these"}
+
+
+def field(*, renamed_from: str | None = None, **kwargs: Any) -> Any:
+    """``attrs.field`` plus memimg options.
+
+    Args:
+        renamed_from: the field's previous name; values stored under it are
+            read into this field on replay (schema evolution).
+        **kwargs: anything ``attrs.field`` accepts.
+    """
+    if renamed_from is not None:
+        metadata = dict(kwargs.pop("metadata", None) or {})
+        metadata["memimg"] = {**metadata.get("memimg", {}), "renamed_from": renamed_from}
+        kwargs["metadata"] = metadata
+    return attrs.field(**kwargs)
+
+
+def _keep(instance: Any, attribute: Any, value: Any) -> Any:
+    return value
+
+
+class _EntityBuilder:
+    """Builds one entity class, step by step (see the module docstring)."""
+
+    def __init__(
+        self,
+        cls: type,
+        *,
+        name: str | None,
+        aliases: Iterable[str],
+        version: int,
+        removed: Iterable[str],
+        options: dict[str, Any],
+    ) -> None:
+        bad = _FORBIDDEN_OPTIONS & options.keys()
+        if bad:
+            raise TypeError(
+                f"@persistent does not accept {', '.join(sorted(bad))}: entities are slotted, "
+                "mutable and compare by identity; use a frozen attrs class for a value object"
+            )
+        if "__slots__" in cls.__dict__:
+            raise TypeError(f"@persistent class {cls.__qualname__} must not define __slots__")
+        if not isinstance(version, int) or version < 1:
+            raise TypeError(f"@persistent(version=...) must be an int >= 1, not {version!r}")
+        self._original = cls
+        self._cls = cls
+        self._name = name or _types.default_name(cls)
+        self._aliases = tuple(aliases)
+        self._version = version
+        self._removed = tuple(removed)
+        self._options = options
+        self._hook: Any = None
+
+    def add_base(self) -> _EntityBuilder:
+        cls = self._cls
+        if issubclass(cls, PersistentBase):
+            return self
+        bases = tuple(b for b in cls.__bases__ if b is not object) + (PersistentBase,)
+        ns = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        self._cls = type(cls)(cls.__name__, bases, ns)
+        return self
+
+    def build_attrs(self) -> _EntityBuilder:
+        user_hook = self._options.pop("on_setattr", None)
+        if user_hook is None:
+            user_hook = [setters.convert, setters.validate]
+        if isinstance(user_hook, (list, tuple)):
+            user_hook = setters.pipe(*user_hook)
+        # A hook that is never "no hook" makes attrs' __init__ write slots
+        # directly instead of through our __setattr__ (construction stays fast).
+        self._hook = setters.pipe(user_hook, _keep) if user_hook is not setters.NO_OP else _keep
+        built = attrs.define(
+            self._cls, slots=True, eq=False, weakref_slot=True, on_setattr=self._hook, **self._options
+        )
+        _repoint_cells(built, (self._original, self._cls))
+        self._cls = built
+        return self
+
+    def add_setattr(self) -> _EntityBuilder:
+        cls = self._cls
+        hooks: dict[str, tuple[Any, Callable[[Any, Any, Any], Any] | None]] = {}
+        for a in attrs.fields(cls):
+            hook = a.on_setattr if a.on_setattr is not None else self._hook
+            hooks[a.name] = (a, None if hook is setters.NO_OP or hook is _keep else hook)
+
+        def __setattr__(self: Any, name: str, value: Any) -> None:
+            entry = hooks.get(name)
+            if entry is None:
+                _OBJ_SETATTR(self, name, value)
+                return
+            attribute, hook = entry
+            if hook is not None:
+                value = hook(self, attribute, value)
+            owner = self._mi_img
+            if owner is None:
+                _OBJ_SETATTR(self, name, value)
+            else:
+                owner._mi_set_field(self, name, value)
+
+        def __delattr__(self: Any, name: str) -> None:
+            owner = self._mi_img
+            if owner is None or name not in hooks:
+                _OBJ_DELATTR(self, name)
+            else:
+                owner._mi_del_field(self, name)
+
+        for fn in (__setattr__, __delattr__):
+            fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
+            fn.__module__ = cls.__module__
+        cls.__setattr__ = __setattr__  # type: ignore[assignment]
+        cls.__delattr__ = __delattr__  # type: ignore[assignment]
+        return self
+
+    def register(self) -> type:
+        cls = self._cls
+        fields = attrs.fields(cls)
+        getters: dict[str, Callable[[Any], Any]] = {}
+        setters_: dict[str, Callable[[Any, Any], None]] = {}
+        for a in fields:
+            slot = _tracking.raw_slot(cls, a.name)
+            getters[a.name] = slot.__get__
+            setters_[a.name] = slot.__set__
+        renamed = {}
+        for a in fields:
+            old = a.metadata.get("memimg", {}).get("renamed_from")
+            if old:
+                renamed[a.name] = old
+        info = _types.TypeInfo(
+            cls=cls,
+            name=self._name,
+            kind=_types.ENTITY,
+            aliases=self._aliases,
+            version=self._version,
+            fields=tuple(a.name for a in fields),
+            getters=getters,
+            setters=setters_,
+            renamed=renamed,
+            removed=self._removed,
+            defaults={a.name: a.default for a in fields if a.default is not attrs.NOTHING},
+        )
+        _types.register(info)
+        _tracking.register_entity(info)
+        return cls
+
+
+def _repoint_cells(new: type, olds: tuple[type, ...]) -> None:
+    """Make ``super()`` and ``__class__`` in the class's methods refer to *new*.
+
+    The compiler bakes the class into methods that use them; the class was
+    rebuilt, so those references are rewritten (as attrs does for slots).
+    """
+    for item in new.__dict__.values():
+        if isinstance(item, (classmethod, staticmethod)):
+            func: Any = item.__func__
+        elif isinstance(item, property):
+            func = item.fget
+        else:
+            func = item
+        for cell in getattr(func, "__closure__", None) or ():
+            try:
+                if any(cell.cell_contents is old for old in olds):
+                    cell.cell_contents = new
+            except ValueError:  # an empty cell
+                pass
+
+
+@overload
+@dataclass_transform(field_specifiers=(attrs.field, field))
+def persistent(
+    maybe_cls: None = None,
+    *,
+    name: str | None = None,
+    aliases: Iterable[str] = (),
+    version: int = 1,
+    removed: Iterable[str] = (),
+    **options: Any,
+) -> Callable[[T], T]: ...
+
+
+@overload
+@dataclass_transform(field_specifiers=(attrs.field, field))
+def persistent(maybe_cls: T) -> T: ...
+
+
+@dataclass_transform(field_specifiers=(attrs.field, field))
+def persistent(
+    maybe_cls: T | None = None,
+    *,
+    name: str | None = None,
+    aliases: Iterable[str] = (),
+    version: int = 1,
+    removed: Iterable[str] = (),
+    **options: Any,
+) -> T | Callable[[T], T]:
+    """Make a class a persistent entity: an attrs class whose mutations are tracked.
+
+    Used bare (``@persistent``) or with options (``@persistent(name=...)``).
+    The class keeps ``attrs.define`` semantics -- annotations are fields;
+    defaults, factories, validators and converters work -- except that it is
+    always slotted and compares and hashes by identity (``eq=False``), so
+    entities can be dict keys and set members.
+
+    Args:
+        name: the stable type name written to the log (default
+            ``module.QualName``); set it before renaming or moving the class.
+        aliases: older names still accepted on replay.
+        version: the schema version, raised when a field changes type or
+            meaning (see ``memimg.upgrader``).
+        removed: stored fields that no longer exist; their values are dropped.
+        **options: other ``attrs.define`` options (``repr``, ``kw_only``,
+            ``init``, ``on_setattr``, ...).
+
+    Raises:
+        TypeError: an option that contradicts entity semantics (``frozen``,
+            ``eq``, ``slots``...).
+    """
+
+    def wrap(cls: T) -> T:
+        if not isinstance(cls, type):
+            raise TypeError(f"@persistent decorates classes, not {type(cls).__name__}")
+        if isinstance(cls, types.GenericAlias):  # pragma: no cover - defensive
+            raise TypeError("@persistent cannot decorate a generic alias")
+        builder = _EntityBuilder(
+            cls, name=name, aliases=aliases, version=version, removed=removed, options=dict(options)
+        )
+        built: Any = builder.add_base().build_attrs().add_setattr().register()
+        return built  # type: ignore[no-any-return]
+
+    if maybe_cls is None:
+        return wrap
+    return wrap(maybe_cls)
+

@@ -1,0 +1,231 @@
+"""Read tracking: hooks on reads exist only while some transaction is open.
+
+Outside transactions a read must cost what a plain attrs read costs, so
+entity fields are plain slots and tracked collections inherit the builtin
+read methods: CPython's specialised attribute loads and C methods run, and no
+memimg code at all. Transactions, however, need every read to go through
+memimg -- to show the transaction its own writes (the delta layer) and to
+record what it read (serializable commits).
+
+This module switches between the two *per class*, process-wide:
+
+* when the first transaction opens, each entity field slot is replaced on its
+  class by a :class:`TrackedField` (a data descriptor that asks the current
+  transaction, if any, and otherwise reads the slot), and the tracked
+  collection classes get Python read methods from their read tables;
+* the hooks stay while transactions come and go, and are removed once no
+  transaction is open and a few thousand reads have gone by untouched
+  (hysteresis: a loop of small transactions does not pay the switch each
+  time).
+
+Raw accessors -- the original member descriptors and builtin methods -- are
+what replay and the commit path use, whatever the mode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+from memimg.model._base import WHOLE
+
+__all__ = [
+    "TrackedField",
+    "enabled",
+    "make_reader",
+    "raw_slot",
+    "register_collection",
+    "register_entity",
+    "tx_closed",
+    "tx_opened",
+]
+
+#: Untracked reads, with no transaction open, after which the hooks go away.
+IDLE_READS: Final = 2000
+
+
+class _State:
+    __slots__ = ("lock", "open", "enabled", "idle", "entities", "collections", "saved")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.open = 0
+        self.enabled = False
+        self.idle = 0
+        self.entities: list[Any] = []
+        self.collections: list[tuple[type, dict[str, Callable[..., Any]]]] = []
+        self.saved: list[tuple[type, str, Any]] = []
+
+    def idle_read(self) -> None:
+        self.idle += 1
+        if self.idle > IDLE_READS:
+            with self.lock:
+                if not self.open and self.enabled:
+                    _disable()
+
+
+_S = _State()
+
+
+class TrackedField:
+    """The hook that stands in for an entity field's slot while tracking is on."""
+
+    __slots__ = ("name", "slot", "get", "set")
+
+    def __init__(self, name: str, slot: Any) -> None:
+        self.name = name
+        self.slot = slot
+        self.get: Callable[[Any], Any] = slot.__get__
+        self.set: Callable[[Any, Any], None] = slot.__set__
+
+    def __get__(self, obj: Any, cls: type | None = None) -> Any:
+        if obj is None:
+            return self.slot
+        owner = obj._mi_img
+        if owner is not None:
+            tx = owner._mi_current.get()
+            if tx is not None:
+                return tx.read_field(obj, self.name, self.get)
+            if owner._mi_publishing:
+                return owner._mi_published_field(obj, self.name, self.get)
+        s = _S
+        if not s.open:
+            s.idle_read()
+        return self.get(obj)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self.set(obj, value)
+
+    def __delete__(self, obj: Any) -> None:
+        self.slot.__delete__(obj)
+
+
+def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..., Any]:
+    """A tracked read method of a collection class, standing in for builtin *base*.
+
+    *keyed* reads (``d[k]``, ``k in s``) record the key they looked at; the
+    others record the whole collection.
+    """
+    if keyed:
+
+        def reader(self: Any, *args: Any) -> Any:
+            owner = self._mi_img
+            if owner is not None:
+                tx = owner._mi_current.get()
+                if tx is not None:
+                    return tx.read_coll(self, name, args, args[0])
+                if owner._mi_publishing:
+                    return owner._mi_published_coll(self, name, args)
+            s = _S
+            if not s.open:
+                s.idle_read()
+            return base(self, *args)
+
+    else:
+
+        def reader(self: Any, *args: Any) -> Any:
+            owner = self._mi_img
+            if owner is not None:
+                tx = owner._mi_current.get()
+                if tx is not None:
+                    return tx.read_coll(self, name, args, WHOLE)
+                if owner._mi_publishing:
+                    return owner._mi_published_coll(self, name, args)
+            s = _S
+            if not s.open:
+                s.idle_read()
+            return base(self, *args)
+
+    reader.__name__ = name
+    reader.__doc__ = getattr(base, "__doc__", None)
+    return reader
+
+
+def raw_slot(cls: type, name: str) -> Any:
+    """The member descriptor that stores field *name* of *cls* (never a hook)."""
+    for klass in cls.__mro__:
+        found = klass.__dict__.get(name)
+        if isinstance(found, TrackedField):
+            return found.slot
+        if found is not None and type(found).__name__ == "member_descriptor":
+            return found
+    raise TypeError(f"{cls.__qualname__}.{name} is not a slot")  # pragma: no cover
+
+
+def _install_entity(info: Any) -> None:
+    cls = info.cls
+    for name in info.fields:
+        current = cls.__dict__.get(name)
+        if current is not None and type(current).__name__ == "member_descriptor":
+            _S.saved.append((cls, name, current))
+            type.__setattr__(cls, name, TrackedField(name, current))
+
+
+def _install_collection(cls: type, readers: dict[str, Callable[..., Any]]) -> None:
+    for name, reader in readers.items():
+        _S.saved.append((cls, name, cls.__dict__.get(name)))
+        type.__setattr__(cls, name, reader)
+
+
+def _enable() -> None:
+    for info in _S.entities:
+        _install_entity(info)
+    for cls, readers in _S.collections:
+        _install_collection(cls, readers)
+    _S.enabled = True
+
+
+def _disable() -> None:
+    for cls, name, previous in reversed(_S.saved):
+        if previous is None:
+            type.__delattr__(cls, name)
+        else:
+            type.__setattr__(cls, name, previous)
+    _S.saved.clear()
+    _S.enabled = False
+    _S.idle = 0
+
+
+def register_entity(info: Any) -> None:
+    """Track reads of *info*'s class from now on whenever tracking is on."""
+    with _S.lock:
+        _S.entities.append(info)
+        if _S.enabled:
+            _install_entity(info)
+
+
+def register_collection(cls: type, readers: dict[str, Callable[..., Any]]) -> None:
+    """Install *readers* on *cls* whenever tracking is on."""
+    with _S.lock:
+        _S.collections.append((cls, readers))
+        if _S.enabled:
+            _install_collection(cls, readers)
+
+
+def tx_opened() -> None:
+    """A transaction opened somewhere in the process: reads must be tracked."""
+    with _S.lock:
+        _S.open += 1
+        _S.idle = 0
+        if not _S.enabled:
+            _enable()
+
+
+def tx_closed() -> None:
+    """A transaction ended; the hooks stay until reads go untracked for a while."""
+    with _S.lock:
+        _S.open -= 1
+
+
+def enabled() -> bool:
+    """Whether read hooks are installed right now (for tests and benchmarks)."""
+    return _S.enabled
+
+
+def disable_now() -> bool:
+    """Remove the hooks at once if no transaction is open; returns whether they are off."""
+    with _S.lock:
+        if not _S.open and _S.enabled:
+            _disable()
+        return not _S.enabled

@@ -1,0 +1,80 @@
+"""The in-memory store: the log in Python lists, for tests and scratch work.
+
+One instance may be shared by several images in one process; it then behaves
+like a shared log (appends are checked against the head under a lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """A store that keeps everything in memory (``memimg.open(":memory:")``)."""
+
+    def __init__(self) -> None:
+        self.description = ":memory:"
+        self._lock = threading.Lock()
+        self._events: list[EventRow] = []
+        self._first = 1
+        self._snapshots: dict[int, SnapshotRow] = {}
+        self._meta: dict[str, str] = {"format_version": str(FORMAT_VERSION)}
+
+    def head(self) -> int:
+        return self._first - 1 + len(self._events)
+
+    def first_seq(self) -> int:
+        return self._first
+
+    def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
+        with self._lock:
+            if self.head() != expected_head:
+                raise SeqTaken(expected_head)
+            for i, row in enumerate(rows):
+                if row.seq != expected_head + 1 + i:
+                    raise ValueError(f"row seq {row.seq} does not follow {expected_head + i}")
+            self._events.extend(rows)
+
+    def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
+        with self._lock:
+            start = max(0, after + 1 - self._first)
+            rows = self._events[start : None if limit is None else start + limit]
+        return iter(rows)
+
+    def write_snapshot(self, row: SnapshotRow) -> None:
+        with self._lock:
+            self._snapshots[row.seq] = row
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        with self._lock:
+            return [SnapshotInfo(r.seq, r.ts, len(r.payload)) for r in sorted(self._snapshots.values(), reverse=True)]
+
+    def read_snapshot(self, seq: int) -> SnapshotRow:
+        with self._lock:
+            return self._snapshots[seq]
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._meta)
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._meta[key] = value
+
+    def changed(self, seen: int) -> bool:
+        return self.head() != seen
+
+    def delete_events_before(self, seq: int) -> int:
+        with self._lock:
+            n = max(0, min(len(self._events), seq - self._first))
+            del self._events[:n]
+            self._first += n
+            return n
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,125 @@
+"""The store protocol: what memimg needs from a place that keeps the log.
+
+A store keeps three tables -- ``memimg_events`` (one row per event),
+``memimg_snapshots`` (one row per snapshot) and ``memimg_meta`` -- and knows
+nothing of user classes: rows are opaque bytes with a checksum the core
+computed. The one rule a store must enforce itself, with the database's
+guarantees rather than a lock held in Python, is the **append rule**:
+a transaction's rows are appended all or none, and only if the log's head is
+still the seq the writer expected -- otherwise :class:`SeqTaken` is raised
+and nothing is written. That single rule makes commits from several
+processes safe: the loser catches up and tries again.
+
+Every store passes the contract suite in ``tests/stores/contract.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
+
+__all__ = ["FORMAT_VERSION", "EventRow", "SeqTaken", "SnapshotInfo", "SnapshotRow", "Store"]
+
+#: The storage format this memimg writes; a store holding a newer one is refused.
+FORMAT_VERSION = 1
+
+
+class EventRow(NamedTuple):
+    """One row of ``memimg_events``."""
+
+    seq: int
+    tx: int
+    ts: int  #: commit time, microseconds since the Unix epoch (UTC)
+    kind: str
+    target: int
+    payload: bytes
+    checksum: int
+
+
+class SnapshotRow(NamedTuple):
+    """One row of ``memimg_snapshots``."""
+
+    seq: int
+    ts: int
+    payload: bytes
+    checksum: int
+
+
+class SnapshotInfo(NamedTuple):
+    """A snapshot's header, without its payload."""
+
+    seq: int
+    ts: int
+    size: int
+
+
+class SeqTaken(Exception):
+    """The head moved since the writer last looked; nothing was appended."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__(f"seq {expected + 1} was taken by another writer")
+        self.expected = expected
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where an image's log lives."""
+
+    #: A short description for messages (a path, a URL without password).
+    description: str
+
+    def head(self) -> int:
+        """The seq of the newest event (0 when the log is empty)."""
+        ...
+
+    def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
+        """Append *rows* (seqs ``expected_head + 1`` on) atomically.
+
+        Raises:
+            SeqTaken: another writer appended first; nothing was written.
+            LockedError: the store stayed busy past its timeout.
+        """
+        ...
+
+    def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
+        """Event rows with ``seq > after``, in order."""
+        ...
+
+    def first_seq(self) -> int:
+        """The seq of the oldest event still stored (``head() + 1`` when none)."""
+        ...
+
+    def write_snapshot(self, row: SnapshotRow) -> None:
+        """Store a snapshot row (replacing one at the same seq)."""
+        ...
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """Headers of every stored snapshot, newest first."""
+        ...
+
+    def read_snapshot(self, seq: int) -> SnapshotRow:
+        """The snapshot covering *seq*."""
+        ...
+
+    def meta(self) -> dict[str, str]:
+        """The ``memimg_meta`` table."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Write one ``memimg_meta`` entry."""
+        ...
+
+    def changed(self, seen: int) -> bool:
+        """Cheap check: may the head be past *seen* (another writer appended)?
+
+        May answer ``True`` spuriously, never ``False`` wrongly.
+        """
+        ...
+
+    def delete_events_before(self, seq: int) -> int:
+        """Delete events with ``seq < seq`` (compaction); returns how many."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
