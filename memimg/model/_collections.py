@@ -78,11 +78,11 @@ def _splice(old: list[Any], new: list[Any]) -> Events:
 
 
 def _list_append(lst: Any, prep: Prep, item: Any) -> tuple[Events, Any]:
-    return [("list.append", ([prep(item, "append")],))], None
+    return [("list.append", ([prep(item, ".append()")],))], None
 
 
 def _list_extend(lst: Any, prep: Prep, items: Iterable[Any]) -> tuple[Events, Any]:
-    prepped = [prep(x, "extend") for x in (list(lst) if items is lst else items)]
+    prepped = [prep(x, ".extend()") for x in (list(lst) if items is lst else items)]
     return ([("list.append", (prepped,))] if prepped else []), None
 
 
@@ -94,7 +94,7 @@ def _list_insert(lst: Any, prep: Prep, index: Any, item: Any) -> tuple[Events, A
     n = len(lst)
     i = index.__index__()
     i = max(0, i + n) if i < 0 else min(i, n)
-    value = prep(item, f"insert({index})")
+    value = prep(item, f".insert({index}, ...)")
     if i == n:
         return [("list.append", ([value],))], None
     return [("list.insert", (i, value))], None
@@ -288,7 +288,7 @@ def _members(others: tuple[Any, ...]) -> list[Any]:
 def _set_add(s: Any, prep: Prep, item: Any) -> tuple[Events, Any]:
     if item in s:
         return [], None
-    return [("set.add", ([prep(item, "add")],))], None
+    return [("set.add", ([prep(item, ".add()")],))], None
 
 
 def _set_discard(s: Any, prep: Prep, item: Any) -> tuple[Events, Any]:
@@ -315,7 +315,7 @@ def _set_update(s: Any, prep: Prep, *others: Any) -> tuple[Events, Any]:
     new: dict[Any, None] = {}
     for m in _members(others):
         if m not in s and m not in new:
-            new[prep(m, "update")] = None
+            new[prep(m, ".update()")] = None
     return ([("set.add", (list(new),))] if new else []), None
 
 
@@ -333,7 +333,7 @@ def _set_intersection_update(s: Any, prep: Prep, *others: Any) -> tuple[Events, 
 def _set_symmetric_difference_update(s: Any, prep: Prep, other: Any) -> tuple[Events, Any]:
     members = list(dict.fromkeys(other))
     gone = [m for m in members if m in s]
-    new = [prep(m, "symmetric_difference_update") for m in members if m not in s]
+    new = [prep(m, ".symmetric_difference_update()") for m in members if m not in s]
     events: Events = []
     if gone:
         events.append(("set.discard", (gone,)))

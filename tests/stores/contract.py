@@ -1,0 +1,153 @@
+"""The store contract: every behaviour a store must have.
+
+Each backend's test module subclasses :class:`StoreContract` and only says
+how to build a fresh store (``make_store``) and a second handle on the same
+log (``reopen``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from memimg._rows import event_checksum, snapshot_checksum
+from memimg.stores import EventRow, SeqTaken, SnapshotRow, Store
+
+
+def row(seq: int, tx: int | None = None, payload: bytes = b"[[]]", kind: str = "gc", target: int = 0) -> EventRow:
+    tx = seq if tx is None else tx
+    return EventRow(seq, tx, 1000 + seq, kind, target, payload, event_checksum(seq, tx, 1000 + seq, kind, target, payload))
+
+
+def snap(seq: int, payload: bytes = b"{}") -> SnapshotRow:
+    return SnapshotRow(seq, 5, payload, snapshot_checksum(seq, 5, payload))
+
+
+class StoreContract:
+    """Behaviour every store must have."""
+
+    def make_store(self) -> Store:
+        raise NotImplementedError
+
+    def reopen(self, store: Store) -> Store:
+        """Another handle on the same log (another connection or the same object)."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self) -> Any:
+        s = self.make_store()
+        yield s
+        s.close()
+
+    def test_is_a_store(self, store: Store) -> None:
+        """A store satisfies the runtime-checkable Store protocol."""
+        assert isinstance(store, Store)
+
+    def test_empty(self, store: Store) -> None:
+        """A new store has an empty log, no snapshots and a format version."""
+        assert store.head() == 0
+        assert store.first_seq() == 1
+        assert list(store.read()) == []
+        assert store.snapshots() == []
+        assert store.meta()["format_version"] == "1"
+
+    def test_append_and_read_back(self, store: Store) -> None:
+        """Rows come back exactly as appended, in seq order."""
+        rows = [row(1), row(2, 2, b'[["x"]]', "obj.set", 7), row(3, 2)]
+        store.append(rows[:1], 0)
+        store.append(rows[1:], 1)
+        assert store.head() == 3
+        assert [EventRow(*r) for r in store.read()] == rows
+        assert [EventRow(*r) for r in store.read(after=1)] == rows[1:]
+        assert [EventRow(*r) for r in store.read(after=1, limit=1)] == rows[1:2]
+        assert list(store.read(after=3)) == []
+
+    def test_append_refuses_a_stale_head(self, store: Store) -> None:
+        """Appending after a head that moved raises SeqTaken and writes nothing."""
+        store.append([row(1)], 0)
+        store.append([row(2)], 1)
+        with pytest.raises(SeqTaken):
+            store.append([row(2, payload=b"[[1]]")], 1)
+        with pytest.raises(SeqTaken):
+            store.append([row(2), row(3)], 1)
+        with pytest.raises(SeqTaken):
+            store.append([row(1)], 0)
+        assert store.head() == 2
+        assert [r[5] for r in store.read()] == [b"[[]]", b"[[]]"]
+
+    def test_multi_row_append_is_atomic(self, store: Store) -> None:
+        """A transaction's rows land all together or not at all."""
+        store.append([row(1)], 0)
+        with pytest.raises(SeqTaken):
+            store.append([row(1, 1), row(2, 1), row(3, 1)], 0)
+        assert store.head() == 1
+        store.append([row(2, 2), row(3, 2), row(4, 2)], 1)
+        assert [r[0] for r in store.read()] == [1, 2, 3, 4]
+
+    def test_concurrent_appenders_never_share_a_seq(self, store: Store) -> None:
+        """Writers racing on one log: every seq is written once, with no gap."""
+        other = self.reopen(store)
+        won: list[int] = []
+
+        def writer(s: Store, tag: bytes) -> None:
+            for _ in range(40):
+                while True:
+                    head = s.head()
+                    try:
+                        s.append([row(head + 1, payload=b'[["' + tag + b'"]]')], head)
+                        won.append(head + 1)
+                        break
+                    except SeqTaken:
+                        continue
+
+        threads = [threading.Thread(target=writer, args=(s, t)) for s, t in ((store, b"a"), (other, b"b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if other is not store:
+            other.close()
+        seqs = [r[0] for r in store.read()]
+        assert seqs == list(range(1, 81))
+        assert sorted(won) == seqs
+
+    def test_snapshots(self, store: Store) -> None:
+        """Snapshots are listed newest first and read back whole."""
+        store.write_snapshot(snap(3, b'{"a":1}'))
+        store.write_snapshot(snap(7, b'{"b":2}'))
+        assert [(i.seq, i.size) for i in store.snapshots()] == [(7, 7), (3, 7)]
+        assert store.read_snapshot(3) == snap(3, b'{"a":1}')
+
+    def test_meta(self, store: Store) -> None:
+        """Meta entries are written and read back."""
+        store.set_meta("x", "1")
+        store.set_meta("x", "2")
+        assert store.meta()["x"] == "2"
+
+    def test_changed_notices_other_writers(self, store: Store) -> None:
+        """changed() turns true when another handle appends."""
+        other = self.reopen(store)
+        store.changed(0)
+        other.append([row(1)], 0)
+        assert store.changed(0)
+        if other is not store:
+            other.close()
+
+    def test_compaction(self, store: Store) -> None:
+        """Events before a seq can be deleted; the head stays."""
+        store.append([row(1), row(2), row(3)], 0)
+        assert store.delete_events_before(3) == 2
+        assert store.first_seq() == 3
+        assert store.head() == 3
+        store.append([row(4)], 3)
+        assert [r[0] for r in store.read()] == [3, 4]
+
+    def test_large_payload(self, store: Store) -> None:
+        """Payloads of several megabytes are kept intact."""
+        big = b"[" + b"1," * 2_000_000 + b"1]"
+        store.append([row(1, payload=big)], 0)
+        assert next(iter(store.read()))[5] == big
+        store.write_snapshot(snap(1, big))
+        assert store.read_snapshot(1).payload == big
