@@ -680,6 +680,7 @@ class Graph:
         self._declared_before = {}
         records = []
         types: dict[str, Any] = {}
+        root_oid = oid_of(roots[0]) if roots else 0
         try:
             i = 0
             while i < len(queue):
@@ -697,7 +698,7 @@ class Graph:
             "format": 1,
             "seq": seq,
             "next_oid": len(self.objects),
-            "root": oid_of(roots[0]) if roots else 0,
+            "root": root_oid,
             "types": types,
             "objects": records,
         }

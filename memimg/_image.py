@@ -285,9 +285,11 @@ class MemoryImage:
             if r.kind == "gc":
                 self._snapshot_seq = r.seq
             expected += 1
-            if progress is not None and not expected % 10_000:
+            if progress is not None and not (expected - loaded) % 10_000:
                 progress("replay", expected - 1 - loaded, head - loaded)
         self._seq = expected - 1
+        if progress is not None:
+            progress("replay", self._seq - loaded, self._seq - loaded)
 
     def _create_root(self, factory: Callable[[], Any]) -> None:
         if self._readonly:

@@ -47,7 +47,11 @@ def snapshot_checksum(seq: int, ts: int, payload: bytes) -> int:
 
 def verify_event(row: EventRow) -> None:
     """Raise :class:`CorruptLogError` unless *row* is intact."""
-    if event_checksum(row.seq, row.tx, row.ts, row.kind, row.target, row.payload) != row.checksum:
+    try:
+        ok = event_checksum(row.seq, row.tx, row.ts, row.kind, row.target, row.payload) == row.checksum
+    except (TypeError, ValueError, OverflowError, struct.error):  # a column of the wrong type
+        ok = False
+    if not ok:
         raise CorruptLogError(
             f"event seq {row.seq} is corrupt (checksum mismatch): the row was damaged or edited; "
             f"restore the log from a backup, or open with a snapshot taken after seq {row.seq}",
@@ -58,7 +62,11 @@ def verify_event(row: EventRow) -> None:
 
 def verify_snapshot(row: SnapshotRow) -> None:
     """Raise :class:`CorruptLogError` unless *row* is intact."""
-    if snapshot_checksum(row.seq, row.ts, row.payload) != row.checksum:
+    try:
+        ok = snapshot_checksum(row.seq, row.ts, row.payload) == row.checksum
+    except (TypeError, ValueError, OverflowError, struct.error):
+        ok = False
+    if not ok:
         raise CorruptLogError(
             f"snapshot at seq {row.seq} is corrupt (checksum mismatch)",
             seq=row.seq,

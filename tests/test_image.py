@@ -1,0 +1,382 @@
+"""MemoryImage: open, recover, snapshot, events, errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+import memimg
+from memimg.stores import MemoryStore, SeqTaken
+from tests.models import Account, Bank, Box, Entry
+
+
+def test_quick_start_flow(make_image: Any) -> None:
+    """The spec's example works on every store and survives reopening."""
+    img = make_image(root=Bank)
+    bank = img.root
+    bank.accounts["ada"] = Account("ada")
+    bank.accounts["bob"] = Account("bob")
+    with img.transaction():
+        bank.accounts["ada"].balance -= 10
+        bank.accounts["bob"].balance += 10
+    seq = img.snapshot()
+    assert seq == img.seq
+    bank.accounts["ada"].tags.add("overdrawn")
+    img.close()
+    again = make_image(root=Bank).root
+    assert again.accounts["ada"].balance == Decimal("-10")
+    assert again.accounts["bob"].balance == Decimal("10")
+    assert again.accounts["ada"].tags == {"overdrawn"}
+    assert type(again) is Bank and type(again.accounts["ada"]) is Account
+
+
+def test_root_factory_runs_only_when_empty(make_image: Any) -> None:
+    """root= is called only for an empty store."""
+    calls = []
+
+    def factory() -> Box:
+        calls.append(1)
+        return Box(content="first")
+
+    make_image(root=factory).close()
+    assert make_image(root=factory).root.content == "first"
+    assert calls == [1]
+
+
+def test_default_root_is_a_dict() -> None:
+    """Without root=, the root is a tracked dict."""
+    img = memimg.open()
+    assert isinstance(img.root, dict) and type(img.root) is memimg.TrackedDict
+
+
+def test_bad_root() -> None:
+    """A root that is a value, not an object, is refused."""
+    with pytest.raises(TypeError, match="root"):
+        memimg.open(root=lambda: 5)
+
+
+def test_log_begins_with_the_root_event() -> None:
+    """replay(img.events()) rebuilds the whole graph from nothing."""
+    img = memimg.open(root=Bank)
+    first = next(img.events())
+    assert first.seq == 1 and first.kind == "root" and first.target == 1
+    img.root.accounts["x"] = Account("x")
+    assert memimg.replay(img.events()).accounts["x"].owner == "x"
+
+
+def test_event_records() -> None:
+    """Events expose seq, tx, ts, kind, target and data."""
+    img = memimg.open(root=Box)
+    before = dt.datetime.now(dt.timezone.utc)
+    with img.transaction():
+        img.root.content = 1
+        img.root.other = "x"
+    events = list(img.events(since=1))
+    assert [e.seq for e in events] == [2, 3]
+    assert {e.tx for e in events} == {2}
+    assert events[0].kind == "obj.set" and events[0].target == 1
+    assert events[0].data == ["content", 1] and events[1].data == ["other", "x"]
+    assert before - dt.timedelta(seconds=1) <= events[0].ts <= dt.datetime.now(dt.timezone.utc)
+    assert events[0].as_dict()["kind"] == "obj.set"
+    assert memimg.Event.from_row(events[0].to_row()) == events[0]
+
+
+def test_snapshot_plus_tail_equals_full_replay(make_image: Any) -> None:
+    """Recovery from the newest snapshot and its tail gives the same graph as a full replay."""
+    img = make_image(root=Bank)
+    for i in range(30):
+        img.root.accounts[str(i % 7)] = Account(str(i), balance=Decimal(i))
+        if i == 12:
+            img.snapshot()
+    events = list(img.events())
+    full = memimg.serialize(memimg.deserialize(memimg.serialize(memimg.replay(events))))
+    img.close()
+    reopened = make_image(root=Bank)
+    assert memimg.serialize(memimg.deserialize(memimg.serialize(reopened.root))) == full
+
+
+def test_replay_from_a_serialized_snapshot() -> None:
+    """replay(events, root=serialize(...)) continues from a snapshot."""
+    img = memimg.open(root=Bank)
+    img.root.accounts["a"] = Account("a")
+    snap = memimg.serialize(img.root)
+    seq = img.seq
+    img.root.accounts["a"].balance = Decimal(5)
+    img.root.accounts["b"] = Account("b")
+    again = memimg.replay(img.events(since=seq), root=snap)
+    assert again.accounts["a"].balance == 5 and set(again.accounts) == {"a", "b"}
+
+
+def test_automatic_snapshots(make_image: Any) -> None:
+    """snapshot_every writes snapshots as events accumulate; None disables them."""
+    img = make_image(root=Box, snapshot_every=10)
+    img.root.content = []
+    for i in range(35):
+        img.root.content.append(i)
+    snaps = img.store.snapshots() if not isinstance(img.store, str) else []
+    assert len(snaps) == 3
+    img.close()
+    assert make_image(root=Box, snapshot_every=None).root.content == list(range(35))
+    with pytest.raises(ValueError, match="snapshot_every"):
+        memimg.open(snapshot_every=0)
+
+
+def test_no_automatic_snapshot_when_disabled() -> None:
+    img = memimg.open(root=Box, snapshot_every=None)
+    img.root.content = []
+    for i in range(50):
+        img.root.content.append(i)
+    assert img.store.snapshots() == []
+
+
+def test_closed_image() -> None:
+    """After close, reads still work and changes raise ClosedError."""
+    img = memimg.open(root=Box)
+    img.root.content = [1]
+    lst = img.root.content
+    img.close()
+    img.close()
+    assert lst == [1] and img.closed
+    with pytest.raises(memimg.ClosedError, match="closed"):
+        lst.append(2)
+    with pytest.raises(memimg.ClosedError):
+        img.root.other = 1
+    with pytest.raises(memimg.ClosedError):
+        img.transaction().__enter__()
+    with pytest.raises(memimg.ClosedError):
+        img.snapshot()
+    assert lst == [1]
+
+
+def test_context_manager_closes() -> None:
+    with memimg.open() as img:
+        img.root["a"] = 1
+    assert img.closed
+
+
+def test_readonly_follower(sqlite_path: str) -> None:
+    """readonly=True reads the image and refuses every write."""
+    with memimg.open(sqlite_path, root=Box) as img:
+        img.root.content = [1]
+    ro = memimg.open(sqlite_path, readonly=True)
+    assert ro.root.content == [1] and ro.readonly
+    with pytest.raises(memimg.ReadOnlyError):
+        ro.root.content.append(2)
+    with pytest.raises(memimg.ReadOnlyError):
+        ro.snapshot()
+    with pytest.raises(memimg.ReadOnlyError):
+        with ro.transaction():
+            ro.root.other = 1
+    assert ro.root.content == [1]
+    with memimg.open(sqlite_path, root=Box) as writer:
+        writer.root.content.append(2)
+    assert ro.refresh() == 1
+    assert ro.root.content == [1, 2]
+    ro.close()
+
+
+def test_readonly_on_an_empty_store() -> None:
+    with pytest.raises(memimg.MemimgError, match="read-only"):
+        memimg.open(MemoryStore(), readonly=True)
+
+
+class FailingStore(MemoryStore):
+    """A memory store whose appends fail on demand (disk full, I/O error...)."""
+
+    fail = False
+
+    def append(self, rows: Any, expected_head: int) -> None:
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        super().append(rows, expected_head)
+
+
+def test_failed_write_leaves_memory_unchanged() -> None:
+    """A store write that fails raises and leaves the graph exactly as it was."""
+    store = FailingStore()
+    img = memimg.open(store, root=Bank)
+    img.root.accounts["a"] = Account("a", tags={"t"})
+    acct = img.root.accounts["a"]
+    before = memimg.serialize(img.root)
+    store.fail = True
+    new = Account("new", entries=[Entry("e")])
+    operations = [
+        lambda: setattr(acct, "balance", Decimal(3)),
+        lambda: acct.tags.add("u"),
+        lambda: acct.entries.append(Entry("x")),
+        lambda: img.root.accounts.__setitem__("new", new),
+        lambda: img.root.accounts.pop("a"),
+        lambda: img.snapshot(),
+    ]
+    for op in operations:
+        with pytest.raises(memimg.MemimgError, match="No space left"):
+            op()
+    with pytest.raises(memimg.MemimgError, match="No space left"):
+        with img.transaction():
+            acct.balance = Decimal(9)
+            img.root.accounts["new"] = new
+    assert memimg.serialize(img.root) == before
+    assert new._mi_img is None and type(new.entries) is list
+    store.fail = False
+    acct.balance = Decimal(1)
+    assert memimg.replay(img.events()).accounts["a"].balance == 1
+
+
+def tamper(path: str, sql: str, *params: Any) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(sql, params)
+    conn.commit()
+    conn.close()
+
+
+def build(path: str) -> None:
+    with memimg.open(path, root=Bank, snapshot_every=None) as img:
+        for i in range(5):
+            img.root.accounts[str(i)] = Account(str(i))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE memimg_events SET payload = replace(payload, 'tests', 'TESTS') WHERE seq = 3",
+        "UPDATE memimg_events SET payload = substr(payload, 1, 10) WHERE seq = 3",
+        "UPDATE memimg_events SET target = 99 WHERE seq = 3",
+        "UPDATE memimg_events SET kind = 'dict.del' WHERE seq = 3",
+        "UPDATE memimg_events SET ts = ts + 1 WHERE seq = 3",
+    ],
+    ids=["edited", "truncated", "retargeted", "rekinded", "retimed"],
+)
+def test_corrupt_row_is_named(sqlite_path: str, sql: str) -> None:
+    """A corrupt, truncated or tampered row makes open raise CorruptLogError naming the seq."""
+    build(sqlite_path)
+    tamper(sqlite_path, sql)
+    with pytest.raises(memimg.CorruptLogError, match="seq 3") as info:
+        memimg.open(sqlite_path, root=Bank)
+    assert info.value.seq == 3
+
+
+def test_gap_in_the_log_is_named(sqlite_path: str) -> None:
+    build(sqlite_path)
+    tamper(sqlite_path, "DELETE FROM memimg_events WHERE seq = 4")
+    with pytest.raises(memimg.CorruptLogError, match="seq 4 is missing"):
+        memimg.open(sqlite_path, root=Bank)
+
+
+def test_corrupt_snapshot_falls_back_to_an_older_one(sqlite_path: str) -> None:
+    """A damaged snapshot is skipped with a warning when the log still covers it."""
+    with memimg.open(sqlite_path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+        img.snapshot()
+        img.root.content = 2
+        last = img.snapshot()
+        img.root.content = 3
+    tamper(sqlite_path, "UPDATE memimg_snapshots SET payload = '{}' WHERE seq = ?", last)
+    with pytest.warns(UserWarning, match=f"seq {last}"):
+        img = memimg.open(sqlite_path, root=Box)
+    assert img.root.content == 3
+    img.close()
+
+
+def test_corrupt_snapshot_without_events_behind_it(sqlite_path: str) -> None:
+    with memimg.open(sqlite_path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+        last = img.snapshot()
+        img.store.delete_events_before(last)
+    tamper(sqlite_path, "UPDATE memimg_snapshots SET checksum = checksum + 1")
+    with pytest.warns(UserWarning):
+        with pytest.raises(memimg.CorruptLogError, match="missing"):
+            memimg.open(sqlite_path, root=Box)
+
+
+def test_unknown_type_names_the_stored_type(sqlite_path: str) -> None:
+    """A log naming a class nobody defines raises UnknownTypeError naming it."""
+    script = textwrap.dedent(
+        f"""
+        import memimg, attrs
+        @memimg.persistent(name="gone.Coupon")
+        class Coupon:
+            code: str = "X"
+        with memimg.open({sqlite_path!r}) as img:
+            img.root["c"] = Coupon()
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    with pytest.raises(memimg.UnknownTypeError, match="gone.Coupon") as info:
+        memimg.open(sqlite_path)
+    assert info.value.type_name == "gone.Coupon"
+
+
+def test_types_are_found_by_importing_their_module(sqlite_path: str) -> None:
+    """A default-named class is found by importing its module when first needed."""
+    with memimg.open(sqlite_path) as img:
+        img.root["x"] = Box(content=1)
+    from memimg.model import _types
+
+    info = _types.resolve("tests.models.Box")
+    assert info.cls is Box
+
+
+def test_two_images_agree_on_one_root() -> None:
+    """Two images opening an empty shared store at once agree on one root."""
+    store = MemoryStore()
+    original = store.append
+    racer: list[Any] = []
+
+    def append_late(rows: Any, expected: int) -> None:
+        if not racer:  # the other process gets there between our encode and our append
+            racer.append(None)
+            racer[0] = memimg.open(store, root=lambda: Box(content="other"))
+        original(rows, expected)
+
+    store.append = append_late  # type: ignore[method-assign]
+    img = memimg.open(store, root=lambda: Box(content="mine"))
+    assert img.root.content == "other"
+    assert racer[0].root.content == "other"
+    assert [e.kind for e in img.events()] == ["root"]
+
+
+def test_appends_are_checked_against_the_head() -> None:
+    """Another writer's commit is caught up before ours lands."""
+    store = MemoryStore()
+    a = memimg.open(store, root=Box)
+    b = memimg.open(store, root=Box)
+    a.root.content = [1]
+    b.root.other = "b"  # b is behind: it catches up, then appends
+    assert b.root.content == [1] and b.seq == a.seq + 1
+    a.root.content.append(2)
+    assert a.root.other == "b"
+    b.refresh()
+    assert b.root.content == [1, 2]
+    with pytest.raises(SeqTaken):
+        store.append([], 0)
+
+
+def test_progress_callback(sqlite_path: str) -> None:
+    with memimg.open(sqlite_path, root=Box, snapshot_every=None) as img:
+        img.root.content = []
+        for i in range(25_000):
+            img.root.content.append(i)
+    seen: list[tuple[str, int, int]] = []
+    with memimg.open(sqlite_path, root=Box, progress=lambda *a: seen.append(a)) as img:
+        assert len(img.root.content) == 25_000
+    assert seen[0][0] == "replay" and seen[-1] == ("replay", 25_002, 25_002)
+
+
+def test_snapshot_payload_is_readable_json(sqlite_path: str) -> None:
+    """Snapshots and events are JSON anyone can read with sqlite3."""
+    with memimg.open(sqlite_path, root=Bank) as img:
+        img.root.accounts["a"] = Account("a")
+        img.snapshot()
+    conn = sqlite3.connect(sqlite_path)
+    payload = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()[0]
+    data = orjson.loads(payload)
+    assert data["format"] == 1 and data["types"]["tests.Bank"] == [1, ["accounts", "name"]]
+    conn.close()
