@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import copy
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -105,23 +106,19 @@ def serialize(obj: Any, *, converter: _codec.Converter | None = None) -> dict[st
     """The snapshot-format description (JSON data) of *obj* and everything it reaches.
 
     Objects of an image keep their ids; a free-standing graph is numbered
-    from 1. ``deserialize`` and ``replay(events, root=...)`` read it back.
+    from 1, and so is what a transaction sees when called inside one. ``deserialize`` and ``replay(events, root=...)`` read it back.
     """
     owner = getattr(obj, "_mi_img", None)
+    if isinstance(owner, MemoryImage) and owner._mi_current.get() is not None:
+        # inside a transaction: describe what the transaction sees
+        return serialize(copy.deepcopy(obj), converter=owner.converter)
     if isinstance(owner, MemoryImage):
         with owner._lock:
             graph = owner._graph
             return graph._describe([obj], lambda o: o._mi_oid, owner.seq)
     graph = Graph(converter or _codec.converter)
     shape = graph.codec.classify(builtins.type(obj))
-    if shape is _codec.PLAIN:
-        undo: list[Any] = []
-        obj = graph.prepare(obj, "serialize", undo)  # plain containers become tracked copies
-        try:
-            return graph.describe_detached(obj)
-        finally:
-            graph.undo(undo)
-    if shape not in (_codec.ENTITY, _codec.TRACKED):
+    if shape not in (_codec.ENTITY, _codec.TRACKED, _codec.PLAIN):
         raise TypeError(f"serialize takes an entity or a list, dict or set, not {builtins.type(obj).__qualname__}")
     return graph.describe_detached(obj)
 

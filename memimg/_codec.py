@@ -315,7 +315,7 @@ class Codec:
     def _encoder_for(self, t: type) -> Enc:
         shape = self.classify(t)
         enc: Enc
-        if shape in (ENTITY, TRACKED):
+        if shape in (ENTITY, TRACKED, PLAIN):  # plain containers only in free-standing graphs
             enc = lambda v: ["r", self.ref(v)]  # noqa: E731
         elif shape == LEAF:
             enc = self.converter._leaves[t].encode
@@ -345,7 +345,10 @@ class Codec:
             unstructure = self.converter.get_unstructure_hook(t)
             enc = lambda v: ["x", name, unstructure(v)]  # noqa: E731
         else:
-            raise describe_unsupported(t, "")
+
+            def enc(v: Any) -> Any:
+                raise describe_unsupported(v, "")
+
         self._encoders[t] = enc
         return enc
 

@@ -412,13 +412,13 @@ class Graph:
         """``(type name, state)`` of *obj*, its references encoded through the codec."""
         enc = self.codec.encode
         t = type(obj)
-        if t is TrackedList:
+        if t is TrackedList or t is list:
             return "list", [enc(x) for x in _list_copy(obj)]
-        if t is TrackedDict:
+        if t is TrackedDict or t is dict:
             if all(type(k) is str for k in _dict_keys(obj)):
                 return "dict", {k: enc(v) for k, v in _dict_items(obj)}
             return "dict", [[enc(k), enc(v)] for k, v in _dict_items(obj)]
-        if t is TrackedSet:
+        if t is TrackedSet or t is set:
             return "set", [enc(m) for m in set.copy(obj)]
         info = _types.info_of(t)
         assert info is not None
