@@ -106,7 +106,8 @@ def serialize(obj: Any, *, converter: _codec.Converter | None = None) -> dict[st
     """The snapshot-format description (JSON data) of *obj* and everything it reaches.
 
     Objects of an image keep their ids; a free-standing graph is numbered
-    from 1, and so is what a transaction sees when called inside one. ``deserialize`` and ``replay(events, root=...)`` read it back.
+    from 1, and so is what a transaction sees when called inside one.
+    ``deserialize`` and ``replay(events, root=...)`` read it back.
     """
     owner = getattr(obj, "_mi_img", None)
     if isinstance(owner, MemoryImage) and owner._mi_current.get() is not None:

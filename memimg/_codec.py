@@ -129,6 +129,13 @@ _LEAVES: dict[type, _Leaf] = {
 }
 
 
+def _structure_with(leaf: _Leaf) -> Callable[[Any, Any], Any]:
+    def structure(data: Any, _: Any) -> Any:
+        return leaf.decode(data)
+
+    return structure
+
+
 class Converter(cattrs.Converter):
     """The cattrs converter that knows every value type an image can store.
 
@@ -146,7 +153,7 @@ class Converter(cattrs.Converter):
         self.version = 0
         for cls, leaf in self._leaves.items():
             self.register_unstructure_hook(cls, leaf.encode)
-            self.register_structure_hook(cls, lambda data, _, leaf=leaf: leaf.decode(data))
+            self.register_structure_hook(cls, _structure_with(leaf))
 
     def register_value(
         self,
@@ -378,7 +385,7 @@ class Codec:
     def _dec_value(self, x: list[Any]) -> Any:
         info = _types.resolve(x[1])
         cls = info.cls
-        obj = object.__new__(cls)
+        obj: Any = object.__new__(cls)
         state = x[2]
         for f in info.fields:
             if f in state:

@@ -36,7 +36,7 @@ from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, Unsup
 from memimg._kinds import FIELD, KINDS, Kind
 from memimg._rows import event_checksum
 from memimg.model import _tracking, _types
-from memimg.model._base import OWNER, PersistentBase
+from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 from memimg.stores._protocol import EventRow
 
@@ -45,8 +45,9 @@ __all__ = ["COLLECTION_NAMES", "Graph", "Pending"]
 #: An event not yet committed: (kind, target object, arguments as Python values).
 Pending = tuple[Kind, Any, tuple[Any, ...]]
 
-COLLECTION_NAMES: Final = {TrackedList: "list", TrackedDict: "dict", TrackedSet: "set"}
-_COLLECTION_TYPES: Final = {name: cls for cls, name in COLLECTION_NAMES.items()}
+COLLECTION_NAMES: Final[dict[type, str]] = {TrackedList: "list", TrackedDict: "dict", TrackedSet: "set"}
+_COLLECTION_TYPES: Final[dict[str, Any]] = {name: cls for cls, name in COLLECTION_NAMES.items()}
+_TRACKED_FOR: Final[dict[type, Any]] = {list: TrackedList, dict: TrackedDict, set: TrackedSet}
 _NATIVE: Final = (str, int, float, bool, type(None))
 _UNDO_ATTACH: Final = 0
 _UNDO_FIELD: Final = 1
@@ -189,9 +190,8 @@ class Graph:
             seen = memo.get(id(v))
             if seen is not None:
                 return seen[1]
-            tracked = {list: TrackedList, dict: TrackedDict, set: TrackedSet}[t].__new__(
-                {list: TrackedList, dict: TrackedDict, set: TrackedSet}[t]
-            )
+            cls = _TRACKED_FOR[t]
+            tracked = cls.__new__(cls)
             tracked._mi_img = self.owner
             memo[id(v)] = (v, tracked)
             undo.append((_UNDO_ATTACH, tracked))
@@ -232,7 +232,10 @@ class Graph:
             for k, val in old_pairs:
                 w = f"{where}[{k!r}]"
                 pairs.append(
-                    (inner(k, w + " (key)", undo, stack, memo, mutable_ok=False), inner(val, w, undo, stack, memo, mutable_ok=True))
+                    (
+                        inner(k, w + " (key)", undo, stack, memo, mutable_ok=False),
+                        inner(val, w, undo, stack, memo, mutable_ok=True),
+                    )
                 )
             if source is not None:
                 dict.update(obj, pairs)
@@ -473,7 +476,9 @@ class Graph:
                 if self._new_types:
                     payload.append(self._new_types)
             data = orjson.dumps(payload)
-            rows.append(EventRow(seq, first_seq, ts, k.name, toid, data, event_checksum(seq, first_seq, ts, k.name, toid, data)))
+            rows.append(
+                EventRow(seq, first_seq, ts, k.name, toid, data, event_checksum(seq, first_seq, ts, k.name, toid, data))
+            )
             seq += 1
         return rows
 
@@ -557,8 +562,7 @@ class Graph:
             raise
         except Exception as err:
             raise CorruptLogError(
-                f"event seq {row.seq} ({row.kind} on object {row.target}) does not apply to the "
-                f"state before it: {err}",
+                f"event seq {row.seq} ({row.kind} on object {row.target}) does not apply to the state before it: {err}",
                 seq=row.seq,
                 table="memimg_events",
             ) from err
@@ -583,6 +587,7 @@ class Graph:
         owner = self.owner
         for oid, name, state in records:
             cls = _COLLECTION_TYPES.get(name)
+            obj: Any
             if cls is not None:
                 obj = cls.__new__(cls)
                 obj._mi_img = owner
@@ -590,7 +595,9 @@ class Graph:
             else:
                 info = self._info_for(name)
                 if info.kind != _types.ENTITY:
-                    raise CorruptLogError(f"stored object {oid} has type {name!r}, which is not an entity class", seq=None, table="")
+                    raise CorruptLogError(
+                        f"stored object {oid} has type {name!r}, which is not an entity class", seq=None, table=""
+                    )
                 obj = object.__new__(info.cls)
                 _SET_OWNER(obj, owner)
                 _SET_OID(obj, oid)
@@ -631,7 +638,7 @@ class Graph:
             if setter is None:
                 raise self._drift(name, f)
             setter(obj, dec(x))
-        for f, default in defaults:
+        for f in defaults:
             if f not in state:
                 setter = setters[f]
                 setter(obj, _codec._default_for(self._info_for(name), f, obj))
@@ -640,7 +647,7 @@ class Graph:
         info = self._info_for(name)
         declared = self.declared.get(name)
         stored_fields = set(declared[1]) if declared else set(info.fields)
-        defaults = [(f, None) for f in info.fields if f not in stored_fields]
+        defaults = [f for f in info.fields if f not in stored_fields]
         plan = (info.setters, defaults)
         self._fill_plans[name] = plan
         return plan

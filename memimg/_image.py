@@ -42,7 +42,8 @@ from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
 from memimg._rows import Event, snapshot_checksum, verify_event, verify_snapshot
 from memimg._tx import Transaction, TxScope, TxState, _raw, where_coll, where_field
 from memimg.model import _tracking, _types
-from memimg.model._base import SELF, WHOLE as WHOLE_KEY, Planner
+from memimg.model._base import SELF, Planner
+from memimg.model._base import WHOLE as WHOLE_KEY
 from memimg.stores._protocol import EventRow, SeqTaken, SnapshotRow, Store
 
 __all__ = ["DEFAULT_SNAPSHOT_EVERY", "MemoryImage"]
@@ -84,9 +85,8 @@ class MemoryImage:
         readonly: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
-        if snapshot_every is not None and snapshot_every != "auto":
-            if not isinstance(snapshot_every, int) or snapshot_every < 1:
-                raise ValueError(f"snapshot_every must be a positive int, 'auto' or None, not {snapshot_every!r}")
+        if snapshot_every not in (None, "auto") and (not isinstance(snapshot_every, int) or snapshot_every < 1):
+            raise ValueError(f"snapshot_every must be a positive int, 'auto' or None, not {snapshot_every!r}")
         self._store = store
         self._readonly = readonly
         self._snapshot_every = snapshot_every
@@ -250,9 +250,9 @@ class MemoryImage:
         loaded = 0
         for info in store.snapshots():
             try:
-                row = SnapshotRow(*store.read_snapshot(info.seq))
-                verify_snapshot(row)
-                data = orjson.loads(row.payload)
+                snap = SnapshotRow(*store.read_snapshot(info.seq))
+                verify_snapshot(snap)
+                data = orjson.loads(snap.payload)
             except (CorruptLogError, orjson.JSONDecodeError) as err:
                 warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=3)
                 continue
@@ -353,7 +353,7 @@ class MemoryImage:
             while True:
                 undo: list[Any] = []
 
-                def prep(value: Any, where: str) -> Any:
+                def prep(value: Any, where: str, undo: list[Any] = undo) -> Any:
                     return graph.prepare(value, base + where, undo)
 
                 try:
@@ -441,9 +441,7 @@ class MemoryImage:
                 if isinstance(err, MemimgError):
                     raise
                 if isinstance(err, Exception):
-                    raise MemimgError(
-                        f"writing to {store.description} failed: {err}; nothing was changed"
-                    ) from err
+                    raise MemimgError(f"writing to {store.description} failed: {err}; nothing was changed") from err
                 raise
             break
         self._apply(events, rows, state)
@@ -529,7 +527,7 @@ class MemoryImage:
                 continue
             oid, seq = row.target, row.seq
             keys: list[tuple[int, Any]]
-            if rule == FIELD or rule == KEY:
+            if rule in (FIELD, KEY):
                 keys = [(oid, args[0])]
             elif rule == PAIRS:
                 keys = [(oid, p[0]) for p in args[0]]
@@ -619,4 +617,3 @@ class MemoryImage:
                 continue
             if seq > start:
                 raise self._conflict(oid, key, seq, "wrote")
-

@@ -76,7 +76,7 @@ def verify_snapshot(row: SnapshotRow) -> None:
 
 def ts_to_datetime(ts: int) -> dt.datetime:
     """A row timestamp (microseconds since the epoch) as an aware UTC datetime."""
-    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=ts)
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=ts)
 
 
 @attrs.frozen

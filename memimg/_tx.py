@@ -47,7 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
 _ABSENT: Any = object()
-_RAW = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
+_RAW: dict[type, type] = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
 _raw_methods: dict[tuple[type, str], Callable[..., Any]] = {}
 
 
@@ -71,7 +71,7 @@ def where_coll(coll: Any) -> str:
 class TxState:
     """One open transaction: its pending events, its delta, what it read."""
 
-    __slots__ = ("image", "graph", "start_seq", "events", "fields", "views", "reads", "undo", "marks", "done")
+    __slots__ = ("done", "events", "fields", "graph", "image", "marks", "reads", "start_seq", "undo", "views")
 
     def __init__(self, image: MemoryImage, start_seq: int) -> None:
         self.image = image
@@ -270,7 +270,7 @@ class Transaction:
     on normal exit, discard on an exception (which propagates).
     """
 
-    __slots__ = ("_image", "_state", "nested", "_ended")
+    __slots__ = ("_ended", "_image", "_state", "nested")
 
     def __init__(self, image: MemoryImage, state: TxState, nested: bool) -> None:
         self._image = image
@@ -330,7 +330,7 @@ class Transaction:
 class TxScope:
     """What ``MemoryImage.transaction(retries=...)`` returns: a context manager and a decorator."""
 
-    __slots__ = ("_image", "_retries", "_open")
+    __slots__ = ("_image", "_open", "_retries")
 
     def __init__(self, image: MemoryImage, retries: int) -> None:
         if retries < 0:

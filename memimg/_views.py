@@ -105,7 +105,7 @@ class ListView:
 class DictView:
     """A dict as one transaction sees it."""
 
-    __slots__ = ("base", "changes", "added", "cleared")
+    __slots__ = ("added", "base", "changes", "cleared")
 
     def __init__(self, base: dict[Any, Any]) -> None:
         self.base = base
@@ -196,7 +196,7 @@ class DictView:
 class SetView:
     """A set as one transaction sees it."""
 
-    __slots__ = ("base", "added", "removed", "cleared")
+    __slots__ = ("added", "base", "cleared", "removed")
 
     def __init__(self, base: set[Any]) -> None:
         self.base = base

@@ -39,7 +39,9 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-zones = st.sampled_from([None, dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30)), zoneinfo.ZoneInfo("Europe/Paris")])
+zones = st.sampled_from(
+    [None, dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), zoneinfo.ZoneInfo("Europe/Paris")]
+)
 leaves = st.one_of(
     st.none(),
     st.booleans(),
@@ -52,7 +54,7 @@ leaves = st.one_of(
     st.fractions(),
     st.datetimes(timezones=zones, allow_imaginary=False),
     st.dates(),
-    st.times(timezones=st.sampled_from([None, dt.timezone.utc, dt.timezone(dt.timedelta(hours=-3))])),
+    st.times(timezones=st.sampled_from([None, dt.UTC, dt.timezone(dt.timedelta(hours=-3))])),
     st.timedeltas(),
     st.uuids(),
     st.sampled_from(list(Color) + list(Level)),
@@ -69,7 +71,9 @@ def _hashable(v: Any) -> bool:
 
 values = st.recursive(
     leaves,
-    lambda inner: st.one_of(st.lists(inner, max_size=3).map(tuple), st.frozensets(leaves.filter(_hashable), max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(tuple), st.frozensets(leaves.filter(_hashable), max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -238,7 +242,9 @@ class Celsius:
 def test_user_registered_value_type(tmp_path: Any) -> None:
     """Types registered on the image's converter round-trip through the log."""
     conv = memimg.Converter()
-    conv.register_value(Celsius, name="tests.Celsius", unstructure=lambda c: c.degrees, structure=lambda d, _: Celsius(d))
+    conv.register_value(
+        Celsius, name="tests.Celsius", unstructure=lambda c: c.degrees, structure=lambda d, _: Celsius(d)
+    )
     path = str(tmp_path / "c.db")
     with memimg.open(path, root=Box, converter=conv) as img:
         img.root.content = (Celsius(21.5), Celsius(-1.0))

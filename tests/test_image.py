@@ -75,7 +75,7 @@ def test_log_begins_with_the_root_event() -> None:
 def test_event_records() -> None:
     """Events expose seq, tx, ts, kind, target and data."""
     img = memimg.open(root=Box)
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     with img.transaction():
         img.root.content = 1
         img.root.other = "x"
@@ -84,7 +84,7 @@ def test_event_records() -> None:
     assert {e.tx for e in events} == {2}
     assert events[0].kind == "obj.set" and events[0].target == 1
     assert events[0].data == ["content", 1] and events[1].data == ["other", "x"]
-    assert before - dt.timedelta(seconds=1) <= events[0].ts <= dt.datetime.now(dt.timezone.utc)
+    assert before - dt.timedelta(seconds=1) <= events[0].ts <= dt.datetime.now(dt.UTC)
     assert events[0].as_dict()["kind"] == "obj.set"
     assert memimg.Event.from_row(events[0].to_row()) == events[0]
 

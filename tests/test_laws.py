@@ -88,7 +88,9 @@ class ImageLaws(RuleBasedStateMachine):
         return [o for o in walk(self.img.root) if isinstance(o, cls)]
 
     def value(self, data: st.DataObject) -> Any:
-        kind = data.draw(st.sampled_from(["scalar", "scalar", "existing", "new_node", "new_list", "new_dict", "new_set"]))
+        kind = data.draw(
+            st.sampled_from(["scalar", "scalar", "existing", "new_node", "new_list", "new_dict", "new_set"])
+        )
         if kind == "scalar":
             return data.draw(scalars)
         if kind == "existing":
@@ -221,6 +223,9 @@ class ImageLaws(RuleBasedStateMachine):
 
 
 ImageLaws.TestCase.settings = settings(
-    max_examples=int(__import__("os").environ.get("MEMIMG_LAW_EXAMPLES", 150)), stateful_step_count=30, deadline=None, suppress_health_check=list(HealthCheck)
+    max_examples=int(__import__("os").environ.get("MEMIMG_LAW_EXAMPLES", 150)),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
 )
 TestImageLaws = ImageLaws.TestCase

@@ -51,8 +51,8 @@ _MISSING: Any = object()
 # -- list planners --------------------------------------------------------------
 
 
-def _index(i: Any, n: int) -> int:
-    i = i.__index__()
+def _index(index: Any, n: int) -> int:
+    i: int = index.__index__()
     if i < 0:
         i += n
     if not 0 <= i < n:
@@ -133,7 +133,9 @@ def _list_clear(lst: Any, prep: Prep) -> tuple[Events, Any]:
     return ([("list.clear", ())] if len(lst) else []), None
 
 
-def _list_sort(lst: Any, prep: Prep, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> tuple[Events, Any]:
+def _list_sort(
+    lst: Any, prep: Prep, *, key: Callable[[Any], Any] | None = None, reverse: bool = False
+) -> tuple[Events, Any]:
     items = list(lst)
     if key is None:
         order = sorted(range(len(items)), key=items.__getitem__, reverse=reverse)
@@ -175,8 +177,26 @@ LIST_MUTATORS: dict[str, Planner] = {
 }
 
 LIST_READS: dict[str, bool] = dict.fromkeys(
-    "__getitem__ __len__ __iter__ __reversed__ __contains__ index count copy "
-    "__eq__ __ne__ __lt__ __le__ __gt__ __ge__ __add__ __mul__ __rmul__ __repr__".split(),
+    [
+        "__getitem__",
+        "__len__",
+        "__iter__",
+        "__reversed__",
+        "__contains__",
+        "index",
+        "count",
+        "copy",
+        "__eq__",
+        "__ne__",
+        "__lt__",
+        "__le__",
+        "__gt__",
+        "__ge__",
+        "__add__",
+        "__mul__",
+        "__rmul__",
+        "__repr__",
+    ],
     False,
 )
 
@@ -268,9 +288,22 @@ DICT_MUTATORS: dict[str, Planner] = {
 }
 
 DICT_READS: dict[str, bool] = {
-    **dict.fromkeys("__getitem__ get __contains__".split(), True),
+    **dict.fromkeys(["__getitem__", "get", "__contains__"], True),
     **dict.fromkeys(
-        "__len__ __iter__ __reversed__ keys values items copy __eq__ __ne__ __or__ __ror__ __repr__".split(),
+        [
+            "__len__",
+            "__iter__",
+            "__reversed__",
+            "keys",
+            "values",
+            "items",
+            "copy",
+            "__eq__",
+            "__ne__",
+            "__or__",
+            "__ror__",
+            "__repr__",
+        ],
         False,
     ),
 }
@@ -346,7 +379,7 @@ def _returning_self(planner: Planner) -> Planner:
     def inplace(s: Any, prep: Prep, other: Any) -> tuple[Events, Any]:
         if not isinstance(other, (set, frozenset)):
             return [], NotImplemented
-        return planner(s, prep, other)[0], SELF
+        return list(planner(s, prep, other)[0]), SELF
 
     return inplace
 
@@ -370,9 +403,32 @@ SET_MUTATORS: dict[str, Planner] = {
 SET_READS: dict[str, bool] = {
     "__contains__": True,
     **dict.fromkeys(
-        "__len__ __iter__ __eq__ __ne__ __lt__ __le__ __gt__ __ge__ __or__ __ror__ __and__ "
-        "__rand__ __sub__ __rsub__ __xor__ __rxor__ isdisjoint issubset issuperset union "
-        "intersection difference symmetric_difference copy".split(),
+        [
+            "__len__",
+            "__iter__",
+            "__eq__",
+            "__ne__",
+            "__lt__",
+            "__le__",
+            "__gt__",
+            "__ge__",
+            "__or__",
+            "__ror__",
+            "__and__",
+            "__rand__",
+            "__sub__",
+            "__rsub__",
+            "__xor__",
+            "__rxor__",
+            "isdisjoint",
+            "issubset",
+            "issuperset",
+            "union",
+            "intersection",
+            "difference",
+            "symmetric_difference",
+            "copy",
+        ],
         False,
     ),
 }
@@ -410,6 +466,8 @@ class TrackedList(list):  # type: ignore[type-arg]
     """A ``list`` whose mutations are recorded when it is attached to an image."""
 
     __slots__ = ("_mi_img", "_mi_oid")
+    _mi_img: Any
+    _mi_oid: int | None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = list.__new__(cls)
@@ -425,6 +483,8 @@ class TrackedDict(dict):  # type: ignore[type-arg]
     """A ``dict`` whose mutations are recorded when it is attached to an image."""
 
     __slots__ = ("_mi_img", "_mi_oid")
+    _mi_img: Any
+    _mi_oid: int | None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = dict.__new__(cls)
@@ -440,6 +500,8 @@ class TrackedSet(set):  # type: ignore[type-arg]
     """A ``set`` whose mutations are recorded when it is attached to an image."""
 
     __slots__ = ("_mi_img", "_mi_oid")
+    _mi_img: Any
+    _mi_oid: int | None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = set.__new__(cls)

@@ -95,9 +95,10 @@ class _EntityBuilder:
         cls = self._cls
         if issubclass(cls, PersistentBase):
             return self
-        bases = tuple(b for b in cls.__bases__ if b is not object) + (PersistentBase,)
+        bases = (*(b for b in cls.__bases__ if b is not object), PersistentBase)
         ns = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-        self._cls = type(cls)(cls.__name__, bases, ns)
+        meta: Any = type(cls)
+        self._cls = meta(cls.__name__, bases, ns)
         return self
 
     def build_attrs(self) -> _EntityBuilder:
@@ -109,9 +110,7 @@ class _EntityBuilder:
         # A hook that is never "no hook" makes attrs' __init__ write slots
         # directly instead of through our __setattr__ (construction stays fast).
         self._hook = setters.pipe(user_hook, _keep) if user_hook is not setters.NO_OP else _keep
-        built = attrs.define(
-            self._cls, slots=True, eq=False, weakref_slot=True, on_setattr=self._hook, **self._options
-        )
+        built = attrs.define(self._cls, slots=True, eq=False, weakref_slot=True, on_setattr=self._hook, **self._options)
         _repoint_cells(built, (self._original, self._cls))
         self._cls = built
         return self
@@ -269,4 +268,3 @@ def persistent(
     if maybe_cls is None:
         return wrap
     return wrap(maybe_cls)
-

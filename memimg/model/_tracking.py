@@ -46,7 +46,7 @@ IDLE_READS: Final = 2000
 
 
 class _State:
-    __slots__ = ("lock", "open", "enabled", "idle", "entities", "collections", "saved")
+    __slots__ = ("collections", "enabled", "entities", "idle", "lock", "open", "saved")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -71,7 +71,7 @@ _S = _State()
 class TrackedField:
     """The hook that stands in for an entity field's slot while tracking is on."""
 
-    __slots__ = ("name", "slot", "get", "set")
+    __slots__ = ("get", "name", "set", "slot")
 
     def __init__(self, name: str, slot: Any) -> None:
         self.name = name

@@ -97,7 +97,12 @@ def entity_infos() -> list[TypeInfo]:
 
 def is_value_class(cls: type) -> bool:
     """A frozen attrs class: stored by value."""
-    return attrs.has(cls) and bool(getattr(cls, "__attrs_props__", None) and cls.__attrs_props__.is_frozen)
+    if not attrs.has(cls):
+        return False
+    props = getattr(cls, "__attrs_props__", None)
+    if props is not None:
+        return bool(props.is_frozen)
+    return getattr(cls.__setattr__, "__name__", "") == "_frozen_setattrs"  # attrs < 25.4
 
 
 def _attrs_defaults(cls: type) -> dict[str, Any]:
@@ -161,9 +166,7 @@ def _import_by_name(name: str) -> TypeInfo | None:
             except ImportError:
                 continue
             except Exception as err:  # the module exists but fails to import
-                raise MemimgError(
-                    f"importing {module_name!r} to find stored type {name!r} failed: {err}"
-                ) from err
+                raise MemimgError(f"importing {module_name!r} to find stored type {name!r} failed: {err}") from err
         info = _by_name.get(name)
         if info is not None:
             return info

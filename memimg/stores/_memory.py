@@ -7,6 +7,7 @@ like a shared log (appends are checked against the head under a lock).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow
@@ -68,6 +69,15 @@ class MemoryStore:
 
     def changed(self, seen: int) -> bool:
         return self.head() != seen
+
+    def wait_for_change(self, seen: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.head() == seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.005, left))
+        return True
 
     def delete_events_before(self, seq: int) -> int:
         with self._lock:

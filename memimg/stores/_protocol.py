@@ -116,6 +116,13 @@ class Store(Protocol):
         """
         ...
 
+    def wait_for_change(self, seen: int, timeout: float) -> bool:
+        """Block until the head may be past *seen*, or *timeout* seconds pass.
+
+        PostgreSQL is woken by LISTEN/NOTIFY; other stores poll.
+        """
+        ...
+
     def delete_events_before(self, seq: int) -> int:
         """Delete events with ``seq < seq`` (compaction); returns how many."""
         ...

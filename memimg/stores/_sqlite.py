@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
@@ -84,7 +85,9 @@ class SQLiteStore:
         try:
             if readonly:
                 uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+                conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                )
             else:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         except sqlite3.Error as err:
@@ -108,9 +111,7 @@ class SQLiteStore:
         except IsADirectoryError:
             raise MemimgError(f"{self.path!r} is a directory, not an SQLite database file") from None
         if header and header != _HEADER:
-            raise MemimgError(
-                f"{self.path!r} is not an SQLite database (nor a memimg image); it was left untouched"
-            )
+            raise MemimgError(f"{self.path!r} is not an SQLite database (nor a memimg image); it was left untouched")
 
     def _pragma(self, name: str) -> Any:
         with self._lock:
@@ -154,7 +155,8 @@ class SQLiteStore:
                 for ddl in _SCHEMA:
                     conn.execute(ddl)
                 conn.execute(
-                    "INSERT OR IGNORE INTO memimg_meta (key, value) VALUES ('format_version', ?)", (str(FORMAT_VERSION),)
+                    "INSERT OR IGNORE INTO memimg_meta (key, value) VALUES ('format_version', ?)",
+                    (str(FORMAT_VERSION),),
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -166,8 +168,7 @@ class SQLiteStore:
     def _error(self, err: sqlite3.Error, doing: str) -> MemimgError:
         if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
             return LockedError(
-                f"{doing} in {self.path!r}: the database stayed locked by another writer; "
-                "retry, or raise busy_timeout"
+                f"{doing} in {self.path!r}: the database stayed locked by another writer; retry, or raise busy_timeout"
             )
         return MemimgError(f"{doing} in {self.path!r} failed: {err}")
 
@@ -241,6 +242,17 @@ class SQLiteStore:
             return True
         return False
 
+    def wait_for_change(self, seen: int, timeout: float) -> bool:
+        """Block until another writer may have appended past *seen* (polls), or *timeout* passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.changed(seen) or self.head() != seen:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.02, left))
+
     def delete_events_before(self, seq: int) -> int:
         with self._lock:
             return self._conn.execute("DELETE FROM memimg_events WHERE seq < ?", (seq,)).rowcount
@@ -252,18 +264,24 @@ class SQLiteStore:
             raise MemimgError(f"{self.path!r} is open read-only")
         with self._lock:
             try:
-                self._conn.execute("INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)", row)
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)", row
+                )
             except sqlite3.Error as err:
                 raise self._error(err, f"writing the snapshot at seq {row.seq}") from err
 
     def snapshots(self) -> list[SnapshotInfo]:
         with self._lock:
-            rows = self._conn.execute("SELECT seq, ts, length(payload) FROM memimg_snapshots ORDER BY seq DESC").fetchall()
+            rows = self._conn.execute(
+                "SELECT seq, ts, length(payload) FROM memimg_snapshots ORDER BY seq DESC"
+            ).fetchall()
         return [SnapshotInfo(*r) for r in rows]
 
     def read_snapshot(self, seq: int) -> SnapshotRow:
         with self._lock:
-            row = self._conn.execute("SELECT seq, ts, payload, checksum FROM memimg_snapshots WHERE seq = ?", (seq,)).fetchone()
+            row = self._conn.execute(
+                "SELECT seq, ts, payload, checksum FROM memimg_snapshots WHERE seq = ?", (seq,)
+            ).fetchone()
         if row is None:
             raise KeyError(seq)
         return SnapshotRow(*row)

@@ -179,9 +179,9 @@ def test_every_listed_mutator_is_tracked() -> None:
     """The spec's list of mutating operations are all in the tables."""
     from memimg.model._collections import DICT_MUTATORS, LIST_MUTATORS, SET_MUTATORS
 
-    assert set("append extend insert pop remove clear sort reverse __setitem__ __delitem__ __iadd__ __imul__".split()) <= set(
-        LIST_MUTATORS
-    )
+    assert set(
+        "append extend insert pop remove clear sort reverse __setitem__ __delitem__ __iadd__ __imul__".split()
+    ) <= set(LIST_MUTATORS)
     assert set("__setitem__ __delitem__ update setdefault pop popitem clear __ior__".split()) <= set(DICT_MUTATORS)
     assert set(
         "add discard remove pop clear update difference_update intersection_update symmetric_difference_update "

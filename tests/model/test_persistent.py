@@ -20,7 +20,12 @@ def test_attrs_semantics_are_kept() -> None:
     a = Account("ada")
     assert a.balance == Decimal("0") and a.tags == set() and a.entries == []
     assert [f.name for f in attrs.fields(Account)] == ["owner", "balance", "tags", "entries"]
-    assert attrs.asdict(Account("bob", Decimal("2"))) == {"owner": "bob", "balance": Decimal("2"), "tags": set(), "entries": []}
+    assert attrs.asdict(Account("bob", Decimal("2"))) == {
+        "owner": "bob",
+        "balance": Decimal("2"),
+        "tags": set(),
+        "entries": [],
+    }
     assert repr(Entry("x")) == "Entry(label='x', amount=Decimal('0'))"
     with pytest.raises(ValueError):
         Validated(count=-1)

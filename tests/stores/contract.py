@@ -18,7 +18,9 @@ from memimg.stores import EventRow, SeqTaken, SnapshotRow, Store
 
 def row(seq: int, tx: int | None = None, payload: bytes = b"[[]]", kind: str = "gc", target: int = 0) -> EventRow:
     tx = seq if tx is None else tx
-    return EventRow(seq, tx, 1000 + seq, kind, target, payload, event_checksum(seq, tx, 1000 + seq, kind, target, payload))
+    return EventRow(
+        seq, tx, 1000 + seq, kind, target, payload, event_checksum(seq, tx, 1000 + seq, kind, target, payload)
+    )
 
 
 def snap(seq: int, payload: bytes = b"{}") -> SnapshotRow:
