@@ -19,6 +19,8 @@ import memimg
 
 POSTGRES_URL = os.environ.get("MEMIMG_TEST_POSTGRES_URL")
 STORE_KINDS = ["memory", "sqlite"] + (["postgres"] if POSTGRES_URL else [])
+if os.environ.get("MEMIMG_REQUIRE_POSTGRES") and not POSTGRES_URL:
+    raise RuntimeError("MEMIMG_REQUIRE_POSTGRES is set but MEMIMG_TEST_POSTGRES_URL is not")
 
 
 def pytest_report_header(config: Any) -> str:

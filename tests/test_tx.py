@@ -1,0 +1,600 @@
+"""Transactions: the delta layer, isolation, serializable commits, savepoints."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import memimg
+from memimg.model import _tracking
+from tests.models import Account, Bank, Box, Entry, Node
+
+# -- the API ---------------------------------------------------------------------
+
+
+def test_commit_on_exit_discard_on_exception() -> None:
+    """The context manager commits on normal exit and discards (re-raising) on an exception."""
+    img = memimg.open(root=Box)
+    with img.transaction():
+        img.root.content = 1
+    assert img.root.content == 1
+    seq = img.seq
+    with pytest.raises(KeyError):
+        with img.transaction():
+            img.root.content = 2
+            img.root.other = [1]
+            raise KeyError("boom")
+    assert img.root.content == 1 and img.root.other is None and img.seq == seq
+
+
+def test_begin_save_discard() -> None:
+    img = memimg.open(root=Box)
+    tx = img.begin()
+    img.root.content = "a"
+    assert tx.active and not tx.nested
+    tx.save()
+    assert not tx.active
+    with pytest.raises(memimg.MemimgError, match="already"):
+        tx.save()
+    tx = img.begin()
+    img.root.content = "b"
+    tx.discard()
+    assert img.root.content == "a"
+    assert "transaction" in repr(tx)
+
+
+def test_one_commit_is_one_transaction_in_the_log() -> None:
+    """All events of a transaction share its tx id and land together."""
+    img = memimg.open(root=Bank)
+    with img.transaction():
+        img.root.accounts["a"] = Account("a")
+        img.root.accounts["a"].balance = Decimal(3)
+        img.root.name = "x"
+    events = list(img.events(since=1))
+    assert len(events) == 3 and {e.tx for e in events} == {events[0].seq}
+
+
+def test_empty_transaction_logs_nothing() -> None:
+    img = memimg.open(root=Box)
+    seq = img.seq
+    with img.transaction():
+        assert img.root.content is None
+    assert img.seq == seq
+
+
+# -- the delta layer --------------------------------------------------------------
+
+
+def test_reads_own_writes_through_the_same_references() -> None:
+    img = memimg.open(root=Bank)
+    img.root.accounts["ada"] = Account("ada", entries=[Entry("e")])
+    acct = img.root.accounts["ada"]
+    entries = acct.entries
+    with img.transaction():
+        acct.balance -= 10
+        assert acct.balance == Decimal(-10)
+        entries.append(Entry("f"))
+        assert len(entries) == 2 and [e.label for e in entries] == ["e", "f"]
+        acct.tags.add("x")
+        assert "x" in acct.tags and len(acct.tags) == 1
+        img.root.accounts["bob"] = Account("bob")
+        assert list(img.root.accounts) == ["ada", "bob"]
+        assert repr(acct).startswith("Account(owner='ada', balance=Decimal('-10')")
+        # the committed objects are untouched until commit
+        assert _tracking.raw_slot(Account, "balance").__get__(acct) == 0
+        assert list.__len__(entries) == 1
+    assert acct.balance == Decimal(-10) and len(entries) == 2
+
+
+def test_discard_leaves_no_trace_in_memory_or_log() -> None:
+    img = memimg.open(root=Bank)
+    img.root.accounts["ada"] = Account("ada")
+    before = memimg.serialize(img.root)
+    seq = img.seq
+    new = Account("new", entries=[Entry("x")], tags={"t"})
+    plain_entries = new.entries
+    with img.transaction() as tx:
+        img.root.accounts["new"] = new
+        new.balance = Decimal(5)
+        img.root.accounts["ada"].entries.append(Entry("y"))
+        del img.root.accounts["ada"]
+        tx.discard()
+    assert memimg.serialize(img.root) == before and img.seq == seq
+    # the free-standing object is as it was: not attached, its own plain list back
+    assert new._mi_img is None and new.entries is plain_entries and new.balance == 0
+    new.balance = Decimal(1)  # an ordinary attrs object again
+    assert img.seq == seq
+
+
+def test_new_objects_exist_for_others_only_after_commit() -> None:
+    img = memimg.open(root=Bank)
+    seen: list[Any] = []
+    with img.transaction():
+        img.root.accounts["new"] = Account("new")
+        t = threading.Thread(target=lambda: seen.append(dict(img.root.accounts)))
+        t.start()
+        t.join()
+    assert seen == [{}]
+    assert "new" in img.root.accounts
+
+
+def test_large_collections_are_not_copied() -> None:
+    """Writing one key of a big dict in a transaction does not copy the dict."""
+    img = memimg.open(root=Box)
+    img.root.content = {str(i): i for i in range(200_000)}
+    img.root.other = set(range(200_000))
+    d, s = img.root.content, img.root.other
+    start = time.perf_counter()
+    for _ in range(100):
+        with img.transaction():
+            d["x"] = 1
+            s.add(-1)
+            assert d["x"] == 1 and -1 in s and d["5"] == 5
+    assert time.perf_counter() - start < 2.0  # a copy per transaction would take far longer
+    with img.transaction():
+        assert len(d) == 200_001 and len(s) == 200_001
+        del d["0"]
+        d["0"] = "back"
+        assert list(d)[-1] == "0" and len(d) == 200_001
+
+
+# -- isolation ------------------------------------------------------------------------
+
+
+def test_other_threads_read_committed_state() -> None:
+    """No dirty reads: a reader thread sees only committed values while a writer is mid-transaction."""
+    img = memimg.open(root=Bank)
+    img.root.accounts["a"] = Account("a", balance=Decimal(100), entries=[Entry("0")], tags={"t"})
+    acct = img.root.accounts["a"]
+    in_tx = threading.Event()
+    go_on = threading.Event()
+    observed: list[Any] = []
+
+    def writer() -> None:
+        with img.transaction():
+            acct.balance = Decimal(0)
+            acct.entries.append(Entry("1"))
+            acct.tags.clear()
+            img.root.accounts["b"] = Account("b")
+            in_tx.set()
+            go_on.wait()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    in_tx.wait()
+    observed.append((acct.balance, len(acct.entries), set(acct.tags), sorted(img.root.accounts)))
+    go_on.set()
+    t.join()
+    observed.append((acct.balance, len(acct.entries), set(acct.tags), sorted(img.root.accounts)))
+    assert observed == [(Decimal(100), 1, {"t"}, ["a"]), (Decimal(0), 2, set(), ["a", "b"])]
+
+
+def test_readers_never_see_a_partial_commit() -> None:
+    """While transactions move money between accounts, a reading transaction always sees the same total."""
+    img = memimg.open(root=Bank)
+    for name in "abcd":
+        img.root.accounts[name] = Account(name, balance=Decimal(100))
+    accounts = list(img.root.accounts.values())
+    stop = threading.Event()
+    totals: set[Decimal] = set()
+
+    @img.transaction(retries=100_000)
+    def total() -> Decimal:
+        return sum((a.balance for a in accounts), Decimal(0))
+
+    def reader() -> None:
+        while not stop.is_set():
+            totals.add(total())
+
+    @img.transaction(retries=1000)
+    def move(i: int) -> None:
+        src, dst = accounts[i % 4], accounts[(i + 1) % 4]
+        src.balance -= 1
+        dst.balance += 1
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for r in readers:
+        r.start()
+    for i in range(400):
+        move(i)
+    stop.set()
+    for r in readers:
+        r.join()
+    assert totals == {Decimal(400)}
+
+
+def test_asyncio_tasks_have_their_own_transactions() -> None:
+    img = memimg.open(root=Box)
+    img.root.content = {"n": 0}
+    log: list[Any] = []
+
+    async def task(name: str, delay: float, fail: bool, peek: str) -> None:
+        try:
+            with img.transaction():
+                img.root.content[name] = True
+                await asyncio.sleep(delay)
+                # a task sees its own write, and not another task's pending one
+                log.append((name, name in img.root.content, peek in img.root.content))
+                if fail:
+                    raise RuntimeError(name)
+        except RuntimeError:
+            pass
+
+    async def main() -> None:
+        await asyncio.gather(task("a", 0.01, True, "b"), task("b", 0.02, False, "c"), task("c", 0.03, False, "c"))
+
+    asyncio.run(main())
+    assert sorted(log) == [("a", True, False), ("b", True, False), ("c", True, True)]
+    assert sorted(img.root.content) == ["b", "c", "n"]
+
+
+def test_async_function_with_retries() -> None:
+    img = memimg.open(root=Box)
+    img.root.content = 0
+
+    @img.transaction(retries=50)
+    async def bump() -> None:
+        v = img.root.content
+        await asyncio.sleep(0)
+        img.root.content = v + 1
+
+    async def main() -> None:
+        await asyncio.gather(*(bump() for _ in range(20)))
+
+    asyncio.run(main())
+    assert img.root.content == 20
+
+
+# -- serializable commits --------------------------------------------------------------
+
+
+def test_lost_updates_are_prevented(make_image: Any) -> None:
+    """N threads x M read-modify-write increments end at exactly N x M, on every store."""
+    img = make_image(root=Box)
+    img.root.content = {"count": 0}
+    counter = img.root.content
+    n_threads, per_thread = 4, 25
+
+    @img.transaction(retries=10_000)
+    def increment() -> None:
+        counter["count"] += 1
+
+    def work() -> None:
+        for _ in range(per_thread):
+            increment()
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counter["count"] == n_threads * per_thread
+    img.close()
+    assert make_image(root=Box).root.content["count"] == n_threads * per_thread
+
+
+def test_conflict_without_retries_names_object_and_field() -> None:
+    img = memimg.open(root=Bank)
+    img.root.accounts["a"] = Account("a")
+    acct = img.root.accounts["a"]
+    tx = img.begin()
+    acct.balance += 1  # read then write
+    t = threading.Thread(target=lambda: setattr(acct, "balance", Decimal(50)))
+    t.start()
+    t.join()
+    with pytest.raises(memimg.ConflictError) as info:
+        tx.save()
+    err = info.value
+    assert err.target == acct._mi_oid and err.key == "balance" and err.seq == img.seq
+    assert "Account" in str(err) and "balance" in str(err) and "retries" in str(err)
+    assert acct.balance == Decimal(50)
+
+
+def test_reading_overwritten_data_fails_at_once() -> None:
+    """A transaction never sees a mix of old and new state: a stale read raises."""
+    img = memimg.open(root=Box)
+    img.root.content = Node(1)
+    img.root.other = Node(1)
+    a, b = img.root.content, img.root.other
+    with pytest.raises(memimg.ConflictError):
+        with img.transaction():
+            assert a.value == 1
+            t = threading.Thread(target=lambda: (setattr(a, "value", 2), setattr(b, "value", 2)))
+            t.start()
+            t.join()
+            b.value  # would be the new value next to the old a.value
+    assert a.value == b.value == 2
+
+
+def test_write_skew_is_prevented() -> None:
+    """Each transaction reads what the other writes: the second to commit conflicts."""
+    img = memimg.open(root=Box)
+    img.root.content = {"alice": True, "bob": True}
+    oncall = img.root.content
+    first, second = img.begin(), None
+    assert oncall["bob"]
+    oncall["alice"] = False
+    errors = []
+
+    def other() -> None:
+        with img.begin() as tx:
+            assert oncall["alice"]
+            oncall["bob"] = False
+            tx.save()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    with pytest.raises(memimg.ConflictError):
+        first.save()
+    assert oncall == {"alice": True, "bob": False}
+    assert not errors and second is None
+
+
+def test_unrelated_transactions_both_commit() -> None:
+    """No global 'head moved' failure: disjoint reads and writes both commit."""
+    img = memimg.open(root=Bank)
+    for name in "ab":
+        img.root.accounts[name] = Account(name)
+    a, b = img.root.accounts["a"], img.root.accounts["b"]
+    tx = img.begin()
+    a.balance += 1
+    t = threading.Thread(target=lambda: img.transaction()(lambda: setattr(b, "balance", b.balance + 5))())
+    t.start()
+    t.join()
+    tx.save()
+    assert (a.balance, b.balance) == (1, 5)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (lambda r: r.content["lst"].append("ours"), lambda r: r.content["lst"].append("theirs")),
+        (lambda r: r.content["lst"].extend(["o1", "o2"]), lambda r: r.content["lst"].append("theirs")),
+        (lambda r: r.content["d"].__setitem__("x", 1), lambda r: r.content["d"].__setitem__("y", 2)),
+        (lambda r: r.content["d"].update(x=1), lambda r: r.content["d"].pop("k")),
+        (lambda r: r.content["s"].add("x"), lambda r: r.content["s"].add("y")),
+        (lambda r: setattr(r, "other", 1), lambda r: r.content["d"].__setitem__("y", 2)),
+    ],
+    ids=["append+append", "extend+append", "dict keys", "update+pop other key", "set members", "field+dict"],
+)
+def test_commuting_changes_merge(ours: Any, theirs: Any) -> None:
+    """Appends to one list and writes to different keys or members merge instead of conflicting."""
+    img = memimg.open(root=Box)
+    img.root.content = {"lst": [0], "d": {"k": 0}, "s": {"m"}}
+    tx = img.begin()
+    ours(img.root)
+    t = threading.Thread(target=theirs, args=(img.root,))
+    t.start()
+    t.join()
+    tx.save()
+    replayed = memimg.replay(img.events())
+    assert memimg.serialize(memimg.deserialize(memimg.serialize(replayed))) == memimg.serialize(
+        memimg.deserialize(memimg.serialize(img.root))
+    )
+    if "theirs" in img.root.content["lst"] and len(img.root.content["lst"]) > 2:
+        assert img.root.content["lst"][1] == "theirs"  # applied in commit order
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (lambda r: r.content["lst"].insert(0, "o"), lambda r: r.content["lst"].append("t")),
+        (lambda r: r.content["lst"].append(len(r.content["lst"])), lambda r: r.content["lst"].append("t")),
+        (lambda r: r.content["d"].__setitem__("k", 1), lambda r: r.content["d"].__setitem__("k", 2)),
+        (lambda r: r.content["d"].__setitem__("n", len(r.content["d"])), lambda r: r.content["d"].__setitem__("y", 2)),
+        (lambda r: r.content["d"].clear(), lambda r: r.content["d"].__setitem__("y", 2)),
+        (lambda r: r.content["s"].discard("m"), lambda r: r.content["s"].discard("m")),
+        (lambda r: r.content["d"].setdefault("y", 0), lambda r: r.content["d"].__setitem__("y", 2)),
+    ],
+    ids=["insert vs append", "append after len", "same key", "len vs insert", "clear vs set", "same member", "setdefault"],
+)
+def test_non_commuting_changes_conflict(ours: Any, theirs: Any) -> None:
+    img = memimg.open(root=Box)
+    img.root.content = {"lst": [0], "d": {"k": 0}, "s": {"m"}}
+    tx = img.begin()
+    ours(img.root)
+    t = threading.Thread(target=theirs, args=(img.root,))
+    t.start()
+    t.join()
+    with pytest.raises(memimg.ConflictError):
+        tx.save()
+
+
+def test_implicit_mutation_is_checked_like_a_transaction() -> None:
+    """A mutation outside a transaction commits by itself and overtakes open transactions."""
+    img = memimg.open(root=Box)
+    img.root.content = {"n": 1}
+    tx = img.begin()
+    img.root.content["n"] += 1
+    threading.Thread(target=lambda: img.root.content.__setitem__("n", 10)).start()
+    time.sleep(0.05)
+    with pytest.raises(memimg.ConflictError):
+        tx.save()
+    assert img.root.content["n"] == 10
+
+
+def test_retries_give_up_after_n() -> None:
+    img = memimg.open(root=Box)
+    img.root.content = 0
+    calls = []
+
+    @img.transaction(retries=2)
+    def always_conflicts() -> None:
+        calls.append(1)
+        img.root.content += 1
+        threading.Thread(target=lambda: setattr(img.root, "content", -1)).start()
+        time.sleep(0.02)
+
+    with pytest.raises(memimg.ConflictError):
+        always_conflicts()
+    assert len(calls) == 3
+
+
+# -- savepoints --------------------------------------------------------------------
+
+
+def test_nested_transaction_is_a_savepoint() -> None:
+    img = memimg.open(root=Box)
+    img.root.content = []
+    lst = img.root.content
+    with img.transaction():
+        lst.append(1)
+        with pytest.raises(ValueError):
+            with img.transaction():
+                lst.append(2)
+                img.root.other = Entry("gone")
+                assert lst == [1, 2]
+                raise ValueError
+        assert lst == [1] and img.root.other is None
+        with img.transaction() as inner:
+            lst.append(3)
+            assert inner.nested
+        assert lst == [1, 3]
+        sp = img.begin()
+        lst.append(4)
+        sp.discard()
+    assert lst == [1, 3]
+    assert memimg.replay(img.events()).content == [1, 3]
+
+
+def test_exceptions_inside_collection_operations_in_a_transaction() -> None:
+    img = memimg.open(root=Box)
+    img.root.content = [1, 2]
+    lst = img.root.content
+    with img.transaction():
+        lst.append(3)
+        with pytest.raises(ValueError):
+            lst.remove(99)
+        with pytest.raises(memimg.UnsupportedValueError):
+            lst.append(lambda: 0)
+        with pytest.raises(IndexError):
+            lst[10] = 0
+        assert lst == [1, 2, 3]
+    assert lst == [1, 2, 3]
+
+
+def test_transaction_survives_a_discarded_attach_of_a_shared_object() -> None:
+    img = memimg.open(root=Box)
+    e = Entry("e")
+    with img.transaction():
+        img.root.content = [e]
+        with pytest.raises(RuntimeError):
+            with img.transaction():
+                img.root.other = e
+                raise RuntimeError
+    assert img.root.content[0] is e and e._mi_img is img and img.root.other is None
+
+
+# -- read tracking comes and goes --------------------------------------------------------
+
+
+def test_read_hooks_come_and_go() -> None:
+    """Hooks are installed while transactions are open and leave after idle reads."""
+    img = memimg.open(root=Box)
+    img.root.content = Node(1)
+    node = img.root.content
+    _tracking.disable_now()
+    assert not _tracking.enabled()
+    with img.transaction():
+        assert _tracking.enabled()
+        node.value = 2
+    for _ in range(_tracking.IDLE_READS + 10):
+        node.value
+    assert not _tracking.enabled()
+    assert type(Node.__dict__["value"]).__name__ == "member_descriptor"
+
+
+# -- the law: transactions = applying only the committed ones to a plain copy -------------
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "append", "del", "dict", "commit", "discard", "nest_ok", "nest_fail"]),
+        st.integers(0, 5),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(program=ops)
+def test_random_transactions_match_a_plain_model(program: list[tuple[str, int]]) -> None:
+    """Random transactions with random commit/discard give what applying only the committed ones gives."""
+    img = memimg.open(root=Box)
+    img.root.content = {"lst": [], "d": {}, "n": 0}
+    live = img.root.content
+    committed = {"lst": [], "d": {}, "n": 0}
+    model = copy.deepcopy(committed)
+    tx = img.begin()
+    savepoint: Any = None
+
+    def apply(target: Any, op: str, x: int) -> None:
+        if op == "set":
+            target["n"] = x
+        elif op == "append":
+            target["lst"].append(x)
+        elif op == "del" and target["lst"]:
+            del target["lst"][0]
+        elif op == "dict":
+            target["d"][x % 3] = x
+
+    for op, x in program:
+        if op == "commit":
+            tx.save()
+            committed = copy.deepcopy(model)
+            tx = img.begin()
+        elif op == "discard":
+            tx.discard()
+            model = copy.deepcopy(committed)
+            tx = img.begin()
+        elif op in ("nest_ok", "nest_fail"):
+            before = copy.deepcopy(model)
+            savepoint = img.begin()
+            apply(live, "append", x)
+            apply(model, "append", x)
+            if op == "nest_fail":
+                savepoint.discard()
+                model = before
+            else:
+                savepoint.save()
+        else:
+            apply(live, op, x)
+            apply(model, op, x)
+        assert {"lst": list(live["lst"]), "d": dict(live["d"]), "n": live["n"]} == model
+    tx.discard()
+    assert {"lst": list(live["lst"]), "d": dict(live["d"]), "n": live["n"]} == committed
+    again = memimg.replay(img.events()).content
+    assert {"lst": list(again["lst"]), "d": dict(again["d"]), "n": again["n"]} == committed
+
+
+def test_commit_is_published_atomically(monkeypatch: Any) -> None:
+    """While a commit is being applied, readers elsewhere already see all of it."""
+    from memimg._graph import Graph
+
+    img = memimg.open(root=Box)
+    img.root.content, img.root.other = Node(0), Node(0)
+    a, b = img.root.content, img.root.other
+    seen: list[Any] = []
+    original = Graph.field_set
+
+    def spy(self: Graph, obj: Any, name: str, value: Any) -> None:
+        original(self, obj, name, value)
+        if obj is a and not seen:  # a is in the base now, b not yet
+            t = threading.Thread(target=lambda: seen.append((a.value, b.value)))
+            t.start()
+            t.join()
+
+    monkeypatch.setattr(Graph, "field_set", spy)
+    with img.transaction():
+        a.value = 1
+        b.value = 1
+    assert seen == [(1, 1)]
