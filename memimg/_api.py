@@ -59,6 +59,7 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     converter: _codec.Converter | None = None,
     busy_timeout: float = 10.0,
     progress: Callable[[str, int, int], None] | None = None,
+    follow: bool = False,
     **store_options: Any,
 ) -> MemoryImage:
     """Open the image stored at *target*, creating it if the store is empty.
@@ -80,6 +81,10 @@ def open(  # noqa: A001 - the public name is fixed by the spec
         busy_timeout: seconds to wait for another process's write lock.
         progress: called as ``progress(phase, done, total)`` during long
             recoveries.
+        follow: apply other processes' commits in a background thread as
+            they happen (see :meth:`MemoryImage.follow`); otherwise they are
+            applied at :meth:`~MemoryImage.refresh` and when a transaction
+            begins.
 
     Raises:
         MemimgError: the target is not a memimg store (it is left untouched),
@@ -88,7 +93,7 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     """
     store = store_for(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **store_options)
     try:
-        return MemoryImage(
+        img = MemoryImage(
             store,
             root=root,
             converter=converter,
@@ -96,6 +101,9 @@ def open(  # noqa: A001 - the public name is fixed by the spec
             readonly=readonly,
             progress=progress,
         )
+        if follow:
+            img.follow()
+        return img
     except BaseException:
         if not isinstance(target, Store):
             store.close()

@@ -37,7 +37,7 @@ class Account:
 
     def post(self, amount: Decimal, memo: str) -> None:
         self.balance += amount
-        self.entries.append(Entry(dt.datetime.now(dt.timezone.utc), amount, memo))
+        self.entries.append(Entry(dt.datetime.now(dt.UTC), amount, memo))
 
 
 @persistent(name="memimg.demo.Bank")

@@ -36,6 +36,7 @@ from typing import Any, Final
 import orjson
 
 from memimg import _codec
+from memimg import _errors as memimg_errors
 from memimg._errors import ClosedError, ConflictError, CorruptLogError, MemimgError, ReadOnlyError
 from memimg._graph import Graph, Pending
 from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
@@ -93,6 +94,7 @@ class MemoryImage:
         self._progress = progress
         self._lock = threading.RLock()
         self._closed = False
+        self._follower: threading.Thread | None = None
         self._mi_current: contextvars.ContextVar[TxState | None] = contextvars.ContextVar(
             f"memimg_tx_{id(self):x}", default=None
         )
@@ -204,6 +206,49 @@ class MemoryImage:
         with self._lock:
             return self._catch_up()
 
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until another process commits, then apply its events; returns how many.
+
+        Returns 0 if *timeout* seconds pass first. On PostgreSQL the wait is
+        woken by LISTEN/NOTIFY; other stores poll cheaply.
+        """
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return 0
+            if self._store.wait_for_change(self._seq, left):
+                applied = self.refresh()
+                if applied:
+                    return applied
+
+    def follow(self) -> threading.Thread:
+        """Apply other processes' commits in a background thread, as they happen.
+
+        The thread stops when the image is closed. Readers never see a
+        partially applied transaction.
+        """
+        self._check_open()
+        if self._follower is not None and self._follower.is_alive():
+            return self._follower
+
+        def run() -> None:
+            while not self._closed:
+                try:
+                    self.wait(0.5)
+                except memimg_errors.ClosedError:
+                    return
+                except Exception as err:  # keep following; report once per failure
+                    if self._closed:
+                        return
+                    log.warning("follower of %s: %s", self._store.description, err)
+                    time.sleep(0.5)
+
+        self._follower = threading.Thread(target=run, name=f"memimg-follow-{id(self):x}", daemon=True)
+        self._follower.start()
+        return self._follower
+
     def events(self, since: int = 0) -> Iterator[Event]:
         """The committed events with ``seq > since``, in log order (checksums verified)."""
         self._check_open()
@@ -218,6 +263,10 @@ class MemoryImage:
             if self._closed:
                 return
             self._closed = True
+            follower = self._follower
+        if follower is not None and follower is not threading.current_thread():
+            follower.join(timeout=5)
+        with self._lock:
             self._store.close()
 
     def __enter__(self) -> MemoryImage:
@@ -508,12 +557,18 @@ class MemoryImage:
     def _apply_remote(self, rows: list[EventRow]) -> None:
         graph = self._graph
         events = [graph.decode_row(r.kind, r.target, r.payload, r.seq) for r in rows]
-        state = None
-        if len(events) > 1 and _tracking.enabled():
-            state = TxState(self, self._seq)
-            for k, target, args in events:
-                k.apply(state, target, *args)
-        self._apply(events, rows, state)
+        if len(events) == 1:
+            self._apply(events, rows, None)
+        else:
+            # readers in other threads must see all of this transaction or none of it
+            _tracking.tx_opened()
+            try:
+                state = TxState(self, self._seq)
+                for k, target, args in events:
+                    k.apply(state, target, *args)
+                self._apply(events, rows, state)
+            finally:
+                _tracking.tx_closed()
         if any(r.kind == "gc" for r in rows):
             self._snapshot_seq = rows[-1].seq
 

@@ -395,7 +395,15 @@ def test_commuting_changes_merge(ours: Any, theirs: Any) -> None:
         (lambda r: r.content["s"].discard("m"), lambda r: r.content["s"].discard("m")),
         (lambda r: r.content["d"].setdefault("y", 0), lambda r: r.content["d"].__setitem__("y", 2)),
     ],
-    ids=["insert vs append", "append after len", "same key", "len vs insert", "clear vs set", "same member", "setdefault"],
+    ids=[
+        "insert vs append",
+        "append after len",
+        "same key",
+        "len vs insert",
+        "clear vs set",
+        "same member",
+        "setdefault",
+    ],
 )
 def test_non_commuting_changes_conflict(ours: Any, theirs: Any) -> None:
     img = memimg.open(root=Box)

@@ -134,12 +134,16 @@ class SQLAlchemyStore:
         ev = self.events
         head = sa.func.coalesce(sa.select(sa.func.max(ev.c.seq)).scalar_subquery(), 0)
         names = _COLUMNS["events"]
-        self._append_first = ev.insert().from_select(
-            names,
-            sa.select(*[sa.bindparam(n, type_=ev.c[n].type) for n in names]).where(
-                head == sa.bindparam("expected", type_=sa.BigInteger)
-            ),
-        ).execution_options(preserve_rowcount=True)
+        self._append_first = (
+            ev.insert()
+            .from_select(
+                names,
+                sa.select(*[sa.bindparam(n, type_=ev.c[n].type) for n in names]).where(
+                    head == sa.bindparam("expected", type_=sa.BigInteger)
+                ),
+            )
+            .execution_options(preserve_rowcount=True)
+        )
         self._append_rest = ev.insert()
         self._read = (
             sa.select(*[ev.c[n] for n in names])
@@ -216,7 +220,6 @@ class SQLAlchemyStore:
     def _dispose(self) -> None:
         if self._own_engine:
             self.engine.dispose()
-
 
     def _error(self, err: Exception, doing: str) -> MemimgError:
         orig = getattr(err, "orig", err)

@@ -1,0 +1,205 @@
+"""One log, many processes: exact totals, crashes mid-commit, followers.
+
+Every test runs on a SQLite file and, when configured, on PostgreSQL (each
+in a schema of its own), with real OS processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+import memimg
+from tests.conftest import POSTGRES_URL
+from tests.models import Box
+
+KINDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
+
+OPEN = textwrap.dedent(
+    """
+    import sys, time, memimg
+    from tests.models import Box
+
+    def open_image(kind, where, **kw):
+        if kind == "sqlite":
+            return memimg.open(where, root=Box, **kw)
+        from memimg.stores._sqlalchemy import SQLAlchemyStore
+        url, schema = where.split("|")
+        return memimg.open(SQLAlchemyStore(url, schema=schema, readonly=kw.get("readonly", False)), root=Box, **kw)
+    """
+)
+
+WORKER = OPEN + textwrap.dedent(
+    """
+    kind, where, wid, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    img = open_image(kind, where)
+    d = img.root.content
+
+    @img.transaction(retries=1_000_000)
+    def bump():
+        d["count"] += 1
+
+    @img.transaction(retries=1_000_000)
+    def own():
+        d[wid] = d.get(wid, 0) + 1
+
+    print("ready", flush=True)
+    for _ in range(n):
+        bump()
+        own()
+    img.close()
+    print("done", flush=True)
+    """
+)
+
+ENDLESS = OPEN + textwrap.dedent(
+    """
+    kind, where = sys.argv[1], sys.argv[2]
+    img = open_image(kind, where)
+    d = img.root.content
+
+    @img.transaction(retries=1_000_000)
+    def move():
+        d["a"] -= 1
+        d["b"] += 1
+        d["log"].append(d["b"])
+
+    print("ready", flush=True)
+    while True:
+        move()
+    """
+)
+
+
+@pytest.fixture(params=KINDS)
+def shared(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    kind = request.param
+    if kind == "sqlite":
+        where = str(tmp_path / "shared.db")
+        yield kind, where
+        return
+    import sqlalchemy as sa
+
+    schema = f"mp_{uuid.uuid4().hex[:12]}"
+    yield kind, f"{POSTGRES_URL}|{schema}"
+    engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def open_here(kind: str, where: str, **kw: Any) -> memimg.MemoryImage:
+    if kind == "sqlite":
+        return memimg.open(where, root=Box, **kw)
+    from memimg.stores._sqlalchemy import SQLAlchemyStore
+
+    url, schema = where.split("|")
+    return memimg.open(SQLAlchemyStore(url, schema=schema, readonly=kw.get("readonly", False)), root=Box, **kw)
+
+
+def spawn(script: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_processes_never_lose_an_update(shared: Any) -> None:
+    """Three processes increment one counter and their own keys: the totals are exact."""
+    kind, where = shared
+    with open_here(kind, where) as img:
+        img.root.content = {"count": 0}
+    n, procs = 30, []
+    for wid in ("w1", "w2", "w3"):
+        procs.append(spawn(WORKER, kind, where, wid, str(n)))
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip().endswith("done")
+    with open_here(kind, where) as img:
+        d = img.root.content
+        assert d["count"] == 3 * n
+        assert (d["w1"], d["w2"], d["w3"]) == (n, n, n)
+        seqs = [e.seq for e in img.events()]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert memimg.replay(img.events()).content == d
+
+
+def test_a_writer_killed_mid_commit_leaves_the_log_consistent(shared: Any) -> None:
+    """SIGKILL a writer while others keep committing; every process agrees, nothing is partial."""
+    kind, where = shared
+    with open_here(kind, where) as img:
+        img.root.content = {"a": 10_000, "b": 0, "log": []}
+    victims = [spawn(ENDLESS, kind, where) for _ in range(2)]
+    survivor = spawn(ENDLESS, kind, where)
+    time.sleep(0.6)
+    for v in victims:
+        v.send_signal(signal.SIGKILL)
+        v.wait()
+    time.sleep(0.4)
+    survivor.send_signal(signal.SIGTERM)
+    survivor.wait()
+    with open_here(kind, where) as img:
+        d = img.root.content
+        assert d["a"] + d["b"] == 10_000
+        assert d["log"] == list(range(1, d["b"] + 1))
+        assert d["b"] > 0
+        assert memimg.replay(img.events()).content == d
+        img.root.content["a"] -= 1  # and the log still takes new commits
+        assert img.seq == max(e.seq for e in img.events())
+
+
+def test_a_follower_converges(shared: Any) -> None:
+    """A read-only follower with follow=True reaches the writers' state without being asked."""
+    kind, where = shared
+    with open_here(kind, where) as img:
+        img.root.content = {"count": 0}
+    follower = open_here(kind, where, readonly=True, follow=True)
+    procs = [spawn(WORKER, kind, where, wid, "10") for wid in ("w1", "w2")]
+    for p in procs:
+        p.communicate(timeout=300)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and follower.root.content.get("count") != 20:
+        time.sleep(0.02)
+    assert follower.root.content == {"count": 20, "w1": 10, "w2": 10}
+    with pytest.raises(memimg.ReadOnlyError):
+        follower.root.content["count"] = 0
+    follower.close()
+
+
+def test_wait_returns_when_another_process_commits(shared: Any) -> None:
+    kind, where = shared
+    with open_here(kind, where) as img:
+        img.root.content = {"count": 0}
+    img = open_here(kind, where)
+    assert img.wait(timeout=0.2) == 0
+    proc = spawn(WORKER, kind, where, "w1", "1")
+    applied = img.wait(timeout=10)
+    proc.communicate(timeout=60)
+    assert applied >= 1 and img.root.content["count"] >= 1
+    img.close()
+
+
+def test_any_process_may_snapshot(shared: Any) -> None:
+    """Snapshots written by one process are used by the others' recovery."""
+    kind, where = shared
+    with open_here(kind, where) as img:
+        img.root.content = {"count": 0}
+    one, two = open_here(kind, where), open_here(kind, where)
+    one.root.content["count"] += 1
+    seq = two.snapshot()  # two catches up first, then collects and snapshots
+    assert two.root.content["count"] == 1
+    one.root.content["count"] += 1  # one learns of the gc event before appending
+    assert seq in [s.seq for s in one.store.snapshots()]
+    one.close()
+    two.close()
+    with open_here(kind, where) as img:
+        assert img.root.content["count"] == 2
