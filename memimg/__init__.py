@@ -5,7 +5,7 @@ and change its objects as usual: every change is an event in a log (SQLite by
 default), and opening the image again rebuilds the same typed graph.
 """
 
-from memimg._api import deserialize, open, replay, serialize
+from memimg._api import deserialize, migrate, open, replay, serialize
 from memimg._codec import Converter, converter
 from memimg._errors import (
     ClosedError,
@@ -20,6 +20,7 @@ from memimg._errors import (
 )
 from memimg._image import MemoryImage
 from memimg._rows import Event
+from memimg._schema import SchemaReport, upgrader
 from memimg._tx import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
 from memimg.stores import MemoryStore, SQLiteStore, Store
@@ -37,6 +38,7 @@ __all__ = [
     "ReadOnlyError",
     "SQLiteStore",
     "SchemaError",
+    "SchemaReport",
     "Store",
     "TrackedDict",
     "TrackedList",
@@ -47,10 +49,12 @@ __all__ = [
     "converter",
     "deserialize",
     "field",
+    "migrate",
     "open",
     "persistent",
     "replay",
     "serialize",
+    "upgrader",
 ]
 
 __version__ = "0.1.0"

@@ -13,11 +13,12 @@ from memimg._errors import CorruptLogError, MemimgError
 from memimg._graph import Graph
 from memimg._image import MemoryImage
 from memimg._rows import Event
+from memimg._schema import SchemaReport
 from memimg.stores._memory import MemoryStore
 from memimg.stores._protocol import EventRow, Store
 from memimg.stores._sqlite import SQLiteStore
 
-__all__ = ["deserialize", "open", "replay", "serialize", "store_for"]
+__all__ = ["deserialize", "migrate", "open", "replay", "serialize", "store_for"]
 
 
 def store_for(
@@ -60,6 +61,8 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     busy_timeout: float = 10.0,
     progress: Callable[[str, int, int], None] | None = None,
     follow: bool = False,
+    removed_types: Iterable[str] = (),
+    on_schema_drift: str = "raise",
     **store_options: Any,
 ) -> MemoryImage:
     """Open the image stored at *target*, creating it if the store is empty.
@@ -81,6 +84,13 @@ def open(  # noqa: A001 - the public name is fixed by the spec
         busy_timeout: seconds to wait for another process's write lock.
         progress: called as ``progress(phase, done, total)`` during long
             recoveries.
+        removed_types: stored type names whose objects are dropped: references
+            to them become ``None`` and collections lose them (counted in
+            ``img.schema_report``).
+        on_schema_drift: ``"raise"`` (the default) refuses to open a log whose
+            schema differs from the code in undeclared ways, listing every
+            difference with its fix; ``"drop"`` opens it anyway, dropping
+            what the code does not declare.
         follow: apply other processes' commits in a background thread as
             they happen (see :meth:`MemoryImage.follow`); otherwise they are
             applied at :meth:`~MemoryImage.refresh` and when a transaction
@@ -100,6 +110,8 @@ def open(  # noqa: A001 - the public name is fixed by the spec
             snapshot_every=snapshot_every,
             readonly=readonly,
             progress=progress,
+            removed_types=removed_types,
+            on_schema_drift=on_schema_drift,
         )
         if follow:
             img.follow()
@@ -169,3 +181,17 @@ def replay(
         graph.apply_row(row)
         expected += 1
     return graph.root
+
+
+def migrate(target: str | os.PathLike[str] | Store, **options: Any) -> SchemaReport:
+    """Bring a stored image up to the current classes, once.
+
+    Opens *target* with the upgraders, renames and removals the code declares
+    (and any ``open`` options, such as ``removed_types``), writes a snapshot
+    in the current schema -- so later opens need none of it for the history
+    before -- and returns a report of what changed.
+    """
+    with open(target, **options) as img:
+        report = img.schema_report
+        report.snapshot_seq = img.snapshot()
+    return report

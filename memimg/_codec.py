@@ -50,7 +50,7 @@ from memimg.model import _types
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["Codec", "Converter", "converter", "describe_unsupported"]
+__all__ = ["Codec", "Converter", "Gone", "converter", "describe_unsupported", "is_gone"]
 
 INT_MAX: Final = 2**63 - 1
 INT_MIN: Final = -(2**63)
@@ -134,6 +134,29 @@ def _structure_with(leaf: _Leaf) -> Callable[[Any, Any], Any]:
         return leaf.decode(data)
 
     return structure
+
+
+class Gone:
+    """Stands, during replay, for an object of a removed type (see ``removed_types``)."""
+
+    __slots__ = ("oid", "type_name")
+
+    def __init__(self, oid: int, type_name: str) -> None:
+        self.oid = oid
+        self.type_name = type_name
+
+    def __hash__(self) -> int:
+        return hash(("memimg.Gone", self.oid))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Gone and other.oid == self.oid
+
+    def __repr__(self) -> str:
+        return f"<removed {self.type_name} #{self.oid}>"
+
+
+def is_gone(v: Any) -> bool:
+    return type(v) is Gone
 
 
 class Converter(cattrs.Converter):
@@ -234,6 +257,7 @@ ENTITY: Final = "entity"
 TRACKED: Final = "tracked"
 PLAIN: Final = "plain"  # a plain list/dict/set: converted to a tracked one when stored
 UNSUPPORTED: Final = "unsupported"
+GONE: Final = "gone"  # an object of a removed type, while replaying
 
 
 class Codec:
@@ -248,6 +272,12 @@ class Codec:
         self.ref = ref
         self.deref = deref
         self._seen_version = conv.version
+        #: hooks the graph sets: how to decode a value object (schema-aware),
+        #: and what to do when one is encoded (declare its schema)
+        self.value_decoder: Callable[[list[Any]], Any] = self._dec_value
+        self.on_value: Callable[[Any], None] = lambda info: None
+        #: set once objects of removed types are met: drop them from values
+        self.clean_gone: Callable[[Any], bool] | None = None
         self._shapes: dict[type, str] = {}
         self._encoders: dict[type, Enc] = {}
         self._decoders: dict[str, Dec] = {}
@@ -260,10 +290,10 @@ class Codec:
             "r": lambda x: self.deref(x[1]),
             "i": lambda x: int(x[1]),
             "f": lambda x: float(x[1]),
-            "T": lambda x: tuple([self.decode(i) for i in x[1]]),
-            "F": lambda x: frozenset([self.decode(i) for i in x[1]]),
+            "T": self._dec_tuple,
+            "F": self._dec_frozenset,
             "e": self._dec_enum,
-            "v": self._dec_value,
+            "v": lambda x: self.value_decoder(x),
             "x": self._dec_custom,
         }
         for leaf in self.converter._leaves.values():
@@ -283,6 +313,8 @@ class Codec:
         return shape
 
     def _classify(self, t: type) -> str:
+        if t is Gone:
+            return GONE
         if issubclass(t, PersistentBase):
             return ENTITY if _types.info_of(t) is not None else UNSUPPORTED
         if t in (TrackedList, TrackedDict, TrackedSet):
@@ -324,6 +356,8 @@ class Codec:
         enc: Enc
         if shape in (ENTITY, TRACKED, PLAIN):  # plain containers only in free-standing graphs
             enc = lambda v: ["r", self.ref(v)]  # noqa: E731
+        elif shape == GONE:
+            enc = lambda v: ["r", v.oid]  # noqa: E731
         elif shape == LEAF:
             enc = self.converter._leaves[t].encode
         elif shape == TUPLE:
@@ -339,6 +373,7 @@ class Codec:
             fields = info.fields
 
             def enc(v: Any) -> Any:
+                self.on_value(info)
                 state = {}
                 for f in fields:
                     try:
@@ -370,6 +405,20 @@ class Codec:
                 raise MemimgError(f"unknown value tag in stored data: {x!r:.80}") from None
             return dec(x)
         return x
+
+    def _dec_tuple(self, x: list[Any]) -> tuple[Any, ...]:
+        items = [self.decode(i) for i in x[1]]
+        gone = self.clean_gone
+        if gone is not None:
+            items = [None if gone(i) else i for i in items]
+        return tuple(items)
+
+    def _dec_frozenset(self, x: list[Any]) -> frozenset[Any]:
+        items = [self.decode(i) for i in x[1]]
+        gone = self.clean_gone
+        if gone is not None:
+            items = [i for i in items if not gone(i)]
+        return frozenset(items)
 
     def _dec_enum(self, x: list[Any]) -> Any:
         info = _types.resolve(x[1])

@@ -67,15 +67,6 @@ class CorruptLogError(MemimgError):
     table: str
 
 
-class UnknownTypeError(MemimgError):
-    """The log names a type that no class in this process claims.
-
-    Attribute: ``type_name``.
-    """
-
-    type_name: str
-
-
 class SchemaError(MemimgError):
     """The stored schema differs from the code in ways the code does not declare.
 
@@ -83,6 +74,15 @@ class SchemaError(MemimgError):
     """
 
     differences: list[str]
+
+
+class UnknownTypeError(SchemaError):
+    """The log names a type that no class in this process claims.
+
+    Attributes: ``type_name`` (the first such name), ``differences``.
+    """
+
+    type_name: str
 
 
 class ReadOnlyError(MemimgError):

@@ -30,8 +30,8 @@ from typing import Any, Final
 
 import orjson
 
-from memimg import _codec
-from memimg._codec import Codec, Converter, describe_unsupported
+from memimg import _codec, _schema
+from memimg._codec import Codec, Converter, Gone, describe_unsupported
 from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
 from memimg._kinds import FIELD, KINDS, Kind
 from memimg._rows import event_checksum
@@ -40,7 +40,7 @@ from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 from memimg.stores._protocol import EventRow
 
-__all__ = ["COLLECTION_NAMES", "Graph", "Pending"]
+__all__ = ["COLLECTION_NAMES", "Gone", "Graph", "Pending"]
 
 #: An event not yet committed: (kind, target object, arguments as Python values).
 Pending = tuple[Kind, Any, tuple[Any, ...]]
@@ -69,6 +69,13 @@ def _set_slots(obj: Any, owner: Any, oid: int | None) -> None:
 
 
 _SET_OWNER = PersistentBase.__dict__["_mi_img"].__set__
+_OBJ_SET = KINDS["obj.set"]
+_OBJ_UPDATE = KINDS["obj.update"]
+_LIST_DEL = KINDS["list.del"]
+_DICT_DEL = KINDS["dict.del"]
+_SET_DISCARD = KINDS["set.discard"]
+
+
 _SET_OID = PersistentBase.__dict__["_mi_oid"].__set__
 
 
@@ -80,16 +87,23 @@ class Graph:
         self.root_oid = 0
         self.owner = owner
         self.codec = Codec(converter, self._ref_commit, self._deref)
+        self.codec.value_decoder = self._decode_value
+        self.codec.on_value = self._note_value
         #: ``type name -> (version, fields)`` as the log declared them.
         self.declared: dict[str, tuple[int, tuple[str, ...]]] = {}
-        self._resolved: dict[str, _types.TypeInfo] = {}
-        self._fill_plans: dict[str, Any] = {}
+        self.removed_types: frozenset[str] = frozenset()
+        self.report = _schema.SchemaReport()
+        self.has_gone = False
+        self._plans: dict[tuple[Any, ...], _schema.Plan] = {}
+        self._plan_by_name: dict[str, _schema.Plan] = {}
+        self._plan_by_cls: dict[type, _schema.Plan] = {}
         # encoding journal (one commit at a time, under the image lock)
         self._queue: list[Any] = []
         self._records: list[Any] = []
         self._new_types: dict[str, Any] = {}
         self._assigned_from = 0
         self._declared_before: dict[str, Any] = {}
+        self._collecting: dict[str, Any] | None = None
 
     # -- identity -----------------------------------------------------------
 
@@ -342,7 +356,8 @@ class Graph:
             obj = objects[oid]
             if obj is not None and oid not in reachable:
                 objects[oid] = None
-                _set_slots(obj, None, None)
+                if type(obj) is not Gone:
+                    _set_slots(obj, None, None)
                 dropped += 1
         return dropped
 
@@ -434,7 +449,38 @@ class Graph:
                 pass
         return info.name, state
 
+    def _note_value(self, info: _types.TypeInfo) -> None:
+        self._declare(info)
+
+    def _decode_value(self, x: list[Any]) -> Any:
+        """A frozen attrs value object, read under the schema its writer declared."""
+        plan = self._plan(x[1])
+        info = plan.info
+        if info is None:
+            self.report.references_cleared += 1
+            return None
+        dec = self.codec.decode
+        state = {k: dec(v) for k, v in x[2].items()}
+        if not plan.identity:
+            state = _schema.upgrade_state(plan, state, self.report, partial=False)
+        obj: Any = object.__new__(info.cls)
+        for f in info.fields:
+            if f in state:
+                value = self._field_value(state[f])
+            elif f in info.defaults:
+                value = _codec._default_for(info, f, obj)
+            else:
+                continue  # reported as a difference when the schema was planned
+            object.__setattr__(obj, f, value)
+        if hasattr(info.cls, "_attrs_cached_hash"):
+            object.__setattr__(obj, "_attrs_cached_hash", None)
+        return obj
+
     def _declare(self, info: _types.TypeInfo) -> None:
+        collecting = self._collecting
+        if collecting is not None:
+            collecting.setdefault(info.name, [info.version, list(info.fields)])
+            return
         current = (info.version, info.fields)
         if self.declared.get(info.name) != current:
             if info.name not in self._declared_before:
@@ -504,8 +550,11 @@ class Graph:
 
     # -- decoding -------------------------------------------------------------
 
-    def decode_row(self, kind_name: str, target: int, payload: bytes, seq: int) -> Pending:
-        """The event a stored row holds, creating the objects it introduces."""
+    def decode_row(self, kind_name: str, target: int, payload: bytes, seq: int) -> Pending | None:
+        """The event a stored row holds, creating the objects it introduces.
+
+        Returns ``None`` for an event on an object of a removed type.
+        """
         try:
             p = orjson.loads(payload)
             if len(p) > 2:
@@ -528,9 +577,12 @@ class Graph:
                         seq=seq,
                         table="memimg_events",
                     )
+                if type(obj) is Gone:
+                    self.report.events_skipped += 1
+                    return None
             args = self.decode_args(k, p[0])
             if k.conflict == FIELD:
-                args = self._adapt_field(obj, args, seq)
+                return self._adapt_field_event(k, obj, args)
         except (MemimgError, UnknownTypeError):
             raise
         except Exception as err:
@@ -555,7 +607,10 @@ class Graph:
 
     def apply_row(self, row: EventRow) -> None:
         """Decode and apply one stored event to this graph (replay)."""
-        k, obj, args = self.decode_row(row.kind, row.target, row.payload, row.seq)
+        pending = self.decode_row(row.kind, row.target, row.payload, row.seq)
+        if pending is None:
+            return
+        k, obj, args = pending
         try:
             k.apply(self, obj, *args)
         except MemimgError:
@@ -567,18 +622,37 @@ class Graph:
                 table="memimg_events",
             ) from err
 
-    def declare(self, types: dict[str, Any]) -> None:
-        """Record schemas declared by the log."""
-        for name, (version, fields) in types.items():
-            self.declared[name] = (version, tuple(fields))
-            self._fill_plans.pop(name, None)
+    # -- schemas: reading states written by older classes -------------------------
 
-    def _info_for(self, name: str) -> _types.TypeInfo:
-        info = self._resolved.get(name)
-        if info is None:
-            info = _types.resolve(name)
-            self._resolved[name] = info
-        return info
+    def declare(self, types: dict[str, Any]) -> None:
+        """Record schemas declared by the log, and plan how to read states written under them."""
+        for name, (version, fields) in types.items():
+            declared = (version, tuple(fields))
+            self.declared[name] = declared
+            key = (name, *declared)
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = _schema.plan_for(name, version, tuple(fields), self.report, self.removed_types)
+                self._plans[key] = plan
+            self._plan_by_name[name] = plan
+            if plan.info is not None:
+                self._plan_by_cls[plan.info.cls] = plan
+
+    def _plan(self, name: str) -> _schema.Plan:
+        plan = self._plan_by_name.get(name)
+        if plan is None:  # no declaration: read as the code declares it
+            if name in self.removed_types:
+                plan = _schema.Plan(name, None, 1, (), identity=False)
+            else:
+                try:
+                    info = _types.resolve(name)
+                except UnknownTypeError:
+                    plan = _schema.plan_for(name, 1, (), self.report, self.removed_types)
+                else:
+                    plan = _schema.Plan(name, info, info.version, info.fields, identity=name == info.name)
+                    plan.field_map = {f: f for f in info.fields}
+            self._plan_by_name[name] = plan
+        return plan
 
     def load_records(self, records: list[Any]) -> None:
         """Create the objects of ``[oid, type, state]`` records, then fill them in."""
@@ -588,19 +662,26 @@ class Graph:
         for oid, name, state in records:
             cls = _COLLECTION_TYPES.get(name)
             obj: Any
+            plan = None
             if cls is not None:
                 obj = cls.__new__(cls)
                 obj._mi_img = owner
                 obj._mi_oid = oid
             else:
-                info = self._info_for(name)
-                if info.kind != _types.ENTITY:
-                    raise CorruptLogError(
-                        f"stored object {oid} has type {name!r}, which is not an entity class", seq=None, table=""
-                    )
-                obj = object.__new__(info.cls)
-                _SET_OWNER(obj, owner)
-                _SET_OID(obj, oid)
+                plan = self._plan(name)
+                if plan.info is None:
+                    obj = Gone(oid, name)
+                    self.has_gone = True
+                    self.codec.clean_gone = _codec.is_gone
+                    self.report.removed_objects[name] += 1
+                else:
+                    if plan.info.kind != _types.ENTITY:
+                        raise CorruptLogError(
+                            f"stored object {oid} has type {name!r}, which is not an entity class", seq=None, table=""
+                        )
+                    obj = object.__new__(plan.info.cls)
+                    _SET_OWNER(obj, owner)
+                    _SET_OID(obj, oid)
             n = len(objects)
             if oid == n:
                 objects.append(obj)
@@ -611,9 +692,9 @@ class Graph:
                 objects[oid] = obj
             else:
                 raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
-            made.append((obj, name, state))
+            made.append((obj, plan, state))
         dec = self.codec.decode
-        for obj, name, state in made:
+        for obj, plan, state in made:
             t = type(obj)
             if t is TrackedList:
                 list.extend(obj, [dec(x) for x in state])
@@ -624,47 +705,82 @@ class Graph:
                     dict.update(obj, [(dec(k), dec(v)) for k, v in state])
             elif t is TrackedSet:
                 set.update(obj, [dec(m) for m in state])
-            else:
-                self._fill(obj, name, state)
+            elif plan is not None and t is not Gone:
+                self._fill(obj, plan, state)
 
-    def _fill(self, obj: Any, name: str, state: dict[str, Any]) -> None:
-        plan = self._fill_plans.get(name)
-        if plan is None:
-            plan = self._fill_plan(name)
-        setters, defaults = plan
+    def _fill(self, obj: Any, plan: _schema.Plan, state: dict[str, Any]) -> None:
+        info = plan.info
+        assert info is not None
+        setters = info.setters
         dec = self.codec.decode
-        for f, x in state.items():
-            setter = setters.get(f)
-            if setter is None:
-                raise self._drift(name, f)
-            setter(obj, dec(x))
-        for f in defaults:
-            if f not in state:
-                setter = setters[f]
-                setter(obj, _codec._default_for(self._info_for(name), f, obj))
+        if plan.identity:
+            for f, x in state.items():
+                setter = setters.get(f)
+                if setter is None:  # a field the declaration did not list
+                    self._set_fields(obj, info, _schema.upgrade_state(plan, {f: dec(x)}, self.report, partial=True))
+                else:
+                    setter(obj, self._field_value(dec(x)))
+            return
+        values = _schema.upgrade_state(plan, {f: dec(x) for f, x in state.items()}, self.report, partial=False)
+        self._set_fields(obj, info, values)
+        for f in info.fields:
+            if f not in values and f in info.defaults:
+                setters[f](obj, _codec._default_for(info, f, obj))
 
-    def _fill_plan(self, name: str) -> Any:
-        info = self._info_for(name)
-        declared = self.declared.get(name)
-        stored_fields = set(declared[1]) if declared else set(info.fields)
-        defaults = [f for f in info.fields if f not in stored_fields]
-        plan = (info.setters, defaults)
-        self._fill_plans[name] = plan
-        return plan
+    def _set_fields(self, obj: Any, info: _types.TypeInfo, values: dict[str, Any]) -> None:
+        for f, v in values.items():
+            info.setters[f](obj, self._field_value(v))
 
-    def _drift(self, name: str, field: str) -> MemimgError:
-        info = self._info_for(name)
-        return MemimgError(
-            f"stored {name} objects have a field {field!r} that {info.cls.__qualname__} no longer "
-            f"declares: add it back, rename with memimg.field(renamed_from={field!r}), or drop it "
-            f"with @persistent(removed=({field!r},))"
-        )
+    def _field_value(self, v: Any) -> Any:
+        if type(v) is Gone:
+            self.report.references_cleared += 1
+            return None
+        return v
 
-    def _adapt_field(self, obj: Any, args: tuple[Any, ...], seq: int) -> tuple[Any, ...]:
+    def _adapt_field_event(self, k: Kind, obj: Any, args: tuple[Any, ...]) -> Pending | None:
         info = _types.info_of(type(obj))
-        if info is None or args[0] not in info.setters:
-            raise self._drift(info.name if info else type(obj).__qualname__, args[0])
-        return args
+        if info is None:
+            raise CorruptLogError(
+                f"a field event targets a {type(obj).__qualname__}, not an entity", seq=None, table=""
+            )
+        plan = self._plan_by_cls.get(info.cls)
+        name = args[0]
+        if (plan is None or plan.identity) and name in info.setters:
+            if k is _OBJ_SET and type(args[1]) is Gone:
+                self.report.references_cleared += 1
+                return k, obj, (name, None)
+            return k, obj, args
+        if plan is None:
+            plan = _schema.Plan(info.name, info, info.version, info.fields)
+        if k is _OBJ_SET:
+            values = _schema.upgrade_state(plan, {name: args[1]}, self.report, partial=True)
+            pairs = [(f, self._field_value(v)) for f, v in values.items()]
+            return _OBJ_UPDATE, obj, (pairs,)
+        renamed_from = {old: new for new, old in info.renamed.items()}
+        target = plan.field_map.get(name, name if name in info.setters else renamed_from.get(name, _schema.DROP))
+        if target is _schema.DROP or target not in info.setters:
+            self.report.dropped_fields[(info.name, name)] += 1
+            return None
+        return k, obj, (target,)
+
+    def strip_gone(self) -> list[Pending]:
+        """Events that remove placeholders of removed objects from every collection."""
+        events: list[Pending] = []
+        for obj in self.objects:
+            t = type(obj)
+            if t is TrackedList:
+                gone = [i for i, x in enumerate(_list_copy(obj)) if type(x) is Gone]
+                events.extend((_LIST_DEL, obj, (i,)) for i in reversed(gone))
+            elif t is TrackedDict:
+                for key, value in list(_dict_items(obj)):
+                    if type(key) is Gone or type(value) is Gone:
+                        events.append((_DICT_DEL, obj, (key,)))
+            elif t is TrackedSet:
+                gone_members = [m for m in set.copy(obj) if type(m) is Gone]
+                if gone_members:
+                    events.append((_SET_DISCARD, obj, (gone_members,)))
+        self.report.elements_dropped += sum(len(args[0]) if k is _SET_DISCARD else 1 for k, _obj, args in events)
+        return events
 
     # -- snapshots ------------------------------------------------------------
 
@@ -683,10 +799,9 @@ class Graph:
             return oid_of(obj)  # type: ignore[no-any-return]
 
         self.codec.ref = ref
-        self._new_types = {}
-        self._declared_before = {}
         records = []
         types: dict[str, Any] = {}
+        self._collecting = types
         root_oid = oid_of(roots[0]) if roots else 0
         try:
             i = 0
@@ -695,12 +810,9 @@ class Graph:
                 i += 1
                 name, state = self.state_of(obj)
                 records.append([oid_of(obj), name, state])
-                if name not in _COLLECTION_TYPES and name not in types:
-                    info = _types.info_of(type(obj))
-                    types[name] = [info.version, list(info.fields)]  # type: ignore[union-attr]
         finally:
             self.codec.ref = self._ref_commit
-            self._new_types = {}
+            self._collecting = None
         return {
             "format": 1,
             "seq": seq,

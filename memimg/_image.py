@@ -30,17 +30,26 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import orjson
 
 from memimg import _codec
 from memimg import _errors as memimg_errors
-from memimg._errors import ClosedError, ConflictError, CorruptLogError, MemimgError, ReadOnlyError
+from memimg._errors import (
+    ClosedError,
+    ConflictError,
+    CorruptLogError,
+    MemimgError,
+    ReadOnlyError,
+    SchemaError,
+    UnknownTypeError,
+)
 from memimg._graph import Graph, Pending
 from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
 from memimg._rows import Event, snapshot_checksum, verify_event, verify_snapshot
+from memimg._schema import SchemaReport
 from memimg._tx import Transaction, TxScope, TxState, _raw, where_coll, where_field
 from memimg.model import _tracking, _types
 from memimg.model._base import SELF, Planner
@@ -85,7 +94,11 @@ class MemoryImage:
         snapshot_every: int | str | None = "auto",
         readonly: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
+        removed_types: Iterable[str] = (),
+        on_schema_drift: str = "raise",
     ) -> None:
+        if on_schema_drift not in ("raise", "drop"):
+            raise ValueError(f"on_schema_drift must be 'raise' or 'drop', not {on_schema_drift!r}")
         if snapshot_every not in (None, "auto") and (not isinstance(snapshot_every, int) or snapshot_every < 1):
             raise ValueError(f"snapshot_every must be a positive int, 'auto' or None, not {snapshot_every!r}")
         self._store = store
@@ -100,6 +113,8 @@ class MemoryImage:
         )
         self._mi_publishing: list[TxState] = []
         self._graph = Graph(converter or _codec.converter, owner=self)
+        self._graph.removed_types = frozenset(removed_types)
+        self._on_schema_drift = on_schema_drift
         self._seq = 0
         self._snapshot_seq = 0
         # conflict detection: what commits wrote, while transactions are open
@@ -109,6 +124,9 @@ class MemoryImage:
         self._recent: deque[tuple[int, int, list[tuple[int, Any]]]] = deque()
         started = time.perf_counter()
         self._recover()
+        self._check_schema()
+        if self._graph.has_gone:
+            self._strip_removed()
         if self._graph.root is None:
             self._create_root(root)
         log.info(
@@ -140,6 +158,11 @@ class MemoryImage:
     def converter(self) -> _codec.Converter:
         """The cattrs converter that encodes this image's values."""
         return self._graph.codec.converter
+
+    @property
+    def schema_report(self) -> SchemaReport:
+        """What reading the log under the current classes found and did (see schema evolution)."""
+        return self._graph.report
 
     @property
     def readonly(self) -> bool:
@@ -339,6 +362,36 @@ class MemoryImage:
         self._seq = expected - 1
         if progress is not None:
             progress("replay", self._seq - loaded, self._seq - loaded)
+
+    def _check_schema(self) -> None:
+        report = self._graph.report
+        if not report.differences:
+            return
+        if self._on_schema_drift == "drop":
+            for line in report.differences:
+                log.warning("schema drift in %s, dropped: %s", self._store.description, line)
+            return
+        lines = "\n".join(f"  - {d}" for d in report.differences)
+        message = (
+            f"the schema stored in {self._store.description} differs from the code in ways the code does "
+            f"not declare; nothing was changed:\n{lines}\nDeclare each change as shown, or open with "
+            'on_schema_drift="drop" to drop what the code does not declare.'
+        )
+        if report.unknown_types:
+            raise UnknownTypeError(message, type_name=report.unknown_types[0], differences=list(report.differences))
+        raise SchemaError(message, differences=list(report.differences))
+
+    def _strip_removed(self) -> None:
+        """Drop objects of removed types from collections, as events, so later replays agree."""
+        events = self._graph.strip_gone()
+        if not events:
+            return
+        if self._readonly:
+            for k, target, args in events:
+                k.apply(self._graph, target, *args)
+            return
+        with self._lock:
+            self._commit_events(events, None, auto_snapshot=False)
 
     def _create_root(self, factory: Callable[[], Any]) -> None:
         if self._readonly:
@@ -552,11 +605,19 @@ class MemoryImage:
         if batch:
             self._apply_remote(batch)
             count += len(batch)
+        if count:
+            self._check_schema()
         return count
 
     def _apply_remote(self, rows: list[EventRow]) -> None:
         graph = self._graph
-        events = [graph.decode_row(r.kind, r.target, r.payload, r.seq) for r in rows]
+        decoded = [(graph.decode_row(r.kind, r.target, r.payload, r.seq), r) for r in rows]
+        kept = [(e, r) for e, r in decoded if e is not None]
+        if not kept:
+            self._seq = rows[-1].seq
+            return
+        events = [e for e, _ in kept]
+        rows = [r for _, r in kept] if len(kept) < len(rows) else rows
         if len(events) == 1:
             self._apply(events, rows, None)
         else:

@@ -105,6 +105,13 @@ def _obj_set(a: Applier, obj: Any, name: str, value: Any) -> None:
     a.field_set(obj, name, value)
 
 
+@kind("obj.update", "P", PAIRS)
+def _obj_update(a: Applier, obj: Any, pairs: list[tuple[str, Any]]) -> None:
+    """Set several fields of entity *target* at once (states upgraded on replay)."""
+    for name, value in pairs:
+        a.field_set(obj, name, value)
+
+
 @kind("obj.del", "s", FIELD)
 def _obj_del(a: Applier, obj: Any, name: str) -> None:
     """Delete field *name* of entity *target* (``del obj.name``)."""

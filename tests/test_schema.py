@@ -1,0 +1,455 @@
+"""Schema evolution with real old data.
+
+Each test writes an old version of a model module, records a log with it in a
+subprocess (a separate program, as in production), then opens that log here
+with the new version of the module. Type names carry a per-test prefix so the
+tests do not see each other's classes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from decimal import Decimal
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import memimg
+
+
+class Versions:
+    def __init__(self, tmp_path: Any) -> None:
+        self.tmp = tmp_path
+        self.prefix = f"s{uuid.uuid4().hex[:8]}"
+        self.path = str(tmp_path / "shop.db")
+
+    def source(self, text: str) -> str:
+        header = (
+            "from __future__ import annotations\n"
+            "import attrs, memimg\n"
+            "from decimal import Decimal\n"
+            "from memimg import persistent\n"
+        )
+        return header + textwrap.dedent(text).replace("{P}", self.prefix)
+
+    def record(self, models: str, script: str) -> str:
+        """Run *script* (with ``models`` importable and ``path`` defined) in a subprocess."""
+        d = self.tmp / f"old_{uuid.uuid4().hex[:6]}"
+        d.mkdir()
+        (d / "models.py").write_text(self.source(models))
+        code = f"import memimg, models\nfrom decimal import Decimal\npath = {self.path!r}\n" + textwrap.dedent(script)
+        env = {**os.environ, "PYTHONPATH": f"{d}{os.pathsep}{os.getcwd()}"}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def load(self, models: str) -> ModuleType:
+        """Import the new version of the models here, under a unique module name."""
+        name = f"models_{uuid.uuid4().hex[:8]}"
+        file = self.tmp / f"{name}.py"
+        file.write_text(self.source(models))
+        spec = importlib.util.spec_from_file_location(name, file)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    def open(self, module: ModuleType, **options: Any) -> memimg.MemoryImage:
+        return memimg.open(self.path, root=module.Shop, **options)
+
+
+@pytest.fixture
+def v(tmp_path: Any) -> Versions:
+    return Versions(tmp_path)
+
+
+SHOP_V1 = """
+@persistent(name="{P}.Product")
+class Product:
+    title: str
+    cents: int = 0
+
+@persistent(name="{P}.Shop")
+class Shop:
+    products: dict = attrs.field(factory=dict)
+    shelf: list = attrs.field(factory=list)
+"""
+
+
+def test_added_fields_and_reordering_need_nothing(v: Versions) -> None:
+    v.record(
+        SHOP_V1,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple", 120)
+            img.snapshot()
+            img.root.products["b"] = models.Product("bread", 250)
+            img.root.products["a"].cents = 130
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            cents: int = 0
+            stock: int = 5
+            tags: list = attrs.field(factory=list)
+            title: str = ""
+
+            def price(self) -> Decimal:  # methods change freely
+                return Decimal(self.cents) / 100
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+            shelf: list = attrs.field(factory=list)
+            opened: bool = True
+        """
+    )
+    with v.open(new) as img:
+        a, b = img.root.products["a"], img.root.products["b"]
+        assert (a.title, a.cents, a.stock, a.tags, b.stock) == ("apple", 130, 5, [], 5)
+        assert img.root.opened is True and a.price() == Decimal("1.30")
+        assert not img.schema_report.differences
+        assert img.schema_report.defaults_filled
+        a.stock = 1
+    with v.open(new) as img:
+        assert img.root.products["a"].stock == 1
+
+
+def test_renamed_field_class_and_removed_field(v: Versions) -> None:
+    old = """
+    @persistent(name="{P}.Item")
+    class Item:
+        label: str
+        cents: int = 0
+        legacy_code: str = "x"
+
+    @persistent(name="{P}.Shop")
+    class Shop:
+        products: dict = attrs.field(factory=dict)
+    """
+    v.record(
+        old,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Item("apple", 120)
+            img.snapshot()
+            img.root.products["b"] = models.Item("bread")
+            img.root.products["a"].label = "green apple"
+            img.root.products["b"].legacy_code = "y"
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Product", aliases=("{P}.Item",), removed=("legacy_code",))
+        class Product:
+            title: str = memimg.field(default="", renamed_from="label")
+            cents: int = 0
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+        """
+    )
+    with v.open(new) as img:
+        a, b = img.root.products["a"], img.root.products["b"]
+        assert type(a) is new.Product and (a.title, a.cents, b.title) == ("green apple", 120, "bread")
+        report = img.schema_report
+        assert not report.differences
+        assert report.renamed_fields[(f"{v.prefix}.Product", "label", "title")] >= 3
+        assert report.dropped_fields[(f"{v.prefix}.Product", "legacy_code")] >= 2
+        assert report.renamed_types[(f"{v.prefix}.Item", f"{v.prefix}.Product")] >= 1
+        assert "renamed" not in str(report) or "read as" in str(report)
+
+
+def test_type_change_with_an_upgrader_everywhere_state_is_stored(v: Versions) -> None:
+    """int cents -> Decimal price, in snapshots, attach events and field-set events."""
+    v.record(
+        SHOP_V1,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple", 120)
+            img.snapshot()
+            img.root.products["b"] = models.Product("bread", 250)
+            img.root.shelf.append(models.Product("cake", 999))
+            img.root.products["a"].cents = 135
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Product", version=2)
+        class Product:
+            title: str
+            price: Decimal = Decimal("0")
+
+        @memimg.upgrader("{P}.Product", from_version=1)
+        def cents_to_price(state: dict) -> dict:
+            if "cents" in state:
+                state["price"] = Decimal(state.pop("cents")) / 100
+            return state
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+            shelf: list = attrs.field(factory=list)
+        """
+    )
+    assert new.cents_to_price({"title": "x", "cents": 5}) == {"title": "x", "price": Decimal("0.05")}
+    with v.open(new) as img:
+        p = img.root.products
+        assert (p["a"].price, p["b"].price, img.root.shelf[0].price) == (
+            Decimal("1.35"),
+            Decimal("2.5"),
+            Decimal("9.99"),
+        )
+        assert sum(img.schema_report.upgraded.values()) >= 4
+        p["a"].price = Decimal("2")
+    with v.open(new) as img:
+        assert img.root.products["a"].price == Decimal("2")
+
+
+def test_upgrader_chain(v: Versions) -> None:
+    v.record(
+        SHOP_V1,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("Apple Pie", 120)
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Product", version=3)
+        class Product:
+            first: str = ""
+            rest: str = ""
+            price: Decimal = Decimal("0")
+
+        @memimg.upgrader("{P}.Product", from_version=1)
+        def v1(state: dict) -> dict:
+            if "cents" in state:
+                state["price"] = Decimal(state.pop("cents")) / 100
+            return state
+
+        @memimg.upgrader("{P}.Product", from_version=2)
+        def v2(state: dict) -> dict:
+            if "title" in state:
+                state["first"], _, state["rest"] = state.pop("title").partition(" ")
+            return state
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+            shelf: list = attrs.field(factory=list)
+        """
+    )
+    with v.open(new) as img:
+        a = img.root.products["a"]
+        assert (a.first, a.rest, a.price) == ("Apple", "Pie", Decimal("1.2"))
+        assert img.schema_report.upgraded[(f"{v.prefix}.Product", 1, 2)] == 1
+        assert img.schema_report.upgraded[(f"{v.prefix}.Product", 2, 3)] == 1
+
+
+def test_removed_class(v: Versions) -> None:
+    """References become None, elements are dropped, and the counts are reported."""
+    old = """
+    @persistent(name="{P}.Coupon")
+    class Coupon:
+        code: str
+
+    @persistent(name="{P}.Shop")
+    class Shop:
+        products: dict = attrs.field(factory=dict)
+        shelf: list = attrs.field(factory=list)
+        best: object = None
+        bag: set = attrs.field(factory=set)
+    """
+    v.record(
+        old,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            c1, c2 = models.Coupon("A"), models.Coupon("B")
+            img.root.shelf.extend(["x", c1, "y", c2, "z"])
+            img.root.best = c1
+            img.root.products.update(c=c2, k="keep")
+            img.root.bag.update({c1, "m"})
+            img.root.shelf.remove("y")   # a positional event after the removed elements
+            img.root.shelf.insert(3, "w")
+            c1.code = "AA"              # an event on a removed object
+        """,
+    )
+    new_source = """
+    @persistent(name="{P}.Shop")
+    class Shop:
+        products: dict = attrs.field(factory=dict)
+        shelf: list = attrs.field(factory=list)
+        best: object = None
+        bag: set = attrs.field(factory=set)
+    """
+    new = v.load(new_source)
+    with pytest.raises(memimg.UnknownTypeError, match=f"{v.prefix}.Coupon") as info:
+        v.open(new)
+    assert "removed_types" in str(info.value)
+    with v.open(new, removed_types=(f"{v.prefix}.Coupon",)) as img:
+        r = img.root
+        assert r.shelf == ["x", "w", "z"] and r.best is None and r.products == {"k": "keep"} and r.bag == {"m"}
+        report = img.schema_report
+        assert report.removed_objects[f"{v.prefix}.Coupon"] == 2
+        assert report.references_cleared == 1 and report.elements_dropped == 4 and report.events_skipped == 1
+    with v.open(new, removed_types=(f"{v.prefix}.Coupon",)) as img:  # the clean-up is in the log now
+        assert img.root.shelf == ["x", "w", "z"]
+    report = memimg.migrate(v.path, root=new.Shop, removed_types=(f"{v.prefix}.Coupon",))
+    assert report.snapshot_seq
+    with v.open(new) as img:  # after the migration snapshot, no declaration is needed any more
+        assert img.root.shelf == ["x", "w", "z"]
+
+
+def test_undeclared_drift_lists_every_difference(v: Versions) -> None:
+    v.record(
+        SHOP_V1 + '\n@persistent(name="{P}.Gift")\nclass Gift:\n    to: str = ""\n',
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple", 120)
+            img.root.shelf.append(models.Gift("ann"))
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            stock: int
+            name: str = ""
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+            shelf: list = attrs.field(factory=list)
+        """
+    )
+    with pytest.raises(memimg.SchemaError) as info:
+        v.open(new)
+    diffs = info.value.differences
+    text = "\n".join(diffs)
+    assert f"{v.prefix}.Product.title is stored" in text and 'renamed_from="title"' in text
+    assert f"{v.prefix}.Product.cents is stored" in text
+    assert "Product.stock is not in the stored" in text and "default" in text
+    assert f"{v.prefix}.Gift" in text and "removed_types" in text
+    assert len(diffs) == 4
+    before = open(v.path, "rb").read()
+    assert open(v.path, "rb").read() == before
+    with v.open(new, on_schema_drift="drop", removed_types=(f"{v.prefix}.Gift",)) as img:
+        assert img.root.products["a"].name == "" and img.root.shelf == []
+        assert img.schema_report.dropped_fields[(f"{v.prefix}.Product", "cents")] == 1
+
+
+def test_newer_writer_is_reported(v: Versions) -> None:
+    newer = SHOP_V1.replace('@persistent(name="{P}.Product")', '@persistent(name="{P}.Product", version=3)')
+    v.record(
+        newer,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple", 120)
+        """,
+    )
+    new = v.load(SHOP_V1)
+    with pytest.raises(memimg.SchemaError, match="newer version of the program"):
+        v.open(new)
+
+
+def test_value_classes_as_dict_keys_and_elements(v: Versions) -> None:
+    """Changed value classes are upgraded as dict keys, set members and list items too."""
+    old = """
+    @attrs.frozen
+    class Sku:
+        code: str
+
+    memimg.converter.register_value(Sku, name="{P}.Sku")
+
+    @persistent(name="{P}.Shop")
+    class Shop:
+        products: dict = attrs.field(factory=dict)
+        shelf: list = attrs.field(factory=list)
+        skus: set = attrs.field(factory=set)
+    """
+    v.record(
+        old,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products[models.Sku("a1")] = 1
+            img.root.shelf.append(models.Sku("b2"))
+            img.root.skus.add(models.Sku("c3"))
+            img.snapshot()
+            img.root.products[models.Sku("d4")] = 2
+        """,
+    )
+    new = v.load(
+        """
+        @attrs.frozen
+        class Sku:
+            code: str
+            region: str = "eu"
+
+        memimg.converter.register_value(Sku, name="{P}.Sku")
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+            shelf: list = attrs.field(factory=list)
+            skus: set = attrs.field(factory=set)
+        """
+    )
+    with v.open(new) as img:
+        r = img.root
+        assert r.products == {new.Sku("a1"): 1, new.Sku("d4"): 2}
+        assert r.shelf == [new.Sku("b2")] and r.skus == {new.Sku("c3")}
+        assert next(iter(r.skus)).region == "eu"
+
+
+def test_history_before_and_after_a_snapshot_and_migrate(v: Versions) -> None:
+    v.record(
+        SHOP_V1,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple", 100)
+            img.snapshot()
+            img.root.products["a"].cents = 150
+        """,
+    )
+    upgraded = """
+    @persistent(name="{P}.Product", version=2)
+    class Product:
+        title: str
+        price: Decimal = Decimal("0")
+
+    @persistent(name="{P}.Shop")
+    class Shop:
+        products: dict = attrs.field(factory=dict)
+        shelf: list = attrs.field(factory=list)
+    """
+    with_upgrader = (
+        upgraded
+        + """
+    @memimg.upgrader("{P}.Product", from_version=1)
+    def _(state: dict) -> dict:
+        if "cents" in state:
+            state["price"] = Decimal(state.pop("cents")) / 100
+        return state
+    """
+    )
+    report = memimg.migrate(v.path, root=v.load(with_upgrader).Shop)
+    assert report.snapshot_seq and report.upgraded
+    assert "upgraded" in str(report)
+    from memimg._schema import _UPGRADERS
+
+    for key in [k for k in _UPGRADERS if k[0] == f"{v.prefix}.Product"]:
+        del _UPGRADERS[key]  # the upgrader is gone from the code: the snapshot covers the history
+    with v.open(v.load(upgraded)) as img:
+        assert img.root.products["a"].price == Decimal("1.5")
+        assert not img.schema_report.upgraded
