@@ -63,6 +63,7 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     follow: bool = False,
     removed_types: Iterable[str] = (),
     on_schema_drift: str = "raise",
+    generic_types: bool = False,
     **store_options: Any,
 ) -> MemoryImage:
     """Open the image stored at *target*, creating it if the store is empty.
@@ -91,6 +92,10 @@ def open(  # noqa: A001 - the public name is fixed by the spec
             schema differs from the code in undeclared ways, listing every
             difference with its fix; ``"drop"`` opens it anyway, dropping
             what the code does not declare.
+        generic_types: read types that no loaded class claims into generic
+            stand-in classes made from the stored schema, instead of raising
+            (meant for tools that inspect any image; the stand-ins are
+            registered in this process).
         follow: apply other processes' commits in a background thread as
             they happen (see :meth:`MemoryImage.follow`); otherwise they are
             applied at :meth:`~MemoryImage.refresh` and when a transaction
@@ -112,6 +117,7 @@ def open(  # noqa: A001 - the public name is fixed by the spec
             progress=progress,
             removed_types=removed_types,
             on_schema_drift=on_schema_drift,
+            generic_types=generic_types,
         )
         if follow:
             img.follow()

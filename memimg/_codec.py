@@ -45,6 +45,7 @@ from typing import Any, Final
 import attrs
 import cattrs
 
+from memimg import _generic
 from memimg._errors import MemimgError, UnknownTypeError, UnsupportedValueError
 from memimg.model import _types
 from memimg.model._base import PersistentBase
@@ -258,6 +259,7 @@ TRACKED: Final = "tracked"
 PLAIN: Final = "plain"  # a plain list/dict/set: converted to a tracked one when stored
 UNSUPPORTED: Final = "unsupported"
 GONE: Final = "gone"  # an object of a removed type, while replaying
+GENERIC: Final = "generic"  # a stand-in for an enum member or user value whose class is not loaded
 
 
 class Codec:
@@ -278,6 +280,8 @@ class Codec:
         self.on_value: Callable[[Any], None] = lambda info: None
         #: set once objects of removed types are met: drop them from values
         self.clean_gone: Callable[[Any], bool] | None = None
+        #: read unknown enums and user values into stand-ins (tools)
+        self.generic = False
         self._shapes: dict[type, str] = {}
         self._encoders: dict[type, Enc] = {}
         self._decoders: dict[str, Dec] = {}
@@ -315,6 +319,8 @@ class Codec:
     def _classify(self, t: type) -> str:
         if t is Gone:
             return GONE
+        if t is _generic.EnumValue or t is _generic.CustomValue:
+            return GENERIC
         if issubclass(t, PersistentBase):
             return ENTITY if _types.info_of(t) is not None else UNSUPPORTED
         if t in (TrackedList, TrackedDict, TrackedSet):
@@ -358,6 +364,11 @@ class Codec:
             enc = lambda v: ["r", self.ref(v)]  # noqa: E731
         elif shape == GONE:
             enc = lambda v: ["r", v.oid]  # noqa: E731
+        elif shape == GENERIC:
+            if t is _generic.EnumValue:
+                enc = lambda v: ["e", v.type_name, v.member]  # noqa: E731
+            else:
+                enc = lambda v: ["x", v.type_name, v.data]  # noqa: E731
         elif shape == LEAF:
             enc = self.converter._leaves[t].encode
         elif shape == TUPLE:
@@ -421,7 +432,12 @@ class Codec:
         return frozenset(items)
 
     def _dec_enum(self, x: list[Any]) -> Any:
-        info = _types.resolve(x[1])
+        try:
+            info = _types.resolve(x[1])
+        except UnknownTypeError:
+            if self.generic:
+                return _generic.EnumValue(x[1], x[2])
+            raise
         try:
             return info.cls[x[2]]  # type: ignore[index]
         except KeyError:
@@ -447,7 +463,12 @@ class Codec:
         return obj
 
     def _dec_custom(self, x: list[Any]) -> Any:
-        info = _types.resolve(x[1])
+        try:
+            info = _types.resolve(x[1])
+        except UnknownTypeError:
+            if self.generic:
+                return _generic.CustomValue(x[1], x[2])
+            raise
         return self.converter.structure(x[2], info.cls)
 
 

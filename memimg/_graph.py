@@ -92,6 +92,8 @@ class Graph:
         #: ``type name -> (version, fields)`` as the log declared them.
         self.declared: dict[str, tuple[int, tuple[str, ...]]] = {}
         self.removed_types: frozenset[str] = frozenset()
+        #: read types no class claims into generic stand-ins (tools)
+        self.generic = False
         self.report = _schema.SchemaReport()
         self.has_gone = False
         self._plans: dict[tuple[Any, ...], _schema.Plan] = {}
@@ -176,7 +178,7 @@ class Graph:
             if t is dt.datetime or t is dt.time:
                 _codec._tz_parts(v.tzinfo)
             return v
-        if shape is _codec.ENUM or shape is _codec.CUSTOM:
+        if shape is _codec.ENUM or shape is _codec.CUSTOM or shape is _codec.GENERIC:
             return v
         if shape is _codec.ENTITY or shape is _codec.TRACKED:
             owner = v._mi_img
@@ -454,7 +456,7 @@ class Graph:
 
     def _decode_value(self, x: list[Any]) -> Any:
         """A frozen attrs value object, read under the schema its writer declared."""
-        plan = self._plan(x[1])
+        plan = self._plan_by_name.get(x[1]) or self._plan(x[1], value=True)
         info = plan.info
         if info is None:
             self.report.references_cleared += 1
@@ -477,16 +479,19 @@ class Graph:
         return obj
 
     def _declare(self, info: _types.TypeInfo) -> None:
+        declaration = [info.version, list(info.fields)]
+        if info.kind == _types.VALUE:
+            declaration.append("value")
         collecting = self._collecting
         if collecting is not None:
-            collecting.setdefault(info.name, [info.version, list(info.fields)])
+            collecting.setdefault(info.name, declaration)
             return
         current = (info.version, info.fields)
         if self.declared.get(info.name) != current:
             if info.name not in self._declared_before:
                 self._declared_before[info.name] = self.declared.get(info.name)
             self.declared[info.name] = current
-            self._new_types[info.name] = [info.version, list(info.fields)]
+            self._new_types[info.name] = declaration
 
     def encode_args(self, k: Kind, args: tuple[Any, ...]) -> list[Any]:
         enc = self.codec.encode
@@ -626,19 +631,28 @@ class Graph:
 
     def declare(self, types: dict[str, Any]) -> None:
         """Record schemas declared by the log, and plan how to read states written under them."""
-        for name, (version, fields) in types.items():
-            declared = (version, tuple(fields))
+        for name, decl in types.items():
+            version, fields = decl[0], tuple(decl[1])
+            declared = (version, fields)
             self.declared[name] = declared
             key = (name, *declared)
             plan = self._plans.get(key)
             if plan is None:
-                plan = _schema.plan_for(name, version, tuple(fields), self.report, self.removed_types)
+                plan = _schema.plan_for(
+                    name,
+                    version,
+                    fields,
+                    self.report,
+                    self.removed_types,
+                    generic=self.generic,
+                    value=len(decl) > 2 and decl[2] == "value",
+                )
                 self._plans[key] = plan
             self._plan_by_name[name] = plan
             if plan.info is not None:
                 self._plan_by_cls[plan.info.cls] = plan
 
-    def _plan(self, name: str) -> _schema.Plan:
+    def _plan(self, name: str, *, value: bool = False) -> _schema.Plan:
         plan = self._plan_by_name.get(name)
         if plan is None:  # no declaration: read as the code declares it
             if name in self.removed_types:
@@ -647,7 +661,9 @@ class Graph:
                 try:
                     info = _types.resolve(name)
                 except UnknownTypeError:
-                    plan = _schema.plan_for(name, 1, (), self.report, self.removed_types)
+                    plan = _schema.plan_for(
+                        name, 1, (), self.report, self.removed_types, generic=self.generic, value=value
+                    )
                 else:
                     plan = _schema.Plan(name, info, info.version, info.fields, identity=name == info.name)
                     plan.field_map = {f: f for f in info.fields}

@@ -96,6 +96,7 @@ class MemoryImage:
         progress: Callable[[str, int, int], None] | None = None,
         removed_types: Iterable[str] = (),
         on_schema_drift: str = "raise",
+        generic_types: bool = False,
     ) -> None:
         if on_schema_drift not in ("raise", "drop"):
             raise ValueError(f"on_schema_drift must be 'raise' or 'drop', not {on_schema_drift!r}")
@@ -114,6 +115,7 @@ class MemoryImage:
         self._mi_publishing: list[TxState] = []
         self._graph = Graph(converter or _codec.converter, owner=self)
         self._graph.removed_types = frozenset(removed_types)
+        self._graph.generic = self._graph.codec.generic = generic_types
         self._on_schema_drift = on_schema_drift
         self._seq = 0
         self._snapshot_seq = 0

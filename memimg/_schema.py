@@ -174,13 +174,26 @@ def plan_for(
     stored_fields: tuple[str, ...],
     report: SchemaReport,
     removed_types: frozenset[str],
+    *,
+    generic: bool = False,
+    value: bool = False,
 ) -> Plan:
-    """The plan for states declared as (*stored_name*, *version*, *stored_fields*)."""
+    """The plan for states declared as (*stored_name*, *version*, *stored_fields*).
+
+    With *generic*, a type no class claims gets a stand-in class (see
+    :mod:`memimg._generic`); *value* says the declaration is of a value type.
+    """
     if stored_name in removed_types:
         return Plan(stored_name, None, version, stored_fields, identity=False)
     try:
         info = _types.resolve(stored_name)
     except UnknownTypeError:
+        if generic:
+            from memimg import _generic
+
+            make = _generic.value_class if value else _generic.entity_class
+            info = make(stored_name, stored_fields, version)
+            return Plan(stored_name, info, version, stored_fields, field_map={f: f for f in stored_fields})
         if stored_name not in report.unknown_types:
             report.unknown_types.append(stored_name)
         report.difference(

@@ -86,5 +86,12 @@ class MemoryStore:
             self._first += n
             return n
 
+    def delete_snapshots_before(self, seq: int) -> int:
+        with self._lock:
+            old = [s for s in self._snapshots if s < seq]
+            for s in old:
+                del self._snapshots[s]
+            return len(old)
+
     def close(self) -> None:
         pass

@@ -127,6 +127,10 @@ class Store(Protocol):
         """Delete events with ``seq < seq`` (compaction); returns how many."""
         ...
 
+    def delete_snapshots_before(self, seq: int) -> int:
+        """Delete snapshots covering seqs before *seq* (compaction); returns how many."""
+        ...
+
     def close(self) -> None:
         """Release connections and files."""
         ...

@@ -318,6 +318,11 @@ class SQLAlchemyStore:
         with self.engine.begin() as conn:
             return int(conn.execute(self.events.delete().where(self.events.c.seq < seq)).rowcount)
 
+    def delete_snapshots_before(self, seq: int) -> int:
+        t = self.snapshots_table
+        with self.engine.begin() as conn:
+            return int(conn.execute(t.delete().where(t.c.seq < seq)).rowcount)
+
     # -- snapshots and meta ---------------------------------------------------
 
     def write_snapshot(self, row: SnapshotRow) -> None:

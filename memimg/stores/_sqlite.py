@@ -257,6 +257,10 @@ class SQLiteStore:
         with self._lock:
             return self._conn.execute("DELETE FROM memimg_events WHERE seq < ?", (seq,)).rowcount
 
+    def delete_snapshots_before(self, seq: int) -> int:
+        with self._lock:
+            return self._conn.execute("DELETE FROM memimg_snapshots WHERE seq < ?", (seq,)).rowcount
+
     # -- snapshots and meta ---------------------------------------------------
 
     def write_snapshot(self, row: SnapshotRow) -> None:

@@ -146,6 +146,13 @@ class StoreContract:
         store.append([row(4)], 3)
         assert [r[0] for r in store.read()] == [3, 4]
 
+    def test_snapshot_compaction(self, store: Store) -> None:
+        """Older snapshots can be deleted."""
+        for seq in (2, 5, 9):
+            store.write_snapshot(snap(seq))
+        assert store.delete_snapshots_before(9) == 2
+        assert [s.seq for s in store.snapshots()] == [9]
+
     def test_large_payload(self, store: Store) -> None:
         """Payloads of several megabytes are kept intact."""
         big = b"[" + b"1," * 2_000_000 + b"1]"

@@ -1,0 +1,197 @@
+"""The memimg command line, run through click's test runner."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import memimg
+from memimg._cli import cli
+from tests.models import Account, Bank, Entry
+
+
+@pytest.fixture
+def bank_db(tmp_path: Any) -> str:
+    path = str(tmp_path / "bank.db")
+    with memimg.open(path, root=Bank) as img:
+        img.root.accounts["ada"] = Account("ada", entries=[Entry("in")], tags={"x"})
+        img.root.accounts["bob"] = Account("bob")
+        img.root.accounts["ada"].entries.append(img.root.accounts["ada"].entries[0])  # shared
+        img.snapshot()
+        img.root.accounts["ada"].balance += 5
+    return path
+
+
+def run(*args: str) -> Any:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result
+
+
+def test_info(bank_db: str) -> None:
+    """info reports the log, snapshots and objects by type."""
+    r = run("info", bank_db)
+    assert r.exit_code == 0, r.output
+    assert "seq 1.." in r.output and "tests.models.Account" in r.output and "snapshots:  1" in r.output
+    data = json.loads(run("info", bank_db, "--json").output)
+    assert data["types"]["tests.models.Account"] == 2 and data["root"] == "tests.Bank"
+
+
+def test_log_filters(bank_db: str) -> None:
+    """log lists events and filters by seq, object, kind and limit; --json is one object per line."""
+    lines = run("log", bank_db, "--json").output.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["kind"] == "root"
+    only_sets = [json.loads(x) for x in run("log", bank_db, "--json", "--kind", "obj.*").output.splitlines()]
+    assert only_sets and all(e["kind"].startswith("obj.") for e in only_sets)
+    assert len(run("log", bank_db, "--limit", "2").output.splitlines()) == 2
+    target = only_sets[0]["target"]
+    assert all(
+        json.loads(x)["target"] == target
+        for x in run("log", bank_db, "--json", "--object", str(target)).output.splitlines()
+    )
+    assert run("log", bank_db, "--since", "100").output == ""
+
+
+def test_show_paths_and_cycles(bank_db: str) -> None:
+    """show renders the graph from the root or a path; shared objects are shown once."""
+    r = run("show", bank_db, "--depth", "6")
+    assert "Bank #1" in r.output and "(shown above)" in r.output
+    assert run("show", bank_db, "accounts.ada.balance").output.strip() == "Decimal('5')"
+    assert run("show", bank_db, "accounts.ada.entries[0].label").output.strip() == "'in'"
+    data = json.loads(run("show", bank_db, "accounts.ada", "--json").output)
+    assert data["$type"] == "tests.models.Account" and data["balance"] == "5"
+    bad = CliRunner().invoke(cli, ["show", bank_db, "accounts.zed"])
+    assert bad.exit_code == 1 and "no key 'zed'" in bad.output and "Traceback" not in bad.output
+
+
+def test_snapshot_verify_compact(bank_db: str, tmp_path: Any) -> None:
+    """snapshot writes one; verify checks everything; compact drops what the new snapshot covers."""
+    assert "snapshot written at seq" in run("snapshot", bank_db).output
+    ok = run("verify", bank_db)
+    assert ok.exit_code == 0 and "2 snapshot(s) equal the replayed state" in ok.output
+    archive = str(tmp_path / "old.ndjson")
+    out = run("compact", bank_db, "--archive", archive).output
+    assert "dropped" in out
+    with open(archive) as f:
+        archived = [json.loads(line) for line in f]
+    assert archived[0]["seq"] == 1
+    assert run("verify", bank_db).exit_code == 0
+    with memimg.open(bank_db, root=Bank) as img:
+        assert img.root.accounts["ada"].balance == 5
+
+
+def test_verify_names_the_first_bad_seq(bank_db: str) -> None:
+    """A tampered event makes verify exit non-zero naming its seq."""
+    conn = sqlite3.connect(bank_db)
+    conn.execute("UPDATE memimg_events SET payload = CAST(replace(payload, 'ada', 'eve') AS BLOB) WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    r = CliRunner().invoke(cli, ["verify", bank_db])
+    assert r.exit_code == 1 and "seq 2" in r.output
+
+
+def test_verify_finds_a_snapshot_that_disagrees_with_the_log(bank_db: str) -> None:
+    """A snapshot whose content differs from the replay is reported even with a valid checksum."""
+    from memimg._rows import snapshot_checksum
+
+    conn = sqlite3.connect(bank_db)
+    seq, ts, payload = conn.execute("SELECT seq, ts, payload FROM memimg_snapshots").fetchone()
+    payload = payload.replace(b'"bob"', b'"rob"')
+    conn.execute(
+        "UPDATE memimg_snapshots SET payload = ?, checksum = ? WHERE seq = ?",
+        (payload, snapshot_checksum(seq, ts, payload), seq),
+    )
+    conn.commit()
+    conn.close()
+    r = CliRunner().invoke(cli, ["verify", bank_db])
+    assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output
+
+
+def test_export_and_import(bank_db: str, tmp_path: Any) -> None:
+    """export writes the snapshot format; import builds a new image from it."""
+    out = str(tmp_path / "bank.json")
+    run("export", bank_db, "-o", out)
+    target = str(tmp_path / "copy.db")
+    assert "imported" in run("import", target, out).output
+    with memimg.open(target, root=Bank) as img:
+        ada = img.root.accounts["ada"]
+        assert ada.balance == 5 and ada.entries[0] is ada.entries[1] and ada.tags == {"x"}
+    again = CliRunner().invoke(cli, ["import", target, out])
+    assert again.exit_code == 1 and "already holds an image" in again.output
+
+
+def test_works_without_the_application_classes(tmp_path: Any) -> None:
+    """Types no loaded class claims are read into generic stand-ins, and written back the same."""
+    path = str(tmp_path / "foreign.db")
+    script = textwrap.dedent(
+        f"""
+        import enum, attrs, memimg
+        from decimal import Decimal
+        class Mood(enum.Enum):
+            OK = 1
+        @attrs.frozen
+        class Tag:
+            text: str
+        memimg.converter.register_value(Tag, name="far.Tag")
+        @memimg.persistent(name="far.Thing")
+        class Thing:
+            label: str = ""
+            mood: object = None
+            tags: tuple = ()
+        with memimg.open({path!r}) as img:
+            img.root["t"] = Thing("hello", Mood.OK, (Tag("a"),))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert "far.Thing" in run("info", path).output
+    shown = run("show", path, "t").output
+    assert "label: 'hello'" in shown and "__main__.Mood.OK" in shown
+    assert run("snapshot", path).exit_code == 0
+    assert "equal the replayed state" in run("verify", path).output
+
+
+def test_not_a_memimg_file_changes_nothing(tmp_path: Any) -> None:
+    """A non-memimg file gets one clear line, exit status 1, and is left as it was."""
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database")
+    for command in ("info", "log", "show", "snapshot", "verify", "compact", "export"):
+        r = CliRunner().invoke(cli, [command, str(path)])
+        assert r.exit_code == 1 and "not an SQLite database" in r.output and "Traceback" not in r.output
+    assert path.read_text() == "not a database"
+    other = tmp_path / "app.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    for command in ("info", "snapshot", "compact", "verify"):
+        r = CliRunner().invoke(cli, [command, str(other)])
+        assert r.exit_code == 1 and "no memimg image" in r.output
+    assert other.read_bytes() == before
+
+
+def test_debug_shows_tracebacks(tmp_path: Any) -> None:
+    r = CliRunner().invoke(cli, ["--debug", "info", str(tmp_path / "missing.db")])
+    assert r.exit_code == 1 and isinstance(r.exception, memimg.MemimgError)
+
+
+def test_python_dash_m(tmp_path: Any) -> None:
+    """python -m memimg runs the same command line."""
+    out = subprocess.run([sys.executable, "-m", "memimg", "--version"], capture_output=True, text=True, check=True)
+    assert "memimg" in out.stdout
+
+
+def test_demo_runs_twice(tmp_path: Any) -> None:
+    """The demo creates an image, and a second run recovers it."""
+    path = str(tmp_path / "demo.db")
+    first = run("demo", path).output
+    second = run("demo", path).output
+    assert "Created a new image" in first and "Recovered" in second and "total     170.00" in second
