@@ -25,7 +25,9 @@ a linked list of a million nodes is as fine as a tree.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import struct
+import zlib
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import orjson
@@ -34,7 +36,7 @@ from memimg import _codec, _schema
 from memimg._codec import Codec, Converter, Gone, describe_unsupported
 from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
 from memimg._kinds import FIELD, KINDS, Kind
-from memimg._rows import event_checksum
+from memimg._rows import _HEADER, _kind_code, event_checksum, verify_event
 from memimg.model import _tracking, _types
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
@@ -69,6 +71,10 @@ def _set_slots(obj: Any, owner: Any, oid: int | None) -> None:
 
 
 _SET_OWNER = PersistentBase.__dict__["_mi_img"].__set__
+_crc32 = zlib.crc32
+_pack_header = _HEADER.pack
+_loads = orjson.loads
+_KIND_CODES = {name: k.code for name, k in KINDS.items()}
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_UPDATE = KINDS["obj.update"]
 _LIST_DEL = KINDS["list.del"]
@@ -99,6 +105,9 @@ class Graph:
         self._plans: dict[tuple[Any, ...], _schema.Plan] = {}
         self._plan_by_name: dict[str, _schema.Plan] = {}
         self._plan_by_cls: dict[type, _schema.Plan] = {}
+        self._fast_fields: dict[type, frozenset[str]] = {}
+        self._arg_decoders: dict[str, Callable[[list[Any]], tuple[Any, ...]]] = {}
+        self._setters: dict[type, dict[str, Callable[[Any, Any], None]]] = {}
         # encoding journal (one commit at a time, under the image lock)
         self._queue: list[Any] = []
         self._records: list[Any] = []
@@ -297,7 +306,10 @@ class Graph:
     # -- the committed applier --------------------------------------------------
 
     def field_set(self, obj: Any, name: str, value: Any) -> None:
-        _types.info_of(type(obj)).setters[name](obj, value)  # type: ignore[union-attr]
+        setters = self._setters.get(type(obj))
+        if setters is None:
+            setters = self._setters[type(obj)] = _types.info_of(type(obj)).setters  # type: ignore[union-attr]
+        setters[name](obj, value)
 
     def field_del(self, obj: Any, name: str) -> None:
         _tracking.raw_slot(type(obj), name).__delete__(obj)
@@ -597,18 +609,82 @@ class Graph:
         return k, obj, args
 
     def decode_args(self, k: Kind, raw: list[Any]) -> tuple[Any, ...]:
+        decoder = self._arg_decoders.get(k.params)
+        if decoder is None:
+            decoder = self._arg_decoders[k.params] = self._make_arg_decoder(k.params)
+        return decoder(raw)
+
+    def _make_arg_decoder(self, params: str) -> Callable[[list[Any]], tuple[Any, ...]]:
         dec = self.codec.decode
-        out: list[Any] = []
-        for code, x in zip(k.params, raw):
-            if code == "v":
-                out.append(dec(x))
-            elif code == "V":
-                out.append([dec(i) for i in x])
-            elif code == "P":
-                out.append([(dec(a), dec(b)) for a, b in x])
-            else:
-                out.append(x)
-        return tuple(out)
+
+        def values(xs: list[Any]) -> list[Any]:
+            return [dec(i) for i in xs]
+
+        def pairs(xs: list[Any]) -> list[tuple[Any, Any]]:
+            return [(dec(a), dec(b)) for a, b in xs]
+
+        per: list[Callable[[Any], Any] | None] = [
+            dec if c == "v" else values if c == "V" else pairs if c == "P" else None for c in params
+        ]
+        if not params:
+            return lambda raw: ()
+        if params == "sv":
+            return lambda raw: (raw[0], dec(raw[1]))
+        if params == "V":
+            return lambda raw: (values(raw[0]),)
+        if params == "vv":
+            return lambda raw: (dec(raw[0]), dec(raw[1]))
+
+        def decode(raw: list[Any]) -> tuple[Any, ...]:
+            return tuple([x if f is None else f(x) for f, x in zip(per, raw)])
+
+        return decode
+
+    def replay_row(self, seq: int, tx: int, ts: int, kind: str, target: int, payload: bytes, checksum: int) -> None:
+        """Verify, decode and apply one stored event: the recovery hot path.
+
+        Same result as ``verify_event`` + :meth:`apply_row`, with the common
+        case (no new objects, a live target) decoded inline.
+        """
+        try:
+            code = _KIND_CODES.get(kind)
+            if code is None:
+                code = _kind_code(kind)
+            ok = _crc32(payload, _crc32(_pack_header(seq, tx, ts, target), code)) == checksum
+        except (TypeError, ValueError, OverflowError, struct.error):
+            ok = False
+        if not ok:
+            verify_event(EventRow(seq, tx, ts, kind, target, payload, checksum))
+        try:
+            p = _loads(payload)
+            k = KINDS[kind]
+            obj = self.objects[target] if target else None
+            simple = len(p) == 1 and (obj is not None or not target) and type(obj) is not Gone
+            if simple:
+                decoder = self._arg_decoders.get(k.params)
+                args = decoder(p[0]) if decoder is not None else self.decode_args(k, p[0])
+        except Exception:
+            simple = False
+        if not simple:
+            self.apply_row(EventRow(seq, tx, ts, kind, target, payload, checksum))
+            return
+        try:
+            if k.conflict is FIELD:
+                fast = self._fast_fields.get(type(obj))
+                if fast is None or args[0] not in fast or self.has_gone:
+                    pending = self._adapt_field_event(k, obj, args)
+                    if pending is None:
+                        return
+                    k, obj, args = pending
+            k.apply(self, obj, *args)
+        except MemimgError:
+            raise
+        except Exception as err:
+            raise CorruptLogError(
+                f"event seq {seq} ({kind} on object {target}) does not apply to the state before it: {err}",
+                seq=seq,
+                table="memimg_events",
+            ) from err
 
     def apply_row(self, row: EventRow) -> None:
         """Decode and apply one stored event to this graph (replay)."""
@@ -651,6 +727,7 @@ class Graph:
             self._plan_by_name[name] = plan
             if plan.info is not None:
                 self._plan_by_cls[plan.info.cls] = plan
+                self._fast_fields.pop(plan.info.cls, None)
 
     def _plan(self, name: str, *, value: bool = False) -> _schema.Plan:
         plan = self._plan_by_name.get(name)
@@ -754,6 +831,9 @@ class Graph:
         return v
 
     def _adapt_field_event(self, k: Kind, obj: Any, args: tuple[Any, ...]) -> Pending | None:
+        fast = self._fast_fields.get(type(obj))
+        if fast is not None and args[0] in fast and not self.has_gone:
+            return k, obj, args
         info = _types.info_of(type(obj))
         if info is None:
             raise CorruptLogError(
@@ -761,6 +841,8 @@ class Graph:
             )
         plan = self._plan_by_cls.get(info.cls)
         name = args[0]
+        if plan is None or plan.identity:
+            self._fast_fields[info.cls] = frozenset(info.setters)
         if (plan is None or plan.identity) and name in info.setters:
             if k is _OBJ_SET and type(args[1]) is Gone:
                 self.report.references_cleared += 1

@@ -345,19 +345,17 @@ class MemoryImage:
         head = store.head()
         progress = self._progress
         expected = loaded + 1
-        apply_row = graph.apply_row
-        for row in store.read(after=loaded):
-            r = EventRow(*row)
-            if r.seq != expected:
+        replay_row = graph.replay_row
+        for seq, tx, ts, kind, target, payload, checksum in store.read(after=loaded):
+            if seq != expected:
                 raise CorruptLogError(
-                    f"event seq {expected} is missing from {store.description} (the next is {r.seq})",
+                    f"event seq {expected} is missing from {store.description} (the next is {seq})",
                     seq=expected,
                     table="memimg_events",
                 )
-            verify_event(r)
-            apply_row(r)
-            if r.kind == "gc":
-                self._snapshot_seq = r.seq
+            replay_row(seq, tx, ts, kind, target, payload, checksum)
+            if kind == "gc":
+                self._snapshot_seq = seq
             expected += 1
             if progress is not None and not (expected - loaded) % 10_000:
                 progress("replay", expected - 1 - loaded, head - loaded)

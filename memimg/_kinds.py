@@ -81,15 +81,17 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {}
+_RULES: Final = {r: r for r in (FIELD, KEY, PAIRS, MEMBERS, APPEND, WHOLE, NONE)}
 
 
 def kind(name: str, params: str, conflict: str) -> Callable[[Callable[..., None]], Kind]:
     """Register the decorated apply function as event kind *name*."""
 
     def register(apply: Callable[..., None]) -> Kind:
+        conflict_rule = _RULES[conflict]  # the interned constant, so `is` comparisons hold
         if name in KINDS:
             raise ValueError(f"event kind {name!r} is defined twice")
-        k = Kind(name=name, params=params, conflict=conflict, apply=apply, doc=(apply.__doc__ or "").strip())
+        k = Kind(name=name, params=params, conflict=conflict_rule, apply=apply, doc=(apply.__doc__ or "").strip())
         KINDS[name] = k
         return k
 
