@@ -543,6 +543,8 @@ class Graph:
                 EventRow(seq, first_seq, ts, k.name, toid, data, event_checksum(seq, first_seq, ts, k.name, toid, data))
             )
             seq += 1
+        self._records = []
+        self._new_types = {}
         return rows
 
     def _drain(self) -> None:
