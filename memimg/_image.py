@@ -70,6 +70,7 @@ _OBJ_DEL = KINDS["obj.del"]
 _ROOT = KINDS["root"]
 _GC = KINDS["gc"]
 _ABSENT: Any = object()
+_NATIVE = frozenset({str, int, float, bool, type(None)})
 
 
 def _now_us() -> int:
@@ -423,7 +424,7 @@ class MemoryImage:
         with self._lock:
             self._check_writable()
             undo: list[Any] = []
-            v = self._graph.prepare(value, where_field(obj, name), undo)
+            v = value if type(value) in _NATIVE else self._graph.prepare(value, where_field(obj, name), undo)
             try:
                 self._commit_events([(_OBJ_SET, obj, (name, v))], None)
             except BaseException:
@@ -449,14 +450,15 @@ class MemoryImage:
         if tx is not None and not tx.done:
             return tx.mutate(coll, planner, args, kwargs)
         graph = self._graph
-        base = where_coll(coll)
         with self._lock:
             self._check_writable()
             while True:
                 undo: list[Any] = []
 
                 def prep(value: Any, where: str, undo: list[Any] = undo) -> Any:
-                    return graph.prepare(value, base + where, undo)
+                    if type(value) in _NATIVE:
+                        return value
+                    return graph.prepare(value, where_coll(coll) + where, undo)
 
                 try:
                     planned, result = planner(coll, prep, *args, **kwargs)

@@ -47,6 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
 _ABSENT: Any = object()
+_NATIVE = frozenset({str, int, float, bool, type(None)})
 _RAW: dict[type, type] = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
 _raw_methods: dict[tuple[type, str], Callable[..., Any]] = {}
 
@@ -187,10 +188,15 @@ class TxState:
         self.image._check_writable()
 
     def set_field(self, obj: Any, name: str, value: Any) -> None:
-        self._check()
-        v = self.graph.prepare(value, where_field(obj, name), self.undo)
+        if self.done:
+            self._check()
+        self.image._check_writable()
+        v = value if type(value) in _NATIVE else self.graph.prepare(value, where_field(obj, name), self.undo)
         self.events.append((_OBJ_SET, obj, (name, v)))
-        self.field_set(obj, name, v)
+        d = self.fields.get(id(obj))
+        if d is None:
+            d = self.fields[id(obj)] = {}
+        d[name] = v
 
     def del_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> None:
         self._check()
@@ -203,10 +209,11 @@ class TxState:
         undo = self.undo
         mark = len(undo)
         graph = self.graph
-        base = where_coll(coll)
 
         def prep(value: Any, where: str) -> Any:
-            return graph.prepare(value, base + where, undo)
+            if type(value) in _NATIVE:
+                return value
+            return graph.prepare(value, where_coll(coll) + where, undo)
 
         try:
             events, result = planner(coll, prep, *args, **kwargs)
