@@ -44,6 +44,8 @@ def store_for(
             raise MemimgError(
                 f"{text.split('://')[0]}:// URLs need SQLAlchemy: pip install 'memimg[sqlalchemy]' ({err})"
             ) from err
+        if text.startswith("sqlite"):
+            options.setdefault("connect_args", {}).setdefault("timeout", busy_timeout)
         return SQLAlchemyStore(text, sync=sync, readonly=readonly, **options)
     if options:
         raise TypeError(f"unexpected options for an SQLite file: {', '.join(sorted(options))}")

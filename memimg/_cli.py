@@ -66,7 +66,14 @@ def _import_modules(modules: Iterable[str]) -> None:
 def _store(target: str, *, readonly: bool) -> Store:
     if "://" not in target and target != ":memory:" and not os.path.exists(target):
         raise MemimgError(f"{target!r} does not exist")
-    return _api.store_for(target, readonly=readonly)
+    return _api.store_for(target, readonly=readonly, **_url_options(target))
+
+
+def _url_options(target: str) -> dict[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    if "://" not in target or ctx is None or not ctx.obj:
+        return {}
+    return {k: ctx.obj[k] for k in ("schema", "prefix") if ctx.obj.get(k)}
 
 
 def _open(target: str, *, writable: bool = False) -> memimg.MemoryImage:
@@ -136,11 +143,13 @@ def _with_progress(items: Iterable[Any], total: int, label: str) -> Iterator[Any
     metavar="MODULE",
     help="Import MODULE first, so its classes are used (repeatable; also MEMIMG_IMPORT=a,b).",
 )
+@click.option("--schema", default=None, help="For a database URL: the schema holding memimg's tables.")
+@click.option("--prefix", default=None, help="For a database URL: the tables' prefix (default memimg_).")
 @click.version_option(memimg.__version__, prog_name="memimg")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, imports: tuple[str, ...]) -> None:
+def cli(ctx: click.Context, debug: bool, imports: tuple[str, ...], schema: str | None, prefix: str | None) -> None:
     """Look into and operate memimg images. TARGET is an SQLite file or a database URL."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "schema": schema, "prefix": prefix}
     _import_modules(imports)
 
 
@@ -530,7 +539,7 @@ def import_(target: str, source: Any) -> None:
     graph.generic = graph.codec.generic = True
     graph.load_snapshot(data)
     root = graph.objects[data["root"]]
-    store = _api.store_for(target)
+    store = _api.store_for(target, **_url_options(target))
     try:
         if store.head() != 0:
             raise MemimgError(f"{target!r} already holds an image; import needs an empty target")

@@ -195,3 +195,31 @@ def test_demo_runs_twice(tmp_path: Any) -> None:
     first = run("demo", path).output
     second = run("demo", path).output
     assert "Created a new image" in first and "Recovered" in second and "total     170.00" in second
+
+
+def test_database_url_with_schema(tmp_path: Any) -> None:
+    """--schema points the commands at memimg's tables in a schema of a PostgreSQL database."""
+    from tests.conftest import POSTGRES_URL
+
+    if not POSTGRES_URL:
+        pytest.skip("set MEMIMG_TEST_POSTGRES_URL to test PostgreSQL")
+    import uuid
+
+    import sqlalchemy as sa
+
+    from memimg.stores._sqlalchemy import SQLAlchemyStore
+
+    schema = f"cli_{uuid.uuid4().hex[:10]}"
+    try:
+        with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=schema), root=Bank) as img:
+            img.root.accounts["pg"] = Account("pg")
+        r = run("--schema", schema, "info", POSTGRES_URL)
+        assert r.exit_code == 0 and "tests.models.Account" in r.output
+        assert run("--schema", schema, "show", POSTGRES_URL, "accounts.pg.owner").output.strip() == "'pg'"
+        assert run("--schema", schema, "snapshot", POSTGRES_URL).exit_code == 0
+        assert "1 snapshot(s) equal" in run("--schema", schema, "verify", POSTGRES_URL).output
+    finally:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()

@@ -210,8 +210,8 @@ class SQLAlchemyStore:
         try:
             import psycopg
 
-            params = self.engine.url.translate_connect_args(username="user", database="dbname")
-            conninfo = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+            # the whole URL, query options (host=/socket/dir, sslmode...) included, as a libpq URI
+            conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._listener = psycopg.Connection.connect(conninfo, autocommit=True, connect_timeout=10)
             self._listener.execute(f'LISTEN "{self.channel}"')
         except Exception:  # no psycopg, or another driver: poll instead

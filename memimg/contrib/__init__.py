@@ -1,0 +1,1 @@
+"""Integrations of memimg with web frameworks (each module needs its framework installed)."""
