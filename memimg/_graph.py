@@ -25,6 +25,7 @@ a linked list of a million nodes is as fine as a tree.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import struct
 import zlib
 from collections.abc import Callable, Iterable
@@ -35,8 +36,9 @@ import orjson
 from memimg import _codec, _schema
 from memimg._codec import Codec, Converter, Gone, describe_unsupported
 from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
+from memimg._gc import paused_gc
 from memimg._kinds import FIELD, KINDS, Kind
-from memimg._rows import _HEADER, _kind_code, event_checksum, verify_event
+from memimg._rows import _HEADER, _kind_code, verify_event
 from memimg.model import _tracking, _types
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
@@ -50,6 +52,7 @@ Pending = tuple[Kind, Any, tuple[Any, ...]]
 COLLECTION_NAMES: Final[dict[type, str]] = {TrackedList: "list", TrackedDict: "dict", TrackedSet: "set"}
 _COLLECTION_TYPES: Final[dict[str, Any]] = {name: cls for cls, name in COLLECTION_NAMES.items()}
 _TRACKED_FOR: Final[dict[type, Any]] = {list: TrackedList, dict: TrackedDict, set: TrackedSet}
+_TRACKED_TYPES: Final = frozenset(_TRACKED_FOR.values())
 _NATIVE: Final = (str, int, float, bool, type(None))
 _UNDO_ATTACH: Final = 0
 _UNDO_FIELD: Final = 1
@@ -57,6 +60,7 @@ _UNDO_ITEMS: Final = 2
 
 _list_setitem = list.__setitem__
 _list_copy = list.copy
+_list_iter = list.__iter__
 _dict_items = dict.items
 _dict_keys = dict.keys
 
@@ -74,6 +78,8 @@ _SET_OWNER = PersistentBase.__dict__["_mi_img"].__set__
 _crc32 = zlib.crc32
 _pack_header = _HEADER.pack
 _loads = orjson.loads
+_get_oid = operator.attrgetter("_mi_oid")
+_INT64 = 2**63
 _KIND_CODES = {name: k.code for name, k in KINDS.items()}
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_UPDATE = KINDS["obj.update"]
@@ -83,6 +89,29 @@ _SET_DISCARD = KINDS["set.discard"]
 
 
 _SET_OID = PersistentBase.__dict__["_mi_oid"].__set__
+
+
+def _render(where: Any) -> str:
+    """The readable path of a value being attached (``Box.content[3]['k'].name``).
+
+    Paths are built lazily as nested tuples ``(parent, step, key)`` while
+    attaching -- formatting a string per value would cost more than the
+    attaching itself -- and rendered only for an error message.
+    """
+    steps = []
+    while isinstance(where, tuple):
+        where, step, key = where
+        if step == ".":
+            steps.append(f".{key}")
+        elif step == "[":
+            steps.append(f"[{key}]")
+        elif step == "[k":
+            steps.append(f"[{key!r}]")
+        elif step == "(key)":
+            steps.append(f"[{key!r}] (key)")
+        else:
+            steps.append(step)
+    return str(where or "") + "".join(reversed(steps))
 
 
 class Graph:
@@ -115,6 +144,11 @@ class Graph:
         self._assigned_from = 0
         self._declared_before: dict[str, Any] = {}
         self._collecting: dict[str, Any] | None = None
+        #: the reachable oids when the caller already knows them (a snapshot just walked the graph)
+        self.collect_hint: set[int] | None = None
+        #: classes whose current schema the log has declared (cleared when declarations change)
+        self._declared_ok: set[type] = set()
+        self._arg_encoders: dict[str, Callable[[tuple[Any, ...]], list[Any]]] = {}
 
     # -- identity -----------------------------------------------------------
 
@@ -154,16 +188,17 @@ class Graph:
             return value
         mark = len(undo)
         try:
-            return self._prepare(value, where, undo)
+            with paused_gc():
+                return self._prepare(value, where, undo)
         except BaseException:
             self.undo(undo[mark:])
             del undo[mark:]
             raise
 
     def _prepare(self, value: Any, where: str, undo: list[Any]) -> Any:
-        stack: list[tuple[Any, str, Any]] = []
+        stack: list[tuple[Any, Any, Any]] = []
         memo: dict[int, tuple[Any, Any]] = {}
-        out = self._inner(value, where, undo, stack, memo, mutable_ok=True)
+        out = self._inner(value, where, undo, stack, memo, True)
         while stack:
             obj, w, source = stack.pop()
             self._attach_contents(obj, w, source, undo, stack, memo)
@@ -172,23 +207,17 @@ class Graph:
     def _inner(
         self,
         v: Any,
-        where: str,
+        where: Any,
         undo: list[Any],
-        stack: list[tuple[Any, str, Any]],
+        stack: list[tuple[Any, Any, Any]],
         memo: dict[int, tuple[Any, Any]],
-        *,
         mutable_ok: bool,
     ) -> Any:
+        """Prepare one value met while attaching; *where* is a lazy path (see :func:`_render`)."""
         t = type(v)
         if t in _NATIVE:
             return v
-        shape = self.codec.classify(t)
-        if shape is _codec.LEAF:
-            if t is dt.datetime or t is dt.time:
-                _codec._tz_parts(v.tzinfo)
-            return v
-        if shape is _codec.ENUM or shape is _codec.CUSTOM or shape is _codec.GENERIC:
-            return v
+        shape = self.codec._shapes.get(t) or self.codec.classify(t)
         if shape is _codec.ENTITY or shape is _codec.TRACKED:
             owner = v._mi_img
             if owner is None:
@@ -196,21 +225,29 @@ class Graph:
                 undo.append((_UNDO_ATTACH, v))
                 stack.append((v, where, None))
             elif owner is not self.owner:
+                at = _render(where)
                 raise UnsupportedValueError(
-                    f"cannot store {type(v).__qualname__} object at {where}: it belongs to another "
+                    f"cannot store {type(v).__qualname__} object at {at}: it belongs to another "
                     "image; copy it (copy.deepcopy gives a free-standing copy) or store a value",
                     value_type=t,
-                    where=where,
+                    where=at,
                 )
+            return v
+        if shape is _codec.LEAF:
+            if t is dt.datetime or t is dt.time:
+                _codec._tz_parts(v.tzinfo)
+            return v
+        if shape is _codec.ENUM or shape is _codec.CUSTOM or shape is _codec.GENERIC:
             return v
         if shape is _codec.PLAIN:
             if not mutable_ok:
+                at = _render(where)
                 raise UnsupportedValueError(
-                    f"cannot store a {t.__name__} inside an immutable value at {where}: tuples, "
+                    f"cannot store a {t.__name__} inside an immutable value at {at}: tuples, "
                     "frozensets and frozen attrs values may hold values and entities, not "
                     f"mutable containers; use a tuple or frozenset instead of the {t.__name__}",
                     value_type=t,
-                    where=where,
+                    where=at,
                 )
             seen = memo.get(id(v))
             if seen is not None:
@@ -224,28 +261,32 @@ class Graph:
             return tracked
         if shape is _codec.TUPLE or shape is _codec.FROZENSET:
             for i, item in enumerate(v):
-                self._inner(item, f"{where}[{i}]", undo, stack, memo, mutable_ok=False)
+                self._inner(item, (where, "[", i), undo, stack, memo, False)
             return v
         if shape is _codec.VALUE:
             for f in _types.info_of(t).fields:  # type: ignore[union-attr]
-                self._inner(getattr(v, f), f"{where}.{f}", undo, stack, memo, mutable_ok=False)
+                self._inner(getattr(v, f), (where, ".", f), undo, stack, memo, False)
             return v
-        raise describe_unsupported(v, where)
+        raise describe_unsupported(v, _render(where))
 
     def _attach_contents(
         self,
         obj: Any,
-        where: str,
+        where: Any,
         source: Any,
         undo: list[Any],
-        stack: list[tuple[Any, str, Any]],
+        stack: list[tuple[Any, Any, Any]],
         memo: dict[int, tuple[Any, Any]],
     ) -> None:
         t = type(obj)
         inner = self._inner
+        native = _NATIVE
         if t is TrackedList:
             old = source if source is not None else _list_copy(obj)
-            new = [inner(x, f"{where}[{i}]", undo, stack, memo, mutable_ok=True) for i, x in enumerate(old)]
+            new = [
+                x if type(x) in native else inner(x, (where, "[", i), undo, stack, memo, True)
+                for i, x in enumerate(old)
+            ]
             if source is not None:
                 list.extend(obj, new)
             elif any(a is not b for a, b in zip(old, new)):
@@ -253,15 +294,13 @@ class Graph:
                 _list_setitem(obj, slice(None), new)
         elif t is TrackedDict:
             old_pairs = list(_dict_items(source if source is not None else obj))
-            pairs = []
-            for k, val in old_pairs:
-                w = f"{where}[{k!r}]"
-                pairs.append(
-                    (
-                        inner(k, w + " (key)", undo, stack, memo, mutable_ok=False),
-                        inner(val, w, undo, stack, memo, mutable_ok=True),
-                    )
+            pairs = [
+                (
+                    k if type(k) in native else inner(k, (where, "(key)", k), undo, stack, memo, False),
+                    val if type(val) in native else inner(val, (where, "[k", k), undo, stack, memo, True),
                 )
+                for k, val in old_pairs
+            ]
             if source is not None:
                 dict.update(obj, pairs)
             elif any(a[1] is not b[1] or a[0] is not b[0] for a, b in zip(old_pairs, pairs)):
@@ -270,21 +309,29 @@ class Graph:
                 dict.update(obj, pairs)
         elif t is TrackedSet:
             members = source if source is not None else set.copy(obj)
-            new_members = [inner(m, f"{where} member", undo, stack, memo, mutable_ok=False) for m in members]
+            new_members = [
+                m if type(m) in native else inner(m, (where, " member", None), undo, stack, memo, False)
+                for m in members
+            ]
             if source is not None:
                 set.update(obj, new_members)
         else:
             info = _types.info_of(t)
             assert info is not None
+            if not where:
+                where = t.__qualname__
+            setters = info.setters
             for f, get in info.getters.items():
                 try:
                     v = get(obj)
                 except AttributeError:
                     continue
-                nv = inner(v, f"{where}.{f}" if where else f"{t.__qualname__}.{f}", undo, stack, memo, mutable_ok=True)
+                if type(v) in native:
+                    continue
+                nv = inner(v, (where, ".", f), undo, stack, memo, True)
                 if nv is not v:
                     undo.append((_UNDO_FIELD, obj, f, v))
-                    info.setters[f](obj, nv)
+                    setters[f](obj, nv)
 
     def undo(self, undo: list[Any]) -> None:
         """Revert a journal written by :meth:`prepare`, newest first."""
@@ -363,7 +410,7 @@ class Graph:
 
     def collect(self) -> int:
         """Forget every object that is no longer reachable; returns how many."""
-        reachable = self.reachable_oids()
+        reachable = self.collect_hint if self.collect_hint is not None else self.reachable_oids()
         dropped = 0
         objects = self.objects
         for oid in range(1, len(objects)):
@@ -436,32 +483,12 @@ class Graph:
                 raise MemimgError(f"internal: {type(obj).__qualname__} object is not attached")  # pragma: no cover
             oid = len(self.objects)
             self.objects.append(obj)
-            _set_slots(obj, self.owner, oid)
+            if type(obj) in _TRACKED_TYPES:
+                obj._mi_oid = oid
+            else:
+                _SET_OID(obj, oid)
             self._queue.append(obj)
         return oid
-
-    def state_of(self, obj: Any) -> tuple[str, Any]:
-        """``(type name, state)`` of *obj*, its references encoded through the codec."""
-        enc = self.codec.encode
-        t = type(obj)
-        if t is TrackedList or t is list:
-            return "list", [enc(x) for x in _list_copy(obj)]
-        if t is TrackedDict or t is dict:
-            if all(type(k) is str for k in _dict_keys(obj)):
-                return "dict", {k: enc(v) for k, v in _dict_items(obj)}
-            return "dict", [[enc(k), enc(v)] for k, v in _dict_items(obj)]
-        if t is TrackedSet or t is set:
-            return "set", [enc(m) for m in set.copy(obj)]
-        info = _types.info_of(t)
-        assert info is not None
-        self._declare(info)
-        state = {}
-        for f, get in info.getters.items():
-            try:
-                state[f] = enc(get(obj))
-            except AttributeError:
-                pass
-        return info.name, state
 
     def _note_value(self, info: _types.TypeInfo) -> None:
         self._declare(info)
@@ -504,43 +531,77 @@ class Graph:
                 self._declared_before[info.name] = self.declared.get(info.name)
             self.declared[info.name] = current
             self._new_types[info.name] = declaration
+        else:
+            self._declared_ok.add(info.cls)
 
     def encode_args(self, k: Kind, args: tuple[Any, ...]) -> list[Any]:
-        enc = self.codec.encode
-        out: list[Any] = []
-        for code, x in zip(k.params, args):
-            if code == "v":
-                out.append(enc(x))
-            elif code == "V":
-                out.append([enc(i) for i in x])
-            elif code == "P":
-                out.append([[enc(a), enc(b)] for a, b in x])
-            else:
-                out.append(x)
-        return out
+        encoder = self._arg_encoders.get(k.params)
+        if encoder is None:
+            encoder = self._arg_encoders[k.params] = self._make_arg_encoder(k.params)
+        return encoder(args)
 
-    def encode_events(self, pending: list[Pending], first_seq: int, ts: int) -> list[EventRow]:
+    def _make_arg_encoder(self, params: str) -> Callable[[tuple[Any, ...]], list[Any]]:
+        enc = self.codec.encode
+
+        def value(x: Any) -> Any:
+            t = type(x)
+            if t is str or t is bool or x is None or (t is int and -_INT64 <= x < _INT64):
+                return x
+            return enc(x)
+
+        if params == "sv":
+            return lambda args: [args[0], value(args[1])]
+        if params == "V":
+            return lambda args: [[value(i) for i in args[0]]]
+        if params == "vv":
+            return lambda args: [value(args[0]), value(args[1])]
+        per = [
+            value
+            if c == "v"
+            else (lambda xs: [value(i) for i in xs])
+            if c == "V"
+            else (lambda xs: [[value(a), value(b)] for a, b in xs])
+            if c == "P"
+            else None
+            for c in params
+        ]
+
+        def encode(args: tuple[Any, ...]) -> list[Any]:
+            return [x if f is None else f(x) for f, x in zip(per, args)]
+
+        return encode
+
+    def encode_events(self, pending: list[Pending], first_seq: int, ts: int) -> list[Any]:
         """Rows for *pending*, giving ids to new objects (undone by :meth:`rollback_encode`)."""
         self._assigned_from = len(self.objects)
         self._declared_before = {}
         self.codec.ref = self._ref_commit
         rows = []
         seq = first_seq
+        dumps, crc32, pack, codes = orjson.dumps, _crc32, _pack_header, _KIND_CODES
+        declared_ok = self._declared_ok
+        queue = self._queue
         for k, target, args in pending:
-            self._records = []
-            self._new_types = {}
-            toid = 0 if target is None else self._ref_commit(target)
-            if k.conflict == FIELD:
-                self._declare(_types.info_of(type(target)))  # type: ignore[arg-type]
+            if target is None:
+                toid = 0
+            else:
+                toid = target._mi_oid
+                if toid is None:
+                    toid = self._ref_commit(target)
+                if k.conflict is FIELD and type(target) not in declared_ok:
+                    self._declare(_types.info_of(type(target)))  # type: ignore[arg-type]
             payload: list[Any] = [self.encode_args(k, args)]
-            self._drain()
-            if self._records or self._new_types:
+            if queue or self._new_types:
+                self._drain()
                 payload.append(self._records)
                 if self._new_types:
                     payload.append(self._new_types)
-            data = orjson.dumps(payload)
+                self._records = []
+                self._new_types = {}
+            data = dumps(payload)
+            name = k.name
             rows.append(
-                EventRow(seq, first_seq, ts, k.name, toid, data, event_checksum(seq, first_seq, ts, k.name, toid, data))
+                (seq, first_seq, ts, name, toid, data, crc32(data, crc32(pack(seq, first_seq, ts, toid), codes[name])))
             )
             seq += 1
         self._records = []
@@ -549,16 +610,17 @@ class Graph:
 
     def _drain(self) -> None:
         queue = self._queue
-        while queue:
-            obj = queue.pop()
-            name, state = self.state_of(obj)
-            self._records.append([obj._mi_oid, name, state])
+        if queue:
+            self._records.extend(self._encode_records(queue, self._ref_commit, _get_oid))
+            queue.clear()
 
     def rollback_encode(self) -> None:
         """Undo the ids and declarations of the last :meth:`encode_events`."""
         for obj in self.objects[self._assigned_from :]:
             _set_slots(obj, self.owner, None)
         del self.objects[self._assigned_from :]
+        if self._declared_before:
+            self._declared_ok.clear()
         for name, before in self._declared_before.items():
             if before is None:
                 self.declared.pop(name, None)
@@ -713,6 +775,7 @@ class Graph:
             version, fields = decl[0], tuple(decl[1])
             declared = (version, fields)
             self.declared[name] = declared
+            self._declared_ok.clear()
             key = (name, *declared)
             plan = self._plans.get(key)
             if plan is None:
@@ -788,33 +851,49 @@ class Graph:
             else:
                 raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
             made.append((obj, plan, state))
-        dec = self.codec.decode
+        dec = self._decode_fast
         for obj, plan, state in made:
             t = type(obj)
             if t is TrackedList:
-                list.extend(obj, [dec(x) for x in state])
+                list.extend(obj, [dec(x) if type(x) is list else x for x in state])
             elif t is TrackedDict:
                 if type(state) is dict:
-                    dict.update(obj, {k: dec(v) for k, v in state.items()})
+                    dict.update(obj, {k: dec(v) if type(v) is list else v for k, v in state.items()})
                 else:
                     dict.update(obj, [(dec(k), dec(v)) for k, v in state])
             elif t is TrackedSet:
-                set.update(obj, [dec(m) for m in state])
+                set.update(obj, [dec(m) if type(m) is list else m for m in state])
             elif plan is not None and t is not Gone:
                 self._fill(obj, plan, state)
+
+    def _decode_fast(self, x: Any) -> Any:
+        """``codec.decode`` with references resolved inline (the common case in records)."""
+        if type(x) is list and x and x[0] == "r":
+            try:
+                obj = self.objects[x[1]]
+            except IndexError:
+                obj = None
+            if obj is not None:
+                return obj
+        return self.codec.decode(x)
 
     def _fill(self, obj: Any, plan: _schema.Plan, state: dict[str, Any]) -> None:
         info = plan.info
         assert info is not None
         setters = info.setters
-        dec = self.codec.decode
+        dec = self._decode_fast
         if plan.identity:
+            gone = self.has_gone
             for f, x in state.items():
                 setter = setters.get(f)
                 if setter is None:  # a field the declaration did not list
                     self._set_fields(obj, info, _schema.upgrade_state(plan, {f: dec(x)}, self.report, partial=True))
-                else:
+                elif type(x) is not list:
+                    setter(obj, x)
+                elif gone:
                     setter(obj, self._field_value(dec(x)))
+                else:
+                    setter(obj, dec(x))
             return
         values = _schema.upgrade_state(plan, {f: dec(x) for f, x in state.items()}, self.report, partial=False)
         self._set_fields(obj, info, values)
@@ -886,9 +965,10 @@ class Graph:
 
     def snapshot_data(self, seq: int) -> dict[str, Any]:
         """The snapshot-format description of everything reachable from the root."""
-        return self._describe([self.root] if self.root is not None else [], lambda o: o._mi_oid, seq)
+        return self._describe([self.root] if self.root is not None else [], _get_oid, seq)
 
     def _describe(self, roots: list[Any], oid_of: Any, seq: int) -> dict[str, Any]:
+        """Records of everything reachable from *roots*, in one breadth-first walk."""
         queue = list(roots)
         seen = {id(o) for o in roots}
 
@@ -898,20 +978,12 @@ class Graph:
                 queue.append(obj)
             return oid_of(obj)  # type: ignore[no-any-return]
 
-        self.codec.ref = ref
-        records = []
         types: dict[str, Any] = {}
         self._collecting = types
-        root_oid = oid_of(roots[0]) if roots else 0
         try:
-            i = 0
-            while i < len(queue):
-                obj = queue[i]
-                i += 1
-                name, state = self.state_of(obj)
-                records.append([oid_of(obj), name, state])
+            root_oid = oid_of(roots[0]) if roots else 0
+            records = self._encode_records(queue, ref, oid_of)
         finally:
-            self.codec.ref = self._ref_commit
             self._collecting = None
         return {
             "format": 1,
@@ -921,6 +993,76 @@ class Graph:
             "types": types,
             "objects": records,
         }
+
+    def _encode_records(self, queue: list[Any], ref: Callable[[Any], int], oid_of: Callable[[Any], int]) -> list[Any]:
+        """``[oid, type, state]`` for each object of *queue*, which grows as *ref* meets new ones.
+
+        The hot loop of snapshots and of attaching large graphs: values are
+        encoded inline (natives as themselves, objects as ``["r", ref(obj)]``)
+        and only other values go through the codec.
+        """
+        codec = self.codec
+        shapes = codec._shapes
+        classify = codec.classify
+        encode = codec.encode
+        linked_shapes = (_codec.ENTITY, _codec.TRACKED, _codec.PLAIN)
+        linked: set[type] = set()  # types met so far that are objects
+
+        def value(v: Any) -> Any:
+            t = type(v)
+            if t in linked:
+                return ["r", ref(v)]
+            if t is str or t is bool or v is None or (t is int and -_INT64 <= v < _INT64):
+                return v
+            if (shapes.get(t) or classify(t)) in linked_shapes:
+                linked.add(t)
+                return ["r", ref(v)]
+            return encode(v)
+
+        previous_ref = codec.ref
+        codec.ref = ref  # references inside tuples and value objects
+        records: list[Any] = []
+        append = records.append
+        entities: dict[type, tuple[str, tuple[tuple[str, Any], ...]]] = {}
+        try:
+            i = 0
+            while i < len(queue):
+                obj = queue[i]
+                i += 1
+                t = type(obj)
+                entity = entities.get(t)
+                if entity is not None:
+                    name, getters = entity
+                    fields = {}
+                    for f, get in getters:
+                        try:
+                            v = get(obj)
+                        except AttributeError:
+                            continue
+                        vt = type(v)
+                        fields[f] = v if vt is str or vt is bool or v is None else value(v)
+                    append([oid_of(obj), name, fields])
+                elif t is TrackedList or t is list:
+                    append([oid_of(obj), "list", [value(x) for x in _list_iter(obj)]])
+                elif t is TrackedDict or t is dict:
+                    items = _dict_items(obj)
+                    if all(type(k) is str for k in _dict_keys(obj)):
+                        state: Any = {k: value(v) for k, v in items}
+                    else:
+                        state = [[value(k), value(v)] for k, v in items]
+                    append([oid_of(obj), "dict", state])
+                elif t is TrackedSet or t is set:
+                    append([oid_of(obj), "set", [value(m) for m in set.copy(obj)]])
+                else:
+                    info = _types.info_of(t)
+                    if info is None:
+                        raise describe_unsupported(obj, "")
+                    self._declare(info)
+                    entities[t] = (info.name, tuple(info.getters.items()))
+                    i -= 1  # again, through the entity branch
+        finally:
+            codec.ref = previous_ref
+        return records
 
     def describe_detached(self, root: Any) -> dict[str, Any]:
         """Snapshot-format description of a graph that belongs to no image."""

@@ -25,6 +25,7 @@ graph never disagree.
 from __future__ import annotations
 
 import contextvars
+import gc
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ from memimg._errors import (
     SchemaError,
     UnknownTypeError,
 )
+from memimg._gc import paused_gc
 from memimg._graph import Graph, Pending
 from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
 from memimg._rows import Event, snapshot_checksum, verify_event, verify_snapshot
@@ -126,19 +128,21 @@ class MemoryImage:
         self._last_obj: dict[int, int] = {}
         self._recent: deque[tuple[int, int, list[tuple[int, Any]]]] = deque()
         started = time.perf_counter()
-        self._recover()
+        with paused_gc():
+            self._recover()
         self._check_schema()
         if self._graph.has_gone:
             self._strip_removed()
         if self._graph.root is None:
             self._create_root(root)
-        log.info(
-            "opened %s at seq %d (%d objects) in %.3fs",
-            store.description,
-            self._seq,
-            self._graph.live_count(),
-            time.perf_counter() - started,
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "opened %s at seq %d (%d objects) in %.3fs",
+                store.description,
+                self._seq,
+                self._graph.live_count(),
+                time.perf_counter() - started,
+            )
 
     # -- public API -------------------------------------------------------------
 
@@ -215,11 +219,22 @@ class MemoryImage:
         ``gc`` event), so the snapshot holds exactly the reachable graph.
         """
         self._check_writable()
-        with self._lock:
+        with self._lock, paused_gc():
             started = time.perf_counter()
-            self._commit_events([(_GC, None, ())], None, auto_snapshot=False)
-            seq = self._seq
-            payload = orjson.dumps(self._graph.snapshot_data(seq))
+            graph = self._graph
+            while True:
+                # Describe the reachable graph first: it is the state after the gc event
+                # (which forgets only unreachable objects), so one traversal serves both.
+                seq = self._seq + 1
+                data = graph.snapshot_data(seq)
+                graph.collect_hint = {record[0] for record in data["objects"]}
+                try:
+                    if self._commit_events([(_GC, None, ())], None, replan=True, auto_snapshot=False):
+                        break
+                finally:
+                    graph.collect_hint = None
+            payload = orjson.dumps(data)
+            data = None  # let it go before the collector resumes
             ts = _now_us()
             self._store.write_snapshot(SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)))
             self._snapshot_seq = seq
@@ -332,6 +347,7 @@ class MemoryImage:
                 warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=3)
                 continue
             graph.load_snapshot(data)
+            data = None  # let it go before the collector resumes
             loaded = info.seq
             break
         first = store.first_seq()
@@ -526,6 +542,16 @@ class MemoryImage:
         writer got there first (the caller plans again on the new state).
         Must be called with the lock held.
         """
+        gc_was_on = gc.isenabled()
+        if gc_was_on:
+            gc.disable()
+        try:
+            return self._commit_loop(events, state, replan, auto_snapshot)
+        finally:
+            if gc_was_on:
+                gc.enable()
+
+    def _commit_loop(self, events: list[Pending], state: TxState | None, replan: bool, auto_snapshot: bool) -> bool:
         graph, store = self._graph, self._store
         while True:
             ts = _now_us()
@@ -564,14 +590,15 @@ class MemoryImage:
         except Exception as err:  # the log has it; memory must not silently differ
             self._closed = True
             raise MemimgError(
-                f"applying committed events {rows[0].seq}..{rows[-1].seq} failed ({err!r}); the "
+                f"applying committed events {rows[0][0]}..{rows[-1][0]} failed ({err!r}); the "
                 "log is intact but this image is now closed: open it again"
             ) from err
         finally:
             if publish:
                 self._mi_publishing.remove(state)  # type: ignore[arg-type]
-        self._seq = rows[-1].seq
-        if self._open_txs:
+        self._seq = rows[-1][0]
+        open_txs = self._open_txs
+        if open_txs and (len(open_txs) > 1 or state not in open_txs):
             self._record_writes(events, rows)
 
     def _after_commit(self) -> None:
@@ -643,7 +670,7 @@ class MemoryImage:
             rule = k.conflict
             if rule == NONE:
                 continue
-            oid, seq = row.target, row.seq
+            oid, seq = row[4], row[0]
             keys: list[tuple[int, Any]]
             if rule in (FIELD, KEY):
                 keys = [(oid, args[0])]

@@ -72,7 +72,19 @@ def where_coll(coll: Any) -> str:
 class TxState:
     """One open transaction: its pending events, its delta, what it read."""
 
-    __slots__ = ("done", "events", "fields", "graph", "image", "marks", "reads", "start_seq", "undo", "views")
+    __slots__ = (
+        "done",
+        "events",
+        "fields",
+        "graph",
+        "image",
+        "marks",
+        "reads",
+        "start_seq",
+        "undo",
+        "views",
+        "writable",
+    )
 
     def __init__(self, image: MemoryImage, start_seq: int) -> None:
         self.image = image
@@ -85,6 +97,8 @@ class TxState:
         self.undo: list[Any] = []
         self.marks: list[tuple[int, int]] = []
         self.done = False
+        #: checked once: the image is open and writable (the commit checks again)
+        self.writable = False
 
     # -- reads (TxReader) -----------------------------------------------------
 
@@ -186,11 +200,12 @@ class TxState:
         if self.done:
             raise MemimgError("this transaction has already ended; begin a new one")
         self.image._check_writable()
+        self.writable = True
 
     def set_field(self, obj: Any, name: str, value: Any) -> None:
-        if self.done:
+        if not self.writable:
             self._check()
-        self.image._check_writable()
+            self.writable = True
         v = value if type(value) in _NATIVE else self.graph.prepare(value, where_field(obj, name), self.undo)
         self.events.append((_OBJ_SET, obj, (name, v)))
         d = self.fields.get(id(obj))
@@ -251,6 +266,7 @@ class TxState:
 
     def clear(self) -> None:
         self.done = True
+        self.writable = False
         self.events = []
         self.fields = {}
         self.views = {}

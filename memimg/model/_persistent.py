@@ -90,6 +90,7 @@ class _EntityBuilder:
         self._removed = tuple(removed)
         self._options = options
         self._hook: Any = None
+        self._default_hook = True
 
     def add_base(self) -> _EntityBuilder:
         cls = self._cls
@@ -103,6 +104,7 @@ class _EntityBuilder:
 
     def build_attrs(self) -> _EntityBuilder:
         user_hook = self._options.pop("on_setattr", None)
+        self._default_hook = user_hook is None
         if user_hook is None:
             user_hook = [setters.convert, setters.validate]
         if isinstance(user_hook, (list, tuple)):
@@ -120,6 +122,8 @@ class _EntityBuilder:
         hooks: dict[str, tuple[Any, Callable[[Any, Any, Any], Any] | None]] = {}
         for a in attrs.fields(cls):
             hook = a.on_setattr if a.on_setattr is not None else self._hook
+            if hook is self._hook and self._default_hook and a.converter is None and a.validator is None:
+                hook = None  # attrs' default convert+validate has nothing to do for this field
             hooks[a.name] = (a, None if hook is setters.NO_OP or hook is _keep else hook)
 
         def __setattr__(self: Any, name: str, value: Any) -> None:

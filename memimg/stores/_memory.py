@@ -37,8 +37,8 @@ class MemoryStore:
             if self.head() != expected_head:
                 raise SeqTaken(expected_head)
             for i, row in enumerate(rows):
-                if row.seq != expected_head + 1 + i:
-                    raise ValueError(f"row seq {row.seq} does not follow {expected_head + i}")
+                if row[0] != expected_head + 1 + i:
+                    raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
             self._events.extend(rows)
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:

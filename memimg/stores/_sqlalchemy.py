@@ -155,6 +155,11 @@ class SQLAlchemyStore:
         self.channel = f"memimg_{digest}"
         self._lock_key = int(digest, 16) & 0x7FFFFFFFFFFF
         self._listener: Any = None
+        self._writer: Any = None
+        self._append_sql_cache: dict[int, str] = {}
+        preparer = engine.dialect.identifier_preparer
+        self._events_name = preparer.format_table(self.events)
+        self._writer_ok = self._pg and engine.dialect.driver == "psycopg"
         self._connect_and_setup()
         if notify and self._pg:
             self._listen()
@@ -245,6 +250,9 @@ class SQLAlchemyStore:
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         if self.readonly:
             raise MemimgError(f"{self.description} is open read-only")
+        if self._pg and self._writer_ok:
+            self._append_pg(rows, expected_head)
+            return
         names = _COLUMNS["events"]
         first = dict(zip(names, rows[0]))
         first["expected"] = expected_head
@@ -262,6 +270,88 @@ class SQLAlchemyStore:
             raise SeqTaken(expected_head) from None
         except sa_exc.DBAPIError as err:
             raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
+
+    # -- PostgreSQL: one round trip per commit ----------------------------------------
+
+    def _writer_connection(self) -> Any:
+        if self._writer is None:
+            import psycopg
+
+            conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            conn = psycopg.Connection.connect(conninfo, autocommit=True, connect_timeout=10)
+            if self._sync == "normal":
+                conn.execute("SET synchronous_commit = off")
+            self._writer = conn
+        return self._writer
+
+    def _append_sql(self, n: int) -> str:
+        sql = self._append_sql_cache.get(n)
+        if sql is None:
+            row = "(%s::bigint, %s::bigint, %s::bigint, %s::text, %s::bigint, %s::bytea, %s::bigint)"
+            values = ", ".join([row] * n)
+            sql = (
+                f"WITH ins AS (INSERT INTO {self._events_name} (seq, tx, ts, kind, target, payload, checksum) "
+                f"SELECT * FROM (VALUES {values}) AS v(seq, tx, ts, kind, target, payload, checksum) "
+                f"WHERE coalesce((SELECT max(seq) FROM {self._events_name}), 0) = %s::bigint RETURNING seq) "
+                "SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, max(seq)::text) FROM ins HAVING count(*) > 0)"
+            )
+            if len(self._append_sql_cache) < 64:
+                self._append_sql_cache[n] = sql
+        return sql
+
+    def _append_pg(self, rows: Sequence[EventRow], expected_head: int) -> None:
+        """Append with one statement in autocommit: conditional insert + NOTIFY, all or none."""
+        import psycopg
+
+        if len(rows) > 8000:  # stay under PostgreSQL's 65,535 parameters per statement
+            self._append_pg_chunked(rows, expected_head)
+            return
+        params: list[Any] = [v for r in rows for v in r]
+        params += [expected_head, self.channel]
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    conn = self._writer_connection()
+                    inserted = conn.execute(self._append_sql(len(rows)), params).fetchone()[0]
+                    break
+                except psycopg.errors.UniqueViolation:
+                    raise SeqTaken(expected_head) from None
+                except psycopg.OperationalError as err:
+                    self._close_writer()
+                    if attempt == 2:
+                        raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
+                except psycopg.Error as err:
+                    raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
+        if inserted != len(rows):
+            raise SeqTaken(expected_head)
+
+    def _append_pg_chunked(self, rows: Sequence[EventRow], expected_head: int) -> None:
+        import psycopg
+
+        with self._lock:
+            conn = self._writer_connection()
+            try:
+                with conn.transaction():
+                    done = expected_head
+                    for start in range(0, len(rows), 8000):
+                        chunk = rows[start : start + 8000]
+                        params: list[Any] = [v for r in chunk for v in r] + [done, self.channel]
+                        if conn.execute(self._append_sql(len(chunk)), params).fetchone()[0] != len(chunk):
+                            raise SeqTaken(expected_head)
+                        done += len(chunk)
+            except psycopg.errors.UniqueViolation:
+                raise SeqTaken(expected_head) from None
+            except psycopg.Error as err:
+                self._close_writer()
+                raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:
+                pass
+            self._writer = None
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         last = after
@@ -362,6 +452,8 @@ class SQLAlchemyStore:
             conn.execute(t.insert().values(key=key, value=value))
 
     def close(self) -> None:
+        with self._lock:
+            self._close_writer()
         if self._listener is not None:
             try:
                 self._listener.close()

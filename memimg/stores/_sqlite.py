@@ -212,7 +212,7 @@ class SQLiteStore:
             except sqlite3.IntegrityError:
                 raise SeqTaken(expected_head) from None
             except sqlite3.Error as err:
-                raise self._error(err, f"appending events {rows[0].seq}..{rows[-1].seq}") from err
+                raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         last = after

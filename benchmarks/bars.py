@@ -1,0 +1,164 @@
+"""The quality bars of SPEC.md §8, checked against the ratios of this one run.
+
+Each bar compares memimg with a system measured in the same run (never with
+the SPEC's reference figures, which come from another machine), except the
+two bars the SPEC states in absolute terms (ns per in-transaction mutation,
+events/s of replay). A bar whose workload was not run (``--only``) is
+reported as not measured, not as passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from benchmarks.harness import Results
+from benchmarks.report import format_value
+
+__all__ = ["Bar", "check_bars", "render_bars"]
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar's verdict."""
+
+    bar: str
+    measured: str
+    needed: str
+    passed: bool | None  # None: not measured
+
+    @property
+    def verdict(self) -> str:
+        return "—" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+def _missing(bar: str, needed: str) -> Bar:
+    return Bar(bar, "not measured", needed, None)
+
+
+def _ratio_bar(bar: str, needed: str, ratio: float, at_least: float | None, at_most: float | None, why: str) -> Bar:
+    ok = (at_least is None or ratio >= at_least) and (at_most is None or ratio <= at_most)
+    return Bar(bar, f"{ratio:.2f}x ({why})", needed, ok)
+
+
+def _cases(results: Results, workload: str, suffix: str = "") -> list[str]:
+    seen: dict[str, None] = {}
+    for w, case, _m, _s in results.items:
+        if w == workload and case.endswith(suffix):
+            seen[case] = None
+    return list(seen)
+
+
+def check_bars(results: Results) -> Iterator[Bar]:
+    """Every bar of SPEC §8 with its measured ratio and verdict."""
+    m = results.median
+
+    # reads outside a transaction
+    bar, needed = "tracked read outside a transaction vs plain attrs read", "≤ 3x"
+    mine, plain = (m("in-memory", "read a field outside a transaction", "ns/read", s) for s in ("memimg", "attrs"))
+    if mine is None or plain is None:
+        yield _missing(bar, needed)
+    else:
+        ratio = mine / plain
+        yield _ratio_bar(bar, needed, ratio, None, 3.0, f"{mine:.1f} ns vs {plain:.1f} ns")
+
+    # one tracked mutation in a transaction
+    bar, needed = "one tracked mutation inside a transaction", "≤ 1,500 ns"
+    mine, plain = (m("in-memory", "set a field in a transaction (no I/O)", "ns/set", s) for s in ("memimg", "attrs"))
+    if mine is None:
+        yield _missing(bar, needed)
+    else:
+        extra = f"; {mine / plain:.0f}x a plain attrs set of {plain:.1f} ns" if plain else ""
+        yield Bar(bar, f"{mine:,.0f} ns{extra}", needed, mine <= 1500)
+
+    # durable single-mutation commits
+    for sync, floor in (("full", 0.7), ("normal", 0.5)):
+        bar, needed = f'durable commits/s, sync="{sync}" vs raw sqlite3 WAL {sync.upper()}', f"≥ {floor}x"
+        mine, raw = (m("commit", f"sync={sync}", "updates/s", s) for s in ("memimg", "sqlite3"))
+        if mine is None or raw is None:
+            yield _missing(bar, needed)
+        else:
+            why = f"{format_value(mine)} vs {format_value(raw)} updates/s"
+            yield _ratio_bar(bar, needed, mine / raw, floor, None, why)
+
+    # batched commits
+    for case in _cases(results, "batch") or ["1,000 per transaction"]:
+        for other, floor, label in (("ZODB", 3.0, "ZODB"), ("sqlite3", 0.3, "raw sqlite3 executemany")):
+            bar, needed = f"batched mutations/s ({case}) vs {label}", f"≥ {floor:g}x"
+            mine, theirs = (m("batch", case, "updates/s", s) for s in ("memimg", other))
+            if mine is None or theirs is None:
+                yield _missing(bar, needed)
+            else:
+                why = f"{format_value(mine)} vs {format_value(theirs)} updates/s"
+                yield _ratio_bar(bar, needed, mine / theirs, floor, None, why)
+
+    # recovery
+    plain_cases = _cases(results, "recovery", ", no snapshot")
+    if not plain_cases:
+        yield _missing("recovery by replay", "≥ 300,000 events/s")
+        yield _missing("recovery with a snapshot vs ZODB reload", "≥ 3x faster")
+    for case in plain_cases:
+        size = case.split(" mutations")[0]
+        rate = m("recovery", case, "events/s", "memimg")
+        bar, needed = f"recovery by replay, {size} mutations", "≥ 300,000 events/s"
+        yield _missing(bar, needed) if rate is None else Bar(bar, f"{rate:,.0f} events/s", needed, rate >= 300_000)
+        snap_case = case.replace(", no snapshot", ", with snapshot")
+        mine, zodb = (m("recovery", snap_case, "reopen s", s) for s in ("memimg", "ZODB"))
+        bar, needed = f"recovery with a snapshot, {size} mutations, vs ZODB reload", "≥ 3x faster"
+        if mine is None or zodb is None:
+            yield _missing(bar, needed)
+        else:
+            yield _ratio_bar(bar, needed, zodb / mine, 3.0, None, f"{mine:.3f} s vs {zodb:.3f} s")
+
+    # big graphs
+    graph_cases = _cases(results, "graph")
+    if not graph_cases:
+        yield _missing("graph snapshot and reload vs ZODB / raw sqlite3", "≥ 3x faster / ≤ 3x slower")
+    for case in graph_cases:
+        snap = m("graph", case, "snapshot s", "memimg")
+        reload = m("graph", case, "reload s", "memimg")
+        for what, mine, theirs in (
+            ("snapshot", snap, m("graph", case, "commit s", "ZODB")),
+            ("reload", reload, m("graph", case, "reload s", "ZODB")),
+        ):
+            bar, needed = f"{case}: {what} vs ZODB {'commit' if what == 'snapshot' else 'reload'}", "≥ 3x faster"
+            if mine is None or theirs is None:
+                yield _missing(bar, needed)
+            else:
+                yield _ratio_bar(bar, needed, theirs / mine, 3.0, None, f"{mine:.3f} s vs {theirs:.3f} s")
+        for what, mine, theirs in (
+            ("snapshot", snap, m("graph", case, "commit s", "sqlite3")),
+            ("reload", reload, m("graph", case, "reload s", "sqlite3")),
+        ):
+            bar, needed = f"{case}: {what} vs raw sqlite3 {'insert' if what == 'snapshot' else 'reload'}", "≤ 3x slower"
+            if mine is None or theirs is None:
+                yield _missing(bar, needed)
+            else:
+                yield _ratio_bar(
+                    bar, needed, mine / theirs, None, 3.0, f"{mine:.3f} s vs {theirs:.3f} s; ratio = times slower"
+                )
+
+    # memory
+    bar, needed = "memory per tracked object vs plain attrs", "≤ 2x"
+    cases = _cases(results, "in-memory")
+    case = next((c for c in cases if c.startswith("memory per object")), None)
+    mine = plain = None
+    if case is not None:
+        mine, plain = (m("in-memory", case, "bytes/object", s) for s in ("memimg", "attrs"))
+    if mine is None or plain is None:
+        yield _missing(bar, needed)
+    else:
+        yield _ratio_bar(bar, needed, mine / plain, None, 2.0, f"{mine:.0f} vs {plain:.0f} bytes/object")
+
+
+def render_bars(bars: list[Bar]) -> str:
+    """The bars as a Markdown table."""
+    lines = [
+        "| SPEC §8 bar | measured (memimg) | needed | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {b.bar} | {b.measured} | {b.needed} | {b.verdict} |" for b in bars]
+    passed = sum(b.passed is True for b in bars)
+    failed = sum(b.passed is False for b in bars)
+    lines += ["", f"{passed} PASS, {failed} FAIL, {len(bars) - passed - failed} not measured"]
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""Entry points of the benchmark's child processes: ``python -m benchmarks.child MODE ARGS``.
+
+A child gives a clean measurement that the parent process cannot:
+
+* ``load-graph SYSTEM DIR`` -- reload a stored graph in a fresh interpreter
+  and report the seconds it took, the checksum, and the process's peak
+  resident set size (what loading that graph really costs in memory,
+  without the parent's leftovers). The system's library is imported before
+  the clock starts.
+* ``writer KIND WHERE WID WRITERS`` -- one of several concurrent writers of
+  workload (f); see :mod:`benchmarks.writers`.
+
+The result is one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process in bytes.
+
+    Linux's ``VmHWM`` belongs to the process image started by ``exec``;
+    ``getrusage``'s ``ru_maxrss`` would also count the parent's memory at
+    ``fork`` time, so it is only the fallback.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    except ImportError:  # pragma: no cover - Windows
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+
+def load_graph(system_name: str, where: str) -> dict[str, float]:
+    from benchmarks.systems import load_system
+
+    system = load_system(system_name)
+    started = time.perf_counter()
+    checksum = system.load_graph(Path(where))
+    took = time.perf_counter() - started
+    return {"seconds": took, "checksum": checksum, "peak_rss": _peak_rss()}
+
+
+def main(argv: list[str]) -> None:
+    mode, *args = argv
+    if mode == "load-graph":
+        print(json.dumps(load_graph(*args)), flush=True)
+    elif mode == "writer":
+        from benchmarks.writers import writer_main
+
+        writer_main(*args)
+    else:
+        raise SystemExit(f"unknown child mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

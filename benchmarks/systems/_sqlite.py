@@ -1,0 +1,180 @@
+"""Raw ``sqlite3``: the physical limit of an SQLite log, written by hand with no library in between.
+
+It writes **the same rows** memimg writes -- one row per mutation in an
+append-only table with memimg's columns ``(seq, tx, ts, kind, target,
+payload, checksum)``, the payload a small JSON array and the checksum a
+CRC-32 -- as SPEC §8 asks ("raw sqlite3 executemany of the same rows"), but
+with no object graph, no conflict checks, no schema, no transactions of
+objects. WAL mode, ``synchronous`` NORMAL or FULL as the sync mode asks; one
+``INSERT`` per durable commit, ``executemany`` in one transaction for a
+batch. Recovery reads every row, parses its payload and folds it into one
+dict per object; its "snapshot" is a table of those folded dicts plus the
+seq it covers. The graph is two tables (groups, items) filled by
+``executemany`` and read back into dicts whose references are resolved to
+the referenced dicts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+
+from benchmarks.models import graph_shape, item_fields, item_ref
+from benchmarks.systems._base import System
+
+__all__ = ["SQLiteSystem"]
+
+_LOG = (
+    "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, tx INTEGER NOT NULL, ts INTEGER NOT NULL, "
+    "kind TEXT NOT NULL, target INTEGER NOT NULL, payload BLOB NOT NULL, checksum INTEGER NOT NULL)"
+)
+_INSERT = "INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+def _row(seq: int, tx: int, key: int, field: str, value: Any) -> tuple[Any, ...]:
+    payload = orjson.dumps([field, value])
+    return (seq, tx, time.time_ns() // 1000, "obj.set", key, payload, zlib.crc32(payload))
+
+
+_SEP = "\x1f"
+
+
+def _connect(path: Path, sync: str = "normal") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={sync.upper()}")
+    return conn
+
+
+class _Accounts:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.seq = conn.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
+
+    def update(self, key: int, balance: int) -> None:
+        self.seq += 1
+        self.conn.execute(_INSERT, _row(self.seq, self.seq, key, "balance", balance))
+
+    def update_many(self, pairs: Sequence[tuple[int, int]]) -> None:
+        conn = self.conn
+        tx = self.seq + 1
+        rows = [_row(tx + i, tx, key, "balance", balance) for i, (key, balance) in enumerate(pairs)]
+        self.seq += len(rows)
+        conn.execute("BEGIN")
+        conn.executemany(_INSERT, rows)
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _create_accounts(conn: sqlite3.Connection, n: int) -> None:
+    conn.execute(_LOG)
+    conn.execute("BEGIN")
+    rows = [_row(1 + key, 1, key, "owner", f"owner-{key}") for key in range(n)]
+    rows += [_row(1 + n + key, 1, key, "balance", 0) for key in range(n)]
+    conn.executemany(_INSERT, rows)
+    conn.execute("COMMIT")
+
+
+def _fold(rows: Any, state: dict[int, dict[str, Any]]) -> None:
+    loads = orjson.loads
+    for obj, payload in rows:
+        field, value = loads(payload)
+        d = state.get(obj)
+        if d is None:
+            d = state[obj] = {}
+        d[field] = value
+
+
+class SQLiteSystem(System):
+    name: ClassVar[str] = "sqlite3"
+    sync_modes: ClassVar[tuple[str, ...]] = ("normal", "full")
+
+    def open_accounts(self, where: Path, n: int, sync: str) -> _Accounts:
+        conn = _connect(where / "raw.db", sync)
+        _create_accounts(conn, n)
+        return _Accounts(conn)
+
+    def write_history(self, where: Path, n: int, mutations: Sequence[tuple[int, int]], batch: int) -> None:
+        conn = _connect(where / "raw.db")
+        _create_accounts(conn, n)
+        handle = _Accounts(conn)
+        for start in range(0, len(mutations), batch):
+            handle.update_many(mutations[start : start + batch])
+        conn.close()
+
+    def add_snapshot(self, where: Path) -> bool:
+        conn = _connect(where / "raw.db")
+        state: dict[int, dict[str, Any]] = {}
+        (seq,) = conn.execute("SELECT max(seq) FROM log").fetchone()
+        _fold(conn.execute("SELECT target, payload FROM log ORDER BY seq"), state)
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE snapshot (obj INTEGER PRIMARY KEY, owner TEXT, balance INTEGER)")
+        conn.execute("CREATE TABLE snapshot_seq (seq INTEGER)")
+        conn.executemany(
+            "INSERT INTO snapshot VALUES (?, ?, ?)", [(k, d["owner"], d["balance"]) for k, d in state.items()]
+        )
+        conn.execute("INSERT INTO snapshot_seq VALUES (?)", (seq,))
+        conn.execute("COMMIT")
+        conn.close()
+        return True
+
+    def recover(self, where: Path) -> int:
+        conn = _connect(where / "raw.db")
+        state: dict[int, dict[str, Any]] = {}
+        after = 0
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshot'").fetchone():
+            (after,) = conn.execute("SELECT seq FROM snapshot_seq").fetchone()
+            for obj, owner, balance in conn.execute("SELECT obj, owner, balance FROM snapshot"):
+                state[obj] = {"owner": owner, "balance": balance}
+        _fold(conn.execute("SELECT target, payload FROM log WHERE seq > ? ORDER BY seq", (after,)), state)
+        conn.close()
+        return sum(d["balance"] for d in state.values())
+
+    def write_graph(self, where: Path, n: int) -> dict[str, float]:
+        groups = [(k, f"group-{k}") for k in range(len(graph_shape(n)))]
+        items = []
+        for k, r in enumerate(graph_shape(n)):
+            for i in r:
+                name, value, tags = item_fields(i)
+                items.append((i, k, name, value, _SEP.join(tags), item_ref(i, n)))
+        conn = _connect(where / "raw.db")
+        started = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE groups (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute(
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, grp INTEGER, name TEXT, value INTEGER, tags TEXT, ref INTEGER)"
+        )
+        conn.executemany("INSERT INTO groups VALUES (?, ?)", groups)
+        conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", items)
+        conn.execute("COMMIT")
+        took = time.perf_counter() - started
+        conn.close()
+        return {"commit": took}
+
+    def load_graph(self, where: Path) -> int:
+        conn = _connect(where / "raw.db")
+        groups: dict[int, dict[str, Any]] = {
+            gid: {"name": name, "items": []} for gid, name in conn.execute("SELECT id, name FROM groups")
+        }
+        items: dict[int, dict[str, Any]] = {}
+        for iid, grp, name, value, tags, ref in conn.execute(
+            "SELECT id, grp, name, value, tags, ref FROM items ORDER BY id"
+        ):
+            item = items[iid] = {"name": name, "value": value, "tags": tags.split(_SEP), "ref": ref}
+            groups[grp]["items"].append(item)
+        for item in items.values():
+            item["ref"] = items[item["ref"]]
+        conn.close()
+        total = 0
+        for group in groups.values():
+            for item in group["items"]:
+                total += item["value"] + item["ref"]["value"] + len(item["tags"])
+        return total
