@@ -226,7 +226,8 @@ class MemoryImage:
                 # Describe the reachable graph first: it is the state after the gc event
                 # (which forgets only unreachable objects), so one traversal serves both.
                 seq = self._seq + 1
-                data = graph.snapshot_data(seq)
+                data: dict[str, Any] | None = graph.snapshot_data(seq)
+                assert data is not None
                 graph.collect_hint = {record[0] for record in data["objects"]}
                 try:
                     if self._commit_events([(_GC, None, ())], None, replan=True, auto_snapshot=False):
