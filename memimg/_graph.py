@@ -119,6 +119,7 @@ class Graph:
 
     def __init__(self, converter: Converter, owner: Any = None) -> None:
         self.objects: list[Any] = [None]
+        self._holes = 0  # None entries in objects, besides objects[0]
         self.root_oid = 0
         self.owner = owner
         self.codec = Codec(converter, self._ref_commit, self._deref)
@@ -168,7 +169,7 @@ class Graph:
 
     def live_count(self) -> int:
         """How many objects the table holds (attached, reachable or not yet collected)."""
-        return sum(1 for o in self.objects if o is not None)
+        return len(self.objects) - 1 - self._holes
 
     # -- attaching (at assignment time) ---------------------------------------
 
@@ -410,13 +411,17 @@ class Graph:
 
     def collect(self) -> int:
         """Forget every object that is no longer reachable; returns how many."""
-        reachable = self.collect_hint if self.collect_hint is not None else self.reachable_oids()
+        hint = self.collect_hint
+        if hint is not None and not hint:
+            return 0  # the caller saw every object reachable
+        reachable = hint if hint is not None else self.reachable_oids()
         dropped = 0
         objects = self.objects
         for oid in range(1, len(objects)):
             obj = objects[oid]
             if obj is not None and oid not in reachable:
                 objects[oid] = None
+                self._holes += 1
                 if type(obj) is not Gone:
                     _set_slots(obj, None, None)
                 dropped += 1
@@ -705,50 +710,85 @@ class Graph:
         return decode
 
     def replay_row(self, seq: int, tx: int, ts: int, kind: str, target: int, payload: bytes, checksum: int) -> None:
-        """Verify, decode and apply one stored event: the recovery hot path.
+        """Verify, decode and apply one stored event."""
+        self.replay_rows([(seq, tx, ts, kind, target, payload, checksum)], seq)
 
-        Same result as ``verify_event`` + :meth:`apply_row`, with the common
-        case (no new objects, a live target) decoded inline.
+    def replay_rows(
+        self,
+        rows: Iterable[Any],
+        expected: int,
+        progress: Callable[[int], None] | None = None,
+        where: str = "the log",
+    ) -> tuple[int, int]:
+        """Verify, decode and apply stored events in order: the recovery hot path.
+
+        Same result as ``verify_event`` + :meth:`apply_row` per row, with the
+        common case (no new objects, a live target) decoded inline. Returns
+        the next expected seq and the seq of the last ``gc`` event (0 if none).
+
+        Raises:
+            CorruptLogError: a seq is missing, or a row is corrupt or does not apply.
         """
-        try:
-            code = _KIND_CODES.get(kind)
-            if code is None:
-                code = _kind_code(kind)
-            ok = _crc32(payload, _crc32(_pack_header(seq, tx, ts, target), code)) == checksum
-        except (TypeError, ValueError, OverflowError, struct.error):
-            ok = False
-        if not ok:
-            verify_event(EventRow(seq, tx, ts, kind, target, payload, checksum))
-        try:
-            p = _loads(payload)
-            k = KINDS[kind]
-            obj = self.objects[target] if target else None
-            simple = len(p) == 1 and (obj is not None or not target) and type(obj) is not Gone
-            if simple:
-                decoder = self._arg_decoders.get(k.params)
-                args = decoder(p[0]) if decoder is not None else self.decode_args(k, p[0])
-        except Exception:
-            simple = False
-        if not simple:
-            self.apply_row(EventRow(seq, tx, ts, kind, target, payload, checksum))
-            return
-        try:
-            if k.conflict is FIELD:
-                fast = self._fast_fields.get(type(obj))
-                if fast is None or args[0] not in fast or self.has_gone:
-                    pending = self._adapt_field_event(k, obj, args)
-                    if pending is None:
-                        return
-                    k, obj, args = pending
-            k.apply(self, obj, *args)
-        except MemimgError:
-            raise
-        except Exception as err:
-            raise CorruptLogError(
-                f"event seq {seq} ({kind} on object {target}) does not apply to the state before it: {err}",
-                seq=seq,
-                table="memimg_events",
-            ) from err
+        objects = self.objects
+        decoders = self._arg_decoders
+        fast_fields = self._fast_fields
+        codes = _KIND_CODES
+        crc32, pack, loads = _crc32, _pack_header, _loads
+        last_gc = 0
+        for seq, tx, ts, kind, target, payload, checksum in rows:
+            if seq != expected:
+                raise CorruptLogError(
+                    f"event seq {expected} is missing from {where} (the next is {seq})",
+                    seq=expected,
+                    table="memimg_events",
+                )
+            expected += 1
+            try:
+                code = codes.get(kind)
+                if code is None:
+                    code = _kind_code(kind)
+                ok = crc32(payload, crc32(pack(seq, tx, ts, target), code)) == checksum
+            except (TypeError, ValueError, OverflowError, struct.error):
+                ok = False
+            if not ok:
+                verify_event(EventRow(seq, tx, ts, kind, target, payload, checksum))
+            if progress is not None and not seq % 10_000:
+                progress(seq)
+            try:
+                p = loads(payload)
+                k = KINDS[kind]
+                obj = objects[target] if target else None
+                simple = len(p) == 1 and (obj is not None or not target) and type(obj) is not Gone
+                if simple:
+                    decoder = decoders.get(k.params)
+                    args = decoder(p[0]) if decoder is not None else self.decode_args(k, p[0])
+            except Exception:
+                simple = False
+            if not simple:
+                self.apply_row(EventRow(seq, tx, ts, kind, target, payload, checksum))
+                if kind == "gc":
+                    last_gc = seq
+                continue
+            try:
+                if k.conflict is FIELD:
+                    fast = fast_fields.get(type(obj))
+                    if fast is None or args[0] not in fast or self.has_gone:
+                        pending = self._adapt_field_event(k, obj, args)
+                        if pending is None:
+                            continue
+                        k, obj, args = pending
+                k.apply(self, obj, *args)
+            except MemimgError:
+                raise
+            except Exception as err:
+                raise CorruptLogError(
+                    f"event seq {seq} ({kind} on object {target}) does not apply to the state before it: {err}",
+                    seq=seq,
+                    table="memimg_events",
+                ) from err
+            if kind == "gc":
+                last_gc = seq
+        return expected, last_gc
 
     def apply_row(self, row: EventRow) -> None:
         """Decode and apply one stored event to this graph (replay)."""
@@ -845,9 +885,11 @@ class Graph:
                 objects.append(obj)
             elif oid > n:
                 objects.extend([None] * (oid - n))
+                self._holes += oid - n
                 objects.append(obj)
             elif objects[oid] is None:
                 objects[oid] = obj
+                self._holes -= 1
             else:
                 raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
             made.append((obj, plan, state))
@@ -963,11 +1005,13 @@ class Graph:
 
     # -- snapshots ------------------------------------------------------------
 
-    def snapshot_data(self, seq: int) -> dict[str, Any]:
+    def snapshot_data(self, seq: int, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """The snapshot-format description of everything reachable from the root."""
-        return self._describe([self.root] if self.root is not None else [], _get_oid, seq)
+        return self._describe([self.root] if self.root is not None else [], _get_oid, seq, progress)
 
-    def _describe(self, roots: list[Any], oid_of: Any, seq: int) -> dict[str, Any]:
+    def _describe(
+        self, roots: list[Any], oid_of: Any, seq: int, progress: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
         """Records of everything reachable from *roots*, in one breadth-first walk."""
         queue = list(roots)
         seen = {id(o) for o in roots}
@@ -982,7 +1026,7 @@ class Graph:
         self._collecting = types
         try:
             root_oid = oid_of(roots[0]) if roots else 0
-            records = self._encode_records(queue, ref, oid_of)
+            records = self._encode_records(queue, ref, oid_of, progress)
         finally:
             self._collecting = None
         return {
@@ -994,7 +1038,13 @@ class Graph:
             "objects": records,
         }
 
-    def _encode_records(self, queue: list[Any], ref: Callable[[Any], int], oid_of: Callable[[Any], int]) -> list[Any]:
+    def _encode_records(
+        self,
+        queue: list[Any],
+        ref: Callable[[Any], int],
+        oid_of: Callable[[Any], int],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Any]:
         """``[oid, type, state]`` for each object of *queue*, which grows as *ref* meets new ones.
 
         The hot loop of snapshots and of attaching large graphs: values are
@@ -1029,6 +1079,8 @@ class Graph:
             while i < len(queue):
                 obj = queue[i]
                 i += 1
+                if progress is not None and not i % 20_000:
+                    progress(i)
                 t = type(obj)
                 entity = entities.get(t)
                 if entity is not None:
@@ -1090,5 +1142,6 @@ class Graph:
         self.load_records(data["objects"])
         n = data.get("next_oid", len(self.objects))
         if len(self.objects) < n:
+            self._holes += n - len(self.objects)
             self.objects.extend([None] * (n - len(self.objects)))
         self.root_oid = data["root"]

@@ -75,6 +75,13 @@ _ABSENT: Any = object()
 _NATIVE = frozenset({str, int, float, bool, type(None)})
 
 
+def _phase_reporter(progress: Callable[[str, int, int], None], phase: str, total: int) -> Callable[[int], None]:
+    def report(done: int) -> None:
+        progress(phase, done, total)
+
+    return report
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -226,9 +233,15 @@ class MemoryImage:
                 # Describe the reachable graph first: it is the state after the gc event
                 # (which forgets only unreachable objects), so one traversal serves both.
                 seq = self._seq + 1
-                data: dict[str, Any] | None = graph.snapshot_data(seq)
+                report = None
+                if self._progress is not None:
+                    report = _phase_reporter(self._progress, "snapshot", graph.live_count())
+                data: dict[str, Any] | None = graph.snapshot_data(seq, report)
                 assert data is not None
-                graph.collect_hint = {record[0] for record in data["objects"]}
+                if len(data["objects"]) == graph.live_count():
+                    graph.collect_hint = set()  # everything is reachable: nothing to forget
+                else:
+                    graph.collect_hint = {record[0] for record in data["objects"]}
                 try:
                     if self._commit_events([(_GC, None, ())], None, replan=True, auto_snapshot=False):
                         break
@@ -239,6 +252,9 @@ class MemoryImage:
             ts = _now_us()
             self._store.write_snapshot(SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)))
             self._snapshot_seq = seq
+            if self._progress is not None:
+                count = graph.live_count()
+                self._progress("snapshot", count, count)
             log.info("snapshot at seq %d: %d bytes in %.3fs", seq, len(payload), time.perf_counter() - started)
             return seq
 
@@ -362,21 +378,10 @@ class MemoryImage:
         self._seq = self._snapshot_seq = loaded
         head = store.head()
         progress = self._progress
-        expected = loaded + 1
-        replay_row = graph.replay_row
-        for seq, tx, ts, kind, target, payload, checksum in store.read(after=loaded):
-            if seq != expected:
-                raise CorruptLogError(
-                    f"event seq {expected} is missing from {store.description} (the next is {seq})",
-                    seq=expected,
-                    table="memimg_events",
-                )
-            replay_row(seq, tx, ts, kind, target, payload, checksum)
-            if kind == "gc":
-                self._snapshot_seq = seq
-            expected += 1
-            if progress is not None and not (expected - loaded) % 10_000:
-                progress("replay", expected - 1 - loaded, head - loaded)
+        report = None if progress is None else (lambda seq: progress("replay", seq - loaded, head - loaded))
+        expected, last_gc = graph.replay_rows(store.read(after=loaded), loaded + 1, report, store.description)
+        if last_gc:
+            self._snapshot_seq = last_gc
         self._seq = expected - 1
         if progress is not None:
             progress("replay", self._seq - loaded, self._seq - loaded)

@@ -380,3 +380,13 @@ def test_snapshot_payload_is_readable_json(sqlite_path: str) -> None:
     data = orjson.loads(payload)
     assert data["format"] == 1 and data["types"]["tests.Bank"] == [1, ["accounts", "name"]]
     conn.close()
+
+
+def test_snapshot_reports_progress(sqlite_path: str) -> None:
+    """Snapshots of large images report progress through the same callback as recovery."""
+    seen: list[tuple[str, int, int]] = []
+    with memimg.open(sqlite_path, root=Box, snapshot_every=None, progress=lambda *a: seen.append(a)) as img:
+        img.root.content = [Entry(str(i)) for i in range(45_000)]
+        img.snapshot()
+    snaps = [s for s in seen if s[0] == "snapshot"]
+    assert len(snaps) >= 3 and snaps[-1][1] == snaps[-1][2] >= 45_000
