@@ -28,7 +28,7 @@ import orjson
 import memimg
 from memimg import _api
 from memimg._errors import CorruptLogError, MemimgError
-from memimg._graph import COLLECTION_NAMES, Graph
+from memimg._graph import COLLECTION_NAMES, Graph, decode_snapshot
 from memimg._rows import Event, verify_event, verify_snapshot
 from memimg.model import _tracking, _types
 from memimg.model._base import PersistentBase
@@ -477,7 +477,7 @@ def _verify(store: Store) -> None:
             raise CorruptLogError(
                 f"events before seq {first} were dropped and no snapshot covers them", seq=1, table=""
             )
-        graph.load_snapshot(orjson.loads(store.read_snapshot(start[0].seq).payload))
+        graph.load_snapshot(store.read_snapshot(start[0].seq).payload)
         expected = start[0].seq + 1
     origin = "from nothing" if expected == 1 else f"from the snapshot at seq {expected - 1}"
     pending = {s.seq: s for s in snaps if s.seq >= expected}
@@ -490,7 +490,7 @@ def _verify(store: Store) -> None:
         verify_event(row)
         graph.apply_row(row)
         if row.seq in pending:
-            stored = orjson.loads(store.read_snapshot(row.seq).payload)
+            stored = decode_snapshot(store.read_snapshot(row.seq).payload)
             if _canonical(stored) != _canonical(graph.snapshot_data(row.seq)):
                 raise CorruptLogError(
                     f"snapshot at seq {row.seq} differs from the state the log gives at that seq",

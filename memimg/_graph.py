@@ -114,6 +114,42 @@ def _render(where: Any) -> str:
     return str(where or "") + "".join(reversed(steps))
 
 
+def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """A stored snapshot's header and its ``[oid, type, state_json_bytes]`` records (states unparsed)."""
+    end = payload.find(b"\n")
+    if end < 0:
+        end = len(payload)
+    header = _loads(payload[:end])
+    if not isinstance(header, dict) or "count" not in header:
+        raise CorruptLogError(
+            "a snapshot payload does not start with its header line", seq=None, table="memimg_snapshots"
+        )
+    records: list[Any] = []
+    if end < len(payload):
+        names: dict[bytes, str] = {}
+        for line in payload[end + 1 :].split(b"\n"):
+            oid, name, state = line.split(b"\t", 2)
+            text = names.get(name)
+            if text is None:
+                text = names[name] = name.decode()
+            records.append((int(oid), text, state))
+    if len(records) != header["count"]:
+        raise CorruptLogError(
+            f"a snapshot payload holds {len(records)} objects, its header says {header['count']}",
+            seq=header.get("seq"),
+            table="memimg_snapshots",
+        )
+    return header, records
+
+
+def decode_snapshot(payload: bytes) -> dict[str, Any]:
+    """A stored snapshot payload as snapshot-format data (what ``serialize`` returns)."""
+    header, records = split_snapshot(payload)
+    data = {k: v for k, v in header.items() if k != "count"}
+    data["objects"] = [[oid, name, _loads(state)] for oid, name, state in records]
+    return data
+
+
 class Graph:
     """The committed graph of one image (or of a detached replay)."""
 
@@ -140,7 +176,7 @@ class Graph:
         self._setters: dict[type, dict[str, Callable[[Any, Any], None]]] = {}
         # encoding journal (one commit at a time, under the image lock)
         self._queue: list[Any] = []
-        self._records: list[Any] = []
+        self._records: list[Any] = []  # the current event's new objects
         self._new_types: dict[str, Any] = {}
         self._assigned_from = 0
         self._declared_before: dict[str, Any] = {}
@@ -595,15 +631,18 @@ class Graph:
                     toid = self._ref_commit(target)
                 if k.conflict is FIELD and type(target) not in declared_ok:
                     self._declare(_types.info_of(type(target)))  # type: ignore[arg-type]
-            payload: list[Any] = [self.encode_args(k, args)]
+            encoded_args = self.encode_args(k, args)
             if queue or self._new_types:
                 self._drain()
-                payload.append(self._records)
-                if self._new_types:
-                    payload.append(self._new_types)
+                parts = (
+                    [encoded_args, self._records, self._new_types] if self._new_types else [encoded_args, self._records]
+                )
+                data = dumps(parts)
+                parts = []
                 self._records = []
                 self._new_types = {}
-            data = dumps(payload)
+            else:
+                data = dumps([encoded_args])
             name = k.name
             rows.append(
                 (seq, first_seq, ts, name, toid, data, crc32(data, crc32(pack(seq, first_seq, ts, toid), codes[name])))
@@ -895,6 +934,8 @@ class Graph:
             made.append((obj, plan, state))
         dec = self._decode_fast
         for obj, plan, state in made:
+            if type(state) is bytes:
+                state = _loads(state)
             t = type(obj)
             if t is TrackedList:
                 list.extend(obj, [dec(x) if type(x) is list else x for x in state])
@@ -1009,6 +1050,58 @@ class Graph:
         """The snapshot-format description of everything reachable from the root."""
         return self._describe([self.root] if self.root is not None else [], _get_oid, seq, progress)
 
+    def snapshot_payload(self, seq: int, progress: Callable[[int], None] | None = None) -> tuple[bytes, list[int]]:
+        """The stored form of a snapshot at *seq*, and the ids of the objects it holds.
+
+        One JSON header line, then one line per object, ``oid<TAB>type<TAB>state``:
+        each state is encoded as it is met and nothing but the finished lines is
+        kept, so a snapshot of a million objects never exists as one tree of
+        Python objects (see :func:`decode_snapshot`).
+        """
+        root = self.root
+        roots = [root] if root is not None else []
+        queue = list(roots)
+        seen = bytearray(len(self.objects))  # by object id: a byte per object, not a set entry
+        if root is not None:
+            seen[self.root_oid] = 1
+
+        def ref(obj: Any) -> int:
+            oid: int = obj._mi_oid
+            if not seen[oid]:
+                seen[oid] = 1
+                queue.append(obj)
+            return oid
+
+        lines: list[bytes] = []
+        oids: list[int] = []
+        names: dict[str, bytes] = {}
+        dumps = orjson.dumps
+        add_line, add_oid = lines.append, oids.append
+
+        def emit(record: list[Any]) -> None:
+            oid, name, state = record
+            b = names.get(name)
+            if b is None:
+                b = names[name] = name.encode()
+            add_oid(oid)
+            add_line(b"%d\t%b\t%b" % (oid, b, dumps(state)))
+
+        types: dict[str, Any] = {}
+        self._collecting = types
+        try:
+            self._encode_records(queue, ref, _get_oid, progress, emit)
+        finally:
+            self._collecting = None
+        header = {
+            "format": 1,
+            "seq": seq,
+            "next_oid": len(self.objects),
+            "root": self.root_oid if root is not None else 0,
+            "types": types,
+            "count": len(lines),
+        }
+        return dumps(header) + b"\n" + b"\n".join(lines), oids
+
     def _describe(
         self, roots: list[Any], oid_of: Any, seq: int, progress: Callable[[int], None] | None = None
     ) -> dict[str, Any]:
@@ -1044,6 +1137,7 @@ class Graph:
         ref: Callable[[Any], int],
         oid_of: Callable[[Any], int],
         progress: Callable[[int], None] | None = None,
+        emit: Callable[[list[Any]], None] | None = None,
     ) -> list[Any]:
         """``[oid, type, state]`` for each object of *queue*, which grows as *ref* meets new ones.
 
@@ -1072,7 +1166,7 @@ class Graph:
         previous_ref = codec.ref
         codec.ref = ref  # references inside tuples and value objects
         records: list[Any] = []
-        append = records.append
+        append = records.append if emit is None else emit
         entities: dict[type, tuple[str, tuple[tuple[str, Any], ...]]] = {}
         try:
             i = 0
@@ -1134,12 +1228,18 @@ class Graph:
         data["next_oid"] = len(numbering) + 1
         return data
 
-    def load_snapshot(self, data: dict[str, Any]) -> None:
-        """Rebuild the graph from snapshot-format *data* (into an empty graph)."""
+    def load_snapshot(self, data: dict[str, Any] | bytes) -> None:
+        """Rebuild the graph (an empty one) from snapshot-format *data*, or a stored snapshot payload."""
+        if isinstance(data, bytes):
+            header, records = split_snapshot(data)
+            data = header
+        else:
+            records = data["objects"]
         if data.get("format") != 1:
             raise MemimgError(f"unknown snapshot format {data.get('format')!r}: written by a newer memimg?")
         self.declare(data.get("types", {}))
-        self.load_records(data["objects"])
+        self.load_records(records)
+        records = None
         n = data.get("next_oid", len(self.objects))
         if len(self.objects) < n:
             self._holes += n - len(self.objects)

@@ -48,7 +48,7 @@ from memimg._errors import (
     UnknownTypeError,
 )
 from memimg._gc import paused_gc
-from memimg._graph import Graph, Pending
+from memimg._graph import Graph, Pending, split_snapshot
 from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
 from memimg._rows import Event, snapshot_checksum, verify_event, verify_snapshot
 from memimg._schema import SchemaReport
@@ -236,19 +236,17 @@ class MemoryImage:
                 report = None
                 if self._progress is not None:
                     report = _phase_reporter(self._progress, "snapshot", graph.live_count())
-                data: dict[str, Any] | None = graph.snapshot_data(seq, report)
-                assert data is not None
-                if len(data["objects"]) == graph.live_count():
+                payload, oids = graph.snapshot_payload(seq, report)
+                if len(oids) == graph.live_count():
                     graph.collect_hint = set()  # everything is reachable: nothing to forget
                 else:
-                    graph.collect_hint = {record[0] for record in data["objects"]}
+                    graph.collect_hint = set(oids)
+                oids = []
                 try:
                     if self._commit_events([(_GC, None, ())], None, replan=True, auto_snapshot=False):
                         break
                 finally:
                     graph.collect_hint = None
-            payload = orjson.dumps(data)
-            data = None  # let it go before the collector resumes
             ts = _now_us()
             self._store.write_snapshot(SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)))
             self._snapshot_seq = seq
@@ -359,12 +357,13 @@ class MemoryImage:
             try:
                 snap = SnapshotRow(*store.read_snapshot(info.seq))
                 verify_snapshot(snap)
-                data = orjson.loads(snap.payload)
-            except (CorruptLogError, orjson.JSONDecodeError) as err:
+                header, records = split_snapshot(snap.payload)
+            except (CorruptLogError, orjson.JSONDecodeError, ValueError) as err:
                 warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=3)
                 continue
-            graph.load_snapshot(data)
-            data = None  # let it go before the collector resumes
+            snap = None  # type: ignore[assignment]  # the records hold what is still needed
+            graph.load_snapshot({**header, "objects": records})
+            records = []
             loaded = info.seq
             break
         first = store.first_seq()

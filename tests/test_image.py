@@ -371,15 +371,19 @@ def test_progress_callback(sqlite_path: str) -> None:
 
 
 def test_snapshot_payload_is_readable_json(sqlite_path: str) -> None:
-    """Snapshots and events are JSON anyone can read with sqlite3."""
+    """Snapshots are JSON lines anyone can read with sqlite3: a header, then one object per line."""
     with memimg.open(sqlite_path, root=Bank) as img:
         img.root.accounts["a"] = Account("a")
         img.snapshot()
     conn = sqlite3.connect(sqlite_path)
     payload = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()[0]
-    data = orjson.loads(payload)
-    assert data["format"] == 1 and data["types"]["tests.Bank"] == [1, ["accounts", "name"]]
     conn.close()
+    header, *lines = payload.split(b"\n")
+    data = orjson.loads(header)
+    assert data["format"] == 1 and data["types"]["tests.Bank"] == [1, ["accounts", "name"]]
+    assert data["count"] == len(lines) == 5  # the bank, its dict, the account, its set and list
+    oid, name, state = lines[0].split(b"\t")
+    assert (int(oid), name, orjson.loads(state)) == (1, b"tests.Bank", {"accounts": ["r", 2], "name": "bank"})
 
 
 def test_snapshot_reports_progress(sqlite_path: str) -> None:
@@ -390,3 +394,26 @@ def test_snapshot_reports_progress(sqlite_path: str) -> None:
         img.snapshot()
     snaps = [s for s in seen if s[0] == "snapshot"]
     assert len(snaps) >= 3 and snaps[-1][1] == snaps[-1][2] >= 45_000
+
+
+def test_locked_database_leaves_memory_unchanged(sqlite_path: str) -> None:
+    """A commit blocked by another process's lock raises LockedError and changes nothing."""
+    img = memimg.open(sqlite_path, root=Bank, busy_timeout=0.05)
+    img.root.accounts["a"] = Account("a")
+    before = memimg.serialize(img.root)
+    blocker = sqlite3.connect(sqlite_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(memimg.LockedError):
+            img.root.accounts["a"].balance = Decimal(1)
+        with pytest.raises(memimg.LockedError):
+            with img.transaction():
+                img.root.accounts["b"] = Account("b")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert memimg.serialize(img.root) == before
+    img.root.accounts["a"].balance = Decimal(2)
+    img.close()
+    with memimg.open(sqlite_path, root=Bank) as again:
+        assert again.root.accounts["a"].balance == 2 and "b" not in again.root.accounts

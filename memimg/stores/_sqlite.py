@@ -180,10 +180,11 @@ class SQLiteStore:
 
     def first_seq(self) -> int:
         with self._lock:
-            row = self._conn.execute("SELECT min(seq), max(seq) FROM memimg_events").fetchone()
-        if row[0] is None:
-            return self._snapshot_head() + 1
-        return row[0]  # type: ignore[no-any-return]
+            # min() alone, so SQLite reads one end of the primary key instead of scanning
+            low = self._conn.execute("SELECT min(seq) FROM memimg_events").fetchone()[0]
+            if low is None:
+                return self._snapshot_head() + 1
+        return low  # type: ignore[no-any-return]
 
     def _snapshot_head(self) -> int:
         return self._conn.execute("SELECT coalesce(max(seq), 0) FROM memimg_snapshots").fetchone()[0]  # type: ignore[no-any-return]

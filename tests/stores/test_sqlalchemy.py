@@ -100,3 +100,25 @@ def test_unreachable_server_fails_fast_without_password() -> None:
 def test_not_a_url() -> None:
     with pytest.raises(memimg.MemimgError):
         memimg.open("nosuchdialect://x/y")
+
+
+@needs_postgres
+@pytest.mark.postgres
+def test_newer_format_on_postgres_is_refused() -> None:
+    """A PostgreSQL log written in a newer storage format is refused and left as it was."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=schema)) as img:  # type: ignore[arg-type]
+            img.root["a"] = 1
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE \"{schema}\".memimg_meta SET value = '7' WHERE key = 'format_version'"))
+        with pytest.raises(memimg.MemimgError, match="format 7"):
+            SQLAlchemyStore(POSTGRES_URL, schema=schema)  # type: ignore[arg-type]
+        with engine.begin() as conn:
+            assert conn.execute(sa.text(f'SELECT count(*) FROM "{schema}".memimg_events')).scalar() == 2
+    finally:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
