@@ -1239,7 +1239,7 @@ class Graph:
             raise MemimgError(f"unknown snapshot format {data.get('format')!r}: written by a newer memimg?")
         self.declare(data.get("types", {}))
         self.load_records(records)
-        records = None
+        records = []
         n = data.get("next_oid", len(self.objects))
         if len(self.objects) < n:
             self._holes += n - len(self.objects)
