@@ -276,7 +276,7 @@ class Codec:
         self._seen_version = conv.version
         #: hooks the graph sets: how to decode a value object (schema-aware),
         #: and what to do when one is encoded (declare its schema)
-        self.value_decoder: Callable[[list[Any]], Any] = self._dec_value
+        self.value_decoder: Callable[[list[Any]], Any] = self._no_value_decoder
         self.on_value: Callable[[Any], None] = lambda info: None
         #: set once objects of removed types are met: drop them from values
         self.clean_gone: Callable[[Any], bool] | None = None
@@ -431,13 +431,22 @@ class Codec:
             items = [i for i in items if not gone(i)]
         return frozenset(items)
 
-    def _dec_enum(self, x: list[Any]) -> Any:
+    def _no_value_decoder(self, x: list[Any]) -> Any:  # pragma: no cover - the graph sets one
+        raise MemimgError("internal: this codec belongs to no graph, which decodes value objects")
+
+    def _resolve(self, x: list[Any], stand_in: Callable[[str, Any], Any]) -> Any:
+        """The class stored as ``x[1]``, or (for tools) a generic stand-in for the value."""
         try:
-            info = _types.resolve(x[1])
+            return _types.resolve(x[1])
         except UnknownTypeError:
             if self.generic:
-                return _generic.EnumValue(x[1], x[2])
+                return stand_in(x[1], x[2])
             raise
+
+    def _dec_enum(self, x: list[Any]) -> Any:
+        info = self._resolve(x, _generic.EnumValue)
+        if not isinstance(info, _types.TypeInfo):
+            return info
         try:
             return info.cls[x[2]]  # type: ignore[index]
         except KeyError:
@@ -447,28 +456,10 @@ class Codec:
                 type_name=x[1],
             ) from None
 
-    def _dec_value(self, x: list[Any]) -> Any:
-        info = _types.resolve(x[1])
-        cls = info.cls
-        obj: Any = object.__new__(cls)
-        state = x[2]
-        for f in info.fields:
-            if f in state:
-                value = self.decode(state[f])
-            else:
-                value = _default_for(info, f, obj)
-            object.__setattr__(obj, f, value)
-        if hasattr(cls, "_attrs_cached_hash"):
-            object.__setattr__(obj, "_attrs_cached_hash", None)
-        return obj
-
     def _dec_custom(self, x: list[Any]) -> Any:
-        try:
-            info = _types.resolve(x[1])
-        except UnknownTypeError:
-            if self.generic:
-                return _generic.CustomValue(x[1], x[2])
-            raise
+        info = self._resolve(x, _generic.CustomValue)
+        if not isinstance(info, _types.TypeInfo):
+            return info
         return self.converter.structure(x[2], info.cls)
 
 

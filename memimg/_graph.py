@@ -808,23 +808,14 @@ class Graph:
                 if kind == "gc":
                     last_gc = seq
                 continue
-            try:
-                if k.conflict is FIELD:
-                    fast = fast_fields.get(type(obj))
-                    if fast is None or args[0] not in fast or self.has_gone:
-                        pending = self._adapt_field_event(k, obj, args)
-                        if pending is None:
-                            continue
-                        k, obj, args = pending
-                k.apply(self, obj, *args)
-            except MemimgError:
-                raise
-            except Exception as err:
-                raise CorruptLogError(
-                    f"event seq {seq} ({kind} on object {target}) does not apply to the state before it: {err}",
-                    seq=seq,
-                    table="memimg_events",
-                ) from err
+            if k.conflict is FIELD:
+                fast = fast_fields.get(type(obj))
+                if fast is None or args[0] not in fast or self.has_gone:
+                    pending = self._adapt_field_event(k, obj, args)
+                    if pending is None:
+                        continue
+                    k, obj, args = pending
+            self._apply_stored(k, obj, args, seq, target)
             if kind == "gc":
                 last_gc = seq
         return expected, last_gc
@@ -835,14 +826,18 @@ class Graph:
         if pending is None:
             return
         k, obj, args = pending
+        self._apply_stored(k, obj, args, row.seq, row.target)
+
+    def _apply_stored(self, k: Kind, obj: Any, args: tuple[Any, ...], seq: int, target: int) -> None:
+        """Apply a stored event; a failure means the log is not what was written."""
         try:
             k.apply(self, obj, *args)
         except MemimgError:
             raise
         except Exception as err:
             raise CorruptLogError(
-                f"event seq {row.seq} ({row.kind} on object {row.target}) does not apply to the state before it: {err}",
-                seq=row.seq,
+                f"event seq {seq} ({k.name} on object {target}) does not apply to the state before it: {err}",
+                seq=seq,
                 table="memimg_events",
             ) from err
 

@@ -15,10 +15,10 @@ Every store passes the contract suite in ``tests/stores/contract.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["FORMAT_VERSION", "EventRow", "SeqTaken", "SnapshotInfo", "SnapshotRow", "Store"]
+__all__ = ["FORMAT_VERSION", "EventRow", "SeqTaken", "SnapshotInfo", "SnapshotRow", "Store", "read_in_chunks"]
 
 #: The storage format this memimg writes; a store holding a newer one is refused.
 FORMAT_VERSION = 1
@@ -134,3 +134,24 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+def read_in_chunks(
+    fetch: Callable[[int, int], Sequence[Sequence[object]]], after: int, limit: int | None, chunk: int = 20_000
+) -> Iterator[Sequence[object]]:
+    """Rows with ``seq > after``, fetched *chunk* at a time by ``fetch(after, n)``.
+
+    A store's connection is held only while one chunk is read, so a slow
+    consumer of a long log never blocks writers.
+    """
+    last = after
+    remaining = limit
+    while remaining is None or remaining > 0:
+        n = chunk if remaining is None else min(chunk, remaining)
+        rows = fetch(last, n)
+        yield from rows
+        if len(rows) < n:
+            return
+        last = rows[-1][0]  # type: ignore[assignment]
+        if remaining is not None:
+            remaining -= len(rows)

@@ -32,11 +32,10 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from memimg._errors import LockedError, MemimgError
-from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow
+from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, read_in_chunks
 
 __all__ = ["SQLAlchemyStore"]
 
-_CHUNK: Final = 20_000
 _COLUMNS: Final = {
     "events": ["seq", "tx", "ts", "kind", "target", "payload", "checksum"],
     "snapshots": ["seq", "ts", "payload", "checksum"],
@@ -354,22 +353,17 @@ class SQLAlchemyStore:
             self._writer = None
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
-        last = after
-        remaining = limit
-        while remaining is None or remaining > 0:
-            n = _CHUNK if remaining is None else min(_CHUNK, remaining)
-            try:
-                with self.engine.connect() as conn:
-                    rows = [tuple(r) for r in conn.execute(self._read, {"after": last, "n": n})]
-            except sa_exc.DBAPIError as err:
-                raise self._error(err, "reading events") from err
-            for r in rows:
-                yield EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6])
-            if len(rows) < n:
-                return
-            last = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
+        return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]
+
+    def _fetch(self, after: int, n: int) -> list[EventRow]:
+        try:
+            with self.engine.connect() as conn:
+                return [
+                    EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6])
+                    for r in conn.execute(self._read, {"after": after, "n": n})
+                ]
+        except sa_exc.DBAPIError as err:
+            raise self._error(err, "reading events") from err
 
     def changed(self, seen: int) -> bool:
         # Exact (one round trip): a notification may still be on its way.

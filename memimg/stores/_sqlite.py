@@ -25,12 +25,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from memimg._errors import LockedError, MemimgError
-from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow
+from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, read_in_chunks
 
 __all__ = ["SQLiteStore"]
 
 _HEADER: Final = b"SQLite format 3\x00"
-_CHUNK: Final = 20_000
 _COLUMNS: Final = {
     "memimg_events": ["seq", "tx", "ts", "kind", "target", "payload", "checksum"],
     "memimg_snapshots": ["seq", "ts", "payload", "checksum"],
@@ -216,25 +215,18 @@ class SQLiteStore:
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
-        last = after
-        remaining = limit
-        while remaining is None or remaining > 0:
-            n = _CHUNK if remaining is None else min(_CHUNK, remaining)
-            with self._lock:
-                try:
-                    rows = self._conn.execute(
-                        "SELECT seq, tx, ts, kind, target, payload, checksum FROM memimg_events "
-                        "WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (last, n),
-                    ).fetchall()
-                except sqlite3.Error as err:
-                    raise self._error(err, "reading events") from err
-            yield from rows
-            if len(rows) < n:
-                return
-            last = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
+        return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]
+
+    def _fetch(self, after: int, n: int) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(
+                    "SELECT seq, tx, ts, kind, target, payload, checksum FROM memimg_events "
+                    "WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, n),
+                ).fetchall()
+            except sqlite3.Error as err:
+                raise self._error(err, "reading events") from err
 
     def changed(self, seen: int) -> bool:
         version = self._pragma("data_version")
