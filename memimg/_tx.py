@@ -50,6 +50,8 @@ _ABSENT: Any = object()
 _NATIVE = frozenset({str, int, float, bool, type(None)})
 _RAW: dict[type, type] = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
 _raw_methods: dict[tuple[type, str], Callable[..., Any]] = {}
+#: read methods whose result stays tied to the collection (iterators and dict views)
+_LIVE_READS = frozenset({"__iter__", "__reversed__", "keys", "values", "items"})
 
 
 def _raw(t: type, method: str) -> Callable[..., Any]:
@@ -121,6 +123,14 @@ class TxState:
             self.note_read(oid, key)
         view = self.views.get(id(coll))
         if view is None:
+            if method in _LIVE_READS:
+                # an iterator or view over the committed collection would follow (and break on)
+                # another thread's commit: the transaction reads a copy, and a conflict
+                # is reported where it belongs, as ConflictError at commit
+                raw: Any = _RAW[type(coll)]
+                # dict.copy would call the tracked keys() of a TrackedDict: copy from the raw items
+                copy = dict(dict.items(coll)) if raw is dict else raw.copy(coll)
+                return getattr(copy, method)(*args)
             return _raw(type(coll), method)(coll, *args)
         return view.call(method, args)
 

@@ -606,3 +606,34 @@ def test_commit_is_published_atomically(monkeypatch: Any) -> None:
         a.value = 1
         b.value = 1
     assert seen == [(1, 1)]
+
+
+def test_iterating_inside_a_transaction_survives_a_concurrent_commit() -> None:
+    """A transaction iterating a collection another thread changes gets a ConflictError, not a RuntimeError."""
+    img = memimg.open(root=Box)
+    img.root.content = {str(i): i for i in range(10)}
+    d = img.root.content
+    with pytest.raises(memimg.ConflictError):
+        with img.transaction():
+            for i, key in enumerate(d):
+                if i == 3:
+                    t = threading.Thread(target=lambda: d.__setitem__("new", 1))
+                    t.start()
+                    t.join()
+            d["after"] = len(list(d.items()))
+    assert "new" in d and "after" not in d
+
+    @img.transaction(retries=5)
+    def count() -> int:
+        n = 0
+        for _ in d:
+            if n == 3 and "late" not in d:
+                t = threading.Thread(target=lambda: d.__setitem__("late", 1))
+                t.start()
+                t.join()
+            n += 1
+        return n
+
+    # a read-only transaction saw one consistent state -- the dict as it was when it began --
+    # so it commits, and its answer is that state's size (serializable before the insert)
+    assert count() == 11 and len(d) == 12
