@@ -374,6 +374,8 @@ class Graph:
         """Revert a journal written by :meth:`prepare`, newest first."""
         for entry in reversed(undo):
             tag = entry[0]
+            if entry[1]._mi_oid is not None:
+                continue  # committed meanwhile (by another thread's transaction): it is part of the image now
             if tag == _UNDO_ATTACH:
                 _set_slots(entry[1], None, None)
             elif tag == _UNDO_FIELD:
@@ -520,8 +522,13 @@ class Graph:
     def _ref_commit(self, obj: Any) -> int:
         oid: int | None = obj._mi_oid
         if oid is None:
-            if obj._mi_img is not self.owner:
-                raise MemimgError(f"internal: {type(obj).__qualname__} object is not attached")  # pragma: no cover
+            owner = obj._mi_img
+            if owner is not self.owner:
+                if owner is not None:
+                    raise MemimgError(f"internal: {type(obj).__qualname__} object belongs to another image")
+                # forgotten by a snapshot's collection while a transaction still held it: it is
+                # attached again, written in full like any new object
+                _set_slots(obj, self.owner, None)
             oid = len(self.objects)
             self.objects.append(obj)
             if type(obj) in _TRACKED_TYPES:

@@ -52,7 +52,8 @@ from memimg._graph import Graph, Pending, split_snapshot
 from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
 from memimg._rows import Event, snapshot_checksum, verify_event, verify_snapshot
 from memimg._schema import SchemaReport
-from memimg._tx import Transaction, TxScope, TxState, _raw, where_coll, where_field
+from memimg._tx import Savepoint, Transaction, TxScope, TxState, _raw, where_coll, where_field
+from memimg._views import ListView
 from memimg.model import _tracking, _types
 from memimg.model._base import SELF, Planner
 from memimg.model._base import WHOLE as WHOLE_KEY
@@ -123,6 +124,12 @@ class MemoryImage:
             f"memimg_tx_{id(self):x}", default=None
         )
         self._mi_publishing: list[TxState] = []
+        self._mi_savepoint: contextvars.ContextVar[Savepoint | None] = contextvars.ContextVar(
+            f"memimg_savepoint_{id(self):x}", default=None
+        )
+        self._mi_scopes: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
+            f"memimg_scopes_{id(self):x}", default=()
+        )
         self._graph = Graph(converter or _codec.converter, owner=self)
         self._graph.removed_types = frozenset(removed_types)
         self._graph.generic = self._graph.codec.generic = generic_types
@@ -207,17 +214,24 @@ class MemoryImage:
         self._check_open()
         current = self._mi_current.get()
         if current is not None and not current.done:
-            current.savepoint()
-            return Transaction(self, current, nested=True)
+            sp = current.savepoint(self._mi_savepoint.get())
+            self._mi_savepoint.set(sp)
+            return Transaction(self, current, sp)
         if self._store.changed(self._seq):
             with self._lock:
                 self._catch_up()
-        state = TxState(self, self._seq)
-        with self._lock:
+        with self._lock:  # never start in the middle of another commit being applied
+            state = TxState(self, self._seq)
             self._open_txs.add(state)
         _tracking.tx_opened()
         self._mi_current.set(state)
-        return Transaction(self, state, nested=False)
+        self._mi_savepoint.set(None)
+        return Transaction(self, state)
+
+    def _current_tx(self) -> TxState | None:
+        """The transaction of this thread or task, if one is open."""
+        tx = self._mi_current.get()
+        return tx if tx is not None and not tx.done else None
 
     def snapshot(self) -> int:
         """Write a snapshot of the committed state now; returns the seq it covers.
@@ -460,8 +474,10 @@ class MemoryImage:
             return
         with self._lock:
             self._check_writable()
-            info_getter(obj)  # AttributeError when unset, as for any attribute
-            self._commit_events([(_OBJ_DEL, obj, (name,))], None)
+            while True:
+                info_getter(obj)  # AttributeError when unset (again after catching up), as for any attribute
+                if self._commit_events([(_OBJ_DEL, obj, (name,))], None, replan=True):
+                    return
 
     def _graph_getter(self, obj: Any, name: str) -> Callable[[Any], Any]:
         return _types.info_of(type(obj)).getters[name]  # type: ignore[union-attr]
@@ -515,6 +531,7 @@ class MemoryImage:
     def _end_tx(self, state: TxState, *, commit: bool) -> None:
         if self._mi_current.get() is state:
             self._mi_current.set(None)
+            self._mi_savepoint.set(None)
         try:
             if commit and state.events:
                 with self._lock:
@@ -560,8 +577,8 @@ class MemoryImage:
         graph, store = self._graph, self._store
         while True:
             ts = _now_us()
-            rows = graph.encode_events(events, self._seq + 1, ts)
             try:
+                rows = graph.encode_events(events, self._seq + 1, ts)
                 store.append(rows, self._seq)
             except SeqTaken:
                 graph.rollback_encode()
@@ -584,27 +601,52 @@ class MemoryImage:
             self._after_commit()
         return True
 
-    def _apply(self, events: list[Pending], rows: list[EventRow], state: TxState | None) -> None:
+    def _apply(
+        self, events: list[Pending], rows: list[Any], state: TxState | None, last_seq: int | None = None
+    ) -> None:
+        """Apply appended events to the committed graph, all at once for every reader.
+
+        The writes are recorded for conflict checks and the seq moved *first*,
+        so a transaction elsewhere that reads what is being changed gets a
+        ConflictError rather than half of it; readers outside transactions are
+        shown the finished result (publishing) while the objects change.
+        """
         graph = self._graph
-        publish = state is not None and len(events) > 1 and _tracking.enabled()
-        if publish:
-            self._mi_publishing.append(state)  # type: ignore[arg-type]
-        try:
-            for k, target, args in events:
-                k.apply(graph, target, *args)
-        except Exception as err:  # the log has it; memory must not silently differ
-            self._closed = True
-            raise MemimgError(
-                f"applying committed events {rows[0][0]}..{rows[-1][0]} failed ({err!r}); the "
-                "log is intact but this image is now closed: open it again"
-            ) from err
-        finally:
-            if publish:
-                self._mi_publishing.remove(state)  # type: ignore[arg-type]
-        self._seq = rows[-1][0]
         open_txs = self._open_txs
         if open_txs and (len(open_txs) > 1 or state not in open_txs):
             self._record_writes(events, rows)
+        self._seq = rows[-1][0] if last_seq is None else last_seq
+        published: TxState | None = None
+        opened = False
+        if len(events) > 1:
+            if state is None:  # a single mutation of several events, or another process's commit
+                _tracking.tx_opened()
+                opened = True
+                state = TxState(self, self._seq)
+                for k, target, args in events:
+                    k.apply(state, target, *args)
+            if _tracking.enabled():
+                for view in state.views.values():
+                    if type(view) is ListView:
+                        view.freeze()  # its base is about to grow under it
+                self._mi_publishing.append(state)
+                published = state
+        try:
+            for k, target, args in events:
+                k.apply(graph, target, *args)
+        except BaseException as err:  # the log has it; memory must not silently differ
+            self._closed = True
+            if isinstance(err, Exception):
+                raise MemimgError(
+                    f"applying committed events {rows[0][0]}..{rows[-1][0]} failed ({err!r}); the "
+                    "log is intact but this image is now closed: open it again"
+                ) from err
+            raise
+        finally:
+            if published is not None:
+                self._mi_publishing.remove(published)
+            if opened:
+                _tracking.tx_closed()
 
     def _after_commit(self) -> None:
         every = self._snapshot_every
@@ -647,25 +689,13 @@ class MemoryImage:
         graph = self._graph
         decoded = [(graph.decode_row(r.kind, r.target, r.payload, r.seq), r) for r in rows]
         kept = [(e, r) for e, r in decoded if e is not None]
-        if not kept:
-            self._seq = rows[-1].seq
-            return
-        events = [e for e, _ in kept]
-        rows = [r for _, r in kept] if len(kept) < len(rows) else rows
-        if len(events) == 1:
-            self._apply(events, rows, None)
+        last_seq = rows[-1].seq
+        if kept:
+            self._apply([e for e, _ in kept], [r for _, r in kept], None, last_seq)
         else:
-            # readers in other threads must see all of this transaction or none of it
-            _tracking.tx_opened()
-            try:
-                state = TxState(self, self._seq)
-                for k, target, args in events:
-                    k.apply(state, target, *args)
-                self._apply(events, rows, state)
-            finally:
-                _tracking.tx_closed()
+            self._seq = last_seq
         if any(r.kind == "gc" for r in rows):
-            self._snapshot_seq = rows[-1].seq
+            self._snapshot_seq = last_seq
 
     # -- conflict detection ---------------------------------------------------------
 

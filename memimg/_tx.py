@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from memimg._errors import ConflictError, MemimgError
 from memimg._kinds import KINDS
 from memimg._views import DELETED, DictView, ListView, SetView
-from memimg.model._base import SELF, Planner
+from memimg.model._base import SELF, WHOLE, Planner
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
 if TYPE_CHECKING:
     from memimg._image import MemoryImage
 
-__all__ = ["Transaction", "TxScope", "TxState"]
+__all__ = ["Savepoint", "Transaction", "TxScope", "TxState"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,10 +80,12 @@ class TxState:
         "fields",
         "graph",
         "image",
-        "marks",
+        "nested",
         "reads",
         "start_seq",
+        "tags",
         "undo",
+        "undo_tags",
         "views",
         "writable",
     )
@@ -97,7 +99,10 @@ class TxState:
         self.views: dict[int, Any] = {}
         self.reads: set[tuple[int, Any]] = set()
         self.undo: list[Any] = []
-        self.marks: list[tuple[int, int]] = []
+        #: the savepoint each event / undo entry belongs to (None: the transaction itself)
+        self.tags: list[Savepoint | None] = []
+        self.undo_tags: list[Savepoint | None] = []
+        self.nested = False  # whether any savepoint was ever opened (tags are looked up only then)
         self.done = False
         #: checked once: the image is open and writable (the commit checks again)
         self.writable = False
@@ -121,6 +126,8 @@ class TxState:
         oid = coll._mi_oid
         if oid is not None:
             self.note_read(oid, key)
+        if args and type(args[0]) in _RAW:
+            args = self._plain_args(args)
         view = self.views.get(id(coll))
         if view is None:
             if method in _LIVE_READS:
@@ -134,13 +141,29 @@ class TxState:
             return _raw(type(coll), method)(coll, *args)
         return view.call(method, args)
 
+    def _plain_args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Tracked collections passed to a read (``a == b``, ``a | b``) as this transaction sees them."""
+        out = []
+        for arg in args:
+            t = type(arg)
+            if t in _RAW and arg._mi_img is self.image:
+                if arg._mi_oid is not None:
+                    self.note_read(arg._mi_oid, WHOLE)
+                view = self.views.get(id(arg))
+                raw: Any = _RAW[t]
+                arg = (
+                    view.materialize()
+                    if view is not None
+                    else (dict(dict.items(arg)) if raw is dict else raw.copy(arg))
+                )
+            out.append(arg)
+        return tuple(out)
+
     def note_read(self, oid: int, sub: Any) -> None:
-        key = (oid, sub)
-        if key not in self.reads:
-            image = self.image
-            if image._seq != self.start_seq:
-                image._check_read(self, oid, sub)
-            self.reads.add(key)
+        image = self.image
+        if image._seq != self.start_seq:  # every read, not just the first: a value may change between two
+            image._check_read(self, oid, sub)
+        self.reads.add((oid, sub))
 
     # -- the delta applier --------------------------------------------------------
 
@@ -212,12 +235,26 @@ class TxState:
         self.image._check_writable()
         self.writable = True
 
+    def _tag(self) -> Savepoint | None:
+        return self.image._mi_savepoint.get() if self.nested else None
+
+    def _tag_undo(self, tag: Savepoint | None) -> None:
+        missing = len(self.undo) - len(self.undo_tags)
+        if missing:
+            self.undo_tags.extend([tag] * missing)
+
     def set_field(self, obj: Any, name: str, value: Any) -> None:
         if not self.writable:
             self._check()
             self.writable = True
-        v = value if type(value) in _NATIVE else self.graph.prepare(value, where_field(obj, name), self.undo)
+        tag = self._tag()
+        if type(value) in _NATIVE:
+            v = value
+        else:
+            v = self.graph.prepare(value, where_field(obj, name), self.undo)
+            self._tag_undo(tag)
         self.events.append((_OBJ_SET, obj, (name, v)))
+        self.tags.append(tag)
         d = self.fields.get(id(obj))
         if d is None:
             d = self.fields[id(obj)] = {}
@@ -227,6 +264,7 @@ class TxState:
         self._check()
         self.read_field(obj, name, getter)  # AttributeError if it is not set
         self.events.append((_OBJ_DEL, obj, (name,)))
+        self.tags.append(self._tag())
         self.field_del(obj, name)
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -246,25 +284,51 @@ class TxState:
             graph.undo(undo[mark:])
             del undo[mark:]
             raise
+        tag = self._tag()
+        self._tag_undo(tag)
         for name, eargs in events:
             k = KINDS[name]
             self.events.append((k, coll, eargs))
+            self.tags.append(tag)
             k.apply(self, coll, *eargs)
         return coll if result is SELF else result
 
     # -- savepoints and ending ----------------------------------------------------
 
-    def savepoint(self) -> None:
-        self.marks.append((len(self.events), len(self.undo)))
+    def savepoint(self, parent: Savepoint | None) -> Savepoint:
+        self.nested = True
+        return Savepoint(parent)
 
-    def release(self) -> None:
-        self.marks.pop()
+    def release(self, sp: Savepoint) -> None:
+        """Keep a savepoint's changes: they now belong to the enclosing one."""
+        for tags in (self.tags, self.undo_tags):
+            for i, t in enumerate(tags):
+                if t is sp:
+                    tags[i] = sp.parent
 
-    def rollback_savepoint(self) -> None:
-        n_events, n_undo = self.marks.pop()
-        self.graph.undo(self.undo[n_undo:])
-        del self.undo[n_undo:]
-        del self.events[n_events:]
+    def rollback_savepoint(self, sp: Savepoint) -> None:
+        """Drop the changes of *sp* and of savepoints opened inside it -- only those.
+
+        Events are tagged with the savepoint of the thread or task that made
+        them, so concurrent tasks sharing one transaction each roll back only
+        their own work.
+        """
+
+        def inside(t: Savepoint | None) -> bool:
+            while t is not None:
+                if t is sp:
+                    return True
+                t = t.parent
+            return False
+
+        dropped = [entry for entry, t in zip(self.undo, self.undo_tags) if inside(t)]
+        self.graph.undo(dropped)
+        kept = [(entry, t) for entry, t in zip(self.undo, self.undo_tags) if not inside(t)]
+        self.undo = [entry for entry, _ in kept]
+        self.undo_tags = [t for _, t in kept]
+        events = [(event, t) for event, t in zip(self.events, self.tags) if not inside(t)]
+        self.events = [event for event, _ in events]
+        self.tags = [t for _, t in events]
         self.fields.clear()
         self.views.clear()
         for k, target, args in self.events:
@@ -278,10 +342,12 @@ class TxState:
         self.done = True
         self.writable = False
         self.events = []
+        self.tags = []
         self.fields = {}
         self.views = {}
         self.undo = []
-        self.marks = []
+        self.undo_tags = []
+        self.reads = set()
 
     # -- publishing (readers outside the transaction while it is applied) --------
 
@@ -295,6 +361,15 @@ class TxState:
         return v
 
 
+class Savepoint:
+    """A nested transaction: a tag on the events made inside it, and its parent."""
+
+    __slots__ = ("parent",)
+
+    def __init__(self, parent: Savepoint | None) -> None:
+        self.parent = parent
+
+
 class Transaction:
     """A transaction opened with :meth:`MemoryImage.begin`, or a savepoint inside one.
 
@@ -303,13 +378,14 @@ class Transaction:
     on normal exit, discard on an exception (which propagates).
     """
 
-    __slots__ = ("_ended", "_image", "_state", "nested")
+    __slots__ = ("_ended", "_image", "_savepoint", "_state", "nested")
 
-    def __init__(self, image: MemoryImage, state: TxState, nested: bool) -> None:
+    def __init__(self, image: MemoryImage, state: TxState, savepoint: Savepoint | None = None) -> None:
         self._image = image
         self._state = state
+        self._savepoint = savepoint
         #: Whether this is a savepoint inside an enclosing transaction.
-        self.nested = nested
+        self.nested = savepoint is not None
         self._ended = False
 
     @property
@@ -330,16 +406,21 @@ class Transaction:
                 or wrote; nothing of it was applied.
         """
         self._end()
-        if self.nested:
-            self._state.release()
+        sp = self._savepoint
+        if sp is not None:
+            self._image._mi_savepoint.set(sp.parent)
+            self._state.release(sp)
         else:
             self._image._end_tx(self._state, commit=True)
 
     def discard(self) -> None:
         """Roll back: nothing of the transaction (or savepoint) remains."""
         self._end()
-        if self.nested:
-            self._state.rollback_savepoint()
+        sp = self._savepoint
+        if sp is not None:
+            self._image._mi_savepoint.set(sp.parent)
+            if not self._state.done:
+                self._state.rollback_savepoint(sp)
         else:
             self._image._end_tx(self._state, commit=False)
 
@@ -363,22 +444,31 @@ class Transaction:
 class TxScope:
     """What ``MemoryImage.transaction(retries=...)`` returns: a context manager and a decorator."""
 
-    __slots__ = ("_image", "_open", "_retries")
+    __slots__ = ("_image", "_retries")
 
     def __init__(self, image: MemoryImage, retries: int) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self._image = image
         self._retries = retries
-        self._open: list[Transaction] = []
 
     def __enter__(self) -> Transaction:
         tx = self._image.begin()
-        self._open.append(tx)
+        # per thread and task: one scope object may be entered by many at once
+        scopes = self._image._mi_scopes
+        scopes.set((*scopes.get(), (self, tx)))
         return tx
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._open.pop().__exit__(exc_type, exc, tb)
+        scopes = self._image._mi_scopes
+        stack = scopes.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] is self:
+                tx = stack[i][1]
+                scopes.set(stack[:i] + stack[i + 1 :])
+                tx.__exit__(exc_type, exc, tb)
+                return
+        raise MemimgError("this transaction scope was not entered in this thread or task")  # pragma: no cover
 
     def __call__(self, fn: F) -> F:
         image, retries = self._image, self._retries
@@ -390,7 +480,7 @@ class TxScope:
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                nested = image._mi_current.get() is not None
+                nested = image._current_tx() is not None
                 attempt = 0
                 while True:
                     try:
@@ -406,7 +496,7 @@ class TxScope:
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            nested = image._mi_current.get() is not None
+            nested = image._current_tx() is not None
             attempt = 0
             while True:
                 try:

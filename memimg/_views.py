@@ -34,16 +34,32 @@ DELETED: Final[Any] = _Deleted()
 class ListView:
     """A list as one transaction sees it."""
 
-    __slots__ = ("base", "items", "tail")
+    __slots__ = ("base", "frozen", "items", "tail")
 
     def __init__(self, base: list[Any]) -> None:
         self.base = base
         self.items: list[Any] | None = None
         self.tail: list[Any] = []
+        #: the base's length when the commit of these appends began to be applied
+        self.frozen: int | None = None
+
+    def freeze(self) -> None:
+        """The base is about to receive the appended items: read only its first items from now on."""
+        if self.items is None and self.frozen is None:
+            self.frozen = list.__len__(self.base)
+
+    def _base(self) -> list[Any]:
+        base = list.copy(self.base)
+        if self.frozen is not None:
+            del base[self.frozen :]
+        return base
+
+    def _base_len(self) -> int:
+        return self.frozen if self.frozen is not None else list.__len__(self.base)
 
     def materialize(self) -> list[Any]:
         if self.items is None:
-            self.items = list.copy(self.base) + self.tail
+            self.items = self._base() + self.tail
             self.tail = []
         return self.items
 
@@ -71,19 +87,19 @@ class ListView:
     # reads
     def __len__(self) -> int:
         if self.items is None:
-            return list.__len__(self.base) + len(self.tail)
+            return self._base_len() + len(self.tail)
         return len(self.items)
 
     def __iter__(self) -> Iterator[Any]:
         if self.items is None:
-            yield from list.copy(self.base)
+            yield from self._base()
             yield from list(self.tail)
         else:
             yield from list(self.items)
 
     def __getitem__(self, index: Any) -> Any:
         if self.items is None and type(index) is int:
-            n = list.__len__(self.base)
+            n = self._base_len()
             i = index + n + len(self.tail) if index < 0 else index
             if 0 <= i < n:
                 return list.__getitem__(self.base, i)

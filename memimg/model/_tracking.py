@@ -85,7 +85,7 @@ class TrackedField:
         owner = obj._mi_img
         if owner is not None:
             tx = owner._mi_current.get()
-            if tx is not None:
+            if tx is not None and not tx.done:
                 return tx.read_field(obj, self.name, self.get)
             if owner._mi_publishing:
                 return owner._mi_published_field(obj, self.name, self.get)
@@ -113,7 +113,7 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
             owner = self._mi_img
             if owner is not None:
                 tx = owner._mi_current.get()
-                if tx is not None:
+                if tx is not None and not tx.done:
                     return tx.read_coll(self, name, args, args[0])
                 if owner._mi_publishing:
                     return owner._mi_published_coll(self, name, args)
@@ -128,7 +128,7 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
             owner = self._mi_img
             if owner is not None:
                 tx = owner._mi_current.get()
-                if tx is not None:
+                if tx is not None and not tx.done:
                     return tx.read_coll(self, name, args, WHOLE)
                 if owner._mi_publishing:
                     return owner._mi_published_coll(self, name, args)
