@@ -12,13 +12,14 @@ in a value position is always tagged):
 ``["b", "base64"]``   ``bytes``
 ``["D", "1.50"]``     ``Decimal`` (exponent kept)
 ``["Q", "1/3"]``      ``Fraction``
-``["dt", iso, tz?, fold?]``  ``datetime`` (``tz``: an IANA key for zoneinfo)
+``["dt", iso, tz?, fold?]``  ``datetime`` (``tz``: an IANA key for zoneinfo, or
+                      ``[name, offset_us]`` for a named ``timezone``)
 ``["d", iso]``        ``date``
 ``["t", iso, tz?, fold?]``   ``time``
 ``["td", d, s, us]``  ``timedelta``
 ``["u", hex]``        ``UUID``
 ``["T", [..]]``       ``tuple``;  ``["F", [..]]`` ``frozenset``
-``["e", type, name]`` an ``Enum`` member
+``["e", type, name]`` an ``Enum`` member (a flag combination: a list of names)
 ``["v", type, {..}]`` a frozen attrs instance (a value object), by field
 ``["x", type, data]`` a user value type, as its converter hooks make it
 ====================  ==========================================
@@ -34,7 +35,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
+import functools
 import math
+import operator
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -60,17 +63,37 @@ Enc = Callable[[Any], Any]
 Dec = Callable[[list[Any]], Any]
 
 
-def _tz_parts(tz: dt.tzinfo | None) -> str | None:
-    if isinstance(tz, zoneinfo.ZoneInfo):
-        return tz.key
-    if tz is None or isinstance(tz, dt.timezone):
+def _tz_parts(tz: dt.tzinfo | None) -> str | list[Any] | None:
+    """How a tzinfo is stored beside a naive ISO string, or None if the ISO offset says it all."""
+    if tz is None:
         return None
+    if isinstance(tz, zoneinfo.ZoneInfo):
+        if tz.key is None:
+            raise UnsupportedValueError(
+                "cannot store a datetime whose ZoneInfo has no key (made with ZoneInfo.from_file): "
+                "its rules could not be found again on reading; use zoneinfo.ZoneInfo('Area/City')",
+                value_type=type(tz),
+                where="",
+            )
+        return tz.key
+    if isinstance(tz, dt.timezone):
+        offset = tz.utcoffset(None)
+        name = tz.tzname(None)
+        if name == dt.timezone(offset).tzname(None):
+            return None  # the ISO offset is enough
+        return [name, offset // dt.timedelta(microseconds=1)]
     raise UnsupportedValueError(
         f"cannot store a datetime whose tzinfo is {type(tz).__qualname__}: use datetime.timezone "
         "or zoneinfo.ZoneInfo, or register the type with memimg.converter.register_value",
         value_type=type(tz),
         where="",
     )
+
+
+def _tz_from(stored: str | list[Any]) -> dt.tzinfo:
+    if type(stored) is list:  # a named fixed offset: [name, offset in microseconds]
+        return dt.timezone(dt.timedelta(microseconds=stored[1]), stored[0])
+    return zoneinfo.ZoneInfo(stored)  # type: ignore[arg-type]
 
 
 def _enc_datetime(v: dt.datetime) -> list[Any]:
@@ -84,7 +107,7 @@ def _dec_datetime(x: list[Any]) -> dt.datetime:
     value = dt.datetime.fromisoformat(x[1])
     if len(x) > 2:
         if x[2] is not None:
-            value = value.replace(tzinfo=zoneinfo.ZoneInfo(x[2]))
+            value = value.replace(tzinfo=_tz_from(x[2]))
         value = value.replace(fold=x[3])
     return value
 
@@ -100,9 +123,29 @@ def _dec_time(x: list[Any]) -> dt.time:
     value = dt.time.fromisoformat(x[1])
     if len(x) > 2:
         if x[2] is not None:
-            value = value.replace(tzinfo=zoneinfo.ZoneInfo(x[2]))
+            value = value.replace(tzinfo=_tz_from(x[2]))
         value = value.replace(fold=x[3])
     return value
+
+
+def _flag_encoder(cls: type[enum.Flag], name: str) -> Enc:
+    """Flags by member name; a combination (or no flag) as the list of its members' names."""
+
+    def enc(v: enum.Flag) -> Any:
+        if v.name is not None and cls.__members__.get(v.name) is v:
+            return ["e", name, v.name]
+        names = [m.name for m in cls if m & v]  # type: ignore[attr-defined]
+        rebuilt = functools.reduce(operator.or_, (cls[n] for n in names), cls(0))  # type: ignore[misc]
+        if rebuilt != v:
+            raise UnsupportedValueError(
+                f"cannot store {v!r}: it has bits that no member of {cls.__qualname__} names; "
+                "store only combinations of members; nothing was changed",
+                value_type=cls,
+                where="",
+            )
+        return ["e", name, names]
+
+    return enc
 
 
 @attrs.frozen
@@ -246,6 +289,22 @@ def describe_unsupported(value: Any, where: str) -> UnsupportedValueError:
     )
 
 
+def check_text(s: str, where: str) -> None:
+    """Refuse a str that cannot be written as UTF-8 (it holds a lone surrogate)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as err:
+        location = f" at {where}" if where else ""
+        raise UnsupportedValueError(
+            f"cannot store a str that is not valid UTF-8{location}: it holds a lone surrogate at index "
+            f"{err.start} ({s[max(0, err.start - 10) : err.start + 10]!r}), as os.fsdecode makes of an "
+            "undecodable file name; decode the bytes with the right encoding or errors='replace', or "
+            "store them as bytes; nothing was changed",
+            value_type=str,
+            where=where,
+        ) from None
+
+
 # Shape classes, decided once per exact type by Codec.classify.
 NATIVE: Final = "native"
 LEAF: Final = "leaf"
@@ -366,7 +425,7 @@ class Codec:
             enc = lambda v: ["r", v.oid]  # noqa: E731
         elif shape == GENERIC:
             if t is _generic.EnumValue:
-                enc = lambda v: ["e", v.type_name, v.member]  # noqa: E731
+                enc = lambda v: ["e", v.type_name, list(v.member) if type(v.member) is tuple else v.member]  # noqa: E731
             else:
                 enc = lambda v: ["x", v.type_name, v.data]  # noqa: E731
         elif shape == LEAF:
@@ -377,7 +436,7 @@ class Codec:
             enc = lambda v: ["F", [self.encode(i) for i in v]]  # noqa: E731
         elif shape == ENUM:
             name = _types.info_of(t).name  # type: ignore[union-attr]
-            enc = lambda v: ["e", name, v.name]  # noqa: E731
+            enc = _flag_encoder(t, name) if issubclass(t, enum.Flag) else lambda v: ["e", name, v.name]
         elif shape == VALUE:
             info = _types.info_of(t)
             assert info is not None
@@ -447,12 +506,17 @@ class Codec:
         info = self._resolve(x, _generic.EnumValue)
         if not isinstance(info, _types.TypeInfo):
             return info
+        cls: Any = info.cls
+        member = x[2]
         try:
-            return info.cls[x[2]]  # type: ignore[index]
-        except KeyError:
+            if type(member) is list:  # a combination of flags, by the names of its members
+                return functools.reduce(operator.or_, (cls[m] for m in member), cls(0))
+            return cls[member]
+        except KeyError as err:
+            member = err.args[0] if err.args else member
             raise UnknownTypeError(
-                f"enum {x[1]} has no member {x[2]!r} any more: add it back, or add an alias "
-                f"member ({x[2]} = <its value>) so stored values can be read",
+                f"enum {x[1]} has no member {member!r} any more: add it back, or add an alias "
+                f"member ({member} = <its value>) so stored values can be read",
                 type_name=x[1],
             ) from None
 

@@ -29,10 +29,13 @@ __all__ = ["CustomValue", "EnumValue", "entity_class", "value_class"]
 
 @attrs.frozen
 class EnumValue:
-    """An enum member whose class is not loaded: its type name and member name."""
+    """An enum member whose class is not loaded: its type name and member name.
+
+    A combination of flags has the tuple of its members' names.
+    """
 
     type_name: str
-    member: str
+    member: str | tuple[str, ...] = attrs.field(converter=lambda m: tuple(m) if type(m) is list else m)
 
     def __repr__(self) -> str:
         return f"<{self.type_name}.{self.member}>"

@@ -25,6 +25,7 @@ a linked list of a million nodes is as fine as a tree.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import operator
 import struct
 import zlib
@@ -54,6 +55,7 @@ _COLLECTION_TYPES: Final[dict[str, Any]] = {name: cls for cls, name in COLLECTIO
 _TRACKED_FOR: Final[dict[type, Any]] = {list: TrackedList, dict: TrackedDict, set: TrackedSet}
 _TRACKED_TYPES: Final = frozenset(_TRACKED_FOR.values())
 _NATIVE: Final = (str, int, float, bool, type(None))
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
 _UNDO_ATTACH: Final = 0
 _UNDO_FIELD: Final = 1
 _UNDO_ITEMS: Final = 2
@@ -125,13 +127,13 @@ def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
             "a snapshot payload does not start with its header line", seq=None, table="memimg_snapshots"
         )
     records: list[Any] = []
-    if end < len(payload):
+    if end + 1 < len(payload):
         names: dict[bytes, str] = {}
         for line in payload[end + 1 :].split(b"\n"):
             oid, name, state = line.split(b"\t", 2)
             text = names.get(name)
             if text is None:
-                text = names[name] = name.decode()
+                text = names[name] = _loads(name) if name[:1] == b'"' else name.decode()
             records.append((int(oid), text, state))
     if len(records) != header["count"]:
         raise CorruptLogError(
@@ -142,12 +144,32 @@ def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
     return header, records
 
 
+def _line_name(name: str) -> bytes:
+    """A type name as a snapshot line holds it: raw, or as a JSON string if it could be misread."""
+    if "\t" in name or "\n" in name or name[:1] == '"':
+        return orjson.dumps(name)
+    return name.encode()
+
+
 def decode_snapshot(payload: bytes) -> dict[str, Any]:
     """A stored snapshot payload as snapshot-format data (what ``serialize`` returns)."""
     header, records = split_snapshot(payload)
     data = {k: v for k, v in header.items() if k != "count"}
     data["objects"] = [[oid, name, _loads(state)] for oid, name, state in records]
     return data
+
+
+@functools.cache
+def _caches_hash(cls: type) -> bool:
+    """Whether attrs caches the hash of *cls* instances (``cache_hash=True``), slotted or not."""
+    if hasattr(cls, "_attrs_cached_hash"):
+        return True
+    props = getattr(cls, "__attrs_props__", None)
+    hashability = getattr(props, "hashability", None)
+    if hashability is not None:
+        return getattr(hashability, "name", "") == "HASHABLE_CACHED"
+    code = getattr(cls.__hash__, "__code__", None)  # attrs < 25.4: the generated __hash__ reads it
+    return code is not None and "_attrs_cached_hash" in code.co_names
 
 
 class Graph:
@@ -222,6 +244,8 @@ class Graph:
         """
         t = type(value)
         if t in _NATIVE:
+            if t is str and not value.isascii():
+                _codec.check_text(value, where)
             return value
         mark = len(undo)
         try:
@@ -253,6 +277,8 @@ class Graph:
         """Prepare one value met while attaching; *where* is a lazy path (see :func:`_render`)."""
         t = type(v)
         if t in _NATIVE:
+            if t is str and not v.isascii():
+                _codec.check_text(v, _render(where))
             return v
         shape = self.codec._shapes.get(t) or self.codec.classify(t)
         if shape is _codec.ENTITY or shape is _codec.TRACKED:
@@ -317,7 +343,7 @@ class Graph:
     ) -> None:
         t = type(obj)
         inner = self._inner
-        native = _NATIVE
+        native = _SCALARS  # str goes through inner(), which checks it is valid UTF-8
         if t is TrackedList:
             old = source if source is not None else _list_copy(obj)
             new = [
@@ -363,7 +389,7 @@ class Graph:
                     v = get(obj)
                 except AttributeError:
                     continue
-                if type(v) in native:
+                if type(v) in native or (type(v) is str and v.isascii()):
                     continue
                 nv = inner(v, (where, ".", f), undo, stack, memo, True)
                 if nv is not v:
@@ -561,7 +587,7 @@ class Graph:
             else:
                 continue  # reported as a difference when the schema was planned
             object.__setattr__(obj, f, value)
-        if hasattr(info.cls, "_attrs_cached_hash"):
+        if _caches_hash(info.cls):
             object.__setattr__(obj, "_attrs_cached_hash", None)
         return obj
 
@@ -1055,7 +1081,8 @@ class Graph:
     def snapshot_payload(self, seq: int, progress: Callable[[int], None] | None = None) -> tuple[bytes, list[int]]:
         """The stored form of a snapshot at *seq*, and the ids of the objects it holds.
 
-        One JSON header line, then one line per object, ``oid<TAB>type<TAB>state``:
+        One JSON header line, then one line per object, ``oid<TAB>type<TAB>state``
+        (a type name holding a tab or newline is written as a JSON string):
         each state is encoded as it is met and nothing but the finished lines is
         kept, so a snapshot of a million objects never exists as one tree of
         Python objects (see :func:`decode_snapshot`).
@@ -1084,7 +1111,7 @@ class Graph:
             oid, name, state = record
             b = names.get(name)
             if b is None:
-                b = names[name] = name.encode()
+                b = names[name] = _line_name(name)
             add_oid(oid)
             add_line(b"%d\t%b\t%b" % (oid, b, dumps(state)))
 
@@ -1102,6 +1129,8 @@ class Graph:
             "types": types,
             "count": len(lines),
         }
+        if not lines:
+            return dumps(header), oids
         return dumps(header) + b"\n" + b"\n".join(lines), oids
 
     def _describe(

@@ -73,6 +73,7 @@ _OBJ_DEL = KINDS["obj.del"]
 _ROOT = KINDS["root"]
 _GC = KINDS["gc"]
 _ABSENT: Any = object()
+# stored as themselves; a non-ASCII str goes through Graph.prepare, which checks it is valid UTF-8
 _NATIVE = frozenset({str, int, float, bool, type(None)})
 
 
@@ -459,7 +460,11 @@ class MemoryImage:
         with self._lock:
             self._check_writable()
             undo: list[Any] = []
-            v = value if type(value) in _NATIVE else self._graph.prepare(value, where_field(obj, name), undo)
+            v = (
+                value
+                if type(value) in _NATIVE and (type(value) is not str or value.isascii())
+                else self._graph.prepare(value, where_field(obj, name), undo)
+            )
             try:
                 self._commit_events([(_OBJ_SET, obj, (name, v))], None)
             except BaseException:
@@ -493,7 +498,7 @@ class MemoryImage:
                 undo: list[Any] = []
 
                 def prep(value: Any, where: str, undo: list[Any] = undo) -> Any:
-                    if type(value) in _NATIVE:
+                    if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
                         return value
                     return graph.prepare(value, where_coll(coll) + where, undo)
 
@@ -582,6 +587,7 @@ class MemoryImage:
                 store.append(rows, self._seq)
             except SeqTaken:
                 graph.rollback_encode()
+                graph.collect_hint = None  # describes this graph before the catch-up, not another writer's gc
                 self._catch_up()
                 if replan:
                     return False

@@ -47,6 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
 _ABSENT: Any = object()
+# stored as themselves; a non-ASCII str goes through Graph.prepare, which checks it is valid UTF-8
 _NATIVE = frozenset({str, int, float, bool, type(None)})
 _RAW: dict[type, type] = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
 _raw_methods: dict[tuple[type, str], Callable[..., Any]] = {}
@@ -248,7 +249,7 @@ class TxState:
             self._check()
             self.writable = True
         tag = self._tag()
-        if type(value) in _NATIVE:
+        if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
             v = value
         else:
             v = self.graph.prepare(value, where_field(obj, name), self.undo)
@@ -274,7 +275,7 @@ class TxState:
         graph = self.graph
 
         def prep(value: Any, where: str) -> Any:
-            if type(value) in _NATIVE:
+            if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
                 return value
             return graph.prepare(value, where_coll(coll) + where, undo)
 
