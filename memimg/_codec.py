@@ -134,8 +134,9 @@ def _flag_encoder(cls: type[enum.Flag], name: str) -> Enc:
     def enc(v: enum.Flag) -> Any:
         if v.name is not None and cls.__members__.get(v.name) is v:
             return ["e", name, v.name]
-        names = [m.name for m in cls if m & v]  # type: ignore[attr-defined]
-        rebuilt = functools.reduce(operator.or_, (cls[n] for n in names), cls(0))  # type: ignore[misc]
+        members = [m for m in cls if m & v]
+        names = [str(m.name) for m in members]
+        rebuilt = functools.reduce(operator.or_, members, cls(0))
         if rebuilt != v:
             raise UnsupportedValueError(
                 f"cannot store {v!r}: it has bits that no member of {cls.__qualname__} names; "

@@ -27,6 +27,10 @@ from memimg.model import _types
 __all__ = ["CustomValue", "EnumValue", "entity_class", "value_class"]
 
 
+def _member(m: Any) -> Any:
+    return tuple(m) if type(m) is list else m  # a list of flags' names: hashable, as a tuple
+
+
 @attrs.frozen
 class EnumValue:
     """An enum member whose class is not loaded: its type name and member name.
@@ -35,7 +39,7 @@ class EnumValue:
     """
 
     type_name: str
-    member: str | tuple[str, ...] = attrs.field(converter=lambda m: tuple(m) if type(m) is list else m)
+    member: str | tuple[str, ...] = attrs.field(converter=_member)
 
     def __repr__(self) -> str:
         return f"<{self.type_name}.{self.member}>"

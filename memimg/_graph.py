@@ -159,6 +159,11 @@ def decode_snapshot(payload: bytes) -> dict[str, Any]:
     return data
 
 
+def _at_seq(err: CorruptLogError, seq: int, what: str) -> CorruptLogError:
+    """*err*, found in no particular row, as found in event *seq*."""
+    return CorruptLogError(f"event seq {seq} ({what}): {err}", seq=seq, table="memimg_events")
+
+
 @functools.cache
 def _caches_hash(cls: type) -> bool:
     """Whether attrs caches the hash of *cls* instances (``cache_hash=True``), slotted or not."""
@@ -855,7 +860,12 @@ class Graph:
 
     def apply_row(self, row: EventRow) -> None:
         """Decode and apply one stored event to this graph (replay)."""
-        pending = self.decode_row(row.kind, row.target, row.payload, row.seq)
+        try:
+            pending = self.decode_row(row.kind, row.target, row.payload, row.seq)
+        except CorruptLogError as err:
+            if err.seq is not None:
+                raise
+            raise _at_seq(err, row.seq, f"{row.kind} on object {row.target}") from err
         if pending is None:
             return
         k, obj, args = pending
@@ -865,6 +875,10 @@ class Graph:
         """Apply a stored event; a failure means the log is not what was written."""
         try:
             k.apply(self, obj, *args)
+        except CorruptLogError as err:
+            if err.seq is not None:
+                raise
+            raise _at_seq(err, seq, f"{k.name} on object {target}") from err
         except MemimgError:
             raise
         except Exception as err:

@@ -131,7 +131,13 @@ class SQLAlchemyStore:
         )
         self._metadata = md
         ev = self.events
-        head = sa.func.coalesce(sa.select(sa.func.max(ev.c.seq)).scalar_subquery(), 0)
+        # the last event, or (every event compacted away) the seq the newest snapshot covers
+        head = sa.func.coalesce(
+            sa.select(sa.func.max(ev.c.seq)).scalar_subquery(),
+            sa.select(sa.func.max(self.snapshots_table.c.seq)).scalar_subquery(),
+            0,
+        )
+        self._head = sa.select(head)
         names = _COLUMNS["events"]
         self._append_first = (
             ev.insert()
@@ -158,6 +164,7 @@ class SQLAlchemyStore:
         self._append_sql_cache: dict[int, str] = {}
         preparer = engine.dialect.identifier_preparer
         self._events_name = preparer.format_table(self.events)
+        self._snapshots_name = preparer.format_table(self.snapshots_table)
         self._writer_ok = self._pg and engine.dialect.driver == "psycopg"
         self._connect_and_setup()
         if notify and self._pg:
@@ -236,7 +243,7 @@ class SQLAlchemyStore:
 
     def head(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(self.events.c.seq), 0))).scalar_one())
+            return int(conn.execute(self._head).scalar_one())
 
     def first_seq(self) -> int:
         with self.engine.connect() as conn:
@@ -291,7 +298,8 @@ class SQLAlchemyStore:
             sql = (
                 f"WITH ins AS (INSERT INTO {self._events_name} (seq, tx, ts, kind, target, payload, checksum) "
                 f"SELECT * FROM (VALUES {values}) AS v(seq, tx, ts, kind, target, payload, checksum) "
-                f"WHERE coalesce((SELECT max(seq) FROM {self._events_name}), 0) = %s::bigint RETURNING seq) "
+                f"WHERE coalesce((SELECT max(seq) FROM {self._events_name}), "
+                f"(SELECT max(seq) FROM {self._snapshots_name}), 0) = %s::bigint RETURNING seq) "
                 "SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, max(seq)::text) FROM ins HAVING count(*) > 0)"
             )
             if len(self._append_sql_cache) < 64:
@@ -317,7 +325,11 @@ class SQLAlchemyStore:
                     raise SeqTaken(expected_head) from None
                 except psycopg.OperationalError as err:
                     self._close_writer()
-                    if attempt == 2:
+                    # The reply may have been lost after the commit: if so, the rows are there.
+                    stored = self._stored(rows[-1])
+                    if stored:
+                        return
+                    if attempt == 2 or stored is None:
                         raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
                 except psycopg.Error as err:
                     raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
@@ -342,7 +354,20 @@ class SQLAlchemyStore:
                 raise SeqTaken(expected_head) from None
             except psycopg.Error as err:
                 self._close_writer()
+                if isinstance(err, psycopg.OperationalError) and self._stored(rows[-1]):
+                    return  # committed, the reply lost
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
+
+    def _stored(self, row: EventRow) -> bool | None:
+        """Whether *row* (seq and checksum) is in the log, or None when that cannot be known."""
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(
+                    sa.select(self.events.c.checksum).where(self.events.c.seq == row[0])
+                ).scalar_one_or_none()
+        except sa_exc.DBAPIError:
+            return None
+        return found is not None and int(found) == row[6]
 
     def _close_writer(self) -> None:
         if self._writer is not None:

@@ -45,8 +45,11 @@ _SCHEMA: Final = (
 )
 _APPEND_FIRST: Final = (
     "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) "
-    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE (SELECT max(seq) FROM memimg_events) IS ?"
+    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE "
+    "coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0) = ?"
 )
+# The head: the last event, or (every event compacted away) the seq the newest snapshot covers.
+_HEAD: Final = "SELECT coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0)"
 _APPEND: Final = "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -175,7 +178,7 @@ class SQLiteStore:
 
     def head(self) -> int:
         with self._lock:
-            return self._conn.execute("SELECT coalesce(max(seq), 0) FROM memimg_events").fetchone()[0]  # type: ignore[no-any-return]
+            return self._conn.execute(_HEAD).fetchone()[0]  # type: ignore[no-any-return]
 
     def first_seq(self) -> int:
         with self._lock:
@@ -191,7 +194,7 @@ class SQLiteStore:
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         if self.readonly:
             raise MemimgError(f"{self.path!r} is open read-only")
-        first = (*rows[0], expected_head or None)
+        first = (*rows[0], expected_head)
         conn = self._conn
         with self._lock:
             try:
