@@ -442,11 +442,32 @@ def compact(target: str, archive: str | None) -> None:
 # -- verify ----------------------------------------------------------------------
 
 
+def _canonical_value(v: Any) -> Any:
+    """An encoded value with its frozensets' items in one order (they are written in hash order)."""
+    if type(v) is not list or not v:
+        return v
+    tag = v[0]
+    if tag == "F":
+        return ["F", sorted((_canonical_value(i) for i in v[1]), key=orjson.dumps)]
+    if tag == "T":
+        return ["T", [_canonical_value(i) for i in v[1]]]
+    if tag == "v":
+        return ["v", v[1], {k: _canonical_value(i) for k, i in v[2].items()}]
+    return v
+
+
 def _canonical(data: dict[str, Any]) -> bytes:
+    """A snapshot's content in a form that does not depend on the writer's hash seed."""
     records = []
     for oid, name, state in data["objects"]:
-        if name == "set":
-            state = sorted(state, key=lambda v: orjson.dumps(v))
+        if type(state) is dict:
+            state = {k: _canonical_value(i) for k, i in state.items()}
+        elif name == "dict":  # non-str keys: [key, value] pairs
+            state = [[_canonical_value(k), _canonical_value(i)] for k, i in state]
+        else:
+            state = [_canonical_value(i) for i in state]
+            if name == "set":
+                state.sort(key=orjson.dumps)
         records.append([oid, name, state])
     records.sort(key=lambda r: r[0])
     return orjson.dumps({"root": data["root"], "objects": records}, option=orjson.OPT_SORT_KEYS)

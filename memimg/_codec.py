@@ -231,6 +231,8 @@ class Converter(cattrs.Converter):
         aliases: tuple[str, ...] = (),
         unstructure: Callable[[Any], Any] | None = None,
         structure: Callable[[Any, type], Any] | None = None,
+        version: int | None = None,
+        removed: tuple[str, ...] = (),
     ) -> None:
         """Accept instances of *cls* as stored values.
 
@@ -245,7 +247,17 @@ class Converter(cattrs.Converter):
         Args:
             name: the stable name stored in the log (default ``module.QualName``).
             aliases: older names still accepted when reading.
+            version: for a frozen attrs class, its schema version: states
+                stored under an older one go through the upgraders
+                registered for *name* (``@memimg.upgrader``), as for entities.
+            removed: for a frozen attrs class, stored fields it dropped on
+                purpose (their stored values are ignored).
         """
+        if (version is not None or removed) and not _types.is_value_class(cls):
+            raise MemimgError(
+                f"register_value({cls.__qualname__}, version=..., removed=...): only frozen attrs "
+                "classes have a schema; a type with its own hooks evolves through them"
+            )
         if unstructure is not None:
             self.register_unstructure_hook(cls, unstructure)
         if structure is not None:
@@ -255,6 +267,9 @@ class Converter(cattrs.Converter):
         if existing is not None and existing.kind in (_types.VALUE, _types.ENUM) and unstructure is None:
             existing.name = stable
             existing.aliases = tuple(aliases)
+            if version is not None:
+                existing.version = version
+            existing.removed = tuple(removed)
             _types.register(existing)
         else:
             _types.register(_types.TypeInfo(cls=cls, name=stable, kind=_types.CUSTOM, aliases=tuple(aliases)))

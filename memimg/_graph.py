@@ -479,7 +479,15 @@ class Graph:
         self.root_oid = oid
 
     def collect(self) -> int:
-        """Forget every object that is no longer reachable; returns how many."""
+        """Forget every object that is no longer reachable; returns how many.
+
+        Declarations are forgotten too: a snapshot taken at this seq declares
+        only the types it holds, so every event after it must declare again
+        the schema of each type it writes (readers starting from that
+        snapshot have no other way to know it).
+        """
+        self.declared.clear()
+        self._declared_ok.clear()
         hint = self.collect_hint
         if hint is not None and not hint:
             return 0  # the caller saw every object reachable

@@ -109,6 +109,16 @@ def _attrs_defaults(cls: type) -> dict[str, Any]:
     return {a.name: a.default for a in attrs.fields(cls) if a.default is not attrs.NOTHING}
 
 
+def _renamed(cls: type) -> dict[str, str]:
+    """``field -> old name`` from ``memimg.field(renamed_from=...)`` on an attrs class."""
+    out = {}
+    for a in attrs.fields(cls):
+        old = a.metadata.get("memimg", {}).get("renamed_from")
+        if old is not None:
+            out[a.name] = old
+    return out
+
+
 def info_of(cls: type) -> TypeInfo | None:
     """The :class:`TypeInfo` of *cls*, registering enums and frozen attrs classes on first use."""
     info = _by_cls.get(cls)
@@ -124,6 +134,7 @@ def info_of(cls: type) -> TypeInfo | None:
                 kind=VALUE,
                 fields=tuple(a.name for a in attrs.fields(cls)),
                 defaults=_attrs_defaults(cls),
+                renamed=_renamed(cls),
             )
         )
     return None
