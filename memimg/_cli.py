@@ -85,7 +85,7 @@ def _open(target: str, *, writable: bool = False) -> memimg.MemoryImage:
         store.close()
         store = _store(target, readonly=False)
     try:
-        return memimg.open(
+        img = memimg.open(
             store,
             readonly=not writable,
             generic_types=True,
@@ -96,6 +96,15 @@ def _open(target: str, *, writable: bool = False) -> memimg.MemoryImage:
     except BaseException:
         store.close()
         raise
+    differences = img.schema_report.differences
+    if writable and differences:
+        img.close()
+        lines = "\n".join(f"  - {d}" for d in differences)
+        raise MemimgError(
+            f"refusing to write to {target!r}: the stored schema differs from the classes loaded, and a "
+            f"snapshot would write that loss into the image; nothing was changed:\n{lines}"
+        )
+    return img
 
 
 def _tty() -> bool:

@@ -182,19 +182,24 @@ def _structure_with(leaf: _Leaf) -> Callable[[Any, Any], Any]:
 
 
 class Gone:
-    """Stands, during replay, for an object of a removed type (see ``removed_types``)."""
+    """Stands, during replay, for an object or value of a removed type (see ``removed_types``).
 
-    __slots__ = ("oid", "type_name")
+    A removed object keeps its id (``oid``); a removed value (``oid`` 0) keeps
+    its stored data, so an event that removes it names it as the log does.
+    """
 
-    def __init__(self, oid: int, type_name: str) -> None:
+    __slots__ = ("oid", "raw", "type_name")
+
+    def __init__(self, oid: int, type_name: str, raw: Any = None) -> None:
         self.oid = oid
         self.type_name = type_name
+        self.raw = raw
 
     def __hash__(self) -> int:
         return hash(("memimg.Gone", self.oid))
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Gone and other.oid == self.oid
+        return type(other) is Gone and other.oid == self.oid and (self.oid != 0 or other.raw == self.raw)
 
     def __repr__(self) -> str:
         return f"<removed {self.type_name} #{self.oid}>"
@@ -353,8 +358,6 @@ class Codec:
         #: and what to do when one is encoded (declare its schema)
         self.value_decoder: Callable[[list[Any]], Any] = self._no_value_decoder
         self.on_value: Callable[[Any], None] = lambda info: None
-        #: set once objects of removed types are met: drop them from values
-        self.clean_gone: Callable[[Any], bool] | None = None
         #: read unknown enums and user values into stand-ins (tools)
         self.generic = False
         self._shapes: dict[type, str] = {}
@@ -438,7 +441,7 @@ class Codec:
         if shape in (ENTITY, TRACKED, PLAIN):  # plain containers only in free-standing graphs
             enc = lambda v: ["r", self.ref(v)]  # noqa: E731
         elif shape == GONE:
-            enc = lambda v: ["r", v.oid]  # noqa: E731
+            enc = lambda v: ["r", v.oid] if v.oid else v.raw  # noqa: E731
         elif shape == GENERIC:
             if t is _generic.EnumValue:
                 enc = lambda v: ["e", v.type_name, list(v.member) if type(v.member) is tuple else v.member]  # noqa: E731
@@ -493,18 +496,10 @@ class Codec:
         return x
 
     def _dec_tuple(self, x: list[Any]) -> tuple[Any, ...]:
-        items = [self.decode(i) for i in x[1]]
-        gone = self.clean_gone
-        if gone is not None:
-            items = [None if gone(i) else i for i in items]
-        return tuple(items)
+        return tuple([self.decode(i) for i in x[1]])
 
     def _dec_frozenset(self, x: list[Any]) -> frozenset[Any]:
-        items = [self.decode(i) for i in x[1]]
-        gone = self.clean_gone
-        if gone is not None:
-            items = [i for i in items if not gone(i)]
-        return frozenset(items)
+        return frozenset([self.decode(i) for i in x[1]])
 
     def _no_value_decoder(self, x: list[Any]) -> Any:  # pragma: no cover - the graph sets one
         raise MemimgError("internal: this codec belongs to no graph, which decodes value objects")

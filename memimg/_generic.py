@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from memimg._errors import UnknownTypeError
 from memimg.model import _types
 
 __all__ = ["CustomValue", "EnumValue", "entity_class", "value_class"]
@@ -78,6 +79,8 @@ def entity_class(name: str, fields: tuple[str, ...], version: int) -> _types.Typ
     built = persistent(name=name, version=version)(type(_class_name(name), (), ns))
     info = _types.info_of(built)
     assert info is not None
+    info.stand_in = True
+    info.defaults = {}  # a field a stored state lacks stays unset, so it is written back without it
     return info
 
 
@@ -91,6 +94,58 @@ def value_class(name: str, fields: tuple[str, ...], version: int) -> _types.Type
         kind=_types.VALUE,
         version=version,
         fields=tuple(fields),
-        defaults=dict.fromkeys(fields),
+        stand_in=True,
     )
     return _types.register(info)
+
+
+def prepare(store: Any, removed_types: frozenset[str]) -> None:
+    """Make stand-ins, before reading *store*, for every type its log declares and no class claims.
+
+    Each stand-in gets every field any declaration of its name lists (and
+    the newest version), so states written by successive versions of a class
+    -- fields added over time -- are all read and written back whole. A
+    stand-in made by an earlier read (of another image) is made again.
+    """
+    import orjson
+
+    found: dict[str, tuple[int, dict[str, None], bool]] = {}
+
+    def note(types: dict[str, Any]) -> None:
+        for name, decl in types.items():
+            version, fields = decl[0], decl[1]
+            value = len(decl) > 2 and decl[2] == "value"
+            old = found.get(name)
+            if old is None:
+                found[name] = (version, dict.fromkeys(fields), value)
+            else:
+                old[1].update(dict.fromkeys(fields))
+                found[name] = (max(old[0], version), old[1], old[2] or value)
+
+    for info in store.snapshots():
+        payload = store.read_snapshot(info.seq)[2]
+        end = payload.find(b"\n")
+        try:
+            header = orjson.loads(payload if end < 0 else payload[:end])
+        except orjson.JSONDecodeError:
+            continue  # a corrupt snapshot: recovery skips it, with a warning
+        if isinstance(header, dict):
+            note(header.get("types") or {})
+    for row in store.read(after=0):
+        payload = row[5]
+        if payload.endswith(b"}]"):  # declarations come last: [args, records, types]
+            try:
+                parts = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue  # reported by the replay, with its seq
+            if len(parts) > 2 and isinstance(parts[2], dict):
+                note(parts[2])
+    for name, (version, fields, value) in found.items():
+        if name in removed_types:
+            continue
+        try:
+            info = _types.resolve(name)
+        except UnknownTypeError:
+            info = None
+        if info is None or info.stand_in:
+            (value_class if value else entity_class)(name, tuple(fields), version)

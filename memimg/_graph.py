@@ -86,6 +86,8 @@ _KIND_CODES = {name: k.code for name, k in KINDS.items()}
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_UPDATE = KINDS["obj.update"]
 _LIST_DEL = KINDS["list.del"]
+_LIST_SET = KINDS["list.set"]
+_DICT_SET = KINDS["dict.set"]
 _DICT_DEL = KINDS["dict.del"]
 _SET_DISCARD = KINDS["set.discard"]
 
@@ -584,9 +586,9 @@ class Graph:
         """A frozen attrs value object, read under the schema its writer declared."""
         plan = self._plan_by_name.get(x[1]) or self._plan(x[1], value=True)
         info = plan.info
-        if info is None:
-            self.report.references_cleared += 1
-            return None
+        if info is None:  # a removed value type: a placeholder, cleaned up by strip_gone
+            self.has_gone = True
+            return Gone(0, x[1], x)
         dec = self.codec.decode
         state = {k: dec(v) for k, v in x[2].items()}
         if not plan.identity:
@@ -594,7 +596,7 @@ class Graph:
         obj: Any = object.__new__(info.cls)
         for f in info.fields:
             if f in state:
-                value = self._field_value(state[f])
+                value = state[f]
             elif f in info.defaults:
                 value = _codec._default_for(info, f, obj)
             else:
@@ -856,7 +858,7 @@ class Graph:
                 continue
             if k.conflict is FIELD:
                 fast = fast_fields.get(type(obj))
-                if fast is None or args[0] not in fast or self.has_gone:
+                if fast is None or args[0] not in fast:
                     pending = self._adapt_field_event(k, obj, args)
                     if pending is None:
                         continue
@@ -959,7 +961,6 @@ class Graph:
                 if plan.info is None:
                     obj = Gone(oid, name)
                     self.has_gone = True
-                    self.codec.clean_gone = _codec.is_gone
                     self.report.removed_objects[name] += 1
                 else:
                     if plan.info.kind != _types.ENTITY:
@@ -1016,15 +1017,12 @@ class Graph:
         setters = info.setters
         dec = self._decode_fast
         if plan.identity:
-            gone = self.has_gone
             for f, x in state.items():
                 setter = setters.get(f)
                 if setter is None:  # a field the declaration did not list
                     self._set_fields(obj, info, _schema.upgrade_state(plan, {f: dec(x)}, self.report, partial=True))
                 elif type(x) is not list:
                     setter(obj, x)
-                elif gone:
-                    setter(obj, self._field_value(dec(x)))
                 else:
                     setter(obj, dec(x))
             return
@@ -1036,17 +1034,11 @@ class Graph:
 
     def _set_fields(self, obj: Any, info: _types.TypeInfo, values: dict[str, Any]) -> None:
         for f, v in values.items():
-            info.setters[f](obj, self._field_value(v))
-
-    def _field_value(self, v: Any) -> Any:
-        if type(v) is Gone:
-            self.report.references_cleared += 1
-            return None
-        return v
+            info.setters[f](obj, v)
 
     def _adapt_field_event(self, k: Kind, obj: Any, args: tuple[Any, ...]) -> Pending | None:
         fast = self._fast_fields.get(type(obj))
-        if fast is not None and args[0] in fast and not self.has_gone:
+        if fast is not None and args[0] in fast:
             return k, obj, args
         info = _types.info_of(type(obj))
         if info is None:
@@ -1058,15 +1050,12 @@ class Graph:
         if plan is None or plan.identity:
             self._fast_fields[info.cls] = frozenset(info.setters)
         if (plan is None or plan.identity) and name in info.setters:
-            if k is _OBJ_SET and type(args[1]) is Gone:
-                self.report.references_cleared += 1
-                return k, obj, (name, None)
             return k, obj, args
         if plan is None:
             plan = _schema.Plan(info.name, info, info.version, info.fields)
         if k is _OBJ_SET:
             values = _schema.upgrade_state(plan, {name: args[1]}, self.report, partial=True)
-            pairs = [(f, self._field_value(v)) for f, v in values.items()]
+            pairs = list(values.items())
             return _OBJ_UPDATE, obj, (pairs,)
         renamed_from = {old: new for new, old in info.renamed.items()}
         target = plan.field_map.get(name, name if name in info.setters else renamed_from.get(name, _schema.DROP))
@@ -1076,23 +1065,93 @@ class Graph:
         return k, obj, (target,)
 
     def strip_gone(self) -> list[Pending]:
-        """Events that remove placeholders of removed objects from every collection."""
+        """Events that clean every placeholder of a removed object or value out of the graph.
+
+        Replay keeps placeholders where the log has objects and values of
+        removed types, so the graph is exactly what the log says; these events
+        then remove them, and being logged, every later reader -- and the next
+        snapshot -- agrees: collection elements that are (or hold) one are
+        dropped, a field that is one becomes ``None``, and a value holding one
+        is written again without it (``None`` in a tuple or value object,
+        dropped from a frozenset).
+        """
         events: list[Pending] = []
+        dirty = self._holds_gone
+        clean = self._without_gone
+        report = self.report
         for obj in self.objects:
             t = type(obj)
             if t is TrackedList:
-                gone = [i for i, x in enumerate(_list_copy(obj)) if type(x) is Gone]
-                events.extend((_LIST_DEL, obj, (i,)) for i in reversed(gone))
+                items = _list_copy(obj)
+                for i in range(len(items) - 1, -1, -1):  # from the end: earlier indexes stay valid
+                    x = items[i]
+                    if type(x) is Gone:
+                        events.append((_LIST_DEL, obj, (i,)))
+                        report.elements_dropped += 1
+                    elif dirty(x):
+                        events.append((_LIST_SET, obj, (i, clean(x))))
             elif t is TrackedDict:
                 for key, value in list(_dict_items(obj)):
-                    if type(key) is Gone or type(value) is Gone:
+                    if dirty(key) or type(value) is Gone:
                         events.append((_DICT_DEL, obj, (key,)))
+                        report.elements_dropped += 1
+                    elif dirty(value):
+                        events.append((_DICT_SET, obj, (key, clean(value))))
             elif t is TrackedSet:
-                gone_members = [m for m in set.copy(obj) if type(m) is Gone]
-                if gone_members:
-                    events.append((_SET_DISCARD, obj, (gone_members,)))
-        self.report.elements_dropped += sum(len(args[0]) if k is _SET_DISCARD else 1 for k, _obj, args in events)
+                members = [m for m in set.copy(obj) if dirty(m)]
+                if members:
+                    events.append((_SET_DISCARD, obj, (members,)))
+                    report.elements_dropped += len(members)
+            elif t is not Gone and obj is not None:
+                info = _types.info_of(t)
+                if info is None:
+                    continue
+                for f, get in info.getters.items():
+                    try:
+                        v = get(obj)
+                    except AttributeError:
+                        continue
+                    if dirty(v):
+                        events.append((_OBJ_SET, obj, (f, clean(v))))
+        self.has_gone = False
         return events
+
+    def _holds_gone(self, v: Any) -> bool:
+        t = type(v)
+        if t is Gone:
+            return True
+        if t is tuple or t is frozenset:
+            return any(self._holds_gone(i) for i in v)
+        if t in _NATIVE or (self.codec._shapes.get(t) or self.codec.classify(t)) is not _codec.VALUE:
+            return False
+        return any(self._holds_gone(getattr(v, f, None)) for f in _types.info_of(t).fields)  # type: ignore[union-attr]
+
+    def _without_gone(self, v: Any) -> Any:
+        """*v* with placeholders cleaned out (see :meth:`strip_gone`)."""
+        t = type(v)
+        if t is Gone:
+            self.report.references_cleared += 1
+            return None
+        if not self._holds_gone(v):
+            return v
+        if t is tuple:
+            return tuple([self._without_gone(i) for i in v])
+        if t is frozenset:
+            kept = [i for i in v if type(i) is not Gone]
+            self.report.elements_dropped += len(v) - len(kept)
+            return frozenset([self._without_gone(i) for i in kept])
+        cls: type = t
+        info = _types.info_of(cls)
+        assert info is not None
+        obj: Any = object.__new__(cls)
+        for f in info.fields:
+            try:
+                object.__setattr__(obj, f, self._without_gone(getattr(v, f)))
+            except AttributeError:
+                continue
+        if _caches_hash(cls):
+            object.__setattr__(obj, "_attrs_cached_hash", None)
+        return obj
 
     # -- snapshots ------------------------------------------------------------
 

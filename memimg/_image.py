@@ -36,7 +36,7 @@ from typing import Any, Final
 
 import orjson
 
-from memimg import _codec
+from memimg import _codec, _generic
 from memimg import _errors as memimg_errors
 from memimg._errors import (
     ClosedError,
@@ -135,6 +135,7 @@ class MemoryImage:
         self._graph.removed_types = frozenset(removed_types)
         self._graph.generic = self._graph.codec.generic = generic_types
         self._on_schema_drift = on_schema_drift
+        self._stripping = False
         self._seq = 0
         self._snapshot_seq = 0
         # conflict detection: what commits wrote, while transactions are open
@@ -143,10 +144,21 @@ class MemoryImage:
         self._last_obj: dict[int, int] = {}
         self._recent: deque[tuple[int, int, list[tuple[int, Any]]]] = deque()
         started = time.perf_counter()
+        if generic_types:
+            _generic.prepare(store, self._graph.removed_types)
         with paused_gc():
             self._recover()
         self._check_schema()
         if self._graph.has_gone:
+            if readonly and self._graph.strip_gone():
+                store.close()
+                raise MemimgError(
+                    f"{store.description} holds objects or values of removed types "
+                    f"({', '.join(sorted(self._graph.report.removed_objects or self._graph.removed_types))}) that "
+                    "a read-only image cannot clean out of its collections without the log saying "
+                    "so; open it once writable with the same removed_types (or run memimg.migrate), "
+                    "which logs the clean-up, then open it read-only"
+                )
             self._strip_removed()
         if self._graph.root is None:
             self._create_root(root)
@@ -247,6 +259,8 @@ class MemoryImage:
             while True:
                 # Describe the reachable graph first: it is the state after the gc event
                 # (which forgets only unreachable objects), so one traversal serves both.
+                if graph.has_gone:
+                    self._strip_removed()  # placeholders a refresh met: a snapshot holds no dangling ids
                 seq = self._seq + 1
                 report = None
                 if self._progress is not None:
@@ -419,16 +433,27 @@ class MemoryImage:
         raise SchemaError(message, differences=list(report.differences))
 
     def _strip_removed(self) -> None:
-        """Drop objects of removed types from collections, as events, so later replays agree."""
-        events = self._graph.strip_gone()
-        if not events:
-            return
-        if self._readonly:
-            for k, target, args in events:
-                k.apply(self._graph, target, *args)
+        """Clean placeholders of removed types out of the graph, as events, so later replays agree.
+
+        Read-only, placeholders met by a refresh stay until a writer logs
+        their clean-up: cleaning them in memory alone would make later events
+        (list indexes) land on the wrong elements.
+        """
+        if self._readonly or self._stripping:
             return
         with self._lock:
-            self._commit_events(events, None, auto_snapshot=False)
+            self._stripping = True
+            try:
+                while True:
+                    events = self._graph.strip_gone()
+                    try:
+                        if not events or self._commit_events(events, None, replan=True, auto_snapshot=False):
+                            break
+                    except BaseException:
+                        self._graph.has_gone = True  # still there: try again after the next refresh
+                        raise
+            finally:
+                self._stripping = False
 
     def _create_root(self, factory: Callable[[], Any]) -> None:
         if self._readonly:
@@ -689,6 +714,8 @@ class MemoryImage:
             count += len(batch)
         if count:
             self._check_schema()
+            if self._graph.has_gone:
+                self._strip_removed()
         return count
 
     def _apply_remote(self, rows: list[EventRow]) -> None:

@@ -202,6 +202,8 @@ def plan_for(
             f'removed_types=("{stored_name}",)'
         )
         return Plan(stored_name, None, version, stored_fields, identity=False)
+    if info.stand_in:
+        return _stand_in_plan(info, stored_name, version, stored_fields, report)
     plan = Plan(stored_name, info, version, stored_fields)
     cls = info.cls.__qualname__
     if version > info.version:
@@ -254,6 +256,26 @@ def plan_for(
     )
     if stored_name != info.name:
         plan.identity = False
+    return plan
+
+
+def _stand_in_plan(
+    info: _types.TypeInfo, stored_name: str, version: int, stored_fields: tuple[str, ...], report: SchemaReport
+) -> Plan:
+    """States of a type read without its class: kept as stored, never upgraded or filled in."""
+    extra = [f for f in stored_fields if f not in info.fields]
+    if extra:
+        report.difference(
+            f"{stored_name} is stored with fields {extra} that its stand-in (made from earlier "
+            "declarations) lacks: open the image again, or load its class with --import"
+        )
+    if version != info.version:
+        report.difference(
+            f"{stored_name} is stored at version {version} and at version {info.version}: without its "
+            "class the older states cannot be upgraded; load the application's classes with --import"
+        )
+    plan = Plan(stored_name, info, version, stored_fields, field_map={f: f for f in stored_fields if f in info.fields})
+    plan.identity = not extra and version == info.version
     return plan
 
 

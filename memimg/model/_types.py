@@ -70,6 +70,8 @@ class TypeInfo:
     removed: tuple[str, ...] = ()
     #: Fields whose value is missing from a stored state get their default.
     defaults: dict[str, Any] = attrs.field(factory=dict)
+    #: A generic stand-in for a class that is not loaded (tools): states are kept as stored.
+    stand_in: bool = False
 
 
 _lock = threading.RLock()
