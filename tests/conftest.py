@@ -93,5 +93,17 @@ def make_image(stores: StoreFactory) -> Iterator[Callable[..., memimg.MemoryImag
 
 
 @pytest.fixture
+def postgres(tmp_path: Any) -> Iterator[StoreFactory]:
+    """PostgreSQL stores in a schema of this test's own (skipped without MEMIMG_TEST_POSTGRES_URL)."""
+    if not POSTGRES_URL:
+        pytest.skip("needs PostgreSQL: set MEMIMG_TEST_POSTGRES_URL (.ci/run does)")
+    factory = StoreFactory("postgres", tmp_path)
+    yield factory
+    for store in factory._made:
+        store.close()
+    factory.cleanup()
+
+
+@pytest.fixture
 def sqlite_path(tmp_path: Any) -> str:
     return str(tmp_path / "image.db")

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import importlib.util
 import os
 import subprocess
 import sys
-import textwrap
-import uuid
 import warnings
 import zoneinfo
 from decimal import Decimal
-from types import ModuleType
 from typing import Any
 
 import attrs
@@ -33,10 +29,7 @@ from memimg._cli import cli
 from memimg._graph import Graph, split_snapshot
 from memimg._rows import event_checksum
 from memimg.stores._protocol import EventRow
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-POSTGRES_URL = os.environ.get("MEMIMG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
+from tests.versions import ROOT, Versions
 
 # -- shared models ----------------------------------------------------------------
 
@@ -88,41 +81,6 @@ class TabName:
 # -- helpers ----------------------------------------------------------------------
 
 
-class Versions:
-    """Record a log with one version of a models module in a subprocess; load another here."""
-
-    def __init__(self, tmp_path: Any) -> None:
-        self.tmp = tmp_path
-        self.prefix = f"r{uuid.uuid4().hex[:8]}"
-        self.path = str(tmp_path / "shop.db")
-
-    def source(self, text: str) -> str:
-        header = "from __future__ import annotations\nimport attrs, memimg\nfrom decimal import Decimal\n"
-        header += "from memimg import persistent\n"
-        return header + textwrap.dedent(text).replace("{P}", self.prefix)
-
-    def record(self, models: str, script: str, env: dict[str, str] | None = None) -> str:
-        d = self.tmp / f"old_{uuid.uuid4().hex[:6]}"
-        d.mkdir()
-        (d / "models.py").write_text(self.source(models))
-        code = f"import memimg, models\nfrom decimal import Decimal\npath = {self.path!r}\n" + textwrap.dedent(script)
-        full_env = {**os.environ, "PYTHONPATH": f"{d}{os.pathsep}{ROOT}", **(env or {})}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
-        assert out.returncode == 0, out.stderr
-        return out.stdout
-
-    def load(self, models: str) -> ModuleType:
-        name = f"models_{uuid.uuid4().hex[:8]}"
-        file = self.tmp / f"{name}.py"
-        file.write_text(self.source(models))
-        spec = importlib.util.spec_from_file_location(name, file)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-
-
 def run_cli(args: list[str], env: dict[str, str] | None = None, cwd: Any = None) -> subprocess.CompletedProcess[str]:
     """The memimg command line in a fresh process that has none of the application's classes."""
     full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
@@ -135,24 +93,6 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, cwd: Any = None)
 @pytest.fixture
 def v(tmp_path: Any) -> Versions:
     return Versions(tmp_path)
-
-
-def _pg_store() -> Any:
-    try:
-        from memimg.stores._sqlalchemy import SQLAlchemyStore
-
-        return SQLAlchemyStore(POSTGRES_URL, schema=f"rvd_{uuid.uuid4().hex[:10]}")
-    except Exception as err:  # pragma: no cover - no server
-        pytest.skip(f"PostgreSQL not reachable: {err}")
-
-
-def _drop_pg_schema(schema: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 # == values ========================================================================
@@ -529,54 +469,51 @@ def test_write_after_every_event_was_compacted_does_not_hang(tmp_path: Any) -> N
     assert out.returncode == 0, out.stderr
 
 
-def test_postgres_head_after_every_event_was_compacted() -> None:
+def test_postgres_head_after_every_event_was_compacted(postgres: Any) -> None:
     """The same on PostgreSQL: head() is 0 once every event is deleted."""
-    store = _pg_store()
-    try:
-        with memimg.open(store, root=dict) as img:
-            img.root["a"] = 1
-            seq = img.snapshot()
-            store.delete_events_before(seq + 1)
-            assert store.head() == seq
-    finally:
-        store.close()
-        _drop_pg_schema(store.schema)
+    store = postgres.target()
+    with memimg.open(store, root=dict) as img:
+        img.root["a"] = 1
+        seq = img.snapshot()
+        store.delete_events_before(seq + 1)
+        assert store.head() == seq
+        img.root["b"] = 2  # the append rule holds: the commit goes through
+        assert store.head() == seq + 1
 
 
-def test_postgres_append_after_a_lost_reply_is_not_applied_twice() -> None:
+def test_postgres_append_after_a_lost_reply_is_not_applied_twice(postgres: Any) -> None:
     """_append_pg retries on a new connection after an OperationalError; if the first attempt had
     committed (reply lost), the retry sees SeqTaken, the image catches up with its own events and
     then applies the mutation again."""
     import psycopg
 
-    store = _pg_store()
-    try:
-        img = memimg.open(store, root=dict)
-        img.root["items"] = []
-        real = store._writer_connection
-        state = {"fail": True}
+    store = postgres.target()
+    img = memimg.open(store, root=dict)
+    img.root["items"] = []
+    real = store._writer_connection
+    state = {"fail": True}
 
-        class LostReply:
-            def __init__(self, conn: Any) -> None:
-                self.conn = conn
+    class LostReply:
+        def __init__(self, conn: Any) -> None:
+            self.conn = conn
 
-            def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
-                cur = self.conn.execute(sql, *args, **kwargs)
-                if state["fail"] and "INSERT" in sql:
-                    state["fail"] = False
-                    raise psycopg.OperationalError("server closed the connection unexpectedly")
-                return cur
+        def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+            cur = self.conn.execute(sql, *args, **kwargs)
+            if state["fail"] and "INSERT" in sql:
+                state["fail"] = False
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return cur
 
-            def close(self) -> None:
-                self.conn.close()
+        def close(self) -> None:
+            self.conn.close()
 
-        store._writer_connection = lambda: LostReply(real())  # type: ignore[method-assign]
-        img.root["items"].append("once")
-        assert img.root["items"] == ["once"]
-        img.close()
-    finally:
-        store.close()
-        _drop_pg_schema(store.schema)
+    store._writer_connection = lambda: LostReply(real())
+    img.root["items"].append("once")
+    assert img.root["items"] == ["once"]
+    assert not state["fail"]  # the reply was lost once
+    img.close()
+    with memimg.open(postgres.target(), root=dict) as again:
+        assert again.root["items"] == ["once"]
 
 
 # == further cases around the fixes above ===============================================
