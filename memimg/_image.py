@@ -566,9 +566,10 @@ class MemoryImage:
             if commit and state.events:
                 with self._lock:
                     self._check_writable()
-                    self._validate(state)
+                    events = state.pending()
+                    self._validate(state, events)
                     try:
-                        self._commit_events(state.events, state)
+                        self._commit_events(events, state)
                     except BaseException:
                         state.discard()
                         raise
@@ -617,7 +618,7 @@ class MemoryImage:
                 if replan:
                     return False
                 if state is not None:
-                    self._validate(state)
+                    self._validate(state, events)
                 continue
             except BaseException as err:
                 graph.rollback_encode()
@@ -797,14 +798,14 @@ class MemoryImage:
         if seq > start:
             raise self._conflict(oid, sub, seq, "read")
 
-    def _validate(self, state: TxState) -> None:
+    def _validate(self, state: TxState, events: list[Pending]) -> None:
         start = state.start_seq
         if self._seq == start:
             return
         for oid, sub in state.reads:
             self._check_read(state, oid, sub)
         last, last_obj = self._last, self._last_obj
-        for k, target, args in state.events:
+        for k, target, args in events:
             if target is None:
                 continue
             oid = target._mi_oid

@@ -38,6 +38,7 @@ from memimg.model._base import SELF, WHOLE, Planner
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
 if TYPE_CHECKING:
+    from memimg._graph import Pending
     from memimg._image import MemoryImage
 
 __all__ = ["Savepoint", "Transaction", "TxScope", "TxState"]
@@ -95,7 +96,7 @@ class TxState:
         self.image = image
         self.graph = image._graph
         self.start_seq = start_seq
-        self.events: list[Any] = []
+        self.events: list[Any] = []  # flat: kind, target, args, kind, ... (see pending())
         self.fields: dict[int, dict[str, Any]] = {}
         self.views: dict[int, Any] = {}
         self.reads: set[tuple[int, Any]] = set()
@@ -248,13 +249,13 @@ class TxState:
         if not self.writable:
             self._check()
             self.writable = True
-        tag = self._tag()
+        tag = self.image._mi_savepoint.get() if self.nested else None  # self._tag(), inline: the hot path
         if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
             v = value
         else:
             v = self.graph.prepare(value, where_field(obj, name), self.undo)
             self._tag_undo(tag)
-        self.events.append((_OBJ_SET, obj, (name, v)))
+        self.events += (_OBJ_SET, obj, (name, v))
         self.tags.append(tag)
         d = self.fields.get(id(obj))
         if d is None:
@@ -264,7 +265,7 @@ class TxState:
     def del_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> None:
         self._check()
         self.read_field(obj, name, getter)  # AttributeError if it is not set
-        self.events.append((_OBJ_DEL, obj, (name,)))
+        self.events += (_OBJ_DEL, obj, (name,))
         self.tags.append(self._tag())
         self.field_del(obj, name)
 
@@ -289,7 +290,7 @@ class TxState:
         self._tag_undo(tag)
         for name, eargs in events:
             k = KINDS[name]
-            self.events.append((k, coll, eargs))
+            self.events += (k, coll, eargs)
             self.tags.append(tag)
             k.apply(self, coll, *eargs)
         return coll if result is SELF else result
@@ -327,13 +328,24 @@ class TxState:
         kept = [(entry, t) for entry, t in zip(self.undo, self.undo_tags) if not inside(t)]
         self.undo = [entry for entry, _ in kept]
         self.undo_tags = [t for _, t in kept]
-        events = [(event, t) for event, t in zip(self.events, self.tags) if not inside(t)]
-        self.events = [event for event, _ in events]
-        self.tags = [t for _, t in events]
+        kept_events = [(event, t) for event, t in zip(self.pending(), self.tags) if not inside(t)]
+        self.events = [part for event, _ in kept_events for part in event]
+        self.tags = [t for _, t in kept_events]
         self.fields.clear()
         self.views.clear()
-        for k, target, args in self.events:
+        for k, target, args in self.pending():
             k.apply(self, target, *args)
+
+    def pending(self) -> list[Pending]:
+        """The transaction's events as ``(kind, target, args)`` triples, in order.
+
+        They are kept flat (kind, target, args, kind, ...): one object per event
+        instead of two survives until the commit, which keeps the cyclic
+        garbage collector's work per mutation down in long transactions. The
+        triples are built at commit, where the collector is paused.
+        """
+        it = iter(self.events)
+        return list(zip(it, it, it))
 
     def discard(self) -> None:
         self.graph.undo(self.undo)
@@ -439,7 +451,7 @@ class Transaction:
     def __repr__(self) -> str:
         state = "ended" if self._ended else "open"
         kind = "savepoint" if self.nested else "transaction"
-        return f"<memimg {kind} from seq {self._state.start_seq}, {len(self._state.events)} events, {state}>"
+        return f"<memimg {kind} from seq {self._state.start_seq}, {len(self._state.events) // 3} events, {state}>"
 
 
 class TxScope:

@@ -474,6 +474,37 @@ def test_nested_transaction_is_a_savepoint() -> None:
     assert memimg.replay(img.events()).content == [1, 3]
 
 
+def test_rolled_back_savepoint_keeps_the_outer_events_in_order() -> None:
+    """Field sets, deletes and collection events of the outer transaction survive an inner rollback, in order."""
+    img = memimg.open(root=Box)
+    img.root.content = []
+    img.root.other = Entry("x")
+    lst, entry = img.root.content, img.root.other
+    start = img.seq
+    tx = img.begin()
+    entry.label = "a"
+    lst.append(1)
+    with pytest.raises(ValueError):
+        with img.transaction():
+            entry.label = "inner"
+            lst.append(2)
+            del img.root.other
+            raise ValueError
+    assert img.root.other is entry and entry.label == "a" and lst == [1]
+    del entry.amount
+    lst.append(3)
+    assert "4 events" in repr(tx)
+    tx.save()
+    logged = [(e.kind, e.data) for e in img.events(since=start)]
+    assert logged == [
+        ("obj.set", ["label", "a"]),
+        ("list.append", [[1]]),
+        ("obj.del", ["amount"]),
+        ("list.append", [[3]]),
+    ]
+    assert memimg.replay(img.events()).content == [1, 3]
+
+
 def test_exceptions_inside_collection_operations_in_a_transaction() -> None:
     img = memimg.open(root=Box)
     img.root.content = [1, 2]

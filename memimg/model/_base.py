@@ -94,11 +94,13 @@ Planner = Callable[..., tuple[Sequence[tuple[str, tuple[Any, ...]]], Any]]
 
 
 class TxReader(Protocol):
-    """What tracked reads need from the current transaction."""
+    """What tracked reads and field writes need from the current transaction."""
 
     def read_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any: ...
 
     def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any: ...
+
+    def set_field(self, obj: Any, name: str, value: Any) -> None: ...
 
 
 class Owner(Protocol):

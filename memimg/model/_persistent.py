@@ -137,6 +137,10 @@ class _EntityBuilder:
             owner = self._mi_img
             if owner is None:
                 _OBJ_SETATTR(self, name, value)
+                return
+            tx = owner._mi_current.get()
+            if tx is not None and not tx.done:
+                tx.set_field(self, name, value)  # the hot path inside transactions: one call, no I/O
             else:
                 owner._mi_set_field(self, name, value)
 
