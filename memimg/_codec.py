@@ -49,7 +49,7 @@ import attrs
 import cattrs
 
 from memimg import _generic
-from memimg._errors import MemimgError, UnknownTypeError, UnsupportedValueError
+from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
 from memimg.model import _types
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
@@ -491,7 +491,7 @@ class Codec:
             try:
                 dec = self._decoders[x[0]]
             except (KeyError, IndexError):
-                raise MemimgError(f"unknown value tag in stored data: {x!r:.80}") from None
+                raise CorruptLogError(f"unknown value tag in stored data: {x!r:.80}", seq=None, table="") from None
             return dec(x)
         return x
 

@@ -84,6 +84,7 @@ _get_oid = operator.attrgetter("_mi_oid")
 _INT64 = 2**63
 _KIND_CODES = {name: k.code for name, k in KINDS.items()}
 _OBJ_SET = KINDS["obj.set"]
+_NO_SETTERS: dict[str, Any] = {}
 _OBJ_UPDATE = KINDS["obj.update"]
 _LIST_DEL = KINDS["list.del"]
 _LIST_SET = KINDS["list.set"]
@@ -200,7 +201,8 @@ class Graph:
         self._plans: dict[tuple[Any, ...], _schema.Plan] = {}
         self._plan_by_name: dict[str, _schema.Plan] = {}
         self._plan_by_cls: dict[type, _schema.Plan] = {}
-        self._fast_fields: dict[type, frozenset[str]] = {}
+        #: per entity class whose stored fields need no upgrade: field name -> raw slot setter
+        self._fast_fields: dict[type, dict[str, Callable[[Any, Any], None]]] = {}
         self._arg_decoders: dict[str, Callable[[list[Any]], tuple[Any, ...]]] = {}
         self._setters: dict[type, dict[str, Callable[[Any, Any], None]]] = {}
         # encoding journal (one commit at a time, under the image lock)
@@ -821,6 +823,7 @@ class Graph:
         fast_fields = self._fast_fields
         codes = _KIND_CODES
         crc32, pack, loads = _crc32, _pack_header, _loads
+        dec = self.codec.decode
         last_gc = 0
         for seq, tx, ts, kind, target, payload, checksum in rows:
             if seq != expected:
@@ -845,6 +848,13 @@ class Graph:
                 p = loads(payload)
                 k = KINDS[kind]
                 obj = objects[target] if target else None
+                if k is _OBJ_SET and len(p) == 1:
+                    # the commonest event, applied inline: a field of a current-schema entity
+                    setter = fast_fields.get(type(obj), _NO_SETTERS).get(p[0][0])
+                    if setter is not None:
+                        v = p[0][1]
+                        setter(obj, dec(v) if type(v) is list else v)
+                        continue
                 simple = len(p) == 1 and (obj is not None or not target) and type(obj) is not Gone
                 if simple:
                     decoder = decoders.get(k.params)
@@ -1048,7 +1058,7 @@ class Graph:
         plan = self._plan_by_cls.get(info.cls)
         name = args[0]
         if plan is None or plan.identity:
-            self._fast_fields[info.cls] = frozenset(info.setters)
+            self._fast_fields[info.cls] = info.setters
         if (plan is None or plan.identity) and name in info.setters:
             return k, obj, args
         if plan is None:

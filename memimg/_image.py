@@ -391,7 +391,14 @@ class MemoryImage:
                 warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=3)
                 continue
             snap = None  # type: ignore[assignment]  # the records hold what is still needed
-            graph.load_snapshot({**header, "objects": records})
+            try:
+                graph.load_snapshot({**header, "objects": records})
+            except CorruptLogError as err:
+                if err.seq is not None:
+                    raise
+                raise CorruptLogError(
+                    f"snapshot at seq {info.seq} cannot be loaded: {err}", seq=info.seq, table="memimg_snapshots"
+                ) from err
             records = []
             loaded = info.seq
             break

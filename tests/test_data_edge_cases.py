@@ -431,6 +431,76 @@ def test_corrupt_rows_are_named_by_seq() -> None:
     assert info.value.seq == seq + 1
 
 
+@persistent(name="edge.Cell")
+class Cell:
+    value: Any = None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["value", ["no-such-tag", 1]], "unknown value tag"),
+        (["value", ["r", 99]], "names object 99"),
+        (["value"], "cannot be read|does not apply"),
+        ([], "cannot be read|does not apply"),
+    ],
+)
+def test_obj_set_rows_that_do_not_decode_are_named_by_seq(args: Any, message: str) -> None:
+    """Field sets are applied inline on replay: a bad one (valid checksum) still fails with its seq."""
+    store = memimg.MemoryStore()
+    with memimg.open(store, root=Cell) as img:
+        img.root.value = 1
+        img.root.value = 2  # the replay of this one takes the inline path
+        seq = img.seq
+    row = (seq + 1, seq + 1, 0, "obj.set", 1, orjson.dumps([args]))
+    store.append([EventRow(*row, event_checksum(*row))], seq)
+    with pytest.raises(memimg.CorruptLogError, match=message) as info:
+        memimg.open(store, root=Cell)
+    assert info.value.seq == seq + 1 and f"seq {seq + 1}" in str(info.value)
+
+
+def test_snapshot_that_does_not_decode_is_named_by_seq(tmp_path: Any) -> None:
+    """A snapshot with a valid checksum but an unknown value tag fails naming the snapshot's seq."""
+    import sqlite3
+
+    from memimg._rows import snapshot_checksum
+
+    path = str(tmp_path / "x.db")
+    with memimg.open(path, root=dict) as img:
+        img.root["a"] = Decimal("1.5")
+        seq = img.snapshot()
+    conn = sqlite3.connect(path)
+    ts, payload = conn.execute("SELECT ts, payload FROM memimg_snapshots WHERE seq = ?", (seq,)).fetchone()
+    payload = payload.replace(b'["D","1.5"]', b'["no-such-tag","1.5"]')
+    conn.execute(
+        "UPDATE memimg_snapshots SET payload = ?, checksum = ? WHERE seq = ?",
+        (payload, snapshot_checksum(seq, ts, payload), seq),
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*unknown value tag") as info:
+        memimg.open(path, root=dict)
+    assert info.value.seq == seq and info.value.table == "memimg_snapshots"
+
+
+def test_obj_set_rows_apply_inline_with_values_and_references() -> None:
+    """The inline path decodes tagged values and references exactly as the general one does."""
+    store = memimg.MemoryStore()
+    with memimg.open(store, root=Cell) as img:
+        img.root.value = 0
+        img.root.value = Decimal("1.50")
+        img.root.value = (1, "a")
+        img.root.value = Cell(Decimal("-0.0"))
+        inner = img.root.value
+        inner.value = dt.date(2026, 11, 25)
+    with memimg.open(store, root=Cell) as again:
+        assert type(again.root.value) is Cell
+        assert again.root.value.value == dt.date(2026, 11, 25)
+        again.root.value = (1, "a")
+    with memimg.open(store, root=Cell) as third:
+        assert third.root.value == (1, "a") and type(third.root.value) is tuple
+
+
 def test_sqlite_head_after_every_event_was_compacted(tmp_path: Any) -> None:
     """With every event deleted (first_seq() = snapshot seq + 1), head() says 0 instead of the seq
     the snapshot covers, so the append rule refuses every later commit."""
