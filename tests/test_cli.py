@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import memimg
 from memimg._cli import cli
 from tests.models import Account, Bank, Entry
+from tests.tampering import rewrite_snapshot
 
 
 @pytest.fixture
@@ -100,17 +101,7 @@ def test_verify_names_the_first_bad_seq(bank_db: str) -> None:
 
 def test_verify_finds_a_snapshot_that_disagrees_with_the_log(bank_db: str) -> None:
     """A snapshot whose content differs from the replay is reported even with a valid checksum."""
-    from memimg._rows import snapshot_checksum
-
-    conn = sqlite3.connect(bank_db)
-    seq, ts, payload = conn.execute("SELECT seq, ts, payload FROM memimg_snapshots").fetchone()
-    payload = payload.replace(b'"bob"', b'"rob"')
-    conn.execute(
-        "UPDATE memimg_snapshots SET payload = ?, checksum = ? WHERE seq = ?",
-        (payload, snapshot_checksum(seq, ts, payload), seq),
-    )
-    conn.commit()
-    conn.close()
+    seq = rewrite_snapshot(bank_db, b'"bob"', b'"rob"')
     r = CliRunner().invoke(cli, ["verify", bank_db])
     assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output
 

@@ -29,6 +29,7 @@ from memimg._cli import cli
 from memimg._graph import Graph, split_snapshot
 from memimg._rows import event_checksum
 from memimg.stores._protocol import EventRow
+from tests.tampering import rewrite_snapshot
 from tests.versions import ROOT, Versions
 
 # -- shared models ----------------------------------------------------------------
@@ -461,23 +462,11 @@ def test_obj_set_rows_that_do_not_decode_are_named_by_seq(args: Any, message: st
 
 def test_snapshot_that_does_not_decode_is_named_by_seq(tmp_path: Any) -> None:
     """A snapshot with a valid checksum but an unknown value tag fails naming the snapshot's seq."""
-    import sqlite3
-
-    from memimg._rows import snapshot_checksum
-
     path = str(tmp_path / "x.db")
     with memimg.open(path, root=dict) as img:
         img.root["a"] = Decimal("1.5")
         seq = img.snapshot()
-    conn = sqlite3.connect(path)
-    ts, payload = conn.execute("SELECT ts, payload FROM memimg_snapshots WHERE seq = ?", (seq,)).fetchone()
-    payload = payload.replace(b'["D","1.5"]', b'["no-such-tag","1.5"]')
-    conn.execute(
-        "UPDATE memimg_snapshots SET payload = ?, checksum = ? WHERE seq = ?",
-        (payload, snapshot_checksum(seq, ts, payload), seq),
-    )
-    conn.commit()
-    conn.close()
+    assert rewrite_snapshot(path, b'["D","1.5"]', b'["no-such-tag","1.5"]') == seq
     with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*unknown value tag") as info:
         memimg.open(path, root=dict)
     assert info.value.seq == seq and info.value.table == "memimg_snapshots"
