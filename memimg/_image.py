@@ -25,7 +25,6 @@ graph never disagree.
 from __future__ import annotations
 
 import contextvars
-import gc
 import logging
 import threading
 import time
@@ -485,10 +484,11 @@ class MemoryImage:
     # -- the owner protocol (called by tracked objects) ---------------------------
 
     def _mi_set_field(self, obj: Any, name: str, value: Any) -> None:
-        tx = self._mi_current.get()
-        if tx is not None and not tx.done:
-            tx.set_field(obj, name, value)
-            return
+        """A field set outside any transaction: its own committed transaction.
+
+        Inside one, the entity's ``__setattr__`` hands the set to the
+        transaction directly (the hot path) and never calls this.
+        """
         with self._lock:
             self._check_writable()
             undo: list[Any] = []
@@ -602,14 +602,8 @@ class MemoryImage:
         writer got there first (the caller plans again on the new state).
         Must be called with the lock held.
         """
-        gc_was_on = gc.isenabled()
-        if gc_was_on:
-            gc.disable()
-        try:
+        with paused_gc():
             return self._commit_loop(events, state, replan, auto_snapshot)
-        finally:
-            if gc_was_on:
-                gc.enable()
 
     def _commit_loop(self, events: list[Pending], state: TxState | None, replan: bool, auto_snapshot: bool) -> bool:
         graph, store = self._graph, self._store

@@ -248,7 +248,6 @@ class TxState:
     def set_field(self, obj: Any, name: str, value: Any) -> None:
         if not self.writable:
             self._check()
-            self.writable = True
         tag = self.image._mi_savepoint.get() if self.nested else None  # self._tag(), inline: the hot path
         if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
             v = value
@@ -323,17 +322,14 @@ class TxState:
                 t = t.parent
             return False
 
-        dropped = [entry for entry, t in zip(self.undo, self.undo_tags) if inside(t)]
+        undo, undo_tags, dropped = _split(self.undo, self.undo_tags, inside)
         self.graph.undo(dropped)
-        kept = [(entry, t) for entry, t in zip(self.undo, self.undo_tags) if not inside(t)]
-        self.undo = [entry for entry, _ in kept]
-        self.undo_tags = [t for _, t in kept]
-        kept_events = [(event, t) for event, t in zip(self.pending(), self.tags) if not inside(t)]
-        self.events = [part for event, _ in kept_events for part in event]
-        self.tags = [t for _, t in kept_events]
+        self.undo, self.undo_tags = undo, undo_tags
+        events, self.tags, _ = _split(self.pending(), self.tags, inside)
+        self.events = [part for event in events for part in event]
         self.fields.clear()
         self.views.clear()
-        for k, target, args in self.pending():
+        for k, target, args in events:
             k.apply(self, target, *args)
 
     def pending(self) -> list[Pending]:
@@ -372,6 +368,22 @@ class TxState:
         if v is DELETED:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
         return v
+
+
+def _split(
+    items: list[Any], tags: list[Savepoint | None], inside: Callable[[Savepoint | None], bool]
+) -> tuple[list[Any], list[Savepoint | None], list[Any]]:
+    """``(kept items, their tags, dropped items)``: *items* tagged *inside* a savepoint are dropped."""
+    kept: list[Any] = []
+    kept_tags: list[Savepoint | None] = []
+    dropped: list[Any] = []
+    for item, t in zip(items, tags):
+        if inside(t):
+            dropped.append(item)
+        else:
+            kept.append(item)
+            kept_tags.append(t)
+    return kept, kept_tags, dropped
 
 
 class Savepoint:

@@ -109,7 +109,7 @@ class Owner(Protocol):
     _mi_current: ContextVar[Any]
     _mi_publishing: list[Any]
 
-    def _mi_set_field(self, obj: Any, name: str, value: Any) -> None: ...
+    def _mi_set_field(self, obj: Any, name: str, value: Any) -> None: ...  # outside a transaction
 
     def _mi_del_field(self, obj: Any, name: str) -> None: ...
 
