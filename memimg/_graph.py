@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import keyword
 import operator
 import struct
 import zlib
@@ -85,6 +86,7 @@ _INT64 = 2**63
 _KIND_CODES = {name: k.code for name, k in KINDS.items()}
 _OBJ_SET = KINDS["obj.set"]
 _NO_SETTERS: dict[str, Any] = {}
+_UNSEEN: Final = object()
 _OBJ_UPDATE = KINDS["obj.update"]
 _LIST_DEL = KINDS["list.del"]
 _LIST_SET = KINDS["list.set"]
@@ -94,6 +96,45 @@ _SET_DISCARD = KINDS["set.discard"]
 
 
 _SET_OID = PersistentBase.__dict__["_mi_oid"].__set__
+
+#: Objects per chunk of a snapshot (format 2): one directory line and one states line each.
+_CHUNK: Final = 2048
+
+
+def _state_encoder(info: _types.TypeInfo, direct: bool) -> Callable[..., Callable[[Any], Any]]:
+    """A compiled encoder of *info*'s entity states: the list of its field values, in declared order.
+
+    Generated once per class (and access mode): each field is read and tested
+    inline -- natives stored as themselves, objects as references -- so a
+    snapshot pays no call per field. *direct* reads fields as plain attribute
+    loads (only right while no read hook is installed on any class);
+    otherwise through the raw slot getters. An object with an unset field
+    falls back to *slow* (a dict of the fields that are set).
+    """
+    namespace: dict[str, Any] = {"X": _INT64}
+    items = []
+    for i, f in enumerate(info.fields):
+        namespace[f"g{i}"] = info.getters[f]
+        read = f"obj.{f}" if direct and f.isidentifier() and not keyword.iskeyword(f) else f"g{i}(obj)"
+        items.append(
+            f"v if (t := type(v := {read})) is str or (t is int and -X <= v < X)"
+            f" else ['r', o if seen[o := v._mi_oid] else ref(v)] if t in linked"
+            f" else v if v is None or t is bool else value(v)"
+        )
+    body = ",\n                ".join(items)
+    source = f"""
+def make(value, ref, seen, linked, slow):
+    def encode(obj):
+        try:
+            return [
+                {body}
+            ]
+        except AttributeError:
+            return slow(obj)
+    return encode
+"""
+    exec(compile(source, f"<memimg state encoder of {info.name}>", "exec"), namespace)
+    return namespace["make"]  # type: ignore[no-any-return]
 
 
 def _render(where: Any) -> str:
@@ -120,7 +161,16 @@ def _render(where: Any) -> str:
 
 
 def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
-    """A stored snapshot's header and its ``[oid, type, state_json_bytes]`` records (states unparsed)."""
+    """A stored snapshot's header and its records, states unparsed.
+
+    Format 2 (what :meth:`Graph.snapshot_payload` writes): the records are
+    chunks ``(oids, type indexes into header["names"], states JSON bytes)``.
+    Format 1 (one line per object, ``oid<TAB>type<TAB>state``, written before
+    memimg 0.2): ``(oid, type, state JSON bytes)`` per object.
+
+    Raises:
+        CorruptLogError: the payload is not laid out as its header says.
+    """
     end = payload.find(b"\n")
     if end < 0:
         end = len(payload)
@@ -130,35 +180,66 @@ def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
             "a snapshot payload does not start with its header line", seq=None, table="memimg_snapshots"
         )
     records: list[Any] = []
+    count = 0
     if end + 1 < len(payload):
-        names: dict[bytes, str] = {}
-        for line in payload[end + 1 :].split(b"\n"):
-            oid, name, state = line.split(b"\t", 2)
-            text = names.get(name)
-            if text is None:
-                text = names[name] = _loads(name) if name[:1] == b'"' else name.decode()
-            records.append((int(oid), text, state))
-    if len(records) != header["count"]:
+        lines = payload[end + 1 :].split(b"\n")
+        if header.get("format") == 2:
+            if len(lines) % 2:
+                raise CorruptLogError(
+                    "a snapshot payload ends in the middle of a chunk", seq=header.get("seq"), table="memimg_snapshots"
+                )
+            n_names = len(header.get("names", ()))
+            for i in range(0, len(lines), 2):
+                directory = _loads(lines[i])
+                if (
+                    type(directory) is not list
+                    or len(directory) != 2
+                    or len(directory[0]) != len(directory[1])
+                    or not all(type(k) is int and 0 <= k < n_names for k in directory[1])
+                ):
+                    raise CorruptLogError(
+                        f"chunk {i // 2} of a snapshot payload has a malformed directory line",
+                        seq=header.get("seq"),
+                        table="memimg_snapshots",
+                    )
+                records.append((directory[0], directory[1], lines[i + 1]))
+                count += len(directory[0])
+        else:
+            names: dict[bytes, str] = {}
+            for line in lines:
+                oid, name, state = line.split(b"\t", 2)
+                text = names.get(name)
+                if text is None:
+                    text = names[name] = _loads(name) if name[:1] == b'"' else name.decode()
+                records.append((int(oid), text, state))
+            count = len(records)
+    if count != header["count"]:
         raise CorruptLogError(
-            f"a snapshot payload holds {len(records)} objects, its header says {header['count']}",
+            f"a snapshot payload holds {count} objects, its header says {header['count']}",
             seq=header.get("seq"),
             table="memimg_snapshots",
         )
     return header, records
 
 
-def _line_name(name: str) -> bytes:
-    """A type name as a snapshot line holds it: raw, or as a JSON string if it could be misread."""
-    if "\t" in name or "\n" in name or name[:1] == '"':
-        return orjson.dumps(name)
-    return name.encode()
-
-
 def decode_snapshot(payload: bytes) -> dict[str, Any]:
-    """A stored snapshot payload as snapshot-format data (what ``serialize`` returns)."""
+    """A stored snapshot payload as snapshot-format data (what ``serialize`` returns, entity states as dicts)."""
     header, records = split_snapshot(payload)
-    data = {k: v for k, v in header.items() if k != "count"}
-    data["objects"] = [[oid, name, _loads(state)] for oid, name, state in records]
+    data = {k: v for k, v in header.items() if k not in ("count", "names")}
+    objects: list[Any] = []
+    if header.get("format") == 2:
+        names = header["names"]
+        types = header.get("types", {})
+        for oids, kinds, states in records:
+            for oid, k, state in zip(oids, kinds, _loads(states)):
+                name = names[k]
+                if type(state) is list and name in types:
+                    state = dict(zip(types[name][1], state))
+                objects.append([oid, name, state])
+    else:
+        objects = [[oid, name, _loads(state)] for oid, name, state in records]
+    data["format"] = 1
+    data["objects"] = objects
     return data
 
 
@@ -212,11 +293,13 @@ class Graph:
         self._assigned_from = 0
         self._declared_before: dict[str, Any] = {}
         self._collecting: dict[str, Any] | None = None
-        #: the reachable oids when the caller already knows them (a snapshot just walked the graph)
-        self.collect_hint: set[int] | None = None
+        #: the reachable objects when the caller already knows them (a snapshot just walked the graph):
+        #: a byte per oid, non-zero if reachable; empty if every object is
+        self.collect_hint: bytearray | None = None
         #: classes whose current schema the log has declared (cleared when declarations change)
         self._declared_ok: set[type] = set()
         self._arg_encoders: dict[str, Callable[[tuple[Any, ...]], list[Any]]] = {}
+        self._state_encoders: dict[tuple[type, bool], Callable[..., Callable[[Any], Any]]] = {}
 
     # -- identity -----------------------------------------------------------
 
@@ -495,12 +578,15 @@ class Graph:
         hint = self.collect_hint
         if hint is not None and not hint:
             return 0  # the caller saw every object reachable
-        reachable = hint if hint is not None else self.reachable_oids()
-        dropped = 0
         objects = self.objects
-        for oid in range(1, len(objects)):
+        if hint is None:
+            hint = bytearray(len(objects))
+            for oid in self.reachable_oids():
+                hint[oid] = 1
+        dropped = 0
+        for oid in range(1, min(len(objects), len(hint))):  # objects past the hint are newer than it
             obj = objects[oid]
-            if obj is not None and oid not in reachable:
+            if obj is not None and not hint[oid]:
                 objects[oid] = None
                 self._holes += 1
                 if type(obj) is not Gone:
@@ -955,10 +1041,34 @@ class Graph:
 
     def load_records(self, records: list[Any]) -> None:
         """Create the objects of ``[oid, type, state]`` records, then fill them in."""
+        made = self._create([(oid, name) for oid, name, _ in records])
+        self._fill_states(made, [state for _, _, state in records])
+
+    def _load_chunks(self, names: list[str], chunks: list[tuple[list[int], list[int], bytes]]) -> None:
+        """Load a format-2 snapshot's chunks.
+
+        Every object is created from the directories first (references may
+        point forward), then the states are parsed and filled chunk by chunk.
+        """
+        made = [self._create(list(zip(oids, [names[k] for k in kinds]))) for oids, kinds, _ in chunks]
+        for i, (oids, _, states) in enumerate(chunks):
+            state_list = _loads(states)
+            chunks[i] = (oids, [], b"")  # the bytes are not needed any more
+            if type(state_list) is not list or len(state_list) != len(oids):
+                raise CorruptLogError(
+                    f"a snapshot chunk lists {len(oids)} objects but does not hold as many states",
+                    seq=None,
+                    table="memimg_snapshots",
+                )
+            self._fill_states(made[i], state_list)
+            made[i] = []
+
+    def _create(self, entries: list[tuple[int, str]]) -> list[tuple[Any, _schema.Plan | None]]:
+        """Make the (empty) objects of ``(oid, type name)`` entries and place them in the object table."""
         objects = self.objects
-        made = []
+        made: list[tuple[Any, _schema.Plan | None]] = []
         owner = self.owner
-        for oid, name, state in records:
+        for oid, name in entries:
             cls = _COLLECTION_TYPES.get(name)
             obj: Any
             plan = None
@@ -992,9 +1102,14 @@ class Graph:
                 self._holes -= 1
             else:
                 raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
-            made.append((obj, plan, state))
+            made.append((obj, plan))
+        return made
+
+    def _fill_states(self, made: list[tuple[Any, _schema.Plan | None]], states: list[Any]) -> None:
+        """Fill objects made by :meth:`_create` from their states (parsed, or JSON bytes)."""
         dec = self._decode_fast
-        for obj, plan, state in made:
+        in_order: dict[int, Any] = {}  # id(plan) -> the field setters in stored order, or None
+        for (obj, plan), state in zip(made, states):
             if type(state) is bytes:
                 state = _loads(state)
             t = type(obj)
@@ -1007,8 +1122,33 @@ class Graph:
                     dict.update(obj, [(dec(k), dec(v)) for k, v in state])
             elif t is TrackedSet:
                 set.update(obj, [dec(m) if type(m) is list else m for m in state])
-            elif plan is not None and t is not Gone:
+            elif plan is None or t is Gone:
+                continue
+            elif type(state) is not list:
                 self._fill(obj, plan, state)
+            else:  # a state in the stored field order (format 2)
+                fields = plan.stored_fields
+                if len(state) != len(fields):
+                    raise CorruptLogError(
+                        f"stored object {obj._mi_oid} ({plan.stored_name}) has {len(state)} field values, "
+                        f"its declaration lists {len(fields)}",
+                        seq=None,
+                        table="",
+                    )
+                key = id(plan)
+                setters = in_order.get(key, _UNSEEN)
+                if setters is _UNSEEN:
+                    info = plan.info
+                    setters = in_order[key] = (
+                        [info.setters[f] for f in fields]
+                        if plan.identity and info is not None and fields == info.fields
+                        else None
+                    )
+                if setters is None:
+                    self._fill(obj, plan, dict(zip(fields, state)))
+                else:
+                    for setter, x in zip(setters, state):
+                        setter(obj, dec(x) if type(x) is list else x)
 
     def _decode_fast(self, x: Any) -> Any:
         """``codec.decode`` with references resolved inline (the common case in records)."""
@@ -1169,60 +1309,159 @@ class Graph:
         """The snapshot-format description of everything reachable from the root."""
         return self._describe([self.root] if self.root is not None else [], _get_oid, seq, progress)
 
-    def snapshot_payload(self, seq: int, progress: Callable[[int], None] | None = None) -> tuple[bytes, list[int]]:
-        """The stored form of a snapshot at *seq*, and the ids of the objects it holds.
+    def snapshot_payload(self, seq: int, progress: Callable[[int], None] | None = None) -> tuple[bytes, int, bytearray]:
+        """The stored form of a snapshot at *seq*, how many objects it holds, and which.
 
-        One JSON header line, then one line per object, ``oid<TAB>type<TAB>state``
-        (a type name holding a tab or newline is written as a JSON string):
-        each state is encoded as it is met and nothing but the finished lines is
-        kept, so a snapshot of a million objects never exists as one tree of
-        Python objects (see :func:`decode_snapshot`).
+        The objects it holds -- the reachable ones -- are given as a byte per
+        object id, non-zero if held (what :attr:`collect_hint` takes).
+
+        Format 2 (see :func:`split_snapshot`): a JSON header line, then per
+        chunk of up to 2,048 objects a directory line ``[[oid, ...], [type
+        index, ...]]`` and a states line ``[state, ...]``. An entity's state is
+        the list of its field values in the order the header declares its
+        fields (a dict only if a field is unset). Each chunk is encoded as it
+        is completed, so a snapshot of a million objects never exists as one
+        tree of Python objects, and a reader can create every object from the
+        small directory lines before it parses any state.
+
+        Only objects reachable from the root are written: the walk is
+        breadth-first from the root, encoding each object as it is met.
         """
         root = self.root
-        roots = [root] if root is not None else []
-        queue = list(roots)
-        seen = bytearray(len(self.objects))  # by object id: a byte per object, not a set entry
+        objects = self.objects
+        queue: list[Any] = [root] if root is not None else []
+        seen = bytearray(len(objects))  # by object id: a byte per object, not a set entry
         if root is not None:
             seen[self.root_oid] = 1
+        push = queue.append
 
         def ref(obj: Any) -> int:
             oid: int = obj._mi_oid
             if not seen[oid]:
                 seen[oid] = 1
-                queue.append(obj)
+                push(obj)
             return oid
 
-        lines: list[bytes] = []
-        oids: list[int] = []
-        names: dict[str, bytes] = {}
+        codec = self.codec
+        value, linked = self._value_encoder(ref)
+        direct = not _tracking.enabled()  # no read hook on any class: plain attribute loads are raw reads
         dumps = orjson.dumps
-        add_line, add_oid = lines.append, oids.append
-
-        def emit(record: list[Any]) -> None:
-            oid, name, state = record
-            b = names.get(name)
-            if b is None:
-                b = names[name] = _line_name(name)
-            add_oid(oid)
-            add_line(b"%d\t%b\t%b" % (oid, b, dumps(state)))
-
+        names: dict[Any, int] = {TrackedList: 0, TrackedDict: 1, TrackedSet: 2}
+        type_names = ["list", "dict", "set"]
+        encoders: dict[type, Callable[[Any], Any]] = {}
+        out: list[bytes] = []
         types: dict[str, Any] = {}
+        previous_ref = codec.ref
+        codec.ref = ref  # references inside tuples and value objects
         self._collecting = types
         try:
-            self._encode_records(queue, ref, _get_oid, progress, emit)
+            done = 0
+            while done < len(queue):  # the queue grows while it is walked
+                start = done
+                states: list[Any] = []
+                add = states.append
+                while done < len(queue) and done - start < _CHUNK:  # fill the chunk, with what it meets too
+                    chunk = queue[done : start + _CHUNK]
+                    done += len(chunk)
+                    for obj in chunk:
+                        t = type(obj)
+                        enc = encoders.get(t)
+                        if enc is not None:
+                            add(enc(obj))
+                        elif t is TrackedList:
+                            add(
+                                [
+                                    x
+                                    if (tx := type(x)) is str or (tx is int and -_INT64 <= x < _INT64)
+                                    else ["r", o if seen[o := x._mi_oid] else ref(x)]
+                                    if tx in linked
+                                    else value(x)
+                                    for x in _list_iter(obj)
+                                ]
+                            )
+                        elif t is TrackedDict:
+                            if all(type(k) is str for k in _dict_keys(obj)):
+                                add({k: value(v) for k, v in _dict_items(obj)})
+                            else:
+                                add([[value(k), value(v)] for k, v in _dict_items(obj)])
+                        elif t is TrackedSet:
+                            add([value(m) for m in set.copy(obj)])
+                        else:
+                            info = _types.info_of(t)
+                            if info is None or info.kind != _types.ENTITY:
+                                raise describe_unsupported(obj, "")
+                            self._declare(info)
+                            names[t] = len(type_names)
+                            type_names.append(info.name)
+                            make = self._state_encoders.get((t, direct))
+                            if make is None:
+                                make = self._state_encoders[t, direct] = _state_encoder(info, direct)
+                            enc = encoders[t] = make(value, ref, seen, linked, self._slow_state(info, value))
+                            add(enc(obj))
+                members = queue[start:done]
+                oids = list(map(_get_oid, members))
+                kinds = list(map(names.__getitem__, map(type, members)))
+                out.append(dumps([oids, kinds]))
+                out.append(dumps(states))
+                if progress is not None:
+                    progress(done)
         finally:
+            codec.ref = previous_ref
             self._collecting = None
         header = {
-            "format": 1,
+            "format": 2,
             "seq": seq,
-            "next_oid": len(self.objects),
+            "next_oid": len(objects),
             "root": self.root_oid if root is not None else 0,
             "types": types,
-            "count": len(lines),
+            "names": type_names,
+            "count": len(queue),
         }
-        if not lines:
-            return dumps(header), oids
-        return dumps(header) + b"\n" + b"\n".join(lines), oids
+        out.insert(0, dumps(header))
+        return b"\n".join(out), len(queue), seen
+
+    def _value_encoder(self, ref: Callable[[Any], int]) -> tuple[Callable[[Any], Any], set[type]]:
+        """How a walk stores a value: natives as themselves, objects as ``["r", ref(obj)]``, the rest by the codec.
+
+        Also returns ``linked``, the set of object types met so far, which
+        the walks test inline before calling the function.
+        """
+        codec = self.codec
+        shapes = codec._shapes
+        classify = codec.classify
+        encode = codec.encode
+        linked_shapes = (_codec.ENTITY, _codec.TRACKED, _codec.PLAIN)
+        linked: set[type] = set(_TRACKED_TYPES)
+
+        def value(v: Any) -> Any:
+            t = type(v)
+            if t in linked:
+                return ["r", ref(v)]
+            if t is str or t is bool or v is None or (t is int and -_INT64 <= v < _INT64):
+                return v
+            if (shapes.get(t) or classify(t)) in linked_shapes:
+                linked.add(t)
+                return ["r", ref(v)]
+            return encode(v)
+
+        return value, linked
+
+    @staticmethod
+    def _slow_state(info: _types.TypeInfo, value: Callable[[Any], Any]) -> Callable[[Any], dict[str, Any]]:
+        """An entity's state as a dict of its set fields (the form for objects with an unset field)."""
+        getters = tuple(info.getters.items())
+
+        def state(obj: Any) -> dict[str, Any]:
+            fields = {}
+            for f, get in getters:
+                try:
+                    v = get(obj)
+                except AttributeError:
+                    continue
+                fields[f] = value(v)
+            return fields
+
+        return state
 
     def _describe(
         self, roots: list[Any], oid_of: Any, seq: int, progress: Callable[[int], None] | None = None
@@ -1259,36 +1498,21 @@ class Graph:
         ref: Callable[[Any], int],
         oid_of: Callable[[Any], int],
         progress: Callable[[int], None] | None = None,
-        emit: Callable[[list[Any]], None] | None = None,
     ) -> list[Any]:
         """``[oid, type, state]`` for each object of *queue*, which grows as *ref* meets new ones.
 
-        The hot loop of snapshots and of attaching large graphs: values are
-        encoded inline (natives as themselves, objects as ``["r", ref(obj)]``)
-        and only other values go through the codec.
+        The hot loop of attaching large graphs and of :func:`memimg.serialize`:
+        values are encoded inline (natives as themselves, objects as
+        ``["r", ref(obj)]``) and only other values go through the codec.
+        Entity states are dicts of their set fields (the snapshot format
+        that ``serialize`` returns and attach events store).
         """
         codec = self.codec
-        shapes = codec._shapes
-        classify = codec.classify
-        encode = codec.encode
-        linked_shapes = (_codec.ENTITY, _codec.TRACKED, _codec.PLAIN)
-        linked: set[type] = set()  # types met so far that are objects
-
-        def value(v: Any) -> Any:
-            t = type(v)
-            if t in linked:
-                return ["r", ref(v)]
-            if t is str or t is bool or v is None or (t is int and -_INT64 <= v < _INT64):
-                return v
-            if (shapes.get(t) or classify(t)) in linked_shapes:
-                linked.add(t)
-                return ["r", ref(v)]
-            return encode(v)
-
+        value, _ = self._value_encoder(ref)
         previous_ref = codec.ref
         codec.ref = ref  # references inside tuples and value objects
         records: list[Any] = []
-        append = records.append if emit is None else emit
+        append = records.append
         entities: dict[type, tuple[str, tuple[tuple[str, Any], ...]]] = {}
         try:
             i = 0
@@ -1351,16 +1575,24 @@ class Graph:
         return data
 
     def load_snapshot(self, data: dict[str, Any] | bytes) -> None:
-        """Rebuild the graph (an empty one) from snapshot-format *data*, or a stored snapshot payload."""
+        """Rebuild the graph (an empty one) from snapshot-format *data*, or a stored snapshot payload.
+
+        *data* is what :func:`memimg.serialize` returns (format 1), or a
+        stored payload's header with its records under ``"objects"`` as
+        :func:`split_snapshot` gives them (format 1 or 2).
+        """
         if isinstance(data, bytes):
             header, records = split_snapshot(data)
-            data = header
-        else:
-            records = data["objects"]
-        if data.get("format") != 1:
-            raise MemimgError(f"unknown snapshot format {data.get('format')!r}: written by a newer memimg?")
+            data = {**header, "objects": records}
+        fmt = data.get("format")
+        if fmt not in (1, 2):
+            raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
         self.declare(data.get("types", {}))
-        self.load_records(records)
+        records = data["objects"]
+        if fmt == 2:
+            self._load_chunks(data["names"], records)
+        else:
+            self.load_records(records)
         records = []
         n = data.get("next_oid", len(self.objects))
         if len(self.objects) < n:

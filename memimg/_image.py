@@ -264,12 +264,9 @@ class MemoryImage:
                 report = None
                 if self._progress is not None:
                     report = _phase_reporter(self._progress, "snapshot", graph.live_count())
-                payload, oids = graph.snapshot_payload(seq, report)
-                if len(oids) == graph.live_count():
-                    graph.collect_hint = set()  # everything is reachable: nothing to forget
-                else:
-                    graph.collect_hint = set(oids)
-                oids = []
+                payload, count, reachable = graph.snapshot_payload(seq, report)
+                # the gc event's collection forgets what the snapshot did not reach (nothing if it reached all)
+                graph.collect_hint = reachable if count < graph.live_count() else bytearray()
                 try:
                     if self._commit_events([(_GC, None, ())], None, replan=True, auto_snapshot=False):
                         break

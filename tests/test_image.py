@@ -371,19 +371,20 @@ def test_progress_callback(sqlite_path: str) -> None:
 
 
 def test_snapshot_payload_is_readable_json(sqlite_path: str) -> None:
-    """Snapshots are JSON lines anyone can read with sqlite3: a header, then one object per line."""
+    """Snapshots are JSON lines anyone can read with sqlite3: a header, then a directory and a states line per chunk."""
     with memimg.open(sqlite_path, root=Bank) as img:
         img.root.accounts["a"] = Account("a")
         img.snapshot()
     conn = sqlite3.connect(sqlite_path)
     payload = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()[0]
     conn.close()
-    header, *lines = payload.split(b"\n")
-    data = orjson.loads(header)
-    assert data["format"] == 1 and data["types"]["tests.Bank"] == [1, ["accounts", "name"]]
-    assert data["count"] == len(lines) == 5  # the bank, its dict, the account, its set and list
-    oid, name, state = lines[0].split(b"\t")
-    assert (int(oid), name, orjson.loads(state)) == (1, b"tests.Bank", {"accounts": ["r", 2], "name": "bank"})
+    header, directory, states = (orjson.loads(line) for line in payload.split(b"\n"))
+    assert header["format"] == 2 and header["types"]["tests.Bank"] == [1, ["accounts", "name"]]
+    assert header["count"] == 5  # the bank, its dict, the account, its set and list
+    oids, kinds = directory
+    assert len(oids) == len(kinds) == len(states) == 5
+    assert (oids[0], header["names"][kinds[0]], states[0]) == (1, "tests.Bank", [["r", 2], "bank"])
+    assert header["names"][kinds[1]] == "dict" and states[1] == {"a": ["r", oids[2]]}
 
 
 def test_snapshot_reports_progress(sqlite_path: str) -> None:
