@@ -1,0 +1,284 @@
+"""The stored snapshot format: what it holds, that every kind of state survives it, and what reads it.
+
+Snapshots are written in format 2 (a header, then per chunk of objects a
+directory line and a states line, entity states as field lists). Images
+written before it hold format-1 snapshots (a line per object), which must
+still open. Each test reopens from the snapshot alone: the events it covers
+are deleted first, so nothing but the snapshot can give the state back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import sqlite3
+import threading
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+
+import memimg
+from memimg import persistent
+from memimg._cli import _canonical
+from memimg._graph import decode_snapshot
+from memimg._rows import snapshot_checksum
+from tests.tampering import rewrite_snapshot
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@attrs.frozen
+class Point:
+    x: int
+    y: Any = None
+
+
+@persistent(name="fmt.Node")
+class Node:
+    label: str = ""
+    n: Any = 0
+    next: Any = None
+    tags: list = attrs.field(factory=list)
+    extra: Any = None
+
+
+@persistent(name="fmt.Holder")
+class Holder:
+    nodes: list = attrs.field(factory=list)
+    index: dict = attrs.field(factory=dict)
+    keyed: dict = attrs.field(factory=dict)
+    members: set = attrs.field(factory=set)
+    misc: Any = None
+
+
+def _only_the_snapshot(path: str, seq: int) -> None:
+    """Delete the events *seq* covers, so reopening can only use the snapshot."""
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM memimg_events WHERE seq <= ?", (seq,))
+    conn.commit()
+    conn.close()
+
+
+def _fill(root: Holder) -> None:
+    nodes = [Node(f"n{i}", i, tags=["a", i, 2**70, -0.0]) for i in range(5_000)]
+    for i, node in enumerate(nodes):
+        node.next = nodes[(i * 31 + 7) % len(nodes)]
+    nodes[3].extra = (nodes[4], Point(1, nodes[5]), frozenset({1, 2}))
+    nodes[6].extra = {"deep": [nodes[7], b"\x00\xff"]}
+    nodes[8].n = 2**80
+    nodes[9].n = float("nan")
+    root.nodes = nodes
+    root.index = {node.label: node for node in nodes[:100]}
+    root.keyed = {1: "int key", (1, "t"): nodes[10], Colour.RED: Decimal("1.50"), nodes[11]: "entity key"}
+    root.members = {1, "s", nodes[12], dt.date(2024, 2, 29)}
+    root.misc = [None, True, 1.5, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), Colour.RED]
+    del nodes[13].label  # an unset field: stored as a dict state
+
+
+def _content(root: Any) -> bytes:
+    """The graph under *root*, independent of set and frozenset iteration order."""
+    return _canonical(memimg.serialize(root))
+
+
+def test_every_kind_of_state_survives_a_snapshot_alone(tmp_path: Any) -> None:
+    """A graph of several chunks, with references everywhere a value can hold one, reopens from its snapshot."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        _fill(img.root)
+        seq = img.snapshot()
+        expected = _content(img.root)
+    _only_the_snapshot(path, seq)
+    with memimg.open(path, root=Holder) as img:
+        got = _content(img.root)
+        root = img.root
+        assert not hasattr(root.nodes[13], "label")
+        assert root.nodes[3].extra[1].y is root.nodes[5]
+        assert root.nodes[0].next is root.nodes[7]
+        assert root.keyed[root.nodes[11]] == "entity key"
+    assert got == expected
+
+
+def test_payload_lays_out_chunks_of_directory_and_states(tmp_path: Any) -> None:
+    """Format 2: a header naming types, then chunks whose directory lines list oids and type indexes."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        _fill(img.root)
+        img.snapshot()
+        live = img._graph.live_count()
+    conn = sqlite3.connect(path)
+    payload = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()[0]
+    conn.close()
+    header, *lines = payload.split(b"\n")
+    head = orjson.loads(header)
+    assert head["format"] == 2 and head["names"][:3] == ["list", "dict", "set"]
+    assert head["types"]["fmt.Node"][1] == ["label", "n", "next", "tags", "extra"]
+    assert len(lines) % 2 == 0 and len(lines) >= 6  # ~10,000 objects: several chunks
+    oids: list[int] = []
+    for directory, states in zip(lines[::2], lines[1::2]):
+        ids, kinds = orjson.loads(directory)
+        assert len(ids) == len(kinds) == len(orjson.loads(states)) <= 2048
+        oids += ids
+    assert len(oids) == len(set(oids)) == head["count"] == live
+    node = next(s for s in orjson.loads(lines[1]) if isinstance(s, list) and s[:1] == ["n0"])
+    assert node[1] == 0 and node[2][0] == "r"  # label, n, then a reference
+
+
+def test_snapshot_inside_an_open_transaction_holds_the_committed_state(tmp_path: Any) -> None:
+    """While read hooks are on, the snapshot reads raw slots: a transaction's pending writes are not in it."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        img.root.nodes = [Node("committed", 1)]
+        with img.transaction() as tx:
+            img.root.nodes[0].label = "pending"
+            seq = img.snapshot()
+            tx.discard()
+    _only_the_snapshot(path, seq)
+    with memimg.open(path, root=Holder) as img:
+        assert img.root.nodes[0].label == "committed"
+
+
+def test_snapshot_while_another_thread_holds_a_transaction(tmp_path: Any) -> None:
+    """Another thread's open transaction (hooks on for every class) does not leak into the snapshot."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        img.root.nodes = [Node("committed", 1)]
+        opened, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with img.transaction() as tx:
+                img.root.nodes[0].label = "pending"
+                opened.set()
+                release.wait(10)
+                tx.discard()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert opened.wait(10)
+        try:
+            seq = img.snapshot()
+        finally:
+            release.set()
+            thread.join()
+    _only_the_snapshot(path, seq)
+    with memimg.open(path, root=Holder) as img:
+        assert img.root.nodes[0].label == "committed"
+
+
+def _format_1(payload: bytes) -> bytes:
+    """*payload* as a format-1 snapshot (what memimg 0.1 wrote): a header, then ``oid<TAB>type<TAB>state`` lines."""
+    data = decode_snapshot(payload)
+    objects = data.pop("objects")
+    header = {**data, "format": 1, "count": len(objects)}
+    lines = [b"%d\t%s\t%s" % (oid, name.encode(), orjson.dumps(state)) for oid, name, state in objects]
+    return b"\n".join([orjson.dumps(header), *lines])
+
+
+def test_format_1_snapshots_still_open(tmp_path: Any) -> None:
+    """An image whose newest snapshot is in the previous format opens to the same graph."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        _fill(img.root)
+        seq = img.snapshot()
+        expected = _content(img.root)
+    conn = sqlite3.connect(path)
+    (payload,) = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()
+    conn.close()
+    old = _format_1(payload)
+    assert orjson.loads(old.split(b"\n", 1)[0])["format"] == 1
+    rewrite_snapshot(path, payload, old)
+    _only_the_snapshot(path, seq)
+    with memimg.open(path, root=Holder) as img:
+        assert _content(img.root) == expected
+        img.root.misc = "written after"  # and the image goes on
+        img.snapshot()
+    with memimg.open(path, root=Holder) as img:
+        assert img.root.misc == "written after"
+
+
+def test_cli_verify_compares_format_2_snapshots_with_the_log(tmp_path: Any) -> None:
+    """`memimg verify` reads a format-2 snapshot back into records and finds it equal to the replayed log."""
+    from click.testing import CliRunner
+
+    from memimg._cli import cli
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        _fill(img.root)
+        img.snapshot()
+        img.root.misc = "after"
+    result = CliRunner().invoke(cli, ["verify", path])
+    assert result.exit_code == 0, result.output
+    assert "1 snapshot(s) equal the replayed state" in result.output
+
+
+# -- damage ------------------------------------------------------------------------
+
+
+def _tamper(path: str, edit: Any) -> int:
+    conn = sqlite3.connect(path)
+    seq, ts, payload = conn.execute("SELECT seq, ts, payload FROM memimg_snapshots").fetchone()
+    payload = edit(payload)
+    conn.execute(
+        "UPDATE memimg_snapshots SET payload = ?, checksum = ? WHERE seq = ?",
+        (payload, snapshot_checksum(seq, ts, payload), seq),
+    )
+    conn.commit()
+    conn.close()
+    return int(seq)
+
+
+def _small(path: str) -> int:
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        img.root.nodes = [Node("a", 1), Node("b", 2)]
+        return img.snapshot()
+
+
+def test_a_malformed_directory_line_skips_the_snapshot_with_a_warning(tmp_path: Any) -> None:
+    """A directory line that does not list as many types as oids: the snapshot is skipped, the log replayed."""
+    path = str(tmp_path / "img.db")
+    _small(path)
+
+    def edit(payload: bytes) -> bytes:
+        header, directory, states = payload.split(b"\n")
+        oids, kinds = orjson.loads(directory)
+        return b"\n".join([header, orjson.dumps([oids, kinds[:-1]]), states])
+
+    seq = _tamper(path, edit)
+    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: chunk 0 .*malformed directory"):
+        img = memimg.open(path, root=Holder)
+    with img:
+        assert [n.label for n in img.root.nodes] == ["a", "b"]
+
+
+def test_a_chunk_with_too_few_states_is_named_by_seq(tmp_path: Any) -> None:
+    """A states line shorter than its directory cannot be loaded: CorruptLogError naming the snapshot."""
+    path = str(tmp_path / "img.db")
+    _small(path)
+
+    def edit(payload: bytes) -> bytes:
+        header, directory, states = payload.split(b"\n")
+        return b"\n".join([header, directory, orjson.dumps(orjson.loads(states)[:-1])])
+
+    seq = _tamper(path, edit)
+    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*does not hold as many states") as info:
+        memimg.open(path, root=Holder)
+    assert info.value.seq == seq and info.value.table == "memimg_snapshots"
+
+
+def test_an_entity_state_with_a_missing_field_value_is_named_by_seq(tmp_path: Any) -> None:
+    """An entity state with fewer values than its declaration lists: CorruptLogError naming the object and seq."""
+    path = str(tmp_path / "img.db")
+    _small(path)
+
+    def edit(payload: bytes) -> bytes:
+        return payload.replace(b'["a",1,', b'["a",', 1)
+
+    seq = _tamper(path, edit)
+    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*fmt.Node.* 4 field values") as info:
+        memimg.open(path, root=Holder)
+    assert info.value.seq == seq
