@@ -584,14 +584,17 @@ class Graph:
             for oid in self.reachable_oids():
                 hint[oid] = 1
         dropped = 0
-        for oid in range(1, min(len(objects), len(hint))):  # objects past the hint are newer than it
+        end = min(len(objects), len(hint))  # objects past the hint are newer than it
+        oid = hint.find(0, 1, end)  # the unreached ids (and holes), found at C speed
+        while oid >= 0:
             obj = objects[oid]
-            if obj is not None and not hint[oid]:
+            if obj is not None:
                 objects[oid] = None
                 self._holes += 1
                 if type(obj) is not Gone:
                     _set_slots(obj, None, None)
                 dropped += 1
+            oid = hint.find(0, oid + 1, end)
         return dropped
 
     # -- walking the graph ----------------------------------------------------
