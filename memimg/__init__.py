@@ -57,6 +57,6 @@ __all__ = [
     "upgrader",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 MemoryImage.__module__ = "memimg"

@@ -194,7 +194,10 @@ def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
                 if (
                     type(directory) is not list
                     or len(directory) != 2
+                    or type(directory[0]) is not list
+                    or type(directory[1]) is not list
                     or len(directory[0]) != len(directory[1])
+                    or not all(type(oid) is int and oid > 0 for oid in directory[0])
                     or not all(type(k) is int and 0 <= k < n_names for k in directory[1])
                 ):
                     raise CorruptLogError(
@@ -1113,45 +1116,53 @@ class Graph:
         dec = self._decode_fast
         in_order: dict[int, Any] = {}  # id(plan) -> the field setters in stored order, or None
         for (obj, plan), state in zip(made, states):
-            if type(state) is bytes:
-                state = _loads(state)
-            t = type(obj)
-            if t is TrackedList:
-                list.extend(obj, [dec(x) if type(x) is list else x for x in state])
-            elif t is TrackedDict:
-                if type(state) is dict:
-                    dict.update(obj, {k: dec(v) if type(v) is list else v for k, v in state.items()})
-                else:
-                    dict.update(obj, [(dec(k), dec(v)) for k, v in state])
-            elif t is TrackedSet:
-                set.update(obj, [dec(m) if type(m) is list else m for m in state])
-            elif plan is None or t is Gone:
-                continue
-            elif type(state) is not list:
-                self._fill(obj, plan, state)
-            else:  # a state in the stored field order (format 2)
-                fields = plan.stored_fields
-                if len(state) != len(fields):
-                    raise CorruptLogError(
-                        f"stored object {obj._mi_oid} ({plan.stored_name}) has {len(state)} field values, "
-                        f"its declaration lists {len(fields)}",
-                        seq=None,
-                        table="",
-                    )
-                key = id(plan)
-                setters = in_order.get(key, _UNSEEN)
-                if setters is _UNSEEN:
-                    info = plan.info
-                    setters = in_order[key] = (
-                        [info.setters[f] for f in fields]
-                        if plan.identity and info is not None and fields == info.fields
-                        else None
-                    )
-                if setters is None:
-                    self._fill(obj, plan, dict(zip(fields, state)))
-                else:
-                    for setter, x in zip(setters, state):
-                        setter(obj, dec(x) if type(x) is list else x)
+            try:
+                if type(state) is bytes:
+                    state = _loads(state)
+                t = type(obj)
+                if t is TrackedList:
+                    list.extend(obj, [dec(x) if type(x) is list else x for x in state])
+                elif t is TrackedDict:
+                    if type(state) is dict:
+                        dict.update(obj, {k: dec(v) if type(v) is list else v for k, v in state.items()})
+                    else:
+                        dict.update(obj, [(dec(k), dec(v)) for k, v in state])
+                elif t is TrackedSet:
+                    set.update(obj, [dec(m) if type(m) is list else m for m in state])
+                elif plan is None or t is Gone:
+                    continue
+                elif type(state) is not list:
+                    self._fill(obj, plan, state)
+                else:  # a state in the stored field order (format 2)
+                    fields = plan.stored_fields
+                    if len(state) != len(fields):
+                        raise CorruptLogError(
+                            f"stored object {obj._mi_oid} ({plan.stored_name}) has {len(state)} field values, "
+                            f"its declaration lists {len(fields)}",
+                            seq=None,
+                            table="",
+                        )
+                    key = id(plan)
+                    setters = in_order.get(key, _UNSEEN)
+                    if setters is _UNSEEN:
+                        info = plan.info
+                        setters = in_order[key] = (
+                            [info.setters[f] for f in fields]
+                            if plan.identity and info is not None and fields == info.fields
+                            else None
+                        )
+                    if setters is None:
+                        self._fill(obj, plan, dict(zip(fields, state)))
+                    else:
+                        for setter, x in zip(setters, state):
+                            setter(obj, dec(x) if type(x) is list else x)
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
+                name = plan.stored_name if plan is not None else COLLECTION_NAMES.get(type(obj), type(obj).__name__)
+                raise CorruptLogError(
+                    f"stored object {obj._mi_oid} ({name}) has a state that does not fit it: {err!r}",
+                    seq=None,
+                    table="",
+                ) from err
 
     def _decode_fast(self, x: Any) -> Any:
         """``codec.decode`` with references resolved inline (the common case in records)."""

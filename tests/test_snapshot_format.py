@@ -282,3 +282,45 @@ def test_an_entity_state_with_a_missing_field_value_is_named_by_seq(tmp_path: An
     with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*fmt.Node.* 4 field values") as info:
         memimg.open(path, root=Holder)
     assert info.value.seq == seq
+
+
+def test_a_directory_naming_no_valid_oid_skips_the_snapshot(tmp_path: Any) -> None:
+    """Object ids that are not positive ints: the directory is malformed, the snapshot skipped, the log replayed."""
+    path = str(tmp_path / "img.db")
+    _small(path)
+
+    def edit(payload: bytes) -> bytes:
+        header, directory, states = payload.split(b"\n")
+        oids, kinds = orjson.loads(directory)
+        return b"\n".join([header, orjson.dumps([["x", *oids[1:]], kinds]), states])
+
+    seq = _tamper(path, edit)
+    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: chunk 0 .*malformed directory"):
+        img = memimg.open(path, root=Holder)
+    with img:
+        assert [n.label for n in img.root.nodes] == ["a", "b"]
+
+
+@pytest.mark.parametrize("what", ["list", "fmt.Node"])
+def test_a_state_that_does_not_fit_its_object_is_named(tmp_path: Any, what: str) -> None:
+    """A state of the wrong shape (here an int) is a CorruptLogError naming the object, its type and the seq."""
+    path = str(tmp_path / "img.db")
+    _small(path)
+    target: list[int] = []
+
+    def edit(payload: bytes) -> bytes:
+        header, directory, states = payload.split(b"\n")
+        names = orjson.loads(header)["names"]
+        oids, kinds = orjson.loads(directory)
+        listed = orjson.loads(states)
+        index = next(i for i, k in enumerate(kinds) if names[k] == what)
+        target.append(oids[index])
+        listed[index] = 7
+        return b"\n".join([header, directory, orjson.dumps(listed)])
+
+    seq = _tamper(path, edit)
+    with pytest.raises(
+        memimg.CorruptLogError, match=rf"snapshot at seq {seq} .*stored object {target[0]} \({what}\) has a state"
+    ) as info:
+        memimg.open(path, root=Holder)
+    assert info.value.seq == seq and info.value.table == "memimg_snapshots"
