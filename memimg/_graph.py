@@ -118,12 +118,12 @@ def _state_encoder(info: _types.TypeInfo, direct: bool) -> Callable[..., Callabl
         read = f"obj.{f}" if direct and f.isidentifier() and not keyword.iskeyword(f) else f"g{i}(obj)"
         items.append(
             f"v if (t := type(v := {read})) is str or (t is int and -X <= v < X)"
-            f" else ['r', o if seen[o := v._mi_oid] else ref(v)] if t in linked"
+            f" else ['r', o if seen[o := v._mi_oid] else mark(o, 1) or push(v) or o] if t in linked"
             f" else v if v is None or t is bool else value(v)"
         )
     body = ",\n                ".join(items)
     source = f"""
-def make(value, ref, seen, linked, slow):
+def make(value, seen, mark, push, linked, slow):
     def encode(obj):
         try:
             return [
@@ -1348,6 +1348,7 @@ class Graph:
         if root is not None:
             seen[self.root_oid] = 1
         push = queue.append
+        mark = seen.__setitem__  # inline in the loops below: `mark(oid, 1) or push(obj) or oid` (no Python call)
 
         def ref(obj: Any) -> int:
             oid: int = obj._mi_oid
@@ -1387,7 +1388,7 @@ class Graph:
                                 [
                                     x
                                     if (tx := type(x)) is str or (tx is int and -_INT64 <= x < _INT64)
-                                    else ["r", o if seen[o := x._mi_oid] else ref(x)]
+                                    else ["r", o if seen[o := x._mi_oid] else mark(o, 1) or push(x) or o]
                                     if tx in linked
                                     else value(x)
                                     for x in _list_iter(obj)
@@ -1410,7 +1411,7 @@ class Graph:
                             make = self._state_encoders.get((t, direct))
                             if make is None:
                                 make = self._state_encoders[t, direct] = _state_encoder(info, direct)
-                            enc = encoders[t] = make(value, ref, seen, linked, self._slow_state(info, value))
+                            enc = encoders[t] = make(value, seen, mark, push, linked, self._slow_state(info, value))
                             add(enc(obj))
                 members = queue[start:done]
                 oids = list(map(_get_oid, members))
