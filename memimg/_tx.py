@@ -119,15 +119,25 @@ class TxState:
                 if v is DELETED:
                     raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
                 return v
+        # Read first, check after (as a seqlock does): a commit moves the seq *before* it
+        # changes any object, so a value read from a commit in progress is always caught by
+        # the check that follows it; checking first would let the read see it unnoticed.
         oid = obj._mi_oid
-        if oid is not None:
-            self.note_read(oid, name)
-        return getter(obj)
+        try:
+            return getter(obj)
+        finally:
+            if oid is not None:
+                self.note_read(oid, name)
 
     def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any:
         oid = coll._mi_oid
-        if oid is not None:
-            self.note_read(oid, key)
+        try:
+            return self._read_coll(coll, method, args)
+        finally:  # after the read, as in read_field
+            if oid is not None:
+                self.note_read(oid, key)
+
+    def _read_coll(self, coll: Any, method: str, args: tuple[Any, ...]) -> Any:
         if args and type(args[0]) in _RAW:
             args = self._plain_args(args)
         view = self.views.get(id(coll))
@@ -149,8 +159,7 @@ class TxState:
         for arg in args:
             t = type(arg)
             if t in _RAW and arg._mi_img is self.image:
-                if arg._mi_oid is not None:
-                    self.note_read(arg._mi_oid, WHOLE)
+                oid = arg._mi_oid
                 view = self.views.get(id(arg))
                 raw: Any = _RAW[t]
                 arg = (
@@ -158,6 +167,8 @@ class TxState:
                     if view is not None
                     else (dict(dict.items(arg)) if raw is dict else raw.copy(arg))
                 )
+                if oid is not None:  # after the read, as in read_field
+                    self.note_read(oid, WHOLE)
             out.append(arg)
         return tuple(out)
 

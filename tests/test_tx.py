@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memimg
+from memimg._tx import TxState
 from memimg.model import _tracking
 from tests.models import Account, Bank, Box, Entry, Node
 
@@ -209,6 +210,49 @@ def test_readers_never_see_a_partial_commit() -> None:
     for r in readers:
         r.join()
     assert totals == {Decimal(400)}
+
+
+@pytest.mark.parametrize("kind", ["field", "dict item"])
+def test_a_commit_landing_between_a_reads_check_and_the_read_is_not_missed(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window the flaky total above hit, made certain: another thread commits a move right
+    after the reading transaction checked the seq for its second read. The read must still give
+    the value from before the move (or raise ConflictError), never half of the move."""
+    img = memimg.open(root=Bank)
+    img.root.accounts["a"] = Account("a", balance=Decimal(100))
+    img.root.accounts["b"] = Account("b", balance=Decimal(100))
+    accounts = img.root.accounts
+    a, b = accounts["a"], accounts["b"]
+    b_oid = b._mi_oid if kind == "field" else accounts._mi_oid
+    b_sub = "balance" if kind == "field" else "b"
+
+    def move() -> None:
+        with img.transaction():
+            a.balance -= 1
+            if kind == "field":
+                b.balance += 1
+            else:
+                accounts["b"] = Account("b", balance=Decimal(101))
+
+    original = TxState.note_read
+    fired: list[bool] = []
+
+    def note_read_then_commit(self: TxState, oid: int, sub: Any) -> None:
+        original(self, oid, sub)
+        if (oid, sub) == (b_oid, b_sub) and not fired:
+            fired.append(True)
+            writer = threading.Thread(target=move)
+            writer.start()
+            writer.join()
+
+    monkeypatch.setattr(TxState, "note_read", note_read_then_commit)
+    with img.transaction():
+        first = a.balance
+        second = accounts["b"].balance if kind == "dict item" else b.balance
+    assert fired
+    assert first + second == Decimal(200)
+    assert (a.balance, accounts["b"].balance) == (Decimal(99), Decimal(101))
 
 
 def test_asyncio_tasks_have_their_own_transactions() -> None:
