@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import inspect
 import keyword
 import operator
 import struct
+import types
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -113,9 +115,23 @@ def _state_encoder(info: _types.TypeInfo, direct: bool) -> Callable[..., Callabl
     """
     namespace: dict[str, Any] = {"X": _INT64}
     items = []
+    cls = info.cls
+    # a plain attribute load is a raw slot read only if nothing in the class intervenes
+    direct = (
+        direct
+        and inspect.getattr_static(cls, "__getattribute__") is object.__dict__["__getattribute__"]
+        and inspect.getattr_static(cls, "__getattr__", None) is None
+    )
     for i, f in enumerate(info.fields):
         namespace[f"g{i}"] = info.getters[f]
-        read = f"obj.{f}" if direct and f.isidentifier() and not keyword.iskeyword(f) else f"g{i}(obj)"
+        plain = (
+            direct
+            and f.isascii()
+            and f.isidentifier()
+            and not keyword.iskeyword(f)
+            and type(inspect.getattr_static(cls, f, None)) is types.MemberDescriptorType
+        )
+        read = f"obj.{f}" if plain else f"g{i}(obj)"
         items.append(
             f"v if (t := type(v := {read})) is str or (t is int and -X <= v < X)"
             f" else ['r', o if seen[o := v._mi_oid] else mark(o, 1) or push(v) or o] if t in linked"
@@ -170,58 +186,77 @@ def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
 
     Raises:
         CorruptLogError: the payload is not laid out as its header says.
+        MemimgError: the payload is in a format this memimg does not know (a newer one).
     """
     end = payload.find(b"\n")
     if end < 0:
         end = len(payload)
-    header = _loads(payload[:end])
+    try:
+        header = _loads(payload[:end])
+    except orjson.JSONDecodeError:
+        header = None
     if not isinstance(header, dict) or "count" not in header:
         raise CorruptLogError(
             "a snapshot payload does not start with its header line", seq=None, table="memimg_snapshots"
         )
+    fmt = header.get("format")
+    if fmt not in (1, 2):
+        raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
+    seq = header.get("seq")
+
+    def corrupt(what: str) -> CorruptLogError:
+        return CorruptLogError(f"a snapshot payload {what}", seq=seq, table="memimg_snapshots")
+
+    if not isinstance(header.get("types", {}), dict):
+        raise corrupt("header has malformed type declarations")
     records: list[Any] = []
     count = 0
+    names: Any = None
+    next_oid: Any = None
+    if fmt == 2:
+        names = header.get("names")
+        if type(names) is not list or not all(type(n) is str for n in names):
+            raise corrupt("header has no list of type names")
+        next_oid = header.get("next_oid")
+        if type(next_oid) is not int:
+            raise corrupt("header has no next_oid")
     if end + 1 < len(payload):
         lines = payload[end + 1 :].split(b"\n")
-        if header.get("format") == 2:
+        if fmt == 2:
             if len(lines) % 2:
-                raise CorruptLogError(
-                    "a snapshot payload ends in the middle of a chunk", seq=header.get("seq"), table="memimg_snapshots"
-                )
-            n_names = len(header.get("names", ()))
+                raise corrupt("ends in the middle of a chunk")
+            n_names = len(names)
             for i in range(0, len(lines), 2):
-                directory = _loads(lines[i])
+                try:
+                    directory = _loads(lines[i])
+                except orjson.JSONDecodeError:
+                    directory = None
                 if (
                     type(directory) is not list
                     or len(directory) != 2
                     or type(directory[0]) is not list
                     or type(directory[1]) is not list
                     or len(directory[0]) != len(directory[1])
-                    or not all(type(oid) is int and oid > 0 for oid in directory[0])
+                    or not all(type(oid) is int and 0 < oid < next_oid for oid in directory[0])
                     or not all(type(k) is int and 0 <= k < n_names for k in directory[1])
                 ):
-                    raise CorruptLogError(
-                        f"chunk {i // 2} of a snapshot payload has a malformed directory line",
-                        seq=header.get("seq"),
-                        table="memimg_snapshots",
-                    )
+                    raise corrupt(f"has a malformed directory line in chunk {i // 2}")
                 records.append((directory[0], directory[1], lines[i + 1]))
                 count += len(directory[0])
         else:
-            names: dict[bytes, str] = {}
-            for line in lines:
-                oid, name, state = line.split(b"\t", 2)
-                text = names.get(name)
-                if text is None:
-                    text = names[name] = _loads(name) if name[:1] == b'"' else name.decode()
-                records.append((int(oid), text, state))
+            type_names: dict[bytes, str] = {}
+            for number, line in enumerate(lines):
+                try:
+                    oid, name, state = line.split(b"\t", 2)
+                    text = type_names.get(name)
+                    if text is None:
+                        text = type_names[name] = _loads(name) if name[:1] == b'"' else name.decode()
+                    records.append((int(oid), text, state))
+                except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                    raise corrupt(f"has a malformed object line {number + 1}") from err
             count = len(records)
     if count != header["count"]:
-        raise CorruptLogError(
-            f"a snapshot payload holds {count} objects, its header says {header['count']}",
-            seq=header.get("seq"),
-            table="memimg_snapshots",
-        )
+        raise corrupt(f"holds {count} objects, its header says {header['count']}")
     return header, records
 
 
@@ -233,17 +268,33 @@ def decode_snapshot(payload: bytes) -> dict[str, Any]:
     if header.get("format") == 2:
         names = header["names"]
         types = header.get("types", {})
-        for oids, kinds, states in records:
-            for oid, k, state in zip(oids, kinds, _loads(states)):
+        for i, (oids, kinds, states) in enumerate(records):
+            state_list = _load_states(states, len(oids), i, header.get("seq"))
+            for oid, k, state in zip(oids, kinds, state_list, strict=True):
                 name = names[k]
                 if type(state) is list and name in types:
-                    state = dict(zip(types[name][1], state))
+                    state = dict(zip(types[name][1], state, strict=True))
                 objects.append([oid, name, state])
     else:
         objects = [[oid, name, _loads(state)] for oid, name, state in records]
     data["format"] = 1
     data["objects"] = objects
     return data
+
+
+def _load_states(line: bytes, count: int, chunk: int, seq: int | None) -> list[Any]:
+    """The states line of a format-2 chunk, checked to hold *count* states."""
+    try:
+        states = _loads(line)
+    except orjson.JSONDecodeError:
+        states = None
+    if type(states) is not list or len(states) != count:
+        raise CorruptLogError(
+            f"chunk {chunk} of a snapshot payload lists {count} objects but its states line does not hold as many",
+            seq=seq,
+            table="memimg_snapshots",
+        )
+    return states
 
 
 def _at_seq(err: CorruptLogError, seq: int, what: str) -> CorruptLogError:
@@ -1058,14 +1109,8 @@ class Graph:
         """
         made = [self._create(list(zip(oids, [names[k] for k in kinds]))) for oids, kinds, _ in chunks]
         for i, (oids, _, states) in enumerate(chunks):
-            state_list = _loads(states)
+            state_list = _load_states(states, len(oids), i, None)
             chunks[i] = (oids, [], b"")  # the bytes are not needed any more
-            if type(state_list) is not list or len(state_list) != len(oids):
-                raise CorruptLogError(
-                    f"a snapshot chunk lists {len(oids)} objects but does not hold as many states",
-                    seq=None,
-                    table="memimg_snapshots",
-                )
             self._fill_states(made[i], state_list)
             made[i] = []
 
@@ -1116,6 +1161,7 @@ class Graph:
         dec = self._decode_fast
         in_order: dict[int, Any] = {}  # id(plan) -> the field setters in stored order, or None
         for (obj, plan), state in zip(made, states):
+            fill: dict[str, Any] | None = None  # a dict state, filled outside the try (upgraders are user code)
             try:
                 if type(state) is bytes:
                     state = _loads(state)
@@ -1131,8 +1177,10 @@ class Graph:
                     set.update(obj, [dec(m) if type(m) is list else m for m in state])
                 elif plan is None or t is Gone:
                     continue
+                elif type(state) is dict:
+                    fill = state
                 elif type(state) is not list:
-                    self._fill(obj, plan, state)
+                    raise TypeError(f"an entity state is a {type(state).__name__}")
                 else:  # a state in the stored field order (format 2)
                     fields = plan.stored_fields
                     if len(state) != len(fields):
@@ -1151,11 +1199,11 @@ class Graph:
                             if plan.identity and info is not None and fields == info.fields
                             else None
                         )
-                    if setters is None:
-                        self._fill(obj, plan, dict(zip(fields, state)))
-                    else:
+                    if setters is not None:
                         for setter, x in zip(setters, state):
                             setter(obj, dec(x) if type(x) is list else x)
+                        continue
+                    fill = dict(zip(fields, state))
             except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
                 name = plan.stored_name if plan is not None else COLLECTION_NAMES.get(type(obj), type(obj).__name__)
                 raise CorruptLogError(
@@ -1163,6 +1211,8 @@ class Graph:
                     seq=None,
                     table="",
                 ) from err
+            if fill is not None and plan is not None:
+                self._fill(obj, plan, fill)
 
     def _decode_fast(self, x: Any) -> Any:
         """``codec.decode`` with references resolved inline (the common case in records)."""
@@ -1408,10 +1458,16 @@ class Graph:
                             self._declare(info)
                             names[t] = len(type_names)
                             type_names.append(info.name)
-                            make = self._state_encoders.get((t, direct))
-                            if make is None:
-                                make = self._state_encoders[t, direct] = _state_encoder(info, direct)
-                            enc = encoders[t] = make(value, seen, mark, push, linked, self._slow_state(info, value))
+                            slow = self._slow_state(info, value)
+                            if types[info.name][:2] != [info.version, list(info.fields)]:
+                                # another class of the same name (a redefined class, a second stand-in)
+                                # declared it first: this one's states go by field name
+                                enc = encoders[t] = slow
+                            else:
+                                make = self._state_encoders.get((t, direct))
+                                if make is None:
+                                    make = self._state_encoders[t, direct] = _state_encoder(info, direct)
+                                enc = encoders[t] = make(value, seen, mark, push, linked, slow)
                             add(enc(obj))
                 members = queue[start:done]
                 oids = list(map(_get_oid, members))

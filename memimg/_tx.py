@@ -122,20 +122,29 @@ class TxState:
         # Read first, check after (as a seqlock does): a commit moves the seq *before* it
         # changes any object, so a value read from a commit in progress is always caught by
         # the check that follows it; checking first would let the read see it unnoticed.
+        # (A failed read -- an unset field -- is checked too: a conflict explains it better.)
         oid = obj._mi_oid
         try:
-            return getter(obj)
-        finally:
+            v = getter(obj)
+        except Exception:
             if oid is not None:
                 self.note_read(oid, name)
+            raise
+        if oid is not None:
+            self.note_read(oid, name)
+        return v
 
     def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any:
         oid = coll._mi_oid
         try:
-            return self._read_coll(coll, method, args)
-        finally:  # after the read, as in read_field
+            result = self._read_coll(coll, method, args)
+        except Exception:  # checked after the read, as in read_field
             if oid is not None:
                 self.note_read(oid, key)
+            raise
+        if oid is not None:
+            self.note_read(oid, key)
+        return result
 
     def _read_coll(self, coll: Any, method: str, args: tuple[Any, ...]) -> Any:
         if args and type(args[0]) in _RAW:
@@ -151,6 +160,8 @@ class TxState:
                 copy = dict(dict.items(coll)) if raw is dict else raw.copy(coll)
                 return getattr(copy, method)(*args)
             return _raw(type(coll), method)(coll, *args)
+        if method == "__iter__":  # a view iterates lazily: read it now, before the check that follows
+            return iter(list(view.call(method, args)))
         return view.call(method, args)
 
     def _plain_args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -249,7 +249,7 @@ def test_a_malformed_directory_line_skips_the_snapshot_with_a_warning(tmp_path: 
         return b"\n".join([header, orjson.dumps([oids, kinds[:-1]]), states])
 
     seq = _tamper(path, edit)
-    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: chunk 0 .*malformed directory"):
+    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: .*malformed directory line in chunk 0"):
         img = memimg.open(path, root=Holder)
     with img:
         assert [n.label for n in img.root.nodes] == ["a", "b"]
@@ -265,7 +265,8 @@ def test_a_chunk_with_too_few_states_is_named_by_seq(tmp_path: Any) -> None:
         return b"\n".join([header, directory, orjson.dumps(orjson.loads(states)[:-1])])
 
     seq = _tamper(path, edit)
-    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*does not hold as many states") as info:
+    match = f"snapshot at seq {seq} .*its states line does not hold as many"
+    with pytest.raises(memimg.CorruptLogError, match=match) as info:
         memimg.open(path, root=Holder)
     assert info.value.seq == seq and info.value.table == "memimg_snapshots"
 
@@ -295,7 +296,7 @@ def test_a_directory_naming_no_valid_oid_skips_the_snapshot(tmp_path: Any) -> No
         return b"\n".join([header, orjson.dumps([["x", *oids[1:]], kinds]), states])
 
     seq = _tamper(path, edit)
-    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: chunk 0 .*malformed directory"):
+    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: .*malformed directory line in chunk 0"):
         img = memimg.open(path, root=Holder)
     with img:
         assert [n.label for n in img.root.nodes] == ["a", "b"]
@@ -324,3 +325,69 @@ def test_a_state_that_does_not_fit_its_object_is_named(tmp_path: Any, what: str)
     ) as info:
         memimg.open(path, root=Holder)
     assert info.value.seq == seq and info.value.table == "memimg_snapshots"
+
+
+def test_two_classes_of_one_name_in_one_snapshot_keep_their_fields(tmp_path: Any) -> None:
+    """A class redefined under the same stored name (fields reordered) while objects of the first are
+    still in the graph: the header declares one field order, so the other class's states go by name."""
+
+    @persistent(name="fmt.Twin")
+    class First:
+        x: int = 0
+        y: int = 0
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        img.root.nodes = [Node("a", extra=First(1, 2))]
+
+        @persistent(name="fmt.Twin")
+        class Second:
+            y: int = 0
+            x: int = 0
+
+        img.root.misc = Second(y=20, x=10)
+        seq = img.snapshot()
+    _only_the_snapshot(path, seq)
+    with memimg.open(path, root=Holder) as img:
+        first, second = img.root.nodes[0].extra, img.root.misc
+        assert (first.x, first.y) == (1, 2)
+        assert (second.x, second.y) == (10, 20)
+
+
+def test_a_states_line_that_is_not_json_is_named_by_seq(tmp_path: Any) -> None:
+    path = str(tmp_path / "img.db")
+    _small(path)
+    seq = _tamper(path, lambda payload: payload[:-3])
+    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*states line") as info:
+        memimg.open(path, root=Holder)
+    assert info.value.seq == seq
+
+
+def test_a_snapshot_in_a_newer_format_is_refused_not_misread(tmp_path: Any) -> None:
+    path = str(tmp_path / "img.db")
+    _small(path)
+    _tamper(path, lambda payload: payload.replace(b'"format":2', b'"format":3', 1))
+    with pytest.raises(memimg.MemimgError, match="unknown snapshot format 3: written by a newer memimg"):
+        memimg.open(path, root=Holder)
+
+
+@persistent(name="fmt.Computed")
+class Computed:
+    label: str = ""
+
+    def __getattr__(self, name: str) -> Any:  # computes missing attributes: must not be stored
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return f"computed {name}"
+
+
+def test_a_class_with_getattr_is_read_through_raw_slots(tmp_path: Any) -> None:
+    """An unset field of a class with __getattr__ stays unset in the snapshot, not the computed value."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        img.root.misc = Computed("x")
+        del img.root.misc.label
+        seq = img.snapshot()
+    _only_the_snapshot(path, seq)
+    with memimg.open(path, root=Holder) as img:
+        assert "label" not in memimg.serialize(img.root.misc)["objects"][0][2]

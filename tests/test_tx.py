@@ -255,6 +255,41 @@ def test_a_commit_landing_between_a_reads_check_and_the_read_is_not_missed(
     assert (a.balance, accounts["b"].balance) == (Decimal(99), Decimal(101))
 
 
+def test_a_commit_landing_just_before_a_read_raises_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other side of the window: a commit that lands after the reading transaction began and
+    before its second read is caught by the check that follows the read (ConflictError)."""
+    img = memimg.open(root=Bank)
+    img.root.accounts["a"] = Account("a", balance=Decimal(100))
+    img.root.accounts["b"] = Account("b", balance=Decimal(100))
+    a, b = img.root.accounts["a"], img.root.accounts["b"]
+
+    def move() -> None:
+        with img.transaction():
+            a.balance -= 1
+            b.balance += 1
+
+    original = TxState.read_field
+    fired: list[bool] = []
+
+    def commit_then_read(self: TxState, obj: Any, name: str, getter: Any) -> Any:
+        def racing_getter(o: Any) -> Any:
+            if o is b and not fired:
+                fired.append(True)  # once, and not for the writer's own reads
+                writer = threading.Thread(target=move)
+                writer.start()
+                writer.join()
+            return getter(o)
+
+        return original(self, obj, name, racing_getter)
+
+    monkeypatch.setattr(TxState, "read_field", commit_then_read)
+    with pytest.raises(memimg.ConflictError), img.transaction():
+        total = a.balance + b.balance
+        pytest.fail(f"read a total of {total} across a concurrent move")
+    monkeypatch.undo()
+    assert fired and (a.balance, b.balance) == (Decimal(99), Decimal(101))
+
+
 def test_asyncio_tasks_have_their_own_transactions() -> None:
     img = memimg.open(root=Box)
     img.root.content = {"n": 0}
