@@ -1519,7 +1519,8 @@ class Graph:
 
     @staticmethod
     def _slow_state(info: _types.TypeInfo, value: Callable[[Any], Any]) -> Callable[[Any], dict[str, Any]]:
-        """An entity's state as a dict of its set fields (the form for objects with an unset field)."""
+        """An entity's state as a dict of its set fields: records of attach events and ``serialize``,
+        and snapshot states of objects with an unset field."""
         getters = tuple(info.getters.items())
 
         def state(obj: Any) -> dict[str, Any]:
@@ -1529,7 +1530,8 @@ class Graph:
                     v = get(obj)
                 except AttributeError:
                     continue
-                fields[f] = value(v)
+                vt = type(v)
+                fields[f] = v if vt is str or vt is bool or v is None else value(v)
             return fields
 
         return state
@@ -1584,7 +1586,7 @@ class Graph:
         codec.ref = ref  # references inside tuples and value objects
         records: list[Any] = []
         append = records.append
-        entities: dict[type, tuple[str, tuple[tuple[str, Any], ...]]] = {}
+        entities: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {}
         try:
             i = 0
             while i < len(queue):
@@ -1595,16 +1597,8 @@ class Graph:
                 t = type(obj)
                 entity = entities.get(t)
                 if entity is not None:
-                    name, getters = entity
-                    fields = {}
-                    for f, get in getters:
-                        try:
-                            v = get(obj)
-                        except AttributeError:
-                            continue
-                        vt = type(v)
-                        fields[f] = v if vt is str or vt is bool or v is None else value(v)
-                    append([oid_of(obj), name, fields])
+                    name, state_of = entity
+                    append([oid_of(obj), name, state_of(obj)])
                 elif t is TrackedList or t is list:
                     append([oid_of(obj), "list", [value(x) for x in _list_iter(obj)]])
                 elif t is TrackedDict or t is dict:
@@ -1621,7 +1615,7 @@ class Graph:
                     if info is None:
                         raise describe_unsupported(obj, "")
                     self._declare(info)
-                    entities[t] = (info.name, tuple(info.getters.items()))
+                    entities[t] = (info.name, self._slow_state(info, value))
                     i -= 1  # again, through the entity branch
         finally:
             codec.ref = previous_ref
