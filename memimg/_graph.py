@@ -751,14 +751,18 @@ class Graph:
             object.__setattr__(obj, "_attrs_cached_hash", None)
         return obj
 
-    def _declare(self, info: _types.TypeInfo) -> None:
+    def _declare(self, info: _types.TypeInfo) -> bool:
+        """Declare *info*'s schema to the log, or to the snapshot being collected.
+
+        Returns whether the declaration in effect for its name is *info*'s: false only
+        while collecting, if another class of the same name was declared first.
+        """
         declaration = [info.version, list(info.fields)]
         if info.kind == _types.VALUE:
             declaration.append("value")
         collecting = self._collecting
         if collecting is not None:
-            collecting.setdefault(info.name, declaration)
-            return
+            return bool(collecting.setdefault(info.name, declaration) == declaration)
         current = (info.version, info.fields)
         if self.declared.get(info.name) != current:
             if info.name not in self._declared_before:
@@ -767,6 +771,7 @@ class Graph:
             self._new_types[info.name] = declaration
         else:
             self._declared_ok.add(info.cls)
+        return True
 
     def encode_args(self, k: Kind, args: tuple[Any, ...]) -> list[Any]:
         encoder = self._arg_encoders.get(k.params)
@@ -1455,11 +1460,10 @@ class Graph:
                             info = _types.info_of(t)
                             if info is None or info.kind != _types.ENTITY:
                                 raise describe_unsupported(obj, "")
-                            self._declare(info)
                             names[t] = len(type_names)
                             type_names.append(info.name)
                             slow = self._slow_state(info, value)
-                            if types[info.name][:2] != [info.version, list(info.fields)]:
+                            if not self._declare(info):
                                 # another class of the same name (a redefined class, a second stand-in)
                                 # declared it first: this one's states go by field name
                                 enc = encoders[t] = slow
