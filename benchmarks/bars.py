@@ -120,7 +120,7 @@ def check_bars(results: Results) -> Iterator[Bar]:
         # (peer, label, their write, needed): ≥ 3x faster than ZODB, ≤ 3x slower than raw sqlite3
         for peer, label, write, needed in (
             ("ZODB", "ZODB", "commit", "≥ 3x faster"),
-            ("sqlite3", "raw sqlite3", "insert", "≤ 3x slower"),
+            ("sqlite3", "raw sqlite3", "save", "≤ 3x slower"),
         ):
             for what, mine, theirs in (
                 ("snapshot", snap, m("graph", case, "commit s", peer)),
@@ -133,6 +133,11 @@ def check_bars(results: Results) -> Iterator[Bar]:
                     yield _ratio_bar(bar, needed, theirs / mine, 3.0, None, f"{mine:.3f} s vs {theirs:.3f} s")
                 else:
                     detail = f"{mine:.3f} s vs {theirs:.3f} s; ratio = times slower"
+                    insert = m("graph", case, "insert s", peer) if what == "snapshot" else None
+                    if insert is not None:
+                        # raw's save builds its rows from the objects, then inserts them: the insert
+                        # alone (rows built before the clock) is shown beside it, never hidden
+                        detail += f"; vs its insert alone {mine / insert:.2f}x"
                     yield _ratio_bar(bar, needed, mine / theirs, None, 3.0, detail)
 
     # memory
