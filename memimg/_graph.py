@@ -489,11 +489,13 @@ class Graph:
     ) -> None:
         t = type(obj)
         inner = self._inner
-        native = _SCALARS  # str goes through inner(), which checks it is valid UTF-8
+        native = _SCALARS  # ASCII str is stored as is; other str goes through inner(), which checks it is valid UTF-8
         if t is TrackedList:
             old = source if source is not None else _list_copy(obj)
             new = [
-                x if type(x) in native else inner(x, (where, "[", i), undo, stack, memo, True)
+                x
+                if (tx := type(x)) in native or (tx is str and x.isascii())
+                else inner(x, (where, "[", i), undo, stack, memo, True)
                 for i, x in enumerate(old)
             ]
             if source is not None:
@@ -505,8 +507,12 @@ class Graph:
             old_pairs = list(_dict_items(source if source is not None else obj))
             pairs = [
                 (
-                    k if type(k) in native else inner(k, (where, "(key)", k), undo, stack, memo, False),
-                    val if type(val) in native else inner(val, (where, "[k", k), undo, stack, memo, True),
+                    k
+                    if (tk := type(k)) in native or (tk is str and k.isascii())
+                    else inner(k, (where, "(key)", k), undo, stack, memo, False),
+                    val
+                    if (tv := type(val)) in native or (tv is str and val.isascii())
+                    else inner(val, (where, "[k", k), undo, stack, memo, True),
                 )
                 for k, val in old_pairs
             ]
@@ -519,7 +525,9 @@ class Graph:
         elif t is TrackedSet:
             members = source if source is not None else set.copy(obj)
             new_members = [
-                m if type(m) in native else inner(m, (where, " member", None), undo, stack, memo, False)
+                m
+                if (tm := type(m)) in native or (tm is str and m.isascii())
+                else inner(m, (where, " member", None), undo, stack, memo, False)
                 for m in members
             ]
             if source is not None:
@@ -1535,7 +1543,9 @@ class Graph:
                 except AttributeError:
                     continue
                 vt = type(v)
-                fields[f] = v if vt is str or vt is bool or v is None else value(v)
+                fields[f] = (
+                    v if vt is str or vt is bool or v is None or (vt is int and -_INT64 <= v < _INT64) else value(v)
+                )
             return fields
 
         return state
@@ -1604,7 +1614,16 @@ class Graph:
                     name, state_of = entity
                     append([oid_of(obj), name, state_of(obj)])
                 elif t is TrackedList or t is list:
-                    append([oid_of(obj), "list", [value(x) for x in _list_iter(obj)]])
+                    append(
+                        [
+                            oid_of(obj),
+                            "list",
+                            [
+                                x if (tx := type(x)) is str or (tx is int and -_INT64 <= x < _INT64) else value(x)
+                                for x in _list_iter(obj)
+                            ],
+                        ]
+                    )
                 elif t is TrackedDict or t is dict:
                     items = _dict_items(obj)
                     if all(type(k) is str for k in _dict_keys(obj)):
