@@ -103,15 +103,26 @@ _SET_OID = PersistentBase.__dict__["_mi_oid"].__set__
 _CHUNK: Final = 2048
 
 
-def _state_encoder(info: _types.TypeInfo, direct: bool) -> Callable[..., Callable[[Any], Any]]:
-    """A compiled encoder of *info*'s entity states: the list of its field values, in declared order.
+#: How a compiled state encoder writes a reference to ``v`` (an object of a linked type), by walk:
+#: a snapshot marks and queues objects met for the first time inline; an attach's records give ids
+#: to new objects through ``ref`` (objects with an id are written inline); other walks call ``ref``.
+REF_MARK: Final = "o if seen[o := v._mi_oid] else mark(o, 1) or push(v) or o"
+REF_COMMIT: Final = "o if (o := v._mi_oid) is not None else ref(v)"
+REF_CALL: Final = "ref(v)"
+
+
+def _state_encoder(info: _types.TypeInfo, direct: bool, ref: str, keyed: bool) -> Callable[..., Callable[[Any], Any]]:
+    """A compiled encoder of *info*'s entity states, in declared field order.
 
     Generated once per class (and access mode): each field is read and tested
-    inline -- natives stored as themselves, objects as references -- so a
-    snapshot pays no call per field. *direct* reads fields as plain attribute
-    loads (only right while no read hook is installed on any class);
-    otherwise through the raw slot getters. An object with an unset field
-    falls back to *slow* (a dict of the fields that are set).
+    inline -- natives stored as themselves, objects as references written as
+    *ref* says (one of ``REF_*``) -- so a walk pays no call per field. The
+    state is the list of the field values (snapshot format 2), or with
+    *keyed* the dict of them by name (attach records, ``serialize``).
+    *direct* reads fields as plain attribute loads (only right while no read
+    hook is installed on any class); otherwise through the raw slot getters.
+    An object with an unset field falls back to *slow* (a dict of the fields
+    that are set).
     """
     namespace: dict[str, Any] = {"X": _INT64}
     items = []
@@ -133,18 +144,19 @@ def _state_encoder(info: _types.TypeInfo, direct: bool) -> Callable[..., Callabl
         )
         read = f"obj.{f}" if plain else f"g{i}(obj)"
         items.append(
-            f"v if (t := type(v := {read})) is str or (t is int and -X <= v < X)"
-            f" else ['r', o if seen[o := v._mi_oid] else mark(o, 1) or push(v) or o] if t in linked"
+            (f"{f!r}: " if keyed else "") + f"v if (t := type(v := {read})) is str or (t is int and -X <= v < X)"
+            f" else ['r', {ref}] if t in linked"
             f" else v if v is None or t is bool else value(v)"
         )
     body = ",\n                ".join(items)
+    opening, closing = "{}" if keyed else "[]"
     source = f"""
-def make(value, seen, mark, push, linked, slow):
+def make(value, linked, slow, seen=None, mark=None, push=None, ref=None):
     def encode(obj):
         try:
-            return [
+            return {opening}
                 {body}
-            ]
+            {closing}
         except AttributeError:
             return slow(obj)
     return encode
@@ -353,7 +365,7 @@ class Graph:
         #: classes whose current schema the log has declared (cleared when declarations change)
         self._declared_ok: set[type] = set()
         self._arg_encoders: dict[str, Callable[[tuple[Any, ...]], list[Any]]] = {}
-        self._state_encoders: dict[tuple[type, bool], Callable[..., Callable[[Any], Any]]] = {}
+        self._state_encoders: dict[tuple[type, bool, str, bool], Callable[..., Callable[[Any], Any]]] = {}
 
     # -- identity -----------------------------------------------------------
 
@@ -861,7 +873,7 @@ class Graph:
     def _drain(self) -> None:
         queue = self._queue
         if queue:
-            self._records.extend(self._encode_records(queue, self._ref_commit, _get_oid))
+            self._records.extend(self._encode_records(queue, self._ref_commit, _get_oid, ref_mode=REF_COMMIT))
             queue.clear()
 
     def rollback_encode(self) -> None:
@@ -1476,10 +1488,8 @@ class Graph:
                                 # declared it first: this one's states go by field name
                                 enc = encoders[t] = slow
                             else:
-                                make = self._state_encoders.get((t, direct))
-                                if make is None:
-                                    make = self._state_encoders[t, direct] = _state_encoder(info, direct)
-                                enc = encoders[t] = make(value, seen, mark, push, linked, slow)
+                                make = self._state_encoder(info, direct, REF_MARK, keyed=False)
+                                enc = encoders[t] = make(value, linked, slow, seen, mark, push)
                             add(enc(obj))
                 members = queue[start:done]
                 oids = list(map(_get_oid, members))
@@ -1528,6 +1538,14 @@ class Graph:
             return encode(v)
 
         return value, linked
+
+    def _state_encoder(self, info: _types.TypeInfo, direct: bool, ref: str, *, keyed: bool) -> Callable[..., Any]:
+        """The compiled state encoder maker for *info* (see :func:`_state_encoder`), made once per mode."""
+        key = (info.cls, direct, ref, keyed)
+        make = self._state_encoders.get(key)
+        if make is None:
+            make = self._state_encoders[key] = _state_encoder(info, direct, ref, keyed)
+        return make
 
     @staticmethod
     def _slow_state(info: _types.TypeInfo, value: Callable[[Any], Any]) -> Callable[[Any], dict[str, Any]]:
@@ -1585,6 +1603,7 @@ class Graph:
         ref: Callable[[Any], int],
         oid_of: Callable[[Any], int],
         progress: Callable[[int], None] | None = None,
+        ref_mode: str = REF_CALL,
     ) -> list[Any]:
         """``[oid, type, state]`` for each object of *queue*, which grows as *ref* meets new ones.
 
@@ -1592,10 +1611,14 @@ class Graph:
         values are encoded inline (natives as themselves, objects as
         ``["r", ref(obj)]``) and only other values go through the codec.
         Entity states are dicts of their set fields (the snapshot format
-        that ``serialize`` returns and attach events store).
+        that ``serialize`` returns and attach events store), made by the
+        compiled per-class encoders in their keyed form; *ref_mode* says how
+        they write references (``REF_COMMIT`` when *ref* gives ids to new
+        objects of this graph, ``REF_CALL`` for any other *ref*).
         """
         codec = self.codec
-        value, _ = self._value_encoder(ref)
+        value, linked = self._value_encoder(ref)
+        direct = not _tracking.enabled()  # no read hook on any class: plain attribute loads are raw reads
         previous_ref = codec.ref
         codec.ref = ref  # references inside tuples and value objects
         records: list[Any] = []
@@ -1638,7 +1661,8 @@ class Graph:
                     if info is None:
                         raise describe_unsupported(obj, "")
                     self._declare(info)
-                    entities[t] = (info.name, self._slow_state(info, value))
+                    make = self._state_encoder(info, direct, ref_mode, keyed=True)
+                    entities[t] = (info.name, make(value, linked, self._slow_state(info, value), ref=ref))
                     i -= 1  # again, through the entity branch
         finally:
             codec.ref = previous_ref

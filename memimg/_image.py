@@ -488,17 +488,19 @@ class MemoryImage:
         """
         with self._lock:
             self._check_writable()
-            undo: list[Any] = []
-            v = (
-                value
-                if type(value) in _NATIVE and (type(value) is not str or value.isascii())
-                else self._graph.prepare(value, where_field(obj, name), undo)
-            )
-            try:
-                self._commit_events([(_OBJ_SET, obj, (name, v))], None)
-            except BaseException:
-                self._graph.undo(undo)
-                raise
+            if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
+                self._commit_events([(_OBJ_SET, obj, (name, value))], None)
+                return
+            # one pause of the collector for attaching and committing: what they create is
+            # traversed by one collection afterwards, not by one after each
+            with paused_gc():
+                undo: list[Any] = []
+                v = self._graph.prepare(value, where_field(obj, name), undo)
+                try:
+                    self._commit_events([(_OBJ_SET, obj, (name, v))], None)
+                except BaseException:
+                    self._graph.undo(undo)
+                    raise
 
     def _mi_del_field(self, obj: Any, name: str) -> None:
         info_getter = self._graph_getter(obj, name)
@@ -521,7 +523,7 @@ class MemoryImage:
         if tx is not None and not tx.done:
             return tx.mutate(coll, planner, args, kwargs)
         graph = self._graph
-        with self._lock:
+        with self._lock, paused_gc():  # one pause for attaching and committing (see _mi_set_field)
             self._check_writable()
             while True:
                 undo: list[Any] = []
