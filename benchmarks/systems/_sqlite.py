@@ -13,8 +13,12 @@ seq it covers. The graph is the same in-memory graph the other systems save
 (plain attrs objects), written as two tables (groups, items): inside the
 timed commit, an id per item and a row per object are built from the
 objects -- the work every other system's commit does too -- and filled in
-by ``executemany``; the insert alone is reported beside it. It is read back
-into dicts whose references are resolved to the referenced dicts.
+by ``executemany``; the insert alone is reported beside it. Two
+simplifications a hand-written schema may make and memimg does not: the
+tags are one string joined by a separator (no escaping, no types), and the
+ids are given inside the timed save, where memimg's snapshot finds its
+object ids already given (at the attach commit, timed separately). It is
+read back into dicts whose references are resolved to the referenced dicts.
 """
 
 from __future__ import annotations
@@ -154,13 +158,13 @@ class SQLiteSystem(System):
         gc.disable()  # as memimg pauses the collector while it snapshots
         try:
             started = time.perf_counter()
-            # rows from the objects: an id per item (references may point forward), then a row per item
+            # rows from the objects: an id per item (references may point forward), then a row per item;
+            # the items' ids are their positions, in group order
             ids = {id(item): i for i, item in enumerate(chain.from_iterable(g.items for g in groups))}
             group_rows = [(k, g.name) for k, g in enumerate(groups)]
             item_rows = [
-                (ids[id(item)], k, item.name, item.value, _SEP.join(item.tags), ids[id(item.ref)])
-                for k, g in enumerate(groups)
-                for item in g.items
+                (i, k, item.name, item.value, _SEP.join(item.tags), ids[id(item.ref)])
+                for i, (k, item) in enumerate((k, item) for k, g in enumerate(groups) for item in g.items)
             ]
             built = time.perf_counter()
             conn.execute("BEGIN")
