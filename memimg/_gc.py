@@ -11,6 +11,7 @@ paused for its duration and resumed after, as it was.
 from __future__ import annotations
 
 import gc
+import threading
 from typing import Any
 
 __all__ = ["paused_gc"]
@@ -19,18 +20,39 @@ __all__ = ["paused_gc"]
 class paused_gc:  # lower case: used like a function, ``with paused_gc():``
     """Pause the cyclic collector inside the block (reference counting goes on).
 
+    Pauses nest and overlap across threads: the collector is resumed (if it
+    was on before the first) when the last pause still open ends, not when
+    the first one does while another thread's bulk work goes on.
+
+    (A request thread's commit ending must not resume it in the middle of a
+    background thread's snapshot of a million objects.)
+
     A class rather than a ``@contextmanager`` generator: it is entered on
     every commit and every attach of a non-native value, where the
-    generator's ~2 µs per use would show.
+    generator's ~2 µs per use would show (this costs ~0.7 µs, the lock
+    included).
     """
 
-    __slots__ = ("_was_on",)
+    __slots__ = ()
 
     def __enter__(self) -> None:
-        self._was_on = gc.isenabled()
-        if self._was_on:
-            gc.disable()
+        global _open, _resume
+        with _lock:
+            if not _open:
+                _resume = gc.isenabled()
+                if _resume:
+                    gc.disable()
+            _open += 1
 
     def __exit__(self, *exc: Any) -> None:
-        if self._was_on:
-            gc.enable()
+        global _open
+        with _lock:
+            _open -= 1
+            if not _open and _resume:
+                gc.enable()
+
+
+_lock = threading.Lock()
+#: pauses open now (in every thread), and whether the collector was on before the first of them
+_open = 0
+_resume = False

@@ -103,12 +103,12 @@ _SET_OID = PersistentBase.__dict__["_mi_oid"].__set__
 _CHUNK: Final = 2048
 
 
-#: How a compiled state encoder writes a reference to ``v`` (an object of a linked type), by walk:
+#: How a compiled state encoder writes a reference to ``{v}`` (the field's value, an object of a linked type), by walk:
 #: a snapshot marks and queues objects met for the first time inline; an attach's records give ids
 #: to new objects through ``ref`` (objects with an id are written inline); other walks call ``ref``.
-REF_MARK: Final = "o if seen[o := v._mi_oid] else mark(o, 1) or push(v) or o"
-REF_COMMIT: Final = "o if (o := v._mi_oid) is not None else ref(v)"
-REF_CALL: Final = "ref(v)"
+REF_MARK: Final = "o if seen[o := {v}._mi_oid] else mark(o, 1) or push({v}) or o"
+REF_COMMIT: Final = "o if (o := {v}._mi_oid) is not None else ref({v})"
+REF_CALL: Final = "ref({v})"
 
 
 def _state_encoder(info: _types.TypeInfo, direct: bool, ref: str, keyed: bool) -> Callable[..., Callable[[Any], Any]]:
@@ -133,6 +133,7 @@ def _state_encoder(info: _types.TypeInfo, direct: bool, ref: str, keyed: bool) -
         and inspect.getattr_static(cls, "__getattribute__") is object.__dict__["__getattribute__"]
         and inspect.getattr_static(cls, "__getattr__", None) is None
     )
+    reads = []
     for i, f in enumerate(info.fields):
         namespace[f"g{i}"] = info.getters[f]
         plain = (
@@ -142,27 +143,47 @@ def _state_encoder(info: _types.TypeInfo, direct: bool, ref: str, keyed: bool) -
             and not keyword.iskeyword(f)
             and type(inspect.getattr_static(cls, f, None)) is types.MemberDescriptorType
         )
-        read = f"obj.{f}" if plain else f"g{i}(obj)"
+        reads.append(f"v{i} = obj.{f}" if plain else f"v{i} = g{i}(obj)")
         items.append(
-            (f"{f!r}: " if keyed else "") + f"v if (t := type(v := {read})) is str or (t is int and -X <= v < X)"
-            f" else ['r', {ref}] if t in linked"
-            f" else v if v is None or t is bool else value(v)"
+            (f"{f!r}: " if keyed else "") + f"v{i} if (t := type(v{i})) is str or (t is int and -X <= v{i} < X)"
+            f" else ['r', {ref.format(v=f'v{i}')}] if t in linked"
+            f" else v{i} if v{i} is None or t is bool else value(v{i})"
         )
-    body = ",\n                ".join(items)
+    # all fields are read first: only a read's AttributeError (an unset field) means the slow
+    # path, never one raised while encoding a value (a user's hook would run twice)
+    reads_code = "\n            ".join(reads) or "pass"
+    body = ",\n            ".join(items)
     opening, closing = "{}" if keyed else "[]"
     source = f"""
 def make(value, linked, slow, seen=None, mark=None, push=None, ref=None):
     def encode(obj):
         try:
-            return {opening}
-                {body}
-            {closing}
+            {reads_code}
         except AttributeError:
             return slow(obj)
+        return {opening}
+            {body}
+        {closing}
     return encode
 """
     exec(compile(source, f"<memimg state encoder of {info.name}>", "exec"), namespace)
     return namespace["make"]  # type: ignore[no-any-return]
+
+
+def state_encoder(info: _types.TypeInfo, direct: bool, ref: str, *, keyed: bool) -> Callable[..., Any]:
+    """The compiled state encoder maker for *info* in this mode (see :func:`_state_encoder`).
+
+    Compiled once and kept on the class's :class:`TypeInfo` (a class decorated
+    again gets a new one), keyed also by the class's own attribute hooks, so
+    a ``__getattr__`` or ``__getattribute__`` added to the class later is
+    honoured rather than read past.
+    """
+    cls = info.cls
+    key = (direct, ref, keyed, cls.__getattribute__, getattr(cls, "__getattr__", None))
+    make = info.encoders.get(key)
+    if make is None:
+        make = info.encoders[key] = _state_encoder(info, direct, ref, keyed)
+    return make
 
 
 def _render(where: Any) -> str:
@@ -365,7 +386,6 @@ class Graph:
         #: classes whose current schema the log has declared (cleared when declarations change)
         self._declared_ok: set[type] = set()
         self._arg_encoders: dict[str, Callable[[tuple[Any, ...]], list[Any]]] = {}
-        self._state_encoders: dict[tuple[type, bool, str, bool], Callable[..., Callable[[Any], Any]]] = {}
 
     # -- identity -----------------------------------------------------------
 
@@ -1488,7 +1508,7 @@ class Graph:
                                 # declared it first: this one's states go by field name
                                 enc = encoders[t] = slow
                             else:
-                                make = self._state_encoder(info, direct, REF_MARK, keyed=False)
+                                make = state_encoder(info, direct, REF_MARK, keyed=False)
                                 enc = encoders[t] = make(value, linked, slow, seen, mark, push)
                             add(enc(obj))
                 members = queue[start:done]
@@ -1538,14 +1558,6 @@ class Graph:
             return encode(v)
 
         return value, linked
-
-    def _state_encoder(self, info: _types.TypeInfo, direct: bool, ref: str, *, keyed: bool) -> Callable[..., Any]:
-        """The compiled state encoder maker for *info* (see :func:`_state_encoder`), made once per mode."""
-        key = (info.cls, direct, ref, keyed)
-        make = self._state_encoders.get(key)
-        if make is None:
-            make = self._state_encoders[key] = _state_encoder(info, direct, ref, keyed)
-        return make
 
     @staticmethod
     def _slow_state(info: _types.TypeInfo, value: Callable[[Any], Any]) -> Callable[[Any], dict[str, Any]]:
@@ -1661,7 +1673,7 @@ class Graph:
                     if info is None:
                         raise describe_unsupported(obj, "")
                     self._declare(info)
-                    make = self._state_encoder(info, direct, ref_mode, keyed=True)
+                    make = state_encoder(info, direct, ref_mode, keyed=True)
                     entities[t] = (info.name, make(value, linked, self._slow_state(info, value), ref=ref))
                     i -= 1  # again, through the entity branch
         finally:

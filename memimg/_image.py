@@ -523,29 +523,41 @@ class MemoryImage:
         if tx is not None and not tx.done:
             return tx.mutate(coll, planner, args, kwargs)
         graph = self._graph
-        with self._lock, paused_gc():  # one pause for attaching and committing (see _mi_set_field)
-            self._check_writable()
-            while True:
-                undo: list[Any] = []
+        # the collector is paused from the first value that needs attaching through the commit
+        # (one collection afterwards, see _mi_set_field), never around the planner's own work
+        # before it (a user's generator, sort key or __eq__ may make cyclic garbage)
+        pause: paused_gc | None = None
+        with self._lock:
+            try:
+                self._check_writable()
+                while True:
+                    undo: list[Any] = []
 
-                def prep(value: Any, where: str, undo: list[Any] = undo) -> Any:
-                    if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
-                        return value
-                    return graph.prepare(value, where_coll(coll) + where, undo)
+                    def prep(value: Any, where: str, undo: list[Any] = undo) -> Any:
+                        nonlocal pause
+                        if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
+                            return value
+                        if pause is None:
+                            pause = paused_gc()
+                            pause.__enter__()
+                        return graph.prepare(value, where_coll(coll) + where, undo)
 
-                try:
-                    planned, result = planner(coll, prep, *args, **kwargs)
-                    if not planned:
+                    try:
+                        planned, result = planner(coll, prep, *args, **kwargs)
+                        if not planned:
+                            graph.undo(undo)
+                            break
+                        events: list[Pending] = [(KINDS[name], coll, eargs) for name, eargs in planned]
+                        done = self._commit_events(events, None, replan=True)
+                    except BaseException:
                         graph.undo(undo)
+                        raise
+                    if done:
                         break
-                    events: list[Pending] = [(KINDS[name], coll, eargs) for name, eargs in planned]
-                    done = self._commit_events(events, None, replan=True)
-                except BaseException:
-                    graph.undo(undo)
-                    raise
-                if done:
-                    break
-                graph.undo(undo)  # another process committed first: plan again on its state
+                    graph.undo(undo)  # another process committed first: plan again on its state
+            finally:
+                if pause is not None:
+                    pause.__exit__()
         return coll if result is SELF else result
 
     def _mi_published_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:

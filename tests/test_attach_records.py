@@ -10,13 +10,16 @@ compares the whole graph with the one that was committed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import sqlite3
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 
 import memimg
+from memimg import _graph, persistent
 from memimg.model._tracking import disable_now
 from tests.test_snapshot_format import Computed, Holder, Node, _content, _fill
 
@@ -44,7 +47,8 @@ def test_every_kind_of_state_survives_replay_of_its_attach(tmp_path: Any, in_tx:
     through plain attribute loads.
     """
     path = str(tmp_path / "img.db")
-    assert disable_now()
+    hooks_off = disable_now()
+    assert hooks_off
     with memimg.open(path, root=Holder, snapshot_every=None) as img:
         old = Node("committed before")
         img.root.misc = old  # given an id now; _fill replaces it, and only half_set refers to it after
@@ -67,7 +71,8 @@ def test_an_unset_field_of_a_class_with_getattr_is_not_recorded(tmp_path: Any) -
     path = str(tmp_path / "img.db")
     obj = Computed("x")
     del obj.label
-    assert disable_now()  # no read hooks: the encoder may use plain attribute loads, but not on this class
+    hooks_off = disable_now()  # no read hooks: the encoder may use plain attribute loads, but not on this class
+    assert hooks_off
     with memimg.open(path, root=Holder, snapshot_every=None) as img:
         img.root.misc = obj
     (records,) = _attach_payloads(path)
@@ -89,3 +94,86 @@ def test_records_write_fields_by_name_in_declared_order(tmp_path: Any) -> None:
     assert state["label"] == "a" and state["n"] == 5 and state["next"] is None and state["extra"] is None
     tag_oid = state["tags"][1]
     assert state["tags"][0] == "r" and states[tag_oid] == ("list", ["t", 1])
+
+
+@persistent(name="enc.Once")
+class Once:
+    label: str = ""
+    other: Any = None
+
+
+def test_serialize_compiles_a_class_encoder_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each free-standing ``serialize`` builds a new graph; the class's compiled encoder is kept across them."""
+    compiled: list[str] = []
+    real = _graph._state_encoder
+
+    def counting(info: Any, *args: Any) -> Any:
+        compiled.append(info.name)
+        return real(info, *args)
+
+    monkeypatch.setattr(_graph, "_state_encoder", counting)
+    for _ in range(3):
+        data = memimg.serialize(Once("a", other=Once("b")))
+        assert [state["label"] for _oid, _name, state in data["objects"]] == ["a", "b"]
+    assert compiled.count("enc.Once") <= 1  # zero if an earlier test compiled it already
+
+
+@persistent(name="enc.Late")
+class Late:
+    label: str = ""
+
+
+def test_a_getattr_added_to_a_class_after_encoding_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encoder compiled for plain attribute loads is not reused once the class computes missing attributes."""
+    hooks_off = disable_now()  # no read hooks: plain attribute loads allowed
+    assert hooks_off
+    obj = Late("x")
+    del obj.label
+    assert memimg.serialize(obj)["objects"][0][2] == {}
+    monkeypatch.setattr(Late, "__getattr__", lambda self, name: f"computed {name}", raising=False)
+    assert obj.label == "computed label"
+    assert memimg.serialize(obj)["objects"][0][2] == {}  # still unset, not the computed value
+
+
+@attrs.frozen
+class Fragile:
+    text: str
+
+
+def test_an_attribute_error_of_a_value_hook_propagates_and_the_hook_runs_once() -> None:
+    """An AttributeError raised while encoding a value is the hook's error, not an unset field to re-read."""
+    calls: list[str] = []
+
+    def unstructure(value: Fragile) -> Any:
+        calls.append(value.text)
+        raise AttributeError(f"no encoding for {value.text!r}")
+
+    conv = memimg.Converter()
+    conv.register_value(Fragile, name="enc.Fragile", unstructure=unstructure, structure=lambda d, t: Fragile(d))
+    with pytest.raises(AttributeError, match="no encoding for 'boom'") as caught:
+        memimg.serialize(Once("a", other=Fragile("boom")), converter=conv)
+    assert calls == ["boom"]
+    assert caught.value.__context__ is None  # raised once, not again while handling a first one
+
+
+def test_the_collector_is_not_paused_around_a_mutation_plan_before_it_attaches(tmp_path: Any) -> None:
+    """``extend`` pulls a user's generator: it runs with the collector on until a value needs attaching,
+    and the collector is on again after the commit, and after a failed one."""
+    seen: list[tuple[Any, bool]] = []
+
+    def items(fail: bool) -> Any:
+        for item in ("plain", 7, Once("new"), "after"):
+            seen.append((item if not isinstance(item, Once) else "Once", gc.isenabled()))
+            yield item
+        if fail:
+            raise RuntimeError("the generator fails after attaching")
+
+    assert gc.isenabled()
+    with memimg.open(str(tmp_path / "img.db"), root=Holder, snapshot_every=None) as img:
+        img.root.nodes.extend(items(fail=False))
+        assert gc.isenabled()
+        assert seen == [("plain", True), (7, True), ("Once", True), ("after", False)]
+        with pytest.raises(RuntimeError, match="fails after attaching"):
+            img.root.nodes.extend(items(fail=True))
+        assert gc.isenabled()
+        assert [n if not isinstance(n, Once) else n.label for n in img.root.nodes] == ["plain", 7, "new", "after"]

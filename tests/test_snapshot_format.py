@@ -363,7 +363,8 @@ class Computed:
 def test_a_class_with_getattr_is_read_through_raw_slots(tmp_path: Any) -> None:
     """An unset field of a class with __getattr__ stays unset in the snapshot, not the computed value."""
     path = str(tmp_path / "img.db")
-    assert disable_now()  # no read hooks (an earlier test's may linger): plain loads allowed, not on this class
+    hooks_off = disable_now()  # no read hooks (an earlier test's may linger): plain loads allowed, not on this class
+    assert hooks_off
     with memimg.open(path, root=Holder, snapshot_every=None) as img:
         img.root.misc = Computed("x")
         del img.root.misc.label

@@ -72,6 +72,8 @@ class TypeInfo:
     defaults: dict[str, Any] = attrs.field(factory=dict)
     #: A generic stand-in for a class that is not loaded (tools): states are kept as stored.
     stand_in: bool = False
+    #: Compiled state encoders of the class, by access mode (made and kept by the graph module).
+    encoders: dict[Any, Any] = attrs.field(factory=dict, repr=False)
 
 
 _lock = threading.RLock()
