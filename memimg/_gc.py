@@ -11,6 +11,7 @@ paused for its duration and resumed after, as it was.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from typing import Any
 
@@ -38,21 +39,40 @@ class paused_gc:  # lower case: used like a function, ``with paused_gc():``
     def __enter__(self) -> None:
         global _open, _resume
         with _lock:
-            if not _open:
+            _open += 1  # counted before the collector is touched: an interrupt in between leaves it on
+            if _open == 1:
                 _resume = gc.isenabled()
                 if _resume:
                     gc.disable()
-            _open += 1
 
     def __exit__(self, *exc: Any) -> None:
-        global _open
+        global _open, _resume
         with _lock:
+            if _open <= 0:  # never entered (interrupted before), or reset in a forked child
+                return
             _open -= 1
-            if not _open and _resume:
-                gc.enable()
+            if not _open:
+                if _resume:
+                    gc.enable()
+                _resume = False
 
 
-_lock = threading.Lock()
+#: Reentrant: a signal handler that commits runs in the thread it interrupted,
+#: maybe inside one of these blocks.
+_lock = threading.RLock()
 #: pauses open now (in every thread), and whether the collector was on before the first of them
 _open = 0
 _resume = False
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the forking thread: other threads' pauses (and the lock) end there."""
+    global _lock, _open, _resume
+    _lock = threading.RLock()
+    if _open and _resume:
+        gc.enable()
+    _open, _resume = 0, False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

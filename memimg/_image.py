@@ -56,6 +56,7 @@ from memimg._views import ListView
 from memimg.model import _tracking, _types
 from memimg.model._base import SELF, Planner
 from memimg.model._base import WHOLE as WHOLE_KEY
+from memimg.model._collections import reusable_args
 from memimg.stores._protocol import EventRow, SeqTaken, SnapshotRow, Store
 
 __all__ = ["DEFAULT_SNAPSHOT_EVERY", "MemoryImage"]
@@ -524,12 +525,13 @@ class MemoryImage:
             return tx.mutate(coll, planner, args, kwargs)
         graph = self._graph
         # the collector is paused from the first value that needs attaching through the commit
-        # (one collection afterwards, see _mi_set_field), never around the planner's own work
-        # before it (a user's generator, sort key or __eq__ may make cyclic garbage)
+        # (one collection afterwards, see _mi_set_field), not around the planner's work before
+        # it (a user's sort key or __eq__ may make cyclic garbage), nor across a replan
         pause: paused_gc | None = None
         with self._lock:
             try:
                 self._check_writable()
+                args = reusable_args(planner, args)  # a replan must see the same items again
                 while True:
                     undo: list[Any] = []
 
@@ -538,8 +540,9 @@ class MemoryImage:
                         if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
                             return value
                         if pause is None:
-                            pause = paused_gc()
-                            pause.__enter__()
+                            entered = paused_gc()
+                            entered.__enter__()
+                            pause = entered
                         return graph.prepare(value, where_coll(coll) + where, undo)
 
                     try:
@@ -555,6 +558,10 @@ class MemoryImage:
                     if done:
                         break
                     graph.undo(undo)  # another process committed first: plan again on its state
+                    if pause is not None:  # the replan's own work runs with the collector on
+                        ending: paused_gc = pause
+                        pause = None
+                        ending.__exit__()
             finally:
                 if pause is not None:
                     pause.__exit__()

@@ -156,24 +156,47 @@ def test_an_attribute_error_of_a_value_hook_propagates_and_the_hook_runs_once() 
     assert caught.value.__context__ is None  # raised once, not again while handling a first one
 
 
-def test_the_collector_is_not_paused_around_a_mutation_plan_before_it_attaches(tmp_path: Any) -> None:
-    """``extend`` pulls a user's generator: it runs with the collector on until a value needs attaching,
-    and the collector is on again after the commit, and after a failed one."""
-    seen: list[tuple[Any, bool]] = []
+class _Key:
+    """A dict key whose hash notes whether the collector is on, and may fail."""
 
-    def items(fail: bool) -> Any:
+    def __init__(self, name: str, log: list[tuple[str, bool]], fail: bool = False) -> None:
+        self.name, self.log, self.fail = name, log, fail
+
+    def __hash__(self) -> int:
+        self.log.append((self.name, gc.isenabled()))
+        if self.fail:
+            raise RuntimeError(f"no hash for {self.name}")
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and other.name == self.name
+
+
+def test_the_collector_is_paused_from_the_first_attached_value_of_a_mutation(tmp_path: Any) -> None:
+    """A generator that ``extend`` reads runs with the collector on (it is read before planning); a
+    planner's user code (a key's ``__hash__``) too until a value needs attaching, with it off after;
+    on again after the commit, and after a plan that fails once the collector is paused."""
+    pulled: list[bool] = []
+
+    def items() -> Any:
         for item in ("plain", 7, Once("new"), "after"):
-            seen.append((item if not isinstance(item, Once) else "Once", gc.isenabled()))
+            pulled.append(gc.isenabled())
             yield item
-        if fail:
-            raise RuntimeError("the generator fails after attaching")
 
+    hashed: list[tuple[str, bool]] = []
+    conv = memimg.Converter()
+    conv.register_value(_Key, name="enc.Key", unstructure=lambda k: k.name, structure=lambda d, t: _Key(d, []))
     assert gc.isenabled()
-    with memimg.open(str(tmp_path / "img.db"), root=Holder, snapshot_every=None) as img:
-        img.root.nodes.extend(items(fail=False))
-        assert gc.isenabled()
-        assert seen == [("plain", True), (7, True), ("Once", True), ("after", False)]
-        with pytest.raises(RuntimeError, match="fails after attaching"):
-            img.root.nodes.extend(items(fail=True))
-        assert gc.isenabled()
+    with memimg.open(str(tmp_path / "img.db"), root=Holder, snapshot_every=None, converter=conv) as img:
+        img.root.nodes.extend(items())
+        assert gc.isenabled() and pulled == [True] * 4
         assert [n if not isinstance(n, Once) else n.label for n in img.root.nodes] == ["plain", 7, "new", "after"]
+        img.root.index.update([(_Key("first", hashed), Once("a")), (_Key("second", hashed), 1)])
+        assert gc.isenabled()
+        assert hashed[:2] == [("first", True), ("second", False)]  # later hashes are the dict's own
+        hashed.clear()
+        with pytest.raises(RuntimeError, match="no hash for bad"):
+            img.root.index.update([(_Key("third", hashed), Once("b")), (_Key("bad", hashed, fail=True), 2)])
+        assert gc.isenabled()
+        assert hashed == [("third", True), ("bad", False)]
+        assert sorted(k.name for k in img.root.index) == ["first", "second"]

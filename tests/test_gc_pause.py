@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
+from collections.abc import Iterator
 
+import pytest
+
+from memimg import _gc
 from memimg._gc import paused_gc
+
+
+@pytest.fixture(autouse=True)
+def _collector_on_after() -> Iterator[None]:
+    """A failing test must not leave the collector off, or a pause counted, for the tests after it."""
+    yield
+    _gc._open, _gc._resume = 0, False
+    gc.enable()
 
 
 def test_the_collector_resumes_when_the_last_overlapping_pause_ends() -> None:
@@ -22,16 +35,21 @@ def test_the_collector_resumes_when_the_last_overlapping_pause_ends() -> None:
 
 def test_a_collector_off_before_the_pause_stays_off() -> None:
     gc.disable()
-    try:
-        with paused_gc():
-            assert not gc.isenabled()
+    with paused_gc():
         assert not gc.isenabled()
-    finally:
-        gc.enable()
+    assert not gc.isenabled()
+
+
+def test_an_exit_without_an_enter_does_not_unbalance_later_pauses() -> None:
+    """A pause interrupted before it was entered is exited anyway by a ``finally``: nothing to undo."""
+    paused_gc().__exit__(None, None, None)
+    with paused_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
 
 
 def test_threads_pausing_at_once_leave_the_collector_on() -> None:
-    inside = threading.Barrier(4)
+    inside = threading.Barrier(4, timeout=30)
     on_while_paused: list[str] = []
 
     def work() -> None:
@@ -50,4 +68,39 @@ def test_threads_pausing_at_once_leave_the_collector_on() -> None:
     for t in threads:
         t.join()
     assert on_while_paused == []
+    assert gc.isenabled()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_pauses_has_the_collector_on() -> None:
+    """The pausing thread does not exist in the child: its pause must not keep the child's collector off."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with paused_gc():
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(30) and not gc.isenabled()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave at once
+            try:
+                on = gc.isenabled()
+                with paused_gc():
+                    paused = not gc.isenabled()
+                os.write(write, f"{on} {paused} {gc.isenabled()}".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        report = os.read(read, 100).decode()
+        os.close(read)
+        os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join()
+    assert report == "True True True"
     assert gc.isenabled()

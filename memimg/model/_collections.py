@@ -28,7 +28,7 @@ calling its methods, so their changes are not recorded (use ``insert``/``pop``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from memimg.model import _tracking
@@ -400,6 +400,21 @@ SET_MUTATORS: dict[str, Planner] = {
     "__ixor__": _returning_self(_set_symmetric_difference_update),
 }
 
+#: Planners whose positional arguments are all iterables they consume (a generator can be read once).
+_CONSUMING: frozenset[Planner] = frozenset(
+    [
+        _list_extend,
+        _list_iadd,
+        _dict_update,
+        _dict_ior,
+        _set_update,
+        _set_difference_update,
+        _set_intersection_update,
+        _set_symmetric_difference_update,
+    ]
+)
+
+
 SET_READS: dict[str, bool] = {
     "__contains__": True,
     **dict.fromkeys(
@@ -527,3 +542,26 @@ for _cls in (TrackedList, TrackedDict, TrackedSet):
 def tracked_types() -> dict[type, type]:
     """``builtin -> tracked`` for the three container types."""
     return {list: TrackedList, dict: TrackedDict, set: TrackedSet}
+
+
+#: Argument types that are read again from the start (the common ones, tested before the ABC).
+_REREADABLE: frozenset[type] = frozenset(
+    [list, tuple, dict, set, frozenset, str, range, TrackedList, TrackedDict, TrackedSet]
+)
+
+
+def reusable_args(planner: Planner, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """*args* with the one-shot iterators *planner* consumes read into lists.
+
+    A mutation made outside a transaction is planned again when another
+    process committed first; the second plan must see the same items, not
+    the rest of an exhausted generator. Only arguments the planner iterates
+    are read (``lst.append(generator)`` still refuses the generator).
+    """
+    if planner in _CONSUMING:
+        for a in args:
+            if type(a) not in _REREADABLE and isinstance(a, Iterator):
+                return tuple(list(a) if isinstance(a, Iterator) else a for a in args)
+    elif planner is _list_setitem and len(args) == 2 and type(args[0]) is slice and isinstance(args[1], Iterator):
+        return (args[0], list(args[1]))
+    return args
