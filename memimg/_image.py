@@ -445,7 +445,7 @@ class MemoryImage:
         """
         if self._readonly or self._stripping:
             return
-        with self._lock:
+        with self._lock, paused_gc():
             self._stripping = True
             try:
                 while True:
@@ -468,7 +468,7 @@ class MemoryImage:
             raise TypeError(
                 f"the root must be a @persistent object or a dict, list or set, not {type(obj).__qualname__}"
             )
-        with self._lock:
+        with self._lock, paused_gc():
             undo: list[Any] = []
             obj = self._graph.prepare(obj, "root", undo)
             try:
@@ -619,7 +619,13 @@ class MemoryImage:
         With *replan*, returns ``False`` instead of retrying when another
         writer got there first (the caller plans again on the new state).
         Must be called with the lock held.
+
+        A transaction's commit pauses the collector (its records and applied
+        events may be many); a mutation outside one does not pay for a pause
+        here (~0.7 µs): its caller holds one whenever it attaches objects.
         """
+        if state is None:
+            return self._commit_loop(events, state, replan, auto_snapshot)
         with paused_gc():
             return self._commit_loop(events, state, replan, auto_snapshot)
 
