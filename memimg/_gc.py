@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Any
 
-__all__ = ["paused_gc"]
+__all__ = ["lazy_pause", "paused_gc"]
 
 
 class paused_gc:  # lower case: used like a function, ``with paused_gc():``
@@ -29,32 +29,68 @@ class paused_gc:  # lower case: used like a function, ``with paused_gc():``
     background thread's snapshot of a million objects.)
 
     A class rather than a ``@contextmanager`` generator: it is entered on
-    every commit and every attach of a non-native value, where the
-    generator's ~2 µs per use would show (this costs ~0.7 µs, the lock
-    included).
+    every transaction's commit and every attach of a non-native value,
+    where the generator's ~2 µs per use would show (this costs ~0.7 µs, the
+    lock included).
     """
 
     __slots__ = ()
 
     def __enter__(self) -> None:
-        global _open, _resume
-        with _lock:
-            _open += 1  # counted before the collector is touched: an interrupt in between leaves it on
-            if _open == 1:
-                _resume = gc.isenabled()
-                if _resume:
-                    gc.disable()
+        _pause()
 
     def __exit__(self, *exc: Any) -> None:
-        global _open, _resume
-        with _lock:
-            if _open <= 0:  # never entered (interrupted before), or reset in a forked child
-                return
-            _open -= 1
-            if not _open:
-                if _resume:
-                    gc.enable()
-                _resume = False
+        _resume_after()
+
+
+class lazy_pause:
+    """A pause begun only when :meth:`start` is first called (if ever), ended on exit or :meth:`stop`.
+
+    For work that pauses the collector only once it meets something big (a
+    mutation's first value to attach, a catch-up's first row): what runs
+    before stays collected as usual.
+    """
+
+    __slots__ = ("on",)
+
+    def __enter__(self) -> lazy_pause:
+        self.on = False
+        return self
+
+    def start(self) -> None:
+        if not self.on:
+            self.on = True  # first: an interrupt in between makes an exit without an enter, a no-op
+            _pause()
+
+    def stop(self) -> None:
+        if self.on:
+            self.on = False
+            _resume_after()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _pause() -> None:
+    global _open, _resume
+    with _lock:
+        _open += 1  # counted before the collector is touched: an interrupt in between leaves it on
+        if _open == 1 and gc.isenabled():
+            gc.disable()
+            _resume = True  # only ever set here, reset by the last exit: a pause entered by a
+            # signal handler in the middle of an exit cannot make it forget to resume
+
+
+def _resume_after() -> None:
+    global _open, _resume
+    with _lock:
+        if _open <= 0:  # never entered (interrupted before), or reset in a forked child
+            return
+        _open -= 1
+        if not _open:
+            if _resume:
+                gc.enable()
+            _resume = False
 
 
 #: Reentrant: a signal handler that commits runs in the thread it interrupted,

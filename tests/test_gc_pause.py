@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -103,4 +105,32 @@ def test_a_child_forked_while_another_thread_pauses_has_the_collector_on() -> No
         release.set()
         thread.join()
     assert report == "True True True"
+    assert gc.isenabled()
+
+
+def test_a_pause_taken_in_the_middle_of_an_exit_leaves_the_collector_on() -> None:
+    """A signal handler that commits runs in the thread it interrupted, maybe inside an exit, after the
+    count fell to zero and before the collector is resumed: the two must still end with it on."""
+    fired: list[bool] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not _gc._resume_after.__code__:
+            return None
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line" and not fired and _gc._open == 0:
+                fired.append(True)
+                with paused_gc():  # the handler's own pause, on the same thread
+                    pass
+            return local
+
+        return local
+
+    sys.settrace(tracer)
+    try:
+        with paused_gc():
+            pass
+    finally:
+        sys.settrace(None)
+    assert fired and _gc._open == 0
     assert gc.isenabled()

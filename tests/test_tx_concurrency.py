@@ -6,6 +6,7 @@ Each test reproduces a bug a review found (and fixed), so it cannot come back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -368,6 +369,16 @@ def test_comparing_two_tracked_collections_records_no_read_of_the_other() -> Non
         tx.save()  # commits: the read of b was never recorded
 
 
+class _OneShot:
+    """An iterable (not an iterator) that can be read only once, as some file-like readers are."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self._it = iter(items)
+
+    def __iter__(self) -> Any:
+        return self._it
+
+
 _CONSUMING_CASES: list[tuple[str, Any, Any]] = [
     ("list.extend", [0, 1], lambda c: c.extend(x for x in (7, Node(8), 9))),
     ("list +=", [0, 1], lambda c: c.__iadd__(x for x in (7, Node(8), 9))),
@@ -378,6 +389,12 @@ _CONSUMING_CASES: list[tuple[str, Any, Any]] = [
     ("set.difference_update", {1, 2, 3}, lambda c: c.difference_update(x for x in (1, 3))),
     ("set.intersection_update", {1, 2, 3}, lambda c: c.intersection_update(x for x in (1, 3))),
     ("set.symmetric_difference_update", {1, 2}, lambda c: c.symmetric_difference_update(x for x in (2, 5))),
+    ("dict.update, pairs as iterators", {"a": 1}, lambda c: c.update(iter(p) for p in (("b", 2), ("c", Node(3))))),
+    ("dict.update, a list of iterator pairs", {"a": 1}, lambda c: c.update([iter(("b", 2)), iter(("c", 3))])),
+    ("list.extend, a one-shot iterable", [0], lambda c: c.extend(_OneShot([1, Node(2)]))),
+    ("list.__init__", [0, 1], lambda c: c.__init__(x for x in (7, Node(8)))),
+    ("dict.__init__", {"a": 1}, lambda c: c.__init__(((k, v) for k, v in (("b", 2),)), c=3)),
+    ("set.__init__", {1, 2}, lambda c: c.__init__(x for x in (2, 3))),
 ]
 
 
@@ -419,3 +436,52 @@ def test_append_of_a_generator_is_still_refused() -> None:
     with pytest.raises(memimg.UnsupportedValueError, match="generator"):
         img.root.content[0:0] = [x for x in ()] + [(x for x in (1,))]
     assert img.root.content == []
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside a transaction", "in a transaction"])
+@pytest.mark.parametrize(("name", "start", "mutate"), _CONSUMING_CASES, ids=[c[0] for c in _CONSUMING_CASES])
+def test_each_consuming_mutation_is_recorded_as_applied(name: str, start: Any, mutate: Any, in_tx: bool) -> None:
+    """What a mutation does in memory (as the builtin would) is what replaying its events gives."""
+    expected = type(start)(start)
+    mutate(expected)
+    img = memimg.open(memimg.MemoryStore(), root=Box)
+    img.root.content = type(start)(start)
+    if in_tx:
+        with img.transaction():
+            mutate(img.root.content)
+    else:
+        mutate(img.root.content)
+    assert _plain(img.root.content) == _plain(expected)
+    assert _plain(memimg.replay(img.events()).content) == _plain(expected)
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside a transaction", "in a transaction"])
+def test_a_slice_assigned_from_a_generator_that_grows_the_list(in_tx: bool) -> None:
+    """The generator is read before the list is copied, as the builtin does: what it appends stays."""
+
+    def grow(c: Any) -> Any:
+        for x in ("a", "b"):
+            c.append(x)
+            yield x
+
+    expected = [0, 1, 2]
+    expected[1:2] = grow(expected)
+    img = memimg.open(memimg.MemoryStore(), root=Box)
+    img.root.content = [0, 1, 2]
+    with img.transaction() if in_tx else contextlib.nullcontext():
+        lst = img.root.content
+        lst[1:2] = grow(lst)
+    assert img.root.content == expected == [0, "a", "b", 2, "a", "b"]
+    assert memimg.replay(img.events()).content == expected
+
+
+def test_init_of_an_attached_collection_with_wrong_arguments_changes_nothing() -> None:
+    img = memimg.open(memimg.MemoryStore(), root=Box)
+    img.root.content = [1, 2]
+    with pytest.raises(TypeError, match="at most 1 argument"):
+        img.root.content.__init__([3], [4])
+    img.root.other = {1}
+    with pytest.raises(TypeError, match="no keyword arguments"):
+        img.root.other.__init__(x=1)
+    assert img.root.content == [1, 2] and img.root.other == {1}
+    assert memimg.replay(img.events()).content == [1, 2]

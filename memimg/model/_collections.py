@@ -28,7 +28,7 @@ calling its methods, so their changes are not recorded (use ``insert``/``pop``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from memimg.model import _tracking
@@ -102,8 +102,9 @@ def _list_insert(lst: Any, prep: Prep, index: Any, item: Any) -> tuple[Events, A
 
 def _list_setitem(lst: Any, prep: Prep, index: Any, value: Any) -> tuple[Events, Any]:
     if isinstance(index, slice):
+        items = list(value)  # first: reading it may change the list (as with the builtin)
         new = list(lst)
-        new[index] = [prep(x, "[slice]") for x in value]
+        new[index] = [prep(x, "[slice]") for x in items]
         return _splice(list(lst), new), None
     i = _index(index, len(lst))
     return [("list.set", (i, prep(value, f"[{i}]")))], None
@@ -161,7 +162,22 @@ def _list_imul(lst: Any, prep: Prep, times: Any) -> tuple[Events, Any]:
     return [("list.append", (items * (n - 1),))], SELF
 
 
+def _list_init(lst: Any, prep: Prep, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
+    """``lst.__init__(iterable)`` on an attached list: emptied, then extended (as the builtin does)."""
+    if kwargs:
+        raise TypeError("list() takes no keyword arguments")
+    if len(args) > 1:
+        raise TypeError(f"list expected at most 1 argument, got {len(args)}")
+    source = args[0] if args and args[0] is not lst else ()  # the builtin empties itself first
+    items = [prep(x, ".__init__()") for x in source]
+    events: Events = [("list.clear", ())] if len(lst) else []
+    if items:
+        events.append(("list.append", (items,)))
+    return events, None
+
+
 LIST_MUTATORS: dict[str, Planner] = {
+    "__init__": _list_init,
     "append": _list_append,
     "extend": _list_extend,
     "__iadd__": _list_iadd,
@@ -277,6 +293,7 @@ def _dict_clear(d: Any, prep: Prep) -> tuple[Events, Any]:
 
 
 DICT_MUTATORS: dict[str, Planner] = {
+    "__init__": _dict_update,  # the builtin's __init__ updates, without emptying first
     "__setitem__": _dict_setitem,
     "__delitem__": _dict_delitem,
     "pop": _dict_pop,
@@ -375,6 +392,23 @@ def _set_symmetric_difference_update(s: Any, prep: Prep, other: Any) -> tuple[Ev
     return events, None
 
 
+def _set_init(s: Any, prep: Prep, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
+    """``s.__init__(iterable)`` on an attached set: emptied, then updated (as the builtin does)."""
+    if kwargs:
+        raise TypeError("set() takes no keyword arguments")
+    if len(args) > 1:
+        raise TypeError(f"set expected at most 1 argument, got {len(args)}")
+    source = args[0] if args and args[0] is not s else ()  # the builtin empties itself first
+    new: dict[Any, None] = {}
+    for m in source:
+        if m not in new:
+            new[prep(m, ".__init__()")] = None
+    events: Events = [("set.clear", ())] if len(s) else []
+    if new:
+        events.append(("set.add", (list(new),)))
+    return events, None
+
+
 def _returning_self(planner: Planner) -> Planner:
     def inplace(s: Any, prep: Prep, other: Any) -> tuple[Events, Any]:
         if not isinstance(other, (set, frozenset)):
@@ -385,6 +419,7 @@ def _returning_self(planner: Planner) -> Planner:
 
 
 SET_MUTATORS: dict[str, Planner] = {
+    "__init__": _set_init,
     "add": _set_add,
     "discard": _set_discard,
     "remove": _set_remove,
@@ -400,19 +435,21 @@ SET_MUTATORS: dict[str, Planner] = {
     "__ixor__": _returning_self(_set_symmetric_difference_update),
 }
 
-#: Planners whose positional arguments are all iterables they consume (a generator can be read once).
-_CONSUMING: frozenset[Planner] = frozenset(
-    [
-        _list_extend,
-        _list_iadd,
-        _dict_update,
-        _dict_ior,
-        _set_update,
-        _set_difference_update,
-        _set_intersection_update,
-        _set_symmetric_difference_update,
-    ]
-)
+#: Planners whose positional arguments are all iterables they read, by how many they take (0: any).
+_CONSUMING: dict[Planner, int] = {
+    _list_init: 1,
+    _list_extend: 1,
+    _list_iadd: 1,
+    _dict_update: 1,
+    _dict_ior: 1,
+    _set_init: 1,
+    _set_update: 0,
+    _set_difference_update: 0,
+    _set_intersection_update: 0,
+    _set_symmetric_difference_update: 1,
+}
+#: ... of which these read (key, value) pairs when not given a mapping.
+_PAIRS: frozenset[Planner] = frozenset([_dict_update, _dict_ior])
 
 
 SET_READS: dict[str, bool] = {
@@ -550,18 +587,34 @@ _REREADABLE: frozenset[type] = frozenset(
 )
 
 
+def _once(arg: Any, pairs: bool) -> Any:
+    """*arg* as a list if reading it again might not give the same items."""
+    if pairs:
+        if hasattr(arg, "keys"):
+            return arg  # a mapping: read on each plan (a tracked one may have been caught up too)
+        return [p if type(p) is tuple else tuple(p) for p in arg]  # pairs may be one-shot iterators too
+    if type(arg) in _REREADABLE or isinstance(arg, Collection):
+        return arg
+    return list(arg)
+
+
 def reusable_args(planner: Planner, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """*args* with the one-shot iterators *planner* consumes read into lists.
+    """*args* with what *planner* iterates read into lists where it could be read only once.
 
     A mutation made outside a transaction is planned again when another
     process committed first; the second plan must see the same items, not
     the rest of an exhausted generator. Only arguments the planner iterates
-    are read (``lst.append(generator)`` still refuses the generator).
+    are read (``lst.append(generator)`` still refuses the generator), and
+    only in a call the planner accepts (a wrong count is refused unread).
     """
-    if planner in _CONSUMING:
-        for a in args:
-            if type(a) not in _REREADABLE and isinstance(a, Iterator):
-                return tuple(list(a) if isinstance(a, Iterator) else a for a in args)
-    elif planner is _list_setitem and len(args) == 2 and type(args[0]) is slice and isinstance(args[1], Iterator):
-        return (args[0], list(args[1]))
+    most = _CONSUMING.get(planner)
+    if most is not None:
+        if not args or (most and len(args) > most):
+            return args
+        pairs = planner in _PAIRS
+        if not pairs and all(type(a) in _REREADABLE for a in args):
+            return args  # the common case, without the ABC test
+        return tuple(_once(a, pairs) for a in args)
+    if planner is _list_setitem and len(args) == 2 and type(args[0]) is slice:
+        return (args[0], _once(args[1], False))
     return args
