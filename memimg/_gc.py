@@ -64,8 +64,8 @@ class lazy_pause:
 
     def stop(self) -> None:
         if self.on:
+            _resume_after()  # first: an interrupt in between makes a second exit, a no-op or early resume
             self.on = False
-            _resume_after()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()

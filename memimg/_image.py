@@ -541,7 +541,7 @@ class MemoryImage:
         # nor across a replan
         with self._lock, lazy_pause() as pause:
             self._check_writable()
-            args = reusable_args(planner, args)  # a replan must see the same items again
+            args = reusable_args(planner, args, kwargs)  # a replan must see the same items again
             while True:
                 undo: list[Any] = []
 

@@ -6,6 +6,7 @@ Each test reproduces a bug a review found (and fixed), so it cannot come back.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
 import threading
 from typing import Any
@@ -485,3 +486,67 @@ def test_init_of_an_attached_collection_with_wrong_arguments_changes_nothing() -
         img.root.other.__init__(x=1)
     assert img.root.content == [1, 2] and img.root.other == {1}
     assert memimg.replay(img.events()).content == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [lambda other: other, lambda other: other.items() if isinstance(other, dict) else iter(other)],
+    ids=["the collection", "a view or iterator of it"],
+)
+@pytest.mark.parametrize("other_start", [[("a", 1)], {"a": 1}], ids=["a list of pairs", "a dict"])
+def test_a_replanned_update_reads_a_tracked_source_as_caught_up(source: Any, other_start: Any) -> None:
+    """``d.update(tracked)`` planned again after another process changed *tracked*: the mutation is ordered
+    after that commit, so it applies the source as that commit left it (a one-shot iterator as first read)."""
+    store = memimg.MemoryStore()
+    img1 = memimg.open(store, root=Box)
+    img1.root.content, img1.root.other = {}, other_start
+    img2 = memimg.open(store, root=Box)
+    if isinstance(other_start, dict):
+        img1.root.other["b"] = 2
+    else:
+        img1.root.other.append(("b", 2))
+    arg = source(img2.root.other)  # made before the catch-up: an iterator sees the state it was made on
+    one_shot = not isinstance(arg, collections.abc.Collection)
+    img2.root.content.update(arg)
+    expected = {"a": 1} if one_shot and not isinstance(other_start, dict) else {"a": 1, "b": 2}
+    assert img2.root.content == expected
+    img1.refresh()
+    assert img1.root.content == expected == memimg.replay(img1.events()).content
+
+
+def test_keyword_arguments_named_like_the_methods_parameters() -> None:
+    """``self``, ``d``, ``prep`` are keys like any other for a tracked dict, attached or not."""
+    assert memimg.TrackedDict(self=1, cls=2) == {"self": 1, "cls": 2}
+    img = memimg.open(memimg.MemoryStore(), root=Box)
+    img.root.content = {}
+    img.root.content.__init__(self=1, d=2)
+    img.root.content.update(prep=3, args=4)
+    assert img.root.content == {"self": 1, "d": 2, "prep": 3, "args": 4}
+    assert memimg.replay(img.events()).content == img.root.content
+
+
+def test_a_refused_call_leaves_its_generator_unread() -> None:
+    img = memimg.open(memimg.MemoryStore(), root=Box)
+    img.root.content = [1]
+    gen = (x for x in (5, 6))
+    with pytest.raises(TypeError, match="no keyword arguments"):
+        img.root.content.__init__(gen, x=1)
+    with pytest.raises(TypeError):
+        img.root.content.extend(gen, gen)
+    assert list(gen) == [5, 6] and img.root.content == [1]
+
+
+def test_dict_update_errors_are_the_builtins() -> None:
+    img = memimg.open(memimg.MemoryStore(), root=Box)
+    img.root.content = {"a": 1}
+    d = img.root.content
+    bad_arguments: list[tuple[Any, type[Exception]]] = [([1], TypeError), ([(1, 2, 3)], ValueError)]
+    for bad, error in bad_arguments:
+        with pytest.raises(error) as ours:
+            d.update(bad)
+        with pytest.raises(error) as builtin:
+            {}.update(bad)
+        assert str(ours.value) == str(builtin.value)
+    with pytest.raises(TypeError, match="dict expected at most 1 argument, got 2"):
+        d.__init__({}, {})
+    assert d == {"a": 1} and memimg.replay(img.events()).content == {"a": 1}

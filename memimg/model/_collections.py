@@ -28,7 +28,7 @@ calling its methods, so their changes are not recorded (use ``insert``/``pop``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from memimg.model import _tracking
@@ -162,8 +162,12 @@ def _list_imul(lst: Any, prep: Prep, times: Any) -> tuple[Events, Any]:
     return [("list.append", (items * (n - 1),))], SELF
 
 
-def _list_init(lst: Any, prep: Prep, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
-    """``lst.__init__(iterable)`` on an attached list: emptied, then extended (as the builtin does)."""
+def _list_init(lst: Any, prep: Prep, /, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
+    """``lst.__init__(iterable)`` on an attached list: emptied, then extended, as the builtin does.
+
+    One difference: an iterator over the list itself (``iter(lst)``) gives
+    its items, where the builtin, which empties the list first, gives none.
+    """
     if kwargs:
         raise TypeError("list() takes no keyword arguments")
     if len(args) > 1:
@@ -219,17 +223,24 @@ LIST_READS: dict[str, bool] = dict.fromkeys(
 # -- dict planners --------------------------------------------------------------
 
 
-def _pairs(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+def _pairs(args: tuple[Any, ...], kwargs: Mapping[str, Any], method: str = "update") -> list[tuple[Any, Any]]:
+    """The (key, value) pairs of a dict's ``update``/``__init__`` arguments, refused as the builtin refuses them."""
     if len(args) > 1:
-        raise TypeError(f"update expected at most 1 argument, got {len(args)}")
+        raise TypeError(f"{method} expected at most 1 argument, got {len(args)}")
     pairs: list[tuple[Any, Any]] = []
     if args:
         other = args[0]
         if isinstance(other, Mapping) or hasattr(other, "keys"):
             pairs.extend((k, other[k]) for k in list(other.keys()))
         else:
-            for item in other:
-                k, v = item
+            for i, item in enumerate(other):
+                try:
+                    k, v = item
+                except TypeError:
+                    raise TypeError(f"cannot convert dictionary update sequence element #{i} to a sequence") from None
+                except ValueError:
+                    size = f"length {len(item)}" if hasattr(item, "__len__") else "the wrong length"
+                    raise ValueError(f"dictionary update sequence element #{i} has {size}; 2 is required") from None
                 pairs.append((k, v))
     pairs.extend(kwargs.items())
     return pairs
@@ -275,13 +286,22 @@ def _dict_setdefault(d: Any, prep: Prep, key: Any, default: Any = None) -> tuple
     return [("dict.set", (prep(key, where + " (key)"), value))], value
 
 
-def _dict_update(d: Any, prep: Prep, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
+def _dict_update(d: Any, prep: Prep, /, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
+    return _dict_set_pairs(_pairs(args, kwargs), prep), None
+
+
+def _dict_init(d: Any, prep: Prep, /, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
+    """``d.__init__(...)`` on an attached dict: an update (the builtin's ``__init__`` does not empty a dict)."""
+    return _dict_set_pairs(_pairs(args, kwargs, "dict"), prep), None
+
+
+def _dict_set_pairs(given: list[tuple[Any, Any]], prep: Prep) -> Events:
     pairs = []
-    for k, v in _pairs(args, kwargs):
+    for k, v in given:
         hash(k)
         where = _key_where(k)
         pairs.append((prep(k, where + " (key)"), prep(v, where)))
-    return ([("dict.update", (pairs,))] if pairs else []), None
+    return [("dict.update", (pairs,))] if pairs else []
 
 
 def _dict_ior(d: Any, prep: Prep, other: Any) -> tuple[Events, Any]:
@@ -293,7 +313,7 @@ def _dict_clear(d: Any, prep: Prep) -> tuple[Events, Any]:
 
 
 DICT_MUTATORS: dict[str, Planner] = {
-    "__init__": _dict_update,  # the builtin's __init__ updates, without emptying first
+    "__init__": _dict_init,
     "__setitem__": _dict_setitem,
     "__delitem__": _dict_delitem,
     "pop": _dict_pop,
@@ -392,8 +412,12 @@ def _set_symmetric_difference_update(s: Any, prep: Prep, other: Any) -> tuple[Ev
     return events, None
 
 
-def _set_init(s: Any, prep: Prep, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
-    """``s.__init__(iterable)`` on an attached set: emptied, then updated (as the builtin does)."""
+def _set_init(s: Any, prep: Prep, /, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
+    """``s.__init__(iterable)`` on an attached set: emptied, then updated, as the builtin does.
+
+    One difference: an iterator over the set itself gives its members, where
+    the builtin, which empties the set first, raises ``RuntimeError``.
+    """
     if kwargs:
         raise TypeError("set() takes no keyword arguments")
     if len(args) > 1:
@@ -441,6 +465,7 @@ _CONSUMING: dict[Planner, int] = {
     _list_extend: 1,
     _list_iadd: 1,
     _dict_update: 1,
+    _dict_init: 1,
     _dict_ior: 1,
     _set_init: 1,
     _set_update: 0,
@@ -449,7 +474,9 @@ _CONSUMING: dict[Planner, int] = {
     _set_symmetric_difference_update: 1,
 }
 #: ... of which these read (key, value) pairs when not given a mapping.
-_PAIRS: frozenset[Planner] = frozenset([_dict_update, _dict_ior])
+_PAIRS: frozenset[Planner] = frozenset([_dict_update, _dict_init, _dict_ior])
+#: ... and these take keyword arguments (more pairs).
+_KEYWORDS: frozenset[Planner] = frozenset([_dict_update, _dict_init])
 
 
 SET_READS: dict[str, bool] = {
@@ -490,7 +517,7 @@ SET_READS: dict[str, bool] = {
 
 
 def _mutator(base: Callable[..., Any], name: str, planner: Planner) -> Callable[..., Any]:
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
         owner = self._mi_img
         if owner is None:
             return base(self, *args, **kwargs)
@@ -521,7 +548,7 @@ class TrackedList(list):  # type: ignore[type-arg]
     _mi_img: Any
     _mi_oid: int | None
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __new__(cls, /, *args: Any, **kwargs: Any) -> Any:
         self = list.__new__(cls)
         self._mi_img = None
         self._mi_oid = None
@@ -538,7 +565,7 @@ class TrackedDict(dict):  # type: ignore[type-arg]
     _mi_img: Any
     _mi_oid: int | None
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __new__(cls, /, *args: Any, **kwargs: Any) -> Any:
         self = dict.__new__(cls)
         self._mi_img = None
         self._mi_oid = None
@@ -555,7 +582,7 @@ class TrackedSet(set):  # type: ignore[type-arg]
     _mi_img: Any
     _mi_oid: int | None
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+    def __new__(cls, /, *args: Any, **kwargs: Any) -> Any:
         self = set.__new__(cls)
         self._mi_img = None
         self._mi_oid = None
@@ -588,33 +615,45 @@ _REREADABLE: frozenset[type] = frozenset(
 
 
 def _once(arg: Any, pairs: bool) -> Any:
-    """*arg* as a list if reading it again might not give the same items."""
+    """*arg* as a list if reading it again might not give the same items.
+
+    A collection is left as it is, to be read again by a replan: after the
+    catch-up, a tracked one holds the state the mutation now follows.
+    """
     if pairs:
         if hasattr(arg, "keys"):
-            return arg  # a mapping: read on each plan (a tracked one may have been caught up too)
-        return [p if type(p) is tuple else tuple(p) for p in arg]  # pairs may be one-shot iterators too
+            return arg  # a mapping
+        if isinstance(arg, Collection) and all(type(p) in _REREADABLE for p in arg):
+            return arg
+        # pairs may be one-shot iterators too (elements of the wrong shape are left to the planner)
+        return [tuple(p) if isinstance(p, Iterator) else p for p in arg]
     if type(arg) in _REREADABLE or isinstance(arg, Collection):
         return arg
     return list(arg)
 
 
-def reusable_args(planner: Planner, args: tuple[Any, ...]) -> tuple[Any, ...]:
+def reusable_args(planner: Planner, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
     """*args* with what *planner* iterates read into lists where it could be read only once.
 
     A mutation made outside a transaction is planned again when another
     process committed first; the second plan must see the same items, not
     the rest of an exhausted generator. Only arguments the planner iterates
     are read (``lst.append(generator)`` still refuses the generator), and
-    only in a call the planner accepts (a wrong count is refused unread).
+    only in a call the planner accepts (a wrong count, or keywords where it
+    takes none, is refused with the arguments unread).
     """
     most = _CONSUMING.get(planner)
     if most is not None:
-        if not args or (most and len(args) > most):
-            return args
         pairs = planner in _PAIRS
+        if (
+            not args
+            or (most and len(args) > most)
+            or (kwargs and planner is not _dict_update and planner is not _dict_init)
+        ):
+            return args
         if not pairs and all(type(a) in _REREADABLE for a in args):
             return args  # the common case, without the ABC test
         return tuple(_once(a, pairs) for a in args)
-    if planner is _list_setitem and len(args) == 2 and type(args[0]) is slice:
+    if planner is _list_setitem and len(args) == 2 and type(args[0]) is slice and not kwargs:
         return (args[0], _once(args[1], False))
     return args
