@@ -162,18 +162,22 @@ def _list_imul(lst: Any, prep: Prep, times: Any) -> tuple[Events, Any]:
     return [("list.append", (items * (n - 1),))], SELF
 
 
+def _init_source(coll: Any, kind: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Iterable[Any]:
+    """What ``coll.__init__(*args, **kwargs)`` fills an attached list or set with, refused as the builtin refuses it."""
+    if kwargs:
+        raise TypeError(f"{kind}() takes no keyword arguments")
+    if len(args) > 1:
+        raise TypeError(f"{kind} expected at most 1 argument, got {len(args)}")
+    return args[0] if args and args[0] is not coll else ()  # the builtin empties itself first
+
+
 def _list_init(lst: Any, prep: Prep, /, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
     """``lst.__init__(iterable)`` on an attached list: emptied, then extended, as the builtin does.
 
     One difference: an iterator over the list itself (``iter(lst)``) gives
     its items, where the builtin, which empties the list first, gives none.
     """
-    if kwargs:
-        raise TypeError("list() takes no keyword arguments")
-    if len(args) > 1:
-        raise TypeError(f"list expected at most 1 argument, got {len(args)}")
-    source = args[0] if args and args[0] is not lst else ()  # the builtin empties itself first
-    items = [prep(x, ".__init__()") for x in source]
+    items = [prep(x, ".__init__()") for x in _init_source(lst, "list", args, kwargs)]
     events: Events = [("list.clear", ())] if len(lst) else []
     if items:
         events.append(("list.append", (items,)))
@@ -418,13 +422,8 @@ def _set_init(s: Any, prep: Prep, /, *args: Any, **kwargs: Any) -> tuple[Events,
     One difference: an iterator over the set itself gives its members, where
     the builtin, which empties the set first, raises ``RuntimeError``.
     """
-    if kwargs:
-        raise TypeError("set() takes no keyword arguments")
-    if len(args) > 1:
-        raise TypeError(f"set expected at most 1 argument, got {len(args)}")
-    source = args[0] if args and args[0] is not s else ()  # the builtin empties itself first
     new: dict[Any, None] = {}
-    for m in source:
+    for m in _init_source(s, "set", args, kwargs):
         if m not in new:
             new[prep(m, ".__init__()")] = None
     events: Events = [("set.clear", ())] if len(s) else []
@@ -645,11 +644,7 @@ def reusable_args(planner: Planner, args: tuple[Any, ...], kwargs: Mapping[str, 
     most = _CONSUMING.get(planner)
     if most is not None:
         pairs = planner in _PAIRS
-        if (
-            not args
-            or (most and len(args) > most)
-            or (kwargs and planner is not _dict_update and planner is not _dict_init)
-        ):
+        if not args or (most and len(args) > most) or (kwargs and planner not in _KEYWORDS):
             return args
         if not pairs and all(type(a) in _REREADABLE for a in args):
             return args  # the common case, without the ABC test
