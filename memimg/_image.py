@@ -54,7 +54,7 @@ from memimg._schema import SchemaReport
 from memimg._tx import Savepoint, Transaction, TxScope, TxState, _raw, where_coll, where_field
 from memimg._views import ListView
 from memimg.model import _tracking, _types
-from memimg.model._base import SELF, Planner
+from memimg.model._base import ABSENT, SELF, Planner
 from memimg.model._base import WHOLE as WHOLE_KEY
 from memimg.model._collections import reusable_args
 from memimg.stores._protocol import EventRow, SeqTaken, SnapshotRow, Store
@@ -72,7 +72,6 @@ _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
 _ROOT = KINDS["root"]
 _GC = KINDS["gc"]
-_ABSENT: Any = object()
 # stored as themselves; a non-ASCII str goes through Graph.prepare, which checks it is valid UTF-8
 _NATIVE = frozenset({str, int, float, bool, type(None)})
 
@@ -572,7 +571,7 @@ class MemoryImage:
     def _mi_published_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
         for state in list(self._mi_publishing):
             v = state.published_field(obj, name)
-            if v is not _ABSENT:
+            if v is not ABSENT:
                 return v
         return getter(obj)
 

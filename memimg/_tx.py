@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from memimg._errors import ConflictError, MemimgError
 from memimg._kinds import KINDS
 from memimg._views import DELETED, DictView, ListView, SetView
-from memimg.model._base import SELF, WHOLE, Planner
+from memimg.model._base import ABSENT, SELF, WHOLE, Planner
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
-_ABSENT: Any = object()
 # stored as themselves; a non-ASCII str goes through Graph.prepare, which checks it is valid UTF-8
 _NATIVE = frozenset({str, int, float, bool, type(None)})
 _RAW: dict[type, type] = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
@@ -114,8 +113,8 @@ class TxState:
     def read_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
         d = self.fields.get(id(obj))
         if d is not None:
-            v = d.get(name, _ABSENT)
-            if v is not _ABSENT:
+            v = d.get(name, ABSENT)
+            if v is not ABSENT:
                 if v is DELETED:
                     raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
                 return v
@@ -385,8 +384,8 @@ class TxState:
     def published_field(self, obj: Any, name: str) -> Any:
         d = self.fields.get(id(obj))
         if d is None:
-            return _ABSENT
-        v = d.get(name, _ABSENT)
+            return ABSENT
+        v = d.get(name, ABSENT)
         if v is DELETED:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
         return v

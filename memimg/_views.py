@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Final
 
+from memimg.model._base import ABSENT
+
 __all__ = ["DELETED", "DictView", "ListView", "SetView"]
 
 
@@ -131,8 +133,8 @@ class DictView:
         self.cleared = False
 
     def _present(self, key: Any) -> bool:
-        v = self.changes.get(key, _ABSENT)
-        if v is not _ABSENT:
+        v = self.changes.get(key, ABSENT)
+        if v is not ABSENT:
             return v is not DELETED
         return not self.cleared and dict.__contains__(self.base, key)
 
@@ -157,8 +159,8 @@ class DictView:
 
     # reads
     def __getitem__(self, key: Any) -> Any:
-        v = self.changes.get(key, _ABSENT)
-        if v is _ABSENT:
+        v = self.changes.get(key, ABSENT)
+        if v is ABSENT:
             if self.cleared:
                 raise KeyError(key)
             return dict.__getitem__(self.base, key)
@@ -179,7 +181,7 @@ class DictView:
         if not self.cleared:
             changes, added = self.changes, self.added
             for k in list(dict.__iter__(self.base)):
-                if k in added or changes.get(k, _ABSENT) is DELETED:
+                if k in added or changes.get(k, ABSENT) is DELETED:
                     continue
                 yield k
         yield from list(self.added)
@@ -272,6 +274,3 @@ class SetView:
         if method == "__iter__":
             return self.__iter__()
         return getattr(set, method)(self.materialize(), *args)
-
-
-_ABSENT: Final[Any] = object()

@@ -550,3 +550,23 @@ def test_dict_update_errors_are_the_builtins() -> None:
     with pytest.raises(TypeError, match="dict expected at most 1 argument, got 2"):
         d.__init__({}, {})
     assert d == {"a": 1} and memimg.replay(img.events()).content == {"a": 1}
+
+
+def test_plain_read_during_a_published_commit_of_an_untouched_field_gives_its_value(monkeypatch: Any) -> None:
+    """While a multi-event commit is applied, a plain read of a field it does not write returns that field's value."""
+    img = memimg.open(root=Box)
+    img.root.content, img.root.other = Node(0), Node(5)
+    a, untouched = img.root.content, img.root.other
+    seen: list[Any] = []
+    original = Graph.field_set
+
+    def spy(self: Graph, obj: Any, name: str, value: Any) -> None:
+        if obj is a and not seen:  # the commit of a.value/a.other is being published
+            _in_thread(lambda: seen.append(untouched.value))
+        original(self, obj, name, value)
+
+    monkeypatch.setattr(Graph, "field_set", spy)
+    with img.transaction():
+        a.value = 1
+        a.next = 2
+    assert seen == [5]

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 
 __all__ = [
+    "ABSENT",
     "OID",
     "OWNER",
     "SELF",
@@ -50,6 +51,9 @@ class _Marker:
 WHOLE: Any = _Marker("WHOLE")
 #: A planner result meaning "the method returns the collection itself" (``+=``).
 SELF: Any = _Marker("SELF")
+#: "No value here" in a transaction's overlays and views (distinct from a value of ``None``).
+#: One marker for every module that looks values up: a copy of its own would not be recognised.
+ABSENT: Any = _Marker("ABSENT")
 
 
 class PersistentBase:
