@@ -366,6 +366,11 @@ class Graph:
         self.generic = False
         self.report = _schema.SchemaReport()
         self.has_gone = False
+        #: ``(entity, field, value)`` set by replay where the log stored no value -- a field's
+        #: default (a field added since) or an upgrader's result -- when the value holds objects
+        #: the log never created (a factory's list, a new entity): the image logs them as
+        #: ``obj.set`` events, so they get ids in log order like every object, and every reader agrees
+        self.fills: list[tuple[Any, str, Any]] = []
         self._plans: dict[tuple[Any, ...], _schema.Plan] = {}
         self._plan_by_name: dict[str, _schema.Plan] = {}
         self._plan_by_cls: dict[type, _schema.Plan] = {}
@@ -1287,13 +1292,59 @@ class Graph:
             return
         values = _schema.upgrade_state(plan, {f: dec(x) for f, x in state.items()}, self.report, partial=False)
         self._set_fields(obj, info, values)
+        defaults = {}
         for f in info.fields:
             if f not in values and f in info.defaults:
-                setters[f](obj, _codec._default_for(info, f, obj))
+                # one by one, after the stored values: a factory taking self may read them
+                defaults[f] = default = _codec._default_for(info, f, obj)
+                setters[f](obj, default)
+        self._note_fills(obj, defaults)
 
     def _set_fields(self, obj: Any, info: _types.TypeInfo, values: dict[str, Any]) -> None:
+        """Set fields of *obj* to values that replay made (defaults filled in, upgraders' results)."""
         for f, v in values.items():
             info.setters[f](obj, v)
+        self._note_fills(obj, values)
+
+    def _note_fills(self, obj: Any, values: dict[str, Any]) -> None:
+        """Remember the values among *values* that hold objects the log never created (see :attr:`fills`)."""
+        if self.owner is None:
+            return  # a free-standing graph: nothing will log them, and nothing needs to
+        for f, v in values.items():
+            if type(v) not in _NATIVE and self._holds_new_objects(v):
+                self.fills.append((obj, f, v))
+
+    def _holds_new_objects(self, v: Any) -> bool:
+        """Whether storing *v* would attach something: a plain container, an entity or
+        collection without an id, or a value that cannot be stored (attaching names it)."""
+        t = type(v)
+        if t in _NATIVE:
+            return False
+        shape = self.codec._shapes.get(t) or self.codec.classify(t)
+        if shape is _codec.ENTITY or shape is _codec.TRACKED:
+            return v._mi_oid is None  # type: ignore[no-any-return]
+        if shape is _codec.PLAIN or shape is _codec.UNSUPPORTED:
+            return True
+        if shape is _codec.TUPLE or shape is _codec.FROZENSET:
+            return any(self._holds_new_objects(i) for i in v)
+        if shape is _codec.VALUE:
+            return any(self._holds_new_objects(getattr(v, f, None)) for f in _types.info_of(t).fields)  # type: ignore[union-attr]
+        return False
+
+    def pending_fills(self) -> list[tuple[Any, str, Any]]:
+        """The fills (see :attr:`fills`) still to be logged: the object is live, its field holds the filled value, and that value still holds objects without ids."""
+        out = []
+        for obj, f, v in self.fills:
+            if obj._mi_oid is None or type(obj) is Gone:
+                continue
+            try:
+                current = _types.info_of(type(obj)).getters[f](obj)  # type: ignore[union-attr]
+            except AttributeError:
+                continue
+            if current is v and self._holds_new_objects(v):  # an entity is attached in place: it has an id now
+                out.append((obj, f, v))
+        self.fills = out
+        return out
 
     def _adapt_field_event(self, k: Kind, obj: Any, args: tuple[Any, ...]) -> Pending | None:
         fast = self._fast_fields.get(type(obj))
@@ -1314,6 +1365,7 @@ class Graph:
             plan = _schema.Plan(info.name, info, info.version, info.fields)
         if k is _OBJ_SET:
             values = _schema.upgrade_state(plan, {name: args[1]}, self.report, partial=True)
+            self._note_fills(obj, values)  # in place once the event is applied
             pairs = list(values.items())
             return _OBJ_UPDATE, obj, (pairs,)
         renamed_from = {old: new for new, old in info.renamed.items()}

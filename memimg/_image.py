@@ -146,6 +146,7 @@ class MemoryImage:
         self._graph.generic = self._graph.codec.generic = generic_types
         self._on_schema_drift = on_schema_drift
         self._stripping = False
+        self._filling = False
         self._seq = 0
         self._snapshot_seq = 0
         # conflict detection: what commits wrote, while transactions are open
@@ -170,6 +171,7 @@ class MemoryImage:
                     "which logs the clean-up, then open it read-only"
                 )
             self._strip_removed()
+        self._attach_fills()
         if self._graph.root is None:
             self._create_root(root)
         if log.isEnabledFor(logging.INFO):
@@ -469,6 +471,48 @@ class MemoryImage:
             finally:
                 self._stripping = False
 
+    def _attach_fills(self) -> None:
+        """Attach the objects replay filled in where the log stored no value, logging them.
+
+        A field added to a class since its objects were stored gets its
+        default when they are read, and an upgrader may make new values; when
+        such a value holds objects (a factory's ``list``, a new entity), they
+        are attached like any assigned value -- by an ``obj.set`` event per
+        field, so they get ids in log order and every reader, follower and
+        later snapshot agrees. A read-only image cannot log: it attaches them
+        in memory only (tracked, without ids), so writing to them raises
+        :class:`ReadOnlyError` like any write, and a writer's events replace
+        them.
+        """
+        graph = self._graph
+        if not graph.fills or self._filling:
+            return
+        with self._lock, paused_gc():
+            self._filling = True
+            try:
+                while True:
+                    fills = graph.pending_fills()
+                    if not fills:
+                        break
+                    undo: list[Any] = []
+                    try:
+                        events: list[Pending] = [
+                            (_OBJ_SET, obj, (f, graph.prepare(v, where_field(obj, f), undo))) for obj, f, v in fills
+                        ]
+                        if self._readonly:  # attached in memory only (entities keep no id): once
+                            for _, obj, (f, v) in events:
+                                graph.field_set(obj, f, v)
+                            graph.fills.clear()
+                            break
+                        done = self._commit_events(events, None, replan=True, auto_snapshot=False)
+                    except BaseException:
+                        graph.undo(undo)
+                        raise
+                    if not done:
+                        graph.undo(undo)  # another writer came first: its events may have replaced some
+            finally:
+                self._filling = False
+
     def _create_root(self, factory: Callable[[], Any]) -> None:
         if self._readonly:
             raise MemimgError(f"{self._store.description} holds no image yet, and it was opened read-only")
@@ -745,6 +789,7 @@ class MemoryImage:
             self._check_schema()
             if self._graph.has_gone:
                 self._strip_removed()
+            self._attach_fills()
         return count
 
     def _apply_remote(self, rows: list[EventRow]) -> None:

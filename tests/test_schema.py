@@ -75,6 +75,147 @@ def test_added_fields_and_reordering_need_nothing(v: Versions) -> None:
         assert img.root.products["a"].stock == 1
 
 
+SHOP_V2_WITH_OBJECT_FIELDS = """
+@persistent(name="{P}.Note")
+class Note:
+    text: str = "new"
+
+@persistent(name="{P}.Product")
+class Product:
+    title: str
+    cents: int = 0
+    tags: list = attrs.field(factory=list)
+    stock: dict = attrs.field(factory=dict)
+    labels: set = attrs.field(factory=set)
+    note: Note = attrs.field(factory=Note)
+    nested: dict = attrs.field(factory=lambda: {"by_size": [], "pair": (1, Note("in a tuple"))})
+
+@persistent(name="{P}.Shop")
+class Shop:
+    products: dict = attrs.field(factory=dict)
+    shelf: list = attrs.field(factory=list)
+    log: list = attrs.field(factory=list)
+"""
+
+
+def _record_v1_shop(v: Versions) -> None:
+    v.record(
+        SHOP_V1,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple", 120)
+            img.snapshot()
+            img.root.products["b"] = models.Product("bread", 250)
+        """,
+    )
+
+
+def test_added_collection_and_entity_fields_are_tracked_and_durable(v: Versions) -> None:
+    """Objects made by the defaults of fields added later are attached: their changes are logged and survive."""
+    _record_v1_shop(v)
+    new = v.load(SHOP_V2_WITH_OBJECT_FIELDS)
+    with v.open(new) as img:
+        a, b = img.root.products["a"], img.root.products["b"]  # a from the snapshot, b from an event
+        for p in (a, b):
+            assert type(p.tags) is memimg.TrackedList and p.tags._mi_oid is not None
+            assert p.note._mi_oid is not None and p.nested["by_size"]._mi_oid is not None
+        assert img.root.log._mi_oid is not None
+        seq = img.seq
+        a.tags.append("red")
+        b.stock["s"] = 3
+        a.labels.add("x")
+        a.note.text = "edited"
+        b.nested["by_size"].append(9)
+        img.root.log.append("opened")
+        assert img.seq == seq + 6
+        img.snapshot()  # the objects are part of the graph: a snapshot holds them
+        a.tags.append("green")
+    for _ in range(2):  # twice: the second open reads nothing to fill in, and logs nothing
+        with v.open(new) as img:
+            a, b = img.root.products["a"], img.root.products["b"]
+            assert (a.tags, b.stock, a.labels, a.note.text) == (["red", "green"], {"s": 3}, {"x"}, "edited")
+            assert (b.nested["by_size"], b.nested["pair"][1].text, img.root.log) == ([9], "in a tuple", ["opened"])
+            seq = img.seq
+        with v.open(new) as img:
+            assert img.seq == seq
+
+
+def test_filled_in_objects_get_the_same_ids_in_every_reader(v: Versions) -> None:
+    """A reader of the log -- a replay from nothing, a follower -- gives the filled-in objects the writer's ids."""
+    _record_v1_shop(v)
+    new = v.load(SHOP_V2_WITH_OBJECT_FIELDS)
+    follower = v.open(new, readonly=True)  # opened before any writer logged the defaults
+    try:
+        tags = follower.root.products["a"].tags
+        assert type(tags) is memimg.TrackedList and tags._mi_oid is None
+        with pytest.raises(memimg.ReadOnlyError):
+            tags.append("x")
+        with v.open(new) as img:
+            ids = {p: (img.root.products[p].tags._mi_oid, img.root.products[p].note._mi_oid) for p in "ab"}
+            img.root.products["a"].tags.append("red")
+        follower.refresh()
+        got = {p: (follower.root.products[p].tags._mi_oid, follower.root.products[p].note._mi_oid) for p in "ab"}
+        assert got == ids and follower.root.products["a"].tags == ["red"]
+    finally:
+        follower.close()
+    replayed = memimg.replay(memimg.open(v.path, root=new.Shop, readonly=True).events())
+    assert replayed.products["a"].tags == ["red"] and replayed.products["b"].note.text == "new"
+
+
+def test_objects_written_by_an_older_program_meanwhile_are_filled_in_and_logged(v: Versions) -> None:
+    """A product an older program adds while a newer one runs gets its new fields' objects attached on refresh."""
+    _record_v1_shop(v)
+    new = v.load(SHOP_V2_WITH_OBJECT_FIELDS)
+    with v.open(new) as img:
+        v.record(
+            SHOP_V1,
+            """
+            # a rolling upgrade: the older program opens a log the newer one wrote to
+            with memimg.open(path, root=models.Shop, on_schema_drift="drop") as old:
+                old.root.products["c"] = models.Product("cake", 999)
+            """,
+        )
+        img.refresh()
+        c = img.root.products["c"]
+        assert c.tags._mi_oid is not None
+        c.tags.append("sweet")
+    with v.open(new) as img:
+        assert img.root.products["c"].tags == ["sweet"]
+
+
+def test_objects_an_upgrader_makes_are_tracked_and_durable(v: Versions) -> None:
+    """A list or entity an upgrader puts in a state is attached like an assigned value."""
+    _record_v1_shop(v)
+    new = v.load(
+        """
+        @persistent(name="{P}.Product", version=2)
+        class Product:
+            title: str
+            history: list = attrs.field(factory=list)
+
+        @memimg.upgrader("{P}.Product", from_version=1)
+        def cents_to_history(state: dict) -> dict:
+            if "cents" in state:
+                state["history"] = [state.pop("cents")]
+            return state
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+            shelf: list = attrs.field(factory=list)
+        """
+    )
+    with v.open(new) as img:
+        a = img.root.products["a"]
+        assert a.history == [120] and a.history._mi_oid is not None
+        a.history.append(130)
+    report = memimg.migrate(v.path, root=new.Shop)
+    assert report.snapshot_seq
+    with v.open(new) as img:
+        assert img.root.products["a"].history == [120, 130]
+        assert img.root.products["b"].history == [250]
+
+
 def test_renamed_field_class_and_removed_field(v: Versions) -> None:
     old = """
     @persistent(name="{P}.Item")
