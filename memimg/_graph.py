@@ -1322,7 +1322,7 @@ class Graph:
             return False
         shape = self.codec._shapes.get(t) or self.codec.classify(t)
         if shape is _codec.ENTITY or shape is _codec.TRACKED:
-            return v._mi_oid is None  # type: ignore[no-any-return]
+            return v._mi_oid is None
         if shape is _codec.PLAIN or shape is _codec.UNSUPPORTED:
             return True
         if shape is _codec.TUPLE or shape is _codec.FROZENSET:
@@ -1332,7 +1332,11 @@ class Graph:
         return False
 
     def pending_fills(self) -> list[tuple[Any, str, Any]]:
-        """The fills (see :attr:`fills`) still to be logged: the object is live, its field holds the filled value, and that value still holds objects without ids."""
+        """The fills (see :attr:`fills`) still to be logged.
+
+        The object is live, its field still holds the filled value, and that value
+        still holds objects without ids.
+        """
         out = []
         for obj, f, v in self.fills:
             if obj._mi_oid is None or type(obj) is Gone:
