@@ -946,7 +946,8 @@ class Graph:
             args = self.decode_args(k, p[0])
             if k.conflict == FIELD:
                 return self._adapt_field_event(k, obj, args)
-        except (MemimgError, UnknownTypeError):
+        except MemimgError as err:
+            _schema.locate(err, seq, f"event seq {seq} ({kind_name})")
             raise
         except Exception as err:
             raise CorruptLogError(
@@ -1057,7 +1058,11 @@ class Graph:
             if k.conflict is FIELD:
                 fast = fast_fields.get(type(obj))
                 if fast is None or args[0] not in fast:
-                    pending = self._adapt_field_event(k, obj, args)
+                    try:
+                        pending = self._adapt_field_event(k, obj, args)
+                    except MemimgError as err:
+                        _schema.locate(err, seq, f"event seq {seq} ({kind})")
+                        raise
                     if pending is None:
                         continue
                     k, obj, args = pending
@@ -1713,10 +1718,15 @@ class Graph:
             raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
         self.declare(data.get("types", {}))
         records = data["objects"]
-        if fmt == 2:
-            self._load_chunks(data["names"], records)
-        else:
-            self.load_records(records)
+        try:
+            if fmt == 2:
+                self._load_chunks(data["names"], records)
+            else:
+                self.load_records(records)
+        except MemimgError as err:
+            seq = data.get("seq")
+            _schema.locate(err, seq, f"the snapshot at seq {seq}" if seq else "the snapshot data")
+            raise
         records = []
         n = data.get("next_oid", len(self.objects))
         if len(self.objects) < n:
