@@ -724,8 +724,8 @@ class Graph:
                 out.append(v)
             elif shape is _codec.TUPLE or shape is _codec.FROZENSET:
                 work.extend(v)
-            elif shape is _codec.VALUE:
-                work.extend(getattr(v, f) for f in _types.info_of(vt).fields)  # type: ignore[union-attr]
+            elif shape is _codec.VALUE:  # a stand-in value read from an older declaration lacks newer fields
+                work.extend(getattr(v, f, None) for f in _types.info_of(vt).fields)  # type: ignore[union-attr]
         return out
 
     def reachable_oids(self) -> set[int]:
@@ -1127,6 +1127,10 @@ class Graph:
             if plan.info is not None:
                 self._plan_by_cls[plan.info.cls] = plan
                 self._fast_fields.pop(plan.info.cls, None)
+
+    def plans_read(self) -> list[_schema.Plan]:
+        """The plan of every declaration read so far, from the log or a snapshot (tools compare them)."""
+        return list(self._plans.values())
 
     def _plan(self, name: str, *, value: bool = False) -> _schema.Plan:
         plan = self._plan_by_name.get(name)

@@ -170,6 +170,8 @@ class Plan:
     missing: tuple[str, ...] = ()
     #: states can be used as stored
     identity: bool = True
+    #: the code does not declare how to read some of these states (a difference was reported)
+    undeclared: bool = False
 
     @property
     def removed(self) -> bool:
@@ -215,6 +217,7 @@ def plan_for(
     plan = Plan(stored_name, info, version, stored_fields)
     cls = info.cls.__qualname__
     if version > info.version:
+        plan.undeclared = True
         report.difference(
             f"{info.name} is stored at version {version} but {cls} is version {info.version}: the log was "
             "written by a newer version of the program; run that version"
@@ -223,6 +226,7 @@ def plan_for(
     while v < info.version:
         fn = _find_upgrader(info, stored_name, v)
         if fn is None:
+            plan.undeclared = True
             report.difference(
                 f"{info.name} is stored at version {v} and {cls} is version {info.version}: add "
                 f'@memimg.upgrader("{info.name}", from_version={v}) to convert its states'
@@ -240,6 +244,7 @@ def plan_for(
         elif name in info.removed:
             plan.field_map[name] = DROP
         else:
+            plan.undeclared = True
             report.difference(
                 f"{info.name}.{name} is stored but {cls} has no field {name!r}: add it back, rename the "
                 f'field that replaces it with memimg.field(renamed_from="{name}"), or declare '
@@ -251,6 +256,7 @@ def plan_for(
         missing = tuple(f for f in info.fields if f not in provided)
         for f in missing:
             if f not in info.defaults:
+                plan.undeclared = True
                 report.difference(
                     f"{cls}.{f} is not in the stored {info.name} states and has no default: give it a "
                     f'default, or raise the version and fill it in with @memimg.upgrader("{info.name}", ...)'
