@@ -26,9 +26,9 @@ import click
 import orjson
 
 import memimg
-from memimg import _api
+from memimg import _api, _generic
 from memimg._errors import CorruptLogError, MemimgError
-from memimg._graph import COLLECTION_NAMES, Graph, decode_snapshot
+from memimg._graph import COLLECTION_NAMES, Graph
 from memimg._rows import Event, verify_event, verify_snapshot
 from memimg.model import _tracking, _types
 from memimg.model._base import PersistentBase
@@ -451,30 +451,52 @@ def compact(target: str, archive: str | None) -> None:
 # -- verify ----------------------------------------------------------------------
 
 
-def _canonical_value(v: Any) -> Any:
+#: How :func:`_canonical` hides what two graphs need not agree on: stored type names whose states
+#: are not compared, and names not compared at all (nor their states).
+_Masks = tuple[frozenset[str], frozenset[str]]
+_NO_MASKS: _Masks = (frozenset(), frozenset())
+
+
+def _canonical_value(v: Any, masks: _Masks, hits: Counter[str]) -> Any:
     """An encoded value with its frozensets' items in one order (they are written in hash order)."""
     if type(v) is not list or not v:
         return v
     tag = v[0]
     if tag == "F":
-        return ["F", sorted((_canonical_value(i) for i in v[1]), key=orjson.dumps)]
+        return ["F", sorted((_canonical_value(i, masks, hits) for i in v[1]), key=orjson.dumps)]
     if tag == "T":
-        return ["T", [_canonical_value(i) for i in v[1]]]
+        return ["T", [_canonical_value(i, masks, hits) for i in v[1]]]
     if tag == "v":
-        return ["v", v[1], {k: _canonical_value(i) for k, i in v[2].items()}]
+        name = v[1]
+        if name in masks[1]:
+            hits[name] += 1
+            return ["v", "?", None]
+        if name in masks[0]:
+            hits[name] += 1
+            return ["v", name, None]
+        return ["v", name, {k: _canonical_value(i, masks, hits) for k, i in v[2].items()}]
     return v
 
 
-def _canonical(data: dict[str, Any]) -> bytes:
-    """A snapshot's content in a form that does not depend on the writer's hash seed."""
+def _canonical(data: dict[str, Any], masks: _Masks = _NO_MASKS, hits: Counter[str] | None = None) -> bytes:
+    """A snapshot's content in a form that does not depend on the writer's hash seed.
+
+    States of types in ``masks[0]`` are left out, and so are the names of
+    types in ``masks[1]`` (counted in *hits*).
+    """
+    hits = Counter() if hits is None else hits
     records = []
     for oid, name, state in data["objects"]:
+        if name in masks[1] or name in masks[0]:
+            hits[name] += 1
+            records.append([oid, "?" if name in masks[1] else name, None])
+            continue
         if type(state) is dict:
-            state = {k: _canonical_value(i) for k, i in state.items()}
+            state = {k: _canonical_value(i, masks, hits) for k, i in state.items()}
         elif name == "dict":  # non-str keys: [key, value] pairs
-            state = [[_canonical_value(k), _canonical_value(i)] for k, i in state]
+            state = [[_canonical_value(k, masks, hits), _canonical_value(i, masks, hits)] for k, i in state]
         else:
-            state = [_canonical_value(i) for i in state]
+            state = [_canonical_value(i, masks, hits) for i in state]
             if name == "set":
                 state.sort(key=orjson.dumps)
         records.append([oid, name, state])
@@ -493,13 +515,133 @@ def verify(target: str) -> None:
         store.close()
 
 
+def _reader() -> Graph:
+    """A graph that reads any log: the classes loaded, and stand-ins for the types they do not claim."""
+    graph = Graph(memimg.converter)
+    graph.generic = graph.codec.generic = True
+    return graph
+
+
+def _stored_snapshot(store: Store, seq: int) -> Graph:
+    """The snapshot stored at *seq*, read as the replay reads the log (same classes, upgraders, stand-ins)."""
+    graph = _reader()
+    try:
+        graph.load_snapshot(store.read_snapshot(seq).payload)
+    except CorruptLogError as err:
+        if err.seq is not None:
+            raise
+        raise CorruptLogError(
+            f"snapshot at seq {seq} cannot be loaded: {err}", seq=seq, table="memimg_snapshots"
+        ) from err
+    return graph
+
+
+def _declarations(plans: Iterable[Any]) -> dict[str, set[tuple[int, tuple[str, ...]]]]:
+    """``type name -> {(version, fields)}`` of the declarations *plans* were made for."""
+    out: dict[str, set[tuple[int, tuple[str, ...]]]] = {}
+    for plan in plans:
+        name = plan.info.name if plan.info is not None else plan.stored_name
+        out.setdefault(name, set()).add((plan.version, plan.stored_fields))
+    return out
+
+
+def _described(declarations: set[tuple[int, tuple[str, ...]]]) -> str:
+    return " and ".join(f"version {v} ({', '.join(fields)})" for v, fields in sorted(declarations))
+
+
+def _unreadable(replayed: Graph, stored: Graph) -> tuple[_Masks, dict[str, str]]:
+    """What the replayed graph and a stored snapshot need not agree on, by type name, with why.
+
+    Both are read through the same classes, upgraders and stand-ins, so the
+    states of a type agree -- unless it has no class here and was stored
+    under more than one declaration (a stand-in cannot upgrade, rename or fill
+    in a field), or its class does not declare how to read some of its
+    states (an upgrader deleted after a migration). Their states are masked;
+    a type without a class that only one side declares (a renamed class)
+    has its name masked too.
+    """
+    plans = replayed.plans_read() + stored.plans_read()
+    logged, snapshot = _declarations(replayed.plans_read()), _declarations(stored.plans_read())
+    states: set[str] = set()
+    names: set[str] = set()
+    why: dict[str, str] = {}
+    for name in logged.keys() | snapshot.keys():
+        try:
+            info = _types.resolve(name)
+        except MemimgError:
+            info = None
+        if info is not None and not info.stand_in:
+            if any(p.undeclared and p.info is info for p in plans):
+                states.add(name)
+                lines = [d for d in replayed.report.differences + stored.report.differences if name in d]
+                why[name] = (
+                    f"the class loaded cannot read all of them ({'; '.join(dict.fromkeys(lines))}); load the "
+                    "classes with the upgraders and declarations the migration used to compare them"
+                )
+        elif name not in logged or name not in snapshot:
+            names.add(name)
+            why[name] = (
+                f"only the {'log' if name in logged else 'snapshot'} declares this type (a renamed class?); "
+                "load the classes (--import) to compare them"
+            )
+        elif len(logged[name] | snapshot[name]) > 1:
+            states.add(name)
+            why[name] = (
+                f"the log wrote them as {_described(logged[name])} and the snapshot stores "
+                f"{_described(snapshot[name])}, which stand-ins cannot read in one schema; load the classes "
+                "(--import) to compare them"
+            )
+    return (frozenset(states), frozenset(names)), why
+
+
+def _compare(replayed: Graph, stored: Graph, seq: int) -> list[str] | None:
+    """Compare a stored snapshot with the replayed state at its seq.
+
+    Returns ``None`` if they are equal, else what could not be compared
+    (one line per type); what could be compared is equal.
+
+    Raises:
+        CorruptLogError: they differ in what could be compared.
+    """
+    mine, theirs = replayed.snapshot_data(seq), stored.snapshot_data(seq)
+    if _canonical(mine) == _canonical(theirs):
+        return None
+    masks, why = _unreadable(replayed, stored)
+    in_log: Counter[str] = Counter()
+    in_snapshot: Counter[str] = Counter()
+    if (masks[0] or masks[1]) and _canonical(mine, masks, in_log) == _canonical(theirs, masks, in_snapshot):
+        lines = []
+        for name in sorted(in_log | in_snapshot):
+            value = _types.resolve(name).kind == _types.VALUE
+            if name in masks[1]:
+                what = "value(s) not compared" if value else "object(s) compared by id only"
+            else:
+                what = "value(s) compared by type only" if value else "state(s) compared by object id and type only"
+            n = max(in_log[name], in_snapshot[name])
+            lines.append(f"snapshot at seq {seq}: {n} {name} {what}: {why[name]}")
+        return lines
+    raise CorruptLogError(
+        f"snapshot at seq {seq} differs from the state the log gives at that seq",
+        seq=seq,
+        table="memimg_snapshots",
+    )
+
+
 def _verify(store: Store) -> None:
+    """Check every checksum, replay the log, and compare each stored snapshot with the replay at its seq.
+
+    Each snapshot is loaded into a graph configured like the replay's (same
+    classes, upgraders, stand-ins), so both are compared in one schema even
+    across a migration. What stand-ins (or classes lacking an upgrader)
+    cannot bring into one schema is compared by id and type only, reported,
+    and the replay goes on from that snapshot (see :func:`_unreadable`).
+    """
     snaps = sorted(store.snapshots())
     for info in snaps:
         verify_snapshot(SnapshotRow(*store.read_snapshot(info.seq)))
+    _generic.prepare(store, frozenset())  # stand-ins with every field any declaration lists
     first = store.first_seq()
-    graph = Graph(memimg.converter)
-    graph.generic = graph.codec.generic = True
+    graph = _reader()
     expected = 1
     if first > 1:
         start = [s for s in snaps if s.seq + 1 >= first]
@@ -507,12 +649,14 @@ def _verify(store: Store) -> None:
             raise CorruptLogError(
                 f"events before seq {first} were dropped and no snapshot covers them", seq=1, table=""
             )
-        graph.load_snapshot(store.read_snapshot(start[0].seq).payload)
+        graph = _stored_snapshot(store, start[0].seq)
         expected = start[0].seq + 1
     origin = "from nothing" if expected == 1 else f"from the snapshot at seq {expected - 1}"
     pending = {s.seq: s for s in snaps if s.seq >= expected}
     head = store.head()
     checked = replayed = 0
+    unchecked: list[str] = []
+    resumed: list[int] = []
     for raw in _with_progress(store.read(after=expected - 1), head - expected + 1, "verify"):
         row = EventRow(*raw)
         if row.seq != expected:
@@ -520,20 +664,28 @@ def _verify(store: Store) -> None:
         verify_event(row)
         graph.apply_row(row)
         if row.seq in pending:
-            stored = decode_snapshot(store.read_snapshot(row.seq).payload)
-            if _canonical(stored) != _canonical(graph.snapshot_data(row.seq)):
-                raise CorruptLogError(
-                    f"snapshot at seq {row.seq} differs from the state the log gives at that seq",
-                    seq=row.seq,
-                    table="memimg_snapshots",
-                )
-            checked += 1
+            stored = _stored_snapshot(store, row.seq)
+            left = _compare(graph, stored, row.seq)
+            if left is None:
+                checked += 1
+            else:
+                # go on from the snapshot: the events after it were written over its states
+                unchecked += left
+                resumed.append(row.seq)
+                graph = stored
         expected += 1
         replayed += 1
     click.echo(
         f"ok: {len(snaps)} snapshot checksum(s) and {replayed} event(s) verified; replayed {origin} to seq "
         f"{expected - 1}; {checked} snapshot(s) equal the replayed state at their seq"
+        + (
+            f"; {len(resumed)} equal in what could be compared (below), the replay going on from them"
+            if resumed
+            else ""
+        )
     )
+    for line in unchecked:
+        click.echo(f"  {line}")
 
 
 # -- export / import --------------------------------------------------------------

@@ -68,12 +68,27 @@ class CorruptLogError(MemimgError):
 
 
 class SchemaError(MemimgError):
-    """The stored schema differs from the code in ways the code does not declare.
+    """The stored schema differs from the code in ways the code does not declare,
+    or an upgrader failed on a stored state.
 
     Attribute: ``differences`` (a list of human-readable lines, each with its fix).
+    An upgrader's failure (chained from the upgrader's exception) also has
+    ``upgrader`` (its qualified name), ``type_name``, ``from_version``,
+    ``seq`` (of the event or snapshot holding the state, when known),
+    ``where``, ``fields`` (the state's keys) and ``partial`` (a field event's
+    partial state), ``problem`` (what it did wrong); these are ``None`` (or
+    empty) in other schema errors.
     """
 
     differences: list[str]
+    upgrader: str | None = None
+    type_name: str | None = None
+    from_version: int | None = None
+    seq: int | None = None
+    where: str | None = None
+    fields: tuple[str, ...] = ()
+    partial: bool = False
+    problem: str | None = None
 
 
 class UnknownTypeError(SchemaError):

@@ -84,10 +84,33 @@ def entity_class(name: str, fields: tuple[str, ...], version: int) -> _types.Typ
     return info
 
 
+_UNSET: Any = object()
+
+
 def value_class(name: str, fields: tuple[str, ...], version: int) -> _types.TypeInfo:
-    """A frozen attrs stand-in for the stored value type *name*."""
-    cls = attrs.make_class(_class_name(name), _fields(fields), frozen=True)
+    """A frozen attrs stand-in for the stored value type *name*.
+
+    A value stored under an older declaration lacks the fields added since,
+    which stay unset (so it is written back as it was); equality and hashing
+    go by the fields it has, so such values can still be set members and
+    dict keys.
+    """
+    cls = attrs.make_class(_class_name(name), _fields(fields), frozen=True, eq=False)
     cls.__module__ = "memimg.generic"
+
+    def key(self: Any) -> tuple[Any, ...]:
+        return tuple([getattr(self, f, _UNSET) for f in fields])
+
+    def __eq__(self: Any, other: Any) -> Any:
+        if type(other) is not type(self):
+            return NotImplemented
+        return key(self) == key(other)
+
+    def __hash__(self: Any) -> int:
+        return hash(key(self))
+
+    cls.__eq__ = __eq__  # type: ignore[method-assign,assignment]
+    cls.__hash__ = __hash__  # type: ignore[method-assign,assignment]
     info = _types.TypeInfo(
         cls=cls,
         name=name,

@@ -729,8 +729,8 @@ class Graph:
                 out.append(v)
             elif shape is _codec.TUPLE or shape is _codec.FROZENSET:
                 work.extend(v)
-            elif shape is _codec.VALUE:
-                work.extend(getattr(v, f) for f in _types.info_of(vt).fields)  # type: ignore[union-attr]
+            elif shape is _codec.VALUE:  # a stand-in value read from an older declaration lacks newer fields
+                work.extend(getattr(v, f, None) for f in _types.info_of(vt).fields)  # type: ignore[union-attr]
         return out
 
     def reachable_oids(self) -> set[int]:
@@ -951,7 +951,8 @@ class Graph:
             args = self.decode_args(k, p[0])
             if k.conflict == FIELD:
                 return self._adapt_field_event(k, obj, args)
-        except (MemimgError, UnknownTypeError):
+        except MemimgError as err:
+            _schema.locate(err, seq, f"event seq {seq} ({kind_name})")
             raise
         except Exception as err:
             raise CorruptLogError(
@@ -1062,7 +1063,11 @@ class Graph:
             if k.conflict is FIELD:
                 fast = fast_fields.get(type(obj))
                 if fast is None or args[0] not in fast:
-                    pending = self._adapt_field_event(k, obj, args)
+                    try:
+                        pending = self._adapt_field_event(k, obj, args)
+                    except MemimgError as err:
+                        _schema.locate(err, seq, f"event seq {seq} ({kind})")
+                        raise
                     if pending is None:
                         continue
                     k, obj, args = pending
@@ -1127,6 +1132,10 @@ class Graph:
             if plan.info is not None:
                 self._plan_by_cls[plan.info.cls] = plan
                 self._fast_fields.pop(plan.info.cls, None)
+
+    def plans_read(self) -> list[_schema.Plan]:
+        """The plan of every declaration read so far, from the log or a snapshot (tools compare them)."""
+        return list(self._plans.values())
 
     def _plan(self, name: str, *, value: bool = False) -> _schema.Plan:
         plan = self._plan_by_name.get(name)
@@ -1769,10 +1778,15 @@ class Graph:
             raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
         self.declare(data.get("types", {}))
         records = data["objects"]
-        if fmt == 2:
-            self._load_chunks(data["names"], records)
-        else:
-            self.load_records(records)
+        try:
+            if fmt == 2:
+                self._load_chunks(data["names"], records)
+            else:
+                self.load_records(records)
+        except MemimgError as err:
+            seq = data.get("seq")
+            _schema.locate(err, seq, f"the snapshot at seq {seq}" if seq else "the snapshot data")
+            raise
         records = []
         n = data.get("next_oid", len(self.objects))
         if len(self.objects) < n:

@@ -20,6 +20,16 @@ transaction) goes, under the image's lock:
 
 So a failed append leaves memory exactly as it was, and the log and the
 graph never disagree.
+
+Planning and applying run user code: the ``__hash__`` and ``__eq__`` of
+keys and set members, sort keys. A change of the image made by that code
+would be a commit nested inside another one (before it, or between its
+events), so while this thread is doing either, ``_mi_busy`` (a transaction's
+``busy`` while it plans) says what it is doing, and every way to change the
+image checks it and refuses (see :func:`memimg._tx.reentered`). Planning
+runs a key's hash and lookup as the commit will, so that code is refused
+there, before anything is written; the check while applying is the last
+resort.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ from memimg._graph import Graph, Pending, split_snapshot
 from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
 from memimg._rows import Event, snapshot_checksum, verify_event, verify_snapshot
 from memimg._schema import SchemaReport
-from memimg._tx import Savepoint, Transaction, TxScope, TxState, _raw, where_coll, where_field
+from memimg._tx import Savepoint, Transaction, TxScope, TxState, _raw, reentered, where_coll, where_field
 from memimg._views import ListView
 from memimg.model import _tracking, _types
 from memimg.model._base import ABSENT, SELF, Planner
@@ -147,6 +157,9 @@ class MemoryImage:
         self._on_schema_drift = on_schema_drift
         self._stripping = False
         self._filling = False
+        #: what this thread is doing while it holds the lock and runs user code (keys' __hash__ and
+        #: __eq__, sort keys), or None: a change of the image from that code is refused (see reentered)
+        self._mi_busy: str | None = None
         self._seq = 0
         self._snapshot_seq = 0
         # conflict detection: what commits wrote, while transactions are open
@@ -158,7 +171,11 @@ class MemoryImage:
         if generic_types:
             _generic.prepare(store, self._graph.removed_types)
         with paused_gc():
-            self._recover()
+            self._mi_busy = "reading the log"  # replay hashes and compares keys
+            try:
+                self._recover()
+            finally:
+                self._mi_busy = None
         self._check_schema()
         if self._graph.has_gone:
             if readonly and self._graph.strip_gone():
@@ -266,6 +283,8 @@ class MemoryImage:
         """
         self._check_writable()
         with self._lock, paused_gc():
+            if self._mi_busy is not None:
+                raise reentered(self._mi_busy)
             started = time.perf_counter()
             graph = self._graph
             while True:
@@ -298,6 +317,8 @@ class MemoryImage:
         """Apply events appended by other processes since the last read; returns how many."""
         self._check_open()
         with self._lock:
+            if self._mi_busy is not None:
+                raise reentered(self._mi_busy)
             return self._catch_up()
 
     def wait(self, timeout: float | None = None) -> int:
@@ -542,6 +563,8 @@ class MemoryImage:
         transaction directly (the hot path) and never calls this.
         """
         with self._lock:
+            if self._mi_busy is not None:
+                raise reentered(self._mi_busy)
             self._check_writable()
             if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
                 self._commit_events([(_OBJ_SET, obj, (name, value))], None)
@@ -550,7 +573,11 @@ class MemoryImage:
             # traversed by one collection afterwards, not by one after each
             with paused_gc():
                 undo: list[Any] = []
-                v = self._graph.prepare(value, where_field(obj, name), undo)
+                self._mi_busy = "attaching a value"
+                try:
+                    v = self._graph.prepare(value, where_field(obj, name), undo)
+                finally:
+                    self._mi_busy = None
                 try:
                     self._commit_events([(_OBJ_SET, obj, (name, v))], None)
                 except BaseException:
@@ -564,6 +591,8 @@ class MemoryImage:
             tx.del_field(obj, name, info_getter)
             return
         with self._lock:
+            if self._mi_busy is not None:
+                raise reentered(self._mi_busy)
             self._check_writable()
             while True:
                 info_getter(obj)  # AttributeError when unset (again after catching up), as for any attribute
@@ -583,6 +612,8 @@ class MemoryImage:
         # around the planner's work before (a user's sort key or __eq__ may make cyclic garbage),
         # nor across a replan
         with self._lock, lazy_pause() as pause:
+            if self._mi_busy is not None:
+                raise reentered(self._mi_busy)
             self._check_writable()
             args = reusable_args(planner, args, kwargs)  # a replan must see the same items again
             while True:
@@ -595,7 +626,11 @@ class MemoryImage:
                     return graph.prepare(value, where_coll(coll) + where, undo)
 
                 try:
-                    planned, result = planner(coll, prep, *args, **kwargs)
+                    self._mi_busy = "planning a change"  # the planner runs keys' __hash__ and __eq__, sort keys
+                    try:
+                        planned, result = planner(coll, prep, *args, **kwargs)
+                    finally:
+                        self._mi_busy = None
                     if not planned:
                         graph.undo(undo)
                         break
@@ -629,12 +664,16 @@ class MemoryImage:
     # -- ending transactions ----------------------------------------------------
 
     def _end_tx(self, state: TxState, *, commit: bool) -> None:
+        if state.busy is not None:  # ended by user code the transaction runs while it plans a change
+            raise reentered(state.busy)
         if self._mi_current.get() is state:
             self._mi_current.set(None)
             self._mi_savepoint.set(None)
         try:
             if commit and state.events:
                 with self._lock:
+                    if self._mi_busy is not None:
+                        raise reentered(self._mi_busy)
                     self._check_writable()
                     events = state.pending()
                     self._validate(state, events)
@@ -715,25 +754,27 @@ class MemoryImage:
         """
         graph = self._graph
         open_txs = self._open_txs
-        if open_txs and (len(open_txs) > 1 or state not in open_txs):
-            self._record_writes(events, rows)
-        self._seq = rows[-1][0] if last_seq is None else last_seq
+        # from here on the builtin dict and set operations run keys' __hash__ and __eq__
+        busy, self._mi_busy = self._mi_busy, "applying committed events"
         published: TxState | None = None
         opened = False
-        if len(events) > 1:
-            if state is None:  # a single mutation of several events, or another process's commit
-                _tracking.tx_opened()
-                opened = True
-                state = TxState(self, self._seq)
-                for k, target, args in events:
-                    k.apply(state, target, *args)
-            if _tracking.enabled():
-                for view in state.views.values():
-                    if type(view) is ListView:
-                        view.freeze()  # its base is about to grow under it
-                self._mi_publishing.append(state)
-                published = state
         try:
+            if open_txs and (len(open_txs) > 1 or state not in open_txs):
+                self._record_writes(events, rows)
+            self._seq = rows[-1][0] if last_seq is None else last_seq
+            if len(events) > 1:
+                if state is None:  # a single mutation of several events, or another process's commit
+                    _tracking.tx_opened()
+                    opened = True
+                    state = TxState(self, self._seq)
+                    for k, target, args in events:
+                        k.apply(state, target, *args)
+                if _tracking.enabled():
+                    for view in state.views.values():
+                        if type(view) is ListView:
+                            view.freeze()  # its base is about to grow under it
+                    self._mi_publishing.append(state)
+                    published = state
             for k, target, args in events:
                 k.apply(graph, target, *args)
         except BaseException as err:  # the log has it; memory must not silently differ
@@ -745,6 +786,7 @@ class MemoryImage:
                 ) from err
             raise
         finally:
+            self._mi_busy = busy
             if published is not None:
                 self._mi_publishing.remove(published)
             if opened:
@@ -765,6 +807,19 @@ class MemoryImage:
 
     def _catch_up(self) -> int:
         """Apply what other writers appended; returns how many events."""
+        busy, self._mi_busy = self._mi_busy, "applying other processes' commits"  # decoding hashes keys
+        try:
+            count = self._catch_up_rows()
+        finally:
+            self._mi_busy = busy
+        if count:
+            self._check_schema()
+            if self._graph.has_gone:
+                self._strip_removed()
+            self._attach_fills()
+        return count
+
+    def _catch_up_rows(self) -> int:
         batch: list[EventRow] = []
         count = 0
         with lazy_pause() as pause:  # the collector paused only if there is something to apply
@@ -785,11 +840,6 @@ class MemoryImage:
             if batch:
                 self._apply_remote(batch)
                 count += len(batch)
-        if count:
-            self._check_schema()
-            if self._graph.has_gone:
-                self._strip_removed()
-            self._attach_fills()
         return count
 
     def _apply_remote(self, rows: list[EventRow]) -> None:
@@ -875,6 +925,13 @@ class MemoryImage:
         start = state.start_seq
         if self._seq == start:
             return
+        busy, self._mi_busy = self._mi_busy, "checking a transaction for conflicts"  # keys are hashed and compared
+        try:
+            self._check_against(state, events, start)
+        finally:
+            self._mi_busy = busy
+
+    def _check_against(self, state: TxState, events: list[Pending], start: int) -> None:
         for oid, sub in state.reads:
             self._check_read(state, oid, sub)
         last, last_obj = self._last, self._last_obj

@@ -22,6 +22,14 @@ removals. Everything the code does not declare is collected as a
 *difference* with its one-line fix; ``open`` raises :class:`SchemaError`
 listing them all, unless ``on_schema_drift="drop"``. What was done is
 counted in a :class:`SchemaReport` (``img.schema_report``).
+
+An upgrader that raises, or returns something other than a dict, is a bug in
+the code, not damage to the log: it is a :class:`SchemaError` naming the
+upgrader, the type and the stored version, chained from what the upgrader
+raised. The reader that knows where the state is stored (an event's seq, a
+snapshot's) adds it with :func:`locate` on the way out, so every reader --
+snapshot loading, attach records, field events, value objects -- reports it
+the same way, never as a ``CorruptLogError``.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any, Final
 
 import attrs
 
-from memimg._errors import MemimgError, UnknownTypeError
+from memimg._errors import MemimgError, SchemaError, UnknownTypeError
 from memimg.model import _types
 
 __all__ = ["Plan", "SchemaReport", "plan_for", "upgrader"]
@@ -162,6 +170,8 @@ class Plan:
     missing: tuple[str, ...] = ()
     #: states can be used as stored
     identity: bool = True
+    #: the code does not declare how to read some of these states (a difference was reported)
+    undeclared: bool = False
 
     @property
     def removed(self) -> bool:
@@ -207,6 +217,7 @@ def plan_for(
     plan = Plan(stored_name, info, version, stored_fields)
     cls = info.cls.__qualname__
     if version > info.version:
+        plan.undeclared = True
         report.difference(
             f"{info.name} is stored at version {version} but {cls} is version {info.version}: the log was "
             "written by a newer version of the program; run that version"
@@ -215,6 +226,7 @@ def plan_for(
     while v < info.version:
         fn = _find_upgrader(info, stored_name, v)
         if fn is None:
+            plan.undeclared = True
             report.difference(
                 f"{info.name} is stored at version {v} and {cls} is version {info.version}: add "
                 f'@memimg.upgrader("{info.name}", from_version={v}) to convert its states'
@@ -232,6 +244,7 @@ def plan_for(
         elif name in info.removed:
             plan.field_map[name] = DROP
         else:
+            plan.undeclared = True
             report.difference(
                 f"{info.name}.{name} is stored but {cls} has no field {name!r}: add it back, rename the "
                 f'field that replaces it with memimg.field(renamed_from="{name}"), or declare '
@@ -243,6 +256,7 @@ def plan_for(
         missing = tuple(f for f in info.fields if f not in provided)
         for f in missing:
             if f not in info.defaults:
+                plan.undeclared = True
                 report.difference(
                     f"{cls}.{f} is not in the stored {info.name} states and has no default: give it a "
                     f'default, or raise the version and fill it in with @memimg.upgrader("{info.name}", ...)'
@@ -279,6 +293,55 @@ def _stand_in_plan(
     return plan
 
 
+def _upgrader_failed(
+    info: _types.TypeInfo, fn: Upgrader, version: int, state: dict[str, Any], partial: bool, problem: str
+) -> SchemaError:
+    """The error of upgrader *fn* failing on *state*: a bug in the code, not in the log, so not corruption.
+
+    Where the state is stored is not known here; the reader that knows adds it (:func:`locate`).
+    """
+    err = SchemaError(
+        "",
+        type_name=info.name,
+        upgrader=f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', repr(fn))}",
+        from_version=version,
+        fields=tuple(state),
+        partial=partial,
+        problem=problem,
+    )
+    _describe_failure(err, None)
+    return err
+
+
+def _describe_failure(err: SchemaError, where: str | None) -> None:
+    fields = ", ".join(map(repr, err.fields)) or "no fields"
+    shape = f"a partial state (only {fields})" if err.partial else f"a state with fields {fields}"
+    hint = (
+        ": field-set events store only the fields they set, so an upgrader must transform only the keys present"
+        if err.partial
+        else ""
+    )
+    err.message = (
+        f"upgrader {err.upgrader} (of {err.type_name} from version {err.from_version}) {err.problem} on {shape}"
+        f"{f' stored in {where}' if where else ''}{hint}. Fix the upgrader; the log is intact and nothing "
+        "was written"
+    )
+    err.args = (err.message,)
+    err.differences = [err.message]
+
+
+def locate(err: MemimgError, seq: int | None, where: str) -> None:
+    """Add where the state is stored to *err*, if it is an upgrader's failure not yet located.
+
+    Readers catch errors on their way out and call this with the seq of the
+    event or snapshot they were reading; the innermost (most precise) wins.
+    """
+    if isinstance(err, SchemaError) and err.upgrader is not None and err.where is None:
+        err.seq = seq
+        err.where = where
+        _describe_failure(err, where)
+
+
 def upgrade_state(plan: Plan, state: dict[str, Any], report: SchemaReport, *, partial: bool) -> dict[str, Any]:
     """Turn a decoded stored state into ``{current field: value}`` following *plan*."""
     info = plan.info
@@ -286,11 +349,14 @@ def upgrade_state(plan: Plan, state: dict[str, Any], report: SchemaReport, *, pa
     if plan.chain:
         v = plan.version
         for fn in plan.chain:
-            state = fn(dict(state))
+            given = state
+            try:
+                state = fn(dict(given))
+            except Exception as err:
+                raise _upgrader_failed(info, fn, v, given, partial, f"raised {type(err).__name__}: {err}") from err
             if not isinstance(state, dict):
-                raise MemimgError(
-                    f"the upgrader of {info.name} from version {v} returned {type(state).__name__}, not a dict"
-                )
+                got = "None" if state is None else f"a {type(state).__name__}"
+                raise _upgrader_failed(info, fn, v, given, partial, f"returned {got}, not the state dict")
             report.upgraded[(info.name, v, v + 1)] += 1
             v += 1
         current = set(info.fields)

@@ -27,6 +27,7 @@ import asyncio
 import functools
 import inspect
 import random
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,7 +36,7 @@ from memimg._errors import ConflictError, MemimgError
 from memimg._kinds import KINDS
 from memimg._views import DELETED, DictView, ListView, SetView
 from memimg.model._base import ABSENT, SELF, WHOLE, Planner
-from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
+from memimg.model._collections import REREADING, TrackedDict, TrackedList, TrackedSet, reusable_args
 
 if TYPE_CHECKING:
     from memimg._graph import Pending
@@ -63,6 +64,38 @@ def _raw(t: type, method: str) -> Callable[..., Any]:
     return fn
 
 
+def reentered(during: str) -> MemimgError:
+    """The error of user code changing the image while memimg runs it in the middle of a change.
+
+    memimg calls user code while it plans a change (``__hash__`` and
+    ``__eq__`` of keys and set members, sort key functions) and while it
+    applies committed events (the builtin dict and set operations hash and
+    compare keys again). A change made by that code would land inside the
+    one being planned or applied -- before it, or between its events --
+    so it is refused. The culprit is the outermost frame of user code that
+    memimg called (found only here, when refusing).
+    """
+    culprit = "user code"
+    frame = sys._getframe(1)
+    seen_user = False
+    while frame is not None:
+        module = frame.f_globals.get("__name__") or ""
+        if module == "memimg" or module.startswith("memimg."):
+            if seen_user:
+                break
+        else:
+            seen_user = True
+            culprit = frame.f_code.co_qualname
+        frame = frame.f_back  # type: ignore[assignment]
+    return MemimgError(
+        f"{culprit} tried to change the image while memimg was {during}: code that memimg runs then "
+        "(__hash__ and __eq__ of dict keys and set members, sort key functions) must not change the "
+        "image; this change was refused, nothing of it was written",
+        culprit=culprit,
+        during=during,
+    )
+
+
 def where_field(obj: Any, name: str) -> str:
     return f"{type(obj).__qualname__}.{name}"
 
@@ -76,6 +109,7 @@ class TxState:
     """One open transaction: its pending events, its delta, what it read."""
 
     __slots__ = (
+        "busy",
         "done",
         "events",
         "fields",
@@ -105,8 +139,11 @@ class TxState:
         self.undo_tags: list[Savepoint | None] = []
         self.nested = False  # whether any savepoint was ever opened (tags are looked up only then)
         self.done = False
-        #: checked once: the image is open and writable (the commit checks again)
+        #: checked once: the image is open and writable (the commit checks again); false again while
+        #: ``busy``, so that a change made then reaches :meth:`_check`, which refuses it
         self.writable = False
+        #: what this transaction is doing while it runs user code (see :func:`reentered`), or None
+        self.busy: str | None = None
 
     # -- reads (TxReader) -----------------------------------------------------
 
@@ -255,6 +292,8 @@ class TxState:
     def _check(self) -> None:
         if self.done:
             raise MemimgError("this transaction has already ended; begin a new one")
+        if self.busy is not None:
+            raise reentered(self.busy)
         self.image._check_writable()
         self.writable = True
 
@@ -273,7 +312,13 @@ class TxState:
         if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
             v = value
         else:
-            v = self.graph.prepare(value, where_field(obj, name), self.undo)
+            self.writable = False
+            self.busy = "attaching a value in a transaction"
+            try:
+                v = self.graph.prepare(value, where_field(obj, name), self.undo)
+            finally:
+                self.busy = None
+                self.writable = True
             self._tag_undo(tag)
         self.events += (_OBJ_SET, obj, (name, v))
         self.tags.append(tag)
@@ -300,19 +345,30 @@ class TxState:
                 return value
             return graph.prepare(value, where_coll(coll) + where, undo)
 
+        # what a planner reads only once (a generator) is read now, so a change it makes is kept as the
+        # builtin keeps it; the planner and the views then run user code (keys' __hash__ and __eq__,
+        # sort keys) that must not change the image
+        if planner in REREADING:
+            args = reusable_args(planner, args, kwargs)
+        self.writable = False
+        self.busy = "planning a change in a transaction"
         try:
-            events, result = planner(coll, prep, *args, **kwargs)
-        except BaseException:
-            graph.undo(undo[mark:])
-            del undo[mark:]
-            raise
-        tag = self._tag()
-        self._tag_undo(tag)
-        for name, eargs in events:
-            k = KINDS[name]
-            self.events += (k, coll, eargs)
-            self.tags.append(tag)
-            k.apply(self, coll, *eargs)
+            try:
+                events, result = planner(coll, prep, *args, **kwargs)
+            except BaseException:
+                graph.undo(undo[mark:])
+                del undo[mark:]
+                raise
+            tag = self._tag()
+            self._tag_undo(tag)
+            for name, eargs in events:
+                k = KINDS[name]
+                k.apply(self, coll, *eargs)  # first: an event that fails to apply is not recorded either
+                self.events += (k, coll, eargs)
+                self.tags.append(tag)
+        finally:
+            self.busy = None
+            self.writable = True
         return coll if result is SELF else result
 
     # -- savepoints and ending ----------------------------------------------------

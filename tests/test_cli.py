@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import memimg
 from memimg._cli import cli
 from tests.models import Account, Bank, Entry
 from tests.tampering import rewrite_snapshot
+from tests.versions import Versions
 
 
 @pytest.fixture
@@ -214,3 +216,220 @@ def test_database_url_with_schema(tmp_path: Any) -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+# -- verify after a migration ------------------------------------------------------
+
+PRODUCT_V1 = """
+@persistent(name="{P}.Product")
+class Product:
+    title: str
+    cents: int = 0
+    label: str = ""
+    legacy: str = "x"
+
+@persistent(name="{P}.Shop")
+class Shop:
+    products: dict = attrs.field(factory=dict)
+"""
+
+SHOP = """
+@persistent(name="{P}.Shop")
+class Shop:
+    products: dict = attrs.field(factory=dict)
+"""
+
+MIGRATIONS = {
+    "version bump and upgrader": """
+        @persistent(name="{P}.Product", version=2)
+        class Product:
+            title: str
+            price: Decimal = Decimal("0")
+            label: str = ""
+            legacy: str = "x"
+
+        @memimg.upgrader("{P}.Product", from_version=1)
+        def cents_to_price(state: dict) -> dict:
+            if "cents" in state:
+                state["price"] = Decimal(state.pop("cents")) / 100
+            return state
+        """,
+    "field rename": """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+            cents: int = 0
+            name: str = memimg.field(default="", renamed_from="label")
+            legacy: str = "x"
+        """,
+    "field removal": """
+        @persistent(name="{P}.Product", removed=("legacy",))
+        class Product:
+            title: str
+            cents: int = 0
+            label: str = ""
+        """,
+    "added field with a default": """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+            cents: int = 0
+            label: str = ""
+            legacy: str = "x"
+            stock: int = 5
+        """,
+}
+
+
+def _migrated(tmp_path: Any, monkeypatch: Any, change: str, after: str = "") -> tuple[Versions, str]:
+    """A log written by PRODUCT_V1 and migrated by the *change*'s models in another process (so
+    this one has none of their classes until it imports the module it returns the name of)."""
+    v = Versions(tmp_path)
+    v.record(
+        PRODUCT_V1,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple", 120, label="A")
+            img.snapshot()
+            img.root.products["b"] = models.Product("bread", 250)
+            img.root.products["a"].cents = 130
+            img.root.products["a"].legacy = "y"
+        """,
+    )
+    models = textwrap.dedent(MIGRATIONS[change]) + SHOP
+    v.record(models, "memimg.migrate(path, root=models.Shop)\n" + textwrap.dedent(after))
+    module = f"verify_{v.prefix}"
+    (tmp_path / f"{module}.py").write_text(v.source(models))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return v, module
+
+
+@pytest.mark.parametrize("change", list(MIGRATIONS))
+def test_verify_passes_after_a_migration(tmp_path: Any, monkeypatch: Any, change: str) -> None:
+    """A log memimg migrated verifies with and without the application's classes. Without them, the
+    states of the migrated type are compared by id and type only, the output says so, and the replay
+    goes on from the migration's snapshot; with them, every snapshot equals the replayed state."""
+    v, module = _migrated(
+        tmp_path,
+        monkeypatch,
+        change,
+        after="""
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["c"] = models.Product("cake")
+            img.root.products["a"].title = "green apple"
+            img.snapshot()
+        """,
+    )
+    bare = CliRunner().invoke(cli, ["verify", v.path])
+    assert bare.exit_code == 0, bare.output
+    assert "2 snapshot(s) equal the replayed state" in bare.output
+    assert f"snapshot at seq 7: 2 {v.prefix}.Product state(s) compared by object id and type only" in bare.output
+    assert "--import" in bare.output
+    full = CliRunner().invoke(cli, ["--import", module, "verify", v.path])
+    assert full.exit_code == 0, full.output
+    assert "3 snapshot(s) equal the replayed state" in full.output and "compared by" not in full.output
+
+
+def test_verify_after_a_migration_still_finds_a_snapshot_edited_with_a_valid_checksum(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A migration's snapshot whose content was edited is reported, with and without the classes,
+    wherever the edit is in what can be compared; a migrated state is compared only with the classes."""
+    v, module = _migrated(tmp_path, monkeypatch, "version bump and upgrader")
+    key, title = str(tmp_path / "key.db"), str(tmp_path / "title.db")
+    shutil.copy(v.path, key)
+    shutil.copy(v.path, title)
+    seq = rewrite_snapshot(key, b'"a":', b'"z":')
+    rewrite_snapshot(title, b'"bread"', b'"broad"')
+    for args in ([], ["--import", module]):  # without the classes first: importing them is for good
+        edited_key = CliRunner().invoke(cli, [*args, "verify", key])
+        assert edited_key.exit_code == 1 and f"snapshot at seq {seq} differs" in edited_key.output
+        edited_title = CliRunner().invoke(cli, [*args, "verify", title])
+        if args:
+            assert edited_title.exit_code == 1 and f"snapshot at seq {seq} differs" in edited_title.output
+        else:
+            assert edited_title.exit_code == 0 and f"snapshot at seq {seq}: 2 {v.prefix}.Product" in edited_title.output
+
+
+def test_verify_after_a_migration_whose_upgrader_was_deleted(tmp_path: Any, monkeypatch: Any) -> None:
+    """With classes that no longer read the states written before a migration (its upgrader deleted,
+    as the migration allows), verify compares those states by id and type only and says why."""
+    v, _ = _migrated(tmp_path, monkeypatch, "version bump and upgrader")
+    source = MIGRATIONS["version bump and upgrader"].split("@memimg.upgrader")[0]
+    module = f"verify_{v.prefix}_later"
+    (tmp_path / f"{module}.py").write_text(v.source(textwrap.dedent(source) + SHOP))
+    r = CliRunner().invoke(cli, ["--import", module, "verify", v.path])
+    assert r.exit_code == 0, r.output
+    assert f"snapshot at seq 7: 2 {v.prefix}.Product state(s) compared by object id and type only" in r.output
+    assert f'add @memimg.upgrader("{v.prefix}.Product", from_version=1)' in r.output
+
+
+def test_verify_after_migrating_a_renamed_class_and_a_value_class(tmp_path: Any, monkeypatch: Any) -> None:
+    """A class renamed with an alias and a value class given a new version, migrated: verify passes
+    with and without the classes; without them, values of the old version can still be dict keys."""
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @attrs.frozen
+        class Sku:
+            code: str
+
+        memimg.converter.register_value(Sku, name="{P}.Sku")
+
+        @persistent(name="{P}.Item")
+        class Item:
+            label: str
+            sku: object = None
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+            skus: set = attrs.field(factory=set)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products[models.Sku("a")] = models.Item("apple", models.Sku("a"))
+            img.root.skus.add(models.Sku("b"))
+            img.snapshot()
+            img.root.products[models.Sku("c")] = models.Item("cake")
+        """,
+    )
+    models = """
+    @attrs.frozen
+    class Sku:
+        code: str
+        region: str = "eu"
+
+    memimg.converter.register_value(Sku, name="{P}.Sku", version=2)
+
+    @memimg.upgrader("{P}.Sku", from_version=1)
+    def upper(state: dict) -> dict:
+        if "code" in state:
+            state["code"] = state["code"].upper()
+        return state
+
+    @persistent(name="{P}.Product", aliases=("{P}.Item",))
+    class Product:
+        title: str = memimg.field(default="", renamed_from="label")
+        sku: object = None
+
+    @persistent(name="{P}.Shop")
+    class Shop:
+        products: dict = attrs.field(factory=dict)
+        skus: set = attrs.field(factory=set)
+    """
+    v.record(models, "memimg.migrate(path, root=models.Shop)")
+    bare = CliRunner().invoke(cli, ["verify", v.path])
+    assert bare.exit_code == 0, bare.output
+    for line in (
+        f"2 {v.prefix}.Item object(s) compared by id only: only the log declares",
+        f"2 {v.prefix}.Product object(s) compared by id only: only the snapshot declares",
+        f"3 {v.prefix}.Sku value(s) compared by type only",
+    ):
+        assert line in bare.output
+    module = f"verify_{v.prefix}"
+    (tmp_path / f"{module}.py").write_text(v.source(models))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    full = CliRunner().invoke(cli, ["--import", module, "verify", v.path])
+    assert full.exit_code == 0, full.output
+    assert "2 snapshot(s) equal the replayed state" in full.output

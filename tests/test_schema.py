@@ -7,6 +7,7 @@ with the new version of the module (see ``tests/versions.py``).
 
 from __future__ import annotations
 
+import textwrap
 from decimal import Decimal
 from typing import Any
 
@@ -545,3 +546,162 @@ def test_history_before_and_after_a_snapshot_and_migrate(v: Versions) -> None:
     with v.open(v.load(upgraded)) as img:
         assert img.root.products["a"].price == Decimal("1.5")
         assert not img.schema_report.upgraded
+
+
+# -- an upgrader that fails ----------------------------------------------------------
+
+BROKEN_V2 = """
+@persistent(name="{P}.Product", version=2)
+class Product:
+    title: str
+    price: Decimal = Decimal("0")
+
+@memimg.upgrader("{P}.Product", from_version=1)
+def cents_to_price(state: dict) -> dict:
+    state["price"] = Decimal(state.pop("%s")) / 100
+    return state
+
+@attrs.frozen
+class Sku:
+    code: str
+    region: str = "eu"
+
+memimg.converter.register_value(Sku, name="{P}.Sku", version=2)
+
+@memimg.upgrader("{P}.Sku", from_version=1)
+def add_region(state: dict) -> dict:
+    state["region"] = state.pop("%s")
+    return state
+
+@persistent(name="{P}.Shop")
+class Shop:
+    products: dict = attrs.field(factory=dict)
+    shelf: list = attrs.field(factory=list)
+"""
+
+SKU_V1 = """
+@attrs.frozen
+class Sku:
+    code: str
+    country: str = "fr"
+
+memimg.converter.register_value(Sku, name="{P}.Sku")
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "fn", "type_name", "seq", "missing"),
+    [
+        pytest.param(
+            """
+            img.root.products["a"] = models.Product("apple", 120)
+            img.snapshot()
+            """,
+            "cents_to_price",
+            "Product",
+            3,
+            "cost",
+            id="snapshot state",
+        ),
+        pytest.param(
+            'img.root.products["a"] = models.Product("apple", 120)',
+            "cents_to_price",
+            "Product",
+            2,
+            "cost",
+            id="attach record",
+        ),
+        pytest.param(
+            """
+            img.root.products["a"] = models.Product("apple", 120)
+            img.snapshot()
+            img.root.products["a"].title = "green apple"  # a partial state: {"title": ...}
+            """,
+            "cents_to_price",
+            "Product",
+            4,
+            "cents",
+            id="field event",
+        ),
+        pytest.param(
+            """
+            img.root.products["a"] = models.Product("apple", 120)
+            img.snapshot()
+            img.root.products["a"].cents = 130  # declares Product again (a snapshot forgot it)
+            img.root.products["a"].title = "green apple"  # does not: replay reads it on its fast path
+            """,
+            "cents_to_price",
+            "Product",
+            5,
+            "cents",
+            id="undeclared field event",
+        ),
+        pytest.param(
+            'img.root.shelf.append(models.Sku("a1"))',
+            "add_region",
+            "Sku",
+            2,
+            "place",
+            id="value object",
+        ),
+    ],
+)
+def test_a_failing_upgrader_is_a_schema_error_naming_it(
+    v: Versions, script: str, fn: str, type_name: str, seq: int, missing: str
+) -> None:
+    """An upgrader that raises is reported as a SchemaError naming the function, the class, the stored
+    version, the seq and the original exception -- not as corruption -- and the open changes nothing."""
+    v.record(
+        SHOP_V1 + SKU_V1,
+        "with memimg.open(path, root=models.Shop) as img:\n" + textwrap.indent(textwrap.dedent(script), "    "),
+    )
+    # a whole Product state has "cents", a partial one may not; no stored state has the other keys
+    new = v.load(BROKEN_V2 % ("cost" if missing == "cost" else "cents", "place"))
+    before = open(v.path, "rb").read()
+    with pytest.raises(memimg.SchemaError) as info:
+        v.open(new)
+    err = info.value
+    assert not isinstance(err, memimg.CorruptLogError)
+    qualified = f"{new.__name__}.{fn}"
+    assert (err.type_name, err.upgrader, err.from_version, err.seq) == (f"{v.prefix}.{type_name}", qualified, 1, seq)
+    assert isinstance(err.__cause__, KeyError) and err.__cause__.args == (missing,)
+    text = str(err)
+    for part in (qualified, f"{v.prefix}.{type_name}", "version 1", f"KeyError: {missing!r}", f"seq {seq}"):
+        assert part in text, (part, text)
+    assert "corrupt" not in text and "backup" not in text
+    if missing == "cents":
+        assert "partial" in text and "'title'" in text
+    assert open(v.path, "rb").read() == before
+
+
+def test_an_upgrader_that_returns_no_dict_is_a_schema_error(v: Versions) -> None:
+    """An upgrader must return the state: one that returns None is named, with the class and version."""
+    v.record(
+        SHOP_V1, 'with memimg.open(path, root=models.Shop) as img:\n    img.root.shelf.append(models.Product("a"))'
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Product", version=2)
+        class Product:
+            title: str
+            cents: int = 0
+
+        @memimg.upgrader("{P}.Product", from_version=1)
+        def forgets_to_return(state: dict) -> dict:
+            state["title"] = state["title"].upper()
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+            shelf: list = attrs.field(factory=list)
+        """
+    )
+    with pytest.raises(memimg.SchemaError, match="returned None, not the state dict") as info:
+        v.open(new)
+    err = info.value
+    assert (err.upgrader, err.type_name, err.from_version, err.seq) == (
+        f"{new.__name__}.forgets_to_return",
+        f"{v.prefix}.Product",
+        1,
+        2,
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
 import time
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -747,3 +749,110 @@ def test_iterating_inside_a_transaction_survives_a_concurrent_commit() -> None:
     # a read-only transaction saw one consistent state -- the dict as it was when it began --
     # so it commits, and its answer is that state's size (serializable before the insert)
     assert count() == 11 and len(d) == 12
+
+
+# -- user code that memimg runs must not change the image -------------------------------
+
+_MEDDLE: list[Any] = []  # what a Meddler's __hash__ or __eq__ does besides hashing or comparing
+
+
+def _meddle() -> None:
+    for fn in _MEDDLE:
+        fn()
+
+
+@attrs.frozen(eq=False)
+class Meddler:
+    """A key whose __hash__ runs _MEDDLE."""
+
+    code: str
+
+    def __hash__(self) -> int:
+        _meddle()
+        return hash(self.code)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Meddler) and other.code == self.code
+
+
+@attrs.frozen(eq=False)
+class EqMeddler:
+    """A key whose __eq__ runs _MEDDLE; its hash is that of ``"x"``, so it is compared with that key."""
+
+    code: str
+
+    def __hash__(self) -> int:
+        return hash("x")
+
+    def __eq__(self, other: object) -> bool:
+        _meddle()
+        return isinstance(other, EqMeddler) and other.code == self.code
+
+
+CHANGES = {
+    "a dict key's __hash__": ({"y": 1}, lambda c: c.__setitem__(Meddler("k"), 1), "Meddler.__hash__"),
+    "a set member's __hash__": ({"y"}, lambda c: c.add(Meddler("k")), "Meddler.__hash__"),
+    "a dict key's __eq__": ({"x": 1}, lambda c: c.update([(EqMeddler("k"), 2)]), "EqMeddler.__eq__"),
+    "a sort key": ([3, 1, 2], lambda c: c.sort(key=lambda v: (_meddle(), v)[1]), "<lambda>"),
+}
+
+
+@pytest.fixture
+def meddling() -> Any:
+    yield _MEDDLE
+    _MEDDLE.clear()
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside a transaction", "in a transaction"])
+def test_a_change_made_by_hash_eq_or_sort_key_code_is_refused_before_anything_is_written(
+    make_image: Any, meddling: list[Any], change: str, in_tx: bool
+) -> None:
+    """User code that memimg runs while planning a change (a key's __hash__ or __eq__, a sort key)
+    and that changes the image fails the change with an error naming that code: the image stays open,
+    nothing is logged, memory is as it was."""
+    start, mutate, culprit = CHANGES[change]
+    img = make_image(root=Box)
+    img.root.content = copy.copy(start)
+    victim = img.root.other = Box(0)
+    seq = img.seq
+    meddling.append(lambda: setattr(victim, "content", victim.content + 1))
+    with pytest.raises(memimg.MemimgError, match=f"{culprit}.* tried to change the image") as info:
+        with img.transaction() if in_tx else contextlib.nullcontext():
+            mutate(img.root.content)
+    assert info.value.culprit.endswith(culprit) and "nothing of it was written" in str(info.value)
+    assert not img.closed and img.seq == seq
+    assert img.root.content == start and victim.content == 0
+    meddling.clear()
+    mutate(img.root.content)  # the image is still usable
+    img.root.other.content = 5
+    replayed = memimg.replay(img.events())
+    assert replayed.content == img.root.content and replayed.other.content == 5
+
+
+def test_a_change_made_by_a_key_only_while_a_commit_is_applied_is_refused(tmp_path: Any, meddling: list[Any]) -> None:
+    """The last resort: a key whose __hash__ changes the image only when the commit applies it (not
+    while the change is planned). That change is refused and not written; the commit it interrupted
+    is in the log, so the image closes, and opening it again gives the logged state."""
+    path = str(tmp_path / "img.db")
+    img = memimg.open(path, root=Box)
+    img.root.content = {}
+    victim = img.root.other = Box(0)
+    seq = img.seq
+    calls = []
+
+    def on_second_call() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            victim.content = 1
+
+    meddling.append(on_second_call)
+    with pytest.raises(memimg.MemimgError, match="applying committed events") as info:
+        img.root.content[Meddler("k")] = 1
+    refused = info.value.__cause__
+    assert isinstance(refused, memimg.MemimgError) and refused.culprit == "Meddler.__hash__"
+    assert "applying committed events" in refused.during
+    assert img.closed and len(calls) == 2
+    meddling.clear()
+    with memimg.open(path, root=Box) as again:
+        assert again.seq == seq + 1 and again.root.content == {Meddler("k"): 1} and again.root.other.content == 0

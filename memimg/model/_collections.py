@@ -37,6 +37,7 @@ from memimg.model._base import SELF, Planner, Prep
 __all__ = [
     "DICT_MUTATORS",
     "LIST_MUTATORS",
+    "REREADING",
     "SET_MUTATORS",
     "TrackedDict",
     "TrackedList",
@@ -46,6 +47,7 @@ __all__ = [
 
 Events = list[tuple[str, tuple[Any, ...]]]
 _MISSING: Any = object()
+_dict_contains = dict.__contains__
 
 
 # -- list planners --------------------------------------------------------------
@@ -256,7 +258,7 @@ def _key_where(key: Any) -> str:
 
 
 def _dict_setitem(d: Any, prep: Prep, key: Any, value: Any) -> tuple[Events, Any]:
-    hash(key)
+    _dict_contains(d, key)  # the lookup the commit makes (see _dict_set_pairs)
     where = _key_where(key)
     return [("dict.set", (prep(key, where + " (key)"), prep(value, where)))], None
 
@@ -291,18 +293,21 @@ def _dict_setdefault(d: Any, prep: Prep, key: Any, default: Any = None) -> tuple
 
 
 def _dict_update(d: Any, prep: Prep, /, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
-    return _dict_set_pairs(_pairs(args, kwargs), prep), None
+    return _dict_set_pairs(d, _pairs(args, kwargs), prep), None
 
 
 def _dict_init(d: Any, prep: Prep, /, *args: Any, **kwargs: Any) -> tuple[Events, Any]:
     """``d.__init__(...)`` on an attached dict: an update (the builtin's ``__init__`` does not empty a dict)."""
-    return _dict_set_pairs(_pairs(args, kwargs, "dict"), prep), None
+    return _dict_set_pairs(d, _pairs(args, kwargs, "dict"), prep), None
 
 
-def _dict_set_pairs(given: list[tuple[Any, Any]], prep: Prep) -> Events:
+def _dict_set_pairs(d: Any, given: list[tuple[Any, Any]], prep: Prep) -> Events:
     pairs = []
     for k, v in given:
-        hash(k)
+        # the lookup the commit will make -- the key's __hash__, and __eq__ on a collision -- made
+        # now, on the committed storage (no read is recorded): user code in them that changes the
+        # image is refused here, before anything is written, rather than while the commit is applied
+        _dict_contains(d, k)
         where = _key_where(k)
         pairs.append((prep(k, where + " (key)"), prep(v, where)))
     return [("dict.update", (pairs,))] if pairs else []
@@ -476,6 +481,8 @@ _CONSUMING: dict[Planner, int] = {
 _PAIRS: frozenset[Planner] = frozenset([_dict_update, _dict_init, _dict_ior])
 #: ... and these take keyword arguments (more pairs).
 _KEYWORDS: frozenset[Planner] = frozenset([_dict_update, _dict_init])
+#: The planners whose arguments :func:`reusable_args` may read (a caller on a hot path skips it for others).
+REREADING: frozenset[Planner] = frozenset([*_CONSUMING, _list_setitem])
 
 
 SET_READS: dict[str, bool] = {

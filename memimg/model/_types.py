@@ -88,7 +88,8 @@ def register(info: TypeInfo) -> TypeInfo:
         _by_name[info.name] = info
         for alias in info.aliases:
             owner = _by_name.get(alias)
-            if owner is None or owner.name != alias:  # a class still named so keeps it
+            # a class still named so keeps it; a stand-in (a tool read the log without the class) does not
+            if owner is None or owner.name != alias or owner.stand_in:
                 _by_name[alias] = info
     return info
 
