@@ -26,8 +26,8 @@ import click
 import orjson
 
 import memimg
-from memimg import _api
-from memimg._errors import CorruptLogError, MemimgError
+from memimg import _api, _codec
+from memimg._errors import CorruptLogError, MemimgError, value_repr
 from memimg._graph import COLLECTION_NAMES, Graph, decode_snapshot
 from memimg._rows import Event, verify_event, verify_snapshot
 from memimg.model import _tracking, _types
@@ -282,7 +282,7 @@ def _step(obj: Any, part: str) -> Any:
         if part in obj:
             return obj[part]
         for key in obj:
-            if str(key) == part:
+            if _str(key) == part:
                 return obj[key]
         raise MemimgError(f"no key {part!r} in the dict")
     if isinstance(obj, list):
@@ -291,6 +291,14 @@ def _step(obj: Any, part: str) -> Any:
         except (ValueError, IndexError):
             raise MemimgError(f"no index {part!r} in a list of {len(obj)}") from None
     raise MemimgError(f"cannot go into a {type(obj).__qualname__} with {part!r}")
+
+
+def _str(value: Any) -> str:
+    """``str(value)``, with an int too long for decimal in hex (see ``value_repr``)."""
+    try:
+        return str(value)
+    except ValueError:
+        return value_repr(value)
 
 
 def _resolve_path(root: Any, path: str) -> Any:
@@ -317,7 +325,7 @@ def _show_text(obj: Any, depth: int) -> Iterator[str]:
 
     def walk(value: Any, indent: str, level: int, prefix: str) -> Iterator[str]:
         if not _is_object(value):
-            yield f"{indent}{prefix}{value!r}"
+            yield f"{indent}{prefix}{value_repr(value)}"
             return
         if id(value) in seen:
             yield f"{indent}{prefix}{_label(value)} (shown above)"
@@ -345,15 +353,21 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
                 pass
         return out
     if isinstance(obj, dict):
-        return [(repr(k), v) for k, v in obj.items()]
+        return [(value_repr(k), v) for k, v in obj.items()]
     if isinstance(obj, list):
         return [(f"[{i}]", v) for i, v in enumerate(obj)]
     if isinstance(obj, set):
-        return [("-", v) for v in sorted(obj, key=repr)]
+        return [("-", v) for v in sorted(obj, key=value_repr)]
     return []
 
 
 def _plain(value: Any) -> Any:
+    if type(value) is int:
+        try:
+            str(value)  # as json.dumps will write it
+        except ValueError:
+            return hex(value)  # past 4,300 digits: JSON numbers are decimal, so a string
+        return value
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -362,7 +376,7 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, (tuple, frozenset)):
         return [_plain(v) for v in value]
-    return repr(value)
+    return value_repr(value)
 
 
 def _show_json(obj: Any, depth: int) -> Any:
@@ -380,7 +394,7 @@ def _show_json(obj: Any, depth: int) -> Any:
         if isinstance(value, list):
             return {"$type": "list", "$id": oid, "items": [walk(v, level + 1) for v in value]}
         if isinstance(value, set):
-            return {"$type": "set", "$id": oid, "items": [walk(v, level + 1) for v in sorted(value, key=repr)]}
+            return {"$type": "set", "$id": oid, "items": [walk(v, level + 1) for v in sorted(value, key=value_repr)]}
         out: dict[str, Any] = {"$type": _type_name(value), "$id": oid}
         for key, child in _children(value):
             out[key] = walk(child, level + 1)
@@ -452,10 +466,19 @@ def compact(target: str, archive: str | None) -> None:
 
 
 def _canonical_value(v: Any) -> Any:
-    """An encoded value with its frozensets' items in one order (they are written in hash order)."""
+    """An encoded value in one form: its frozensets' items in one order (they are written in hash
+    order), its big ints as this memimg writes them (an older one may have written decimal where
+    this one writes hex)."""
     if type(v) is not list or not v:
         return v
     tag = v[0]
+    try:
+        if tag == "i":
+            return ["i", _codec.int_text(_codec.int_from_text(v[1]))]
+        if tag == "Q":
+            return _codec._enc_fraction(_codec._dec_fraction(v))
+    except (ValueError, TypeError, ZeroDivisionError):
+        return v  # not a number: it differs from the replay's, which reports it
     if tag == "F":
         return ["F", sorted((_canonical_value(i) for i in v[1]), key=orjson.dumps)]
     if tag == "T":

@@ -7,11 +7,12 @@ in a value position is always tagged):
 
 ====================  ==========================================
 ``["r", oid]``        a reference to an entity or tracked collection
-``["i", "123..."]``   an int outside the 64-bit range
+``["i", "123..."]``   an int outside the 64-bit range: decimal, or hex (``"0x..."``,
+                      ``"-0x..."``) past 4,300 digits (see :func:`int_text`)
 ``["f", "nan"]``      ``nan``, ``inf``, ``-inf``
 ``["b", "base64"]``   ``bytes``
 ``["D", "1.50"]``     ``Decimal`` (exponent kept)
-``["Q", "1/3"]``      ``Fraction``
+``["Q", "1/3"]``      ``Fraction`` (each part as :func:`int_text` writes it)
 ``["dt", iso, tz?, fold?]``  ``datetime`` (``tz``: an IANA key for zoneinfo, or
                       ``[name, offset_us]`` for a named ``timezone``)
 ``["d", iso]``        ``date``
@@ -54,10 +55,15 @@ from memimg.model import _types
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["Codec", "Converter", "Gone", "converter", "describe_unsupported", "is_gone"]
+__all__ = ["Codec", "Converter", "Gone", "converter", "describe_unsupported", "int_from_text", "int_text", "is_gone"]
 
 INT_MAX: Final = 2**63 - 1
 INT_MIN: Final = -(2**63)
+#: Ints of fewer digits are stored in decimal; Python's default limit on int <-> str
+#: conversion (``sys.set_int_max_str_digits``) is 4,300 digits, so any reader can parse them.
+_DECIMAL_BOUND: Final = 10**4300
+#: Digits per ``int()`` call when reading a decimal longer than this process's limit.
+_DECIMAL_CHUNK: Final = 640
 
 Enc = Callable[[Any], Any]
 Dec = Callable[[list[Any]], Any]
@@ -128,6 +134,61 @@ def _dec_time(x: list[Any]) -> dt.time:
     return value
 
 
+def int_text(v: int) -> str:
+    """How an int outside 64 bits is written: decimal up to 4,300 digits, hex beyond.
+
+    Decimal is what every memimg has written and read, so ordinary big ints
+    stay readable by older processes sharing the log; Python refuses
+    decimal conversion past 4,300 digits (by default), but hex conversion
+    has no limit, in either direction, and costs linear time.
+    """
+    if -_DECIMAL_BOUND < v < _DECIMAL_BOUND:
+        try:
+            return str(v)
+        except ValueError:  # this process lowered the limit below 4,300 digits
+            pass
+    return hex(v)
+
+
+def int_from_text(text: str) -> int:
+    """The int :func:`int_text` wrote (hex or decimal, any length)."""
+    if "x" in text[:3]:
+        return int(text, 16)
+    try:
+        return int(text)
+    except ValueError:
+        digits = text[1:] if text[:1] in "+-" else text
+        if not (digits.isascii() and digits.isdigit()):
+            raise
+    # decimal past this process's limit (written where the limit was raised): read in pieces
+    value = 0
+    for i in range(0, len(digits), _DECIMAL_CHUNK):
+        piece = digits[i : i + _DECIMAL_CHUNK]
+        value = value * 10 ** len(piece) + int(piece)
+    return -value if text[:1] == "-" else value
+
+
+def _enc_fraction(v: Fraction) -> list[Any]:
+    n, d = v.numerator, v.denominator
+    if -_DECIMAL_BOUND < n < _DECIMAL_BOUND and d < _DECIMAL_BOUND:
+        try:
+            return ["Q", str(v)]
+        except ValueError:
+            pass
+    return ["Q", f"{int_text(n)}/{int_text(d)}"]
+
+
+def _dec_fraction(x: list[Any]) -> Fraction:
+    text = x[1]
+    if "x" not in text:
+        try:
+            return Fraction(text)
+        except ValueError:  # perhaps a part longer than this process's int/str limit
+            pass
+    n, _, d = text.partition("/")
+    return Fraction(int_from_text(n), int_from_text(d) if d else 1)
+
+
 def _flag_encoder(cls: type[enum.Flag], name: str) -> Enc:
     """Flags by member name; a combination (or no flag) as the list of its members' names."""
 
@@ -161,7 +222,7 @@ class _Leaf:
 _LEAVES: dict[type, _Leaf] = {
     bytes: _Leaf("b", lambda v: ["b", base64.b64encode(v).decode("ascii")], lambda x: base64.b64decode(x[1])),
     Decimal: _Leaf("D", lambda v: ["D", str(v)], lambda x: Decimal(x[1])),
-    Fraction: _Leaf("Q", lambda v: ["Q", str(v)], lambda x: Fraction(x[1])),
+    Fraction: _Leaf("Q", _enc_fraction, _dec_fraction),
     dt.datetime: _Leaf("dt", _enc_datetime, _dec_datetime),
     dt.date: _Leaf("d", lambda v: ["d", v.isoformat()], lambda x: dt.date.fromisoformat(x[1])),
     dt.time: _Leaf("t", _enc_time, _dec_time),
@@ -370,7 +431,7 @@ class Codec:
         self._encoders = {}
         self._decoders = {
             "r": lambda x: self.deref(x[1]),
-            "i": lambda x: int(x[1]),
+            "i": lambda x: int_from_text(x[1]),
             "f": lambda x: float(x[1]),
             "T": self._dec_tuple,
             "F": self._dec_frozenset,
@@ -427,7 +488,7 @@ class Codec:
         if t is str or t is bool or v is None:
             return v
         if t is int:
-            return v if INT_MIN <= v <= INT_MAX else ["i", str(v)]
+            return v if INT_MIN <= v <= INT_MAX else ["i", int_text(v)]
         if t is float:
             return v if math.isfinite(v) else ["f", repr(v)]
         enc = self._encoders.get(t)

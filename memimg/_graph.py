@@ -39,7 +39,7 @@ import orjson
 
 from memimg import _codec, _schema
 from memimg._codec import Codec, Converter, Gone, describe_unsupported
-from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
+from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError, value_repr
 from memimg._gc import paused_gc
 from memimg._kinds import FIELD, KINDS, Kind
 from memimg._rows import _HEADER, _kind_code, verify_event
@@ -201,9 +201,9 @@ def _render(where: Any) -> str:
         elif step == "[":
             steps.append(f"[{key}]")
         elif step == "[k":
-            steps.append(f"[{key!r}]")
+            steps.append(f"[{value_repr(key)}]")
         elif step == "(key)":
-            steps.append(f"[{key!r}] (key)")
+            steps.append(f"[{value_repr(key)}] (key)")
         else:
             steps.append(step)
     return str(where or "") + "".join(reversed(steps))

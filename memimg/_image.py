@@ -45,6 +45,7 @@ from memimg._errors import (
     ReadOnlyError,
     SchemaError,
     UnknownTypeError,
+    value_repr,
 )
 from memimg._gc import lazy_pause, paused_gc
 from memimg._graph import Graph, Pending, split_snapshot
@@ -809,7 +810,7 @@ class MemoryImage:
         elif isinstance(key, str) and obj is not None and not isinstance(obj, (list, dict, set)):
             part = f"{name} #{oid}.{key}"
         else:
-            part = f"{name} #{oid}[{key!r}]"
+            part = f"{name} #{oid}[{value_repr(key)}]"
         return ConflictError(
             f"transaction conflicts with the commit at seq {seq}: it {what} {part}, which that "
             "commit changed; nothing was applied. Run it again (@img.transaction(retries=...) does)",

@@ -13,10 +13,12 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import memimg
+from memimg._errors import value_repr
+from memimg._graph import Graph
 from tests.models import Box, Color, Entry, Level, Money, MutableAttrs, NotPersistent, Point
 
 
@@ -33,7 +35,7 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, frozenset):
-        return a == b and sorted(map(repr, a)) == sorted(map(repr, b))
+        return a == b and sorted(map(value_repr, a)) == sorted(map(value_repr, b))
     if attrs.has(type(a)):
         return all(same(getattr(a, f.name), getattr(b, f.name)) for f in attrs.fields(type(a)))
     return bool(a == b)
@@ -145,6 +147,74 @@ def test_edge_values(value: Any, tmp_path: Any) -> None:
         assert same(back, value), (back, value)
 
 
+#: An int around or past 4,300 digits (the most Python converts to or from decimal by default), drawn
+#: as ``sign * (base ** exponent + offset)``: hypothesis shows examples with repr, which such ints refuse.
+huge_int_parts = st.tuples(
+    st.sampled_from([1, -1]),
+    st.one_of(st.tuples(st.just(10), st.integers(4295, 5100)), st.tuples(st.just(2), st.integers(14000, 40000))),
+    st.integers(-(2**70), 2**70),
+)
+
+
+def _huge(parts: Any) -> int:
+    sign, (base, exponent), offset = parts
+    return int(sign * (base**exponent + offset))
+
+
+_SHAPES = {
+    "int": lambda a, b: a,
+    "tuple": lambda a, b: (a, 1, b),
+    "frozenset": lambda a, b: frozenset({a, b}),
+    "value object": lambda a, b: Point(a, b),
+    "fraction": lambda a, b: Fraction(a, b),
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.sampled_from(sorted(_SHAPES)), a=huge_int_parts, b=huge_int_parts)
+@example(shape="int", a=(1, (10, 5000), 0), b=(1, (10, 5000), 0))
+@example(shape="int", a=(-1, (2, 20000), 0), b=(1, (10, 5000), 0))
+@example(shape="tuple", a=(1, (10, 4300), -1), b=(-1, (10, 4300), 0))  # the last decimal one, the first hex one
+def test_ints_of_any_size_roundtrip(shape: str, a: Any, b: Any, tmp_path_factory: Any) -> None:
+    """Ints past Python's 4,300-digit limit on decimal conversion come back equal through events,
+    serialize, and a snapshot reopened -- alone, in values, and in Fractions."""
+    value = _SHAPES[shape](_huge(a), _huge(b))
+    path = str(tmp_path_factory.mktemp("big") / "big.db")
+    for back in roundtrip_all(value, path):
+        assert same(back, value)
+
+
+def test_huge_ints_in_every_place_of_the_graph(tmp_path: Any) -> None:
+    """Huge ints as a field, list item, dict key and value, and set member survive events and a snapshot."""
+    huge = 10**5000
+    path = str(tmp_path / "places.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {huge: [huge, -huge], "set": {huge, 1}}
+        img.snapshot()
+        img.root.content[-huge] = "added after"  # an event on an attached dict
+        img.root.content["set"].add(-huge)
+        img.root.other = -(2**20000)
+        replayed = memimg.replay(img.events())
+    with memimg.open(path, root=Box) as img:
+        for root in (img.root, replayed):
+            assert root.content[huge] == [huge, -huge] and root.content[-huge] == "added after"
+            assert root.content["set"] == {huge, 1, -huge} and root.other == -(2**20000)
+
+
+def test_big_ints_are_decimal_up_to_4300_digits_and_hex_beyond() -> None:
+    """Ints older memimg processes can read stay in decimal; only those past 4,300 digits are hex,
+    and decimal of any length (written where the limit was raised) is read too."""
+    img = memimg.open(root=Box)
+    img.root.content = (2**64, 10**4300 - 1, -(10**4300), Fraction(10**4300, 7))
+    stored = next(e for e in img.events() if e.kind == "obj.set").data[1][1]
+    assert stored[0] == ["i", str(2**64)] and stored[1] == ["i", "9" * 4300]
+    assert stored[2] == ["i", hex(-(10**4300))] and stored[3] == ["Q", f"{hex(10**4300)}/7"]
+    long_decimal = "-1" + "0" * 6000
+    graph = Graph(memimg.converter)
+    assert graph.codec.decode(["i", long_decimal]) == -(10**6000)
+    assert graph.codec.decode(["Q", "1" + "0" * 6000 + "/3"]) == Fraction(10**6000, 3)
+
+
 def test_tuples_and_value_objects_may_hold_entities() -> None:
     """Immutable values may refer to entities; the references stay shared."""
     img = memimg.open(root=Box)
@@ -186,6 +256,19 @@ def test_unsupported_values_raise_and_change_nothing(bad: Any) -> None:
     with pytest.raises(memimg.UnsupportedValueError, match=r"list #\d+\.append\(\)\['bad'\]\[1\]"):
         img.root.content.append({"ok": 1, "bad": [2, bad]})
     assert img.root.other is None and img.root.content == [1] and img.seq == seq
+
+
+def test_unsupported_value_under_a_huge_int_key_is_named_with_the_key_in_hex() -> None:
+    """The path of an unsupported value shows a dict key that repr refuses (past 4,300 digits) in hex."""
+    huge = 10**5000
+    img = memimg.open(root=Box)
+    with pytest.raises(memimg.UnsupportedValueError) as info:
+        img.root.content = {huge: [print]}
+    assert info.value.where == f"Box.content[{hex(huge)}][0]"
+    with pytest.raises(memimg.UnsupportedValueError) as info:
+        img.root.other = {(huge, 1): print}
+    assert info.value.where == f"Box.other[({hex(huge)}, 1)]"
+    assert img.root.content is None and img.root.other is None
 
 
 def test_unsupported_deep_inside_a_new_subgraph_undoes_everything() -> None:
