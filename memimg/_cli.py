@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import importlib
 import json
 import os
 import sys
@@ -53,14 +52,16 @@ class _Group(click.Group):
 
 
 def _import_modules(modules: Iterable[str]) -> None:
-    names = [*modules, *filter(None, os.environ.get("MEMIMG_IMPORT", "").split(","))]
+    """Import what --import and MEMIMG_IMPORT name: the only code the command line runs besides memimg's.
+
+    Reading a log never imports a module it names (a crafted log could name
+    any); only with names given here is the working directory put on
+    ``sys.path``, so an application's own modules import as with ``python -m``.
+    """
+    names = [n.strip() for n in [*modules, *os.environ.get("MEMIMG_IMPORT", "").split(",")] if n.strip()]
     if names and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    for name in names:
-        try:
-            importlib.import_module(name.strip())
-        except ImportError as err:
-            raise MemimgError(f"cannot import {name!r} (from --import/MEMIMG_IMPORT): {err}") from err
+    _api.import_modules(names, "--import/MEMIMG_IMPORT")
 
 
 def _store(target: str, *, readonly: bool) -> Store:

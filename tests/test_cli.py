@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 import memimg
 from memimg._cli import cli
 from tests.models import Account, Bank, Entry
-from tests.tampering import rewrite_snapshot
+from tests.tampering import PlantedModule, append_event, plant_module, rewrite_snapshot
 
 
 @pytest.fixture
@@ -189,6 +190,44 @@ def test_verify_reads_decimal_ints_of_any_length_as_equal_to_hex(tmp_path: Any) 
     assert "1 snapshot(s) equal the replayed state" in run("verify", path).output
     with memimg.open(path, root=Box) as img:
         assert img.root.content == (huge,)
+
+
+@pytest.fixture
+def planted(tmp_path: Any, monkeypatch: Any) -> Iterator[PlantedModule]:
+    module = plant_module(tmp_path, monkeypatch)
+    yield module
+    sys.modules.pop(module.name, None)
+
+
+def _log_naming(planted: PlantedModule, path: str) -> None:
+    """An image whose log names types of *planted*: an enum value, a value object, and an entity."""
+    from tests.models import Box
+
+    thing, point, node = (f"{planted.name}.{n}" for n in ("Thing", "Point", "Node"))
+    with memimg.open(path, root=Box):
+        pass
+    append_event(path, "obj.set", 1, [["content", ["T", [["e", thing, "X"], ["v", point, {}]]]]])
+    append_event(path, "obj.set", 1, [["other", ["r", 2]], [[2, node, {}]], {node: [1, []]}])
+
+
+@pytest.mark.parametrize("command", ["info", "show", "verify", "log", "export", "snapshot"])
+def test_commands_never_import_what_the_log_names(planted: PlantedModule, tmp_path: Any, command: str) -> None:
+    """A log naming a module that lies importable in the working directory: no command imports it
+    (its types are read into stand-ins); --import is the only way to run an application's code."""
+    path = str(tmp_path / "img.db")
+    _log_naming(planted, path)
+    r = CliRunner().invoke(cli, [command, path])
+    assert r.exit_code == 0, r.output
+    assert not planted.imported
+
+
+def test_import_option_imports_the_named_module(planted: PlantedModule, tmp_path: Any) -> None:
+    """--import MODULE (the explicit opt-in) imports it first, so its classes are used."""
+    path = str(tmp_path / "img.db")
+    _log_naming(planted, path)
+    r = CliRunner().invoke(cli, ["--import", planted.name, "show", path, "content"])
+    assert planted.imported
+    assert r.exit_code == 0 and "<Thing.X: 1>" in r.output, r.output
 
 
 def test_not_a_memimg_file_changes_nothing(tmp_path: Any) -> None:
