@@ -55,7 +55,17 @@ from memimg.model import _types
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["Codec", "Converter", "Gone", "converter", "describe_unsupported", "int_from_text", "int_text", "is_gone"]
+__all__ = [
+    "Codec",
+    "Converter",
+    "Gone",
+    "converter",
+    "describe_unsupported",
+    "int_from_text",
+    "int_text",
+    "is_gone",
+    "kind_mismatch",
+]
 
 INT_MAX: Final = 2**63 - 1
 INT_MIN: Final = -(2**63)
@@ -565,17 +575,24 @@ class Codec:
     def _no_value_decoder(self, x: list[Any]) -> Any:  # pragma: no cover - the graph sets one
         raise MemimgError("internal: this codec belongs to no graph, which decodes value objects")
 
-    def _resolve(self, x: list[Any], stand_in: Callable[[str, Any], Any]) -> Any:
-        """The class stored as ``x[1]``, or (for tools) a generic stand-in for the value."""
+    def _resolve(self, x: list[Any], stand_in: Callable[[str, Any], Any], kind: str) -> Any:
+        """The class stored as ``x[1]``, of *kind*, or (for tools) a generic stand-in for the value.
+
+        Raises:
+            CorruptLogError: the name is of a class of another kind (see :func:`kind_mismatch`).
+        """
         try:
-            return _types.resolve(x[1])
+            info = _types.resolve(x[1])
         except UnknownTypeError:
             if self.generic:
                 return stand_in(x[1], x[2])
             raise
+        if info.kind != kind:
+            raise kind_mismatch(x[0], x[1], info)
+        return info
 
     def _dec_enum(self, x: list[Any]) -> Any:
-        info = self._resolve(x, _generic.EnumValue)
+        info = self._resolve(x, _generic.EnumValue, _types.ENUM)
         if not isinstance(info, _types.TypeInfo):
             return info
         cls: Any = info.cls
@@ -593,10 +610,50 @@ class Codec:
             ) from None
 
     def _dec_custom(self, x: list[Any]) -> Any:
-        info = self._resolve(x, _generic.CustomValue)
+        info = self._resolve(x, _generic.CustomValue, _types.CUSTOM)
         if not isinstance(info, _types.TypeInfo):
             return info
         return self.converter.structure(x[2], info.cls)
+
+
+#: What each value tag stores, and each kind of class is, in messages.
+_TAG_KINDS: Final = {"e": _types.ENUM, "v": _types.VALUE, "x": _types.CUSTOM}
+_KIND_TEXT: Final = {
+    _types.ENTITY: "an entity class (@persistent)",
+    _types.VALUE: "a frozen attrs class (a value object)",
+    _types.ENUM: "an enum",
+    _types.CUSTOM: "a value type registered with its own hooks (register_value)",
+}
+
+
+def kind_mismatch(tag: str, name: str, info: _types.TypeInfo) -> CorruptLogError:
+    """The error for a stored value whose tag says one kind of class and whose type name is of another.
+
+    Each tag is read only by its own kind's way of building values (an enum
+    member by name, a value object field by field, a registered type by its
+    hooks): reading it the other way would run code the log chose -- an
+    entity's ``__init__`` and validators, say -- and make an object that is
+    no part of the graph.
+    """
+    if tag == "x" and info.kind in (_types.VALUE, _types.ENUM):
+        fix = (
+            f"if {name} was registered with its own hooks where the log was written, register it the same "
+            "way (memimg.converter.register_value(..., unstructure=..., structure=...)) before opening"
+        )
+    else:
+        fix = (
+            f"if the class named {name} changed kind since (an enum that became a class, say), keep the old "
+            "name for a class of the old kind and give the new class another name; otherwise restore the log "
+            "from a backup"
+        )
+    cls = info.cls
+    return CorruptLogError(
+        f"a stored value tagged {tag!r} ({_KIND_TEXT[_TAG_KINDS[tag]]}) names type {name!r}, which in this "
+        f"process is {_KIND_TEXT[info.kind]} ({cls.__module__}.{cls.__qualname__}): it is not read, and no code "
+        f"of that class runs. The log was damaged or crafted, or {fix}",
+        seq=None,
+        table="",
+    )
 
 
 def _default_for(info: _types.TypeInfo, field: str, obj: Any) -> Any:

@@ -774,6 +774,8 @@ class Graph:
         if info is None:  # a removed value type: a placeholder, cleaned up by strip_gone
             self.has_gone = True
             return Gone(0, x[1], x)
+        if info.kind != _types.VALUE:
+            raise _codec.kind_mismatch("v", x[1], info)
         dec = self.codec.decode
         state = {k: dec(v) for k, v in x[2].items()}
         if not plan.identity:
@@ -946,6 +948,10 @@ class Graph:
             args = self.decode_args(k, p[0])
             if k.conflict == FIELD:
                 return self._adapt_field_event(k, obj, args)
+        except CorruptLogError as err:
+            if err.seq is not None:
+                raise
+            raise _at_seq(err, seq, f"{kind_name} on object {target}") from err
         except (MemimgError, UnknownTypeError):
             raise
         except Exception as err:

@@ -230,6 +230,19 @@ def test_import_option_imports_the_named_module(planted: PlantedModule, tmp_path
     assert r.exit_code == 0 and "<Thing.X: 1>" in r.output, r.output
 
 
+def test_verify_reports_a_value_tag_naming_an_entity_class(tmp_path: Any) -> None:
+    """A registered-value tag naming an entity class fails verify (and show) with its seq, as corrupt."""
+    from tests.models import Box
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box):
+        pass
+    seq = append_event(path, "obj.set", 1, [["content", ["x", "tests.models.Entry", {"label": "made"}]]])
+    for command in ("verify", "show"):
+        r = CliRunner().invoke(cli, [command, path])
+        assert r.exit_code == 1 and f"event seq {seq} " in r.output and "'tests.models.Entry'" in r.output
+
+
 def test_not_a_memimg_file_changes_nothing(tmp_path: Any) -> None:
     """A non-memimg file gets one clear line, exit status 1, and is left as it was."""
     path = tmp_path / "notes.txt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import math
 import threading
 import uuid
@@ -20,6 +21,7 @@ import memimg
 from memimg._errors import value_repr
 from memimg._graph import Graph
 from tests.models import Box, Color, Entry, Level, Money, MutableAttrs, NotPersistent, Point
+from tests.tampering import append_event
 
 
 def same(a: Any, b: Any) -> bool:
@@ -350,3 +352,117 @@ def test_user_type_registered_with_plain_cattrs_hooks() -> None:
     img.root.content = Celsius(4.0)
     assert memimg.replay(img.events(), converter=conv).content == Celsius(4.0)
     assert any(b'["x"' in e.payload for e in img.events())
+
+
+# -- a value tag names a class of another kind ----------------------------------------------------
+
+#: Every run of a class's own code while reading: (class, what ran).
+RAN: list[tuple[str, str]] = []
+
+
+def _noted(kind: str) -> Any:
+    def validate(instance: Any, attribute: Any, value: Any) -> None:
+        RAN.append((kind, "validator"))
+
+    return validate
+
+
+@memimg.persistent(name="hostile.Entity")
+class HostileEntity:
+    x: Any = attrs.field(default=0, validator=_noted("entity"))
+
+    def __attrs_post_init__(self) -> None:
+        RAN.append(("entity", "__attrs_post_init__"))
+
+
+@attrs.frozen
+class HostileValue:
+    x: Any = attrs.field(default=0, validator=_noted("value"))
+
+    def __attrs_post_init__(self) -> None:
+        RAN.append(("value", "__attrs_post_init__"))
+
+
+class HostileEnum(enum.Enum):
+    A = 1
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        RAN.append(("enum", "_missing_"))
+        return None
+
+
+class HostileCustom:
+    def __init__(self, data: Any) -> None:
+        RAN.append(("custom", "__init__"))
+        self.data = data
+
+
+memimg.converter.register_value(HostileValue, name="hostile.Value")
+memimg.converter.register_value(
+    HostileCustom,
+    name="hostile.Custom",
+    unstructure=lambda c: c.data,
+    structure=lambda data, cls: cls(data),
+)
+memimg.converter.register_value(HostileEnum, name="hostile.Enum")
+
+_KINDS_BY_NAME = {
+    "entity": "hostile.Entity",
+    "value": "hostile.Value",
+    "enum": "hostile.Enum",
+    "custom": "hostile.Custom",
+}
+_TAG_OF = {"e": "enum", "v": "value", "x": "custom"}
+_STORED = {
+    "e": lambda name: ["e", name, ["A"]],  # a combination of flags: read with cls(0) before any name
+    "v": lambda name: ["v", name, {"x": 1}],
+    "x": lambda name: ["x", name, 0],
+}
+
+
+@pytest.mark.parametrize(
+    ("tag", "kind"),
+    [(tag, kind) for tag in "evx" for kind in _KINDS_BY_NAME if _TAG_OF[tag] != kind],
+)
+def test_a_value_tag_naming_a_class_of_another_kind_is_corrupt(tmp_path: Any, tag: str, kind: str) -> None:
+    """An enum (e), value object (v) or registered value (x) whose type name is a class of another kind
+    is a CorruptLogError naming the seq and the type; no code of the class runs (no __init__,
+    validator, __attrs_post_init__, _missing_, structure hook)."""
+    name = _KINDS_BY_NAME[kind]
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box):
+        pass
+    seq = append_event(path, "obj.set", 1, [["content", _STORED[tag](name)]])
+    RAN.clear()
+    with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} .*tagged '{tag}'.*'{name}'") as info:
+        memimg.open(path, root=Box)
+    assert info.value.seq == seq and info.value.table == "memimg_events"
+    assert RAN == []
+
+
+@pytest.mark.parametrize("kind", ["value", "enum", "custom"])
+def test_an_object_record_naming_a_class_that_is_no_entity_is_corrupt(tmp_path: Any, kind: str) -> None:
+    """A record ``[oid, type, state]`` is only ever an entity (or list, dict, set): another kind is a
+    CorruptLogError naming the seq; nothing of the class runs."""
+    name = _KINDS_BY_NAME[kind]
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box):
+        pass
+    seq = append_event(path, "obj.set", 1, [["content", ["r", 2]], [[2, name, {"x": 1}]]])
+    RAN.clear()
+    with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} .*{name}") as info:
+        memimg.open(path, root=Box)
+    assert info.value.seq == seq and RAN == []
+
+
+def test_a_mismatched_tag_met_while_catching_up_is_named_by_seq(tmp_path: Any) -> None:
+    """An image catching up with events another writer appended reports a tag naming an entity class
+    as a CorruptLogError with the event's seq, and builds no entity."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box) as img:
+        seq = append_event(path, "obj.set", 1, [["content", ["x", "hostile.Entity", {"x": 5}]]])
+        RAN.clear()
+        with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} .*hostile.Entity") as info:
+            img.refresh()
+        assert info.value.seq == seq and RAN == [] and img.root.content is None
