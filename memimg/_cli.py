@@ -27,7 +27,8 @@ import orjson
 import memimg
 from memimg import _api, _codec
 from memimg._errors import CorruptLogError, MemimgError, value_repr
-from memimg._graph import COLLECTION_NAMES, Graph, decode_snapshot
+from memimg._graph import COLLECTION_NAMES, Graph, decode_snapshot, split_snapshot
+from memimg._image import snapshot_past_head
 from memimg._rows import Event, verify_event, verify_snapshot
 from memimg.model import _tracking, _types
 from memimg.model._base import PersistentBase
@@ -519,8 +520,13 @@ def verify(target: str) -> None:
 
 def _verify(store: Store) -> None:
     snaps = sorted(store.snapshots())
+    head = store.head()
     for info in snaps:
-        verify_snapshot(SnapshotRow(*store.read_snapshot(info.seq)))
+        if info.seq > head:
+            raise snapshot_past_head(store.description, info.seq, head)
+        snap = SnapshotRow(*store.read_snapshot(info.seq))
+        verify_snapshot(snap)
+        split_snapshot(snap.payload, info.seq)  # laid out as its header says, with its own seq and root
     first = store.first_seq()
     graph = Graph(memimg.converter)
     graph.generic = graph.codec.generic = True
@@ -531,11 +537,11 @@ def _verify(store: Store) -> None:
             raise CorruptLogError(
                 f"events before seq {first} were dropped and no snapshot covers them", seq=1, table=""
             )
-        graph.load_snapshot(store.read_snapshot(start[0].seq).payload)
+        header, records = split_snapshot(store.read_snapshot(start[0].seq).payload, start[0].seq)
+        graph.load_snapshot({**header, "objects": records})
         expected = start[0].seq + 1
     origin = "from nothing" if expected == 1 else f"from the snapshot at seq {expected - 1}"
     pending = {s.seq: s for s in snaps if s.seq >= expected}
-    head = store.head()
     checked = replayed = 0
     for raw in _with_progress(store.read(after=expected - 1), head - expected + 1, "verify"):
         row = EventRow(*raw)
@@ -544,7 +550,7 @@ def _verify(store: Store) -> None:
         verify_event(row)
         graph.apply_row(row)
         if row.seq in pending:
-            stored = decode_snapshot(store.read_snapshot(row.seq).payload)
+            stored = decode_snapshot(store.read_snapshot(row.seq).payload, row.seq)
             if _canonical(stored) != _canonical(graph.snapshot_data(row.seq)):
                 raise CorruptLogError(
                     f"snapshot at seq {row.seq} differs from the state the log gives at that seq",

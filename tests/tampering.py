@@ -36,6 +36,24 @@ def edit_snapshot(path: str, edit: Callable[[bytes], bytes]) -> int:
     return int(seq)
 
 
+def move_snapshot(path: str, seq: int) -> None:
+    """Store the newest snapshot of the SQLite image at *path* at *seq* instead, its header saying so too."""
+    conn = sqlite3.connect(path)
+    try:
+        old, ts, payload = conn.execute(
+            "SELECT seq, ts, payload FROM memimg_snapshots ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        header, sep, rest = payload.partition(b"\n")
+        payload = orjson.dumps({**orjson.loads(header), "seq": seq}) + sep + rest
+        conn.execute(
+            "UPDATE memimg_snapshots SET seq = ?, payload = ?, checksum = ? WHERE seq = ?",
+            (seq, payload, snapshot_checksum(seq, ts, payload), old),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def rewrite_snapshot(path: str, old: bytes, new: bytes) -> int:
     """Replace *old* by *new* in the newest snapshot of the SQLite image at *path*; returns its seq."""
 
