@@ -61,7 +61,12 @@ class ConflictError(MemimgError):
 
 
 class CorruptLogError(MemimgError):
-    """A stored row failed its checksum, is truncated, or the log has a gap.
+    """A stored row failed its checksum, is truncated or does not fit the log, or the log has a gap.
+
+    The checksum (a CRC-32) catches accidental damage, not a deliberate edit
+    that recomputes it; a row that does not fit (a value tag naming a class
+    of another kind, a snapshot past the last event) is refused whatever its
+    checksum.
 
     Attributes: ``seq`` (the event or snapshot seq), ``table``.
     """
