@@ -243,6 +243,23 @@ def test_verify_reports_a_value_tag_naming_an_entity_class(tmp_path: Any) -> Non
         assert r.exit_code == 1 and f"event seq {seq} " in r.output and "'tests.models.Entry'" in r.output
 
 
+@pytest.mark.parametrize("field", ["class", "__init__", "_mi_oid", "x=print('ran') or 1, y", ""])
+def test_a_declared_field_no_class_can_have_is_corrupt_for_the_tools(tmp_path: Any, field: str) -> None:
+    """A log declaring a type with a field name that is no identifier (or is a keyword, or private) is
+    reported as corrupt with its seq: the tools never build a stand-in class from it (attrs would write
+    the name into generated code)."""
+    from tests.models import Box
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box):
+        pass
+    seq = append_event(path, "obj.set", 1, [["content", ["r", 2]], [[2, "far.Odd", {}]], {"far.Odd": [1, [field]]}])
+    for command in ("info", "show", "verify"):
+        r = CliRunner().invoke(cli, [command, path])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception
+        assert f"event seq {seq}" in r.output and "'far.Odd' with a field named" in r.output
+
+
 def test_not_a_memimg_file_changes_nothing(tmp_path: Any) -> None:
     """A non-memimg file gets one clear line, exit status 1, and is left as it was."""
     path = tmp_path / "notes.txt"
