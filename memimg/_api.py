@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import importlib
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,7 +19,7 @@ from memimg.stores._memory import MemoryStore
 from memimg.stores._protocol import EventRow, Store
 from memimg.stores._sqlite import SQLiteStore
 
-__all__ = ["deserialize", "migrate", "open", "replay", "serialize", "store_for"]
+__all__ = ["deserialize", "import_modules", "migrate", "open", "replay", "serialize", "store_for"]
 
 
 def store_for(
@@ -66,6 +67,7 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     removed_types: Iterable[str] = (),
     on_schema_drift: str = "raise",
     generic_types: bool = False,
+    import_types: Iterable[str] = (),
     **store_options: Any,
 ) -> MemoryImage:
     """Open the image stored at *target*, creating it if the store is empty.
@@ -94,6 +96,12 @@ def open(  # noqa: A001 - the public name is fixed by the spec
             schema differs from the code in undeclared ways, listing every
             difference with its fix; ``"drop"`` opens it anyway, dropping
             what the code does not declare.
+        import_types: modules to import before reading the log, so the
+            classes they define are registered (``("shop.models",)``). A
+            log is only data: reading it never imports a module it names,
+            so a type whose module is not imported otherwise -- an enum
+            first met in the log, say -- needs its module named here or
+            imported beforehand.
         generic_types: read types that no loaded class claims into generic
             stand-in classes made from the stored schema, instead of raising
             (meant for tools that inspect any image; the stand-ins are
@@ -105,9 +113,10 @@ def open(  # noqa: A001 - the public name is fixed by the spec
 
     Raises:
         MemimgError: the target is not a memimg store (it is left untouched),
-            or its log cannot be read (``CorruptLogError``,
-            ``UnknownTypeError``).
+            a module of *import_types* cannot be imported, or the log cannot
+            be read (``CorruptLogError``, ``UnknownTypeError``).
     """
+    import_modules(import_types, "import_types")
     store = store_for(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **store_options)
     try:
         img = MemoryImage(
@@ -128,6 +137,17 @@ def open(  # noqa: A001 - the public name is fixed by the spec
         if not isinstance(target, Store):
             store.close()
         raise
+
+
+def import_modules(names: Iterable[str], source: str) -> None:
+    """Import the modules *names* (the caller's explicit choice; *source* says where it was made)."""
+    if isinstance(names, str):
+        raise TypeError(f"{source} takes module names, such as ({names!r},), not a str")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise MemimgError(f"cannot import {name!r} (from {source}): {err}") from err
 
 
 def serialize(obj: Any, *, converter: _codec.Converter | None = None) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import importlib
 import json
 import os
 import sys
@@ -26,9 +25,10 @@ import click
 import orjson
 
 import memimg
-from memimg import _api, _generic
-from memimg._errors import CorruptLogError, MemimgError
-from memimg._graph import COLLECTION_NAMES, Graph
+from memimg import _api, _codec, _generic
+from memimg._errors import CorruptLogError, MemimgError, value_repr
+from memimg._graph import COLLECTION_NAMES, Graph, split_snapshot
+from memimg._image import snapshot_past_head
 from memimg._rows import Event, verify_event, verify_snapshot
 from memimg.model import _tracking, _types
 from memimg.model._base import PersistentBase
@@ -53,14 +53,16 @@ class _Group(click.Group):
 
 
 def _import_modules(modules: Iterable[str]) -> None:
-    names = [*modules, *filter(None, os.environ.get("MEMIMG_IMPORT", "").split(","))]
+    """Import what --import and MEMIMG_IMPORT name: the only code the command line runs besides memimg's.
+
+    Reading a log never imports a module it names (a crafted log could name
+    any); only with names given here is the working directory put on
+    ``sys.path``, so an application's own modules import as with ``python -m``.
+    """
+    names = [n.strip() for n in [*modules, *os.environ.get("MEMIMG_IMPORT", "").split(",")] if n.strip()]
     if names and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    for name in names:
-        try:
-            importlib.import_module(name.strip())
-        except ImportError as err:
-            raise MemimgError(f"cannot import {name!r} (from --import/MEMIMG_IMPORT): {err}") from err
+    _api.import_modules(names, "--import/MEMIMG_IMPORT")
 
 
 def _store(target: str, *, readonly: bool) -> Store:
@@ -282,7 +284,7 @@ def _step(obj: Any, part: str) -> Any:
         if part in obj:
             return obj[part]
         for key in obj:
-            if str(key) == part:
+            if _str(key) == part:
                 return obj[key]
         raise MemimgError(f"no key {part!r} in the dict")
     if isinstance(obj, list):
@@ -291,6 +293,14 @@ def _step(obj: Any, part: str) -> Any:
         except (ValueError, IndexError):
             raise MemimgError(f"no index {part!r} in a list of {len(obj)}") from None
     raise MemimgError(f"cannot go into a {type(obj).__qualname__} with {part!r}")
+
+
+def _str(value: Any) -> str:
+    """``str(value)``, with an int too long for decimal in hex (see ``value_repr``)."""
+    try:
+        return str(value)
+    except ValueError:
+        return value_repr(value)
 
 
 def _resolve_path(root: Any, path: str) -> Any:
@@ -317,7 +327,7 @@ def _show_text(obj: Any, depth: int) -> Iterator[str]:
 
     def walk(value: Any, indent: str, level: int, prefix: str) -> Iterator[str]:
         if not _is_object(value):
-            yield f"{indent}{prefix}{value!r}"
+            yield f"{indent}{prefix}{value_repr(value)}"
             return
         if id(value) in seen:
             yield f"{indent}{prefix}{_label(value)} (shown above)"
@@ -345,15 +355,21 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
                 pass
         return out
     if isinstance(obj, dict):
-        return [(repr(k), v) for k, v in obj.items()]
+        return [(value_repr(k), v) for k, v in obj.items()]
     if isinstance(obj, list):
         return [(f"[{i}]", v) for i, v in enumerate(obj)]
     if isinstance(obj, set):
-        return [("-", v) for v in sorted(obj, key=repr)]
+        return [("-", v) for v in sorted(obj, key=value_repr)]
     return []
 
 
 def _plain(value: Any) -> Any:
+    if type(value) is int:
+        try:
+            str(value)  # as json.dumps will write it
+        except ValueError:
+            return hex(value)  # past 4,300 digits: JSON numbers are decimal, so a string
+        return value
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -362,7 +378,7 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, (tuple, frozenset)):
         return [_plain(v) for v in value]
-    return repr(value)
+    return value_repr(value)
 
 
 def _show_json(obj: Any, depth: int) -> Any:
@@ -380,7 +396,7 @@ def _show_json(obj: Any, depth: int) -> Any:
         if isinstance(value, list):
             return {"$type": "list", "$id": oid, "items": [walk(v, level + 1) for v in value]}
         if isinstance(value, set):
-            return {"$type": "set", "$id": oid, "items": [walk(v, level + 1) for v in sorted(value, key=repr)]}
+            return {"$type": "set", "$id": oid, "items": [walk(v, level + 1) for v in sorted(value, key=value_repr)]}
         out: dict[str, Any] = {"$type": _type_name(value), "$id": oid}
         for key, child in _children(value):
             out[key] = walk(child, level + 1)
@@ -458,10 +474,19 @@ _NO_MASKS: _Masks = (frozenset(), frozenset())
 
 
 def _canonical_value(v: Any, masks: _Masks, hits: Counter[str]) -> Any:
-    """An encoded value with its frozensets' items in one order (they are written in hash order)."""
+    """An encoded value in one form: its frozensets' items in one order (they are written in hash
+    order), its big ints as this memimg writes them (an older one may have written decimal where
+    this one writes hex)."""
     if type(v) is not list or not v:
         return v
     tag = v[0]
+    try:
+        if tag == "i":
+            return ["i", _codec.int_text(_codec.int_from_text(v[1]))]
+        if tag == "Q":
+            return _codec._enc_fraction(_codec._dec_fraction(v))
+    except (ValueError, TypeError, ZeroDivisionError):
+        return v  # not a number: it differs from the replay's, which reports it
     if tag == "F":
         return ["F", sorted((_canonical_value(i, masks, hits) for i in v[1]), key=orjson.dumps)]
     if tag == "T":
@@ -526,7 +551,8 @@ def _stored_snapshot(store: Store, seq: int) -> Graph:
     """The snapshot stored at *seq*, read as the replay reads the log (same classes, upgraders, stand-ins)."""
     graph = _reader()
     try:
-        graph.load_snapshot(store.read_snapshot(seq).payload)
+        header, records = split_snapshot(store.read_snapshot(seq).payload, seq)
+        graph.load_snapshot({**header, "objects": records})
     except CorruptLogError as err:
         if err.seq is not None:
             raise
@@ -637,8 +663,13 @@ def _verify(store: Store) -> None:
     and the replay goes on from that snapshot (see :func:`_unreadable`).
     """
     snaps = sorted(store.snapshots())
+    head = store.head()
     for info in snaps:
-        verify_snapshot(SnapshotRow(*store.read_snapshot(info.seq)))
+        if info.seq > head:
+            raise snapshot_past_head(store.description, info.seq, head)
+        snap = SnapshotRow(*store.read_snapshot(info.seq))
+        verify_snapshot(snap)
+        split_snapshot(snap.payload, info.seq)  # laid out as its header says, with its own seq and root
     _generic.prepare(store, frozenset())  # stand-ins with every field any declaration lists
     first = store.first_seq()
     graph = _reader()
@@ -653,7 +684,6 @@ def _verify(store: Store) -> None:
         expected = start[0].seq + 1
     origin = "from nothing" if expected == 1 else f"from the snapshot at seq {expected - 1}"
     pending = {s.seq: s for s in snaps if s.seq >= expected}
-    head = store.head()
     checked = replayed = 0
     unchecked: list[str] = []
     resumed: list[int] = []

@@ -7,11 +7,12 @@ in a value position is always tagged):
 
 ====================  ==========================================
 ``["r", oid]``        a reference to an entity or tracked collection
-``["i", "123..."]``   an int outside the 64-bit range
+``["i", "123..."]``   an int outside the 64-bit range: decimal, or hex (``"0x..."``,
+                      ``"-0x..."``) past 4,300 digits (see :func:`int_text`)
 ``["f", "nan"]``      ``nan``, ``inf``, ``-inf``
 ``["b", "base64"]``   ``bytes``
 ``["D", "1.50"]``     ``Decimal`` (exponent kept)
-``["Q", "1/3"]``      ``Fraction``
+``["Q", "1/3"]``      ``Fraction`` (each part as :func:`int_text` writes it)
 ``["dt", iso, tz?, fold?]``  ``datetime`` (``tz``: an IANA key for zoneinfo, or
                       ``[name, offset_us]`` for a named ``timezone``)
 ``["d", iso]``        ``date``
@@ -54,10 +55,25 @@ from memimg.model import _types
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["Codec", "Converter", "Gone", "converter", "describe_unsupported", "is_gone"]
+__all__ = [
+    "Codec",
+    "Converter",
+    "Gone",
+    "converter",
+    "describe_unsupported",
+    "int_from_text",
+    "int_text",
+    "is_gone",
+    "kind_mismatch",
+]
 
 INT_MAX: Final = 2**63 - 1
 INT_MIN: Final = -(2**63)
+#: Ints of fewer digits are stored in decimal; Python's default limit on int <-> str
+#: conversion (``sys.set_int_max_str_digits``) is 4,300 digits, so any reader can parse them.
+_DECIMAL_BOUND: Final = 10**4300
+#: Digits per ``int()`` call when reading a decimal longer than this process's limit.
+_DECIMAL_CHUNK: Final = 640
 
 Enc = Callable[[Any], Any]
 Dec = Callable[[list[Any]], Any]
@@ -128,6 +144,61 @@ def _dec_time(x: list[Any]) -> dt.time:
     return value
 
 
+def int_text(v: int) -> str:
+    """How an int outside 64 bits is written: decimal up to 4,300 digits, hex beyond.
+
+    Decimal is what every memimg has written and read, so ordinary big ints
+    stay readable by older processes sharing the log; Python refuses
+    decimal conversion past 4,300 digits (by default), but hex conversion
+    has no limit, in either direction, and costs linear time.
+    """
+    if -_DECIMAL_BOUND < v < _DECIMAL_BOUND:
+        try:
+            return str(v)
+        except ValueError:  # this process lowered the limit below 4,300 digits
+            pass
+    return hex(v)
+
+
+def int_from_text(text: str) -> int:
+    """The int :func:`int_text` wrote (hex or decimal, any length)."""
+    if "x" in text[:3]:
+        return int(text, 16)
+    try:
+        return int(text)
+    except ValueError:
+        digits = text[1:] if text[:1] in "+-" else text
+        if not (digits.isascii() and digits.isdigit()):
+            raise
+    # decimal past this process's limit (written where the limit was raised): read in pieces
+    value = 0
+    for i in range(0, len(digits), _DECIMAL_CHUNK):
+        piece = digits[i : i + _DECIMAL_CHUNK]
+        value = value * 10 ** len(piece) + int(piece)
+    return -value if text[:1] == "-" else value
+
+
+def _enc_fraction(v: Fraction) -> list[Any]:
+    n, d = v.numerator, v.denominator
+    if -_DECIMAL_BOUND < n < _DECIMAL_BOUND and d < _DECIMAL_BOUND:
+        try:
+            return ["Q", str(v)]
+        except ValueError:
+            pass
+    return ["Q", f"{int_text(n)}/{int_text(d)}"]
+
+
+def _dec_fraction(x: list[Any]) -> Fraction:
+    text = x[1]
+    if "x" not in text:
+        try:
+            return Fraction(text)
+        except ValueError:  # perhaps a part longer than this process's int/str limit
+            pass
+    n, _, d = text.partition("/")
+    return Fraction(int_from_text(n), int_from_text(d) if d else 1)
+
+
 def _flag_encoder(cls: type[enum.Flag], name: str) -> Enc:
     """Flags by member name; a combination (or no flag) as the list of its members' names."""
 
@@ -161,7 +232,7 @@ class _Leaf:
 _LEAVES: dict[type, _Leaf] = {
     bytes: _Leaf("b", lambda v: ["b", base64.b64encode(v).decode("ascii")], lambda x: base64.b64decode(x[1])),
     Decimal: _Leaf("D", lambda v: ["D", str(v)], lambda x: Decimal(x[1])),
-    Fraction: _Leaf("Q", lambda v: ["Q", str(v)], lambda x: Fraction(x[1])),
+    Fraction: _Leaf("Q", _enc_fraction, _dec_fraction),
     dt.datetime: _Leaf("dt", _enc_datetime, _dec_datetime),
     dt.date: _Leaf("d", lambda v: ["d", v.isoformat()], lambda x: dt.date.fromisoformat(x[1])),
     dt.time: _Leaf("t", _enc_time, _dec_time),
@@ -370,7 +441,7 @@ class Codec:
         self._encoders = {}
         self._decoders = {
             "r": lambda x: self.deref(x[1]),
-            "i": lambda x: int(x[1]),
+            "i": lambda x: int_from_text(x[1]),
             "f": lambda x: float(x[1]),
             "T": self._dec_tuple,
             "F": self._dec_frozenset,
@@ -427,7 +498,7 @@ class Codec:
         if t is str or t is bool or v is None:
             return v
         if t is int:
-            return v if INT_MIN <= v <= INT_MAX else ["i", str(v)]
+            return v if INT_MIN <= v <= INT_MAX else ["i", int_text(v)]
         if t is float:
             return v if math.isfinite(v) else ["f", repr(v)]
         enc = self._encoders.get(t)
@@ -504,17 +575,24 @@ class Codec:
     def _no_value_decoder(self, x: list[Any]) -> Any:  # pragma: no cover - the graph sets one
         raise MemimgError("internal: this codec belongs to no graph, which decodes value objects")
 
-    def _resolve(self, x: list[Any], stand_in: Callable[[str, Any], Any]) -> Any:
-        """The class stored as ``x[1]``, or (for tools) a generic stand-in for the value."""
+    def _resolve(self, x: list[Any], stand_in: Callable[[str, Any], Any], kind: str) -> Any:
+        """The class stored as ``x[1]``, of *kind*, or (for tools) a generic stand-in for the value.
+
+        Raises:
+            CorruptLogError: the name is of a class of another kind (see :func:`kind_mismatch`).
+        """
         try:
-            return _types.resolve(x[1])
+            info = _types.resolve(x[1])
         except UnknownTypeError:
             if self.generic:
                 return stand_in(x[1], x[2])
             raise
+        if info.kind != kind:
+            raise kind_mismatch(x[0], x[1], info)
+        return info
 
     def _dec_enum(self, x: list[Any]) -> Any:
-        info = self._resolve(x, _generic.EnumValue)
+        info = self._resolve(x, _generic.EnumValue, _types.ENUM)
         if not isinstance(info, _types.TypeInfo):
             return info
         cls: Any = info.cls
@@ -532,10 +610,50 @@ class Codec:
             ) from None
 
     def _dec_custom(self, x: list[Any]) -> Any:
-        info = self._resolve(x, _generic.CustomValue)
+        info = self._resolve(x, _generic.CustomValue, _types.CUSTOM)
         if not isinstance(info, _types.TypeInfo):
             return info
         return self.converter.structure(x[2], info.cls)
+
+
+#: What each value tag stores, and each kind of class is, in messages.
+_TAG_KINDS: Final = {"e": _types.ENUM, "v": _types.VALUE, "x": _types.CUSTOM}
+_KIND_TEXT: Final = {
+    _types.ENTITY: "an entity class (@persistent)",
+    _types.VALUE: "a frozen attrs class (a value object)",
+    _types.ENUM: "an enum",
+    _types.CUSTOM: "a value type registered with its own hooks (register_value)",
+}
+
+
+def kind_mismatch(tag: str, name: str, info: _types.TypeInfo) -> CorruptLogError:
+    """The error for a stored value whose tag says one kind of class and whose type name is of another.
+
+    Each tag is read only by its own kind's way of building values (an enum
+    member by name, a value object field by field, a registered type by its
+    hooks): reading it the other way would run code the log chose -- an
+    entity's ``__init__`` and validators, say -- and make an object that is
+    no part of the graph.
+    """
+    if tag == "x" and info.kind in (_types.VALUE, _types.ENUM):
+        fix = (
+            f"if {name} was registered with its own hooks where the log was written, register it the same "
+            "way (memimg.converter.register_value(..., unstructure=..., structure=...)) before opening"
+        )
+    else:
+        fix = (
+            f"if the class named {name} changed kind since (an enum that became a class, say), keep the old "
+            "name for a class of the old kind and give the new class another name; otherwise restore the log "
+            "from a backup"
+        )
+    cls = info.cls
+    return CorruptLogError(
+        f"a stored value tagged {tag!r} ({_KIND_TEXT[_TAG_KINDS[tag]]}) names type {name!r}, which in this "
+        f"process is {_KIND_TEXT[info.kind]} ({cls.__module__}.{cls.__qualname__}): it is not read, and no code "
+        f"of that class runs. The log was damaged or crafted, or {fix}",
+        seq=None,
+        table="",
+    )
 
 
 def _default_for(info: _types.TypeInfo, field: str, obj: Any) -> Any:

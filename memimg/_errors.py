@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 __all__ = [
     "ClosedError",
     "ConflictError",
@@ -20,6 +22,7 @@ __all__ = [
     "SchemaError",
     "UnknownTypeError",
     "UnsupportedValueError",
+    "value_repr",
 ]
 
 
@@ -58,7 +61,12 @@ class ConflictError(MemimgError):
 
 
 class CorruptLogError(MemimgError):
-    """A stored row failed its checksum, is truncated, or the log has a gap.
+    """A stored row failed its checksum, is truncated or does not fit the log, or the log has a gap.
+
+    The checksum (a CRC-32) catches accidental damage, not a deliberate edit
+    that recomputes it; a row that does not fit (a value tag naming a class
+    of another kind, a snapshot past the last event) is refused whatever its
+    checksum.
 
     Attributes: ``seq`` (the event or snapshot seq), ``table``.
     """
@@ -110,6 +118,35 @@ class ClosedError(MemimgError):
 
 class LockedError(MemimgError):
     """The store stayed locked by another writer past the busy timeout."""
+
+
+def value_repr(value: Any) -> str:
+    """``repr(value)`` for messages and tools, also where it holds an int too long for ``repr``.
+
+    Python refuses to write an int of more than 4,300 digits in decimal (by
+    default; ``sys.set_int_max_str_digits``), so ``repr`` of it -- or of a
+    tuple, frozenset, ``Fraction`` or value object holding it -- raises;
+    here such an int is written in hex (``0x...``), a literal of the same int.
+    """
+    try:
+        return repr(value)
+    except ValueError:
+        pass
+    t = type(value)
+    if t is int:
+        return hex(value)
+    if t is tuple:
+        items = ", ".join(map(value_repr, value))
+        return f"({items},)" if len(value) == 1 else f"({items})"
+    if t is frozenset:
+        return f"frozenset({{{', '.join(map(value_repr, value))}}})"
+    numerator, denominator = getattr(value, "numerator", None), getattr(value, "denominator", None)
+    if type(numerator) is int and type(denominator) is int:  # a Fraction
+        return f"{t.__name__}({hex(numerator)}, {hex(denominator)})"
+    if attrs.has(t):
+        fields = ", ".join(f"{a.name}={value_repr(getattr(value, a.name, None))}" for a in attrs.fields(t) if a.repr)
+        return f"{t.__qualname__}({fields})"
+    return f"<{t.__qualname__} object too large to show>"
 
 
 for _cls in (

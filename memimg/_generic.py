@@ -17,12 +17,13 @@ an export) stores the same names, fields and values.
 
 from __future__ import annotations
 
+import keyword
 import re
 from typing import Any
 
 import attrs
 
-from memimg._errors import UnknownTypeError
+from memimg._errors import CorruptLogError, UnknownTypeError
 from memimg.model import _types
 
 __all__ = ["CustomValue", "EnumValue", "entity_class", "value_class"]
@@ -65,7 +66,25 @@ def _class_name(name: str) -> str:
     return re.sub(r"\W", "_", short) or "Generic"
 
 
-def _fields(fields: tuple[str, ...]) -> dict[str, Any]:
+def check_fields(name: str, fields: Any) -> None:
+    """Refuse declared field names no class of ours can have (attrs writes field names into the code
+    it generates for a stand-in, so a crafted one must never get there).
+
+    Raises:
+        CorruptLogError: a name is not an identifier, is a keyword, or is private to Python or memimg.
+    """
+    for f in fields:
+        if type(f) is not str or not f.isidentifier() or keyword.iskeyword(f) or f.startswith(("__", "_mi_")):
+            raise CorruptLogError(
+                f"the log declares type {name!r} with a field named {f!r}, which no persistent or frozen "
+                "attrs class has: the log was damaged or crafted; restore it from a backup",
+                seq=None,
+                table="",
+            )
+
+
+def _fields(name: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    check_fields(name, fields)
     return {f: attrs.field(default=None) for f in fields}
 
 
@@ -74,7 +93,7 @@ def entity_class(name: str, fields: tuple[str, ...], version: int) -> _types.Typ
     from memimg.model._persistent import persistent
 
     ns: dict[str, Any] = {"__annotations__": dict.fromkeys(fields, "Any"), "__module__": "memimg.generic"}
-    ns.update(_fields(fields))
+    ns.update(_fields(name, fields))
     ns["__qualname__"] = _class_name(name)
     built = persistent(name=name, version=version)(type(_class_name(name), (), ns))
     info = _types.info_of(built)
@@ -95,7 +114,7 @@ def value_class(name: str, fields: tuple[str, ...], version: int) -> _types.Type
     go by the fields it has, so such values can still be set members and
     dict keys.
     """
-    cls = attrs.make_class(_class_name(name), _fields(fields), frozen=True, eq=False)
+    cls = attrs.make_class(_class_name(name), _fields(name, fields), frozen=True, eq=False)
     cls.__module__ = "memimg.generic"
 
     def key(self: Any) -> tuple[Any, ...]:
@@ -134,9 +153,15 @@ def prepare(store: Any, removed_types: frozenset[str]) -> None:
 
     found: dict[str, tuple[int, dict[str, None], bool]] = {}
 
-    def note(types: dict[str, Any]) -> None:
+    def note(types: dict[str, Any], seq: int, table: str) -> None:
         for name, decl in types.items():
-            version, fields = decl[0], decl[1]
+            try:
+                version, fields = decl[0], decl[1]
+                check_fields(name, fields)
+            except (CorruptLogError, TypeError, IndexError, KeyError) as err:
+                where = "snapshot at seq" if table == "memimg_snapshots" else "event seq"
+                detail = err if isinstance(err, CorruptLogError) else f"a malformed declaration of {name!r} ({err!r})"
+                raise CorruptLogError(f"{where} {seq}: {detail}", seq=seq, table=table) from None
             value = len(decl) > 2 and decl[2] == "value"
             old = found.get(name)
             if old is None:
@@ -153,7 +178,7 @@ def prepare(store: Any, removed_types: frozenset[str]) -> None:
         except orjson.JSONDecodeError:
             continue  # a corrupt snapshot: recovery skips it, with a warning
         if isinstance(header, dict):
-            note(header.get("types") or {})
+            note(header.get("types") or {}, info.seq, "memimg_snapshots")
     for row in store.read(after=0):
         payload = row[5]
         if payload.endswith(b"}]"):  # declarations come last: [args, records, types]
@@ -162,7 +187,7 @@ def prepare(store: Any, removed_types: frozenset[str]) -> None:
             except orjson.JSONDecodeError:
                 continue  # reported by the replay, with its seq
             if len(parts) > 2 and isinstance(parts[2], dict):
-                note(parts[2])
+                note(parts[2], row[0], "memimg_events")
     for name, (version, fields, value) in found.items():
         if name in removed_types:
             continue

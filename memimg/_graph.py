@@ -39,7 +39,7 @@ import orjson
 
 from memimg import _codec, _schema
 from memimg._codec import Codec, Converter, Gone, describe_unsupported
-from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
+from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError, value_repr
 from memimg._gc import paused_gc
 from memimg._kinds import FIELD, KINDS, Kind
 from memimg._rows import _HEADER, _kind_code, verify_event
@@ -201,21 +201,25 @@ def _render(where: Any) -> str:
         elif step == "[":
             steps.append(f"[{key}]")
         elif step == "[k":
-            steps.append(f"[{key!r}]")
+            steps.append(f"[{value_repr(key)}]")
         elif step == "(key)":
-            steps.append(f"[{key!r}] (key)")
+            steps.append(f"[{value_repr(key)}] (key)")
         else:
             steps.append(step)
     return str(where or "") + "".join(reversed(steps))
 
 
-def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
+def split_snapshot(payload: bytes, row_seq: int | None = None) -> tuple[dict[str, Any], list[Any]]:
     """A stored snapshot's header and its records, states unparsed.
 
     Format 2 (what :meth:`Graph.snapshot_payload` writes): the records are
     chunks ``(oids, type indexes into header["names"], states JSON bytes)``.
     Format 1 (one line per object, ``oid<TAB>type<TAB>state``, written before
     memimg 0.2): ``(oid, type, state JSON bytes)`` per object.
+
+    The header must give the seq of the row holding it (*row_seq*, when
+    given) and name as its root an object the snapshot holds (or 0 for an
+    empty snapshot).
 
     Raises:
         CorruptLogError: the payload is not laid out as its header says.
@@ -235,11 +239,20 @@ def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
     fmt = header.get("format")
     if fmt not in (1, 2):
         raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
-    seq = header.get("seq")
+    header_seq = header.get("seq")
+    seq = row_seq if row_seq is not None else header_seq if type(header_seq) is int else None
 
     def corrupt(what: str) -> CorruptLogError:
         return CorruptLogError(f"a snapshot payload {what}", seq=seq, table="memimg_snapshots")
 
+    if type(header_seq) is not int:
+        raise corrupt("header gives no seq")
+    if row_seq is not None and header_seq != row_seq:
+        raise corrupt(f"header gives seq {header_seq}, not the seq of its row ({row_seq})")
+    root = header.get("root")
+    if type(root) is not int:
+        raise corrupt("header names no root object")
+    root_held = False
     if not isinstance(header.get("types", {}), dict):
         raise corrupt("header has malformed type declarations")
     records: list[Any] = []
@@ -274,6 +287,8 @@ def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
                     or not all(type(k) is int and 0 <= k < n_names for k in directory[1])
                 ):
                     raise corrupt(f"has a malformed directory line in chunk {i // 2}")
+                if not root_held:
+                    root_held = root in directory[0]  # the root is written first
                 records.append((directory[0], directory[1], lines[i + 1]))
                 count += len(directory[0])
         else:
@@ -288,14 +303,17 @@ def split_snapshot(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
                 except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                     raise corrupt(f"has a malformed object line {number + 1}") from err
             count = len(records)
+            root_held = any(r[0] == root for r in records)
     if count != header["count"]:
         raise corrupt(f"holds {count} objects, its header says {header['count']}")
+    if not root_held and (root or count):
+        raise corrupt(f"names object {root} as its root, but holds no object {root}")
     return header, records
 
 
-def decode_snapshot(payload: bytes) -> dict[str, Any]:
+def decode_snapshot(payload: bytes, row_seq: int | None = None) -> dict[str, Any]:
     """A stored snapshot payload as snapshot-format data (what ``serialize`` returns, entity states as dicts)."""
-    header, records = split_snapshot(payload)
+    header, records = split_snapshot(payload, row_seq)
     data = {k: v for k, v in header.items() if k not in ("count", "names")}
     objects: list[Any] = []
     if header.get("format") == 2:
@@ -779,6 +797,8 @@ class Graph:
         if info is None:  # a removed value type: a placeholder, cleaned up by strip_gone
             self.has_gone = True
             return Gone(0, x[1], x)
+        if info.kind != _types.VALUE:
+            raise _codec.kind_mismatch("v", x[1], info)
         dec = self.codec.decode
         state = {k: dec(v) for k, v in x[2].items()}
         if not plan.identity:
@@ -951,6 +971,10 @@ class Graph:
             args = self.decode_args(k, p[0])
             if k.conflict == FIELD:
                 return self._adapt_field_event(k, obj, args)
+        except CorruptLogError as err:
+            if err.seq is not None:
+                raise
+            raise _at_seq(err, seq, f"{kind_name} on object {target}") from err
         except MemimgError as err:
             _schema.locate(err, seq, f"event seq {seq} ({kind_name})")
             raise
@@ -1792,4 +1816,13 @@ class Graph:
         if len(self.objects) < n:
             self._holes += n - len(self.objects)
             self.objects.extend([None] * (n - len(self.objects)))
-        self.root_oid = data["root"]
+        root = data.get("root")
+        if type(root) is not int or not (
+            (0 < root < len(self.objects) and self.objects[root] is not None) or (root == 0 and not self.live_count())
+        ):
+            raise CorruptLogError(
+                f"snapshot data names object {root!r} as its root, but holds no such object",
+                seq=data.get("seq"),
+                table="memimg_snapshots",
+            )
+        self.root_oid = root

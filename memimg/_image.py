@@ -55,6 +55,7 @@ from memimg._errors import (
     ReadOnlyError,
     SchemaError,
     UnknownTypeError,
+    value_repr,
 )
 from memimg._gc import lazy_pause, paused_gc
 from memimg._graph import Graph, Pending, split_snapshot
@@ -69,7 +70,7 @@ from memimg.model._base import WHOLE as WHOLE_KEY
 from memimg.model._collections import reusable_args
 from memimg.stores._protocol import EventRow, SeqTaken, SnapshotRow, Store
 
-__all__ = ["DEFAULT_SNAPSHOT_EVERY", "MemoryImage"]
+__all__ = ["DEFAULT_SNAPSHOT_EVERY", "MemoryImage", "snapshot_past_head"]
 
 log = logging.getLogger("memimg")
 
@@ -91,6 +92,24 @@ def _phase_reporter(progress: Callable[[str, int, int], None], phase: str, total
         progress(phase, done, total)
 
     return report
+
+
+def snapshot_past_head(description: str, seq: int, head: int) -> CorruptLogError:
+    """The error for a snapshot at *seq*, past the head *head* of its log.
+
+    A snapshot is written after the event of its seq (the ``gc`` event), and
+    compaction keeps that event -- a store whose events were all dropped
+    takes its newest snapshot's seq as its head -- so no snapshot memimg
+    wrote into a log is ever past its head.
+    """
+    return CorruptLogError(
+        f"snapshot at seq {seq} is past the last event of {description} (seq {head}): events "
+        f"{head + 1}..{seq} are missing from the log, or the snapshot was written into another image's store; "
+        "nothing was changed. Restore the log from a backup, or, to keep the state the events give and lose "
+        f"what the snapshot holds beyond it, delete the snapshot rows past seq {head}",
+        seq=seq,
+        table="memimg_snapshots",
+    )
 
 
 def _now_us() -> int:
@@ -412,13 +431,22 @@ class MemoryImage:
     def _recover(self) -> None:
         store, graph = self._store, self._graph
         loaded = 0
-        for info in store.snapshots():
+        snapshots = store.snapshots()
+        # read after the list: a snapshot is written after its event, so a listed one is at or before it
+        head = store.head()
+        skipped: list[str] = []
+        for info in snapshots:
+            if info.seq > head:
+                # not skipped: it may hold commits the log lost, and loading an older state would let new
+                # events take seqs that mean other changes to it
+                raise snapshot_past_head(store.description, info.seq, head)
             try:
                 snap = SnapshotRow(*store.read_snapshot(info.seq))
                 verify_snapshot(snap)
-                header, records = split_snapshot(snap.payload)
+                header, records = split_snapshot(snap.payload, info.seq)
             except (CorruptLogError, orjson.JSONDecodeError, ValueError) as err:
                 warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=3)
+                skipped.append(f"snapshot at seq {info.seq} was skipped: {err}")
                 continue
             snap = None  # type: ignore[assignment]  # the records hold what is still needed
             try:
@@ -436,7 +464,7 @@ class MemoryImage:
         if first > loaded + 1:
             raise CorruptLogError(
                 f"events {loaded + 1}..{first - 1} are missing from {store.description} and no valid "
-                "snapshot covers them: restore the log from a backup",
+                f"snapshot covers them: restore the log from a backup{''.join(f' ({s})' for s in skipped)}",
                 seq=loaded + 1,
                 table="memimg_events",
             )
@@ -723,7 +751,15 @@ class MemoryImage:
             except SeqTaken:
                 graph.rollback_encode()
                 graph.collect_hint = None  # describes this graph before the catch-up, not another writer's gc
-                self._catch_up()
+                if not self._catch_up() and (head := store.head()) < self._seq:
+                    # nothing to catch up with and never the expected head: retrying would loop for ever
+                    raise CorruptLogError(
+                        f"the log of {store.description} ends at seq {head}, before this image's seq "
+                        f"{self._seq}: events were removed from it while the image was open; nothing was "
+                        "written. Open the image again (or restore the log from a backup)",
+                        seq=self._seq,
+                        table="memimg_events",
+                    ) from None
                 if replan:
                     return False
                 if state is not None:
@@ -903,7 +939,7 @@ class MemoryImage:
         elif isinstance(key, str) and obj is not None and not isinstance(obj, (list, dict, set)):
             part = f"{name} #{oid}.{key}"
         else:
-            part = f"{name} #{oid}[{key!r}]"
+            part = f"{name} #{oid}[{value_repr(key)}]"
         return ConflictError(
             f"transaction conflicts with the commit at seq {seq}: it {what} {part}, which that "
             "commit changed; nothing was applied. Run it again (@img.transaction(retries=...) does)",

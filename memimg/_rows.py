@@ -1,8 +1,12 @@
 """Row checksums and the public :class:`Event` record.
 
-A checksum covers every column of a row, so a corrupt, truncated or edited
-row is found before it is replayed. It is a CRC-32 (detects damage and naive
-edits; not a signature against a deliberate forger).
+A checksum covers every column of a row, so a row damaged by accident -- a
+flipped bit, a torn or truncated write, an edit that left the checksum as it
+was -- is found before it is replayed. It is a CRC-32: every error burst of
+up to 32 bits is caught, other damage but for a chance of 2**-32. It has no
+key, so it is not a signature: a deliberate edit that stores the CRC-32 of
+its new content passes it (what reading such a row still refuses is the
+decoder's business; see docs/how-it-works.md).
 """
 
 from __future__ import annotations

@@ -207,9 +207,7 @@ def plan_for(
         if stored_name not in report.unknown_types:
             report.unknown_types.append(stored_name)
         report.difference(
-            f"type {stored_name!r} is stored but no class claims it: import its module, declare "
-            f'@persistent(aliases=("{stored_name}",)) on the class that replaces it, or open with '
-            f'removed_types=("{stored_name}",)'
+            f"type {stored_name!r} is stored but no class claims it: {_types.missing_class_advice(stored_name)}"
         )
         return Plan(stored_name, None, version, stored_fields, identity=False)
     if info.stand_in:

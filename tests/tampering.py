@@ -1,11 +1,18 @@
-"""Edit stored rows the way a bug or a hand edit would, keeping their checksums valid."""
+"""Edit or add stored rows the way a bug, a hand edit or a forger would, keeping their checksums valid."""
 
 from __future__ import annotations
 
+import pathlib
 import sqlite3
+import sys
+import uuid
 from collections.abc import Callable
+from typing import Any
 
-from memimg._rows import snapshot_checksum
+import attrs
+import orjson
+
+from memimg._rows import event_checksum, snapshot_checksum
 
 
 def edit_snapshot(path: str, edit: Callable[[bytes], bytes]) -> int:
@@ -29,6 +36,24 @@ def edit_snapshot(path: str, edit: Callable[[bytes], bytes]) -> int:
     return int(seq)
 
 
+def move_snapshot(path: str, seq: int) -> None:
+    """Store the newest snapshot of the SQLite image at *path* at *seq* instead, its header saying so too."""
+    conn = sqlite3.connect(path)
+    try:
+        old, ts, payload = conn.execute(
+            "SELECT seq, ts, payload FROM memimg_snapshots ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        header, sep, rest = payload.partition(b"\n")
+        payload = orjson.dumps({**orjson.loads(header), "seq": seq}) + sep + rest
+        conn.execute(
+            "UPDATE memimg_snapshots SET seq = ?, payload = ?, checksum = ? WHERE seq = ?",
+            (seq, payload, snapshot_checksum(seq, ts, payload), old),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def rewrite_snapshot(path: str, old: bytes, new: bytes) -> int:
     """Replace *old* by *new* in the newest snapshot of the SQLite image at *path*; returns its seq."""
 
@@ -37,3 +62,51 @@ def rewrite_snapshot(path: str, old: bytes, new: bytes) -> int:
         return payload.replace(old, new)
 
     return edit_snapshot(path, replace)
+
+
+def append_event(path: str, kind: str, target: int, payload: Any) -> int:
+    """Append an event of *kind* on object *target* to the SQLite image at *path*; returns its seq.
+
+    *payload* is the stored JSON data (``[args]``, ``[args, records]`` or
+    ``[args, records, types]``), as a crafted log would hold it; the
+    checksum is made valid, so only memimg's own reading can tell.
+    """
+    data = orjson.dumps(payload)
+    conn = sqlite3.connect(path)
+    try:
+        seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memimg_events").fetchone()[0]
+        ts = 1_700_000_000_000_000
+        conn.execute(
+            "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, seq, ts, kind, target, data, event_checksum(seq, seq, ts, kind, target, data)),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    return int(seq)
+
+
+@attrs.frozen
+class PlantedModule:
+    """A module a crafted log names, importable, that leaves a marker file if it is ever imported."""
+
+    name: str
+    marker: pathlib.Path
+
+    @property
+    def imported(self) -> bool:
+        return self.marker.exists() or self.name in sys.modules
+
+
+def plant_module(directory: pathlib.Path, monkeypatch: Any) -> PlantedModule:
+    """Write ``evilmod_<random>.py`` (an enum ``Thing`` with a member ``X``) in *directory*, importable
+    from there (on ``sys.path``, and the working directory); the caller removes it from ``sys.modules``."""
+    name = f"evilmod_{uuid.uuid4().hex[:8]}"
+    marker = directory / f"{name}.imported"
+    (directory / f"{name}.py").write_text(
+        f"import enum, pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "class Thing(enum.Enum):\n    X = 1\n"
+    )
+    monkeypatch.syspath_prepend(str(directory))
+    monkeypatch.chdir(directory)
+    return PlantedModule(name, marker)

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 import memimg
 from memimg._cli import cli
 from tests.models import Account, Bank, Entry
-from tests.tampering import rewrite_snapshot
+from tests.tampering import PlantedModule, append_event, plant_module, rewrite_snapshot
 from tests.versions import Versions
 
 
@@ -149,6 +150,116 @@ def test_works_without_the_application_classes(tmp_path: Any) -> None:
     assert "label: 'hello'" in shown and "__main__.Mood.OK" in shown
     assert run("snapshot", path).exit_code == 0
     assert "equal the replayed state" in run("verify", path).output
+
+
+def test_ints_too_long_for_decimal_are_shown_in_hex(tmp_path: Any) -> None:
+    """Ints past 4,300 digits (which Python will not write in decimal) are shown in hex by show (text and
+    JSON, where they are strings), and log, export and verify read them like any value."""
+    from fractions import Fraction
+
+    from tests.models import Box, Point
+
+    huge = 10**5000
+    path = str(tmp_path / "big.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {huge: (huge, -huge), "set": {huge, 1}, "f": Fraction(huge, 3), "p": Point(huge, 1)}
+        img.snapshot()
+        img.root.other = [-huge]
+    shown = run("show", path, "--depth", "5").output
+    assert f"{hex(huge)}: ({hex(huge)}, {hex(-huge)})" in shown and f"-: {hex(huge)}" in shown
+    assert f"Fraction({hex(huge)}, 0x3)" in shown and f"Point(x={hex(huge)}, y=1)" in shown
+    assert run("show", path, f"content.{hex(huge)}").output.strip() == f"({hex(huge)}, {hex(-huge)})"
+    data = json.loads(run("show", path, "other", "--json").output)
+    assert data["items"] == [hex(-huge)]
+    assert run("log", path).exit_code == 0 and hex(-huge) in run("log", path, "--json").output
+    exported = json.loads(run("export", path).output)
+    assert [["i", hex(-huge)]] in [state for _, _, state in exported["objects"]]
+    assert "1 snapshot(s) equal the replayed state" in run("verify", path).output
+
+
+def test_verify_reads_decimal_ints_of_any_length_as_equal_to_hex(tmp_path: Any) -> None:
+    """A snapshot holding an int past 4,300 digits in decimal (an older memimg, with Python's limit
+    raised, wrote it so) equals the replayed state, which this memimg writes in hex."""
+    from tests.models import Box
+    from tests.tampering import edit_snapshot
+
+    huge = 10**5000
+    path = str(tmp_path / "old.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = (huge,)
+        img.snapshot()
+    edit_snapshot(path, lambda payload: payload.replace(hex(huge).encode(), b"1" + b"0" * 5000))
+    assert "1 snapshot(s) equal the replayed state" in run("verify", path).output
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == (huge,)
+
+
+@pytest.fixture
+def planted(tmp_path: Any, monkeypatch: Any) -> Iterator[PlantedModule]:
+    module = plant_module(tmp_path, monkeypatch)
+    yield module
+    sys.modules.pop(module.name, None)
+
+
+def _log_naming(planted: PlantedModule, path: str) -> None:
+    """An image whose log names types of *planted*: an enum value, a value object, and an entity."""
+    from tests.models import Box
+
+    thing, point, node = (f"{planted.name}.{n}" for n in ("Thing", "Point", "Node"))
+    with memimg.open(path, root=Box):
+        pass
+    append_event(path, "obj.set", 1, [["content", ["T", [["e", thing, "X"], ["v", point, {}]]]]])
+    append_event(path, "obj.set", 1, [["other", ["r", 2]], [[2, node, {}]], {node: [1, []]}])
+
+
+@pytest.mark.parametrize("command", ["info", "show", "verify", "log", "export", "snapshot"])
+def test_commands_never_import_what_the_log_names(planted: PlantedModule, tmp_path: Any, command: str) -> None:
+    """A log naming a module that lies importable in the working directory: no command imports it
+    (its types are read into stand-ins); --import is the only way to run an application's code."""
+    path = str(tmp_path / "img.db")
+    _log_naming(planted, path)
+    r = CliRunner().invoke(cli, [command, path])
+    assert r.exit_code == 0, r.output
+    assert not planted.imported
+
+
+def test_import_option_imports_the_named_module(planted: PlantedModule, tmp_path: Any) -> None:
+    """--import MODULE (the explicit opt-in) imports it first, so its classes are used."""
+    path = str(tmp_path / "img.db")
+    _log_naming(planted, path)
+    r = CliRunner().invoke(cli, ["--import", planted.name, "show", path, "content"])
+    assert planted.imported
+    assert r.exit_code == 0 and "<Thing.X: 1>" in r.output, r.output
+
+
+def test_verify_reports_a_value_tag_naming_an_entity_class(tmp_path: Any) -> None:
+    """A registered-value tag naming an entity class fails verify (and show) with its seq, as corrupt."""
+    from tests.models import Box
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box):
+        pass
+    seq = append_event(path, "obj.set", 1, [["content", ["x", "tests.models.Entry", {"label": "made"}]]])
+    for command in ("verify", "show"):
+        r = CliRunner().invoke(cli, [command, path])
+        assert r.exit_code == 1 and f"event seq {seq} " in r.output and "'tests.models.Entry'" in r.output
+
+
+@pytest.mark.parametrize("field", ["class", "__init__", "_mi_oid", "x=print('ran') or 1, y", ""])
+def test_a_declared_field_no_class_can_have_is_corrupt_for_the_tools(tmp_path: Any, field: str) -> None:
+    """A log declaring a type with a field name that is no identifier (or is a keyword, or private) is
+    reported as corrupt with its seq: the tools never build a stand-in class from it (attrs would write
+    the name into generated code)."""
+    from tests.models import Box
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box):
+        pass
+    seq = append_event(path, "obj.set", 1, [["content", ["r", 2]], [[2, "far.Odd", {}]], {"far.Odd": [1, [field]]}])
+    for command in ("info", "show", "verify"):
+        r = CliRunner().invoke(cli, [command, path])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception
+        assert f"event seq {seq}" in r.output and "'far.Odd' with a field named" in r.output
 
 
 def test_not_a_memimg_file_changes_nothing(tmp_path: Any) -> None:

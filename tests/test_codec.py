@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import math
 import threading
 import uuid
@@ -13,11 +14,14 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import memimg
+from memimg._errors import value_repr
+from memimg._graph import Graph
 from tests.models import Box, Color, Entry, Level, Money, MutableAttrs, NotPersistent, Point
+from tests.tampering import append_event
 
 
 def same(a: Any, b: Any) -> bool:
@@ -33,7 +37,7 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, frozenset):
-        return a == b and sorted(map(repr, a)) == sorted(map(repr, b))
+        return a == b and sorted(map(value_repr, a)) == sorted(map(value_repr, b))
     if attrs.has(type(a)):
         return all(same(getattr(a, f.name), getattr(b, f.name)) for f in attrs.fields(type(a)))
     return bool(a == b)
@@ -145,6 +149,74 @@ def test_edge_values(value: Any, tmp_path: Any) -> None:
         assert same(back, value), (back, value)
 
 
+#: An int around or past 4,300 digits (the most Python converts to or from decimal by default), drawn
+#: as ``sign * (base ** exponent + offset)``: hypothesis shows examples with repr, which such ints refuse.
+huge_int_parts = st.tuples(
+    st.sampled_from([1, -1]),
+    st.one_of(st.tuples(st.just(10), st.integers(4295, 5100)), st.tuples(st.just(2), st.integers(14000, 40000))),
+    st.integers(-(2**70), 2**70),
+)
+
+
+def _huge(parts: Any) -> int:
+    sign, (base, exponent), offset = parts
+    return int(sign * (base**exponent + offset))
+
+
+_SHAPES = {
+    "int": lambda a, b: a,
+    "tuple": lambda a, b: (a, 1, b),
+    "frozenset": lambda a, b: frozenset({a, b}),
+    "value object": lambda a, b: Point(a, b),
+    "fraction": lambda a, b: Fraction(a, b),
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.sampled_from(sorted(_SHAPES)), a=huge_int_parts, b=huge_int_parts)
+@example(shape="int", a=(1, (10, 5000), 0), b=(1, (10, 5000), 0))
+@example(shape="int", a=(-1, (2, 20000), 0), b=(1, (10, 5000), 0))
+@example(shape="tuple", a=(1, (10, 4300), -1), b=(-1, (10, 4300), 0))  # the last decimal one, the first hex one
+def test_ints_of_any_size_roundtrip(shape: str, a: Any, b: Any, tmp_path_factory: Any) -> None:
+    """Ints past Python's 4,300-digit limit on decimal conversion come back equal through events,
+    serialize, and a snapshot reopened -- alone, in values, and in Fractions."""
+    value = _SHAPES[shape](_huge(a), _huge(b))
+    path = str(tmp_path_factory.mktemp("big") / "big.db")
+    for back in roundtrip_all(value, path):
+        assert same(back, value)
+
+
+def test_huge_ints_in_every_place_of_the_graph(tmp_path: Any) -> None:
+    """Huge ints as a field, list item, dict key and value, and set member survive events and a snapshot."""
+    huge = 10**5000
+    path = str(tmp_path / "places.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {huge: [huge, -huge], "set": {huge, 1}}
+        img.snapshot()
+        img.root.content[-huge] = "added after"  # an event on an attached dict
+        img.root.content["set"].add(-huge)
+        img.root.other = -(2**20000)
+        replayed = memimg.replay(img.events())
+    with memimg.open(path, root=Box) as img:
+        for root in (img.root, replayed):
+            assert root.content[huge] == [huge, -huge] and root.content[-huge] == "added after"
+            assert root.content["set"] == {huge, 1, -huge} and root.other == -(2**20000)
+
+
+def test_big_ints_are_decimal_up_to_4300_digits_and_hex_beyond() -> None:
+    """Ints older memimg processes can read stay in decimal; only those past 4,300 digits are hex,
+    and decimal of any length (written where the limit was raised) is read too."""
+    img = memimg.open(root=Box)
+    img.root.content = (2**64, 10**4300 - 1, -(10**4300), Fraction(10**4300, 7))
+    stored = next(e for e in img.events() if e.kind == "obj.set").data[1][1]
+    assert stored[0] == ["i", str(2**64)] and stored[1] == ["i", "9" * 4300]
+    assert stored[2] == ["i", hex(-(10**4300))] and stored[3] == ["Q", f"{hex(10**4300)}/7"]
+    long_decimal = "-1" + "0" * 6000
+    graph = Graph(memimg.converter)
+    assert graph.codec.decode(["i", long_decimal]) == -(10**6000)
+    assert graph.codec.decode(["Q", "1" + "0" * 6000 + "/3"]) == Fraction(10**6000, 3)
+
+
 def test_tuples_and_value_objects_may_hold_entities() -> None:
     """Immutable values may refer to entities; the references stay shared."""
     img = memimg.open(root=Box)
@@ -186,6 +258,19 @@ def test_unsupported_values_raise_and_change_nothing(bad: Any) -> None:
     with pytest.raises(memimg.UnsupportedValueError, match=r"list #\d+\.append\(\)\['bad'\]\[1\]"):
         img.root.content.append({"ok": 1, "bad": [2, bad]})
     assert img.root.other is None and img.root.content == [1] and img.seq == seq
+
+
+def test_unsupported_value_under_a_huge_int_key_is_named_with_the_key_in_hex() -> None:
+    """The path of an unsupported value shows a dict key that repr refuses (past 4,300 digits) in hex."""
+    huge = 10**5000
+    img = memimg.open(root=Box)
+    with pytest.raises(memimg.UnsupportedValueError) as info:
+        img.root.content = {huge: [print]}
+    assert info.value.where == f"Box.content[{hex(huge)}][0]"
+    with pytest.raises(memimg.UnsupportedValueError) as info:
+        img.root.other = {(huge, 1): print}
+    assert info.value.where == f"Box.other[({hex(huge)}, 1)]"
+    assert img.root.content is None and img.root.other is None
 
 
 def test_unsupported_deep_inside_a_new_subgraph_undoes_everything() -> None:
@@ -267,3 +352,117 @@ def test_user_type_registered_with_plain_cattrs_hooks() -> None:
     img.root.content = Celsius(4.0)
     assert memimg.replay(img.events(), converter=conv).content == Celsius(4.0)
     assert any(b'["x"' in e.payload for e in img.events())
+
+
+# -- a value tag names a class of another kind ----------------------------------------------------
+
+#: Every run of a class's own code while reading: (class, what ran).
+RAN: list[tuple[str, str]] = []
+
+
+def _noted(kind: str) -> Any:
+    def validate(instance: Any, attribute: Any, value: Any) -> None:
+        RAN.append((kind, "validator"))
+
+    return validate
+
+
+@memimg.persistent(name="hostile.Entity")
+class HostileEntity:
+    x: Any = attrs.field(default=0, validator=_noted("entity"))
+
+    def __attrs_post_init__(self) -> None:
+        RAN.append(("entity", "__attrs_post_init__"))
+
+
+@attrs.frozen
+class HostileValue:
+    x: Any = attrs.field(default=0, validator=_noted("value"))
+
+    def __attrs_post_init__(self) -> None:
+        RAN.append(("value", "__attrs_post_init__"))
+
+
+class HostileEnum(enum.Enum):
+    A = 1
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        RAN.append(("enum", "_missing_"))
+        return None
+
+
+class HostileCustom:
+    def __init__(self, data: Any) -> None:
+        RAN.append(("custom", "__init__"))
+        self.data = data
+
+
+memimg.converter.register_value(HostileValue, name="hostile.Value")
+memimg.converter.register_value(
+    HostileCustom,
+    name="hostile.Custom",
+    unstructure=lambda c: c.data,
+    structure=lambda data, cls: cls(data),
+)
+memimg.converter.register_value(HostileEnum, name="hostile.Enum")
+
+_KINDS_BY_NAME = {
+    "entity": "hostile.Entity",
+    "value": "hostile.Value",
+    "enum": "hostile.Enum",
+    "custom": "hostile.Custom",
+}
+_TAG_OF = {"e": "enum", "v": "value", "x": "custom"}
+_STORED = {
+    "e": lambda name: ["e", name, ["A"]],  # a combination of flags: read with cls(0) before any name
+    "v": lambda name: ["v", name, {"x": 1}],
+    "x": lambda name: ["x", name, 0],
+}
+
+
+@pytest.mark.parametrize(
+    ("tag", "kind"),
+    [(tag, kind) for tag in "evx" for kind in _KINDS_BY_NAME if _TAG_OF[tag] != kind],
+)
+def test_a_value_tag_naming_a_class_of_another_kind_is_corrupt(tmp_path: Any, tag: str, kind: str) -> None:
+    """An enum (e), value object (v) or registered value (x) whose type name is a class of another kind
+    is a CorruptLogError naming the seq and the type; no code of the class runs (no __init__,
+    validator, __attrs_post_init__, _missing_, structure hook)."""
+    name = _KINDS_BY_NAME[kind]
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box):
+        pass
+    seq = append_event(path, "obj.set", 1, [["content", _STORED[tag](name)]])
+    RAN.clear()
+    with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} .*tagged '{tag}'.*'{name}'") as info:
+        memimg.open(path, root=Box)
+    assert info.value.seq == seq and info.value.table == "memimg_events"
+    assert RAN == []
+
+
+@pytest.mark.parametrize("kind", ["value", "enum", "custom"])
+def test_an_object_record_naming_a_class_that_is_no_entity_is_corrupt(tmp_path: Any, kind: str) -> None:
+    """A record ``[oid, type, state]`` is only ever an entity (or list, dict, set): another kind is a
+    CorruptLogError naming the seq; nothing of the class runs."""
+    name = _KINDS_BY_NAME[kind]
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box):
+        pass
+    seq = append_event(path, "obj.set", 1, [["content", ["r", 2]], [[2, name, {"x": 1}]]])
+    RAN.clear()
+    with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} .*{name}") as info:
+        memimg.open(path, root=Box)
+    assert info.value.seq == seq and RAN == []
+
+
+def test_a_mismatched_tag_met_while_catching_up_is_named_by_seq(tmp_path: Any) -> None:
+    """An image catching up with events another writer appended reports a tag naming an entity class
+    as a CorruptLogError with the event's seq, and builds no entity."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box) as img:
+        seq = append_event(path, "obj.set", 1, [["content", ["x", "hostile.Entity", {"x": 5}]]])
+        RAN.clear()
+        with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} .*hostile.Entity") as info:
+            img.refresh()
+        assert info.value.seq == seq and RAN == [] and img.root.content is None

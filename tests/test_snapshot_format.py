@@ -25,7 +25,7 @@ from memimg import persistent
 from memimg._cli import _canonical
 from memimg._graph import decode_snapshot
 from memimg.model._tracking import disable_now
-from tests.tampering import edit_snapshot
+from tests.tampering import edit_snapshot, move_snapshot
 
 
 class Colour(enum.Enum):
@@ -372,3 +372,136 @@ def test_a_class_with_getattr_is_read_through_raw_slots(tmp_path: Any) -> None:
     _only_the_snapshot(path, seq)
     with memimg.open(path, root=Holder) as img:
         assert "label" not in memimg.serialize(img.root.misc)["objects"][0][2]
+
+
+# -- snapshots that do not fit their log ------------------------------------------------------------
+
+
+def _in_thread(work: Any, timeout: float = 20.0) -> Any:
+    """Run *work* in a thread, waiting at most *timeout* seconds: its result or the exception it raised."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(work())
+        except BaseException as err:  # handed to the test
+            out.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s"
+    return out[0]
+
+
+def _open_and_commit(path: str) -> int:
+    with memimg.open(path, root=Holder) as img:
+        img.root.misc = "after"
+        return img.seq
+
+
+def test_a_snapshot_past_the_last_event_is_corrupt_not_a_hang(tmp_path: Any) -> None:
+    """A snapshot whose seq is past every event (events lost, or a snapshot of another log) is a
+    CorruptLogError naming its seq when opening; the first commit never spins retrying."""
+    path = str(tmp_path / "img.db")
+    _small(path)
+    with memimg.open(path, root=Holder) as img:
+        img.root.misc = "an event after the snapshot"
+        head = img.seq
+    move_snapshot(path, 50)
+    err = _in_thread(lambda: _open_and_commit(path))
+    assert isinstance(err, memimg.CorruptLogError), err
+    assert err.seq == 50 and err.table == "memimg_snapshots"
+    assert f"snapshot at seq 50 is past the last event of {path} (seq {head})" in str(err)
+    verified = _cli_verify(path)
+    assert verified.exit_code == 1 and "snapshot at seq 50 is past the last event" in verified.output
+
+
+def test_a_compacted_log_whose_head_is_its_snapshot_opens_and_goes_on(tmp_path: Any) -> None:
+    """After compaction dropped every event, the head is the snapshot's seq: it opens, commits follow it,
+    and verify agrees."""
+    path = str(tmp_path / "img.db")
+    seq = _small(path)
+    _only_the_snapshot(path, seq)
+    assert _in_thread(lambda: _open_and_commit(path)) == seq + 1
+    with memimg.open(path, root=Holder) as img:
+        assert img.root.misc == "after" and [n.label for n in img.root.nodes] == ["a", "b"]
+    assert _cli_verify(path).exit_code == 0
+
+
+def test_a_commit_after_events_vanished_under_an_open_image_is_corrupt_not_a_hang(tmp_path: Any) -> None:
+    """Events removed from the log while an image is open (its seq is past the log's head): the next
+    commit raises CorruptLogError instead of retrying for ever, and changes nothing."""
+    path = str(tmp_path / "img.db")
+    img = memimg.open(path, root=Holder, snapshot_every=None)
+    img.root.misc = 1
+    img.root.misc = 2
+    seq = img.seq
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM memimg_events WHERE seq = ?", (seq,))
+    conn.commit()
+    conn.close()
+
+    def commit() -> None:
+        img.root.misc = 3
+
+    err = _in_thread(commit)  # the image is closed only if the commit ended: a spinning one holds its lock
+    img.close()
+    assert isinstance(err, memimg.CorruptLogError), err
+    assert err.seq == seq and f"ends at seq {seq - 1}, before this image's seq {seq}" in str(err)
+    assert img.root.misc == 2
+
+
+def _set_header(**changes: Any) -> Any:
+    def edit(payload: bytes) -> bytes:
+        header, sep, rest = payload.partition(b"\n")
+        return orjson.dumps({**orjson.loads(header), **changes}) + sep + rest
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"root": 999}, "names object 999 as its root, but holds no object 999"),
+        ({"root": 2}, "names object 2 as its root, but holds no object 2"),  # the root's first, replaced nodes list
+        ({"root": None}, "header names no root object"),
+        ({"seq": 1}, "header gives seq 1, not the seq of its row"),
+    ],
+    ids=["root-past-next-oid", "root-not-held", "no-root", "other-seq"],
+)
+def test_a_header_that_does_not_fit_its_row_skips_the_snapshot(tmp_path: Any, changes: Any, message: str) -> None:
+    """A header whose root is not an object it holds, or whose seq is not its row's: the snapshot is
+    skipped with a warning naming its seq (the log behind it replayed instead); verify reports it; with
+    the events behind it gone, opening is a CorruptLogError that names it."""
+    path = str(tmp_path / "img.db")
+    _small(path)
+    with memimg.open(path, root=Holder) as img:
+        img.root.misc = [1]  # an event after the snapshot
+    seq = edit_snapshot(path, _set_header(**changes))
+    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: .*{message}"):
+        img = memimg.open(path, root=Holder)
+    with img:
+        assert [n.label for n in img.root.nodes] == ["a", "b"] and img.root.misc == [1]
+    verified = _cli_verify(path)
+    assert verified.exit_code == 1 and message in verified.output
+    _only_the_snapshot(path, seq)
+    with pytest.warns(UserWarning), pytest.raises(memimg.CorruptLogError) as info:
+        memimg.open(path, root=Holder)
+    assert f"snapshot at seq {seq} was skipped: " in str(info.value) and message in str(info.value)
+
+
+def test_deserialize_of_data_without_its_root_is_corrupt() -> None:
+    """Snapshot data whose root is not one of its objects: CorruptLogError, not an IndexError."""
+    data = memimg.serialize(Holder(nodes=[Node("a")]))
+    for root in (99, 0, "1"):
+        with pytest.raises(memimg.CorruptLogError, match=f"names object {root!r} as its root"):
+            memimg.deserialize({**data, "root": root})
+
+
+def _cli_verify(path: str) -> Any:
+    from click.testing import CliRunner
+
+    from memimg._cli import cli
+
+    return CliRunner().invoke(cli, ["verify", path])

@@ -379,6 +379,23 @@ def test_conflict_without_retries_names_object_and_field() -> None:
     assert acct.balance == Decimal(50)
 
 
+def test_conflict_on_a_key_too_long_for_repr_names_it_in_hex() -> None:
+    """A conflict on a dict key that repr refuses (an int past 4,300 digits) is still a ConflictError,
+    naming the key in hex."""
+    huge = 10**5000
+    img = memimg.open(root=Box)
+    img.root.content = {huge: 1}
+    d = img.root.content
+    tx = img.begin()
+    d[huge] += 1
+    t = threading.Thread(target=lambda: d.__setitem__(huge, 50))
+    t.start()
+    t.join()
+    with pytest.raises(memimg.ConflictError, match=f"Dict #{d._mi_oid}\\[{hex(huge)}\\]") as info:
+        tx.save()
+    assert info.value.key == huge and d[huge] == 50
+
+
 def test_reading_overwritten_data_fails_at_once() -> None:
     """A transaction never sees a mix of old and new state: a stale read raises."""
     img = memimg.open(root=Box)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
+from memimg._errors import value_repr
 from memimg.model import _tracking
 from memimg.model._base import SELF, Planner, Prep
 
@@ -253,7 +254,7 @@ def _pairs(args: tuple[Any, ...], kwargs: Mapping[str, Any], method: str = "upda
 
 
 def _key_where(key: Any) -> str:
-    text = repr(key)
+    text = value_repr(key)
     return f"[{text if len(text) < 60 else text[:57] + '...'}]"
 
 

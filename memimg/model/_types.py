@@ -8,23 +8,32 @@ explicitly, to give them a stable name); user value types are registered on
 the converter.
 
 Names are what the log stores, so they must outlive refactorings: the default
-is ``module.QualName``, ``@persistent(name=..., aliases=(...))`` fixes it, and
-a name that no loaded class claims is looked up by importing its module
-before giving up with :class:`UnknownTypeError`.
+is ``module.QualName``, and ``@persistent(name=..., aliases=(...))`` fixes it.
+
+A log is data, and reading it never runs code it names: a stored name
+resolves only to a class already registered, or -- for enums and frozen
+attrs classes, registered lazily when a value of theirs is first stored --
+to such a class found under its default name in a module *already imported*,
+read through the module's and classes' ``__dict__`` (no ``getattr``, which
+could run a module's ``__getattr__``). Nothing is ever imported to find a
+name: a crafted log naming ``antigravity.X`` or a module lying in the
+working directory gets :class:`UnknownTypeError`, which says what to import.
+Importing is the caller's explicit choice: ``memimg.open(...,
+import_types=(...))``, or the command line's ``--import``.
 """
 
 from __future__ import annotations
 
 import enum
-import importlib
 import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
 
-from memimg._errors import MemimgError, UnknownTypeError
+from memimg._errors import UnknownTypeError
 
 __all__ = [
     "ENTITY",
@@ -35,6 +44,7 @@ __all__ = [
     "entity_infos",
     "info_of",
     "is_value_class",
+    "missing_class_advice",
     "register",
     "resolve",
 ]
@@ -148,10 +158,11 @@ def info_of(cls: type) -> TypeInfo | None:
 def resolve(name: str) -> TypeInfo:
     """The class stored under *name* (or one of its aliases).
 
-    A name no loaded class claims is looked up by importing the module it
-    names (the default ``module.QualName`` form), which registers the classes
-    defined there. Only classes that memimg can build without running their
-    code (entities, enums, frozen attrs classes) are accepted this way.
+    A name no registered class claims is looked for, in its default
+    ``module.QualName`` form, among the modules already imported (see the
+    module docstring); only enums and frozen attrs classes -- classes memimg
+    builds without running their code -- are registered this way. No module
+    is imported.
 
     Raises:
         UnknownTypeError: no class claims *name*.
@@ -160,38 +171,62 @@ def resolve(name: str) -> TypeInfo:
     if info is not None:
         return info
     with _lock:
-        info = _import_by_name(name)
+        info = _find_loaded(name)
     if info is None:
         raise UnknownTypeError(
-            f"the log stores objects of type {name!r}, but no class in this process claims "
-            f"that name: import the module that defines it before opening the image, "
-            f"declare the old name with @persistent(aliases=({name!r},)) on its new class, "
-            f"or drop it with memimg.open(..., removed_types=({name!r},))",
+            f"the log stores values or objects of type {name!r}, but no class in this process claims "
+            f"that name: {missing_class_advice(name)}",
             type_name=name,
         )
     return info
 
 
-def _import_by_name(name: str) -> TypeInfo | None:
+def missing_class_advice(name: str) -> str:
+    """What to do about a stored type *name* that no class in this process claims."""
+    module = name.rpartition(".")[0]
+    where = (
+        f"import {module} (or whichever module defines it) before opening the image, or pass "
+        f"memimg.open(..., import_types=({module!r},))"
+        if module
+        else "import the module that defines it before opening the image"
+    )
+    return (
+        f"{where}; if the class was renamed or moved, declare the old name with "
+        f"@persistent(aliases=({name!r},)) (register_value(..., aliases=...) for a value type) on its new "
+        f"class; if it was removed, open with removed_types=({name!r},)"
+    )
+
+
+# Raw reads of a module's and a class's own namespace and names: no __getattr__ or metaclass runs.
+_MODULE_DICT = vars(types.ModuleType)["__dict__"].__get__
+_CLASS_DICT = vars(type)["__dict__"].__get__
+_CLASS_MRO = vars(type)["__mro__"].__get__
+_CLASS_QUALNAME = vars(type)["__qualname__"].__get__
+
+
+def _find_loaded(name: str) -> TypeInfo | None:
+    """The enum or frozen attrs class whose default name is *name*, in a module already imported."""
     parts = name.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:cut])
-        if module_name not in sys.modules:
-            try:
-                importlib.import_module(module_name)
-            except ImportError:
-                continue
-            except Exception as err:  # the module exists but fails to import
-                raise MemimgError(f"importing {module_name!r} to find stored type {name!r} failed: {err}") from err
-        info = _by_name.get(name)
+        module = sys.modules.get(module_name)
+        if not issubclass(type(module), types.ModuleType):
+            continue
+        obj: Any = _MODULE_DICT(module).get(parts[cut])
+        for attr in parts[cut + 1 :]:
+            if not issubclass(type(obj), type):
+                break
+            obj = _CLASS_DICT(obj).get(attr)
+        if not issubclass(type(obj), type):
+            continue
+        own = _CLASS_DICT(obj)
+        if own.get("__module__") != module_name or _CLASS_QUALNAME(obj) != ".".join(parts[cut:]):
+            continue  # found under another name than its own (imported into that module)
+        info = _by_cls.get(obj)
         if info is not None:
             return info
-        obj: Any = sys.modules.get(module_name)
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr, None)
-        if isinstance(obj, type) and default_name(obj) == name:
-            found = info_of(obj)
-            if found is not None:
-                return found
-        return None
+        if issubclass(type(obj), enum.EnumMeta) or (
+            any("__attrs_attrs__" in _CLASS_DICT(c) for c in _CLASS_MRO(obj)) and is_value_class(obj)
+        ):
+            return info_of(obj)
     return None

@@ -1,0 +1,132 @@
+"""Stored type names resolve to registered classes, never by importing what a log names."""
+
+from __future__ import annotations
+
+import enum
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+
+import memimg
+from memimg.model import _types
+from tests.models import Box
+from tests.tampering import PlantedModule, append_event, plant_module
+
+
+class Loaded(enum.Enum):
+    """Defined in a module already imported, and never stored by this process before it is read."""
+
+    A = "a"
+
+
+class Holder:
+    class Nested(enum.Enum):
+        B = "b"
+
+
+@attrs.frozen
+class LoadedValue:
+    x: int = 0
+
+
+@pytest.fixture
+def planted(tmp_path: Any, monkeypatch: Any) -> Iterator[PlantedModule]:
+    module = plant_module(tmp_path, monkeypatch)
+    yield module
+    sys.modules.pop(module.name, None)
+
+
+def _image_with(path: str, payload: Any) -> None:
+    """An image whose log ends with a crafted event on its root (a ``Box``) holding *payload*."""
+    with memimg.open(path, root=Box):
+        pass
+    append_event(path, "obj.set", 1, payload)
+
+
+def _crafted(name: str) -> dict[str, Any]:
+    thing = f"{name}.Thing"
+    return {
+        "enum": [["content", ["e", thing, "X"]]],
+        "value object": [["content", ["v", thing, {}]]],
+        "user value": [["content", ["x", thing, 1]]],
+        "record": [["content", ["r", 2]], [[2, thing, {}]]],
+        "declared record": [["content", ["r", 2]], [[2, thing, {}]], {thing: [1, []]}],
+    }
+
+
+@pytest.mark.parametrize("shape", ["enum", "value object", "user value", "record", "declared record"])
+def test_a_type_named_by_the_log_is_never_imported(planted: PlantedModule, tmp_path: Any, shape: str) -> None:
+    """A log naming a type in a module that is importable but not imported does not import it: opening
+    raises UnknownTypeError, which says which module to import and how."""
+    path = str(tmp_path / "img.db")
+    _image_with(path, _crafted(planted.name)[shape])
+    with pytest.raises(memimg.UnknownTypeError) as info:
+        memimg.open(path, root=Box)
+    assert not planted.imported
+    message = str(info.value)
+    assert f"import {planted.name} " in message and f"import_types=('{planted.name}',)" in message
+    assert "aliases=" in message and f"removed_types=('{planted.name}.Thing',)" in message
+    assert info.value.type_name == f"{planted.name}.Thing"
+
+
+def test_import_types_imports_the_modules_first(planted: PlantedModule, tmp_path: Any) -> None:
+    """memimg.open(..., import_types=(...)) is the explicit opt-in: the module is imported before reading."""
+    path = str(tmp_path / "img.db")
+    _image_with(path, _crafted(planted.name)["enum"])
+    with memimg.open(path, root=Box, import_types=(planted.name,)) as img:
+        assert planted.imported
+        assert img.root.content is sys.modules[planted.name].Thing.X
+
+
+def test_import_types_takes_importable_module_names(tmp_path: Any) -> None:
+    path = str(tmp_path / "img.db")
+    with pytest.raises(TypeError, match="module names"):
+        memimg.open(path, import_types="shop.models")  # type: ignore[arg-type]
+    with pytest.raises(memimg.MemimgError, match="cannot import 'no_such_module_here' \\(from import_types\\)"):
+        memimg.open(path, import_types=("no_such_module_here",))
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (["e", f"{__name__}.Loaded", "A"], Loaded.A),
+        (["e", f"{__name__}.Holder.Nested", "B"], Holder.Nested.B),
+        (["v", f"{__name__}.LoadedValue", {"x": 3}], LoadedValue(3)),
+    ],
+    ids=["enum", "nested enum", "value object"],
+)
+def test_enums_and_value_classes_of_imported_modules_resolve(tmp_path: Any, stored: Any, expected: Any) -> None:
+    """An enum or frozen attrs class this process never stored is found under its default name in a
+    module already imported (a log written by another process holds it)."""
+    path = str(tmp_path / "img.db")
+    _image_with(path, [["content", stored]])
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == expected and type(img.root.content) is type(expected)
+
+
+def test_a_module_getattr_is_never_run_to_find_a_stored_name(monkeypatch: Any) -> None:
+    """A loaded module's names are read from its namespace: a module __getattr__ (which may import
+    or compute anything) is not asked for a stored name."""
+    asked: list[str] = []
+    lazy = types.ModuleType("lazy_module_for_types_test")
+
+    def module_getattr(name: str) -> Any:
+        asked.append(name)
+        return Loaded
+
+    lazy.__getattr__ = module_getattr  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, lazy.__name__, lazy)
+    with pytest.raises(memimg.UnknownTypeError):
+        _types.resolve(f"{lazy.__name__}.Anything")
+    assert asked == []
+
+
+def test_only_classes_memimg_builds_without_their_code_resolve_by_module() -> None:
+    """A plain class (or anything else) under a loaded module's name is not a stored type."""
+    for name in ("collections.OrderedDict", "os.path", "sys.version", f"{__name__}.plant_module"):
+        with pytest.raises(memimg.UnknownTypeError):
+            _types.resolve(name)
