@@ -160,3 +160,17 @@ class StoreContract:
         assert next(iter(store.read()))[5] == big
         store.write_snapshot(snap(1, big))
         assert store.read_snapshot(1).payload == big
+
+    def test_head_after_every_event_was_compacted(self, store: Store) -> None:
+        """With every event compacted away, the head is the newest snapshot's seq, and the next
+        append goes at head + 1 (the append rule holds against the snapshot)."""
+        store.append([row(1), row(2)], 0)
+        store.write_snapshot(snap(2))
+        assert store.delete_events_before(3) == 2
+        assert store.first_seq() == 3
+        assert store.head() == 2
+        with pytest.raises(SeqTaken):
+            store.append([row(2)], 1)
+        store.append([row(3)], 2)
+        assert store.head() == 3
+        assert [r[0] for r in store.read()] == [3]

@@ -122,3 +122,37 @@ def test_newer_format_on_postgres_is_refused() -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+def test_append_after_a_lost_reply_is_not_applied_twice(postgres: Any) -> None:
+    """A commit that committed but whose reply was lost (the driver raised after the statement ran)
+    is found in the log and reported applied: the change appears once, not twice."""
+    import psycopg
+
+    store = postgres.target()
+    img = memimg.open(store, root=dict)
+    img.root["items"] = []
+    real = store._writer_connection
+    state = {"fail": True}
+
+    class LostReply:
+        def __init__(self, conn: Any) -> None:
+            self.conn = conn
+
+        def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+            cur = self.conn.execute(sql, *args, **kwargs)
+            if state["fail"] and "INSERT" in sql:
+                state["fail"] = False
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return cur
+
+        def close(self) -> None:
+            self.conn.close()
+
+    store._writer_connection = lambda: LostReply(real())
+    img.root["items"].append("once")
+    assert img.root["items"] == ["once"]
+    assert not state["fail"]  # the reply was lost once
+    img.close()
+    with memimg.open(postgres.target(), root=dict) as again:
+        assert again.root["items"] == ["once"]
