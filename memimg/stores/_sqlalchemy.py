@@ -264,7 +264,11 @@ class SQLAlchemyStore:
                 conn.execute(sa.text("SELECT 1"))
         except sa_exc.DBAPIError as err:
             self._dispose()
-            raise self._error(err, "connecting") from err
+            raise StoreError(
+                f"cannot connect to {self.description}: {str(err.orig).strip()}",
+                store=self.description,
+                operation="connecting",
+            ) from err
         try:
             inspector = sa.inspect(self.engine)
             existing = set(inspector.get_table_names(schema=self.schema))
@@ -326,8 +330,13 @@ class SQLAlchemyStore:
         """
         import psycopg
 
-        _, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
-        kwargs.pop("context", None)  # SQLAlchemy's adapters, for its own connections
+        url = self.engine.url
+        if self.engine.dialect.driver == "psycopg":
+            _, kwargs = self.engine.dialect.create_connect_args(url)
+            kwargs.pop("context", None)  # SQLAlchemy's adapters, for its own connections
+        else:  # another driver's dialect: its arguments are not libpq's, the URL's parts are
+            kwargs = url.translate_connect_args(username="user", database="dbname")
+            kwargs.update(url.query)
         kwargs.update(self._connect_args)
         kwargs.setdefault("connect_timeout", max(1, int(self._connect_timeout)))
         return psycopg.Connection.connect(autocommit=True, **kwargs)
@@ -336,7 +345,10 @@ class SQLAlchemyStore:
         try:
             listener = self._connect()
             listener.execute(f'LISTEN "{self.channel}"')
-        except Exception:  # no psycopg, another driver, or the server is away: poll instead
+        except ImportError:  # no psycopg: poll, from now on
+            self._notify = False
+            self._listener = None
+        except Exception:  # the server is away: poll, and listen again at the next wait
             self._listener = None
         else:
             self._listener = listener
@@ -441,13 +453,12 @@ class SQLAlchemyStore:
                     if self._pg and self._sync == "normal":
                         conn.execute(_ASYNC_COMMIT)
                     if conn.execute(self._append_first, first).rowcount != 1:
-                        conn.rollback()
-                        return False
+                        raise SeqTaken(expected_head)  # rolls the transaction back
                     if rest:
                         conn.execute(self._append_rest, rest)
                     if self._pg:
                         conn.execute(_NOTIFY, {"c": self.channel, "p": str(rows[-1][0])})
-            except sa_exc.IntegrityError:
+            except (SeqTaken, sa_exc.IntegrityError):
                 return False
             return True
 
