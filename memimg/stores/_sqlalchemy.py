@@ -511,39 +511,45 @@ class SQLAlchemyStore:
         import psycopg
 
         commit_id = _new_commit_id()
-
-        def insert() -> bool:
-            conn = self._writer_connection()
-            try:
-                if len(rows) <= _CHUNK:
-                    params: list[Any] = [commit_id]
-                    params += [v for r in rows for v in r]
-                    params += [expected_head, self.channel]
-                    return bool(conn.execute(self._append_sql(len(rows)), params).fetchone()[0] == len(rows))
-                return self._insert_chunked(conn, rows, expected_head, commit_id)
-            except psycopg.errors.UniqueViolation:
-                return False
-
-        def lookup(seq: int) -> Any:
-            row = (
-                self._writer_connection()
-                .execute(f"SELECT commit_id FROM {self._events_name} WHERE seq = %s", (seq,))
-                .fetchone()
-            )
-            return _ABSENT if row is None else row[0]
-
         try:
-            self._writer_connection()
+            conn = self._writer_connection()
         except psycopg.Error as err:  # nothing was sent
             self._close_writer()
             raise self._error(err, doing, write=True) from err
         try:
-            return insert()
+            return self._insert_pg(conn, rows, expected_head, commit_id)
         except psycopg.Error as err:
             if not _lost(err, psycopg.OperationalError):
                 raise self._error(err, doing, write=True) from err
             self._close_writer()
-            return self._settle(rows, commit_id, doing, err, insert, lookup, psycopg.Error)
+            return self._settle(
+                rows,
+                commit_id,
+                doing,
+                err,
+                lambda: self._insert_pg(self._writer_connection(), rows, expected_head, commit_id),
+                self._lookup_pg,
+                psycopg.Error,
+            )
+
+    def _insert_pg(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
+        import psycopg
+
+        try:
+            if len(rows) <= _CHUNK:
+                params: list[Any] = [commit_id]
+                params += [v for r in rows for v in r]
+                params += [expected_head, self.channel]
+                return bool(conn.execute(self._append_sql(len(rows)), params).fetchone()[0] == len(rows))
+            return self._insert_chunked(conn, rows, expected_head, commit_id)
+        except psycopg.errors.UniqueViolation:
+            return False
+
+    def _lookup_pg(self, seq: int) -> Any:
+        """The commit id of the event at *seq* (``None``: written by memimg 0.2), or ``_ABSENT``."""
+        sql = f"SELECT commit_id FROM {self._events_name} WHERE seq = %s"
+        row = self._writer_connection().execute(sql, (seq,)).fetchone()
+        return _ABSENT if row is None else row[0]
 
     def _insert_chunked(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
         import psycopg

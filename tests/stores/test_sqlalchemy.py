@@ -330,7 +330,7 @@ def test_unreachable_database_raises_store_errors_then_recovers(pg_schema: str) 
         for attempt in (lambda: img.transaction().__enter__(), lambda: img.wait(0.05), img.refresh, img.snapshot):
             with pytest.raises(memimg.StoreError) as info:
                 attempt()
-            assert isinstance(info.value.__cause__, sa.exc.DBAPIError | Exception)
+            assert info.value.__cause__ is not None
             assert not isinstance(info.value.__cause__, memimg.MemimgError)
         assert img.root == {"a": 1}
         proxy.accept()
