@@ -124,6 +124,10 @@ def _lost(err: BaseException, operational: Any) -> bool:
     return state.startswith("08") or state in _LOST
 
 
+def _appending(rows: Sequence[EventRow]) -> str:
+    return f"appending events {rows[0][0]}..{rows[-1][0]}"
+
+
 def _new_commit_id() -> int:
     # os.urandom, not the random module: a forked worker or a seeded random must not repeat ids
     return int.from_bytes(os.urandom(8), "big") >> 1
@@ -423,20 +427,20 @@ class SQLAlchemyStore:
         return self._run("reading the first seq of the log", first)
 
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
-        doing = f"appending events {rows[0][0]}..{rows[-1][0]}"
         if self.readonly:
             raise ReadOnlyError(
-                f"{doing} in {self.description} was refused: the store is open read-only; nothing was written"
+                f"{_appending(rows)} in {self.description} was refused: the store is open read-only; "
+                "nothing was written"
             )
         with self._lock:
             if self._writer_ok:
-                inserted = self._append_pg(rows, expected_head, doing)
+                inserted = self._append_pg(rows, expected_head)
             else:
-                inserted = self._append_sa(rows, expected_head, doing)
+                inserted = self._append_sa(rows, expected_head)
         if not inserted:
             raise SeqTaken(expected_head)
 
-    def _append_sa(self, rows: Sequence[EventRow], expected_head: int, doing: str) -> bool:
+    def _append_sa(self, rows: Sequence[EventRow], expected_head: int) -> bool:
         commit_id = _new_commit_id() if self._pg else None
 
         def insert() -> bool:
@@ -471,10 +475,10 @@ class SQLAlchemyStore:
             return insert()
         except sa_exc.DBAPIError as err:
             if commit_id is None or not _lost(err, self._operational):
-                raise self._error(err, doing, write=True) from err
-            return self._settle(rows, commit_id, doing, err, insert, lookup, sa_exc.DBAPIError)
+                raise self._error(err, _appending(rows), write=True) from err
+            return self._settle(rows, commit_id, err, insert, lookup, sa_exc.DBAPIError)
         except sa_exc.SQLAlchemyError as err:
-            raise self._error(err, doing, write=True) from err
+            raise self._error(err, _appending(rows), write=True) from err
 
     # -- PostgreSQL: one round trip per commit ----------------------------------------
 
@@ -503,7 +507,7 @@ class SQLAlchemyStore:
                 self._append_sql_cache[n] = sql
         return sql
 
-    def _append_pg(self, rows: Sequence[EventRow], expected_head: int, doing: str) -> bool:
+    def _append_pg(self, rows: Sequence[EventRow], expected_head: int) -> bool:
         """Append with one statement in autocommit: conditional insert + NOTIFY, all or none.
 
         Returns whether the rows were inserted (``False``: the head moved).
@@ -515,17 +519,16 @@ class SQLAlchemyStore:
             conn = self._writer_connection()
         except psycopg.Error as err:  # nothing was sent
             self._close_writer()
-            raise self._error(err, doing, write=True) from err
+            raise self._error(err, _appending(rows), write=True) from err
         try:
             return self._insert_pg(conn, rows, expected_head, commit_id)
         except psycopg.Error as err:
             if not _lost(err, psycopg.OperationalError):
-                raise self._error(err, doing, write=True) from err
+                raise self._error(err, _appending(rows), write=True) from err
             self._close_writer()
             return self._settle(
                 rows,
                 commit_id,
-                doing,
                 err,
                 lambda: self._insert_pg(self._writer_connection(), rows, expected_head, commit_id),
                 self._lookup_pg,
@@ -570,7 +573,6 @@ class SQLAlchemyStore:
         self,
         rows: Sequence[EventRow],
         commit_id: int,
-        doing: str,
         cause: BaseException,
         insert: Callable[[], bool],
         lookup: Callable[[int], Any],
@@ -585,6 +587,7 @@ class SQLAlchemyStore:
         within ``connect_timeout``.
         """
         first = rows[0][0]
+        doing = _appending(rows)
         deadline = time.monotonic() + self._connect_timeout
         while True:
             try:

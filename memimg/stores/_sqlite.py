@@ -24,7 +24,8 @@ file while a connection is open (it truncates the WAL, which keeps its
 inode), so a change of identity always comes from outside. The check costs
 one ``stat`` of the directory per commit: the files are looked at only when
 the directory's ctime moved since they last checked out (an entry was added,
-removed or renamed -- which is what deleting or replacing a file does).
+removed or renamed -- which is what deleting or replacing a file does), or
+when it changed too recently for its ctime to tell (see ``_stamped_after``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
@@ -77,12 +79,28 @@ _ADVICE: Final = {
     sqlite3.SQLITE_CORRUPT: "the file is damaged: restore it from a backup",
     sqlite3.SQLITE_NOTADB: "the file is not an SQLite database: restore it from a backup",
 }
-# A directory's ctime moves when an entry is added, removed or renamed (and when its mtime is
-# set back, which mtime alone would miss), but only as finely as the filesystem's timestamps:
-# a directory that changed less than this long ago could change again without its ctime
-# moving, so it is not trusted yet (whole seconds: a filesystem that keeps no fraction).
-_SETTLE_NS: Final = 50_000_000
-_SETTLE_WHOLE_SECONDS_NS: Final = 2_000_000_000
+# The clock inode timestamps are read from on Linux (CLOCK_REALTIME_COARSE: it moves once a tick).
+_COARSE_CLOCK: Final = 5 if sys.platform.startswith("linux") else None
+_TICK_NS: Final = 50_000_000  # elsewhere: a bound on the timestamp clock's step
+
+
+def _stamped_after(ctime: int) -> bool:
+    """Whether every later change of the directory is sure to get a ctime other than *ctime*.
+
+    A change made within the same step of the filesystem's timestamp clock
+    (a kernel tick; a whole second or two on filesystems that keep no
+    fraction) could get the same ctime, so the directory is trusted only once
+    that clock has moved past *ctime* by the filesystem's granularity (read
+    from *ctime*'s trailing zeros).
+    """
+    grain = 1
+    while grain < 1_000_000_000 and ctime % (grain * 10) == 0:
+        grain *= 10
+    if grain == 1_000_000_000:
+        grain *= 2  # FAT keeps even seconds
+    if _COARSE_CLOCK is not None:
+        return time.clock_gettime_ns(_COARSE_CLOCK) >= ctime + grain
+    return time.time_ns() - _TICK_NS >= ctime + grain
 
 
 def is_busy(err: BaseException) -> bool:
@@ -97,14 +115,6 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _dir_state(directory: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    return st.st_ctime_ns, st.st_ino
 
 
 class SQLiteStore:
@@ -254,11 +264,19 @@ class SQLiteStore:
     def _check_files(self, doing: str, seq: int | None) -> None:
         """Raise :class:`FileGoneError` unless the path still names the database and WAL opened.
 
-        Called after a write, before it is acknowledged, when the directory
-        changed since the files last checked out; *seq* is the last seq the
-        write committed (``None`` for other writes).
+        Called after every write, before it is acknowledged; *seq* is the
+        last seq the write committed (``None`` for other writes). While the
+        directory is unchanged since the files last checked out, its ``stat``
+        is all it costs.
         """
-        state = _dir_state(self._dir)  # before the files: a change after this moves the ctime
+        st: os.stat_result | None
+        try:
+            st = os.stat(self._dir)
+        except OSError:
+            st = None
+        if st is not None and st.st_ctime_ns == self._quiet_ctime and st.st_ino == self._quiet_ino:
+            return
+        # the directory was taken before the files: a change after it moves its ctime
         db, wal = _identity(self.path), _identity(self.path + "-wal")
         if self._wal_id is None:
             self._wal_id = wal  # SQLite creates it at the first read of a WAL database
@@ -269,12 +287,10 @@ class SQLiteStore:
         if wal != self._wal_id:
             self._gone = "its -wal file was deleted or replaced after the image opened it"
             raise self._gone_error(doing, seq)
-        self._quiet_ctime = self._quiet_ino = -1
-        if state is not None:
-            ctime = state[0]
-            settle = _SETTLE_NS if ctime % 1_000_000_000 else _SETTLE_WHOLE_SECONDS_NS
-            if time.time_ns() - ctime > settle:
-                self._quiet_ctime, self._quiet_ino = state
+        if st is not None and _stamped_after(st.st_ctime_ns):
+            self._quiet_ctime, self._quiet_ino = st.st_ctime_ns, st.st_ino
+        else:
+            self._quiet_ctime = self._quiet_ino = -1
 
     def _empty_stale_wal(self) -> None:
         """Move this connection's WAL into the database file it belongs to, and empty the WAL.
@@ -374,7 +390,7 @@ class SQLiteStore:
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
-            try:
+            try:  # _check_files' first step, inline: this is every commit's cost
                 st = os.stat(self._dir)
                 quiet = st.st_ctime_ns == self._quiet_ctime and st.st_ino == self._quiet_ino
             except OSError:
@@ -431,8 +447,7 @@ class SQLiteStore:
                 count: int = self._conn.execute(sql, params).rowcount
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
-            if _dir_state(self._dir) != (self._quiet_ctime, self._quiet_ino):
-                self._check_files(doing, None)
+            self._check_files(doing, None)
         return count
 
     # -- snapshots and meta ---------------------------------------------------

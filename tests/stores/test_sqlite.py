@@ -219,3 +219,15 @@ def test_deleted_wal_is_found_after_the_directory_was_quiet(tmp_path: Any, monke
     with pytest.raises(memimg.FileGoneError):
         store.append([row(5)], 4)
     store.close()
+
+
+def test_directory_is_trusted_only_once_its_timestamp_clock_moved_past_its_ctime() -> None:
+    """A directory's ctime is trusted to reveal the next change only once the filesystem's
+    timestamp clock has moved past it by the filesystem's granularity: at once for nanosecond
+    timestamps a moment old, after two seconds for whole-second (or FAT's even-second) ones."""
+    now = time.time_ns()
+    assert _sqlite._stamped_after(now - 100_000_007)
+    assert not _sqlite._stamped_after(now + 100_000_007)
+    second = (now // 1_000_000_000 - 1) * 1_000_000_000  # between one and two seconds ago
+    assert not _sqlite._stamped_after(second)
+    assert _sqlite._stamped_after(second - 1_000_000_000)
