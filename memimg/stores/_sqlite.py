@@ -153,11 +153,16 @@ class SQLiteStore:
             else:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         except sqlite3.Error as err:
-            raise MemimgError(f"cannot open {self.path!r} as an SQLite database: {err}") from err
+            raise StoreError(
+                f"cannot open {self.path!r} as an SQLite database: {err}", store=self.path, operation="opening"
+            ) from err
         self._conn = conn
         try:
             self._setup(sync)
             self._data_version = self._pragma("data_version")
+        except sqlite3.Error as err:
+            conn.close()
+            raise self._error(err, "opening the image") from err
         except BaseException:
             conn.close()
             raise
@@ -196,6 +201,8 @@ class SQLiteStore:
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as err:
+            if is_busy(err):
+                raise
             raise MemimgError(f"{self.path!r} is not a usable SQLite database ({err}); it was left untouched") from err
         for table, columns in _COLUMNS.items():
             if table in tables:

@@ -231,3 +231,19 @@ def test_directory_is_trusted_only_once_its_timestamp_clock_moved_past_its_ctime
     second = (now // 1_000_000_000 - 1) * 1_000_000_000  # between one and two seconds ago
     assert not _sqlite._stamped_after(second)
     assert _sqlite._stamped_after(second - 1_000_000_000)
+
+
+def test_database_locked_at_open_is_a_locked_error(tmp_path: Any) -> None:
+    """Opening a file another connection holds an exclusive lock on raises LockedError (a
+    StoreError with the sqlite3 error as its cause), not the driver's exception."""
+    path = str(tmp_path / "l.db")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("CREATE TABLE t (x)")
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(memimg.LockedError) as info:
+            SQLiteStore(path, busy_timeout=0.05)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
