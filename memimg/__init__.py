@@ -9,12 +9,15 @@ from memimg._api import deserialize, migrate, open, replay, serialize
 from memimg._codec import Converter, converter
 from memimg._errors import (
     ClosedError,
+    CommitUnknownError,
     ConflictError,
     CorruptLogError,
+    FileGoneError,
     LockedError,
     MemimgError,
     ReadOnlyError,
     SchemaError,
+    StoreError,
     UnknownTypeError,
     UnsupportedValueError,
 )
@@ -27,10 +30,12 @@ from memimg.stores import MemoryStore, SQLiteStore, Store
 
 __all__ = [
     "ClosedError",
+    "CommitUnknownError",
     "ConflictError",
     "Converter",
     "CorruptLogError",
     "Event",
+    "FileGoneError",
     "LockedError",
     "MemimgError",
     "MemoryImage",
@@ -40,6 +45,7 @@ __all__ = [
     "SchemaError",
     "SchemaReport",
     "Store",
+    "StoreError",
     "TrackedDict",
     "TrackedList",
     "TrackedSet",

@@ -37,7 +37,7 @@ def store_for(
         raise TypeError(f"memimg.open target must be a path, a URL or a Store, not {type(target).__qualname__}")
     text = os.fspath(target)
     if text == ":memory:":
-        return MemoryStore()
+        return MemoryStore(readonly=readonly)
     if "://" in text:
         try:
             from memimg.stores._sqlalchemy import SQLAlchemyStore

@@ -14,12 +14,15 @@ import attrs
 
 __all__ = [
     "ClosedError",
+    "CommitUnknownError",
     "ConflictError",
     "CorruptLogError",
+    "FileGoneError",
     "LockedError",
     "MemimgError",
     "ReadOnlyError",
     "SchemaError",
+    "StoreError",
     "UnknownTypeError",
     "UnsupportedValueError",
     "value_repr",
@@ -109,15 +112,54 @@ class UnknownTypeError(SchemaError):
 
 
 class ReadOnlyError(MemimgError):
-    """A write was attempted on an image opened with ``readonly=True``."""
+    """A write was attempted on an image or a store opened with ``readonly=True``."""
 
 
 class ClosedError(MemimgError):
     """The image was closed; open it again to keep using it."""
 
 
-class LockedError(MemimgError):
-    """The store stayed locked by another writer past the busy timeout."""
+class StoreError(MemimgError):
+    """The store failed: its database could not be read or written (``__cause__`` is the driver's error).
+
+    Attributes: ``store`` (the store's description: a path, or a URL without
+    its password), ``operation`` (what memimg was doing, e.g. ``"appending
+    events 12..14"``).
+    """
+
+    store: str
+    operation: str
+
+
+class LockedError(StoreError):
+    """The store stayed locked by another writer past the busy timeout; nothing was written."""
+
+
+class FileGoneError(StoreError):
+    """The SQLite file an image writes is no longer the file at its path (deleted, moved or replaced).
+
+    A commit that finds this has gone into a file nobody will read again: it
+    is not durable, it is not applied, and the store refuses every later
+    write. Attributes: ``path``, ``seq`` (the last seq of that commit, or
+    ``None`` when nothing was written), ``store``, ``operation``.
+    """
+
+    path: str
+    seq: int | None
+
+
+class CommitUnknownError(StoreError):
+    """A commit was sent, the connection was lost before its reply, and the database could not be asked.
+
+    The commit may or may not be in the log. Every row it wrote carries
+    ``commit_id``; the commit is in the log if the event at ``first_seq``
+    has that ``commit_id``. Attributes: ``commit_id``, ``first_seq``,
+    ``seq`` (its last seq), ``store``, ``operation``.
+    """
+
+    commit_id: int
+    first_seq: int
+    seq: int
 
 
 def value_repr(value: Any) -> str:
@@ -158,6 +200,9 @@ for _cls in (
     SchemaError,
     ReadOnlyError,
     ClosedError,
+    StoreError,
     LockedError,
+    FileGoneError,
+    CommitUnknownError,
 ):
     _cls.__module__ = "memimg"

@@ -2,6 +2,9 @@
 
 One instance may be shared by several images in one process; it then behaves
 like a shared log (appends are checked against the head under a lock).
+Nothing in it can fail the way a database can: no store method raises a
+:class:`StoreError`. A store made with ``readonly=True`` refuses writes with
+:class:`ReadOnlyError`.
 """
 
 from __future__ import annotations
@@ -10,16 +13,22 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from memimg._errors import ReadOnlyError
 from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """A store that keeps everything in memory (``memimg.open(":memory:")``)."""
+    """A store that keeps everything in memory (``memimg.open(":memory:")``).
 
-    def __init__(self) -> None:
+    Args:
+        readonly: refuse every write (:class:`ReadOnlyError`).
+    """
+
+    def __init__(self, *, readonly: bool = False) -> None:
         self.description = ":memory:"
+        self.readonly = readonly
         self._lock = threading.Lock()
         self._events: list[EventRow] = []
         self._first = 1
@@ -32,7 +41,12 @@ class MemoryStore:
     def first_seq(self) -> int:
         return self._first
 
+    def _refuse(self, doing: str) -> None:
+        raise ReadOnlyError(f"{doing} in :memory: was refused: the store is open read-only; nothing was written")
+
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
+        if self.readonly:
+            self._refuse(f"appending events {rows[0][0]}..{rows[-1][0]}")
         with self._lock:
             if self.head() != expected_head:
                 raise SeqTaken(expected_head)
@@ -48,6 +62,8 @@ class MemoryStore:
         return iter(rows)
 
     def write_snapshot(self, row: SnapshotRow) -> None:
+        if self.readonly:
+            self._refuse(f"writing the snapshot at seq {row.seq}")
         with self._lock:
             self._snapshots[row.seq] = row
 
@@ -64,6 +80,8 @@ class MemoryStore:
             return dict(self._meta)
 
     def set_meta(self, key: str, value: str) -> None:
+        if self.readonly:
+            self._refuse(f"writing memimg_meta[{key!r}]")
         with self._lock:
             self._meta[key] = value
 
@@ -80,6 +98,8 @@ class MemoryStore:
         return True
 
     def delete_events_before(self, seq: int) -> int:
+        if self.readonly:
+            self._refuse(f"deleting events before seq {seq}")
         with self._lock:
             n = max(0, min(len(self._events), seq - self._first))
             del self._events[:n]
@@ -87,6 +107,8 @@ class MemoryStore:
             return n
 
     def delete_snapshots_before(self, seq: int) -> int:
+        if self.readonly:
+            self._refuse(f"deleting snapshots before seq {seq}")
         with self._lock:
             old = [s for s in self._snapshots if s < seq]
             for s in old:

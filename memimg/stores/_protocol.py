@@ -10,6 +10,10 @@ still the seq the writer expected -- otherwise :class:`SeqTaken` is raised
 and nothing is written. That single rule makes commits from several
 processes safe: the loser catches up and tries again.
 
+A store raises no driver exception: every failure of its database is a
+:class:`~memimg.StoreError` (``__cause__`` the driver's error), and a store
+opened read-only refuses every write with :class:`~memimg.ReadOnlyError`.
+
 Every store passes the contract suite in ``tests/stores/contract.py``.
 """
 
@@ -78,6 +82,11 @@ class Store(Protocol):
         Raises:
             SeqTaken: another writer appended first; nothing was written.
             LockedError: the store stayed busy past its timeout.
+            StoreError: the database failed; nothing was written.
+            FileGoneError: (SQLite) the file is no longer at its path; the
+                rows are not durable.
+            CommitUnknownError: (PostgreSQL) the connection broke after the
+                rows were sent and their outcome could not be learned.
         """
         ...
 

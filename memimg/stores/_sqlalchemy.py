@@ -18,21 +18,53 @@ databases are polled. ``sync="normal"`` sets ``synchronous_commit = off`` on
 PostgreSQL (a commit survives the crash of any client process; a crash of the
 database server itself may lose the last fraction of a second of commits,
 never leaving a partial one), ``sync="full"`` keeps PostgreSQL's default.
+
+Every failure of the database or its driver surfaces as a :class:`StoreError`
+(:class:`LockedError` for lock timeouts, serialization failures and
+deadlocks), told apart by the driver's error class and SQLSTATE, never by its
+message. A pooled connection the server dropped (a restart,
+``pg_terminate_backend``) is retried once on a fresh one, so the store keeps
+working as soon as the database is back.
+
+**Commits whose reply is lost.** On PostgreSQL a commit is one statement in
+autocommit, so a connection that breaks after the statement was sent leaves
+its outcome unknown to the writer. Each commit therefore carries a random
+63-bit *commit id*, stored in the ``commit_id`` column of each of its rows.
+After such a break the store reconnects and looks at the event at the
+commit's first seq: its commit id says whether the commit landed. If no event
+is there yet, the statement may still be on its way to the server, so the
+store sends it again with the same commit id: the append rule lets exactly
+one of the two land, and a second look tells which. Only when the database
+cannot be reached within ``connect_timeout`` does the commit fail with
+:class:`CommitUnknownError`, which names the seq and commit id to look up.
+
+The ``commit_id`` column is the one addition to the tables of memimg 0.2
+(nullable, added to an existing ``events`` table when a writer opens it;
+``ALTER TABLE ... ADD COLUMN`` of a nullable column rewrites nothing).
+Rows written by older memimg processes have no commit id; those processes keep
+writing to the table, but an older memimg refuses to *open* a table with
+the extra column (it checks the columns exactly), so upgrade every process
+that shares a log. It was chosen over a side table (a second insert per
+commit: 20-40% more per commit) and over reusing an existing column (``ts``
+has no spare bits a reader would not misread, and ``tx`` is documented as
+the first seq).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from memimg._errors import LockedError, MemimgError
+from memimg._errors import CommitUnknownError, LockedError, MemimgError, ReadOnlyError, StoreError
 from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, read_in_chunks
+from memimg.stores._sqlite import is_busy
 
 __all__ = ["SQLAlchemyStore"]
 
@@ -45,10 +77,60 @@ _COLUMNS: Final = {
 
 _ASYNC_COMMIT: Final = sa.text("SET LOCAL synchronous_commit = off")
 _NOTIFY: Final = sa.text("SELECT pg_notify(:c, :p)")
+_CHUNK: Final = 8000  # rows per statement: stays under PostgreSQL's 65,535 parameters
+
+# SQLSTATEs: lock_not_available, serialization_failure, deadlock_detected
+_LOCKED: Final = frozenset({"55P03", "40001", "40P01"})
+# admin_shutdown, crash_shutdown, cannot_connect_now; and class 08, connection exceptions
+_LOST: Final = frozenset({"57P01", "57P02", "57P03"})
+_ADVICE: Final = {
+    "53100": "the database server's disk is full: free space, then retry",
+    "53200": "the database server is out of memory",
+    "53300": "the database server has too many connections: raise max_connections or use fewer",
+    "57014": "the statement was cancelled (statement_timeout?)",
+    "25006": "the database is read-only (a standby?): connect to the primary",
+    "42501": "the database user lacks a privilege on memimg's tables or schema",
+}
+_ABSENT: Final = object()  # no event at the looked-up seq
+
+T = TypeVar("T")
 
 
 def _redact(url: sa.URL) -> str:
     return url.render_as_string(hide_password=True)
+
+
+def _sqlstate(err: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (psycopg 3, psycopg2), or None."""
+    state = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def _lost(err: BaseException, operational: Any) -> bool:
+    """Whether PostgreSQL driver error *err* means the connection broke.
+
+    A statement sent on a broken connection may or may not have run.
+    *operational* is the driver's ``OperationalError`` class, which libpq-based
+    drivers raise without a SQLSTATE when the server is gone.
+    """
+    if isinstance(err, sa_exc.DBAPIError):
+        if err.connection_invalidated:
+            return True
+        if err.orig is not None:
+            err = err.orig
+    state = _sqlstate(err)
+    if state is None:
+        return isinstance(err, operational)
+    return state.startswith("08") or state in _LOST
+
+
+def _appending(rows: Sequence[EventRow]) -> str:
+    return f"appending events {rows[0][0]}..{rows[-1][0]}"
+
+
+def _new_commit_id() -> int:
+    # os.urandom, not the random module: a forked worker or a seeded random must not repeat ids
+    return int.from_bytes(os.urandom(8), "big") >> 1
 
 
 class SQLAlchemyStore:
@@ -62,7 +144,9 @@ class SQLAlchemyStore:
         sync: ``"normal"`` or ``"full"`` (see the module docstring).
         readonly: refuse writes.
         notify: use LISTEN/NOTIFY on PostgreSQL (default on).
-        connect_timeout: seconds before an unreachable server is reported.
+        connect_timeout: seconds before an unreachable server is reported;
+            also how long a commit whose reply was lost keeps trying to learn
+            its outcome before raising :class:`CommitUnknownError`.
     """
 
     def __init__(
@@ -80,6 +164,7 @@ class SQLAlchemyStore:
         if sync not in ("normal", "full"):
             raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
         self._own_engine = not isinstance(url, sa.Engine)
+        self._connect_args: dict[str, Any] = {}
         if isinstance(url, sa.Engine):
             engine = url
         else:
@@ -90,6 +175,7 @@ class SQLAlchemyStore:
             options = dict(engine_options)
             if parsed.get_backend_name() == "postgresql":
                 options.setdefault("connect_args", {}).setdefault("connect_timeout", max(1, int(connect_timeout)))
+            self._connect_args = dict(options.get("connect_args", {}))
             try:
                 engine = sa.create_engine(parsed, **options)
             except (ImportError, sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as err:
@@ -102,6 +188,9 @@ class SQLAlchemyStore:
         self._pg = engine.dialect.name == "postgresql"
         self._sqlite = engine.dialect.name == "sqlite"
         self._sync = sync
+        self._notify = notify and self._pg
+        self._connect_timeout = connect_timeout
+        self._operational = getattr(engine.dialect.loaded_dbapi, "OperationalError", ())
         self._lock = threading.RLock()
         md = sa.MetaData(schema=schema)
         self.events = sa.Table(
@@ -114,6 +203,7 @@ class SQLAlchemyStore:
             sa.Column("target", sa.BigInteger, nullable=False),
             sa.Column("payload", sa.LargeBinary, nullable=False),
             sa.Column("checksum", sa.BigInteger, nullable=False),
+            *([sa.Column("commit_id", sa.BigInteger, nullable=True)] if self._pg else []),
         )
         self.snapshots_table = sa.Table(
             f"{prefix}snapshots",
@@ -138,7 +228,7 @@ class SQLAlchemyStore:
             0,
         )
         self._head = sa.select(head)
-        names = _COLUMNS["events"]
+        names = _COLUMNS["events"] + (["commit_id"] if self._pg else [])
         self._append_first = (
             ev.insert()
             .from_select(
@@ -151,7 +241,7 @@ class SQLAlchemyStore:
         )
         self._append_rest = ev.insert()
         self._read = (
-            sa.select(*[ev.c[n] for n in names])
+            sa.select(*[ev.c[n] for n in _COLUMNS["events"]])
             .where(ev.c.seq > sa.bindparam("after"))
             .order_by(ev.c.seq)
             .limit(sa.bindparam("n"))
@@ -167,7 +257,7 @@ class SQLAlchemyStore:
         self._snapshots_name = preparer.format_table(self.snapshots_table)
         self._writer_ok = self._pg and engine.dialect.driver == "psycopg"
         self._connect_and_setup()
-        if notify and self._pg:
+        if self._notify:
             self._listen()
 
     # -- setup ----------------------------------------------------------------
@@ -178,15 +268,22 @@ class SQLAlchemyStore:
                 conn.execute(sa.text("SELECT 1"))
         except sa_exc.DBAPIError as err:
             self._dispose()
-            raise MemimgError(f"cannot connect to {self.description}: {str(err.orig).strip()}") from err
+            raise StoreError(
+                f"cannot connect to {self.description}: {str(err.orig).strip()}",
+                store=self.description,
+                operation="connecting",
+            ) from err
         try:
             inspector = sa.inspect(self.engine)
             existing = set(inspector.get_table_names(schema=self.schema))
+            missing_commit_id = False
             for short, columns in _COLUMNS.items():
                 name = self.prefix + short
                 if name in existing:
                     found = [c["name"] for c in inspector.get_columns(name, schema=self.schema)]
-                    if found != columns:
+                    if short == "events" and found == columns:
+                        missing_commit_id = self._pg  # made by memimg 0.2
+                    elif not (found == columns or (short == "events" and found == [*columns, "commit_id"])):
                         raise MemimgError(
                             f"{self.description} has a table {name} with columns {found}, not made by memimg "
                             f"(expected {columns}); it was left untouched"
@@ -195,7 +292,12 @@ class SQLAlchemyStore:
                 if self.readonly:
                     raise MemimgError(f"{self.description} holds no memimg image (opened read-only)")
                 self._create_tables()
+            elif missing_commit_id and not self.readonly:
+                self._add_commit_id()
             version = int(self.meta().get("format_version", FORMAT_VERSION))
+        except sa_exc.SQLAlchemyError as err:
+            self._dispose()
+            raise self._error(err, "reading memimg's tables") from err
         except BaseException:
             self._dispose()
             raise
@@ -217,74 +319,172 @@ class SQLAlchemyStore:
             if exists.first() is None:
                 conn.execute(self.meta_table.insert().values(key="format_version", value=str(FORMAT_VERSION)))
 
+    def _add_commit_id(self) -> None:
+        """Give an events table made by memimg 0.2 its ``commit_id`` column (see the module docstring)."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
+            conn.execute(sa.text(f"ALTER TABLE {self._events_name} ADD COLUMN IF NOT EXISTS commit_id BIGINT"))
+
+    def _connect(self) -> Any:
+        """A new psycopg connection (autocommit) to the engine's database, outside its pool.
+
+        Built from the dialect's own connect arguments (plus the store's
+        ``connect_args``): a URL rendered back to a string would lose query
+        options such as ``options=-c statement_timeout=5000``.
+        """
+        import psycopg
+
+        url = self.engine.url
+        if self.engine.dialect.driver == "psycopg":
+            _, kwargs = self.engine.dialect.create_connect_args(url)
+            kwargs.pop("context", None)  # SQLAlchemy's adapters, for its own connections
+        else:  # another driver's dialect: its arguments are not libpq's, the URL's parts are
+            kwargs = url.translate_connect_args(username="user", database="dbname")
+            kwargs.update(url.query)
+        kwargs.update(self._connect_args)
+        kwargs.setdefault("connect_timeout", max(1, int(self._connect_timeout)))
+        return psycopg.Connection.connect(autocommit=True, **kwargs)
+
     def _listen(self) -> None:
         try:
-            import psycopg
-
-            # the whole URL, query options (host=/socket/dir, sslmode...) included, as a libpq URI
-            conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._listener = psycopg.Connection.connect(conninfo, autocommit=True, connect_timeout=10)
-            self._listener.execute(f'LISTEN "{self.channel}"')
-        except Exception:  # no psycopg, or another driver: poll instead
+            listener = self._connect()
+            listener.execute(f'LISTEN "{self.channel}"')
+        except ImportError:  # no psycopg: poll, from now on
+            self._notify = False
             self._listener = None
+        except Exception:  # the server is away: poll, and listen again at the next wait
+            self._listener = None
+        else:
+            self._listener = listener
 
     def _dispose(self) -> None:
         if self._own_engine:
             self.engine.dispose()
 
-    def _error(self, err: Exception, doing: str) -> MemimgError:
-        orig = getattr(err, "orig", err)
-        text = str(orig).strip()
-        if "lock" in text.lower() and ("timeout" in text.lower() or "locked" in text.lower()):
-            return LockedError(f"{doing} in {self.description}: {text}")
-        return MemimgError(f"{doing} in {self.description} failed: {text}")
+    def _error(self, err: BaseException, doing: str, *, write: bool = False) -> StoreError:
+        """The :class:`StoreError` for a failure of the database or its driver (by class and SQLSTATE)."""
+        orig: BaseException = err.orig if isinstance(err, sa_exc.DBAPIError) and err.orig is not None else err
+        text = str(orig).strip() or type(orig).__name__
+        outcome = "; nothing was written" if write else ""
+        state = _sqlstate(orig)
+        if state in _LOCKED or (self._sqlite and is_busy(orig)):
+            return LockedError(
+                f"{doing} in {self.description}: the database stayed locked by another writer ({text}){outcome}; retry",
+                store=self.description,
+                operation=doing,
+            )
+        if state is not None and state in _ADVICE:
+            advice = _ADVICE[state]
+        elif self._pg and _lost(err, self._operational):
+            advice = "the database cannot be reached; memimg reconnects once it is back"
+        else:
+            advice = "see the cause below"
+        return StoreError(
+            f"{doing} in {self.description} failed ({text}){outcome}; {advice}",
+            store=self.description,
+            operation=doing,
+        )
+
+    def _run(self, doing: str, work: Callable[[sa.Connection], T], *, write: bool = False) -> T:
+        """``work(connection)`` on a pooled connection (in a transaction if *write*), errors translated.
+
+        A connection the server dropped is retried once on a fresh one: the
+        pool discarded it, and every operation run this way is a read or
+        idempotent (writing the same snapshot or meta again changes nothing).
+        """
+        if write and self.readonly:
+            raise ReadOnlyError(
+                f"{doing} in {self.description} was refused: the store is open read-only; nothing was written"
+            )
+        for attempt in (1, 2):
+            try:
+                if write:
+                    with self.engine.begin() as conn:
+                        return work(conn)
+                with self.engine.connect() as conn:
+                    return work(conn)
+            except sa_exc.DBAPIError as err:
+                if attempt == 1 and err.connection_invalidated:
+                    continue
+                raise self._error(err, doing, write=write) from err
+            except sa_exc.SQLAlchemyError as err:
+                raise self._error(err, doing, write=write) from err
+        raise AssertionError("unreachable")
 
     # -- events ---------------------------------------------------------------
 
     def head(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(self._head).scalar_one())
+        return self._run("reading the head of the log", lambda conn: int(conn.execute(self._head).scalar_one()))
 
     def first_seq(self) -> int:
-        with self.engine.connect() as conn:
+        def first(conn: sa.Connection) -> int:
             low = conn.execute(sa.select(sa.func.min(self.events.c.seq))).scalar()
             if low is None:
                 snap = conn.execute(sa.select(sa.func.coalesce(sa.func.max(self.snapshots_table.c.seq), 0))).scalar()
                 return int(snap or 0) + 1
             return int(low)
 
+        return self._run("reading the first seq of the log", first)
+
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         if self.readonly:
-            raise MemimgError(f"{self.description} is open read-only")
-        if self._pg and self._writer_ok:
-            self._append_pg(rows, expected_head)
-            return
-        names = _COLUMNS["events"]
-        first = dict(zip(names, rows[0]))
-        first["expected"] = expected_head
+            raise ReadOnlyError(
+                f"{_appending(rows)} in {self.description} was refused: the store is open read-only; "
+                "nothing was written"
+            )
+        with self._lock:
+            if self._writer_ok:
+                inserted = self._append_pg(rows, expected_head)
+            else:
+                inserted = self._append_sa(rows, expected_head)
+        if not inserted:
+            raise SeqTaken(expected_head)
+
+    def _append_sa(self, rows: Sequence[EventRow], expected_head: int) -> bool:
+        commit_id = _new_commit_id() if self._pg else None
+
+        def insert() -> bool:
+            names = _COLUMNS["events"]
+            first = dict(zip(names, rows[0]))
+            first["expected"] = expected_head
+            rest = [dict(zip(names, r)) for r in rows[1:]]
+            if commit_id is not None:
+                first["commit_id"] = commit_id
+                for r in rest:
+                    r["commit_id"] = commit_id
+            try:
+                with self.engine.begin() as conn:
+                    if self._pg and self._sync == "normal":
+                        conn.execute(_ASYNC_COMMIT)
+                    if conn.execute(self._append_first, first).rowcount != 1:
+                        raise SeqTaken(expected_head)  # rolls the transaction back
+                    if rest:
+                        conn.execute(self._append_rest, rest)
+                    if self._pg:
+                        conn.execute(_NOTIFY, {"c": self.channel, "p": str(rows[-1][0])})
+            except (SeqTaken, sa_exc.IntegrityError):
+                return False
+            return True
+
+        def lookup(seq: int) -> Any:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(self.events.c.commit_id).where(self.events.c.seq == seq)).first()
+            return _ABSENT if row is None else row[0]
+
         try:
-            with self.engine.begin() as conn:
-                if self._pg and self._sync == "normal":
-                    conn.execute(_ASYNC_COMMIT)
-                if conn.execute(self._append_first, first).rowcount != 1:
-                    raise SeqTaken(expected_head)
-                if len(rows) > 1:
-                    conn.execute(self._append_rest, [dict(zip(names, r)) for r in rows[1:]])
-                if self._pg:
-                    conn.execute(_NOTIFY, {"c": self.channel, "p": str(rows[-1][0])})
-        except sa_exc.IntegrityError:
-            raise SeqTaken(expected_head) from None
+            return insert()
         except sa_exc.DBAPIError as err:
-            raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
+            if commit_id is None or not _lost(err, self._operational):
+                raise self._error(err, _appending(rows), write=True) from err
+            return self._settle(rows, commit_id, err, insert, lookup, sa_exc.DBAPIError)
+        except sa_exc.SQLAlchemyError as err:
+            raise self._error(err, _appending(rows), write=True) from err
 
     # -- PostgreSQL: one round trip per commit ----------------------------------------
 
     def _writer_connection(self) -> Any:
         if self._writer is None:
-            import psycopg
-
-            conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            conn = psycopg.Connection.connect(conninfo, autocommit=True, connect_timeout=10)
+            conn = self._connect()
             if self._sync == "normal":
                 conn.execute("SET synchronous_commit = off")
             self._writer = conn
@@ -296,8 +496,9 @@ class SQLAlchemyStore:
             row = "(%s::bigint, %s::bigint, %s::bigint, %s::text, %s::bigint, %s::bytea, %s::bigint)"
             values = ", ".join([row] * n)
             sql = (
-                f"WITH ins AS (INSERT INTO {self._events_name} (seq, tx, ts, kind, target, payload, checksum) "
-                f"SELECT * FROM (VALUES {values}) AS v(seq, tx, ts, kind, target, payload, checksum) "
+                f"WITH ins AS (INSERT INTO {self._events_name} "
+                "(seq, tx, ts, kind, target, payload, checksum, commit_id) "
+                f"SELECT v.*, %s::bigint FROM (VALUES {values}) AS v(seq, tx, ts, kind, target, payload, checksum) "
                 f"WHERE coalesce((SELECT max(seq) FROM {self._events_name}), "
                 f"(SELECT max(seq) FROM {self._snapshots_name}), 0) = %s::bigint RETURNING seq) "
                 "SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, max(seq)::text) FROM ins HAVING count(*) > 0)"
@@ -306,68 +507,123 @@ class SQLAlchemyStore:
                 self._append_sql_cache[n] = sql
         return sql
 
-    def _append_pg(self, rows: Sequence[EventRow], expected_head: int) -> None:
-        """Append with one statement in autocommit: conditional insert + NOTIFY, all or none."""
+    def _append_pg(self, rows: Sequence[EventRow], expected_head: int) -> bool:
+        """Append with one statement in autocommit: conditional insert + NOTIFY, all or none.
+
+        Returns whether the rows were inserted (``False``: the head moved).
+        """
         import psycopg
 
-        if len(rows) > 8000:  # stay under PostgreSQL's 65,535 parameters per statement
-            self._append_pg_chunked(rows, expected_head)
-            return
-        params: list[Any] = [v for r in rows for v in r]
-        params += [expected_head, self.channel]
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    conn = self._writer_connection()
-                    inserted = conn.execute(self._append_sql(len(rows)), params).fetchone()[0]
-                    break
-                except psycopg.errors.UniqueViolation:
-                    raise SeqTaken(expected_head) from None
-                except psycopg.OperationalError as err:
-                    self._close_writer()
-                    # The reply may have been lost after the commit: if so, the rows are there.
-                    stored = self._stored(rows[-1])
-                    if stored:
-                        return
-                    if attempt == 2 or stored is None:
-                        raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
-                except psycopg.Error as err:
-                    raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
-        if inserted != len(rows):
-            raise SeqTaken(expected_head)
-
-    def _append_pg_chunked(self, rows: Sequence[EventRow], expected_head: int) -> None:
-        import psycopg
-
-        with self._lock:
-            conn = self._writer_connection()
-            try:
-                with conn.transaction():
-                    done = expected_head
-                    for start in range(0, len(rows), 8000):
-                        chunk = rows[start : start + 8000]
-                        params: list[Any] = [v for r in chunk for v in r] + [done, self.channel]
-                        if conn.execute(self._append_sql(len(chunk)), params).fetchone()[0] != len(chunk):
-                            raise SeqTaken(expected_head)
-                        done += len(chunk)
-            except psycopg.errors.UniqueViolation:
-                raise SeqTaken(expected_head) from None
-            except psycopg.Error as err:
-                self._close_writer()
-                if isinstance(err, psycopg.OperationalError) and self._stored(rows[-1]):
-                    return  # committed, the reply lost
-                raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
-
-    def _stored(self, row: EventRow) -> bool | None:
-        """Whether *row* (seq and checksum) is in the log, or None when that cannot be known."""
+        commit_id = _new_commit_id()
         try:
-            with self.engine.connect() as conn:
-                found = conn.execute(
-                    sa.select(self.events.c.checksum).where(self.events.c.seq == row[0])
-                ).scalar_one_or_none()
-        except sa_exc.DBAPIError:
-            return None
-        return found is not None and int(found) == row[6]
+            conn = self._writer_connection()
+        except psycopg.Error as err:  # nothing was sent
+            self._close_writer()
+            raise self._error(err, _appending(rows), write=True) from err
+        try:
+            return self._insert_pg(conn, rows, expected_head, commit_id)
+        except psycopg.Error as err:
+            if not _lost(err, psycopg.OperationalError):
+                raise self._error(err, _appending(rows), write=True) from err
+            self._close_writer()
+            return self._settle(
+                rows,
+                commit_id,
+                err,
+                lambda: self._insert_pg(self._writer_connection(), rows, expected_head, commit_id),
+                self._lookup_pg,
+                psycopg.Error,
+            )
+
+    def _insert_pg(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
+        import psycopg
+
+        try:
+            if len(rows) <= _CHUNK:
+                params: list[Any] = [commit_id]
+                params += [v for r in rows for v in r]
+                params += [expected_head, self.channel]
+                return bool(conn.execute(self._append_sql(len(rows)), params).fetchone()[0] == len(rows))
+            return self._insert_chunked(conn, rows, expected_head, commit_id)
+        except psycopg.errors.UniqueViolation:
+            return False
+
+    def _lookup_pg(self, seq: int) -> Any:
+        """The commit id of the event at *seq* (``None``: written by memimg 0.2), or ``_ABSENT``."""
+        sql = f"SELECT commit_id FROM {self._events_name} WHERE seq = %s"
+        row = self._writer_connection().execute(sql, (seq,)).fetchone()
+        return _ABSENT if row is None else row[0]
+
+    def _insert_chunked(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
+        import psycopg
+
+        refused = False
+        with conn.transaction() as tx:
+            done = expected_head
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                params: list[Any] = [commit_id, *[v for r in chunk for v in r], done, self.channel]
+                if conn.execute(self._append_sql(len(chunk)), params).fetchone()[0] != len(chunk):
+                    refused = True
+                    raise psycopg.Rollback(tx)
+                done += len(chunk)
+        return not refused
+
+    def _settle(
+        self,
+        rows: Sequence[EventRow],
+        commit_id: int,
+        cause: BaseException,
+        insert: Callable[[], bool],
+        lookup: Callable[[int], Any],
+        driver_error: type[BaseException],
+    ) -> bool:
+        """After a commit's connection broke: whether the commit is in the log.
+
+        ``True``: its rows are there (by its commit id). ``False``: another
+        writer's commit holds its first seq, so it can never land (the caller
+        raises :class:`SeqTaken`, exactly as if the head had moved before it).
+        Raises :class:`CommitUnknownError` when the database cannot tell
+        within ``connect_timeout``.
+        """
+        first = rows[0][0]
+        doing = _appending(rows)
+        deadline = time.monotonic() + self._connect_timeout
+        while True:
+            try:
+                found = lookup(first)
+                if found is _ABSENT:
+                    # The lost statement may still be on its way to the server: the same rows
+                    # with the same commit id either land now, or are refused because it (or
+                    # another writer) took the seq first -- which the next look tells apart.
+                    if insert():
+                        return True
+                    found = lookup(first)
+                if found is not _ABSENT:
+                    return bool(found == commit_id)
+            except driver_error as err:
+                cause = err
+                self._close_writer()
+            except sa_exc.SQLAlchemyError as err:
+                cause = err
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(0.2, left))
+        raise CommitUnknownError(
+            f"{doing} in {self.description}: the connection broke after the commit was sent, and the "
+            f"database could not be asked within {self._connect_timeout:g} s whether it was applied: its "
+            "outcome is UNKNOWN (it was not applied to this image). Do not simply make the change again: "
+            f"once the database is back, the commit is in the log if the event at seq {first} has "
+            f"commit_id {commit_id} (SELECT commit_id FROM {self._events_name} WHERE seq = {first}); "
+            "img.refresh() then applies it. If that event is missing or has another commit_id, it was not "
+            "applied",
+            commit_id=commit_id,
+            first_seq=first,
+            seq=rows[-1][0],
+            store=self.description,
+            operation=doing,
+        ) from cause
 
     def _close_writer(self) -> None:
         if self._writer is not None:
@@ -381,14 +637,13 @@ class SQLAlchemyStore:
         return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]
 
     def _fetch(self, after: int, n: int) -> list[EventRow]:
-        try:
-            with self.engine.connect() as conn:
-                return [
-                    EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6])
-                    for r in conn.execute(self._read, {"after": after, "n": n})
-                ]
-        except sa_exc.DBAPIError as err:
-            raise self._error(err, "reading events") from err
+        return self._run(
+            f"reading events after seq {after}",
+            lambda conn: [
+                EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6])
+                for r in conn.execute(self._read, {"after": after, "n": n})
+            ],
+        )
 
     def changed(self, seen: int) -> bool:
         # Exact (one round trip): a notification may still be on its way.
@@ -405,8 +660,12 @@ class SQLAlchemyStore:
                     more = True
                 if not more:
                     break
-        except Exception:
-            self._listener = None
+        except Exception:  # the connection broke: listen again at the next wait
+            listener, self._listener = self._listener, None
+            try:
+                listener.close()
+            except Exception:
+                pass
             return True
         return got
 
@@ -414,6 +673,8 @@ class SQLAlchemyStore:
         """Block until another writer may have appended past *seen*, or *timeout* passes."""
         if self.head() != seen:
             return True
+        if self._notify and self._listener is None:
+            self._listen()
         if self._listener is not None:
             return self._drain_notifies(timeout) or self.head() != seen
         deadline = time.monotonic() + timeout
@@ -424,51 +685,60 @@ class SQLAlchemyStore:
         return False
 
     def delete_events_before(self, seq: int) -> int:
-        with self.engine.begin() as conn:
-            return int(conn.execute(self.events.delete().where(self.events.c.seq < seq)).rowcount)
+        return self._run(
+            f"deleting events before seq {seq}",
+            lambda conn: int(conn.execute(self.events.delete().where(self.events.c.seq < seq)).rowcount),
+            write=True,
+        )
 
     def delete_snapshots_before(self, seq: int) -> int:
         t = self.snapshots_table
-        with self.engine.begin() as conn:
-            return int(conn.execute(t.delete().where(t.c.seq < seq)).rowcount)
+        return self._run(
+            f"deleting snapshots before seq {seq}",
+            lambda conn: int(conn.execute(t.delete().where(t.c.seq < seq)).rowcount),
+            write=True,
+        )
 
     # -- snapshots and meta ---------------------------------------------------
 
     def write_snapshot(self, row: SnapshotRow) -> None:
-        if self.readonly:
-            raise MemimgError(f"{self.description} is open read-only")
         t = self.snapshots_table
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(t.delete().where(t.c.seq == row.seq))
-                conn.execute(t.insert().values(seq=row.seq, ts=row.ts, payload=row.payload, checksum=row.checksum))
-        except sa_exc.DBAPIError as err:
-            raise self._error(err, f"writing the snapshot at seq {row.seq}") from err
+
+        def write(conn: sa.Connection) -> None:
+            conn.execute(t.delete().where(t.c.seq == row.seq))
+            conn.execute(t.insert().values(seq=row.seq, ts=row.ts, payload=row.payload, checksum=row.checksum))
+
+        self._run(f"writing the snapshot at seq {row.seq}", write, write=True)
 
     def snapshots(self) -> list[SnapshotInfo]:
         t = self.snapshots_table
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.seq, t.c.ts, sa.func.length(t.c.payload)).order_by(t.c.seq.desc()))
-            return [SnapshotInfo(int(a), int(b), int(c)) for a, b, c in rows]
+        query = sa.select(t.c.seq, t.c.ts, sa.func.length(t.c.payload)).order_by(t.c.seq.desc())
+        return self._run(
+            "listing snapshots", lambda conn: [SnapshotInfo(int(a), int(b), int(c)) for a, b, c in conn.execute(query)]
+        )
 
     def read_snapshot(self, seq: int) -> SnapshotRow:
         t = self.snapshots_table
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(t.c.seq, t.c.ts, t.c.payload, t.c.checksum).where(t.c.seq == seq)).first()
+        query = sa.select(t.c.seq, t.c.ts, t.c.payload, t.c.checksum).where(t.c.seq == seq)
+        row = self._run(f"reading the snapshot at seq {seq}", lambda conn: conn.execute(query).first())
         if row is None:
             raise KeyError(seq)
         return SnapshotRow(int(row[0]), int(row[1]), bytes(row[2]), int(row[3]))
 
     def meta(self) -> dict[str, str]:
         t = self.meta_table
-        with self.engine.connect() as conn:
-            return {k: v for k, v in conn.execute(sa.select(t.c.key, t.c.value))}
+        return self._run(
+            "reading memimg_meta", lambda conn: {k: v for k, v in conn.execute(sa.select(t.c.key, t.c.value))}
+        )
 
     def set_meta(self, key: str, value: str) -> None:
         t = self.meta_table
-        with self.engine.begin() as conn:
+
+        def write(conn: sa.Connection) -> None:
             conn.execute(t.delete().where(t.c.key == key))
             conn.execute(t.insert().values(key=key, value=value))
+
+        self._run(f"writing memimg_meta[{key!r}]", write, write=True)
 
     def close(self) -> None:
         with self._lock:

@@ -12,19 +12,35 @@ primary key, so two processes can never both write the same seq, nor leave a
 gap. memimg's tables can live in a database that also holds an
 application's own tables. A file that is not an SQLite database, or whose
 ``memimg_*`` tables were not made by memimg, is refused and left untouched.
+
+A commit is acknowledged only while the file it went into is still the file
+at the store's path. SQLite writes through the descriptors it opened, so a
+database (or ``-wal``) file deleted, moved or replaced under a running image
+would silently take every later commit with it; after each write the store
+checks that the path still names the database and WAL it opened (device and
+inode, recorded at open) and otherwise raises :class:`FileGoneError` and
+refuses every later write. SQLite itself never deletes or recreates either
+file while a connection is open (it truncates the WAL, which keeps its
+inode), so a change of identity always comes from outside. The check costs
+one ``stat`` of the directory per commit: the files are looked at only when
+the directory's ctime moved since they last checked out (an entry was added,
+removed or renamed -- which is what deleting or replacing a file does), or
+when it changed too recently for its ctime to tell (see ``_stamped_after``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
-from memimg._errors import LockedError, MemimgError
+from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
 from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, read_in_chunks
 
 __all__ = ["SQLiteStore"]
@@ -53,9 +69,52 @@ _HEAD: Final = "SELECT coalesce((SELECT max(seq) FROM memimg_events), (SELECT ma
 _APPEND: Final = "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
-def _is_busy(err: sqlite3.OperationalError) -> bool:
-    text = str(err).lower()
-    return "locked" in text or "busy" in text
+_BUSY: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# What to do about a failure, by SQLite's primary result code.
+_ADVICE: Final = {
+    sqlite3.SQLITE_FULL: "the disk is full: free space, then retry",
+    sqlite3.SQLITE_IOERR: "the disk reported an I/O error: check it",
+    sqlite3.SQLITE_READONLY: "the file cannot be written by this process: check its permissions",
+    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened: check that it and its directory exist",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged: restore it from a backup",
+    sqlite3.SQLITE_NOTADB: "the file is not an SQLite database: restore it from a backup",
+}
+# The clock inode timestamps are read from on Linux (CLOCK_REALTIME_COARSE: it moves once a tick).
+_COARSE_CLOCK: Final = 5 if sys.platform.startswith("linux") else None
+_TICK_NS: Final = 50_000_000  # elsewhere: a bound on the timestamp clock's step
+
+
+def _stamped_after(ctime: int) -> bool:
+    """Whether every later change of the directory is sure to get a ctime other than *ctime*.
+
+    A change made within the same step of the filesystem's timestamp clock
+    (a kernel tick; a whole second or two on filesystems that keep no
+    fraction) could get the same ctime, so the directory is trusted only once
+    that clock has moved past *ctime* by the filesystem's granularity (read
+    from *ctime*'s trailing zeros).
+    """
+    grain = 1
+    while grain < 1_000_000_000 and ctime % (grain * 10) == 0:
+        grain *= 10
+    if grain == 1_000_000_000:
+        grain *= 2  # FAT keeps even seconds
+    if _COARSE_CLOCK is not None:
+        return time.clock_gettime_ns(_COARSE_CLOCK) >= ctime + grain
+    return time.time_ns() - _TICK_NS >= ctime + grain
+
+
+def is_busy(err: BaseException) -> bool:
+    """Whether *err* is SQLite's "database is locked/busy" (by result code, extended codes included)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _BUSY
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class SQLiteStore:
@@ -82,6 +141,7 @@ class SQLiteStore:
         self.path = os.fspath(path)
         self.description = self.path
         self.readonly = readonly
+        self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
         self._check_file()
         try:
@@ -93,14 +153,31 @@ class SQLiteStore:
             else:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         except sqlite3.Error as err:
-            raise MemimgError(f"cannot open {self.path!r} as an SQLite database: {err}") from err
+            raise StoreError(
+                f"cannot open {self.path!r} as an SQLite database: {err}", store=self.path, operation="opening"
+            ) from err
         self._conn = conn
         try:
             self._setup(sync)
+            self._data_version = self._pragma("data_version")
+        except sqlite3.Error as err:
+            conn.close()
+            raise self._error(err, "opening the image") from err
         except BaseException:
             conn.close()
             raise
-        self._data_version = self._pragma("data_version")
+        self._gone: str | None = None  # why writes are refused: the file is no longer at the path
+        self._dir = os.path.dirname(os.path.abspath(self.path))
+        # the directory (ctime, inode) as it was when the files last checked out; -1: not trusted
+        self._quiet_ctime = self._quiet_ino = -1
+        self._db_id = self._wal_id = None
+        if not readonly:
+            self._db_id = _identity(self.path)
+            self._wal_id = _identity(self.path + "-wal")
+            if self._db_id is None:
+                conn.close()
+                raise MemimgError(f"{self.path!r} disappeared while it was being opened; nothing was written")
+            self._check_files("opening", None)
 
     def _check_file(self) -> None:
         try:
@@ -124,6 +201,8 @@ class SQLiteStore:
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as err:
+            if is_busy(err):
+                raise
             raise MemimgError(f"{self.path!r} is not a usable SQLite database ({err}); it was left untouched") from err
         for table, columns in _COLUMNS.items():
             if table in tables:
@@ -164,36 +243,136 @@ class SQLiteStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        except sqlite3.OperationalError as err:
+        except sqlite3.Error as err:
             raise self._error(err, "creating memimg's tables") from err
 
-    def _error(self, err: sqlite3.Error, doing: str) -> MemimgError:
-        if isinstance(err, sqlite3.OperationalError) and _is_busy(err):
+    def _error(self, err: sqlite3.Error, doing: str, *, write: bool = False) -> StoreError:
+        """The :class:`StoreError` for a failure of sqlite3 (its result code decides which)."""
+        outcome = "; nothing was written" if write else ""
+        if is_busy(err):
             return LockedError(
-                f"{doing} in {self.path!r}: the database stayed locked by another writer; retry, or raise busy_timeout"
+                f"{doing} in {self.path!r}: the database stayed locked by another writer{outcome}; "
+                "retry, or raise busy_timeout",
+                store=self.path,
+                operation=doing,
             )
-        return MemimgError(f"{doing} in {self.path!r} failed: {err}")
+        code = getattr(err, "sqlite_errorcode", None)
+        if code is None:  # not from SQLite itself: the connection was closed or misused
+            advice = "the store's connection is closed: open the image again"
+        else:
+            advice = _ADVICE.get(code & 0xFF, "see the cause below")
+        name = getattr(err, "sqlite_errorname", type(err).__name__)
+        return StoreError(
+            f"{doing} in {self.path!r} failed ({name}: {err}){outcome}; {advice}", store=self.path, operation=doing
+        )
+
+    # -- the file at the path ---------------------------------------------------
+
+    def _check_files(self, doing: str, seq: int | None) -> None:
+        """Raise :class:`FileGoneError` unless the path still names the database and WAL opened.
+
+        Called after every write, before it is acknowledged; *seq* is the
+        last seq the write committed (``None`` for other writes). While the
+        directory is unchanged since the files last checked out, its ``stat``
+        is all it costs.
+        """
+        st: os.stat_result | None
+        try:
+            st = os.stat(self._dir)
+        except OSError:
+            st = None
+        if st is not None and st.st_ctime_ns == self._quiet_ctime and st.st_ino == self._quiet_ino:
+            return
+        # the directory was taken before the files: a change after it moves its ctime
+        db, wal = _identity(self.path), _identity(self.path + "-wal")
+        if self._wal_id is None:
+            self._wal_id = wal  # SQLite creates it at the first read of a WAL database
+        if db is None or db != self._db_id:
+            self._gone = "its database file was deleted, moved or replaced after the image opened it"
+            self._empty_stale_wal()
+            raise self._gone_error(doing, seq)
+        if wal != self._wal_id:
+            self._gone = "its -wal file was deleted or replaced after the image opened it"
+            raise self._gone_error(doing, seq)
+        if st is not None and _stamped_after(st.st_ctime_ns):
+            self._quiet_ctime, self._quiet_ino = st.st_ctime_ns, st.st_ino
+        else:
+            self._quiet_ctime = self._quiet_ino = -1
+
+    def _empty_stale_wal(self) -> None:
+        """Move this connection's WAL into the database file it belongs to, and empty the WAL.
+
+        With the database file gone from the path, SQLite no longer
+        checkpoints at close and leaves its -wal behind, and whoever opens
+        the path next would replay those pages into another database. A
+        moved file gets every commit (the refused one too); best effort: a
+        reader elsewhere holding the WAL makes it a no-op.
+        """
+        try:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+
+    def _gone_error(self, doing: str, seq: int | None) -> FileGoneError:
+        if seq is None:
+            what = f"{doing} was refused: nothing was written"
+        elif self._gone is not None and "-wal" in self._gone:
+            what = (
+                f"{doing}: the events up to seq {seq} (back to the last checkpoint) went into a -wal file that "
+                "is no longer at the path, so they are NOT durable: they are lost if this process dies, and "
+                "are not applied to this image. Close the image now: SQLite then copies them into the "
+                "database file, which is still in place, and the reopened image shows them"
+            )
+        else:
+            what = (
+                f"{doing}: the events up to seq {seq} went into a file that is no longer at the path, so "
+                "they are NOT durable there and are not applied to this image (a moved file holds them)"
+            )
+        return FileGoneError(
+            f"{self.path!r} no longer holds the database this image writes ({self._gone}); {what}. This "
+            "image refuses every further write: put the database back at that path (from a backup) if it "
+            "was lost, then open the image again",
+            path=self.path,
+            seq=seq,
+            store=self.path,
+            operation=doing,
+        )
+
+    def _check_writable(self, doing: str) -> None:
+        if self.readonly:
+            raise ReadOnlyError(
+                f"{doing} in {self.path!r} was refused: the store is open read-only; nothing was written"
+            )
+        if self._gone is not None:
+            raise self._gone_error(doing, None)
 
     # -- events ---------------------------------------------------------------
 
     def head(self) -> int:
         with self._lock:
-            return self._conn.execute(_HEAD).fetchone()[0]  # type: ignore[no-any-return]
+            try:
+                return self._conn.execute(_HEAD).fetchone()[0]  # type: ignore[no-any-return]
+            except sqlite3.Error as err:
+                raise self._error(err, "reading the head of the log") from err
 
     def first_seq(self) -> int:
         with self._lock:
-            # min() alone, so SQLite reads one end of the primary key instead of scanning
-            low = self._conn.execute("SELECT min(seq) FROM memimg_events").fetchone()[0]
-            if low is None:
-                return self._snapshot_head() + 1
+            try:
+                # min() alone, so SQLite reads one end of the primary key instead of scanning
+                low = self._conn.execute("SELECT min(seq) FROM memimg_events").fetchone()[0]
+                if low is None:
+                    low = self._conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memimg_snapshots").fetchone()[0]
+            except sqlite3.Error as err:
+                raise self._error(err, "reading the first seq of the log") from err
         return low  # type: ignore[no-any-return]
 
-    def _snapshot_head(self) -> int:
-        return self._conn.execute("SELECT coalesce(max(seq), 0) FROM memimg_snapshots").fetchone()[0]  # type: ignore[no-any-return]
-
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
-        if self.readonly:
-            raise MemimgError(f"{self.path!r} is open read-only")
+        if self.readonly or self._gone is not None:
+            self._check_writable(f"appending events {rows[0][0]}..{rows[-1][0]}")
         first = (*rows[0], expected_head)
         conn = self._conn
         with self._lock:
@@ -201,21 +380,30 @@ class SQLiteStore:
                 if len(rows) == 1:
                     if conn.execute(_APPEND_FIRST, first).rowcount != 1:
                         raise SeqTaken(expected_head)
-                    return
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if conn.execute(_APPEND_FIRST, first).rowcount != 1:
-                        raise SeqTaken(expected_head)
-                    conn.executemany(_APPEND, rows[1:])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.IntegrityError:
-                raise SeqTaken(expected_head) from None
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        if conn.execute(_APPEND_FIRST, first).rowcount != 1:
+                            raise SeqTaken(expected_head)
+                        conn.executemany(_APPEND, rows[1:])
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+            except sqlite3.IntegrityError as err:
+                if err.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+                    raise SeqTaken(expected_head) from None
+                raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
-                raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}") from err
+                raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
+            try:  # _check_files' first step, inline: this is every commit's cost
+                st = os.stat(self._dir)
+                quiet = st.st_ctime_ns == self._quiet_ctime and st.st_ino == self._quiet_ino
+            except OSError:
+                quiet = False
+            if not quiet:
+                self._check_files(f"appending events {rows[0][0]}..{rows[-1][0]}", rows[-1][0])
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]
@@ -229,10 +417,13 @@ class SQLiteStore:
                     (after, n),
                 ).fetchall()
             except sqlite3.Error as err:
-                raise self._error(err, "reading events") from err
+                raise self._error(err, f"reading events after seq {after}") from err
 
     def changed(self, seen: int) -> bool:
-        version = self._pragma("data_version")
+        try:
+            version = self._pragma("data_version")
+        except sqlite3.Error as err:
+            raise self._error(err, "checking for other writers' commits") from err
         if version != self._data_version:
             self._data_version = version
             return True
@@ -250,38 +441,49 @@ class SQLiteStore:
             time.sleep(min(0.02, left))
 
     def delete_events_before(self, seq: int) -> int:
-        with self._lock:
-            return self._conn.execute("DELETE FROM memimg_events WHERE seq < ?", (seq,)).rowcount
+        return self._write(f"deleting events before seq {seq}", "DELETE FROM memimg_events WHERE seq < ?", (seq,))
 
     def delete_snapshots_before(self, seq: int) -> int:
+        return self._write(f"deleting snapshots before seq {seq}", "DELETE FROM memimg_snapshots WHERE seq < ?", (seq,))
+
+    def _write(self, doing: str, sql: str, params: tuple[Any, ...]) -> int:
+        """One statement that writes (its own transaction); returns the rows it changed."""
+        self._check_writable(doing)
         with self._lock:
-            return self._conn.execute("DELETE FROM memimg_snapshots WHERE seq < ?", (seq,)).rowcount
+            try:
+                count: int = self._conn.execute(sql, params).rowcount
+            except sqlite3.Error as err:
+                raise self._error(err, doing, write=True) from err
+            self._check_files(doing, None)
+        return count
 
     # -- snapshots and meta ---------------------------------------------------
 
     def write_snapshot(self, row: SnapshotRow) -> None:
-        if self.readonly:
-            raise MemimgError(f"{self.path!r} is open read-only")
-        with self._lock:
-            try:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)", row
-                )
-            except sqlite3.Error as err:
-                raise self._error(err, f"writing the snapshot at seq {row.seq}") from err
+        self._write(
+            f"writing the snapshot at seq {row.seq}",
+            "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)",
+            tuple(row),
+        )
 
     def snapshots(self) -> list[SnapshotInfo]:
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT seq, ts, length(payload) FROM memimg_snapshots ORDER BY seq DESC"
-            ).fetchall()
+            try:
+                rows = self._conn.execute(
+                    "SELECT seq, ts, length(payload) FROM memimg_snapshots ORDER BY seq DESC"
+                ).fetchall()
+            except sqlite3.Error as err:
+                raise self._error(err, "listing snapshots") from err
         return [SnapshotInfo(*r) for r in rows]
 
     def read_snapshot(self, seq: int) -> SnapshotRow:
         with self._lock:
-            row = self._conn.execute(
-                "SELECT seq, ts, payload, checksum FROM memimg_snapshots WHERE seq = ?", (seq,)
-            ).fetchone()
+            try:
+                row = self._conn.execute(
+                    "SELECT seq, ts, payload, checksum FROM memimg_snapshots WHERE seq = ?", (seq,)
+                ).fetchone()
+            except sqlite3.Error as err:
+                raise self._error(err, f"reading the snapshot at seq {seq}") from err
         if row is None:
             raise KeyError(seq)
         return SnapshotRow(*row)
@@ -290,12 +492,15 @@ class SQLiteStore:
         with self._lock:
             try:
                 return dict(self._conn.execute("SELECT key, value FROM memimg_meta"))
-            except sqlite3.OperationalError:
-                return {}
+            except sqlite3.Error as err:
+                raise self._error(err, "reading memimg_meta") from err
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO memimg_meta (key, value) VALUES (?, ?)", (key, value))
+        self._write(
+            f"writing memimg_meta[{key!r}]",
+            "INSERT OR REPLACE INTO memimg_meta (key, value) VALUES (?, ?)",
+            (key, value),
+        )
 
     def size(self) -> int:
         """Bytes on disk (the database file and its WAL)."""

@@ -1,17 +1,22 @@
 """The store contract: every behaviour a store must have.
 
 Each backend's test module subclasses :class:`StoreContract` and only says
-how to build a fresh store (``make_store``) and a second handle on the same
-log (``reopen``).
+how to build a fresh store (``make_store``), a second handle on the same log
+(``reopen``, read-only on request), and how to make the store's database
+fail (``broken``), so that every backend's own error translation is
+exercised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+import memimg
 from memimg._rows import event_checksum, snapshot_checksum
 from memimg.stores import EventRow, SeqTaken, SnapshotRow, Store
 
@@ -33,8 +38,16 @@ class StoreContract:
     def make_store(self) -> Store:
         raise NotImplementedError
 
-    def reopen(self, store: Store) -> Store:
+    def reopen(self, store: Store, *, readonly: bool = False) -> Store:
         """Another handle on the same log (another connection or the same object)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def broken(self, store: Store) -> Iterator[bool]:
+        """Make the store's database fail while the block runs, then bring it back.
+
+        Yields ``False`` for a store that has no database that can fail.
+        """
         raise NotImplementedError
 
     @pytest.fixture
@@ -160,3 +173,78 @@ class StoreContract:
         assert next(iter(store.read()))[5] == big
         store.write_snapshot(snap(1, big))
         assert store.read_snapshot(1).payload == big
+
+    def test_head_after_every_event_was_compacted(self, store: Store) -> None:
+        """With every event compacted away, the head is the newest snapshot's seq, and the next
+        append goes at head + 1 (the append rule holds against the snapshot)."""
+        store.append([row(1), row(2)], 0)
+        store.write_snapshot(snap(2))
+        assert store.delete_events_before(3) == 2
+        assert store.first_seq() == 3
+        assert store.head() == 2
+        with pytest.raises(SeqTaken):
+            store.append([row(2)], 1)
+        store.append([row(3)], 2)
+        assert store.head() == 3
+        assert [r[0] for r in store.read()] == [3]
+
+    def test_readonly_store_refuses_every_write(self, store: Store) -> None:
+        """A store opened read-only refuses append, write_snapshot, set_meta and both deletes with
+        ReadOnlyError, and the log is left exactly as it was."""
+        store.append([row(1), row(2)], 0)
+        store.write_snapshot(snap(1))
+        store.set_meta("k", "v")
+        ro = self.reopen(store, readonly=True)
+        try:
+            writes: dict[str, Callable[[], object]] = {
+                "append": lambda: ro.append([row(3)], 2),
+                "write_snapshot": lambda: ro.write_snapshot(snap(2)),
+                "set_meta": lambda: ro.set_meta("k", "w"),
+                "delete_events_before": lambda: ro.delete_events_before(3),
+                "delete_snapshots_before": lambda: ro.delete_snapshots_before(3),
+            }
+            for name, write in writes.items():
+                with pytest.raises(memimg.ReadOnlyError):
+                    write()
+                for handle in (ro, store):
+                    assert handle.head() == 2, name
+                    assert [r[0] for r in handle.read()] == [1, 2], name
+                    assert [i.seq for i in handle.snapshots()] == [1], name
+                    assert handle.meta()["k"] == "v", name
+        finally:
+            if ro is not store:
+                ro.close()
+
+    def test_database_failures_are_store_errors(self, store: Store) -> None:
+        """While its database fails, every store method raises a StoreError whose __cause__ is the
+        driver's error, nothing is written, and the store works again once the database is back."""
+        store.append([row(1)], 0)
+        store.write_snapshot(snap(1))
+        calls: dict[str, Callable[[], object]] = {
+            "head": store.head,
+            "first_seq": store.first_seq,
+            "read": lambda: list(store.read()),
+            "changed": lambda: store.changed(0),
+            "wait_for_change": lambda: store.wait_for_change(1, 0.01),
+            "snapshots": store.snapshots,
+            "read_snapshot": lambda: store.read_snapshot(1),
+            "meta": store.meta,
+            "set_meta": lambda: store.set_meta("k", "v"),
+            "write_snapshot": lambda: store.write_snapshot(snap(2)),
+            "delete_events_before": lambda: store.delete_events_before(1),
+            "delete_snapshots_before": lambda: store.delete_snapshots_before(1),
+            "append": lambda: store.append([row(2)], 1),
+        }
+        with self.broken(store) as fails:
+            for name, call in calls.items() if fails else ():
+                with pytest.raises(memimg.StoreError) as info:
+                    call()
+                assert info.value.__cause__ is not None, name
+                assert not isinstance(info.value.__cause__, memimg.MemimgError), name
+                assert info.value.store == store.description and info.value.operation, name
+        assert store.head() == 1
+        assert [r[0] for r in store.read()] == [1]
+        assert [i.seq for i in store.snapshots()] == [1]
+        assert "k" not in store.meta()
+        store.append([row(2)], 1)
+        assert store.head() == 2

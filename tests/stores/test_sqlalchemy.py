@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import memimg
 from memimg.stores import Store
 from tests.conftest import POSTGRES_URL
 from tests.stores.contract import StoreContract
+from tests.tcpproxy import TCPProxy
 
 sa = pytest.importorskip("sqlalchemy")
 from memimg.stores._sqlalchemy import SQLAlchemyStore  # noqa: E402
@@ -24,30 +27,60 @@ class TestSQLAlchemyOnSQLite(StoreContract):
     def make_store(self) -> Store:
         return SQLAlchemyStore(self.url)
 
-    def reopen(self, store: Store) -> Store:
-        return SQLAlchemyStore(self.url)
+    def reopen(self, store: Store, *, readonly: bool = False) -> Store:
+        return SQLAlchemyStore(self.url, readonly=readonly)
+
+    @contextlib.contextmanager
+    def broken(self, store: Store) -> Iterator[bool]:
+        # every new connection fails to open the file (SQLITE_CANTOPEN), as after a lost mount
+        assert isinstance(store, SQLAlchemyStore)
+        engine = store.engine
+        store.engine = sa.create_engine(f"sqlite:///{self.url[len('sqlite:///') :]}.missing/x.db")
+        try:
+            yield True
+        finally:
+            store.engine.dispose()
+            store.engine = engine
 
 
 needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="set MEMIMG_TEST_POSTGRES_URL to test PostgreSQL")
 
 
+def pg_proxy() -> TCPProxy:
+    """A proxy between this test's stores and the test database."""
+    url = sa.make_url(POSTGRES_URL)
+    return TCPProxy(url.host or "127.0.0.1", url.port or 5432)
+
+
 @needs_postgres
 @pytest.mark.postgres
 class TestPostgreSQLStore(StoreContract):
+    """The contract on PostgreSQL, through a proxy that can make the database unreachable."""
+
     @pytest.fixture(autouse=True)
     def _schema(self) -> Any:
         self.schema = f"t_{uuid.uuid4().hex[:12]}"
+        self.proxy = pg_proxy()
         yield
+        self.proxy.close()
         engine = sa.create_engine(POSTGRES_URL)
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
         engine.dispose()
 
     def make_store(self) -> Store:
-        return SQLAlchemyStore(POSTGRES_URL, schema=self.schema)  # type: ignore[arg-type]
+        return SQLAlchemyStore(self.proxy.url(POSTGRES_URL), schema=self.schema, connect_timeout=1)  # type: ignore[arg-type]
 
-    def reopen(self, store: Store) -> Store:
-        return SQLAlchemyStore(POSTGRES_URL, schema=self.schema)  # type: ignore[arg-type]
+    def reopen(self, store: Store, *, readonly: bool = False) -> Store:
+        return SQLAlchemyStore(POSTGRES_URL, schema=self.schema, readonly=readonly)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def broken(self, store: Store) -> Iterator[bool]:
+        self.proxy.refuse()  # every connection cut, new ones refused: the server is unreachable
+        try:
+            yield True
+        finally:
+            self.proxy.accept()
 
     def test_notify_wakes_a_waiting_follower(self, store: Store) -> None:
         """A follower blocked in wait_for_change wakes when another process commits."""
@@ -122,3 +155,222 @@ def test_newer_format_on_postgres_is_refused() -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+# == PostgreSQL: lost connections, lost replies, URL options =====================================
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A schema of this test's own on the test database (dropped after)."""
+    if not POSTGRES_URL:
+        pytest.skip("needs PostgreSQL: set MEMIMG_TEST_POSTGRES_URL (.ci/run does)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield schema
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def _events(schema: str) -> list[tuple[int, str, int | None]]:
+    engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f'SELECT seq, kind, commit_id FROM "{schema}".memimg_events ORDER BY seq'))
+        out = [(int(a), str(b), c) for a, b, c in rows]
+    engine.dispose()
+    return out
+
+
+def test_commit_whose_reply_is_lost_is_reported_applied_once(pg_schema: str) -> None:
+    """When every connection drops after the commit was sent and before its reply, the store
+    reconnects, finds the commit by its commit id, and reports success: the change is applied
+    once, in the image and in the log."""
+    with pg_proxy() as proxy:
+        store = SQLAlchemyStore(proxy.url(POSTGRES_URL), schema=pg_schema)  # type: ignore[arg-type]
+        img = memimg.open(store, root=dict)
+        img.root["items"] = []
+        img.refresh()  # the pool holds a connection too: the cut kills it as well
+        proxy.cut_after(store.channel.encode())
+        img.root["items"].append("once")
+        assert proxy.cut.is_set()
+        assert img.root["items"] == ["once"]
+        img.root["items"].append("twice")  # and the image keeps working
+        img.close()
+    with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)) as again:  # type: ignore[arg-type]
+        assert again.root["items"] == ["once", "twice"]
+    appends = [r for r in _events(pg_schema) if r[1] == "list.append"]
+    assert len(appends) == 2 and all(r[2] is not None for r in appends)
+
+
+def test_commit_outcome_unknown_while_the_database_is_unreachable(pg_schema: str) -> None:
+    """When the connection drops after the commit was sent and the database stays unreachable,
+    the commit raises CommitUnknownError naming the seq and commit id that tell its outcome;
+    the image did not apply it, and once the database is back the image works again and
+    applies it from the log if it landed."""
+    with pg_proxy() as proxy:
+        store = SQLAlchemyStore(proxy.url(POSTGRES_URL), schema=pg_schema, connect_timeout=1)  # type: ignore[arg-type]
+        img = memimg.open(store, root=dict)
+        img.root["a"] = 1
+        proxy.cut_after(store.channel.encode(), then_refuse=True)
+        with pytest.raises(memimg.CommitUnknownError) as info:
+            img.root["b"] = 2
+        err = info.value
+        assert isinstance(err, memimg.StoreError) and err.__cause__ is not None
+        assert "UNKNOWN" in str(err) and str(err.commit_id) in str(err) and f"seq {err.first_seq}" in str(err)
+        assert "b" not in img.root
+        proxy.accept()
+        # the statement reached the server before the cut: it committed, under that commit id
+        landed = {seq: cid for seq, _, cid in _events(pg_schema)}
+        assert landed[err.first_seq] == err.commit_id and err.seq == err.first_seq
+        img.refresh()
+        assert img.root == {"a": 1, "b": 2}
+        img.root["c"] = 3
+        img.close()
+    with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)) as again:  # type: ignore[arg-type]
+        assert again.root == {"a": 1, "b": 2, "c": 3}
+
+
+def test_commit_whose_statement_never_arrived_is_sent_again(pg_schema: str) -> None:
+    """A writer connection that died while idle (the server restarted, the commit never reached it)
+    is found out at the next commit, which reconnects and commits once."""
+    with pg_proxy() as proxy:
+        store = SQLAlchemyStore(proxy.url(POSTGRES_URL), schema=pg_schema)  # type: ignore[arg-type]
+        img = memimg.open(store, root=dict)
+        img.root["a"] = 1
+        proxy.cut_all()
+        img.root["b"] = 2
+        assert img.root == {"a": 1, "b": 2}
+        img.close()
+    assert [kind for _, kind, _ in _events(pg_schema)].count("dict.set") == 2
+
+
+def test_append_after_a_lost_reply_is_not_applied_twice(postgres: Any) -> None:
+    """A commit that committed but whose reply was lost (the driver raised after the statement ran)
+    is found by its commit id and reported applied: the change appears once, not twice."""
+    import psycopg
+
+    store = postgres.target()
+    img = memimg.open(store, root=dict)
+    img.root["items"] = []
+    real = store._writer_connection
+    state = {"fail": True}
+
+    class LostReply:
+        def __init__(self, conn: Any) -> None:
+            self.conn = conn
+
+        def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+            cur = self.conn.execute(sql, *args, **kwargs)
+            if state["fail"] and "INSERT" in sql:
+                state["fail"] = False
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return cur
+
+        def close(self) -> None:
+            self.conn.close()
+
+    store._writer_connection = lambda: LostReply(real())
+    img.root["items"].append("once")
+    assert img.root["items"] == ["once"]
+    assert not state["fail"]  # the reply was lost once
+    img.close()
+    with memimg.open(postgres.target(), root=dict) as again:
+        assert again.root["items"] == ["once"]
+
+
+def _terminate(application_name: str) -> int:
+    """End this test's own backends (by their application_name), never anyone else's."""
+    engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        killed = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND application_name = :name"
+            ),
+            {"name": application_name},
+        ).scalar_one()
+    engine.dispose()
+    return int(killed)
+
+
+def test_image_keeps_working_after_its_connections_are_terminated(pg_schema: str) -> None:
+    """After pg_terminate_backend of every connection of the store (pool, writer, listener), reads,
+    transactions, waits, snapshots and meta all work again on fresh connections."""
+    name = f"memimg_test_{uuid.uuid4().hex[:12]}"
+    url = sa.make_url(POSTGRES_URL).update_query_dict({"application_name": name})
+    store = SQLAlchemyStore(url, schema=pg_schema)
+    img = memimg.open(store, root=dict)
+    img.root["a"] = 1
+    img.refresh()
+    assert _terminate(name) >= 2
+    with img.transaction():
+        img.root["a"] += 1
+    assert img.wait(0.05) == 0
+    assert img.root == {"a": 2}
+    assert _terminate(name) >= 1
+    seq = img.snapshot()
+    assert _terminate(name) >= 1
+    assert store.meta()["format_version"] == "1"
+    store.set_meta("x", "1")
+    assert [s.seq for s in store.snapshots()] == [seq]
+    img.close()
+    with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)) as again:  # type: ignore[arg-type]
+        assert again.root == {"a": 2}
+
+
+def test_unreachable_database_raises_store_errors_then_recovers(pg_schema: str) -> None:
+    """While the server is unreachable, transactions, waits and reads raise StoreError (the driver's
+    error as __cause__), never a driver exception; once it is back the image works again."""
+    with pg_proxy() as proxy:
+        store = SQLAlchemyStore(proxy.url(POSTGRES_URL), schema=pg_schema, connect_timeout=1)  # type: ignore[arg-type]
+        img = memimg.open(store, root=dict)
+        img.root["a"] = 1
+        proxy.refuse()
+        for attempt in (lambda: img.transaction().__enter__(), lambda: img.wait(0.05), img.refresh, img.snapshot):
+            with pytest.raises(memimg.StoreError) as info:
+                attempt()
+            assert info.value.__cause__ is not None
+            assert not isinstance(info.value.__cause__, memimg.MemimgError)
+        assert img.root == {"a": 1}
+        proxy.accept()
+        with img.transaction():
+            img.root["b"] = 2
+        assert img.wait(0.05) == 0
+        img.close()
+    with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)) as again:  # type: ignore[arg-type]
+        assert again.root == {"a": 1, "b": 2}
+
+
+def test_query_options_in_the_url_reach_every_connection(pg_schema: str) -> None:
+    """A URL's query options (options=-c statement_timeout=5000) are passed to the writer and
+    listener connections as they are to SQLAlchemy's own: commits work and the setting holds."""
+    url = POSTGRES_URL + ("&" if "?" in POSTGRES_URL else "?") + "options=-c%20statement_timeout%3D5000"  # type: ignore[operator]
+    store = SQLAlchemyStore(url, schema=pg_schema)
+    with memimg.open(store, root=dict) as img:
+        img.root["a"] = 1
+        assert store._writer_connection().execute("SHOW statement_timeout").fetchone()[0] == "5s"
+        assert store._listener is not None
+        assert store._listener.execute("SHOW statement_timeout").fetchone()[0] == "5s"
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "5s"
+    with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)) as again:  # type: ignore[arg-type]
+        assert again.root == {"a": 1}
+
+
+def test_log_of_an_older_memimg_gets_its_commit_id_column(pg_schema: str) -> None:
+    """An events table made by memimg 0.2 (no commit_id) is opened read-only as it is, and a writer
+    adds the nullable column; the rows already there are kept, with no commit id."""
+    with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)) as img:  # type: ignore[arg-type]
+        img.root["a"] = 1
+    engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'ALTER TABLE "{pg_schema}".memimg_events DROP COLUMN commit_id'))
+    with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema, readonly=True), readonly=True) as ro:  # type: ignore[arg-type]
+        assert ro.root == {"a": 1}
+    assert "commit_id" not in [c["name"] for c in sa.inspect(engine).get_columns("memimg_events", schema=pg_schema)]
+    with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)) as img:  # type: ignore[arg-type]
+        img.root["b"] = 2
+    engine.dispose()
+    events = _events(pg_schema)
+    assert all(cid is None for _, kind, cid in events[:-1]) and events[-1][2] is not None

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import memimg
-from memimg.stores import SQLiteStore, Store
+from memimg.stores import SQLiteStore, Store, _sqlite
 from tests.stores.contract import StoreContract, row
 
 
@@ -18,8 +22,21 @@ class TestSQLiteStore(StoreContract):
     def make_store(self) -> Store:
         return SQLiteStore(self.path)
 
-    def reopen(self, store: Store) -> Store:
-        return SQLiteStore(self.path)
+    def reopen(self, store: Store, *, readonly: bool = False) -> Store:
+        return SQLiteStore(self.path, readonly=readonly)
+
+    @contextlib.contextmanager
+    def broken(self, store: Store) -> Iterator[bool]:
+        # sqlite3 raises its own errors (ProgrammingError) on a closed connection
+        assert isinstance(store, SQLiteStore)
+        conn = store._conn
+        dead = sqlite3.connect(":memory:")
+        dead.close()
+        store._conn = dead
+        try:
+            yield True
+        finally:
+            store._conn = conn
 
 
 def test_wal_and_sync_modes(tmp_path: Any) -> None:
@@ -123,3 +140,110 @@ def test_readonly_missing_file(tmp_path: Any) -> None:
     """readonly=True on a file that does not exist says so."""
     with pytest.raises(memimg.MemimgError, match="does not exist"):
         memimg.open(str(tmp_path / "x.db"), readonly=True)
+
+
+def _remove(path: str, *suffixes: str) -> None:
+    for suffix in suffixes:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)
+
+
+@pytest.mark.parametrize("suffixes", [("", "-wal", "-shm"), ("",), ("-wal",)], ids=["all", "db", "wal"])
+def test_commit_into_a_deleted_file_is_refused_as_not_durable(tmp_path: Any, suffixes: tuple[str, ...]) -> None:
+    """A commit made after the database file (or its -wal) was deleted under the image raises
+    FileGoneError saying it is not durable; it is not applied, and every later write is refused.
+    The image's WAL is not left at the path to be replayed into whatever file is created there."""
+    path = str(tmp_path / "x.db")
+    img = memimg.open(path, root=dict)
+    img.root["a"] = 1
+    seq = img.seq
+    _remove(path, *suffixes)
+    with pytest.raises(memimg.FileGoneError) as info:
+        img.root["b"] = 2
+    err = info.value
+    assert err.path == path and err.seq == seq + 1 and err.store == path
+    assert "NOT durable" in str(err) and "open the image again" in str(err)
+    assert isinstance(err, memimg.StoreError)
+    assert img.root == {"a": 1} and img.seq == seq
+    with pytest.raises(memimg.FileGoneError) as again:
+        img.root["c"] = 3
+    assert again.value.seq is None and "nothing was written" in str(again.value)
+    with pytest.raises(memimg.FileGoneError):
+        img.snapshot()
+    assert img.root == {"a": 1}
+    img.close()
+    with memimg.open(path, root=dict) as reopened:
+        if suffixes == ("-wal",):  # the database file stayed: closing copied the stray WAL into it
+            assert reopened.root == {"a": 1, "b": 2}
+        else:  # a new image: nothing of the old one's WAL is replayed into the new file
+            assert reopened.root == {}
+
+
+def test_commit_into_a_replaced_file_is_refused(tmp_path: Any) -> None:
+    """A database file replaced under the image (another file renamed over its path) is found at
+    the next commit: FileGoneError, and nothing of the image (its WAL) gets into the other file."""
+    path = str(tmp_path / "x.db")
+    img = memimg.open(path, root=dict)
+    img.root["a"] = 1
+    other = str(tmp_path / "other.db")
+    with memimg.open(other, root=dict) as o:
+        o.root["other"] = True
+    os.replace(other, path)
+    with pytest.raises(memimg.FileGoneError):
+        img.root["b"] = 2
+    img.close()
+    with memimg.open(path, root=dict) as reopened:
+        assert reopened.root == {"other": True}
+
+
+def test_deleted_wal_is_found_after_the_directory_was_quiet(tmp_path: Any, monkeypatch: Any) -> None:
+    """Once the directory has not changed for a while, a commit costs one stat of the directory and
+    no look at the files; deleting the -wal then still changes the directory and is found."""
+    path = str(tmp_path / "x.db")
+    store = SQLiteStore(path)
+    store.append([row(1)], 0)
+    # the filesystem's clock must move past the directory's last change before it is trusted
+    deadline = time.monotonic() + 5
+    while time.time_ns() - os.stat(tmp_path).st_ctime_ns < 100_000_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.append([row(2)], 1)  # files checked; the directory is now trusted
+    looked: list[str] = []
+    real = _sqlite._identity
+    monkeypatch.setattr(_sqlite, "_identity", lambda p: looked.append(p) or real(p))
+    store.append([row(3)], 2)
+    assert looked == []
+    (tmp_path / "unrelated.txt").write_text("x")  # another file in the directory: checked, fine
+    store.append([row(4)], 3)
+    assert looked == [path, path + "-wal"]
+    os.remove(path + "-wal")
+    with pytest.raises(memimg.FileGoneError):
+        store.append([row(5)], 4)
+    store.close()
+
+
+def test_directory_is_trusted_only_once_its_timestamp_clock_moved_past_its_ctime() -> None:
+    """A directory's ctime is trusted to reveal the next change only once the filesystem's
+    timestamp clock has moved past it by the filesystem's granularity: at once for nanosecond
+    timestamps a moment old, after two seconds for whole-second (or FAT's even-second) ones."""
+    now = time.time_ns()
+    assert _sqlite._stamped_after(now - 100_000_007)
+    assert not _sqlite._stamped_after(now + 100_000_007)
+    second = (now // 1_000_000_000 - 1) * 1_000_000_000  # between one and two seconds ago
+    assert not _sqlite._stamped_after(second)
+    assert _sqlite._stamped_after(second - 1_000_000_000)
+
+
+def test_database_locked_at_open_is_a_locked_error(tmp_path: Any) -> None:
+    """Opening a file another connection holds an exclusive lock on raises LockedError (a
+    StoreError with the sqlite3 error as its cause), not the driver's exception."""
+    path = str(tmp_path / "l.db")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("CREATE TABLE t (x)")
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(memimg.LockedError) as info:
+            SQLiteStore(path, busy_timeout=0.05)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
