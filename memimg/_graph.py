@@ -1504,8 +1504,23 @@ class Graph:
     # -- snapshots ------------------------------------------------------------
 
     def snapshot_data(self, seq: int, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """The snapshot-format description of everything reachable from the root."""
-        return self._describe([self.root] if self.root is not None else [], _get_oid, seq, progress)
+        """The snapshot-format description of everything reachable from the root.
+
+        Objects without an id -- in a free-standing graph, what replay filled
+        in where the log stores no value (see :attr:`fills`), which no image
+        logs there -- are numbered after the table's ids, in the order the
+        walk meets them, so two graphs read the same way describe them alike.
+        """
+        extra: dict[int, int] = {}
+        after = len(self.objects)
+
+        def oid_of(obj: Any) -> int:
+            oid: int | None = getattr(obj, "_mi_oid", None)
+            if oid is None:
+                oid = extra.setdefault(id(obj), after + len(extra))
+            return oid
+
+        return self._describe([self.root] if self.root is not None else [], oid_of, seq, progress)
 
     def snapshot_payload(self, seq: int, progress: Callable[[int], None] | None = None) -> tuple[bytes, int, bytearray]:
         """The stored form of a snapshot at *seq*, how many objects it holds, and which.

@@ -441,6 +441,36 @@ def test_verify_passes_after_a_migration(tmp_path: Any, monkeypatch: Any, change
     assert "3 snapshot(s) equal the replayed state" in full.output and "compared by" not in full.output
 
 
+def test_verify_passes_after_fields_holding_objects_were_added(tmp_path: Any, monkeypatch: Any) -> None:
+    """A log whose newer program added list and dict fields (their objects filled in and logged for the
+    older products) verifies with and without the classes, snapshots before and after included."""
+    models = """
+    @persistent(name="{P}.Product")
+    class Product:
+        title: str
+        cents: int = 0
+        name: str = memimg.field(default="", renamed_from="label")
+        legacy: str = "x"
+        tags: list = attrs.field(factory=list)
+        stock: dict = attrs.field(factory=lambda: {"sizes": []})
+    """
+    v, module = _migrated(tmp_path, monkeypatch, "field rename")  # an older snapshot, then the migration's
+    v.record(
+        textwrap.dedent(models) + SHOP,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"].tags.append("red")
+            img.snapshot()
+            img.root.products["b"].stock["sizes"].append(3)
+        """,
+    )
+    (tmp_path / f"{module}_objects.py").write_text(v.source(textwrap.dedent(models) + SHOP))
+    for args in (["verify", v.path], ["--import", f"{module}_objects", "verify", v.path]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert "verified" in result.output
+
+
 def test_verify_after_a_migration_still_finds_a_snapshot_edited_with_a_valid_checksum(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
