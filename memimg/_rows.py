@@ -58,7 +58,7 @@ def verify_event(row: EventRow) -> None:
     if not ok:
         raise CorruptLogError(
             f"event seq {row.seq} is corrupt (checksum mismatch): the row was damaged or edited; "
-            f"restore the log from a backup, or open with a snapshot taken after seq {row.seq}",
+            "restore the log from a backup (memimg verify names every damaged row)",
             seq=row.seq,
             table="memimg_events",
         )
