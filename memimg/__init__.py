@@ -63,6 +63,6 @@ __all__ = [
     "upgrader",
 ]
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 MemoryImage.__module__ = "memimg"
