@@ -278,7 +278,9 @@ class MemoryImage:
             sp = current.savepoint(self._mi_savepoint.get())
             self._mi_savepoint.set(sp)
             return Transaction(self, current, sp)
-        if self._store.changed(self._seq):
+        # not while this thread is in the middle of a change (a key's __hash__ opening a transaction):
+        # catching up then would apply other commits between that change's steps
+        if self._mi_busy is None and (self._graph.fills or self._store.changed(self._seq)):
             with self._lock:
                 self._catch_up()
         with self._lock:  # never start in the middle of another commit being applied
@@ -306,6 +308,7 @@ class MemoryImage:
                 raise reentered(self._mi_busy)
             started = time.perf_counter()
             graph = self._graph
+            self._attach_fills()  # a snapshot holds no object without an id
             while True:
                 # Describe the reachable graph first: it is the state after the gc event
                 # (which forgets only unreachable objects), so one traversal serves both.
@@ -543,22 +546,21 @@ class MemoryImage:
                     fills = graph.pending_fills()
                     if not fills:
                         break
-                    undo: list[Any] = []
-                    try:
-                        events: list[Pending] = [
-                            (_OBJ_SET, obj, (f, graph.prepare(v, where_field(obj, f), undo))) for obj, f, v in fills
-                        ]
-                        if self._readonly:  # attached in memory only (entities keep no id): once
-                            for _, obj, (f, v) in events:
-                                graph.field_set(obj, f, v)
-                            graph.fills.clear()
-                            break
-                        done = self._commit_events(events, None, replan=True, auto_snapshot=False)
-                    except BaseException:
-                        graph.undo(undo)
-                        raise
-                    if not done:
-                        graph.undo(undo)  # another writer came first: its events may have replaced some
+                    events: list[Pending] = []
+                    for obj, f, v in fills:
+                        # attached in place before the commit, and kept if it fails: writes to them
+                        # then go through the image, which logs them first (so none is lost untracked)
+                        tracked = graph.prepare(v, where_field(obj, f), [])
+                        if tracked is not v:
+                            graph.field_set(obj, f, tracked)
+                        events.append((_OBJ_SET, obj, (f, tracked)))
+                    graph.fills = [(obj, args[0], args[1]) for _, obj, args in events]
+                    if self._readonly:  # in memory only (entities keep no id): once
+                        graph.fills.clear()
+                        break
+                    # committed, or another writer came first (its events may have replaced some):
+                    # either way the next round logs what is still pending
+                    self._commit_events(events, None, replan=True, auto_snapshot=False)
             finally:
                 self._filling = False
 
@@ -581,6 +583,15 @@ class MemoryImage:
                 raise
             if not done:  # another process created the root first: use theirs
                 self._graph.undo(undo)
+                if self._graph.root is None:
+                    raise CorruptLogError(
+                        f"{self._store.description} holds events (its head is seq {self._store.head()}) but "
+                        "this image found no root event among them: the log does not begin with one, or the "
+                        "store writes to other tables than it reads (check the connection's search_path); "
+                        "nothing was written",
+                        seq=1,
+                        table="memimg_events",
+                    )
 
     # -- the owner protocol (called by tracked objects) ---------------------------
 
@@ -594,6 +605,8 @@ class MemoryImage:
             if self._mi_busy is not None:
                 raise reentered(self._mi_busy)
             self._check_writable()
+            if self._graph.fills:
+                self._attach_fills()
             if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
                 self._commit_events([(_OBJ_SET, obj, (name, value))], None)
                 return
@@ -622,6 +635,8 @@ class MemoryImage:
             if self._mi_busy is not None:
                 raise reentered(self._mi_busy)
             self._check_writable()
+            if self._graph.fills:
+                self._attach_fills()
             while True:
                 info_getter(obj)  # AttributeError when unset (again after catching up), as for any attribute
                 if self._commit_events([(_OBJ_DEL, obj, (name,))], None, replan=True):
@@ -643,6 +658,8 @@ class MemoryImage:
             if self._mi_busy is not None:
                 raise reentered(self._mi_busy)
             self._check_writable()
+            if graph.fills:
+                self._attach_fills()
             args = reusable_args(planner, args, kwargs)  # a replan must see the same items again
             while True:
                 undo: list[Any] = []
@@ -703,6 +720,8 @@ class MemoryImage:
                     if self._mi_busy is not None:
                         raise reentered(self._mi_busy)
                     self._check_writable()
+                    if self._graph.fills:
+                        self._attach_fills()
                     events = state.pending()
                     self._validate(state, events)
                     try:
@@ -838,11 +857,13 @@ class MemoryImage:
             self._snapshot_seq = self._seq  # no second attempt if this one fails
             try:
                 self.snapshot()
-            except MemimgError as err:
+            except Exception as err:  # the commit before it is durable and applied: it must not look failed
                 log.warning("automatic snapshot failed: %s", err)
 
     def _catch_up(self) -> int:
         """Apply what other writers appended; returns how many events."""
+        if self._mi_busy is not None:  # a key's __hash__ (say) would catch up between another change's steps
+            raise reentered(self._mi_busy)
         busy, self._mi_busy = self._mi_busy, "applying other processes' commits"  # decoding hashes keys
         try:
             count = self._catch_up_rows()
@@ -852,7 +873,7 @@ class MemoryImage:
             self._check_schema()
             if self._graph.has_gone:
                 self._strip_removed()
-            self._attach_fills()
+        self._attach_fills()  # also those an earlier attempt failed to log
         return count
 
     def _catch_up_rows(self) -> int:

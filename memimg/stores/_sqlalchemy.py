@@ -346,7 +346,7 @@ class SQLAlchemyStore:
                 if err.orig is not None:
                     raise err.orig from err  # the driver's error, as a direct connect raises it
                 raise
-            conn = fairy.driver_connection
+            conn: Any = fairy.driver_connection
             fairy.detach()
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.rollback()
