@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import orjson
 
-from memimg._rows import event_checksum, snapshot_checksum
+from memimg.core._rows import event_checksum, snapshot_checksum
 
 
 def edit_snapshot(path: str, edit: Callable[[bytes], bytes]) -> int:

@@ -19,7 +19,8 @@ import orjson
 import pytest
 
 import memimg
-from memimg import _graph, persistent
+from memimg import persistent
+from memimg.core import _graph
 from memimg.model._tracking import disable_now
 from tests.test_snapshot_format import Computed, Holder, Node, _content, _fill
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import memimg
 from memimg._errors import value_repr
-from memimg._graph import Graph
+from memimg.core._graph import Graph
 from tests.models import Box, Color, Entry, Level, Money, MutableAttrs, NotPersistent, Point
 from tests.tampering import append_event
 

@@ -26,8 +26,8 @@ from click.testing import CliRunner
 import memimg
 from memimg import persistent
 from memimg._cli import cli
-from memimg._graph import Graph, split_snapshot
-from memimg._rows import event_checksum
+from memimg.core._graph import Graph, split_snapshot
+from memimg.core._rows import event_checksum
 from memimg.stores._protocol import EventRow
 from tests.tampering import rewrite_snapshot
 from tests.versions import ROOT, Versions

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from memimg import _gc
-from memimg._gc import paused_gc
+from memimg.core import _gc
+from memimg.core._gc import paused_gc
 
 
 @pytest.fixture(autouse=True)

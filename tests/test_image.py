@@ -318,7 +318,7 @@ def test_types_are_found_by_importing_their_module(sqlite_path: str) -> None:
     """A default-named class is found by importing its module when first needed."""
     with memimg.open(sqlite_path) as img:
         img.root["x"] = Box(content=1)
-    from memimg.model import _types
+    from memimg.core import _types
 
     info = _types.resolve("tests.models.Box")
     assert info.cls is Box

@@ -539,7 +539,7 @@ def test_history_before_and_after_a_snapshot_and_migrate(v: Versions) -> None:
     report = memimg.migrate(v.path, root=v.load(with_upgrader).Shop)
     assert report.snapshot_seq and report.upgraded
     assert "upgraded" in str(report)
-    from memimg._schema import _UPGRADERS
+    from memimg.core._schema import _UPGRADERS
 
     for key in [k for k in _UPGRADERS if k[0] == f"{v.prefix}.Product"]:
         del _UPGRADERS[key]  # the upgrader is gone from the code: the snapshot covers the history

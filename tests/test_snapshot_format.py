@@ -23,7 +23,7 @@ import pytest
 import memimg
 from memimg import persistent
 from memimg._cli import _canonical
-from memimg._graph import decode_snapshot
+from memimg.core._graph import decode_snapshot
 from memimg.model._tracking import disable_now
 from tests.tampering import edit_snapshot, move_snapshot
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memimg
-from memimg._tx import TxState
+from memimg.image._tx import TxState
 from memimg.model import _tracking
 from tests.models import Account, Bank, Box, Entry, Node
 
@@ -715,7 +715,7 @@ def test_random_transactions_match_a_plain_model(program: list[tuple[str, int]])
 
 def test_commit_is_published_atomically(monkeypatch: Any) -> None:
     """While a commit is being applied, readers elsewhere already see all of it."""
-    from memimg._graph import Graph
+    from memimg.core._graph import Graph
 
     img = memimg.open(root=Box)
     img.root.content, img.root.other = Node(0), Node(0)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import memimg
-from memimg._graph import Graph
+from memimg.core._graph import Graph
 from tests.models import Box, Node
 
 

@@ -28,7 +28,8 @@ from typing import Any, TypeVar, dataclass_transform, overload
 import attrs
 from attrs import setters
 
-from memimg.model import _tracking, _types
+from memimg.core import _types
+from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 
 __all__ = ["field", "persistent"]

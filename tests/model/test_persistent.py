@@ -69,7 +69,7 @@ def test_deepcopy_and_pickle_give_free_standing_copies() -> None:
 
 def test_name_and_aliases() -> None:
     """name= fixes the stored name; aliases are accepted when reading."""
-    from memimg.model import _types
+    from memimg.core import _types
 
     @persistent(name="shop.Item2", aliases=("shop.OldItem",))
     class Item:
@@ -82,7 +82,7 @@ def test_name_and_aliases() -> None:
 
 def test_default_name_is_module_qualname() -> None:
     """Without name=, the stored name is module.QualName."""
-    from memimg.model import _types
+    from memimg.core import _types
 
     assert _types.info_of(Account).name == "tests.models.Account"
 

@@ -8,11 +8,11 @@ Each kind is declared once, here, with
   ``v`` a value, ``V`` a list of values, ``P`` a list of key/value pairs
   (stored through the value codec),
 * its **conflict rule** -- which part of its target it writes, for
-  serializable commits (see :mod:`memimg._tx`),
+  serializable commits (see :mod:`memimg.image._tx`),
 * its **apply** function, written against an *applier*: the primitive
   operations of a state. Two appliers exist: the committed graph
-  (:class:`memimg._graph.Graph`, raw builtin operations on the real objects)
-  and a transaction's delta layer (:class:`memimg._tx.TxState`, operations on
+  (:class:`memimg.core._graph.Graph`, raw builtin operations on the real objects)
+  and a transaction's delta layer (:class:`memimg.image._tx.TxState`, operations on
   its views). So one definition serves replay, commit and the transaction's
   own reads of its writes.
 

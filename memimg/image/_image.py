@@ -26,7 +26,7 @@ keys and set members, sort keys. A change of the image made by that code
 would be a commit nested inside another one (before it, or between its
 events), so while this thread is doing either, ``_mi_busy`` (a transaction's
 ``busy`` while it plans) says what it is doing, and every way to change the
-image checks it and refuses (see :func:`memimg._tx.reentered`). Planning
+image checks it and refuses (see :func:`memimg.image._tx.reentered`). Planning
 runs a key's hash and lookup as the commit will, so that code is refused
 there, before anything is written; the check while applying is the last
 resort.
@@ -45,7 +45,8 @@ from typing import Any, Final
 
 import orjson
 
-from memimg import _codec, _generic
+from memimg.core import _codec
+from memimg.image import _generic
 from memimg import _errors as memimg_errors
 from memimg._errors import (
     ClosedError,
@@ -57,14 +58,15 @@ from memimg._errors import (
     UnknownTypeError,
     value_repr,
 )
-from memimg._gc import lazy_pause, paused_gc
-from memimg._graph import Graph, Pending, split_snapshot
-from memimg._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
-from memimg._rows import Event, snapshot_checksum, verify_event, verify_snapshot
-from memimg._schema import SchemaReport
-from memimg._tx import Savepoint, Transaction, TxScope, TxState, _raw, reentered, where_coll, where_field
-from memimg._views import ListView
-from memimg.model import _tracking, _types
+from memimg.core._gc import lazy_pause, paused_gc
+from memimg.core._graph import Graph, Pending, split_snapshot
+from memimg.core._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
+from memimg.core._rows import Event, snapshot_checksum, verify_event, verify_snapshot
+from memimg.core._schema import SchemaReport
+from memimg.image._tx import Savepoint, Transaction, TxScope, TxState, _raw, reentered, where_coll, where_field
+from memimg.image._views import ListView
+from memimg.core import _types
+from memimg.model import _tracking
 from memimg.model._base import ABSENT, SELF, Planner
 from memimg.model._base import WHOLE as WHOLE_KEY
 from memimg.model._collections import reusable_args

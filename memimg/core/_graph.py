@@ -2,7 +2,7 @@
 
 A :class:`Graph` holds the object table (``objects[oid]``), the root, and the
 schemas the log has declared. It is the *applier* of the committed state:
-the primitive operations events reduce to (see :mod:`memimg._kinds`), done
+the primitive operations events reduce to (see :mod:`memimg.core._kinds`), done
 with raw builtin operations on the real objects, so neither user code nor
 memimg's own tracking runs during replay or commit.
 
@@ -37,13 +37,14 @@ from typing import Any, Final
 
 import orjson
 
-from memimg import _codec, _schema
-from memimg._codec import Codec, Converter, Gone, describe_unsupported
+from memimg.core import _codec, _schema
+from memimg.core._codec import Codec, Converter, Gone, describe_unsupported
 from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError, value_repr
-from memimg._gc import paused_gc
-from memimg._kinds import FIELD, KINDS, Kind
-from memimg._rows import _HEADER, _kind_code, verify_event
-from memimg.model import _tracking, _types
+from memimg.core._gc import paused_gc
+from memimg.core._kinds import FIELD, KINDS, Kind
+from memimg.core._rows import _HEADER, _kind_code, verify_event
+from memimg.core import _types
+from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 from memimg.stores._protocol import EventRow

@@ -41,7 +41,7 @@ from typing import Any, Final
 import attrs
 
 from memimg._errors import MemimgError, SchemaError, UnknownTypeError
-from memimg.model import _types
+from memimg.core import _types
 
 __all__ = ["Plan", "SchemaReport", "plan_for", "upgrader"]
 
@@ -191,7 +191,7 @@ def plan_for(
     """The plan for states declared as (*stored_name*, *version*, *stored_fields*).
 
     With *generic*, a type no class claims gets a stand-in class (see
-    :mod:`memimg._generic`); *value* says the declaration is of a value type.
+    :mod:`memimg.image._generic`); *value* says the declaration is of a value type.
     """
     if stored_name in removed_types:
         return Plan(stored_name, None, version, stored_fields, identity=False)
@@ -199,7 +199,7 @@ def plan_for(
         info = _types.resolve(stored_name)
     except UnknownTypeError:
         if generic:
-            from memimg import _generic
+            from memimg.image import _generic
 
             make = _generic.value_class if value else _generic.entity_class
             info = make(stored_name, stored_fields, version)

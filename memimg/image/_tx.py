@@ -3,7 +3,7 @@
 Inside a transaction every mutation is planned, validated and recorded as a
 pending event, then applied -- by the same kind definitions replay uses -- to
 the transaction's *delta*: per-entity field overlays and per-collection views
-(:mod:`memimg._views`). The committed objects are not touched until commit,
+(:mod:`memimg.image._views`). The committed objects are not touched until commit,
 so other threads and tasks keep reading committed state; the transaction
 reads its own writes through the very same object references because, while
 any transaction is open, reads go through hooks that ask the current
@@ -33,14 +33,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from memimg._errors import ConflictError, MemimgError
-from memimg._kinds import KINDS
-from memimg._views import DELETED, DictView, ListView, SetView
+from memimg.core._kinds import KINDS
+from memimg.image._views import DELETED, DictView, ListView, SetView
 from memimg.model._base import ABSENT, SELF, WHOLE, Planner
 from memimg.model._collections import REREADING, TrackedDict, TrackedList, TrackedSet, reusable_args
 
 if TYPE_CHECKING:
-    from memimg._graph import Pending
-    from memimg._image import MemoryImage
+    from memimg.core._graph import Pending
+    from memimg.image._image import MemoryImage
 
 __all__ = ["Savepoint", "Transaction", "TxScope", "TxState"]
 

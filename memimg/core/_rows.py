@@ -21,7 +21,7 @@ import attrs
 import orjson
 
 from memimg._errors import CorruptLogError
-from memimg._kinds import KINDS
+from memimg.core._kinds import KINDS
 from memimg.stores._protocol import EventRow, SnapshotRow
 
 __all__ = ["Event", "event_checksum", "snapshot_checksum", "verify_event", "verify_snapshot"]

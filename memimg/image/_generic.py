@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from memimg._errors import CorruptLogError, UnknownTypeError
-from memimg.model import _types
+from memimg.core import _types
 
 __all__ = ["CustomValue", "EnumValue", "entity_class", "value_class"]
 

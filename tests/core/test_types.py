@@ -12,7 +12,7 @@ import attrs
 import pytest
 
 import memimg
-from memimg.model import _types
+from memimg.core import _types
 from tests.models import Box
 from tests.tampering import PlantedModule, append_event, plant_module
 
