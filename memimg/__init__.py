@@ -6,7 +6,6 @@ default), and opening the image again rebuilds the same typed graph.
 """
 
 from memimg._api import deserialize, migrate, open, replay, serialize
-from memimg.core._codec import Converter, converter
 from memimg._errors import (
     ClosedError,
     CommitUnknownError,
@@ -21,9 +20,10 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
-from memimg.image._image import MemoryImage
+from memimg.core._codec import Converter, converter
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
+from memimg.image._image import MemoryImage
 from memimg.image._tx import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
 from memimg.stores import MemoryStore, SQLiteStore, Store

@@ -9,12 +9,12 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from memimg.core import _codec
 from memimg._errors import CorruptLogError, MemimgError
+from memimg.core import _codec
 from memimg.core._graph import Graph
-from memimg.image._image import MemoryImage
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
+from memimg.image._image import MemoryImage
 from memimg.stores._memory import MemoryStore
 from memimg.stores._protocol import EventRow, Store
 from memimg.stores._sqlite import SQLiteStore

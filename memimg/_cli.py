@@ -26,13 +26,12 @@ import orjson
 
 import memimg
 from memimg import _api
-from memimg.core import _codec
-from memimg.image import _generic
 from memimg._errors import CorruptLogError, MemimgError, value_repr
+from memimg.core import _codec, _types
 from memimg.core._graph import COLLECTION_NAMES, Graph, split_snapshot
-from memimg.image._image import snapshot_past_head
 from memimg.core._rows import Event, verify_event, verify_snapshot
-from memimg.core import _types
+from memimg.image import _generic
+from memimg.image._image import snapshot_past_head
 from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet

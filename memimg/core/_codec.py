@@ -49,9 +49,9 @@ from typing import Any, Final
 import attrs
 import cattrs
 
-from memimg.image import _generic
 from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
 from memimg.core import _types
+from memimg.image import _generic
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 

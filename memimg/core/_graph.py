@@ -37,13 +37,12 @@ from typing import Any, Final
 
 import orjson
 
-from memimg.core import _codec, _schema
-from memimg.core._codec import Codec, Converter, Gone, describe_unsupported
 from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError, value_repr
+from memimg.core import _codec, _schema, _types
+from memimg.core._codec import Codec, Converter, Gone, describe_unsupported
 from memimg.core._gc import paused_gc
 from memimg.core._kinds import FIELD, KINDS, Kind
 from memimg.core._rows import _HEADER, _kind_code, verify_event
-from memimg.core import _types
 from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet

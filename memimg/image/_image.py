@@ -45,8 +45,6 @@ from typing import Any, Final
 
 import orjson
 
-from memimg.core import _codec
-from memimg.image import _generic
 from memimg import _errors as memimg_errors
 from memimg._errors import (
     ClosedError,
@@ -58,14 +56,15 @@ from memimg._errors import (
     UnknownTypeError,
     value_repr,
 )
+from memimg.core import _codec, _types
 from memimg.core._gc import lazy_pause, paused_gc
 from memimg.core._graph import Graph, Pending, split_snapshot
 from memimg.core._kinds import APPEND, FIELD, KEY, KINDS, MEMBERS, NONE, PAIRS, WHOLE
 from memimg.core._rows import Event, snapshot_checksum, verify_event, verify_snapshot
 from memimg.core._schema import SchemaReport
+from memimg.image import _generic
 from memimg.image._tx import Savepoint, Transaction, TxScope, TxState, _raw, reentered, where_coll, where_field
 from memimg.image._views import ListView
-from memimg.core import _types
 from memimg.model import _tracking
 from memimg.model._base import ABSENT, SELF, Planner
 from memimg.model._base import WHOLE as WHOLE_KEY
