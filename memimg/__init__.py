@@ -20,11 +20,11 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
-from memimg.core._codec import Converter, converter
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
+from memimg.core._values import Converter, converter
 from memimg.image._image import MemoryImage
-from memimg.image._tx import Transaction
+from memimg.image._transaction import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
 from memimg.stores import MemoryStore, SQLiteStore, Store
 
@@ -64,5 +64,3 @@ __all__ = [
 ]
 
 __version__ = "0.3.0"
-
-MemoryImage.__module__ = "memimg"

@@ -184,6 +184,41 @@ def test_objects_written_by_an_older_program_meanwhile_are_filled_in_and_logged(
         assert img.root.products["c"].tags == ["sweet"]
 
 
+def test_filled_in_objects_whose_logging_failed_are_logged_before_any_write(v: Versions) -> None:
+    """When logging the objects filled in for another program's new products fails (the log is locked),
+    they stay attached: a write to one fails too rather than going untracked, and once the log is free
+    the next write logs them first; snapshots and reopening keep every change."""
+    import sqlite3
+
+    _record_v1_shop(v)
+    new = v.load(SHOP_V2_WITH_OBJECT_FIELDS)
+    with v.open(new, busy_timeout=0.05) as img:
+        v.record(
+            SHOP_V1,
+            """
+            with memimg.open(path, root=models.Shop, on_schema_drift="drop") as old:
+                old.root.products["c"] = models.Product("cake", 999)
+            """,
+        )
+        blocker = sqlite3.connect(v.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the log
+        with pytest.raises(memimg.LockedError):
+            img.refresh()
+        c = img.root.products["c"]
+        assert type(c.tags) is memimg.TrackedList  # attached, not yet logged
+        with pytest.raises(memimg.LockedError):
+            c.tags.append("sweet")
+        assert c.tags == []
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        c.tags.append("sweet")
+        img.snapshot()
+        c.stock["s"] = 1
+    with v.open(new) as img:
+        c = img.root.products["c"]
+        assert (c.tags, c.stock) == (["sweet"], {"s": 1})
+
+
 def test_objects_an_upgrader_makes_are_tracked_and_durable(v: Versions) -> None:
     """A list or entity an upgrader puts in a state is attached like an assigned value."""
     _record_v1_shop(v)

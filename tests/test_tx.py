@@ -873,3 +873,61 @@ def test_a_change_made_by_a_key_only_while_a_commit_is_applied_is_refused(tmp_pa
     meddling.clear()
     with memimg.open(path, root=Box) as again:
         assert again.seq == seq + 1 and again.root.content == {Meddler("k"): 1} and again.root.other.content == 0
+
+
+def test_a_transaction_opened_by_key_code_while_a_change_is_planned_does_not_catch_up(
+    tmp_path: Any, meddling: list[Any]
+) -> None:
+    """A transaction opened by a key's __eq__ while memimg plans a change (``lst.remove(key)``) starts
+    at the image's seq: another process's commit is not applied under the plan (which would remove the
+    wrong item); memory and log stay equal, and an explicit refresh there is refused."""
+    path = str(tmp_path / "img.db")
+    a, b = memimg.open(path, root=Box), memimg.open(path, root=Box)
+    a.root.content = [EqMeddler("k1"), EqMeddler("k2")]
+    b.refresh()
+
+    def meddle() -> None:
+        meddling.clear()
+        b.root.content.insert(0, "from b")  # another process commits meanwhile
+        with a.transaction():  # and the key reads the image in a transaction
+            pass
+        with pytest.raises(memimg.MemimgError, match="tried to change the image"):
+            a.refresh()
+
+    meddling.append(meddle)
+    a.root.content.remove(EqMeddler("k1"))
+    a.refresh()
+    with memimg.open(path, root=Box) as c:
+        assert c.root.content == a.root.content == ["from b", EqMeddler("k2")]
+    a.close()
+    b.close()
+
+
+def test_a_transaction_opened_by_key_code_while_a_commit_is_applied_does_not_catch_up(
+    tmp_path: Any, meddling: list[Any]
+) -> None:
+    """A transaction opened by a key's __hash__ while memimg applies a commit starts at the image's seq:
+    a later commit of another process to the same key is not applied before this one (which would
+    leave memory holding this commit's value and the log the other's)."""
+    path = str(tmp_path / "img.db")
+    a, b = memimg.open(path, root=Box), memimg.open(path, root=Box)
+    a.root.content = {}
+    b.refresh()
+    calls: list[Any] = []
+
+    def meddle() -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the commit is being applied
+            meddling.clear()
+            b.refresh()
+            b.root.content[Meddler("k")] = "from b"  # another process overwrites the key after it
+            with a.transaction():
+                pass
+
+    meddling.append(meddle)
+    a.root.content[Meddler("k")] = "from a"
+    a.refresh()
+    with memimg.open(path, root=Box) as c:
+        assert c.root.content == a.root.content == {Meddler("k"): "from b"}
+    a.close()
+    b.close()

@@ -1,401 +1,74 @@
-"""Value encoding: the one place where value types become JSON and come back.
+"""The value codec: dispatch by exact type between Python values and their stored JSON.
 
-A stored value is JSON data. Strings, booleans, ``None``, 64-bit ints and
-finite floats are themselves; everything else is a list whose first item is a
-tag (lists are never values -- a list is a tracked object -- so a JSON array
-in a value position is always tagged):
+A stored value is JSON data (the tags are listed in :mod:`memimg.core._values`).
+:class:`Codec` classifies each exact type once into a *shape* (native, leaf,
+tuple, entity, tracked collection...) and caches it, the cache cleared when
+its converter changes. Encoding and decoding are done by functions *bound*
+to what a walk needs, made by :meth:`Codec.encoder` and :meth:`Codec.decoder`:
 
-====================  ==========================================
-``["r", oid]``        a reference to an entity or tracked collection
-``["i", "123..."]``   an int outside the 64-bit range: decimal, or hex (``"0x..."``,
-                      ``"-0x..."``) past 4,300 digits (see :func:`int_text`)
-``["f", "nan"]``      ``nan``, ``inf``, ``-inf``
-``["b", "base64"]``   ``bytes``
-``["D", "1.50"]``     ``Decimal`` (exponent kept)
-``["Q", "1/3"]``      ``Fraction`` (each part as :func:`int_text` writes it)
-``["dt", iso, tz?, fold?]``  ``datetime`` (``tz``: an IANA key for zoneinfo, or
-                      ``[name, offset_us]`` for a named ``timezone``)
-``["d", iso]``        ``date``
-``["t", iso, tz?, fold?]``   ``time``
-``["td", d, s, us]``  ``timedelta``
-``["u", hex]``        ``UUID``
-``["T", [..]]``       ``tuple``;  ``["F", [..]]`` ``frozenset``
-``["e", type, name]`` an ``Enum`` member (a flag combination: a list of names)
-``["v", type, {..}]`` a frozen attrs instance (a value object), by field
-``["x", type, data]`` a user value type, as its converter hooks make it
-====================  ==========================================
+* an encoder is bound to ``ref(obj) -> oid`` -- how this walk writes a
+  reference to an entity or tracked collection (a commit gives new objects
+  their ids, a snapshot marks them seen, ``serialize`` numbers them) -- and
+  to ``declare(info)``, told of every value-object class it writes (whose
+  schema the log or the snapshot must declare);
+* a decoder is bound to ``deref(oid) -> obj`` (the object table), to the
+  schema-aware decoder of value objects, and to whether unknown enums and
+  user values are read into stand-ins (tools).
 
-:class:`Converter` is a ``cattrs.Converter`` that knows all of these; user
-value types are registered on it (``register_value``), with cattrs hooks.
-:class:`Codec` is the fast path built from one converter: dispatch on the
-exact type, cached per type, the cache cleared when the converter changes.
+So no state is swapped into the codec around a call: each walk holds its own
+bound functions.
+
+**The inline rule.** The values stored as themselves -- ``str``, ``bool``,
+``None`` and ints of 64 bits -- are written without a call by every hot
+encoder; :data:`INLINE` is that test as source text (compiled into the
+generated encoders, :mod:`memimg.core._encoders`) and :func:`inline` the
+same test as a function. Finite floats are themselves too, but go through
+the encoder (``nan`` and the infinities are tagged).
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import enum
 import functools
 import math
 import operator
-import uuid
-import zoneinfo
 from collections.abc import Callable
-from decimal import Decimal
-from fractions import Fraction
 from typing import Any, Final
 
-import attrs
-import cattrs
-
-from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError, UnsupportedValueError
+from memimg._errors import CorruptLogError, UnknownTypeError
 from memimg.core import _types
-from memimg.image import _generic
-from memimg.model._base import PersistentBase
-from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
+from memimg.core._generic import CustomValue, EnumValue
+from memimg.core._gone import Gone
+from memimg.core._shell import Shell
+from memimg.core._values import (
+    INT_MAX,
+    INT_MIN,
+    Converter,
+    describe_unsupported,
+    flag_encoder,
+    int_from_text,
+    int_text,
+)
 
 __all__ = [
+    "CUSTOM",
+    "ENTITY",
+    "ENUM",
+    "FROZENSET",
+    "GENERIC",
+    "GONE",
+    "INLINE",
+    "LEAF",
+    "NATIVE",
+    "PLAIN",
+    "TRACKED",
+    "TUPLE",
+    "UNSUPPORTED",
+    "VALUE",
     "Codec",
-    "Converter",
-    "Gone",
-    "converter",
-    "describe_unsupported",
-    "int_from_text",
-    "int_text",
-    "is_gone",
+    "inline",
     "kind_mismatch",
 ]
-
-INT_MAX: Final = 2**63 - 1
-INT_MIN: Final = -(2**63)
-#: Ints of fewer digits are stored in decimal; Python's default limit on int <-> str
-#: conversion (``sys.set_int_max_str_digits``) is 4,300 digits, so any reader can parse them.
-_DECIMAL_BOUND: Final = 10**4300
-#: Digits per ``int()`` call when reading a decimal longer than this process's limit.
-_DECIMAL_CHUNK: Final = 640
-
-Enc = Callable[[Any], Any]
-Dec = Callable[[list[Any]], Any]
-
-
-def _tz_parts(tz: dt.tzinfo | None) -> str | list[Any] | None:
-    """How a tzinfo is stored beside a naive ISO string, or None if the ISO offset says it all."""
-    if tz is None:
-        return None
-    if isinstance(tz, zoneinfo.ZoneInfo):
-        if tz.key is None:
-            raise UnsupportedValueError(
-                "cannot store a datetime whose ZoneInfo has no key (made with ZoneInfo.from_file): "
-                "its rules could not be found again on reading; use zoneinfo.ZoneInfo('Area/City')",
-                value_type=type(tz),
-                where="",
-            )
-        return tz.key
-    if isinstance(tz, dt.timezone):
-        offset = tz.utcoffset(None)
-        name = tz.tzname(None)
-        if name == dt.timezone(offset).tzname(None):
-            return None  # the ISO offset is enough
-        return [name, offset // dt.timedelta(microseconds=1)]
-    raise UnsupportedValueError(
-        f"cannot store a datetime whose tzinfo is {type(tz).__qualname__}: use datetime.timezone "
-        "or zoneinfo.ZoneInfo, or register the type with memimg.converter.register_value",
-        value_type=type(tz),
-        where="",
-    )
-
-
-def _tz_from(stored: str | list[Any]) -> dt.tzinfo:
-    if type(stored) is list:  # a named fixed offset: [name, offset in microseconds]
-        return dt.timezone(dt.timedelta(microseconds=stored[1]), stored[0])
-    return zoneinfo.ZoneInfo(stored)  # type: ignore[arg-type]
-
-
-def _enc_datetime(v: dt.datetime) -> list[Any]:
-    key = _tz_parts(v.tzinfo)
-    if key is not None:
-        return ["dt", v.replace(tzinfo=None).isoformat(), key, v.fold]
-    return ["dt", v.isoformat()] if not v.fold else ["dt", v.isoformat(), None, 1]
-
-
-def _dec_datetime(x: list[Any]) -> dt.datetime:
-    value = dt.datetime.fromisoformat(x[1])
-    if len(x) > 2:
-        if x[2] is not None:
-            value = value.replace(tzinfo=_tz_from(x[2]))
-        value = value.replace(fold=x[3])
-    return value
-
-
-def _enc_time(v: dt.time) -> list[Any]:
-    key = _tz_parts(v.tzinfo)
-    if key is not None:
-        return ["t", v.replace(tzinfo=None).isoformat(), key, v.fold]
-    return ["t", v.isoformat()] if not v.fold else ["t", v.isoformat(), None, 1]
-
-
-def _dec_time(x: list[Any]) -> dt.time:
-    value = dt.time.fromisoformat(x[1])
-    if len(x) > 2:
-        if x[2] is not None:
-            value = value.replace(tzinfo=_tz_from(x[2]))
-        value = value.replace(fold=x[3])
-    return value
-
-
-def int_text(v: int) -> str:
-    """How an int outside 64 bits is written: decimal up to 4,300 digits, hex beyond.
-
-    Decimal is what every memimg has written and read, so ordinary big ints
-    stay readable by older processes sharing the log; Python refuses
-    decimal conversion past 4,300 digits (by default), but hex conversion
-    has no limit, in either direction, and costs linear time.
-    """
-    if -_DECIMAL_BOUND < v < _DECIMAL_BOUND:
-        try:
-            return str(v)
-        except ValueError:  # this process lowered the limit below 4,300 digits
-            pass
-    return hex(v)
-
-
-def int_from_text(text: str) -> int:
-    """The int :func:`int_text` wrote (hex or decimal, any length)."""
-    if "x" in text[:3]:
-        return int(text, 16)
-    try:
-        return int(text)
-    except ValueError:
-        digits = text[1:] if text[:1] in "+-" else text
-        if not (digits.isascii() and digits.isdigit()):
-            raise
-    # decimal past this process's limit (written where the limit was raised): read in pieces
-    value = 0
-    for i in range(0, len(digits), _DECIMAL_CHUNK):
-        piece = digits[i : i + _DECIMAL_CHUNK]
-        value = value * 10 ** len(piece) + int(piece)
-    return -value if text[:1] == "-" else value
-
-
-def _enc_fraction(v: Fraction) -> list[Any]:
-    n, d = v.numerator, v.denominator
-    if -_DECIMAL_BOUND < n < _DECIMAL_BOUND and d < _DECIMAL_BOUND:
-        try:
-            return ["Q", str(v)]
-        except ValueError:
-            pass
-    return ["Q", f"{int_text(n)}/{int_text(d)}"]
-
-
-def _dec_fraction(x: list[Any]) -> Fraction:
-    text = x[1]
-    if "x" not in text:
-        try:
-            return Fraction(text)
-        except ValueError:  # perhaps a part longer than this process's int/str limit
-            pass
-    n, _, d = text.partition("/")
-    return Fraction(int_from_text(n), int_from_text(d) if d else 1)
-
-
-def _flag_encoder(cls: type[enum.Flag], name: str) -> Enc:
-    """Flags by member name; a combination (or no flag) as the list of its members' names."""
-
-    def enc(v: enum.Flag) -> Any:
-        if v.name is not None and cls.__members__.get(v.name) is v:
-            return ["e", name, v.name]
-        members = [m for m in cls if m & v]
-        names = [str(m.name) for m in members]
-        rebuilt = functools.reduce(operator.or_, members, cls(0))
-        if rebuilt != v:
-            raise UnsupportedValueError(
-                f"cannot store {v!r}: it has bits that no member of {cls.__qualname__} names; "
-                "store only combinations of members; nothing was changed",
-                value_type=cls,
-                where="",
-            )
-        return ["e", name, names]
-
-    return enc
-
-
-@attrs.frozen
-class _Leaf:
-    """How one builtin value type is written and read back."""
-
-    tag: str
-    encode: Enc
-    decode: Dec
-
-
-_LEAVES: dict[type, _Leaf] = {
-    bytes: _Leaf("b", lambda v: ["b", base64.b64encode(v).decode("ascii")], lambda x: base64.b64decode(x[1])),
-    Decimal: _Leaf("D", lambda v: ["D", str(v)], lambda x: Decimal(x[1])),
-    Fraction: _Leaf("Q", _enc_fraction, _dec_fraction),
-    dt.datetime: _Leaf("dt", _enc_datetime, _dec_datetime),
-    dt.date: _Leaf("d", lambda v: ["d", v.isoformat()], lambda x: dt.date.fromisoformat(x[1])),
-    dt.time: _Leaf("t", _enc_time, _dec_time),
-    dt.timedelta: _Leaf(
-        "td",
-        lambda v: ["td", v.days, v.seconds, v.microseconds],
-        lambda x: dt.timedelta(days=x[1], seconds=x[2], microseconds=x[3]),
-    ),
-    uuid.UUID: _Leaf("u", lambda v: ["u", v.hex], lambda x: uuid.UUID(hex=x[1])),
-}
-
-
-def _structure_with(leaf: _Leaf) -> Callable[[Any, Any], Any]:
-    def structure(data: Any, _: Any) -> Any:
-        return leaf.decode(data)
-
-    return structure
-
-
-class Gone:
-    """Stands, during replay, for an object or value of a removed type (see ``removed_types``).
-
-    A removed object keeps its id (``oid``); a removed value (``oid`` 0) keeps
-    its stored data, so an event that removes it names it as the log does.
-    """
-
-    __slots__ = ("oid", "raw", "type_name")
-
-    def __init__(self, oid: int, type_name: str, raw: Any = None) -> None:
-        self.oid = oid
-        self.type_name = type_name
-        self.raw = raw
-
-    def __hash__(self) -> int:
-        return hash(("memimg.Gone", self.oid))
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Gone and other.oid == self.oid and (self.oid != 0 or other.raw == self.raw)
-
-    def __repr__(self) -> str:
-        return f"<removed {self.type_name} #{self.oid}>"
-
-
-def is_gone(v: Any) -> bool:
-    return type(v) is Gone
-
-
-class Converter(cattrs.Converter):
-    """The cattrs converter that knows every value type an image can store.
-
-    memimg's builtin value types (``Decimal``, ``datetime``, ``UUID``...) are
-    registered on it; register your own immutable types with
-    :meth:`register_value`. Pass it to ``memimg.open(..., converter=...)``,
-    or use the process-wide ``memimg.converter``, before opening an image
-    whose log holds such values.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._leaves: dict[type, _Leaf] = dict(_LEAVES)
-        self._custom: dict[type, str] = {}
-        self.version = 0
-        for cls, leaf in self._leaves.items():
-            self.register_unstructure_hook(cls, leaf.encode)
-            self.register_structure_hook(cls, _structure_with(leaf))
-
-    def register_value(
-        self,
-        cls: type,
-        *,
-        name: str | None = None,
-        aliases: tuple[str, ...] = (),
-        unstructure: Callable[[Any], Any] | None = None,
-        structure: Callable[[Any, type], Any] | None = None,
-        version: int | None = None,
-        removed: tuple[str, ...] = (),
-    ) -> None:
-        """Accept instances of *cls* as stored values.
-
-        *cls* must be immutable: values are stored by value, not by identity.
-        ``unstructure(value)`` must return JSON data (``str``, ``int``,
-        ``float``, ``bool``, ``None``, lists and string-keyed dicts of them);
-        ``structure(data, cls)`` rebuilds the value. Either may be omitted if
-        hooks for *cls* are already registered on this converter with the
-        usual cattrs API (or for frozen attrs classes, which are value types
-        without registration; register them only to give a stable name).
-
-        Args:
-            name: the stable name stored in the log (default ``module.QualName``).
-            aliases: older names still accepted when reading.
-            version: for a frozen attrs class, its schema version: states
-                stored under an older one go through the upgraders
-                registered for *name* (``@memimg.upgrader``), as for entities.
-            removed: for a frozen attrs class, stored fields it dropped on
-                purpose (their stored values are ignored).
-        """
-        if (version is not None or removed) and not _types.is_value_class(cls):
-            raise MemimgError(
-                f"register_value({cls.__qualname__}, version=..., removed=...): only frozen attrs "
-                "classes have a schema; a type with its own hooks evolves through them"
-            )
-        if unstructure is not None:
-            self.register_unstructure_hook(cls, unstructure)
-        if structure is not None:
-            self.register_structure_hook(cls, structure)
-        stable = name or _types.default_name(cls)
-        existing = _types.info_of(cls)
-        if existing is not None and existing.kind in (_types.VALUE, _types.ENUM) and unstructure is None:
-            existing.name = stable
-            existing.aliases = tuple(aliases)
-            if version is not None:
-                existing.version = version
-            existing.removed = tuple(removed)
-            _types.register(existing)
-        else:
-            _types.register(_types.TypeInfo(cls=cls, name=stable, kind=_types.CUSTOM, aliases=tuple(aliases)))
-            self._custom[cls] = stable
-        self.version += 1
-
-
-#: The process-wide converter used by images opened without ``converter=``.
-converter = Converter()
-
-
-def describe_unsupported(value: Any, where: str) -> UnsupportedValueError:
-    """The error for a value memimg cannot store, with what to do instead."""
-    t = type(value)
-    hint = "register it with memimg.converter.register_value (immutable values only)"
-    if callable(value) and not isinstance(value, type):
-        hint = "store data, not code: functions, methods and lambdas cannot be persisted"
-    elif isinstance(value, type):
-        hint = "classes are not values; store a name or an Enum member instead"
-    elif t.__module__ in ("builtins", "_io", "io", "socket", "_thread", "threading") or hasattr(value, "close"):
-        hint = "open files, sockets, locks, generators and other runtime resources cannot be persisted"
-    elif attrs.has(t):
-        hint = f"decorate {t.__qualname__} with @memimg.persistent (an entity) or make it frozen (a value)"
-    elif isinstance(value, (list, dict, set)):
-        hint = f"use a plain list, dict or set; {t.__qualname__} subclasses are not stored"
-    elif hasattr(value, "__dict__"):
-        hint = f"decorate {t.__qualname__} with @memimg.persistent, or {hint}"
-    location = f" at {where}" if where else ""
-    return UnsupportedValueError(
-        f"cannot store a {t.__module__}.{t.__qualname__}{location}: {hint}; nothing was changed",
-        value_type=t,
-        where=where,
-    )
-
-
-def check_text(s: str, where: str) -> None:
-    """Refuse a str that cannot be written as UTF-8 (it holds a lone surrogate)."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as err:
-        location = f" at {where}" if where else ""
-        raise UnsupportedValueError(
-            f"cannot store a str that is not valid UTF-8{location}: it holds a lone surrogate at index "
-            f"{err.start} ({s[max(0, err.start - 10) : err.start + 10]!r}), as os.fsdecode makes of an "
-            "undecodable file name; decode the bytes with the right encoding or errors='replace', or "
-            "store them as bytes; nothing was changed",
-            value_type=str,
-            where=where,
-        ) from None
-
 
 # Shape classes, decided once per exact type by Codec.classify.
 NATIVE: Final = "native"
@@ -411,47 +84,43 @@ PLAIN: Final = "plain"  # a plain list/dict/set: converted to a tracked one when
 UNSUPPORTED: Final = "unsupported"
 GONE: Final = "gone"  # an object of a removed type, while replaying
 GENERIC: Final = "generic"  # a stand-in for an enum member or user value whose class is not loaded
+#: The shapes stored as references to objects of the graph.
+LINKED: Final = frozenset({ENTITY, TRACKED, PLAIN})
+
+#: The inline rule, as source text: ``{v}`` is stored as itself (``t`` is bound to its type;
+#: ``X`` must be ``2**63`` in the namespace of the code it is compiled into).
+INLINE: Final = "(t := type({v})) is str or (t is int and -X <= {v} < X) or t is bool or {v} is None"
+_X: Final = 2**63
+
+
+def inline(v: Any) -> bool:
+    """The inline rule: whether *v* is stored as itself (see :data:`INLINE`)."""
+    t = type(v)
+    return t is str or (t is int and -_X <= v < _X) or t is bool or v is None
+
+
+def _no_declare(info: _types.TypeInfo) -> None:
+    pass
 
 
 class Codec:
-    """Encode and decode values for one converter; references go through *ref* / *deref*.
+    """Classify, encode and decode the values of one converter (see the module docstring)."""
 
-    ``ref(obj) -> oid`` is called for entities and tracked collections while
-    encoding, ``deref(oid) -> obj`` while decoding; the graph supplies both.
-    """
-
-    def __init__(self, conv: Converter, ref: Callable[[Any], int], deref: Callable[[int], Any]) -> None:
+    def __init__(self, conv: Converter, shell: Shell) -> None:
         self.converter = conv
-        self.ref = ref
-        self.deref = deref
-        self._seen_version = conv.version
-        #: hooks the graph sets: how to decode a value object (schema-aware),
-        #: and what to do when one is encoded (declare its schema)
-        self.value_decoder: Callable[[list[Any]], Any] = self._no_value_decoder
-        self.on_value: Callable[[Any], None] = lambda info: None
-        #: read unknown enums and user values into stand-ins (tools)
-        self.generic = False
+        self.shell = shell
+        self._seen_version = -1
         self._shapes: dict[type, str] = {}
-        self._encoders: dict[type, Enc] = {}
-        self._decoders: dict[str, Dec] = {}
         self._reset()
 
     def _reset(self) -> None:
         self._shapes = {str: NATIVE, bool: NATIVE, int: NATIVE, float: NATIVE, type(None): NATIVE}
-        self._encoders = {}
-        self._decoders = {
-            "r": lambda x: self.deref(x[1]),
-            "i": lambda x: int_from_text(x[1]),
-            "f": lambda x: float(x[1]),
-            "T": self._dec_tuple,
-            "F": self._dec_frozenset,
-            "e": self._dec_enum,
-            "v": lambda x: self.value_decoder(x),
-            "x": self._dec_custom,
-        }
-        for leaf in self.converter._leaves.values():
-            self._decoders[leaf.tag] = leaf.decode
         self._seen_version = self.converter.version
+
+    @property
+    def stale(self) -> bool:
+        """Whether the converter changed since the shapes were cached."""
+        return self._seen_version != self.converter.version
 
     # -- classification -----------------------------------------------------
 
@@ -468,11 +137,11 @@ class Codec:
     def _classify(self, t: type) -> str:
         if t is Gone:
             return GONE
-        if t is _generic.EnumValue or t is _generic.CustomValue:
+        if t is EnumValue or t is CustomValue:
             return GENERIC
-        if issubclass(t, PersistentBase):
+        if issubclass(t, self.shell.entity_base):
             return ENTITY if _types.info_of(t) is not None else UNSUPPORTED
-        if t in (TrackedList, TrackedDict, TrackedSet):
+        if t in self.shell.tracked:
             return TRACKED
         if t in (list, dict, set):
             return PLAIN
@@ -490,130 +159,175 @@ class Codec:
             return VALUE
         return UNSUPPORTED
 
+    def is_value(self, t: type) -> bool:
+        """Whether *t* is a value-object class (a frozen attrs class)."""
+        return t not in _NATIVE_TYPES and self.classify(t) is VALUE
+
     # -- encoding -----------------------------------------------------------
 
-    def encode(self, v: Any) -> Any:
-        """JSON data for value *v* (already validated by the graph)."""
-        t = type(v)
-        if t is str or t is bool or v is None:
-            return v
-        if t is int:
-            return v if INT_MIN <= v <= INT_MAX else ["i", int_text(v)]
-        if t is float:
-            return v if math.isfinite(v) else ["f", repr(v)]
-        enc = self._encoders.get(t)
-        if enc is None or self._seen_version != self.converter.version:
-            enc = self._encoder_for(t)
-        return enc(v)
+    def encoder(
+        self, ref: Callable[[Any], int], declare: Callable[[_types.TypeInfo], Any] = _no_declare
+    ) -> Callable[[Any], Any]:
+        """A function giving the JSON data of a value (already validated by attaching).
 
-    def _encoder_for(self, t: type) -> Enc:
+        References to objects are written ``["r", ref(obj)]``; *declare* is
+        told of each value-object class written.
+        """
+        table: dict[type, Callable[[Any], Any]] = {}
+        codec = self
+
+        def encode(v: Any) -> Any:
+            t = type(v)
+            if t is str or t is bool or v is None:
+                return v
+            if t is int:
+                return v if INT_MIN <= v <= INT_MAX else ["i", int_text(v)]
+            if t is float:
+                return v if math.isfinite(v) else ["f", repr(v)]
+            enc = table.get(t)
+            if enc is None or codec._seen_version != codec.converter.version:
+                if codec._seen_version != codec.converter.version:
+                    table.clear()
+                enc = table[t] = codec._encoder_for(t, encode, ref, declare)
+            return enc(v)
+
+        return encode
+
+    def _encoder_for(
+        self,
+        t: type,
+        encode: Callable[[Any], Any],
+        ref: Callable[[Any], int],
+        declare: Callable[[_types.TypeInfo], Any],
+    ) -> Callable[[Any], Any]:
         shape = self.classify(t)
-        enc: Enc
-        if shape in (ENTITY, TRACKED, PLAIN):  # plain containers only in free-standing graphs
-            enc = lambda v: ["r", self.ref(v)]  # noqa: E731
-        elif shape == GONE:
-            enc = lambda v: ["r", v.oid] if v.oid else v.raw  # noqa: E731
-        elif shape == GENERIC:
-            if t is _generic.EnumValue:
-                enc = lambda v: ["e", v.type_name, list(v.member) if type(v.member) is tuple else v.member]  # noqa: E731
-            else:
-                enc = lambda v: ["x", v.type_name, v.data]  # noqa: E731
-        elif shape == LEAF:
-            enc = self.converter._leaves[t].encode
-        elif shape == TUPLE:
-            enc = lambda v: ["T", [self.encode(i) for i in v]]  # noqa: E731
-        elif shape == FROZENSET:
-            enc = lambda v: ["F", [self.encode(i) for i in v]]  # noqa: E731
-        elif shape == ENUM:
+        if shape in LINKED:  # plain containers only in free-standing graphs
+            return lambda v: ["r", ref(v)]
+        if shape == GONE:
+            return lambda v: ["r", v.oid] if v.oid else v.raw
+        if shape == GENERIC:
+            if t is EnumValue:
+                return lambda v: ["e", v.type_name, list(v.member) if type(v.member) is tuple else v.member]
+            return lambda v: ["x", v.type_name, v.data]
+        if shape == LEAF:
+            return self.converter._leaves[t].encode
+        if shape == TUPLE:
+            return lambda v: ["T", [encode(i) for i in v]]
+        if shape == FROZENSET:
+            return lambda v: ["F", [encode(i) for i in v]]
+        if shape == ENUM:
             name = _types.info_of(t).name  # type: ignore[union-attr]
-            enc = _flag_encoder(t, name) if issubclass(t, enum.Flag) else lambda v: ["e", name, v.name]
-        elif shape == VALUE:
-            info = _types.info_of(t)
-            assert info is not None
-            fields = info.fields
-
-            def enc(v: Any) -> Any:
-                self.on_value(info)
-                state = {}
-                for f in fields:
-                    try:
-                        state[f] = self.encode(getattr(v, f))
-                    except AttributeError:
-                        pass
-                return ["v", info.name, state]
-
-        elif shape == CUSTOM:
+            return flag_encoder(t, name) if issubclass(t, enum.Flag) else lambda v: ["e", name, v.name]
+        if shape == VALUE:
+            return _value_encoder(_types.info_of(t), encode, declare)  # type: ignore[arg-type]
+        if shape == CUSTOM:
             name = self.converter._custom[t]
             unstructure = self.converter.get_unstructure_hook(t)
-            enc = lambda v: ["x", name, unstructure(v)]  # noqa: E731
-        else:
+            return lambda v: ["x", name, unstructure(v)]
 
-            def enc(v: Any) -> Any:
-                raise describe_unsupported(v, "")
+        def unsupported(v: Any) -> Any:
+            raise describe_unsupported(v, "")
 
-        self._encoders[t] = enc
-        return enc
+        return unsupported
 
     # -- decoding -----------------------------------------------------------
 
-    def decode(self, x: Any) -> Any:
-        """The value that JSON data *x* encodes."""
-        if type(x) is list:
-            try:
-                dec = self._decoders[x[0]]
-            except (KeyError, IndexError):
-                raise CorruptLogError(f"unknown value tag in stored data: {x!r:.80}", seq=None, table="") from None
-            return dec(x)
-        return x
+    def decoder(
+        self, deref: Callable[[int], Any], value: Callable[[list[Any]], Any], *, generic: bool = False
+    ) -> Callable[[Any], Any]:
+        """A function giving the value that JSON data encodes.
 
-    def _dec_tuple(self, x: list[Any]) -> tuple[Any, ...]:
-        return tuple([self.decode(i) for i in x[1]])
-
-    def _dec_frozenset(self, x: list[Any]) -> frozenset[Any]:
-        return frozenset([self.decode(i) for i in x[1]])
-
-    def _no_value_decoder(self, x: list[Any]) -> Any:  # pragma: no cover - the graph sets one
-        raise MemimgError("internal: this codec belongs to no graph, which decodes value objects")
-
-    def _resolve(self, x: list[Any], stand_in: Callable[[str, Any], Any], kind: str) -> Any:
-        """The class stored as ``x[1]``, of *kind*, or (for tools) a generic stand-in for the value.
-
-        Raises:
-            CorruptLogError: the name is of a class of another kind (see :func:`kind_mismatch`).
+        References are looked up with *deref*, value objects built by *value*
+        (schema-aware: it reads states written under older declarations);
+        with *generic*, enums and user values no class claims are read into
+        stand-ins instead of raising :class:`UnknownTypeError`.
         """
-        try:
-            info = _types.resolve(x[1])
-        except UnknownTypeError:
-            if self.generic:
-                return stand_in(x[1], x[2])
-            raise
-        if info.kind != kind:
-            raise kind_mismatch(x[0], x[1], info)
-        return info
+        converter = self.converter
 
-    def _dec_enum(self, x: list[Any]) -> Any:
-        info = self._resolve(x, _generic.EnumValue, _types.ENUM)
-        if not isinstance(info, _types.TypeInfo):
+        def resolve(x: list[Any], stand_in: Callable[[str, Any], Any], kind: str) -> Any:
+            try:
+                info = _types.resolve(x[1])
+            except UnknownTypeError:
+                if generic:
+                    return stand_in(x[1], x[2])
+                raise
+            if info.kind != kind:
+                raise kind_mismatch(x[0], x[1], info)
             return info
-        cls: Any = info.cls
-        member = x[2]
-        try:
-            if type(member) is list:  # a combination of flags, by the names of its members
-                return functools.reduce(operator.or_, (cls[m] for m in member), cls(0))
-            return cls[member]
-        except KeyError as err:
-            member = err.args[0] if err.args else member
-            raise UnknownTypeError(
-                f"enum {x[1]} has no member {member!r} any more: add it back, or add an alias "
-                f"member ({member} = <its value>) so stored values can be read",
-                type_name=x[1],
-            ) from None
 
-    def _dec_custom(self, x: list[Any]) -> Any:
-        info = self._resolve(x, _generic.CustomValue, _types.CUSTOM)
-        if not isinstance(info, _types.TypeInfo):
-            return info
-        return self.converter.structure(x[2], info.cls)
+        def dec_enum(x: list[Any]) -> Any:
+            info = resolve(x, EnumValue, _types.ENUM)
+            if not isinstance(info, _types.TypeInfo):
+                return info
+            return _enum_member(info, x)
+
+        def dec_custom(x: list[Any]) -> Any:
+            info = resolve(x, CustomValue, _types.CUSTOM)
+            if not isinstance(info, _types.TypeInfo):
+                return info
+            return converter.structure(x[2], info.cls)
+
+        table: dict[str, Callable[[list[Any]], Any]] = {
+            "r": lambda x: deref(x[1]),
+            "i": lambda x: int_from_text(x[1]),
+            "f": lambda x: float(x[1]),
+            "T": lambda x: tuple([decode(i) for i in x[1]]),
+            "F": lambda x: frozenset([decode(i) for i in x[1]]),
+            "e": dec_enum,
+            "v": value,
+            "x": dec_custom,
+        }
+        for leaf in converter._leaves.values():
+            table[leaf.tag] = leaf.decode
+
+        def decode(x: Any) -> Any:
+            if type(x) is list:
+                try:
+                    dec = table[x[0]]
+                except (KeyError, IndexError):
+                    raise CorruptLogError(f"unknown value tag in stored data: {x!r:.80}", seq=None, table="") from None
+                return dec(x)
+            return x
+
+        return decode
+
+
+_NATIVE_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _value_encoder(
+    info: _types.TypeInfo, encode: Callable[[Any], Any], declare: Callable[[_types.TypeInfo], Any]
+) -> Callable[[Any], Any]:
+    fields = info.fields
+    name = info.name
+
+    def enc(v: Any) -> Any:
+        declare(info)
+        state = {}
+        for f in fields:
+            try:
+                state[f] = encode(getattr(v, f))
+            except AttributeError:
+                pass
+        return ["v", name, state]
+
+    return enc
+
+
+def _enum_member(info: _types.TypeInfo, x: list[Any]) -> Any:
+    cls: Any = info.cls
+    member = x[2]
+    try:
+        if type(member) is list:  # a combination of flags, by the names of its members
+            return functools.reduce(operator.or_, (cls[m] for m in member), cls(0))
+        return cls[member]
+    except KeyError as err:
+        member = err.args[0] if err.args else member
+        raise UnknownTypeError(
+            f"enum {x[1]} has no member {member!r} any more: add it back, or add an alias "
+            f"member ({member} = <its value>) so stored values can be read",
+            type_name=x[1],
+        ) from None
 
 
 #: What each value tag stores, and each kind of class is, in messages.
@@ -654,17 +368,3 @@ def kind_mismatch(tag: str, name: str, info: _types.TypeInfo) -> CorruptLogError
         seq=None,
         table="",
     )
-
-
-def _default_for(info: _types.TypeInfo, field: str, obj: Any) -> Any:
-    """The default of *field* for a stored state that lacks it (a field added since)."""
-    if field not in info.defaults:
-        raise MemimgError(
-            f"stored {info.name} has no value for field {field!r}, which has no default: "
-            f"give {info.cls.__qualname__}.{field} a default or factory, or write an upgrader "
-            f"(@memimg.upgrader({info.name!r}, from_version=...)) that fills it in"
-        )
-    default = info.defaults[field]
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        return default.factory(obj) if default.takes_self else default.factory()
-    return default

@@ -42,8 +42,9 @@ import attrs
 
 from memimg._errors import MemimgError, SchemaError, UnknownTypeError
 from memimg.core import _types
+from memimg.core._generic import StandInMaker
 
-__all__ = ["Plan", "SchemaReport", "plan_for", "upgrader"]
+__all__ = ["Plan", "SchemaReport", "default_for", "plan_for", "upgrader"]
 
 Upgrader = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -185,24 +186,22 @@ def plan_for(
     report: SchemaReport,
     removed_types: frozenset[str],
     *,
-    generic: bool = False,
+    stand_ins: StandInMaker | None = None,
     value: bool = False,
 ) -> Plan:
     """The plan for states declared as (*stored_name*, *version*, *stored_fields*).
 
-    With *generic*, a type no class claims gets a stand-in class (see
-    :mod:`memimg.image._generic`); *value* says the declaration is of a value type.
+    With *stand_ins*, a type no class claims gets a stand-in class made by it
+    (see :mod:`memimg.core._generic`); *value* says the declaration is of a
+    value type.
     """
     if stored_name in removed_types:
         return Plan(stored_name, None, version, stored_fields, identity=False)
     try:
         info = _types.resolve(stored_name)
     except UnknownTypeError:
-        if generic:
-            from memimg.image import _generic
-
-            make = _generic.value_class if value else _generic.entity_class
-            info = make(stored_name, stored_fields, version)
+        if stand_ins is not None:
+            info = stand_ins(stored_name, stored_fields, version, value)
             return Plan(stored_name, info, version, stored_fields, field_map={f: f for f in stored_fields})
         if stored_name not in report.unknown_types:
             report.unknown_types.append(stored_name)
@@ -400,3 +399,17 @@ def upgrade_state(plan: Plan, state: dict[str, Any], report: SchemaReport, *, pa
     if plan.stored_name != info.name:
         report.renamed_types[(plan.stored_name, info.name)] += 1
     return out
+
+
+def default_for(info: _types.TypeInfo, field: str, obj: Any) -> Any:
+    """The default of *field* for a stored state that lacks it (a field added since)."""
+    if field not in info.defaults:
+        raise MemimgError(
+            f"stored {info.name} has no value for field {field!r}, which has no default: "
+            f"give {info.cls.__qualname__}.{field} a default or factory, or write an upgrader "
+            f"(@memimg.upgrader({info.name!r}, from_version=...)) that fills it in"
+        )
+    default = info.defaults[field]
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory(obj) if default.takes_self else default.factory()
+    return default

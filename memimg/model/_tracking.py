@@ -28,11 +28,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-from memimg.model._base import WHOLE
+from memimg.core._markers import WHOLE
 
 __all__ = [
     "TrackedField",
     "enabled",
+    "idle_read",
     "make_reader",
     "raw_slot",
     "register_collection",
@@ -84,14 +85,8 @@ class TrackedField:
             return self.slot
         owner = obj._mi_img
         if owner is not None:
-            tx = owner._mi_current.get()
-            if tx is not None and not tx.done:
-                return tx.read_field(obj, self.name, self.get)
-            if owner._mi_publishing:
-                return owner._mi_published_field(obj, self.name, self.get)
-        s = _S
-        if not s.open:
-            s.idle_read()
+            return owner._mi_current.get().read_field(obj, self.name, self.get)
+        idle_read()
         return self.get(obj)
 
     def __set__(self, obj: Any, value: Any) -> None:
@@ -112,14 +107,8 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
         def reader(self: Any, *args: Any) -> Any:
             owner = self._mi_img
             if owner is not None:
-                tx = owner._mi_current.get()
-                if tx is not None and not tx.done:
-                    return tx.read_coll(self, name, args, args[0])
-                if owner._mi_publishing:
-                    return owner._mi_published_coll(self, name, args)
-            s = _S
-            if not s.open:
-                s.idle_read()
+                return owner._mi_current.get().read_coll(self, name, args, args[0])
+            idle_read()
             return base(self, *args)
 
     else:
@@ -127,14 +116,8 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
         def reader(self: Any, *args: Any) -> Any:
             owner = self._mi_img
             if owner is not None:
-                tx = owner._mi_current.get()
-                if tx is not None and not tx.done:
-                    return tx.read_coll(self, name, args, WHOLE)
-                if owner._mi_publishing:
-                    return owner._mi_published_coll(self, name, args)
-            s = _S
-            if not s.open:
-                s.idle_read()
+                return owner._mi_current.get().read_coll(self, name, args, WHOLE)
+            idle_read()
             return base(self, *args)
 
     reader.__name__ = name
@@ -201,6 +184,13 @@ def register_collection(cls: type, readers: dict[str, Callable[..., Any]]) -> No
         _S.collections.append((cls, readers))
         if _S.enabled:
             _install_collection(cls, readers)
+
+
+def idle_read() -> None:
+    """A read that needed no hook (no transaction of its thread or task): counts toward removing them."""
+    s = _S
+    if not s.open:
+        s.idle_read()
 
 
 def tx_opened() -> None:

@@ -328,19 +328,33 @@ class SQLAlchemyStore:
     def _connect(self) -> Any:
         """A new psycopg connection (autocommit) to the engine's database, outside its pool.
 
-        Built from the dialect's own connect arguments (plus the store's
-        ``connect_args``): a URL rendered back to a string would lose query
-        options such as ``options=-c statement_timeout=5000``.
+        Made by the engine itself, so it is configured exactly as the
+        store's reads are (URL query options such as ``options=-c
+        statement_timeout=5000``, ``connect_args``, connect events); a URL
+        rendered back to a string would lose some of that.
         """
         import psycopg
 
         url = self.engine.url
         if self.engine.dialect.driver == "psycopg":
-            _, kwargs = self.engine.dialect.create_connect_args(url)
-            kwargs.pop("context", None)  # SQLAlchemy's adapters, for its own connections
-        else:  # another driver's dialect: its arguments are not libpq's, the URL's parts are
-            kwargs = url.translate_connect_args(username="user", database="dbname")
-            kwargs.update(url.query)
+            # the engine's own connection -- its creator, connect_args and connect events apply (a
+            # search_path set there must hold for the writer too, or its rows land in other tables) --
+            # taken out of the pool for good
+            try:
+                fairy = self.engine.raw_connection()
+            except sa_exc.DBAPIError as err:
+                if err.orig is not None:
+                    raise err.orig from err  # the driver's error, as a direct connect raises it
+                raise
+            conn: Any = fairy.driver_connection
+            fairy.detach()
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            conn.autocommit = True
+            return conn
+        # another driver's dialect: its arguments are not libpq's, the URL's parts are
+        kwargs = url.translate_connect_args(username="user", database="dbname")
+        kwargs.update(url.query)
         kwargs.update(self._connect_args)
         kwargs.setdefault("connect_timeout", max(1, int(self._connect_timeout)))
         return psycopg.Connection.connect(autocommit=True, **kwargs)

@@ -283,6 +283,9 @@ class SQLiteStore:
             st = None
         if st is not None and st.st_ctime_ns == self._quiet_ctime and st.st_ino == self._quiet_ino:
             return
+        # read the clock before the files: a change after that could share the directory's ctime only
+        # if the clock had not moved past it then
+        trusted = st is not None and _stamped_after(st.st_ctime_ns)
         # the directory was taken before the files: a change after it moves its ctime
         db, wal = _identity(self.path), _identity(self.path + "-wal")
         if self._wal_id is None:
@@ -294,7 +297,8 @@ class SQLiteStore:
         if wal != self._wal_id:
             self._gone = "its -wal file was deleted or replaced after the image opened it"
             raise self._gone_error(doing, seq)
-        if st is not None and _stamped_after(st.st_ctime_ns):
+        if trusted:
+            assert st is not None
             self._quiet_ctime, self._quiet_ino = st.st_ctime_ns, st.st_ino
         else:
             self._quiet_ctime = self._quiet_ino = -1

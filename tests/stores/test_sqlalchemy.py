@@ -358,6 +358,33 @@ def test_query_options_in_the_url_reach_every_connection(pg_schema: str) -> None
         assert again.root == {"a": 1}
 
 
+def test_an_engines_connection_settings_reach_the_writer(pg_schema: str) -> None:
+    """The writer and listener are the engine's own connections: a search_path set in the engine's
+    connect_args holds for them too, so commits land in the tables the image reads."""
+    admin = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{pg_schema}"'))
+    prefix = f"p{uuid.uuid4().hex[:8]}_"
+    SQLAlchemyStore(POSTGRES_URL, prefix=prefix).close()  # same-named tables, empty, in the default schema
+    try:
+        engine = sa.create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={pg_schema}"})  # type: ignore[arg-type]
+        with memimg.open(SQLAlchemyStore(engine, prefix=prefix), root=dict) as img:
+            img.root["order"] = 42
+        engine.dispose()
+        with admin.connect() as conn:
+            assert conn.execute(sa.text(f'SELECT count(*) FROM "{pg_schema}".{prefix}events')).scalar() == 2
+            assert conn.execute(sa.text(f"SELECT count(*) FROM public.{prefix}events")).scalar() == 0
+        engine = sa.create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={pg_schema}"})  # type: ignore[arg-type]
+        with memimg.open(SQLAlchemyStore(engine, prefix=prefix)) as again:
+            assert again.root == {"order": 42}
+        engine.dispose()
+    finally:
+        with admin.begin() as conn:
+            for table in ("events", "snapshots", "meta"):
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS public.{prefix}{table}"))
+        admin.dispose()
+
+
 def test_log_of_an_older_memimg_gets_its_commit_id_column(pg_schema: str) -> None:
     """An events table made by memimg 0.2 (no commit_id) is opened read-only as it is, and a writer
     adds the nullable column; the rows already there are kept, with no commit id."""
