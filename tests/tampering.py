@@ -13,6 +13,7 @@ import attrs
 import orjson
 
 from memimg._rows import event_checksum, snapshot_checksum
+from memimg.stores import EventRow, Store
 
 
 def edit_snapshot(path: str, edit: Callable[[bytes], bytes]) -> int:
@@ -64,18 +65,24 @@ def rewrite_snapshot(path: str, old: bytes, new: bytes) -> int:
     return edit_snapshot(path, replace)
 
 
-def append_event(path: str, kind: str, target: int, payload: Any) -> int:
-    """Append an event of *kind* on object *target* to the SQLite image at *path*; returns its seq.
+def append_event(where: str | Store, kind: str, target: int, payload: Any) -> int:
+    """Append an event of *kind* on object *target* to *where* (an SQLite image's path, or a store); returns its seq.
 
     *payload* is the stored JSON data (``[args]``, ``[args, records]`` or
     ``[args, records, types]``), as a crafted log would hold it; the
     checksum is made valid, so only memimg's own reading can tell.
     """
     data = orjson.dumps(payload)
-    conn = sqlite3.connect(path)
+    ts = 1_700_000_000_000_000
+    if not isinstance(where, str):
+        seq = where.head() + 1
+        where.append(
+            [EventRow(seq, seq, ts, kind, target, data, event_checksum(seq, seq, ts, kind, target, data))], seq - 1
+        )
+        return seq
+    conn = sqlite3.connect(where)
     try:
         seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memimg_events").fetchone()[0]
-        ts = 1_700_000_000_000_000
         conn.execute(
             "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (seq, seq, ts, kind, target, data, event_checksum(seq, seq, ts, kind, target, data)),
