@@ -32,17 +32,6 @@ from tests.versions import ROOT, Versions
 # -- shared models ----------------------------------------------------------------
 
 
-class Unencodable:
-    """A registered value type whose unstructure hook fails: the commit fails while encoding."""
-
-
-def _refuse(_: Any) -> Any:
-    raise ValueError("this value cannot be encoded")
-
-
-memimg.converter.register_value(Unencodable, name="rvd.Unencodable", unstructure=_refuse, structure=lambda d, t: t())
-
-
 @persistent(name="rvd.Box")
 class Box:
     v: Any = None
@@ -89,24 +78,6 @@ def v(tmp_path: Any) -> Versions:
 # == identity, gc, snapshots =========================================================
 
 
-def test_failed_commit_leaves_no_stale_object_in_the_table() -> None:
-    """A commit that fails while encoding keeps the new objects' table entries; the next snapshot's
-    gc then detaches the live object and later writes to it are silently not logged."""
-    store = memimg.MemoryStore()
-    img = memimg.open(store, root=Box)
-    first = Box("first")
-    with pytest.raises(memimg.MemimgError, match="nothing was changed"):
-        with img.transaction():
-            img.root.v = first
-            img.root.other = Unencodable()  # accepted at the assignment, fails while encoding the commit
-    img.root.d = first  # attach it again, for real
-    img.snapshot()
-    first.other = "must persist"
-    img.close()
-    with memimg.open(store, root=Box) as again:
-        assert again.root.d.other == "must persist"
-
-
 def test_transaction_reattaching_an_object_collected_by_a_snapshot_commits() -> None:
     """An object detached earlier, re-attached inside a transaction, then collected by a snapshot's
     gc before the commit: the commit fails with an internal error."""
@@ -119,23 +90,6 @@ def test_transaction_reattaching_an_object_collected_by_a_snapshot_commits() -> 
     img.snapshot()  # e.g. an automatic snapshot triggered by another thread's commit
     tx.save()
     assert memimg.replay(img.events()).v.v == "a"
-
-
-def test_remote_gc_does_not_use_the_local_snapshot_hint() -> None:
-    """A snapshot that loses the append race catches up with the other writer's gc event using its
-    own stale collect_hint, dropping objects that are reachable."""
-    store = memimg.MemoryStore()
-    a = memimg.open(store, root=dict)
-    b = memimg.open(store, root=dict)
-    b.root["x"] = Box("garbage")
-    b.root["x"] = None  # an unreachable object in b's table, so b's hint is a real set
-    a.refresh()
-    a.root["fresh"] = Box("fresh")
-    a.snapshot()  # a's gc event
-    b.snapshot()  # b is stale: SeqTaken, catch-up applies a's gc with b's hint
-    b.root["fresh"].other = "changed in b"
-    with memimg.open(store, root=dict) as c:
-        assert c.root["fresh"].other == "changed in b"
 
 
 def test_snapshot_with_a_tab_in_a_type_name_reopens() -> None:
