@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from decimal import Decimal
 from typing import Any
 
@@ -23,10 +22,8 @@ from click.testing import CliRunner
 import memimg
 from memimg import persistent
 from memimg._cli import cli
-from memimg._graph import Graph, split_snapshot
 from memimg._rows import event_checksum
 from memimg.stores._protocol import EventRow
-from tests.tampering import rewrite_snapshot
 from tests.versions import ROOT, Versions
 
 # -- shared models ----------------------------------------------------------------
@@ -48,11 +45,6 @@ class Coupon:
 class Shop:
     items: list = attrs.field(factory=list)
     best: Any = None
-
-
-@persistent(name="rvd.odd\tname")
-class TabName:
-    v: Any = None
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -90,25 +82,6 @@ def test_transaction_reattaching_an_object_collected_by_a_snapshot_commits() -> 
     img.snapshot()  # e.g. an automatic snapshot triggered by another thread's commit
     tx.save()
     assert memimg.replay(img.events()).v.v == "a"
-
-
-def test_snapshot_with_a_tab_in_a_type_name_reopens() -> None:
-    """Type names are written raw into the tab-separated snapshot lines."""
-    store = memimg.MemoryStore()
-    with memimg.open(store, root=Shop) as img:
-        img.root.items.append(TabName("x"))
-        img.snapshot()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with memimg.open(store, root=Shop) as img:
-            assert img.root.items[0].v == "x"
-
-
-def test_snapshot_payload_of_an_empty_graph_splits() -> None:
-    """split_snapshot cannot read what snapshot_payload writes for a graph without objects."""
-    payload, count, _ = Graph(memimg.converter).snapshot_payload(0)
-    header, records = split_snapshot(payload)
-    assert header["count"] == count == 0 and records == []
 
 
 # == removed types ===================================================================
@@ -349,44 +322,6 @@ def test_obj_set_rows_that_do_not_decode_are_named_by_seq(args: Any, message: st
     with pytest.raises(memimg.CorruptLogError, match=message) as info:
         memimg.open(store, root=Cell)
     assert info.value.seq == seq + 1 and f"seq {seq + 1}" in str(info.value)
-
-
-def test_snapshot_that_does_not_decode_is_named_by_seq(tmp_path: Any) -> None:
-    """A snapshot with a valid checksum but an unknown value tag fails naming the snapshot's seq."""
-    path = str(tmp_path / "x.db")
-    with memimg.open(path, root=dict) as img:
-        img.root["a"] = Decimal("1.5")
-        seq = img.snapshot()
-    assert rewrite_snapshot(path, b'["D","1.5"]', b'["no-such-tag","1.5"]') == seq
-    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*unknown value tag") as info:
-        memimg.open(path, root=dict)
-    assert info.value.seq == seq and info.value.table == "memimg_snapshots"
-
-
-_WRITE_AFTER_FULL_COMPACTION = """
-import sys, memimg
-target = sys.argv[1]
-with memimg.open(target, root=dict) as img:
-    img.root["a"] = 1
-    seq = img.snapshot()
-    img.store.delete_events_before(seq + 1)
-with memimg.open(target, root=dict) as img:
-    img.root["b"] = 2          # loops for ever on SeqTaken
-print("ok")
-"""
-
-
-def test_write_after_every_event_was_compacted_does_not_hang(tmp_path: Any) -> None:
-    """Opening such an image and writing once never returns (SeqTaken, catch up, retry, forever)."""
-    code = _WRITE_AFTER_FULL_COMPACTION
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path / "y.db")], capture_output=True, text=True, env=env, timeout=30
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the write after compacting every event did not return within 30 s")
-    assert out.returncode == 0, out.stderr
 
 
 # == further cases around the fixes above ===============================================

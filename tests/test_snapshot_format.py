@@ -13,6 +13,8 @@ import datetime as dt
 import enum
 import sqlite3
 import threading
+import warnings
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -23,9 +25,10 @@ import pytest
 import memimg
 from memimg import persistent
 from memimg._cli import _canonical
-from memimg._graph import decode_snapshot
+from memimg._graph import Graph, decode_snapshot, split_snapshot
 from memimg.model._tracking import disable_now
-from tests.tampering import edit_snapshot, move_snapshot
+from tests.conftest import Images
+from tests.tampering import edit_snapshot, move_snapshot, rewrite_snapshot
 
 
 class Colour(enum.Enum):
@@ -56,12 +59,13 @@ class Holder:
     misc: Any = None
 
 
-def _only_the_snapshot(path: str, seq: int) -> None:
-    """Delete the events *seq* covers, so reopening can only use the snapshot."""
-    conn = sqlite3.connect(path)
-    conn.execute("DELETE FROM memimg_events WHERE seq <= ?", (seq,))
-    conn.commit()
-    conn.close()
+def _only_the_snapshot(where: str | memimg.Store, seq: int) -> None:
+    """Delete the events *seq* covers from *where* (a store, or an SQLite file's path), so reopening can
+    only use the snapshot."""
+    store = memimg.SQLiteStore(where) if isinstance(where, str) else where
+    store.delete_events_before(seq + 1)
+    if isinstance(where, str):
+        store.close()
 
 
 def _fill(root: Holder) -> None:
@@ -85,19 +89,18 @@ def _content(root: Any) -> bytes:
     return _canonical(memimg.serialize(root))
 
 
-def _snapshot_of_everything(path: str) -> tuple[int, bytes]:
-    """An image at *path* filled by :func:`_fill` and snapshotted: the snapshot's seq and the graph's content."""
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+def _snapshot_of_everything(open_image: Callable[..., memimg.MemoryImage]) -> tuple[int, bytes]:
+    """An image filled by :func:`_fill` and snapshotted: the snapshot's seq and the graph's content."""
+    with open_image(root=Holder, snapshot_every=None) as img:
         _fill(img.root)
         return img.snapshot(), _content(img.root)
 
 
-def test_every_kind_of_state_survives_a_snapshot_alone(tmp_path: Any) -> None:
+def test_every_kind_of_state_survives_a_snapshot_alone(make_image: Images) -> None:
     """A graph of several chunks, with references everywhere a value can hold one, reopens from its snapshot."""
-    path = str(tmp_path / "img.db")
-    seq, expected = _snapshot_of_everything(path)
-    _only_the_snapshot(path, seq)
-    with memimg.open(path, root=Holder) as img:
+    seq, expected = _snapshot_of_everything(make_image)
+    _only_the_snapshot(make_image.store(), seq)
+    with make_image(root=Holder) as img:
         got = _content(img.root)
         root = img.root
         assert not hasattr(root.nodes[13], "label")
@@ -107,16 +110,13 @@ def test_every_kind_of_state_survives_a_snapshot_alone(tmp_path: Any) -> None:
     assert got == expected
 
 
-def test_payload_lays_out_chunks_of_directory_and_states(tmp_path: Any) -> None:
+def test_payload_lays_out_chunks_of_directory_and_states(make_image: Images) -> None:
     """Format 2: a header naming types, then chunks whose directory lines list oids and type indexes."""
-    path = str(tmp_path / "img.db")
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+    with make_image(root=Holder, snapshot_every=None) as img:
         _fill(img.root)
-        img.snapshot()
+        seq = img.snapshot()
         live = img._graph.live_count()
-    conn = sqlite3.connect(path)
-    payload = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()[0]
-    conn.close()
+    payload = make_image.store().read_snapshot(seq).payload
     header, *lines = payload.split(b"\n")
     head = orjson.loads(header)
     assert head["format"] == 2 and head["names"][:3] == ["list", "dict", "set"]
@@ -132,24 +132,22 @@ def test_payload_lays_out_chunks_of_directory_and_states(tmp_path: Any) -> None:
     assert node[1] == 0 and node[2][0] == "r"  # label, n, then a reference
 
 
-def test_snapshot_inside_an_open_transaction_holds_the_committed_state(tmp_path: Any) -> None:
+def test_snapshot_inside_an_open_transaction_holds_the_committed_state(make_image: Images) -> None:
     """While read hooks are on, the snapshot reads raw slots: a transaction's pending writes are not in it."""
-    path = str(tmp_path / "img.db")
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+    with make_image(root=Holder, snapshot_every=None) as img:
         img.root.nodes = [Node("committed", 1)]
         with img.transaction() as tx:
             img.root.nodes[0].label = "pending"
             seq = img.snapshot()
             tx.discard()
-    _only_the_snapshot(path, seq)
-    with memimg.open(path, root=Holder) as img:
+    _only_the_snapshot(make_image.store(), seq)
+    with make_image(root=Holder) as img:
         assert img.root.nodes[0].label == "committed"
 
 
-def test_snapshot_while_another_thread_holds_a_transaction(tmp_path: Any) -> None:
+def test_snapshot_while_another_thread_holds_a_transaction(make_image: Images) -> None:
     """Another thread's open transaction (hooks on for every class) does not leak into the snapshot."""
-    path = str(tmp_path / "img.db")
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+    with make_image(root=Holder, snapshot_every=None) as img:
         img.root.nodes = [Node("committed", 1)]
         opened, release = threading.Event(), threading.Event()
 
@@ -168,8 +166,8 @@ def test_snapshot_while_another_thread_holds_a_transaction(tmp_path: Any) -> Non
         finally:
             release.set()
             thread.join()
-    _only_the_snapshot(path, seq)
-    with memimg.open(path, root=Holder) as img:
+    _only_the_snapshot(make_image.store(), seq)
+    with make_image(root=Holder) as img:
         assert img.root.nodes[0].label == "committed"
 
 
@@ -185,7 +183,7 @@ def _format_1(payload: bytes) -> bytes:
 def test_format_1_snapshots_still_open(tmp_path: Any) -> None:
     """An image whose newest snapshot is in the previous format opens to the same graph."""
     path = str(tmp_path / "img.db")
-    seq, expected = _snapshot_of_everything(path)
+    seq, expected = _snapshot_of_everything(lambda **options: memimg.open(path, **options))
     edit_snapshot(path, _format_1)
     conn = sqlite3.connect(path)
     (payload,) = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()
@@ -306,7 +304,7 @@ def test_a_state_that_does_not_fit_its_object_is_named(tmp_path: Any, what: str)
     assert info.value.seq == seq and info.value.table == "memimg_snapshots"
 
 
-def test_two_classes_of_one_name_in_one_snapshot_keep_their_fields(tmp_path: Any) -> None:
+def test_two_classes_of_one_name_in_one_snapshot_keep_their_fields(make_image: Images) -> None:
     """A class redefined under the same stored name (fields reordered) while objects of the first are
     still in the graph: the header declares one field order, so the other class's states go by name."""
 
@@ -315,8 +313,7 @@ def test_two_classes_of_one_name_in_one_snapshot_keep_their_fields(tmp_path: Any
         x: int = 0
         y: int = 0
 
-    path = str(tmp_path / "img.db")
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+    with make_image(root=Holder, snapshot_every=None) as img:
         img.root.nodes = [Node("a", extra=First(1, 2))]
 
         @persistent(name="fmt.Twin")
@@ -326,14 +323,15 @@ def test_two_classes_of_one_name_in_one_snapshot_keep_their_fields(tmp_path: Any
 
         img.root.misc = Second(y=20, x=10)
         seq = img.snapshot()
-    _only_the_snapshot(path, seq)
-    with memimg.open(path, root=Holder) as img:
+    _only_the_snapshot(make_image.store(), seq)
+    with make_image(root=Holder) as img:
         first, second = img.root.nodes[0].extra, img.root.misc
         assert (first.x, first.y) == (1, 2)
         assert (second.x, second.y) == (10, 20)
 
 
 def test_a_states_line_that_is_not_json_is_named_by_seq(tmp_path: Any) -> None:
+    """A states line cut short (not JSON) is a CorruptLogError naming the snapshot's seq."""
     path = str(tmp_path / "img.db")
     _small(path)
     seq = edit_snapshot(path, lambda payload: payload[:-3])
@@ -343,11 +341,25 @@ def test_a_states_line_that_is_not_json_is_named_by_seq(tmp_path: Any) -> None:
 
 
 def test_a_snapshot_in_a_newer_format_is_refused_not_misread(tmp_path: Any) -> None:
+    """A snapshot whose header gives a format this memimg does not know is refused, naming the format."""
     path = str(tmp_path / "img.db")
     _small(path)
     edit_snapshot(path, lambda payload: payload.replace(b'"format":2', b'"format":3', 1))
     with pytest.raises(memimg.MemimgError, match="unknown snapshot format 3: written by a newer memimg"):
         memimg.open(path, root=Holder)
+
+
+def test_a_snapshot_holding_an_unknown_value_tag_is_named_by_seq(tmp_path: Any) -> None:
+    """A snapshot with a valid checksum holding a value tag no codec knows is a CorruptLogError naming
+    the snapshot's seq and table."""
+    path = str(tmp_path / "x.db")
+    with memimg.open(path, root=dict) as img:
+        img.root["a"] = Decimal("1.5")
+        seq = img.snapshot()
+    assert rewrite_snapshot(path, b'["D","1.5"]', b'["no-such-tag","1.5"]') == seq
+    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*unknown value tag") as info:
+        memimg.open(path, root=dict)
+    assert info.value.seq == seq and info.value.table == "memimg_snapshots"
 
 
 @persistent(name="fmt.Computed")
@@ -360,17 +372,16 @@ class Computed:
         return f"computed {name}"
 
 
-def test_a_class_with_getattr_is_read_through_raw_slots(tmp_path: Any) -> None:
+def test_a_class_with_getattr_is_read_through_raw_slots(make_image: Images) -> None:
     """An unset field of a class with __getattr__ stays unset in the snapshot, not the computed value."""
-    path = str(tmp_path / "img.db")
     hooks_off = disable_now()  # no read hooks (an earlier test's may linger): plain loads allowed, not on this class
     assert hooks_off
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+    with make_image(root=Holder, snapshot_every=None) as img:
         img.root.misc = Computed("x")
         del img.root.misc.label
         seq = img.snapshot()
-    _only_the_snapshot(path, seq)
-    with memimg.open(path, root=Holder) as img:
+    _only_the_snapshot(make_image.store(), seq)
+    with make_image(root=Holder) as img:
         assert "label" not in memimg.serialize(img.root.misc)["objects"][0][2]
 
 
@@ -427,6 +438,49 @@ def test_a_compacted_log_whose_head_is_its_snapshot_opens_and_goes_on(tmp_path: 
     with memimg.open(path, root=Holder) as img:
         assert img.root.misc == "after" and [n.label for n in img.root.nodes] == ["a", "b"]
     assert _cli_verify(path).exit_code == 0
+
+
+def test_a_write_after_compaction_removed_every_event_commits(make_image: Images) -> None:
+    """With every event compacted away (the head is the newest snapshot's seq), a reopened image's first
+    write commits at once, after the snapshot, instead of retrying for ever."""
+    with make_image(root=dict) as img:
+        img.root["a"] = 1
+        seq = img.snapshot()
+        img.store.delete_events_before(seq + 1)
+
+    def write() -> int:
+        with make_image(root=dict) as img:
+            img.root["b"] = 2
+            return img.seq
+
+    assert _in_thread(write) == seq + 1
+    with make_image(root=dict) as img:
+        assert img.root == {"a": 1, "b": 2}
+
+
+@persistent(name="fmt.odd\tname")
+class TabName:
+    v: Any = None
+
+
+def test_a_type_name_holding_a_tab_survives_a_snapshot(make_image: Images) -> None:
+    """A stored type name with a tab in it is written into the snapshot and read back: the image reopens
+    from that snapshot without a warning."""
+    with make_image(root=Holder) as img:
+        img.root.nodes.append(TabName("x"))
+        seq = img.snapshot()
+    _only_the_snapshot(make_image.store(), seq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with make_image(root=Holder) as img:
+            assert img.root.nodes[0].v == "x"
+
+
+def test_the_snapshot_payload_of_an_empty_graph_reads_back() -> None:
+    """The snapshot payload of a graph without objects splits into a header counting none and no records."""
+    payload, count, _ = Graph(memimg.converter).snapshot_payload(0)
+    header, records = split_snapshot(payload)
+    assert header["count"] == count == 0 and records == []
 
 
 def test_a_commit_after_events_vanished_under_an_open_image_is_corrupt_not_a_hang(tmp_path: Any) -> None:
