@@ -15,15 +15,12 @@ from decimal import Decimal
 from typing import Any
 
 import attrs
-import orjson
 import pytest
 from click.testing import CliRunner
 
 import memimg
 from memimg import persistent
 from memimg._cli import cli
-from memimg._rows import event_checksum
-from memimg.stores._protocol import EventRow
 from tests.versions import ROOT, Versions
 
 # -- shared models ----------------------------------------------------------------
@@ -281,47 +278,6 @@ def test_cli_verify_with_frozensets_written_by_another_process(v: Versions) -> N
 
 
 # == stores ============================================================================
-
-
-def test_corrupt_rows_are_named_by_seq() -> None:
-    """A row (valid checksum) naming an object that does not exist is reported without its seq."""
-    store = memimg.MemoryStore()
-    with memimg.open(store, root=dict) as img:
-        img.root["a"] = 1
-        seq = img.seq
-    row = (seq + 1, seq + 1, 0, "dict.set", 1, orjson.dumps([["b", ["r", 99]]]))
-    store.append([EventRow(*row, event_checksum(*row))], seq)
-    with pytest.raises(memimg.CorruptLogError) as info:
-        memimg.open(store, root=dict)
-    assert info.value.seq == seq + 1
-
-
-@persistent(name="edge.Cell")
-class Cell:
-    value: Any = None
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["value", ["no-such-tag", 1]], "unknown value tag"),
-        (["value", ["r", 99]], "names object 99"),
-        (["value"], "cannot be read|does not apply"),
-        ([], "cannot be read|does not apply"),
-    ],
-)
-def test_obj_set_rows_that_do_not_decode_are_named_by_seq(args: Any, message: str) -> None:
-    """Field sets are applied inline on replay: a bad one (valid checksum) still fails with its seq."""
-    store = memimg.MemoryStore()
-    with memimg.open(store, root=Cell) as img:
-        img.root.value = 1
-        img.root.value = 2  # the replay of this one takes the inline path
-        seq = img.seq
-    row = (seq + 1, seq + 1, 0, "obj.set", 1, orjson.dumps([args]))
-    store.append([EventRow(*row, event_checksum(*row))], seq)
-    with pytest.raises(memimg.CorruptLogError, match=message) as info:
-        memimg.open(store, root=Cell)
-    assert info.value.seq == seq + 1 and f"seq {seq + 1}" in str(info.value)
 
 
 # == further cases around the fixes above ===============================================
