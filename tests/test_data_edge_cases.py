@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -84,39 +83,6 @@ def test_transaction_reattaching_an_object_collected_by_a_snapshot_commits() -> 
 # == removed types ===================================================================
 
 
-def test_snapshot_after_refresh_with_removed_types_reopens() -> None:
-    """Objects of a removed type arriving through refresh() stay in collections as Gone
-    placeholders; the next snapshot references them without records and cannot be loaded."""
-    store = memimg.MemoryStore()
-    a = memimg.open(store, root=Shop)
-    b = memimg.open(store, root=Shop, removed_types=("rvd.Coupon",))
-    a.root.items.append(Coupon("x"))
-    b.refresh()
-    b.snapshot()
-    with memimg.open(store, root=Shop, removed_types=("rvd.Coupon",)) as c:
-        assert c.root.items == []
-
-
-def test_readonly_image_with_removed_types_follows_the_log() -> None:
-    """Read-only, the clean-up of removed objects cannot be logged, and done in memory only, later
-    list events (by index) from a writer would land on the wrong elements: the open is refused
-    until a writable open has logged the clean-up; after that, a read-only image follows the log."""
-    store = memimg.MemoryStore()
-    a = memimg.open(store, root=Shop)
-    a.root.items.extend([Coupon("c"), "x", "y"])
-    with pytest.raises(memimg.MemimgError, match="read-only") as info:
-        memimg.open(store, root=Shop, removed_types=("rvd.Coupon",), readonly=True)
-    assert "rvd.Coupon" in str(info.value)
-    memimg.open(store, root=Shop, removed_types=("rvd.Coupon",)).close()  # logs the clean-up
-    b = memimg.open(store, root=Shop, removed_types=("rvd.Coupon",), readonly=True)
-    assert b.root.items == ["x", "y"]
-    a.refresh()
-    assert a.root.items == ["x", "y"]  # the writer with the old classes sees the clean-up too
-    del a.root.items[0]  # the writer removes "x"
-    b.refresh()
-    assert b.root.items == ["y"]
-
-
 def test_verify_after_migrate_with_removed_types(tmp_path: Any) -> None:
     """References cleared by removed_types are changed in memory only; the snapshot migrate writes
     then differs from the replayed log, and `memimg verify` reports corruption."""
@@ -131,86 +97,6 @@ def test_verify_after_migrate_with_removed_types(tmp_path: Any) -> None:
 
 
 # == schema evolution ==================================================================
-
-
-def test_states_written_after_a_snapshot_without_their_declaration_are_upgraded(v: Versions) -> None:
-    """A snapshot declares only the types reachable at that moment; a process that declared a class
-    earlier does not declare it again, so states written after the snapshot are read as the current
-    version and the upgrader is silently skipped."""
-    v.record(
-        """
-        @persistent(name="{P}.Product")
-        class Product:
-            amount: int = 0          # cents
-
-        @persistent(name="{P}.Shop")
-        class Shop:
-            products: dict = attrs.field(factory=dict)
-        """,
-        """
-        with memimg.open(path, root=models.Shop) as img:
-            img.root.products["a"] = models.Product(120)
-            del img.root.products["a"]
-            img.snapshot()
-            img.root.products["b"] = models.Product(250)
-        """,
-    )
-    new = v.load(
-        """
-        @persistent(name="{P}.Product", version=2)
-        class Product:
-            amount: Decimal = Decimal(0)   # euros
-
-        @memimg.upgrader("{P}.Product", from_version=1)
-        def _up(state):
-            if "amount" in state:
-                state["amount"] = Decimal(state["amount"]) / 100
-            return state
-
-        @persistent(name="{P}.Shop")
-        class Shop:
-            products: dict = attrs.field(factory=dict)
-        """
-    )
-    with memimg.open(v.path, root=new.Shop) as img:
-        assert img.root.products["b"].amount == Decimal("2.50")
-
-
-def test_value_class_field_rename_is_honoured(v: Versions) -> None:
-    """Value classes "evolve the same way", but memimg.field(renamed_from=...) on a frozen attrs
-    value class is ignored (and they have no version for upgraders)."""
-    v.record(
-        """
-        @attrs.frozen
-        class Sku:
-            code: str
-
-        memimg.converter.register_value(Sku, name="{P}.Sku")
-
-        @persistent(name="{P}.Shop")
-        class Shop:
-            skus: list = attrs.field(factory=list)
-        """,
-        """
-        with memimg.open(path, root=models.Shop) as img:
-            img.root.skus.append(models.Sku("a1"))
-        """,
-    )
-    new = v.load(
-        """
-        @attrs.frozen
-        class Sku:
-            sku: str = memimg.field(default="", renamed_from="code")
-
-        memimg.converter.register_value(Sku, name="{P}.Sku")
-
-        @persistent(name="{P}.Shop")
-        class Shop:
-            skus: list = attrs.field(factory=list)
-        """
-    )
-    with memimg.open(v.path, root=new.Shop) as img:
-        assert img.root.skus == [new.Sku("a1")]
 
 
 # == CLI ===============================================================================
@@ -281,92 +167,6 @@ def test_cli_verify_with_frozensets_written_by_another_process(v: Versions) -> N
 
 
 # == further cases around the fixes above ===============================================
-
-
-def test_value_class_version_runs_its_upgrader(v: Versions) -> None:
-    v.record(
-        """
-        @attrs.frozen
-        class Price:
-            cents: int
-
-        memimg.converter.register_value(Price, name="{P}.Price")
-
-        @persistent(name="{P}.Shop")
-        class Shop:
-            prices: list = attrs.field(factory=list)
-        """,
-        """
-        with memimg.open(path, root=models.Shop) as img:
-            img.root.prices.append(models.Price(250))
-        """,
-    )
-    new = v.load(
-        """
-        @attrs.frozen
-        class Price:
-            euros: Decimal
-
-        memimg.converter.register_value(Price, name="{P}.Price", version=2)
-
-        @memimg.upgrader("{P}.Price", from_version=1)
-        def _up(state):
-            return {"euros": Decimal(state.pop("cents")) / 100}
-
-        @persistent(name="{P}.Shop")
-        class Shop:
-            prices: list = attrs.field(factory=list)
-        """
-    )
-    with memimg.open(v.path, root=new.Shop) as img:
-        assert img.root.prices == [new.Price(Decimal("2.50"))]
-
-
-@attrs.frozen
-class Stamp:
-    label: str
-
-
-@persistent(name="rvd.Holder")
-class Holder:
-    pair: Any = None
-    tags: Any = None
-    stamp: Any = None
-
-
-def test_removed_value_types_are_cleaned_and_the_clean_up_is_logged() -> None:
-    memimg.converter.register_value(Stamp, name="rvd.Stamp")
-    store = memimg.MemoryStore()
-    with memimg.open(store, root=dict) as img:
-        img.root["h"] = Holder(pair=(1, Stamp("a")), tags=frozenset({"t", Stamp("b")}), stamp=Stamp("c"))
-        img.root["l"] = ["x", Stamp("d"), "y"]
-        img.root[(2, Stamp("k"))] = "keyed"
-    with memimg.open(store, root=dict, removed_types=("rvd.Stamp",)) as img:
-        h = img.root["h"]
-        assert (h.pair, h.tags, h.stamp) == ((1, None), frozenset({"t"}), None)
-        assert img.root["l"] == ["x", "y"]
-        assert (2, Stamp("k")) not in img.root and len(img.root) == 2
-        report = img.schema_report
-        assert report.references_cleared == 2 and report.elements_dropped == 3
-    # the clean-up is in the log: a process that still has the class reads the same
-    with memimg.open(store, root=dict) as img:
-        h = img.root["h"]
-        assert (h.pair, h.tags, h.stamp) == ((1, None), frozenset({"t"}), None)
-        assert img.root["l"] == ["x", "y"] and len(img.root) == 2
-
-
-def test_removed_objects_arriving_by_refresh_are_cleaned_by_a_writer() -> None:
-    store = memimg.MemoryStore()
-    old = memimg.open(store, root=Shop)
-    new = memimg.open(store, root=Shop, removed_types=("rvd.Coupon",))
-    old.root.items.extend(["a", Coupon("c"), "b"])
-    new.refresh()
-    assert new.root.items == ["a", "b"]
-    old.refresh()
-    assert old.root.items == ["a", "b"]  # the writer logged the clean-up
-    old.root.items.insert(1, "between")
-    new.refresh()
-    assert new.root.items == ["a", "between", "b"]
 
 
 def test_cli_snapshot_is_refused_when_stand_ins_cannot_upgrade(v: Versions) -> None:
