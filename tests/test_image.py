@@ -1,4 +1,8 @@
-"""MemoryImage: open, recover, snapshot, events, errors."""
+"""MemoryImage: open, recover, snapshot, events, errors.
+
+On every store, except the tests about an SQLite file (rows edited in it, its
+locks), a log recorded by another process, or a store double that fails.
+"""
 
 from __future__ import annotations
 
@@ -366,20 +370,20 @@ def test_types_are_found_by_importing_their_module(make_image: Images) -> None:
     assert info.cls is Box
 
 
-def test_two_images_agree_on_one_root() -> None:
+def test_two_images_agree_on_one_root(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two images opening an empty shared store at once agree on one root."""
-    store = MemoryStore()
-    original = store.append
+    store_class = type(make_image.store())
+    original = store_class.append
     racer: list[Any] = []
 
-    def append_late(rows: Any, expected: int) -> None:
+    def append_late(store: Any, rows: Any, expected: int) -> None:
         if not racer:  # the other process gets there between our encode and our append
             racer.append(None)
-            racer[0] = memimg.open(store, root=lambda: Box(content="other"))
-        original(rows, expected)
+            racer[0] = make_image(root=lambda: Box(content="other"))
+        original(store, rows, expected)
 
-    store.append = append_late  # type: ignore[method-assign]
-    img = memimg.open(store, root=lambda: Box(content="mine"))
+    monkeypatch.setattr(store_class, "append", append_late)
+    img = make_image(root=lambda: Box(content="mine"))
     assert img.root.content == "other"
     assert racer[0].root.content == "other"
     assert [e.kind for e in img.events()] == ["root"]
