@@ -13,15 +13,21 @@ import attrs
 import orjson
 
 from memimg._rows import event_checksum, snapshot_checksum
-from memimg.stores import EventRow, Store
+from memimg.stores import EventRow, SnapshotRow, Store
 
 
-def edit_snapshot(path: str, edit: Callable[[bytes], bytes]) -> int:
-    """Replace the newest snapshot of the SQLite image at *path* by ``edit(payload)``; returns its seq.
+def edit_snapshot(where: str | Store, edit: Callable[[bytes], bytes]) -> int:
+    """Replace the newest snapshot of *where* (an SQLite image's path, or a store) by ``edit(payload)``;
+    returns its seq.
 
     The checksum is recomputed, so only memimg's own reading of the content can tell.
     """
-    conn = sqlite3.connect(path)
+    if not isinstance(where, str):
+        row = where.read_snapshot(where.snapshots()[0].seq)
+        payload = edit(bytes(row.payload))
+        where.write_snapshot(SnapshotRow(row.seq, row.ts, payload, snapshot_checksum(row.seq, row.ts, payload)))
+        return row.seq
+    conn = sqlite3.connect(where)
     try:
         seq, ts, payload = conn.execute(
             "SELECT seq, ts, payload FROM memimg_snapshots ORDER BY seq DESC LIMIT 1"
@@ -55,14 +61,14 @@ def move_snapshot(path: str, seq: int) -> None:
         conn.close()
 
 
-def rewrite_snapshot(path: str, old: bytes, new: bytes) -> int:
-    """Replace *old* by *new* in the newest snapshot of the SQLite image at *path*; returns its seq."""
+def rewrite_snapshot(where: str | Store, old: bytes, new: bytes) -> int:
+    """Replace *old* by *new* in the newest snapshot of *where* (as :func:`edit_snapshot`); returns its seq."""
 
     def replace(payload: bytes) -> bytes:
         assert old in payload, f"{old!r} is not in the snapshot"
         return payload.replace(old, new)
 
-    return edit_snapshot(path, replace)
+    return edit_snapshot(where, replace)
 
 
 def append_event(where: str | Store, kind: str, target: int, payload: Any) -> int:

@@ -3,8 +3,14 @@
 Snapshots are written in format 2 (a header, then per chunk of objects a
 directory line and a states line, entity states as field lists). Images
 written before it hold format-1 snapshots (a line per object), which must
-still open. Each test reopens from the snapshot alone: the events it covers
-are deleted first, so nothing but the snapshot can give the state back.
+still open. Tests of what a snapshot holds reopen from the snapshot alone:
+the events it covers are deleted first, so nothing but the snapshot can give
+the state back. Damaged snapshots keep valid checksums, so only memimg's
+reading of their content can tell.
+
+On every store, except the tests that run `memimg verify` on the file or
+edit an SQLite file's rows in ways no store method can (a snapshot moved
+past the log, an event deleted from under an open image).
 """
 
 from __future__ import annotations
@@ -180,21 +186,18 @@ def _format_1(payload: bytes) -> bytes:
     return b"\n".join([orjson.dumps(header), *lines])
 
 
-def test_format_1_snapshots_still_open(tmp_path: Any) -> None:
+def test_format_1_snapshots_still_open(make_image: Images) -> None:
     """An image whose newest snapshot is in the previous format opens to the same graph."""
-    path = str(tmp_path / "img.db")
-    seq, expected = _snapshot_of_everything(lambda **options: memimg.open(path, **options))
-    edit_snapshot(path, _format_1)
-    conn = sqlite3.connect(path)
-    (payload,) = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()
-    conn.close()
+    seq, expected = _snapshot_of_everything(lambda **options: make_image(**options))
+    edit_snapshot(make_image.store(), _format_1)
+    payload = make_image.store().read_snapshot(seq).payload
     assert orjson.loads(payload.split(b"\n", 1)[0])["format"] == 1
-    _only_the_snapshot(path, seq)
-    with memimg.open(path, root=Holder) as img:
+    _only_the_snapshot(make_image.store(), seq)
+    with make_image(root=Holder) as img:
         assert _content(img.root) == expected
         img.root.misc = "written after"  # and the image goes on
         img.snapshot()
-    with memimg.open(path, root=Holder) as img:
+    with make_image(root=Holder) as img:
         assert img.root.misc == "written after"
 
 
@@ -217,8 +220,10 @@ def test_cli_verify_compares_format_2_snapshots_with_the_log(tmp_path: Any) -> N
 # -- damage ------------------------------------------------------------------------
 
 
-def _small(path: str) -> int:
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+def _small(where: str | Images) -> int:
+    """A snapshot of two nodes in the image *where* (``make_image``, or an SQLite file's path); its seq."""
+    open_image = (lambda **options: memimg.open(where, **options)) if isinstance(where, str) else where
+    with open_image(root=Holder, snapshot_every=None) as img:
         img.root.nodes = [Node("a", 1), Node("b", 2)]
         return img.snapshot()
 
@@ -232,58 +237,54 @@ def _text_oid(oids: list[Any], kinds: list[Any]) -> list[Any]:
 
 
 @pytest.mark.parametrize("damage", [_fewer_kinds, _text_oid], ids=["fewer-kinds", "text-oid"])
-def test_a_malformed_directory_line_skips_the_snapshot_with_a_warning(tmp_path: Any, damage: Any) -> None:
+def test_a_malformed_directory_line_skips_the_snapshot_with_a_warning(make_image: Images, damage: Any) -> None:
     """A directory line that does not list a valid oid and a type for each object: the snapshot is
     skipped with a warning, and the log behind it replayed."""
-    path = str(tmp_path / "img.db")
-    _small(path)
+    _small(make_image)
 
     def edit(payload: bytes) -> bytes:
         header, directory, states = payload.split(b"\n")
         return b"\n".join([header, orjson.dumps(damage(*orjson.loads(directory))), states])
 
-    seq = edit_snapshot(path, edit)
+    seq = edit_snapshot(make_image.store(), edit)
     with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: .*malformed directory line in chunk 0"):
-        img = memimg.open(path, root=Holder)
+        img = make_image(root=Holder)
     with img:
         assert [n.label for n in img.root.nodes] == ["a", "b"]
 
 
-def test_a_chunk_with_too_few_states_is_named_by_seq(tmp_path: Any) -> None:
+def test_a_chunk_with_too_few_states_is_named_by_seq(make_image: Images) -> None:
     """A states line shorter than its directory cannot be loaded: CorruptLogError naming the snapshot."""
-    path = str(tmp_path / "img.db")
-    _small(path)
+    _small(make_image)
 
     def edit(payload: bytes) -> bytes:
         header, directory, states = payload.split(b"\n")
         return b"\n".join([header, directory, orjson.dumps(orjson.loads(states)[:-1])])
 
-    seq = edit_snapshot(path, edit)
+    seq = edit_snapshot(make_image.store(), edit)
     match = f"snapshot at seq {seq} .*its states line does not hold as many"
     with pytest.raises(memimg.CorruptLogError, match=match) as info:
-        memimg.open(path, root=Holder)
+        make_image(root=Holder)
     assert info.value.seq == seq and info.value.table == "memimg_snapshots"
 
 
-def test_an_entity_state_with_a_missing_field_value_is_named_by_seq(tmp_path: Any) -> None:
+def test_an_entity_state_with_a_missing_field_value_is_named_by_seq(make_image: Images) -> None:
     """An entity state with fewer values than its declaration lists: CorruptLogError naming the object and seq."""
-    path = str(tmp_path / "img.db")
-    _small(path)
+    _small(make_image)
 
     def edit(payload: bytes) -> bytes:
         return payload.replace(b'["a",1,', b'["a",', 1)
 
-    seq = edit_snapshot(path, edit)
+    seq = edit_snapshot(make_image.store(), edit)
     with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*fmt.Node.* 4 field values") as info:
-        memimg.open(path, root=Holder)
+        make_image(root=Holder)
     assert info.value.seq == seq
 
 
 @pytest.mark.parametrize("what", ["list", "fmt.Node"])
-def test_a_state_that_does_not_fit_its_object_is_named(tmp_path: Any, what: str) -> None:
+def test_a_state_that_does_not_fit_its_object_is_named(make_image: Images, what: str) -> None:
     """A state of the wrong shape (here an int) is a CorruptLogError naming the object, its type and the seq."""
-    path = str(tmp_path / "img.db")
-    _small(path)
+    _small(make_image)
     target: list[int] = []
 
     def edit(payload: bytes) -> bytes:
@@ -296,11 +297,11 @@ def test_a_state_that_does_not_fit_its_object_is_named(tmp_path: Any, what: str)
         listed[index] = 7
         return b"\n".join([header, directory, orjson.dumps(listed)])
 
-    seq = edit_snapshot(path, edit)
+    seq = edit_snapshot(make_image.store(), edit)
     with pytest.raises(
         memimg.CorruptLogError, match=rf"snapshot at seq {seq} .*stored object {target[0]} \({what}\) has a state"
     ) as info:
-        memimg.open(path, root=Holder)
+        make_image(root=Holder)
     assert info.value.seq == seq and info.value.table == "memimg_snapshots"
 
 
@@ -330,35 +331,32 @@ def test_two_classes_of_one_name_in_one_snapshot_keep_their_fields(make_image: I
         assert (second.x, second.y) == (10, 20)
 
 
-def test_a_states_line_that_is_not_json_is_named_by_seq(tmp_path: Any) -> None:
+def test_a_states_line_that_is_not_json_is_named_by_seq(make_image: Images) -> None:
     """A states line cut short (not JSON) is a CorruptLogError naming the snapshot's seq."""
-    path = str(tmp_path / "img.db")
-    _small(path)
-    seq = edit_snapshot(path, lambda payload: payload[:-3])
+    _small(make_image)
+    seq = edit_snapshot(make_image.store(), lambda payload: payload[:-3])
     with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*states line") as info:
-        memimg.open(path, root=Holder)
+        make_image(root=Holder)
     assert info.value.seq == seq
 
 
-def test_a_snapshot_in_a_newer_format_is_refused_not_misread(tmp_path: Any) -> None:
+def test_a_snapshot_in_a_newer_format_is_refused_not_misread(make_image: Images) -> None:
     """A snapshot whose header gives a format this memimg does not know is refused, naming the format."""
-    path = str(tmp_path / "img.db")
-    _small(path)
-    edit_snapshot(path, lambda payload: payload.replace(b'"format":2', b'"format":3', 1))
+    _small(make_image)
+    edit_snapshot(make_image.store(), lambda payload: payload.replace(b'"format":2', b'"format":3', 1))
     with pytest.raises(memimg.MemimgError, match="unknown snapshot format 3: written by a newer memimg"):
-        memimg.open(path, root=Holder)
+        make_image(root=Holder)
 
 
-def test_a_snapshot_holding_an_unknown_value_tag_is_named_by_seq(tmp_path: Any) -> None:
+def test_a_snapshot_holding_an_unknown_value_tag_is_named_by_seq(make_image: Images) -> None:
     """A snapshot with a valid checksum holding a value tag no codec knows is a CorruptLogError naming
     the snapshot's seq and table."""
-    path = str(tmp_path / "x.db")
-    with memimg.open(path, root=dict) as img:
+    with make_image(root=dict) as img:
         img.root["a"] = Decimal("1.5")
         seq = img.snapshot()
-    assert rewrite_snapshot(path, b'["D","1.5"]', b'["no-such-tag","1.5"]') == seq
+    assert rewrite_snapshot(make_image.store(), b'["D","1.5"]', b'["no-such-tag","1.5"]') == seq
     with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} .*unknown value tag") as info:
-        memimg.open(path, root=dict)
+        make_image(root=dict)
     assert info.value.seq == seq and info.value.table == "memimg_snapshots"
 
 
