@@ -15,7 +15,7 @@ PostgreSQL test works in a schema of its own::
 Every call opens the same log, so calling it while an image is still open
 gives a second image on that log (another process, as far as the image can
 tell). ``make_image.store()`` is a raw :class:`memimg.Store` on the log, for
-writing rows no image would write; ``make_image.kind`` names the store.
+writing rows no image would write.
 
 Tests about one store or one target form (a path, a URL, ``":memory:"``, an
 SQLite file's bytes, a log recorded by another process) open it directly.
@@ -97,7 +97,6 @@ class Images:
     def __init__(self, stores: StoreFactory) -> None:
         self._stores = stores
         self._opened: list[memimg.MemoryImage] = []
-        self.kind = stores.kind
 
     def __call__(self, **options: Any) -> memimg.MemoryImage:
         img = self._stores.open(**options)
