@@ -21,7 +21,6 @@ from memimg.core._snapshot import load_snapshot
 from memimg.core._table import ObjectTable
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image._engine import Engine
 from memimg.image._image import MemoryImage
 from memimg.model import SHELL
 from memimg.stores._memory import MemoryStore
@@ -167,12 +166,13 @@ def serialize(obj: Any, *, converter: Converter | None = None) -> dict[str, Any]
     ``deserialize`` and ``replay(events, root=...)`` read it back.
     """
     owner = getattr(obj, "_mi_img", None)
-    if isinstance(owner, Engine):
-        if owner.current_tx() is not None:  # inside a transaction: describe what the transaction sees
-            return serialize(copy.deepcopy(obj), converter=owner.table.codec.converter)
-        with owner.lock:
-            table = owner.table
-            return describe(table.codec, [obj], _oid_of, seq=owner.seq, next_oid=len(table.objects))
+    if isinstance(owner, MemoryImage):
+        engine = owner._engine
+        if engine.current_tx() is not None:  # inside a transaction: describe what the transaction sees
+            return serialize(copy.deepcopy(obj), converter=engine.table.codec.converter)
+        with engine.lock:
+            table = engine.table
+            return describe(table.codec, [obj], _oid_of, seq=engine.seq, next_oid=len(table.objects))
     codec = Codec(converter or default_converter, SHELL)
     if codec.classify(builtins.type(obj)) not in (ENTITY, TRACKED, PLAIN):
         raise TypeError(f"serialize takes an entity or a list, dict or set, not {builtins.type(obj).__qualname__}")

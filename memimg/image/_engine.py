@@ -1,11 +1,12 @@
 """The engine of an image: its table, its store, and the commit protocol between them.
 
-:class:`Engine` is the owner of every attached object (``obj._mi_img``). The
-model asks it, per thread and asyncio task, for the current *writer*
-(``_mi_current``): the open :class:`~memimg.image._tx.TxState` while a
-transaction is open, else the engine's :class:`~memimg.image._writer.AutoWriter`,
-which commits each write by itself. That context variable is the one place
-where "is there a transaction?" is decided.
+:class:`Engine` holds the context variable through which the image -- the
+owner of every attached object (``obj._mi_img``) -- gives the model, per
+thread and asyncio task, the current *writer* (``_mi_current``): the open
+:class:`~memimg.image._tx.TxState` while a transaction is open, else the
+engine's :class:`~memimg.image._writer.AutoWriter`, which commits each write
+by itself. That context variable is the one place where "is there a
+transaction?" is decided.
 
 **One commit** (a transaction's events, or a single mutation made outside any
 transaction) goes, under the engine's lock:
@@ -78,6 +79,7 @@ class Engine:
     def __init__(
         self,
         store: Store,
+        owner: Any,
         *,
         converter: Converter,
         snapshot_every: int | str | None,
@@ -94,7 +96,9 @@ class Engine:
         self.on_schema_drift = on_schema_drift
         self.lock = threading.RLock()
         self.closed = False
-        self.table = ObjectTable(SHELL, Codec(converter, SHELL), owner=self)
+        #: the image: what attached objects hold as their owner (``_mi_img``)
+        self.owner = owner
+        self.table = ObjectTable(SHELL, Codec(converter, SHELL), owner=owner)
         self.reader = Reader(
             self.table, removed_types=removed_types, stand_ins=make_stand_in if generic_types else None
         )
@@ -120,6 +124,9 @@ class Engine:
         self.snapshot_seq = 0
         self.open_txs: set[TxState] = set()
         self.stripping = self.filling = False
+        #: a deliberate hook for tests that act in the middle of a commit being applied: called
+        #: with each event's kind name, target and arguments just before the event is applied
+        self.before_apply: Callable[[str, Any, tuple[Any, ...]], None] | None = None
 
     # -- checks -----------------------------------------------------------------
 
@@ -291,7 +298,10 @@ class Engine:
                             view.freeze()  # its base is about to grow under it
                     self._mi_publishing.append(state)
                     published = state
+            hook = self.before_apply
             for k, target, args in events:
+                if hook is not None:
+                    hook(k.name, target, args)
                 k.apply(table, target, *args)
         except BaseException as err:  # the log has it; memory must not silently differ
             self.closed = True

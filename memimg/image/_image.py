@@ -60,6 +60,7 @@ class MemoryImage:
             raise ValueError(f"snapshot_every must be a positive int, 'auto' or None, not {snapshot_every!r}")
         engine = self._engine = Engine(
             store,
+            self,
             converter=converter or default_converter,
             snapshot_every=snapshot_every,
             readonly=readonly,
@@ -68,6 +69,8 @@ class MemoryImage:
             on_schema_drift=on_schema_drift,
             generic_types=generic_types,
         )
+        #: the owner protocol the model calls (``memimg.model._base.Owner``): the writer of this context
+        self._mi_current = engine._mi_current
         self._follower: threading.Thread | None = None
         started = time.perf_counter()
         if generic_types:

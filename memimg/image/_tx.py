@@ -167,7 +167,7 @@ class TxState:
         out = []
         for arg in args:
             t = type(arg)
-            if t in RAW and arg._mi_img is self.host:
+            if t in RAW and arg._mi_img is self.attacher.owner:
                 oid = arg._mi_oid
                 view = self.views.get(id(arg))
                 raw: Any = RAW[t]

@@ -131,6 +131,7 @@ def test_unreachable_server_fails_fast_without_password() -> None:
 
 
 def test_not_a_url() -> None:
+    """A URL of a dialect SQLAlchemy does not know is a MemimgError."""
     with pytest.raises(memimg.MemimgError):
         memimg.open("nosuchdialect://x/y")
 
