@@ -32,7 +32,7 @@ from memimg.core import _schema
 from memimg.core._gone import Gone
 from memimg.core._kinds import FIELD, KINDS, Kind
 from memimg.core._reader import Pending, Reader, at_seq
-from memimg.core._rows import EventRow, row_intact, verify_event
+from memimg.core._rows import BAD_COLUMN, EventRow, event_checksum, verify_event
 
 __all__ = ["apply_stored", "fold", "missing"]
 
@@ -103,12 +103,17 @@ def _fold_rows(
     dec = reader.decode
     last_gc = 0
     for row in rows:
-        seq, _, _, kind, target, payload, _ = row
+        seq, tx, ts, kind, target, payload, checksum = row
         if seq != expected:
             raise missing(expected, seq, where)
         expected += 1
-        if not checked and not row_intact(row):
-            verify_event(EventRow(*row))
+        if not checked:
+            try:
+                intact = checksum == event_checksum(seq, tx, ts, kind, target, payload)
+            except BAD_COLUMN:
+                intact = False
+            if not intact:
+                verify_event(EventRow(*row))
         if progress is not None and not seq % 10_000:
             progress(seq)
         try:

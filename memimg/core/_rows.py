@@ -15,7 +15,7 @@ import datetime as dt
 import struct
 import zlib
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import attrs
 import orjson
@@ -24,6 +24,7 @@ from memimg._errors import CorruptLogError
 from memimg.core._kinds import KINDS
 
 __all__ = [
+    "BAD_COLUMN",
     "Event",
     "EventRow",
     "SnapshotInfo",
@@ -80,12 +81,16 @@ def event_checksum(seq: int, tx: int, ts: int, kind: str, target: int, payload: 
     return _crc32(payload, _crc32(_pack(seq, tx, ts, target), code))
 
 
+#: What computing a checksum raises for a row with a column of the wrong type (a damaged row).
+BAD_COLUMN: Final = (TypeError, ValueError, OverflowError, AttributeError, struct.error)
+
+
 def row_intact(row: Any) -> bool:
     """Whether an event row (any sequence of its seven columns) matches its checksum."""
     seq, tx, ts, kind, target, payload, checksum = row
     try:
         return bool(event_checksum(seq, tx, ts, kind, target, payload) == checksum)
-    except (TypeError, ValueError, OverflowError, AttributeError, struct.error):  # a column of the wrong type
+    except BAD_COLUMN:
         return False
 
 
@@ -109,7 +114,7 @@ def verify_snapshot(row: SnapshotRow) -> None:
     """Raise :class:`CorruptLogError` unless *row* is intact."""
     try:
         ok = snapshot_checksum(row.seq, row.ts, row.payload) == row.checksum
-    except (TypeError, ValueError, OverflowError, struct.error):
+    except BAD_COLUMN:
         ok = False
     if not ok:
         raise CorruptLogError(

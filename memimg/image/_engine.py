@@ -105,13 +105,13 @@ class Engine:
         self.attacher = Attacher(self.table)
         self.session = EncodeSession(self.table)
         self.conflicts = ConflictIndex(self.table)
+        #: transactions being applied right now (readers outside them see all of one or none)
+        self.publishing: list[TxState] = []
         #: the writer of this thread or task: its transaction, or the engine's auto-committing writer
-        self.writer = AutoWriter(self)
+        self.writer = AutoWriter(self, self.publishing)
         self._mi_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
             f"memimg_writer_{id(self):x}", default=self.writer
         )
-        #: transactions being applied right now (readers outside them see all of one or none)
-        self._mi_publishing: list[TxState] = []
         self.savepoint: contextvars.ContextVar[Savepoint | None] = contextvars.ContextVar(
             f"memimg_savepoint_{id(self):x}", default=None
         )
@@ -296,7 +296,7 @@ class Engine:
                     for view in state.views.values():
                         if type(view) is ListView:
                             view.freeze()  # its base is about to grow under it
-                    self._mi_publishing.append(state)
+                    self.publishing.append(state)
                     published = state
             hook = self.before_apply
             for k, target, args in events:
@@ -314,7 +314,7 @@ class Engine:
         finally:
             self.busy = busy
             if published is not None:
-                self._mi_publishing.remove(published)
+                self.publishing.remove(published)
             if opened:
                 _tracking.tx_closed()
 

@@ -83,6 +83,10 @@ class TxState:
         "writable",
     )
 
+    #: reads in a transaction go to it: it shows its own writes, and records what was read
+    tracks_reads = True
+    publishing = False
+
     def __init__(self, host: TxHost, start_seq: int) -> None:
         self.host = host
         self.attacher = host.attacher

@@ -28,7 +28,6 @@ from memimg.core._reader import Pending
 from memimg.image import _recovery
 from memimg.image._attach import NATIVE, where_coll, where_field
 from memimg.image._views import raw_method
-from memimg.model import _tracking
 from memimg.model._base import Planner
 from memimg.model._collections import reusable_args
 
@@ -55,10 +54,15 @@ def _sizeable(planned: Sequence[tuple[str, tuple[Any, ...]]]) -> bool:
 class AutoWriter:
     """Commits each change made outside a transaction (see the module docstring)."""
 
-    __slots__ = ("engine",)
+    __slots__ = ("engine", "publishing")
 
-    def __init__(self, engine: Engine) -> None:
+    #: reads outside a transaction record nothing: the hooks read the committed objects themselves
+    tracks_reads = False
+
+    def __init__(self, engine: Engine, publishing: list[Any]) -> None:
         self.engine = engine
+        #: the transactions being applied right now (read through while they are)
+        self.publishing = publishing
 
     # -- writes -----------------------------------------------------------------
 
@@ -146,28 +150,20 @@ class AutoWriter:
                 pause.stop()  # the replan's own work runs with the collector on
         return coll if result is SELF else result
 
-    # -- reads (only while read hooks are installed: some transaction is open) ---------------------
+    # -- reads while a commit is being applied (the hooks read plain values themselves otherwise) -----
 
     def read_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
-        """``obj.name`` outside a transaction: the committed value (all of a commit being applied, or none)."""
-        publishing = self.engine._mi_publishing
-        if publishing:
-            for state in list(publishing):
-                v = state.published_field(obj, name)
-                if v is not ABSENT:
-                    return v
-        else:
-            _tracking.idle_read()
+        """``obj.name`` outside a transaction while commits are published: all of each, or none."""
+        for state in list(self.publishing):
+            v = state.published_field(obj, name)
+            if v is not ABSENT:
+                return v
         return getter(obj)
 
     def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any:
         """A read method of a tracked collection outside a transaction (see :meth:`read_field`)."""
-        publishing = self.engine._mi_publishing
-        if publishing:
-            for state in list(publishing):
-                view = state.views.get(id(coll))
-                if view is not None:
-                    return view.call(method, args)
-        else:
-            _tracking.idle_read()
+        for state in list(self.publishing):
+            view = state.views.get(id(coll))
+            if view is not None:
+                return view.call(method, args)
         return raw_method(type(coll), method)(coll, *args)

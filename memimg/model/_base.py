@@ -54,7 +54,16 @@ Planner = Callable[..., tuple[Sequence[tuple[str, tuple[Any, ...]]], Any]]
 
 
 class Writer(Protocol):
-    """Where an attached object's reads and writes go: a transaction, or the owner's committing writer."""
+    """Where an attached object's reads and writes go: a transaction, or the owner's committing writer.
+
+    While read hooks are installed, a read goes to the writer if it
+    :attr:`tracks_reads` (a transaction: it shows its own writes and records
+    what it read) or if a commit is being applied (:attr:`publishing`: the
+    reader sees all of it or none); otherwise it is a plain read.
+    """
+
+    tracks_reads: bool
+    publishing: Any
 
     def set_field(self, obj: Any, name: str, value: Any) -> None: ...
 

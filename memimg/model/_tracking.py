@@ -33,7 +33,6 @@ from memimg.core._markers import WHOLE
 __all__ = [
     "TrackedField",
     "enabled",
-    "idle_read",
     "make_reader",
     "raw_slot",
     "register_collection",
@@ -85,8 +84,14 @@ class TrackedField:
             return self.slot
         owner = obj._mi_img
         if owner is not None:
-            return owner._mi_current.get().read_field(obj, self.name, self.get)
-        idle_read()
+            writer = owner._mi_current.get()
+            if writer.tracks_reads:  # a transaction: it shows its own writes and records the read
+                return writer.read_field(obj, self.name, self.get)
+            if writer.publishing:  # another thread's commit is being applied: all of it or none
+                return writer.read_field(obj, self.name, self.get)
+        s = _S
+        if not s.open:
+            s.idle_read()
         return self.get(obj)
 
     def __set__(self, obj: Any, value: Any) -> None:
@@ -107,8 +112,12 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
         def reader(self: Any, *args: Any) -> Any:
             owner = self._mi_img
             if owner is not None:
-                return owner._mi_current.get().read_coll(self, name, args, args[0])
-            idle_read()
+                writer = owner._mi_current.get()
+                if writer.tracks_reads or writer.publishing:
+                    return writer.read_coll(self, name, args, args[0])
+            s = _S
+            if not s.open:
+                s.idle_read()
             return base(self, *args)
 
     else:
@@ -116,8 +125,12 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
         def reader(self: Any, *args: Any) -> Any:
             owner = self._mi_img
             if owner is not None:
-                return owner._mi_current.get().read_coll(self, name, args, WHOLE)
-            idle_read()
+                writer = owner._mi_current.get()
+                if writer.tracks_reads or writer.publishing:
+                    return writer.read_coll(self, name, args, WHOLE)
+            s = _S
+            if not s.open:
+                s.idle_read()
             return base(self, *args)
 
     reader.__name__ = name
@@ -184,13 +197,6 @@ def register_collection(cls: type, readers: dict[str, Callable[..., Any]]) -> No
         _S.collections.append((cls, readers))
         if _S.enabled:
             _install_collection(cls, readers)
-
-
-def idle_read() -> None:
-    """A read that needed no hook (no transaction of its thread or task): counts toward removing them."""
-    s = _S
-    if not s.open:
-        s.idle_read()
 
 
 def tx_opened() -> None:
