@@ -212,16 +212,30 @@ def plan_for(
     if info.stand_in:
         return _stand_in_plan(info, stored_name, version, stored_fields, report)
     plan = Plan(stored_name, info, version, stored_fields)
+    _plan_upgrades(plan, info, report)
+    if not plan.chain:  # upgraders see states whole, renames and removals after them
+        _plan_fields(plan, info, report)
+    plan.identity = (
+        not plan.chain
+        and stored_name == info.name
+        and all(k == t for k, t in plan.field_map.items())
+        and not plan.missing
+    )
+    return plan
+
+
+def _plan_upgrades(plan: Plan, info: _types.TypeInfo, report: SchemaReport) -> None:
+    """The chain of upgraders from the stored version to the class's (what is missing is a difference)."""
     cls = info.cls.__qualname__
-    if version > info.version:
+    if plan.version > info.version:
         plan.undeclared = True
         report.difference(
-            f"{info.name} is stored at version {version} but {cls} is version {info.version}: the log was "
+            f"{info.name} is stored at version {plan.version} but {cls} is version {info.version}: the log was "
             "written by a newer version of the program; run that version"
         )
-    v = version
+    v = plan.version
     while v < info.version:
-        fn = _find_upgrader(info, stored_name, v)
+        fn = _find_upgrader(info, plan.stored_name, v)
         if fn is None:
             plan.undeclared = True
             report.difference(
@@ -231,9 +245,14 @@ def plan_for(
             break
         plan.chain.append(fn)
         v += 1
+
+
+def _plan_fields(plan: Plan, info: _types.TypeInfo, report: SchemaReport) -> None:
+    """Where each stored field goes (kept, renamed, dropped), and which fields get their default."""
+    cls = info.cls.__qualname__
     current = set(info.fields)
     renamed_from = {old: new for new, old in info.renamed.items()}
-    for name in stored_fields if not plan.chain else ():
+    for name in plan.stored_fields:
         if name in current:
             plan.field_map[name] = name
         elif name in renamed_from:
@@ -248,26 +267,16 @@ def plan_for(
                 f'@persistent(removed=("{name}",))'
             )
             plan.field_map[name] = DROP
-    if not plan.chain:
-        provided = {t for t in plan.field_map.values() if t is not DROP}
-        missing = tuple(f for f in info.fields if f not in provided)
-        for f in missing:
-            if f not in info.defaults:
-                plan.undeclared = True
-                report.difference(
-                    f"{cls}.{f} is not in the stored {info.name} states and has no default: give it a "
-                    f'default, or raise the version and fill it in with @memimg.upgrader("{info.name}", ...)'
-                )
-        plan.missing = tuple(f for f in missing if f in info.defaults)
-    plan.identity = (
-        not plan.chain
-        and stored_name == info.name
-        and all(k == t for k, t in plan.field_map.items())
-        and not plan.missing
-    )
-    if stored_name != info.name:
-        plan.identity = False
-    return plan
+    provided = {t for t in plan.field_map.values() if t is not DROP}
+    missing = tuple(f for f in info.fields if f not in provided)
+    for f in missing:
+        if f not in info.defaults:
+            plan.undeclared = True
+            report.difference(
+                f"{cls}.{f} is not in the stored {info.name} states and has no default: give it a "
+                f'default, or raise the version and fill it in with @memimg.upgrader("{info.name}", ...)'
+            )
+    plan.missing = tuple(f for f in missing if f in info.defaults)
 
 
 def _stand_in_plan(

@@ -59,8 +59,27 @@ def split_snapshot(payload: bytes, row_seq: int | None = None) -> tuple[dict[str
     end = payload.find(b"\n")
     if end < 0:
         end = len(payload)
+    header, corrupt = _header(payload[:end], row_seq)
+    lines = payload[end + 1 :].split(b"\n") if end + 1 < len(payload) else []
+    root = header["root"]
+    if header["format"] == 2:
+        records, root_held = _chunks(lines, header, corrupt)
+        count = sum(len(oids) for oids, _, _ in records)
+    else:
+        records = _lines(lines, corrupt)
+        count = len(records)
+        root_held = any(r[0] == root for r in records)
+    if count != header["count"]:
+        raise corrupt(f"holds {count} objects, its header says {header['count']}")
+    if not root_held and (root or count):
+        raise corrupt(f"names object {root} as its root, but holds no object {root}")
+    return header, records
+
+
+def _header(line: bytes, row_seq: int | None) -> tuple[dict[str, Any], Callable[[str], CorruptLogError]]:
+    """A snapshot's header line, checked, and the maker of errors about the rest of it."""
     try:
-        header = _loads(payload[:end])
+        header = _loads(line)
     except orjson.JSONDecodeError:
         header = None
     if not isinstance(header, dict) or "count" not in header:
@@ -80,66 +99,63 @@ def split_snapshot(payload: bytes, row_seq: int | None = None) -> tuple[dict[str
         raise corrupt("header gives no seq")
     if row_seq is not None and header_seq != row_seq:
         raise corrupt(f"header gives seq {header_seq}, not the seq of its row ({row_seq})")
-    root = header.get("root")
-    if type(root) is not int:
+    if type(header.get("root")) is not int:
         raise corrupt("header names no root object")
-    root_held = False
     if not isinstance(header.get("types", {}), dict):
         raise corrupt("header has malformed type declarations")
-    records: list[Any] = []
-    count = 0
-    names: Any = None
-    next_oid: Any = None
     if fmt == 2:
         names = header.get("names")
         if type(names) is not list or not all(type(n) is str for n in names):
             raise corrupt("header has no list of type names")
-        next_oid = header.get("next_oid")
-        if type(next_oid) is not int:
+        if type(header.get("next_oid")) is not int:
             raise corrupt("header has no next_oid")
-    if end + 1 < len(payload):
-        lines = payload[end + 1 :].split(b"\n")
-        if fmt == 2:
-            if len(lines) % 2:
-                raise corrupt("ends in the middle of a chunk")
-            n_names = len(names)
-            for i in range(0, len(lines), 2):
-                try:
-                    directory = _loads(lines[i])
-                except orjson.JSONDecodeError:
-                    directory = None
-                if (
-                    type(directory) is not list
-                    or len(directory) != 2
-                    or type(directory[0]) is not list
-                    or type(directory[1]) is not list
-                    or len(directory[0]) != len(directory[1])
-                    or not all(type(oid) is int and 0 < oid < next_oid for oid in directory[0])
-                    or not all(type(k) is int and 0 <= k < n_names for k in directory[1])
-                ):
-                    raise corrupt(f"has a malformed directory line in chunk {i // 2}")
-                if not root_held:
-                    root_held = root in directory[0]  # the root is written first
-                records.append((directory[0], directory[1], lines[i + 1]))
-                count += len(directory[0])
-        else:
-            type_names: dict[bytes, str] = {}
-            for number, line in enumerate(lines):
-                try:
-                    oid, name, state = line.split(b"\t", 2)
-                    text = type_names.get(name)
-                    if text is None:
-                        text = type_names[name] = _loads(name) if name[:1] == b'"' else name.decode()
-                    records.append((int(oid), text, state))
-                except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                    raise corrupt(f"has a malformed object line {number + 1}") from err
-            count = len(records)
-            root_held = any(r[0] == root for r in records)
-    if count != header["count"]:
-        raise corrupt(f"holds {count} objects, its header says {header['count']}")
-    if not root_held and (root or count):
-        raise corrupt(f"names object {root} as its root, but holds no object {root}")
-    return header, records
+    return header, corrupt
+
+
+def _chunks(
+    lines: list[bytes], header: dict[str, Any], corrupt: Callable[[str], CorruptLogError]
+) -> tuple[list[Any], bool]:
+    """The chunks of a format-2 snapshot (each directory checked), and whether one holds the root."""
+    if len(lines) % 2:
+        raise corrupt("ends in the middle of a chunk")
+    n_names, next_oid, root = len(header["names"]), header["next_oid"], header["root"]
+    records: list[Any] = []
+    root_held = False
+    for i in range(0, len(lines), 2):
+        try:
+            directory = _loads(lines[i])
+        except orjson.JSONDecodeError:
+            directory = None
+        if (
+            type(directory) is not list
+            or len(directory) != 2
+            or type(directory[0]) is not list
+            or type(directory[1]) is not list
+            or len(directory[0]) != len(directory[1])
+            or not all(type(oid) is int and 0 < oid < next_oid for oid in directory[0])
+            or not all(type(k) is int and 0 <= k < n_names for k in directory[1])
+        ):
+            raise corrupt(f"has a malformed directory line in chunk {i // 2}")
+        if not root_held:
+            root_held = root in directory[0]  # the root is written first: this stops at once
+        records.append((directory[0], directory[1], lines[i + 1]))
+    return records, root_held
+
+
+def _lines(lines: list[bytes], corrupt: Callable[[str], CorruptLogError]) -> list[Any]:
+    """The records of a format-1 snapshot: ``(oid, type, state JSON bytes)`` per line."""
+    records: list[Any] = []
+    type_names: dict[bytes, str] = {}
+    for number, line in enumerate(lines):
+        try:
+            oid, name, state = line.split(b"\t", 2)
+            text = type_names.get(name)
+            if text is None:
+                text = type_names[name] = _loads(name) if name[:1] == b'"' else name.decode()
+            records.append((int(oid), text, state))
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise corrupt(f"has a malformed object line {number + 1}") from err
+    return records
 
 
 def decode_snapshot(payload: bytes, row_seq: int | None = None) -> dict[str, Any]:

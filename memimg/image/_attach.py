@@ -125,7 +125,7 @@ class Attacher:
         memo: dict[int, tuple[Any, Any]],
         mutable_ok: bool,
     ) -> Any:
-        """Prepare one value met while attaching; *where* is a lazy path (see :func:`_render`)."""
+        """Prepare one value met while attaching; *where* is a lazy path (see :func:`render`)."""
         t = type(v)
         if t in _NATIVE:
             if t is str and not v.isascii():
@@ -192,6 +192,12 @@ class Attacher:
         stack: list[tuple[Any, Any, Any]],
         memo: dict[int, tuple[Any, Any]],
     ) -> None:
+        """Attach what an object being attached holds (its items, or its fields' values).
+
+        A measured hot loop (``python -m benchmarks``, graph commit: attaching
+        a new graph of 100,000 objects): each kind of object inline, values
+        that need nothing skipped without a call.
+        """
         t = type(obj)
         shell = self.shell
         inner = self._inner

@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from memimg._errors import ClosedError, MemimgError
-from memimg.core._gc import paused_gc
+from memimg._errors import ClosedError
 from memimg.core._rows import Event, EventRow, verify_event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _generic, _recovery
+from memimg.image import _recovery
 from memimg.image._engine import Engine
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
@@ -72,38 +71,7 @@ class MemoryImage:
         #: the owner protocol the model calls (``memimg.model._base.Owner``): the writer of this context
         self._mi_current = engine._mi_current
         self._follower: threading.Thread | None = None
-        started = time.perf_counter()
-        if generic_types:
-            _generic.prepare(store, engine.reader.removed_types)
-        with paused_gc():
-            engine.busy = "reading the log"  # replay hashes and compares keys
-            try:
-                _recovery.recover(engine)
-            finally:
-                engine.busy = None
-        _recovery.check_schema(engine)
-        if engine.reader.has_gone:
-            if readonly and _recovery.gone_events(engine):
-                store.close()
-                raise MemimgError(
-                    f"{store.description} holds objects or values of removed types "
-                    f"({', '.join(sorted(engine.reader.report.removed_objects or engine.reader.removed_types))}) "
-                    "that a read-only image cannot clean out of its collections without the log saying "
-                    "so; open it once writable with the same removed_types (or run memimg.migrate), "
-                    "which logs the clean-up, then open it read-only"
-                )
-            _recovery.strip_removed(engine)
-        _recovery.attach_fills(engine)
-        if engine.table.root is None:
-            _recovery.create_root(engine, root)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "opened %s at seq %d (%d objects) in %.3fs",
-                store.description,
-                engine.seq,
-                engine.table.live_count(),
-                time.perf_counter() - started,
-            )
+        _recovery.open_image(engine, root, generic_types=generic_types)
 
     # -- state ------------------------------------------------------------------
 

@@ -18,10 +18,11 @@ that event's seq.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -31,15 +32,53 @@ from memimg.core._fold import fold
 from memimg.core._gc import paused_gc
 from memimg.core._gone import strip_gone
 from memimg.core._kinds import KINDS
-from memimg.core._reader import Pending
+from memimg.core._reader import Pending, Reader
 from memimg.core._rows import SnapshotRow, snapshot_checksum, verify_snapshot
 from memimg.core._snapshot import load_snapshot, split_snapshot, write_snapshot
-from memimg.image._attach import where_field
+from memimg.core._table import ObjectTable
+from memimg.image import _generic
+from memimg.image._attach import Attacher, where_field
+from memimg.stores._protocol import Store
 
-if TYPE_CHECKING:
-    from memimg.image._engine import Engine
+__all__ = [
+    "Host",
+    "attach_fills",
+    "check_schema",
+    "create_root",
+    "gone_events",
+    "open_image",
+    "recover",
+    "snapshot",
+    "snapshot_past_head",
+    "strip_removed",
+]
 
-__all__ = ["attach_fills", "check_schema", "create_root", "recover", "snapshot", "snapshot_past_head", "strip_removed"]
+
+class Host(Protocol):
+    """What recovery and upkeep need of an image's engine (:class:`~memimg.image._engine.Engine`)."""
+
+    store: Store
+    table: ObjectTable
+    reader: Reader
+    attacher: Attacher
+    lock: threading.RLock
+    readonly: bool
+    stripping: bool
+    filling: bool
+    seq: int
+    snapshot_seq: int
+    progress: Callable[[str, int, int], None] | None
+    on_schema_drift: str
+    busy: str | None
+
+    def commit(
+        self, events: list[Pending], state: Any = None, *, replan: bool = False, auto_snapshot: bool = True
+    ) -> bool: ...
+
+    def check_writable(self) -> None: ...
+
+    def refuse_if_busy(self) -> None: ...
+
 
 log = logging.getLogger("memimg")
 
@@ -66,7 +105,48 @@ def snapshot_past_head(description: str, seq: int, head: int) -> CorruptLogError
     )
 
 
-def recover(engine: Engine) -> None:
+def open_image(engine: Host, root: Callable[[], Any] | Any, *, generic_types: bool) -> None:
+    """Bring a new engine's image up from its log: recover, then log what reading found (see the module docstring).
+
+    Raises:
+        MemimgError: a read-only image holds placeholders of removed types that only a writer may clean.
+    """
+    store, reader = engine.store, engine.reader
+    started = time.perf_counter()
+    if generic_types:
+        _generic.prepare(store, reader.removed_types)
+    with paused_gc():
+        engine.busy = "reading the log"  # replay hashes and compares keys
+        try:
+            recover(engine)
+        finally:
+            engine.busy = None
+    check_schema(engine)
+    if reader.has_gone:
+        if engine.readonly and gone_events(engine):
+            store.close()
+            raise MemimgError(
+                f"{store.description} holds objects or values of removed types "
+                f"({', '.join(sorted(reader.report.removed_objects or reader.removed_types))}) "
+                "that a read-only image cannot clean out of its collections without the log saying "
+                "so; open it once writable with the same removed_types (or run memimg.migrate), "
+                "which logs the clean-up, then open it read-only"
+            )
+        strip_removed(engine)
+    attach_fills(engine)
+    if engine.table.root is None:
+        create_root(engine, root)
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "opened %s at seq %d (%d objects) in %.3fs",
+            store.description,
+            engine.seq,
+            engine.table.live_count(),
+            time.perf_counter() - started,
+        )
+
+
+def recover(engine: Host) -> None:
     """Rebuild the engine's (empty) table: the newest valid snapshot, then the events after it."""
     store, reader = engine.store, engine.reader
     loaded = 0
@@ -84,7 +164,7 @@ def recover(engine: Engine) -> None:
             verify_snapshot(snap)
             header, records = split_snapshot(snap.payload, info.seq)
         except (CorruptLogError, orjson.JSONDecodeError, ValueError) as err:
-            warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=4)
+            warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=5)
             skipped.append(f"snapshot at seq {info.seq} was skipped: {err}")
             continue
         snap = None  # type: ignore[assignment]  # the records hold what is still needed
@@ -121,7 +201,7 @@ def recover(engine: Engine) -> None:
         progress("replay", engine.seq - loaded, engine.seq - loaded)
 
 
-def check_schema(engine: Engine) -> None:
+def check_schema(engine: Host) -> None:
     """Raise :class:`SchemaError` listing what the stored schema and the code disagree on (or log it, with drop)."""
     report = engine.reader.report
     if not report.differences:
@@ -142,7 +222,7 @@ def check_schema(engine: Engine) -> None:
     raise SchemaError(message, differences=list(report.differences))
 
 
-def strip_removed(engine: Engine) -> None:
+def strip_removed(engine: Host) -> None:
     """Clean placeholders of removed types out of the graph, as events, so later replays agree.
 
     Read-only, placeholders met by a refresh stay until a writer logs their
@@ -167,7 +247,7 @@ def strip_removed(engine: Engine) -> None:
             engine.stripping = False
 
 
-def gone_events(engine: Engine) -> list[Pending]:
+def gone_events(engine: Host) -> list[Pending]:
     """The events that clean every placeholder of a removed type out of the engine's objects."""
     reader = engine.reader
     events = strip_gone(engine.table.objects, engine.table.shell, engine.table.codec.is_value, reader.report)
@@ -175,7 +255,7 @@ def gone_events(engine: Engine) -> list[Pending]:
     return events
 
 
-def attach_fills(engine: Engine) -> None:
+def attach_fills(engine: Host) -> None:
     """Attach the objects replay filled in where the log stored no value, logging them.
 
     A field added to a class since its objects were stored gets its default
@@ -221,7 +301,7 @@ def attach_fills(engine: Engine) -> None:
             engine.filling = False
 
 
-def create_root(engine: Engine, factory: Callable[[], Any] | Any) -> None:
+def create_root(engine: Host, factory: Callable[[], Any] | Any) -> None:
     """Create the root of an empty log (or find the one another process created meanwhile)."""
     description = engine.store.description
     if engine.readonly:
@@ -250,7 +330,7 @@ def create_root(engine: Engine, factory: Callable[[], Any] | Any) -> None:
                 )
 
 
-def snapshot(engine: Engine) -> int:
+def snapshot(engine: Host) -> int:
     """Write a snapshot of the committed state now; returns the seq it covers.
 
     Objects no longer reachable from the root are forgotten first (a ``gc``

@@ -10,20 +10,34 @@ state of the transaction is its :class:`~memimg.image._tx.TxState`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from memimg._errors import ConflictError, MemimgError
 from memimg.image._retry import backoff
 from memimg.image._tx import Savepoint, TxState
 
-if TYPE_CHECKING:
-    from memimg.image._engine import Engine
+__all__ = ["Engine", "Transaction", "TxScope", "begin"]
 
-__all__ = ["Transaction", "TxScope", "begin"]
+
+class Engine(Protocol):
+    """What the handles need of an image's engine (:class:`~memimg.image._engine.Engine`)."""
+
+    savepoint: contextvars.ContextVar[Savepoint | None]
+    scopes: contextvars.ContextVar[tuple[Any, ...]]
+
+    def check_open(self) -> None: ...
+
+    def current_tx(self) -> TxState | None: ...
+
+    def begin(self) -> TxState: ...
+
+    def end(self, state: TxState, *, commit: bool) -> None: ...
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -18,7 +18,7 @@ iterators are read into lists before the first plan).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from memimg.core import _types
 from memimg.core._gc import lazy_pause, paused_gc
@@ -31,10 +31,12 @@ from memimg.image._views import raw_method
 from memimg.model._base import Planner
 from memimg.model._collections import reusable_args
 
-if TYPE_CHECKING:
-    from memimg.image._engine import Engine
+__all__ = ["AutoWriter", "WriterHost"]
 
-__all__ = ["AutoWriter"]
+
+#: What the auto-committing writer needs of its engine: what upkeep needs.
+WriterHost = _recovery.Host
+
 
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
@@ -59,7 +61,7 @@ class AutoWriter:
     #: reads outside a transaction record nothing: the hooks read the committed objects themselves
     tracks_reads = False
 
-    def __init__(self, engine: Engine, publishing: list[Any]) -> None:
+    def __init__(self, engine: WriterHost, publishing: list[Any]) -> None:
         self.engine = engine
         #: the transactions being applied right now (read through while they are)
         self.publishing = publishing
