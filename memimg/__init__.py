@@ -6,7 +6,6 @@ default), and opening the image again rebuilds the same typed graph.
 """
 
 from memimg._api import deserialize, migrate, open, replay, serialize
-from memimg._codec import Converter, converter
 from memimg._errors import (
     ClosedError,
     CommitUnknownError,
@@ -21,10 +20,11 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
-from memimg._image import MemoryImage
-from memimg._rows import Event
-from memimg._schema import SchemaReport, upgrader
-from memimg._tx import Transaction
+from memimg.core._rows import Event
+from memimg.core._schema import SchemaReport, upgrader
+from memimg.core._values import Converter, converter
+from memimg.image._image import MemoryImage
+from memimg.image._transaction import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
 from memimg.stores import MemoryStore, SQLiteStore, Store
 
@@ -64,5 +64,3 @@ __all__ = [
 ]
 
 __version__ = "0.3.0"
-
-MemoryImage.__module__ = "memimg"

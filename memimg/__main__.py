@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def main() -> None:
-    from memimg._cli import cli
+    from memimg.cli import cli
 
     cli()
 

@@ -5,18 +5,26 @@ from __future__ import annotations
 import builtins
 import copy
 import importlib
+import operator
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from memimg import _codec
-from memimg._errors import CorruptLogError, MemimgError
-from memimg._graph import Graph
-from memimg._image import MemoryImage
-from memimg._rows import Event
-from memimg._schema import SchemaReport
+from memimg._errors import MemimgError
+from memimg.core._codec import ENTITY, PLAIN, TRACKED, Codec
+from memimg.core._fold import fold
+from memimg.core._reader import Reader
+from memimg.core._records import describe, describe_detached
+from memimg.core._rows import Event, EventRow
+from memimg.core._schema import SchemaReport
+from memimg.core._snapshot import load_snapshot
+from memimg.core._table import ObjectTable
+from memimg.core._values import Converter
+from memimg.core._values import converter as default_converter
+from memimg.image._image import MemoryImage
+from memimg.model import SHELL
 from memimg.stores._memory import MemoryStore
-from memimg.stores._protocol import EventRow, Store
+from memimg.stores._protocol import Store
 from memimg.stores._sqlite import SQLiteStore
 
 __all__ = ["deserialize", "import_modules", "migrate", "open", "replay", "serialize", "store_for"]
@@ -60,7 +68,7 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     snapshot_every: int | str | None = "auto",
     sync: str = "normal",
     readonly: bool = False,
-    converter: _codec.Converter | None = None,
+    converter: Converter | None = None,
     busy_timeout: float = 10.0,
     progress: Callable[[str, int, int], None] | None = None,
     follow: bool = False,
@@ -150,7 +158,7 @@ def import_modules(names: Iterable[str], source: str) -> None:
             raise MemimgError(f"cannot import {name!r} (from {source}): {err}") from err
 
 
-def serialize(obj: Any, *, converter: _codec.Converter | None = None) -> dict[str, Any]:
+def serialize(obj: Any, *, converter: Converter | None = None) -> dict[str, Any]:
     """The snapshot-format description (JSON data) of *obj* and everything it reaches.
 
     Objects of an image keep their ids; a free-standing graph is numbered
@@ -158,57 +166,62 @@ def serialize(obj: Any, *, converter: _codec.Converter | None = None) -> dict[st
     ``deserialize`` and ``replay(events, root=...)`` read it back.
     """
     owner = getattr(obj, "_mi_img", None)
-    if isinstance(owner, MemoryImage) and owner._mi_current.get() is not None:
-        # inside a transaction: describe what the transaction sees
-        return serialize(copy.deepcopy(obj), converter=owner.converter)
     if isinstance(owner, MemoryImage):
-        with owner._lock:
-            graph = owner._graph
-            return graph._describe([obj], lambda o: o._mi_oid, owner.seq)
-    graph = Graph(converter or _codec.converter)
-    shape = graph.codec.classify(builtins.type(obj))
-    if shape not in (_codec.ENTITY, _codec.TRACKED, _codec.PLAIN):
+        engine = owner._engine
+        if engine.current_tx() is not None:  # inside a transaction: describe what the transaction sees
+            return serialize(copy.deepcopy(obj), converter=engine.table.codec.converter)
+        with engine.lock:
+            table = engine.table
+            return describe(table.codec, [obj], _oid_of, seq=engine.seq, next_oid=len(table.objects))
+    codec = Codec(converter or default_converter, SHELL)
+    if codec.classify(builtins.type(obj)) not in (ENTITY, TRACKED, PLAIN):
         raise TypeError(f"serialize takes an entity or a list, dict or set, not {builtins.type(obj).__qualname__}")
-    return graph.describe_detached(obj)
+    return describe_detached(codec, obj)
 
 
-def deserialize(data: dict[str, Any], *, converter: _codec.Converter | None = None) -> Any:
+def deserialize(data: dict[str, Any], *, converter: Converter | None = None) -> Any:
     """The graph *data* (from :func:`serialize` or a snapshot) describes, free-standing."""
-    graph = Graph(converter or _codec.converter)
-    graph.load_snapshot(data)
-    return graph.objects[data["root"]]
+    reader = _free_reader(converter)
+    load_snapshot(reader, data)
+    return reader.table.objects[data["root"]]
 
 
 def replay(
-    events: Iterable[Event | EventRow], root: dict[str, Any] | None = None, *, converter: _codec.Converter | None = None
+    events: Iterable[Event | EventRow], root: dict[str, Any] | None = None, *, converter: Converter | None = None
 ) -> Any:
     """Fold *events* into a new, free-standing graph and return its root.
 
     The pure functional core: ``replay(img.events())`` rebuilds the image from
     nothing, and the same events always give an equal graph. *root*, if
     given, is snapshot-format data (from :func:`serialize` of an image's
-    root) to start from; the events must then follow its seq.
+    root) to start from; the events must then follow its seq (earlier ones
+    are skipped).
 
     Raises:
         CorruptLogError: the events skip a seq or do not apply.
     """
-    graph = Graph(converter or _codec.converter)
+    reader = _free_reader(converter)
     expected = 1
     if root is not None:
-        graph.load_snapshot(root)
+        load_snapshot(reader, root)
         expected = int(root.get("seq", 0)) + 1
-    for e in events:
-        if isinstance(e, Event):
-            row = EventRow(e.seq, e.tx, 0, e.kind, e.target, e.payload, 0)
-        else:
-            row = EventRow(*e)
-        if row.seq < expected:
-            continue
-        if row.seq != expected:
-            raise CorruptLogError(f"event seq {expected} is missing (the next is {row.seq})", seq=expected, table="")
-        graph.apply_row(row)
-        expected += 1
-    return graph.root
+
+    def rows() -> Iterator[EventRow]:
+        for e in events:
+            row = EventRow(e.seq, e.tx, 0, e.kind, e.target, e.payload, 0) if isinstance(e, Event) else EventRow(*e)
+            if row.seq >= expected:
+                yield row
+
+    fold(rows(), reader, expected=expected, where="the events", checked=True)
+    return reader.table.root
+
+
+def _free_reader(converter: Converter | None) -> Reader:
+    """A reader into a new, free-standing table (objects owned by no image)."""
+    return Reader(ObjectTable(SHELL, Codec(converter or default_converter, SHELL)))
+
+
+_oid_of = operator.attrgetter("_mi_oid")
 
 
 def migrate(target: str | os.PathLike[str] | Store, **options: Any) -> SchemaReport:

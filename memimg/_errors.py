@@ -32,6 +32,8 @@ __all__ = [
 class MemimgError(Exception):
     """Base class of every error memimg raises."""
 
+    __module__ = "memimg"
+
     def __init__(self, message: str, **facts: Any) -> None:
         super().__init__(message)
         self.message = message
@@ -46,6 +48,8 @@ class UnsupportedValueError(MemimgError, TypeError):
     ``Bank.accounts['ada'].owner``).
     """
 
+    __module__ = "memimg"
+
     value_type: type
     where: str
 
@@ -57,6 +61,8 @@ class ConflictError(MemimgError):
     member, or ``None`` for the whole collection), ``seq`` (the commit that
     got there first, when known).
     """
+
+    __module__ = "memimg"
 
     target: int | None
     key: Any
@@ -73,6 +79,8 @@ class CorruptLogError(MemimgError):
 
     Attributes: ``seq`` (the event or snapshot seq), ``table``.
     """
+
+    __module__ = "memimg"
 
     seq: int | None
     table: str
@@ -91,6 +99,8 @@ class SchemaError(MemimgError):
     empty) in other schema errors.
     """
 
+    __module__ = "memimg"
+
     differences: list[str]
     upgrader: str | None = None
     type_name: str | None = None
@@ -108,15 +118,21 @@ class UnknownTypeError(SchemaError):
     Attributes: ``type_name`` (the first such name), ``differences``.
     """
 
+    __module__ = "memimg"
+
     type_name: str
 
 
 class ReadOnlyError(MemimgError):
     """A write was attempted on an image or a store opened with ``readonly=True``."""
 
+    __module__ = "memimg"
+
 
 class ClosedError(MemimgError):
     """The image was closed; open it again to keep using it."""
+
+    __module__ = "memimg"
 
 
 class StoreError(MemimgError):
@@ -127,12 +143,16 @@ class StoreError(MemimgError):
     events 12..14"``).
     """
 
+    __module__ = "memimg"
+
     store: str
     operation: str
 
 
 class LockedError(StoreError):
     """The store stayed locked by another writer past the busy timeout; nothing was written."""
+
+    __module__ = "memimg"
 
 
 class FileGoneError(StoreError):
@@ -143,6 +163,8 @@ class FileGoneError(StoreError):
     write. Attributes: ``path``, ``seq`` (the last seq of that commit, or
     ``None`` when nothing was written), ``store``, ``operation``.
     """
+
+    __module__ = "memimg"
 
     path: str
     seq: int | None
@@ -156,6 +178,8 @@ class CommitUnknownError(StoreError):
     has that ``commit_id``. Attributes: ``commit_id``, ``first_seq``,
     ``seq`` (its last seq), ``store``, ``operation``.
     """
+
+    __module__ = "memimg"
 
     commit_id: int
     first_seq: int
@@ -189,20 +213,3 @@ def value_repr(value: Any) -> str:
         fields = ", ".join(f"{a.name}={value_repr(getattr(value, a.name, None))}" for a in attrs.fields(t) if a.repr)
         return f"{t.__qualname__}({fields})"
     return f"<{t.__qualname__} object too large to show>"
-
-
-for _cls in (
-    MemimgError,
-    UnsupportedValueError,
-    ConflictError,
-    CorruptLogError,
-    UnknownTypeError,
-    SchemaError,
-    ReadOnlyError,
-    ClosedError,
-    StoreError,
-    LockedError,
-    FileGoneError,
-    CommitUnknownError,
-):
-    _cls.__module__ = "memimg"

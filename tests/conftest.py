@@ -1,16 +1,31 @@
 """Shared fixtures: images on every store, and the PostgreSQL switch.
 
-Tests that take ``store_kind`` (or ``make_image``) run once per store:
-``memory``, ``sqlite``, and ``postgres`` when ``MEMIMG_TEST_POSTGRES_URL`` is
-set (``.ci/run`` sets it; in CI those runs must not skip, so an unreachable
-server fails them). Each PostgreSQL test works in a schema of its own.
+Image-level behaviour is tested through one fixture, ``make_image``: a test
+that takes it runs once per store -- ``memory``, ``sqlite``, and
+``postgres`` when ``MEMIMG_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it;
+in CI those runs must not skip, so an unreachable server fails them). Each
+PostgreSQL test works in a schema of its own::
+
+    def test_a_change_survives_reopening(make_image: Images) -> None:
+        img = make_image(root=Box)  # this test's log, empty at first
+        img.root.content = 1
+        img.close()
+        assert make_image(root=Box).root.content == 1  # the same log, opened again
+
+Every call opens the same log, so calling it while an image is still open
+gives a second image on that log (another process, as far as the image can
+tell). ``make_image.store()`` is a raw :class:`memimg.Store` on the log, for
+writing rows no image would write.
+
+Tests about one store or one target form (a path, a URL, ``":memory:"``, an
+SQLite file's bytes, a log recorded by another process) open it directly.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,7 +54,8 @@ class StoreFactory:
         self._memory: memimg.MemoryStore | None = None
         self._made: list[Any] = []
 
-    def target(self) -> Any:
+    def target(self, *, readonly: bool = False) -> Any:
+        """What ``memimg.open`` takes to open the log: the memory store, the SQLite path, or a PostgreSQL store."""
         if self.kind == "memory":
             if self._memory is None:
                 self._memory = memimg.MemoryStore()
@@ -48,14 +64,24 @@ class StoreFactory:
             return self.path
         from memimg.stores._sqlalchemy import SQLAlchemyStore
 
-        store = SQLAlchemyStore(POSTGRES_URL, schema=self.schema)  # type: ignore[arg-type]
+        store = SQLAlchemyStore(POSTGRES_URL, schema=self.schema, readonly=readonly)  # type: ignore[arg-type]
         self._made.append(store)
         return store
 
+    def store(self) -> memimg.Store:
+        """A raw store on the log (closed after the test)."""
+        target = self.target()
+        if isinstance(target, str):
+            target = memimg.SQLiteStore(target)
+            self._made.append(target)
+        return target  # type: ignore[no-any-return]
+
     def open(self, **options: Any) -> memimg.MemoryImage:
-        return memimg.open(self.target(), **options)
+        return memimg.open(self.target(readonly=options.get("readonly", False)), **options)
 
     def cleanup(self) -> None:
+        for store in self._made:
+            store.close()
         if self.kind == "postgres":
             import sqlalchemy as sa
 
@@ -63,6 +89,27 @@ class StoreFactory:
             with engine.begin() as conn:
                 conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
             engine.dispose()
+
+
+class Images:
+    """``make_image(root=..., **options)`` opens this test's log on its store (see the module docstring)."""
+
+    def __init__(self, stores: StoreFactory) -> None:
+        self._stores = stores
+        self._opened: list[memimg.MemoryImage] = []
+
+    def __call__(self, **options: Any) -> memimg.MemoryImage:
+        img = self._stores.open(**options)
+        self._opened.append(img)
+        return img
+
+    def store(self) -> memimg.Store:
+        """A raw store on this test's log, for writing rows no image would write."""
+        return self._stores.store()
+
+    def close(self) -> None:
+        for img in self._opened:
+            img.close()
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -78,18 +125,11 @@ def stores(store_kind: str, tmp_path: Any) -> Iterator[StoreFactory]:
 
 
 @pytest.fixture
-def make_image(stores: StoreFactory) -> Iterator[Callable[..., memimg.MemoryImage]]:
-    """``make_image(root=..., **options)`` opens (or reopens) the image of this test."""
-    opened: list[memimg.MemoryImage] = []
-
-    def make(**options: Any) -> memimg.MemoryImage:
-        img = stores.open(**options)
-        opened.append(img)
-        return img
-
-    yield make
-    for img in opened:
-        img.close()
+def make_image(stores: StoreFactory) -> Iterator[Images]:
+    """Opens (or reopens) this test's image, once per store (see the module docstring)."""
+    images = Images(stores)
+    yield images
+    images.close()
 
 
 @pytest.fixture
@@ -99,8 +139,6 @@ def postgres(tmp_path: Any) -> Iterator[StoreFactory]:
         pytest.skip("needs PostgreSQL: set MEMIMG_TEST_POSTGRES_URL (.ci/run does)")
     factory = StoreFactory("postgres", tmp_path)
     yield factory
-    for store in factory._made:
-        store.close()
     factory.cleanup()
 
 

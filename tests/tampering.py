@@ -12,15 +12,22 @@ from typing import Any
 import attrs
 import orjson
 
-from memimg._rows import event_checksum, snapshot_checksum
+from memimg.core._rows import event_checksum, snapshot_checksum
+from memimg.stores import EventRow, SnapshotRow, Store
 
 
-def edit_snapshot(path: str, edit: Callable[[bytes], bytes]) -> int:
-    """Replace the newest snapshot of the SQLite image at *path* by ``edit(payload)``; returns its seq.
+def edit_snapshot(where: str | Store, edit: Callable[[bytes], bytes]) -> int:
+    """Replace the newest snapshot of *where* (an SQLite image's path, or a store) by ``edit(payload)``;
+    returns its seq.
 
     The checksum is recomputed, so only memimg's own reading of the content can tell.
     """
-    conn = sqlite3.connect(path)
+    if not isinstance(where, str):
+        row = where.read_snapshot(where.snapshots()[0].seq)
+        payload = edit(bytes(row.payload))
+        where.write_snapshot(SnapshotRow(row.seq, row.ts, payload, snapshot_checksum(row.seq, row.ts, payload)))
+        return row.seq
+    conn = sqlite3.connect(where)
     try:
         seq, ts, payload = conn.execute(
             "SELECT seq, ts, payload FROM memimg_snapshots ORDER BY seq DESC LIMIT 1"
@@ -54,28 +61,34 @@ def move_snapshot(path: str, seq: int) -> None:
         conn.close()
 
 
-def rewrite_snapshot(path: str, old: bytes, new: bytes) -> int:
-    """Replace *old* by *new* in the newest snapshot of the SQLite image at *path*; returns its seq."""
+def rewrite_snapshot(where: str | Store, old: bytes, new: bytes) -> int:
+    """Replace *old* by *new* in the newest snapshot of *where* (as :func:`edit_snapshot`); returns its seq."""
 
     def replace(payload: bytes) -> bytes:
         assert old in payload, f"{old!r} is not in the snapshot"
         return payload.replace(old, new)
 
-    return edit_snapshot(path, replace)
+    return edit_snapshot(where, replace)
 
 
-def append_event(path: str, kind: str, target: int, payload: Any) -> int:
-    """Append an event of *kind* on object *target* to the SQLite image at *path*; returns its seq.
+def append_event(where: str | Store, kind: str, target: int, payload: Any) -> int:
+    """Append an event of *kind* on object *target* to *where* (an SQLite image's path, or a store); returns its seq.
 
     *payload* is the stored JSON data (``[args]``, ``[args, records]`` or
     ``[args, records, types]``), as a crafted log would hold it; the
     checksum is made valid, so only memimg's own reading can tell.
     """
     data = orjson.dumps(payload)
-    conn = sqlite3.connect(path)
+    ts = 1_700_000_000_000_000
+    if not isinstance(where, str):
+        seq = where.head() + 1
+        where.append(
+            [EventRow(seq, seq, ts, kind, target, data, event_checksum(seq, seq, ts, kind, target, data))], seq - 1
+        )
+        return seq
+    conn = sqlite3.connect(where)
     try:
         seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memimg_events").fetchone()[0]
-        ts = 1_700_000_000_000_000
         conn.execute(
             "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (seq, seq, ts, kind, target, data, event_checksum(seq, seq, ts, kind, target, data)),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import sqlite3
 from typing import Any
 
 import attrs
@@ -19,37 +18,33 @@ import orjson
 import pytest
 
 import memimg
-from memimg import _graph, persistent
+from memimg import persistent
+from memimg.core import _encoders
 from memimg.model._tracking import disable_now
+from tests.conftest import Images
 from tests.test_snapshot_format import Computed, Holder, Node, _content, _fill
 
 
-def _no_snapshots(path: str) -> None:
-    conn = sqlite3.connect(path)
-    assert conn.execute("SELECT count(*) FROM memimg_snapshots").fetchone() == (0,)
-    conn.close()
+def _no_snapshots(store: memimg.Store) -> None:
+    assert store.snapshots() == []
 
 
-def _attach_payloads(path: str) -> list[Any]:
+def _attach_payloads(store: memimg.Store) -> list[Any]:
     """The records of every event after the root's creation that attached objects, in seq order."""
-    conn = sqlite3.connect(path)
-    rows = conn.execute("SELECT payload FROM memimg_events WHERE seq > 1 ORDER BY seq").fetchall()
-    conn.close()
-    return [parts[1] for (payload,) in rows if len(parts := orjson.loads(payload)) > 1]
+    return [parts[1] for row in store.read(after=1) if len(parts := orjson.loads(row[5])) > 1]
 
 
 @pytest.mark.parametrize("in_tx", [False, True], ids=["outside a transaction", "inside a transaction"])
-def test_every_kind_of_state_survives_replay_of_its_attach(tmp_path: Any, in_tx: bool) -> None:
+def test_every_kind_of_state_survives_replay_of_its_attach(make_image: Images, in_tx: bool) -> None:
     """Every kind of value and reference, a cycle, and an object with an unset field, attached and replayed.
 
     Inside a transaction read hooks are installed, so the encoders read
     fields through the raw slot getters; outside one (hooks removed first)
     through plain attribute loads.
     """
-    path = str(tmp_path / "img.db")
     hooks_off = disable_now()
     assert hooks_off
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+    with make_image(root=Holder, snapshot_every=None) as img:
         old = Node("committed before")
         img.root.misc = old  # given an id now; _fill replaces it, and only half_set refers to it after
         with img.transaction() if in_tx else contextlib.nullcontext():
@@ -58,36 +53,34 @@ def test_every_kind_of_state_survives_replay_of_its_attach(tmp_path: Any, in_tx:
             del half_set.label  # unset before it is attached
             img.root.nodes.append(half_set)
         expected = _content(img.root)
-    _no_snapshots(path)
-    with memimg.open(path, root=Holder) as img:
+    _no_snapshots(make_image.store())
+    with make_image(root=Holder) as img:
         assert _content(img.root) == expected
         last = img.root.nodes[-1]
         assert not hasattr(last, "label") and last.next.label == "committed before"
         assert img.root.nodes[0].next is img.root.nodes[7]
 
 
-def test_an_unset_field_of_a_class_with_getattr_is_not_recorded(tmp_path: Any) -> None:
+def test_an_unset_field_of_a_class_with_getattr_is_not_recorded(make_image: Images) -> None:
     """A class whose __getattr__ computes missing attributes: the attach record holds only the set fields."""
-    path = str(tmp_path / "img.db")
     obj = Computed("x")
     del obj.label
     hooks_off = disable_now()  # no read hooks: the encoder may use plain attribute loads, but not on this class
     assert hooks_off
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+    with make_image(root=Holder, snapshot_every=None) as img:
         img.root.misc = obj
-    (records,) = _attach_payloads(path)
+    (records,) = _attach_payloads(make_image.store())
     assert [state for _oid, name, state in records if name == "fmt.Computed"] == [{}]
-    with memimg.open(path, root=Holder) as img:
+    with make_image(root=Holder) as img:
         assert "label" not in memimg.serialize(img.root.misc)["objects"][0][2]
 
 
-def test_records_write_fields_by_name_in_declared_order(tmp_path: Any) -> None:
+def test_records_write_fields_by_name_in_declared_order(make_image: Images) -> None:
     """An entity's record state is the dict of its fields in declared order; references are ``["r", oid]``."""
-    path = str(tmp_path / "img.db")
-    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+    with make_image(root=Holder, snapshot_every=None) as img:
         img.root.misc = Node("a", 5, tags=["t", 1])
         oid = img.root.misc._mi_oid  # its object id (internal)
-    (records,) = _attach_payloads(path)
+    (records,) = _attach_payloads(make_image.store())
     states = {o: (name, state) for o, name, state in records}
     name, state = states[oid]
     assert name == "fmt.Node" and list(state) == ["label", "n", "next", "tags", "extra"]
@@ -105,13 +98,13 @@ class Once:
 def test_serialize_compiles_a_class_encoder_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each free-standing ``serialize`` builds a new graph; the class's compiled encoder is kept across them."""
     compiled: list[str] = []
-    real = _graph._state_encoder
+    real = _encoders._state_encoder
 
     def counting(info: Any, *args: Any) -> Any:
         compiled.append(info.name)
         return real(info, *args)
 
-    monkeypatch.setattr(_graph, "_state_encoder", counting)
+    monkeypatch.setattr(_encoders, "_state_encoder", counting)
     for _ in range(3):
         data = memimg.serialize(Once("a", other=Once("b")))
         assert [state["label"] for _oid, _name, state in data["objects"]] == ["a", "b"]
@@ -172,7 +165,7 @@ class _Key:
         return isinstance(other, _Key) and other.name == self.name
 
 
-def test_the_collector_is_paused_from_the_first_attached_value_of_a_mutation(tmp_path: Any) -> None:
+def test_the_collector_is_paused_from_the_first_attached_value_of_a_mutation(make_image: Images) -> None:
     """A generator that ``extend`` reads runs with the collector on (it is read before planning); a
     planner's user code (a key's ``__hash__``) too until a value needs attaching, with it off after;
     on again after the commit, and after a plan that fails once the collector is paused."""
@@ -187,7 +180,7 @@ def test_the_collector_is_paused_from_the_first_attached_value_of_a_mutation(tmp
     conv = memimg.Converter()
     conv.register_value(_Key, name="enc.Key", unstructure=lambda k: k.name, structure=lambda d, t: _Key(d, []))
     assert gc.isenabled()
-    with memimg.open(str(tmp_path / "img.db"), root=Holder, snapshot_every=None, converter=conv) as img:
+    with make_image(root=Holder, snapshot_every=None, converter=conv) as img:
         img.root.nodes.extend(items())
         assert gc.isenabled() and pulled == [True] * 4
         assert [n if not isinstance(n, Once) else n.label for n in img.root.nodes] == ["plain", 7, "new", "after"]

@@ -88,10 +88,12 @@ def test_command_line_only_and_json(tmp_path: Any, capsys: Any) -> None:
 
 
 def test_unknown_workload_is_refused(capsys: Any) -> None:
+    """--only with a workload the suite does not have exits with an error naming it."""
     with pytest.raises(SystemExit):
         main(["--only", "nope"])
     assert "unknown workload" in capsys.readouterr().err
 
 
 def test_workload_names_match_the_docs() -> None:
+    """The workloads are the ones the docs describe, in their order."""
     assert list(WORKLOADS) == ["commit", "batch", "recovery", "graph", "inmemory", "writers"]

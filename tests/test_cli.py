@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -11,14 +12,15 @@ import textwrap
 from collections.abc import Iterator
 from typing import Any
 
+import attrs
 import pytest
 from click.testing import CliRunner
 
 import memimg
-from memimg._cli import cli
+from memimg.cli import cli
 from tests.models import Account, Bank, Entry
 from tests.tampering import PlantedModule, append_event, plant_module, rewrite_snapshot
-from tests.versions import Versions
+from tests.versions import ROOT, Versions
 
 
 @pytest.fixture
@@ -283,6 +285,7 @@ def test_not_a_memimg_file_changes_nothing(tmp_path: Any) -> None:
 
 
 def test_debug_shows_tracebacks(tmp_path: Any) -> None:
+    """With --debug, an error is raised as the exception (with its traceback), not printed as one line."""
     r = CliRunner().invoke(cli, ["--debug", "info", str(tmp_path / "missing.db")])
     assert r.exit_code == 1 and isinstance(r.exception, memimg.MemimgError)
 
@@ -574,3 +577,138 @@ def test_verify_after_migrating_a_renamed_class_and_a_value_class(tmp_path: Any,
     full = CliRunner().invoke(cli, ["--import", module, "verify", v.path])
     assert full.exit_code == 0, full.output
     assert "2 snapshot(s) equal the replayed state" in full.output
+
+
+@memimg.persistent(name="cli.Coupon")
+class Coupon:
+    code: str = ""
+
+
+@memimg.persistent(name="cli.Shop")
+class Shop:
+    items: list = attrs.field(factory=list)
+    best: Any = None
+
+
+def test_verify_passes_after_migrating_with_removed_types(tmp_path: Any) -> None:
+    """A migration with removed_types logs the clean-up (references cleared, elements dropped) before its
+    snapshot, so verify finds the snapshot equal to the replayed log."""
+    path = str(tmp_path / "shop.db")
+    with memimg.open(path, root=Shop) as img:
+        c = Coupon("x")
+        img.root.items.extend([c, "keep"])
+        img.root.best = c
+    memimg.migrate(path, root=Shop, removed_types=("cli.Coupon",))
+    result = CliRunner().invoke(cli, ["verify", path])
+    assert result.exit_code == 0, result.output
+
+
+# -- without the application's classes, in a fresh process --------------------------
+
+
+def run_in_a_fresh_process(
+    args: list[str], env: dict[str, str] | None = None, cwd: Any = None
+) -> subprocess.CompletedProcess[str]:
+    """The memimg command line in a fresh process that has none of the application's classes."""
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    full_env.pop("MEMIMG_IMPORT", None)
+    return subprocess.run(
+        [sys.executable, "-m", "memimg", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120
+    )
+
+
+def test_compact_without_the_classes_keeps_fields_added_later(tmp_path: Any) -> None:
+    """Without the application's code, each stored type is read with every field its declarations in the
+    log list, the first and the later ones: compact keeps the fields a later version added."""
+    v = Versions(tmp_path)
+    v1 = """
+    @persistent(name="{P}.Product")
+    class Product:
+        title: str
+
+    @persistent(name="{P}.Shop")
+    class Shop:
+        products: dict = attrs.field(factory=dict)
+    """
+    v2 = """
+    @persistent(name="{P}.Product")
+    class Product:
+        title: str
+        stock: int = 0
+
+    @persistent(name="{P}.Shop")
+    class Shop:
+        products: dict = attrs.field(factory=dict)
+    """
+    v.record(
+        v1, 'with memimg.open(path, root=models.Shop) as img:\n    img.root.products["a"] = models.Product("apple")\n'
+    )
+    v.record(
+        v2,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["b"] = models.Product("bread", 7)
+            img.root.products["a"].stock = 3
+        """,
+    )
+    out = run_in_a_fresh_process(["compact", v.path], cwd=v.tmp)
+    assert out.returncode == 0, out.stderr
+    new = v.load(v2)
+    with memimg.open(v.path, root=new.Shop) as img:
+        assert {k: p.stock for k, p in img.root.products.items()} == {"a": 3, "b": 7}
+
+
+def test_verify_reads_frozensets_written_under_another_hash_seed(tmp_path: Any) -> None:
+    """A snapshot holding a frozenset, written by a process whose hash seed (so iteration order) differs
+    from verify's, is found equal to the replayed log."""
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @persistent(name="{P}.Shop")
+        class Shop:
+            tags: frozenset = frozenset()
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.tags = frozenset("abcdefghijklmnop")
+            img.snapshot()
+        """,
+        env={"PYTHONHASHSEED": "1"},
+    )
+    out = run_in_a_fresh_process(["verify", v.path], env={"PYTHONHASHSEED": "2"}, cwd=v.tmp)
+    assert out.returncode == 0, out.stderr
+
+
+def test_snapshot_without_the_classes_is_refused_when_stored_states_need_an_upgrader(tmp_path: Any) -> None:
+    """States of one type stored at two versions: without the class (and its upgrader) the command line
+    cannot upgrade the old ones, so `snapshot` refuses, naming the version, and writes nothing."""
+    v = Versions(tmp_path)
+    for version in (1, 2):
+        v.record(
+            f"""
+            @persistent(name="{{P}}.Product", version={version})
+            class Product:
+                amount: int = 0
+
+            @memimg.upgrader("{{P}}.Product", from_version=1)
+            def _up(state):
+                return state
+
+            @persistent(name="{{P}}.Shop")
+            class Shop:
+                products: list = attrs.field(factory=list)
+            """,
+            """
+            with memimg.open(path, root=models.Shop) as img:
+                img.root.products.append(models.Product(5))
+            """,
+        )
+    before = memimg.SQLiteStore(v.path)
+    snapshots = before.snapshots()
+    before.close()
+    out = run_in_a_fresh_process(["snapshot", v.path], cwd=v.tmp)
+    assert out.returncode != 0
+    assert "refusing to write" in out.stderr and "version" in out.stderr
+    after = memimg.SQLiteStore(v.path)
+    assert after.snapshots() == snapshots
+    after.close()

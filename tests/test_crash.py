@@ -62,6 +62,8 @@ def check(path: str) -> int:
 
 @pytest.mark.parametrize("sync", ["normal", "full"])
 def test_sigkill_loses_nothing_committed(tmp_path: Any, sync: str) -> None:
+    """A writer killed with SIGKILL at random moments, again and again, loses no commit it reported and
+    leaves no partial transaction."""
     path = str(tmp_path / "crash.db")
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
     rng = random.Random(1234)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from memimg import _gc
-from memimg._gc import paused_gc
+from memimg.core import _gc
+from memimg.core._gc import paused_gc
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +36,7 @@ def test_the_collector_resumes_when_the_last_overlapping_pause_ends() -> None:
 
 
 def test_a_collector_off_before_the_pause_stays_off() -> None:
+    """A pause leaves a collector that was already off, off."""
     gc.disable()
     with paused_gc():
         assert not gc.isenabled()
@@ -51,6 +52,8 @@ def test_an_exit_without_an_enter_does_not_unbalance_later_pauses() -> None:
 
 
 def test_threads_pausing_at_once_leave_the_collector_on() -> None:
+    """Threads pausing over and over, and all at once, keep the collector off inside every pause and on
+    after the last."""
     inside = threading.Barrier(4, timeout=30)
     on_while_paused: list[str] = []
 

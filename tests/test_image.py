@@ -1,4 +1,8 @@
-"""MemoryImage: open, recover, snapshot, events, errors."""
+"""MemoryImage: open, recover, snapshot, events, errors.
+
+On every store, except the tests about an SQLite file (rows edited in it, its
+locks), a log recorded by another process, or a store double that fails.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,13 @@ import pytest
 
 import memimg
 from memimg.stores import MemoryStore, SeqTaken
+from tests.conftest import Images
 from tests.models import Account, Bank, Box, Entry
+from tests.stores.contract import row
+from tests.tampering import append_event
 
 
-def test_quick_start_flow(make_image: Any) -> None:
+def test_quick_start_flow(make_image: Images) -> None:
     """The spec's example works on every store and survives reopening."""
     img = make_image(root=Bank)
     bank = img.root
@@ -38,7 +45,7 @@ def test_quick_start_flow(make_image: Any) -> None:
     assert type(again) is Bank and type(again.accounts["ada"]) is Account
 
 
-def test_root_factory_runs_only_when_empty(make_image: Any) -> None:
+def test_root_factory_runs_only_when_empty(make_image: Images) -> None:
     """root= is called only for an empty store."""
     calls = []
 
@@ -51,30 +58,30 @@ def test_root_factory_runs_only_when_empty(make_image: Any) -> None:
     assert calls == [1]
 
 
-def test_default_root_is_a_dict() -> None:
+def test_default_root_is_a_dict(make_image: Images) -> None:
     """Without root=, the root is a tracked dict."""
-    img = memimg.open()
+    img = make_image()
     assert isinstance(img.root, dict) and type(img.root) is memimg.TrackedDict
 
 
-def test_bad_root() -> None:
+def test_bad_root(make_image: Images) -> None:
     """A root that is a value, not an object, is refused."""
     with pytest.raises(TypeError, match="root"):
-        memimg.open(root=lambda: 5)
+        make_image(root=lambda: 5)
 
 
-def test_log_begins_with_the_root_event() -> None:
+def test_log_begins_with_the_root_event(make_image: Images) -> None:
     """replay(img.events()) rebuilds the whole graph from nothing."""
-    img = memimg.open(root=Bank)
+    img = make_image(root=Bank)
     first = next(img.events())
     assert first.seq == 1 and first.kind == "root" and first.target == 1
     img.root.accounts["x"] = Account("x")
     assert memimg.replay(img.events()).accounts["x"].owner == "x"
 
 
-def test_event_records() -> None:
+def test_event_records(make_image: Images) -> None:
     """Events expose seq, tx, ts, kind, target and data."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     before = dt.datetime.now(dt.UTC)
     with img.transaction():
         img.root.content = 1
@@ -89,7 +96,7 @@ def test_event_records() -> None:
     assert memimg.Event.from_row(events[0].to_row()) == events[0]
 
 
-def test_snapshot_plus_tail_equals_full_replay(make_image: Any) -> None:
+def test_snapshot_plus_tail_equals_full_replay(make_image: Images) -> None:
     """Recovery from the newest snapshot and its tail gives the same graph as a full replay."""
     img = make_image(root=Bank)
     for i in range(30):
@@ -103,9 +110,9 @@ def test_snapshot_plus_tail_equals_full_replay(make_image: Any) -> None:
     assert memimg.serialize(memimg.deserialize(memimg.serialize(reopened.root))) == full
 
 
-def test_replay_from_a_serialized_snapshot() -> None:
+def test_replay_from_a_serialized_snapshot(make_image: Images) -> None:
     """replay(events, root=serialize(...)) continues from a snapshot."""
-    img = memimg.open(root=Bank)
+    img = make_image(root=Bank)
     img.root.accounts["a"] = Account("a")
     snap = memimg.serialize(img.root)
     seq = img.seq
@@ -115,7 +122,7 @@ def test_replay_from_a_serialized_snapshot() -> None:
     assert again.accounts["a"].balance == 5 and set(again.accounts) == {"a", "b"}
 
 
-def test_automatic_snapshots(make_image: Any) -> None:
+def test_automatic_snapshots(make_image: Images) -> None:
     """snapshot_every writes snapshots as events accumulate; None disables them."""
     img = make_image(root=Box, snapshot_every=10)
     img.root.content = []
@@ -126,20 +133,21 @@ def test_automatic_snapshots(make_image: Any) -> None:
     img.close()
     assert make_image(root=Box, snapshot_every=None).root.content == list(range(35))
     with pytest.raises(ValueError, match="snapshot_every"):
-        memimg.open(snapshot_every=0)
+        make_image(snapshot_every=0)
 
 
-def test_no_automatic_snapshot_when_disabled() -> None:
-    img = memimg.open(root=Box, snapshot_every=None)
+def test_no_automatic_snapshot_when_disabled(make_image: Images) -> None:
+    """With snapshot_every=None, no snapshot is written however many events accumulate."""
+    img = make_image(root=Box, snapshot_every=None)
     img.root.content = []
     for i in range(50):
         img.root.content.append(i)
     assert img.store.snapshots() == []
 
 
-def test_closed_image() -> None:
+def test_closed_image(make_image: Images) -> None:
     """After close, reads still work and changes raise ClosedError."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = [1]
     lst = img.root.content
     img.close()
@@ -156,17 +164,18 @@ def test_closed_image() -> None:
     assert lst == [1]
 
 
-def test_context_manager_closes() -> None:
-    with memimg.open() as img:
+def test_context_manager_closes(make_image: Images) -> None:
+    """An image used as a context manager is closed at the end of the block."""
+    with make_image() as img:
         img.root["a"] = 1
     assert img.closed
 
 
-def test_readonly_follower(sqlite_path: str) -> None:
+def test_readonly_follower(make_image: Images) -> None:
     """readonly=True reads the image and refuses every write."""
-    with memimg.open(sqlite_path, root=Box) as img:
+    with make_image(root=Box) as img:
         img.root.content = [1]
-    ro = memimg.open(sqlite_path, readonly=True)
+    ro = make_image(readonly=True)
     assert ro.root.content == [1] and ro.readonly
     with pytest.raises(memimg.ReadOnlyError):
         ro.root.content.append(2)
@@ -176,16 +185,18 @@ def test_readonly_follower(sqlite_path: str) -> None:
         with ro.transaction():
             ro.root.other = 1
     assert ro.root.content == [1]
-    with memimg.open(sqlite_path, root=Box) as writer:
+    with make_image(root=Box) as writer:
         writer.root.content.append(2)
     assert ro.refresh() == 1
     assert ro.root.content == [1, 2]
     ro.close()
 
 
-def test_readonly_on_an_empty_store() -> None:
+def test_readonly_on_an_empty_store(make_image: Images) -> None:
+    """Opening an empty log read-only is refused: there is no image to read, and none may be made."""
+    make_image.store().close()  # the log exists (for SQLite, the file), but holds nothing
     with pytest.raises(memimg.MemimgError, match="read-only"):
-        memimg.open(MemoryStore(), readonly=True)
+        make_image(readonly=True)
 
 
 class FailingStore(MemoryStore):
@@ -264,10 +275,44 @@ def test_corrupt_row_is_named(sqlite_path: str, sql: str) -> None:
 
 
 def test_gap_in_the_log_is_named(sqlite_path: str) -> None:
+    """A missing event makes open raise CorruptLogError saying which seq is missing."""
     build(sqlite_path)
     tamper(sqlite_path, "DELETE FROM memimg_events WHERE seq = 4")
     with pytest.raises(memimg.CorruptLogError, match="seq 4 is missing"):
         memimg.open(sqlite_path, root=Bank)
+
+
+def test_a_row_naming_an_object_that_does_not_exist_is_named_by_seq(make_image: Images) -> None:
+    """A row (with a valid checksum) referring to an object the log never made is a CorruptLogError
+    naming its seq."""
+    with make_image(root=dict) as img:
+        img.root["a"] = 1
+    seq = append_event(make_image.store(), "dict.set", 1, [["b", ["r", 99]]])
+    with pytest.raises(memimg.CorruptLogError) as info:
+        make_image(root=dict)
+    assert info.value.seq == seq
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["content", ["no-such-tag", 1]], "unknown value tag"),
+        (["content", ["r", 99]], "names object 99"),
+        (["content"], "cannot be read|does not apply"),
+        ([], "cannot be read|does not apply"),
+    ],
+)
+def test_a_field_set_row_that_does_not_decode_is_named_by_seq(make_image: Images, args: Any, message: str) -> None:
+    """A field-set row (with a valid checksum) holding an unknown value tag, a reference to no object, or
+    too few arguments is a CorruptLogError naming its seq -- also after field sets that replay decoded
+    on their own path."""
+    with make_image(root=Box) as img:
+        img.root.content = 1
+        img.root.content = 2
+    seq = append_event(make_image.store(), "obj.set", 1, [args])
+    with pytest.raises(memimg.CorruptLogError, match=message) as info:
+        make_image(root=Box)
+    assert info.value.seq == seq and f"seq {seq}" in str(info.value)
 
 
 def test_corrupt_snapshot_falls_back_to_an_older_one(sqlite_path: str) -> None:
@@ -286,6 +331,7 @@ def test_corrupt_snapshot_falls_back_to_an_older_one(sqlite_path: str) -> None:
 
 
 def test_corrupt_snapshot_without_events_behind_it(sqlite_path: str) -> None:
+    """A damaged snapshot whose events were compacted away cannot be skipped: open raises CorruptLogError."""
     with memimg.open(sqlite_path, root=Box, snapshot_every=None) as img:
         img.root.content = 1
         last = img.snapshot()
@@ -314,40 +360,39 @@ def test_unknown_type_names_the_stored_type(sqlite_path: str) -> None:
     assert info.value.type_name == "gone.Coupon"
 
 
-def test_types_are_found_by_importing_their_module(sqlite_path: str) -> None:
+def test_types_are_found_by_importing_their_module(make_image: Images) -> None:
     """A default-named class is found by importing its module when first needed."""
-    with memimg.open(sqlite_path) as img:
+    with make_image() as img:
         img.root["x"] = Box(content=1)
-    from memimg.model import _types
+    from memimg.core import _types
 
     info = _types.resolve("tests.models.Box")
     assert info.cls is Box
 
 
-def test_two_images_agree_on_one_root() -> None:
+def test_two_images_agree_on_one_root(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two images opening an empty shared store at once agree on one root."""
-    store = MemoryStore()
-    original = store.append
+    store_class = type(make_image.store())
+    original = store_class.append
     racer: list[Any] = []
 
-    def append_late(rows: Any, expected: int) -> None:
+    def append_late(store: Any, rows: Any, expected: int) -> None:
         if not racer:  # the other process gets there between our encode and our append
             racer.append(None)
-            racer[0] = memimg.open(store, root=lambda: Box(content="other"))
-        original(rows, expected)
+            racer[0] = make_image(root=lambda: Box(content="other"))
+        original(store, rows, expected)
 
-    store.append = append_late  # type: ignore[method-assign]
-    img = memimg.open(store, root=lambda: Box(content="mine"))
+    monkeypatch.setattr(store_class, "append", append_late)
+    img = make_image(root=lambda: Box(content="mine"))
     assert img.root.content == "other"
     assert racer[0].root.content == "other"
     assert [e.kind for e in img.events()] == ["root"]
 
 
-def test_appends_are_checked_against_the_head() -> None:
+def test_appends_are_checked_against_the_head(make_image: Images) -> None:
     """Another writer's commit is caught up before ours lands."""
-    store = MemoryStore()
-    a = memimg.open(store, root=Box)
-    b = memimg.open(store, root=Box)
+    a = make_image(root=Box)
+    b = make_image(root=Box)
     a.root.content = [1]
     b.root.other = "b"  # b is behind: it catches up, then appends
     assert b.root.content == [1] and b.seq == a.seq + 1
@@ -355,11 +400,15 @@ def test_appends_are_checked_against_the_head() -> None:
     assert a.root.other == "b"
     b.refresh()
     assert b.root.content == [1, 2]
-    with pytest.raises(SeqTaken):
-        store.append([], 0)
+    with pytest.raises(SeqTaken):  # the store refuses an append after a head that moved
+        a.store.append([row(1)], 0)
 
 
 def test_progress_callback(sqlite_path: str) -> None:
+    """Recovering a long log reports its progress through the callback, ending at the last event.
+
+    On SQLite only: the callback is the image's, and 25,000 single commits are slow on a server.
+    """
     with memimg.open(sqlite_path, root=Box, snapshot_every=None) as img:
         img.root.content = []
         for i in range(25_000):
@@ -387,10 +436,10 @@ def test_snapshot_payload_is_readable_json(sqlite_path: str) -> None:
     assert header["names"][kinds[1]] == "dict" and states[1] == {"a": ["r", oids[2]]}
 
 
-def test_snapshot_reports_progress(sqlite_path: str) -> None:
+def test_snapshot_reports_progress(make_image: Images) -> None:
     """Snapshots of large images report progress through the same callback as recovery."""
     seen: list[tuple[str, int, int]] = []
-    with memimg.open(sqlite_path, root=Box, snapshot_every=None, progress=lambda *a: seen.append(a)) as img:
+    with make_image(root=Box, snapshot_every=None, progress=lambda *a: seen.append(a)) as img:
         img.root.content = [Entry(str(i)) for i in range(45_000)]
         img.snapshot()
     snaps = [s for s in seen if s[0] == "snapshot"]

@@ -8,6 +8,10 @@
 
 with types, sharing and cycles included (the graphs below are built from
 references to existing nodes, so every cycle shape turns up).
+
+The machine runs on an SQLite file only: the laws are the image's, whatever
+the store, and hypothesis runs many programs (reopening is one of its rules;
+the tests that reopen on every store are in test_image and test_identity).
 """
 
 from __future__ import annotations

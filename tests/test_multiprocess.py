@@ -176,6 +176,8 @@ def test_a_follower_converges(shared: Any) -> None:
 
 
 def test_wait_returns_when_another_process_commits(shared: Any) -> None:
+    """img.wait() returns 0 at its timeout when nothing happens, and returns once another process
+    commits, with the commit applied."""
     kind, where = shared
     with open_here(kind, where) as img:
         img.root.content = {"count": 0}

@@ -1,8 +1,10 @@
-"""Schema evolution with real old data.
+"""Schema evolution with real old data: added, renamed and removed fields and types, upgraders, drift.
 
-Each test writes an old version of a model module, records a log with it in a
-subprocess (a separate program, as in production), then opens that log here
-with the new version of the module (see ``tests/versions.py``).
+Most tests write an old version of a model module, record a log with it in a
+subprocess (a separate program, as in production), then open that log here
+with the new version of the module (see ``tests/versions.py``); those logs
+are SQLite files. Removed types, which one process can show with two images
+on one log, are tested on every store.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import textwrap
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import pytest
 
 import memimg
+from memimg import persistent
+from tests.conftest import Images
 from tests.versions import Versions
 
 
@@ -36,6 +41,7 @@ class Shop:
 
 
 def test_added_fields_and_reordering_need_nothing(v: Versions) -> None:
+    """Fields added with defaults, and fields reordered, read old states with no declaration; methods change freely."""
     v.record(
         SHOP_V1,
         """
@@ -253,6 +259,8 @@ def test_objects_an_upgrader_makes_are_tracked_and_durable(v: Versions) -> None:
 
 
 def test_renamed_field_class_and_removed_field(v: Versions) -> None:
+    """A field renamed (renamed_from), a class renamed (aliases) and a field removed (removed=) are read
+    as declared, and counted in the report."""
     old = """
     @persistent(name="{P}.Item")
     class Item:
@@ -345,6 +353,7 @@ def test_type_change_with_an_upgrader_everywhere_state_is_stored(v: Versions) ->
 
 
 def test_upgrader_chain(v: Versions) -> None:
+    """States two versions old run through both upgraders, in order, each counted in the report."""
     v.record(
         SHOP_V1,
         """
@@ -440,6 +449,8 @@ def test_removed_class(v: Versions) -> None:
 
 
 def test_undeclared_drift_lists_every_difference(v: Versions) -> None:
+    """A log whose schema differs from the code in undeclared ways is refused, listing every difference
+    with its fix, and left as it was; on_schema_drift="drop" opens it anyway."""
     v.record(
         SHOP_V1 + '\n@persistent(name="{P}.Gift")\nclass Gift:\n    to: str = ""\n',
         """
@@ -461,6 +472,7 @@ def test_undeclared_drift_lists_every_difference(v: Versions) -> None:
             shelf: list = attrs.field(factory=list)
         """
     )
+    before = open(v.path, "rb").read()
     with pytest.raises(memimg.SchemaError) as info:
         v.open(new)
     diffs = info.value.differences
@@ -470,7 +482,6 @@ def test_undeclared_drift_lists_every_difference(v: Versions) -> None:
     assert "Product.stock is not in the stored" in text and "default" in text
     assert f"{v.prefix}.Gift" in text and "removed_types" in text
     assert len(diffs) == 4
-    before = open(v.path, "rb").read()
     assert open(v.path, "rb").read() == before
     with v.open(new, on_schema_drift="drop", removed_types=(f"{v.prefix}.Gift",)) as img:
         assert img.root.products["a"].name == "" and img.root.shelf == []
@@ -478,6 +489,7 @@ def test_undeclared_drift_lists_every_difference(v: Versions) -> None:
 
 
 def test_newer_writer_is_reported(v: Versions) -> None:
+    """A log holding states of a newer version than the code's is refused as written by a newer program."""
     newer = SHOP_V1.replace('@persistent(name="{P}.Product")', '@persistent(name="{P}.Product", version=3)')
     v.record(
         newer,
@@ -541,6 +553,8 @@ def test_value_classes_as_dict_keys_and_elements(v: Versions) -> None:
 
 
 def test_history_before_and_after_a_snapshot_and_migrate(v: Versions) -> None:
+    """After migrate wrote a snapshot of the upgraded states, the upgrader may leave the code: the log
+    opens without it."""
     v.record(
         SHOP_V1,
         """
@@ -574,7 +588,7 @@ def test_history_before_and_after_a_snapshot_and_migrate(v: Versions) -> None:
     report = memimg.migrate(v.path, root=v.load(with_upgrader).Shop)
     assert report.snapshot_seq and report.upgraded
     assert "upgraded" in str(report)
-    from memimg._schema import _UPGRADERS
+    from memimg.core._schema import _UPGRADERS
 
     for key in [k for k in _UPGRADERS if k[0] == f"{v.prefix}.Product"]:
         del _UPGRADERS[key]  # the upgrader is gone from the code: the snapshot covers the history
@@ -740,3 +754,223 @@ def test_an_upgrader_that_returns_no_dict_is_a_schema_error(v: Versions) -> None
         1,
         2,
     )
+
+
+# -- states read at their stored version -------------------------------------------
+
+
+def test_states_written_after_a_snapshot_are_upgraded_at_their_stored_version(v: Versions) -> None:
+    """A process that declared a type before a snapshot, and writes states of it after that snapshot
+    (which declares only the types reachable then), leaves them readable at their stored version: the
+    upgrader runs on them."""
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            amount: int = 0          # cents
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product(120)
+            del img.root.products["a"]
+            img.snapshot()
+            img.root.products["b"] = models.Product(250)
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Product", version=2)
+        class Product:
+            amount: Decimal = Decimal(0)   # euros
+
+        @memimg.upgrader("{P}.Product", from_version=1)
+        def _up(state):
+            if "amount" in state:
+                state["amount"] = Decimal(state["amount"]) / 100
+            return state
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+        """
+    )
+    with memimg.open(v.path, root=new.Shop) as img:
+        assert img.root.products["b"].amount == Decimal("2.50")
+
+
+def test_a_value_class_field_rename_is_honoured(v: Versions) -> None:
+    """memimg.field(renamed_from=...) on a frozen attrs value class reads the value stored under the old name."""
+    v.record(
+        """
+        @attrs.frozen
+        class Sku:
+            code: str
+
+        memimg.converter.register_value(Sku, name="{P}.Sku")
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            skus: list = attrs.field(factory=list)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.skus.append(models.Sku("a1"))
+        """,
+    )
+    new = v.load(
+        """
+        @attrs.frozen
+        class Sku:
+            sku: str = memimg.field(default="", renamed_from="code")
+
+        memimg.converter.register_value(Sku, name="{P}.Sku")
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            skus: list = attrs.field(factory=list)
+        """
+    )
+    with memimg.open(v.path, root=new.Shop) as img:
+        assert img.root.skus == [new.Sku("a1")]
+
+
+def test_a_value_class_version_runs_its_upgrader(v: Versions) -> None:
+    """A value class registered at a newer version runs its upgrader on the states stored at an older one."""
+    v.record(
+        """
+        @attrs.frozen
+        class Price:
+            cents: int
+
+        memimg.converter.register_value(Price, name="{P}.Price")
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            prices: list = attrs.field(factory=list)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.prices.append(models.Price(250))
+        """,
+    )
+    new = v.load(
+        """
+        @attrs.frozen
+        class Price:
+            euros: Decimal
+
+        memimg.converter.register_value(Price, name="{P}.Price", version=2)
+
+        @memimg.upgrader("{P}.Price", from_version=1)
+        def _up(state):
+            return {"euros": Decimal(state.pop("cents")) / 100}
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            prices: list = attrs.field(factory=list)
+        """
+    )
+    with memimg.open(v.path, root=new.Shop) as img:
+        assert img.root.prices == [new.Price(Decimal("2.50"))]
+
+
+# -- removed types, on every store ---------------------------------------------------
+
+
+@persistent(name="removed.Coupon")
+class Coupon:
+    code: str = ""
+
+
+@persistent(name="removed.Shop")
+class Shop:
+    items: list = attrs.field(factory=list)
+    best: Any = None
+
+
+@attrs.frozen
+class Stamp:
+    label: str
+
+
+@persistent(name="removed.Holder")
+class Holder:
+    pair: Any = None
+    tags: Any = None
+    stamp: Any = None
+
+
+REMOVED = ("removed.Coupon",)
+
+
+def test_removed_objects_arriving_by_refresh_are_cleaned_by_a_writer(make_image: Images) -> None:
+    """Objects of a removed type that another image appends are dropped on refresh by a writer, which
+    logs the clean-up: the other image sees it too, and its later list events land on the right elements."""
+    old = make_image(root=Shop)
+    new = make_image(root=Shop, removed_types=REMOVED)
+    old.root.items.extend(["a", Coupon("c"), "b"])
+    new.refresh()
+    assert new.root.items == ["a", "b"]
+    old.refresh()
+    assert old.root.items == ["a", "b"]  # the writer logged the clean-up
+    old.root.items.insert(1, "between")
+    new.refresh()
+    assert new.root.items == ["a", "between", "b"]
+
+
+def test_a_snapshot_after_removed_objects_arrived_by_refresh_reopens(make_image: Images) -> None:
+    """Objects of a removed type arriving through refresh() are dropped from collections, so a snapshot
+    taken next holds none of them and the image reopens from it."""
+    a = make_image(root=Shop)
+    b = make_image(root=Shop, removed_types=REMOVED)
+    a.root.items.append(Coupon("x"))
+    b.refresh()
+    b.snapshot()
+    with make_image(root=Shop, removed_types=REMOVED) as c:
+        assert c.root.items == []
+
+
+def test_a_readonly_image_with_removed_types_follows_the_log_once_the_clean_up_is_logged(make_image: Images) -> None:
+    """A read-only image cannot log the clean-up of removed objects (and one done in memory only would
+    put a writer's later list events on the wrong elements): opening one is refused, naming the type,
+    until a writable open has logged the clean-up; after that it follows the writers' events."""
+    a = make_image(root=Shop)
+    a.root.items.extend([Coupon("c"), "x", "y"])
+    with pytest.raises(memimg.MemimgError, match="read-only") as info:
+        make_image(root=Shop, removed_types=REMOVED, readonly=True)
+    assert "removed.Coupon" in str(info.value)
+    make_image(root=Shop, removed_types=REMOVED).close()  # logs the clean-up
+    b = make_image(root=Shop, removed_types=REMOVED, readonly=True)
+    assert b.root.items == ["x", "y"]
+    a.refresh()
+    assert a.root.items == ["x", "y"]  # the writer with the old classes sees the clean-up too
+    del a.root.items[0]  # the writer removes "x"
+    b.refresh()
+    assert b.root.items == ["y"]
+
+
+def test_removed_value_types_are_cleaned_and_the_clean_up_is_logged(make_image: Images) -> None:
+    """Values of a removed value type become None in fields and tuples, and are dropped from frozensets,
+    lists and dicts (as keys); the report counts them, and the clean-up is logged, so a process that
+    still has the class reads the same."""
+    memimg.converter.register_value(Stamp, name="removed.Stamp")
+    with make_image(root=dict) as img:
+        img.root["h"] = Holder(pair=(1, Stamp("a")), tags=frozenset({"t", Stamp("b")}), stamp=Stamp("c"))
+        img.root["l"] = ["x", Stamp("d"), "y"]
+        img.root[(2, Stamp("k"))] = "keyed"
+    with make_image(root=dict, removed_types=("removed.Stamp",)) as img:
+        h = img.root["h"]
+        assert (h.pair, h.tags, h.stamp) == ((1, None), frozenset({"t"}), None)
+        assert img.root["l"] == ["x", "y"]
+        assert (2, Stamp("k")) not in img.root and len(img.root) == 2
+        report = img.schema_report
+        assert report.references_cleared == 2 and report.elements_dropped == 3
+    # the clean-up is in the log: a process that still has the class reads the same
+    with make_image(root=dict) as img:
+        h = img.root["h"]
+        assert (h.pair, h.tags, h.stamp) == ((1, None), frozenset({"t"}), None)
+        assert img.root["l"] == ["x", "y"] and len(img.root) == 2

@@ -16,16 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memimg
-from memimg._tx import TxState
+from memimg.image._tx import TxState
 from memimg.model import _tracking
+from tests.conftest import Images
 from tests.models import Account, Bank, Box, Entry, Node
 
 # -- the API ---------------------------------------------------------------------
 
 
-def test_commit_on_exit_discard_on_exception() -> None:
+def test_commit_on_exit_discard_on_exception(make_image: Images) -> None:
     """The context manager commits on normal exit and discards (re-raising) on an exception."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     with img.transaction():
         img.root.content = 1
     assert img.root.content == 1
@@ -38,8 +39,9 @@ def test_commit_on_exit_discard_on_exception() -> None:
     assert img.root.content == 1 and img.root.other is None and img.seq == seq
 
 
-def test_begin_save_discard() -> None:
-    img = memimg.open(root=Box)
+def test_begin_save_discard(make_image: Images) -> None:
+    """begin() opens a transaction that save() commits (once) and discard() rolls back."""
+    img = make_image(root=Box)
     tx = img.begin()
     img.root.content = "a"
     assert tx.active and not tx.nested
@@ -54,9 +56,9 @@ def test_begin_save_discard() -> None:
     assert "transaction" in repr(tx)
 
 
-def test_one_commit_is_one_transaction_in_the_log() -> None:
+def test_one_commit_is_one_transaction_in_the_log(make_image: Images) -> None:
     """All events of a transaction share its tx id and land together."""
-    img = memimg.open(root=Bank)
+    img = make_image(root=Bank)
     with img.transaction():
         img.root.accounts["a"] = Account("a")
         img.root.accounts["a"].balance = Decimal(3)
@@ -65,8 +67,9 @@ def test_one_commit_is_one_transaction_in_the_log() -> None:
     assert len(events) == 3 and {e.tx for e in events} == {events[0].seq}
 
 
-def test_empty_transaction_logs_nothing() -> None:
-    img = memimg.open(root=Box)
+def test_empty_transaction_logs_nothing(make_image: Images) -> None:
+    """A transaction that changes nothing writes nothing to the log."""
+    img = make_image(root=Box)
     seq = img.seq
     with img.transaction():
         assert img.root.content is None
@@ -76,8 +79,10 @@ def test_empty_transaction_logs_nothing() -> None:
 # -- the delta layer --------------------------------------------------------------
 
 
-def test_reads_own_writes_through_the_same_references() -> None:
-    img = memimg.open(root=Bank)
+def test_reads_own_writes_through_the_same_references(make_image: Images) -> None:
+    """Inside a transaction, the same references read its own writes; the committed objects stay as they
+    were until the commit."""
+    img = make_image(root=Bank)
     img.root.accounts["ada"] = Account("ada", entries=[Entry("e")])
     acct = img.root.accounts["ada"]
     entries = acct.entries
@@ -97,8 +102,9 @@ def test_reads_own_writes_through_the_same_references() -> None:
     assert acct.balance == Decimal(-10) and len(entries) == 2
 
 
-def test_discard_leaves_no_trace_in_memory_or_log() -> None:
-    img = memimg.open(root=Bank)
+def test_discard_leaves_no_trace_in_memory_or_log(make_image: Images) -> None:
+    """A discarded transaction leaves memory and log as they were, and new objects it attached free-standing again."""
+    img = make_image(root=Bank)
     img.root.accounts["ada"] = Account("ada")
     before = memimg.serialize(img.root)
     seq = img.seq
@@ -117,8 +123,9 @@ def test_discard_leaves_no_trace_in_memory_or_log() -> None:
     assert img.seq == seq
 
 
-def test_new_objects_exist_for_others_only_after_commit() -> None:
-    img = memimg.open(root=Bank)
+def test_new_objects_exist_for_others_only_after_commit(make_image: Images) -> None:
+    """Objects a transaction adds are not visible to other threads until it commits."""
+    img = make_image(root=Bank)
     seen: list[Any] = []
     with img.transaction():
         img.root.accounts["new"] = Account("new")
@@ -130,7 +137,10 @@ def test_new_objects_exist_for_others_only_after_commit() -> None:
 
 
 def test_large_collections_are_not_copied() -> None:
-    """Writing one key of a big dict in a transaction does not copy the dict."""
+    """Writing one key of a big dict in a transaction does not copy the dict.
+
+    On the memory store only: copying is the image's concern, and a time bound is not fair to a server.
+    """
     img = memimg.open(root=Box)
     img.root.content = {str(i): i for i in range(200_000)}
     img.root.other = set(range(200_000))
@@ -152,9 +162,9 @@ def test_large_collections_are_not_copied() -> None:
 # -- isolation ------------------------------------------------------------------------
 
 
-def test_other_threads_read_committed_state() -> None:
+def test_other_threads_read_committed_state(make_image: Images) -> None:
     """No dirty reads: a reader thread sees only committed values while a writer is mid-transaction."""
-    img = memimg.open(root=Bank)
+    img = make_image(root=Bank)
     img.root.accounts["a"] = Account("a", balance=Decimal(100), entries=[Entry("0")], tags={"t"})
     acct = img.root.accounts["a"]
     in_tx = threading.Event()
@@ -180,9 +190,9 @@ def test_other_threads_read_committed_state() -> None:
     assert observed == [(Decimal(100), 1, {"t"}, ["a"]), (Decimal(0), 2, set(), ["a", "b"])]
 
 
-def test_readers_never_see_a_partial_commit() -> None:
+def test_readers_never_see_a_partial_commit(make_image: Images) -> None:
     """While transactions move money between accounts, a reading transaction always sees the same total."""
-    img = memimg.open(root=Bank)
+    img = make_image(root=Bank)
     for name in "abcd":
         img.root.accounts[name] = Account(name, balance=Decimal(100))
     accounts = list(img.root.accounts.values())
@@ -216,12 +226,12 @@ def test_readers_never_see_a_partial_commit() -> None:
 
 @pytest.mark.parametrize("kind", ["field", "dict item"])
 def test_a_commit_landing_between_a_reads_check_and_the_read_is_not_missed(
-    kind: str, monkeypatch: pytest.MonkeyPatch
+    kind: str, monkeypatch: pytest.MonkeyPatch, make_image: Images
 ) -> None:
-    """The window the flaky total above hit, made certain: another thread commits a move right
-    after the reading transaction checked the seq for its second read. The read must still give
-    the value from before the move (or raise ConflictError), never half of the move."""
-    img = memimg.open(root=Bank)
+    """Another thread commits a move right after a reading transaction checked the seq for its second
+    read: that read still gives the value from before the move (or raises ConflictError), never half
+    of the move."""
+    img = make_image(root=Bank)
     img.root.accounts["a"] = Account("a", balance=Decimal(100))
     img.root.accounts["b"] = Account("b", balance=Decimal(100))
     accounts = img.root.accounts
@@ -257,10 +267,12 @@ def test_a_commit_landing_between_a_reads_check_and_the_read_is_not_missed(
     assert (a.balance, accounts["b"].balance) == (Decimal(99), Decimal(101))
 
 
-def test_a_commit_landing_just_before_a_read_raises_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_commit_landing_just_before_a_read_raises_conflict(
+    monkeypatch: pytest.MonkeyPatch, make_image: Images
+) -> None:
     """The other side of the window: a commit that lands after the reading transaction began and
     before its second read is caught by the check that follows the read (ConflictError)."""
-    img = memimg.open(root=Bank)
+    img = make_image(root=Bank)
     img.root.accounts["a"] = Account("a", balance=Decimal(100))
     img.root.accounts["b"] = Account("b", balance=Decimal(100))
     a, b = img.root.accounts["a"], img.root.accounts["b"]
@@ -292,8 +304,9 @@ def test_a_commit_landing_just_before_a_read_raises_conflict(monkeypatch: pytest
     assert fired and (a.balance, b.balance) == (Decimal(99), Decimal(101))
 
 
-def test_asyncio_tasks_have_their_own_transactions() -> None:
-    img = memimg.open(root=Box)
+def test_asyncio_tasks_have_their_own_transactions(make_image: Images) -> None:
+    """Each asyncio task has its own transaction: it sees its own writes, not another task's pending ones."""
+    img = make_image(root=Box)
     img.root.content = {"n": 0}
     log: list[Any] = []
 
@@ -317,8 +330,9 @@ def test_asyncio_tasks_have_their_own_transactions() -> None:
     assert sorted(img.root.content) == ["b", "c", "n"]
 
 
-def test_async_function_with_retries() -> None:
-    img = memimg.open(root=Box)
+def test_async_function_with_retries(make_image: Images) -> None:
+    """An async function decorated with transaction(retries=...) is rerun on conflicts until every increment lands."""
+    img = make_image(root=Box)
     img.root.content = 0
 
     @img.transaction(retries=50)
@@ -337,7 +351,7 @@ def test_async_function_with_retries() -> None:
 # -- serializable commits --------------------------------------------------------------
 
 
-def test_lost_updates_are_prevented(make_image: Any) -> None:
+def test_lost_updates_are_prevented(make_image: Images) -> None:
     """N threads x M read-modify-write increments end at exactly N x M, on every store."""
     img = make_image(root=Box)
     img.root.content = {"count": 0}
@@ -362,8 +376,9 @@ def test_lost_updates_are_prevented(make_image: Any) -> None:
     assert make_image(root=Box).root.content["count"] == n_threads * per_thread
 
 
-def test_conflict_without_retries_names_object_and_field() -> None:
-    img = memimg.open(root=Bank)
+def test_conflict_without_retries_names_object_and_field(make_image: Images) -> None:
+    """A conflicting commit without retries raises ConflictError naming the object, the field and the seq."""
+    img = make_image(root=Bank)
     img.root.accounts["a"] = Account("a")
     acct = img.root.accounts["a"]
     tx = img.begin()
@@ -379,11 +394,11 @@ def test_conflict_without_retries_names_object_and_field() -> None:
     assert acct.balance == Decimal(50)
 
 
-def test_conflict_on_a_key_too_long_for_repr_names_it_in_hex() -> None:
+def test_conflict_on_a_key_too_long_for_repr_names_it_in_hex(make_image: Images) -> None:
     """A conflict on a dict key that repr refuses (an int past 4,300 digits) is still a ConflictError,
     naming the key in hex."""
     huge = 10**5000
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = {huge: 1}
     d = img.root.content
     tx = img.begin()
@@ -396,9 +411,9 @@ def test_conflict_on_a_key_too_long_for_repr_names_it_in_hex() -> None:
     assert info.value.key == huge and d[huge] == 50
 
 
-def test_reading_overwritten_data_fails_at_once() -> None:
+def test_reading_overwritten_data_fails_at_once(make_image: Images) -> None:
     """A transaction never sees a mix of old and new state: a stale read raises."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = Node(1)
     img.root.other = Node(1)
     a, b = img.root.content, img.root.other
@@ -412,9 +427,9 @@ def test_reading_overwritten_data_fails_at_once() -> None:
     assert a.value == b.value == 2
 
 
-def test_write_skew_is_prevented() -> None:
+def test_write_skew_is_prevented(make_image: Images) -> None:
     """Each transaction reads what the other writes: the second to commit conflicts."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = {"alice": True, "bob": True}
     oncall = img.root.content
     first, second = img.begin(), None
@@ -437,9 +452,9 @@ def test_write_skew_is_prevented() -> None:
     assert not errors and second is None
 
 
-def test_unrelated_transactions_both_commit() -> None:
+def test_unrelated_transactions_both_commit(make_image: Images) -> None:
     """No global 'head moved' failure: disjoint reads and writes both commit."""
-    img = memimg.open(root=Bank)
+    img = make_image(root=Bank)
     for name in "ab":
         img.root.accounts[name] = Account(name)
     a, b = img.root.accounts["a"], img.root.accounts["b"]
@@ -464,9 +479,9 @@ def test_unrelated_transactions_both_commit() -> None:
     ],
     ids=["append+append", "extend+append", "dict keys", "update+pop other key", "set members", "field+dict"],
 )
-def test_commuting_changes_merge(ours: Any, theirs: Any) -> None:
+def test_commuting_changes_merge(ours: Any, theirs: Any, make_image: Images) -> None:
     """Appends to one list and writes to different keys or members merge instead of conflicting."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = {"lst": [0], "d": {"k": 0}, "s": {"m"}}
     tx = img.begin()
     ours(img.root)
@@ -503,8 +518,10 @@ def test_commuting_changes_merge(ours: Any, theirs: Any) -> None:
         "setdefault",
     ],
 )
-def test_non_commuting_changes_conflict(ours: Any, theirs: Any) -> None:
-    img = memimg.open(root=Box)
+def test_non_commuting_changes_conflict(ours: Any, theirs: Any, make_image: Images) -> None:
+    """Changes that depend on each other's order (inserts vs appends, the same key or member, reads of a
+    length) conflict."""
+    img = make_image(root=Box)
     img.root.content = {"lst": [0], "d": {"k": 0}, "s": {"m"}}
     tx = img.begin()
     ours(img.root)
@@ -515,21 +532,23 @@ def test_non_commuting_changes_conflict(ours: Any, theirs: Any) -> None:
         tx.save()
 
 
-def test_implicit_mutation_is_checked_like_a_transaction() -> None:
+def test_implicit_mutation_is_checked_like_a_transaction(make_image: Images) -> None:
     """A mutation outside a transaction commits by itself and overtakes open transactions."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = {"n": 1}
     tx = img.begin()
     img.root.content["n"] += 1
-    threading.Thread(target=lambda: img.root.content.__setitem__("n", 10)).start()
-    time.sleep(0.05)
+    other = threading.Thread(target=lambda: img.root.content.__setitem__("n", 10))
+    other.start()
+    other.join()  # the other thread's mutation committed by itself, while our transaction is open
     with pytest.raises(memimg.ConflictError):
         tx.save()
     assert img.root.content["n"] == 10
 
 
-def test_retries_give_up_after_n() -> None:
-    img = memimg.open(root=Box)
+def test_retries_give_up_after_n(make_image: Images) -> None:
+    """transaction(retries=n) runs the function at most n + 1 times, then raises the ConflictError."""
+    img = make_image(root=Box)
     img.root.content = 0
     calls = []
 
@@ -537,8 +556,9 @@ def test_retries_give_up_after_n() -> None:
     def always_conflicts() -> None:
         calls.append(1)
         img.root.content += 1
-        threading.Thread(target=lambda: setattr(img.root, "content", -1)).start()
-        time.sleep(0.02)
+        other = threading.Thread(target=lambda: setattr(img.root, "content", -1))
+        other.start()
+        other.join()
 
     with pytest.raises(memimg.ConflictError):
         always_conflicts()
@@ -548,8 +568,9 @@ def test_retries_give_up_after_n() -> None:
 # -- savepoints --------------------------------------------------------------------
 
 
-def test_nested_transaction_is_a_savepoint() -> None:
-    img = memimg.open(root=Box)
+def test_nested_transaction_is_a_savepoint(make_image: Images) -> None:
+    """A nested transaction is a savepoint: rolling it back keeps the outer transaction's changes."""
+    img = make_image(root=Box)
     img.root.content = []
     lst = img.root.content
     with img.transaction():
@@ -572,9 +593,9 @@ def test_nested_transaction_is_a_savepoint() -> None:
     assert memimg.replay(img.events()).content == [1, 3]
 
 
-def test_rolled_back_savepoint_keeps_the_outer_events_in_order() -> None:
+def test_rolled_back_savepoint_keeps_the_outer_events_in_order(make_image: Images) -> None:
     """Field sets, deletes and collection events of the outer transaction survive an inner rollback, in order."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = []
     img.root.other = Entry("x")
     lst, entry = img.root.content, img.root.other
@@ -603,8 +624,9 @@ def test_rolled_back_savepoint_keeps_the_outer_events_in_order() -> None:
     assert memimg.replay(img.events()).content == [1, 3]
 
 
-def test_exceptions_inside_collection_operations_in_a_transaction() -> None:
-    img = memimg.open(root=Box)
+def test_exceptions_inside_collection_operations_in_a_transaction(make_image: Images) -> None:
+    """Collection operations that raise inside a transaction change nothing; the transaction goes on and commits."""
+    img = make_image(root=Box)
     img.root.content = [1, 2]
     lst = img.root.content
     with img.transaction():
@@ -619,8 +641,9 @@ def test_exceptions_inside_collection_operations_in_a_transaction() -> None:
     assert lst == [1, 2, 3]
 
 
-def test_transaction_survives_a_discarded_attach_of_a_shared_object() -> None:
-    img = memimg.open(root=Box)
+def test_transaction_survives_a_discarded_attach_of_a_shared_object(make_image: Images) -> None:
+    """A savepoint that stored an object the outer transaction already attached leaves it attached when rolled back."""
+    img = make_image(root=Box)
     e = Entry("e")
     with img.transaction():
         img.root.content = [e]
@@ -634,9 +657,9 @@ def test_transaction_survives_a_discarded_attach_of_a_shared_object() -> None:
 # -- read tracking comes and goes --------------------------------------------------------
 
 
-def test_read_hooks_come_and_go() -> None:
+def test_read_hooks_come_and_go(make_image: Images) -> None:
     """Hooks are installed while transactions are open and leave after idle reads."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = Node(1)
     node = img.root.content
     _tracking.disable_now()
@@ -665,7 +688,10 @@ ops = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(program=ops)
 def test_random_transactions_match_a_plain_model(program: list[tuple[str, int]]) -> None:
-    """Random transactions with random commit/discard give what applying only the committed ones gives."""
+    """Random transactions with random commit/discard give what applying only the committed ones gives.
+
+    On the memory store only: the delta layer does not depend on the store, and hypothesis runs many programs.
+    """
     img = memimg.open(root=Box)
     img.root.content = {"lst": [], "d": {}, "n": 0}
     live = img.root.content
@@ -713,33 +739,29 @@ def test_random_transactions_match_a_plain_model(program: list[tuple[str, int]])
     assert {"lst": list(again["lst"]), "d": dict(again["d"]), "n": again["n"]} == committed
 
 
-def test_commit_is_published_atomically(monkeypatch: Any) -> None:
+def test_commit_is_published_atomically(monkeypatch: Any, make_image: Images) -> None:
     """While a commit is being applied, readers elsewhere already see all of it."""
-    from memimg._graph import Graph
-
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content, img.root.other = Node(0), Node(0)
     a, b = img.root.content, img.root.other
     seen: list[Any] = []
-    original = Graph.field_set
 
-    def spy(self: Graph, obj: Any, name: str, value: Any) -> None:
-        original(self, obj, name, value)
-        if obj is a and not seen:  # a is in the base now, b not yet
+    def hook(kind: str, target: Any, args: Any) -> None:
+        if target is b and not seen:  # a is in the base now, b not yet
             t = threading.Thread(target=lambda: seen.append((a.value, b.value)))
             t.start()
             t.join()
 
-    monkeypatch.setattr(Graph, "field_set", spy)
+    monkeypatch.setattr(img._engine, "before_apply", hook)
     with img.transaction():
         a.value = 1
         b.value = 1
     assert seen == [(1, 1)]
 
 
-def test_iterating_inside_a_transaction_survives_a_concurrent_commit() -> None:
+def test_iterating_inside_a_transaction_survives_a_concurrent_commit(make_image: Images) -> None:
     """A transaction iterating a collection another thread changes gets a ConflictError, not a RuntimeError."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = {str(i): i for i in range(10)}
     d = img.root.content
     with pytest.raises(memimg.ConflictError):
@@ -823,7 +845,7 @@ def meddling() -> Any:
 @pytest.mark.parametrize("change", list(CHANGES))
 @pytest.mark.parametrize("in_tx", [False, True], ids=["outside a transaction", "in a transaction"])
 def test_a_change_made_by_hash_eq_or_sort_key_code_is_refused_before_anything_is_written(
-    make_image: Any, meddling: list[Any], change: str, in_tx: bool
+    make_image: Images, meddling: list[Any], change: str, in_tx: bool
 ) -> None:
     """User code that memimg runs while planning a change (a key's __hash__ or __eq__, a sort key)
     and that changes the image fails the change with an error naming that code: the image stays open,
@@ -847,12 +869,13 @@ def test_a_change_made_by_hash_eq_or_sort_key_code_is_refused_before_anything_is
     assert replayed.content == img.root.content and replayed.other.content == 5
 
 
-def test_a_change_made_by_a_key_only_while_a_commit_is_applied_is_refused(tmp_path: Any, meddling: list[Any]) -> None:
+def test_a_change_made_by_a_key_only_while_a_commit_is_applied_is_refused(
+    meddling: list[Any], make_image: Images
+) -> None:
     """The last resort: a key whose __hash__ changes the image only when the commit applies it (not
     while the change is planned). That change is refused and not written; the commit it interrupted
     is in the log, so the image closes, and opening it again gives the logged state."""
-    path = str(tmp_path / "img.db")
-    img = memimg.open(path, root=Box)
+    img = make_image(root=Box)
     img.root.content = {}
     victim = img.root.other = Box(0)
     seq = img.seq
@@ -871,7 +894,7 @@ def test_a_change_made_by_a_key_only_while_a_commit_is_applied_is_refused(tmp_pa
     assert "applying committed events" in refused.during
     assert img.closed and len(calls) == 2
     meddling.clear()
-    with memimg.open(path, root=Box) as again:
+    with make_image(root=Box) as again:
         assert again.seq == seq + 1 and again.root.content == {Meddler("k"): 1} and again.root.other.content == 0
 
 

@@ -54,7 +54,6 @@ import contextvars
 import json
 import logging
 import os
-import random
 import threading
 import time
 import weakref
@@ -72,6 +71,7 @@ from werkzeug.wrappers import Response
 
 import memimg
 from memimg import MemoryImage
+from memimg.image._retry import backoff
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -337,7 +337,7 @@ class _AppState:
                     app.logger.warning("%s %s: %s (ran %d times)", request.method, request.path, err, attempt)
                     raise TransactionConflict(err, attempt) from err
                 app.logger.debug("%s %s: rerunning after a conflict: %s", request.method, request.path, err)
-                time.sleep(random.uniform(0.0005, min(0.05, 0.001 * 2**attempt)))
+                time.sleep(backoff(attempt))
             finally:
                 _callbacks.reset(token)
 

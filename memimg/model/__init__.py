@@ -2,5 +2,6 @@
 
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 from memimg.model._persistent import field, persistent
+from memimg.model._shell import SHELL
 
-__all__ = ["TrackedDict", "TrackedList", "TrackedSet", "field", "persistent"]
+__all__ = ["SHELL", "TrackedDict", "TrackedList", "TrackedSet", "field", "persistent"]

@@ -28,7 +28,8 @@ from typing import Any, TypeVar, dataclass_transform, overload
 import attrs
 from attrs import setters
 
-from memimg.model import _tracking, _types
+from memimg.core import _types
+from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 
 __all__ = ["field", "persistent"]
@@ -137,19 +138,15 @@ class _EntityBuilder:
             owner = self._mi_img
             if owner is None:
                 _OBJ_SETATTR(self, name, value)
-                return
-            tx = owner._mi_current.get()
-            if tx is not None and not tx.done:
-                tx.set_field(self, name, value)  # the hot path inside transactions: one call, no I/O
-            else:
-                owner._mi_set_field(self, name, value)
+            else:  # the hot path inside a transaction: one call, no I/O
+                owner._mi_current.get().set_field(self, name, value)
 
         def __delattr__(self: Any, name: str) -> None:
             owner = self._mi_img
             if owner is None or name not in hooks:
                 _OBJ_DELATTR(self, name)
             else:
-                owner._mi_del_field(self, name)
+                owner._mi_current.get().del_field(self, name)
 
         for fn in (__setattr__, __delattr__):
             fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
@@ -163,10 +160,12 @@ class _EntityBuilder:
         fields = attrs.fields(cls)
         getters: dict[str, Callable[[Any], Any]] = {}
         setters_: dict[str, Callable[[Any, Any], None]] = {}
+        deleters: dict[str, Callable[[Any], None]] = {}
         for a in fields:
             slot = _tracking.raw_slot(cls, a.name)
             getters[a.name] = slot.__get__
             setters_[a.name] = slot.__set__
+            deleters[a.name] = slot.__delete__
         renamed = {}
         for a in fields:
             old = a.metadata.get("memimg", {}).get("renamed_from")
@@ -181,6 +180,7 @@ class _EntityBuilder:
             fields=tuple(a.name for a in fields),
             getters=getters,
             setters=setters_,
+            deleters=deleters,
             renamed=renamed,
             removed=self._removed,
             defaults={a.name: a.default for a in fields if a.default is not attrs.NOTHING},

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final
 
-from memimg.model._base import WHOLE
+from memimg.core._markers import WHOLE
 
 __all__ = [
     "TrackedField",
@@ -84,11 +84,11 @@ class TrackedField:
             return self.slot
         owner = obj._mi_img
         if owner is not None:
-            tx = owner._mi_current.get()
-            if tx is not None and not tx.done:
-                return tx.read_field(obj, self.name, self.get)
-            if owner._mi_publishing:
-                return owner._mi_published_field(obj, self.name, self.get)
+            writer = owner._mi_current.get()
+            if writer.tracks_reads:  # a transaction: it shows its own writes and records the read
+                return writer.read_field(obj, self.name, self.get)
+            if writer.publishing:  # another thread's commit is being applied: all of it or none
+                return writer.read_field(obj, self.name, self.get)
         s = _S
         if not s.open:
             s.idle_read()
@@ -112,11 +112,9 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
         def reader(self: Any, *args: Any) -> Any:
             owner = self._mi_img
             if owner is not None:
-                tx = owner._mi_current.get()
-                if tx is not None and not tx.done:
-                    return tx.read_coll(self, name, args, args[0])
-                if owner._mi_publishing:
-                    return owner._mi_published_coll(self, name, args)
+                writer = owner._mi_current.get()
+                if writer.tracks_reads or writer.publishing:
+                    return writer.read_coll(self, name, args, args[0])
             s = _S
             if not s.open:
                 s.idle_read()
@@ -127,11 +125,9 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
         def reader(self: Any, *args: Any) -> Any:
             owner = self._mi_img
             if owner is not None:
-                tx = owner._mi_current.get()
-                if tx is not None and not tx.done:
-                    return tx.read_coll(self, name, args, WHOLE)
-                if owner._mi_publishing:
-                    return owner._mi_published_coll(self, name, args)
+                writer = owner._mi_current.get()
+                if writer.tracks_reads or writer.publishing:
+                    return writer.read_coll(self, name, args, WHOLE)
             s = _S
             if not s.open:
                 s.idle_read()

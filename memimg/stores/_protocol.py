@@ -20,41 +20,14 @@ Every store passes the contract suite in ``tests/stores/contract.py``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+from memimg.core._rows import EventRow, SnapshotInfo, SnapshotRow
 
 __all__ = ["FORMAT_VERSION", "EventRow", "SeqTaken", "SnapshotInfo", "SnapshotRow", "Store", "read_in_chunks"]
 
 #: The storage format this memimg writes; a store holding a newer one is refused.
 FORMAT_VERSION = 1
-
-
-class EventRow(NamedTuple):
-    """One row of ``memimg_events``."""
-
-    seq: int
-    tx: int
-    ts: int  #: commit time, microseconds since the Unix epoch (UTC)
-    kind: str
-    target: int
-    payload: bytes
-    checksum: int
-
-
-class SnapshotRow(NamedTuple):
-    """One row of ``memimg_snapshots``."""
-
-    seq: int
-    ts: int
-    payload: bytes
-    checksum: int
-
-
-class SnapshotInfo(NamedTuple):
-    """A snapshot's header, without its payload."""
-
-    seq: int
-    ts: int
-    size: int
 
 
 class SeqTaken(Exception):

@@ -53,7 +53,6 @@ the first seq).
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,27 +61,21 @@ from typing import Any, Final, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from memimg._errors import CommitUnknownError, LockedError, MemimgError, ReadOnlyError, StoreError
+from memimg._errors import LockedError, MemimgError, ReadOnlyError, StoreError
+from memimg.stores._postgres import ABSENT, PgWriter, appending, lost, new_commit_id, settle, sqlstate
 from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, read_in_chunks
 from memimg.stores._sqlite import is_busy
+from memimg.stores._sqltables import COLUMNS as _COLUMNS
+from memimg.stores._sqltables import LogTables
 
 __all__ = ["SQLAlchemyStore"]
-
-_COLUMNS: Final = {
-    "events": ["seq", "tx", "ts", "kind", "target", "payload", "checksum"],
-    "snapshots": ["seq", "ts", "payload", "checksum"],
-    "meta": ["key", "value"],
-}
 
 
 _ASYNC_COMMIT: Final = sa.text("SET LOCAL synchronous_commit = off")
 _NOTIFY: Final = sa.text("SELECT pg_notify(:c, :p)")
-_CHUNK: Final = 8000  # rows per statement: stays under PostgreSQL's 65,535 parameters
 
 # SQLSTATEs: lock_not_available, serialization_failure, deadlock_detected
 _LOCKED: Final = frozenset({"55P03", "40001", "40P01"})
-# admin_shutdown, crash_shutdown, cannot_connect_now; and class 08, connection exceptions
-_LOST: Final = frozenset({"57P01", "57P02", "57P03"})
 _ADVICE: Final = {
     "53100": "the database server's disk is full: free space, then retry",
     "53200": "the database server is out of memory",
@@ -91,46 +84,12 @@ _ADVICE: Final = {
     "25006": "the database is read-only (a standby?): connect to the primary",
     "42501": "the database user lacks a privilege on memimg's tables or schema",
 }
-_ABSENT: Final = object()  # no event at the looked-up seq
 
 T = TypeVar("T")
 
 
 def _redact(url: sa.URL) -> str:
     return url.render_as_string(hide_password=True)
-
-
-def _sqlstate(err: BaseException) -> str | None:
-    """The SQLSTATE of a driver error (psycopg 3, psycopg2), or None."""
-    state = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
-    return state if isinstance(state, str) else None
-
-
-def _lost(err: BaseException, operational: Any) -> bool:
-    """Whether PostgreSQL driver error *err* means the connection broke.
-
-    A statement sent on a broken connection may or may not have run.
-    *operational* is the driver's ``OperationalError`` class, which libpq-based
-    drivers raise without a SQLSTATE when the server is gone.
-    """
-    if isinstance(err, sa_exc.DBAPIError):
-        if err.connection_invalidated:
-            return True
-        if err.orig is not None:
-            err = err.orig
-    state = _sqlstate(err)
-    if state is None:
-        return isinstance(err, operational)
-    return state.startswith("08") or state in _LOST
-
-
-def _appending(rows: Sequence[EventRow]) -> str:
-    return f"appending events {rows[0][0]}..{rows[-1][0]}"
-
-
-def _new_commit_id() -> int:
-    # os.urandom, not the random module: a forked worker or a seeded random must not repeat ids
-    return int.from_bytes(os.urandom(8), "big") >> 1
 
 
 class SQLAlchemyStore:
@@ -192,70 +151,32 @@ class SQLAlchemyStore:
         self._connect_timeout = connect_timeout
         self._operational = getattr(engine.dialect.loaded_dbapi, "OperationalError", ())
         self._lock = threading.RLock()
-        md = sa.MetaData(schema=schema)
-        self.events = sa.Table(
-            f"{prefix}events",
-            md,
-            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-            sa.Column("tx", sa.BigInteger, nullable=False),
-            sa.Column("ts", sa.BigInteger, nullable=False),
-            sa.Column("kind", sa.String(32), nullable=False),
-            sa.Column("target", sa.BigInteger, nullable=False),
-            sa.Column("payload", sa.LargeBinary, nullable=False),
-            sa.Column("checksum", sa.BigInteger, nullable=False),
-            *([sa.Column("commit_id", sa.BigInteger, nullable=True)] if self._pg else []),
-        )
-        self.snapshots_table = sa.Table(
-            f"{prefix}snapshots",
-            md,
-            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-            sa.Column("ts", sa.BigInteger, nullable=False),
-            sa.Column("payload", sa.LargeBinary, nullable=False),
-            sa.Column("checksum", sa.BigInteger, nullable=False),
-        )
-        self.meta_table = sa.Table(
-            f"{prefix}meta",
-            md,
-            sa.Column("key", sa.String(64), primary_key=True),
-            sa.Column("value", sa.Text, nullable=False),
-        )
-        self._metadata = md
-        ev = self.events
-        # the last event, or (every event compacted away) the seq the newest snapshot covers
-        head = sa.func.coalesce(
-            sa.select(sa.func.max(ev.c.seq)).scalar_subquery(),
-            sa.select(sa.func.max(self.snapshots_table.c.seq)).scalar_subquery(),
-            0,
-        )
-        self._head = sa.select(head)
-        names = _COLUMNS["events"] + (["commit_id"] if self._pg else [])
-        self._append_first = (
-            ev.insert()
-            .from_select(
-                names,
-                sa.select(*[sa.bindparam(n, type_=ev.c[n].type) for n in names]).where(
-                    head == sa.bindparam("expected", type_=sa.BigInteger)
-                ),
-            )
-            .execution_options(preserve_rowcount=True)
-        )
-        self._append_rest = ev.insert()
-        self._read = (
-            sa.select(*[ev.c[n] for n in _COLUMNS["events"]])
-            .where(ev.c.seq > sa.bindparam("after"))
-            .order_by(ev.c.seq)
-            .limit(sa.bindparam("n"))
+        tables = LogTables(schema, prefix, commit_id=self._pg)
+        self._metadata = tables.metadata
+        self.events, self.snapshots_table, self.meta_table = tables.events, tables.snapshots, tables.meta
+        self._head, self._append_first, self._append_rest, self._read = (
+            tables.head,
+            tables.append_first,
+            tables.append_rest,
+            tables.read,
         )
         digest = hashlib.sha1(f"{schema}.{prefix}".encode()).hexdigest()[:12]
         self.channel = f"memimg_{digest}"
         self._lock_key = int(digest, 16) & 0x7FFFFFFFFFFF
         self._listener: Any = None
-        self._writer: Any = None
-        self._append_sql_cache: dict[int, str] = {}
         preparer = engine.dialect.identifier_preparer
         self._events_name = preparer.format_table(self.events)
         self._snapshots_name = preparer.format_table(self.snapshots_table)
-        self._writer_ok = self._pg and engine.dialect.driver == "psycopg"
+        #: one round trip per commit, on a psycopg connection of its own (PostgreSQL with psycopg 3)
+        self._pg_writer: PgWriter | None = None
+        if self._pg and engine.dialect.driver == "psycopg":
+            self._pg_writer = PgWriter(
+                self._connect,
+                events_table=self._events_name,
+                snapshots_table=self._snapshots_name,
+                channel=self.channel,
+                asynchronous=sync == "normal",
+            )
         self._connect_and_setup()
         if self._notify:
             self._listen()
@@ -380,7 +301,7 @@ class SQLAlchemyStore:
         orig: BaseException = err.orig if isinstance(err, sa_exc.DBAPIError) and err.orig is not None else err
         text = str(orig).strip() or type(orig).__name__
         outcome = "; nothing was written" if write else ""
-        state = _sqlstate(orig)
+        state = sqlstate(orig)
         if state in _LOCKED or (self._sqlite and is_busy(orig)):
             return LockedError(
                 f"{doing} in {self.description}: the database stayed locked by another writer ({text}){outcome}; retry",
@@ -389,7 +310,7 @@ class SQLAlchemyStore:
             )
         if state is not None and state in _ADVICE:
             advice = _ADVICE[state]
-        elif self._pg and _lost(err, self._operational):
+        elif self._pg and lost(err, self._operational):
             advice = "the database cannot be reached; memimg reconnects once it is back"
         else:
             advice = "see the cause below"
@@ -443,19 +364,18 @@ class SQLAlchemyStore:
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         if self.readonly:
             raise ReadOnlyError(
-                f"{_appending(rows)} in {self.description} was refused: the store is open read-only; "
-                "nothing was written"
+                f"{appending(rows)} in {self.description} was refused: the store is open read-only; nothing was written"
             )
         with self._lock:
-            if self._writer_ok:
-                inserted = self._append_pg(rows, expected_head)
+            if self._pg_writer is not None:
+                inserted = self._append_pg(self._pg_writer, rows, expected_head)
             else:
                 inserted = self._append_sa(rows, expected_head)
         if not inserted:
             raise SeqTaken(expected_head)
 
     def _append_sa(self, rows: Sequence[EventRow], expected_head: int) -> bool:
-        commit_id = _new_commit_id() if self._pg else None
+        commit_id = new_commit_id() if self._pg else None
 
         def insert() -> bool:
             names = _COLUMNS["events"]
@@ -483,105 +403,36 @@ class SQLAlchemyStore:
         def lookup(seq: int) -> Any:
             with self.engine.connect() as conn:
                 row = conn.execute(sa.select(self.events.c.commit_id).where(self.events.c.seq == seq)).first()
-            return _ABSENT if row is None else row[0]
+            return ABSENT if row is None else row[0]
 
         try:
             return insert()
         except sa_exc.DBAPIError as err:
-            if commit_id is None or not _lost(err, self._operational):
-                raise self._error(err, _appending(rows), write=True) from err
-            return self._settle(rows, commit_id, err, insert, lookup, sa_exc.DBAPIError)
+            if commit_id is None or not lost(err, self._operational):
+                raise self._error(err, appending(rows), write=True) from err
+            return self._settle(rows, commit_id, err, insert, lookup, lambda: None)
         except sa_exc.SQLAlchemyError as err:
-            raise self._error(err, _appending(rows), write=True) from err
+            raise self._error(err, appending(rows), write=True) from err
 
-    # -- PostgreSQL: one round trip per commit ----------------------------------------
-
-    def _writer_connection(self) -> Any:
-        if self._writer is None:
-            conn = self._connect()
-            if self._sync == "normal":
-                conn.execute("SET synchronous_commit = off")
-            self._writer = conn
-        return self._writer
-
-    def _append_sql(self, n: int) -> str:
-        sql = self._append_sql_cache.get(n)
-        if sql is None:
-            row = "(%s::bigint, %s::bigint, %s::bigint, %s::text, %s::bigint, %s::bytea, %s::bigint)"
-            values = ", ".join([row] * n)
-            sql = (
-                f"WITH ins AS (INSERT INTO {self._events_name} "
-                "(seq, tx, ts, kind, target, payload, checksum, commit_id) "
-                f"SELECT v.*, %s::bigint FROM (VALUES {values}) AS v(seq, tx, ts, kind, target, payload, checksum) "
-                f"WHERE coalesce((SELECT max(seq) FROM {self._events_name}), "
-                f"(SELECT max(seq) FROM {self._snapshots_name}), 0) = %s::bigint RETURNING seq) "
-                "SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, max(seq)::text) FROM ins HAVING count(*) > 0)"
-            )
-            if len(self._append_sql_cache) < 64:
-                self._append_sql_cache[n] = sql
-        return sql
-
-    def _append_pg(self, rows: Sequence[EventRow], expected_head: int) -> bool:
-        """Append with one statement in autocommit: conditional insert + NOTIFY, all or none.
-
-        Returns whether the rows were inserted (``False``: the head moved).
-        """
+    def _append_pg(self, writer: PgWriter, rows: Sequence[EventRow], expected_head: int) -> bool:
+        """Append in one round trip; a commit whose reply was lost is settled by its commit id."""
         import psycopg
 
-        commit_id = _new_commit_id()
+        commit_id = new_commit_id()
         try:
-            conn = self._writer_connection()
+            writer.connection()
         except psycopg.Error as err:  # nothing was sent
-            self._close_writer()
-            raise self._error(err, _appending(rows), write=True) from err
+            writer.close()
+            raise self._error(err, appending(rows), write=True) from err
         try:
-            return self._insert_pg(conn, rows, expected_head, commit_id)
+            return writer.append(rows, expected_head, commit_id)
         except psycopg.Error as err:
-            if not _lost(err, psycopg.OperationalError):
-                raise self._error(err, _appending(rows), write=True) from err
-            self._close_writer()
+            if not lost(err, psycopg.OperationalError):
+                raise self._error(err, appending(rows), write=True) from err
+            writer.close()
             return self._settle(
-                rows,
-                commit_id,
-                err,
-                lambda: self._insert_pg(self._writer_connection(), rows, expected_head, commit_id),
-                self._lookup_pg,
-                psycopg.Error,
+                rows, commit_id, err, lambda: writer.append(rows, expected_head, commit_id), writer.lookup, writer.close
             )
-
-    def _insert_pg(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
-        import psycopg
-
-        try:
-            if len(rows) <= _CHUNK:
-                params: list[Any] = [commit_id]
-                params += [v for r in rows for v in r]
-                params += [expected_head, self.channel]
-                return bool(conn.execute(self._append_sql(len(rows)), params).fetchone()[0] == len(rows))
-            return self._insert_chunked(conn, rows, expected_head, commit_id)
-        except psycopg.errors.UniqueViolation:
-            return False
-
-    def _lookup_pg(self, seq: int) -> Any:
-        """The commit id of the event at *seq* (``None``: written by memimg 0.2), or ``_ABSENT``."""
-        sql = f"SELECT commit_id FROM {self._events_name} WHERE seq = %s"
-        row = self._writer_connection().execute(sql, (seq,)).fetchone()
-        return _ABSENT if row is None else row[0]
-
-    def _insert_chunked(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
-        import psycopg
-
-        refused = False
-        with conn.transaction() as tx:
-            done = expected_head
-            for start in range(0, len(rows), _CHUNK):
-                chunk = rows[start : start + _CHUNK]
-                params: list[Any] = [commit_id, *[v for r in chunk for v in r], done, self.channel]
-                if conn.execute(self._append_sql(len(chunk)), params).fetchone()[0] != len(chunk):
-                    refused = True
-                    raise psycopg.Rollback(tx)
-                done += len(chunk)
-        return not refused
 
     def _settle(
         self,
@@ -590,62 +441,25 @@ class SQLAlchemyStore:
         cause: BaseException,
         insert: Callable[[], bool],
         lookup: Callable[[int], Any],
-        driver_error: type[BaseException],
+        on_failure: Callable[[], None],
     ) -> bool:
-        """After a commit's connection broke: whether the commit is in the log.
+        retryable: tuple[type[BaseException], ...] = (sa_exc.SQLAlchemyError,)
+        if self._pg_writer is not None:
+            import psycopg
 
-        ``True``: its rows are there (by its commit id). ``False``: another
-        writer's commit holds its first seq, so it can never land (the caller
-        raises :class:`SeqTaken`, exactly as if the head had moved before it).
-        Raises :class:`CommitUnknownError` when the database cannot tell
-        within ``connect_timeout``.
-        """
-        first = rows[0][0]
-        doing = _appending(rows)
-        deadline = time.monotonic() + self._connect_timeout
-        while True:
-            try:
-                found = lookup(first)
-                if found is _ABSENT:
-                    # The lost statement may still be on its way to the server: the same rows
-                    # with the same commit id either land now, or are refused because it (or
-                    # another writer) took the seq first -- which the next look tells apart.
-                    if insert():
-                        return True
-                    found = lookup(first)
-                if found is not _ABSENT:
-                    return bool(found == commit_id)
-            except driver_error as err:
-                cause = err
-                self._close_writer()
-            except sa_exc.SQLAlchemyError as err:
-                cause = err
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            time.sleep(min(0.2, left))
-        raise CommitUnknownError(
-            f"{doing} in {self.description}: the connection broke after the commit was sent, and the "
-            f"database could not be asked within {self._connect_timeout:g} s whether it was applied: its "
-            "outcome is UNKNOWN (it was not applied to this image). Do not simply make the change again: "
-            f"once the database is back, the commit is in the log if the event at seq {first} has "
-            f"commit_id {commit_id} (SELECT commit_id FROM {self._events_name} WHERE seq = {first}); "
-            "img.refresh() then applies it. If that event is missing or has another commit_id, it was not "
-            "applied",
-            commit_id=commit_id,
-            first_seq=first,
-            seq=rows[-1][0],
-            store=self.description,
-            operation=doing,
-        ) from cause
-
-    def _close_writer(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:
-                pass
-            self._writer = None
+            retryable = (psycopg.Error, sa_exc.SQLAlchemyError)
+        return settle(
+            rows,
+            commit_id,
+            cause,
+            insert=insert,
+            lookup=lookup,
+            retryable=retryable,
+            on_failure=on_failure,
+            timeout=self._connect_timeout,
+            description=self.description,
+            events_table=self._events_name,
+        )
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]
@@ -756,7 +570,8 @@ class SQLAlchemyStore:
 
     def close(self) -> None:
         with self._lock:
-            self._close_writer()
+            if self._pg_writer is not None:
+                self._pg_writer.close()
         if self._listener is not None:
             try:
                 self._listener.close()

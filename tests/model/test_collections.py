@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import memimg
 from memimg import TrackedDict, TrackedList, TrackedSet
+from tests.conftest import Images
 from tests.models import Box, Entry
 
 small = st.integers(-3, 6)
@@ -153,7 +154,11 @@ def check_program(kind: type, program: list[tuple[str, tuple[Any, ...]]], in_tx:
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_canary(kind: type, in_tx: bool, data: st.DataObject) -> None:
-    """Every operation gives what the builtin gives, and the log replays to it."""
+    """Every operation gives what the builtin gives, and the log replays to it.
+
+    On the memory store only: tracking does not depend on the store, and hypothesis runs many programs
+    (the tests below run single operations on every store).
+    """
     check_program(kind, data.draw(ops_for(kind)), in_tx)
 
 
@@ -161,7 +166,8 @@ def test_canary(kind: type, in_tx: bool, data: st.DataObject) -> None:
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_discarded_transaction_leaves_no_trace(kind: type, data: st.DataObject) -> None:
-    """Whatever a transaction did to a collection, discarding it restores the committed state."""
+    """Whatever a transaction did to a collection, discarding it restores the committed state (on the
+    memory store only, as the canary above)."""
     program = data.draw(ops_for(kind))
     img = memimg.open(root=Box)
     img.root.content = initial(kind)
@@ -189,9 +195,9 @@ def test_every_listed_mutator_is_tracked() -> None:
     ) <= set(SET_MUTATORS)
 
 
-def test_each_mutation_is_one_event_of_its_kind() -> None:
+def test_each_mutation_is_one_event_of_its_kind(make_image: Images) -> None:
     """Operations map to the documented event kinds."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = []
     lst = img.root.content
 
@@ -226,7 +232,7 @@ def test_each_mutation_is_one_event_of_its_kind() -> None:
     assert kinds_of(lambda: s.clear()) == ["set.clear"]
 
 
-def test_sort_records_the_outcome_not_the_call() -> None:
+def test_sort_records_the_outcome_not_the_call(make_image: Images) -> None:
     """Replaying a sort never calls the key function again."""
     calls = []
 
@@ -234,7 +240,7 @@ def test_sort_records_the_outcome_not_the_call() -> None:
         calls.append(v)
         return -v
 
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = [3, 1, 2]
     img.root.content.sort(key=key)
     assert img.root.content == [3, 2, 1]
@@ -243,9 +249,9 @@ def test_sort_records_the_outcome_not_the_call() -> None:
     assert len(calls) == n
 
 
-def test_still_instances_of_the_builtins() -> None:
+def test_still_instances_of_the_builtins(make_image: Images) -> None:
     """Tracked collections are list/dict/set instances and look like them."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = {"l": [1], "s": {2}, "d": {"x": 3}}
     c = img.root.content
     assert isinstance(c, dict) and isinstance(c["l"], list) and isinstance(c["s"], set)
@@ -255,9 +261,9 @@ def test_still_instances_of_the_builtins() -> None:
     assert type(copy.copy(c["l"])) is list and type(pickle.loads(pickle.dumps(c))["l"]) is list
 
 
-def test_nested_plain_containers_are_converted() -> None:
+def test_nested_plain_containers_are_converted(make_image: Images) -> None:
     """Plain containers anywhere in an assigned value become tracked, recursively."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     value = {"a": [1, {"b": {2, 3}}], "e": Entry("x")}
     img.root.content = value
     c = img.root.content
@@ -268,9 +274,9 @@ def test_nested_plain_containers_are_converted() -> None:
     assert memimg.replay(img.events()).content["a"][1]["b"] == {2, 3, 4}
 
 
-def test_shared_plain_container_stays_shared() -> None:
+def test_shared_plain_container_stays_shared(make_image: Images) -> None:
     """The same plain list assigned twice in one value becomes one tracked list."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     shared = [1]
     img.root.content = {"x": shared, "y": shared}
     c = img.root.content
@@ -279,9 +285,9 @@ def test_shared_plain_container_stays_shared() -> None:
     assert again["x"] is again["y"]
 
 
-def test_dict_order_survives_replay() -> None:
+def test_dict_order_survives_replay(make_image: Images) -> None:
     """Insertion order, updates in place, and delete-then-reinsert all replay exactly."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = {}
     d = img.root.content
     for k in "cab":
@@ -304,9 +310,9 @@ def test_unattached_tracked_collection_is_a_plain_collection() -> None:
     assert d == {"a": 1, "b": 2}
 
 
-def test_failed_operation_changes_nothing() -> None:
+def test_failed_operation_changes_nothing(make_image: Images) -> None:
     """An operation that raises leaves the collection and the log as they were."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     img.root.content = [1, 2]
     lst = img.root.content
     seq = img.seq
@@ -320,9 +326,9 @@ def test_failed_operation_changes_nothing() -> None:
     assert lst == [1, 2] and img.seq == seq
 
 
-def test_entities_as_keys_and_members() -> None:
+def test_entities_as_keys_and_members(make_image: Images) -> None:
     """Entities hash by identity and survive replay as dict keys and set members."""
-    img = memimg.open(root=Box)
+    img = make_image(root=Box)
     a, b = Entry("a"), Entry("b")
     img.root.content = {a: "first", b: "second"}
     img.root.other = {a}

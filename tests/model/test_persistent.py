@@ -12,6 +12,7 @@ import pytest
 
 import memimg
 from memimg import persistent
+from tests.conftest import Images
 from tests.models import Account, Bank, Entry, Validated
 
 
@@ -50,9 +51,9 @@ def test_slots_no_dict_and_no_visible_extras() -> None:
     assert "_mi_img" not in [f.name for f in attrs.fields(Account)]
 
 
-def test_deepcopy_and_pickle_give_free_standing_copies() -> None:
+def test_deepcopy_and_pickle_give_free_standing_copies(make_image: Images) -> None:
     """copy.deepcopy and pickle of attached objects give plain, untracked copies."""
-    img = memimg.open(root=Bank)
+    img = make_image(root=Bank)
     img.root.accounts["ada"] = Account("ada", tags={"x"}, entries=[Entry("e")])
     a = img.root.accounts["ada"]
     for clone in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
@@ -69,7 +70,7 @@ def test_deepcopy_and_pickle_give_free_standing_copies() -> None:
 
 def test_name_and_aliases() -> None:
     """name= fixes the stored name; aliases are accepted when reading."""
-    from memimg.model import _types
+    from memimg.core import _types
 
     @persistent(name="shop.Item2", aliases=("shop.OldItem",))
     class Item:
@@ -82,7 +83,7 @@ def test_name_and_aliases() -> None:
 
 def test_default_name_is_module_qualname() -> None:
     """Without name=, the stored name is module.QualName."""
-    from memimg.model import _types
+    from memimg.core import _types
 
     assert _types.info_of(Account).name == "tests.models.Account"
 
@@ -121,7 +122,7 @@ def test_super_and_methods_keep_working() -> None:
     assert isinstance(c, Base)
 
 
-def test_persistent_subclass() -> None:
+def test_persistent_subclass(make_image: Images) -> None:
     """A persistent class may extend another; inherited fields are tracked too."""
 
     @persistent
@@ -132,7 +133,7 @@ def test_persistent_subclass() -> None:
     class Dog(Animal):
         tricks: list[str] = attrs.field(factory=list)
 
-    img = memimg.open(root=dict)
+    img = make_image(root=dict)
     img.root["d"] = Dog("rex")
     dog = img.root["d"]
     dog.name = "max"
@@ -142,9 +143,9 @@ def test_persistent_subclass() -> None:
     assert type(again["d"]) is Dog
 
 
-def test_validators_and_converters_run_on_attached_objects() -> None:
+def test_validators_and_converters_run_on_attached_objects(make_image: Images) -> None:
     """A failing validator raises before anything is logged."""
-    img = memimg.open(root=Validated)
+    img = make_image(root=Validated)
     v = img.root
     seq = img.seq
     with pytest.raises(ValueError):
@@ -155,7 +156,7 @@ def test_validators_and_converters_run_on_attached_objects() -> None:
     assert memimg.replay(img.events()).label == "12"
 
 
-def test_no_init_runs_on_replay() -> None:
+def test_no_init_runs_on_replay(make_image: Images) -> None:
     """Replay builds objects without calling __init__ or __attrs_post_init__."""
     calls: list[str] = []
 
@@ -166,16 +167,16 @@ def test_no_init_runs_on_replay() -> None:
         def __attrs_post_init__(self) -> None:
             calls.append("init")
 
-    img = memimg.open(root=dict)
+    img = make_image(root=dict)
     img.root["w"] = Watched(4)
     assert calls == ["init"]
     assert memimg.replay(img.events())["w"].x == 4
     assert calls == ["init"]
 
 
-def test_delete_field_is_tracked() -> None:
+def test_delete_field_is_tracked(make_image: Images) -> None:
     """del obj.field is an event; the field stays unset after replay."""
-    img = memimg.open(root=dict)
+    img = make_image(root=dict)
     img.root["e"] = Entry("x")
     del img.root["e"].amount
     with pytest.raises(AttributeError):

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import memimg
-from memimg._rows import event_checksum, snapshot_checksum
+from memimg.core._rows import event_checksum, snapshot_checksum
 from memimg.stores import EventRow, SeqTaken, SnapshotRow, Store
 
 

@@ -1,3 +1,5 @@
+"""The memory store passes the store contract."""
+
 from __future__ import annotations
 
 import contextlib

@@ -131,6 +131,7 @@ def test_unreachable_server_fails_fast_without_password() -> None:
 
 
 def test_not_a_url() -> None:
+    """A URL of a dialect SQLAlchemy does not know is a MemimgError."""
     with pytest.raises(memimg.MemimgError):
         memimg.open("nosuchdialect://x/y")
 
@@ -253,7 +254,8 @@ def test_append_after_a_lost_reply_is_not_applied_twice(postgres: Any) -> None:
     store = postgres.target()
     img = memimg.open(store, root=dict)
     img.root["items"] = []
-    real = store._writer_connection
+    writer = store._pg_writer
+    real = writer.connection
     state = {"fail": True}
 
     class LostReply:
@@ -270,7 +272,7 @@ def test_append_after_a_lost_reply_is_not_applied_twice(postgres: Any) -> None:
         def close(self) -> None:
             self.conn.close()
 
-    store._writer_connection = lambda: LostReply(real())
+    writer.connection = lambda: LostReply(real())
     img.root["items"].append("once")
     assert img.root["items"] == ["once"]
     assert not state["fail"]  # the reply was lost once
@@ -349,7 +351,7 @@ def test_query_options_in_the_url_reach_every_connection(pg_schema: str) -> None
     store = SQLAlchemyStore(url, schema=pg_schema)
     with memimg.open(store, root=dict) as img:
         img.root["a"] = 1
-        assert store._writer_connection().execute("SHOW statement_timeout").fetchone()[0] == "5s"
+        assert store._pg_writer.connection().execute("SHOW statement_timeout").fetchone()[0] == "5s"
         assert store._listener is not None
         assert store._listener.execute("SHOW statement_timeout").fetchone()[0] == "5s"
         with store.engine.connect() as conn:

@@ -1,3 +1,6 @@
+"""The SQLite store: the contract, and what only an SQLite file has (WAL, locks, files deleted or
+replaced, other applications' tables)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -42,6 +41,7 @@ from django.http import JsonResponse  # type: ignore[import-untyped, unused-igno
 
 import memimg
 from memimg.contrib.django import _runtime
+from memimg.image._retry import backoff
 
 __all__ = ["MemimgMiddleware", "non_transactional"]
 
@@ -62,10 +62,6 @@ def non_transactional(view: V) -> V:
     """
     view.memimg_non_transactional = True  # type: ignore[attr-defined]
     return view
-
-
-def _backoff(attempt: int) -> float:
-    return random.uniform(0.0005, min(0.05, 0.001 * 2**attempt))
 
 
 def _conflict_response(err: memimg.ConflictError, attempts: int) -> Any:
@@ -113,7 +109,7 @@ class MemimgMiddleware:
             if not self._retry(conflict, attempt):
                 return _conflict_response(conflict[0], attempt + 1)
             attempt += 1
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
 
     async def __acall__(self, request: Any) -> Any:
         attempt = 0
@@ -130,7 +126,7 @@ class MemimgMiddleware:
             if not self._retry(conflict, attempt):
                 return _conflict_response(conflict[0], attempt + 1)
             attempt += 1
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(backoff(attempt))
 
     def process_view(self, request: Any, view: Callable[..., Any], args: Any, kwargs: Any) -> None:
         request.__dict__.pop(_CONFLICT, None)

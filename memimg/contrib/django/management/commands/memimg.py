@@ -1,6 +1,6 @@
 """``python manage.py memimg ...``: the memimg command line, on this project's image.
 
-Every argument goes to the ``memimg`` click group (``memimg._cli:cli``), as
+Every argument goes to the ``memimg`` click group (``memimg.cli:cli``), as
 if ``python -m memimg`` had been run -- but inside the Django process, so the
 project's ``@persistent`` classes are imported, and a subcommand whose first
 argument is ``TARGET`` gets the configured image's target when it is left
@@ -24,7 +24,7 @@ from click.core import ParameterSource
 from django.core.management.base import BaseCommand, CommandError  # type: ignore[import-untyped, unused-ignore]
 
 from memimg import MemimgError, Store
-from memimg._cli import cli
+from memimg.cli import cli
 from memimg.contrib.django import _runtime
 
 __all__ = ["Command"]

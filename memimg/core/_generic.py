@@ -13,20 +13,28 @@ claims gets a class made on the spot from the schema the log declares:
 
 Stand-ins round-trip: an image read this way and written again (a snapshot,
 an export) stores the same names, fields and values.
+
+The entity stand-ins are ``@persistent`` classes, which the core cannot make
+(it imports nothing of the model): the image layer makes them
+(:mod:`memimg.image._generic`) and hands the maker to the reader.
 """
 
 from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from memimg._errors import CorruptLogError, UnknownTypeError
-from memimg.model import _types
+from memimg._errors import CorruptLogError
+from memimg.core import _types
 
-__all__ = ["CustomValue", "EnumValue", "entity_class", "value_class"]
+__all__ = ["CustomValue", "EnumValue", "StandInMaker", "check_fields", "class_name", "stand_in_fields", "value_class"]
+
+#: Makes the stand-in class of a stored type: ``(name, fields, version, is_value) -> TypeInfo``.
+StandInMaker = Callable[[str, tuple[str, ...], int, bool], _types.TypeInfo]
 
 
 def _member(m: Any) -> Any:
@@ -61,7 +69,7 @@ class CustomValue:
         return f"<{self.type_name} {self.data!r}>"
 
 
-def _class_name(name: str) -> str:
+def class_name(name: str) -> str:
     short = name.rsplit(".", 1)[-1]
     return re.sub(r"\W", "_", short) or "Generic"
 
@@ -83,24 +91,9 @@ def check_fields(name: str, fields: Any) -> None:
             )
 
 
-def _fields(name: str, fields: tuple[str, ...]) -> dict[str, Any]:
+def stand_in_fields(name: str, fields: tuple[str, ...]) -> dict[str, Any]:
     check_fields(name, fields)
     return {f: attrs.field(default=None) for f in fields}
-
-
-def entity_class(name: str, fields: tuple[str, ...], version: int) -> _types.TypeInfo:
-    """A ``@persistent`` stand-in for the stored entity type *name*."""
-    from memimg.model._persistent import persistent
-
-    ns: dict[str, Any] = {"__annotations__": dict.fromkeys(fields, "Any"), "__module__": "memimg.generic"}
-    ns.update(_fields(name, fields))
-    ns["__qualname__"] = _class_name(name)
-    built = persistent(name=name, version=version)(type(_class_name(name), (), ns))
-    info = _types.info_of(built)
-    assert info is not None
-    info.stand_in = True
-    info.defaults = {}  # a field a stored state lacks stays unset, so it is written back without it
-    return info
 
 
 _UNSET: Any = object()
@@ -114,7 +107,7 @@ def value_class(name: str, fields: tuple[str, ...], version: int) -> _types.Type
     go by the fields it has, so such values can still be set members and
     dict keys.
     """
-    cls = attrs.make_class(_class_name(name), _fields(name, fields), frozen=True, eq=False)
+    cls = attrs.make_class(class_name(name), stand_in_fields(name, fields), frozen=True, eq=False)
     cls.__module__ = "memimg.generic"
 
     def key(self: Any) -> tuple[Any, ...]:
@@ -139,61 +132,3 @@ def value_class(name: str, fields: tuple[str, ...], version: int) -> _types.Type
         stand_in=True,
     )
     return _types.register(info)
-
-
-def prepare(store: Any, removed_types: frozenset[str]) -> None:
-    """Make stand-ins, before reading *store*, for every type its log declares and no class claims.
-
-    Each stand-in gets every field any declaration of its name lists (and
-    the newest version), so states written by successive versions of a class
-    -- fields added over time -- are all read and written back whole. A
-    stand-in made by an earlier read (of another image) is made again.
-    """
-    import orjson
-
-    found: dict[str, tuple[int, dict[str, None], bool]] = {}
-
-    def note(types: dict[str, Any], seq: int, table: str) -> None:
-        for name, decl in types.items():
-            try:
-                version, fields = decl[0], decl[1]
-                check_fields(name, fields)
-            except (CorruptLogError, TypeError, IndexError, KeyError) as err:
-                where = "snapshot at seq" if table == "memimg_snapshots" else "event seq"
-                detail = err if isinstance(err, CorruptLogError) else f"a malformed declaration of {name!r} ({err!r})"
-                raise CorruptLogError(f"{where} {seq}: {detail}", seq=seq, table=table) from None
-            value = len(decl) > 2 and decl[2] == "value"
-            old = found.get(name)
-            if old is None:
-                found[name] = (version, dict.fromkeys(fields), value)
-            else:
-                old[1].update(dict.fromkeys(fields))
-                found[name] = (max(old[0], version), old[1], old[2] or value)
-
-    for info in store.snapshots():
-        payload = store.read_snapshot(info.seq)[2]
-        end = payload.find(b"\n")
-        try:
-            header = orjson.loads(payload if end < 0 else payload[:end])
-        except orjson.JSONDecodeError:
-            continue  # a corrupt snapshot: recovery skips it, with a warning
-        if isinstance(header, dict):
-            note(header.get("types") or {}, info.seq, "memimg_snapshots")
-    for row in store.read(after=0):
-        payload = row[5]
-        if payload.endswith(b"}]"):  # declarations come last: [args, records, types]
-            try:
-                parts = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue  # reported by the replay, with its seq
-            if len(parts) > 2 and isinstance(parts[2], dict):
-                note(parts[2], row[0], "memimg_events")
-    for name, (version, fields, value) in found.items():
-        if name in removed_types:
-            continue
-        try:
-            info = _types.resolve(name)
-        except UnknownTypeError:
-            info = None
-        if info is None or info.stand_in:
-            (value_class if value else entity_class)(name, tuple(fields), version)

@@ -12,7 +12,8 @@ import attrs
 import pytest
 
 import memimg
-from memimg.model import _types
+from memimg.core import _types
+from tests.conftest import Images
 from tests.models import Box
 from tests.tampering import PlantedModule, append_event, plant_module
 
@@ -40,11 +41,10 @@ def planted(tmp_path: Any, monkeypatch: Any) -> Iterator[PlantedModule]:
     sys.modules.pop(module.name, None)
 
 
-def _image_with(path: str, payload: Any) -> None:
+def _image_with(make_image: Images, payload: Any) -> None:
     """An image whose log ends with a crafted event on its root (a ``Box``) holding *payload*."""
-    with memimg.open(path, root=Box):
-        pass
-    append_event(path, "obj.set", 1, payload)
+    make_image(root=Box).close()
+    append_event(make_image.store(), "obj.set", 1, payload)
 
 
 def _crafted(name: str) -> dict[str, Any]:
@@ -59,13 +59,12 @@ def _crafted(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("shape", ["enum", "value object", "user value", "record", "declared record"])
-def test_a_type_named_by_the_log_is_never_imported(planted: PlantedModule, tmp_path: Any, shape: str) -> None:
+def test_a_type_named_by_the_log_is_never_imported(planted: PlantedModule, make_image: Images, shape: str) -> None:
     """A log naming a type in a module that is importable but not imported does not import it: opening
     raises UnknownTypeError, which says which module to import and how."""
-    path = str(tmp_path / "img.db")
-    _image_with(path, _crafted(planted.name)[shape])
+    _image_with(make_image, _crafted(planted.name)[shape])
     with pytest.raises(memimg.UnknownTypeError) as info:
-        memimg.open(path, root=Box)
+        make_image(root=Box)
     assert not planted.imported
     message = str(info.value)
     assert f"import {planted.name} " in message and f"import_types=('{planted.name}',)" in message
@@ -73,21 +72,21 @@ def test_a_type_named_by_the_log_is_never_imported(planted: PlantedModule, tmp_p
     assert info.value.type_name == f"{planted.name}.Thing"
 
 
-def test_import_types_imports_the_modules_first(planted: PlantedModule, tmp_path: Any) -> None:
+def test_import_types_imports_the_modules_first(planted: PlantedModule, make_image: Images) -> None:
     """memimg.open(..., import_types=(...)) is the explicit opt-in: the module is imported before reading."""
-    path = str(tmp_path / "img.db")
-    _image_with(path, _crafted(planted.name)["enum"])
-    with memimg.open(path, root=Box, import_types=(planted.name,)) as img:
+    _image_with(make_image, _crafted(planted.name)["enum"])
+    with make_image(root=Box, import_types=(planted.name,)) as img:
         assert planted.imported
         assert img.root.content is sys.modules[planted.name].Thing.X
 
 
-def test_import_types_takes_importable_module_names(tmp_path: Any) -> None:
-    path = str(tmp_path / "img.db")
+def test_import_types_takes_importable_module_names(make_image: Images) -> None:
+    """import_types takes a collection of module names (a bare str is refused); a module that cannot be
+    imported is named in a MemimgError."""
     with pytest.raises(TypeError, match="module names"):
-        memimg.open(path, import_types="shop.models")  # type: ignore[arg-type]
+        make_image(import_types="shop.models")
     with pytest.raises(memimg.MemimgError, match="cannot import 'no_such_module_here' \\(from import_types\\)"):
-        memimg.open(path, import_types=("no_such_module_here",))
+        make_image(import_types=("no_such_module_here",))
 
 
 @pytest.mark.parametrize(
@@ -99,12 +98,11 @@ def test_import_types_takes_importable_module_names(tmp_path: Any) -> None:
     ],
     ids=["enum", "nested enum", "value object"],
 )
-def test_enums_and_value_classes_of_imported_modules_resolve(tmp_path: Any, stored: Any, expected: Any) -> None:
+def test_enums_and_value_classes_of_imported_modules_resolve(make_image: Images, stored: Any, expected: Any) -> None:
     """An enum or frozen attrs class this process never stored is found under its default name in a
     module already imported (a log written by another process holds it)."""
-    path = str(tmp_path / "img.db")
-    _image_with(path, [["content", stored]])
-    with memimg.open(path, root=Box) as img:
+    _image_with(make_image, [["content", stored]])
+    with make_image(root=Box) as img:
         assert img.root.content == expected and type(img.root.content) is type(expected)
 
 

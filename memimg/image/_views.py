@@ -17,20 +17,26 @@ read with raw builtin methods, never through tracking hooks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from memimg.model._base import ABSENT
+from memimg.core._markers import ABSENT, DELETED
+from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["DELETED", "DictView", "ListView", "SetView"]
-
-
-class _Deleted:
-    def __repr__(self) -> str:
-        return "DELETED"
+__all__ = ["RAW", "DictView", "ListView", "SetView", "raw_method"]
 
 
-DELETED: Final[Any] = _Deleted()
+#: A tracked collection class -> its builtin (whose methods read the raw storage).
+RAW: Final[dict[type, type]] = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
+_raw_methods: dict[tuple[type, str], Callable[..., Any]] = {}
+
+
+def raw_method(t: type, method: str) -> Callable[..., Any]:
+    """The builtin method *method* of tracked collection class *t* (never a tracking hook)."""
+    fn = _raw_methods.get((t, method))
+    if fn is None:
+        fn = _raw_methods[(t, method)] = getattr(RAW[t], method)
+    return fn
 
 
 class ListView:

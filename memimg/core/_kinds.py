@@ -3,18 +3,20 @@
 Each kind is declared once, here, with
 
 * its **name** (what the log's ``kind`` column says),
-* its **parameters** -- a short code per argument telling how it is stored:
-  ``s`` a string, ``i`` an int, ``I`` a list of ints (stored as is);
-  ``v`` a value, ``V`` a list of values, ``P`` a list of key/value pairs
-  (stored through the value codec),
-* its **conflict rule** -- which part of its target it writes, for
-  serializable commits (see :mod:`memimg._tx`),
+* its **parameters** -- a code per argument telling how it is stored (the
+  table :data:`PARAMS`): ``s`` a string, ``i`` an int, ``I`` a list of ints
+  (stored as they are); ``v`` a value, ``V`` a list of values, ``P`` a list
+  of key/value pairs (through the value codec),
+* its **conflict rule** (a :class:`Rule`) -- which parts of its target it
+  writes, and which earlier writes it cannot be reordered with; the image's
+  conflict index reads these as data (see :mod:`memimg.image._conflicts`),
 * its **apply** function, written against an *applier*: the primitive
-  operations of a state. Two appliers exist: the committed graph
-  (:class:`memimg._graph.Graph`, raw builtin operations on the real objects)
-  and a transaction's delta layer (:class:`memimg._tx.TxState`, operations on
-  its views). So one definition serves replay, commit and the transaction's
-  own reads of its writes.
+  operations of a state. Two appliers exist: the committed object table
+  (:class:`memimg.core._table.ObjectTable`, raw builtin operations on the
+  real objects) and a transaction's delta layer
+  (:class:`memimg.image._tx.TxState`, operations on its views). So one
+  definition serves replay, commit and the transaction's own reads of its
+  writes.
 
 Adding a kind touches only this module (plus a planner that emits it).
 Events record outcomes, not calls: ``sort`` is stored as ``list.reorder``
@@ -24,21 +26,66 @@ with the resulting permutation, so replay never runs user code.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 import attrs
 
-__all__ = ["KINDS", "Applier", "Kind", "kind"]
+from memimg.core._markers import WHOLE as WHOLE_KEY
 
-# Conflict rules: what part of the target an event writes.
-FIELD: Final = "field"  # args[0] is a field name
-KEY: Final = "key"  # args[0] is a dict key
-PAIRS: Final = "pairs"  # args[0] is a list of (key, value)
-MEMBERS: Final = "members"  # args[0] is a list of set members
-APPEND: Final = "append"  # adds at the end of a list: commutes with other appends
-WHOLE: Final = "whole"  # positional or whole-collection change
-NONE: Final = "none"  # touches no shared data (root creation, collection)
+__all__ = ["APPEND", "FIELD", "KEY", "KINDS", "MEMBERS", "NONE", "PAIRS", "PARAMS", "WHOLE", "Applier", "Kind", "Rule"]
+
+
+@attrs.frozen(eq=False)
+class Rule:
+    """What part of its target an event writes, for serializable commits.
+
+    An event writes the parts :attr:`keys` names (``WHOLE`` for the whole
+    collection). A transaction's event cannot commit over a write made since
+    the transaction began to one of those parts -- nor, with
+    :attr:`after_whole`, over a whole-collection change, nor, with
+    :attr:`after_any`, over any change of the target at all (a positional
+    change depends on everything before it).
+    """
+
+    name: str
+    #: The parts of the target an event with these arguments writes.
+    keys: Callable[[tuple[Any, ...]], Iterable[Any]]
+    after_whole: bool = False
+    after_any: bool = False
+    #: False: the event touches no shared data (root creation, collection).
+    shared: bool = True
+
+    def __repr__(self) -> str:
+        return f"<rule {self.name}>"
+
+
+def _first(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0],)
+
+
+def _no_keys(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return ()
+
+
+#: ``args[0]`` is a field name.
+FIELD: Final = Rule("field", _first)
+#: ``args[0]`` is a dict key.
+KEY: Final = Rule("key", _first, after_whole=True)
+#: ``args[0]`` is a list of (key, value).
+PAIRS: Final = Rule("pairs", lambda args: [p[0] for p in args[0]], after_whole=True)
+#: ``args[0]`` is a list of set members.
+MEMBERS: Final = Rule("members", lambda args: args[0], after_whole=True)
+#: Adds at the end of a list: commutes with other appends, not with a whole-list change.
+APPEND: Final = Rule("append", _no_keys, after_whole=True)
+#: A positional or whole-collection change.
+WHOLE: Final = Rule("whole", lambda args: (WHOLE_KEY,), after_any=True)
+#: Touches no shared data.
+NONE: Final = Rule("none", _no_keys, shared=False)
+
+#: How each parameter code is stored: ``"raw"`` as itself, ``"value"`` one value through the
+#: codec, ``"values"`` a list of them, ``"pairs"`` a list of key/value pairs of them.
+PARAMS: Final = {"s": "raw", "i": "raw", "I": "raw", "v": "value", "V": "values", "P": "pairs"}
 
 
 class Applier(Protocol):
@@ -59,7 +106,7 @@ class Applier(Protocol):
     def set_discard(self, s: Any, items: list[Any]) -> None: ...
     def set_clear(self, s: Any) -> None: ...
     def set_root(self, obj: Any) -> None: ...
-    def collect(self) -> None: ...
+    def collect(self, reachable: bytearray | None = None) -> Any: ...
 
 
 @attrs.frozen
@@ -67,13 +114,19 @@ class Kind:
     """One kind of event."""
 
     name: str
-    params: str
-    conflict: str
+    params: str = attrs.field()
+    conflict: Rule
     apply: Callable[..., None]
     #: What the event means, for ``memimg log`` and the docs.
     doc: str
     #: Mixed into row checksums, so a row cannot change kind unnoticed.
     code: int = attrs.field(init=False)
+
+    @params.validator
+    def _known_params(self, attribute: Any, value: str) -> None:
+        unknown = set(value) - PARAMS.keys()
+        if unknown:
+            raise ValueError(f"event kind {self.name!r}: unknown parameter codes {sorted(unknown)}")
 
     @code.default
     def _code(self) -> int:
@@ -81,17 +134,15 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {}
-_RULES: Final = {r: r for r in (FIELD, KEY, PAIRS, MEMBERS, APPEND, WHOLE, NONE)}
 
 
-def kind(name: str, params: str, conflict: str) -> Callable[[Callable[..., None]], Kind]:
+def kind(name: str, params: str, conflict: Rule) -> Callable[[Callable[..., None]], Kind]:
     """Register the decorated apply function as event kind *name*."""
 
     def register(apply: Callable[..., None]) -> Kind:
-        conflict_rule = _RULES[conflict]  # the interned constant, so `is` comparisons hold
         if name in KINDS:
             raise ValueError(f"event kind {name!r} is defined twice")
-        k = Kind(name=name, params=params, conflict=conflict_rule, apply=apply, doc=(apply.__doc__ or "").strip())
+        k = Kind(name=name, params=params, conflict=conflict, apply=apply, doc=(apply.__doc__ or "").strip())
         KINDS[name] = k
         return k
 
@@ -229,6 +280,10 @@ def _root(a: Applier, obj: Any) -> None:
 
 
 @kind("gc", "", NONE)
-def _gc(a: Applier, obj: Any) -> None:
-    """Forget every object no longer reachable from the root (written before each snapshot)."""
-    a.collect()
+def _gc(a: Applier, obj: Any, reachable: bytearray | None = None) -> None:
+    """Forget every object no longer reachable from the root (written before each snapshot).
+
+    A writer that has just walked the graph passes what it reached along with
+    its pending event (never stored): the applier need not walk it again.
+    """
+    a.collect(reachable)

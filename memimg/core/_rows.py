@@ -15,47 +15,93 @@ import datetime as dt
 import struct
 import zlib
 from functools import cached_property
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import attrs
 import orjson
 
 from memimg._errors import CorruptLogError
-from memimg._kinds import KINDS
-from memimg.stores._protocol import EventRow, SnapshotRow
+from memimg.core._kinds import KINDS
 
-__all__ = ["Event", "event_checksum", "snapshot_checksum", "verify_event", "verify_snapshot"]
+__all__ = [
+    "BAD_COLUMN",
+    "Event",
+    "EventRow",
+    "SnapshotInfo",
+    "SnapshotRow",
+    "event_checksum",
+    "row_intact",
+    "snapshot_checksum",
+    "ts_to_datetime",
+    "verify_event",
+    "verify_snapshot",
+]
 
-_HEADER = struct.Struct("<qqqq")
-_kind_codes: dict[str, int] = {}
+
+class EventRow(NamedTuple):
+    """One row of ``memimg_events``."""
+
+    seq: int
+    tx: int
+    ts: int  #: commit time, microseconds since the Unix epoch (UTC)
+    kind: str
+    target: int
+    payload: bytes
+    checksum: int
 
 
-def _kind_code(kind: str) -> int:
-    code = _kind_codes.get(kind)
-    if code is None:
-        k = KINDS.get(kind)
-        code = k.code if k is not None else zlib.crc32(kind.encode())
-        _kind_codes[kind] = code
-    return code
+class SnapshotRow(NamedTuple):
+    """One row of ``memimg_snapshots``."""
+
+    seq: int
+    ts: int
+    payload: bytes
+    checksum: int
+
+
+class SnapshotInfo(NamedTuple):
+    """A snapshot's header, without its payload."""
+
+    seq: int
+    ts: int
+    size: int
+
+
+_crc32 = zlib.crc32
+_pack = struct.Struct("<qqqq").pack
+#: kind name -> its code (a kind unknown to this memimg: the CRC-32 of its name, as a Kind's code is)
+_CODES: dict[str, int] = {name: k.code for name, k in KINDS.items()}
 
 
 def event_checksum(seq: int, tx: int, ts: int, kind: str, target: int, payload: bytes) -> int:
-    """The checksum stored with an event row."""
-    return zlib.crc32(payload, zlib.crc32(_HEADER.pack(seq, tx, ts, target), _kind_code(kind)))
+    """The checksum stored with an event row: every column goes into it (the kind through its code)."""
+    code = _CODES.get(kind)
+    if code is None:
+        code = _CODES[kind] = _crc32(kind.encode())
+    return _crc32(payload, _crc32(_pack(seq, tx, ts, target), code))
+
+
+#: What computing a checksum raises for a row with a column of the wrong type (a damaged row).
+BAD_COLUMN: Final = (TypeError, ValueError, OverflowError, AttributeError, struct.error)
+
+
+def row_intact(row: Any) -> bool:
+    """Whether an event row (any sequence of its seven columns) matches its checksum."""
+    seq, tx, ts, kind, target, payload, checksum = row
+    try:
+        return bool(event_checksum(seq, tx, ts, kind, target, payload) == checksum)
+    except BAD_COLUMN:
+        return False
 
 
 def snapshot_checksum(seq: int, ts: int, payload: bytes) -> int:
     """The checksum stored with a snapshot row."""
-    return zlib.crc32(payload, zlib.crc32(_HEADER.pack(seq, 0, ts, 0)))
+    return _crc32(payload, _crc32(_pack(seq, 0, ts, 0)))
 
 
 def verify_event(row: EventRow) -> None:
     """Raise :class:`CorruptLogError` unless *row* is intact."""
-    try:
-        ok = event_checksum(row.seq, row.tx, row.ts, row.kind, row.target, row.payload) == row.checksum
-    except (TypeError, ValueError, OverflowError, struct.error):  # a column of the wrong type
-        ok = False
-    if not ok:
+    if not row_intact(row):
         raise CorruptLogError(
             f"event seq {row.seq} is corrupt (checksum mismatch): the row was damaged or edited; "
             "restore the log from a backup (memimg verify names every damaged row)",
@@ -68,7 +114,7 @@ def verify_snapshot(row: SnapshotRow) -> None:
     """Raise :class:`CorruptLogError` unless *row* is intact."""
     try:
         ok = snapshot_checksum(row.seq, row.ts, row.payload) == row.checksum
-    except (TypeError, ValueError, OverflowError, struct.error):
+    except BAD_COLUMN:
         ok = False
     if not ok:
         raise CorruptLogError(
@@ -91,6 +137,8 @@ class Event:
     created (``[oid, type, state]`` records), both as stored (JSON data; see
     the value encoding in the docs). ``replay`` folds these records.
     """
+
+    __module__ = "memimg"
 
     seq: int
     tx: int
@@ -153,6 +201,3 @@ class Event:
         if self.types:
             out["types"] = self.types
         return out
-
-
-Event.__module__ = "memimg"

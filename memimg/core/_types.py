@@ -74,6 +74,7 @@ class TypeInfo:
     #: Raw (never hooked) slot accessors, by field name (entities only).
     getters: dict[str, Callable[[Any], Any]] = attrs.field(factory=dict)
     setters: dict[str, Callable[[Any, Any], None]] = attrs.field(factory=dict)
+    deleters: dict[str, Callable[[Any], None]] = attrs.field(factory=dict)
     #: ``field -> old name`` declared with ``memimg.field(renamed_from=...)``.
     renamed: dict[str, str] = attrs.field(factory=dict)
     #: Stored fields declared gone with ``@persistent(removed=(...))``.

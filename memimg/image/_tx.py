@@ -1,9 +1,9 @@
-"""Transactions: a delta layer over the committed graph, and the public handles.
+"""Transactions: a delta layer over the committed graph.
 
 Inside a transaction every mutation is planned, validated and recorded as a
 pending event, then applied -- by the same kind definitions replay uses -- to
 the transaction's *delta*: per-entity field overlays and per-collection views
-(:mod:`memimg._views`). The committed objects are not touched until commit,
+(:mod:`memimg.image._views`). The committed objects are not touched until commit,
 so other threads and tasks keep reading committed state; the transaction
 reads its own writes through the very same object references because, while
 any transaction is open, reads go through hooks that ask the current
@@ -13,7 +13,7 @@ the size of the delta, not of the graph.
 
 Reads are recorded (entity field, dict key, set member, or a whole
 collection), so a commit can be checked against every commit that happened
-since the transaction began (see ``MemoryImage._validate``). A read of
+since the transaction began (see :mod:`memimg.image._conflicts`). A read of
 something already overwritten by a newer commit fails at once with
 :class:`ConflictError`: a transaction never sees a mix of two states.
 
@@ -23,98 +23,56 @@ to it truncates the list and rebuilds the views from what remains.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
-import random
-import sys
-import time
+import contextvars
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol
 
-from memimg._errors import ConflictError, MemimgError
-from memimg._kinds import KINDS
-from memimg._views import DELETED, DictView, ListView, SetView
-from memimg.model._base import ABSENT, SELF, WHOLE, Planner
-from memimg.model._collections import REREADING, TrackedDict, TrackedList, TrackedSet, reusable_args
+from memimg._errors import MemimgError
+from memimg.core import _types
+from memimg.core._kinds import KINDS
+from memimg.core._markers import ABSENT, DELETED, SELF, WHOLE
+from memimg.core._reader import Pending
+from memimg.image._attach import NATIVE, Attacher, where_coll, where_field
+from memimg.image._guard import reentered
+from memimg.image._views import RAW, DictView, ListView, SetView, raw_method
+from memimg.model._base import Planner
+from memimg.model._collections import reusable_args
+from memimg.model._planners import REREADING
 
-if TYPE_CHECKING:
-    from memimg._graph import Pending
-    from memimg._image import MemoryImage
-
-__all__ = ["Savepoint", "Transaction", "TxScope", "TxState"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["Savepoint", "TxHost", "TxState"]
 
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
-# stored as themselves; a non-ASCII str goes through Graph.prepare, which checks it is valid UTF-8
-_NATIVE = frozenset({str, int, float, bool, type(None)})
-_RAW: dict[type, type] = {TrackedList: list, TrackedDict: dict, TrackedSet: set}
-_raw_methods: dict[tuple[type, str], Callable[..., Any]] = {}
 #: read methods whose result stays tied to the collection (iterators and dict views)
 _LIVE_READS = frozenset({"__iter__", "__reversed__", "keys", "values", "items"})
 
 
-def _raw(t: type, method: str) -> Callable[..., Any]:
-    fn = _raw_methods.get((t, method))
-    if fn is None:
-        fn = getattr(_RAW[t], method)
-        _raw_methods[(t, method)] = fn
-    return fn
+class TxHost(Protocol):
+    """What a transaction needs of its image: the narrow interface between the two."""
 
+    attacher: Attacher
+    #: the image's writer outside transactions (a transaction that has ended hands reads and writes to it)
+    writer: Any
+    savepoint: contextvars.ContextVar[Savepoint | None]
 
-def reentered(during: str) -> MemimgError:
-    """The error of user code changing the image while memimg runs it in the middle of a change.
+    @property
+    def seq(self) -> int: ...
 
-    memimg calls user code while it plans a change (``__hash__`` and
-    ``__eq__`` of keys and set members, sort key functions) and while it
-    applies committed events (the builtin dict and set operations hash and
-    compare keys again). A change made by that code would land inside the
-    one being planned or applied -- before it, or between its events --
-    so it is refused. The culprit is the outermost frame of user code that
-    memimg called (found only here, when refusing).
-    """
-    culprit = "user code"
-    frame = sys._getframe(1)
-    seen_user = False
-    while frame is not None:
-        module = frame.f_globals.get("__name__") or ""
-        if module == "memimg" or module.startswith("memimg."):
-            if seen_user:
-                break
-        else:
-            seen_user = True
-            culprit = frame.f_code.co_qualname
-        frame = frame.f_back  # type: ignore[assignment]
-    return MemimgError(
-        f"{culprit} tried to change the image while memimg was {during}: code that memimg runs then "
-        "(__hash__ and __eq__ of dict keys and set members, sort key functions) must not change the "
-        "image; this change was refused, nothing of it was written",
-        culprit=culprit,
-        during=during,
-    )
+    def check_writable(self) -> None: ...
 
-
-def where_field(obj: Any, name: str) -> str:
-    return f"{type(obj).__qualname__}.{name}"
-
-
-def where_coll(coll: Any) -> str:
-    oid = coll._mi_oid
-    return f"{_RAW[type(coll)].__name__} #{oid}" if oid else _RAW[type(coll)].__name__
+    def check_read(self, start: int, oid: int, part: Any) -> None: ...
 
 
 class TxState:
     """One open transaction: its pending events, its delta, what it read."""
 
     __slots__ = (
+        "attacher",
         "busy",
         "done",
         "events",
         "fields",
-        "graph",
-        "image",
+        "host",
         "nested",
         "reads",
         "start_seq",
@@ -125,9 +83,13 @@ class TxState:
         "writable",
     )
 
-    def __init__(self, image: MemoryImage, start_seq: int) -> None:
-        self.image = image
-        self.graph = image._graph
+    #: reads in a transaction go to it: it shows its own writes, and records what was read
+    tracks_reads = True
+    publishing = False
+
+    def __init__(self, host: TxHost, start_seq: int) -> None:
+        self.host = host
+        self.attacher = host.attacher
         self.start_seq = start_seq
         self.events: list[Any] = []  # flat: kind, target, args, kind, ... (see pending())
         self.fields: dict[int, dict[str, Any]] = {}
@@ -145,9 +107,11 @@ class TxState:
         #: what this transaction is doing while it runs user code (see :func:`reentered`), or None
         self.busy: str | None = None
 
-    # -- reads (TxReader) -----------------------------------------------------
+    # -- reads ------------------------------------------------------------------
 
     def read_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
+        if self.done:  # ended, though this context still holds it (a task made inside it)
+            return self.host.writer.read_field(obj, name, getter)
         d = self.fields.get(id(obj))
         if d is not None:
             v = d.get(name, ABSENT)
@@ -171,6 +135,8 @@ class TxState:
         return v
 
     def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any:
+        if self.done:
+            return self.host.writer.read_coll(coll, method, args, key)
         oid = coll._mi_oid
         try:
             result = self._read_coll(coll, method, args)
@@ -183,7 +149,7 @@ class TxState:
         return result
 
     def _read_coll(self, coll: Any, method: str, args: tuple[Any, ...]) -> Any:
-        if args and type(args[0]) in _RAW:
+        if args and type(args[0]) in RAW:
             args = self._plain_args(args)
         view = self.views.get(id(coll))
         if view is None:
@@ -191,11 +157,11 @@ class TxState:
                 # an iterator or view over the committed collection would follow (and break on)
                 # another thread's commit: the transaction reads a copy, and a conflict
                 # is reported where it belongs, as ConflictError at commit
-                raw: Any = _RAW[type(coll)]
+                raw: Any = RAW[type(coll)]
                 # dict.copy would call the tracked keys() of a TrackedDict: copy from the raw items
                 copy = dict(dict.items(coll)) if raw is dict else raw.copy(coll)
                 return getattr(copy, method)(*args)
-            return _raw(type(coll), method)(coll, *args)
+            return raw_method(type(coll), method)(coll, *args)
         if method == "__iter__":  # a view iterates lazily: read it now, before the check that follows
             return iter(list(view.call(method, args)))
         return view.call(method, args)
@@ -205,10 +171,10 @@ class TxState:
         out = []
         for arg in args:
             t = type(arg)
-            if t in _RAW and arg._mi_img is self.image:
+            if t in RAW and arg._mi_img is self.attacher.owner:
                 oid = arg._mi_oid
                 view = self.views.get(id(arg))
-                raw: Any = _RAW[t]
+                raw: Any = RAW[t]
                 arg = (
                     view.materialize()
                     if view is not None
@@ -220,9 +186,9 @@ class TxState:
         return tuple(out)
 
     def note_read(self, oid: int, sub: Any) -> None:
-        image = self.image
-        if image._seq != self.start_seq:  # every read, not just the first: a value may change between two
-            image._check_read(self, oid, sub)
+        host = self.host
+        if host.seq != self.start_seq:  # every read, not just the first: a value may change between two
+            host.check_read(self.start_seq, oid, sub)
         self.reads.add((oid, sub))
 
     # -- the delta applier --------------------------------------------------------
@@ -294,11 +260,11 @@ class TxState:
             raise MemimgError("this transaction has already ended; begin a new one")
         if self.busy is not None:
             raise reentered(self.busy)
-        self.image._check_writable()
+        self.host.check_writable()
         self.writable = True
 
     def _tag(self) -> Savepoint | None:
-        return self.image._mi_savepoint.get() if self.nested else None
+        return self.host.savepoint.get() if self.nested else None
 
     def _tag_undo(self, tag: Savepoint | None) -> None:
         missing = len(self.undo) - len(self.undo_tags)
@@ -307,15 +273,18 @@ class TxState:
 
     def set_field(self, obj: Any, name: str, value: Any) -> None:
         if not self.writable:
+            if self.done:  # ended, though this context still holds it (a task made inside it)
+                self.host.writer.set_field(obj, name, value)
+                return
             self._check()
-        tag = self.image._mi_savepoint.get() if self.nested else None  # self._tag(), inline: the hot path
-        if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
+        tag = self.host.savepoint.get() if self.nested else None  # self._tag(), inline: the hot path
+        if type(value) in NATIVE and (type(value) is not str or value.isascii()):
             v = value
         else:
             self.writable = False
             self.busy = "attaching a value in a transaction"
             try:
-                v = self.graph.prepare(value, where_field(obj, name), self.undo)
+                v = self.attacher.prepare(value, where_field(obj, name), self.undo)
             finally:
                 self.busy = None
                 self.writable = True
@@ -327,23 +296,29 @@ class TxState:
             d = self.fields[id(obj)] = {}
         d[name] = v
 
-    def del_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> None:
+    def del_field(self, obj: Any, name: str) -> None:
+        if self.done:
+            self.host.writer.del_field(obj, name)
+            return
         self._check()
+        getter = _types.info_of(type(obj)).getters[name]  # type: ignore[union-attr]
         self.read_field(obj, name, getter)  # AttributeError if it is not set
         self.events += (_OBJ_DEL, obj, (name,))
         self.tags.append(self._tag())
         self.field_del(obj, name)
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.done:
+            return self.host.writer.mutate(coll, planner, args, kwargs)
         self._check()
         undo = self.undo
         mark = len(undo)
-        graph = self.graph
+        attacher = self.attacher
 
         def prep(value: Any, where: str) -> Any:
-            if type(value) in _NATIVE and (type(value) is not str or value.isascii()):
+            if type(value) in NATIVE and (type(value) is not str or value.isascii()):
                 return value
-            return graph.prepare(value, where_coll(coll) + where, undo)
+            return attacher.prepare(value, where_coll(coll) + where, undo)
 
         # what a planner reads only once (a generator) is read now, so a change it makes is kept as the
         # builtin keeps it; the planner and the views then run user code (keys' __hash__ and __eq__,
@@ -356,7 +331,7 @@ class TxState:
             try:
                 events, result = planner(coll, prep, *args, **kwargs)
             except BaseException:
-                graph.undo(undo[mark:])
+                attacher.undo(undo[mark:])
                 del undo[mark:]
                 raise
             tag = self._tag()
@@ -400,7 +375,7 @@ class TxState:
             return False
 
         undo, undo_tags, dropped = _split(self.undo, self.undo_tags, inside)
-        self.graph.undo(dropped)
+        self.attacher.undo(dropped)
         self.undo, self.undo_tags = undo, undo_tags
         events, self.tags, _ = _split(self.pending(), self.tags, inside)
         self.events = [part for event in events for part in event]
@@ -421,7 +396,7 @@ class TxState:
         return list(zip(it, it, it))
 
     def discard(self) -> None:
-        self.graph.undo(self.undo)
+        self.attacher.undo(self.undo)
         self.clear()
 
     def clear(self) -> None:
@@ -470,148 +445,3 @@ class Savepoint:
 
     def __init__(self, parent: Savepoint | None) -> None:
         self.parent = parent
-
-
-class Transaction:
-    """A transaction opened with :meth:`MemoryImage.begin`, or a savepoint inside one.
-
-    ``save()`` commits it (a savepoint: keeps its changes in the enclosing
-    transaction); ``discard()`` rolls it back. Also a context manager: commit
-    on normal exit, discard on an exception (which propagates).
-    """
-
-    __slots__ = ("_ended", "_image", "_savepoint", "_state", "nested")
-
-    def __init__(self, image: MemoryImage, state: TxState, savepoint: Savepoint | None = None) -> None:
-        self._image = image
-        self._state = state
-        self._savepoint = savepoint
-        #: Whether this is a savepoint inside an enclosing transaction.
-        self.nested = savepoint is not None
-        self._ended = False
-
-    @property
-    def active(self) -> bool:
-        """Whether the transaction can still be saved or discarded."""
-        return not self._ended
-
-    def _end(self) -> None:
-        if self._ended:
-            raise MemimgError("this transaction has already been saved or discarded")
-        self._ended = True
-
-    def save(self) -> None:
-        """Commit (or, for a savepoint, keep its changes in the enclosing transaction).
-
-        Raises:
-            ConflictError: another commit overtook what this transaction read
-                or wrote; nothing of it was applied.
-        """
-        self._end()
-        sp = self._savepoint
-        if sp is not None:
-            self._image._mi_savepoint.set(sp.parent)
-            self._state.release(sp)
-        else:
-            self._image._end_tx(self._state, commit=True)
-
-    def discard(self) -> None:
-        """Roll back: nothing of the transaction (or savepoint) remains."""
-        self._end()
-        sp = self._savepoint
-        if sp is not None:
-            self._image._mi_savepoint.set(sp.parent)
-            if not self._state.done:
-                self._state.rollback_savepoint(sp)
-        else:
-            self._image._end_tx(self._state, commit=False)
-
-    def __enter__(self) -> Transaction:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._ended:
-            return
-        if exc_type is None:
-            self.save()
-        else:
-            self.discard()
-
-    def __repr__(self) -> str:
-        state = "ended" if self._ended else "open"
-        kind = "savepoint" if self.nested else "transaction"
-        return f"<memimg {kind} from seq {self._state.start_seq}, {len(self._state.events) // 3} events, {state}>"
-
-
-class TxScope:
-    """What ``MemoryImage.transaction(retries=...)`` returns: a context manager and a decorator."""
-
-    __slots__ = ("_image", "_retries")
-
-    def __init__(self, image: MemoryImage, retries: int) -> None:
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        self._image = image
-        self._retries = retries
-
-    def __enter__(self) -> Transaction:
-        tx = self._image.begin()
-        # per thread and task: one scope object may be entered by many at once
-        scopes = self._image._mi_scopes
-        scopes.set((*scopes.get(), (self, tx)))
-        return tx
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        scopes = self._image._mi_scopes
-        stack = scopes.get()
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i][0] is self:
-                tx = stack[i][1]
-                scopes.set(stack[:i] + stack[i + 1 :])
-                tx.__exit__(exc_type, exc, tb)
-                return
-        raise MemimgError("this transaction scope was not entered in this thread or task")  # pragma: no cover
-
-    def __call__(self, fn: F) -> F:
-        image, retries = self._image, self._retries
-
-        def backoff(attempt: int) -> float:
-            return random.uniform(0.0005, min(0.05, 0.001 * 2**attempt))
-
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                nested = image._current_tx() is not None
-                attempt = 0
-                while True:
-                    try:
-                        with image.begin():
-                            return await fn(*args, **kwargs)
-                    except ConflictError:
-                        if nested or attempt >= retries:
-                            raise
-                        attempt += 1
-                        await asyncio.sleep(backoff(attempt))
-
-            return run_async  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            nested = image._current_tx() is not None
-            attempt = 0
-            while True:
-                try:
-                    with image.begin():
-                        return fn(*args, **kwargs)
-                except ConflictError:
-                    if nested or attempt >= retries:
-                        raise
-                    attempt += 1
-                    time.sleep(backoff(attempt))
-
-        return run  # type: ignore[return-value]
-
-
-for _cls in (Transaction,):
-    _cls.__module__ = "memimg"

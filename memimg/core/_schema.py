@@ -41,9 +41,10 @@ from typing import Any, Final
 import attrs
 
 from memimg._errors import MemimgError, SchemaError, UnknownTypeError
-from memimg.model import _types
+from memimg.core import _types
+from memimg.core._generic import StandInMaker
 
-__all__ = ["Plan", "SchemaReport", "plan_for", "upgrader"]
+__all__ = ["Plan", "SchemaReport", "default_for", "plan_for", "upgrader"]
 
 Upgrader = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -185,24 +186,22 @@ def plan_for(
     report: SchemaReport,
     removed_types: frozenset[str],
     *,
-    generic: bool = False,
+    stand_ins: StandInMaker | None = None,
     value: bool = False,
 ) -> Plan:
     """The plan for states declared as (*stored_name*, *version*, *stored_fields*).
 
-    With *generic*, a type no class claims gets a stand-in class (see
-    :mod:`memimg._generic`); *value* says the declaration is of a value type.
+    With *stand_ins*, a type no class claims gets a stand-in class made by it
+    (see :mod:`memimg.core._generic`); *value* says the declaration is of a
+    value type.
     """
     if stored_name in removed_types:
         return Plan(stored_name, None, version, stored_fields, identity=False)
     try:
         info = _types.resolve(stored_name)
     except UnknownTypeError:
-        if generic:
-            from memimg import _generic
-
-            make = _generic.value_class if value else _generic.entity_class
-            info = make(stored_name, stored_fields, version)
+        if stand_ins is not None:
+            info = stand_ins(stored_name, stored_fields, version, value)
             return Plan(stored_name, info, version, stored_fields, field_map={f: f for f in stored_fields})
         if stored_name not in report.unknown_types:
             report.unknown_types.append(stored_name)
@@ -213,16 +212,30 @@ def plan_for(
     if info.stand_in:
         return _stand_in_plan(info, stored_name, version, stored_fields, report)
     plan = Plan(stored_name, info, version, stored_fields)
+    _plan_upgrades(plan, info, report)
+    if not plan.chain:  # upgraders see states whole, renames and removals after them
+        _plan_fields(plan, info, report)
+    plan.identity = (
+        not plan.chain
+        and stored_name == info.name
+        and all(k == t for k, t in plan.field_map.items())
+        and not plan.missing
+    )
+    return plan
+
+
+def _plan_upgrades(plan: Plan, info: _types.TypeInfo, report: SchemaReport) -> None:
+    """The chain of upgraders from the stored version to the class's (what is missing is a difference)."""
     cls = info.cls.__qualname__
-    if version > info.version:
+    if plan.version > info.version:
         plan.undeclared = True
         report.difference(
-            f"{info.name} is stored at version {version} but {cls} is version {info.version}: the log was "
+            f"{info.name} is stored at version {plan.version} but {cls} is version {info.version}: the log was "
             "written by a newer version of the program; run that version"
         )
-    v = version
+    v = plan.version
     while v < info.version:
-        fn = _find_upgrader(info, stored_name, v)
+        fn = _find_upgrader(info, plan.stored_name, v)
         if fn is None:
             plan.undeclared = True
             report.difference(
@@ -232,9 +245,14 @@ def plan_for(
             break
         plan.chain.append(fn)
         v += 1
+
+
+def _plan_fields(plan: Plan, info: _types.TypeInfo, report: SchemaReport) -> None:
+    """Where each stored field goes (kept, renamed, dropped), and which fields get their default."""
+    cls = info.cls.__qualname__
     current = set(info.fields)
     renamed_from = {old: new for new, old in info.renamed.items()}
-    for name in stored_fields if not plan.chain else ():
+    for name in plan.stored_fields:
         if name in current:
             plan.field_map[name] = name
         elif name in renamed_from:
@@ -249,26 +267,16 @@ def plan_for(
                 f'@persistent(removed=("{name}",))'
             )
             plan.field_map[name] = DROP
-    if not plan.chain:
-        provided = {t for t in plan.field_map.values() if t is not DROP}
-        missing = tuple(f for f in info.fields if f not in provided)
-        for f in missing:
-            if f not in info.defaults:
-                plan.undeclared = True
-                report.difference(
-                    f"{cls}.{f} is not in the stored {info.name} states and has no default: give it a "
-                    f'default, or raise the version and fill it in with @memimg.upgrader("{info.name}", ...)'
-                )
-        plan.missing = tuple(f for f in missing if f in info.defaults)
-    plan.identity = (
-        not plan.chain
-        and stored_name == info.name
-        and all(k == t for k, t in plan.field_map.items())
-        and not plan.missing
-    )
-    if stored_name != info.name:
-        plan.identity = False
-    return plan
+    provided = {t for t in plan.field_map.values() if t is not DROP}
+    missing = tuple(f for f in info.fields if f not in provided)
+    for f in missing:
+        if f not in info.defaults:
+            plan.undeclared = True
+            report.difference(
+                f"{cls}.{f} is not in the stored {info.name} states and has no default: give it a "
+                f'default, or raise the version and fill it in with @memimg.upgrader("{info.name}", ...)'
+            )
+    plan.missing = tuple(f for f in missing if f in info.defaults)
 
 
 def _stand_in_plan(
@@ -400,3 +408,17 @@ def upgrade_state(plan: Plan, state: dict[str, Any], report: SchemaReport, *, pa
     if plan.stored_name != info.name:
         report.renamed_types[(plan.stored_name, info.name)] += 1
     return out
+
+
+def default_for(info: _types.TypeInfo, field: str, obj: Any) -> Any:
+    """The default of *field* for a stored state that lacks it (a field added since)."""
+    if field not in info.defaults:
+        raise MemimgError(
+            f"stored {info.name} has no value for field {field!r}, which has no default: "
+            f"give {info.cls.__qualname__}.{field} a default or factory, or write an upgrader "
+            f"(@memimg.upgrader({info.name!r}, from_version=...)) that fills it in"
+        )
+    default = info.defaults[field]
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory(obj) if default.takes_self else default.factory()
+    return default

@@ -1,0 +1,165 @@
+"""The ``memimg`` command line (also ``python -m memimg``).
+
+Every command takes a TARGET -- an SQLite file path or a database URL -- and
+works without the application's code: types no loaded class claims are read
+into generic stand-ins made from the schema the log declares. Pass
+``--import myapp.models`` (or set ``MEMIMG_IMPORT``) to use the real classes.
+
+Errors print one line and exit with status 1 (``--debug`` shows the
+traceback); long operations show a progress bar on a terminal and stay quiet
+in pipes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import click
+
+import memimg
+from memimg import _api
+from memimg._errors import MemimgError
+from memimg.stores._protocol import Store
+
+__all__ = ["cli", "open_image", "open_store", "url_options", "with_progress"]
+
+
+class _Group(click.Group):
+    """Errors print one clear line and exit non-zero, unless --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (MemimgError, OSError, KeyError, ValueError) as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            click.echo(f"memimg: error: {message}", err=True)
+            sys.exit(1)
+
+
+def _import_modules(modules: Iterable[str]) -> None:
+    """Import what --import and MEMIMG_IMPORT name: the only code the command line runs besides memimg's.
+
+    Reading a log never imports a module it names (a crafted log could name
+    any); only with names given here is the working directory put on
+    ``sys.path``, so an application's own modules import as with ``python -m``.
+    """
+    names = [n.strip() for n in [*modules, *os.environ.get("MEMIMG_IMPORT", "").split(",")] if n.strip()]
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    _api.import_modules(names, "--import/MEMIMG_IMPORT")
+
+
+def open_store(target: str, *, readonly: bool) -> Store:
+    if "://" not in target and target != ":memory:" and not os.path.exists(target):
+        raise MemimgError(f"{target!r} does not exist")
+    return _api.store_for(target, readonly=readonly, **url_options(target))
+
+
+def url_options(target: str) -> dict[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    if "://" not in target or ctx is None or not ctx.obj:
+        return {}
+    return {k: ctx.obj[k] for k in ("schema", "prefix") if ctx.obj.get(k)}
+
+
+def open_image(target: str, *, writable: bool = False) -> memimg.MemoryImage:
+    store = open_store(target, readonly=True)  # refuses, untouched, anything that is not an image
+    if store.head() == 0 and not store.snapshots():
+        store.close()
+        raise MemimgError(f"{target!r} holds no memimg image (its log is empty)")
+    if writable:
+        store.close()
+        store = open_store(target, readonly=False)
+    try:
+        img = memimg.open(
+            store,
+            readonly=not writable,
+            generic_types=True,
+            on_schema_drift="drop",
+            snapshot_every=None,
+            progress=_progress_callback(),
+        )
+    except BaseException:
+        store.close()
+        raise
+    differences = img.schema_report.differences
+    if writable and differences:
+        img.close()
+        lines = "\n".join(f"  - {d}" for d in differences)
+        raise MemimgError(
+            f"refusing to write to {target!r}: the stored schema differs from the classes loaded, and a "
+            f"snapshot would write that loss into the image; nothing was changed:\n{lines}"
+        )
+    return img
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _progress_callback() -> Any:
+    if not _tty():
+        return None
+    state: dict[str, Any] = {}
+
+    def report(phase: str, done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label=phase, file=sys.stderr)
+            bar.__enter__()
+            state["bar"] = bar
+        bar.update(done - state.get("done", 0))
+        state["done"] = done
+        if done >= total:
+            bar.__exit__(None, None, None)
+            state.clear()
+
+    return report
+
+
+def with_progress(items: Iterable[Any], total: int, label: str) -> Iterator[Any]:
+    if not _tty() or total < 1000:
+        yield from items
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        for i, item in enumerate(items, 1):
+            yield item
+            if not i % 500:
+                bar.update(500)
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option(
+    "--import",
+    "-i",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE first, so its classes are used (repeatable; also MEMIMG_IMPORT=a,b).",
+)
+@click.option("--schema", default=None, help="For a database URL: the schema holding memimg's tables.")
+@click.option("--prefix", default=None, help="For a database URL: the tables' prefix (default memimg_).")
+@click.version_option(memimg.__version__, prog_name="memimg")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, imports: tuple[str, ...], schema: str | None, prefix: str | None) -> None:
+    """Look into and operate memimg images. TARGET is an SQLite file or a database URL."""
+    ctx.obj = {"debug": debug, "schema": schema, "prefix": prefix}
+    _import_modules(imports)
+
+
+# -- demo ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("path", default="memimg-demo.db")
+def demo(path: str) -> None:
+    """Run a small bank demo on an SQLite image (run it twice)."""
+    from memimg._demo import run
+
+    run(path)

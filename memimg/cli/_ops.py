@@ -1,0 +1,105 @@
+"""Operating an image: ``snapshot``, ``compact``, ``export`` and ``import``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import orjson
+
+import memimg
+from memimg import _api
+from memimg._errors import MemimgError
+from memimg.cli._main import cli, open_image, url_options, with_progress
+from memimg.core._codec import Codec
+from memimg.core._reader import Reader
+from memimg.core._snapshot import load_snapshot
+from memimg.core._table import ObjectTable
+from memimg.image import _generic
+from memimg.model import SHELL
+from memimg.stores._protocol import EventRow
+
+__all__ = ["compact", "export_", "import_", "snapshot"]
+
+
+# -- snapshot, compact ------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("target")
+def snapshot(target: str) -> None:
+    """Write a snapshot now."""
+    img = open_image(target, writable=True)
+    try:
+        seq = img.snapshot()
+    finally:
+        img.close()
+    click.echo(f"snapshot written at seq {seq}")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--archive", type=click.Path(dir_okay=False, writable=True), help="First write the dropped events here.")
+def compact(target: str, archive: str | None) -> None:
+    """Snapshot, then drop the events and snapshots the new snapshot makes unnecessary."""
+    img = open_image(target, writable=True)
+    try:
+        seq = img.snapshot()
+        store = img.store
+        if archive:
+            rows = list(store.read(after=0))
+            with open(archive, "wb") as f:
+                for raw in with_progress(rows, len(rows), "archive"):
+                    row = EventRow(*raw)
+                    if row.seq >= seq:
+                        break
+                    f.write(orjson.dumps({**row._asdict(), "payload": row.payload.decode()}) + b"\n")
+        dropped = store.delete_events_before(seq)
+        old_snaps = store.delete_snapshots_before(seq)
+    finally:
+        img.close()
+    click.echo(f"snapshot at seq {seq}; dropped {dropped} events and {old_snaps} older snapshots")
+
+
+# -- export / import --------------------------------------------------------------
+
+
+@cli.command("export")
+@click.argument("target")
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
+def export_(target: str, fmt: str, output: str | None) -> None:
+    """Write the current state as JSON (the snapshot format)."""
+    img = open_image(target)
+    try:
+        data = _api.serialize(img.root)
+    finally:
+        img.close()
+    text = orjson.dumps(data, option=orjson.OPT_INDENT_2)
+    if output:
+        with open(output, "wb") as f:
+            f.write(text)
+        click.echo(f"exported {len(data['objects'])} objects to {output}", err=True)
+    else:
+        click.echo(text.decode())
+
+
+@cli.command("import")
+@click.argument("target")
+@click.argument("source", type=click.File("rb"))
+def import_(target: str, source: Any) -> None:
+    """Create a new image at TARGET from a JSON export."""
+    data = orjson.loads(source.read())
+    reader = Reader(ObjectTable(SHELL, Codec(memimg.converter, SHELL)), stand_ins=_generic.make_stand_in)
+    load_snapshot(reader, data)
+    root = reader.table.objects[data["root"]]
+    store = _api.store_for(target, **url_options(target))
+    try:
+        if store.head() != 0:
+            raise MemimgError(f"{target!r} already holds an image; import needs an empty target")
+        img = memimg.open(store, root=lambda: root, generic_types=True)
+        seq = img.snapshot()
+        img.close()
+    finally:
+        store.close()
+    click.echo(f"imported {len(data['objects'])} objects into {target} (snapshot at seq {seq})")

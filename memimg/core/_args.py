@@ -1,0 +1,70 @@
+"""How an event's arguments are stored: by parameter code, as each kind declares them.
+
+Each kind lists a code per argument (:data:`memimg.core._kinds.PARAMS`):
+stored as it is, one value, a list of values, or a list of key/value pairs,
+the values through the value codec. :func:`arg_encoder` and
+:func:`arg_decoder` build, once per parameter string, the function that
+turns a kind's arguments into their stored JSON and back. The commonest
+signatures (``sv``: a field and its value; ``V``: items; ``vv``: a key and
+its value) get a function of their own -- they are the commit and replay
+hot paths -- made from the same table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from memimg.core._kinds import PARAMS
+
+__all__ = ["arg_decoder", "arg_encoder"]
+
+
+def arg_encoder(params: str, encode: Callable[[Any], Any]) -> Callable[[tuple[Any, ...]], list[Any]]:
+    """The function storing a kind's arguments (*params* its codes; *encode* a bound value encoder)."""
+
+    def values(xs: list[Any]) -> list[Any]:
+        return [encode(i) for i in xs]
+
+    def pairs(xs: list[Any]) -> list[list[Any]]:
+        return [[encode(a), encode(b)] for a, b in xs]
+
+    if params == "sv":
+        return lambda args: [args[0], encode(args[1])]
+    if params == "V":
+        return lambda args: [values(args[0])]
+    if params == "vv":
+        return lambda args: [encode(args[0]), encode(args[1])]
+    how: dict[str, Callable[[Any], Any] | None] = {"raw": None, "value": encode, "values": values, "pairs": pairs}
+    per = [how[PARAMS[c]] for c in params]
+
+    def encode_args(args: tuple[Any, ...]) -> list[Any]:
+        return [x if f is None else f(x) for f, x in zip(per, args)]
+
+    return encode_args
+
+
+def arg_decoder(params: str, decode: Callable[[Any], Any]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """The function reading a kind's stored arguments back (*decode* a bound value decoder)."""
+
+    def values(xs: list[Any]) -> list[Any]:
+        return [decode(i) for i in xs]
+
+    def pairs(xs: list[Any]) -> list[tuple[Any, Any]]:
+        return [(decode(a), decode(b)) for a, b in xs]
+
+    if not params:
+        return lambda raw: ()
+    if params == "sv":
+        return lambda raw: (raw[0], decode(raw[1]))
+    if params == "V":
+        return lambda raw: (values(raw[0]),)
+    if params == "vv":
+        return lambda raw: (decode(raw[0]), decode(raw[1]))
+    how: dict[str, Callable[[Any], Any] | None] = {"raw": None, "value": decode, "values": values, "pairs": pairs}
+    per = [how[PARAMS[c]] for c in params]
+
+    def decode_args(raw: list[Any]) -> tuple[Any, ...]:
+        return tuple([x if f is None else f(x) for f, x in zip(per, raw)])
+
+    return decode_args

@@ -1,0 +1,209 @@
+"""The fold: the one replay loop, ``state = fold(events)``.
+
+Every reader of the log folds its rows through :func:`fold`: opening an
+image, a running image catching up with other processes, ``memimg.replay``,
+``memimg verify`` (and the history functions). For every row, in seq order,
+it checks that the seq follows the last (a gap is a
+:class:`~memimg.CorruptLogError` naming the missing seq), that its checksum
+holds (unless the rows were checked already), decodes it (creating the
+objects it introduces, reading old states through the schema) and applies
+it to the table.
+
+Applying is the table's raw builtin operations, so replay runs no user
+code. The commonest event -- a field set on an entity whose schema is
+current -- is decoded and applied inline; every other goes through the
+reader and its kind.
+
+A caller that must apply whole transactions at once (a running image
+publishing another process's commit to its readers) passes ``on_tx``: rows
+are then decoded and handed over one transaction at a time instead of being
+applied here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import orjson
+
+from memimg._errors import CorruptLogError, MemimgError
+from memimg.core import _schema
+from memimg.core._gone import Gone
+from memimg.core._kinds import FIELD, KINDS, Kind
+from memimg.core._reader import Pending, Reader, at_seq
+from memimg.core._rows import BAD_COLUMN, EventRow, event_checksum, verify_event
+
+__all__ = ["apply_stored", "fold", "missing"]
+
+_OBJ_SET: Final = KINDS["obj.set"]
+_NO_SETTERS: Final[dict[str, Any]] = {}
+
+#: What :func:`fold` hands a transaction to instead of applying it: its rows, each with the event it
+#: holds (``None`` for one that has nothing to apply: an event on an object of a removed type).
+OnTx = Callable[[list[tuple[Pending | None, EventRow]]], None]
+
+
+def missing(expected: int, found: int, where: str) -> CorruptLogError:
+    """The error for a gap in the log: *expected* is missing, the next row is *found*."""
+    return CorruptLogError(
+        f"event seq {expected} is missing from {where} (the next is {found})", seq=expected, table="memimg_events"
+    )
+
+
+def fold(
+    rows: Iterable[Any],
+    reader: Reader,
+    *,
+    expected: int,
+    where: str = "the log",
+    checked: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_tx: OnTx | None = None,
+) -> tuple[int, int]:
+    """Fold stored event *rows* (seq ``expected`` on) into *reader*'s table.
+
+    Args:
+        rows: event rows (any sequences of the seven columns), in seq order.
+        reader: decodes them; its table is the state they are applied to.
+        expected: the seq the first row must have.
+        where: the log, for messages (a store's description).
+        checked: the rows' checksums were verified already (``memimg.replay``
+            of :class:`~memimg.Event` records).
+        progress: called with the seq every 10,000 rows.
+        on_tx: hand each transaction's decoded events over instead of
+            applying them (see the module docstring).
+
+    Returns:
+        The next expected seq, and the seq of the last ``gc`` event (0 if none).
+
+    Raises:
+        CorruptLogError: a seq is missing, or a row is corrupt or does not apply.
+        SchemaError: an upgrader failed on a state a row holds.
+    """
+    if on_tx is not None:
+        return _fold_transactions(rows, reader, expected, where, checked, progress, on_tx)
+    return _fold_rows(rows, reader, expected, where, checked, progress)
+
+
+def _fold_rows(
+    rows: Iterable[Any],
+    reader: Reader,
+    expected: int,
+    where: str,
+    checked: bool,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, int]:
+    """Rows applied one by one: the recovery hot path, measured by ``python -m benchmarks`` (recovery)."""
+    table = reader.table
+    objects = table.objects
+    decoders = reader.arg_decoders
+    fast_fields = reader.fast_fields
+    loads = orjson.loads
+    dec = reader.decode
+    last_gc = 0
+    for row in rows:
+        seq, tx, ts, kind, target, payload, checksum = row
+        if seq != expected:
+            raise missing(expected, seq, where)
+        expected += 1
+        if not checked:
+            try:
+                intact = checksum == event_checksum(seq, tx, ts, kind, target, payload)
+            except BAD_COLUMN:
+                intact = False
+            if not intact:
+                verify_event(EventRow(*row))
+        if progress is not None and not seq % 10_000:
+            progress(seq)
+        try:
+            p = loads(payload)
+            k = KINDS[kind]
+            obj = objects[target] if target else None
+            if k is _OBJ_SET and len(p) == 1:
+                # the commonest event, applied inline: a field of a current-schema entity
+                setter = fast_fields.get(type(obj), _NO_SETTERS).get(p[0][0])
+                if setter is not None:
+                    v = p[0][1]
+                    setter(obj, dec(v) if type(v) is list else v)
+                    continue
+            simple = len(p) == 1 and (obj is not None or not target) and type(obj) is not Gone
+            if simple:
+                decoder = decoders.get(k.params)
+                args = decoder(p[0]) if decoder is not None else reader.decode_args(k, p[0])
+        except Exception:
+            simple = False  # read again the long way, which names what is wrong
+        if kind == "gc":
+            last_gc = seq
+        if not simple:
+            pending = reader.decode_row(kind, target, payload, seq)
+            if pending is not None:
+                apply_stored(reader, pending, seq, target)
+            continue
+        if k.conflict is FIELD and args[0] not in fast_fields.get(type(obj), _NO_SETTERS):
+            try:
+                adapted = reader.adapt_field_event(k, obj, args)
+            except MemimgError as err:
+                _schema.locate(err, seq, f"event seq {seq} ({kind})")
+                raise
+            if adapted is None:
+                continue
+            k, obj, args = adapted
+        apply_stored(reader, (k, obj, args), seq, target)
+    return expected, last_gc
+
+
+def _fold_transactions(
+    rows: Iterable[Any],
+    reader: Reader,
+    expected: int,
+    where: str,
+    checked: bool,
+    progress: Callable[[int], None] | None,
+    on_tx: OnTx,
+) -> tuple[int, int]:
+    """Rows decoded and handed over one transaction at a time."""
+    batch: list[tuple[Pending | None, EventRow]] = []
+    last_gc = 0
+    for row in rows:
+        r = EventRow(*row)
+        if r.seq != expected:
+            raise missing(expected, r.seq, where)
+        expected += 1
+        if not checked:
+            verify_event(r)
+        if progress is not None and not r.seq % 10_000:
+            progress(r.seq)
+        if batch and r.tx != batch[0][1].tx:
+            on_tx(batch)
+            batch = []
+        batch.append((reader.decode_row(r.kind, r.target, r.payload, r.seq), r))
+        if r.kind == "gc":
+            last_gc = r.seq
+    if batch:
+        on_tx(batch)
+    return expected, last_gc
+
+
+def apply_stored(reader: Reader, pending: Pending, seq: int, target: int) -> None:
+    """Apply a stored event to *reader*'s table; a failure means the log is not what was written.
+
+    Raises:
+        CorruptLogError: the event does not apply to the state before it.
+    """
+    k: Kind
+    k, obj, args = pending
+    try:
+        k.apply(reader.table, obj, *args)
+    except CorruptLogError as err:
+        if err.seq is not None:
+            raise
+        raise at_seq(err, seq, f"{k.name} on object {target}") from err
+    except MemimgError:
+        raise
+    except Exception as err:
+        raise CorruptLogError(
+            f"event seq {seq} ({k.name} on object {target}) does not apply to the state before it: {err}",
+            seq=seq,
+            table="memimg_events",
+        ) from err

@@ -1,0 +1,311 @@
+"""The snapshot format: writing the reachable graph at one seq, and reading it back.
+
+A snapshot is stored as one payload (format 2): a JSON header line, then
+per chunk of up to 2,048 objects a *directory* line ``[[oid, ...], [type
+index, ...]]`` and a *states* line ``[state, ...]``. An entity's state is
+the list of its field values in the order the header declares its fields
+(a dict only if a field is unset); a list's or set's state is the list of
+its items, a dict's a dict (every key a str) or a list of pairs. Each chunk
+is encoded as it is completed, so a snapshot of a million objects never
+exists as one tree of Python objects, and a reader can create every object
+from the small directory lines before it parses any state. Format 1 (one
+line per object, ``oid<TAB>type<TAB>state``, written before memimg 0.2) is
+still read.
+
+Only objects reachable from the root are written: the walk is
+breadth-first from the root, encoding each object as it meets it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+
+from memimg._errors import CorruptLogError, MemimgError
+from memimg.core import _schema, _types
+from memimg.core._encoders import REF_MARK, container_encoders, slow_state, state_encoder, value_writer
+from memimg.core._reader import Reader, load_states
+from memimg.core._records import declaration
+from memimg.core._table import ObjectTable
+from memimg.core._values import describe_unsupported
+
+__all__ = ["decode_snapshot", "load_snapshot", "split_snapshot", "write_snapshot"]
+
+#: Objects per chunk (format 2): one directory line and one states line each.
+CHUNK: Final = 2048
+_loads = orjson.loads
+_get_oid = operator.attrgetter("_mi_oid")
+
+
+def split_snapshot(payload: bytes, row_seq: int | None = None) -> tuple[dict[str, Any], list[Any]]:
+    """A stored snapshot's header and its records, states unparsed.
+
+    Format 2 (what :func:`write_snapshot` writes): the records are
+    chunks ``(oids, type indexes into header["names"], states JSON bytes)``.
+    Format 1 (one line per object, ``oid<TAB>type<TAB>state``, written before
+    memimg 0.2): ``(oid, type, state JSON bytes)`` per object.
+
+    The header must give the seq of the row holding it (*row_seq*, when
+    given) and name as its root an object the snapshot holds (or 0 for an
+    empty snapshot).
+
+    Raises:
+        CorruptLogError: the payload is not laid out as its header says.
+        MemimgError: the payload is in a format this memimg does not know (a newer one).
+    """
+    end = payload.find(b"\n")
+    if end < 0:
+        end = len(payload)
+    header, corrupt = _header(payload[:end], row_seq)
+    lines = payload[end + 1 :].split(b"\n") if end + 1 < len(payload) else []
+    root = header["root"]
+    if header["format"] == 2:
+        records, root_held = _chunks(lines, header, corrupt)
+        count = sum(len(oids) for oids, _, _ in records)
+    else:
+        records = _lines(lines, corrupt)
+        count = len(records)
+        root_held = any(r[0] == root for r in records)
+    if count != header["count"]:
+        raise corrupt(f"holds {count} objects, its header says {header['count']}")
+    if not root_held and (root or count):
+        raise corrupt(f"names object {root} as its root, but holds no object {root}")
+    return header, records
+
+
+def _header(line: bytes, row_seq: int | None) -> tuple[dict[str, Any], Callable[[str], CorruptLogError]]:
+    """A snapshot's header line, checked, and the maker of errors about the rest of it."""
+    try:
+        header = _loads(line)
+    except orjson.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or "count" not in header:
+        raise CorruptLogError(
+            "a snapshot payload does not start with its header line", seq=None, table="memimg_snapshots"
+        )
+    fmt = header.get("format")
+    if fmt not in (1, 2):
+        raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
+    header_seq = header.get("seq")
+    seq = row_seq if row_seq is not None else header_seq if type(header_seq) is int else None
+
+    def corrupt(what: str) -> CorruptLogError:
+        return CorruptLogError(f"a snapshot payload {what}", seq=seq, table="memimg_snapshots")
+
+    if type(header_seq) is not int:
+        raise corrupt("header gives no seq")
+    if row_seq is not None and header_seq != row_seq:
+        raise corrupt(f"header gives seq {header_seq}, not the seq of its row ({row_seq})")
+    if type(header.get("root")) is not int:
+        raise corrupt("header names no root object")
+    if not isinstance(header.get("types", {}), dict):
+        raise corrupt("header has malformed type declarations")
+    if fmt == 2:
+        names = header.get("names")
+        if type(names) is not list or not all(type(n) is str for n in names):
+            raise corrupt("header has no list of type names")
+        if type(header.get("next_oid")) is not int:
+            raise corrupt("header has no next_oid")
+    return header, corrupt
+
+
+def _chunks(
+    lines: list[bytes], header: dict[str, Any], corrupt: Callable[[str], CorruptLogError]
+) -> tuple[list[Any], bool]:
+    """The chunks of a format-2 snapshot (each directory checked), and whether one holds the root."""
+    if len(lines) % 2:
+        raise corrupt("ends in the middle of a chunk")
+    n_names, next_oid, root = len(header["names"]), header["next_oid"], header["root"]
+    records: list[Any] = []
+    root_held = False
+    for i in range(0, len(lines), 2):
+        try:
+            directory = _loads(lines[i])
+        except orjson.JSONDecodeError:
+            directory = None
+        if (
+            type(directory) is not list
+            or len(directory) != 2
+            or type(directory[0]) is not list
+            or type(directory[1]) is not list
+            or len(directory[0]) != len(directory[1])
+            or not all(type(oid) is int and 0 < oid < next_oid for oid in directory[0])
+            or not all(type(k) is int and 0 <= k < n_names for k in directory[1])
+        ):
+            raise corrupt(f"has a malformed directory line in chunk {i // 2}")
+        if not root_held:
+            root_held = root in directory[0]  # the root is written first: this stops at once
+        records.append((directory[0], directory[1], lines[i + 1]))
+    return records, root_held
+
+
+def _lines(lines: list[bytes], corrupt: Callable[[str], CorruptLogError]) -> list[Any]:
+    """The records of a format-1 snapshot: ``(oid, type, state JSON bytes)`` per line."""
+    records: list[Any] = []
+    type_names: dict[bytes, str] = {}
+    for number, line in enumerate(lines):
+        try:
+            oid, name, state = line.split(b"\t", 2)
+            text = type_names.get(name)
+            if text is None:
+                text = type_names[name] = _loads(name) if name[:1] == b'"' else name.decode()
+            records.append((int(oid), text, state))
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise corrupt(f"has a malformed object line {number + 1}") from err
+    return records
+
+
+def decode_snapshot(payload: bytes, row_seq: int | None = None) -> dict[str, Any]:
+    """A stored snapshot payload as snapshot-format data (what ``serialize`` returns, entity states as dicts)."""
+    header, records = split_snapshot(payload, row_seq)
+    data = {k: v for k, v in header.items() if k not in ("count", "names")}
+    objects: list[Any] = []
+    if header.get("format") == 2:
+        names = header["names"]
+        types = header.get("types", {})
+        for i, (oids, kinds, states) in enumerate(records):
+            state_list = load_states(states, len(oids), i, header.get("seq"))
+            for oid, k, state in zip(oids, kinds, state_list, strict=True):
+                name = names[k]
+                if type(state) is list and name in types:
+                    state = dict(zip(types[name][1], state, strict=True))
+                objects.append([oid, name, state])
+    else:
+        objects = [[oid, name, _loads(state)] for oid, name, state in records]
+    data["format"] = 1
+    data["objects"] = objects
+    return data
+
+
+def write_snapshot(
+    table: ObjectTable, seq: int, progress: Callable[[int], None] | None = None
+) -> tuple[bytes, int, bytearray]:
+    """The stored form of a snapshot of *table* at *seq*, how many objects it holds, and which.
+
+    The objects it holds -- the reachable ones -- are given as a byte per
+    object id, non-zero if held (what a ``gc`` event's collection takes).
+
+    A measured hot loop (``python -m benchmarks``, graph snapshot): objects
+    met for the first time are marked and queued inline by the generated
+    encoders, with no Python call per object.
+    """
+    root = table.root
+    codec, shell = table.codec, table.shell
+    queue: list[Any] = [root] if root is not None else []
+    seen = bytearray(len(table.objects))  # by object id: a byte per object, not a set entry
+    if root is not None:
+        seen[table.root_oid] = 1
+    push = queue.append
+    mark = seen.__setitem__  # inline in the generated code: `mark(oid, 1) or push(obj) or oid` (no Python call)
+
+    def ref(obj: Any) -> int:
+        oid: int = obj._mi_oid
+        if not seen[oid]:
+            seen[oid] = 1
+            push(obj)
+        return oid
+
+    types: dict[str, Any] = {}
+
+    def declare(info: _types.TypeInfo) -> bool:
+        """Whether *info*'s declaration is the one in effect for its name (False: another class of the
+        same name -- a redefined class, a second stand-in -- came first)."""
+        decl = declaration(info)
+        return bool(types.setdefault(info.name, decl) == decl)
+
+    value, linked = value_writer(codec, codec.encoder(ref, declare), ref)
+    direct = not shell.reads_hooked()
+    list_state, dict_state, set_state = container_encoders(REF_MARK)(value, linked, seen, mark, push)
+    encoders: dict[type, Callable[[Any], Any]] = {shell.list: list_state, shell.dict: dict_state, shell.set: set_state}
+    names: dict[Any, int] = {shell.list: 0, shell.dict: 1, shell.set: 2}
+    type_names = ["list", "dict", "set"]
+
+    def entity_encoder(obj: Any) -> Callable[[Any], Any]:
+        t = type(obj)
+        info = _types.info_of(t)
+        if info is None or info.kind != _types.ENTITY:
+            raise describe_unsupported(obj, "")
+        names[t] = len(type_names)
+        type_names.append(info.name)
+        slow = slow_state(info, value)
+        if not declare(info):
+            return slow  # another class's declaration is in effect: this one's states go by field name
+        return state_encoder(info, direct, REF_MARK, keyed=False)(value, linked, slow, seen, mark, push)  # type: ignore[no-any-return]
+
+    out: list[bytes] = []
+    dumps = orjson.dumps
+    done = 0
+    while done < len(queue):  # the queue grows while it is walked
+        start = done
+        states: list[Any] = []
+        add = states.append
+        while done < len(queue) and done - start < CHUNK:  # fill the chunk, with what it meets too
+            chunk = queue[done : start + CHUNK]
+            done += len(chunk)
+            for obj in chunk:
+                enc = encoders.get(type(obj))
+                if enc is None:
+                    enc = encoders[type(obj)] = entity_encoder(obj)
+                add(enc(obj))
+        members = queue[start:done]
+        out.append(dumps([list(map(_get_oid, members)), list(map(names.__getitem__, map(type, members)))]))
+        out.append(dumps(states))
+        if progress is not None:
+            progress(done)
+    header = {
+        "format": 2,
+        "seq": seq,
+        "next_oid": len(table.objects),
+        "root": table.root_oid if root is not None else 0,
+        "types": types,
+        "names": type_names,
+        "count": len(queue),
+    }
+    out.insert(0, dumps(header))
+    return b"\n".join(out), len(queue), seen
+
+
+def load_snapshot(reader: Reader, data: dict[str, Any] | bytes) -> None:
+    """Rebuild *reader*'s table (an empty one) from snapshot-format *data*, or a stored snapshot payload.
+
+    *data* is what :func:`memimg.serialize` returns (format 1), or a stored
+    payload's header with its records under ``"objects"`` as
+    :func:`split_snapshot` gives them (format 1 or 2).
+
+    Raises:
+        CorruptLogError: the data does not describe a graph (its root is not one of its objects...).
+    """
+    if isinstance(data, bytes):
+        header, records = split_snapshot(data)
+        data = {**header, "objects": records}
+    fmt = data.get("format")
+    if fmt not in (1, 2):
+        raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
+    reader.declare(data.get("types", {}))
+    records = data["objects"]
+    try:
+        if fmt == 2:
+            reader.load_chunks(data["names"], records)
+        else:
+            reader.load_records(records)
+    except MemimgError as err:
+        seq = data.get("seq")
+        _schema.locate(err, seq, f"the snapshot at seq {seq}" if seq else "the snapshot data")
+        raise
+    records = []
+    table = reader.table
+    table.extend_to(data.get("next_oid", len(table.objects)))
+    root = data.get("root")
+    objects = table.objects
+    if type(root) is not int or not (
+        (0 < root < len(objects) and objects[root] is not None) or (root == 0 and not table.live_count())
+    ):
+        raise CorruptLogError(
+            f"snapshot data names object {root!r} as its root, but holds no such object",
+            seq=data.get("seq"),
+            table="memimg_snapshots",
+        )
+    table.root_oid = root

@@ -1,0 +1,275 @@
+"""The object table: every object of a graph by id, the root, and the committed applier.
+
+Object ids are given at commit, in log order (``len(objects)`` is the next
+one), so every process folding the same log gives every object the same id;
+``objects[oid]`` is the object, ``None`` for an id no longer in use.
+
+:class:`ObjectTable` is also the *applier* of the committed state: the
+primitive operations events reduce to (see :mod:`memimg.core._kinds`), done
+with raw builtin operations on the real objects, so neither user code nor
+memimg's own tracking runs during replay or commit.
+
+Beside the objects, the table keeps what the log has declared of their
+types (:class:`Declarations`): reading the log records declarations, writing
+consults them, and a ``gc`` event -- a snapshot's boundary -- resets them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+from memimg._errors import CorruptLogError
+from memimg.core import _types
+from memimg.core._codec import ENTITY, FROZENSET, TRACKED, TUPLE, VALUE, Codec
+from memimg.core._gone import Gone
+from memimg.core._shell import Shell
+
+__all__ = ["Declarations", "ObjectTable"]
+
+_NATIVE: Final = frozenset({str, int, float, bool, type(None)})
+_list_setitem = list.__setitem__
+_list_copy = list.copy
+
+
+class Declarations:
+    """What the log has declared so far of each type: ``name -> (version, fields)``.
+
+    Every event that first writes a class's state declares its schema; a
+    snapshot declares the types it holds. After a ``gc`` event (written with
+    each snapshot) the log must declare every type again, since a reader
+    starting from that snapshot knows only what it declares.
+    """
+
+    __slots__ = ("by_name", "current")
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, tuple[int, tuple[str, ...]]] = {}
+        #: classes whose current schema is the one declared (cleared whenever declarations change)
+        self.current: set[type] = set()
+
+    def note(self, name: str, version: int, fields: tuple[str, ...]) -> None:
+        """The log declares *name* so (read from an event or a snapshot)."""
+        self.by_name[name] = (version, fields)
+        self.current.clear()
+
+    def clear(self) -> None:
+        self.by_name.clear()
+        self.current.clear()
+
+
+class ObjectTable:
+    """The objects of one graph by id, its root, and the primitive operations on them."""
+
+    def __init__(self, shell: Shell, codec: Codec, owner: Any = None) -> None:
+        self.shell = shell
+        self.codec = codec
+        #: what the objects' ``_mi_img`` holds: the image (None for a free-standing graph)
+        self.owner = owner
+        self.objects: list[Any] = [None]
+        self.holes = 0  # None entries in objects, besides objects[0]
+        self.root_oid = 0
+        self.declarations = Declarations()
+        self._setters: dict[type, dict[str, Any]] = {}
+
+    # -- identity -----------------------------------------------------------
+
+    @property
+    def root(self) -> Any:
+        """The root object (``None`` before the root event)."""
+        return self.objects[self.root_oid] if self.root_oid else None
+
+    def deref(self, oid: int) -> Any:
+        """The object of id *oid*.
+
+        Raises:
+            CorruptLogError: there is none (a stored reference to a missing object).
+        """
+        try:
+            obj = self.objects[oid]
+        except IndexError:
+            obj = None
+        if obj is None:
+            raise CorruptLogError(f"a stored reference names object {oid}, which does not exist", seq=None, table="")
+        return obj
+
+    def live_count(self) -> int:
+        """How many objects the table holds (attached, reachable or not yet collected)."""
+        return len(self.objects) - 1 - self.holes
+
+    def place(self, entries: list[tuple[int, Any]]) -> None:
+        """Put each object of ``(oid, obj)`` *entries* at its id (stored objects being created).
+
+        The hot loop of loading a snapshot: a million entries are placed
+        without a call each.
+
+        Raises:
+            CorruptLogError: an id is in use.
+        """
+        objects = self.objects
+        holes = self.holes
+        try:
+            for oid, obj in entries:
+                n = len(objects)
+                if oid == n:
+                    objects.append(obj)
+                elif oid > n:
+                    objects.extend([None] * (oid - n))
+                    holes += oid - n
+                    objects.append(obj)
+                elif objects[oid] is None:
+                    objects[oid] = obj
+                    holes -= 1
+                else:
+                    raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
+        finally:
+            self.holes = holes
+
+    def extend_to(self, next_oid: int) -> None:
+        """Reserve the ids below *next_oid* (a snapshot's next id: ids of collected objects stay unused)."""
+        n = len(self.objects)
+        if n < next_oid:
+            self.holes += next_oid - n
+            self.objects.extend([None] * (next_oid - n))
+
+    # -- the committed applier --------------------------------------------------
+
+    def field_set(self, obj: Any, name: str, value: Any) -> None:
+        setters = self._setters.get(type(obj))
+        if setters is None:
+            setters = self._setters[type(obj)] = _types.info_of(type(obj)).setters  # type: ignore[union-attr]
+        setters[name](obj, value)
+
+    def field_del(self, obj: Any, name: str) -> None:
+        _types.info_of(type(obj)).deleters[name](obj)  # type: ignore[union-attr]
+
+    def list_append(self, lst: Any, items: list[Any]) -> None:
+        list.extend(lst, items)
+
+    def list_splice(self, lst: Any, start: int, stop: int, items: list[Any]) -> None:
+        if not 0 <= start <= stop <= list.__len__(lst):
+            raise IndexError(f"splice {start}:{stop} out of range for a list of {list.__len__(lst)}")
+        _list_setitem(lst, slice(start, stop), items)
+
+    def list_clear(self, lst: Any) -> None:
+        list.clear(lst)
+
+    def list_reorder(self, lst: Any, order: list[int]) -> None:
+        current = _list_copy(lst)
+        if sorted(order) != list(range(len(current))):
+            raise IndexError("list.reorder order is not a permutation of the list")
+        _list_setitem(lst, slice(None), [current[i] for i in order])
+
+    def list_reverse(self, lst: Any) -> None:
+        list.reverse(lst)
+
+    def dict_set(self, d: Any, key: Any, value: Any) -> None:
+        dict.__setitem__(d, key, value)
+
+    def dict_del(self, d: Any, key: Any) -> None:
+        dict.__delitem__(d, key)
+
+    def dict_update(self, d: Any, pairs: list[tuple[Any, Any]]) -> None:
+        dict.update(d, pairs)
+
+    def dict_clear(self, d: Any) -> None:
+        dict.clear(d)
+
+    def set_add(self, s: Any, items: list[Any]) -> None:
+        set.update(s, items)
+
+    def set_discard(self, s: Any, items: list[Any]) -> None:
+        set.difference_update(s, items)
+
+    def set_clear(self, s: Any) -> None:
+        set.clear(s)
+
+    def set_root(self, obj: Any) -> None:
+        oid = obj._mi_oid
+        if not oid:
+            raise CorruptLogError("the root event names no object", seq=None, table="memimg_events")
+        self.root_oid = oid
+
+    def collect(self, reachable: bytearray | None = None) -> int:
+        """Forget every object that is no longer reachable; returns how many.
+
+        *reachable*, when the caller already walked the graph (a snapshot
+        just did), holds a byte per object id, non-zero if reachable -- empty
+        if every object is. Declarations are forgotten too (see
+        :class:`Declarations`).
+        """
+        self.declarations.clear()
+        if reachable is not None and not reachable:
+            return 0
+        objects = self.objects
+        if reachable is None:
+            reachable = bytearray(len(objects))
+            for oid in self.reachable_oids():
+                reachable[oid] = 1
+        dropped = 0
+        end = min(len(objects), len(reachable))  # objects past the hint are newer than it
+        oid = reachable.find(0, 1, end)  # the unreached ids (and holes), found at C speed
+        set_identity = self.shell.set_identity
+        while oid >= 0:
+            obj = objects[oid]
+            if obj is not None:
+                objects[oid] = None
+                self.holes += 1
+                if type(obj) is not Gone:
+                    set_identity(obj, None, None)
+                dropped += 1
+            oid = reachable.find(0, oid + 1, end)
+        return dropped
+
+    # -- walking the graph ----------------------------------------------------
+
+    def references(self, obj: Any) -> Iterable[Any]:
+        """The entities and tracked collections *obj* refers to directly."""
+        t = type(obj)
+        shell = self.shell
+        if t is shell.list:
+            values: Iterable[Any] = _list_copy(obj)
+        elif t is shell.dict:
+            values = [x for pair in dict.items(obj) for x in pair]
+        elif t is shell.set:
+            values = set.copy(obj)
+        else:
+            info = _types.info_of(t)
+            assert info is not None
+            values = []
+            for get in info.getters.values():
+                try:
+                    values.append(get(obj))
+                except AttributeError:
+                    pass
+        out: list[Any] = []
+        work = list(values)
+        classify = self.codec.classify
+        while work:
+            v = work.pop()
+            vt = type(v)
+            if vt in _NATIVE:
+                continue
+            shape = classify(vt)
+            if shape is ENTITY or shape is TRACKED:
+                out.append(v)
+            elif shape is TUPLE or shape is FROZENSET:
+                work.extend(v)
+            elif shape is VALUE:  # a stand-in value read from an older declaration lacks newer fields
+                work.extend(getattr(v, f, None) for f in _types.info_of(vt).fields)  # type: ignore[union-attr]
+        return out
+
+    def reachable_oids(self) -> set[int]:
+        """Ids of every object reachable from the root."""
+        root = self.root
+        if root is None:
+            return set()
+        seen = {self.root_oid}
+        work = [root]
+        while work:
+            for ref in self.references(work.pop()):
+                oid = ref._mi_oid
+                if oid is not None and oid not in seen:
+                    seen.add(oid)
+                    work.append(ref)
+        return seen

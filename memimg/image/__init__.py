@@ -1,0 +1,1 @@
+"""The image: the live graph, attaching, the commit protocol, recovery and transactions."""

@@ -1,0 +1,375 @@
+"""The engine of an image: its table, its store, and the commit protocol between them.
+
+:class:`Engine` holds the context variable through which the image -- the
+owner of every attached object (``obj._mi_img``) -- gives the model, per
+thread and asyncio task, the current *writer* (``_mi_current``): the open
+:class:`~memimg.image._tx.TxState` while a transaction is open, else the
+engine's :class:`~memimg.image._writer.AutoWriter`, which commits each write
+by itself. That context variable is the one place where "is there a
+transaction?" is decided.
+
+**One commit** (a transaction's events, or a single mutation made outside any
+transaction) goes, under the engine's lock:
+
+1. *validate* -- compare what the transaction read and wrote with every
+   commit since it began (:class:`~memimg.image._conflicts.ConflictIndex`); a
+   stale view raises :class:`ConflictError` and nothing happens;
+2. *encode* -- give new objects their ids and turn the events into rows
+   (:class:`~memimg.image._encode.EncodeSession`);
+3. *append* -- the store appends the rows at ``seq + 1`` only if nobody else
+   did; if somebody did, *catch up* (fold their commits in), validate again
+   (a single mutation is simply planned again on the new state) and retry;
+4. *apply* -- only now change the committed objects, through the same event
+   kinds replay uses. While a multi-event transaction is being applied it is
+   *published*: readers in other threads see either none of it or all of it.
+
+So a failed append leaves memory exactly as it was, and the log and the
+graph never disagree. Planning and applying run user code (keys' ``__hash__``
+and ``__eq__``, sort keys): while they do, :attr:`Engine.busy` says so and
+every way to change the image refuses (:mod:`memimg.image._guard`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyError
+from memimg.core._codec import Codec
+from memimg.core._fold import fold
+from memimg.core._gc import lazy_pause, paused_gc
+from memimg.core._reader import Pending, Reader
+from memimg.core._rows import EventRow
+from memimg.core._table import ObjectTable
+from memimg.core._values import Converter
+from memimg.image import _recovery
+from memimg.image._attach import Attacher
+from memimg.image._conflicts import ConflictIndex
+from memimg.image._encode import EncodeSession
+from memimg.image._generic import make_stand_in
+from memimg.image._guard import reentered
+from memimg.image._tx import Savepoint, TxState
+from memimg.image._views import ListView
+from memimg.image._writer import AutoWriter
+from memimg.model import SHELL, _tracking
+from memimg.stores._protocol import SeqTaken, Store
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("memimg")
+
+#: ``snapshot_every="auto"``: snapshot when the events since the last snapshot
+#: reach this many, or the number of live objects if that is larger (so the
+#: cost of snapshots stays proportional to the cost of the events).
+DEFAULT_SNAPSHOT_EVERY: Final = 10_000
+
+
+def now_us() -> int:
+    """The commit time: microseconds since the Unix epoch."""
+    return time.time_ns() // 1000
+
+
+class Engine:
+    """The machinery of one image (see the module docstring); :class:`~memimg.MemoryImage` is its face."""
+
+    def __init__(
+        self,
+        store: Store,
+        owner: Any,
+        *,
+        converter: Converter,
+        snapshot_every: int | str | None,
+        readonly: bool,
+        progress: Callable[[str, int, int], None] | None,
+        removed_types: frozenset[str],
+        on_schema_drift: str,
+        generic_types: bool,
+    ) -> None:
+        self.store = store
+        self.readonly = readonly
+        self.snapshot_every = snapshot_every
+        self.progress = progress
+        self.on_schema_drift = on_schema_drift
+        self.lock = threading.RLock()
+        self.closed = False
+        #: the image: what attached objects hold as their owner (``_mi_img``)
+        self.owner = owner
+        self.table = ObjectTable(SHELL, Codec(converter, SHELL), owner=owner)
+        self.reader = Reader(
+            self.table, removed_types=removed_types, stand_ins=make_stand_in if generic_types else None
+        )
+        self.attacher = Attacher(self.table)
+        self.session = EncodeSession(self.table)
+        self.conflicts = ConflictIndex(self.table)
+        #: transactions being applied right now (readers outside them see all of one or none)
+        self.publishing: list[TxState] = []
+        #: the writer of this thread or task: its transaction, or the engine's auto-committing writer
+        self.writer = AutoWriter(self, self.publishing)
+        self._mi_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
+            f"memimg_writer_{id(self):x}", default=self.writer
+        )
+        self.savepoint: contextvars.ContextVar[Savepoint | None] = contextvars.ContextVar(
+            f"memimg_savepoint_{id(self):x}", default=None
+        )
+        self.scopes: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
+            f"memimg_scopes_{id(self):x}", default=()
+        )
+        #: what this thread is doing while it holds the lock and runs user code, or None (see _guard)
+        self.busy: str | None = None
+        self.seq = 0
+        self.snapshot_seq = 0
+        self.open_txs: set[TxState] = set()
+        self.stripping = self.filling = False
+        #: a deliberate hook for tests that act in the middle of a commit being applied: called
+        #: with each event's kind name, target and arguments just before the event is applied
+        self.before_apply: Callable[[str, Any, tuple[Any, ...]], None] | None = None
+
+    # -- checks -----------------------------------------------------------------
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClosedError(f"the image {self.store.description} is closed; open it again with memimg.open")
+
+    def check_writable(self) -> None:
+        self.check_open()
+        if self.readonly:
+            raise ReadOnlyError(
+                f"the image {self.store.description} was opened with readonly=True; nothing was changed"
+            )
+
+    def refuse_if_busy(self) -> None:
+        """Refuse a change (or a catch-up) asked for by user code run in the middle of one."""
+        if self.busy is not None:
+            raise reentered(self.busy)
+
+    def current_tx(self) -> TxState | None:
+        """The transaction of this thread or task, if one is open."""
+        current = self._mi_current.get()
+        return current if type(current) is TxState and not current.done else None
+
+    # -- transactions -----------------------------------------------------------
+
+    def begin(self) -> TxState:
+        """Open a transaction in this thread or task (its state), after catching up."""
+        # not while this thread is in the middle of a change (a key's __hash__ opening a transaction):
+        # catching up then would apply other commits between that change's steps
+        if self.busy is None and (self.reader.fills or self.store.changed(self.seq)):
+            with self.lock:
+                self.catch_up()
+        with self.lock:  # never start in the middle of another commit being applied
+            state = TxState(self, self.seq)
+            self.open_txs.add(state)
+        _tracking.tx_opened()
+        self._mi_current.set(state)
+        self.savepoint.set(None)
+        return state
+
+    def end(self, state: TxState, *, commit: bool) -> None:
+        """End transaction *state*: commit its events, or discard them."""
+        if state.busy is not None:  # ended by user code the transaction runs while it plans a change
+            raise reentered(state.busy)
+        if self._mi_current.get() is state:
+            self._mi_current.set(self.writer)
+            self.savepoint.set(None)
+        try:
+            if commit and state.events:
+                with self.lock:
+                    self.refuse_if_busy()
+                    self.check_writable()
+                    if self.reader.fills:
+                        _recovery.attach_fills(self)
+                    events = state.pending()
+                    self.validate(state, events)
+                    try:
+                        self.commit(events, state)
+                    except BaseException:
+                        state.discard()
+                        raise
+                state.clear()
+            else:
+                state.discard()
+        finally:
+            if not state.done:
+                state.discard()
+            with self.lock:
+                self.open_txs.discard(state)
+                self.conflicts.prune(min((t.start_seq for t in self.open_txs), default=None))
+            _tracking.tx_closed()
+
+    def check_read(self, start: int, oid: int, part: Any) -> None:
+        """Raise :class:`ConflictError` if a transaction begun at *start* reads what a newer commit wrote."""
+        self.conflicts.check_read(start, oid, part)
+
+    def validate(self, state: TxState, events: list[Pending]) -> None:
+        """Raise :class:`ConflictError` unless *state* may commit *events* over what was committed since."""
+        if self.seq == state.start_seq:
+            return
+        busy, self.busy = self.busy, "checking a transaction for conflicts"  # keys are hashed and compared
+        try:
+            self.conflicts.validate(state.start_seq, state.reads, events)
+        finally:
+            self.busy = busy
+
+    # -- the commit protocol ----------------------------------------------------
+
+    def commit(
+        self, events: list[Pending], state: TxState | None = None, *, replan: bool = False, auto_snapshot: bool = True
+    ) -> bool:
+        """Append *events* and apply them; see the module docstring.
+
+        With *replan*, returns ``False`` instead of retrying when another
+        writer got there first (the caller plans again on the new state).
+        Must be called with the lock held.
+
+        A transaction's commit pauses the collector (its records and applied
+        events may be many); a mutation outside one does not pay for a pause
+        here (~0.7 µs): its caller holds one whenever it attaches objects.
+        """
+        if state is None:
+            return self._commit_loop(events, state, replan, auto_snapshot)
+        with paused_gc():
+            return self._commit_loop(events, state, replan, auto_snapshot)
+
+    def _commit_loop(self, events: list[Pending], state: TxState | None, replan: bool, auto_snapshot: bool) -> bool:
+        session, store = self.session, self.store
+        while True:
+            ts = now_us()
+            try:
+                rows = session.encode_events(events, self.seq + 1, ts)
+                store.append(rows, self.seq)
+            except SeqTaken:
+                session.rollback()
+                if not self.catch_up() and (head := store.head()) < self.seq:
+                    # nothing to catch up with and never the expected head: retrying would loop for ever
+                    raise CorruptLogError(
+                        f"the log of {store.description} ends at seq {head}, before this image's seq "
+                        f"{self.seq}: events were removed from it while the image was open; nothing was "
+                        "written. Open the image again (or restore the log from a backup)",
+                        seq=self.seq,
+                        table="memimg_events",
+                    ) from None
+                if replan:
+                    return False
+                if state is not None:
+                    self.validate(state, events)
+                continue
+            except BaseException as err:
+                session.rollback()
+                if isinstance(err, MemimgError) or not isinstance(err, Exception):
+                    raise
+                raise MemimgError(f"writing to {store.description} failed: {err}; nothing was changed") from err
+            break
+        self.apply(events, rows, state)
+        if auto_snapshot:
+            self.after_commit()
+        return True
+
+    def apply(self, events: list[Pending], rows: list[Any], state: TxState | None, last_seq: int | None = None) -> None:
+        """Apply appended events to the committed objects, all at once for every reader.
+
+        The writes are recorded for conflict checks and the seq moved *first*,
+        so a transaction elsewhere that reads what is being changed gets a
+        ConflictError rather than half of it; readers outside transactions are
+        shown the finished result (publishing) while the objects change.
+        """
+        table, open_txs = self.table, self.open_txs
+        # from here on the builtin dict and set operations run keys' __hash__ and __eq__
+        busy, self.busy = self.busy, "applying committed events"
+        published: TxState | None = None
+        opened = False
+        try:
+            if open_txs and (len(open_txs) > 1 or state not in open_txs):
+                self.conflicts.record(events, rows)
+            self.seq = rows[-1][0] if last_seq is None else last_seq
+            if len(events) > 1:
+                if state is None:  # a single mutation of several events, or another process's commit
+                    _tracking.tx_opened()
+                    opened = True
+                    state = TxState(self, self.seq)
+                    for k, target, args in events:
+                        k.apply(state, target, *args)
+                if _tracking.enabled():
+                    for view in state.views.values():
+                        if type(view) is ListView:
+                            view.freeze()  # its base is about to grow under it
+                    self.publishing.append(state)
+                    published = state
+            hook = self.before_apply
+            for k, target, args in events:
+                if hook is not None:
+                    hook(k.name, target, args)
+                k.apply(table, target, *args)
+        except BaseException as err:  # the log has it; memory must not silently differ
+            self.closed = True
+            if isinstance(err, Exception):
+                raise MemimgError(
+                    f"applying committed events {rows[0][0]}..{rows[-1][0]} failed ({err!r}); the "
+                    "log is intact but this image is now closed: open it again"
+                ) from err
+            raise
+        finally:
+            self.busy = busy
+            if published is not None:
+                self.publishing.remove(published)
+            if opened:
+                _tracking.tx_closed()
+
+    def after_commit(self) -> None:
+        """Write an automatic snapshot if enough events went by since the last one."""
+        every = self.snapshot_every
+        if every is None or self.readonly:
+            return
+        if every == "auto":
+            every = max(DEFAULT_SNAPSHOT_EVERY, len(self.table.objects))
+        if self.seq - self.snapshot_seq >= every:  # type: ignore[operator]
+            self.snapshot_seq = self.seq  # no second attempt if this one fails
+            try:
+                _recovery.snapshot(self)
+            except Exception as err:  # the commit before it is durable and applied: it must not look failed
+                log.warning("automatic snapshot failed: %s", err)
+
+    # -- other processes' commits ---------------------------------------------------
+
+    def catch_up(self) -> int:
+        """Apply what other writers appended; returns how many events. Called with the lock held."""
+        self.refuse_if_busy()  # a key's __hash__ (say) would catch up between another change's steps
+        busy, self.busy = self.busy, "applying other processes' commits"  # decoding hashes keys
+        try:
+            with lazy_pause() as pause:  # the collector paused only if there is something to apply
+
+                def apply_tx(batch: list[tuple[Pending | None, EventRow]]) -> None:
+                    pause.start()
+                    self._apply_remote(batch)
+
+                start = self.seq
+                end, _ = fold(
+                    self.store.read(after=self.seq),
+                    self.reader,
+                    expected=self.seq + 1,
+                    where=self.store.description,
+                    on_tx=apply_tx,
+                )
+        finally:
+            self.busy = busy
+        count = end - 1 - start
+        if count:
+            _recovery.check_schema(self)
+            if self.reader.has_gone:
+                _recovery.strip_removed(self)
+        _recovery.attach_fills(self)  # also those an earlier attempt failed to log
+        return count
+
+    def _apply_remote(self, batch: list[tuple[Pending | None, EventRow]]) -> None:
+        """Apply another process's transaction (its rows, each with the event it holds)."""
+        last_seq = batch[-1][1].seq
+        kept = [(e, r) for e, r in batch if e is not None]
+        if kept:
+            self.apply([e for e, _ in kept], [r for _, r in kept], None, last_seq)
+        else:
+            self.seq = last_seq
+        if any(r.kind == "gc" for _, r in batch):
+            self.snapshot_seq = last_seq

@@ -1,0 +1,227 @@
+"""The memory image: a live object graph kept durable by a log of its mutations.
+
+:class:`MemoryImage` is what ``memimg.open`` returns: the public face of an
+image. The machinery -- the object table, the commit protocol, recovery --
+is its :class:`~memimg.image._engine.Engine`; see that module for how one
+commit goes, and :mod:`memimg.image._recovery` for how an image is opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from memimg._errors import ClosedError
+from memimg.core._rows import Event, EventRow, verify_event
+from memimg.core._schema import SchemaReport
+from memimg.core._values import Converter
+from memimg.core._values import converter as default_converter
+from memimg.image import _recovery
+from memimg.image._engine import Engine
+from memimg.image._transaction import Transaction, TxScope, begin
+from memimg.stores._protocol import Store
+
+__all__ = ["MemoryImage"]
+
+log = logging.getLogger("memimg")
+
+
+class MemoryImage:
+    """A live object graph kept durable by a log of its mutations.
+
+    Create one with :func:`memimg.open`. The root object is :attr:`root`;
+    every object reachable from it is part of the image, and every change to
+    them is committed to the log before the mutating call returns (or at the
+    end of the enclosing :meth:`transaction`).
+    """
+
+    __module__ = "memimg"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        root: Callable[[], Any] = dict,
+        converter: Converter | None = None,
+        snapshot_every: int | str | None = "auto",
+        readonly: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+        removed_types: Iterable[str] = (),
+        on_schema_drift: str = "raise",
+        generic_types: bool = False,
+    ) -> None:
+        if on_schema_drift not in ("raise", "drop"):
+            raise ValueError(f"on_schema_drift must be 'raise' or 'drop', not {on_schema_drift!r}")
+        if snapshot_every not in (None, "auto") and (not isinstance(snapshot_every, int) or snapshot_every < 1):
+            raise ValueError(f"snapshot_every must be a positive int, 'auto' or None, not {snapshot_every!r}")
+        engine = self._engine = Engine(
+            store,
+            self,
+            converter=converter or default_converter,
+            snapshot_every=snapshot_every,
+            readonly=readonly,
+            progress=progress,
+            removed_types=frozenset(removed_types),
+            on_schema_drift=on_schema_drift,
+            generic_types=generic_types,
+        )
+        #: the owner protocol the model calls (``memimg.model._base.Owner``): the writer of this context
+        self._mi_current = engine._mi_current
+        self._follower: threading.Thread | None = None
+        _recovery.open_image(engine, root, generic_types=generic_types)
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def root(self) -> Any:
+        """The root object."""
+        return self._engine.table.root
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last event applied to this image (0 when empty)."""
+        return self._engine.seq
+
+    @property
+    def store(self) -> Store:
+        """The store holding the log."""
+        return self._engine.store
+
+    @property
+    def converter(self) -> Converter:
+        """The cattrs converter that encodes this image's values."""
+        return self._engine.table.codec.converter
+
+    @property
+    def schema_report(self) -> SchemaReport:
+        """What reading the log under the current classes found and did (see schema evolution)."""
+        return self._engine.reader.report
+
+    @property
+    def readonly(self) -> bool:
+        """Whether writes are refused (``open(..., readonly=True)``)."""
+        return self._engine.readonly
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._engine.closed
+
+    # -- transactions -----------------------------------------------------------
+
+    def transaction(self, retries: int = 0) -> TxScope:
+        """A transaction, as a context manager or a decorator.
+
+        ``with img.transaction():`` commits on normal exit and discards on an
+        exception (which propagates). Nested, it is a savepoint. As a
+        decorator (``@img.transaction(retries=5)``) it runs the function in a
+        transaction and reruns it, up to *retries* times with a short
+        randomized backoff, when the commit raises :class:`ConflictError`.
+        """
+        return TxScope(self._engine, retries)
+
+    def begin(self) -> Transaction:
+        """Open a transaction (a savepoint if one is already open in this thread or task).
+
+        Commit it with ``save()``, roll it back with ``discard()``.
+        """
+        return begin(self._engine)
+
+    # -- the log ----------------------------------------------------------------
+
+    def snapshot(self) -> int:
+        """Write a snapshot of the committed state now; returns the seq it covers.
+
+        Objects no longer reachable from the root are forgotten first (a
+        ``gc`` event), so the snapshot holds exactly the reachable graph.
+        """
+        return _recovery.snapshot(self._engine)
+
+    def refresh(self) -> int:
+        """Apply events appended by other processes since the last read; returns how many."""
+        engine = self._engine
+        engine.check_open()
+        with engine.lock:
+            return engine.catch_up()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until another process commits, then apply its events; returns how many.
+
+        Returns 0 if *timeout* seconds pass first. On PostgreSQL the wait is
+        woken by LISTEN/NOTIFY; other stores poll cheaply.
+        """
+        engine = self._engine
+        engine.check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return 0
+            if engine.store.wait_for_change(engine.seq, left):
+                applied = self.refresh()
+                if applied:
+                    return applied
+
+    def follow(self) -> threading.Thread:
+        """Apply other processes' commits in a background thread, as they happen.
+
+        The thread stops when the image is closed. Readers never see a
+        partially applied transaction.
+        """
+        engine = self._engine
+        engine.check_open()
+        if self._follower is not None and self._follower.is_alive():
+            return self._follower
+
+        def run() -> None:
+            while not engine.closed:
+                try:
+                    self.wait(0.5)
+                except ClosedError:
+                    return
+                except Exception as err:  # keep following; report once per failure
+                    if engine.closed:
+                        return
+                    log.warning("follower of %s: %s", engine.store.description, err)
+                    time.sleep(0.5)
+
+        self._follower = threading.Thread(target=run, name=f"memimg-follow-{id(self):x}", daemon=True)
+        self._follower.start()
+        return self._follower
+
+    def events(self, since: int = 0) -> Iterator[Event]:
+        """The committed events with ``seq > since``, in log order (checksums verified)."""
+        self._engine.check_open()
+        for row in self._engine.store.read(after=since):
+            r = EventRow(*row)
+            verify_event(r)
+            yield Event.from_row(r)
+
+    # -- closing ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the store. Objects stay readable; changing them raises :class:`ClosedError`."""
+        engine = self._engine
+        with engine.lock:
+            if engine.closed:
+                return
+            engine.closed = True
+            follower = self._follower
+        if follower is not None and follower is not threading.current_thread():
+            follower.join(timeout=5)
+        with engine.lock:
+            engine.store.close()
+
+    def __enter__(self) -> MemoryImage:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        engine = self._engine
+        state = "closed" if engine.closed else f"seq {engine.seq}"
+        return f"<memimg.MemoryImage {engine.store.description} {state}>"

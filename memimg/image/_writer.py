@@ -1,0 +1,171 @@
+"""The writer outside transactions: every change is its own committed transaction.
+
+The model hands every write and every read of a tracked object to the
+*current writer* of its image (``owner._mi_current.get()``): a transaction's
+:class:`~memimg.image._tx.TxState` while one is open in this thread or
+task, else the image's :class:`AutoWriter`. The auto writer commits each
+change by itself -- a field set, a field delete, a collection method -- and
+answers reads from the committed objects, or, while another thread's
+transaction is being applied, from that transaction (publishing: a reader
+never sees half of a commit).
+
+A mutation is *planned* first (what events the call amounts to, without
+changing anything), then committed; if another process committed first, it
+is planned again on the new state, with the same arguments (one-shot
+iterators are read into lists before the first plan).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from memimg.core import _types
+from memimg.core._gc import lazy_pause, paused_gc
+from memimg.core._kinds import KINDS
+from memimg.core._markers import ABSENT, SELF
+from memimg.core._reader import Pending
+from memimg.image import _recovery
+from memimg.image._attach import NATIVE, where_coll, where_field
+from memimg.image._views import raw_method
+from memimg.model._base import Planner
+from memimg.model._collections import reusable_args
+
+__all__ = ["AutoWriter", "WriterHost"]
+
+
+#: What the auto-committing writer needs of its engine: what upkeep needs.
+WriterHost = _recovery.Host
+
+
+_OBJ_SET = KINDS["obj.set"]
+_OBJ_DEL = KINDS["obj.del"]
+
+
+def _sizeable(planned: Sequence[tuple[str, tuple[Any, ...]]]) -> bool:
+    """Whether a plan's events carry enough items that pausing the collector through their
+    commit (~0.7 µs) pays: encoding and applying them makes a container per item."""
+    n = 0
+    for _name, eargs in planned:
+        for a in eargs:
+            if type(a) is list:
+                n += len(a)
+    return n > 256
+
+
+class AutoWriter:
+    """Commits each change made outside a transaction (see the module docstring)."""
+
+    __slots__ = ("engine", "publishing")
+
+    #: reads outside a transaction record nothing: the hooks read the committed objects themselves
+    tracks_reads = False
+
+    def __init__(self, engine: WriterHost, publishing: list[Any]) -> None:
+        self.engine = engine
+        #: the transactions being applied right now (read through while they are)
+        self.publishing = publishing
+
+    # -- writes -----------------------------------------------------------------
+
+    def _enter(self) -> None:
+        """Checks before a change (the lock held): not from user code in a change, writable, fills logged."""
+        engine = self.engine
+        engine.refuse_if_busy()
+        engine.check_writable()
+        if engine.reader.fills:
+            _recovery.attach_fills(engine)
+
+    def set_field(self, obj: Any, name: str, value: Any) -> None:
+        """``obj.name = value``, committed."""
+        engine = self.engine
+        with engine.lock:
+            self._enter()
+            if type(value) in NATIVE and (type(value) is not str or value.isascii()):
+                engine.commit([(_OBJ_SET, obj, (name, value))])
+                return
+            # one pause of the collector for attaching and committing: what they create is
+            # traversed by one collection afterwards, not by one after each
+            with paused_gc():
+                undo: list[Any] = []
+                engine.busy = "attaching a value"
+                try:
+                    v = engine.attacher.prepare(value, where_field(obj, name), undo)
+                finally:
+                    engine.busy = None
+                try:
+                    engine.commit([(_OBJ_SET, obj, (name, v))])
+                except BaseException:
+                    engine.attacher.undo(undo)
+                    raise
+
+    def del_field(self, obj: Any, name: str) -> None:
+        """``del obj.name``, committed."""
+        engine = self.engine
+        getter = _types.info_of(type(obj)).getters[name]  # type: ignore[union-attr]
+        with engine.lock:
+            self._enter()
+            while True:
+                getter(obj)  # AttributeError when unset (again after catching up), as for any attribute
+                if engine.commit([(_OBJ_DEL, obj, (name,))], replan=True):
+                    return
+
+    def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A collection method call, planned and committed; returns what the method returns."""
+        engine = self.engine
+        attacher = engine.attacher
+        # the collector is paused from the first value that needs attaching through the commit
+        # (one collection afterwards, see set_field), or for the commit of a big plan; not
+        # around the planner's work before (a user's sort key or __eq__ may make cyclic garbage),
+        # nor across a replan
+        with engine.lock, lazy_pause() as pause:
+            self._enter()
+            args = reusable_args(planner, args, kwargs)  # a replan must see the same items again
+            while True:
+                undo: list[Any] = []
+
+                def prep(value: Any, where: str, undo: list[Any] = undo) -> Any:
+                    if type(value) in NATIVE and (type(value) is not str or value.isascii()):
+                        return value
+                    pause.start()
+                    return attacher.prepare(value, where_coll(coll) + where, undo)
+
+                try:
+                    engine.busy = "planning a change"  # the planner runs keys' __hash__ and __eq__, sort keys
+                    try:
+                        planned, result = planner(coll, prep, *args, **kwargs)
+                    finally:
+                        engine.busy = None
+                    if not planned:
+                        attacher.undo(undo)
+                        break
+                    if not pause.on and _sizeable(planned):
+                        pause.start()
+                    events: list[Pending] = [(KINDS[name], coll, eargs) for name, eargs in planned]
+                    done = engine.commit(events, replan=True)
+                except BaseException:
+                    attacher.undo(undo)
+                    raise
+                if done:
+                    break
+                attacher.undo(undo)  # another process committed first: plan again on its state
+                pause.stop()  # the replan's own work runs with the collector on
+        return coll if result is SELF else result
+
+    # -- reads while a commit is being applied (the hooks read plain values themselves otherwise) -----
+
+    def read_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
+        """``obj.name`` outside a transaction while commits are published: all of each, or none."""
+        for state in list(self.publishing):
+            v = state.published_field(obj, name)
+            if v is not ABSENT:
+                return v
+        return getter(obj)
+
+    def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any:
+        """A read method of a tracked collection outside a transaction (see :meth:`read_field`)."""
+        for state in list(self.publishing):
+            view = state.views.get(id(coll))
+            if view is not None:
+                return view.call(method, args)
+        return raw_method(type(coll), method)(coll, *args)

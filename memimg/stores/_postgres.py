@@ -1,0 +1,232 @@
+"""PostgreSQL commits: one round trip each, and settling a commit whose reply was lost.
+
+:class:`PgWriter` appends a commit with one statement on a psycopg connection
+of its own, in autocommit: the conditional insert (only if the head is still
+the expected seq) and the ``NOTIFY`` that wakes followers, all or none.
+
+Each commit carries a random 63-bit **commit id**, stored on every row it
+writes. When the connection breaks after a commit was sent and before its
+reply arrived, the commit may or may not be in the log; :func:`settle`
+reconnects and looks at the event at the commit's first seq: its own id --
+the commit landed; another writer's -- it never will (the caller raises
+:class:`SeqTaken`, as if the head had moved before it); none -- it resends
+the same rows with the same id (the lost statement may still be on its way:
+the append rule lets exactly one of the two land, and the next look says
+which). Only when the database cannot be asked within the connection timeout
+is the outcome unknown: :class:`CommitUnknownError`, naming the seq and id
+to look up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from memimg._errors import CommitUnknownError
+from memimg.stores._protocol import EventRow
+
+__all__ = ["ABSENT", "CHUNK", "LOST", "PgWriter", "appending", "lost", "new_commit_id", "settle", "sqlstate"]
+
+#: Rows per statement: stays under PostgreSQL's 65,535 parameters.
+CHUNK: Final = 8000
+#: SQLSTATEs of a connection that is gone: admin_shutdown, crash_shutdown, cannot_connect_now (and class 08).
+LOST: Final = frozenset({"57P01", "57P02", "57P03"})
+#: No event at the seq looked up.
+ABSENT: Final[Any] = object()
+
+
+def sqlstate(err: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (psycopg 3, psycopg2), or None."""
+    state = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def lost(err: BaseException, operational: Any) -> bool:
+    """Whether PostgreSQL driver error *err* means the connection broke.
+
+    A statement sent on a broken connection may or may not have run.
+    *operational* is the driver's ``OperationalError`` class, which
+    libpq-based drivers raise without a SQLSTATE when the server is gone.
+    """
+    orig = getattr(err, "orig", None)
+    if getattr(err, "connection_invalidated", False):
+        return True
+    if orig is not None:
+        err = orig
+    state = sqlstate(err)
+    if state is None:
+        return isinstance(err, operational)
+    return state.startswith("08") or state in LOST
+
+
+def appending(rows: Sequence[EventRow]) -> str:
+    """What appending *rows* is called in messages."""
+    return f"appending events {rows[0][0]}..{rows[-1][0]}"
+
+
+def new_commit_id() -> int:
+    """A random 63-bit commit id."""
+    # os.urandom, not the random module: a forked worker or a seeded random must not repeat ids
+    return int.from_bytes(os.urandom(8), "big") >> 1
+
+
+def settle(
+    rows: Sequence[EventRow],
+    commit_id: int,
+    cause: BaseException,
+    *,
+    insert: Callable[[], bool],
+    lookup: Callable[[int], Any],
+    retryable: tuple[type[BaseException], ...],
+    on_failure: Callable[[], None],
+    timeout: float,
+    description: str,
+    events_table: str,
+) -> bool:
+    """After a commit's connection broke: whether the commit is in the log (see the module docstring).
+
+    ``True``: its rows are there (by its commit id). ``False``: another
+    writer's commit holds its first seq, so it can never land. *insert*
+    sends the rows again (``False``: refused); *lookup* gives the commit id
+    of the event at a seq, or :data:`ABSENT`; an error of *retryable* while
+    doing either is retried (after *on_failure*) until *timeout* seconds.
+
+    Raises:
+        CommitUnknownError: the database could not tell within *timeout*.
+    """
+    first = rows[0][0]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = lookup(first)
+            if found is ABSENT:
+                if insert():
+                    return True
+                found = lookup(first)
+            if found is not ABSENT:
+                return bool(found == commit_id)
+        except retryable as err:
+            cause = err
+            on_failure()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(0.2, left))
+    raise CommitUnknownError(
+        f"{appending(rows)} in {description}: the connection broke after the commit was sent, and the "
+        f"database could not be asked within {timeout:g} s whether it was applied: its "
+        "outcome is UNKNOWN (it was not applied to this image). Do not simply make the change again: "
+        f"once the database is back, the commit is in the log if the event at seq {first} has "
+        f"commit_id {commit_id} (SELECT commit_id FROM {events_table} WHERE seq = {first}); "
+        "img.refresh() then applies it. If that event is missing or has another commit_id, it was not "
+        "applied",
+        commit_id=commit_id,
+        first_seq=first,
+        seq=rows[-1][0],
+        store=description,
+        operation=appending(rows),
+    ) from cause
+
+
+class PgWriter:
+    """Appends commits to a PostgreSQL log in one round trip each (see the module docstring).
+
+    Args:
+        connect: makes a new psycopg connection in autocommit.
+        events_table, snapshots_table: the tables' quoted names.
+        channel: the ``NOTIFY`` channel of the log.
+        asynchronous: ``synchronous_commit = off`` (``sync="normal"``).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        events_table: str,
+        snapshots_table: str,
+        channel: str,
+        asynchronous: bool,
+    ) -> None:
+        self._connect = connect
+        self.events_table = events_table
+        self._snapshots_table = snapshots_table
+        self._channel = channel
+        self._asynchronous = asynchronous
+        self._conn: Any = None
+        self._sql: dict[int, str] = {}
+
+    def connection(self) -> Any:
+        """The writer's connection (made now if there is none)."""
+        if self._conn is None:
+            conn = self._connect()
+            if self._asynchronous:
+                conn.execute("SET synchronous_commit = off")
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        """Drop the connection (a broken one, or at the store's close)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def append(self, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
+        """Insert *rows* if the head is *expected_head*; whether they were (``False``: the head moved).
+
+        Raises:
+            psycopg.Error: the database or the connection failed (the caller settles a lost one).
+        """
+        import psycopg
+
+        conn = self.connection()
+        try:
+            if len(rows) <= CHUNK:
+                params: list[Any] = [commit_id]
+                params += [v for r in rows for v in r]
+                params += [expected_head, self._channel]
+                return bool(conn.execute(self._insert_sql(len(rows)), params).fetchone()[0] == len(rows))
+            return self._append_chunked(conn, rows, expected_head, commit_id)
+        except psycopg.errors.UniqueViolation:
+            return False
+
+    def lookup(self, seq: int) -> Any:
+        """The commit id of the event at *seq* (``None``: written by memimg 0.2), or :data:`ABSENT`."""
+        row = self.connection().execute(f"SELECT commit_id FROM {self.events_table} WHERE seq = %s", (seq,)).fetchone()
+        return ABSENT if row is None else row[0]
+
+    def _insert_sql(self, n: int) -> str:
+        sql = self._sql.get(n)
+        if sql is None:
+            row = "(%s::bigint, %s::bigint, %s::bigint, %s::text, %s::bigint, %s::bytea, %s::bigint)"
+            events, snapshots = self.events_table, self._snapshots_table
+            sql = (
+                f"WITH ins AS (INSERT INTO {events} (seq, tx, ts, kind, target, payload, checksum, commit_id) "
+                f"SELECT v.*, %s::bigint FROM (VALUES {', '.join([row] * n)}) "
+                "AS v(seq, tx, ts, kind, target, payload, checksum) "
+                f"WHERE coalesce((SELECT max(seq) FROM {events}), (SELECT max(seq) FROM {snapshots}), 0) "
+                "= %s::bigint RETURNING seq) "
+                "SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, max(seq)::text) FROM ins HAVING count(*) > 0)"
+            )
+            if len(self._sql) < 64:
+                self._sql[n] = sql
+        return sql
+
+    def _append_chunked(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
+        import psycopg
+
+        refused = False
+        with conn.transaction() as tx:
+            done = expected_head
+            for start in range(0, len(rows), CHUNK):
+                chunk = rows[start : start + CHUNK]
+                params: list[Any] = [commit_id, *[v for r in chunk for v in r], done, self._channel]
+                if conn.execute(self._insert_sql(len(chunk)), params).fetchone()[0] != len(chunk):
+                    refused = True
+                    raise psycopg.Rollback(tx)
+                done += len(chunk)
+        return not refused

@@ -1,0 +1,83 @@
+"""memimg's three tables in a SQL database, and the statements the SQLAlchemy store runs on them.
+
+``{prefix}events`` (one row per event; on PostgreSQL also the ``commit_id``
+of its commit, see :mod:`memimg.stores._postgres`), ``{prefix}snapshots``
+and ``{prefix}meta``, optionally in a schema of their own. The append rule is
+in :attr:`LogTables.append_first`: the first row of a commit is inserted
+only if the log's head -- the newest event, or, every event compacted away,
+the newest snapshot's seq -- is the one the writer expected.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import sqlalchemy as sa
+
+__all__ = ["COLUMNS", "LogTables"]
+
+#: The columns of each table, as memimg makes them (``commit_id`` aside).
+COLUMNS: Final = {
+    "events": ["seq", "tx", "ts", "kind", "target", "payload", "checksum"],
+    "snapshots": ["seq", "ts", "payload", "checksum"],
+    "meta": ["key", "value"],
+}
+
+
+class LogTables:
+    """The tables of one log (*prefix* in *schema*) and the statements on them."""
+
+    def __init__(self, schema: str | None, prefix: str, *, commit_id: bool) -> None:
+        md = self.metadata = sa.MetaData(schema=schema)
+        self.events = sa.Table(
+            f"{prefix}events",
+            md,
+            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("tx", sa.BigInteger, nullable=False),
+            sa.Column("ts", sa.BigInteger, nullable=False),
+            sa.Column("kind", sa.String(32), nullable=False),
+            sa.Column("target", sa.BigInteger, nullable=False),
+            sa.Column("payload", sa.LargeBinary, nullable=False),
+            sa.Column("checksum", sa.BigInteger, nullable=False),
+            *([sa.Column("commit_id", sa.BigInteger, nullable=True)] if commit_id else []),
+        )
+        self.snapshots = sa.Table(
+            f"{prefix}snapshots",
+            md,
+            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("ts", sa.BigInteger, nullable=False),
+            sa.Column("payload", sa.LargeBinary, nullable=False),
+            sa.Column("checksum", sa.BigInteger, nullable=False),
+        )
+        self.meta = sa.Table(
+            f"{prefix}meta",
+            md,
+            sa.Column("key", sa.String(64), primary_key=True),
+            sa.Column("value", sa.Text, nullable=False),
+        )
+        ev = self.events
+        # the last event, or (every event compacted away) the seq the newest snapshot covers
+        head = sa.func.coalesce(
+            sa.select(sa.func.max(ev.c.seq)).scalar_subquery(),
+            sa.select(sa.func.max(self.snapshots.c.seq)).scalar_subquery(),
+            0,
+        )
+        self.head = sa.select(head)
+        names = COLUMNS["events"] + (["commit_id"] if commit_id else [])
+        self.append_first = (
+            ev.insert()
+            .from_select(
+                names,
+                sa.select(*[sa.bindparam(n, type_=ev.c[n].type) for n in names]).where(
+                    head == sa.bindparam("expected", type_=sa.BigInteger)
+                ),
+            )
+            .execution_options(preserve_rowcount=True)
+        )
+        self.append_rest = ev.insert()
+        self.read = (
+            sa.select(*[ev.c[n] for n in COLUMNS["events"]])
+            .where(ev.c.seq > sa.bindparam("after"))
+            .order_by(ev.c.seq)
+            .limit(sa.bindparam("n"))
+        )
