@@ -212,7 +212,7 @@ def replay(
             if row.seq >= expected:
                 yield row
 
-    fold(rows(), reader, expected=expected, where="the events", checked=True)
+    fold(rows(), reader, expected=expected, where="the events", table="", checked=True)
     return reader.table.root
 
 

@@ -193,3 +193,29 @@ def test_the_collector_is_paused_from_the_first_attached_value_of_a_mutation(mak
         assert gc.isenabled()
         assert hashed == [("third", True), ("bad", False)]
         assert sorted(k.name for k in img.root.index) == ["first", "second"]
+
+
+@persistent
+class HalfSet:
+    price: Any
+    note: Any = attrs.field()
+
+
+def test_an_attribute_error_of_a_value_hook_refuses_the_commit_of_an_entity_with_an_unset_field(
+    make_image: Images,
+) -> None:
+    """An entity with an unset field is written by field name; a value of it whose hook raises AttributeError
+    refuses the commit (the field is not taken for unset and left out), and nothing is changed."""
+
+    def unstructure(value: Fragile) -> Any:
+        raise AttributeError("Fragile has no attribute 'amount'")
+
+    conv = memimg.Converter()
+    conv.register_value(Fragile, name="enc.Fragile", unstructure=unstructure, structure=lambda d, t: Fragile(d))
+    item = HalfSet.__new__(HalfSet)
+    object.__setattr__(item, "price", Fragile("5"))
+    with make_image(converter=conv) as img:
+        head = img.seq
+        with pytest.raises((AttributeError, memimg.MemimgError), match="amount"):
+            img.root["item"] = item
+        assert img.seq == head and "item" not in img.root

@@ -618,3 +618,19 @@ def test_a_mismatched_tag_met_while_catching_up_is_named_by_seq(make_image: Imag
         with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} .*hostile.Entity") as info:
             img.refresh()
         assert info.value.seq == seq and RAN == [] and img.root.content is None
+
+
+@attrs.frozen
+class Spot:
+    x: int
+
+
+def test_a_value_type_registered_while_the_image_is_open_is_written_the_new_way(make_image: Images) -> None:
+    """register_value on an open image's converter applies to every later write, whatever was classified since."""
+    conv = memimg.Converter()
+    with make_image(converter=conv) as img:
+        img.root["a"] = Spot(1)  # written as a value object
+        conv.register_value(Spot, name="tests.Spot", unstructure=lambda p: p.x, structure=lambda d, _: Spot(d))
+        img.root["c"] = Decimal("1.5")  # a type met for the first time: the codec classifies anew
+        img.root["b"] = Spot(2)
+        assert list(img.events())[-1].data == ["b", ["x", "tests.Spot", 2]]

@@ -41,8 +41,6 @@ from memimg.core._generic import CustomValue, EnumValue
 from memimg.core._gone import Gone
 from memimg.core._shell import Shell
 from memimg.core._values import (
-    INT_MAX,
-    INT_MIN,
     Converter,
     describe_unsupported,
     flag_encoder,
@@ -66,7 +64,6 @@ __all__ = [
     "UNSUPPORTED",
     "VALUE",
     "Codec",
-    "inline",
     "kind_mismatch",
 ]
 
@@ -93,12 +90,6 @@ INLINE: Final = "(t := type({v})) is str or (t is int and -X <= {v} < X) or t is
 _X: Final = 2**63
 
 
-def inline(v: Any) -> bool:
-    """The inline rule: whether *v* is stored as itself (see :data:`INLINE`)."""
-    t = type(v)
-    return t is str or (t is int and -_X <= v < _X) or t is bool or v is None
-
-
 def _no_declare(info: _types.TypeInfo) -> None:
     pass
 
@@ -114,13 +105,10 @@ class Codec:
         self._reset()
 
     def _reset(self) -> None:
-        self._shapes = {str: NATIVE, bool: NATIVE, int: NATIVE, float: NATIVE, type(None): NATIVE}
+        # cleared in place: the value writers hold this very dict
+        self._shapes.clear()
+        self._shapes.update({str: NATIVE, bool: NATIVE, int: NATIVE, float: NATIVE, type(None): NATIVE})
         self._seen_version = self.converter.version
-
-    @property
-    def stale(self) -> bool:
-        """Whether the converter changed since the shapes were cached."""
-        return self._seen_version != self.converter.version
 
     # -- classification -----------------------------------------------------
 
@@ -174,21 +162,24 @@ class Codec:
         told of each value-object class written.
         """
         table: dict[type, Callable[[Any], Any]] = {}
-        codec = self
+        conv = self.converter
+        seen = [conv.version]  # this encoder's own: another's clearing must not make its entries look current
+        encoder_for = self._encoder_for
 
         def encode(v: Any) -> Any:
             t = type(v)
             if t is str or t is bool or v is None:
                 return v
             if t is int:
-                return v if INT_MIN <= v <= INT_MAX else ["i", int_text(v)]
+                return v if -_X <= v < _X else ["i", int_text(v)]  # the INLINE rule
             if t is float:
                 return v if math.isfinite(v) else ["f", repr(v)]
+            if seen[0] != conv.version:
+                table.clear()
+                seen[0] = conv.version
             enc = table.get(t)
-            if enc is None or codec._seen_version != codec.converter.version:
-                if codec._seen_version != codec.converter.version:
-                    table.clear()
-                enc = table[t] = codec._encoder_for(t, encode, ref, declare)
+            if enc is None:
+                enc = table[t] = encoder_for(t, encode, ref, declare)
             return enc(v)
 
         return encode

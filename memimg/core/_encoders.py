@@ -197,9 +197,10 @@ def slow_state(info: _types.TypeInfo, value: Callable[[Any], Any]) -> Callable[[
         fields = {}
         for f, get in getters:
             try:
-                fields[f] = value(get(obj))
-            except AttributeError:
+                v = get(obj)
+            except AttributeError:  # unset; an AttributeError of the encoding is the value's to raise
                 continue
+            fields[f] = value(v)
         return fields
 
     return state

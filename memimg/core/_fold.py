@@ -34,6 +34,9 @@ from memimg.core._kinds import FIELD, KINDS, Kind
 from memimg.core._reader import Pending, Reader, at_seq
 from memimg.core._rows import BAD_COLUMN, EventRow, event_checksum, verify_event
 
+#: The kinds of the event a snapshot is the state after (``gc`` before memimg 0.3).
+SNAPSHOT_KINDS: Final = frozenset({"snapshot", "gc"})
+
 __all__ = ["apply_stored", "fold", "missing"]
 
 _OBJ_SET: Final = KINDS["obj.set"]
@@ -44,10 +47,13 @@ _NO_SETTERS: Final[dict[str, Any]] = {}
 OnTx = Callable[[list[tuple[Pending | None, EventRow]]], None]
 
 
-def missing(expected: int, found: int, where: str) -> CorruptLogError:
-    """The error for a gap in the log: *expected* is missing, the next row is *found*."""
+def missing(expected: int, found: int, where: str, table: str = "memimg_events") -> CorruptLogError:
+    """The error for a gap in the log: *expected* is missing, the next row is *found*.
+
+    *table* names where the rows came from (empty for events not read from a store).
+    """
     return CorruptLogError(
-        f"event seq {expected} is missing from {where} (the next is {found})", seq=expected, table="memimg_events"
+        f"event seq {expected} is missing from {where} (the next is {found})", seq=expected, table=table
     )
 
 
@@ -57,6 +63,7 @@ def fold(
     *,
     expected: int,
     where: str = "the log",
+    table: str = "memimg_events",
     checked: bool = False,
     progress: Callable[[int], None] | None = None,
     on_tx: OnTx | None = None,
@@ -68,6 +75,7 @@ def fold(
         reader: decodes them; its table is the state they are applied to.
         expected: the seq the first row must have.
         where: the log, for messages (a store's description).
+        table: the table the rows come from, for errors (empty: not a store's).
         checked: the rows' checksums were verified already (``memimg.replay``
             of :class:`~memimg.Event` records).
         progress: called with the seq every 10,000 rows.
@@ -75,22 +83,22 @@ def fold(
             applying them (see the module docstring).
 
     Returns:
-        The next expected seq, and the seq of the last ``gc`` event (0 if none).
+        The next expected seq, and the seq of the last snapshot's event (0 if none).
 
     Raises:
         CorruptLogError: a seq is missing, or a row is corrupt or does not apply.
         SchemaError: an upgrader failed on a state a row holds.
     """
     if on_tx is not None:
-        return _fold_transactions(rows, reader, expected, where, checked, progress, on_tx)
-    return _fold_rows(rows, reader, expected, where, checked, progress)
+        return _fold_transactions(rows, reader, expected, (where, table), checked, progress, on_tx)
+    return _fold_rows(rows, reader, expected, (where, table), checked, progress)
 
 
 def _fold_rows(
     rows: Iterable[Any],
     reader: Reader,
     expected: int,
-    where: str,
+    where: tuple[str, str],
     checked: bool,
     progress: Callable[[int], None] | None,
 ) -> tuple[int, int]:
@@ -101,11 +109,11 @@ def _fold_rows(
     fast_fields = reader.fast_fields
     loads = orjson.loads
     dec = reader.decode
-    last_gc = 0
+    last_snapshot = 0
     for row in rows:
         seq, tx, ts, kind, target, payload, checksum = row
         if seq != expected:
-            raise missing(expected, seq, where)
+            raise missing(expected, seq, *where)
         expected += 1
         if not checked:
             try:
@@ -133,8 +141,8 @@ def _fold_rows(
                 args = decoder(p[0]) if decoder is not None else reader.decode_args(k, p[0])
         except Exception:
             simple = False  # read again the long way, which names what is wrong
-        if kind == "gc":
-            last_gc = seq
+        if kind in SNAPSHOT_KINDS:
+            last_snapshot = seq
         if not simple:
             pending = reader.decode_row(kind, target, payload, seq)
             if pending is not None:
@@ -150,39 +158,57 @@ def _fold_rows(
                 continue
             k, obj, args = adapted
         apply_stored(reader, (k, obj, args), seq, target)
-    return expected, last_gc
+    return expected, last_snapshot
 
 
 def _fold_transactions(
     rows: Iterable[Any],
     reader: Reader,
     expected: int,
-    where: str,
+    where: tuple[str, str],
     checked: bool,
     progress: Callable[[int], None] | None,
     on_tx: OnTx,
 ) -> tuple[int, int]:
     """Rows decoded and handed over one transaction at a time."""
-    batch: list[tuple[Pending | None, EventRow]] = []
-    last_gc = 0
+    batch: list[EventRow] = []
+    last_snapshot = 0
     for row in rows:
         r = EventRow(*row)
         if r.seq != expected:
-            raise missing(expected, r.seq, where)
+            raise missing(expected, r.seq, *where)
         expected += 1
         if not checked:
             verify_event(r)
         if progress is not None and not r.seq % 10_000:
             progress(r.seq)
-        if batch and r.tx != batch[0][1].tx:
-            on_tx(batch)
+        if batch and r.tx != batch[0].tx:
+            _hand_over(batch, reader, on_tx)
             batch = []
-        batch.append((reader.decode_row(r.kind, r.target, r.payload, r.seq), r))
-        if r.kind == "gc":
-            last_gc = r.seq
+        batch.append(r)
+        if r.kind in SNAPSHOT_KINDS:
+            last_snapshot = r.seq
     if batch:
-        on_tx(batch)
-    return expected, last_gc
+        _hand_over(batch, reader, on_tx)
+    return expected, last_snapshot
+
+
+def _hand_over(batch: list[EventRow], reader: Reader, on_tx: OnTx) -> None:
+    """Decode one whole transaction's rows and hand them over.
+
+    Rows are decoded only once the whole transaction is read: a read that
+    fails partway (a dropped connection, a damaged row) leaves nothing of
+    it behind, and the next read starts the transaction again. A decoding
+    that fails partway un-places the objects it made.
+    """
+    table = reader.table
+    size = len(table.objects)
+    try:
+        decoded = [(reader.decode_row(r.kind, r.target, r.payload, r.seq), r) for r in batch]
+    except BaseException:
+        table.unplace(size)
+        raise
+    on_tx(decoded)
 
 
 def apply_stored(reader: Reader, pending: Pending, seq: int, target: int) -> None:

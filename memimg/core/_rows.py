@@ -76,8 +76,8 @@ _CODES: dict[str, int] = {name: k.code for name, k in KINDS.items()}
 def event_checksum(seq: int, tx: int, ts: int, kind: str, target: int, payload: bytes) -> int:
     """The checksum stored with an event row: every column goes into it (the kind through its code)."""
     code = _CODES.get(kind)
-    if code is None:
-        code = _CODES[kind] = _crc32(kind.encode())
+    if code is None:  # not cached: a damaged or crafted log must not grow the table
+        code = _crc32(kind.encode())
     return _crc32(payload, _crc32(_pack(seq, tx, ts, target), code))
 
 

@@ -97,6 +97,8 @@ class SchemaReport:
     touched.
     """
 
+    __module__ = "memimg"
+
     differences: list[str] = attrs.field(factory=list)
     unknown_types: list[str] = attrs.field(factory=list)
     renamed_types: Counter[tuple[str, str]] = attrs.field(factory=Counter)

@@ -125,6 +125,21 @@ class ObjectTable:
         finally:
             self.holes = holes
 
+    def unplace(self, size: int) -> None:
+        """Forget the objects placed at ids from *size* on (a transaction's rows that failed to decode).
+
+        Stored objects are always created at ids past every id before them,
+        so these are all the objects the failed decoding made.
+        """
+        objects = self.objects
+        set_identity = self.shell.set_identity
+        for obj in objects[size:]:
+            if obj is None:
+                self.holes -= 1
+            elif type(obj) is not Gone:
+                set_identity(obj, None, None)
+        del objects[size:]
+
     def extend_to(self, next_oid: int) -> None:
         """Reserve the ids below *next_oid* (a snapshot's next id: ids of collected objects stay unused)."""
         n = len(self.objects)

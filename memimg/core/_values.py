@@ -260,6 +260,8 @@ class Converter(cattrs.Converter):
     whose log holds such values.
     """
 
+    __module__ = "memimg"
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._leaves: dict[type, _Leaf] = dict(_LEAVES)

@@ -76,3 +76,60 @@ def test_transactions_are_handed_over_whole() -> None:
     assert [[e[0].name for e, _ in batch] for batch in batches][2] == ["obj.set", "obj.set"]
     # decoded -- the objects the events introduce exist -- but not applied: not even the root is set
     assert reader.table.live_count() and reader.table.root is None
+
+
+class _Broken(Exception):
+    pass
+
+
+def _breaking_after(rows: list[EventRow], n: int) -> Any:
+    """*rows*, breaking after *n* of them (a connection lost between two reads of a transaction)."""
+    for i, row in enumerate(rows):
+        if i == n:
+            raise _Broken("server closed the connection")
+        yield row
+
+
+def test_a_read_broken_inside_a_transaction_leaves_nothing_of_it_and_can_be_read_again() -> None:
+    """Rows are decoded only once their whole transaction is read: a read that breaks partway made no object."""
+    img = memimg.open(root=dict)
+    with img.transaction():
+        img.root["a"] = Node(1)
+        img.root["b"] = Node(2)
+        img.root["c"] = Node(3)
+    rows = [EventRow(*r) for r in img.store.read()]
+    reader = _reader()
+    fold(rows[:1], reader, expected=1, on_tx=lambda batch: None)
+    size = len(reader.table.objects)
+    with pytest.raises(_Broken):
+        fold(_breaking_after(rows[1:], 2), reader, expected=2, on_tx=lambda batch: None)
+    assert len(reader.table.objects) == size  # nothing of the transaction was decoded
+    batches: list[Any] = []
+    assert fold(rows[1:], reader, expected=2, on_tx=batches.append)[0] == len(rows) + 1
+    assert [[r.seq for _, r in batch] for batch in batches] == [[2, 3, 4]]
+
+
+def test_a_transaction_whose_decoding_fails_partway_leaves_no_object_of_it() -> None:
+    """A row that does not decode un-places the objects the rows before it in its transaction made."""
+    img = memimg.open(root=dict)
+    with img.transaction():
+        img.root["a"] = Node(1)
+        img.root["b"] = Node(2)
+    rows = [EventRow(*r) for r in img.store.read()]
+    reader = _reader()
+    fold(rows[:1], reader, expected=1, on_tx=lambda batch: None)
+    size = len(reader.table.objects)
+    bad = rows[2]._replace(payload=b'[["b", ["r", 99]]]')
+    with pytest.raises(memimg.CorruptLogError):
+        fold([rows[1], bad], reader, expected=2, checked=True, on_tx=lambda batch: None)
+    assert len(reader.table.objects) == size
+    assert fold(rows[1:], reader, expected=2, on_tx=lambda batch: None)[0] == len(rows) + 1
+
+
+def test_a_gap_in_events_not_read_from_a_store_names_no_table() -> None:
+    """memimg.replay of Event records names the missing seq, and no table."""
+    rows = _rows()
+    del rows[2]
+    with pytest.raises(memimg.CorruptLogError, match="event seq 3 is missing") as info:
+        fold(rows, _reader(), expected=1, where="the events", table="", checked=True)
+    assert info.value.table == ""
