@@ -122,16 +122,8 @@ def test_replay_from_a_serialized_snapshot(make_image: Images) -> None:
     assert again.accounts["a"].balance == 5 and set(again.accounts) == {"a", "b"}
 
 
-def test_automatic_snapshots(make_image: Images) -> None:
-    """snapshot_every writes snapshots as events accumulate; None disables them."""
-    img = make_image(root=Box, snapshot_every=10)
-    img.root.content = []
-    for i in range(35):
-        img.root.content.append(i)
-    snaps = img.store.snapshots() if not isinstance(img.store, str) else []
-    assert len(snaps) == 3
-    img.close()
-    assert make_image(root=Box, snapshot_every=None).root.content == list(range(35))
+def test_snapshot_every_must_be_positive(make_image: Images) -> None:
+    """snapshot_every is a positive int, "auto" or None."""
     with pytest.raises(ValueError, match="snapshot_every"):
         make_image(snapshot_every=0)
 

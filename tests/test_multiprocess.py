@@ -6,6 +6,7 @@ in a schema of its own), with real OS processes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -105,9 +106,11 @@ def open_here(kind: str, where: str, **kw: Any) -> memimg.MemoryImage:
     return memimg.open(SQLAlchemyStore(url, schema=schema, readonly=kw.get("readonly", False)), root=Box, **kw)
 
 
-def spawn(script: str, *args: str) -> subprocess.Popen[str]:
+def spawn(script: str, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdin=stdin, stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     return proc
@@ -188,6 +191,44 @@ def test_wait_returns_when_another_process_commits(shared: Any) -> None:
     proc.communicate(timeout=60)
     assert applied >= 1 and img.root.content["count"] >= 1
     img.close()
+
+
+SNAPSHOTTING = OPEN + textwrap.dedent(
+    """
+    kind, where, wid, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    img = open_image(kind, where, snapshot_every=50)
+    d = img.root.content
+    print("ready", flush=True)
+    sys.stdin.readline()  # all start together
+    for i in range(n):
+        d[wid] = i
+    img.close()
+    print("done", flush=True)
+    """
+)
+
+
+def test_processes_sharing_a_log_write_one_snapshot_per_threshold(shared: Any) -> None:
+    """Four processes with snapshot_every=50 committing to one log: no two snapshots are begun fewer
+    than 50 events apart (one process at a time holds the snapshot lease and the others see its
+    ``snapshot`` event), snapshots are written, and the log reopens to every process's last write."""
+    kind, where = shared
+    with open_here(kind, where, snapshot_every=None) as img:
+        img.root.content = {}
+    procs = [spawn(SNAPSHOTTING, kind, where, f"w{i}", "150", stdin=subprocess.PIPE) for i in range(4)]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.strip() == "done"
+    with open_here(kind, where, snapshot_every=None) as img:
+        begun = [e.seq for e in img.events() if e.kind == "snapshot"]
+        written = {s.seq for s in img.store.snapshots()}
+        assert dict(img.root.content) == {f"w{i}": 149 for i in range(4)}
+    assert len(begun) >= 2 and written and written <= set(begun)
+    assert all(b - a >= 50 for a, b in itertools.pairwise(begun)), begun
 
 
 def test_any_process_may_snapshot(shared: Any) -> None:

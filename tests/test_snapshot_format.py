@@ -32,7 +32,8 @@ import memimg
 from memimg import persistent
 from memimg.cli._verify import _canonical
 from memimg.core._codec import Codec
-from memimg.core._snapshot import decode_snapshot, split_snapshot, write_snapshot
+from memimg.core._snapshot import decode_snapshot, split_snapshot
+from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.model import SHELL
 from memimg.model._tracking import disable_now
@@ -223,11 +224,18 @@ def test_cli_verify_compares_format_2_snapshots_with_the_log(tmp_path: Any) -> N
 # -- damage ------------------------------------------------------------------------
 
 
-def _small(where: str | Images) -> int:
-    """A snapshot of two nodes in the image *where* (``make_image``, or an SQLite file's path); its seq."""
+def _small(where: str | Images, *, garbage: bool = True) -> int:
+    """A snapshot of two nodes in the image *where* (``make_image``, or an SQLite file's path); its seq.
+
+    With *garbage*, the root's first nodes list (object 2) is replaced, unreachable at the snapshot (and
+    dropped by the ``gc.drop`` event after it); without, the snapshot is the log's last event.
+    """
     open_image = (lambda **options: memimg.open(where, **options)) if isinstance(where, str) else where
     with open_image(root=Holder, snapshot_every=None) as img:
-        img.root.nodes = [Node("a", 1), Node("b", 2)]
+        if garbage:
+            img.root.nodes = [Node("a", 1), Node("b", 2)]
+        else:
+            img.root.nodes.extend([Node("a", 1), Node("b", 2)])
         return img.snapshot()
 
 
@@ -433,7 +441,7 @@ def test_a_compacted_log_whose_head_is_its_snapshot_opens_and_goes_on(tmp_path: 
     """After compaction dropped every event, the head is the snapshot's seq: it opens, commits follow it,
     and verify agrees."""
     path = str(tmp_path / "img.db")
-    seq = _small(path)
+    seq = _small(path, garbage=False)
     _only_the_snapshot(path, seq)
     assert _in_thread(lambda: _open_and_commit(path)) == seq + 1
     with memimg.open(path, root=Holder) as img:
@@ -479,7 +487,7 @@ def test_a_type_name_holding_a_tab_survives_a_snapshot(make_image: Images) -> No
 
 def test_the_snapshot_payload_of_an_empty_graph_reads_back() -> None:
     """The snapshot payload of a graph without objects splits into a header counting none and no records."""
-    payload, count, _ = write_snapshot(ObjectTable(SHELL, Codec(memimg.converter, SHELL)), 0)
+    payload, count, _ = SnapshotWriter(ObjectTable(SHELL, Codec(memimg.converter, SHELL)), 0).finish()
     header, records = split_snapshot(payload)
     assert header["count"] == count == 0 and records == []
 

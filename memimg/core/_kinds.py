@@ -106,7 +106,9 @@ class Applier(Protocol):
     def set_discard(self, s: Any, items: list[Any]) -> None: ...
     def set_clear(self, s: Any) -> None: ...
     def set_root(self, obj: Any) -> None: ...
-    def collect(self, reachable: bytearray | None = None) -> Any: ...
+    def collect(self) -> Any: ...
+    def snapshot_begins(self) -> None: ...
+    def forget(self, oids: list[int]) -> None: ...
 
 
 @attrs.frozen
@@ -280,10 +282,18 @@ def _root(a: Applier, obj: Any) -> None:
 
 
 @kind("gc", "", NONE)
-def _gc(a: Applier, obj: Any, reachable: bytearray | None = None) -> None:
-    """Forget every object no longer reachable from the root (written before each snapshot).
+def _gc(a: Applier, obj: Any) -> None:
+    """Forget every object no longer reachable from the root (before memimg 0.3: written with each snapshot)."""
+    a.collect()
 
-    A writer that has just walked the graph passes what it reached along with
-    its pending event (never stored): the applier need not walk it again.
-    """
-    a.collect(reachable)
+
+@kind("snapshot", "", NONE)
+def _snapshot(a: Applier, obj: Any) -> None:
+    """A snapshot of the state after this event is being written: the log declares every type again from here."""
+    a.snapshot_begins()
+
+
+@kind("gc.drop", "I", NONE)
+def _gc_drop(a: Applier, obj: Any, oids: list[int]) -> None:
+    """Forget the objects *oids*: unreachable at the last snapshot's seq, and not referenced since."""
+    a.forget(oids)

@@ -13,29 +13,24 @@ line per object, ``oid<TAB>type<TAB>state``, written before memimg 0.2) is
 still read.
 
 Only objects reachable from the root are written: the walk is
-breadth-first from the root, encoding each object as it meets it.
+breadth-first from the root, encoding each object as it meets it
+(:mod:`memimg.core._snapshotter` writes them).
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError
-from memimg.core import _schema, _types
-from memimg.core._encoders import REF_MARK, container_encoders, slow_state, state_encoder, value_writer
+from memimg.core import _schema
 from memimg.core._reader import Reader, load_states
-from memimg.core._records import declaration
-from memimg.core._table import ObjectTable
-from memimg.core._values import describe_unsupported
 
-__all__ = ["decode_snapshot", "load_snapshot", "split_snapshot", "write_snapshot"]
+__all__ = ["decode_snapshot", "load_snapshot", "split_snapshot"]
 
-#: Objects per chunk (format 2): one directory line and one states line each.
-CHUNK: Final = 2048
 _loads = orjson.loads
 _get_oid = operator.attrgetter("_mi_oid")
 
@@ -178,94 +173,6 @@ def decode_snapshot(payload: bytes, row_seq: int | None = None) -> dict[str, Any
     data["format"] = 1
     data["objects"] = objects
     return data
-
-
-def write_snapshot(
-    table: ObjectTable, seq: int, progress: Callable[[int], None] | None = None
-) -> tuple[bytes, int, bytearray]:
-    """The stored form of a snapshot of *table* at *seq*, how many objects it holds, and which.
-
-    The objects it holds -- the reachable ones -- are given as a byte per
-    object id, non-zero if held (what a ``gc`` event's collection takes).
-
-    A measured hot loop (``python -m benchmarks``, graph snapshot): objects
-    met for the first time are marked and queued inline by the generated
-    encoders, with no Python call per object.
-    """
-    root = table.root
-    codec, shell = table.codec, table.shell
-    queue: list[Any] = [root] if root is not None else []
-    seen = bytearray(len(table.objects))  # by object id: a byte per object, not a set entry
-    if root is not None:
-        seen[table.root_oid] = 1
-    push = queue.append
-    mark = seen.__setitem__  # inline in the generated code: `mark(oid, 1) or push(obj) or oid` (no Python call)
-
-    def ref(obj: Any) -> int:
-        oid: int = obj._mi_oid
-        if not seen[oid]:
-            seen[oid] = 1
-            push(obj)
-        return oid
-
-    types: dict[str, Any] = {}
-
-    def declare(info: _types.TypeInfo) -> bool:
-        """Whether *info*'s declaration is the one in effect for its name (False: another class of the
-        same name -- a redefined class, a second stand-in -- came first)."""
-        decl = declaration(info)
-        return bool(types.setdefault(info.name, decl) == decl)
-
-    value, linked = value_writer(codec, codec.encoder(ref, declare), ref)
-    direct = not shell.reads_hooked()
-    list_state, dict_state, set_state = container_encoders(REF_MARK)(value, linked, seen, mark, push)
-    encoders: dict[type, Callable[[Any], Any]] = {shell.list: list_state, shell.dict: dict_state, shell.set: set_state}
-    names: dict[Any, int] = {shell.list: 0, shell.dict: 1, shell.set: 2}
-    type_names = ["list", "dict", "set"]
-
-    def entity_encoder(obj: Any) -> Callable[[Any], Any]:
-        t = type(obj)
-        info = _types.info_of(t)
-        if info is None or info.kind != _types.ENTITY:
-            raise describe_unsupported(obj, "")
-        names[t] = len(type_names)
-        type_names.append(info.name)
-        slow = slow_state(info, value)
-        if not declare(info):
-            return slow  # another class's declaration is in effect: this one's states go by field name
-        return state_encoder(info, direct, REF_MARK, keyed=False)(value, linked, slow, seen, mark, push)  # type: ignore[no-any-return]
-
-    out: list[bytes] = []
-    dumps = orjson.dumps
-    done = 0
-    while done < len(queue):  # the queue grows while it is walked
-        start = done
-        states: list[Any] = []
-        add = states.append
-        while done < len(queue) and done - start < CHUNK:  # fill the chunk, with what it meets too
-            chunk = queue[done : start + CHUNK]
-            done += len(chunk)
-            for obj in chunk:
-                enc = encoders.get(type(obj))
-                if enc is None:
-                    enc = encoders[type(obj)] = entity_encoder(obj)
-                add(enc(obj))
-        members = queue[start:done]
-        out.append(dumps([list(map(_get_oid, members)), list(map(names.__getitem__, map(type, members)))]))
-        out.append(dumps(states))
-        if progress is not None:
-            progress(done)
-    header = {
-        "format": 2,
-        "seq": seq,
-        "next_oid": len(table.objects),
-        "root": table.root_oid if root is not None else 0,
-        "types": types,
-        "names": type_names,
-        "count": len(queue),
-    }
-    out.insert(0, dumps(header))
-    return b"\n".join(out), len(queue), seen
 
 
 def load_snapshot(reader: Reader, data: dict[str, Any] | bytes) -> None:

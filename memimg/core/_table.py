@@ -11,7 +11,7 @@ memimg's own tracking runs during replay or commit.
 
 Beside the objects, the table keeps what the log has declared of their
 types (:class:`Declarations`): reading the log records declarations, writing
-consults them, and a ``gc`` event -- a snapshot's boundary -- resets them.
+consults them, and a ``snapshot`` event -- a snapshot's boundary -- resets them.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class Declarations:
     """What the log has declared so far of each type: ``name -> (version, fields)``.
 
     Every event that first writes a class's state declares its schema; a
-    snapshot declares the types it holds. After a ``gc`` event (written with
-    each snapshot) the log must declare every type again, since a reader
+    snapshot declares the types it holds. After a ``snapshot`` event (``gc``
+    before memimg 0.3) the log must declare every type again, since a reader
     starting from that snapshot knows only what it declares.
     """
 
@@ -205,36 +205,33 @@ class ObjectTable:
             raise CorruptLogError("the root event names no object", seq=None, table="memimg_events")
         self.root_oid = oid
 
-    def collect(self, reachable: bytearray | None = None) -> int:
-        """Forget every object that is no longer reachable; returns how many.
+    def collect(self) -> int:
+        """Forget every object that is no longer reachable (an old ``gc`` event); returns how many.
 
-        *reachable*, when the caller already walked the graph (a snapshot
-        just did), holds a byte per object id, non-zero if reachable -- empty
-        if every object is. Declarations are forgotten too (see
-        :class:`Declarations`).
+        Declarations are forgotten too (see :class:`Declarations`).
         """
         self.declarations.clear()
-        if reachable is not None and not reachable:
-            return 0
+        reachable = self.reachable_oids()
         objects = self.objects
-        if reachable is None:
-            reachable = bytearray(len(objects))
-            for oid in self.reachable_oids():
-                reachable[oid] = 1
-        dropped = 0
-        end = min(len(objects), len(reachable))  # objects past the hint are newer than it
-        oid = reachable.find(0, 1, end)  # the unreached ids (and holes), found at C speed
+        dropped = [oid for oid in range(1, len(objects)) if objects[oid] is not None and oid not in reachable]
+        self.forget(dropped)
+        return len(dropped)
+
+    def snapshot_begins(self) -> None:
+        """A snapshot of this state is being written: declarations are forgotten (see :class:`Declarations`)."""
+        self.declarations.clear()
+
+    def forget(self, oids: list[int]) -> None:
+        """Forget the objects *oids* (ids a reader loading a snapshot never had are passed over)."""
+        objects = self.objects
         set_identity = self.shell.set_identity
-        while oid >= 0:
-            obj = objects[oid]
+        for oid in oids:
+            obj = objects[oid] if 0 < oid < len(objects) else None
             if obj is not None:
                 objects[oid] = None
                 self.holes += 1
                 if type(obj) is not Gone:
                     set_identity(obj, None, None)
-                dropped += 1
-            oid = reachable.find(0, oid + 1, end)
-        return dropped
 
     # -- walking the graph ----------------------------------------------------
 
@@ -257,6 +254,14 @@ class ObjectTable:
                     values.append(get(obj))
                 except AttributeError:
                     pass
+        return self.value_references(values)
+
+    def value_references(self, values: Iterable[Any], *, flatten: bool = False) -> list[Any]:
+        """The entities and tracked collections in *values* (inside tuples, frozensets and value objects too).
+
+        With *flatten*, plain lists and tuples are looked into as well (an
+        event's arguments: lists of items, pairs).
+        """
         out: list[Any] = []
         work = list(values)
         classify = self.codec.classify
@@ -264,6 +269,9 @@ class ObjectTable:
             v = work.pop()
             vt = type(v)
             if vt in _NATIVE:
+                continue
+            if flatten and (vt is list or vt is tuple):
+                work.extend(v)
                 continue
             shape = classify(vt)
             if shape is ENTITY or shape is TRACKED:

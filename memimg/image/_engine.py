@@ -40,10 +40,12 @@ from typing import Any, Final
 
 from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyError
 from memimg.core._codec import Codec
-from memimg.core._fold import fold
+from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
+from memimg.core._kinds import KINDS
 from memimg.core._reader import Pending, Reader
 from memimg.core._rows import EventRow
+from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.core._values import Converter
 from memimg.image import _recovery
@@ -52,6 +54,7 @@ from memimg.image._conflicts import ConflictIndex
 from memimg.image._encode import EncodeSession
 from memimg.image._generic import make_stand_in
 from memimg.image._guard import reentered
+from memimg.image._snapshots import Snapshots
 from memimg.image._tx import Savepoint, TxState
 from memimg.image._views import ListView
 from memimg.image._writer import AutoWriter
@@ -60,12 +63,18 @@ from memimg.stores._protocol import SeqTaken, Store
 
 __all__ = ["Engine"]
 
+_GC: Final = KINDS["gc"]
+
 log = logging.getLogger("memimg")
 
 #: ``snapshot_every="auto"``: snapshot when the events since the last snapshot
 #: reach this many, or the number of live objects if that is larger (so the
 #: cost of snapshots stays proportional to the cost of the events).
 DEFAULT_SNAPSHOT_EVERY: Final = 10_000
+
+
+#: The longest a commit waits for a snapshot's slice to take the lock first (seconds).
+TURN_WAIT: Final = 0.05
 
 
 def now_us() -> int:
@@ -124,6 +133,11 @@ class Engine:
         self.snapshot_seq = 0
         self.open_txs: set[TxState] = set()
         self.stripping = self.filling = False
+        #: the snapshot being written, told of every event before it is applied (see _snapshots)
+        self.snapshot_writer: SnapshotWriter | None = None
+        self.snapshots = Snapshots(self)
+        #: set while the snapshot's thread waits for the lock: committers let it in first (see give_turn)
+        self.snapshot_turn: threading.Event | None = None
         #: a deliberate hook for tests that act in the middle of a commit being applied: called
         #: with each event's kind name, target and arguments just before the event is applied
         self.before_apply: Callable[[str, Any, tuple[Any, ...]], None] | None = None
@@ -177,6 +191,8 @@ class Engine:
             self.savepoint.set(None)
         try:
             if commit and state.events:
+                if self.snapshot_turn is not None:
+                    self.give_turn()
                 with self.lock:
                     self.refuse_if_busy()
                     self.check_writable()
@@ -277,6 +293,8 @@ class Engine:
         shown the finished result (publishing) while the objects change.
         """
         table, open_txs = self.table, self.open_txs
+        if self.snapshot_writer is not None:
+            self._tell_snapshot(events)
         # from here on the builtin dict and set operations run keys' __hash__ and __eq__
         busy, self.busy = self.busy, "applying committed events"
         published: TxState | None = None
@@ -318,19 +336,45 @@ class Engine:
             if opened:
                 _tracking.tx_closed()
 
-    def after_commit(self) -> None:
-        """Write an automatic snapshot if enough events went by since the last one."""
+    def _tell_snapshot(self, events: list[Pending]) -> None:
+        """Let the snapshot being written keep what *events* are about to change; a failure abandons it."""
+        writer = self.snapshot_writer
+        assert writer is not None
+        try:
+            if any(k is _GC for k, _, _ in events):  # an older memimg's collection: ids vanish under the walk
+                raise MemimgError("another process running a memimg before 0.3 collected garbage")
+            writer.before_events(events)
+        except Exception as err:  # the commit is durable: it is the snapshot that gives way
+            log.warning("snapshot at seq %d of %s abandoned: %s", writer.seq, self.store.description, err)
+            writer.abandoned = err
+            self.snapshot_writer = None
+
+    def give_turn(self) -> None:
+        """A snapshot's thread is waiting for the lock: let it take it before this commit does.
+
+        A thread committing in a loop would otherwise take the lock again
+        each time before the waiting thread wakes (locks are not fair), and
+        the snapshot would wait for the loop to end. Each commit lets one
+        slice (a few milliseconds) in; never waits long, nor when this thread
+        holds the lock already.
+        """
+        turn = self.snapshot_turn
+        if turn is not None and not self.lock._is_owned():  # type: ignore[attr-defined]
+            turn.wait(TURN_WAIT)
+
+    def snapshot_due(self) -> bool:
+        """Whether enough events went by since the last snapshot for an automatic one."""
         every = self.snapshot_every
         if every is None or self.readonly:
-            return
+            return False
         if every == "auto":
             every = max(DEFAULT_SNAPSHOT_EVERY, len(self.table.objects))
-        if self.seq - self.snapshot_seq >= every:  # type: ignore[operator]
-            self.snapshot_seq = self.seq  # no second attempt if this one fails
-            try:
-                _recovery.snapshot(self)
-            except Exception as err:  # the commit before it is durable and applied: it must not look failed
-                log.warning("automatic snapshot failed: %s", err)
+        return self.seq - self.snapshot_seq >= every  # type: ignore[operator]
+
+    def after_commit(self) -> None:
+        """Have an automatic snapshot written in the background if one is due (never in this call)."""
+        if self.snapshot_due():
+            self.snapshots.schedule()
 
     # -- other processes' commits ---------------------------------------------------
 
@@ -371,5 +415,6 @@ class Engine:
             self.apply([e for e, _ in kept], [r for _, r in kept], None, last_seq)
         else:
             self.seq = last_seq
-        if any(r.kind == "gc" for _, r in batch):
-            self.snapshot_seq = last_seq
+        for _, r in batch:
+            if r.kind in SNAPSHOT_KINDS:
+                self.snapshot_seq = r.seq

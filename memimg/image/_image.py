@@ -135,10 +135,19 @@ class MemoryImage:
     def snapshot(self) -> int:
         """Write a snapshot of the committed state now; returns the seq it covers.
 
-        Objects no longer reachable from the root are forgotten first (a
-        ``gc`` event), so the snapshot holds exactly the reachable graph.
+        The snapshot is the state after a ``snapshot`` event this call
+        commits; it is written a slice at a time, so other threads' commits
+        go on meanwhile. Objects unreachable from the root then are
+        forgotten (a ``gc.drop`` event), so the snapshot holds the reachable
+        graph. If another process is writing a snapshot of the same log,
+        this waits for it to finish first (a minute at most).
+
+        Raises:
+            LockedError: another process's snapshot went on for over a minute.
         """
-        return _recovery.snapshot(self._engine)
+        seq = self._engine.snapshots.take()
+        assert seq is not None
+        return seq
 
     def refresh(self) -> int:
         """Apply events appended by other processes since the last read; returns how many."""
@@ -203,8 +212,14 @@ class MemoryImage:
     # -- closing ----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the store. Objects stay readable; changing them raises :class:`ClosedError`."""
+        """Close the store. Objects stay readable; changing them raises :class:`ClosedError`.
+
+        A snapshot being written in the background is finished first.
+        """
         engine = self._engine
+        if engine.closed:
+            return
+        engine.snapshots.join()  # a snapshot being written in the background is finished first
         with engine.lock:
             if engine.closed:
                 return
@@ -212,6 +227,7 @@ class MemoryImage:
             follower = self._follower
         if follower is not None and follower is not threading.current_thread():
             follower.join(timeout=5)
+        engine.snapshots.join()  # one scheduled since stops at its first slice
         with engine.lock:
             engine.store.close()
 

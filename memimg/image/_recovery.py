@@ -10,9 +10,7 @@ in memory alone:
   upgrader's entity) are attached and get ids (:func:`attach_fills`);
 * an empty log gets its root (:func:`create_root`).
 
-Snapshots (:func:`snapshot`) are written here too: a ``gc`` event forgets
-the objects no longer reachable, then the reachable graph is written at
-that event's seq.
+Snapshots are written by :mod:`memimg.image._snapshots`.
 """
 
 from __future__ import annotations
@@ -33,8 +31,8 @@ from memimg.core._gc import paused_gc
 from memimg.core._gone import strip_gone
 from memimg.core._kinds import KINDS
 from memimg.core._reader import Pending, Reader
-from memimg.core._rows import SnapshotRow, snapshot_checksum, verify_snapshot
-from memimg.core._snapshot import load_snapshot, split_snapshot, write_snapshot
+from memimg.core._rows import SnapshotRow, verify_snapshot
+from memimg.core._snapshot import load_snapshot, split_snapshot
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.image._attach import Attacher, where_field
@@ -48,7 +46,6 @@ __all__ = [
     "gone_events",
     "open_image",
     "recover",
-    "snapshot",
     "snapshot_past_head",
     "strip_removed",
 ]
@@ -84,16 +81,15 @@ log = logging.getLogger("memimg")
 
 _OBJ_SET = KINDS["obj.set"]
 _ROOT = KINDS["root"]
-_GC = KINDS["gc"]
 
 
 def snapshot_past_head(description: str, seq: int, head: int) -> CorruptLogError:
     """The error for a snapshot at *seq*, past the head *head* of its log.
 
-    A snapshot is written after the event of its seq (the ``gc`` event), and
-    compaction keeps that event -- a store whose events were all dropped
-    takes its newest snapshot's seq as its head -- so no snapshot memimg
-    wrote into a log is ever past its head.
+    A snapshot is written after the event of its seq (the ``snapshot`` event;
+    ``gc`` before memimg 0.3), and compaction keeps that event -- a store
+    whose events were all dropped takes its newest snapshot's seq as its
+    head -- so no snapshot memimg wrote into a log is ever past its head.
     """
     return CorruptLogError(
         f"snapshot at seq {seq} is past the last event of {description} (seq {head}): events "
@@ -328,46 +324,3 @@ def create_root(engine: Host, factory: Callable[[], Any] | Any) -> None:
                     seq=1,
                     table="memimg_events",
                 )
-
-
-def snapshot(engine: Host) -> int:
-    """Write a snapshot of the committed state now; returns the seq it covers.
-
-    Objects no longer reachable from the root are forgotten first (a ``gc``
-    event), so the snapshot holds exactly the reachable graph.
-    """
-    engine.check_writable()
-    table, progress = engine.table, engine.progress
-    with engine.lock, paused_gc():
-        engine.refuse_if_busy()
-        started = time.perf_counter()
-        attach_fills(engine)  # a snapshot holds no object without an id
-        while True:
-            # Describe the reachable graph first: it is the state after the gc event (which forgets
-            # only unreachable objects), so one traversal serves both.
-            if engine.reader.has_gone:
-                strip_removed(engine)  # placeholders a refresh met: a snapshot holds no dangling ids
-            seq = engine.seq + 1
-            report = None
-            if progress is not None:
-                report = _phase(progress, "snapshot", table.live_count())
-            payload, count, reachable = write_snapshot(table, seq, report)
-            # the gc event's collection forgets what the snapshot did not reach (nothing if it reached all)
-            hint = reachable if count < table.live_count() else bytearray()
-            if engine.commit([(_GC, None, (hint,))], replan=True, auto_snapshot=False):
-                break
-        ts = time.time_ns() // 1000
-        engine.store.write_snapshot(SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)))
-        engine.snapshot_seq = seq
-        if progress is not None:
-            count = table.live_count()
-            progress("snapshot", count, count)
-        log.info("snapshot at seq %d: %d bytes in %.3fs", seq, len(payload), time.perf_counter() - started)
-        return seq
-
-
-def _phase(progress: Callable[[str, int, int], None], phase: str, total: int) -> Callable[[int], None]:
-    def report(done: int) -> None:
-        progress(phase, done, total)
-
-    return report

@@ -250,6 +250,12 @@ class TxState:
     def set_root(self, obj: Any) -> None:  # pragma: no cover - never inside a transaction
         raise MemimgError("the root is created when the image is first opened")
 
+    def snapshot_begins(self) -> None:  # pragma: no cover - never inside a transaction
+        raise MemimgError("snapshots are begun outside transactions")
+
+    def forget(self, oids: list[int]) -> None:  # pragma: no cover - never inside a transaction
+        raise MemimgError("collection runs with snapshots, outside transactions")
+
     def collect(self) -> None:  # pragma: no cover - never inside a transaction
         raise MemimgError("collection runs with snapshots, outside transactions")
 

@@ -17,8 +17,9 @@ iterators are read into lists before the first plan).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from memimg.core import _types
 from memimg.core._gc import lazy_pause, paused_gc
@@ -34,8 +35,12 @@ from memimg.model._collections import reusable_args
 __all__ = ["AutoWriter", "WriterHost"]
 
 
-#: What the auto-committing writer needs of its engine: what upkeep needs.
-WriterHost = _recovery.Host
+class WriterHost(_recovery.Host, Protocol):
+    """What the auto-committing writer needs of its engine: what upkeep needs, and a snapshot's turn."""
+
+    snapshot_turn: threading.Event | None
+
+    def give_turn(self) -> None: ...
 
 
 _OBJ_SET = KINDS["obj.set"]
@@ -79,6 +84,8 @@ class AutoWriter:
     def set_field(self, obj: Any, name: str, value: Any) -> None:
         """``obj.name = value``, committed."""
         engine = self.engine
+        if engine.snapshot_turn is not None:
+            engine.give_turn()
         with engine.lock:
             self._enter()
             if type(value) in NATIVE and (type(value) is not str or value.isascii()):
@@ -103,6 +110,8 @@ class AutoWriter:
         """``del obj.name``, committed."""
         engine = self.engine
         getter = _types.info_of(type(obj)).getters[name]  # type: ignore[union-attr]
+        if engine.snapshot_turn is not None:
+            engine.give_turn()
         with engine.lock:
             self._enter()
             while True:
@@ -118,6 +127,8 @@ class AutoWriter:
         # (one collection afterwards, see set_field), or for the commit of a big plan; not
         # around the planner's work before (a user's sort key or __eq__ may make cyclic garbage),
         # nor across a replan
+        if engine.snapshot_turn is not None:
+            engine.give_turn()
         with engine.lock, lazy_pause() as pause:
             self._enter()
             args = reusable_args(planner, args, kwargs)  # a replan must see the same items again

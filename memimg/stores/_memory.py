@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from memimg._errors import ReadOnlyError
-from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow
+from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, lease_entry
 
 __all__ = ["MemoryStore"]
 
@@ -84,6 +84,25 @@ class MemoryStore:
             self._refuse(f"writing memimg_meta[{key!r}]")
         with self._lock:
             self._meta[key] = value
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        if self.readonly:
+            self._refuse(f"taking the {name} lease")
+        key, value, now = lease_entry(name, holder, seconds)
+        with self._lock:
+            current = self._meta.get(key)
+            if current is not None and current >= now and current[21:] != holder:
+                return False
+            self._meta[key] = value
+            return True
+
+    def release(self, name: str, holder: str) -> None:
+        if self.readonly:
+            self._refuse(f"releasing the {name} lease")
+        with self._lock:
+            key = f"lease.{name}"
+            if self._meta.get(key, "")[21:] == holder:
+                del self._meta[key]
 
     def changed(self, seen: int) -> bool:
         return self.head() != seen

@@ -19,12 +19,22 @@ Every store passes the contract suite in ``tests/stores/contract.py``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from memimg.core._rows import EventRow, SnapshotInfo, SnapshotRow
 
-__all__ = ["FORMAT_VERSION", "EventRow", "SeqTaken", "SnapshotInfo", "SnapshotRow", "Store", "read_in_chunks"]
+__all__ = [
+    "FORMAT_VERSION",
+    "EventRow",
+    "SeqTaken",
+    "SnapshotInfo",
+    "SnapshotRow",
+    "Store",
+    "lease_entry",
+    "read_in_chunks",
+]
 
 #: The storage format this memimg writes; a store holding a newer one is refused.
 FORMAT_VERSION = 1
@@ -91,6 +101,20 @@ class Store(Protocol):
         """Write one ``memimg_meta`` entry."""
         ...
 
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take lease *name* for *holder* for *seconds* (or renew it); ``False`` if another holder has it.
+
+        A lease is how processes sharing a log agree that only one of them
+        does something at a time (writes a snapshot): taking it is atomic in
+        the database, and it expires by itself if its holder dies. Stored in
+        ``memimg_meta`` (see :func:`lease_entry`).
+        """
+        ...
+
+    def release(self, name: str, holder: str) -> None:
+        """Give lease *name* back, if *holder* has it."""
+        ...
+
     def changed(self, seen: int) -> bool:
         """Cheap check: may the head be past *seen* (another writer appended)?
 
@@ -116,6 +140,18 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+def lease_entry(name: str, holder: str, seconds: float) -> tuple[str, str, str]:
+    """``(key, value, now)`` of lease *name* held by *holder* for *seconds* from now.
+
+    The value is the expiry (microseconds since the epoch, zero-padded to 20
+    digits, so that text order is time order), a space, and the holder: a
+    lease is free when ``value < now``, and held by *holder* when
+    ``substr(value, 22) = holder`` -- one conditional ``UPDATE`` in SQL.
+    """
+    now = time.time_ns() // 1000
+    return f"lease.{name}", f"{now + int(seconds * 1e6):020d} {holder}", f"{now:020d}"
 
 
 def read_in_chunks(

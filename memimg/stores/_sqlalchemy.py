@@ -63,7 +63,15 @@ from sqlalchemy import exc as sa_exc
 
 from memimg._errors import LockedError, MemimgError, ReadOnlyError, StoreError
 from memimg.stores._postgres import ABSENT, PgWriter, appending, lost, new_commit_id, settle, sqlstate
-from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, read_in_chunks
+from memimg.stores._protocol import (
+    FORMAT_VERSION,
+    EventRow,
+    SeqTaken,
+    SnapshotInfo,
+    SnapshotRow,
+    lease_entry,
+    read_in_chunks,
+)
 from memimg.stores._sqlite import is_busy
 from memimg.stores._sqltables import COLUMNS as _COLUMNS
 from memimg.stores._sqltables import LogTables
@@ -567,6 +575,29 @@ class SQLAlchemyStore:
             conn.execute(t.insert().values(key=key, value=value))
 
         self._run(f"writing memimg_meta[{key!r}]", write, write=True)
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        key, value, now = lease_entry(name, holder, seconds)
+        t = self.meta_table
+        free_or_ours = sa.or_(t.c.value < now, sa.func.substr(t.c.value, 22) == holder)
+        renew = t.update().where(t.c.key == key, free_or_ours).values(value=value)
+
+        def take(conn: sa.Connection) -> bool:
+            if conn.execute(renew.execution_options(preserve_rowcount=True)).rowcount == 1:
+                return True
+            try:
+                with conn.begin_nested():
+                    conn.execute(t.insert().values(key=key, value=value))
+            except sa_exc.IntegrityError:  # another holder's, unexpired
+                return False
+            return True
+
+        return self._run(f"taking the {name} lease", take, write=True)
+
+    def release(self, name: str, holder: str) -> None:
+        t = self.meta_table
+        mine = t.delete().where(t.c.key == f"lease.{name}", sa.func.substr(t.c.value, 22) == holder)
+        self._run(f"releasing the {name} lease", lambda conn: conn.execute(mine), write=True)
 
     def close(self) -> None:
         with self._lock:

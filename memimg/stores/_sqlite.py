@@ -41,7 +41,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
-from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, read_in_chunks
+from memimg.stores._protocol import (
+    FORMAT_VERSION,
+    EventRow,
+    SeqTaken,
+    SnapshotInfo,
+    SnapshotRow,
+    lease_entry,
+    read_in_chunks,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -101,6 +109,11 @@ def _stamped_after(ctime: int) -> bool:
     if _COARSE_CLOCK is not None:
         return time.clock_gettime_ns(_COARSE_CLOCK) >= ctime + grain
     return time.time_ns() - _TICK_NS >= ctime + grain
+
+
+# Take a lease that is free or already ours (see lease_entry), give back one that is ours.
+_LEASE_RENEW: Final = "UPDATE memimg_meta SET value = ? WHERE key = ? AND (value < ? OR substr(value, 22) = ?)"
+_LEASE_RELEASE: Final = "DELETE FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?"
 
 
 def is_busy(err: BaseException) -> bool:
@@ -505,6 +518,16 @@ class SQLiteStore:
             "INSERT OR REPLACE INTO memimg_meta (key, value) VALUES (?, ?)",
             (key, value),
         )
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        key, value, now = lease_entry(name, holder, seconds)
+        doing = f"taking the {name} lease"
+        if self._write(doing, _LEASE_RENEW, (value, key, now, holder)):
+            return True
+        return bool(self._write(doing, "INSERT OR IGNORE INTO memimg_meta (key, value) VALUES (?, ?)", (key, value)))
+
+    def release(self, name: str, holder: str) -> None:
+        self._write(f"releasing the {name} lease", _LEASE_RELEASE, (f"lease.{name}", holder))
 
     def size(self) -> int:
         """Bytes on disk (the database file and its WAL)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -141,6 +142,53 @@ class StoreContract:
         store.set_meta("x", "2")
         assert store.meta()["x"] == "2"
 
+    def test_a_lease_has_one_holder_at_a_time(self, store: Store) -> None:
+        """A lease is taken by one holder, on any handle; another holder is refused until it is released;
+        its holder may renew it; a release by another holder does nothing."""
+        other = self.reopen(store)
+        try:
+            assert store.lease("job", "a", 30)
+            assert not other.lease("job", "b", 30)
+            assert other.lease("job", "a", 30)  # renewed by its holder, on another handle
+            other.release("job", "b")
+            assert not store.lease("job", "b", 30)
+            assert store.lease("other job", "b", 30)  # leases are by name
+            store.release("job", "a")
+            assert other.lease("job", "b", 30)
+            assert not store.lease("job", "a", 30)
+        finally:
+            if other is not store:
+                other.close()
+
+    def test_a_lease_expires_by_itself(self, store: Store) -> None:
+        """A lease its holder neither renews nor releases (its process died) is free once it expires."""
+        assert store.lease("job", "dead", 0.05)
+        assert not store.lease("job", "alive", 30)
+        time.sleep(0.1)
+        assert store.lease("job", "alive", 30)
+        assert not store.lease("job", "dead", 30)
+
+    def test_concurrent_takers_of_a_lease_get_it_once(self, store: Store) -> None:
+        """Handles racing for a free lease: exactly one gets it."""
+        handles = [self.reopen(store) for _ in range(4)]
+        got: list[str] = []
+        start = threading.Barrier(len(handles))
+
+        def take(i: int, handle: Store) -> None:
+            start.wait()
+            if handle.lease("race", f"h{i}", 30):
+                got.append(f"h{i}")
+
+        threads = [threading.Thread(target=take, args=(i, h)) for i, h in enumerate(handles)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for h in handles:
+            if h is not store:
+                h.close()
+        assert len(got) == 1
+
     def test_changed_notices_other_writers(self, store: Store) -> None:
         """changed() turns true when another handle appends."""
         other = self.reopen(store)
@@ -202,6 +250,8 @@ class StoreContract:
                 "set_meta": lambda: ro.set_meta("k", "w"),
                 "delete_events_before": lambda: ro.delete_events_before(3),
                 "delete_snapshots_before": lambda: ro.delete_snapshots_before(3),
+                "lease": lambda: ro.lease("job", "x", 30),
+                "release": lambda: ro.release("job", "x"),
             }
             for name, write in writes.items():
                 with pytest.raises(memimg.ReadOnlyError):
@@ -234,6 +284,8 @@ class StoreContract:
             "delete_events_before": lambda: store.delete_events_before(1),
             "delete_snapshots_before": lambda: store.delete_snapshots_before(1),
             "append": lambda: store.append([row(2)], 1),
+            "lease": lambda: store.lease("job", "x", 30),
+            "release": lambda: store.release("job", "x"),
         }
         with self.broken(store) as fails:
             for name, call in calls.items() if fails else ():

@@ -1,0 +1,265 @@
+"""Writing a snapshot of a table at one seq, a slice at a time, while the table keeps changing.
+
+A :class:`SnapshotWriter` writes the state the table had at seq *S* (after
+the ``snapshot`` event that marks it) in the snapshot format
+(:mod:`memimg.core._snapshot`): a breadth-first walk from the root, in
+slices (:meth:`SnapshotWriter.step`), between which commits go on. To keep
+the state at *S* whatever they change, a change is announced first
+(:meth:`SnapshotWriter.before_change`): an object the walk has not written
+yet has its state at *S* encoded then -- copy-on-update, at object
+granularity -- and the walk takes that state when it reaches it. Objects
+made after *S* are never reached: no state at *S* refers to them.
+
+**Collection.** The walk finds the objects reachable at *S*; the others are
+forgotten by a ``gc.drop`` event naming them, written when the snapshot is
+finished. But a reader starting from the snapshot replays the events after
+*S*, and those may name an object unreachable at *S*: one they change, or
+link again (a transaction that held it stores it), or one a new object's
+record refers to -- even if a later event unlinks it again. Every event
+applied meanwhile is announced (:meth:`SnapshotWriter.before_events`), and
+each object made before *S* that it names is kept: written into the
+snapshot with its state at *S* (and what that state refers to), and not
+forgotten.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+
+from memimg._errors import MemimgError
+from memimg.core import _types
+from memimg.core._encoders import REF_CALL, REF_MARK, container_encoders, slow_state, state_encoder, value_writer
+from memimg.core._records import declaration
+from memimg.core._table import ObjectTable
+
+__all__ = ["CHUNK", "SnapshotWriter"]
+
+#: Objects per chunk (format 2): one directory line and one states line each.
+CHUNK: Final = 2048
+_get_oid = operator.attrgetter("_mi_oid")
+_ALL: Final = 1 << 62
+
+
+class SnapshotWriter:
+    """Writes the snapshot of *table* at *seq* (see the module docstring).
+
+    Every method must be called with the table unchanging meanwhile (the
+    image's lock held); between calls the table may change, through events
+    announced to :meth:`before_change`.
+    """
+
+    def __init__(self, table: ObjectTable, seq: int) -> None:
+        self.table = table
+        self.seq = seq
+        #: ids from here on were given after *seq*
+        self.limit = limit = len(table.objects)
+        self.seen = seen = bytearray(limit)  # met by the walk: written into the snapshot
+        self.written = bytearray(limit)  # already written (a change needs no copy of its state)
+        #: states at *seq* of objects changed since, not written yet: oid -> (state, objects it refers to)
+        self.early: dict[int, tuple[Any, list[Any]]] = {}
+        #: ids of the objects made before *seq* that events since named: kept in the snapshot
+        self.kept: set[int] = set()
+        root = table.root
+        self.root_oid = table.root_oid if root is not None else 0
+        self.queue: list[Any] = [root] if root is not None else []
+        if root is not None:
+            seen[table.root_oid] = 1
+        self.done = 0
+        #: why the snapshot was given up (an event whose changes it could not keep), or None
+        self.abandoned: Exception | None = None
+        self.out: list[bytes] = []
+        self.types: dict[str, Any] = {}
+        self.names: dict[Any, int] = {table.shell.list: 0, table.shell.dict: 1, table.shell.set: 2}
+        self.type_names = ["list", "dict", "set"]
+        self._walk = self._encoders(REF_MARK)
+        self._refs: list[Any] = []
+        self._copy = self._encoders(REF_CALL)
+
+    # -- encoders ---------------------------------------------------------------
+
+    def declare(self, info: _types.TypeInfo) -> bool:
+        """Whether *info*'s declaration is the one in effect for its name (False: another class of the
+        same name -- a redefined class, a second stand-in -- came first)."""
+        decl = declaration(info)
+        return bool(self.types.setdefault(info.name, decl) == decl)
+
+    def _encoders(self, ref_mode: str) -> dict[type, Callable[[Any], Any]]:
+        """State encoders by type: the walk's (references marked and queued), or copies' (references noted)."""
+        table, seen, queue = self.table, self.seen, self.queue
+        codec, shell = table.codec, table.shell
+        mark, push = seen.__setitem__, queue.append
+
+        def ref(obj: Any) -> int:
+            oid: int = obj._mi_oid
+            if ref_mode == REF_CALL:
+                self._refs.append(obj)
+            elif not seen[oid]:
+                seen[oid] = 1
+                push(obj)
+            return oid
+
+        value, linked = value_writer(codec, codec.encoder(ref, self.declare), ref)
+        direct = not shell.reads_hooked()
+        list_state, dict_state, set_state = container_encoders(ref_mode)(value, linked, seen, mark, push, ref)
+        names, type_names, declare = self.names, self.type_names, self.declare
+
+        class Entities(dict[type, Callable[[Any], Any]]):
+            def __missing__(self, t: type) -> Callable[[Any], Any]:
+                info = _types.info_of(t)
+                if info is None or info.kind != _types.ENTITY:
+                    raise MemimgError(f"internal: the object table holds a {t.__qualname__}, not an entity")
+                if t not in names:
+                    names[t] = len(type_names)
+                    type_names.append(info.name)
+                slow = slow_state(info, value)
+                if not declare(info):
+                    enc = slow  # another class's declaration is in effect: this one's states go by field name
+                else:
+                    enc = state_encoder(info, direct, ref_mode, keyed=False)(value, linked, slow, seen, mark, push, ref)
+                self[t] = enc
+                return enc
+
+        return Entities({shell.list: list_state, shell.dict: dict_state, shell.set: set_state})
+
+    # -- the walk -----------------------------------------------------------------
+
+    def step(self, budget: int = _ALL) -> bool:
+        """Write about *budget* more objects (whole chunks); whether every object met so far is written.
+
+        A measured hot loop (``python -m benchmarks``, graph snapshot):
+        objects met for the first time are marked and queued inline by the
+        generated encoders, with no Python call per object.
+        """
+        queue, encoders, early, written = self.queue, self._walk, self.early, self.written
+        names = self.names
+        dumps = orjson.dumps
+        done = self.done
+        end = done + budget
+        while done < len(queue) and done < end:  # the queue grows while it is walked
+            start = done
+            states: list[Any] = []
+            add = states.append
+            while done < len(queue) and done - start < CHUNK:  # fill the chunk, with what it meets too
+                chunk = queue[done : start + CHUNK]
+                done += len(chunk)
+                if early:
+                    for obj in chunk:
+                        copy = early.pop(obj._mi_oid, None)
+                        if copy is None:
+                            add(encoders[type(obj)](obj))
+                        else:
+                            add(copy[0])
+                            self._meet(copy[1])
+                else:
+                    for obj in chunk:
+                        add(encoders[type(obj)](obj))
+            members = queue[start:done]
+            oids = list(map(_get_oid, members))
+            for oid in oids:
+                written[oid] = 1
+            self.out.append(dumps([oids, list(map(names.__getitem__, map(type, members)))]))
+            self.out.append(dumps(states))
+        self.done = done
+        return done >= len(queue)
+
+    def _meet(self, objects: list[Any]) -> None:
+        """Queue the objects of *objects* the walk has not met (references of a state kept aside)."""
+        seen, push = self.seen, self.queue.append
+        for obj in objects:
+            oid = obj._mi_oid
+            if not seen[oid]:
+                seen[oid] = 1
+                push(obj)
+
+    def before_events(self, events: list[Any]) -> None:
+        """*events* (kind, target, args) are about to be applied: keep what a reader of the snapshot needs.
+
+        Each target's state at the seq is kept if it is not written yet
+        (copy-on-update), and every object made before the seq that an event
+        names -- its target, or an object in its arguments or in the state
+        of a new object they hold -- is kept in the snapshot.
+        """
+        limit, kept = self.limit, self.kept
+        table = self.table
+        work: list[Any] = []
+        for _, target, args in events:
+            if target is not None:
+                self.before_change(target)
+            if args:
+                work.extend(args)
+        made: set[int] = set()
+        for obj in table.value_references(work, flatten=True):
+            oid = obj._mi_oid
+            if oid is None:
+                continue
+            if oid < limit:
+                kept.add(oid)
+            elif oid not in made:  # made since the seq (by these events, perhaps): what its state names
+                made.add(oid)
+                work = list(table.references(obj))
+                while work:
+                    ref = work.pop()
+                    ref_oid = ref._mi_oid
+                    if ref_oid is None:
+                        continue
+                    if ref_oid < limit:
+                        kept.add(ref_oid)
+                    elif ref_oid not in made:
+                        made.add(ref_oid)
+                        work.extend(table.references(ref))
+
+    def before_change(self, obj: Any) -> None:
+        """*obj* is about to change: keep its state at the snapshot's seq if it is not written yet."""
+        oid = obj._mi_oid
+        if oid is None or oid >= self.limit:
+            return  # made since the seq: no state at the seq
+        self.kept.add(oid)
+        if self.written[oid] or oid in self.early:
+            return
+        refs: list[Any] = []
+        self._refs = refs
+        self.early[oid] = (self._copy[type(obj)](obj), refs)
+
+    # -- finishing ----------------------------------------------------------------
+
+    def finish(self) -> tuple[bytes, int, list[int]]:
+        """The stored snapshot, how many objects it holds, and the ids of the objects to forget.
+
+        Objects unreachable at the seq that events since named are kept, and
+        written (see the module docstring). Called again after more events,
+        it writes what they made necessary.
+        """
+        self.step()
+        self._keep_named()
+        count = self.done
+        header = {
+            "format": 2,
+            "seq": self.seq,
+            "next_oid": self.limit,
+            "root": self.root_oid,
+            "types": self.types,
+            "names": self.type_names,
+            "count": count,
+        }
+        payload = b"\n".join([orjson.dumps(header), *self.out])
+        objects, seen = self.table.objects, self.seen
+        forget = []
+        oid = seen.find(0, 1)  # the ids not met (and holes), found at C speed
+        while oid >= 0:
+            if objects[oid] is not None:
+                forget.append(oid)
+            oid = seen.find(0, oid + 1)
+        return payload, count, forget
+
+    def _keep_named(self) -> None:
+        """Meet, and write, the objects made before the seq that events since named (see the module docstring)."""
+        objects, seen, queue = self.table.objects, self.seen, self.queue
+        for oid in self.kept:
+            if not seen[oid] and objects[oid] is not None:
+                seen[oid] = 1
+                queue.append(objects[oid])
+        self.step()

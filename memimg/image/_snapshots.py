@@ -1,0 +1,226 @@
+"""Writing snapshots without stalling commits: one seq, slices, a background thread, a lease.
+
+A snapshot is the state after one definite event: the ``snapshot`` event
+this module commits first (*S*). The reachable graph at *S* is then
+written a slice at a time (:class:`~memimg.core._snapshotter.SnapshotWriter`),
+the image's lock held for each slice only -- a few milliseconds -- so
+commits from other threads go on in between; every event applied
+meanwhile, this process's or another's, is announced to the writer first,
+which keeps the state at *S* of what it changes (copy-on-update). Other
+processes' commits are never chased: the snapshot stays the state at *S*.
+When the walk is done, a ``gc.drop`` event forgets the objects unreachable
+at *S* (and not linked again since), and the snapshot row is stored.
+
+Automatic snapshots (``snapshot_every``) run in a background thread of the
+image, never in the committing call. Across all the processes sharing a log
+at most one writes a snapshot at a time: it holds the store's ``snapshot``
+lease (renewed while it writes; it expires if its holder dies), and the
+others skip theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Final, Protocol
+
+from memimg._errors import LockedError, MemimgError
+from memimg.core._gc import paused_gc
+from memimg.core._kinds import KINDS
+from memimg.core._rows import SnapshotRow, snapshot_checksum
+from memimg.core._snapshotter import CHUNK, SnapshotWriter
+from memimg.image import _recovery
+
+__all__ = ["LEASE", "Snapshots"]
+
+log = logging.getLogger("memimg")
+
+_SNAPSHOT = KINDS["snapshot"]
+_GC_DROP = KINDS["gc.drop"]
+#: Objects written per slice, the lock held (a few milliseconds).
+SLICE: Final = 2 * CHUNK
+#: The store lease that one snapshot writer at a time holds, and for how long it is taken.
+LEASE: Final = "snapshot"
+LEASE_SECONDS: Final = 30.0
+#: How long a snapshot asked for by a call (not an automatic one) waits for another process's to finish.
+WAIT_SECONDS: Final = 2 * LEASE_SECONDS
+#: How long automatic snapshots rest after finding another process's lease.
+RETRY_SECONDS: Final = 0.1
+
+
+class Host(_recovery.Host, Protocol):
+    """What snapshots need of an image's engine: upkeep's needs, where the running writer goes, and the closed flag."""
+
+    snapshot_writer: SnapshotWriter | None
+    snapshot_turn: threading.Event | None
+    closed: bool
+
+    def snapshot_due(self) -> bool: ...
+
+
+class Snapshots:
+    """The snapshots of one image (see the module docstring)."""
+
+    def __init__(self, engine: Host) -> None:
+        self.engine = engine
+        #: who this image is, as a lease holder
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._one = threading.Lock()  # one snapshot at a time in this process
+        self._thread: threading.Thread | None = None
+        #: an automatic snapshot found the lease held: not tried again before then (monotonic)
+        self._quiet_until = 0.0
+
+    def take(self, *, wait: float = WAIT_SECONDS, automatic: bool = False) -> int | None:
+        """Write a snapshot now, in this thread; the seq it covers.
+
+        Waits up to *wait* seconds for another process's snapshot to finish
+        (``None`` if it is still writing then, with *wait* 0). An *automatic*
+        one is written only if it is still due once the lease is held (the
+        snapshot another process just wrote may have made it needless).
+
+        Raises:
+            LockedError: another process held the lease past *wait* seconds.
+        """
+        self.engine.check_writable()
+        with self._one:
+            if not self._lease(wait):
+                if not wait:
+                    self._quiet_until = time.monotonic() + RETRY_SECONDS
+                    return None
+                raise LockedError(
+                    f"another process has been writing a snapshot of {self.engine.store.description} for "
+                    f"over {wait:g} s (it holds the snapshot lease); try again later",
+                    store=self.engine.store.description,
+                    operation="taking the snapshot lease",
+                )
+            try:
+                return self._write(automatic)
+            finally:
+                try:
+                    self.engine.store.release(LEASE, self.holder)
+                except Exception as err:  # it expires by itself
+                    log.warning("releasing the snapshot lease of %s: %s", self.engine.store.description, err)
+
+    def schedule(self) -> None:
+        """Write a snapshot in the background, unless one is being written (by this process or another)."""
+        if (self._thread is not None and self._thread.is_alive()) or time.monotonic() < self._quiet_until:
+            return
+        self._thread = threading.Thread(target=self._automatic, name=f"memimg-snapshot-{id(self):x}", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for the background snapshot, if one is being written (a closed image's stops at its next slice)."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _automatic(self) -> None:
+        try:
+            self.take(wait=0, automatic=True)
+        except Exception as err:  # the commits that made it due are durable: nothing to report to them
+            if not self.engine.closed:
+                log.warning("automatic snapshot of %s failed: %s", self.engine.store.description, err)
+
+    def _lease(self, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while not self.engine.store.lease(LEASE, self.holder, LEASE_SECONDS):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _write(self, automatic: bool) -> int | None:
+        """Begin (the ``snapshot`` event), write in slices, finish (``gc.drop``), store the row."""
+        engine = self.engine
+        started = time.perf_counter()
+        writer = self._begin(automatic)
+        if writer is None:
+            return None
+        try:
+            renewed = time.monotonic()
+            while True:
+                with self._turn():
+                    engine.check_writable()  # closed meanwhile: give up
+                    self._check(writer)
+                    done = writer.step(SLICE)
+                if engine.progress is not None:
+                    engine.progress("snapshot", writer.done, max(writer.done, len(writer.queue)))
+                if done:
+                    break
+                if time.monotonic() - renewed > LEASE_SECONDS / 3:
+                    engine.store.lease(LEASE, self.holder, LEASE_SECONDS)
+                    renewed = time.monotonic()
+                time.sleep(0)  # let a commit waiting for the lock take it
+            payload = self._finish(writer)
+        finally:
+            with engine.lock:
+                engine.snapshot_writer = None
+        ts = time.time_ns() // 1000
+        seq = writer.seq
+        engine.store.write_snapshot(SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)))
+        log.info("snapshot at seq %d: %d bytes in %.3fs", seq, len(payload), time.perf_counter() - started)
+        return seq
+
+    def _begin(self, automatic: bool) -> SnapshotWriter | None:
+        """Commit the ``snapshot`` event and install the writer of the state after it (None: no longer due)."""
+        engine = self.engine
+        with self._turn():
+            engine.check_writable()
+            engine.refuse_if_busy()
+            _recovery.attach_fills(engine)  # a snapshot holds no object without an id
+            if engine.reader.has_gone:
+                _recovery.strip_removed(engine)  # placeholders a refresh met: a snapshot holds no dangling ids
+            while True:
+                if automatic and not engine.snapshot_due():
+                    return None  # another process's snapshot, caught up with, made it needless
+                if engine.commit([(_SNAPSHOT, None, ())], replan=True, auto_snapshot=False):
+                    break
+                # another writer came first (caught up with now): the snapshot is of the state after their events
+            engine.snapshot_seq = engine.seq
+            writer = engine.snapshot_writer = SnapshotWriter(engine.table, engine.seq)
+        return writer
+
+    def _finish(self, writer: SnapshotWriter) -> bytes:
+        """Finish the walk and commit the ``gc.drop`` of the objects the snapshot leaves out; the payload."""
+        engine = self.engine
+        with self._turn():
+            while True:
+                engine.check_writable()
+                self._check(writer)
+                payload, count, forget = writer.finish()
+                if not forget or engine.commit([(_GC_DROP, None, (forget,))], replan=True, auto_snapshot=False):
+                    break
+                # another writer came first: its events may have linked an object of *forget* again
+        if engine.progress is not None:
+            engine.progress("snapshot", count, count)
+        return payload
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The image's lock, taken before the next commit takes it (see Engine.give_turn); the collector paused."""
+        engine = self.engine
+        turn = engine.snapshot_turn = threading.Event()
+        try:
+            with engine.lock:
+                engine.snapshot_turn = None
+                turn.set()
+                with paused_gc():
+                    yield
+        finally:
+            if engine.snapshot_turn is turn:
+                engine.snapshot_turn = None
+            turn.set()
+
+    def _check(self, writer: SnapshotWriter) -> None:
+        """Raise if *writer* was abandoned (an event it could not keep the state of)."""
+        if writer.abandoned is not None:
+            raise MemimgError(
+                f"the snapshot at seq {writer.seq} of {self.engine.store.description} was abandoned: "
+                f"{writer.abandoned}; nothing was stored; take another with snapshot()"
+            ) from writer.abandoned

@@ -1,0 +1,195 @@
+"""Snapshots are written without stalling commits.
+
+A snapshot is the state after its ``snapshot`` event; it is written a slice
+at a time with the image's lock held for each slice only, so commits from
+other threads go on in between, and what they change keeps its state at
+the snapshot's seq (copy-on-update). Objects unreachable then are forgotten
+by a ``gc.drop`` event, except those the events since name. Automatic
+snapshots run in a background thread, never in the committing call; the
+processes sharing a log take turns through the store's ``snapshot`` lease.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+import pytest
+
+import memimg
+from memimg.core import _snapshotter
+from memimg.core._codec import Codec
+from memimg.core._reader import Reader
+from memimg.core._snapshot import load_snapshot
+from memimg.core._table import ObjectTable
+from memimg.image import _snapshots
+from memimg.model import SHELL
+from tests.conftest import Images
+from tests.tampering import append_event
+from tests.test_snapshot_format import Holder, Node, _content
+
+
+def _snapshot_alone(store: memimg.Store, seq: int) -> Any:
+    """The root of the snapshot at *seq*, read by itself."""
+    row = next(s for s in store.snapshots() if s.seq == seq)
+    reader = Reader(ObjectTable(SHELL, Codec(memimg.converter, SHELL)))
+    load_snapshot(reader, store.read_snapshot(row.seq).payload)
+    return reader.table.root
+
+
+def _state_at(img: memimg.MemoryImage, seq: int) -> Any:
+    """The root after event *seq*, by replaying the log up to it."""
+    return memimg.replay([e for e in img.events() if e.seq <= seq])
+
+
+def _between_slices(steps: list[Any]) -> Any:
+    """A progress callback running the next of *steps* after each slice of a snapshot (the lock not held)."""
+    return lambda phase, done, total: phase == "snapshot" and steps and steps.pop(0)()
+
+
+def _small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices (and chunks) of 64 objects: many slices, with commits in between, in a small graph."""
+    monkeypatch.setattr(_snapshots, "SLICE", 64)
+    monkeypatch.setattr(_snapshotter, "CHUNK", 64)
+
+
+def _chain(n: int) -> list[Node]:
+    nodes = [Node(f"n{i}", i) for i in range(n)]
+    for a, b in itertools.pairwise(nodes):
+        a.next = b
+    return nodes
+
+
+def test_a_snapshot_is_the_state_at_its_seq_while_commits_change_the_graph(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits between the slices change objects not written yet, unlink some, and link again (and unlink
+    again) an object unreachable at the snapshot's seq: the snapshot holds the state at its seq, and the
+    image reopened from the snapshot and the events after it is the image as it is now."""
+    _small_slices(monkeypatch)
+    changes: list[Any] = []
+    img = make_image(root=Holder, snapshot_every=None, progress=_between_slices(changes))
+    img.root.nodes.extend(_chain(3_000))
+    detached = Node("detached", -1, tags=[Node("inside", -2)])
+    img.root.misc = detached
+    img.root.misc = None  # unreachable from here on
+    nodes = img.root.nodes
+
+    def relink_and_unlink() -> None:
+        img.root.keyed["x"] = detached  # named by an event after the seq: kept
+        del img.root.keyed["x"]
+
+    changes.extend(
+        [
+            lambda: setattr(nodes[2_900], "label", "changed late"),
+            lambda: nodes[2_950].tags.append("tag"),
+            relink_and_unlink,
+            lambda: nodes.append(Node("new", 1, tags=[detached.tags[0]])),  # a new object naming an old one
+            lambda: setattr(nodes[2_998], "next", None),  # the last node unlinked
+            lambda: nodes.__delitem__(10),
+        ]
+    )
+    seq = img.snapshot()
+    assert not changes  # every change ran between two slices
+    assert _content(_snapshot_alone(img.store, seq)) == _content(_state_at(img, seq))
+    now = _content(img.root)
+    img.close()
+    from tests.test_snapshot_format import _only_the_snapshot
+
+    _only_the_snapshot(make_image.store(), seq)
+    with make_image(root=Holder, snapshot_every=None) as again:
+        assert _content(again.root) == now
+
+
+def test_another_threads_commit_goes_on_while_a_snapshot_is_written(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit from another thread completes between two slices of a snapshot, not after it."""
+    _small_slices(monkeypatch)
+    committed = threading.Event()
+    seen: list[bool] = []
+
+    def between_slices(phase: str, done: int, total: int) -> None:
+        if phase == "snapshot" and not seen:
+            seen.append(committed.wait(timeout=10))
+
+    img = make_image(root=Holder, snapshot_every=None, progress=between_slices)
+    img.root.nodes.extend(_chain(1_000))
+
+    def commit() -> None:
+        while img._engine.snapshot_writer is None:
+            threading.Event().wait(0.001)
+        img.root.misc = "from another thread"
+        committed.set()
+
+    other = threading.Thread(target=commit)
+    other.start()
+    seq = img.snapshot()
+    other.join(timeout=10)
+    assert seen == [True]
+    assert img.root.misc == "from another thread" and img.seq > seq
+
+
+def test_automatic_snapshots_are_written_in_the_background(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """snapshot_every has snapshots written as events accumulate, by another thread than the committing
+    one, each at a ``snapshot`` event and at least snapshot_every events after the one before."""
+    img = make_image(root=Holder, snapshot_every=10)
+    writers: list[int] = []
+    write = img.store.write_snapshot
+
+    def recording(row: Any) -> None:
+        writers.append(threading.get_ident())
+        write(row)
+
+    monkeypatch.setattr(img.store, "write_snapshot", recording)
+    for i in range(60):
+        img.root.nodes.append(i)
+        img._engine.snapshots.join()  # each due snapshot is written before the next commit
+    img.close()
+    snaps = sorted(s.seq for s in make_image.store().snapshots())
+    assert len(snaps) >= 3 and threading.get_ident() not in writers
+    kinds = {e.seq: e.kind for e in memimg.open(make_image.store(), readonly=True).events()}
+    assert all(kinds[seq] == "snapshot" for seq in snaps)
+    assert all(b - a >= 10 for a, b in itertools.pairwise(snaps))
+    with make_image(root=Holder, snapshot_every=None) as again:
+        assert list(again.root.nodes) == list(range(60))
+
+
+def test_a_snapshot_gives_way_to_an_older_memimgs_collection(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``gc`` event (written by memimg before 0.3) arriving while a snapshot is written abandons the
+    snapshot with an error saying so; the commit that brought it stands and nothing is stored."""
+    _small_slices(monkeypatch)
+    steps: list[Any] = []
+    img = make_image(root=Holder, snapshot_every=None, progress=_between_slices(steps))
+    img.root.nodes.extend(_chain(1_000))
+    store = make_image.store()
+
+    def old_process_collects() -> None:
+        append_event(store, "gc", 0, [[]])
+        img.root.misc = "after the gc"  # catches up with it first
+
+    steps.append(old_process_collects)
+    with pytest.raises(memimg.MemimgError, match=r"snapshot at seq \d+ .* was abandoned: another process running"):
+        img.snapshot()
+    assert img.root.misc == "after the gc" and img.store.snapshots() == []
+    img.root.misc = "still writable"
+    seq = img.snapshot()
+    img.close()
+    with make_image(root=Holder) as again:
+        assert again.root.misc == "still writable" and again.store.snapshots()[-1].seq == seq
+
+
+def test_a_snapshot_waits_for_another_processs_lease(make_image: Images) -> None:
+    """While another holder has the snapshot lease, snapshot() waits for it, and fails naming the lease
+    if it is held past the wait; an automatic one is skipped."""
+    img = make_image(root=Holder, snapshot_every=None)
+    store = make_image.store()
+    assert store.lease(_snapshots.LEASE, "elsewhere", 30)
+    with pytest.raises(memimg.LockedError, match="holds the snapshot lease"):
+        img._engine.snapshots.take(wait=0.2)
+    assert img._engine.snapshots.take(wait=0, automatic=True) is None
+    store.release(_snapshots.LEASE, "elsewhere")
+    assert img.snapshot() == img.store.snapshots()[-1].seq
