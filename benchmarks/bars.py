@@ -157,6 +157,46 @@ def check_bars(results: Results) -> Iterator[Bar]:
     else:
         yield _ratio_bar(bar, needed, mine / plain, None, 2.0, f"{mine:.0f} vs {plain:.0f} bytes/object")
 
+    yield from snapshot_bars(results)
+
+
+def _worst(results: Results, workload: str, case: str, metric: str) -> float | None:
+    """The highest sample of a lower-is-better metric (a latency bar holds in every repetition, not the median)."""
+    result = results.items.get((workload, case, metric, "memimg"))
+    return None if result is None else max(result.samples)
+
+
+def snapshot_bars(results: Results) -> Iterator[Bar]:
+    """The bars of issue 16 on snapshots: commits go on while they are written."""
+    cases = _cases(results, "snapshots")
+    one = next((c for c in cases if c.startswith("one process")), None)
+    bar = "longest commit from another thread during a snapshot"
+    needed = "≤ 100 ms and ≤ 0.3x the snapshot"
+    longest = ratio = None
+    if one is not None:
+        longest = _worst(results, "snapshots", one, "longest commit ms during")
+        ratio = _worst(results, "snapshots", one, "longest commit / snapshot")
+    if longest is None or ratio is None:
+        yield _missing(bar, needed)
+    else:
+        snap = results.median("snapshots", one or "", "snapshot s", "memimg") or 0.0
+        detail = f"{longest:.1f} ms, {ratio:.3f}x a snapshot of {snap:.2f} s ({one}; worst repetition)"
+        yield Bar(bar, detail, needed, longest <= 100 and ratio <= 0.3)
+    writer_cases = [c for c in cases if c.startswith("4 writers") and "snapshot_every" in c] or ["4 writers"]
+    for case in writer_cases:
+        bar = f"{case}: commit latency with automatic snapshots"
+        needed = "longest ≤ 1 s, p99 ≤ 5x median"
+        longest = _worst(results, "snapshots", case, "longest commit ms")
+        spread = _worst(results, "snapshots", case, "p99 / median")
+        if longest is None or spread is None:
+            yield _missing(bar, needed)
+            continue
+        written = results.median("snapshots", case, "snapshots written", "memimg")
+        detail = (
+            f"longest {longest:.0f} ms, p99 {spread:.1f}x median; {written:.0f} snapshots per run (worst repetition)"
+        )
+        yield Bar(bar, detail, needed, longest <= 1000 and spread <= 5)
+
 
 def render_bars(bars: list[Bar]) -> str:
     """The bars as a Markdown table."""

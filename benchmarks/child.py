@@ -66,6 +66,10 @@ def main(argv: list[str]) -> None:
         from benchmarks.writers import writer_main
 
         writer_main(*args)
+    elif mode == "snapshot-writer":
+        from benchmarks.snapshots import snapshot_writer_main
+
+        snapshot_writer_main(*args)
     else:
         raise SystemExit(f"unknown child mode {mode!r}")
 

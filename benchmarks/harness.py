@@ -81,6 +81,8 @@ class Sizes:
     memory_objects: int = 50_000
     writers: tuple[int, ...] = (1, 2, 4)
     writer_seconds: float = 0.4
+    #: items of the graph snapshotted while commits go on (about two objects each)
+    snapshot_items: int = 50_000
     #: a (system, case) whose first sample took longer (wall seconds) is not
     #: repeated; ``None`` repeats everything
     once_after: float | None = None
@@ -100,6 +102,7 @@ FULL = Sizes(
     ops=1_000_000,
     memory_objects=200_000,
     writer_seconds=3.0,
+    snapshot_items=150_000,
     once_after=30.0,
 )
 TINY = Sizes(
@@ -117,6 +120,7 @@ TINY = Sizes(
     memory_objects=200,
     writers=(2,),
     writer_seconds=0.2,
+    snapshot_items=2_000,
 )
 
 
