@@ -154,6 +154,65 @@ def test_works_without_the_application_classes(tmp_path: Any) -> None:
     assert "equal the replayed state" in run("verify", path).output
 
 
+def test_tools_read_only_the_newest_snapshot_and_the_events_after_it(tmp_path: Any) -> None:
+    """Opening an image as the tools do (stand-ins for unclaimed types) reads the newest intact snapshot and
+    the events after it -- not the events a snapshot covers, nor older snapshots -- and a field a later
+    version of a class added after the snapshot is read."""
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple")
+            img.snapshot()
+            img.root.products["b"] = models.Product("bread")
+            img.snapshot()
+            img.root.products["c"] = models.Product("cheese")
+        """,
+    )
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+            stock: int = 0
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+        """,
+        'with memimg.open(path, root=models.Shop) as img:\n    img.root.products["c"].stock = 3\n',
+    )
+    reads: list[tuple[str, int]] = []
+
+    class Watched(memimg.SQLiteStore):
+        def read(self, after: int = 0, limit: int | None = None) -> Any:
+            reads.append(("events after", after))
+            return super().read(after, limit)
+
+        def read_snapshot(self, seq: int) -> Any:
+            reads.append(("snapshot", seq))
+            return super().read_snapshot(seq)
+
+    store = Watched(v.path, readonly=True)
+    newest = store.snapshots()[0].seq
+    with memimg.open(store, readonly=True, generic_types=True, snapshot_every=None) as img:
+        assert {k: (p.title, getattr(p, "stock", None)) for k, p in img.root.products.items()} == {
+            "a": ("apple", None),
+            "b": ("bread", None),
+            "c": ("cheese", 3),
+        }
+    assert reads and set(reads) == {("snapshot", newest), ("events after", newest)}
+
+
 def test_ints_too_long_for_decimal_are_shown_in_hex(tmp_path: Any) -> None:
     """Ints past 4,300 digits (which Python will not write in decimal) are shown in hex by show (text and
     JSON, where they are strings), and log, export and verify read them like any value."""

@@ -26,11 +26,15 @@ __all__ = ["info", "log", "show", "type_name"]
 
 
 def type_name(obj: Any) -> str:
-    name = SHELL.names.get(type(obj))
+    return _class_name(type(obj))
+
+
+def _class_name(cls: type) -> str:
+    name = SHELL.names.get(cls)
     if name is not None:
         return name
-    info = _types.info_of(type(obj))
-    return info.name if info is not None else type(obj).__qualname__
+    info = _types.info_of(cls)
+    return info.name if info is not None else cls.__qualname__
 
 
 @cli.command()
@@ -42,7 +46,11 @@ def info(target: str, as_json: bool) -> None:
     store = img.store
     try:
         snaps = store.snapshots()
-        counts = Counter(type_name(o) for o in img._engine.table.objects if o is not None)
+        by_class = Counter(map(type, img._engine.table.objects))
+        by_class.pop(type(None), None)
+        counts: Counter[str] = Counter()
+        for cls, n in by_class.items():
+            counts[_class_name(cls)] += n
         size = store.size() if hasattr(store, "size") else None
         data = {
             "target": store.description,

@@ -241,7 +241,7 @@ def _verify(store: Store) -> None:
         snap = SnapshotRow(*store.read_snapshot(info.seq))
         verify_snapshot(snap)
         split_snapshot(snap.payload, info.seq)  # laid out as its header says, with its own seq and root
-    _generic.prepare(store, frozenset())  # stand-ins with every field any declaration lists
+    _generic.prepare(store, frozenset(), whole=True)  # stand-ins with every field any declaration lists
     first = store.first_seq()
     reader = _reader()
     expected = 1

@@ -243,12 +243,20 @@ class Codec:
         stand-ins instead of raising :class:`UnknownTypeError`.
         """
         converter = self.converter
+        # generic: the names no class claimed when first read stay stand-ins for this decoder's life (one
+        # reading of a log never mixes stand-ins and real members of one type), and each enum member has
+        # one stand-in -- a miss costs an exception, and a tool reads such a value per object
+        unclaimed: set[str] = set()
+        members: dict[tuple[str, Any], EnumValue] = {}
 
         def resolve(x: list[Any], stand_in: Callable[[str, Any], Any], kind: str) -> Any:
+            if unclaimed and x[1] in unclaimed:
+                return stand_in(x[1], x[2])
             try:
                 info = _types.resolve(x[1])
             except UnknownTypeError:
                 if generic:
+                    unclaimed.add(x[1])
                     return stand_in(x[1], x[2])
                 raise
             if info.kind != kind:
@@ -256,8 +264,14 @@ class Codec:
             return info
 
         def dec_enum(x: list[Any]) -> Any:
+            if unclaimed and type(x[2]) is str:
+                found = members.get((x[1], x[2]))
+                if found is not None:
+                    return found
             info = resolve(x, EnumValue, _types.ENUM)
             if not isinstance(info, _types.TypeInfo):
+                if type(info.member) is str:
+                    members[(info.type_name, info.member)] = info
                 return info
             return _enum_member(info, x)
 
