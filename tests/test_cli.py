@@ -111,6 +111,57 @@ def test_verify_finds_a_snapshot_that_disagrees_with_the_log(bank_db: str) -> No
     assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output
 
 
+def test_verify_compares_a_snapshot_with_the_replay_as_stored(tmp_path: Any, monkeypatch: Any) -> None:
+    """A snapshot written by the classes the replay reads with is compared with the replay object by object as
+    stored -- never loaded into a second graph -- whatever order the writer's hash seed gave its sets."""
+    from memimg.cli import _verify
+
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            tags: set = attrs.field(factory=set)
+            products: set = attrs.field(factory=set)
+            by_number: dict = attrs.field(factory=dict)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.tags.update("abcdefghijklmnop")
+            img.root.products.update(models.Product(t) for t in "abcdefgh")
+            img.root.by_number.update({n: str(n) for n in range(10)})
+            img.snapshot()
+        """,
+        env={"PYTHONHASHSEED": "1"},
+    )
+
+    def second_graph(store: Any, seq: int) -> Any:
+        raise AssertionError(f"the snapshot at seq {seq} was loaded into a second graph")
+
+    monkeypatch.setattr(_verify, "_stored_snapshot", second_graph)
+    r = CliRunner().invoke(cli, ["verify", v.path])
+    assert r.exit_code == 0 and "1 snapshot(s) equal the replayed state" in r.output, r.output
+
+
+def test_verify_tells_numbers_and_booleans_apart(tmp_path: Any) -> None:
+    """A snapshot storing ``true`` or ``1.0`` where the replay gives ``1`` differs from it (as JSON, not
+    as Python compares them)."""
+    path = str(tmp_path / "n.db")
+    with memimg.open(path) as img:
+        img.root["n"] = 1
+        img.root["f"] = 2.5
+        img.snapshot()
+    for old, new in ((b'"n":1', b'"n":true'), (b'"n":1', b'"n":1.0')):
+        shutil.copy(path, tmp_path / "copy.db")
+        seq = rewrite_snapshot(str(tmp_path / "copy.db"), old, new)
+        r = CliRunner().invoke(cli, ["verify", str(tmp_path / "copy.db")])
+        assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output, (new, r.output)
+
+
 def test_export_and_import(bank_db: str, tmp_path: Any) -> None:
     """export writes the snapshot format; import builds a new image from it."""
     out = str(tmp_path / "bank.json")
