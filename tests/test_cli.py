@@ -9,10 +9,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -92,6 +94,54 @@ def test_snapshot_verify_compact(bank_db: str, tmp_path: Any) -> None:
     assert run("verify", bank_db).exit_code == 0
     with memimg.open(bank_db, root=Bank) as img:
         assert img.root.accounts["ada"].balance == 5
+
+
+def test_compact_gives_the_space_back(tmp_path: Any) -> None:
+    """compact shrinks the file to about the size of what it keeps (the new snapshot and the events after
+    it), and says so; the image reads the same."""
+    path = str(tmp_path / "big.db")
+    with memimg.open(path, snapshot_every=None) as img:
+        for i in range(300):
+            img.root["text"] = f"{i:05}" + "x" * 20_000
+
+    def on_disk() -> int:
+        return sum(os.path.getsize(path + s) for s in ("", "-wal") if os.path.exists(path + s))
+
+    before = on_disk()
+    r = run("compact", path)
+    assert r.exit_code == 0 and "MB -> " in r.output and "KB on disk" in r.output, r.output
+    after = on_disk()
+    assert before > 6_000_000 and after < 200_000, (before, after)
+    with memimg.open(path) as img:
+        assert img.root["text"].startswith("00299")
+
+
+def test_compact_archives_each_event_as_it_is_read(bank_db: str, tmp_path: Any, monkeypatch: Any) -> None:
+    """compact --archive writes each dropped event to the archive before it reads the next (it never holds
+    the log in memory)."""
+    from memimg.cli import _ops
+
+    steps: list[str] = []
+    read = memimg.SQLiteStore.read
+
+    def reading(self: Any, after: int = 0, limit: int | None = None) -> Any:
+        for row in read(self, after, limit):
+            steps.append("read")
+            yield row
+
+    def dumping(obj: Any, *args: Any) -> bytes:
+        steps.append("write")
+        return orjson.dumps(obj, *args)
+
+    monkeypatch.setattr(memimg.SQLiteStore, "read", reading)
+    monkeypatch.setattr(_ops, "orjson", types.SimpleNamespace(dumps=dumping))
+    archive = str(tmp_path / "old.ndjson")
+    assert run("compact", bank_db, "--archive", archive).exit_code == 0
+    with open(archive) as f:
+        archived = [json.loads(line)["seq"] for line in f]
+    assert archived == list(range(1, len(archived) + 1)) and len(archived) > 3
+    start = steps.index("write") - 1  # the reads before are the image's, opening
+    assert steps[start : start + 2 * len(archived)] == ["read", "write"] * len(archived)
 
 
 def test_verify_names_the_first_bad_seq(bank_db: str) -> None:
