@@ -385,11 +385,19 @@ def test_commands_never_import_what_the_log_names(planted: PlantedModule, tmp_pa
     assert not planted.imported
 
 
-def test_import_option_imports_the_named_module(planted: PlantedModule, tmp_path: Any) -> None:
-    """--import MODULE (the explicit opt-in) imports it first, so its classes are used."""
+@pytest.mark.parametrize("where", ["before", "after", "between", "short"])
+def test_import_option_imports_the_named_module(planted: PlantedModule, tmp_path: Any, where: str) -> None:
+    """--import MODULE (the explicit opt-in) imports it first, so its classes are used -- given before
+    the command or anywhere after it."""
     path = str(tmp_path / "img.db")
     _log_naming(planted, path)
-    r = CliRunner().invoke(cli, ["--import", planted.name, "show", path, "content"])
+    args = {
+        "before": ["--import", planted.name, "show", path, "content"],
+        "after": ["show", path, "content", "--import", planted.name],
+        "between": ["show", path, "--import", planted.name, "content"],
+        "short": ["show", "-i", planted.name, path, "content"],
+    }[where]
+    r = CliRunner().invoke(cli, args)
     assert planted.imported
     assert r.exit_code == 0 and "<Thing.X: 1>" in r.output, r.output
 
@@ -444,10 +452,34 @@ def test_not_a_memimg_file_changes_nothing(tmp_path: Any) -> None:
     assert other.read_bytes() == before
 
 
-def test_debug_shows_tracebacks(tmp_path: Any) -> None:
-    """With --debug, an error is raised as the exception (with its traceback), not printed as one line."""
-    r = CliRunner().invoke(cli, ["--debug", "info", str(tmp_path / "missing.db")])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_tracebacks(tmp_path: Any, where: str) -> None:
+    """With --debug (before the command or after it), an error is raised as the exception (with its
+    traceback), not printed as one line."""
+    missing = str(tmp_path / "missing.db")
+    r = CliRunner().invoke(cli, ["--debug", "info", missing] if where == "before" else ["info", missing, "--debug"])
     assert r.exit_code == 1 and isinstance(r.exception, memimg.MemimgError)
+    quiet = CliRunner().invoke(cli, ["info", missing])
+    assert quiet.exit_code == 1 and isinstance(quiet.exception, SystemExit) and "does not exist" in quiet.output
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Any) -> None:
+    """When the reader of its output goes away (`memimg log x.db | head -1`), a command stops at once,
+    prints nothing more (no "Broken pipe") and exits with status 141, as a closed pipe ends `yes` or `git`."""
+    path = str(tmp_path / "long.db")
+    with memimg.open(path, snapshot_every=None) as img:
+        with img.transaction():
+            for i in range(3000):
+                img.root[f"key {i}"] = i
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memimg", "log", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().split()[0] == b"1"
+    proc.stdout.close()  # as `head -1` does: more than a pipe's buffer of lines is still to be written
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
 
 
 def test_python_dash_m(tmp_path: Any) -> None:
@@ -483,6 +515,8 @@ def test_database_url_with_schema(tmp_path: Any) -> None:
         r = run("--schema", schema, "info", POSTGRES_URL)
         assert r.exit_code == 0 and "tests.models.Account" in r.output
         assert run("--schema", schema, "show", POSTGRES_URL, "accounts.pg.owner").output.strip() == "'pg'"
+        assert run("show", POSTGRES_URL, "accounts.pg.owner", "--schema", schema).output.strip() == "'pg'"
+        assert "holds no memimg image" in run("show", POSTGRES_URL, "--schema", schema, "--prefix", "other_").output
         assert run("--schema", schema, "snapshot", POSTGRES_URL).exit_code == 0
         assert "1 snapshot(s) equal" in run("--schema", schema, "verify", POSTGRES_URL).output
     finally:
