@@ -21,7 +21,8 @@ checks that the path still names the database and WAL it opened (device and
 inode, recorded at open) and otherwise raises :class:`FileGoneError` and
 refuses every later write. SQLite itself never deletes or recreates either
 file while a connection is open (it truncates the WAL, which keeps its
-inode), so a change of identity always comes from outside. The check costs
+inode, and ``VACUUM`` -- :meth:`SQLiteStore.reclaim` -- rewrites the
+database in place), so a change of identity always comes from outside. The check costs
 one ``stat`` of the directory per commit: the files are looked at only when
 the directory's ctime moved since they last checked out (an entry was added,
 removed or renamed -- which is what deleting or replacing a file does), or
