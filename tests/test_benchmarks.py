@@ -53,6 +53,7 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     assert seen["graph"] == everyone
     assert seen["in-memory"] >= {"memimg", "attrs", "ZODB", "eventsourcing"}
     assert {"memimg", "sqlite3"} <= seen["writers"]
+    assert seen["snapshots"] == {"memimg"}
 
 
 def test_every_bar_is_evaluated(results: Any) -> None:
@@ -96,4 +97,4 @@ def test_unknown_workload_is_refused(capsys: Any) -> None:
 
 def test_workload_names_match_the_docs() -> None:
     """The workloads are the ones the docs describe, in their order."""
-    assert list(WORKLOADS) == ["commit", "batch", "recovery", "graph", "inmemory", "writers"]
+    assert list(WORKLOADS) == ["commit", "batch", "recovery", "graph", "inmemory", "writers", "snapshots"]

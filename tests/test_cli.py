@@ -9,10 +9,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -94,6 +96,54 @@ def test_snapshot_verify_compact(bank_db: str, tmp_path: Any) -> None:
         assert img.root.accounts["ada"].balance == 5
 
 
+def test_compact_gives_the_space_back(tmp_path: Any) -> None:
+    """compact shrinks the file to about the size of what it keeps (the new snapshot and the events after
+    it), and says so; the image reads the same."""
+    path = str(tmp_path / "big.db")
+    with memimg.open(path, snapshot_every=None) as img:
+        for i in range(300):
+            img.root["text"] = f"{i:05}" + "x" * 20_000
+
+    def on_disk() -> int:
+        return sum(os.path.getsize(path + s) for s in ("", "-wal") if os.path.exists(path + s))
+
+    before = on_disk()
+    r = run("compact", path)
+    assert r.exit_code == 0 and "MB -> " in r.output and "KB on disk" in r.output, r.output
+    after = on_disk()
+    assert before > 6_000_000 and after < 200_000, (before, after)
+    with memimg.open(path) as img:
+        assert img.root["text"].startswith("00299")
+
+
+def test_compact_archives_each_event_as_it_is_read(bank_db: str, tmp_path: Any, monkeypatch: Any) -> None:
+    """compact --archive writes each dropped event to the archive before it reads the next (it never holds
+    the log in memory)."""
+    from memimg.cli import _ops
+
+    steps: list[str] = []
+    read = memimg.SQLiteStore.read
+
+    def reading(self: Any, after: int = 0, limit: int | None = None) -> Any:
+        for row in read(self, after, limit):
+            steps.append("read")
+            yield row
+
+    def dumping(obj: Any, *args: Any) -> bytes:
+        steps.append("write")
+        return orjson.dumps(obj, *args)
+
+    monkeypatch.setattr(memimg.SQLiteStore, "read", reading)
+    monkeypatch.setattr(_ops, "orjson", types.SimpleNamespace(dumps=dumping))
+    archive = str(tmp_path / "old.ndjson")
+    assert run("compact", bank_db, "--archive", archive).exit_code == 0
+    with open(archive) as f:
+        archived = [json.loads(line)["seq"] for line in f]
+    assert archived == list(range(1, len(archived) + 1)) and len(archived) > 3
+    start = steps.index("write") - 1  # the reads before are the image's, opening
+    assert steps[start : start + 2 * len(archived)] == ["read", "write"] * len(archived)
+
+
 def test_verify_names_the_first_bad_seq(bank_db: str) -> None:
     """A tampered event makes verify exit non-zero naming its seq."""
     conn = sqlite3.connect(bank_db)
@@ -109,6 +159,57 @@ def test_verify_finds_a_snapshot_that_disagrees_with_the_log(bank_db: str) -> No
     seq = rewrite_snapshot(bank_db, b'"bob"', b'"rob"')
     r = CliRunner().invoke(cli, ["verify", bank_db])
     assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output
+
+
+def test_verify_compares_a_snapshot_with_the_replay_as_stored(tmp_path: Any, monkeypatch: Any) -> None:
+    """A snapshot written by the classes the replay reads with is compared with the replay object by object as
+    stored -- never loaded into a second graph -- whatever order the writer's hash seed gave its sets."""
+    from memimg.cli import _verify
+
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            tags: set = attrs.field(factory=set)
+            products: set = attrs.field(factory=set)
+            by_number: dict = attrs.field(factory=dict)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.tags.update("abcdefghijklmnop")
+            img.root.products.update(models.Product(t) for t in "abcdefgh")
+            img.root.by_number.update({n: str(n) for n in range(10)})
+            img.snapshot()
+        """,
+        env={"PYTHONHASHSEED": "1"},
+    )
+
+    def second_graph(store: Any, seq: int) -> Any:
+        raise AssertionError(f"the snapshot at seq {seq} was loaded into a second graph")
+
+    monkeypatch.setattr(_verify, "_stored_snapshot", second_graph)
+    r = CliRunner().invoke(cli, ["verify", v.path])
+    assert r.exit_code == 0 and "1 snapshot(s) equal the replayed state" in r.output, r.output
+
+
+def test_verify_tells_numbers_and_booleans_apart(tmp_path: Any) -> None:
+    """A snapshot storing ``true`` or ``1.0`` where the replay gives ``1`` differs from it (as JSON, not
+    as Python compares them)."""
+    path = str(tmp_path / "n.db")
+    with memimg.open(path) as img:
+        img.root["n"] = 1
+        img.root["f"] = 2.5
+        img.snapshot()
+    for old, new in ((b'"n":1', b'"n":true'), (b'"n":1', b'"n":1.0')):
+        shutil.copy(path, tmp_path / "copy.db")
+        seq = rewrite_snapshot(str(tmp_path / "copy.db"), old, new)
+        r = CliRunner().invoke(cli, ["verify", str(tmp_path / "copy.db")])
+        assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output, (new, r.output)
 
 
 def test_export_and_import(bank_db: str, tmp_path: Any) -> None:
@@ -152,6 +253,65 @@ def test_works_without_the_application_classes(tmp_path: Any) -> None:
     assert "label: 'hello'" in shown and "__main__.Mood.OK" in shown
     assert run("snapshot", path).exit_code == 0
     assert "equal the replayed state" in run("verify", path).output
+
+
+def test_tools_read_only_the_newest_snapshot_and_the_events_after_it(tmp_path: Any) -> None:
+    """Opening an image as the tools do (stand-ins for unclaimed types) reads the newest intact snapshot and
+    the events after it -- not the events a snapshot covers, nor older snapshots -- and a field a later
+    version of a class added after the snapshot is read."""
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Product("apple")
+            img.snapshot()
+            img.root.products["b"] = models.Product("bread")
+            img.snapshot()
+            img.root.products["c"] = models.Product("cheese")
+        """,
+    )
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+            stock: int = 0
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            products: dict = attrs.field(factory=dict)
+        """,
+        'with memimg.open(path, root=models.Shop) as img:\n    img.root.products["c"].stock = 3\n',
+    )
+    reads: list[tuple[str, int]] = []
+
+    class Watched(memimg.SQLiteStore):
+        def read(self, after: int = 0, limit: int | None = None) -> Any:
+            reads.append(("events after", after))
+            return super().read(after, limit)
+
+        def read_snapshot(self, seq: int) -> Any:
+            reads.append(("snapshot", seq))
+            return super().read_snapshot(seq)
+
+    store = Watched(v.path, readonly=True)
+    newest = store.snapshots()[0].seq
+    with memimg.open(store, readonly=True, generic_types=True, snapshot_every=None) as img:
+        assert {k: (p.title, getattr(p, "stock", None)) for k, p in img.root.products.items()} == {
+            "a": ("apple", None),
+            "b": ("bread", None),
+            "c": ("cheese", 3),
+        }
+    assert reads and set(reads) == {("snapshot", newest), ("events after", newest)}
 
 
 def test_ints_too_long_for_decimal_are_shown_in_hex(tmp_path: Any) -> None:
@@ -225,11 +385,19 @@ def test_commands_never_import_what_the_log_names(planted: PlantedModule, tmp_pa
     assert not planted.imported
 
 
-def test_import_option_imports_the_named_module(planted: PlantedModule, tmp_path: Any) -> None:
-    """--import MODULE (the explicit opt-in) imports it first, so its classes are used."""
+@pytest.mark.parametrize("where", ["before", "after", "between", "short"])
+def test_import_option_imports_the_named_module(planted: PlantedModule, tmp_path: Any, where: str) -> None:
+    """--import MODULE (the explicit opt-in) imports it first, so its classes are used -- given before
+    the command or anywhere after it."""
     path = str(tmp_path / "img.db")
     _log_naming(planted, path)
-    r = CliRunner().invoke(cli, ["--import", planted.name, "show", path, "content"])
+    args = {
+        "before": ["--import", planted.name, "show", path, "content"],
+        "after": ["show", path, "content", "--import", planted.name],
+        "between": ["show", path, "--import", planted.name, "content"],
+        "short": ["show", "-i", planted.name, path, "content"],
+    }[where]
+    r = CliRunner().invoke(cli, args)
     assert planted.imported
     assert r.exit_code == 0 and "<Thing.X: 1>" in r.output, r.output
 
@@ -284,10 +452,34 @@ def test_not_a_memimg_file_changes_nothing(tmp_path: Any) -> None:
     assert other.read_bytes() == before
 
 
-def test_debug_shows_tracebacks(tmp_path: Any) -> None:
-    """With --debug, an error is raised as the exception (with its traceback), not printed as one line."""
-    r = CliRunner().invoke(cli, ["--debug", "info", str(tmp_path / "missing.db")])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_tracebacks(tmp_path: Any, where: str) -> None:
+    """With --debug (before the command or after it), an error is raised as the exception (with its
+    traceback), not printed as one line."""
+    missing = str(tmp_path / "missing.db")
+    r = CliRunner().invoke(cli, ["--debug", "info", missing] if where == "before" else ["info", missing, "--debug"])
     assert r.exit_code == 1 and isinstance(r.exception, memimg.MemimgError)
+    quiet = CliRunner().invoke(cli, ["info", missing])
+    assert quiet.exit_code == 1 and isinstance(quiet.exception, SystemExit) and "does not exist" in quiet.output
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Any) -> None:
+    """When the reader of its output goes away (`memimg log x.db | head -1`), a command stops at once,
+    prints nothing more (no "Broken pipe") and exits with status 141, as a closed pipe ends `yes` or `git`."""
+    path = str(tmp_path / "long.db")
+    with memimg.open(path, snapshot_every=None) as img:
+        with img.transaction():
+            for i in range(3000):
+                img.root[f"key {i}"] = i
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memimg", "log", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().split()[0] == b"1"
+    proc.stdout.close()  # as `head -1` does: more than a pipe's buffer of lines is still to be written
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
 
 
 def test_python_dash_m(tmp_path: Any) -> None:
@@ -323,6 +515,8 @@ def test_database_url_with_schema(tmp_path: Any) -> None:
         r = run("--schema", schema, "info", POSTGRES_URL)
         assert r.exit_code == 0 and "tests.models.Account" in r.output
         assert run("--schema", schema, "show", POSTGRES_URL, "accounts.pg.owner").output.strip() == "'pg'"
+        assert run("show", POSTGRES_URL, "accounts.pg.owner", "--schema", schema).output.strip() == "'pg'"
+        assert "holds no memimg image" in run("show", POSTGRES_URL, "--schema", schema, "--prefix", "other_").output
         assert run("--schema", schema, "snapshot", POSTGRES_URL).exit_code == 0
         assert "1 snapshot(s) equal" in run("--schema", schema, "verify", POSTGRES_URL).output
     finally:

@@ -364,6 +364,28 @@ def test_a_flag_combination_read_without_its_enum_is_written_back_unchanged() ->
     assert codec.encoder(lambda obj: 0)(stand_in) == ["e", "no.such.Flag", ["R", "W"]]
 
 
+def test_generic_decoding_looks_up_a_type_no_class_claims_once(monkeypatch: Any) -> None:
+    """Read without their classes, the enum members and user values of one stored type cost one look-up
+    of its name per decoder (a tool reads one per object), and each enum member is one stand-in."""
+    from memimg.core import _types
+
+    looked_up: list[str] = []
+    resolve = _types.resolve
+
+    def counting(name: str) -> Any:
+        looked_up.append(name)
+        return resolve(name)
+
+    monkeypatch.setattr(_types, "resolve", counting)
+    decode = Codec(memimg.converter, SHELL).decoder(lambda oid: None, lambda x: None, generic=True)
+    members = [decode(["e", "no.such.Mood", name]) for name in ("OK", "BAD", "OK", "OK")]
+    customs = [decode(["x", "no.such.Custom", {"n": n}]) for n in range(3)]
+    assert members[0] is members[2] is members[3] and members[1].member == "BAD"
+    assert [c.data for c in customs] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert sorted(looked_up) == ["no.such.Custom", "no.such.Mood"]
+    assert decode(["e", "tests.models.Color", "RED"]) is Color.RED  # a claimed type: its real member
+
+
 @attrs.frozen(slots=False, cache_hash=True)
 class CachedHash:
     a: int

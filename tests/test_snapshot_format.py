@@ -30,7 +30,7 @@ import pytest
 
 import memimg
 from memimg import persistent
-from memimg.cli._verify import _canonical
+from memimg.cli._verify import _canonical_state
 from memimg.core._codec import Codec
 from memimg.core._snapshot import decode_snapshot, split_snapshot
 from memimg.core._snapshotter import SnapshotWriter
@@ -96,7 +96,9 @@ def _fill(root: Holder) -> None:
 
 def _content(root: Any) -> bytes:
     """The graph under *root*, independent of set and frozenset iteration order."""
-    return _canonical(memimg.serialize(root))
+    data = memimg.serialize(root)
+    records = sorted([oid, name, _canonical_state(name, state)] for oid, name, state in data["objects"])
+    return orjson.dumps({"root": data["root"], "objects": records}, option=orjson.OPT_SORT_KEYS)
 
 
 def _snapshot_of_everything(open_image: Callable[..., memimg.MemoryImage]) -> tuple[int, bytes]:

@@ -19,18 +19,22 @@ from memimg.model import SHELL, _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["info", "log", "show", "type_name"]
+__all__ = ["info", "log", "show", "size_text", "type_name"]
 
 
 # -- info ------------------------------------------------------------------------
 
 
 def type_name(obj: Any) -> str:
-    name = SHELL.names.get(type(obj))
+    return _class_name(type(obj))
+
+
+def _class_name(cls: type) -> str:
+    name = SHELL.names.get(cls)
     if name is not None:
         return name
-    info = _types.info_of(type(obj))
-    return info.name if info is not None else type(obj).__qualname__
+    info = _types.info_of(cls)
+    return info.name if info is not None else cls.__qualname__
 
 
 @cli.command()
@@ -42,7 +46,11 @@ def info(target: str, as_json: bool) -> None:
     store = img.store
     try:
         snaps = store.snapshots()
-        counts = Counter(type_name(o) for o in img._engine.table.objects if o is not None)
+        by_class = Counter(map(type, img._engine.table.objects))
+        by_class.pop(type(None), None)
+        counts: Counter[str] = Counter()
+        for cls, n in by_class.items():
+            counts[_class_name(cls)] += n
         size = store.size() if hasattr(store, "size") else None
         data = {
             "target": store.description,
@@ -66,11 +74,11 @@ def info(target: str, as_json: bool) -> None:
     click.echo(f"log:        {data['events']} events stored (seq {data['first_seq']}..{data['head_seq']})")
     if snaps:
         newest = snaps[0]
-        click.echo(f"snapshots:  {len(snaps)} (newest at seq {newest.seq}, {_size(newest.size)})")
+        click.echo(f"snapshots:  {len(snaps)} (newest at seq {newest.seq}, {size_text(newest.size)})")
     else:
         click.echo("snapshots:  none")
     if size is not None:
-        click.echo(f"size:       {_size(size)}")
+        click.echo(f"size:       {size_text(size)}")
     click.echo(f"root:       {data['root']}")
     click.echo(f"objects:    {data['objects']}")
     width = max((len(t) for t in counts), default=0)
@@ -78,7 +86,8 @@ def info(target: str, as_json: bool) -> None:
         click.echo(f"  {name:<{width}}  {n}")
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
+    """*n* bytes for people (``20.0 KB``)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -24,21 +24,82 @@ from memimg import _api
 from memimg._errors import MemimgError
 from memimg.stores._protocol import Store
 
-__all__ = ["cli", "open_image", "open_store", "url_options", "with_progress"]
+__all__ = ["CLOSED_PIPE_STATUS", "cli", "open_image", "open_store", "url_options", "with_progress"]
 
 
 class _Group(click.Group):
-    """Errors print one clear line and exit non-zero, unless --debug."""
+    """The memimg group: global options anywhere on the line, one clear line per error, quiet on a closed pipe.
+
+    Every subcommand added gets the global options too (see :func:`_global_options`),
+    so ``memimg verify x.db --import m`` works like ``memimg --import m verify x.db``.
+    """
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.extend(_global_options(cmd))
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that went away is found here, not by Python's flush at exit
+            return result
+        except BrokenPipeError:
+            _reader_gone()
         except (MemimgError, OSError, KeyError, ValueError) as err:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             click.echo(f"memimg: error: {message}", err=True)
             sys.exit(1)
+
+
+#: The exit status after the reader of the output went away: 128 + SIGPIPE, what a shell reports for a
+#: program a closed pipe ended (``yes | head``, ``git log | head``).
+CLOSED_PIPE_STATUS = 141
+
+
+def _reader_gone() -> NoReturn:
+    """End quietly: whoever read the output went away (``memimg log x.db | head -1``).
+
+    Standard output is pointed at ``/dev/null`` first, so that Python's own
+    flush at exit has nowhere to fail (the recipe of Python's documentation,
+    "Note on SIGPIPE"); no message, and the status a closed pipe gives.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (a test's captured output)
+        pass
+    sys.exit(CLOSED_PIPE_STATUS)
+
+
+def _global_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the subcommand: into ``ctx.obj``, as the group does (modules imported now,
+    before the command opens anything)."""
+    if ctx.resilient_parsing or value in (None, False, ()):
+        return
+    if param.name == "imports":
+        _import_modules(value)
+    else:
+        ctx.ensure_object(dict)[param.name] = value
+
+
+def _global_options(cmd: click.Command) -> list[click.Option]:
+    """The group's own options, for *cmd* to take after its name (those *cmd* does not define itself)."""
+    taken = {opt for p in cmd.params for opt in p.opts}
+    return [
+        click.Option(
+            [*o.opts, *o.secondary_opts, o.name or ""],
+            is_flag=o.is_flag,
+            multiple=o.multiple,
+            metavar=o.metavar,
+            help=o.help,
+            expose_value=False,
+            callback=_global_option,
+        )
+        for o in _GLOBAL_OPTIONS
+        if not taken & set(o.opts)
+    ]
 
 
 def _import_modules(modules: Iterable[str]) -> None:
@@ -133,22 +194,28 @@ def with_progress(items: Iterable[Any], total: int, label: str) -> Iterator[Any]
                 bar.update(500)
 
 
-@click.group(cls=_Group)
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.option(
-    "--import",
-    "-i",
-    "imports",
-    multiple=True,
-    metavar="MODULE",
-    help="Import MODULE first, so its classes are used (repeatable; also MEMIMG_IMPORT=a,b).",
+#: The options of the group that every subcommand takes too (anywhere on the line).
+_GLOBAL_OPTIONS = (
+    click.Option(["--debug"], is_flag=True, help="Show full tracebacks on errors."),
+    click.Option(
+        ["--import", "-i", "imports"],
+        multiple=True,
+        metavar="MODULE",
+        help="Import MODULE first, so its classes are used (repeatable; also MEMIMG_IMPORT=a,b).",
+    ),
+    click.Option(["--schema"], default=None, help="For a database URL: the schema holding memimg's tables."),
+    click.Option(["--prefix"], default=None, help="For a database URL: the tables' prefix (default memimg_)."),
 )
-@click.option("--schema", default=None, help="For a database URL: the schema holding memimg's tables.")
-@click.option("--prefix", default=None, help="For a database URL: the tables' prefix (default memimg_).")
+
+
+@click.group(cls=_Group, params=list(_GLOBAL_OPTIONS))
 @click.version_option(memimg.__version__, prog_name="memimg")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, imports: tuple[str, ...], schema: str | None, prefix: str | None) -> None:
-    """Look into and operate memimg images. TARGET is an SQLite file or a database URL."""
+    """Look into and operate memimg images. TARGET is an SQLite file or a database URL.
+
+    The options below may also be given after the command (memimg verify shop.db --import shop.models).
+    """
     ctx.obj = {"debug": debug, "schema": schema, "prefix": prefix}
     _import_modules(imports)
 

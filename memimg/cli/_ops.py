@@ -10,6 +10,7 @@ import orjson
 import memimg
 from memimg import _api
 from memimg._errors import MemimgError
+from memimg.cli._inspect import size_text
 from memimg.cli._main import cli, open_image, url_options, with_progress
 from memimg.core._codec import Codec
 from memimg.core._reader import Reader
@@ -17,7 +18,7 @@ from memimg.core._snapshot import load_snapshot
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.model import SHELL
-from memimg.stores._protocol import EventRow
+from memimg.stores._protocol import EventRow, Store
 
 __all__ = ["compact", "export_", "import_", "snapshot"]
 
@@ -41,24 +42,38 @@ def snapshot(target: str) -> None:
 @click.argument("target")
 @click.option("--archive", type=click.Path(dir_okay=False, writable=True), help="First write the dropped events here.")
 def compact(target: str, archive: str | None) -> None:
-    """Snapshot, then drop the events and snapshots the new snapshot makes unnecessary."""
+    """Snapshot, drop the events and snapshots the new snapshot makes unnecessary, and give their space back."""
     img = open_image(target, writable=True)
     try:
         seq = img.snapshot()
         store = img.store
         if archive:
-            rows = list(store.read(after=0))
-            with open(archive, "wb") as f:
-                for raw in with_progress(rows, len(rows), "archive"):
-                    row = EventRow(*raw)
-                    if row.seq >= seq:
-                        break
-                    f.write(orjson.dumps({**row._asdict(), "payload": row.payload.decode()}) + b"\n")
+            _archive(store, seq, archive)
+        before = _disk_size(store)
         dropped = store.delete_events_before(seq)
         old_snaps = store.delete_snapshots_before(seq)
+        store.reclaim()
+        after = _disk_size(store)
     finally:
         img.close()
-    click.echo(f"snapshot at seq {seq}; dropped {dropped} events and {old_snaps} older snapshots")
+    space = f"; {size_text(before)} -> {size_text(after)} on disk" if before is not None and after is not None else ""
+    click.echo(f"snapshot at seq {seq}; dropped {dropped} events and {old_snaps} older snapshots{space}")
+
+
+def _archive(store: Store, seq: int, path: str) -> None:
+    """Write the events before *seq* to *path*, one JSON object per line, each as it is read."""
+    first = store.first_seq()
+    with open(path, "wb") as f:
+        for raw in with_progress(store.read(after=first - 1), seq - first, "archive"):
+            row = EventRow(*raw)
+            if row.seq >= seq:
+                break
+            f.write(orjson.dumps({**row._asdict(), "payload": row.payload.decode()}) + b"\n")
+
+
+def _disk_size(store: Store) -> int | None:
+    size = getattr(store, "size", None)
+    return size() if callable(size) else None
 
 
 # -- export / import --------------------------------------------------------------

@@ -1,16 +1,21 @@
 """``memimg verify``: every checksum, the whole log replayed, every snapshot compared with it.
 
 Each stored snapshot is compared with the state the log gives at its seq.
-Both sides are read the same way -- the snapshot is loaded through the same
-classes, upgraders and stand-ins as the replay -- so a snapshot written in
-an older schema, or a newer one (by ``memimg.migrate``), is compared with
-the replay in one schema. What stand-ins (or classes lacking an upgrader)
-cannot bring into one schema is compared by id and type only, reported,
-and the replay goes on from that snapshot (see :func:`_unreadable`).
+Both sides are read the same way. A snapshot that declares every type as
+the replay's classes do -- no migration since it was written -- reads as
+stored, so it is compared as stored: each of its states, a chunk at a time,
+with the replayed object of its id encoded as a snapshot stores it (one
+graph in memory, never a second). Any other snapshot is loaded through the
+same classes, upgraders and stand-ins as the replay, so a snapshot written
+in an older schema, or a newer one (by ``memimg.migrate``), is compared
+with the replay in one schema. What stand-ins (or classes lacking an
+upgrader) cannot bring into one schema is compared by id and type only,
+reported, and the replay goes on from that snapshot (see :func:`_unreadable`).
 """
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -24,15 +29,16 @@ from memimg.cli._main import cli, open_store, with_progress
 from memimg.core import _types, _values
 from memimg.core._codec import Codec
 from memimg.core._fold import fold
-from memimg.core._reader import Reader
-from memimg.core._records import describe_table
+from memimg.core._gone import Gone
+from memimg.core._reader import Reader, load_states
+from memimg.core._records import declaration, describe_table, state_writer
 from memimg.core._rows import SnapshotRow, verify_snapshot
 from memimg.core._snapshot import load_snapshot, split_snapshot
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.image._recovery import snapshot_past_head
 from memimg.model import SHELL
-from memimg.stores._protocol import Store
+from memimg.stores._protocol import SnapshotInfo, Store
 
 __all__ = ["verify"]
 
@@ -76,30 +82,57 @@ def _canonical_value(v: Any, masks: _Masks, hits: Counter[str]) -> Any:
     return v
 
 
-def _canonical(data: dict[str, Any], masks: _Masks = _NO_MASKS, hits: Counter[str] | None = None) -> bytes:
-    """A snapshot's content in a form that does not depend on the writer's hash seed.
+def _canonical_state(name: str, state: Any, masks: _Masks = _NO_MASKS, hits: Counter[str] | None = None) -> Any:
+    """An object's encoded *state* (of stored type *name*) in a form that does not depend on the writer's hash seed.
 
-    States of types in ``masks[0]`` are left out, and so are the names of
-    types in ``masks[1]`` (counted in *hits*).
+    The states of types in ``masks[0]`` are left out, and so are the names of
+    types in ``masks[1]`` (each counted in *hits*).
     """
     hits = Counter() if hits is None else hits
-    records = []
-    for oid, name, state in data["objects"]:
-        if name in masks[1] or name in masks[0]:
-            hits[name] += 1
-            records.append([oid, "?" if name in masks[1] else name, None])
+    if name in masks[1] or name in masks[0]:
+        hits[name] += 1
+        return None
+    if type(state) is dict:
+        return {k: _canonical_value(i, masks, hits) for k, i in state.items()}
+    if name == "dict":  # non-str keys: [key, value] pairs
+        return [[_canonical_value(k, masks, hits), _canonical_value(i, masks, hits)] for k, i in state]
+    state = [_canonical_value(i, masks, hits) for i in state]
+    if name == "set":
+        state.sort(key=orjson.dumps)
+    return state
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether *a* and *b* are the same JSON (``1``, ``1.0`` and ``true`` differ, as stored)."""
+    return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
+
+
+def _same_records(
+    mine: dict[str, Any],
+    theirs: dict[str, Any],
+    masks: _Masks = _NO_MASKS,
+    hits: tuple[Counter[str], Counter[str]] | None = None,
+) -> bool:
+    """Whether two snapshot-format descriptions hold the same root and objects, compared one object at a time
+    in id order (their walks meet the members of a set in hash order), through :func:`_canonical_state`."""
+    if mine["root"] != theirs["root"] or len(mine["objects"]) != len(theirs["objects"]):
+        return False
+    mine_hits, their_hits = hits if hits is not None else (Counter(), Counter())
+    by_oid = operator.itemgetter(0)
+    for (oid, name, state), (their_oid, their_name, their_state) in zip(
+        sorted(mine["objects"], key=by_oid), sorted(theirs["objects"], key=by_oid), strict=True
+    ):
+        if their_oid != oid:
+            return False
+        if name in masks[1] and their_name in masks[1]:
+            mine_hits[name] += 1
+            their_hits[their_name] += 1
             continue
-        if type(state) is dict:
-            state = {k: _canonical_value(i, masks, hits) for k, i in state.items()}
-        elif name == "dict":  # non-str keys: [key, value] pairs
-            state = [[_canonical_value(k, masks, hits), _canonical_value(i, masks, hits)] for k, i in state]
-        else:
-            state = [_canonical_value(i, masks, hits) for i in state]
-            if name == "set":
-                state.sort(key=orjson.dumps)
-        records.append([oid, name, state])
-    records.sort(key=lambda r: r[0])
-    return orjson.dumps({"root": data["root"], "objects": records}, option=orjson.OPT_SORT_KEYS)
+        if their_name != name or not _same_json(
+            _canonical_state(name, state, masks, mine_hits), _canonical_state(name, their_state, masks, their_hits)
+        ):
+            return False
+    return True
 
 
 @cli.command()
@@ -191,6 +224,62 @@ def _unreadable(replayed: Reader, stored: Reader) -> tuple[_Masks, dict[str, str
     return (frozenset(states), frozenset(names)), why
 
 
+class _Unlike(Exception):
+    """The replayed graph cannot be compared with a snapshot as stored."""
+
+
+def _equal_as_stored(replayed: Reader, store: Store, seq: int) -> bool:
+    """Whether the snapshot stored at *seq* holds exactly the replayed state: the quick way, one chunk at a time.
+
+    Each stored state is compared with the replayed object of its id, encoded
+    as a snapshot stores it, so the stored snapshot is never loaded into a
+    second graph. That is right only where the snapshot declares every type
+    as the replayed classes do (a snapshot written without a migration since);
+    ``False`` means "compare the long way" (:func:`_compare`), not "they differ".
+    """
+    header, chunks = split_snapshot(store.read_snapshot(seq).payload, seq)
+    table = replayed.table
+    if header["format"] != 2 or header["root"] != table.root_oid or not table.root_oid:
+        return False
+    declared, names, objects = header["types"], header["names"], table.objects
+    held, referenced = bytearray(len(objects)), bytearray(len(objects))
+    agreed: set[int] = set()
+
+    def ref(obj: Any) -> int:
+        oid: int | None = obj._mi_oid
+        if oid is None:  # filled in by the replay where the log stores no value
+            raise _Unlike
+        referenced[oid] = 1
+        return oid
+
+    def declare(info: _types.TypeInfo) -> None:
+        if id(info) not in agreed:
+            if declared.get(info.name) != declaration(info):
+                raise _Unlike
+            agreed.add(id(info))
+
+    write = state_writer(table.codec, ref, declare)
+    dumps = orjson.dumps
+    for i, (oids, kinds, line) in enumerate(chunks):
+        chunks[i] = ([], [], b"")  # compared: not needed any more
+        for oid, k, state in zip(oids, kinds, load_states(line, len(oids), i, seq), strict=True):
+            obj = objects[oid] if oid < len(objects) else None
+            if obj is None or type(obj) is Gone:
+                return False
+            try:
+                name, mine = write(obj)
+            except _Unlike:
+                return False
+            if name != names[k] or (
+                dumps(mine) != dumps(state)
+                and not _same_json(_canonical_state(name, mine), _canonical_state(name, state))
+            ):
+                return False
+            held[oid] = 1
+    # every object the replayed root reaches is held: the root, and all that held objects refer to
+    return all(h for r, h in zip(referenced, held, strict=True) if r)
+
+
 def _compare(replayed: Reader, stored: Reader, seq: int) -> list[str] | None:
     """Compare a stored snapshot with the replayed state at its seq.
 
@@ -201,12 +290,12 @@ def _compare(replayed: Reader, stored: Reader, seq: int) -> list[str] | None:
         CorruptLogError: they differ in what could be compared.
     """
     mine, theirs = describe_table(replayed.table, seq), describe_table(stored.table, seq)
-    if _canonical(mine) == _canonical(theirs):
+    if _same_records(mine, theirs):
         return None
     masks, why = _unreadable(replayed, stored)
     in_log: Counter[str] = Counter()
     in_snapshot: Counter[str] = Counter()
-    if (masks[0] or masks[1]) and _canonical(mine, masks, in_log) == _canonical(theirs, masks, in_snapshot):
+    if (masks[0] or masks[1]) and _same_records(mine, theirs, masks, (in_log, in_snapshot)):
         lines = []
         for name in sorted(in_log | in_snapshot):
             value = _types.resolve(name).kind == _types.VALUE
@@ -227,32 +316,24 @@ def _compare(replayed: Reader, stored: Reader, seq: int) -> list[str] | None:
 def _verify(store: Store) -> None:
     """Check every checksum, replay the log, and compare each stored snapshot with the replay at its seq.
 
-    Each snapshot is loaded into a graph configured like the replay's (same
-    classes, upgraders, stand-ins), so both are compared in one schema even
-    across a migration. What stand-ins (or classes lacking an upgrader)
-    cannot bring into one schema is compared by id and type only, reported,
-    and the replay goes on from that snapshot (see :func:`_unreadable`).
+    A snapshot that declares its types as the replay's classes do is
+    compared with the replay as stored, a chunk at a time
+    (:func:`_equal_as_stored`); any other is loaded into a graph configured
+    like the replay's (same classes, upgraders, stand-ins), so both are
+    compared in one schema even across a migration. What stand-ins (or
+    classes lacking an upgrader) cannot bring into one schema is compared by
+    id and type only, reported, and the replay goes on from that snapshot
+    (see :func:`_unreadable`). The replay holds one graph, and a stored
+    snapshot's bytes while it is compared.
     """
     snaps = sorted(store.snapshots())
     head = store.head()
     for info in snaps:
         if info.seq > head:
             raise snapshot_past_head(store.description, info.seq, head)
-        snap = SnapshotRow(*store.read_snapshot(info.seq))
-        verify_snapshot(snap)
-        split_snapshot(snap.payload, info.seq)  # laid out as its header says, with its own seq and root
-    _generic.prepare(store, frozenset())  # stand-ins with every field any declaration lists
-    first = store.first_seq()
-    reader = _reader()
-    expected = 1
-    if first > 1:
-        start = [s for s in snaps if s.seq + 1 >= first]
-        if not start:
-            raise CorruptLogError(
-                f"events before seq {first} were dropped and no snapshot covers them", seq=1, table=""
-            )
-        reader = _stored_snapshot(store, start[0].seq)
-        expected = start[0].seq + 1
+        _check_snapshot(store, info.seq)
+    _generic.prepare(store, frozenset(), whole=True)  # stand-ins with every field any declaration lists
+    reader, expected = _start(store, snaps)
     origin = "from nothing" if expected == 1 else f"from the snapshot at seq {expected - 1}"
     since = expected - 1
     checked = 0
@@ -263,6 +344,9 @@ def _verify(store: Store) -> None:
     for seq in sorted(snapshot_seqs | {head}):
         expected, _ = fold(_until(rows, seq), reader, expected=expected, where=store.description)
         if seq not in snapshot_seqs:
+            continue
+        if _equal_as_stored(reader, store, seq):
+            checked += 1
             continue
         stored = _stored_snapshot(store, seq)
         left = _compare(reader, stored, seq)
@@ -285,6 +369,27 @@ def _verify(store: Store) -> None:
     )
     for line in unchecked:
         click.echo(f"  {line}")
+
+
+def _start(store: Store, snaps: list[SnapshotInfo]) -> tuple[Reader, int]:
+    """Where the replay starts: from nothing, or (events compacted away) from the oldest snapshot covering them.
+
+    Returns the reader holding that state and the seq of the first event to replay.
+    """
+    first = store.first_seq()
+    if first == 1:
+        return _reader(), 1
+    start = [s for s in snaps if s.seq + 1 >= first]
+    if not start:
+        raise CorruptLogError(f"events before seq {first} were dropped and no snapshot covers them", seq=1, table="")
+    return _stored_snapshot(store, start[0].seq), start[0].seq + 1
+
+
+def _check_snapshot(store: Store, seq: int) -> None:
+    """Check the stored snapshot at *seq*: its checksum, and that it is laid out as its header says."""
+    snap = SnapshotRow(*store.read_snapshot(seq))
+    verify_snapshot(snap)
+    split_snapshot(snap.payload, seq)
 
 
 def _until(rows: Iterator[Any], last: int) -> Iterator[Any]:

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import click
 from flask import Flask, current_app, has_app_context, request
-from flask.cli import AppGroup
+from flask.cli import with_appcontext
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Conflict, HTTPException
 from werkzeug.local import LocalProxy
@@ -71,6 +71,8 @@ from werkzeug.wrappers import Response
 
 import memimg
 from memimg import MemoryImage
+from memimg.cli import cli as memimg_cli
+from memimg.cli._embed import target_index
 from memimg.image._retry import backoff
 
 if TYPE_CHECKING:
@@ -403,7 +405,7 @@ class MemImg:
         """Open *app*'s image and wrap each of its requests in a transaction.
 
         Also registers ``app.extensions["memimg"]`` (this extension) and the
-        ``flask memimg`` commands.
+        ``flask memimg`` command (the memimg command line on the app's image).
 
         Raises:
             ConfigError: a ``MEMIMG_*`` setting is missing or wrong, or the
@@ -464,20 +466,42 @@ root: Any = LocalProxy(lambda: _current_image().root)
 
 # -- flask memimg ... -------------------------------------------------------------------------
 
-_cli = AppGroup("memimg", help="The app's memory image.")
+
+@click.command(
+    "memimg",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@with_appcontext
+def _cli(args: tuple[str, ...]) -> None:
+    """The memimg command line on the app's image ('flask memimg --help' lists its commands).
+
+    A command's TARGET defaults to the app's MEMIMG_TARGET; 'flask memimg snapshot' alone snapshots the
+    app's image itself.
+    """
+    ext = current_app.extensions.get(_EXTENSION_KEY)
+    if not isinstance(ext, MemImg):
+        raise click.UsageError(f"MemImg is not initialised on the app {current_app.name!r}")
+    state = ext._state()
+    if list(args) == ["snapshot"]:  # the process's own image: works for targets the command line cannot open
+        click.echo(f"snapshot written at seq {state.image.snapshot()}")
+        return
+    memimg_cli.main(args=_with_app_target(list(args), state), prog_name="flask memimg", standalone_mode=True)
 
 
-@_cli.command("snapshot")
-def _snapshot_command() -> None:
-    """Write a snapshot of the image now (faster next start)."""
-    seq = _current_image().snapshot()
-    click.echo(f"snapshot written at seq {seq}")
-
-
-@_cli.command("info")
-def _info_command() -> None:
-    """Show where the image is stored and how far its log goes."""
-    img = _current_image()
-    click.echo(f"store: {img.store.description}")
-    click.echo(f"seq:   {img.seq}")
-    click.echo(f"root:  {type(img.root).__qualname__}")
+def _with_app_target(args: list[str], state: _AppState) -> list[str]:
+    """*args* with the app's target (and the schema and prefix of its options) where the user left TARGET out."""
+    index = target_index(args)
+    if index is None:
+        return args
+    target = state.target
+    if not isinstance(target, str) or target == ":memory:":
+        described = target if isinstance(target, str) else type(target).__qualname__
+        click.echo(f"memimg: the app's MEMIMG_TARGET ({described}) cannot be opened again here: give TARGET", err=True)
+        return args
+    options = [
+        f"--{key}={state.options[key]}"
+        for key in ("schema", "prefix")
+        if state.options.get(key) is not None and not any(a.split("=")[0] == f"--{key}" for a in args)
+    ]
+    return [*args[:index], target, *options, *args[index:]]

@@ -234,20 +234,10 @@ class Codec:
         stand-ins instead of raising :class:`UnknownTypeError`.
         """
         converter = self.converter
-
-        def resolve(x: list[Any], stand_in: Callable[[str, Any], Any], kind: str) -> Any:
-            try:
-                info = _types.resolve(x[1])
-            except UnknownTypeError:
-                if generic:
-                    return stand_in(x[1], x[2])
-                raise
-            if info.kind != kind:
-                raise kind_mismatch(x[0], x[1], info)
-            return info
+        resolve = _resolver(generic)
 
         def dec_enum(x: list[Any]) -> Any:
-            info = resolve(x, EnumValue, _types.ENUM)
+            info = resolve(x, _enum_stand_in, _types.ENUM)
             if not isinstance(info, _types.TypeInfo):
                 return info
             return _enum_member(info, x)
@@ -284,6 +274,45 @@ class Codec:
 
 
 _NATIVE_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def _resolver(generic: bool) -> Callable[[list[Any], Callable[[str, Any], Any], str], Any]:
+    """``resolve(x, stand_in, kind)``: the class of kind *kind* the stored value *x* names.
+
+    With *generic*, a name no class claims gives ``stand_in(name, data)``
+    instead of raising, and stays unclaimed for the resolver's life: one
+    reading of a log never mixes stand-ins and real values of one type, and
+    a miss (an exception) is paid once per name, not once per value.
+    """
+    unclaimed: set[str] = set()
+
+    def resolve(x: list[Any], stand_in: Callable[[str, Any], Any], kind: str) -> Any:
+        if unclaimed and x[1] in unclaimed:
+            return stand_in(x[1], x[2])
+        try:
+            info = _types.resolve(x[1])
+        except UnknownTypeError:
+            if generic:
+                unclaimed.add(x[1])
+                return stand_in(x[1], x[2])
+            raise
+        if info.kind != kind:
+            raise kind_mismatch(x[0], x[1], info)
+        return info
+
+    return resolve
+
+
+@functools.lru_cache(maxsize=4096)
+def _enum_member_stand_in(name: str, member: str) -> EnumValue:
+    return EnumValue(name, member)
+
+
+def _enum_stand_in(name: str, member: Any) -> EnumValue:
+    """The stand-in of an enum member no class claims: one per member (a tool reads one per object)."""
+    if type(member) is str and type(name) is str:
+        return _enum_member_stand_in(name, member)
+    return EnumValue(name, member)
 
 
 def _value_encoder(

@@ -23,7 +23,15 @@ from memimg.core._encoders import REF_CALL, container_encoders, slow_state, stat
 from memimg.core._table import ObjectTable
 from memimg.core._values import describe_unsupported
 
-__all__ = ["declaration", "describe", "describe_detached", "describe_table", "encode_records", "numbering"]
+__all__ = [
+    "declaration",
+    "describe",
+    "describe_detached",
+    "describe_table",
+    "encode_records",
+    "numbering",
+    "state_writer",
+]
 
 _FORMAT: Final = 1
 
@@ -54,19 +62,7 @@ def encode_records(
     (``REF_COMMIT`` when *ref* gives ids to new objects of the graph,
     ``REF_CALL`` for any other *ref*).
     """
-    shell = codec.shell
-    encode = codec.encoder(ref, declare)
-    value, linked = value_writer(codec, encode, ref)
-    direct = not shell.reads_hooked()
-    list_state, dict_state, set_state = container_encoders(REF_CALL)(value, linked, ref=ref)
-    containers: dict[type, tuple[str, Callable[[Any], Any]]] = {
-        shell.list: ("list", list_state),
-        list: ("list", list_state),
-        shell.dict: ("dict", dict_state),
-        dict: ("dict", dict_state),
-        shell.set: ("set", set_state),
-        set: ("set", set_state),
-    }
+    containers, entry_for = _state_writers(codec, ref, declare, ref_mode, keyed=True)
     records: list[Any] = []
     append = records.append
     i = 0
@@ -78,15 +74,60 @@ def encode_records(
         t = type(obj)
         entry = containers.get(t)
         if entry is None:
-            info = _types.info_of(t)
-            if info is None:
-                raise describe_unsupported(obj, "")
-            declare(info)
-            make = state_encoder(info, direct, ref_mode, keyed=True)
-            entry = containers[t] = (info.name, make(value, linked, slow_state(info, value), ref=ref))
+            entry = entry_for(obj)
         name, state_of = entry
         append([oid_of(obj), name, state_of(obj)])
     return records
+
+
+def state_writer(
+    codec: Codec, ref: Callable[[Any], int], declare: Callable[[_types.TypeInfo], Any]
+) -> Callable[[Any], tuple[str, Any]]:
+    """``obj -> (type name, state)``, the state as a format-2 snapshot stores it (an entity's field
+    values in declared order, a dict only if a field is unset), references written by *ref*."""
+    containers, entry_for = _state_writers(codec, ref, declare, REF_CALL, keyed=False)
+
+    def write(obj: Any) -> tuple[str, Any]:
+        entry = containers.get(type(obj))
+        if entry is None:
+            entry = entry_for(obj)
+        return entry[0], entry[1](obj)
+
+    return write
+
+
+_Entry = tuple[str, Callable[[Any], Any]]
+
+
+def _state_writers(
+    codec: Codec, ref: Callable[[Any], int], declare: Callable[[_types.TypeInfo], Any], ref_mode: str, *, keyed: bool
+) -> tuple[dict[type, _Entry], Callable[[Any], _Entry]]:
+    """``(type name, state encoder)`` by class: the collections', and a maker (which caches) of the others'."""
+    shell = codec.shell
+    encode = codec.encoder(ref, declare)
+    value, linked = value_writer(codec, encode, ref)
+    direct = not shell.reads_hooked()
+    list_state, dict_state, set_state = container_encoders(REF_CALL)(value, linked, ref=ref)
+    containers: dict[type, _Entry] = {
+        shell.list: ("list", list_state),
+        list: ("list", list_state),
+        shell.dict: ("dict", dict_state),
+        dict: ("dict", dict_state),
+        shell.set: ("set", set_state),
+        set: ("set", set_state),
+    }
+
+    def entry_for(obj: Any) -> _Entry:
+        t = type(obj)
+        info = _types.info_of(t)
+        if info is None:
+            raise describe_unsupported(obj, "")
+        declare(info)
+        make = state_encoder(info, direct, ref_mode, keyed=keyed)
+        entry = containers[t] = (info.name, make(value, linked, slow_state(info, value), ref=ref))
+        return entry
+
+    return containers, entry_for
 
 
 def describe(

@@ -55,7 +55,7 @@ def split_snapshot(payload: bytes, row_seq: int | None = None) -> tuple[dict[str
     if end < 0:
         end = len(payload)
     header, corrupt = _header(payload[:end], row_seq)
-    lines = payload[end + 1 :].split(b"\n") if end + 1 < len(payload) else []
+    lines = payload.split(b"\n")[1:] if end + 1 < len(payload) else []  # no copy of the payload first
     root = header["root"]
     if header["format"] == 2:
         records, root_held = _chunks(lines, header, corrupt)

@@ -15,6 +15,7 @@ import orjson
 from memimg._errors import CorruptLogError, UnknownTypeError
 from memimg.core import _types
 from memimg.core._generic import check_fields, class_name, stand_in_fields, value_class
+from memimg.core._rows import SnapshotRow, verify_snapshot
 from memimg.model._persistent import persistent
 
 __all__ = ["entity_class", "make_stand_in", "prepare"]
@@ -38,43 +39,32 @@ def entity_class(name: str, fields: tuple[str, ...], version: int) -> _types.Typ
     return info
 
 
-def prepare(store: Any, removed_types: frozenset[str]) -> None:
-    """Make stand-ins, before reading *store*, for every type its log declares and no class claims.
+def prepare(store: Any, removed_types: frozenset[str], *, whole: bool = False) -> None:
+    """Make stand-ins, before reading *store*, for every type the part of its log read declares and no class claims.
 
-    Each stand-in gets every field any declaration of its name lists (and
-    the newest version), so states written by successive versions of a class
-    -- fields added over time -- are all read and written back whole. A
-    stand-in made by an earlier read (of another image) is made again.
+    Recovery reads the newest intact snapshot and the events after it, so
+    only those declarations are looked at: a snapshot (compaction writes
+    one) spares a tool the scan of the whole log. With *whole*, every
+    snapshot and every event is (``verify`` reads them all).
+
+    Each stand-in gets every field any of those declarations of its name
+    lists (and the newest version), so states written by successive
+    versions of a class -- fields added over time -- are all read and
+    written back whole. A stand-in made by an earlier read (of another
+    image) is made again.
     """
     found: dict[str, tuple[int, dict[str, None], bool]] = {}
-
-    def note(types: dict[str, Any], seq: int, table: str) -> None:
-        for name, decl in types.items():
-            try:
-                version, fields = decl[0], decl[1]
-                check_fields(name, fields)
-            except (CorruptLogError, TypeError, IndexError, KeyError) as err:
-                where = "snapshot at seq" if table == "memimg_snapshots" else "event seq"
-                detail = err if isinstance(err, CorruptLogError) else f"a malformed declaration of {name!r} ({err!r})"
-                raise CorruptLogError(f"{where} {seq}: {detail}", seq=seq, table=table) from None
-            value = len(decl) > 2 and decl[2] == "value"
-            old = found.get(name)
-            if old is None:
-                found[name] = (version, dict.fromkeys(fields), value)
-            else:
-                old[1].update(dict.fromkeys(fields))
-                found[name] = (max(old[0], version), old[1], old[2] or value)
-
-    for info in store.snapshots():
-        payload = store.read_snapshot(info.seq)[2]
-        end = payload.find(b"\n")
-        try:
-            header = orjson.loads(payload if end < 0 else payload[:end])
-        except orjson.JSONDecodeError:
-            continue  # a corrupt snapshot: recovery skips it, with a warning
-        if isinstance(header, dict):
-            note(header.get("types") or {}, info.seq, "memimg_snapshots")
-    for row in store.read(after=0):
+    after = 0
+    for info in store.snapshots():  # newest first, as recovery tries them
+        row = SnapshotRow(*store.read_snapshot(info.seq))
+        header = _header(row) if whole else _intact_header(row)
+        if header is None:
+            continue  # corrupt: recovery skips it, with a warning (verify reports it)
+        _note(found, header.get("types") or {}, info.seq, "memimg_snapshots")
+        if not whole:
+            after = info.seq
+            break
+    for row in store.read(after=after):
         payload = row[5]
         if payload.endswith(b"}]"):  # declarations come last: [args, records, types]
             try:
@@ -82,7 +72,7 @@ def prepare(store: Any, removed_types: frozenset[str]) -> None:
             except orjson.JSONDecodeError:
                 continue  # reported by the replay, with its seq
             if len(parts) > 2 and isinstance(parts[2], dict):
-                note(parts[2], row[0], "memimg_events")
+                _note(found, parts[2], row[0], "memimg_events")
     for name, (version, fields, value) in found.items():
         if name in removed_types:
             continue
@@ -92,3 +82,41 @@ def prepare(store: Any, removed_types: frozenset[str]) -> None:
             info = None
         if info is None or info.stand_in:
             make_stand_in(name, tuple(fields), version, value)
+
+
+def _intact_header(row: SnapshotRow) -> dict[str, Any] | None:
+    """The header of a snapshot recovery would load (its checksum holds), else ``None``."""
+    try:
+        verify_snapshot(row)
+    except CorruptLogError:
+        return None
+    return _header(row)
+
+
+def _header(row: SnapshotRow) -> dict[str, Any] | None:
+    payload = row.payload
+    end = payload.find(b"\n")
+    try:
+        header = orjson.loads(payload if end < 0 else payload[:end])
+    except orjson.JSONDecodeError:
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _note(found: dict[str, tuple[int, dict[str, None], bool]], types: dict[str, Any], seq: int, table: str) -> None:
+    """Add the declarations *types* (of event or snapshot *seq*) to *found*."""
+    for name, decl in types.items():
+        try:
+            version, fields = decl[0], decl[1]
+            check_fields(name, fields)
+        except (CorruptLogError, TypeError, IndexError, KeyError) as err:
+            where = "snapshot at seq" if table == "memimg_snapshots" else "event seq"
+            detail = err if isinstance(err, CorruptLogError) else f"a malformed declaration of {name!r} ({err!r})"
+            raise CorruptLogError(f"{where} {seq}: {detail}", seq=seq, table=table) from None
+        value = len(decl) > 2 and decl[2] == "value"
+        old = found.get(name)
+        if old is None:
+            found[name] = (version, dict.fromkeys(fields), value)
+        else:
+            old[1].update(dict.fromkeys(fields))
+            found[name] = (max(old[0], version), old[1], old[2] or value)

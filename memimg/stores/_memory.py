@@ -134,5 +134,10 @@ class MemoryStore:
                 del self._snapshots[s]
             return len(old)
 
+    def reclaim(self) -> None:
+        """Nothing to give back: deleted rows left the lists when they were deleted."""
+        if self.readonly:
+            self._refuse("reclaiming the space of deleted rows")
+
     def close(self) -> None:
         pass

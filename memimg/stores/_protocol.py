@@ -137,6 +137,19 @@ class Store(Protocol):
         """Delete snapshots covering seqs before *seq* (compaction); returns how many."""
         ...
 
+    def reclaim(self) -> None:
+        """Give the space of deleted rows back to the disk, as far as the database can (compaction).
+
+        The log reads the same afterwards. May take the database's write
+        lock for as long as it rewrites what is kept (see each store).
+
+        Raises:
+            ReadOnlyError: the store is open read-only.
+            LockedError: the store stayed busy past its timeout.
+            StoreError: the database failed; nothing was changed.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections and files."""
         ...

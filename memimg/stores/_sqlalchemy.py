@@ -162,12 +162,8 @@ class SQLAlchemyStore:
         tables = LogTables(schema, prefix, commit_id=self._pg)
         self._metadata = tables.metadata
         self.events, self.snapshots_table, self.meta_table = tables.events, tables.snapshots, tables.meta
-        self._head, self._append_first, self._append_rest, self._read = (
-            tables.head,
-            tables.append_first,
-            tables.append_rest,
-            tables.read,
-        )
+        self._head, self._append_first = tables.head, tables.append_first
+        self._append_rest, self._read = tables.append_rest, tables.read
         digest = hashlib.sha1(f"{schema}.{prefix}".encode()).hexdigest()[:12]
         self.channel = f"memimg_{digest}"
         self._lock_key = int(digest, 16) & 0x7FFFFFFFFFFF
@@ -328,8 +324,10 @@ class SQLAlchemyStore:
             operation=doing,
         )
 
-    def _run(self, doing: str, work: Callable[[sa.Connection], T], *, write: bool = False) -> T:
-        """``work(connection)`` on a pooled connection (in a transaction if *write*), errors translated.
+    def _run(
+        self, doing: str, work: Callable[[sa.Connection], T], *, write: bool = False, autocommit: bool = False
+    ) -> T:
+        """``work(connection)`` on a pooled connection (a transaction if *write*, not *autocommit*), errors translated.
 
         A connection the server dropped is retried once on a fresh one: the
         pool discarded it, and every operation run this way is a read or
@@ -341,11 +339,11 @@ class SQLAlchemyStore:
             )
         for attempt in (1, 2):
             try:
-                if write:
+                if write and not autocommit:
                     with self.engine.begin() as conn:
                         return work(conn)
                 with self.engine.connect() as conn:
-                    return work(conn)
+                    return work(conn.execution_options(isolation_level="AUTOCOMMIT") if autocommit else conn)
             except sa_exc.DBAPIError as err:
                 if attempt == 1 and err.connection_invalidated:
                     continue
@@ -534,6 +532,24 @@ class SQLAlchemyStore:
             lambda conn: int(conn.execute(t.delete().where(t.c.seq < seq)).rowcount),
             write=True,
         )
+
+    def reclaim(self) -> None:
+        """Give back the space of deleted rows: ``VACUUM``, outside a transaction (as it must run).
+
+        PostgreSQL: memimg's two tables; new rows reuse the space, a table's empty end pages go back to the disk,
+        and reads and commits go on (``VACUUM FULL`` gives back the rest but locks the tables: see the deployment
+        docs). SQLite: as :meth:`SQLiteStore.reclaim`. Other databases: nothing is done.
+        """
+        tables = (self._events_name, self._snapshots_name)
+        statements = [f"VACUUM {t}" for t in tables] if self._pg else ["VACUUM"] if self._sqlite else []
+        if self._sqlite:
+            statements.append("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        def vacuum(conn: sa.Connection) -> None:
+            for sql in statements:
+                conn.exec_driver_sql(sql)
+
+        self._run("reclaiming the space of deleted rows", vacuum, write=True, autocommit=True)
 
     # -- snapshots and meta ---------------------------------------------------
 

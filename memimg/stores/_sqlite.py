@@ -21,7 +21,8 @@ checks that the path still names the database and WAL it opened (device and
 inode, recorded at open) and otherwise raises :class:`FileGoneError` and
 refuses every later write. SQLite itself never deletes or recreates either
 file while a connection is open (it truncates the WAL, which keeps its
-inode), so a change of identity always comes from outside. The check costs
+inode, and ``VACUUM`` -- :meth:`SQLiteStore.reclaim` -- rewrites the
+database in place), so a change of identity always comes from outside. The check costs
 one ``stat`` of the directory per commit: the files are looked at only when
 the directory's ctime moved since they last checked out (an entry was added,
 removed or renamed -- which is what deleting or replacing a file does), or
@@ -473,6 +474,27 @@ class SQLiteStore:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, None)
         return count
+
+    def reclaim(self) -> None:
+        """Give the space of deleted rows back to the disk: ``VACUUM``, and the WAL emptied before and after.
+
+        VACUUM rewrites the database in place -- the same file, so the same
+        inode, and the WAL is truncated, not replaced: images that have the
+        file open go on writing to it -- under the write lock: other
+        processes' commits wait for it (up to their busy_timeout), their reads
+        go on. It needs free disk space for a copy of what is kept. The WAL
+        is emptied once no reader is still using it (otherwise at a later
+        checkpoint).
+        """
+        doing = "reclaiming the space of deleted rows"
+        self._check_writable(doing)
+        with self._lock:
+            try:
+                for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
+                    self._conn.execute(sql).fetchall()
+            except sqlite3.Error as err:
+                raise self._error(err, doing, write=True) from err
+            self._check_files(doing, None)
 
     # -- snapshots and meta ---------------------------------------------------
 

@@ -564,6 +564,58 @@ def test_cli_snapshot_and_info(make_app: Make) -> None:
     assert result.exit_code == 0 and "image.db" in result.output and "Counter" in result.output
 
 
+def test_cli_passes_every_command_through_with_the_app_target(make_app: Make, tmp_path: Any) -> None:
+    """``flask memimg ...`` is the memimg command line, run in the app's process (its classes are used): every
+    command, its options and the global ones anywhere, with TARGET defaulting to the app's image."""
+    app, _ext = make_app()
+    app.test_client().post("/inc")
+    runner = app.test_cli_runner()
+
+    def flask_memimg(*args: str) -> Any:
+        return runner.invoke(args=["memimg", *args])
+
+    shown = flask_memimg("show", "--debug")
+    assert shown.exit_code == 0 and "Counter #" in shown.output and "count: 1" in shown.output, shown.output
+    assert "log:        " in flask_memimg("info").output
+    logged = flask_memimg("log", "--limit", "1", "--json")
+    assert logged.exit_code == 0 and '"kind": "root"' in logged.output
+    assert flask_memimg("verify").exit_code == 0
+    assert flask_memimg("snapshot").exit_code == 0
+    assert "equal the replayed state" in flask_memimg("verify", "--import", "tests.models").output
+    exported = flask_memimg("export")
+    assert exported.exit_code == 0 and "tests.contrib.flask.Counter" in exported.output
+    other = str(tmp_path / "other.db")
+    with memimg.open(other) as img:
+        img.root["elsewhere"] = 1
+    assert "'elsewhere'" in flask_memimg("show", other).output  # an explicit TARGET is used as given
+    helped = flask_memimg("--help")
+    assert helped.exit_code == 0 and "Usage: flask memimg" in helped.output and "verify" in helped.output
+    assert flask_memimg("nosuch").exit_code == 2
+    compacted = flask_memimg("compact")
+    assert compacted.exit_code == 0 and "dropped" in compacted.output, compacted.output
+    assert app.test_client().post("/inc").json == {"count": 2}  # the app's image goes on after the compaction
+
+
+def test_cli_cannot_reopen_a_memory_target(make_app: Make) -> None:
+    """With a ``:memory:`` target the command line cannot open the app's image again: it says to give TARGET;
+    ``flask memimg snapshot`` alone still snapshots the app's own image."""
+    app, ext = make_app(MEMIMG_TARGET=":memory:")
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["memimg", "info"])
+    assert result.exit_code == 2 and "cannot be opened again here: give TARGET" in result.output
+    assert runner.invoke(args=["memimg", "snapshot"]).exit_code == 0 and ext.image.store.snapshots()
+
+
+def test_cli_uses_the_schema_and_prefix_of_the_app_options(make_app: Make, postgres: Any) -> None:
+    """The app's ``schema`` and ``prefix`` options reach the command line with its default TARGET."""
+    from tests.conftest import POSTGRES_URL
+
+    app, _ext = make_app(MEMIMG_TARGET=POSTGRES_URL, MEMIMG_OPTIONS={"schema": postgres.schema, "prefix": "app_"})
+    app.test_client().post("/inc")
+    result = app.test_cli_runner().invoke(args=["memimg", "show", "count"])
+    assert result.exit_code == 0 and result.output.strip() == "1", result.output
+
+
 # -- bad settings ---------------------------------------------------------------------------
 
 MISSING = object()

@@ -214,6 +214,26 @@ class StoreContract:
         assert store.delete_snapshots_before(9) == 2
         assert [s.seq for s in store.snapshots()] == [9]
 
+    def test_reclaim_after_compaction(self, store: Store) -> None:
+        """After compaction, reclaim() gives the space back and the log reads the same; appends go on."""
+        big = b'["' + b"x" * 50_000 + b'"]'
+        store.append([row(seq, payload=big) for seq in range(1, 41)], 0)
+        store.write_snapshot(snap(20, big))
+        store.write_snapshot(snap(40))
+        store.set_meta("k", "v")
+        store.delete_events_before(39)
+        store.delete_snapshots_before(40)
+        kept = [EventRow(*r) for r in store.read()]
+        store.reclaim()
+        assert [EventRow(*r) for r in store.read()] == kept == [row(39, payload=big), row(40, payload=big)]
+        assert (store.head(), store.first_seq()) == (40, 39)
+        assert [i.seq for i in store.snapshots()] == [40] and store.read_snapshot(40) == snap(40)
+        assert store.meta()["k"] == "v"
+        store.append([row(41)], 40)
+        assert store.head() == 41
+        store.reclaim()  # again, with nothing to give back
+        assert [r[0] for r in store.read()] == [39, 40, 41]
+
     def test_large_payload(self, store: Store) -> None:
         """Payloads of several megabytes are kept intact."""
         big = b"[" + b"1," * 2_000_000 + b"1]"
@@ -237,8 +257,8 @@ class StoreContract:
         assert [r[0] for r in store.read()] == [3]
 
     def test_readonly_store_refuses_every_write(self, store: Store) -> None:
-        """A store opened read-only refuses append, write_snapshot, set_meta and both deletes with
-        ReadOnlyError, and the log is left exactly as it was."""
+        """A store opened read-only refuses append, write_snapshot, set_meta, both deletes and reclaim
+        with ReadOnlyError, and the log is left exactly as it was."""
         store.append([row(1), row(2)], 0)
         store.write_snapshot(snap(1))
         store.set_meta("k", "v")
@@ -252,6 +272,7 @@ class StoreContract:
                 "delete_snapshots_before": lambda: ro.delete_snapshots_before(3),
                 "lease": lambda: ro.lease("job", "x", 30),
                 "release": lambda: ro.release("job", "x"),
+                "reclaim": ro.reclaim,
             }
             for name, write in writes.items():
                 with pytest.raises(memimg.ReadOnlyError):
@@ -283,6 +304,7 @@ class StoreContract:
             "write_snapshot": lambda: store.write_snapshot(snap(2)),
             "delete_events_before": lambda: store.delete_events_before(1),
             "delete_snapshots_before": lambda: store.delete_snapshots_before(1),
+            "reclaim": store.reclaim,
             "append": lambda: store.append([row(2)], 1),
             "lease": lambda: store.lease("job", "x", 30),
             "release": lambda: store.release("job", "x"),

@@ -199,6 +199,38 @@ def test_commit_into_a_replaced_file_is_refused(tmp_path: Any) -> None:
         assert reopened.root == {"other": True}
 
 
+def test_reclaim_shrinks_the_file_in_place(tmp_path: Any) -> None:
+    """reclaim gives the space of compacted rows back to the disk: the file shrinks to about what is
+    kept, in place (same inode, the WAL emptied), so an image that has the file open goes on committing;
+    a reader in the middle of a read is not blocked, and the WAL is emptied once it is done."""
+    path = str(tmp_path / "x.db")
+    img = memimg.open(path, root=dict, snapshot_every=None)
+    for i in range(200):
+        img.root["blob"] = f"{i:05}" + "x" * 20_000
+    seq = img.snapshot()
+    store = SQLiteStore(path, busy_timeout=0.2)
+    store.delete_events_before(seq)
+    store.delete_snapshots_before(seq)
+    before, inodes = store.size(), (_sqlite._identity(path), _sqlite._identity(path + "-wal"))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM memimg_events").fetchone() == (1,)
+    store.reclaim()  # the reader keeps the WAL
+    assert reader.execute("SELECT count(*) FROM memimg_events").fetchone() == (1,)
+    reader.execute("COMMIT")
+    reader.close()
+    store.reclaim()
+    after = store.size()
+    assert before > 4_000_000 and after < 200_000, (before, after)
+    assert os.path.getsize(path + "-wal") == 0
+    assert (_sqlite._identity(path), _sqlite._identity(path + "-wal")) == inodes
+    img.root["after"] = True  # the open image's file is still the file at the path: no FileGoneError
+    img.close()
+    store.close()
+    with memimg.open(path, root=dict) as reopened:
+        assert reopened.root["blob"].startswith("00199") and reopened.root["after"] is True
+
+
 def test_deleted_wal_is_found_after_the_directory_was_quiet(tmp_path: Any, monkeypatch: Any) -> None:
     """Once the directory has not changed for a while, a commit costs one stat of the directory and
     no look at the files; deleting the -wal then still changes the directory and is found."""

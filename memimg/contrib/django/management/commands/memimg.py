@@ -19,12 +19,11 @@ import os
 import sys
 from typing import Any
 
-import click
-from click.core import ParameterSource
 from django.core.management.base import BaseCommand, CommandError  # type: ignore[import-untyped, unused-ignore]
 
 from memimg import MemimgError, Store
 from memimg.cli import cli
+from memimg.cli._embed import target_index
 from memimg.contrib.django import _runtime
 
 __all__ = ["Command"]
@@ -47,62 +46,12 @@ def _strip_django_options(args: list[str]) -> list[str]:
     return out
 
 
-def _given(ctx: click.Context, name: str | None) -> bool:
-    if name is None:
-        return False
-    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-
-
-def _command_index(args: list[str]) -> int | None:
-    """Where the subcommand's name is in *args* (after the group's own options)."""
-    takes_value = {
-        opt for p in cli.params if isinstance(p, click.Option) and not p.is_flag and not p.count for opt in p.opts
-    }
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            return i + 1 if i + 1 < len(args) else None
-        if not arg.startswith("-") or arg == "-":
-            return i
-        i += 2 if arg in takes_value else 1
-    return None
-
-
-def _looks_like_target(value: Any) -> bool:
-    text = str(value)
-    return "://" in text or text == ":memory:" or os.path.exists(text)
-
-
 def with_default_target(args: list[str], notes: list[str]) -> list[str]:
-    """*args* with the configured TARGET inserted where the subcommand expects it and the user left it out.
-
-    TARGET counts as left out when it is not given, when a required argument
-    after it is missing (``import dump.json``), or when what stands in its
-    place is neither a URL nor an existing file and the next argument is
-    free (``show accounts.ada``).
-    """
-    index = _command_index(args)
-    if index is None or not isinstance(cli, click.Group):
+    """*args* with the configured TARGET inserted where the subcommand expects it and the user left it out
+    (see :func:`memimg.cli._embed.target_index`); a target the command line cannot open adds a note instead."""
+    index = target_index(args)
+    if index is None:
         return args
-    command = cli.commands.get(args[index])
-    if command is None:
-        return args
-    positionals = [p for p in command.params if isinstance(p, click.Argument)]
-    if not positionals or positionals[0].name != "target":
-        return args
-    rest = args[index + 1 :]
-    try:
-        ctx = command.make_context(args[index], list(rest), resilient_parsing=True)
-    except click.ClickException:
-        return args  # click will report it
-    with ctx:  # closes what parsing opened (click.File arguments)
-        later = positionals[1:]
-        if _given(ctx, "target"):
-            shifted = any(p.required and not _given(ctx, p.name) for p in later)
-            free = bool(later) and not _given(ctx, later[0].name)
-            if not shifted and (_looks_like_target(ctx.params.get("target")) or not free):
-                return args
     config = _runtime.current_settings()
     target = config.target
     if isinstance(target, Store) or os.fspath(target) == ":memory:":
@@ -115,7 +64,7 @@ def with_default_target(args: list[str], notes: list[str]) -> list[str]:
                 "give TARGET (or use 'manage.py memimg snapshot' for a snapshot)"
             )
             return args
-    return [*args[: index + 1], os.fspath(target), *rest]
+    return [*args[:index], os.fspath(target), *args[index:]]
 
 
 class Command(BaseCommand):  # type: ignore[misc, unused-ignore]
