@@ -231,6 +231,49 @@ def test_processes_sharing_a_log_write_one_snapshot_per_threshold(shared: Any) -
     assert all(b - a >= 50 for a, b in itertools.pairwise(begun)), begun
 
 
+LAGGING = OPEN + textwrap.dedent(
+    """
+    kind, where = sys.argv[1], sys.argv[2]
+    img = open_image(kind, where)
+    held = img.root.content
+    print("ready", flush=True)
+    sys.stdin.readline()  # the log is compacted meanwhile
+    img.refresh()
+    print(img.root.content is held, held["count"], flush=True)
+    held["count"] += 1
+    img.close()
+    print("done", flush=True)
+    """
+)
+
+
+def test_a_process_behind_memimg_compact_reloads_keeps_its_objects_and_writes(shared: Any) -> None:
+    """A process that opened the log, then fell behind a ``memimg compact`` that dropped the events it needed,
+    refreshes: the dict it held is still the image's, with the current count; its next commit lands."""
+    from click.testing import CliRunner
+
+    from memimg.cli import cli
+
+    kind, where = shared
+    with open_here(kind, where) as img:
+        img.root.content = {"count": 0}
+    proc = spawn(LAGGING, kind, where, stdin=subprocess.PIPE)
+    with open_here(kind, where) as img:
+        for _ in range(5):
+            img.root.content["count"] += 1
+    target = where if kind == "sqlite" else where.split("|")[0]
+    options = [] if kind == "sqlite" else ["--schema", where.split("|")[1]]
+    result = CliRunner().invoke(cli, ["compact", target, "--ignore-positions", *options], catch_exceptions=False)
+    assert result.exit_code == 0 and "reload from the snapshot" in result.output, result.output
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.split() == ["True", "5", "done"], out
+    with open_here(kind, where) as img:
+        assert img.root.content["count"] == 6
+
+
 def test_any_process_may_snapshot(shared: Any) -> None:
     """Snapshots written by one process are used by the others' recovery."""
     kind, where = shared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -18,7 +19,7 @@ from memimg.core._snapshot import load_snapshot
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.model import SHELL
-from memimg.stores._protocol import EventRow, Store
+from memimg.stores._protocol import EventRow, Store, live_positions
 
 __all__ = ["compact", "export_", "import_", "snapshot"]
 
@@ -41,23 +42,81 @@ def snapshot(target: str) -> None:
 @cli.command()
 @click.argument("target")
 @click.option("--archive", type=click.Path(dir_okay=False, writable=True), help="First write the dropped events here.")
-def compact(target: str, archive: str | None) -> None:
-    """Snapshot, drop the events and snapshots the new snapshot makes unnecessary, and give their space back."""
+@click.option(
+    "--keep-events",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Keep this many of the newest events the snapshot covers (history to look back on).",
+)
+@click.option(
+    "--keep-days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Keep the events committed in the last this many days.",
+)
+@click.option(
+    "--ignore-positions",
+    is_flag=True,
+    help="Drop events that live processes behind the snapshot still need (they reload from it instead).",
+)
+def compact(
+    target: str, archive: str | None, keep_events: int, keep_days: float | None, ignore_positions: bool
+) -> None:
+    """Snapshot, drop the events and snapshots the new snapshot makes unnecessary, and give their space back.
+
+    Events that a live process has not reached yet (its position, kept in the
+    store while it runs) are kept, and so is the history asked for.
+    """
     img = open_image(target, writable=True)
     try:
         seq = img.snapshot()
         store = img.store
+        cut, reasons = _cut(store, seq, img._engine.position.holder, keep_events, keep_days, ignore_positions)
         if archive:
-            _archive(store, seq, archive)
+            _archive(store, cut, archive)
         before = _disk_size(store)
-        dropped = store.delete_events_before(seq)
-        old_snaps = store.delete_snapshots_before(seq)
+        dropped = store.delete_events_before(cut)
+        old_snaps = store.delete_snapshots_before(min(seq, max(cut - 1, 0)))
         store.reclaim()
         after = _disk_size(store)
     finally:
         img.close()
     space = f"; {size_text(before)} -> {size_text(after)} on disk" if before is not None and after is not None else ""
     click.echo(f"snapshot at seq {seq}; dropped {dropped} events and {old_snaps} older snapshots{space}")
+    for reason in reasons:
+        click.echo(reason)
+
+
+def _cut(
+    store: Store, seq: int, own: str, keep_events: int, keep_days: float | None, ignore_positions: bool
+) -> tuple[int, list[str]]:
+    """The first seq compaction keeps (at most *seq*, the snapshot's), and why it is not *seq*."""
+    cut, reasons = seq, []
+    if keep_events:
+        cut = min(cut, max(seq - keep_events + 1, 1))
+    if keep_days is not None:
+        since = time.time_ns() // 1000 - int(keep_days * 86_400e6)
+        first = store.first_seq()
+        for raw in store.read(after=first - 1):
+            row = EventRow(*raw)
+            if row.ts >= since or row.seq >= cut:
+                cut = min(cut, row.seq)
+                break
+    if cut < seq:
+        reasons.append(f"kept the events from seq {cut} on: the history asked for")
+    positions = {holder: at for holder, at in live_positions(store.meta()).items() if holder != own}
+    behind = {holder: at for holder, at in positions.items() if at + 1 < cut}
+    if behind and not ignore_positions:
+        oldest = min(behind.values())
+        cut = oldest + 1
+        reasons.append(
+            f"kept the events from seq {cut} on: {len(behind)} live process(es) have not reached them yet "
+            f"(the furthest behind, {min(behind, key=behind.__getitem__)}, is at seq {oldest}); run compact "
+            "again later, or with --ignore-positions (they reload from the snapshot instead)"
+        )
+    elif behind:
+        reasons.append(f"dropped events {len(behind)} live process(es) had not reached: they reload from the snapshot")
+    return cut, reasons
 
 
 def _archive(store: Store, seq: int, path: str) -> None:

@@ -112,6 +112,9 @@ class Reader:
         #: the value decoder: references resolved in the table, value objects read by their declaration
         self.decode = self.codec.decoder(table.deref, self.decode_value, generic=stand_ins is not None)
         self.arg_decoders: dict[str, Callable[[list[Any]], tuple[Any, ...]]] = {}
+        #: objects a table held before, by id, taken again by the objects created at their ids with their
+        #: types (a reload in place: see :meth:`_reuse`); None: every object is made new
+        self.reuse: list[Any] | None = None
 
     # -- schemas ----------------------------------------------------------------
 
@@ -214,8 +217,39 @@ class Reader:
                     set_oid(obj, oid)
             placed.append((oid, obj))
             made.append((obj, plan))
+        if self.reuse is not None:
+            self._reuse(placed, made, self.reuse)
         self.table.place(placed)
         return made
+
+    def _reuse(self, placed: list[tuple[int, Any]], made: list[tuple[Any, Any]], old: list[Any]) -> None:
+        """Put the objects of *old* (by id) in place of the new ones of the same type, emptied first.
+
+        Loading a snapshot into a table that held these objects before (see
+        :attr:`reuse`): the application's references to them stay valid and
+        show the loaded state.
+        """
+        shell = self.shell
+        for i, (oid, obj) in enumerate(placed):
+            was = old[oid] if oid < len(old) else None
+            t = type(obj)
+            if was is None or type(was) is not t or t is Gone:
+                continue
+            old[oid] = None  # taken
+            if t is shell.list:
+                list.clear(was)
+            elif t is shell.dict:
+                dict.clear(was)
+            elif t is shell.set:
+                set.clear(was)
+            else:
+                for delete in _types.info_of(t).deleters.values():  # type: ignore[union-attr]
+                    try:
+                        delete(was)
+                    except AttributeError:
+                        pass  # unset already
+            placed[i] = (oid, was)
+            made[i] = (was, made[i][1])
 
     def fill_states(self, made: list[tuple[Any, _schema.Plan | None]], states: list[Any]) -> None:
         """Fill objects made by :meth:`create` from their states (parsed, or JSON bytes).

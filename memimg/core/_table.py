@@ -125,6 +125,20 @@ class ObjectTable:
         finally:
             self.holes = holes
 
+    def detach_all(self) -> list[Any]:
+        """Empty the table, for a reload in place (see :attr:`Reader.reuse`); the objects it held, by id.
+
+        The objects keep their owner and id: the reload takes back those
+        it finds again, and the caller detaches the others.
+        """
+        objects = self.objects
+        held = objects[:]
+        del objects[1:]
+        self.holes = 0
+        self.root_oid = 0
+        self.declarations.clear()
+        return held
+
     def unplace(self, size: int) -> None:
         """Forget the objects placed at ids from *size* on (a transaction's rows that failed to decode).
 

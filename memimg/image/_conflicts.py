@@ -31,7 +31,7 @@ __all__ = ["ConflictIndex"]
 class ConflictIndex:
     """The seqs of the writes made while transactions are open, by object and part."""
 
-    __slots__ = ("_last", "_last_obj", "_recent", "table")
+    __slots__ = ("_last", "_last_obj", "_recent", "rebased", "table")
 
     def __init__(self, table: ObjectTable) -> None:
         #: the table whose objects are written (named in messages)
@@ -39,6 +39,9 @@ class ConflictIndex:
         self._last: dict[tuple[int, Any], int] = {}  # (oid, part) -> seq of its last write
         self._last_obj: dict[int, int] = {}  # oid -> seq of its last write of any part
         self._recent: deque[tuple[int, int, list[tuple[int, Any]]]] = deque()  # (seq, oid, keys), oldest first
+        #: the seq the image was reloaded at after the log was compacted past it: every transaction begun
+        #: before conflicts (its reads and writes are of objects that were all reloaded)
+        self.rebased = 0
 
     def record(self, events: list[Pending], rows: Iterable[Any]) -> None:
         """Remember what the committed *events* (stored as *rows*) wrote."""
@@ -72,6 +75,8 @@ class ConflictIndex:
 
     def check_read(self, start: int, oid: int, part: Any) -> None:
         """Raise :class:`ConflictError` if part *part* of object *oid* was written after seq *start*."""
+        if start < self.rebased:
+            raise self._reloaded(start)
         if part is WHOLE:
             seq = self._last_obj.get(oid, 0)
         else:
@@ -84,6 +89,8 @@ class ConflictIndex:
 
         *reads* are the ``(oid, part)`` it read, *events* what it writes.
         """
+        if start < self.rebased:
+            raise self._reloaded(start)
         for oid, part in reads:
             self.check_read(start, oid, part)
         last, last_obj = self._last, self._last_obj
@@ -104,6 +111,16 @@ class ConflictIndex:
                         seq, key = s, part
             if seq > start:
                 raise self._conflict(oid, key, seq, "wrote")
+
+    def _reloaded(self, start: int) -> ConflictError:
+        return ConflictError(
+            f"transaction begun at seq {start} conflicts with the reload of the image at seq {self.rebased}: "
+            "the log was compacted past this image's seq, so every object was brought to the newest snapshot's "
+            "state; nothing was applied. Run it again (@img.transaction(retries=...) does)",
+            target=None,
+            key=None,
+            seq=self.rebased,
+        )
 
     def _conflict(self, oid: int, key: Any, seq: int, what: str) -> ConflictError:
         objects = self.table.objects

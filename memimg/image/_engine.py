@@ -54,6 +54,7 @@ from memimg.image._conflicts import ConflictIndex
 from memimg.image._encode import EncodeSession
 from memimg.image._generic import make_stand_in
 from memimg.image._guard import reentered
+from memimg.image._position import Position
 from memimg.image._snapshots import Snapshots
 from memimg.image._tx import Savepoint, TxState
 from memimg.image._views import ListView
@@ -136,6 +137,10 @@ class Engine:
         #: the snapshot being written, told of every event before it is applied (see _snapshots)
         self.snapshot_writer: SnapshotWriter | None = None
         self.snapshots = Snapshots(self)
+        #: where this image is in the log, for compaction (a read-only image cannot say)
+        self.position = Position(store, self.snapshots.holder)
+        if readonly:
+            self.position.due = float("inf")
         #: set while the snapshot's thread waits for the lock: committers let it in first (see give_turn)
         self.snapshot_turn: threading.Event | None = None
         #: a deliberate hook for tests that act in the middle of a commit being applied: called
@@ -372,9 +377,12 @@ class Engine:
         return self.seq - self.snapshot_seq >= every  # type: ignore[operator]
 
     def after_commit(self) -> None:
-        """Have an automatic snapshot written in the background if one is due (never in this call)."""
+        """Have an automatic snapshot written in the background if one is due (never in this call); keep the
+        image's position in the log current."""
         if self.snapshot_due():
             self.snapshots.schedule()
+        if time.monotonic() >= self.position.due:
+            self.position.beat(self.seq)
 
     # -- other processes' commits ---------------------------------------------------
 
@@ -390,13 +398,21 @@ class Engine:
                     self._apply_remote(batch)
 
                 start = self.seq
-                end, _ = fold(
-                    self.store.read(after=self.seq),
-                    self.reader,
-                    expected=self.seq + 1,
-                    where=self.store.description,
-                    on_tx=apply_tx,
-                )
+                try:
+                    end, _ = fold(
+                        self.store.read(after=self.seq),
+                        self.reader,
+                        expected=self.seq + 1,
+                        where=self.store.description,
+                        on_tx=apply_tx,
+                    )
+                except CorruptLogError as err:  # the next event missing: compacted away, or lost
+                    if err.seq != self.seq + 1 or not _recovery.compacted_past(self):
+                        raise
+                    end = -1
+                if end == -1 or (end - 1 == start and _recovery.compacted_past(self)):
+                    self._reload()
+                    end = self.seq + 1
         finally:
             self.busy = busy
         count = end - 1 - start
@@ -405,7 +421,20 @@ class Engine:
             if self.reader.has_gone:
                 _recovery.strip_removed(self)
         _recovery.attach_fills(self)  # also those an earlier attempt failed to log
+        if count and time.monotonic() >= self.position.due:
+            self.position.beat(self.seq)
         return count
+
+    def _reload(self) -> None:
+        """The log was compacted past this image's seq: reload from its snapshot in place; open transactions fail."""
+        writer = self.snapshot_writer
+        if writer is not None:  # every object is about to change: the snapshot being written gives way
+            writer.abandoned = MemimgError("the image was reloaded after the log was compacted")
+            self.snapshot_writer = None
+        with paused_gc():
+            _recovery.rebase(self)
+        self.conflicts.prune(None)
+        self.conflicts.rebased = self.seq
 
     def _apply_remote(self, batch: list[tuple[Pending | None, EventRow]]) -> None:
         """Apply another process's transaction (its rows, each with the event it holds)."""

@@ -72,6 +72,8 @@ class MemoryImage:
         self._mi_current = engine._mi_current
         self._follower: threading.Thread | None = None
         _recovery.open_image(engine, root, generic_types=generic_types)
+        if not readonly:
+            engine.position.beat(engine.seq)
 
     # -- state ------------------------------------------------------------------
 
@@ -228,6 +230,8 @@ class MemoryImage:
         if follower is not None and follower is not threading.current_thread():
             follower.join(timeout=5)
         engine.snapshots.join()  # one scheduled since stops at its first slice
+        if not engine.readonly:
+            engine.position.leave()
         with engine.lock:
             engine.store.close()
 

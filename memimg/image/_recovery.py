@@ -28,7 +28,7 @@ from memimg._errors import CorruptLogError, MemimgError, SchemaError, UnknownTyp
 from memimg.core._codec import ENTITY, PLAIN, TRACKED
 from memimg.core._fold import fold
 from memimg.core._gc import paused_gc
-from memimg.core._gone import strip_gone
+from memimg.core._gone import Gone, strip_gone
 from memimg.core._kinds import KINDS
 from memimg.core._reader import Pending, Reader
 from memimg.core._rows import SnapshotRow, verify_snapshot
@@ -64,6 +64,7 @@ class Host(Protocol):
     filling: bool
     seq: int
     snapshot_seq: int
+    closed: bool
     progress: Callable[[str, int, int], None] | None
     on_schema_drift: str
     busy: str | None
@@ -142,8 +143,12 @@ def open_image(engine: Host, root: Callable[[], Any] | Any, *, generic_types: bo
         )
 
 
-def recover(engine: Host) -> None:
-    """Rebuild the engine's (empty) table: the newest valid snapshot, then the events after it."""
+def recover(engine: Host, reuse: list[Any] | None = None) -> None:
+    """Rebuild the engine's (empty) table: the newest valid snapshot, then the events after it.
+
+    With *reuse* (the objects the table held, by id), the snapshot's objects
+    are those objects again wherever id and type agree (see :func:`rebase`).
+    """
     store, reader = engine.store, engine.reader
     loaded = 0
     snapshots = store.snapshots()
@@ -164,6 +169,7 @@ def recover(engine: Host) -> None:
             skipped.append(f"snapshot at seq {info.seq} was skipped: {err}")
             continue
         snap = None  # type: ignore[assignment]  # the records hold what is still needed
+        reader.reuse = reuse
         try:
             load_snapshot(reader, {**header, "objects": records})
         except CorruptLogError as err:
@@ -172,6 +178,8 @@ def recover(engine: Host) -> None:
             raise CorruptLogError(
                 f"snapshot at seq {info.seq} cannot be loaded: {err}", seq=info.seq, table="memimg_snapshots"
             ) from err
+        finally:
+            reader.reuse = None
         records = []
         loaded = info.seq
         break
@@ -195,6 +203,66 @@ def recover(engine: Host) -> None:
     engine.seq = expected - 1
     if progress is not None:
         progress("replay", engine.seq - loaded, engine.seq - loaded)
+
+
+def compacted_past(engine: Host) -> bool:
+    """Whether the log no longer holds the events right after this image's seq (compacted away)."""
+    return engine.store.first_seq() > engine.seq + 1
+
+
+def rebase(engine: Host) -> None:
+    """The log was compacted past this image's seq: reload it from the newest snapshot, in place, by id.
+
+    Every object the image holds whose id and type the snapshot holds too
+    is that object again, with the snapshot's state (the application's
+    references stay valid and show the current state); the snapshot's other
+    objects are new; the image's other objects leave it (as if collected).
+    Then the events after the snapshot are applied as usual. The caller
+    holds the lock, and makes the open transactions fail.
+
+    Raises:
+        CorruptLogError: no snapshot covers the missing events; nothing was changed.
+        MemimgError: the snapshot failed to load; the image is closed (open it again).
+    """
+    store, table = engine.store, engine.table
+    first, head = store.first_seq(), store.head()
+    if not any(engine.seq < info.seq <= head and info.seq >= first - 1 for info in store.snapshots()):
+        raise CorruptLogError(
+            f"events {engine.seq + 1}..{first - 1} this image needs were dropped from {store.description} "
+            "and no snapshot covers them; nothing was changed. Restore the log from a backup",
+            seq=engine.seq + 1,
+            table="memimg_events",
+        )
+    started = time.perf_counter()
+    was = engine.seq
+    held = table.detach_all()
+    engine.reader.fills = []
+    try:
+        recover(engine, reuse=held)
+    except BaseException as err:
+        engine.closed = True  # half-loaded: nothing may be written from it
+        if isinstance(err, MemimgError):
+            err.add_note("Reloading after the log was compacted, this image was closed: open it again.")
+            raise
+        raise MemimgError(
+            f"reloading {store.description} after the log was compacted failed ({err!r}); "
+            "the image is closed: open it again"
+        ) from err
+    set_identity = table.shell.set_identity
+    left = 0
+    for obj in held:
+        if obj is not None and type(obj) is not Gone:
+            set_identity(obj, None, None)  # not in the log any more: attached anew if assigned again
+            left += 1
+    log.warning(
+        "the log of %s was compacted past seq %d: reloaded from its snapshot to seq %d in %.3fs "
+        "(%d objects left the image)",
+        store.description,
+        was,
+        engine.seq,
+        time.perf_counter() - started,
+        left,
+    )
 
 
 def check_schema(engine: Host) -> None:

@@ -79,11 +79,14 @@ class MemoryStore:
         with self._lock:
             return dict(self._meta)
 
-    def set_meta(self, key: str, value: str) -> None:
+    def set_meta(self, key: str, value: str | None) -> None:
         if self.readonly:
             self._refuse(f"writing memimg_meta[{key!r}]")
         with self._lock:
-            self._meta[key] = value
+            if value is None:
+                self._meta.pop(key, None)
+            else:
+                self._meta[key] = value
 
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         if self.readonly:

@@ -33,6 +33,8 @@ __all__ = [
     "SnapshotRow",
     "Store",
     "lease_entry",
+    "live_positions",
+    "position_entry",
     "read_in_chunks",
 ]
 
@@ -97,8 +99,8 @@ class Store(Protocol):
         """The ``memimg_meta`` table."""
         ...
 
-    def set_meta(self, key: str, value: str) -> None:
-        """Write one ``memimg_meta`` entry."""
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Write one ``memimg_meta`` entry (``None``: remove it)."""
         ...
 
     def lease(self, name: str, holder: str, seconds: float) -> bool:
@@ -165,6 +167,29 @@ def lease_entry(name: str, holder: str, seconds: float) -> tuple[str, str, str]:
     """
     now = time.time_ns() // 1000
     return f"lease.{name}", f"{now + int(seconds * 1e6):020d} {holder}", f"{now:020d}"
+
+
+def position_entry(holder: str, seq: int, seconds: float) -> tuple[str, str]:
+    """``(key, value)`` of the position of image *holder*: at *seq*, for *seconds* from now.
+
+    The value is the expiry (as in :func:`lease_entry`), a space, and the
+    seq. Compaction keeps the events after the live positions (see
+    :func:`live_positions`).
+    """
+    now = time.time_ns() // 1000
+    return f"position.{holder}", f"{now + int(seconds * 1e6):020d} {seq}"
+
+
+def live_positions(meta: dict[str, str]) -> dict[str, int]:
+    """``holder -> seq`` of the positions in *meta* (a store's ``meta()``) that have not expired."""
+    now = time.time_ns() // 1000
+    live = {}
+    for key, value in meta.items():
+        if key.startswith("position."):
+            expiry, _, seq = value.partition(" ")
+            if expiry.isdigit() and seq.isdigit() and int(expiry) >= now:
+                live[key[len("position.") :]] = int(seq)
+    return live
 
 
 def read_in_chunks(

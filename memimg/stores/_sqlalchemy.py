@@ -583,12 +583,13 @@ class SQLAlchemyStore:
             "reading memimg_meta", lambda conn: {k: v for k, v in conn.execute(sa.select(t.c.key, t.c.value))}
         )
 
-    def set_meta(self, key: str, value: str) -> None:
+    def set_meta(self, key: str, value: str | None) -> None:
         t = self.meta_table
 
         def write(conn: sa.Connection) -> None:
             conn.execute(t.delete().where(t.c.key == key))
-            conn.execute(t.insert().values(key=key, value=value))
+            if value is not None:
+                conn.execute(t.insert().values(key=key, value=value))
 
         self._run(f"writing memimg_meta[{key!r}]", write, write=True)
 

@@ -534,7 +534,10 @@ class SQLiteStore:
             except sqlite3.Error as err:
                 raise self._error(err, "reading memimg_meta") from err
 
-    def set_meta(self, key: str, value: str) -> None:
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._write(f"removing memimg_meta[{key!r}]", "DELETE FROM memimg_meta WHERE key = ?", (key,))
+            return
         self._write(
             f"writing memimg_meta[{key!r}]",
             "INSERT OR REPLACE INTO memimg_meta (key, value) VALUES (?, ?)",

@@ -137,10 +137,14 @@ class StoreContract:
         assert store.read_snapshot(3) == snap(3, b'{"a":1}')
 
     def test_meta(self, store: Store) -> None:
-        """Meta entries are written and read back."""
+        """Meta entries are written and read back, and removed by writing None."""
         store.set_meta("x", "1")
         store.set_meta("x", "2")
+        store.set_meta("y", "3")
         assert store.meta()["x"] == "2"
+        store.set_meta("x", None)
+        store.set_meta("never", None)
+        assert "x" not in store.meta() and store.meta()["y"] == "3"
 
     def test_a_lease_has_one_holder_at_a_time(self, store: Store) -> None:
         """A lease is taken by one holder, on any handle; another holder is refused until it is released;

@@ -1,0 +1,58 @@
+"""An image's position in its log, for compaction to see: which events live processes still need.
+
+Each writable image keeps a ``position.<holder>`` entry in the store's
+``memimg_meta``: the seq it has reached and an expiry. It is written when
+the image opens, again at most once a :data:`BEAT` as it commits or catches
+up, and removed when it closes; a process that dies leaves an entry that
+expires after :data:`TTL`. ``memimg compact`` keeps the events after the
+oldest live position, so a process that is merely behind finds them; one
+that was stopped past its expiry (or a read-only image, which cannot write
+its position) finds them gone and reloads from the snapshot instead
+(:func:`memimg.image._recovery.rebase`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+from memimg.stores._protocol import Store, position_entry
+
+__all__ = ["BEAT", "TTL", "Position"]
+
+log = logging.getLogger("memimg")
+
+#: How often an active image writes its position at most (seconds).
+BEAT: Final = 60.0
+#: How long a position stays live after it was last written (seconds).
+TTL: Final = 600.0
+
+
+class Position:
+    """The position entry of one image (see the module docstring)."""
+
+    __slots__ = ("due", "holder", "store")
+
+    def __init__(self, store: Store, holder: str) -> None:
+        self.store = store
+        self.holder = holder
+        #: when the entry is to be written again (monotonic); inf: never (read-only, or closed)
+        self.due = 0.0
+
+    def beat(self, seq: int) -> None:
+        """Write the entry at *seq* (a failure is only logged: the position is advice, not a guarantee)."""
+        self.due = time.monotonic() + BEAT
+        key, value = position_entry(self.holder, seq, TTL)
+        try:
+            self.store.set_meta(key, value)
+        except Exception as err:
+            log.warning("recording the position of this image in %s: %s", self.store.description, err)
+
+    def leave(self) -> None:
+        """Remove the entry (the image closes)."""
+        self.due = float("inf")
+        try:
+            self.store.set_meta(f"position.{self.holder}", None)
+        except Exception as err:  # it expires by itself
+            log.warning("removing the position of this image from %s: %s", self.store.description, err)
