@@ -274,6 +274,31 @@ def test_a_process_behind_memimg_compact_reloads_keeps_its_objects_and_writes(sh
         assert img.root.content["count"] == 6
 
 
+def test_a_snapshot_finishes_while_another_process_commits_without_pause(shared: Any) -> None:
+    """img.snapshot() while another process commits in a tight loop: it is written at its own seq and
+    returns (it never chases the other's commits), and the log reopens from it."""
+    kind, where = shared
+    with open_here(kind, where) as img:
+        img.root.content = {"a": 1_000_000, "b": 0, "log": []}
+        img.root.other = [list(range(50)) for _ in range(2_000)]  # some bulk to write
+    proc = spawn(ENDLESS, kind, where)
+    try:
+        with open_here(kind, where, snapshot_every=None) as img:
+            time.sleep(0.3)
+            img.refresh()
+            started = time.monotonic()
+            seq = img.snapshot()
+            took = time.monotonic() - started
+            assert seq in [s.seq for s in img.store.snapshots()]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert took < 60, took
+    with open_here(kind, where, snapshot_every=None) as img:
+        content = img.root.content
+        assert content["a"] + content["b"] == 1_000_000 and len(content["log"]) == content["b"]
+
+
 def test_any_process_may_snapshot(shared: Any) -> None:
     """Snapshots written by one process are used by the others' recovery."""
     kind, where = shared

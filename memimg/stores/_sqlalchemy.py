@@ -61,8 +61,8 @@ from typing import Any, Final, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from memimg._errors import LockedError, MemimgError, ReadOnlyError, StoreError
-from memimg.stores._postgres import ABSENT, PgWriter, appending, lost, new_commit_id, settle, sqlstate
+from memimg._errors import MemimgError, ReadOnlyError, StoreError
+from memimg.stores._postgres import ABSENT, PgWriter, appending, lost, new_commit_id, settle
 from memimg.stores._protocol import (
     FORMAT_VERSION,
     EventRow,
@@ -72,7 +72,7 @@ from memimg.stores._protocol import (
     lease_entry,
     read_in_chunks,
 )
-from memimg.stores._sqlite import is_busy
+from memimg.stores._sqlerrors import store_error
 from memimg.stores._sqltables import COLUMNS as _COLUMNS
 from memimg.stores._sqltables import LogTables
 
@@ -81,17 +81,6 @@ __all__ = ["SQLAlchemyStore"]
 
 _ASYNC_COMMIT: Final = sa.text("SET LOCAL synchronous_commit = off")
 _NOTIFY: Final = sa.text("SELECT pg_notify(:c, :p)")
-
-# SQLSTATEs: lock_not_available, serialization_failure, deadlock_detected
-_LOCKED: Final = frozenset({"55P03", "40001", "40P01"})
-_ADVICE: Final = {
-    "53100": "the database server's disk is full: free space, then retry",
-    "53200": "the database server is out of memory",
-    "53300": "the database server has too many connections: raise max_connections or use fewer",
-    "57014": "the statement was cancelled (statement_timeout?)",
-    "25006": "the database is read-only (a standby?): connect to the primary",
-    "42501": "the database user lacks a privilege on memimg's tables or schema",
-}
 
 T = TypeVar("T")
 
@@ -159,7 +148,7 @@ class SQLAlchemyStore:
         self._connect_timeout = connect_timeout
         self._operational = getattr(engine.dialect.loaded_dbapi, "OperationalError", ())
         self._lock = threading.RLock()
-        tables = LogTables(schema, prefix, commit_id=self._pg)
+        tables = self._tables = LogTables(schema, prefix, commit_id=self._pg)
         self._metadata = tables.metadata
         self.events, self.snapshots_table, self.meta_table = tables.events, tables.snapshots, tables.meta
         self._head, self._append_first = tables.head, tables.append_first
@@ -301,27 +290,9 @@ class SQLAlchemyStore:
             self.engine.dispose()
 
     def _error(self, err: BaseException, doing: str, *, write: bool = False) -> StoreError:
-        """The :class:`StoreError` for a failure of the database or its driver (by class and SQLSTATE)."""
-        orig: BaseException = err.orig if isinstance(err, sa_exc.DBAPIError) and err.orig is not None else err
-        text = str(orig).strip() or type(orig).__name__
-        outcome = "; nothing was written" if write else ""
-        state = sqlstate(orig)
-        if state in _LOCKED or (self._sqlite and is_busy(orig)):
-            return LockedError(
-                f"{doing} in {self.description}: the database stayed locked by another writer ({text}){outcome}; retry",
-                store=self.description,
-                operation=doing,
-            )
-        if state is not None and state in _ADVICE:
-            advice = _ADVICE[state]
-        elif self._pg and lost(err, self._operational):
-            advice = "the database cannot be reached; memimg reconnects once it is back"
-        else:
-            advice = "see the cause below"
-        return StoreError(
-            f"{doing} in {self.description} failed ({text}){outcome}; {advice}",
-            store=self.description,
-            operation=doing,
+        """The :class:`StoreError` for a failure of the database or its driver (see :func:`store_error`)."""
+        return store_error(
+            err, doing, self.description, write=write, sqlite=self._sqlite, pg=self._pg, operational=self._operational
         )
 
     def _run(
@@ -595,16 +566,14 @@ class SQLAlchemyStore:
 
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         key, value, now = lease_entry(name, holder, seconds)
-        t = self.meta_table
-        free_or_ours = sa.or_(t.c.value < now, sa.func.substr(t.c.value, 22) == holder)
-        renew = t.update().where(t.c.key == key, free_or_ours).values(value=value)
+        renew, insert = self._tables.lease(key, value, now, holder)
 
         def take(conn: sa.Connection) -> bool:
-            if conn.execute(renew.execution_options(preserve_rowcount=True)).rowcount == 1:
+            if conn.execute(renew).rowcount == 1:
                 return True
             try:
                 with conn.begin_nested():
-                    conn.execute(t.insert().values(key=key, value=value))
+                    conn.execute(insert)
             except sa_exc.IntegrityError:  # another holder's, unexpired
                 return False
             return True
@@ -612,8 +581,7 @@ class SQLAlchemyStore:
         return self._run(f"taking the {name} lease", take, write=True)
 
     def release(self, name: str, holder: str) -> None:
-        t = self.meta_table
-        mine = t.delete().where(t.c.key == f"lease.{name}", sa.func.substr(t.c.value, 22) == holder)
+        mine = self._tables.release(f"lease.{name}", holder)
         self._run(f"releasing the {name} lease", lambda conn: conn.execute(mine), write=True)
 
     def close(self) -> None:

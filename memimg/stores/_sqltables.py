@@ -81,3 +81,15 @@ class LogTables:
             .order_by(ev.c.seq)
             .limit(sa.bindparam("n"))
         )
+
+    def lease(self, key: str, value: str, now: str, holder: str) -> tuple[sa.Executable, sa.Executable]:
+        """Renewing the lease row *key* if it is free or *holder*'s (see ``lease_entry``), and inserting it."""
+        t = self.meta
+        free_or_ours = sa.or_(t.c.value < now, sa.func.substr(t.c.value, 22) == holder)
+        renew = t.update().where(t.c.key == key, free_or_ours).values(value=value)
+        return renew.execution_options(preserve_rowcount=True), t.insert().values(key=key, value=value)
+
+    def release(self, key: str, holder: str) -> sa.Executable:
+        """Deleting the lease row *key* if it is *holder*'s."""
+        t = self.meta
+        return t.delete().where(t.c.key == key, sa.func.substr(t.c.value, 22) == holder)
