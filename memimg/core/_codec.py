@@ -273,7 +273,7 @@ class Codec:
         return decode
 
 
-_NATIVE_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+_NATIVE_TYPES: Final = _types.NATIVE_TYPES
 
 
 def _resolver(generic: bool) -> Callable[[list[Any], Callable[[str, Any], Any], str], Any]:

@@ -22,7 +22,7 @@ from memimg.core._schema import SchemaReport
 
 __all__ = ["Gone", "caches_hash", "strip_gone"]
 
-_NATIVE: Final = frozenset({str, int, float, bool, type(None)})
+_NATIVE: Final = _types.NATIVE_TYPES
 _OBJ_SET = KINDS["obj.set"]
 _LIST_DEL = KINDS["list.del"]
 _LIST_SET = KINDS["list.set"]

@@ -50,7 +50,7 @@ __all__ = ["Pending", "Reader", "at_seq", "load_states"]
 #: An event as Python values: (kind, target object, arguments).
 Pending = tuple[Kind, Any, tuple[Any, ...]]
 
-_NATIVE: Final = frozenset({str, int, float, bool, type(None)})
+_NATIVE: Final = _types.NATIVE_TYPES
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_UPDATE = KINDS["obj.update"]
 _loads = orjson.loads

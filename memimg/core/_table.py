@@ -27,7 +27,7 @@ from memimg.core._shell import Shell
 
 __all__ = ["Declarations", "ObjectTable"]
 
-_NATIVE: Final = frozenset({str, int, float, bool, type(None)})
+_NATIVE: Final = _types.NATIVE_TYPES
 _list_setitem = list.__setitem__
 _list_copy = list.copy
 

@@ -38,6 +38,7 @@ from memimg._errors import UnknownTypeError
 __all__ = [
     "ENTITY",
     "ENUM",
+    "NATIVE_TYPES",
     "VALUE",
     "TypeInfo",
     "default_name",
@@ -49,6 +50,8 @@ __all__ = [
     "resolve",
 ]
 
+#: The types stored as themselves in JSON (an int beyond 64 bits aside: see the codec's inline rule).
+NATIVE_TYPES: Final = frozenset({str, int, float, bool, type(None)})
 ENTITY: Final = "entity"
 VALUE: Final = "value"
 ENUM: Final = "enum"

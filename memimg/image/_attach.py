@@ -26,9 +26,9 @@ from memimg.core._values import check_text, describe_unsupported, tz_parts
 
 __all__ = ["NATIVE", "Attacher", "render", "where_coll", "where_field"]
 
-_NATIVE: Final = (str, int, float, bool, type(None))
 #: Values stored as they are, with nothing to attach: a write of one (an ASCII str) needs no preparing.
-NATIVE: Final = frozenset(_NATIVE)
+NATIVE: Final = _types.NATIVE_TYPES
+_NATIVE: Final = NATIVE
 _SCALARS: Final = frozenset({int, float, bool, type(None)})
 _UNDO_ATTACH: Final = 0
 _UNDO_FIELD: Final = 1
