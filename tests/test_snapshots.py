@@ -49,8 +49,9 @@ def _between_slices(steps: list[Any]) -> Any:
 
 
 def _small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Slices (and chunks) of 64 objects: many slices, with commits in between, in a small graph."""
-    monkeypatch.setattr(_snapshots, "SLICE", 64)
+    """Slices of one batch of 64 objects (and chunks of 64): many slices, with commits in between, in a small graph."""
+    monkeypatch.setattr(_snapshots, "SLICE_SECONDS", 0.0)
+    monkeypatch.setattr(_snapshotter, "BATCH", 64)
     monkeypatch.setattr(_snapshotter, "CHUNK", 64)
 
 

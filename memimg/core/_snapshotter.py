@@ -25,6 +25,7 @@ forgotten.
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -36,12 +37,13 @@ from memimg.core._encoders import REF_CALL, REF_MARK, container_encoders, slow_s
 from memimg.core._records import declaration
 from memimg.core._table import ObjectTable
 
-__all__ = ["CHUNK", "SnapshotWriter"]
+__all__ = ["BATCH", "CHUNK", "SnapshotWriter"]
 
 #: Objects per chunk (format 2): one directory line and one states line each.
 CHUNK: Final = 2048
+#: Objects written between two looks at the clock.
+BATCH: Final = 256
 _get_oid = operator.attrgetter("_mi_oid")
-_ALL: Final = 1 << 62
 
 
 class SnapshotWriter:
@@ -69,6 +71,8 @@ class SnapshotWriter:
         if root is not None:
             seen[table.root_oid] = 1
         self.done = 0
+        self._start = 0  # where the chunk being filled begins in the queue
+        self._states: list[Any] = []  # its states so far
         #: why the snapshot was given up (an event whose changes it could not keep), or None
         self.abandoned: Exception | None = None
         self.out: list[bytes] = []
@@ -127,44 +131,56 @@ class SnapshotWriter:
 
     # -- the walk -----------------------------------------------------------------
 
-    def step(self, budget: int = _ALL) -> bool:
-        """Write about *budget* more objects (whole chunks); whether every object met so far is written.
+    def step(self, deadline: float | None = None) -> bool:
+        """Write more objects, until *deadline* (``time.perf_counter``) or the end; whether every object met so
+        far is written.
 
-        A measured hot loop (``python -m benchmarks``, graph snapshot):
-        objects met for the first time are marked and queued inline by the
-        generated encoders, with no Python call per object.
+        The clock is looked at every :data:`BATCH` objects: a slice ends
+        within a batch's time of its deadline (unless one object's state is
+        a huge collection, which is encoded whole). A measured hot loop
+        (``python -m benchmarks``, graph snapshot): objects met for the
+        first time are marked and queued inline by the generated encoders,
+        with no Python call per object.
         """
         queue, encoders, early, written = self.queue, self._walk, self.early, self.written
-        names = self.names
-        dumps = orjson.dumps
+        clock = time.perf_counter
         done = self.done
-        end = done + budget
-        while done < len(queue) and done < end:  # the queue grows while it is walked
-            start = done
-            states: list[Any] = []
-            add = states.append
-            while done < len(queue) and done - start < CHUNK:  # fill the chunk, with what it meets too
-                chunk = queue[done : start + CHUNK]
-                done += len(chunk)
-                if early:
-                    for obj in chunk:
-                        copy = early.pop(obj._mi_oid, None)
-                        if copy is None:
-                            add(encoders[type(obj)](obj))
-                        else:
-                            add(copy[0])
-                            self._meet(copy[1])
-                else:
-                    for obj in chunk:
+        add = self._states.append
+        while done < len(queue):  # the queue grows while it is walked
+            start = self._start
+            batch = queue[done : min(start + CHUNK, done + BATCH)]  # the chunk filled with what it meets too
+            done += len(batch)
+            if early:
+                for obj in batch:
+                    copy = early.pop(obj._mi_oid, None)
+                    if copy is None:
                         add(encoders[type(obj)](obj))
-            members = queue[start:done]
-            oids = list(map(_get_oid, members))
-            for oid in oids:
+                    else:
+                        add(copy[0])
+                        self._meet(copy[1])
+            else:
+                for obj in batch:
+                    add(encoders[type(obj)](obj))
+            for oid in map(_get_oid, batch):
                 written[oid] = 1
-            self.out.append(dumps([oids, list(map(names.__getitem__, map(type, members)))]))
-            self.out.append(dumps(states))
+            if done - start >= CHUNK:
+                self._flush(done)
+                add = self._states.append
+            if deadline is not None and clock() >= deadline:
+                break
         self.done = done
         return done >= len(queue)
+
+    def _flush(self, done: int) -> None:
+        """Close the chunk of the objects written since the last one: its directory and states lines."""
+        start = self._start
+        if done > start:
+            members = self.queue[start:done]
+            oids = list(map(_get_oid, members))
+            self.out.append(orjson.dumps([oids, list(map(self.names.__getitem__, map(type, members)))]))
+            self.out.append(orjson.dumps(self._states))
+        self._start = done
+        self._states = []
 
     def _meet(self, objects: list[Any]) -> None:
         """Queue the objects of *objects* the walk has not met (references of a state kept aside)."""
@@ -235,6 +251,7 @@ class SnapshotWriter:
         """
         self.step()
         self._keep_named()
+        self._flush(self.done)
         count = self.done
         header = {
             "format": 2,

@@ -34,7 +34,7 @@ from memimg._errors import LockedError, MemimgError
 from memimg.core._gc import paused_gc
 from memimg.core._kinds import KINDS
 from memimg.core._rows import SnapshotRow, snapshot_checksum
-from memimg.core._snapshotter import CHUNK, SnapshotWriter
+from memimg.core._snapshotter import SnapshotWriter
 from memimg.image import _recovery
 
 __all__ = ["LEASE", "Snapshots"]
@@ -43,8 +43,8 @@ log = logging.getLogger("memimg")
 
 _SNAPSHOT = KINDS["snapshot"]
 _GC_DROP = KINDS["gc.drop"]
-#: Objects written per slice, the lock held (a few milliseconds).
-SLICE: Final = 2 * CHUNK
+#: How long a slice of the walk holds the lock, at most (seconds; give or take one batch of objects).
+SLICE_SECONDS: Final = 0.005
 #: The store lease that one snapshot writer at a time holds, and for how long it is taken.
 LEASE: Final = "snapshot"
 LEASE_SECONDS: Final = 30.0
@@ -148,7 +148,7 @@ class Snapshots:
                 with self._turn():
                     engine.check_writable()  # closed meanwhile: give up
                     self._check(writer)
-                    done = writer.step(SLICE)
+                    done = writer.step(time.perf_counter() + SLICE_SECONDS)
                 if engine.progress is not None:
                     engine.progress("snapshot", writer.done, max(writer.done, len(writer.queue)))
                 if done:
