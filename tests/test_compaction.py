@@ -12,6 +12,7 @@ positions, kept in the store while they run) and the history asked for.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -220,3 +221,74 @@ def test_compact_keeps_the_history_asked_for(tmp_path: Any) -> None:
     store.close()
     with memimg.open(path, root=Holder) as img:
         assert img.root.misc == "later"
+
+
+def test_a_reader_in_another_thread_waits_for_a_reload_to_finish(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an image reloads after a compaction, a thread reading outside any transaction never sees an
+    object emptied and not yet filled: its read waits for the reload, then shows the reloaded state."""
+    from memimg.core._reader import Reader
+
+    ahead = make_image(root=Holder, snapshot_every=None)
+    ahead.root.nodes.extend([Node("n0", 0, tags=["a"])])
+    behind = make_image(root=Holder, snapshot_every=None)
+    node, nodes = behind.root.nodes[0], behind.root.nodes
+    ahead.root.nodes[0].label = "reloaded"
+    _compact(ahead)
+    seen: list[Any] = []
+    fill = Reader.fill_states
+
+    def filling_while_another_thread_reads(self: Reader, made: Any, states: Any) -> None:
+        if not seen:
+            reader = threading.Thread(target=lambda: seen.append((node.label, len(nodes), list(node.tags))))
+            reader.start()
+            reader.join(0.2)
+            seen.append(reader.is_alive())  # it waits for the lock
+            seen.append(reader)
+        fill(self, made, states)
+
+    monkeypatch.setattr(Reader, "fill_states", filling_while_another_thread_reads)
+    behind.refresh()
+    monkeypatch.undo()
+    waited, reader = seen[0], seen[1]
+    reader.join(5)
+    assert waited is True and seen[2] == ("reloaded", 1, ["a"])
+
+
+def test_an_image_opened_while_compaction_runs_reads_the_log_again(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image that listed the snapshots just before a compaction wrote a new one and dropped the events
+    and the older snapshot reads the log again, and opens at the current state."""
+    img = make_image(root=Holder, snapshot_every=None)
+    img.root.nodes.extend([Node(f"n{i}", i) for i in range(10)])
+    img.snapshot()
+    for i in range(5):
+        img.root.misc = i
+    store = make_image.store()
+    read = type(store).read_snapshot
+    compacted: list[int] = []
+
+    def compaction_then_reading(self: Any, seq: int) -> Any:
+        if not compacted:
+            compacted.append(_compact(img))  # between the listing of the snapshots and this read
+        return read(self, seq)
+
+    monkeypatch.setattr(type(store), "read_snapshot", compaction_then_reading)
+    with make_image(root=Holder, snapshot_every=None) as late:
+        assert late.root.misc == 4 and late.seq == img.seq and len(late.root.nodes) == 10
+    assert compacted
+
+
+def test_compact_removes_expired_positions(tmp_path: Any) -> None:
+    """Positions left by processes that ended without closing their image are removed by memimg compact."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder) as img:
+        img.root.misc = 1
+    store = memimg.SQLiteStore(path)
+    key, value = position_entry("gone:1:x", 1, -1)
+    store.set_meta(key, value)
+    assert _run("compact", path).exit_code == 0
+    assert not [k for k in store.meta() if k.startswith("position.")]
+    store.close()

@@ -11,13 +11,16 @@ processes sharing a log take turns through the store's ``snapshot`` lease.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
+import time
 from typing import Any
 
 import pytest
 
 import memimg
+from memimg import persistent
 from memimg.core import _snapshotter
 from memimg.core._codec import Codec
 from memimg.core._reader import Reader
@@ -157,11 +160,13 @@ def test_automatic_snapshots_are_written_in_the_background(make_image: Images, m
         assert list(again.root.nodes) == list(range(60))
 
 
-def test_a_snapshot_gives_way_to_an_older_memimgs_collection(
-    make_image: Images, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["gc", "snapshot"])
+def test_a_snapshot_gives_way_to_another_processs_snapshot_or_collection(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """A ``gc`` event (written by memimg before 0.3) arriving while a snapshot is written abandons the
-    snapshot with an error saying so; the commit that brought it stands and nothing is stored."""
+    """A ``snapshot`` event of another process (this one lost its lease) or a ``gc`` event (memimg before
+    0.3) arriving while a snapshot is written abandons the snapshot with an error saying so; the commit
+    that brought it stands, nothing is stored, and the next snapshot is not put off."""
     _small_slices(monkeypatch)
     steps: list[Any] = []
     img = make_image(root=Holder, snapshot_every=None, progress=_between_slices(steps))
@@ -169,11 +174,12 @@ def test_a_snapshot_gives_way_to_an_older_memimgs_collection(
     store = make_image.store()
 
     def old_process_collects() -> None:
-        append_event(store, "gc", 0, [[]])
+        append_event(store, kind, 0, [[]])
         img.root.misc = "after the gc"  # catches up with it first
 
     steps.append(old_process_collects)
-    with pytest.raises(memimg.MemimgError, match=r"snapshot at seq \d+ .* was abandoned: another process running"):
+    abandoned = rf"snapshot at seq \d+ .* was abandoned: another process wrote a '{kind}' event"
+    with pytest.raises(memimg.MemimgError, match=abandoned):
         img.snapshot()
     assert img.root.misc == "after the gc" and img.store.snapshots() == []
     img.root.misc = "still writable"
@@ -194,3 +200,92 @@ def test_a_snapshot_waits_for_another_processs_lease(make_image: Images) -> None
     assert img._engine.snapshots.take(wait=0, automatic=True) is None
     store.release(_snapshots.LEASE, "elsewhere")
     assert img.snapshot() == img.store.snapshots()[-1].seq
+
+
+def test_a_copy_kept_for_a_snapshot_is_the_committed_state_not_a_transactions(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction that catches up with another image's change to an object it wrote, while a snapshot
+    is written: the state kept for the snapshot is the committed one, never the transaction's own write."""
+    _small_slices(monkeypatch)
+    steps: list[Any] = []
+    img = make_image(root=Holder, snapshot_every=None, progress=_between_slices(steps))
+    img.root.nodes.extend([Node(f"n{i}", i) for i in range(1_000)])
+    other = make_image(root=Holder, snapshot_every=None)
+    target = img.root.nodes[999]
+
+    class Rollback(Exception):
+        pass
+
+    def write_catch_up_and_roll_back() -> None:
+        img.root.nodes[998].n = -1  # a commit outside any transaction first
+        with contextlib.suppress(Rollback), img.transaction():
+            target.label = "never committed"
+            other.refresh()
+            other.root.nodes[999].n = 12_345
+            img.refresh()  # applies the other image's change while this thread's transaction is open
+            raise Rollback
+
+    steps.append(write_catch_up_and_roll_back)
+    seq = img.snapshot()
+    assert not steps and target.label == "n999" and target.n == 12_345
+    assert _snapshot_alone(img.store, seq).nodes[999].label == "n999"
+    assert _content(_snapshot_alone(img.store, seq)) == _content(_state_at(img, seq))
+
+
+@persistent(name="tests.snapshots.Trimmed", removed=("old",))
+class Trimmed:
+    label: str = ""
+
+
+def test_a_row_this_code_skips_still_keeps_what_it_names_in_the_snapshot(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (older code, say) writes a field this code removed, naming an object unreachable at
+    the snapshot's seq: this code skips the event, but the snapshot keeps the object, so a reader starting
+    from the snapshot decodes the event."""
+    _small_slices(monkeypatch)
+    steps: list[Any] = []
+    img = make_image(root=Holder, snapshot_every=None, progress=_between_slices(steps))
+    img.root.nodes.extend([Trimmed(f"t{i}") for i in range(300)])
+    loose = Trimmed("unreachable at the snapshot's seq")
+    img.root.misc = loose
+    img.root.misc = None
+    store = make_image.store()
+
+    def old_code_writes_the_removed_field() -> None:
+        declared = {"tests.snapshots.Trimmed": [1, ["label", "old"]]}  # as the older code declares it
+        append_event(store, "obj.set", img.root.nodes[0]._mi_oid, [["old", ["r", loose._mi_oid]], [], declared])
+        img.refresh()
+
+    steps.append(old_code_writes_the_removed_field)
+    seq = img.snapshot()
+    assert not steps
+    img.close()
+    from tests.test_snapshot_format import _only_the_snapshot
+
+    _only_the_snapshot(make_image.store(), seq)
+    with make_image(root=Holder, snapshot_every=None) as again:
+        assert [n.label for n in again.root.nodes][:2] == ["t0", "t1"]
+
+
+def test_a_snapshot_that_loses_its_lease_is_abandoned(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot whose lease expired and was taken by another process (a pause longer than the lease) is
+    abandoned with an error saying so, storing nothing; the image stays writable."""
+    _small_slices(monkeypatch)
+    monkeypatch.setattr(_snapshots, "LEASE_SECONDS", 0.3)
+    steps: list[Any] = []
+    img = make_image(root=Holder, snapshot_every=None, progress=_between_slices(steps))
+    img.root.nodes.extend(_chain(500))
+    store = make_image.store()
+
+    def stall_and_lose_the_lease() -> None:
+        time.sleep(0.35)
+        assert store.lease(_snapshots.LEASE, "another process", 30)
+
+    steps.append(stall_and_lose_the_lease)
+    previous = img._engine.snapshot_seq
+    with pytest.raises(memimg.MemimgError, match="lost its lease"):
+        img.snapshot()
+    assert img.store.snapshots() == [] and img._engine.snapshot_seq == previous
+    img.root.misc = "still writable"

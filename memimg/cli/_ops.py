@@ -104,7 +104,12 @@ def _cut(
                 break
     if cut < seq:
         reasons.append(f"kept the events from seq {cut} on: the history asked for")
-    positions = {holder: at for holder, at in live_positions(store.meta()).items() if holder != own}
+    meta = store.meta()
+    live = live_positions(meta)
+    for key in meta:
+        if key.startswith("position.") and key[len("position.") :] not in live:
+            store.set_meta(key, None)  # expired: its process ended without closing its image
+    positions = {holder: at for holder, at in live.items() if holder != own}
     behind = {holder: at for holder, at in positions.items() if at + 1 < cut}
     if behind and not ignore_positions:
         oldest = min(behind.values())

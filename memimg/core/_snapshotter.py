@@ -24,6 +24,7 @@ forgotten.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import orjson
 from memimg._errors import MemimgError
 from memimg.core import _types
 from memimg.core._encoders import REF_CALL, REF_MARK, container_encoders, slow_state, state_encoder, value_writer
+from memimg.core._gone import Gone
 from memimg.core._records import declaration
 from memimg.core._table import ObjectTable
 
@@ -44,6 +46,7 @@ CHUNK: Final = 2048
 #: Objects written between two looks at the clock.
 BATCH: Final = 256
 _get_oid = operator.attrgetter("_mi_oid")
+_UNMET: Final = bytes([1]) + bytes(255)  # translates the walk's seen bytes to "not met"
 
 
 class SnapshotWriter:
@@ -107,7 +110,7 @@ class SnapshotWriter:
             return oid
 
         value, linked = value_writer(codec, codec.encoder(ref, self.declare), ref)
-        direct = not shell.reads_hooked()
+        direct = ref_mode != REF_CALL and not shell.reads_hooked()  # copies: raw reads, whoever commits
         list_state, dict_state, set_state = container_encoders(ref_mode)(value, linked, seen, mark, push, ref)
         names, type_names, declare = self.names, self.type_names, self.declare
 
@@ -228,6 +231,30 @@ class SnapshotWriter:
                         made.add(ref_oid)
                         work.extend(table.references(ref))
 
+    def before_rows(self, rows: list[Any]) -> None:
+        """Another process's stored *rows* are being applied: keep every object made before the seq they name.
+
+        Their targets, and every reference (``["r", oid]``) in their
+        arguments and records, whatever this code makes of them: a row this
+        code skips (a field or type it removed) is still decoded by every
+        reader, which must find the objects it names.
+        """
+        limit, kept = self.limit, self.kept
+        for row in rows:
+            if 0 < row.target < limit:
+                kept.add(row.target)
+            work = [orjson.loads(row.payload)]
+            while work:
+                v = work.pop()
+                if type(v) is list:
+                    if len(v) == 2 and v[0] == "r" and type(v[1]) is int:
+                        if 0 < v[1] < limit:
+                            kept.add(v[1])
+                    else:
+                        work.extend(v)
+                elif type(v) is dict:
+                    work.extend(v.values())
+
     def before_change(self, obj: Any) -> None:
         """*obj* is about to change: keep its state at the snapshot's seq if it is not written yet."""
         oid = obj._mi_oid
@@ -250,7 +277,8 @@ class SnapshotWriter:
         it writes what they made necessary.
         """
         self.step()
-        self._keep_named()
+        while self.keep_named():
+            self.step()
         self._flush(self.done)
         count = self.done
         header = {
@@ -263,20 +291,24 @@ class SnapshotWriter:
             "count": count,
         }
         payload = b"\n".join([orjson.dumps(header), *self.out])
-        objects, seen = self.table.objects, self.seen
-        forget = []
-        oid = seen.find(0, 1)  # the ids not met (and holes), found at C speed
-        while oid >= 0:
-            if objects[oid] is not None:
-                forget.append(oid)
-            oid = seen.find(0, oid + 1)
+        objects = self.table.objects
+        unmet = self.seen.translate(_UNMET)  # 1 for each id the walk did not meet (and holes), at C speed
+        forget = [oid for oid in itertools.compress(range(len(unmet)), unmet) if oid and objects[oid] is not None]
         return payload, count, forget
 
-    def _keep_named(self) -> None:
-        """Meet, and write, the objects made before the seq that events since named (see the module docstring)."""
+    def keep_named(self) -> bool:
+        """Queue the objects made before the seq that events since named (see the module docstring) and the
+        walk has not met; whether there were any (:meth:`step` writes them)."""
         objects, seen, queue = self.table.objects, self.seen, self.queue
+        before = len(queue)
         for oid in self.kept:
-            if not seen[oid] and objects[oid] is not None:
+            obj = objects[oid]
+            if not seen[oid] and obj is not None:
+                if type(obj) is Gone:  # a snapshot has no form for it, and a reader of it would need it
+                    self.abandoned = MemimgError(
+                        f"an event since seq {self.seq} names object {oid}, of the removed type {obj.type_name!r}"
+                    )
+                    continue
                 seen[oid] = 1
-                queue.append(objects[oid])
-        self.step()
+                queue.append(obj)
+        return len(queue) > before

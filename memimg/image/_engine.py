@@ -42,7 +42,7 @@ from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyEr
 from memimg.core._codec import Codec
 from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
-from memimg.core._kinds import KINDS
+from memimg.core._markers import ABSENT
 from memimg.core._reader import Pending, Reader
 from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
@@ -64,7 +64,6 @@ from memimg.stores._protocol import SeqTaken, Store
 
 __all__ = ["Engine"]
 
-_GC: Final = KINDS["gc"]
 
 log = logging.getLogger("memimg")
 
@@ -81,6 +80,25 @@ TURN_WAIT: Final = 0.05
 def now_us() -> int:
     """The commit time: microseconds since the Unix epoch."""
     return time.time_ns() // 1000
+
+
+class Reloading:
+    """Published while an image reloads after a compaction: a reader outside transactions waits for the reload
+    to finish, then reads the reloaded object (it never sees one emptied and not yet filled)."""
+
+    __slots__ = ("lock", "views")
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.views = self  # read_coll looks a collection up here
+
+    def published_field(self, obj: Any, name: str) -> Any:
+        with self.lock:
+            return ABSENT
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        with self.lock:
+            return None
 
 
 class Engine:
@@ -116,7 +134,7 @@ class Engine:
         self.session = EncodeSession(self.table)
         self.conflicts = ConflictIndex(self.table)
         #: transactions being applied right now (readers outside them see all of one or none)
-        self.publishing: list[TxState] = []
+        self.publishing: list[Any] = []
         #: the writer of this thread or task: its transaction, or the engine's auto-committing writer
         self.writer = AutoWriter(self, self.publishing)
         self._mi_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
@@ -299,7 +317,7 @@ class Engine:
         """
         table, open_txs = self.table, self.open_txs
         if self.snapshot_writer is not None:
-            self._tell_snapshot(events)
+            self._tell_snapshot(events, rows if last_seq is not None else None)
         # from here on the builtin dict and set operations run keys' __hash__ and __eq__
         busy, self.busy = self.busy, "applying committed events"
         published: TxState | None = None
@@ -341,15 +359,26 @@ class Engine:
             if opened:
                 _tracking.tx_closed()
 
-    def _tell_snapshot(self, events: list[Pending]) -> None:
-        """Let the snapshot being written keep what *events* are about to change; a failure abandons it."""
+    def _tell_snapshot(self, events: list[Pending], rows: list[EventRow] | None = None) -> None:
+        """Let the snapshot being written keep what *events* are about to change, and what another process's
+        *rows* name (some of which this code may not apply); a failure abandons it."""
         writer = self.snapshot_writer
         assert writer is not None
         try:
-            if any(k is _GC for k, _, _ in events):  # an older memimg's collection: ids vanish under the walk
-                raise MemimgError("another process running a memimg before 0.3 collected garbage")
+            if rows is not None:
+                for row in rows:
+                    if row.kind in SNAPSHOT_KINDS or row.kind == "gc.drop":
+                        # another process's snapshot: this one lost its lease (or an old memimg's collection)
+                        raise MemimgError(f"another process wrote a {row.kind!r} event (seq {row.seq}) meanwhile")
+                writer.before_rows(rows)
             writer.before_events(events)
         except Exception as err:  # the commit is durable: it is the snapshot that gives way
+            self.abandon_snapshot(err)
+
+    def abandon_snapshot(self, err: Exception) -> None:
+        """Give up the snapshot being written (it stores nothing), saying why."""
+        writer = self.snapshot_writer
+        if writer is not None:
             log.warning("snapshot at seq %d of %s abandoned: %s", writer.seq, self.store.description, err)
             writer.abandoned = err
             self.snapshot_writer = None
@@ -421,25 +450,34 @@ class Engine:
             if self.reader.has_gone:
                 _recovery.strip_removed(self)
         _recovery.attach_fills(self)  # also those an earlier attempt failed to log
-        if count and time.monotonic() >= self.position.due:
+        if time.monotonic() >= self.position.due:  # a follower that only catches up keeps its position too
             self.position.beat(self.seq)
         return count
 
     def _reload(self) -> None:
         """The log was compacted past this image's seq: reload from its snapshot in place; open transactions fail."""
-        writer = self.snapshot_writer
-        if writer is not None:  # every object is about to change: the snapshot being written gives way
-            writer.abandoned = MemimgError("the image was reloaded after the log was compacted")
-            self.snapshot_writer = None
-        with paused_gc():
-            _recovery.rebase(self)
+        # every object is about to change: the snapshot being written gives way
+        self.abandon_snapshot(MemimgError("the image was reloaded after the log was compacted"))
         self.conflicts.prune(None)
-        self.conflicts.rebased = self.seq
+        self.conflicts.rebased = 1 << 62  # a transaction reading meanwhile conflicts at once
+        # readers outside transactions wait for the reload to finish (the read hooks on, so they look)
+        _tracking.tx_opened()
+        waiting = Reloading(self.lock)
+        self.publishing.append(waiting)
+        try:
+            with paused_gc():
+                _recovery.rebase(self)
+        finally:
+            self.publishing.remove(waiting)
+            _tracking.tx_closed()
+            self.conflicts.rebased = self.seq
 
     def _apply_remote(self, batch: list[tuple[Pending | None, EventRow]]) -> None:
         """Apply another process's transaction (its rows, each with the event it holds)."""
         last_seq = batch[-1][1].seq
         kept = [(e, r) for e, r in batch if e is not None]
+        if self.snapshot_writer is not None and len(kept) < len(batch):  # rows this code skips name objects too
+            self._tell_snapshot([], [r for _, r in batch])
         if kept:
             self.apply([e for e, _ in kept], [r for _, r in kept], None, last_seq)
         else:

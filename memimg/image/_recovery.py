@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -148,7 +148,45 @@ def recover(engine: Host, reuse: list[Any] | None = None) -> None:
 
     With *reuse* (the objects the table held, by id), the snapshot's objects
     are those objects again wherever id and type agree (see :func:`rebase`).
+    A compaction running meanwhile (a listed snapshot vanishes, or events
+    after the one loaded are dropped and a newer snapshot covers them) makes
+    it read the log again, a few times at most.
     """
+    store = engine.store
+    for attempt in range(_ATTEMPTS):
+        first, newest = store.first_seq(), _newest(store)
+        try:
+            _recover_once(engine, reuse)
+            return
+        except (CorruptLogError, KeyError) as err:
+            compacted = isinstance(err, KeyError) or (store.first_seq(), _newest(store)) != (first, newest)
+            if not compacted or attempt == _ATTEMPTS - 1:
+                if isinstance(err, KeyError):
+                    raise CorruptLogError(
+                        f"the snapshot at seq {err.args[0]} of {store.description} vanished while it was read, "
+                        f"{_ATTEMPTS} times: is a compaction running in a loop? Open the image again",
+                        seq=err.args[0],
+                        table="memimg_snapshots",
+                    ) from err
+                raise
+            log.info("%s was compacted while it was read: reading it again", store.description)
+            held = engine.table.detach_all()
+            engine.reader.fills = []
+            if reuse is not None:  # what the attempt took back is to be taken back again
+                for oid, obj in enumerate(held):
+                    if obj is not None and oid < len(reuse) and reuse[oid] is None:
+                        reuse[oid] = obj
+
+
+_ATTEMPTS: Final = 3
+
+
+def _newest(store: Store) -> int:
+    return max((info.seq for info in store.snapshots()), default=0)
+
+
+def _recover_once(engine: Host, reuse: list[Any] | None) -> None:
+    """One attempt of :func:`recover`."""
     store, reader = engine.store, engine.reader
     loaded = 0
     snapshots = store.snapshots()

@@ -139,6 +139,7 @@ class Snapshots:
         """Begin (the ``snapshot`` event), write in slices, finish (``gc.drop``), store the row."""
         engine = self.engine
         started = time.perf_counter()
+        previous = engine.snapshot_seq
         writer = self._begin(automatic)
         if writer is None:
             return None
@@ -148,16 +149,26 @@ class Snapshots:
                 with self._turn():
                     engine.check_writable()  # closed meanwhile: give up
                     self._check(writer)
-                    done = writer.step(time.perf_counter() + SLICE_SECONDS)
+                    # the objects events since named are walked in slices too, not all when finishing
+                    done = writer.step(time.perf_counter() + SLICE_SECONDS) and not writer.keep_named()
                 if engine.progress is not None:
                     engine.progress("snapshot", writer.done, max(writer.done, len(writer.queue)))
                 if done:
                     break
                 if time.monotonic() - renewed > LEASE_SECONDS / 3:
-                    engine.store.lease(LEASE, self.holder, LEASE_SECONDS)
+                    if not engine.store.lease(LEASE, self.holder, LEASE_SECONDS):
+                        raise MemimgError(
+                            f"the snapshot at seq {writer.seq} of {engine.store.description} lost its lease "
+                            f"(it took over {LEASE_SECONDS:g} s between two renewals) and was abandoned"
+                        )
                     renewed = time.monotonic()
                 time.sleep(0)  # let a commit waiting for the lock take it
             payload = self._finish(writer)
+        except BaseException:
+            with engine.lock:
+                if engine.snapshot_seq == writer.seq:
+                    engine.snapshot_seq = previous  # nothing stored: the next automatic one is not put off
+            raise
         finally:
             with engine.lock:
                 engine.snapshot_writer = None
@@ -194,6 +205,7 @@ class Snapshots:
                 engine.check_writable()
                 self._check(writer)
                 payload, count, forget = writer.finish()
+                self._check(writer)
                 if not forget or engine.commit([(_GC_DROP, None, (forget,))], replan=True, auto_snapshot=False):
                     break
                 # another writer came first: its events may have linked an object of *forget* again
