@@ -7,9 +7,9 @@ Usage::
     python -m benchmarks --only commit,batch --json results.json
 
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
-(c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f); see
-:mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory` and
-:mod:`benchmarks.writers` for what each measures. Progress goes to stderr,
+(c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``web`` (g); see
+:mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
+:mod:`benchmarks.writers` and :mod:`benchmarks.web` for what each measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -35,6 +35,7 @@ from benchmarks.harness import FULL, QUICK, TINY, Context, Results, Sizes, scrat
 from benchmarks.inmemory import inmemory
 from benchmarks.report import render_table
 from benchmarks.systems import load_systems
+from benchmarks.web import web
 from benchmarks.workloads import batch, commit, graph, recovery
 from benchmarks.writers import writers
 
@@ -47,6 +48,7 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "graph": graph,
     "inmemory": inmemory,
     "writers": writers,
+    "web": web,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}
 
