@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from benchmarks.harness import Results
 from benchmarks.report import format_value
+from benchmarks.web import DJANGO_ALIAS, DJANGO_PATH
 
 __all__ = ["Bar", "check_bars", "render_bars"]
 
@@ -158,6 +159,7 @@ def check_bars(results: Results) -> Iterator[Bar]:
         yield _ratio_bar(bar, needed, mine / plain, None, 2.0, f"{mine:.0f} vs {plain:.0f} bytes/object")
 
     yield from snapshot_bars(results)
+    yield from web_bars(results)
 
 
 def _worst(results: Results, workload: str, case: str, metric: str) -> float | None:
@@ -196,6 +198,36 @@ def snapshot_bars(results: Results) -> Iterator[Bar]:
             f"longest {longest:.0f} ms, p99 {spread:.1f}x median; {written:.0f} snapshots per run (worst repetition)"
         )
         yield Bar(bar, detail, needed, longest <= 1000 and spread <= 5)
+
+
+def web_bars(results: Results) -> Iterator[Bar]:
+    """Workload (h): the Flask service under gunicorn against its plain twin; Django's two SQLite targets."""
+    m = results.median
+    cases = _cases(results, "web")
+    for backend, peer, label, floor in (
+        ("SQLite", "sqlite3", "plain sqlite3", 0.6),
+        ("PostgreSQL", "psycopg", "plain psycopg", 0.5),
+    ):
+        bar, needed = f"Flask under gunicorn, 4 workers on one log, {backend}: req/s vs {label}", f"≥ {floor}x"
+        case = next((c for c in cases if c.startswith("Flask") and c.endswith(backend)), None)
+        mine = theirs = None
+        if case is not None:
+            mine, theirs = (m("web", case, "req/s", s) for s in ("memimg", peer))
+        if mine is None or theirs is None:
+            yield _missing(bar, needed)
+        else:
+            why = f"{format_value(mine)} vs {format_value(theirs)} req/s"
+            yield _ratio_bar(bar, needed, mine / theirs, floor, None, why)
+    bar, needed = "Django on SQLite: TARGET 'default' vs TARGET a file path, req/s", "≥ 0.83x (within 1.2x)"
+    case = next((c for c in cases if c.startswith("Django")), None)
+    mine = theirs = None
+    if case is not None:
+        mine, theirs = (m("web", case, "req/s", s) for s in (DJANGO_ALIAS, DJANGO_PATH))
+    if mine is None or theirs is None:
+        yield _missing(bar, needed)
+    else:
+        why = f"{format_value(mine)} vs {format_value(theirs)} req/s"
+        yield _ratio_bar(bar, needed, mine / theirs, 1 / 1.2, None, why)
 
 
 def render_bars(bars: list[Bar]) -> str:

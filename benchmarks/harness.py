@@ -83,6 +83,10 @@ class Sizes:
     writer_seconds: float = 0.4
     #: items of the graph snapshotted while commits go on (about two objects each)
     snapshot_items: int = 50_000
+    #: workload (h): gunicorn workers, client threads, requests per sample
+    web_workers: int = 4
+    web_clients: int = 16
+    web_requests: int = 2000
     #: a (system, case) whose first sample took longer (wall seconds) is not
     #: repeated; ``None`` repeats everything
     once_after: float | None = None
@@ -103,6 +107,7 @@ FULL = Sizes(
     memory_objects=200_000,
     writer_seconds=3.0,
     snapshot_items=150_000,
+    web_requests=10_000,
     once_after=30.0,
 )
 TINY = Sizes(
@@ -121,6 +126,9 @@ TINY = Sizes(
     writers=(2,),
     writer_seconds=0.2,
     snapshot_items=2_000,
+    web_workers=2,
+    web_clients=4,
+    web_requests=40,
 )
 
 
@@ -227,14 +235,17 @@ class Context:
         sample: Callable[[Any], dict[str, tuple[float, bool]]],
         *,
         reps: int | None = None,
+        bounded: bool = False,
     ) -> None:
         """Run ``sample(system)`` for every system, ``reps`` times, rotating the order.
 
         *sample* returns ``{metric: (value, higher_is_better)}``; each value is
-        recorded under ``(workload, case, metric, system.name)``.
+        recorded under ``(workload, case, metric, system.name)``. *bounded*:
+        the workload bounds each sample itself, so every sample is repeated
+        (``Sizes.once_after`` does not apply).
         """
         reps = self.sizes.reps if reps is None else reps
-        once_after = self.sizes.once_after
+        once_after = None if bounded else self.sizes.once_after
         systems = list(systems)
         done: set[str] = set()
         for rep in range(reps):

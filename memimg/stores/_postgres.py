@@ -1,8 +1,13 @@
-"""PostgreSQL commits: one round trip each, and settling a commit whose reply was lost.
+"""PostgreSQL commits and catch-up reads: one round trip each, and settling a commit whose reply was lost.
 
 :class:`PgWriter` appends a commit with one statement on a psycopg connection
 of its own, in autocommit: the conditional insert (only if the head is still
-the expected seq) and the ``NOTIFY`` that wakes followers, all or none.
+the expected seq) and the ``NOTIFY`` that wakes followers, all or none. The
+reads every transaction begins with -- the head of the log, the events after
+a seq -- go over the same connection, one statement each: through a pooled
+SQLAlchemy connection each would also cost a ``BEGIN`` and a ``ROLLBACK``
+round trip and SQLAlchemy's own work, which made them most of a web
+worker's time on PostgreSQL (``python -m benchmarks --only web``).
 
 Each commit carries a random 63-bit **commit id**, stored on every row it
 writes. When the connection breaks after a commit was sent and before its
@@ -156,6 +161,13 @@ class PgWriter:
         self._asynchronous = asynchronous
         self._conn: Any = None
         self._sql: dict[int, str] = {}
+        self._head_sql = (
+            f"SELECT coalesce((SELECT max(seq) FROM {events_table}), (SELECT max(seq) FROM {snapshots_table}), 0)"
+        )
+        self._read_sql = (
+            f"SELECT seq, tx, ts, kind, target, payload, checksum FROM {events_table} "
+            "WHERE seq > %s ORDER BY seq LIMIT %s"
+        )
 
     def connection(self) -> Any:
         """The writer's connection (made now if there is none)."""
@@ -193,6 +205,32 @@ class PgWriter:
             return self._append_chunked(conn, rows, expected_head, commit_id)
         except psycopg.errors.UniqueViolation:
             return False
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one reading statement (autocommit: no transaction around it).
+
+        Raises:
+            psycopg.Error: the database failed; a connection that broke is
+                dropped first (the next statement makes a new one).
+        """
+        import psycopg
+
+        try:
+            return self.connection().execute(sql, params).fetchall()  # type: ignore[no-any-return]
+        except psycopg.Error as err:
+            if lost(err, psycopg.OperationalError):
+                self.close()
+            raise
+
+    def head(self) -> int:
+        """The seq of the last event (or of the newest snapshot, every event compacted away; 0 if none)."""
+        return int(self.query(self._head_sql)[0][0])
+
+    def fetch(self, after: int, n: int) -> list[EventRow]:
+        """Up to *n* events after seq *after*, in order."""
+        return [
+            EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in self.query(self._read_sql, (after, n))
+        ]
 
     def lookup(self, seq: int) -> Any:
         """The commit id of the event at *seq* (``None``: written by memimg 0.2), or :data:`ABSENT`."""

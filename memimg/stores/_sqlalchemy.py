@@ -325,8 +325,23 @@ class SQLAlchemyStore:
 
     # -- events ---------------------------------------------------------------
 
+    def _on_writer(self, doing: str, read: Callable[[], T], pooled: Callable[[sa.Connection], T]) -> T:
+        """``read()`` on the PostgreSQL writer's connection; if it broke, ``pooled`` on the pool's (it reconnects)."""
+        import psycopg
+
+        with self._lock:
+            try:
+                return read()
+            except psycopg.Error as err:
+                if not lost(err, psycopg.OperationalError):
+                    raise self._error(err, doing) from err
+        return self._run(doing, pooled)
+
     def head(self) -> int:
-        return self._run("reading the head of the log", lambda conn: int(conn.execute(self._head).scalar_one()))
+        doing, pooled = "reading the head of the log", lambda conn: int(conn.execute(self._head).scalar_one())
+        if self._pg_writer is not None:  # one statement: no pooled connection, no transaction (see _postgres)
+            return self._on_writer(doing, self._pg_writer.head, pooled)
+        return self._run(doing, pooled)
 
     def first_seq(self) -> int:
         def first(conn: sa.Connection) -> int:
@@ -442,13 +457,14 @@ class SQLAlchemyStore:
         return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]
 
     def _fetch(self, after: int, n: int) -> list[EventRow]:
-        return self._run(
-            f"reading events after seq {after}",
-            lambda conn: [
-                EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6])
-                for r in conn.execute(self._read, {"after": after, "n": n})
-            ],
-        )
+        def pooled(conn: sa.Connection) -> list[EventRow]:
+            rows = conn.execute(self._read, {"after": after, "n": n})
+            return [EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in rows]
+
+        doing, writer = f"reading events after seq {after}", self._pg_writer
+        if writer is not None:
+            return self._on_writer(doing, lambda: writer.fetch(after, n), pooled)
+        return self._run(doing, pooled)
 
     def changed(self, seen: int) -> bool:
         # Exact (one round trip): a notification may still be on its way.

@@ -42,6 +42,7 @@ from examples.django_bank.bank.domain import Account, Bank  # noqa: E402
 from memimg.contrib.django import _runtime, image, non_transactional, reopen, root  # noqa: E402
 from memimg.contrib.django._config import url_for_database  # noqa: E402
 from memimg.contrib.django.management.commands.memimg import with_default_target  # noqa: E402
+from memimg.stores._sqlite import SQLiteStore  # noqa: E402
 from tests.conftest import POSTGRES_URL  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -359,7 +360,7 @@ def test_image_in_the_project_database(configure: Callable[..., memimg.MemoryIma
     """TARGET 'default' keeps memimg's tables in Django's SQLite file, beside Django's own tables."""
     call_command("migrate", verbosity=0)
     img = configure(TARGET="default")
-    assert img.store.description == f"sqlite:///{project_db}"
+    assert img.store.description == str(project_db)
     client = Client()
     assert post(client, "/accounts/", owner="ada").status_code == 201
     assert post(client, "/accounts/ada/deposit/", amount="3").status_code == 200
@@ -371,9 +372,37 @@ def test_image_in_the_project_database(configure: Callable[..., memimg.MemoryIma
     assert reopen().root.accounts["ada"].balance == Decimal(3)
 
 
+def test_project_sqlite_database_uses_memimgs_sqlite_store(
+    configure: Callable[..., memimg.MemoryImage], project_db: Path
+) -> None:
+    """TARGET 'default' on SQLite opens the file with memimg's SQLite store (WAL), as a path TARGET would.
+
+    Django's own connection to the file then runs in WAL mode too, and its
+    reads and writes go on beside memimg's commits.
+    """
+    from django.contrib.contenttypes.models import ContentType
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+    img = configure(TARGET="default")
+    assert isinstance(img.store, SQLiteStore) and img.store.path == str(project_db)
+    assert _runtime.current_settings().description == f"DATABASES['default'] ({project_db})"
+    connection.close()  # Django's next connection opens the file as it is now
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"
+    img.root.accounts["wal"] = Account("wal")
+    ContentType.objects.get_or_create(app_label="memimg_test", model="wal")
+    assert post(Client(), "/accounts/wal/deposit/", amount="4").status_code == 200
+    assert ContentType.objects.filter(app_label="memimg_test").count() == 1
+    with memimg.open(str(project_db)) as again:
+        assert again.root.accounts["wal"].balance == Decimal(4)
+
+
 def test_prefix_in_the_project_database(configure: Callable[..., memimg.MemoryImage], project_db: Path) -> None:
     """PREFIX names memimg's tables in the project database, so several images can share it."""
     img = configure(TARGET="default", PREFIX="bank_")
+    assert img.store.description == f"sqlite:///{project_db}"  # a prefix is the SQLAlchemy store's
     img.root.accounts["zoe"] = Account("zoe")
     with contextlib.closing(sqlite3.connect(project_db)) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -592,7 +621,7 @@ def test_manage_py_runs_the_memimg_command_line(tmp_path: Path) -> None:
     assert "Usage: manage.py memimg" in result.stdout
     result = _manage(tmp_path, "memimg", "info", db=env_db)
     assert result.returncode == 0, result.stderr
-    assert "django_bank.Bank" in result.stdout and "sqlite:///" in result.stdout
+    assert "django_bank.Bank" in result.stdout and str(env_db) in result.stdout
     result = _manage(tmp_path, "memimg", "nosuch", db=env_db)
     assert result.returncode == 2 and "No such command" in result.stderr
 

@@ -281,6 +281,24 @@ def test_append_after_a_lost_reply_is_not_applied_twice(postgres: Any) -> None:
         assert again.root["items"] == ["once"]
 
 
+def test_catching_up_on_postgres_takes_no_pooled_connection(pg_schema: str) -> None:
+    """On PostgreSQL the reads each transaction begins with -- the head, the events after a seq -- are one
+    statement each on the store's own connection: no pooled connection (and its BEGIN and ROLLBACK).
+    They see another writer's commits at once."""
+    mine = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    other = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    with memimg.open(mine, root=dict) as img, memimg.open(other, root=dict) as elsewhere:
+        checkouts: list[object] = []
+        sa.event.listen(mine.engine, "checkout", lambda *args: checkouts.append(args))
+        elsewhere.root["a"] = 1
+        assert mine.changed(img.seq) and mine.head() == elsewhere.seq
+        with img.transaction():
+            img.root["b"] = img.root["a"] + 1
+        assert [e.seq for e in img.events(since=0)] == list(range(1, img.seq + 1))
+        assert checkouts == []
+        assert elsewhere.refresh() and elsewhere.root == {"a": 1, "b": 2}
+
+
 def _terminate(application_name: str) -> int:
     """End this test's own backends (by their application_name), never anyone else's."""
     engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
