@@ -285,6 +285,16 @@ def test_a_row_naming_an_object_that_does_not_exist_is_named_by_seq(make_image: 
     assert info.value.seq == seq
 
 
+def test_a_row_of_a_kind_this_memimg_does_not_know_is_refused_naming_it(make_image: Images) -> None:
+    """A row of an event kind a newer memimg wrote is refused at open, the error naming its seq and kind."""
+    with make_image(root=dict) as img:
+        img.root["a"] = 1
+    seq = append_event(make_image.store(), "dict.frobnicate", 1, [[]])
+    with pytest.raises(memimg.MemimgError, match="upgrade memimg") as info:
+        make_image(root=dict)
+    assert info.value.seq == seq and info.value.kind == "dict.frobnicate"  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

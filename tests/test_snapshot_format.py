@@ -357,8 +357,9 @@ def test_a_snapshot_in_a_newer_format_is_refused_not_misread(make_image: Images)
     """A snapshot whose header gives a format this memimg does not know is refused, naming the format."""
     _small(make_image)
     edit_snapshot(make_image.store(), lambda payload: payload.replace(b'"format":2', b'"format":3', 1))
-    with pytest.raises(memimg.MemimgError, match="unknown snapshot format 3: written by a newer memimg"):
+    with pytest.raises(memimg.MemimgError, match="unknown snapshot format 3: written by a newer memimg") as info:
         make_image(root=Holder)
+    assert info.value.format == 3  # type: ignore[attr-defined]
 
 
 def test_a_snapshot_holding_an_unknown_value_tag_is_named_by_seq(make_image: Images) -> None:

@@ -424,7 +424,9 @@ class Reader:
             if k is None:
                 raise MemimgError(
                     f"event seq {seq} has kind {kind_name!r}, unknown to this version of memimg: "
-                    "the log was written by a newer memimg; upgrade memimg to open it"
+                    "the log was written by a newer memimg; upgrade memimg to open it",
+                    seq=seq,
+                    kind=kind_name,
                 )
             obj = None
             if target:

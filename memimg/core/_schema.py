@@ -418,7 +418,9 @@ def default_for(info: _types.TypeInfo, field: str, obj: Any) -> Any:
         raise MemimgError(
             f"stored {info.name} has no value for field {field!r}, which has no default: "
             f"give {info.cls.__qualname__}.{field} a default or factory, or write an upgrader "
-            f"(@memimg.upgrader({info.name!r}, from_version=...)) that fills it in"
+            f"(@memimg.upgrader({info.name!r}, from_version=...)) that fills it in",
+            type_name=info.name,
+            field=field,
         )
     default = info.defaults[field]
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]

@@ -83,7 +83,7 @@ def _header(line: bytes, row_seq: int | None) -> tuple[dict[str, Any], Callable[
         )
     fmt = header.get("format")
     if fmt not in (1, 2):
-        raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
+        raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?", format=fmt)
     header_seq = header.get("seq")
     seq = row_seq if row_seq is not None else header_seq if type(header_seq) is int else None
 
@@ -190,7 +190,7 @@ def load_snapshot(reader: Reader, data: dict[str, Any] | bytes) -> None:
         data = {**header, "objects": records}
     fmt = data.get("format")
     if fmt not in (1, 2):
-        raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?")
+        raise MemimgError(f"unknown snapshot format {fmt!r}: written by a newer memimg?", format=fmt)
     reader.declare(data.get("types", {}))
     records = data["objects"]
     try:

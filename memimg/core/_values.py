@@ -304,7 +304,8 @@ class Converter(cattrs.Converter):
         if (version is not None or removed) and not _types.is_value_class(cls):
             raise MemimgError(
                 f"register_value({cls.__qualname__}, version=..., removed=...): only frozen attrs "
-                "classes have a schema; a type with its own hooks evolves through them"
+                "classes have a schema; a type with its own hooks evolves through them",
+                value_type=cls,
             )
         if unstructure is not None:
             self.register_unstructure_hook(cls, unstructure)

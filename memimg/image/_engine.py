@@ -300,7 +300,11 @@ class Engine:
                 session.rollback()
                 if isinstance(err, MemimgError) or not isinstance(err, Exception):
                     raise
-                raise MemimgError(f"writing to {store.description} failed: {err}; nothing was changed") from err
+                raise MemimgError(
+                    f"writing to {store.description} failed: {err}; nothing was changed",
+                    store=store.description,
+                    operation="appending events",
+                ) from err
             break
         self.apply(events, rows, state)
         if auto_snapshot:
@@ -349,7 +353,9 @@ class Engine:
             if isinstance(err, Exception):
                 raise MemimgError(
                     f"applying committed events {rows[0][0]}..{rows[-1][0]} failed ({err!r}); the "
-                    "log is intact but this image is now closed: open it again"
+                    "log is intact but this image is now closed: open it again",
+                    first_seq=rows[0][0],
+                    last_seq=rows[-1][0],
                 ) from err
             raise
         finally:
@@ -369,7 +375,11 @@ class Engine:
                 for row in rows:
                     if row.kind in SNAPSHOT_KINDS or row.kind == "gc.drop":
                         # another process's snapshot: this one lost its lease (or an old memimg's collection)
-                        raise MemimgError(f"another process wrote a {row.kind!r} event (seq {row.seq}) meanwhile")
+                        raise MemimgError(
+                            f"another process wrote a {row.kind!r} event (seq {row.seq}) meanwhile",
+                            seq=row.seq,
+                            kind=row.kind,
+                        )
                 writer.before_rows(rows)
             writer.before_events(events)
         except Exception as err:  # the commit is durable: it is the snapshot that gives way

@@ -127,7 +127,9 @@ def open_image(engine: Host, root: Callable[[], Any] | Any, *, generic_types: bo
                 f"({', '.join(sorted(reader.report.removed_objects or reader.removed_types))}) "
                 "that a read-only image cannot clean out of its collections without the log saying "
                 "so; open it once writable with the same removed_types (or run memimg.migrate), "
-                "which logs the clean-up, then open it read-only"
+                "which logs the clean-up, then open it read-only",
+                store=store.description,
+                type_names=sorted(reader.report.removed_objects or reader.removed_types),
             )
         strip_removed(engine)
     attach_fills(engine)
@@ -284,7 +286,8 @@ def rebase(engine: Host) -> None:
             raise
         raise MemimgError(
             f"reloading {store.description} after the log was compacted failed ({err!r}); "
-            "the image is closed: open it again"
+            "the image is closed: open it again",
+            store=store.description,
         ) from err
     set_identity = table.shell.set_identity
     left = 0

@@ -159,7 +159,9 @@ class Snapshots:
                     if not engine.store.lease(LEASE, self.holder, LEASE_SECONDS):
                         raise MemimgError(
                             f"the snapshot at seq {writer.seq} of {engine.store.description} lost its lease "
-                            f"(it took over {LEASE_SECONDS:g} s between two renewals) and was abandoned"
+                            f"(it took over {LEASE_SECONDS:g} s between two renewals) and was abandoned",
+                            seq=writer.seq,
+                            store=engine.store.description,
                         )
                     renewed = time.monotonic()
                 time.sleep(0)  # let a commit waiting for the lock take it
@@ -234,5 +236,7 @@ class Snapshots:
         if writer.abandoned is not None:
             raise MemimgError(
                 f"the snapshot at seq {writer.seq} of {self.engine.store.description} was abandoned: "
-                f"{writer.abandoned}; nothing was stored; take another with snapshot()"
+                f"{writer.abandoned}; nothing was stored; take another with snapshot()",
+                seq=writer.seq,
+                store=self.engine.store.description,
             ) from writer.abandoned
