@@ -25,6 +25,7 @@ to look up.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -32,7 +33,18 @@ from typing import Any, Final
 from memimg._errors import CommitUnknownError
 from memimg.stores._protocol import EventRow
 
-__all__ = ["ABSENT", "CHUNK", "LOST", "PgWriter", "appending", "lost", "new_commit_id", "settle", "sqlstate"]
+__all__ = [
+    "ABSENT",
+    "CHUNK",
+    "LOST",
+    "PgListener",
+    "PgWriter",
+    "appending",
+    "lost",
+    "new_commit_id",
+    "settle",
+    "sqlstate",
+]
 
 #: Rows per statement: stays under PostgreSQL's 65,535 parameters.
 CHUNK: Final = 8000
@@ -268,3 +280,92 @@ class PgWriter:
                     raise psycopg.Rollback(tx)
                 done += len(chunk)
         return not refused
+
+
+class PgListener:
+    """Waits for ``NOTIFY`` on the log's channel, ``LISTEN``-ing only while it waits.
+
+    The server keeps one queue of notifications for every session, and
+    cannot free any part of it until every session that ``LISTEN``-s has
+    read that part: a listening connection left unread -- an image that
+    waited once and then sat idle -- would let the queue grow with every
+    commit anywhere, until ``NOTIFY``, and with it every commit, fails
+    ("too many notifications in the NOTIFY queue"). So :meth:`wait` sends
+    ``LISTEN``, waits, and sends ``UNLISTEN`` before it returns; the
+    connection is kept (not listening) for the next wait.
+
+    Args:
+        connect: makes a new psycopg connection in autocommit.
+        channel: the ``NOTIFY`` channel of the log.
+    """
+
+    def __init__(self, connect: Callable[[], Any], channel: str) -> None:
+        self._connect = connect
+        self._channel = channel
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def connection(self) -> Any:
+        """The listener's connection (made now if there is none)."""
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def wait(self, changed: Callable[[], bool], timeout: float) -> bool | None:
+        """Whether the log may have changed: ``changed()`` once listening, else a notification within *timeout*.
+
+        ``None``: it could not listen (the server is away, or another thread
+        is waiting on this listener): the caller polls instead. A connection
+        that breaks while waiting is dropped (the next wait makes a new one)
+        and counts as a change, so that the caller looks.
+
+        Raises:
+            ImportError: psycopg is not installed.
+            Exception: whatever ``changed()`` raises.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            try:
+                conn = self.connection()
+                conn.execute(f'LISTEN "{self._channel}"')
+            except ImportError:
+                raise
+            except Exception:
+                self.close()
+                return None
+            try:
+                # listening before looking: a commit after the look is notified
+                return changed() or self._notified(conn, timeout)
+            finally:
+                self._unlisten(conn)
+        finally:
+            self._lock.release()
+
+    def _notified(self, conn: Any, timeout: float) -> bool:
+        try:
+            for _ in conn.notifies(timeout=timeout, stop_after=1):
+                return True
+        except Exception:  # the connection broke: look
+            self.close()
+            return True
+        return False
+
+    def _unlisten(self, conn: Any) -> None:
+        if self._conn is not conn:
+            return
+        try:
+            conn.execute(f'UNLISTEN "{self._channel}"')
+            for _ in conn.notifies(timeout=0):  # those that came before the UNLISTEN: stale from now on
+                pass
+        except Exception:  # a connection that broke listens no more
+            self.close()
+
+    def close(self) -> None:
+        """Drop the connection (a broken one, or at the store's close)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass

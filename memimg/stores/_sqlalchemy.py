@@ -12,8 +12,9 @@ writer expected (``INSERT ... SELECT ... WHERE coalesce(max(seq), 0) = :head``),
 and ``seq`` is the primary key, so of two writers racing for the same seq
 exactly one wins; the other gets :class:`SeqTaken`, catches up and retries.
 
-On PostgreSQL every commit also sends ``NOTIFY`` on the log's channel, so an
-idle follower learns of new commits at once (:meth:`wait_for_change`); other
+On PostgreSQL every commit also sends ``NOTIFY`` on the log's channel, so a
+follower learns of new commits at once (:meth:`wait_for_change`), ``LISTEN``-ing
+only while it waits (:class:`~memimg.stores._postgres.PgListener`); other
 databases are polled. ``sync="normal"`` sets ``synchronous_commit = off`` on
 PostgreSQL (a commit survives the crash of any client process; a crash of the
 database server itself may lose the last fraction of a second of commits,
@@ -62,7 +63,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from memimg._errors import MemimgError, ReadOnlyError, StoreError
-from memimg.stores._postgres import ABSENT, PgWriter, appending, lost, new_commit_id, settle
+from memimg.stores._postgres import ABSENT, PgListener, PgWriter, appending, lost, new_commit_id, settle
 from memimg.stores._protocol import (
     FORMAT_VERSION,
     EventRow,
@@ -144,7 +145,6 @@ class SQLAlchemyStore:
         self._pg = engine.dialect.name == "postgresql"
         self._sqlite = engine.dialect.name == "sqlite"
         self._sync = sync
-        self._notify = notify and self._pg
         self._connect_timeout = connect_timeout
         self._operational = getattr(engine.dialect.loaded_dbapi, "OperationalError", ())
         self._lock = threading.RLock()
@@ -156,7 +156,6 @@ class SQLAlchemyStore:
         digest = hashlib.sha1(f"{schema}.{prefix}".encode()).hexdigest()[:12]
         self.channel = f"memimg_{digest}"
         self._lock_key = int(digest, 16) & 0x7FFFFFFFFFFF
-        self._listener: Any = None
         preparer = engine.dialect.identifier_preparer
         self._events_name = preparer.format_table(self.events)
         self._snapshots_name = preparer.format_table(self.snapshots_table)
@@ -171,8 +170,8 @@ class SQLAlchemyStore:
                 asynchronous=sync == "normal",
             )
         self._connect_and_setup()
-        if self._notify:
-            self._listen()
+        #: LISTENs while a wait for another writer's commit lasts, and only then
+        self._listener = PgListener(self._connect, self.channel) if notify and self._pg else None
 
     # -- setup ----------------------------------------------------------------
 
@@ -272,18 +271,6 @@ class SQLAlchemyStore:
         kwargs.update(self._connect_args)
         kwargs.setdefault("connect_timeout", max(1, int(self._connect_timeout)))
         return psycopg.Connection.connect(autocommit=True, **kwargs)
-
-    def _listen(self) -> None:
-        try:
-            listener = self._connect()
-            listener.execute(f'LISTEN "{self.channel}"')
-        except ImportError:  # no psycopg: poll, from now on
-            self._notify = False
-            self._listener = None
-        except Exception:  # the server is away: poll, and listen again at the next wait
-            self._listener = None
-        else:
-            self._listener = listener
 
     def _dispose(self) -> None:
         if self._own_engine:
@@ -470,34 +457,22 @@ class SQLAlchemyStore:
         # Exact (one round trip): a notification may still be on its way.
         return self.head() != seen
 
-    def _drain_notifies(self, timeout: float) -> bool:
-        got = False
-        try:
-            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                got = True
-            while got:
-                more = False
-                for _ in self._listener.notifies(timeout=0, stop_after=100):
-                    more = True
-                if not more:
-                    break
-        except Exception:  # the connection broke: listen again at the next wait
-            listener, self._listener = self._listener, None
-            try:
-                listener.close()
-            except Exception:
-                pass
-            return True
-        return got
-
     def wait_for_change(self, seen: int, timeout: float) -> bool:
-        """Block until another writer may have appended past *seen*, or *timeout* passes."""
+        """Block until another writer may have appended past *seen*, or *timeout* passes.
+
+        On PostgreSQL the store ``LISTEN``-s only during the wait (see
+        :class:`PgListener`); otherwise, or while it cannot listen, it polls.
+        """
         if self.head() != seen:
             return True
-        if self._notify and self._listener is None:
-            self._listen()
         if self._listener is not None:
-            return self._drain_notifies(timeout) or self.head() != seen
+            try:
+                woke = self._listener.wait(lambda: self.head() != seen, timeout)
+            except ImportError:  # no psycopg: poll, from now on
+                self._listener = None
+            else:
+                if woke is not None:
+                    return woke or self.head() != seen
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
@@ -605,9 +580,5 @@ class SQLAlchemyStore:
             if self._pg_writer is not None:
                 self._pg_writer.close()
         if self._listener is not None:
-            try:
-                self._listener.close()
-            except Exception:
-                pass
-            self._listener = None
+            self._listener.close()
         self._dispose()
