@@ -347,7 +347,7 @@ class SQLAlchemyStore:
             )
         with self._lock:
             if self._pg_writer is not None:
-                inserted = self._append_pg(self._pg_writer, rows, expected_head)
+                inserted = self._append_pg(self._pg_writer, rows, expected_head)  # raises SeqTaken with the rows missed
             else:
                 inserted = self._append_sa(rows, expected_head)
         if not inserted:
@@ -394,7 +394,11 @@ class SQLAlchemyStore:
             raise self._error(err, appending(rows), write=True) from err
 
     def _append_pg(self, writer: PgWriter, rows: Sequence[EventRow], expected_head: int) -> bool:
-        """Append in one round trip; a commit whose reply was lost is settled by its commit id."""
+        """Append in one round trip; a commit whose reply was lost is settled by its commit id.
+
+        Raises:
+            SeqTaken: the head moved, with the events after *expected_head* (read by the same statement).
+        """
         import psycopg
 
         commit_id = new_commit_id()
@@ -403,15 +407,22 @@ class SQLAlchemyStore:
         except psycopg.Error as err:  # nothing was sent
             writer.close()
             raise self._error(err, appending(rows), write=True) from err
+
+        def insert() -> bool:
+            try:
+                writer.append(rows, expected_head, commit_id)
+            except SeqTaken:
+                return False
+            return True
+
         try:
-            return writer.append(rows, expected_head, commit_id)
+            writer.append(rows, expected_head, commit_id)
+            return True
         except psycopg.Error as err:
             if not lost(err, psycopg.OperationalError):
                 raise self._error(err, appending(rows), write=True) from err
             writer.close()
-            return self._settle(
-                rows, commit_id, err, lambda: writer.append(rows, expected_head, commit_id), writer.lookup, writer.close
-            )
+            return self._settle(rows, commit_id, err, insert, writer.lookup, writer.close)
 
     def _settle(
         self,

@@ -456,3 +456,55 @@ def test_an_idle_image_does_not_hold_back_the_notify_queue(pg_schema: str) -> No
             time.sleep(0.1)
         assert usage <= 0.001
         assert idle.refresh() == 50 and idle.root == busy.root
+
+
+def test_a_refused_append_hands_over_the_events_it_missed(pg_schema: str, monkeypatch: Any) -> None:
+    """On PostgreSQL the statement that refuses an append (the head moved) also reads the events after the
+    expected head: SeqTaken carries them, and says whether more were left unread."""
+    from memimg.stores import SeqTaken
+    from memimg.stores import _postgres
+    from tests.stores.contract import row
+
+    store = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    other = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    other.append([row(1), row(2, 1)], 0)
+    other.append([row(3)], 2)
+    with pytest.raises(SeqTaken) as info:
+        store.append([row(1)], 0)
+    assert info.value.missed == list(store.read()) and not info.value.more
+    monkeypatch.setattr(_postgres, "MISSED", 2)
+    with pytest.raises(SeqTaken) as info:
+        store.append([row(2)], 1)
+    assert info.value.missed == list(store.read(after=1)) and not info.value.more
+    with pytest.raises(SeqTaken) as info:
+        store.append([row(1)], 0)
+    assert info.value.missed == list(store.read(limit=2)) and info.value.more
+    store.close()
+    other.close()
+
+
+@pytest.mark.parametrize("missed", [1000, 1])
+def test_a_commit_that_lost_the_race_catches_up_from_the_refused_append(
+    pg_schema: str, monkeypatch: Any, missed: int
+) -> None:
+    """A commit refused because another process took its seq catches up from the events the refusal handed
+    over -- no read of the log of its own -- then commits; events past those handed over (when many were
+    missed) are read after them."""
+    from memimg.stores import _postgres
+
+    monkeypatch.setattr(_postgres, "MISSED", missed)
+    store = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    other = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    with memimg.open(store, root=dict) as img, memimg.open(other, root=dict) as elsewhere:
+        reads: list[int] = []
+        fetch = store._fetch
+        monkeypatch.setattr(store, "_fetch", lambda after, n: reads.append(after) or fetch(after, n))
+        with img.transaction():
+            img.root["mine"] = 1
+            start = img.seq
+            with elsewhere.transaction():  # two events
+                elsewhere.root["theirs"] = 1
+                elsewhere.root["also"] = 2
+        assert img.root == {"mine": 1, "theirs": 1, "also": 2} and img.seq == start + 3
+        assert reads == ([] if missed > 1 else [start + 1])
+        assert elsewhere.refresh() and elsewhere.root == img.root
