@@ -461,8 +461,7 @@ def test_an_idle_image_does_not_hold_back_the_notify_queue(pg_schema: str) -> No
 def test_a_refused_append_hands_over_the_events_it_missed(pg_schema: str, monkeypatch: Any) -> None:
     """On PostgreSQL the statement that refuses an append (the head moved) also reads the events after the
     expected head: SeqTaken carries them, and says whether more were left unread."""
-    from memimg.stores import SeqTaken
-    from memimg.stores import _postgres
+    from memimg.stores import SeqTaken, _postgres
     from tests.stores.contract import row
 
     store = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
