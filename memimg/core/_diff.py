@@ -46,19 +46,31 @@ from memimg.core._table import ObjectTable
 __all__ = ["Diff", "Difference", "compare", "show_value"]
 
 
+def _same_key(value: Any) -> Any:
+    """What a Difference's value is compared by: an entity or collection by type and object id (the objects of
+    two past images of one log are distinct), a list by its items so, other values as they are."""
+    if hasattr(value, "_mi_img"):
+        oid = value._mi_oid
+        return ("@", _type_name(value), id(value) if oid is None else oid)
+    if type(value) is list:
+        return ("[", tuple(map(_same_key, value)))
+    return value
+
+
 @attrs.frozen
 class Difference:
     """One change between two states: the value at *path* was *old* and is *new*.
 
     ``MISSING`` stands where there was, or is, no value (an unset field, an
-    absent key, a set member removed or added).
+    absent key, a set member removed or added). Two Differences are equal when
+    their paths and values are, entities and collections compared by object id.
     """
 
     __module__ = "memimg"
 
     path: str
-    old: Any
-    new: Any
+    old: Any = attrs.field(eq=_same_key)
+    new: Any = attrs.field(eq=_same_key)
 
     def __str__(self) -> str:
         return f"{self.path}: {show_value(self.old)} → {show_value(self.new)}"
