@@ -104,8 +104,8 @@ def _cut(
                 break
     if cut < seq:
         cut, base = _from_snapshot(store, cut)
-        since = "" if base is None else f", and the snapshot at seq {base} that the past states start from"
-        reasons.append(f"kept the events from seq {cut} on: the history asked for{since}")
+        start = "" if base is None else f", and the snapshot at seq {base} that the past states start from"
+        reasons.append(f"kept the events from seq {cut} on: the history asked for{start}")
     meta = store.meta()
     live = live_positions(meta)
     for key in meta:
