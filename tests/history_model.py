@@ -64,7 +64,7 @@ def apply_op(bank: Bank, o: tuple[str, int, int]) -> None:
         acct.entries[0].amount = Decimal(n)
     elif name == "reverse":
         acct.entries.reverse()
-    elif name == "unset":
+    elif name == "unset" and hasattr(acct, "balance"):
         del acct.balance  # an unset field: MISSING in a Difference
 
 

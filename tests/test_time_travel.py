@@ -282,3 +282,18 @@ def test_diff_tells_values_of_other_types_and_nan_apart(make_image: Images) -> N
     a = img.seq
     img.root["n"], img.root["f"], img.root["nan"] = True, 1.0, float("nan")
     assert [(d.path, d.old, d.new) for d in img.diff(a)] == [("root['n']", 1, True), ("root['f']", 1, 1.0)]
+
+
+def test_at_inside_a_transaction_sees_the_committed_state_and_a_closed_image_refuses(make_image: Images) -> None:
+    """at() in an open transaction is the committed state (not the transaction's writes); on a closed image
+    at() and diff() raise ClosedError."""
+    img, marks = _bank(make_image)
+    with img.transaction():
+        img.root.accounts["ada"].balance = Decimal(99)
+        with img.at() as past:
+            assert past.seq == marks["tx"] and past.root.accounts["ada"].balance == 3
+    img.close()
+    with pytest.raises(memimg.ClosedError):
+        img.at(1)
+    with pytest.raises(memimg.ClosedError):
+        img.diff(1)
