@@ -8,10 +8,10 @@ Usage::
 
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
 (c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``snapshots`` (g),
-``web`` (h), ``timetravel`` (i); see :mod:`benchmarks.workloads`,
+``web`` (h), ``timetravel`` (i), ``tools`` (j); see :mod:`benchmarks.workloads`,
 :mod:`benchmarks.inmemory`, :mod:`benchmarks.writers`,
-:mod:`benchmarks.snapshots`, :mod:`benchmarks.web` and
-:mod:`benchmarks.timetravel` for what each measures. Progress goes to stderr,
+:mod:`benchmarks.snapshots`, :mod:`benchmarks.web`, :mod:`benchmarks.timetravel`
+and :mod:`benchmarks.tools` for what each measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -39,6 +39,7 @@ from benchmarks.report import render_table
 from benchmarks.snapshots import snapshots
 from benchmarks.systems import load_systems
 from benchmarks.timetravel import timetravel
+from benchmarks.tools import tools
 from benchmarks.web import web
 from benchmarks.workloads import batch, commit, graph, recovery
 from benchmarks.writers import writers
@@ -55,6 +56,7 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "snapshots": snapshots,
     "web": web,
     "timetravel": timetravel,
+    "tools": tools,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}
 
