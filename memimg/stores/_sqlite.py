@@ -51,7 +51,7 @@ from memimg.stores._protocol import (
     lease_entry,
     read_in_chunks,
 )
-from memimg.stores._sqlitewal import Checkpointer, is_busy, pages_written, retry_busy
+from memimg.stores._sqlitewal import Checkpointer, OtherWriters, is_busy, pages_written, retry_busy
 from memimg.stores._sqlitewal import identity as _identity
 
 __all__ = ["SQLiteStore"]
@@ -82,8 +82,6 @@ _READ: Final = (
 )
 _FIRST: Final = "SELECT min(seq) FROM memimg_events"
 _AFTER_SNAPSHOTS: Final = "SELECT coalesce(max(seq), 0) + 1 FROM memimg_snapshots"
-# After an append loses the race for a seq, how many of the next ones first look for others' commits.
-_WATCH_APPENDS: Final = 1000
 _APPEND: Final = "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 # What to do about a failure, by SQLite's primary result code.
@@ -184,9 +182,7 @@ class SQLiteStore:
         self._quiet_ctime = self._quiet_ino = -1
         self._db_id = self._wal_id = None
         self._checkpointer: Checkpointer | None = None
-        # appends left to look for other writers' commits before (see _overtaken), and what was seen last
-        self._watch = 0
-        self._append_version: int | None = None
+        self._others = OtherWriters()
         if not readonly:
             self._db_id = _identity(self.path)
             self._wal_id = _identity(self.path + "-wal")
@@ -392,17 +388,17 @@ class SQLiteStore:
         conn, timeout = self._conn, self._busy_timeout
         with self._lock:
             try:
-                if self._watch and self._overtaken():
+                if self._others.watching and self._others.committed(conn, timeout):
                     raise SeqTaken(expected_head)
                 if len(rows) == 1:
                     if retry_busy(timeout, conn.execute, _APPEND_FIRST, first).rowcount != 1:
-                        raise self._lost(expected_head)
+                        raise self._others.lost(conn, expected_head)
                     pages = pages_written(len(first[5]), 1)
                 else:
                     retry_busy(timeout, conn.execute, "BEGIN IMMEDIATE")
                     try:
                         if conn.execute(_APPEND_FIRST, first).rowcount != 1:
-                            raise self._lost(expected_head)
+                            raise self._others.lost(conn, expected_head)
                         conn.executemany(_APPEND, rows[1:])
                         conn.execute("COMMIT")
                     except BaseException:
@@ -412,7 +408,7 @@ class SQLiteStore:
                     pages = pages_written(sum(len(r[5]) for r in rows), len(rows))
             except sqlite3.IntegrityError as err:
                 if err.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
-                    raise self._lost(expected_head) from None
+                    raise self._others.lost(conn, expected_head) from None
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
@@ -425,31 +421,6 @@ class SQLiteStore:
                 self._check_files(f"appending events {rows[0][0]}..{rows[-1][0]}", rows[-1][0])
             if self._checkpointer is not None:
                 self._checkpointer.wrote(pages)
-
-    def _lost(self, expected_head: int) -> SeqTaken:
-        """Another writer appended first: watch for that before the next appends (see :meth:`_overtaken`)."""
-        self._watch = _WATCH_APPENDS
-        try:
-            self._append_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        except sqlite3.Error:
-            self._append_version = None
-        return SeqTaken(expected_head)
-
-    def _overtaken(self) -> bool:
-        """Whether another connection committed since the last look (``PRAGMA data_version``, ~2 µs).
-
-        Looked at before each of the appends that follow one that lost the
-        race for a seq: a writer behind the head learns it from this read
-        instead of from an attempt under the write lock, which the other
-        writers would queue behind. May answer ``True`` spuriously (another
-        connection wrote something else); the append's own check decides.
-        """
-        self._watch -= 1
-        version = retry_busy(self._busy_timeout, self._conn.execute, "PRAGMA data_version").fetchone()[0]
-        if version == self._append_version:
-            return False
-        self._append_version = version
-        return True
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]

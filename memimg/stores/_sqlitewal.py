@@ -30,7 +30,9 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-__all__ = ["CHECKPOINT_PAGES", "Checkpointer", "identity", "is_busy", "retry_busy"]
+from memimg.stores._protocol import SeqTaken
+
+__all__ = ["CHECKPOINT_PAGES", "Checkpointer", "OtherWriters", "identity", "is_busy", "pages_written", "retry_busy"]
 
 log = logging.getLogger("memimg")
 
@@ -41,6 +43,8 @@ FIRST_WAIT: Final = 50e-6
 MAX_WAIT: Final = 2e-3
 #: WAL pages the store's commits write between checkpoints (SQLite's own default threshold).
 CHECKPOINT_PAGES: Final = 1000
+#: After an append loses the race for a seq, how many of the next ones first look for others' commits.
+WATCH_APPENDS: Final = 1000
 _PAGE: Final = 4096
 
 
@@ -82,6 +86,44 @@ def retry_busy(timeout: float, fn: Callable[..., _T], *args: object) -> _T:
             if not is_busy(err) or time.monotonic() >= deadline:
                 raise
         wait = min(wait * 2, MAX_WAIT, max(deadline - time.monotonic(), 0.0))
+
+
+class OtherWriters:
+    """Whether other connections committed since an append last looked, once they have been seen to.
+
+    An append that loses the race for a seq (another writer appended
+    first) has queued for the write lock for nothing, and made the other
+    writers queue behind it. After one has, the next
+    :data:`WATCH_APPENDS` appends first read ``PRAGMA data_version`` (~2 µs,
+    no lock): a writer behind the head learns it there, catches up and
+    tries again. A store that writes alone never pays for the look.
+    """
+
+    __slots__ = ("_seen", "watching")
+
+    def __init__(self) -> None:
+        #: appends left that look first
+        self.watching = 0
+        self._seen: int | None = None
+
+    def lost(self, conn: sqlite3.Connection, expected_head: int) -> SeqTaken:
+        """The :class:`SeqTaken` for an append that lost the race; the appends after it look first."""
+        self.watching = WATCH_APPENDS
+        try:
+            self._seen = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            self._seen = None
+        return SeqTaken(expected_head)
+
+    def committed(self, conn: sqlite3.Connection, timeout: float) -> bool:
+        """Whether another connection committed since the last look (spuriously ``True`` if it wrote
+        something else than events: the append's own check decides)."""
+        self.watching -= 1
+        version = retry_busy(timeout, conn.execute, "PRAGMA data_version").fetchone()[0]
+        if version == self._seen:
+            return False
+        self._seen = version
+        return True
 
 
 def pages_written(payload_bytes: int, rows: int) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import memimg
-from memimg.stores import SQLiteStore, SeqTaken, _sqlitewal
+from memimg.stores import SeqTaken, SQLiteStore, _sqlitewal
 from tests.stores.contract import row
 
 
