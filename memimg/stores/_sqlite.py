@@ -3,7 +3,9 @@
 Write-ahead logging (WAL) lets readers run while one writer appends.
 ``sync="normal"`` (``PRAGMA synchronous=NORMAL``) makes every commit survive
 a crash of the process; ``sync="full"`` also survives an OS crash or power
-loss, at the price of an fsync per commit.
+loss, at the price of an fsync per commit. The store waits for another
+connection's write lock in short steps and checkpoints the WAL from a thread
+of its own, off the commit path (:mod:`memimg.stores._sqlitewal`).
 
 The append rule is enforced by SQLite itself: an event row is inserted only
 if the table's newest seq is the one the writer expected
