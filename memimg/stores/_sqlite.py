@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -193,6 +194,7 @@ class SQLiteStore:
                 raise MemimgError(f"{self.path!r} disappeared while it was being opened; nothing was written")
             self._check_files("opening", None)
             self._checkpointer = Checkpointer(self.path, self._db_id)
+            weakref.finalize(self, self._checkpointer.stop, 0)  # a store dropped unclosed ends its thread too
 
     def _check_file(self) -> None:
         try:
