@@ -78,6 +78,7 @@ def test_diff_between_two_seqs_or_times(bank_db: tuple[str, dict[str, int]]) -> 
     assert run("diff", path, *times).output == r.output
     data = json.loads(run("diff", path, str(marks["opened"]), str(marks["bob"]), "--json").output)
     assert (data["a"], data["b"]) == (marks["opened"], marks["bob"])
+    assert (data["a_time"], data["b_time"]) == tuple(dt.datetime.fromisoformat(t).isoformat() for t in times)
     assert data["differences"] == [
         {"path": "root.accounts['bob']", "new": {"$type": "tests.models.Account", "$id": 6}},
         {"path": "root.accounts['ada'].balance", "old": "0", "new": "5"},
@@ -95,6 +96,9 @@ def test_diff_between_two_seqs_or_times(bank_db: tuple[str, dict[str, int]]) -> 
         (["diff", "{path}", "1", "2999-01-01T00:00Z"], "in the future"),
         (["diff", "{path}", "2000-01-01T00:00+00:00"], "before the first commit"),
         (["diff", "{path}", "99"], "past the head"),
+        (["diff", "{path}", "--", "--5"], "'--5' is neither a seq nor an ISO time"),
+        (["diff", "{path}", "--", "-5"], "seq -5 is negative: seqs count events from 1"),
+        (["show", "{path}", "--at", "\u0663"], "neither a seq nor an ISO time"),  # an Arabic-Indic 3
     ],
 )
 def test_bad_points_in_time_are_one_clear_line(
@@ -107,6 +111,7 @@ def test_bad_points_in_time_are_one_clear_line(
         before = f.read()
     r = CliRunner().invoke(cli, [a.format(path=path) for a in args])
     assert r.exit_code == 1 and words in r.output and r.output.startswith("memimg: error:"), r.output
+    assert "img.at" not in r.output
     with open(path, "rb") as f:
         assert f.read() == before
 

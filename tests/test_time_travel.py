@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memimg
+from memimg.image import _past
 from tests.conftest import Images
 from tests.history_model import apply_diff, program, project, run
 from tests.models import Account, Bank, Entry
@@ -160,10 +161,18 @@ def test_at_a_time_is_the_last_commit_at_or_before_it(make_image: Images) -> Non
         ((), TypeError, "not both"),
     ],
 )
-def test_bad_seqs_are_refused_naming_the_problem(make_image: Images, args: Any, error: type, words: str) -> None:
-    """A seq of 0, past the head, negative, not an int, or with a time too: a clear error; nothing is written."""
+def test_bad_seqs_are_refused_naming_the_problem(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch, args: Any, error: type, words: str
+) -> None:
+    """A seq of 0, past the head, negative, not an int, or with a time too: a clear error; nothing is written,
+    and diff() checks both seqs before it reads either state."""
     img, _ = _bank(make_image)
     before = (img.store.head(), img.store.meta())
+
+    def no_open(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a past state was read before both seqs were checked")
+
+    monkeypatch.setattr(_past, "PastStore", no_open)
     if not args:
         with pytest.raises(error, match=words):
             img.at(1, time=dt.datetime.now(dt.UTC))
@@ -183,7 +192,7 @@ def test_bad_seqs_are_refused_naming_the_problem(make_image: Images, args: Any, 
         (dt.datetime(2020, 1, 1), ValueError, "naive"),
         (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1), memimg.HistoryError, "in the future"),
         (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), memimg.HistoryError, "before the first commit"),
-        ("2020-01-01", TypeError, "takes a datetime"),
+        ("2020-01-01", TypeError, "must be a datetime"),
     ],
 )
 def test_bad_times_are_refused_naming_the_problem(make_image: Images, when: Any, error: type, words: str) -> None:
