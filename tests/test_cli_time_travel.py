@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import memimg
 from memimg.cli import cli
+from tests.history_model import project
 from tests.models import Account, Bank
 
 
@@ -170,3 +171,35 @@ def test_compact_keeps_the_snapshot_the_history_asked_for_starts_from(tmp_path: 
         with pytest.raises(memimg.HistoryError, match=f"oldest available seq is {base}"):
             img.at(base - 1)
     assert "oldest available seq is" in CliRunner().invoke(cli, ["show", path, "--at", "2"]).output
+
+
+def test_compact_writes_the_snapshot_kept_history_starts_from_when_there_is_none(tmp_path: Any) -> None:
+    """compact --keep-events on a log without an older snapshot writes one at the first seq kept minus one
+    (the state then, with the objects later events name though unreachable then): every kept seq is the state
+    seen live, the log reopens and verifies."""
+    path = str(tmp_path / "img.db")
+    seen = {}
+    with memimg.open(path, root=Bank, snapshot_every=None) as img:
+        accounts = img.root.accounts
+        accounts["ada"], accounts["bob"] = Account("ada"), Account("bob")
+        bob = accounts.pop("bob")  # unreachable from here on, until linked again after the cut
+        for _ in range(10):
+            accounts["ada"].balance += 1
+            seen[img.seq] = project(img.root)
+        bob.balance += 7
+        seen[img.seq] = project(img.root)
+        accounts["bob"] = bob
+        seen[img.seq] = project(img.root)
+        head = img.seq
+    r = run("compact", path, "--keep-events", "6")
+    cut = head - 6 + 2  # the events the new snapshot covers: head + 1 (its own) - 6 + 1
+    assert r.exit_code == 0 and f"a snapshot written at seq {cut - 1}" in r.output, r.output
+    with memimg.open(path, root=Bank) as img:
+        assert img.store.first_seq() == cut and cut - 1 in [s.seq for s in img.store.snapshots()]
+        for seq in range(cut - 1, head + 1):
+            with img.at(seq) as past:
+                assert project(past.root) == seen[seq], seq
+        with pytest.raises(memimg.HistoryError, match=f"oldest available seq is {cut - 1}"):
+            img.at(cut - 2)
+        assert project(img.root) == seen[head]
+    assert run("verify", path).exit_code == 0

@@ -306,3 +306,15 @@ def test_at_inside_a_transaction_sees_the_committed_state_and_a_closed_image_ref
         img.at(1)
     with pytest.raises(memimg.ClosedError):
         img.diff(1)
+
+
+def test_a_seq_whose_events_are_kept_without_a_snapshot_before_says_so(make_image: Images) -> None:
+    """Events kept with no snapshot at or before them (a log compacted by hand, or by an older memimg): the
+    error says the events are kept but nothing to start from is, and names the oldest available seq."""
+    img, marks = _bank(make_image)
+    store = make_image.store()
+    store.delete_events_before(marks["deposit"])
+    store.delete_snapshots_before(marks["deposit"])
+    with pytest.raises(memimg.HistoryError, match="its events are kept .* but no snapshot at or before it") as info:
+        img.at(marks["deposit"])
+    assert info.value.oldest == marks["snapshot"] and "dropped" not in str(info.value)

@@ -4,6 +4,7 @@ that compare equal but are stored differently (``img.at``, ``img.diff``)."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 import memimg
 from memimg import persistent
 from memimg.core import _schema, _types
+from memimg.core._rows import ts_to_datetime
+from memimg.image import _engine
 from tests.conftest import Images
 from tests.models import Box, Color, Money, Node, Point
 from tests.versions import Versions
@@ -212,3 +215,29 @@ def test_a_past_state_older_than_the_upgraders_kept_is_read_with_on_schema_drift
         with img.at(2, on_schema_drift="drop") as past:
             assert past.root.n == 5
         assert not img.diff(2, on_schema_drift="drop")
+
+
+# -- commit times ---------------------------------------------------------------------------
+
+
+def test_commit_times_never_go_back_with_seq_whatever_the_clocks(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit is stamped no earlier than the newest event its image read or wrote: a clock stepped back, an
+    image opened on a clock behind, one catching up with a writer ahead -- times still grow with seq, so
+    at(time=t) is the state after the last commit at or before t."""
+    base = time.time_ns() // 1000 - 60_000_000
+    clock = [base]
+    monkeypatch.setattr(_engine, "now_us", lambda: clock[0])
+    a = make_image(root=Box)
+    for t, img, field in ((3000, a, "content"), (1000, a, "content"), (500, None, "other"), (5000, a, "content")):
+        clock[0] = base + t
+        if img is None:
+            img = b = make_image(root=Box)  # opened on a clock behind the log
+        setattr(img.root, field, t)
+    clock[0] = base + 600
+    b.root.other = 600  # behind a's last commit, which it catches up with first
+    stamps = [e.ts for e in a.events()]
+    assert stamps == sorted(stamps) and stamps[-1] == ts_to_datetime(base + 5000)
+    with a.at(time=ts_to_datetime(base + 4000)) as past:
+        assert (past.root.content, past.root.other) == (1000, 500)

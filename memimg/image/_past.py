@@ -142,6 +142,13 @@ def check_seq(store: Store, seq: Any, *, asked: dt.datetime | None = None) -> in
             **facts,
         )
     if seq < oldest and not any(info.seq == seq for info in store.snapshots()):
+        if seq >= store.first_seq():
+            raise HistoryError(
+                f"the state at seq {seq} of {store.description} cannot be rebuilt: its events are kept (from seq "
+                f"{store.first_seq()} on) but no snapshot at or before it is, to start from; the oldest available "
+                f"seq is {oldest}",
+                **facts,
+            )
         raise HistoryError(
             f"the state at seq {seq} of {store.description} is no longer kept: a compaction dropped the events "
             f"before seq {store.first_seq()}; the oldest available seq is {oldest} (keep history with "

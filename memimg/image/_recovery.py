@@ -67,6 +67,7 @@ class Host(Protocol):
     filling: bool
     seq: int
     snapshot_seq: int
+    last_ts: int
     closed: bool
     progress: Callable[[str, int, int], None] | None
     on_schema_drift: str
@@ -164,6 +165,7 @@ def recover(engine: Host, reuse: list[Any] | None = None) -> None:
         first, newest = store.first_seq(), _newest(store)
         try:
             _recover_once(engine, reuse)
+            engine.last_ts = _ts_at(store, engine.seq)
             return
         except (CorruptLogError, KeyError) as err:
             compacted = isinstance(err, KeyError) or (store.first_seq(), _newest(store)) != (first, newest)
@@ -186,6 +188,13 @@ def recover(engine: Host, reuse: list[Any] | None = None) -> None:
 
 
 _ATTEMPTS: Final = 3
+
+
+def _ts_at(store: Store, seq: int) -> int:
+    """The commit time of event *seq* (0 if it is not kept): what this image's next commit is stamped at least."""
+    for row in store.read(after=seq - 1, limit=1) if seq else ():
+        return int(row[2])
+    return 0
 
 
 def _newest(store: Store) -> int:
