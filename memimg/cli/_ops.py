@@ -141,8 +141,8 @@ def _cut(
 
 def _from_snapshot(store: Store, cut: int) -> tuple[int, int | None]:
     """The first seq to keep so that the states from *cut* on can be rebuilt (``img.at``), and the snapshot
-    they start from: the newest at or before *cut*, kept with the events after it. Without one, *cut* (the
-    events kept then serve the log and history only: the past states start at the new snapshot)."""
+    they start from: the newest at or before *cut*, kept with the events after it. Without one, *cut* and
+    ``None`` (:func:`_write_base` writes one)."""
     base = max((info.seq for info in store.snapshots() if store.first_seq() - 1 <= info.seq <= cut), default=None)
     if base is None:
         return cut, None

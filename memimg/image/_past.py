@@ -15,8 +15,11 @@ Which states the log can give (:func:`check_seq`): every seq from 1 to the
 head while the log is whole; after a compaction, those from the oldest
 snapshot whose following events are all kept (or the seq of any kept
 snapshot exactly). A time is turned into the seq of the last commit at or
-before it (:func:`seq_at_time`) by a binary search on the commit times,
-which the log keeps in seq order (each commit's wall-clock time).
+before it (:func:`seq_at_time`) by a binary search on the commit times:
+each commit is stamped with its process's wall clock, but never before the
+newest event its image read or wrote, so the times never decrease with seq.
+On a log written before that, where they may, the search still gives a
+commit boundary, and one that never moves back as the time moves on.
 """
 
 from __future__ import annotations
