@@ -165,7 +165,8 @@ def recover(engine: Host, reuse: list[Any] | None = None) -> None:
         first, newest = store.first_seq(), _newest(store)
         try:
             _recover_once(engine, reuse)
-            engine.last_ts = _ts_at(store, engine.seq)
+            if not engine.readonly:  # what its next commit is stamped at least (a reader commits nothing)
+                engine.last_ts = _ts_at(store, engine.seq)
             return
         except (CorruptLogError, KeyError) as err:
             compacted = isinstance(err, KeyError) or (store.first_seq(), _newest(store)) != (first, newest)
@@ -191,7 +192,7 @@ _ATTEMPTS: Final = 3
 
 
 def _ts_at(store: Store, seq: int) -> int:
-    """The commit time of event *seq* (0 if it is not kept): what this image's next commit is stamped at least."""
+    """The commit time of event *seq* (0 if it is not kept)."""
     for row in store.read(after=seq - 1, limit=1) if seq else ():
         return int(row[2])
     return 0
