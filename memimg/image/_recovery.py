@@ -70,7 +70,13 @@ class Host(Protocol):
     busy: str | None
 
     def commit(
-        self, events: list[Pending], state: Any = None, *, replan: bool = False, auto_snapshot: bool = True
+        self,
+        events: list[Pending],
+        state: Any = None,
+        *,
+        replan: bool = False,
+        auto_snapshot: bool = True,
+        meta: dict[str, Any] | None = None,
     ) -> bool: ...
 
     def check_writable(self) -> None: ...

@@ -17,6 +17,7 @@ iterators are read into lists before the first plan).
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -36,9 +37,11 @@ __all__ = ["AutoWriter", "WriterHost"]
 
 
 class WriterHost(_recovery.Host, Protocol):
-    """What the auto-committing writer needs of its engine: what upkeep needs, and a snapshot's turn."""
+    """What the auto-committing writer needs of its engine: what upkeep needs, a snapshot's turn, annotations."""
 
     snapshot_turn: threading.Event | None
+    #: the metadata each commit of this thread or task carries (``img.annotate``), or None
+    annotation: contextvars.ContextVar[dict[str, Any] | None]
 
     def give_turn(self) -> None: ...
 
@@ -89,7 +92,7 @@ class AutoWriter:
         with engine.lock:
             self._enter()
             if type(value) in NATIVE and (type(value) is not str or value.isascii()):
-                engine.commit([(_OBJ_SET, obj, (name, value))])
+                engine.commit([(_OBJ_SET, obj, (name, value))], meta=engine.annotation.get())
                 return
             # one pause of the collector for attaching and committing: what they create is
             # traversed by one collection afterwards, not by one after each
@@ -101,7 +104,7 @@ class AutoWriter:
                 finally:
                     engine.busy = None
                 try:
-                    engine.commit([(_OBJ_SET, obj, (name, v))])
+                    engine.commit([(_OBJ_SET, obj, (name, v))], meta=engine.annotation.get())
                 except BaseException:
                     engine.attacher.undo(undo)
                     raise
@@ -116,7 +119,7 @@ class AutoWriter:
             self._enter()
             while True:
                 getter(obj)  # AttributeError when unset (again after catching up), as for any attribute
-                if engine.commit([(_OBJ_DEL, obj, (name,))], replan=True):
+                if engine.commit([(_OBJ_DEL, obj, (name,))], replan=True, meta=engine.annotation.get()):
                     return
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -153,7 +156,7 @@ class AutoWriter:
                     if not pause.on and _sizeable(planned):
                         pause.start()
                     events: list[Pending] = [(KINDS[name], coll, eargs) for name, eargs in planned]
-                    done = engine.commit(events, replan=True)
+                    done = engine.commit(events, replan=True, meta=engine.annotation.get())
                 except BaseException:
                     attacher.undo(undo)
                     raise
