@@ -21,9 +21,18 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, UnsupportedValueError
-from memimg.core._rows import Event, EventRow
+from memimg.core._rows import Event, EventRow, verify_event
 
-__all__ = ["MAX_INT", "MAX_META_BYTES", "META_KIND", "check_meta", "check_size", "meta_of_row", "with_meta"]
+__all__ = [
+    "MAX_INT",
+    "MAX_META_BYTES",
+    "META_KIND",
+    "check_meta",
+    "check_size",
+    "meta_of_row",
+    "read_events",
+    "with_meta",
+]
 
 #: The kind of the row holding a transaction's metadata.
 META_KIND: Final = "tx.meta"
@@ -138,3 +147,25 @@ def with_meta(rows: Iterable[EventRow], first: Callable[[int], EventRow | None])
             head = r if r.seq == tx else first(tx)
             meta = meta_of_row(head) if head is not None and head.kind == META_KIND and head.seq == tx else {}
         yield Event.from_row(r, meta)
+
+
+def _checked(rows: Iterable[Any]) -> Iterator[EventRow]:
+    for raw in rows:
+        row = EventRow(*raw)
+        verify_event(row)
+        yield row
+
+
+def read_events(read: Callable[..., Iterable[Any]], after: int = 0) -> Iterator[Event]:
+    """The events with ``seq > after`` that *read* (a store's ``read``) gives, checked, each with its metadata.
+
+    Raises:
+        CorruptLogError: a row fails its checksum, or a ``tx.meta`` row holds no metadata object.
+    """
+
+    def first(tx: int) -> EventRow | None:
+        for row in _checked(read(after=tx - 1, limit=1)):
+            return row if row.seq == tx else None
+        return None
+
+    return with_meta(_checked(read(after=after)), first)

@@ -188,7 +188,8 @@ class Event:
     @classmethod
     def from_row(cls, row: EventRow, meta: dict[str, Any] | None = None) -> Event:
         """The event a verified row holds (*meta*: its transaction's metadata)."""
-        return cls(row.seq, row.tx, ts_to_datetime(row.ts), row.kind, row.target, row.payload, {} if meta is None else meta)
+        ts = ts_to_datetime(row.ts)
+        return cls(row.seq, row.tx, ts, row.kind, row.target, row.payload, {} if meta is None else meta)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready description (for ``memimg log --json``)."""

@@ -1,11 +1,12 @@
 """``img.annotate(**meta)``: metadata every commit of this thread or task carries while the block runs.
 
 The annotations in effect are one context variable of the engine (a dict,
-or None), so they belong to the thread or asyncio task that entered them
-(a task started inside the block inherits them, as it inherits every
-context variable). A commit made outside a transaction carries them; a
-transaction carries those in effect when it began and those entered while
-it is open, under its own ``meta``. Nested blocks merge, the inner winning.
+or None), so they belong to the thread or asyncio task that entered them:
+an asyncio task started inside the block inherits them, as it inherits
+every context variable; a new thread does not. A commit made outside a
+transaction carries them; a transaction carries those in effect when it
+began and those entered while it is open, under its own ``meta``. Nested
+blocks merge, the inner winning.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from memimg._errors import ClosedError
-from memimg.core._meta import check_meta, with_meta
-from memimg.core._rows import Event, EventRow, verify_event
+from memimg.core._meta import check_meta, read_events
+from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
@@ -154,9 +154,10 @@ class MemoryImage:
         Commits outside transactions carry it, and transactions begun inside
         it or open when it is entered (under their own ``meta``); so do
         commits retried after a conflict. Nested blocks merge, the inner
-        winning; a task or thread started inside the block inherits it as it
-        inherits context variables. Values as for :meth:`transaction`'s
-        ``meta``. The Flask and Django integrations annotate each request.
+        winning. An asyncio task started inside the block inherits it (as it
+        inherits every context variable); a new thread does not. Values as
+        for :meth:`transaction`'s ``meta``. The Flask and Django integrations
+        annotate each request.
 
         Raises:
             UnsupportedValueError: a value is not a JSON scalar, or the merged metadata is
@@ -243,7 +244,7 @@ class MemoryImage:
         """
         engine = self._engine
         engine.check_open()
-        return with_meta(_verified(engine.store.read(after=since)), lambda tx: _row_at(engine.store, tx))
+        return read_events(engine.store.read, since)
 
     # -- closing ----------------------------------------------------------------
 
@@ -279,17 +280,3 @@ class MemoryImage:
         engine = self._engine
         state = "closed" if engine.closed else f"seq {engine.seq}"
         return f"<memimg.MemoryImage {engine.store.description} {state}>"
-
-
-def _verified(rows: Iterable[Any]) -> Iterator[EventRow]:
-    for row in rows:
-        r = EventRow(*row)
-        verify_event(r)
-        yield r
-
-
-def _row_at(store: Store, seq: int) -> EventRow | None:
-    """The event row at *seq* (checked), or None if it is no longer stored."""
-    for r in _verified(store.read(after=seq - 1, limit=1)):
-        return r if r.seq == seq else None
-    return None
