@@ -277,6 +277,21 @@ def test_a_transaction_rerun_after_a_conflict_carries_its_meta(make_image: Image
     assert len(_meta_rows(img)) == 1
 
 
+def test_an_async_transaction_function_carries_its_meta(make_image: Images) -> None:
+    """@transaction(meta=...) on an async function commits with the meta."""
+    img = make_image(root=Box)
+
+    @img.transaction(meta={"job": "nightly"}, retries=2)
+    async def job() -> None:
+        img.root.content = 1
+        await asyncio.sleep(0)
+        img.root.other = 2
+
+    asyncio.run(job())
+    last = _last_tx(img)
+    assert [e.kind for e in last] == ["tx.meta", "obj.set", "obj.set"] and last[0].meta == {"job": "nightly"}
+
+
 def test_a_commit_retried_after_another_writer_keeps_its_meta_first(make_image: Images) -> None:
     """A commit that finds another image's commit at its seq catches up and is written again after it (a
     field set as it is, a collection call planned again, a transaction validated again), its meta row still
@@ -433,6 +448,22 @@ def test_snapshots_and_compaction_keep_working_with_meta(make_image: Images) -> 
     assert third.root.name == "after" and _last_tx(third)[0].meta == {"user": "carol"}
 
 
+def test_background_snapshots_run_between_annotated_commits(make_image: Images) -> None:
+    """Automatic snapshots written while annotated commits go on store the same state the log gives."""
+    img = make_image(root=Box, snapshot_every=7)
+    img.root.content = []
+    for i in range(60):
+        with img.annotate(user=f"u{i % 3}"):
+            img.root.content.append(i)
+            if i % 5 == 0:
+                with img.transaction(meta={"i": i}):
+                    img.root.other = i
+    img.close()
+    again = make_image(root=Box)
+    assert again.store.snapshots() and list(again.root.content) == list(range(60)) and again.root.other == 55
+    assert memimg.replay(again.events()).content == list(range(60))
+
+
 def test_events_reads_meta_from_a_running_transaction_start_even_if_the_start_is_compacted(
     make_image: Images,
 ) -> None:
@@ -458,17 +489,25 @@ def test_memimg_log_shows_each_transactions_meta(tmp_path: Any) -> None:
     img.root.content = 0
     with img.annotate(user="ada", request="r-42"):
         img.root.content = 1
+        img.snapshot()  # verify compares it with the log's state at its seq
+        img.root.other = 2
     img.close()
     runner = CliRunner()
     text = runner.invoke(cli, ["log", path])
     assert text.exit_code == 0, text.output
     assert 'tx.meta      #0      [{"user": "ada", "request": "r-42"}]' in text.output
     filtered = runner.invoke(cli, ["log", path, "--kind", "obj.set"]).output.splitlines()
-    assert 'meta {"user": "ada", "request": "r-42"}' in filtered[-1]
-    assert "meta" not in filtered[-2]
+    assert ['meta {"user": "ada", "request": "r-42"}' in line for line in filtered[-3:]] == [False, True, True]
     lines = [json.loads(line) for line in runner.invoke(cli, ["log", path, "--json"]).output.splitlines()]
     meta = {"user": "ada", "request": "r-42"}
-    assert [line.get("meta") for line in lines[-3:]] == [None, meta, meta]
+    assert [(line["kind"], line.get("meta")) for line in lines[-6:]] == [
+        ("obj.set", None),
+        ("tx.meta", meta),
+        ("obj.set", meta),
+        ("snapshot", None),
+        ("tx.meta", meta),
+        ("obj.set", meta),
+    ]
     assert runner.invoke(cli, ["verify", path]).exit_code == 0
     shown = runner.invoke(cli, ["show", path])
     assert shown.exit_code == 0 and "content" in shown.output
