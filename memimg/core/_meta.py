@@ -21,6 +21,7 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, UnsupportedValueError
+from memimg.core._kinds import KINDS, Kind
 from memimg.core._rows import Event, EventRow, verify_event
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "META_KIND",
     "check_meta",
     "check_size",
+    "meta_event",
     "meta_of_row",
     "read_events",
     "with_meta",
@@ -42,6 +44,7 @@ MAX_META_BYTES: Final = 4096
 MAX_INT: Final = 2**53 - 1
 
 _SCALARS: Final = (str, int, float, bool, type(None))
+_TX_META: Final = KINDS[META_KIND]
 
 
 def _refuse(where: str, value: Any, problem: str) -> UnsupportedValueError:
@@ -112,6 +115,11 @@ def check_size(meta: dict[str, Any], *, what: str = "meta") -> bytes:
             "keep identifiers and short reasons there, and larger data in the image",
         )
     return data
+
+
+def meta_event(meta: dict[str, Any]) -> tuple[Kind, None, tuple[dict[str, Any]]]:
+    """The pending ``tx.meta`` event of checked *meta*: first in its commit, target none (0 in the row)."""
+    return (_TX_META, None, (meta,))
 
 
 def meta_of_row(row: EventRow) -> dict[str, Any]:

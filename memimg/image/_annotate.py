@@ -1,7 +1,7 @@
 """``img.annotate(**meta)``: metadata every commit of this thread or task carries while the block runs.
 
-The annotations in effect are one context variable of the engine (a dict,
-or None), so they belong to the thread or asyncio task that entered them:
+The annotations in effect are one context variable of the image (a dict,
+or None; kept by its auto-committing writer), so they belong to the thread or asyncio task that entered them:
 an asyncio task started inside the block inherits them, as it inherits
 every context variable; a new thread does not. A commit made outside a
 transaction carries them; a transaction carries those in effect when it
@@ -21,10 +21,17 @@ from memimg.image._tx import TxState
 __all__ = ["Annotation"]
 
 
+class Annotating(Protocol):
+    """Where an image keeps the annotations in effect: its auto-committing writer."""
+
+    annotation: contextvars.ContextVar[dict[str, Any] | None]
+
+
 class Annotated(Protocol):
     """What an annotation needs of its image's engine."""
 
-    annotation: contextvars.ContextVar[dict[str, Any] | None]
+    @property
+    def writer(self) -> Annotating: ...
 
     def current_tx(self) -> TxState | None: ...
 
@@ -53,7 +60,7 @@ class Annotation:
     def __enter__(self) -> Annotation:
         if self._state != "new":
             raise MemimgError("an img.annotate(...) block is entered once; call img.annotate(...) again")
-        var = self._engine.annotation
+        var = self._engine.writer.annotation
         outer = var.get()
         merged = self._meta
         if outer:
@@ -71,7 +78,7 @@ class Annotation:
     def __exit__(self, *exc: Any) -> None:
         if self._state == "active":
             self._state = "done"
-            self._engine.annotation.set(self._previous)
+            self._engine.writer.annotation.set(self._previous)
 
     def __repr__(self) -> str:
         return f"<memimg annotation {self._meta!r}, {self._state}>"

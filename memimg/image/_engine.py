@@ -42,9 +42,8 @@ from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyEr
 from memimg.core._codec import Codec
 from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
-from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT
-from memimg.core._meta import META_KIND
+from memimg.core._meta import meta_event
 from memimg.core._reader import Pending, Reader
 from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
@@ -65,8 +64,6 @@ from memimg.model import SHELL, _tracking
 from memimg.stores._protocol import SeqTaken, Store
 
 __all__ = ["Engine"]
-
-_TX_META: Final = KINDS[META_KIND]
 
 
 log = logging.getLogger("memimg")
@@ -150,10 +147,6 @@ class Engine:
         self.scopes: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
             f"memimg_scopes_{id(self):x}", default=()
         )
-        #: the metadata of ``img.annotate`` blocks active in this thread or task (None: none)
-        self.annotation: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-            f"memimg_annotation_{id(self):x}", default=None
-        )
         #: what this thread is doing while it holds the lock and runs user code, or None (see _guard)
         self.busy: str | None = None
         self.seq = 0
@@ -208,7 +201,7 @@ class Engine:
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
             self.open_txs.add(state)
-        annotation = self.annotation.get()
+        annotation = self.writer.annotation.get()
         if annotation is not None:
             state.annotated = annotation
         _tracking.tx_opened()
@@ -234,9 +227,11 @@ class Engine:
                         _recovery.attach_fills(self)
                     meta = state.commit_meta()  # refused (too large) before anything is written
                     events = state.pending()
+                    if meta is not None:
+                        events.insert(0, meta_event(meta))
                     self.validate(state, events)
                     try:
-                        self.commit(events, state, meta=meta)
+                        self.commit(events, state)
                     except BaseException:
                         state.discard()
                         raise
@@ -268,27 +263,19 @@ class Engine:
     # -- the commit protocol ----------------------------------------------------
 
     def commit(
-        self,
-        events: list[Pending],
-        state: TxState | None = None,
-        *,
-        replan: bool = False,
-        auto_snapshot: bool = True,
-        meta: dict[str, Any] | None = None,
+        self, events: list[Pending], state: TxState | None = None, *, replan: bool = False, auto_snapshot: bool = True
     ) -> bool:
         """Append *events* and apply them; see the module docstring.
 
         With *replan*, returns ``False`` instead of retrying when another
         writer got there first (the caller plans again on the new state).
-        *meta* (checked already), if any, is written first, as the
-        transaction's ``tx.meta`` event. Must be called with the lock held.
+        Must be called with the lock held. A commit with metadata has its
+        ``tx.meta`` event first (:func:`memimg.core._meta.meta_event`).
 
         A transaction's commit pauses the collector (its records and applied
         events may be many); a mutation outside one does not pay for a pause
         here (~0.7 µs): its caller holds one whenever it attaches objects.
         """
-        if meta:
-            events = [(_TX_META, None, (meta,)), *events]
         if state is None:
             return self._commit_loop(events, state, replan, auto_snapshot)
         with paused_gc():

@@ -70,13 +70,7 @@ class Host(Protocol):
     busy: str | None
 
     def commit(
-        self,
-        events: list[Pending],
-        state: Any = None,
-        *,
-        replan: bool = False,
-        auto_snapshot: bool = True,
-        meta: dict[str, Any] | None = None,
+        self, events: list[Pending], state: Any = None, *, replan: bool = False, auto_snapshot: bool = True
     ) -> bool: ...
 
     def check_writable(self) -> None: ...
