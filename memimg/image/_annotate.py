@@ -12,6 +12,7 @@ blocks merge, the inner winning.
 from __future__ import annotations
 
 import contextvars
+import threading
 from typing import Any, Protocol
 
 from memimg._errors import MemimgError
@@ -25,6 +26,9 @@ class Annotating(Protocol):
     """Where an image keeps the annotations in effect: its auto-committing writer."""
 
     annotation: contextvars.ContextVar[dict[str, Any] | None]
+    #: active annotate blocks, in every thread and task (0: commits need not look)
+    annotating: int
+    annotation_lock: threading.Lock
 
 
 class Annotated(Protocol):
@@ -60,7 +64,8 @@ class Annotation:
     def __enter__(self) -> Annotation:
         if self._state != "new":
             raise MemimgError("an img.annotate(...) block is entered once; call img.annotate(...) again")
-        var = self._engine.writer.annotation
+        writer = self._engine.writer
+        var = writer.annotation
         outer = var.get()
         merged = self._meta
         if outer:
@@ -71,6 +76,8 @@ class Annotation:
             tx.add_meta(self._meta, annotation=True)
         self._previous = outer
         self._state = "active"
+        with writer.annotation_lock:
+            writer.annotating += 1
         # set, not a token reset on exit: a web framework may enter and exit in two copies of one context
         var.set(merged or None)
         return self
@@ -78,7 +85,10 @@ class Annotation:
     def __exit__(self, *exc: Any) -> None:
         if self._state == "active":
             self._state = "done"
-            self._engine.writer.annotation.set(self._previous)
+            writer = self._engine.writer
+            writer.annotation.set(self._previous)
+            with writer.annotation_lock:
+                writer.annotating -= 1
 
     def __repr__(self) -> str:
         return f"<memimg annotation {self._meta!r}, {self._state}>"

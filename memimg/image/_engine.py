@@ -201,7 +201,7 @@ class Engine:
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
             self.open_txs.add(state)
-        annotation = self.writer.annotation.get()
+        annotation = self.writer.annotation.get() if self.writer.annotating else None
         if annotation is not None:
             state.annotated = annotation
         _tracking.tx_opened()

@@ -63,7 +63,7 @@ def _sizeable(planned: Sequence[tuple[str, tuple[Any, ...]]]) -> bool:
 class AutoWriter:
     """Commits each change made outside a transaction (see the module docstring)."""
 
-    __slots__ = ("annotation", "engine", "publishing")
+    __slots__ = ("annotating", "annotation", "annotation_lock", "engine", "publishing")
 
     #: reads outside a transaction record nothing: the hooks read the committed objects themselves
     tracks_reads = False
@@ -79,12 +79,16 @@ class AutoWriter:
         self.annotation: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
             f"memimg_annotation_{id(engine):x}", default=None
         )
+        #: how many annotate blocks are active in any thread or task: while none is, a commit does not
+        #: read the context variable (an image that is never annotated pays a slot read per commit)
+        self.annotating = 0
+        self.annotation_lock = threading.Lock()
 
     # -- writes -----------------------------------------------------------------
 
     def _annotated(self, events: list[Pending]) -> list[Pending]:
         """*events* with the ``tx.meta`` event of the annotations in effect first, if any."""
-        meta = self.annotation.get()
+        meta = self.annotation.get() if self.annotating else None
         return events if meta is None else [meta_event(meta), *events]
 
     def _enter(self) -> None:
@@ -104,7 +108,7 @@ class AutoWriter:
             self._enter()
             if type(value) in NATIVE and (type(value) is not str or value.isascii()):
                 events: list[Pending] = [(_OBJ_SET, obj, (name, value))]
-                if (meta := self.annotation.get()) is not None:
+                if self.annotating and (meta := self.annotation.get()) is not None:
                     events.insert(0, meta_event(meta))
                 engine.commit(events)
                 return
