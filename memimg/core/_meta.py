@@ -28,6 +28,7 @@ __all__ = [
     "MAX_INT",
     "MAX_META_BYTES",
     "META_KIND",
+    "TX_META",
     "check_meta",
     "check_size",
     "meta_event",
@@ -44,7 +45,8 @@ MAX_META_BYTES: Final = 4096
 MAX_INT: Final = 2**53 - 1
 
 _SCALARS: Final = (str, int, float, bool, type(None))
-_TX_META: Final = KINDS[META_KIND]
+#: The ``tx.meta`` kind.
+TX_META: Final = KINDS[META_KIND]
 
 
 def _refuse(where: str, value: Any, problem: str) -> UnsupportedValueError:
@@ -119,7 +121,7 @@ def check_size(meta: dict[str, Any], *, what: str = "meta") -> bytes:
 
 def meta_event(meta: dict[str, Any]) -> tuple[Kind, None, tuple[dict[str, Any]]]:
     """The pending ``tx.meta`` event of checked *meta*: first in its commit, target none (0 in the row)."""
-    return (_TX_META, None, (meta,))
+    return (TX_META, None, (meta,))
 
 
 def meta_of_row(row: EventRow) -> dict[str, Any]:

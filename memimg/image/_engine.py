@@ -43,7 +43,7 @@ from memimg.core._codec import Codec
 from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
 from memimg.core._markers import ABSENT
-from memimg.core._meta import meta_event
+from memimg.core._meta import TX_META, meta_event
 from memimg.core._reader import Pending, Reader
 from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
@@ -338,7 +338,8 @@ class Engine:
             if open_txs and (len(open_txs) > 1 or state not in open_txs):
                 self.conflicts.record(events, rows)
             self.seq = rows[-1][0] if last_seq is None else last_seq
-            if len(events) > 1:
+            # several events are published, all at once; one (after its metadata, which changes nothing) need not be
+            if len(events) > 1 and (len(events) > 2 or events[0][0] is not TX_META):
                 if state is None:  # a single mutation of several events, or another process's commit
                     _tracking.tx_opened()
                     opened = True
