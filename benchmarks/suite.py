@@ -8,9 +8,10 @@ Usage::
 
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
 (c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``snapshots`` (g),
-``web`` (h); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
-:mod:`benchmarks.writers`, :mod:`benchmarks.snapshots` and
-:mod:`benchmarks.web` for what each measures. Progress goes to stderr,
+``web`` (h), ``timetravel`` (i), ``tools`` (j); see :mod:`benchmarks.workloads`,
+:mod:`benchmarks.inmemory`, :mod:`benchmarks.writers`,
+:mod:`benchmarks.snapshots`, :mod:`benchmarks.web`, :mod:`benchmarks.timetravel`
+and :mod:`benchmarks.tools` for what each measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -37,6 +38,8 @@ from benchmarks.inmemory import inmemory
 from benchmarks.report import render_table
 from benchmarks.snapshots import snapshots
 from benchmarks.systems import load_systems
+from benchmarks.timetravel import timetravel
+from benchmarks.tools import tools
 from benchmarks.web import web
 from benchmarks.workloads import batch, commit, graph, recovery
 from benchmarks.writers import writers
@@ -52,6 +55,8 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "writers": writers,
     "snapshots": snapshots,
     "web": web,
+    "timetravel": timetravel,
+    "tools": tools,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}
 

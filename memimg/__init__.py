@@ -12,6 +12,7 @@ from memimg._errors import (
     ConflictError,
     CorruptLogError,
     FileGoneError,
+    HistoryError,
     LockedError,
     MemimgError,
     ReadOnlyError,
@@ -20,6 +21,8 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
+from memimg.core._diff import Diff, Difference
+from memimg.core._markers import MISSING
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
 from memimg.core._values import Converter, converter
@@ -29,13 +32,17 @@ from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
 from memimg.stores import MemoryStore, SQLiteStore, Store
 
 __all__ = [
+    "MISSING",
     "ClosedError",
     "CommitUnknownError",
     "ConflictError",
     "Converter",
     "CorruptLogError",
+    "Diff",
+    "Difference",
     "Event",
     "FileGoneError",
+    "HistoryError",
     "LockedError",
     "MemimgError",
     "MemoryImage",

@@ -427,6 +427,21 @@ def test_logs_with_meta_replay_reopen_and_follow(make_image: Images) -> None:
     assert again.root.accounts["a"].tags == {"vip"} and again.root.name == "renamed"
 
 
+def test_time_travel_reads_logs_with_meta(make_image: Images) -> None:
+    """img.at(seq) of a tx.meta row's seq is the state before its transaction; at() after it and diff() see the
+    transaction's changes."""
+    img = make_image(root=Box)
+    img.root.content = 1
+    with img.transaction(meta={"user": "ada"}):
+        img.root.content = 2
+        img.root.other = 3
+    start = _meta_rows(img)[0].seq
+    with img.at(start) as before, img.at(img.seq) as after:
+        assert (before.root.content, before.root.other) == (1, None)
+        assert (after.root.content, after.root.other) == (2, 3)
+    assert {d.path for d in img.diff(start)} == {"root.content", "root.other"}
+
+
 def test_snapshots_and_compaction_keep_working_with_meta(make_image: Images) -> None:
     """Snapshots taken inside an annotation carry no meta themselves; reopening from the snapshot, and
     after compaction, gives the same state; the meta of kept transactions is still read."""

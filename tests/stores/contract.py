@@ -93,6 +93,18 @@ class StoreContract:
         assert store.head() == 2
         assert [r[5] for r in store.read()] == [b"[[]]", b"[[]]"]
 
+    def test_a_refused_append_hands_over_only_events_it_missed(self, store: Store) -> None:
+        """Events a SeqTaken carries, if any, are the log's events right after the expected head, in order."""
+        store.append([row(1)], 0)
+        store.append([row(2, 2), row(3, 2)], 1)
+        for expected in (0, 1):
+            with pytest.raises(SeqTaken) as info:
+                store.append([row(expected + 1)], expected)
+            missed, more = info.value.missed, info.value.more
+            if missed is not None:
+                assert list(missed) == list(store.read(after=expected, limit=len(missed)))
+                assert more == (missed[-1].seq < 3)
+
     def test_multi_row_append_is_atomic(self, store: Store) -> None:
         """A transaction's rows land all together or not at all."""
         store.append([row(1)], 0)
@@ -164,11 +176,20 @@ class StoreContract:
             if other is not store:
                 other.close()
 
-    def test_a_lease_expires_by_itself(self, store: Store) -> None:
-        """A lease its holder neither renews nor releases (its process died) is free once it expires."""
+    def test_a_lease_expires_by_itself(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A lease its holder neither renews nor releases (its process died) is free once it expires.
+
+        The stores' clock (``lease_entry``'s) is set by the test, so a loaded machine cannot let the
+        lease expire before the second taker asks.
+        """
+        from memimg.stores import _protocol
+
+        clock = [time.time_ns()]
+        monkeypatch.setattr(_protocol.time, "time_ns", lambda: clock[0])
         assert store.lease("job", "dead", 0.05)
+        clock[0] += 40_000_000  # 40 ms later: still held
         assert not store.lease("job", "alive", 30)
-        time.sleep(0.1)
+        clock[0] += 20_000_000  # 60 ms after it was taken: expired
         assert store.lease("job", "alive", 30)
         assert not store.lease("job", "dead", 30)
 
