@@ -16,7 +16,7 @@ from memimg._errors import MemimgError, value_repr
 from memimg.cli._main import cli, open_image, open_store, past_image
 from memimg.core import _types
 from memimg.core._diff import type_name
-from memimg.core._rows import Event, EventRow, verify_event
+from memimg.core._meta import META_KIND, read_events
 from memimg.model import SHELL, _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
@@ -108,23 +108,30 @@ def _when(ts: int) -> str:
 @click.option("--limit", type=int, default=None, help="At most this many events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def log(target: str, since: int, oid: int | None, kinds: tuple[str, ...], limit: int | None, as_json: bool) -> None:
-    """The events of the log, checksums verified."""
+    """The events of the log, checksums verified, with each transaction's metadata.
+
+    A transaction's metadata is its first event (kind tx.meta); when that
+    event is not shown (--object, --kind, --since), the first event shown of
+    the transaction ends with it. --json gives it as "meta" on every event.
+    """
     store = open_store(target, readonly=True)
     shown = 0
+    meta_shown = -1  # the tx whose metadata was shown last
     try:
-        for raw in store.read(after=since):
-            row = EventRow(*raw)
-            verify_event(row)
-            if oid is not None and row.target != oid:
+        for event in read_events(store.read, since):
+            if oid is not None and event.target != oid:
                 continue
-            if kinds and not any(row.kind == k or (k.endswith("*") and row.kind.startswith(k[:-1])) for k in kinds):
+            if kinds and not any(event.kind == k or (k.endswith("*") and event.kind.startswith(k[:-1])) for k in kinds):
                 continue
-            event = Event.from_row(row)
             if as_json:
                 click.echo(json.dumps(event.as_dict()))
             else:
                 data = json.dumps(event.data)
                 extra = f"  +{len(event.objects)} new" if event.objects else ""
+                if event.meta and meta_shown != event.tx:
+                    meta_shown = event.tx
+                    if event.kind != META_KIND:
+                        extra += f"  meta {json.dumps(event.meta)}"
                 click.echo(
                     f"{event.seq:>7}  tx {event.tx:<7} {event.ts:%Y-%m-%d %H:%M:%S}  {event.kind:<12} "
                     f"#{event.target:<6} {data[:80]}{extra}"

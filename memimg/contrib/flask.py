@@ -45,15 +45,26 @@ does outside the image: ``g``, the session, ``flash`` and
 sent by a failed attempt stays sent. Register such things with
 :func:`after_commit`, which runs them once, after the commit that made their
 attempt count, or make them idempotent.
+
+**Who and what.** Each request's commits -- its transaction, and the
+changes of a ``no_transaction`` view -- carry metadata (``img.annotate``):
+``user`` (Flask-Login's ``current_user.get_id()`` when one is signed in,
+else the id of ``g.user`` when a ``before_request`` function set it),
+``request`` (the ``X-Request-ID`` header, or a new random id) and
+``endpoint`` (``request.endpoint``). ``MEMIMG_ANNOTATE``,
+``MEMIMG_ANNOTATE_KEYS`` and ``MEMIMG_ANNOTATE_WITH`` configure it (see
+:class:`MemImg`).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -61,7 +72,7 @@ from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import click
-from flask import Flask, current_app, has_app_context, request
+from flask import Flask, current_app, g, has_app_context, request
 from flask.cli import with_appcontext
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Conflict, HTTPException
@@ -73,6 +84,7 @@ import memimg
 from memimg import MemoryImage
 from memimg.cli import cli as memimg_cli
 from memimg.cli._embed import target_index
+from memimg.contrib import _requests
 from memimg.image._retry import backoff
 
 if TYPE_CHECKING:
@@ -261,7 +273,18 @@ def _resolve_discard_status(value: Any) -> Callable[[int], bool]:
 class _AppState:
     """One app's image (reopened in a forked process) and request-transaction settings."""
 
-    __slots__ = ("_image", "_lock", "_pid", "discards", "options", "retries", "root", "target")
+    __slots__ = (
+        "_image",
+        "_lock",
+        "_pid",
+        "annotate_keys",
+        "annotate_with",
+        "discards",
+        "options",
+        "retries",
+        "root",
+        "target",
+    )
 
     def __init__(self, app: Flask) -> None:
         config = app.config
@@ -278,6 +301,7 @@ class _AppState:
             raise _config_error("MEMIMG_RETRIES", f"must be an int >= 0, not {retries!r}")
         self.retries: int = retries
         self.discards = _resolve_discard_status(config.get("MEMIMG_DISCARD_STATUS", DEFAULT_DISCARD_STATUS))
+        self.annotate_keys, self.annotate_with = _resolve_annotate(config)
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._image = self._open()
@@ -307,6 +331,20 @@ class _AppState:
                     self._image = self._open()
                     self._pid = os.getpid()
         return self._image
+
+    def annotation(self) -> contextlib.AbstractContextManager[Any]:
+        """The annotation of the current request's commits (a no-op when ``MEMIMG_ANNOTATE`` is off)."""
+        if self.annotate_keys is None:
+            return contextlib.nullcontext()
+        meta = _requests.request_meta(
+            self.annotate_keys,
+            user=_request_user,
+            request=lambda: _requests.request_id(request.headers.get("X-Request-ID")),
+            endpoint=lambda: request.endpoint,
+        )
+        if self.annotate_with is not None:
+            meta = self.annotate_with(meta) or {}
+        return self.image.annotate(**meta)
 
     def run(self, app: Flask, dispatch: Callable[[], ResponseReturnValue]) -> Response:
         """Run the view in a transaction, rerunning it on conflict (see the module docstring)."""
@@ -344,6 +382,34 @@ class _AppState:
                 _callbacks.reset(token)
 
 
+def _resolve_annotate(config: Mapping[str, Any]) -> tuple[tuple[str, ...] | None, Callable[..., Any] | None]:
+    """The ``MEMIMG_ANNOTATE*`` settings: the keys to record (None: off) and the function."""
+    return _requests.annotate_settings(
+        config.get("MEMIMG_ANNOTATE", True),
+        config.get("MEMIMG_ANNOTATE_KEYS", _requests.KEYS),
+        config.get("MEMIMG_ANNOTATE_WITH"),
+        error=lambda suffix, message: _config_error(f"MEMIMG_ANNOTATE{suffix}", message),
+        load=_import_callable,
+    )
+
+
+def _import_callable(path: str) -> Any:
+    try:
+        return import_string(path)
+    except ImportStringError as err:
+        raise ImportError(str(err.exception)) from err
+
+
+def _request_user() -> Any:
+    """The signed-in user's id: Flask-Login's ``current_user``, else ``g.user``; None when there is none."""
+    login = sys.modules.get("flask_login")  # only an app that imported Flask-Login uses it
+    if login is not None and hasattr(current_app, "login_manager"):
+        user = login.current_user
+        if user is not None and user.is_authenticated:
+            return user.get_id()
+    return _requests.user_id(g.get("user"))
+
+
 def _run_callbacks(app: Flask, pending: list[Callable[[], object]]) -> None:
     for fn in pending:
         try:
@@ -360,9 +426,10 @@ def _wrap_dispatch(app: Flask, state: _AppState) -> None:
         if request.routing_exception is not None or rule is None:
             return dispatch()
         view = app.view_functions.get(rule.endpoint)
-        if getattr(view, _NO_TX_MARK, False):
-            return dispatch()
-        return state.run(app, dispatch)
+        with state.annotation():
+            if getattr(view, _NO_TX_MARK, False):
+                return dispatch()
+            return state.run(app, dispatch)
 
     app.dispatch_request = dispatch_request  # type: ignore[method-assign]
 
@@ -391,6 +458,16 @@ class MemImg:
         which responses discard the request's transaction: a status (those at
         or above it; default 400), a container of statuses
         (``range(500, 600)``), a function of the status, or ``None`` (none).
+    ``MEMIMG_ANNOTATE``
+        ``False`` turns off the metadata each request's commits carry
+        (default ``True``; see the module docstring).
+    ``MEMIMG_ANNOTATE_KEYS``
+        which of ``"user"``, ``"request"``, ``"endpoint"`` to record (default
+        all three).
+    ``MEMIMG_ANNOTATE_WITH``
+        a function (or its import string) called in the request context with
+        the metadata of those keys, returning the metadata to record: add
+        keys (``{**meta, "tenant": g.tenant}``), change or drop them.
 
     Raises:
         ConfigError: from :meth:`init_app`, naming the setting at fault.

@@ -5,8 +5,10 @@ Each kind is declared once, here, with
 * its **name** (what the log's ``kind`` column says),
 * its **parameters** -- a code per argument telling how it is stored (the
   table :data:`PARAMS`): ``s`` a string, ``i`` an int, ``I`` a list of ints
-  (stored as they are); ``v`` a value, ``V`` a list of values, ``P`` a list
-  of key/value pairs (through the value codec),
+  (stored as they are); ``j`` a JSON object of scalars (transaction
+  metadata), stored as it is and never through the value codec; ``v`` a
+  value, ``V`` a list of values, ``P`` a list of key/value pairs (through the
+  value codec),
 * its **conflict rule** (a :class:`Rule`) -- which parts of its target it
   writes, and which earlier writes it cannot be reordered with; the image's
   conflict index reads these as data (see :mod:`memimg.image._conflicts`),
@@ -85,7 +87,7 @@ NONE: Final = Rule("none", _no_keys, shared=False)
 
 #: How each parameter code is stored: ``"raw"`` as itself, ``"value"`` one value through the
 #: codec, ``"values"`` a list of them, ``"pairs"`` a list of key/value pairs of them.
-PARAMS: Final = {"s": "raw", "i": "raw", "I": "raw", "v": "value", "V": "values", "P": "pairs"}
+PARAMS: Final = {"s": "raw", "i": "raw", "I": "raw", "j": "raw", "v": "value", "V": "values", "P": "pairs"}
 
 
 class Applier(Protocol):
@@ -291,6 +293,12 @@ def _gc(a: Applier, obj: Any) -> None:
 def _snapshot(a: Applier, obj: Any) -> None:
     """A snapshot of the state after this event is being written: the log declares every type again from here."""
     a.snapshot_begins()
+
+
+@kind("tx.meta", "j", NONE)
+def _tx_meta(a: Applier, obj: Any, meta: dict[str, Any]) -> None:
+    """The metadata of its transaction (``img.transaction(meta=...)``, ``img.annotate(...)``): written first in it,
+    so its seq is the transaction's ``tx``; changes nothing."""
 
 
 @kind("gc.drop", "I", NONE)

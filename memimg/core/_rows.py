@@ -135,7 +135,10 @@ class Event:
 
     ``data`` is the kind's arguments and ``objects`` the objects this event
     created (``[oid, type, state]`` records), both as stored (JSON data; see
-    the value encoding in the docs). ``replay`` folds these records.
+    the value encoding in the docs). ``meta`` is the metadata of its
+    transaction (``img.transaction(meta=...)``, ``img.annotate(...)``;
+    ``{}`` when none), the same dict for every event of the transaction.
+    ``replay`` folds these records.
     """
 
     __module__ = "memimg"
@@ -146,6 +149,7 @@ class Event:
     kind: str
     target: int
     payload: bytes = attrs.field(repr=False)
+    meta: dict[str, Any] = attrs.field(factory=dict, eq=False)
 
     @cached_property
     def _decoded(self) -> list[Any]:
@@ -182,9 +186,10 @@ class Event:
         )
 
     @classmethod
-    def from_row(cls, row: EventRow) -> Event:
-        """The event a verified row holds."""
-        return cls(row.seq, row.tx, ts_to_datetime(row.ts), row.kind, row.target, row.payload)
+    def from_row(cls, row: EventRow, meta: dict[str, Any] | None = None) -> Event:
+        """The event a verified row holds (*meta*: its transaction's metadata)."""
+        ts = ts_to_datetime(row.ts)
+        return cls(row.seq, row.tx, ts, row.kind, row.target, row.payload, {} if meta is None else meta)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready description (for ``memimg log --json``)."""
@@ -196,6 +201,8 @@ class Event:
             "target": self.target,
             "data": self.data,
         }
+        if self.meta:
+            out["meta"] = self.meta
         if self.objects:
             out["objects"] = self.objects
         if self.types:

@@ -44,6 +44,7 @@ from memimg.core._codec import Codec
 from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
 from memimg.core._markers import ABSENT
+from memimg.core._meta import TX_META, meta_event
 from memimg.core._reader import Pending, Reader
 from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
@@ -205,6 +206,9 @@ class Engine:
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
             self.open_txs.add(state)
+        annotation = self.writer.annotation.get() if self.writer.annotating else None
+        if annotation is not None:
+            state.annotated = annotation
         _tracking.tx_opened()
         self._mi_current.set(state)
         self.savepoint.set(None)
@@ -226,7 +230,10 @@ class Engine:
                     self.check_writable()
                     if self.reader.fills:
                         _recovery.attach_fills(self)
+                    meta = state.commit_meta()  # refused (too large) before anything is written
                     events = state.pending()
+                    if meta is not None:
+                        events.insert(0, meta_event(meta))
                     self.validate(state, events)
                     try:
                         self.commit(events, state)
@@ -267,7 +274,8 @@ class Engine:
 
         With *replan*, returns ``False`` instead of retrying when another
         writer got there first (the caller plans again on the new state).
-        Must be called with the lock held.
+        Must be called with the lock held. A commit with metadata has its
+        ``tx.meta`` event first (:func:`memimg.core._meta.meta_event`).
 
         A transaction's commit pauses the collector (its records and applied
         events may be many); a mutation outside one does not pay for a pause
@@ -336,7 +344,8 @@ class Engine:
             if open_txs and (len(open_txs) > 1 or state not in open_txs):
                 self.conflicts.record(events, rows)
             self.seq = rows[-1][0] if last_seq is None else last_seq
-            if len(events) > 1:
+            # several events are published, all at once; one (after its metadata, which changes nothing) need not be
+            if len(events) > 1 and (len(events) > 2 or events[0][0] is not TX_META):
                 if state is None:  # a single mutation of several events, or another process's commit
                     _tracking.tx_opened()
                     opened = True

@@ -18,11 +18,13 @@ from typing import Any
 from memimg._errors import ClosedError, CorruptLogError, SchemaError, UnknownTypeError
 from memimg.core import _types
 from memimg.core._diff import Diff, compare
-from memimg.core._rows import Event, EventRow, verify_event
+from memimg.core._meta import check_meta, read_events
+from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
 from memimg.image import _past, _recovery
+from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
@@ -117,7 +119,7 @@ class MemoryImage:
 
     # -- transactions -----------------------------------------------------------
 
-    def transaction(self, retries: int = 0) -> TxScope:
+    def transaction(self, meta: dict[str, Any] | None = None, retries: int = 0) -> TxScope:
         """A transaction, as a context manager or a decorator.
 
         ``with img.transaction():`` commits on normal exit and discards on an
@@ -125,15 +127,46 @@ class MemoryImage:
         decorator (``@img.transaction(retries=5)``) it runs the function in a
         transaction and reruns it, up to *retries* times with a short
         randomized backoff, when the commit raises :class:`ConflictError`.
-        """
-        return TxScope(self._engine, retries)
 
-    def begin(self) -> Transaction:
+        *meta* -- who made the change and why, say ``{"user": "ada"}`` -- is
+        stored once with the commit (over the annotations in effect, see
+        :meth:`annotate`) and read back as :attr:`Event.meta`. Its keys are
+        str, its values JSON scalars (str, int within +-(2**53 - 1), finite
+        float, bool, None), 4 KiB at most as JSON. A savepoint's *meta* is
+        merged over the enclosing transaction's when the savepoint is kept.
+
+        Raises:
+            UnsupportedValueError: *meta* is not such a dict (nothing is written).
+        """
+        return TxScope(self._engine, retries, check_meta(meta) if meta is not None else None)
+
+    def begin(self, meta: dict[str, Any] | None = None) -> Transaction:
         """Open a transaction (a savepoint if one is already open in this thread or task).
 
-        Commit it with ``save()``, roll it back with ``discard()``.
+        Commit it with ``save()``, roll it back with ``discard()``. *meta* as
+        for :meth:`transaction`.
+
+        Raises:
+            UnsupportedValueError: *meta* is not a dict of JSON scalars, or too large.
         """
-        return begin(self._engine)
+        return begin(self._engine, check_meta(meta) if meta is not None else None)
+
+    def annotate(self, **meta: Any) -> Annotation:
+        """A context manager: every commit made in this thread or task while it is active carries *meta*.
+
+        Commits outside transactions carry it, and transactions begun inside
+        it or open when it is entered (under their own ``meta``); so do
+        commits retried after a conflict. Nested blocks merge, the inner
+        winning. An asyncio task started inside the block inherits it (as it
+        inherits every context variable); a new thread does not. Values as
+        for :meth:`transaction`'s ``meta``. The Flask and Django integrations
+        annotate each request.
+
+        Raises:
+            UnsupportedValueError: a value is not a JSON scalar, or the merged metadata is
+                over 4 KiB (nothing is written).
+        """
+        return Annotation(self._engine, meta)
 
     # -- the log ----------------------------------------------------------------
 
@@ -207,12 +240,14 @@ class MemoryImage:
         return self._follower
 
     def events(self, since: int = 0) -> Iterator[Event]:
-        """The committed events with ``seq > since``, in log order (checksums verified)."""
-        self._engine.check_open()
-        for row in self._engine.store.read(after=since):
-            r = EventRow(*row)
-            verify_event(r)
-            yield Event.from_row(r)
+        """The committed events with ``seq > since``, in log order (checksums verified).
+
+        Each carries its transaction's metadata (:attr:`Event.meta`). The log
+        is read as the events are consumed.
+        """
+        engine = self._engine
+        engine.check_open()
+        return read_events(engine.store.read, since)
 
     # -- the past ---------------------------------------------------------------
 

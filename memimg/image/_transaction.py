@@ -42,15 +42,21 @@ class Engine(Protocol):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def begin(engine: Engine) -> Transaction:
-    """Open a transaction of *engine*'s image (a savepoint if one is open in this thread or task)."""
+def begin(engine: Engine, meta: dict[str, Any] | None = None) -> Transaction:
+    """Open a transaction of *engine*'s image (a savepoint if one is open in this thread or task).
+
+    *meta* has been checked (:func:`memimg.core._meta.check_meta`).
+    """
     engine.check_open()
     current = engine.current_tx()
     if current is not None:
         sp = current.savepoint(engine.savepoint.get())
         engine.savepoint.set(sp)
-        return Transaction(engine, current, sp)
-    return Transaction(engine, engine.begin())
+        return Transaction(engine, current, sp, meta)
+    state = engine.begin()
+    if meta:
+        state.add_meta(meta)
+    return Transaction(engine, state)
 
 
 class Transaction:
@@ -62,12 +68,15 @@ class Transaction:
     """
 
     __module__ = "memimg"
-    __slots__ = ("_ended", "_engine", "_savepoint", "_state", "nested")
+    __slots__ = ("_ended", "_engine", "_meta", "_savepoint", "_state", "nested")
 
-    def __init__(self, engine: Engine, state: TxState, savepoint: Savepoint | None = None) -> None:
+    def __init__(
+        self, engine: Engine, state: TxState, savepoint: Savepoint | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
         self._engine = engine
         self._state = state
         self._savepoint = savepoint
+        self._meta = meta  # a savepoint's: merged over the transaction's when it is kept
         #: Whether this is a savepoint inside an enclosing transaction.
         self.nested = savepoint is not None
         self._ended = False
@@ -94,6 +103,8 @@ class Transaction:
         if sp is not None:
             self._engine.savepoint.set(sp.parent)
             self._state.release(sp)
+            if self._meta:
+                self._state.add_meta(self._meta)
         else:
             self._engine.end(self._state, commit=True)
 
@@ -126,18 +137,19 @@ class Transaction:
 
 
 class TxScope:
-    """What ``MemoryImage.transaction(retries=...)`` returns: a context manager and a decorator."""
+    """What ``MemoryImage.transaction(meta=..., retries=...)`` returns: a context manager and a decorator."""
 
-    __slots__ = ("_engine", "_retries")
+    __slots__ = ("_engine", "_meta", "_retries")
 
-    def __init__(self, engine: Engine, retries: int) -> None:
+    def __init__(self, engine: Engine, retries: int, meta: dict[str, Any] | None = None) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self._engine = engine
         self._retries = retries
+        self._meta = meta  # checked
 
     def __enter__(self) -> Transaction:
-        tx = begin(self._engine)
+        tx = begin(self._engine, self._meta)
         # per thread and task: one scope object may be entered by many at once
         scopes = self._engine.scopes
         scopes.set((*scopes.get(), (self, tx)))
@@ -155,7 +167,7 @@ class TxScope:
         raise MemimgError("this transaction scope was not entered in this thread or task")  # pragma: no cover
 
     def __call__(self, fn: F) -> F:
-        engine, retries = self._engine, self._retries
+        engine, retries, meta = self._engine, self._retries, self._meta
 
         if inspect.iscoroutinefunction(fn):
 
@@ -165,7 +177,7 @@ class TxScope:
                 attempt = 0
                 while True:
                     try:
-                        with begin(engine):
+                        with begin(engine, meta):
                             return await fn(*args, **kwargs)
                     except ConflictError:
                         if nested or attempt >= retries:
@@ -181,7 +193,7 @@ class TxScope:
             attempt = 0
             while True:
                 try:
-                    with begin(engine):
+                    with begin(engine, meta):
                         return fn(*args, **kwargs)
                 except ConflictError:
                     if nested or attempt >= retries:

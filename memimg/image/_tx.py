@@ -31,6 +31,7 @@ from memimg._errors import MemimgError
 from memimg.core import _types
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED, SELF, WHOLE
+from memimg.core._meta import check_size
 from memimg.core._reader import Pending
 from memimg.image._attach import NATIVE, Attacher, where_coll, where_field
 from memimg.image._guard import reentered
@@ -67,12 +68,14 @@ class TxState:
     """One open transaction: its pending events, its delta, what it read."""
 
     __slots__ = (
+        "annotated",
         "attacher",
         "busy",
         "done",
         "events",
         "fields",
         "host",
+        "meta",
         "nested",
         "reads",
         "start_seq",
@@ -106,6 +109,10 @@ class TxState:
         self.writable = False
         #: what this transaction is doing while it runs user code (see :func:`reentered`), or None
         self.busy: str | None = None
+        #: its own metadata (``transaction(meta=...)``, savepoints' merged in as they are kept) and that of the
+        #: annotations in effect when it began or entered while it was open; both checked already
+        self.meta: dict[str, Any] = {}
+        self.annotated: dict[str, Any] = {}
 
     # -- reads ------------------------------------------------------------------
 
@@ -351,6 +358,27 @@ class TxState:
             self.busy = None
             self.writable = True
         return coll if result is SELF else result
+
+    # -- metadata -----------------------------------------------------------------
+
+    def add_meta(self, meta: dict[str, Any], *, annotation: bool = False) -> None:
+        """Merge checked *meta* over this transaction's own metadata (or over its annotations)."""
+        if annotation:
+            self.annotated = {**self.annotated, **meta}
+        else:
+            self.meta = {**self.meta, **meta}
+
+    def commit_meta(self) -> dict[str, Any] | None:
+        """The metadata its commit writes: its own over its annotations; None when there is none.
+
+        Raises:
+            UnsupportedValueError: the merged metadata is too large (nothing is written).
+        """
+        merged = {**self.annotated, **self.meta} if self.annotated else self.meta
+        if not merged:
+            return None
+        check_size(merged)  # merged from parts each checked, but perhaps too large together
+        return merged
 
     # -- savepoints and ending ----------------------------------------------------
 

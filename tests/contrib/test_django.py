@@ -111,6 +111,27 @@ async def async_bump(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"balance": str(account.balance)})
 
 
+class FakeUserMiddleware:
+    """Sets ``request.user`` from the ``X-Test-User`` header (an authenticated user with that pk), else anonymous."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        pk = request.headers.get("X-Test-User")
+        request.user = FakeUser(int(pk) if pk else None)  # type: ignore[attr-defined]
+        return self.get_response(request)
+
+
+@dataclasses.dataclass
+class FakeUser:
+    pk: int | None
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.pk is not None
+
+
 urlpatterns = [
     path("test/async-bump/", async_bump),
     path("test/race/", race),
@@ -485,6 +506,11 @@ def test_database_urls() -> None:
         ({"TARGET": ":memory:", "ROOT": ROOT, "PREFIX": "x_"}, "PREFIX", "database TARGET"),
         ({"TARGET": ":memory:", "ROOT": ROOT, "LAZY": "yes"}, "LAZY", "True or False"),
         ({"TARGET": ":memory:", "ROOT": ROOT, "RETRY": 3}, None, "unknown keys RETRY"),
+        ({"TARGET": ":memory:", "ROOT": ROOT, "ANNOTATE": "yes"}, "ANNOTATE", "True or False"),
+        ({"TARGET": ":memory:", "ROOT": ROOT, "ANNOTATE_KEYS": ["user", "ip"]}, "ANNOTATE_KEYS", "unknown keys"),
+        ({"TARGET": ":memory:", "ROOT": ROOT, "ANNOTATE_KEYS": "user"}, "ANNOTATE_KEYS", "list of keys"),
+        ({"TARGET": ":memory:", "ROOT": ROOT, "ANNOTATE_WITH": "no_such_module.f"}, "ANNOTATE_WITH", "imported"),
+        ({"TARGET": ":memory:", "ROOT": ROOT, "ANNOTATE_WITH": 3}, "ANNOTATE_WITH", "must be a function"),
         ({"TARGET": ":memory:", "ROOT": ROOT, "OPTIONS": {"snapshot_every": 0}}, None, "OPTIONS"),
     ],
 )
@@ -649,3 +675,102 @@ def _manage(
         cwd=tmp_path,
         timeout=120,
     )
+
+
+# -- who and what: request metadata ---------------------------------------------------------
+
+WITH_USERS = [
+    "django.middleware.common.CommonMiddleware",
+    "tests.contrib.test_django.FakeUserMiddleware",
+    "memimg.contrib.django.middleware.MemimgMiddleware",
+]
+
+
+def _request_txs(img: memimg.MemoryImage, since: int) -> list[list[memimg.Event]]:
+    by_tx: dict[int, list[memimg.Event]] = {}
+    for e in img.events(since):
+        by_tx.setdefault(e.tx, []).append(e)
+    return list(by_tx.values())
+
+
+def test_each_request_is_annotated_with_user_request_id_and_view(bank: memimg.MemoryImage) -> None:
+    """A request's transaction carries the authenticated user's pk, its X-Request-ID and its view name; a
+    non-transactional view's changes carry the same keys; an anonymous request records no user and a new id."""
+    seq = bank.seq
+    with override_settings(MIDDLEWARE=WITH_USERS):
+        client = Client()
+        ok = client.post(
+            "/accounts/ada/deposit/",
+            {"amount": "1"},
+            content_type="application/json",
+            headers={"X-Test-User": "42", "X-Request-ID": "req-1"},
+        )
+        assert ok.status_code == 200
+        assert client.get("/test/outside/").status_code == 400
+    (deposit, outside) = _request_txs(bank, seq)
+    assert deposit[0].kind == "tx.meta" and deposit[0].meta == {"user": 42, "request": "req-1", "endpoint": "deposit"}
+    assert all(e.meta == deposit[0].meta for e in deposit)
+    meta = outside[0].meta
+    assert set(meta) == {"request", "endpoint"} and len(meta["request"]) == 32
+    assert meta["endpoint"] == "tests.contrib.test_django.outside"
+
+
+def test_request_annotation_is_configurable_and_can_be_turned_off(
+    configure: Callable[..., memimg.MemoryImage],
+) -> None:
+    """ANNOTATE_KEYS picks the keys, ANNOTATE_WITH(request, meta) returns the meta to record, ANNOTATE=False
+    records none."""
+
+    def with_tenant(request: HttpRequest, meta: dict[str, Any]) -> dict[str, Any]:
+        return {**meta, "tenant": request.headers.get("X-Tenant")}
+
+    img = configure(ANNOTATE_KEYS=["request"], ANNOTATE_WITH=with_tenant)
+    img.root.accounts["ada"] = Account("ada")
+    seq = img.seq
+    headers = {"X-Request-ID": "r-9", "X-Tenant": "acme"}
+    post_json = {"content_type": "application/json", "headers": headers}
+    assert Client().post("/accounts/ada/deposit/", {"amount": "1"}, **post_json).status_code == 200
+    assert _request_txs(img, seq)[0][0].meta == {"request": "r-9", "tenant": "acme"}
+    img = configure(ANNOTATE=False)
+    seq = img.seq
+    assert Client().post("/accounts/ada/deposit/", {"amount": "1"}, **post_json).status_code == 200
+    assert all(e.kind != "tx.meta" and e.meta == {} for e in img.events(seq))
+    assert img.seq > seq
+
+
+def test_a_retried_request_keeps_its_request_id(configure: Callable[..., memimg.MemoryImage]) -> None:
+    """Requests rerun after a conflict commit once, with the request id and view they had."""
+    img = configure(RETRIES=3)
+    img.root.accounts["ada"] = Account("ada")
+    seq = img.seq
+    responses = _race(2)
+    assert [r.status_code for r in responses] == [200, 200]
+    assert sorted(r.json()["attempt"] for r in responses) == [0, 1]
+    txs = _request_txs(img, seq)
+    assert len(txs) == 2
+    assert all(tx[0].kind == "tx.meta" and tx[0].meta["endpoint"] == "tests.contrib.test_django.race" for tx in txs)
+    assert len({tx[0].meta["request"] for tx in txs}) == 2
+
+
+def test_async_requests_are_annotated(bank: memimg.MemoryImage) -> None:
+    """Under ASGI the request's transaction carries its metadata too, and concurrent requests keep theirs."""
+
+    async def run() -> list[int]:
+        client = AsyncClient()
+        got = await asyncio.gather(
+            *[
+                client.post(
+                    "/accounts/ada/deposit/",
+                    {"amount": "1"},
+                    content_type="application/json",
+                    headers={"X-Request-ID": f"a-{i}"},
+                )
+                for i in range(3)
+            ]
+        )
+        return [r.status_code for r in got]
+
+    seq = bank.seq
+    assert asyncio.run(run()) == [200, 200, 200]
+    ids = sorted(tx[0].meta["request"] for tx in _request_txs(bank, seq))
+    assert ids == ["a-0", "a-1", "a-2"]

@@ -7,14 +7,16 @@ import logging
 import multiprocessing
 import os
 import random
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import attrs
 import pytest
-from flask import Flask, abort, current_app, jsonify, make_response
+from flask import Flask, abort, current_app, g, jsonify, make_response
 
 import memimg
 from memimg.contrib import flask as memimg_flask
@@ -96,7 +98,7 @@ def test_success_commits_one_transaction(make_app: Make) -> None:
     assert r.status_code == 200 and r.json == {"count": 1}
     assert ext.root.count == 1 and list(ext.root.log) == ["inc"]
     events = list(ext.image.events(since=seq))
-    assert len(events) == 2 and len({e.tx for e in events}) == 1
+    assert [e.kind for e in events] == ["tx.meta", "obj.set", "list.append"] and len({e.tx for e in events}) == 1
 
 
 @pytest.mark.parametrize("status", [201, 202, 302])
@@ -212,7 +214,7 @@ def test_no_transaction_views_commit_each_change(make_app: Make) -> None:
 
     seq = ext.image.seq
     assert app.test_client().post("/untracked").status_code == 500
-    events = list(ext.image.events(since=seq))
+    events = [e for e in ext.image.events(since=seq) if e.kind != "tx.meta"]  # each request's change is annotated
     assert ext.root.count == 1 and len(events) == 2 and events[0].tx != events[1].tx
 
 
@@ -347,7 +349,7 @@ def test_concurrent_conflicting_requests_are_retried(make_app: Make) -> None:
     seq = ext.image.seq
     run_two(app)
     assert outcomes == [200, 200]
-    assert ext.root.count == 2 and ext.image.seq == seq + 2
+    assert ext.root.count == 2 and len({e.tx for e in ext.image.events(since=seq)}) == 2
 
 
 def test_without_retries_a_conflict_answers_409(make_app: Make) -> None:
@@ -358,7 +360,7 @@ def test_without_retries_a_conflict_answers_409(make_app: Make) -> None:
     seq = ext.image.seq
     run_two(app)
     assert sorted(outcomes) == [200, 409]
-    assert ext.root.count == 1 and ext.image.seq == seq + 1
+    assert ext.root.count == 1 and len({e.tx for e in ext.image.events(since=seq)}) == 1
 
 
 def test_a_stale_read_in_the_view_is_retried(make_app: Make) -> None:
@@ -787,3 +789,139 @@ def test_example_concurrent_transfers_keep_the_total(make_bank: Callable[..., Fl
         assert account is not None
         assert Decimal(account["balance"]) == sum(Decimal(e["amount"]) for e in account["entries"])
         assert Decimal(account["balance"]) >= 0
+
+
+# -- who and what: request metadata --------------------------------------------------------------
+
+
+def _txs(img: memimg.MemoryImage, since: int) -> list[list[memimg.Event]]:
+    by_tx: dict[int, list[memimg.Event]] = {}
+    for e in img.events(since):
+        by_tx.setdefault(e.tx, []).append(e)
+    return list(by_tx.values())
+
+
+def _add_views(app: Flask) -> None:
+    @app.before_request
+    def load_user() -> None:
+        user = app.config.get("TEST_G_USER")
+        if user is not None:
+            g.user = user
+
+    @app.post("/outside")
+    @no_transaction
+    def outside() -> Any:
+        counter().other += 1
+        return {"other": counter().other}
+
+
+def test_a_requests_commit_carries_user_request_id_and_endpoint(make_app: Make) -> None:
+    """The request transaction's meta: g.user's id (a before_request set it after init_app), the
+    X-Request-ID header and the endpoint; every event of the transaction carries it."""
+    app, ext = make_app(TEST_G_USER={"id": 7, "name": "ada"})
+    _add_views(app)
+    seq = ext.image.seq
+    r = app.test_client().post("/inc", headers={"X-Request-ID": "req-1"})
+    assert r.status_code == 200
+    (tx,) = _txs(ext.image, seq)
+    assert tx[0].kind == "tx.meta" and tx[0].meta == {"user": 7, "request": "req-1", "endpoint": "inc"}
+    assert [e.kind for e in tx[1:]] == ["obj.set", "list.append"] and all(e.meta == tx[0].meta for e in tx)
+
+
+def test_a_no_transaction_views_changes_are_annotated_with_a_new_request_id(make_app: Make) -> None:
+    """Changes of a no_transaction view carry the request's meta too; without X-Request-ID a random id is
+    made, and without a user no user key is written."""
+    app, ext = make_app()
+    _add_views(app)
+    seq = ext.image.seq
+    client = app.test_client()
+    assert client.post("/outside").status_code == 200
+    assert client.post("/outside").status_code == 200
+    first, second = _txs(ext.image, seq)
+    assert first[0].meta.keys() == {"request", "endpoint"} and first[0].meta["endpoint"] == "outside"
+    assert len(first[0].meta["request"]) == 32 and first[0].meta["request"] != second[0].meta["request"]
+
+
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [("ada", "ada"), (types.SimpleNamespace(id=5), 5), (types.SimpleNamespace(get_id=lambda: "u-1"), "u-1")],
+)
+def test_the_id_of_g_user(make_app: Make, user: Any, expected: Any) -> None:
+    """g.user may be the id itself, an object with .id, or one with get_id()."""
+    app, ext = make_app(TEST_G_USER=user)
+    _add_views(app)
+    seq = ext.image.seq
+    assert app.test_client().post("/inc").status_code == 200
+    assert _txs(ext.image, seq)[0][0].meta["user"] == expected
+
+
+def test_flask_login_current_user_is_the_user(make_app: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Flask-Login in use (imported, a login_manager on the app), an authenticated current_user's get_id()
+    is the user, before g.user; an anonymous one falls back to g.user."""
+
+    class CurrentUser:
+        is_authenticated = True
+
+        def get_id(self) -> str:
+            return "login-3"
+
+    login = types.ModuleType("flask_login")
+    login.current_user = CurrentUser()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flask_login", login)
+    app, ext = make_app(TEST_G_USER="from-g")
+    app.login_manager = object()  # type: ignore[attr-defined]
+    _add_views(app)
+    seq = ext.image.seq
+    client = app.test_client()
+    assert client.post("/inc").status_code == 200
+    login.current_user.is_authenticated = False  # type: ignore[attr-defined]
+    assert client.post("/inc").status_code == 200
+    assert [tx[0].meta["user"] for tx in _txs(ext.image, seq)] == ["login-3", "from-g"]
+
+
+def test_request_annotation_is_configurable_and_can_be_turned_off(make_app: Make) -> None:
+    """MEMIMG_ANNOTATE_KEYS picks the keys, MEMIMG_ANNOTATE_WITH returns the meta to record (here: one key
+    added); MEMIMG_ANNOTATE=False records none."""
+    app, ext = make_app(MEMIMG_ANNOTATE_KEYS=["endpoint"], MEMIMG_ANNOTATE_WITH=lambda meta: {**meta, "tenant": "acme"})
+    seq = ext.image.seq
+    assert app.test_client().post("/inc", headers={"X-Request-ID": "r"}).status_code == 200
+    assert _txs(ext.image, seq)[0][0].meta == {"endpoint": "inc", "tenant": "acme"}
+
+
+def test_request_annotation_off(tmp_path: Any) -> None:
+    """MEMIMG_ANNOTATE=False: a request's commit writes no meta row."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(MEMIMG_ROOT=Counter, MEMIMG_TARGET=str(tmp_path / "image.db"), MEMIMG_ANNOTATE=False)
+    ext = MemImg(app)
+
+    @app.post("/inc")
+    def inc() -> Any:
+        counter().count += 1
+        return {"count": counter().count}
+
+    try:
+        seq = ext.image.seq
+        assert app.test_client().post("/inc", headers={"X-Request-ID": "r"}).status_code == 200
+        assert ext.image.seq > seq
+        assert all(e.kind != "tx.meta" and e.meta == {} for e in ext.image.events(seq))
+    finally:
+        ext.image.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "setting", "words"),
+    [
+        ({"MEMIMG_ANNOTATE": "yes"}, "MEMIMG_ANNOTATE", "True or False"),
+        ({"MEMIMG_ANNOTATE_KEYS": ["user", "ip"]}, "MEMIMG_ANNOTATE_KEYS", "unknown keys ['ip']"),
+        ({"MEMIMG_ANNOTATE_KEYS": "user"}, "MEMIMG_ANNOTATE_KEYS", "list of keys"),
+        ({"MEMIMG_ANNOTATE_WITH": "no_such_module:f"}, "MEMIMG_ANNOTATE_WITH", "cannot be imported"),
+        ({"MEMIMG_ANNOTATE_WITH": 3}, "MEMIMG_ANNOTATE_WITH", "must be a function"),
+    ],
+)
+def test_bad_annotation_settings_fail_at_init(tmp_path: Any, config: dict[str, Any], setting: str, words: str) -> None:
+    """A wrong MEMIMG_ANNOTATE* setting raises ConfigError at init_app, naming it."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update({"MEMIMG_ROOT": Counter, "MEMIMG_TARGET": str(tmp_path / "image.db"), **config})
+    with pytest.raises(ConfigError) as info:
+        MemImg(app)
+    assert info.value.setting == setting and words in str(info.value)

@@ -10,6 +10,9 @@ The setting is a dict::
         "DISCARD_STATUS": 400,             # responses with a status >= this are discarded
         "SCHEMA": None, "PREFIX": None,    # where the tables go in a database (SQLAlchemy targets)
         "LAZY": False,                     # open at the first use instead of at startup
+        "ANNOTATE": True,                  # each request's commits carry who and what (False: off)
+        "ANNOTATE_KEYS": ("user", "request", "endpoint"),   # which of those to record
+        "ANNOTATE_WITH": None,             # fn(request, meta) -> the metadata to record (or its dotted path)
     }
 
 A ``TARGET`` that names an entry of ``settings.DATABASES`` means "the
@@ -35,12 +38,25 @@ from typing import Any, Final
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped, unused-ignore]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped, unused-ignore]
 
+from memimg.contrib import _requests
 from memimg.stores import Store
 
 __all__ = ["KEYS", "MemimgSettings", "database_url", "parse_settings", "sqlite_path", "url_for_database"]
 
 #: Every key ``settings.MEMIMG`` may hold.
-KEYS: Final = ("TARGET", "ROOT", "OPTIONS", "RETRIES", "DISCARD_STATUS", "SCHEMA", "PREFIX", "LAZY")
+KEYS: Final = (
+    "TARGET",
+    "ROOT",
+    "OPTIONS",
+    "RETRIES",
+    "DISCARD_STATUS",
+    "SCHEMA",
+    "PREFIX",
+    "LAZY",
+    "ANNOTATE",
+    "ANNOTATE_KEYS",
+    "ANNOTATE_WITH",
+)
 
 DEFAULT_RETRIES: Final = 3
 DEFAULT_DISCARD_STATUS: Final = 400
@@ -75,6 +91,9 @@ class MemimgSettings:
     discard_status: int | None = DEFAULT_DISCARD_STATUS
     alias: str | None = None
     lazy: bool = False
+    #: the request metadata keys to record (None: annotating is off), and the function that adds to them
+    annotate_keys: tuple[str, ...] | None = _requests.KEYS
+    annotate_with: Callable[[Any, dict[str, Any]], Any] | None = None
 
     def open_options(self) -> dict[str, Any]:
         """The keyword arguments of ``memimg.open`` besides the target."""
@@ -112,6 +131,13 @@ def parse_settings(value: Any, databases: Mapping[str, Any]) -> MemimgSettings:
     lazy = value.get("LAZY", False)
     if not isinstance(lazy, bool):
         raise _error("LAZY", f"must be True or False, not {lazy!r}")
+    annotate_keys, annotate_with = _requests.annotate_settings(
+        value.get("ANNOTATE", True),
+        value.get("ANNOTATE_KEYS", _requests.KEYS),
+        value.get("ANNOTATE_WITH"),
+        error=lambda suffix, message: _error(f"ANNOTATE{suffix}", message),
+        load=import_string,
+    )
     by_url = any(value.get(key) is not None for key in ("SCHEMA", "PREFIX"))
     target, description, alias = _target(value.get("TARGET"), databases, by_url=by_url)
     for key in ("SCHEMA", "PREFIX"):
@@ -136,6 +162,8 @@ def parse_settings(value: Any, databases: Mapping[str, Any]) -> MemimgSettings:
         discard_status=discard,
         alias=alias,
         lazy=lazy,
+        annotate_keys=annotate_keys,
+        annotate_with=annotate_with,
     )
 
 

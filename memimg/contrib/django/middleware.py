@@ -26,6 +26,14 @@ and the rendering of a ``TemplateResponse``. The content of a
 ``StreamingHttpResponse`` is produced after the commit, outside any
 transaction. The middleware works in both the WSGI (sync) and ASGI (async)
 stacks.
+
+Who and what. Each request's commits -- its transaction, or the changes of a
+``non_transactional`` view -- carry metadata (``img.annotate``): ``user``
+(``request.user.pk`` when the user is authenticated), ``request`` (the
+``X-Request-ID`` header, or a new random id; also ``request.memimg_request_id``)
+and ``endpoint`` (the view name of ``request.resolver_match``, else the
+path). ``settings.MEMIMG["ANNOTATE"]``, ``["ANNOTATE_KEYS"]`` and
+``["ANNOTATE_WITH"]`` configure it (see ``docs/django.md``).
 """
 
 from __future__ import annotations
@@ -40,10 +48,11 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import JsonResponse  # type: ignore[import-untyped, unused-ignore]
 
 import memimg
+from memimg.contrib import _requests
 from memimg.contrib.django import _runtime
 from memimg.image._retry import backoff
 
-__all__ = ["MemimgMiddleware", "non_transactional"]
+__all__ = ["MemimgMiddleware", "non_transactional", "request_meta"]
 
 log = logging.getLogger("memimg.contrib.django")
 
@@ -51,6 +60,7 @@ V = TypeVar("V", bound=Callable[..., Any])
 
 _TX = "_memimg_tx"
 _CONFLICT = "_memimg_conflict"
+_ANNOTATION = "_memimg_annotation"
 
 
 def non_transactional(view: V) -> V:
@@ -103,6 +113,8 @@ class MemimgMiddleware:
             except BaseException:
                 self._abandon(request)
                 raise
+            finally:
+                _leave_annotation(request)
             conflict = self._end(request, response)
             if conflict is None:
                 return response
@@ -120,6 +132,8 @@ class MemimgMiddleware:
             except BaseException:
                 self._abandon(request)
                 raise
+            finally:
+                _leave_annotation(request)
             conflict = self._end(request, response)
             if conflict is None:
                 return response
@@ -130,6 +144,7 @@ class MemimgMiddleware:
 
     def process_view(self, request: Any, view: Callable[..., Any], args: Any, kwargs: Any) -> None:
         request.__dict__.pop(_CONFLICT, None)
+        _enter_annotation(request)
         if getattr(view, "memimg_non_transactional", False):
             return
         request.__dict__[_TX] = _runtime.image().begin()
@@ -176,3 +191,49 @@ class MemimgMiddleware:
             return False
         log.debug("request conflict, running it again (attempt %d): %s", attempt + 2, err)
         return True
+
+
+# -- who and what -------------------------------------------------------------------
+
+
+def request_meta(request: Any) -> dict[str, Any] | None:
+    """The metadata the request's commits carry (None: annotating is off); see the module docstring."""
+    settings = _runtime.current_settings()
+    keys = settings.annotate_keys
+    if keys is None:
+        return None
+    if "memimg_request_id" not in request.__dict__:  # the same id for every attempt
+        request.memimg_request_id = _requests.request_id(request.META.get("HTTP_X_REQUEST_ID"))
+    meta = _requests.request_meta(
+        keys, user=lambda: _user_pk(request), request=lambda: request.memimg_request_id, endpoint=lambda: _view(request)
+    )
+    if settings.annotate_with is not None:
+        meta = settings.annotate_with(request, meta) or {}
+    return meta
+
+
+def _user_pk(request: Any) -> Any:
+    user = getattr(request, "user", None)
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return user.pk
+
+
+def _view(request: Any) -> str:
+    match = getattr(request, "resolver_match", None)
+    return str(match.view_name) if match is not None and match.view_name else str(request.path)
+
+
+def _enter_annotation(request: Any) -> None:
+    meta = request_meta(request)
+    if meta is None:
+        return
+    annotation = _runtime.image().annotate(**meta)
+    annotation.__enter__()  # left in __call__, after the response (see _leave_annotation)
+    request.__dict__[_ANNOTATION] = annotation
+
+
+def _leave_annotation(request: Any) -> None:
+    annotation = request.__dict__.pop(_ANNOTATION, None)
+    if annotation is not None:
+        annotation.__exit__(None, None, None)
