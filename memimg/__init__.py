@@ -20,9 +20,11 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
+from memimg.core._markers import ERASED
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
 from memimg.core._values import Converter, converter
+from memimg.image._erase import Erasure
 from memimg.image._image import MemoryImage
 from memimg.image._transaction import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
@@ -31,9 +33,11 @@ from memimg.stores import MemoryStore, SQLiteStore, Store
 __all__ = [
     "ClosedError",
     "CommitUnknownError",
+    "ERASED",
     "ConflictError",
     "Converter",
     "CorruptLogError",
+    "Erasure",
     "Event",
     "FileGoneError",
     "LockedError",

@@ -19,8 +19,9 @@ from memimg.core._rows import Event, EventRow, verify_event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _recovery
+from memimg.image import _erase, _recovery
 from memimg.image._engine import Engine
+from memimg.image._erase import Erasure
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
 
@@ -210,6 +211,37 @@ class MemoryImage:
             r = EventRow(*row)
             verify_event(r)
             yield Event.from_row(r)
+
+    def erase(self, obj: Any, field: str | None = None, *, reason: str, by: str | None = None) -> Erasure:
+        """Excise every stored past value of ``obj.field`` (every field when ``None``) from the log.
+
+        GDPR-style erasure: in every event and snapshot stored, each value
+        the field held before its current one is replaced by
+        :data:`memimg.ERASED` (checksums recomputed), and an ``erase`` audit
+        event records when, why (*reason*), by whom (*by*), which object and
+        fields -- never the values. The current value is left alone (set it
+        first if it must go too); so are references to other objects (erase
+        those objects). For a tracked list or dict (or a field holding one),
+        the items or values it no longer holds are erased too; a set's
+        members cannot be. Reopening gives the same state; replay, ``at``,
+        ``history`` and ``memimg verify`` show ERASED in the past. On SQLite
+        the old bytes are overwritten in the file and the WAL emptied; on
+        PostgreSQL run ``VACUUM`` (see docs/history.md).
+
+        Waits for a snapshot being written, by this process or another, to
+        finish; other commits wait while the rewrite runs.
+
+        Returns:
+            An :class:`~memimg.Erasure` saying what was erased.
+
+        Raises:
+            MemimgError: no reason; *obj* is not an entity, list or dict of
+                this image; it has no field *field*; a set; inside a
+                transaction. Nothing is changed.
+            ReadOnlyError: the image is read-only.
+            LockedError: another process's snapshot held the store for over a minute.
+        """
+        return _erase.erase(self._engine, obj, field, reason, by)
 
     # -- closing ----------------------------------------------------------------
 

@@ -71,7 +71,8 @@ class Snapshots:
         self.engine = engine
         #: who this image is, as a lease holder
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._one = threading.Lock()  # one snapshot at a time in this process
+        #: held while this process writes a snapshot (and while it erases: see _erase)
+        self.lock = self._one = threading.Lock()
         self._thread: threading.Thread | None = None
         #: an automatic snapshot found the lease held: not tried again before then (monotonic)
         self._quiet_until = 0.0

@@ -142,5 +142,26 @@ class MemoryStore:
         if self.readonly:
             self._refuse("reclaiming the space of deleted rows")
 
+    def rewrite(
+        self, events: Sequence[EventRow], snapshots: Sequence[SnapshotRow], rows: Sequence[EventRow], expected_head: int
+    ) -> None:
+        """Replace rows in the lists and append *rows*, under the store's lock (the old rows are garbage)."""
+        if self.readonly:
+            self._refuse("rewriting rows")
+        with self._lock:
+            if self.head() != expected_head:
+                raise SeqTaken(expected_head)
+            for i, row in enumerate(rows):
+                if row[0] != expected_head + 1 + i:
+                    raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
+            for row in events:
+                i = row.seq - self._first
+                if 0 <= i < len(self._events) and self._events[i].seq == row.seq:
+                    self._events[i] = row
+            for snap in snapshots:
+                if snap.seq in self._snapshots:
+                    self._snapshots[snap.seq] = snap
+            self._events.extend(rows)
+
     def close(self) -> None:
         pass

@@ -152,6 +152,25 @@ class Store(Protocol):
         """
         ...
 
+    def rewrite(
+        self, events: Sequence[EventRow], snapshots: Sequence[SnapshotRow], rows: Sequence[EventRow], expected_head: int
+    ) -> None:
+        """Replace the payloads and checksums of stored *events* and *snapshots* (by seq), and append *rows*
+        (seqs ``expected_head + 1`` on), all in one transaction: all of it is written, or none.
+
+        What ``MemoryImage.erase`` stores. A row of *events* or *snapshots*
+        that is no longer stored (compacted away meanwhile) is skipped. The
+        old bytes are made as hard to recover as the database allows (see
+        each store).
+
+        Raises:
+            SeqTaken: another writer appended first; nothing was written.
+            ReadOnlyError: the store is open read-only.
+            LockedError: the store stayed busy past its timeout.
+            StoreError: the database failed; nothing was written.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections and files."""
         ...

@@ -538,6 +538,16 @@ class SQLAlchemyStore:
 
         self._run("reclaiming the space of deleted rows", vacuum, write=True, autocommit=True)
 
+    def rewrite(
+        self, events: Sequence[EventRow], snapshots: Sequence[SnapshotRow], rows: Sequence[EventRow], expected_head: int
+    ) -> None:
+        """Rewrite rows and append *rows* in one transaction (see :mod:`memimg.stores._rewrite`)."""
+        from memimg.stores._rewrite import sqlalchemy_rewrite
+
+        channel = self.channel if self._pg else None
+        work = sqlalchemy_rewrite(self, events, snapshots, rows, expected_head, commit_id=self._pg, channel=channel)
+        self._run("rewriting rows (erase)", work, write=True)
+
     # -- snapshots and meta ---------------------------------------------------
 
     def write_snapshot(self, row: SnapshotRow) -> None:

@@ -496,6 +496,14 @@ class SQLiteStore:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, None)
 
+    def rewrite(
+        self, events: Sequence[EventRow], snapshots: Sequence[SnapshotRow], rows: Sequence[EventRow], expected_head: int
+    ) -> None:
+        """Rewrite rows and append *rows* in one transaction, ``PRAGMA secure_delete`` on (see :mod:`._rewrite`)."""
+        from memimg.stores._rewrite import sqlite_rewrite
+
+        sqlite_rewrite(self, _APPEND_FIRST, _APPEND, events, snapshots, rows, expected_head)
+
     # -- snapshots and meta ---------------------------------------------------
 
     def write_snapshot(self, row: SnapshotRow) -> None:
