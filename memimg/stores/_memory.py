@@ -156,7 +156,7 @@ class MemoryStore:
                     raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
             for row in events:
                 i = row.seq - self._first
-                if 0 <= i < len(self._events) and self._events[i].seq == row.seq:
+                if 0 <= i < len(self._events) and self._events[i][0] == row.seq:
                     self._events[i] = row
             for snap in snapshots:
                 if snap.seq in self._snapshots:
