@@ -315,3 +315,28 @@ def test_erased_is_a_public_marker() -> None:
     img = memimg.open(":memory:", root=dict)
     with pytest.raises(memimg.UnsupportedValueError, match="marker"):
         img.root["x"] = memimg.ERASED
+
+
+def test_the_command_line_erases_a_field_or_every_field(sqlite_path: str) -> None:
+    """``memimg erase TARGET OID.FIELD --reason ...`` erases and says what it did (``--json`` as data);
+    an unknown object or field, or no --reason, is an error and changes nothing."""
+    import json
+
+    from click.testing import CliRunner
+
+    from memimg.cli import cli
+
+    img = memimg.open(sqlite_path, root=dict)
+    oid = ada_with_history(img)._mi_oid
+    img.close()
+    runner = CliRunner()
+    out = runner.invoke(cli, ["erase", sqlite_path, f"{oid}.ssn", "--reason", "GDPR 1"], catch_exceptions=False)
+    assert out.exit_code == 0 and "erased 4 past value(s)" in out.output
+    out = runner.invoke(cli, ["erase", sqlite_path, str(oid), "--reason", "GDPR 2", "--by", "dpo", "--json"])
+    assert json.loads(out.output)["fields"][:2] == ["name", "ssn"] and json.loads(out.output)["by"] == "dpo"
+    head = memimg.SQLiteStore(sqlite_path).head()
+    for args in ([f"{oid}.zz", "--reason", "r"], ["999", "--reason", "r"], [f"{oid}.ssn"], ["x.ssn", "--reason", "r"]):
+        bad = runner.invoke(cli, ["erase", sqlite_path, *args])
+        assert bad.exit_code != 0
+    assert memimg.SQLiteStore(sqlite_path).head() == head
+    assert b"OLD-SSN" not in b"".join(open(f, "rb").read() for f in glob.glob(sqlite_path + "*"))

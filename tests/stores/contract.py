@@ -238,6 +238,33 @@ class StoreContract:
         store.reclaim()  # again, with nothing to give back
         assert [r[0] for r in store.read()] == [39, 40, 41]
 
+    def test_rewrite_replaces_rows_and_appends_in_one_go(self, store: Store) -> None:
+        """rewrite replaces payloads and checksums of events and snapshots by seq, skips rows no longer
+        stored, and appends its rows at the expected head."""
+        store.append([row(1), row(2), row(3)], 0)
+        store.write_snapshot(snap(2))
+        store.rewrite([row(2, payload=b'[["new"]]'), row(9)], [snap(2, b'{"new":1}'), snap(8)], [row(4)], 3)
+        assert [(r[0], bytes(r[5])) for r in store.read()] == [
+            (1, b"[[]]"),
+            (2, b'[["new"]]'),
+            (3, b"[[]]"),
+            (4, b"[[]]"),
+        ]
+        assert EventRow(*list(store.read())[1]) == row(2, payload=b'[["new"]]')
+        assert store.read_snapshot(2) == snap(2, b'{"new":1}')
+        assert [i.seq for i in store.snapshots()] == [2]
+        assert store.head() == 4
+
+    def test_rewrite_at_a_stale_head_writes_nothing(self, store: Store) -> None:
+        """If the head moved, rewrite raises SeqTaken and neither rewrites nor appends anything."""
+        store.append([row(1), row(2)], 0)
+        store.write_snapshot(snap(1))
+        with pytest.raises(SeqTaken):
+            store.rewrite([row(1, payload=b'[["new"]]')], [snap(1, b'{"new":1}')], [row(2)], 1)
+        assert [bytes(r[5]) for r in store.read()] == [b"[[]]", b"[[]]"]
+        assert store.read_snapshot(1) == snap(1)
+        assert store.head() == 2
+
     def test_large_payload(self, store: Store) -> None:
         """Payloads of several megabytes are kept intact."""
         big = b"[" + b"1," * 2_000_000 + b"1]"
@@ -277,6 +304,7 @@ class StoreContract:
                 "lease": lambda: ro.lease("job", "x", 30),
                 "release": lambda: ro.release("job", "x"),
                 "reclaim": ro.reclaim,
+                "rewrite": lambda: ro.rewrite([row(1, payload=b'["x"]')], [], [row(3)], 2),
             }
             for name, write in writes.items():
                 with pytest.raises(memimg.ReadOnlyError):
@@ -310,6 +338,7 @@ class StoreContract:
             "delete_snapshots_before": lambda: store.delete_snapshots_before(1),
             "reclaim": store.reclaim,
             "append": lambda: store.append([row(2)], 1),
+            "rewrite": lambda: store.rewrite([row(1, payload=b'["x"]')], [], [row(2)], 1),
             "lease": lambda: store.lease("job", "x", 30),
             "release": lambda: store.release("job", "x"),
         }
