@@ -31,9 +31,9 @@ from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
 from memimg.stores import MemoryStore, SQLiteStore, Store
 
 __all__ = [
+    "ERASED",
     "ClosedError",
     "CommitUnknownError",
-    "ERASED",
     "ConflictError",
     "Converter",
     "CorruptLogError",

@@ -40,6 +40,7 @@ value was, and at every snapshot's seq the very state that snapshot holds
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -48,7 +49,7 @@ import orjson
 
 from memimg.core._rows import EventRow, SnapshotRow, event_checksum, snapshot_checksum
 
-__all__ = ["ENTITY", "LIST", "DICT", "Excised", "Target", "excise", "holds_reference"]
+__all__ = ["DICT", "ENTITY", "LIST", "Excised", "Target", "excise", "holds_reference"]
 
 ENTITY: Final = "entity"
 LIST: Final = "list"
@@ -334,7 +335,7 @@ def _read_snapshot(
             if not hits:
                 continue
             chunk = _loads(lines[i + 1])
-            again[i + 1] = lambda chunk=chunk: _dumps(chunk)
+            again[i + 1] = functools.partial(_dumps, chunk)
             for j, t in hits:
                 name = names[kinds[j]]
                 t.copy(chunk[j], tuple(types[name][1]) if name in types else None)
@@ -345,9 +346,13 @@ def _read_snapshot(
                 name, _, text = rest.partition(b"\t")
                 state = _loads(text)
                 prefix = b"%s\t%s\t" % (oid_text, name)
-                again[i] = lambda prefix=prefix, state=state: prefix + _dumps(state)
+                again[i] = functools.partial(_line, prefix, state)
                 by_oid[int(oid_text)].copy(state, None)
     return row, lines, again
+
+
+def _line(prefix: bytes, state: Any) -> bytes:
+    return prefix + _dumps(state)
 
 
 def _changed_events(decoded: dict[int, tuple[EventRow, Any]]) -> list[EventRow]:
@@ -360,7 +365,9 @@ def _changed_events(decoded: dict[int, tuple[EventRow, Any]]) -> list[EventRow]:
     return out
 
 
-def _changed_snapshots(parsed: list[tuple[SnapshotRow, list[bytes], dict[int, Callable[[], bytes]]]]) -> list[SnapshotRow]:
+def _changed_snapshots(
+    parsed: list[tuple[SnapshotRow, list[bytes], dict[int, Callable[[], bytes]]]],
+) -> list[SnapshotRow]:
     out = []
     for row, lines, again in parsed:
         if not again:

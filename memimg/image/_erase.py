@@ -189,8 +189,13 @@ def _targets(
             f"{t.__module__}.{t.__qualname__}; nothing was changed",
             value_type=t,
         )
-    oid = obj._mi_oid
-    if obj._mi_img is not engine.owner or oid is None or oid >= len(table.objects) or table.objects[oid] is not obj:
+    oid: int | None = getattr(obj, "_mi_oid", None)
+    if (
+        getattr(obj, "_mi_img", None) is not engine.owner
+        or oid is None
+        or oid >= len(table.objects)
+        or table.objects[oid] is not obj
+    ):
         raise MemimgError(
             f"erase: this {t.__qualname__} object is not in the image {engine.store.description} (never stored "
             "in it, or in another image, or no longer reachable); nothing was changed",
@@ -228,7 +233,7 @@ def _targets(
     targets = [Target(oid, ENTITY, stored)]
     skipped = []
     for f in fields:
-        value = getattr(obj, f, None)
+        value: Any = getattr(obj, f, None)
         vt = type(value)
         if vt is SHELL.list or vt is SHELL.dict:
             targets.append(Target(value._mi_oid, LIST if vt is SHELL.list else DICT))

@@ -107,8 +107,14 @@ def sqlalchemy_rewrite(
     payload = sa.bindparam("b_payload", type_=sa.LargeBinary)
     checksum = sa.bindparam("b_checksum", type_=sa.BigInteger)
     updates = [
-        (ev.update().where(ev.c.seq == sa.bindparam("b_seq")).values(payload=payload, checksum=checksum), events),
-        (sn.update().where(sn.c.seq == sa.bindparam("b_seq")).values(payload=payload, checksum=checksum), snapshots),
+        (
+            ev.update().where(ev.c.seq == sa.bindparam("b_seq")).values(payload=payload, checksum=checksum),
+            [{"b_seq": r.seq, "b_payload": r.payload, "b_checksum": r.checksum} for r in events],
+        ),
+        (
+            sn.update().where(sn.c.seq == sa.bindparam("b_seq")).values(payload=payload, checksum=checksum),
+            [{"b_seq": r.seq, "b_payload": r.payload, "b_checksum": r.checksum} for r in snapshots],
+        ),
     ]
 
     def work(conn: sa.Connection) -> None:
@@ -125,9 +131,9 @@ def sqlalchemy_rewrite(
                 raise SeqTaken(expected_head) from None
             if len(appended) > 1:
                 conn.execute(store._append_rest, appended[1:])
-        for statement, changed in updates:
-            if changed:
-                conn.execute(statement, [{"b_seq": r.seq, "b_payload": r.payload, "b_checksum": r.checksum} for r in changed])
+        for statement, params in updates:
+            if params:
+                conn.execute(statement, params)
         if channel is not None and rows:
             conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": str(rows[-1][0])})
 
