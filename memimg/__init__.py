@@ -12,6 +12,7 @@ from memimg._errors import (
     ConflictError,
     CorruptLogError,
     FileGoneError,
+    HistoryError,
     LockedError,
     MemimgError,
     ReadOnlyError,
@@ -20,7 +21,8 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
-from memimg.core._markers import ERASED
+from memimg.core._diff import Diff, Difference
+from memimg.core._markers import ERASED, MISSING
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
 from memimg.core._values import Converter, converter
@@ -32,14 +34,18 @@ from memimg.stores import MemoryStore, SQLiteStore, Store
 
 __all__ = [
     "ERASED",
+    "MISSING",
     "ClosedError",
     "CommitUnknownError",
     "ConflictError",
     "Converter",
     "CorruptLogError",
+    "Diff",
+    "Difference",
     "Erasure",
     "Event",
     "FileGoneError",
+    "HistoryError",
     "LockedError",
     "MemimgError",
     "MemoryImage",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final, final
 
-__all__ = ["ABSENT", "DELETED", "ERASED", "NOT_GIVEN", "SELF", "WHOLE", "Marker"]
+__all__ = ["ABSENT", "DELETED", "ERASED", "MISSING", "NOT_GIVEN", "SELF", "WHOLE", "Marker"]
 
 
 @final
@@ -41,3 +41,6 @@ SELF: Final[Any] = Marker("SELF")
 NOT_GIVEN: Final[Any] = Marker("NOT_GIVEN")
 #: What :meth:`MemoryImage.erase` left where a past value was stored (public as ``memimg.ERASED``).
 ERASED: Final[Any] = Marker("ERASED", "memimg.ERASED")
+#: Public (``memimg.MISSING``): there was, or is, no value here -- a field unset, a key or set member absent
+#: (a :class:`memimg.Difference`'s ``old`` or ``new``).
+MISSING: Final[Any] = Marker("MISSING")
