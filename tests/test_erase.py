@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import sqlite3
 import threading
 from typing import Any
 
@@ -168,12 +169,16 @@ def test_a_list_and_a_dict_lose_the_items_they_no_longer_hold(make_image: Images
     assert dict(again.notes) == {"k": "KEEP-NOTE"}
 
 
-def test_references_are_kept(make_image: Images) -> None:
-    """A past value that is a reference to another object is kept (erase that object instead)."""
+def test_references_are_kept_and_objects_still_reachable_are_not_followed(make_image: Images) -> None:
+    """A past value that is a reference stays a reference; the object it names is left alone while it is
+    still reachable (erase it to erase what it holds)."""
     img = make_image(root=dict)
-    img.root["ada"] = ada = Person(friend=Person(name="bob"))
+    img.root["bob"] = bob = Person(name="BOB-NAME")
+    img.root["ada"] = ada = Person(friend=bob)
     ada.friend = None
-    assert img.erase(ada, "friend", reason="r").erased == 0
+    result = img.erase(ada, "friend", reason="r")
+    assert result.erased == 0 and result.followed == ()
+    assert b"BOB-NAME" in stored_bytes(make_image.store())
 
 
 def test_bad_requests_change_nothing(make_image: Images) -> None:
@@ -233,33 +238,86 @@ def test_followers_keep_their_past_and_keep_following(make_image: Images) -> Non
     assert make_image().root["ada"].ssn == "NEWER"
 
 
-def test_a_commit_racing_the_rewrite_makes_it_plan_again(make_image: Images) -> None:
-    """If another writer commits between the erase's reading of the log and its rewrite, nothing is
-    written; the erase catches up, reads again (the racing commit's value becomes past too) and succeeds."""
+def test_commits_made_while_erase_reads_the_log_neither_restart_it_nor_wait_for_it(make_image: Images) -> None:
+    """Another image commits each time erase reads the log, and a thread of the erasing image commits while
+    it reads: the erase reads the log once, stores in one write turn (the commits made meanwhile folded in:
+    the value set meanwhile is the current one, every earlier one past), and the thread's commit does not
+    wait for the erase."""
     img = make_image(root=dict)
     ada = ada_with_history(img)
     other = make_image()
     store = img.store
-    real = store.rewrite
-    calls = []
+    real_read, real_rewrite = store.read, store.rewrite
+    rewrites: list[int] = []
+    waited: list[bool] = []
 
-    def racing(*args: Any) -> None:
-        if not calls:
-            other.root["ada"].ssn = "RACING-SSN"  # moves the head: this rewrite must not land
-        calls.append(1)
-        real(*args)
+    def busy_read(after: int = 0, limit: int | None = None) -> Any:
+        if after == 0 and threading.current_thread() is erasing and len(waited) < 5:
+            other.root["ada"].ssn = f"RACING-SSN-{len(waited)}"  # the head moves while the log is read
+            t = threading.Thread(target=lambda: setattr(img.root["bob"], "name", f"bob{len(waited)}"))
+            t.start()
+            t.join(5)
+            waited.append(t.is_alive())
+        return real_read(after, limit)
 
-    store.rewrite = racing  # type: ignore[method-assign]
+    def counted(*args: Any) -> None:
+        rewrites.append(1)
+        real_rewrite(*args)
+
+    img.root["bob"] = Person()
+    store.read = busy_read  # type: ignore[method-assign]
+    store.rewrite = counted  # type: ignore[method-assign]
+    results: list[memimg.Erasure] = []
+    erasing = threading.Thread(target=lambda: results.append(img.erase(ada, "ssn", reason="r")))
     try:
-        result = img.erase(ada, "ssn", reason="r")
+        erasing.start()
+        erasing.join(60)
     finally:
-        del store.rewrite
-    assert len(calls) == 2
-    assert result.erased == 5  # CURRENT-SSN is past now too
-    assert ada.ssn == "RACING-SSN"
+        del store.read, store.rewrite
+    assert results and rewrites == [1] and waited == [False]
+    assert ada.ssn == "RACING-SSN-0"
     img.close()
     data = stored_bytes(make_image.store())
-    assert b"OLD-SSN" not in data and b"CURRENT-SSN" not in data
+    assert b"OLD-SSN" not in data and b'"CURRENT-SSN"' not in data and b"RACING-SSN-0" in data
+
+
+def test_a_snapshot_that_outlived_its_lease_is_not_stored_after_an_erase(make_image: Images) -> None:
+    """Another image's snapshot stalls past its lease; erase takes the lease and erases; the stalled
+    snapshot, holding the old value, is then refused by the store instead of written."""
+    img = make_image(root=dict)
+    img.root["ada"] = ada = Person(ssn="STALE-SSN")
+    other = make_image(snapshot_every=None)
+    real_write = other.store.write_snapshot
+    stalled = threading.Event()
+    go_on = threading.Event()
+
+    def stalling(row: Any, holder: str | None = None) -> bool:
+        stalled.set()
+        go_on.wait(30)
+        return real_write(row, holder)
+
+    other.store.write_snapshot = stalling  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    def snapshot() -> None:
+        try:
+            other.snapshot()
+        except memimg.MemimgError as err:
+            failures.append(err)
+
+    t = threading.Thread(target=snapshot)
+    t.start()
+    assert stalled.wait(30)
+    other.store.release("snapshot", other._engine.snapshots.holder)  # as if its lease expired
+    img.refresh()
+    ada.ssn = "NEW-SSN"
+    img.erase(ada, "ssn", reason="r")
+    go_on.set()
+    t.join(30)
+    assert failures and "not stored" in str(failures[0])
+    other.close()
+    img.close()
+    assert b"STALE-SSN" not in stored_bytes(make_image.store())
 
 
 def test_erase_waits_for_a_snapshot_being_written(make_image: Images) -> None:
@@ -302,6 +360,37 @@ def test_sqlite_files_no_longer_hold_the_erased_bytes(sqlite_path: str) -> None:
         img.close()
     assert b"OLD-SSN" not in on_disk()
     assert memimg.open(sqlite_path).root["ada"].ssn == "CURRENT-SSN-2"
+
+
+def test_a_reader_holding_the_wal_is_reported(sqlite_path: str) -> None:
+    """With another connection mid-read, the WAL cannot be emptied: the erasure is committed, the result
+    says the old bytes remain and what to run; once the reader is gone, compaction removes them."""
+    img = memimg.open(sqlite_path, root=dict, snapshot_every=None)
+    img.root["ada"] = ada = Person(ssn="OLD-SSN-WAL")
+    ada.ssn = "NEW-SSN"
+    reader = sqlite3.connect(sqlite_path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM memimg_events").fetchall()
+    result = img.erase(ada, "ssn", reason="r")
+    assert result.scrubbed is False and "write-ahead log" in result.note and "memimg compact" in result.note
+    reader.rollback()
+    reader.close()
+    assert img.store.reclaim() is True
+    img.close()
+    assert b"OLD-SSN-WAL" not in b"".join(open(f, "rb").read() for f in glob.glob(sqlite_path + "*"))
+
+
+def test_past_states_show_erased_after_the_erase(make_image: Images) -> None:
+    """img.at(s) for a seq before the erase shows ERASED where a past value was, the current value from the
+    seq that set it on."""
+    img = make_image(root=dict)
+    ada = ada_with_history(img)
+    first = img.seq - 3  # the creation of ada
+    img.erase(ada, "ssn", reason="r")
+    with img.at(first) as past:
+        assert past.root["ada"].ssn is memimg.ERASED
+    with img.at(img.seq - 1) as past:
+        assert past.root["ada"].ssn == "CURRENT-SSN"
 
 
 def test_erased_is_a_public_marker() -> None:

@@ -21,19 +21,19 @@ def erase(target: str, what: str, reason: str, by: str | None, as_json: bool) ->
     """Replace every stored past value of OBJECT.FIELD (every field: OID alone) by ERASED.
 
     The current value is left alone; an 'erase' audit event records why and
-    who, never the value. OID is the object's id (memimg show, memimg log).
+    who, never the value. OID is the object's id (memimg show, memimg log);
+    an object no longer in the image (deleted, and forgotten by a snapshot)
+    is read from the log, and every stored value of it is erased.
     """
-    oid_text, _, field = what.partition(".")
-    if not oid_text.isdigit():
-        raise MemimgError(f"{what!r} is not OID or OID.FIELD (an object id, e.g. 12 or 12.email)")
+    oid_text, dot, field = what.partition(".")
+    if not oid_text.isdigit() or (dot and not field):
+        raise MemimgError(
+            f"{what!r} is not OID or OID.FIELD (an object id, e.g. 12 or 12.email; to erase every field, give "
+            "the id alone); nothing was changed"
+        )
     img = open_image(target, writable=True)
     try:
-        objects = img._engine.table.objects
-        oid = int(oid_text)
-        obj = objects[oid] if oid < len(objects) else None
-        if obj is None:
-            raise MemimgError(f"{target!r} holds no object {oid} (ids are shown by memimg show and memimg log)")
-        result = img.erase(obj, field or None, reason=reason, by=by)
+        result = img.erase(int(oid_text), field or None, reason=reason, by=by)
     finally:
         img.close()
     click.echo(orjson.dumps(result.as_dict()).decode() if as_json else result.note)

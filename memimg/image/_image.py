@@ -283,24 +283,38 @@ class MemoryImage:
         :data:`memimg.ERASED` (checksums recomputed), and an ``erase`` audit
         event records when, why (*reason*), by whom (*by*), which object and
         fields -- never the values. The current value is left alone (set it
-        first if it must go too); so are references to other objects (erase
-        those objects). For a tracked list or dict (or a field holding one),
-        the items or values it no longer holds are erased too; a set's
-        members cannot be. Reopening gives the same state; replay, ``at``,
-        ``history`` and ``memimg verify`` show ERASED in the past. On SQLite
-        the old bytes are overwritten in the file and the WAL emptied; on
+        first if it must go too). In a past value, references to objects
+        stay (inside tuples and value objects too; everything else in them
+        is erased), and the objects they refer to that are no longer
+        reachable are erased whole. An object no longer reachable (deleted
+        from the graph) has no current value: every stored value of it is
+        erased -- pass the object, or its id once a snapshot has forgotten
+        it. The lists and dicts the object holds (and those they hold) lose
+        the items they no longer hold; a set's members cannot be erased.
+        With ``field=None``, values stored under field names the class no
+        longer declares go too. Reopening gives the same state; replay,
+        ``at`` and ``memimg verify`` show ERASED in the past. On SQLite the
+        old bytes are overwritten in the file and the WAL emptied; on
         PostgreSQL run ``VACUUM`` (see docs/history.md).
 
         Waits for a snapshot being written, by this process or another, to
-        finish; other commits wait while the rewrite runs.
+        finish. The log is read without holding up this image's other
+        threads; other writers wait only while the store's write turn is
+        held for the commits made meanwhile and the rewrite.
+
+        Args:
+            obj: an entity, tracked list or dict of this image, or an object id (an int).
+            field: one field (a current one, or a name values are stored under); None: every field.
+            reason: why (stored in the audit event; at most 1,000 characters).
+            by: who asked (stored in the audit event).
 
         Returns:
-            An :class:`~memimg.Erasure` saying what was erased.
+            An :class:`~memimg.Erasure` saying what was and was not erased.
 
         Raises:
             MemimgError: no reason; *obj* is not an entity, list or dict of
-                this image; it has no field *field*; a set; inside a
-                transaction. Nothing is changed.
+                this image nor the id of an object the log holds; it has no
+                field *field*; a set; inside a transaction. Nothing is changed.
             ReadOnlyError: the image is read-only.
             LockedError: another process's snapshot held the store for over a minute.
         """

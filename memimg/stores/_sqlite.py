@@ -38,13 +38,15 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
 from memimg.stores._protocol import (
     FORMAT_VERSION,
+    LEASE,
     EventRow,
+    Rewrite,
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
@@ -78,6 +80,8 @@ _HEAD: Final = "SELECT coalesce((SELECT max(seq) FROM memimg_events), (SELECT ma
 _APPEND: Final = "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
+#: how long :meth:`SQLiteStore.reclaim` tries to empty a WAL another connection is reading
+CHECKPOINT_WAIT: Final = 2.0
 _BUSY: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 # What to do about a failure, by SQLite's primary result code.
 _ADVICE: Final = {
@@ -114,6 +118,12 @@ def _stamped_after(ctime: int) -> bool:
 
 # Take a lease that is free or already ours (see lease_entry), give back one that is ours.
 _LEASE_RENEW: Final = "UPDATE memimg_meta SET value = ? WHERE key = ? AND (value < ? OR substr(value, 22) = ?)"
+_SNAPSHOT: Final = "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)"
+#: the same, only while the holder named holds the snapshot lease (one statement: one transaction)
+_SNAPSHOT_LEASED: Final = (
+    "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) SELECT ?, ?, ?, ? "
+    "WHERE EXISTS (SELECT 1 FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?)"
+)
 _LEASE_RELEASE: Final = "DELETE FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?"
 
 
@@ -475,7 +485,7 @@ class SQLiteStore:
             self._check_files(doing, None)
         return count
 
-    def reclaim(self) -> None:
+    def reclaim(self) -> bool:
         """Give the space of deleted rows back to the disk: ``VACUUM``, and the WAL emptied before and after.
 
         VACUUM rewrites the database in place -- the same file, so the same
@@ -483,35 +493,51 @@ class SQLiteStore:
         file open go on writing to it -- under the write lock: other
         processes' commits wait for it (up to their busy_timeout), their reads
         go on. It needs free disk space for a copy of what is kept. The WAL
-        is emptied once no reader is still using it (otherwise at a later
-        checkpoint).
+        is emptied once no reader is still using it: tried again for up to
+        :data:`CHECKPOINT_WAIT` seconds, then ``False`` is returned (a later
+        checkpoint empties it).
         """
         doing = "reclaiming the space of deleted rows"
         self._check_writable(doing)
+        deadline = time.monotonic() + CHECKPOINT_WAIT
         with self._lock:
             try:
-                for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
+                for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM"):
                     self._conn.execute(sql).fetchall()
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
-            self._check_files(doing, None)
+        while True:
+            with self._lock:
+                try:
+                    busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                except sqlite3.Error as err:
+                    raise self._error(err, doing, write=True) from err
+                self._check_files(doing, None)
+            if not busy or time.monotonic() >= deadline:
+                return not busy
+            time.sleep(0.05)
 
-    def rewrite(
-        self, events: Sequence[EventRow], snapshots: Sequence[SnapshotRow], rows: Sequence[EventRow], expected_head: int
-    ) -> None:
-        """Rewrite rows and append *rows* in one transaction, ``PRAGMA secure_delete`` on (see :mod:`._rewrite`)."""
+    def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
+        """See :meth:`Store.rewrite`: one ``BEGIN IMMEDIATE`` transaction, ``PRAGMA secure_delete`` on
+        (see :mod:`memimg.stores._rewrite`)."""
         from memimg.stores._rewrite import sqlite_rewrite
 
-        sqlite_rewrite(self, _APPEND_FIRST, _APPEND, events, snapshots, rows, expected_head)
+        doing = "rewriting rows (erase)"
+        self._check_writable(doing)
+        with self._lock:
+            try:
+                last = sqlite_rewrite(self._conn, plan, after, _APPEND_FIRST, _APPEND)
+            except sqlite3.Error as err:
+                raise self._error(err, doing, write=True) from err
+            self._check_files(doing, last)
 
     # -- snapshots and meta ---------------------------------------------------
 
-    def write_snapshot(self, row: SnapshotRow) -> None:
-        self._write(
-            f"writing the snapshot at seq {row.seq}",
-            "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)",
-            tuple(row),
-        )
+    def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
+        doing = f"writing the snapshot at seq {row.seq}"
+        if holder is None:
+            return bool(self._write(doing, _SNAPSHOT, tuple(row)))
+        return bool(self._write(doing, _SNAPSHOT_LEASED, (*row, f"lease.{LEASE}", holder)))
 
     def snapshots(self) -> list[SnapshotInfo]:
         with self._lock:
