@@ -492,34 +492,28 @@ class SQLiteStore:
         inode, and the WAL is truncated, not replaced: images that have the
         file open go on writing to it -- under the write lock: other
         processes' commits wait for it (up to their busy_timeout), their reads
-        go on. It needs free disk space for a copy of what is kept. The WAL
-        is emptied once no reader is still using it: tried again for up to
-        :data:`CHECKPOINT_WAIT` seconds, then ``False`` is returned (a later
-        checkpoint empties it).
+        go on. It needs free disk space for a copy of what is kept. The WAL is
+        emptied once no reader uses it: tried for :data:`CHECKPOINT_WAIT` s, then
+        ``False`` (a later checkpoint empties it).
         """
         doing = "reclaiming the space of deleted rows"
         self._check_writable(doing)
         deadline = time.monotonic() + CHECKPOINT_WAIT
-        with self._lock:
-            try:
-                for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM"):
-                    self._conn.execute(sql).fetchall()
-            except sqlite3.Error as err:
-                raise self._error(err, doing, write=True) from err
+        steps = ["PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
         while True:
             with self._lock:
                 try:
-                    busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    busy = [self._conn.execute(sql).fetchall() for sql in steps][-1][0][0]
                 except sqlite3.Error as err:
                     raise self._error(err, doing, write=True) from err
                 self._check_files(doing, None)
             if not busy or time.monotonic() >= deadline:
                 return not busy
+            steps = steps[-1:]  # the WAL only, once no reader uses it
             time.sleep(0.05)
 
     def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
-        """See :meth:`Store.rewrite`: one ``BEGIN IMMEDIATE`` transaction, ``PRAGMA secure_delete`` on
-        (see :mod:`memimg.stores._rewrite`)."""
+        """See :meth:`Store.rewrite` and :func:`memimg.stores._rewrite.sqlite_rewrite`."""
         from memimg.stores._rewrite import sqlite_rewrite
 
         doing = "rewriting rows (erase)"
