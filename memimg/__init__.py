@@ -22,16 +22,18 @@ from memimg._errors import (
     UnsupportedValueError,
 )
 from memimg.core._diff import Diff, Difference
-from memimg.core._markers import MISSING
+from memimg.core._markers import ERASED, MISSING
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
 from memimg.core._values import Converter, converter
+from memimg.image._erase import Erasure
 from memimg.image._image import MemoryImage
 from memimg.image._transaction import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
 from memimg.stores import MemoryStore, SQLiteStore, Store
 
 __all__ = [
+    "ERASED",
     "MISSING",
     "ClosedError",
     "CommitUnknownError",
@@ -40,6 +42,7 @@ __all__ = [
     "CorruptLogError",
     "Diff",
     "Difference",
+    "Erasure",
     "Event",
     "FileGoneError",
     "HistoryError",

@@ -142,9 +142,9 @@ def test_automatic_snapshots_are_written_in_the_background(make_image: Images, m
     writers: list[int] = []
     write = img.store.write_snapshot
 
-    def recording(row: Any) -> None:
+    def recording(row: Any, holder: str | None = None) -> bool:
         writers.append(threading.get_ident())
-        write(row)
+        return write(row, holder)
 
     monkeypatch.setattr(img.store, "write_snapshot", recording)
     for i in range(60):

@@ -39,6 +39,7 @@ from memimg._errors import CorruptLogError, UnknownTypeError
 from memimg.core import _types
 from memimg.core._generic import CustomValue, EnumValue
 from memimg.core._gone import Gone
+from memimg.core._markers import ERASED, Marker
 from memimg.core._shell import Shell
 from memimg.core._values import (
     Converter,
@@ -52,6 +53,8 @@ __all__ = [
     "CUSTOM",
     "ENTITY",
     "ENUM",
+    "ERASED_DATA",
+    "ERASED_SHAPE",
     "FROZENSET",
     "GENERIC",
     "GONE",
@@ -81,6 +84,9 @@ PLAIN: Final = "plain"  # a plain list/dict/set: converted to a tracked one when
 UNSUPPORTED: Final = "unsupported"
 GONE: Final = "gone"  # an object of a removed type, while replaying
 GENERIC: Final = "generic"  # a stand-in for an enum member or user value whose class is not loaded
+ERASED_SHAPE: Final = "erased"  # memimg.ERASED, where memimg.MemoryImage.erase excised a past value
+#: How :data:`~memimg.ERASED` is stored (read back as the marker; see :mod:`memimg.core._values`).
+ERASED_DATA: Final = ("erased",)
 #: The shapes stored as references to objects of the graph.
 LINKED: Final = frozenset({ENTITY, TRACKED, PLAIN})
 
@@ -127,6 +133,8 @@ class Codec:
             return GONE
         if t is EnumValue or t is CustomValue:
             return GENERIC
+        if t is Marker:
+            return ERASED_SHAPE
         if issubclass(t, self.shell.entity_base):
             return ENTITY if _types.info_of(t) is not None else UNSUPPORTED
         if t in self.shell.tracked:
@@ -202,6 +210,8 @@ class Codec:
             return lambda v: ["x", v.type_name, v.data]
         if shape == LEAF:
             return self.converter._leaves[t].encode
+        if shape == ERASED_SHAPE:
+            return _encode_erased
         if shape == TUPLE:
             return lambda v: ["T", [encode(i) for i in v]]
         if shape == FROZENSET:
@@ -257,6 +267,7 @@ class Codec:
             "e": dec_enum,
             "v": value,
             "x": dec_custom,
+            "erased": lambda x: ERASED,
         }
         for leaf in converter._leaves.values():
             table[leaf.tag] = leaf.decode
@@ -274,6 +285,13 @@ class Codec:
 
 
 _NATIVE_TYPES: Final = _types.NATIVE_TYPES
+
+
+def _encode_erased(v: Any) -> Any:
+    """:data:`~memimg.ERASED` as stored; any other marker is no value at all."""
+    if v is ERASED:
+        return list(ERASED_DATA)
+    raise describe_unsupported(v, "")
 
 
 def _resolver(generic: bool) -> Callable[[list[Any], Callable[[str, Any], Any], str], Any]:

@@ -301,6 +301,12 @@ def _tx_meta(a: Applier, obj: Any, meta: dict[str, Any]) -> None:
     so its seq is the transaction's ``tx``; changes nothing."""
 
 
+@kind("erase", "sisVvi", NONE)
+def _erase(a: Applier, obj: Any, reason: str, oid: int, type_name: str, fields: list[str], by: Any, count: int) -> None:
+    """Audit of ``MemoryImage.erase``: *count* stored past values of *fields* (all: empty) of object *oid*
+    (a *type_name*) were replaced by ``memimg.ERASED``, for *reason*, by *by*; the values are not here."""
+
+
 @kind("gc.drop", "I", NONE)
 def _gc_drop(a: Applier, obj: Any, oids: list[int]) -> None:
     """Forget the objects *oids*: unreachable at the last snapshot's seq, and not referenced since."""

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from typing import Any, Final, final
 
-__all__ = ["ABSENT", "DELETED", "MISSING", "NOT_GIVEN", "SELF", "WHOLE", "Marker"]
+__all__ = ["ABSENT", "DELETED", "ERASED", "MISSING", "NOT_GIVEN", "SELF", "WHOLE", "Marker"]
 
 
 @final
 class Marker:
     """A named singleton, compared with ``is``."""
 
-    __slots__ = ("_name",)
+    __slots__ = ("_name", "_text")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, text: str | None = None) -> None:
         self._name = name
+        self._text = text or name
 
     def __repr__(self) -> str:
-        return self._name
+        return self._text
 
     def __reduce__(self) -> str:
         return self._name  # pickled and copied as the module global of that name
@@ -38,6 +39,8 @@ WHOLE: Final[Any] = Marker("WHOLE")
 SELF: Final[Any] = Marker("SELF")
 #: An optional argument that was not given (``dict.pop(key)`` without a default).
 NOT_GIVEN: Final[Any] = Marker("NOT_GIVEN")
+#: What :meth:`MemoryImage.erase` left where a past value was stored (public as ``memimg.ERASED``).
+ERASED: Final[Any] = Marker("ERASED", "memimg.ERASED")
 #: Public (``memimg.MISSING``): there was, or is, no value here -- a field unset, a key or set member absent
 #: (a :class:`memimg.Difference`'s ``old`` or ``new``).
 MISSING: Final[Any] = Marker("MISSING")

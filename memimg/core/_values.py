@@ -23,6 +23,7 @@ in a value position is always tagged):
 ``["e", type, name]`` an ``Enum`` member (a flag combination: a list of names)
 ``["v", type, {..}]`` a frozen attrs instance (a value object), by field
 ``["x", type, data]`` a user value type, as its converter hooks make it
+``["erased"]``        ``memimg.ERASED``: a past value ``MemoryImage.erase`` excised
 ====================  ==========================================
 
 :class:`Converter` is a ``cattrs.Converter`` that knows all of these; user
@@ -51,6 +52,7 @@ import cattrs
 
 from memimg._errors import MemimgError, UnsupportedValueError
 from memimg.core import _types
+from memimg.core._markers import Marker
 
 __all__ = [
     "INT_MAX",
@@ -337,7 +339,9 @@ def describe_unsupported(value: Any, where: str) -> UnsupportedValueError:
     """The error for a value memimg cannot store, with what to do instead."""
     t = type(value)
     hint = "register it with memimg.converter.register_value (immutable values only)"
-    if callable(value) and not isinstance(value, type):
+    if type(value) is Marker:
+        hint = f"{value!r} is a marker of memimg's, not a value (memimg.ERASED stands where an erased past value was)"
+    elif callable(value) and not isinstance(value, type):
         hint = "store data, not code: functions, methods and lambdas cannot be persisted"
     elif isinstance(value, type):
         hint = "classes are not values; store a name or an Enum member instead"

@@ -388,8 +388,8 @@ class Engine:
         try:
             if rows is not None:
                 for row in rows:
-                    if row.kind in SNAPSHOT_KINDS or row.kind == "gc.drop":
-                        # another process's snapshot: this one lost its lease (or an old memimg's collection)
+                    if row.kind in SNAPSHOT_KINDS or row.kind in ("gc.drop", "erase"):
+                        # another process's snapshot (or erase): this one lost its lease (or an old memimg's collection)
                         raise MemimgError(
                             f"another process wrote a {row.kind!r} event (seq {row.seq}) meanwhile",
                             seq=row.seq,

@@ -23,9 +23,10 @@ from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _past, _recovery
+from memimg.image import _erase, _past, _recovery
 from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
+from memimg.image._erase import Erasure
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
 
@@ -323,6 +324,51 @@ class MemoryImage:
             "on_schema_drift": engine.on_schema_drift if on_schema_drift is None else on_schema_drift,
             "generic_types": engine.reader.stand_ins is not None,
         }
+
+    def erase(self, obj: Any, field: str | None = None, *, reason: str, by: str | None = None) -> Erasure:
+        """Excise every stored past value of ``obj.field`` (every field when ``None``) from the log.
+
+        GDPR-style erasure: in every event and snapshot stored, each value
+        the field held before its current one is replaced by
+        :data:`memimg.ERASED` (checksums recomputed), and an ``erase`` audit
+        event records when, why (*reason*), by whom (*by*), which object and
+        fields -- never the values. The current value is left alone (set it
+        first if it must go too). In a past value, references to objects
+        stay (inside tuples and value objects too; everything else in them
+        is erased), and the objects they refer to that are no longer
+        reachable are erased whole. An object no longer reachable (deleted
+        from the graph) has no current value: every stored value of it is
+        erased -- pass the object, or its id once a snapshot has forgotten
+        it. The lists and dicts the object holds (and those they hold) lose
+        the items they no longer hold; a set's members cannot be erased.
+        With ``field=None``, values stored under field names the class no
+        longer declares go too. Reopening gives the same state; replay,
+        ``at`` and ``memimg verify`` show ERASED in the past. On SQLite the
+        old bytes are overwritten in the file and the WAL emptied; on
+        PostgreSQL run ``VACUUM`` (see docs/history.md).
+
+        Waits for a snapshot being written, by this process or another, to
+        finish. The log is read without holding up this image's other
+        threads; other writers wait only while the store's write turn is
+        held for the commits made meanwhile and the rewrite.
+
+        Args:
+            obj: an entity, tracked list or dict of this image, or an object id (an int).
+            field: one field (a current one, or a name values are stored under); None: every field.
+            reason: why (stored in the audit event; at most 1,000 characters).
+            by: who asked (stored in the audit event).
+
+        Returns:
+            An :class:`~memimg.Erasure` saying what was and was not erased.
+
+        Raises:
+            MemimgError: no reason; *obj* is not an entity, list or dict of
+                this image nor the id of an object the log holds; it has no
+                field *field*; a set; inside a transaction. Nothing is changed.
+            ReadOnlyError: the image is read-only.
+            LockedError: another process's snapshot held the store for over a minute.
+        """
+        return _erase.erase(self._engine, obj, field, reason, by)
 
     # -- closing ----------------------------------------------------------------
 

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from memimg._errors import HistoryError, ReadOnlyError
 from memimg.core._rows import EventRow, SnapshotInfo, SnapshotRow, ts_to_datetime
-from memimg.stores._protocol import Store
+from memimg.stores._protocol import Rewrite, Store
 
 __all__ = ["PastStore", "check_seq", "commit_time", "oldest_seq", "resolve", "seq_at_time"]
 
@@ -84,8 +84,11 @@ class PastStore:
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         self._refuse(f"appending events {rows[0][0]}..{rows[-1][0]}" if rows else "appending events")
 
-    def write_snapshot(self, row: SnapshotRow) -> None:
-        self._refuse(f"writing the snapshot at seq {row.seq}")
+    def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
+        return bool(self._refuse(f"writing the snapshot at seq {row.seq}"))
+
+    def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
+        self._refuse("rewriting rows")
 
     def set_meta(self, key: str, value: str | None) -> None:
         self._refuse(f"writing memimg_meta[{key!r}]")
@@ -102,8 +105,8 @@ class PastStore:
     def delete_snapshots_before(self, seq: int) -> int:
         return int(self._refuse(f"deleting snapshots before seq {seq}"))
 
-    def reclaim(self) -> None:
-        self._refuse("reclaiming the space of deleted rows")
+    def reclaim(self) -> bool:
+        return bool(self._refuse("reclaiming the space of deleted rows"))
 
     def close(self) -> None:
         """Nothing to release: the store is the parent image's, and stays open."""

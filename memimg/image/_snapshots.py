@@ -71,7 +71,8 @@ class Snapshots:
         self.engine = engine
         #: who this image is, as a lease holder
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._one = threading.Lock()  # one snapshot at a time in this process
+        #: held while this process writes a snapshot (and while it erases: see _erase)
+        self.lock = self._one = threading.Lock()
         self._thread: threading.Thread | None = None
         #: an automatic snapshot found the lease held: not tried again before then (monotonic)
         self._quiet_until = 0.0
@@ -176,7 +177,18 @@ class Snapshots:
                 engine.snapshot_writer = None
         ts = time.time_ns() // 1000
         seq = writer.seq
-        engine.store.write_snapshot(SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)))
+        row = SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload))
+        if not engine.store.write_snapshot(row, self.holder):
+            with engine.lock:
+                if engine.snapshot_seq == seq:
+                    engine.snapshot_seq = previous
+            raise MemimgError(
+                f"the snapshot at seq {seq} of {engine.store.description} was not stored: this image no longer "
+                f"held the snapshot lease when it was done (over {LEASE_SECONDS:g} s since it was renewed, and "
+                "another process -- an erase, say -- took it meanwhile); take another with snapshot()",
+                seq=seq,
+                store=engine.store.description,
+            )
         log.info("snapshot at seq %d: %d bytes in %.3fs", seq, len(payload), time.perf_counter() - started)
         return seq
 

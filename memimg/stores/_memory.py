@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from memimg._errors import ReadOnlyError
-from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, lease_entry
+from memimg.stores._protocol import (
+    FORMAT_VERSION,
+    LEASE,
+    EventRow,
+    Rewrite,
+    SeqTaken,
+    SnapshotInfo,
+    SnapshotRow,
+    lease_entry,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -61,11 +70,14 @@ class MemoryStore:
             rows = self._events[start : None if limit is None else start + limit]
         return iter(rows)
 
-    def write_snapshot(self, row: SnapshotRow) -> None:
+    def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
         if self.readonly:
             self._refuse(f"writing the snapshot at seq {row.seq}")
         with self._lock:
+            if holder is not None and self._meta.get(f"lease.{LEASE}", "")[21:] != holder:
+                return False
             self._snapshots[row.seq] = row
+            return True
 
     def snapshots(self) -> list[SnapshotInfo]:
         with self._lock:
@@ -137,10 +149,30 @@ class MemoryStore:
                 del self._snapshots[s]
             return len(old)
 
-    def reclaim(self) -> None:
+    def reclaim(self) -> bool:
         """Nothing to give back: deleted rows left the lists when they were deleted."""
         if self.readonly:
             self._refuse("reclaiming the space of deleted rows")
+        return True
+
+    def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
+        """Replace rows in the lists and append, under the store's lock (the old rows are garbage)."""
+        if self.readonly:
+            self._refuse("rewriting rows")
+        with self._lock:
+            events, snapshots, rows = plan(self._events[max(0, after + 1 - self._first) :])
+            head = self.head()
+            for i, row in enumerate(rows):
+                if row[0] != head + 1 + i:
+                    raise ValueError(f"row seq {row[0]} does not follow {head + i}")
+            for row in events:
+                i = row.seq - self._first
+                if 0 <= i < len(self._events) and self._events[i][0] == row.seq:
+                    self._events[i] = row
+            for snap in snapshots:
+                if snap.seq in self._snapshots:
+                    self._snapshots[snap.seq] = snap
+            self._events.extend(rows)
 
     def close(self) -> None:
         pass

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from memimg.core._rows import EventRow, SnapshotInfo, SnapshotRow
 
 __all__ = [
     "FORMAT_VERSION",
+    "LEASE",
     "EventRow",
+    "Rewrite",
     "SeqTaken",
     "SnapshotInfo",
     "SnapshotRow",
@@ -38,8 +40,19 @@ __all__ = [
     "read_in_chunks",
 ]
 
+#: The lease a snapshot writer (and an erase) holds while it works (``lease(LEASE, ...)``).
+LEASE = "snapshot"
+
 #: The storage format this memimg writes; a store holding a newer one is refused.
 FORMAT_VERSION = 1
+
+
+class Rewrite(NamedTuple):
+    """What :meth:`Store.rewrite` stores: rows whose payload and checksum change, and rows to append."""
+
+    events: Sequence[EventRow]
+    snapshots: Sequence[SnapshotRow]
+    rows: Sequence[EventRow]
 
 
 class SeqTaken(Exception):
@@ -93,8 +106,14 @@ class Store(Protocol):
         """The seq of the oldest event still stored (``head() + 1`` when none)."""
         ...
 
-    def write_snapshot(self, row: SnapshotRow) -> None:
-        """Store a snapshot row (replacing one at the same seq)."""
+    def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
+        """Store a snapshot row (replacing one at the same seq); whether it was stored.
+
+        With *holder*, the row is stored only if *holder* still holds the
+        ``snapshot`` lease, checked in the same database transaction as the
+        write (a snapshot that stalled past its lease, which another
+        process -- an ``erase`` -- may have taken meanwhile, stores nothing).
+        """
         ...
 
     def snapshots(self) -> list[SnapshotInfo]:
@@ -149,16 +168,44 @@ class Store(Protocol):
         """Delete snapshots covering seqs before *seq* (compaction); returns how many."""
         ...
 
-    def reclaim(self) -> None:
+    def reclaim(self) -> bool:
         """Give the space of deleted rows back to the disk, as far as the database can (compaction).
 
         The log reads the same afterwards. May take the database's write
         lock for as long as it rewrites what is kept (see each store).
+        Returns whether it is all done: ``False`` when part of it has to
+        wait (SQLite: another connection kept reading the write-ahead log,
+        whose old pages stay in it until a later checkpoint).
 
         Raises:
             ReadOnlyError: the store is open read-only.
             LockedError: the store stayed busy past its timeout.
             StoreError: the database failed; nothing was changed.
+        """
+        ...
+
+    def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
+        """Replace stored rows and append an event, in one transaction holding the log's write turn.
+
+        What ``MemoryImage.erase`` stores. The store takes the write turn
+        (no other writer appends until it ends), reads the events after seq
+        *after* in that transaction, and calls ``plan(those events)``; the
+        :class:`Rewrite` it returns is stored -- payloads and checksums of
+        ``events`` and ``snapshots`` replaced by seq (a row no longer stored
+        is skipped), ``rows`` appended right after the head -- and committed:
+        all of it, or none. *plan* may be called again if the store retries
+        on a new connection (with the same or more events). A commit whose
+        outcome the store cannot learn (the connection lost at commit) is
+        settled by looking the appended rows up, never appended twice.
+
+        The old bytes are made as hard to recover as the database allows
+        (see each store).
+
+        Raises:
+            ReadOnlyError: the store is open read-only.
+            LockedError: the store stayed busy past its timeout.
+            StoreError: the database failed; nothing was written.
+            Exception: what *plan* raised; nothing was written.
         """
         ...
 

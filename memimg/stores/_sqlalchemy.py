@@ -65,7 +65,9 @@ from sqlalchemy import exc as sa_exc
 from memimg._errors import ReadOnlyError, StoreError
 from memimg.stores._postgres import ABSENT, PgListener, PgWriter, appending, lost, new_commit_id, settle
 from memimg.stores._protocol import (
+    LEASE,
     EventRow,
+    Rewrite,
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
@@ -278,17 +280,12 @@ class SQLAlchemyStore:
                 return False
             return True
 
-        def lookup(seq: int) -> Any:
-            with self.engine.connect() as conn:
-                row = conn.execute(sa.select(self.events.c.commit_id).where(self.events.c.seq == seq)).first()
-            return ABSENT if row is None else row[0]
-
         try:
             return insert()
         except sa_exc.DBAPIError as err:
             if commit_id is None or not lost(err, self._operational):
                 raise self._error(err, appending(rows), write=True) from err
-            return self._settle(rows, commit_id, err, insert, lookup, lambda: None)
+            return self._settle(rows, commit_id, err, insert, self._commit_id_at, lambda: None)
         except sa_exc.SQLAlchemyError as err:
             raise self._error(err, appending(rows), write=True) from err
 
@@ -405,7 +402,7 @@ class SQLAlchemyStore:
             write=True,
         )
 
-    def reclaim(self) -> None:
+    def reclaim(self) -> bool:
         """Give back the space of deleted rows: ``VACUUM``, outside a transaction (as it must run).
 
         PostgreSQL: memimg's two tables; new rows reuse the space, a table's empty end pages go back to the disk,
@@ -417,22 +414,77 @@ class SQLAlchemyStore:
         if self._sqlite:
             statements.append("PRAGMA wal_checkpoint(TRUNCATE)")
 
-        def vacuum(conn: sa.Connection) -> None:
+        def vacuum(conn: sa.Connection) -> bool:
+            busy = 0
             for sql in statements:
-                conn.exec_driver_sql(sql)
+                result = conn.exec_driver_sql(sql)
+                if sql.startswith("PRAGMA wal_checkpoint"):
+                    busy = result.fetchone()[0]  # type: ignore[index]
+            return not busy
 
-        self._run("reclaiming the space of deleted rows", vacuum, write=True, autocommit=True)
+        return self._run("reclaiming the space of deleted rows", vacuum, write=True, autocommit=True)
+
+    def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
+        """See :meth:`Store.rewrite` and :mod:`memimg.stores._rewrite`; a commit whose reply was lost is
+        settled by its commit id (PostgreSQL), never appended twice."""
+        from memimg.stores._rewrite import RewriteStatements, sqlalchemy_rewrite
+
+        doing = "rewriting rows (erase)"
+        cid = new_commit_id() if self._pg else None
+        statements = RewriteStatements(
+            self.events, self.snapshots_table, self._append_first, self._read, self._events_name, _COLUMNS["events"]
+        )
+        planned: list[Rewrite] = []
+
+        def planning(missed: Sequence[EventRow]) -> Rewrite:
+            planned.append(plan(missed))
+            return planned[-1]
+
+        work = sqlalchemy_rewrite(
+            statements, planning, after, pg=self._pg, commit_id=cid, channel=self.channel if self._pg else None
+        )
+        if self.readonly or cid is None:
+            self._run(doing, work, write=True)
+            return
+        try:
+            with self.engine.begin() as conn:
+                work(conn)
+        except sa_exc.DBAPIError as err:
+            rows = planned[-1].rows if planned else ()
+            if not rows or not lost(err, self._operational):
+                raise self._error(err, doing, write=True) from err
+
+            def again() -> bool:
+                self._run(doing, work, write=True)
+                return True
+
+            if not self._settle(rows, cid, err, again, self._commit_id_at, lambda: None):
+                self._run(doing, work, write=True)  # another writer's commit holds its seq: it never landed
+        except sa_exc.SQLAlchemyError as err:
+            raise self._error(err, doing, write=True) from err
+
+    def _commit_id_at(self, seq: int) -> Any:
+        """The commit id of the event at *seq* (:data:`ABSENT`: none), on a new pooled connection."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(self.events.c.commit_id).where(self.events.c.seq == seq)).first()
+        return ABSENT if row is None else row[0]
 
     # -- snapshots and meta ---------------------------------------------------
 
-    def write_snapshot(self, row: SnapshotRow) -> None:
-        t = self.snapshots_table
+    def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
+        t, m = self.snapshots_table, self.meta_table
 
-        def write(conn: sa.Connection) -> None:
+        def write(conn: sa.Connection) -> bool:
+            if holder is not None:  # the lease row locked (shared) until the commit: a taker waits for it
+                lease = sa.select(m.c.value).where(m.c.key == f"lease.{LEASE}")
+                value = conn.execute(lease.with_for_update(read=True) if self._pg else lease).scalar()
+                if value is None or value[21:] != holder:
+                    return False
             conn.execute(t.delete().where(t.c.seq == row.seq))
             conn.execute(t.insert().values(seq=row.seq, ts=row.ts, payload=row.payload, checksum=row.checksum))
+            return True
 
-        self._run(f"writing the snapshot at seq {row.seq}", write, write=True)
+        return self._run(f"writing the snapshot at seq {row.seq}", write, write=True)
 
     def snapshots(self) -> list[SnapshotInfo]:
         t = self.snapshots_table

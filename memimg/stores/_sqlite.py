@@ -36,18 +36,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import sys
 import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
 from memimg.stores._protocol import (
     FORMAT_VERSION,
+    LEASE,
     EventRow,
+    Rewrite,
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
@@ -56,6 +57,7 @@ from memimg.stores._protocol import (
 )
 from memimg.stores._sqlitewal import Checkpointer, OtherWriters, is_busy, pages_written, retry_busy
 from memimg.stores._sqlitewal import identity as _identity
+from memimg.stores._sqlitewal import stamped_after as _stamped_after
 
 __all__ = ["SQLiteStore"]
 
@@ -87,6 +89,9 @@ _FIRST: Final = "SELECT min(seq) FROM memimg_events"
 _AFTER_SNAPSHOTS: Final = "SELECT coalesce(max(seq), 0) + 1 FROM memimg_snapshots"
 _APPEND: Final = "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
+
+#: how long :meth:`SQLiteStore.reclaim` tries to empty a WAL another connection is reading
+CHECKPOINT_WAIT: Final = 2.0
 # What to do about a failure, by SQLite's primary result code.
 _ADVICE: Final = {
     sqlite3.SQLITE_FULL: "the disk is full: free space, then retry",
@@ -96,32 +101,14 @@ _ADVICE: Final = {
     sqlite3.SQLITE_CORRUPT: "the file is damaged: restore it from a backup",
     sqlite3.SQLITE_NOTADB: "the file is not an SQLite database: restore it from a backup",
 }
-# The clock inode timestamps are read from on Linux (CLOCK_REALTIME_COARSE: it moves once a tick).
-_COARSE_CLOCK: Final = 5 if sys.platform.startswith("linux") else None
-_TICK_NS: Final = 50_000_000  # elsewhere: a bound on the timestamp clock's step
-
-
-def _stamped_after(ctime: int) -> bool:
-    """Whether every later change of the directory is sure to get a ctime other than *ctime*.
-
-    A change made within the same step of the filesystem's timestamp clock
-    (a kernel tick; a whole second or two on filesystems that keep no
-    fraction) could get the same ctime, so the directory is trusted only once
-    that clock has moved past *ctime* by the filesystem's granularity (read
-    from *ctime*'s trailing zeros).
-    """
-    grain = 1
-    while grain < 1_000_000_000 and ctime % (grain * 10) == 0:
-        grain *= 10
-    if grain == 1_000_000_000:
-        grain *= 2  # FAT keeps even seconds
-    if _COARSE_CLOCK is not None:
-        return time.clock_gettime_ns(_COARSE_CLOCK) >= ctime + grain
-    return time.time_ns() - _TICK_NS >= ctime + grain
-
-
 # Take a lease that is free or already ours (see lease_entry), give back one that is ours.
 _LEASE_RENEW: Final = "UPDATE memimg_meta SET value = ? WHERE key = ? AND (value < ? OR substr(value, 22) = ?)"
+_SNAPSHOT: Final = "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)"
+#: the same, only while the holder named holds the snapshot lease (one statement: one transaction)
+_SNAPSHOT_LEASED: Final = (
+    "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) SELECT ?, ?, ?, ? "
+    "WHERE EXISTS (SELECT 1 FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?)"
+)
 _LEASE_RELEASE: Final = "DELETE FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?"
 
 
@@ -477,40 +464,63 @@ class SQLiteStore:
                 self._checkpointer.wrote(pages_written(size, max(count, 0)))
         return count
 
-    def reclaim(self) -> None:
+    def reclaim(self) -> bool:
         """Give the space of deleted rows back to the disk: ``VACUUM``, and the WAL emptied before and after.
 
         VACUUM rewrites the database in place -- the same file, so the same
         inode, and the WAL is truncated, not replaced: images that have the
         file open go on writing to it -- under the write lock: other
         processes' commits wait for it (up to their busy_timeout), their reads
-        go on. It needs free disk space for a copy of what is kept. The WAL
-        is emptied once no reader is still using it (otherwise at a later
-        checkpoint).
+        go on. It needs free disk space for a copy of what is kept. The WAL is
+        emptied once no reader uses it: tried for :data:`CHECKPOINT_WAIT` s, then
+        ``False`` (a later checkpoint empties it).
         """
         doing = "reclaiming the space of deleted rows"
         self._check_writable(doing)
+        deadline = time.monotonic() + CHECKPOINT_WAIT
+        steps = ["PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
+        while True:
+            with self._lock, self._own_waiting():  # a TRUNCATE checkpoint waits for readers through it
+                try:
+                    busy = [self._conn.execute(sql).fetchall() for sql in steps][-1][0][0]
+                except sqlite3.Error as err:
+                    raise self._error(err, doing, write=True) from err
+                self._check_files(doing, None)
+            if not busy or time.monotonic() >= deadline:
+                return not busy
+            steps = steps[-1:]  # the WAL only, once no reader uses it
+            time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def _own_waiting(self) -> Iterator[None]:
+        """SQLite's own busy handler, for once (the connection otherwise waits through :func:`retry_busy`)."""
+        self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        try:
+            yield
+        finally:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+
+    def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
+        """See :meth:`Store.rewrite` and :func:`memimg.stores._rewrite.sqlite_rewrite`."""
+        from memimg.stores._rewrite import sqlite_rewrite
+
+        doing = "rewriting rows (erase)"
+        self._check_writable(doing)
         with self._lock:
             try:
-                # SQLite's own waiting, for once: a TRUNCATE checkpoint waits for readers through it
-                self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-                try:
-                    for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
-                        self._conn.execute(sql).fetchall()
-                finally:
-                    self._conn.execute("PRAGMA busy_timeout = 0")
+                with self._own_waiting():  # BEGIN IMMEDIATE waits for the write lock
+                    last = sqlite_rewrite(self._conn, plan, after, _APPEND_FIRST, _APPEND)
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
-            self._check_files(doing, None)
+            self._check_files(doing, last)
 
     # -- snapshots and meta ---------------------------------------------------
 
-    def write_snapshot(self, row: SnapshotRow) -> None:
-        self._write(
-            f"writing the snapshot at seq {row.seq}",
-            "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)",
-            tuple(row),
-        )
+    def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
+        doing = f"writing the snapshot at seq {row.seq}"
+        if holder is None:
+            return bool(self._write(doing, _SNAPSHOT, tuple(row)))
+        return bool(self._write(doing, _SNAPSHOT_LEASED, (*row, f"lease.{LEASE}", holder)))
 
     def snapshots(self) -> list[SnapshotInfo]:
         with self._lock:

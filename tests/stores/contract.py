@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ import pytest
 import memimg
 from memimg.core._rows import event_checksum, snapshot_checksum
 from memimg.stores import EventRow, SeqTaken, SnapshotRow, Store
+from memimg.stores._protocol import LEASE, Rewrite
 
 
 def row(seq: int, tx: int | None = None, payload: bytes = b"[[]]", kind: str = "gc", target: int = 0) -> EventRow:
@@ -259,6 +260,82 @@ class StoreContract:
         store.reclaim()  # again, with nothing to give back
         assert [r[0] for r in store.read()] == [39, 40, 41]
 
+    def test_rewrite_replaces_rows_and_appends_in_one_go(self, store: Store) -> None:
+        """rewrite hands the plan the events after its seq, replaces payloads and checksums of events and
+        snapshots by seq, skips rows no longer stored, and appends its rows after the head."""
+        store.append([row(1), row(2), row(3)], 0)
+        store.write_snapshot(snap(2))
+        seen: list[list[int]] = []
+
+        def plan(missed: Sequence[EventRow]) -> Rewrite:
+            seen.append([r[0] for r in missed])
+            return Rewrite([row(2, payload=b'[["new"]]'), row(9)], [snap(2, b'{"new":1}'), snap(8)], [row(4)])
+
+        store.rewrite(plan, 1)
+        assert seen == [[2, 3]]
+        assert [(r[0], bytes(r[5])) for r in store.read()] == [
+            (1, b"[[]]"),
+            (2, b'[["new"]]'),
+            (3, b"[[]]"),
+            (4, b"[[]]"),
+        ]
+        assert EventRow(*list(store.read())[1]) == row(2, payload=b'[["new"]]')
+        assert store.read_snapshot(2) == snap(2, b'{"new":1}')
+        assert [i.seq for i in store.snapshots()] == [2]
+        assert store.head() == 4
+
+    def test_rewrite_holds_the_write_turn(self, store: Store) -> None:
+        """While the plan runs, no other append lands: one made meanwhile from another thread waits for
+        the rewrite (and then finds the head moved), so the plan's view of the tail is the whole tail."""
+        store.append([row(1)], 0)
+        outcome: list[str] = []
+
+        def other() -> None:
+            try:
+                store.append([row(2)], 1)
+                outcome.append("appended")
+            except SeqTaken:
+                outcome.append("refused")
+
+        def plan(missed: Sequence[EventRow]) -> Rewrite:
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join(0.5)  # it cannot append while the turn is held
+            assert not outcome
+            threads.append(thread)
+            return Rewrite([], [], [row(2)])
+
+        threads: list[threading.Thread] = []
+        store.rewrite(plan, 1)
+        threads[0].join(30)
+        assert outcome == ["refused"]
+        assert [r[0] for r in store.read()] == [1, 2] and store.head() == 2
+
+    def test_a_plan_that_raises_writes_nothing(self, store: Store) -> None:
+        """If the plan raises, the error passes through and nothing is rewritten or appended."""
+        store.append([row(1), row(2)], 0)
+        store.write_snapshot(snap(1))
+
+        def plan(missed: Sequence[EventRow]) -> Rewrite:
+            raise KeyError("plan")
+
+        with pytest.raises(KeyError):
+            store.rewrite(plan, 2)
+        assert [bytes(r[5]) for r in store.read()] == [b"[[]]", b"[[]]"]
+        assert store.read_snapshot(1) == snap(1)
+        assert store.head() == 2
+
+    def test_a_snapshot_is_written_only_while_its_holder_holds_the_lease(self, store: Store) -> None:
+        """write_snapshot(row, holder) stores the row only if holder holds the snapshot lease (a stalled
+        snapshot whose lease another took stores nothing); without a holder it always stores."""
+        assert store.lease(LEASE, "a", 30)
+        assert store.write_snapshot(snap(1), "a") is True
+        assert store.write_snapshot(snap(2), "b") is False
+        store.release(LEASE, "a")
+        assert store.write_snapshot(snap(3), "a") is False
+        assert store.write_snapshot(snap(4)) is True
+        assert [i.seq for i in store.snapshots()] == [4, 1]
+
     def test_large_payload(self, store: Store) -> None:
         """Payloads of several megabytes are kept intact."""
         big = b"[" + b"1," * 2_000_000 + b"1]"
@@ -298,6 +375,7 @@ class StoreContract:
                 "lease": lambda: ro.lease("job", "x", 30),
                 "release": lambda: ro.release("job", "x"),
                 "reclaim": ro.reclaim,
+                "rewrite": lambda: ro.rewrite(lambda missed: Rewrite([], [], [row(3)]), 2),
             }
             for name, write in writes.items():
                 with pytest.raises(memimg.ReadOnlyError):
@@ -331,6 +409,7 @@ class StoreContract:
             "delete_snapshots_before": lambda: store.delete_snapshots_before(1),
             "reclaim": store.reclaim,
             "append": lambda: store.append([row(2)], 1),
+            "rewrite": lambda: store.rewrite(lambda missed: Rewrite([row(1, payload=b'["x"]')], [], [row(2)]), 1),
             "lease": lambda: store.lease("job", "x", 30),
             "release": lambda: store.release("job", "x"),
         }

@@ -507,3 +507,41 @@ def test_a_commit_that_lost_the_race_catches_up_from_the_refused_append(
         assert img.root == {"mine": 1, "theirs": 1, "also": 2} and img.seq == start + 3
         assert reads == ([] if missed > 1 else [start + 1])
         assert elsewhere.refresh() and elsewhere.root == img.root
+
+
+def test_a_rewrite_whose_reply_is_lost_appends_its_event_once(postgres: Any) -> None:
+    """A rewrite that committed but whose reply was lost (the connection broke at the commit) is found by
+    its commit id: it is not planned and run again, and its event is in the log once."""
+    import contextlib
+
+    import psycopg
+
+    from memimg.stores._protocol import Rewrite
+    from tests.stores.contract import row
+
+    store = postgres.target()
+    store.append([row(1)], 0)
+    real_begin = store.engine.begin
+    lost = {"once": True}
+
+    @contextlib.contextmanager
+    def begin() -> Any:
+        with real_begin() as conn:
+            yield conn
+        if lost.pop("once", False):  # committed; the reply never came
+            cause = psycopg.OperationalError("server closed the connection")
+            raise sa.exc.OperationalError("COMMIT", {}, cause, connection_invalidated=True)
+
+    plans: list[int] = []
+
+    def plan(missed: Any) -> Rewrite:
+        plans.append(len(missed))
+        return Rewrite([], [], [row((missed[-1][0] if missed else 1) + 1)])  # after the head, as erase does
+
+    store.engine.begin = begin
+    try:
+        store.rewrite(plan, 1)
+    finally:
+        del store.engine.begin
+    assert not lost and plans == [0]
+    assert [r[0] for r in store.read()] == [1, 2]
