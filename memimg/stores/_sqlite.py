@@ -480,9 +480,10 @@ class SQLiteStore:
         deadline = time.monotonic() + CHECKPOINT_WAIT
         steps = ["PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
         while True:
-            with self._lock, self._own_waiting():  # a TRUNCATE checkpoint waits for readers through it
+            with self._lock:
                 try:
-                    busy = [self._conn.execute(sql).fetchall() for sql in steps][-1][0][0]
+                    with self._own_waiting():  # a TRUNCATE checkpoint waits for readers through it
+                        busy = [self._conn.execute(sql).fetchall() for sql in steps][-1][0][0]
                 except sqlite3.Error as err:
                     raise self._error(err, doing, write=True) from err
                 self._check_files(doing, None)
