@@ -20,6 +20,8 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
+from memimg.core._history import Change, Collected
+from memimg.core._markers import MISSING
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
 from memimg.core._values import Converter, converter
@@ -29,7 +31,10 @@ from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
 from memimg.stores import MemoryStore, SQLiteStore, Store
 
 __all__ = [
+    "MISSING",
+    "Change",
     "ClosedError",
+    "Collected",
     "CommitUnknownError",
     "ConflictError",
     "Converter",

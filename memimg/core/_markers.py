@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final, final
 
-__all__ = ["ABSENT", "DELETED", "NOT_GIVEN", "SELF", "WHOLE", "Marker"]
+__all__ = ["ABSENT", "DELETED", "MISSING", "NOT_GIVEN", "SELF", "WHOLE", "Marker"]
 
 
 @final
@@ -38,3 +38,5 @@ WHOLE: Final[Any] = Marker("WHOLE")
 SELF: Final[Any] = Marker("SELF")
 #: An optional argument that was not given (``dict.pop(key)`` without a default).
 NOT_GIVEN: Final[Any] = Marker("NOT_GIVEN")
+#: "There was, or is, no value": a field unset or a dict key absent before or after a change (``memimg.MISSING``).
+MISSING: Final[Any] = Marker("MISSING")

@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from memimg._errors import ClosedError
+from memimg.core._history import Change
 from memimg.core._rows import Event, EventRow, verify_event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _recovery
+from memimg.image import _history, _recovery
 from memimg.image._engine import Engine
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
@@ -210,6 +211,28 @@ class MemoryImage:
             r = EventRow(*row)
             verify_event(r)
             yield Event.from_row(r)
+
+    def history(self, obj: Any, field: str | None = None, *, since: int = 0, until: int | None = None) -> list[Change]:
+        """The changes of *obj* -- an entity, or a tracked list, dict or set -- oldest first.
+
+        Every event that targets *obj* (with *field*: that sets or deletes
+        that field) with ``since < seq <= until`` is a :class:`memimg.Change`
+        (several for an event that changes several fields or keys), its
+        ``old`` the value before it. The cost grows with *obj*'s own events,
+        not the log's length. History shows what this image has applied
+        (:meth:`refresh` first to see other processes' commits), and not the
+        writes of a transaction still open. Values refer to this image's
+        objects; one it no longer holds is a :class:`memimg.Collected`.
+        Fields renamed since are reported under their current names, and
+        values as they were stored (upgraders are not run on them).
+
+        Raises:
+            MemimgError: *obj* is not an object of this image (not persistent,
+                not attached and committed yet, or another image's), or has no
+                field *field*; or its first state is no longer stored.
+            ValueError: *since* or *until* is negative, or *since* is past *until*.
+        """
+        return _history.history(self._engine, obj, field, since, until)
 
     # -- closing ----------------------------------------------------------------
 

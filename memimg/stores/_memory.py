@@ -9,6 +9,7 @@ Nothing in it can fail the way a database can: no store method raises a
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,8 @@ class MemoryStore:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._events: list[EventRow] = []
+        #: the index on target: target -> the seqs of its rows (those compacted away included)
+        self._by_target: dict[int, list[int]] = {}
         self._first = 1
         self._snapshots: dict[int, SnapshotRow] = {}
         self._meta: dict[str, str] = {"format_version": str(FORMAT_VERSION)}
@@ -54,11 +57,27 @@ class MemoryStore:
                 if row[0] != expected_head + 1 + i:
                     raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
             self._events.extend(rows)
+            by_target = self._by_target
+            for row in rows:
+                seqs = by_target.get(row[4])
+                if seqs is None:
+                    by_target[row[4]] = [row[0]]
+                else:
+                    seqs.append(row[0])
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         with self._lock:
             start = max(0, after + 1 - self._first)
             rows = self._events[start : None if limit is None else start + limit]
+        return iter(rows)
+
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        with self._lock:
+            seqs = self._by_target.get(target, [])
+            lo = bisect.bisect_right(seqs, max(after, self._first - 1))
+            hi = len(seqs) if until is None else bisect.bisect_right(seqs, until)
+            first, events = self._first, self._events
+            rows = [events[s - first] for s in seqs[lo:hi]]
         return iter(rows)
 
     def write_snapshot(self, row: SnapshotRow) -> None:

@@ -83,6 +83,17 @@ class Store(Protocol):
         """The seq of the oldest event still stored (``head() + 1`` when none)."""
         ...
 
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        """Event rows whose ``target`` is *target*, with ``after < seq <= until``, in order.
+
+        What :meth:`memimg.MemoryImage.history` reads. An index on the
+        target column serves it, so its cost grows with that object's rows,
+        not the log's length; a writable store makes the index when it
+        opens a log made before it had one (a read-only store opening such a
+        log reads it by scanning the table).
+        """
+        ...
+
     def write_snapshot(self, row: SnapshotRow) -> None:
         """Store a snapshot row (replacing one at the same seq)."""
         ...

@@ -208,6 +208,9 @@ class SQLAlchemyStore:
                 self._create_tables()
             elif missing_commit_id and not self.readonly:
                 self._add_commit_id()
+            if not self.readonly:
+                with self.engine.begin() as conn:
+                    self._tables.target_index.create(conn, checkfirst=True)
             version = int(self.meta().get("format_version", FORMAT_VERSION))
         except sa_exc.SQLAlchemyError as err:
             self._dispose()
@@ -465,6 +468,19 @@ class SQLAlchemyStore:
         if writer is not None:
             return self._on_writer(doing, lambda: writer.fetch(after, n), pooled)
         return self._run(doing, pooled)
+
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        last = (1 << 63) - 1 if until is None else until
+
+        def fetch(after: int, n: int) -> list[EventRow]:
+            def pooled(conn: sa.Connection) -> list[EventRow]:
+                params = {"target": target, "after": after, "until": last, "n": n}
+                rows = conn.execute(self._tables.read_target, params)
+                return [EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in rows]
+
+            return self._run(f"reading the events of object {target}", pooled)
+
+        return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
 
     def changed(self, seen: int) -> bool:
         # Exact (one round trip): a notification may still be on its way.

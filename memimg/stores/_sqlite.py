@@ -68,6 +68,13 @@ _SCHEMA: Final = (
     " seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, payload BLOB NOT NULL, checksum INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS memimg_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+# The index history reads by (seq is the rowid: every entry holds it); made too when a writable store
+# opens a log made before it.
+_TARGET_INDEX: Final = "CREATE INDEX IF NOT EXISTS memimg_events_target ON memimg_events (target)"
+_READ_TARGET: Final = (
+    "SELECT seq, tx, ts, kind, target, payload, checksum FROM memimg_events "
+    "WHERE target = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+)
 _APPEND_FIRST: Final = (
     "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) "
     "SELECT ?, ?, ?, ?, ?, ?, ? WHERE "
@@ -232,6 +239,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             if not set(_COLUMNS) <= tables:
                 self._write_schema()
+            elif not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'memimg_events_target'").fetchone():
+                conn.execute(_TARGET_INDEX)
         elif not set(_COLUMNS) <= tables:
             raise MemimgError(f"{self.path!r} holds no memimg image (opened read-only)")
         meta = self.meta()
@@ -247,7 +256,7 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for ddl in _SCHEMA:
+                for ddl in (*_SCHEMA, _TARGET_INDEX):
                     conn.execute(ddl)
                 conn.execute(
                     "INSERT OR IGNORE INTO memimg_meta (key, value) VALUES ('format_version', ?)",
@@ -436,6 +445,18 @@ class SQLiteStore:
                 ).fetchall()
             except sqlite3.Error as err:
                 raise self._error(err, f"reading events after seq {after}") from err
+
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        last = (1 << 63) - 1 if until is None else until
+
+        def fetch(after: int, n: int) -> list[Any]:
+            with self._lock:
+                try:
+                    return self._conn.execute(_READ_TARGET, (target, after, last, n)).fetchall()
+                except sqlite3.Error as err:
+                    raise self._error(err, f"reading the events of object {target}") from err
+
+        return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
 
     def changed(self, seen: int) -> bool:
         try:

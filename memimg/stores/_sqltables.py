@@ -56,6 +56,18 @@ class LogTables:
             sa.Column("value", sa.Text, nullable=False),
         )
         ev = self.events
+        #: what history reads by (made too when a writable store opens a log made before it)
+        self.target_index = sa.Index(f"{prefix}events_target", ev.c.target, ev.c.seq)
+        self.read_target = (
+            sa.select(*[ev.c[n] for n in COLUMNS["events"]])
+            .where(
+                ev.c.target == sa.bindparam("target"),
+                ev.c.seq > sa.bindparam("after"),
+                ev.c.seq <= sa.bindparam("until"),
+            )
+            .order_by(ev.c.seq)
+            .limit(sa.bindparam("n"))
+        )
         # the last event, or (every event compacted away) the seq the newest snapshot covers
         head = sa.func.coalesce(
             sa.select(sa.func.max(ev.c.seq)).scalar_subquery(),

@@ -80,6 +80,28 @@ class StoreContract:
         assert [EventRow(*r) for r in store.read(after=1, limit=1)] == rows[1:2]
         assert list(store.read(after=3)) == []
 
+    def test_read_target_gives_one_objects_rows_in_order(self, store: Store) -> None:
+        """read_target gives the rows of one target, in seq order, within ``after < seq <= until``."""
+        rows = [row(s, target=[0, 7, 3, 7, 7, 9][s % 6]) for s in range(1, 31)]
+        store.append(rows[:10], 0)
+        store.append(rows[10:], 10)
+        sevens = [r for r in rows if r.target == 7]
+        assert [EventRow(*r) for r in store.read_target(7)] == sevens
+        assert [EventRow(*r) for r in store.read_target(7, after=10, until=20)] == [
+            r for r in sevens if 10 < r.seq <= 20
+        ]
+        assert [r[0] for r in store.read_target(9, after=0, until=5)] == [5]
+        assert list(store.read_target(4)) == []
+        assert list(store.read_target(7, after=30)) == []
+
+    def test_read_target_skips_compacted_rows(self, store: Store) -> None:
+        """Rows deleted by compaction are not read by target either."""
+        store.append([row(s, target=5) for s in range(1, 7)], 0)
+        store.write_snapshot(snap(3))
+        store.delete_events_before(4)
+        assert [r[0] for r in store.read_target(5)] == [4, 5, 6]
+        assert [r[0] for r in store.read_target(5, after=1, until=4)] == [4]
+
     def test_append_refuses_a_stale_head(self, store: Store) -> None:
         """Appending after a head that moved raises SeqTaken and writes nothing."""
         store.append([row(1)], 0)
