@@ -295,7 +295,7 @@ class _History:
                 if row.seq == tx and row.kind == "tx.meta":
                     verify_event(row)
                     data = orjson.loads(row.payload)[0]
-                    if data and isinstance(data[0], dict):
+                    if type(data) is list and data and type(data[0]) is dict:
                         meta = data[0]
             self._meta[tx] = meta
         return dict(meta)
