@@ -8,9 +8,9 @@ Usage::
 
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
 (c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``snapshots`` (g),
-``web`` (h); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
+``web`` (h), ``history`` (i); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
 :mod:`benchmarks.writers`, :mod:`benchmarks.snapshots` and
-:mod:`benchmarks.web` for what each measures. Progress goes to stderr,
+:mod:`benchmarks.web` and :mod:`benchmarks.history` for what each measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -33,6 +33,7 @@ from typing import Any
 
 from benchmarks.bars import check_bars, render_bars
 from benchmarks.harness import FULL, QUICK, TINY, Context, Results, Sizes, scratch_dir
+from benchmarks.history import history_workload
 from benchmarks.inmemory import inmemory
 from benchmarks.report import render_table
 from benchmarks.snapshots import snapshots
@@ -52,6 +53,7 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "writers": writers,
     "snapshots": snapshots,
     "web": web,
+    "history": history_workload,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}
 

@@ -56,6 +56,7 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     assert seen["in-memory"] >= {"memimg", "attrs", "ZODB", "eventsourcing"}
     assert {"memimg", "sqlite3"} <= seen["writers"]
     assert seen["snapshots"] == {"memimg"}
+    assert seen["history"] == {"memimg"}
     assert {"memimg", "sqlite3", DJANGO_PATH} | ({"psycopg"} if POSTGRES_URL else set()) == seen["web"]
 
 
