@@ -208,9 +208,8 @@ class SQLAlchemyStore:
                 self._create_tables()
             elif missing_commit_id and not self.readonly:
                 self._add_commit_id()
-            if not self.readonly:
-                with self.engine.begin() as conn:
-                    self._tables.target_index.create(conn, checkfirst=True)
+            if not self.readonly:  # history's index, on a log made before it (see Store.read_target)
+                self._tables.target_index.create(self.engine, checkfirst=True)
             version = int(self.meta().get("format_version", FORMAT_VERSION))
         except sa_exc.SQLAlchemyError as err:
             self._dispose()
@@ -470,15 +469,14 @@ class SQLAlchemyStore:
         return self._run(doing, pooled)
 
     def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
-        last = (1 << 63) - 1 if until is None else until
+        bound = {"target": target, "until": (1 << 63) - 1 if until is None else until}
 
         def fetch(after: int, n: int) -> list[EventRow]:
-            def pooled(conn: sa.Connection) -> list[EventRow]:
-                params = {"target": target, "after": after, "until": last, "n": n}
-                rows = conn.execute(self._tables.read_target, params)
-                return [EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in rows]
-
-            return self._run(f"reading the events of object {target}", pooled)
+            rows = self._run(
+                f"reading the events of object {target}",
+                lambda conn: conn.execute(self._tables.read_target, {**bound, "after": after, "n": n}).all(),
+            )
+            return [EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in rows]
 
         return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
 
