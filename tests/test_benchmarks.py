@@ -116,4 +116,14 @@ def test_unknown_workload_is_refused(capsys: Any) -> None:
 
 def test_workload_names_match_the_docs() -> None:
     """The workloads are the ones the docs describe, in their order."""
-    assert list(WORKLOADS) == ["commit", "batch", "recovery", "graph", "inmemory", "writers", "snapshots", "web"]
+    assert list(WORKLOADS) == [
+        "commit",
+        "batch",
+        "recovery",
+        "graph",
+        "inmemory",
+        "writers",
+        "snapshots",
+        "web",
+        "history",
+    ]
