@@ -32,10 +32,11 @@ every way to change the image refuses (:mod:`memimg.image._guard`).
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyError
@@ -280,9 +281,9 @@ class Engine:
             try:
                 rows = session.encode_events(events, self.seq + 1, ts)
                 store.append(rows, self.seq)
-            except SeqTaken:
+            except SeqTaken as taken:
                 session.rollback()
-                if not self.catch_up() and (head := store.head()) < self.seq:
+                if not self.catch_up(self._missed(taken)) and (head := store.head()) < self.seq:
                     # nothing to catch up with and never the expected head: retrying would loop for ever
                     raise CorruptLogError(
                         f"the log of {store.description} ends at seq {head}, before this image's seq "
@@ -425,8 +426,21 @@ class Engine:
 
     # -- other processes' commits ---------------------------------------------------
 
-    def catch_up(self) -> int:
-        """Apply what other writers appended; returns how many events. Called with the lock held."""
+    def _missed(self, taken: SeqTaken) -> Iterable[EventRow] | None:
+        """The events a refused append handed over (read in the same round trip), the rest read after them."""
+        missed = taken.missed
+        if not missed or missed[0].seq != self.seq + 1:
+            return None
+        if taken.more:
+            return itertools.chain(missed, self.store.read(after=missed[-1].seq))
+        return missed
+
+    def catch_up(self, rows: Iterable[EventRow] | None = None) -> int:
+        """Apply what other writers appended; returns how many events. Called with the lock held.
+
+        *rows*: those events, from ``seq + 1`` on, if the caller has them
+        (a refused append's); by default they are read from the store.
+        """
         self.refuse_if_busy()  # a key's __hash__ (say) would catch up between another change's steps
         busy, self.busy = self.busy, "applying other processes' commits"  # decoding hashes keys
         try:
@@ -439,7 +453,7 @@ class Engine:
                 start = self.seq
                 try:
                     end, _ = fold(
-                        self.store.read(after=self.seq),
+                        self.store.read(after=self.seq) if rows is None else rows,
                         self.reader,
                         expected=self.seq + 1,
                         where=self.store.description,

@@ -25,19 +25,33 @@ to look up.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from memimg._errors import CommitUnknownError
-from memimg.stores._protocol import EventRow
+from memimg.stores._protocol import EventRow, SeqTaken
 
-__all__ = ["ABSENT", "CHUNK", "LOST", "PgWriter", "appending", "lost", "new_commit_id", "settle", "sqlstate"]
+__all__ = [
+    "ABSENT",
+    "CHUNK",
+    "LOST",
+    "PgListener",
+    "PgWriter",
+    "appending",
+    "lost",
+    "new_commit_id",
+    "settle",
+    "sqlstate",
+]
 
 #: Rows per statement: stays under PostgreSQL's 65,535 parameters.
 CHUNK: Final = 8000
 #: SQLSTATEs of a connection that is gone: admin_shutdown, crash_shutdown, cannot_connect_now (and class 08).
 LOST: Final = frozenset({"57P01", "57P02", "57P03"})
+#: At most this many events are read by a refused append (see :class:`SeqTaken`).
+MISSED: Final = 1000
 #: No event at the seq looked up.
 ABSENT: Final[Any] = object()
 
@@ -187,10 +201,12 @@ class PgWriter:
                 pass
             self._conn = None
 
-    def append(self, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
-        """Insert *rows* if the head is *expected_head*; whether they were (``False``: the head moved).
+    def append(self, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> None:
+        """Insert *rows* if the head is *expected_head*.
 
         Raises:
+            SeqTaken: the head moved; with the events after *expected_head*
+                (up to :data:`MISSED`), read by the same statement.
             psycopg.Error: the database or the connection failed (the caller settles a lost one).
         """
         import psycopg
@@ -200,11 +216,21 @@ class PgWriter:
             if len(rows) <= CHUNK:
                 params: list[Any] = [commit_id]
                 params += [v for r in rows for v in r]
-                params += [expected_head, self._channel]
-                return bool(conn.execute(self._insert_sql(len(rows)), params).fetchone()[0] == len(rows))
-            return self._append_chunked(conn, rows, expected_head, commit_id)
-        except psycopg.errors.UniqueViolation:
-            return False
+                params += [expected_head, self._channel, expected_head, MISSED + 1]
+                self._check(conn.execute(self._insert_sql(len(rows)), params).fetchall(), len(rows), expected_head)
+            else:
+                self._append_chunked(conn, rows, expected_head, commit_id)
+        except psycopg.errors.UniqueViolation:  # another writer's insert of the seq committed meanwhile
+            raise SeqTaken(expected_head) from None
+
+    @staticmethod
+    def _check(result: list[Any], n: int, expected_head: int) -> None:
+        """Raise :class:`SeqTaken` (with the events read) unless *result* says the *n* rows were inserted."""
+        if result[0][0] == n:
+            return
+        missed = [EventRow(r[2], r[3], r[4], r[5], r[6], bytes(r[7]), r[8]) for r in result if r[2] is not None]
+        more = len(missed) > MISSED  # one more row than handed over is read, to tell
+        raise SeqTaken(expected_head, missed[:MISSED] or None, more=more)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one reading statement (autocommit: no transaction around it).
@@ -238,6 +264,10 @@ class PgWriter:
         return ABSENT if row is None else row[0]
 
     def _insert_sql(self, n: int) -> str:
+        """The append of *n* rows: inserted if the head is the expected seq, then NOTIFY; refused, the events after it.
+
+        One statement, so one snapshot: the events a refused append reads are those its head check saw.
+        """
         sql = self._sql.get(n)
         if sql is None:
             row = "(%s::bigint, %s::bigint, %s::bigint, %s::text, %s::bigint, %s::bytea, %s::bigint)"
@@ -247,24 +277,114 @@ class PgWriter:
                 f"SELECT v.*, %s::bigint FROM (VALUES {', '.join([row] * n)}) "
                 "AS v(seq, tx, ts, kind, target, payload, checksum) "
                 f"WHERE coalesce((SELECT max(seq) FROM {events}), (SELECT max(seq) FROM {snapshots}), 0) "
-                "= %s::bigint RETURNING seq) "
-                "SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, max(seq)::text) FROM ins HAVING count(*) > 0)"
+                "= %s::bigint RETURNING seq), "
+                "done AS (SELECT count(*) AS n, "
+                "(SELECT pg_notify(%s, max(seq)::text) FROM ins HAVING count(*) > 0) AS note FROM ins) "
+                "SELECT done.n, done.note, e.* FROM done LEFT JOIN LATERAL "
+                f"(SELECT seq, tx, ts, kind, target, payload, checksum FROM {events} "
+                "WHERE done.n = 0 AND seq > %s::bigint ORDER BY seq LIMIT %s) AS e ON true"
             )
             if len(self._sql) < 64:
                 self._sql[n] = sql
         return sql
 
-    def _append_chunked(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> bool:
-        import psycopg
-
-        refused = False
-        with conn.transaction() as tx:
+    def _append_chunked(self, conn: Any, rows: Sequence[EventRow], expected_head: int, commit_id: int) -> None:
+        with conn.transaction():  # a SeqTaken raised in it rolls it back
             done = expected_head
             for start in range(0, len(rows), CHUNK):
                 chunk = rows[start : start + CHUNK]
-                params: list[Any] = [commit_id, *[v for r in chunk for v in r], done, self._channel]
-                if conn.execute(self._insert_sql(len(chunk)), params).fetchone()[0] != len(chunk):
-                    refused = True
-                    raise psycopg.Rollback(tx)
+                params: list[Any] = [commit_id, *[v for r in chunk for v in r], done, self._channel, done, MISSED + 1]
+                result = conn.execute(self._insert_sql(len(chunk)), params).fetchall()
+                if done != expected_head and result[0][0] != len(chunk):  # cannot be, by the append rule
+                    raise SeqTaken(expected_head)
+                self._check(result, len(chunk), done)
                 done += len(chunk)
-        return not refused
+
+
+class PgListener:
+    """Waits for ``NOTIFY`` on the log's channel, ``LISTEN``-ing only while it waits.
+
+    The server keeps one queue of notifications for every session, and
+    cannot free any part of it until every session that ``LISTEN``-s has
+    read that part: a listening connection left unread -- an image that
+    waited once and then sat idle -- would let the queue grow with every
+    commit anywhere, until ``NOTIFY``, and with it every commit, fails
+    ("too many notifications in the NOTIFY queue"). So :meth:`wait` sends
+    ``LISTEN``, waits, and sends ``UNLISTEN`` before it returns; the
+    connection is kept (not listening) for the next wait.
+
+    Args:
+        connect: makes a new psycopg connection in autocommit.
+        channel: the ``NOTIFY`` channel of the log.
+    """
+
+    def __init__(self, connect: Callable[[], Any], channel: str) -> None:
+        self._connect = connect
+        self._channel = channel
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def connection(self) -> Any:
+        """The listener's connection (made now if there is none)."""
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def wait(self, changed: Callable[[], bool], timeout: float) -> bool | None:
+        """Whether the log may have changed: ``changed()`` once listening, else a notification within *timeout*.
+
+        ``None``: it could not listen (the server is away, or another thread
+        is waiting on this listener): the caller polls instead. A connection
+        that breaks while waiting is dropped (the next wait makes a new one)
+        and counts as a change, so that the caller looks.
+
+        Raises:
+            ImportError: psycopg is not installed.
+            Exception: whatever ``changed()`` raises.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            try:
+                conn = self.connection()
+                conn.execute(f'LISTEN "{self._channel}"')
+            except ImportError:
+                raise
+            except Exception:
+                self.close()
+                return None
+            try:
+                # listening before looking: a commit after the look is notified
+                return changed() or self._notified(conn, timeout)
+            finally:
+                self._unlisten(conn)
+        finally:
+            self._lock.release()
+
+    def _notified(self, conn: Any, timeout: float) -> bool:
+        try:
+            for _ in conn.notifies(timeout=timeout, stop_after=1):
+                return True
+        except Exception:  # the connection broke: look
+            self.close()
+            return True
+        return False
+
+    def _unlisten(self, conn: Any) -> None:
+        if self._conn is not conn:
+            return
+        try:
+            conn.execute(f'UNLISTEN "{self._channel}"')
+            for _ in conn.notifies(timeout=0):  # those that came before the UNLISTEN: stale from now on
+                pass
+        except Exception:  # a connection that broke listens no more
+            self.close()
+
+    def close(self) -> None:
+        """Drop the connection (a broken one, or at the store's close)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass

@@ -43,11 +43,20 @@ FORMAT_VERSION = 1
 
 
 class SeqTaken(Exception):
-    """The head moved since the writer last looked; nothing was appended."""
+    """The head moved since the writer last looked; nothing was appended.
 
-    def __init__(self, expected: int) -> None:
+    A store that read the events it refused over in the same round trip
+    hands them over, so that the writer catches up without reading them
+    again: *missed* -- the events after *expected*, in order, from
+    ``expected + 1`` on (``None``: not read; the writer reads them itself) --
+    and *more*: whether events past the last of them were left unread.
+    """
+
+    def __init__(self, expected: int, missed: Sequence[EventRow] | None = None, *, more: bool = False) -> None:
         super().__init__(f"seq {expected + 1} was taken by another writer")
         self.expected = expected
+        self.missed = missed
+        self.more = more
 
 
 @runtime_checkable
@@ -65,7 +74,8 @@ class Store(Protocol):
         """Append *rows* (seqs ``expected_head + 1`` on) atomically.
 
         Raises:
-            SeqTaken: another writer appended first; nothing was written.
+            SeqTaken: another writer appended first; nothing was written
+                (with the events it missed, if the store read them).
             LockedError: the store stayed busy past its timeout.
             StoreError: the database failed; nothing was written.
             FileGoneError: (SQLite) the file is no longer at its path; the

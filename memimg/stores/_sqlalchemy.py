@@ -12,8 +12,9 @@ writer expected (``INSERT ... SELECT ... WHERE coalesce(max(seq), 0) = :head``),
 and ``seq`` is the primary key, so of two writers racing for the same seq
 exactly one wins; the other gets :class:`SeqTaken`, catches up and retries.
 
-On PostgreSQL every commit also sends ``NOTIFY`` on the log's channel, so an
-idle follower learns of new commits at once (:meth:`wait_for_change`); other
+On PostgreSQL every commit also sends ``NOTIFY`` on the log's channel, so a
+follower learns of new commits at once (:meth:`wait_for_change`), ``LISTEN``-ing
+only while it waits (:class:`~memimg.stores._postgres.PgListener`); other
 databases are polled. ``sync="normal"`` sets ``synchronous_commit = off`` on
 PostgreSQL (a commit survives the crash of any client process; a crash of the
 database server itself may lose the last fraction of a second of commits,
@@ -61,10 +62,9 @@ from typing import Any, Final, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from memimg._errors import MemimgError, ReadOnlyError, StoreError
-from memimg.stores._postgres import ABSENT, PgWriter, appending, lost, new_commit_id, settle
+from memimg._errors import ReadOnlyError, StoreError
+from memimg.stores._postgres import ABSENT, PgListener, PgWriter, appending, lost, new_commit_id, settle
 from memimg.stores._protocol import (
-    FORMAT_VERSION,
     EventRow,
     SeqTaken,
     SnapshotInfo,
@@ -73,6 +73,7 @@ from memimg.stores._protocol import (
     read_in_chunks,
 )
 from memimg.stores._sqlerrors import store_error
+from memimg.stores._sqlsetup import Setup, make_engine, psycopg_connect, redact
 from memimg.stores._sqltables import COLUMNS as _COLUMNS
 from memimg.stores._sqltables import LogTables
 
@@ -83,10 +84,6 @@ _ASYNC_COMMIT: Final = sa.text("SET LOCAL synchronous_commit = off")
 _NOTIFY: Final = sa.text("SELECT pg_notify(:c, :p)")
 
 T = TypeVar("T")
-
-
-def _redact(url: sa.URL) -> str:
-    return url.render_as_string(hide_password=True)
 
 
 class SQLAlchemyStore:
@@ -120,172 +117,59 @@ class SQLAlchemyStore:
         if sync not in ("normal", "full"):
             raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
         self._own_engine = not isinstance(url, sa.Engine)
-        self._connect_args: dict[str, Any] = {}
-        if isinstance(url, sa.Engine):
-            engine = url
-        else:
-            try:
-                parsed = sa.make_url(url)
-            except sa_exc.ArgumentError as err:
-                raise MemimgError(f"{url!r} is not a database URL: {err}") from err
-            options = dict(engine_options)
-            if parsed.get_backend_name() == "postgresql":
-                options.setdefault("connect_args", {}).setdefault("connect_timeout", max(1, int(connect_timeout)))
-            self._connect_args = dict(options.get("connect_args", {}))
-            try:
-                engine = sa.create_engine(parsed, **options)
-            except (ImportError, sa_exc.ArgumentError, sa_exc.NoSuchModuleError) as err:
-                raise MemimgError(f"cannot use {_redact(parsed)}: {err}") from err
+        engine, self._connect_args = make_engine(url, connect_timeout, engine_options)
         self.engine = engine
-        self.description = _redact(engine.url)
-        self.readonly = readonly
-        self.schema = schema
-        self.prefix = prefix
+        self.description = redact(engine.url)
+        self.readonly, self.schema, self.prefix = readonly, schema, prefix
         self._pg = engine.dialect.name == "postgresql"
         self._sqlite = engine.dialect.name == "sqlite"
         self._sync = sync
-        self._notify = notify and self._pg
         self._connect_timeout = connect_timeout
         self._operational = getattr(engine.dialect.loaded_dbapi, "OperationalError", ())
         self._lock = threading.RLock()
-        tables = self._tables = LogTables(schema, prefix, commit_id=self._pg)
-        self._metadata = tables.metadata
-        self.events, self.snapshots_table, self.meta_table = tables.events, tables.snapshots, tables.meta
-        self._head, self._append_first = tables.head, tables.append_first
-        self._append_rest, self._read = tables.append_rest, tables.read
         digest = hashlib.sha1(f"{schema}.{prefix}".encode()).hexdigest()[:12]
         self.channel = f"memimg_{digest}"
-        self._lock_key = int(digest, 16) & 0x7FFFFFFFFFFF
-        self._listener: Any = None
-        preparer = engine.dialect.identifier_preparer
-        self._events_name = preparer.format_table(self.events)
-        self._snapshots_name = preparer.format_table(self.snapshots_table)
+        self._use_tables(LogTables(schema, prefix, commit_id=self._pg))
         #: one round trip per commit, on a psycopg connection of its own (PostgreSQL with psycopg 3)
-        self._pg_writer: PgWriter | None = None
-        if self._pg and engine.dialect.driver == "psycopg":
-            self._pg_writer = PgWriter(
-                self._connect,
-                events_table=self._events_name,
-                snapshots_table=self._snapshots_name,
-                channel=self.channel,
-                asynchronous=sync == "normal",
-            )
-        self._connect_and_setup()
-        if self._notify:
-            self._listen()
-
-    # -- setup ----------------------------------------------------------------
-
-    def _connect_and_setup(self) -> None:
+        self._pg_writer = self._make_writer() if self._pg and engine.dialect.driver == "psycopg" else None
+        lock_key = int(digest, 16) & 0x7FFFFFFFFFFF  # serializes creating the tables
         try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        except sa_exc.DBAPIError as err:
-            self._dispose()
-            raise StoreError(
-                f"cannot connect to {self.description}: {str(err.orig).strip()}",
-                store=self.description,
-                operation="connecting",
-            ) from err
-        try:
-            inspector = sa.inspect(self.engine)
-            existing = set(inspector.get_table_names(schema=self.schema))
-            missing_commit_id = False
-            for short, columns in _COLUMNS.items():
-                name = self.prefix + short
-                if name in existing:
-                    found = [c["name"] for c in inspector.get_columns(name, schema=self.schema)]
-                    if short == "events" and found == columns:
-                        missing_commit_id = self._pg  # made by memimg 0.2
-                    elif not (found == columns or (short == "events" and found == [*columns, "commit_id"])):
-                        raise MemimgError(
-                            f"{self.description} has a table {name} with columns {found}, not made by memimg "
-                            f"(expected {columns}); it was left untouched"
-                        )
-            if not {self.prefix + s for s in _COLUMNS} <= existing:
-                if self.readonly:
-                    raise MemimgError(f"{self.description} holds no memimg image (opened read-only)")
-                self._create_tables()
-            elif missing_commit_id and not self.readonly:
-                self._add_commit_id()
-            if not self.readonly:  # history's index, on a log made before it (see Store.read_target)
-                self._tables.target_index.create(self.engine, checkfirst=True)
-            version = int(self.meta().get("format_version", FORMAT_VERSION))
-        except sa_exc.SQLAlchemyError as err:
-            self._dispose()
-            raise self._error(err, "reading memimg's tables") from err
+            Setup(
+                engine,
+                self._tables,
+                schema=schema,
+                prefix=prefix,
+                readonly=readonly,
+                lock_key=lock_key,
+                error=self._error,
+            ).prepare()
         except BaseException:
             self._dispose()
             raise
-        if version > FORMAT_VERSION:
-            self._dispose()
-            raise MemimgError(
-                f"{self.description} holds memimg storage format {version}; this memimg reads format "
-                f"{FORMAT_VERSION} and older: upgrade memimg. The database was left untouched"
-            )
+        #: LISTENs while a wait for another writer's commit lasts, and only then
+        self._listener = PgListener(self._connect, self.channel) if notify and self._pg else None
 
-    def _create_tables(self) -> None:
-        with self.engine.begin() as conn:
-            if self._pg:
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
-                if self.schema:
-                    conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-            self._metadata.create_all(conn, checkfirst=True)
-            exists = conn.execute(sa.select(self.meta_table.c.value).where(self.meta_table.c.key == "format_version"))
-            if exists.first() is None:
-                conn.execute(self.meta_table.insert().values(key="format_version", value=str(FORMAT_VERSION)))
+    def _use_tables(self, tables: LogTables) -> None:
+        self._tables = tables
+        self.events, self.snapshots_table, self.meta_table = tables.events, tables.snapshots, tables.meta
+        self._head, self._append_first = tables.head, tables.append_first
+        self._append_rest, self._read = tables.append_rest, tables.read
+        preparer = self.engine.dialect.identifier_preparer
+        self._events_name = preparer.format_table(self.events)
+        self._snapshots_name = preparer.format_table(self.snapshots_table)
 
-    def _add_commit_id(self) -> None:
-        """Give an events table made by memimg 0.2 its ``commit_id`` column (see the module docstring)."""
-        with self.engine.begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._lock_key})
-            conn.execute(sa.text(f"ALTER TABLE {self._events_name} ADD COLUMN IF NOT EXISTS commit_id BIGINT"))
+    def _make_writer(self) -> PgWriter:
+        return PgWriter(
+            self._connect,
+            events_table=self._events_name,
+            snapshots_table=self._snapshots_name,
+            channel=self.channel,
+            asynchronous=self._sync == "normal",
+        )
 
     def _connect(self) -> Any:
-        """A new psycopg connection (autocommit) to the engine's database, outside its pool.
-
-        Made by the engine itself, so it is configured exactly as the
-        store's reads are (URL query options such as ``options=-c
-        statement_timeout=5000``, ``connect_args``, connect events); a URL
-        rendered back to a string would lose some of that.
-        """
-        import psycopg
-
-        url = self.engine.url
-        if self.engine.dialect.driver == "psycopg":
-            # the engine's own connection -- its creator, connect_args and connect events apply (a
-            # search_path set there must hold for the writer too, or its rows land in other tables) --
-            # taken out of the pool for good
-            try:
-                fairy = self.engine.raw_connection()
-            except sa_exc.DBAPIError as err:
-                if err.orig is not None:
-                    raise err.orig from err  # the driver's error, as a direct connect raises it
-                raise
-            conn: Any = fairy.driver_connection
-            fairy.detach()
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.rollback()
-            conn.autocommit = True
-            return conn
-        # another driver's dialect: its arguments are not libpq's, the URL's parts are
-        kwargs = url.translate_connect_args(username="user", database="dbname")
-        kwargs.update(url.query)
-        kwargs.update(self._connect_args)
-        kwargs.setdefault("connect_timeout", max(1, int(self._connect_timeout)))
-        return psycopg.Connection.connect(autocommit=True, **kwargs)
-
-    def _listen(self) -> None:
-        try:
-            listener = self._connect()
-            listener.execute(f'LISTEN "{self.channel}"')
-        except ImportError:  # no psycopg: poll, from now on
-            self._notify = False
-            self._listener = None
-        except Exception:  # the server is away: poll, and listen again at the next wait
-            self._listener = None
-        else:
-            self._listener = listener
+        """A new psycopg connection (autocommit) to the engine's database, outside its pool."""
+        return psycopg_connect(self.engine, self._connect_args, self._connect_timeout)
 
     def _dispose(self) -> None:
         if self._own_engine:
@@ -362,7 +246,7 @@ class SQLAlchemyStore:
             )
         with self._lock:
             if self._pg_writer is not None:
-                inserted = self._append_pg(self._pg_writer, rows, expected_head)
+                inserted = self._append_pg(self._pg_writer, rows, expected_head)  # raises SeqTaken with the rows missed
             else:
                 inserted = self._append_sa(rows, expected_head)
         if not inserted:
@@ -409,7 +293,11 @@ class SQLAlchemyStore:
             raise self._error(err, appending(rows), write=True) from err
 
     def _append_pg(self, writer: PgWriter, rows: Sequence[EventRow], expected_head: int) -> bool:
-        """Append in one round trip; a commit whose reply was lost is settled by its commit id."""
+        """Append in one round trip; a commit whose reply was lost is settled by its commit id.
+
+        Raises:
+            SeqTaken: the head moved, with the events after *expected_head* (read by the same statement).
+        """
         import psycopg
 
         commit_id = new_commit_id()
@@ -418,15 +306,22 @@ class SQLAlchemyStore:
         except psycopg.Error as err:  # nothing was sent
             writer.close()
             raise self._error(err, appending(rows), write=True) from err
+
+        def insert() -> bool:
+            try:
+                writer.append(rows, expected_head, commit_id)
+            except SeqTaken:
+                return False
+            return True
+
         try:
-            return writer.append(rows, expected_head, commit_id)
+            writer.append(rows, expected_head, commit_id)
+            return True
         except psycopg.Error as err:
             if not lost(err, psycopg.OperationalError):
                 raise self._error(err, appending(rows), write=True) from err
             writer.close()
-            return self._settle(
-                rows, commit_id, err, lambda: writer.append(rows, expected_head, commit_id), writer.lookup, writer.close
-            )
+            return self._settle(rows, commit_id, err, insert, writer.lookup, writer.close)
 
     def _settle(
         self,
@@ -484,34 +379,22 @@ class SQLAlchemyStore:
         # Exact (one round trip): a notification may still be on its way.
         return self.head() != seen
 
-    def _drain_notifies(self, timeout: float) -> bool:
-        got = False
-        try:
-            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                got = True
-            while got:
-                more = False
-                for _ in self._listener.notifies(timeout=0, stop_after=100):
-                    more = True
-                if not more:
-                    break
-        except Exception:  # the connection broke: listen again at the next wait
-            listener, self._listener = self._listener, None
-            try:
-                listener.close()
-            except Exception:
-                pass
-            return True
-        return got
-
     def wait_for_change(self, seen: int, timeout: float) -> bool:
-        """Block until another writer may have appended past *seen*, or *timeout* passes."""
+        """Block until another writer may have appended past *seen*, or *timeout* passes.
+
+        On PostgreSQL the store ``LISTEN``-s only during the wait (see
+        :class:`PgListener`); otherwise, or while it cannot listen, it polls.
+        """
         if self.head() != seen:
             return True
-        if self._notify and self._listener is None:
-            self._listen()
         if self._listener is not None:
-            return self._drain_notifies(timeout) or self.head() != seen
+            try:
+                woke = self._listener.wait(lambda: self.head() != seen, timeout)
+            except ImportError:  # no psycopg: poll, from now on
+                self._listener = None
+            else:
+                if woke is not None:
+                    return woke or self.head() != seen
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
@@ -619,9 +502,5 @@ class SQLAlchemyStore:
             if self._pg_writer is not None:
                 self._pg_writer.close()
         if self._listener is not None:
-            try:
-                self._listener.close()
-            except Exception:
-                pass
-            self._listener = None
+            self._listener.close()
         self._dispose()

@@ -115,6 +115,18 @@ class StoreContract:
         assert store.head() == 2
         assert [r[5] for r in store.read()] == [b"[[]]", b"[[]]"]
 
+    def test_a_refused_append_hands_over_only_events_it_missed(self, store: Store) -> None:
+        """Events a SeqTaken carries, if any, are the log's events right after the expected head, in order."""
+        store.append([row(1)], 0)
+        store.append([row(2, 2), row(3, 2)], 1)
+        for expected in (0, 1):
+            with pytest.raises(SeqTaken) as info:
+                store.append([row(expected + 1)], expected)
+            missed, more = info.value.missed, info.value.more
+            if missed is not None:
+                assert list(missed) == list(store.read(after=expected, limit=len(missed)))
+                assert more == (missed[-1].seq < 3)
+
     def test_multi_row_append_is_atomic(self, store: Store) -> None:
         """A transaction's rows land all together or not at all."""
         store.append([row(1)], 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -370,8 +371,8 @@ def test_query_options_in_the_url_reach_every_connection(pg_schema: str) -> None
     with memimg.open(store, root=dict) as img:
         img.root["a"] = 1
         assert store._pg_writer.connection().execute("SHOW statement_timeout").fetchone()[0] == "5s"
-        assert store._listener is not None
-        assert store._listener.execute("SHOW statement_timeout").fetchone()[0] == "5s"
+        assert img.wait(0.01) == 0 and store._listener is not None
+        assert store._listener.connection().execute("SHOW statement_timeout").fetchone()[0] == "5s"
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "5s"
     with memimg.open(SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)) as again:  # type: ignore[arg-type]
@@ -421,3 +422,88 @@ def test_log_of_an_older_memimg_gets_its_commit_id_column(pg_schema: str) -> Non
     engine.dispose()
     events = _events(pg_schema)
     assert all(cid is None for _, kind, cid in events[:-1]) and events[-1][2] is not None
+
+
+def _notify_queue_usage() -> float:
+    engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+    with engine.connect() as conn:
+        usage = float(conn.execute(sa.text("SELECT pg_notification_queue_usage()")).scalar_one())
+    engine.dispose()
+    return usage
+
+
+def test_an_idle_image_does_not_hold_back_the_notify_queue(pg_schema: str) -> None:
+    """An image that has waited for changes and then sits idle is not LISTENing: the server's NOTIFY
+    queue, which cannot advance past its slowest listener, keeps moving while other processes commit.
+
+    Many commits are played by NOTIFYs on the log's channel with long payloads (what each commit
+    sends, ~40 MB in all): a session still LISTENing that nobody reads takes a few MB into its socket
+    buffers, then holds the rest in the queue (which fills, and then every commit fails)."""
+    store = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    other = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    with memimg.open(store, root=dict) as idle, memimg.open(other, root=dict) as busy:
+        assert idle.wait(0.05) == 0  # the image has listened for changes; now it does nothing
+        for n in range(50):
+            busy.root[n] = n
+        flood = sa.text("SELECT count(pg_notify(:c, repeat('x', 4000) || g)) FROM generate_series(1, 10000) g")
+        engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+        with engine.connect() as conn:
+            conn.execute(flood, {"c": store.channel})
+            conn.commit()
+        engine.dispose()
+        deadline = time.monotonic() + 5
+        while (usage := _notify_queue_usage()) > 0.001 and time.monotonic() < deadline:  # 8 MB of 8 GB
+            time.sleep(0.1)
+        assert usage <= 0.001
+        assert idle.refresh() == 50 and idle.root == busy.root
+
+
+def test_a_refused_append_hands_over_the_events_it_missed(pg_schema: str, monkeypatch: Any) -> None:
+    """On PostgreSQL the statement that refuses an append (the head moved) also reads the events after the
+    expected head: SeqTaken carries them, and says whether more were left unread."""
+    from memimg.stores import SeqTaken, _postgres
+    from tests.stores.contract import row
+
+    store = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    other = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    other.append([row(1), row(2, 1)], 0)
+    other.append([row(3)], 2)
+    with pytest.raises(SeqTaken) as info:
+        store.append([row(1)], 0)
+    assert info.value.missed == list(store.read()) and not info.value.more
+    monkeypatch.setattr(_postgres, "MISSED", 2)
+    with pytest.raises(SeqTaken) as info:
+        store.append([row(2)], 1)
+    assert info.value.missed == list(store.read(after=1)) and not info.value.more
+    with pytest.raises(SeqTaken) as info:
+        store.append([row(1)], 0)
+    assert info.value.missed == list(store.read(limit=2)) and info.value.more
+    store.close()
+    other.close()
+
+
+@pytest.mark.parametrize("missed", [1000, 1])
+def test_a_commit_that_lost_the_race_catches_up_from_the_refused_append(
+    pg_schema: str, monkeypatch: Any, missed: int
+) -> None:
+    """A commit refused because another process took its seq catches up from the events the refusal handed
+    over -- no read of the log of its own -- then commits; events past those handed over (when many were
+    missed) are read after them."""
+    from memimg.stores import _postgres
+
+    monkeypatch.setattr(_postgres, "MISSED", missed)
+    store = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    other = SQLAlchemyStore(POSTGRES_URL, schema=pg_schema)  # type: ignore[arg-type]
+    with memimg.open(store, root=dict) as img, memimg.open(other, root=dict) as elsewhere:
+        reads: list[int] = []
+        fetch = store._fetch
+        monkeypatch.setattr(store, "_fetch", lambda after, n: reads.append(after) or fetch(after, n))
+        with img.transaction():
+            img.root["mine"] = 1
+            start = img.seq
+            with elsewhere.transaction():  # two events
+                elsewhere.root["theirs"] = 1
+                elsewhere.root["also"] = 2
+        assert img.root == {"mine": 1, "theirs": 1, "also": 2} and img.seq == start + 3
+        assert reads == ([] if missed > 1 else [start + 1])
+        assert elsewhere.refresh() and elsewhere.root == img.root
