@@ -160,11 +160,12 @@ def check_bars(results: Results) -> Iterator[Bar]:
 
     yield from snapshot_bars(results)
     yield from web_bars(results)
+    yield from timetravel_bars(results)
     yield from history_bars(results)
 
 
 def history_bars(results: Results) -> Iterator[Bar]:
-    """Workload (i): history(obj) of an object among a long log (an absolute bar: no peer keeps one)."""
+    """Workload (j): history(obj) of an object among a long log (an absolute bar: no peer keeps one)."""
     needed = "≤ 50 ms (among 1,000,000 events)"
     cases = _cases(results, "history")
     if not cases:
@@ -256,3 +257,16 @@ def render_bars(bars: list[Bar]) -> str:
     failed = sum(b.passed is False for b in bars)
     lines += ["", f"{passed} PASS, {failed} FAIL, {len(bars) - passed - failed} not measured"]
     return "\n".join(lines)
+
+
+def timetravel_bars(results: Results) -> Iterator[Bar]:
+    """Workload (i): ``img.at(seq)`` costs at most 1.5x opening the image at that seq (SPEC §9)."""
+    bar, needed = "img.at(seq) vs opening the image at that seq", "≤ 1.5x"
+    case = next(iter(_cases(results, "timetravel")), None)
+    ratio = None if case is None else results.median("timetravel", case, "at / open", "memimg")
+    if case is None or ratio is None:
+        yield _missing(bar, needed)
+        return
+    at = results.median("timetravel", case, "at(seq) s", "memimg") or 0.0
+    opened = results.median("timetravel", case, "open at seq s", "memimg") or 0.0
+    yield _ratio_bar(bar, needed, ratio, None, 1.5, f"{at:.3f} s vs {opened:.3f} s; {case}; median of the ratios")

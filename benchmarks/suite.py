@@ -8,9 +8,10 @@ Usage::
 
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
 (c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``snapshots`` (g),
-``web`` (h), ``history`` (i); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
-:mod:`benchmarks.writers`, :mod:`benchmarks.snapshots` and
-:mod:`benchmarks.web` and :mod:`benchmarks.history` for what each measures. Progress goes to stderr,
+``web`` (h), ``timetravel`` (i), ``history`` (j); see :mod:`benchmarks.workloads`,
+:mod:`benchmarks.inmemory`, :mod:`benchmarks.writers`,
+:mod:`benchmarks.snapshots`, :mod:`benchmarks.web`,
+:mod:`benchmarks.timetravel` and :mod:`benchmarks.history` for what each measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -38,6 +39,7 @@ from benchmarks.inmemory import inmemory
 from benchmarks.report import render_table
 from benchmarks.snapshots import snapshots
 from benchmarks.systems import load_systems
+from benchmarks.timetravel import timetravel
 from benchmarks.web import web
 from benchmarks.workloads import batch, commit, graph, recovery
 from benchmarks.writers import writers
@@ -53,6 +55,7 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "writers": writers,
     "snapshots": snapshots,
     "web": web,
+    "timetravel": timetravel,
     "history": history_workload,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}

@@ -12,6 +12,7 @@ from memimg._errors import (
     ConflictError,
     CorruptLogError,
     FileGoneError,
+    HistoryError,
     LockedError,
     MemimgError,
     ReadOnlyError,
@@ -20,6 +21,7 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
+from memimg.core._diff import Diff, Difference
 from memimg.core._history import Change, Collected
 from memimg.core._markers import MISSING
 from memimg.core._rows import Event
@@ -39,8 +41,11 @@ __all__ = [
     "ConflictError",
     "Converter",
     "CorruptLogError",
+    "Diff",
+    "Difference",
     "Event",
     "FileGoneError",
+    "HistoryError",
     "LockedError",
     "MemimgError",
     "MemoryImage",

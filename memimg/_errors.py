@@ -18,6 +18,7 @@ __all__ = [
     "ConflictError",
     "CorruptLogError",
     "FileGoneError",
+    "HistoryError",
     "LockedError",
     "MemimgError",
     "ReadOnlyError",
@@ -127,6 +128,25 @@ class ReadOnlyError(MemimgError):
     """A write was attempted on an image or a store opened with ``readonly=True``."""
 
     __module__ = "memimg"
+
+
+class HistoryError(MemimgError):
+    """A past state was asked for that the log cannot give: ``img.at``, ``img.diff`` (nothing was changed).
+
+    The seq (or time) is before the oldest state the log still holds (a
+    compaction dropped the events and snapshots before it), before the first
+    commit, past the head of the log, or in the future. Attributes: ``seq``
+    (the seq asked for, or ``None`` when a time was), ``time`` (the time asked
+    for, or ``None``), ``oldest`` (the oldest seq whose state is available),
+    ``head`` (the newest).
+    """
+
+    __module__ = "memimg"
+
+    seq: int | None
+    time: Any
+    oldest: int
+    head: int
 
 
 class ClosedError(MemimgError):

@@ -57,6 +57,7 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     assert {"memimg", "sqlite3"} <= seen["writers"]
     assert seen["snapshots"] == {"memimg"}
     assert seen["history"] == {"memimg"}
+    assert seen["timetravel"] == {"memimg"}
     assert {"memimg", "sqlite3", DJANGO_PATH} | ({"psycopg"} if POSTGRES_URL else set()) == seen["web"]
 
 
@@ -126,4 +127,5 @@ def test_workload_names_match_the_docs() -> None:
         "snapshots",
         "web",
         "history",
+        "timetravel",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -12,14 +13,14 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._main import cli, open_image, open_store
+from memimg.cli._main import cli, open_image, open_store, past_image
 from memimg.core import _types
 from memimg.core._rows import Event, EventRow, verify_event
 from memimg.model import SHELL, _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["info", "log", "show", "size_text", "type_name"]
+__all__ = ["info", "log", "plain", "show", "size_text", "type_name"]
 
 
 # -- info ------------------------------------------------------------------------
@@ -230,7 +231,8 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
     return []
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """*value* as JSON data (what ``show --json`` prints for a value)."""
     if type(value) is int:
         try:
             str(value)  # as json.dumps will write it
@@ -244,7 +246,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (decimal.Decimal, dt.date, dt.time, dt.timedelta)):
         return str(value)
     if isinstance(value, (tuple, frozenset)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value_repr(value)
 
 
@@ -253,13 +255,13 @@ def _show_json(obj: Any, depth: int) -> Any:
 
     def walk(value: Any, level: int) -> Any:
         if not _is_object(value):
-            return _plain(value)
+            return plain(value)
         oid = getattr(value, "_mi_oid", None)
         if id(value) in seen or level > depth:
             return {"$ref": oid}
         seen.add(id(value))
         if isinstance(value, dict):
-            return {"$type": "dict", "$id": oid, "items": [[_plain(k), walk(v, level + 1)] for k, v in value.items()]}
+            return {"$type": "dict", "$id": oid, "items": [[plain(k), walk(v, level + 1)] for k, v in value.items()]}
         if isinstance(value, list):
             return {"$type": "list", "$id": oid, "items": [walk(v, level + 1) for v in value]}
         if isinstance(value, set):
@@ -277,16 +279,16 @@ def _show_json(obj: Any, depth: int) -> Any:
 @click.argument("path", required=False, default="")
 @click.option("--depth", type=int, default=3, show_default=True, help="How deep to descend.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (objects seen before become {$ref: id}).")
-def show(target: str, path: str, depth: int, as_json: bool) -> None:
-    """The graph from the root, or from PATH such as accounts.ada.balance."""
-    img = open_image(target)
+@click.option("--at", metavar="SEQ|TIME", default=None, help="As of this seq, or ISO time with its offset.")
+def show(target: str, path: str, depth: int, as_json: bool, at: str | None) -> None:
+    """The graph from the root, or from PATH such as accounts.ada.balance (now, or as it was --at)."""
     try:
-        obj = _resolve_path(img.root, path)
-        if as_json:
-            click.echo(json.dumps(_show_json(obj, depth), indent=2))
-        else:
-            for line in _show_text(obj, depth):
-                click.echo(line)
+        with contextlib.closing(open_image(target)) if at is None else past_image(target, at) as img:
+            obj = _resolve_path(img.root, path)
+            if as_json:
+                click.echo(json.dumps(_show_json(obj, depth), indent=2))
+            else:
+                for line in _show_text(obj, depth):
+                    click.echo(line)
     finally:
-        img.close()
         _tracking.disable_now()

@@ -12,6 +12,8 @@ in pipes.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -22,9 +24,22 @@ import click
 import memimg
 from memimg import _api
 from memimg._errors import MemimgError
+from memimg.image import _past
 from memimg.stores._protocol import Store
 
-__all__ = ["CLOSED_PIPE_STATUS", "cli", "open_image", "open_store", "url_options", "with_progress"]
+__all__ = [
+    "CLOSED_PIPE_STATUS",
+    "cli",
+    "open_at",
+    "open_image",
+    "open_store",
+    "past_image",
+    "past_store",
+    "point",
+    "progress_callback",
+    "url_options",
+    "with_progress",
+]
 
 
 class _Group(click.Group):
@@ -143,7 +158,7 @@ def open_image(target: str, *, writable: bool = False) -> memimg.MemoryImage:
             generic_types=True,
             on_schema_drift="drop",
             snapshot_every=None,
-            progress=_progress_callback(),
+            progress=progress_callback(),
         )
     except BaseException:
         store.close()
@@ -159,11 +174,61 @@ def open_image(target: str, *, writable: bool = False) -> memimg.MemoryImage:
     return img
 
 
+def point(store: Store, text: str) -> int:
+    """The seq a SEQ|TIME argument (a seq, or an ISO time with its offset) names in *store*, checked as ``img.at``."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return _past.check_seq(store, int(text))
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise MemimgError(
+            f"{text!r} is neither a seq nor an ISO time (such as 2026-12-01T12:00:00+00:00 or 2026-12-01T12:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        raise MemimgError(
+            f"the time {text!r} has no UTC offset: write it as {text}+00:00 (UTC), {text}Z, or with your offset"
+        )
+    return _past.resolve(store, None, when)
+
+
+@contextlib.contextmanager
+def past_store(target: str) -> Iterator[Store]:
+    """*target*'s store, read-only, for opening past states of it (closed at the end)."""
+    store = open_store(target, readonly=True)  # refuses, untouched, anything that is not an image
+    try:
+        if store.head() == 0 and not store.snapshots():
+            raise MemimgError(f"{target!r} holds no memimg image (its log is empty)")
+        yield store
+    finally:
+        store.close()
+
+
+def open_at(store: Store, seq: int) -> memimg.MemoryImage:
+    """The image of *store* as of *seq* (checked), read as the tools read: the snapshot at or before it and the
+    events up to it, so the state now is never read first."""
+    return memimg.open(
+        _past.PastStore(store, seq),
+        readonly=True,
+        generic_types=True,
+        on_schema_drift="drop",
+        snapshot_every=None,
+        progress=progress_callback(),
+    )
+
+
+@contextlib.contextmanager
+def past_image(target: str, at: str) -> Iterator[memimg.MemoryImage]:
+    """The image of *target* as of *at* (a SEQ|TIME argument), closed at the end."""
+    with past_store(target) as store, open_at(store, point(store, at)) as img:
+        yield img
+
+
 def _tty() -> bool:
     return sys.stderr.isatty()
 
 
-def _progress_callback() -> Any:
+def progress_callback() -> Any:
     if not _tty():
         return None
     state: dict[str, Any] = {}

@@ -103,7 +103,9 @@ def _cut(
                 cut = min(cut, row.seq)
                 break
     if cut < seq:
-        reasons.append(f"kept the events from seq {cut} on: the history asked for")
+        cut, base = _from_snapshot(store, cut)
+        start = "" if base is None else f", and the snapshot at seq {base} that the past states start from"
+        reasons.append(f"kept the events from seq {cut} on: the history asked for{start}")
     meta = store.meta()
     live = live_positions(meta)
     for key in meta:
@@ -122,6 +124,16 @@ def _cut(
     elif behind:
         reasons.append(f"dropped events {len(behind)} live process(es) had not reached: they reload from the snapshot")
     return cut, reasons
+
+
+def _from_snapshot(store: Store, cut: int) -> tuple[int, int | None]:
+    """The first seq to keep so that the states from *cut* on can be rebuilt (``img.at``), and the snapshot
+    they start from: the newest at or before *cut*, kept with the events after it. Without one, *cut* (the
+    events kept then serve the log and history only: the past states start at the new snapshot)."""
+    base = max((info.seq for info in store.snapshots() if store.first_seq() - 1 <= info.seq <= cut), default=None)
+    if base is None:
+        return cut, None
+    return min(cut, base + 1), base
 
 
 def _archive(store: Store, seq: int, path: str) -> None:

@@ -38,5 +38,6 @@ WHOLE: Final[Any] = Marker("WHOLE")
 SELF: Final[Any] = Marker("SELF")
 #: An optional argument that was not given (``dict.pop(key)`` without a default).
 NOT_GIVEN: Final[Any] = Marker("NOT_GIVEN")
-#: "There was, or is, no value": a field unset or a dict key absent before or after a change (``memimg.MISSING``).
+#: Public (``memimg.MISSING``): there was, or is, no value here -- a field unset, a key or set member absent
+#: (a :class:`memimg.Difference`'s ``old`` or ``new``; a :class:`memimg.Change`'s).
 MISSING: Final[Any] = Marker("MISSING")

@@ -176,7 +176,8 @@ class Engine:
         self.check_open()
         if self.readonly:
             raise ReadOnlyError(
-                f"the image {self.store.description} was opened with readonly=True; nothing was changed"
+                f"the image {self.store.description} is read-only (opened with readonly=True, or a past state "
+                "from img.at); nothing was changed"
             )
 
     def refuse_if_busy(self) -> None:

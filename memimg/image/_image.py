@@ -8,19 +8,21 @@ commit goes, and :mod:`memimg.image._recovery` for how an image is opened.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from memimg._errors import ClosedError
+from memimg._errors import ClosedError, CorruptLogError
+from memimg.core._diff import Diff, compare
 from memimg.core._history import Change
 from memimg.core._rows import Event, EventRow, verify_event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _history, _recovery
+from memimg.image import _history, _past, _recovery
 from memimg.image._engine import Engine
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
@@ -211,6 +213,67 @@ class MemoryImage:
             r = EventRow(*row)
             verify_event(r)
             yield Event.from_row(r)
+
+    # -- the past ---------------------------------------------------------------
+
+    def at(self, seq: int | None = None, *, time: datetime.datetime | None = None) -> MemoryImage:
+        """A read-only image of the state after event *seq*, or after the last commit at or before *time*.
+
+        The past image has the same classes and distinct objects; it is
+        frozen at that seq (it never catches up), every write to it raises
+        :class:`ReadOnlyError`, and it is a context manager (closing it
+        leaves this image open). Without arguments, the state at this
+        image's :attr:`seq`. It is loaded from the newest snapshot at or
+        before the seq plus the events up to it, as opening the image at
+        that seq would be. A seq inside a transaction gives the state after
+        part of it, as the log holds it (no reader of a live image saw it).
+
+        Args:
+            seq: an event's seq, from the oldest one kept to the log's head.
+            time: an aware :class:`datetime.datetime` (commit times are
+                the wall clock of the committing process).
+
+        Raises:
+            HistoryError: the seq or time is before what the log keeps (a
+                compaction dropped it; the error names the oldest available
+                seq), before the first commit, past the head, or in the future.
+            TypeError: not an int seq or a datetime, or both given.
+            ValueError: a negative seq or a naive datetime.
+        """
+        engine = self._engine
+        engine.check_open()
+        store = engine.store
+        target = _past.resolve(store, self.seq if seq is None and time is None else seq, time)
+        try:
+            return MemoryImage(
+                _past.PastStore(store, target),
+                converter=self.converter,
+                snapshot_every=None,
+                readonly=True,
+                removed_types=engine.reader.removed_types,
+                on_schema_drift=engine.on_schema_drift,
+                generic_types=engine.reader.stand_ins is not None,
+            )
+        except CorruptLogError:
+            _past.check_seq(store, target)  # compacted away while it was read: say so
+            raise
+
+    def diff(self, a: int, b: int | None = None) -> Diff:
+        """What changed from the state after seq *a* to the state after seq *b* (default: this image's seq).
+
+        A :class:`memimg.Diff` of :class:`memimg.Difference` records, one
+        per changed entity field, dict key, list (whole) and set member,
+        each at the shortest path from the root of the object holding it
+        (see the history guide for the exact rules). Computed from the two
+        states (:meth:`at`), object by object id.
+
+        Raises:
+            HistoryError, TypeError, ValueError: as :meth:`at`, for either seq.
+        """
+        self._engine.check_open()
+        b = self.seq if b is None else b
+        with self.at(a) as old, self.at(b) as new:
+            return compare(old._engine.table, new._engine.table, a, b)
 
     def history(self, obj: Any, field: str | None = None, *, since: int = 0, until: int | None = None) -> list[Change]:
         """The changes of *obj* -- an entity, or a tracked list, dict or set -- oldest first.

@@ -1,0 +1,167 @@
+"""The command line's time travel: ``show --at`` and ``diff``, and what ``compact`` keeps of the past."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import memimg
+from memimg.cli import cli
+from tests.models import Account, Bank
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def bank_db(tmp_path: Any) -> tuple[str, dict[str, int]]:
+    """A bank: ada opened (seq 'opened'), a snapshot, a deposit, bob opened and closed."""
+    path = str(tmp_path / "bank.db")
+    marks = {}
+    with memimg.open(path, root=Bank) as img:
+        img.root.accounts["ada"] = Account("ada", tags={"a"})
+        marks["opened"] = img.seq
+        img.snapshot()
+        img.root.accounts["ada"].balance += 5
+        marks["deposit"] = img.seq
+        img.root.accounts["bob"] = Account("bob")
+        marks["bob"] = img.seq
+        del img.root.accounts["bob"]
+        marks["head"] = img.seq
+    return path, marks
+
+
+def _time_of(path: str, seq: int) -> str:
+    with memimg.open(path, readonly=True) as img:
+        return next(e.ts for e in img.events(since=seq - 1)).isoformat()
+
+
+def test_show_at_a_seq_or_a_time(bank_db: tuple[str, dict[str, int]]) -> None:
+    """show --at SEQ|TIME shows the graph as it was then (text and JSON); a time is the last commit at or
+    before it, and may be written with Z."""
+    path, marks = bank_db
+    assert run("show", path, "accounts.ada.balance", "--at", str(marks["opened"])).output.strip() == "Decimal('0')"
+    assert run("show", path, "accounts.ada.balance", "--at", str(marks["deposit"])).output.strip() == "Decimal('5')"
+    assert "'bob': Account" in run("show", path, "--at", str(marks["bob"])).output
+    assert "'bob'" not in run("show", path).output
+    data = json.loads(run("show", path, "accounts", "--at", str(marks["bob"]), "--json").output)
+    assert [k for k, _ in data["items"]] == ["ada", "bob"]
+    when = _time_of(path, marks["bob"])
+    assert "'bob': Account" in run("show", path, "--at", when).output
+    utc = dt.datetime.fromisoformat(when).astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
+    assert "'bob': Account" in run("show", path, "--at", utc).output
+
+
+def test_diff_between_two_seqs_or_times(bank_db: tuple[str, dict[str, int]]) -> None:
+    """diff A [B] prints one line per difference (B defaults to the newest seq); --json the same as data."""
+    path, marks = bank_db
+    r = run("diff", path, str(marks["opened"]), str(marks["bob"]))
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [
+        "root.accounts['bob']: MISSING → Account #6",
+        "root.accounts['ada'].balance: Decimal('0') → Decimal('5')",
+    ]
+    assert run("diff", path, str(marks["opened"])).output.splitlines() == [
+        "root.accounts['ada'].balance: Decimal('0') → Decimal('5')"
+    ]
+    assert run("diff", path, str(marks["bob"]), str(marks["bob"])).output.startswith("no differences")
+    times = [_time_of(path, marks["opened"]), _time_of(path, marks["bob"])]
+    assert run("diff", path, *times).output == r.output
+    data = json.loads(run("diff", path, str(marks["opened"]), str(marks["bob"]), "--json").output)
+    assert (data["a"], data["b"]) == (marks["opened"], marks["bob"])
+    assert data["differences"] == [
+        {"path": "root.accounts['bob']", "new": {"$type": "tests.models.Account", "$id": 6}},
+        {"path": "root.accounts['ada'].balance", "old": "0", "new": "5"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["show", "{path}", "--at", "99"], "past the head"),
+        (["show", "{path}", "--at", "0"], "before the first commit"),
+        (["show", "{path}", "--at", "-3"], "negative"),
+        (["show", "{path}", "--at", "yesterday"], "neither a seq nor an ISO time"),
+        (["show", "{path}", "--at", "2020-01-01T00:00"], "has no UTC offset"),
+        (["diff", "{path}", "1", "2999-01-01T00:00Z"], "in the future"),
+        (["diff", "{path}", "2000-01-01T00:00+00:00"], "before the first commit"),
+        (["diff", "{path}", "99"], "past the head"),
+    ],
+)
+def test_bad_points_in_time_are_one_clear_line(
+    bank_db: tuple[str, dict[str, int]], args: list[str], words: str
+) -> None:
+    """A seq past the head, 0 or negative, a time that is not ISO, naive, in the future or before the first
+    commit: one error line naming the problem, status 1, and the file is unchanged."""
+    path, _ = bank_db
+    with open(path, "rb") as f:
+        before = f.read()
+    r = CliRunner().invoke(cli, [a.format(path=path) for a in args])
+    assert r.exit_code == 1 and words in r.output and r.output.startswith("memimg: error:"), r.output
+    with open(path, "rb") as f:
+        assert f.read() == before
+
+
+def test_diff_and_show_at_work_without_the_application_classes(tmp_path: Any) -> None:
+    """A log of classes this process does not have: show --at and diff read it into stand-ins."""
+    path = str(tmp_path / "foreign.db")
+    script = textwrap.dedent(
+        f"""
+        import attrs, memimg
+        @attrs.frozen
+        class Tag:
+            text: str
+        memimg.converter.register_value(Tag, name="far.Tag")
+        @memimg.persistent(name="far.Thing")
+        class Thing:
+            label: str = ""
+            tag: object = None
+        with memimg.open({path!r}) as img:
+            img.root["t"] = Thing("hello", Tag("a"))
+            img.snapshot()
+            img.root["t"].label = "bye"
+            img.root["t"].tag = Tag("a")
+            print(img.seq)
+        """
+    )
+    head = int(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
+    assert "label: 'hello'" in run("show", path, "t", "--at", "2").output
+    assert run("diff", path, "2").output.splitlines() == ["root['t'].label: 'hello' → 'bye'"]  # the same Tag
+    assert json.loads(run("diff", path, "2", str(head), "--json").output)["differences"] == [
+        {"path": "root['t'].label", "old": "hello", "new": "bye"}
+    ]
+
+
+def test_compact_keeps_the_snapshot_the_history_asked_for_starts_from(tmp_path: Any) -> None:
+    """compact --keep-events keeps, with the events asked for, the older snapshot they start from (and the
+    events after it), so img.at reaches every kept seq; a seq before it is a HistoryError naming the oldest."""
+    path = str(tmp_path / "img.db")
+    seen = {}
+    with memimg.open(path, root=Bank, snapshot_every=None) as img:
+        img.root.accounts["ada"] = Account("ada")
+        for _ in range(5):
+            img.root.accounts["ada"].balance += 1
+        base = img.snapshot()
+        for _ in range(10):
+            img.root.accounts["ada"].balance += 1
+            seen[img.seq] = img.root.accounts["ada"].balance
+        head = img.seq
+    r = run("compact", path, "--keep-events", "5")
+    assert r.exit_code == 0 and f"the snapshot at seq {base} that the past states start from" in r.output, r.output
+    with memimg.open(path, root=Bank) as img:
+        assert img.store.first_seq() == base + 1 and base in [s.seq for s in img.store.snapshots()]
+        for seq in range(base, head + 1):
+            with img.at(seq) as past:
+                assert past.root.accounts["ada"].balance == seen.get(seq, Decimal(5))
+        with pytest.raises(memimg.HistoryError, match=f"oldest available seq is {base}"):
+            img.at(base - 1)
+    assert "oldest available seq is" in CliRunner().invoke(cli, ["show", path, "--at", "2"]).output
