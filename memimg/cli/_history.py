@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._inspect import _plain, _show_json, type_name
+from memimg.cli._inspect import _show_json, plain, type_name
 from memimg.cli._main import cli, open_image
 from memimg.core._history import Change, Collected
 from memimg.core._markers import MISSING
@@ -59,7 +59,7 @@ def _json(v: Any) -> Any:
         return _show_json(v, -1)  # {"$ref": oid}
     if type(v) is tuple:
         return [_json(x) for x in v]
-    return _plain(v)
+    return plain(v)
 
 
 def _as_dict(c: Change) -> dict[str, Any]:
