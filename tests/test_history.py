@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,7 @@ import memimg
 from memimg import MISSING, Change, Collected
 from memimg.core import _kinds
 from memimg.core._rows import SnapshotRow, event_checksum, snapshot_checksum
+from memimg.image import _history
 from memimg.stores import EventRow
 from tests.conftest import Images
 from tests.models import Account, Bank, Box, Entry, Node
@@ -249,3 +251,56 @@ def test_an_object_of_another_image_is_refused(make_image: Images, tmp_path: Any
             img.history(other.root)
     finally:
         other.close()
+
+
+def _covered(img: memimg.MemoryImage) -> int:
+    """The seq the store's target index covers (index_targets(0) writes nothing; the memory store covers its head)."""
+    return img._engine.store.index_targets(0)
+
+
+def test_history_is_the_same_whatever_the_target_index_covers(make_image: Images) -> None:
+    """The index empty, partly filled, full, and on a read-only image (which cannot fill it): the same changes."""
+    img = make_image(root=Bank, snapshot_every=None)
+    ada = img.root.accounts["ada"] = Account("ada")
+    bob = img.root.accounts["bob"] = Account("bob")
+    for i in range(1, 31):
+        (ada if i % 3 else bob).balance += i
+    want = [(c.old, c.new) for c in img.history(ada, "balance")]
+    assert want == list(itertools.pairwise(itertools.accumulate((i for i in range(1, 31) if i % 3), initial=0)))
+    store = make_image.store()
+    seqs = [c.seq for c in img.history(ada)]
+    answers = {}
+    for upto in (0, seqs[5], seqs[5] + 1, img.seq):
+        if upto:
+            store.index_targets(upto)
+        answers[upto] = [(c.seq, c.old, c.new) for c in img.history(ada, "balance", since=seqs[3])]
+        readonly = make_image(root=Bank, readonly=True)
+        ro_ada = readonly.root.accounts["ada"]
+        assert [(c.seq, c.old, c.new) for c in readonly.history(ro_ada, "balance", since=seqs[3])] == answers[upto]
+        readonly.close()
+    assert all(a == answers[0] for a in answers.values())
+    assert [(c.old, c.new) for c in img.history(ada, "balance")] == want
+
+
+def test_snapshots_and_long_tails_fill_the_target_index(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot fills the index up to its seq; history fills it first when over TAIL events wait, not otherwise;
+    a read-only image's history fills nothing (the memory store indexes as it appends: it always covers its head)."""
+    monkeypatch.setattr(_history, "TAIL", 5)
+    img = make_image(root=Box, snapshot_every=None)
+    as_appended = isinstance(img._engine.store, memimg.MemoryStore)
+    img.root.content = 0
+    seq = img.snapshot()
+    assert _covered(img) >= seq
+    for i in range(4):
+        img.root.content = i
+    covered = _covered(img)
+    img.history(img.root)  # 4 events past the index: scanned
+    assert _covered(img) == (img.seq if as_appended else covered)
+    for i in range(4):
+        img.root.content = i
+    readonly = make_image(root=Box, readonly=True)
+    assert len(readonly.history(readonly.root)) == 9
+    assert _covered(img) == (img.seq if as_appended else covered)
+    readonly.close()
+    assert len(img.history(img.root)) == 9  # 8 waiting: indexed first
+    assert _covered(img) == img.seq

@@ -9,7 +9,11 @@ The cost grows with the object's own events, not the log's length:
    to). If compaction removed that event, the first state is read from the
    oldest snapshot holding the object.
 2. **Its events** -- the store reads the rows that target it
-   (:meth:`~memimg.Store.read_target`, an index on ``target``).
+   (:meth:`~memimg.Store.read_target`): through the target index up to the
+   seq it covers, then by scanning the events past it. Commits do not fill
+   that index: the snapshot thread does, after each snapshot, and a
+   writable image's history fills it first (one set-based statement) when
+   over :data:`TAIL` events wait, so the scan stays short.
 3. **The fold** -- each event is applied to a plain copy of the object's
    state, noting what was there before (:mod:`memimg.core._history`).
 4. **Metadata** -- a transaction's metadata is its first row when that row
@@ -23,11 +27,12 @@ writes of a transaction still open.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Final
 
 import orjson
 
-from memimg._errors import CorruptLogError, MemimgError
+from memimg._errors import CorruptLogError, MemimgError, StoreError
 from memimg.core import _types
 from memimg.core._args import arg_decoder
 from memimg.core._gone import Gone
@@ -38,7 +43,12 @@ from memimg.core._rows import EventRow, SnapshotRow, ts_to_datetime, verify_even
 from memimg.core._snapshot import split_snapshot
 from memimg.stores._protocol import Store
 
-__all__ = ["history"]
+__all__ = ["TAIL", "history"]
+
+log = logging.getLogger("memimg")
+
+#: How many events past the target index a writable image's history scans rather than indexing them first.
+TAIL: Final = 10_000
 
 _OBJ_UPDATE: Final = KINDS["obj.update"]
 _COLLECTIONS: Final = {"list": list, "dict": dict, "set": set}
@@ -62,7 +72,17 @@ def history(engine: Any, obj: Any, field: str | None, since: int, until: int | N
         head = engine.seq
     namer = _check_field(obj, field)
     until = head if until is None else min(until, head)
+    if not engine.readonly:
+        _index_targets(engine.store, head)
     return _History(engine, obj, oid, namer).changes(field, since, until)
+
+
+def _index_targets(store: Store, head: int) -> None:
+    """Fill the target index up to *head* if over :data:`TAIL` events wait (a failure leaves the scan longer)."""
+    try:
+        store.index_targets(head, least=TAIL)
+    except StoreError as err:
+        log.warning("history(): indexing the targets of %s up to seq %d: %s", store.description, head, err)
 
 
 def _oid_in(engine: Any, obj: Any) -> int:

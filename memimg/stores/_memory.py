@@ -15,7 +15,15 @@ import time
 from collections.abc import Iterator, Sequence
 
 from memimg._errors import ReadOnlyError
-from memimg.stores._protocol import FORMAT_VERSION, EventRow, SeqTaken, SnapshotInfo, SnapshotRow, lease_entry
+from memimg.stores._protocol import (
+    FORMAT_VERSION,
+    EventRow,
+    SeqTaken,
+    SnapshotInfo,
+    SnapshotRow,
+    check_target,
+    lease_entry,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -32,7 +40,7 @@ class MemoryStore:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._events: list[EventRow] = []
-        #: the index on target: target -> the seqs of its rows (those compacted away included)
+        #: the target index, kept as rows are appended: target -> the seqs of its rows (see index_targets)
         self._by_target: dict[int, list[int]] = {}
         self._first = 1
         self._snapshots: dict[int, SnapshotRow] = {}
@@ -72,6 +80,7 @@ class MemoryStore:
         return iter(rows)
 
     def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        check_target(target)
         with self._lock:
             seqs = self._by_target.get(target, [])
             lo = bisect.bisect_right(seqs, max(after, self._first - 1))
@@ -79,6 +88,11 @@ class MemoryStore:
             first, events = self._first, self._events
             rows = [events[s - first] for s in seqs[lo:hi]]
         return iter(rows)
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        """The head: rows are indexed as they are appended, so nothing waits."""
+        with self._lock:
+            return self._first + len(self._events) - 1
 
     def write_snapshot(self, row: SnapshotRow) -> None:
         if self.readonly:
@@ -143,8 +157,14 @@ class MemoryStore:
             self._refuse(f"deleting events before seq {seq}")
         with self._lock:
             n = max(0, min(len(self._events), seq - self._first))
+            dropped = self._events[:n]
             del self._events[:n]
             self._first += n
+            for target in {r[4] for r in dropped}:  # their index entries too
+                seqs = self._by_target[target]
+                del seqs[: bisect.bisect_left(seqs, self._first)]
+                if not seqs:
+                    del self._by_target[target]
             return n
 
     def delete_snapshots_before(self, seq: int) -> int:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import sys
 import threading
 import time
 import urllib.parse
@@ -42,15 +41,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
+from memimg.stores import _sqlitetargets as targets
 from memimg.stores._protocol import (
     FORMAT_VERSION,
     EventRow,
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
+    check_target,
     lease_entry,
     read_in_chunks,
 )
+from memimg.stores._sqlitefiles import identity as _identity
+from memimg.stores._sqlitefiles import stamped_after as _stamped_after
 
 __all__ = ["SQLiteStore"]
 
@@ -67,13 +70,6 @@ _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS memimg_snapshots ("
     " seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, payload BLOB NOT NULL, checksum INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS memimg_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
-# The index history reads by (seq is the rowid: every entry holds it); made too when a writable store
-# opens a log made before it.
-_TARGET_INDEX: Final = "CREATE INDEX IF NOT EXISTS memimg_events_target ON memimg_events (target)"
-_READ_TARGET: Final = (
-    "SELECT seq, tx, ts, kind, target, payload, checksum FROM memimg_events "
-    "WHERE target = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 )
 _APPEND_FIRST: Final = (
     "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) "
@@ -95,30 +91,6 @@ _ADVICE: Final = {
     sqlite3.SQLITE_CORRUPT: "the file is damaged: restore it from a backup",
     sqlite3.SQLITE_NOTADB: "the file is not an SQLite database: restore it from a backup",
 }
-# The clock inode timestamps are read from on Linux (CLOCK_REALTIME_COARSE: it moves once a tick).
-_COARSE_CLOCK: Final = 5 if sys.platform.startswith("linux") else None
-_TICK_NS: Final = 50_000_000  # elsewhere: a bound on the timestamp clock's step
-
-
-def _stamped_after(ctime: int) -> bool:
-    """Whether every later change of the directory is sure to get a ctime other than *ctime*.
-
-    A change made within the same step of the filesystem's timestamp clock
-    (a kernel tick; a whole second or two on filesystems that keep no
-    fraction) could get the same ctime, so the directory is trusted only once
-    that clock has moved past *ctime* by the filesystem's granularity (read
-    from *ctime*'s trailing zeros).
-    """
-    grain = 1
-    while grain < 1_000_000_000 and ctime % (grain * 10) == 0:
-        grain *= 10
-    if grain == 1_000_000_000:
-        grain *= 2  # FAT keeps even seconds
-    if _COARSE_CLOCK is not None:
-        return time.clock_gettime_ns(_COARSE_CLOCK) >= ctime + grain
-    return time.time_ns() - _TICK_NS >= ctime + grain
-
-
 # Take a lease that is free or already ours (see lease_entry), give back one that is ours.
 _LEASE_RENEW: Final = "UPDATE memimg_meta SET value = ? WHERE key = ? AND (value < ? OR substr(value, 22) = ?)"
 _LEASE_RELEASE: Final = "DELETE FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?"
@@ -128,14 +100,6 @@ def is_busy(err: BaseException) -> bool:
     """Whether *err* is SQLite's "database is locked/busy" (by result code, extended codes included)."""
     code = getattr(err, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _BUSY
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 class SQLiteStore:
@@ -225,7 +189,7 @@ class SQLiteStore:
             if is_busy(err):
                 raise
             raise MemimgError(f"{self.path!r} is not a usable SQLite database ({err}); it was left untouched") from err
-        for table, columns in _COLUMNS.items():
+        for table, columns in (*_COLUMNS.items(), ("memimg_targets", targets.COLUMNS)):
             if table in tables:
                 found = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
                 if found != columns:
@@ -237,12 +201,12 @@ class SQLiteStore:
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            if not set(_COLUMNS) <= tables:
-                self._write_schema()
-            elif not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'memimg_events_target'").fetchone():
-                conn.execute(_TARGET_INDEX)
+            if not {*_COLUMNS, "memimg_targets"} <= tables:
+                self._write_schema()  # a new log, or one made before the target index (see read_target)
+            tables.add("memimg_targets")
         elif not set(_COLUMNS) <= tables:
             raise MemimgError(f"{self.path!r} holds no memimg image (opened read-only)")
+        self._has_targets = "memimg_targets" in tables
         meta = self.meta()
         version = int(meta.get("format_version", FORMAT_VERSION))
         if version > FORMAT_VERSION:
@@ -256,7 +220,7 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for ddl in (*_SCHEMA, _TARGET_INDEX):
+                for ddl in (*_SCHEMA, *targets.CREATE):
                     conn.execute(ddl)
                 conn.execute(
                     "INSERT OR IGNORE INTO memimg_meta (key, value) VALUES ('format_version', ?)",
@@ -447,16 +411,34 @@ class SQLiteStore:
                 raise self._error(err, f"reading events after seq {after}") from err
 
     def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        check_target(target)
         last = (1 << 63) - 1 if until is None else until
+        doing = f"reading the events of object {target}"
+        with self._lock:
+            try:
+                done = targets.covered(self._conn, self._has_targets)
+            except sqlite3.Error as err:
+                raise self._error(err, doing) from err
 
         def fetch(after: int, n: int) -> list[Any]:
             with self._lock:
                 try:
-                    return self._conn.execute(_READ_TARGET, (target, after, last, n)).fetchall()
+                    return targets.fetch(self._conn, target, after, last, done, n)
                 except sqlite3.Error as err:
-                    raise self._error(err, f"reading the events of object {target}") from err
+                    raise self._error(err, doing) from err
 
         return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        doing = f"indexing the targets of the events up to seq {upto}"
+        with self._lock:
+            try:
+                done = targets.advance(self._conn, upto, least, self._has_targets, lambda: self._check_writable(doing))
+            except sqlite3.Error as err:
+                raise self._error(err, doing, write=True) from err
+            if not self.readonly:  # (read-only: nothing waited, nothing was written)
+                self._check_files(doing, None)
+        return done
 
     def changed(self, seen: int) -> bool:
         try:
@@ -480,7 +462,15 @@ class SQLiteStore:
             time.sleep(min(0.02, left))
 
     def delete_events_before(self, seq: int) -> int:
-        return self._write(f"deleting events before seq {seq}", "DELETE FROM memimg_events WHERE seq < ?", (seq,))
+        doing = f"deleting events before seq {seq}"
+        self._check_writable(doing)
+        with self._lock:
+            try:
+                count = targets.delete_before(self._conn, seq)
+            except sqlite3.Error as err:
+                raise self._error(err, doing, write=True) from err
+            self._check_files(doing, None)
+        return count
 
     def delete_snapshots_before(self, seq: int) -> int:
         return self._write(f"deleting snapshots before seq {seq}", "DELETE FROM memimg_snapshots WHERE seq < ?", (seq,))
