@@ -126,6 +126,6 @@ def test_workload_names_match_the_docs() -> None:
         "writers",
         "snapshots",
         "web",
-        "history",
         "timetravel",
+        "history",
     ]
