@@ -9,9 +9,16 @@ index is a table of its own, ``WITHOUT ROWID`` with primary key
 :data:`~memimg.stores._protocol.TARGETS_KEY` says up to which seq it is
 filled. :func:`advance` fills it, set-based, in one transaction (the image's
 snapshot thread calls it after each snapshot, and history before reading a
-long unindexed tail); :func:`fetch` reads one object's rows: the indexed
-part by the primary key, joined to the events by seq, then the events past
-it by scanning them. Events of no object (``target`` 0) are not indexed.
+long unindexed tail), inserting in key order (each leaf is then visited
+once: about a third faster than in seq order on a 1,000,000-entry index).
+A fill writes every leaf of the index that one of its targets ends in --
+when the events are spread over many objects, most leaves: about 12 MB of
+WAL for 10,000 events over 10,000 objects on a 1,000,000-entry index -- so
+its cost grows with the index's size up to one page per event, but in one
+transaction off the commit path. :func:`fetch` reads one object's rows: the
+indexed part by the primary key, joined to the events by seq, then the
+events past it by scanning them. Events of no object (``target`` 0) are not
+indexed.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ _COVERED: Final = f"SELECT value FROM memimg_meta WHERE key = '{TARGETS_KEY}'"
 _HEAD: Final = "SELECT coalesce(max(seq), 0) FROM memimg_events"
 _FILL: Final = (
     "INSERT OR IGNORE INTO memimg_targets (target, seq) "
-    "SELECT target, seq FROM memimg_events WHERE seq > ? AND seq <= ? AND target <> 0"
+    "SELECT target, seq FROM memimg_events WHERE seq > ? AND seq <= ? AND target <> 0 ORDER BY target, seq"
 )
 _MARK: Final = f"INSERT OR REPLACE INTO memimg_meta (key, value) VALUES ('{TARGETS_KEY}', ?)"
 _EVENT: Final = "SELECT e.seq, e.tx, e.ts, e.kind, e.target, e.payload, e.checksum"

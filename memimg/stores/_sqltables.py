@@ -114,7 +114,8 @@ class LogTables:
             .execution_options(preserve_rowcount=True)
         )
         unindexed = (ev.c.seq > sa.bindparam("done"), ev.c.seq <= sa.bindparam("upto"), ev.c.target != 0)
-        self.fill = t.insert().from_select(["target", "seq"], sa.select(ev.c.target, ev.c.seq).where(*unindexed))
+        news = sa.select(ev.c.target, ev.c.seq).where(*unindexed).order_by(ev.c.target, ev.c.seq)  # in key order
+        self.fill = t.insert().from_select(["target", "seq"], news)
         self.read_indexed = (
             sa.select(*columns)
             .select_from(t.join(ev, ev.c.seq == t.c.seq))
