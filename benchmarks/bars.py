@@ -161,11 +161,11 @@ def check_bars(results: Results) -> Iterator[Bar]:
     yield from snapshot_bars(results)
     yield from web_bars(results)
     yield from timetravel_bars(results)
-    yield from history_bars(results)
+    yield from tools_bars(results)
 
 
 def history_bars(results: Results) -> Iterator[Bar]:
-    """Workload (j): history(obj) of an object among a long log (an absolute bar: no peer keeps one)."""
+    """Workload (k): history(obj) of an object among a long log (an absolute bar: no peer keeps one)."""
     needed = "≤ 50 ms (among 1,000,000 events)"
     cases = _cases(results, "history")
     if not cases:
@@ -244,6 +244,31 @@ def web_bars(results: Results) -> Iterator[Bar]:
     else:
         why = f"{format_value(mine)} vs {format_value(theirs)} req/s"
         yield _ratio_bar(bar, needed, mine / theirs, 1 / 1.2, None, why)
+
+
+def tools_bars(results: Results) -> Iterator[Bar]:
+    """Workload (j), issue 16: the command line without the app's classes, against the app's own open."""
+    m = results.median
+    case = next(iter(_cases(results, "tools")), None)
+    opened = m("tools", case, "app open s", "memimg") if case else None
+    whole = m("tools", case, "app open, whole log s", "memimg") if case else None
+    for command, limit in (("info", 2.0), ("show", 2.0), ("verify", 3.0)):
+        bar, needed = f"memimg {command} without --import vs the app's open (from its snapshot)", f"≤ {limit:g}x"
+        took = m("tools", case, f"{command} s", "memimg") if case else None
+        if took is None or opened is None:
+            yield _missing(bar, needed)
+            continue
+        why = f"{took:.2f} s vs {opened:.2f} s"
+        if command == "verify" and whole is not None:
+            why += f"; {took / whole:.2f}x an open replaying the whole log ({whole:.2f} s)"
+        yield _ratio_bar(bar, needed, took / opened, None, limit, why)
+    bar, needed = "memimg verify peak RSS vs the app's open", "≤ 1.5x (one graph, never two)"
+    mine = m("tools", case, "verify peak RSS MB", "memimg") if case else None
+    theirs = m("tools", case, "app open peak RSS MB", "memimg") if case else None
+    if mine is None or theirs is None:
+        yield _missing(bar, needed)
+    else:
+        yield _ratio_bar(bar, needed, mine / theirs, None, 1.5, f"{mine:.0f} MB vs {theirs:.0f} MB")
 
 
 def render_bars(bars: list[Bar]) -> str:

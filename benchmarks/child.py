@@ -9,6 +9,11 @@ A child gives a clean measurement that the parent process cannot:
   the clock starts.
 * ``writer KIND WHERE WID WRITERS`` -- one of several concurrent writers of
   workload (f); see :mod:`benchmarks.writers`.
+* ``tools-open PATH`` -- the ledger application of workload (i) opens its
+  image (its classes imported); ``tool COMMAND ARGS`` -- the ``memimg``
+  command line run in this process, without the application's classes; see
+  :mod:`benchmarks.tools`. Both report the peak RSS; the parent times the
+  whole process, interpreter start included.
 
 The result is one JSON line on stdout.
 """
@@ -58,6 +63,23 @@ def load_graph(system_name: str, where: str) -> dict[str, float]:
     return {"seconds": took, "checksum": checksum, "peak_rss": _peak_rss()}
 
 
+def run_tool(args: list[str]) -> dict[str, object]:
+    """``memimg ARGS`` in this process: its exit status and what it printed."""
+    import contextlib
+    import io
+
+    from memimg.cli import cli
+
+    out = io.StringIO()
+    status = 0
+    with contextlib.redirect_stdout(out):
+        try:
+            cli.main(args, prog_name="memimg", standalone_mode=False)
+        except SystemExit as end:
+            status = end.code if isinstance(end.code, int) else 1
+    return {"status": status, "output": out.getvalue()[-2000:]}
+
+
 def main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "load-graph":
@@ -66,6 +88,12 @@ def main(argv: list[str]) -> None:
         from benchmarks.writers import writer_main
 
         writer_main(*args)
+    elif mode == "tools-open":
+        from benchmarks.toolsapp import open_app
+
+        print(json.dumps({"accounts": open_app(*args), "peak_rss": _peak_rss()}), flush=True)
+    elif mode == "tool":
+        print(json.dumps({**run_tool(args), "peak_rss": _peak_rss()}), flush=True)
     elif mode == "snapshot-writer":
         from benchmarks.snapshots import snapshot_writer_main
 

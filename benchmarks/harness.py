@@ -87,7 +87,10 @@ class Sizes:
     web_workers: int = 4
     web_clients: int = 16
     web_requests: int = 2000
-    #: workload (i): events of the log and accounts they update (one account gets 100 of them)
+    #: workload (i): the ledger image the command line reads (objects, events)
+    tools_objects: int = 30_000
+    tools_events: int = 50_000
+    #: workload (k): events of the log and accounts they update (one account gets 100 of them)
     history_events: int = 200_000
     history_accounts: int = 10_000
     #: a (system, case) whose first sample took longer (wall seconds) is not
@@ -112,6 +115,8 @@ FULL = Sizes(
     writer_seconds=3.0,
     snapshot_items=150_000,
     web_requests=10_000,
+    tools_objects=300_000,
+    tools_events=500_000,
     once_after=30.0,
 )
 TINY = Sizes(
@@ -135,6 +140,8 @@ TINY = Sizes(
     web_workers=2,
     web_clients=4,
     web_requests=40,
+    tools_objects=600,
+    tools_events=1_000,
 )
 
 

@@ -1,4 +1,4 @@
-"""Workload (j) ``history``: ``img.history(obj)`` of one object among a long log (memimg only: no peer keeps one).
+"""Workload (k) ``history``: ``img.history(obj)`` of one object among a long log (memimg only: no peer keeps one).
 
 An SQLite image of ``history_accounts`` accounts gets ``history_events``
 balance updates in transactions of ``batch_size`` (with automatic
@@ -128,7 +128,7 @@ def _backlog(path: str) -> dict[str, tuple[float, bool]]:
 
 
 def history_workload(ctx: Context) -> None:
-    """(j) history(obj) of an object with 100 changes among ``history_events`` events."""
+    """(k) history(obj) of an object with 100 changes among ``history_events`` events."""
     import memimg
 
     events, accounts = ctx.sizes.history_events, ctx.sizes.history_accounts

@@ -8,10 +8,10 @@ Usage::
 
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
 (c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``snapshots`` (g),
-``web`` (h), ``timetravel`` (i), ``history`` (j); see :mod:`benchmarks.workloads`,
+``web`` (h), ``timetravel`` (i), ``tools`` (j), ``history`` (k); see :mod:`benchmarks.workloads`,
 :mod:`benchmarks.inmemory`, :mod:`benchmarks.writers`,
-:mod:`benchmarks.snapshots`, :mod:`benchmarks.web`,
-:mod:`benchmarks.timetravel` and :mod:`benchmarks.history` for what each measures. Progress goes to stderr,
+:mod:`benchmarks.snapshots`, :mod:`benchmarks.web`, :mod:`benchmarks.timetravel`,
+:mod:`benchmarks.tools` and :mod:`benchmarks.history` for what each measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -40,6 +40,7 @@ from benchmarks.report import render_table
 from benchmarks.snapshots import snapshots
 from benchmarks.systems import load_systems
 from benchmarks.timetravel import timetravel
+from benchmarks.tools import tools
 from benchmarks.web import web
 from benchmarks.workloads import batch, commit, graph, recovery
 from benchmarks.writers import writers
@@ -56,6 +57,7 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "snapshots": snapshots,
     "web": web,
     "timetravel": timetravel,
+    "tools": tools,
     "history": history_workload,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}

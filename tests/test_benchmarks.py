@@ -58,6 +58,7 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     assert seen["snapshots"] == {"memimg"}
     assert seen["history"] == {"memimg"}
     assert seen["timetravel"] == {"memimg"}
+    assert seen["tools"] == {"memimg"}
     assert {"memimg", "sqlite3", DJANGO_PATH} | ({"psycopg"} if POSTGRES_URL else set()) == seen["web"]
 
 
@@ -117,15 +118,22 @@ def test_unknown_workload_is_refused(capsys: Any) -> None:
 
 def test_workload_names_match_the_docs() -> None:
     """The workloads are the ones the docs describe, in their order."""
-    assert list(WORKLOADS) == [
-        "commit",
-        "batch",
-        "recovery",
-        "graph",
-        "inmemory",
-        "writers",
-        "snapshots",
-        "web",
-        "timetravel",
-        "history",
-    ]
+    names = ["commit", "batch", "recovery", "graph", "inmemory", "writers", "snapshots", "web", "timetravel", "tools"]
+    names.append("history")
+    assert list(WORKLOADS) == names
+
+
+def test_tools_workload_refuses_a_command_that_did_not_do_its_work() -> None:
+    """Workload (j) accepts a command's timing only if it did its work: verify said "ok" for every event
+    and the snapshot, info counted every object, show found the account."""
+    from benchmarks.tools import _checks
+
+    checks = _checks({"objects": 602, "events": 1002}, "owner-17")
+    done = "ok: 1 snapshot checksum(s) and 1002 event(s) verified; 1 snapshot(s) equal the replayed state at seq 990"
+    assert checks["verify"]({"status": 0, "output": done})
+    assert not checks["verify"]({"status": 0, "output": done.replace("1002", "990")})
+    assert not checks["verify"]({"status": 1, "output": done})
+    assert checks["info"]({"status": 0, "output": "objects:    602\n"})
+    assert not checks["info"]({"status": 0, "output": "objects:    601\n"})
+    assert checks["show"]({"status": 0, "output": "Account #37\n  owner: 'owner-17'\n"})
+    assert not checks["show"]({"status": 0, "output": "Account #37\n  owner: 'owner-18'\n"})

@@ -161,6 +161,51 @@ def test_verify_finds_a_snapshot_that_disagrees_with_the_log(bank_db: str) -> No
     assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output
 
 
+def test_verify_names_a_missing_seq(tmp_path: Any) -> None:
+    """An event deleted from the middle of the log (after the last snapshot, so no comparison would
+    notice) makes verify exit non-zero naming the missing seq."""
+    path = str(tmp_path / "gap.db")
+    with memimg.open(path) as img:
+        img.root["n"] = 0
+        img.snapshot()
+        for i in range(3):
+            img.root["n"] = i + 1
+        head = img.store.head()
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM memimg_events WHERE seq = ?", (head - 1,))
+    conn.commit()
+    conn.close()
+    r = CliRunner().invoke(cli, ["verify", path])
+    assert r.exit_code == 1 and f"event seq {head - 1} is missing" in r.output, r.output
+
+
+def test_verify_finds_a_snapshot_differing_in_its_last_chunk(tmp_path: Any) -> None:
+    """A snapshot of several chunks edited (checksum kept valid) in its last object only is found to differ:
+    every chunk is compared, whether the bytes of the replay's are alike or not."""
+    path = str(tmp_path / "chunks.db")
+    with memimg.open(path) as img:
+        img.root["items"] = [Entry(f"e{i}") for i in range(5000)]  # more than two chunks of 2,048
+        img.snapshot()
+    seq = rewrite_snapshot(path, b'"e4999"', b'"e4998"')
+    r = CliRunner().invoke(cli, ["verify", path])
+    assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output, r.output
+
+
+def test_verify_settles_a_snapshot_written_alike_without_reading_it_object_by_object(
+    bank_db: str, monkeypatch: Any
+) -> None:
+    """A snapshot this memimg wrote of the replayed state (same process hash order) is the replay written
+    again, byte for byte: verify settles it so, never splitting it into objects to compare one by one."""
+    from memimg.cli import _verify
+
+    def object_by_object(line: bytes, count: int, chunk: int, seq: int | None) -> Any:
+        raise AssertionError(f"the snapshot at seq {seq} was compared object by object")
+
+    monkeypatch.setattr(_verify, "load_states", object_by_object)
+    r = CliRunner().invoke(cli, ["verify", bank_db])
+    assert r.exit_code == 0 and "1 snapshot(s) equal the replayed state" in r.output, r.output
+
+
 def test_verify_compares_a_snapshot_with_the_replay_as_stored(tmp_path: Any, monkeypatch: Any) -> None:
     """A snapshot written by the classes the replay reads with is compared with the replay object by object as
     stored -- never loaded into a second graph -- whatever order the writer's hash seed gave its sets."""

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import memimg
 from memimg.cli import cli
+from tests.history_model import project
 from tests.models import Account, Bank
 
 
@@ -78,6 +79,7 @@ def test_diff_between_two_seqs_or_times(bank_db: tuple[str, dict[str, int]]) -> 
     assert run("diff", path, *times).output == r.output
     data = json.loads(run("diff", path, str(marks["opened"]), str(marks["bob"]), "--json").output)
     assert (data["a"], data["b"]) == (marks["opened"], marks["bob"])
+    assert (data["a_time"], data["b_time"]) == tuple(dt.datetime.fromisoformat(t).isoformat() for t in times)
     assert data["differences"] == [
         {"path": "root.accounts['bob']", "new": {"$type": "tests.models.Account", "$id": 6}},
         {"path": "root.accounts['ada'].balance", "old": "0", "new": "5"},
@@ -95,6 +97,9 @@ def test_diff_between_two_seqs_or_times(bank_db: tuple[str, dict[str, int]]) -> 
         (["diff", "{path}", "1", "2999-01-01T00:00Z"], "in the future"),
         (["diff", "{path}", "2000-01-01T00:00+00:00"], "before the first commit"),
         (["diff", "{path}", "99"], "past the head"),
+        (["diff", "{path}", "--", "--5"], "'--5' is neither a seq nor an ISO time"),
+        (["diff", "{path}", "--", "-5"], "seq -5 is negative: seqs count events from 1"),
+        (["show", "{path}", "--at", "\u0663"], "neither a seq nor an ISO time"),  # an Arabic-Indic 3
     ],
 )
 def test_bad_points_in_time_are_one_clear_line(
@@ -107,6 +112,7 @@ def test_bad_points_in_time_are_one_clear_line(
         before = f.read()
     r = CliRunner().invoke(cli, [a.format(path=path) for a in args])
     assert r.exit_code == 1 and words in r.output and r.output.startswith("memimg: error:"), r.output
+    assert "img.at" not in r.output
     with open(path, "rb") as f:
         assert f.read() == before
 
@@ -165,3 +171,35 @@ def test_compact_keeps_the_snapshot_the_history_asked_for_starts_from(tmp_path: 
         with pytest.raises(memimg.HistoryError, match=f"oldest available seq is {base}"):
             img.at(base - 1)
     assert "oldest available seq is" in CliRunner().invoke(cli, ["show", path, "--at", "2"]).output
+
+
+def test_compact_writes_the_snapshot_kept_history_starts_from_when_there_is_none(tmp_path: Any) -> None:
+    """compact --keep-events on a log without an older snapshot writes one at the first seq kept minus one
+    (the state then, with the objects later events name though unreachable then): every kept seq is the state
+    seen live, the log reopens and verifies."""
+    path = str(tmp_path / "img.db")
+    seen = {}
+    with memimg.open(path, root=Bank, snapshot_every=None) as img:
+        accounts = img.root.accounts
+        accounts["ada"], accounts["bob"] = Account("ada"), Account("bob")
+        bob = accounts.pop("bob")  # unreachable from here on, until linked again after the cut
+        for _ in range(10):
+            accounts["ada"].balance += 1
+            seen[img.seq] = project(img.root)
+        bob.balance += 7
+        seen[img.seq] = project(img.root)
+        accounts["bob"] = bob
+        seen[img.seq] = project(img.root)
+        head = img.seq
+    r = run("compact", path, "--keep-events", "6")
+    cut = head - 6 + 2  # the events the new snapshot covers: head + 1 (its own) - 6 + 1
+    assert r.exit_code == 0 and f"a snapshot written at seq {cut - 1}" in r.output, r.output
+    with memimg.open(path, root=Bank) as img:
+        assert img.store.first_seq() == cut and cut - 1 in [s.seq for s in img.store.snapshots()]
+        for seq in range(cut - 1, head + 1):
+            with img.at(seq) as past:
+                assert project(past.root) == seen[seq], seq
+        with pytest.raises(memimg.HistoryError, match=f"oldest available seq is {cut - 1}"):
+            img.at(cut - 2)
+        assert project(img.root) == seen[head]
+    assert run("verify", path).exit_code == 0

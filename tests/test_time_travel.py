@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memimg
+from memimg.image import _past
 from tests.conftest import Images
 from tests.history_model import apply_diff, program, project, run
 from tests.models import Account, Bank, Entry
@@ -160,10 +161,18 @@ def test_at_a_time_is_the_last_commit_at_or_before_it(make_image: Images) -> Non
         ((), TypeError, "not both"),
     ],
 )
-def test_bad_seqs_are_refused_naming_the_problem(make_image: Images, args: Any, error: type, words: str) -> None:
-    """A seq of 0, past the head, negative, not an int, or with a time too: a clear error; nothing is written."""
+def test_bad_seqs_are_refused_naming_the_problem(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch, args: Any, error: type, words: str
+) -> None:
+    """A seq of 0, past the head, negative, not an int, or with a time too: a clear error; nothing is written,
+    and diff() checks both seqs before it reads either state."""
     img, _ = _bank(make_image)
     before = (img.store.head(), img.store.meta())
+
+    def no_open(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a past state was read before both seqs were checked")
+
+    monkeypatch.setattr(_past, "PastStore", no_open)
     if not args:
         with pytest.raises(error, match=words):
             img.at(1, time=dt.datetime.now(dt.UTC))
@@ -183,7 +192,7 @@ def test_bad_seqs_are_refused_naming_the_problem(make_image: Images, args: Any, 
         (dt.datetime(2020, 1, 1), ValueError, "naive"),
         (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1), memimg.HistoryError, "in the future"),
         (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), memimg.HistoryError, "before the first commit"),
-        ("2020-01-01", TypeError, "takes a datetime"),
+        ("2020-01-01", TypeError, "must be a datetime"),
     ],
 )
 def test_bad_times_are_refused_naming_the_problem(make_image: Images, when: Any, error: type, words: str) -> None:
@@ -297,3 +306,15 @@ def test_at_inside_a_transaction_sees_the_committed_state_and_a_closed_image_ref
         img.at(1)
     with pytest.raises(memimg.ClosedError):
         img.diff(1)
+
+
+def test_a_seq_whose_events_are_kept_without_a_snapshot_before_says_so(make_image: Images) -> None:
+    """Events kept with no snapshot at or before them (a log compacted by hand, or by an older memimg): the
+    error says the events are kept but nothing to start from is, and names the oldest available seq."""
+    img, marks = _bank(make_image)
+    store = make_image.store()
+    store.delete_events_before(marks["deposit"])
+    store.delete_snapshots_before(marks["deposit"])
+    with pytest.raises(memimg.HistoryError, match="its events are kept .* but no snapshot at or before it") as info:
+        img.at(marks["deposit"])
+    assert info.value.oldest == marks["snapshot"] and "dropped" not in str(info.value)

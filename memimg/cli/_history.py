@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._inspect import _show_json, plain, type_name
+from memimg.cli._inspect import _show_json, plain
 from memimg.cli._main import cli, open_image
+from memimg.core._diff import type_name
 from memimg.core._history import Change, Collected
 from memimg.core._markers import MISSING
 from memimg.model import _tracking

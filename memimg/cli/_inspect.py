@@ -15,19 +15,16 @@ import click
 from memimg._errors import MemimgError, value_repr
 from memimg.cli._main import cli, open_image, open_store, past_image
 from memimg.core import _types
+from memimg.core._diff import type_name
 from memimg.core._rows import Event, EventRow, verify_event
 from memimg.model import SHELL, _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["info", "log", "plain", "show", "size_text", "type_name"]
+__all__ = ["info", "log", "plain", "show", "size_text"]
 
 
 # -- info ------------------------------------------------------------------------
-
-
-def type_name(obj: Any) -> str:
-    return _class_name(type(obj))
 
 
 def _class_name(cls: type) -> str:
@@ -243,7 +240,9 @@ def plain(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return value if value == value and abs(value) != float("inf") else repr(value)
-    if isinstance(value, (decimal.Decimal, dt.date, dt.time, dt.timedelta)):
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (decimal.Decimal, dt.timedelta)):
         return str(value)
     if isinstance(value, (tuple, frozenset)):
         return [plain(v) for v in value]

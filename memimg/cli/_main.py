@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import click
 
@@ -25,10 +26,12 @@ import memimg
 from memimg import _api
 from memimg._errors import MemimgError
 from memimg.image import _past
+from memimg.image._image import open_past
 from memimg.stores._protocol import Store
 
 __all__ = [
     "CLOSED_PIPE_STATUS",
+    "PAST_OPTIONS",
     "cli",
     "open_at",
     "open_image",
@@ -174,10 +177,14 @@ def open_image(target: str, *, writable: bool = False) -> memimg.MemoryImage:
     return img
 
 
+#: A seq as the command line takes it: ASCII digits (``int`` would take other scripts' digits too).
+_SEQ: Final = re.compile(r"-?[0-9]+")
+
+
 def point(store: Store, text: str) -> int:
     """The seq a SEQ|TIME argument (a seq, or an ISO time with its offset) names in *store*, checked as ``img.at``."""
     text = text.strip()
-    if text.lstrip("-").isdigit():
+    if _SEQ.fullmatch(text):
         return _past.check_seq(store, int(text))
     try:
         when = dt.datetime.fromisoformat(text)
@@ -204,17 +211,14 @@ def past_store(target: str) -> Iterator[Store]:
         store.close()
 
 
+#: How the tools read a past state (:func:`open_at`, ``diff``): as they read the present.
+PAST_OPTIONS: Final[dict[str, Any]] = {"generic_types": True, "on_schema_drift": "drop"}
+
+
 def open_at(store: Store, seq: int) -> memimg.MemoryImage:
     """The image of *store* as of *seq* (checked), read as the tools read: the snapshot at or before it and the
     events up to it, so the state now is never read first."""
-    return memimg.open(
-        _past.PastStore(store, seq),
-        readonly=True,
-        generic_types=True,
-        on_schema_drift="drop",
-        snapshot_every=None,
-        progress=progress_callback(),
-    )
+    return open_past(store, seq, progress=progress_callback(), **PAST_OPTIONS)
 
 
 @contextlib.contextmanager

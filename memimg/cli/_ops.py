@@ -12,12 +12,15 @@ import memimg
 from memimg import _api
 from memimg._errors import MemimgError
 from memimg.cli._inspect import size_text
-from memimg.cli._main import cli, open_image, url_options, with_progress
+from memimg.cli._main import PAST_OPTIONS, cli, open_image, url_options, with_progress
 from memimg.core._codec import Codec
 from memimg.core._reader import Reader
+from memimg.core._rows import SnapshotRow, snapshot_checksum
 from memimg.core._snapshot import load_snapshot
+from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
+from memimg.image._image import open_past
 from memimg.model import SHELL
 from memimg.stores._protocol import EventRow, Store, live_positions
 
@@ -104,7 +107,17 @@ def _cut(
                 break
     if cut < seq:
         cut, base = _from_snapshot(store, cut)
-        start = "" if base is None else f", and the snapshot at seq {base} that the past states start from"
+        if base is not None:
+            start = f", and the snapshot at seq {base} that the past states start from"
+        elif cut <= 1:
+            start = ""  # the whole log: every past state starts from its first event
+        else:
+            why_not = _write_base(store, cut - 1, seq)
+            start = (
+                f", and a snapshot written at seq {cut - 1} for the past states to start from"
+                if why_not is None
+                else f"; but past states start at seq {seq}: no snapshot at or before seq {cut} was written ({why_not})"
+            )
         reasons.append(f"kept the events from seq {cut} on: the history asked for{start}")
     meta = store.meta()
     live = live_positions(meta)
@@ -128,12 +141,43 @@ def _cut(
 
 def _from_snapshot(store: Store, cut: int) -> tuple[int, int | None]:
     """The first seq to keep so that the states from *cut* on can be rebuilt (``img.at``), and the snapshot
-    they start from: the newest at or before *cut*, kept with the events after it. Without one, *cut* (the
-    events kept then serve the log and history only: the past states start at the new snapshot)."""
+    they start from: the newest at or before *cut*, kept with the events after it. Without one, *cut* and
+    ``None`` (:func:`_write_base` writes one)."""
     base = max((info.seq for info in store.snapshots() if store.first_seq() - 1 <= info.seq <= cut), default=None)
     if base is None:
         return cut, None
     return min(cut, base + 1), base
+
+
+def _write_base(store: Store, base: int, seq: int) -> str | None:
+    """Write the snapshot at *base* that kept history starts from (there is none); why not, or ``None``.
+
+    The state at *base* is read as ``img.at`` reads it, and written as a
+    snapshot of that seq: its reachable objects, and every older object an
+    event after it (up to the new snapshot at *seq*) names, as a snapshot
+    taken then would. Not when the state was read other than as stored (a
+    schema change read into it, removed types cleaned out): a snapshot of it
+    would put that into the log.
+    """
+    with open_past(store, base, **PAST_OPTIONS) as past:
+        engine = past._engine
+        report = engine.reader.report
+        if report.changed:
+            return f"the state at seq {base} is read with schema changes: {'; '.join(report.lines())}"
+        writer = SnapshotWriter(engine.table, base)
+        rows: list[EventRow] = []
+        for raw in store.read(after=base, limit=seq - base):
+            rows.append(EventRow(*raw))
+            if len(rows) >= 1000:
+                writer.before_rows(rows)
+                rows.clear()
+        writer.before_rows(rows)
+        payload, _, _ = writer.finish()
+        if writer.abandoned is not None:
+            return str(writer.abandoned)
+    ts = time.time_ns() // 1000
+    store.write_snapshot(SnapshotRow(base, ts, payload, snapshot_checksum(base, ts, payload)))
+    return None
 
 
 def _archive(store: Store, seq: int, path: str) -> None:

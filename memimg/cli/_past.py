@@ -7,10 +7,12 @@ from typing import Any
 
 import click
 
-from memimg.cli._inspect import plain, type_name
-from memimg.cli._main import cli, open_at, past_store, point
-from memimg.core._diff import compare
+from memimg.cli._inspect import plain
+from memimg.cli._main import PAST_OPTIONS, cli, past_store, point, progress_callback
+from memimg.core._diff import show_value, type_name
 from memimg.core._markers import MISSING
+from memimg.image._image import diff_past
+from memimg.image._past import commit_time
 from memimg.model import _tracking
 
 __all__ = ["diff"]
@@ -19,8 +21,10 @@ __all__ = ["diff"]
 def _json_value(value: Any) -> Any:
     if type(value) is list:
         return [_json_value(v) for v in value]
-    oid = getattr(value, "_mi_oid", None)
-    if oid is not None or hasattr(value, "_mi_img"):
+    if hasattr(value, "_mi_img") or getattr(value, "_mi_oid", None) is not None:
+        oid = value._mi_oid
+        if oid is None:  # filled in by the read-only past image: no id, its content
+            return {"$type": type_name(value), "$content": show_value(value)}
         return {"$type": type_name(value), "$id": oid}
     return plain(value)
 
@@ -40,11 +44,11 @@ def diff(target: str, a: str, b: str | None, as_json: bool) -> None:
         seq_a = point(store, a)
         seq_b = store.head() if b is None else point(store, b)
         try:
-            with open_at(store, seq_a) as old, open_at(store, seq_b) as new:
-                result = compare(old._engine.table, new._engine.table, seq_a, seq_b)
+            result = diff_past(store, seq_a, seq_b, progress=progress_callback(), **PAST_OPTIONS)
         finally:
             _tracking.disable_now()
         description = store.description
+        times = {f"{k}_time": plain(commit_time(store, seq)) for k, seq in (("a", seq_a), ("b", seq_b))}
     if not as_json:
         click.echo(str(result))
         return
@@ -56,4 +60,4 @@ def diff(target: str, a: str, b: str | None, as_json: bool) -> None:
         if d.new is not MISSING:
             item["new"] = _json_value(d.new)
         out.append(item)
-    click.echo(json.dumps({"target": description, "a": seq_a, "b": seq_b, "differences": out}, indent=2))
+    click.echo(json.dumps({"target": description, "a": seq_a, "b": seq_b, **times, "differences": out}, indent=2))

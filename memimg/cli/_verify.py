@@ -15,6 +15,7 @@ reported, and the replay goes on from that snapshot (see :func:`_unreadable`).
 
 from __future__ import annotations
 
+import gc
 import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -29,11 +30,13 @@ from memimg.cli._main import cli, open_store, with_progress
 from memimg.core import _types, _values
 from memimg.core._codec import Codec
 from memimg.core._fold import fold
+from memimg.core._gc import paused_gc
 from memimg.core._gone import Gone
 from memimg.core._reader import Reader, load_states
 from memimg.core._records import declaration, describe_table, state_writer
 from memimg.core._rows import SnapshotRow, verify_snapshot
 from memimg.core._snapshot import load_snapshot, split_snapshot
+from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.image._recovery import snapshot_past_head
@@ -141,7 +144,8 @@ def verify(target: str) -> None:
     """Check every checksum, replay the whole log, and compare each snapshot with the replay."""
     store = open_store(target, readonly=True)
     try:
-        _verify(store)
+        with paused_gc():  # as an open does: the replay and the comparison make no cyclic garbage to collect
+            _verify(store)
     finally:
         store.close()
 
@@ -228,16 +232,64 @@ class _Unlike(Exception):
     """The replayed graph cannot be compared with a snapshot as stored."""
 
 
-def _equal_as_stored(replayed: Reader, store: Store, seq: int) -> bool:
-    """Whether the snapshot stored at *seq* holds exactly the replayed state: the quick way, one chunk at a time.
+def _lines(payload: bytes) -> Iterator[memoryview]:
+    """The lines of a stored snapshot after its header, as views of *payload* (no copies)."""
+    view = memoryview(payload)
+    start = payload.find(b"\n") + 1
+    while start:
+        end = payload.find(b"\n", start)
+        yield view[start:end] if end >= 0 else view[start:]
+        start = end + 1
 
-    Each stored state is compared with the replayed object of its id, encoded
-    as a snapshot stores it, so the stored snapshot is never loaded into a
-    second graph. That is right only where the snapshot declares every type
+
+def _written_alike(replayed: Reader, payload: bytes, seq: int) -> bool:
+    """Whether a snapshot of the replayed state at *seq*, written now, is the stored *payload* byte for byte.
+
+    The replayed graph is walked and encoded as the image writes a snapshot
+    (:class:`~memimg.core._snapshotter.SnapshotWriter`), a batch of objects
+    at a time; each line it completes (a chunk's directory, then its states)
+    is compared with the stored line there, and dropped. Equal bytes hold
+    equal states, so ``True`` settles it; ``False`` only means "compare
+    object by object" (:func:`_equal_as_stored`): a writer in another
+    process walks sets in another order, an older memimg wrote another
+    layout, a replay filled in objects the log gives no id.
+    """
+    writer = SnapshotWriter(replayed.table, seq)
+    out, stored = writer.out, _lines(payload)
+
+    def alike() -> bool:
+        for line in out:
+            theirs = next(stored, None)
+            if theirs is None or theirs != line:
+                return False
+        out.clear()
+        return True
+
+    try:
+        while not writer.step(0.0):  # one batch at a time
+            if not alike():
+                return False
+        mine = writer.finish()[0]
+    except (TypeError, AttributeError, KeyError, MemimgError):  # an object the replay gave no id, a type unknown
+        return False
+    end = payload.find(b"\n")
+    header = payload if end < 0 else payload[:end]
+    return writer.abandoned is None and alike() and next(stored, None) is None and mine.partition(b"\n")[0] == header
+
+
+def _equal_as_stored(replayed: Reader, payload: bytes, seq: int) -> bool:
+    """Whether the snapshot stored at *seq* (*payload*) holds exactly the replayed state: the quick way.
+
+    First as a whole (:func:`_written_alike`); else one chunk at a time,
+    each stored state compared with the replayed object of its id, encoded
+    as a snapshot stores it. Either way the stored snapshot is never loaded
+    into a second graph. That is right only where the snapshot declares every type
     as the replayed classes do (a snapshot written without a migration since);
     ``False`` means "compare the long way" (:func:`_compare`), not "they differ".
     """
-    header, chunks = split_snapshot(store.read_snapshot(seq).payload, seq)
+    if _written_alike(replayed, payload, seq):
+        return True
+    header, chunks = split_snapshot(payload, seq)
     table = replayed.table
     if header["format"] != 2 or header["root"] != table.root_oid or not table.root_oid:
         return False
@@ -342,12 +394,16 @@ def _verify(store: Store) -> None:
     rows = iter(with_progress(store.read(after=expected - 1), head - expected + 1, "verify"))
     snapshot_seqs = {s.seq for s in snaps if s.seq >= expected}
     for seq in sorted(snapshot_seqs | {head}):
+        # read before the replay grows the graph to that seq: the store's passing copies of the payload
+        # are not on top of the whole graph
+        payload = store.read_snapshot(seq).payload if seq in snapshot_seqs else None
         expected, _ = fold(_until(rows, seq), reader, expected=expected, where=store.description)
-        if seq not in snapshot_seqs:
+        if payload is None:
             continue
-        if _equal_as_stored(reader, store, seq):
+        if _equal_as_stored(reader, payload, seq):
             checked += 1
             continue
+        del payload
         stored = _stored_snapshot(store, seq)
         left = _compare(reader, stored, seq)
         if left is None:
@@ -357,6 +413,8 @@ def _verify(store: Store) -> None:
             unchecked += left
             resumed.append(seq)
             reader = stored
+        del stored
+        gc.collect()  # the graph dropped (one of two) holds cycles: collected now, never two held for long
     replayed = expected - 1 - since
     click.echo(
         f"ok: {len(snaps)} snapshot checksum(s) and {replayed} event(s) verified; replayed {origin} to seq "

@@ -80,6 +80,7 @@ class SnapshotWriter:
         self.abandoned: Exception | None = None
         self.out: list[bytes] = []
         self.types: dict[str, Any] = {}
+        self._declared: dict[_types.TypeInfo, bool] = {}  # what declare() answered, by class
         self.names: dict[Any, int] = {table.shell.list: 0, table.shell.dict: 1, table.shell.set: 2}
         self.type_names = ["list", "dict", "set"]
         self._walk = self._encoders(REF_MARK)
@@ -91,8 +92,11 @@ class SnapshotWriter:
     def declare(self, info: _types.TypeInfo) -> bool:
         """Whether *info*'s declaration is the one in effect for its name (False: another class of the
         same name -- a redefined class, a second stand-in -- came first)."""
-        decl = declaration(info)
-        return bool(self.types.setdefault(info.name, decl) == decl)
+        agreed = self._declared.get(info)
+        if agreed is None:  # first met: every value of a value class declares it again
+            decl = declaration(info)
+            agreed = self._declared[info] = self.types.setdefault(info.name, decl) == decl
+        return agreed
 
     def _encoders(self, ref_mode: str) -> dict[type, Callable[[Any], Any]]:
         """State encoders by type: the walk's (references marked and queued), or copies' (references noted)."""

@@ -46,8 +46,10 @@ __all__ = [
     "info_of",
     "is_value_class",
     "missing_class_advice",
+    "names",
     "register",
     "resolve",
+    "unname_stand_ins",
 ]
 
 #: The types stored as themselves in JSON (an int beyond 64 bits aside: see the codec's inline rule).
@@ -106,6 +108,21 @@ def register(info: TypeInfo) -> TypeInfo:
             if owner is None or owner.name != alias or owner.stand_in:
                 _by_name[alias] = info
     return info
+
+
+def names() -> frozenset[str]:
+    """The type names classes claim now (the registry's names)."""
+    with _lock:
+        return frozenset(_by_name)
+
+
+def unname_stand_ins(before: frozenset[str]) -> None:
+    """Take back the names stand-ins got since *before* (:func:`names`): their classes stay usable (their
+    objects keep their type), but no later read resolves those names to them."""
+    with _lock:
+        for name in set(_by_name) - before:
+            if _by_name[name].stand_in:
+                del _by_name[name]
 
 
 def entity_infos() -> list[TypeInfo]:

@@ -77,9 +77,12 @@ Enc = Callable[[Any], Any]
 Dec = Callable[[list[Any]], Any]
 
 
+_UTC: Final = dt.UTC
+
+
 def tz_parts(tz: dt.tzinfo | None) -> str | list[Any] | None:
     """How a tzinfo is stored beside a naive ISO string, or None if the ISO offset says it all."""
-    if tz is None:
+    if tz is None or tz is _UTC:
         return None
     if isinstance(tz, zoneinfo.ZoneInfo):
         if tz.key is None:

@@ -151,6 +151,9 @@ class Engine:
         self.busy: str | None = None
         self.seq = 0
         self.snapshot_seq = 0
+        #: the commit time of the newest event this image read or wrote: no commit of its own is stamped
+        #: earlier, so commit times never decrease with seq, whatever the clocks of the writers do
+        self.last_ts = 0
         self.open_txs: set[TxState] = set()
         self.stripping = self.filling = False
         #: the snapshot being written, told of every event before it is applied (see _snapshots)
@@ -278,10 +281,11 @@ class Engine:
     def _commit_loop(self, events: list[Pending], state: TxState | None, replan: bool, auto_snapshot: bool) -> bool:
         session, store = self.session, self.store
         while True:
-            ts = now_us()
+            ts = max(now_us(), self.last_ts)  # see last_ts
             try:
                 rows = session.encode_events(events, self.seq + 1, ts)
                 store.append(rows, self.seq)
+                self.last_ts = ts
             except SeqTaken as taken:
                 session.rollback()
                 if not self.catch_up(self._missed(taken)) and (head := store.head()) < self.seq:
@@ -500,6 +504,7 @@ class Engine:
     def _apply_remote(self, batch: list[tuple[Pending | None, EventRow]]) -> None:
         """Apply another process's transaction (its rows, each with the event it holds)."""
         last_seq = batch[-1][1].seq
+        self.last_ts = max(self.last_ts, batch[-1][1].ts)
         kept = [(e, r) for e, r in batch if e is not None]
         if self.snapshot_writer is not None and len(kept) < len(batch):  # rows this code skips name objects too
             self._tell_snapshot([], [r for _, r in batch])

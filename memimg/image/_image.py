@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from memimg._errors import ClosedError, CorruptLogError
+from memimg._errors import ClosedError, CorruptLogError, SchemaError, UnknownTypeError
+from memimg.core import _types
 from memimg.core._diff import Diff, compare
 from memimg.core._history import Change
 from memimg.core._rows import Event, EventRow, verify_event
@@ -27,7 +28,7 @@ from memimg.image._engine import Engine
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
 
-__all__ = ["MemoryImage"]
+__all__ = ["MemoryImage", "diff_past", "open_past"]
 
 log = logging.getLogger("memimg")
 
@@ -216,7 +217,9 @@ class MemoryImage:
 
     # -- the past ---------------------------------------------------------------
 
-    def at(self, seq: int | None = None, *, time: datetime.datetime | None = None) -> MemoryImage:
+    def at(
+        self, seq: int | None = None, *, time: datetime.datetime | None = None, on_schema_drift: str | None = None
+    ) -> MemoryImage:
         """A read-only image of the state after event *seq*, or after the last commit at or before *time*.
 
         The past image has the same classes and distinct objects; it is
@@ -227,53 +230,65 @@ class MemoryImage:
         before the seq plus the events up to it, as opening the image at
         that seq would be. A seq inside a transaction gives the state after
         part of it, as the log holds it (no reader of a live image saw it).
+        Objects of a type no loaded class claims (a class deleted after
+        ``memimg.migrate``) are read into generic stand-ins, and those of
+        this image's ``removed_types`` are left out, as a writer leaves them.
 
         Args:
             seq: an event's seq, from the oldest one kept to the log's head.
-            time: an aware :class:`datetime.datetime` (commit times are
-                the wall clock of the committing process).
+            time: an aware :class:`datetime.datetime`: the state after the
+                last commit at or before it (see the history guide for logs
+                written by several clocks).
+            on_schema_drift: as :func:`memimg.open` (default: this image's);
+                ``"drop"`` reads states older than an upgrader the code no
+                longer has.
 
         Raises:
             HistoryError: the seq or time is before what the log keeps (a
                 compaction dropped it; the error names the oldest available
                 seq), before the first commit, past the head, or in the future.
+            SchemaError: the stored schema at that seq differs from the code
+                in ways it does not declare (the message says what to do).
             TypeError: not an int seq or a datetime, or both given.
             ValueError: a negative seq or a naive datetime.
         """
         engine = self._engine
         engine.check_open()
-        store = engine.store
-        target = _past.resolve(store, self.seq if seq is None and time is None else seq, time)
-        try:
-            return MemoryImage(
-                _past.PastStore(store, target),
-                converter=self.converter,
-                snapshot_every=None,
-                readonly=True,
-                removed_types=engine.reader.removed_types,
-                on_schema_drift=engine.on_schema_drift,
-                generic_types=engine.reader.stand_ins is not None,
-            )
-        except CorruptLogError:
-            _past.check_seq(store, target)  # compacted away while it was read: say so
-            raise
+        target = _past.resolve(engine.store, self.seq if seq is None and time is None else seq, time)
+        return self._past(target, on_schema_drift)
 
-    def diff(self, a: int, b: int | None = None) -> Diff:
+    def diff(self, a: int, b: int | None = None, *, on_schema_drift: str | None = None) -> Diff:
         """What changed from the state after seq *a* to the state after seq *b* (default: this image's seq).
 
         A :class:`memimg.Diff` of :class:`memimg.Difference` records, one
         per changed entity field, dict key, list (whole) and set member,
         each at the shortest path from the root of the object holding it
         (see the history guide for the exact rules). Computed from the two
-        states (:meth:`at`), object by object id.
+        states (:meth:`at`, which takes *on_schema_drift* too), object by
+        object id; both seqs are checked before either state is read.
 
         Raises:
-            HistoryError, TypeError, ValueError: as :meth:`at`, for either seq.
+            HistoryError, SchemaError, TypeError, ValueError: as :meth:`at`, for either seq.
         """
-        self._engine.check_open()
-        b = self.seq if b is None else b
-        with self.at(a) as old, self.at(b) as new:
-            return compare(old._engine.table, new._engine.table, a, b)
+        engine = self._engine
+        engine.check_open()
+        store = engine.store
+        a = _past.check_seq(store, a)
+        b = _past.check_seq(store, self.seq if b is None else b)
+        return diff_past(store, a, b, **self._past_options(on_schema_drift))
+
+    def _past(self, seq: int, on_schema_drift: str | None) -> MemoryImage:
+        """The past image of this image's store at *seq* (checked), read with this image's classes and options."""
+        return open_past(self._engine.store, seq, **self._past_options(on_schema_drift))
+
+    def _past_options(self, on_schema_drift: str | None) -> dict[str, Any]:
+        engine = self._engine
+        return {
+            "converter": self.converter,
+            "removed_types": engine.reader.removed_types,
+            "on_schema_drift": engine.on_schema_drift if on_schema_drift is None else on_schema_drift,
+            "generic_types": engine.reader.stand_ins is not None,
+        }
 
     def history(self, obj: Any, field: str | None = None, *, since: int = 0, until: int | None = None) -> list[Change]:
         """The changes of *obj* -- an entity, or a tracked list, dict or set -- oldest first.
@@ -331,3 +346,65 @@ class MemoryImage:
         engine = self._engine
         state = "closed" if engine.closed else f"seq {engine.seq}"
         return f"<memimg.MemoryImage {engine.store.description} {state}>"
+
+
+def open_past(
+    store: Store,
+    seq: int,
+    *,
+    converter: Converter | None = None,
+    removed_types: Iterable[str] = (),
+    on_schema_drift: str = "raise",
+    generic_types: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> MemoryImage:
+    """The read-only image of *store* as of *seq* (a checked seq): ``img.at``'s, and the command line's.
+
+    Ordinary recovery on :class:`~memimg.image._past.PastStore`. A type no
+    loaded class claims is read into a generic stand-in (a past state may
+    hold objects of a class deleted since, as ``memimg.migrate`` allows);
+    stand-ins made so are not left registered under their names, so no
+    later ``memimg.open`` reads those types into them.
+
+    Raises:
+        HistoryError: the events of *seq* were compacted away while it was read.
+        SchemaError: the stored schema differs from the code in ways it does not declare.
+    """
+    options: dict[str, Any] = {
+        "converter": converter,
+        "snapshot_every": None,
+        "readonly": True,
+        "removed_types": removed_types,
+        "on_schema_drift": on_schema_drift,
+        "progress": progress,
+    }
+    past = _past.PastStore(store, seq)
+    try:
+        try:
+            return MemoryImage(past, generic_types=generic_types, **options)
+        except UnknownTypeError:
+            if generic_types:
+                raise
+        names = _types.names()
+        try:
+            return MemoryImage(past, generic_types=True, **options)
+        finally:
+            _types.unname_stand_ins(names)
+    except CorruptLogError:
+        _past.check_seq(store, seq)  # compacted away while it was read: say so
+        raise
+    except SchemaError as err:
+        if err.upgrader is not None:
+            raise
+        raise SchemaError(
+            f'{err}\nFor a past state, img.at(..., on_schema_drift="drop") and img.diff(..., '
+            'on_schema_drift="drop") read it so.',
+            differences=err.differences,
+        ) from err
+
+
+def diff_past(store: Store, a: int, b: int, **options: Any) -> Diff:
+    """The :class:`Diff` from seq *a* to seq *b* of *store* (both checked), each state read by
+    :func:`open_past` with *options*."""
+    with open_past(store, a, **options) as old, open_past(store, b, **options) as new:
+        return compare(old._engine.table, new._engine.table, a, b)

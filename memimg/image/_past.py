@@ -15,8 +15,11 @@ Which states the log can give (:func:`check_seq`): every seq from 1 to the
 head while the log is whole; after a compaction, those from the oldest
 snapshot whose following events are all kept (or the seq of any kept
 snapshot exactly). A time is turned into the seq of the last commit at or
-before it (:func:`seq_at_time`) by a binary search on the commit times,
-which the log keeps in seq order (each commit's wall-clock time).
+before it (:func:`seq_at_time`) by a binary search on the commit times:
+each commit is stamped with its process's wall clock, but never before the
+newest event its image read or wrote, so the times never decrease with seq.
+On a log written before that, where they may, the search still gives a
+commit boundary, and one that never moves back as the time moves on.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from memimg._errors import HistoryError, ReadOnlyError
 from memimg.core._rows import EventRow, SnapshotInfo, SnapshotRow, ts_to_datetime
 from memimg.stores._protocol import Store
 
-__all__ = ["PastStore", "check_seq", "oldest_seq", "resolve", "seq_at_time"]
+__all__ = ["PastStore", "check_seq", "commit_time", "oldest_seq", "resolve", "seq_at_time"]
 
 
 class PastStore:
@@ -130,9 +133,9 @@ def check_seq(store: Store, seq: Any, *, asked: dt.datetime | None = None) -> in
         HistoryError: *seq* is 0 (before the first commit), past the head, or compacted away.
     """
     if type(seq) is not int:  # bool too: at(True) is a mistake, not seq 1
-        raise TypeError(f"img.at takes a seq (an int) or time=, not {type(seq).__qualname__}")
+        raise TypeError(f"a past state is named by a seq (an int) or a time, not {type(seq).__qualname__}")
     if seq < 0:
-        raise ValueError(f"img.at: seq {seq} is negative; seqs count events from 1")
+        raise ValueError(f"seq {seq} is negative: seqs count events from 1")
     head = store.head()
     oldest = oldest_seq(store)
     facts = {"seq": seq if asked is None else None, "time": asked, "oldest": oldest, "head": head}
@@ -148,6 +151,13 @@ def check_seq(store: Store, seq: Any, *, asked: dt.datetime | None = None) -> in
             **facts,
         )
     if seq < oldest and not any(info.seq == seq for info in store.snapshots()):
+        if seq >= store.first_seq():
+            raise HistoryError(
+                f"the state at seq {seq} of {store.description} cannot be rebuilt: its events are kept (from seq "
+                f"{store.first_seq()} on) but no snapshot at or before it is, to start from; the oldest available "
+                f"seq is {oldest}",
+                **facts,
+            )
         raise HistoryError(
             f"the state at seq {seq} of {store.description} is no longer kept: a compaction dropped the events "
             f"before seq {store.first_seq()}; the oldest available seq is {oldest} (keep history with "
@@ -166,13 +176,13 @@ def seq_at_time(store: Store, when: Any) -> int:
         HistoryError: *when* is in the future, or before the first kept commit.
     """
     if not isinstance(when, dt.datetime):
-        raise TypeError(f"img.at(time=...) takes a datetime, not {type(when).__qualname__}")
+        raise TypeError(f"a time must be a datetime, not {type(when).__qualname__}")
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(
-            f"img.at(time={when.isoformat()}) is naive: give an aware datetime "
+            f"the time {when.isoformat()} is naive: give an aware datetime "
             "(datetime(..., tzinfo=datetime.UTC), or .astimezone() for local time)"
         )
-    ts = int((when - ts_to_datetime(0)) / dt.timedelta(microseconds=1))
+    ts = (when - ts_to_datetime(0)) // dt.timedelta(microseconds=1)
     head, first = store.head(), store.first_seq()
     oldest = oldest_seq(store)
     facts = {"seq": None, "time": when, "oldest": oldest, "head": head}
@@ -202,6 +212,13 @@ def seq_at_time(store: Store, when: Any) -> int:
     return lo
 
 
+def commit_time(store: Store, seq: int) -> dt.datetime | None:
+    """The commit time of event *seq* of *store*, in UTC (``None`` if the event is not kept)."""
+    for row in store.read(after=seq - 1, limit=1):
+        return ts_to_datetime(int(row[2]))
+    return None
+
+
 def _ts(store: Store, seq: int) -> int:
     for row in store.read(after=seq - 1, limit=1):
         return int(row[2])
@@ -217,7 +234,7 @@ def _ts(store: Store, seq: int) -> int:
 def resolve(store: Store, seq: Any, when: Any) -> int:
     """The seq ``img.at(seq, time=when)`` asks for, checked (*seq* ``None`` and *when* ``None``: the head)."""
     if seq is not None and when is not None:
-        raise TypeError("img.at takes a seq or time=, not both")
+        raise TypeError("give a seq or a time, not both")
     if when is not None:
         return check_seq(store, seq_at_time(store, when), asked=when)
     return check_seq(store, store.head() if seq is None else seq)

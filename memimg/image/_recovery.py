@@ -5,7 +5,9 @@ Opening loads the newest valid snapshot and folds the events after it
 log, so that every later reader agrees with this one -- logged, never done
 in memory alone:
 
-* placeholders of removed types are cleaned out (:func:`strip_removed`);
+* placeholders of removed types are cleaned out (:func:`strip_removed`;
+  a past image, ``img.at``, which never reads a later event, cleans them in
+  memory only);
 * objects filled in for fields added since (a factory's list, an
   upgrader's entity) are attached and get ids (:func:`attach_fills`);
 * an empty log gets its root (:func:`create_root`).
@@ -36,6 +38,7 @@ from memimg.core._snapshot import load_snapshot, split_snapshot
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.image._attach import Attacher, where_field
+from memimg.image._past import PastStore
 from memimg.stores._protocol import Store
 
 __all__ = [
@@ -64,6 +67,7 @@ class Host(Protocol):
     filling: bool
     seq: int
     snapshot_seq: int
+    last_ts: int
     closed: bool
     progress: Callable[[str, int, int], None] | None
     on_schema_drift: str
@@ -120,7 +124,9 @@ def open_image(engine: Host, root: Callable[[], Any] | Any, *, generic_types: bo
             engine.busy = None
     check_schema(engine)
     if reader.has_gone:
-        if engine.readonly and gone_events(engine):
+        if isinstance(store, PastStore):  # frozen: no later event will ever be read, so clean in memory
+            _strip_in_memory(engine)
+        elif engine.readonly and gone_events(engine):
             store.close()
             raise MemimgError(
                 f"{store.description} holds objects or values of removed types "
@@ -159,6 +165,8 @@ def recover(engine: Host, reuse: list[Any] | None = None) -> None:
         first, newest = store.first_seq(), _newest(store)
         try:
             _recover_once(engine, reuse)
+            if not engine.readonly:  # what its next commit is stamped at least (a reader commits nothing)
+                engine.last_ts = _ts_at(store, engine.seq)
             return
         except (CorruptLogError, KeyError) as err:
             compacted = isinstance(err, KeyError) or (store.first_seq(), _newest(store)) != (first, newest)
@@ -181,6 +189,13 @@ def recover(engine: Host, reuse: list[Any] | None = None) -> None:
 
 
 _ATTEMPTS: Final = 3
+
+
+def _ts_at(store: Store, seq: int) -> int:
+    """The commit time of event *seq* (0 if it is not kept)."""
+    for row in store.read(after=seq - 1, limit=1) if seq else ():
+        return int(row[2])
+    return 0
 
 
 def _newest(store: Store) -> int:
@@ -350,6 +365,19 @@ def strip_removed(engine: Host) -> None:
                     raise
         finally:
             engine.stripping = False
+
+
+def _strip_in_memory(engine: Host) -> None:
+    """Clean placeholders of removed types out of a past image (``img.at``), without logging.
+
+    A live read-only image must leave them to a writer (see
+    :func:`strip_removed`); a past image reads no event after its seq, so no
+    later event can land on the wrong element, and it writes nothing.
+    """
+    table = engine.table
+    with paused_gc():
+        for k, target, args in gone_events(engine):
+            k.apply(table, target, *args)
 
 
 def gone_events(engine: Host) -> list[Pending]:

@@ -10,7 +10,7 @@ from sqlalchemy import exc as sa_exc
 
 from memimg._errors import LockedError, StoreError
 from memimg.stores._postgres import lost, sqlstate
-from memimg.stores._sqlite import is_busy
+from memimg.stores._sqlitewal import is_busy
 
 __all__ = ["store_error"]
 

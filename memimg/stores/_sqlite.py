@@ -3,7 +3,9 @@
 Write-ahead logging (WAL) lets readers run while one writer appends.
 ``sync="normal"`` (``PRAGMA synchronous=NORMAL``) makes every commit survive
 a crash of the process; ``sync="full"`` also survives an OS crash or power
-loss, at the price of an fsync per commit.
+loss, at the price of an fsync per commit. The store waits for another
+connection's write lock in short steps and checkpoints the WAL from a thread
+of its own, off the commit path (:mod:`memimg.stores._sqlitewal`).
 
 The append rule is enforced by SQLite itself: an event row is inserted only
 if the table's newest seq is the one the writer expected
@@ -37,6 +39,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
@@ -52,8 +55,9 @@ from memimg.stores._protocol import (
     lease_entry,
     read_in_chunks,
 )
-from memimg.stores._sqlitefiles import identity as _identity
 from memimg.stores._sqlitefiles import stamped_after as _stamped_after
+from memimg.stores._sqlitewal import Checkpointer, OtherWriters, is_busy, pages_written, retry_busy
+from memimg.stores._sqlitewal import identity as _identity
 
 __all__ = ["SQLiteStore"]
 
@@ -78,10 +82,13 @@ _APPEND_FIRST: Final = (
 )
 # The head: the last event, or (every event compacted away) the seq the newest snapshot covers.
 _HEAD: Final = "SELECT coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0)"
+_READ: Final = (
+    "SELECT seq, tx, ts, kind, target, payload, checksum FROM memimg_events WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+_FIRST: Final = "SELECT min(seq) FROM memimg_events"
+_AFTER_SNAPSHOTS: Final = "SELECT coalesce(max(seq), 0) + 1 FROM memimg_snapshots"
 _APPEND: Final = "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
-
-_BUSY: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 # What to do about a failure, by SQLite's primary result code.
 _ADVICE: Final = {
     sqlite3.SQLITE_FULL: "the disk is full: free space, then retry",
@@ -96,12 +103,6 @@ _LEASE_RENEW: Final = "UPDATE memimg_meta SET value = ? WHERE key = ? AND (value
 _LEASE_RELEASE: Final = "DELETE FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?"
 
 
-def is_busy(err: BaseException) -> bool:
-    """Whether *err* is SQLite's "database is locked/busy" (by result code, extended codes included)."""
-    code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in _BUSY
-
-
 class SQLiteStore:
     """The log in an SQLite file.
 
@@ -110,7 +111,8 @@ class SQLiteStore:
         sync: ``"normal"`` or ``"full"`` (see the module docstring).
         readonly: open the file read-only; writes raise.
         busy_timeout: seconds to wait for another writer's lock before
-            raising :class:`LockedError`.
+            raising :class:`LockedError` (waited for in steps of 50 µs to
+            2 ms, see :mod:`memimg.stores._sqlitewal`).
     """
 
     def __init__(
@@ -144,6 +146,10 @@ class SQLiteStore:
         self._conn = conn
         try:
             self._setup(sync)
+            # from here on the store waits for locks itself (retry_busy), and checkpoints off the commit path
+            conn.execute("PRAGMA busy_timeout = 0")
+            if not readonly:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._data_version = self._pragma("data_version")
         except sqlite3.Error as err:
             conn.close()
@@ -156,6 +162,8 @@ class SQLiteStore:
         # the directory (ctime, inode) as it was when the files last checked out; -1: not trusted
         self._quiet_ctime = self._quiet_ino = -1
         self._db_id = self._wal_id = None
+        self._checkpointer: Checkpointer | None = None
+        self._others = OtherWriters()
         if not readonly:
             self._db_id = _identity(self.path)
             self._wal_id = _identity(self.path + "-wal")
@@ -163,6 +171,8 @@ class SQLiteStore:
                 conn.close()
                 raise MemimgError(f"{self.path!r} disappeared while it was being opened; nothing was written")
             self._check_files("opening", None)
+            self._checkpointer = Checkpointer(self.path, self._db_id)
+            weakref.finalize(self, self._checkpointer.stop, 0)  # a store dropped unclosed ends its thread too
 
     def _check_file(self) -> None:
         try:
@@ -179,7 +189,7 @@ class SQLiteStore:
 
     def _pragma(self, name: str) -> Any:
         with self._lock:
-            return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
+            return retry_busy(self._busy_timeout, self._conn.execute, f"PRAGMA {name}").fetchone()[0]
 
     def _setup(self, sync: str) -> None:
         conn = self._conn
@@ -218,18 +228,13 @@ class SQLiteStore:
     def _write_schema(self) -> None:
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with targets.immediate(conn, self._busy_timeout):
                 for ddl in (*_SCHEMA, *targets.CREATE):
                     conn.execute(ddl)
                 conn.execute(
                     "INSERT OR IGNORE INTO memimg_meta (key, value) VALUES ('format_version', ?)",
                     (str(FORMAT_VERSION),),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as err:
             raise self._error(err, "creating memimg's tables") from err
 
@@ -299,14 +304,8 @@ class SQLiteStore:
         moved file gets every commit (the refused one too); best effort: a
         reader elsewhere holding the WAL makes it a no-op.
         """
-        try:
-            self._conn.execute("PRAGMA busy_timeout = 0")
+        with contextlib.suppress(sqlite3.Error):  # the connection's busy timeout is 0: no waiting
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
 
     def _gone_error(self, doing: str, seq: int | None) -> FileGoneError:
         if seq is None:
@@ -346,7 +345,7 @@ class SQLiteStore:
     def head(self) -> int:
         with self._lock:
             try:
-                return self._conn.execute(_HEAD).fetchone()[0]  # type: ignore[no-any-return]
+                return retry_busy(self._busy_timeout, self._conn.execute, _HEAD).fetchone()[0]  # type: ignore[no-any-return]
             except sqlite3.Error as err:
                 raise self._error(err, "reading the head of the log") from err
 
@@ -354,9 +353,9 @@ class SQLiteStore:
         with self._lock:
             try:
                 # min() alone, so SQLite reads one end of the primary key instead of scanning
-                low = self._conn.execute("SELECT min(seq) FROM memimg_events").fetchone()[0]
+                low = retry_busy(self._busy_timeout, self._conn.execute, _FIRST).fetchone()[0]
                 if low is None:
-                    low = self._conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM memimg_snapshots").fetchone()[0]
+                    low = retry_busy(self._busy_timeout, self._conn.execute, _AFTER_SNAPSHOTS).fetchone()[0]
             except sqlite3.Error as err:
                 raise self._error(err, "reading the first seq of the log") from err
         return low  # type: ignore[no-any-return]
@@ -365,26 +364,30 @@ class SQLiteStore:
         if self.readonly or self._gone is not None:
             self._check_writable(f"appending events {rows[0][0]}..{rows[-1][0]}")
         first = (*rows[0], expected_head)
-        conn = self._conn
+        conn, timeout = self._conn, self._busy_timeout
         with self._lock:
             try:
+                if self._others.watching and self._others.committed(conn, timeout):
+                    raise SeqTaken(expected_head)
                 if len(rows) == 1:
-                    if conn.execute(_APPEND_FIRST, first).rowcount != 1:
-                        raise SeqTaken(expected_head)
+                    if retry_busy(timeout, conn.execute, _APPEND_FIRST, first).rowcount != 1:
+                        raise self._others.lost(conn, expected_head)
+                    pages = pages_written(len(first[5]), 1)
                 else:
-                    conn.execute("BEGIN IMMEDIATE")
+                    retry_busy(timeout, conn.execute, "BEGIN IMMEDIATE")
                     try:
                         if conn.execute(_APPEND_FIRST, first).rowcount != 1:
-                            raise SeqTaken(expected_head)
+                            raise self._others.lost(conn, expected_head)
                         conn.executemany(_APPEND, rows[1:])
                         conn.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
                         raise
+                    pages = pages_written(sum(len(r[5]) for r in rows), len(rows))
             except sqlite3.IntegrityError as err:
                 if err.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
-                    raise SeqTaken(expected_head) from None
+                    raise self._others.lost(conn, expected_head) from None
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
@@ -395,6 +398,8 @@ class SQLiteStore:
                 quiet = False
             if not quiet:
                 self._check_files(f"appending events {rows[0][0]}..{rows[-1][0]}", rows[-1][0])
+            if self._checkpointer is not None:
+                self._checkpointer.wrote(pages)
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]
@@ -402,30 +407,20 @@ class SQLiteStore:
     def _fetch(self, after: int, n: int) -> list[Any]:
         with self._lock:
             try:
-                return self._conn.execute(
-                    "SELECT seq, tx, ts, kind, target, payload, checksum FROM memimg_events "
-                    "WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after, n),
-                ).fetchall()
+                return retry_busy(self._busy_timeout, self._conn.execute, _READ, (after, n)).fetchall()
             except sqlite3.Error as err:
                 raise self._error(err, f"reading events after seq {after}") from err
 
     def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
         check_target(target)
         last = (1 << 63) - 1 if until is None else until
-        doing = f"reading the events of object {target}"
-        with self._lock:
-            try:
-                done = targets.covered(self._conn, self._has_targets)
-            except sqlite3.Error as err:
-                raise self._error(err, doing) from err
 
         def fetch(after: int, n: int) -> list[Any]:
             with self._lock:
                 try:
-                    return targets.fetch(self._conn, target, after, last, done, n)
+                    return targets.fetch(self._conn, self._busy_timeout, self._has_targets, target, after, last, n)
                 except sqlite3.Error as err:
-                    raise self._error(err, doing) from err
+                    raise self._error(err, f"reading the events of object {target}") from err
 
         return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
 
@@ -433,11 +428,15 @@ class SQLiteStore:
         doing = f"indexing the targets of the events up to seq {upto}"
         with self._lock:
             try:
-                done = targets.advance(self._conn, upto, least, self._has_targets, lambda: self._check_writable(doing))
+                before, done = targets.advance(
+                    self._conn, self._busy_timeout, upto, least, self._has_targets, lambda: self._check_writable(doing)
+                )
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
-            if not self.readonly:  # (read-only: nothing waited, nothing was written)
+            if done > before:  # (read-only: nothing waited, nothing was written)
                 self._check_files(doing, None)
+                if self._checkpointer is not None:
+                    self._checkpointer.kick()  # a fill rewrites many pages of the index
         return done
 
     def changed(self, seen: int) -> bool:
@@ -466,10 +465,12 @@ class SQLiteStore:
         self._check_writable(doing)
         with self._lock:
             try:
-                count = targets.delete_before(self._conn, seq)
+                count = targets.delete_before(self._conn, self._busy_timeout, seq)
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, None)
+            if self._checkpointer is not None:
+                self._checkpointer.wrote(pages_written(0, max(count, 0)))
         return count
 
     def delete_snapshots_before(self, seq: int) -> int:
@@ -480,10 +481,13 @@ class SQLiteStore:
         self._check_writable(doing)
         with self._lock:
             try:
-                count: int = self._conn.execute(sql, params).rowcount
+                count: int = retry_busy(self._busy_timeout, self._conn.execute, sql, params).rowcount
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, None)
+            if self._checkpointer is not None:
+                size = sum(len(p) for p in params if isinstance(p, (bytes, str)))
+                self._checkpointer.wrote(pages_written(size, max(count, 0)))
         return count
 
     def reclaim(self) -> None:
@@ -501,8 +505,13 @@ class SQLiteStore:
         self._check_writable(doing)
         with self._lock:
             try:
-                for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
-                    self._conn.execute(sql).fetchall()
+                # SQLite's own waiting, for once: a TRUNCATE checkpoint waits for readers through it
+                self._conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                try:
+                    for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
+                        self._conn.execute(sql).fetchall()
+                finally:
+                    self._conn.execute("PRAGMA busy_timeout = 0")
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, None)
@@ -519,8 +528,10 @@ class SQLiteStore:
     def snapshots(self) -> list[SnapshotInfo]:
         with self._lock:
             try:
-                rows = self._conn.execute(
-                    "SELECT seq, ts, length(payload) FROM memimg_snapshots ORDER BY seq DESC"
+                rows = retry_busy(
+                    self._busy_timeout,
+                    self._conn.execute,
+                    "SELECT seq, ts, length(payload) FROM memimg_snapshots ORDER BY seq DESC",
                 ).fetchall()
             except sqlite3.Error as err:
                 raise self._error(err, "listing snapshots") from err
@@ -529,8 +540,11 @@ class SQLiteStore:
     def read_snapshot(self, seq: int) -> SnapshotRow:
         with self._lock:
             try:
-                row = self._conn.execute(
-                    "SELECT seq, ts, payload, checksum FROM memimg_snapshots WHERE seq = ?", (seq,)
+                row = retry_busy(
+                    self._busy_timeout,
+                    self._conn.execute,
+                    "SELECT seq, ts, payload, checksum FROM memimg_snapshots WHERE seq = ?",
+                    (seq,),
                 ).fetchone()
             except sqlite3.Error as err:
                 raise self._error(err, f"reading the snapshot at seq {seq}") from err
@@ -541,7 +555,7 @@ class SQLiteStore:
     def meta(self) -> dict[str, str]:
         with self._lock:
             try:
-                return dict(self._conn.execute("SELECT key, value FROM memimg_meta"))
+                return dict(retry_busy(self._busy_timeout, self._conn.execute, "SELECT key, value FROM memimg_meta"))
             except sqlite3.Error as err:
                 raise self._error(err, "reading memimg_meta") from err
 
@@ -576,5 +590,9 @@ class SQLiteStore:
         return total
 
     def close(self) -> None:
+        """Close the store: its checkpoint thread first, then its connection (which, if it is the last
+        one to the database, checkpoints the WAL and removes it)."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             self._conn.close()

@@ -1,4 +1,4 @@
-"""Where the SQLite store's files are: their identity (device, inode), and when a directory's ctime can be trusted.
+"""When the SQLite store can trust a directory's ctime to tell that its files were not replaced.
 
 See the SQLite store's module docstring: after each write the store checks
 that its path still names the database and WAL it opened.
@@ -6,12 +6,11 @@ that its path still names the database and WAL it opened.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Final
 
-__all__ = ["identity", "stamped_after"]
+__all__ = ["stamped_after"]
 
 # The clock inode timestamps are read from on Linux (CLOCK_REALTIME_COARSE: it moves once a tick).
 _COARSE_CLOCK: Final = 5 if sys.platform.startswith("linux") else None
@@ -35,11 +34,3 @@ def stamped_after(ctime: int) -> bool:
     if _COARSE_CLOCK is not None:
         return time.clock_gettime_ns(_COARSE_CLOCK) >= ctime + grain
     return time.time_ns() - _TICK_NS >= ctime + grain
-
-
-def identity(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino

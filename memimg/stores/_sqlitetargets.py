@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from memimg.stores._protocol import TARGETS_KEY
+from memimg.stores._sqlitewal import retry_busy
 
-__all__ = ["COLUMNS", "CREATE", "advance", "covered", "delete_before", "fetch"]
+__all__ = ["COLUMNS", "CREATE", "advance", "covered", "delete_before", "fetch", "immediate"]
 
 #: The table's columns, as memimg makes it.
 COLUMNS: Final = ["target", "seq"]
@@ -60,18 +61,18 @@ _INDEXED: Final = (
 _TAIL: Final = f"{_EVENT} FROM memimg_events e WHERE e.seq > ? AND e.seq <= ? AND e.target = ? ORDER BY e.seq LIMIT ?"
 
 
-def covered(conn: sqlite3.Connection, has_table: bool) -> int:
+def covered(conn: sqlite3.Connection, has_table: bool, timeout: float = 0.0) -> int:
     """The seq up to which the index is filled (0: none, or no table -- a read-only store on an older log)."""
     if not has_table:
         return 0
-    row = conn.execute(_COVERED).fetchone()
+    row = retry_busy(timeout, conn.execute, _COVERED).fetchone()
     return 0 if row is None else int(row[0])
 
 
 @contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A ``BEGIN IMMEDIATE`` transaction (the write lock from the start), committed, or rolled back on error."""
-    conn.execute("BEGIN IMMEDIATE")
+def immediate(conn: sqlite3.Connection, timeout: float) -> Iterator[None]:
+    """A ``BEGIN IMMEDIATE`` transaction (the write lock waited for up to *timeout* s), committed or rolled back."""
+    retry_busy(timeout, conn.execute, "BEGIN IMMEDIATE")
     try:
         yield
         conn.execute("COMMIT")
@@ -82,42 +83,47 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def advance(
-    conn: sqlite3.Connection, upto: int, least: int, has_table: bool, check_writable: Callable[[], None]
-) -> int:
-    """Fill the index up to ``min(upto, head)`` in one transaction, if *least* events wait; the seq now covered.
+    conn: sqlite3.Connection, timeout: float, upto: int, least: int, has_table: bool, check_writable: Callable[[], None]
+) -> tuple[int, int]:
+    """Fill the index up to ``min(upto, head)`` in one transaction, if *least* events wait.
 
-    Nothing is locked nor written (*check_writable* is not called) while
-    fewer wait. The seq covered is read again under the write lock, so two
-    processes advancing at once fill each entry once.
+    Returns the seq covered before and after. Nothing is locked nor written
+    (*check_writable* is not called) while fewer wait. The seq covered is
+    read again under the write lock, so two processes advancing at once
+    fill each entry once.
     """
-    done = covered(conn, has_table)
+    before = done = covered(conn, has_table, timeout)
     if upto - done < least:
-        return done
+        return before, done
     check_writable()
-    with _immediate(conn):
-        done = covered(conn, True)
+    with immediate(conn, timeout):
+        before = done = covered(conn, True)
         upto = min(upto, conn.execute(_HEAD).fetchone()[0])
         if upto - done >= least:
             conn.execute(_FILL, (done, upto))
             conn.execute(_MARK, (str(upto),))
             done = upto
-    return done
+    return before, done
 
 
-def delete_before(conn: sqlite3.Connection, seq: int) -> int:
+def delete_before(conn: sqlite3.Connection, timeout: float, seq: int) -> int:
     """Delete the events before *seq* and their index entries, in one transaction; how many events."""
-    with _immediate(conn):
+    with immediate(conn, timeout):
         conn.execute(_DELETE_BEFORE, (seq, covered(conn, True)))
         count: int = conn.execute("DELETE FROM memimg_events WHERE seq < ?", (seq,)).rowcount
     return count
 
 
-def fetch(conn: sqlite3.Connection, target: int, after: int, until: int, done: int, n: int) -> list[Any]:
-    """Up to *n* rows of *target* with ``after < seq <= until``: from the index up to *done*, then the tail."""
+def fetch(
+    conn: sqlite3.Connection, timeout: float, has_table: bool, target: int, after: int, until: int, n: int
+) -> list[Any]:
+    """Up to *n* rows of *target* with ``after < seq <= until``: from the index up to the seq it covers, then the
+    events past it (the covered seq may grow between two calls: each call reads it)."""
+    done = covered(conn, has_table, timeout)
     rows: list[Any] = []
     if after < done:
-        rows = conn.execute(_INDEXED, (target, after, min(until, done), n)).fetchall()
+        rows = retry_busy(timeout, conn.execute, _INDEXED, (target, after, min(until, done), n)).fetchall()
         if len(rows) == n:
             return rows
-    tail = conn.execute(_TAIL, (max(after, done), until, target, n - len(rows))).fetchall()
+    tail = retry_busy(timeout, conn.execute, _TAIL, (max(after, done), until, target, n - len(rows))).fetchall()
     return rows + tail if rows else tail

@@ -230,11 +230,20 @@ class StoreContract:
             if other is not store:
                 other.close()
 
-    def test_a_lease_expires_by_itself(self, store: Store) -> None:
-        """A lease its holder neither renews nor releases (its process died) is free once it expires."""
+    def test_a_lease_expires_by_itself(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A lease its holder neither renews nor releases (its process died) is free once it expires.
+
+        The stores' clock (``lease_entry``'s) is set by the test, so a loaded machine cannot let the
+        lease expire before the second taker asks.
+        """
+        from memimg.stores import _protocol
+
+        clock = [time.time_ns()]
+        monkeypatch.setattr(_protocol.time, "time_ns", lambda: clock[0])
         assert store.lease("job", "dead", 0.05)
+        clock[0] += 40_000_000  # 40 ms later: still held
         assert not store.lease("job", "alive", 30)
-        time.sleep(0.1)
+        clock[0] += 20_000_000  # 60 ms after it was taken: expired
         assert store.lease("job", "alive", 30)
         assert not store.lease("job", "dead", 30)
 

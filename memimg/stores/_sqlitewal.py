@@ -1,0 +1,211 @@
+"""Keeping SQLite's locking and checkpoints out of a commit's latency.
+
+**Waiting for the write lock.** SQLite lets one connection write at a time.
+Its own busy handler (``sqlite3.connect(timeout=...)``) sleeps 1, 2, 5, 10,
+15, 20, 25 ... ms between attempts to take the lock, so a commit that finds
+it held for a tenth of a millisecond by another process's commit waits a
+whole millisecond or more: with several writer processes most of a commit's
+tail latency was these sleeps. :func:`retry_busy` waits in steps of 50 µs,
+doubling up to 2 ms, bounded by the same timeout; the store's connection
+runs with SQLite's handler off.
+
+**Checkpoints.** SQLite copies the WAL back into the database file
+(checkpoints) inside whichever commit takes the WAL past 1,000 pages, adding
+milliseconds (the copy and its fsyncs) to that one commit. The store turns
+that off on its connection and a :class:`Checkpointer` runs the same
+``PASSIVE`` checkpoint from a thread of its own, on a connection of its own,
+when the store's commits have written about as much. A checkpoint only
+copies committed pages and never blocks writers, so a crash at any point
+loses nothing (the WAL is replayed at the next open, as before).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+from memimg.stores._protocol import SeqTaken
+
+__all__ = ["CHECKPOINT_PAGES", "Checkpointer", "OtherWriters", "identity", "is_busy", "pages_written", "retry_busy"]
+
+log = logging.getLogger("memimg")
+
+_T = TypeVar("_T")
+_BUSY: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+#: The first wait for a lock another connection holds, and the longest (seconds).
+FIRST_WAIT: Final = 50e-6
+MAX_WAIT: Final = 2e-3
+#: WAL pages the store's commits write between checkpoints (SQLite's own default threshold).
+CHECKPOINT_PAGES: Final = 1000
+#: After an append loses the race for a seq, how many of the next ones first look for others' commits.
+WATCH_APPENDS: Final = 1000
+_PAGE: Final = 4096
+
+
+def is_busy(err: BaseException) -> bool:
+    """Whether *err* is SQLite's "database is locked/busy" (by result code, extended codes included)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _BUSY
+
+
+def identity(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the file at *path*, or ``None`` if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def retry_busy(timeout: float, fn: Callable[..., _T], *args: object) -> _T:
+    """``fn(*args)``, called again while it raises SQLite's busy error, for up to *timeout* seconds.
+
+    *fn* must do nothing when it fails busy (one statement in autocommit
+    mode, or a ``BEGIN IMMEDIATE``). The waits start at 50 µs and double up
+    to 2 ms; after *timeout* the last busy error is raised (the store turns
+    it into :class:`~memimg.LockedError`). Any other error is raised at once.
+    """
+    try:
+        return fn(*args)
+    except sqlite3.Error as err:
+        if not is_busy(err):
+            raise
+    deadline = time.monotonic() + timeout
+    wait = FIRST_WAIT
+    while True:
+        time.sleep(wait)
+        try:
+            return fn(*args)
+        except sqlite3.Error as err:
+            if not is_busy(err) or time.monotonic() >= deadline:
+                raise
+        wait = min(wait * 2, MAX_WAIT, max(deadline - time.monotonic(), 0.0))
+
+
+class OtherWriters:
+    """Whether other connections committed since an append last looked, once they have been seen to.
+
+    An append that loses the race for a seq (another writer appended
+    first) has queued for the write lock for nothing, and made the other
+    writers queue behind it. After one has, the next
+    :data:`WATCH_APPENDS` appends first read ``PRAGMA data_version`` (~2 µs,
+    no lock): a writer behind the head learns it there, catches up and
+    tries again. A store that writes alone never pays for the look.
+    """
+
+    __slots__ = ("_seen", "watching")
+
+    def __init__(self) -> None:
+        #: appends left that look first
+        self.watching = 0
+        self._seen: int | None = None
+
+    def lost(self, conn: sqlite3.Connection, expected_head: int) -> SeqTaken:
+        """The :class:`SeqTaken` for an append that lost the race; the appends after it look first."""
+        self.watching = WATCH_APPENDS
+        try:
+            self._seen = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            self._seen = None
+        return SeqTaken(expected_head)
+
+    def committed(self, conn: sqlite3.Connection, timeout: float) -> bool:
+        """Whether another connection committed since the last look (spuriously ``True`` if it wrote
+        something else than events: the append's own check decides)."""
+        self.watching -= 1
+        version = retry_busy(timeout, conn.execute, "PRAGMA data_version").fetchone()[0]
+        if version == self._seen:
+            return False
+        self._seen = version
+        return True
+
+
+def pages_written(payload_bytes: int, rows: int) -> int:
+    """About how many WAL pages a commit of *rows* rows holding *payload_bytes* bytes writes."""
+    return 1 + (payload_bytes + 32 * rows) // _PAGE
+
+
+class Checkpointer:
+    """Checkpoints one database's WAL from a daemon thread, on a connection of its own.
+
+    The store calls :meth:`wrote` after each commit; once about
+    :data:`CHECKPOINT_PAGES` pages were written, the thread (started then,
+    or again in a forked child) runs ``PRAGMA wal_checkpoint(PASSIVE)``.
+    :meth:`stop` ends the thread and closes its connection, so that the
+    store's own connection, closed last, checkpoints and removes the WAL as
+    SQLite does for the last connection to a database.
+    """
+
+    def __init__(self, path: str, db_id: tuple[int, int] | None) -> None:
+        self.path = path
+        self._db_id = db_id
+        self._pages = 0
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        #: checkpoints run (for tests and diagnostics)
+        self.runs = 0
+
+    def wrote(self, pages: int) -> None:
+        """Count *pages* written to the WAL; wake the thread when enough were. Called with the store's lock."""
+        self._pages += pages
+        if self._pages >= CHECKPOINT_PAGES:
+            self._pages = 0
+            self.kick()
+
+    def kick(self) -> None:
+        """Have a checkpoint run now (the thread started if it is not running)."""
+        if self._stopped:
+            return
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(target=self._run, name=f"memimg checkpoints {self.path}", daemon=True)
+            self._thread = thread
+            thread.start()
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread (a checkpoint running finishes first) and close its connection."""
+        self._stopped = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _connect(self) -> sqlite3.Connection | None:
+        """A connection to the database the store opened; ``None`` if the path no longer names it."""
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0)
+        except sqlite3.Error as err:
+            log.debug("no checkpoints of %s: %s", self.path, err)
+            return None
+        if identity(self.path) != self._db_id:  # opened after the file was replaced: not the store's database
+            conn.close()
+            return None
+        return conn
+
+    def _run(self) -> None:
+        conn = self._connect()
+        if conn is None:
+            self._stopped = True
+            return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopped:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as err:  # busy, or the disk: the next one tries again
+                    log.debug("checkpoint of %s failed: %s", self.path, err)
+                self.runs += 1
+        finally:
+            conn.close()

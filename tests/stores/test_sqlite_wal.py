@@ -1,0 +1,178 @@
+"""The SQLite store's waiting for another connection's write lock, and its checkpoints off the commit path."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import memimg
+from memimg.stores import SeqTaken, SQLiteStore, _sqlitewal
+from tests.stores.contract import row
+
+
+def _held(path: str) -> sqlite3.Connection:
+    """Another connection holding the database's write lock (``BEGIN IMMEDIATE``)."""
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
+def test_a_commit_waits_for_the_lock_in_short_steps(tmp_path: Any, monkeypatch: Any) -> None:
+    """An append that finds another connection's write lock waits for it in steps of 50 µs doubling to 2 ms
+    (not SQLite's own steps of up to 100 ms), and goes through once the lock is released."""
+    path = str(tmp_path / "w.db")
+    store = SQLiteStore(path, busy_timeout=10)
+    waits: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(_sqlitewal.time, "sleep", lambda s: waits.append(s) or real_sleep(s))
+    blocker = _held(path)
+    releaser = threading.Timer(0.3, lambda: blocker.execute("COMMIT"))
+    releaser.start()
+    try:
+        store.append([row(1)], 0)
+    finally:
+        releaser.join()
+        blocker.close()
+    assert store.head() == 1
+    steps = [min(_sqlitewal.FIRST_WAIT * 2**i, _sqlitewal.MAX_WAIT) for i in range(len(waits))]
+    assert waits == pytest.approx(steps), waits[:8]
+    assert len(waits) > 10 and waits[-1] == _sqlitewal.MAX_WAIT  # 0.3 s in steps of at most 2 ms
+    store.close()
+
+
+def test_a_commit_blocked_past_busy_timeout_says_which_store(tmp_path: Any) -> None:
+    """Waiting in short steps keeps the bound: past busy_timeout the append raises LockedError naming the
+    store and the operation, nothing appended."""
+    path = str(tmp_path / "w.db")
+    store = SQLiteStore(path, busy_timeout=0.3)
+    blocker = _held(path)
+    began = time.monotonic()
+    try:
+        with pytest.raises(memimg.LockedError, match="stayed locked by another writer") as info:
+            store.append([row(1), row(2)], 0)  # BEGIN IMMEDIATE waits the same way
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    took = time.monotonic() - began
+    assert 0.3 <= took < 3, took
+    assert info.value.store == path and path in str(info.value)
+    assert info.value.operation == "appending events 1..2"
+    assert store.head() == 0
+    store.close()
+
+
+def test_a_writer_behind_the_head_finds_out_without_the_write_lock(tmp_path: Any) -> None:
+    """After losing the race for a seq, a store reads whether others committed before its next appends: a
+    writer that is behind again gets SeqTaken at once, even while a third connection holds the write lock
+    (rather than queueing for the lock to find out)."""
+    path = str(tmp_path / "w.db")
+    a, b = SQLiteStore(path), SQLiteStore(path, busy_timeout=0.5)
+    a.append([row(1)], 0)
+    with pytest.raises(SeqTaken):
+        b.append([row(1)], 0)  # lost: b now looks before appending
+    a.append([row(2)], 1)
+    blocker = _held(path)
+    try:
+        began = time.monotonic()
+        with pytest.raises(SeqTaken):
+            b.append([row(2)], 1)
+        assert time.monotonic() - began < 0.4
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    b.append([row(3)], 2)  # caught up: appends as usual
+    assert a.head() == 3
+    a.close()
+    b.close()
+
+
+def _checkpointed_pages(path: str) -> int:
+    """Pages in the database file itself (what checkpoints copied there from the WAL)."""
+    return os.path.getsize(path) // 4096
+
+
+def test_checkpoints_run_in_a_thread_of_their_own(tmp_path: Any) -> None:
+    """The WAL is copied into the database file by the store's checkpoint thread once the commits wrote
+    about 1,000 pages; the committing connection never checkpoints (SQLite's automatic checkpoint off)."""
+    path = str(tmp_path / "c.db")
+    with memimg.open(path, root=dict, snapshot_every=None) as img:
+        store = img.store
+        assert isinstance(store, SQLiteStore)
+        assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        before = _checkpointed_pages(path)
+        for i in range(_sqlitewal.CHECKPOINT_PAGES - 50):
+            img.root["n"] = i
+        time.sleep(0.05)
+        assert checkpointer.runs == 0 and _checkpointed_pages(path) == before
+        for i in range(100):
+            img.root["n"] = i
+        deadline = time.monotonic() + 10
+        while checkpointer.runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.runs == 1
+        assert _checkpointed_pages(path) > before
+
+
+def test_close_stops_the_checkpoint_thread_and_empties_the_wal(tmp_path: Any) -> None:
+    """close() ends the checkpoint thread and closes its connection before the store's own, so the store's
+    connection is the last one and SQLite checkpoints the WAL into the database and removes it."""
+    path = str(tmp_path / "c.db")
+    img = memimg.open(path, root=dict, snapshot_every=None)
+    for i in range(_sqlitewal.CHECKPOINT_PAGES + 10):
+        img.root["n"] = i
+    checkpointer = img.store._checkpointer
+    thread = checkpointer._thread
+    assert thread is not None and thread.is_alive()
+    img.root["last"] = "x"
+    img.close()
+    assert not thread.is_alive()
+    assert not os.path.exists(path + "-wal")
+    with sqlite3.connect(path) as conn:  # everything is in the database file
+        assert conn.execute("SELECT count(*) FROM memimg_events").fetchone()[0] > _sqlitewal.CHECKPOINT_PAGES
+    with memimg.open(path, root=dict) as reopened:
+        assert reopened.root == {"n": _sqlitewal.CHECKPOINT_PAGES + 9, "last": "x"}
+
+
+def test_a_store_dropped_unclosed_ends_its_checkpoint_thread(tmp_path: Any) -> None:
+    """A store that is garbage-collected without close() does not leave its checkpoint thread (and that
+    thread's connection) behind."""
+    store = SQLiteStore(str(tmp_path / "c.db"))
+    for seq in range(1, _sqlitewal.CHECKPOINT_PAGES + 1):
+        store.append([row(seq)], seq - 1)
+    assert store._checkpointer is not None
+    thread = store._checkpointer._thread
+    assert thread is not None and thread.is_alive()
+    del store
+    gc.collect()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+def test_the_checkpoint_thread_never_opens_another_file(tmp_path: Any, replaced: bool) -> None:
+    """A checkpoint thread started after the database file was moved away from the path creates no file
+    there, and after it was replaced by another database checkpoints nothing: it checks that the path
+    still names the store's database."""
+    path = str(tmp_path / "c.db")
+    store = SQLiteStore(path)
+    store.append([row(1)], 0)
+    os.rename(path, path + ".moved")
+    if replaced:
+        with sqlite3.connect(path) as other:
+            other.execute("PRAGMA journal_mode=WAL")
+            other.execute("CREATE TABLE t (x)")
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.kick()
+    assert checkpointer._thread is not None
+    checkpointer._thread.join(10)
+    assert checkpointer.runs == 0 and os.path.exists(path) == replaced
+    store.close()
