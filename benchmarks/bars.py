@@ -164,6 +164,20 @@ def check_bars(results: Results) -> Iterator[Bar]:
     yield from tools_bars(results)
 
 
+def history_bars(results: Results) -> Iterator[Bar]:
+    """Workload (k): history(obj) of an object among a long log (an absolute bar: no peer keeps one)."""
+    needed = "≤ 50 ms (among 1,000,000 events)"
+    cases = _cases(results, "history")
+    if not cases:
+        yield _missing("history(obj) of an object with 100 changes", needed)
+    for case in cases:
+        worst = max(
+            (results.median("history", case, metric, "memimg") or 0.0)
+            for metric in ("history ms", "history ms after reopening")
+        )
+        yield Bar(f"history(obj), {case}", f"{worst:.1f} ms (the slower of live and reopened)", needed, worst <= 50)
+
+
 def _worst(results: Results, workload: str, case: str, metric: str) -> float | None:
     """The highest sample of a lower-is-better metric (a latency bar holds in every repetition, not the median)."""
     result = results.items.get((workload, case, metric, "memimg"))

@@ -90,6 +90,9 @@ class Sizes:
     #: workload (i): the ledger image the command line reads (objects, events)
     tools_objects: int = 30_000
     tools_events: int = 50_000
+    #: workload (k): events of the log and accounts they update (one account gets 100 of them)
+    history_events: int = 200_000
+    history_accounts: int = 10_000
     #: a (system, case) whose first sample took longer (wall seconds) is not
     #: repeated; ``None`` repeats everything
     once_after: float | None = None
@@ -106,6 +109,7 @@ FULL = Sizes(
     batches=30,
     histories=(200_000, 1_000_000),
     graphs=(100_000, 1_000_000),
+    history_events=1_000_000,
     ops=1_000_000,
     memory_objects=200_000,
     writer_seconds=3.0,
@@ -126,6 +130,8 @@ TINY = Sizes(
     history_objects=20,
     histories=(60,),
     graphs=(250,),
+    history_events=2_000,
+    history_accounts=50,
     ops=200,
     memory_objects=200,
     writers=(2,),

@@ -22,6 +22,7 @@ from memimg._errors import (
     UnsupportedValueError,
 )
 from memimg.core._diff import Diff, Difference
+from memimg.core._history import Change, Collected
 from memimg.core._markers import ERASED, MISSING
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
@@ -35,7 +36,9 @@ from memimg.stores import MemoryStore, SQLiteStore, Store
 __all__ = [
     "ERASED",
     "MISSING",
+    "Change",
     "ClosedError",
+    "Collected",
     "CommitUnknownError",
     "ConflictError",
     "Converter",

@@ -56,6 +56,7 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     assert seen["in-memory"] >= {"memimg", "attrs", "ZODB", "eventsourcing"}
     assert {"memimg", "sqlite3"} <= seen["writers"]
     assert seen["snapshots"] == {"memimg"}
+    assert seen["history"] == {"memimg"}
     assert seen["timetravel"] == {"memimg"}
     assert seen["tools"] == {"memimg"}
     assert {"memimg", "sqlite3", DJANGO_PATH} | ({"psycopg"} if POSTGRES_URL else set()) == seen["web"]
@@ -118,6 +119,7 @@ def test_unknown_workload_is_refused(capsys: Any) -> None:
 def test_workload_names_match_the_docs() -> None:
     """The workloads are the ones the docs describe, in their order."""
     names = ["commit", "batch", "recovery", "graph", "inmemory", "writers", "snapshots", "web", "timetravel", "tools"]
+    names.append("history")
     assert list(WORKLOADS) == names
 
 

@@ -42,5 +42,5 @@ NOT_GIVEN: Final[Any] = Marker("NOT_GIVEN")
 #: What :meth:`MemoryImage.erase` left where a past value was stored (public as ``memimg.ERASED``).
 ERASED: Final[Any] = Marker("ERASED", "memimg.ERASED")
 #: Public (``memimg.MISSING``): there was, or is, no value here -- a field unset, a key or set member absent
-#: (a :class:`memimg.Difference`'s ``old`` or ``new``).
+#: (a :class:`memimg.Difference`'s ``old`` or ``new``; a :class:`memimg.Change`'s).
 MISSING: Final[Any] = Marker("MISSING")

@@ -420,6 +420,7 @@ class Reader:
                 self.declare(p[2])
             if len(p) > 1 and p[1]:
                 self.load_records(p[1])
+                self.table.born.note(p[1][0][0], seq)
             k = KINDS.get(kind_name)
             if k is None:
                 raise MemimgError(

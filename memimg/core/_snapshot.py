@@ -10,7 +10,9 @@ is encoded as it is completed, so a snapshot of a million objects never
 exists as one tree of Python objects, and a reader can create every object
 from the small directory lines before it parses any state. Format 1 (one
 line per object, ``oid<TAB>type<TAB>state``, written before memimg 0.2) is
-still read.
+still read. The header also lists where the objects were born
+(``"born"``, see :mod:`memimg.core._born`), for history; a snapshot
+without it is read as before.
 
 Only objects reachable from the root are written: the walk is
 breadth-first from the root, encoding each object as it meets it
@@ -156,7 +158,7 @@ def _lines(lines: list[bytes], corrupt: Callable[[str], CorruptLogError]) -> lis
 def decode_snapshot(payload: bytes, row_seq: int | None = None) -> dict[str, Any]:
     """A stored snapshot payload as snapshot-format data (what ``serialize`` returns, entity states as dicts)."""
     header, records = split_snapshot(payload, row_seq)
-    data = {k: v for k, v in header.items() if k not in ("count", "names")}
+    data = {k: v for k, v in header.items() if k not in ("count", "names", "born")}
     objects: list[Any] = []
     if header.get("format") == 2:
         names = header["names"]
@@ -205,6 +207,8 @@ def load_snapshot(reader: Reader, data: dict[str, Any] | bytes) -> None:
     records = []
     table = reader.table
     table.extend_to(data.get("next_oid", len(table.objects)))
+    seq = data.get("seq")
+    table.born.load(data.get("born"), seq if type(seq) is int else 0, len(table.objects))
     root = data.get("root")
     objects = table.objects
     if type(root) is not int or not (

@@ -293,6 +293,7 @@ class SnapshotWriter:
             "types": self.types,
             "names": self.type_names,
             "count": count,
+            "born": self.table.born.header(self.limit),
         }
         payload = b"\n".join([orjson.dumps(header), *self.out])
         objects = self.table.objects

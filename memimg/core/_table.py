@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from memimg._errors import CorruptLogError
 from memimg.core import _types
+from memimg.core._born import Born
 from memimg.core._codec import ENTITY, FROZENSET, TRACKED, TUPLE, VALUE, Codec
 from memimg.core._gone import Gone
 from memimg.core._shell import Shell
@@ -70,6 +71,8 @@ class ObjectTable:
         self.holes = 0  # None entries in objects, besides objects[0]
         self.root_oid = 0
         self.declarations = Declarations()
+        #: the event that created each object (see :mod:`memimg.core._born`)
+        self.born = Born()
         self._setters: dict[type, dict[str, Any]] = {}
 
     # -- identity -----------------------------------------------------------
@@ -137,6 +140,7 @@ class ObjectTable:
         self.holes = 0
         self.root_oid = 0
         self.declarations.clear()
+        self.born.clear()
         return held
 
     def unplace(self, size: int) -> None:

@@ -50,6 +50,7 @@ class EncodeSession:
         self._records: list[Any] = []  # the current event's new objects
         self._new_types: dict[str, Any] = {}  # the current event's declarations
         self._assigned_from = 0
+        self._born_from = 0
         self._declared_before: dict[str, Any] = {}
 
     # -- ids and declarations ---------------------------------------------------
@@ -97,6 +98,7 @@ class EncodeSession:
         A measured hot loop (``python -m benchmarks``: commit, batch).
         """
         self._assigned_from = len(self.table.objects)
+        self._born_from = len(self.table.born)
         self._declared_before = {}
         rows = []
         seq = first_seq
@@ -115,6 +117,8 @@ class EncodeSession:
             encoded_args = self._encode_args(k, args)
             if queue or self._new_types:
                 self._drain()
+                if self._records:
+                    self.table.born.note(self._records[0][0], seq)
                 parts = (
                     [encoded_args, self._records, self._new_types] if self._new_types else [encoded_args, self._records]
                 )
@@ -151,6 +155,7 @@ class EncodeSession:
         for obj in table.objects[self._assigned_from :]:
             self.shell.set_identity(obj, table.owner, None)
         del table.objects[self._assigned_from :]
+        table.born.truncate(self._born_from)
         declarations = self.declarations
         if self._declared_before:
             declarations.current.clear()

@@ -18,12 +18,13 @@ from typing import Any
 from memimg._errors import ClosedError, CorruptLogError, SchemaError, UnknownTypeError
 from memimg.core import _types
 from memimg.core._diff import Diff, compare
+from memimg.core._history import Change
 from memimg.core._meta import check_meta, read_events
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _erase, _past, _recovery
+from memimg.image import _erase, _history, _past, _recovery
 from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
 from memimg.image._erase import Erasure
@@ -369,6 +370,28 @@ class MemoryImage:
             LockedError: another process's snapshot held the store for over a minute.
         """
         return _erase.erase(self._engine, obj, field, reason, by)
+
+    def history(self, obj: Any, field: str | None = None, *, since: int = 0, until: int | None = None) -> list[Change]:
+        """The changes of *obj* -- an entity, or a tracked list, dict or set -- oldest first.
+
+        Every event that targets *obj* (with *field*: that sets or deletes
+        that field) with ``since < seq <= until`` is a :class:`memimg.Change`
+        (several for an event that changes several fields or keys), its
+        ``old`` the value before it. The cost grows with *obj*'s own events,
+        not the log's length. History shows what this image has applied
+        (:meth:`refresh` first to see other processes' commits), and not the
+        writes of a transaction still open. Values refer to this image's
+        objects; one it no longer holds is a :class:`memimg.Collected`.
+        Fields renamed since are reported under their current names, and
+        values as they were stored (upgraders are not run on them).
+
+        Raises:
+            MemimgError: *obj* is not an object of this image (not persistent,
+                not attached and committed yet, or another image's), or has no
+                field *field*; or its first state is no longer stored.
+            ValueError: *since* or *until* is negative, or *since* is past *until*.
+        """
+        return _history.history(self._engine, obj, field, since, until)
 
     # -- closing ----------------------------------------------------------------
 

@@ -56,6 +56,12 @@ class PastStore:
             return iter(())
         return self.store.read(after, n if limit is None else min(limit, n))
 
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        return self.store.read_target(target, after, self.seq if until is None else min(until, self.seq))
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        return int(self._refuse(f"indexing the targets of the events up to seq {upto}"))
+
     def snapshots(self) -> list[SnapshotInfo]:
         return [info for info in self.store.snapshots() if info.seq <= self.seq]
 

@@ -15,7 +15,9 @@ Automatic snapshots (``snapshot_every``) run in a background thread of the
 image, never in the committing call. Across all the processes sharing a log
 at most one writes a snapshot at a time: it holds the store's ``snapshot``
 lease (renewed while it writes; it expires if its holder dies), and the
-others skip theirs.
+others skip theirs. After storing a snapshot, its writer fills the store's
+target index up to it (:meth:`memimg.Store.index_targets`: the index
+history reads by, which commits do not write).
 """
 
 from __future__ import annotations
@@ -101,12 +103,23 @@ class Snapshots:
                     operation="taking the snapshot lease",
                 )
             try:
-                return self._write(automatic)
+                seq = self._write(automatic)
+                if seq is not None:
+                    self._index_targets(seq)
+                return seq
             finally:
                 try:
                     self.engine.store.release(LEASE, self.holder)
                 except Exception as err:  # it expires by itself
                     log.warning("releasing the snapshot lease of %s: %s", self.engine.store.description, err)
+
+    def _index_targets(self, seq: int) -> None:
+        """Fill the store's target index up to *seq* (what history reads by; see Store.index_targets)."""
+        store = self.engine.store
+        try:
+            store.index_targets(seq)
+        except Exception as err:  # history scans what is left: nothing to report to the snapshot's caller
+            log.warning("indexing the targets of %s up to seq %d: %s", store.description, seq, err)
 
     def schedule(self) -> None:
         """Write a snapshot in the background, unless one is being written (by this process or another)."""

@@ -9,6 +9,7 @@ Nothing in it can fail the way a database can: no store method raises a
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ from memimg.stores._protocol import (
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
+    check_target,
     lease_entry,
 )
 
@@ -40,6 +42,8 @@ class MemoryStore:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._events: list[EventRow] = []
+        #: the target index, kept as rows are appended: target -> the seqs of its rows (see index_targets)
+        self._by_target: dict[int, list[int]] = {}
         self._first = 1
         self._snapshots: dict[int, SnapshotRow] = {}
         self._meta: dict[str, str] = {"format_version": str(FORMAT_VERSION)}
@@ -62,13 +66,39 @@ class MemoryStore:
             for i, row in enumerate(rows):
                 if row[0] != expected_head + 1 + i:
                     raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
-            self._events.extend(rows)
+            self._extend(rows)
+
+    def _extend(self, rows: Sequence[EventRow]) -> None:
+        """Append *rows* (their seqs checked) and index them by target; the lock is held."""
+        self._events.extend(rows)
+        by_target = self._by_target
+        for row in rows:
+            seqs = by_target.get(row[4])
+            if seqs is None:
+                by_target[row[4]] = [row[0]]
+            else:
+                seqs.append(row[0])
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         with self._lock:
             start = max(0, after + 1 - self._first)
             rows = self._events[start : None if limit is None else start + limit]
         return iter(rows)
+
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        check_target(target)
+        with self._lock:
+            seqs = self._by_target.get(target, [])
+            lo = bisect.bisect_right(seqs, max(after, self._first - 1))
+            hi = len(seqs) if until is None else bisect.bisect_right(seqs, until)
+            first, events = self._first, self._events
+            rows = [events[s - first] for s in seqs[lo:hi]]
+        return iter(rows)
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        """The head: rows are indexed as they are appended, so nothing waits."""
+        with self._lock:
+            return self._first + len(self._events) - 1
 
     def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
         if self.readonly:
@@ -136,8 +166,14 @@ class MemoryStore:
             self._refuse(f"deleting events before seq {seq}")
         with self._lock:
             n = max(0, min(len(self._events), seq - self._first))
+            dropped = self._events[:n]
             del self._events[:n]
             self._first += n
+            for target in {r[4] for r in dropped}:  # their index entries too
+                seqs = self._by_target[target]
+                del seqs[: bisect.bisect_left(seqs, self._first)]
+                if not seqs:
+                    del self._by_target[target]
             return n
 
     def delete_snapshots_before(self, seq: int) -> int:
@@ -172,7 +208,7 @@ class MemoryStore:
             for snap in snapshots:
                 if snap.seq in self._snapshots:
                     self._snapshots[snap.seq] = snap
-            self._events.extend(rows)
+            self._extend(rows)
 
     def close(self) -> None:
         pass

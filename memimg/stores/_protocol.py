@@ -1,8 +1,9 @@
 """The store protocol: what memimg needs from a place that keeps the log.
 
 A store keeps three tables -- ``memimg_events`` (one row per event),
-``memimg_snapshots`` (one row per snapshot) and ``memimg_meta`` -- and knows
-nothing of user classes: rows are opaque bytes with a checksum the core
+``memimg_snapshots`` (one row per snapshot) and ``memimg_meta`` -- plus the
+target index history reads by (``memimg_targets`` in the SQL stores: see
+:meth:`Store.index_targets`), and knows nothing of user classes: rows are opaque bytes with a checksum the core
 computed. The one rule a store must enforce itself, with the database's
 guarantees rather than a lock held in Python, is the **append rule**:
 a transaction's rows are appended all or none, and only if the log's head is
@@ -28,12 +29,14 @@ from memimg.core._rows import EventRow, SnapshotInfo, SnapshotRow
 __all__ = [
     "FORMAT_VERSION",
     "LEASE",
+    "TARGETS_KEY",
     "EventRow",
     "Rewrite",
     "SeqTaken",
     "SnapshotInfo",
     "SnapshotRow",
     "Store",
+    "check_target",
     "lease_entry",
     "live_positions",
     "position_entry",
@@ -45,6 +48,8 @@ LEASE = "snapshot"
 
 #: The storage format this memimg writes; a store holding a newer one is refused.
 FORMAT_VERSION = 1
+#: The ``memimg_meta`` key of the seq up to which a SQL store's target index is filled (see Store.index_targets).
+TARGETS_KEY = "targets_indexed"
 
 
 class Rewrite(NamedTuple):
@@ -106,6 +111,39 @@ class Store(Protocol):
         """The seq of the oldest event still stored (``head() + 1`` when none)."""
         ...
 
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        """Event rows whose ``target`` is *target*, with ``after < seq <= until``, in order.
+
+        What :meth:`memimg.MemoryImage.history` reads. The store's target
+        index (see :meth:`index_targets`) gives the rows of the events it
+        covers; the events past it are scanned. So the cost grows with that
+        object's rows plus the events not indexed yet -- not the log's
+        length -- and the answer is the same whatever the index covers
+        (a read-only store, which cannot extend it, answers the same).
+
+        Raises:
+            ValueError: *target* is not an object id (``>= 1``).
+        """
+        ...
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        """Extend the target index to every event with ``seq <= upto`` (at most the head); the seq it now covers.
+
+        The index (``target``, ``seq``) of the events up to a seq is kept
+        apart from the events, and extended by this call alone -- a
+        set-based statement, in one transaction -- so commits never pay for
+        it. Nothing is written while fewer than *least* events wait
+        (``upto`` minus the seq covered); calls from several processes at
+        once are safe (one extends, the others find it done). A store
+        that indexes as it appends (memory) covers its head already.
+
+        Raises:
+            ReadOnlyError: the store is open read-only and events wait.
+            LockedError: the store stayed busy past its timeout.
+            StoreError: the database failed; nothing was written.
+        """
+        ...
+
     def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
         """Store a snapshot row (replacing one at the same seq); whether it was stored.
 
@@ -161,7 +199,7 @@ class Store(Protocol):
         ...
 
     def delete_events_before(self, seq: int) -> int:
-        """Delete events with ``seq < seq`` (compaction); returns how many."""
+        """Delete events with ``seq < seq`` and their target index entries (compaction); returns how many events."""
         ...
 
     def delete_snapshots_before(self, seq: int) -> int:
@@ -247,6 +285,12 @@ def live_positions(meta: dict[str, str]) -> dict[str, int]:
             if expiry.isdigit() and seq.isdigit() and int(expiry) >= now:
                 live[key[len("position.") :]] = int(seq)
     return live
+
+
+def check_target(target: int) -> None:
+    """Raise ``ValueError`` unless *target* is an object id, as :meth:`Store.read_target` takes."""
+    if type(target) is not int or target < 1:
+        raise ValueError(f"read_target({target!r}): a target is an object id (an int >= 1)")
 
 
 def read_in_chunks(

@@ -71,6 +71,7 @@ from memimg.stores._protocol import (
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
+    check_target,
     lease_entry,
     read_in_chunks,
 )
@@ -135,19 +136,15 @@ class SQLAlchemyStore:
         #: one round trip per commit, on a psycopg connection of its own (PostgreSQL with psycopg 3)
         self._pg_writer = self._make_writer() if self._pg and engine.dialect.driver == "psycopg" else None
         lock_key = int(digest, 16) & 0x7FFFFFFFFFFF  # serializes creating the tables
+        setup = Setup(
+            engine, self._tables, schema=schema, prefix=prefix, readonly=readonly, lock_key=lock_key, error=self._error
+        )
         try:
-            Setup(
-                engine,
-                self._tables,
-                schema=schema,
-                prefix=prefix,
-                readonly=readonly,
-                lock_key=lock_key,
-                error=self._error,
-            ).prepare()
+            setup.prepare()
         except BaseException:
             self._dispose()
             raise
+        self._has_targets = setup.has_targets
         #: LISTENs while a wait for another writer's commit lasts, and only then
         self._listener = PgListener(self._connect, self.channel) if notify and self._pg else None
 
@@ -360,6 +357,52 @@ class SQLAlchemyStore:
             return self._on_writer(doing, lambda: writer.fetch(after, n), pooled)
         return self._run(doing, pooled)
 
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        check_target(target)
+        last = (1 << 63) - 1 if until is None else until
+        doing, tables = f"reading the events of object {target}", self._tables
+        done = self._covered(doing)
+
+        def fetch(after: int, n: int) -> list[EventRow]:
+            def work(conn: sa.Connection) -> list[Any]:
+                rows: list[Any] = []
+                if after < done:  # the indexed part, then the events past it
+                    bound = {"target": target, "after": after, "until": min(last, done), "n": n}
+                    rows = list(conn.execute(tables.read_indexed, bound))
+                if len(rows) < n:
+                    bound = {"target": target, "after": max(after, done), "until": last, "n": n - len(rows)}
+                    rows += conn.execute(tables.read_tail, bound)
+                return rows
+
+            return [EventRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in self._run(doing, work)]
+
+        return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
+
+    def _covered(self, doing: str) -> int:
+        """The seq up to which the target index is filled (0 without one)."""
+        if not self._has_targets:
+            return 0
+        value = self._run(doing, lambda conn: conn.execute(self._tables.covered).scalar())
+        return 0 if value is None else int(value)
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        doing, tables = f"indexing the targets of the events up to seq {upto}", self._tables
+        done = self._covered(doing)
+        if upto - done < least:
+            return done
+
+        def work(conn: sa.Connection) -> int | None:
+            upto_ = min(upto, conn.execute(tables.last_event).scalar() or 0)
+            if upto_ - done < least:
+                return done
+            if conn.execute(tables.claim, {"done_text": str(done), "upto_text": str(upto_)}).rowcount != 1:
+                return None  # another process advanced it meanwhile
+            conn.execute(tables.fill, {"done": done, "upto": upto_})
+            return upto_
+
+        covered = self._run(doing, work, write=True)
+        return self._covered(doing) if covered is None else covered
+
     def changed(self, seen: int) -> bool:
         # Exact (one round trip): a notification may still be on its way.
         return self.head() != seen
@@ -388,11 +431,17 @@ class SQLAlchemyStore:
         return False
 
     def delete_events_before(self, seq: int) -> int:
-        return self._run(
-            f"deleting events before seq {seq}",
-            lambda conn: int(conn.execute(self.events.delete().where(self.events.c.seq < seq)).rowcount),
-            write=True,
-        )
+        tables = self._tables
+
+        def work(conn: sa.Connection) -> int:
+            # the events' index entries first, then the events; the meta entry locked, so that no advance
+            # runs meanwhile (it would index events this deletes)
+            done = conn.execute(tables.covered.with_for_update()).scalar() if self._has_targets else None
+            if done is not None:
+                conn.execute(tables.delete_entries, {"before": seq, "done": int(done)})
+            return int(conn.execute(self.events.delete().where(self.events.c.seq < seq)).rowcount)
+
+        return self._run(f"deleting events before seq {seq}", work, write=True)
 
     def delete_snapshots_before(self, seq: int) -> int:
         t = self.snapshots_table

@@ -41,9 +41,10 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any
 
 from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
+from memimg.stores import _sqlitetargets as targets
 from memimg.stores._protocol import (
     FORMAT_VERSION,
     LEASE,
@@ -52,64 +53,39 @@ from memimg.stores._protocol import (
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
+    check_target,
     lease_entry,
     read_in_chunks,
 )
-from memimg.stores._sqlitewal import Checkpointer, OtherWriters, is_busy, pages_written, retry_busy
+from memimg.stores._sqlitefiles import gone_error
+from memimg.stores._sqlitefiles import stamped_after as _stamped_after
+from memimg.stores._sqlitesql import (
+    AFTER_SNAPSHOTS,
+    APPEND,
+    APPEND_FIRST,
+    COLUMNS,
+    FIRST,
+    HEAD,
+    HEADER,
+    LEASE_RELEASE,
+    LEASE_RENEW,
+    READ,
+    SCHEMA,
+    SNAPSHOT,
+    SNAPSHOT_LEASED,
+)
+from memimg.stores._sqlitewal import (
+    ADVICE,
+    CHECKPOINT_WAIT,
+    Checkpointer,
+    OtherWriters,
+    is_busy,
+    pages_written,
+    retry_busy,
+)
 from memimg.stores._sqlitewal import identity as _identity
-from memimg.stores._sqlitewal import stamped_after as _stamped_after
 
 __all__ = ["SQLiteStore"]
-
-_HEADER: Final = b"SQLite format 3\x00"
-_COLUMNS: Final = {
-    "memimg_events": ["seq", "tx", "ts", "kind", "target", "payload", "checksum"],
-    "memimg_snapshots": ["seq", "ts", "payload", "checksum"],
-    "memimg_meta": ["key", "value"],
-}
-_SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS memimg_events ("
-    " seq INTEGER PRIMARY KEY, tx INTEGER NOT NULL, ts INTEGER NOT NULL, kind TEXT NOT NULL,"
-    " target INTEGER NOT NULL, payload BLOB NOT NULL, checksum INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS memimg_snapshots ("
-    " seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, payload BLOB NOT NULL, checksum INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS memimg_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-)
-_APPEND_FIRST: Final = (
-    "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) "
-    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE "
-    "coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0) = ?"
-)
-# The head: the last event, or (every event compacted away) the seq the newest snapshot covers.
-_HEAD: Final = "SELECT coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0)"
-_READ: Final = (
-    "SELECT seq, tx, ts, kind, target, payload, checksum FROM memimg_events WHERE seq > ? ORDER BY seq LIMIT ?"
-)
-_FIRST: Final = "SELECT min(seq) FROM memimg_events"
-_AFTER_SNAPSHOTS: Final = "SELECT coalesce(max(seq), 0) + 1 FROM memimg_snapshots"
-_APPEND: Final = "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
-
-
-#: how long :meth:`SQLiteStore.reclaim` tries to empty a WAL another connection is reading
-CHECKPOINT_WAIT: Final = 2.0
-# What to do about a failure, by SQLite's primary result code.
-_ADVICE: Final = {
-    sqlite3.SQLITE_FULL: "the disk is full: free space, then retry",
-    sqlite3.SQLITE_IOERR: "the disk reported an I/O error: check it",
-    sqlite3.SQLITE_READONLY: "the file cannot be written by this process: check its permissions",
-    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened: check that it and its directory exist",
-    sqlite3.SQLITE_CORRUPT: "the file is damaged: restore it from a backup",
-    sqlite3.SQLITE_NOTADB: "the file is not an SQLite database: restore it from a backup",
-}
-# Take a lease that is free or already ours (see lease_entry), give back one that is ours.
-_LEASE_RENEW: Final = "UPDATE memimg_meta SET value = ? WHERE key = ? AND (value < ? OR substr(value, 22) = ?)"
-_SNAPSHOT: Final = "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)"
-#: the same, only while the holder named holds the snapshot lease (one statement: one transaction)
-_SNAPSHOT_LEASED: Final = (
-    "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) SELECT ?, ?, ?, ? "
-    "WHERE EXISTS (SELECT 1 FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?)"
-)
-_LEASE_RELEASE: Final = "DELETE FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?"
 
 
 class SQLiteStore:
@@ -193,7 +169,7 @@ class SQLiteStore:
             return
         except IsADirectoryError:
             raise MemimgError(f"{self.path!r} is a directory, not an SQLite database file") from None
-        if header and header != _HEADER:
+        if header and header != HEADER:
             raise MemimgError(f"{self.path!r} is not an SQLite database (nor a memimg image); it was left untouched")
 
     def _pragma(self, name: str) -> Any:
@@ -208,7 +184,7 @@ class SQLiteStore:
             if is_busy(err):
                 raise
             raise MemimgError(f"{self.path!r} is not a usable SQLite database ({err}); it was left untouched") from err
-        for table, columns in _COLUMNS.items():
+        for table, columns in (*COLUMNS.items(), ("memimg_targets", targets.COLUMNS)):
             if table in tables:
                 found = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
                 if found != columns:
@@ -220,10 +196,12 @@ class SQLiteStore:
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            if not set(_COLUMNS) <= tables:
-                self._write_schema()
-        elif not set(_COLUMNS) <= tables:
+            if not {*COLUMNS, "memimg_targets"} <= tables:
+                self._write_schema()  # a new log, or one made before the target index (see read_target)
+            tables.add("memimg_targets")
+        elif not set(COLUMNS) <= tables:
             raise MemimgError(f"{self.path!r} holds no memimg image (opened read-only)")
+        self._has_targets = "memimg_targets" in tables
         meta = self.meta()
         version = int(meta.get("format_version", FORMAT_VERSION))
         if version > FORMAT_VERSION:
@@ -235,18 +213,13 @@ class SQLiteStore:
     def _write_schema(self) -> None:
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for ddl in _SCHEMA:
+            with targets.immediate(conn, self._busy_timeout):
+                for ddl in (*SCHEMA, *targets.CREATE):
                     conn.execute(ddl)
                 conn.execute(
                     "INSERT OR IGNORE INTO memimg_meta (key, value) VALUES ('format_version', ?)",
                     (str(FORMAT_VERSION),),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as err:
             raise self._error(err, "creating memimg's tables") from err
 
@@ -264,7 +237,7 @@ class SQLiteStore:
         if code is None:  # not from SQLite itself: the connection was closed or misused
             advice = "the store's connection is closed: open the image again"
         else:
-            advice = _ADVICE.get(code & 0xFF, "see the cause below")
+            advice = ADVICE.get(code & 0xFF, "see the cause below")
         name = getattr(err, "sqlite_errorname", type(err).__name__)
         return StoreError(
             f"{doing} in {self.path!r} failed ({name}: {err}){outcome}; {advice}", store=self.path, operation=doing
@@ -320,29 +293,7 @@ class SQLiteStore:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _gone_error(self, doing: str, seq: int | None) -> FileGoneError:
-        if seq is None:
-            what = f"{doing} was refused: nothing was written"
-        elif self._gone is not None and "-wal" in self._gone:
-            what = (
-                f"{doing}: the events up to seq {seq} (back to the last checkpoint) went into a -wal file that "
-                "is no longer at the path, so they are NOT durable: they are lost if this process dies, and "
-                "are not applied to this image. Close the image now: SQLite then copies them into the "
-                "database file, which is still in place, and the reopened image shows them"
-            )
-        else:
-            what = (
-                f"{doing}: the events up to seq {seq} went into a file that is no longer at the path, so "
-                "they are NOT durable there and are not applied to this image (a moved file holds them)"
-            )
-        return FileGoneError(
-            f"{self.path!r} no longer holds the database this image writes ({self._gone}); {what}. This "
-            "image refuses every further write: put the database back at that path (from a backup) if it "
-            "was lost, then open the image again",
-            path=self.path,
-            seq=seq,
-            store=self.path,
-            operation=doing,
-        )
+        return gone_error(self.path, self._gone, doing, seq)
 
     def _check_writable(self, doing: str) -> None:
         if self.readonly:
@@ -357,7 +308,7 @@ class SQLiteStore:
     def head(self) -> int:
         with self._lock:
             try:
-                return retry_busy(self._busy_timeout, self._conn.execute, _HEAD).fetchone()[0]  # type: ignore[no-any-return]
+                return retry_busy(self._busy_timeout, self._conn.execute, HEAD).fetchone()[0]  # type: ignore[no-any-return]
             except sqlite3.Error as err:
                 raise self._error(err, "reading the head of the log") from err
 
@@ -365,9 +316,9 @@ class SQLiteStore:
         with self._lock:
             try:
                 # min() alone, so SQLite reads one end of the primary key instead of scanning
-                low = retry_busy(self._busy_timeout, self._conn.execute, _FIRST).fetchone()[0]
+                low = retry_busy(self._busy_timeout, self._conn.execute, FIRST).fetchone()[0]
                 if low is None:
-                    low = retry_busy(self._busy_timeout, self._conn.execute, _AFTER_SNAPSHOTS).fetchone()[0]
+                    low = retry_busy(self._busy_timeout, self._conn.execute, AFTER_SNAPSHOTS).fetchone()[0]
             except sqlite3.Error as err:
                 raise self._error(err, "reading the first seq of the log") from err
         return low  # type: ignore[no-any-return]
@@ -382,15 +333,15 @@ class SQLiteStore:
                 if self._others.watching and self._others.committed(conn, timeout):
                     raise SeqTaken(expected_head)
                 if len(rows) == 1:
-                    if retry_busy(timeout, conn.execute, _APPEND_FIRST, first).rowcount != 1:
+                    if retry_busy(timeout, conn.execute, APPEND_FIRST, first).rowcount != 1:
                         raise self._others.lost(conn, expected_head)
                     pages = pages_written(len(first[5]), 1)
                 else:
                     retry_busy(timeout, conn.execute, "BEGIN IMMEDIATE")
                     try:
-                        if conn.execute(_APPEND_FIRST, first).rowcount != 1:
+                        if conn.execute(APPEND_FIRST, first).rowcount != 1:
                             raise self._others.lost(conn, expected_head)
-                        conn.executemany(_APPEND, rows[1:])
+                        conn.executemany(APPEND, rows[1:])
                         conn.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:
@@ -419,9 +370,37 @@ class SQLiteStore:
     def _fetch(self, after: int, n: int) -> list[Any]:
         with self._lock:
             try:
-                return retry_busy(self._busy_timeout, self._conn.execute, _READ, (after, n)).fetchall()
+                return retry_busy(self._busy_timeout, self._conn.execute, READ, (after, n)).fetchall()
             except sqlite3.Error as err:
                 raise self._error(err, f"reading events after seq {after}") from err
+
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        check_target(target)
+        last = (1 << 63) - 1 if until is None else until
+
+        def fetch(after: int, n: int) -> list[Any]:
+            with self._lock:
+                try:
+                    return targets.fetch(self._conn, self._busy_timeout, self._has_targets, target, after, last, n)
+                except sqlite3.Error as err:
+                    raise self._error(err, f"reading the events of object {target}") from err
+
+        return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        doing = f"indexing the targets of the events up to seq {upto}"
+        with self._lock:
+            try:
+                before, done = targets.advance(
+                    self._conn, self._busy_timeout, upto, least, self._has_targets, lambda: self._check_writable(doing)
+                )
+            except sqlite3.Error as err:
+                raise self._error(err, doing, write=True) from err
+            if done > before:  # (read-only: nothing waited, nothing was written)
+                self._check_files(doing, None)
+                if self._checkpointer is not None:
+                    self._checkpointer.kick()  # a fill rewrites many pages of the index
+        return done
 
     def changed(self, seen: int) -> bool:
         try:
@@ -445,7 +424,17 @@ class SQLiteStore:
             time.sleep(min(0.02, left))
 
     def delete_events_before(self, seq: int) -> int:
-        return self._write(f"deleting events before seq {seq}", "DELETE FROM memimg_events WHERE seq < ?", (seq,))
+        doing = f"deleting events before seq {seq}"
+        self._check_writable(doing)
+        with self._lock:
+            try:
+                count = targets.delete_before(self._conn, self._busy_timeout, seq)
+            except sqlite3.Error as err:
+                raise self._error(err, doing, write=True) from err
+            self._check_files(doing, None)
+            if self._checkpointer is not None:
+                self._checkpointer.wrote(pages_written(0, max(count, 0)))
+        return count
 
     def delete_snapshots_before(self, seq: int) -> int:
         return self._write(f"deleting snapshots before seq {seq}", "DELETE FROM memimg_snapshots WHERE seq < ?", (seq,))
@@ -510,7 +499,7 @@ class SQLiteStore:
         with self._lock:
             try:
                 with self._own_waiting():  # BEGIN IMMEDIATE waits for the write lock
-                    last = sqlite_rewrite(self._conn, plan, after, _APPEND_FIRST, _APPEND)
+                    last = sqlite_rewrite(self._conn, plan, after, APPEND_FIRST, APPEND)
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, last)
@@ -520,8 +509,8 @@ class SQLiteStore:
     def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
         doing = f"writing the snapshot at seq {row.seq}"
         if holder is None:
-            return bool(self._write(doing, _SNAPSHOT, tuple(row)))
-        return bool(self._write(doing, _SNAPSHOT_LEASED, (*row, f"lease.{LEASE}", holder)))
+            return bool(self._write(doing, SNAPSHOT, tuple(row)))
+        return bool(self._write(doing, SNAPSHOT_LEASED, (*row, f"lease.{LEASE}", holder)))
 
     def snapshots(self) -> list[SnapshotInfo]:
         with self._lock:
@@ -570,12 +559,12 @@ class SQLiteStore:
     def lease(self, name: str, holder: str, seconds: float) -> bool:
         key, value, now = lease_entry(name, holder, seconds)
         doing = f"taking the {name} lease"
-        if self._write(doing, _LEASE_RENEW, (value, key, now, holder)):
+        if self._write(doing, LEASE_RENEW, (value, key, now, holder)):
             return True
         return bool(self._write(doing, "INSERT OR IGNORE INTO memimg_meta (key, value) VALUES (?, ?)", (key, value)))
 
     def release(self, name: str, holder: str) -> None:
-        self._write(f"releasing the {name} lease", _LEASE_RELEASE, (f"lease.{name}", holder))
+        self._write(f"releasing the {name} lease", LEASE_RELEASE, (f"lease.{name}", holder))
 
     def size(self) -> int:
         """Bytes on disk (the database file and its WAL)."""

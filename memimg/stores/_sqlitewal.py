@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
 import urllib.parse
@@ -34,14 +33,15 @@ from typing import Final, TypeVar
 from memimg.stores._protocol import SeqTaken
 
 __all__ = [
+    "ADVICE",
     "CHECKPOINT_PAGES",
+    "CHECKPOINT_WAIT",
     "Checkpointer",
     "OtherWriters",
     "identity",
     "is_busy",
     "pages_written",
     "retry_busy",
-    "stamped_after",
 ]
 
 log = logging.getLogger("memimg")
@@ -221,25 +221,14 @@ class Checkpointer:
             conn.close()
 
 
-# The clock inode timestamps are read from on Linux (CLOCK_REALTIME_COARSE: it moves once a tick).
-_COARSE_CLOCK: Final = 5 if sys.platform.startswith("linux") else None
-_TICK_NS: Final = 50_000_000  # elsewhere: a bound on the timestamp clock's step
-
-
-def stamped_after(ctime: int) -> bool:
-    """Whether every later change of the directory is sure to get a ctime other than *ctime*.
-
-    A change made within the same step of the filesystem's timestamp clock
-    (a kernel tick; a whole second or two on filesystems that keep no
-    fraction) could get the same ctime, so the directory is trusted only once
-    that clock has moved past *ctime* by the filesystem's granularity (read
-    from *ctime*'s trailing zeros).
-    """
-    grain = 1
-    while grain < 1_000_000_000 and ctime % (grain * 10) == 0:
-        grain *= 10
-    if grain == 1_000_000_000:
-        grain *= 2  # FAT keeps even seconds
-    if _COARSE_CLOCK is not None:
-        return time.clock_gettime_ns(_COARSE_CLOCK) >= ctime + grain
-    return time.time_ns() - _TICK_NS >= ctime + grain
+#: how long :meth:`SQLiteStore.reclaim` tries to empty a WAL another connection is reading
+CHECKPOINT_WAIT: Final = 2.0
+# What to do about a failure, by SQLite's primary result code.
+ADVICE: Final = {
+    sqlite3.SQLITE_FULL: "the disk is full: free space, then retry",
+    sqlite3.SQLITE_IOERR: "the disk reported an I/O error: check it",
+    sqlite3.SQLITE_READONLY: "the file cannot be written by this process: check its permissions",
+    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened: check that it and its directory exist",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged: restore it from a backup",
+    sqlite3.SQLITE_NOTADB: "the file is not an SQLite database: restore it from a backup",
+}

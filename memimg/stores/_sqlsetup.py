@@ -4,7 +4,8 @@
 ``Engine`` as it is); :class:`Setup` checks the tables a database holds --
 refusing tables memimg did not make and storage formats newer than this
 memimg reads -- and creates the missing ones, or gives a log made by memimg
-0.2 its ``commit_id`` column; :meth:`Setup.connect` makes the psycopg
+0.2 its ``commit_id`` column, or a log made before the target index its
+``targets`` table (empty); :meth:`Setup.connect` makes the psycopg
 connections the PostgreSQL writer and listener use.
 """
 
@@ -18,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 
 from memimg._errors import MemimgError, StoreError
 from memimg.stores._protocol import FORMAT_VERSION
-from memimg.stores._sqltables import COLUMNS, LogTables
+from memimg.stores._sqltables import COLUMNS, TARGET_COLUMNS, LogTables
 
 __all__ = ["Setup", "make_engine", "psycopg_connect", "redact"]
 
@@ -81,6 +82,8 @@ class Setup:
         self.readonly, self.lock_key, self._error = readonly, lock_key, error
         self.description = redact(engine.url)
         self.pg = engine.dialect.name == "postgresql"
+        #: whether the log has its target index table (a read-only store on a log made before it has none)
+        self.has_targets = False
 
     def prepare(self) -> None:
         """Connect, check the tables, create or upgrade them as needed, check the storage format.
@@ -113,7 +116,7 @@ class Setup:
         inspector = sa.inspect(self.engine)
         existing = set(inspector.get_table_names(schema=self.schema))
         missing_commit_id = False
-        for short, columns in COLUMNS.items():
+        for short, columns in (*COLUMNS.items(), ("targets", TARGET_COLUMNS)):
             name = self.prefix + short
             if name in existing:
                 found = [c["name"] for c in inspector.get_columns(name, schema=self.schema)]
@@ -130,6 +133,10 @@ class Setup:
             self._create_tables()
         elif missing_commit_id and not self.readonly:
             self._add_commit_id()
+        self.has_targets = self.prefix + "targets" in existing
+        if not self.has_targets and not self.readonly:  # a log made before the target index (see Store.read_target)
+            self._create_targets()
+            self.has_targets = True
 
     def _format_version(self) -> int:
         meta = self.tables.meta
@@ -148,6 +155,16 @@ class Setup:
             exists = conn.execute(sa.select(meta.c.value).where(meta.c.key == "format_version"))
             if exists.first() is None:
                 conn.execute(meta.insert().values(key="format_version", value=str(FORMAT_VERSION)))
+
+    def _create_targets(self) -> None:
+        """The target index table, empty, and its meta entry (covering seq 0), unless they are there."""
+        tables = self.tables
+        with self.engine.begin() as conn:
+            if self.pg:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self.lock_key})
+            tables.targets.create(conn, checkfirst=True)
+            if conn.execute(tables.covered).first() is None:
+                conn.execute(tables.cover_none)
 
     def _add_commit_id(self) -> None:
         """Give an events table made by memimg 0.2 its ``commit_id`` column (see the store's module docstring)."""

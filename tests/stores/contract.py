@@ -81,6 +81,60 @@ class StoreContract:
         assert [EventRow(*r) for r in store.read(after=1, limit=1)] == rows[1:2]
         assert list(store.read(after=3)) == []
 
+    @pytest.mark.parametrize("indexed", [0, 12, 30])
+    def test_read_target_gives_one_objects_rows_in_order(self, store: Store, indexed: int) -> None:
+        """read_target gives the rows of one target, in seq order, within ``after < seq <= until`` -- the same
+        whether the target index covers none, part or all of the log, and on a read-only handle."""
+        rows = [row(s, target=[0, 7, 3, 7, 7, 9][s % 6]) for s in range(1, 31)]
+        store.append(rows[:10], 0)
+        store.append(rows[10:], 10)
+        if indexed:
+            assert store.index_targets(indexed) >= indexed
+        sevens = [r for r in rows if r.target == 7]
+        readonly = self.reopen(store, readonly=True)
+        for handle in (store, readonly):
+            assert [EventRow(*r) for r in handle.read_target(7)] == sevens
+            assert [EventRow(*r) for r in handle.read_target(7, after=10, until=20)] == [
+                r for r in sevens if 10 < r.seq <= 20
+            ]
+            assert [r[0] for r in handle.read_target(7, after=12, until=13)] == [13]
+            assert [r[0] for r in handle.read_target(9, after=0, until=5)] == [5]
+            assert list(handle.read_target(4)) == []
+            assert list(handle.read_target(7, after=30)) == []
+
+    def test_read_target_refuses_what_is_not_an_object_id(self, store: Store) -> None:
+        """Target 0 (events of no object) and negative ids are refused: the index holds objects only."""
+        store.append([row(1, target=0)], 0)
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match="object id"):
+                list(store.read_target(bad))
+
+    def test_index_targets_covers_up_to_the_head(self, store: Store) -> None:
+        """index_targets covers up to the seq asked (at most the head), never less than before; with fewer than
+        *least* events waiting it need not write; read_target answers the same throughout."""
+        store.append([row(s, target=s % 4) for s in range(1, 21)], 0)
+        assert store.index_targets(12) >= 12
+        assert store.index_targets(100) == 20
+        assert store.index_targets(5) == 20
+        store.append([row(21, target=1)], 20)
+        assert store.index_targets(21, least=5) in (20, 21)  # the memory store indexes as it appends
+        assert [r[0] for r in store.read_target(1)] == [1, 5, 9, 13, 17, 21]
+        assert store.index_targets(21) == 21
+        assert [r[0] for r in store.read_target(1)] == [1, 5, 9, 13, 17, 21]
+
+    @pytest.mark.parametrize("indexed", [0, 2, 6])
+    def test_read_target_skips_compacted_rows(self, store: Store, indexed: int) -> None:
+        """Rows deleted by compaction are not read by target either, however far the index had got."""
+        store.append([row(s, target=5) for s in range(1, 7)], 0)
+        if indexed:
+            store.index_targets(indexed)
+        store.write_snapshot(snap(3))
+        store.delete_events_before(4)
+        assert [r[0] for r in store.read_target(5)] == [4, 5, 6]
+        assert [r[0] for r in store.read_target(5, after=1, until=4)] == [4]
+        store.index_targets(6)
+        assert [r[0] for r in store.read_target(5)] == [4, 5, 6]
+
     def test_append_refuses_a_stale_head(self, store: Store) -> None:
         """Appending after a head that moved raises SeqTaken and writes nothing."""
         store.append([row(1)], 0)

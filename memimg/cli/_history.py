@@ -1,0 +1,111 @@
+"""``memimg history TARGET OID[.FIELD]``: the changes of one object, oldest first."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from memimg._errors import MemimgError, value_repr
+from memimg.cli._inspect import _show_json, plain
+from memimg.cli._main import cli, open_image
+from memimg.core._diff import type_name
+from memimg.core._history import Change, Collected
+from memimg.core._markers import MISSING
+from memimg.model import _tracking
+
+__all__ = ["history"]
+
+
+def _parse(what: str) -> tuple[int, str | None]:
+    """``OID[.FIELD]`` as ``(oid, field or None)``."""
+    oid_text, _, field = what.partition(".")
+    if not oid_text.isdigit() or int(oid_text) < 1 or (_ and not field):
+        raise MemimgError(
+            f"{what!r} is not OID[.FIELD]: give an object id (memimg log and memimg show --json show them), "
+            "optionally followed by a field name, e.g. 12 or 12.balance"
+        )
+    return int(oid_text), field or None
+
+
+def _object(img: Any, oid: int) -> Any:
+    objects = img._engine.table.objects
+    obj = objects[oid] if oid < len(objects) else None
+    if obj is None:
+        raise MemimgError(
+            f"object {oid} is not in the image {img.store.description} (never made, or collected since it "
+            f"became unreachable; memimg log {img.store.description} --object {oid} shows its stored events)"
+        )
+    return obj
+
+
+def _text(v: Any) -> str:
+    if v is MISSING:
+        return "(none)"
+    if isinstance(v, Collected):
+        return f"#{v.oid} (collected)"
+    oid = getattr(v, "_mi_oid", None)
+    if oid is not None and hasattr(type(v), "_mi_oid"):
+        return f"{type_name(v).rsplit('.', 1)[-1]} #{oid}"
+    if type(v) is tuple:
+        return "(" + ", ".join(map(_text, v)) + ")"
+    return value_repr(v)
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, Collected):
+        return {"$ref": v.oid, "collected": True}
+    if hasattr(type(v), "_mi_oid") and getattr(v, "_mi_oid", None) is not None:
+        return _show_json(v, -1)  # {"$ref": oid}
+    if type(v) is tuple:
+        return [_json(x) for x in v]
+    return plain(v)
+
+
+def _as_dict(c: Change) -> dict[str, Any]:
+    out: dict[str, Any] = {"seq": c.seq, "tx": c.tx, "time": c.time.isoformat(), "kind": c.kind}
+    out["target"] = c.target._mi_oid
+    for name in ("field", "key", "index"):
+        value = getattr(c, name)
+        if value is not None:
+            out[name] = _json(value)
+    for name in ("old", "new"):  # left out: there was, or is, no value
+        value = getattr(c, name)
+        if value is not MISSING:
+            out[name] = _json(value)
+    if c.meta:
+        out["meta"] = c.meta
+    return out
+
+
+def _line(c: Change) -> str:
+    where = c.field or ""
+    if c.key is not None:
+        where = f"[{_text(c.key)}]"
+    elif c.index is not None:
+        where = f"@{c.index}"
+    meta = f"  {json.dumps(c.meta)}" if c.meta else ""
+    return (
+        f"{c.seq:>7}  tx {c.tx:<7} {c.time:%Y-%m-%d %H:%M:%S}  {c.kind:<12} {where:<12} "
+        f"{_text(c.old)} -> {_text(c.new)}{meta}"
+    )
+
+
+@cli.command()
+@click.argument("target")
+@click.argument("what", metavar="OID[.FIELD]")
+@click.option("--since", type=int, default=0, help="Only changes after this seq.")
+@click.option("--until", type=int, default=None, help="Only changes up to this seq.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def history(target: str, what: str, since: int, until: int | None, as_json: bool) -> None:
+    """The changes of object OID (or of its field FIELD), oldest first, each with the value before it."""
+    oid, field = _parse(what)
+    img = open_image(target)
+    try:
+        changes = img.history(_object(img, oid), field, since=since, until=until)
+        for c in changes:
+            click.echo(json.dumps(_as_dict(c)) if as_json else _line(c))
+    finally:
+        img.close()
+        _tracking.disable_now()

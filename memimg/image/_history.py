@@ -1,0 +1,356 @@
+"""``MemoryImage.history``: the changes of one object, read from its own events.
+
+The cost grows with the object's own events, not the log's length:
+
+1. **Where it was born** -- the object table knows the event that created
+   each object (:mod:`memimg.core._born`), so its first state is one
+   primary-key read: the ``[oid, type, state]`` record in that event's
+   payload (the event targets another object: the one it was attached
+   to). If compaction removed that event, the first state is read from the
+   oldest snapshot holding the object.
+2. **Its events** -- the store reads the rows that target it
+   (:meth:`~memimg.Store.read_target`): through the target index up to the
+   seq it covers, then by scanning the events past it. Commits do not fill
+   that index: the snapshot thread does, after each snapshot, and a
+   writable image's history fills it first (one set-based statement) when
+   over :data:`TAIL` events wait, so the scan stays short.
+3. **The fold** -- each event is applied to a plain copy of the object's
+   state, noting what was there before (:mod:`memimg.core._history`).
+4. **Metadata** -- a transaction's metadata is its first row when that row
+   is of kind ``tx.meta`` (its seq is the transaction's id): one
+   primary-key read per transaction, cached for the call.
+
+The log is read up to this image's seq: history shows what this image has
+applied (``refresh()`` first to see other processes' commits), and not the
+writes of a transaction still open.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import orjson
+
+from memimg._errors import CorruptLogError, MemimgError, StoreError
+from memimg.core import _types
+from memimg.core._args import arg_decoder
+from memimg.core._gone import Gone
+from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
+from memimg.core._kinds import FIELD, KINDS, Kind
+from memimg.core._reader import Reader, load_states
+from memimg.core._rows import EventRow, SnapshotRow, ts_to_datetime, verify_event, verify_snapshot
+from memimg.core._snapshot import split_snapshot
+from memimg.stores._protocol import Store
+
+__all__ = ["TAIL", "history"]
+
+log = logging.getLogger("memimg")
+
+#: How many events past the target index a writable image's history scans rather than indexing them first.
+TAIL: Final = 10_000
+
+_OBJ_UPDATE: Final = KINDS["obj.update"]
+_COLLECTIONS: Final = {"list": list, "dict": dict, "set": set}
+
+
+def history(engine: Any, obj: Any, field: str | None, since: int, until: int | None) -> list[Change]:
+    """The changes of *obj* (of its *field*) with ``since < seq <= until``, oldest first (see the module docstring).
+
+    Raises:
+        MemimgError: *obj* is not an object of this image, or has no field *field*.
+        ValueError: *since* or *until* is negative, or *since* is past *until*.
+        CorruptLogError: a row read is damaged.
+    """
+    engine.check_open()
+    if type(since) is not int or since < 0 or (until is not None and (type(until) is not int or until < 0)):
+        raise ValueError(f"history(since={since!r}, until={until!r}): seqs are ints >= 0")
+    if until is not None and since > until:
+        raise ValueError(f"history(since={since}, until={until}): since is past until, so no change is between them")
+    with engine.lock:
+        oid = _oid_in(engine, obj)
+        head = engine.seq
+    namer = _check_field(obj, field)
+    until = head if until is None else min(until, head)
+    if not engine.readonly:
+        _index_targets(engine.store, head)
+    return _History(engine, obj, oid, namer).changes(field, since, until)
+
+
+def _index_targets(store: Store, head: int) -> None:
+    """Fill the target index up to *head* if over :data:`TAIL` events wait (a failure leaves the scan longer)."""
+    try:
+        store.index_targets(head, least=TAIL)
+    except StoreError as err:
+        log.warning("history(): indexing the targets of %s up to seq %d: %s", store.description, head, err)
+
+
+def _oid_in(engine: Any, obj: Any) -> int:
+    """The id of *obj* in *engine*'s image (called with the lock held)."""
+    oid = getattr(obj, "_mi_oid", None) if hasattr(type(obj), "_mi_oid") else None
+    objects = engine.table.objects
+    if type(oid) is int and 0 < oid < len(objects) and objects[oid] is obj:
+        return oid
+    what = f"{type(obj).__qualname__} object"
+    if not hasattr(type(obj), "_mi_oid"):
+        raise MemimgError(
+            f"history(): a {what} is not a persistent object nor a tracked collection: only those have a history",
+            target=None,
+        )
+    if oid is None:
+        raise MemimgError(
+            f"history(): the {what} is not part of the image {engine.store.description} yet (it has no id: attach "
+            "it and commit first)",
+            target=None,
+        )
+    raise MemimgError(
+        f"history(): the {what} #{oid} is not an object of the image {engine.store.description} (it belongs to "
+        "another image, or was collected); ask the image that holds it",
+        target=oid,
+    )
+
+
+def _check_field(obj: Any, field: str | None) -> Any:
+    """The field namer of *obj*'s class (``None`` for a collection), having checked *field*."""
+    info = _types.info_of(type(obj))
+    if field is not None:
+        if info is None or info.kind != _types.ENTITY:
+            raise MemimgError(
+                f"history(obj, {field!r}): a {type(obj).__qualname__} has no fields; call history(obj) "
+                "for the changes of a collection",
+                field=field,
+            )
+        if field not in info.fields:
+            raise MemimgError(
+                f"history(obj, {field!r}): {info.name} has no field {field!r} (its fields: {', '.join(info.fields)})",
+                field=field,
+            )
+    return field_namer(info) if info is not None and info.kind == _types.ENTITY else None
+
+
+class _History:
+    """One call's reading of one object's history."""
+
+    def __init__(self, engine: Any, obj: Any, oid: int, namer: Any) -> None:
+        self.engine = engine
+        self.store: Store = engine.store
+        self.reader: Reader = engine.reader
+        self.obj = obj
+        self.oid = oid
+        self.namer = namer
+        objects = engine.table.objects
+
+        def deref(ref: int) -> Any:
+            found = objects[ref] if 0 < ref < len(objects) else None
+            return Collected(ref) if found is None or type(found) is Gone else found
+
+        self.decode = engine.table.codec.decoder(
+            deref, self.reader.decode_value, generic=self.reader.stand_ins is not None
+        )
+        self._arg_decoders: dict[str, Any] = {}
+        self._meta: dict[int, dict[str, Any]] = {}
+
+    # -- the first state --------------------------------------------------------
+
+    def changes(self, field: str | None, since: int, until: int) -> list[Change]:
+        start, state = self._first_state()
+        out: list[Change] = []
+        recorder = Recorder()
+        for raw in self.store.read_target(self.oid, after=start, until=until):
+            row = EventRow(*raw)
+            verify_event(row)
+            event = self._event(row)
+            if event is None:
+                continue
+            k, args = event
+            recorder.parts = []
+            try:
+                k.apply(recorder, state, *args)
+            except Exception as err:
+                raise CorruptLogError(
+                    f"event seq {row.seq} ({row.kind} on object {self.oid}) does not apply to the state before it: "
+                    f"{err}",
+                    seq=row.seq,
+                    table="memimg_events",
+                ) from err
+            if row.seq <= since:
+                continue
+            for f, key, old, new, index in recorder.parts:
+                if field is None or f == field:
+                    out.append(self._change(row, f, key, old, new, index))
+        return out
+
+    def _change(self, row: EventRow, f: str | None, key: Any, old: Any, new: Any, index: int | None) -> Change:
+        return Change(
+            seq=row.seq,
+            tx=row.tx,
+            time=ts_to_datetime(row.ts),
+            meta=self._tx_meta(row.tx),
+            target=self.obj,
+            kind=row.kind,
+            field=f,
+            key=key,
+            old=old,
+            new=new,
+            index=index,
+        )
+
+    def _first_state(self) -> tuple[int, Any]:
+        """``(seq, state)``: the object's state right after event *seq* -- where it was born, or a snapshot."""
+        born = self._born()
+        first = self.store.first_seq()
+        if born >= first:
+            found = self._from_event(born)
+            if found is not None:
+                return born, found
+        return self._from_snapshot(abs(born))
+
+    def _born(self) -> int:
+        """The seq of the event that created the object (negative: at or before; see :mod:`memimg.core._born`)."""
+        engine = self.engine
+        with engine.lock:
+            born: int = engine.table.born.seq_of(self.oid)
+        first = self.store.first_seq()
+        if born <= 0 and -born >= first:  # a snapshot written before memimg 0.4: learn from the log
+            found = _creating_events(self.store, first, -born)
+            with engine.lock:
+                engine.table.born.settle(found, first)
+                born = engine.table.born.seq_of(self.oid)
+        return born
+
+    def _from_event(self, seq: int) -> Any:
+        """The object's state in the records of event *seq*, or ``None`` if they do not hold it."""
+        rows = [EventRow(*r) for r in self.store.read(after=seq - 1, limit=1)]
+        if not rows or rows[0].seq != seq:
+            return None
+        verify_event(rows[0])
+        try:
+            p = orjson.loads(rows[0].payload)
+            for oid, name, state in p[1] if len(p) > 1 else ():
+                if oid == self.oid:
+                    return self._state(name, state, None)
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            raise CorruptLogError(
+                f"event seq {seq} cannot be read for the first state of object {self.oid}: {err}",
+                seq=seq,
+                table="memimg_events",
+            ) from err
+        return None
+
+    def _from_snapshot(self, at_least: int) -> tuple[int, Any]:
+        """The object's state in the oldest snapshot, covering *at_least* or later, that holds it."""
+        for info in sorted(self.store.snapshots()):
+            if info.seq < at_least:
+                continue
+            row = SnapshotRow(*self.store.read_snapshot(info.seq))
+            try:
+                verify_snapshot(row)
+            except CorruptLogError:
+                continue  # recovery skips it too
+            found = _snapshot_state(row, self.oid)
+            if found is not None:
+                name, state, fields = found
+                return row.seq, self._state(name, state, fields)
+        raise MemimgError(
+            f"history(): the first state of object {self.oid} is no longer stored (neither the event that "
+            f"created it nor a snapshot holding it is in {self.store.description})",
+            target=self.oid,
+        )
+
+    def _state(self, name: str, state: Any, fields: list[str] | None) -> Any:
+        """A stored state as the plain copy the fold changes (a dict of fields for an entity)."""
+        decode = self.decode
+        make = _COLLECTIONS.get(name)
+        if make is list or make is set:
+            return make(decode(x) for x in state)
+        if make is dict:
+            if type(state) is dict:
+                return {k: decode(v) for k, v in state.items()}
+            return {decode(k): decode(v) for k, v in state}
+        return entity_state(state, fields, self.namer, decode)
+
+    # -- events -------------------------------------------------------------------
+
+    def _event(self, row: EventRow) -> tuple[Kind, tuple[Any, ...]] | None:
+        """The kind and arguments *row* holds, fields named as the class names them now (``None``: nothing
+        to show -- the root's creation, or a field removed since)."""
+        k = KINDS.get(row.kind)
+        if k is None:
+            raise MemimgError(
+                f"event seq {row.seq} has kind {row.kind!r}, unknown to this version of memimg: upgrade memimg",
+                seq=row.seq,
+                kind=row.kind,
+            )
+        if row.kind == "root":
+            return None
+        try:
+            raw = orjson.loads(row.payload)[0]
+            decoder = self._arg_decoders.get(k.params)
+            if decoder is None:
+                decoder = self._arg_decoders[k.params] = arg_decoder(k.params, self.decode)
+            args = decoder(raw)
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            raise CorruptLogError(
+                f"event seq {row.seq} ({row.kind} on object {self.oid}) cannot be read: {err}",
+                seq=row.seq,
+                table="memimg_events",
+            ) from err
+        namer = self.namer
+        if namer is None:
+            return k, args
+        if k.conflict is FIELD:
+            name = namer(args[0])
+            return None if name is None else (k, (name, *args[1:]))
+        if k is _OBJ_UPDATE:
+            return k, ([(n, v) for f, v in args[0] if (n := namer(f)) is not None],)
+        return k, args
+
+    def _tx_meta(self, tx: int) -> dict[str, Any]:
+        """The metadata of transaction *tx*: the data of its first row if that is a ``tx.meta`` row, else ``{}``."""
+        meta = self._meta.get(tx)
+        if meta is None:
+            meta = {}
+            for raw in self.store.read(after=tx - 1, limit=1):
+                row = EventRow(*raw)
+                if row.seq == tx and row.kind == "tx.meta":
+                    verify_event(row)
+                    data = orjson.loads(row.payload)[0]
+                    if type(data) is list and data and type(data[0]) is dict:
+                        meta = data[0]
+            self._meta[tx] = meta
+        return dict(meta)
+
+
+def _snapshot_state(row: SnapshotRow, oid: int) -> tuple[str, Any, list[str] | None] | None:
+    """``(type name, state, declared fields)`` of object *oid* in a stored snapshot, or ``None``."""
+    header, records = split_snapshot(row.payload, row.seq)
+    types = header.get("types") or {}
+    if header["format"] == 2:
+        names = header["names"]
+        for i, (oids, kinds, states) in enumerate(records):
+            if oid in oids:
+                at = oids.index(oid)
+                name = names[kinds[at]]
+                state = load_states(states, len(oids), i, row.seq)[at]
+                decl = types.get(name)
+                return name, state, list(decl[1]) if decl else None
+        return None
+    for record_oid, name, state in records:
+        if record_oid == oid:
+            return name, orjson.loads(state), None
+    return None
+
+
+def _creating_events(store: Store, first: int, upto: int) -> list[tuple[int, int]]:
+    """``(first oid, seq)`` of every event from seq *first* to *upto* that created objects (a scan of the log)."""
+    found = []
+    for raw in store.read(after=first - 1, limit=upto - first + 1):
+        payload = raw[5]
+        if b"],[[" in payload:  # records follow the arguments: [args, [[oid, type, state], ...], ...]
+            try:
+                p = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue  # reported by a replay, with its seq
+            if len(p) > 1 and p[1]:
+                found.append((p[1][0][0], raw[0]))
+    return found

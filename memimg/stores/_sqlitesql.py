@@ -1,0 +1,58 @@
+"""The SQL the SQLite store runs: its tables and the statements of its hot paths, in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "AFTER_SNAPSHOTS",
+    "APPEND",
+    "APPEND_FIRST",
+    "COLUMNS",
+    "FIRST",
+    "HEAD",
+    "HEADER",
+    "LEASE_RELEASE",
+    "LEASE_RENEW",
+    "READ",
+    "SCHEMA",
+    "SNAPSHOT",
+    "SNAPSHOT_LEASED",
+]
+
+HEADER: Final = b"SQLite format 3\x00"
+COLUMNS: Final = {
+    "memimg_events": ["seq", "tx", "ts", "kind", "target", "payload", "checksum"],
+    "memimg_snapshots": ["seq", "ts", "payload", "checksum"],
+    "memimg_meta": ["key", "value"],
+}
+SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS memimg_events ("
+    " seq INTEGER PRIMARY KEY, tx INTEGER NOT NULL, ts INTEGER NOT NULL, kind TEXT NOT NULL,"
+    " target INTEGER NOT NULL, payload BLOB NOT NULL, checksum INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS memimg_snapshots ("
+    " seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, payload BLOB NOT NULL, checksum INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS memimg_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+APPEND_FIRST: Final = (
+    "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) "
+    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE "
+    "coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0) = ?"
+)
+# The head: the last event, or (every event compacted away) the seq the newest snapshot covers.
+HEAD: Final = "SELECT coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0)"
+READ: Final = (
+    "SELECT seq, tx, ts, kind, target, payload, checksum FROM memimg_events WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+FIRST: Final = "SELECT min(seq) FROM memimg_events"
+AFTER_SNAPSHOTS: Final = "SELECT coalesce(max(seq), 0) + 1 FROM memimg_snapshots"
+APPEND: Final = "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
+# Take a lease that is free or already ours (see lease_entry), give back one that is ours.
+LEASE_RENEW: Final = "UPDATE memimg_meta SET value = ? WHERE key = ? AND (value < ? OR substr(value, 22) = ?)"
+SNAPSHOT: Final = "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) VALUES (?, ?, ?, ?)"
+#: the same, only while the holder named holds the snapshot lease (one statement: one transaction)
+SNAPSHOT_LEASED: Final = (
+    "INSERT OR REPLACE INTO memimg_snapshots (seq, ts, payload, checksum) SELECT ?, ?, ?, ? "
+    "WHERE EXISTS (SELECT 1 FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?)"
+)
+LEASE_RELEASE: Final = "DELETE FROM memimg_meta WHERE key = ? AND substr(value, 22) = ?"

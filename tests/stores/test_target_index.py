@@ -1,0 +1,207 @@
+"""The target index history reads by (``memimg_targets``): commits never write it, ``index_targets`` fills it,
+compaction removes its entries, and a log made before it gets it when a writable store opens it."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+
+import memimg
+from memimg.stores import SQLiteStore, _sqlitetargets
+from memimg.stores._protocol import TARGETS_KEY
+from memimg.stores._sqlalchemy import SQLAlchemyStore
+from tests.conftest import POSTGRES_URL, StoreFactory
+from tests.stores.contract import row, snap
+
+
+def _sqlite(path: str, sql: str, *params: Any) -> list[Any]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def _entries(path: str) -> list[tuple[int, int]]:
+    return [tuple(r) for r in _sqlite(path, "SELECT target, seq FROM memimg_targets ORDER BY seq")]
+
+
+def _covered(path: str) -> int:
+    return int(_sqlite(path, "SELECT value FROM memimg_meta WHERE key = ?", TARGETS_KEY)[0][0])
+
+
+def test_sqlite_commits_leave_the_index_alone_and_index_targets_fills_it(tmp_path: Any) -> None:
+    """A new log has the table (WITHOUT ROWID) covering seq 0; appends add no entry; index_targets adds one per
+    event of an object (none for target 0) up to the seq asked, and moves the meta entry there."""
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    sql = _sqlite(path, "SELECT sql FROM sqlite_master WHERE name = 'memimg_targets'")[0][0]
+    assert "WITHOUT ROWID" in sql and "PRIMARY KEY (target, seq)" in sql
+    store.append([row(s, target=s % 3) for s in range(1, 10)], 0)
+    assert _entries(path) == [] and _covered(path) == 0
+    assert store.index_targets(6) == 6
+    assert _entries(path) == [(s % 3, s) for s in range(1, 7) if s % 3]
+    assert _covered(path) == 6
+    assert store.index_targets(9, least=4) == 6  # 3 waiting: nothing written
+    assert _covered(path) == 6
+    assert store.index_targets(9) == 9
+    assert _entries(path) == [(s % 3, s) for s in range(1, 10) if s % 3]
+    store.close()
+
+
+def test_sqlite_query_plan_reads_the_index_by_its_primary_key(tmp_path: Any) -> None:
+    """The indexed part of read_target is a range of memimg_targets' primary key, joined to the events by seq."""
+    path = str(tmp_path / "log.db")
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        plan = str(conn.execute("EXPLAIN QUERY PLAN " + _sqlitetargets._INDEXED, (1, 0, 9, 5)).fetchall())
+        tail = str(conn.execute("EXPLAIN QUERY PLAN " + _sqlitetargets._TAIL, (0, 9, 1, 5)).fetchall())
+    finally:
+        conn.close()
+    assert "SEARCH t USING PRIMARY KEY (target=? AND seq>? AND seq<?)" in plan
+    assert "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)" in plan
+    assert "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in tail  # the tail: a range of seqs, not the log
+
+
+def test_sqlite_compaction_leaves_no_entries(tmp_path: Any) -> None:
+    """Deleting events deletes their entries (in one transaction), whether the index had got past them or not."""
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=1 + s % 2) for s in range(1, 21)], 0)
+    store.index_targets(15)
+    store.write_snapshot(snap(10))
+    assert store.delete_events_before(11) == 10
+    assert _entries(path) == [(1 + s % 2, s) for s in range(11, 16)]
+    assert store.delete_events_before(18) == 7
+    assert _entries(path) == []
+    store.index_targets(20)
+    assert _entries(path) == [(1 + s % 2, s) for s in range(18, 21)]
+    store.close()
+
+
+def test_sqlite_index_is_added_to_an_older_log(tmp_path: Any) -> None:
+    """A log made before the index: a read-only store answers by scanning and creates nothing; a writable store
+    creates the table, empty and covering seq 0, and the first index_targets fills it."""
+    path = str(tmp_path / "old.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=s % 3) for s in range(1, 10)], 0)
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE memimg_targets")
+    conn.execute("DELETE FROM memimg_meta WHERE key = ?", (TARGETS_KEY,))
+    conn.commit()
+    conn.close()
+    readonly = SQLiteStore(path, readonly=True)
+    assert [r[0] for r in readonly.read_target(1)] == [1, 4, 7]
+    assert readonly.index_targets(0) == 0  # nothing waits below seq 0: nothing refused
+    readonly.close()
+    assert _sqlite(path, "SELECT name FROM sqlite_master WHERE name = 'memimg_targets'") == []
+    store = SQLiteStore(path)
+    assert _entries(path) == [] and _covered(path) == 0
+    assert [r[0] for r in store.read_target(1)] == [1, 4, 7]
+    assert store.index_targets(9) == 9
+    assert [r[0] for r in store.read_target(1)] == [1, 4, 7]
+    assert len(_entries(path)) == 6
+    store.close()
+
+
+def test_sqlite_readonly_store_refuses_to_index(tmp_path: Any) -> None:
+    """A read-only store with events waiting raises ReadOnlyError, and writes nothing."""
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=1) for s in range(1, 4)], 0)
+    readonly = SQLiteStore(path, readonly=True)
+    try:
+        try:
+            readonly.index_targets(3)
+        except memimg.ReadOnlyError as err:
+            assert "read-only" in str(err)
+        else:
+            raise AssertionError("index_targets on a read-only store wrote")
+        assert _covered(path) == 0
+    finally:
+        readonly.close()
+        store.close()
+
+
+def test_sqlite_two_stores_indexing_at_once_fill_each_entry_once(tmp_path: Any) -> None:
+    """Several handles advancing together (threads, one connection each) all succeed; every entry once."""
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=1 + s % 5) for s in range(1, 2001)], 0)
+    handles = [SQLiteStore(path) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def advance(handle: SQLiteStore, upto: int) -> None:
+        try:
+            handle.index_targets(upto)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=advance, args=(h, 500 * (i + 1))) for i, h in enumerate(handles)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _entries(path) == sorted(((1 + s % 5, s) for s in range(1, 2001)), key=lambda e: e[1])
+    assert _covered(path) == 2000
+    for h in (store, *handles):
+        h.close()
+
+
+def _pg(postgres: StoreFactory, sql: str) -> list[Any]:
+    engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(sql.replace("S.", f'"{postgres.schema}".')))
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def test_postgres_index_fill_compaction_and_upgrade(postgres: StoreFactory) -> None:
+    """On PostgreSQL: appends add no entry, index_targets fills, compaction removes the entries of what it deletes,
+    and a log without the table gets it, empty, from the next writable open (a read-only one answers by scanning)."""
+    store = postgres.target()
+    store.append([row(s, target=1 + s % 2) for s in range(1, 21)], 0)
+    assert _pg(postgres, "SELECT count(*) FROM S.memimg_targets") == [(0,)]
+    assert store.index_targets(15) == 15
+    assert _pg(postgres, "SELECT count(*), max(seq) FROM S.memimg_targets") == [(15, 15)]
+    store.write_snapshot(snap(10))
+    assert store.delete_events_before(11) == 10
+    assert _pg(postgres, "SELECT min(seq), count(*) FROM S.memimg_targets") == [(11, 5)]
+    _pg(postgres, f"DROP TABLE S.memimg_targets; DELETE FROM S.memimg_meta WHERE key = '{TARGETS_KEY}'")
+    readonly = postgres.target(readonly=True)
+    assert [r[0] for r in readonly.read_target(1)] == [12, 14, 16, 18, 20]
+    assert _pg(postgres, "SELECT to_regclass('S.memimg_targets') IS NULL") == [(True,)]
+    store = postgres.target()
+    assert _pg(postgres, f"SELECT value FROM S.memimg_meta WHERE key = '{TARGETS_KEY}'") == [("0",)]
+    assert store.index_targets(20) == 20
+    assert [r[0] for r in store.read_target(1)] == [12, 14, 16, 18, 20]
+    assert _pg(postgres, "SELECT count(*) FROM S.memimg_targets") == [(10,)]
+
+
+def test_postgres_an_advance_that_lost_the_race_writes_nothing(postgres: StoreFactory, monkeypatch: Any) -> None:
+    """Two stores read the same covered seq: the second to claim the range finds it moved, inserts nothing (no
+    duplicate key) and answers the seq the winner covered."""
+    first, second = postgres.target(), postgres.target()
+    assert isinstance(second, SQLAlchemyStore)
+    first.append([row(s, target=1) for s in range(1, 11)], 0)
+    stale = second._covered("test")
+    assert first.index_targets(10) == 10
+    real = SQLAlchemyStore._covered
+    calls: list[int] = []
+
+    def once_stale(self: SQLAlchemyStore, doing: str) -> int:
+        calls.append(1)
+        return stale if len(calls) == 1 else real(self, doing)
+
+    monkeypatch.setattr(SQLAlchemyStore, "_covered", once_stale)
+    assert second.index_targets(10) == 10
+    assert len(calls) == 2  # it read the covered seq again after losing
+    assert _pg(postgres, "SELECT count(*) FROM S.memimg_targets") == [(10,)]

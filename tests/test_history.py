@@ -1,0 +1,306 @@
+"""``img.history(obj, field=None, *, since, until)``: the changes of one object, every kind, on every store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+import memimg
+from memimg import MISSING, Change, Collected
+from memimg.core import _kinds
+from memimg.core._rows import SnapshotRow, event_checksum, snapshot_checksum
+from memimg.image import _history
+from memimg.stores import EventRow
+from tests.conftest import Images
+from tests.models import Account, Bank, Box, Entry, Node
+
+
+def parts(changes: list[Change]) -> list[tuple[Any, ...]]:
+    return [(c.kind, c.field, c.key, c.old, c.new, c.index) for c in changes]
+
+
+def test_entity_field_changes(make_image: Images) -> None:
+    """Field sets and deletes of an entity, each with the value before it; history(o, f) keeps that field's."""
+    img = make_image(root=Bank)
+    acct = img.root.accounts["ada"] = Account("ada")
+    acct.balance = Decimal("10")
+    acct.owner = "Ada"
+    del acct.balance
+    acct.balance = Decimal("3")
+    assert parts(img.history(acct)) == [
+        ("obj.set", "balance", None, Decimal("0"), Decimal("10"), None),
+        ("obj.set", "owner", None, "ada", "Ada", None),
+        ("obj.del", "balance", None, Decimal("10"), MISSING, None),
+        ("obj.set", "balance", None, MISSING, Decimal("3"), None),
+    ]
+    assert [(c.old, c.new) for c in img.history(acct, "owner")] == [("ada", "Ada")]
+    changes = img.history(acct)
+    assert all(c.target is acct for c in changes)
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+    assert all(c.time.tzinfo is dt.UTC and c.meta == {} and c.tx == c.seq for c in changes)
+
+
+def test_list_changes(make_image: Images) -> None:
+    """Every list kind: old is what it took out, new what it put in, index where."""
+    img = make_image(root=Box)
+    img.root.content = [1, 2]
+    lst = img.root.content
+    lst.append(3)  # [1, 2, 3]
+    lst.insert(0, 0)  # [0, 1, 2, 3]
+    lst[1] = 10  # [0, 10, 2, 3]
+    del lst[0]  # [10, 2, 3]
+    lst[1:3] = ["a"]  # [10, "a"]
+    lst.sort(key=str, reverse=True)  # ["a", 10]
+    lst.reverse()  # [10, "a"]
+    lst.clear()
+    assert parts(img.history(lst)) == [
+        ("list.append", None, None, (), (3,), 2),
+        ("list.insert", None, None, (), (0,), 0),
+        ("list.set", None, None, (1,), (10,), 1),
+        ("list.del", None, None, (0,), (), 0),
+        ("list.splice", None, None, (2, 3), ("a",), 1),
+        ("list.reorder", None, None, (10, "a"), ("a", 10), 0),
+        ("list.reverse", None, None, ("a", 10), (10, "a"), 0),
+        ("list.clear", None, None, (10, "a"), (), 0),
+    ]
+
+
+def test_dict_changes(make_image: Images) -> None:
+    """Every dict kind, one change per key: update gives one per pair, clear one per key it removed."""
+    img = make_image(root=Box)
+    img.root.content = {"a": 1}
+    d = img.root.content
+    d["b"] = 2
+    d["a"] = 3
+    del d["b"]
+    d.update({"a": 4, "c": 5})
+    d.clear()
+    assert parts(img.history(d)) == [
+        ("dict.set", None, "b", MISSING, 2, None),
+        ("dict.set", None, "a", 1, 3, None),
+        ("dict.del", None, "b", 2, MISSING, None),
+        ("dict.update", None, "a", 3, 4, None),
+        ("dict.update", None, "c", MISSING, 5, None),
+        ("dict.clear", None, "a", 4, MISSING, None),
+        ("dict.clear", None, "c", 5, MISSING, None),
+    ]
+    seqs = [c.seq for c in img.history(d)]
+    assert seqs[3] == seqs[4] and seqs[5] == seqs[6]
+
+
+def test_set_changes(make_image: Images) -> None:
+    """Every set kind: old the members it took out, new those it put in."""
+    img = make_image(root=Box)
+    img.root.content = {1}
+    s = img.root.content
+    s.add(2)
+    s.discard(1)
+    s.clear()
+    assert parts(img.history(s)) == [
+        ("set.add", None, None, (), (2,), None),
+        ("set.discard", None, None, (1,), (), None),
+        ("set.clear", None, None, (2,), (), None),
+    ]
+
+
+def test_update_of_several_fields(make_image: Images) -> None:
+    """An obj.update event (several fields at once) gives one change per field."""
+    img = make_image(root=Box)
+    box = img.root
+    box.content = 1
+    store = make_image.store()
+    seq = img.seq + 1
+    payload = orjson.dumps([[[["content", 2], ["other", "x"]]]])
+    store.append(
+        [EventRow(seq, seq, 5, "obj.update", 1, payload, event_checksum(seq, seq, 5, "obj.update", 1, payload))],
+        seq - 1,
+    )
+    img.refresh()
+    assert (box.content, box.other) == (2, "x")
+    assert parts(img.history(box))[1:] == [
+        ("obj.update", "content", None, 1, 2, None),
+        ("obj.update", "other", None, None, "x", None),
+    ]
+
+
+def test_since_and_until(make_image: Images) -> None:
+    """Only changes with since < seq <= until; the values before them are still computed."""
+    img = make_image(root=Box)
+    for i in range(1, 6):
+        img.root.content = i
+    seqs = [c.seq for c in img.history(img.root)]
+    found = img.history(img.root, "content", since=seqs[1], until=seqs[3])
+    assert [(c.old, c.new) for c in found] == [(2, 3), (3, 4)]
+    assert img.history(img.root, until=seqs[0]) == img.history(img.root)[:1]
+    assert img.history(img.root, until=10**9) == img.history(img.root)
+
+
+def test_references_are_live_objects_or_collected(make_image: Images) -> None:
+    """A value that refers to an object is that object of this image; one collected since is a Collected."""
+    img = make_image(root=Box)
+    kept, dropped = Node(value="kept"), Node(value="dropped")
+    img.root.content = kept
+    img.root.content = dropped
+    img.root.content = kept
+    img.snapshot()  # collects `dropped`: unreachable
+    changes = img.history(img.root, "content")
+    assert changes[0].new is kept
+    assert changes[1].old is kept
+    assert isinstance(changes[1].new, Collected) and changes[1].new == changes[2].old
+    assert changes[2].new is kept
+
+
+def test_history_survives_reopening_and_compaction(make_image: Images) -> None:
+    """Reopened (from a snapshot), the history is the same; compacted, it starts from the oldest snapshot."""
+    img = make_image(root=Bank)
+    acct = img.root.accounts["ada"] = Account("ada")
+    for i in range(5):
+        acct.balance += 1
+        acct.entries.append(Entry(f"e{i}"))
+    before = parts(img.history(acct, "balance"))
+    img.snapshot()
+    img.close()
+    img = make_image(root=Bank)
+    acct = img.root.accounts["ada"]
+    assert parts(img.history(acct, "balance")) == before
+    assert [c.new[0].label for c in img.history(acct.entries)] == [f"e{i}" for i in range(5)]
+    acct.balance += 1
+    seq = img.snapshot()
+    store = make_image.store()
+    store.delete_events_before(seq)
+    store.delete_snapshots_before(seq)
+    acct.balance += 1
+    img.close()
+    img = make_image(root=Bank)
+    acct = img.root.accounts["ada"]
+    assert parts(img.history(acct, "balance")) == [("obj.set", "balance", None, Decimal("6"), Decimal("7"), None)]
+
+
+def test_history_from_a_snapshot_written_before_born(make_image: Images) -> None:
+    """An image opened from a snapshot without its "born" entries (memimg < 0.4) learns them from the log."""
+    img = make_image(root=Box)
+    img.root.content = Node(value=1)
+    img.root.content.value = 2
+    seq = img.snapshot()
+    img.root.content.value = 3
+    img.close()
+    store = make_image.store()
+    row = SnapshotRow(*store.read_snapshot(seq))
+    header, _, rest = row.payload.partition(b"\n")
+    data = orjson.loads(header)
+    del data["born"]
+    payload = orjson.dumps(data) + b"\n" + rest
+    store.write_snapshot(SnapshotRow(seq, row.ts, payload, snapshot_checksum(seq, row.ts, payload)))
+    img = make_image(root=Box)
+    assert img._engine.table.born.seq_of(2) < 0
+    assert [(c.old, c.new) for c in img.history(img.root.content, "value")] == [(1, 2), (2, 3)]
+    assert img._engine.table.born.seq_of(2) > 0
+
+
+def test_transaction_meta(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change's meta is its transaction's first row's data when that row is a tx.meta row, else {}."""
+    monkeypatch.setitem(
+        _kinds.KINDS, "tx.meta", _kinds.Kind("tx.meta", "s", _kinds.NONE, lambda a, obj, meta: None, "test")
+    )
+    img = make_image(root=Box)
+    img.root.content = 1
+    store = make_image.store()
+    tx = img.seq + 1
+    rows = [
+        (tx, "tx.meta", 0, orjson.dumps([[{"user": "ada"}]])),
+        (tx + 1, "obj.set", 1, orjson.dumps([["content", 2]])),
+    ]
+    store.append([EventRow(s, tx, 7, k, t, p, event_checksum(s, tx, 7, k, t, p)) for s, k, t, p in rows], tx - 1)
+    img.refresh()
+    img.root.content = 3
+    assert [(c.new, c.meta) for c in img.history(img.root)] == [(1, {}), (2, {"user": "ada"}), (3, {})]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda img, box: img.history(object()), "not a persistent object"),
+        (lambda img, box: img.history(Node()), "not part of the image"),
+        (lambda img, box: img.history(box, "nope"), "has no field 'nope'"),
+        (lambda img, box: img.history(box.content, "x"), "has no fields"),
+        (lambda img, box: img.history(box, since=5, until=2), "since is past until"),
+        (lambda img, box: img.history(box, since=-1), "ints >= 0"),
+    ],
+)
+def test_bad_input_is_refused(make_image: Images, call: Any, message: str) -> None:
+    """Bad arguments raise a clear error and change nothing."""
+    img = make_image(root=Box)
+    img.root.content = [1]
+    seq = img.seq
+    with pytest.raises((memimg.MemimgError, ValueError), match=message):
+        call(img, img.root)
+    assert img.seq == seq == img.store.head()
+
+
+def test_an_object_of_another_image_is_refused(make_image: Images, tmp_path: Any) -> None:
+    """history() of another image's object names it and says which image to ask."""
+    img = make_image(root=Box)
+    other = memimg.open(str(tmp_path / "other.db"), root=Box)
+    try:
+        with pytest.raises(memimg.MemimgError, match="not an object of the image"):
+            img.history(other.root)
+    finally:
+        other.close()
+
+
+def _covered(img: memimg.MemoryImage) -> int:
+    """The seq the store's target index covers (index_targets(0) writes nothing; the memory store covers its head)."""
+    return img._engine.store.index_targets(0)
+
+
+def test_history_is_the_same_whatever_the_target_index_covers(make_image: Images) -> None:
+    """The index empty, partly filled, full, and on a read-only image (which cannot fill it): the same changes."""
+    img = make_image(root=Bank, snapshot_every=None)
+    ada = img.root.accounts["ada"] = Account("ada")
+    bob = img.root.accounts["bob"] = Account("bob")
+    for i in range(1, 31):
+        (ada if i % 3 else bob).balance += i
+    want = [(c.old, c.new) for c in img.history(ada, "balance")]
+    assert want == list(itertools.pairwise(itertools.accumulate((i for i in range(1, 31) if i % 3), initial=0)))
+    store = make_image.store()
+    seqs = [c.seq for c in img.history(ada)]
+    answers = {}
+    for upto in (0, seqs[5], seqs[5] + 1, img.seq):
+        if upto:
+            store.index_targets(upto)
+        answers[upto] = [(c.seq, c.old, c.new) for c in img.history(ada, "balance", since=seqs[3])]
+        readonly = make_image(root=Bank, readonly=True)
+        ro_ada = readonly.root.accounts["ada"]
+        assert [(c.seq, c.old, c.new) for c in readonly.history(ro_ada, "balance", since=seqs[3])] == answers[upto]
+        readonly.close()
+    assert all(a == answers[0] for a in answers.values())
+    assert [(c.old, c.new) for c in img.history(ada, "balance")] == want
+
+
+def test_snapshots_and_long_tails_fill_the_target_index(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot fills the index up to its seq; history fills it first when over TAIL events wait, not otherwise;
+    a read-only image's history fills nothing (the memory store indexes as it appends: it always covers its head)."""
+    monkeypatch.setattr(_history, "TAIL", 5)
+    img = make_image(root=Box, snapshot_every=None)
+    as_appended = isinstance(img._engine.store, memimg.MemoryStore)
+    img.root.content = 0
+    seq = img.snapshot()
+    assert _covered(img) >= seq
+    for i in range(4):
+        img.root.content = i
+    covered = _covered(img)
+    img.history(img.root)  # 4 events past the index: scanned
+    assert _covered(img) == (img.seq if as_appended else covered)
+    for i in range(4):
+        img.root.content = i
+    readonly = make_image(root=Box, readonly=True)
+    assert len(readonly.history(readonly.root)) == 9
+    assert _covered(img) == (img.seq if as_appended else covered)
+    readonly.close()
+    assert len(img.history(img.root)) == 9  # 8 waiting: indexed first
+    assert _covered(img) == img.seq
