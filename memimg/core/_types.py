@@ -43,6 +43,7 @@ __all__ = [
     "TypeInfo",
     "default_name",
     "entity_infos",
+    "forget_stand_ins",
     "info_of",
     "is_value_class",
     "missing_class_advice",
@@ -106,6 +107,18 @@ def register(info: TypeInfo) -> TypeInfo:
             if owner is None or owner.name != alias or owner.stand_in:
                 _by_name[alias] = info
     return info
+
+
+def forget_stand_ins() -> None:
+    """Stop resolving stored names to the stand-ins earlier reads made (:mod:`memimg.core._generic`).
+
+    The next read of a log makes its own from the declarations it meets,
+    not from another log's. Objects of the old stand-ins keep their classes,
+    and those classes their :class:`TypeInfo` (:func:`info_of`).
+    """
+    with _lock:
+        for name in [n for n, info in _by_name.items() if info.stand_in]:
+            del _by_name[name]
 
 
 def entity_infos() -> list[TypeInfo]:
