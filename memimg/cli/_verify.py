@@ -19,6 +19,7 @@ import gc
 import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import click
@@ -471,7 +472,8 @@ def _replay_into(store: Store, snaps: list[SnapshotInfo], head: int, readers: li
         # read before the replay grows the graph to that seq: the store's passing copies of the payload
         # are not on top of the whole graph
         payload = store.read_snapshot(seq).payload if seq in snapshot_seqs else None
-        expected, _ = fold(_until(rows, seq), reader, expected=expected, where=store.description)
+        # the rows up to that seq, and not one more: the fold refuses any row but the next seq
+        expected, _ = fold(islice(rows, seq - expected + 1), reader, expected=expected, where=store.description)
         fits(reader)
         if payload is None:
             continue
@@ -515,13 +517,3 @@ def _check_snapshot(store: Store, seq: int) -> None:
     snap = SnapshotRow(*store.read_snapshot(seq))
     verify_snapshot(snap)
     split_snapshot(snap.payload, seq)
-
-
-def _until(rows: Iterator[Any], last: int) -> Iterator[Any]:
-    """The rows of *rows* up to seq *last* (the row after it is left unread)."""
-    if last <= 0:
-        return
-    for row in rows:
-        yield row
-        if row[0] >= last:
-            return
