@@ -253,9 +253,14 @@ def progress_callback() -> Any:
 
 
 def with_progress(items: Iterable[Any], total: int, label: str) -> Iterator[Any]:
+    """*items*, a progress bar on a terminal's stderr counting them (up to *total*); *items* as they are
+    elsewhere (no generator in the way of each item)."""
     if not _tty() or total < 1000:
-        yield from items
-        return
+        return iter(items)
+    return _progress(items, total, label)
+
+
+def _progress(items: Iterable[Any], total: int, label: str) -> Iterator[Any]:
     with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
         for i, item in enumerate(items, 1):
             yield item

@@ -19,6 +19,7 @@ import gc
 import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import click
@@ -155,9 +156,14 @@ def _reader() -> Reader:
     return Reader(ObjectTable(SHELL, Codec(memimg.converter, SHELL)), stand_ins=_generic.make_stand_in)
 
 
-def _stored_snapshot(store: Store, seq: int) -> Reader:
-    """The snapshot stored at *seq*, read as the replay reads the log (same classes, upgraders, stand-ins)."""
+def _stored_snapshot(store: Store, seq: int, readers: list[Reader] | None = None) -> Reader:
+    """The snapshot stored at *seq*, read as the replay reads the log (same classes, upgraders, stand-ins).
+
+    The reader is added to *readers* before it reads (:func:`_replay` looks at what it met, even if it fails).
+    """
     reader = _reader()
+    if readers is not None:
+        readers.append(reader)
     try:
         header, records = split_snapshot(store.read_snapshot(seq).payload, seq)
         load_snapshot(reader, {**header, "objects": records})
@@ -365,8 +371,68 @@ def _compare(replayed: Reader, stored: Reader, seq: int) -> list[str] | None:
     )
 
 
+class _Outgrown(Exception):
+    """A declaration the replay met does not fit the stand-in made from the first one of its type."""
+
+
+def _outgrown(readers: Iterable[Reader]) -> bool:
+    """Whether *readers* met a declaration of a type read by a stand-in that the stand-in does not fit:
+    fields it lacks, or another version (:func:`memimg.core._schema.plan_for` plans such states as not
+    readable as stored)."""
+    return any(p.info is not None and p.info.stand_in and not p.identity for r in readers for p in r.plans_read())
+
+
+class _Found:
+    """What one replay of the log found."""
+
+    def __init__(self, since: int) -> None:
+        self.since = since  #: the seq the replay started after (0: from nothing)
+        self.last = since  #: the last seq replayed
+        self.checked = 0  #: snapshots equal to the replayed state
+        self.unchecked: list[str] = []  #: what could not be compared, one line per type and snapshot
+        self.resumed: list[int] = []  #: the snapshots the replay went on from
+
+
 def _verify(store: Store) -> None:
     """Check every checksum, replay the log, and compare each stored snapshot with the replay at its seq.
+
+    The log is read once, its stand-ins (for the types no class claims)
+    made as the replay meets their declarations. A log whose declarations
+    of one such type differ -- a later version of a class added fields --
+    is read once more first, for every field they list (see
+    :func:`_replay`). The replay holds one graph, and a stored snapshot's
+    bytes while it is compared.
+    """
+    snaps = sorted(store.snapshots())
+    head = store.head()
+    for info in snaps:
+        if info.seq > head:
+            raise snapshot_past_head(store.description, info.seq, head)
+        _check_snapshot(store, info.seq)
+    _types.forget_stand_ins()  # made from this log's declarations, not from another's read before
+    try:
+        found = _replay(store, snaps, head, watch=True)
+    except _Outgrown:
+        gc.collect()  # the graph given up holds cycles
+        _generic.prepare(store, frozenset(), whole=True)  # stand-ins with every field any declaration lists
+        found = _replay(store, snaps, head, watch=False)
+    origin = "from nothing" if not found.since else f"from the snapshot at seq {found.since}"
+    resumed = found.resumed
+    click.echo(
+        f"ok: {len(snaps)} snapshot checksum(s) and {found.last - found.since} event(s) verified; replayed "
+        f"{origin} to seq {found.last}; {found.checked} snapshot(s) equal the replayed state at their seq"
+        + (
+            f"; {len(resumed)} equal in what could be compared (below), the replay going on from them"
+            if resumed
+            else ""
+        )
+    )
+    for line in found.unchecked:
+        click.echo(f"  {line}")
+
+
+def _replay(store: Store, snaps: list[SnapshotInfo], head: int, *, watch: bool) -> _Found:
+    """Replay the log to *head*, comparing each snapshot in *snaps* with the replay at its seq.
 
     A snapshot that declares its types as the replay's classes do is
     compared with the replay as stored, a chunk at a time
@@ -375,72 +441,75 @@ def _verify(store: Store) -> None:
     compared in one schema even across a migration. What stand-ins (or
     classes lacking an upgrader) cannot bring into one schema is compared by
     id and type only, reported, and the replay goes on from that snapshot
-    (see :func:`_unreadable`). The replay holds one graph, and a stored
-    snapshot's bytes while it is compared.
+    (see :func:`_unreadable`).
+
+    With *watch*, the stand-ins are made from the first declaration of each
+    type the replay meets; a later one they do not fit (:func:`_outgrown`)
+    raises :class:`_Outgrown` before anything is compared or reported, for
+    the caller to make them from every declaration and replay again.
     """
-    snaps = sorted(store.snapshots())
-    head = store.head()
-    for info in snaps:
-        if info.seq > head:
-            raise snapshot_past_head(store.description, info.seq, head)
-        _check_snapshot(store, info.seq)
-    _generic.prepare(store, frozenset(), whole=True)  # stand-ins with every field any declaration lists
-    reader, expected = _start(store, snaps)
-    origin = "from nothing" if expected == 1 else f"from the snapshot at seq {expected - 1}"
-    since = expected - 1
-    checked = 0
-    unchecked: list[str] = []
-    resumed: list[int] = []
+    readers: list[Reader] = []
+    try:
+        return _replay_into(store, snaps, head, readers, watch)
+    except MemimgError as err:
+        if watch and _outgrown(readers):
+            raise _Outgrown from err
+        raise
+
+
+def _replay_into(store: Store, snaps: list[SnapshotInfo], head: int, readers: list[Reader], watch: bool) -> _Found:
+    """:func:`_replay`, each reader it makes added to *readers*."""
+
+    def fits(reader: Reader) -> None:
+        if watch and _outgrown([reader]):
+            raise _Outgrown
+
+    reader, expected = _start(store, snaps, readers)
+    found = _Found(expected - 1)
     rows = iter(with_progress(store.read(after=expected - 1), head - expected + 1, "verify"))
     snapshot_seqs = {s.seq for s in snaps if s.seq >= expected}
     for seq in sorted(snapshot_seqs | {head}):
         # read before the replay grows the graph to that seq: the store's passing copies of the payload
         # are not on top of the whole graph
         payload = store.read_snapshot(seq).payload if seq in snapshot_seqs else None
-        expected, _ = fold(_until(rows, seq), reader, expected=expected, where=store.description)
+        # the rows up to that seq, and not one more: the fold refuses any row but the next seq
+        expected, _ = fold(islice(rows, seq - expected + 1), reader, expected=expected, where=store.description)
+        fits(reader)
         if payload is None:
             continue
         if _equal_as_stored(reader, payload, seq):
-            checked += 1
+            found.checked += 1
             continue
         del payload
-        stored = _stored_snapshot(store, seq)
+        stored = _stored_snapshot(store, seq, readers)
+        fits(stored)
         left = _compare(reader, stored, seq)
         if left is None:
-            checked += 1
+            found.checked += 1
         else:
             # go on from the snapshot: the events after it were written over its states
-            unchecked += left
-            resumed.append(seq)
+            found.unchecked += left
+            found.resumed.append(seq)
             reader = stored
         del stored
         gc.collect()  # the graph dropped (one of two) holds cycles: collected now, never two held for long
-    replayed = expected - 1 - since
-    click.echo(
-        f"ok: {len(snaps)} snapshot checksum(s) and {replayed} event(s) verified; replayed {origin} to seq "
-        f"{expected - 1}; {checked} snapshot(s) equal the replayed state at their seq"
-        + (
-            f"; {len(resumed)} equal in what could be compared (below), the replay going on from them"
-            if resumed
-            else ""
-        )
-    )
-    for line in unchecked:
-        click.echo(f"  {line}")
+    found.last = expected - 1
+    return found
 
 
-def _start(store: Store, snaps: list[SnapshotInfo]) -> tuple[Reader, int]:
+def _start(store: Store, snaps: list[SnapshotInfo], readers: list[Reader]) -> tuple[Reader, int]:
     """Where the replay starts: from nothing, or (events compacted away) from the oldest snapshot covering them.
 
-    Returns the reader holding that state and the seq of the first event to replay.
+    Returns the reader holding that state (added to *readers*) and the seq of the first event to replay.
     """
     first = store.first_seq()
     if first == 1:
-        return _reader(), 1
+        readers.append(_reader())
+        return readers[-1], 1
     start = [s for s in snaps if s.seq + 1 >= first]
     if not start:
         raise CorruptLogError(f"events before seq {first} were dropped and no snapshot covers them", seq=1, table="")
-    return _stored_snapshot(store, start[0].seq), start[0].seq + 1
+    return _stored_snapshot(store, start[0].seq, readers), start[0].seq + 1
 
 
 def _check_snapshot(store: Store, seq: int) -> None:
@@ -448,13 +517,3 @@ def _check_snapshot(store: Store, seq: int) -> None:
     snap = SnapshotRow(*store.read_snapshot(seq))
     verify_snapshot(snap)
     split_snapshot(snap.payload, seq)
-
-
-def _until(rows: Iterator[Any], last: int) -> Iterator[Any]:
-    """The rows of *rows* up to seq *last* (the row after it is left unread)."""
-    if last <= 0:
-        return
-    for row in rows:
-        yield row
-        if row[0] >= last:
-            return

@@ -141,10 +141,11 @@ def _fold_rows(
                 args = decoder(p[0]) if decoder is not None else reader.decode_args(k, p[0])
         except Exception:
             simple = False  # read again the long way, which names what is wrong
+            p = None
         if kind in SNAPSHOT_KINDS:
             last_snapshot = seq
         if not simple:
-            pending = reader.decode_row(kind, target, payload, seq)
+            pending = reader.decode_row(kind, target, payload, seq, p)
             if pending is not None:
                 apply_stored(reader, pending, seq, target)
             continue

@@ -404,8 +404,13 @@ class Reader:
 
     # -- events -----------------------------------------------------------------
 
-    def decode_row(self, kind_name: str, target: int, payload: bytes, seq: int) -> Pending | None:
+    def decode_row(
+        self, kind_name: str, target: int, payload: bytes, seq: int, parsed: list[Any] | None = None
+    ) -> Pending | None:
         """The event a stored row holds, creating the objects it introduces.
+
+        *parsed* is the row's payload parsed already, if the caller has it
+        (the fold reads every row's once).
 
         Returns ``None`` for an event on an object of a removed type, or on a
         field the code dropped.
@@ -415,7 +420,7 @@ class Reader:
             SchemaError: an upgrader failed on a state it holds (naming its seq).
         """
         try:
-            p = _loads(payload)
+            p = _loads(payload) if parsed is None else parsed
             if len(p) > 2:
                 self.declare(p[2])
             if len(p) > 1 and p[1]:

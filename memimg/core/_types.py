@@ -43,13 +43,13 @@ __all__ = [
     "TypeInfo",
     "default_name",
     "entity_infos",
+    "forget_stand_ins",
     "info_of",
     "is_value_class",
     "missing_class_advice",
     "names",
     "register",
     "resolve",
-    "unname_stand_ins",
 ]
 
 #: The types stored as themselves in JSON (an int beyond 64 bits aside: see the codec's inline rule).
@@ -116,13 +116,17 @@ def names() -> frozenset[str]:
         return frozenset(_by_name)
 
 
-def unname_stand_ins(before: frozenset[str]) -> None:
-    """Take back the names stand-ins got since *before* (:func:`names`): their classes stay usable (their
-    objects keep their type), but no later read resolves those names to them."""
+def forget_stand_ins(keep: frozenset[str] = frozenset()) -> None:
+    """Stop resolving stored names to the stand-ins earlier reads made (:mod:`memimg.core._generic`), but
+    those named in *keep* (:func:`names`, taken before a read, keeps the stand-ins that were there).
+
+    The next read of a log makes its own from the declarations it meets,
+    not from another log's. Objects of the old stand-ins keep their classes,
+    and those classes their :class:`TypeInfo` (:func:`info_of`).
+    """
     with _lock:
-        for name in set(_by_name) - before:
-            if _by_name[name].stand_in:
-                del _by_name[name]
+        for name in [n for n, info in _by_name.items() if info.stand_in and n not in keep]:
+            del _by_name[name]
 
 
 def entity_infos() -> list[TypeInfo]:

@@ -470,7 +470,7 @@ def open_past(
         try:
             return MemoryImage(past, generic_types=True, **options)
         finally:
-            _types.unname_stand_ins(names)
+            _types.forget_stand_ins(keep=names)
     except CorruptLogError:
         _past.check_seq(store, seq)  # compacted away while it was read: say so
         raise
