@@ -181,6 +181,29 @@ def test_history_survives_reopening_and_compaction(make_image: Images) -> None:
     assert parts(img.history(acct, "balance")) == [("obj.set", "balance", None, Decimal("6"), Decimal("7"), None)]
 
 
+def test_history_starts_from_a_snapshot_the_kept_events_follow(make_image: Images) -> None:
+    """With events deleted up to a seq but an older snapshot kept, history starts from a snapshot the kept events
+    follow without a gap, never from the older one (whose state the missing events changed)."""
+    img = make_image(root=Box)
+    img.root.content = node = Node(value=0)
+    node.value = 1
+    node.children.append("a")
+    img.snapshot()
+    node.value = 2
+    node.children.append("b")
+    node.value = 3
+    node.children.append("c")
+    newer = img.snapshot()
+    node.value = 4
+    node.children.append("d")
+    make_image.store().delete_events_before(newer - 1)
+    img.close()
+    img = make_image(root=Box)
+    node = img.root.content
+    assert [(c.old, c.new) for c in img.history(node, "value")] == [(3, 4)]
+    assert [(c.old, c.new, c.index) for c in img.history(node.children)] == [((), ("d",), 3)]
+
+
 def test_history_from_a_snapshot_written_before_born(make_image: Images) -> None:
     """An image opened from a snapshot without its "born" entries (memimg < 0.4) learns them from the log."""
     img = make_image(root=Box)

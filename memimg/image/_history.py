@@ -203,7 +203,8 @@ class _History:
             found = self._from_event(born)
             if found is not None:
                 return born, found
-        return self._from_snapshot(abs(born))
+        # a snapshot older than the events kept would leave a gap between its state and them
+        return self._from_snapshot(max(abs(born), first - 1))
 
     def _born(self) -> int:
         """The seq of the event that created the object (negative: at or before; see :mod:`memimg.core._born`)."""

@@ -388,19 +388,29 @@ class SQLiteStore:
         return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
 
     def index_targets(self, upto: int, *, least: int = 1) -> int:
+        """See :meth:`Store.index_targets`: filled a chunk (:data:`targets.CHUNK` events) per transaction, this
+        store's lock and the write lock given up between chunks."""
         doing = f"indexing the targets of the events up to seq {upto}"
-        with self._lock:
-            try:
-                before, done = targets.advance(
-                    self._conn, self._busy_timeout, upto, least, self._has_targets, lambda: self._check_writable(doing)
-                )
-            except sqlite3.Error as err:
-                raise self._error(err, doing, write=True) from err
-            if done > before:  # (read-only: nothing waited, nothing was written)
-                self._check_files(doing, None)
-                if self._checkpointer is not None:
-                    self._checkpointer.kick()  # a fill rewrites many pages of the index
-        return done
+        while True:
+            with self._lock:
+                try:
+                    before, done = targets.advance(
+                        self._conn,
+                        self._busy_timeout,
+                        upto,
+                        least,
+                        self._has_targets,
+                        lambda: self._check_writable(doing),
+                    )
+                except sqlite3.Error as err:
+                    raise self._error(err, doing, write=True) from err
+                if done > before:  # (read-only: nothing waited, nothing was written)
+                    self._check_files(doing, None)
+                    if self._checkpointer is not None:
+                        self._checkpointer.kick()  # a fill rewrites many pages of the index
+            if done == before or done >= upto:
+                return done
+            least = 1  # the rest of what waited
 
     def changed(self, seen: int) -> bool:
         try:

@@ -52,6 +52,32 @@ def test_sqlite_commits_leave_the_index_alone_and_index_targets_fills_it(tmp_pat
     store.close()
 
 
+def test_sqlite_fill_takes_the_write_lock_one_chunk_at_a_time(tmp_path: Any, monkeypatch: Any) -> None:
+    """A long fill is written a chunk of events per transaction, the write lock given up between chunks: another
+    connection that will not wait for the lock commits between any two chunks, and the index ends up whole."""
+    monkeypatch.setattr(_sqlitetargets, "CHUNK", 10)
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=s % 3) for s in range(1, 46)], 0)
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    spans: list[tuple[int, int]] = []
+    advance = _sqlitetargets.advance
+
+    def spy(*args: Any) -> tuple[int, int]:
+        before, done = advance(*args)
+        spans.append((before, done))
+        other.execute("INSERT OR REPLACE INTO memimg_meta (key, value) VALUES ('between', ?)", (str(done),))
+        return before, done
+
+    monkeypatch.setattr(_sqlitetargets, "advance", spy)
+    assert store.index_targets(45) == 45
+    assert spans == [(0, 10), (10, 20), (20, 30), (30, 40), (40, 45)]
+    assert _entries(path) == [(s % 3, s) for s in range(1, 46) if s % 3]
+    assert _covered(path) == 45
+    other.close()
+    store.close()
+
+
 def test_sqlite_query_plan_reads_the_index_by_its_primary_key(tmp_path: Any) -> None:
     """The indexed part of read_target is a range of memimg_targets' primary key, joined to the events by seq."""
     path = str(tmp_path / "log.db")
