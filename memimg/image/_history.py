@@ -35,6 +35,7 @@ import orjson
 from memimg._errors import CorruptLogError, MemimgError, StoreError
 from memimg.core import _types
 from memimg.core._args import arg_decoder
+from memimg.core._gc import paused_gc
 from memimg.core._gone import Gone
 from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
 from memimg.core._kinds import FIELD, KINDS, Kind
@@ -74,7 +75,8 @@ def history(engine: Any, obj: Any, field: str | None, since: int, until: int | N
     until = head if until is None else min(until, head)
     if not engine.readonly:
         _index_targets(engine.store, head)
-    return _History(engine, obj, oid, namer).changes(field, since, until)
+    with paused_gc():  # the first state may be in a big event or snapshot: parsed without collections
+        return _History(engine, obj, oid, namer).changes(field, since, until)
 
 
 def _index_targets(store: Store, head: int) -> None:
