@@ -231,3 +231,23 @@ def test_postgres_an_advance_that_lost_the_race_writes_nothing(postgres: StoreFa
     assert second.index_targets(10) == 10
     assert len(calls) == 2  # it read the covered seq again after losing
     assert _pg(postgres, "SELECT count(*) FROM S.memimg_targets") == [(10,)]
+
+
+def test_postgres_a_new_log_gets_its_index_entry_with_its_tables(postgres: StoreFactory, monkeypatch: Any) -> None:
+    """The target table and the meta entry saying how far it is filled are made in the same transaction: a store
+    that dies right after making a new log's tables leaves a log whose index still fills."""
+    from memimg.stores._sqlsetup import Setup
+
+    def dies(self: Setup) -> None:
+        raise RuntimeError("the process died here")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Setup, "_create_targets", dies)
+        try:
+            postgres.target()
+        except RuntimeError:
+            pass
+    store = postgres.target()
+    store.append([row(s, target=1) for s in range(1, 6)], 0)
+    assert store.index_targets(5) == 5
+    assert _pg(postgres, "SELECT count(*) FROM S.memimg_targets") == [(5,)]
