@@ -155,6 +155,8 @@ class Setup:
             exists = conn.execute(sa.select(meta.c.value).where(meta.c.key == "format_version"))
             if exists.first() is None:
                 conn.execute(meta.insert().values(key="format_version", value=str(FORMAT_VERSION)))
+            if conn.execute(self.tables.covered).first() is None:  # with the target table, in one transaction
+                conn.execute(self.tables.cover_none)
 
     def _create_targets(self) -> None:
         """The target index table, empty, and its meta entry (covering seq 0), unless they are there."""
