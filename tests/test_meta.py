@@ -249,6 +249,64 @@ def test_annotations_belong_to_their_asyncio_task(make_image: Images) -> None:
     assert seen == {"a": {"a"}, "b": {"b"}, "plain": {None}, "child": {"a"}}
 
 
+def test_a_task_that_outlives_its_block_commits_with_its_own_context_only(make_image: Images) -> None:
+    """A task created inside a block keeps the annotation after the block ends, whether or not another
+    block is active elsewhere at the time."""
+    img = make_image(root=Box)
+
+    async def later(value: int) -> None:
+        await asyncio.sleep(0)
+        img.root.content = value
+
+    async def main(other_block: bool) -> None:
+        with img.annotate(user="ada"):
+            task = asyncio.create_task(later(int(other_block)))
+        if other_block:
+            with img.annotate(unrelated="x"):
+                await task
+        else:
+            await task
+
+    for other_block in (False, True):
+        asyncio.run(main(other_block))
+        assert _last_tx(img)[0].meta == {"user": "ada"}
+
+
+def test_blocks_exited_out_of_order_leave_nothing_behind(make_image: Images) -> None:
+    """Two blocks exited out of order (two generators in one thread): each takes only its own metadata off,
+    and none is left once both have exited, even while another thread is annotating."""
+    img = make_image(root=Box)
+
+    def job(tag: str) -> Any:
+        with img.annotate(job=tag, **{tag: True}):
+            yield
+            yield
+
+    g1, g2 = job("g1"), job("g2")
+    next(g1)
+    next(g2)
+    g1.close()
+    img.root.content = 1
+    assert _last_tx(img)[0].meta == {"job": "g2", "g2": True}
+    g2.close()
+    inside, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with img.annotate(user="bob"):
+            inside.set()
+            done.wait()
+
+    t = threading.Thread(target=other)
+    t.start()
+    inside.wait()
+    try:
+        img.root.content = 2
+    finally:
+        done.set()
+        t.join()
+    assert _last_tx(img)[0].meta == {}
+
+
 # -- retries ------------------------------------------------------------------------------------
 
 
