@@ -148,6 +148,23 @@ def test_a_savepoints_meta_is_kept_with_its_changes(make_image: Images) -> None:
     assert img.root.other == 2
 
 
+def test_an_annotation_inside_a_rolled_back_savepoint_is_dropped_with_it(make_image: Images) -> None:
+    """An annotate block entered inside a savepoint marks the transaction only if the savepoint is kept;
+    so does the meta of a savepoint kept inside one that is then rolled back."""
+    img = make_image(root=Box)
+    with img.transaction(meta={"outer": 1}):
+        img.root.content = "kept"
+        sp = img.begin(meta={"sp": "dropped"})
+        with img.annotate(who="dropped"):
+            img.root.other = "rolled back"
+        with img.transaction(meta={"inner": "dropped"}), img.annotate(deep="dropped"):
+            img.root.other = "rolled back too"
+        sp.discard()
+        with img.transaction(), img.annotate(who="kept"):
+            img.root.other = "kept"
+    assert _last_tx(img)[0].meta == {"outer": 1, "who": "kept"}
+
+
 def test_begin_takes_meta_too(make_image: Images) -> None:
     """img.begin(meta=...) stores the meta with the commit made by save()."""
     img = make_image(root=Box)

@@ -6,7 +6,8 @@ belong to the thread or asyncio task that entered them:
 an asyncio task started inside the block inherits them, as it inherits
 every context variable; a new thread does not. A commit made outside a
 transaction carries them; a transaction carries those in effect when it
-began and those entered while it is open, under its own ``meta``. Nested
+began and those entered while it is open (inside a savepoint: if the
+savepoint is kept), under its own ``meta``. Nested
 blocks merge, the inner winning.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 from memimg._errors import MemimgError
 from memimg.core._meta import check_meta, check_size
-from memimg.image._tx import TxState
+from memimg.image._tx import Savepoint, TxState
 
 __all__ = ["Annotation"]
 
@@ -36,6 +37,9 @@ class Annotated(Protocol):
 
     @property
     def writer(self) -> Annotating: ...
+
+    #: the savepoint open in this thread or task (None: none, or not in a transaction)
+    savepoint: contextvars.ContextVar[Savepoint | None]
 
     def current_tx(self) -> TxState | None: ...
 
@@ -74,7 +78,8 @@ class Annotation:
             check_size(merged)
         tx = self._engine.current_tx()
         if tx is not None and self._meta:
-            tx.add_meta(self._meta, annotation=True)
+            # inside a savepoint, kept with it: dropped if it is rolled back
+            tx.add_meta(self._meta, annotation=True, sp=self._engine.savepoint.get())
         self._state = "active"
         writer.ever_annotated = True  # before the variable is set: a commit that sees the block looks
         if merged:
