@@ -18,9 +18,12 @@ each framework's settings.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Final
+
+from memimg.core._meta import MAX_INT
 
 __all__ = ["KEYS", "MAX_TEXT", "annotate_settings", "request_id", "request_meta", "scalar", "user_id"]
 
@@ -77,8 +80,18 @@ def user_id(user: Any) -> Any:
 
 
 def scalar(value: Any) -> str | int | float | bool | None:
-    """*value* as a metadata value: an int, float, bool or None as it is; anything else as its str, cut short."""
-    if value is None or type(value) in (int, float, bool):
+    """*value* as a metadata value: an int, float, bool or None as it is; anything else as its str, cut short.
+
+    An int out of metadata's range (beyond 2**53 - 1 either way: a 64-bit
+    id) or a float that is not finite is stored as its str too, rather than
+    refused, which would fail the request.
+    """
+    kind = type(value)
+    if value is None or kind is bool:
+        return value  # type: ignore[no-any-return]
+    if kind is int and -MAX_INT <= value <= MAX_INT:
+        return value  # type: ignore[no-any-return]
+    if kind is float and math.isfinite(value):
         return value  # type: ignore[no-any-return]
     text = str(value)
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT]
