@@ -602,3 +602,21 @@ def test_memimg_log_shows_each_transactions_meta(tmp_path: Any) -> None:
     shown = runner.invoke(cli, ["show", path])
     assert shown.exit_code == 0 and "content" in shown.output
     assert runner.invoke(cli, ["info", path]).exit_code == 0
+
+
+def test_compact_keeps_history_in_whole_transactions(tmp_path: Any) -> None:
+    """--keep-events N falling inside a transaction keeps that whole transaction, its meta row first."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 0
+        with img.transaction(meta={"user": "ada"}):
+            img.root.content = 1
+            img.root.other = 2
+            img.root.content = 3
+    r = CliRunner().invoke(cli, ["compact", path, "--keep-events", "3"])
+    assert r.exit_code == 0, r.output
+    with memimg.open(path, root=Box) as img:
+        events = [e for e in img.events() if e.kind != "snapshot"]
+        tx = [e for e in events if e.tx == events[-1].tx]
+        assert [e.kind for e in tx] == ["tx.meta", "obj.set", "obj.set", "obj.set"]
+        assert all(e.meta == {"user": "ada"} for e in tx)
