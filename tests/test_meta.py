@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 import memimg
 from memimg.cli import cli
+from memimg.core._meta import read_events
+from memimg.stores import EventRow
 from tests.conftest import Images
 from tests.models import Account, Bank, Box
 
@@ -620,3 +622,41 @@ def test_compact_keeps_history_in_whole_transactions(tmp_path: Any) -> None:
         tx = [e for e in events if e.tx == events[-1].tx]
         assert [e.kind for e in tx] == ["tx.meta", "obj.set", "obj.set", "obj.set"]
         assert all(e.meta == {"user": "ada"} for e in tx)
+
+
+def _append_meta_second(path: str) -> int:
+    """Append a transaction whose ``tx.meta`` row is its second; returns that row's seq."""
+    from memimg.core._rows import event_checksum
+
+    store = memimg.SQLiteStore(path)
+    head = store.head()
+    tx, ts = head + 1, 1_700_000_000_000_000
+    rows: list[EventRow] = []
+    for seq, kind, target, data in ((tx, "obj.set", 1, b'[["content",5]]'), (tx + 1, "tx.meta", 0, b'[[{"u":1}]]')):
+        rows.append(EventRow(seq, tx, ts, kind, target, data, event_checksum(seq, tx, ts, kind, target, data)))
+    store.append(rows, head)
+    store.close()
+    return tx + 1
+
+
+@pytest.mark.parametrize("bad", [[[1]], [[{"a": [1, 2]}]], [[{"a": {"b": 1}}]], "second"])
+def test_a_malformed_meta_row_is_refused_by_open_verify_and_events_alike(tmp_path: Any, bad: Any) -> None:
+    """A tx.meta row (checksum valid) that is not first in its transaction or holds no flat dict of scalars:
+    opening, verify and reading the events all refuse it, naming its seq."""
+    from tests.tampering import append_event
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+    seq = _append_meta_second(path) if bad == "second" else append_event(path, "tx.meta", 0, bad)
+    with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} ") as err:
+        memimg.open(path, root=Box)
+    assert err.value.seq == seq
+    r = CliRunner().invoke(cli, ["verify", path])
+    assert r.exit_code != 0 and f"event seq {seq} " in r.output, r.output
+    store = memimg.SQLiteStore(path)
+    try:
+        with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} "):
+            list(read_events(store.read))
+    finally:
+        store.close()

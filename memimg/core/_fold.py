@@ -31,6 +31,7 @@ from memimg._errors import CorruptLogError, MemimgError
 from memimg.core import _schema
 from memimg.core._gone import Gone
 from memimg.core._kinds import FIELD, KINDS, Kind
+from memimg.core._meta import META_KIND, check_row
 from memimg.core._reader import Pending, Reader, at_seq
 from memimg.core._rows import BAD_COLUMN, EventRow, event_checksum, verify_event
 
@@ -144,6 +145,8 @@ def _fold_rows(
             p = None
         if kind in SNAPSHOT_KINDS:
             last_snapshot = seq
+        elif kind == META_KIND:
+            check_row(EventRow(*row))  # as img.events() reads it
         if not simple:
             pending = reader.decode_row(kind, target, payload, seq, p)
             if pending is not None:
@@ -189,6 +192,8 @@ def _fold_transactions(
         batch.append(r)
         if r.kind in SNAPSHOT_KINDS:
             last_snapshot = r.seq
+        elif r.kind == META_KIND:
+            check_row(r)
     if batch:
         _hand_over(batch, reader, on_tx)
     return expected, last_snapshot
