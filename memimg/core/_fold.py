@@ -48,6 +48,10 @@ _NO_SETTERS: Final[dict[str, Any]] = {}
 OnTx = Callable[[list[tuple[Pending | None, EventRow]]], None]
 
 
+#: the kinds the fold notes as it passes: a snapshot's (where the log declares every type again) and tx.meta
+_NOTED: Final = frozenset({*SNAPSHOT_KINDS, META_KIND})
+
+
 def missing(expected: int, found: int, where: str, table: str = "memimg_events") -> CorruptLogError:
     """The error for a gap in the log: *expected* is missing, the next row is *found*.
 
@@ -143,10 +147,11 @@ def _fold_rows(
         except Exception:
             simple = False  # read again the long way, which names what is wrong
             p = None
-        if kind in SNAPSHOT_KINDS:
-            last_snapshot = seq
-        elif kind == META_KIND:
-            check_row(EventRow(*row))  # as img.events() reads it
+        if kind in _NOTED:  # one look-up for both, off the path of the other kinds
+            if kind == META_KIND:
+                check_row(EventRow(*row))  # as img.events() reads it
+            else:
+                last_snapshot = seq
         if not simple:
             pending = reader.decode_row(kind, target, payload, seq, p)
             if pending is not None:
