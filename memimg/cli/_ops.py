@@ -49,7 +49,7 @@ def snapshot(target: str) -> None:
     "--keep-events",
     type=click.IntRange(min=0),
     default=0,
-    help="Keep this many of the newest events the snapshot covers (history to look back on).",
+    help="Keep this many of the newest events the snapshot covers (history to look back on), in whole transactions.",
 )
 @click.option(
     "--keep-days",
