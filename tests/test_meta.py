@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 import memimg
 from memimg.cli import cli
+from memimg.core._meta import read_events
+from memimg.stores import EventRow
 from tests.conftest import Images
 from tests.models import Account, Bank, Box
 
@@ -148,6 +150,23 @@ def test_a_savepoints_meta_is_kept_with_its_changes(make_image: Images) -> None:
     assert img.root.other == 2
 
 
+def test_an_annotation_inside_a_rolled_back_savepoint_is_dropped_with_it(make_image: Images) -> None:
+    """An annotate block entered inside a savepoint marks the transaction only if the savepoint is kept;
+    so does the meta of a savepoint kept inside one that is then rolled back."""
+    img = make_image(root=Box)
+    with img.transaction(meta={"outer": 1}):
+        img.root.content = "kept"
+        sp = img.begin(meta={"sp": "dropped"})
+        with img.annotate(who="dropped"):
+            img.root.other = "rolled back"
+        with img.transaction(meta={"inner": "dropped"}), img.annotate(deep="dropped"):
+            img.root.other = "rolled back too"
+        sp.discard()
+        with img.transaction(), img.annotate(who="kept"):
+            img.root.other = "kept"
+    assert _last_tx(img)[0].meta == {"outer": 1, "who": "kept"}
+
+
 def test_begin_takes_meta_too(make_image: Images) -> None:
     """img.begin(meta=...) stores the meta with the commit made by save()."""
     img = make_image(root=Box)
@@ -247,6 +266,64 @@ def test_annotations_belong_to_their_asyncio_task(make_image: Images) -> None:
         if e.kind == "obj.set" and e.target in owner:
             seen.setdefault(owner[e.target], set()).add(e.meta.get("user"))
     assert seen == {"a": {"a"}, "b": {"b"}, "plain": {None}, "child": {"a"}}
+
+
+def test_a_task_that_outlives_its_block_commits_with_its_own_context_only(make_image: Images) -> None:
+    """A task created inside a block keeps the annotation after the block ends, whether or not another
+    block is active elsewhere at the time."""
+    img = make_image(root=Box)
+
+    async def later(value: int) -> None:
+        await asyncio.sleep(0)
+        img.root.content = value
+
+    async def main(other_block: bool) -> None:
+        with img.annotate(user="ada"):
+            task = asyncio.create_task(later(int(other_block)))
+        if other_block:
+            with img.annotate(unrelated="x"):
+                await task
+        else:
+            await task
+
+    for other_block in (False, True):
+        asyncio.run(main(other_block))
+        assert _last_tx(img)[0].meta == {"user": "ada"}
+
+
+def test_blocks_exited_out_of_order_leave_nothing_behind(make_image: Images) -> None:
+    """Two blocks exited out of order (two generators in one thread): each takes only its own metadata off,
+    and none is left once both have exited, even while another thread is annotating."""
+    img = make_image(root=Box)
+
+    def job(tag: str) -> Any:
+        with img.annotate(job=tag, **{tag: True}):
+            yield
+            yield
+
+    g1, g2 = job("g1"), job("g2")
+    next(g1)
+    next(g2)
+    g1.close()
+    img.root.content = 1
+    assert _last_tx(img)[0].meta == {"job": "g2", "g2": True}
+    g2.close()
+    inside, done = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with img.annotate(user="bob"):
+            inside.set()
+            done.wait()
+
+    t = threading.Thread(target=other)
+    t.start()
+    inside.wait()
+    try:
+        img.root.content = 2
+    finally:
+        done.set()
+        t.join()
+    assert _last_tx(img)[0].meta == {}
 
 
 # -- retries ------------------------------------------------------------------------------------
@@ -527,3 +604,59 @@ def test_memimg_log_shows_each_transactions_meta(tmp_path: Any) -> None:
     shown = runner.invoke(cli, ["show", path])
     assert shown.exit_code == 0 and "content" in shown.output
     assert runner.invoke(cli, ["info", path]).exit_code == 0
+
+
+def test_compact_keeps_history_in_whole_transactions(tmp_path: Any) -> None:
+    """--keep-events N falling inside a transaction keeps that whole transaction, its meta row first."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 0
+        with img.transaction(meta={"user": "ada"}):
+            img.root.content = 1
+            img.root.other = 2
+            img.root.content = 3
+    r = CliRunner().invoke(cli, ["compact", path, "--keep-events", "3"])
+    assert r.exit_code == 0, r.output
+    with memimg.open(path, root=Box) as img:
+        events = [e for e in img.events() if e.kind != "snapshot"]
+        tx = [e for e in events if e.tx == events[-1].tx]
+        assert [e.kind for e in tx] == ["tx.meta", "obj.set", "obj.set", "obj.set"]
+        assert all(e.meta == {"user": "ada"} for e in tx)
+
+
+def _append_meta_second(path: str) -> int:
+    """Append a transaction whose ``tx.meta`` row is its second; returns that row's seq."""
+    from memimg.core._rows import event_checksum
+
+    store = memimg.SQLiteStore(path)
+    head = store.head()
+    tx, ts = head + 1, 1_700_000_000_000_000
+    rows: list[EventRow] = []
+    for seq, kind, target, data in ((tx, "obj.set", 1, b'[["content",5]]'), (tx + 1, "tx.meta", 0, b'[[{"u":1}]]')):
+        rows.append(EventRow(seq, tx, ts, kind, target, data, event_checksum(seq, tx, ts, kind, target, data)))
+    store.append(rows, head)
+    store.close()
+    return tx + 1
+
+
+@pytest.mark.parametrize("bad", [[[1]], [[{"a": [1, 2]}]], [[{"a": {"b": 1}}]], "second"])
+def test_a_malformed_meta_row_is_refused_by_open_verify_and_events_alike(tmp_path: Any, bad: Any) -> None:
+    """A tx.meta row (checksum valid) that is not first in its transaction or holds no flat dict of scalars:
+    opening, verify and reading the events all refuse it, naming its seq."""
+    from tests.tampering import append_event
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+    seq = _append_meta_second(path) if bad == "second" else append_event(path, "tx.meta", 0, bad)
+    with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} ") as err:
+        memimg.open(path, root=Box)
+    assert err.value.seq == seq
+    r = CliRunner().invoke(cli, ["verify", path])
+    assert r.exit_code != 0 and f"event seq {seq} " in r.output, r.output
+    store = memimg.SQLiteStore(path)
+    try:
+        with pytest.raises(memimg.CorruptLogError, match=f"event seq {seq} "):
+            list(read_events(store.read))
+    finally:
+        store.close()

@@ -49,7 +49,7 @@ def snapshot(target: str) -> None:
     "--keep-events",
     type=click.IntRange(min=0),
     default=0,
-    help="Keep this many of the newest events the snapshot covers (history to look back on).",
+    help="Keep this many of the newest events the snapshot covers (history to look back on), in whole transactions.",
 )
 @click.option(
     "--keep-days",
@@ -106,6 +106,7 @@ def _cut(
                 cut = min(cut, row.seq)
                 break
     if cut < seq:
+        cut = _tx_start(store, cut)
         cut, base = _from_snapshot(store, cut)
         if base is not None:
             start = f", and the snapshot at seq {base} that the past states start from"
@@ -137,6 +138,13 @@ def _cut(
     elif behind:
         reasons.append(f"dropped events {len(behind)} live process(es) had not reached: they reload from the snapshot")
     return cut, reasons
+
+
+def _tx_start(store: Store, cut: int) -> int:
+    """*cut* moved back to the first row of the transaction it falls in (its ``tx``): history is kept
+    in whole transactions, so none loses its first rows (its ``tx.meta`` row: who made it, and why)."""
+    row = next(iter(store.read(after=cut - 1, limit=1)), None)
+    return cut if row is None else max(min(cut, EventRow(*row).tx), store.first_seq())
 
 
 def _from_snapshot(store: Store, cut: int) -> tuple[int, int | None]:

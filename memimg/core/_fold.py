@@ -31,6 +31,7 @@ from memimg._errors import CorruptLogError, MemimgError
 from memimg.core import _schema
 from memimg.core._gone import Gone
 from memimg.core._kinds import FIELD, KINDS, Kind
+from memimg.core._meta import META_KIND, check_row
 from memimg.core._reader import Pending, Reader, at_seq
 from memimg.core._rows import BAD_COLUMN, EventRow, event_checksum, verify_event
 
@@ -45,6 +46,10 @@ _NO_SETTERS: Final[dict[str, Any]] = {}
 #: What :func:`fold` hands a transaction to instead of applying it: its rows, each with the event it
 #: holds (``None`` for one that has nothing to apply: an event on an object of a removed type).
 OnTx = Callable[[list[tuple[Pending | None, EventRow]]], None]
+
+
+#: the kinds the fold notes as it passes: a snapshot's (where the log declares every type again) and tx.meta
+_NOTED: Final = frozenset({*SNAPSHOT_KINDS, META_KIND})
 
 
 def missing(expected: int, found: int, where: str, table: str = "memimg_events") -> CorruptLogError:
@@ -142,8 +147,11 @@ def _fold_rows(
         except Exception:
             simple = False  # read again the long way, which names what is wrong
             p = None
-        if kind in SNAPSHOT_KINDS:
-            last_snapshot = seq
+        if kind in _NOTED:  # one look-up for both, off the path of the other kinds
+            if kind == META_KIND:
+                check_row(EventRow(*row))  # as img.events() reads it
+            else:
+                last_snapshot = seq
         if not simple:
             pending = reader.decode_row(kind, target, payload, seq, p)
             if pending is not None:
@@ -189,6 +197,8 @@ def _fold_transactions(
         batch.append(r)
         if r.kind in SNAPSHOT_KINDS:
             last_snapshot = r.seq
+        elif r.kind == META_KIND:
+            check_row(r)
     if batch:
         _hand_over(batch, reader, on_tx)
     return expected, last_snapshot

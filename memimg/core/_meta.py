@@ -30,6 +30,7 @@ __all__ = [
     "META_KIND",
     "TX_META",
     "check_meta",
+    "check_row",
     "check_size",
     "meta_event",
     "meta_of_row",
@@ -125,18 +126,33 @@ def meta_event(meta: dict[str, Any]) -> tuple[Kind, None, tuple[dict[str, Any]]]
 
 
 def meta_of_row(row: EventRow) -> dict[str, Any]:
-    """The metadata a ``tx.meta`` row (checked already) holds.
+    """The metadata a ``tx.meta`` row holds, checked as the fold checks it (:func:`check_row`)."""
+    return check_row(row)
+
+
+def check_row(row: EventRow) -> dict[str, Any]:
+    """The metadata of ``tx.meta`` row *row*, which must be first in its transaction and hold ``[[{...}]]``:
+    a flat dict of str keys and JSON scalar values, as :func:`check_meta` lets through.
 
     Raises:
-        CorruptLogError: its payload is not ``[[{...}]]``.
+        CorruptLogError: naming the row's seq and what is wrong.
     """
+    if row.seq != row.tx:
+        raise CorruptLogError(
+            f"event seq {row.seq} ({META_KIND}) is not the first row of its transaction {row.tx}: "
+            "the metadata of a transaction is written first in it",
+            seq=row.seq,
+            table="memimg_events",
+        )
     try:
         meta = orjson.loads(row.payload)[0][0]
     except (orjson.JSONDecodeError, IndexError, KeyError, TypeError):
         meta = None
-    if type(meta) is not dict:
+    if type(meta) is not dict or not all(type(v) in _SCALARS for v in meta.values()):
         raise CorruptLogError(
-            f"event seq {row.seq} ({META_KIND}) does not hold a metadata object", seq=row.seq, table="memimg_events"
+            f"event seq {row.seq} ({META_KIND}) does not hold a metadata object (a flat dict of JSON scalars)",
+            seq=row.seq,
+            table="memimg_events",
         )
     return meta
 
@@ -152,6 +168,8 @@ def with_meta(rows: Iterable[EventRow], first: Callable[[int], EventRow | None])
     tx = -1
     meta: dict[str, Any] = {}
     for r in rows:
+        if r.seq != r.tx and r.kind == META_KIND:
+            check_row(r)  # not first in its transaction: refused
         if r.tx != tx:
             tx = r.tx
             head = r if r.seq == tx else first(tx)
@@ -170,7 +188,8 @@ def read_events(read: Callable[..., Iterable[Any]], after: int = 0) -> Iterator[
     """The events with ``seq > after`` that *read* (a store's ``read``) gives, checked, each with its metadata.
 
     Raises:
-        CorruptLogError: a row fails its checksum, or a ``tx.meta`` row holds no metadata object.
+        CorruptLogError: a row fails its checksum, or a ``tx.meta`` row is not first in its transaction or holds
+            no metadata object.
     """
 
     def first(tx: int) -> EventRow | None:

@@ -1,23 +1,24 @@
 """``img.annotate(**meta)``: metadata every commit of this thread or task carries while the block runs.
 
-The annotations in effect are one context variable of the image (a dict,
-or None; kept by its auto-committing writer), so they belong to the thread or asyncio task that entered them:
+The annotations in effect are one context variable of the image (the
+tuple of active blocks; kept by its auto-committing writer), so they
+belong to the thread or asyncio task that entered them:
 an asyncio task started inside the block inherits them, as it inherits
 every context variable; a new thread does not. A commit made outside a
 transaction carries them; a transaction carries those in effect when it
-began and those entered while it is open, under its own ``meta``. Nested
+began and those entered while it is open (inside a savepoint: if the
+savepoint is kept), under its own ``meta``. Nested
 blocks merge, the inner winning.
 """
 
 from __future__ import annotations
 
 import contextvars
-import threading
 from typing import Any, Protocol
 
 from memimg._errors import MemimgError
 from memimg.core._meta import check_meta, check_size
-from memimg.image._tx import TxState
+from memimg.image._tx import Savepoint, TxState
 
 __all__ = ["Annotation"]
 
@@ -25,10 +26,10 @@ __all__ = ["Annotation"]
 class Annotating(Protocol):
     """Where an image keeps the annotations in effect: its auto-committing writer."""
 
-    annotation: contextvars.ContextVar[dict[str, Any] | None]
-    #: active annotate blocks, in every thread and task (0: commits need not look)
-    annotating: int
-    annotation_lock: threading.Lock
+    #: the active blocks of this thread or task, outermost first, each with the metadata merged up to it
+    annotation: contextvars.ContextVar[tuple[tuple[Any, dict[str, Any]], ...]]
+    #: set when a block is first entered on the image, never reset (False: commits need not look)
+    ever_annotated: bool
 
 
 class Annotated(Protocol):
@@ -36,6 +37,9 @@ class Annotated(Protocol):
 
     @property
     def writer(self) -> Annotating: ...
+
+    #: the savepoint open in this thread or task (None: none, or not in a transaction)
+    savepoint: contextvars.ContextVar[Savepoint | None]
 
     def current_tx(self) -> TxState | None: ...
 
@@ -45,15 +49,16 @@ class Annotation:
 
     Entering it puts its metadata (merged over the annotations already in
     effect) on every commit made in this thread or task until it exits;
-    exiting restores the annotations that were in effect before.
+    exiting takes its metadata off again, even when blocks entered later
+    in this thread or task are still active (exited out of order: two
+    generators, say), which keep theirs.
     """
 
-    __slots__ = ("_engine", "_meta", "_previous", "_state")
+    __slots__ = ("_engine", "_meta", "_state")
 
     def __init__(self, engine: Annotated, meta: dict[str, Any]) -> None:
         self._engine = engine
         self._meta = check_meta(meta)
-        self._previous: dict[str, Any] | None = None
         self._state = "new"
 
     @property
@@ -66,29 +71,45 @@ class Annotation:
             raise MemimgError("an img.annotate(...) block is entered once; call img.annotate(...) again")
         writer = self._engine.writer
         var = writer.annotation
-        outer = var.get()
+        layers = var.get()
         merged = self._meta
-        if outer:
-            merged = {**outer, **merged}
+        if layers:
+            merged = {**layers[-1][1], **merged}
             check_size(merged)
         tx = self._engine.current_tx()
         if tx is not None and self._meta:
-            tx.add_meta(self._meta, annotation=True)
-        self._previous = outer
+            # inside a savepoint, kept with it: dropped if it is rolled back
+            tx.add_meta(self._meta, annotation=True, sp=self._engine.savepoint.get())
         self._state = "active"
-        with writer.annotation_lock:
-            writer.annotating += 1
-        # set, not a token reset on exit: a web framework may enter and exit in two copies of one context
-        var.set(merged or None)
+        writer.ever_annotated = True  # before the variable is set: a commit that sees the block looks
+        if merged:
+            # set, not a token reset on exit: a web framework may enter and exit in two copies of one context
+            var.set((*layers, (self, merged)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._state == "active":
             self._state = "done"
-            writer = self._engine.writer
-            writer.annotation.set(self._previous)
-            with writer.annotation_lock:
-                writer.annotating -= 1
+            var = self._engine.writer.annotation
+            layers = var.get()
+            if layers and layers[-1][0] is self:
+                var.set(layers[:-1])
+            elif any(a is self for a, _ in layers):
+                var.set(_without(layers, self))
 
     def __repr__(self) -> str:
         return f"<memimg annotation {self._meta!r}, {self._state}>"
+
+
+Layers = tuple[tuple[Any, dict[str, Any]], ...]
+
+
+def _without(layers: Layers, gone: Annotation) -> Layers:
+    """*layers* without *gone*'s, the metadata merged again for the layers after it."""
+    rebuilt: list[tuple[Any, dict[str, Any]]] = []
+    merged: dict[str, Any] = {}
+    for annotation, _ in layers:
+        if annotation is not gone:
+            merged = {**merged, **annotation._meta}
+            rebuilt.append((annotation, merged))
+    return tuple(rebuilt)

@@ -206,9 +206,9 @@ class Engine:
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
             self.open_txs.add(state)
-        annotation = self.writer.annotation.get() if self.writer.annotating else None
-        if annotation is not None:
-            state.annotated = annotation
+        layers = self.writer.annotation.get() if self.writer.ever_annotated else None
+        if layers:
+            state.annotated = layers[-1][1]
         _tracking.tx_opened()
         self._mi_current.set(state)
         self.savepoint.set(None)

@@ -52,7 +52,9 @@ def begin(engine: Engine, meta: dict[str, Any] | None = None) -> Transaction:
     if current is not None:
         sp = current.savepoint(engine.savepoint.get())
         engine.savepoint.set(sp)
-        return Transaction(engine, current, sp, meta)
+        if meta:
+            current.add_meta(meta, sp=sp)
+        return Transaction(engine, current, sp)
     state = engine.begin()
     if meta:
         state.add_meta(meta)
@@ -68,15 +70,12 @@ class Transaction:
     """
 
     __module__ = "memimg"
-    __slots__ = ("_ended", "_engine", "_meta", "_savepoint", "_state", "nested")
+    __slots__ = ("_ended", "_engine", "_savepoint", "_state", "nested")
 
-    def __init__(
-        self, engine: Engine, state: TxState, savepoint: Savepoint | None = None, meta: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, state: TxState, savepoint: Savepoint | None = None) -> None:
         self._engine = engine
         self._state = state
         self._savepoint = savepoint
-        self._meta = meta  # a savepoint's: merged over the transaction's when it is kept
         #: Whether this is a savepoint inside an enclosing transaction.
         self.nested = savepoint is not None
         self._ended = False
@@ -103,8 +102,6 @@ class Transaction:
         if sp is not None:
             self._engine.savepoint.set(sp.parent)
             self._state.release(sp)
-            if self._meta:
-                self._state.add_meta(self._meta)
         else:
             self._engine.end(self._state, commit=True)
 

@@ -361,12 +361,18 @@ class TxState:
 
     # -- metadata -----------------------------------------------------------------
 
-    def add_meta(self, meta: dict[str, Any], *, annotation: bool = False) -> None:
-        """Merge checked *meta* over this transaction's own metadata (or over its annotations)."""
+    def add_meta(self, meta: dict[str, Any], *, annotation: bool = False, sp: Savepoint | None = None) -> None:
+        """Merge checked *meta* over this transaction's own metadata (or over its annotations).
+
+        Given savepoint *sp*, over that savepoint's instead: it joins the
+        transaction's (or the enclosing savepoint's) when *sp* is kept, and
+        is dropped with *sp* when it is rolled back.
+        """
+        host: TxState | Savepoint = self if sp is None else sp
         if annotation:
-            self.annotated = {**self.annotated, **meta}
+            host.annotated = {**host.annotated, **meta}
         else:
-            self.meta = {**self.meta, **meta}
+            host.meta = {**host.meta, **meta}
 
     def commit_meta(self) -> dict[str, Any] | None:
         """The metadata its commit writes: its own over its annotations; None when there is none.
@@ -387,11 +393,15 @@ class TxState:
         return Savepoint(parent)
 
     def release(self, sp: Savepoint) -> None:
-        """Keep a savepoint's changes: they now belong to the enclosing one."""
+        """Keep a savepoint's changes and metadata: they now belong to the enclosing one."""
         for tags in (self.tags, self.undo_tags):
             for i, t in enumerate(tags):
                 if t is sp:
                     tags[i] = sp.parent
+        if sp.meta:
+            self.add_meta(sp.meta, sp=sp.parent)
+        if sp.annotated:
+            self.add_meta(sp.annotated, annotation=True, sp=sp.parent)
 
     def rollback_savepoint(self, sp: Savepoint) -> None:
         """Drop the changes of *sp* and of savepoints opened inside it -- only those.
@@ -473,9 +483,12 @@ def _split(
 
 
 class Savepoint:
-    """A nested transaction: a tag on the events made inside it, and its parent."""
+    """A nested transaction: a tag on the events made inside it, its parent, and the metadata added in it."""
 
-    __slots__ = ("parent",)
+    __slots__ = ("annotated", "meta", "parent")
 
     def __init__(self, parent: Savepoint | None) -> None:
         self.parent = parent
+        #: its own ``meta`` and that of annotate blocks entered inside it (kept with it: see TxState.add_meta)
+        self.meta: dict[str, Any] = {}
+        self.annotated: dict[str, Any] = {}

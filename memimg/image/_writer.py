@@ -63,7 +63,7 @@ def _sizeable(planned: Sequence[tuple[str, tuple[Any, ...]]]) -> bool:
 class AutoWriter:
     """Commits each change made outside a transaction (see the module docstring)."""
 
-    __slots__ = ("annotating", "annotation", "annotation_lock", "engine", "publishing")
+    __slots__ = ("annotation", "engine", "ever_annotated", "publishing")
 
     #: reads outside a transaction record nothing: the hooks read the committed objects themselves
     tracks_reads = False
@@ -72,24 +72,25 @@ class AutoWriter:
         self.engine = engine
         #: the transactions being applied right now (read through while they are)
         self.publishing = publishing
-        #: the metadata of the ``img.annotate`` blocks active in this thread or task (None: none), which every
-        #: commit made here carries. (Here, not on the engine: one more attribute there would take the engine's
-        #: instance dict past CPython's shared-keys limit, and every attribute read of it on the commit path
-        #: would slow down: +2,700 instructions, 7.6%, per commit on the memory store, measured with callgrind.)
-        self.annotation: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-            f"memimg_annotation_{id(engine):x}", default=None
+        #: the ``img.annotate`` blocks active in this thread or task, outermost first, each with the metadata
+        #: merged up to it (``(annotation, merged)``; empty: none): every commit made here carries the last's.
+        #: (Here, not on the engine: one more attribute there would take the engine's instance dict past
+        #: CPython's shared-keys limit, and every attribute read of it on the commit path would slow down:
+        #: +2,700 instructions, 7.6%, per commit on the memory store, measured with callgrind.)
+        self.annotation: contextvars.ContextVar[tuple[tuple[Any, dict[str, Any]], ...]] = contextvars.ContextVar(
+            f"memimg_annotation_{id(engine):x}", default=()
         )
-        #: how many annotate blocks are active in any thread or task: while none is, a commit does not
-        #: read the context variable (an image that is never annotated pays a slot read per commit)
-        self.annotating = 0
-        self.annotation_lock = threading.Lock()
+        #: whether an annotate block was ever entered on this image, in any thread or task (never reset: a
+        #: context may hold an annotation after its block ended elsewhere, e.g. a task created in the block).
+        #: Until then a commit does not read the context variable: an image never annotated pays a slot read.
+        self.ever_annotated = False
 
     # -- writes -----------------------------------------------------------------
 
     def _annotated(self, events: list[Pending]) -> list[Pending]:
         """*events* with the ``tx.meta`` event of the annotations in effect first, if any."""
-        meta = self.annotation.get() if self.annotating else None
-        return events if meta is None else [meta_event(meta), *events]
+        layers = self.annotation.get() if self.ever_annotated else None
+        return [meta_event(layers[-1][1]), *events] if layers else events
 
     def _enter(self) -> None:
         """Checks before a change (the lock held): not from user code in a change, writable, fills logged."""
@@ -108,8 +109,8 @@ class AutoWriter:
             self._enter()
             if type(value) in NATIVE and (type(value) is not str or value.isascii()):
                 events: list[Pending] = [(_OBJ_SET, obj, (name, value))]
-                if self.annotating and (meta := self.annotation.get()) is not None:
-                    events.insert(0, meta_event(meta))
+                if self.ever_annotated and (layers := self.annotation.get()):
+                    events.insert(0, meta_event(layers[-1][1]))
                 engine.commit(events)
                 return
             # one pause of the collector for attaching and committing: what they create is

@@ -715,6 +715,18 @@ def test_each_request_is_annotated_with_user_request_id_and_view(bank: memimg.Me
     assert meta["endpoint"] == "tests.contrib.test_django.outside"
 
 
+def test_a_user_pk_beyond_the_metadata_int_range_is_recorded_as_its_str(bank: memimg.MemoryImage) -> None:
+    """A 64-bit user pk (beyond 2**53 - 1) is no metadata int: the request succeeds and records it as a str."""
+    seq = bank.seq
+    big = 2**63 - 1
+    with override_settings(MIDDLEWARE=WITH_USERS):
+        headers = {"X-Test-User": str(big)}
+        ok = Client().post("/accounts/ada/deposit/", {"amount": "1"}, content_type="application/json", headers=headers)
+    assert ok.status_code == 200
+    (deposit,) = _request_txs(bank, seq)
+    assert deposit[0].meta["user"] == str(big)
+
+
 def test_request_annotation_is_configurable_and_can_be_turned_off(
     configure: Callable[..., memimg.MemoryImage],
 ) -> None:

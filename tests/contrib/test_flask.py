@@ -844,10 +844,20 @@ def test_a_no_transaction_views_changes_are_annotated_with_a_new_request_id(make
 
 @pytest.mark.parametrize(
     ("user", "expected"),
-    [("ada", "ada"), (types.SimpleNamespace(id=5), 5), (types.SimpleNamespace(get_id=lambda: "u-1"), "u-1")],
+    [
+        ("ada", "ada"),
+        (types.SimpleNamespace(id=5), 5),
+        (types.SimpleNamespace(get_id=lambda: "u-1"), "u-1"),
+        (2**53 - 1, 2**53 - 1),
+        (2**63 - 1, str(2**63 - 1)),
+        (-(2**53), str(-(2**53))),
+        (types.SimpleNamespace(id=float("nan")), "nan"),
+        (types.SimpleNamespace(id=float("-inf")), "-inf"),
+    ],
 )
 def test_the_id_of_g_user(make_app: Make, user: Any, expected: Any) -> None:
-    """g.user may be the id itself, an object with .id, or one with get_id()."""
+    """g.user may be the id itself, an object with .id, or one with get_id(); an id that is no metadata
+    scalar (an int beyond 2**53 - 1 either way, a float that is not finite) is recorded as its str."""
     app, ext = make_app(TEST_G_USER=user)
     _add_views(app)
     seq = ext.image.seq
