@@ -202,6 +202,7 @@ SNAPSHOTTING = OPEN + textwrap.dedent(
     sys.stdin.readline()  # all start together
     for i in range(n):
         d[wid] = i
+        time.sleep(0.001)  # a worker's pace: the background snapshot threads get their turns
     img.close()
     print("done", flush=True)
     """
