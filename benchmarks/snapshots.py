@@ -227,5 +227,5 @@ def snapshots(ctx: Context) -> None:
         _writers(ctx, n // 4, "SQLite", str(where / "image.db"), "sqlite", snapshot_every)
         if url:
             _writers(ctx, n // 4, "PostgreSQL", f"{url}|bench_snap", "postgres", snapshot_every)
-    else:
+    if not url:
         ctx.results.notes.append(f"snapshots: PostgreSQL not measured ({POSTGRES_ENV} is not set)")
