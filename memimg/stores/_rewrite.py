@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from memimg.stores._protocol import EventRow, Rewrite, SeqTaken
+from memimg.stores._sqlitewal import retry_busy
 
 if TYPE_CHECKING:  # SQLAlchemy is optional: imported where it is used
     import sqlalchemy as sa
@@ -53,7 +54,9 @@ _SET_SNAPSHOT: Final = "UPDATE memimg_snapshots SET payload = ?, checksum = ? WH
 Plan = Callable[[Sequence[EventRow]], Rewrite]
 
 
-def sqlite_rewrite(conn: sqlite3.Connection, plan: Plan, after: int, append_first: str, append: str) -> int | None:
+def sqlite_rewrite(
+    conn: sqlite3.Connection, timeout: float, plan: Plan, after: int, append_first: str, append: str
+) -> int | None:
     """The rewrite on *conn*: one ``BEGIN IMMEDIATE`` transaction, ``secure_delete`` on while it runs.
 
     *append_first* inserts a row if the head is its last parameter, *append*
@@ -62,7 +65,7 @@ def sqlite_rewrite(conn: sqlite3.Connection, plan: Plan, after: int, append_firs
     previous = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
     conn.execute("PRAGMA secure_delete = ON")
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        retry_busy(timeout, conn.execute, "BEGIN IMMEDIATE")  # the write lock, waited for as an append does
         try:
             missed = [EventRow(*r) for r in conn.execute(_READ, (after,))]
             events, snapshots, rows = plan(missed)

@@ -508,8 +508,7 @@ class SQLiteStore:
         self._check_writable(doing)
         with self._lock:
             try:
-                with self._own_waiting():  # BEGIN IMMEDIATE waits for the write lock
-                    last = sqlite_rewrite(self._conn, plan, after, APPEND_FIRST, APPEND)
+                last = sqlite_rewrite(self._conn, self._busy_timeout, plan, after, APPEND_FIRST, APPEND)
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, last)
