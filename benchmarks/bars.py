@@ -271,6 +271,12 @@ def snapshot_bars(results: Results) -> Iterator[Bar]:
         detail = (
             f"longest {longest:.0f} ms, p99 {spread:.1f}x median; {written:.0f} snapshots per run (worst repetition)"
         )
+        backend = case.split(", ")[1] if case.count(", ") >= 1 else ""
+        plain = next((c for c in cases if c.startswith("4 writers") and c.endswith(f"{backend}, no snapshots")), None)
+        for peer in ("sqlite3", "psycopg"):
+            floor = results.median("snapshots", plain, "p99 / median", peer) if plain else None
+            if floor is not None:
+                detail += f"; raw {peer} writers at the same pace, no snapshots: p99 {floor:.1f}x median (median run)"
         yield Bar(bar, detail, needed, longest <= 1000 and spread <= 5)
 
 
