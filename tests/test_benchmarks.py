@@ -55,7 +55,8 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     assert seen["graph"] == everyone
     assert seen["in-memory"] >= {"memimg", "attrs", "ZODB", "eventsourcing"}
     assert {"memimg", "sqlite3"} <= seen["writers"]
-    assert seen["snapshots"] == {"memimg"}
+    # raw writers at the same pace beside memimg's 4 writers without snapshots: the machine's own spread
+    assert seen["snapshots"] == {"memimg", "sqlite3"} | ({"psycopg"} if POSTGRES_URL else set())
     assert seen["history"] == {"memimg"}
     assert seen["timetravel"] == {"memimg"}
     assert seen["tools"] == {"memimg"}
