@@ -24,10 +24,11 @@ from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _erase, _history, _past, _recovery
+from memimg.image import _erase, _feeds, _history, _past, _recovery
 from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
 from memimg.image._erase import Erasure
+from memimg.image._feeds import Commit, Subscription
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
 
@@ -194,7 +195,10 @@ class MemoryImage:
         engine = self._engine
         engine.check_open()
         with engine.lock:
-            return engine.catch_up()
+            applied = engine.catch_up()
+        if engine.writer.feed is not None:
+            engine.writer.feed.drain()
+        return applied
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until another process commits, then apply its events; returns how many.
@@ -240,6 +244,33 @@ class MemoryImage:
         self._follower = threading.Thread(target=run, name=f"memimg-follow-{id(self):x}", daemon=True)
         self._follower.start()
         return self._follower
+
+    # -- change feeds -------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Commit], Any], to: Any = None) -> Subscription:
+        """Call *callback* with each later commit that changes what *to* names; returns the subscription.
+
+        *to* is an object of this image (an entity or a tracked collection:
+        the changes whose target it is), ``(entity, "field")`` (the changes
+        of that field), a persistent class (the changes of every object of
+        it, subclasses included) or ``None`` (every change). *callback* gets
+        a :class:`memimg.Commit` holding only the matching changes, for each
+        commit -- made here, or by another process and applied by
+        :meth:`refresh`, :meth:`follow`, :meth:`wait` or the start of a
+        transaction -- that has some: after the commit is durable and
+        applied, in seq order, once, outside the image's lock. A callback may
+        read and write the image; its own commits are delivered after it
+        returns. An exception it raises is logged (logger ``memimg``) and
+        changes nothing else. See the "Change feeds" guide for the details.
+
+        ``close()`` the subscription to stop, or use it as a context manager.
+
+        Raises:
+            TypeError: *callback* is not callable.
+            MemimgError: *to* is an object of another image or not attached yet, a field its class does not
+                have, or a class that is not persistent.
+        """
+        return _feeds.subscribe(self._engine, callback, to)
 
     def events(self, since: int = 0) -> Iterator[Event]:
         """The committed events with ``seq > since``, in log order (checksums verified).
