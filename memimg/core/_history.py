@@ -133,8 +133,14 @@ class Recorder:
         if self.copies:
             self.parts.append((name, None, obj.get(name, MISSING), value, None))
             obj[name] = value
-        else:
-            self.parts.append((name, None, self._live_field(obj, name), value, None))
+            return
+        try:  # the live field (a measured path of change feeds: no call more than needed)
+            old = self._getters[type(obj)][name](obj)
+        except KeyError:
+            old = self._live_field(obj, name)
+        except AttributeError:
+            old = MISSING
+        self.parts.append((name, None, old, value, None))
 
     def field_del(self, obj: Any, name: str) -> None:
         if self.copies:

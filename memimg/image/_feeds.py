@@ -49,9 +49,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
-
-import attrs
+from typing import Any
 
 from memimg._errors import MemimgError
 from memimg.core import _types
@@ -65,14 +63,13 @@ __all__ = ["Commit", "Feed", "Subscription", "subscribe"]
 log = logging.getLogger("memimg")
 
 _COLLECTIONS = (TrackedList, TrackedDict, TrackedSet)
-_NOT_FOLLOWED: Final = object()
 
 
-#: A commit queued for delivery: ``(tx, last seq, ts, meta, local, [(index, kind, target, parts), ...], rows)``.
-Noted = tuple[int, int, int, dict[str, Any], bool, list[tuple[int, str, Any, list[Any]]], list[Any]]
+#: A commit queued for delivery: ``(tx, last seq, ts, meta, local, [(index, kind, target, part), ...], rows)``
+#: (*part*: what :class:`~memimg.core._history.Recorder` noted, see its ``Part``; *index*: of the event in *rows*).
+Noted = tuple[int, int, int, dict[str, Any], bool, list[tuple[int, str, Any, Any]], list[Any]]
 
 
-@attrs.define(repr=False)
 class Commit:
     """One commit, as a change feed delivers it: its seqs, transaction, time and metadata, and its changes.
 
@@ -83,22 +80,48 @@ class Commit:
     and this image applied it); ``changes`` the :class:`memimg.Change`
     records of the commit that the subscription follows, in the order they
     were made -- never empty (a commit that changes nothing followed is not
-    delivered). Each subscription is given a Commit of its own.
+    delivered). Each subscription is given a Commit of its own; its
+    ``changes`` and ``time`` are made when first read.
     """
 
     __module__ = "memimg"
+    __slots__ = ("_changes", "_parts", "_rows", "_time", "_ts", "first_seq", "local", "meta", "seq", "tx")
 
-    first_seq: int
-    seq: int
-    tx: int
-    time: dt.datetime
-    meta: dict[str, Any]
-    local: bool
-    changes: list[Change]
+    def __init__(
+        self, tx: int, seq: int, ts: int, meta: dict[str, Any], local: bool, parts: list[Any], rows: list[Any]
+    ) -> None:
+        self.first_seq = self.tx = tx
+        self.seq = seq
+        self.meta = meta
+        self.local = local
+        self._ts = ts
+        self._parts = parts
+        self._rows = rows
+        self._time: dt.datetime | None = None
+        self._changes: list[Change] | None = None
+
+    @property
+    def time(self) -> dt.datetime:
+        """The commit time, an aware UTC datetime."""
+        if self._time is None:
+            self._time = ts_to_datetime(self._ts)
+        return self._time
+
+    @property
+    def changes(self) -> list[Change]:
+        """The changes this subscription follows, in the order they were made."""
+        changes = self._changes
+        if changes is None:
+            tx, time, meta, rows = self.tx, self.time, self.meta, self._rows
+            changes = self._changes = [
+                Change(rows[at][0], tx, time, meta, target, kind, f, key, old, new, index)
+                for at, kind, target, (f, key, old, new, index) in self._parts
+            ]
+        return changes
 
     def __repr__(self) -> str:
         where = "local" if self.local else "remote"
-        n = len(self.changes)
+        n = len(self._parts)
         return f"<memimg.Commit seq {self.first_seq}..{self.seq} {where}: {n} change{'s' * (n != 1)}>"
 
 
@@ -159,13 +182,13 @@ class Feed:
         self.numbered = 0
         # what some subscription follows, merged (rebuilt at each change of the subscriptions)
         self.everything = False
-        #: ``oid -> fields followed`` (``None``: the whole object)
-        self.oids: dict[int, frozenset[str] | None] = {}
+        #: the ids of the objects followed (a field of theirs, or all)
+        self.oids: set[int] = set()
         self.classes: tuple[type, ...] = ()
         self.class_hits: dict[type, bool] = {}
         self.recorder = Recorder(live=True)
-        #: what the commit being applied changes that is followed: ``(event's index, kind, target, parts)``
-        self.noted: list[tuple[int, str, Any, list[Any]]] = []
+        #: what the commit being applied changes that is followed: ``(event's index, kind, target, part)``
+        self.noted: list[tuple[int, str, Any, Any]] = []
         self.at = 0
         #: the commits noted, applied and not yet delivered, in seq order
         self.queue: deque[Noted] = deque()
@@ -192,14 +215,12 @@ class Feed:
                 engine.writer.feed = None  # commits pay nothing for feeds again
 
     def _merge(self) -> None:
-        oids: dict[int, frozenset[str] | None] = {}
+        oids = set()
         classes = []
         everything = False
         for sub in self.subs:
             if sub.obj is not None:
-                oid = sub.obj._mi_oid
-                had = oids.get(oid, frozenset())
-                oids[oid] = None if had is None or sub.field is None else had | {sub.field}
+                oids.add(sub.obj._mi_oid)
             elif sub.cls is not None:
                 classes.append(sub.cls)
             else:
@@ -215,31 +236,25 @@ class Feed:
         self.at = at + 1
         if target is None:  # the image's own events (metadata, snapshots) change no object
             return
-        fields: Any = None
-        if not self.everything:
-            fields = self.oids.get(target._mi_oid, _NOT_FOLLOWED)
-            if fields is _NOT_FOLLOWED:
-                t = type(target)
-                hit = self.class_hits.get(t)
-                if hit is None:
-                    hit = self.class_hits[t] = issubclass(t, self.classes)
-                if not hit:
-                    return
-                fields = None
+        if not self.everything and target._mi_oid not in self.oids:
+            t = type(target)
+            hit = self.class_hits.get(t)
+            if hit is None:
+                hit = self.class_hits[t] = issubclass(t, self.classes)
+            if not hit:
+                return
         recorder = self.recorder
         parts = recorder.parts = []
         k.apply(recorder, target, *args)
-        if fields is not None:
-            parts = [p for p in parts if p[0] in fields]
-        if parts:
-            self.noted.append((at, k.name, target, parts))
+        name, noted = k.name, self.noted
+        for part in parts:
+            noted.append((at, name, target, part))
 
     def commit(self, events: list[Any], rows: list[Any], last_seq: int | None) -> None:
         """The commit of *events* (at *rows*) is applied: queue what it changed that is followed.
 
         *last_seq*: given for another process's commit (its last seq, which
-        may be a row this code skipped), ``None`` for this process's. The
-        :class:`Change` records are made at delivery, once per commit.
+        may be a row this code skipped), ``None`` for this process's.
         """
         self.at = 0
         noted = self.noted
@@ -253,54 +268,51 @@ class Feed:
     # -- delivery (never under the image's lock) ----------------------------------
 
     def drain(self) -> None:
-        """Deliver the queued commits, unless this thread holds the image's lock or another thread is delivering."""
+        """Deliver the queued commits, unless this thread holds the image's lock or another thread is delivering.
+
+        The thread holding the token delivers; one that finds it taken leaves
+        its commit to that thread, which looks at the queue again after giving
+        the token back (so a commit queued meanwhile is never stranded). A
+        BaseException from a callback leaves the commit queued: the next
+        drain goes on with it, and :attr:`Subscription.seen` keeps those
+        already called from being called again.
+        """
         if self.engine.lock._is_owned():
             return  # the thread releases it later, and drains then
         queue, token = self.queue, self.delivering
-        # the thread holding the token delivers; one that finds it taken leaves its commit to that thread, which
-        # looks at the queue again after giving the token back (so a commit queued meanwhile is never stranded)
         while queue and token.acquire(blocking=False):
             try:
                 while queue:
-                    self._deliver(queue[0])  # a BaseException leaves it queued: the next drain goes on with it
+                    tx, seq, ts, meta, local, parts, rows = queue[0]
+                    for sub in self.subs:
+                        if sub.closed or seq <= sub.seen:
+                            continue
+                        sub.seen = seq
+                        obj, field, cls = sub.obj, sub.field, sub.cls
+                        if obj is None and cls is None:
+                            picked = parts
+                        else:  # a loop, not a comprehension: a commit has few parts, and a call costs more
+                            picked = []
+                            for p in parts:
+                                if (
+                                    (p[2] is obj and (field is None or p[3][0] == field))
+                                    if obj is not None
+                                    else isinstance(p[2], cls)  # type: ignore[arg-type]
+                                ):
+                                    picked.append(p)
+                        if picked:
+                            try:
+                                sub.callback(Commit(tx, seq, ts, meta, local, picked, rows))
+                            except Exception:
+                                log.exception(
+                                    "change feed: %r raised on the commit at seq %d (the commit stands; other "
+                                    "subscriptions are called as usual)",
+                                    sub,
+                                    seq,
+                                )
                     queue.popleft()
             finally:
                 token.release()
-
-    def _deliver(self, noted: Noted) -> None:
-        tx, seq, ts, meta, local, events, rows = noted
-        changes: list[Change] = []
-        time: Any = None
-        for sub in self.subs:
-            if sub.closed or seq <= sub.seen:
-                continue
-            sub.seen = seq
-            if time is None:  # the changes, made once for every subscription
-                time = ts_to_datetime(ts)
-                for at, kind, target, parts in events:
-                    s = rows[at][0]
-                    for f, key, old, new, index in parts:
-                        changes.append(Change(s, tx, time, meta, target, kind, f, key, old, new, index))
-            obj = sub.obj
-            if obj is not None:
-                field = sub.field
-                picked = [c for c in changes if c.target is obj and (field is None or c.field == field)]
-            elif sub.cls is not None:
-                cls = sub.cls
-                picked = [c for c in changes if isinstance(c.target, cls)]
-            else:
-                picked = changes[:]
-            if not picked:
-                continue
-            try:
-                sub.callback(Commit(tx, seq, tx, time, meta, local, picked))
-            except Exception:
-                log.exception(
-                    "change feed: %r raised on the commit at seq %d (the commit stands; other subscriptions are "
-                    "called as usual)",
-                    sub,
-                    seq,
-                )
 
 
 def subscribe(engine: Any, callback: Callable[[Commit], Any], to: Any) -> Subscription:
