@@ -490,3 +490,81 @@ def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
             img.close()
         stores.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- changes(since=...): the blocking iterator ---------------------------------------------------------------------
+
+
+def test_changes_replays_the_log_after_since_then_follows(make_image: Images) -> None:
+    """changes(since=s) gives every commit after s -- first those in the log, with old values and this image's
+    objects, then new ones as they are made -- and stops after `timeout` seconds without one."""
+    img, acct = bank_image(make_image)
+    since = img.seq
+    acct.balance = Decimal(6)
+    with img.transaction(meta={"by": "ada"}):
+        acct.tags.add("x")
+        acct.balance = Decimal(7)
+    stream = img.changes(since=since, timeout=0.5)
+    first = next(stream)
+    assert [(c.target, c.field, c.old, c.new) for c in first.changes] == [(acct, "balance", Decimal(5), Decimal(6))]
+    second = next(stream)
+    assert second.meta == {"by": "ada"} and second.local is False
+    assert [(c.target, c.old, c.new) for c in second.changes] == [
+        (acct.tags, (), ("x",)),
+        (acct, Decimal(6), Decimal(7)),
+    ]
+    acct.owner = "Ada"  # after the call: followed
+    third = next(stream)
+    assert third.local is True and [(c.field, c.new) for c in third.changes] == [("owner", "Ada")]
+    assert list(stream) == []  # no commit within the timeout: the iteration ends
+    assert [c.seq for c in (first, second, third)] == [since + 1, second.seq, img.seq]
+
+
+def test_changes_resumes_from_a_stored_seq_without_loss_or_repeat(make_image: Images) -> None:
+    """A consumer that stores the seq of the last commit it handled and starts again from it gets exactly the
+    commits after it, whatever was committed in between (by this process or another), across reopening."""
+    img, acct = bank_image(make_image)
+    handled: list[int] = []
+    stream = img.changes(since=img.seq, timeout=0.2)
+    acct.balance = Decimal(1)
+    acct.balance = Decimal(2)
+    for commit in stream:
+        handled.append(commit.seq)
+        if len(handled) == 1:
+            break  # the consumer stops (a restart), having stored handled[-1]
+    other = make_image(root=Bank)
+    other.root.accounts["ada"].balance = Decimal(3)
+    img.close()
+    img = make_image(root=Bank)
+    rest = list(img.changes(since=handled[-1], timeout=0.2))
+    assert [c.changes[0].new for c in rest] == [Decimal(2), Decimal(3)]
+    assert handled[-1] < rest[0].seq < rest[1].seq
+
+
+def test_changes_from_other_processes_arrive_while_waiting(make_image: Images) -> None:
+    """While the iterator blocks, another process's commit is applied (the image follows the log) and given."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    stream = img.changes(since=img.seq, timeout=20)
+    threading.Timer(0.2, setattr, (other.root.accounts["ada"], "owner", "far")).start()
+    commit = next(stream)
+    assert commit.local is False and [(c.target, c.new) for c in commit.changes] == [(acct, "far")]
+    stream.close()
+
+
+def test_changes_refuses_a_seq_past_the_head_or_compacted_away(make_image: Images) -> None:
+    """since past the head of the log, or behind a compaction, is a HistoryError at the call; a negative or
+    non-int since a ValueError."""
+    img, acct = bank_image(make_image)
+    with pytest.raises(memimg.HistoryError, match="past the head") as err:
+        img.changes(since=img.seq + 5)
+    assert err.value.head == img.seq  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="since"):
+        img.changes(since=-1)
+    acct.balance = Decimal(1)
+    seq = img.snapshot()
+    acct.balance = Decimal(2)
+    img.store.delete_events_before(seq)
+    with pytest.raises(memimg.HistoryError, match="no longer kept"):
+        img.changes(since=1)
+    assert [c.changes[0].new for c in img.changes(since=seq, timeout=0.1)] == [Decimal(2)]

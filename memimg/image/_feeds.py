@@ -119,6 +119,12 @@ class Commit:
             ]
         return changes
 
+    def _relived(self, changes: list[Change]) -> Commit:
+        """This commit with *changes* instead of its own, and ``local`` False: a commit replayed from the log."""
+        other = Commit(self.tx, self.seq, self._ts, self.meta, False, self._parts, self._rows)
+        other._time, other._changes = self._time, changes
+        return other
+
     def __repr__(self) -> str:
         where = "local" if self.local else "remote"
         n = len(self._parts)

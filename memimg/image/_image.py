@@ -24,7 +24,7 @@ from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _erase, _feeds, _history, _past, _recovery
+from memimg.image import _changes, _erase, _feeds, _history, _past, _recovery
 from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
 from memimg.image._erase import Erasure
@@ -271,6 +271,24 @@ class MemoryImage:
                 have, or a class that is not persistent.
         """
         return _feeds.subscribe(self._engine, callback, to)
+
+    def changes(self, since: int = 0, timeout: float | None = None) -> Iterator[Commit]:
+        """Every commit after seq *since*, as a :class:`memimg.Commit` of all its changes: first those the log
+        holds, then new ones as they are applied; blocks between them.
+
+        Resumable: a consumer that stores the ``seq`` of the last commit it
+        handled and passes it as *since* after a restart loses nothing and
+        sees nothing twice. The iteration ends when no commit arrives for
+        *timeout* seconds (``None``: never); the image follows the log
+        (:meth:`follow`) so that other processes' commits arrive. Commits
+        read back from the log have ``local=False``. The checks are made at
+        the call.
+
+        Raises:
+            ValueError: *since* is not an int >= 0, or *timeout* is negative.
+            HistoryError: *since* is past the head of the log, or the events after it were compacted away.
+        """
+        return _changes.changes(self, since, timeout)
 
     def events(self, since: int = 0) -> Iterator[Event]:
         """The committed events with ``seq > since``, in log order (checksums verified).
