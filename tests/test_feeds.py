@@ -6,6 +6,7 @@ opened on the same log stands for another process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import tempfile
@@ -568,3 +569,83 @@ def test_changes_refuses_a_seq_past_the_head_or_compacted_away(make_image: Image
     with pytest.raises(memimg.HistoryError, match="no longer kept"):
         img.changes(since=1)
     assert [c.changes[0].new for c in img.changes(since=seq, timeout=0.1)] == [Decimal(2)]
+
+
+# -- changes_async(since=...) ----------------------------------------------------------------------------------------
+
+
+def test_changes_async_replays_then_follows_without_polling(make_image: Images) -> None:
+    """async for over changes_async(since=s) gives the commits in the log after s, then new ones -- from this
+    process and, through the follower, from another -- as they are delivered."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    since = img.seq
+    acct.balance = Decimal(6)
+
+    async def consume() -> list[memimg.Commit]:
+        got: list[memimg.Commit] = []
+        async for commit in img.changes_async(since=since):
+            got.append(commit)
+            if len(got) == 1:
+                acct.owner = "here"
+            elif len(got) == 2:
+                threading.Timer(0.1, setattr, (other.root.accounts["ada"], "owner", "there")).start()
+            else:
+                break
+        return got
+
+    got = asyncio.run(asyncio.wait_for(consume(), 30))
+    assert [(c.changes[0].field, c.changes[0].new) for c in got] == [
+        ("balance", Decimal(6)),
+        ("owner", "here"),
+        ("owner", "there"),
+    ]
+    assert [c.local for c in got] == [False, True, False]
+    assert all(c.changes[0].target is acct for c in got)
+
+
+def test_a_slow_async_consumer_is_told_and_resumes_from_its_seq(
+    make_image: Images, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer never waits for an async consumer: past its buffer, commits are not kept for it; the consumer
+    is told (a warning) and reads those it missed back from the log -- every commit once, in order."""
+    img, acct = bank_image(make_image)
+
+    async def consume() -> list[int]:
+        seqs: list[int] = []
+        async for commit in img.changes_async(since=img.seq, buffer=2):
+            if not seqs:
+                for k in range(6):  # the consumer is busy: these pile up past its buffer
+                    acct.balance = Decimal(k)
+            seqs.append(commit.seq)
+            if len(seqs) == 7:
+                break
+        return seqs
+
+    with caplog.at_level(logging.WARNING, logger="memimg"):
+        seqs = asyncio.run(asyncio.wait_for(consume_after_first_commit(acct, consume), 30))
+    assert seqs == sorted(set(seqs)) and seqs[-1] == img.seq
+    assert any("fell over 2 commits behind" in r.getMessage() for r in caplog.records)
+
+
+async def consume_after_first_commit(acct: Account, consume: Any) -> Any:
+    """Start *consume* and make one commit once its iterator is subscribed."""
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.2)
+    acct.owner = "go"
+    return await task
+
+
+def test_changes_async_refuses_bad_arguments(make_image: Images) -> None:
+    """since past the head is a HistoryError, and a buffer below one a ValueError, at the first iteration."""
+    img, _ = bank_image(make_image)
+
+    async def first(**kw: Any) -> Any:
+        async for commit in img.changes_async(**kw):
+            return commit
+        return None
+
+    with pytest.raises(memimg.HistoryError, match="past the head"):
+        asyncio.run(first(since=img.seq + 1))
+    with pytest.raises(ValueError, match="buffer"):
+        asyncio.run(first(since=img.seq, buffer=0))

@@ -20,17 +20,25 @@ A consumer that stores the ``seq`` of the last commit it handled and asks
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import itertools
+import logging
 import queue
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final
 
 from memimg._errors import HistoryError
 from memimg.core._gone import Gone
 from memimg.core._history import Change, Collected
 from memimg.image._feeds import Commit
 
-__all__ = ["changes"]
+__all__ = ["BUFFER", "changes", "changes_async"]
+
+log = logging.getLogger("memimg")
+
+#: ``changes_async``: the commits kept for a consumer that has not taken them yet, by default.
+BUFFER: Final = 1000
 
 
 def changes(img: Any, since: int, timeout: float | None) -> Iterator[Commit]:
@@ -40,6 +48,15 @@ def changes(img: Any, since: int, timeout: float | None) -> Iterator[Commit]:
         TypeError / ValueError: *since* is not an int >= 0, or *timeout* is negative.
         HistoryError: *since* is past the head of the log, or behind what a compaction kept.
     """
+    _check(img, since, timeout)
+    waiting: queue.SimpleQueue[Commit] = queue.SimpleQueue()
+    with img._engine.lock:
+        sub = img.subscribe(waiting.put)
+        start = img._engine.seq
+    return _iterate(img, sub, waiting, since, start, timeout)
+
+
+def _check(img: Any, since: Any, timeout: float | None) -> None:
     engine = img._engine
     engine.check_open()
     if type(since) is not int or since < 0:
@@ -62,11 +79,6 @@ def changes(img: Any, since: int, timeout: float | None) -> Iterator[Commit]:
             f"compaction dropped the events before seq {first}); start again from the current state",
             **facts,
         )
-    waiting: queue.SimpleQueue[Commit] = queue.SimpleQueue()
-    with engine.lock:
-        sub = img.subscribe(waiting.put)
-        start = engine.seq
-    return _iterate(img, sub, waiting, since, start, timeout)
 
 
 def _iterate(img: Any, sub: Any, waiting: Any, since: int, start: int, timeout: float | None) -> Iterator[Commit]:
@@ -117,3 +129,67 @@ def _replay(img: Any, since: int, start: int) -> Iterator[Commit]:
             for commit in replayed:
                 yield commit._relived([relive(c) for c in commit.changes])
             replayed.clear()
+
+
+async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Commit]:
+    """See :meth:`memimg.MemoryImage.changes_async`.
+
+    The commits reach the event loop from the threads that deliver them
+    (the writer's, or the follower's, woken by the store's
+    ``wait_for_change`` -- LISTEN/NOTIFY on PostgreSQL): each is put in this
+    consumer's buffer and the loop is woken, so nothing polls. The writer
+    never waits for the consumer: once *buffer* commits wait in the buffer,
+    later ones are not kept; the consumer, having taken those, is told (a
+    warning on logger ``memimg``) and the iterator reads the commits it
+    missed back from the log, from the seq of the last one it gave, then
+    follows again -- so nothing is lost, unless a compaction dropped them
+    meanwhile (``HistoryError``).
+    """
+    _check(img, since, None)
+    if type(buffer) is not int or buffer < 1:
+        raise ValueError(f"changes_async(buffer={buffer!r}): the buffer holds at least one commit")
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    last = since
+    while True:
+        pending: collections.deque[Commit] = collections.deque()
+        overflowed = [False]
+
+        def on_commit(
+            commit: Commit, pending: collections.deque[Commit] = pending, overflowed: list[bool] = overflowed
+        ) -> None:  # in the delivering thread
+            if len(pending) >= buffer:
+                overflowed[0] = True
+            elif not overflowed[0]:
+                pending.append(commit)
+            loop.call_soon_threadsafe(wake.set)
+
+        with img._engine.lock:
+            sub = img.subscribe(on_commit)
+            start = img._engine.seq
+        try:
+            if last < start:
+                replay = _replay(img, last, start)
+                while (commit := await loop.run_in_executor(None, next, replay, None)) is not None:
+                    yield commit
+                    last = commit.seq
+            img.follow()
+            while True:
+                if pending:
+                    commit = pending.popleft()
+                    yield commit
+                    last = commit.seq
+                    continue
+                if overflowed[0]:
+                    log.warning(
+                        "changes_async(): the consumer fell over %d commits behind (its buffer); reading those "
+                        "after seq %d back from the log",
+                        buffer,
+                        last,
+                    )
+                    break
+                wake.clear()
+                if not pending and not overflowed[0]:
+                    await wake.wait()
+        finally:
+            sub.close()

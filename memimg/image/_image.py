@@ -12,7 +12,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from memimg._errors import ClosedError, CorruptLogError, SchemaError, UnknownTypeError
@@ -289,6 +289,25 @@ class MemoryImage:
             HistoryError: *since* is past the head of the log, or the events after it were compacted away.
         """
         return _changes.changes(self, since, timeout)
+
+    def changes_async(self, since: int = 0, *, buffer: int = _changes.BUFFER) -> AsyncIterator[Commit]:
+        """:meth:`changes` for asyncio: ``async for commit in img.changes_async(since=seq)``.
+
+        No polling: commits are handed to the event loop by the threads that
+        deliver them (other processes' commits by the thread of
+        :meth:`follow`, woken by the store -- LISTEN/NOTIFY on PostgreSQL).
+        The writer never waits for a slow consumer: at most *buffer* commits
+        are kept for it; past that, later ones are not, and the consumer --
+        once it has taken those kept -- is told (a warning on logger
+        ``memimg``) and resumes from the seq of the last commit it was given,
+        reading the ones it missed back from the log. The checks are made at
+        the first iteration.
+
+        Raises:
+            ValueError: *since* is not an int >= 0, or *buffer* is not an int >= 1.
+            HistoryError: *since* is past the head of the log, or the events after it were compacted away.
+        """
+        return _changes.changes_async(self, since, buffer)
 
     def events(self, since: int = 0) -> Iterator[Event]:
         """The committed events with ``seq > since``, in log order (checksums verified).
