@@ -31,7 +31,7 @@ from memimg.image._erase import Erasure
 from memimg.image._image import MemoryImage
 from memimg.image._transaction import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
-from memimg.stores import MemoryStore, SQLiteStore, Store
+from memimg.stores import MemoryStore, NDJSONStore, SQLiteStore, Store
 
 __all__ = [
     "ERASED",
@@ -53,6 +53,7 @@ __all__ = [
     "MemimgError",
     "MemoryImage",
     "MemoryStore",
+    "NDJSONStore",
     "ReadOnlyError",
     "SQLiteStore",
     "SchemaError",
