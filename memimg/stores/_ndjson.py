@@ -126,6 +126,7 @@ class NDJSONStore:
         self._lock = threading.RLock()
         self._fd = -1
         self._lock_fd = -1
+        self._exclusive = False  # this store holds the lock file's exclusive lock (see _writing)
         self._ident: tuple[int, int] = (0, 0)
         self._version = FORMAT_VERSION
         self._first = 1
@@ -140,8 +141,8 @@ class NDJSONStore:
         if readonly:
             if not os.path.exists(self.path):
                 raise MemimgError(f"{self.path!r} does not exist (opened read-only)")
-            with self._io("opening the log"):
-                self._load()
+            with self._lock, self._io("opening the log"):
+                self._refresh()
             return
         with self._io("opening the log"):
             self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -185,6 +186,7 @@ class NDJSONStore:
         self._check_writable(doing)
         with self._lock, self._io(doing, write=True):
             self._flock(doing)
+            self._exclusive = True
             try:
                 if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
                     if self._fd < 0:
@@ -194,6 +196,7 @@ class NDJSONStore:
                 self._refresh(cut=True)
                 yield
             finally:
+                self._exclusive = False
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _flock(self, doing: str) -> None:
@@ -248,9 +251,57 @@ class NDJSONStore:
     def _refresh(self, *, cut: bool = False) -> None:
         """Bring the index up to the file at the path: reopen a replaced file, index appended lines.
 
-        With *cut* (a writer holding the lock), a partial last line is cut off.
+        With *cut* (a writer holding the lock), a partial last line is cut
+        off. Without, the lock file's shared lock is taken first (a ``stat``
+        that finds nothing new takes none): a writer's lines may be read
+        only once its write is whole. If a writer holds the lock, what it is
+        writing is not committed yet, so the view stays as it was (the first
+        look waits for it).
         """
         st = os.stat(self.path)
+        if self._fd >= 0 and (st.st_dev, st.st_ino) == self._ident and st.st_size == self._end:
+            return
+        if cut or self._exclusive:
+            self._catch_up(st, cut=cut)
+            return
+        shared = self._share(wait=self._fd < 0)
+        if shared is None:
+            return
+        try:
+            self._catch_up(os.stat(self.path) if shared else st, cut=False)
+        finally:
+            if shared:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _share(self, *, wait: bool) -> bool | None:
+        """Take the lock file's shared lock: ``True``; ``False`` when there is no lock file to take (no
+        writer ever opened the log, or a read-only store cannot open it); ``None`` when a writer holds it
+        and *wait* is false."""
+        if self._lock_fd < 0:
+            try:
+                self._lock_fd = os.open(self.path + ".lock", os.O_RDONLY)
+            except OSError:
+                return False
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if not wait:
+                    return None
+                if time.monotonic() >= deadline:
+                    raise LockedError(
+                        f"reading {self.path!r}: a writer held the lock for more than {self._busy_timeout:g} s",
+                        store=self.description,
+                        operation="reading the log",
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+
+    def _catch_up(self, st: os.stat_result, *, cut: bool) -> None:
+        """Index what the file at the path (*st*) holds past the index (see :meth:`_refresh`)."""
         if self._fd < 0 or (st.st_dev, st.st_ino) != self._ident:
             self._load()
             size = os.fstat(self._fd).st_size
@@ -317,8 +368,7 @@ class NDJSONStore:
     def _replace(self, first: int, chunks: Iterator[bytes]) -> None:
         """Write a new log (header *first*, then *chunks*) beside the path and rename it over (the lock is held)."""
         write_atomically(self.path, itertools.chain([header_line(FORMAT_VERSION, first)], chunks))
-        self._load()
-        self._refresh()
+        self._refresh(cut=True)
 
     # -- events -----------------------------------------------------------------------------
 
