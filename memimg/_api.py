@@ -58,9 +58,10 @@ def store_for(
             options.setdefault("connect_args", {}).setdefault("timeout", busy_timeout)
         return SQLAlchemyStore(text, sync=sync, readonly=readonly, **options)
     if text.endswith(".ndjson"):
-        if options:
-            raise TypeError(f"unexpected options for an NDJSON log: {', '.join(sorted(options))}")
-        return NDJSONStore(text, sync=sync, readonly=readonly, busy_timeout=busy_timeout)
+        unexpected = set(options) - {"keep_segments"}
+        if unexpected:
+            raise TypeError(f"unexpected options for an NDJSON log: {', '.join(sorted(unexpected))}")
+        return NDJSONStore(text, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
     if options:
         raise TypeError(f"unexpected options for an SQLite file: {', '.join(sorted(options))}")
     return SQLiteStore(text, sync=sync, readonly=readonly, busy_timeout=busy_timeout)

@@ -22,6 +22,7 @@ from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.image._image import open_past
 from memimg.model import SHELL
+from memimg.stores._ndjson import NDJSONStore
 from memimg.stores._protocol import EventRow, Store, live_positions
 
 __all__ = ["compact", "export_", "import_", "snapshot"]
@@ -62,8 +63,18 @@ def snapshot(target: str) -> None:
     is_flag=True,
     help="Drop events that live processes behind the snapshot still need (they reload from it instead).",
 )
+@click.option(
+    "--keep-segment",
+    is_flag=True,
+    help="NDJSON log: move the dropped events to a segment file, NAME.ndjson.segments/FIRST-LAST.ndjson.",
+)
 def compact(
-    target: str, archive: str | None, keep_events: int, keep_days: float | None, ignore_positions: bool
+    target: str,
+    archive: str | None,
+    keep_events: int,
+    keep_days: float | None,
+    ignore_positions: bool,
+    keep_segment: bool,
 ) -> None:
     """Snapshot, drop the events and snapshots the new snapshot makes unnecessary, and give their space back.
 
@@ -72,8 +83,12 @@ def compact(
     """
     img = open_image(target, writable=True)
     try:
-        seq = img.snapshot()
         store = img.store
+        if keep_segment:
+            if not isinstance(store, NDJSONStore):
+                raise click.UsageError(f"--keep-segment is for NDJSON logs (*.ndjson), not {target!r}")
+            store.keep_segments = True
+        seq = img.snapshot()
         cut, reasons = _cut(store, seq, img._engine.position.holder, keep_events, keep_days, ignore_positions)
         if archive:
             _archive(store, cut, archive)

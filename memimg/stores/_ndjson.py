@@ -44,6 +44,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import itertools
 import os
 import re
 import threading
@@ -55,6 +56,7 @@ import orjson
 from memimg._errors import MemimgError
 from memimg.stores._ndjsonformat import (
     encode_rows,
+    header_line,
     read_snapshot_file,
     snapshot_bytes,
     snapshot_header,
@@ -63,6 +65,7 @@ from memimg.stores._ndjsonformat import (
 )
 from memimg.stores._ndjsonlog import LogFile
 from memimg.stores._protocol import (
+    FORMAT_VERSION,
     LEASE,
     EventRow,
     Rewrite,
@@ -90,6 +93,8 @@ class NDJSONStore(LogFile):
         readonly: open the log read-only; writes raise :class:`ReadOnlyError`.
         busy_timeout: seconds to wait for another writer's lock before
             raising :class:`LockedError`.
+        keep_segments: compaction moves the events it drops to a segment
+            file instead of deleting them (see :meth:`delete_events_before`).
 
     Raises:
         MemimgError: the file is not an NDJSON memimg log (it is left
@@ -104,10 +109,13 @@ class NDJSONStore(LogFile):
         sync: str = "normal",
         readonly: bool = False,
         busy_timeout: float = 10.0,
+        keep_segments: bool = False,
     ) -> None:
         if sync not in ("normal", "full"):
             raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
         super().__init__(os.fspath(path), full=sync == "full", readonly=readonly, busy_timeout=busy_timeout)
+        #: compaction keeps the events it drops as a segment file (see :meth:`delete_events_before`)
+        self.keep_segments = keep_segments
         if os.path.isdir(self.path):
             raise MemimgError(f"{self.path!r} is a directory, not an NDJSON log file")
         if readonly:
@@ -220,12 +228,25 @@ class NDJSONStore(LogFile):
             time.sleep(min(0.01, left))
 
     def delete_events_before(self, seq: int) -> int:
-        """Drop events before *seq*: the kept lines go to a new file renamed over the log (space given back)."""
+        """Drop events before *seq*: the kept lines go to a new file renamed over the log (space given back).
+
+        With :attr:`keep_segments`, the dropped lines are first written (atomically) to a segment,
+        ``NAME.ndjson.segments/FIRST-LAST.ndjson`` (seqs zero-padded to 20 digits): a log of its own in
+        the same format, whose header says its first seq -- a segment that starts at seq 1 opens
+        read-only as the image at its last seq.
+        """
         doing = f"deleting events before seq {seq}"
         with self._writing(doing):
-            n = max(0, min(len(self._offsets), seq - self._first))
+            first = self._first
+            n = max(0, min(len(self._offsets), seq - first))
             if n:
-                self._replace(self._first + n, self._line_bytes(self._first + n, self._head()))
+                if self.keep_segments:
+                    directory = self.path + ".segments"
+                    os.makedirs(directory, exist_ok=True)
+                    segment = os.path.join(directory, f"{first:020d}-{first + n - 1:020d}.ndjson")
+                    lines = self._line_bytes(first, first + n - 1)
+                    write_atomically(segment, itertools.chain([header_line(FORMAT_VERSION, first)], lines))
+                self._replace(first + n, self._line_bytes(first + n, self._head()))
             return n
 
     def reclaim(self) -> bool:

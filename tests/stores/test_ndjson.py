@@ -256,3 +256,38 @@ def test_readers_never_see_part_of_a_write(tmp_path: Any) -> None:
     assert reader.head() == 4 and [r[0] for r in reader.read()] == [1, 2, 3, 4]
     reader.close()
     store.close()
+
+
+def test_compaction_can_keep_the_dropped_events_as_a_segment(tmp_path: Any) -> None:
+    """``memimg compact --keep-segment`` moves the dropped lines, unchanged, to NAME.ndjson.segments/FIRST-LAST.ndjson,
+    a log of its own that opens read-only as the image at its last seq; the log starts a new file from the cut.
+    On another store the option is refused, nothing changed."""
+    from click.testing import CliRunner
+
+    from memimg.cli import cli
+
+    path = str(tmp_path / "seg.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        for i in range(5):
+            img.root.content = i
+        head = img.seq
+    pathlib.Path(tmp_path / "before.ndjson").write_bytes(pathlib.Path(path).read_bytes())
+    result = CliRunner().invoke(cli, ["compact", path, "--keep-segment"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    log = _lines(path)
+    first = orjson.loads(log[0])["first"]  # the seq of compact's snapshot (a snapshot is an event too)
+    assert first > head and [orjson.loads(line)["seq"] for line in log[1:-1]] == [first]
+    (segment,) = (tmp_path / "seg.ndjson.segments").iterdir()
+    assert segment.name == f"{1:020d}-{first - 1:020d}.ndjson"
+    kept = segment.read_bytes().split(b"\n")
+    assert orjson.loads(kept[0])["first"] == 1 and kept[1:] == _lines(str(tmp_path / "before.ndjson"))[1:]
+    with memimg.open(str(segment), root=Box, readonly=True) as old:
+        assert old.seq == first - 1 and old.root.content == 4
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == 4 and img.seq == first
+    sqlite = str(tmp_path / "x.db")
+    with memimg.open(sqlite, root=Box) as img:
+        img.root.content = 1
+    refused = CliRunner().invoke(cli, ["compact", sqlite, "--keep-segment"])
+    assert refused.exit_code != 0 and "--keep-segment is for NDJSON logs" in refused.output
+    assert len(list(memimg.SQLiteStore(sqlite, readonly=True).read())) == 2
