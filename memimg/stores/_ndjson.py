@@ -135,15 +135,21 @@ class NDJSONStore(LogFile):
 
     # -- events -----------------------------------------------------------------------------
 
+    def _log_head(self) -> int:
+        """The last event's seq; with no event kept, the newest snapshot's if it is further (as in the SQL stores)."""
+        if self._offsets:
+            return self._head()
+        return max(self._head(), max((s.seq for s in self.snapshots()), default=0))
+
     def head(self) -> int:
         with self._lock, self._io("reading the head of the log"):
             self._refresh()
-            return self._head()
+            return self._log_head()
 
     def first_seq(self) -> int:
         with self._lock, self._io("reading the first seq of the log"):
             self._refresh()
-            return self._first
+            return self._first if self._offsets else self._log_head() + 1
 
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         doing = f"appending events {rows[0][0]}..{rows[-1][0]}"
@@ -153,12 +159,15 @@ class NDJSONStore(LogFile):
                 raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
         data = encode_rows(rows)
         with self._writing(doing):
-            head = self._head()
+            head = self._log_head()
             if head != expected_head:
-                if self._first - 1 <= expected_head < head:
-                    stop = min(head, expected_head + _MISSED)
+                last = self._head()
+                if self._first - 1 <= expected_head < last:
+                    stop = min(last, expected_head + _MISSED)
                     raise SeqTaken(expected_head, self._rows(expected_head + 1, stop), more=stop < head)
                 raise SeqTaken(expected_head)
+            if head > self._head():  # no event kept, a snapshot further: the log goes on after it
+                self._replace(head + 1, iter(()))
             start = self._end
             try:
                 written = os.write(self._fd, data)
@@ -214,7 +223,7 @@ class NDJSONStore(LogFile):
             st = os.stat(self.path)
         if (st.st_dev, st.st_ino) != self._ident or st.st_size != self._end:
             return True
-        return self._head() != seen
+        return (self._head() if self._offsets else self._log_head()) != seen
 
     def wait_for_change(self, seen: int, timeout: float) -> bool:
         """Block until the head moves past *seen* (polls the file's size every 10 ms), or *timeout* passes."""
@@ -264,13 +273,14 @@ class NDJSONStore(LogFile):
         """
         doing = "rewriting rows (erase)"
         with self._writing(doing):
-            head = self._head()
-            events, snapshots, rows = plan(self._rows(max(after + 1, self._first), head))
+            head = self._log_head()
+            events, snapshots, rows = plan(self._rows(max(after + 1, self._first), self._head()))
             for i, row in enumerate(rows):
                 if row[0] != head + 1 + i:
                     raise ValueError(f"row seq {row[0]} does not follow {head + i}")
-            replaced = {r[0]: r for r in events if self._first <= r[0] <= head}
-            self._replace(self._first, self._rewritten(replaced, head, encode_rows(rows)))
+            replaced = {r[0]: r for r in events if self._first <= r[0] <= self._head()}
+            first = self._first if self._offsets else head + 1
+            self._replace(first, self._rewritten(replaced, self._head(), encode_rows(rows)))
             for snap in snapshots:
                 path = self._snapshot_path(snap[0])
                 if os.path.exists(path):
