@@ -6,6 +6,7 @@ default), and opening the image again rebuilds the same typed graph.
 """
 
 from memimg._api import deserialize, migrate, open, replay, serialize
+from memimg._copy import copy
 from memimg._errors import (
     ClosedError,
     CommitUnknownError,
@@ -67,6 +68,7 @@ __all__ = [
     "UnknownTypeError",
     "UnsupportedValueError",
     "converter",
+    "copy",
     "deserialize",
     "field",
     "migrate",
