@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from decimal import Decimal
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import memimg
+from memimg._api import store_for
 from memimg.cli import cli
 from memimg.stores import EventRow
 from tests.conftest import POSTGRES_URL
@@ -74,9 +76,9 @@ def test_a_copy_keeps_every_row_snapshot_and_the_graph(tmp_path: Any, last_store
     img.close()
     chain: list[Any] = [source, str(tmp_path / "b.ndjson"), str(tmp_path / "c.db"), last_store]
     original = memimg.SQLiteStore(source, readonly=True)
-    for src, dst in zip(chain, chain[1:], strict=False):
+    for src, dst in itertools.pairwise(chain):
         assert memimg.copy(src, dst) == head
-        copy = dst if isinstance(dst, memimg.Store) else memimg.open(dst).store
+        copy = dst if isinstance(dst, memimg.Store) else store_for(dst, readonly=True)
         assert rows(copy) == rows(original) and snapshots(copy) == snapshots(original)
         with memimg.open(copy, root=Bank) as again:
             assert state(again) == expected and again.seq == head
@@ -102,11 +104,13 @@ def test_a_compacted_log_is_copied_from_where_it_starts(tmp_path: Any) -> None:
     assert store.first_seq() > 1
     for dst in (str(tmp_path / "b.db"), str(tmp_path / "b.ndjson"), memimg.MemoryStore()):
         memimg.copy(source, dst)
-        copy = dst if isinstance(dst, memimg.Store) else memimg.open(dst).store
+        copy = dst if isinstance(dst, memimg.Store) else store_for(dst, readonly=True)
         assert (copy.first_seq(), copy.head()) == (store.first_seq(), store.head())
         assert rows(copy) == rows(store) and snapshots(copy) == snapshots(store)
         with memimg.open(copy, root=Bank) as again, memimg.open(source, root=Bank, readonly=True) as old:
             assert state(again) == state(old)
+        if copy is not dst:
+            copy.close()
     store.close()
 
 
