@@ -24,13 +24,18 @@ opened ``O_APPEND``. ``sync="full"`` fsyncs the file after each commit (and
 the directory when the file is created); ``"normal"`` leaves the flushing
 to the OS: a crash of the process loses nothing written, a power loss may.
 
-**Readers** take no lock: they index complete lines only (a partial last
-line is a write under way, or a torn tail a writer will cut), and never
-modify the file -- a read-only store opens it ``O_RDONLY``. Lines are
-verified as they are read: a line that does not parse, holds another seq
-than its place says, or fails its checksum raises :class:`CorruptLogError`
-naming the line and seq. ``changed``/``wait_for_change`` look at the file's
-identity and size (a ``stat``), so followers poll a cheap call.
+**Readers** never wait for a writer and never modify the file (a
+read-only store opens it ``O_RDONLY``): they index complete lines only (a
+partial last line is a write under way, or a torn tail a writer will cut),
+and only while no writer holds the lock -- they take its shared side
+without waiting, and keep their view as it was if a writer is busy, since
+what it is writing is not committed yet (a multi-line write may be seen
+half done). Lines are verified as they are read: a line that does not
+parse, holds another seq than its place says, or fails its checksum raises
+:class:`CorruptLogError` naming the line and seq.
+``changed``/``wait_for_change`` look at the file's identity and size (a
+``stat``), so followers poll a cheap call. Leases and image positions live
+in the meta file, so the log itself is only ever appended to.
 
 **What is kept in memory**: the byte offset of every event line (8 bytes an
 event), and, once history asks by object (:meth:`NDJSONStore.read_target`),
@@ -118,15 +123,15 @@ class NDJSONStore(LogFile):
         self.keep_segments = keep_segments
         if os.path.isdir(self.path):
             raise MemimgError(f"{self.path!r} is a directory, not an NDJSON log file")
-        if readonly:
-            if not os.path.exists(self.path):
-                raise MemimgError(f"{self.path!r} does not exist (opened read-only)")
-            with self._lock, self._io("opening the log"):
-                self._refresh()
-            return
-        with self._io("opening the log"):
-            self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if readonly and not os.path.exists(self.path):
+            raise MemimgError(f"{self.path!r} does not exist (opened read-only)")
         try:
+            if readonly:
+                with self._lock, self._io("opening the log"):
+                    self._refresh()
+                return
+            with self._io("opening the log"):
+                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
             with self._writing("opening the log"):
                 pass  # _writing creates the file, cuts a torn tail, and indexes it
         except BaseException:
