@@ -385,3 +385,19 @@ def test_extents_hold_objects_read_through_an_upgrader(tmp_path: Any) -> None:
     with memimg.open(v.path, root=new.Shop) as img:
         assert len(img.all(new.Product)) == 2
         assert [p.title for p in img.find(new.Product, price=Decimal("2.5"))] == ["bread"]
+
+
+def test_an_image_reloaded_after_a_compaction_has_the_new_extents(make_image: Images) -> None:
+    """An image behind a compaction reloads in place; its extents then hold what the snapshot holds."""
+    ahead = make_image(root=Holder, snapshot_every=None)
+    ahead.root.items.extend([Item(tag=1), Item(tag=1), Special(tag=1)])
+    behind = make_image(root=Holder, snapshot_every=None)
+    assert len(behind.all(Item)) == 3  # its extents are filed before the reload
+    del ahead.root.items[0]
+    ahead.root.items.append(Special(tag=2))
+    seq = ahead.snapshot()
+    ahead.store.delete_events_before(seq)
+    ahead.store.delete_snapshots_before(seq)
+    assert behind.refresh() > 0
+    assert ids(behind.all(Item)) == ids(behind.root.items) and len(behind.all(Special)) == 2
+    assert ids(behind.find(Item, tag=1)) == ids(behind.root.items[:2])
