@@ -12,8 +12,8 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Set
+from typing import Any, TypeVar
 
 from memimg._errors import ClosedError, CorruptLogError, SchemaError, UnknownTypeError
 from memimg.core import _types
@@ -24,7 +24,7 @@ from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _erase, _history, _past, _recovery
+from memimg.image import _erase, _history, _past, _query, _recovery
 from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
 from memimg.image._erase import Erasure
@@ -34,6 +34,8 @@ from memimg.stores._protocol import Store
 __all__ = ["MemoryImage", "diff_past", "open_past"]
 
 log = logging.getLogger("memimg")
+
+T = TypeVar("T")
 
 
 class MemoryImage:
@@ -250,6 +252,46 @@ class MemoryImage:
         engine = self._engine
         engine.check_open()
         return read_events(engine.store.read, since)
+
+    # -- querying -----------------------------------------------------------------
+
+    def all(self, cls: type[T]) -> Set[T]:
+        """The instances of ``@persistent`` class *cls* (subclasses included) the image holds: a live view.
+
+        A read-only :class:`collections.abc.Set`: ``len`` (O(1)), ``in``,
+        iteration, comparisons and the set operators (which give a plain
+        ``set``); ``add``, ``discard`` and the other mutators raise
+        :class:`TypeError`. Every read sees the image as it is then:
+        commits, refreshes, replay at open and schema upgrades are in it.
+        Inside a transaction it also holds the objects the transaction
+        attached. An object made unreachable stays in it until the next
+        snapshot (automatic, or :meth:`snapshot`) collects it.
+
+        Raises:
+            TypeError: *cls* is not a ``@persistent`` class.
+            ClosedError: the image is closed (also when the view is read later).
+        """
+        self._engine.check_open()
+        _query.entity_class(cls, "img.all")
+        return _query.Extent(self._engine, cls)
+
+    def find(self, cls: type[T], /, **equalities: Any) -> list[T]:
+        """The instances in :meth:`all` of *cls* whose fields equal *equalities*, as a list in no particular order.
+
+        ``img.find(Order, status="open", customer=ada)`` compares with
+        ``==`` (as dict keys are: ``1`` matches ``1.0`` and ``True``; an
+        entity equals only itself); an unset field matches nothing. It scans
+        the extent, reading each field as this thread reads it: inside a
+        transaction, with the transaction's own writes.
+
+        Raises:
+            TypeError: *cls* is not a ``@persistent`` class, or has no field
+                named so (the message names the class and the field).
+            ConflictError: inside a transaction, a field read was changed by
+                a newer commit (as any read would be).
+            ClosedError: the image is closed.
+        """
+        return _query.find(self._engine, cls, equalities)
 
     # -- the past ---------------------------------------------------------------
 
