@@ -156,9 +156,11 @@ class MemoryImage:
     def annotate(self, **meta: Any) -> Annotation:
         """A context manager: every commit made in this thread or task while it is active carries *meta*.
 
-        Commits outside transactions carry it, and transactions begun inside
-        it or open when it is entered (under their own ``meta``); so do
-        commits retried after a conflict. Nested blocks merge, the inner
+        Commits outside transactions carry it; a transaction carries it when
+        it makes a change while the block is active (under its own ``meta``),
+        even if it commits after the block exited -- a block during which the
+        transaction changed nothing lends it nothing; so do commits retried
+        after a conflict. Nested blocks merge, the inner
         winning. An asyncio task started inside the block inherits it (as it
         inherits every context variable); a new thread does not. Values as
         for :meth:`transaction`'s ``meta``. The Flask and Django integrations
