@@ -66,6 +66,25 @@ def test_a_commit_without_meta_writes_no_meta_row(make_image: Images) -> None:
     assert all(e.meta == {} for e in img.events())
 
 
+def test_each_event_has_its_own_meta(make_image: Images) -> None:
+    """Event.meta is a dict of each event's own: changing one event's leaves the other events of its
+    transaction (with meta or without) as they were."""
+    img = make_image(root=Box)
+    with img.transaction(meta={"user": "ada"}):
+        img.root.content = 1
+        img.root.other = 2
+    with img.transaction():
+        img.root.content = 3
+        img.root.other = 4
+    events = _events(img)
+    with_meta, without = [e for e in events if e.meta][-2:], events[-2:]
+    for first, second in (with_meta, without):
+        first.meta["user"] = "mallory"
+        assert second.meta != first.meta
+    assert [e.meta for e in with_meta] == [{"user": "mallory"}, {"user": "ada"}]
+    assert without[1].meta == {}
+
+
 def test_meta_holds_no_object_references(make_image: Images) -> None:
     """Meta is stored as plain JSON: a str that looks like an encoded value stays that str."""
     img = make_image(root=Box)
