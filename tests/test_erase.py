@@ -208,6 +208,22 @@ def test_a_list_and_a_dict_lose_the_items_they_no_longer_hold(make_image: Images
     assert dict(again.notes) == {"k": "KEEP-NOTE"}
 
 
+def test_dict_keys_and_set_members_are_never_erased(make_image: Images) -> None:
+    """Erasure replaces values only: a dict's past keys, and a set's past members, stay stored after the
+    object is erased (the result's not_erased names the set); the values the keys held are gone."""
+    img = make_image(root=dict)
+    img.root["ada"] = ada = Person()
+    ada.notes["KEY-ada@example.com"] = "OLD-VALUE"
+    del ada.notes["KEY-ada@example.com"]
+    ada.tags.add("MEMBER-ada@example.com")
+    ada.tags.discard("MEMBER-ada@example.com")
+    result = img.erase(ada, reason="r")
+    assert result.erased == 1 and f"the members of set {ada.tags._mi_oid}" in result.not_erased
+    data = stored_bytes(make_image.store())
+    assert b"OLD-VALUE" not in data
+    assert b"KEY-ada@example.com" in data and b"MEMBER-ada@example.com" in data
+
+
 def test_references_are_kept_and_objects_still_reachable_are_not_followed(make_image: Images) -> None:
     """A past value that is a reference stays a reference; the object it names is left alone while it is
     still reachable (erase it to erase what it holds)."""

@@ -33,7 +33,6 @@ of the same rows never both write what they read.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import time
@@ -169,7 +168,7 @@ def erase(engine: Engine, obj: Any, field: str | None, reason: str, by: str | No
     if by is None and meta is not None and meta.get("user") is not None:
         by = str(meta["user"])  # who the application says is acting (a web request's user)
     engine.snapshots.join()
-    with _no_snapshots(engine):
+    with engine.snapshots.held("erase"):
         for _ in range(ATTEMPTS):
             with engine.lock:
                 engine.refuse_if_busy()
@@ -510,29 +509,6 @@ def _renew_lease(engine: Engine) -> None:
             store=engine.store.description,
             operation="renewing the snapshot lease",
         )
-
-
-@contextlib.contextmanager
-def _no_snapshots(engine: Engine) -> Iterator[None]:
-    """No snapshot is written meanwhile, by this process or another: the snapshot lease held."""
-    snaps = engine.snapshots
-    with snaps.lock:
-        deadline = time.monotonic() + _snapshots.WAIT_SECONDS
-        while not engine.store.lease(_snapshots.LEASE, snaps.holder, _snapshots.LEASE_SECONDS):
-            if time.monotonic() >= deadline:
-                raise LockedError(
-                    f"another process has been writing a snapshot of {engine.store.description} for over "
-                    f"{_snapshots.WAIT_SECONDS:g} s (it holds the snapshot lease); erase again later; nothing "
-                    "was changed",
-                    store=engine.store.description,
-                    operation="taking the snapshot lease",
-                )
-            time.sleep(0.05)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):  # it expires by itself
-                engine.store.release(_snapshots.LEASE, snaps.holder)
 
 
 def _scrub(engine: Engine) -> tuple[bool, str]:
