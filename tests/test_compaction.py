@@ -245,7 +245,7 @@ def test_compactions_base_snapshot_is_written_under_the_snapshot_lease(
     erased: list[Any] = []
     waited: list[bool] = []
 
-    class Hooked(_ops.SnapshotWriter):  # type: ignore[misc, name-defined]
+    class Hooked(_ops.SnapshotWriter):  # finish() also starts an erase in another image
         def finish(self) -> Any:
             done = super().finish()
             t = threading.Thread(target=lambda: erased.append(other.erase(oid, "ssn", reason="r")))
