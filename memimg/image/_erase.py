@@ -116,8 +116,9 @@ class Erasure:
             text = f"nothing to erase for {what}: no past value is stored; audit event at seq {self.seq}"
         if self.current:
             text += f"; {self.current} stored copies of current values left alone (set them first if they must go)"
-        if self.targets:
-            text += f"; with values of the objects {_ids(self.targets)}"
+        held = [oid for oid in self.targets if oid not in self.followed]
+        if held:
+            text += f"; with past values of the collections it holds: {_ids(held)}"
         if self.followed:
             text += f"; with the objects past values referred to, no longer reachable: {_ids(self.followed)}"
         if self.not_erased:
