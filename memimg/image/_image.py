@@ -158,9 +158,11 @@ class MemoryImage:
     def annotate(self, **meta: Any) -> Annotation:
         """A context manager: every commit made in this thread or task while it is active carries *meta*.
 
-        Commits outside transactions carry it, and transactions begun inside
-        it or open when it is entered (under their own ``meta``); so do
-        commits retried after a conflict. Nested blocks merge, the inner
+        Commits outside transactions carry it; a transaction carries it when
+        it makes a change while the block is active (under its own ``meta``),
+        even if it commits after the block exited -- a block during which the
+        transaction changed nothing lends it nothing; so do commits retried
+        after a conflict. Nested blocks merge, the inner
         winning. An asyncio task started inside the block inherits it (as it
         inherits every context variable); a new thread does not. Values as
         for :meth:`transaction`'s ``meta``. The Flask and Django integrations
@@ -375,7 +377,8 @@ class MemoryImage:
         the field held before its current one is replaced by
         :data:`memimg.ERASED` (checksums recomputed), and an ``erase`` audit
         event records when, why (*reason*), by whom (*by*), which object and
-        fields -- never the values. The current value is left alone (set it
+        fields, and the other objects values of which were erased with it
+        (by id) -- never the values. The current value is left alone (set it
         first if it must go too). In a past value, references to objects
         stay (inside tuples and value objects too; everything else in them
         is erased), and the objects they refer to that are no longer
@@ -399,7 +402,9 @@ class MemoryImage:
             obj: an entity, tracked list or dict of this image, or an object id (an int).
             field: one field (a current one, or a name values are stored under); None: every field.
             reason: why (stored in the audit event; at most 1,000 characters).
-            by: who asked (stored in the audit event).
+            by: who asked (stored in the audit event); None: the ``user`` of the
+                :meth:`annotate` blocks active (a web request's user), if any. The
+                audit event's transaction carries their whole metadata.
 
         Returns:
             An :class:`~memimg.Erasure` saying what was and was not erased.
