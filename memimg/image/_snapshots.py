@@ -96,22 +96,14 @@ class Snapshots:
                 if not wait:
                     self._quiet_until = time.monotonic() + RETRY_SECONDS
                     return None
-                raise LockedError(
-                    f"another process has been writing a snapshot of {self.engine.store.description} for "
-                    f"over {wait:g} s (it holds the snapshot lease); try again later",
-                    store=self.engine.store.description,
-                    operation="taking the snapshot lease",
-                )
+                raise self._locked(wait, "try again later")
             try:
                 seq = self._write(automatic)
                 if seq is not None:
                     self._index_targets(seq)
                 return seq
             finally:
-                try:
-                    self.engine.store.release(LEASE, self.holder)
-                except Exception as err:  # it expires by itself
-                    log.warning("releasing the snapshot lease of %s: %s", self.engine.store.description, err)
+                self._release()
 
     @contextlib.contextmanager
     def held(self, doing: str) -> Iterator[None]:
@@ -127,17 +119,28 @@ class Snapshots:
         """
         with self._one:
             if not self._lease(WAIT_SECONDS):
-                raise LockedError(
-                    f"another process has been writing a snapshot of {self.engine.store.description} for over "
-                    f"{WAIT_SECONDS:g} s (it holds the snapshot lease); {doing} again later; nothing was changed",
-                    store=self.engine.store.description,
-                    operation="taking the snapshot lease",
-                )
+                raise self._locked(WAIT_SECONDS, f"{doing} again later; nothing was changed")
             try:
                 yield
             finally:
-                with contextlib.suppress(Exception):  # it expires by itself
-                    self.engine.store.release(LEASE, self.holder)
+                self._release()
+
+    def _locked(self, waited: float, advice: str) -> LockedError:
+        """The error for a lease another process held past *waited* seconds."""
+        where = self.engine.store.description
+        return LockedError(
+            f"another process has been writing a snapshot of {where} for over {waited:g} s (it holds the "
+            f"snapshot lease); {advice}",
+            store=where,
+            operation="taking the snapshot lease",
+        )
+
+    def _release(self) -> None:
+        """Give the lease back (if that fails, it expires by itself)."""
+        try:
+            self.engine.store.release(LEASE, self.holder)
+        except Exception as err:
+            log.warning("releasing the snapshot lease of %s: %s", self.engine.store.description, err)
 
     def _index_targets(self, seq: int) -> None:
         """Fill the store's target index up to *seq* (what history reads by; see Store.index_targets)."""
