@@ -117,11 +117,14 @@ def _cut(
             start = ""  # the whole log: every past state starts from its first event
         else:
             why_not = _write_base(store, cut - 1, seq, engine.snapshots)
-            start = (
-                f", and a snapshot written at seq {cut - 1} for the past states to start from"
-                if why_not is None
-                else f"; but past states start at seq {seq}: no snapshot at or before seq {cut} was written ({why_not})"
-            )
+            if why_not is not None:
+                # without the snapshot the kept history starts from, dropping events would lose it for good
+                reasons.append(
+                    f"kept every event: no snapshot at seq {cut - 1} could be written for the history asked for to "
+                    f"start from ({why_not}); nothing was dropped"
+                )
+                return store.first_seq(), reasons
+            start = f", and a snapshot written at seq {cut - 1} for the past states to start from"
         reasons.append(f"kept the events from seq {cut} on: the history asked for{start}")
     meta = store.meta()
     live = live_positions(meta)
@@ -198,7 +201,7 @@ def _write_base_leased(store: Store, base: int, seq: int, holder: str) -> str | 
             return str(writer.abandoned)
     ts = time.time_ns() // 1000
     if not store.write_snapshot(SnapshotRow(base, ts, payload, snapshot_checksum(base, ts, payload)), holder):
-        return "the snapshot lease was lost while the state was read (it took too long): run memimg compact again"
+        return "another process took the snapshot lease while the state was read: run memimg compact again"
     return None
 
 

@@ -113,6 +113,9 @@ class Snapshots:
         ``erase`` waits: what the block writes from a state it read (a
         snapshot, an erase's rewrite) cannot be overtaken by another writer
         of the same rows. Waits up to :data:`WAIT_SECONDS` for another holder.
+        The lease is renewed every third of :data:`LEASE_SECONDS` while the
+        block runs, however long it takes (a thread of its own; the lease
+        still expires if this process dies).
 
         Raises:
             LockedError: another process held the lease past :data:`WAIT_SECONDS`.
@@ -120,10 +123,24 @@ class Snapshots:
         with self._one:
             if not self._lease(WAIT_SECONDS):
                 raise self._locked(WAIT_SECONDS, f"{doing} again later; nothing was changed")
+            done = threading.Event()
+            renewer = threading.Thread(target=self._renew, args=(done,), name=f"memimg-lease-{doing}", daemon=True)
+            renewer.start()
             try:
                 yield
             finally:
+                done.set()
+                renewer.join()
                 self._release()
+
+    def _renew(self, done: threading.Event) -> None:
+        """Renew the lease every third of its time until *done* (a renewal that fails is tried again)."""
+        store = self.engine.store
+        while not done.wait(LEASE_SECONDS / 3):
+            try:
+                store.lease(LEASE, self.holder, LEASE_SECONDS)
+            except Exception as err:
+                log.warning("renewing the snapshot lease of %s: %s", store.description, err)
 
     def _locked(self, waited: float, advice: str) -> LockedError:
         """The error for a lease another process held past *waited* seconds."""
