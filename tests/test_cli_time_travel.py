@@ -203,3 +203,31 @@ def test_compact_writes_the_snapshot_kept_history_starts_from_when_there_is_none
             img.at(cut - 2)
         assert project(img.root) == seen[head]
     assert run("verify", path).exit_code == 0
+
+
+def test_compact_drops_nothing_when_the_snapshot_kept_history_starts_from_cannot_be_written(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """compact --keep-events that cannot write the snapshot the kept history would start from keeps every
+    event (dropping them would make those states unrebuildable for good), says why, and a second run works."""
+    from memimg.cli import _ops
+
+    path = str(tmp_path / "img.db")
+    seen = {}
+    with memimg.open(path, root=Bank, snapshot_every=None) as img:
+        img.root.accounts["ada"] = Account("ada")
+        for _ in range(10):
+            img.root.accounts["ada"].balance += 1
+            seen[img.seq] = project(img.root)
+    monkeypatch.setattr(_ops, "_write_base_leased", lambda *args: "the state could not be read (a test)")
+    r = run("compact", path, "--keep-events", "4")
+    assert r.exit_code == 0 and "nothing was dropped" in r.output and "(a test)" in r.output, r.output
+    with memimg.open(path, root=Bank) as img:
+        assert img.store.first_seq() == 1
+        for seq, state in seen.items():
+            with img.at(seq) as past:
+                assert project(past.root) == state, seq
+    monkeypatch.undo()
+    r = run("compact", path, "--keep-events", "4")
+    assert r.exit_code == 0 and "a snapshot written at seq" in r.output, r.output
+    assert run("verify", path).exit_code == 0
