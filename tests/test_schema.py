@@ -9,6 +9,7 @@ on one log, are tested on every store.
 
 from __future__ import annotations
 
+import enum
 import textwrap
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,9 @@ import pytest
 
 import memimg
 from memimg import persistent
+from memimg.core import _types
 from tests.conftest import Images
+from tests.models import Box
 from tests.versions import Versions
 
 
@@ -974,3 +977,90 @@ def test_removed_value_types_are_cleaned_and_the_clean_up_is_logged(make_image: 
         h = img.root["h"]
         assert (h.pair, h.tags, h.stamp) == ((1, None), frozenset({"t"}), None)
         assert img.root["l"] == ["x", "y"] and len(img.root) == 2
+
+
+# -- enums and value classes renamed or moved, on every store ---------------------------------------
+
+
+def _forget(cls: type) -> str:
+    """What a process started after *cls* was renamed or moved sees: no class claims its old name.
+
+    Returns the old name.
+    """
+    info = _types.info_of(cls)
+    assert info is not None
+    with _types._lock:
+        for name in (info.name, *info.aliases):
+            if _types._by_name.get(name) is info:
+                del _types._by_name[name]
+    return info.name
+
+
+def test_an_enum_renamed_and_moved_with_an_alias_reads_old_logs(make_image: Images) -> None:
+    """An enum stored under its old name (its default module.QualName) is read as the enum that replaces
+    it -- renamed and moved, declaring the old name with @persistent(name=..., aliases=(...)) -- in fields,
+    lists, dict keys and sets, from events and then from a snapshot; new values are stored under the new
+    name."""
+
+    class Status(enum.Enum):
+        OPEN = "open"
+        PAID = "paid"
+
+    with make_image(root=dict) as img:
+        img.root["box"] = Box(content=Status.OPEN)
+        img.root["box"].content = Status.PAID  # a field-set event
+        img.root["list"] = [Status.OPEN]
+        img.root["keys"] = {Status.PAID: 1}
+        img.root["set"] = {Status.OPEN, Status.PAID}
+    old = _forget(Status)
+
+    @persistent(name="shop.orders.OrderStatus", aliases=(old,))
+    class OrderStatus(enum.Enum):
+        OPEN = "open"
+        PAID = "paid"
+
+    for _ in range(2):  # from the events, then from the snapshot
+        with make_image(root=dict) as img:
+            root = img.root
+            assert root["box"].content is OrderStatus.PAID and root["list"] == [OrderStatus.OPEN]
+            assert root["keys"] == {OrderStatus.PAID: 1} and root["set"] == {OrderStatus.OPEN, OrderStatus.PAID}
+            img.snapshot()
+    with make_image(root=dict) as img:
+        img.root["new"] = OrderStatus.OPEN
+    payload = bytes(list(make_image.store().read(after=img.seq - 1))[-1][5])  # EventRow.payload
+    assert b'"shop.orders.OrderStatus"' in payload and old.encode() not in payload
+    _forget(OrderStatus)  # a process without the class: the new name is what the log holds now
+    with pytest.raises(memimg.UnknownTypeError, match="'shop.orders.OrderStatus'"):
+        make_image(root=dict)
+
+
+def test_a_value_class_renamed_and_moved_with_an_alias_reads_old_logs(make_image: Images) -> None:
+    """A frozen attrs value class stored under its old name is read as the class that replaces it
+    (@persistent(name=..., aliases=(...)) on the frozen class), in fields, tuples, dict keys and
+    frozensets, from events and then from a snapshot."""
+
+    @attrs.frozen
+    class Money:
+        cents: int
+        currency: str = "EUR"
+
+    with make_image(root=dict) as img:
+        img.root["box"] = Box(content=Money(100))
+        img.root["box"].content = Money(250, "USD")
+        img.root["pair"] = (1, Money(5))
+        img.root[Money(7)] = frozenset({Money(8)})
+    old = _forget(Money)
+
+    @persistent(name="shop.pricing.Price", aliases=(old,))
+    @attrs.frozen
+    class Price:
+        cents: int
+        currency: str = "EUR"
+
+    for _ in range(2):  # from the events, then from the snapshot
+        with make_image(root=dict) as img:
+            root = img.root
+            assert root["box"].content == Price(250, "USD") and type(root["box"].content) is Price
+            assert root["pair"] == (1, Price(5)) and root[Price(7)] == frozenset({Price(8)})
+            assert not img.schema_report.differences
+            img.snapshot()

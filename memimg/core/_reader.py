@@ -154,7 +154,7 @@ class Reader:
                 plan = _schema.Plan(name, None, 1, (), identity=False)
             else:
                 try:
-                    info = _types.resolve(name)
+                    info = _types.resolve(name, _types.VALUE if value else _types.ENTITY)
                 except UnknownTypeError:
                     plan = _schema.plan_for(
                         name, 1, (), self.report, self.removed_types, stand_ins=self.stand_ins, value=value

@@ -199,8 +199,9 @@ def plan_for(
     """
     if stored_name in removed_types:
         return Plan(stored_name, None, version, stored_fields, identity=False)
+    kind = _types.VALUE if value else _types.ENTITY
     try:
-        info = _types.resolve(stored_name)
+        info = _types.resolve(stored_name, kind)
     except UnknownTypeError:
         if stand_ins is not None:
             info = stand_ins(stored_name, stored_fields, version, value)
@@ -208,7 +209,7 @@ def plan_for(
         if stored_name not in report.unknown_types:
             report.unknown_types.append(stored_name)
         report.difference(
-            f"type {stored_name!r} is stored but no class claims it: {_types.missing_class_advice(stored_name)}"
+            f"type {stored_name!r} is stored but no class claims it: {_types.missing_class_advice(stored_name, kind)}"
         )
         return Plan(stored_name, None, version, stored_fields, identity=False)
     if info.stand_in:

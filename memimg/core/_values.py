@@ -312,22 +312,19 @@ class Converter(cattrs.Converter):
                 "classes have a schema; a type with its own hooks evolves through them",
                 value_type=cls,
             )
+        existing = _types.info_of(cls)
+        if existing is not None and existing.kind in (_types.VALUE, _types.ENUM) and unstructure is None:
+            # the one path of @persistent(name=..., aliases=...) on an enum or a frozen attrs class
+            _types.name_value_class(cls, name=name, aliases=tuple(aliases), version=version, removed=tuple(removed))
+        else:
+            stable = name or _types.default_name(cls)
+            info = _types.TypeInfo(cls=cls, name=stable, kind=_types.CUSTOM, aliases=tuple(aliases))
+            _types.register(info, check=True)  # a clash is refused before anything is registered
+            self._custom[cls] = stable
         if unstructure is not None:
             self.register_unstructure_hook(cls, unstructure)
         if structure is not None:
             self.register_structure_hook(cls, structure)
-        stable = name or _types.default_name(cls)
-        existing = _types.info_of(cls)
-        if existing is not None and existing.kind in (_types.VALUE, _types.ENUM) and unstructure is None:
-            existing.name = stable
-            existing.aliases = tuple(aliases)
-            if version is not None:
-                existing.version = version
-            existing.removed = tuple(removed)
-            _types.register(existing)
-        else:
-            _types.register(_types.TypeInfo(cls=cls, name=stable, kind=_types.CUSTOM, aliases=tuple(aliases)))
-            self._custom[cls] = stable
         self.version += 1
 
 
