@@ -42,15 +42,19 @@ __all__ = [
     "VALUE",
     "TypeInfo",
     "check_names",
+    "claimed",
     "default_name",
     "entity_infos",
     "forget_stand_ins",
+    "generation",
     "info_of",
+    "is_storable_class",
     "is_value_class",
     "missing_class_advice",
     "name_value_class",
     "names",
     "register",
+    "registered",
     "resolve",
 ]
 
@@ -92,11 +96,35 @@ class TypeInfo:
     stand_in: bool = False
     #: Compiled state encoders of the class, by access mode (made and kept by the graph module).
     encoders: dict[Any, Any] = attrs.field(factory=dict, repr=False)
+    #: ``(registry generation, declared type of each field as text)`` (made and kept by :mod:`._typetext`).
+    types: tuple[int, tuple[str, ...]] | None = attrs.field(default=None, repr=False)
 
 
 _lock = threading.RLock()
 _by_name: dict[str, TypeInfo] = {}
 _by_cls: dict[type, TypeInfo] = {}
+_generation = [0]  # bumped whenever a name changes hands (spellings of types may change with it)
+
+
+def generation() -> int:
+    """A number that changes whenever the registry does."""
+    return _generation[0]
+
+
+def registered(cls: type) -> TypeInfo | None:
+    """The :class:`TypeInfo` *cls* is registered with, if any (nothing is registered by asking)."""
+    return _by_cls.get(cls)
+
+
+def claimed(name: str) -> TypeInfo | None:
+    """The class that claims stored name *name* now (by name or alias; not a tool's stand-in), if any."""
+    info = _by_name.get(name)
+    return None if info is None or info.stand_in else info
+
+
+def is_storable_class(cls: type) -> bool:
+    """An enum or a frozen attrs class: stored by value, registered when first stored."""
+    return isinstance(cls, enum.EnumMeta) or is_value_class(cls)
 
 
 def register(info: TypeInfo, *, check: bool = False) -> TypeInfo:
@@ -109,6 +137,7 @@ def register(info: TypeInfo, *, check: bool = False) -> TypeInfo:
     with _lock:
         if check:
             check_names(info)
+        _generation[0] += 1
         _by_cls[info.cls] = info
         _by_name[info.name] = info
         for alias in info.aliases:
@@ -237,6 +266,7 @@ def forget_stand_ins(keep: frozenset[str] = frozenset()) -> None:
     with _lock:
         for name in [n for n, info in _by_name.items() if info.stand_in and n not in keep]:
             del _by_name[name]
+        _generation[0] += 1
 
 
 def entity_infos() -> list[TypeInfo]:
