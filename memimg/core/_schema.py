@@ -206,7 +206,7 @@ def plan_for(
         info = _types.resolve(stored_name, kind)
     except UnknownTypeError:
         if stand_ins is not None:
-            info = stand_ins(stored_name, stored_fields, version, value)
+            info = stand_ins(stored_name, stored_fields, version, value, stored_types)
             return Plan(stored_name, info, version, stored_fields, field_map={f: f for f in stored_fields})
         if stored_name not in report.unknown_types:
             report.unknown_types.append(stored_name)

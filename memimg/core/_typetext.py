@@ -51,7 +51,9 @@ def field_types(info: _types.TypeInfo) -> tuple[str, ...] | None:
     Cached on *info*; recomputed only when the registry changed since (a
     class was named or renamed, which may change a spelling).
     """
-    if info.stand_in or info.kind not in (_types.ENTITY, _types.VALUE) or not attrs.has(info.cls):
+    if info.stand_in:  # no annotations: the types the log declares, if the stand-in was made with them
+        return info.types[1] if info.types is not None else None
+    if info.kind not in (_types.ENTITY, _types.VALUE) or not attrs.has(info.cls):
         return None
     generation = _types.generation()
     cached = info.types
