@@ -1156,6 +1156,12 @@ def test_a_changed_field_type_with_a_version_bump_and_an_upgrader_is_no_drift(ma
     with make_image(root=dict) as img:
         assert not img.schema_report.differences
         assert (img.root["a"].total, img.root["b"].total) == (Decimal("0.04"), Decimal("0.05"))
+        img.root["a"].total = Decimal("0.07")
+        seq = img.seq
+    payload = bytes(list(make_image.store().read(after=seq - 1))[-1][5])  # EventRow.payload
+    assert b'"bumped.Order":[2,["total","note"],"entity",["Decimal","str"]]' in payload  # version 2's types
+    with make_image(root=dict) as img:
+        assert not img.schema_report.differences and img.root["a"].total == Decimal("0.07")
 
 
 def test_same_types_spelled_otherwise_and_renamed_classes_are_no_drift(make_image: Images, v: Versions) -> None:
@@ -1195,6 +1201,13 @@ def test_same_types_spelled_otherwise_and_renamed_classes_are_no_drift(make_imag
     with make_image(root=dict) as img:
         assert not img.schema_report.differences
         assert type(img.root["i"].tags[0]) is new.Label and img.root["i"].size == 3
+        img.root["i"].size = 4
+        seq = img.seq
+    rows = list(make_image.store().read())
+    first, last = bytes(rows[1][5]), bytes(rows[-1][5])  # EventRow.payload: the old program's attach, the new write
+    assert f'"entity",["Decimal | None","list[{v.prefix}.Tag]","int"]'.encode() in first
+    # the same types spelled alike, the renamed class by its new name (declared again, with the new name)
+    assert rows[-1][0] == seq and f'"entity",["Decimal | None","list[{v.prefix}.Label]","int"]'.encode() in last
 
 
 def test_a_log_without_field_types_reads_with_no_drift_and_records_them(make_image: Images) -> None:

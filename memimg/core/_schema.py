@@ -16,6 +16,11 @@ remove a class                          ``memimg.open(..., removed_types=("x.Y",
 change a field's type or meaning        ``@persistent(version=2)`` + ``@memimg.upgrader``
 ======================================  =========================================
 
+A field whose declared type (recorded as text: :mod:`memimg.core._typetext`)
+differs from the stored one at the same version is a difference too: its
+fix is the version bump and upgrader of the last row; dropped, the values
+are kept as stored.
+
 A state is read by running the upgraders from the stored version to the
 class's version (plain functions over plain dicts), then applying renames and
 removals. Everything the code does not declare is collected as a

@@ -297,14 +297,24 @@ class Converter(cattrs.Converter):
         usual cattrs API (or for frozen attrs classes, which are value types
         without registration; register them only to give a stable name).
 
+        For an enum or a frozen attrs class registered without hooks, this
+        only names the class, and is the same as ``@persistent(name=...,
+        aliases=..., version=..., removed=...)`` on it.
+
         Args:
             name: the stable name stored in the log (default ``module.QualName``).
-            aliases: older names still accepted when reading.
+            aliases: older names still accepted when reading (stored values
+                of a class renamed or moved are read as *cls*).
             version: for a frozen attrs class, its schema version: states
                 stored under an older one go through the upgraders
                 registered for *name* (``@memimg.upgrader``), as for entities.
             removed: for a frozen attrs class, stored fields it dropped on
                 purpose (their stored values are ignored).
+
+        Raises:
+            MemimgError: *version* or *removed* for a class that is not a frozen attrs class.
+            TypeError: *name* is another kind of class's, or an alias is
+                another class's name or alias (nothing is registered).
         """
         if (version is not None or removed) and not _types.is_value_class(cls):
             raise MemimgError(

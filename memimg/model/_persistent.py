@@ -243,27 +243,40 @@ def persistent(
     removed: Iterable[str] = (),
     **options: Any,
 ) -> T | Callable[[T], T]:
-    """Make a class a persistent entity: an attrs class whose mutations are tracked.
+    """Make a class a persistent entity (an attrs class whose mutations are tracked), or give an enum
+    or a frozen attrs value class a stable name.
 
     Used bare (``@persistent``) or with options (``@persistent(name=...)``).
-    The class keeps ``attrs.define`` semantics -- annotations are fields;
-    defaults, factories, validators and converters work -- except that it is
-    always slotted and compares and hashes by identity (``eq=False``), so
-    entities can be dict keys and set members.
+    On a plain class, the class keeps ``attrs.define`` semantics --
+    annotations are fields; defaults, factories, validators and converters
+    work -- except that it is always slotted and compares and hashes by
+    identity (``eq=False``), so entities can be dict keys and set members.
+
+    On an ``enum.Enum`` subclass or a frozen attrs class (put it above
+    ``@attrs.frozen``), the class is returned unchanged: its values are
+    stored by value, and the decorator only registers its stable name and
+    aliases (and, for a value class, its version and removed fields) --
+    exactly what ``memimg.converter.register_value(cls, name=...,
+    aliases=...)`` does. See the schema-evolution guide, "Enums and value
+    classes".
 
     Args:
         name: the stable type name written to the log (default
             ``module.QualName``); set it before renaming or moving the class.
         aliases: older names still accepted on replay.
         version: the schema version, raised when a field changes type or
-            meaning (see ``memimg.upgrader``).
-        removed: stored fields that no longer exist; their values are dropped.
+            meaning (see ``memimg.upgrader``); not for an enum.
+        removed: stored fields that no longer exist; their values are
+            dropped; not for an enum.
         **options: other ``attrs.define`` options (``repr``, ``kw_only``,
-            ``init``, ``on_setattr``, ...).
+            ``init``, ``on_setattr``, ...), for an entity only.
 
     Raises:
-        TypeError: an option that contradicts entity semantics (``frozen``,
-            ``eq``, ``slots``...).
+        TypeError: not a class; an option that contradicts entity semantics
+            (``frozen``, ``eq``, ``slots``...) or that an enum or value
+            class does not take; a name another kind of class already has,
+            or an alias another class has as its name or alias (both
+            classes are named; nothing is registered).
     """
 
     def wrap(cls: T) -> T:
