@@ -51,29 +51,61 @@ def _cases(results: Results, workload: str, suffix: str = "") -> list[str]:
 
 
 def check_bars(results: Results) -> Iterator[Bar]:
-    """Every bar of SPEC §8 with its measured ratio and verdict."""
+    """Every bar of SPEC §8 (as raised for the second wave) with its measured ratio and verdict."""
+    yield from inmemory_bars(results)
+    yield from commit_bars(results)
+    yield from recovery_bars(results)
+    yield from graph_bars(results)
+    yield from writers_bars(results)
+    yield from snapshot_bars(results)
+    yield from web_bars(results)
+    yield from timetravel_bars(results)
+    yield from history_bars(results)
+    yield from tools_bars(results)
+    yield from later_bars()
+
+
+def inmemory_bars(results: Results) -> Iterator[Bar]:
+    """Workload (e): reads with and without read hooks, a mutation in a transaction, memory per object."""
     m = results.median
+    for case, bar, limit in (
+        ("read a field outside a transaction", "tracked read outside a transaction vs plain attrs read", 1.2),
+        (
+            "read a field, other thread in a transaction (memimg hooks on)",
+            "tracked read while some transaction is open (read hooks on) vs plain attrs read",
+            5.0,
+        ),
+    ):
+        needed = f"≤ {limit:g}x"
+        mine, plain = (m("in-memory", case, "ns/read", s) for s in ("memimg", "attrs"))
+        if mine is None or plain is None:
+            yield _missing(bar, needed)
+        else:
+            yield _ratio_bar(bar, needed, mine / plain, None, limit, f"{mine:.1f} ns vs {plain:.1f} ns")
 
-    # reads outside a transaction
-    bar, needed = "tracked read outside a transaction vs plain attrs read", "≤ 3x"
-    mine, plain = (m("in-memory", "read a field outside a transaction", "ns/read", s) for s in ("memimg", "attrs"))
-    if mine is None or plain is None:
-        yield _missing(bar, needed)
-    else:
-        ratio = mine / plain
-        yield _ratio_bar(bar, needed, ratio, None, 3.0, f"{mine:.1f} ns vs {plain:.1f} ns")
-
-    # one tracked mutation in a transaction
-    bar, needed = "one tracked mutation inside a transaction", "≤ 1,500 ns"
+    bar, needed = "one tracked mutation inside a transaction (no I/O)", "≤ 250 ns"
     mine, plain = (m("in-memory", "set a field in a transaction (no I/O)", "ns/set", s) for s in ("memimg", "attrs"))
     if mine is None:
         yield _missing(bar, needed)
     else:
         extra = f"; {mine / plain:.0f}x a plain attrs set of {plain:.1f} ns" if plain else ""
-        yield Bar(bar, f"{mine:,.0f} ns{extra}", needed, mine <= 1500)
+        yield Bar(bar, f"{mine:,.0f} ns{extra}", needed, mine <= 250)
 
-    # durable single-mutation commits
-    for sync, floor in (("full", 0.7), ("normal", 0.5)):
+    bar, needed = "memory per tracked object vs plain attrs", "≤ 1.5x"
+    case = next((c for c in _cases(results, "in-memory") if c.startswith("memory per object")), None)
+    mine = plain = None
+    if case is not None:
+        mine, plain = (m("in-memory", case, "bytes/object", s) for s in ("memimg", "attrs"))
+    if mine is None or plain is None:
+        yield _missing(bar, needed)
+    else:
+        yield _ratio_bar(bar, needed, mine / plain, None, 1.5, f"{mine:.0f} vs {plain:.0f} bytes/object")
+
+
+def commit_bars(results: Results) -> Iterator[Bar]:
+    """Workloads (a) and (b): durable single commits and batches of 1,000 mutations."""
+    m = results.median
+    for sync, floor in (("full", 0.9), ("normal", 0.7)):
         bar, needed = f'durable commits/s, sync="{sync}" vs raw sqlite3 WAL {sync.upper()}', f"≥ {floor}x"
         mine, raw = (m("commit", f"sync={sync}", "updates/s", s) for s in ("memimg", "sqlite3"))
         if mine is None or raw is None:
@@ -82,9 +114,12 @@ def check_bars(results: Results) -> Iterator[Bar]:
             why = f"{format_value(mine)} vs {format_value(raw)} updates/s"
             yield _ratio_bar(bar, needed, mine / raw, floor, None, why)
 
-    # batched commits
-    for case in _cases(results, "batch") or ["1,000 per transaction"]:
-        for other, floor, label in (("ZODB", 3.0, "ZODB"), ("sqlite3", 0.3, "raw sqlite3 executemany")):
+    cases = _cases(results, "batch")
+    if not cases:
+        for other, needed in (("ZODB", "≥ 5x"), ("raw sqlite3 executemany", "≥ 0.6x")):
+            yield _missing(f"batched mutations/s (1,000 per transaction; random deposits) vs {other}", needed)
+    for case in cases:
+        for other, floor, label in (("ZODB", 5.0, "ZODB"), ("sqlite3", 0.6, "raw sqlite3 executemany")):
             bar, needed = f"batched mutations/s ({case}) vs {label}", f"≥ {floor:g}x"
             mine, theirs = (m("batch", case, "updates/s", s) for s in ("memimg", other))
             if mine is None or theirs is None:
@@ -93,75 +128,98 @@ def check_bars(results: Results) -> Iterator[Bar]:
                 why = f"{format_value(mine)} vs {format_value(theirs)} updates/s"
                 yield _ratio_bar(bar, needed, mine / theirs, floor, None, why)
 
-    # recovery
+
+def recovery_bars(results: Results) -> Iterator[Bar]:
+    """Workload (c): replay against raw sqlite3's fold of the same rows; a snapshot's reopen against ZODB's."""
+    m = results.median
     plain_cases = _cases(results, "recovery", ", no snapshot")
     if not plain_cases:
-        yield _missing("recovery by replay", "≥ 300,000 events/s")
-        yield _missing("recovery with a snapshot vs ZODB reload", "≥ 3x faster")
+        yield _missing("recovery by replay vs raw sqlite3 folding the same rows", "≥ 0.5x")
+        yield _missing("recovery with a snapshot vs ZODB reload", "≥ 5x faster")
     for case in plain_cases:
         size = case.split(" mutations")[0]
-        rate = m("recovery", case, "events/s", "memimg")
-        bar, needed = f"recovery by replay, {size} mutations", "≥ 300,000 events/s"
-        yield _missing(bar, needed) if rate is None else Bar(bar, f"{rate:,.0f} events/s", needed, rate >= 300_000)
+        mine, raw = (m("recovery", case, "events/s", s) for s in ("memimg", "sqlite3"))
+        bar, needed = f"recovery by replay, {size} mutations, vs raw sqlite3 folding the same rows", "≥ 0.5x"
+        if mine is None or raw is None:
+            yield _missing(bar, needed)
+        else:
+            why = f"{mine:,.0f} vs {raw:,.0f} events/s"
+            yield _ratio_bar(bar, needed, mine / raw, 0.5, None, why)
         snap_case = case.replace(", no snapshot", ", with snapshot")
         mine, zodb = (m("recovery", snap_case, "reopen s", s) for s in ("memimg", "ZODB"))
-        bar, needed = f"recovery with a snapshot, {size} mutations, vs ZODB reload", "≥ 3x faster"
+        bar, needed = f"recovery with a snapshot, {size} mutations, vs ZODB reload", "≥ 5x faster"
         if mine is None or zodb is None:
             yield _missing(bar, needed)
         else:
-            yield _ratio_bar(bar, needed, zodb / mine, 3.0, None, f"{mine:.3f} s vs {zodb:.3f} s")
+            yield _ratio_bar(bar, needed, zodb / mine, 5.0, None, f"{mine:.3f} s vs {zodb:.3f} s")
 
-    # big graphs
+
+def graph_bars(results: Results) -> Iterator[Bar]:
+    """Workload (d): attaching a new graph (one assignment, committed), its snapshot and its reload.
+
+    The "≤ Nx" rows are memimg's time over raw sqlite3's (times slower); the
+    ZODB row is ZODB's commit time over memimg's attach (times faster).
+    """
+    m = results.median
     graph_cases = _cases(results, "graph")
     if not graph_cases:
-        yield _missing("graph snapshot and reload vs ZODB / raw sqlite3", "≥ 3x faster / ≤ 3x slower")
+        yield _missing("attaching a new graph vs raw sqlite3 save / ZODB commit", "≤ 2x / ≥ 5x faster")
+        yield _missing("snapshot / reload of that graph vs raw sqlite3 save / reload", "≤ 1.5x / ≤ 1.3x")
     for case in graph_cases:
-        snap = m("graph", case, "snapshot s", "memimg")
-        reload = m("graph", case, "reload s", "memimg")
-        # (peer, label, their write, needed): ≥ 3x faster than ZODB, ≤ 3x slower than raw sqlite3
-        for peer, label, write, needed in (
-            ("ZODB", "ZODB", "commit", "≥ 3x faster"),
-            ("sqlite3", "raw sqlite3", "save", "≤ 3x slower"),
+        attach, snap, reload = (m("graph", case, f"{what} s", "memimg") for what in ("commit", "snapshot", "reload"))
+        raw_save, raw_reload = m("graph", case, "commit s", "sqlite3"), m("graph", case, "reload s", "sqlite3")
+        raw_insert = m("graph", case, "insert s", "sqlite3")
+        zodb = m("graph", case, "commit s", "ZODB")
+        for what, mine, theirs, limit, label in (
+            ("attach (one assignment, committed)", attach, raw_save, 2.0, "raw sqlite3 save"),
+            ("snapshot", snap, raw_save, 1.5, "raw sqlite3 save"),
+            ("reload", reload, raw_reload, 1.3, "raw sqlite3 reload"),
         ):
-            for what, mine, theirs in (
-                ("snapshot", snap, m("graph", case, "commit s", peer)),
-                ("reload", reload, m("graph", case, "reload s", peer)),
-            ):
-                bar = f"{case}: {what} vs {label} {write if what == 'snapshot' else 'reload'}"
-                if mine is None or theirs is None:
-                    yield _missing(bar, needed)
-                elif peer == "ZODB":
-                    yield _ratio_bar(bar, needed, theirs / mine, 3.0, None, f"{mine:.3f} s vs {theirs:.3f} s")
-                else:
-                    detail = f"{mine:.3f} s vs {theirs:.3f} s; ratio = times slower"
-                    insert = m("graph", case, "insert s", peer) if what == "snapshot" else None
-                    if insert is not None:
-                        # raw's save (its "commit s") builds its rows from the objects, then inserts
-                        # them; the insert alone, timed from when the rows were built, is shown
-                        # beside it with the bar's threshold, never hidden
-                        ratio = mine / insert
-                        detail += (
-                            f"; vs raw's insert alone ({insert:.3f} s, rows already built):"
-                            f" {ratio:.2f}x slower, {'within' if ratio <= 3.0 else 'over'} 3x"
-                        )
-                    yield _ratio_bar(bar, needed, mine / theirs, None, 3.0, detail)
+            bar, needed = f"{case}: {what} vs {label}", f"≤ {limit:g}x"
+            if mine is None or theirs is None:
+                yield _missing(bar, needed)
+                continue
+            detail = f"{mine:.3f} s vs {theirs:.3f} s; ratio = times slower"
+            if label.endswith("save") and raw_insert is not None:
+                # raw's save builds its rows from the objects, then inserts them; the insert
+                # alone, timed from when the rows were built, is shown beside it, never hidden
+                ratio = mine / raw_insert
+                detail += (
+                    f"; vs raw's insert alone ({raw_insert:.3f} s, rows already built):"
+                    f" {ratio:.2f}x, {'within' if ratio <= limit else 'over'} {limit:g}x"
+                )
+            yield _ratio_bar(bar, needed, mine / theirs, None, limit, detail)
+        bar, needed = f"{case}: attach (one assignment, committed) vs ZODB commit", "≥ 5x faster"
+        if attach is None or zodb is None:
+            yield _missing(bar, needed)
+        else:
+            yield _ratio_bar(bar, needed, zodb / attach, 5.0, None, f"{attach:.3f} s vs {zodb:.3f} s")
 
-    # memory
-    bar, needed = "memory per tracked object vs plain attrs", "≤ 2x"
-    cases = _cases(results, "in-memory")
-    case = next((c for c in cases if c.startswith("memory per object")), None)
-    mine = plain = None
-    if case is not None:
-        mine, plain = (m("in-memory", case, "bytes/object", s) for s in ("memimg", "attrs"))
-    if mine is None or plain is None:
-        yield _missing(bar, needed)
-    else:
-        yield _ratio_bar(bar, needed, mine / plain, None, 2.0, f"{mine:.0f} vs {plain:.0f} bytes/object")
 
-    yield from snapshot_bars(results)
-    yield from web_bars(results)
-    yield from timetravel_bars(results)
-    yield from tools_bars(results)
+def writers_bars(results: Results) -> Iterator[Bar]:
+    """Workload (f): 4 writer processes on one log, disjoint keys, against raw writers on the same store."""
+    m = results.median
+    for backend, peer, floor in (("SQLite", "sqlite3", 0.6), ("PostgreSQL", "psycopg", 0.5)):
+        counts = [int(c.split()[0]) for c in _cases(results, "writers", f", {backend}")]
+        count = max(counts, default=4)  # the suite runs 1, 2, 4 writers; the bar is on the most
+        case = f"{count} writer{'s' if count > 1 else ''}, {backend}"
+        bar, needed = f"{count} writer processes on one log, {backend}, vs raw {peer} writers", f"≥ {floor:g}x"
+        mine, theirs = (m("writers", case, "updates/s", s) for s in ("memimg", peer))
+        if mine is None or theirs is None:
+            yield _missing(bar, needed)
+        else:
+            why = f"{format_value(mine)} vs {format_value(theirs)} commits/s"
+            yield _ratio_bar(bar, needed, mine / theirs, floor, None, why)
+
+
+def later_bars() -> Iterator[Bar]:
+    """Bars of SPEC §8 for capabilities not built yet: listed, never silently absent."""
+    for bar, needed, issue in (
+        ("change feed, one subscriber on a field: added to a single-mutation commit", "≤ 10%", 19),
+        ('NDJSON store, sync="full" commits vs raw os.write + os.fsync of the same lines', "≥ 0.7x", 20),
+        ("encryption at rest: commit / snapshot and reload vs the unencrypted image", "≤ 1.3x / ≤ 1.5x", 21),
+    ):
+        yield Bar(bar, f"not measured: the capability is not built yet (issue {issue})", needed, None)
 
 
 def history_bars(results: Results) -> Iterator[Bar]:
@@ -213,6 +271,12 @@ def snapshot_bars(results: Results) -> Iterator[Bar]:
         detail = (
             f"longest {longest:.0f} ms, p99 {spread:.1f}x median; {written:.0f} snapshots per run (worst repetition)"
         )
+        backend = case.split(", ")[1] if case.count(", ") >= 1 else ""
+        plain = next((c for c in cases if c.startswith("4 writers") and c.endswith(f"{backend}, no snapshots")), None)
+        for peer in ("sqlite3", "psycopg"):
+            floor = results.median("snapshots", plain, "p99 / median", peer) if plain else None
+            if floor is not None:
+                detail += f"; raw {peer} writers at the same pace, no snapshots: p99 {floor:.1f}x median (median run)"
         yield Bar(bar, detail, needed, longest <= 1000 and spread <= 5)
 
 

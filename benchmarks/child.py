@@ -7,6 +7,9 @@ A child gives a clean measurement that the parent process cannot:
   resident set size (what loading that graph really costs in memory,
   without the parent's leftovers). The system's library is imported before
   the clock starts.
+* ``write-graph SYSTEM DIR N`` -- build the N-item graph and make it
+  durable (workload (d)) in a fresh interpreter: the seconds of each phase
+  and the peak RSS of the process, the graph itself included.
 * ``writer KIND WHERE WID WRITERS`` -- one of several concurrent writers of
   workload (f); see :mod:`benchmarks.writers`.
 * ``tools-open PATH`` -- the ledger application of workload (i) opens its
@@ -63,6 +66,14 @@ def load_graph(system_name: str, where: str) -> dict[str, float]:
     return {"seconds": took, "checksum": checksum, "peak_rss": _peak_rss()}
 
 
+def write_graph(system_name: str, where: str, n: str) -> dict[str, object]:
+    from benchmarks.systems import load_system
+
+    system = load_system(system_name)
+    phases = system.write_graph(Path(where), int(n))
+    return {"phases": phases, "peak_rss": _peak_rss()}
+
+
 def run_tool(args: list[str]) -> dict[str, object]:
     """``memimg ARGS`` in this process: its exit status and what it printed."""
     import contextlib
@@ -84,6 +95,8 @@ def main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "load-graph":
         print(json.dumps(load_graph(*args)), flush=True)
+    elif mode == "write-graph":
+        print(json.dumps(write_graph(*args)), flush=True)
     elif mode == "writer":
         from benchmarks.writers import writer_main
 

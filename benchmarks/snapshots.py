@@ -13,7 +13,10 @@
   seconds, with ``snapshot_every`` small enough that several snapshots of a
   graph of N/4 items are written meanwhile (by whichever process holds the
   lease, in its background thread), and once without snapshots, to show
-  what contention alone costs. Reported: the latency of every commit of
+  what contention alone costs; beside that run, four raw writers (one
+  ``INSERT`` per commit: sqlite3 in WAL NORMAL, psycopg with
+  ``synchronous_commit = off``) at the same pace on the same database, the
+  spread the machine itself gives. Reported: the latency of every commit of
   every process -- median, p99, longest -- and the snapshots written. The
   bar: the longest at most 1 s, p99 at most 5x the median.
 """
@@ -38,10 +41,68 @@ __all__ = ["snapshot_writer_main", "snapshots"]
 
 #: Commits per second of each writer process (a busy web worker's pace).
 RATE = 250
+#: Writer processes on one log.
+WRITERS = 4
+
+
+#: Writer kinds of the raw peers (see :func:`benchmarks.writers._open_writer`).
+RAW_KINDS = ("sqlite3", "psycopg")
 
 
 class _Memimg:
     name = "memimg"
+
+
+class _Raw:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _run_paced(kind: str, target: str, seconds: float, every: int | None) -> list[float]:
+    """Start 4 paced writer processes of *kind* on *target*, let them go together; every commit's latency."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    args = [str(seconds), str(every or 0), str(RATE)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.child", "snapshot-writer", kind, target, str(w), *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(WRITERS)
+    ]
+    latencies: list[float] = []
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("a snapshot writer process did not start")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            out, _ = proc.communicate(timeout=seconds + 300)
+            latencies += json.loads(out)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return sorted(latencies)
+
+
+def _spread(latencies: list[float]) -> dict[str, tuple[float, bool]]:
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[int(len(latencies) * 0.99)]
+    return {
+        "median commit ms": (p50 * 1e3, False),
+        "p99 commit ms": (p99 * 1e3, False),
+        "longest commit ms": (latencies[-1] * 1e3, False),
+        "p99 / median": (p99 / p50, False),
+    }
 
 
 def _build(img: Any, n: int) -> list[Any]:
@@ -105,14 +166,29 @@ def snapshot_writer_main(kind: str, where: str, wid: str, seconds: str, every: s
     import memimg
     from benchmarks.models import Forest
 
-    if kind == "sqlite":
-        img = memimg.open(where, root=Forest, snapshot_every=int(every) or None)
-    else:
-        from memimg.stores._sqlalchemy import SQLAlchemyStore
+    if kind in RAW_KINDS:  # the floor: one INSERT per commit at the same pace, no library
+        from benchmarks.writers import _open_writer
 
-        url, schema = where.split("|")
-        img = memimg.open(SQLAlchemyStore(url, schema=schema), root=Forest, snapshot_every=int(every) or None)
-    items = list(img.root.groups[int(wid)].items)
+        insert, close = _open_writer(kind, where, int(wid), 4)
+        key = int(wid)
+
+        def commit(i: int) -> None:
+            insert(key, i)
+
+    else:
+        if kind == "sqlite":
+            img = memimg.open(where, root=Forest, snapshot_every=int(every) or None)
+        else:
+            from memimg.stores._sqlalchemy import SQLAlchemyStore
+
+            url, schema = where.split("|")
+            img = memimg.open(SQLAlchemyStore(url, schema=schema), root=Forest, snapshot_every=int(every) or None)
+        items = list(img.root.groups[int(wid)].items)
+        close = img.close
+
+        def commit(i: int) -> None:
+            items[i % len(items)].value += 1
+
     print("ready", flush=True)
     sys.stdin.readline()
     latencies: list[float] = []
@@ -123,9 +199,9 @@ def snapshot_writer_main(kind: str, where: str, wid: str, seconds: str, every: s
         if wait > 0:
             time.sleep(wait)
         started = time.perf_counter()
-        items[i % len(items)].value += 1
+        commit(i)
         latencies.append(time.perf_counter() - started)
-    img.close()
+    close()
     print(json.dumps(latencies), flush=True)
 
 
@@ -133,9 +209,11 @@ def _writers(ctx: Context, n: int, backend: str, where: str, kind: str, every: i
     import memimg
     from benchmarks.models import Forest
 
-    writers, seconds = 4, max(ctx.sizes.writer_seconds * 2, 3.0)
+    seconds = max(ctx.sizes.writer_seconds * 2, 3.0)
 
     def sample(system: Any) -> dict[str, tuple[float, bool]]:
+        if system.name != "memimg":
+            return _raw_sample(system.name, where, seconds)
         target = where if kind == "sqlite" else where + f"_{uuid.uuid4().hex[:6]}"
         if kind == "sqlite":
             Path(target).unlink(missing_ok=True)
@@ -148,37 +226,7 @@ def _writers(ctx: Context, n: int, backend: str, where: str, kind: str, every: i
         _build(img, n)
         before = len(img.store.snapshots())
         img.close()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        args = [str(seconds), str(every or 0), str(RATE)]
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.child", "snapshot-writer", kind, target, str(w), *args],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for w in range(writers)
-        ]
-        try:
-            for proc in procs:
-                assert proc.stdout is not None
-                if proc.stdout.readline().strip() != "ready":
-                    raise RuntimeError("a snapshot writer process did not start")
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            latencies: list[float] = []
-            for proc in procs:
-                out, _ = proc.communicate(timeout=seconds + 300)
-                latencies += json.loads(out)
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
+        latencies = _run_paced(kind, target, seconds, every)
         if kind == "sqlite":
             with memimg.open(target, root=Forest, snapshot_every=None, readonly=True) as img:
                 written = len(img.store.snapshots()) - before
@@ -189,20 +237,41 @@ def _writers(ctx: Context, n: int, backend: str, where: str, kind: str, every: i
             with memimg.open(SQLAlchemyStore(url, schema=schema, readonly=True), root=Forest) as img:
                 written = len(img.store.snapshots()) - before
             _drop_schema(url, schema)
-        latencies.sort()
-        p50 = latencies[len(latencies) // 2]
-        p99 = latencies[int(len(latencies) * 0.99)]
-        return {
-            "snapshots written": (written, True),
-            "median commit ms": (p50 * 1e3, False),
-            "p99 commit ms": (p99 * 1e3, False),
-            "longest commit ms": (latencies[-1] * 1e3, False),
-            "p99 / median": (p99 / p50, False),
-        }
+        return {"snapshots written": (written, True), **_spread(latencies)}
 
     load = f"4 writers x {RATE} commits/s, {backend}"
     case = f"{load}, {n:,}-item graph, snapshot_every={every:,}" if every else f"{load}, no snapshots"
-    ctx.alternate("snapshots", case, [_Memimg()], sample)
+    # without snapshots, the same pace of raw writers (one INSERT per commit) beside memimg: the machine's floor
+    peers = [_Raw(RAW_KINDS[0] if kind == "sqlite" else RAW_KINDS[1])] if not every else []
+    ctx.alternate("snapshots", case, [_Memimg(), *peers], sample)
+
+
+def _raw_sample(kind: str, where: str, seconds: float) -> dict[str, tuple[float, bool]]:
+    """Latencies of raw writers at the memimg writers' pace on a fresh table of the same database."""
+    from benchmarks.writers import _libpq, _prepare_sqlite
+
+    if kind == "sqlite3":
+        target = where + f"-raw-{uuid.uuid4().hex[:6]}.db"
+        _prepare_sqlite(Path(target))
+        try:
+            return _spread(_run_paced(kind, target, seconds, None))
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(target + suffix).unlink(missing_ok=True)
+    import psycopg
+
+    url = where.split("|")[0]
+    schema = f"bench_snapraw_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_libpq(url), autocommit=True) as pg:
+        pg.execute(f'CREATE SCHEMA "{schema}"')
+        pg.execute(
+            f'CREATE TABLE "{schema}".log (seq BIGSERIAL PRIMARY KEY, obj INTEGER NOT NULL, '
+            "field TEXT NOT NULL, value BIGINT)"
+        )
+    try:
+        return _spread(_run_paced(kind, f"{url}|{schema}", seconds, None))
+    finally:
+        _drop_schema(url, schema)
 
 
 def _drop_schema(url: str, schema: str) -> None:

@@ -15,8 +15,13 @@ alternating systems, medians).
 
 (b) ``batch`` -- **1,000 mutations per transaction.** The throughput-bound
     case (imports, bulk updates): per-mutation CPU cost dominates, the single
-    fsync is amortised. Raw sqlite3 is ``executemany`` of the same number of
-    rows in one transaction.
+    fsync is amortised. Two cases: 1,000 balances set on consecutive accounts,
+    and 1,000 read-modify-write deposits (``balance += amount``) on random
+    accounts of the 1,000, repeats allowed. Raw sqlite3 is ``executemany`` of
+    the same rows in one transaction (for deposits, from balances it keeps in
+    a list: one row per deposit, as memimg writes one event per assignment).
+    After the deposits every system is reopened and the sum of the balances
+    checked.
 
 (c) ``recovery`` -- **reopen after a long history.** 5,000 accounts and
     N mutations scattered over them, written in batches; then the time to
@@ -29,8 +34,9 @@ alternating systems, medians).
 
 (d) ``graph`` -- **a big graph of small objects.** N items with a short list
     of tags and a reference to another item, in groups of 100: the cost of
-    making a fresh graph durable (commit; for memimg also the snapshot), the
-    file size, and the reload time and peak RSS measured in a clean child
+    making a fresh graph durable (commit; for memimg also the snapshot) and
+    the peak RSS of doing it (graph included), the file size, and the reload
+    time and peak RSS; writing and reloading each run in a clean child
     process.
 
 Every recovery and reload returns a checksum that must equal the expected
@@ -39,6 +45,7 @@ one, so a system cannot win by loading less.
 
 from __future__ import annotations
 
+import random
 import shutil
 import time
 from pathlib import Path
@@ -47,7 +54,7 @@ from typing import Any
 from benchmarks.harness import Context, dir_size, run_child
 from benchmarks.models import graph_checksum, history, history_checksum
 
-__all__ = ["batch", "commit", "graph", "recovery"]
+__all__ = ["batch", "commit", "deposits", "graph", "recovery"]
 
 
 def _check(what: str, system: str, got: int, expected: int) -> None:
@@ -77,24 +84,40 @@ def commit(ctx: Context) -> None:
         ctx.alternate("commit", f"sync={sync}", ctx.systems, sample)
 
 
+def deposits(n: int, size: int, batches: int, seed: int = 23) -> list[list[tuple[int, int]]]:
+    """*batches* lists of *size* ``(key, amount)`` deposits on random accounts of *n* (repeats allowed)."""
+    rng = random.Random(seed)
+    return [[(rng.randrange(n), rng.randrange(1, 100)) for _ in range(size)] for _ in range(batches)]
+
+
 def batch(ctx: Context) -> None:
-    """(b) mutations per second in transactions of ``batch_size`` mutations."""
+    """(b) mutations per second in transactions of ``batch_size`` mutations: sets, then random deposits."""
     n, size, batches = ctx.sizes.accounts, ctx.sizes.batch_size, ctx.sizes.batches
-    work = [[(k % n, b * size + k + 1) for k in range(size)] for b in range(batches)]
+    sets = [[(k % n, b * size + k + 1) for k in range(size)] for b in range(batches)]
+    adds = deposits(n, size, batches)
+    expected = sum(amount for work in adds for _key, amount in work)
 
-    def sample(system: Any) -> dict[str, tuple[float, bool]]:
-        with ctx.sample_dir(f"batch-{system.name}") as where:
-            accounts = system.open_accounts(where, n, "normal")
-            try:
-                started = time.perf_counter()
-                for pairs in work:
-                    accounts.update_many(pairs)
-                took = time.perf_counter() - started
-            finally:
-                accounts.close()
-        return {"updates/s": (size * batches / took, True)}
+    for label, work, method in (
+        (f"{size:,} per transaction", sets, "update_many"),
+        (f"{size:,} random deposits per transaction", adds, "deposit_many"),
+    ):
 
-    ctx.alternate("batch", f"{size:,} per transaction", ctx.systems, sample)
+        def sample(system: Any, work: list[list[tuple[int, int]]] = work, method: str = method) -> dict[str, Any]:
+            with ctx.sample_dir(f"batch-{system.name}") as where:
+                accounts = system.open_accounts(where, n, "normal")
+                try:
+                    apply = getattr(accounts, method)
+                    started = time.perf_counter()
+                    for pairs in work:
+                        apply(pairs)
+                    took = time.perf_counter() - started
+                finally:
+                    accounts.close()
+                if method == "deposit_many":
+                    _check("random deposits", system.name, system.recover(where), expected)
+            return {"updates/s": (size * batches / took, True)}
+
+        ctx.alternate("batch", label, ctx.systems, sample)
 
 
 def recovery(ctx: Context) -> None:
@@ -136,11 +159,13 @@ def graph(ctx: Context) -> None:
 
         def sample(system: Any, n: int = n, expected: int = expected) -> dict[str, tuple[float, bool]]:
             with ctx.sample_dir(f"graph-{system.name}") as where:
-                phases = system.write_graph(where, n)
+                written = run_child(["write-graph", system.name, str(where), str(n)])
+                phases = written["phases"]
                 size = dir_size(where)
                 child = run_child(["load-graph", system.name, str(where)])
             _check(f"reload of the {n:,}-item graph", system.name, child["checksum"], expected)
             values = {f"{phase} s": (seconds, False) for phase, seconds in phases.items()}
+            values["write peak RSS MB"] = (written["peak_rss"] / 1e6, False)
             values["file MB"] = (size / 1e6, False)
             values["reload s"] = (child["seconds"], False)
             values["reload peak RSS MB"] = (child["peak_rss"] / 1e6, False)

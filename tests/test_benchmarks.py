@@ -55,7 +55,8 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     assert seen["graph"] == everyone
     assert seen["in-memory"] >= {"memimg", "attrs", "ZODB", "eventsourcing"}
     assert {"memimg", "sqlite3"} <= seen["writers"]
-    assert seen["snapshots"] == {"memimg"}
+    # raw writers at the same pace beside memimg's 4 writers without snapshots: the machine's own spread
+    assert seen["snapshots"] == {"memimg", "sqlite3"} | ({"psycopg"} if POSTGRES_URL else set())
     assert seen["history"] == {"memimg"}
     assert seen["timetravel"] == {"memimg"}
     assert seen["tools"] == {"memimg"}
@@ -81,7 +82,10 @@ def test_every_bar_is_evaluated(results: Any) -> None:
     assert len(bars) >= 10
     # PostgreSQL's bars need a server (MEMIMG_TEST_POSTGRES_URL; always set in CI)
     unmeasured = [b.bar for b in bars if b.passed is None and (POSTGRES_URL or "PostgreSQL" not in b.bar)]
-    assert unmeasured == []
+    # the bars of capabilities not built yet are listed as such, never dropped from the table
+    later = [b.bar for b in bars if b.measured.startswith("not measured: the capability is not built yet")]
+    assert len(later) == 3
+    assert unmeasured == later
 
 
 def test_raw_graph_save_builds_its_rows_and_shows_the_insert_alone(results: Any) -> None:
@@ -91,8 +95,9 @@ def test_raw_graph_save_builds_its_rows_and_shows_the_insert_alone(results: Any)
     case = next(c for w, c, _m, _s in results.items if w == "graph")
     save, insert = m("graph", case, "commit s", "sqlite3"), m("graph", case, "insert s", "sqlite3")
     assert save is not None and insert is not None and 0 < insert < save  # the rows are built inside the save
-    (bar,) = (b for b in check_bars(results) if b.bar == f"{case}: snapshot vs raw sqlite3 save")
-    assert "vs raw's insert alone" in bar.measured
+    for what in ("attach (one assignment, committed)", "snapshot"):
+        (bar,) = (b for b in check_bars(results) if b.bar == f"{case}: {what} vs raw sqlite3 save")
+        assert "vs raw's insert alone" in bar.measured
 
 
 def test_command_line_only_and_json(tmp_path: Any, capsys: Any) -> None:
@@ -137,3 +142,30 @@ def test_tools_workload_refuses_a_command_that_did_not_do_its_work() -> None:
     assert not checks["info"]({"status": 0, "output": "objects:    601\n"})
     assert checks["show"]({"status": 0, "output": "Account #37\n  owner: 'owner-17'\n"})
     assert not checks["show"]({"status": 0, "output": "Account #37\n  owner: 'owner-18'\n"})
+
+
+def test_random_deposits_are_read_modify_writes_checked_after_reopening(results: Any) -> None:
+    """Workload (b)'s second case adds random amounts to random accounts (repeats allowed) on every system;
+    each system's reopened balances sum to the deposits (the workload raises otherwise)."""
+    from benchmarks.workloads import deposits
+
+    work = deposits(20, 10, 2)
+    keys = [key for batch in work for key, _amount in batch]
+    assert len(set(keys)) < len(keys)  # repeats on one account within the workload
+    cases = {c for w, c, _m, _s in results.items if w == "batch"}
+    assert any("random deposits" in c for c in cases)
+    for case in cases:
+        for system in ("memimg", "sqlite3", "ZODB", "eventsourcing"):
+            assert results.median("batch", case, "updates/s", system)
+
+
+def test_the_bars_are_the_raised_ones_of_the_spec(results: Any) -> None:
+    """The bars checked are SPEC §8's raised bars, the history bar included."""
+    needed = {b.bar: b.needed for b in check_bars(results)}
+    assert needed["tracked read outside a transaction vs plain attrs read"] == "≤ 1.2x"
+    assert needed["tracked read while some transaction is open (read hooks on) vs plain attrs read"] == "≤ 5x"
+    assert needed["one tracked mutation inside a transaction (no I/O)"] == "≤ 250 ns"
+    assert needed['durable commits/s, sync="full" vs raw sqlite3 WAL FULL'] == "≥ 0.9x"
+    assert needed["memory per tracked object vs plain attrs"] == "≤ 1.5x"
+    assert any(bar.startswith("history(obj)") for bar in needed)
+    assert any(bar.startswith("recovery by replay") and need == "≥ 0.5x" for bar, need in needed.items())

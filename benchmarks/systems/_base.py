@@ -31,6 +31,10 @@ class Accounts(Protocol):
     def update_many(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Set many balances in one atomic, durable transaction."""
 
+    def deposit_many(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Add ``amount`` to account ``key``'s balance for each pair (read-modify-write; keys may repeat), in one
+        atomic, durable transaction."""
+
     def close(self) -> None: ...
 
 

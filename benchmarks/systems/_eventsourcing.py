@@ -125,6 +125,14 @@ class _Accounts:
             account.set_balance(balance)
         self.app.save(*touched.values())
 
+    def deposit_many(self, pairs: Sequence[tuple[int, int]]) -> None:
+        accounts = self.accounts
+        touched: dict[int, EsAccount] = {}
+        for key, amount in pairs:
+            account = touched[key] = accounts[key]
+            account.set_balance(account.balance + amount)
+        self.app.save(*touched.values())
+
     def close(self) -> None:
         _close(self.app)
 
@@ -140,6 +148,7 @@ class EventSourcingSystem(System):
 
     def open_accounts(self, where: Path, n: int, sync: str) -> _Accounts:
         app = _app(where)
+        (where / "n").write_text(str(n))  # for recover()
         return _Accounts(app, _create_accounts(app, n))
 
     def __init__(self) -> None:

@@ -37,6 +37,12 @@ class _Accounts:
             for key, balance in pairs:
                 accounts[key].balance = balance
 
+    def deposit_many(self, pairs: Sequence[tuple[int, int]]) -> None:
+        accounts = self.accounts
+        with self.img.transaction():
+            for key, amount in pairs:
+                accounts[key].balance += amount
+
     def close(self) -> None:
         self.img.close()
 

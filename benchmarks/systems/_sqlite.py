@@ -62,9 +62,11 @@ def _connect(path: Path, sync: str = "normal") -> sqlite3.Connection:
 
 
 class _Accounts:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, n: int) -> None:
         self.conn = conn
         self.seq = conn.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
+        #: the balances, kept in memory by hand (what the application would otherwise read back)
+        self.balances = [0] * n
 
     def update(self, key: int, balance: int) -> None:
         self.seq += 1
@@ -75,6 +77,18 @@ class _Accounts:
         tx = self.seq + 1
         rows = [_row(tx + i, tx, key, "balance", balance) for i, (key, balance) in enumerate(pairs)]
         self.seq += len(rows)
+        conn.execute("BEGIN")
+        conn.executemany(_INSERT, rows)
+        conn.execute("COMMIT")
+
+    def deposit_many(self, pairs: Sequence[tuple[int, int]]) -> None:
+        # one row per deposit, as memimg's log writes one event per assignment
+        balances, tx, rows = self.balances, self.seq + 1, []
+        for i, (key, amount) in enumerate(pairs):
+            balance = balances[key] = balances[key] + amount
+            rows.append(_row(tx + i, tx, key, "balance", balance))
+        self.seq += len(rows)
+        conn = self.conn
         conn.execute("BEGIN")
         conn.executemany(_INSERT, rows)
         conn.execute("COMMIT")
@@ -109,12 +123,12 @@ class SQLiteSystem(System):
     def open_accounts(self, where: Path, n: int, sync: str) -> _Accounts:
         conn = _connect(where / "raw.db", sync)
         _create_accounts(conn, n)
-        return _Accounts(conn)
+        return _Accounts(conn, n)
 
     def write_history(self, where: Path, n: int, mutations: Sequence[tuple[int, int]], batch: int) -> None:
         conn = _connect(where / "raw.db")
         _create_accounts(conn, n)
-        handle = _Accounts(conn)
+        handle = _Accounts(conn, n)
         for start in range(0, len(mutations), batch):
             handle.update_many(mutations[start : start + batch])
         conn.close()

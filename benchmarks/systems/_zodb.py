@@ -91,6 +91,12 @@ class _Accounts:
             accounts[key].balance = balance
         self.tm.commit()
 
+    def deposit_many(self, pairs: Sequence[tuple[int, int]]) -> None:
+        accounts = self.accounts
+        for key, amount in pairs:
+            accounts[key].balance += amount
+        self.tm.commit()
+
     def close(self) -> None:
         self.opened.close()
 

@@ -20,7 +20,9 @@ from memimg.core._snapshot import load_snapshot
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
+from memimg.image._engine import Engine
 from memimg.image._image import open_past
+from memimg.image._snapshots import Snapshots
 from memimg.model import SHELL
 from memimg.stores._protocol import EventRow, Store, live_positions
 
@@ -74,7 +76,7 @@ def compact(
     try:
         seq = img.snapshot()
         store = img.store
-        cut, reasons = _cut(store, seq, img._engine.position.holder, keep_events, keep_days, ignore_positions)
+        cut, reasons = _cut(store, seq, img._engine, keep_events, keep_days, ignore_positions)
         if archive:
             _archive(store, cut, archive)
         before = _disk_size(store)
@@ -91,9 +93,10 @@ def compact(
 
 
 def _cut(
-    store: Store, seq: int, own: str, keep_events: int, keep_days: float | None, ignore_positions: bool
+    store: Store, seq: int, engine: Engine, keep_events: int, keep_days: float | None, ignore_positions: bool
 ) -> tuple[int, list[str]]:
     """The first seq compaction keeps (at most *seq*, the snapshot's), and why it is not *seq*."""
+    own = engine.position.holder
     cut, reasons = seq, []
     if keep_events:
         cut = min(cut, max(seq - keep_events + 1, 1))
@@ -113,7 +116,7 @@ def _cut(
         elif cut <= 1:
             start = ""  # the whole log: every past state starts from its first event
         else:
-            why_not = _write_base(store, cut - 1, seq)
+            why_not = _write_base(store, cut - 1, seq, engine.snapshots)
             start = (
                 f", and a snapshot written at seq {cut - 1} for the past states to start from"
                 if why_not is None
@@ -157,7 +160,7 @@ def _from_snapshot(store: Store, cut: int) -> tuple[int, int | None]:
     return min(cut, base + 1), base
 
 
-def _write_base(store: Store, base: int, seq: int) -> str | None:
+def _write_base(store: Store, base: int, seq: int, snapshots: Snapshots) -> str | None:
     """Write the snapshot at *base* that kept history starts from (there is none); why not, or ``None``.
 
     The state at *base* is read as ``img.at`` reads it, and written as a
@@ -166,7 +169,17 @@ def _write_base(store: Store, base: int, seq: int) -> str | None:
     taken then would. Not when the state was read other than as stored (a
     schema change read into it, removed types cleaned out): a snapshot of it
     would put that into the log.
+
+    From the read to the write the image's *snapshots* hold the snapshot
+    lease, as every snapshot writer does: an ``erase`` (of this process or
+    another) waits, and so cannot rewrite the rows read before the snapshot
+    of them is stored, which would then keep the values it erased.
     """
+    with snapshots.held("compact"):
+        return _write_base_leased(store, base, seq, snapshots.holder)
+
+
+def _write_base_leased(store: Store, base: int, seq: int, holder: str) -> str | None:
     with open_past(store, base, **PAST_OPTIONS) as past:
         engine = past._engine
         report = engine.reader.report
@@ -184,7 +197,8 @@ def _write_base(store: Store, base: int, seq: int) -> str | None:
         if writer.abandoned is not None:
             return str(writer.abandoned)
     ts = time.time_ns() // 1000
-    store.write_snapshot(SnapshotRow(base, ts, payload, snapshot_checksum(base, ts, payload)))
+    if not store.write_snapshot(SnapshotRow(base, ts, payload, snapshot_checksum(base, ts, payload)), holder):
+        return "the snapshot lease was lost while the state was read (it took too long): run memimg compact again"
     return None
 
 

@@ -117,6 +117,8 @@ class Excised:
     unknown: tuple[int, ...]
     #: oid -> the type name stored for each target (where the log gives it)
     type_names: dict[int, str]
+    #: the targets at least one of whose stored values was replaced, in ascending order
+    erased_in: tuple[int, ...] = ()
 
 
 def blank(x: Any) -> Any:
@@ -427,24 +429,26 @@ class Excision:
     def result(self) -> Excised:
         """The rows to store again for what was fed so far (the fold's state is left as it was)."""
         self._take_snapshots(None)
-        past: list[_Loc] = []
+        past: list[tuple[_Loc, int]] = []
         current: dict[str, int] = {}
         unplaced = 0
         for t in self._trackers.values():
             locs, now, lost = t.finish()
-            past.extend(locs)
+            past.extend((loc, t.target.oid) for loc in locs)
             unplaced += lost
             for k, v in now.items():
                 current[k] = current.get(k, 0) + v
         refs: set[int] = set()
         undo: list[tuple[Any, Any, Any]] = []
-        for container, index in past:
+        erased_in: set[int] = set()
+        for (container, index), oid in past:
             value = container[index]
             refs.update(references(value))
             new = blank(value)
             if new != value:
                 undo.append((container, index, value))
                 container[index] = new
+                erased_in.add(oid)
         try:
             events, snapshots = self._changed_events(), self._changed_snapshots()
         finally:
@@ -462,6 +466,7 @@ class Excision:
             {t.target.oid: frozenset(t.names) for t in trackers if t.shape == ENTITY},
             tuple(t.target.oid for t in trackers if not t.seen),
             {t.target.oid: t.type_name for t in trackers if t.type_name},
+            tuple(sorted(erased_in)),
         )
 
     def _read_snapshot(self, row: SnapshotRow) -> tuple[SnapshotRow, list[bytes], dict[int, Callable[[], bytes]]]:

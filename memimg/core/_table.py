@@ -23,6 +23,7 @@ from memimg._errors import CorruptLogError
 from memimg.core import _types
 from memimg.core._born import Born
 from memimg.core._codec import ENTITY, FROZENSET, TRACKED, TUPLE, VALUE, Codec
+from memimg.core._extents import Extents
 from memimg.core._gone import Gone
 from memimg.core._shell import Shell
 
@@ -73,6 +74,8 @@ class ObjectTable:
         self.declarations = Declarations()
         #: the event that created each object (see :mod:`memimg.core._born`)
         self.born = Born()
+        #: the entities by class, made when first asked for (see :meth:`extent_index`)
+        self.extents: Extents | None = None
         self._setters: dict[type, dict[str, Any]] = {}
 
     # -- identity -----------------------------------------------------------
@@ -96,6 +99,13 @@ class ObjectTable:
             raise CorruptLogError(f"a stored reference names object {oid}, which does not exist", seq=None, table="")
         return obj
 
+    def extent_index(self) -> Extents:
+        """The entities of this table by class (made now if nobody asked before); see :mod:`memimg.core._extents`."""
+        extents = self.extents
+        if extents is None:
+            extents = self.extents = Extents(self)
+        return extents
+
     def live_count(self) -> int:
         """How many objects the table holds (attached, reachable or not yet collected)."""
         return len(self.objects) - 1 - self.holes
@@ -111,6 +121,7 @@ class ObjectTable:
         """
         objects = self.objects
         holes = self.holes
+        extents = self.extents
         try:
             for oid, obj in entries:
                 n = len(objects)
@@ -123,6 +134,8 @@ class ObjectTable:
                 elif objects[oid] is None:
                     objects[oid] = obj
                     holes -= 1
+                    if extents is not None:
+                        extents.filled(oid, obj)
                 else:
                     raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
         finally:
@@ -136,6 +149,8 @@ class ObjectTable:
         """
         objects = self.objects
         held = objects[:]
+        if self.extents is not None:
+            self.extents.reset()
         del objects[1:]
         self.holes = 0
         self.root_oid = 0
@@ -151,12 +166,18 @@ class ObjectTable:
         """
         objects = self.objects
         set_identity = self.shell.set_identity
+        self.truncating(size)
         for obj in objects[size:]:
             if obj is None:
                 self.holes -= 1
             elif type(obj) is not Gone:
                 set_identity(obj, None, None)
         del objects[size:]
+
+    def truncating(self, size: int) -> None:
+        """The objects at ids from *size* on are about to be taken out of the table (by truncating it)."""
+        if self.extents is not None:
+            self.extents.truncate(size)
 
     def extend_to(self, next_oid: int) -> None:
         """Reserve the ids below *next_oid* (a snapshot's next id: ids of collected objects stay unused)."""
@@ -243,11 +264,14 @@ class ObjectTable:
         """Forget the objects *oids* (ids a reader loading a snapshot never had are passed over)."""
         objects = self.objects
         set_identity = self.shell.set_identity
+        extents = self.extents
         for oid in oids:
             obj = objects[oid] if 0 < oid < len(objects) else None
             if obj is not None:
                 objects[oid] = None
                 self.holes += 1
+                if extents is not None:
+                    extents.drop(oid, obj)
                 if type(obj) is not Gone:
                     set_identity(obj, None, None)
 

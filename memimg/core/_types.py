@@ -44,6 +44,7 @@ __all__ = [
     "check_names",
     "claimed",
     "default_name",
+    "entity_info",
     "entity_infos",
     "forget_stand_ins",
     "generation",
@@ -267,6 +268,12 @@ def forget_stand_ins(keep: frozenset[str] = frozenset()) -> None:
         for name in [n for n, info in _by_name.items() if info.stand_in and n not in keep]:
             del _by_name[name]
         _generation[0] += 1
+
+
+def entity_info(cls: Any) -> TypeInfo | None:
+    """The :class:`TypeInfo` of *cls* if it is a registered entity class (``@persistent``), else None."""
+    info = _by_cls.get(cls) if isinstance(cls, type) else None
+    return info if info is not None and info.kind == ENTITY else None
 
 
 def entity_infos() -> list[TypeInfo]:

@@ -153,6 +153,7 @@ class EncodeSession:
     def rollback(self) -> None:
         """Take back the ids and declarations of the last :meth:`encode_events`."""
         table = self.table
+        table.truncating(self._assigned_from)
         for obj in table.objects[self._assigned_from :]:
             self.shell.set_identity(obj, table.owner, None)
         del table.objects[self._assigned_from :]

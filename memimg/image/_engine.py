@@ -206,9 +206,6 @@ class Engine:
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
             self.open_txs.add(state)
-        layers = self.writer.annotation.get() if self.writer.ever_annotated else None
-        if layers:
-            state.annotated = layers[-1][1]
         _tracking.tx_opened()
         self._mi_current.set(state)
         self.savepoint.set(None)

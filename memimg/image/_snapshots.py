@@ -113,6 +113,32 @@ class Snapshots:
                 except Exception as err:  # it expires by itself
                     log.warning("releasing the snapshot lease of %s: %s", self.engine.store.description, err)
 
+    @contextlib.contextmanager
+    def held(self, doing: str) -> Iterator[None]:
+        """The snapshot lease held, by this image, while the block runs (*doing*: for the error).
+
+        No snapshot is written meanwhile, by this process or another, and an
+        ``erase`` waits: what the block writes from a state it read (a
+        snapshot, an erase's rewrite) cannot be overtaken by another writer
+        of the same rows. Waits up to :data:`WAIT_SECONDS` for another holder.
+
+        Raises:
+            LockedError: another process held the lease past :data:`WAIT_SECONDS`.
+        """
+        with self._one:
+            if not self._lease(WAIT_SECONDS):
+                raise LockedError(
+                    f"another process has been writing a snapshot of {self.engine.store.description} for over "
+                    f"{WAIT_SECONDS:g} s (it holds the snapshot lease); {doing} again later; nothing was changed",
+                    store=self.engine.store.description,
+                    operation="taking the snapshot lease",
+                )
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):  # it expires by itself
+                    self.engine.store.release(LEASE, self.holder)
+
     def _index_targets(self, seq: int) -> None:
         """Fill the store's target index up to *seq* (what history reads by; see Store.index_targets)."""
         store = self.engine.store

@@ -77,6 +77,7 @@ class TxState:
         "host",
         "meta",
         "nested",
+        "noted",
         "reads",
         "start_seq",
         "tags",
@@ -110,9 +111,11 @@ class TxState:
         #: what this transaction is doing while it runs user code (see :func:`reentered`), or None
         self.busy: str | None = None
         #: its own metadata (``transaction(meta=...)``, savepoints' merged in as they are kept) and that of the
-        #: annotations in effect when it began or entered while it was open; both checked already
+        #: annotations in effect where and when it made a change (see :meth:`_note_annotation`); both checked
         self.meta: dict[str, Any] = {}
         self.annotated: dict[str, Any] = {}
+        #: the annotation layers and savepoint last merged into ``annotated`` (not merged again while the same)
+        self.noted: tuple[Any, Any] = ((), None)
 
     # -- reads ------------------------------------------------------------------
 
@@ -304,6 +307,8 @@ class TxState:
             self._tag_undo(tag)
         self.events += (_OBJ_SET, obj, (name, v))
         self.tags.append(tag)
+        if self.host.writer.ever_annotated:
+            self._note_annotation(tag)
         d = self.fields.get(id(obj))
         if d is None:
             d = self.fields[id(obj)] = {}
@@ -316,8 +321,11 @@ class TxState:
         self._check()
         getter = _types.info_of(type(obj)).getters[name]  # type: ignore[union-attr]
         self.read_field(obj, name, getter)  # AttributeError if it is not set
+        tag = self._tag()
         self.events += (_OBJ_DEL, obj, (name,))
-        self.tags.append(self._tag())
+        self.tags.append(tag)
+        if self.host.writer.ever_annotated:
+            self._note_annotation(tag)
         self.field_del(obj, name)
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -354,6 +362,8 @@ class TxState:
                 k.apply(self, coll, *eargs)  # first: an event that fails to apply is not recorded either
                 self.events += (k, coll, eargs)
                 self.tags.append(tag)
+            if events and self.host.writer.ever_annotated:
+                self._note_annotation(tag)
         finally:
             self.busy = None
             self.writable = True
@@ -373,6 +383,15 @@ class TxState:
             host.annotated = {**host.annotated, **meta}
         else:
             host.meta = {**host.meta, **meta}
+
+    def _note_annotation(self, tag: Savepoint | None) -> None:
+        """Merge the annotations in effect in this thread or task into this transaction's, for a change just
+        made in savepoint *tag*: a transaction carries the blocks active when (and where) it changed something,
+        not those that began or ended around it without a change (kept or dropped with *tag*, as the change)."""
+        layers = self.host.writer.annotation.get()
+        if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
+            self.noted = (layers, tag)
+            self.add_meta(layers[-1][1], annotation=True, sp=tag)
 
     def commit_meta(self) -> dict[str, Any] | None:
         """The metadata its commit writes: its own over its annotations; None when there is none.

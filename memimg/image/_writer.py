@@ -29,6 +29,7 @@ from memimg.core._markers import ABSENT, SELF
 from memimg.core._meta import meta_event
 from memimg.core._reader import Pending
 from memimg.image import _recovery
+from memimg.image._annotate import layer_meta
 from memimg.image._attach import NATIVE, where_coll, where_field
 from memimg.image._views import raw_method
 from memimg.model._base import Planner
@@ -90,7 +91,7 @@ class AutoWriter:
     def _annotated(self, events: list[Pending]) -> list[Pending]:
         """*events* with the ``tx.meta`` event of the annotations in effect first, if any."""
         layers = self.annotation.get() if self.ever_annotated else None
-        return [meta_event(layers[-1][1]), *events] if layers else events
+        return [meta_event(layer_meta(layers)), *events] if layers else events
 
     def _enter(self) -> None:
         """Checks before a change (the lock held): not from user code in a change, writable, fills logged."""
@@ -110,7 +111,7 @@ class AutoWriter:
             if type(value) in NATIVE and (type(value) is not str or value.isascii()):
                 events: list[Pending] = [(_OBJ_SET, obj, (name, value))]
                 if self.ever_annotated and (layers := self.annotation.get()):
-                    events.insert(0, meta_event(layers[-1][1]))
+                    events.insert(0, meta_event(layer_meta(layers)))
                 engine.commit(events)
                 return
             # one pause of the collector for attaching and committing: what they create is

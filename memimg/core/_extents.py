@@ -1,0 +1,128 @@
+"""Extents: the entities of an object table grouped by class, for ``img.all`` and ``img.find``.
+
+An :class:`Extents` keeps, for every entity class with instances in a
+table, a dict ``oid -> object`` of them. It is made the first time an image
+is asked for an extent (a table nobody queries never has one) and is kept
+current without touching the hot paths -- a field write, a commit, the
+attaching of a big graph, replay:
+
+* **Objects entering the table** are taken in lazily and in bulk. Ids are
+  given in log order by appending to ``table.objects``, so everything past
+  :attr:`Extents.synced` is new: :meth:`Extents.sync` files it by class when
+  an extent is next read. Each object is filed once, so ``len`` costs O(1)
+  plus the objects that entered since the last read, each counted once.
+* **Objects leaving the table** are few and leave on cold paths, which tell
+  the extents at once: the collection of unreachable objects when a
+  snapshot is finished (a ``gc.drop`` event, :meth:`ObjectTable.forget`), a
+  commit that failed after giving ids (its ids are taken back), rows that
+  failed to decode (:meth:`ObjectTable.unplace`) and a reload in place
+  (:meth:`ObjectTable.detach_all`).
+
+So an extent holds the entities the table holds: the reachable ones, and
+the ones made unreachable since the last snapshot until that snapshot's
+collection forgets them (memimg finds out what is unreachable only by
+walking the graph, which a snapshot does). Tracked collections and the
+stand-ins of removed classes are not filed.
+
+Reading and changing an :class:`Extents` is left to the caller to serialise
+(an image does both under its engine's lock, where commits and catch-up
+change the table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from memimg.core._gone import Gone
+
+__all__ = ["Extents"]
+
+
+class Extents:
+    """The entities of one object table by class (see the module docstring)."""
+
+    __slots__ = ("by_class", "groups", "skip", "synced", "table")
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        #: ``class -> {oid: object}``, for each class that ever had an instance filed (emptied ones are kept)
+        self.by_class: dict[type, dict[int, Any]] = {}
+        #: ``cls -> the dicts of cls and its subclasses`` (cleared whenever a class is first filed)
+        self.groups: dict[type, list[dict[int, Any]]] = {}
+        #: ids below this are filed; ids from it on are not yet looked at
+        self.synced = 1
+        self.skip = frozenset({*table.shell.tracked, Gone})
+
+    def up_to_date(self) -> bool:
+        """Whether every object of the table is filed (no :meth:`sync` needed)."""
+        return self.synced >= len(self.table.objects)
+
+    def sync(self) -> None:
+        """File the objects that entered the table since the last sync."""
+        objects = self.table.objects
+        n = len(objects)
+        start = self.synced
+        if start >= n:
+            return
+        by_class = self.by_class
+        skip = self.skip
+        for oid, obj in enumerate(objects[start:n], start):
+            t = type(obj)
+            if obj is None or t in skip:
+                continue
+            d = by_class.get(t)
+            if d is None:
+                d = by_class[t] = {}
+                self.groups.clear()
+            d[oid] = obj
+        self.synced = n
+
+    def group(self, cls: type) -> list[dict[int, Any]]:
+        """The dicts of *cls* and of its subclasses that have instances."""
+        g = self.groups.get(cls)
+        if g is None:
+            g = self.groups[cls] = [d for t, d in self.by_class.items() if issubclass(t, cls)]
+        return g
+
+    def count(self, cls: type) -> int:
+        """How many filed objects are instances of *cls* (subclasses included)."""
+        return sum(map(len, self.group(cls)))
+
+    def members(self, cls: type) -> Iterator[Any]:
+        """The filed instances of *cls* (subclasses included), class by class, each in id order."""
+        for d in self.group(cls):
+            yield from d.values()
+
+    # -- objects leaving the table (called by the table) ------------------------
+
+    def filled(self, oid: int, obj: Any) -> None:
+        """*obj* was placed at *oid*, an id below the next one (a hole filled)."""
+        if oid < self.synced and type(obj) not in self.skip:
+            d = self.by_class.get(type(obj))
+            if d is None:
+                d = self.by_class[type(obj)] = {}
+                self.groups.clear()
+            d[oid] = obj
+
+    def drop(self, oid: int, obj: Any) -> None:
+        """*obj*, at *oid*, left the table."""
+        if oid < self.synced:
+            d = self.by_class.get(type(obj))
+            if d is not None:
+                d.pop(oid, None)
+
+    def truncate(self, size: int) -> None:
+        """The objects at ids from *size* on are about to leave the table."""
+        objects = self.table.objects
+        for oid in range(size, min(self.synced, len(objects))):
+            obj = objects[oid]
+            if obj is not None:
+                self.drop(oid, obj)
+        self.synced = min(self.synced, size)
+
+    def reset(self) -> None:
+        """The table was emptied (a reload in place): nothing is filed."""
+        self.by_class.clear()
+        self.groups.clear()
+        self.synced = 1
