@@ -327,3 +327,80 @@ def test_snapshots_and_long_tails_fill_the_target_index(make_image: Images, monk
     readonly.close()
     assert len(img.history(img.root)) == 9  # 8 waiting: indexed first
     assert _covered(img) == img.seq
+
+
+def _reads(img: memimg.MemoryImage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the payloads *img*'s store reads and orjson parses from now on (appended to the list returned)."""
+    sizes: list[int] = []
+    store = img._engine.store
+    read, loads = store.read, orjson.loads
+
+    def counted_read(*args: Any, **kwargs: Any) -> Any:
+        for row in read(*args, **kwargs):
+            sizes.append(len(row[5]))
+            yield row
+
+    def counted_loads(data: Any) -> Any:
+        sizes.append(len(data))
+        return loads(data)
+
+    monkeypatch.setattr(store, "read", counted_read)
+    monkeypatch.setattr(orjson, "loads", counted_loads)
+    return sizes
+
+
+def test_an_object_born_in_a_big_attach_is_read_from_it_once(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """history() of an object born in a big attach (one assignment of a large new subgraph) reads that event's
+    payload once: later calls start from the first state found then, not from the whole payload again."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(300)]  # one event of ~600 kB
+    node = img.root.content[150]
+    node.value = "changed"
+    with img.transaction(meta={"user": "ada"}):
+        node.value = "again"
+    first = img.history(node)
+    assert [(c.old[:3], c.new) for c in first] == [("150", "changed"), ("cha", "again")]
+    sizes = _reads(img, monkeypatch)
+    assert img.history(node) == first
+    assert img.history(node, "value", since=first[0].seq) == first[1:]
+    assert sum(sizes) < 10_000, sizes
+
+
+def test_an_erasure_reaches_the_first_state_history_remembers(make_image: Images) -> None:
+    """After erase() -- in this image or another on the same store -- history shows ERASED where the first state
+    held the erased value, though an earlier call read that state already."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(300)]
+    a, b = img.root.content[1], img.root.content[2]
+    a.value = b.value = "changed"
+    assert img.history(a)[0].old.startswith("1") and img.history(b)[0].old.startswith("2")
+    img.erase(a, "value", reason="test")
+    assert img.history(a)[0].old is memimg.ERASED
+    assert img.history(b)[0].old.startswith("2")
+    other = make_image(root=Box)
+    other.erase(other.root.content[2], "value", reason="test")
+    other.close()
+    img.refresh()
+    assert img.history(b)[0].old is memimg.ERASED
+
+
+def test_meta_is_read_only_from_a_transaction_that_may_have_it(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change's metadata costs no read when its event is the first of its transaction (then there is no
+    tx.meta row), and the meta row alone when there is one: not a big first row of its transaction."""
+    img = make_image(root=Box)
+    img.root.content = node = Node()
+    for i in range(3):
+        node.value = i
+    with img.transaction():
+        img.root.other = [Node(value="x" * 2_000) for _ in range(100)]  # a big first row, without meta
+        node.value = "big"
+    with img.transaction(meta={"user": "ada"}):
+        node.value = "ada"
+    sizes = _reads(img, monkeypatch)
+    changes = img.history(node, "value")
+    assert [(c.new, c.meta) for c in changes] == [(0, {}), (1, {}), (2, {}), ("big", {}), ("ada", {"user": "ada"})]
+    assert sum(sizes) < 10_000, sizes

@@ -283,6 +283,7 @@ def _commit(engine: Engine, request: _Request, excision: Excision) -> tuple[list
         if engine.seq < audit - 1:  # what other writers appended before the audit event
             engine.catch_up(itertools.takewhile(lambda r: r[0] < audit, store.read(after=engine.seq)))
         engine.apply([(_ERASE, None, _audit_args(request, plan))], rows, None)
+        engine.reader.first_states = {}  # what history remembers of the rows rewritten (see Reader.first_states)
     return rows, plan
 
 

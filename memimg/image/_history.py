@@ -7,7 +7,10 @@ The cost grows with the object's own events, not the log's length:
    primary-key read: the ``[oid, type, state]`` record in that event's
    payload (the event targets another object: the one it was attached
    to). If compaction removed that event, the first state is read from the
-   oldest snapshot holding the object.
+   oldest snapshot holding the object. A first state read from a big event
+   (one attach of a large subgraph) is remembered on the image's reader, so
+   the next call neither reads nor parses that event again; an erasure
+   forgets them all.
 2. **Its events** -- the store reads the rows that target it
    (:meth:`~memimg.Store.read_target`): through the target index up to the
    seq it covers, then by scanning the events past it. Commits do not fill
@@ -18,7 +21,9 @@ The cost grows with the object's own events, not the log's length:
    state, noting what was there before (:mod:`memimg.core._history`).
 4. **Metadata** -- a transaction's metadata is its first row when that row
    is of kind ``tx.meta`` (its seq is the transaction's id): one
-   primary-key read per transaction, cached for the call.
+   primary-key read per transaction, cached for the call -- and none when
+   that first row is the change's own event or one that created objects
+   (neither is a ``tx.meta`` row).
 
 The log is read up to this image's seq: history shows what this image has
 applied (``refresh()`` first to see other processes' commits), and not the
@@ -50,6 +55,10 @@ log = logging.getLogger("memimg")
 
 #: How many events past the target index a writable image's history scans rather than indexing them first.
 TAIL: Final = 10_000
+#: An event's payload size (bytes) past which history remembers the first state it read there.
+BIG: Final = 64 * 1024
+#: How many first states history remembers (all are forgotten when that many are).
+REMEMBERED: Final = 1024
 
 _OBJ_UPDATE: Final = KINDS["obj.update"]
 _COLLECTIONS: Final = {"list": list, "dict": dict, "set": set}
@@ -151,6 +160,7 @@ class _History:
         )
         self._arg_decoders: dict[str, Any] = {}
         self._meta: dict[int, dict[str, Any]] = {}
+        self.born = engine.table.born
 
     # -- the first state --------------------------------------------------------
 
@@ -187,7 +197,7 @@ class _History:
             seq=row.seq,
             tx=row.tx,
             time=ts_to_datetime(row.ts),
-            meta=self._tx_meta(row.tx),
+            meta=self._tx_meta(row),
             target=self.obj,
             kind=row.kind,
             field=f,
@@ -222,16 +232,31 @@ class _History:
         return born
 
     def _from_event(self, seq: int) -> Any:
-        """The object's state in the records of event *seq*, or ``None`` if they do not hold it."""
+        """The object's state in the records of event *seq*, or ``None`` if they do not hold it.
+
+        Found in an event of over :data:`BIG` bytes, the stored state is
+        remembered (:attr:`Reader.first_states`): the next call for this
+        object neither reads nor parses that event again.
+        """
+        remembered = self.reader.first_states
+        found = remembered.get(self.oid)
+        if found is not None and found[0] == seq:
+            return self._state(found[1], found[2], None)
         rows = [EventRow(*r) for r in self.store.read(after=seq - 1, limit=1)]
         if not rows or rows[0].seq != seq:
             return None
         verify_event(rows[0])
+        payload = rows[0].payload
         try:
-            p = orjson.loads(rows[0].payload)
+            p = orjson.loads(payload)
             for oid, name, state in p[1] if len(p) > 1 else ():
                 if oid == self.oid:
-                    return self._state(name, state, None)
+                    first = self._state(name, state, None)
+                    if len(payload) > BIG:
+                        if len(remembered) >= REMEMBERED:
+                            remembered.clear()
+                        remembered[oid] = (seq, name, state)
+                    return first
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise CorruptLogError(
                 f"event seq {seq} cannot be read for the first state of object {self.oid}: {err}",
@@ -308,18 +333,24 @@ class _History:
             return k, ([(n, v) for f, v in args[0] if (n := namer(f)) is not None],)
         return k, args
 
-    def _tx_meta(self, tx: int) -> dict[str, Any]:
-        """The metadata of transaction *tx*: the data of its first row if that is a ``tx.meta`` row, else ``{}``."""
+    def _tx_meta(self, row: EventRow) -> dict[str, Any]:
+        """The metadata of *row*'s transaction: the data of its first row if that is a ``tx.meta`` row, else ``{}``.
+
+        That first row is read only if it may be one: not when it is *row*
+        itself, or an event that created objects (perhaps a big one).
+        """
+        tx = row.tx
         meta = self._meta.get(tx)
         if meta is None:
             meta = {}
-            for raw in self.store.read(after=tx - 1, limit=1):
-                row = EventRow(*raw)
-                if row.seq == tx and row.kind == "tx.meta":
-                    verify_event(row)
-                    data = orjson.loads(row.payload)[0]
-                    if type(data) is list and data and type(data[0]) is dict:
-                        meta = data[0]
+            if row.seq != tx and not self.born.created(tx):
+                for raw in self.store.read(after=tx - 1, limit=1):
+                    first = EventRow(*raw)
+                    if first.seq == tx and first.kind == "tx.meta":
+                        verify_event(first)
+                        data = orjson.loads(first.payload)[0]
+                        if type(data) is list and data and type(data[0]) is dict:
+                            meta = data[0]
             self._meta[tx] = meta
         return dict(meta)
 
