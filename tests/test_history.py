@@ -7,6 +7,7 @@ import itertools
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 
@@ -404,3 +405,64 @@ def test_meta_is_read_only_from_a_transaction_that_may_have_it(
     changes = img.history(node, "value")
     assert [(c.new, c.meta) for c in changes] == [(0, {}), (1, {}), (2, {}), ("big", {}), ("ada", {"user": "ada"})]
     assert sum(sizes) < 10_000, sizes
+
+
+def test_a_field_added_since_starts_at_its_default_as_at_shows_it(make_image: Images) -> None:
+    """For objects stored before a field with a default was added to their class, history() starts that field at
+    the default -- what img.at() shows there -- not MISSING; a field deleted before the object was attached stays
+    MISSING, as at() shows it unset."""
+
+    @memimg.persistent(name="thistory.Added")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = [Before("a")]  # the event declares the class
+    img.root.content.append(Before("b"))  # this one does not
+    img.close()
+
+    @memimg.persistent(name="thistory.Added")
+    class After:
+        name: str = ""
+        flag: int = 7
+        note: Any = attrs.field(default=None)
+
+    img = make_image(root=Box)
+    old = img.seq
+    fresh = After("c")
+    del fresh.note
+    img.root.other = fresh  # the event declares the class again, with the field
+    fresh.note = "set"
+    a, b = img.root.content
+    a.flag = b.flag = 8
+    with img.at(old) as past:
+        assert [(x.flag, x.note) for x in past.root.content] == [(7, None), (7, None)]
+    for obj in (a, b):
+        assert [(c.old, c.new) for c in img.history(obj, "flag")] == [(7, 8)]
+        assert img.history(obj, "note") == []
+    assert [(c.old, c.new) for c in img.history(fresh, "note")] == [(MISSING, "set")]
+
+
+def test_a_field_added_since_starts_at_its_default_in_a_snapshot_too(make_image: Images) -> None:
+    """An object whose first state history reads from a snapshot (the events before it compacted away) starts a
+    field added to its class since at the default too."""
+
+    @memimg.persistent(name="thistory.AddedSnap")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = Before("a")
+    seq = img.snapshot()
+    img.root.other = 1
+    img.close()
+    make_image.store().delete_events_before(seq)
+
+    @memimg.persistent(name="thistory.AddedSnap")
+    class After:
+        name: str = ""
+        flag: int = 7
+
+    img = make_image(root=Box)
+    img.root.content.flag = 8
+    assert [(c.old, c.new) for c in img.history(img.root.content, "flag")] == [(7, 8)]

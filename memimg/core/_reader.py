@@ -115,10 +115,10 @@ class Reader:
         #: objects a table held before, by id, taken again by the objects created at their ids with their
         #: types (a reload in place: see :meth:`_reuse`); None: every object is made new
         self.reuse: list[Any] | None = None
-        #: ``oid -> (seq, type name, stored state)``: first states ``MemoryImage.history`` read from big events
-        #: (:mod:`memimg.image._history`); replaced by an empty one when an erasure rewrites stored rows (a
-        #: history call under way, which may have read them before, fills the old one)
-        self.first_states: dict[int, tuple[int, str, Any]] = {}
+        #: ``oid -> (seq, type name, stored state, declaration)``: first states ``MemoryImage.history`` read from
+        #: big events (:mod:`memimg.image._history`); replaced by an empty one when an erasure rewrites stored
+        #: rows (a history call under way, which may have read them before, fills the old one)
+        self.first_states: dict[int, tuple[int, str, Any, Any]] = {}
 
     # -- schemas ----------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
+import attrs
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError, StoreError
@@ -241,7 +242,7 @@ class _History:
         remembered = self.reader.first_states
         found = remembered.get(self.oid)
         if found is not None and found[0] == seq:
-            return self._state(found[1], found[2], None)
+            return self._state(*found[1:])
         rows = [EventRow(*r) for r in self.store.read(after=seq - 1, limit=1)]
         if not rows or rows[0].seq != seq:
             return None
@@ -251,11 +252,12 @@ class _History:
             p = orjson.loads(payload)
             for oid, name, state in p[1] if len(p) > 1 else ():
                 if oid == self.oid:
-                    first = self._state(name, state, None)
+                    declared = p[2].get(name) if len(p) > 2 and type(p[2]) is dict else None
+                    first = self._state(name, state, None, declared)
                     if len(payload) > BIG:
                         if len(remembered) >= REMEMBERED:
                             remembered.clear()
-                        remembered[oid] = (seq, name, state)
+                        remembered[oid] = (seq, name, state, declared)
                     return first
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise CorruptLogError(
@@ -277,16 +279,22 @@ class _History:
                 continue  # recovery skips it too
             found = _snapshot_state(row, self.oid)
             if found is not None:
-                name, state, fields = found
-                return row.seq, self._state(name, state, fields)
+                name, state, declared = found
+                return row.seq, self._state(name, state, declared[1] if declared else None, declared)
         raise MemimgError(
             f"history(): the first state of object {self.oid} is no longer stored (neither the event that "
             f"created it nor a snapshot holding it is in {self.store.description})",
             target=self.oid,
         )
 
-    def _state(self, name: str, state: Any, fields: list[str] | None) -> Any:
-        """A stored state as the plain copy the fold changes (a dict of fields for an entity)."""
+    def _state(self, name: str, state: Any, fields: list[str] | None, declared: Any = None) -> Any:
+        """A stored state as the plain copy the fold changes (a dict of fields for an entity).
+
+        *declared* is the type's declaration in effect where the state was
+        stored (``[version, fields, ...]``; ``None``: not at hand). Under
+        another than the class's own, a field the state lacks starts at its
+        default, as a reader fills it in (what ``img.at()`` shows).
+        """
         decode = self.decode
         make = _COLLECTIONS.get(name)
         if make is list or make is set:
@@ -295,7 +303,26 @@ class _History:
             if type(state) is dict:
                 return {k: decode(v) for k, v in state.items()}
             return {decode(k): decode(v) for k, v in state}
-        return entity_state(state, fields, self.namer, decode)
+        out = entity_state(state, fields, self.namer, decode)
+        info = _types.info_of(type(self.obj))
+        if info is not None and len(out) < len(info.fields) and not _same_schema(info, name, declared):
+            self._fill_defaults(info, out)
+        return out
+
+    def _fill_defaults(self, info: _types.TypeInfo, out: dict[str, Any]) -> None:
+        """Add to entity state *out* the defaults of the fields it lacks, as a reader fills them in -- but those
+        the image logs when it fills them (a value holding objects: its own ``obj.set`` shows it) and those of
+        a factory taking ``self`` (the object it would read is not at hand)."""
+        for f in info.fields:
+            if f in out or f not in info.defaults:
+                continue
+            default = info.defaults[f]
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                if default.takes_self:
+                    continue
+                default = default.factory()
+            if not self.reader.holds_new_objects(default):
+                out[f] = default
 
     # -- events -------------------------------------------------------------------
 
@@ -355,8 +382,25 @@ class _History:
         return dict(meta)
 
 
-def _snapshot_state(row: SnapshotRow, oid: int) -> tuple[str, Any, list[str] | None] | None:
-    """``(type name, state, declared fields)`` of object *oid* in a stored snapshot, or ``None``."""
+def _same_schema(info: _types.TypeInfo, name: str, declared: Any) -> bool:
+    """Whether states stored under *declared* (a type *name*'s declaration, ``None``: not known) are read as
+    the class of *info* writes them (else a reader plans their reading: see :func:`memimg.core._schema.plan_for`).
+
+    Not known, the state is taken as written under an older declaration:
+    a field it lacks was added since (rather than deleted before the object
+    was attached).
+    """
+    return (
+        type(declared) is list
+        and len(declared) > 1
+        and name == info.name
+        and declared[0] == info.version
+        and tuple(declared[1]) == info.fields
+    )
+
+
+def _snapshot_state(row: SnapshotRow, oid: int) -> tuple[str, Any, list[Any] | None] | None:
+    """``(type name, state, declaration)`` of object *oid* in a stored snapshot, or ``None``."""
     header, records = split_snapshot(row.payload, row.seq)
     types = header.get("types") or {}
     if header["format"] == 2:
@@ -366,12 +410,11 @@ def _snapshot_state(row: SnapshotRow, oid: int) -> tuple[str, Any, list[str] | N
                 at = oids.index(oid)
                 name = names[kinds[at]]
                 state = load_states(states, len(oids), i, row.seq)[at]
-                decl = types.get(name)
-                return name, state, list(decl[1]) if decl else None
+                return name, state, types.get(name)
         return None
     for record_oid, name, state in records:
         if record_oid == oid:
-            return name, orjson.loads(state), None
+            return name, orjson.loads(state), types.get(name)
     return None
 
 
