@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import memimg
 from memimg.cli import cli
-from tests.models import Account, Bank, Entry
+from tests.models import Account, Bank, Box, Entry
 
 
 @pytest.fixture
@@ -65,3 +65,22 @@ def test_history_bad_input(bank: tuple[str, int, int], what: str, extra: tuple[s
     assert r.exit_code == 1 and message in r.output, r.output
     with open(path, "rb") as f:
         assert f.read() == before
+
+
+def test_a_none_key_is_shown_and_told_from_a_none_value(tmp_path: Any) -> None:
+    """A dict's key None is shown ([None]; "key": null in JSON), and a value None ("old": null) is told from no
+    value (left out)."""
+    path = str(tmp_path / "keys.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {}
+        d = img.root.content
+        d[None] = None
+        d[None] = 1
+        oid = d._mi_oid
+    lines = run("history", path, str(oid)).output.splitlines()
+    assert [line.split()[6:] for line in lines] == [["[None]", "(none)", "->", "None"], ["[None]", "None", "->", "1"]]
+    changes = [json.loads(line) for line in run("history", path, str(oid), "--json").output.splitlines()]
+    assert [{k: c[k] for k in ("key", "old", "new") if k in c} for c in changes] == [
+        {"key": None, "new": None},
+        {"key": None, "old": None, "new": 1},
+    ]

@@ -466,3 +466,37 @@ def test_a_field_added_since_starts_at_its_default_in_a_snapshot_too(make_image:
     img = make_image(root=Box)
     img.root.content.flag = 8
     assert [(c.old, c.new) for c in img.history(img.root.content, "flag")] == [(7, 8)]
+
+
+def test_a_none_key_is_a_key_and_none_a_value(make_image: Images) -> None:
+    """In a dict's history and diff, the key None is a key like any (shown as [None]), and a key absent (MISSING)
+    is not a key present with the value None -- from the events and from a snapshot alike."""
+    img = make_image(root=Box)
+    img.root.content = {"a": None}
+    d = img.root.content
+    start = img.seq
+    d[None] = None
+    d[None] = 2
+    del d[None]
+    d.update({None: None})
+    img.snapshot()
+    d["a"] = 1
+    d.clear()
+    want = [
+        ("dict.set", None, None, MISSING, None, None),
+        ("dict.set", None, None, None, 2, None),
+        ("dict.del", None, None, 2, MISSING, None),
+        ("dict.update", None, None, MISSING, None, None),
+        ("dict.set", None, "a", None, 1, None),
+        ("dict.clear", None, "a", 1, MISSING, None),
+        ("dict.clear", None, None, None, MISSING, None),
+    ]
+    assert parts(img.history(d)) == want
+    assert repr(img.history(d)[0]).endswith("[None]: MISSING -> None>")
+    assert [(x.path, x.old, x.new) for x in img.diff(start, start + 1)] == [("root.content[None]", MISSING, None)]
+    assert [(x.path, x.old, x.new) for x in img.diff(start + 1, start + 2)] == [("root.content[None]", None, 2)]
+    assert [(x.path, x.old, x.new) for x in img.diff(start + 2, start + 3)] == [("root.content[None]", 2, MISSING)]
+    assert str(img.diff(start, start + 1)) == "root.content[None]: MISSING → None"
+    img.close()
+    img = make_image(root=Box)
+    assert parts(img.history(img.root.content)) == want

@@ -68,7 +68,7 @@ def _as_dict(c: Change) -> dict[str, Any]:
     out["target"] = c.target._mi_oid
     for name in ("field", "key", "index"):
         value = getattr(c, name)
-        if value is not None:
+        if value is not None or (name == "key" and c.kind.startswith("dict.")):  # None is a dict key like any
             out[name] = _json(value)
     for name in ("old", "new"):  # left out: there was, or is, no value
         value = getattr(c, name)
@@ -81,7 +81,7 @@ def _as_dict(c: Change) -> dict[str, Any]:
 
 def _line(c: Change) -> str:
     where = c.field or ""
-    if c.key is not None:
+    if c.key is not None or c.kind.startswith("dict."):
         where = f"[{_text(c.key)}]"
     elif c.index is not None:
         where = f"@{c.index}"

@@ -70,7 +70,8 @@ class Change:
     ``target`` the object changed, as live in the image asked; ``kind`` the
     event kind (``"obj.set"``, ``"dict.set"``, ``"list.append"``...);
     ``field`` the entity field (else ``None``); ``key`` the dict key (else
-    ``None``); ``old`` the value before and ``new`` the value after
+    ``None``: a dict's change, of kind ``dict.*``, may have the key ``None``
+    too); ``old`` the value before and ``new`` the value after
     (:data:`memimg.MISSING` where there was, or is, none). For a list or a
     set, ``old`` is the tuple of items the change took out and ``new`` the
     tuple it put in, and for a list ``index`` is where
@@ -93,7 +94,7 @@ class Change:
 
     def __repr__(self) -> str:
         where = f" {self.field}" if self.field is not None else ""
-        if self.key is not None:
+        if self.key is not None or self.kind.startswith("dict."):  # None is a dict key like any
             where += f" [{self.key!r}]"
         if self.index is not None:
             where += f" @{self.index}"
