@@ -37,7 +37,10 @@ def test_history_of_a_field_and_of_a_collection(bank: tuple[str, int, int]) -> N
     assert r.exit_code == 0, r.output
     assert "Decimal('0') -> Decimal('5')" in r.output and "Decimal('5') -> Decimal('12')" in r.output
     changes = [json.loads(line) for line in run("history", path, str(acct), "--json").output.splitlines()]
-    assert [(c["field"], c["old"], c["new"]) for c in changes] == [("balance", "0", "5"), ("balance", "5", "12")]
+    assert [(c["field"], c["old"], c["new"]) for c in changes] == [
+        ("balance", {"$decimal": "0"}, {"$decimal": "5"}),
+        ("balance", {"$decimal": "5"}, {"$decimal": "12"}),
+    ]
     assert all(c["target"] == acct for c in changes)
     (append,) = [json.loads(line) for line in run("history", path, str(entries), "--json").output.splitlines()]
     assert append["kind"] == "list.append" and append["old"] == [] and append["index"] == 1

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import subprocess
 import sys
 import textwrap
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 import memimg
+from memimg import MISSING
 from memimg.cli import cli
+from memimg.cli._json import plain
 from tests.history_model import project
-from tests.models import Account, Bank
+from tests.models import Account, Bank, Box, Color, Level, Point
 
 
 def run(*args: str) -> Any:
@@ -82,7 +86,7 @@ def test_diff_between_two_seqs_or_times(bank_db: tuple[str, dict[str, int]]) -> 
     assert (data["a_time"], data["b_time"]) == tuple(dt.datetime.fromisoformat(t).isoformat() for t in times)
     assert data["differences"] == [
         {"path": "root.accounts['bob']", "new": {"$type": "tests.models.Account", "$id": 6}},
-        {"path": "root.accounts['ada'].balance", "old": "0", "new": "5"},
+        {"path": "root.accounts['ada'].balance", "old": {"$decimal": "0"}, "new": {"$decimal": "5"}},
     ]
 
 
@@ -203,3 +207,55 @@ def test_compact_writes_the_snapshot_kept_history_starts_from_when_there_is_none
             img.at(cut - 2)
         assert project(img.root) == seen[head]
     assert run("verify", path).exit_code == 0
+
+
+_VALUES: list[tuple[Any, Any]] = [
+    (Decimal("1.10"), {"$decimal": "1.10"}),
+    (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), {"$datetime": "2026-01-02T03:04:05+00:00"}),
+    (dt.date(2026, 1, 2), {"$date": "2026-01-02"}),
+    (dt.timedelta(days=1, microseconds=5), {"$timedelta": [1, 0, 5]}),
+    (Fraction(1, 3), {"$fraction": "1/3"}),
+    (Color.RED, {"$enum": "tests.models.Color", "name": "RED"}),
+    (Level.HIGH, {"$enum": "tests.models.Level", "name": "HIGH"}),
+    (b"\x00\xff", {"$bytes": "AP8="}),
+    (float("nan"), {"$float": "nan"}),
+    (frozenset({1}), {"$frozenset": [1]}),
+    (Point(1, 2), {"$type": "tests.models.Point", "x": 1, "y": 2}),
+    ("1.10", "1.10"),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "want"), [*_VALUES, (memimg.ERASED, {"$erased": True}), (MISSING, {"$missing": True})]
+)
+def test_json_values_say_what_they_are(value: Any, want: Any) -> None:
+    """In JSON (show, history and diff --json), a value of a type JSON lacks is an object naming its type, never a
+    string that a str value could be too."""
+    assert plain(value) == want
+
+
+def test_history_diff_and_show_at_print_values_as_json_of_their_type(tmp_path: Any) -> None:
+    """history --json, diff --json and show --json --at print Decimal, datetime, Fraction, enum, bytes... each as
+    an object naming its type (a str as itself), and an erased past value as {"$erased": true}."""
+    path = str(tmp_path / "values.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {}
+        d = img.root.content
+        seqs = []
+        for value, _ in _VALUES:
+            d["v"] = value
+            seqs.append(img.seq)
+        img.root.other = "secret"
+        secret = img.seq
+        img.root.other = "public"
+        img.erase(img.root, "other", reason="test")
+        oid = d._mi_oid
+    want = [w for _, w in _VALUES]
+    changes = [json.loads(line) for line in run("history", path, str(oid), "--json").output.splitlines()]
+    assert [c["new"] for c in changes] == want
+    assert [c.get("old") for c in changes] == [None, *want[:-1]]
+    for seq, (before, after) in zip(seqs[1:], itertools.pairwise(want)):
+        (item,) = json.loads(run("diff", path, str(seq - 1), str(seq), "--json").output)["differences"]
+        assert (item["old"], item["new"]) == (before, after)
+        assert json.loads(run("show", path, "content.v", "--json", "--at", str(seq)).output) == after
+    assert json.loads(run("show", path, "other", "--json", "--at", str(secret)).output) == {"$erased": True}
