@@ -500,3 +500,26 @@ def test_a_none_key_is_a_key_and_none_a_value(make_image: Images) -> None:
     img.close()
     img = make_image(root=Box)
     assert parts(img.history(img.root.content)) == want
+
+
+@memimg.persistent(name="thistory.Coupon")
+class _Coupon:
+    code: str = ""
+
+
+def test_an_object_of_a_removed_type_is_shown_as_such_not_as_collected(make_image: Images) -> None:
+    """Where a past value is an object of a type removed since (removed_types), history shows its placeholder,
+    naming its type and id -- not Collected, which it is not (the image holds it until it is collected)."""
+    img = make_image(root=Box)
+    img.root.content = ["a", _Coupon("c")]
+    items = img.root.content
+    coupon = items[1]._mi_oid
+    img.close()
+    img = make_image(root=Box, removed_types=("thistory.Coupon",))
+    items = img.root.content
+    assert items == ["a"]
+    (dropped,) = img.history(items)  # the clean-up the image logged
+    (gone,) = dropped.old
+    assert not isinstance(gone, Collected)
+    assert (gone.oid, gone.type_name) == (coupon, "thistory.Coupon")
+    assert repr(gone) == f"<removed thistory.Coupon #{coupon}>"

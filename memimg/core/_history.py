@@ -26,7 +26,9 @@ What each :class:`Change` says, by target:
 
 References resolve to the objects of the image asked; an object it no
 longer holds (collected since: it became unreachable) is a
-:class:`Collected` naming its id.
+:class:`Collected` naming its id, and one of a type removed since
+(``removed_types``) is the placeholder the image holds for it, naming its
+type and id (``<removed shop.Coupon #12>``: see :mod:`memimg.core._gone`).
 """
 
 from __future__ import annotations

@@ -42,7 +42,6 @@ from memimg._errors import CorruptLogError, MemimgError, StoreError
 from memimg.core import _types
 from memimg.core._args import arg_decoder
 from memimg.core._gc import paused_gc
-from memimg.core._gone import Gone
 from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
 from memimg.core._kinds import FIELD, KINDS, Kind
 from memimg.core._reader import Reader, load_states
@@ -154,7 +153,7 @@ class _History:
 
         def deref(ref: int) -> Any:
             found = objects[ref] if 0 < ref < len(objects) else None
-            return Collected(ref) if found is None or type(found) is Gone else found
+            return Collected(ref) if found is None else found  # a Gone placeholder names its removed type
 
         self.decode = engine.table.codec.decoder(
             deref, self.reader.decode_value, generic=self.reader.stand_ins is not None
