@@ -44,9 +44,9 @@ from memimg.core._args import arg_decoder
 from memimg.core._gc import paused_gc
 from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
 from memimg.core._kinds import FIELD, KINDS, Kind
-from memimg.core._reader import Reader, load_states
+from memimg.core._reader import Reader
 from memimg.core._rows import EventRow, SnapshotRow, ts_to_datetime, verify_event, verify_snapshot
-from memimg.core._snapshot import split_snapshot
+from memimg.core._snapshot import held_states, split_snapshot
 from memimg.stores._protocol import Store
 
 __all__ = ["TAIL", "history"]
@@ -276,10 +276,9 @@ class _History:
                 verify_snapshot(row)
             except CorruptLogError:
                 continue  # recovery skips it too
-            found = _snapshot_state(row, self.oid)
-            if found is not None:
-                name, state, declared = found
-                return row.seq, self._state(name, state, declared[1] if declared else None, declared)
+            header, records = split_snapshot(row.payload, row.seq)
+            for _, holder, at, _, name, declared in held_states(header, records, (self.oid,), row.seq):
+                return row.seq, self._state(name, holder[at], declared[1] if declared else None, declared)
         raise MemimgError(
             f"history(): the first state of object {self.oid} is no longer stored (neither the event that "
             f"created it nor a snapshot holding it is in {self.store.description})",
@@ -396,25 +395,6 @@ def _same_schema(info: _types.TypeInfo, name: str, declared: Any) -> bool:
         and declared[0] == info.version
         and tuple(declared[1]) == info.fields
     )
-
-
-def _snapshot_state(row: SnapshotRow, oid: int) -> tuple[str, Any, list[Any] | None] | None:
-    """``(type name, state, declaration)`` of object *oid* in a stored snapshot, or ``None``."""
-    header, records = split_snapshot(row.payload, row.seq)
-    types = header.get("types") or {}
-    if header["format"] == 2:
-        names = header["names"]
-        for i, (oids, kinds, states) in enumerate(records):
-            if oid in oids:
-                at = oids.index(oid)
-                name = names[kinds[at]]
-                state = load_states(states, len(oids), i, row.seq)[at]
-                return name, state, types.get(name)
-        return None
-    for record_oid, name, state in records:
-        if record_oid == oid:
-            return name, orjson.loads(state), types.get(name)
-    return None
 
 
 def _creating_events(store: Store, first: int, upto: int) -> list[tuple[int, int]]:
