@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import itertools
 import json
 import subprocess
@@ -19,6 +20,7 @@ import memimg
 from memimg import MISSING
 from memimg.cli import cli
 from memimg.cli._json import plain
+from memimg.core._generic import CustomValue, EnumValue
 from tests.history_model import project
 from tests.models import Account, Bank, Box, Color, Level, Point
 
@@ -225,8 +227,22 @@ _VALUES: list[tuple[Any, Any]] = [
 ]
 
 
+class _Perm(enum.Flag):
+    R = 1
+    W = 2
+
+
 @pytest.mark.parametrize(
-    ("value", "want"), [*_VALUES, (memimg.ERASED, {"$erased": True}), (MISSING, {"$missing": True})]
+    ("value", "want"),
+    [
+        *_VALUES,
+        (memimg.ERASED, {"$erased": True}),
+        (MISSING, {"$missing": True}),
+        (_Perm.R | _Perm.W, {"$enum": f"{__name__}._Perm", "name": ["R", "W"]}),
+        (EnumValue("shop.Color", "RED"), {"$enum": "shop.Color", "name": "RED"}),
+        (EnumValue("shop.Perm", ("R", "W")), {"$enum": "shop.Perm", "name": ["R", "W"]}),
+        (CustomValue("shop.Sku", {"code": "A1"}), {"$custom": "shop.Sku", "data": {"code": "A1"}}),
+    ],
 )
 def test_json_values_say_what_they_are(value: Any, want: Any) -> None:
     """In JSON (show, history and diff --json), a value of a type JSON lacks is an object naming its type, never a

@@ -6,23 +6,22 @@ finite ``float`` -- and a ``tuple`` is an array. Every other value is an
 object whose one ``$`` key names what it is, so it is never taken for a
 string that happens to read the same:
 
-==========================  ==========================================
-``{"$decimal": "1.10"}``    ``Decimal`` (exponent kept)
-``{"$fraction": "1/3"}``    ``Fraction``
-``{"$datetime": iso}``      ``datetime`` (ISO 8601, with its offset if aware)
-``{"$date": iso}``          ``date``; ``{"$time": iso}`` ``time``
-``{"$timedelta": [d, s, us]}``  ``timedelta``: days, seconds, microseconds
-``{"$uuid": "..."}``        ``UUID``
-``{"$bytes": "base64"}``    ``bytes``
-``{"$int": "0x..."}``       an int past 4,300 digits, in hex
-``{"$float": "nan"}``       ``nan``, ``inf``, ``-inf``
-``{"$frozenset": [..]}``    ``frozenset``
-``{"$enum": type, "name": member}``  an ``Enum`` member
-``{"$type": type, field: value, ...}``  a value object (frozen attrs), by field
-``{"$erased": true}``       ``memimg.ERASED``: a past value ``erase`` excised
-``{"$missing": true}``      ``memimg.MISSING``: no value
-``{"$repr": "..."}``        anything else, by its ``repr``
-==========================  ==========================================
+* ``{"$decimal": "1.10"}``: a ``Decimal`` (exponent kept);
+  ``{"$fraction": "1/3"}``: a ``Fraction``;
+* ``{"$datetime": iso}``, ``{"$date": iso}``, ``{"$time": iso}`` (ISO 8601,
+  with the offset if aware); ``{"$timedelta": [days, seconds, microseconds]}``;
+* ``{"$uuid": "..."}``; ``{"$bytes": "base64"}``;
+* ``{"$int": "0x..."}``: an int past 4,300 digits, in hex;
+  ``{"$float": "nan"}``: ``nan``, ``inf``, ``-inf``;
+* ``{"$frozenset": [...]}``;
+* ``{"$enum": type, "name": member}``: an ``Enum`` member, its class loaded
+  or not (a flag combination: the list of its members' names);
+* ``{"$type": type, field: value, ...}``: a value object (frozen attrs);
+  ``{"$custom": type, "data": data}``: a user value type read without its
+  class, as stored;
+* ``{"$erased": true}``: ``memimg.ERASED``, a past value ``erase`` excised;
+  ``{"$missing": true}``: ``memimg.MISSING``, no value;
+* ``{"$repr": "..."}``: anything else, by its ``repr``.
 
 Entities and collections are the commands' business (``{"$type", "$id"}``,
 ``{"$ref"}``): they hand every other value here.
@@ -40,6 +39,7 @@ from typing import Any
 
 from memimg._errors import value_repr
 from memimg.core import _types
+from memimg.core._generic import CustomValue, EnumValue
 from memimg.core._markers import ERASED, MISSING
 
 __all__ = ["plain"]
@@ -61,7 +61,14 @@ def plain(value: Any) -> Any:
     if t is tuple:
         return [plain(v) for v in value]
     if isinstance(value, enum.Enum):  # before int and str: an IntEnum is an int
-        return {"$enum": _name(t), "name": value.name}
+        name: Any = value.name
+        if isinstance(value, enum.Flag) and (name is None or "|" in name):  # a combination: its members' names
+            name = [m.name for m in value]
+        return {"$enum": _name(t), "name": name}
+    if t is EnumValue:  # read without its class (the command line): the same
+        return {"$enum": value.type_name, "name": list(value.member) if type(value.member) is tuple else value.member}
+    if t is CustomValue:
+        return {"$custom": value.type_name, "data": value.data}
     tag = _TAGS.get(t)
     if tag is not None:
         return tag(value)
