@@ -410,7 +410,8 @@ def test_meta_is_read_only_from_a_transaction_that_may_have_it(
 def test_a_field_added_since_starts_at_its_default_as_at_shows_it(make_image: Images) -> None:
     """For objects stored before a field with a default was added to their class, history() starts that field at
     the default -- what img.at() shows there -- not MISSING; a field deleted before the object was attached stays
-    MISSING, as at() shows it unset."""
+    MISSING, as at() shows it unset (the declaration in effect tells them apart, whether the object's event
+    makes it or an earlier one)."""
 
     @memimg.persistent(name="thistory.Added")
     class Before:
@@ -435,12 +436,20 @@ def test_a_field_added_since_starts_at_its_default_as_at_shows_it(make_image: Im
     fresh.note = "set"
     a, b = img.root.content
     a.flag = b.flag = 8
+    later = After("d")
+    del later.note
+    img.root.content.append(later)  # declared already: the event does not declare it again
+    appended = img.seq
+    later.note = "set"
     with img.at(old) as past:
         assert [(x.flag, x.note) for x in past.root.content] == [(7, None), (7, None)]
+    with img.at(appended) as past:
+        assert not hasattr(past.root.content[2], "note")
     for obj in (a, b):
         assert [(c.old, c.new) for c in img.history(obj, "flag")] == [(7, 8)]
         assert img.history(obj, "note") == []
-    assert [(c.old, c.new) for c in img.history(fresh, "note")] == [(MISSING, "set")]
+    for obj in (fresh, later):
+        assert [(c.old, c.new) for c in img.history(obj, "note")] == [(MISSING, "set")]
 
 
 def test_a_field_added_since_starts_at_its_default_in_a_snapshot_too(make_image: Images) -> None:
@@ -523,3 +532,42 @@ def test_an_object_of_a_removed_type_is_shown_as_such_not_as_collected(make_imag
     assert not isinstance(gone, Collected)
     assert (gone.oid, gone.type_name) == (coupon, "thistory.Coupon")
     assert repr(gone) == f"<removed thistory.Coupon #{coupon}>"
+
+
+def test_the_declaration_found_before_a_first_state_is_remembered(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the event an object was born in does not declare its type, history() reads back to the event that
+    did once: the next call, for that object or another born between the two, reads no events before them."""
+
+    @memimg.persistent(name="thistory.Declared")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = [Before("a")]
+    for i in range(5):
+        img.root.content.append(Before(str(i)))
+    img.close()
+
+    @memimg.persistent(name="thistory.Declared")
+    class After:
+        name: str = ""
+        flag: int = 7
+
+    img = make_image(root=Box)
+    objs = list(img.root.content)
+    for obj in objs:
+        obj.flag = 8
+    reads: list[int] = []
+    read = img._engine.store.read
+    monkeypatch.setattr(
+        img._engine.store, "read", lambda after=0, limit=None: reads.append(after) or read(after, limit)
+    )
+    assert [(c.old, c.new) for c in img.history(objs[5], "flag")] == [(7, 8)]
+    born = reads[0] + 1
+    assert min(reads) < born - 1  # read back
+    for obj in (objs[5], *objs[2:5]):
+        reads.clear()
+        assert [(c.old, c.new) for c in img.history(obj, "flag")] == [(7, 8)]
+        assert len(reads) == 1 and reads[0] + 1 == img._engine.table.born.seq_of(obj._mi_oid)

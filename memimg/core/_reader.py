@@ -119,6 +119,9 @@ class Reader:
         #: big events (:mod:`memimg.image._history`); replaced by an empty one when an erasure rewrites stored
         #: rows (a history call under way, which may have read them before, fills the old one)
         self.first_states: dict[int, tuple[int, str, Any, Any]] = {}
+        #: ``type name -> [(first seq, last seq, declaration)]``: spans of the log where ``MemoryImage.history``
+        #: found the type declared so (the declaration made at the first seq, none other up to the last)
+        self.declared_spans: dict[str, list[tuple[int, int, Any]]] = {}
 
     # -- schemas ----------------------------------------------------------------
 

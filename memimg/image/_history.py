@@ -10,7 +10,11 @@ The cost grows with the object's own events, not the log's length:
    oldest snapshot holding the object. A first state read from a big event
    (one attach of a large subgraph) is remembered on the image's reader, so
    the next call neither reads nor parses that event again; an erasure
-   forgets them all.
+   forgets them all. A field the first state lacks starts at its default
+   if the class's declaration in effect there did not list it (a field
+   added since, as a reader fills it in); that declaration is the event's,
+   the snapshot's, or -- read back once, at most to the last ``snapshot``
+   event, and remembered -- an earlier event's.
 2. **Its events** -- the store reads the rows that target it
    (:meth:`~memimg.Store.read_target`): through the target index up to the
    seq it covers, then by scanning the events past it. Commits do not fill
@@ -41,6 +45,7 @@ import orjson
 from memimg._errors import CorruptLogError, MemimgError, StoreError
 from memimg.core import _types
 from memimg.core._args import arg_decoder
+from memimg.core._fold import SNAPSHOT_KINDS
 from memimg.core._gc import paused_gc
 from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
 from memimg.core._kinds import FIELD, KINDS, Kind
@@ -59,6 +64,8 @@ TAIL: Final = 10_000
 BIG: Final = 64 * 1024
 #: How many first states history remembers (all are forgotten when that many are).
 REMEMBERED: Final = 1024
+#: How many events history reads at a time, looking back for a type's declaration.
+_SCAN: Final = 1000
 
 _OBJ_UPDATE: Final = KINDS["obj.update"]
 _COLLECTIONS: Final = {"list": list, "dict": dict, "set": set}
@@ -241,7 +248,7 @@ class _History:
         remembered = self.reader.first_states
         found = remembered.get(self.oid)
         if found is not None and found[0] == seq:
-            return self._state(*found[1:])
+            return self._state(*found[1:], seq)
         rows = [EventRow(*r) for r in self.store.read(after=seq - 1, limit=1)]
         if not rows or rows[0].seq != seq:
             return None
@@ -252,7 +259,7 @@ class _History:
             for oid, name, state in p[1] if len(p) > 1 else ():
                 if oid == self.oid:
                     declared = p[2].get(name) if len(p) > 2 and type(p[2]) is dict else None
-                    first = self._state(name, state, None, declared)
+                    first = self._state(name, state, None, declared, seq)
                     if len(payload) > BIG:
                         if len(remembered) >= REMEMBERED:
                             remembered.clear()
@@ -285,13 +292,17 @@ class _History:
             target=self.oid,
         )
 
-    def _state(self, name: str, state: Any, fields: list[str] | None, declared: Any = None) -> Any:
+    def _state(
+        self, name: str, state: Any, fields: list[str] | None, declared: Any = None, seq: int | None = None
+    ) -> Any:
         """A stored state as the plain copy the fold changes (a dict of fields for an entity).
 
         *declared* is the type's declaration in effect where the state was
-        stored (``[version, fields, ...]``; ``None``: not at hand). Under
-        another than the class's own, a field the state lacks starts at its
-        default, as a reader fills it in (what ``img.at()`` shows).
+        stored (``[version, fields, ...]``; ``None``: not at hand -- then,
+        for the records of event *seq*, it is looked for in the events
+        before it if needed). Under another than the class's own, a field the
+        state lacks starts at its default, as a reader fills it in (what
+        ``img.at()`` shows).
         """
         decode = self.decode
         make = _COLLECTIONS.get(name)
@@ -303,9 +314,50 @@ class _History:
             return {decode(k): decode(v) for k, v in state}
         out = entity_state(state, fields, self.namer, decode)
         info = _types.info_of(type(self.obj))
-        if info is not None and len(out) < len(info.fields) and not _same_schema(info, name, declared):
-            self._fill_defaults(info, out)
+        if info is not None and len(out) < len(info.fields):
+            if declared is None and seq is not None:
+                declared = self._declared_before(name, seq)
+            if not _same_schema(info, name, declared):
+                self._fill_defaults(info, out)
         return out
+
+    def _declared_before(self, name: str, seq: int) -> Any:
+        """The declaration of type *name* in effect at event *seq*, which does not declare it: the one made by
+        the last event before it that did (``None``: not among the events kept).
+
+        A type is declared again after each ``snapshot`` event, at its first
+        use, so the events read back are at most those since the last
+        snapshot; what is found is remembered
+        (:attr:`Reader.declared_spans`) for every seq it covers.
+        """
+        spans = self.reader.declared_spans.setdefault(name, [])
+        for start, end, declared in spans:
+            if start <= seq <= end:
+                return declared
+        needle = orjson.dumps(name) + b":["
+        first = self.store.first_seq()
+        hi = seq - 1
+        while hi >= first:
+            lo = max(first, hi - _SCAN + 1)
+            found: tuple[int, Any] | None = None
+            passed_snapshot = False
+            for raw in self.store.read(after=lo - 1, limit=hi - lo + 1):
+                row = EventRow(*raw)
+                if row.kind in SNAPSHOT_KINDS:
+                    # every type is declared again after it: a declaration before it is not in effect
+                    found, passed_snapshot = None, True
+                elif needle in row.payload:
+                    verify_event(row)
+                    p = orjson.loads(row.payload)
+                    if len(p) > 2 and type(p[2]) is dict and name in p[2]:
+                        found = (row.seq, p[2][name])
+            if found is not None:
+                spans.append((found[0], seq, found[1]))
+                return found[1]
+            if passed_snapshot:
+                return None
+            hi = lo - 1
+        return None
 
     def _fill_defaults(self, info: _types.TypeInfo, out: dict[str, Any]) -> None:
         """Add to entity state *out* the defaults of the fields it lacks, as a reader fills them in -- but those
