@@ -21,7 +21,7 @@ from memimg.model import SHELL, _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["info", "log", "plain", "show", "size_text"]
+__all__ = ["info", "log", "show", "size_text"]
 
 
 # -- info ------------------------------------------------------------------------
