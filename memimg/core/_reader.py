@@ -116,6 +116,13 @@ class Reader:
         #: objects a table held before, by id, taken again by the objects created at their ids with their
         #: types (a reload in place: see :meth:`_reuse`); None: every object is made new
         self.reuse: list[Any] | None = None
+        #: ``oid -> (seq, type name, stored state, declaration)``: first states ``MemoryImage.history`` read from
+        #: big events (:mod:`memimg.image._history`); replaced by an empty one when an erasure rewrites stored
+        #: rows (a history call under way, which may have read them before, fills the old one)
+        self.first_states: dict[int, tuple[int, str, Any, Any]] = {}
+        #: ``type name -> [(first seq, last seq, declaration)]``: spans of the log where ``MemoryImage.history``
+        #: found the type declared so (the declaration made at the first seq, none other up to the last)
+        self.declared_spans: dict[str, list[tuple[int, int, Any]]] = {}
 
     # -- schemas ----------------------------------------------------------------
 
