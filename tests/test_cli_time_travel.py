@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
+import itertools
 import json
 import subprocess
 import sys
 import textwrap
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 import memimg
+from memimg import MISSING
 from memimg.cli import cli
+from memimg.cli._json import plain
+from memimg.core._generic import CustomValue, EnumValue
 from tests.history_model import project
-from tests.models import Account, Bank
+from tests.models import Account, Bank, Box, Color, Level, Point
 
 
 def run(*args: str) -> Any:
@@ -82,7 +88,7 @@ def test_diff_between_two_seqs_or_times(bank_db: tuple[str, dict[str, int]]) -> 
     assert (data["a_time"], data["b_time"]) == tuple(dt.datetime.fromisoformat(t).isoformat() for t in times)
     assert data["differences"] == [
         {"path": "root.accounts['bob']", "new": {"$type": "tests.models.Account", "$id": 6}},
-        {"path": "root.accounts['ada'].balance", "old": "0", "new": "5"},
+        {"path": "root.accounts['ada'].balance", "old": {"$decimal": "0"}, "new": {"$decimal": "5"}},
     ]
 
 
@@ -231,3 +237,69 @@ def test_compact_drops_nothing_when_the_snapshot_kept_history_starts_from_cannot
     r = run("compact", path, "--keep-events", "4")
     assert r.exit_code == 0 and "a snapshot written at seq" in r.output, r.output
     assert run("verify", path).exit_code == 0
+
+
+_VALUES: list[tuple[Any, Any]] = [
+    (Decimal("1.10"), {"$decimal": "1.10"}),
+    (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), {"$datetime": "2026-01-02T03:04:05+00:00"}),
+    (dt.date(2026, 1, 2), {"$date": "2026-01-02"}),
+    (dt.timedelta(days=1, microseconds=5), {"$timedelta": [1, 0, 5]}),
+    (Fraction(1, 3), {"$fraction": "1/3"}),
+    (Color.RED, {"$enum": "tests.models.Color", "name": "RED"}),
+    (Level.HIGH, {"$enum": "tests.models.Level", "name": "HIGH"}),
+    (b"\x00\xff", {"$bytes": "AP8="}),
+    (float("nan"), {"$float": "nan"}),
+    (frozenset({1}), {"$frozenset": [1]}),
+    (Point(1, 2), {"$type": "tests.models.Point", "x": 1, "y": 2}),
+    ("1.10", "1.10"),
+]
+
+
+class _Perm(enum.Flag):
+    R = 1
+    W = 2
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        *_VALUES,
+        (memimg.ERASED, {"$erased": True}),
+        (MISSING, {"$missing": True}),
+        (_Perm.R | _Perm.W, {"$enum": f"{__name__}._Perm", "name": ["R", "W"]}),
+        (EnumValue("shop.Color", "RED"), {"$enum": "shop.Color", "name": "RED"}),
+        (EnumValue("shop.Perm", ("R", "W")), {"$enum": "shop.Perm", "name": ["R", "W"]}),
+        (CustomValue("shop.Sku", {"code": "A1"}), {"$custom": "shop.Sku", "data": {"code": "A1"}}),
+    ],
+)
+def test_json_values_say_what_they_are(value: Any, want: Any) -> None:
+    """In JSON (show, history and diff --json), a value of a type JSON lacks is an object naming its type, never a
+    string that a str value could be too."""
+    assert plain(value) == want
+
+
+def test_history_diff_and_show_at_print_values_as_json_of_their_type(tmp_path: Any) -> None:
+    """history --json, diff --json and show --json --at print Decimal, datetime, Fraction, enum, bytes... each as
+    an object naming its type (a str as itself), and an erased past value as {"$erased": true}."""
+    path = str(tmp_path / "values.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {}
+        d = img.root.content
+        seqs = []
+        for value, _ in _VALUES:
+            d["v"] = value
+            seqs.append(img.seq)
+        img.root.other = "secret"
+        secret = img.seq
+        img.root.other = "public"
+        img.erase(img.root, "other", reason="test")
+        oid = d._mi_oid
+    want = [w for _, w in _VALUES]
+    changes = [json.loads(line) for line in run("history", path, str(oid), "--json").output.splitlines()]
+    assert [c["new"] for c in changes] == want
+    assert [c.get("old") for c in changes] == [None, *want[:-1]]
+    for seq, (before, after) in zip(seqs[1:], itertools.pairwise(want)):
+        (item,) = json.loads(run("diff", path, str(seq - 1), str(seq), "--json").output)["differences"]
+        assert (item["old"], item["new"]) == (before, after)
+        assert json.loads(run("show", path, "content.v", "--json", "--at", str(seq)).output) == after
+    assert json.loads(run("show", path, "other", "--json", "--at", str(secret)).output) == {"$erased": True}

@@ -7,6 +7,7 @@ import itertools
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 
@@ -329,3 +330,246 @@ def test_snapshots_and_long_tails_fill_the_target_index(make_image: Images, monk
     readonly.close()
     assert len(img.history(img.root)) == 9  # 8 waiting: indexed first
     assert _covered(img) == img.seq
+
+
+def _reads(img: memimg.MemoryImage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the payloads *img*'s store reads and orjson parses from now on (appended to the list returned)."""
+    sizes: list[int] = []
+    store = img._engine.store
+    read, loads = store.read, orjson.loads
+
+    def counted_read(*args: Any, **kwargs: Any) -> Any:
+        for row in read(*args, **kwargs):
+            sizes.append(len(row[5]))
+            yield row
+
+    def counted_loads(data: Any) -> Any:
+        sizes.append(len(data))
+        return loads(data)
+
+    monkeypatch.setattr(store, "read", counted_read)
+    monkeypatch.setattr(orjson, "loads", counted_loads)
+    return sizes
+
+
+def test_an_object_born_in_a_big_attach_is_read_from_it_once(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """history() of an object born in a big attach (one assignment of a large new subgraph) reads that event's
+    payload once: later calls start from the first state found then, not from the whole payload again."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(300)]  # one event of ~600 kB
+    node = img.root.content[150]
+    node.value = "changed"
+    with img.transaction(meta={"user": "ada"}):
+        node.value = "again"
+    first = img.history(node)
+    assert [(c.old[:3], c.new) for c in first] == [("150", "changed"), ("cha", "again")]
+    sizes = _reads(img, monkeypatch)
+    assert img.history(node) == first
+    assert img.history(node, "value", since=first[0].seq) == first[1:]
+    assert sum(sizes) < 10_000, sizes
+
+
+def test_an_erasure_reaches_the_first_state_history_remembers(make_image: Images) -> None:
+    """After erase() -- in this image or another on the same store -- history shows ERASED where the first state
+    held the erased value, though an earlier call read that state already."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(300)]
+    a, b = img.root.content[1], img.root.content[2]
+    a.value = b.value = "changed"
+    assert img.history(a)[0].old.startswith("1") and img.history(b)[0].old.startswith("2")
+    img.erase(a, "value", reason="test")
+    assert img.history(a)[0].old is memimg.ERASED
+    assert img.history(b)[0].old.startswith("2")
+    other = make_image(root=Box)
+    other.erase(other.root.content[2], "value", reason="test")
+    other.close()
+    img.refresh()
+    assert img.history(b)[0].old is memimg.ERASED
+
+
+def test_meta_is_read_only_from_a_transaction_that_may_have_it(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change's metadata costs no read when its event is the first of its transaction (then there is no
+    tx.meta row), and the meta row alone when there is one: not a big first row of its transaction."""
+    img = make_image(root=Box)
+    img.root.content = node = Node()
+    for i in range(3):
+        node.value = i
+    with img.transaction():
+        img.root.other = [Node(value="x" * 2_000) for _ in range(100)]  # a big first row, without meta
+        node.value = "big"
+    with img.transaction(meta={"user": "ada"}):
+        node.value = "ada"
+    sizes = _reads(img, monkeypatch)
+    changes = img.history(node, "value")
+    assert [(c.new, c.meta) for c in changes] == [(0, {}), (1, {}), (2, {}), ("big", {}), ("ada", {"user": "ada"})]
+    assert sum(sizes) < 10_000, sizes
+
+
+def test_a_field_added_since_starts_at_its_default_as_at_shows_it(make_image: Images) -> None:
+    """For objects stored before a field with a default was added to their class, history() starts that field at
+    the default -- what img.at() shows there -- not MISSING; a field deleted before the object was attached stays
+    MISSING, as at() shows it unset (the declaration in effect tells them apart, whether the object's event
+    makes it or an earlier one)."""
+
+    @memimg.persistent(name="thistory.Added")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = [Before("a")]  # the event declares the class
+    img.root.content.append(Before("b"))  # this one does not
+    img.close()
+
+    @memimg.persistent(name="thistory.Added")
+    class After:
+        name: str = ""
+        flag: int = 7
+        note: Any = attrs.field(default=None)
+
+    img = make_image(root=Box)
+    old = img.seq
+    fresh = After("c")
+    del fresh.note
+    img.root.other = fresh  # the event declares the class again, with the field
+    fresh.note = "set"
+    a, b = img.root.content
+    a.flag = b.flag = 8
+    later = After("d")
+    del later.note
+    img.root.content.append(later)  # declared already: the event does not declare it again
+    appended = img.seq
+    later.note = "set"
+    with img.at(old) as past:
+        assert [(x.flag, x.note) for x in past.root.content] == [(7, None), (7, None)]
+    with img.at(appended) as past:
+        assert not hasattr(past.root.content[2], "note")
+    for obj in (a, b):
+        assert [(c.old, c.new) for c in img.history(obj, "flag")] == [(7, 8)]
+        assert img.history(obj, "note") == []
+    for obj in (fresh, later):
+        assert [(c.old, c.new) for c in img.history(obj, "note")] == [(MISSING, "set")]
+
+
+def test_a_field_added_since_starts_at_its_default_in_a_snapshot_too(make_image: Images) -> None:
+    """An object whose first state history reads from a snapshot (the events before it compacted away) starts a
+    field added to its class since at the default too."""
+
+    @memimg.persistent(name="thistory.AddedSnap")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = Before("a")
+    seq = img.snapshot()
+    img.root.other = 1
+    img.close()
+    make_image.store().delete_events_before(seq)
+
+    @memimg.persistent(name="thistory.AddedSnap")
+    class After:
+        name: str = ""
+        flag: int = 7
+
+    img = make_image(root=Box)
+    img.root.content.flag = 8
+    assert [(c.old, c.new) for c in img.history(img.root.content, "flag")] == [(7, 8)]
+
+
+def test_a_none_key_is_a_key_and_none_a_value(make_image: Images) -> None:
+    """In a dict's history and diff, the key None is a key like any (shown as [None]), and a key absent (MISSING)
+    is not a key present with the value None -- from the events and from a snapshot alike."""
+    img = make_image(root=Box)
+    img.root.content = {"a": None}
+    d = img.root.content
+    start = img.seq
+    d[None] = None
+    d[None] = 2
+    del d[None]
+    d.update({None: None})
+    img.snapshot()
+    d["a"] = 1
+    d.clear()
+    want = [
+        ("dict.set", None, None, MISSING, None, None),
+        ("dict.set", None, None, None, 2, None),
+        ("dict.del", None, None, 2, MISSING, None),
+        ("dict.update", None, None, MISSING, None, None),
+        ("dict.set", None, "a", None, 1, None),
+        ("dict.clear", None, "a", 1, MISSING, None),
+        ("dict.clear", None, None, None, MISSING, None),
+    ]
+    assert parts(img.history(d)) == want
+    assert repr(img.history(d)[0]).endswith("[None]: MISSING -> None>")
+    assert [(x.path, x.old, x.new) for x in img.diff(start, start + 1)] == [("root.content[None]", MISSING, None)]
+    assert [(x.path, x.old, x.new) for x in img.diff(start + 1, start + 2)] == [("root.content[None]", None, 2)]
+    assert [(x.path, x.old, x.new) for x in img.diff(start + 2, start + 3)] == [("root.content[None]", 2, MISSING)]
+    assert str(img.diff(start, start + 1)) == "root.content[None]: MISSING → None"
+    img.close()
+    img = make_image(root=Box)
+    assert parts(img.history(img.root.content)) == want
+
+
+@memimg.persistent(name="thistory.Coupon")
+class _Coupon:
+    code: str = ""
+
+
+def test_an_object_of_a_removed_type_is_shown_as_such_not_as_collected(make_image: Images) -> None:
+    """Where a past value is an object of a type removed since (removed_types), history shows its placeholder,
+    naming its type and id -- not Collected, which it is not (the image holds it until it is collected)."""
+    img = make_image(root=Box)
+    img.root.content = ["a", _Coupon("c")]
+    items = img.root.content
+    coupon = items[1]._mi_oid
+    img.close()
+    img = make_image(root=Box, removed_types=("thistory.Coupon",))
+    items = img.root.content
+    assert items == ["a"]
+    (dropped,) = img.history(items)  # the clean-up the image logged
+    (gone,) = dropped.old
+    assert not isinstance(gone, Collected)
+    assert (gone.oid, gone.type_name) == (coupon, "thistory.Coupon")
+    assert repr(gone) == f"<removed thistory.Coupon #{coupon}>"
+
+
+def test_the_declaration_found_before_a_first_state_is_remembered(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the event an object was born in does not declare its type, history() reads back to the event that
+    did once: the next call, for that object or another born between the two, reads no events before them."""
+
+    @memimg.persistent(name="thistory.Declared")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = [Before("a")]
+    for i in range(5):
+        img.root.content.append(Before(str(i)))
+    img.close()
+
+    @memimg.persistent(name="thistory.Declared")
+    class After:
+        name: str = ""
+        flag: int = 7
+
+    img = make_image(root=Box)
+    objs = list(img.root.content)
+    for obj in objs:
+        obj.flag = 8
+    reads: list[int] = []
+    read = img._engine.store.read
+    monkeypatch.setattr(
+        img._engine.store, "read", lambda after=0, limit=None: reads.append(after) or read(after, limit)
+    )
+    assert [(c.old, c.new) for c in img.history(objs[5], "flag")] == [(7, 8)]
+    born = reads[0] + 1
+    assert min(reads) < born - 1  # read back
+    for obj in (objs[5], *objs[2:5]):
+        reads.clear()
+        assert [(c.old, c.new) for c in img.history(obj, "flag")] == [(7, 8)]
+        assert len(reads) == 1 and reads[0] + 1 == img._engine.table.born.seq_of(obj._mi_oid)

@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._inspect import _show_json, plain
+from memimg.cli._inspect import _show_json
+from memimg.cli._json import plain
 from memimg.cli._main import cli, open_image
 from memimg.core._diff import type_name
 from memimg.core._history import Change, Collected
@@ -68,7 +69,7 @@ def _as_dict(c: Change) -> dict[str, Any]:
     out["target"] = c.target._mi_oid
     for name in ("field", "key", "index"):
         value = getattr(c, name)
-        if value is not None:
+        if value is not None or (name == "key" and c.kind.startswith("dict.")):  # None is a dict key like any
             out[name] = _json(value)
     for name in ("old", "new"):  # left out: there was, or is, no value
         value = getattr(c, name)
@@ -81,7 +82,7 @@ def _as_dict(c: Change) -> dict[str, Any]:
 
 def _line(c: Change) -> str:
     where = c.field or ""
-    if c.key is not None:
+    if c.key is not None or c.kind.startswith("dict."):
         where = f"[{_text(c.key)}]"
     elif c.index is not None:
         where = f"@{c.index}"

@@ -43,6 +43,7 @@ from memimg.core._generic import StandInMaker
 from memimg.core._gone import Gone, caches_hash
 from memimg.core._kinds import FIELD, KINDS, Kind
 from memimg.core._markers import ABSENT
+from memimg.core._records import declared_types
 from memimg.core._table import ObjectTable
 
 __all__ = ["Pending", "Reader", "at_seq", "load_states"]
@@ -115,6 +116,13 @@ class Reader:
         #: objects a table held before, by id, taken again by the objects created at their ids with their
         #: types (a reload in place: see :meth:`_reuse`); None: every object is made new
         self.reuse: list[Any] | None = None
+        #: ``oid -> (seq, type name, stored state, declaration)``: first states ``MemoryImage.history`` read from
+        #: big events (:mod:`memimg.image._history`); replaced by an empty one when an erasure rewrites stored
+        #: rows (a history call under way, which may have read them before, fills the old one)
+        self.first_states: dict[int, tuple[int, str, Any, Any]] = {}
+        #: ``type name -> [(first seq, last seq, declaration)]``: spans of the log where ``MemoryImage.history``
+        #: found the type declared so (the declaration made at the first seq, none other up to the last)
+        self.declared_spans: dict[str, list[tuple[int, int, Any]]] = {}
 
     # -- schemas ----------------------------------------------------------------
 
@@ -123,8 +131,9 @@ class Reader:
         declarations = self.table.declarations
         for name, decl in types.items():
             version, fields = decl[0], tuple(decl[1])
-            declarations.note(name, version, fields)
-            key = (name, version, fields)
+            field_types = declared_types(name, decl)
+            declarations.note(name, version, fields, field_types)
+            key = (name, version, fields, field_types)
             plan = self._plans.get(key)
             if plan is None:
                 plan = _schema.plan_for(
@@ -135,6 +144,7 @@ class Reader:
                     self.removed_types,
                     stand_ins=self.stand_ins,
                     value=len(decl) > 2 and decl[2] == "value",
+                    stored_types=field_types,
                 )
                 self._plans[key] = plan
             self._plan_by_name[name] = plan
@@ -154,7 +164,7 @@ class Reader:
                 plan = _schema.Plan(name, None, 1, (), identity=False)
             else:
                 try:
-                    info = _types.resolve(name)
+                    info = _types.resolve(name, _types.VALUE if value else _types.ENTITY)
                 except UnknownTypeError:
                     plan = _schema.plan_for(
                         name, 1, (), self.report, self.removed_types, stand_ins=self.stand_ins, value=value

@@ -35,7 +35,7 @@ _list_copy = list.copy
 
 
 class Declarations:
-    """What the log has declared so far of each type: ``name -> (version, fields)``.
+    """What the log has declared so far of each type: ``name -> (version, fields, field types)``.
 
     Every event that first writes a class's state declares its schema; a
     snapshot declares the types it holds. After a ``snapshot`` event (``gc``
@@ -46,13 +46,13 @@ class Declarations:
     __slots__ = ("by_name", "current")
 
     def __init__(self) -> None:
-        self.by_name: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self.by_name: dict[str, tuple[int, tuple[str, ...], tuple[str, ...] | None]] = {}
         #: classes whose current schema is the one declared (cleared whenever declarations change)
         self.current: set[type] = set()
 
-    def note(self, name: str, version: int, fields: tuple[str, ...]) -> None:
-        """The log declares *name* so (read from an event or a snapshot)."""
-        self.by_name[name] = (version, fields)
+    def note(self, name: str, version: int, fields: tuple[str, ...], types: tuple[str, ...] | None) -> None:
+        """The log declares *name* so (read from an event or a snapshot; *types* ``None``: not recorded)."""
+        self.by_name[name] = (version, fields, types)
         self.current.clear()
 
     def clear(self) -> None:

@@ -521,3 +521,5 @@ class Engine:
         for _, r in batch:
             if r.kind in SNAPSHOT_KINDS:
                 self.snapshot_seq = r.seq
+            elif r.kind == "erase":  # stored rows were rewritten: what history remembers of them may be erased
+                self.reader.first_states = {}  # a new one: a history call under way fills the old one

@@ -296,6 +296,7 @@ def _commit(engine: Engine, request: _Request, excision: Excision) -> tuple[list
         if engine.seq < first - 1:  # what other writers appended before the audit commit
             engine.catch_up(itertools.takewhile(lambda r: r[0] < first, store.read(after=engine.seq)))
         engine.apply(_audit(request, plan), rows, None)
+        engine.reader.first_states = {}  # what history remembers of the rows rewritten (see Reader.first_states)
     return rows, plan
 
 

@@ -7,7 +7,14 @@ The cost grows with the object's own events, not the log's length:
    primary-key read: the ``[oid, type, state]`` record in that event's
    payload (the event targets another object: the one it was attached
    to). If compaction removed that event, the first state is read from the
-   oldest snapshot holding the object.
+   oldest snapshot holding the object. A first state read from a big event
+   (one attach of a large subgraph) is remembered on the image's reader, so
+   the next call neither reads nor parses that event again; an erasure
+   forgets them all. A field the first state lacks starts at its default
+   if the class's declaration in effect there did not list it (a field
+   added since, as a reader fills it in); that declaration is the event's,
+   the snapshot's, or -- read back once, at most to the last ``snapshot``
+   event, and remembered -- an earlier event's.
 2. **Its events** -- the store reads the rows that target it
    (:meth:`~memimg.Store.read_target`): through the target index up to the
    seq it covers, then by scanning the events past it. Commits do not fill
@@ -18,7 +25,9 @@ The cost grows with the object's own events, not the log's length:
    state, noting what was there before (:mod:`memimg.core._history`).
 4. **Metadata** -- a transaction's metadata is its first row when that row
    is of kind ``tx.meta`` (its seq is the transaction's id): one
-   primary-key read per transaction, cached for the call.
+   primary-key read per transaction, cached for the call -- and none when
+   that first row is the change's own event or one that created objects
+   (neither is a ``tx.meta`` row).
 
 The log is read up to this image's seq: history shows what this image has
 applied (``refresh()`` first to see other processes' commits), and not the
@@ -30,18 +39,19 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
+import attrs
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError, StoreError
 from memimg.core import _types
 from memimg.core._args import arg_decoder
+from memimg.core._fold import SNAPSHOT_KINDS
 from memimg.core._gc import paused_gc
-from memimg.core._gone import Gone
 from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
 from memimg.core._kinds import FIELD, KINDS, Kind
-from memimg.core._reader import Reader, load_states
+from memimg.core._reader import Reader
 from memimg.core._rows import EventRow, SnapshotRow, ts_to_datetime, verify_event, verify_snapshot
-from memimg.core._snapshot import split_snapshot
+from memimg.core._snapshot import held_states, split_snapshot
 from memimg.stores._protocol import Store
 
 __all__ = ["TAIL", "history"]
@@ -50,6 +60,12 @@ log = logging.getLogger("memimg")
 
 #: How many events past the target index a writable image's history scans rather than indexing them first.
 TAIL: Final = 10_000
+#: An event's payload size (bytes) past which history remembers the first state it read there.
+BIG: Final = 64 * 1024
+#: How many first states history remembers (all are forgotten when that many are).
+REMEMBERED: Final = 1024
+#: How many events history reads at a time, looking back for a type's declaration.
+_SCAN: Final = 1000
 
 _OBJ_UPDATE: Final = KINDS["obj.update"]
 _COLLECTIONS: Final = {"list": list, "dict": dict, "set": set}
@@ -144,13 +160,14 @@ class _History:
 
         def deref(ref: int) -> Any:
             found = objects[ref] if 0 < ref < len(objects) else None
-            return Collected(ref) if found is None or type(found) is Gone else found
+            return Collected(ref) if found is None else found  # a Gone placeholder names its removed type
 
         self.decode = engine.table.codec.decoder(
             deref, self.reader.decode_value, generic=self.reader.stand_ins is not None
         )
         self._arg_decoders: dict[str, Any] = {}
         self._meta: dict[int, dict[str, Any]] = {}
+        self.born = engine.table.born
 
     # -- the first state --------------------------------------------------------
 
@@ -187,7 +204,7 @@ class _History:
             seq=row.seq,
             tx=row.tx,
             time=ts_to_datetime(row.ts),
-            meta=self._tx_meta(row.tx),
+            meta=self._tx_meta(row),
             target=self.obj,
             kind=row.kind,
             field=f,
@@ -222,16 +239,32 @@ class _History:
         return born
 
     def _from_event(self, seq: int) -> Any:
-        """The object's state in the records of event *seq*, or ``None`` if they do not hold it."""
+        """The object's state in the records of event *seq*, or ``None`` if they do not hold it.
+
+        Found in an event of over :data:`BIG` bytes, the stored state is
+        remembered (:attr:`Reader.first_states`): the next call for this
+        object neither reads nor parses that event again.
+        """
+        remembered = self.reader.first_states
+        found = remembered.get(self.oid)
+        if found is not None and found[0] == seq:
+            return self._state(*found[1:], seq)
         rows = [EventRow(*r) for r in self.store.read(after=seq - 1, limit=1)]
         if not rows or rows[0].seq != seq:
             return None
         verify_event(rows[0])
+        payload = rows[0].payload
         try:
-            p = orjson.loads(rows[0].payload)
+            p = orjson.loads(payload)
             for oid, name, state in p[1] if len(p) > 1 else ():
                 if oid == self.oid:
-                    return self._state(name, state, None)
+                    declared = p[2].get(name) if len(p) > 2 and type(p[2]) is dict else None
+                    first = self._state(name, state, None, declared, seq)
+                    if len(payload) > BIG:
+                        if len(remembered) >= REMEMBERED:
+                            remembered.clear()
+                        remembered[oid] = (seq, name, state, declared)
+                    return first
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise CorruptLogError(
                 f"event seq {seq} cannot be read for the first state of object {self.oid}: {err}",
@@ -250,18 +283,27 @@ class _History:
                 verify_snapshot(row)
             except CorruptLogError:
                 continue  # recovery skips it too
-            found = _snapshot_state(row, self.oid)
-            if found is not None:
-                name, state, fields = found
-                return row.seq, self._state(name, state, fields)
+            header, records = split_snapshot(row.payload, row.seq)
+            for _, holder, at, _, name, declared in held_states(header, records, (self.oid,), row.seq):
+                return row.seq, self._state(name, holder[at], declared[1] if declared else None, declared)
         raise MemimgError(
             f"history(): the first state of object {self.oid} is no longer stored (neither the event that "
             f"created it nor a snapshot holding it is in {self.store.description})",
             target=self.oid,
         )
 
-    def _state(self, name: str, state: Any, fields: list[str] | None) -> Any:
-        """A stored state as the plain copy the fold changes (a dict of fields for an entity)."""
+    def _state(
+        self, name: str, state: Any, fields: list[str] | None, declared: Any = None, seq: int | None = None
+    ) -> Any:
+        """A stored state as the plain copy the fold changes (a dict of fields for an entity).
+
+        *declared* is the type's declaration in effect where the state was
+        stored (``[version, fields, ...]``; ``None``: not at hand -- then,
+        for the records of event *seq*, it is looked for in the events
+        before it if needed). Under another than the class's own, a field the
+        state lacks starts at its default, as a reader fills it in (what
+        ``img.at()`` shows).
+        """
         decode = self.decode
         make = _COLLECTIONS.get(name)
         if make is list or make is set:
@@ -270,7 +312,67 @@ class _History:
             if type(state) is dict:
                 return {k: decode(v) for k, v in state.items()}
             return {decode(k): decode(v) for k, v in state}
-        return entity_state(state, fields, self.namer, decode)
+        out = entity_state(state, fields, self.namer, decode)
+        info = _types.info_of(type(self.obj))
+        if info is not None and len(out) < len(info.fields):
+            if declared is None and seq is not None:
+                declared = self._declared_before(name, seq)
+            if not _same_schema(info, name, declared):
+                self._fill_defaults(info, out)
+        return out
+
+    def _declared_before(self, name: str, seq: int) -> Any:
+        """The declaration of type *name* in effect at event *seq*, which does not declare it: the one made by
+        the last event before it that did (``None``: not among the events kept).
+
+        A type is declared again after each ``snapshot`` event, at its first
+        use, so the events read back are at most those since the last
+        snapshot; what is found is remembered
+        (:attr:`Reader.declared_spans`) for every seq it covers.
+        """
+        spans = self.reader.declared_spans.setdefault(name, [])
+        for start, end, declared in spans:
+            if start <= seq <= end:
+                return declared
+        needle = orjson.dumps(name) + b":["
+        first = self.store.first_seq()
+        hi = seq - 1
+        while hi >= first:
+            lo = max(first, hi - _SCAN + 1)
+            found: tuple[int, Any] | None = None
+            passed_snapshot = False
+            for raw in self.store.read(after=lo - 1, limit=hi - lo + 1):
+                row = EventRow(*raw)
+                if row.kind in SNAPSHOT_KINDS:
+                    # every type is declared again after it: a declaration before it is not in effect
+                    found, passed_snapshot = None, True
+                elif needle in row.payload:
+                    verify_event(row)
+                    p = orjson.loads(row.payload)
+                    if len(p) > 2 and type(p[2]) is dict and name in p[2]:
+                        found = (row.seq, p[2][name])
+            if found is not None:
+                spans.append((found[0], seq, found[1]))
+                return found[1]
+            if passed_snapshot:
+                return None
+            hi = lo - 1
+        return None
+
+    def _fill_defaults(self, info: _types.TypeInfo, out: dict[str, Any]) -> None:
+        """Add to entity state *out* the defaults of the fields it lacks, as a reader fills them in -- but those
+        the image logs when it fills them (a value holding objects: its own ``obj.set`` shows it) and those of
+        a factory taking ``self`` (the object it would read is not at hand)."""
+        for f in info.fields:
+            if f in out or f not in info.defaults:
+                continue
+            default = info.defaults[f]
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                if default.takes_self:
+                    continue
+                default = default.factory()
+            if not self.reader.holds_new_objects(default):
+                out[f] = default
 
     # -- events -------------------------------------------------------------------
 
@@ -308,40 +410,43 @@ class _History:
             return k, ([(n, v) for f, v in args[0] if (n := namer(f)) is not None],)
         return k, args
 
-    def _tx_meta(self, tx: int) -> dict[str, Any]:
-        """The metadata of transaction *tx*: the data of its first row if that is a ``tx.meta`` row, else ``{}``."""
+    def _tx_meta(self, row: EventRow) -> dict[str, Any]:
+        """The metadata of *row*'s transaction: the data of its first row if that is a ``tx.meta`` row, else ``{}``.
+
+        That first row is read only if it may be one: not when it is *row*
+        itself, or an event that created objects (perhaps a big one).
+        """
+        tx = row.tx
         meta = self._meta.get(tx)
         if meta is None:
             meta = {}
-            for raw in self.store.read(after=tx - 1, limit=1):
-                row = EventRow(*raw)
-                if row.seq == tx and row.kind == "tx.meta":
-                    verify_event(row)
-                    data = orjson.loads(row.payload)[0]
-                    if type(data) is list and data and type(data[0]) is dict:
-                        meta = data[0]
+            if row.seq != tx and not self.born.created(tx):
+                for raw in self.store.read(after=tx - 1, limit=1):
+                    first = EventRow(*raw)
+                    if first.seq == tx and first.kind == "tx.meta":
+                        verify_event(first)
+                        data = orjson.loads(first.payload)[0]
+                        if type(data) is list and data and type(data[0]) is dict:
+                            meta = data[0]
             self._meta[tx] = meta
         return dict(meta)
 
 
-def _snapshot_state(row: SnapshotRow, oid: int) -> tuple[str, Any, list[str] | None] | None:
-    """``(type name, state, declared fields)`` of object *oid* in a stored snapshot, or ``None``."""
-    header, records = split_snapshot(row.payload, row.seq)
-    types = header.get("types") or {}
-    if header["format"] == 2:
-        names = header["names"]
-        for i, (oids, kinds, states) in enumerate(records):
-            if oid in oids:
-                at = oids.index(oid)
-                name = names[kinds[at]]
-                state = load_states(states, len(oids), i, row.seq)[at]
-                decl = types.get(name)
-                return name, state, list(decl[1]) if decl else None
-        return None
-    for record_oid, name, state in records:
-        if record_oid == oid:
-            return name, orjson.loads(state), None
-    return None
+def _same_schema(info: _types.TypeInfo, name: str, declared: Any) -> bool:
+    """Whether states stored under *declared* (a type *name*'s declaration, ``None``: not known) are read as
+    the class of *info* writes them (else a reader plans their reading: see :func:`memimg.core._schema.plan_for`).
+
+    Not known, the state is taken as written under an older declaration:
+    a field it lacks was added since (rather than deleted before the object
+    was attached).
+    """
+    return (
+        type(declared) is list
+        and len(declared) > 1
+        and name == info.name
+        and declared[0] == info.version
+        and tuple(declared[1]) == info.fields
+    )
 
 
 def _creating_events(store: Store, first: int, upto: int) -> list[tuple[int, int]]:

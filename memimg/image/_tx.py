@@ -85,6 +85,7 @@ class TxState:
         "undo_tags",
         "views",
         "writable",
+        "writer",
     )
 
     #: reads in a transaction go to it: it shows its own writes, and records what was read
@@ -93,6 +94,7 @@ class TxState:
 
     def __init__(self, host: TxHost, start_seq: int) -> None:
         self.host = host
+        self.writer = host.writer
         self.attacher = host.attacher
         self.start_seq = start_seq
         self.events: list[Any] = []  # flat: kind, target, args, kind, ... (see pending())
@@ -307,8 +309,11 @@ class TxState:
             self._tag_undo(tag)
         self.events += (_OBJ_SET, obj, (name, v))
         self.tags.append(tag)
-        if self.host.writer.ever_annotated:
-            self._note_annotation(tag)
+        writer = self.writer  # the hot path: the method is called only when there is something to note
+        if writer.ever_annotated:
+            layers = writer.annotation.get()
+            if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
+                self._note_annotation(layers, tag)
         d = self.fields.get(id(obj))
         if d is None:
             d = self.fields[id(obj)] = {}
@@ -324,8 +329,11 @@ class TxState:
         tag = self._tag()
         self.events += (_OBJ_DEL, obj, (name,))
         self.tags.append(tag)
-        if self.host.writer.ever_annotated:
-            self._note_annotation(tag)
+        writer = self.writer  # the hot path: the method is called only when there is something to note
+        if writer.ever_annotated:
+            layers = writer.annotation.get()
+            if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
+                self._note_annotation(layers, tag)
         self.field_del(obj, name)
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -362,8 +370,11 @@ class TxState:
                 k.apply(self, coll, *eargs)  # first: an event that fails to apply is not recorded either
                 self.events += (k, coll, eargs)
                 self.tags.append(tag)
-            if events and self.host.writer.ever_annotated:
-                self._note_annotation(tag)
+            writer = self.writer
+            if events and writer.ever_annotated:
+                layers = writer.annotation.get()
+                if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
+                    self._note_annotation(layers, tag)
         finally:
             self.busy = None
             self.writable = True
@@ -384,14 +395,13 @@ class TxState:
         else:
             host.meta = {**host.meta, **meta}
 
-    def _note_annotation(self, tag: Savepoint | None) -> None:
-        """Merge the annotations in effect in this thread or task into this transaction's, for a change just
-        made in savepoint *tag*: a transaction carries the blocks active when (and where) it changed something,
-        not those that began or ended around it without a change (kept or dropped with *tag*, as the change)."""
-        layers = self.host.writer.annotation.get()
-        if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
-            self.noted = (layers, tag)
-            self.add_meta(layers[-1][1], annotation=True, sp=tag)
+    def _note_annotation(self, layers: tuple[Any, ...], tag: Savepoint | None) -> None:
+        """Merge the annotations in effect in this thread or task (*layers*, not those noted last) into this
+        transaction's, for a change just made in savepoint *tag*: a transaction carries the blocks active when
+        (and where) it changed something, not those that began or ended around it without a change (kept or
+        dropped with *tag*, as the change)."""
+        self.noted = (layers, tag)
+        self.add_meta(layers[-1][1], annotation=True, sp=tag)
 
     def commit_meta(self) -> dict[str, Any] | None:
         """The metadata its commit writes: its own over its annotations; None when there is none.

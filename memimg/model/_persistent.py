@@ -21,6 +21,7 @@ accessors recorded in the ``TypeInfo``, so no user code runs.
 
 from __future__ import annotations
 
+import enum
 import types
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, dataclass_transform, overload
@@ -87,6 +88,8 @@ class _EntityBuilder:
         self._cls = cls
         self._name = name or _types.default_name(cls)
         self._aliases = tuple(aliases)
+        # a clash is refused before the class is built (nothing half-made)
+        _types.check_names(_types.TypeInfo(cls=cls, name=self._name, kind=_types.ENTITY, aliases=self._aliases))
         self._version = version
         self._removed = tuple(removed)
         self._options = options
@@ -99,6 +102,7 @@ class _EntityBuilder:
             return self
         bases = (*(b for b in cls.__bases__ if b is not object), PersistentBase)
         ns = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        ns["__qualname__"] = cls.__qualname__  # not in __dict__: kept so a nested or local class keeps its place
         meta: Any = type(cls)
         self._cls = meta(cls.__name__, bases, ns)
         return self
@@ -185,7 +189,7 @@ class _EntityBuilder:
             removed=self._removed,
             defaults={a.name: a.default for a in fields if a.default is not attrs.NOTHING},
         )
-        _types.register(info)
+        _types.register(info, check=True)
         _tracking.register_entity(info)
         return cls
 
@@ -239,34 +243,51 @@ def persistent(
     removed: Iterable[str] = (),
     **options: Any,
 ) -> T | Callable[[T], T]:
-    """Make a class a persistent entity: an attrs class whose mutations are tracked.
+    """Make a class a persistent entity (an attrs class whose mutations are tracked), or give an enum
+    or a frozen attrs value class a stable name.
 
     Used bare (``@persistent``) or with options (``@persistent(name=...)``).
-    The class keeps ``attrs.define`` semantics -- annotations are fields;
-    defaults, factories, validators and converters work -- except that it is
-    always slotted and compares and hashes by identity (``eq=False``), so
-    entities can be dict keys and set members.
+    On a plain class, the class keeps ``attrs.define`` semantics --
+    annotations are fields; defaults, factories, validators and converters
+    work -- except that it is always slotted and compares and hashes by
+    identity (``eq=False``), so entities can be dict keys and set members.
+
+    On an ``enum.Enum`` subclass or a frozen attrs class (put it above
+    ``@attrs.frozen``), the class is returned unchanged: its values are
+    stored by value, and the decorator only registers its stable name and
+    aliases (and, for a value class, its version and removed fields) --
+    exactly what ``memimg.converter.register_value(cls, name=...,
+    aliases=...)`` does. See the schema-evolution guide, "Enums and value
+    classes".
 
     Args:
         name: the stable type name written to the log (default
             ``module.QualName``); set it before renaming or moving the class.
         aliases: older names still accepted on replay.
         version: the schema version, raised when a field changes type or
-            meaning (see ``memimg.upgrader``).
-        removed: stored fields that no longer exist; their values are dropped.
+            meaning (see ``memimg.upgrader``); not for an enum.
+        removed: stored fields that no longer exist; their values are
+            dropped; not for an enum.
         **options: other ``attrs.define`` options (``repr``, ``kw_only``,
-            ``init``, ``on_setattr``, ...).
+            ``init``, ``on_setattr``, ...), for an entity only.
 
     Raises:
-        TypeError: an option that contradicts entity semantics (``frozen``,
-            ``eq``, ``slots``...).
+        TypeError: not a class; an option that contradicts entity semantics
+            (``frozen``, ``eq``, ``slots``...) or that an enum or value
+            class does not take; a name another kind of class already has,
+            or an alias another class has as its name or alias (both
+            classes are named; nothing is registered).
     """
 
     def wrap(cls: T) -> T:
-        if not isinstance(cls, type):
-            raise TypeError(f"@persistent decorates classes, not {type(cls).__name__}")
-        if isinstance(cls, types.GenericAlias):  # pragma: no cover - defensive
-            raise TypeError("@persistent cannot decorate a generic alias")
+        if not isinstance(cls, type) or isinstance(cls, types.GenericAlias):
+            raise TypeError(
+                f"@persistent decorates a class -- an entity class, an enum.Enum subclass or a frozen attrs "
+                f"class -- not {_describe(cls)}: put it on a class statement"
+            )
+        if isinstance(cls, enum.EnumMeta) or _types.is_value_class(cls):
+            _name_value_class(cls, name=name, aliases=aliases, version=version, removed=removed, options=options)
+            return cls
         builder = _EntityBuilder(
             cls, name=name, aliases=aliases, version=version, removed=removed, options=dict(options)
         )
@@ -276,3 +297,44 @@ def persistent(
     if maybe_cls is None:
         return wrap
     return wrap(maybe_cls)
+
+
+def _describe(obj: Any) -> str:
+    """*obj* as an error message names it."""
+    name = getattr(obj, "__qualname__", None)
+    if callable(obj) and name:
+        return f"the {type(obj).__name__} {name}"
+    return f"{type(obj).__name__} {obj!r:.60}"
+
+
+def _name_value_class(
+    cls: type,
+    *,
+    name: str | None,
+    aliases: Iterable[str],
+    version: int,
+    removed: Iterable[str],
+    options: dict[str, Any],
+) -> None:
+    """``@persistent`` on an enum or a frozen attrs class: give it a stable name; the class is not rebuilt
+    (its values are stored by value, so there is nothing to track)."""
+    what = "an enum" if isinstance(cls, enum.EnumMeta) else "a frozen attrs class"
+    if options:
+        raise TypeError(
+            f"@persistent on {what} ({cls.__qualname__}) takes only name, aliases"
+            f"{'' if isinstance(cls, enum.EnumMeta) else ', version and removed'}, not "
+            f"{', '.join(sorted(options))}: the class is only named, not rebuilt"
+            + ("" if isinstance(cls, enum.EnumMeta) else "; pass attrs options to @attrs.frozen")
+        )
+    if isinstance(cls, enum.EnumMeta):
+        if version != 1 or tuple(removed):
+            raise TypeError(
+                f"@persistent(version=..., removed=...) on the enum {cls.__qualname__}: an enum has no fields "
+                "to upgrade or drop (members are stored by name); to rename a member, keep the old name as an "
+                "alias member (OLD = NEW's value)"
+            )
+        _types.name_value_class(cls, name=name, aliases=tuple(aliases))
+        return
+    if not isinstance(version, int) or version < 1:
+        raise TypeError(f"@persistent(version=...) must be an int >= 1, not {version!r}")
+    _types.name_value_class(cls, name=name, aliases=tuple(aliases), version=version, removed=tuple(removed))
