@@ -8,10 +8,11 @@ Usage::
 
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
 (c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``snapshots`` (g),
-``web`` (h), ``timetravel`` (i), ``tools`` (j), ``history`` (k); see :mod:`benchmarks.workloads`,
-:mod:`benchmarks.inmemory`, :mod:`benchmarks.writers`,
-:mod:`benchmarks.snapshots`, :mod:`benchmarks.web`, :mod:`benchmarks.timetravel`,
-:mod:`benchmarks.tools` and :mod:`benchmarks.history` for what each measures. Progress goes to stderr,
+``web`` (h), ``timetravel`` (i), ``tools`` (j), ``history`` (k), ``ndjson``
+(l); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
+:mod:`benchmarks.writers`, :mod:`benchmarks.snapshots`, :mod:`benchmarks.web`,
+:mod:`benchmarks.timetravel`, :mod:`benchmarks.tools`, :mod:`benchmarks.history`
+and :mod:`benchmarks.ndjson` for what each measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -36,6 +37,7 @@ from benchmarks.bars import check_bars, render_bars
 from benchmarks.harness import FULL, QUICK, TINY, Context, Results, Sizes, scratch_dir
 from benchmarks.history import history_workload
 from benchmarks.inmemory import inmemory
+from benchmarks.ndjson import ndjson
 from benchmarks.report import render_table
 from benchmarks.snapshots import snapshots
 from benchmarks.systems import load_systems
@@ -59,6 +61,7 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "timetravel": timetravel,
     "tools": tools,
     "history": history_workload,
+    "ndjson": ndjson,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}
 

@@ -6,6 +6,7 @@ default), and opening the image again rebuilds the same typed graph.
 """
 
 from memimg._api import deserialize, migrate, open, replay, serialize
+from memimg._copy import copy
 from memimg._errors import (
     ClosedError,
     CommitUnknownError,
@@ -31,7 +32,7 @@ from memimg.image._erase import Erasure
 from memimg.image._image import MemoryImage
 from memimg.image._transaction import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
-from memimg.stores import MemoryStore, SQLiteStore, Store
+from memimg.stores import MemoryStore, NDJSONStore, SQLiteStore, Store
 
 __all__ = [
     "ERASED",
@@ -53,6 +54,7 @@ __all__ = [
     "MemimgError",
     "MemoryImage",
     "MemoryStore",
+    "NDJSONStore",
     "ReadOnlyError",
     "SQLiteStore",
     "SchemaError",
@@ -66,6 +68,7 @@ __all__ = [
     "UnknownTypeError",
     "UnsupportedValueError",
     "converter",
+    "copy",
     "deserialize",
     "field",
     "migrate",

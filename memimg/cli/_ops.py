@@ -1,4 +1,4 @@
-"""Operating an image: ``snapshot``, ``compact``, ``export`` and ``import``."""
+"""Operating an image: ``snapshot``, ``compact``, ``copy``, ``export`` and ``import``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import memimg
 from memimg import _api
 from memimg._errors import MemimgError
 from memimg.cli._inspect import size_text
-from memimg.cli._main import PAST_OPTIONS, cli, open_image, url_options, with_progress
+from memimg.cli._main import PAST_OPTIONS, cli, open_image, open_store, progress_callback, url_options, with_progress
 from memimg.core._codec import Codec
 from memimg.core._reader import Reader
 from memimg.core._rows import SnapshotRow, snapshot_checksum
@@ -24,9 +24,10 @@ from memimg.image._engine import Engine
 from memimg.image._image import open_past
 from memimg.image._snapshots import Snapshots
 from memimg.model import SHELL
+from memimg.stores._ndjson import NDJSONStore
 from memimg.stores._protocol import EventRow, Store, live_positions
 
-__all__ = ["compact", "export_", "import_", "snapshot"]
+__all__ = ["compact", "copy_", "export_", "import_", "snapshot"]
 
 
 # -- snapshot, compact ------------------------------------------------------------
@@ -64,8 +65,18 @@ def snapshot(target: str) -> None:
     is_flag=True,
     help="Drop events that live processes behind the snapshot still need (they reload from it instead).",
 )
+@click.option(
+    "--keep-segment",
+    is_flag=True,
+    help="NDJSON log: move the dropped events to a segment file, NAME.ndjson.segments/FIRST-LAST.ndjson.",
+)
 def compact(
-    target: str, archive: str | None, keep_events: int, keep_days: float | None, ignore_positions: bool
+    target: str,
+    archive: str | None,
+    keep_events: int,
+    keep_days: float | None,
+    ignore_positions: bool,
+    keep_segment: bool,
 ) -> None:
     """Snapshot, drop the events and snapshots the new snapshot makes unnecessary, and give their space back.
 
@@ -74,8 +85,12 @@ def compact(
     """
     img = open_image(target, writable=True)
     try:
-        seq = img.snapshot()
         store = img.store
+        if keep_segment:
+            if not isinstance(store, NDJSONStore):
+                raise click.UsageError(f"--keep-segment is for NDJSON logs (*.ndjson), not {target!r}")
+            store.keep_segments = True
+        seq = img.snapshot()
         cut, reasons = _cut(store, seq, img._engine, keep_events, keep_days, ignore_positions)
         if archive:
             _archive(store, cut, archive)
@@ -219,6 +234,37 @@ def _archive(store: Store, seq: int, path: str) -> None:
 def _disk_size(store: Store) -> int | None:
     size = getattr(store, "size", None)
     return size() if callable(size) else None
+
+
+# -- copy -------------------------------------------------------------------------
+
+
+@cli.command("copy")
+@click.argument("source")
+@click.argument("target")
+@click.option("--overwrite", is_flag=True, help="Replace TARGET if it already holds a log (a path: its files).")
+def copy_(source: str, target: str, overwrite: bool) -> None:
+    """Copy the image at SOURCE to TARGET, any store to any store: every event, snapshot and meta entry, verified.
+
+    Seqs, transactions, times and checksums are kept; SOURCE is read as it
+    is when the copy starts. A progress bar shows on a terminal.
+    """
+    src = open_store(source, readonly=True)
+    try:
+        # a path goes to copy as it is (so that --overwrite can delete its files); a URL takes --schema/--prefix
+        dst: Any = _api.store_for(target, **url_options(target)) if "://" in target else target
+        try:
+            copied = memimg.copy(src, dst, overwrite=overwrite, progress=progress_callback())
+        finally:
+            if dst is not target:
+                dst.close()
+        snapshots, first = len(src.snapshots()), src.first_seq()
+    finally:
+        src.close()
+    click.echo(
+        f"copied {copied} events (seqs {first}..{first + copied - 1}) and {snapshots} snapshot(s) "
+        f"from {source} to {target}; verified"
+    )
 
 
 # -- export / import --------------------------------------------------------------
