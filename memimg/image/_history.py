@@ -8,13 +8,15 @@ The cost grows with the object's own events, not the log's length:
    payload (the event targets another object: the one it was attached
    to). If compaction removed that event, the first state is read from the
    oldest snapshot holding the object. A first state read from a big event
-   (one attach of a large subgraph) is remembered on the image's reader, so
-   the next call neither reads nor parses that event again; an erasure
-   forgets them all. A field the first state lacks starts at its default
-   if the class's declaration in effect there did not list it (a field
-   added since, as a reader fills it in); that declaration is the event's,
-   the snapshot's, or -- read back once, at most to the last ``snapshot``
-   event, and remembered -- an earlier event's.
+   (one attach of a large subgraph) is remembered on the image's reader
+   (up to :data:`~memimg.core._reader.FIRST_STATES_BYTES` of them), so the
+   next call neither reads nor parses that event again; an erasure forgets
+   them all, and a past image remembers none. A field the first state
+   lacks is filled in as the reader's plan for the class's declaration in
+   effect there says (a field added since: its plain default; none under
+   upgraders, nor a factory's); that declaration is the event's, the
+   snapshot's, or -- read back once, at most to the last ``snapshot``
+   event, and remembered for the span it covers -- an earlier event's.
 2. **Its events** -- the store reads the rows that target it
    (:meth:`~memimg.Store.read_target`): through the target index up to the
    seq it covers, then by scanning the events past it. Commits do not fill
