@@ -13,6 +13,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+import attrs
 import pytest
 from click.testing import CliRunner
 
@@ -22,7 +23,7 @@ from memimg.cli import cli
 from memimg.cli._json import plain
 from memimg.core._generic import CustomValue, EnumValue
 from tests.history_model import project
-from tests.models import Account, Bank, Box, Color, Level, Point
+from tests.models import Account, Bank, Box, Color, Entry, Level, Point
 
 
 def run(*args: str) -> Any:
@@ -303,3 +304,57 @@ def test_history_diff_and_show_at_print_values_as_json_of_their_type(tmp_path: A
         assert (item["old"], item["new"]) == (before, after)
         assert json.loads(run("show", path, "content.v", "--json", "--at", str(seq)).output) == after
     assert json.loads(run("show", path, "other", "--json", "--at", str(secret)).output) == {"$erased": True}
+
+
+@attrs.frozen
+class _Pair:
+    a: Any
+    b: Any
+
+
+class _Sku:
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Sku) and other.code == self.code
+
+    def __hash__(self) -> int:
+        return hash(self.code)
+
+
+memimg.converter.register_value(
+    _Sku, name="tcli.Sku", unstructure=lambda v: {"code": v.code}, structure=lambda d, _: _Sku(d["code"])
+)
+
+
+def test_entities_inside_values_and_custom_types_are_one_json_in_every_command(tmp_path: Any) -> None:
+    """history, diff and show --json spell an entity inside a value (a tuple, a frozenset, a value object) as
+    {"$ref": id} alike, and a custom value type as {"$custom": name, "data": ...} -- what its unstructure hook
+    returns -- whether its class is loaded or not."""
+    path = str(tmp_path / "refs.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {}
+        d = img.root.content
+        img.root.other = entry = Entry("x")
+        ref = {"$ref": entry._mi_oid}
+        values = [
+            ((entry, 1), [ref, 1]),
+            (frozenset({entry}), {"$frozenset": [ref]}),
+            (_Pair(entry, (entry,)), {"$type": f"{__name__}._Pair", "a": ref, "b": [ref]}),
+            (_Sku("A-1"), {"$custom": "tcli.Sku", "data": {"code": "A-1"}}),
+        ]
+        seqs = []
+        for value, _ in values:
+            d["v"] = value
+            seqs.append(img.seq)
+        oid = d._mi_oid
+    want = [w for _, w in values]
+    changes = [json.loads(line) for line in run("history", path, str(oid), "--json").output.splitlines()]
+    assert [c["new"] for c in changes] == want
+    for seq, (before, after) in zip(seqs[1:], itertools.pairwise(want)):
+        (item,) = json.loads(run("diff", path, str(seq - 1), str(seq), "--json").output)["differences"]
+        assert (item["old"], item["new"]) == (before, after)
+    for seq, after in zip(seqs, want):
+        assert json.loads(run("show", path, "content.v", "--json", "--at", str(seq)).output) == after
+    assert plain(CustomValue("tcli.Sku", {"code": "A-1"})) == want[-1]  # read without its class

@@ -13,7 +13,7 @@ import pytest
 
 import memimg
 from memimg import MISSING, Change, Collected
-from memimg.core import _kinds
+from memimg.core import _kinds, _reader
 from memimg.core._rows import SnapshotRow, event_checksum, snapshot_checksum
 from memimg.image import _history
 from memimg.stores import EventRow
@@ -573,3 +573,207 @@ def test_the_declaration_found_before_a_first_state_is_remembered(
         reads.clear()
         assert [(c.old, c.new) for c in img.history(obj, "flag")] == [(7, 8)]
         assert len(reads) == 1 and reads[0] + 1 == img._engine.table.born.seq_of(obj._mi_oid)
+
+
+def test_a_remembered_first_state_is_read_as_the_first_time(make_image: Images) -> None:
+    """A second history() call, starting from the first state remembered from a big attach, shows what the first
+    showed: a field deleted before the object was attached stays MISSING (img.at() shows it unset), not its
+    default."""
+    img = make_image(root=Box)
+    nodes = [Node(value=f"{i}" * 2_000) for i in range(100)]
+    odd = nodes[50]
+    del odd.next
+    img.root.content = nodes  # one event of ~200 kB
+    attached = img.seq
+    odd.next = None
+    with img.at(attached) as past:
+        assert not hasattr(past.root.content[50], "next")
+    first = [(c.old, c.new) for c in img.history(odd, "next")]
+    assert first == [(MISSING, None)]
+    assert [(c.old, c.new) for c in img.history(odd, "next")] == first
+
+
+def test_an_erasure_reaches_the_history_of_a_past_image(make_image: Images) -> None:
+    """history() on a past image (img.at()) shows ERASED where an erase() since excised the value, though that
+    past image read the object's first state before the erasure."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(100)]
+    a = img.root.content[1]
+    a.value = "changed"
+    with img.at(img.seq) as past:
+        pa = past.root.content[1]
+        assert past.history(pa)[0].old.startswith("1")
+        img.erase(a, "value", reason="test")
+        assert img.history(a)[0].old is memimg.ERASED
+        assert past.history(pa)[0].old is memimg.ERASED
+
+
+def test_an_erasure_forgets_remembered_first_states_though_applying_it_fails(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once erase() has rewritten the stored rows, what history() remembers of them is forgotten, even if
+    applying the audit commit to the image then fails."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(100)]
+    a = img.root.content[1]
+    a.value = "changed"
+    assert img.history(a)[0].old.startswith("1")
+    assert len(img._engine.reader.first_states) == 1
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("applying failed")
+
+    monkeypatch.setattr(img._engine, "apply", fail)
+    with pytest.raises(RuntimeError, match="applying failed"):
+        img.erase(a, "value", reason="test")
+    assert len(img._engine.reader.first_states) == 0
+
+
+def test_a_state_an_upgrader_reads_is_not_filled_with_defaults(make_image: Images) -> None:
+    """Where upgraders read a first state (its declaration is of an older version), history() does not fill the
+    fields it lacks with the class's defaults (history runs no upgrader): they are MISSING up to the change that
+    sets them, not a default img.at() never shows."""
+
+    @memimg.persistent(name="thistory.Priced")
+    class V1:
+        title: str = ""
+        cents: int = 0
+
+    img = make_image(root=Box)
+    img.root.content = V1("x", 250)
+    img.close()
+
+    @memimg.persistent(name="thistory.Priced", version=2)
+    class V2:
+        title: str = ""
+        price: Decimal = Decimal("0")
+
+    @memimg.upgrader("thistory.Priced", from_version=1)
+    def cents_to_price(state: dict[str, Any]) -> dict[str, Any]:
+        if "cents" in state:
+            state["price"] = Decimal(state.pop("cents")) / 100
+        return state
+
+    img = make_image(root=Box)
+    before = img.seq
+    img.root.content.price = Decimal("3")
+    with img.at(before) as past:
+        assert past.root.content.price == Decimal("2.5")
+    assert [(c.old, c.new) for c in img.history(img.root.content, "price")] == [(MISSING, Decimal("3"))]
+
+
+def test_reordered_fields_are_the_same_declaration(make_image: Images) -> None:
+    """A class whose fields were only reordered since reads its stored states as they are: a field deleted before
+    the object was attached stays MISSING in history(), as img.at() shows it unset."""
+
+    @memimg.persistent(name="thistory.Ordered")
+    class Before:
+        name: str = ""
+        note: Any = None
+
+    img = make_image(root=Box)
+    obj = Before("a")
+    del obj.note
+    img.root.content = [obj]
+    attached = img.seq
+    img.close()
+
+    @memimg.persistent(name="thistory.Ordered")
+    class After:
+        note: Any = None
+        name: str = ""
+
+    img = make_image(root=Box)
+    (obj,) = img.root.content
+    obj.note = "set"
+    with img.at(attached) as past:
+        assert not hasattr(past.root.content[0], "note")
+    assert [(c.old, c.new) for c in img.history(obj, "note")] == [(MISSING, "set")]
+
+
+def test_history_runs_no_default_factory(make_image: Images) -> None:
+    """A field added since with a factory default is MISSING in history() until a change sets it: history runs
+    no factory (one returning another value each call, or failing, changes nothing)."""
+
+    @memimg.persistent(name="thistory.Factory")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = Before("a")
+    img.close()
+    calls: list[int] = []
+
+    def make_token() -> str:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("factory ran again")
+        return "fresh"
+
+    @memimg.persistent(name="thistory.Factory")
+    class After:
+        name: str = ""
+        token: str = attrs.field(factory=make_token)
+
+    img = make_image(root=Box)
+    img.root.content.token = "mine"
+    ran = len(calls)
+    for _ in range(2):
+        assert [(c.old, c.new) for c in img.history(img.root.content, "token")] == [(MISSING, "mine")]
+    assert len(calls) == ran
+
+
+def test_remembered_first_states_are_capped_by_size(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """history() remembers first states up to a total size, forgetting the oldest first: many big objects do
+    not pile up; the states still remembered are the latest read, and history() is the same either way."""
+    monkeypatch.setattr(_reader, "FIRST_STATES_BYTES", 50_000)
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i:02}" * 10_000) for i in range(20)]  # each state ~20 kB
+    for node in img.root.content:
+        node.value = "changed"
+    remembered = img._engine.reader.first_states
+    for node in img.root.content:
+        assert img.history(node)[0].old.startswith(f"{img.root.content.index(node):02}")
+    assert remembered.size <= 50_000 and len(remembered) == 2
+    last = img.root.content[-1]
+    assert remembered.get(last._mi_oid) is not None
+    assert img.history(last)[0].old == "19" * 10_000
+
+
+def test_declarations_found_are_not_read_again(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looking back for the declaration in effect at each object's first state, repeated history() calls read
+    each event at most once in all (a later call stops where an earlier one's finding ends), not once per
+    call."""
+
+    @memimg.persistent(name="thistory.Spans")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box, snapshot_every=None)
+    img.root.content = []
+    for t in range(4):
+        with img.transaction():
+            for i in range(250):
+                img.root.content.append(Before(f"{t}.{i}"))
+    img.close()
+
+    @memimg.persistent(name="thistory.Spans")
+    class After:
+        name: str = ""
+        flag: int = 7
+
+    img = make_image(root=Box, snapshot_every=None)
+    objs = list(img.root.content)
+    rows = [0]
+    read = img._engine.store.read
+
+    def counted(after: int = 0, limit: int | None = None) -> Any:
+        for row in read(after, limit):
+            rows[0] += 1
+            yield row
+
+    monkeypatch.setattr(img._engine.store, "read", counted)
+    for obj in objs[::50] + objs[::-50]:
+        assert [(c.old, c.new) for c in img.history(obj, "flag")] == []
+    assert rows[0] < len(objs) + 200, rows[0]
+    assert len(img._engine.reader.declared_spans["thistory.Spans"]) == 1  # one span, merged

@@ -17,14 +17,20 @@ string that happens to read the same:
 * ``{"$enum": type, "name": member}``: an ``Enum`` member, its class loaded
   or not (a flag combination: the list of its members' names);
 * ``{"$type": type, field: value, ...}``: a value object (frozen attrs);
-  ``{"$custom": type, "data": data}``: a user value type read without its
-  class, as stored;
+  ``{"$custom": type, "data": data}``: a user value type registered with its
+  own hooks (``register_value``), *data* as stored -- what its unstructure
+  hook returns -- its class loaded or not;
 * ``{"$erased": true}``: ``memimg.ERASED``, a past value ``erase`` excised;
   ``{"$missing": true}``: ``memimg.MISSING``, no value;
 * ``{"$repr": "..."}``: anything else, by its ``repr``.
 
-Entities and collections are the commands' business (``{"$type", "$id"}``,
-``{"$ref"}``): they hand every other value here.
+* ``{"$ref": id}``: an entity or collection inside a value (a tuple, a
+  frozenset, a value object), or one a command does not spell out;
+  ``{"$ref": id, "collected": true}``: one collected since (``history``).
+
+Where an entity or collection stands for itself, each command says how it
+spells it out (``{"$type", "$id", ...}``): it hands every value to
+:func:`plain`, and entities inside values are references alike everywhere.
 """
 
 from __future__ import annotations
@@ -37,10 +43,14 @@ import fractions
 import uuid
 from typing import Any
 
+import orjson
+
 from memimg._errors import value_repr
 from memimg.core import _types
 from memimg.core._generic import CustomValue, EnumValue
+from memimg.core._history import Collected
 from memimg.core._markers import ERASED, MISSING
+from memimg.core._values import converter
 
 __all__ = ["plain"]
 
@@ -60,6 +70,11 @@ def plain(value: Any) -> Any:
         return value if value == value and abs(value) != float("inf") else {"$float": repr(value)}
     if t is tuple:
         return [plain(v) for v in value]
+    if hasattr(t, "_mi_oid"):  # an entity or tracked collection: by reference
+        oid = getattr(value, "_mi_oid", None)
+        return {"$ref": oid} if oid is not None else {"$repr": value_repr(value)}
+    if t is Collected:
+        return {"$ref": value.oid, "collected": True}
     if isinstance(value, enum.Enum):  # before int and str: an IntEnum is an int
         name: Any = value.name
         if isinstance(value, enum.Flag) and (name is None or "|" in name):  # a combination: its members' names
@@ -72,6 +87,9 @@ def plain(value: Any) -> Any:
     tag = _TAGS.get(t)
     if tag is not None:
         return tag(value)
+    custom = converter._custom.get(t)
+    if custom is not None:  # as stored: what its unstructure hook returns, the same read without its class
+        return {"$custom": custom, "data": orjson.loads(orjson.dumps(converter.get_unstructure_hook(t)(value)))}
     for base in (bool, int, float, str):  # a subclass, stored as its base
         if isinstance(value, base):
             return plain(base(value))

@@ -46,7 +46,43 @@ from memimg.core._markers import ABSENT
 from memimg.core._records import declared_types
 from memimg.core._table import ObjectTable
 
-__all__ = ["Pending", "Reader", "at_seq", "load_states"]
+__all__ = ["FirstStates", "Pending", "Reader", "at_seq", "load_states"]
+
+#: How many bytes of stored first states :class:`FirstStates` keeps at most (their JSON's size).
+FIRST_STATES_BYTES: Final = 16 * 1024 * 1024
+
+
+class FirstStates:
+    """First states ``MemoryImage.history`` read from big events, by object id: ``(seq, type name, stored
+    state, declaration)`` -- at most :data:`FIRST_STATES_BYTES` of them (each state's size is its JSON's,
+    measured once), the oldest remembered forgotten first."""
+
+    def __init__(self) -> None:
+        self.limit = FIRST_STATES_BYTES
+        self.size = 0
+        self._states: dict[int, tuple[int, str, Any, Any, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, oid: int) -> tuple[int, str, Any, Any] | None:
+        found = self._states.get(oid)
+        return None if found is None else found[:4]
+
+    def remember(self, oid: int, seq: int, name: str, state: Any, declared: Any) -> None:
+        """Keep *oid*'s first state (not if it alone is over the limit), forgetting the oldest ones to fit."""
+        size = len(orjson.dumps(state))
+        old = self._states.pop(oid, None)
+        if old is not None:
+            self.size -= old[4]
+        if size > self.limit:
+            return
+        states = self._states
+        while states and self.size + size > self.limit:
+            self.size -= states.pop(next(iter(states)))[4]
+        states[oid] = (seq, name, state, declared, size)
+        self.size += size
+
 
 #: An event as Python values: (kind, target object, arguments).
 Pending = tuple[Kind, Any, tuple[Any, ...]]
@@ -116,13 +152,16 @@ class Reader:
         #: objects a table held before, by id, taken again by the objects created at their ids with their
         #: types (a reload in place: see :meth:`_reuse`); None: every object is made new
         self.reuse: list[Any] | None = None
-        #: ``oid -> (seq, type name, stored state, declaration)``: first states ``MemoryImage.history`` read from
-        #: big events (:mod:`memimg.image._history`); replaced by an empty one when an erasure rewrites stored
-        #: rows (a history call under way, which may have read them before, fills the old one)
-        self.first_states: dict[int, tuple[int, str, Any, Any]] = {}
-        #: ``type name -> [(first seq, last seq, declaration)]``: spans of the log where ``MemoryImage.history``
-        #: found the type declared so (the declaration made at the first seq, none other up to the last)
+        #: first states ``MemoryImage.history`` read from big events (:mod:`memimg.image._history`); replaced
+        #: by an empty one when an erasure rewrites stored rows (a history call under way, which may have read
+        #: them before, fills the old one)
+        self.first_states = FirstStates()
+        #: ``type name -> [(first seq, last seq, declaration)]``, sorted and apart: spans of the log where
+        #: ``MemoryImage.history`` found the type declared so (the declaration in effect at every seq of the
+        #: span; ``None``: none, a ``snapshot`` event at the first seq having ended the one before)
         self.declared_spans: dict[str, list[tuple[int, int, Any]]] = {}
+        #: plans of declarations ``MemoryImage.history`` met that replay did not (their differences unreported)
+        self._history_plans: dict[tuple[Any, ...], _schema.Plan] = {}
 
     # -- schemas ----------------------------------------------------------------
 
@@ -151,6 +190,22 @@ class Reader:
             if plan.info is not None:
                 self._plan_by_cls[plan.info.cls] = plan
                 self.fast_fields.pop(plan.info.cls, None)
+
+    def plan_of(self, name: str, decl: Any) -> _schema.Plan | None:
+        """How a reader reads states of entity type *name* stored under declaration *decl* (``[version,
+        fields, ...]``) -- the plan replay made for it, else one made now (its differences not reported: replay
+        reports those of the declarations it reads); ``None``: *decl* is not a declaration."""
+        if type(decl) is not list or len(decl) < 2 or type(decl[0]) is not int or type(decl[1]) is not list:
+            return None
+        fields = tuple(decl[1])
+        field_types = declared_types(name, decl)
+        key = (name, decl[0], fields, field_types)
+        plan = self._plans.get(key) or self._history_plans.get(key)
+        if plan is None:
+            plan = self._history_plans[key] = _schema.plan_for(
+                name, decl[0], fields, _schema.SchemaReport(), self.removed_types, stored_types=field_types
+            )
+        return plan
 
     def plans_read(self) -> list[_schema.Plan]:
         """The plan of every declaration read so far, from the log or a snapshot (tools compare them)."""

@@ -45,7 +45,7 @@ from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
 from memimg.core._markers import ABSENT
 from memimg.core._meta import TX_META, meta_event
-from memimg.core._reader import Pending, Reader
+from memimg.core._reader import FirstStates, Pending, Reader
 from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
@@ -522,4 +522,4 @@ class Engine:
             if r.kind in SNAPSHOT_KINDS:
                 self.snapshot_seq = r.seq
             elif r.kind == "erase":  # stored rows were rewritten: what history remembers of them may be erased
-                self.reader.first_states = {}  # a new one: a history call under way fills the old one
+                self.reader.first_states = FirstStates()  # a new one: a history call under way fills the old one

@@ -46,6 +46,7 @@ from memimg.core import _types
 from memimg.core._excise import DICT, ENTITY, LIST, Excised, Excision, Target, references, stored_key
 from memimg.core._kinds import KINDS
 from memimg.core._meta import meta_event
+from memimg.core._reader import FirstStates
 from memimg.core._rows import EventRow, SnapshotRow, verify_event, verify_snapshot
 from memimg.image import _snapshots
 from memimg.image._annotate import layer_meta
@@ -291,12 +292,14 @@ def _commit(engine: Engine, request: _Request, excision: Excision) -> tuple[list
             if isinstance(err, _Replan):
                 return None
             raise
+        # what history remembers of the rows rewritten (see Reader.first_states): forgotten now the rewrite
+        # committed, whatever catching up or applying the audit commit does
+        engine.reader.first_states = FirstStates()
         rows, plan = done[-1]
         first = rows[0][0]
         if engine.seq < first - 1:  # what other writers appended before the audit commit
             engine.catch_up(itertools.takewhile(lambda r: r[0] < first, store.read(after=engine.seq)))
         engine.apply(_audit(request, plan), rows, None)
-        engine.reader.first_states = {}  # what history remembers of the rows rewritten (see Reader.first_states)
     return rows, plan
 
 

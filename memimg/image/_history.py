@@ -8,13 +8,15 @@ The cost grows with the object's own events, not the log's length:
    payload (the event targets another object: the one it was attached
    to). If compaction removed that event, the first state is read from the
    oldest snapshot holding the object. A first state read from a big event
-   (one attach of a large subgraph) is remembered on the image's reader, so
-   the next call neither reads nor parses that event again; an erasure
-   forgets them all. A field the first state lacks starts at its default
-   if the class's declaration in effect there did not list it (a field
-   added since, as a reader fills it in); that declaration is the event's,
-   the snapshot's, or -- read back once, at most to the last ``snapshot``
-   event, and remembered -- an earlier event's.
+   (one attach of a large subgraph) is remembered on the image's reader
+   (up to :data:`~memimg.core._reader.FIRST_STATES_BYTES` of them), so the
+   next call neither reads nor parses that event again; an erasure forgets
+   them all, and a past image remembers none. A field the first state
+   lacks is filled in as the reader's plan for the class's declaration in
+   effect there says (a field added since: its plain default; none under
+   upgraders, nor a factory's); that declaration is the event's, the
+   snapshot's, or -- read back once, at most to the last ``snapshot``
+   event, and remembered for the span it covers -- an earlier event's.
 2. **Its events** -- the store reads the rows that target it
    (:meth:`~memimg.Store.read_target`): through the target index up to the
    seq it covers, then by scanning the events past it. Commits do not fill
@@ -36,6 +38,7 @@ writes of a transaction still open.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from typing import Any, Final
 
@@ -52,6 +55,7 @@ from memimg.core._kinds import FIELD, KINDS, Kind
 from memimg.core._reader import Reader
 from memimg.core._rows import EventRow, SnapshotRow, ts_to_datetime, verify_event, verify_snapshot
 from memimg.core._snapshot import held_states, split_snapshot
+from memimg.image._past import PastStore
 from memimg.stores._protocol import Store
 
 __all__ = ["TAIL", "history"]
@@ -62,8 +66,6 @@ log = logging.getLogger("memimg")
 TAIL: Final = 10_000
 #: An event's payload size (bytes) past which history remembers the first state it read there.
 BIG: Final = 64 * 1024
-#: How many first states history remembers (all are forgotten when that many are).
-REMEMBERED: Final = 1024
 #: How many events history reads at a time, looking back for a type's declaration.
 _SCAN: Final = 1000
 
@@ -243,12 +245,14 @@ class _History:
 
         Found in an event of over :data:`BIG` bytes, the stored state is
         remembered (:attr:`Reader.first_states`): the next call for this
-        object neither reads nor parses that event again.
+        object neither reads nor parses that event again. A past image
+        (``img.at()``) remembers none: an erasure never reaches it.
         """
         remembered = self.reader.first_states
         found = remembered.get(self.oid)
         if found is not None and found[0] == seq:
-            return self._state(*found[1:], seq)
+            _, name, state, declared = found
+            return self._state(name, state, None, declared, seq)
         rows = [EventRow(*r) for r in self.store.read(after=seq - 1, limit=1)]
         if not rows or rows[0].seq != seq:
             return None
@@ -260,10 +264,8 @@ class _History:
                 if oid == self.oid:
                     declared = p[2].get(name) if len(p) > 2 and type(p[2]) is dict else None
                     first = self._state(name, state, None, declared, seq)
-                    if len(payload) > BIG:
-                        if len(remembered) >= REMEMBERED:
-                            remembered.clear()
-                        remembered[oid] = (seq, name, state, declared)
+                    if len(payload) > BIG and not isinstance(self.store, PastStore):
+                        remembered.remember(oid, seq, name, state, declared)
                     return first
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise CorruptLogError(
@@ -300,9 +302,13 @@ class _History:
         *declared* is the type's declaration in effect where the state was
         stored (``[version, fields, ...]``; ``None``: not at hand -- then,
         for the records of event *seq*, it is looked for in the events
-        before it if needed). Under another than the class's own, a field the
-        state lacks starts at its default, as a reader fills it in (what
-        ``img.at()`` shows).
+        before it if needed). A field the state lacks is filled in as a
+        reader fills it in (what ``img.at()`` shows), by the reader's plan
+        for that declaration (:meth:`Reader.plan_of`): left out where the
+        state is read as stored (a field deleted before the object was
+        attached), its default where the plan maps fields (one added since,
+        or the declaration is not known), and left out where upgraders read
+        the state (history does not run them: see :meth:`_fill_defaults`).
         """
         decode = self.decode
         make = _COLLECTIONS.get(name)
@@ -317,7 +323,8 @@ class _History:
         if info is not None and len(out) < len(info.fields):
             if declared is None and seq is not None:
                 declared = self._declared_before(name, seq)
-            if not _same_schema(info, name, declared):
+            plan = self.reader.plan_of(name, declared)
+            if plan is None or not (plan.identity or plan.chain):
                 self._fill_defaults(info, out)
         return out
 
@@ -327,50 +334,53 @@ class _History:
 
         A type is declared again after each ``snapshot`` event, at its first
         use, so the events read back are at most those since the last
-        snapshot; what is found is remembered
-        (:attr:`Reader.declared_spans`) for every seq it covers.
+        snapshot, and none that a span found before covers: what is found is
+        remembered (:attr:`Reader.declared_spans`, sorted and merged) for
+        every seq it covers.
         """
         spans = self.reader.declared_spans.setdefault(name, [])
-        for start, end, declared in spans:
-            if start <= seq <= end:
-                return declared
+        i = bisect.bisect_right(spans, seq, key=lambda span: span[0])  # spans[:i] start at or before seq
+        before = spans[i - 1] if i else None
+        if before is not None and seq <= before[1]:
+            return before[2]
+        stop = before[1] + 1 if before is not None else 0  # the events up to before's end are known
         needle = orjson.dumps(name) + b":["
         first = self.store.first_seq()
         hi = seq - 1
-        while hi >= first:
-            lo = max(first, hi - _SCAN + 1)
+        while hi >= max(first, stop):
+            lo = max(first, stop, hi - _SCAN + 1)
             found: tuple[int, Any] | None = None
-            passed_snapshot = False
             for raw in self.store.read(after=lo - 1, limit=hi - lo + 1):
                 row = EventRow(*raw)
                 if row.kind in SNAPSHOT_KINDS:
                     # every type is declared again after it: a declaration before it is not in effect
-                    found, passed_snapshot = None, True
+                    found = (row.seq, None)
                 elif needle in row.payload:
                     verify_event(row)
                     p = orjson.loads(row.payload)
                     if len(p) > 2 and type(p[2]) is dict and name in p[2]:
                         found = (row.seq, p[2][name])
             if found is not None:
-                spans.append((found[0], seq, found[1]))
+                _add_span(spans, i, (found[0], seq, found[1]))
                 return found[1]
-            if passed_snapshot:
-                return None
             hi = lo - 1
+        if before is not None and hi < stop:  # no event after before's end declares it: before's is in effect
+            spans[i - 1] = (before[0], seq, before[2])
+            _merge_next(spans, i - 1)
+            return before[2]
         return None
 
     def _fill_defaults(self, info: _types.TypeInfo, out: dict[str, Any]) -> None:
-        """Add to entity state *out* the defaults of the fields it lacks, as a reader fills them in -- but those
-        the image logs when it fills them (a value holding objects: its own ``obj.set`` shows it) and those of
-        a factory taking ``self`` (the object it would read is not at hand)."""
+        """Add to entity state *out* the plain defaults of the fields it lacks, as a reader fills them in -- but
+        not a factory's (history runs no code of the program: a factory may return another value each call,
+        or read the object, or fail) nor a value the image logs when it fills it (a value holding objects: its
+        own ``obj.set`` shows it). Such a field stays ``MISSING`` until the event that sets it."""
         for f in info.fields:
             if f in out or f not in info.defaults:
                 continue
             default = info.defaults[f]
             if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-                if default.takes_self:
-                    continue
-                default = default.factory()
+                continue
             if not self.reader.holds_new_objects(default):
                 out[f] = default
 
@@ -432,21 +442,20 @@ class _History:
         return dict(meta)
 
 
-def _same_schema(info: _types.TypeInfo, name: str, declared: Any) -> bool:
-    """Whether states stored under *declared* (a type *name*'s declaration, ``None``: not known) are read as
-    the class of *info* writes them (else a reader plans their reading: see :func:`memimg.core._schema.plan_for`).
+def _add_span(spans: list[tuple[int, int, Any]], i: int, span: tuple[int, int, Any]) -> None:
+    """Insert *span* at *i* in the sorted *spans*, merged with the next one if it starts right after it with
+    the same declaration."""
+    spans.insert(i, span)
+    _merge_next(spans, i)
 
-    Not known, the state is taken as written under an older declaration:
-    a field it lacks was added since (rather than deleted before the object
-    was attached).
-    """
-    return (
-        type(declared) is list
-        and len(declared) > 1
-        and name == info.name
-        and declared[0] == info.version
-        and tuple(declared[1]) == info.fields
-    )
+
+def _merge_next(spans: list[tuple[int, int, Any]], i: int) -> None:
+    """Merge span *i* with the next if that starts right after it with the same declaration."""
+    if i + 1 < len(spans):
+        start, end, declared = spans[i]
+        nxt = spans[i + 1]
+        if nxt[0] <= end + 1 and nxt[2] == declared:
+            spans[i : i + 2] = [(start, max(end, nxt[1]), declared)]
 
 
 def _creating_events(store: Store, first: int, upto: int) -> list[tuple[int, int]]:
