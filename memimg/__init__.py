@@ -18,6 +18,7 @@ from memimg._errors import (
     ReadOnlyError,
     SchemaError,
     StoreError,
+    UniqueError,
     UnknownTypeError,
     UnsupportedValueError,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "TrackedList",
     "TrackedSet",
     "Transaction",
+    "UniqueError",
     "UnknownTypeError",
     "UnsupportedValueError",
     "converter",
