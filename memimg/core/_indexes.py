@@ -22,6 +22,7 @@ whose classes declare no index does no index work at all.
 
 from __future__ import annotations
 
+import sys
 import types
 import typing
 from collections import abc
@@ -118,11 +119,17 @@ def check_declaration(cls: type, localns: dict[str, Any] | None = None) -> None:
         return
     try:
         hints = typing.get_type_hints(cls, localns=localns, include_extras=True)
-    except Exception:  # an annotation that cannot be resolved yet: the values are checked as they come
+    except Exception:  # some annotation cannot be resolved (yet): each field's on its own
         hints = {}
+    module = sys.modules.get(cls.__module__)
     for a in fields:
         tp = hints.get(a.name, a.type)
-        if tp is None or isinstance(tp, str):
+        if isinstance(tp, str):
+            try:
+                tp = eval(tp, dict(vars(module)) if module else {}, dict(localns or {}))  # noqa: S307
+            except Exception:  # not resolvable here (a name local to a function): values are checked as they come
+                continue
+        if tp is None:
             continue
         why = _unhashable(tp)
         if why is not None:

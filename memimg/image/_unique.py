@@ -201,11 +201,14 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, new: lis
 
 
 def _check_touched(engine: Any, events: list[Any], state: TxState | None, touched: dict[int, Any], upto: int) -> None:
-    view = state
-    if view is None:  # one change outside a transaction: its effect, as a transaction's delta
-        view = TxState(engine, engine.seq)
+    # the state the commit will leave: its events over the committed state as it is now (a transaction's own
+    # delta may have copied a collection before another commit changed it; the events apply to the new one)
+    view = TxState(engine, engine.seq)
+    try:
         for k, target, args in events:
             k.apply(view, target, *args)
+    except Exception:  # it would fail to apply: judged on the transaction's own view instead
+        view = state if state is not None else TxState(engine, engine.seq)
     # (root, field) -> value -> the touched objects holding it after the commit
     claims: dict[tuple[type, str], list[tuple[Any, Any]]] = {}
     for obj in touched.values():
