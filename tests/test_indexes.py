@@ -179,6 +179,8 @@ def test_find_on_indexed_fields_equals_a_scan(make_image: Images, program: list[
     if tx is not None:
         tx.discard()
         check(img)
+    img.close()
+    other.close()
 
 
 def test_find_on_an_indexed_field_compares_only_the_matches(make_image: Images) -> None:
