@@ -112,6 +112,7 @@ ops = st.lists(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(program=ops)
+@example(program=[("add", False, 1, 0), ("add", False, 1, 0), ("remove", 0), ("snapshot",), ("tag", 1, 2)])
 @example(program=[("add", False, 0, 0), ("tag", 0, 2), ("begin",), ("tag", 0, 1), ("discard",), ("reopen", False)])
 @example(program=[("add", True, 1, 1), ("add", False, 1, 1), ("other", 0, 2), ("code", 1, "a"), ("snapshot",)])
 @example(program=[("add", False, 0, 0), ("untag", 0), ("begin",), ("add", True, 0, 1), ("tag", 1, 2), ("commit",)])
