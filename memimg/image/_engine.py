@@ -297,9 +297,9 @@ class Engine:
         while True:
             ts = max(now_us(), self.last_ts)  # see last_ts
             try:
-                before = len(self.table.objects)
+                before = len(self.table.objects) if UNIQUE else 0
                 rows = session.encode_events(events, self.seq + 1, ts)
-                if UNIQUE:  # checked on the state this commit goes on, again after each catch-up
+                if before:  # unique fields: checked on the state this commit goes on, again after each catch-up
                     _unique.check_commit(self, events, state, self.table.objects[before:], before)
                 store.append(rows, self.seq)
                 self.last_ts = ts
