@@ -460,13 +460,17 @@ def test_processes_adding_the_same_values_hold_each_once(shared_log: Any) -> Non
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def run(seed: int, mode: str) -> str:
-        out = subprocess.run([sys.executable, "-c", RACER, kind, where, str(seed), mode], capture_output=True, text=True, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", RACER, kind, where, str(seed), mode], capture_output=True, text=True, env=env
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
     run(0, "0")  # the log and its root, first
     procs = [
-        subprocess.Popen([sys.executable, "-c", RACER, kind, where, str(seed), "30"], stdout=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, kind, where, str(seed), "30"], stdout=subprocess.PIPE, text=True, env=env
+        )
         for seed in (1, 2, 3)
     ]
     refused = 0
@@ -500,7 +504,9 @@ def test_index_on_a_collection_or_unhashable_field_is_refused_at_class_definitio
 def test_get_and_find_refuse_fields_that_are_not_a_unique_key(make_image: Images) -> None:
     """get takes exactly one unique field; find and get refuse unknown fields -- naming class and field."""
     img = make_image(root=Users)
-    with pytest.raises(TypeError, match=r"img\.get\(User, city=\.\.\.\).*one unique field \(its unique fields: email\)"):
+    with pytest.raises(
+        TypeError, match=r"img\.get\(User, city=\.\.\.\).*one unique field \(its unique fields: email\)"
+    ):
         img.get(User, city="Lisbon")
     with pytest.raises(TypeError, match=r"img\.get\(User, email=\.\.\., city=\.\.\.\)"):
         img.get(User, email="a", city="b")

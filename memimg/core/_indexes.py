@@ -31,8 +31,6 @@ from typing import Any, Final, final
 
 import attrs
 
-from memimg.core import _types
-
 __all__ = ["UNIQUE", "FieldIndex", "check_declaration", "indexed_fields", "unique_root"]
 
 #: the key an object holding an unhashable value is filed under (see :attr:`FieldIndex.odd`)
@@ -126,7 +124,7 @@ def check_declaration(cls: type, localns: dict[str, Any] | None = None) -> None:
         tp = hints.get(a.name, a.type)
         if isinstance(tp, str):
             try:
-                tp = eval(tp, dict(vars(module)) if module else {}, dict(localns or {}))  # noqa: S307
+                tp = eval(tp, dict(vars(module)) if module else {}, dict(localns or {}))
             except Exception:  # not resolvable here (a name local to a function): values are checked as they come
                 continue
         if tp is None:

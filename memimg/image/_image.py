@@ -24,7 +24,7 @@ from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _erase, _history, _past, _query, _recovery, _unique
+from memimg.image import _erase, _history, _past, _query, _recovery
 from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
 from memimg.image._erase import Erasure
@@ -309,7 +309,7 @@ class MemoryImage:
                 exactly one of its unique fields (the message names them).
             ClosedError: the image is closed.
         """
-        return _unique.get(self._engine, cls, key)  # type: ignore[no-any-return]
+        return _query.get(self._engine, cls, key)  # type: ignore[no-any-return]
 
     # -- the past ---------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Unique constraints (``memimg.field(unique=True)``) and ``img.get``.
+"""Unique constraints (``memimg.field(unique=True)``).
 
 A unique field's value may be held by at most one *reachable* instance of
 the class that declares it unique (subclasses included); ``None`` is not a
@@ -39,7 +39,7 @@ from memimg.core._markers import ABSENT, DELETED
 from memimg.image._attach import attached
 from memimg.image._tx import TxState
 
-__all__ = ["check_assignment", "check_commit", "committed_holders", "get", "visible"]
+__all__ = ["check_assignment", "check_commit", "committed_holders", "reachable_ids", "tx_touched", "visible"]
 
 _FIELD_KINDS: Final = frozenset({KINDS["obj.set"], KINDS["obj.update"], KINDS["obj.del"]})
 
@@ -241,53 +241,3 @@ def _check_touched(engine: Any, events: list[Any], state: TxState | None, touche
                 # name the one already there (committed) if there is one
                 found.sort(key=lambda h: id(h) in touched)
                 raise _clash(engine, root, name, value, found)
-
-
-def get(engine: Any, cls: type, key: dict[str, Any]) -> Any:
-    """The one instance of *cls* whose unique field equals *key*'s value, or None (see ``MemoryImage.get``)."""
-    from memimg.image._query import entity_class, unknown_field
-
-    engine.check_open()
-    info = entity_class(cls, "img.get")
-    spec = indexed_fields(cls)
-    for name in key:
-        if name not in info.fields:
-            raise unknown_field("img.get", cls, info, name)
-    uniques = [n for n in info.fields if spec.get(n) is not None]
-    if len(key) != 1 or spec.get(next(iter(key))) is None:
-        given = ", ".join(f"{n}=..." for n in key) or "no field"
-        if uniques:
-            hint = f"its unique fields: {', '.join(uniques)}"
-        else:
-            hint = "it has none; declare one with memimg.field(unique=True)"
-        raise TypeError(
-            f"img.get({cls.__qualname__}, {given}): get looks an instance up by one unique field ({hint}); "
-            "use img.find for other fields or several"
-        )
-    ((name, value),) = key.items()
-    root = spec[name]
-    assert root is not None
-    state = engine.current_tx()
-    with engine.lock:
-        pool = committed_holders(engine, root, name, value)
-    if state is not None:
-        pool += tx_touched(state, root)
-    found: dict[int, Any] = {}
-    for h in pool:
-        if id(h) in found or not isinstance(h, cls):
-            continue
-        try:
-            v = getattr(h, name)  # as this thread reads it (a transaction's own writes; a read recorded)
-        except AttributeError:
-            continue
-        if _same(v, value):
-            found[id(h)] = h
-    if not found:
-        return None
-    if len(found) > 1:  # a holder made unreachable and not collected yet, and its successor
-        with engine.lock:
-            live = reachable_ids(engine, state)
-        reachable = [h for h in found.values() if id(h) in live]
-        if reachable:
-            return reachable[0]
-    return next(iter(found.values()))

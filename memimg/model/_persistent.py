@@ -41,9 +41,7 @@ _OBJ_DELATTR = object.__delattr__
 _FORBIDDEN_OPTIONS = {"slots", "frozen", "eq", "order", "unsafe_hash", "hash", "these"}
 
 
-def field(
-    *, renamed_from: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any
-) -> Any:
+def field(*, renamed_from: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any) -> Any:
     """``attrs.field`` plus memimg options.
 
     Args:
@@ -56,7 +54,7 @@ def field(
             an index, and ``img.get`` looks instances up by it.
         **kwargs: anything ``attrs.field`` accepts.
     """
-    options = {}
+    options: dict[str, Any] = {}
     if renamed_from is not None:
         options["renamed_from"] = renamed_from
     if index or unique:
