@@ -41,7 +41,8 @@ from memimg.image._tx import TxState
 
 __all__ = ["check_assignment", "check_commit", "committed_holders", "reachable_ids", "tx_touched", "visible"]
 
-_FIELD_KINDS: Final = frozenset({KINDS["obj.set"], KINDS["obj.update"], KINDS["obj.del"]})
+_OBJ_UPDATE: Final = KINDS["obj.update"]
+_FIELD_KINDS: Final = frozenset({KINDS["obj.set"], _OBJ_UPDATE, KINDS["obj.del"]})
 
 
 def committed_holders(engine: Any, cls: type, name: str, value: Any, upto: int | None = None) -> list[Any]:
@@ -184,9 +185,11 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, new: lis
     instances holding one unique value. Called under the lock, on the committed state the commit goes on
     (objects from id *upto* on are this commit's own)."""
     touched: dict[int, Any] = {}
-    for k, target, _ in events:
-        if k in _FIELD_KINDS and any(r is not None for r in indexed_fields(type(target)).values()):
-            touched[id(target)] = target
+    for k, target, args in events:
+        if k in _FIELD_KINDS and (spec := indexed_fields(type(target))):
+            names = [name for name, _ in args[0]] if k is _OBJ_UPDATE else [args[0]]
+            if any(spec.get(name) is not None for name in names):
+                touched[id(target)] = target
     for obj in new:
         spec = indexed_fields(type(obj))
         if spec and any(r is not None for r in spec.values()):
