@@ -38,6 +38,7 @@ from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED
 from memimg.image._attach import attached
 from memimg.image._tx import TxState
+from memimg.image._views import ListView
 
 __all__ = ["check_assignment", "check_commit", "committed_holders", "reachable_ids", "tx_touched", "visible"]
 
@@ -116,7 +117,9 @@ def reachable_ids(engine: Any, state: TxState | None) -> set[int]:
         values: Iterable[Any]
         if t in tracked:
             view = state.views.get(id(obj)) if state is not None else None
-            if view is not None:
+            if type(view) is ListView:  # read without materializing it (the transaction's later reads see the base)
+                values = list(view.items) if view.items is not None else view._base() + view.tail
+            elif view is not None:
                 contents = view.materialize()
                 values = [x for pair in contents.items() for x in pair] if type(contents) is dict else contents
             elif t is shell.dict:
