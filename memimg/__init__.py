@@ -19,6 +19,7 @@ from memimg._errors import (
     ReadOnlyError,
     SchemaError,
     StoreError,
+    UniqueError,
     UnknownTypeError,
     UnsupportedValueError,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "TrackedList",
     "TrackedSet",
     "Transaction",
+    "UniqueError",
     "UnknownTypeError",
     "UnsupportedValueError",
     "converter",

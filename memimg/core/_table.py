@@ -23,8 +23,9 @@ from memimg._errors import CorruptLogError
 from memimg.core import _types
 from memimg.core._born import Born
 from memimg.core._codec import ENTITY, FROZENSET, TRACKED, TUPLE, VALUE, Codec
-from memimg.core._extents import Extents
+from memimg.core._extents import UNSET, Extents
 from memimg.core._gone import Gone
+from memimg.core._indexes import indexed_fields
 from memimg.core._shell import Shell
 
 __all__ = ["Declarations", "ObjectTable"]
@@ -191,11 +192,34 @@ class ObjectTable:
     def field_set(self, obj: Any, name: str, value: Any) -> None:
         setters = self._setters.get(type(obj))
         if setters is None:
-            setters = self._setters[type(obj)] = _types.info_of(type(obj)).setters  # type: ignore[union-attr]
+            setters = self._setters[type(obj)] = self._setters_of(type(obj))
         setters[name](obj, value)
+
+    def _setters_of(self, t: type) -> dict[str, Any]:
+        """The field setters of class *t*: the raw slot setters, those of indexed fields keeping the indexes."""
+        setters = _types.info_of(t).setters  # type: ignore[union-attr]
+        indexed = indexed_fields(t)
+        if not indexed:
+            return setters
+        setters = dict(setters)
+        for name in indexed:
+            setters[name] = self._indexed_setter(name, setters[name])
+        return setters
+
+    def _indexed_setter(self, name: str, raw: Any) -> Any:
+        def set_indexed(obj: Any, value: Any) -> None:
+            raw(obj, value)
+            extents = self.extents
+            if extents is not None and extents.indexes:
+                extents.reindex(obj, name, value)
+
+        return set_indexed
 
     def field_del(self, obj: Any, name: str) -> None:
         _types.info_of(type(obj)).deleters[name](obj)  # type: ignore[union-attr]
+        extents = self.extents
+        if extents is not None and extents.indexes and name in indexed_fields(type(obj)):
+            extents.reindex(obj, name, UNSET)
 
     def list_append(self, lst: Any, items: list[Any]) -> None:
         list.extend(lst, items)

@@ -282,8 +282,10 @@ class MemoryImage:
 
         ``img.find(Order, status="open", customer=ada)`` compares with
         ``==`` (as dict keys are: ``1`` matches ``1.0`` and ``True``; an
-        entity equals only itself); an unset field matches nothing. It scans
-        the extent, reading each field as this thread reads it: inside a
+        entity equals only itself); an unset field matches nothing. With an
+        equality on an indexed field (``memimg.field(index=True)`` or
+        ``unique=True``) it costs the size of the result; otherwise it scans
+        the extent. Fields are read as this thread reads them: inside a
         transaction, with the transaction's own writes.
 
         Raises:
@@ -294,6 +296,22 @@ class MemoryImage:
             ClosedError: the image is closed.
         """
         return _query.find(self._engine, cls, equalities)
+
+    def get(self, cls: type[T], /, **key: Any) -> T | None:
+        """The one instance of *cls* (subclasses included) whose unique field equals the value given, or None.
+
+        ``img.get(User, email="ada@x.io")`` looks the value up in the
+        field's index (``memimg.field(unique=True)``): O(1). Inside a
+        transaction it sees the transaction's own writes. Like
+        :meth:`find`, it may return an instance made unreachable that no
+        snapshot has collected yet, unless a reachable one holds the value.
+
+        Raises:
+            TypeError: *cls* is not a ``@persistent`` class, or *key* is not
+                exactly one of its unique fields (the message names them).
+            ClosedError: the image is closed.
+        """
+        return _query.get(self._engine, cls, key)  # type: ignore[no-any-return]
 
     # -- the past ---------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Querying the model: extents (``img.all``) and ``img.find``.
+"""Querying the model: extents (``img.all``), ``img.find`` and ``img.get``.
 
 An extent is a live, read-only, set-like view of the entities of a class
 (subclasses included) that the image holds: every read -- ``len``, ``in``,
@@ -14,9 +14,13 @@ replay does any extra work for them.
 An object made unreachable stays in its extent until the next snapshot
 collects it (see :mod:`memimg.core._extents`).
 
-:func:`find` scans the extent and compares fields as the calling thread
-reads them (a transaction reads its own writes). Its candidates come from
-:func:`candidates`, the one place an index will plug in.
+:func:`find` compares fields as the calling thread reads them (a
+transaction reads its own writes). Its candidates come from
+:func:`candidates`: the whole extent, or, when an equality is on an indexed
+field (``memimg.field(index=True)``), the committed objects the index files
+under that value plus the objects the calling transaction changed or
+attached -- every candidate is then compared on every field, so the index
+only narrows the search and a transaction still sees its own writes.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from collections.abc import Iterable, Iterator, Set
 from typing import Any, NoReturn, TypeVar
 
 from memimg.core import _types
+from memimg.core._indexes import indexed_fields
 from memimg.image._attach import attached
+from memimg.image._unique import committed_holders, reachable_ids, tx_touched
 
-__all__ = ["Extent", "candidates", "entity_class", "find"]
+__all__ = ["Extent", "candidates", "entity_class", "find", "get", "unknown_field"]
 
 T = TypeVar("T")
 
@@ -131,10 +137,35 @@ class Extent(Set[T]):
 def candidates(engine: Any, cls: type, equalities: dict[str, Any]) -> tuple[Iterable[Any], dict[str, Any]]:
     """Where :func:`find` looks: ``(objects that may match, equalities still to check on them)``.
 
-    The whole extent and every equality, for now; an index covering one of
-    the fields will give its matches and drop that field from the check.
+    With an equality on an indexed field (a unique one first): the committed
+    objects filed under its value (a subclass that does not index the field
+    is scanned), and the objects the calling transaction changed or attached;
+    every equality is checked on them, as this thread reads the fields.
+    Otherwise the whole extent.
     """
-    return Extent(engine, cls), equalities
+    spec = indexed_fields(cls)
+    names = sorted((n for n in equalities if n in spec), key=lambda n: spec[n] is None)
+    if not names:
+        return Extent(engine, cls), equalities
+    name = names[0]
+    with engine.lock:
+        pool = [obj for obj in committed_holders(engine, cls, name, equalities[name]) if isinstance(obj, cls)]
+    state = engine.current_tx()
+    if (state is not None and state.events) or (state is not None and state.undo):
+        seen = {id(obj) for obj in pool}
+        for obj in tx_touched(state, cls):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                pool.append(obj)
+    return pool, equalities
+
+
+def unknown_field(what: str, cls: type, info: _types.TypeInfo, name: str) -> TypeError:
+    """The error for a query naming field *name*, which *cls* does not declare."""
+    return TypeError(
+        f"{what}({cls.__qualname__}, {name}=...): {cls.__qualname__} has no field {name!r} "
+        f"(its fields: {', '.join(info.fields) or 'none'}); {what} compares the fields of the class given"
+    )
 
 
 def find(engine: Any, cls: type[T], equalities: dict[str, Any]) -> list[T]:
@@ -143,10 +174,7 @@ def find(engine: Any, cls: type[T], equalities: dict[str, Any]) -> list[T]:
     info = entity_class(cls, "img.find")
     for name in equalities:
         if name not in info.fields:
-            raise TypeError(
-                f"img.find({cls.__qualname__}, {name}=...): {cls.__qualname__} has no field {name!r} "
-                f"(its fields: {', '.join(info.fields) or 'none'}); find compares the fields of the class given"
-            )
+            raise unknown_field("img.find", cls, info, name)
     pool, rest = candidates(engine, cls, equalities)
     checks = list(rest.items())
     out: list[T] = []
@@ -161,3 +189,58 @@ def find(engine: Any, cls: type[T], equalities: dict[str, Any]) -> list[T]:
         else:
             out.append(obj)
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:
+        return False
+
+
+def get(engine: Any, cls: type, key: dict[str, Any]) -> Any:
+    """The one instance of *cls* whose unique field equals *key*'s value, or None (see ``MemoryImage.get``)."""
+    engine.check_open()
+    info = entity_class(cls, "img.get")
+    spec = indexed_fields(cls)
+    for name in key:
+        if name not in info.fields:
+            raise unknown_field("img.get", cls, info, name)
+    uniques = [n for n in info.fields if spec.get(n) is not None]
+    if len(key) != 1 or spec.get(next(iter(key))) is None:
+        given = ", ".join(f"{n}=..." for n in key) or "no field"
+        if uniques:
+            hint = f"its unique fields: {', '.join(uniques)}"
+        else:
+            hint = "it has none; declare one with memimg.field(unique=True)"
+        raise TypeError(
+            f"img.get({cls.__qualname__}, {given}): get looks an instance up by one unique field ({hint}); "
+            "use img.find for other fields or several"
+        )
+    ((name, value),) = key.items()
+    root = spec[name]
+    assert root is not None
+    state = engine.current_tx()
+    with engine.lock:
+        pool = committed_holders(engine, root, name, value)
+    if state is not None:
+        pool += tx_touched(state, root)
+    found: dict[int, Any] = {}
+    for h in pool:
+        if id(h) in found or not isinstance(h, cls):
+            continue
+        try:
+            v = getattr(h, name)  # as this thread reads it (a transaction's own writes; a read recorded)
+        except AttributeError:
+            continue
+        if _same(v, value):
+            found[id(h)] = h
+    if not found:
+        return None
+    if len(found) > 1:  # a holder made unreachable and not collected yet, and its successor
+        with engine.lock:
+            live = reachable_ids(engine, state)
+        reachable = [h for h in found.values() if id(h) in live]
+        if reachable:
+            return reachable[0]
+    return next(iter(found.values()))

@@ -63,6 +63,8 @@ class TxHost(Protocol):
 
     def check_read(self, start: int, oid: int, part: Any) -> None: ...
 
+    def check_unique(self, state: TxState, obj: Any, name: str, value: Any) -> None: ...
+
 
 class TxState:
     """One open transaction: its pending events, its delta, what it read."""
@@ -318,6 +320,11 @@ class TxState:
         if d is None:
             d = self.fields[id(obj)] = {}
         d[name] = v
+
+    def check_unique(self, obj: Any, name: str, value: Any) -> None:
+        """Unique field *name* of *obj* is being set to *value* here: refuse a clash this transaction sees."""
+        if not self.done:
+            self.host.check_unique(self, obj, name, value)
 
     def del_field(self, obj: Any, name: str) -> None:
         if self.done:

@@ -129,6 +129,9 @@ class AutoWriter:
                     engine.attacher.undo(undo)
                     raise
 
+    def check_unique(self, obj: Any, name: str, value: Any) -> None:
+        """Nothing before the write: each change outside a transaction is checked as it commits."""
+
     def del_field(self, obj: Any, name: str) -> None:
         """``del obj.name``, committed."""
         engine = self.engine

@@ -29,7 +29,7 @@ from typing import Any, TypeVar, dataclass_transform, overload
 import attrs
 from attrs import setters
 
-from memimg.core import _types
+from memimg.core import _indexes, _types
 from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 
@@ -42,17 +42,29 @@ _OBJ_DELATTR = object.__delattr__
 _FORBIDDEN_OPTIONS = {"slots", "frozen", "eq", "order", "unsafe_hash", "hash", "these"}
 
 
-def field(*, renamed_from: str | None = None, **kwargs: Any) -> Any:
+def field(*, renamed_from: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any) -> Any:
     """``attrs.field`` plus memimg options.
 
     Args:
         renamed_from: the field's previous name; values stored under it are
             read into this field on replay (schema evolution).
+        index: keep an index of the field's values, so that ``img.find``
+            on it costs the size of the result (hashable values only).
+        unique: no two reachable instances of the class (subclasses
+            included) may hold the same value (``None`` excepted); implies
+            an index, and ``img.get`` looks instances up by it.
         **kwargs: anything ``attrs.field`` accepts.
     """
+    options: dict[str, Any] = {}
     if renamed_from is not None:
+        options["renamed_from"] = renamed_from
+    if index or unique:
+        options["index"] = True
+    if unique:
+        options["unique"] = True
+    if options:
         metadata = dict(kwargs.pop("metadata", None) or {})
-        metadata["memimg"] = {**metadata.get("memimg", {}), "renamed_from": renamed_from}
+        metadata["memimg"] = {**metadata.get("memimg", {}), **options}
         kwargs["metadata"] = metadata
     return attrs.field(**kwargs)
 
@@ -129,7 +141,10 @@ class _EntityBuilder:
             hook = a.on_setattr if a.on_setattr is not None else self._hook
             if hook is self._hook and self._default_hook and a.converter is None and a.validator is None:
                 hook = None  # attrs' default convert+validate has nothing to do for this field
-            hooks[a.name] = (a, None if hook is setters.NO_OP or hook is _keep else hook)
+            hook = None if hook is setters.NO_OP or hook is _keep else hook
+            if a.name in _indexes.indexed_fields(cls) and _indexes.indexed_fields(cls)[a.name] is not None:
+                hook = _unique_hook(hook)
+            hooks[a.name] = (a, hook)
 
         def __setattr__(self: Any, name: str, value: Any) -> None:
             entry = hooks.get(name)
@@ -162,6 +177,7 @@ class _EntityBuilder:
     def register(self) -> type:
         cls = self._cls
         fields = attrs.fields(cls)
+        _indexes.check_declaration(cls, {self._original.__name__: cls})
         getters: dict[str, Callable[[Any], Any]] = {}
         setters_: dict[str, Callable[[Any, Any], None]] = {}
         deleters: dict[str, Callable[[Any], None]] = {}
@@ -192,6 +208,23 @@ class _EntityBuilder:
         _types.register(info, check=True)
         _tracking.register_entity(info)
         return cls
+
+
+def _unique_hook(hook: Callable[[Any, Any, Any], Any] | None) -> Callable[[Any, Any, Any], Any]:
+    """*hook* (a field's own on-setattr hook, or none) followed by the check of a unique field's new value
+    against the other instances the transaction writing it sees (outside one, the commit checks it)."""
+
+    def check_unique(instance: Any, attribute: Any, value: Any) -> Any:
+        if hook is not None:
+            value = hook(instance, attribute, value)
+        owner = instance._mi_img
+        if owner is not None:
+            writer = owner._mi_current.get()
+            if writer.tracks_reads:
+                writer.check_unique(instance, attribute.name, value)
+        return value
+
+    return check_unique
 
 
 def _repoint_cells(new: type, olds: tuple[type, ...]) -> None:
