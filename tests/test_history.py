@@ -618,7 +618,7 @@ def test_an_erasure_forgets_remembered_first_states_though_applying_it_fails(
     a = img.root.content[1]
     a.value = "changed"
     assert img.history(a)[0].old.startswith("1")
-    assert len(img._engine.reader.first_states) == 1
+    assert img._engine.reader.first_states.get(a._mi_oid) is not None
 
     def fail(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("applying failed")
@@ -734,10 +734,34 @@ def test_remembered_first_states_are_capped_by_size(make_image: Images, monkeypa
     remembered = img._engine.reader.first_states
     for node in img.root.content:
         assert img.history(node)[0].old.startswith(f"{img.root.content.index(node):02}")
-    assert remembered.size <= 50_000 and len(remembered) == 2
+    big = [n for n in img.root.content if remembered.get(n._mi_oid) is not None]
+    assert remembered.size <= 50_000 and len(big) == 2  # two ~20 kB states fit, not twenty
     last = img.root.content[-1]
     assert remembered.get(last._mi_oid) is not None
     assert img.history(last)[0].old == "19" * 10_000
+
+
+def test_the_objects_of_one_big_event_are_read_from_it_once(make_image: Images) -> None:
+    """history() of the objects born together in one big attach reads and parses that event once for all of
+    them (it remembers every state it holds, within the size cap), and every history is right."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i:03}" * 300) for i in range(200)]
+    for node in img.root.content:
+        node.value = "changed"
+    reads: list[int] = []
+    real = img.store.read
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    img._engine.store.read = counting  # type: ignore[method-assign]
+    try:
+        for i, node in enumerate(img.root.content):
+            assert [(c.old, c.new) for c in img.history(node, "value")] == [(f"{i:03}" * 300, "changed")]
+    finally:
+        del img._engine.store.read
+    assert len(reads) <= 2, len(reads)
 
 
 def test_declarations_found_are_not_read_again(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -777,3 +801,31 @@ def test_declarations_found_are_not_read_again(make_image: Images, monkeypatch: 
         assert [(c.old, c.new) for c in img.history(obj, "flag")] == []
     assert rows[0] < len(objs) + 200, rows[0]
     assert len(img._engine.reader.declared_spans["thistory.Spans"]) == 1  # one span, merged
+
+
+def test_remembered_first_states_are_kept_as_stored_and_safe_from_several_threads() -> None:
+    """What history() remembers is kept as stored: a caller changing a state it was given changes nothing
+    remembered, and the size counted is the bytes held; threads remembering at once keep the count exact."""
+    import threading
+
+    states = _reader.FirstStates()
+    states.limit = 2_000
+    states.remember(1, 10, "t.N", {"v": [1, 2, 3]}, None)
+    got = states.get(1)
+    assert got is not None
+    got[2]["v"].append(4)
+    assert states.get(1) == (10, "t.N", {"v": [1, 2, 3]}, None)
+
+    def work(base: int) -> None:
+        for i in range(2_000):
+            states.remember(base + i, 1, "t.N", {"v": "x" * (i % 50)}, None)
+
+    threads = [threading.Thread(target=work, args=(k * 10_000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held = [states.get(oid) for oid in range(40_000)]
+    import orjson
+
+    assert states.size == sum(len(orjson.dumps(h[2])) for h in held if h is not None) <= 2_000

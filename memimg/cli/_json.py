@@ -89,7 +89,11 @@ def plain(value: Any) -> Any:
         return tag(value)
     custom = converter._custom.get(t)
     if custom is not None:  # as stored: what its unstructure hook returns, the same read without its class
-        return {"$custom": custom, "data": orjson.loads(orjson.dumps(converter.get_unstructure_hook(t)(value)))}
+        try:
+            data = orjson.loads(orjson.dumps(converter.get_unstructure_hook(t)(value)))
+        except Exception:  # the application's hook failed here: the value is still shown, as text
+            return {"$repr": repr(value)}
+        return {"$custom": custom, "data": data}
     for base in (bool, int, float, str):  # a subclass, stored as its base
         if isinstance(value, base):
             return plain(base(value))

@@ -30,6 +30,7 @@ them as they are.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -54,34 +55,41 @@ FIRST_STATES_BYTES: Final = 16 * 1024 * 1024
 
 class FirstStates:
     """First states ``MemoryImage.history`` read from big events, by object id: ``(seq, type name, stored
-    state, declaration)`` -- at most :data:`FIRST_STATES_BYTES` of them (each state's size is its JSON's,
-    measured once), the oldest remembered forgotten first."""
+    state, declaration)`` -- at most :data:`FIRST_STATES_BYTES` of them, kept as their JSON (so the memory
+    held is what is counted; each hit parses one object's state, not the big event), the oldest remembered
+    forgotten first. Safe to use from several threads (history may be called from any)."""
 
     def __init__(self) -> None:
         self.limit = FIRST_STATES_BYTES
         self.size = 0
-        self._states: dict[int, tuple[int, str, Any, Any, int]] = {}
+        self._states: dict[int, tuple[int, str, bytes, Any]] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._states)
 
     def get(self, oid: int) -> tuple[int, str, Any, Any] | None:
+        """*oid*'s remembered ``(seq, type name, state, declaration)``: the state parsed anew (the caller's own)."""
         found = self._states.get(oid)
-        return None if found is None else found[:4]
+        if found is None:
+            return None
+        seq, name, data, declared = found
+        return seq, name, _loads(data), declared
 
     def remember(self, oid: int, seq: int, name: str, state: Any, declared: Any) -> None:
         """Keep *oid*'s first state (not if it alone is over the limit), forgetting the oldest ones to fit."""
-        size = len(orjson.dumps(state))
-        old = self._states.pop(oid, None)
-        if old is not None:
-            self.size -= old[4]
-        if size > self.limit:
-            return
-        states = self._states
-        while states and self.size + size > self.limit:
-            self.size -= states.pop(next(iter(states)))[4]
-        states[oid] = (seq, name, state, declared, size)
-        self.size += size
+        data = orjson.dumps(state)
+        with self._lock:
+            states = self._states
+            old = states.pop(oid, None)
+            if old is not None:
+                self.size -= len(old[2])
+            if len(data) > self.limit:
+                return
+            while states and self.size + len(data) > self.limit:
+                self.size -= len(states.pop(next(iter(states)))[2])
+            states[oid] = (seq, name, data, declared)
+            self.size += len(data)
 
 
 #: An event as Python values: (kind, target object, arguments).

@@ -260,13 +260,19 @@ class _History:
         payload = rows[0].payload
         try:
             p = orjson.loads(payload)
-            for oid, name, state in p[1] if len(p) > 1 else ():
+            records = p[1] if len(p) > 1 else ()
+            declarations = p[2] if len(p) > 2 and type(p[2]) is dict else {}
+            if len(payload) > BIG and not isinstance(self.store, PastStore):
+                # every object the big event holds: history of its other objects reads none of it again
+                for oid, name, state in records:
+                    if oid != self.oid:
+                        remembered.remember(oid, seq, name, state, declarations.get(name))
+            for oid, name, state in records:
                 if oid == self.oid:
-                    declared = p[2].get(name) if len(p) > 2 and type(p[2]) is dict else None
-                    first = self._state(name, state, None, declared, seq)
+                    declared = declarations.get(name)
                     if len(payload) > BIG and not isinstance(self.store, PastStore):
-                        remembered.remember(oid, seq, name, state, declared)
-                    return first
+                        remembered.remember(oid, seq, name, state, declared)  # before reading it, as stored
+                    return self._state(name, state, None, declared, seq)
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise CorruptLogError(
                 f"event seq {seq} cannot be read for the first state of object {self.oid}: {err}",
@@ -368,7 +374,21 @@ class _History:
             spans[i - 1] = (before[0], seq, before[2])
             _merge_next(spans, i - 1)
             return before[2]
-        return None
+        # back at the first event kept, with nothing found: what the snapshot the kept events follow declares
+        # (compaction keeps history from one) is in effect; remembered too, so that the scan is not made again
+        declared = self._base_declaration(name, first)
+        _add_span(spans, i, (first, seq, declared))
+        return declared
+
+    def _base_declaration(self, name: str, first: int) -> Any:
+        """The declaration of type *name* in the snapshot the events from *first* on follow (``None``: none)."""
+        if first <= 1 or first - 1 not in {info.seq for info in self.store.snapshots()}:
+            return None
+        payload = self.store.read_snapshot(first - 1).payload
+        end = payload.find(b"\n")
+        header = orjson.loads(payload[: end if end >= 0 else len(payload)])
+        types = header.get("types") if type(header) is dict else None
+        return types.get(name) if type(types) is dict else None
 
     def _fill_defaults(self, info: _types.TypeInfo, out: dict[str, Any]) -> None:
         """Add to entity state *out* the plain defaults of the fields it lacks, as a reader fills them in -- but
