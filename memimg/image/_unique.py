@@ -43,7 +43,8 @@ from memimg.image._views import ListView
 __all__ = ["check_assignment", "check_commit", "committed_holders", "reachable_ids", "tx_touched", "visible"]
 
 _OBJ_UPDATE: Final = KINDS["obj.update"]
-_FIELD_KINDS: Final = frozenset({KINDS["obj.set"], _OBJ_UPDATE, KINDS["obj.del"]})
+_OBJ_SET: Final = KINDS["obj.set"]
+_OBJ_DEL: Final = KINDS["obj.del"]
 
 
 def committed_holders(engine: Any, cls: type, name: str, value: Any, upto: int | None = None) -> list[Any]:
@@ -189,7 +190,8 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, new: lis
     (objects from id *upto* on are this commit's own)."""
     touched: dict[int, Any] = {}
     for k, target, args in events:
-        if k in _FIELD_KINDS and (spec := indexed_fields(type(target))):
+        # kinds compared by identity: `in` a set would hash the (attrs-frozen) kind, field by field, per event
+        if (k is _OBJ_SET or k is _OBJ_UPDATE or k is _OBJ_DEL) and (spec := indexed_fields(type(target))):
             names = [name for name, _ in args[0]] if k is _OBJ_UPDATE else [args[0]]
             if any(spec.get(name) is not None for name in names):
                 touched[id(target)] = target
