@@ -1,4 +1,4 @@
-"""Workload (l) ``feeds``: what one change-feed subscriber adds to a durable single-mutation commit (memimg only).
+"""Workload (m) ``feeds``: what one change-feed subscriber adds to a durable single-mutation commit (memimg only).
 
 The commit of workload (a) -- one balance changed per commit, SQLite,
 ``sync="normal"``, among ``accounts`` accounts -- timed on an image with no
@@ -29,7 +29,7 @@ class _Variant:
 
 
 def feeds_workload(ctx: Context) -> None:
-    """(l) single-mutation commits/s without and with one field subscriber."""
+    """(m) single-mutation commits/s without and with one field subscriber."""
     import memimg
     from benchmarks.models import Account, Bank
 

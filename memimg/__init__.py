@@ -6,6 +6,7 @@ default), and opening the image again rebuilds the same typed graph.
 """
 
 from memimg._api import deserialize, migrate, open, replay, serialize
+from memimg._copy import copy
 from memimg._errors import (
     ClosedError,
     CommitUnknownError,
@@ -18,6 +19,7 @@ from memimg._errors import (
     ReadOnlyError,
     SchemaError,
     StoreError,
+    UniqueError,
     UnknownTypeError,
     UnsupportedValueError,
 )
@@ -32,7 +34,7 @@ from memimg.image._feeds import Commit
 from memimg.image._image import MemoryImage
 from memimg.image._transaction import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
-from memimg.stores import MemoryStore, SQLiteStore, Store
+from memimg.stores import MemoryStore, NDJSONStore, SQLiteStore, Store
 
 __all__ = [
     "ERASED",
@@ -55,6 +57,7 @@ __all__ = [
     "MemimgError",
     "MemoryImage",
     "MemoryStore",
+    "NDJSONStore",
     "ReadOnlyError",
     "SQLiteStore",
     "SchemaError",
@@ -65,9 +68,11 @@ __all__ = [
     "TrackedList",
     "TrackedSet",
     "Transaction",
+    "UniqueError",
     "UnknownTypeError",
     "UnsupportedValueError",
     "converter",
+    "copy",
     "deserialize",
     "field",
     "migrate",

@@ -24,6 +24,7 @@ from memimg.core._values import converter as default_converter
 from memimg.image._image import MemoryImage
 from memimg.model import SHELL
 from memimg.stores._memory import MemoryStore
+from memimg.stores._ndjson import NDJSONStore
 from memimg.stores._protocol import Store
 from memimg.stores._sqlite import SQLiteStore
 
@@ -56,6 +57,11 @@ def store_for(
         if text.startswith("sqlite"):
             options.setdefault("connect_args", {}).setdefault("timeout", busy_timeout)
         return SQLAlchemyStore(text, sync=sync, readonly=readonly, **options)
+    if text.endswith(".ndjson"):
+        unexpected = set(options) - {"keep_segments"}
+        if unexpected:
+            raise TypeError(f"unexpected options for an NDJSON log: {', '.join(sorted(unexpected))}")
+        return NDJSONStore(text, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
     if options:
         raise TypeError(f"unexpected options for an SQLite file: {', '.join(sorted(options))}")
     return SQLiteStore(text, sync=sync, readonly=readonly, busy_timeout=busy_timeout)
@@ -81,7 +87,8 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     """Open the image stored at *target*, creating it if the store is empty.
 
     Args:
-        target: a filesystem path (an SQLite file, the default store),
+        target: a filesystem path (an SQLite file, the default store; a
+            path ending in ``.ndjson`` is an NDJSON log, see :class:`NDJSONStore`),
             ``":memory:"`` (nothing on disk), a SQLAlchemy URL
             (``"postgresql+psycopg://..."``), or a :class:`Store`.
         root: a class or zero-argument factory for the root object, called

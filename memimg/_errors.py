@@ -24,6 +24,7 @@ __all__ = [
     "ReadOnlyError",
     "SchemaError",
     "StoreError",
+    "UniqueError",
     "UnknownTypeError",
     "UnsupportedValueError",
     "value_repr",
@@ -68,6 +69,28 @@ class ConflictError(MemimgError):
     target: int | None
     key: Any
     seq: int | None
+
+
+class UniqueError(ConflictError):
+    """A value of a unique field (``memimg.field(unique=True)``) is held by another reachable instance.
+
+    Raised at the assignment when the clash is visible then (inside a
+    transaction), otherwise at commit -- also when another thread or
+    process committed the same value first. Nothing was changed (a
+    transaction failing at commit is discarded, as for any conflict).
+
+    Attributes: ``cls`` (the class the field is unique in), ``field``,
+    ``value``, ``holder`` (the other instance), and ``target`` (its object
+    id, ``None`` if it is being attached too), ``key`` (the field name) and
+    ``seq`` (``None``) as for any :class:`ConflictError`.
+    """
+
+    __module__ = "memimg"
+
+    cls: type
+    field: str
+    value: Any
+    holder: Any
 
 
 class CorruptLogError(MemimgError):

@@ -1,7 +1,7 @@
 """Shared fixtures: images on every store, and the PostgreSQL switch.
 
 Image-level behaviour is tested through one fixture, ``make_image``: a test
-that takes it runs once per store -- ``memory``, ``sqlite``, and
+that takes it runs once per store -- ``memory``, ``sqlite``, ``ndjson``, and
 ``postgres`` when ``MEMIMG_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it;
 in CI those runs must not skip, so an unreachable server fails them). Each
 PostgreSQL test works in a schema of its own::
@@ -33,7 +33,7 @@ import pytest
 import memimg
 
 POSTGRES_URL = os.environ.get("MEMIMG_TEST_POSTGRES_URL")
-STORE_KINDS = ["memory", "sqlite"] + (["postgres"] if POSTGRES_URL else [])
+STORE_KINDS = ["memory", "sqlite", "ndjson"] + (["postgres"] if POSTGRES_URL else [])
 if os.environ.get("MEMIMG_REQUIRE_POSTGRES") and not POSTGRES_URL:
     raise RuntimeError("MEMIMG_REQUIRE_POSTGRES is set but MEMIMG_TEST_POSTGRES_URL is not")
 
@@ -41,7 +41,7 @@ if os.environ.get("MEMIMG_REQUIRE_POSTGRES") and not POSTGRES_URL:
 def pytest_report_header(config: Any) -> str:
     if POSTGRES_URL:
         return f"memimg stores under test: {', '.join(STORE_KINDS)} (postgres at {POSTGRES_URL.split('@')[-1]})"
-    return "memimg stores under test: memory, sqlite (set MEMIMG_TEST_POSTGRES_URL to add postgres)"
+    return "memimg stores under test: memory, sqlite, ndjson (set MEMIMG_TEST_POSTGRES_URL to add postgres)"
 
 
 class StoreFactory:
@@ -49,18 +49,19 @@ class StoreFactory:
 
     def __init__(self, kind: str, tmp_path: Any) -> None:
         self.kind = kind
-        self.path = str(tmp_path / "image.db")
+        self.path = str(tmp_path / ("image.ndjson" if kind == "ndjson" else "image.db"))
         self.schema = f"t_{uuid.uuid4().hex[:12]}"
         self._memory: memimg.MemoryStore | None = None
         self._made: list[Any] = []
 
     def target(self, *, readonly: bool = False) -> Any:
-        """What ``memimg.open`` takes to open the log: the memory store, the SQLite path, or a PostgreSQL store."""
+        """What ``memimg.open`` takes to open the log: the memory store, the SQLite or NDJSON path, or a
+        PostgreSQL store."""
         if self.kind == "memory":
             if self._memory is None:
                 self._memory = memimg.MemoryStore()
             return self._memory
-        if self.kind == "sqlite":
+        if self.kind in ("sqlite", "ndjson"):
             return self.path
         from memimg.stores._sqlalchemy import SQLAlchemyStore
 
@@ -72,7 +73,7 @@ class StoreFactory:
         """A raw store on the log (closed after the test)."""
         target = self.target()
         if isinstance(target, str):
-            target = memimg.SQLiteStore(target)
+            target = memimg.NDJSONStore(target) if self.kind == "ndjson" else memimg.SQLiteStore(target)
             self._made.append(target)
         return target  # type: ignore[no-any-return]
 

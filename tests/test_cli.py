@@ -75,7 +75,7 @@ def test_show_paths_and_cycles(bank_db: str) -> None:
     assert run("show", bank_db, "accounts.ada.balance").output.strip() == "Decimal('5')"
     assert run("show", bank_db, "accounts.ada.entries[0].label").output.strip() == "'in'"
     data = json.loads(run("show", bank_db, "accounts.ada", "--json").output)
-    assert data["$type"] == "tests.models.Account" and data["balance"] == "5"
+    assert data["$type"] == "tests.models.Account" and data["balance"] == {"$decimal": "5"}
     bad = CliRunner().invoke(cli, ["show", bank_db, "accounts.zed"])
     assert bad.exit_code == 1 and "no key 'zed'" in bad.output and "Traceback" not in bad.output
 
@@ -377,7 +377,7 @@ def test_ints_too_long_for_decimal_are_shown_in_hex(tmp_path: Any) -> None:
     assert f"Fraction({hex(huge)}, 0x3)" in shown and f"Point(x={hex(huge)}, y=1)" in shown
     assert run("show", path, f"content.{hex(huge)}").output.strip() == f"({hex(huge)}, {hex(-huge)})"
     data = json.loads(run("show", path, "other", "--json").output)
-    assert data["items"] == [hex(-huge)]
+    assert data["items"] == [{"$int": hex(-huge)}]
     assert run("log", path).exit_code == 0 and hex(-huge) in run("log", path, "--json").output
     exported = json.loads(run("export", path).output)
     assert [["i", hex(-huge)]] in [state for _, _, state in exported["objects"]]

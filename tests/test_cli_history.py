@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import memimg
 from memimg.cli import cli
-from tests.models import Account, Bank, Entry
+from tests.models import Account, Bank, Box, Entry
 
 
 @pytest.fixture
@@ -37,7 +37,10 @@ def test_history_of_a_field_and_of_a_collection(bank: tuple[str, int, int]) -> N
     assert r.exit_code == 0, r.output
     assert "Decimal('0') -> Decimal('5')" in r.output and "Decimal('5') -> Decimal('12')" in r.output
     changes = [json.loads(line) for line in run("history", path, str(acct), "--json").output.splitlines()]
-    assert [(c["field"], c["old"], c["new"]) for c in changes] == [("balance", "0", "5"), ("balance", "5", "12")]
+    assert [(c["field"], c["old"], c["new"]) for c in changes] == [
+        ("balance", {"$decimal": "0"}, {"$decimal": "5"}),
+        ("balance", {"$decimal": "5"}, {"$decimal": "12"}),
+    ]
     assert all(c["target"] == acct for c in changes)
     (append,) = [json.loads(line) for line in run("history", path, str(entries), "--json").output.splitlines()]
     assert append["kind"] == "list.append" and append["old"] == [] and append["index"] == 1
@@ -65,3 +68,22 @@ def test_history_bad_input(bank: tuple[str, int, int], what: str, extra: tuple[s
     assert r.exit_code == 1 and message in r.output, r.output
     with open(path, "rb") as f:
         assert f.read() == before
+
+
+def test_a_none_key_is_shown_and_told_from_a_none_value(tmp_path: Any) -> None:
+    """A dict's key None is shown ([None]; "key": null in JSON), and a value None ("old": null) is told from no
+    value (left out)."""
+    path = str(tmp_path / "keys.db")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {}
+        d = img.root.content
+        d[None] = None
+        d[None] = 1
+        oid = d._mi_oid
+    lines = run("history", path, str(oid)).output.splitlines()
+    assert [line.split()[6:] for line in lines] == [["[None]", "(none)", "->", "None"], ["[None]", "None", "->", "1"]]
+    changes = [json.loads(line) for line in run("history", path, str(oid), "--json").output.splitlines()]
+    assert [{k: c[k] for k in ("key", "old", "new") if k in c} for c in changes] == [
+        {"key": None, "new": None},
+        {"key": None, "old": None, "new": 1},
+    ]

@@ -8,6 +8,7 @@ so this one reads them without the application's classes, through stand-ins.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -166,3 +167,48 @@ def test_verify_reads_fields_a_later_declaration_added(tmp_path: Any) -> None:
     assert f"snapshot at seq {seq}: 2 {v.prefix}.Product state(s) compared by object id" in edited.output
     shown = CliRunner().invoke(cli, ["show", v.path, "products.b.stock"])
     assert shown.output.strip() == "6", shown.output
+
+
+def test_json_of_values_read_without_their_classes_says_what_they_are(tmp_path: Any) -> None:
+    """Without the classes, show, history and diff --json print an enum member as {"$enum", "name"} and a value
+    object as {"$type", field...}, as with them -- not the stand-ins' own types or a repr."""
+    v = Versions(tmp_path)
+    v.record(
+        """
+        import enum
+
+        class Color(enum.Enum):
+            RED = "red"
+            BLUE = "blue"
+
+        memimg.converter.register_value(Color, name="{P}.Color")
+
+        @attrs.frozen
+        class Sku:
+            code: str
+
+        memimg.converter.register_value(Sku, name="{P}.Sku")
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            name: str = ""
+            products: dict = attrs.field(factory=dict)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.products["a"] = models.Color.RED
+            img.root.products["b"] = models.Sku("A1")
+            img.root.products["a"] = models.Color.BLUE
+            print(img.root.products._mi_oid)
+        """,
+    )
+    color, sku = {"$enum": f"{v.prefix}.Color", "name": "BLUE"}, {"$type": f"{v.prefix}.Sku", "code": "A1"}
+    shown = json.loads(CliRunner().invoke(cli, ["show", v.path, "products", "--json"]).output)
+    assert shown["items"] == [["a", color], ["b", sku]]
+    diff = json.loads(CliRunner().invoke(cli, ["diff", v.path, "1", "--json"]).output)
+    assert sorted((d["path"], d["new"]) for d in diff["differences"]) == [
+        ("root.products['a']", color),
+        ("root.products['b']", sku),
+    ]
+    lines = CliRunner().invoke(cli, ["history", v.path, str(shown["$id"]), "--json"]).output.splitlines()
+    assert [json.loads(line)["new"] for line in lines] == [{**color, "name": "RED"}, sku, color]

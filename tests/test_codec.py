@@ -372,9 +372,9 @@ def test_generic_decoding_looks_up_a_type_no_class_claims_once(monkeypatch: Any)
     looked_up: list[str] = []
     resolve = _types.resolve
 
-    def counting(name: str) -> Any:
+    def counting(name: str, kind: str | None = None) -> Any:
         looked_up.append(name)
-        return resolve(name)
+        return resolve(name, kind)
 
     monkeypatch.setattr(_types, "resolve", counting)
     decode = Codec(memimg.converter, SHELL).decoder(lambda oid: None, lambda x: None, generic=True)

@@ -223,6 +223,54 @@ def test_compact_keeps_the_history_asked_for(tmp_path: Any) -> None:
         assert img.root.misc == "later"
 
 
+def test_compactions_base_snapshot_is_written_under_the_snapshot_lease(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot compaction writes for kept history to start from is written holding the store's snapshot
+    lease, as every snapshot writer does: an erase run by another image while compaction reads that state waits
+    for it, then erases the past value from it too (without the lease, the snapshot stored the value after the
+    erase had run)."""
+    from memimg.cli import _ops
+    from tests.test_erase import Person, stored_bytes
+
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=dict, snapshot_every=None) as img:
+        img.root["ada"] = Person(ssn="OLD-SSN")
+        for i in range(20):
+            img.root["n"] = i
+        img.root["ada"].ssn = "NEW-SSN"
+        img.root["n"] = "last"
+        oid = img.root["ada"]._mi_oid
+    other = memimg.open(path, root=dict, snapshot_every=None)
+    erased: list[Any] = []
+    waited: list[bool] = []
+
+    class Hooked(_ops.SnapshotWriter):  # finish() also starts an erase in another image
+        def finish(self) -> Any:
+            done = super().finish()
+            t = threading.Thread(target=lambda: erased.append(other.erase(oid, "ssn", reason="r")))
+            t.start()
+            t.join(1.0)  # long enough for an erase that need not wait
+            waited.append(t.is_alive())
+            erased.append(t)
+            return done
+
+    monkeypatch.setattr(_ops, "SnapshotWriter", Hooked)
+    try:
+        r = _run("compact", path, "--keep-events", "5")
+        assert r.exit_code == 0 and "a snapshot written at seq" in r.output, r.output
+        thread = next(x for x in erased if isinstance(x, threading.Thread))
+        thread.join(30)
+        assert not thread.is_alive() and any(isinstance(x, memimg.Erasure) for x in erased)
+        store = memimg.SQLiteStore(path)
+        data = stored_bytes(store)
+        store.close()
+        assert b"OLD-SSN" not in data and b"NEW-SSN" in data
+        assert waited == [True]
+    finally:
+        other.close()
+
+
 def test_a_reader_in_another_thread_waits_for_a_reload_to_finish(
     make_image: Images, monkeypatch: pytest.MonkeyPatch
 ) -> None:

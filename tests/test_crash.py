@@ -4,7 +4,8 @@ A writer subprocess commits transactions (each moves one unit between two
 counters and appends to a list) and single mutations as fast as it can,
 printing what it committed after each commit returns; frequent automatic
 snapshots make kills land inside snapshots too. The test kills it with
-SIGKILL at random moments, over and over, reopening the same file each time.
+SIGKILL at random moments, over and over, reopening the same file each time,
+on each store kept in files (SQLite, NDJSON).
 """
 
 from __future__ import annotations
@@ -60,17 +61,20 @@ def check(path: str) -> int:
         return int(d["n"])
 
 
+@pytest.mark.parametrize("snapshots", ["snapshot_every=40", "snapshot_every=None"])
+@pytest.mark.parametrize("suffix", [".db", ".ndjson"])
 @pytest.mark.parametrize("sync", ["normal", "full"])
-def test_sigkill_loses_nothing_committed(tmp_path: Any, sync: str) -> None:
+def test_sigkill_loses_nothing_committed(tmp_path: Any, sync: str, suffix: str, snapshots: str) -> None:
     """A writer killed with SIGKILL at random moments, again and again, loses no commit it reported and
-    leaves no partial transaction."""
-    path = str(tmp_path / "crash.db")
+    leaves no partial transaction (on an SQLite file and on an NDJSON log; with frequent automatic snapshots
+    and with none)."""
+    path = str(tmp_path / f"crash{suffix}")
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
     rng = random.Random(1234)
     last_tx = last_set = 0
     kills = 12 if sync == "normal" else 6
     for _ in range(kills):
-        script = WRITER if sync == "normal" else WRITER.replace("snapshot_every=40", "snapshot_every=40, sync='full'")
+        script = WRITER.replace("snapshot_every=40", snapshots + ("" if sync == "normal" else ", sync='full'"))
         proc = subprocess.Popen([sys.executable, "-c", script, path], stdout=subprocess.PIPE, env=env, text=True)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"

@@ -101,9 +101,48 @@ def test_the_audit_event_says_who_when_why_and_what_never_the_value(make_image: 
     result = img.erase(ada, "ssn", reason="GDPR request 42", by="dpo@example.com")
     last = list(img.events())[-1]
     assert (last.seq, last.kind) == (result.seq, "erase") and img.seq == result.seq
-    assert last.data == ["GDPR request 42", ada._mi_oid, "tests.test_erase.Person", ["ssn"], "dpo@example.com", 4]
+    assert last.data == ["GDPR request 42", ada._mi_oid, "tests.test_erase.Person", ["ssn"], "dpo@example.com", 4, []]
     assert b"SSN" not in last.payload
     assert result.as_dict()["by"] == "dpo@example.com"
+
+
+def test_without_by_the_audit_event_names_the_annotating_user_and_carries_the_annotation(make_image: Images) -> None:
+    """erase() without by=, inside img.annotate(user=...), records that user as by (an int id as its str) and
+    commits the audit event with the active annotation as its transaction's meta; by= given wins."""
+    img = make_image(root=dict)
+    ada = ada_with_history(img)
+    with img.annotate(user=42, request="r-7"):
+        result = img.erase(ada, "ssn", reason="GDPR request 42")
+    audit = list(img.events())[-1]
+    assert (audit.seq, audit.kind) == (result.seq, "erase") and img.seq == result.seq
+    assert result.by == "42" and audit.data[4] == "42"
+    assert audit.meta == {"user": 42, "request": "r-7"}
+    with img.annotate(user="ada"):
+        result = img.erase(ada, "ssn", reason="again", by="dpo@example.com")
+    audit = list(img.events())[-1]
+    assert result.by == audit.data[4] == "dpo@example.com" and audit.meta == {"user": "ada"}
+    img.close()
+    again = make_image()
+    assert [e.meta for e in again.events() if e.kind == "erase"] == [{"user": 42, "request": "r-7"}, {"user": "ada"}]
+    assert again.root["ada"].ssn == "CURRENT-SSN"
+
+
+def test_the_audit_event_names_every_other_object_whose_values_were_erased(make_image: Images) -> None:
+    """The audit event and the result name, besides the object asked for, each object whose stored values
+    were erased with it -- a list or dict it holds, an unreachable object a past value referred to -- by id,
+    never the values; objects of which nothing was erased are not named."""
+    img = make_image(root=dict)
+    img.root["ada"] = ada = Person(emails=["OLD-MAIL"], notes={"k": "KEPT"})
+    ada.emails[0] = "NEW-MAIL"
+    ada.friend = old_friend = Person(name="OLD-FRIEND")
+    ada.friend = None
+    result = img.erase(ada, reason="r")
+    audit = list(img.events())[-1]
+    expected = sorted([ada.emails._mi_oid, old_friend._mi_oid])
+    assert list(result.targets) == expected and audit.data[6] == expected
+    assert ada.notes._mi_oid not in result.targets  # nothing past in it
+    assert b"MAIL" not in audit.payload and b"FRIEND" not in audit.payload
+    assert str(old_friend._mi_oid) in result.note
 
 
 def test_a_field_never_changed_has_nothing_to_erase_and_says_so(make_image: Images) -> None:
@@ -119,7 +158,7 @@ def test_a_field_never_changed_has_nothing_to_erase_and_says_so(make_image: Imag
     assert (result.erased, result.events, result.snapshots) == (0, 0, 0)
     assert result.current == 2  # the creation record and the snapshot
     assert "nothing to erase" in result.note
-    assert list(img.events())[-1].data[-1] == 0
+    assert list(img.events())[-1].data[5] == 0
     assert store.head() == head + 1
     assert stored_bytes(store) == stored_bytes_before(store, head, before)
 
@@ -167,6 +206,22 @@ def test_a_list_and_a_dict_lose_the_items_they_no_longer_hold(make_image: Images
     again = make_image().root["ada"]
     assert list(again.emails) == ["KEEP-MAIL-1", "KEEP-MAIL-3", "KEEP-MAIL-4"]
     assert dict(again.notes) == {"k": "KEEP-NOTE"}
+
+
+def test_dict_keys_and_set_members_are_never_erased(make_image: Images) -> None:
+    """Erasure replaces values only: a dict's past keys, and a set's past members, stay stored after the
+    object is erased (the result's not_erased names the set); the values the keys held are gone."""
+    img = make_image(root=dict)
+    img.root["ada"] = ada = Person()
+    ada.notes["KEY-ada@example.com"] = "OLD-VALUE"
+    del ada.notes["KEY-ada@example.com"]
+    ada.tags.add("MEMBER-ada@example.com")
+    ada.tags.discard("MEMBER-ada@example.com")
+    result = img.erase(ada, reason="r")
+    assert result.erased == 1 and f"the members of set {ada.tags._mi_oid}" in result.not_erased
+    data = stored_bytes(make_image.store())
+    assert b"OLD-VALUE" not in data
+    assert b"KEY-ada@example.com" in data and b"MEMBER-ada@example.com" in data
 
 
 def test_references_are_kept_and_objects_still_reachable_are_not_followed(make_image: Images) -> None:

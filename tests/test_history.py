@@ -7,12 +7,13 @@ import itertools
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 
 import memimg
 from memimg import MISSING, Change, Collected
-from memimg.core import _kinds
+from memimg.core import _kinds, _reader
 from memimg.core._rows import SnapshotRow, event_checksum, snapshot_checksum
 from memimg.image import _history
 from memimg.stores import EventRow
@@ -277,7 +278,8 @@ def test_an_object_of_another_image_is_refused(make_image: Images, tmp_path: Any
 
 
 def _covered(img: memimg.MemoryImage) -> int:
-    """The seq the store's target index covers (index_targets(0) writes nothing; the memory store covers its head)."""
+    """The seq the store's target index covers (index_targets(0) writes nothing; the memory and NDJSON stores
+    cover their head)."""
     return img._engine.store.index_targets(0)
 
 
@@ -307,10 +309,11 @@ def test_history_is_the_same_whatever_the_target_index_covers(make_image: Images
 
 def test_snapshots_and_long_tails_fill_the_target_index(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """A snapshot fills the index up to its seq; history fills it first when over TAIL events wait, not otherwise;
-    a read-only image's history fills nothing (the memory store indexes as it appends: it always covers its head)."""
+    a read-only image's history fills nothing (the memory and NDJSON stores keep the index in memory: it always
+    covers their head)."""
     monkeypatch.setattr(_history, "TAIL", 5)
     img = make_image(root=Box, snapshot_every=None)
-    as_appended = isinstance(img._engine.store, memimg.MemoryStore)
+    as_appended = isinstance(img._engine.store, (memimg.MemoryStore, memimg.NDJSONStore))
     img.root.content = 0
     seq = img.snapshot()
     assert _covered(img) >= seq
@@ -327,3 +330,502 @@ def test_snapshots_and_long_tails_fill_the_target_index(make_image: Images, monk
     readonly.close()
     assert len(img.history(img.root)) == 9  # 8 waiting: indexed first
     assert _covered(img) == img.seq
+
+
+def _reads(img: memimg.MemoryImage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the payloads *img*'s store reads and orjson parses from now on (appended to the list returned)."""
+    sizes: list[int] = []
+    store = img._engine.store
+    read, loads = store.read, orjson.loads
+
+    def counted_read(*args: Any, **kwargs: Any) -> Any:
+        for row in read(*args, **kwargs):
+            sizes.append(len(row[5]))
+            yield row
+
+    def counted_loads(data: Any) -> Any:
+        sizes.append(len(data))
+        return loads(data)
+
+    monkeypatch.setattr(store, "read", counted_read)
+    monkeypatch.setattr(orjson, "loads", counted_loads)
+    return sizes
+
+
+def test_an_object_born_in_a_big_attach_is_read_from_it_once(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """history() of an object born in a big attach (one assignment of a large new subgraph) reads that event's
+    payload once: later calls start from the first state found then, not from the whole payload again."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(300)]  # one event of ~600 kB
+    node = img.root.content[150]
+    node.value = "changed"
+    with img.transaction(meta={"user": "ada"}):
+        node.value = "again"
+    first = img.history(node)
+    assert [(c.old[:3], c.new) for c in first] == [("150", "changed"), ("cha", "again")]
+    sizes = _reads(img, monkeypatch)
+    assert img.history(node) == first
+    assert img.history(node, "value", since=first[0].seq) == first[1:]
+    assert sum(sizes) < 10_000, sizes
+
+
+def test_an_erasure_reaches_the_first_state_history_remembers(make_image: Images) -> None:
+    """After erase() -- in this image or another on the same store -- history shows ERASED where the first state
+    held the erased value, though an earlier call read that state already."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(300)]
+    a, b = img.root.content[1], img.root.content[2]
+    a.value = b.value = "changed"
+    assert img.history(a)[0].old.startswith("1") and img.history(b)[0].old.startswith("2")
+    img.erase(a, "value", reason="test")
+    assert img.history(a)[0].old is memimg.ERASED
+    assert img.history(b)[0].old.startswith("2")
+    other = make_image(root=Box)
+    other.erase(other.root.content[2], "value", reason="test")
+    other.close()
+    img.refresh()
+    assert img.history(b)[0].old is memimg.ERASED
+
+
+def test_meta_is_read_only_from_a_transaction_that_may_have_it(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change's metadata costs no read when its event is the first of its transaction (then there is no
+    tx.meta row), and the meta row alone when there is one: not a big first row of its transaction."""
+    img = make_image(root=Box)
+    img.root.content = node = Node()
+    for i in range(3):
+        node.value = i
+    with img.transaction():
+        img.root.other = [Node(value="x" * 2_000) for _ in range(100)]  # a big first row, without meta
+        node.value = "big"
+    with img.transaction(meta={"user": "ada"}):
+        node.value = "ada"
+    sizes = _reads(img, monkeypatch)
+    changes = img.history(node, "value")
+    assert [(c.new, c.meta) for c in changes] == [(0, {}), (1, {}), (2, {}), ("big", {}), ("ada", {"user": "ada"})]
+    assert sum(sizes) < 10_000, sizes
+
+
+def test_a_field_added_since_starts_at_its_default_as_at_shows_it(make_image: Images) -> None:
+    """For objects stored before a field with a default was added to their class, history() starts that field at
+    the default -- what img.at() shows there -- not MISSING; a field deleted before the object was attached stays
+    MISSING, as at() shows it unset (the declaration in effect tells them apart, whether the object's event
+    makes it or an earlier one)."""
+
+    @memimg.persistent(name="thistory.Added")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = [Before("a")]  # the event declares the class
+    img.root.content.append(Before("b"))  # this one does not
+    img.close()
+
+    @memimg.persistent(name="thistory.Added")
+    class After:
+        name: str = ""
+        flag: int = 7
+        note: Any = attrs.field(default=None)
+
+    img = make_image(root=Box)
+    old = img.seq
+    fresh = After("c")
+    del fresh.note
+    img.root.other = fresh  # the event declares the class again, with the field
+    fresh.note = "set"
+    a, b = img.root.content
+    a.flag = b.flag = 8
+    later = After("d")
+    del later.note
+    img.root.content.append(later)  # declared already: the event does not declare it again
+    appended = img.seq
+    later.note = "set"
+    with img.at(old) as past:
+        assert [(x.flag, x.note) for x in past.root.content] == [(7, None), (7, None)]
+    with img.at(appended) as past:
+        assert not hasattr(past.root.content[2], "note")
+    for obj in (a, b):
+        assert [(c.old, c.new) for c in img.history(obj, "flag")] == [(7, 8)]
+        assert img.history(obj, "note") == []
+    for obj in (fresh, later):
+        assert [(c.old, c.new) for c in img.history(obj, "note")] == [(MISSING, "set")]
+
+
+def test_a_field_added_since_starts_at_its_default_in_a_snapshot_too(make_image: Images) -> None:
+    """An object whose first state history reads from a snapshot (the events before it compacted away) starts a
+    field added to its class since at the default too."""
+
+    @memimg.persistent(name="thistory.AddedSnap")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = Before("a")
+    seq = img.snapshot()
+    img.root.other = 1
+    img.close()
+    make_image.store().delete_events_before(seq)
+
+    @memimg.persistent(name="thistory.AddedSnap")
+    class After:
+        name: str = ""
+        flag: int = 7
+
+    img = make_image(root=Box)
+    img.root.content.flag = 8
+    assert [(c.old, c.new) for c in img.history(img.root.content, "flag")] == [(7, 8)]
+
+
+def test_a_none_key_is_a_key_and_none_a_value(make_image: Images) -> None:
+    """In a dict's history and diff, the key None is a key like any (shown as [None]), and a key absent (MISSING)
+    is not a key present with the value None -- from the events and from a snapshot alike."""
+    img = make_image(root=Box)
+    img.root.content = {"a": None}
+    d = img.root.content
+    start = img.seq
+    d[None] = None
+    d[None] = 2
+    del d[None]
+    d.update({None: None})
+    img.snapshot()
+    d["a"] = 1
+    d.clear()
+    want = [
+        ("dict.set", None, None, MISSING, None, None),
+        ("dict.set", None, None, None, 2, None),
+        ("dict.del", None, None, 2, MISSING, None),
+        ("dict.update", None, None, MISSING, None, None),
+        ("dict.set", None, "a", None, 1, None),
+        ("dict.clear", None, "a", 1, MISSING, None),
+        ("dict.clear", None, None, None, MISSING, None),
+    ]
+    assert parts(img.history(d)) == want
+    assert repr(img.history(d)[0]).endswith("[None]: MISSING -> None>")
+    assert [(x.path, x.old, x.new) for x in img.diff(start, start + 1)] == [("root.content[None]", MISSING, None)]
+    assert [(x.path, x.old, x.new) for x in img.diff(start + 1, start + 2)] == [("root.content[None]", None, 2)]
+    assert [(x.path, x.old, x.new) for x in img.diff(start + 2, start + 3)] == [("root.content[None]", 2, MISSING)]
+    assert str(img.diff(start, start + 1)) == "root.content[None]: MISSING → None"
+    img.close()
+    img = make_image(root=Box)
+    assert parts(img.history(img.root.content)) == want
+
+
+@memimg.persistent(name="thistory.Coupon")
+class _Coupon:
+    code: str = ""
+
+
+def test_an_object_of_a_removed_type_is_shown_as_such_not_as_collected(make_image: Images) -> None:
+    """Where a past value is an object of a type removed since (removed_types), history shows its placeholder,
+    naming its type and id -- not Collected, which it is not (the image holds it until it is collected)."""
+    img = make_image(root=Box)
+    img.root.content = ["a", _Coupon("c")]
+    items = img.root.content
+    coupon = items[1]._mi_oid
+    img.close()
+    img = make_image(root=Box, removed_types=("thistory.Coupon",))
+    items = img.root.content
+    assert items == ["a"]
+    (dropped,) = img.history(items)  # the clean-up the image logged
+    (gone,) = dropped.old
+    assert not isinstance(gone, Collected)
+    assert (gone.oid, gone.type_name) == (coupon, "thistory.Coupon")
+    assert repr(gone) == f"<removed thistory.Coupon #{coupon}>"
+
+
+def test_the_declaration_found_before_a_first_state_is_remembered(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the event an object was born in does not declare its type, history() reads back to the event that
+    did once: the next call, for that object or another born between the two, reads no events before them."""
+
+    @memimg.persistent(name="thistory.Declared")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = [Before("a")]
+    for i in range(5):
+        img.root.content.append(Before(str(i)))
+    img.close()
+
+    @memimg.persistent(name="thistory.Declared")
+    class After:
+        name: str = ""
+        flag: int = 7
+
+    img = make_image(root=Box)
+    objs = list(img.root.content)
+    for obj in objs:
+        obj.flag = 8
+    reads: list[int] = []
+    read = img._engine.store.read
+    monkeypatch.setattr(
+        img._engine.store, "read", lambda after=0, limit=None: reads.append(after) or read(after, limit)
+    )
+    assert [(c.old, c.new) for c in img.history(objs[5], "flag")] == [(7, 8)]
+    born = reads[0] + 1
+    assert min(reads) < born - 1  # read back
+    for obj in (objs[5], *objs[2:5]):
+        reads.clear()
+        assert [(c.old, c.new) for c in img.history(obj, "flag")] == [(7, 8)]
+        assert len(reads) == 1 and reads[0] + 1 == img._engine.table.born.seq_of(obj._mi_oid)
+
+
+def test_a_remembered_first_state_is_read_as_the_first_time(make_image: Images) -> None:
+    """A second history() call, starting from the first state remembered from a big attach, shows what the first
+    showed: a field deleted before the object was attached stays MISSING (img.at() shows it unset), not its
+    default."""
+    img = make_image(root=Box)
+    nodes = [Node(value=f"{i}" * 2_000) for i in range(100)]
+    odd = nodes[50]
+    del odd.next
+    img.root.content = nodes  # one event of ~200 kB
+    attached = img.seq
+    odd.next = None
+    with img.at(attached) as past:
+        assert not hasattr(past.root.content[50], "next")
+    first = [(c.old, c.new) for c in img.history(odd, "next")]
+    assert first == [(MISSING, None)]
+    assert [(c.old, c.new) for c in img.history(odd, "next")] == first
+
+
+def test_an_erasure_reaches_the_history_of_a_past_image(make_image: Images) -> None:
+    """history() on a past image (img.at()) shows ERASED where an erase() since excised the value, though that
+    past image read the object's first state before the erasure."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(100)]
+    a = img.root.content[1]
+    a.value = "changed"
+    with img.at(img.seq) as past:
+        pa = past.root.content[1]
+        assert past.history(pa)[0].old.startswith("1")
+        img.erase(a, "value", reason="test")
+        assert img.history(a)[0].old is memimg.ERASED
+        assert past.history(pa)[0].old is memimg.ERASED
+
+
+def test_an_erasure_forgets_remembered_first_states_though_applying_it_fails(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once erase() has rewritten the stored rows, what history() remembers of them is forgotten, even if
+    applying the audit commit to the image then fails."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i}" * 2_000) for i in range(100)]
+    a = img.root.content[1]
+    a.value = "changed"
+    assert img.history(a)[0].old.startswith("1")
+    assert img._engine.reader.first_states.get(a._mi_oid) is not None
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("applying failed")
+
+    monkeypatch.setattr(img._engine, "apply", fail)
+    with pytest.raises(RuntimeError, match="applying failed"):
+        img.erase(a, "value", reason="test")
+    assert len(img._engine.reader.first_states) == 0
+
+
+def test_a_state_an_upgrader_reads_is_not_filled_with_defaults(make_image: Images) -> None:
+    """Where upgraders read a first state (its declaration is of an older version), history() does not fill the
+    fields it lacks with the class's defaults (history runs no upgrader): they are MISSING up to the change that
+    sets them, not a default img.at() never shows."""
+
+    @memimg.persistent(name="thistory.Priced")
+    class V1:
+        title: str = ""
+        cents: int = 0
+
+    img = make_image(root=Box)
+    img.root.content = V1("x", 250)
+    img.close()
+
+    @memimg.persistent(name="thistory.Priced", version=2)
+    class V2:
+        title: str = ""
+        price: Decimal = Decimal("0")
+
+    @memimg.upgrader("thistory.Priced", from_version=1)
+    def cents_to_price(state: dict[str, Any]) -> dict[str, Any]:
+        if "cents" in state:
+            state["price"] = Decimal(state.pop("cents")) / 100
+        return state
+
+    img = make_image(root=Box)
+    before = img.seq
+    img.root.content.price = Decimal("3")
+    with img.at(before) as past:
+        assert past.root.content.price == Decimal("2.5")
+    assert [(c.old, c.new) for c in img.history(img.root.content, "price")] == [(MISSING, Decimal("3"))]
+
+
+def test_reordered_fields_are_the_same_declaration(make_image: Images) -> None:
+    """A class whose fields were only reordered since reads its stored states as they are: a field deleted before
+    the object was attached stays MISSING in history(), as img.at() shows it unset."""
+
+    @memimg.persistent(name="thistory.Ordered")
+    class Before:
+        name: str = ""
+        note: Any = None
+
+    img = make_image(root=Box)
+    obj = Before("a")
+    del obj.note
+    img.root.content = [obj]
+    attached = img.seq
+    img.close()
+
+    @memimg.persistent(name="thistory.Ordered")
+    class After:
+        note: Any = None
+        name: str = ""
+
+    img = make_image(root=Box)
+    (obj,) = img.root.content
+    obj.note = "set"
+    with img.at(attached) as past:
+        assert not hasattr(past.root.content[0], "note")
+    assert [(c.old, c.new) for c in img.history(obj, "note")] == [(MISSING, "set")]
+
+
+def test_history_runs_no_default_factory(make_image: Images) -> None:
+    """A field added since with a factory default is MISSING in history() until a change sets it: history runs
+    no factory (one returning another value each call, or failing, changes nothing)."""
+
+    @memimg.persistent(name="thistory.Factory")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box)
+    img.root.content = Before("a")
+    img.close()
+    calls: list[int] = []
+
+    def make_token() -> str:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("factory ran again")
+        return "fresh"
+
+    @memimg.persistent(name="thistory.Factory")
+    class After:
+        name: str = ""
+        token: str = attrs.field(factory=make_token)
+
+    img = make_image(root=Box)
+    img.root.content.token = "mine"
+    ran = len(calls)
+    for _ in range(2):
+        assert [(c.old, c.new) for c in img.history(img.root.content, "token")] == [(MISSING, "mine")]
+    assert len(calls) == ran
+
+
+def test_remembered_first_states_are_capped_by_size(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """history() remembers first states up to a total size, forgetting the oldest first: many big objects do
+    not pile up; the states still remembered are the latest read, and history() is the same either way."""
+    monkeypatch.setattr(_reader, "FIRST_STATES_BYTES", 50_000)
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i:02}" * 10_000) for i in range(20)]  # each state ~20 kB
+    for node in img.root.content:
+        node.value = "changed"
+    remembered = img._engine.reader.first_states
+    for node in img.root.content:
+        assert img.history(node)[0].old.startswith(f"{img.root.content.index(node):02}")
+    big = [n for n in img.root.content if remembered.get(n._mi_oid) is not None]
+    assert remembered.size <= 50_000 and len(big) == 2  # two ~20 kB states fit, not twenty
+    last = img.root.content[-1]
+    assert remembered.get(last._mi_oid) is not None
+    assert img.history(last)[0].old == "19" * 10_000
+
+
+def test_the_objects_of_one_big_event_are_read_from_it_once(make_image: Images) -> None:
+    """history() of the objects born together in one big attach reads and parses that event once for all of
+    them (it remembers every state it holds, within the size cap), and every history is right."""
+    img = make_image(root=Box)
+    img.root.content = [Node(value=f"{i:03}" * 300) for i in range(200)]
+    for node in img.root.content:
+        node.value = "changed"
+    reads: list[int] = []
+    real = img.store.read
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    img._engine.store.read = counting  # type: ignore[method-assign]
+    try:
+        for i, node in enumerate(img.root.content):
+            assert [(c.old, c.new) for c in img.history(node, "value")] == [(f"{i:03}" * 300, "changed")]
+    finally:
+        del img._engine.store.read
+    assert len(reads) <= 2, len(reads)
+
+
+def test_declarations_found_are_not_read_again(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looking back for the declaration in effect at each object's first state, repeated history() calls read
+    each event at most once in all (a later call stops where an earlier one's finding ends), not once per
+    call."""
+
+    @memimg.persistent(name="thistory.Spans")
+    class Before:
+        name: str = ""
+
+    img = make_image(root=Box, snapshot_every=None)
+    img.root.content = []
+    for t in range(4):
+        with img.transaction():
+            for i in range(250):
+                img.root.content.append(Before(f"{t}.{i}"))
+    img.close()
+
+    @memimg.persistent(name="thistory.Spans")
+    class After:
+        name: str = ""
+        flag: int = 7
+
+    img = make_image(root=Box, snapshot_every=None)
+    objs = list(img.root.content)
+    rows = [0]
+    read = img._engine.store.read
+
+    def counted(after: int = 0, limit: int | None = None) -> Any:
+        for row in read(after, limit):
+            rows[0] += 1
+            yield row
+
+    monkeypatch.setattr(img._engine.store, "read", counted)
+    for obj in objs[::50] + objs[::-50]:
+        assert [(c.old, c.new) for c in img.history(obj, "flag")] == []
+    assert rows[0] < len(objs) + 200, rows[0]
+    assert len(img._engine.reader.declared_spans["thistory.Spans"]) == 1  # one span, merged
+
+
+def test_remembered_first_states_are_kept_as_stored_and_safe_from_several_threads() -> None:
+    """What history() remembers is kept as stored: a caller changing a state it was given changes nothing
+    remembered, and the size counted is the bytes held; threads remembering at once keep the count exact."""
+    import threading
+
+    states = _reader.FirstStates()
+    states.limit = 2_000
+    states.remember(1, 10, "t.N", {"v": [1, 2, 3]}, None)
+    got = states.get(1)
+    assert got is not None
+    got[2]["v"].append(4)
+    assert states.get(1) == (10, "t.N", {"v": [1, 2, 3]}, None)
+
+    def work(base: int) -> None:
+        for i in range(2_000):
+            states.remember(base + i, 1, "t.N", {"v": "x" * (i % 50)}, None)
+
+    threads = [threading.Thread(target=work, args=(k * 10_000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held = [states.get(oid) for oid in range(40_000)]
+    import orjson
+
+    assert states.size == sum(len(orjson.dumps(h[2])) for h in held if h is not None) <= 2_000

@@ -430,7 +430,12 @@ def test_snapshot_payload_is_readable_json(sqlite_path: str) -> None:
     payload = conn.execute("SELECT payload FROM memimg_snapshots").fetchone()[0]
     conn.close()
     header, directory, states = (orjson.loads(line) for line in payload.split(b"\n"))
-    assert header["format"] == 2 and header["types"]["tests.Bank"] == [1, ["accounts", "name"]]
+    assert header["format"] == 2 and header["types"]["tests.Bank"] == [
+        1,
+        ["accounts", "name"],
+        "entity",
+        ["dict[str, tests.models.Account]", "str"],
+    ]
     assert header["count"] == 5  # the bank, its dict, the account, its set and list
     oids, kinds = directory
     assert len(oids) == len(kinds) == len(states) == 5

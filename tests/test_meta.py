@@ -66,6 +66,25 @@ def test_a_commit_without_meta_writes_no_meta_row(make_image: Images) -> None:
     assert all(e.meta == {} for e in img.events())
 
 
+def test_each_event_has_its_own_meta(make_image: Images) -> None:
+    """Event.meta is a dict of each event's own: changing one event's leaves the other events of its
+    transaction (with meta or without) as they were."""
+    img = make_image(root=Box)
+    with img.transaction(meta={"user": "ada"}):
+        img.root.content = 1
+        img.root.other = 2
+    with img.transaction():
+        img.root.content = 3
+        img.root.other = 4
+    events = _events(img)
+    with_meta, without = [e for e in events if e.meta][-2:], events[-2:]
+    for first, second in (with_meta, without):
+        first.meta["user"] = "mallory"
+        assert second.meta != first.meta
+    assert [e.meta for e in with_meta] == [{"user": "mallory"}, {"user": "ada"}]
+    assert without[1].meta == {}
+
+
 def test_meta_holds_no_object_references(make_image: Images) -> None:
     """Meta is stored as plain JSON: a str that looks like an encoded value stays that str."""
     img = make_image(root=Box)
@@ -133,6 +152,39 @@ def test_an_annotation_entered_inside_a_transaction_marks_it(make_image: Images)
         with img.annotate(reason="cleanup", user="nobody"):
             img.root.other = 2
     assert _last_tx(img)[0].meta == {"user": "ada", "reason": "cleanup"}
+
+
+def test_a_transaction_carries_the_blocks_active_when_it_made_its_changes(make_image: Images) -> None:
+    """A transaction carries the metadata of the annotate blocks active (in the thread or task making the
+    change) when it made one of its changes, whenever it commits: a block that ended before its first change,
+    or that saw none of its changes, lends it nothing; one active at a change does, even if the transaction
+    commits after the block has exited."""
+    img = make_image(root=Box)
+    tx = img.begin()
+    with img.annotate(user="ada"):
+        pass  # begun inside nothing, a block with no change in it
+    img.root.content = 1
+    tx.save()
+    assert _last_tx(img)[0].meta == {}
+    with img.annotate(user="ada"):
+        tx = img.begin()  # begun inside the block...
+    img.root.content = 2  # ...its first change after the block ended
+    tx.save()
+    assert _last_tx(img)[0].meta == {}
+    with img.annotate(user="ada"):
+        tx = img.begin()
+        img.root.content = 3  # a change made inside the block
+    with img.annotate(reason="read only"):
+        _ = img.root.content  # a block that saw no change
+    img.root.other = 4
+    tx.save()
+    assert _last_tx(img)[0].meta == {"user": "ada"}
+    with img.transaction():
+        with img.annotate(user="ada"):
+            img.root.content = 5
+        with img.annotate(user="bob", step="2"):
+            img.root.other = 6  # later changes' blocks win on a key they share
+    assert _last_tx(img)[0].meta == {"user": "bob", "step": "2"}
 
 
 def test_a_savepoints_meta_is_kept_with_its_changes(make_image: Images) -> None:
@@ -324,6 +376,34 @@ def test_blocks_exited_out_of_order_leave_nothing_behind(make_image: Images) -> 
         done.set()
         t.join()
     assert _last_tx(img)[0].meta == {}
+
+
+def test_meta_grown_too_large_after_blocks_exited_out_of_order_is_refused_at_commit(make_image: Images) -> None:
+    """A block exited out of order takes its keys off, which can uncover larger values of an outer block: the
+    commit made with the remaining blocks is refused, nothing written, when their merged meta is over 4 KiB
+    -- a single change and a transaction alike -- and commits again once the blocks are gone."""
+    img = make_image(root=Box)
+    img.root.content = 0
+    before = img.seq
+
+    def block(**meta: Any) -> Any:
+        with img.annotate(**meta):
+            yield
+            yield
+
+    outer, middle, inner = block(a="x" * 3000), block(a="short"), block(b="y" * 3000)
+    for g in (outer, middle, inner):
+        next(g)
+    middle.close()  # out of order: the outer block's 3000-character "a" is back, with the inner's "b"
+    with pytest.raises(memimg.UnsupportedValueError, match="more than the 4096"):
+        img.root.content = 1
+    with pytest.raises(memimg.UnsupportedValueError, match="more than the 4096"), img.transaction():
+        img.root.content = 2
+    assert img.seq == before and img.root.content == 0
+    inner.close()
+    outer.close()
+    img.root.content = 3
+    assert img.seq == before + 1 and _last_tx(img)[0].meta == {}
 
 
 # -- retries ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """One log, many processes: exact totals, crashes mid-commit, followers.
 
-Every test runs on a SQLite file and, when configured, on PostgreSQL (each
+Every test runs on a SQLite file, on an NDJSON log and, when configured, on PostgreSQL (each
 in a schema of its own), with real OS processes.
 """
 
@@ -22,7 +22,7 @@ import memimg
 from tests.conftest import POSTGRES_URL
 from tests.models import Box
 
-KINDS = ["sqlite"] + (["postgres"] if POSTGRES_URL else [])
+KINDS = ["sqlite", "ndjson"] + (["postgres"] if POSTGRES_URL else [])
 
 OPEN = textwrap.dedent(
     """
@@ -30,7 +30,7 @@ OPEN = textwrap.dedent(
     from tests.models import Box
 
     def open_image(kind, where, **kw):
-        if kind == "sqlite":
+        if kind in ("sqlite", "ndjson"):
             return memimg.open(where, root=Box, **kw)
         from memimg.stores._sqlalchemy import SQLAlchemyStore
         url, schema = where.split("|")
@@ -83,8 +83,8 @@ ENDLESS = OPEN + textwrap.dedent(
 @pytest.fixture(params=KINDS)
 def shared(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
     kind = request.param
-    if kind == "sqlite":
-        where = str(tmp_path / "shared.db")
+    if kind in ("sqlite", "ndjson"):
+        where = str(tmp_path / f"shared.{'db' if kind == 'sqlite' else 'ndjson'}")
         yield kind, where
         return
     import sqlalchemy as sa
@@ -98,7 +98,7 @@ def shared(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
 
 
 def open_here(kind: str, where: str, **kw: Any) -> memimg.MemoryImage:
-    if kind == "sqlite":
+    if kind in ("sqlite", "ndjson"):
         return memimg.open(where, root=Box, **kw)
     from memimg.stores._sqlalchemy import SQLAlchemyStore
 
@@ -262,8 +262,8 @@ def test_a_process_behind_memimg_compact_reloads_keeps_its_objects_and_writes(sh
     with open_here(kind, where) as img:
         for _ in range(5):
             img.root.content["count"] += 1
-    target = where if kind == "sqlite" else where.split("|")[0]
-    options = [] if kind == "sqlite" else ["--schema", where.split("|")[1]]
+    target = where if kind != "postgres" else where.split("|")[0]
+    options = [] if kind != "postgres" else ["--schema", where.split("|")[1]]
     result = CliRunner().invoke(cli, ["compact", target, "--ignore-positions", *options], catch_exceptions=False)
     assert result.exit_code == 0 and "reload from the snapshot" in result.output, result.output
     assert proc.stdin is not None

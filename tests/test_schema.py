@@ -9,6 +9,7 @@ on one log, are tested on every store.
 
 from __future__ import annotations
 
+import enum
 import textwrap
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,10 @@ import pytest
 
 import memimg
 from memimg import persistent
+from memimg.core import _types
 from tests.conftest import Images
+from tests.models import Box
+from tests.tampering import append_event
 from tests.versions import Versions
 
 
@@ -974,3 +978,280 @@ def test_removed_value_types_are_cleaned_and_the_clean_up_is_logged(make_image: 
         h = img.root["h"]
         assert (h.pair, h.tags, h.stamp) == ((1, None), frozenset({"t"}), None)
         assert img.root["l"] == ["x", "y"] and len(img.root) == 2
+
+
+# -- enums and value classes renamed or moved, on every store ---------------------------------------
+
+
+def _forget(cls: type) -> str:
+    """What a process started after *cls* was renamed or moved sees: no class claims its old name.
+
+    Returns the old name.
+    """
+    info = _types.info_of(cls)
+    assert info is not None
+    with _types._lock:
+        for name in (info.name, *info.aliases):
+            if _types._by_name.get(name) is info:
+                del _types._by_name[name]
+    return info.name
+
+
+def test_an_enum_renamed_and_moved_with_an_alias_reads_old_logs(make_image: Images) -> None:
+    """An enum stored under its old name (its default module.QualName) is read as the enum that replaces
+    it -- renamed and moved, declaring the old name with @persistent(name=..., aliases=(...)) -- in fields,
+    lists, dict keys and sets, from events and then from a snapshot; new values are stored under the new
+    name."""
+
+    class Status(enum.Enum):
+        OPEN = "open"
+        PAID = "paid"
+
+    with make_image(root=dict) as img:
+        img.root["box"] = Box(content=Status.OPEN)
+        img.root["box"].content = Status.PAID  # a field-set event
+        img.root["list"] = [Status.OPEN]
+        img.root["keys"] = {Status.PAID: 1}
+        img.root["set"] = {Status.OPEN, Status.PAID}
+    old = _forget(Status)
+
+    @persistent(name="shop.orders.OrderStatus", aliases=(old,))
+    class OrderStatus(enum.Enum):
+        OPEN = "open"
+        PAID = "paid"
+
+    for _ in range(2):  # from the events, then from the snapshot
+        with make_image(root=dict) as img:
+            root = img.root
+            assert root["box"].content is OrderStatus.PAID and root["list"] == [OrderStatus.OPEN]
+            assert root["keys"] == {OrderStatus.PAID: 1} and root["set"] == {OrderStatus.OPEN, OrderStatus.PAID}
+            img.snapshot()
+    with make_image(root=dict) as img:
+        img.root["new"] = OrderStatus.OPEN
+    payload = bytes(list(make_image.store().read(after=img.seq - 1))[-1][5])  # EventRow.payload
+    assert b'"shop.orders.OrderStatus"' in payload and old.encode() not in payload
+    _forget(OrderStatus)  # a process without the class: the new name is what the log holds now
+    with pytest.raises(memimg.UnknownTypeError, match="'shop.orders.OrderStatus'"):
+        make_image(root=dict)
+
+
+def test_a_value_class_renamed_and_moved_with_an_alias_reads_old_logs(make_image: Images) -> None:
+    """A frozen attrs value class stored under its old name is read as the class that replaces it
+    (@persistent(name=..., aliases=(...)) on the frozen class), in fields, tuples, dict keys and
+    frozensets, from events and then from a snapshot."""
+
+    @attrs.frozen
+    class Money:
+        cents: int
+        currency: str = "EUR"
+
+    with make_image(root=dict) as img:
+        img.root["box"] = Box(content=Money(100))
+        img.root["box"].content = Money(250, "USD")
+        img.root["pair"] = (1, Money(5))
+        img.root[Money(7)] = frozenset({Money(8)})
+    old = _forget(Money)
+
+    @persistent(name="shop.pricing.Price", aliases=(old,))
+    @attrs.frozen
+    class Price:
+        cents: int
+        currency: str = "EUR"
+
+    for _ in range(2):  # from the events, then from the snapshot
+        with make_image(root=dict) as img:
+            root = img.root
+            assert root["box"].content == Price(250, "USD") and type(root["box"].content) is Price
+            assert root["pair"] == (1, Price(5)) and root[Price(7)] == frozenset({Price(8)})
+            assert not img.schema_report.differences
+            img.snapshot()
+
+
+# -- type drift: a field's declared type changed, on every store --------------------------------------
+
+
+def _old_order_log(make_image: Images, name: str) -> type:
+    """A log of an Order (stable name *name*) whose ``total`` is declared ``int``; returns the class."""
+
+    @persistent(name=name)
+    class Order:
+        total: int = 0
+        note: str = ""
+
+    with make_image(root=dict) as img:
+        img.root["a"] = Order(3, "first")
+        img.root["a"].total = 4  # a field-set event
+        img.root["b"] = Order(5)
+    return Order
+
+
+def test_a_changed_field_type_is_drift_with_its_fix(make_image: Images) -> None:
+    """A field whose annotation changed (int -> Decimal) at the same version is schema drift: open raises
+    SchemaError listing it -- stored and declared type, and the one-line fix (version bump and upgrader)
+    -- and nothing is changed."""
+    _old_order_log(make_image, "drift.Order")
+
+    @persistent(name="drift.Order")
+    class Order:
+        total: Decimal = Decimal(0)
+        note: str = ""
+
+    seq = make_image(root=dict, on_schema_drift="drop").seq
+    with pytest.raises(memimg.SchemaError) as info:
+        make_image(root=dict)
+    line = (
+        "drift.Order.total is stored as 'int' but "
+        f"{Order.__qualname__}.total is declared 'Decimal' at the same version (1): raise it, "
+        '@persistent(version=2), and convert the stored values with @memimg.upgrader("drift.Order", from_version=1)'
+    )
+    assert len(info.value.differences) == 1 and info.value.differences[0].startswith(line)
+    assert "note" not in str(info.value)  # an unchanged field is no difference
+    with make_image(root=dict, on_schema_drift="drop") as img:
+        assert img.seq == seq
+
+
+def test_drop_keeps_values_of_a_changed_type_as_stored_and_records_the_new_type(make_image: Images) -> None:
+    """With on_schema_drift="drop", a field whose type changed keeps its values as stored (ints stay
+    ints); the class's next write records the new type, and memimg.migrate(..., on_schema_drift="drop")
+    writes a snapshot in it, after which the image opens with no drift."""
+    _old_order_log(make_image, "dropped.Order")
+
+    @persistent(name="dropped.Order")
+    class Order:
+        total: Decimal = Decimal(0)
+        note: str = ""
+
+    with make_image(root=dict, on_schema_drift="drop") as img:
+        assert img.root["a"].total == 4 and type(img.root["a"].total) is int
+        assert any("dropped.Order.total" in d for d in img.schema_report.differences)
+        img.root["c"] = Order(Decimal("1.5"))
+        seq = img.seq
+    payload = bytes(list(make_image.store().read(after=seq - 1))[-1][5])  # EventRow.payload
+    assert b'"dropped.Order":[1,["total","note"],"entity",["Decimal","str"]]' in payload
+    with pytest.raises(memimg.SchemaError, match="dropped.Order.total"):
+        memimg.migrate(make_image.store())
+    report = memimg.migrate(make_image.store(), on_schema_drift="drop")
+    assert report.snapshot_seq is not None and any("dropped.Order.total" in d for d in report.differences)
+    with make_image(root=dict) as img:
+        assert not img.schema_report.differences
+        assert (img.root["a"].total, img.root["c"].total) == (4, Decimal("1.5"))
+
+
+def test_a_changed_field_type_with_a_version_bump_and_an_upgrader_is_no_drift(make_image: Images) -> None:
+    """The declared fix -- a version bump and an upgrader -- reads the changed field with no difference,
+    states from attach records and field-set events alike."""
+    _old_order_log(make_image, "bumped.Order")
+
+    @persistent(name="bumped.Order", version=2)
+    class Order:
+        total: Decimal = Decimal(0)
+        note: str = ""
+
+    @memimg.upgrader("bumped.Order", from_version=1)
+    def _cents(state: dict[str, Any]) -> dict[str, Any]:
+        if "total" in state:
+            state["total"] = Decimal(state["total"]) / 100
+        return state
+
+    with make_image(root=dict) as img:
+        assert not img.schema_report.differences
+        assert (img.root["a"].total, img.root["b"].total) == (Decimal("0.04"), Decimal("0.05"))
+        img.root["a"].total = Decimal("0.07")
+        seq = img.seq
+    payload = bytes(list(make_image.store().read(after=seq - 1))[-1][5])  # EventRow.payload
+    assert b'"bumped.Order":[2,["total","note"],"entity",["Decimal","str"]]' in payload  # version 2's types
+    with make_image(root=dict) as img:
+        assert not img.schema_report.differences and img.root["a"].total == Decimal("0.07")
+
+
+def test_same_types_spelled_otherwise_and_renamed_classes_are_no_drift(make_image: Images, v: Versions) -> None:
+    """Annotations that mean the same type (Optional[X] and X | None, List[X] and list[X], Annotated[X,
+    ...]) and a class renamed with aliases= are not drift."""
+    old = v.load(
+        """
+        from typing import Annotated, List, Optional
+
+        @persistent(name="{P}.Tag")
+        class Tag:
+            label: str = ""
+
+        @persistent(name="{P}.Item")
+        class Item:
+            price: Optional[Decimal] = None
+            tags: List[Tag] = attrs.field(factory=list)
+            size: Annotated[int, "cm"] = 0
+        """
+    )
+    with make_image(root=dict) as img:
+        img.root["i"] = old.Item(Decimal(1), [old.Tag("x")], 3)
+    _forget(old.Tag)
+    new = v.load(
+        """
+        @persistent(name="{P}.Label", aliases=("{P}.Tag",))
+        class Label:
+            label: str = ""
+
+        @persistent(name="{P}.Item")
+        class Item:
+            price: Decimal | None = None
+            tags: list[Label] = attrs.field(factory=list)
+            size: int = 0
+        """
+    )
+    with make_image(root=dict) as img:
+        assert not img.schema_report.differences
+        assert type(img.root["i"].tags[0]) is new.Label and img.root["i"].size == 3
+        img.root["i"].size = 4
+        seq = img.seq
+    rows = list(make_image.store().read())
+    first, last = bytes(rows[1][5]), bytes(rows[-1][5])  # EventRow.payload: the old program's attach, the new write
+    assert f'"entity",["Decimal | None","list[{v.prefix}.Tag]","int"]'.encode() in first
+    # the same types spelled alike, the renamed class by its new name (declared again, with the new name)
+    assert rows[-1][0] == seq and f'"entity",["Decimal | None","list[{v.prefix}.Label]","int"]'.encode() in last
+
+
+def test_a_log_without_field_types_reads_with_no_drift_and_records_them(make_image: Images) -> None:
+    """A log written before field types were recorded (declarations ``[version, fields]``) is read with
+    no drift whatever the annotations say; the class's next write declares its types."""
+
+    @persistent(name="legacy.Order")
+    class Order:
+        total: Decimal = Decimal(0)
+
+    make_image(root=Box).close()
+    append_event(
+        make_image.store(),
+        "obj.set",
+        1,
+        [["content", ["r", 2]], [[2, "legacy.Order", {"total": 3}]], {"legacy.Order": [1, ["total"]]}],
+    )
+    with make_image(root=Box) as img:
+        assert not img.schema_report.differences and img.root.content.total == 3
+        img.root.content.total = Decimal(4)
+        seq = img.seq
+    payload = bytes(list(make_image.store().read(after=seq - 1))[-1][5])  # EventRow.payload
+    assert b'{"legacy.Order":[1,["total"],"entity",["Decimal"]]}' in payload
+    with make_image(root=Box) as img:
+        assert not img.schema_report.differences and img.root.content.total == Decimal(4)
+
+
+def test_a_value_class_field_type_change_is_drift(make_image: Images) -> None:
+    """Value classes record their field types too: a changed annotation at the same version is drift."""
+
+    @persistent(name="vdrift.Money")
+    @attrs.frozen
+    class Money:
+        amount: int
+
+    with make_image(root=dict) as img:
+        img.root["m"] = Money(3)
+
+    @persistent(name="vdrift.Money")
+    @attrs.frozen
+    class Money2:
+        amount: Decimal
+
+    with pytest.raises(
+        memimg.SchemaError, match=r"vdrift.Money.amount is stored as 'int' but .*Money2.amount is declared 'Decimal'"
+    ):
+        make_image(root=dict)

@@ -571,3 +571,23 @@ def _cli_verify(path: str) -> Any:
     from memimg.cli import cli
 
     return CliRunner().invoke(cli, ["verify", path])
+
+
+def test_history_and_erase_read_format_1_snapshots(make_image: Images) -> None:
+    """history() starts from a format-1 snapshot (the events before it compacted away), and erase() rewrites the
+    values one holds."""
+    img = make_image(root=Holder)
+    img.root.misc = Node(label="secret")
+    seq = img.snapshot()
+    img.root.misc.label = "public"
+    img.close()
+    store = make_image.store()
+    edit_snapshot(store, _format_1)
+    store.delete_events_before(seq)
+    img = make_image(root=Holder)
+    node = img.root.misc
+    assert [(c.old, c.new) for c in img.history(node, "label")] == [("secret", "public")]
+    img.erase(node, "label", reason="test")
+    assert [(c.old, c.new) for c in img.history(node, "label")] == [(memimg.ERASED, "public")]
+    payload = make_image.store().read_snapshot(seq).payload
+    assert b"secret" not in payload and orjson.loads(payload.split(b"\n", 1)[0])["format"] == 1

@@ -202,6 +202,22 @@ def test_a_snapshot_waits_for_another_processs_lease(make_image: Images) -> None
     assert img.snapshot() == img.store.snapshots()[-1].seq
 
 
+def test_the_lease_is_kept_however_long_a_leased_block_runs(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an image holds the snapshot lease for a long piece of work (an erase's rewrite, compaction's
+    base snapshot), it renews the lease: another holder cannot take it, even well past the lease's time;
+    after the block, it can."""
+    monkeypatch.setattr(_snapshots, "LEASE_SECONDS", 0.3)
+    img = make_image(root=Holder, snapshot_every=None)
+    store = make_image.store()
+    with img._engine.snapshots.held("a test"):
+        for _ in range(6):  # 1.2 s: four times the lease
+            time.sleep(0.2)
+            assert not store.lease(_snapshots.LEASE, "another process", 30)
+    assert store.lease(_snapshots.LEASE, "another process", 30)
+
+
 def test_a_copy_kept_for_a_snapshot_is_the_committed_state_not_a_transactions(
     make_image: Images, monkeypatch: pytest.MonkeyPatch
 ) -> None:

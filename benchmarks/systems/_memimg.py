@@ -54,26 +54,28 @@ def _create_accounts(img: memimg.MemoryImage, n: int) -> None:
 class MemimgSystem(System):
     name: ClassVar[str] = "memimg"
     sync_modes: ClassVar[tuple[str, ...]] = ("normal", "full")
+    #: the image's file in a sample's directory (its suffix picks the store)
+    filename: ClassVar[str] = "image.db"
 
     def open_accounts(self, where: Path, n: int, sync: str) -> _Accounts:
-        img = memimg.open(where / "image.db", root=Bank, sync=sync)
+        img = memimg.open(where / self.filename, root=Bank, sync=sync)
         _create_accounts(img, n)
         return _Accounts(img)
 
     def write_history(self, where: Path, n: int, mutations: Sequence[tuple[int, int]], batch: int) -> None:
-        with memimg.open(where / "image.db", root=Bank, snapshot_every=None) as img:
+        with memimg.open(where / self.filename, root=Bank, snapshot_every=None) as img:
             _create_accounts(img, n)
             handle = _Accounts(img)
             for start in range(0, len(mutations), batch):
                 handle.update_many(mutations[start : start + batch])
 
     def add_snapshot(self, where: Path) -> bool:
-        with memimg.open(where / "image.db", root=Bank, snapshot_every=None) as img:
+        with memimg.open(where / self.filename, root=Bank, snapshot_every=None) as img:
             img.snapshot()
         return True
 
     def recover(self, where: Path) -> int:
-        with memimg.open(where / "image.db", root=Bank, snapshot_every=None) as img:
+        with memimg.open(where / self.filename, root=Bank, snapshot_every=None) as img:
             return sum(a.balance for a in img.root.accounts.values())
 
     def write_graph(self, where: Path, n: int) -> dict[str, float]:
@@ -81,7 +83,7 @@ class MemimgSystem(System):
         for i, item in enumerate(items):
             item.ref = items[item_ref(i, n)]
         groups = [Group(f"group-{k}", [items[i] for i in r]) for k, r in enumerate(graph_shape(n))]
-        with memimg.open(where / "image.db", root=Forest, snapshot_every=None) as img:
+        with memimg.open(where / self.filename, root=Forest, snapshot_every=None) as img:
             started = time.perf_counter()
             img.root.groups = groups
             committed = time.perf_counter()
@@ -90,7 +92,7 @@ class MemimgSystem(System):
         return {"commit": committed - started, "snapshot": snapshotted - committed}
 
     def load_graph(self, where: Path) -> int:
-        with memimg.open(where / "image.db", root=Forest, snapshot_every=None) as img:
+        with memimg.open(where / self.filename, root=Forest, snapshot_every=None) as img:
             return _graph_sum(img.root)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._inspect import _show_json, plain
+from memimg.cli._json import plain
 from memimg.cli._main import cli, open_image
 from memimg.core._diff import type_name
 from memimg.core._history import Change, Collected
@@ -53,27 +53,17 @@ def _text(v: Any) -> str:
     return value_repr(v)
 
 
-def _json(v: Any) -> Any:
-    if isinstance(v, Collected):
-        return {"$ref": v.oid, "collected": True}
-    if hasattr(type(v), "_mi_oid") and getattr(v, "_mi_oid", None) is not None:
-        return _show_json(v, -1)  # {"$ref": oid}
-    if type(v) is tuple:
-        return [_json(x) for x in v]
-    return plain(v)
-
-
 def _as_dict(c: Change) -> dict[str, Any]:
     out: dict[str, Any] = {"seq": c.seq, "tx": c.tx, "time": c.time.isoformat(), "kind": c.kind}
     out["target"] = c.target._mi_oid
     for name in ("field", "key", "index"):
         value = getattr(c, name)
-        if value is not None:
-            out[name] = _json(value)
+        if value is not None or (name == "key" and c.kind.startswith("dict.")):  # None is a dict key like any
+            out[name] = plain(value)
     for name in ("old", "new"):  # left out: there was, or is, no value
         value = getattr(c, name)
         if value is not MISSING:
-            out[name] = _json(value)
+            out[name] = plain(value)
     if c.meta:
         out["meta"] = c.meta
     return out
@@ -81,7 +71,7 @@ def _as_dict(c: Change) -> dict[str, Any]:
 
 def _line(c: Change) -> str:
     where = c.field or ""
-    if c.key is not None:
+    if c.key is not None or c.kind.startswith("dict."):
         where = f"[{_text(c.key)}]"
     elif c.index is not None:
         where = f"@{c.index}"

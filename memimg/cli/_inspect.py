@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import decimal
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
+from memimg.cli._json import plain
 from memimg.cli._main import cli, open_image, open_store, past_image
 from memimg.core import _types
 from memimg.core._diff import type_name
@@ -21,7 +21,7 @@ from memimg.model import SHELL, _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["info", "log", "plain", "show", "size_text"]
+__all__ = ["info", "log", "show", "size_text"]
 
 
 # -- info ------------------------------------------------------------------------
@@ -233,27 +233,6 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
     if isinstance(obj, set):
         return [("-", v) for v in sorted(obj, key=value_repr)]
     return []
-
-
-def plain(value: Any) -> Any:
-    """*value* as JSON data (what ``show --json`` prints for a value)."""
-    if type(value) is int:
-        try:
-            str(value)  # as json.dumps will write it
-        except ValueError:
-            return hex(value)  # past 4,300 digits: JSON numbers are decimal, so a string
-        return value
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else repr(value)
-    if isinstance(value, (dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (decimal.Decimal, dt.timedelta)):
-        return str(value)
-    if isinstance(value, (tuple, frozenset)):
-        return [plain(v) for v in value]
-    return value_repr(value)
 
 
 def _show_json(obj: Any, depth: int) -> Any:

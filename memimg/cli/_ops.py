@@ -1,4 +1,4 @@
-"""Operating an image: ``snapshot``, ``compact``, ``export`` and ``import``."""
+"""Operating an image: ``snapshot``, ``compact``, ``copy``, ``export`` and ``import``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import memimg
 from memimg import _api
 from memimg._errors import MemimgError
 from memimg.cli._inspect import size_text
-from memimg.cli._main import PAST_OPTIONS, cli, open_image, url_options, with_progress
+from memimg.cli._main import PAST_OPTIONS, cli, open_image, open_store, progress_callback, url_options, with_progress
 from memimg.core._codec import Codec
 from memimg.core._reader import Reader
 from memimg.core._rows import SnapshotRow, snapshot_checksum
@@ -20,11 +20,14 @@ from memimg.core._snapshot import load_snapshot
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
+from memimg.image._engine import Engine
 from memimg.image._image import open_past
+from memimg.image._snapshots import Snapshots
 from memimg.model import SHELL
+from memimg.stores._ndjson import NDJSONStore
 from memimg.stores._protocol import EventRow, Store, live_positions
 
-__all__ = ["compact", "export_", "import_", "snapshot"]
+__all__ = ["compact", "copy_", "export_", "import_", "snapshot"]
 
 
 # -- snapshot, compact ------------------------------------------------------------
@@ -62,8 +65,18 @@ def snapshot(target: str) -> None:
     is_flag=True,
     help="Drop events that live processes behind the snapshot still need (they reload from it instead).",
 )
+@click.option(
+    "--keep-segment",
+    is_flag=True,
+    help="NDJSON log: move the dropped events to a segment file, NAME.ndjson.segments/FIRST-LAST.ndjson.",
+)
 def compact(
-    target: str, archive: str | None, keep_events: int, keep_days: float | None, ignore_positions: bool
+    target: str,
+    archive: str | None,
+    keep_events: int,
+    keep_days: float | None,
+    ignore_positions: bool,
+    keep_segment: bool,
 ) -> None:
     """Snapshot, drop the events and snapshots the new snapshot makes unnecessary, and give their space back.
 
@@ -72,9 +85,13 @@ def compact(
     """
     img = open_image(target, writable=True)
     try:
-        seq = img.snapshot()
         store = img.store
-        cut, reasons = _cut(store, seq, img._engine.position.holder, keep_events, keep_days, ignore_positions)
+        if keep_segment:
+            if not isinstance(store, NDJSONStore):
+                raise click.UsageError(f"--keep-segment is for NDJSON logs (*.ndjson), not {target!r}")
+            store.keep_segments = True
+        seq = img.snapshot()
+        cut, reasons = _cut(store, seq, img._engine, keep_events, keep_days, ignore_positions)
         if archive:
             _archive(store, cut, archive)
         before = _disk_size(store)
@@ -91,9 +108,10 @@ def compact(
 
 
 def _cut(
-    store: Store, seq: int, own: str, keep_events: int, keep_days: float | None, ignore_positions: bool
+    store: Store, seq: int, engine: Engine, keep_events: int, keep_days: float | None, ignore_positions: bool
 ) -> tuple[int, list[str]]:
     """The first seq compaction keeps (at most *seq*, the snapshot's), and why it is not *seq*."""
+    own = engine.position.holder
     cut, reasons = seq, []
     if keep_events:
         cut = min(cut, max(seq - keep_events + 1, 1))
@@ -113,12 +131,15 @@ def _cut(
         elif cut <= 1:
             start = ""  # the whole log: every past state starts from its first event
         else:
-            why_not = _write_base(store, cut - 1, seq)
-            start = (
-                f", and a snapshot written at seq {cut - 1} for the past states to start from"
-                if why_not is None
-                else f"; but past states start at seq {seq}: no snapshot at or before seq {cut} was written ({why_not})"
-            )
+            why_not = _write_base(store, cut - 1, seq, engine.snapshots)
+            if why_not is not None:
+                # without the snapshot the kept history starts from, dropping events would lose it for good
+                reasons.append(
+                    f"kept every event: no snapshot at seq {cut - 1} could be written for the history asked for to "
+                    f"start from ({why_not}); nothing was dropped"
+                )
+                return store.first_seq(), reasons
+            start = f", and a snapshot written at seq {cut - 1} for the past states to start from"
         reasons.append(f"kept the events from seq {cut} on: the history asked for{start}")
     meta = store.meta()
     live = live_positions(meta)
@@ -157,7 +178,7 @@ def _from_snapshot(store: Store, cut: int) -> tuple[int, int | None]:
     return min(cut, base + 1), base
 
 
-def _write_base(store: Store, base: int, seq: int) -> str | None:
+def _write_base(store: Store, base: int, seq: int, snapshots: Snapshots) -> str | None:
     """Write the snapshot at *base* that kept history starts from (there is none); why not, or ``None``.
 
     The state at *base* is read as ``img.at`` reads it, and written as a
@@ -166,7 +187,17 @@ def _write_base(store: Store, base: int, seq: int) -> str | None:
     taken then would. Not when the state was read other than as stored (a
     schema change read into it, removed types cleaned out): a snapshot of it
     would put that into the log.
+
+    From the read to the write the image's *snapshots* hold the snapshot
+    lease, as every snapshot writer does: an ``erase`` (of this process or
+    another) waits, and so cannot rewrite the rows read before the snapshot
+    of them is stored, which would then keep the values it erased.
     """
+    with snapshots.held("compact"):
+        return _write_base_leased(store, base, seq, snapshots.holder)
+
+
+def _write_base_leased(store: Store, base: int, seq: int, holder: str) -> str | None:
     with open_past(store, base, **PAST_OPTIONS) as past:
         engine = past._engine
         report = engine.reader.report
@@ -184,7 +215,8 @@ def _write_base(store: Store, base: int, seq: int) -> str | None:
         if writer.abandoned is not None:
             return str(writer.abandoned)
     ts = time.time_ns() // 1000
-    store.write_snapshot(SnapshotRow(base, ts, payload, snapshot_checksum(base, ts, payload)))
+    if not store.write_snapshot(SnapshotRow(base, ts, payload, snapshot_checksum(base, ts, payload)), holder):
+        return "another process took the snapshot lease while the state was read: run memimg compact again"
     return None
 
 
@@ -202,6 +234,37 @@ def _archive(store: Store, seq: int, path: str) -> None:
 def _disk_size(store: Store) -> int | None:
     size = getattr(store, "size", None)
     return size() if callable(size) else None
+
+
+# -- copy -------------------------------------------------------------------------
+
+
+@cli.command("copy")
+@click.argument("source")
+@click.argument("target")
+@click.option("--overwrite", is_flag=True, help="Replace TARGET if it already holds a log (a path: its files).")
+def copy_(source: str, target: str, overwrite: bool) -> None:
+    """Copy the image at SOURCE to TARGET, any store to any store: every event, snapshot and meta entry, verified.
+
+    Seqs, transactions, times and checksums are kept; SOURCE is read as it
+    is when the copy starts. A progress bar shows on a terminal.
+    """
+    src = open_store(source, readonly=True)
+    try:
+        # a path goes to copy as it is (so that --overwrite can delete its files); a URL takes --schema/--prefix
+        dst: Any = _api.store_for(target, **url_options(target)) if "://" in target else target
+        try:
+            copied = memimg.copy(src, dst, overwrite=overwrite, progress=progress_callback())
+        finally:
+            if dst is not target:
+                dst.close()
+        snapshots, first = len(src.snapshots()), src.first_seq()
+    finally:
+        src.close()
+    click.echo(
+        f"copied {copied} events (seqs {first}..{first + copied - 1}) and {snapshots} snapshot(s) "
+        f"from {source} to {target}; verified"
+    )
 
 
 # -- export / import --------------------------------------------------------------

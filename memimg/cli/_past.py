@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from memimg.cli._inspect import plain
+from memimg.cli._json import plain
 from memimg.cli._main import PAST_OPTIONS, cli, past_store, point, progress_callback
 from memimg.core._diff import show_value, type_name
 from memimg.core._markers import MISSING
@@ -29,6 +29,10 @@ def _json_value(value: Any) -> Any:
     return plain(value)
 
 
+def _iso(when: Any) -> str | None:
+    return None if when is None else str(when.isoformat())
+
+
 @cli.command()
 @click.argument("target")
 @click.argument("a")
@@ -48,7 +52,7 @@ def diff(target: str, a: str, b: str | None, as_json: bool) -> None:
         finally:
             _tracking.disable_now()
         description = store.description
-        times = {f"{k}_time": plain(commit_time(store, seq)) for k, seq in (("a", seq_a), ("b", seq_b))}
+        times = {f"{k}_time": _iso(commit_time(store, seq)) for k, seq in (("a", seq_a), ("b", seq_b))}
     if not as_json:
         click.echo(str(result))
         return

@@ -6,8 +6,9 @@ Each request is annotated (``img.annotate``) with, by default:
     the id of the signed-in user, when the framework knows one;
 ``request``
     the request id: the ``X-Request-ID`` header when the request has one
-    (so the id a proxy or a client gave is the one in the log), else a new
-    random one;
+    that is 1 to 200 printable ASCII characters (so the id a proxy or a
+    client gave is the one in the log), else a new random one
+    (:func:`request_id`);
 ``endpoint``
     what the request ran: Flask's endpoint, Django's view name (or path).
 
@@ -98,9 +99,17 @@ def scalar(value: Any) -> str | int | float | bool | None:
 
 
 def request_id(header: str | None) -> str:
-    """The request's id: its ``X-Request-ID`` header (cut short) if it has one, else a new random id."""
-    if header:
-        return header[:MAX_TEXT]
+    """The request's id: its ``X-Request-ID`` header if it is a plausible id, else a new random id.
+
+    The header comes from the client (or a proxy) and is stored in the log
+    as it is, so only 1 to :data:`MAX_TEXT` printable ASCII characters
+    (space to ``~``, not all spaces) are taken; anything else -- longer,
+    a control character (a forged line in ``memimg log``), non-ASCII -- is
+    replaced by a new random id, never cut or cleaned (an altered id would
+    match no other system's logs).
+    """
+    if header and len(header) <= MAX_TEXT and header.isascii() and header.isprintable() and not header.isspace():
+        return header
     return uuid.uuid4().hex
 
 

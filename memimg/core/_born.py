@@ -47,6 +47,12 @@ class Born:
         i = bisect.bisect_right(self.oids, oid) - 1
         return self.seqs[i] if i >= 0 else 0
 
+    def created(self, seq: int) -> bool:
+        """Whether event *seq* is known to have created objects (the seqs grow with the ids, in log order)."""
+        seqs = self.seqs
+        i = bisect.bisect_left(seqs, seq)
+        return i < len(seqs) and seqs[i] == seq
+
     def truncate(self, size: int) -> None:
         """Drop the entries past the first *size* (a commit whose append failed)."""
         del self.oids[size:]

@@ -308,7 +308,7 @@ def _resolver(generic: bool) -> Callable[[list[Any], Callable[[str, Any], Any], 
         if unclaimed and x[1] in unclaimed:
             return stand_in(x[1], x[2])
         try:
-            info = _types.resolve(x[1])
+            info = _types.resolve(x[1], kind)
         except UnknownTypeError:
             if generic:
                 unclaimed.add(x[1])

@@ -57,7 +57,7 @@ import attrs
 import orjson
 
 from memimg.core._rows import EventRow, SnapshotRow, event_checksum, snapshot_checksum
-from memimg.core._snapshot import split_snapshot
+from memimg.core._snapshot import held_states, split_snapshot
 
 __all__ = ["DICT", "ENTITY", "LIST", "SET", "Excised", "Excision", "Target", "blank", "references"]
 
@@ -117,6 +117,8 @@ class Excised:
     unknown: tuple[int, ...]
     #: oid -> the type name stored for each target (where the log gives it)
     type_names: dict[int, str]
+    #: the targets at least one of whose stored values was replaced, in ascending order
+    erased_in: tuple[int, ...] = ()
 
 
 def blank(x: Any) -> Any:
@@ -427,24 +429,26 @@ class Excision:
     def result(self) -> Excised:
         """The rows to store again for what was fed so far (the fold's state is left as it was)."""
         self._take_snapshots(None)
-        past: list[_Loc] = []
+        past: list[tuple[_Loc, int]] = []
         current: dict[str, int] = {}
         unplaced = 0
         for t in self._trackers.values():
             locs, now, lost = t.finish()
-            past.extend(locs)
+            past.extend((loc, t.target.oid) for loc in locs)
             unplaced += lost
             for k, v in now.items():
                 current[k] = current.get(k, 0) + v
         refs: set[int] = set()
         undo: list[tuple[Any, Any, Any]] = []
-        for container, index in past:
+        erased_in: set[int] = set()
+        for (container, index), oid in past:
             value = container[index]
             refs.update(references(value))
             new = blank(value)
             if new != value:
                 undo.append((container, index, value))
                 container[index] = new
+                erased_in.add(oid)
         try:
             events, snapshots = self._changed_events(), self._changed_snapshots()
         finally:
@@ -462,6 +466,7 @@ class Excision:
             {t.target.oid: frozenset(t.names) for t in trackers if t.shape == ENTITY},
             tuple(t.target.oid for t in trackers if not t.seen),
             {t.target.oid: t.type_name for t in trackers if t.type_name},
+            tuple(sorted(erased_in)),
         )
 
     def _read_snapshot(self, row: SnapshotRow) -> tuple[SnapshotRow, list[bytes], dict[int, Callable[[], bytes]]]:
@@ -474,26 +479,11 @@ class Excision:
         lines = row.payload.split(b"\n")
         trackers = self._trackers
         again: dict[int, Callable[[], bytes]] = {}
-        if header["format"] == 2:
-            names, types = header["names"], header.get("types", {})
-            for n, (oids, kinds, _) in enumerate(records):
-                hits = [(j, trackers[oid]) for j, oid in enumerate(oids) if oid in trackers]
-                if not hits:
-                    continue
-                i = 2 + 2 * n
-                chunk = _loads(lines[i])
-                again[i] = _redump(chunk)
-                for j, t in hits:
-                    name = names[kinds[j]]
-                    t.copy(name, chunk[j], tuple(types[name][1]) if name in types else None)
-        else:  # format 1: oid<TAB>type<TAB>state per line
-            for n, (oid, name, text) in enumerate(records):
-                tracker = trackers.get(oid)
-                if tracker is not None:
-                    i = 1 + n
-                    state = _loads(text)
-                    again[i] = _redump(state, lines[i][: len(lines[i]) - len(text)])
-                    tracker.copy(name, state, None)
+        for i, holder, at, oid, name, declared in held_states(header, records, trackers, row.seq):
+            if i not in again:
+                # format 2: the states line, all of it; format 1: oid<TAB>type<TAB>, then the one state
+                again[i] = _redump(holder) if header["format"] == 2 else _redump(holder[0], _prefix(lines[i]))
+            trackers[oid].copy(name, holder[at], tuple(declared[1]) if declared else None)
         return row, lines, again
 
     def _changed_events(self) -> list[EventRow]:
@@ -517,6 +507,11 @@ class Excision:
             if payload != row.payload:
                 out.append(row._replace(payload=payload, checksum=snapshot_checksum(row.seq, row.ts, payload)))
         return out
+
+
+def _prefix(line: bytes) -> bytes:
+    """``oid<TAB>type<TAB>`` of a format-1 snapshot line."""
+    return line[: line.index(b"\t", line.index(b"\t") + 1) + 1]
 
 
 def _redump(value: Any, prefix: bytes = b"") -> Callable[[], bytes]:

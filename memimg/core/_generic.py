@@ -33,8 +33,8 @@ from memimg.core import _types
 
 __all__ = ["CustomValue", "EnumValue", "StandInMaker", "check_fields", "class_name", "stand_in_fields", "value_class"]
 
-#: Makes the stand-in class of a stored type: ``(name, fields, version, is_value) -> TypeInfo``.
-StandInMaker = Callable[[str, tuple[str, ...], int, bool], _types.TypeInfo]
+#: Makes the stand-in class of a stored type: ``(name, fields, version, is_value, field types) -> TypeInfo``.
+StandInMaker = Callable[[str, tuple[str, ...], int, bool, tuple[str, ...] | None], _types.TypeInfo]
 
 
 def _member(m: Any) -> Any:

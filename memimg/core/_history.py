@@ -26,7 +26,9 @@ What each :class:`Change` says, by target:
 
 References resolve to the objects of the image asked; an object it no
 longer holds (collected since: it became unreachable) is a
-:class:`Collected` naming its id.
+:class:`Collected` naming its id, and one of a type removed since
+(``removed_types``) is the placeholder the image holds for it, naming its
+type and id (``<removed shop.Coupon #12>``: see :mod:`memimg.core._gone`).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class Change:
     ``target`` the object changed, as live in the image asked; ``kind`` the
     event kind (``"obj.set"``, ``"dict.set"``, ``"list.append"``...);
     ``field`` the entity field (else ``None``); ``key`` the dict key (else
-    ``None``); ``old`` the value before and ``new`` the value after
+    ``None``: a dict's change, of kind ``dict.*``, may have the key ``None``
+    too); ``old`` the value before and ``new`` the value after
     (:data:`memimg.MISSING` where there was, or is, none). For a list or a
     set, ``old`` is the tuple of items the change took out and ``new`` the
     tuple it put in, and for a list ``index`` is where
@@ -93,7 +96,7 @@ class Change:
 
     def __repr__(self) -> str:
         where = f" {self.field}" if self.field is not None else ""
-        if self.key is not None:
+        if self.key is not None or self.kind.startswith("dict."):  # None is a dict key like any
             where += f" [{self.key!r}]"
         if self.index is not None:
             where += f" @{self.index}"

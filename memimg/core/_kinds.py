@@ -301,10 +301,21 @@ def _tx_meta(a: Applier, obj: Any, meta: dict[str, Any]) -> None:
     so its seq is the transaction's ``tx``; changes nothing."""
 
 
-@kind("erase", "sisVvi", NONE)
-def _erase(a: Applier, obj: Any, reason: str, oid: int, type_name: str, fields: list[str], by: Any, count: int) -> None:
+@kind("erase", "sisVviI", NONE)
+def _erase(
+    a: Applier,
+    obj: Any,
+    reason: str,
+    oid: int,
+    type_name: str,
+    fields: list[str],
+    by: Any,
+    count: int,
+    others: list[int] = (),  # type: ignore[assignment]  # absent from audit rows written before it was added
+) -> None:
     """Audit of ``MemoryImage.erase``: *count* stored past values of *fields* (all: empty) of object *oid*
-    (a *type_name*) were replaced by ``memimg.ERASED``, for *reason*, by *by*; the values are not here."""
+    (a *type_name*) and of the objects *others* (the lists and dicts it holds, unreachable objects its past
+    values referred to) were replaced by ``memimg.ERASED``, for *reason*, by *by*; the values are not here."""
 
 
 @kind("gc.drop", "I", NONE)

@@ -30,6 +30,7 @@ them as they are.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -43,9 +44,53 @@ from memimg.core._generic import StandInMaker
 from memimg.core._gone import Gone, caches_hash
 from memimg.core._kinds import FIELD, KINDS, Kind
 from memimg.core._markers import ABSENT
+from memimg.core._records import declared_types
 from memimg.core._table import ObjectTable
 
-__all__ = ["Pending", "Reader", "at_seq", "load_states"]
+__all__ = ["FirstStates", "Pending", "Reader", "at_seq", "load_states"]
+
+#: How many bytes of stored first states :class:`FirstStates` keeps at most (their JSON's size).
+FIRST_STATES_BYTES: Final = 16 * 1024 * 1024
+
+
+class FirstStates:
+    """First states ``MemoryImage.history`` read from big events, by object id: ``(seq, type name, stored
+    state, declaration)`` -- at most :data:`FIRST_STATES_BYTES` of them, kept as their JSON (so the memory
+    held is what is counted; each hit parses one object's state, not the big event), the oldest remembered
+    forgotten first. Safe to use from several threads (history may be called from any)."""
+
+    def __init__(self) -> None:
+        self.limit = FIRST_STATES_BYTES
+        self.size = 0
+        self._states: dict[int, tuple[int, str, bytes, Any]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, oid: int) -> tuple[int, str, Any, Any] | None:
+        """*oid*'s remembered ``(seq, type name, state, declaration)``: the state parsed anew (the caller's own)."""
+        found = self._states.get(oid)
+        if found is None:
+            return None
+        seq, name, data, declared = found
+        return seq, name, _loads(data), declared
+
+    def remember(self, oid: int, seq: int, name: str, state: Any, declared: Any) -> None:
+        """Keep *oid*'s first state (not if it alone is over the limit), forgetting the oldest ones to fit."""
+        data = orjson.dumps(state)
+        with self._lock:
+            states = self._states
+            old = states.pop(oid, None)
+            if old is not None:
+                self.size -= len(old[2])
+            if len(data) > self.limit:
+                return
+            while states and self.size + len(data) > self.limit:
+                self.size -= len(states.pop(next(iter(states)))[2])
+            states[oid] = (seq, name, data, declared)
+            self.size += len(data)
+
 
 #: An event as Python values: (kind, target object, arguments).
 Pending = tuple[Kind, Any, tuple[Any, ...]]
@@ -115,6 +160,16 @@ class Reader:
         #: objects a table held before, by id, taken again by the objects created at their ids with their
         #: types (a reload in place: see :meth:`_reuse`); None: every object is made new
         self.reuse: list[Any] | None = None
+        #: first states ``MemoryImage.history`` read from big events (:mod:`memimg.image._history`); replaced
+        #: by an empty one when an erasure rewrites stored rows (a history call under way, which may have read
+        #: them before, fills the old one)
+        self.first_states = FirstStates()
+        #: ``type name -> [(first seq, last seq, declaration)]``, sorted and apart: spans of the log where
+        #: ``MemoryImage.history`` found the type declared so (the declaration in effect at every seq of the
+        #: span; ``None``: none, a ``snapshot`` event at the first seq having ended the one before)
+        self.declared_spans: dict[str, list[tuple[int, int, Any]]] = {}
+        #: plans of declarations ``MemoryImage.history`` met that replay did not (their differences unreported)
+        self._history_plans: dict[tuple[Any, ...], _schema.Plan] = {}
 
     # -- schemas ----------------------------------------------------------------
 
@@ -123,8 +178,9 @@ class Reader:
         declarations = self.table.declarations
         for name, decl in types.items():
             version, fields = decl[0], tuple(decl[1])
-            declarations.note(name, version, fields)
-            key = (name, version, fields)
+            field_types = declared_types(name, decl)
+            declarations.note(name, version, fields, field_types)
+            key = (name, version, fields, field_types)
             plan = self._plans.get(key)
             if plan is None:
                 plan = _schema.plan_for(
@@ -135,12 +191,29 @@ class Reader:
                     self.removed_types,
                     stand_ins=self.stand_ins,
                     value=len(decl) > 2 and decl[2] == "value",
+                    stored_types=field_types,
                 )
                 self._plans[key] = plan
             self._plan_by_name[name] = plan
             if plan.info is not None:
                 self._plan_by_cls[plan.info.cls] = plan
                 self.fast_fields.pop(plan.info.cls, None)
+
+    def plan_of(self, name: str, decl: Any) -> _schema.Plan | None:
+        """How a reader reads states of entity type *name* stored under declaration *decl* (``[version,
+        fields, ...]``) -- the plan replay made for it, else one made now (its differences not reported: replay
+        reports those of the declarations it reads); ``None``: *decl* is not a declaration."""
+        if type(decl) is not list or len(decl) < 2 or type(decl[0]) is not int or type(decl[1]) is not list:
+            return None
+        fields = tuple(decl[1])
+        field_types = declared_types(name, decl)
+        key = (name, decl[0], fields, field_types)
+        plan = self._plans.get(key) or self._history_plans.get(key)
+        if plan is None:
+            plan = self._history_plans[key] = _schema.plan_for(
+                name, decl[0], fields, _schema.SchemaReport(), self.removed_types, stored_types=field_types
+            )
+        return plan
 
     def plans_read(self) -> list[_schema.Plan]:
         """The plan of every declaration read so far, from the log or a snapshot (tools compare them)."""
@@ -154,7 +227,7 @@ class Reader:
                 plan = _schema.Plan(name, None, 1, (), identity=False)
             else:
                 try:
-                    info = _types.resolve(name)
+                    info = _types.resolve(name, _types.VALUE if value else _types.ENTITY)
                 except UnknownTypeError:
                     plan = _schema.plan_for(
                         name, 1, (), self.report, self.removed_types, stand_ins=self.stand_ins, value=value

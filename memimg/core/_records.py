@@ -17,14 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from memimg._errors import CorruptLogError
 from memimg.core import _types
 from memimg.core._codec import Codec
 from memimg.core._encoders import REF_CALL, container_encoders, slow_state, state_encoder, value_writer
 from memimg.core._table import ObjectTable
+from memimg.core._typetext import field_types
 from memimg.core._values import describe_unsupported
 
 __all__ = [
     "declaration",
+    "declared_types",
     "describe",
     "describe_detached",
     "describe_table",
@@ -37,11 +40,42 @@ _FORMAT: Final = 1
 
 
 def declaration(info: _types.TypeInfo) -> list[Any]:
-    """How the log and snapshots declare *info*'s schema: ``[version, fields]`` (and ``"value"`` for a value class)."""
+    """How the log and snapshots declare *info*'s schema: ``[version, fields, kind, types]``.
+
+    *kind* is ``"value"`` for a value class, ``"entity"`` otherwise; *types*
+    is the declared type of each field as text (:mod:`memimg.core._typetext`).
+    Logs written before field types were recorded declare ``[version,
+    fields]`` (and ``"value"``); a class whose types are not known (a tool's
+    stand-in) is declared so still.
+    """
     out: list[Any] = [info.version, list(info.fields)]
+    types = field_types(info)
     if info.kind == _types.VALUE:
         out.append("value")
+    elif types is not None:
+        out.append("entity")
+    if types is not None:
+        out.append(list(types))
     return out
+
+
+def declared_types(name: str, decl: list[Any]) -> tuple[str, ...] | None:
+    """The field types a stored declaration *decl* of *name* records (``None``: it records none).
+
+    Raises:
+        CorruptLogError: the types are not one string per declared field.
+    """
+    if len(decl) < 4:
+        return None
+    types = decl[3]
+    if type(types) is not list or len(types) != len(decl[1]) or not all(type(t) is str for t in types):
+        raise CorruptLogError(
+            f"the log declares type {name!r} with field types {types!r:.80}, not one string per field: "
+            "the log was damaged or crafted; restore it from a backup",
+            seq=None,
+            table="",
+        )
+    return tuple(types)
 
 
 def encode_records(

@@ -140,7 +140,8 @@ class Event:
     created (``[oid, type, state]`` records), both as stored (JSON data; see
     the value encoding in the docs). ``meta`` is the metadata of its
     transaction (``img.transaction(meta=...)``, ``img.annotate(...)``;
-    ``{}`` when none), the same dict for every event of the transaction.
+    ``{}`` when none): a dict of each event's own, so changing one event's
+    leaves the others of its transaction alone.
     ``replay`` folds these records.
     """
 
@@ -192,7 +193,8 @@ class Event:
     def from_row(cls, row: EventRow, meta: dict[str, Any] | None = None) -> Event:
         """The event a verified row holds (*meta*: its transaction's metadata)."""
         ts = ts_to_datetime(row.ts)
-        return cls(row.seq, row.tx, ts, row.kind, row.target, row.payload, {} if meta is None else meta)
+        # a copy each: a caller changing one event's meta must not change the other events of its transaction
+        return cls(row.seq, row.tx, ts, row.kind, row.target, row.payload, dict(meta) if meta else {})
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready description (for ``memimg log --json``)."""

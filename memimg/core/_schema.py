@@ -16,6 +16,11 @@ remove a class                          ``memimg.open(..., removed_types=("x.Y",
 change a field's type or meaning        ``@persistent(version=2)`` + ``@memimg.upgrader``
 ======================================  =========================================
 
+A field whose declared type (recorded as text: :mod:`memimg.core._typetext`)
+differs from the stored one at the same version is a difference too: its
+fix is the version bump and upgrader of the last row; dropped, the values
+are kept as stored.
+
 A state is read by running the upgraders from the stored version to the
 class's version (plain functions over plain dicts), then applying renames and
 removals. Everything the code does not declare is collected as a
@@ -41,7 +46,7 @@ from typing import Any, Final
 import attrs
 
 from memimg._errors import MemimgError, SchemaError, UnknownTypeError
-from memimg.core import _types
+from memimg.core import _types, _typetext
 from memimg.core._generic import StandInMaker
 
 __all__ = ["Plan", "SchemaReport", "default_for", "plan_for", "upgrader"]
@@ -190,25 +195,28 @@ def plan_for(
     *,
     stand_ins: StandInMaker | None = None,
     value: bool = False,
+    stored_types: tuple[str, ...] | None = None,
 ) -> Plan:
     """The plan for states declared as (*stored_name*, *version*, *stored_fields*).
 
     With *stand_ins*, a type no class claims gets a stand-in class made by it
     (see :mod:`memimg.core._generic`); *value* says the declaration is of a
-    value type.
+    value type; *stored_types* are the declared field types (``None``: a
+    declaration from before they were recorded).
     """
     if stored_name in removed_types:
         return Plan(stored_name, None, version, stored_fields, identity=False)
+    kind = _types.VALUE if value else _types.ENTITY
     try:
-        info = _types.resolve(stored_name)
+        info = _types.resolve(stored_name, kind)
     except UnknownTypeError:
         if stand_ins is not None:
-            info = stand_ins(stored_name, stored_fields, version, value)
+            info = stand_ins(stored_name, stored_fields, version, value, stored_types)
             return Plan(stored_name, info, version, stored_fields, field_map={f: f for f in stored_fields})
         if stored_name not in report.unknown_types:
             report.unknown_types.append(stored_name)
         report.difference(
-            f"type {stored_name!r} is stored but no class claims it: {_types.missing_class_advice(stored_name)}"
+            f"type {stored_name!r} is stored but no class claims it: {_types.missing_class_advice(stored_name, kind)}"
         )
         return Plan(stored_name, None, version, stored_fields, identity=False)
     if info.stand_in:
@@ -217,6 +225,8 @@ def plan_for(
     _plan_upgrades(plan, info, report)
     if not plan.chain:  # upgraders see states whole, renames and removals after them
         _plan_fields(plan, info, report)
+        if stored_types is not None and plan.version == info.version:
+            _check_types(plan, info, stored_types, report)
     plan.identity = (
         not plan.chain
         and stored_name == info.name
@@ -279,6 +289,34 @@ def _plan_fields(plan: Plan, info: _types.TypeInfo, report: SchemaReport) -> Non
                 f'default, or raise the version and fill it in with @memimg.upgrader("{info.name}", ...)'
             )
     plan.missing = tuple(f for f in missing if f in info.defaults)
+
+
+def _check_types(plan: Plan, info: _types.TypeInfo, stored_types: tuple[str, ...], report: SchemaReport) -> None:
+    """Report each field whose declared type differs from the stored one at the same version (type drift).
+
+    Values are read as stored whatever is done about it: with
+    ``on_schema_drift="drop"``, the field keeps its stored values and the
+    log records the new type with the class's next write.
+    """
+    current = _typetext.field_types(info)
+    if current is None:
+        return
+    now = dict(zip(info.fields, current, strict=True))
+    cls = info.cls.__qualname__
+    v = info.version
+    for stored_field, stored_type in zip(plan.stored_fields, stored_types, strict=True):
+        target = plan.field_map.get(stored_field)
+        if target is None or target is DROP:
+            continue
+        declared = now[target]
+        if not _typetext.same_type(stored_type, declared):
+            plan.undeclared = True
+            report.difference(
+                f"{info.name}.{stored_field} is stored as {stored_type!r} but {cls}.{target} is declared "
+                f"{declared!r} at the same version ({v}): raise it, @persistent(version={v + 1}), and convert "
+                f'the stored values with @memimg.upgrader("{info.name}", from_version={v}) (one that returns the '
+                "state as it is will do if the stored values fit the new type)"
+            )
 
 
 def _stand_in_plan(

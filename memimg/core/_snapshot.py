@@ -22,7 +22,7 @@ breadth-first from the root, encoding each object as it meets it
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterator
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ from memimg._errors import CorruptLogError, MemimgError
 from memimg.core import _schema
 from memimg.core._reader import Reader, load_states
 
-__all__ = ["decode_snapshot", "load_snapshot", "split_snapshot"]
+__all__ = ["Held", "decode_snapshot", "held_states", "load_snapshot", "split_snapshot"]
 
 _loads = orjson.loads
 _get_oid = operator.attrgetter("_mi_oid")
@@ -71,6 +71,42 @@ def split_snapshot(payload: bytes, row_seq: int | None = None) -> tuple[dict[str
     if not root_held and (root or count):
         raise corrupt(f"names object {root} as its root, but holds no object {root}")
     return header, records
+
+
+#: Where one object's state is in a snapshot: ``(line, holder, index, oid, type name, declaration)`` (see
+#: :func:`held_states`).
+Held = tuple[int, list[Any], int, int, str, Any]
+
+
+def held_states(
+    header: dict[str, Any], records: list[Any], wanted: Container[int], row_seq: int | None = None
+) -> Iterator[Held]:
+    """Where the states of the objects *wanted* are, in a snapshot :func:`split_snapshot` read.
+
+    For each of them the snapshot holds: the index of the payload line
+    holding its state, that line parsed (the *holder*, the same list for
+    every object of that line: an edit of it is one of the line) and the
+    state's index there (``holder[index]`` is the state), its id, its type
+    name, and the type's declaration in the header (``[version, fields, ...]``, or
+    ``None``). Only the lines holding one of them are parsed.
+
+    Raises:
+        CorruptLogError: a states line does not hold as many states as its directory lists.
+    """
+    types = header.get("types") or {}
+    if header["format"] == 2:
+        names = header["names"]
+        for n, (oids, kinds, states) in enumerate(records):
+            hits = [j for j, oid in enumerate(oids) if oid in wanted]
+            if hits:
+                chunk = load_states(states, len(oids), n, row_seq)
+                for j in hits:
+                    name = names[kinds[j]]
+                    yield 2 + 2 * n, chunk, j, oids[j], name, types.get(name)
+    else:  # format 1: one line per object
+        for n, (oid, name, text) in enumerate(records):
+            if oid in wanted:
+                yield 1 + n, [_loads(text)], 0, oid, name, types.get(name)
 
 
 def _header(line: bytes, row_seq: int | None) -> tuple[dict[str, Any], Callable[[str], CorruptLogError]]:

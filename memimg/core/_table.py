@@ -23,7 +23,9 @@ from memimg._errors import CorruptLogError
 from memimg.core import _types
 from memimg.core._born import Born
 from memimg.core._codec import ENTITY, FROZENSET, TRACKED, TUPLE, VALUE, Codec
+from memimg.core._extents import UNSET, Extents
 from memimg.core._gone import Gone
+from memimg.core._indexes import indexed_fields
 from memimg.core._shell import Shell
 
 __all__ = ["Declarations", "ObjectTable"]
@@ -34,7 +36,7 @@ _list_copy = list.copy
 
 
 class Declarations:
-    """What the log has declared so far of each type: ``name -> (version, fields)``.
+    """What the log has declared so far of each type: ``name -> (version, fields, field types)``.
 
     Every event that first writes a class's state declares its schema; a
     snapshot declares the types it holds. After a ``snapshot`` event (``gc``
@@ -45,13 +47,13 @@ class Declarations:
     __slots__ = ("by_name", "current")
 
     def __init__(self) -> None:
-        self.by_name: dict[str, tuple[int, tuple[str, ...]]] = {}
+        self.by_name: dict[str, tuple[int, tuple[str, ...], tuple[str, ...] | None]] = {}
         #: classes whose current schema is the one declared (cleared whenever declarations change)
         self.current: set[type] = set()
 
-    def note(self, name: str, version: int, fields: tuple[str, ...]) -> None:
-        """The log declares *name* so (read from an event or a snapshot)."""
-        self.by_name[name] = (version, fields)
+    def note(self, name: str, version: int, fields: tuple[str, ...], types: tuple[str, ...] | None) -> None:
+        """The log declares *name* so (read from an event or a snapshot; *types* ``None``: not recorded)."""
+        self.by_name[name] = (version, fields, types)
         self.current.clear()
 
     def clear(self) -> None:
@@ -73,6 +75,8 @@ class ObjectTable:
         self.declarations = Declarations()
         #: the event that created each object (see :mod:`memimg.core._born`)
         self.born = Born()
+        #: the entities by class, made when first asked for (see :meth:`extent_index`)
+        self.extents: Extents | None = None
         self._setters: dict[type, dict[str, Any]] = {}
 
     # -- identity -----------------------------------------------------------
@@ -96,6 +100,13 @@ class ObjectTable:
             raise CorruptLogError(f"a stored reference names object {oid}, which does not exist", seq=None, table="")
         return obj
 
+    def extent_index(self) -> Extents:
+        """The entities of this table by class (made now if nobody asked before); see :mod:`memimg.core._extents`."""
+        extents = self.extents
+        if extents is None:
+            extents = self.extents = Extents(self)
+        return extents
+
     def live_count(self) -> int:
         """How many objects the table holds (attached, reachable or not yet collected)."""
         return len(self.objects) - 1 - self.holes
@@ -111,6 +122,7 @@ class ObjectTable:
         """
         objects = self.objects
         holes = self.holes
+        extents = self.extents
         try:
             for oid, obj in entries:
                 n = len(objects)
@@ -123,6 +135,8 @@ class ObjectTable:
                 elif objects[oid] is None:
                     objects[oid] = obj
                     holes -= 1
+                    if extents is not None:
+                        extents.filled(oid, obj)
                 else:
                     raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
         finally:
@@ -136,6 +150,8 @@ class ObjectTable:
         """
         objects = self.objects
         held = objects[:]
+        if self.extents is not None:
+            self.extents.reset()
         del objects[1:]
         self.holes = 0
         self.root_oid = 0
@@ -151,12 +167,18 @@ class ObjectTable:
         """
         objects = self.objects
         set_identity = self.shell.set_identity
+        self.truncating(size)
         for obj in objects[size:]:
             if obj is None:
                 self.holes -= 1
             elif type(obj) is not Gone:
                 set_identity(obj, None, None)
         del objects[size:]
+
+    def truncating(self, size: int) -> None:
+        """The objects at ids from *size* on are about to be taken out of the table (by truncating it)."""
+        if self.extents is not None:
+            self.extents.truncate(size)
 
     def extend_to(self, next_oid: int) -> None:
         """Reserve the ids below *next_oid* (a snapshot's next id: ids of collected objects stay unused)."""
@@ -170,11 +192,34 @@ class ObjectTable:
     def field_set(self, obj: Any, name: str, value: Any) -> None:
         setters = self._setters.get(type(obj))
         if setters is None:
-            setters = self._setters[type(obj)] = _types.info_of(type(obj)).setters  # type: ignore[union-attr]
+            setters = self._setters[type(obj)] = self._setters_of(type(obj))
         setters[name](obj, value)
+
+    def _setters_of(self, t: type) -> dict[str, Any]:
+        """The field setters of class *t*: the raw slot setters, those of indexed fields keeping the indexes."""
+        setters = _types.info_of(t).setters  # type: ignore[union-attr]
+        indexed = indexed_fields(t)
+        if not indexed:
+            return setters
+        setters = dict(setters)
+        for name in indexed:
+            setters[name] = self._indexed_setter(name, setters[name])
+        return setters
+
+    def _indexed_setter(self, name: str, raw: Any) -> Any:
+        def set_indexed(obj: Any, value: Any) -> None:
+            raw(obj, value)
+            extents = self.extents
+            if extents is not None and extents.indexes:
+                extents.reindex(obj, name, value)
+
+        return set_indexed
 
     def field_del(self, obj: Any, name: str) -> None:
         _types.info_of(type(obj)).deleters[name](obj)  # type: ignore[union-attr]
+        extents = self.extents
+        if extents is not None and extents.indexes and name in indexed_fields(type(obj)):
+            extents.reindex(obj, name, UNSET)
 
     def list_append(self, lst: Any, items: list[Any]) -> None:
         list.extend(lst, items)
@@ -243,11 +288,14 @@ class ObjectTable:
         """Forget the objects *oids* (ids a reader loading a snapshot never had are passed over)."""
         objects = self.objects
         set_identity = self.shell.set_identity
+        extents = self.extents
         for oid in oids:
             obj = objects[oid] if 0 < oid < len(objects) else None
             if obj is not None:
                 objects[oid] = None
                 self.holes += 1
+                if extents is not None:
+                    extents.drop(oid, obj)
                 if type(obj) is not Gone:
                     set_identity(obj, None, None)
 

@@ -297,14 +297,24 @@ class Converter(cattrs.Converter):
         usual cattrs API (or for frozen attrs classes, which are value types
         without registration; register them only to give a stable name).
 
+        For an enum or a frozen attrs class registered without hooks, this
+        only names the class, and is the same as ``@persistent(name=...,
+        aliases=..., version=..., removed=...)`` on it.
+
         Args:
             name: the stable name stored in the log (default ``module.QualName``).
-            aliases: older names still accepted when reading.
+            aliases: older names still accepted when reading (stored values
+                of a class renamed or moved are read as *cls*).
             version: for a frozen attrs class, its schema version: states
                 stored under an older one go through the upgraders
                 registered for *name* (``@memimg.upgrader``), as for entities.
             removed: for a frozen attrs class, stored fields it dropped on
                 purpose (their stored values are ignored).
+
+        Raises:
+            MemimgError: *version* or *removed* for a class that is not a frozen attrs class.
+            TypeError: *name* is another kind of class's, or an alias is
+                another class's name or alias (nothing is registered).
         """
         if (version is not None or removed) and not _types.is_value_class(cls):
             raise MemimgError(
@@ -312,22 +322,19 @@ class Converter(cattrs.Converter):
                 "classes have a schema; a type with its own hooks evolves through them",
                 value_type=cls,
             )
+        existing = _types.info_of(cls)
+        if existing is not None and existing.kind in (_types.VALUE, _types.ENUM) and unstructure is None:
+            # the one path of @persistent(name=..., aliases=...) on an enum or a frozen attrs class
+            _types.name_value_class(cls, name=name, aliases=tuple(aliases), version=version, removed=tuple(removed))
+        else:
+            stable = name or _types.default_name(cls)
+            info = _types.TypeInfo(cls=cls, name=stable, kind=_types.CUSTOM, aliases=tuple(aliases))
+            _types.register(info, check=True)  # a clash is refused before anything is registered
+            self._custom[cls] = stable
         if unstructure is not None:
             self.register_unstructure_hook(cls, unstructure)
         if structure is not None:
             self.register_structure_hook(cls, structure)
-        stable = name or _types.default_name(cls)
-        existing = _types.info_of(cls)
-        if existing is not None and existing.kind in (_types.VALUE, _types.ENUM) and unstructure is None:
-            existing.name = stable
-            existing.aliases = tuple(aliases)
-            if version is not None:
-                existing.version = version
-            existing.removed = tuple(removed)
-            _types.register(existing)
-        else:
-            _types.register(_types.TypeInfo(cls=cls, name=stable, kind=_types.CUSTOM, aliases=tuple(aliases)))
-            self._custom[cls] = stable
         self.version += 1
 
 

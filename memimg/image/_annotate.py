@@ -4,11 +4,23 @@ The annotations in effect are one context variable of the image (the
 tuple of active blocks; kept by its auto-committing writer), so they
 belong to the thread or asyncio task that entered them:
 an asyncio task started inside the block inherits them, as it inherits
-every context variable; a new thread does not. A commit made outside a
-transaction carries them; a transaction carries those in effect when it
-began and those entered while it is open (inside a savepoint: if the
-savepoint is kept), under its own ``meta``. Nested
-blocks merge, the inner winning.
+every context variable; a new thread does not. Nested blocks merge, the
+inner winning.
+
+Meta belongs to the changes made while a block is active: a commit made
+outside a transaction carries the blocks in effect when it is made; a
+transaction carries the blocks in effect in the thread or task that made
+each of its changes, when it made it (:meth:`TxState._note_annotation
+<memimg.image._tx.TxState._note_annotation>`; inside a savepoint: kept with
+it), under its own ``meta`` -- whenever it commits, even after the block
+exited. A block that began and ended around a transaction without a change
+of it in between lends it nothing, nor does one exited before the
+transaction's first change.
+
+Blocks exited out of order leave the merged metadata of the blocks after
+them rebuilt; a rebuilt merge is not checked for size when it is made (an
+exit does not fail), so it is marked (:class:`Rebuilt`) and the commit
+that would carry it checks it, before anything is written.
 """
 
 from __future__ import annotations
@@ -18,9 +30,8 @@ from typing import Any, Protocol
 
 from memimg._errors import MemimgError
 from memimg.core._meta import check_meta, check_size
-from memimg.image._tx import Savepoint, TxState
 
-__all__ = ["Annotation"]
+__all__ = ["Annotation", "Rebuilt", "layer_meta"]
 
 
 class Annotating(Protocol):
@@ -38,10 +49,25 @@ class Annotated(Protocol):
     @property
     def writer(self) -> Annotating: ...
 
-    #: the savepoint open in this thread or task (None: none, or not in a transaction)
-    savepoint: contextvars.ContextVar[Savepoint | None]
 
-    def current_tx(self) -> TxState | None: ...
+class Rebuilt(dict[str, Any]):
+    """Merged metadata rebuilt when a block exited out of order: not checked for size yet (see the module)."""
+
+    __slots__ = ()
+
+
+def layer_meta(layers: tuple[tuple[Any, dict[str, Any]], ...]) -> dict[str, Any]:
+    """The metadata a commit made under non-empty *layers* carries, checked.
+
+    Raises:
+        UnsupportedValueError: it is larger than allowed (blocks exited out of order uncovered an outer
+            block's larger values); nothing is written.
+    """
+    meta = layers[-1][1]
+    if type(meta) is Rebuilt:
+        meta = dict(meta)
+        check_size(meta, what="meta of the annotate blocks still active (after one exited out of order)")
+    return meta
 
 
 class Annotation:
@@ -76,10 +102,6 @@ class Annotation:
         if layers:
             merged = {**layers[-1][1], **merged}
             check_size(merged)
-        tx = self._engine.current_tx()
-        if tx is not None and self._meta:
-            # inside a savepoint, kept with it: dropped if it is rolled back
-            tx.add_meta(self._meta, annotation=True, sp=self._engine.savepoint.get())
         self._state = "active"
         writer.ever_annotated = True  # before the variable is set: a commit that sees the block looks
         if merged:
@@ -110,6 +132,6 @@ def _without(layers: Layers, gone: Annotation) -> Layers:
     merged: dict[str, Any] = {}
     for annotation, _ in layers:
         if annotation is not gone:
-            merged = {**merged, **annotation._meta}
+            merged = Rebuilt({**merged, **annotation._meta})
             rebuilt.append((annotation, merged))
     return tuple(rebuilt)

@@ -30,6 +30,7 @@ from memimg.core._reader import Pending
 from memimg.core._records import declaration, encode_records
 from memimg.core._rows import event_checksum
 from memimg.core._table import ObjectTable
+from memimg.core._typetext import field_types
 
 __all__ = ["EncodeSession"]
 
@@ -79,7 +80,7 @@ class EncodeSession:
     def declare(self, info: _types.TypeInfo) -> bool:
         """Declare *info*'s schema in the event being encoded, unless the log has it already."""
         declarations = self.declarations
-        current = (info.version, info.fields)
+        current = (info.version, info.fields, field_types(info))
         if declarations.by_name.get(info.name) != current:
             if info.name not in self._declared_before:
                 self._declared_before[info.name] = declarations.by_name.get(info.name)
@@ -152,6 +153,7 @@ class EncodeSession:
     def rollback(self) -> None:
         """Take back the ids and declarations of the last :meth:`encode_events`."""
         table = self.table
+        table.truncating(self._assigned_from)
         for obj in table.objects[self._assigned_from :]:
             self.shell.set_identity(obj, table.owner, None)
         del table.objects[self._assigned_from :]

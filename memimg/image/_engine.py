@@ -43,14 +43,15 @@ from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyEr
 from memimg.core._codec import Codec
 from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
+from memimg.core._indexes import UNIQUE
 from memimg.core._markers import ABSENT
 from memimg.core._meta import TX_META, meta_event
-from memimg.core._reader import Pending, Reader
+from memimg.core._reader import FirstStates, Pending, Reader
 from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.core._values import Converter
-from memimg.image import _recovery
+from memimg.image import _recovery, _unique
 from memimg.image._attach import Attacher
 from memimg.image._conflicts import ConflictIndex
 from memimg.image._encode import EncodeSession
@@ -208,9 +209,6 @@ class Engine:
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
             self.open_txs.add(state)
-        layers = self.writer.annotation.get() if self.writer.ever_annotated else None
-        if layers:
-            state.annotated = layers[-1][1]
         _tracking.tx_opened()
         self._mi_current.set(state)
         self.savepoint.set(None)
@@ -259,6 +257,11 @@ class Engine:
         """Raise :class:`ConflictError` if a transaction begun at *start* reads what a newer commit wrote."""
         self.conflicts.check_read(start, oid, part)
 
+    def check_unique(self, state: TxState, obj: Any, name: str, value: Any) -> None:
+        """Raise :class:`UniqueError` if transaction *state* setting unique field *name* of *obj* to *value*
+        clashes with another instance it sees (see :mod:`memimg.image._unique`)."""
+        _unique.check_assignment(self, state, obj, name, value)
+
     def validate(self, state: TxState, events: list[Pending]) -> None:
         """Raise :class:`ConflictError` unless *state* may commit *events* over what was committed since."""
         if self.seq == state.start_seq:
@@ -295,7 +298,10 @@ class Engine:
         while True:
             ts = max(now_us(), self.last_ts)  # see last_ts
             try:
+                before = len(self.table.objects) if UNIQUE else 0
                 rows = session.encode_events(events, self.seq + 1, ts)
+                if before:  # unique fields: checked on the state this commit goes on, again after each catch-up
+                    _unique.check_commit(self, events, state, self.table.objects[before:], before)
                 store.append(rows, self.seq)
                 self.last_ts = ts
             except SeqTaken as taken:
@@ -533,3 +539,5 @@ class Engine:
         for _, r in batch:
             if r.kind in SNAPSHOT_KINDS:
                 self.snapshot_seq = r.seq
+            elif r.kind == "erase":  # stored rows were rewritten: what history remembers of them may be erased
+                self.reader.first_states = FirstStates()  # a new one: a history call under way fills the old one

@@ -33,7 +33,6 @@ of the same rows never both write what they read.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import time
@@ -46,8 +45,11 @@ from memimg._errors import LockedError, MemimgError
 from memimg.core import _types
 from memimg.core._excise import DICT, ENTITY, LIST, Excised, Excision, Target, references, stored_key
 from memimg.core._kinds import KINDS
+from memimg.core._meta import meta_event
+from memimg.core._reader import FirstStates
 from memimg.core._rows import EventRow, SnapshotRow, verify_event, verify_snapshot
 from memimg.image import _snapshots
+from memimg.image._annotate import layer_meta
 from memimg.model import SHELL
 from memimg.stores._protocol import Rewrite
 
@@ -71,7 +73,10 @@ class Erasure:
     """What :meth:`MemoryImage.erase` did.
 
     ``seq`` is the audit event's; ``erased`` how many stored values were
-    replaced by :data:`memimg.ERASED`; ``current`` how many stored copies of
+    replaced by :data:`memimg.ERASED`; ``targets`` the other objects some
+    of whose stored values were (the lists and dicts the object holds, the
+    unreachable objects its past values referred to), by id; ``current``
+    how many stored copies of
     the current values were left alone; ``events`` and ``snapshots`` how
     many rows were rewritten; ``followed`` the objects no longer reachable
     that past values referred to, erased whole; ``not_erased`` what could
@@ -97,6 +102,7 @@ class Erasure:
     followed: tuple[int, ...] = ()
     scrubbed: bool = True
     scrub_note: str = ""
+    targets: tuple[int, ...] = ()
 
     @property
     def note(self) -> str:
@@ -111,6 +117,9 @@ class Erasure:
             text = f"nothing to erase for {what}: no past value is stored; audit event at seq {self.seq}"
         if self.current:
             text += f"; {self.current} stored copies of current values left alone (set them first if they must go)"
+        held = [oid for oid in self.targets if oid not in self.followed]
+        if held:
+            text += f"; with past values of the collections it holds: {_ids(held)}"
         if self.followed:
             text += f"; with the objects past values referred to, no longer reachable: {_ids(self.followed)}"
         if self.not_erased:
@@ -126,6 +135,7 @@ class Erasure:
             "fields": list(self.fields),
             "not_erased": list(self.not_erased),
             "followed": list(self.followed),
+            "targets": list(self.targets),
         }
 
 
@@ -145,6 +155,8 @@ class _Request:
     head: int
     reason: str
     by: str | None
+    #: the metadata of the annotate blocks active when erase was called (its audit event's transaction's)
+    meta: dict[str, Any] | None = None
     #: in words: what cannot be erased (the members of sets)
     skipped: tuple[str, ...] = ()
     #: a field name the class does not know, to be found stored
@@ -154,14 +166,17 @@ class _Request:
 def erase(engine: Engine, obj: Any, field: str | None, reason: str, by: str | None) -> Erasure:
     """See :meth:`memimg.MemoryImage.erase`."""
     _check_args(engine, field, reason, by)
+    meta = _annotation(engine)
+    if by is None and meta is not None and meta.get("user") is not None:
+        by = str(meta["user"])  # who the application says is acting (a web request's user)
     engine.snapshots.join()
-    with _no_snapshots(engine):
+    with engine.snapshots.held("erase"):
         for _ in range(ATTEMPTS):
             with engine.lock:
                 engine.refuse_if_busy()
                 engine.check_writable()
                 engine.catch_up()
-                request = _request(engine, obj, field, reason, by)
+                request = _request(engine, obj, field, reason, by, meta)
             excision, plan, targets = _plan(engine, request)
             _check_found(request, plan)
             done = _commit(engine, request, excision)
@@ -176,7 +191,7 @@ def erase(engine: Engine, obj: Any, field: str | None, reason: str, by: str | No
                 oid=request.oid,
             )
     scrubbed, scrub_note = _scrub(engine)
-    return _result(rows[0][0], request, plan, targets, scrubbed, scrub_note)
+    return _result(rows[-1][0], request, plan, targets, scrubbed, scrub_note)
 
 
 def _check_args(engine: Engine, field: str | None, reason: str, by: str | None) -> None:
@@ -265,8 +280,7 @@ def _commit(engine: Engine, request: _Request, excision: Excision) -> tuple[list
             excision.feed(new)
             plan = excision.result()
             head = missed[-1][0] if missed else request.head
-            event = (_ERASE, None, _audit_args(request, plan))
-            rows = engine.session.encode_events([event], head + 1, time.time_ns() // 1000)
+            rows = engine.session.encode_events(_audit(request, plan), head + 1, time.time_ns() // 1000)
             done.append((rows, plan))
             return Rewrite(plan.events, plan.snapshots, rows)
 
@@ -278,11 +292,14 @@ def _commit(engine: Engine, request: _Request, excision: Excision) -> tuple[list
             if isinstance(err, _Replan):
                 return None
             raise
+        # what history remembers of the rows rewritten (see Reader.first_states): forgotten now the rewrite
+        # committed, whatever catching up or applying the audit commit does
+        engine.reader.first_states = FirstStates()
         rows, plan = done[-1]
-        audit = rows[0][0]
-        if engine.seq < audit - 1:  # what other writers appended before the audit event
-            engine.catch_up(itertools.takewhile(lambda r: r[0] < audit, store.read(after=engine.seq)))
-        engine.apply([(_ERASE, None, _audit_args(request, plan))], rows, None)
+        first = rows[0][0]
+        if engine.seq < first - 1:  # what other writers appended before the audit commit
+            engine.catch_up(itertools.takewhile(lambda r: r[0] < first, store.read(after=engine.seq)))
+        engine.apply(_audit(request, plan), rows, None)
     return rows, plan
 
 
@@ -290,9 +307,24 @@ class _Replan(Exception):
     """A commit made while erase planned needs a new plan (see :data:`ATTEMPTS`)."""
 
 
-def _audit_args(request: _Request, plan: Excised) -> tuple[Any, ...]:
+def _audit(request: _Request, plan: Excised) -> list[Any]:
+    """The audit commit: the ``erase`` event, after the ``tx.meta`` event of the annotations active, if any."""
     type_name = request.type_name or plan.type_names.get(request.oid, "")
-    return (request.reason, request.oid, type_name, list(request.fields), request.by, plan.erased)
+    others = [oid for oid in plan.erased_in if oid != request.oid]
+    args = (request.reason, request.oid, type_name, list(request.fields), request.by, plan.erased, others)
+    event = (_ERASE, None, args)
+    return [meta_event(request.meta), event] if request.meta else [event]
+
+
+def _annotation(engine: Engine) -> dict[str, Any] | None:
+    """The metadata of the ``img.annotate`` blocks active in this thread or task (None: none), checked.
+
+    Raises:
+        UnsupportedValueError: it is too large (see :func:`memimg.image._annotate.layer_meta`).
+    """
+    writer = engine.writer
+    layers = writer.annotation.get() if writer.ever_annotated else None
+    return layer_meta(layers) if layers else None
 
 
 def _checked(raw: Any) -> EventRow:
@@ -341,11 +373,13 @@ def _key_of(engine: Engine) -> Any:
 # -- what to erase -------------------------------------------------------------------
 
 
-def _request(engine: Engine, obj: Any, field: str | None, reason: str, by: str | None) -> _Request:
+def _request(
+    engine: Engine, obj: Any, field: str | None, reason: str, by: str | None, meta: dict[str, Any] | None
+) -> _Request:
     """What erasing *obj*'s *field* means at the image's seq, or a clear error (nothing changed)."""
     table = engine.table
     reachable = frozenset(table.reachable_oids())
-    base: dict[str, Any] = {"reachable": reachable, "head": engine.seq, "reason": reason, "by": by}
+    base: dict[str, Any] = {"reachable": reachable, "head": engine.seq, "reason": reason, "by": by, "meta": meta}
     if isinstance(obj, int) and not isinstance(obj, bool):
         held = table.objects[obj] if 0 < obj < len(table.objects) else None
         if held is None:  # no longer in the image: read from the log, every stored value past
@@ -482,29 +516,6 @@ def _renew_lease(engine: Engine) -> None:
         )
 
 
-@contextlib.contextmanager
-def _no_snapshots(engine: Engine) -> Iterator[None]:
-    """No snapshot is written meanwhile, by this process or another: the snapshot lease held."""
-    snaps = engine.snapshots
-    with snaps.lock:
-        deadline = time.monotonic() + _snapshots.WAIT_SECONDS
-        while not engine.store.lease(_snapshots.LEASE, snaps.holder, _snapshots.LEASE_SECONDS):
-            if time.monotonic() >= deadline:
-                raise LockedError(
-                    f"another process has been writing a snapshot of {engine.store.description} for over "
-                    f"{_snapshots.WAIT_SECONDS:g} s (it holds the snapshot lease); erase again later; nothing "
-                    "was changed",
-                    store=engine.store.description,
-                    operation="taking the snapshot lease",
-                )
-            time.sleep(0.05)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):  # it expires by itself
-                engine.store.release(_snapshots.LEASE, snaps.holder)
-
-
 def _scrub(engine: Engine) -> tuple[bool, str]:
     """Give the old bytes' space back (SQLite: ``VACUUM``, the WAL emptied); the erasure is committed already.
 
@@ -570,4 +581,5 @@ def _result(
         followed=tuple(t.oid for t in targets if t.oid not in asked),
         scrubbed=scrubbed,
         scrub_note=scrub_note,
+        targets=tuple(oid for oid in plan.erased_in if oid != request.oid),
     )

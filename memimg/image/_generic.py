@@ -8,6 +8,7 @@ image layer, and handed to the core's reader as its stand-in maker.
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import orjson
@@ -15,15 +16,25 @@ import orjson
 from memimg._errors import CorruptLogError, UnknownTypeError
 from memimg.core import _types
 from memimg.core._generic import check_fields, class_name, stand_in_fields, value_class
+from memimg.core._records import declared_types
 from memimg.core._rows import SnapshotRow, verify_snapshot
 from memimg.model._persistent import persistent
 
 __all__ = ["entity_class", "make_stand_in", "prepare"]
 
 
-def make_stand_in(name: str, fields: tuple[str, ...], version: int, is_value: bool) -> _types.TypeInfo:
-    """The stand-in class of stored type *name* (a :data:`memimg.core._generic.StandInMaker`)."""
-    return (value_class if is_value else entity_class)(name, fields, version)
+def make_stand_in(
+    name: str, fields: tuple[str, ...], version: int, is_value: bool, types: tuple[str, ...] | None = None
+) -> _types.TypeInfo:
+    """The stand-in class of stored type *name* (a :data:`memimg.core._generic.StandInMaker`).
+
+    *types* (the declared field types, if the log records them) are declared
+    again as stored when the stand-in's states are written back.
+    """
+    info = (value_class if is_value else entity_class)(name, fields, version)
+    if types is not None:
+        info.types = (-1, types)
+    return info
 
 
 def entity_class(name: str, fields: tuple[str, ...], version: int) -> _types.TypeInfo:
@@ -53,7 +64,7 @@ def prepare(store: Any, removed_types: frozenset[str], *, whole: bool = False) -
     written back whole. A stand-in made by an earlier read (of another
     image) is made again.
     """
-    found: dict[str, tuple[int, dict[str, None], bool]] = {}
+    found: dict[str, tuple[int, dict[str, str | None], bool]] = {}
     after = 0
     for info in store.snapshots():  # newest first, as recovery tries them
         row = SnapshotRow(*store.read_snapshot(info.seq))
@@ -81,7 +92,9 @@ def prepare(store: Any, removed_types: frozenset[str], *, whole: bool = False) -
         except UnknownTypeError:
             info = None
         if info is None or info.stand_in:
-            make_stand_in(name, tuple(fields), version, value)
+            types = tuple(fields.values())
+            known = None if None in types else typing.cast(tuple[str, ...], types)
+            make_stand_in(name, tuple(fields), version, value, known)
 
 
 def _intact_header(row: SnapshotRow) -> dict[str, Any] | None:
@@ -103,12 +116,16 @@ def _header(row: SnapshotRow) -> dict[str, Any] | None:
     return header if isinstance(header, dict) else None
 
 
-def _note(found: dict[str, tuple[int, dict[str, None], bool]], types: dict[str, Any], seq: int, table: str) -> None:
-    """Add the declarations *types* (of event or snapshot *seq*) to *found*."""
+def _note(
+    found: dict[str, tuple[int, dict[str, str | None], bool]], types: dict[str, Any], seq: int, table: str
+) -> None:
+    """Add the declarations *types* (of event or snapshot *seq*) to *found*: each field with its declared
+    type (the newest declaration's; ``None`` when not recorded)."""
     for name, decl in types.items():
         try:
             version, fields = decl[0], decl[1]
             check_fields(name, fields)
+            field_types: Any = declared_types(name, decl) or [None] * len(fields)
         except (CorruptLogError, TypeError, IndexError, KeyError) as err:
             where = "snapshot at seq" if table == "memimg_snapshots" else "event seq"
             detail = err if isinstance(err, CorruptLogError) else f"a malformed declaration of {name!r} ({err!r})"
@@ -116,7 +133,7 @@ def _note(found: dict[str, tuple[int, dict[str, None], bool]], types: dict[str, 
         value = len(decl) > 2 and decl[2] == "value"
         old = found.get(name)
         if old is None:
-            found[name] = (version, dict.fromkeys(fields), value)
+            found[name] = (version, dict(zip(fields, field_types, strict=True)), value)
         else:
-            old[1].update(dict.fromkeys(fields))
+            old[1].update(zip(fields, field_types, strict=True))
             found[name] = (max(old[0], version), old[1], old[2] or value)

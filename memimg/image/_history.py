@@ -7,7 +7,16 @@ The cost grows with the object's own events, not the log's length:
    primary-key read: the ``[oid, type, state]`` record in that event's
    payload (the event targets another object: the one it was attached
    to). If compaction removed that event, the first state is read from the
-   oldest snapshot holding the object.
+   oldest snapshot holding the object. A first state read from a big event
+   (one attach of a large subgraph) is remembered on the image's reader
+   (up to :data:`~memimg.core._reader.FIRST_STATES_BYTES` of them), so the
+   next call neither reads nor parses that event again; an erasure forgets
+   them all, and a past image remembers none. A field the first state
+   lacks is filled in as the reader's plan for the class's declaration in
+   effect there says (a field added since: its plain default; none under
+   upgraders, nor a factory's); that declaration is the event's, the
+   snapshot's, or -- read back once, at most to the last ``snapshot``
+   event, and remembered for the span it covers -- an earlier event's.
 2. **Its events** -- the store reads the rows that target it
    (:meth:`~memimg.Store.read_target`): through the target index up to the
    seq it covers, then by scanning the events past it. Commits do not fill
@@ -18,7 +27,9 @@ The cost grows with the object's own events, not the log's length:
    state, noting what was there before (:mod:`memimg.core._history`).
 4. **Metadata** -- a transaction's metadata is its first row when that row
    is of kind ``tx.meta`` (its seq is the transaction's id): one
-   primary-key read per transaction, cached for the call.
+   primary-key read per transaction, cached for the call -- and none when
+   that first row is the change's own event or one that created objects
+   (neither is a ``tx.meta`` row).
 
 The log is read up to this image's seq: history shows what this image has
 applied (``refresh()`` first to see other processes' commits), and not the
@@ -27,21 +38,24 @@ writes of a transaction still open.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from typing import Any, Final
 
+import attrs
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError, StoreError
 from memimg.core import _types
 from memimg.core._args import arg_decoder
+from memimg.core._fold import SNAPSHOT_KINDS
 from memimg.core._gc import paused_gc
-from memimg.core._gone import Gone
 from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
 from memimg.core._kinds import FIELD, KINDS, Kind
-from memimg.core._reader import Reader, load_states
+from memimg.core._reader import Reader
 from memimg.core._rows import EventRow, SnapshotRow, ts_to_datetime, verify_event, verify_snapshot
-from memimg.core._snapshot import split_snapshot
+from memimg.core._snapshot import held_states, split_snapshot
+from memimg.image._past import PastStore
 from memimg.stores._protocol import Store
 
 __all__ = ["TAIL", "history"]
@@ -50,6 +64,10 @@ log = logging.getLogger("memimg")
 
 #: How many events past the target index a writable image's history scans rather than indexing them first.
 TAIL: Final = 10_000
+#: An event's payload size (bytes) past which history remembers the first state it read there.
+BIG: Final = 64 * 1024
+#: How many events history reads at a time, looking back for a type's declaration.
+_SCAN: Final = 1000
 
 _OBJ_UPDATE: Final = KINDS["obj.update"]
 _COLLECTIONS: Final = {"list": list, "dict": dict, "set": set}
@@ -144,13 +162,14 @@ class _History:
 
         def deref(ref: int) -> Any:
             found = objects[ref] if 0 < ref < len(objects) else None
-            return Collected(ref) if found is None or type(found) is Gone else found
+            return Collected(ref) if found is None else found  # a Gone placeholder names its removed type
 
         self.decode = engine.table.codec.decoder(
             deref, self.reader.decode_value, generic=self.reader.stand_ins is not None
         )
         self._arg_decoders: dict[str, Any] = {}
         self._meta: dict[int, dict[str, Any]] = {}
+        self.born = engine.table.born
 
     # -- the first state --------------------------------------------------------
 
@@ -187,7 +206,7 @@ class _History:
             seq=row.seq,
             tx=row.tx,
             time=ts_to_datetime(row.ts),
-            meta=self._tx_meta(row.tx),
+            meta=self._tx_meta(row),
             target=self.obj,
             kind=row.kind,
             field=f,
@@ -222,16 +241,38 @@ class _History:
         return born
 
     def _from_event(self, seq: int) -> Any:
-        """The object's state in the records of event *seq*, or ``None`` if they do not hold it."""
+        """The object's state in the records of event *seq*, or ``None`` if they do not hold it.
+
+        Found in an event of over :data:`BIG` bytes, the stored state is
+        remembered (:attr:`Reader.first_states`): the next call for this
+        object neither reads nor parses that event again. A past image
+        (``img.at()``) remembers none: an erasure never reaches it.
+        """
+        remembered = self.reader.first_states
+        found = remembered.get(self.oid)
+        if found is not None and found[0] == seq:
+            _, name, state, declared = found
+            return self._state(name, state, None, declared, seq)
         rows = [EventRow(*r) for r in self.store.read(after=seq - 1, limit=1)]
         if not rows or rows[0].seq != seq:
             return None
         verify_event(rows[0])
+        payload = rows[0].payload
         try:
-            p = orjson.loads(rows[0].payload)
-            for oid, name, state in p[1] if len(p) > 1 else ():
+            p = orjson.loads(payload)
+            records = p[1] if len(p) > 1 else ()
+            declarations = p[2] if len(p) > 2 and type(p[2]) is dict else {}
+            if len(payload) > BIG and not isinstance(self.store, PastStore):
+                # every object the big event holds: history of its other objects reads none of it again
+                for oid, name, state in records:
+                    if oid != self.oid:
+                        remembered.remember(oid, seq, name, state, declarations.get(name))
+            for oid, name, state in records:
                 if oid == self.oid:
-                    return self._state(name, state, None)
+                    declared = declarations.get(name)
+                    if len(payload) > BIG and not isinstance(self.store, PastStore):
+                        remembered.remember(oid, seq, name, state, declared)  # before reading it, as stored
+                    return self._state(name, state, None, declared, seq)
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise CorruptLogError(
                 f"event seq {seq} cannot be read for the first state of object {self.oid}: {err}",
@@ -250,18 +291,31 @@ class _History:
                 verify_snapshot(row)
             except CorruptLogError:
                 continue  # recovery skips it too
-            found = _snapshot_state(row, self.oid)
-            if found is not None:
-                name, state, fields = found
-                return row.seq, self._state(name, state, fields)
+            header, records = split_snapshot(row.payload, row.seq)
+            for _, holder, at, _, name, declared in held_states(header, records, (self.oid,), row.seq):
+                return row.seq, self._state(name, holder[at], declared[1] if declared else None, declared)
         raise MemimgError(
             f"history(): the first state of object {self.oid} is no longer stored (neither the event that "
             f"created it nor a snapshot holding it is in {self.store.description})",
             target=self.oid,
         )
 
-    def _state(self, name: str, state: Any, fields: list[str] | None) -> Any:
-        """A stored state as the plain copy the fold changes (a dict of fields for an entity)."""
+    def _state(
+        self, name: str, state: Any, fields: list[str] | None, declared: Any = None, seq: int | None = None
+    ) -> Any:
+        """A stored state as the plain copy the fold changes (a dict of fields for an entity).
+
+        *declared* is the type's declaration in effect where the state was
+        stored (``[version, fields, ...]``; ``None``: not at hand -- then,
+        for the records of event *seq*, it is looked for in the events
+        before it if needed). A field the state lacks is filled in as a
+        reader fills it in (what ``img.at()`` shows), by the reader's plan
+        for that declaration (:meth:`Reader.plan_of`): left out where the
+        state is read as stored (a field deleted before the object was
+        attached), its default where the plan maps fields (one added since,
+        or the declaration is not known), and left out where upgraders read
+        the state (history does not run them: see :meth:`_fill_defaults`).
+        """
         decode = self.decode
         make = _COLLECTIONS.get(name)
         if make is list or make is set:
@@ -270,7 +324,85 @@ class _History:
             if type(state) is dict:
                 return {k: decode(v) for k, v in state.items()}
             return {decode(k): decode(v) for k, v in state}
-        return entity_state(state, fields, self.namer, decode)
+        out = entity_state(state, fields, self.namer, decode)
+        info = _types.info_of(type(self.obj))
+        if info is not None and len(out) < len(info.fields):
+            if declared is None and seq is not None:
+                declared = self._declared_before(name, seq)
+            plan = self.reader.plan_of(name, declared)
+            if plan is None or not (plan.identity or plan.chain):
+                self._fill_defaults(info, out)
+        return out
+
+    def _declared_before(self, name: str, seq: int) -> Any:
+        """The declaration of type *name* in effect at event *seq*, which does not declare it: the one made by
+        the last event before it that did (``None``: not among the events kept).
+
+        A type is declared again after each ``snapshot`` event, at its first
+        use, so the events read back are at most those since the last
+        snapshot, and none that a span found before covers: what is found is
+        remembered (:attr:`Reader.declared_spans`, sorted and merged) for
+        every seq it covers.
+        """
+        spans = self.reader.declared_spans.setdefault(name, [])
+        i = bisect.bisect_right(spans, seq, key=lambda span: span[0])  # spans[:i] start at or before seq
+        before = spans[i - 1] if i else None
+        if before is not None and seq <= before[1]:
+            return before[2]
+        stop = before[1] + 1 if before is not None else 0  # the events up to before's end are known
+        needle = orjson.dumps(name) + b":["
+        first = self.store.first_seq()
+        hi = seq - 1
+        while hi >= max(first, stop):
+            lo = max(first, stop, hi - _SCAN + 1)
+            found: tuple[int, Any] | None = None
+            for raw in self.store.read(after=lo - 1, limit=hi - lo + 1):
+                row = EventRow(*raw)
+                if row.kind in SNAPSHOT_KINDS:
+                    # every type is declared again after it: a declaration before it is not in effect
+                    found = (row.seq, None)
+                elif needle in row.payload:
+                    verify_event(row)
+                    p = orjson.loads(row.payload)
+                    if len(p) > 2 and type(p[2]) is dict and name in p[2]:
+                        found = (row.seq, p[2][name])
+            if found is not None:
+                _add_span(spans, i, (found[0], seq, found[1]))
+                return found[1]
+            hi = lo - 1
+        if before is not None and hi < stop:  # no event after before's end declares it: before's is in effect
+            spans[i - 1] = (before[0], seq, before[2])
+            _merge_next(spans, i - 1)
+            return before[2]
+        # back at the first event kept, with nothing found: what the snapshot the kept events follow declares
+        # (compaction keeps history from one) is in effect; remembered too, so that the scan is not made again
+        declared = self._base_declaration(name, first)
+        _add_span(spans, i, (first, seq, declared))
+        return declared
+
+    def _base_declaration(self, name: str, first: int) -> Any:
+        """The declaration of type *name* in the snapshot the events from *first* on follow (``None``: none)."""
+        if first <= 1 or first - 1 not in {info.seq for info in self.store.snapshots()}:
+            return None
+        payload = self.store.read_snapshot(first - 1).payload
+        end = payload.find(b"\n")
+        header = orjson.loads(payload[: end if end >= 0 else len(payload)])
+        types = header.get("types") if type(header) is dict else None
+        return types.get(name) if type(types) is dict else None
+
+    def _fill_defaults(self, info: _types.TypeInfo, out: dict[str, Any]) -> None:
+        """Add to entity state *out* the plain defaults of the fields it lacks, as a reader fills them in -- but
+        not a factory's (history runs no code of the program: a factory may return another value each call,
+        or read the object, or fail) nor a value the image logs when it fills it (a value holding objects: its
+        own ``obj.set`` shows it). Such a field stays ``MISSING`` until the event that sets it."""
+        for f in info.fields:
+            if f in out or f not in info.defaults:
+                continue
+            default = info.defaults[f]
+            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                continue
+            if not self.reader.holds_new_objects(default):
+                out[f] = default
 
     # -- events -------------------------------------------------------------------
 
@@ -308,40 +440,42 @@ class _History:
             return k, ([(n, v) for f, v in args[0] if (n := namer(f)) is not None],)
         return k, args
 
-    def _tx_meta(self, tx: int) -> dict[str, Any]:
-        """The metadata of transaction *tx*: the data of its first row if that is a ``tx.meta`` row, else ``{}``."""
+    def _tx_meta(self, row: EventRow) -> dict[str, Any]:
+        """The metadata of *row*'s transaction: the data of its first row if that is a ``tx.meta`` row, else ``{}``.
+
+        That first row is read only if it may be one: not when it is *row*
+        itself, or an event that created objects (perhaps a big one).
+        """
+        tx = row.tx
         meta = self._meta.get(tx)
         if meta is None:
             meta = {}
-            for raw in self.store.read(after=tx - 1, limit=1):
-                row = EventRow(*raw)
-                if row.seq == tx and row.kind == "tx.meta":
-                    verify_event(row)
-                    data = orjson.loads(row.payload)[0]
-                    if type(data) is list and data and type(data[0]) is dict:
-                        meta = data[0]
+            if row.seq != tx and not self.born.created(tx):
+                for raw in self.store.read(after=tx - 1, limit=1):
+                    first = EventRow(*raw)
+                    if first.seq == tx and first.kind == "tx.meta":
+                        verify_event(first)
+                        data = orjson.loads(first.payload)[0]
+                        if type(data) is list and data and type(data[0]) is dict:
+                            meta = data[0]
             self._meta[tx] = meta
         return dict(meta)
 
 
-def _snapshot_state(row: SnapshotRow, oid: int) -> tuple[str, Any, list[str] | None] | None:
-    """``(type name, state, declared fields)`` of object *oid* in a stored snapshot, or ``None``."""
-    header, records = split_snapshot(row.payload, row.seq)
-    types = header.get("types") or {}
-    if header["format"] == 2:
-        names = header["names"]
-        for i, (oids, kinds, states) in enumerate(records):
-            if oid in oids:
-                at = oids.index(oid)
-                name = names[kinds[at]]
-                state = load_states(states, len(oids), i, row.seq)[at]
-                decl = types.get(name)
-                return name, state, list(decl[1]) if decl else None
-        return None
-    for record_oid, name, state in records:
-        if record_oid == oid:
-            return name, orjson.loads(state), None
-    return None
+def _add_span(spans: list[tuple[int, int, Any]], i: int, span: tuple[int, int, Any]) -> None:
+    """Insert *span* at *i* in the sorted *spans*, merged with the next one if it starts right after it with
+    the same declaration."""
+    spans.insert(i, span)
+    _merge_next(spans, i)
+
+
+def _merge_next(spans: list[tuple[int, int, Any]], i: int) -> None:
+    """Merge span *i* with the next if that starts right after it with the same declaration."""
+    if i + 1 < len(spans):
+        start, end, declared = spans[i]
+        nxt = spans[i + 1]
+        if nxt[0] <= end + 1 and nxt[2] == declared:
+            spans[i : i + 2] = [(start, max(end, nxt[1]), declared)]
 
 
 def _creating_events(store: Store, first: int, upto: int) -> list[tuple[int, int]]:

@@ -12,8 +12,8 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Set
+from typing import Any, TypeVar
 
 from memimg._errors import ClosedError, CorruptLogError, SchemaError, UnknownTypeError
 from memimg.core import _types
@@ -24,7 +24,7 @@ from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _changes, _erase, _feeds, _history, _past, _recovery
+from memimg.image import _changes, _erase, _feeds, _history, _past, _query, _recovery
 from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
 from memimg.image._erase import Erasure
@@ -35,6 +35,8 @@ from memimg.stores._protocol import Store
 __all__ = ["MemoryImage", "diff_past", "open_past"]
 
 log = logging.getLogger("memimg")
+
+T = TypeVar("T")
 
 
 class MemoryImage:
@@ -157,9 +159,11 @@ class MemoryImage:
     def annotate(self, **meta: Any) -> Annotation:
         """A context manager: every commit made in this thread or task while it is active carries *meta*.
 
-        Commits outside transactions carry it, and transactions begun inside
-        it or open when it is entered (under their own ``meta``); so do
-        commits retried after a conflict. Nested blocks merge, the inner
+        Commits outside transactions carry it; a transaction carries it when
+        it makes a change while the block is active (under its own ``meta``),
+        even if it commits after the block exited -- a block during which the
+        transaction changed nothing lends it nothing; so do commits retried
+        after a conflict. Nested blocks merge, the inner
         winning. An asyncio task started inside the block inherits it (as it
         inherits every context variable); a new thread does not. Values as
         for :meth:`transaction`'s ``meta``. The Flask and Django integrations
@@ -319,6 +323,64 @@ class MemoryImage:
         engine.check_open()
         return read_events(engine.store.read, since)
 
+    # -- querying -----------------------------------------------------------------
+
+    def all(self, cls: type[T]) -> Set[T]:
+        """The instances of ``@persistent`` class *cls* (subclasses included) the image holds: a live view.
+
+        A read-only :class:`collections.abc.Set`: ``len`` (O(1)), ``in``,
+        iteration, comparisons and the set operators (which give a plain
+        ``set``); ``add``, ``discard`` and the other mutators raise
+        :class:`TypeError`. Every read sees the image as it is then:
+        commits, refreshes, replay at open and schema upgrades are in it.
+        Inside a transaction it also holds the objects the transaction
+        attached. An object made unreachable stays in it until the next
+        snapshot (automatic, or :meth:`snapshot`) collects it.
+
+        Raises:
+            TypeError: *cls* is not a ``@persistent`` class.
+            ClosedError: the image is closed (also when the view is read later).
+        """
+        self._engine.check_open()
+        _query.entity_class(cls, "img.all")
+        return _query.Extent(self._engine, cls)
+
+    def find(self, cls: type[T], /, **equalities: Any) -> list[T]:
+        """The instances in :meth:`all` of *cls* whose fields equal *equalities*, as a list in no particular order.
+
+        ``img.find(Order, status="open", customer=ada)`` compares with
+        ``==`` (as dict keys are: ``1`` matches ``1.0`` and ``True``; an
+        entity equals only itself); an unset field matches nothing. With an
+        equality on an indexed field (``memimg.field(index=True)`` or
+        ``unique=True``) it costs the size of the result; otherwise it scans
+        the extent. Fields are read as this thread reads them: inside a
+        transaction, with the transaction's own writes.
+
+        Raises:
+            TypeError: *cls* is not a ``@persistent`` class, or has no field
+                named so (the message names the class and the field).
+            ConflictError: inside a transaction, a field read was changed by
+                a newer commit (as any read would be).
+            ClosedError: the image is closed.
+        """
+        return _query.find(self._engine, cls, equalities)
+
+    def get(self, cls: type[T], /, **key: Any) -> T | None:
+        """The one instance of *cls* (subclasses included) whose unique field equals the value given, or None.
+
+        ``img.get(User, email="ada@x.io")`` looks the value up in the
+        field's index (``memimg.field(unique=True)``): O(1). Inside a
+        transaction it sees the transaction's own writes. Like
+        :meth:`find`, it may return an instance made unreachable that no
+        snapshot has collected yet, unless a reachable one holds the value.
+
+        Raises:
+            TypeError: *cls* is not a ``@persistent`` class, or *key* is not
+                exactly one of its unique fields (the message names them).
+            ClosedError: the image is closed.
+        """
+        return _query.get(self._engine, cls, key)  # type: ignore[no-any-return]
+
     # -- the past ---------------------------------------------------------------
 
     def at(
@@ -401,7 +463,8 @@ class MemoryImage:
         the field held before its current one is replaced by
         :data:`memimg.ERASED` (checksums recomputed), and an ``erase`` audit
         event records when, why (*reason*), by whom (*by*), which object and
-        fields -- never the values. The current value is left alone (set it
+        fields, and the other objects values of which were erased with it
+        (by id) -- never the values. The current value is left alone (set it
         first if it must go too). In a past value, references to objects
         stay (inside tuples and value objects too; everything else in them
         is erased), and the objects they refer to that are no longer
@@ -425,7 +488,9 @@ class MemoryImage:
             obj: an entity, tracked list or dict of this image, or an object id (an int).
             field: one field (a current one, or a name values are stored under); None: every field.
             reason: why (stored in the audit event; at most 1,000 characters).
-            by: who asked (stored in the audit event).
+            by: who asked (stored in the audit event); None: the ``user`` of the
+                :meth:`annotate` blocks active (a web request's user), if any. The
+                audit event's transaction carries their whole metadata.
 
         Returns:
             An :class:`~memimg.Erasure` saying what was and was not erased.

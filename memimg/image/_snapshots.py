@@ -97,22 +97,68 @@ class Snapshots:
                 if not wait:
                     self._quiet_until = time.monotonic() + RETRY_SECONDS
                     return None
-                raise LockedError(
-                    f"another process has been writing a snapshot of {self.engine.store.description} for "
-                    f"over {wait:g} s (it holds the snapshot lease); try again later",
-                    store=self.engine.store.description,
-                    operation="taking the snapshot lease",
-                )
+                raise self._locked(wait, "try again later")
             try:
                 seq = self._write(automatic)
                 if seq is not None:
                     self._index_targets(seq)
                 return seq
             finally:
-                try:
-                    self.engine.store.release(LEASE, self.holder)
-                except Exception as err:  # it expires by itself
-                    log.warning("releasing the snapshot lease of %s: %s", self.engine.store.description, err)
+                self._release()
+
+    @contextlib.contextmanager
+    def held(self, doing: str) -> Iterator[None]:
+        """The snapshot lease held, by this image, while the block runs (*doing*: for the error).
+
+        No snapshot is written meanwhile, by this process or another, and an
+        ``erase`` waits: what the block writes from a state it read (a
+        snapshot, an erase's rewrite) cannot be overtaken by another writer
+        of the same rows. Waits up to :data:`WAIT_SECONDS` for another holder.
+        The lease is renewed every third of :data:`LEASE_SECONDS` while the
+        block runs, however long it takes (a thread of its own; the lease
+        still expires if this process dies).
+
+        Raises:
+            LockedError: another process held the lease past :data:`WAIT_SECONDS`.
+        """
+        with self._one:
+            if not self._lease(WAIT_SECONDS):
+                raise self._locked(WAIT_SECONDS, f"{doing} again later; nothing was changed")
+            done = threading.Event()
+            renewer = threading.Thread(target=self._renew, args=(done,), name=f"memimg-lease-{doing}", daemon=True)
+            renewer.start()
+            try:
+                yield
+            finally:
+                done.set()
+                renewer.join()
+                self._release()
+
+    def _renew(self, done: threading.Event) -> None:
+        """Renew the lease every third of its time until *done* (a renewal that fails is tried again)."""
+        store = self.engine.store
+        while not done.wait(LEASE_SECONDS / 3):
+            try:
+                store.lease(LEASE, self.holder, LEASE_SECONDS)
+            except Exception as err:
+                log.warning("renewing the snapshot lease of %s: %s", store.description, err)
+
+    def _locked(self, waited: float, advice: str) -> LockedError:
+        """The error for a lease another process held past *waited* seconds."""
+        where = self.engine.store.description
+        return LockedError(
+            f"another process has been writing a snapshot of {where} for over {waited:g} s (it holds the "
+            f"snapshot lease); {advice}",
+            store=where,
+            operation="taking the snapshot lease",
+        )
+
+    def _release(self) -> None:
+        """Give the lease back (if that fails, it expires by itself)."""
+        try:
+            self.engine.store.release(LEASE, self.holder)
+        except Exception as err:
+            log.warning("releasing the snapshot lease of %s: %s", self.engine.store.description, err)
 
     def _index_targets(self, seq: int) -> None:
         """Fill the store's target index up to *seq* (what history reads by; see Store.index_targets)."""

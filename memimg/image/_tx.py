@@ -63,6 +63,8 @@ class TxHost(Protocol):
 
     def check_read(self, start: int, oid: int, part: Any) -> None: ...
 
+    def check_unique(self, state: TxState, obj: Any, name: str, value: Any) -> None: ...
+
 
 class TxState:
     """One open transaction: its pending events, its delta, what it read."""
@@ -77,6 +79,7 @@ class TxState:
         "host",
         "meta",
         "nested",
+        "noted",
         "reads",
         "start_seq",
         "tags",
@@ -84,6 +87,7 @@ class TxState:
         "undo_tags",
         "views",
         "writable",
+        "writer",
     )
 
     #: reads in a transaction go to it: it shows its own writes, and records what was read
@@ -92,6 +96,7 @@ class TxState:
 
     def __init__(self, host: TxHost, start_seq: int) -> None:
         self.host = host
+        self.writer = host.writer
         self.attacher = host.attacher
         self.start_seq = start_seq
         self.events: list[Any] = []  # flat: kind, target, args, kind, ... (see pending())
@@ -110,9 +115,11 @@ class TxState:
         #: what this transaction is doing while it runs user code (see :func:`reentered`), or None
         self.busy: str | None = None
         #: its own metadata (``transaction(meta=...)``, savepoints' merged in as they are kept) and that of the
-        #: annotations in effect when it began or entered while it was open; both checked already
+        #: annotations in effect where and when it made a change (see :meth:`_note_annotation`); both checked
         self.meta: dict[str, Any] = {}
         self.annotated: dict[str, Any] = {}
+        #: the annotation layers and savepoint last merged into ``annotated`` (not merged again while the same)
+        self.noted: tuple[Any, Any] = ((), None)
 
     # -- reads ------------------------------------------------------------------
 
@@ -304,10 +311,20 @@ class TxState:
             self._tag_undo(tag)
         self.events += (_OBJ_SET, obj, (name, v))
         self.tags.append(tag)
+        writer = self.writer  # the hot path: the method is called only when there is something to note
+        if writer.ever_annotated:
+            layers = writer.annotation.get()
+            if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
+                self._note_annotation(layers, tag)
         d = self.fields.get(id(obj))
         if d is None:
             d = self.fields[id(obj)] = {}
         d[name] = v
+
+    def check_unique(self, obj: Any, name: str, value: Any) -> None:
+        """Unique field *name* of *obj* is being set to *value* here: refuse a clash this transaction sees."""
+        if not self.done:
+            self.host.check_unique(self, obj, name, value)
 
     def del_field(self, obj: Any, name: str) -> None:
         if self.done:
@@ -316,8 +333,14 @@ class TxState:
         self._check()
         getter = _types.info_of(type(obj)).getters[name]  # type: ignore[union-attr]
         self.read_field(obj, name, getter)  # AttributeError if it is not set
+        tag = self._tag()
         self.events += (_OBJ_DEL, obj, (name,))
-        self.tags.append(self._tag())
+        self.tags.append(tag)
+        writer = self.writer  # the hot path: the method is called only when there is something to note
+        if writer.ever_annotated:
+            layers = writer.annotation.get()
+            if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
+                self._note_annotation(layers, tag)
         self.field_del(obj, name)
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -354,6 +377,11 @@ class TxState:
                 k.apply(self, coll, *eargs)  # first: an event that fails to apply is not recorded either
                 self.events += (k, coll, eargs)
                 self.tags.append(tag)
+            writer = self.writer
+            if events and writer.ever_annotated:
+                layers = writer.annotation.get()
+                if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
+                    self._note_annotation(layers, tag)
         finally:
             self.busy = None
             self.writable = True
@@ -373,6 +401,14 @@ class TxState:
             host.annotated = {**host.annotated, **meta}
         else:
             host.meta = {**host.meta, **meta}
+
+    def _note_annotation(self, layers: tuple[Any, ...], tag: Savepoint | None) -> None:
+        """Merge the annotations in effect in this thread or task (*layers*, not those noted last) into this
+        transaction's, for a change just made in savepoint *tag*: a transaction carries the blocks active when
+        (and where) it changed something, not those that began or ended around it without a change (kept or
+        dropped with *tag*, as the change)."""
+        self.noted = (layers, tag)
+        self.add_meta(layers[-1][1], annotation=True, sp=tag)
 
     def commit_meta(self) -> dict[str, Any] | None:
         """The metadata its commit writes: its own over its annotations; None when there is none.

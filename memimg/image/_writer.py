@@ -29,6 +29,7 @@ from memimg.core._markers import ABSENT, SELF
 from memimg.core._meta import meta_event
 from memimg.core._reader import Pending
 from memimg.image import _recovery
+from memimg.image._annotate import layer_meta
 from memimg.image._attach import NATIVE, where_coll, where_field
 from memimg.image._views import raw_method
 from memimg.model._base import Planner
@@ -93,7 +94,7 @@ class AutoWriter:
     def _annotated(self, events: list[Pending]) -> list[Pending]:
         """*events* with the ``tx.meta`` event of the annotations in effect first, if any."""
         layers = self.annotation.get() if self.ever_annotated else None
-        return [meta_event(layers[-1][1]), *events] if layers else events
+        return [meta_event(layer_meta(layers)), *events] if layers else events
 
     def _enter(self) -> None:
         """Checks before a change (the lock held): not from user code in a change, writable, fills logged."""
@@ -113,7 +114,7 @@ class AutoWriter:
             if type(value) in NATIVE and (type(value) is not str or value.isascii()):
                 events: list[Pending] = [(_OBJ_SET, obj, (name, value))]
                 if self.ever_annotated and (layers := self.annotation.get()):
-                    events.insert(0, meta_event(layers[-1][1]))
+                    events.insert(0, meta_event(layer_meta(layers)))
                 engine.commit(events)
             else:
                 # one pause of the collector for attaching and committing: what they create is
@@ -132,6 +133,9 @@ class AutoWriter:
                         raise
         if self.feed is not None:
             self.feed.drain()  # subscribers are called outside the lock (see _feeds)
+
+    def check_unique(self, obj: Any, name: str, value: Any) -> None:
+        """Nothing before the write: each change outside a transaction is checked as it commits."""
 
     def del_field(self, obj: Any, name: str) -> None:
         """``del obj.name``, committed."""

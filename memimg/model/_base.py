@@ -59,7 +59,9 @@ class Writer(Protocol):
     While read hooks are installed, a read goes to the writer if it
     :attr:`tracks_reads` (a transaction: it shows its own writes and records
     what it read) or if a commit is being applied (:attr:`publishing`: the
-    reader sees all of it or none); otherwise it is a plain read.
+    reader sees all of it or none); otherwise it is a plain read. A writer
+    that tracks reads also checks a unique field's new value
+    (:meth:`check_unique`) before the write; the others check at commit.
     """
 
     tracks_reads: bool
@@ -74,6 +76,8 @@ class Writer(Protocol):
     def read_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any: ...
 
     def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any: ...
+
+    def check_unique(self, obj: Any, name: str, value: Any) -> None: ...
 
 
 class Owner(Protocol):

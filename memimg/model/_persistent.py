@@ -21,6 +21,7 @@ accessors recorded in the ``TypeInfo``, so no user code runs.
 
 from __future__ import annotations
 
+import enum
 import types
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, dataclass_transform, overload
@@ -28,7 +29,7 @@ from typing import Any, TypeVar, dataclass_transform, overload
 import attrs
 from attrs import setters
 
-from memimg.core import _types
+from memimg.core import _indexes, _types
 from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 
@@ -41,17 +42,29 @@ _OBJ_DELATTR = object.__delattr__
 _FORBIDDEN_OPTIONS = {"slots", "frozen", "eq", "order", "unsafe_hash", "hash", "these"}
 
 
-def field(*, renamed_from: str | None = None, **kwargs: Any) -> Any:
+def field(*, renamed_from: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any) -> Any:
     """``attrs.field`` plus memimg options.
 
     Args:
         renamed_from: the field's previous name; values stored under it are
             read into this field on replay (schema evolution).
+        index: keep an index of the field's values, so that ``img.find``
+            on it costs the size of the result (hashable values only).
+        unique: no two reachable instances of the class (subclasses
+            included) may hold the same value (``None`` excepted); implies
+            an index, and ``img.get`` looks instances up by it.
         **kwargs: anything ``attrs.field`` accepts.
     """
+    options: dict[str, Any] = {}
     if renamed_from is not None:
+        options["renamed_from"] = renamed_from
+    if index or unique:
+        options["index"] = True
+    if unique:
+        options["unique"] = True
+    if options:
         metadata = dict(kwargs.pop("metadata", None) or {})
-        metadata["memimg"] = {**metadata.get("memimg", {}), "renamed_from": renamed_from}
+        metadata["memimg"] = {**metadata.get("memimg", {}), **options}
         kwargs["metadata"] = metadata
     return attrs.field(**kwargs)
 
@@ -87,6 +100,8 @@ class _EntityBuilder:
         self._cls = cls
         self._name = name or _types.default_name(cls)
         self._aliases = tuple(aliases)
+        # a clash is refused before the class is built (nothing half-made)
+        _types.check_names(_types.TypeInfo(cls=cls, name=self._name, kind=_types.ENTITY, aliases=self._aliases))
         self._version = version
         self._removed = tuple(removed)
         self._options = options
@@ -99,6 +114,7 @@ class _EntityBuilder:
             return self
         bases = (*(b for b in cls.__bases__ if b is not object), PersistentBase)
         ns = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        ns["__qualname__"] = cls.__qualname__  # not in __dict__: kept so a nested or local class keeps its place
         meta: Any = type(cls)
         self._cls = meta(cls.__name__, bases, ns)
         return self
@@ -125,7 +141,10 @@ class _EntityBuilder:
             hook = a.on_setattr if a.on_setattr is not None else self._hook
             if hook is self._hook and self._default_hook and a.converter is None and a.validator is None:
                 hook = None  # attrs' default convert+validate has nothing to do for this field
-            hooks[a.name] = (a, None if hook is setters.NO_OP or hook is _keep else hook)
+            hook = None if hook is setters.NO_OP or hook is _keep else hook
+            if a.name in _indexes.indexed_fields(cls) and _indexes.indexed_fields(cls)[a.name] is not None:
+                hook = _unique_hook(hook)
+            hooks[a.name] = (a, hook)
 
         def __setattr__(self: Any, name: str, value: Any) -> None:
             entry = hooks.get(name)
@@ -158,6 +177,7 @@ class _EntityBuilder:
     def register(self) -> type:
         cls = self._cls
         fields = attrs.fields(cls)
+        _indexes.check_declaration(cls, {self._original.__name__: cls})
         getters: dict[str, Callable[[Any], Any]] = {}
         setters_: dict[str, Callable[[Any, Any], None]] = {}
         deleters: dict[str, Callable[[Any], None]] = {}
@@ -185,9 +205,26 @@ class _EntityBuilder:
             removed=self._removed,
             defaults={a.name: a.default for a in fields if a.default is not attrs.NOTHING},
         )
-        _types.register(info)
+        _types.register(info, check=True)
         _tracking.register_entity(info)
         return cls
+
+
+def _unique_hook(hook: Callable[[Any, Any, Any], Any] | None) -> Callable[[Any, Any, Any], Any]:
+    """*hook* (a field's own on-setattr hook, or none) followed by the check of a unique field's new value
+    against the other instances the transaction writing it sees (outside one, the commit checks it)."""
+
+    def check_unique(instance: Any, attribute: Any, value: Any) -> Any:
+        if hook is not None:
+            value = hook(instance, attribute, value)
+        owner = instance._mi_img
+        if owner is not None:
+            writer = owner._mi_current.get()
+            if writer.tracks_reads:
+                writer.check_unique(instance, attribute.name, value)
+        return value
+
+    return check_unique
 
 
 def _repoint_cells(new: type, olds: tuple[type, ...]) -> None:
@@ -239,34 +276,51 @@ def persistent(
     removed: Iterable[str] = (),
     **options: Any,
 ) -> T | Callable[[T], T]:
-    """Make a class a persistent entity: an attrs class whose mutations are tracked.
+    """Make a class a persistent entity (an attrs class whose mutations are tracked), or give an enum
+    or a frozen attrs value class a stable name.
 
     Used bare (``@persistent``) or with options (``@persistent(name=...)``).
-    The class keeps ``attrs.define`` semantics -- annotations are fields;
-    defaults, factories, validators and converters work -- except that it is
-    always slotted and compares and hashes by identity (``eq=False``), so
-    entities can be dict keys and set members.
+    On a plain class, the class keeps ``attrs.define`` semantics --
+    annotations are fields; defaults, factories, validators and converters
+    work -- except that it is always slotted and compares and hashes by
+    identity (``eq=False``), so entities can be dict keys and set members.
+
+    On an ``enum.Enum`` subclass or a frozen attrs class (put it above
+    ``@attrs.frozen``), the class is returned unchanged: its values are
+    stored by value, and the decorator only registers its stable name and
+    aliases (and, for a value class, its version and removed fields) --
+    exactly what ``memimg.converter.register_value(cls, name=...,
+    aliases=...)`` does. See the schema-evolution guide, "Enums and value
+    classes".
 
     Args:
         name: the stable type name written to the log (default
             ``module.QualName``); set it before renaming or moving the class.
         aliases: older names still accepted on replay.
         version: the schema version, raised when a field changes type or
-            meaning (see ``memimg.upgrader``).
-        removed: stored fields that no longer exist; their values are dropped.
+            meaning (see ``memimg.upgrader``); not for an enum.
+        removed: stored fields that no longer exist; their values are
+            dropped; not for an enum.
         **options: other ``attrs.define`` options (``repr``, ``kw_only``,
-            ``init``, ``on_setattr``, ...).
+            ``init``, ``on_setattr``, ...), for an entity only.
 
     Raises:
-        TypeError: an option that contradicts entity semantics (``frozen``,
-            ``eq``, ``slots``...).
+        TypeError: not a class; an option that contradicts entity semantics
+            (``frozen``, ``eq``, ``slots``...) or that an enum or value
+            class does not take; a name another kind of class already has,
+            or an alias another class has as its name or alias (both
+            classes are named; nothing is registered).
     """
 
     def wrap(cls: T) -> T:
-        if not isinstance(cls, type):
-            raise TypeError(f"@persistent decorates classes, not {type(cls).__name__}")
-        if isinstance(cls, types.GenericAlias):  # pragma: no cover - defensive
-            raise TypeError("@persistent cannot decorate a generic alias")
+        if not isinstance(cls, type) or isinstance(cls, types.GenericAlias):
+            raise TypeError(
+                f"@persistent decorates a class -- an entity class, an enum.Enum subclass or a frozen attrs "
+                f"class -- not {_describe(cls)}: put it on a class statement"
+            )
+        if isinstance(cls, enum.EnumMeta) or _types.is_value_class(cls):
+            _name_value_class(cls, name=name, aliases=aliases, version=version, removed=removed, options=options)
+            return cls
         builder = _EntityBuilder(
             cls, name=name, aliases=aliases, version=version, removed=removed, options=dict(options)
         )
@@ -276,3 +330,44 @@ def persistent(
     if maybe_cls is None:
         return wrap
     return wrap(maybe_cls)
+
+
+def _describe(obj: Any) -> str:
+    """*obj* as an error message names it."""
+    name = getattr(obj, "__qualname__", None)
+    if callable(obj) and name:
+        return f"the {type(obj).__name__} {name}"
+    return f"{type(obj).__name__} {obj!r:.60}"
+
+
+def _name_value_class(
+    cls: type,
+    *,
+    name: str | None,
+    aliases: Iterable[str],
+    version: int,
+    removed: Iterable[str],
+    options: dict[str, Any],
+) -> None:
+    """``@persistent`` on an enum or a frozen attrs class: give it a stable name; the class is not rebuilt
+    (its values are stored by value, so there is nothing to track)."""
+    what = "an enum" if isinstance(cls, enum.EnumMeta) else "a frozen attrs class"
+    if options:
+        raise TypeError(
+            f"@persistent on {what} ({cls.__qualname__}) takes only name, aliases"
+            f"{'' if isinstance(cls, enum.EnumMeta) else ', version and removed'}, not "
+            f"{', '.join(sorted(options))}: the class is only named, not rebuilt"
+            + ("" if isinstance(cls, enum.EnumMeta) else "; pass attrs options to @attrs.frozen")
+        )
+    if isinstance(cls, enum.EnumMeta):
+        if version != 1 or tuple(removed):
+            raise TypeError(
+                f"@persistent(version=..., removed=...) on the enum {cls.__qualname__}: an enum has no fields "
+                "to upgrade or drop (members are stored by name); to rename a member, keep the old name as an "
+                "alias member (OLD = NEW's value)"
+            )
+        _types.name_value_class(cls, name=name, aliases=tuple(aliases))
+        return
+    if not isinstance(version, int) or version < 1:
+        raise TypeError(f"@persistent(version=...) must be an int >= 1, not {version!r}")
+    _types.name_value_class(cls, name=name, aliases=tuple(aliases), version=version, removed=tuple(removed))

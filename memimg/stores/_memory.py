@@ -49,10 +49,13 @@ class MemoryStore:
         self._meta: dict[str, str] = {"format_version": str(FORMAT_VERSION)}
 
     def head(self) -> int:
-        return self._first - 1 + len(self._events)
+        if self._events:
+            return self._first - 1 + len(self._events)
+        # no event kept: the newest snapshot says where the log is (as in the SQL stores)
+        return max(self._first - 1, max(self._snapshots, default=0))
 
     def first_seq(self) -> int:
-        return self._first
+        return self._first if self._events else self.head() + 1
 
     def _refuse(self, doing: str) -> None:
         raise ReadOnlyError(f"{doing} in :memory: was refused: the store is open read-only; nothing was written")
@@ -66,6 +69,8 @@ class MemoryStore:
             for i, row in enumerate(rows):
                 if row[0] != expected_head + 1 + i:
                     raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
+            if not self._events:
+                self._first = expected_head + 1
             self._extend(rows)
 
     def _extend(self, rows: Sequence[EventRow]) -> None:
@@ -208,6 +213,8 @@ class MemoryStore:
             for snap in snapshots:
                 if snap.seq in self._snapshots:
                     self._snapshots[snap.seq] = snap
+            if rows and not self._events:
+                self._first = head + 1
             self._extend(rows)
 
     def close(self) -> None:

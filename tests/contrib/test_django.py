@@ -715,6 +715,19 @@ def test_each_request_is_annotated_with_user_request_id_and_view(bank: memimg.Me
     assert meta["endpoint"] == "tests.contrib.test_django.outside"
 
 
+def test_an_x_request_id_that_is_no_short_printable_ascii_is_replaced(bank: memimg.MemoryImage) -> None:
+    """An X-Request-ID over 200 characters, or holding a control character, is not recorded: the request
+    gets a new random id instead (request.memimg_request_id too); a plausible one is recorded as it is."""
+    seq = bank.seq
+    for header in ("x" * 201, "ok\x01forged", "Root=1-abc;Parent=53995c3f"):
+        environ = {"HTTP_X_REQUEST_ID": header}
+        r = Client().post("/accounts/ada/deposit/", {"amount": "1"}, content_type="application/json", **environ)
+        assert r.status_code == 200
+    recorded = [tx[0].meta["request"] for tx in _request_txs(bank, seq)]
+    assert [len(r) for r in recorded[:2]] == [32, 32] and recorded[0] != recorded[1]
+    assert recorded[2] == "Root=1-abc;Parent=53995c3f"
+
+
 def test_a_user_pk_beyond_the_metadata_int_range_is_recorded_as_its_str(bank: memimg.MemoryImage) -> None:
     """A 64-bit user pk (beyond 2**53 - 1) is no metadata int: the request succeeds and records it as a str."""
     seq = bank.seq

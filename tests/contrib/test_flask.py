@@ -842,6 +842,55 @@ def test_a_no_transaction_views_changes_are_annotated_with_a_new_request_id(make
     assert len(first[0].meta["request"]) == 32 and first[0].meta["request"] != second[0].meta["request"]
 
 
+def test_an_erase_made_in_a_request_records_its_user_and_meta(make_app: Make) -> None:
+    """img.erase() called in a no_transaction view without by= records the request's user as by, and its
+    audit event carries the request's meta (user, request id, endpoint)."""
+    app, ext = make_app(TEST_G_USER={"id": 7})
+
+    @app.post("/erase")
+    @no_transaction
+    def erase() -> Any:
+        result = memimg_flask.image.erase(counter(), "count", reason="GDPR request 9")
+        return {"by": result.by}
+
+    _add_views(app)
+    client = app.test_client()
+    for _ in range(2):
+        assert client.post("/inc").status_code == 200
+    r = client.post("/erase", headers={"X-Request-ID": "req-erase"})
+    assert r.status_code == 200 and r.json == {"by": "7"}
+    audit = list(ext.image.events())[-1]
+    assert audit.kind == "erase" and audit.data[4] == "7" and audit.data[5] > 0
+    assert audit.meta == {"user": 7, "request": "req-erase", "endpoint": "erase"}
+
+
+@pytest.mark.parametrize(
+    ("header", "kept"),
+    [
+        ("req-1", True),
+        ("Root=1-67891233-abcdef012345678912345678;Parent=53995c3f42cd8ad8", True),
+        ("x" * 200, True),
+        ("x" * 201, False),
+        ("a\nforged: line", False),
+        ("tab\there", False),
+        ("caf\u00e9", False),
+        ("   ", False),
+    ],
+)
+def test_an_x_request_id_is_recorded_only_if_short_printable_ascii(make_app: Make, header: str, kept: bool) -> None:
+    """An X-Request-ID of at most 200 printable ASCII characters is recorded as it is; a longer one, or one
+    holding a control character or non-ASCII, is replaced by a new random id (never cut or cleaned)."""
+    app, ext = make_app()
+    seq = ext.image.seq
+    environ = {"HTTP_X_REQUEST_ID": header}  # as a server passes it on, bypassing the client's header checks
+    assert app.test_client().post("/inc", environ_overrides=environ).status_code == 200
+    recorded = _txs(ext.image, seq)[0][0].meta["request"]
+    if kept:
+        assert recorded == header
+    else:
+        assert len(recorded) == 32 and all(c in "0123456789abcdef" for c in recorded)
+
+
 @pytest.mark.parametrize(
     ("user", "expected"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import enum
 import pickle
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 import memimg
 from memimg import persistent
+from memimg.core import _types
 from tests.conftest import Images
 from tests.models import Account, Bank, Entry, Validated
 
@@ -189,10 +191,17 @@ def test_delete_field_is_tracked(make_image: Images) -> None:
         del img.root["e"].amount
 
 
-def test_decorating_a_non_class() -> None:
-    """@persistent on a function is a TypeError."""
-    with pytest.raises(TypeError):
-        persistent(lambda: 0)  # type: ignore[type-var]
+@pytest.mark.parametrize(
+    ("thing", "named"),
+    [(lambda: 0, "the function <lambda>"), (3, "int 3"), ("Item", "str 'Item'")],
+    ids=["function", "int", "str"],
+)
+def test_decorating_a_non_class(thing: Any, named: str) -> None:
+    """@persistent on something that is not a class is a TypeError naming it and the kinds of class it
+    takes."""
+    with pytest.raises(TypeError, match="decorates a class") as info:
+        persistent(thing)
+    assert named in str(info.value) and "enum.Enum subclass" in str(info.value)
 
 
 def test_class_access_returns_the_slot() -> None:
@@ -202,3 +211,168 @@ def test_class_access_returns_the_slot() -> None:
 
 def _unused(x: Any) -> Any:  # pragma: no cover
     return x
+
+
+# -- enums and frozen value classes: named, not rebuilt -------------------------------------------
+
+
+def test_an_enum_is_named_not_rebuilt() -> None:
+    """@persistent(name=..., aliases=...) on an Enum registers the class itself (same class, same
+    members) under the stable name and its aliases; bare @persistent gives the default name."""
+
+    class Plain(enum.Enum):
+        A = "a"
+
+    original = Plain
+    Named = persistent(name="enums.Status", aliases=("enums.OldStatus",))(Plain)
+    assert Named is original and Named.A.value == "a" and list(Named) == [Named.A]
+    assert _types.resolve("enums.Status").cls is Named
+    assert _types.resolve("enums.OldStatus").cls is Named
+    assert _types.info_of(Named).kind == _types.ENUM  # type: ignore[union-attr]
+
+    @persistent
+    class Flag(enum.IntFlag):
+        R = 1
+        W = 2
+
+    assert _types.info_of(Flag).name == f"{__name__}.{Flag.__qualname__}"  # type: ignore[union-attr]
+    assert Flag.R | Flag.W == 3
+
+
+def test_a_frozen_value_class_is_named_not_rebuilt() -> None:
+    """@persistent(name=..., aliases=..., version=..., removed=...) on a frozen attrs class registers it
+    as a value class with that name and schema; the class is unchanged (still frozen, still equal by
+    value)."""
+
+    @attrs.frozen
+    class Money:
+        cents: int = 0
+
+    original = Money
+    Named = persistent(name="values.Money", aliases=("values.Cash",), version=2, removed=("currency",))(Money)
+    info = _types.info_of(Named)
+    assert Named is original and Named(5) == Named(5) and attrs.fields(Named)[0].name == "cents"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        Named(1).cents = 2  # type: ignore[misc]
+    assert info is not None and info.kind == _types.VALUE and info.name == "values.Money"
+    assert (info.aliases, info.version, info.removed) == (("values.Cash",), 2, ("currency",))
+    assert _types.resolve("values.Cash") is info
+
+
+def test_register_value_and_persistent_name_a_class_alike() -> None:
+    """converter.register_value(cls, name=..., aliases=...) and @persistent(name=..., aliases=...) are one
+    path: either gives an enum the same registration, and the later one renames it."""
+
+    class Colour(enum.Enum):
+        RED = 1
+
+    memimg.converter.register_value(Colour, name="colours.Colour", aliases=("colours.Old",))
+    first = _types.info_of(Colour)
+    persistent(name="colours.Colour2", aliases=("colours.Colour",))(Colour)
+    assert _types.info_of(Colour) is first and first is not None
+    assert (first.name, first.aliases) == ("colours.Colour2", ("colours.Colour",))
+    assert _types.resolve("colours.Colour") is first and _types.resolve("colours.Colour2") is first
+
+
+def test_enum_and_value_class_options_that_mean_nothing_are_refused() -> None:
+    """An enum has no fields to version or drop, and a value class is not rebuilt, so attrs options do
+    not apply: each is a TypeError naming the class and what to do instead; nothing is registered."""
+
+    class Mode(enum.Enum):
+        ON = 1
+
+    with pytest.raises(TypeError, match=r"enum .*Mode: an enum has no fields.*alias member") as info:
+        persistent(name="modes.Mode", version=2)(Mode)
+    with pytest.raises(TypeError, match="enum .*Mode: an enum has no fields"):
+        persistent(removed=("x",))(Mode)
+    with pytest.raises(TypeError, match=r"frozen attrs class \(.*Pair\) takes only.*not repr.*@attrs.frozen"):
+
+        @persistent(repr=False)
+        @attrs.frozen
+        class Pair:
+            a: int = 0
+
+    assert "@persistent(version=..., removed=...)" in str(info.value)
+    with pytest.raises(memimg.UnknownTypeError):
+        _types.resolve("modes.Mode")
+
+
+def test_an_enum_and_an_entity_may_not_share_a_stable_name() -> None:
+    """Two classes of different kinds claiming one stable name are refused at definition time, whichever
+    comes first, naming both classes and what to do; the first keeps the name."""
+
+    @persistent(name="clash.Status")
+    class Status(enum.Enum):
+        OPEN = 1
+
+    with pytest.raises(TypeError, match=r"entity .*Order and enum .*Status both claim .*'clash.Status'") as info:
+
+        @persistent(name="clash.Status")
+        class Order:
+            n: int = 0
+
+    assert "Give one of them another name" in str(info.value)
+    assert _types.resolve("clash.Status").cls is Status
+
+    @persistent(name="clash.Ticket")
+    class Ticket:
+        n: int = 0
+
+    with pytest.raises(TypeError, match=r"enum .*Kind and entity .*Ticket both claim .*'clash.Ticket'"):
+        persistent(name="clash.Ticket")(enum.Enum("Kind", "A B"))
+    with pytest.raises(TypeError, match=r"value class .*Point and entity .*Ticket both claim"):
+
+        @persistent(name="clash.Ticket")
+        @attrs.frozen
+        class Point:
+            x: int = 0
+
+    assert _types.resolve("clash.Ticket").cls is Ticket
+
+
+def test_colliding_aliases_are_refused() -> None:
+    """An alias that another live class has as its name, or lists in its aliases, is refused at definition
+    time naming both classes and what to do (replay could not say which class reads the old states)."""
+
+    @persistent(name="al.Item", aliases=("al.OldItem",))
+    class Item:
+        n: int = 0
+
+    with pytest.raises(TypeError, match=r"alias 'al.Item' of .*Product is claimed.*Item still has that name"):
+
+        @persistent(name="al.Product", aliases=("al.Item",))
+        class Product:
+            n: int = 0
+
+    with pytest.raises(TypeError, match=r"alias 'al.OldItem' of .*Grade is claimed.*already lists it"):
+
+        @persistent(name="al.Grade", aliases=("al.OldItem",))
+        class Grade(enum.Enum):
+            A = 1
+
+    with pytest.raises(TypeError, match=r"alias 'al.OldItem' .*already lists it"):
+        memimg.converter.register_value(Decimal, name="al.Money", aliases=("al.OldItem",))
+    assert _types.resolve("al.OldItem").cls is Item
+    with pytest.raises(memimg.UnknownTypeError):
+        _types.resolve("al.Product")
+
+
+def test_a_class_defined_again_at_the_same_place_takes_its_names_over() -> None:
+    """A class defined again under the same module and qualified name (a reloaded module, a function run
+    twice) is the same class again, not a clash: it takes its name and aliases over."""
+    made = []
+    for kind in ("entity", "enum", "entity"):  # a reload may even change its kind
+        if kind == "entity":
+
+            @persistent(name="again.Thing", aliases=("again.Old",))
+            class Thing:
+                n: int = 0
+
+        else:
+
+            @persistent(name="again.Thing", aliases=("again.Old",))
+            class Thing(enum.Enum):  # type: ignore[no-redef]
+                A = 1
+
+        made.append(Thing)
+    assert _types.resolve("again.Thing").cls is made[-1] and _types.resolve("again.Old").cls is made[-1]

@@ -480,3 +480,22 @@ class StoreContract:
         assert "k" not in store.meta()
         store.append([row(2)], 1)
         assert store.head() == 2
+
+    def test_a_log_may_start_after_a_snapshot(self, store: Store) -> None:
+        """A store with no event and a snapshot at seq N has head N and first seq N + 1, and takes events
+        from N + 1 on (how a compacted log is copied: its snapshots first, then its events)."""
+        store.write_snapshot(snap(5))
+        assert (store.head(), store.first_seq()) == (5, 6)
+        with pytest.raises(SeqTaken):
+            store.append([row(1)], 0)
+        store.append([row(6), row(7)], 5)
+        assert (store.head(), store.first_seq()) == (7, 6)
+        assert [r[0] for r in store.read()] == [6, 7]
+        assert [r[0] for r in store.read(after=6)] == [7]
+        reopened = self.reopen(store)
+        try:
+            assert (reopened.head(), reopened.first_seq()) == (7, 6)
+            assert [EventRow(*r) for r in reopened.read()] == [row(6), row(7)]
+        finally:
+            if reopened is not store:
+                reopened.close()

@@ -1,0 +1,444 @@
+"""The NDJSON store: the log as one append-only file of JSON lines (``memimg.open("shop.ndjson")``).
+
+Files, for a log at ``shop.ndjson``:
+
+- ``shop.ndjson`` -- a header line (``{"format":"memimg-ndjson","version":1,"first":1}``:
+  the storage format and the seq of the oldest event kept), then one line per
+  event, in seq order, appended and never changed in place (see
+  :mod:`memimg.stores._ndjsonformat` for a line's layout);
+- ``shop.ndjson.snapshots/SEQ.ndjson`` -- one file per snapshot, each written
+  atomically (a temp file, fsync, rename, fsync of the directory);
+- ``shop.ndjson.meta`` -- ``memimg_meta`` (leases, image positions) as one
+  JSON object, replaced atomically (temp file and rename) under the lock;
+- ``shop.ndjson.lock`` -- the lock file writers take (``fcntl.flock``).
+
+**Append rule.** Every write takes the lock file's exclusive lock, then
+brings the store's view of the log up to date: if the path names another
+file than the one open (compaction or erase replaced it), the new file is
+opened; the lines other writers appended are indexed; and a partial last
+line -- a write a crash cut short, since no writer holding the lock is
+mid-write -- is cut off (and logged). Only then is the head compared with
+the seq the writer expected (:class:`SeqTaken`, with the events it missed,
+otherwise), and a transaction's lines go in one ``os.write`` on a file
+opened ``O_APPEND``. ``sync="full"`` fsyncs the file after each commit (and
+the directory when the file is created); ``"normal"`` leaves the flushing
+to the OS: a crash of the process loses nothing written, a power loss may.
+
+**Readers** never wait for a writer and never modify the file (a
+read-only store opens it ``O_RDONLY``): they index complete lines only (a
+partial last line is a write under way, or a torn tail a writer will cut),
+and only while no writer holds the lock -- they take its shared side
+without waiting, and keep their view as it was if a writer is busy, since
+what it is writing is not committed yet (a multi-line write may be seen
+half done). Lines are verified as they are read: a line that does not
+parse, holds another seq than its place says, or fails its checksum raises
+:class:`CorruptLogError` naming the line and seq.
+``changed``/``wait_for_change`` look at the file's identity and size (a
+``stat``), so followers poll a cheap call. Leases and image positions live
+in the meta file, so the log itself is only ever appended to.
+
+**What is kept in memory**: the byte offset of every event line (8 bytes an
+event), and, once history asks by object (:meth:`NDJSONStore.read_target`),
+the seqs of each object's events. Rewrites (compaction, erase) write a new
+file beside the log and rename it over the path: processes that had the old
+file open notice at their next stat and reopen.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import itertools
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import orjson
+
+from memimg._errors import MemimgError
+from memimg.stores._ndjsonformat import (
+    encode_rows,
+    header_line,
+    read_snapshot_file,
+    snapshot_bytes,
+    snapshot_header,
+    sync_directory,
+    write_atomically,
+)
+from memimg.stores._ndjsonlog import LogFile
+from memimg.stores._protocol import (
+    FORMAT_VERSION,
+    LEASE,
+    EventRow,
+    Rewrite,
+    SeqTaken,
+    SnapshotInfo,
+    SnapshotRow,
+    check_target,
+    lease_entry,
+    read_in_chunks,
+)
+
+__all__ = ["NDJSONStore"]
+
+_SNAPSHOT_NAME = re.compile(r"^(\d{20})\.ndjson$")
+#: Most events a refused append hands over (SeqTaken.missed).
+_MISSED = 1000
+
+
+class NDJSONStore(LogFile):
+    """The log in an NDJSON file (see the module docstring for the files and the rules).
+
+    Args:
+        path: the log file (``*.ndjson``; created if missing, unless *readonly*).
+        sync: ``"normal"`` or ``"full"`` (an fsync per commit).
+        readonly: open the log read-only; writes raise :class:`ReadOnlyError`.
+        busy_timeout: seconds to wait for another writer's lock before
+            raising :class:`LockedError`.
+        keep_segments: compaction moves the events it drops to a segment
+            file instead of deleting them (see :meth:`delete_events_before`).
+
+    Raises:
+        MemimgError: the file is not an NDJSON memimg log (it is left
+            untouched), is in a newer storage format, or does not exist
+            (read-only).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: str = "normal",
+        readonly: bool = False,
+        busy_timeout: float = 10.0,
+        keep_segments: bool = False,
+    ) -> None:
+        if sync not in ("normal", "full"):
+            raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
+        super().__init__(os.fspath(path), full=sync == "full", readonly=readonly, busy_timeout=busy_timeout)
+        #: compaction keeps the events it drops as a segment file (see :meth:`delete_events_before`)
+        self.keep_segments = keep_segments
+        if os.path.isdir(self.path):
+            raise MemimgError(f"{self.path!r} is a directory, not an NDJSON log file")
+        if readonly and not os.path.exists(self.path):
+            raise MemimgError(f"{self.path!r} does not exist (opened read-only)")
+        try:
+            if readonly:
+                with self._lock, self._io("opening the log"):
+                    self._refresh()
+                return
+            with self._io("opening the log"):
+                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            with self._writing("opening the log"):
+                pass  # _writing creates the file, cuts a torn tail, and indexes it
+        except BaseException:
+            self.close()
+            raise
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _log_head(self) -> int:
+        """The last event's seq; with no event kept, the newest snapshot's if it is further (as in the SQL stores)."""
+        if self._offsets:
+            return self._head()
+        return max(self._head(), max((s.seq for s in self.snapshots()), default=0))
+
+    def head(self) -> int:
+        with self._lock, self._io("reading the head of the log"):
+            self._refresh()
+            return self._log_head()
+
+    def first_seq(self) -> int:
+        with self._lock, self._io("reading the first seq of the log"):
+            self._refresh()
+            return self._first if self._offsets else self._log_head() + 1
+
+    def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
+        doing = f"appending events {rows[0][0]}..{rows[-1][0]}"
+        self._check_writable(doing)
+        for i, row in enumerate(rows):
+            if row[0] != expected_head + 1 + i:
+                raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
+        data = encode_rows(rows)
+        with self._writing(doing):
+            head = self._log_head()
+            if head != expected_head:
+                last = self._head()
+                if self._first - 1 <= expected_head < last:
+                    stop = min(last, expected_head + _MISSED)
+                    raise SeqTaken(expected_head, self._rows(expected_head + 1, stop), more=stop < head)
+                raise SeqTaken(expected_head)
+            if head > self._head():  # no event kept, a snapshot further: the log goes on after it
+                self._replace(head + 1, iter(()))
+            start = self._end
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes were written")
+                if self._full:
+                    os.fsync(self._fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)  # nothing of it stays
+                raise
+            offsets, pos = self._offsets, 0
+            for _ in rows:
+                offsets.append(start + pos)
+                pos = data.index(b"\n", pos) + 1
+            self._end = start + len(data)
+
+    def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
+        return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]
+
+    def _fetch(self, after: int, n: int) -> list[EventRow]:
+        with self._lock, self._io(f"reading events after seq {after}"):
+            self._refresh()
+            start = max(after + 1, self._first)
+            return self._rows(start, min(start + n - 1, self._head()))
+
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        check_target(target)
+        with self._lock, self._io(f"reading the events of object {target}"):
+            self._refresh()
+            self._index_upto(self._head())
+            seqs = self._targets.get(target, [])
+            lo = bisect.bisect_right(seqs, max(after, self._first - 1))
+            hi = len(seqs) if until is None else bisect.bisect_right(seqs, until)
+            rows = [self._rows(s, s)[0] for s in seqs[lo:hi]]
+        return iter(rows)
+
+    def _index_upto(self, upto: int) -> None:
+        """Extend the in-memory target index to seq *upto* (the lock is held)."""
+        after = self._targets_upto
+        while after < upto:
+            stop = min(upto, after + 20_000)
+            for row in self._rows(after + 1, stop):
+                self._targets.setdefault(row[4], []).append(row[0])
+            after = self._targets_upto = stop
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        """The head: the target index is kept in memory, built as history reads by object; nothing is written."""
+        return self.head()
+
+    def changed(self, seen: int) -> bool:
+        with self._io("checking for other writers' commits"):
+            st = os.stat(self.path)
+        if (st.st_dev, st.st_ino) != self._ident or st.st_size != self._end:
+            return True
+        return (self._head() if self._offsets else self._log_head()) != seen
+
+    def wait_for_change(self, seen: int, timeout: float) -> bool:
+        """Block until the head moves past *seen* (polls the file's size every 10 ms), or *timeout* passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.changed(seen) and self.head() != seen:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(0.01, left))
+
+    def delete_events_before(self, seq: int) -> int:
+        """Drop events before *seq*: the kept lines go to a new file renamed over the log (space given back).
+
+        With :attr:`keep_segments`, the dropped lines are first written (atomically) to a segment,
+        ``NAME.ndjson.segments/FIRST-LAST.ndjson`` (seqs zero-padded to 20 digits): a log of its own in
+        the same format, whose header says its first seq -- a segment that starts at seq 1 opens
+        read-only as the image at its last seq.
+        """
+        doing = f"deleting events before seq {seq}"
+        with self._writing(doing):
+            first = self._first
+            n = max(0, min(len(self._offsets), seq - first))
+            if n:
+                if self.keep_segments:
+                    directory = self.path + ".segments"
+                    os.makedirs(directory, exist_ok=True)
+                    segment = os.path.join(directory, f"{first:020d}-{first + n - 1:020d}.ndjson")
+                    lines = self._line_bytes(first, first + n - 1)
+                    write_atomically(segment, itertools.chain([header_line(FORMAT_VERSION, first)], lines))
+                self._replace(first + n, self._line_bytes(first + n, self._head()))
+            return n
+
+    def reclaim(self) -> bool:
+        """Nothing left to give back: :meth:`delete_events_before` rewrote the file already."""
+        with self._writing("reclaiming the space of deleted rows"):
+            return True
+
+    def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
+        """See :meth:`Store.rewrite`: the log is written anew beside the path and renamed over it.
+
+        The old file is unlinked (its blocks are freed, not overwritten: a
+        process that still has it open reads the old lines until it notices
+        the new file, at its next read). Replaced snapshots are rewritten
+        one file at a time after the log, each atomically.
+        """
+        doing = "rewriting rows (erase)"
+        with self._writing(doing):
+            head = self._log_head()
+            events, snapshots, rows = plan(self._rows(max(after + 1, self._first), self._head()))
+            for i, row in enumerate(rows):
+                if row[0] != head + 1 + i:
+                    raise ValueError(f"row seq {row[0]} does not follow {head + i}")
+            replaced = {r[0]: r for r in events if self._first <= r[0] <= self._head()}
+            first = self._first if self._offsets else head + 1
+            self._replace(first, self._rewritten(replaced, self._head(), encode_rows(rows)))
+            for snap in snapshots:
+                path = self._snapshot_path(snap[0])
+                if os.path.exists(path):
+                    write_atomically(path, [snapshot_bytes(SnapshotRow(*snap))])
+
+    def _rewritten(self, replaced: dict[int, EventRow], head: int, tail: bytes) -> Iterator[bytes]:
+        """The log's lines with the rows of *replaced* in place of theirs, then *tail*."""
+        done = self._first - 1
+        for seq in sorted(replaced):
+            yield from self._line_bytes(done + 1, seq - 1)
+            yield encode_rows([replaced[seq]])
+            done = seq
+        yield from self._line_bytes(done + 1, head)
+        yield tail
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def _snapshot_path(self, seq: int) -> str:
+        return os.path.join(self.path + ".snapshots", f"{seq:020d}.ndjson")
+
+    def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
+        """Write the snapshot's file (a temp file, fsync -- off the lock), then rename it in under the lock.
+
+        With *holder*, the rename happens only if *holder* holds the snapshot
+        lease (checked under the lock); otherwise the temp file is removed.
+        """
+        doing = f"writing the snapshot at seq {row.seq}"
+        self._check_writable(doing)
+        path = self._snapshot_path(row.seq)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident():x}.tmp"
+        with self._io(doing):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    data = memoryview(snapshot_bytes(row))
+                    while data:
+                        data = data[os.write(fd, data) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                with self._writing(doing):
+                    if holder is not None and self._read_meta().get(f"lease.{LEASE}", "")[21:] != holder:
+                        return False
+                    os.replace(tmp, path)
+                    sync_directory(os.path.dirname(path))
+                    return True
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        directory = self.path + ".snapshots"
+        with self._io("listing snapshots"):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                return []
+            infos = []
+            for name in names:
+                m = _SNAPSHOT_NAME.match(name)
+                if m is None:
+                    continue
+                seq = int(m.group(1))
+                try:
+                    path = os.path.join(directory, name)
+                    infos.append(SnapshotInfo(seq, *snapshot_header(path)))
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+        return sorted(infos, reverse=True)
+
+    def read_snapshot(self, seq: int) -> SnapshotRow:
+        with self._io(f"reading the snapshot at seq {seq}"):
+            try:
+                return read_snapshot_file(self._snapshot_path(seq), seq)
+            except FileNotFoundError:
+                raise KeyError(seq) from None
+
+    def delete_snapshots_before(self, seq: int) -> int:
+        doing = f"deleting snapshots before seq {seq}"
+        with self._writing(doing):
+            old = [s.seq for s in self.snapshots() if s.seq < seq]
+            for s in old:
+                os.unlink(self._snapshot_path(s))
+            return len(old)
+
+    # -- meta and leases --------------------------------------------------------------------
+
+    def _read_meta(self) -> dict[str, str]:
+        try:
+            with open(self.path + ".meta", "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return {}
+        try:
+            meta = orjson.loads(data)
+        except orjson.JSONDecodeError as err:
+            raise OSError(errno.EIO, f"{self.path + '.meta'!r} is not a JSON object ({err})") from err
+        if not isinstance(meta, dict):
+            raise OSError(errno.EIO, f"{self.path + '.meta'!r} is not a JSON object")
+        return meta
+
+    def _write_meta(self, meta: dict[str, str]) -> None:
+        write_atomically(self.path + ".meta", [orjson.dumps(meta, option=orjson.OPT_SORT_KEYS)], sync=self._full)
+
+    def meta(self) -> dict[str, str]:
+        with self._io("reading memimg_meta"):
+            meta = self._read_meta()
+        meta["format_version"] = str(self._version)
+        return meta
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._writing(f"writing memimg_meta[{key!r}]"):
+            meta = self._read_meta()
+            if value is None:
+                if meta.pop(key, None) is None:
+                    return
+            else:
+                meta[key] = value
+            self._write_meta(meta)
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        key, value, now = lease_entry(name, holder, seconds)
+        with self._writing(f"taking the {name} lease"):
+            meta = self._read_meta()
+            current = meta.get(key)
+            if current is not None and current >= now and current[21:] != holder:
+                return False
+            meta[key] = value
+            self._write_meta(meta)
+            return True
+
+    def release(self, name: str, holder: str) -> None:
+        with self._writing(f"releasing the {name} lease"):
+            meta = self._read_meta()
+            if meta.get(f"lease.{name}", "")[21:] == holder:
+                del meta[f"lease.{name}"]
+                self._write_meta(meta)
+
+    def size(self) -> int:
+        """Bytes on disk (the log, its snapshots and its meta)."""
+        total = 0
+        for path in [self.path, self.path + ".meta"] + [self._snapshot_path(s.seq) for s in self.snapshots()]:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(path)
+        return total
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in (self._fd, self._lock_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self._fd = self._lock_fd = -1
+
+    def __repr__(self) -> str:
+        return f"NDJSONStore({self.path!r})"

@@ -1,0 +1,210 @@
+"""The NDJSON log's bytes: its header line, one line per event, snapshot files, atomic file writes.
+
+An event line holds the columns of an :class:`EventRow` in a fixed order,
+the payload last and as it is stored (memimg's payloads are JSON, so the
+line stays JSON and ``jq`` reads it)::
+
+    {"seq":12,"tx":9,"ts":1764979200000000,"kind":"obj.set","target":7,"checksum":3016130573,"payload":[["x",1]]}
+
+The payload is written verbatim, not re-encoded, so that its bytes -- which
+the checksum covers -- read back exactly; a payload that is not JSON (or
+holds a line break) goes base64-encoded under ``"payload64"`` instead.
+Reading a line matches that layout with one regular expression; a line that
+does not match (edited by hand, torn, reformatted) is corrupt.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from typing import Any, Final
+
+import orjson
+
+from memimg._errors import CorruptLogError, MemimgError
+from memimg.core._rows import EventRow, SnapshotRow, row_intact
+
+__all__ = [
+    "FORMAT_NAME",
+    "encode_rows",
+    "header_line",
+    "parse_header",
+    "parse_line",
+    "read_snapshot_file",
+    "snapshot_bytes",
+    "snapshot_header",
+    "sync_directory",
+    "write_atomically",
+]
+
+#: The value of the header line's ``"format"`` key: what tells an NDJSON memimg log from other files.
+FORMAT_NAME: Final = "memimg-ndjson"
+
+_LINE = re.compile(
+    rb'\{"seq":(\d+),"tx":(-?\d+),"ts":(-?\d+),"kind":("(?:[^"\\]|\\.)*"),"target":(-?\d+),'
+    rb'"checksum":(\d+),"payload(64)?":(.*)\}\Z',
+    re.DOTALL,
+)
+
+
+def header_line(version: int, first: int) -> bytes:
+    """The first line of a log whose oldest kept event is *first*."""
+    return orjson.dumps({"format": FORMAT_NAME, "version": version, "first": first}) + b"\n"
+
+
+def parse_header(line: bytes, path: str) -> tuple[int, int]:
+    """``(version, first)`` from a log's first line (without its line break).
+
+    Raises:
+        MemimgError: the line is not an NDJSON memimg header (the file is not such a log).
+    """
+    try:
+        header = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        header = None
+    if (
+        not isinstance(header, dict)
+        or header.get("format") != FORMAT_NAME
+        or type(header.get("version")) is not int
+        or type(header.get("first")) is not int
+        or header["first"] < 1
+    ):
+        raise MemimgError(
+            f"{path!r} is not an NDJSON memimg log (its first line is not a {FORMAT_NAME} header); "
+            "it was left untouched"
+        )
+    return header["version"], header["first"]
+
+
+def _encode(row: EventRow) -> bytes:
+    seq, tx, ts, kind, target, payload, checksum = row
+    payload = bytes(payload)
+    start = b'{"seq":%d,"tx":%d,"ts":%d,"kind":%s,"target":%d,"checksum":%d,' % (
+        seq,
+        tx,
+        ts,
+        orjson.dumps(kind),
+        target,
+        checksum,
+    )
+    if b"\n" not in payload and b"\r" not in payload:
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return start + b'"payload":' + payload + b"}\n"
+    return start + b'"payload64":"' + base64.b64encode(payload) + b'"}\n'
+
+
+def encode_rows(rows: Any) -> bytes:
+    """The lines of *rows* (event rows), each ending in a line break, as one bytes object."""
+    return b"".join([_encode(r) for r in rows])
+
+
+def parse_line(line: bytes, lineno: int, expected: int, path: str) -> EventRow:
+    """The event row on line *lineno* of *path* (without its line break), which must be event *expected*.
+
+    Raises:
+        CorruptLogError: the line is not an event line, holds another seq,
+            or fails its checksum -- naming the line and the seq.
+    """
+    m = _LINE.match(line)
+    if m is None:
+        raise _corrupt(path, lineno, expected, "is not a well-formed event line")
+    seq, tx, ts, kind, target, checksum, b64, payload = m.groups()
+    if int(seq) != expected:
+        raise _corrupt(path, lineno, expected, f"holds seq {int(seq)} (a line is missing or out of place)")
+    try:
+        kind_name = kind[1:-1].decode() if b"\\" not in kind else orjson.loads(kind)
+        if b64:
+            payload = base64.b64decode(orjson.loads(payload), validate=True)
+    except (ValueError, orjson.JSONDecodeError):
+        raise _corrupt(path, lineno, expected, "is not a well-formed event line") from None
+    row = EventRow(int(seq), int(tx), int(ts), kind_name, int(target), payload, int(checksum))
+    if not row_intact(row):
+        raise _corrupt(path, lineno, expected, "fails its checksum (the line was damaged or edited)")
+    return row
+
+
+def _corrupt(path: str, lineno: int, seq: int, what: str) -> CorruptLogError:
+    return CorruptLogError(
+        f"{path!r} line {lineno} (event seq {seq}) {what}; restore the log from a backup",
+        seq=seq,
+        table="memimg_events",
+        line=lineno,
+    )
+
+
+def snapshot_bytes(row: SnapshotRow) -> bytes:
+    """A snapshot file's content: a JSON header line (seq, ts, checksum, size), then the payload as stored."""
+    seq, ts, payload, checksum = row
+    head = orjson.dumps({"seq": seq, "ts": ts, "checksum": checksum, "size": len(payload)})
+    return head + b"\n" + bytes(payload)
+
+
+def read_snapshot_file(path: str, seq: int) -> SnapshotRow:
+    """The snapshot row in the file at *path* (named for *seq*).
+
+    A file whose header does not parse gives a row whose checksum fails, so
+    that recovery skips it as it skips any damaged snapshot.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.find(b"\n")
+    try:
+        head = orjson.loads(data[:end] if end >= 0 else data)
+        return SnapshotRow(seq, int(head["ts"]), data[end + 1 :], int(head["checksum"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return SnapshotRow(seq, 0, data, -1)
+
+
+def snapshot_header(path: str) -> tuple[int, int]:
+    """``(ts, size)`` of the snapshot in the file at *path*, as its header states (``(0, -1)``: unreadable)."""
+    with open(path, "rb") as f:
+        line = f.readline(4096)
+    try:
+        head = orjson.loads(line)
+        return int(head["ts"]), int(head["size"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return 0, -1
+
+
+def write_atomically(path: str, chunks: Iterator[bytes] | list[bytes], *, sync: bool = True) -> None:
+    """Write *path* whole or not at all: a temp file beside it, fsync, rename over it, fsync the directory.
+
+    With ``sync=False`` the fsyncs are left out (a crash of the process
+    still leaves the old file or the new one, never a mix).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.{os.getpid()}.{id(chunks):x}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync:
+        sync_directory(directory)
+
+
+def sync_directory(directory: str) -> None:
+    """fsync a directory, so that entries created or renamed in it survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,279 @@
+"""The NDJSON log file as a store sees it: the file open, the index of its lines, the lock file.
+
+:class:`LogFile` is the part of :class:`~memimg.stores.NDJSONStore` that
+knows where each event line is (its byte offset, 8 bytes an event, from the
+oldest kept seq -- the header's ``first`` -- on) and keeps that index up to
+the file at the path: a ``stat`` tells whether anything changed (another
+inode: compaction or erase renamed a new file over the log; a larger size:
+others appended). Writers index under the lock file's exclusive lock and
+cut a partial last line; readers index under its shared side, taken
+without waiting (see :meth:`LogFile._refresh`). Lines are parsed and
+verified only when they are read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import threading
+import time
+from array import array
+from collections.abc import Iterator
+
+from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
+from memimg.core._rows import EventRow
+from memimg.stores._ndjsonformat import header_line, parse_header, parse_line, write_atomically
+from memimg.stores._protocol import FORMAT_VERSION
+
+__all__ = ["LogFile"]
+
+log = logging.getLogger("memimg")
+
+#: Bytes read at a time when indexing or copying the log.
+CHUNK = 8 << 20
+
+
+class LogFile:
+    """The log file open, its lines indexed, and the write turn (the base of :class:`NDJSONStore`)."""
+
+    def __init__(self, path: str, *, full: bool, readonly: bool, busy_timeout: float) -> None:
+        self.path = path
+        self.description = self.path
+        self.readonly = readonly
+        self._full = full
+        self._busy_timeout = busy_timeout
+        self._lock = threading.RLock()
+        self._fd = -1
+        self._lock_fd = -1
+        self._exclusive = False  # this store holds the lock file's exclusive lock (see _writing)
+        self._ident: tuple[int, int] = (0, 0)
+        self._version = FORMAT_VERSION
+        self._first = 1
+        #: byte offset of each event line kept (seq first + i); _end: the offset after the last complete line
+        self._offsets = array("q")
+        self._end = 0
+        #: the target index (built when history first asks): target -> seqs, covering seqs up to _targets_upto
+        self._targets: dict[int, list[int]] = {}
+        self._targets_upto = 0
+
+    @contextlib.contextmanager
+    def _io(self, doing: str, *, write: bool = False) -> Iterator[None]:
+        """Translate OS errors into :class:`StoreError` (:class:`FileGoneError` when the log left its path)."""
+        try:
+            yield
+        except OSError as err:
+            if write and isinstance(err, FileNotFoundError) and err.filename == self.path:
+                raise FileGoneError(
+                    f"{doing} in {self.path!r} failed: the log file is no longer at its path (deleted or moved); "
+                    "nothing was written",
+                    path=self.path,
+                    seq=None,
+                    store=self.description,
+                    operation=doing,
+                ) from err
+            raise StoreError(
+                f"{doing} in {self.path!r} failed: {err}", store=self.description, operation=doing
+            ) from err
+
+    def _check_writable(self, doing: str) -> None:
+        if self.readonly:
+            raise ReadOnlyError(
+                f"{doing} in {self.path!r} was refused: the store is open read-only; nothing was written"
+            )
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str) -> Iterator[None]:
+        """Hold the write turn: this store's thread lock and the lock file's lock, the log indexed and whole."""
+        self._check_writable(doing)
+        with self._lock, self._io(doing, write=True):
+            self._flock(doing)
+            self._exclusive = True
+            try:
+                try:
+                    empty = os.stat(self.path).st_size == 0 and self._fd < 0
+                except FileNotFoundError:
+                    if self._fd >= 0:
+                        raise  # the log left its path: FileGoneError
+                    empty = True
+                if empty:
+                    self._create()
+                self._refresh(cut=True)
+                yield
+            finally:
+                self._exclusive = False
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _flock(self, doing: str) -> None:
+        """Take the lock file's exclusive lock, waiting up to busy_timeout (in steps of 50 µs to 2 ms)."""
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockedError(
+                        f"{doing} in {self.path!r}: another writer held the lock for more than "
+                        f"{self._busy_timeout:g} s; nothing was written",
+                        store=self.description,
+                        operation=doing,
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+
+    def _create(self) -> None:
+        """Write a new log's header line (atomically; the lock is held)."""
+        write_atomically(self.path, [header_line(FORMAT_VERSION, 1)], sync=self._full)
+
+    def _load(self) -> None:
+        """Open the file at the path and index it from its header on (the lock is held by writers)."""
+        fd = os.open(self.path, os.O_RDONLY if self.readonly else os.O_RDWR | os.O_APPEND)
+        try:
+            st = os.fstat(fd)
+            first_line = os.pread(fd, 4096, 0)
+            end = first_line.find(b"\n")
+            if end < 0:
+                parse_header(first_line, self.path)  # raises: no header line
+            version, first = parse_header(first_line[:end], self.path)
+            if version > FORMAT_VERSION:
+                raise MemimgError(
+                    f"{self.path!r} was written in memimg storage format {version}; this memimg reads "
+                    f"format {FORMAT_VERSION} and older: upgrade memimg. The file was left untouched"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+        self._version, self._first = version, first
+        self._offsets = array("q")
+        self._end = end + 1
+        self._targets, self._targets_upto = {}, first - 1
+
+    def _refresh(self, *, cut: bool = False) -> None:
+        """Bring the index up to the file at the path: reopen a replaced file, index appended lines.
+
+        With *cut* (a writer holding the lock), a partial last line is cut
+        off. Without, the lock file's shared lock is taken first (a ``stat``
+        that finds nothing new takes none): a writer's lines may be read
+        only once its write is whole. If a writer holds the lock, what it is
+        writing is not committed yet, so the view stays as it was (the first
+        look waits for it).
+        """
+        st = os.stat(self.path)
+        if self._fd >= 0 and (st.st_dev, st.st_ino) == self._ident and st.st_size == self._end:
+            return
+        if cut or self._exclusive:
+            self._catch_up(st, cut=cut)
+            return
+        shared = self._share(wait=self._fd < 0)
+        if shared is None:
+            return
+        try:
+            self._catch_up(os.stat(self.path) if shared else st, cut=False)
+        finally:
+            if shared:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _share(self, *, wait: bool) -> bool | None:
+        """Take the lock file's shared lock: ``True``; ``False`` when there is no lock file to take (no
+        writer ever opened the log, or a read-only store cannot open it); ``None`` when a writer holds it
+        and *wait* is false."""
+        if self._lock_fd < 0:
+            try:
+                self._lock_fd = os.open(self.path + ".lock", os.O_RDONLY)
+            except OSError:
+                return False
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.00005
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if not wait:
+                    return None
+                if time.monotonic() >= deadline:
+                    raise LockedError(
+                        f"reading {self.path!r}: a writer held the lock for more than {self._busy_timeout:g} s",
+                        store=self.description,
+                        operation="reading the log",
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+
+    def _catch_up(self, st: os.stat_result, *, cut: bool) -> None:
+        """Index what the file at the path (*st*) holds past the index (see :meth:`_refresh`)."""
+        if self._fd < 0 or (st.st_dev, st.st_ino) != self._ident:
+            self._load()
+            size = os.fstat(self._fd).st_size
+        else:
+            size = st.st_size
+        if size < self._end:
+            raise OSError(errno.EIO, f"the log shrank to {size} bytes under this store (it had {self._end})")
+        while self._end < size:
+            data = os.pread(self._fd, min(CHUNK, size - self._end), self._end)
+            last = data.rfind(b"\n")
+            if last < 0:
+                if len(data) < CHUNK:
+                    break  # a partial last line
+                raise OSError(errno.EIO, f"a line of more than {CHUNK} bytes at offset {self._end}")
+            lines = data[:last].split(b"\n")
+            self._offsets.extend(itertools.accumulate((len(line) + 1 for line in lines[:-1]), initial=self._end))
+            self._end += last + 1
+        if cut and size > self._end:
+            torn = os.pread(self._fd, min(size - self._end, 200), self._end)
+            log.warning(
+                "%s: cut off a partial last line (%d bytes after event seq %d, starting %r): a write that a crash "
+                "cut short, never acknowledged",
+                self.path,
+                size - self._end,
+                self._head(),
+                torn,
+            )
+            os.ftruncate(self._fd, self._end)
+            if self._full:
+                os.fsync(self._fd)
+
+    def _head(self) -> int:
+        return self._first - 1 + len(self._offsets)
+
+    def _rows(self, start: int, stop: int) -> list[EventRow]:
+        """The rows of seqs *start* to *stop* (kept, complete lines), verified (the lock is held)."""
+        if start > stop:
+            return []
+        first, offsets = self._first, self._offsets
+        begin = offsets[start - first]
+        end = offsets[stop + 1 - first] if stop + 1 - first < len(offsets) else self._end
+        data = os.pread(self._fd, end - begin, begin)
+        lines = data.split(b"\n")
+        if len(lines) != stop - start + 2 or lines[-1]:
+            raise OSError(errno.EIO, f"short read of events {start}..{stop}")
+        lineno = start - first + 2
+        path = self.path
+        return [parse_line(line, lineno + i, start + i, path) for i, line in enumerate(lines[:-1])]
+
+    def _line_bytes(self, start: int, stop: int) -> Iterator[bytes]:
+        """The raw lines of seqs *start* to *stop*, in chunks (the lock is held)."""
+        if start > stop:
+            return
+        first, offsets = self._first, self._offsets
+        pos = offsets[start - first]
+        end = offsets[stop + 1 - first] if stop + 1 - first < len(offsets) else self._end
+        while pos < end:
+            data = os.pread(self._fd, min(CHUNK, end - pos), pos)
+            if not data:
+                raise OSError(errno.EIO, "the log ended early while it was being copied")
+            pos += len(data)
+            yield data
+
+    def _replace(self, first: int, chunks: Iterator[bytes]) -> None:
+        """Write a new log (header *first*, then *chunks*) beside the path and rename it over (the lock is held)."""
+        write_atomically(self.path, itertools.chain([header_line(FORMAT_VERSION, first)], chunks))
+        self._refresh(cut=True)

@@ -1,0 +1,293 @@
+"""The NDJSON store: the contract, and what only an NDJSON file has (its lines, torn tails, the lock file)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+import memimg
+from memimg.stores import NDJSONStore, Store
+from memimg.stores._ndjsonformat import encode_rows
+from tests.models import Box
+from tests.stores.contract import StoreContract, row
+
+
+class TestNDJSONStore(StoreContract):
+    @pytest.fixture(autouse=True)
+    def _dir(self, tmp_path: Any) -> None:
+        self.path = str(tmp_path / "log.ndjson")
+
+    def make_store(self) -> Store:
+        return NDJSONStore(self.path)
+
+    def reopen(self, store: Store, *, readonly: bool = False) -> Store:
+        return NDJSONStore(self.path, readonly=readonly)
+
+    @contextlib.contextmanager
+    def broken(self, store: Store) -> Iterator[bool]:
+        # every file of the log is named from its path: under a regular file, each access fails (ENOTDIR)
+        assert isinstance(store, NDJSONStore)
+        path = store.path
+        store.path = "/dev/null/broken.ndjson"
+        try:
+            yield True
+        finally:
+            store.path = path
+
+
+def _lines(path: str) -> list[bytes]:
+    with open(path, "rb") as f:
+        return f.read().split(b"\n")
+
+
+def test_a_log_round_trips_and_every_line_is_json(tmp_path: Any) -> None:
+    """``memimg.open("x.ndjson")`` is an NDJSON store: a header line naming the format, then one JSON object per
+    event (seq, tx, ts, kind, target, checksum, and the payload as JSON, not encoded again); reopened, the same."""
+    path = str(tmp_path / "shop.ndjson")
+    with memimg.open(path, root=Box) as img:
+        assert isinstance(img._engine.store, NDJSONStore)
+        img.root.content = {"ada": [1, 2.5, "x\ny"], "bob": None}
+        with img.transaction():
+            img.root.content["ada"].append(3)
+            img.root.other = "é"
+        events = list(img.events())
+    lines = _lines(path)
+    assert lines[-1] == b""
+    header, *records = (orjson.loads(line) for line in lines[:-1])
+    assert header == {"format": "memimg-ndjson", "version": 1, "first": 1}
+    assert [r["seq"] for r in records] == [e.seq for e in events] == list(range(1, len(events) + 1))
+    for record, event in zip(records, events, strict=True):
+        assert list(record) == ["seq", "tx", "ts", "kind", "target", "checksum", "payload"]
+        assert (record["tx"], record["kind"], record["target"]) == (event.tx, event.kind, event.target)
+        assert record["payload"] == orjson.loads(event.payload)
+        assert record["checksum"] == event.to_row().checksum
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == {"ada": [1, 2.5, "x\ny", 3], "bob": None} and img.root.other == "é"
+
+
+def test_a_payload_that_is_not_json_is_kept_in_base64(tmp_path: Any) -> None:
+    """A payload that is not JSON (or holds a line break) is stored base64-encoded, the line still JSON, and
+    reads back byte for byte."""
+    store = NDJSONStore(str(tmp_path / "log.ndjson"))
+    odd = [b"\x00\xffnot json", b'["a",\n1]', b""]
+    store.append([row(i + 1, payload=p) for i, p in enumerate(odd)], 0)
+    store.close()
+    records = [orjson.loads(line) for line in _lines(store.path)[1:-1]]
+    assert [base64.b64decode(r["payload64"]) for r in records] == odd
+    again = NDJSONStore(store.path, readonly=True)
+    assert [bytes(r[5]) for r in again.read()] == odd
+    again.close()
+
+
+def test_sync_full_fsyncs_each_commit_in_one_write(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction's lines go to the log in one write of complete lines; sync="full" fsyncs the log after
+    each commit, sync="normal" never does."""
+    calls: list[tuple[str, int]] = []
+    write, fsync = os.write, os.fsync
+    monkeypatch.setattr(
+        os, "write", lambda fd, data: calls.append(("write", bytes(data).count(b"\n"))) or write(fd, data)
+    )
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(("fsync", 0)) or fsync(fd))
+    for sync, fsyncs in (("normal", 0), ("full", 1)):
+        store = NDJSONStore(str(tmp_path / f"{sync}.ndjson"), sync=sync)
+        calls.clear()
+        store.append([row(1, 1), row(2, 1), row(3, 1)], 0)
+        assert calls == [("write", 3)] + [("fsync", 0)] * fsyncs, sync
+        store.close()
+
+
+def test_a_torn_last_line_is_cut_at_open_and_the_log_goes_on(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A partial last line (a crash mid-write) is never replayed: a read-only open leaves the file as it is and
+    ignores it; an open for writing cuts it off, logs what it cut, and the log takes new commits."""
+    path = str(tmp_path / "torn.ndjson")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = 1
+        head = img.seq
+    with open(path, "ab") as f:
+        f.write(b'{"seq":%d,"tx":%d,"ts":1,"kind":"obj.set","target":1,"chec' % (head + 1, head + 1))
+    torn = pathlib.Path(path).read_bytes()
+    with memimg.open(path, root=Box, readonly=True) as ro:
+        assert ro.root.content == 1 and ro.seq == head
+    assert pathlib.Path(path).read_bytes() == torn
+    with caplog.at_level(logging.WARNING, logger="memimg"), memimg.open(path, root=Box) as img:
+        assert img.root.content == 1 and img.seq == head
+        assert "cut off a partial last line" in caplog.text and '"chec' in caplog.text
+        img.root.content = 2
+    assert all(orjson.loads(line) for line in _lines(path)[:-1])
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == 2 and img.seq == head + 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda line: line.replace(b'"obj.set"', b'"obj.sex"'), "fails its checksum"),
+        (lambda line: line[:-5], "is not a well-formed event line"),
+        (lambda line: b"", "is not a well-formed event line"),
+        (lambda line: line.replace(b'"seq":3', b'"seq":4'), "holds seq 4"),
+    ],
+)
+def test_a_damaged_line_before_the_tail_is_named(tmp_path: Any, damage: Any, what: str) -> None:
+    """A line before the tail that fails its checksum, does not parse, or holds the wrong seq raises
+    CorruptLogError naming the line and the seq, and is left as it is."""
+    path = str(tmp_path / "bad.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        for i in range(4):
+            img.root.content = i
+    lines = _lines(path)
+    assert orjson.loads(lines[3])["seq"] == 3 and b'"obj.set"' in lines[3]
+    lines[3] = damage(lines[3])
+    pathlib.Path(path).write_bytes(b"\n".join(lines))
+    for readonly in (True, False):
+        with pytest.raises(memimg.CorruptLogError, match=f"line 4 \\(event seq 3\\) {what}") as info:
+            memimg.open(path, root=Box, readonly=readonly)
+        assert (info.value.seq, info.value.line) == (3, 4)
+    assert pathlib.Path(path).read_bytes() == b"\n".join(lines)
+
+
+def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Any) -> None:
+    """A .ndjson file whose first line is not the header, or whose header names a newer format, is refused and
+    left as it was."""
+    plain = tmp_path / "other.ndjson"
+    plain.write_bytes(b'{"a": 1}\n{"b": 2}\n')
+    newer = tmp_path / "newer.ndjson"
+    newer.write_bytes(b'{"format":"memimg-ndjson","version":99,"first":1}\n')
+    for path, message in ((plain, "not an NDJSON memimg log"), (newer, "format 99")):
+        before = path.read_bytes()
+        for readonly in (True, False):
+            with pytest.raises(memimg.MemimgError, match=message):
+                memimg.open(str(path), readonly=readonly)
+        assert path.read_bytes() == before
+
+
+def test_snapshots_are_files_beside_the_log(tmp_path: Any) -> None:
+    """Snapshots are files in NAME.ndjson.snapshots/ (a JSON header line, then the payload), with no temp file
+    left; the newest valid one is loaded, a damaged one is skipped with a warning."""
+    path = str(tmp_path / "snap.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = "a"
+        first = img.snapshot()
+        img.root.content = "b"
+        second = img.snapshot()
+        img.root.content = "c"
+    directory = tmp_path / "snap.ndjson.snapshots"
+    assert sorted(p.name for p in directory.iterdir()) == [f"{first:020d}.ndjson", f"{second:020d}.ndjson"]
+    newest = directory / f"{second:020d}.ndjson"
+    assert orjson.loads(newest.read_bytes().split(b"\n")[0])["seq"] == second
+    newest.write_bytes(newest.read_bytes().replace(b'"b"', b'"x"'))
+    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {second}"), memimg.open(path, root=Box) as img:
+        assert img.root.content == "c"
+
+
+def test_a_log_deleted_under_a_writer_is_refused(tmp_path: Any) -> None:
+    """A commit into a log whose file was deleted raises FileGoneError and is not applied."""
+    path = str(tmp_path / "gone.ndjson")
+    img = memimg.open(path, root=Box)
+    img.root.content = 1
+    os.unlink(path)
+    with pytest.raises(memimg.FileGoneError):
+        img.root.content = 2
+    assert img.root.content == 1
+    img.close()
+
+
+def test_three_processes_increment_to_exactly_300(tmp_path: Any) -> None:
+    """Three processes each run 100 transactional increments of one counter on one NDJSON log: it ends at 300."""
+    from tests.test_multiprocess import WORKER, spawn
+
+    path = str(tmp_path / "count.ndjson")
+    with memimg.open(path, root=Box) as img:
+        img.root.content = {"count": 0}
+    procs = [spawn(WORKER, "ndjson", path, wid, "100") for wid in ("w1", "w2", "w3")]
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0 and out.strip().endswith("done")
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == {"count": 300, "w1": 100, "w2": 100, "w3": 100}
+        assert [e.seq for e in img.events()] == list(range(1, img.seq + 1))
+
+
+def test_writers_take_turns_through_the_lock_file(tmp_path: Any) -> None:
+    """While another process holds the lock file's lock, a writer waits for it, then raises LockedError after
+    busy_timeout with nothing written; once the lock is free it appends. Readers never wait for it."""
+    import fcntl
+
+    store = NDJSONStore(str(tmp_path / "locked.ndjson"), busy_timeout=0.2)
+    store.append([row(1)], 0)
+    holder = os.open(store.path + ".lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(memimg.LockedError, match="another writer held the lock"):
+            store.append([row(2)], 1)
+        assert store.head() == 1 and [r[0] for r in store.read()] == [1]
+    finally:
+        os.close(holder)
+    store.append([row(2)], 1)
+    assert store.head() == 2
+    store.close()
+
+
+def test_readers_never_see_part_of_a_write(tmp_path: Any) -> None:
+    """Lines a writer is still writing (it holds the lock file's lock) are not read, even complete ones: a
+    reader sees the transaction once the writer lets go of the lock, all of it."""
+    import fcntl
+
+    store = NDJSONStore(str(tmp_path / "busy.ndjson"))
+    store.append([row(1)], 0)
+    reader = NDJSONStore(store.path, readonly=True)
+    assert reader.head() == 1
+    lines = encode_rows([row(2, 2), row(3, 2), row(4, 2)]).split(b"\n")
+    holder = os.open(store.path + ".lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    with open(store.path, "ab") as f:
+        f.write(b"\n".join(lines[:2]) + b"\n")  # two of the transaction's three lines, so far
+    assert reader.head() == 1 and [r[0] for r in reader.read()] == [1]
+    with open(store.path, "ab") as f:
+        f.write(lines[2] + b"\n")
+    os.close(holder)
+    assert reader.head() == 4 and [r[0] for r in reader.read()] == [1, 2, 3, 4]
+    reader.close()
+    store.close()
+
+
+def test_compaction_can_keep_the_dropped_events_as_a_segment(tmp_path: Any) -> None:
+    """``memimg compact --keep-segment`` moves the dropped lines, unchanged, to NAME.ndjson.segments/FIRST-LAST.ndjson,
+    a log of its own that opens read-only as the image at its last seq; the log starts a new file from the cut.
+    On another store the option is refused, nothing changed."""
+    from click.testing import CliRunner
+
+    from memimg.cli import cli
+
+    path = str(tmp_path / "seg.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        for i in range(5):
+            img.root.content = i
+        head = img.seq
+    pathlib.Path(tmp_path / "before.ndjson").write_bytes(pathlib.Path(path).read_bytes())
+    result = CliRunner().invoke(cli, ["compact", path, "--keep-segment"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    log = _lines(path)
+    first = orjson.loads(log[0])["first"]  # the seq of compact's snapshot (a snapshot is an event too)
+    assert first > head and [orjson.loads(line)["seq"] for line in log[1:-1]] == [first]
+    (segment,) = (tmp_path / "seg.ndjson.segments").iterdir()
+    assert segment.name == f"{1:020d}-{first - 1:020d}.ndjson"
+    kept = segment.read_bytes().split(b"\n")
+    assert orjson.loads(kept[0])["first"] == 1 and kept[1:] == _lines(str(tmp_path / "before.ndjson"))[1:]
+    with memimg.open(str(segment), root=Box, readonly=True) as old:
+        assert old.seq == first - 1 and old.root.content == 4
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == 4 and img.seq == first
+    sqlite = str(tmp_path / "x.db")
+    with memimg.open(sqlite, root=Box) as img:
+        img.root.content = 1
+    refused = CliRunner().invoke(cli, ["compact", sqlite, "--keep-segment"])
+    assert refused.exit_code != 0 and "--keep-segment is for NDJSON logs" in refused.output
+    assert len(list(memimg.SQLiteStore(sqlite, readonly=True).read())) == 2
