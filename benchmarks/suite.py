@@ -9,10 +9,10 @@ Usage::
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
 (c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``snapshots`` (g),
 ``web`` (h), ``timetravel`` (i), ``tools`` (j), ``history`` (k), ``ndjson``
-(l); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
+(l), ``feeds`` (m); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
 :mod:`benchmarks.writers`, :mod:`benchmarks.snapshots`, :mod:`benchmarks.web`,
-:mod:`benchmarks.timetravel`, :mod:`benchmarks.tools`, :mod:`benchmarks.history`
-and :mod:`benchmarks.ndjson` for what each measures. Progress goes to stderr,
+:mod:`benchmarks.timetravel`, :mod:`benchmarks.tools`, :mod:`benchmarks.history`,
+:mod:`benchmarks.ndjson` and :mod:`benchmarks.feeds` for what each measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -34,6 +34,7 @@ from importlib import metadata
 from typing import Any
 
 from benchmarks.bars import check_bars, render_bars
+from benchmarks.feeds import feeds_workload
 from benchmarks.harness import FULL, QUICK, TINY, Context, Results, Sizes, scratch_dir
 from benchmarks.history import history_workload
 from benchmarks.inmemory import inmemory
@@ -62,6 +63,7 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "tools": tools,
     "history": history_workload,
     "ndjson": ndjson,
+    "feeds": feeds_workload,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}
 

@@ -30,6 +30,7 @@ from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
 from memimg.core._values import Converter, converter
 from memimg.image._erase import Erasure
+from memimg.image._feeds import Commit
 from memimg.image._image import MemoryImage
 from memimg.image._transaction import Transaction
 from memimg.model import TrackedDict, TrackedList, TrackedSet, field, persistent
@@ -41,6 +42,7 @@ __all__ = [
     "Change",
     "ClosedError",
     "Collected",
+    "Commit",
     "CommitUnknownError",
     "ConflictError",
     "Converter",

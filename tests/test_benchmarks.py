@@ -58,6 +58,7 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     # raw writers at the same pace beside memimg's 4 writers without snapshots: the machine's own spread
     assert seen["snapshots"] == {"memimg", "sqlite3"} | ({"psycopg"} if POSTGRES_URL else set())
     assert seen["history"] == {"memimg"}
+    assert seen["feeds"] == {"memimg", "memimg + field subscriber"}
     assert seen["timetravel"] == {"memimg"}
     assert seen["tools"] == {"memimg"}
     assert seen["ndjson"] == {"memimg", "os.write+fsync", "memimg NDJSON", "memimg SQLite"}
@@ -85,7 +86,7 @@ def test_every_bar_is_evaluated(results: Any) -> None:
     unmeasured = [b.bar for b in bars if b.passed is None and (POSTGRES_URL or "PostgreSQL" not in b.bar)]
     # the bars of capabilities not built yet are listed as such, never dropped from the table
     later = [b.bar for b in bars if b.measured.startswith("not measured: the capability is not built yet")]
-    assert len(later) == 2  # the change feed (issue 19) and encryption at rest (issue 21)
+    assert len(later) == 1  # encryption at rest (issue 21)
     assert unmeasured == later
 
 
@@ -125,7 +126,7 @@ def test_unknown_workload_is_refused(capsys: Any) -> None:
 def test_workload_names_match_the_docs() -> None:
     """The workloads are the ones the docs describe, in their order."""
     names = ["commit", "batch", "recovery", "graph", "inmemory", "writers", "snapshots", "web", "timetravel", "tools"]
-    names += ["history", "ndjson"]
+    names += ["history", "ndjson", "feeds"]
     assert list(WORKLOADS) == names
 
 
@@ -169,4 +170,5 @@ def test_the_bars_are_the_raised_ones_of_the_spec(results: Any) -> None:
     assert needed['durable commits/s, sync="full" vs raw sqlite3 WAL FULL'] == "≥ 0.9x"
     assert needed["memory per tracked object vs plain attrs"] == "≤ 1.5x"
     assert any(bar.startswith("history(obj)") for bar in needed)
+    assert needed["change feed, one subscriber on a field: added to a single-mutation commit"] == "≤ 10%"
     assert any(bar.startswith("recovery by replay") and need == "≥ 0.5x" for bar, need in needed.items())

@@ -109,67 +109,116 @@ class Recorder:
 
     An entity's copy is a dict of its set fields. After each event,
     :attr:`parts` lists what it changed (see :data:`Part`).
+
+    With *live*, the recorder reads the image's committed objects themselves
+    and changes nothing: the change feed (:mod:`memimg.image._feeds`) runs an
+    event against it just before the event is applied, for what it is about
+    to change. Either way the state is read with raw builtin operations, so
+    no tracking hook runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, live: bool = False) -> None:
         self.parts: list[Part] = []
+        self.copies = not live
+        #: live: the raw field getters of each entity class met
+        self._getters: dict[type, dict[str, Callable[[Any], Any]]] = {}
 
-    def field_set(self, obj: dict[str, Any], name: str, value: Any) -> None:
-        self.parts.append((name, None, obj.get(name, MISSING), value, None))
-        obj[name] = value
+    def _live_field(self, obj: Any, name: str) -> Any:
+        getters = self._getters.get(type(obj))
+        if getters is None:
+            getters = self._getters[type(obj)] = _types.info_of(type(obj)).getters  # type: ignore[union-attr]
+        try:
+            return getters[name](obj)
+        except AttributeError:
+            return MISSING
 
-    def field_del(self, obj: dict[str, Any], name: str) -> None:
-        self.parts.append((name, None, obj.pop(name, MISSING), MISSING, None))
+    def field_set(self, obj: Any, name: str, value: Any) -> None:
+        if self.copies:
+            self.parts.append((name, None, obj.get(name, MISSING), value, None))
+            obj[name] = value
+            return
+        try:  # the live field (a measured path of change feeds: no call more than needed)
+            old = self._getters[type(obj)][name](obj)
+        except KeyError:
+            old = self._live_field(obj, name)
+        except AttributeError:
+            old = MISSING
+        self.parts.append((name, None, old, value, None))
+
+    def field_del(self, obj: Any, name: str) -> None:
+        if self.copies:
+            self.parts.append((name, None, obj.pop(name, MISSING), MISSING, None))
+        else:
+            self.parts.append((name, None, self._live_field(obj, name), MISSING, None))
 
     def list_append(self, lst: list[Any], items: list[Any]) -> None:
-        self.parts.append((None, None, (), tuple(items), len(lst)))
-        lst.extend(items)
+        self.parts.append((None, None, (), tuple(items), list.__len__(lst)))
+        if self.copies:
+            lst.extend(items)
 
     def list_splice(self, lst: list[Any], start: int, stop: int, items: list[Any]) -> None:
-        start, stop, _ = slice(start, stop).indices(len(lst))
-        self.parts.append((None, None, tuple(lst[start:stop]), tuple(items), start))
-        lst[start:stop] = items
+        start, stop, _ = slice(start, stop).indices(list.__len__(lst))
+        self.parts.append((None, None, tuple(list.__getitem__(lst, slice(start, stop))), tuple(items), start))
+        if self.copies:
+            lst[start:stop] = items
 
     def list_clear(self, lst: list[Any]) -> None:
-        self.parts.append((None, None, tuple(lst), (), 0))
-        lst.clear()
+        self.parts.append((None, None, tuple(list.copy(lst)), (), 0))
+        if self.copies:
+            lst.clear()
 
     def list_reorder(self, lst: list[Any], order: list[int]) -> None:
-        old = tuple(lst)
-        lst[:] = [old[i] for i in order]
-        self.parts.append((None, None, old, tuple(lst), 0))
+        old = tuple(list.copy(lst))
+        new = tuple(old[i] for i in order)
+        self.parts.append((None, None, old, new, 0))
+        if self.copies:
+            lst[:] = new
 
     def list_reverse(self, lst: list[Any]) -> None:
-        old = tuple(lst)
-        lst.reverse()
-        self.parts.append((None, None, old, tuple(lst), 0))
+        old = tuple(list.copy(lst))
+        self.parts.append((None, None, old, old[::-1], 0))
+        if self.copies:
+            lst.reverse()
 
     def dict_set(self, d: dict[Any, Any], key: Any, value: Any) -> None:
-        self.parts.append((None, key, d.get(key, MISSING), value, None))
-        d[key] = value
+        self.parts.append((None, key, dict.get(d, key, MISSING), value, None))
+        if self.copies:
+            d[key] = value
 
     def dict_del(self, d: dict[Any, Any], key: Any) -> None:
-        self.parts.append((None, key, d.pop(key, MISSING), MISSING, None))
+        self.parts.append((None, key, dict.get(d, key, MISSING), MISSING, None))
+        if self.copies:
+            d.pop(key, None)
 
     def dict_update(self, d: dict[Any, Any], pairs: list[tuple[Any, Any]]) -> None:
+        if self.copies:
+            for key, value in pairs:
+                self.dict_set(d, key, value)
+            return
+        now: dict[Any, Any] = {}  # a key given twice: its second old value is its first new one
         for key, value in pairs:
-            self.dict_set(d, key, value)
+            self.parts.append((None, key, now[key] if key in now else dict.get(d, key, MISSING), value, None))
+            now[key] = value
 
     def dict_clear(self, d: dict[Any, Any]) -> None:
-        self.parts.extend((None, key, value, MISSING, None) for key, value in d.items())
-        d.clear()
+        self.parts.extend((None, key, value, MISSING, None) for key, value in dict.items(d))
+        if self.copies:
+            d.clear()
 
     def set_add(self, s: set[Any], items: list[Any]) -> None:
         self.parts.append((None, None, (), tuple(items), None))
-        s.update(items)
+        if self.copies:
+            s.update(items)
 
     def set_discard(self, s: set[Any], items: list[Any]) -> None:
         self.parts.append((None, None, tuple(items), (), None))
-        s.difference_update(items)
+        if self.copies:
+            s.difference_update(items)
 
     def set_clear(self, s: set[Any]) -> None:
-        self.parts.append((None, None, tuple(s), (), None))
-        s.clear()
+        self.parts.append((None, None, tuple(set.copy(s)), (), None))
+        if self.copies:
+            s.clear()
 
     # the image's own kinds change no object's state
     def set_root(self, obj: Any) -> None:

@@ -124,9 +124,12 @@ def verify_snapshot(row: SnapshotRow) -> None:
         )
 
 
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def ts_to_datetime(ts: int) -> dt.datetime:
     """A row timestamp (microseconds since the epoch) as an aware UTC datetime."""
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=ts)
+    return _EPOCH + dt.timedelta(microseconds=ts)
 
 
 @attrs.frozen

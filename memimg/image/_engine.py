@@ -204,6 +204,8 @@ class Engine:
         if self.busy is None and (self.reader.fills or self.store.changed(self.seq)):
             with self.lock:
                 self.catch_up()
+            if self.writer.feed is not None:
+                self.writer.feed.drain()  # before the transaction is this context's writer
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
             self.open_txs.add(state)
@@ -248,6 +250,8 @@ class Engine:
                 self.open_txs.discard(state)
                 self.conflicts.prune(min((t.start_seq for t in self.open_txs), default=None))
             _tracking.tx_closed()
+        if self.writer.feed is not None:
+            self.writer.feed.drain()
 
     def check_read(self, start: int, oid: int, part: Any) -> None:
         """Raise :class:`ConflictError` if a transaction begun at *start* reads what a newer commit wrote."""
@@ -340,6 +344,7 @@ class Engine:
         shown the finished result (publishing) while the objects change.
         """
         table, open_txs = self.table, self.open_txs
+        feed = self.writer.feed  # None unless someone subscribed (see _feeds)
         if self.snapshot_writer is not None:
             self._tell_snapshot(events, rows if last_seq is not None else None)
         # from here on the builtin dict and set operations run keys' __hash__ and __eq__
@@ -368,6 +373,8 @@ class Engine:
             for k, target, args in events:
                 if hook is not None:
                     hook(k.name, target, args)
+                if feed is not None:
+                    feed.note(k, target, args)  # what the event is about to change, for subscribers
                 k.apply(table, target, *args)
         except BaseException as err:  # the log has it; memory must not silently differ
             self.closed = True
@@ -385,6 +392,8 @@ class Engine:
                 self.publishing.remove(published)
             if opened:
                 _tracking.tx_closed()
+        if feed is not None:
+            feed.commit(events, rows, last_seq)
 
     def _tell_snapshot(self, events: list[Pending], rows: list[EventRow] | None = None) -> None:
         """Let the snapshot being written keep what *events* are about to change, and what another process's

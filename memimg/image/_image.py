@@ -12,7 +12,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Set
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Set
 from typing import Any, TypeVar
 
 from memimg._errors import ClosedError, CorruptLogError, SchemaError, UnknownTypeError
@@ -24,10 +24,11 @@ from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport
 from memimg.core._values import Converter
 from memimg.core._values import converter as default_converter
-from memimg.image import _erase, _history, _past, _query, _recovery
+from memimg.image import _changes, _erase, _feeds, _history, _past, _query, _recovery
 from memimg.image._annotate import Annotation
 from memimg.image._engine import Engine
 from memimg.image._erase import Erasure
+from memimg.image._feeds import Commit, Subscription
 from memimg.image._transaction import Transaction, TxScope, begin
 from memimg.stores._protocol import Store
 
@@ -198,7 +199,10 @@ class MemoryImage:
         engine = self._engine
         engine.check_open()
         with engine.lock:
-            return engine.catch_up()
+            applied = engine.catch_up()
+        if engine.writer.feed is not None:
+            engine.writer.feed.drain()
+        return applied
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until another process commits, then apply its events; returns how many.
@@ -244,6 +248,70 @@ class MemoryImage:
         self._follower = threading.Thread(target=run, name=f"memimg-follow-{id(self):x}", daemon=True)
         self._follower.start()
         return self._follower
+
+    # -- change feeds -------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Commit], Any], to: Any = None) -> Subscription:
+        """Call *callback* with each later commit that changes what *to* names; returns the subscription.
+
+        *to* is an object of this image (an entity or a tracked collection:
+        the changes whose target it is), ``(entity, "field")`` (the changes
+        of that field), a persistent class (the changes of every object of
+        it, subclasses included) or ``None`` (every change). *callback* gets
+        a :class:`memimg.Commit` holding only the matching changes, for each
+        commit -- made here, or by another process and applied by
+        :meth:`refresh`, :meth:`follow`, :meth:`wait` or the start of a
+        transaction -- that has some: after the commit is durable and
+        applied, in seq order, once, outside the image's lock. A callback may
+        read and write the image; its own commits are delivered after it
+        returns. An exception it raises is logged (logger ``memimg``) and
+        changes nothing else. See the "Change feeds" guide for the details.
+
+        ``close()`` the subscription to stop, or use it as a context manager.
+
+        Raises:
+            TypeError: *callback* is not callable.
+            MemimgError: *to* is an object of another image or not attached yet, a field its class does not
+                have, or a class that is not persistent.
+        """
+        return _feeds.subscribe(self._engine, callback, to)
+
+    def changes(self, since: int = 0, timeout: float | None = None) -> Iterator[Commit]:
+        """Every commit after seq *since*, as a :class:`memimg.Commit` of all its changes: first those the log
+        holds, then new ones as they are applied; blocks between them.
+
+        Resumable: a consumer that stores the ``seq`` of the last commit it
+        handled and passes it as *since* after a restart loses nothing and
+        sees nothing twice. The iteration ends when no commit arrives for
+        *timeout* seconds (``None``: never); the image follows the log
+        (:meth:`follow`) so that other processes' commits arrive. Commits
+        read back from the log have ``local=False``. The checks are made at
+        the call.
+
+        Raises:
+            ValueError: *since* is not an int >= 0, or *timeout* is negative.
+            HistoryError: *since* is past the head of the log, or the events after it were compacted away.
+        """
+        return _changes.changes(self, since, timeout)
+
+    def changes_async(self, since: int = 0, *, buffer: int = _changes.BUFFER) -> AsyncIterator[Commit]:
+        """:meth:`changes` for asyncio: ``async for commit in img.changes_async(since=seq)``.
+
+        No polling: commits are handed to the event loop by the threads that
+        deliver them (other processes' commits by the thread of
+        :meth:`follow`, woken by the store -- LISTEN/NOTIFY on PostgreSQL).
+        The writer never waits for a slow consumer: at most *buffer* commits
+        are kept for it; past that, later ones are not, and the consumer --
+        once it has taken those kept -- is told (a warning on logger
+        ``memimg``) and resumes from the seq of the last commit it was given,
+        reading the ones it missed back from the log. The checks are made at
+        the first iteration.
+
+        Raises:
+            ValueError: *since* is not an int >= 0, or *buffer* is not an int >= 1.
+            HistoryError: *since* is past the head of the log, or the events after it were compacted away.
+        """
+        return _changes.changes_async(self, since, buffer)
 
     def events(self, since: int = 0) -> Iterator[Event]:
         """The committed events with ``seq > since``, in log order (checksums verified).

@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from memimg._errors import LockedError, MemimgError
 from memimg.core._gc import paused_gc
@@ -62,6 +62,7 @@ class Host(_recovery.Host, Protocol):
     snapshot_writer: SnapshotWriter | None
     snapshot_turn: threading.Event | None
     closed: bool
+    writer: Any  # its AutoWriter: the change feed, if any, is there (see _feeds)
 
     def snapshot_due(self) -> bool: ...
 
@@ -301,6 +302,8 @@ class Snapshots:
             if engine.snapshot_turn is turn:
                 engine.snapshot_turn = None
             turn.set()
+        if engine.writer.feed is not None:
+            engine.writer.feed.drain()  # other processes' commits caught up with meanwhile
 
     def _check(self, writer: SnapshotWriter) -> None:
         """Raise if *writer* was abandoned (an event it could not keep the state of)."""

@@ -64,7 +64,7 @@ def _sizeable(planned: Sequence[tuple[str, tuple[Any, ...]]]) -> bool:
 class AutoWriter:
     """Commits each change made outside a transaction (see the module docstring)."""
 
-    __slots__ = ("annotation", "engine", "ever_annotated", "publishing")
+    __slots__ = ("annotation", "engine", "ever_annotated", "feed", "publishing")
 
     #: reads outside a transaction record nothing: the hooks read the committed objects themselves
     tracks_reads = False
@@ -85,6 +85,9 @@ class AutoWriter:
         #: context may hold an annotation after its block ended elsewhere, e.g. a task created in the block).
         #: Until then a commit does not read the context variable: an image never annotated pays a slot read.
         self.ever_annotated = False
+        #: the image's change feed while some subscription is open (:mod:`memimg.image._feeds`), else None:
+        #: here for the reason :attr:`annotation` is
+        self.feed: Any = None
 
     # -- writes -----------------------------------------------------------------
 
@@ -113,21 +116,23 @@ class AutoWriter:
                 if self.ever_annotated and (layers := self.annotation.get()):
                     events.insert(0, meta_event(layer_meta(layers)))
                 engine.commit(events)
-                return
-            # one pause of the collector for attaching and committing: what they create is
-            # traversed by one collection afterwards, not by one after each
-            with paused_gc():
-                undo: list[Any] = []
-                engine.busy = "attaching a value"
-                try:
-                    v = engine.attacher.prepare(value, where_field(obj, name), undo)
-                finally:
-                    engine.busy = None
-                try:
-                    engine.commit(self._annotated([(_OBJ_SET, obj, (name, v))]))
-                except BaseException:
-                    engine.attacher.undo(undo)
-                    raise
+            else:
+                # one pause of the collector for attaching and committing: what they create is
+                # traversed by one collection afterwards, not by one after each
+                with paused_gc():
+                    undo: list[Any] = []
+                    engine.busy = "attaching a value"
+                    try:
+                        v = engine.attacher.prepare(value, where_field(obj, name), undo)
+                    finally:
+                        engine.busy = None
+                    try:
+                        engine.commit(self._annotated([(_OBJ_SET, obj, (name, v))]))
+                    except BaseException:
+                        engine.attacher.undo(undo)
+                        raise
+        if self.feed is not None:
+            self.feed.drain()  # subscribers are called outside the lock (see _feeds)
 
     def check_unique(self, obj: Any, name: str, value: Any) -> None:
         """Nothing before the write: each change outside a transaction is checked as it commits."""
@@ -143,7 +148,9 @@ class AutoWriter:
             while True:
                 getter(obj)  # AttributeError when unset (again after catching up), as for any attribute
                 if engine.commit(self._annotated([(_OBJ_DEL, obj, (name,))]), replan=True):
-                    return
+                    break
+        if self.feed is not None:
+            self.feed.drain()
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A collection method call, planned and committed; returns what the method returns."""
@@ -187,6 +194,8 @@ class AutoWriter:
                     break
                 attacher.undo(undo)  # another process committed first: plan again on its state
                 pause.stop()  # the replan's own work runs with the collector on
+        if self.feed is not None:
+            self.feed.drain()
         return coll if result is SELF else result
 
     # -- reads while a commit is being applied (the hooks read plain values themselves otherwise) -----

@@ -1,0 +1,195 @@
+"""``MemoryImage.changes(since=...)``: a blocking iterator of commits that replays the log, then follows it.
+
+A consumer that stores the ``seq`` of the last commit it handled and asks
+``changes(since=that)`` after a restart loses nothing, and sees nothing twice:
+
+1. **Follow** -- under the image's lock, an all-subscription
+   (:mod:`memimg.image._feeds`) is made, whose callback puts each commit in
+   this iterator's queue; its start is the image's seq then (*start*). The
+   image follows the log (:meth:`~memimg.MemoryImage.follow`), so other
+   processes' commits arrive without the consumer calling ``refresh()``.
+2. **Replay** -- the commits from *since* to *start* are read from the log:
+   a past image at *since* (``img.at``) is given those events, one commit at
+   a time, with a subscription of its own, so each change has its ``old``
+   value exactly as a live commit would; its objects are then replaced by
+   this image's objects of the same id (a :class:`memimg.Collected` for one
+   no longer in it). Replayed commits have ``local=False``: the log does not
+   say which process wrote them.
+3. Then the queue: the commits after *start*, as they are delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import queue
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Final
+
+from memimg._errors import HistoryError
+from memimg.core._gone import Gone
+from memimg.core._history import Change, Collected
+from memimg.image._feeds import Commit
+
+__all__ = ["BUFFER", "changes", "changes_async"]
+
+log = logging.getLogger("memimg")
+
+#: ``changes_async``: the commits kept for a consumer that has not taken them yet, by default.
+BUFFER: Final = 1000
+
+
+def changes(img: Any, since: int, timeout: float | None) -> Iterator[Commit]:
+    """See :meth:`memimg.MemoryImage.changes` (the checks are made at the call, not at the first ``next``).
+
+    Raises:
+        TypeError / ValueError: *since* is not an int >= 0, or *timeout* is negative.
+        HistoryError: *since* is past the head of the log, or behind what a compaction kept.
+    """
+    _check(img, since, timeout)
+    waiting: queue.SimpleQueue[Commit] = queue.SimpleQueue()
+    with img._engine.lock:
+        sub = img.subscribe(waiting.put)
+        start = img._engine.seq
+    return _iterate(img, sub, waiting, since, start, timeout)
+
+
+def _check(img: Any, since: Any, timeout: float | None) -> None:
+    engine = img._engine
+    engine.check_open()
+    if type(since) is not int or since < 0:
+        raise ValueError(f"changes(since={since!r}): since is a seq, an int >= 0 (0: from the start of the log)")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"changes(timeout={timeout!r}): a timeout is a number of seconds >= 0, or None")
+    store = engine.store
+    head = max(store.head(), engine.seq)
+    first = store.first_seq()
+    facts = {"seq": since, "head": head, "oldest": first - 1}
+    if since > head:
+        raise HistoryError(
+            f"changes(since={since}): seq {since} is past the head of {store.description} (seq {head}); a consumer "
+            "resumes from the seq of the last commit it was given",
+            **facts,
+        )
+    if since < first - 1:
+        raise HistoryError(
+            f"changes(since={since}): the commits after seq {since} of {store.description} are no longer kept (a "
+            f"compaction dropped the events before seq {first}); start again from the current state",
+            **facts,
+        )
+
+
+def _iterate(img: Any, sub: Any, waiting: Any, since: int, start: int, timeout: float | None) -> Iterator[Commit]:
+    try:
+        if since < start:
+            yield from _replay(img, since, start)
+        img.follow()
+        while True:
+            try:
+                yield waiting.get(timeout=timeout)
+            except queue.Empty:
+                return
+    finally:
+        sub.close()
+
+
+def _replay(img: Any, since: int, start: int) -> Iterator[Commit]:
+    """The commits with ``since < seq <= start``, read from the log, with this image's objects."""
+    engine = img._engine
+    replayed: list[Commit] = []
+    # seq 1 is the root's creation, a commit of no change: the state after it is where a whole log starts
+    past = img.at(max(since, 1))
+    objects = engine.table.objects
+
+    def live(value: Any) -> Any:
+        t = type(value)
+        if t is tuple:
+            return tuple(live(v) for v in value)
+        oid = getattr(value, "_mi_oid", None) if hasattr(t, "_mi_oid") else None
+        if oid is None:
+            return value
+        found = objects[oid] if 0 < oid < len(objects) else None
+        return Collected(oid) if found is None or type(found) is Gone else found
+
+    def relive(c: Change) -> Change:
+        return Change(
+            c.seq, c.tx, c.time, c.meta, live(c.target), c.kind, c.field, c.key, live(c.old), live(c.new), c.index
+        )
+
+    with past:
+        past.subscribe(replayed.append)
+        rows = engine.store.read(after=max(since, 1))
+        for _tx, group in itertools.groupby(itertools.takewhile(lambda r: r[0] <= start, rows), key=lambda r: r[1]):
+            batch = list(group)
+            with past._engine.lock:
+                past._engine.catch_up(batch)
+            past._engine.writer.feed.drain()
+            for commit in replayed:
+                yield commit._relived([relive(c) for c in commit.changes])
+            replayed.clear()
+
+
+async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Commit]:
+    """See :meth:`memimg.MemoryImage.changes_async`.
+
+    The commits reach the event loop from the threads that deliver them
+    (the writer's, or the follower's, woken by the store's
+    ``wait_for_change`` -- LISTEN/NOTIFY on PostgreSQL): each is put in this
+    consumer's buffer and the loop is woken, so nothing polls. The writer
+    never waits for the consumer: once *buffer* commits wait in the buffer,
+    later ones are not kept; the consumer, having taken those, is told (a
+    warning on logger ``memimg``) and the iterator reads the commits it
+    missed back from the log, from the seq of the last one it gave, then
+    follows again -- so nothing is lost, unless a compaction dropped them
+    meanwhile (``HistoryError``).
+    """
+    _check(img, since, None)
+    if type(buffer) is not int or buffer < 1:
+        raise ValueError(f"changes_async(buffer={buffer!r}): the buffer holds at least one commit")
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    last = since
+    while True:
+        pending: collections.deque[Commit] = collections.deque()
+        overflowed = [False]
+
+        def on_commit(
+            commit: Commit, pending: collections.deque[Commit] = pending, overflowed: list[bool] = overflowed
+        ) -> None:  # in the delivering thread
+            if len(pending) >= buffer:
+                overflowed[0] = True
+            elif not overflowed[0]:
+                pending.append(commit)
+            loop.call_soon_threadsafe(wake.set)
+
+        with img._engine.lock:
+            sub = img.subscribe(on_commit)
+            start = img._engine.seq
+        try:
+            if last < start:
+                replay = _replay(img, last, start)
+                while (commit := await loop.run_in_executor(None, next, replay, None)) is not None:
+                    yield commit
+                    last = commit.seq
+            img.follow()
+            while True:
+                if pending:
+                    commit = pending.popleft()
+                    yield commit
+                    last = commit.seq
+                    continue
+                if overflowed[0]:
+                    log.warning(
+                        "changes_async(): the consumer fell over %d commits behind (its buffer); reading those "
+                        "after seq %d back from the log",
+                        buffer,
+                        last,
+                    )
+                    break
+                wake.clear()
+                if not pending and not overflowed[0]:
+                    await wake.wait()
+        finally:
+            sub.close()

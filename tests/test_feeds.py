@@ -1,0 +1,651 @@
+"""Change feeds: ``img.subscribe(callback, to=...)`` -- what is delivered, when, once, and to whom.
+
+Every test runs on every store (the ``make_image`` fixture); a second image
+opened on the same log stands for another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import memimg
+from memimg import MISSING
+from tests.conftest import Images, StoreFactory
+from tests.models import Account, Bank, Box, Entry, Node
+from tests.test_history_laws import Discard, ops, run
+
+
+@memimg.persistent
+class Savings(Account):
+    rate: int = 0
+
+
+class Collect:
+    """A callback that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.commits: list[memimg.Commit] = []
+
+    def __call__(self, commit: memimg.Commit) -> None:
+        self.commits.append(commit)
+
+    @property
+    def changes(self) -> list[memimg.Change]:
+        return [c for commit in self.commits for c in commit.changes]
+
+    def said(self) -> list[tuple[str, str | None, Any, Any, Any]]:
+        return [(c.kind, c.field, c.key, c.old, c.new) for c in self.changes]
+
+
+def bank_image(make_image: Images) -> tuple[memimg.MemoryImage, Account]:
+    img = make_image(root=Bank)
+    img.root.accounts["ada"] = acct = Account("ada", balance=Decimal(5))
+    return img, acct
+
+
+# -- what is delivered ------------------------------------------------------------------------------------------
+
+
+def test_a_field_subscription_gets_old_and_new_of_that_field_only(make_image: Images) -> None:
+    """A subscription to (obj, field) gets a Commit per commit changing that field, holding only those changes,
+    with the value before and after; commits changing other things are not delivered."""
+    img, acct = bank_image(make_image)
+    got = Collect()
+    img.subscribe(got, to=(acct, "balance"))
+    acct.balance += 10
+    acct.owner = "Ada"  # another field: no delivery
+    acct.tags.add("vip")  # its collection: another object
+    with img.transaction():
+        acct.owner = "ada"
+        acct.balance -= 3
+    del acct.balance
+    assert got.said() == [
+        ("obj.set", "balance", None, Decimal(5), Decimal(15)),
+        ("obj.set", "balance", None, Decimal(15), Decimal(12)),
+        ("obj.del", "balance", None, Decimal(12), MISSING),
+    ]
+    assert all(c.target is acct for c in got.changes)
+    assert [len(c.changes) for c in got.commits] == [1, 1, 1]
+
+
+def test_an_object_subscription_gets_every_change_whose_target_it_is(make_image: Images) -> None:
+    """Subscribing to an entity follows its fields; subscribing to a tracked collection follows its items
+    (each with what it took out and put in)."""
+    img, acct = bank_image(make_image)
+    fields, tags, entries = Collect(), Collect(), Collect()
+    img.subscribe(fields, to=acct)
+    img.subscribe(tags, to=acct.tags)
+    img.subscribe(entries, to=acct.entries)
+    acct.owner = "Ada"
+    acct.tags.add("a")
+    acct.tags.update({"b"})
+    acct.tags.discard("a")
+    e = Entry("x", Decimal(1))
+    acct.entries.append(e)
+    acct.entries.insert(0, Entry("y", Decimal(2)))
+    acct.entries.reverse()
+    assert fields.said() == [("obj.set", "owner", None, "ada", "Ada")]
+    assert tags.said() == [
+        ("set.add", None, None, (), ("a",)),
+        ("set.add", None, None, (), ("b",)),
+        ("set.discard", None, None, ("a",), ()),
+    ]
+    kinds = [(c.kind, c.index, len(c.old), len(c.new)) for c in entries.changes]
+    assert kinds == [("list.append", 0, 0, 1), ("list.insert", 0, 0, 1), ("list.reverse", 0, 2, 2)]
+    assert entries.changes[0].new == (e,)
+    assert entries.changes[2].new == tuple(acct.entries)
+
+
+def test_a_class_subscription_follows_every_instance_subclasses_included(make_image: Images) -> None:
+    """to=SomeClass gets the changes of every object of that class and of its subclasses, and no others."""
+    img = make_image(root=Bank)
+    img.root.accounts["ada"] = ada = Account("ada")
+    img.root.accounts["sam"] = sam = Savings("sam")
+    got = Collect()
+    img.subscribe(got, to=Account)
+    ada.owner = "Ada"
+    sam.rate = 2
+    img.root.name = "bank"  # a Bank: not followed
+    assert [(c.target, c.field, c.new) for c in got.changes] == [(ada, "owner", "Ada"), (sam, "rate", 2)]
+
+
+def test_an_all_subscription_gets_every_change_with_the_commit_facts(make_image: Images) -> None:
+    """subscribe(cb) follows everything; each Commit says first_seq, seq, tx, time, meta and local, and each
+    change carries the same seq range, tx, time and meta."""
+    img, acct = bank_image(make_image)
+    got = Collect()
+    img.subscribe(got)
+    start = img.seq
+    before = time.time()
+    with img.transaction(meta={"user": "ada"}):
+        acct.balance = Decimal(1)
+        acct.tags.add("t")
+    (commit,) = got.commits
+    assert (commit.first_seq, commit.seq, commit.tx) == (start + 1, img.seq, start + 1)
+    assert commit.meta == {"user": "ada"}
+    assert commit.local is True
+    assert before - 1 <= commit.time.timestamp() <= time.time() + 1
+    assert [c.kind for c in commit.changes] == ["obj.set", "set.add"]
+    assert all(c.tx == commit.tx and c.time == commit.time and c.meta == commit.meta for c in commit.changes)
+    assert all(commit.first_seq < c.seq <= commit.seq for c in commit.changes)  # the first is the tx.meta event
+
+
+def test_delivered_changes_are_what_history_says(make_image: Images) -> None:
+    """A feed's changes are the image's history of the same events: Change records equal to history()'s."""
+    img = make_image(root=Box)
+    img.root.content = n = Node()
+    got = Collect()
+    img.subscribe(got)
+    start = img.seq
+    n.value = 1
+    n.children.extend([1, 2, 3])
+    n.children[1:3] = ["x"]
+    n.children.sort(key=str)
+    n.meta.update({"a": 1, "b": 2})
+    n.meta.clear()
+    with img.transaction():
+        n.value = 2
+        n.value = n
+        n.meta["c"] = 3
+        del n.meta["c"]
+    expected = sorted(
+        (c for obj in (n, n.children, n.meta) for c in img.history(obj, since=start)), key=lambda c: c.seq
+    )
+    assert got.changes == expected
+
+
+def test_old_values_are_those_before_each_event_of_a_transaction(make_image: Images) -> None:
+    """In a commit of several events, each change's old value is the state just before that event -- not the
+    transaction's final state, which readers are shown while the commit is applied."""
+    img = make_image(root=Box)
+    img.root.content = n = Node(next={1})
+    n.meta["a"] = 1
+    got = Collect()
+    img.subscribe(got)
+    with img.transaction():
+        n.meta["a"] = 2
+        n.children.append("x")
+        n.children.append("y")
+        n.meta["a"] = 3
+        n.next.clear()
+        n.value = 1
+        n.value = 2
+    assert got.said() == [
+        ("dict.set", None, "a", 1, 2),
+        ("list.append", None, None, (), ("x",)),
+        ("list.append", None, None, (), ("y",)),
+        ("dict.set", None, "a", 2, 3),
+        ("set.clear", None, None, (1,), ()),
+        ("obj.set", "value", None, None, 1),
+        ("obj.set", "value", None, 1, 2),
+    ]
+    assert [c.index for c in got.changes if c.kind == "list.append"] == [0, 1]
+
+
+def test_a_closed_subscription_gets_nothing_more(make_image: Images) -> None:
+    """close(), or leaving its with block, stops a subscription; the others go on."""
+    img, acct = bank_image(make_image)
+    a, b = Collect(), Collect()
+    sub = img.subscribe(a, to=acct)
+    with img.subscribe(b):
+        acct.owner = "x"
+    sub.close()
+    sub.close()  # twice is fine
+    acct.owner = "y"
+    assert [c.new for c in a.changes] == ["x"]
+    assert [c.new for c in b.changes] == ["x"]
+    assert "closed" in repr(sub)
+
+
+def test_only_commits_after_the_subscription_are_delivered(make_image: Images) -> None:
+    """A subscription starts at the image's seq when it is made: earlier commits are never delivered to it."""
+    img, acct = bank_image(make_image)
+    acct.owner = "before"
+    got = Collect()
+    img.subscribe(got)
+    acct.owner = "after"
+    assert [c.new for c in got.changes] == ["after"]
+
+
+# -- other processes' commits --------------------------------------------------------------------------------------
+
+
+def test_other_processes_commits_are_delivered_when_applied(make_image: Images) -> None:
+    """Commits of another process are delivered (local=False, with their metadata and old values) when refresh(),
+    the start of a transaction, or a commit that had to catch up applies them."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    theirs = other.root.accounts["ada"]
+    got = Collect()
+    img.subscribe(got, to=(acct, "balance"))
+    with other.transaction(meta={"by": "other"}):
+        theirs.balance = Decimal(7)
+    assert got.commits == []  # not applied here yet
+    assert img.refresh() > 0
+    (commit,) = got.commits
+    assert commit.local is False and commit.meta == {"by": "other"}
+    assert [(c.old, c.new, c.target) for c in commit.changes] == [(Decimal(5), Decimal(7), acct)]
+    theirs.balance = Decimal(8)
+    with img.transaction():  # its start catches up
+        assert [c.new for c in got.changes] == [Decimal(7), Decimal(8)]
+    theirs.balance = Decimal(9)
+    acct.owner = "Ada"  # this commit catches up first
+    assert [c.new for c in got.changes] == [Decimal(7), Decimal(8), Decimal(9)]
+    assert [c.local for c in got.commits] == [False, False, False]
+
+
+def test_follow_delivers_other_processes_commits(make_image: Images) -> None:
+    """An image following the log (follow()) delivers other processes' commits as its thread applies them."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    arrived = threading.Event()
+    got: list[memimg.Commit] = []
+
+    def on_commit(commit: memimg.Commit) -> None:
+        got.append(commit)
+        arrived.set()
+
+    img.subscribe(on_commit, to=acct)
+    img.follow()
+    other.root.accounts["ada"].owner = "from afar"
+    assert arrived.wait(20)
+    assert [(c.field, c.new) for c in got[0].changes] == [("owner", "from afar")]
+    assert got[0].local is False
+
+
+# -- delivery -----------------------------------------------------------------------------------------------------
+
+
+def test_callbacks_run_outside_the_lock_and_may_write(make_image: Images) -> None:
+    """A callback runs without the image's lock (another thread can commit while it runs) and may write to the
+    image; its own commit is delivered after the current delivery finishes, never inside it."""
+    img, acct = bank_image(make_image)
+    trace: list[str] = []
+
+    def on_commit(commit: memimg.Commit) -> None:
+        (change,) = commit.changes
+        trace.append(f"enter {change.new}")
+        if change.new == "a":
+            assert not img._engine.lock._is_owned()
+            t = threading.Thread(target=setattr, args=(img.root, "name", "from a thread"))
+            t.start()
+            t.join(20)
+            assert not t.is_alive(), "another thread could not commit while a callback ran"
+            acct.owner = "b"  # a write from the callback
+            assert acct.owner == "b"
+        trace.append(f"leave {change.new}")
+
+    img.subscribe(on_commit, to=(acct, "owner"))
+    acct.owner = "a"
+    assert trace == ["enter a", "leave a", "enter b", "leave b"]
+    assert img.root.name == "from a thread"
+
+
+def test_a_failing_callback_is_logged_and_harms_nothing(make_image: Images, caplog: pytest.LogCaptureFixture) -> None:
+    """An exception in a callback is logged on logger memimg, naming the subscription and seq; the commit stands,
+    the other subscriptions get it, and the failing one gets later commits."""
+    img, acct = bank_image(make_image)
+    calls: list[int] = []
+
+    def broken(commit: memimg.Commit) -> None:
+        calls.append(commit.seq)
+        raise RuntimeError("boom")
+
+    first, last = Collect(), Collect()
+    img.subscribe(first, to=acct)
+    sub = img.subscribe(broken, to=acct)
+    img.subscribe(last, to=acct)
+    with caplog.at_level(logging.ERROR, logger="memimg"):
+        acct.owner = "x"
+        acct.owner = "y"
+    assert acct.owner == "y"
+    assert len(calls) == 2 and len(first.commits) == 2 and len(last.commits) == 2
+    records = [r for r in caplog.records if r.name == "memimg" and "change feed" in r.getMessage()]
+    assert len(records) == 2
+    assert repr(sub) in records[0].getMessage() and f"seq {calls[0]}" in records[0].getMessage()
+    assert records[0].exc_info is not None and "boom" in str(records[0].exc_info[1])
+    img.close()
+    assert make_image(root=Bank).root.accounts["ada"].owner == "y"
+
+
+def test_each_commit_is_delivered_once_in_order_from_many_threads(make_image: Images) -> None:
+    """With several threads committing, each subscription gets every commit exactly once, in seq order."""
+    img = make_image(root=Box)
+    img.root.content = n = Node()
+    got = Collect()
+    img.subscribe(got, to=n.meta)
+
+    def work(i: int) -> None:
+        for j in range(20):
+            n.meta[f"{i}-{j}"] = j
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    seqs = [c.seq for c in got.commits]
+    assert seqs == sorted(set(seqs)) and len(seqs) == 60
+    assert {c.key for c in got.changes} == set(n.meta)
+
+
+def test_a_keyboard_interrupt_in_a_callback_loses_no_delivery(make_image: Images) -> None:
+    """A BaseException from a callback reaches the writer after its commit; the subscriptions not yet called get
+    that commit at the next delivery, and none gets it twice."""
+    img, acct = bank_image(make_image)
+    first, last = Collect(), Collect()
+    interrupt = [True]
+
+    def stop(commit: memimg.Commit) -> None:
+        if interrupt.pop():
+            raise KeyboardInterrupt
+
+    img.subscribe(first, to=acct)
+    img.subscribe(stop, to=acct)
+    img.subscribe(last, to=acct)
+    with pytest.raises(KeyboardInterrupt):
+        acct.owner = "x"
+    assert acct.owner == "x"
+    interrupt.append(False)
+    acct.owner = "y"
+    assert [c.new for c in first.changes] == ["x", "y"]
+    assert [c.new for c in last.changes] == ["x", "y"]
+
+
+# -- bad input ----------------------------------------------------------------------------------------------------
+
+
+def test_bad_subscriptions_are_refused_clearly(make_image: Images) -> None:
+    """An object of another image, an object not attached yet, a field the class lacks, a field of a collection,
+    a class that is not persistent, a non-callable, and a closed image are refused with errors saying so."""
+    img, acct = bank_image(make_image)
+    with memimg.open(":memory:", root=Bank) as elsewhere:
+        elsewhere.root.accounts["x"] = foreign = Account("x")
+        with pytest.raises(memimg.MemimgError, match="not an object of the image .*another image"):
+            img.subscribe(print, to=foreign)
+    with pytest.raises(memimg.MemimgError, match="not part of the image .* attach it and commit first"):
+        img.subscribe(print, to=Account("loose"))
+    with pytest.raises(memimg.MemimgError, match="has no field 'balanse'.*balance") as err:
+        img.subscribe(print, to=(acct, "balanse"))
+    assert err.value.field == "balanse"  # type: ignore[attr-defined]
+    with pytest.raises(memimg.MemimgError, match="has no fields"):
+        img.subscribe(print, to=(acct.tags, "x"))
+    with pytest.raises(memimg.MemimgError, match="not a @persistent class"):
+        img.subscribe(print, to=int)
+    with pytest.raises(memimg.MemimgError, match="not a persistent object"):
+        img.subscribe(print, to="ada")
+    with pytest.raises(TypeError, match="callback must be callable"):
+        img.subscribe("print", to=acct)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="object, 'field name'"):
+        img.subscribe(print, to=(acct,))
+    img.close()
+    with pytest.raises(memimg.ClosedError):
+        img.subscribe(print)
+
+
+# -- the law: an all-subscription retells the log ----------------------------------------------------------------
+
+who = st.sampled_from("AB")
+feed_steps = st.one_of(
+    st.tuples(st.just("op"), who, ops),
+    st.tuples(st.just("tx"), who, st.lists(ops, min_size=1, max_size=4), st.booleans(), st.booleans()),
+    st.tuples(st.just("refresh"), who),
+    st.tuples(st.just("subscribe"), who),
+)
+
+
+def retold(img: memimg.MemoryImage, since: int) -> list[memimg.Change]:
+    """The history of the log after *since*, as *img* tells it: every object's history() merged in seq order."""
+    objects = [o for o in img._engine.table.objects if o is not None]
+    return sorted((c for o in objects for c in img.history(o, since=since)), key=lambda c: c.seq)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(program=st.lists(feed_steps, max_size=16))
+def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
+    store_kind: str, program: list[tuple[Any, ...]]
+) -> None:
+    """For random programs of two images on one log (single mutations, transactions committed or discarded,
+    refreshes, subscriptions made along the way): what an all-subscription was delivered, concatenated, is the
+    history of the log after it subscribed, in order, each commit once; a field, an object and a class
+    subscription were delivered exactly the matching part, commit by commit."""
+    folder = tempfile.mkdtemp()
+    stores = StoreFactory(store_kind, Path(folder))
+    images: dict[str, memimg.MemoryImage] = {}
+    try:
+        images["A"] = a = stores.open(root=Box, snapshot_every=None)
+        a.root.content = Node(next=set())
+        images["B"] = stores.open(root=Box, snapshot_every=None)
+        nodes = {name: img.root.content for name, img in images.items()}
+        everything: list[tuple[memimg.MemoryImage, int, Collect]] = []
+        made_by: dict[int, memimg.MemoryImage] = {}  # tx -> the image that committed it
+
+        def subscribe_all(name: str) -> None:
+            got = Collect()
+            img = images[name]
+            img.subscribe(got)
+            everything.append((img, img.seq, got))
+
+        subscribe_all("A")
+        subscribe_all("B")
+        n = nodes["A"]
+        field, obj, cls = Collect(), Collect(), Collect()
+        a.subscribe(field, to=(n, "value"))
+        a.subscribe(obj, to=n.children)
+        a.subscribe(cls, to=Node)
+        for step in program:
+            name, whom, *args = step
+            img = images[whom]
+            head = max(i.seq for i in images.values())  # each image applies its own commits at once
+            if name == "op":
+                run(nodes[whom], args[0])
+            elif name == "tx":
+                body, discard, with_meta = args
+                try:
+                    with img.transaction(meta={"by": whom} if with_meta else None):
+                        for o in body:
+                            run(nodes[whom], o)
+                        if discard:
+                            raise Discard
+                except (Discard, memimg.ConflictError):
+                    pass
+            elif name == "refresh":
+                img.refresh()
+            else:
+                subscribe_all(whom)
+            made_by.update((e.tx, img) for e in img.events(since=head))
+        for img in images.values():
+            img.refresh()
+        for img, since, got in everything:
+            assert got.changes == retold(img, since)
+            seqs = [c.seq for c in got.commits]
+            assert seqs == sorted(set(seqs)) and all(s > since for s in seqs)
+            txs = {e.tx: e.seq for e in img.events(since=since)}  # the last seq of each transaction
+            for c in got.commits:
+                assert c.tx == c.first_seq and txs[c.tx] == c.seq
+                assert c.local is (made_by[c.tx] is img)
+        _, _, all_a = everything[0]
+        for sub, wanted in (
+            (field, lambda c: c.target is n and c.field == "value"),
+            (obj, lambda c: c.target is n.children),
+            (cls, lambda c: type(c.target) is Node),
+        ):
+            assert sub.changes == [c for c in all_a.changes if wanted(c)]
+            assert [c.seq for c in sub.commits] == [c.seq for c in all_a.commits if any(map(wanted, c.changes))]
+    finally:
+        for img in images.values():
+            img.close()
+        stores.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- changes(since=...): the blocking iterator ---------------------------------------------------------------------
+
+
+def test_changes_replays_the_log_after_since_then_follows(make_image: Images) -> None:
+    """changes(since=s) gives every commit after s -- first those in the log, with old values and this image's
+    objects, then new ones as they are made -- and stops after `timeout` seconds without one."""
+    img, acct = bank_image(make_image)
+    since = img.seq
+    acct.balance = Decimal(6)
+    with img.transaction(meta={"by": "ada"}):
+        acct.tags.add("x")
+        acct.balance = Decimal(7)
+    stream = img.changes(since=since, timeout=0.5)
+    first = next(stream)
+    assert [(c.target, c.field, c.old, c.new) for c in first.changes] == [(acct, "balance", Decimal(5), Decimal(6))]
+    second = next(stream)
+    assert second.meta == {"by": "ada"} and second.local is False
+    assert [(c.target, c.old, c.new) for c in second.changes] == [
+        (acct.tags, (), ("x",)),
+        (acct, Decimal(6), Decimal(7)),
+    ]
+    acct.owner = "Ada"  # after the call: followed
+    third = next(stream)
+    assert third.local is True and [(c.field, c.new) for c in third.changes] == [("owner", "Ada")]
+    assert list(stream) == []  # no commit within the timeout: the iteration ends
+    assert [c.seq for c in (first, second, third)] == [since + 1, second.seq, img.seq]
+
+
+def test_changes_resumes_from_a_stored_seq_without_loss_or_repeat(make_image: Images) -> None:
+    """A consumer that stores the seq of the last commit it handled and starts again from it gets exactly the
+    commits after it, whatever was committed in between (by this process or another), across reopening."""
+    img, acct = bank_image(make_image)
+    handled: list[int] = []
+    stream = img.changes(since=img.seq, timeout=0.2)
+    acct.balance = Decimal(1)
+    acct.balance = Decimal(2)
+    for commit in stream:
+        handled.append(commit.seq)
+        if len(handled) == 1:
+            break  # the consumer stops (a restart), having stored handled[-1]
+    other = make_image(root=Bank)
+    other.root.accounts["ada"].balance = Decimal(3)
+    img.close()
+    img = make_image(root=Bank)
+    rest = list(img.changes(since=handled[-1], timeout=0.2))
+    assert [c.changes[0].new for c in rest] == [Decimal(2), Decimal(3)]
+    assert handled[-1] < rest[0].seq < rest[1].seq
+
+
+def test_changes_from_other_processes_arrive_while_waiting(make_image: Images) -> None:
+    """While the iterator blocks, another process's commit is applied (the image follows the log) and given."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    stream = img.changes(since=img.seq, timeout=20)
+    threading.Timer(0.2, setattr, (other.root.accounts["ada"], "owner", "far")).start()
+    commit = next(stream)
+    assert commit.local is False and [(c.target, c.new) for c in commit.changes] == [(acct, "far")]
+    stream.close()
+
+
+def test_changes_refuses_a_seq_past_the_head_or_compacted_away(make_image: Images) -> None:
+    """since past the head of the log, or behind a compaction, is a HistoryError at the call; a negative or
+    non-int since a ValueError."""
+    img, acct = bank_image(make_image)
+    with pytest.raises(memimg.HistoryError, match="past the head") as err:
+        img.changes(since=img.seq + 5)
+    assert err.value.head == img.seq  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="since"):
+        img.changes(since=-1)
+    acct.balance = Decimal(1)
+    seq = img.snapshot()
+    acct.balance = Decimal(2)
+    img.store.delete_events_before(seq)
+    with pytest.raises(memimg.HistoryError, match="no longer kept"):
+        img.changes(since=1)
+    assert [c.changes[0].new for c in img.changes(since=seq, timeout=0.1)] == [Decimal(2)]
+
+
+# -- changes_async(since=...) ----------------------------------------------------------------------------------------
+
+
+def test_changes_async_replays_then_follows_without_polling(make_image: Images) -> None:
+    """async for over changes_async(since=s) gives the commits in the log after s, then new ones -- from this
+    process and, through the follower, from another -- as they are delivered."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    since = img.seq
+    acct.balance = Decimal(6)
+
+    async def consume() -> list[memimg.Commit]:
+        got: list[memimg.Commit] = []
+        async for commit in img.changes_async(since=since):
+            got.append(commit)
+            if len(got) == 1:
+                acct.owner = "here"
+            elif len(got) == 2:
+                threading.Timer(0.1, setattr, (other.root.accounts["ada"], "owner", "there")).start()
+            else:
+                break
+        return got
+
+    got = asyncio.run(asyncio.wait_for(consume(), 30))
+    assert [(c.changes[0].field, c.changes[0].new) for c in got] == [
+        ("balance", Decimal(6)),
+        ("owner", "here"),
+        ("owner", "there"),
+    ]
+    assert [c.local for c in got] == [False, True, False]
+    assert all(c.changes[0].target is acct for c in got)
+
+
+def test_a_slow_async_consumer_is_told_and_resumes_from_its_seq(
+    make_image: Images, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer never waits for an async consumer: past its buffer, commits are not kept for it; the consumer
+    is told (a warning) and reads those it missed back from the log -- every commit once, in order."""
+    img, acct = bank_image(make_image)
+
+    async def consume() -> list[int]:
+        seqs: list[int] = []
+        async for commit in img.changes_async(since=img.seq, buffer=2):
+            if not seqs:
+                for k in range(6):  # the consumer is busy: these pile up past its buffer
+                    acct.balance = Decimal(k)
+            seqs.append(commit.seq)
+            if len(seqs) == 7:
+                break
+        return seqs
+
+    with caplog.at_level(logging.WARNING, logger="memimg"):
+        seqs = asyncio.run(asyncio.wait_for(consume_after_first_commit(acct, consume), 30))
+    assert seqs == sorted(set(seqs)) and seqs[-1] == img.seq
+    assert any("fell over 2 commits behind" in r.getMessage() for r in caplog.records)
+
+
+async def consume_after_first_commit(acct: Account, consume: Any) -> Any:
+    """Start *consume* and make one commit once its iterator is subscribed."""
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.2)
+    acct.owner = "go"
+    return await task
+
+
+def test_changes_async_refuses_bad_arguments(make_image: Images) -> None:
+    """since past the head is a HistoryError, and a buffer below one a ValueError, at the first iteration."""
+    img, _ = bank_image(make_image)
+
+    async def first(**kw: Any) -> Any:
+        async for commit in img.changes_async(**kw):
+            return commit
+        return None
+
+    with pytest.raises(memimg.HistoryError, match="past the head"):
+        asyncio.run(first(since=img.seq + 1))
+    with pytest.raises(ValueError, match="buffer"):
+        asyncio.run(first(since=img.seq, buffer=0))
