@@ -60,8 +60,10 @@ import orjson
 
 from memimg._errors import MemimgError
 from memimg.stores._ndjsonformat import (
+    encode_line,
     encode_rows,
     header_line,
+    line_ends,
     read_snapshot_file,
     snapshot_bytes,
     snapshot_header,
@@ -259,7 +261,7 @@ class NDJSONStore(LogFile):
                     os.makedirs(directory, exist_ok=True)
                     segment = os.path.join(directory, f"{first:020d}-{first + n - 1:020d}.ndjson")
                     lines = self._line_bytes(first, first + n - 1)
-                    write_atomically(segment, itertools.chain([header_line(FORMAT_VERSION, first)], lines))
+                    write_atomically(segment, itertools.chain([header_line(self._version, first)], lines))
                 self._replace(first + n, self._line_bytes(first + n, self._head()))
             return n
 
@@ -296,7 +298,8 @@ class NDJSONStore(LogFile):
         done = self._first - 1
         for seq in sorted(replaced):
             yield from self._line_bytes(done + 1, seq - 1)
-            yield encode_rows([replaced[seq]])
+            old = b"".join(self._line_bytes(seq, seq))
+            yield encode_line(replaced[seq], self._version < 2 or line_ends(old[:-1]))
             done = seq
         yield from self._line_bytes(done + 1, head)
         yield tail
@@ -394,7 +397,7 @@ class NDJSONStore(LogFile):
     def meta(self) -> dict[str, str]:
         with self._io("reading memimg_meta"):
             meta = self._read_meta()
-        meta["format_version"] = str(self._version)
+        meta["format_version"] = str(FORMAT_VERSION)
         return meta
 
     def set_meta(self, key: str, value: str | None) -> None:

@@ -50,7 +50,8 @@ def _lines(path: str) -> list[bytes]:
 
 def test_a_log_round_trips_and_every_line_is_json(tmp_path: Any) -> None:
     """``memimg.open("x.ndjson")`` is an NDJSON store: a header line naming the format, then one JSON object per
-    event (seq, tx, ts, kind, target, checksum, and the payload as JSON, not encoded again); reopened, the same."""
+    event (seq, tx, ts, kind, target, checksum, and the payload as JSON, not encoded again; the last line of each
+    transaction also ``"end": true``); reopened, the same."""
     path = str(tmp_path / "shop.ndjson")
     with memimg.open(path, root=Box) as img:
         assert isinstance(img._engine.store, NDJSONStore)
@@ -62,10 +63,12 @@ def test_a_log_round_trips_and_every_line_is_json(tmp_path: Any) -> None:
     lines = _lines(path)
     assert lines[-1] == b""
     header, *records = (orjson.loads(line) for line in lines[:-1])
-    assert header == {"format": "memimg-ndjson", "version": 1, "first": 1}
+    assert header == {"format": "memimg-ndjson", "version": 2, "first": 1}
     assert [r["seq"] for r in records] == [e.seq for e in events] == list(range(1, len(events) + 1))
-    for record, event in zip(records, events, strict=True):
-        assert list(record) == ["seq", "tx", "ts", "kind", "target", "checksum", "payload"]
+    for i, (record, event) in enumerate(zip(records, events, strict=True)):
+        last = i == len(events) - 1 or events[i + 1].tx != event.tx
+        assert list(record) == ["seq", "tx", "ts", "kind", "target", "checksum", "payload"] + ["end"] * last
+        assert record.get("end") is (True if last else None)
         assert (record["tx"], record["kind"], record["target"]) == (event.tx, event.kind, event.target)
         assert record["payload"] == orjson.loads(event.payload)
         assert record["checksum"] == event.to_row().checksum
@@ -119,11 +122,92 @@ def test_a_torn_last_line_is_cut_at_open_and_the_log_goes_on(tmp_path: Any, capl
     assert pathlib.Path(path).read_bytes() == torn
     with caplog.at_level(logging.WARNING, logger="memimg"), memimg.open(path, root=Box) as img:
         assert img.root.content == 1 and img.seq == head
-        assert "cut off a partial last line" in caplog.text and '"chec' in caplog.text
+        assert "cut off" in caplog.text and "then a partial line" in caplog.text and '"chec' in caplog.text
         img.root.content = 2
     assert all(orjson.loads(line) for line in _lines(path)[:-1])
     with memimg.open(path, root=Box) as img:
         assert img.root.content == 2 and img.seq == head + 1
+
+
+@pytest.mark.parametrize("cut_inside", [0, 30], ids=["after-a-whole-line", "inside-a-line"])
+def test_a_transaction_cut_short_between_whole_lines_is_never_replayed(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture, cut_inside: int
+) -> None:
+    """A write a crash cut short may leave whole lines of a transaction (the OS wrote part of one large write):
+    without the transaction's end mark they are not replayed. A read-only open leaves the file as it is and sees
+    the log up to the last whole transaction; an open for writing cuts back to it, logs what it cut, and goes on."""
+    path = str(tmp_path / "half.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content, img.root.other = 0, 0
+        head, before = img.seq, os.path.getsize(path)
+        with img.transaction():  # a transfer: both or neither
+            img.root.content = 100
+            img.root.other = -100
+    data = pathlib.Path(path).read_bytes()
+    assert data[before:].count(b"\n") >= 2
+    cut = before + data[before:].index(b"\n") + 1 + cut_inside
+    pathlib.Path(path).write_bytes(data[:cut])
+    with memimg.open(path, root=Box, readonly=True) as ro:
+        assert (ro.root.content, ro.root.other, ro.seq) == (0, 0, head)
+    assert pathlib.Path(path).read_bytes() == data[:cut]
+    with caplog.at_level(logging.WARNING, logger="memimg"), memimg.open(path, root=Box) as img:
+        assert (img.root.content, img.root.other, img.seq) == (0, 0, head)
+        assert f"cut off {cut - before} bytes after event seq {head} (1 whole lines" in caplog.text
+        img.root.content = 5
+    assert pathlib.Path(path).read_bytes().startswith(data[:before])
+    with memimg.open(path, root=Box) as img:
+        assert (img.root.content, img.root.other, img.seq) == (5, 0, head + 1)
+
+
+def test_a_transaction_without_its_end_before_the_tail_is_named(tmp_path: Any) -> None:
+    """A transaction whose last line has no end mark, followed by other transactions (lines lost or edited), is
+    CorruptLogError naming the line and seq, on every open; the file is left as it is."""
+    path = str(tmp_path / "noend.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        for i in range(4):
+            img.root.content = i
+    lines = _lines(path)
+    assert orjson.loads(lines[3])["seq"] == 3 and lines[3].endswith(b',"end":true}')
+    lines[3] = lines[3].replace(b',"end":true}', b"}")
+    pathlib.Path(path).write_bytes(b"\n".join(lines))
+    for readonly in (True, False):
+        with pytest.raises(memimg.CorruptLogError, match="line 4 \\(event seq 3\\) .* no end mark") as info:
+            memimg.open(path, root=Box, readonly=readonly)
+        assert (info.value.seq, info.value.line) == (3, 4)
+    assert pathlib.Path(path).read_bytes() == b"\n".join(lines)
+
+
+def test_a_version_1_log_without_end_marks_still_opens(tmp_path: Any) -> None:
+    """A log written in NDJSON format 1 (no end marks: each line counts as ended) opens, takes commits, and is
+    compacted in its own format."""
+    path = str(tmp_path / "v1.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+        img.root.other = 2
+    lines = [line.replace(b',"end":true}', b"}") for line in _lines(path)]
+    lines[0] = lines[0].replace(b'"version":2', b'"version":1')
+    pathlib.Path(path).write_bytes(b"\n".join(lines))
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        assert (img.root.content, img.root.other) == (1, 2)
+        img.root.content = 3
+        img.store.delete_events_before(img.snapshot())
+        img.root.other = 4
+    with memimg.open(path, root=Box, readonly=True) as ro:
+        assert (ro.root.content, ro.root.other) == (3, 4)
+    assert orjson.loads(_lines(path)[0])["version"] == 1
+
+
+def test_a_line_of_any_length_is_read(tmp_path: Any) -> None:
+    """An event line longer than the chunks the log is read in (a 20 MB value) is committed, and the log opens
+    again, for reading and for writing."""
+    path = str(tmp_path / "big.ndjson")
+    big = "x" * 20_000_000
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = big
+        img.root.other = 1
+    for readonly in (True, False):
+        with memimg.open(path, root=Box, readonly=readonly) as img:
+            assert img.root.content == big and img.root.other == 1
 
 
 @pytest.mark.parametrize(
