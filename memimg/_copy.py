@@ -135,7 +135,9 @@ def _replace(stack: contextlib.ExitStack[Any], dst: Any, target: Store, overwrit
             "(drop its memimg_* tables); nothing was copied"
         )
     target.close()
-    for name in (path, path + "-wal", path + "-shm", path + ".meta", path + ".lock"):
+    path = os.path.realpath(path)  # the files of the log a symlink names, not the symlink
+    # never the lock file: a process with the log open would lock a file no longer at its path
+    for name in (path, path + "-wal", path + "-shm", path + ".meta"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
     for name in (path + ".snapshots", path + ".segments"):

@@ -135,6 +135,22 @@ def test_a_destination_that_holds_a_log_is_refused_unless_overwritten(tmp_path: 
         memimg.copy(source, held, overwrite=True)
 
 
+def test_overwriting_an_ndjson_log_keeps_its_lock_file(tmp_path: Any) -> None:
+    """overwrite=True replaces an NDJSON log's files but not its lock file, so that a process that has the log
+    open still takes its turns on the same lock as the copy and later writers; through a symlink, the files it
+    names are replaced and the symlink is kept."""
+    source, dst = str(tmp_path / "a.db"), str(tmp_path / "b.ndjson")
+    build(source).close()
+    with memimg.open(dst, root=Box) as other:
+        other.root.content = "old"
+    lock = os.stat(dst + ".lock").st_ino
+    os.symlink("b.ndjson", tmp_path / "link.ndjson")
+    memimg.copy(source, str(tmp_path / "link.ndjson"), overwrite=True)
+    assert os.stat(dst + ".lock").st_ino == lock and os.path.islink(tmp_path / "link.ndjson")
+    with memimg.open(dst, root=Bank) as img:
+        assert img.root.accounts["ada"].balance == 7
+
+
 def test_what_belongs_to_processes_is_not_copied(tmp_path: Any) -> None:
     """The leases and positions of processes that have the source open, and a store's own bookkeeping, stay
     behind; the image's other meta entries are copied."""

@@ -120,7 +120,10 @@ class NDJSONStore(LogFile):
     ) -> None:
         if sync not in ("normal", "full"):
             raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
-        super().__init__(os.fspath(path), full=sync == "full", readonly=readonly, busy_timeout=busy_timeout)
+        # one log, one lock file: whatever path it is opened by (a symlink, a relative path), resolved once
+        super().__init__(
+            os.path.realpath(os.fspath(path)), full=sync == "full", readonly=readonly, busy_timeout=busy_timeout
+        )
         #: compaction keeps the events it drops as a segment file (see :meth:`delete_events_before`)
         self.keep_segments = keep_segments
         if os.path.isdir(self.path):
@@ -133,12 +136,26 @@ class NDJSONStore(LogFile):
                     self._refresh()
                 return
             with self._io("opening the log"):
-                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                self._check_links()
             with self._writing("opening the log"):
                 pass  # _writing creates the file, cuts a torn tail, and indexes it
         except BaseException:
             self.close()
             raise
+
+    def _check_links(self) -> None:
+        """Refuse a log with more than one name (hard links): compaction and erase rename a new file over one
+        name only, and each name would get a lock file of its own."""
+        try:
+            links = os.stat(self.path).st_nlink
+        except FileNotFoundError:
+            return
+        if links > 1:
+            raise MemimgError(
+                f"{self.path!r} has {links} hard links; a log must have one name (each name would get its "
+                "own lock file, and a compaction or erase replaces the file under one name only): remove the "
+                "other links, or copy the log (memimg copy). The file was left untouched"
+            )
 
     # -- events -----------------------------------------------------------------------------
 

@@ -115,13 +115,20 @@ class LogFile:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _flock(self, doing: str) -> None:
-        """Take the lock file's exclusive lock, waiting up to busy_timeout (in steps of 50 µs to 2 ms)."""
+        """Take the lock file's exclusive lock, waiting up to busy_timeout (in steps of 50 µs to 2 ms).
+
+        The lock taken must be on the file the path names now: one deleted
+        (or replaced) since this store opened it excludes no one, so the
+        lock file is opened again -- created if need be -- and the lock
+        taken on that one.
+        """
         deadline = time.monotonic() + self._busy_timeout
         pause = 0.00005
         while True:
+            if self._lock_fd < 0:
+                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise LockedError(
@@ -132,6 +139,18 @@ class LogFile:
                     ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
+                continue
+            held = os.fstat(self._lock_fd)
+            try:
+                named = os.stat(self.path + ".lock")
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                return
+            log.warning("%s: the lock file was deleted or replaced; taking the lock on the new one", self.path)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _create(self) -> None:
         """Write a new log's header line (atomically; the lock is held)."""

@@ -319,6 +319,71 @@ def test_writers_take_turns_through_the_lock_file(tmp_path: Any) -> None:
     store.close()
 
 
+def test_every_path_to_a_log_shares_one_lock_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log opened through a symlink or a relative path (then the working directory changed) is the same log:
+    its writers take the same lock file, and a compaction through the symlink replaces the file it names, not
+    the symlink."""
+    import fcntl
+
+    real = tmp_path / "real.ndjson"
+    NDJSONStore(str(real)).close()
+    link = tmp_path / "link.ndjson"
+    link.symlink_to("real.ndjson")
+    monkeypatch.chdir(tmp_path)
+    stores = [NDJSONStore(str(link), busy_timeout=0.1), NDJSONStore("real.ndjson", busy_timeout=0.1)]
+    monkeypatch.chdir("/")
+    holder = os.open(str(real) + ".lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        for store in stores:
+            with pytest.raises(memimg.LockedError):
+                store.append([row(1)], 0)
+    finally:
+        os.close(holder)
+    stores[0].append([row(1)], 0)
+    stores[1].append([row(2)], 1)
+    stores[0].delete_events_before(2)
+    assert link.is_symlink() and os.readlink(link) == "real.ndjson"
+    assert [r[0] for r in NDJSONStore(str(real), readonly=True).read()] == [2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.ndjson", "real.ndjson", "real.ndjson.lock"]
+    for store in stores:
+        store.close()
+
+
+def test_a_deleted_lock_file_still_excludes(tmp_path: Any) -> None:
+    """A writer whose lock file was deleted (and another made in its place, held by another process) takes its
+    turn on the file now at the path: it waits for the holder, not on the deleted file."""
+    import fcntl
+
+    store = NDJSONStore(str(tmp_path / "lock.ndjson"), busy_timeout=0.1)
+    store.append([row(1)], 0)
+    os.unlink(store.path + ".lock")
+    holder = os.open(store.path + ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(memimg.LockedError):
+            store.append([row(2)], 1)
+    finally:
+        os.close(holder)
+    store.append([row(2)], 1)
+    assert store.head() == 2
+    store.close()
+
+
+def test_a_log_with_hard_links_is_refused_for_writing(tmp_path: Any) -> None:
+    """A log with a second name (a hard link) would get a lock file per name: opening it for writing is refused,
+    naming the links, and nothing is created beside either name."""
+    path = tmp_path / "one.ndjson"
+    NDJSONStore(str(path)).append([row(1)], 0)
+    os.unlink(str(path) + ".lock")
+    os.link(path, tmp_path / "two.ndjson")
+    for name in ("one.ndjson", "two.ndjson"):
+        with pytest.raises(memimg.MemimgError, match="has 2 hard links"):
+            NDJSONStore(str(tmp_path / name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.ndjson", "two.ndjson"]
+    assert [r[0] for r in NDJSONStore(str(path), readonly=True).read()] == [1]
+
+
 def test_readers_never_see_part_of_a_write(tmp_path: Any) -> None:
     """Lines a writer is still writing (it holds the lock file's lock) are not read, even complete ones: a
     reader sees the transaction once the writer lets go of the lock, all of it."""
