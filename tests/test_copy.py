@@ -151,6 +151,53 @@ def test_overwriting_an_ndjson_log_keeps_its_lock_file(tmp_path: Any) -> None:
         assert img.root.accounts["ada"].balance == 7
 
 
+@pytest.mark.parametrize("name", ["a.ndjson", "a.db"])
+def test_a_log_is_never_copied_onto_itself(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A copy whose destination is its source -- the same path, another path to the same file, the same store
+    object -- is refused with overwrite=True too, nothing changed."""
+    path = str(tmp_path / name)
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+        img.snapshot()
+        img.root.content = 2
+    def files() -> dict[str, bytes]:  # (SQLite's -wal and -shm come and go with its connections)
+        return {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in (".db-shm", ".db-wal")}
+
+    before = files()
+    monkeypatch.chdir(tmp_path)
+    for dst in (path, "./" + name):
+        with pytest.raises(memimg.MemimgError, match="cannot be copied onto itself"):
+            memimg.copy(path, dst, overwrite=True)
+    assert files() == before
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == 2
+    held = memimg.MemoryStore()
+    memimg.copy(path, held)
+    with pytest.raises(memimg.MemimgError, match="cannot be copied onto itself"):
+        memimg.copy(held, held, overwrite=True)
+
+
+def test_a_snapshot_deleted_while_copying_is_a_clear_error(tmp_path: Any) -> None:
+    """A source snapshot that a compaction deletes between the listing and the read stops the copy with a
+    MemimgError naming its seq (not a KeyError)."""
+    path = str(tmp_path / "a.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+        seq = img.snapshot()
+    source = memimg.NDJSONStore(path, readonly=True)
+    listing = source.snapshots
+
+    def snapshots_then_compacted() -> list[Any]:
+        listed = listing()
+        os.unlink(os.path.join(path + ".snapshots", f"{seq:020d}.ndjson"))
+        return listed
+
+    source.snapshots = snapshots_then_compacted  # type: ignore[method-assign]
+    with pytest.raises(memimg.MemimgError, match=f"snapshot at seq {seq} .* was deleted while the copy ran"):
+        memimg.copy(source, str(tmp_path / "b.ndjson"))
+    source.close()
+
+
 def test_what_belongs_to_processes_is_not_copied(tmp_path: Any) -> None:
     """The leases and positions of processes that have the source open, and a store's own bookkeeping, stay
     behind; the image's other meta entries are copied."""
