@@ -65,8 +65,11 @@ def copy(
     """
     with contextlib.ExitStack() as stack:
         source = _open(stack, src, readonly=True)
+        # the snapshots before the head: a live writer may commit and snapshot between the two looks, and a
+        # snapshot past the head copied would be one the copy's log does not reach
+        listed = sorted(info.seq for info in source.snapshots())
         first, head = source.first_seq(), source.head()
-        snapshots = sorted(info.seq for info in source.snapshots())
+        snapshots = [s for s in listed if s <= head]
         if head == 0 and not snapshots:
             raise MemimgError(f"{source.description!r} holds no memimg image (its log is empty); nothing was copied")
         target = _open(stack, dst, readonly=False)
@@ -212,8 +215,11 @@ def _verify(source: Store, target: Store, first: int, head: int, snapshots: list
     for a, b in zip(theirs, ours, strict=False):
         if _row(a) != _row(b):
             raise MemimgError(f"the copy in {where!r} differs from the source at event seq {a[0]}")
-    if sorted(info.seq for info in target.snapshots()) != snapshots:
-        raise MemimgError(f"the copy in {where!r} does not hold the snapshots {snapshots}")
+    held = sorted(info.seq for info in target.snapshots())
+    if held != snapshots or any(s > head for s in held):
+        raise MemimgError(
+            f"the copy in {where!r} holds the snapshots {held}, not {snapshots} (each at or before seq {head})"
+        )
     for seq in snapshots:
         if _row(_read_snapshot(source, seq)) != _row(_read_snapshot(target, seq)):
             raise MemimgError(f"the copy in {where!r} differs from the source in the snapshot at seq {seq}")

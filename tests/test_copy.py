@@ -198,6 +198,38 @@ def test_a_snapshot_deleted_while_copying_is_a_clear_error(tmp_path: Any) -> Non
     source.close()
 
 
+def test_a_live_writer_never_makes_the_copy_hold_a_snapshot_past_its_log(tmp_path: Any) -> None:
+    """A writer that commits and snapshots while the copy starts (between its first looks at the source's head
+    and snapshots) is not a problem: the copy holds only snapshots its log reaches, and opens."""
+    src, dst = str(tmp_path / "src.ndjson"), str(tmp_path / "dst.ndjson")
+    writer = memimg.open(src, root=Box, snapshot_every=None)
+    writer.root.content = 1
+    source = memimg.NDJSONStore(src, readonly=True)
+    looks = {"n": 0}
+
+    def then_a_commit(look: Any) -> Any:
+        def wrapped() -> Any:
+            result = look()
+            looks["n"] += 1
+            if looks["n"] == 1:
+                writer.root.content = 2
+                writer.snapshot()
+            return result
+
+        return wrapped
+
+    source.head = then_a_commit(source.head)  # type: ignore[method-assign]
+    source.snapshots = then_a_commit(source.snapshots)  # type: ignore[method-assign]
+    memimg.copy(source, dst)
+    copy = memimg.NDJSONStore(dst, readonly=True)
+    assert all(s.seq <= copy.head() for s in copy.snapshots())
+    copy.close()
+    with memimg.open(dst, root=Box) as img:
+        assert img.root.content in (1, 2)
+    source.close()
+    writer.close()
+
+
 def test_what_belongs_to_processes_is_not_copied(tmp_path: Any) -> None:
     """The leases and positions of processes that have the source open, and a store's own bookkeeping, stay
     behind; the image's other meta entries are copied."""
