@@ -293,7 +293,12 @@ class NDJSONStore(LogFile):
         The old file is unlinked (its blocks are freed, not overwritten: a
         process that still has it open reads the old lines until it notices
         the new file, at its next read). Replaced snapshots are rewritten
-        one file at a time after the log, each atomically.
+        first, one file at a time, each atomically; the rename of the new
+        log -- which holds the erase's audit event -- is the commit point. A
+        crash before it leaves the old log (no audit event, the values still
+        in it) with some snapshots already erased: erasing again finishes
+        the job. The audit event is in the log only once every copy is
+        erased. Segment files kept by compaction are not rewritten.
         """
         doing = "rewriting rows (erase)"
         with self._writing(doing):
@@ -304,11 +309,11 @@ class NDJSONStore(LogFile):
                     raise ValueError(f"row seq {row[0]} does not follow {head + i}")
             replaced = {r[0]: r for r in events if self._first <= r[0] <= self._head()}
             first = self._first if self._offsets else head + 1
-            self._replace(first, self._rewritten(replaced, self._head(), encode_rows(rows)))
             for snap in snapshots:
                 path = self._snapshot_path(snap[0])
                 if os.path.exists(path):
                     write_atomically(path, [snapshot_bytes(SnapshotRow(*snap))])
+            self._replace(first, self._rewritten(replaced, self._head(), encode_rows(rows)))
 
     def _rewritten(self, replaced: dict[int, EventRow], head: int, tail: bytes) -> Iterator[bytes]:
         """The log's lines with the rows of *replaced* in place of theirs, then *tail*."""

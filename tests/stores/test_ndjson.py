@@ -407,6 +407,63 @@ def test_readers_never_see_part_of_a_write(tmp_path: Any) -> None:
     store.close()
 
 
+class _Crash(BaseException):
+    """The process dies here."""
+
+
+@pytest.mark.parametrize("crash_at", [0, 1, 2], ids=["first-snapshot", "second-snapshot", "log"])
+def test_an_erase_cut_short_never_leaves_its_audit_event_beside_an_unerased_copy(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, crash_at: int
+) -> None:
+    """Erase rewrites each snapshot file, then renames the new log (with the audit event) over the old one: a
+    crash at any of these files leaves the audit event absent unless every copy is erased, the image opening
+    with its current state, and erasing again finishes the job."""
+    import memimg.stores._ndjson as ndjson_store
+    import memimg.stores._ndjsonlog as ndjson_log
+
+    path = str(tmp_path / "erase.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = "SECRET-1"
+        img.snapshot()
+        img.root.content = "SECRET-2"
+        img.snapshot()
+        img.root.content = "public"
+
+    def files() -> list[bytes]:
+        snaps = sorted((tmp_path / "erase.ndjson.snapshots").iterdir())
+        return [pathlib.Path(path).read_bytes()] + [p.read_bytes() for p in snaps]
+
+    writes = {"n": 0}
+
+    def crashing(real: Any) -> Any:
+        def write(target: str, chunks: Any, **kw: Any) -> None:
+            if target == path or target.startswith(path + ".snapshots"):
+                writes["n"] += 1
+                if writes["n"] == crash_at + 1:
+                    raise _Crash(target)
+            real(target, chunks, **kw)
+
+        return write
+
+    img = memimg.open(path, root=Box, snapshot_every=None)
+    monkeypatch.setattr(ndjson_store, "write_atomically", crashing(ndjson_store.write_atomically))
+    monkeypatch.setattr(ndjson_log, "write_atomically", crashing(ndjson_log.write_atomically))
+    with pytest.raises(_Crash):
+        img.erase(img.root, "content", reason="gdpr")
+    monkeypatch.undo()
+    img.close()
+    log, *snaps = files()
+    assert b'"kind":"erase"' not in log and b"SECRET" in log
+    assert sum(b"SECRET" in snap for snap in snaps) == 2 - crash_at
+    with memimg.open(path, root=Box, snapshot_every=None) as again:
+        assert again.root.content == "public"
+        again.erase(again.root, "content", reason="gdpr")
+    log, *snaps = files()
+    assert b'"kind":"erase"' in log and not any(b"SECRET" in f for f in files())
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == "public"
+
+
 def test_compaction_can_keep_the_dropped_events_as_a_segment(tmp_path: Any) -> None:
     """``memimg compact --keep-segment`` moves the dropped lines, unchanged, to NAME.ndjson.segments/FIRST-LAST.ndjson,
     a log of its own that opens read-only as the image at its last seq; the log starts a new file from the cut.
