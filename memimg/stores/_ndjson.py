@@ -2,8 +2,8 @@
 
 Files, for a log at ``shop.ndjson``:
 
-- ``shop.ndjson`` -- a header line (``{"format":"memimg-ndjson","version":1,"first":1}``:
-  the storage format and the seq of the oldest event kept), then one line per
+- ``shop.ndjson`` -- a header line (``{"format":"memimg-ndjson","version":2,"first":1}``:
+  the file's format and the seq of the oldest event kept), then one line per
   event, in seq order, appended and never changed in place (see
   :mod:`memimg.stores._ndjsonformat` for a line's layout);
 - ``shop.ndjson.snapshots/SEQ.ndjson`` -- one file per snapshot, each written
@@ -15,23 +15,23 @@ Files, for a log at ``shop.ndjson``:
 **Append rule.** Every write takes the lock file's exclusive lock, then
 brings the store's view of the log up to date: if the path names another
 file than the one open (compaction or erase replaced it), the new file is
-opened; the lines other writers appended are indexed; and a partial last
-line -- a write a crash cut short, since no writer holding the lock is
-mid-write -- is cut off (and logged). Only then is the head compared with
-the seq the writer expected (:class:`SeqTaken`, with the events it missed,
-otherwise), and a transaction's lines go in one ``os.write`` on a file
-opened ``O_APPEND``. ``sync="full"`` fsyncs the file after each commit (and
-the directory when the file is created); ``"normal"`` leaves the flushing
-to the OS: a crash of the process loses nothing written, a power loss may.
+opened; the transactions other writers appended are indexed; and what
+follows the last whole transaction (its last line carries the end mark) --
+a write a crash cut short, since no writer holding the lock is mid-write --
+is cut off (and logged). Only then is the head compared with the seq the
+writer expected (:class:`SeqTaken`, with the events it missed, otherwise),
+and a transaction's lines go in one ``os.write`` on a file opened
+``O_APPEND``. ``sync="full"`` fsyncs the file after each commit (and the
+directory when the file is created); ``"normal"`` leaves the flushing to
+the OS: a crash of the process loses nothing written, a power loss may.
 
-**Readers** never wait for a writer and never modify the file (a
-read-only store opens it ``O_RDONLY``): they index complete lines only (a
-partial last line is a write under way, or a torn tail a writer will cut),
-and only while no writer holds the lock -- they take its shared side
-without waiting, and keep their view as it was if a writer is busy, since
-what it is writing is not committed yet (a multi-line write may be seen
-half done). Lines are verified as they are read: a line that does not
-parse, holds another seq than its place says, or fails its checksum raises
+**Readers** never wait for a writer, take no lock and never modify the
+file (a read-only store opens it ``O_RDONLY``): they index whole
+transactions only -- up to the last line with the end mark -- so a write
+under way, or one a crash cut short, is never read, and a long compaction
+holds no one up. Lines are verified as they are read: a line that does not
+parse, holds another seq than its place says, or fails its checksum, or a
+transaction without its end mark before the tail, raises
 :class:`CorruptLogError` naming the line and seq.
 ``changed``/``wait_for_change`` look at the file's identity and size (a
 ``stat``), so followers poll a cheap call. Leases and image positions live

@@ -6,9 +6,9 @@ oldest kept seq -- the header's ``first`` -- on) and keeps that index up to
 the file at the path: a ``stat`` tells whether anything changed (another
 inode: compaction or erase renamed a new file over the log; a larger size:
 others appended). Writers index under the lock file's exclusive lock and
-cut a partial last line; readers index under its shared side, taken
-without waiting (see :meth:`LogFile._refresh`). Lines are parsed and
-verified only when they are read.
+cut what follows the last whole transaction; readers take no lock and
+index whole transactions only (see :meth:`LogFile._refresh`). Lines are
+parsed and verified only when they are read.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ class LogFile:
         self._lock = threading.RLock()
         self._fd = -1
         self._lock_fd = -1
-        self._exclusive = False  # this store holds the lock file's exclusive lock (see _writing)
         self._ident: tuple[int, int] = (0, 0)
         self._version = NDJSON_VERSION
         self._first = 1
@@ -98,7 +97,6 @@ class LogFile:
         self._check_writable(doing)
         with self._lock, self._io(doing, write=True):
             self._flock(doing)
-            self._exclusive = True
             try:
                 try:
                     empty = os.stat(self.path).st_size == 0 and self._fd < 0
@@ -111,7 +109,6 @@ class LogFile:
                 self._refresh(cut=True)
                 yield
             finally:
-                self._exclusive = False
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _flock(self, doing: str) -> None:
@@ -183,56 +180,18 @@ class LogFile:
         self._targets, self._targets_upto = {}, first - 1
 
     def _refresh(self, *, cut: bool = False) -> None:
-        """Bring the index up to the file at the path: reopen a replaced file, index appended lines.
+        """Bring the index up to the file at the path: reopen a replaced file, index appended transactions.
 
-        With *cut* (a writer holding the lock), a partial last line is cut
-        off. Without, the lock file's shared lock is taken first (a ``stat``
-        that finds nothing new takes none): a writer's lines may be read
-        only once its write is whole. If a writer holds the lock, what it is
-        writing is not committed yet, so the view stays as it was (the first
-        look waits for it).
+        Readers take no lock: they index whole transactions only (up to the
+        last end mark), so a write under way -- or cut short -- is never
+        read, and a writer busy for long (a compaction) never holds them up.
+        With *cut* (a writer holding the lock), what follows the last whole
+        transaction is cut off.
         """
         st = os.stat(self.path)
         if self._fd >= 0 and (st.st_dev, st.st_ino) == self._ident and st.st_size == self._end:
             return
-        if cut or self._exclusive:
-            self._catch_up(st, cut=cut)
-            return
-        shared = self._share(wait=self._fd < 0)
-        if shared is None:
-            return
-        try:
-            self._catch_up(os.stat(self.path) if shared else st, cut=False)
-        finally:
-            if shared:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def _share(self, *, wait: bool) -> bool | None:
-        """Take the lock file's shared lock: ``True``; ``False`` when there is no lock file to take (no
-        writer ever opened the log, or a read-only store cannot open it); ``None`` when a writer holds it
-        and *wait* is false."""
-        if self._lock_fd < 0:
-            try:
-                self._lock_fd = os.open(self.path + ".lock", os.O_RDONLY)
-            except OSError:
-                return False
-        deadline = time.monotonic() + self._busy_timeout
-        pause = 0.00005
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if not wait:
-                    return None
-                if time.monotonic() >= deadline:
-                    raise LockedError(
-                        f"reading {self.path!r}: a writer held the lock for more than {self._busy_timeout:g} s",
-                        store=self.description,
-                        operation="reading the log",
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
+        self._catch_up(st, cut=cut)
 
     def _catch_up(self, st: os.stat_result, *, cut: bool) -> None:
         """Index the whole transactions the file at the path (*st*) holds past the index (see :meth:`_refresh`).

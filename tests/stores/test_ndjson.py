@@ -385,8 +385,8 @@ def test_a_log_with_hard_links_is_refused_for_writing(tmp_path: Any) -> None:
 
 
 def test_readers_never_see_part_of_a_write(tmp_path: Any) -> None:
-    """Lines a writer is still writing (it holds the lock file's lock) are not read, even complete ones: a
-    reader sees the transaction once the writer lets go of the lock, all of it."""
+    """Lines a writer is still writing are not read, even complete ones: a reader sees the transaction once its
+    last line (with the end mark) is written, all of it."""
     import fcntl
 
     store = NDJSONStore(str(tmp_path / "busy.ndjson"))
@@ -462,6 +462,28 @@ def test_an_erase_cut_short_never_leaves_its_audit_event_beside_an_unerased_copy
     assert b'"kind":"erase"' in log and not any(b"SECRET" in f for f in files())
     with memimg.open(path, root=Box) as img:
         assert img.root.content == "public"
+
+
+def test_readers_see_every_commit_while_a_writer_holds_the_lock(tmp_path: Any) -> None:
+    """A reader's refresh() applies every acknowledged commit even while another process holds the lock file's
+    lock for long (a compaction), and a read-only open neither waits for it nor raises LockedError."""
+    import fcntl
+
+    path = str(tmp_path / "stale.ndjson")
+    writer = memimg.open(path, root=Box, snapshot_every=None)
+    reader = memimg.open(path, root=Box, snapshot_every=None, readonly=True)
+    writer.root.content = 1
+    holder = os.open(path + ".lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        assert reader.refresh() > 0 and reader.root.content == 1 and reader.seq == writer.seq
+        store = NDJSONStore(path, readonly=True, busy_timeout=0.05)
+        assert store.head() == writer.seq
+        store.close()
+    finally:
+        os.close(holder)
+    reader.close()
+    writer.close()
 
 
 def test_compaction_can_keep_the_dropped_events_as_a_segment(tmp_path: Any) -> None:
