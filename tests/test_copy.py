@@ -160,8 +160,10 @@ def test_a_log_is_never_copied_onto_itself(tmp_path: Any, monkeypatch: pytest.Mo
         img.root.content = 1
         img.snapshot()
         img.root.content = 2
+
     def files() -> dict[str, bytes]:  # (SQLite's -wal and -shm come and go with its connections)
-        return {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.suffix not in (".db-shm", ".db-wal")}
+        found = (p for p in tmp_path.rglob("*") if p.is_file())
+        return {p.name: p.read_bytes() for p in found if p.suffix not in (".db-shm", ".db-wal")}
 
     before = files()
     monkeypatch.chdir(tmp_path)

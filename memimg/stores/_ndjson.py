@@ -50,6 +50,7 @@ import bisect
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import re
 import threading
@@ -64,6 +65,7 @@ from memimg.stores._ndjsonformat import (
     encode_rows,
     header_line,
     line_ends,
+    parse_header,
     read_snapshot_file,
     snapshot_bytes,
     snapshot_header,
@@ -86,7 +88,23 @@ from memimg.stores._protocol import (
 
 __all__ = ["NDJSONStore"]
 
+log = logging.getLogger("memimg")
 _SNAPSHOT_NAME = re.compile(r"^(\d{20})\.ndjson$")
+#: A temp file of write_atomically / write_snapshot: NAME.PID.HEX.tmp
+_TEMP_NAME = re.compile(r"^.+\.(\d+)\.[0-9a-f]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process *pid* runs (on this host, as the log's processes do)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 #: Most events a refused append hands over (SeqTaken.missed).
 _MISSED = 1000
 
@@ -136,26 +154,52 @@ class NDJSONStore(LogFile):
                     self._refresh()
                 return
             with self._io("opening the log"):
-                self._check_links()
+                self._check_file()
             with self._writing("opening the log"):
-                pass  # _writing creates the file, cuts a torn tail, and indexes it
+                self._remove_stale_temps()  # _writing created the file, cut a torn tail, and indexed it
         except BaseException:
             self.close()
             raise
 
-    def _check_links(self) -> None:
-        """Refuse a log with more than one name (hard links): compaction and erase rename a new file over one
-        name only, and each name would get a lock file of its own."""
+    def _check_file(self) -> None:
+        """Refuse, before a lock file is made beside it, a file that is not a log this memimg writes, or a log
+        with more than one name (hard links: compaction and erase rename a new file over one name only, and
+        each name would get a lock file of its own)."""
         try:
-            links = os.stat(self.path).st_nlink
+            with open(self.path, "rb") as f:
+                links = os.fstat(f.fileno()).st_nlink
+                first_line = f.readline(4096)
         except FileNotFoundError:
             return
+        if first_line:
+            self._check_version(parse_header(first_line.rstrip(b"\n"), self.path)[0])
         if links > 1:
             raise MemimgError(
                 f"{self.path!r} has {links} hard links; a log must have one name (each name would get its "
                 "own lock file, and a compaction or erase replaces the file under one name only): remove the "
                 "other links, or copy the log (memimg copy). The file was left untouched"
             )
+
+    def _remove_stale_temps(self) -> None:
+        """Delete the temp files that processes no longer running left beside the log, its snapshots and
+        segments (a crash between writing one and renaming it); a live process's are left alone."""
+        base = os.path.basename(self.path)
+        for directory, prefix in (
+            (os.path.dirname(self.path), base + "."),
+            (self.path + ".snapshots", ""),
+            (self.path + ".segments", ""),
+        ):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                m = _TEMP_NAME.match(name)
+                if m is None or not name.startswith(prefix) or _alive(int(m.group(1))):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+                    log.info("%s: removed %s, a temp file left by process %s", self.path, name, m.group(1))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -270,6 +314,7 @@ class NDJSONStore(LogFile):
         """
         doing = f"deleting events before seq {seq}"
         with self._writing(doing):
+            self._remove_stale_temps()
             first = self._first
             n = max(0, min(len(self._offsets), seq - first))
             if n:

@@ -163,11 +163,7 @@ class LogFile:
             if end < 0:
                 parse_header(first_line, self.path)  # raises: no header line
             version, first = parse_header(first_line[:end], self.path)
-            if version > NDJSON_VERSION:
-                raise MemimgError(
-                    f"{self.path!r} was written in memimg NDJSON format {version}; this memimg reads "
-                    f"format {NDJSON_VERSION} and older: upgrade memimg. The file was left untouched"
-                )
+            self._check_version(version)
         except BaseException:
             os.close(fd)
             raise
@@ -178,6 +174,13 @@ class LogFile:
         self._offsets = array("q")
         self._end = end + 1
         self._targets, self._targets_upto = {}, first - 1
+
+    def _check_version(self, version: int) -> None:
+        if version > NDJSON_VERSION:
+            raise MemimgError(
+                f"{self.path!r} was written in memimg NDJSON format {version}; this memimg reads "
+                f"format {NDJSON_VERSION} and older: upgrade memimg. The file was left untouched"
+            )
 
     def _refresh(self, *, cut: bool = False) -> None:
         """Bring the index up to the file at the path: reopen a replaced file, index appended transactions.

@@ -239,7 +239,7 @@ def test_a_damaged_line_before_the_tail_is_named(tmp_path: Any, damage: Any, wha
 
 def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Any) -> None:
     """A .ndjson file whose first line is not the header, or whose header names a newer format, is refused and
-    left as it was."""
+    left as it was, with no file made beside it."""
     plain = tmp_path / "other.ndjson"
     plain.write_bytes(b'{"a": 1}\n{"b": 2}\n')
     newer = tmp_path / "newer.ndjson"
@@ -250,6 +250,7 @@ def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Any) -> None:
             with pytest.raises(memimg.MemimgError, match=message):
                 memimg.open(str(path), readonly=readonly)
         assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newer.ndjson", "other.ndjson"]  # no lock file beside
 
 
 def test_snapshots_are_files_beside_the_log(tmp_path: Any) -> None:
@@ -484,6 +485,25 @@ def test_readers_see_every_commit_while_a_writer_holds_the_lock(tmp_path: Any) -
         os.close(holder)
     reader.close()
     writer.close()
+
+
+def test_temp_files_of_dead_processes_are_removed_at_a_writers_open(tmp_path: Any) -> None:
+    """Temp files a crashed process left (a log rewrite or a snapshot never renamed in) are deleted when a writer
+    opens the log; a running process's temp files are left alone."""
+    import subprocess
+
+    path = str(tmp_path / "tmp.ndjson")
+    NDJSONStore(path).close()
+    os.makedirs(path + ".snapshots")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [f"{path}.{dead.pid}.7f00.tmp", f"{path}.snapshots/{1:020d}.ndjson.{dead.pid}.7f01.tmp"]
+    live = [f"{path}.{os.getpid()}.7f02.tmp"]
+    for name in stale + live:
+        pathlib.Path(name).write_bytes(b"partial")
+    NDJSONStore(path).close()
+    assert [os.path.exists(name) for name in stale + live] == [False, False, True]
+    NDJSONStore(path, readonly=True).close()
 
 
 def test_compaction_can_keep_the_dropped_events_as_a_segment(tmp_path: Any) -> None:
