@@ -260,7 +260,11 @@ class NDJSONStore(LogFile):
         with self._lock, self._io(f"reading events after seq {after}"):
             self._refresh()
             start = max(after + 1, self._first)
-            return self._rows(start, min(start + n - 1, self._head()))
+            stop = min(start + n - 1, self._head())
+            if start > self._first and start <= stop:
+                # from the event before: whether its transaction ended is checked against this chunk's first
+                return self._rows(start - 1, stop)[1:]
+            return self._rows(start, stop)
 
     def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
         check_target(target)

@@ -174,6 +174,10 @@ def test_a_transaction_without_its_end_before_the_tail_is_named(tmp_path: Any) -
         with pytest.raises(memimg.CorruptLogError, match="line 4 \\(event seq 3\\) .* no end mark") as info:
             memimg.open(path, root=Box, readonly=readonly)
         assert (info.value.seq, info.value.line) == (3, 4)
+    store = NDJSONStore(path, readonly=True)
+    with pytest.raises(memimg.CorruptLogError, match="event seq 3"):
+        list(store.read(after=3))  # read from the next transaction on: still named
+    store.close()
     assert pathlib.Path(path).read_bytes() == b"\n".join(lines)
 
 
