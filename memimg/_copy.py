@@ -65,11 +65,19 @@ def copy(
     """
     with contextlib.ExitStack() as stack:
         source = _open(stack, src, readonly=True)
+        # the snapshots before the head: a live writer may commit and snapshot between the two looks, and a
+        # snapshot past the head copied would be one the copy's log does not reach
+        listed = sorted(info.seq for info in source.snapshots())
         first, head = source.first_seq(), source.head()
-        snapshots = sorted(info.seq for info in source.snapshots())
+        snapshots = [s for s in listed if s <= head]
         if head == 0 and not snapshots:
             raise MemimgError(f"{source.description!r} holds no memimg image (its log is empty); nothing was copied")
         target = _open(stack, dst, readonly=False)
+        if _identity(target) == _identity(source):
+            raise MemimgError(
+                f"{target.description!r} is the log the copy reads from ({source.description!r}): a log cannot be "
+                "copied onto itself; nothing was copied or changed"
+            )
         if target.head() != 0 or target.snapshots():
             target = _replace(stack, dst, target, overwrite)
         # a compacted log starts after seq 1: the target's log must start at the same seq -- after the
@@ -135,7 +143,9 @@ def _replace(stack: contextlib.ExitStack[Any], dst: Any, target: Store, overwrit
             "(drop its memimg_* tables); nothing was copied"
         )
     target.close()
-    for name in (path, path + "-wal", path + "-shm", path + ".meta", path + ".lock"):
+    path = os.path.realpath(path)  # the files of the log a symlink names, not the symlink
+    # never the lock file: a process with the log open would lock a file no longer at its path
+    for name in (path, path + "-wal", path + "-shm", path + ".meta"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
     for name in (path + ".snapshots", path + ".segments"):
@@ -143,8 +153,36 @@ def _replace(stack: contextlib.ExitStack[Any], dst: Any, target: Store, overwrit
     return _open(stack, dst, readonly=False)
 
 
+def _identity(store: Store) -> tuple[Any, ...]:
+    """What tells one log from another: the file (followed through links) of a path, a database's URL with
+    the schema and table prefix, else the store object itself."""
+    path = getattr(store, "path", None)
+    if isinstance(path, str) and path != ":memory:":
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ("path", os.path.realpath(path))
+        return ("file", st.st_dev, st.st_ino)
+    engine = getattr(store, "engine", None)
+    if engine is not None:
+        url = engine.url.render_as_string(hide_password=False)
+        return ("database", url, getattr(store, "schema", None), getattr(store, "prefix", None))
+    return ("store", id(store))
+
+
+def _read_snapshot(store: Store, seq: int) -> SnapshotRow:
+    """The snapshot at *seq* (listed a moment ago), or a clear error if it is gone meanwhile."""
+    try:
+        return SnapshotRow(*store.read_snapshot(seq))
+    except KeyError:
+        raise MemimgError(
+            f"the snapshot at seq {seq} of {store.description!r} was deleted while the copy ran (a compaction?); "
+            "the copy is incomplete: run it again"
+        ) from None
+
+
 def _snapshot(source: Store, seq: int) -> SnapshotRow:
-    row = SnapshotRow(*source.read_snapshot(seq))
+    row = _read_snapshot(source, seq)
     row = row._replace(payload=bytes(row.payload))
     verify_snapshot(row)
     return row
@@ -177,10 +215,13 @@ def _verify(source: Store, target: Store, first: int, head: int, snapshots: list
     for a, b in zip(theirs, ours, strict=False):
         if _row(a) != _row(b):
             raise MemimgError(f"the copy in {where!r} differs from the source at event seq {a[0]}")
-    if sorted(info.seq for info in target.snapshots()) != snapshots:
-        raise MemimgError(f"the copy in {where!r} does not hold the snapshots {snapshots}")
+    held = sorted(info.seq for info in target.snapshots())
+    if held != snapshots or any(s > head for s in held):
+        raise MemimgError(
+            f"the copy in {where!r} holds the snapshots {held}, not {snapshots} (each at or before seq {head})"
+        )
     for seq in snapshots:
-        if _row(source.read_snapshot(seq)) != _row(target.read_snapshot(seq)):
+        if _row(_read_snapshot(source, seq)) != _row(_read_snapshot(target, seq)):
             raise MemimgError(f"the copy in {where!r} differs from the source in the snapshot at seq {seq}")
 
 

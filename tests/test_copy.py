@@ -135,6 +135,103 @@ def test_a_destination_that_holds_a_log_is_refused_unless_overwritten(tmp_path: 
         memimg.copy(source, held, overwrite=True)
 
 
+def test_overwriting_an_ndjson_log_keeps_its_lock_file(tmp_path: Any) -> None:
+    """overwrite=True replaces an NDJSON log's files but not its lock file, so that a process that has the log
+    open still takes its turns on the same lock as the copy and later writers; through a symlink, the files it
+    names are replaced and the symlink is kept."""
+    source, dst = str(tmp_path / "a.db"), str(tmp_path / "b.ndjson")
+    build(source).close()
+    with memimg.open(dst, root=Box) as other:
+        other.root.content = "old"
+    lock = os.stat(dst + ".lock").st_ino
+    os.symlink("b.ndjson", tmp_path / "link.ndjson")
+    memimg.copy(source, str(tmp_path / "link.ndjson"), overwrite=True)
+    assert os.stat(dst + ".lock").st_ino == lock and os.path.islink(tmp_path / "link.ndjson")
+    with memimg.open(dst, root=Bank) as img:
+        assert img.root.accounts["ada"].balance == 7
+
+
+@pytest.mark.parametrize("name", ["a.ndjson", "a.db"])
+def test_a_log_is_never_copied_onto_itself(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A copy whose destination is its source -- the same path, another path to the same file, the same store
+    object -- is refused with overwrite=True too, nothing changed."""
+    path = str(tmp_path / name)
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+        img.snapshot()
+        img.root.content = 2
+
+    def files() -> dict[str, bytes]:  # (SQLite's -wal and -shm come and go with its connections)
+        found = (p for p in tmp_path.rglob("*") if p.is_file())
+        return {p.name: p.read_bytes() for p in found if p.suffix not in (".db-shm", ".db-wal")}
+
+    before = files()
+    monkeypatch.chdir(tmp_path)
+    for dst in (path, "./" + name):
+        with pytest.raises(memimg.MemimgError, match="cannot be copied onto itself"):
+            memimg.copy(path, dst, overwrite=True)
+    assert files() == before
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == 2
+    held = memimg.MemoryStore()
+    memimg.copy(path, held)
+    with pytest.raises(memimg.MemimgError, match="cannot be copied onto itself"):
+        memimg.copy(held, held, overwrite=True)
+
+
+def test_a_snapshot_deleted_while_copying_is_a_clear_error(tmp_path: Any) -> None:
+    """A source snapshot that a compaction deletes between the listing and the read stops the copy with a
+    MemimgError naming its seq (not a KeyError)."""
+    path = str(tmp_path / "a.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+        seq = img.snapshot()
+    source = memimg.NDJSONStore(path, readonly=True)
+    listing = source.snapshots
+
+    def snapshots_then_compacted() -> list[Any]:
+        listed = listing()
+        os.unlink(os.path.join(path + ".snapshots", f"{seq:020d}.ndjson"))
+        return listed
+
+    source.snapshots = snapshots_then_compacted  # type: ignore[method-assign]
+    with pytest.raises(memimg.MemimgError, match=f"snapshot at seq {seq} .* was deleted while the copy ran"):
+        memimg.copy(source, str(tmp_path / "b.ndjson"))
+    source.close()
+
+
+def test_a_live_writer_never_makes_the_copy_hold_a_snapshot_past_its_log(tmp_path: Any) -> None:
+    """A writer that commits and snapshots while the copy starts (between its first looks at the source's head
+    and snapshots) is not a problem: the copy holds only snapshots its log reaches, and opens."""
+    src, dst = str(tmp_path / "src.ndjson"), str(tmp_path / "dst.ndjson")
+    writer = memimg.open(src, root=Box, snapshot_every=None)
+    writer.root.content = 1
+    source = memimg.NDJSONStore(src, readonly=True)
+    looks = {"n": 0}
+
+    def then_a_commit(look: Any) -> Any:
+        def wrapped() -> Any:
+            result = look()
+            looks["n"] += 1
+            if looks["n"] == 1:
+                writer.root.content = 2
+                writer.snapshot()
+            return result
+
+        return wrapped
+
+    source.head = then_a_commit(source.head)  # type: ignore[method-assign]
+    source.snapshots = then_a_commit(source.snapshots)  # type: ignore[method-assign]
+    memimg.copy(source, dst)
+    copy = memimg.NDJSONStore(dst, readonly=True)
+    assert all(s.seq <= copy.head() for s in copy.snapshots())
+    copy.close()
+    with memimg.open(dst, root=Box) as img:
+        assert img.root.content in (1, 2)
+    source.close()
+    writer.close()
+
+
 def test_what_belongs_to_processes_is_not_copied(tmp_path: Any) -> None:
     """The leases and positions of processes that have the source open, and a store's own bookkeeping, stay
     behind; the image's other meta entries are copied."""

@@ -2,8 +2,8 @@
 
 Files, for a log at ``shop.ndjson``:
 
-- ``shop.ndjson`` -- a header line (``{"format":"memimg-ndjson","version":1,"first":1}``:
-  the storage format and the seq of the oldest event kept), then one line per
+- ``shop.ndjson`` -- a header line (``{"format":"memimg-ndjson","version":2,"first":1}``:
+  the file's format and the seq of the oldest event kept), then one line per
   event, in seq order, appended and never changed in place (see
   :mod:`memimg.stores._ndjsonformat` for a line's layout);
 - ``shop.ndjson.snapshots/SEQ.ndjson`` -- one file per snapshot, each written
@@ -15,23 +15,23 @@ Files, for a log at ``shop.ndjson``:
 **Append rule.** Every write takes the lock file's exclusive lock, then
 brings the store's view of the log up to date: if the path names another
 file than the one open (compaction or erase replaced it), the new file is
-opened; the lines other writers appended are indexed; and a partial last
-line -- a write a crash cut short, since no writer holding the lock is
-mid-write -- is cut off (and logged). Only then is the head compared with
-the seq the writer expected (:class:`SeqTaken`, with the events it missed,
-otherwise), and a transaction's lines go in one ``os.write`` on a file
-opened ``O_APPEND``. ``sync="full"`` fsyncs the file after each commit (and
-the directory when the file is created); ``"normal"`` leaves the flushing
-to the OS: a crash of the process loses nothing written, a power loss may.
+opened; the transactions other writers appended are indexed; and what
+follows the last whole transaction (its last line carries the end mark) --
+a write a crash cut short, since no writer holding the lock is mid-write --
+is cut off (and logged). Only then is the head compared with the seq the
+writer expected (:class:`SeqTaken`, with the events it missed, otherwise),
+and a transaction's lines go in one ``os.write`` on a file opened
+``O_APPEND``. ``sync="full"`` fsyncs the file after each commit (and the
+directory when the file is created); ``"normal"`` leaves the flushing to
+the OS: a crash of the process loses nothing written, a power loss may.
 
-**Readers** never wait for a writer and never modify the file (a
-read-only store opens it ``O_RDONLY``): they index complete lines only (a
-partial last line is a write under way, or a torn tail a writer will cut),
-and only while no writer holds the lock -- they take its shared side
-without waiting, and keep their view as it was if a writer is busy, since
-what it is writing is not committed yet (a multi-line write may be seen
-half done). Lines are verified as they are read: a line that does not
-parse, holds another seq than its place says, or fails its checksum raises
+**Readers** never wait for a writer, take no lock and never modify the
+file (a read-only store opens it ``O_RDONLY``): they index whole
+transactions only -- up to the last line with the end mark -- so a write
+under way, or one a crash cut short, is never read, and a long compaction
+holds no one up. Lines are verified as they are read: a line that does not
+parse, holds another seq than its place says, or fails its checksum, or a
+transaction without its end mark before the tail, raises
 :class:`CorruptLogError` naming the line and seq.
 ``changed``/``wait_for_change`` look at the file's identity and size (a
 ``stat``), so followers poll a cheap call. Leases and image positions live
@@ -50,6 +50,7 @@ import bisect
 import contextlib
 import errno
 import itertools
+import logging
 import os
 import re
 import threading
@@ -60,8 +61,11 @@ import orjson
 
 from memimg._errors import MemimgError
 from memimg.stores._ndjsonformat import (
+    encode_line,
     encode_rows,
     header_line,
+    line_ends,
+    parse_header,
     read_snapshot_file,
     snapshot_bytes,
     snapshot_header,
@@ -84,7 +88,23 @@ from memimg.stores._protocol import (
 
 __all__ = ["NDJSONStore"]
 
+log = logging.getLogger("memimg")
 _SNAPSHOT_NAME = re.compile(r"^(\d{20})\.ndjson$")
+#: A temp file of write_atomically / write_snapshot: NAME.PID.HEX.tmp
+_TEMP_NAME = re.compile(r"^.+\.(\d+)\.[0-9a-f]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process *pid* runs (on this host, as the log's processes do)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 #: Most events a refused append hands over (SeqTaken.missed).
 _MISSED = 1000
 
@@ -118,7 +138,10 @@ class NDJSONStore(LogFile):
     ) -> None:
         if sync not in ("normal", "full"):
             raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
-        super().__init__(os.fspath(path), full=sync == "full", readonly=readonly, busy_timeout=busy_timeout)
+        # one log, one lock file: whatever path it is opened by (a symlink, a relative path), resolved once
+        super().__init__(
+            os.path.realpath(os.fspath(path)), full=sync == "full", readonly=readonly, busy_timeout=busy_timeout
+        )
         #: compaction keeps the events it drops as a segment file (see :meth:`delete_events_before`)
         self.keep_segments = keep_segments
         if os.path.isdir(self.path):
@@ -131,12 +154,52 @@ class NDJSONStore(LogFile):
                     self._refresh()
                 return
             with self._io("opening the log"):
-                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                self._check_file()
             with self._writing("opening the log"):
-                pass  # _writing creates the file, cuts a torn tail, and indexes it
+                self._remove_stale_temps()  # _writing created the file, cut a torn tail, and indexed it
         except BaseException:
             self.close()
             raise
+
+    def _check_file(self) -> None:
+        """Refuse, before a lock file is made beside it, a file that is not a log this memimg writes, or a log
+        with more than one name (hard links: compaction and erase rename a new file over one name only, and
+        each name would get a lock file of its own)."""
+        try:
+            with open(self.path, "rb") as f:
+                links = os.fstat(f.fileno()).st_nlink
+                first_line = f.readline(4096)
+        except FileNotFoundError:
+            return
+        if first_line:
+            self._check_version(parse_header(first_line.rstrip(b"\n"), self.path)[0])
+        if links > 1:
+            raise MemimgError(
+                f"{self.path!r} has {links} hard links; a log must have one name (each name would get its "
+                "own lock file, and a compaction or erase replaces the file under one name only): remove the "
+                "other links, or copy the log (memimg copy). The file was left untouched"
+            )
+
+    def _remove_stale_temps(self) -> None:
+        """Delete the temp files that processes no longer running left beside the log, its snapshots and
+        segments (a crash between writing one and renaming it); a live process's are left alone."""
+        base = os.path.basename(self.path)
+        for directory, prefix in (
+            (os.path.dirname(self.path), base + "."),
+            (self.path + ".snapshots", ""),
+            (self.path + ".segments", ""),
+        ):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                m = _TEMP_NAME.match(name)
+                if m is None or not name.startswith(prefix) or _alive(int(m.group(1))):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+                    log.info("%s: removed %s, a temp file left by process %s", self.path, name, m.group(1))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -197,7 +260,11 @@ class NDJSONStore(LogFile):
         with self._lock, self._io(f"reading events after seq {after}"):
             self._refresh()
             start = max(after + 1, self._first)
-            return self._rows(start, min(start + n - 1, self._head()))
+            stop = min(start + n - 1, self._head())
+            if start > self._first and start <= stop:
+                # from the event before: whether its transaction ended is checked against this chunk's first
+                return self._rows(start - 1, stop)[1:]
+            return self._rows(start, stop)
 
     def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
         check_target(target)
@@ -251,6 +318,7 @@ class NDJSONStore(LogFile):
         """
         doing = f"deleting events before seq {seq}"
         with self._writing(doing):
+            self._remove_stale_temps()
             first = self._first
             n = max(0, min(len(self._offsets), seq - first))
             if n:
@@ -259,7 +327,7 @@ class NDJSONStore(LogFile):
                     os.makedirs(directory, exist_ok=True)
                     segment = os.path.join(directory, f"{first:020d}-{first + n - 1:020d}.ndjson")
                     lines = self._line_bytes(first, first + n - 1)
-                    write_atomically(segment, itertools.chain([header_line(FORMAT_VERSION, first)], lines))
+                    write_atomically(segment, itertools.chain([header_line(self._version, first)], lines))
                 self._replace(first + n, self._line_bytes(first + n, self._head()))
             return n
 
@@ -274,7 +342,12 @@ class NDJSONStore(LogFile):
         The old file is unlinked (its blocks are freed, not overwritten: a
         process that still has it open reads the old lines until it notices
         the new file, at its next read). Replaced snapshots are rewritten
-        one file at a time after the log, each atomically.
+        first, one file at a time, each atomically; the rename of the new
+        log -- which holds the erase's audit event -- is the commit point. A
+        crash before it leaves the old log (no audit event, the values still
+        in it) with some snapshots already erased: erasing again finishes
+        the job. The audit event is in the log only once every copy is
+        erased. Segment files kept by compaction are not rewritten.
         """
         doing = "rewriting rows (erase)"
         with self._writing(doing):
@@ -285,18 +358,19 @@ class NDJSONStore(LogFile):
                     raise ValueError(f"row seq {row[0]} does not follow {head + i}")
             replaced = {r[0]: r for r in events if self._first <= r[0] <= self._head()}
             first = self._first if self._offsets else head + 1
-            self._replace(first, self._rewritten(replaced, self._head(), encode_rows(rows)))
             for snap in snapshots:
                 path = self._snapshot_path(snap[0])
                 if os.path.exists(path):
                     write_atomically(path, [snapshot_bytes(SnapshotRow(*snap))])
+            self._replace(first, self._rewritten(replaced, self._head(), encode_rows(rows)))
 
     def _rewritten(self, replaced: dict[int, EventRow], head: int, tail: bytes) -> Iterator[bytes]:
         """The log's lines with the rows of *replaced* in place of theirs, then *tail*."""
         done = self._first - 1
         for seq in sorted(replaced):
             yield from self._line_bytes(done + 1, seq - 1)
-            yield encode_rows([replaced[seq]])
+            old = b"".join(self._line_bytes(seq, seq))
+            yield encode_line(replaced[seq], self._version < 2 or line_ends(old[:-1]))
             done = seq
         yield from self._line_bytes(done + 1, head)
         yield tail
@@ -394,7 +468,7 @@ class NDJSONStore(LogFile):
     def meta(self) -> dict[str, str]:
         with self._io("reading memimg_meta"):
             meta = self._read_meta()
-        meta["format_version"] = str(self._version)
+        meta["format_version"] = str(FORMAT_VERSION)
         return meta
 
     def set_meta(self, key: str, value: str | None) -> None:

@@ -5,6 +5,13 @@ the payload last and as it is stored (memimg's payloads are JSON, so the
 line stays JSON and ``jq`` reads it)::
 
     {"seq":12,"tx":9,"ts":1764979200000000,"kind":"obj.set","target":7,"checksum":3016130573,"payload":[["x",1]]}
+    {"seq":13,"tx":9,"ts":1764979200000000,"kind":"obj.set","target":7,"checksum":1401966207,"payload":[["y",2]],"end":true}
+
+The last line of each transaction (and of each write) ends in
+``"end":true`` (format version 2): a write that a crash cut short -- even
+one cut between two whole lines -- leaves lines with no end mark after the
+last one, which readers do not index and the next writer cuts off. (Version
+1 logs had no end marks: each of their lines counts as ended.)
 
 The payload is written verbatim, not re-encoded, so that its bytes -- which
 the checksum covers -- read back exactly; a payload that is not JSON (or
@@ -28,9 +35,13 @@ from memimg._errors import CorruptLogError, MemimgError
 from memimg.core._rows import EventRow, SnapshotRow, row_intact
 
 __all__ = [
+    "END",
     "FORMAT_NAME",
+    "NDJSON_VERSION",
+    "encode_line",
     "encode_rows",
     "header_line",
+    "line_ends",
     "parse_header",
     "parse_line",
     "read_snapshot_file",
@@ -43,9 +54,15 @@ __all__ = [
 #: The value of the header line's ``"format"`` key: what tells an NDJSON memimg log from other files.
 FORMAT_NAME: Final = "memimg-ndjson"
 
+#: The version of the file's layout written in the header: 2 adds the end mark of a transaction's last line.
+NDJSON_VERSION: Final = 2
+#: How the last line of a transaction ends (with its line break). No other line can end so: a payload is a
+#: JSON value, which never ends in ``,"end":true``, and holds no line break.
+END: Final = b',"end":true}\n'
+
 _LINE = re.compile(
     rb'\{"seq":(\d+),"tx":(-?\d+),"ts":(-?\d+),"kind":("(?:[^"\\]|\\.)*"),"target":(-?\d+),'
-    rb'"checksum":(\d+),"payload(64)?":(.*)\}\Z',
+    rb'"checksum":(\d+),"payload(64)?":(.*)\Z',
     re.DOTALL,
 )
 
@@ -79,7 +96,8 @@ def parse_header(line: bytes, path: str) -> tuple[int, int]:
     return header["version"], header["first"]
 
 
-def _encode(row: EventRow) -> bytes:
+def encode_line(row: EventRow, end: bool) -> bytes:
+    """The line of *row*, with its line break; *end*: the last line of its transaction (the end mark)."""
     seq, tx, ts, kind, target, payload, checksum = row
     payload = bytes(payload)
     start = b'{"seq":%d,"tx":%d,"ts":%d,"kind":%s,"target":%d,"checksum":%d,' % (
@@ -96,23 +114,33 @@ def _encode(row: EventRow) -> bytes:
         except orjson.JSONDecodeError:
             pass
         else:
-            return start + b'"payload":' + payload + b"}\n"
-    return start + b'"payload64":"' + base64.b64encode(payload) + b'"}\n'
+            return start + b'"payload":' + payload + (END if end else b"}\n")
+    return start + b'"payload64":"' + base64.b64encode(payload) + (b'"' + END if end else b'"}\n')
 
 
 def encode_rows(rows: Any) -> bytes:
-    """The lines of *rows* (event rows), each ending in a line break, as one bytes object."""
-    return b"".join([_encode(r) for r in rows])
+    """The lines of *rows* (event rows, one write), as one bytes object.
+
+    The last row, and every row followed by one of another transaction,
+    carries the end mark.
+    """
+    n = len(rows)
+    return b"".join([encode_line(r, i == n - 1 or rows[i + 1][1] != r[1]) for i, r in enumerate(rows)])
 
 
 def parse_line(line: bytes, lineno: int, expected: int, path: str) -> EventRow:
     """The event row on line *lineno* of *path* (without its line break), which must be event *expected*.
 
+    The end mark, if the line has one, is not part of the row (see :func:`line_ends`).
+
     Raises:
         CorruptLogError: the line is not an event line, holds another seq,
             or fails its checksum -- naming the line and the seq.
     """
-    m = _LINE.match(line)
+    if line.endswith(END[:-1]):
+        m = _LINE.match(line, 0, len(line) - len(END) + 1)
+    else:
+        m = _LINE.match(line, 0, len(line) - 1) if line.endswith(b"}") else None
     if m is None:
         raise _corrupt(path, lineno, expected, "is not a well-formed event line")
     seq, tx, ts, kind, target, checksum, b64, payload = m.groups()
@@ -128,6 +156,11 @@ def parse_line(line: bytes, lineno: int, expected: int, path: str) -> EventRow:
     if not row_intact(row):
         raise _corrupt(path, lineno, expected, "fails its checksum (the line was damaged or edited)")
     return row
+
+
+def line_ends(line: bytes) -> bool:
+    """Whether *line* (without its line break) is the last of its transaction (carries the end mark)."""
+    return line.endswith(END[:-1])
 
 
 def _corrupt(path: str, lineno: int, seq: int, what: str) -> CorruptLogError:

@@ -6,9 +6,9 @@ oldest kept seq -- the header's ``first`` -- on) and keeps that index up to
 the file at the path: a ``stat`` tells whether anything changed (another
 inode: compaction or erase renamed a new file over the log; a larger size:
 others appended). Writers index under the lock file's exclusive lock and
-cut a partial last line; readers index under its shared side, taken
-without waiting (see :meth:`LogFile._refresh`). Lines are parsed and
-verified only when they are read.
+cut what follows the last whole transaction; readers take no lock and
+index whole transactions only (see :meth:`LogFile._refresh`). Lines are
+parsed and verified only when they are read.
 """
 
 from __future__ import annotations
@@ -24,10 +24,17 @@ import time
 from array import array
 from collections.abc import Iterator
 
-from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
+from memimg._errors import CorruptLogError, FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
 from memimg.core._rows import EventRow
-from memimg.stores._ndjsonformat import header_line, parse_header, parse_line, write_atomically
-from memimg.stores._protocol import FORMAT_VERSION
+from memimg.stores._ndjsonformat import (
+    END,
+    NDJSON_VERSION,
+    header_line,
+    line_ends,
+    parse_header,
+    parse_line,
+    write_atomically,
+)
 
 __all__ = ["LogFile"]
 
@@ -49,9 +56,8 @@ class LogFile:
         self._lock = threading.RLock()
         self._fd = -1
         self._lock_fd = -1
-        self._exclusive = False  # this store holds the lock file's exclusive lock (see _writing)
         self._ident: tuple[int, int] = (0, 0)
-        self._version = FORMAT_VERSION
+        self._version = NDJSON_VERSION
         self._first = 1
         #: byte offset of each event line kept (seq first + i); _end: the offset after the last complete line
         self._offsets = array("q")
@@ -91,7 +97,6 @@ class LogFile:
         self._check_writable(doing)
         with self._lock, self._io(doing, write=True):
             self._flock(doing)
-            self._exclusive = True
             try:
                 try:
                     empty = os.stat(self.path).st_size == 0 and self._fd < 0
@@ -104,17 +109,23 @@ class LogFile:
                 self._refresh(cut=True)
                 yield
             finally:
-                self._exclusive = False
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _flock(self, doing: str) -> None:
-        """Take the lock file's exclusive lock, waiting up to busy_timeout (in steps of 50 µs to 2 ms)."""
+        """Take the lock file's exclusive lock, waiting up to busy_timeout (in steps of 50 µs to 2 ms).
+
+        The lock taken must be on the file the path names now: one deleted
+        (or replaced) since this store opened it excludes no one, so the
+        lock file is opened again -- created if need be -- and the lock
+        taken on that one.
+        """
         deadline = time.monotonic() + self._busy_timeout
         pause = 0.00005
         while True:
+            if self._lock_fd < 0:
+                self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise LockedError(
@@ -125,10 +136,22 @@ class LogFile:
                     ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
+                continue
+            held = os.fstat(self._lock_fd)
+            try:
+                named = os.stat(self.path + ".lock")
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                return
+            log.warning("%s: the lock file was deleted or replaced; taking the lock on the new one", self.path)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _create(self) -> None:
         """Write a new log's header line (atomically; the lock is held)."""
-        write_atomically(self.path, [header_line(FORMAT_VERSION, 1)], sync=self._full)
+        write_atomically(self.path, [header_line(NDJSON_VERSION, 1)], sync=self._full)
 
     def _load(self) -> None:
         """Open the file at the path and index it from its header on (the lock is held by writers)."""
@@ -140,11 +163,7 @@ class LogFile:
             if end < 0:
                 parse_header(first_line, self.path)  # raises: no header line
             version, first = parse_header(first_line[:end], self.path)
-            if version > FORMAT_VERSION:
-                raise MemimgError(
-                    f"{self.path!r} was written in memimg storage format {version}; this memimg reads "
-                    f"format {FORMAT_VERSION} and older: upgrade memimg. The file was left untouched"
-                )
+            self._check_version(version)
         except BaseException:
             os.close(fd)
             raise
@@ -156,60 +175,35 @@ class LogFile:
         self._end = end + 1
         self._targets, self._targets_upto = {}, first - 1
 
-    def _refresh(self, *, cut: bool = False) -> None:
-        """Bring the index up to the file at the path: reopen a replaced file, index appended lines.
+    def _check_version(self, version: int) -> None:
+        if version > NDJSON_VERSION:
+            raise MemimgError(
+                f"{self.path!r} was written in memimg NDJSON format {version}; this memimg reads "
+                f"format {NDJSON_VERSION} and older: upgrade memimg. The file was left untouched"
+            )
 
-        With *cut* (a writer holding the lock), a partial last line is cut
-        off. Without, the lock file's shared lock is taken first (a ``stat``
-        that finds nothing new takes none): a writer's lines may be read
-        only once its write is whole. If a writer holds the lock, what it is
-        writing is not committed yet, so the view stays as it was (the first
-        look waits for it).
+    def _refresh(self, *, cut: bool = False) -> None:
+        """Bring the index up to the file at the path: reopen a replaced file, index appended transactions.
+
+        Readers take no lock: they index whole transactions only (up to the
+        last end mark), so a write under way -- or cut short -- is never
+        read, and a writer busy for long (a compaction) never holds them up.
+        With *cut* (a writer holding the lock), what follows the last whole
+        transaction is cut off.
         """
         st = os.stat(self.path)
         if self._fd >= 0 and (st.st_dev, st.st_ino) == self._ident and st.st_size == self._end:
             return
-        if cut or self._exclusive:
-            self._catch_up(st, cut=cut)
-            return
-        shared = self._share(wait=self._fd < 0)
-        if shared is None:
-            return
-        try:
-            self._catch_up(os.stat(self.path) if shared else st, cut=False)
-        finally:
-            if shared:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def _share(self, *, wait: bool) -> bool | None:
-        """Take the lock file's shared lock: ``True``; ``False`` when there is no lock file to take (no
-        writer ever opened the log, or a read-only store cannot open it); ``None`` when a writer holds it
-        and *wait* is false."""
-        if self._lock_fd < 0:
-            try:
-                self._lock_fd = os.open(self.path + ".lock", os.O_RDONLY)
-            except OSError:
-                return False
-        deadline = time.monotonic() + self._busy_timeout
-        pause = 0.00005
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if not wait:
-                    return None
-                if time.monotonic() >= deadline:
-                    raise LockedError(
-                        f"reading {self.path!r}: a writer held the lock for more than {self._busy_timeout:g} s",
-                        store=self.description,
-                        operation="reading the log",
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
+        self._catch_up(st, cut=cut)
 
     def _catch_up(self, st: os.stat_result, *, cut: bool) -> None:
-        """Index what the file at the path (*st*) holds past the index (see :meth:`_refresh`)."""
+        """Index the whole transactions the file at the path (*st*) holds past the index (see :meth:`_refresh`).
+
+        Lines are indexed up to the last end mark (in a version 1 log, every
+        line break is one); a line may be of any length. With *cut*, what
+        follows -- lines of a transaction a crash cut short, and a partial
+        last line -- is cut off and logged.
+        """
         if self._fd < 0 or (st.st_dev, st.st_ino) != self._ident:
             self._load()
             size = os.fstat(self._fd).st_size
@@ -217,29 +211,45 @@ class LogFile:
             size = st.st_size
         if size < self._end:
             raise OSError(errno.EIO, f"the log shrank to {size} bytes under this store (it had {self._end})")
+        end_mark = END if self._version >= 2 else b"\n"
+        want = CHUNK
         while self._end < size:
-            data = os.pread(self._fd, min(CHUNK, size - self._end), self._end)
-            last = data.rfind(b"\n")
+            data = os.pread(self._fd, min(want, size - self._end), self._end)
+            last = data.rfind(end_mark)
             if last < 0:
-                if len(data) < CHUNK:
-                    break  # a partial last line
-                raise OSError(errno.EIO, f"a line of more than {CHUNK} bytes at offset {self._end}")
-            lines = data[:last].split(b"\n")
+                if self._end + len(data) >= size or not data:
+                    break  # the rest is a transaction not whole (yet)
+                want *= 2  # a transaction longer than what was read: read on to its end
+                continue
+            lines = data[: last + len(end_mark) - 1].split(b"\n")
             self._offsets.extend(itertools.accumulate((len(line) + 1 for line in lines[:-1]), initial=self._end))
-            self._end += last + 1
+            self._end += last + len(end_mark)
+            want = CHUNK
         if cut and size > self._end:
             torn = os.pread(self._fd, min(size - self._end, 200), self._end)
             log.warning(
-                "%s: cut off a partial last line (%d bytes after event seq %d, starting %r): a write that a crash "
-                "cut short, never acknowledged",
+                "%s: cut off %d bytes after event seq %d (%d whole lines of a transaction with no end mark, then "
+                "%s), starting %r: a write that a crash cut short, never acknowledged",
                 self.path,
                 size - self._end,
                 self._head(),
+                self._count_lines(self._end, size),
+                "a partial line" if os.pread(self._fd, 1, size - 1) != b"\n" else "no partial line",
                 torn,
             )
             os.ftruncate(self._fd, self._end)
             if self._full:
                 os.fsync(self._fd)
+
+    def _count_lines(self, start: int, stop: int) -> int:
+        n = 0
+        while start < stop:
+            data = os.pread(self._fd, min(CHUNK, stop - start), start)
+            if not data:
+                break
+            n += data.count(b"\n")
+            start += len(data)
+        return n
 
     def _head(self) -> int:
         return self._first - 1 + len(self._offsets)
@@ -257,7 +267,20 @@ class LogFile:
             raise OSError(errno.EIO, f"short read of events {start}..{stop}")
         lineno = start - first + 2
         path = self.path
-        return [parse_line(line, lineno + i, start + i, path) for i, line in enumerate(lines[:-1])]
+        rows = [parse_line(line, lineno + i, start + i, path) for i, line in enumerate(lines[:-1])]
+        if self._version >= 2:
+            for i in range(len(rows) - 1):
+                if rows[i + 1][1] != rows[i][1] and not line_ends(lines[i]):
+                    raise CorruptLogError(
+                        f"{path!r} line {lineno + i} (event seq {start + i}) is the last of transaction "
+                        f"{rows[i][1]} but has no end mark: the transaction is incomplete (lines of it are "
+                        "missing, or a write was cut short and others went on after it); restore the log "
+                        "from a backup",
+                        seq=start + i,
+                        table="memimg_events",
+                        line=lineno + i,
+                    )
+        return rows
 
     def _line_bytes(self, start: int, stop: int) -> Iterator[bytes]:
         """The raw lines of seqs *start* to *stop*, in chunks (the lock is held)."""
@@ -275,5 +298,5 @@ class LogFile:
 
     def _replace(self, first: int, chunks: Iterator[bytes]) -> None:
         """Write a new log (header *first*, then *chunks*) beside the path and rename it over (the lock is held)."""
-        write_atomically(self.path, itertools.chain([header_line(FORMAT_VERSION, first)], chunks))
+        write_atomically(self.path, itertools.chain([header_line(self._version, first)], chunks))
         self._refresh(cut=True)

@@ -50,7 +50,8 @@ def _lines(path: str) -> list[bytes]:
 
 def test_a_log_round_trips_and_every_line_is_json(tmp_path: Any) -> None:
     """``memimg.open("x.ndjson")`` is an NDJSON store: a header line naming the format, then one JSON object per
-    event (seq, tx, ts, kind, target, checksum, and the payload as JSON, not encoded again); reopened, the same."""
+    event (seq, tx, ts, kind, target, checksum, and the payload as JSON, not encoded again; the last line of each
+    transaction also ``"end": true``); reopened, the same."""
     path = str(tmp_path / "shop.ndjson")
     with memimg.open(path, root=Box) as img:
         assert isinstance(img._engine.store, NDJSONStore)
@@ -62,10 +63,12 @@ def test_a_log_round_trips_and_every_line_is_json(tmp_path: Any) -> None:
     lines = _lines(path)
     assert lines[-1] == b""
     header, *records = (orjson.loads(line) for line in lines[:-1])
-    assert header == {"format": "memimg-ndjson", "version": 1, "first": 1}
+    assert header == {"format": "memimg-ndjson", "version": 2, "first": 1}
     assert [r["seq"] for r in records] == [e.seq for e in events] == list(range(1, len(events) + 1))
-    for record, event in zip(records, events, strict=True):
-        assert list(record) == ["seq", "tx", "ts", "kind", "target", "checksum", "payload"]
+    for i, (record, event) in enumerate(zip(records, events, strict=True)):
+        last = i == len(events) - 1 or events[i + 1].tx != event.tx
+        assert list(record) == ["seq", "tx", "ts", "kind", "target", "checksum", "payload"] + ["end"] * last
+        assert record.get("end") is (True if last else None)
         assert (record["tx"], record["kind"], record["target"]) == (event.tx, event.kind, event.target)
         assert record["payload"] == orjson.loads(event.payload)
         assert record["checksum"] == event.to_row().checksum
@@ -119,11 +122,96 @@ def test_a_torn_last_line_is_cut_at_open_and_the_log_goes_on(tmp_path: Any, capl
     assert pathlib.Path(path).read_bytes() == torn
     with caplog.at_level(logging.WARNING, logger="memimg"), memimg.open(path, root=Box) as img:
         assert img.root.content == 1 and img.seq == head
-        assert "cut off a partial last line" in caplog.text and '"chec' in caplog.text
+        assert "cut off" in caplog.text and "then a partial line" in caplog.text and '"chec' in caplog.text
         img.root.content = 2
     assert all(orjson.loads(line) for line in _lines(path)[:-1])
     with memimg.open(path, root=Box) as img:
         assert img.root.content == 2 and img.seq == head + 1
+
+
+@pytest.mark.parametrize("cut_inside", [0, 30], ids=["after-a-whole-line", "inside-a-line"])
+def test_a_transaction_cut_short_between_whole_lines_is_never_replayed(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture, cut_inside: int
+) -> None:
+    """A write a crash cut short may leave whole lines of a transaction (the OS wrote part of one large write):
+    without the transaction's end mark they are not replayed. A read-only open leaves the file as it is and sees
+    the log up to the last whole transaction; an open for writing cuts back to it, logs what it cut, and goes on."""
+    path = str(tmp_path / "half.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content, img.root.other = 0, 0
+        head, before = img.seq, os.path.getsize(path)
+        with img.transaction():  # a transfer: both or neither
+            img.root.content = 100
+            img.root.other = -100
+    data = pathlib.Path(path).read_bytes()
+    assert data[before:].count(b"\n") >= 2
+    cut = before + data[before:].index(b"\n") + 1 + cut_inside
+    pathlib.Path(path).write_bytes(data[:cut])
+    with memimg.open(path, root=Box, readonly=True) as ro:
+        assert (ro.root.content, ro.root.other, ro.seq) == (0, 0, head)
+    assert pathlib.Path(path).read_bytes() == data[:cut]
+    with caplog.at_level(logging.WARNING, logger="memimg"), memimg.open(path, root=Box) as img:
+        assert (img.root.content, img.root.other, img.seq) == (0, 0, head)
+        assert f"cut off {cut - before} bytes after event seq {head} (1 whole lines" in caplog.text
+        img.root.content = 5
+    assert pathlib.Path(path).read_bytes().startswith(data[:before])
+    with memimg.open(path, root=Box) as img:
+        assert (img.root.content, img.root.other, img.seq) == (5, 0, head + 1)
+
+
+def test_a_transaction_without_its_end_before_the_tail_is_named(tmp_path: Any) -> None:
+    """A transaction whose last line has no end mark, followed by other transactions (lines lost or edited), is
+    CorruptLogError naming the line and seq, on every open; the file is left as it is."""
+    path = str(tmp_path / "noend.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        for i in range(4):
+            img.root.content = i
+    lines = _lines(path)
+    assert orjson.loads(lines[3])["seq"] == 3 and lines[3].endswith(b',"end":true}')
+    lines[3] = lines[3].replace(b',"end":true}', b"}")
+    pathlib.Path(path).write_bytes(b"\n".join(lines))
+    for readonly in (True, False):
+        with pytest.raises(memimg.CorruptLogError, match="line 4 \\(event seq 3\\) .* no end mark") as info:
+            memimg.open(path, root=Box, readonly=readonly)
+        assert (info.value.seq, info.value.line) == (3, 4)
+    store = NDJSONStore(path, readonly=True)
+    with pytest.raises(memimg.CorruptLogError, match="event seq 3"):
+        list(store.read(after=3))  # read from the next transaction on: still named
+    store.close()
+    assert pathlib.Path(path).read_bytes() == b"\n".join(lines)
+
+
+def test_a_version_1_log_without_end_marks_still_opens(tmp_path: Any) -> None:
+    """A log written in NDJSON format 1 (no end marks: each line counts as ended) opens, takes commits, and is
+    compacted in its own format."""
+    path = str(tmp_path / "v1.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = 1
+        img.root.other = 2
+    lines = [line.replace(b',"end":true}', b"}") for line in _lines(path)]
+    lines[0] = lines[0].replace(b'"version":2', b'"version":1')
+    pathlib.Path(path).write_bytes(b"\n".join(lines))
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        assert (img.root.content, img.root.other) == (1, 2)
+        img.root.content = 3
+        img.store.delete_events_before(img.snapshot())
+        img.root.other = 4
+    with memimg.open(path, root=Box, readonly=True) as ro:
+        assert (ro.root.content, ro.root.other) == (3, 4)
+    assert orjson.loads(_lines(path)[0])["version"] == 1
+
+
+def test_a_line_of_any_length_is_read(tmp_path: Any) -> None:
+    """An event line longer than the chunks the log is read in (a 20 MB value) is committed, and the log opens
+    again, for reading and for writing."""
+    path = str(tmp_path / "big.ndjson")
+    big = "x" * 20_000_000
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = big
+        img.root.other = 1
+    for readonly in (True, False):
+        with memimg.open(path, root=Box, readonly=readonly) as img:
+            assert img.root.content == big and img.root.other == 1
 
 
 @pytest.mark.parametrize(
@@ -155,7 +243,7 @@ def test_a_damaged_line_before_the_tail_is_named(tmp_path: Any, damage: Any, wha
 
 def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Any) -> None:
     """A .ndjson file whose first line is not the header, or whose header names a newer format, is refused and
-    left as it was."""
+    left as it was, with no file made beside it."""
     plain = tmp_path / "other.ndjson"
     plain.write_bytes(b'{"a": 1}\n{"b": 2}\n')
     newer = tmp_path / "newer.ndjson"
@@ -166,6 +254,7 @@ def test_a_file_that_is_not_a_log_is_refused_untouched(tmp_path: Any) -> None:
             with pytest.raises(memimg.MemimgError, match=message):
                 memimg.open(str(path), readonly=readonly)
         assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newer.ndjson", "other.ndjson"]  # no lock file beside
 
 
 def test_snapshots_are_files_beside_the_log(tmp_path: Any) -> None:
@@ -235,9 +324,74 @@ def test_writers_take_turns_through_the_lock_file(tmp_path: Any) -> None:
     store.close()
 
 
+def test_every_path_to_a_log_shares_one_lock_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log opened through a symlink or a relative path (then the working directory changed) is the same log:
+    its writers take the same lock file, and a compaction through the symlink replaces the file it names, not
+    the symlink."""
+    import fcntl
+
+    real = tmp_path / "real.ndjson"
+    NDJSONStore(str(real)).close()
+    link = tmp_path / "link.ndjson"
+    link.symlink_to("real.ndjson")
+    monkeypatch.chdir(tmp_path)
+    stores = [NDJSONStore(str(link), busy_timeout=0.1), NDJSONStore("real.ndjson", busy_timeout=0.1)]
+    monkeypatch.chdir("/")
+    holder = os.open(str(real) + ".lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        for store in stores:
+            with pytest.raises(memimg.LockedError):
+                store.append([row(1)], 0)
+    finally:
+        os.close(holder)
+    stores[0].append([row(1)], 0)
+    stores[1].append([row(2)], 1)
+    stores[0].delete_events_before(2)
+    assert link.is_symlink() and os.readlink(link) == "real.ndjson"
+    assert [r[0] for r in NDJSONStore(str(real), readonly=True).read()] == [2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.ndjson", "real.ndjson", "real.ndjson.lock"]
+    for store in stores:
+        store.close()
+
+
+def test_a_deleted_lock_file_still_excludes(tmp_path: Any) -> None:
+    """A writer whose lock file was deleted (and another made in its place, held by another process) takes its
+    turn on the file now at the path: it waits for the holder, not on the deleted file."""
+    import fcntl
+
+    store = NDJSONStore(str(tmp_path / "lock.ndjson"), busy_timeout=0.1)
+    store.append([row(1)], 0)
+    os.unlink(store.path + ".lock")
+    holder = os.open(store.path + ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(memimg.LockedError):
+            store.append([row(2)], 1)
+    finally:
+        os.close(holder)
+    store.append([row(2)], 1)
+    assert store.head() == 2
+    store.close()
+
+
+def test_a_log_with_hard_links_is_refused_for_writing(tmp_path: Any) -> None:
+    """A log with a second name (a hard link) would get a lock file per name: opening it for writing is refused,
+    naming the links, and nothing is created beside either name."""
+    path = tmp_path / "one.ndjson"
+    NDJSONStore(str(path)).append([row(1)], 0)
+    os.unlink(str(path) + ".lock")
+    os.link(path, tmp_path / "two.ndjson")
+    for name in ("one.ndjson", "two.ndjson"):
+        with pytest.raises(memimg.MemimgError, match="has 2 hard links"):
+            NDJSONStore(str(tmp_path / name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.ndjson", "two.ndjson"]
+    assert [r[0] for r in NDJSONStore(str(path), readonly=True).read()] == [1]
+
+
 def test_readers_never_see_part_of_a_write(tmp_path: Any) -> None:
-    """Lines a writer is still writing (it holds the lock file's lock) are not read, even complete ones: a
-    reader sees the transaction once the writer lets go of the lock, all of it."""
+    """Lines a writer is still writing are not read, even complete ones: a reader sees the transaction once its
+    last line (with the end mark) is written, all of it."""
     import fcntl
 
     store = NDJSONStore(str(tmp_path / "busy.ndjson"))
@@ -256,6 +410,104 @@ def test_readers_never_see_part_of_a_write(tmp_path: Any) -> None:
     assert reader.head() == 4 and [r[0] for r in reader.read()] == [1, 2, 3, 4]
     reader.close()
     store.close()
+
+
+class _Crash(BaseException):
+    """The process dies here."""
+
+
+@pytest.mark.parametrize("crash_at", [0, 1, 2], ids=["first-snapshot", "second-snapshot", "log"])
+def test_an_erase_cut_short_never_leaves_its_audit_event_beside_an_unerased_copy(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, crash_at: int
+) -> None:
+    """Erase rewrites each snapshot file, then renames the new log (with the audit event) over the old one: a
+    crash at any of these files leaves the audit event absent unless every copy is erased, the image opening
+    with its current state, and erasing again finishes the job."""
+    import memimg.stores._ndjson as ndjson_store
+    import memimg.stores._ndjsonlog as ndjson_log
+
+    path = str(tmp_path / "erase.ndjson")
+    with memimg.open(path, root=Box, snapshot_every=None) as img:
+        img.root.content = "SECRET-1"
+        img.snapshot()
+        img.root.content = "SECRET-2"
+        img.snapshot()
+        img.root.content = "public"
+
+    def files() -> list[bytes]:
+        snaps = sorted((tmp_path / "erase.ndjson.snapshots").iterdir())
+        return [pathlib.Path(path).read_bytes()] + [p.read_bytes() for p in snaps]
+
+    writes = {"n": 0}
+
+    def crashing(real: Any) -> Any:
+        def write(target: str, chunks: Any, **kw: Any) -> None:
+            if target == path or target.startswith(path + ".snapshots"):
+                writes["n"] += 1
+                if writes["n"] == crash_at + 1:
+                    raise _Crash(target)
+            real(target, chunks, **kw)
+
+        return write
+
+    img = memimg.open(path, root=Box, snapshot_every=None)
+    monkeypatch.setattr(ndjson_store, "write_atomically", crashing(ndjson_store.write_atomically))
+    monkeypatch.setattr(ndjson_log, "write_atomically", crashing(ndjson_log.write_atomically))
+    with pytest.raises(_Crash):
+        img.erase(img.root, "content", reason="gdpr")
+    monkeypatch.undo()
+    img.close()
+    log, *snaps = files()
+    assert b'"kind":"erase"' not in log and b"SECRET" in log
+    assert sum(b"SECRET" in snap for snap in snaps) == 2 - crash_at
+    with memimg.open(path, root=Box, snapshot_every=None) as again:
+        assert again.root.content == "public"
+        again.erase(again.root, "content", reason="gdpr")
+    log, *snaps = files()
+    assert b'"kind":"erase"' in log and not any(b"SECRET" in f for f in files())
+    with memimg.open(path, root=Box) as img:
+        assert img.root.content == "public"
+
+
+def test_readers_see_every_commit_while_a_writer_holds_the_lock(tmp_path: Any) -> None:
+    """A reader's refresh() applies every acknowledged commit even while another process holds the lock file's
+    lock for long (a compaction), and a read-only open neither waits for it nor raises LockedError."""
+    import fcntl
+
+    path = str(tmp_path / "stale.ndjson")
+    writer = memimg.open(path, root=Box, snapshot_every=None)
+    reader = memimg.open(path, root=Box, snapshot_every=None, readonly=True)
+    writer.root.content = 1
+    holder = os.open(path + ".lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        assert reader.refresh() > 0 and reader.root.content == 1 and reader.seq == writer.seq
+        store = NDJSONStore(path, readonly=True, busy_timeout=0.05)
+        assert store.head() == writer.seq
+        store.close()
+    finally:
+        os.close(holder)
+    reader.close()
+    writer.close()
+
+
+def test_temp_files_of_dead_processes_are_removed_at_a_writers_open(tmp_path: Any) -> None:
+    """Temp files a crashed process left (a log rewrite or a snapshot never renamed in) are deleted when a writer
+    opens the log; a running process's temp files are left alone."""
+    import subprocess
+
+    path = str(tmp_path / "tmp.ndjson")
+    NDJSONStore(path).close()
+    os.makedirs(path + ".snapshots")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [f"{path}.{dead.pid}.7f00.tmp", f"{path}.snapshots/{1:020d}.ndjson.{dead.pid}.7f01.tmp"]
+    live = [f"{path}.{os.getpid()}.7f02.tmp"]
+    for name in stale + live:
+        pathlib.Path(name).write_bytes(b"partial")
+    NDJSONStore(path).close()
+    assert [os.path.exists(name) for name in stale + live] == [False, False, True]
+    NDJSONStore(path, readonly=True).close()
 
 
 def test_compaction_can_keep_the_dropped_events_as_a_segment(tmp_path: Any) -> None:
