@@ -59,8 +59,9 @@ from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 
-from memimg._errors import MemimgError
+from memimg._errors import CommitUnknownError, MemimgError
 from memimg.stores._ndjsonformat import (
+    END,
     encode_line,
     encode_rows,
     header_line,
@@ -98,11 +99,16 @@ def _alive(pid: int) -> bool:
     """Whether process *pid* runs (on this host, as the log's processes do)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # no such process (or no such pid at all)
         return False
     except PermissionError:
         return True
     return True
+
+
+#: A temp file younger than this (seconds since it was last written) is never removed: its process may run
+#: on another host, or in another pid namespace, where its pid says nothing.
+_STALE_SECONDS = 600.0
 
 
 #: Most events a refused append hands over (SeqTaken.missed).
@@ -198,6 +204,8 @@ class NDJSONStore(LogFile):
                 if m is None or not name.startswith(prefix) or _alive(int(m.group(1))):
                     continue
                 with contextlib.suppress(FileNotFoundError):
+                    if time.time() - os.stat(os.path.join(directory, name)).st_mtime < _STALE_SECONDS:
+                        continue
                     os.unlink(os.path.join(directory, name))
                     log.info("%s: removed %s, a temp file left by process %s", self.path, name, m.group(1))
 
@@ -239,19 +247,48 @@ class NDJSONStore(LogFile):
             start = self._end
             try:
                 written = os.write(self._fd, data)
-                if written != len(data):
-                    raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes were written")
-                if self._full:
-                    os.fsync(self._fd)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, start)  # nothing of it stays
+                    os.ftruncate(self._fd, start)  # the write reported nothing written: nothing of it stays
                 raise
-            offsets, pos = self._offsets, 0
-            for _ in rows:
-                offsets.append(start + pos)
-                pos = data.index(b"\n", pos) + 1
-            self._end = start + len(data)
+            if written != len(data):
+                # a short write (a full disk): the transactions whole in what reached the file stay -- a
+                # reader may have read them -- the rest is cut (one transaction's rows: nothing of it stays)
+                keep = data.rfind(END, 0, written)
+                keep = 0 if keep < 0 else keep + len(END)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start + keep)
+                self._note_written(rows, data[:keep], start)
+                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes were written")
+            # the rows are in the file, where other processes may have read them already: they stay, whatever
+            # happens from here on (the image that wrote them finds them at its next catch-up)
+            self._note_written(rows, data, start)
+            if self._full:
+                try:
+                    os.fsync(self._fd)
+                except OSError as err:
+                    self._failed = f"an fsync of {self.path!r} failed ({err}), so what its disk holds is not known"
+                    raise CommitUnknownError(
+                        f"{doing} in {self.path!r}: the events were written but the fsync that makes them "
+                        f"durable failed ({err}): the commit's outcome is UNKNOWN (it was not applied to this "
+                        "image, and this store writes no more). Open the image again once the disk is sound: "
+                        f"the commit is in the log if event seq {rows[0][0]} is there",
+                        commit_id=0,
+                        first_seq=rows[0][0],
+                        seq=rows[-1][0],
+                        store=self.path,
+                        operation=doing,
+                    ) from err
+
+    def _note_written(self, rows: Sequence[EventRow], data: bytes, start: int) -> None:
+        """Index the lines of *rows* that *data* (written at offset *start*) holds whole."""
+        offsets, pos = self._offsets, 0
+        for _ in rows:
+            if pos >= len(data):
+                break
+            offsets.append(start + pos)
+            pos = data.index(b"\n", pos) + 1
+        self._end = start + len(data)
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]

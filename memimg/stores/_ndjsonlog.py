@@ -65,6 +65,8 @@ class LogFile:
         #: the target index (built when history first asks): target -> seqs, covering seqs up to _targets_upto
         self._targets: dict[int, list[int]] = {}
         self._targets_upto = 0
+        #: why this store writes no more (an fsync failed: what the disk holds is not known), or None
+        self._failed: str | None = None
 
     @contextlib.contextmanager
     def _io(self, doing: str, *, write: bool = False) -> Iterator[None]:
@@ -89,6 +91,13 @@ class LogFile:
         if self.readonly:
             raise ReadOnlyError(
                 f"{doing} in {self.path!r} was refused: the store is open read-only; nothing was written"
+            )
+        if self._failed is not None:
+            raise StoreError(
+                f"{doing} in {self.path!r} was refused: {self._failed}; nothing was written. Open the image "
+                "again once the disk is sound (it reads what the log holds)",
+                store=self.path,
+                operation=doing,
             )
 
     @contextlib.contextmanager
@@ -176,6 +185,13 @@ class LogFile:
         self._targets, self._targets_upto = {}, first - 1
 
     def _check_version(self, version: int) -> None:
+        if version < NDJSON_VERSION:
+            raise MemimgError(
+                f"{self.path!r} is in memimg NDJSON format {version}, which only a development build wrote: "
+                "its lines carry no transaction end marks, so a transaction a crash cut short cannot be told "
+                "from a whole one, and this memimg does not read it. Copy it to another store with the build "
+                "that wrote it (memimg copy). The file was left untouched"
+            )
         if version > NDJSON_VERSION:
             raise MemimgError(
                 f"{self.path!r} was written in memimg NDJSON format {version}; this memimg reads "
@@ -226,6 +242,7 @@ class LogFile:
             self._end += last + len(end_mark)
             want = CHUNK
         if cut and size > self._end:
+            self._check_torn(size)
             torn = os.pread(self._fd, min(size - self._end, 200), self._end)
             log.warning(
                 "%s: cut off %d bytes after event seq %d (%d whole lines of a transaction with no end mark, then "
@@ -240,6 +257,24 @@ class LogFile:
             os.ftruncate(self._fd, self._end)
             if self._full:
                 os.fsync(self._fd)
+
+    def _check_torn(self, size: int) -> None:
+        """Raise :class:`CorruptLogError` unless the whole lines after the last end mark are sound event lines.
+
+        A write cut short leaves a prefix of its own sound lines; a line that
+        fails there was damaged -- an end mark changed, say, which would
+        otherwise have an acknowledged commit cut off as never finished.
+        """
+        seq, pos, rest = self._head() + 1, self._end, b""
+        while pos < size:
+            data = rest + os.pread(self._fd, min(CHUNK, size - pos), pos)
+            if len(data) == len(rest):
+                break
+            pos += len(data) - len(rest)
+            *whole, rest = data.split(b"\n")
+            for line in whole:
+                parse_line(line, seq - self._first + 2, seq, self.path)
+                seq += 1
 
     def _count_lines(self, start: int, stop: int) -> int:
         n = 0

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,6 +108,54 @@ def test_sync_full_fsyncs_each_commit_in_one_write(tmp_path: Any, monkeypatch: p
         store.close()
 
 
+def test_a_commit_whose_fsync_failed_stays_and_its_outcome_is_unknown(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit written whole but whose fsync failed is never cut back out (a follower may have read it
+    already): the writer is told its outcome is unknown and its store writes no more; a follower that read it
+    and a fresh open agree, and the image opened again goes on from it."""
+    path = str(tmp_path / "fsync.ndjson")
+    writer = memimg.open(path, root=Box, sync="full")
+    follower = memimg.open(path, root=Box)
+    writer.root.content = "A"
+    fsync = os.fsync
+    seen: list[Any] = []
+
+    def failing(fd: int) -> None:
+        follower.refresh()  # reads the lines while the writer is still in its commit
+        seen.append(follower.root.content)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(memimg.CommitUnknownError, match="UNKNOWN"):
+        writer.root.content = "B"
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert seen == ["B"]
+    with pytest.raises(memimg.StoreError, match="writes no more|fsync"):
+        writer.root.content = "C"
+    writer.close()
+    follower.root.content = "B2"
+    with memimg.open(path, root=Box) as again:
+        assert again.root.content == "B2" == follower.root.content
+    follower.close()
+
+
+def test_a_short_write_leaves_nothing_of_its_transaction(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write the disk cut short (it was full) leaves nothing of the transaction in the log, and the log
+    goes on."""
+    store = NDJSONStore(str(tmp_path / "short.ndjson"))
+    store.append([row(1, 1)], 0)
+    write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: write(fd, bytes(data)[: len(data) // 2]))
+    with pytest.raises(memimg.StoreError):
+        store.append([row(2, 2), row(3, 2)], 1)
+    monkeypatch.setattr(os, "write", write)
+    assert store.head() == 1
+    store.append([row(2, 2)], 1)
+    assert [r[0] for r in store.read()] == [1, 2]
+    store.close()
+
+
 def test_a_torn_last_line_is_cut_at_open_and_the_log_goes_on(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A partial last line (a crash mid-write) is never replayed: a read-only open leaves the file as it is and
     ignores it; an open for writing cuts it off, logs what it cut, and the log takes new commits."""
@@ -181,9 +230,9 @@ def test_a_transaction_without_its_end_before_the_tail_is_named(tmp_path: Any) -
     assert pathlib.Path(path).read_bytes() == b"\n".join(lines)
 
 
-def test_a_version_1_log_without_end_marks_still_opens(tmp_path: Any) -> None:
-    """A log written in NDJSON format 1 (no end marks: each line counts as ended) opens, takes commits, and is
-    compacted in its own format."""
+def test_a_version_1_log_without_end_marks_is_refused_untouched(tmp_path: Any) -> None:
+    """A log in NDJSON format 1 (a development build's: no end marks, so a transaction a crash cut short cannot
+    be told from a whole one) is refused, for reading and for writing, with the file left as it was."""
     path = str(tmp_path / "v1.ndjson")
     with memimg.open(path, root=Box, snapshot_every=None) as img:
         img.root.content = 1
@@ -191,14 +240,26 @@ def test_a_version_1_log_without_end_marks_still_opens(tmp_path: Any) -> None:
     lines = [line.replace(b',"end":true}', b"}") for line in _lines(path)]
     lines[0] = lines[0].replace(b'"version":2', b'"version":1')
     pathlib.Path(path).write_bytes(b"\n".join(lines))
+    before = pathlib.Path(path).read_bytes()
+    for readonly in (True, False):
+        with pytest.raises(memimg.MemimgError, match="format 1.*end marks"):
+            memimg.open(path, root=Box, readonly=readonly)
+    assert pathlib.Path(path).read_bytes() == before
+
+
+def test_a_damaged_end_mark_is_corruption_not_a_torn_tail(tmp_path: Any) -> None:
+    """A last line whose end mark was damaged (one byte changed) is not taken for a write a crash cut short: a
+    writer opening the log raises CorruptLogError naming the line and seq and cuts nothing."""
+    path = str(tmp_path / "flip.ndjson")
     with memimg.open(path, root=Box, snapshot_every=None) as img:
-        assert (img.root.content, img.root.other) == (1, 2)
-        img.root.content = 3
-        img.store.delete_events_before(img.snapshot())
-        img.root.other = 4
-    with memimg.open(path, root=Box, readonly=True) as ro:
-        assert (ro.root.content, ro.root.other) == (3, 4)
-    assert orjson.loads(_lines(path)[0])["version"] == 1
+        img.root.content = 1
+    data = pathlib.Path(path).read_bytes()
+    assert data.endswith(b',"end":true}\n')
+    damaged = data[: -len(b"true}\n")] + b"trUe}\n"
+    pathlib.Path(path).write_bytes(damaged)
+    with pytest.raises(memimg.CorruptLogError, match=r"line \d+ \(event seq \d+\)"):
+        memimg.open(path, root=Box)
+    assert pathlib.Path(path).read_bytes() == damaged
 
 
 def test_a_line_of_any_length_is_read(tmp_path: Any) -> None:
@@ -493,7 +554,9 @@ def test_readers_see_every_commit_while_a_writer_holds_the_lock(tmp_path: Any) -
 
 def test_temp_files_of_dead_processes_are_removed_at_a_writers_open(tmp_path: Any) -> None:
     """Temp files a crashed process left (a log rewrite or a snapshot never renamed in) are deleted when a writer
-    opens the log; a running process's temp files are left alone."""
+    opens the log, once they are old enough that no writer can still be at them (a pid on another host says
+    nothing); a running process's temp files, and recent ones, are left alone; a name with an impossible pid
+    is no trouble."""
     import subprocess
 
     path = str(tmp_path / "tmp.ndjson")
@@ -501,12 +564,20 @@ def test_temp_files_of_dead_processes_are_removed_at_a_writers_open(tmp_path: An
     os.makedirs(path + ".snapshots")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = [f"{path}.{dead.pid}.7f00.tmp", f"{path}.snapshots/{1:020d}.ndjson.{dead.pid}.7f01.tmp"]
+    stale = [
+        f"{path}.{dead.pid}.7f00.tmp",
+        f"{path}.snapshots/{1:020d}.ndjson.{dead.pid}.7f01.tmp",
+        f"{path}.{10**20}.7f03.tmp",
+    ]
     live = [f"{path}.{os.getpid()}.7f02.tmp"]
-    for name in stale + live:
+    recent = [f"{path}.{dead.pid}.7f04.tmp"]
+    old = time.time() - 3600
+    for name in stale + live + recent:
         pathlib.Path(name).write_bytes(b"partial")
+        if name not in recent:
+            os.utime(name, (old, old))
     NDJSONStore(path).close()
-    assert [os.path.exists(name) for name in stale + live] == [False, False, True]
+    assert [os.path.exists(name) for name in stale + live + recent] == [False, False, False, True, True]
     NDJSONStore(path, readonly=True).close()
 
 
