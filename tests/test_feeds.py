@@ -649,3 +649,25 @@ def test_changes_async_refuses_bad_arguments(make_image: Images) -> None:
         asyncio.run(first(since=img.seq + 1))
     with pytest.raises(ValueError, match="buffer"):
         asyncio.run(first(since=img.seq, buffer=0))
+
+
+def test_a_callback_may_snapshot_or_erase_when_a_snapshot_delivers_to_it(make_image: Images) -> None:
+    """Commits of another image that a snapshot catches up with are delivered once the snapshot is done: a
+    callback taking a snapshot or erasing (both need the snapshot's own lease) runs then, and nothing hangs."""
+    img = make_image(root=Bank, snapshot_every=None)
+    img.root.accounts["ada"] = acct = Account("ada")
+    other = make_image(root=Bank, snapshot_every=None)
+    done: list[int] = []
+
+    def on_commit(commit: memimg.Commit) -> None:
+        img.erase(acct, "owner", reason="a test")
+        img.snapshot()
+        done.append(commit.seq)
+
+    img.subscribe(on_commit, to=(acct, "balance"))
+    other.root.accounts["ada"].balance = Decimal(7)
+    worker = threading.Thread(target=img.snapshot, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "a snapshot delivering to a callback that snapshots or erases hung"
+    assert len(done) == 1 and acct.balance == Decimal(7)

@@ -92,19 +92,26 @@ class Snapshots:
             LockedError: another process held the lease past *wait* seconds.
         """
         self.engine.check_writable()
-        with self._one:
-            if not self._lease(wait):
-                if not wait:
-                    self._quiet_until = time.monotonic() + RETRY_SECONDS
-                    return None
-                raise self._locked(wait, "try again later")
-            try:
-                seq = self._write(automatic)
-                if seq is not None:
-                    self._index_targets(seq)
-                return seq
-            finally:
-                self._release()
+        try:
+            with self._one:
+                if not self._lease(wait):
+                    if not wait:
+                        self._quiet_until = time.monotonic() + RETRY_SECONDS
+                        return None
+                    raise self._locked(wait, "try again later")
+                try:
+                    seq = self._write(automatic)
+                    if seq is not None:
+                        self._index_targets(seq)
+                    return seq
+                finally:
+                    self._release()
+        finally:
+            # other processes' commits the snapshot caught up with, delivered once it is done and the lease
+            # given back: a subscriber's callback may take a snapshot or erase (never inside this one's turn)
+            feed = self.engine.writer.feed
+            if feed is not None:
+                feed.drain()
 
     @contextlib.contextmanager
     def held(self, doing: str) -> Iterator[None]:
@@ -302,8 +309,6 @@ class Snapshots:
             if engine.snapshot_turn is turn:
                 engine.snapshot_turn = None
             turn.set()
-        if engine.writer.feed is not None:
-            engine.writer.feed.drain()  # other processes' commits caught up with meanwhile
 
     def _check(self, writer: SnapshotWriter) -> None:
         """Raise if *writer* was abandoned (an event it could not keep the state of)."""
