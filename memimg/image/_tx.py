@@ -311,7 +311,7 @@ class TxState:
             self._tag_undo(tag)
         self.events += (_OBJ_SET, obj, (name, v))
         self.tags.append(tag)
-        writer = self.writer  # the hot path: the method is called only when there is something to note
+        writer = self.writer  # _note_annotations inline (the hot path): a call only when there is something to note
         if writer.ever_annotated:
             layers = writer.annotation.get()
             if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
@@ -336,11 +336,7 @@ class TxState:
         tag = self._tag()
         self.events += (_OBJ_DEL, obj, (name,))
         self.tags.append(tag)
-        writer = self.writer  # the hot path: the method is called only when there is something to note
-        if writer.ever_annotated:
-            layers = writer.annotation.get()
-            if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
-                self._note_annotation(layers, tag)
+        self._note_annotations(tag)
         self.field_del(obj, name)
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -377,11 +373,8 @@ class TxState:
                 k.apply(self, coll, *eargs)  # first: an event that fails to apply is not recorded either
                 self.events += (k, coll, eargs)
                 self.tags.append(tag)
-            writer = self.writer
-            if events and writer.ever_annotated:
-                layers = writer.annotation.get()
-                if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
-                    self._note_annotation(layers, tag)
+            if events:
+                self._note_annotations(tag)
         finally:
             self.busy = None
             self.writable = True
@@ -401,6 +394,15 @@ class TxState:
             host.annotated = {**host.annotated, **meta}
         else:
             host.meta = {**host.meta, **meta}
+
+    def _note_annotations(self, tag: Savepoint | None) -> None:
+        """Note the annotations in effect for a change just made in savepoint *tag*, if they are not those
+        noted last (see :meth:`_note_annotation`)."""
+        writer = self.writer
+        if writer.ever_annotated:
+            layers = writer.annotation.get()
+            if layers and (layers is not self.noted[0] or tag is not self.noted[1]):
+                self._note_annotation(layers, tag)
 
     def _note_annotation(self, layers: tuple[Any, ...], tag: Savepoint | None) -> None:
         """Merge the annotations in effect in this thread or task (*layers*, not those noted last) into this

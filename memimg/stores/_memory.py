@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 from memimg._errors import ReadOnlyError
@@ -25,6 +24,7 @@ from memimg.stores._protocol import (
     SnapshotRow,
     check_target,
     lease_entry,
+    poll,
 )
 
 __all__ = ["MemoryStore"]
@@ -158,13 +158,7 @@ class MemoryStore:
         return self.head() != seen
 
     def wait_for_change(self, seen: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.head() == seen:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(0.005, left))
-        return True
+        return poll(lambda: self.head() != seen, timeout, 0.005)
 
     def delete_events_before(self, seq: int) -> int:
         if self.readonly:

@@ -84,6 +84,7 @@ from memimg.stores._protocol import (
     SnapshotRow,
     check_target,
     lease_entry,
+    poll,
     read_in_chunks,
 )
 
@@ -336,14 +337,7 @@ class NDJSONStore(LogFile):
 
     def wait_for_change(self, seen: int, timeout: float) -> bool:
         """Block until the head moves past *seen* (polls the file's size every 10 ms), or *timeout* passes."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.changed(seen) and self.head() != seen:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(0.01, left))
+        return poll(lambda: self.changed(seen) and self.head() != seen, timeout, 0.01)
 
     def delete_events_before(self, seq: int) -> int:
         """Drop events before *seq*: the kept lines go to a new file renamed over the log (space given back).

@@ -39,6 +39,7 @@ __all__ = [
     "check_target",
     "lease_entry",
     "live_positions",
+    "poll",
     "position_entry",
     "read_in_chunks",
 ]
@@ -285,6 +286,19 @@ def live_positions(meta: dict[str, str]) -> dict[str, int]:
             if expiry.isdigit() and seq.isdigit() and int(expiry) >= now:
                 live[key[len("position.") :]] = int(seq)
     return live
+
+
+def poll(moved: Callable[[], bool], timeout: float, interval: float) -> bool:
+    """Call *moved* every *interval* seconds until it says True (then True) or *timeout* passes (then False):
+    a store's :meth:`Store.wait_for_change` where it has nothing to wait on but the log itself."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if moved():
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(interval, left))
 
 
 def check_target(target: int) -> None:

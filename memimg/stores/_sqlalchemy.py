@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
@@ -73,6 +72,7 @@ from memimg.stores._protocol import (
     SnapshotRow,
     check_target,
     lease_entry,
+    poll,
     read_in_chunks,
 )
 from memimg.stores._sqlerrors import store_error
@@ -423,12 +423,7 @@ class SQLAlchemyStore:
             else:
                 if woke is not None:
                     return woke or self.head() != seen
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-            if self.head() != seen:
-                return True
-        return False
+        return poll(lambda: self.head() != seen, timeout, 0.05)
 
     def delete_events_before(self, seq: int) -> int:
         tables = self._tables

@@ -55,6 +55,7 @@ from memimg.stores._protocol import (
     SnapshotRow,
     check_target,
     lease_entry,
+    poll,
     read_in_chunks,
 )
 from memimg.stores._sqlitefiles import gone_error
@@ -424,14 +425,7 @@ class SQLiteStore:
 
     def wait_for_change(self, seen: int, timeout: float) -> bool:
         """Block until another writer may have appended past *seen* (polls), or *timeout* passes."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.changed(seen) or self.head() != seen:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(0.02, left))
+        return poll(lambda: self.changed(seen) or self.head() != seen, timeout, 0.02)
 
     def delete_events_before(self, seq: int) -> int:
         doing = f"deleting events before seq {seq}"
