@@ -401,7 +401,7 @@ class NDJSONStore(LogFile):
         for seq in sorted(replaced):
             yield from self._line_bytes(done + 1, seq - 1)
             old = b"".join(self._line_bytes(seq, seq))
-            yield encode_line(replaced[seq], self._version < 2 or line_ends(old[:-1]))
+            yield encode_line(replaced[seq], line_ends(old[:-1]))
             done = seq
         yield from self._line_bytes(done + 1, head)
         yield tail

@@ -11,7 +11,7 @@ The last line of each transaction (and of each write) ends in
 ``"end":true`` (format version 2): a write that a crash cut short -- even
 one cut between two whole lines -- leaves lines with no end mark after the
 last one, which readers do not index and the next writer cuts off. (Version
-1 logs had no end marks: each of their lines counts as ended.)
+1, a development build's, had no end marks: it is refused.)
 
 The payload is written verbatim, not re-encoded, so that its bytes -- which
 the checksum covers -- read back exactly; a payload that is not JSON (or

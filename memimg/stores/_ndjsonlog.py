@@ -215,8 +215,8 @@ class LogFile:
     def _catch_up(self, st: os.stat_result, *, cut: bool) -> None:
         """Index the whole transactions the file at the path (*st*) holds past the index (see :meth:`_refresh`).
 
-        Lines are indexed up to the last end mark (in a version 1 log, every
-        line break is one); a line may be of any length. With *cut*, what
+        Lines are indexed up to the last end mark; a line may be of any
+        length. With *cut*, what
         follows -- lines of a transaction a crash cut short, and a partial
         last line -- is cut off and logged.
         """
@@ -227,19 +227,18 @@ class LogFile:
             size = st.st_size
         if size < self._end:
             raise OSError(errno.EIO, f"the log shrank to {size} bytes under this store (it had {self._end})")
-        end_mark = END if self._version >= 2 else b"\n"
         want = CHUNK
         while self._end < size:
             data = os.pread(self._fd, min(want, size - self._end), self._end)
-            last = data.rfind(end_mark)
+            last = data.rfind(END)
             if last < 0:
                 if self._end + len(data) >= size or not data:
                     break  # the rest is a transaction not whole (yet)
                 want *= 2  # a transaction longer than what was read: read on to its end
                 continue
-            lines = data[: last + len(end_mark) - 1].split(b"\n")
+            lines = data[: last + len(END) - 1].split(b"\n")
             self._offsets.extend(itertools.accumulate((len(line) + 1 for line in lines[:-1]), initial=self._end))
-            self._end += last + len(end_mark)
+            self._end += last + len(END)
             want = CHUNK
         if cut and size > self._end:
             self._check_torn(size)
@@ -303,18 +302,17 @@ class LogFile:
         lineno = start - first + 2
         path = self.path
         rows = [parse_line(line, lineno + i, start + i, path) for i, line in enumerate(lines[:-1])]
-        if self._version >= 2:
-            for i in range(len(rows) - 1):
-                if rows[i + 1][1] != rows[i][1] and not line_ends(lines[i]):
-                    raise CorruptLogError(
-                        f"{path!r} line {lineno + i} (event seq {start + i}) is the last of transaction "
-                        f"{rows[i][1]} but has no end mark: the transaction is incomplete (lines of it are "
-                        "missing, or a write was cut short and others went on after it); restore the log "
-                        "from a backup",
-                        seq=start + i,
-                        table="memimg_events",
-                        line=lineno + i,
-                    )
+        for i in range(len(rows) - 1):
+            if rows[i + 1][1] != rows[i][1] and not line_ends(lines[i]):
+                raise CorruptLogError(
+                    f"{path!r} line {lineno + i} (event seq {start + i}) is the last of transaction "
+                    f"{rows[i][1]} but has no end mark: the transaction is incomplete (lines of it are "
+                    "missing, or a write was cut short and others went on after it); restore the log "
+                    "from a backup",
+                    seq=start + i,
+                    table="memimg_events",
+                    line=lineno + i,
+                )
         return rows
 
     def _line_bytes(self, start: int, stop: int) -> Iterator[bytes]:
