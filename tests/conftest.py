@@ -144,5 +144,13 @@ def postgres(tmp_path: Any) -> Iterator[StoreFactory]:
 
 
 @pytest.fixture
+def browser_page() -> Iterator[Any]:
+    """A page in a real headless browser (system Chromium driven by Playwright; see ``tests/browser.py``)."""
+    from tests import browser
+
+    yield from browser.page()
+
+
+@pytest.fixture
 def sqlite_path(tmp_path: Any) -> str:
     return str(tmp_path / "image.db")
