@@ -21,7 +21,7 @@ import contextlib
 import datetime as dt
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, final
 
 import attrs
@@ -262,12 +262,23 @@ class Inspector:
     lock, so a page never shows half of a commit.
     """
 
-    def __init__(self, image: MemoryImage, *, title: str | None = None) -> None:
-        self.image = image
-        self.title = title or image.store.description
+    def __init__(self, image: MemoryImage | Callable[[], MemoryImage], *, title: str | None = None) -> None:
+        self._image = image
+        self._title = title
         self._lock = threading.Lock()
         self._past: collections.OrderedDict[int, MemoryImage] = collections.OrderedDict()
         self._backrefs: tuple[int, int, dict[int, list[tuple[int, str]]]] | None = None
+
+    @property
+    def image(self) -> MemoryImage:
+        """The image shown (for a function given instead of an image: what it returns now)."""
+        image = self._image
+        return image if isinstance(image, MemoryImage) else image()
+
+    @property
+    def title(self) -> str:
+        """What the pages call the image: the title given, else the store's description."""
+        return self._title or self.image.store.description
 
     # -- points in time --------------------------------------------------------------
 
@@ -417,23 +428,35 @@ class Inspector:
         return [(objects[h], where) for h, where in cached[2].get(oid, ()) if objects[h] is not None]
 
     def schema(self, img: MemoryImage) -> list[dict[str, Any]]:
-        """Every type the log declares: stored version and fields, and the loaded class's (or a stand-in)."""
-        out = []
-        for name, (version, fields, types) in sorted(img._engine.table.declarations.by_name.items()):
-            try:
-                info = _types.resolve(name)
-            except MemimgError:
-                info = None
-            out.append(
-                {
-                    "name": name,
-                    "version": version,
-                    "fields": list(zip(fields, types or ("",) * len(fields), strict=False)),
-                    "loaded": None if info is None or info.stand_in else info.version,
-                    "stand_in": info is not None and info.stand_in,
-                }
+        """Every type the log declared (in the events and snapshots read): each stored version with its fields,
+        and the version of the class loaded for it (``None``: none, or a generic stand-in)."""
+        by_name: dict[str, dict[str, Any]] = {}
+
+        def note(name: str, version: int, fields: tuple[str, ...], info: _types.TypeInfo | None) -> None:
+            entry = by_name.setdefault(
+                name,
+                {"name": name, "versions": {}, "loaded": None, "class": None, "stand_in": False, "removed": True},
             )
-        return out
+            entry["versions"][version] = fields
+            if info is not None:
+                entry["removed"] = False
+                entry["stand_in"] = info.stand_in
+                if not info.stand_in:
+                    entry["loaded"] = info.version
+                    entry["class"] = info.name
+
+        for plan in img._engine.reader.plans_read():  # what replay read: every declaration, old versions too
+            note(plan.stored_name, plan.version, plan.stored_fields, plan.info)
+        for name, (version, fields, _) in img._engine.table.declarations.by_name.items():
+            note(name, version, fields, _types.claimed(name))
+        classes = {type(obj) for obj in self.objects(img) if isinstance(obj, PersistentBase)}
+        for cls in classes:  # what this image wrote itself (it read no declaration of it)
+            info = _types.info_of(cls)
+            if info is not None and (info.name not in by_name or info.stand_in):
+                note(info.name, info.version, info.fields, info)
+        for entry in by_name.values():
+            entry["versions"] = sorted(entry["versions"].items())
+        return [by_name[name] for name in sorted(by_name)]
 
     # -- the log ------------------------------------------------------------------------
 

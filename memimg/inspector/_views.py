@@ -16,6 +16,7 @@ script follows it to move the head and re-render a page showing the present.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 from urllib.parse import urlencode
@@ -397,13 +398,16 @@ def blueprint(
     name: str = "memimg_inspector",
     url_prefix: str | None = None,
     permission: Callable[[], bool] | None = None,
+    decorate: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
 ) -> Blueprint:
     """The inspector's pages over *inspector*, as a blueprint to register on an app.
 
     *permission* (called with no arguments in each request; Flask's
     ``request`` and ``g`` are there) returns whether the request may see
     the image; when it returns false the answer is 403. ``None`` lets
-    everyone in (``memimg serve``, bound to loopback).
+    everyone in (``memimg serve``, bound to loopback). *decorate* is
+    applied to each view (the Flask integration marks them to run outside
+    its request transaction).
     """
     bp = Blueprint(
         name,
@@ -415,6 +419,8 @@ def blueprint(
     )
 
     def route(rule: str, view: Callable[..., Any], endpoint: str) -> None:
+        if decorate is not None:
+            view = decorate(functools.wraps(view)(functools.partial(view)))
         bp.add_url_rule(rule, endpoint, view, methods=_METHODS, provide_automatic_options=False)
 
     route("/", overview, "overview")
