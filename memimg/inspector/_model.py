@@ -370,7 +370,7 @@ class Inspector:
 
     @staticmethod
     def objects(img: MemoryImage) -> list[Any]:
-        return img._engine.table.objects  # type: ignore[no-any-return]
+        return img._engine.table.objects
 
     def get(self, img: MemoryImage, oid: int, seq: int | None) -> Any:
         """The object *oid* of *img*.
@@ -511,8 +511,9 @@ class Inspector:
         """
         if field is not None and isinstance(obj, PersistentBase):
             info = _types.info_of(type(obj))
-            if info is None or field not in info.fields:
-                raise NotFound(f"{label(obj)} has no field {field!r}; its fields are {', '.join(info.fields or ())}")
+            fields = info.fields if info is not None else ()
+            if field not in fields:
+                raise NotFound(f"{label(obj)} has no field {field!r}; its fields are {', '.join(fields)}")
         try:
             return list(reversed(img.history(obj, field)))
         except MemimgError as err:

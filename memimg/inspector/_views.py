@@ -19,9 +19,9 @@ import datetime as dt
 import functools
 import json
 import logging
-from urllib.parse import urlencode
 from collections.abc import Callable, Iterator
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import flask
 from flask import Blueprint, Flask, Response, abort, render_template, request
@@ -107,7 +107,9 @@ def _time_arg(name: str) -> dt.datetime | None:
     try:
         when = dt.datetime.fromisoformat(text.replace(" ", "T"))
     except ValueError:
-        raise BadRequest(f"{name}={text!r} is not an ISO time (such as 2026-12-01T12:00, UTC unless an offset is given)")
+        raise BadRequest(
+            f"{name}={text!r} is not an ISO time (such as 2026-12-01T12:00, UTC unless an offset is given)"
+        ) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
@@ -161,7 +163,9 @@ def obj(oid: str) -> str:
             context["page"] = paginate(items, len(target), number)
         elif isinstance(target, list):
             context["kind"] = "list"
-            context["page"] = paginate(((str(i), describe(v)) for i, v in enumerate(list.copy(target))), len(target), number)
+            context["page"] = paginate(
+                ((str(i), describe(v)) for i, v in enumerate(list.copy(target))), len(target), number
+            )
         else:
             context["kind"] = "set"
             members = sorted((describe(v) for v in set.copy(target)), key=lambda c: (c.kind, c.text))
@@ -211,8 +215,10 @@ def type_view(name: str) -> str:
         instances = ins.instances(img, name)
         if not instances:
             known = ", ".join(n for n, _ in ins.counts(img)[:20])
-            raise NotFound(f"no object of type {name!r} is in the image {'now' if at is None else f'at seq {at}'}; "
-                           f"the types there are: {known}")
+            raise NotFound(
+                f"no object of type {name!r} is in the image {'now' if at is None else f'at seq {at}'}; "
+                f"the types there are: {known}"
+            )
         fields = ins.type_fields(name, img)
         if field is not None and field not in fields:
             raise BadRequest(f"type {name!r} has no field {field!r}; its fields are {', '.join(fields) or 'none'}")
@@ -225,8 +231,9 @@ def type_view(name: str) -> str:
             for o in instances
         )
         page = paginate(rows, len(instances), number)
-    return _page("type.html", at, name=name, fields=fields, field=field, query=query, page=page,
-                 columns=list(shown) or ["items"])
+    return _page(
+        "type.html", at, name=name, fields=fields, field=field, query=query, page=page, columns=list(shown) or ["items"]
+    )
 
 
 def log_view() -> str:
@@ -274,10 +281,22 @@ def log_view() -> str:
     ]
     older = max(after - 100, 0) if after > 0 and not filtered else None
     more_href = _query(after=more) if more is not None else None
-    return _page("log.html", at, groups=rows, after=after, more=more, more_href=more_href, older=older, filters={
-        "object": oid_text, "kind": request.args.get("kind", ""), "from": request.args.get("from", ""),
-        "to": request.args.get("to", ""), "meta": "".join(request.args.getlist("meta")[:1]),
-    })
+    return _page(
+        "log.html",
+        at,
+        groups=rows,
+        after=after,
+        more=more,
+        more_href=more_href,
+        older=older,
+        filters={
+            "object": oid_text,
+            "kind": request.args.get("kind", ""),
+            "from": request.args.get("from", ""),
+            "to": request.args.get("to", ""),
+            "meta": "".join(request.args.getlist("meta")[:1]),
+        },
+    )
 
 
 def _data_text(event: Any) -> str:
@@ -300,8 +319,9 @@ def diff_view() -> str:
         b = ins.point(str(b))
         assert a is not None and b is not None
         rows = [(d.path, describe(d.old), describe(d.new)) for d in ins.diff(a, b)]
-    return _page("diff.html", at, a=a, b=b, rows=rows, a_time=ins.time_of(a) if a else None,
-                 b_time=ins.time_of(b) if b else None)
+    return _page(
+        "diff.html", at, a=a, b=b, rows=rows, a_time=ins.time_of(a) if a else None, b_time=ins.time_of(b) if b else None
+    )
 
 
 def events() -> Response:

@@ -7,17 +7,16 @@ import html
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
 pytest.importorskip("flask")
 
-import memimg  # noqa: E402
-from memimg.inspector import Inspector, create_app  # noqa: E402
-from tests.conftest import Images  # noqa: E402
-from tests.inspector.shop import LONG, XSS_ATTR, XSS_SCRIPT, Marks, assert_escaped, build, text  # noqa: E402
-from tests.models import Account, Bank  # noqa: E402
+import memimg
+from memimg.inspector import Inspector, create_app
+from tests.conftest import Images
+from tests.inspector.shop import LONG, XSS_ATTR, XSS_SCRIPT, Marks, assert_escaped, build, text
+from tests.models import Bank
 
 
 class Site:
@@ -93,7 +92,7 @@ def test_a_long_collection_is_paginated(site: Site) -> None:
     url = f"/object/{site.marks.entries}"
     first = text(site.get(url))
     assert f"{LONG} items" in first and "page 1 of 3" in first
-    assert "Entry #" in first and f" 49 Entry" in first and " 50 Entry" not in first
+    assert "Entry #" in first and " 49 Entry" in first and " 50 Entry" not in first
     last = text(site.get(url + "?page=3"))
     assert " 100 Entry" in last and f" {LONG - 1} Entry" in last and " 99 Entry" not in last
     assert "page 3 of 3" in text(site.get(url + "?page=99"))
