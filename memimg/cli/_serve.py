@@ -22,6 +22,23 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _check_free(host: str, port: int) -> None:
+    """Refuse, in memimg's words, an address that cannot be listened on (werkzeug would print its own and exit)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise MemimgError(f"cannot listen on {host}:{port}: {err}; give --host an address of this machine") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise MemimgError(
+                f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port (0: any free one)"
+            ) from None
+
+
 @cli.command()
 @click.argument("target")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
@@ -43,10 +60,8 @@ def serve(target: str, host: str, port: int, open_browser: bool) -> None:
     inspector = Inspector(img, title=target)
     try:
         img.follow()
-        try:
-            server = make_server(host, port, create_app(inspector), threaded=True)
-        except OSError as err:
-            raise MemimgError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from None
+        _check_free(host, port)
+        server = make_server(host, port, create_app(inspector), threaded=True)
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{server.server_port}/"
         click.echo(f"memimg inspector on {target} at seq {img.seq}: {url}  (read-only; Ctrl-C stops it)", err=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
 import pytest

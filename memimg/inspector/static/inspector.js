@@ -8,11 +8,17 @@
   var output = document.getElementById("at-value");
   if (slider && output) {
     slider.addEventListener("input", function () { output.textContent = "seq " + slider.value; });
+    // Arrow keys fire a change per step: go once the slider rests.
+    var pending = null;
     slider.addEventListener("change", function () {
-      var form = document.getElementById("timebar");
-      if (slider.value === slider.max) { slider.disabled = true; }  // the newest state: no ?at=
-      form.submit();
+      clearTimeout(pending);
+      pending = setTimeout(function () {
+        var form = document.getElementById("timebar");
+        if (slider.value === slider.max) { slider.disabled = true; }  // the newest state: no ?at=
+        form.submit();
+      }, 600);
     });
+    window.addEventListener("pageshow", function () { slider.disabled = false; });
   }
 
   // Live: one event stream per page; a page showing the present is re-rendered after commits
