@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import itertools
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +56,8 @@ PAST_CACHE: Final = 3
 #: Characters of a string shown before it is cut (the object page shows more).
 SHORT_TEXT: Final = 300
 LONG_TEXT: Final = 20_000
+#: Items of a tuple or frozenset shown inline (the rest are counted).
+INLINE_ITEMS: Final = 20
 #: How deep values inside values (tuples in value objects in tuples...) are shown.
 DEPTH: Final = 4
 
@@ -143,7 +146,8 @@ def describe(value: Any, *, limit: int = SHORT_TEXT, depth: int = DEPTH) -> Cell
     if depth > 0 and t in (tuple, list, frozenset):
         items = sorted(value, key=value_repr) if t is frozenset else value
         name = {"tuple": "", "list": "", "frozenset": "frozenset"}[t.__name__]
-        return Cell("seq", name, items=tuple((None, describe(v, limit=limit, depth=depth - 1)) for v in items))
+        shown = tuple((None, describe(v, limit=limit, depth=depth - 1)) for v in itertools.islice(items, INLINE_ITEMS))
+        return Cell("seq", name, items=shown, cut=max(len(value) - INLINE_ITEMS, 0))
     if depth > 0 and attrs.has(t) and not isinstance(value, (EnumValue, CustomValue)):
         fields = tuple(
             (a.name, describe(getattr(value, a.name, MISSING), limit=limit, depth=depth - 1))
@@ -190,18 +194,13 @@ def page_number(text: str | None) -> int:
     return int(text)
 
 
-def paginate(items: Iterable[Any], total: int, number: int) -> Page:
-    """The *number*-th page of *items* (*total* of them); a page past the last is the last."""
+def paginate(items: Iterable[Any], total: int, number: int, show: Callable[[Any], Any] = lambda item: item) -> Page:
+    """The *number*-th page of *items* (*total* of them), each passed through *show*; a page past the last is
+    the last. Only the items of the page are shown (those before it are skipped unread)."""
     pages = max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
     number = min(number, pages)
     start = (number - 1) * PAGE_SIZE
-    chosen: list[Any] = []
-    for i, item in enumerate(items):
-        if i >= start + PAGE_SIZE:
-            break
-        if i >= start:
-            chosen.append(item)
-    return Page(chosen, number, total)
+    return Page([show(item) for item in itertools.islice(items, start, start + PAGE_SIZE)], number, total)
 
 
 # -- the inspector ----------------------------------------------------------------------------
@@ -354,6 +353,10 @@ class Inspector:
         except HistoryError as err:
             raise BadRequest(str(err)) from None
         with self._lock:
+            other = self._past.get(seq)
+            if other is not None:  # another request opened it meanwhile: keep one
+                past.close()
+                return other
             self._past[seq] = past
             while len(self._past) > PAST_CACHE:
                 # an old state still being read by another thread stays readable: its objects are in memory

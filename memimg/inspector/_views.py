@@ -24,10 +24,10 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 import flask
-from flask import Blueprint, Flask, Response, abort, render_template, request
+from flask import Blueprint, Flask, Response, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from memimg._errors import ClosedError, HistoryError, MemimgError
+from memimg._errors import ClosedError, HistoryError, MemimgError, value_repr
 from memimg.core._diff import type_name
 from memimg.core._markers import MISSING
 from memimg.inspector._model import (
@@ -159,17 +159,16 @@ def obj(oid: str) -> str:
             context["fields"] = [(name, describe(value, limit=20_000)) for name, value in fields_of(target)]
         elif isinstance(target, dict):
             context["kind"] = "dict"
-            items = ((describe(k), describe(v)) for k, v in dict.items(target))
-            context["page"] = paginate(items, len(target), number)
+            pairs = dict.items(target)
+            context["page"] = paginate(pairs, len(target), number, lambda kv: (describe(kv[0]), describe(kv[1])))
         elif isinstance(target, list):
             context["kind"] = "list"
-            context["page"] = paginate(
-                ((str(i), describe(v)) for i, v in enumerate(list.copy(target))), len(target), number
-            )
+            items = enumerate(list.copy(target))
+            context["page"] = paginate(items, len(target), number, lambda iv: (str(iv[0]), describe(iv[1])))
         else:
             context["kind"] = "set"
-            members = sorted((describe(v) for v in set.copy(target)), key=lambda c: (c.kind, c.text))
-            context["page"] = paginate(((None, c) for c in members), len(target), number)
+            members = sorted(set.copy(target), key=value_repr)  # an order that holds from page to page
+            context["page"] = paginate(members, len(target), number, lambda v: (None, describe(v)))
         context["referrers"] = [(describe(holder), where) for holder, where in ins.referrers(img, target._mi_oid)]
     return _page("object.html", at, **context)
 
@@ -226,11 +225,11 @@ def type_view(name: str) -> str:
             needle = query.casefold()
             instances = [o for o in instances if needle in describe(getattr(o, field, MISSING)).text.casefold()]
         shown = fields[:6]
-        rows = (
-            (describe(o), [describe(v) for n, v in fields_of(o) if n in shown] if shown else [describe(len(o))])
-            for o in instances
-        )
-        page = paginate(rows, len(instances), number)
+
+        def row(o: Any) -> tuple[Any, list[Any]]:
+            return describe(o), [describe(v) for n, v in fields_of(o) if n in shown] if shown else [describe(len(o))]
+
+        page = paginate(instances, len(instances), number, row)
     return _page(
         "type.html", at, name=name, fields=fields, field=field, query=query, page=page, columns=list(shown) or ["items"]
     )
@@ -457,9 +456,10 @@ def blueprint(
         state.app.extensions.setdefault("memimg_inspector", {})[name] = inspector
 
     @bp.before_request
-    def _guard() -> None:
-        if permission is not None and not permission():
-            abort(403, "you may not look at this image")
+    def _guard() -> Response | None:
+        if permission is not None and not permission():  # nothing of the image, not even its name
+            return Response("403 Forbidden: you may not look at this image\n", 403, mimetype="text/plain")
+        return None
 
     @bp.after_request
     def _headers(response: Response) -> Response:

@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("flask")
 
-import memimg  # noqa: E402
-from tests.inspector.serving import serve  # noqa: E402
-from tests.inspector.shop import XSS_ATTR, build  # noqa: E402
-from tests.models import Bank  # noqa: E402
+import memimg
+from tests.inspector.serving import serve
+from tests.inspector.shop import XSS_ATTR, build
+from tests.models import Bank
 
 
 def shoot(page: Any, tmp_path: Path, name: str) -> None:
@@ -154,7 +154,13 @@ def test_pages_fit_a_phone(browser_page: Any, tmp_path: Path) -> None:
     with memimg.open(path, root=Bank) as img:
         marks = build(img)
     with serve(path) as url:
-        for where in ("", f"object/{marks.ada}", f"object/{marks.ada}/history/balance", "log", "type/tests.models.Entry"):
+        for where in (
+            "",
+            f"object/{marks.ada}",
+            f"object/{marks.ada}/history/balance",
+            "log",
+            "type/tests.models.Entry",
+        ):
             page.goto(url + where)
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 1, (where, overflow)

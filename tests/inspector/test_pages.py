@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import re
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -97,6 +98,23 @@ def test_a_long_collection_is_paginated(site: Site) -> None:
     assert " 100 Entry" in last and f" {LONG - 1} Entry" in last and " 99 Entry" not in last
     assert "page 3 of 3" in text(site.get(url + "?page=99"))
     assert "not a page number" in text(site.get(url + "?page=two", 400))
+
+
+def test_long_tuples_show_their_first_items_and_a_count(site: Site) -> None:
+    """A tuple value is shown inline up to 20 items, then how many more there are."""
+    site.img.root.name = tuple(range(100))
+    flat = re.sub(r"<[^>]+>", "", site.get(f"/object/{site.img.root._mi_oid}"))
+    assert "(0, 1, 2," in flat and ", 19, … 80 more)" in flat and ", 20," not in flat
+
+
+def test_a_large_set_is_paginated_in_a_stable_order(site: Site) -> None:
+    """A set's members are sorted for display, so its pages hold each member once."""
+    tags = site.img.root.accounts["ada"].tags
+    tags.update(f"t{i:03}" for i in range(120))
+    pages = [html.unescape(text(site.get(f"/object/{tags._mi_oid}?page={n}"))) for n in (1, 2, 3)]
+    seen = [f"t{i:03}" for i in range(120) if any(f'"t{i:03}"' in p or f" t{i:03} " in p for p in pages)]
+    assert len(seen) == 120
+    assert all(sum(f" t{i:03} " in p for p in pages) == 1 for i in range(120))
 
 
 def test_dict_and_set_pages_show_keys_and_members(site: Site) -> None:
