@@ -327,6 +327,9 @@ def events() -> Response:
     ins = _inspector()
     img = ins.image
     since = _seq_arg("since", img.seq) or 0
+    resumed = request.headers.get("Last-Event-ID", "").strip()  # a browser reconnecting: from what it saw
+    if resumed.isascii() and resumed.isdigit():
+        since = max(since, int(resumed))
     since = min(since, img.seq)
 
     def stream() -> Iterator[str]:
@@ -344,8 +347,10 @@ def events() -> Response:
                         "targets": sorted({c.target._mi_oid for c in commit.changes if c.target is not None})[:100],
                     }
                     yield f"id: {last}\nevent: commit\ndata: {json.dumps(data, default=str)}\n\n"
-            except (ClosedError, HistoryError):
+            except ClosedError:
                 return
+            except HistoryError:  # compacted past what this page saw: go on from now (the page's next load)
+                last = img.seq
             yield ": keepalive\n\n"
 
     return Response(

@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def serve(target: str, *args: str) -> Iterator[str]:
-    """Run ``memimg serve TARGET --port 0 ARGS`` and yield the URL it prints; stop it at the end."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+def serve(target: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``memimg serve TARGET --port 0 ARGS`` (with *env* added to the environment) and yield the URL it
+    prints; stop it at the end."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "memimg", "serve", target, "--port", "0", *args],
         stdout=subprocess.PIPE,

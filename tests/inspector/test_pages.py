@@ -358,6 +358,21 @@ def test_events_stream_one_message_per_commit(site: Site) -> None:
     assert str(site.marks.ada) in message.split('"targets"', 1)[1]
 
 
+def test_a_reconnecting_stream_resumes_after_the_last_event_it_got(site: Site) -> None:
+    """A browser reconnecting sends Last-Event-ID: the stream goes on after that seq, missing no commit and
+    repeating none."""
+    loaded = site.img.seq  # the page was rendered at this seq (its stream URL says since=loaded)
+    for balance in (31, 32, 33):
+        site.img.root.accounts["ada"].balance = Decimal(balance)
+    got = loaded + 1  # the browser had the first commit's message when the connection dropped
+    response = site.client.get(f"/events?since={loaded}", headers={"Last-Event-ID": str(got)}, buffered=False)
+    chunks = iter(response.response)
+    next(chunks)
+    first, second = next(chunks).decode(), next(chunks).decode()
+    response.close()
+    assert first.startswith(f"id: {got + 1}\n") and second.startswith(f"id: {got + 2}\n")
+
+
 def test_pages_follow_the_head(site: Site) -> None:
     """After a commit, pages show the new head and the new value (no restart)."""
     site.img.root.accounts["ada"].balance = Decimal(21)

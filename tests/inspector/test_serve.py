@@ -67,6 +67,16 @@ def test_serve_follows_other_processes_commits_and_never_writes(bank: tuple[str,
         assert after.seq == head and after.root.accounts["ada"].balance == Decimal(77)
 
 
+def test_serve_open_opens_the_url_in_the_browser(bank: tuple[str, Marks], tmp_path: Path) -> None:
+    """--open hands the URL it prints to the default browser (here $BROWSER, a script noting what it got)."""
+    path, _ = bank
+    opened = tmp_path / "opened.txt"
+    browser = f"{sys.executable} -c \"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\" %s"
+    with serve(path, "--open", env={"BROWSER": browser}) as url:
+        eventually(opened.exists)
+        eventually(lambda: opened.read_text() == url)
+
+
 def test_serve_refuses_what_is_not_an_image(tmp_path: Path) -> None:
     """A missing target, or a port already taken, ends with one clear line and status 1."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
