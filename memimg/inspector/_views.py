@@ -240,7 +240,9 @@ def log_view() -> str:
     at = _at()
     until = ins.head if at is None else at
     oid_text = request.args.get("object", "").strip()
-    oid = _oid(oid_text) if oid_text else None
+    if oid_text and not (oid_text.isascii() and oid_text.isdigit()):
+        raise BadRequest(f"object={oid_text!r} is not an object id: give a whole number (the root is #1)")
+    oid = int(oid_text) if oid_text else None
     kinds = tuple(k.strip() for k in request.args.get("kind", "").split(",") if k.strip())
     meta: dict[str, str] = {}
     for item in request.args.getlist("meta"):

@@ -836,3 +836,29 @@ def test_the_inspector_is_behind_the_projects_permission(bank: memimg.MemoryImag
         assert missing.status_code == 404 and b"there is no object #99999" in b"".join(missing.streaming_content)
         assert client.put("/admin/image/", headers=allowed).status_code == 405
     assert bank.seq == seq
+
+
+def test_the_inspector_streams_live_under_asgi(bank: memimg.MemoryImage) -> None:
+    """Under ASGI the pages are served, and the event stream sends each commit as it happens (not at its end)."""
+
+    async def run() -> tuple[int, str, str]:
+        client = AsyncClient()
+        allowed = {"X-Test-User": "1"}
+        page = await client.get("/admin/image/", headers=allowed)
+        body = b"".join([chunk async for chunk in page.streaming_content]).decode()
+        stream = await asyncio.wait_for(client.get(f"/admin/image/events?since={bank.seq}", headers=allowed), 20)
+        chunks = stream.streaming_content.__aiter__()
+        await chunks.__anext__()  # the retry line
+        await asyncio.get_running_loop().run_in_executor(None, _deposit_in_ada, bank)
+        message = (await asyncio.wait_for(chunks.__anext__(), timeout=20)).decode()
+        await chunks.aclose()
+        return page.status_code, body, message
+
+    with override_settings(MIDDLEWARE=WITH_USERS):
+        status, body, message = asyncio.run(run())
+    assert status == 200 and "Overview" in body
+    assert message.startswith(f"id: {bank.seq}\nevent: commit\n")
+
+
+def _deposit_in_ada(img: memimg.MemoryImage) -> None:
+    img.root.accounts["ada"].balance += 1

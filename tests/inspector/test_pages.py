@@ -180,6 +180,7 @@ def test_log_filters_by_object_kind_time_and_meta(site: Site) -> None:
     assert "No event matches" in text(site.get(f"/log?from={future.replace('+', '%2B')}"))
     assert "is not an ISO time" in text(site.get("/log?from=yesterday", 400))
     assert "is not KEY=VALUE" in text(site.get("/log?meta=user", 400))
+    assert "is not an object id" in html.unescape(text(site.get("/log?object=ada", 400)))
 
 
 # -- history -------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ The pages are the inspector's own (Jinja2 templates rendered by a small
 Flask app, so the ``memimg[flask]`` extra is needed): each request under the
 prefix is checked with *permission* by Django -- sessions, ``request.user``
 and every middleware have run -- and then handed, as WSGI, to that app; the
-answer (the live event stream too) goes back through Django. Nothing is
+answer (the live event stream too, under WSGI and ASGI) goes back through Django. Nothing is
 written: the views run outside the request transaction of
 :class:`~memimg.contrib.django.middleware.MemimgMiddleware`, and the
 inspector answers 405 to anything but GET and HEAD.
@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest  # type: ignore[import-untyped, unused-ignore]
 from django.http import HttpRequest, HttpResponseForbidden, StreamingHttpResponse  # type: ignore[import-untyped, unused-ignore]
 from django.urls import re_path  # type: ignore[import-untyped, unused-ignore]
 
@@ -100,10 +102,31 @@ def urls(
             return lambda data: None
 
         body: Iterable[bytes] = app(environ, start_response)
-        response = StreamingHttpResponse(body, status=int(started["status"].split(" ", 1)[0]))
+        content: Any = _async_chunks(body) if isinstance(request, ASGIRequest) else body
+        response = StreamingHttpResponse(content, status=int(started["status"].split(" ", 1)[0]))
         for key, value in started["headers"]:
             if key.lower() != "content-length":
                 response[key] = value
         return response
 
     return [re_path(r"^(?P<rest>.*)$", view, name="memimg-inspector")]
+
+
+async def _async_chunks(body: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """*body*'s chunks, each read in a worker thread: under ASGI, Django would read a plain iterator whole
+    before sending anything, and the event stream never ends."""
+    chunks = iter(body)
+
+    def step() -> bytes | None:
+        return next(chunks, None)
+
+    try:
+        while True:
+            chunk = await sync_to_async(step, thread_sensitive=False)()
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            await sync_to_async(close, thread_sensitive=False)()
