@@ -195,7 +195,9 @@ def test_field_history_shows_each_change_with_time_meta_old_and_new(site: Site) 
     site.img.root.accounts["ada"].balance = Decimal(30)
     page = html.unescape(text(site.get(f"/object/{site.marks.ada}/history/balance")))
     assert "2 changes" in page and page.index(" 20 → 30 ") < page.index(" 10 → 20 ")
-    assert f'href="/diff?a={site.marks.raised - 1}&amp;b={site.marks.raised}"' in body
+    tx = next(e.tx for e in site.img.events() if e.seq == site.marks.raised)
+    assert tx < site.marks.raised  # its transaction began with its metadata
+    assert f'href="/diff?a={tx - 1}&amp;b={site.marks.raised}"' in body  # the whole transaction, up to the change
 
 
 def test_history_of_an_unknown_field_is_a_404(site: Site) -> None:
