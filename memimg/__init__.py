@@ -7,6 +7,7 @@ default), and opening the image again rebuilds the same typed graph.
 
 from memimg._api import deserialize, migrate, open, replay, serialize
 from memimg._copy import copy
+from memimg._projection import project
 from memimg._errors import (
     ClosedError,
     CommitUnknownError,
@@ -78,6 +79,7 @@ __all__ = [
     "migrate",
     "open",
     "persistent",
+    "project",
     "replay",
     "serialize",
     "upgrader",

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._json import plain
+from memimg.core._plain import plain
 from memimg.cli._main import cli, open_image
 from memimg.core._diff import type_name
 from memimg.core._history import Change, Collected

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._json import plain
+from memimg.core._plain import plain
 from memimg.cli._main import cli, open_image, open_store, past_image
 from memimg.core import _types
 from memimg.core._diff import type_name
