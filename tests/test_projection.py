@@ -485,12 +485,14 @@ def test_the_command_projects_and_exits(tmp_path: Any, sql: SQLTarget) -> None:
     assert code == 1 and "is not a usable database URL" in err
 
 
-def _writer_script(path: str, count: int) -> str:
+def _writer_script(path: str, stop: str) -> str:
     return f"""
-import memimg, time
+import memimg, os
 from tests.projection_models import Account, Bank, Entry
 with memimg.open({path!r}, root=Bank) as img:
-    for i in range({count}):
+    for i in range(100_000):
+        if os.path.exists({stop!r}):
+            break
         with img.transaction():
             acct = img.root.accounts.setdefault(f"a{{i % 7}}", Account(f"a{{i}}"))
             acct.count = i
@@ -509,26 +511,30 @@ def test_a_projection_killed_mid_stream_converges_when_run_again(tmp_path: Any, 
     path = str(tmp_path / "image.db")
     with memimg.open(path, root=Bank) as img:
         _fill(img)
+    stop = str(tmp_path / "stop")
     follower = _cli("project", path, *sql.cli_args(), "--follow")
     writer = subprocess.Popen(
-        [sys.executable, "-c", _writer_script(path, 400)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}
+        [sys.executable, "-c", _writer_script(path, stop)], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # kill it once it has projected some of the writer's commits
-            if sql.has_table("memimg_projection") and int(sql.meta()["seq"]) > 300:
+        deadline = time.monotonic() + 120
+        while True:  # kill it once it has projected some of the writer's commits
+            assert time.monotonic() < deadline, "the projection did not get past seq 200"
+            assert follower.poll() is None and writer.poll() is None
+            if sql.has_table("memimg_projection") and int(sql.meta()["seq"]) > 200:
                 break
-            time.sleep(0.05)
-        assert writer.poll() is None, "the writer finished before the projection was killed: give it more commits"
+            time.sleep(0.02)
         follower.send_signal(signal.SIGKILL)
         follower.wait(30)
+        time.sleep(0.5)  # the writer goes on meanwhile
     finally:
+        open(stop, "w").close()
         writer.wait(120)
         if follower.poll() is None:
             follower.kill()
     assert writer.returncode == 0
     killed_at = int(sql.meta()["seq"])
-    code, out, err = _run_cli("project", path, *sql.cli_args())
+    code, _, err = _run_cli("project", path, *sql.cli_args())
     assert code == 0, err
     with memimg.open(path, root=Bank) as img:
         assert killed_at < img.seq
@@ -554,7 +560,7 @@ def test_follow_keeps_the_tables_current_and_stops_cleanly_on_sigterm(tmp_path: 
                 time.sleep(0.05)
             sql.check(img)
         follower.send_signal(signal.SIGTERM)
-        out, err = follower.communicate(timeout=30)
+        _, err = follower.communicate(timeout=30)
     finally:
         if follower.poll() is None:
             follower.kill()

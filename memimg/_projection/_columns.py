@@ -231,7 +231,7 @@ def encoder(kind: str, dialect: str) -> Callable[[Any, Walk], Any]:
             raise misfit(v, "an Enum member")
         name = v.name
         if name is None or (isinstance(v, enum.Flag) and "|" in name):
-            return "|".join(m.name or "" for m in v)  # type: ignore[attr-defined]
+            return "|".join(m.name or "" for m in v)
         return name
 
     def enc_ref(v: Any, walk: Walk) -> Any:
@@ -282,7 +282,7 @@ class Walk:
     :func:`memimg.core._plain.plain` spells it.
     """
 
-    __slots__ = ("collections", "entities", "_open")
+    __slots__ = ("_open", "collections", "entities")
 
     def __init__(self) -> None:
         self.collections: set[int] = set()

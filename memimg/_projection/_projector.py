@@ -323,9 +323,7 @@ class Projection:
                 markers.clear()
         except BaseException as err:
             self._error = err
-            log.error(
-                "projection to %s stopped at seq %d: %s", self._target.description, self._seq, err, exc_info=err
-            )
+            log.error("projection to %s stopped at seq %d: %s", self._target.description, self._seq, err, exc_info=err)
 
     def _flush(self, commits: list[Commit]) -> None:
         """Write what *commits* changed, and the rows of objects that left the image, in one SQL transaction."""
@@ -430,7 +428,7 @@ class Projection:
             if len(img.all(cls)) == sum(len(by_class[d]) for d in subtree):
                 continue
             for d in subtree:
-                present = {o._mi_oid: o for o in img.all(d) if type(o) is d}
+                present: dict[int, Any] = {o._mi_oid: o for o in img.all(d) if type(o) is d}  # type: ignore[attr-defined]
                 left = by_class[d] - present.keys()
                 for oid in left:
                     del self._objs[oid]

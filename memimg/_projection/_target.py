@@ -126,9 +126,7 @@ class Target:
         conn.execute(self.meta.insert(), [{"key": k, "value": v} for k, v in entries.items()])
 
     def tables_entry(self) -> str:
-        return orjson.dumps(
-            {n: {"table": t.name, "kinds": t.kinds} for n, t in sorted(self.tables.items())}
-        ).decode()
+        return orjson.dumps({n: {"table": t.name, "kinds": t.kinds} for n, t in sorted(self.tables.items())}).decode()
 
     def advance(self, conn: sa.Connection, old: int, new: int) -> None:
         """Store seq *new* in place of *old*, in *conn*'s transaction.
@@ -215,9 +213,7 @@ class Target:
         insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table.table)
         columns = list(table.columns.values())
         if columns:
-            stmt = insert.on_conflict_do_update(
-                index_elements=["oid"], set_={c: insert.excluded[c] for c in columns}
-            )
+            stmt = insert.on_conflict_do_update(index_elements=["oid"], set_={c: insert.excluded[c] for c in columns})
         else:
             stmt = insert.on_conflict_do_nothing(index_elements=["oid"])
         for at in range(0, len(rows), _CHUNK):

@@ -79,7 +79,7 @@ def _name_image(target: str) -> None:
 
 
 def _on_signals(handler: Any) -> dict[int, Any]:
-    previous = {}
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
     return previous
