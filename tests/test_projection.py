@@ -202,6 +202,39 @@ def test_unreachable_objects_leave_the_tables_when_the_image_collects_them(make_
         sql.check(img)
 
 
+def test_commits_of_many_threads_at_once_end_equal_to_the_image(make_image: Images, sql: SQLTarget) -> None:
+    """While threads commit to the image at the same time (new objects, dict, set and list mutations), the
+    projection keeps up, and once caught up its tables equal the image."""
+    import threading
+
+    img = make_image(root=Bank)
+    _fill(img)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(40):
+                acct = _bank(img).accounts.setdefault(f"t{n}-{i % 5}", Account(f"t{n}"))
+                acct.tags.add(str(i % 3))
+                acct.entries.append(Entry(i))
+                acct.count = i
+                if i % 7 == 0:
+                    _bank(img).accounts.pop(f"t{n}-{(i + 2) % 5}", None)
+        except BaseException as err:
+            errors.append(err)
+
+    with sql.project(img) as projection:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        img.snapshot()
+        projection.catch_up()
+        sql.check(img)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_programs_leave_tables_equal_to_the_image(tmp_path: Any, data: st.DataObject) -> None:

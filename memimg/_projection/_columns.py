@@ -300,12 +300,13 @@ class Walk:
             self.collections.add(oid)
             self._open.add(oid)
             try:
+                # copies made in one call: another thread's commit may change the collection meanwhile
                 if isinstance(value, TrackedList):
-                    return [self.content(v) for v in list.__iter__(value)]
+                    return [self.content(v) for v in list.copy(value)]
                 if isinstance(value, TrackedSet):
-                    items = [self.content(v) for v in set.__iter__(value)]
+                    items = [self.content(v) for v in set.copy(value)]
                     return sorted(items, key=repr)
-                pairs = list(dict.items(value))
+                pairs = list(dict.copy(value).items())
                 if all(type(k) is str for k, _ in pairs):
                     return {k: self.content(v) for k, v in pairs}
                 return [[self.content(k), self.content(v)] for k, v in pairs]

@@ -394,12 +394,12 @@ class Projection:
                 if oid is None or oid in seen:
                     continue
                 seen.add(oid)
-                if isinstance(v, TrackedDict):
-                    for k, item in dict.items(v):
+                if isinstance(v, TrackedDict):  # copies made in one call, as another thread may commit meanwhile
+                    for k, item in dict.copy(v).items():
                         stack.append(k)
                         stack.append(item)
                 else:
-                    stack.extend(list.__iter__(v) if isinstance(v, TrackedList) else set.__iter__(v))
+                    stack.extend(list.copy(v) if isinstance(v, TrackedList) else set.copy(v))
             elif t is tuple or t is frozenset:
                 stack.extend(v)
             else:
