@@ -238,10 +238,12 @@ def encoder(kind: str, dialect: str) -> Callable[[Any, Walk], Any]:
         if type(v) is Collected:
             return v.oid
         info = _types.info_of(type(v))
-        if info is None or info.kind != _types.ENTITY or getattr(v, "_mi_oid", None) is None:
+        if info is None or info.kind != _types.ENTITY:
             raise misfit(v, "a persistent object")
-        walk.entity(v)
-        return v._mi_oid
+        oid = v._mi_oid
+        if oid is not None:  # None: collected as the row is read (so is the object holding it: its row goes)
+            walk.entity(v)
+        return oid
 
     def enc_json(v: Any, walk: Walk) -> Any:
         return walk.content(v)
@@ -314,7 +316,9 @@ class Walk:
                 self._open.discard(oid)
         t = type(value)
         if hasattr(t, "_mi_oid"):  # an entity (tracked collections are above)
-            self.entities.append(value)
+            if value._mi_oid is not None:
+                self.entities.append(value)
+            return {"$ref": value._mi_oid}
         elif t is tuple:
             return [self.content(v) for v in value]
         elif t is frozenset:

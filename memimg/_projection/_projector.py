@@ -334,6 +334,8 @@ class Projection:
                 if type(target) is Collected:
                     continue
                 oid = target._mi_oid
+                if oid is None:  # collected since (a snapshot detached it): the count check deletes its row
+                    continue
                 if isinstance(target, _COLLECTIONS):
                     for holder in self._holders.get(oid, ()):
                         dirty[holder] = self._objs[holder]
@@ -349,7 +351,7 @@ class Projection:
         while todo:
             obj = todo.pop()
             table = self._table_for(type(obj))
-            if table is None:
+            if table is None or obj._mi_oid is None:  # not projected, or collected since
                 continue
             found: dict[int, Any] = {}
             rows.setdefault(table, []).append(self._row(obj, table, found))
