@@ -481,6 +481,32 @@ def test_a_value_that_does_not_fit_its_column_stops_the_projection_at_its_seq(
     assert sql.rows("account")[ada._mi_oid]["owner"] == "ada"
 
 
+def test_two_projections_to_the_same_tables_do_not_both_go_on(make_image: Images, sql: SQLTarget) -> None:
+    """Two projections writing the same tables would overwrite each other's seq: the one that finds the stored seq
+    replaced stops with an error saying so (and writes nothing of its batch); the other goes on."""
+    img = make_image(root=Bank)
+    ada, _ = _fill(img)
+    projections = [sql.project(img)]
+    projections[0].catch_up()
+    projections.append(sql.project(img))
+    ada.count = 1
+    failed = []
+    for projection in projections:
+        try:
+            projection.catch_up()
+        except memimg.MemimgError as err:
+            assert "another projection writes to the same tables" in str(err)
+            failed.append(projection)
+    assert len(failed) == 1
+    (survivor,) = [p for p in projections if p not in failed]
+    with pytest.raises(memimg.MemimgError):
+        failed[0].close()
+    ada.count = 2
+    survivor.catch_up()
+    survivor.close()
+    sql.check(img)
+
+
 # -- the command line -----------------------------------------------------------------------
 
 

@@ -67,8 +67,6 @@ class Projection:
     """A running SQL projection of an image, made by :func:`memimg.project`; ``close()`` it, or use it as a
     context manager."""
 
-    __module__ = "memimg"
-
     def __init__(
         self, img: Any, target: Any, *, classes: Iterable[Any] | None, prefix: str, schema: str | None
     ) -> None:
