@@ -89,8 +89,8 @@ class Projection:
         self._replay: Iterator[Commit] | None = None
         self._sub = img.subscribe(self._queue.put)
         try:
-            self._start()
             img.follow()
+            self._start()
         except BaseException:
             self._sub.close()
             self._target.close()
@@ -178,7 +178,8 @@ class Projection:
 
     # -- starting: rebuild or resume ------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self, gone: str | None = None) -> None:
+        """Rebuild or resume (see the module docstring); *gone*: why the stored seq cannot be resumed from."""
         img, target = self._img, self._target
         image_id = _image_id(img)
         with target.engine.connect() as conn:
@@ -190,14 +191,18 @@ class Projection:
                 why = f"the target's tables are of format {meta.get('format')!r}, not {FORMAT}"
             elif meta.get("image") != image_id:
                 why = "the target's tables are of another image"
+            elif gone is not None:
+                why = gone
             else:
                 since = int(meta["seq"])
-        if since is not None:
-            try:
-                self._replay = img.changes(since=since, timeout=0)
-            except HistoryError as err:
-                why = f"the commits after seq {since} are gone ({err})"
-                since = None
+                store = img.store
+                head = max(store.head(), img.seq)
+                if since > head:
+                    why = f"the target's seq {since} is past the image's head (seq {head}): restored from a backup?"
+                    since = None
+                elif since < store.first_seq() - 1:
+                    why = f"the commits after seq {since} were compacted away"
+                    since = None
         if since is None and meta is not None:
             log.warning("projection to %s: rebuilding every table: %s", target.description, why)
         start = img.seq  # before the objects are read: the state read holds every commit up to it
@@ -221,6 +226,24 @@ class Projection:
                 conn,
                 {"format": FORMAT, "image": image_id, "seq": str(self._seq), "tables": target.tables_entry()},
             )
+        if since is not None:
+            try:  # made last: it subscribes until read to the end, which only the thread does
+                self._replay = img.changes(since=since, timeout=0)
+            except HistoryError as err:  # compacted meanwhile
+                self._reset()
+                self._start(gone=f"the commits after seq {since} are gone ({err})")
+
+    def _reset(self) -> None:
+        self._objs.clear()
+        self._by_class.clear()
+        self._holders.clear()
+        self._contains.clear()
+        for table in self._tables.values():
+            if table is not None:
+                self._target.forget(table.class_name)
+        self._tables.clear()
+        self._new_tables.clear()
+        self._old_kinds.clear()
 
     def _learn(self) -> None:
         """Know every entity of the image (its extents)."""
