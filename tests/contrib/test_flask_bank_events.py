@@ -16,8 +16,6 @@ from werkzeug.serving import make_server
 
 from tests.versions import ROOT
 
-pytest.importorskip("flask")
-
 
 @pytest.fixture
 def bank_app(tmp_path: Any) -> Iterator[Flask]:
