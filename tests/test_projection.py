@@ -579,7 +579,9 @@ def test_a_projection_killed_mid_stream_converges_when_run_again(tmp_path: Any, 
         deadline = time.monotonic() + 120
         while True:  # kill it once it has projected some of the writer's commits
             assert time.monotonic() < deadline, "the projection did not get past seq 200"
-            assert follower.poll() is None and writer.poll() is None
+            if follower.poll() is not None:
+                raise AssertionError(f"the projection exited: {follower.communicate()[1]}")
+            assert writer.poll() is None
             if sql.has_table("memimg_projection") and int(sql.meta()["seq"]) > 200:
                 break
             time.sleep(0.02)

@@ -36,6 +36,7 @@ and a restart converges to the image.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -286,7 +287,7 @@ class Projection:
         """Make *table* hold the objects of *cls* the image holds (see :meth:`_start`)."""
         target = self._target
         objs = [self._objs[oid] for oid in self._by_class.get(cls, ())]
-        rows = [self._row(obj, table) for obj in objs]
+        rows = [row for row in map(self._row, objs, itertools.repeat(table)) if row is not None]
         if how is None:
             target.create(conn, table)
             target.upsert(conn, table, rows)
@@ -372,10 +373,12 @@ class Projection:
         while todo:
             obj = todo.pop()
             table = self._table_for(type(obj))
-            if table is None or obj._mi_oid is None:  # not projected, or collected since
+            if table is None:
                 continue
             found: dict[int, Any] = {}
-            rows.setdefault(table, []).append(self._row(obj, table, found))
+            row = self._row(obj, table, found)
+            if row is not None:
+                rows.setdefault(table, []).append(row)
             todo.extend(found.values())
         seq = commits[-1].seq if commits else self._seq
         if not rows and not gone and seq == self._seq and not self._new_tables:
@@ -492,12 +495,15 @@ class Projection:
         self._tables[cls] = table
         return table
 
-    def _row(self, obj: Any, table: ClassTable, found: dict[int, Any] | None = None) -> dict[str, Any]:
+    def _row(self, obj: Any, table: ClassTable, found: dict[int, Any] | None = None) -> dict[str, Any] | None:
         """The row of entity *obj*; notes the collections it spells out (and, into *found*, entities new to the
-        projection it references)."""
+        projection it references). ``None`` if *obj* has left the image (a snapshot collected it, maybe while
+        this runs: then the row is written, and deleted by the count check of the next batch)."""
         info = _types.info_of(type(obj))
         assert info is not None
         oid = obj._mi_oid
+        if oid is None:
+            return None
         walk = Walk()
         row: dict[str, Any] = {"oid": oid}
         getters = info.getters
