@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,10 +38,15 @@ class Events:
         self.chunks = iter(response.response)
         self.buffer = ""
 
-    def next(self) -> dict[str, Any]:
-        """The next event (keep-alive comments skipped): its fields, ``data`` decoded."""
+    def next(self, timeout: float = 15.0) -> dict[str, Any]:
+        """The next event (keep-alive comments skipped): its fields, ``data`` decoded.
+
+        Fails after *timeout* seconds without one (the stream sends a keep-alive comment every 0.2 s here).
+        """
+        deadline = time.monotonic() + timeout
         while True:
             while "\n\n" not in self.buffer:
+                assert time.monotonic() < deadline, f"no event within {timeout} s"
                 chunk = next(self.chunks)
                 self.buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
             block, self.buffer = self.buffer.split("\n\n", 1)
