@@ -23,6 +23,7 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
+from memimg._projection import project
 from memimg.core._diff import Diff, Difference
 from memimg.core._history import Change, Collected
 from memimg.core._markers import ERASED, MISSING
@@ -78,6 +79,7 @@ __all__ = [
     "migrate",
     "open",
     "persistent",
+    "project",
     "replay",
     "serialize",
     "upgrader",

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 import memimg
 from memimg import MISSING
 from memimg.cli import cli
-from memimg.cli._json import plain
 from memimg.core._generic import CustomValue, EnumValue
+from memimg.core._plain import plain
 from tests.history_model import project
 from tests.models import Account, Bank, Box, Color, Entry, Level, Point
 

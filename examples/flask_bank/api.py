@@ -5,18 +5,26 @@ changes are committed together when it answers 2xx, and discarded when it
 answers 4xx/5xx or raises. A view may be run again after a conflict with a
 concurrent request, so it does nothing outside the image itself: the
 "notification" of a transfer is registered with ``after_commit``.
+
+``GET /accounts/<owner>/events`` streams the account's balance as
+server-sent events (a change-feed subscription, ``img.subscribe``), and
+``GET /accounts/<owner>/live`` is a page that shows it updating.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import queue
+from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, render_template_string, request, url_for
 from flask.typing import ResponseReturnValue
 
-from memimg.contrib.flask import after_commit, image
+import memimg
+from memimg.contrib.flask import after_commit, image, no_transaction
 
 from .models import Account, Bank, InsufficientFunds
 
@@ -125,3 +133,92 @@ def transfer() -> ResponseReturnValue:
 def _notify(source: str, target: str, amount: Decimal) -> None:
     """Stands in for an email or a message to another service: once, and only if committed."""
     current_app.logger.info("transfer of %s from %s to %s committed", amount, source, target)
+
+
+# -- live balance: server-sent events ------------------------------------------------
+
+
+@bp.get("/accounts/<owner>/events")
+@no_transaction  # a stream outlives any transaction; it only reads
+def account_events(owner: str) -> ResponseReturnValue:
+    """The account's balance as server-sent events: now, then at every commit that changes it.
+
+    Each event is ``event: balance``, ``id:`` the seq of the commit (or of
+    the image, for the first) and ``data:`` ``{"owner", "balance", "seq"}``.
+    A browser that reconnects sends the last id as ``Last-Event-ID``: the
+    stream goes on from there (the changes after it, from the account's
+    history) instead of starting over. Other processes' commits arrive
+    too: the image follows the log. A comment line is sent every
+    ``BANK_SSE_KEEPALIVE`` seconds (15) so proxies keep the connection and
+    a gone client is noticed.
+    """
+    account = _account(owner)
+    img: memimg.MemoryImage = image._get_current_object()  # type: ignore[attr-defined]
+    keepalive = float(current_app.config.get("BANK_SSE_KEEPALIVE", 15.0))
+    last = request.headers.get("Last-Event-ID", "")
+    commits: queue.SimpleQueue[memimg.Commit] = queue.SimpleQueue()
+    subscription = img.subscribe(commits.put, to=(account, "balance"))  # first: nothing after it is missed
+    img.follow()
+
+    def event(balance: Decimal, seq: int) -> str:
+        data = json.dumps({"owner": owner, "balance": str(balance), "seq": seq})
+        return f"id: {seq}\nevent: balance\ndata: {data}\n\n"
+
+    def stream() -> Iterator[str]:
+        try:
+            sent = 0
+            if last.isdigit() and int(last) <= img.seq:
+                for change in img.history(account, "balance", since=int(last)):
+                    yield event(change.new, change.seq)
+                    sent = change.seq
+            else:
+                sent = img.seq
+                yield event(account.balance, sent)
+            while True:
+                try:
+                    commit = commits.get(timeout=keepalive)
+                except queue.Empty:
+                    yield ": keep-alive\n\n"
+                    continue
+                if commit.seq > sent:
+                    yield event(commit.changes[-1].new, commit.seq)
+                    sent = commit.seq
+        finally:
+            subscription.close()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    response = Response(stream(), mimetype="text/event-stream", headers=headers)
+    response.call_on_close(subscription.close)  # also when the stream is never read
+    return response
+
+
+_LIVE_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>{{ owner }}'s balance</title></head>
+<body>
+  <h1>{{ owner }}</h1>
+  <p>Balance: <output id="balance">{{ balance }}</output></p>
+  <p id="status">connecting</p>
+  <script>
+    const events = new EventSource({{ events_url|tojson }});
+    events.addEventListener("balance", (e) => {
+      document.getElementById("balance").textContent = JSON.parse(e.data).balance;
+    });
+    events.onopen = () => { document.getElementById("status").textContent = "live"; };
+    events.onerror = () => { document.getElementById("status").textContent = "reconnecting"; };
+  </script>
+</body>
+</html>
+"""
+
+
+@bp.get("/accounts/<owner>/live")
+def live_balance(owner: str) -> ResponseReturnValue:
+    """A page showing the account's balance, updated live from ``/accounts/<owner>/events``."""
+    account = _account(owner)
+    return render_template_string(
+        _LIVE_PAGE,
+        owner=owner,
+        balance=str(account.balance),
+        events_url=url_for("bank.account_events", owner=owner),
+    )

@@ -12,11 +12,11 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._json import plain
 from memimg.cli._main import cli, open_image, open_store, past_image
 from memimg.core import _types
 from memimg.core._diff import type_name
 from memimg.core._meta import META_KIND, read_events
+from memimg.core._plain import plain
 from memimg.model import SHELL, _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet

@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from memimg.cli._json import plain
 from memimg.cli._main import PAST_OPTIONS, cli, past_store, point, progress_callback
 from memimg.core._diff import show_value, type_name
 from memimg.core._markers import MISSING
+from memimg.core._plain import plain
 from memimg.image._image import diff_past
 from memimg.image._past import commit_time
 from memimg.model import _tracking

@@ -1,4 +1,4 @@
-"""Values as JSON data: the one encoding of ``show --json``, ``history --json`` and ``diff --json``.
+"""Values as JSON data: the one encoding of the tools' ``--json`` output and of the SQL projection's JSON columns.
 
 JSON's own types stand for themselves -- ``None``, ``bool``, ``str``, an
 ``int`` (of up to 4,300 digits: Python writes no longer one in decimal), a
