@@ -96,15 +96,25 @@ def parse_header(line: bytes, path: str) -> tuple[int, int]:
     return header["version"], header["first"]
 
 
+#: The JSON string of each kind written so far (there are a few dozen kinds).
+_KIND_JSON: dict[str, bytes] = {}
+
+
 def encode_line(row: EventRow, end: bool) -> bytes:
     """The line of *row*, with its line break; *end*: the last line of its transaction (the end mark)."""
     seq, tx, ts, kind, target, payload, checksum = row
-    payload = bytes(payload)
+    if type(payload) is not bytes:
+        payload = bytes(payload)
+    kind_json = _KIND_JSON.get(kind)
+    if kind_json is None:
+        kind_json = orjson.dumps(kind)
+        if len(_KIND_JSON) < 1024:
+            _KIND_JSON[kind] = kind_json
     start = b'{"seq":%d,"tx":%d,"ts":%d,"kind":%s,"target":%d,"checksum":%d,' % (
         seq,
         tx,
         ts,
-        orjson.dumps(kind),
+        kind_json,
         target,
         checksum,
     )
@@ -125,6 +135,8 @@ def encode_rows(rows: Any) -> bytes:
     carries the end mark.
     """
     n = len(rows)
+    if n == 1:
+        return encode_line(rows[0], True)
     return b"".join([encode_line(r, i == n - 1 or rows[i + 1][1] != r[1]) for i, r in enumerate(rows)])
 
 
