@@ -12,10 +12,12 @@ Files, for a log at ``shop.ndjson``:
   JSON object, replaced atomically (temp file and rename) under the lock;
 - ``shop.ndjson.lock`` -- the lock file writers take (``fcntl.flock``).
 
-**Append rule.** Every write takes the lock file's exclusive lock, then
+**Append rule.** Every write takes the lock file's exclusive lock (on the
+lock file the path names: one that lost its name is reopened), then
 brings the store's view of the log up to date: if the path names another
 file than the one open (compaction or erase replaced it), the new file is
-opened; the transactions other writers appended are indexed; and what
+opened; the transactions other writers appended are indexed (nothing is
+read when the file's size is the end of what is indexed); and what
 follows the last whole transaction (its last line carries the end mark) --
 a write a crash cut short, since no writer holding the lock is mid-write --
 is cut off (and logged). Only then is the head compared with the seq the
@@ -24,6 +26,8 @@ and a transaction's lines go in one ``os.write`` on a file opened
 ``O_APPEND``. ``sync="full"`` fsyncs the file after each commit (and the
 directory when the file is created); ``"normal"`` leaves the flushing to
 the OS: a crash of the process loses nothing written, a power loss may.
+The fsync runs once the lock file's lock is released (see
+:meth:`NDJSONStore._sync`).
 
 **Readers** never wait for a writer, take no lock and never modify the
 file (a read-only store opens it ``O_RDONLY``): they index whole
@@ -34,7 +38,9 @@ parse, holds another seq than its place says, or fails its checksum, or a
 transaction without its end mark before the tail, raises
 :class:`CorruptLogError` naming the line and seq.
 ``changed``/``wait_for_change`` look at the file's identity and size (a
-``stat``), so followers poll a cheap call. Leases and image positions live
+``stat``), so followers poll a cheap call; it is exact (a torn tail no
+reader can cut is not a change), and it reopens a replaced file, so
+followers let go of the old one within a poll. Leases and image positions live
 in the meta file, so the log itself is only ever appended to.
 
 **What is kept in memory**: the byte offset of every event line (8 bytes an
