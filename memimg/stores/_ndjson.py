@@ -238,9 +238,10 @@ class NDJSONStore(LogFile):
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         doing = f"appending events {rows[0][0]}..{rows[-1][0]}"
         self._check_writable(doing)
-        for i, row in enumerate(rows):
-            if row[0] != expected_head + 1 + i:
-                raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
+        if len(rows) != 1 or rows[0][0] != expected_head + 1:
+            for i, row in enumerate(rows):
+                if row[0] != expected_head + 1 + i:
+                    raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
         data = encode_rows(rows)
         # the write turn by hand (as _writing does), a commit's hot path
         with self._lock:
@@ -257,14 +258,14 @@ class NDJSONStore(LogFile):
 
     def _append_whole(self, rows: Sequence[EventRow], data: bytes, expected_head: int) -> None:
         """Write *data* (the lines of *rows*) if the head is *expected_head* (the write turn is held)."""
-        head = self._head() if self._offsets else self._log_head()
+        last = self._first - 1 + len(self._offsets)  # the last event kept
+        head = last if self._offsets else self._log_head()
         if head != expected_head:
-            last = self._head()
             if self._first - 1 <= expected_head < last:
                 stop = min(last, expected_head + _MISSED)
                 raise SeqTaken(expected_head, self._rows(expected_head + 1, stop), more=stop < head)
             raise SeqTaken(expected_head)
-        if head > self._head():  # no event kept, a snapshot further: the log goes on after it
+        if head > last:  # no event kept, a snapshot further: the log goes on after it
             self._replace(head + 1, iter(()))
         start = self._end
         try:
