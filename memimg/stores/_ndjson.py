@@ -375,9 +375,12 @@ class NDJSONStore(LogFile):
         polls -- :meth:`~memimg.Image.wait`, :meth:`~memimg.Image.follow` --
         lets go of the old file within one poll.
         """
-        with self._lock, self._io("checking for other writers' commits"):
-            self._refresh()
-            return (self._head() if self._offsets else self._log_head()) != seen
+        with self._lock:
+            try:
+                self._refresh()
+                return (self._head() if self._offsets else self._log_head()) != seen
+            except OSError as err:  # (not self._io: a context manager costs at each transaction's start)
+                raise self._os_error("checking for other writers' commits", err) from err
 
     def wait_for_change(self, seen: int, timeout: float) -> bool:
         """Block until the head moves past *seen* (polls the file every 10 ms), or *timeout* passes."""

@@ -175,8 +175,12 @@ class LogFile:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
                 continue
-            if os.fstat(self._lock_fd).st_nlink:
-                return
+            try:
+                if os.fstat(self._lock_fd).st_nlink:
+                    return
+            except BaseException:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                raise
             log.warning("%s: the lock file was deleted or replaced; taking the lock on the new one", self.path)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -299,6 +303,7 @@ class LogFile:
             os.ftruncate(self._fd, self._end)
             if self._full:
                 os.fsync(self._fd)
+            size = self._end
         self._torn = (size, st.st_mtime_ns) if size > self._end else (-1, 0)
 
     def _check_torn(self, size: int) -> None:
