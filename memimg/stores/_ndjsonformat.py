@@ -32,7 +32,7 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError
-from memimg.core._rows import EventRow, SnapshotRow, row_intact
+from memimg.core._rows import BAD_COLUMN, EventRow, SnapshotRow, event_checksum, row_intact
 
 __all__ = [
     "END",
@@ -44,6 +44,7 @@ __all__ = [
     "line_ends",
     "parse_header",
     "parse_line",
+    "parse_lines",
     "read_snapshot_file",
     "snapshot_bytes",
     "snapshot_header",
@@ -68,6 +69,14 @@ _HEAD = re.compile(
 )
 #: How a line without the end mark ends, and how one with it does (neither with the line break).
 _CLOSE, _CLOSE_END = b"}", END[:-1]
+#: A whole line as memimg writes it -- a kind without escapes, the payload as JSON -- with its line break: what
+#: :func:`parse_lines` reads in one match (any other line is read by :func:`parse_line`).
+_PLAIN_LINE = re.compile(
+    rb'\{"seq":(\d+),"tx":(-?\d+),"ts":(-?\d+),"kind":"([^"\\\n]*)","target":(-?\d+),'
+    rb'"checksum":(\d+),"payload":([^\n]*)\}\n'
+)
+#: The end mark as the end of a plain line's payload group.
+_END_MARK = END[:-2]
 
 
 def header_line(version: int, first: int) -> bytes:
@@ -172,6 +181,46 @@ def parse_line(line: bytes, lineno: int, expected: int, path: str) -> EventRow:
     if not row_intact(row):
         raise _corrupt(path, lineno, expected, "fails its checksum (the line was damaged or edited)")
     return row
+
+
+def parse_lines(data: bytes, seq: int, lineno: int, path: str) -> tuple[list[EventRow], list[bool]]:
+    """The event rows in *data* -- whole lines, each with its line break -- events *seq* on from line *lineno*
+    of *path*, verified as :func:`parse_line` verifies; and whether each line carries the end mark.
+
+    The replay's hot path: a line as memimg writes it is read in one match,
+    without splitting *data* into lines first; any other line -- one with a
+    kind with escapes, a base64 payload, or a fault -- is read (or named, in
+    :class:`CorruptLogError`) by :func:`parse_line`.
+    """
+    rows: list[EventRow] = []
+    ends: list[bool] = []
+    match, checksum_of = _PLAIN_LINE.match, event_checksum
+    pos, size = 0, len(data)
+    while pos < size:
+        m = match(data, pos)
+        if m is not None:
+            s, tx, ts, kind, target, checksum, payload = m.groups()
+            end = payload.endswith(_END_MARK)
+            if end:
+                payload = payload[: -len(_END_MARK)]
+            try:
+                row = EventRow(seq, int(tx), int(ts), kind.decode(), int(target), payload, int(checksum))
+                intact = int(s) == seq and checksum_of(*row[:6]) == row[6]
+            except BAD_COLUMN:  # (a kind not UTF-8 too: a ValueError)
+                intact = False
+            if intact:
+                rows.append(row)
+                ends.append(end)
+                seq += 1
+                pos = m.end()
+                continue
+        stop = data.index(b"\n", pos)
+        line = data[pos:stop]
+        rows.append(parse_line(line, lineno + len(rows), seq, path))
+        ends.append(line_ends(line))
+        seq += 1
+        pos = stop + 1
+    return rows, ends
 
 
 def line_ends(line: bytes) -> bool:

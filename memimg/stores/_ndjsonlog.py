@@ -30,9 +30,9 @@ from memimg.stores._ndjsonformat import (
     END,
     NDJSON_VERSION,
     header_line,
-    line_ends,
     parse_header,
     parse_line,
+    parse_lines,
     write_atomically,
 )
 
@@ -345,14 +345,13 @@ class LogFile:
         begin = offsets[start - first]
         end = offsets[stop + 1 - first] if stop + 1 - first < len(offsets) else self._end
         data = os.pread(self._fd, end - begin, begin)
-        lines = data.split(b"\n")
-        if len(lines) != stop - start + 2 or lines[-1]:
+        if data.count(b"\n") != stop - start + 1 or not data.endswith(b"\n"):
             raise OSError(errno.EIO, f"short read of events {start}..{stop}")
         lineno = start - first + 2
         path = self.path
-        rows = [parse_line(line, lineno + i, start + i, path) for i, line in enumerate(lines[:-1])]
+        rows, ends = parse_lines(data, start, lineno, path)
         for i in range(len(rows) - 1):
-            if rows[i + 1][1] != rows[i][1] and not line_ends(lines[i]):
+            if rows[i + 1][1] != rows[i][1] and not ends[i]:
                 raise CorruptLogError(
                     f"{path!r} line {lineno + i} (event seq {start + i}) is the last of transaction "
                     f"{rows[i][1]} but has no end mark: the transaction is incomplete (lines of it are "
