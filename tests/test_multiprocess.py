@@ -112,7 +112,12 @@ def spawn(script: str, *args: str, stdin: int | None = None) -> subprocess.Popen
         [sys.executable, "-c", script, *args], stdin=stdin, stdout=subprocess.PIPE, text=True, env=env
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
+    # read "ready" a byte at a time from the pipe itself: a buffered readline() may read what follows too (a fast
+    # worker's "done"), which communicate(timeout=...) -- reading the pipe, not that buffer -- would then miss
+    line = b""
+    while not line.endswith(b"\n") and (byte := os.read(proc.stdout.fileno(), 1)):
+        line += byte
+    assert line.decode().strip() == "ready"
     return proc
 
 

@@ -12,10 +12,12 @@ Files, for a log at ``shop.ndjson``:
   JSON object, replaced atomically (temp file and rename) under the lock;
 - ``shop.ndjson.lock`` -- the lock file writers take (``fcntl.flock``).
 
-**Append rule.** Every write takes the lock file's exclusive lock, then
+**Append rule.** Every write takes the lock file's exclusive lock (on the
+lock file the path names: one that lost its name is reopened), then
 brings the store's view of the log up to date: if the path names another
 file than the one open (compaction or erase replaced it), the new file is
-opened; the transactions other writers appended are indexed; and what
+opened; the transactions other writers appended are indexed (nothing is
+read when the file's size is the end of what is indexed); and what
 follows the last whole transaction (its last line carries the end mark) --
 a write a crash cut short, since no writer holding the lock is mid-write --
 is cut off (and logged). Only then is the head compared with the seq the
@@ -24,6 +26,8 @@ and a transaction's lines go in one ``os.write`` on a file opened
 ``O_APPEND``. ``sync="full"`` fsyncs the file after each commit (and the
 directory when the file is created); ``"normal"`` leaves the flushing to
 the OS: a crash of the process loses nothing written, a power loss may.
+The fsync runs once the lock file's lock is released (see
+:meth:`NDJSONStore._sync`).
 
 **Readers** never wait for a writer, take no lock and never modify the
 file (a read-only store opens it ``O_RDONLY``): they index whole
@@ -34,7 +38,9 @@ parse, holds another seq than its place says, or fails its checksum, or a
 transaction without its end mark before the tail, raises
 :class:`CorruptLogError` naming the line and seq.
 ``changed``/``wait_for_change`` look at the file's identity and size (a
-``stat``), so followers poll a cheap call. Leases and image positions live
+``stat``), so followers poll a cheap call; it is exact (a torn tail no
+reader can cut is not a change), and it reopens a replaced file, so
+followers let go of the old one within a poll. Leases and image positions live
 in the meta file, so the log itself is only ever appended to.
 
 **What is kept in memory**: the byte offset of every event line (8 bytes an
@@ -49,6 +55,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -231,55 +238,85 @@ class NDJSONStore(LogFile):
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         doing = f"appending events {rows[0][0]}..{rows[-1][0]}"
         self._check_writable(doing)
-        for i, row in enumerate(rows):
-            if row[0] != expected_head + 1 + i:
-                raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
+        if len(rows) != 1 or rows[0][0] != expected_head + 1:
+            for i, row in enumerate(rows):
+                if row[0] != expected_head + 1 + i:
+                    raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
         data = encode_rows(rows)
-        with self._writing(doing):
-            head = self._log_head()
-            if head != expected_head:
-                last = self._head()
-                if self._first - 1 <= expected_head < last:
-                    stop = min(last, expected_head + _MISSED)
-                    raise SeqTaken(expected_head, self._rows(expected_head + 1, stop), more=stop < head)
-                raise SeqTaken(expected_head)
-            if head > self._head():  # no event kept, a snapshot further: the log goes on after it
-                self._replace(head + 1, iter(()))
-            start = self._end
+        # the write turn by hand (as _writing does), a commit's hot path
+        with self._lock:
             try:
-                written = os.write(self._fd, data)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, start)  # the write reported nothing written: nothing of it stays
-                raise
-            if written != len(data):
-                # a short write (a full disk): the transactions whole in what reached the file stay -- a
-                # reader may have read them -- the rest is cut (one transaction's rows: nothing of it stays)
-                keep = data.rfind(END, 0, written)
-                keep = 0 if keep < 0 else keep + len(END)
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, start + keep)
-                self._note_written(rows, data[:keep], start)
-                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes were written")
-            # the rows are in the file, where other processes may have read them already: they stay, whatever
-            # happens from here on (the image that wrote them finds them at its next catch-up)
-            self._note_written(rows, data, start)
-            if self._full:
+                self._take_turn(doing)
                 try:
-                    os.fsync(self._fd)
-                except OSError as err:
-                    self._failed = f"an fsync of {self.path!r} failed ({err}), so what its disk holds is not known"
-                    raise CommitUnknownError(
-                        f"{doing} in {self.path!r}: the events were written but the fsync that makes them "
-                        f"durable failed ({err}): the commit's outcome is UNKNOWN (it was not applied to this "
-                        "image, and this store writes no more). Open the image again once the disk is sound: "
-                        f"the commit is in the log if event seq {rows[0][0]} is there",
-                        commit_id=0,
-                        first_seq=rows[0][0],
-                        seq=rows[-1][0],
-                        store=self.path,
-                        operation=doing,
-                    ) from err
+                    self._append_whole(rows, data, expected_head)
+                finally:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            except OSError as err:
+                raise self._os_error(doing, err, write=True) from err
+            if self._full:
+                self._sync(rows, doing)
+
+    def _append_whole(self, rows: Sequence[EventRow], data: bytes, expected_head: int) -> None:
+        """Write *data* (the lines of *rows*) if the head is *expected_head* (the write turn is held)."""
+        last = self._first - 1 + len(self._offsets)  # the last event kept
+        head = last if self._offsets else self._log_head()
+        if head != expected_head:
+            if self._first - 1 <= expected_head < last:
+                stop = min(last, expected_head + _MISSED)
+                raise SeqTaken(expected_head, self._rows(expected_head + 1, stop), more=stop < head)
+            raise SeqTaken(expected_head)
+        if head > last:  # no event kept, a snapshot further: the log goes on after it
+            self._replace(head + 1, iter(()))
+        start = self._end
+        try:
+            written = os.write(self._fd, data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # the write reported nothing written: nothing of it stays
+            raise
+        if written != len(data):
+            # a short write (a full disk): the transactions whole in what reached the file stay -- a
+            # reader may have read them -- the rest is cut (one transaction's rows: nothing of it stays)
+            keep = data.rfind(END, 0, written)
+            keep = 0 if keep < 0 else keep + len(END)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start + keep)
+            self._note_written(rows, data[:keep], start)
+            raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes were written")
+        # the rows are in the file, where other processes may have read them already: they stay, whatever
+        # happens from here on (the image that wrote them finds them at its next catch-up)
+        if len(rows) == 1:
+            self._offsets.append(start)
+            self._end = start + written
+        else:
+            self._note_written(rows, data, start)
+
+    def _sync(self, rows: Sequence[EventRow], doing: str) -> None:
+        """fsync the log after a commit's write (``sync="full"``); a failure makes the commit's outcome unknown.
+
+        The fsync runs after the lock file's lock is released: the lines are
+        in the file already (in the order the lock gave), and a writer next in
+        turn need not wait for this disk flush -- its own fsync flushes these
+        lines too (a compaction that renames a new file over the log meanwhile
+        wrote them into it, fsynced, from the page cache). This store's thread
+        lock is held, so that this store writes nothing more before the
+        outcome is known.
+        """
+        try:
+            os.fsync(self._fd)
+        except OSError as err:
+            self._failed = f"an fsync of {self.path!r} failed ({err}), so what its disk holds is not known"
+            raise CommitUnknownError(
+                f"{doing} in {self.path!r}: the events were written but the fsync that makes them "
+                f"durable failed ({err}): the commit's outcome is UNKNOWN (it was not applied to this "
+                "image, and this store writes no more). Open the image again once the disk is sound: "
+                f"the commit is in the log if event seq {rows[0][0]} is there",
+                commit_id=0,
+                first_seq=rows[0][0],
+                seq=rows[-1][0],
+                store=self.path,
+                operation=doing,
+            ) from err
 
     def _note_written(self, rows: Sequence[EventRow], data: bytes, start: int) -> None:
         """Index the lines of *rows* that *data* (written at offset *start*) holds whole."""
@@ -329,15 +366,25 @@ class NDJSONStore(LogFile):
         return self.head()
 
     def changed(self, seen: int) -> bool:
-        with self._io("checking for other writers' commits"):
-            st = os.stat(self.path)
-        if (st.st_dev, st.st_ino) != self._ident or st.st_size != self._end:
-            return True
-        return (self._head() if self._offsets else self._log_head()) != seen
+        """Whether the head is past *seen*: a ``stat`` when nothing was appended, else the new lines indexed.
+
+        Exact: ``False`` when the log holds no whole transaction past what
+        this store indexed -- a torn transaction at the end (a crash's, or a
+        write under way) included. A file replaced by compaction or erase is
+        reopened here (the old one's descriptor closed), so a process that
+        polls -- :meth:`~memimg.Image.wait`, :meth:`~memimg.Image.follow` --
+        lets go of the old file within one poll.
+        """
+        with self._lock:
+            try:
+                self._refresh()
+                return (self._head() if self._offsets else self._log_head()) != seen
+            except OSError as err:  # (not self._io: a context manager costs at each transaction's start)
+                raise self._os_error("checking for other writers' commits", err) from err
 
     def wait_for_change(self, seen: int, timeout: float) -> bool:
-        """Block until the head moves past *seen* (polls the file's size every 10 ms), or *timeout* passes."""
-        return poll(lambda: self.changed(seen) and self.head() != seen, timeout, 0.01)
+        """Block until the head moves past *seen* (polls the file every 10 ms), or *timeout* passes."""
+        return poll(lambda: self.changed(seen), timeout, 0.01)
 
     def delete_events_before(self, seq: int) -> int:
         """Drop events before *seq*: the kept lines go to a new file renamed over the log (space given back).

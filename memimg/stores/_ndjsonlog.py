@@ -30,9 +30,9 @@ from memimg.stores._ndjsonformat import (
     END,
     NDJSON_VERSION,
     header_line,
-    line_ends,
     parse_header,
     parse_line,
+    parse_lines,
     write_atomically,
 )
 
@@ -62,6 +62,8 @@ class LogFile:
         #: byte offset of each event line kept (seq first + i); _end: the offset after the last complete line
         self._offsets = array("q")
         self._end = 0
+        #: (size, mtime) of the file when the last look found a torn tail after _end (see _same_torn_tail)
+        self._torn = (-1, 0)
         #: the target index (built when history first asks): target -> seqs, covering seqs up to _targets_upto
         self._targets: dict[int, list[int]] = {}
         self._targets_upto = 0
@@ -74,18 +76,20 @@ class LogFile:
         try:
             yield
         except OSError as err:
-            if write and isinstance(err, FileNotFoundError) and err.filename == self.path:
-                raise FileGoneError(
-                    f"{doing} in {self.path!r} failed: the log file is no longer at its path (deleted or moved); "
-                    "nothing was written",
-                    path=self.path,
-                    seq=None,
-                    store=self.description,
-                    operation=doing,
-                ) from err
-            raise StoreError(
-                f"{doing} in {self.path!r} failed: {err}", store=self.description, operation=doing
-            ) from err
+            raise self._os_error(doing, err, write=write) from err
+
+    def _os_error(self, doing: str, err: OSError, *, write: bool = False) -> StoreError:
+        """The error to raise for *err* (see :meth:`_io`)."""
+        if write and isinstance(err, FileNotFoundError) and err.filename == self.path:
+            return FileGoneError(
+                f"{doing} in {self.path!r} failed: the log file is no longer at its path (deleted or moved); "
+                "nothing was written",
+                path=self.path,
+                seq=None,
+                store=self.description,
+                operation=doing,
+            )
+        return StoreError(f"{doing} in {self.path!r} failed: {err}", store=self.description, operation=doing)
 
     def _check_writable(self, doing: str) -> None:
         if self.readonly:
@@ -105,30 +109,52 @@ class LogFile:
         """Hold the write turn: this store's thread lock and the lock file's lock, the log indexed and whole."""
         self._check_writable(doing)
         with self._lock, self._io(doing, write=True):
-            self._flock(doing)
+            self._take_turn(doing)
             try:
-                try:
-                    empty = os.stat(self.path).st_size == 0 and self._fd < 0
-                except FileNotFoundError:
-                    if self._fd >= 0:
-                        raise  # the log left its path: FileGoneError
-                    empty = True
-                if empty:
-                    self._create()
-                self._refresh(cut=True)
                 yield
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def _take_turn(self, doing: str) -> None:
+        """Take the lock file's lock and bring the index up to the file at the path (this store's lock is held).
+
+        Per commit this is a ``flock``, an ``fstat`` of the lock file and a
+        ``stat`` of the log: when the log is the file this store has open
+        and its size is the offset after the last line indexed -- nothing
+        appended, nothing torn -- there is nothing to read. Otherwise
+        (another file at the path: a compaction or erase renamed a new one
+        over the log; a larger size: others appended, or a crash left a
+        torn tail) the log is reopened or read on, and a torn tail cut.
+        The caller releases the lock file's lock.
+        """
+        self._flock(doing)
+        try:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                if self._fd >= 0:
+                    raise  # the log left its path: FileGoneError
+                st = None
+            if self._fd >= 0 and st is not None and (st.st_dev, st.st_ino) == self._ident and st.st_size == self._end:
+                return
+            if st is None or (st.st_size == 0 and self._fd < 0):
+                self._create()
+                st = os.stat(self.path)
+            self._catch_up(st, cut=True)
+        except BaseException:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            raise
+
     def _flock(self, doing: str) -> None:
         """Take the lock file's exclusive lock, waiting up to busy_timeout (in steps of 50 µs to 2 ms).
 
-        The lock taken must be on the file the path names now: one deleted
-        (or replaced) since this store opened it excludes no one, so the
-        lock file is opened again -- created if need be -- and the lock
-        taken on that one.
+        The lock taken must be on the file the path names: one deleted or
+        replaced since this store opened it (no name left: an ``fstat`` of
+        the kept descriptor says so, no path lookup needed) excludes no one,
+        so the lock file is opened again -- created if need be -- and the
+        lock taken on that one.
         """
-        deadline = time.monotonic() + self._busy_timeout
+        deadline = 0.0
         pause = 0.00005
         while True:
             if self._lock_fd < 0:
@@ -136,7 +162,10 @@ class LogFile:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self._busy_timeout
+                elif now >= deadline:
                     raise LockedError(
                         f"{doing} in {self.path!r}: another writer held the lock for more than "
                         f"{self._busy_timeout:g} s; nothing was written",
@@ -146,13 +175,12 @@ class LogFile:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
                 continue
-            held = os.fstat(self._lock_fd)
             try:
-                named = os.stat(self.path + ".lock")
-            except FileNotFoundError:
-                named = None
-            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
-                return
+                if os.fstat(self._lock_fd).st_nlink:
+                    return
+            except BaseException:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                raise
             log.warning("%s: the lock file was deleted or replaced; taking the lock on the new one", self.path)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -206,11 +234,31 @@ class LogFile:
         read, and a writer busy for long (a compaction) never holds them up.
         With *cut* (a writer holding the lock), what follows the last whole
         transaction is cut off.
+
+        A file replaced (compaction, erase) is reopened and the old one's
+        descriptor closed, so that its blocks -- and erased values -- are
+        given back once every process has looked.
         """
         st = os.stat(self.path)
-        if self._fd >= 0 and (st.st_dev, st.st_ino) == self._ident and st.st_size == self._end:
+        if (
+            self._fd >= 0
+            and (st.st_dev, st.st_ino) == self._ident
+            and (st.st_size == self._end or (not cut and self._same_torn_tail(st)))
+        ):
             return
         self._catch_up(st, cut=cut)
+
+    def _same_torn_tail(self, st: os.stat_result) -> bool:
+        """Whether the file (*st*, the one open) still ends in the partial transaction seen at the last look.
+
+        A reader cuts nothing, so a transaction a crash cut short stays after
+        the last one indexed until a writer comes: reading it again at every
+        look would find nothing new. It is the same tail if the file's size
+        and modification time are unchanged and the file does not end a
+        transaction (a writer that cut the tail and appended whole
+        transactions up to the same size leaves an end mark last).
+        """
+        return (st.st_size, st.st_mtime_ns) == self._torn and os.pread(self._fd, len(END), st.st_size - len(END)) != END
 
     def _catch_up(self, st: os.stat_result, *, cut: bool) -> None:
         """Index the whole transactions the file at the path (*st*) holds past the index (see :meth:`_refresh`).
@@ -222,9 +270,8 @@ class LogFile:
         """
         if self._fd < 0 or (st.st_dev, st.st_ino) != self._ident:
             self._load()
-            size = os.fstat(self._fd).st_size
-        else:
-            size = st.st_size
+            st = os.fstat(self._fd)
+        size = st.st_size
         if size < self._end:
             raise OSError(errno.EIO, f"the log shrank to {size} bytes under this store (it had {self._end})")
         want = CHUNK
@@ -256,6 +303,8 @@ class LogFile:
             os.ftruncate(self._fd, self._end)
             if self._full:
                 os.fsync(self._fd)
+            size = self._end
+        self._torn = (size, st.st_mtime_ns) if size > self._end else (-1, 0)
 
     def _check_torn(self, size: int) -> None:
         """Raise :class:`CorruptLogError` unless the whole lines after the last end mark are sound event lines.
@@ -296,14 +345,13 @@ class LogFile:
         begin = offsets[start - first]
         end = offsets[stop + 1 - first] if stop + 1 - first < len(offsets) else self._end
         data = os.pread(self._fd, end - begin, begin)
-        lines = data.split(b"\n")
-        if len(lines) != stop - start + 2 or lines[-1]:
+        if data.count(b"\n") != stop - start + 1 or not data.endswith(b"\n"):
             raise OSError(errno.EIO, f"short read of events {start}..{stop}")
         lineno = start - first + 2
         path = self.path
-        rows = [parse_line(line, lineno + i, start + i, path) for i, line in enumerate(lines[:-1])]
+        rows, ends = parse_lines(data, start, lineno, path)
         for i in range(len(rows) - 1):
-            if rows[i + 1][1] != rows[i][1] and not line_ends(lines[i]):
+            if rows[i + 1][1] != rows[i][1] and not ends[i]:
                 raise CorruptLogError(
                     f"{path!r} line {lineno + i} (event seq {start + i}) is the last of transaction "
                     f"{rows[i][1]} but has no end mark: the transaction is incomplete (lines of it are "

@@ -91,6 +91,28 @@ def test_a_payload_that_is_not_json_is_kept_in_base64(tmp_path: Any) -> None:
     again.close()
 
 
+def test_lines_of_every_shape_read_back_in_order(tmp_path: Any) -> None:
+    """Lines as memimg writes them, lines whose kind needs escapes, and base64 payloads, mixed in one log and
+    in one transaction, read back exactly, in seq order, from any point."""
+    store = NDJSONStore(str(tmp_path / "mixed.ndjson"))
+    rows = [
+        row(1),
+        row(2, 2, kind='k"quoted\\'),
+        row(3, 2, payload=b"\x00binary"),
+        row(4, 2, payload=b'[["x",1]]', target=7),
+        row(5, kind="café", payload='["été"]'.encode()),
+        row(6, 6, payload=b"[[],{}]"),
+    ]
+    store.append(rows[:1], 0)
+    store.append(rows[1:4], 1)
+    store.append(rows[4:], 4)
+    store.close()
+    again = NDJSONStore(store.path, readonly=True)
+    for after in range(len(rows)):
+        assert [tuple(r) for r in again.read(after=after)] == [tuple(r) for r in rows[after:]]
+    again.close()
+
+
 def test_sync_full_fsyncs_each_commit_in_one_write(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A transaction's lines go to the log in one write of complete lines; sync="full" fsyncs the log after
     each commit, sync="normal" never does."""
@@ -614,3 +636,88 @@ def test_compaction_can_keep_the_dropped_events_as_a_segment(tmp_path: Any) -> N
     refused = CliRunner().invoke(cli, ["compact", sqlite, "--keep-segment"])
     assert refused.exit_code != 0 and "--keep-segment is for NDJSON logs" in refused.output
     assert len(list(memimg.SQLiteStore(sqlite, readonly=True).read())) == 2
+
+
+def test_changed_is_exact_past_a_torn_tail(tmp_path: Any) -> None:
+    """changed(seen) is exact: False while the log holds nothing whole past what the store indexed -- a torn
+    transaction at the end included, however often asked -- and True once a transaction is whole, even one a
+    writer appended after cutting the torn tail off, to the very size and modification time the tail had."""
+    path = str(tmp_path / "torn.ndjson")
+    store = NDJSONStore(path)
+    store.append([row(1)], 0)
+    reader = NDJSONStore(path, readonly=True)
+    assert not reader.changed(1) and reader.changed(0)
+    whole = encode_rows([row(2)])
+    torn = encode_rows([row(2, 2), row(3, 2)])[: len(whole)]  # a two-line write cut short, as long as `whole`
+    assert not torn.endswith(b"\n")
+    with open(path, "ab") as f:
+        f.write(torn)
+    before = os.stat(path)
+    assert not reader.changed(1) and not reader.changed(1)
+    assert not reader.wait_for_change(1, 0.05) and reader.head() == 1
+    store.append([row(2)], 1)  # cuts the torn tail off, then writes as many bytes
+    assert os.path.getsize(path) == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same time too (a coarse clock may say so)
+    assert reader.changed(1) and reader.head() == 2 and not reader.changed(2)
+    assert [r[0] for r in reader.read()] == [1, 2]
+    reader.close()
+    store.close()
+
+
+def test_the_lock_file_is_free_while_a_commit_is_fsynced(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With sync="full", a commit's fsync runs after its write and after the lock file's lock is released: the
+    next writer appends meanwhile (its own fsync flushes both), and the commit returns only once it is durable."""
+    import fcntl
+
+    path = str(tmp_path / "turns.ndjson")
+    store = NDJSONStore(path, sync="full")
+    store.append([row(1)], 0)
+    free: list[bool] = []
+    fsync = os.fsync
+
+    def check_lock(fd: int) -> None:
+        other = os.open(path + ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free.append(True)
+        except BlockingIOError:
+            free.append(False)
+        finally:
+            os.close(other)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", check_lock)
+    store.append([row(2)], 1)
+    assert free == [True] and store.head() == 2
+    store.close()
+
+
+def _open_file(img: memimg.Image) -> str:
+    """What the descriptor of *img*'s NDJSON log points at (``... (deleted)``: a file no longer at its path)."""
+    store = img._engine.store
+    assert isinstance(store, NDJSONStore)
+    return os.readlink(f"/proc/self/fd/{store._fd}")
+
+
+def test_a_follower_lets_go_of_a_log_an_erase_replaced(tmp_path: Any) -> None:
+    """An erase (as a compaction) renames a new file over the log. A process that follows the log (or waits on
+    it) applies the erase and closes the old file within a poll, so the old file's blocks -- the erased values --
+    are freed; an idle one holds the old file, and the values, until its next refresh, read or commit."""
+    path = str(tmp_path / "erased.ndjson")
+    writer = memimg.open(path, root=Box, snapshot_every=None)
+    writer.root.content = "secret"
+    writer.root.content = "public"
+    follower = memimg.open(path, root=Box, snapshot_every=None, readonly=True)
+    idle = memimg.open(path, root=Box, snapshot_every=None, readonly=True)
+    follower.follow()
+    assert _open_file(follower) == _open_file(idle) == path
+    writer.erase(writer.root, "content", reason="asked to")
+    assert b"secret" not in pathlib.Path(path).read_bytes() and _open_file(writer) == path
+    deadline = time.monotonic() + 10
+    while _open_file(follower) != path and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _open_file(follower) == path and follower.seq == writer.seq
+    assert _open_file(idle) == path + " (deleted)"
+    assert idle.refresh() > 0 and _open_file(idle) == path
+    for img in (follower, idle, writer):
+        img.close()
