@@ -25,6 +25,8 @@ from memimg.image._image import MemoryImage
 from memimg.model import SHELL
 from memimg.stores._memory import MemoryStore
 from memimg.stores._ndjson import NDJSONStore
+from memimg.core._protect import Protection
+from memimg.stores._protected import ProtectedStore, protect
 from memimg.stores._protocol import Store
 from memimg.stores._sqlite import SQLiteStore
 
@@ -37,11 +39,35 @@ def store_for(
     sync: str = "normal",
     readonly: bool = False,
     busy_timeout: float = 10.0,
+    encryption_key: object = None,
+    integrity_key: object = None,
+    compression: str | None = None,
     **options: Any,
 ) -> Store:
-    """The store a ``memimg.open`` target names (see :func:`open`)."""
+    """The store a ``memimg.open`` target names (see :func:`open`), opened with the protection options.
+
+    Raises:
+        ProtectionError: a key is malformed, missing, or not the log's (the
+            log is left as it was).
+    """
+    protection = None
+    if encryption_key is not None or integrity_key is not None or compression is not None:
+        protection = Protection(encryption_key=encryption_key, integrity_key=integrity_key, compression=compression)
     if isinstance(target, Store):
-        return target
+        if isinstance(target, ProtectedStore) and protection is None:
+            return target
+        return protect(target, protection)
+    store = _plain_store(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
+    try:
+        return protect(store, protection)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _plain_store(
+    target: str | os.PathLike[str], *, sync: str, readonly: bool, busy_timeout: float, **options: Any
+) -> Store:
     if not isinstance(target, (str, os.PathLike)):
         raise TypeError(f"memimg.open target must be a path, a URL or a Store, not {type(target).__qualname__}")
     text = os.fspath(target)
@@ -82,6 +108,9 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     on_schema_drift: str = "raise",
     generic_types: bool = False,
     import_types: Iterable[str] = (),
+    encryption_key: object = None,
+    integrity_key: object = None,
+    compression: str | None = None,
     **store_options: Any,
 ) -> MemoryImage:
     """Open the image stored at *target*, creating it if the store is empty.
@@ -121,18 +150,38 @@ def open(  # noqa: A001 - the public name is fixed by the spec
             stand-in classes made from the stored schema, instead of raising
             (meant for tools that inspect any image; the stand-ins are
             registered in this process).
+        encryption_key: encrypt event payloads and snapshots with
+            AES-256-GCM under this key (32 bytes, or their hex or base64
+            text; needs ``memimg[crypto]``). A log encrypted once must
+            always be opened with its key; see docs/security.md.
+        integrity_key: chain every row with an HMAC-SHA256 under this key
+            (32 bytes, hex or base64), so that an edited, inserted, deleted
+            or reordered row is a :class:`CorruptLogError`.
+        compression: ``"zstd"`` (needs ``memimg[zstd]``) or ``"zlib"``:
+            compress snapshots and event payloads over 256 bytes.
         follow: apply other processes' commits in a background thread as
             they happen (see :meth:`MemoryImage.follow`); otherwise they are
             applied at :meth:`~MemoryImage.refresh` and when a transaction
             begins.
 
     Raises:
+        ProtectionError: a key is malformed, missing or wrong, or a key was
+            given for a plain log (nothing is changed).
         MemimgError: the target is not a memimg store (it is left untouched),
             a module of *import_types* cannot be imported, or the log cannot
             be read (``CorruptLogError``, ``UnknownTypeError``).
     """
     import_modules(import_types, "import_types")
-    store = store_for(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **store_options)
+    store = store_for(
+        target,
+        sync=sync,
+        readonly=readonly,
+        busy_timeout=busy_timeout,
+        encryption_key=encryption_key,
+        integrity_key=integrity_key,
+        compression=compression,
+        **store_options,
+    )
     try:
         img = MemoryImage(
             store,
