@@ -30,7 +30,7 @@ from memimg.stores._protected import ProtectedStore, protect
 from memimg.stores._protocol import Store
 from memimg.stores._sqlite import SQLiteStore
 
-__all__ = ["deserialize", "import_modules", "migrate", "open", "replay", "serialize", "store_for"]
+__all__ = ["deserialize", "import_modules", "migrate", "open", "protection_for", "replay", "serialize", "store_for"]
 
 
 def store_for(
@@ -42,6 +42,7 @@ def store_for(
     encryption_key: object = None,
     integrity_key: object = None,
     compression: str | None = None,
+    protection: Protection | None = None,
     **options: Any,
 ) -> Store:
     """The store a ``memimg.open`` target names (see :func:`open`), opened with the protection options.
@@ -50,9 +51,11 @@ def store_for(
         ProtectionError: a key is malformed, missing, or not the log's (the
             log is left as it was).
     """
-    protection = None
-    if encryption_key is not None or integrity_key is not None or compression is not None:
-        protection = Protection(encryption_key=encryption_key, integrity_key=integrity_key, compression=compression)
+    if protection is None:
+        protection, failure = protection_for(encryption_key, integrity_key, compression)
+        del encryption_key, integrity_key  # not in this frame's locals when a later error's traceback shows them
+        if failure is not None:
+            raise failure.with_traceback(None)
     if isinstance(target, Store):
         if isinstance(target, ProtectedStore) and protection is None:
             return target
@@ -63,6 +66,22 @@ def store_for(
     except BaseException:
         store.close()
         raise
+
+
+def protection_for(
+    encryption_key: object, integrity_key: object, compression: str | None
+) -> tuple[Protection | None, Exception | None]:
+    """The :class:`Protection` of the options (None: none given), or the error they raise.
+
+    The error is returned, not raised, so that the caller can drop the keys
+    from its frame and raise it with no traceback into frames that held them.
+    """
+    if encryption_key is None and integrity_key is None and compression is None:
+        return None, None
+    try:
+        return Protection(encryption_key=encryption_key, integrity_key=integrity_key, compression=compression), None
+    except (MemimgError, ValueError) as err:
+        return None, err
 
 
 def _plain_store(
@@ -171,16 +190,13 @@ def open(  # noqa: A001 - the public name is fixed by the spec
             a module of *import_types* cannot be imported, or the log cannot
             be read (``CorruptLogError``, ``UnknownTypeError``).
     """
+    protection, failure = protection_for(encryption_key, integrity_key, compression)
+    del encryption_key, integrity_key  # not in this frame's locals when a later error's traceback shows them
+    if failure is not None:
+        raise failure.with_traceback(None)
     import_modules(import_types, "import_types")
     store = store_for(
-        target,
-        sync=sync,
-        readonly=readonly,
-        busy_timeout=busy_timeout,
-        encryption_key=encryption_key,
-        integrity_key=integrity_key,
-        compression=compression,
-        **store_options,
+        target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, protection=protection, **store_options
     )
     try:
         img = MemoryImage(

@@ -87,9 +87,10 @@ def compact(
     try:
         store = img.store
         if keep_segment:
-            if not isinstance(store, NDJSONStore):
+            inner = getattr(store, "inner", store)  # a protected log's own store
+            if not isinstance(inner, NDJSONStore):
                 raise click.UsageError(f"--keep-segment is for NDJSON logs (*.ndjson), not {target!r}")
-            store.keep_segments = True
+            inner.keep_segments = True
         seq = img.snapshot()
         cut, reasons = _cut(store, seq, img._engine, keep_events, keep_days, ignore_positions)
         if archive:

@@ -207,6 +207,22 @@ class Protection:
             f"compression={self.compression!r})"
         )
 
+    def compressing(self, compression: str | None) -> Protection:
+        """This protection (the same keys) with another compression."""
+        if compression is not None and compression not in COMPRESSIONS:
+            raise ProtectionError(f"the log's stored compression {compression!r} is unknown to this memimg")
+        if compression == "zstd":
+            _zstd()
+        other = object.__new__(Protection)
+        other._aead, other._mac_key, other.key_id, other.integrity_id = (
+            self._aead,
+            self._mac_key,
+            self.key_id,
+            self.integrity_id,
+        )
+        other.compression = compression
+        return other
+
     def __reduce__(self) -> Any:
         raise TypeError("a Protection holds keys: it is not pickled")
 

@@ -76,8 +76,14 @@ class ProtectedStore:
         if len(anchors) > _ANCHORS:
             del anchors[min(anchors)]
 
-    def _anchor(self, seq: int, *, fresh: bool = False) -> bytes:
-        """The MAC an event *seq* + 1 must chain from (``b""`` without an integrity key)."""
+    def _anchor(self, seq: int, *, fresh: bool = False) -> bytes | None:
+        """The MAC an event *seq* + 1 must chain from (``b""`` without an integrity key).
+
+        It is event *seq*'s, else the link of a snapshot at *seq*, else (for
+        seq 0) the chain's start; None when none of them is stored -- the
+        oldest event a compaction kept, or one after a gap, which the fold
+        refuses by itself.
+        """
         p = self.protection
         if not p.chained:
             return b""
@@ -91,10 +97,16 @@ class ProtectedStore:
             if mac is None and any(info.seq == seq for info in self.inner.snapshots()):
                 stored = self.inner.read_snapshot(seq)
                 mac = p.unseal(_S, seq, 0, stored[1], "", 0, bytes(stored[2]))[1]
-        if mac is None:
-            mac = p.start(seq)
-        self._remember(seq, mac)
+        else:
+            mac = p.start(0)
+        if mac is not None:
+            self._remember(seq, mac)
         return mac
+
+    def _link(self, seq: int) -> bytes:
+        """What a row sealed after seq *seq* chains from (the chain's start for *seq* when nothing anchors it)."""
+        mac = self._anchor(seq)
+        return self.protection.start(seq) if mac is None else mac
 
     def _seal_events(self, rows: Sequence[EventRow], prev: bytes) -> tuple[list[EventRow], bytes]:
         """*rows* sealed in order, chained from *prev*; and the last MAC."""
@@ -138,9 +150,7 @@ class ProtectedStore:
                     if seq == last_seq + 1:
                         fits = hmac.compare_digest(prev, last_mac)
                     else:
-                        fits = hmac.compare_digest(prev, self._anchor(seq - 1)) or hmac.compare_digest(
-                            prev, self._anchor(seq - 1, fresh=True)
-                        )
+                        fits = _fits(prev, self._anchor(seq - 1)) or _fits(prev, self._anchor(seq - 1, fresh=True))
                     if not fits:
                         raise CorruptLogError(
                             f"event seq {seq} does not follow event seq {seq - 1} in the integrity chain: a row "
@@ -176,7 +186,7 @@ class ProtectedStore:
         return self.inner.first_seq()
 
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
-        sealed, last = self._seal_events(rows, self._anchor(expected_head))
+        sealed, last = self._seal_events(rows, self._link(expected_head))
         try:
             self.inner.append(sealed, expected_head)
         except SeqTaken as err:
@@ -196,7 +206,7 @@ class ProtectedStore:
         return self.inner.index_targets(upto, least=least)
 
     def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
-        return self.inner.write_snapshot(self._seal_snapshot(row, self._anchor(row[0])), holder)
+        return self.inner.write_snapshot(self._seal_snapshot(row, self._link(row[0])), holder)
 
     def snapshots(self) -> list[SnapshotInfo]:
         return self.inner.snapshots()
@@ -261,10 +271,10 @@ class ProtectedStore:
             return
         first = self.inner.first_seq()
         base = self._anchor(first - 1, fresh=True)
-        macs: dict[int, bytes] = {first - 1: base}
+        macs: dict[int, bytes] = {first - 1: base or self.protection.start(first - 1)}
         before = list(
             self._open_events(
-                self.inner.read(first - 1, max(0, after - first + 1)), after=(first - 1, base), macs=macs
+                self.inner.read(first - 1, max(0, after - first + 1)), after=None if base is None else (first - 1, base), macs=macs
             )
         )
         stored_snaps = {}
@@ -313,7 +323,8 @@ class ProtectedStore:
                 deleted, reordered, or sealed under another key).
         """
         first = self.inner.first_seq()
-        head_seq, head_mac = first - 1, self._anchor(first - 1, fresh=True)
+        base = self._anchor(first - 1, fresh=True)
+        head_seq, head_mac = first - 1, base or b""
         snaps = sorted(info.seq for info in self.inner.snapshots())
         for row in self.inner.read(first - 1):
             if not row_intact(row):
@@ -321,7 +332,8 @@ class ProtectedStore:
                     f"event seq {row[0]} is corrupt (checksum mismatch)", seq=row[0], table="memimg_events"
                 )
         macs: dict[int, bytes] = {}
-        for row in self._open_events(self.inner.read(first - 1), after=(head_seq, head_mac), macs=macs):
+        start = None if base is None else (head_seq, base)
+        for row in self._open_events(self.inner.read(first - 1), after=start, macs=macs):
             if row.seq != head_seq + 1:
                 raise CorruptLogError(
                     f"events {head_seq + 1}..{row.seq - 1} are missing from the log",
@@ -342,6 +354,11 @@ class ProtectedStore:
                     tampered=True,
                 )
         return head_seq, head_mac
+
+
+def _fits(prev: bytes, anchor: bytes | None) -> bool:
+    """Whether a row's previous MAC is *anchor* (None: nothing stored anchors it -- see ProtectedStore._anchor)."""
+    return anchor is None or hmac.compare_digest(prev, anchor)
 
 
 def _mismatch(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
@@ -407,9 +424,11 @@ def protect(store: Store, protection: Protection | None) -> Store:
                 "--new-integrity-key-env NAME); nothing was changed"
             )
         raise ProtectionError(f"{wrong}; nothing was read or changed")
-    if settings is not None and p.active and settings.get("compression") != p.compression:
-        _store_settings(store, p)  # rows say how each is compressed: the setting is what new rows get
-    if not p.active:
+    if settings is not None and p.compression is None and settings.get("compression"):
+        p = p.compressing(settings["compression"])  # the log's own setting, unless another is asked for
+    if p.active and (settings or {}).get("compression") != p.compression:
+        _store_settings(store, p)  # each row says how it is compressed: the setting is what new rows get
+    if settings is None and not p.active:
         return store
     return ProtectedStore(store, p)
 
