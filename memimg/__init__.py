@@ -7,6 +7,7 @@ default), and opening the image again rebuilds the same typed graph.
 
 from memimg._api import deserialize, migrate, open, replay, serialize
 from memimg._copy import copy
+from memimg._rekey import rekey
 from memimg._errors import (
     ClosedError,
     CommitUnknownError,
@@ -80,6 +81,7 @@ __all__ = [
     "migrate",
     "open",
     "persistent",
+    "rekey",
     "replay",
     "serialize",
     "upgrader",

@@ -26,11 +26,12 @@ from memimg.model import SHELL
 from memimg.stores._memory import MemoryStore
 from memimg.stores._ndjson import NDJSONStore
 from memimg.core._protect import Protection
+from memimg.stores._ndjsonswap import finish_swap
 from memimg.stores._protected import ProtectedStore, protect
 from memimg.stores._protocol import Store
 from memimg.stores._sqlite import SQLiteStore
 
-__all__ = ["deserialize", "import_modules", "migrate", "open", "protection_for", "replay", "serialize", "store_for"]
+__all__ = ["deserialize", "import_modules", "migrate", "open", "plain_store", "protection_for", "replay", "serialize", "store_for"]
 
 
 def store_for(
@@ -60,7 +61,7 @@ def store_for(
         if isinstance(target, ProtectedStore) and protection is None:
             return target
         return protect(target, protection)
-    store = _plain_store(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
+    store = plain_store(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
     try:
         return protect(store, protection)
     except BaseException:
@@ -84,9 +85,10 @@ def protection_for(
         return None, err
 
 
-def _plain_store(
+def plain_store(
     target: str | os.PathLike[str], *, sync: str, readonly: bool, busy_timeout: float, **options: Any
 ) -> Store:
+    """The store at *target* as it is, its protection neither checked nor applied (what ``rekey`` rewrites)."""
     if not isinstance(target, (str, os.PathLike)):
         raise TypeError(f"memimg.open target must be a path, a URL or a Store, not {type(target).__qualname__}")
     text = os.fspath(target)
@@ -106,6 +108,7 @@ def _plain_store(
         unexpected = set(options) - {"keep_segments"}
         if unexpected:
             raise TypeError(f"unexpected options for an NDJSON log: {', '.join(sorted(unexpected))}")
+        finish_swap(text)  # a rekey's swap that a crash cut short (see memimg/stores/_ndjsonswap.py)
         return NDJSONStore(text, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
     if options:
         raise TypeError(f"unexpected options for an SQLite file: {', '.join(sorted(options))}")

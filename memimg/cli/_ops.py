@@ -253,7 +253,8 @@ def copy_(source: str, target: str, overwrite: bool) -> None:
     src = open_store(source, readonly=True)
     try:
         # a path goes to copy as it is (so that --overwrite can delete its files); a URL takes --schema/--prefix
-        dst: Any = _api.store_for(target, **url_options(target)) if "://" in target else target
+        protection = getattr(src, "protection", None)  # a protected log's copy is protected alike
+        dst: Any = _api.store_for(target, protection=protection, **url_options(target)) if "://" in target else target
         try:
             copied = memimg.copy(src, dst, overwrite=overwrite, progress=progress_callback())
         finally:
