@@ -40,7 +40,7 @@ def raw_bytes(stores: StoreFactory) -> bytes:
                 with open(path, "rb") as f:
                     out += f.read()
         return out
-    store = stores.store()
+    store = stores.raw_store()
     out = b"".join(r.payload for r in raw_events(store))
     out += b"".join(bytes(store.read_snapshot(i.seq).payload) for i in store.snapshots())
     return out + repr(store.meta()).encode()
@@ -48,7 +48,7 @@ def raw_bytes(stores: StoreFactory) -> bytes:
 
 def replace_events(stores: StoreFactory, edit: Callable[[list[EventRow]], list[EventRow]]) -> None:
     """Replace the stored event rows of the log by ``edit(rows)``, checksums made valid (a forger's edit)."""
-    store = stores.store()
+    store = stores.raw_store()
     rows = edit(raw_events(store))
     rows = [r._replace(checksum=event_checksum(*r[:6])) for r in rows]
     if stores.kind == "memory":

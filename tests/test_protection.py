@@ -78,7 +78,7 @@ def test_encrypted_values_and_type_names_are_absent_from_the_stored_bytes(
     data = raw_bytes(stores)
     assert SECRET.encode() not in data
     assert b"tests.Bank" not in data and b"balance" not in data
-    assert all(is_sealed(r.payload) for r in raw_events(stores.store()))
+    assert all(is_sealed(r.payload) for r in raw_events(stores.raw_store()))
 
 
 def test_without_encryption_the_values_are_in_the_stored_bytes(make_image: Images, stores: StoreFactory) -> None:
@@ -90,7 +90,7 @@ def test_without_encryption_the_values_are_in_the_stored_bytes(make_image: Image
 
 
 def _snapshot_state(stores: StoreFactory) -> Any:
-    store = stores.store()
+    store = stores.raw_store()
     return (
         raw_events(store),
         [(i.seq, bytes(store.read_snapshot(i.seq).payload)) for i in store.snapshots()],
@@ -208,7 +208,7 @@ def test_an_edited_snapshot_is_detected_not_skipped(make_image: Images, stores: 
     img = make_image(root=Bank, **OPTIONS[option])
     _fill(img)
     img.close()
-    store = stores.store()
+    store = stores.raw_store()
     seq = store.snapshots()[0].seq
     row = store.read_snapshot(seq)
     payload = _flip(bytes(row.payload), 80)
@@ -258,7 +258,7 @@ def test_compression_round_trips_and_a_log_may_mix_compressed_and_plain_rows(
     img.root.accounts["bob"] = Account("y" * 2000)
     img.snapshot()
     img.close()
-    store = stores.store()
+    store = stores.raw_store()
     rows = raw_events(store)
     assert not is_sealed(rows[1].payload) and len(rows[1].payload) > 2000
     compressed = [r for r in rows[2:] if is_sealed(r.payload)]
