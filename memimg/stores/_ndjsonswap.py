@@ -34,6 +34,8 @@ def commit_swap(path: str) -> None:
     new = swap_path(path)
     for suffix in _DIRECTORIES:
         os.makedirs(new + suffix, exist_ok=True)  # present, so that the old log's is replaced even when empty
+    if not os.path.exists(new + ".meta"):
+        write_atomically(new + ".meta", [b"{}"])  # likewise: the old log's meta must not survive the swap
     sync_directory(os.path.dirname(os.path.abspath(path)))
     write_atomically(path + ".swap", [new.encode()])
     finish_swap(path)
