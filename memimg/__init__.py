@@ -7,7 +7,6 @@ default), and opening the image again rebuilds the same typed graph.
 
 from memimg._api import deserialize, migrate, open, replay, serialize
 from memimg._copy import copy
-from memimg._rekey import rekey
 from memimg._errors import (
     ClosedError,
     CommitUnknownError,
@@ -25,6 +24,7 @@ from memimg._errors import (
     UnknownTypeError,
     UnsupportedValueError,
 )
+from memimg._rekey import rekey
 from memimg.core._diff import Diff, Difference
 from memimg.core._history import Change, Collected
 from memimg.core._markers import ERASED, MISSING

@@ -13,6 +13,7 @@ from typing import Any
 from memimg._errors import MemimgError
 from memimg.core._codec import ENTITY, PLAIN, TRACKED, Codec
 from memimg.core._fold import fold
+from memimg.core._protect import Protection
 from memimg.core._reader import Reader
 from memimg.core._records import describe, describe_detached
 from memimg.core._rows import Event, EventRow
@@ -25,13 +26,22 @@ from memimg.image._image import MemoryImage
 from memimg.model import SHELL
 from memimg.stores._memory import MemoryStore
 from memimg.stores._ndjson import NDJSONStore
-from memimg.core._protect import Protection
 from memimg.stores._ndjsonswap import finish_swap
 from memimg.stores._protected import ProtectedStore, protect
 from memimg.stores._protocol import Store
 from memimg.stores._sqlite import SQLiteStore
 
-__all__ = ["deserialize", "import_modules", "migrate", "open", "plain_store", "protection_for", "replay", "serialize", "store_for"]
+__all__ = [
+    "deserialize",
+    "import_modules",
+    "migrate",
+    "open",
+    "plain_store",
+    "protection_for",
+    "replay",
+    "serialize",
+    "store_for",
+]
 
 
 def store_for(

@@ -10,8 +10,8 @@ from typing import Any
 
 from memimg._api import protection_for, store_for
 from memimg._errors import MemimgError
-from memimg.core._rows import EventRow, SnapshotRow, snapshot_checksum, verify_event, verify_snapshot
 from memimg.core._protect import PROTECTION_KEY, Protection
+from memimg.core._rows import EventRow, SnapshotRow, snapshot_checksum, verify_event, verify_snapshot
 from memimg.stores._protected import PENDING_KEY, ProtectedStore
 from memimg.stores._protocol import TARGETS_KEY, SeqTaken, Store
 
@@ -79,7 +79,12 @@ def copy(
         dst_protection, failure = (
             (src_protection, None) if dst_options is None else protection_for(**_protection_options(dst_options))
         )
-    if dst_options is None and src_protection is None and isinstance(src, ProtectedStore) and not isinstance(dst, Store):
+    if (
+        dst_options is None
+        and src_protection is None
+        and isinstance(src, ProtectedStore)
+        and not isinstance(dst, Store)
+    ):
         dst_protection = src.protection  # a protected log given as a store: its copy is protected alike
     del src_options, dst_options  # no key in this frame's locals when a later error's traceback shows them
     if failure is not None:

@@ -12,6 +12,7 @@ import pytest
 
 import memimg
 from memimg.core._protect import Protection, is_sealed
+from memimg.core._rows import snapshot_checksum
 from memimg.stores import SnapshotRow
 from tests.conftest import Images, StoreFactory
 from tests.models import Account, Bank
@@ -25,7 +26,6 @@ from tests.protection import (
     raw_events,
     replace_events,
 )
-from memimg.core._rows import snapshot_checksum
 
 
 def _fill(img: memimg.MemoryImage) -> None:
@@ -158,16 +158,18 @@ EDITS = {
     "edit": lambda rows: [r._replace(payload=_flip(r.payload)) if r.seq == 4 else r for r in rows],
     "insert": lambda rows: rows[:4] + [r._replace(seq=r.seq + 1) for r in rows[3:]],
     "delete": lambda rows: rows[:3] + [r._replace(seq=r.seq - 1) for r in rows[4:]],
-    "reorder": lambda rows: rows[:3]
-    + [rows[3]._replace(payload=rows[4].payload), rows[4]._replace(payload=rows[3].payload)]
-    + rows[5:],
+    "reorder": lambda rows: (
+        [*rows[:3], rows[3]._replace(payload=rows[4].payload), rows[4]._replace(payload=rows[3].payload), *rows[5:]]
+    ),
     "drop first": lambda rows: rows[1:],
 }
 
 
 @pytest.mark.parametrize("option", ["chained", "all"])
 @pytest.mark.parametrize("how", sorted(EDITS))
-def test_every_tampering_with_events_is_detected(make_image: Images, stores: StoreFactory, option: str, how: str) -> None:
+def test_every_tampering_with_events_is_detected(
+    make_image: Images, stores: StoreFactory, option: str, how: str
+) -> None:
     """An edited, inserted, deleted, reordered or dropped event row -- its CRC-32 recomputed -- is a
     CorruptLogError at open under the integrity key."""
     err = _tampered(make_image, stores, option, EDITS[how])
@@ -181,7 +183,7 @@ def test_an_edit_that_renumbers_nothing_passes_the_crc_alone(make_image: Images,
     for _ in range(3):
         img.root.accounts["ada"].balance += 1
     img.close()
-    replace_events(stores, lambda rows: rows[:2] + [rows[3]._replace(seq=3), rows[2]._replace(seq=4)] + rows[4:])
+    replace_events(stores, lambda rows: [*rows[:2], rows[3]._replace(seq=3), rows[2]._replace(seq=4), *rows[4:]])
     make_image(root=Bank)  # opens: only a key can tell a forgery from a log
 
 
@@ -194,7 +196,7 @@ def test_an_edited_integrity_protected_value_is_detected(make_image: Images, sto
 
     def edit(rows: list[Any]) -> list[Any]:
         assert b"101" in rows[-1].payload
-        return rows[:-1] + [rows[-1]._replace(payload=rows[-1].payload.replace(b"101", b"901"))]
+        return [*rows[:-1], rows[-1]._replace(payload=rows[-1].payload.replace(b"101", b"901"))]
 
     replace_events(stores, edit)
     with pytest.raises(memimg.CorruptLogError, match="integrity MAC"):
@@ -276,7 +278,13 @@ def test_no_key_appears_in_reprs_errors_tracebacks_or_logs(
     """Keys are never shown: not in the store's or the protection's repr, nor in an error's message or
     traceback (locals included), nor in the log records written while opening, committing and failing."""
     caplog.set_level(logging.DEBUG)
-    secrets = [KEY.hex()[:40], repr(KEY)[:40], INTEGRITY_KEY, bytes.fromhex(INTEGRITY_KEY).hex(), repr(bytes.fromhex(INTEGRITY_KEY))]
+    secrets = [
+        KEY.hex()[:40],
+        repr(KEY)[:40],
+        INTEGRITY_KEY,
+        bytes.fromhex(INTEGRITY_KEY).hex(),
+        repr(bytes.fromhex(INTEGRITY_KEY)),
+    ]
     img = make_image(root=Bank, encryption_key=KEY, integrity_key=INTEGRITY_KEY)
     _fill(img)
     texts = [repr(img), repr(img._engine.store), repr(img._engine.store.protection), str(img._engine.store.__dict__)]

@@ -198,7 +198,9 @@ def test_the_rekey_command_reads_keys_from_the_environment(tmp_path: Any) -> Non
     _make(path, {}, OLD)
     env = {"MEMIMG_ENCRYPTION_KEY": OLD["encryption_key"], "IK": INTEGRITY_KEY, "NEWKEY": NEW["encryption_key"]}
     runner = CliRunner()
-    result = runner.invoke(cli, ["rekey", path, "--integrity-key-env", "IK", "--new-encryption-key-env", "NEWKEY"], env=env)
+    result = runner.invoke(
+        cli, ["rekey", path, "--integrity-key-env", "IK", "--new-encryption-key-env", "NEWKEY"], env=env
+    )
     assert result.exit_code == 0, result.output
     assert KEY.hex() not in result.output and OTHER_KEY.hex() not in result.output
     result = runner.invoke(cli, ["info", path, "--integrity-key-env", "IK"], env=env)

@@ -80,7 +80,7 @@ def info(target: str, as_json: bool) -> None:
         click.echo("snapshots:  none")
     if size is not None:
         click.echo(f"size:       {size_text(size)}")
-    protection = data["protection"]
+    protection: dict[str, Any] | None = data["protection"]  # type: ignore[assignment]
     if protection:
         parts = []
         if protection.get("cipher"):
@@ -91,8 +91,10 @@ def info(target: str, as_json: bool) -> None:
             parts.append(f"compressed ({protection['compression']})")
         click.echo(f"protection: {', '.join(parts) or 'none'}")
         if protection.get("head_mac"):
-            click.echo(f"head MAC:   {protection['head_mac']} (seq {data['head_seq']}: record both elsewhere; "
-                       "`memimg verify --expect-head SEQ --expect-mac MAC` checks nothing was cut off)")
+            click.echo(
+                f"head MAC:   {protection['head_mac']} (seq {data['head_seq']}: record both elsewhere; "
+                "`memimg verify --expect-head SEQ --expect-mac MAC` checks nothing was cut off)"
+            )
     click.echo(f"root:       {data['root']}")
     click.echo(f"objects:    {data['objects']}")
     width = max((len(t) for t in counts), default=0)

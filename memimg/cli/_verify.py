@@ -36,13 +36,13 @@ from memimg.core._gone import Gone
 from memimg.core._reader import Reader, load_states
 from memimg.core._records import declaration, describe_table, state_writer
 from memimg.core._rows import SnapshotRow, verify_snapshot
-from memimg.stores._protected import ProtectedStore
 from memimg.core._snapshot import load_snapshot, split_snapshot
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.image._recovery import snapshot_past_head
 from memimg.model import SHELL
+from memimg.stores._protected import ProtectedStore
 from memimg.stores._protocol import SnapshotInfo, Store
 
 __all__ = ["verify"]
@@ -172,7 +172,10 @@ def verify(target: str, expect_head: int | None, expect_mac: str | None) -> None
     try:
         if isinstance(store, ProtectedStore) and store.protection.chained:
             head, mac = store.check_chain()
-            click.echo(f"integrity chain: ok, {head - store.first_seq() + 1} event(s) and every snapshot; head seq {head} MAC {mac.hex()}")
+            click.echo(
+                f"integrity chain: ok, {head - store.first_seq() + 1} event(s) and every snapshot; "
+                f"head seq {head} MAC {mac.hex()}"
+            )
         elif expect_mac is not None:
             raise MemimgError("--expect-mac needs the log's integrity key (--integrity-key-env NAME)")
         if expect_head is not None:

@@ -56,8 +56,8 @@ import orjson
 from memimg._errors import CorruptLogError, ProtectionError
 
 __all__ = [
-    "COMPRESS_OVER",
     "COMPRESSIONS",
+    "COMPRESS_OVER",
     "MAC_SIZE",
     "PROTECTION_KEY",
     "Protection",
@@ -112,7 +112,7 @@ def parse_key(value: object, what: str) -> bytes:
     if len(key) != 32:
         raise ProtectionError(
             f"{what} must be 32 bytes (256 bits), or their hex (64 digits) or base64 text; the value given "
-            f"({type(value).__name__} of length {len(value)}) is not. Make one with: "  # type: ignore[arg-type]
+            f"({type(value).__name__} of length {len(value)}) is not. Make one with: "
             "python -c 'import secrets; print(secrets.token_hex(32))'"
         )
     return key
@@ -178,7 +178,9 @@ class Protection:
         self, *, encryption_key: object = None, integrity_key: object = None, compression: str | None = None
     ) -> None:
         if compression is not None and compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(map(repr, COMPRESSIONS))} or None, not {compression!r}")
+            raise ValueError(
+                f"compression must be one of {', '.join(map(repr, COMPRESSIONS))} or None, not {compression!r}"
+            )
         if compression == "zstd":
             _zstd()
         self.compression = compression
@@ -261,7 +263,9 @@ class Protection:
 
     # -- sealing --------------------------------------------------------------------------------
 
-    def seal(self, table: bytes, seq: int, tx: int, ts: int, kind: str, target: int, payload: bytes, prev: bytes) -> tuple[bytes, bytes]:
+    def seal(
+        self, table: bytes, seq: int, tx: int, ts: int, kind: str, target: int, payload: bytes, prev: bytes
+    ) -> tuple[bytes, bytes]:
         """``(stored payload, its MAC)`` of a row (*table*: ``b"E"`` or ``b"S"``; *prev*: the chain's previous MAC).
 
         The MAC is ``b""`` when there is no integrity key.
@@ -404,6 +408,8 @@ def read_settings(meta: dict[str, str]) -> dict[str, Any] | None:
         settings = None
     if not isinstance(settings, dict):
         raise CorruptLogError(
-            f"the {PROTECTION_KEY!r} entry of memimg_meta is damaged; restore it from a backup", seq=None, table="memimg_meta"
+            f"the {PROTECTION_KEY!r} entry of memimg_meta is damaged; restore it from a backup",
+            seq=None,
+            table="memimg_meta",
         )
     return settings

@@ -162,9 +162,7 @@ class ProtectedStore:
                     last_seq, last_mac = seq, mac
                     if macs is not None:
                         macs[seq] = mac
-                yield EventRow(
-                    seq, tx, ts, kind, target, payload, event_checksum(seq, tx, ts, kind, target, payload)
-                )
+                yield EventRow(seq, tx, ts, kind, target, payload, event_checksum(seq, tx, ts, kind, target, payload))
         finally:
             if chained and last_mac and (after is None or last_seq != after[0]):
                 self._remember(last_seq, last_mac)
@@ -274,7 +272,9 @@ class ProtectedStore:
         macs: dict[int, bytes] = {first - 1: base or self.protection.start(first - 1)}
         before = list(
             self._open_events(
-                self.inner.read(first - 1, max(0, after - first + 1)), after=None if base is None else (first - 1, base), macs=macs
+                self.inner.read(first - 1, max(0, after - first + 1)),
+                after=None if base is None else (first - 1, base),
+                macs=macs,
             )
         )
         stored_snaps = {}
