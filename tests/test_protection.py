@@ -308,3 +308,20 @@ def test_no_key_appears_in_reprs_errors_tracebacks_or_logs(
         import pickle
 
         pickle.dumps(Protection(encryption_key=KEY))
+
+
+def test_a_row_put_back_from_before_an_erase_breaks_the_chain(make_image: Images, stores: StoreFactory) -> None:
+    """An erase re-chains the rows after the first it rewrites: an old row put back in its place -- its own MAC
+    valid, its seq the same -- no longer fits the chain, so the erased value cannot be restored unnoticed."""
+    img = make_image(root=Bank, snapshot_every=None, integrity_key=INTEGRITY_KEY)
+    img.root.accounts["ada"] = Account("ada", Decimal("100"))
+    img.root.accounts["ada"].owner = "OLD-" + SECRET
+    img.root.accounts["ada"].owner = "ada"
+    img.root.accounts["ada"].balance += 1
+    old = raw_events(stores.raw_store())
+    img.erase(img.root.accounts["ada"], "owner", reason="test")
+    img.close()
+    k = next(i for i, r in enumerate(old) if b"OLD-" in r.payload)
+    replace_events(stores, lambda rows: [*rows[:k], old[k], *rows[k + 1 :]])
+    with pytest.raises(memimg.CorruptLogError, match="integrity chain"):
+        make_image(root=Bank, integrity_key=INTEGRITY_KEY)
