@@ -211,3 +211,30 @@ def test_the_rekey_command_reads_keys_from_the_environment(tmp_path: Any) -> Non
     assert "integrity chain: ok" in result.output
     result = runner.invoke(cli, ["rekey", path, "--integrity-key-env", "UNSET_VARIABLE_X", "--no-integrity"], env=env)
     assert result.exit_code == 1 and "UNSET_VARIABLE_X" in result.output
+
+
+def test_commands_keep_a_protected_log_protected(tmp_path: Any) -> None:
+    """``compact --archive`` writes a protected log's dropped events sealed, ``import`` with keys makes a
+    protected image, and ``copy`` makes a protected copy: no plain value leaks through a command."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, {"encryption_key": KEY})
+    env = {"MEMIMG_ENCRYPTION_KEY": KEY.hex()}
+    runner = CliRunner()
+    with memimg.open(path, root=Bank, encryption_key=KEY) as img:
+        img.root.accounts["ada"].owner = SECRET + "-2"
+    archive = tmp_path / "archive.ndjson"
+    result = runner.invoke(cli, ["compact", path, "--archive", str(archive)], env=env)
+    assert result.exit_code == 0, result.output
+    assert archive.read_bytes() and SECRET.encode() not in archive.read_bytes()
+    result = runner.invoke(cli, ["copy", path, str(tmp_path / "copy.ndjson")], env=env)
+    assert result.exit_code == 0, result.output
+    copied = b"".join(p.read_bytes() for p in tmp_path.rglob("copy.ndjson*") if p.is_file())
+    assert copied and SECRET.encode() not in copied
+    result = runner.invoke(cli, ["export", path, "-o", str(tmp_path / "dump.json")], env=env)
+    assert result.exit_code == 0, result.output
+    assert SECRET.encode() in (tmp_path / "dump.json").read_bytes()  # an export is the state, in the clear
+    result = runner.invoke(cli, ["import", str(tmp_path / "new.db"), str(tmp_path / "dump.json")], env=env)
+    assert result.exit_code == 0, result.output
+    assert SECRET.encode() not in (tmp_path / "new.db").read_bytes()
+    with memimg.open(str(tmp_path / "new.db"), encryption_key=KEY) as img:
+        assert img.root.accounts["ada"].owner == SECRET + "-2"
