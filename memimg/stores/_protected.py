@@ -26,6 +26,7 @@ log openable with the old options or the new ones.
 from __future__ import annotations
 
 import hmac
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
@@ -60,6 +61,7 @@ class ProtectedStore:
         self.protection = protection
         self.description = inner.description
         self._anchors: dict[int, bytes] = {}
+        self._anchors_lock = threading.Lock()  # the snapshot thread and followers read beside the committer
 
     def __repr__(self) -> str:
         return f"ProtectedStore({self.inner.description!r}, {self.protection!r})"
@@ -71,10 +73,11 @@ class ProtectedStore:
     # -- the chain ---------------------------------------------------------------------------------
 
     def _remember(self, seq: int, mac: bytes) -> None:
-        anchors = self._anchors
-        anchors[seq] = mac
-        if len(anchors) > _ANCHORS:
-            del anchors[min(anchors)]
+        with self._anchors_lock:
+            anchors = self._anchors
+            anchors[seq] = mac
+            if len(anchors) > _ANCHORS:
+                del anchors[min(anchors)]
 
     def _anchor(self, seq: int, *, fresh: bool = False) -> bytes | None:
         """The MAC an event *seq* + 1 must chain from (``b""`` without an integrity key).
@@ -305,7 +308,8 @@ class ProtectedStore:
             return Rewrite(new_events, new_snaps, appended)
 
         self.inner.rewrite(chained_plan, after)
-        self._anchors.clear()
+        with self._anchors_lock:
+            self._anchors.clear()
         for seq, mac in result:
             self._remember(seq, mac)
 
