@@ -126,7 +126,7 @@ def test_unknown_workload_is_refused(capsys: Any) -> None:
 def test_workload_names_match_the_docs() -> None:
     """The workloads are the ones the docs describe, in their order."""
     names = ["commit", "batch", "recovery", "graph", "inmemory", "writers", "snapshots", "web", "timetravel", "tools"]
-    names += ["history", "ndjson", "feeds"]
+    names += ["history", "ndjson", "feeds", "protection"]
     assert list(WORKLOADS) == names
 
 
