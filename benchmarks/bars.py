@@ -48,6 +48,26 @@ def _ratio_bar(bar: str, needed: str, ratio: float, at_least: float | None, at_m
     return Bar(bar, f"{ratio:.2f}x ({why})", needed, ok)
 
 
+def _throughput_bar(
+    results: Results,
+    bar: str,
+    floor: float,
+    at: tuple[str, str | None, str],
+    series: tuple[str, str],
+    unit: str,
+    needed: str | None = None,
+) -> Bar:
+    """A higher-is-better bar: memimg's *series[0]* over a peer's *series[1]* at (workload, case, metric), ≥ *floor*."""
+    workload, case, metric = at
+    needed = needed or f"≥ {floor:g}x"
+    mine = theirs = None
+    if case is not None:
+        mine, theirs = (results.median(workload, case, metric, s) for s in series)
+    if mine is None or theirs is None:
+        return _missing(bar, needed)
+    return _ratio_bar(bar, needed, mine / theirs, floor, None, f"{format_value(mine)} vs {format_value(theirs)} {unit}")
+
+
 def _cases(results: Results, workload: str, suffix: str = "") -> list[str]:
     seen: dict[str, None] = {}
     for w, case, _m, _s in results.items:
@@ -113,15 +133,11 @@ def inmemory_bars(results: Results) -> Iterator[Bar]:
 
 def commit_bars(results: Results) -> Iterator[Bar]:
     """Workloads (a) and (b): durable single commits and batches of 1,000 mutations."""
-    m = results.median
     for sync, floor in (("full", 0.9), ("normal", 0.7)):
-        bar, needed = f'durable commits/s, sync="{sync}" vs raw sqlite3 WAL {sync.upper()}', f"≥ {floor}x"
-        mine, raw = (m("commit", f"sync={sync}", "updates/s", s) for s in ("memimg", "sqlite3"))
-        if mine is None or raw is None:
-            yield _missing(bar, needed)
-        else:
-            why = f"{format_value(mine)} vs {format_value(raw)} updates/s"
-            yield _ratio_bar(bar, needed, mine / raw, floor, None, why)
+        bar = f'durable commits/s, sync="{sync}" vs raw sqlite3 WAL {sync.upper()}'
+        yield _throughput_bar(
+            results, bar, floor, ("commit", f"sync={sync}", "updates/s"), ("memimg", "sqlite3"), "updates/s"
+        )
 
     cases = _cases(results, "batch")
     if not cases:
@@ -129,13 +145,8 @@ def commit_bars(results: Results) -> Iterator[Bar]:
             yield _missing(f"batched mutations/s (1,000 per transaction; random deposits) vs {other}", needed)
     for case in cases:
         for other, floor, label in (("ZODB", 5.0, "ZODB"), ("sqlite3", 0.6, "raw sqlite3 executemany")):
-            bar, needed = f"batched mutations/s ({case}) vs {label}", f"≥ {floor:g}x"
-            mine, theirs = (m("batch", case, "updates/s", s) for s in ("memimg", other))
-            if mine is None or theirs is None:
-                yield _missing(bar, needed)
-            else:
-                why = f"{format_value(mine)} vs {format_value(theirs)} updates/s"
-                yield _ratio_bar(bar, needed, mine / theirs, floor, None, why)
+            bar = f"batched mutations/s ({case}) vs {label}"
+            yield _throughput_bar(results, bar, floor, ("batch", case, "updates/s"), ("memimg", other), "updates/s")
 
 
 def recovery_bars(results: Results) -> Iterator[Bar]:
@@ -207,28 +218,18 @@ def graph_bars(results: Results) -> Iterator[Bar]:
 
 def writers_bars(results: Results) -> Iterator[Bar]:
     """Workload (f): 4 writer processes on one log, disjoint keys, against raw writers on the same store."""
-    m = results.median
     for backend, peer, floor in (("SQLite", "sqlite3", 0.6), ("PostgreSQL", "psycopg", 0.5)):
         counts = [int(c.split()[0]) for c in _cases(results, "writers", f", {backend}")]
         count = max(counts, default=4)  # the suite runs 1, 2, 4 writers; the bar is on the most
         case = f"{count} writer{'s' if count > 1 else ''}, {backend}"
-        bar, needed = f"{count} writer processes on one log, {backend}, vs raw {peer} writers", f"≥ {floor:g}x"
-        mine, theirs = (m("writers", case, "updates/s", s) for s in ("memimg", peer))
-        if mine is None or theirs is None:
-            yield _missing(bar, needed)
-        else:
-            why = f"{format_value(mine)} vs {format_value(theirs)} commits/s"
-            yield _ratio_bar(bar, needed, mine / theirs, floor, None, why)
+        bar = f"{count} writer processes on one log, {backend}, vs raw {peer} writers"
+        yield _throughput_bar(results, bar, floor, ("writers", case, "updates/s"), ("memimg", peer), "commits/s")
 
 
 def ndjson_bars(results: Results) -> Iterator[Bar]:
     """Workload (l): the NDJSON store's durable commits against raw os.write + os.fsync of the same lines."""
-    bar, needed = 'NDJSON store, sync="full" commits vs raw os.write + os.fsync of the same lines', "≥ 0.7x"
-    mine, raw = (results.median("ndjson", "sync=full", "commits/s", s) for s in ("memimg", RAW))
-    if mine is None or raw is None:
-        yield _missing(bar, needed)
-    else:
-        yield _ratio_bar(bar, needed, mine / raw, 0.7, None, f"{format_value(mine)} vs {format_value(raw)} commits/s")
+    bar = 'NDJSON store, sync="full" commits vs raw os.write + os.fsync of the same lines'
+    yield _throughput_bar(results, bar, 0.7, ("ndjson", "sync=full", "commits/s"), ("memimg", RAW), "commits/s")
 
 
 def later_bars() -> Iterator[Bar]:
@@ -329,32 +330,18 @@ def snapshot_bars(results: Results) -> Iterator[Bar]:
 
 def web_bars(results: Results) -> Iterator[Bar]:
     """Workload (h): the Flask service under gunicorn against its plain twin; Django's two SQLite targets."""
-    m = results.median
     cases = _cases(results, "web")
     for backend, peer, label, floor in (
         ("SQLite", "sqlite3", "plain sqlite3", 0.6),
         ("PostgreSQL", "psycopg", "plain psycopg", 0.5),
     ):
-        bar, needed = f"Flask under gunicorn, 4 workers on one log, {backend}: req/s vs {label}", f"≥ {floor}x"
+        bar = f"Flask under gunicorn, 4 workers on one log, {backend}: req/s vs {label}"
         case = next((c for c in cases if c.startswith("Flask") and c.endswith(backend)), None)
-        mine = theirs = None
-        if case is not None:
-            mine, theirs = (m("web", case, "req/s", s) for s in ("memimg", peer))
-        if mine is None or theirs is None:
-            yield _missing(bar, needed)
-        else:
-            why = f"{format_value(mine)} vs {format_value(theirs)} req/s"
-            yield _ratio_bar(bar, needed, mine / theirs, floor, None, why)
-    bar, needed = "Django on SQLite: TARGET 'default' vs TARGET a file path, req/s", "≥ 0.83x (within 1.2x)"
+        yield _throughput_bar(results, bar, floor, ("web", case, "req/s"), ("memimg", peer), "req/s")
+    bar = "Django on SQLite: TARGET 'default' vs TARGET a file path, req/s"
     case = next((c for c in cases if c.startswith("Django")), None)
-    mine = theirs = None
-    if case is not None:
-        mine, theirs = (m("web", case, "req/s", s) for s in (DJANGO_ALIAS, DJANGO_PATH))
-    if mine is None or theirs is None:
-        yield _missing(bar, needed)
-    else:
-        why = f"{format_value(mine)} vs {format_value(theirs)} req/s"
-        yield _ratio_bar(bar, needed, mine / theirs, 1 / 1.2, None, why)
+    at = ("web", case, "req/s")
+    yield _throughput_bar(results, bar, 1 / 1.2, at, (DJANGO_ALIAS, DJANGO_PATH), "req/s", "≥ 0.83x (within 1.2x)")
 
 
 def tools_bars(results: Results) -> Iterator[Bar]:

@@ -13,7 +13,7 @@ import pytest
 
 import memimg
 from memimg import MISSING, Change, Collected
-from memimg.core import _kinds, _reader
+from memimg.core import _firststates, _kinds
 from memimg.core._rows import SnapshotRow, event_checksum, snapshot_checksum
 from memimg.image import _history
 from memimg.stores import EventRow
@@ -727,7 +727,7 @@ def test_history_runs_no_default_factory(make_image: Images) -> None:
 def test_remembered_first_states_are_capped_by_size(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """history() remembers first states up to a total size, forgetting the oldest first: many big objects do
     not pile up; the states still remembered are the latest read, and history() is the same either way."""
-    monkeypatch.setattr(_reader, "FIRST_STATES_BYTES", 50_000)
+    monkeypatch.setattr(_firststates, "FIRST_STATES_BYTES", 50_000)
     img = make_image(root=Box)
     img.root.content = [Node(value=f"{i:02}" * 10_000) for i in range(20)]  # each state ~20 kB
     for node in img.root.content:
@@ -809,7 +809,7 @@ def test_remembered_first_states_are_kept_as_stored_and_safe_from_several_thread
     remembered, and the size counted is the bytes held; threads remembering at once keep the count exact."""
     import threading
 
-    states = _reader.FirstStates()
+    states = _firststates.FirstStates()
     states.limit = 2_000
     states.remember(1, 10, "t.N", {"v": [1, 2, 3]}, None)
     got = states.get(1)

@@ -78,7 +78,7 @@ from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import click
-from flask import Flask, current_app, g, has_app_context, request
+from flask import Blueprint, Flask, current_app, g, has_app_context, request
 from flask.cli import with_appcontext
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Conflict, HTTPException
@@ -105,6 +105,7 @@ __all__ = [
     "TransactionConflict",
     "after_commit",
     "image",
+    "inspector",
     "no_transaction",
     "root",
 ]
@@ -553,6 +554,57 @@ image: MemoryImage = LocalProxy(_current_image)  # type: ignore[assignment]
 #: The root object of the current app's image (a proxy; needs an app context).
 #: ``root._get_current_object()`` is the object itself, for ``is`` comparisons.
 root: Any = LocalProxy(lambda: _current_image().root)
+
+
+# -- the inspector -------------------------------------------------------------------------------
+
+
+def inspector(
+    img: MemoryImage | None = None,
+    *,
+    url_prefix: str = "/_memimg",
+    permission: Callable[[], bool] | None = None,
+    debug: bool = False,
+    name: str = "memimg_inspector",
+) -> Blueprint:
+    """The inspector (``memimg serve``'s read-only web UI) as a blueprint to mount in the app.
+
+    ::
+
+        app.register_blueprint(
+            memimg.contrib.flask.inspector(permission=lambda: current_user.is_admin)
+        )
+
+    *img* is the image to show; ``None``: the :class:`MemImg` image of the
+    app serving the request. *permission* is called in each of the
+    inspector's requests (``request``, ``g`` and Flask-Login's
+    ``current_user`` are there) and returns whether the request may look;
+    when it returns false the answer is 403. The inspector shows every
+    value of the image, so a hook is required: without one the blueprint
+    is refused unless *debug* is true (local development only: everyone who
+    reaches the app then sees everything). Its views never write and run
+    outside the request transaction. Other processes' commits appear live
+    when the image follows them (``img.follow()``).
+
+    Raises:
+        ValueError: no *permission* and not *debug*; *permission* is not callable.
+    """
+    from memimg.inspector import Inspector, blueprint
+
+    if permission is None and not debug:
+        raise ValueError(
+            "memimg.contrib.flask.inspector() needs permission=, a function saying whether the current request may "
+            "look at the image (e.g. lambda: current_user.is_admin): the inspector shows every value in it. "
+            "For local development only, debug=True mounts it without one."
+        )
+    if permission is not None and not callable(permission):
+        raise ValueError(f"permission must be a function of no arguments returning a bool, not {permission!r}")
+    if permission is None:
+        log.warning("the memimg inspector is mounted at %s without a permission hook (debug=True)", url_prefix)
+    target: MemoryImage | Callable[[], MemoryImage] = img if img is not None else _current_image
+    return blueprint(
+        Inspector(target), name=name, url_prefix=url_prefix, permission=permission, decorate=no_transaction
+    )
 
 
 # -- flask memimg ... -------------------------------------------------------------------------

@@ -41,12 +41,13 @@ from typing import Any, Final
 
 from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyError
 from memimg.core._codec import Codec
+from memimg.core._firststates import FirstStates
 from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
 from memimg.core._indexes import UNIQUE
 from memimg.core._markers import ABSENT
 from memimg.core._meta import TX_META, meta_event
-from memimg.core._reader import FirstStates, Pending, Reader
+from memimg.core._reader import Pending, Reader
 from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable

@@ -44,9 +44,9 @@ import attrs
 from memimg._errors import LockedError, MemimgError
 from memimg.core import _types
 from memimg.core._excise import DICT, ENTITY, LIST, Excised, Excision, Target, references, stored_key
+from memimg.core._firststates import FirstStates
 from memimg.core._kinds import KINDS
 from memimg.core._meta import meta_event
-from memimg.core._reader import FirstStates
 from memimg.core._rows import EventRow, SnapshotRow, verify_event, verify_snapshot
 from memimg.image import _snapshots
 from memimg.image._annotate import layer_meta

@@ -9,7 +9,7 @@ The cost grows with the object's own events, not the log's length:
    to). If compaction removed that event, the first state is read from the
    oldest snapshot holding the object. A first state read from a big event
    (one attach of a large subgraph) is remembered on the image's reader
-   (up to :data:`~memimg.core._reader.FIRST_STATES_BYTES` of them), so the
+   (up to :data:`~memimg.core._firststates.FIRST_STATES_BYTES` of them), so the
    next call neither reads nor parses that event again; an erasure forgets
    them all, and a past image remembers none. A field the first state
    lacks is filled in as the reader's plan for the class's declaration in

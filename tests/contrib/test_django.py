@@ -39,7 +39,7 @@ from django.urls import include, path  # noqa: E402
 
 import memimg  # noqa: E402
 from examples.django_bank.bank.domain import Account, Bank  # noqa: E402
-from memimg.contrib.django import _runtime, image, non_transactional, reopen, root  # noqa: E402
+from memimg.contrib.django import _runtime, image, inspector, non_transactional, reopen, root  # noqa: E402
 from memimg.contrib.django._config import url_for_database  # noqa: E402
 from memimg.contrib.django.management.commands.memimg import with_default_target  # noqa: E402
 from memimg.stores._sqlite import SQLiteStore  # noqa: E402
@@ -139,6 +139,10 @@ urlpatterns = [
     path("test/boom/", boom),
     path("test/unavailable/", unavailable),
     path("test/outside/", outside),
+    path(
+        "admin/image/",
+        include(inspector.urls(permission=lambda request: getattr(request.user, "pk", None) == 1)),
+    ),
     path("", include("examples.django_bank.urls")),
 ]
 
@@ -799,6 +803,65 @@ def test_async_requests_are_annotated(bank: memimg.MemoryImage) -> None:
     assert asyncio.run(run()) == [200, 200, 200]
     ids = sorted(tx[0].meta["request"] for tx in _request_txs(bank, seq))
     assert ids == ["a-0", "a-1", "a-2"]
+
+
+# -- the inspector ----------------------------------------------------------------------------
+
+
+def test_the_inspector_include_needs_a_permission_hook() -> None:
+    """inspector.urls() without permission= is refused, saying why; debug=True gives the patterns anyway."""
+    with pytest.raises(ValueError, match="needs permission=.*debug=True"):
+        inspector.urls()
+    assert len(inspector.urls(debug=True)) == 1
+
+
+def test_the_inspector_is_behind_the_projects_permission(bank: memimg.MemoryImage) -> None:
+    """Under the include's prefix, the hook sees Django's request.user: 403 for others, the pages for the
+    allowed user, links under the prefix, other methods 405 and nothing written."""
+    seq = bank.seq
+    with override_settings(MIDDLEWARE=WITH_USERS):
+        client = Client()
+        assert client.get("/admin/image/").status_code == 403
+        assert client.get("/admin/image/", headers={"X-Test-User": "2"}).status_code == 403
+        allowed = {"X-Test-User": "1"}
+        page = client.get("/admin/image/", headers=allowed)
+        assert page.status_code == 200
+        body = b"".join(page.streaming_content).decode()
+        assert f'head <b id="head-seq">{seq}</b>' in body
+        assert 'href="/admin/image/type/django_bank.Account"' in body
+        ada = bank.root.accounts["ada"]
+        obj = client.get(f"/admin/image/object/{ada._mi_oid}?page=1", headers=allowed)
+        assert obj.status_code == 200 and "balance" in b"".join(obj.streaming_content).decode()
+        missing = client.get("/admin/image/object/99999", headers=allowed)
+        assert missing.status_code == 404 and b"there is no object #99999" in b"".join(missing.streaming_content)
+        assert client.put("/admin/image/", headers=allowed).status_code == 405
+    assert bank.seq == seq
+
+
+def test_the_inspector_streams_live_under_asgi(bank: memimg.MemoryImage) -> None:
+    """Under ASGI the pages are served, and the event stream sends each commit as it happens (not at its end)."""
+
+    async def run() -> tuple[int, str, str]:
+        client = AsyncClient()
+        allowed = {"X-Test-User": "1"}
+        page = await client.get("/admin/image/", headers=allowed)
+        body = b"".join([chunk async for chunk in page.streaming_content]).decode()
+        stream = await asyncio.wait_for(client.get(f"/admin/image/events?since={bank.seq}", headers=allowed), 20)
+        chunks = stream.streaming_content.__aiter__()
+        await chunks.__anext__()  # the retry line
+        await asyncio.get_running_loop().run_in_executor(None, _deposit_in_ada, bank)
+        message = (await asyncio.wait_for(chunks.__anext__(), timeout=20)).decode()
+        await chunks.aclose()
+        return page.status_code, body, message
+
+    with override_settings(MIDDLEWARE=WITH_USERS):
+        status, body, message = asyncio.run(run())
+    assert status == 200 and "Overview" in body
+    assert message.startswith(f"id: {bank.seq}\nevent: commit\n")
+
+
+def _deposit_in_ada(img: memimg.MemoryImage) -> None:
+    img.root.accounts["ada"].balance += 1
 
 
 # -- protection at rest ------------------------------------------------------------------

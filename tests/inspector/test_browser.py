@@ -1,0 +1,167 @@
+"""The inspector in a real headless browser (system Chromium driven by Playwright): what a person sees and does.
+
+The server is ``memimg serve`` in a subprocess; this test process writes to the same log, as another process
+would. Screenshots of the main pages go to the test's temporary directory (and, when
+``MEMIMG_INSPECTOR_SCREENSHOTS`` names a directory, there too: that is how docs/img/ was made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("flask")
+
+import memimg
+from tests.inspector.serving import serve
+from tests.inspector.shop import XSS_ATTR, build
+from tests.models import Bank
+
+
+def shoot(page: Any, tmp_path: Path, name: str) -> None:
+    """Save a screenshot of the page as NAME.png under *tmp_path* (and the docs' directory when asked)."""
+    target = tmp_path / f"{name}.png"
+    page.screenshot(path=str(target), full_page=False)
+    assert target.stat().st_size > 1000
+    docs = os.environ.get("MEMIMG_INSPECTOR_SCREENSHOTS")
+    if docs:
+        shutil.copy(target, Path(docs) / f"inspector-{name}.png")
+
+
+def value_of(page: Any, field: str) -> str:
+    """The text a person reads in the value column of *field* on an object page."""
+    return page.locator(f'tr[data-field="{field}"] td.value').inner_text().strip()
+
+
+def test_browsing_time_travel_diff_and_live_updates(browser_page: Any, tmp_path: Path) -> None:
+    """Overview → the root → a reference → a field's history → the slider back in time → a diff → a live update
+    when another process commits; no value's script ever runs."""
+    page = browser_page
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.set_viewport_size({"width": 1100, "height": 760})
+    path = str(tmp_path / "bank.db")
+    img = memimg.open(path, root=Bank)
+    marks = build(img)
+    with serve(path, "--import", "tests.models") as url:
+        # the overview
+        page.goto(url)
+        assert page.locator("h1").inner_text() == "Overview"
+        row = page.locator("table.grid tr", has_text="tests.models.Account")
+        assert row.first.locator("td.num").inner_text() == "3"
+        shoot(page, tmp_path, "overview")
+
+        # click through to the root, then follow references to ada's account
+        page.get_by_role("link", name="Root", exact=True).click()
+        assert page.locator("h1").inner_text().startswith("Bank #")
+        page.locator('tr[data-field="accounts"] a.ref').click()
+        assert page.locator("h1").inner_text().startswith("dict #")
+        page.locator("table.items tr", has_text="ada").locator("a.ref").click()
+        assert page.locator("h1").inner_text() == f"Account #{marks.ada}"
+        assert value_of(page, "owner") == "ada" and value_of(page, "balance") == "20"
+        shoot(page, tmp_path, "object")
+        page.locator("h2", has_text="Referred to by")  # back-links are on the page
+        assert page.locator("ul.refs a.ref").first.inner_text().startswith("dict #")
+
+        # the balance's history: one change, 10 → 20, by bob
+        page.locator('tr[data-field="balance"] a.hist').click()
+        history = page.locator("table.history tbody tr")
+        assert history.count() == 1
+        assert history.first.locator("td.old").inner_text() == "10"
+        assert history.first.locator("td.new").inner_text() == "20"
+        assert "bob" in history.first.inner_text()
+        shoot(page, tmp_path, "history")
+
+        # a diff from the history
+        history.first.get_by_role("link", name="diff").click()
+        assert page.locator("h1").inner_text() == "Diff"
+        diff_row = page.locator("table.diff tbody tr").first
+        assert "root.accounts['ada'].balance" in diff_row.inner_text()
+        assert diff_row.locator("td.old").inner_text() == "10" and diff_row.locator("td.new").inner_text() == "20"
+        shoot(page, tmp_path, "diff")
+
+        # move the slider back to the seq when ada was opened: the old value shows
+        page.goto(f"{url}object/{marks.ada}")
+        slider = page.locator("#at-slider")
+        assert slider.get_attribute("value") == str(img.seq)
+        slider.focus()
+        for _ in range(img.seq - marks.opened):
+            page.keyboard.press("ArrowLeft")
+        page.wait_for_url(f"**/object/{marks.ada}?at={marks.opened}")
+        assert value_of(page, "balance") == "10"
+        assert f"Showing the state after seq {marks.opened}" in page.locator("#past-banner").inner_text()
+        assert page.locator("#at-value").inner_text() == f"seq {marks.opened}"
+        shoot(page, tmp_path, "past")
+        page.get_by_role("link", name="Back to now").first.click()
+        assert value_of(page, "balance") == "20"
+
+        # live: another process commits, the open page shows it without a reload
+        page.locator("#live").wait_for(state="visible")
+        page.evaluate("window.__same_document = true")
+        img.root.accounts["ada"].balance = Decimal("77.50")
+        page.wait_for_function(
+            "() => document.querySelector('tr[data-field=\"balance\"] td.value').innerText.trim() === '77.50'",
+            timeout=20_000,
+        )
+        assert page.evaluate("window.__same_document") is True  # updated in place, not reloaded
+        assert page.locator("#head-seq").inner_text() == str(img.seq)
+        shoot(page, tmp_path, "live")
+
+        # values that hold script are shown, never run
+        page.goto(f"{url}object/{marks.shady}")
+        assert value_of(page, "owner") == XSS_ATTR + "!"
+        page.locator('tr[data-field="owner"] td.value span').hover()
+        page.goto(f"{url}object/{img.root._mi_oid}")
+        assert value_of(page, "name") == '<script>alert("pwned")</script>'
+        page.goto(f"{url}log")
+        assert page.locator("section.tx").count() >= 4
+    img.close()
+    assert dialogs == []
+
+
+def test_plain_browsing_works_without_javascript(browser_page: Any, tmp_path: Path) -> None:
+    """With JavaScript off, links, filters and the slider's form still work (the Show button submits it)."""
+    page = browser_page
+    context = page.context.browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    path = str(tmp_path / "bank.db")
+    with memimg.open(path, root=Bank) as img:
+        marks = build(img)
+    with serve(path) as url:
+        page.goto(f"{url}object/{marks.ada}")
+        page.locator("#at-slider").fill(str(marks.opened))
+        page.get_by_role("button", name="Show").click()
+        page.wait_for_url(f"**?at={marks.opened}")
+        assert value_of(page, "balance") == "10"
+        page.goto(f"{url}type/tests.models.Account")
+        page.locator("#f-field").select_option("owner")
+        page.locator("#f-q").fill("bo")
+        page.get_by_role("button", name="Filter").click()
+        assert page.locator("table.instances tbody tr").count() == 1
+    context.close()
+
+
+def test_pages_fit_a_phone(browser_page: Any, tmp_path: Path) -> None:
+    """On a phone-sized screen the pages need no sideways scrolling."""
+    page = browser_page
+    page.set_viewport_size({"width": 390, "height": 800})
+    path = str(tmp_path / "bank.db")
+    with memimg.open(path, root=Bank) as img:
+        marks = build(img)
+    with serve(path) as url:
+        for where in (
+            "",
+            f"object/{marks.ada}",
+            f"object/{marks.ada}/history/balance",
+            "log",
+            "type/tests.models.Entry",
+        ):
+            page.goto(url + where)
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 1, (where, overflow)
+        shoot(page, tmp_path, "phone")
