@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from memimg._errors import MemimgError
+from memimg._errors import MemimgError, ProtectionError
 from memimg.core._codec import ENTITY, PLAIN, TRACKED, Codec
 from memimg.core._fold import fold
 from memimg.core._protect import Protection
@@ -67,9 +67,14 @@ def store_for(
         del encryption_key, integrity_key  # not in this frame's locals when a later error's traceback shows them
         if failure is not None:
             raise failure.with_traceback(None)
+    if isinstance(target, ProtectedStore):  # opened with its keys already: never sealed twice
+        ours = (target.protection.key_id, target.protection.integrity_id)
+        if protection is not None and (protection.key_id, protection.integrity_id) != ours:
+            raise ProtectionError(
+                f"{target.description!r} is a store opened with other keys than the ones given; nothing was changed"
+            )
+        return target
     if isinstance(target, Store):
-        if isinstance(target, ProtectedStore) and protection is None:
-            return target
         return protect(target, protection)
     store = plain_store(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
     try:
