@@ -16,6 +16,9 @@ from benchmarks.feeds import CASE as FEEDS_CASE
 from benchmarks.feeds import NO_SUBSCRIBER, SUBSCRIBER
 from benchmarks.harness import Results
 from benchmarks.ndjson import RAW
+from benchmarks.protection import COMMIT_CASE as PROTECTION_COMMIT
+from benchmarks.protection import ENCRYPTED, PLAIN
+from benchmarks.protection import GRAPH_CASE as PROTECTION_GRAPH
 from benchmarks.report import format_value
 from benchmarks.web import DJANGO_ALIAS, DJANGO_PATH
 
@@ -85,6 +88,7 @@ def check_bars(results: Results) -> Iterator[Bar]:
     yield from timetravel_bars(results)
     yield from history_bars(results)
     yield from feeds_bars(results)
+    yield from protection_bars(results)
     yield from tools_bars(results)
     yield from ndjson_bars(results)
     yield from later_bars()
@@ -230,10 +234,28 @@ def ndjson_bars(results: Results) -> Iterator[Bar]:
 
 def later_bars() -> Iterator[Bar]:
     """Bars of SPEC §8 for capabilities not built yet: listed, never silently absent."""
-    for bar, needed, issue in (
-        ("encryption at rest: commit / snapshot and reload vs the unencrypted image", "≤ 1.3x / ≤ 1.5x", 21),
-    ):
-        yield Bar(bar, f"not measured: the capability is not built yet (issue {issue})", needed, None)
+    yield from ()
+
+
+def protection_bars(results: Results) -> Iterator[Bar]:
+    """Workload (n): an encrypted image's commit, snapshot and reload against the plain image's."""
+    commit_bar = "encryption at rest: single-mutation commit vs the unencrypted image"
+    plain = results.median("protection", PROTECTION_COMMIT, "updates/s", PLAIN)
+    encrypted = results.median("protection", PROTECTION_COMMIT, "updates/s", ENCRYPTED)
+    if not plain or not encrypted:
+        yield _missing(commit_bar, "≤ 1.3x")
+    else:
+        ratio = plain / encrypted  # time per commit, encrypted over plain
+        yield Bar(commit_bar, f"{ratio:.2f}x ({encrypted:,.0f} vs {plain:,.0f} commits/s)", "≤ 1.3x", ratio <= 1.3)
+    for metric in ("snapshot s", "reload s"):
+        bar = f"encryption at rest: {metric[:-2]} of a graph vs the unencrypted image"
+        plain = results.median("protection", PROTECTION_GRAPH, metric, PLAIN)
+        encrypted = results.median("protection", PROTECTION_GRAPH, metric, ENCRYPTED)
+        if not plain or not encrypted:
+            yield _missing(bar, "≤ 1.5x")
+            continue
+        ratio = encrypted / plain
+        yield Bar(bar, f"{ratio:.2f}x ({encrypted:.3f} s vs {plain:.3f} s)", "≤ 1.5x", ratio <= 1.5)
 
 
 def feeds_bars(results: Results) -> Iterator[Bar]:

@@ -9,10 +9,11 @@ Usage::
 Workloads (``--only`` names): ``commit`` (a), ``batch`` (b), ``recovery``
 (c), ``graph`` (d), ``inmemory`` (e), ``writers`` (f), ``snapshots`` (g),
 ``web`` (h), ``timetravel`` (i), ``tools`` (j), ``history`` (k), ``ndjson``
-(l), ``feeds`` (m); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
+(l), ``feeds`` (m), ``protection`` (n); see :mod:`benchmarks.workloads`, :mod:`benchmarks.inmemory`,
 :mod:`benchmarks.writers`, :mod:`benchmarks.snapshots`, :mod:`benchmarks.web`,
 :mod:`benchmarks.timetravel`, :mod:`benchmarks.tools`, :mod:`benchmarks.history`,
-:mod:`benchmarks.ndjson` and :mod:`benchmarks.feeds` for what each measures. Progress goes to stderr,
+:mod:`benchmarks.ndjson`, :mod:`benchmarks.feeds` and :mod:`benchmarks.protection` for what each
+measures. Progress goes to stderr,
 the report to stdout. Nothing is installed at run time: the peers come from
 the ``bench`` extra (``pip install 'memimg[bench]'``) and are skipped, with
 the reason, when missing. Every file lives in one temporary directory,
@@ -39,6 +40,7 @@ from benchmarks.harness import FULL, QUICK, TINY, Context, Results, Sizes, scrat
 from benchmarks.history import history_workload
 from benchmarks.inmemory import inmemory
 from benchmarks.ndjson import ndjson
+from benchmarks.protection import protection_workload
 from benchmarks.report import render_table
 from benchmarks.snapshots import snapshots
 from benchmarks.systems import load_systems
@@ -64,6 +66,7 @@ WORKLOADS: dict[str, Callable[[Context], None]] = {
     "history": history_workload,
     "ndjson": ndjson,
     "feeds": feeds_workload,
+    "protection": protection_workload,
 }
 SIZES = {"quick": QUICK, "full": FULL, "tiny": TINY}
 

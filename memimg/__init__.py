@@ -16,6 +16,7 @@ from memimg._errors import (
     HistoryError,
     LockedError,
     MemimgError,
+    ProtectionError,
     ReadOnlyError,
     SchemaError,
     StoreError,
@@ -24,6 +25,7 @@ from memimg._errors import (
     UnsupportedValueError,
 )
 from memimg._projection import project
+from memimg._rekey import rekey
 from memimg.core._diff import Diff, Difference
 from memimg.core._history import Change, Collected
 from memimg.core._markers import ERASED, MISSING
@@ -59,6 +61,7 @@ __all__ = [
     "MemoryImage",
     "MemoryStore",
     "NDJSONStore",
+    "ProtectionError",
     "ReadOnlyError",
     "SQLiteStore",
     "SchemaError",
@@ -80,6 +83,7 @@ __all__ = [
     "open",
     "persistent",
     "project",
+    "rekey",
     "replay",
     "serialize",
     "upgrader",

@@ -10,9 +10,10 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from memimg._errors import MemimgError
+from memimg._errors import MemimgError, ProtectionError
 from memimg.core._codec import ENTITY, PLAIN, TRACKED, Codec
 from memimg.core._fold import fold
+from memimg.core._protect import Protection
 from memimg.core._reader import Reader
 from memimg.core._records import describe, describe_detached
 from memimg.core._rows import Event, EventRow
@@ -25,10 +26,22 @@ from memimg.image._image import MemoryImage
 from memimg.model import SHELL
 from memimg.stores._memory import MemoryStore
 from memimg.stores._ndjson import NDJSONStore
+from memimg.stores._ndjsonswap import finish_swap
+from memimg.stores._protected import ProtectedStore, protect
 from memimg.stores._protocol import Store
 from memimg.stores._sqlite import SQLiteStore
 
-__all__ = ["deserialize", "import_modules", "migrate", "open", "replay", "serialize", "store_for"]
+__all__ = [
+    "deserialize",
+    "import_modules",
+    "migrate",
+    "open",
+    "plain_store",
+    "protection_for",
+    "replay",
+    "serialize",
+    "store_for",
+]
 
 
 def store_for(
@@ -37,11 +50,60 @@ def store_for(
     sync: str = "normal",
     readonly: bool = False,
     busy_timeout: float = 10.0,
+    encryption_key: object = None,
+    integrity_key: object = None,
+    compression: str | None = None,
+    protection: Protection | None = None,
     **options: Any,
 ) -> Store:
-    """The store a ``memimg.open`` target names (see :func:`open`)."""
-    if isinstance(target, Store):
+    """The store a ``memimg.open`` target names (see :func:`open`), opened with the protection options.
+
+    Raises:
+        ProtectionError: a key is malformed, missing, or not the log's (the
+            log is left as it was).
+    """
+    if protection is None:
+        protection, failure = protection_for(encryption_key, integrity_key, compression)
+        del encryption_key, integrity_key  # not in this frame's locals when a later error's traceback shows them
+        if failure is not None:
+            raise failure.with_traceback(None)
+    if isinstance(target, ProtectedStore):  # opened with its keys already: never sealed twice
+        ours = (target.protection.key_id, target.protection.integrity_id)
+        if protection is not None and (protection.key_id, protection.integrity_id) != ours:
+            raise ProtectionError(
+                f"{target.description!r} is a store opened with other keys than the ones given; nothing was changed"
+            )
         return target
+    if isinstance(target, Store):
+        return protect(target, protection)
+    store = plain_store(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
+    try:
+        return protect(store, protection)
+    except BaseException:
+        store.close()
+        raise
+
+
+def protection_for(
+    encryption_key: object, integrity_key: object, compression: str | None
+) -> tuple[Protection | None, Exception | None]:
+    """The :class:`Protection` of the options (None: none given), or the error they raise.
+
+    The error is returned, not raised, so that the caller can drop the keys
+    from its frame and raise it with no traceback into frames that held them.
+    """
+    if encryption_key is None and integrity_key is None and compression is None:
+        return None, None
+    try:
+        return Protection(encryption_key=encryption_key, integrity_key=integrity_key, compression=compression), None
+    except (MemimgError, ValueError) as err:
+        return None, err
+
+
+def plain_store(
+    target: str | os.PathLike[str], *, sync: str, readonly: bool, busy_timeout: float, **options: Any
+) -> Store:
+    """The store at *target* as it is, its protection neither checked nor applied (what ``rekey`` rewrites)."""
     if not isinstance(target, (str, os.PathLike)):
         raise TypeError(f"memimg.open target must be a path, a URL or a Store, not {type(target).__qualname__}")
     text = os.fspath(target)
@@ -61,6 +123,7 @@ def store_for(
         unexpected = set(options) - {"keep_segments"}
         if unexpected:
             raise TypeError(f"unexpected options for an NDJSON log: {', '.join(sorted(unexpected))}")
+        finish_swap(text)  # a rekey's swap that a crash cut short (see memimg/stores/_ndjsonswap.py)
         return NDJSONStore(text, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **options)
     if options:
         raise TypeError(f"unexpected options for an SQLite file: {', '.join(sorted(options))}")
@@ -82,6 +145,9 @@ def open(  # noqa: A001 - the public name is fixed by the spec
     on_schema_drift: str = "raise",
     generic_types: bool = False,
     import_types: Iterable[str] = (),
+    encryption_key: object = None,
+    integrity_key: object = None,
+    compression: str | None = None,
     **store_options: Any,
 ) -> MemoryImage:
     """Open the image stored at *target*, creating it if the store is empty.
@@ -121,18 +187,35 @@ def open(  # noqa: A001 - the public name is fixed by the spec
             stand-in classes made from the stored schema, instead of raising
             (meant for tools that inspect any image; the stand-ins are
             registered in this process).
+        encryption_key: encrypt event payloads and snapshots with
+            AES-256-GCM under this key (32 bytes, or their hex or base64
+            text; needs ``memimg[crypto]``). A log encrypted once must
+            always be opened with its key; see docs/security.md.
+        integrity_key: chain every row with an HMAC-SHA256 under this key
+            (32 bytes, hex or base64), so that an edited, inserted, deleted
+            or reordered row is a :class:`CorruptLogError`.
+        compression: ``"zstd"`` (needs ``memimg[zstd]``) or ``"zlib"``:
+            compress snapshots and event payloads over 256 bytes.
         follow: apply other processes' commits in a background thread as
             they happen (see :meth:`MemoryImage.follow`); otherwise they are
             applied at :meth:`~MemoryImage.refresh` and when a transaction
             begins.
 
     Raises:
+        ProtectionError: a key is malformed, missing or wrong, or a key was
+            given for a plain log (nothing is changed).
         MemimgError: the target is not a memimg store (it is left untouched),
             a module of *import_types* cannot be imported, or the log cannot
             be read (``CorruptLogError``, ``UnknownTypeError``).
     """
+    protection, failure = protection_for(encryption_key, integrity_key, compression)
+    del encryption_key, integrity_key  # not in this frame's locals when a later error's traceback shows them
+    if failure is not None:
+        raise failure.with_traceback(None)
     import_modules(import_types, "import_types")
-    store = store_for(target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, **store_options)
+    store = store_for(
+        target, sync=sync, readonly=readonly, busy_timeout=busy_timeout, protection=protection, **store_options
+    )
     try:
         img = MemoryImage(
             store,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from memimg._api import store_for
+from memimg._api import protection_for, store_for
 from memimg._errors import MemimgError
+from memimg.core._protect import PROTECTION_KEY, Protection
 from memimg.core._rows import EventRow, SnapshotRow, snapshot_checksum, verify_event, verify_snapshot
+from memimg.stores._protected import PENDING_KEY, ProtectedStore
 from memimg.stores._protocol import TARGETS_KEY, SeqTaken, Store
 
 __all__ = ["copy"]
@@ -18,7 +20,7 @@ __all__ = ["copy"]
 #: Rows a copy appends at a time (whole transactions: one larger than this goes in one append of its own).
 BATCH = 5000
 #: Meta entries that belong to the store or to processes that have it open, not to the image: never copied.
-_NOT_COPIED = ("format_version", TARGETS_KEY)
+_NOT_COPIED = ("format_version", TARGETS_KEY, PROTECTION_KEY, PENDING_KEY)
 _PROCESS_KEYS = ("lease.", "position.")
 
 
@@ -28,6 +30,8 @@ def copy(
     *,
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    src_options: Mapping[str, Any] | None = None,
+    dst_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Copy the image stored at *src* to *dst*, any store to any store; returns how many events were copied.
 
@@ -54,6 +58,13 @@ def copy(
             its ``-wal``/``-shm``; an NDJSON log and the files beside it).
         progress: called as ``progress("copy", done, total)`` as events are
             copied.
+        src_options: the protection options *src* is opened with
+            (``encryption_key``, ``integrity_key``, ``compression``; see
+            :func:`memimg.open`).
+        dst_options: the protection options of *dst* (default: the same as
+            *src*'s; ``{}`` for a plain copy). The rows are sealed anew for
+            *dst* -- a copy under other options is how ``memimg rekey``'s
+            result can be had in another store.
 
     Raises:
         MemimgError: *src* holds no image; *dst* is not empty (and
@@ -63,8 +74,23 @@ def copy(
         CorruptLogError: a row of *src* fails its checksum (nothing after
             it is copied).
     """
+    src_protection, failure = protection_for(**_protection_options(src_options))
+    if failure is None:
+        dst_protection, failure = (
+            (src_protection, None) if dst_options is None else protection_for(**_protection_options(dst_options))
+        )
+    if (
+        dst_options is None
+        and src_protection is None
+        and isinstance(src, ProtectedStore)
+        and not isinstance(dst, Store)
+    ):
+        dst_protection = src.protection  # a protected log given as a store: its copy is protected alike
+    del src_options, dst_options  # no key in this frame's locals when a later error's traceback shows them
+    if failure is not None:
+        raise failure.with_traceback(None)
     with contextlib.ExitStack() as stack:
-        source = _open(stack, src, readonly=True)
+        source = _open(stack, src, readonly=True, protection=src_protection)
         # the snapshots before the head: a live writer may commit and snapshot between the two looks, and a
         # snapshot past the head copied would be one the copy's log does not reach
         listed = sorted(info.seq for info in source.snapshots())
@@ -72,14 +98,14 @@ def copy(
         snapshots = [s for s in listed if s <= head]
         if head == 0 and not snapshots:
             raise MemimgError(f"{source.description!r} holds no memimg image (its log is empty); nothing was copied")
-        target = _open(stack, dst, readonly=False)
+        target = _open(stack, dst, readonly=False, protection=dst_protection)
         if _identity(target) == _identity(source):
             raise MemimgError(
                 f"{target.description!r} is the log the copy reads from ({source.description!r}): a log cannot be "
                 "copied onto itself; nothing was copied or changed"
             )
         if target.head() != 0 or target.snapshots():
-            target = _replace(stack, dst, target, overwrite)
+            target = _replace(stack, dst, target, overwrite, dst_protection)
         # a compacted log starts after seq 1: the target's log must start at the same seq -- after the
         # source's snapshot at first - 1 if it has one, else after a stand-in removed once the events are in
         early = [s for s in snapshots if s < first] if first - 1 in snapshots else []
@@ -117,18 +143,38 @@ def copy(
     raise AssertionError("unreachable")  # pragma: no cover - (mypy: ExitStack may swallow exceptions)
 
 
-def _open(stack: contextlib.ExitStack[Any], where: str | os.PathLike[str] | Store, *, readonly: bool) -> Store:
+def _protection_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    options = dict(options or {})
+    unexpected = set(options) - {"encryption_key", "integrity_key", "compression"}
+    if unexpected:
+        raise TypeError(f"unexpected protection options: {', '.join(sorted(unexpected))}")
+    return {
+        "encryption_key": options.get("encryption_key"),
+        "integrity_key": options.get("integrity_key"),
+        "compression": options.get("compression"),
+    }
+
+
+def _open(
+    stack: contextlib.ExitStack[Any],
+    where: str | os.PathLike[str] | Store,
+    *,
+    readonly: bool,
+    protection: Protection | None = None,
+) -> Store:
     """The store at *where*, closed with *stack* if it was opened here."""
     path = os.fspath(where) if isinstance(where, (str, os.PathLike)) else None
     if readonly and path is not None and "://" not in path and path != ":memory:" and not os.path.exists(path):
         raise MemimgError(f"{path!r} does not exist; nothing was copied")
-    store = store_for(where, readonly=readonly)
-    if store is not where:
+    store = store_for(where, readonly=readonly, protection=protection)
+    if getattr(store, "inner", store) is not where and store is not where:
         stack.callback(store.close)
     return store
 
 
-def _replace(stack: contextlib.ExitStack[Any], dst: Any, target: Store, overwrite: bool) -> Store:
+def _replace(
+    stack: contextlib.ExitStack[Any], dst: Any, target: Store, overwrite: bool, protection: Protection | None
+) -> Store:
     """*dst*'s store, empty: its files deleted if it is a path and *overwrite* was given (else refused)."""
     where = target.description
     if not overwrite:
@@ -150,12 +196,13 @@ def _replace(stack: contextlib.ExitStack[Any], dst: Any, target: Store, overwrit
             os.unlink(name)
     for name in (path + ".snapshots", path + ".segments"):
         shutil.rmtree(name, ignore_errors=True)
-    return _open(stack, dst, readonly=False)
+    return _open(stack, dst, readonly=False, protection=protection)
 
 
 def _identity(store: Store) -> tuple[Any, ...]:
     """What tells one log from another: the file (followed through links) of a path, a database's URL with
     the schema and table prefix, else the store object itself."""
+    store = getattr(store, "inner", store)  # a protected log: the store it is in
     path = getattr(store, "path", None)
     if isinstance(path, str) and path != ":memory:":
         try:

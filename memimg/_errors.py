@@ -21,6 +21,7 @@ __all__ = [
     "HistoryError",
     "LockedError",
     "MemimgError",
+    "ProtectionError",
     "ReadOnlyError",
     "SchemaError",
     "StoreError",
@@ -145,6 +146,16 @@ class UnknownTypeError(SchemaError):
     __module__ = "memimg"
 
     type_name: str
+
+
+class ProtectionError(MemimgError):
+    """A key is missing, wrong or malformed, or a log's protection does not match the one asked for.
+
+    Nothing was read or changed. The message names the log and what to do;
+    it never holds a key (only key fingerprints).
+    """
+
+    __module__ = "memimg"
 
 
 class ReadOnlyError(MemimgError):

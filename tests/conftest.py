@@ -33,6 +33,12 @@ import pytest
 import memimg
 
 POSTGRES_URL = os.environ.get("MEMIMG_TEST_POSTGRES_URL")
+#: MEMIMG_TEST_PROTECTION=1: every image make_image opens is encrypted, chained and compressed (keys of the tests')
+PROTECTION: dict[str, Any] = (
+    {"encryption_key": bytes(range(32)), "integrity_key": bytes(range(32, 64)), "compression": "zstd"}
+    if os.environ.get("MEMIMG_TEST_PROTECTION")
+    else {}
+)
 STORE_KINDS = ["memory", "sqlite", "ndjson"] + (["postgres"] if POSTGRES_URL else [])
 if os.environ.get("MEMIMG_REQUIRE_POSTGRES") and not POSTGRES_URL:
     raise RuntimeError("MEMIMG_REQUIRE_POSTGRES is set but MEMIMG_TEST_POSTGRES_URL is not")
@@ -70,7 +76,16 @@ class StoreFactory:
         return store
 
     def store(self) -> memimg.Store:
-        """A raw store on the log (closed after the test)."""
+        """A store on the log as the images see it: its rows as written and read (closed after the test)."""
+        store = self.raw_store()
+        if PROTECTION:
+            from memimg._api import store_for
+
+            return store_for(store, **PROTECTION)
+        return store
+
+    def raw_store(self) -> memimg.Store:
+        """The store on the log, its rows as stored (protected rows sealed)."""
         target = self.target()
         if isinstance(target, str):
             target = memimg.NDJSONStore(target) if self.kind == "ndjson" else memimg.SQLiteStore(target)
@@ -78,6 +93,8 @@ class StoreFactory:
         return target  # type: ignore[no-any-return]
 
     def open(self, **options: Any) -> memimg.MemoryImage:
+        if PROTECTION and not {"encryption_key", "integrity_key", "compression"} & set(options):
+            options = {**PROTECTION, **options}
         return memimg.open(self.target(readonly=options.get("readonly", False)), **options)
 
     def cleanup(self) -> None:

@@ -4,6 +4,7 @@ from memimg.cli import (  # noqa: F401 -- each registers its commands
     _erase,
     _history,
     _inspect,
+    _keys,
     _ops,
     _past,
     _project,

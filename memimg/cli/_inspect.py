@@ -17,9 +17,11 @@ from memimg.core import _types
 from memimg.core._diff import type_name
 from memimg.core._meta import META_KIND, read_events
 from memimg.core._plain import plain
+from memimg.core._protect import read_settings
 from memimg.model import SHELL, _tracking
 from memimg.model._base import PersistentBase
 from memimg.model._collections import TrackedDict, TrackedList, TrackedSet
+from memimg.stores._protected import ProtectedStore
 
 __all__ = ["info", "log", "show", "size_text"]
 
@@ -61,6 +63,7 @@ def info(target: str, as_json: bool) -> None:
             "objects": sum(counts.values()),
             "types": dict(sorted(counts.items())),
             "root": type_name(img.root),
+            "protection": _protection(store, img.seq),
         }
     finally:
         img.close()
@@ -77,11 +80,38 @@ def info(target: str, as_json: bool) -> None:
         click.echo("snapshots:  none")
     if size is not None:
         click.echo(f"size:       {size_text(size)}")
+    protection: dict[str, Any] | None = data["protection"]  # type: ignore[assignment]
+    if protection:
+        parts = []
+        if protection.get("cipher"):
+            parts.append(f"encrypted ({protection['cipher']}, key {protection['key_id']})")
+        if protection.get("integrity"):
+            parts.append(f"integrity chain ({protection['integrity']}, key {protection['integrity_key_id']})")
+        if protection.get("compression"):
+            parts.append(f"compressed ({protection['compression']})")
+        click.echo(f"protection: {', '.join(parts) or 'none'}")
+        if protection.get("head_mac"):
+            click.echo(
+                f"head MAC:   {protection['head_mac']} (seq {data['head_seq']}: record both elsewhere; "
+                "`memimg verify --expect-head SEQ --expect-mac MAC` checks nothing was cut off)"
+            )
     click.echo(f"root:       {data['root']}")
     click.echo(f"objects:    {data['objects']}")
     width = max((len(t) for t in counts), default=0)
     for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         click.echo(f"  {name:<{width}}  {n}")
+
+
+def _protection(store: Any, head: int) -> dict[str, Any] | None:
+    """The log's protection settings (no key), with the MAC of its head event when the chain's key is known."""
+    settings = read_settings(store.meta())
+    if settings is None:
+        return None
+    out = {k: settings.get(k) for k in ("cipher", "key_id", "integrity", "integrity_key_id", "compression")}
+    if isinstance(store, ProtectedStore) and store.protection.chained and head:
+        mac = store._anchor(head, fresh=True)
+        out["head_mac"] = mac.hex() if mac else None
+    return out
 
 
 def size_text(n: int) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "CLOSED_PIPE_STATUS",
     "PAST_OPTIONS",
     "cli",
+    "key_from_env",
     "open_at",
     "open_image",
     "open_store",
@@ -40,6 +41,7 @@ __all__ = [
     "past_store",
     "point",
     "progress_callback",
+    "protection_option",
     "url_options",
     "with_progress",
 ]
@@ -136,7 +138,39 @@ def _import_modules(modules: Iterable[str]) -> None:
 def open_store(target: str, *, readonly: bool) -> Store:
     if "://" not in target and target != ":memory:" and not os.path.exists(target):
         raise MemimgError(f"{target!r} does not exist")
-    return _api.store_for(target, readonly=readonly, **url_options(target))
+    return _api.store_for(target, readonly=readonly, protection=protection_option(), **url_options(target))
+
+
+#: The environment variables a key is read from when no --*-key-env option names another.
+KEY_VARIABLES: Final = {"encryption_key": "MEMIMG_ENCRYPTION_KEY", "integrity_key": "MEMIMG_INTEGRITY_KEY"}
+
+
+def key_from_env(name: str | None, what: str) -> str | None:
+    """The key in environment variable *name* (None: the default variable's, if set).
+
+    Keys are read from the environment, never the command line (where
+    ``ps`` and the shell history would show them).
+    """
+    if name is None:
+        return os.environ.get(KEY_VARIABLES[what]) or None
+    value = os.environ.get(name)
+    if not value:
+        raise MemimgError(f"the environment variable {name} (named for the {what.replace('_', ' ')}) is not set")
+    return value
+
+
+def protection_option() -> Any:
+    """The :class:`Protection` the global --encryption-key-env/--integrity-key-env options give (None: none)."""
+    ctx = click.get_current_context(silent=True)
+    obj = (ctx.obj if ctx is not None else None) or {}
+    protection, failure = _api.protection_for(
+        key_from_env(obj.get("encryption_key_env"), "encryption_key"),
+        key_from_env(obj.get("integrity_key_env"), "integrity_key"),
+        None,
+    )
+    if failure is not None:
+        raise failure.with_traceback(None)
+    return protection
 
 
 def url_options(target: str) -> dict[str, Any]:
@@ -279,18 +313,44 @@ _GLOBAL_OPTIONS = (
     ),
     click.Option(["--schema"], default=None, help="For a database URL: the schema holding memimg's tables."),
     click.Option(["--prefix"], default=None, help="For a database URL: the tables' prefix (default memimg_)."),
+    click.Option(
+        ["--encryption-key-env"],
+        metavar="NAME",
+        default=None,
+        help="Read the log's encryption key from environment variable NAME (default: MEMIMG_ENCRYPTION_KEY, if set).",
+    ),
+    click.Option(
+        ["--integrity-key-env"],
+        metavar="NAME",
+        default=None,
+        help="Read the log's integrity key from environment variable NAME (default: MEMIMG_INTEGRITY_KEY, if set).",
+    ),
 )
 
 
 @click.group(cls=_Group, params=list(_GLOBAL_OPTIONS))
 @click.version_option(memimg.__version__, prog_name="memimg")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, imports: tuple[str, ...], schema: str | None, prefix: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    debug: bool,
+    imports: tuple[str, ...],
+    schema: str | None,
+    prefix: str | None,
+    encryption_key_env: str | None,
+    integrity_key_env: str | None,
+) -> None:
     """Look into and operate memimg images. TARGET is an SQLite file or a database URL.
 
     The options below may also be given after the command (memimg verify shop.db --import shop.models).
     """
-    ctx.obj = {"debug": debug, "schema": schema, "prefix": prefix}
+    ctx.obj = {
+        "debug": debug,
+        "schema": schema,
+        "prefix": prefix,
+        "encryption_key_env": encryption_key_env,
+        "integrity_key_env": integrity_key_env,
+    }
     _import_modules(imports)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -12,7 +13,16 @@ import memimg
 from memimg import _api
 from memimg._errors import MemimgError
 from memimg.cli._inspect import size_text
-from memimg.cli._main import PAST_OPTIONS, cli, open_image, open_store, progress_callback, url_options, with_progress
+from memimg.cli._main import (
+    PAST_OPTIONS,
+    cli,
+    open_image,
+    open_store,
+    progress_callback,
+    protection_option,
+    url_options,
+    with_progress,
+)
 from memimg.core._codec import Codec
 from memimg.core._reader import Reader
 from memimg.core._rows import SnapshotRow, snapshot_checksum
@@ -87,9 +97,10 @@ def compact(
     try:
         store = img.store
         if keep_segment:
-            if not isinstance(store, NDJSONStore):
+            inner = getattr(store, "inner", store)  # a protected log's own store
+            if not isinstance(inner, NDJSONStore):
                 raise click.UsageError(f"--keep-segment is for NDJSON logs (*.ndjson), not {target!r}")
-            store.keep_segments = True
+            inner.keep_segments = True
         seq = img.snapshot()
         cut, reasons = _cut(store, seq, img._engine, keep_events, keep_days, ignore_positions)
         if archive:
@@ -221,14 +232,23 @@ def _write_base_leased(store: Store, base: int, seq: int, holder: str) -> str | 
 
 
 def _archive(store: Store, seq: int, path: str) -> None:
-    """Write the events before *seq* to *path*, one JSON object per line, each as it is read."""
+    """Write the events before *seq* to *path*, one JSON object per line, each as it is read.
+
+    A protected log's events are written as stored (``payload64``: the
+    sealed bytes, base64), so the archive is no less protected than the log.
+    """
     first = store.first_seq()
+    inner = getattr(store, "inner", None)
     with open(path, "wb") as f:
-        for raw in with_progress(store.read(after=first - 1), seq - first, "archive"):
+        for raw in with_progress((inner or store).read(after=first - 1), seq - first, "archive"):
             row = EventRow(*raw)
             if row.seq >= seq:
                 break
-            f.write(orjson.dumps({**row._asdict(), "payload": row.payload.decode()}) + b"\n")
+            if inner is not None:
+                line = {**row._asdict(), "payload": None, "payload64": base64.b64encode(bytes(row.payload)).decode()}
+            else:
+                line = {**row._asdict(), "payload": row.payload.decode()}
+            f.write(orjson.dumps(line) + b"\n")
 
 
 def _disk_size(store: Store) -> int | None:
@@ -252,7 +272,8 @@ def copy_(source: str, target: str, overwrite: bool) -> None:
     src = open_store(source, readonly=True)
     try:
         # a path goes to copy as it is (so that --overwrite can delete its files); a URL takes --schema/--prefix
-        dst: Any = _api.store_for(target, **url_options(target)) if "://" in target else target
+        protection = getattr(src, "protection", None)  # a protected log's copy is protected alike
+        dst: Any = _api.store_for(target, protection=protection, **url_options(target)) if "://" in target else target
         try:
             copied = memimg.copy(src, dst, overwrite=overwrite, progress=progress_callback())
         finally:
@@ -275,7 +296,7 @@ def copy_(source: str, target: str, overwrite: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
 def export_(target: str, fmt: str, output: str | None) -> None:
-    """Write the current state as JSON (the snapshot format)."""
+    """Write the current state as JSON (the snapshot format); in the clear, even from an encrypted log."""
     img = open_image(target)
     try:
         data = _api.serialize(img.root)
@@ -294,12 +315,12 @@ def export_(target: str, fmt: str, output: str | None) -> None:
 @click.argument("target")
 @click.argument("source", type=click.File("rb"))
 def import_(target: str, source: Any) -> None:
-    """Create a new image at TARGET from a JSON export."""
+    """Create a new image at TARGET from a JSON export (protected with the keys given, if any)."""
     data = orjson.loads(source.read())
     reader = Reader(ObjectTable(SHELL, Codec(memimg.converter, SHELL)), stand_ins=_generic.make_stand_in)
     load_snapshot(reader, data)
     root = reader.table.objects[data["root"]]
-    store = _api.store_for(target, **url_options(target))
+    store = _api.store_for(target, protection=protection_option(), **url_options(target))
     try:
         if store.head() != 0:
             raise MemimgError(f"{target!r} already holds an image; import needs an empty target")

@@ -42,6 +42,7 @@ from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.image._recovery import snapshot_past_head
 from memimg.model import SHELL
+from memimg.stores._protected import ProtectedStore
 from memimg.stores._protocol import SnapshotInfo, Store
 
 __all__ = ["verify"]
@@ -141,14 +142,72 @@ def _same_records(
 
 @cli.command()
 @click.argument("target")
-def verify(target: str) -> None:
-    """Check every checksum, replay the whole log, and compare each snapshot with the replay."""
+@click.option(
+    "--expect-head",
+    "expect_head",
+    type=int,
+    default=None,
+    metavar="SEQ",
+    help="Fail unless the log reaches seq SEQ (recorded earlier: catches the newest rows cut off).",
+)
+@click.option(
+    "--expect-mac",
+    "expect_mac",
+    default=None,
+    metavar="HEX",
+    help="With --expect-head and an integrity key: fail unless event SEQ's MAC is HEX (as `memimg info` printed).",
+)
+def verify(target: str, expect_head: int | None, expect_mac: str | None) -> None:
+    """Check every checksum, replay the whole log, and compare each snapshot with the replay.
+
+    With an integrity key (--integrity-key-env NAME, or MEMIMG_INTEGRITY_KEY)
+    the chain of MACs is checked first: an edited, inserted, deleted or
+    reordered row fails it. A chain cannot show that its newest rows were
+    cut off: --expect-head SEQ (and --expect-mac, the MAC `memimg info`
+    printed for that seq) can.
+    """
+    if expect_mac is not None and expect_head is None:
+        raise click.UsageError("--expect-mac needs --expect-head (the seq whose MAC it is)")
     store = open_store(target, readonly=True)
     try:
+        if isinstance(store, ProtectedStore) and store.protection.chained:
+            head, mac = store.check_chain()
+            click.echo(
+                f"integrity chain: ok, {head - store.first_seq() + 1} event(s) and every snapshot; "
+                f"head seq {head} MAC {mac.hex()}"
+            )
+        elif expect_mac is not None:
+            raise MemimgError("--expect-mac needs the log's integrity key (--integrity-key-env NAME)")
+        if expect_head is not None:
+            _expect(store, expect_head, expect_mac)
         with paused_gc():  # as an open does: the replay and the comparison make no cyclic garbage to collect
             _verify(store)
     finally:
         store.close()
+
+
+def _expect(store: Store, seq: int, mac: str | None) -> None:
+    """Fail unless *store* reaches *seq* and (with *mac*) event *seq* has that MAC."""
+    head = store.head()
+    if head < seq:
+        raise CorruptLogError(
+            f"{store.description!r} ends at seq {head}, before the expected seq {seq}: its newest events were "
+            "removed (or this is an older copy of the log); restore it from a backup",
+            seq=head + 1,
+            table="memimg_events",
+        )
+    if mac is not None:
+        assert isinstance(store, ProtectedStore)
+        stored = store._anchor(seq, fresh=True)
+        if stored is None or stored.hex() != mac.strip().lower():
+            raise CorruptLogError(
+                f"event seq {seq} of {store.description!r} does not have the MAC recorded for it: the log was "
+                "rewritten from there (an erase re-chains the rows after the first it rewrites: record the head "
+                "MAC again after one); restore it from a backup",
+                seq=seq,
+                table="memimg_events",
+            )
+    click.echo(f"expected head: ok, the log reaches seq {seq}" + (" with the MAC recorded" if mac else ""))
 
 
 def _reader() -> Reader:

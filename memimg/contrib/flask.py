@@ -12,6 +12,12 @@
         memimg_ext.init_app(app)
         return app
 
+**Protection at rest** (see docs/security.md): ``MEMIMG_ENCRYPTION_KEY_ENV``
+and ``MEMIMG_INTEGRITY_KEY_ENV`` name the environment variables holding the
+keys (or ``MEMIMG_ENCRYPTION_KEY`` / ``MEMIMG_INTEGRITY_KEY`` give them, from
+a secret store); ``MEMIMG_COMPRESSION`` is ``"zstd"`` or ``"zlib"``. Keys are
+never shown in messages.
+
 **Opening.** :meth:`MemImg.init_app` reads the ``MEMIMG_*`` settings and
 opens the image at once, so a wrong setting stops the app from being created
 with a :class:`ConfigError` that names the setting. There is one image per
@@ -85,6 +91,7 @@ from memimg import MemoryImage
 from memimg.cli import cli as memimg_cli
 from memimg.cli._embed import target_index
 from memimg.contrib import _requests
+from memimg.contrib._keys import protection_options, redacted
 from memimg.image._retry import backoff
 
 if TYPE_CHECKING:
@@ -212,6 +219,10 @@ def _config_error(setting: str, message: str) -> ConfigError:
     return ConfigError(f"{setting}: {message}", setting=setting)
 
 
+def _protection_error(setting: str, message: str) -> ConfigError:
+    return _config_error(f"MEMIMG_{setting}", message)
+
+
 def _resolve_root(value: Any) -> Callable[[], Any]:
     if value is None:
         raise _config_error(
@@ -282,6 +293,7 @@ class _AppState:
         "annotate_with",
         "discards",
         "options",
+        "protection",
         "retries",
         "root",
         "target",
@@ -297,6 +309,8 @@ class _AppState:
         if "root" in options:
             raise _config_error("MEMIMG_OPTIONS", "must not hold 'root'; set MEMIMG_ROOT instead")
         self.options: dict[str, Any] = dict(options)
+        #: the protection options (keys), kept out of ``options``, whose values messages show
+        self.protection = protection_options(lambda name: config.get(f"MEMIMG_{name}"), _protection_error)
         retries = config.get("MEMIMG_RETRIES", DEFAULT_RETRIES)
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise _config_error("MEMIMG_RETRIES", f"must be an int >= 0, not {retries!r}")
@@ -310,7 +324,7 @@ class _AppState:
     def _open(self) -> MemoryImage:
         described = self.target if isinstance(self.target, str) else type(self.target).__qualname__
         try:
-            img = memimg.open(self.target, root=self.root, **self.options)
+            img = memimg.open(self.target, root=self.root, **self.options, **self.protection)
         except (memimg.SchemaError, memimg.CorruptLogError, memimg.LockedError):
             raise  # about the stored data, not the settings; their messages say what to do
         except memimg.MemimgError as err:
@@ -319,7 +333,7 @@ class _AppState:
             raise _config_error(
                 "MEMIMG_OPTIONS",
                 f"memimg.open({described!r}, root=MEMIMG_ROOT, **MEMIMG_OPTIONS) failed: {err}; "
-                f"check MEMIMG_OPTIONS={self.options!r} and MEMIMG_ROOT",
+                f"check MEMIMG_OPTIONS={redacted(self.options)!r} and MEMIMG_ROOT",
             ) from err
         _opened[img] = os.getpid()
         return img

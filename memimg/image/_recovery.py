@@ -220,6 +220,8 @@ def _recover_once(engine: Host, reuse: list[Any] | None) -> None:
             verify_snapshot(snap)
             header, records = split_snapshot(snap.payload, info.seq)
         except (CorruptLogError, orjson.JSONDecodeError, ValueError) as err:
+            if getattr(err, "tampered", False):
+                raise  # an integrity chain's failure is an edit, not an accident to work around
             warnings.warn(f"skipping snapshot at seq {info.seq}: {err}", stacklevel=5)
             skipped.append(f"snapshot at seq {info.seq} was skipped: {err}")
             continue

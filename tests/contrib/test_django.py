@@ -862,3 +862,27 @@ def test_the_inspector_streams_live_under_asgi(bank: memimg.MemoryImage) -> None
 
 def _deposit_in_ada(img: memimg.MemoryImage) -> None:
     img.root.accounts["ada"].balance += 1
+
+
+# -- protection at rest ------------------------------------------------------------------
+
+
+def test_keys_come_from_environment_variables_named_by_the_setting(
+    configure: Callable[..., memimg.MemoryImage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MEMIMG['ENCRYPTION_KEY_ENV'] / ['INTEGRITY_KEY_ENV'] name the variables holding the keys: the image is
+    stored encrypted; a variable that is not set is ImproperlyConfigured naming the key, and neither the
+    error nor the parsed settings' repr shows a key."""
+    key, mac = "5a" * 32, "6b" * 32
+    monkeypatch.setenv("APP_KEY", key)
+    monkeypatch.setenv("APP_MAC", mac)
+    img = configure(ENCRYPTION_KEY_ENV="APP_KEY", INTEGRITY_KEY="6b" * 32, COMPRESSION="zlib")
+    img.root.accounts["ada"] = Account("ada-SECRET-NAME")
+    assert mac not in repr(_runtime.current_settings()) and key not in repr(_runtime.current_settings())
+    _runtime.close()
+    assert b"ada-SECRET-NAME" not in (tmp_path / "image.db").read_bytes()
+    with memimg.open(str(tmp_path / "image.db"), encryption_key=key, integrity_key=mac) as again:
+        assert again.root.accounts["ada"].owner == "ada-SECRET-NAME"
+    with pytest.raises(ImproperlyConfigured, match=r"MEMIMG\['ENCRYPTION_KEY_ENV'\].*NOT_SET_VARIABLE") as info:
+        configure(ENCRYPTION_KEY_ENV="NOT_SET_VARIABLE", INTEGRITY_KEY_ENV="APP_MAC")
+    assert mac not in str(info.value)

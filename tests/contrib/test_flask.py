@@ -984,3 +984,31 @@ def test_bad_annotation_settings_fail_at_init(tmp_path: Any, config: dict[str, A
     with pytest.raises(ConfigError) as info:
         MemImg(app)
     assert info.value.setting == setting and words in str(info.value)
+
+
+# -- protection at rest ------------------------------------------------------------------
+
+
+def test_keys_come_from_environment_variables_named_by_the_settings(
+    make_app: Make, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MEMIMG_ENCRYPTION_KEY_ENV / MEMIMG_INTEGRITY_KEY_ENV name the variables holding the keys: the image is
+    stored encrypted and opens only with them; a variable that is not set is a ConfigError naming the setting,
+    and no message shows a key."""
+    key, mac = "5a" * 32, "6b" * 32
+    monkeypatch.setenv("APP_KEY", key)
+    monkeypatch.setenv("APP_MAC", mac)
+    _app, ext = make_app(
+        MEMIMG_ENCRYPTION_KEY_ENV="APP_KEY", MEMIMG_INTEGRITY_KEY_ENV="APP_MAC", MEMIMG_COMPRESSION="zstd"
+    )
+    ext.image.root.count = 424242
+    ext.image.close()
+    assert b"424242" not in (tmp_path / "image.db").read_bytes()
+    with memimg.open(str(tmp_path / "image.db"), encryption_key=key, integrity_key=mac) as img:
+        assert img.root.count == 424242
+    with pytest.raises(ConfigError, match="MEMIMG_ENCRYPTION_KEY_ENV.*NOT_SET_VARIABLE") as info:
+        make_app(MEMIMG_ENCRYPTION_KEY_ENV="NOT_SET_VARIABLE", MEMIMG_INTEGRITY_KEY_ENV="APP_MAC")
+    assert mac not in str(info.value)
+    with pytest.raises(ConfigError, match="MEMIMG_TARGET") as opened:
+        make_app(MEMIMG_ENCRYPTION_KEY="7c" * 32, MEMIMG_INTEGRITY_KEY_ENV="APP_MAC")  # another key: refused
+    assert "7c" * 32 not in str(opened.value) and mac not in str(opened.value)

@@ -13,6 +13,9 @@ The setting is a dict::
         "ANNOTATE": True,                  # each request's commits carry who and what (False: off)
         "ANNOTATE_KEYS": ("user", "request", "endpoint"),   # which of those to record
         "ANNOTATE_WITH": None,             # fn(request, meta) -> the metadata to record (or its dotted path)
+        "ENCRYPTION_KEY_ENV": "APP_MEMIMG_KEY",   # protection at rest (docs/security.md): the environment
+        "INTEGRITY_KEY_ENV": "APP_MEMIMG_MAC",    # variables holding the keys (or ENCRYPTION_KEY /
+        "COMPRESSION": "zstd",                    # INTEGRITY_KEY: the keys themselves); never shown
     }
 
 A ``TARGET`` that names an entry of ``settings.DATABASES`` means "the
@@ -39,6 +42,7 @@ from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-u
 from django.utils.module_loading import import_string  # type: ignore[import-untyped, unused-ignore]
 
 from memimg.contrib import _requests
+from memimg.contrib._keys import SETTINGS, Hidden, protection_options
 from memimg.stores import Store
 
 __all__ = ["KEYS", "MemimgSettings", "database_url", "parse_settings", "sqlite_path", "url_for_database"]
@@ -56,6 +60,7 @@ KEYS: Final = (
     "ANNOTATE",
     "ANNOTATE_KEYS",
     "ANNOTATE_WITH",
+    *SETTINGS,
 )
 
 DEFAULT_RETRIES: Final = 3
@@ -94,10 +99,12 @@ class MemimgSettings:
     #: the request metadata keys to record (None: annotating is off), and the function that adds to them
     annotate_keys: tuple[str, ...] | None = _requests.KEYS
     annotate_with: Callable[[Any, dict[str, Any]], Any] | None = None
+    #: the protection options (keys): apart from ``options``, never shown
+    protection: Hidden = field(default_factory=Hidden, repr=False)
 
     def open_options(self) -> dict[str, Any]:
         """The keyword arguments of ``memimg.open`` besides the target."""
-        return {"root": self.root, **self.options}
+        return {"root": self.root, **self.options, **self.protection}
 
 
 def parse_settings(value: Any, databases: Mapping[str, Any]) -> MemimgSettings:
@@ -138,6 +145,7 @@ def parse_settings(value: Any, databases: Mapping[str, Any]) -> MemimgSettings:
         error=lambda suffix, message: _error(f"ANNOTATE{suffix}", message),
         load=import_string,
     )
+    protection = protection_options(value.get, _error)
     by_url = any(value.get(key) is not None for key in ("SCHEMA", "PREFIX"))
     target, description, alias = _target(value.get("TARGET"), databases, by_url=by_url)
     for key in ("SCHEMA", "PREFIX"):
@@ -164,6 +172,7 @@ def parse_settings(value: Any, databases: Mapping[str, Any]) -> MemimgSettings:
         lazy=lazy,
         annotate_keys=annotate_keys,
         annotate_with=annotate_with,
+        protection=protection,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped, unused-ignore]
 
 import memimg
+from memimg.contrib._keys import redacted
 from memimg.contrib.django._config import MemimgSettings, parse_settings
 
 __all__ = ["close", "current_settings", "image", "load_settings", "on_setting_changed", "reopen", "root", "start"]
@@ -61,7 +62,7 @@ def _open(config: MemimgSettings) -> memimg.MemoryImage:
     except Exception as err:
         raise ImproperlyConfigured(
             f"settings.MEMIMG: cannot open the image at TARGET {config.description} with ROOT "
-            f"{config.root_name} and OPTIONS {config.options!r}: {err}"
+            f"{config.root_name} and OPTIONS {redacted(config.options)!r}: {err}"
         ) from err
     expected = config.root
     if isinstance(expected, type) and not isinstance(img.root, expected):

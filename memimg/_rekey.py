@@ -1,0 +1,114 @@
+"""``memimg.rekey``: a log's protection changed in place -- keys rotated, a plain log protected, or the reverse."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+from memimg._api import plain_store, protection_for
+from memimg._copy import copy
+from memimg._errors import MemimgError
+from memimg.stores._ndjsonswap import commit_swap, swap_path
+from memimg.stores._protected import rekey as rekey_store
+from memimg.stores._protocol import Store, live_positions
+
+__all__ = ["rekey"]
+
+
+def rekey(
+    target: str | os.PathLike[str] | Store,
+    *,
+    old_options: Mapping[str, Any] | None = None,
+    new_options: Mapping[str, Any] | None = None,
+    **store_options: Any,
+) -> int:
+    """Re-seal every event and snapshot of the log at *target* under *new_options*; returns how many rows.
+
+    *old_options* are the protection options the log is opened with now
+    (``encryption_key``, ``integrity_key``; ``{}`` or None for a plain
+    log), *new_options* those it gets (``{}`` or None: plain;
+    ``compression`` too). The log must not be open elsewhere (a process
+    still writing would write under the old keys): a live image's position
+    in the log refuses the rekey.
+
+    Crash-safe: a process killed at any point leaves the log openable with
+    the old options or with the new ones, never neither. The SQL stores and
+    the memory store rewrite every row in one database transaction, between
+    two ``memimg_meta`` entries that say which keys the rows are under; an
+    NDJSON log is written anew beside the old one and swapped in behind a
+    commit marker (see ``memimg/stores/_ndjsonswap.py``). The space of the
+    old rows is given back (``Store.reclaim``): a plain log's values do not
+    linger in free pages of an SQLite file once it is encrypted.
+
+    Raises:
+        ProtectionError: *old_options* do not open the log (nothing changed).
+        MemimgError: the log is open in another process, or is empty.
+    """
+    old, failure = protection_for(**_options(old_options))
+    if failure is None:
+        new, failure = protection_for(**_options(new_options))
+    del old_options, new_options  # no key in this frame's locals when a later error's traceback shows them
+    if failure is not None:
+        raise failure.with_traceback(None)
+    if isinstance(target, Store):
+        return rekey_store(target, old, new)
+    path = os.fspath(target)
+    if path.endswith(".ndjson") and "://" not in path:
+        return _rekey_ndjson(path, old, new)
+    store = plain_store(path, sync="full", readonly=False, busy_timeout=10.0, **store_options)
+    try:
+        n = rekey_store(store, old, new)
+        store.reclaim()
+        return n
+    finally:
+        store.close()
+
+
+def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    options = dict(options or {})
+    unexpected = set(options) - {"encryption_key", "integrity_key", "compression"}
+    if unexpected:
+        raise TypeError(f"unexpected protection options: {', '.join(sorted(unexpected))}")
+    return {k: options.get(k) for k in ("encryption_key", "integrity_key", "compression")}
+
+
+def _rekey_ndjson(path: str, old: Any, new: Any) -> int:
+    """The NDJSON log at *path* copied under *new* beside itself, then swapped in (see the module docstring)."""
+    if not os.path.exists(path):
+        raise MemimgError(f"{path!r} does not exist; nothing was changed")
+    source = plain_store(path, sync="full", readonly=True, busy_timeout=10.0)
+    try:
+        live = live_positions(source.meta())
+    finally:
+        source.close()
+    if live:
+        raise MemimgError(
+            f"{path!r} is open in {len(live)} other image(s) ({', '.join(sorted(live))}); close them before a "
+            "rekey (they would keep writing under the old keys); nothing was changed"
+        )
+    tmp = swap_path(path)
+    _remove(tmp)
+    with contextlib.ExitStack() as stack:
+        src = plain_store(path, sync="full", readonly=True, busy_timeout=10.0)
+        stack.callback(src.close)
+        from memimg.stores._protected import protect
+
+        wrapped = protect(src, old)
+        dst = plain_store(tmp, sync="full", readonly=False, busy_timeout=10.0)
+        stack.callback(dst.close)
+        copied = copy(wrapped, protect(dst, new))
+        count = copied + len(src.snapshots())
+    commit_swap(path)
+    return count
+
+
+def _remove(path: str) -> None:
+    """Remove what an earlier, unfinished rekey left at *path* (never committed: the marker is not there)."""
+    for suffix in ("", ".meta", ".lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path + suffix)
+    for suffix in (".snapshots", ".segments"):
+        shutil.rmtree(path + suffix, ignore_errors=True)

@@ -1,0 +1,448 @@
+"""Protection at rest: what a row's payload becomes on its way to the store, and back.
+
+One transform, applied to every stored payload -- event payloads and
+snapshot bodies alike -- where the rows meet the store (see
+``memimg/stores/_protected.py``), so every store gets it through the same
+path. Three independent options:
+
+* **compression** (``"zstd"`` or ``"zlib"``): snapshots always, event
+  payloads over :data:`COMPRESS_OVER` bytes, each kept only when it is
+  smaller;
+* **encryption** (AES-256-GCM, the ``cryptography`` package): a fresh
+  96-bit nonce per row; the row's plain columns -- table, seq, tx, time,
+  kind, target -- and the sealed header are the associated data, so a
+  sealed payload moved to another row (or table) no longer opens;
+* **integrity** (HMAC-SHA256 with a key of its own): each row carries the
+  MAC of the row before it in the chain and its own MAC over its columns,
+  that previous MAC and its stored body (encrypt-then-MAC: the chain is
+  checked without the encryption key).
+
+A sealed payload (a plain one is JSON, so it never starts with a zero
+byte)::
+
+    0x00 | flags | [prev MAC (32) | MAC (32)] | body
+    body = nonce (12) | AES-GCM(data) + tag (16)   if encrypted, else data
+    data = zstd/zlib(payload)                      if compressed, else payload
+
+The chain: event *n*'s previous MAC is event *n - 1*'s MAC (for the first
+event, :meth:`Protection.start`); a snapshot at seq *s* carries event *s*'s
+MAC as its link, so the chain can be followed from a snapshot when
+compaction dropped the events before it. What stays visible in the store:
+the plain columns (seq, tx, time, kind -- memimg's own event kind names
+such as ``obj.set``, never a class name --, target object id) and each
+payload's size. Type names, field names, values and transaction metadata
+are inside the sealed body.
+
+Keys are never kept as attributes that a ``repr``, a traceback's locals or
+an error message would show: :class:`Protection` keeps them inside the
+cipher and HMAC objects only, and names a key by its fingerprint (an HMAC of
+a fixed label under the key: it identifies the key without revealing it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import os
+import struct
+import threading
+import zlib
+from typing import Any, Final, final
+
+import orjson
+
+from memimg._errors import CorruptLogError, ProtectionError
+
+__all__ = [
+    "COMPRESSIONS",
+    "COMPRESS_OVER",
+    "MAC_SIZE",
+    "PROTECTION_KEY",
+    "Protection",
+    "ProtectionError",
+    "is_sealed",
+    "parse_key",
+]
+
+#: Event payloads larger than this many bytes are compressed (when a compression is set); snapshots always are.
+COMPRESS_OVER: Final = 256
+#: The compressions a log may use.
+COMPRESSIONS: Final = ("zstd", "zlib")
+#: The ``memimg_meta`` key holding a protected log's settings (never a key: names and fingerprints).
+PROTECTION_KEY: Final = "protection"
+MAC_SIZE: Final = 32
+
+_MAGIC: Final = 0
+_ZLIB: Final = 1
+_ZSTD: Final = 2
+_AES: Final = 4
+_MAC: Final = 8
+_NONCE: Final = 12
+_HEADER: Final = struct.Struct("<qqqq")
+_EVENT: Final = b"E"
+_SNAPSHOT: Final = b"S"
+
+
+def parse_key(value: object, what: str) -> bytes:
+    """The 32 bytes of a key given as bytes, as 64 hex digits or as base64 text.
+
+    Raises:
+        ProtectionError: *value* is not such a key (the message says what it
+            is -- its type and length -- never the value).
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        key = bytes(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        key = b""
+        if len(text) == 64:
+            try:
+                key = bytes.fromhex(text)
+            except ValueError:
+                key = b""
+        if not key:
+            try:
+                key = base64.b64decode(text, validate=True)
+            except (ValueError, binascii.Error):
+                key = b""
+    else:
+        raise ProtectionError(f"{what} must be 32 bytes, or their hex or base64 text, not a {type(value).__name__}")
+    if len(key) != 32:
+        raise ProtectionError(
+            f"{what} must be 32 bytes (256 bits), or their hex (64 digits) or base64 text; the value given "
+            f"({type(value).__name__} of length {len(value)}) is not. Make one with: "
+            "python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return key
+
+
+def fingerprint(key: bytes, label: bytes) -> str:
+    """A key's public name: 16 hex digits of an HMAC of *label* under it."""
+    return hmac.digest(key, b"memimg key id " + label, "sha256")[:8].hex()
+
+
+def is_sealed(payload: bytes) -> bool:
+    """Whether a stored payload went through :class:`Protection` (a plain one is JSON, or empty)."""
+    return len(payload) > 1 and payload[0] == _MAGIC
+
+
+_local = threading.local()
+
+
+class _Nonces:
+    """96-bit GCM nonces, never repeated: a random 64-bit prefix and a 32-bit counter (NIST SP 800-38D 8.2.1).
+
+    The prefix is drawn anew when the counter runs out and in a forked
+    child (which would otherwise repeat its parent's stream); two processes
+    share a prefix with a chance of 2**-64 per pair. One ``os.urandom`` per
+    2**32 nonces instead of one per row (a system call: the bulk of an
+    encrypted commit's cost).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8)
+        self._counter = itertools.count()
+
+    def __call__(self) -> bytes:
+        n = next(self._counter)  # atomic under the GIL
+        if n >= 0xFFFF_FFFF:
+            with self._lock:
+                if n >= 0xFFFF_FFFF:
+                    self._reset()
+            return self()
+        return self._prefix + n.to_bytes(4, "little")
+
+
+_nonce = _Nonces()
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ProtectionError(f"compression='zstd' needs zstandard: pip install 'memimg[zstd]' ({err})") from err
+    return zstandard
+
+
+def _compress(data: bytes, how: str) -> bytes:
+    if how == "zlib":
+        return zlib.compress(data, 6)
+    compressor = getattr(_local, "zc", None)
+    if compressor is None:  # a ZstdCompressor is not thread-safe: one per thread
+        compressor = _local.zc = _zstd().ZstdCompressor(level=3)
+    return compressor.compress(data)  # type: ignore[no-any-return]
+
+
+def _decompress(data: bytes, flags: int) -> bytes:
+    if flags & _ZLIB:
+        return zlib.decompress(data)
+    decompressor = getattr(_local, "zd", None)
+    if decompressor is None:
+        decompressor = _local.zd = _zstd().ZstdDecompressor()
+    return decompressor.decompress(data)  # type: ignore[no-any-return]
+
+
+@final
+class Protection:
+    """How a log's payloads are sealed: an optional cipher, MAC chain and compression.
+
+    Args:
+        encryption_key: 32 bytes (or hex/base64 text) for AES-256-GCM, or None.
+        integrity_key: 32 bytes (or hex/base64 text) for the HMAC-SHA256 chain, or None.
+        compression: ``"zstd"``, ``"zlib"`` or None.
+
+    Raises:
+        ProtectionError: a key is malformed, or encryption is asked for and
+            the ``cryptography`` package is missing.
+        ValueError: *compression* is not one of :data:`COMPRESSIONS`.
+    """
+
+    __slots__ = ("_aead", "_mac_key", "compression", "integrity_id", "key_id")
+
+    def __init__(
+        self, *, encryption_key: object = None, integrity_key: object = None, compression: str | None = None
+    ) -> None:
+        if compression is not None and compression not in COMPRESSIONS:
+            raise ValueError(
+                f"compression must be one of {', '.join(map(repr, COMPRESSIONS))} or None, not {compression!r}"
+            )
+        if compression == "zstd":
+            _zstd()
+        self.compression = compression
+        self._aead: Any = None
+        self.key_id: str | None = None
+        if encryption_key is not None:
+            key = parse_key(encryption_key, "encryption_key")
+            try:
+                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            except ImportError as err:  # pragma: no cover - depends on the environment
+                raise ProtectionError(f"encryption needs cryptography: pip install 'memimg[crypto]' ({err})") from err
+            self._aead = AESGCM(key)
+            self.key_id = fingerprint(key, b"encryption")
+        # the HMAC key lives in a closure: no attribute, no local of a frame that outlives this call, holds it
+        self._mac_key: Any = None
+        self.integrity_id: str | None = None
+        if integrity_key is not None:
+            ikey = parse_key(integrity_key, "integrity_key")
+            self.integrity_id = fingerprint(ikey, b"integrity")
+            self._mac_key = _mac_function(ikey)
+
+    def __repr__(self) -> str:
+        return (
+            f"Protection(encryption={'aes-256-gcm key ' + self.key_id if self.key_id else None!r}, "
+            f"integrity={'hmac-sha256 key ' + self.integrity_id if self.integrity_id else None!r}, "
+            f"compression={self.compression!r})"
+        )
+
+    def compressing(self, compression: str | None) -> Protection:
+        """This protection (the same keys) with another compression."""
+        if compression is not None and compression not in COMPRESSIONS:
+            raise ProtectionError(f"the log's stored compression {compression!r} is unknown to this memimg")
+        if compression == "zstd":
+            _zstd()
+        other = object.__new__(Protection)
+        other._aead, other._mac_key, other.key_id, other.integrity_id = (
+            self._aead,
+            self._mac_key,
+            self.key_id,
+            self.integrity_id,
+        )
+        other.compression = compression
+        return other
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Protection holds keys: it is not pickled")
+
+    @property
+    def encrypted(self) -> bool:
+        return self._aead is not None
+
+    @property
+    def chained(self) -> bool:
+        return self._mac_key is not None
+
+    @property
+    def active(self) -> bool:
+        """Whether sealing changes anything (some option is set)."""
+        return self._aead is not None or self._mac_key is not None or self.compression is not None
+
+    def settings(self) -> dict[str, Any]:
+        """What is stored in ``memimg_meta`` (:data:`PROTECTION_KEY`): names and fingerprints, no key."""
+        return {
+            "version": 1,
+            "cipher": "aes-256-gcm" if self._aead is not None else None,
+            "key_id": self.key_id,
+            "integrity": "hmac-sha256" if self._mac_key is not None else None,
+            "integrity_key_id": self.integrity_id,
+            "compression": self.compression,
+        }
+
+    def settings_text(self) -> str:
+        return orjson.dumps(self.settings(), option=orjson.OPT_SORT_KEYS).decode()
+
+    # -- the chain ----------------------------------------------------------------------------
+
+    def start(self, seq: int) -> bytes:
+        """The previous MAC of an event *seq* + 1 when neither event *seq* nor a snapshot at *seq* is stored."""
+        return self._mac_key(b"memimg chain start" + _HEADER.pack(seq, 0, 0, 0))  # type: ignore[no-any-return]
+
+    # -- sealing --------------------------------------------------------------------------------
+
+    def seal(
+        self, table: bytes, seq: int, tx: int, ts: int, kind: str, target: int, payload: bytes, prev: bytes
+    ) -> tuple[bytes, bytes]:
+        """``(stored payload, its MAC)`` of a row (*table*: ``b"E"`` or ``b"S"``; *prev*: the chain's previous MAC).
+
+        The MAC is ``b""`` when there is no integrity key.
+        """
+        flags = 0
+        data = payload
+        if self.compression is not None and (table == _SNAPSHOT or len(payload) > COMPRESS_OVER):
+            packed = _compress(payload, self.compression)
+            if len(packed) < len(payload):
+                data = packed
+                flags |= _ZLIB if self.compression == "zlib" else _ZSTD
+        columns = table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
+        if self._aead is not None:
+            flags |= _AES
+            nonce = _nonce()
+            data = nonce + self._aead.encrypt(nonce, data, columns + bytes((flags,)))
+        if self._mac_key is None:
+            return (bytes((_MAGIC, flags)) + data if flags else payload), b""
+        flags |= _MAC
+        head = bytes((_MAGIC, flags))
+        mac: bytes = self._mac_key(columns + head + prev, data)
+        return head + prev + mac + data, mac
+
+    def unseal(
+        self, table: bytes, seq: int, tx: int, ts: int, kind: str, target: int, stored: bytes
+    ) -> tuple[bytes, bytes, bytes]:
+        """``(payload, prev MAC, MAC)`` of a stored row, its own MAC and ciphertext checked.
+
+        The caller checks that *prev* is the MAC before it in the chain.
+
+        Raises:
+            CorruptLogError: the row is plain or sealed otherwise than this
+                protection seals, its MAC or its ciphertext does not check
+                out (edited, moved, or sealed under another key), or its
+                data does not decompress.
+        """
+        where = "event" if table == _EVENT else "snapshot at"
+        name = "memimg_events" if table == _EVENT else "memimg_snapshots"
+        if not is_sealed(stored):
+            if self._aead is not None or self._mac_key is not None:
+                raise CorruptLogError(
+                    f"{where} seq {seq} is not sealed (neither encrypted nor MAC'd) in a protected log: a row was "
+                    "inserted or replaced by someone without the key; restore the log from a backup",
+                    seq=seq,
+                    table=name,
+                    tampered=self._mac_key is not None,
+                )
+            return stored, b"", b""
+        flags = stored[1]
+        columns = table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
+        at = 2
+        prev = mac = b""
+        if flags & _MAC:
+            if self._mac_key is None:
+                raise CorruptLogError(
+                    f"{where} seq {seq} carries an integrity MAC but no integrity key was given; open the log with "
+                    "its integrity_key",
+                    seq=seq,
+                    table=name,
+                    tampered=True,
+                )
+            prev = stored[2 : 2 + MAC_SIZE]
+            mac = stored[2 + MAC_SIZE : 2 + 2 * MAC_SIZE]
+            at = 2 + 2 * MAC_SIZE
+            if len(mac) != MAC_SIZE or not hmac.compare_digest(
+                mac, self._mac_key(columns + stored[:2] + prev, memoryview(stored)[at:])
+            ):
+                raise CorruptLogError(
+                    f"{where} seq {seq} fails its integrity MAC: the row was edited, moved, or written without "
+                    "the integrity key (or the key is not this log's); restore the log from a backup",
+                    seq=seq,
+                    table=name,
+                    tampered=True,
+                )
+        elif self._mac_key is not None:
+            raise CorruptLogError(
+                f"{where} seq {seq} carries no integrity MAC in a log with an integrity chain: the row was "
+                "inserted or replaced without the key; restore the log from a backup",
+                seq=seq,
+                table=name,
+                tampered=True,
+            )
+        data = stored[at:]
+        if flags & _AES:
+            if self._aead is None:
+                raise CorruptLogError(
+                    f"{where} seq {seq} is encrypted but no encryption key was given", seq=seq, table=name
+                )
+            from cryptography.exceptions import InvalidTag
+
+            try:
+                data = self._aead.decrypt(data[:_NONCE], data[_NONCE:], columns + bytes((flags & ~_MAC,)))
+            except (InvalidTag, ValueError):
+                raise CorruptLogError(
+                    f"{where} seq {seq} does not decrypt: it was edited or moved, or sealed under another key; "
+                    "restore the log from a backup",
+                    seq=seq,
+                    table=name,
+                ) from None
+        elif self._aead is not None:
+            raise CorruptLogError(
+                f"{where} seq {seq} is not encrypted in an encrypted log: the row was inserted or replaced by "
+                "someone without the key; restore the log from a backup",
+                seq=seq,
+                table=name,
+            )
+        if flags & (_ZLIB | _ZSTD):
+            try:
+                data = _decompress(data, flags)
+            except Exception as err:
+                raise CorruptLogError(
+                    f"{where} seq {seq} does not decompress ({type(err).__name__}); restore the log from a backup",
+                    seq=seq,
+                    table=name,
+                ) from None
+        return bytes(data), prev, mac
+
+
+def _mac_function(key: bytes) -> Any:
+    """``mac(*parts) -> bytes``: HMAC-SHA256 under *key* of the parts' concatenation (the key in the closure only)."""
+    template = hmac.new(key, digestmod=hashlib.sha256)
+
+    def mac(*parts: bytes | memoryview) -> bytes:
+        h = template.copy()
+        for part in parts:
+            h.update(part)
+        return h.digest()
+
+    return mac
+
+
+def read_settings(meta: dict[str, str]) -> dict[str, Any] | None:
+    """The protection settings a store's meta records (None: a plain log)."""
+    text = meta.get(PROTECTION_KEY)
+    if text is None:
+        return None
+    try:
+        settings = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise CorruptLogError(
+            f"the {PROTECTION_KEY!r} entry of memimg_meta is damaged; restore it from a backup",
+            seq=None,
+            table="memimg_meta",
+        )
+    return settings

@@ -1,0 +1,521 @@
+"""A protected log: any store, its payloads sealed by :class:`~memimg.core._protect.Protection`.
+
+:class:`ProtectedStore` wraps a store and is one itself: the image, the
+tools, ``copy`` and compaction see plain rows; the store below sees sealed
+payloads (encrypted, MAC-chained, compressed) and a CRC-32 over what it
+stores, so the checks that need no key (``memimg verify`` without one, an
+NDJSON log's torn-line detection) keep working. Every store gets the same
+protection by the same path; none has code of its own for it.
+
+The chain (see ``memimg/core/_protect.py``) is checked as rows are read in
+order: each event's stored "previous MAC" must be the MAC of the event
+before it -- for the first event read, the MAC of the stored event before
+it, else the link of the snapshot at that seq, else the chain's start for
+that seq. A snapshot's link is the MAC of the event at its seq, so after
+recovery loads a snapshot the first event replayed must chain from it.
+
+:func:`protect` is where a store is opened protected or not: it compares the
+options with the settings the log stores (``memimg_meta``) and refuses a
+missing, wrong or unneeded key before anything is read or written.
+:func:`rekey` re-seals a whole log under other options in one
+:meth:`Store.rewrite` (one database transaction), bracketed by a
+``protection.pending`` meta entry, so that a crash at any point leaves the
+log openable with the old options or the new ones.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+from memimg._errors import CorruptLogError, MemimgError, ReadOnlyError
+from memimg.core._protect import PROTECTION_KEY, Protection, ProtectionError, read_settings
+from memimg.core._rows import event_checksum, row_intact, snapshot_checksum
+from memimg.stores._protocol import (
+    EventRow,
+    Rewrite,
+    SeqTaken,
+    SnapshotInfo,
+    SnapshotRow,
+    Store,
+    live_positions,
+)
+
+__all__ = ["PENDING_KEY", "ProtectedStore", "protect", "rekey"]
+
+#: The ``memimg_meta`` key of the settings a ``memimg rekey`` is moving the log to, while it runs.
+PENDING_KEY: Final = "protection.pending"
+_E: Final = b"E"
+_S: Final = b"S"
+#: How many chain anchors (seq -> MAC) a store keeps at hand.
+_ANCHORS: Final = 64
+
+
+class ProtectedStore:
+    """*inner*, its payloads sealed by *protection* (see the module docstring)."""
+
+    def __init__(self, inner: Store, protection: Protection) -> None:
+        self.inner = inner
+        self.protection = protection
+        self.description = inner.description
+        self._anchors: dict[int, bytes] = {}
+        self._anchors_lock = threading.Lock()  # the snapshot thread and followers read beside the committer
+
+    def __repr__(self) -> str:
+        return f"ProtectedStore({self.inner.description!r}, {self.protection!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        # what a particular store offers beyond the protocol (its path, its readonly flag, ...)
+        return getattr(self.inner, name)
+
+    # -- the chain ---------------------------------------------------------------------------------
+
+    def _remember(self, seq: int, mac: bytes) -> None:
+        with self._anchors_lock:
+            anchors = self._anchors
+            anchors[seq] = mac
+            if len(anchors) > _ANCHORS:
+                del anchors[min(anchors)]
+
+    def _anchor(self, seq: int, *, fresh: bool = False) -> bytes | None:
+        """The MAC an event *seq* + 1 must chain from (``b""`` without an integrity key).
+
+        It is event *seq*'s, else the link of a snapshot at *seq*, else (for
+        seq 0) the chain's start; None when none of them is stored -- the
+        oldest event a compaction kept, or one after a gap, which the fold
+        refuses by itself.
+        """
+        p = self.protection
+        if not p.chained:
+            return b""
+        if not fresh and seq in self._anchors:
+            return self._anchors[seq]
+        mac = None
+        if seq >= 1:
+            for row in self.inner.read(seq - 1, 1):
+                if row[0] == seq:
+                    mac = p.unseal(_E, seq, row[1], row[2], row[3], row[4], bytes(row[5]))[2]
+            if mac is None and any(info.seq == seq for info in self.inner.snapshots()):
+                stored = self.inner.read_snapshot(seq)
+                mac = p.unseal(_S, seq, 0, stored[1], "", 0, bytes(stored[2]))[1]
+        else:
+            mac = p.start(0)
+        if mac is not None:
+            self._remember(seq, mac)
+        return mac
+
+    def _link(self, seq: int) -> bytes:
+        """What a row sealed after seq *seq* chains from (the chain's start for *seq* when nothing anchors it)."""
+        mac = self._anchor(seq)
+        return self.protection.start(seq) if mac is None else mac
+
+    def _seal_events(self, rows: Sequence[EventRow], prev: bytes) -> tuple[list[EventRow], bytes]:
+        """*rows* sealed in order, chained from *prev*; and the last MAC."""
+        seal = self.protection.seal
+        out = []
+        for seq, tx, ts, kind, target, payload, _ in rows:
+            stored, mac = seal(_E, seq, tx, ts, kind, target, bytes(payload), prev)
+            out.append(EventRow(seq, tx, ts, kind, target, stored, event_checksum(seq, tx, ts, kind, target, stored)))
+            prev = mac
+        return out, prev
+
+    def _seal_snapshot(self, row: SnapshotRow, link: bytes) -> SnapshotRow:
+        seq, ts, payload, _ = row
+        stored = self.protection.seal(_S, seq, 0, ts, "", 0, bytes(payload), link)[0]
+        return SnapshotRow(seq, ts, stored, snapshot_checksum(seq, ts, stored))
+
+    def _open_events(
+        self,
+        rows: Iterator[Any] | Sequence[Any],
+        *,
+        chain: bool = True,
+        after: tuple[int, bytes] | None = None,
+        macs: dict[int, bytes] | None = None,
+    ) -> Iterator[EventRow]:
+        """The plain rows of stored event *rows*, each checked; in order and chained when *chain*.
+
+        *after*: ``(seq, MAC)`` the first row may chain from (else it is
+        looked up); *macs* collects each row's MAC.
+        """
+        p = self.protection
+        chained = chain and p.chained
+        last_seq, last_mac = after if after is not None else (-1, b"")
+        try:
+            for row in rows:
+                if not row_intact(row):
+                    yield EventRow(*row)  # damaged by accident: the core reports it as it reports any damaged row
+                    return
+                seq, tx, ts, kind, target, stored, _ = row
+                payload, prev, mac = p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
+                if chained:
+                    if seq == last_seq + 1:
+                        fits = hmac.compare_digest(prev, last_mac)
+                    else:
+                        fits = _fits(prev, self._anchor(seq - 1)) or _fits(prev, self._anchor(seq - 1, fresh=True))
+                    if not fits:
+                        raise CorruptLogError(
+                            f"event seq {seq} does not follow event seq {seq - 1} in the integrity chain: a row "
+                            "was deleted, inserted, reordered or replaced; restore the log from a backup",
+                            seq=seq,
+                            table="memimg_events",
+                            tampered=True,
+                        )
+                    last_seq, last_mac = seq, mac
+                    if macs is not None:
+                        macs[seq] = mac
+                yield EventRow(seq, tx, ts, kind, target, payload, event_checksum(seq, tx, ts, kind, target, payload))
+        finally:
+            if chained and last_mac and (after is None or last_seq != after[0]):
+                self._remember(last_seq, last_mac)
+
+    def _open_snapshot(self, row: SnapshotRow) -> tuple[SnapshotRow, bytes]:
+        seq, ts, stored, checksum = row
+        stored = bytes(stored)
+        if snapshot_checksum(seq, ts, stored) != checksum:
+            return SnapshotRow(seq, ts, stored, checksum), b""  # damaged: the core reports it
+        payload, link, _ = self.protection.unseal(_S, seq, 0, ts, "", 0, stored)
+        return SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)), link
+
+    # -- the protocol -----------------------------------------------------------------------------
+
+    def head(self) -> int:
+        return self.inner.head()
+
+    def first_seq(self) -> int:
+        return self.inner.first_seq()
+
+    def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
+        sealed, last = self._seal_events(rows, self._link(expected_head))
+        try:
+            self.inner.append(sealed, expected_head)
+        except SeqTaken as err:
+            missed = None if err.missed is None else list(self._open_events(err.missed))
+            raise SeqTaken(err.expected, missed, more=err.more) from None
+        if last and rows:
+            self._remember(rows[-1][0], last)
+
+    def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
+        return self._open_events(self.inner.read(after, limit))
+
+    def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
+        # one object's rows are not consecutive: each is checked by its own MAC, not its place in the chain
+        return self._open_events(self.inner.read_target(target, after, until), chain=False)
+
+    def index_targets(self, upto: int, *, least: int = 1) -> int:
+        return self.inner.index_targets(upto, least=least)
+
+    def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
+        return self.inner.write_snapshot(self._seal_snapshot(row, self._link(row[0])), holder)
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        return self.inner.snapshots()
+
+    def read_snapshot(self, seq: int) -> SnapshotRow:
+        row, link = self._open_snapshot(SnapshotRow(*self.inner.read_snapshot(seq)))
+        if link:
+            self._remember(seq, link)  # the first event replayed after it must chain from it
+        return row
+
+    def meta(self) -> dict[str, str]:
+        return self.inner.meta()
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        self.inner.set_meta(key, value)
+
+    def lease(self, name: str, holder: str, seconds: float) -> bool:
+        return self.inner.lease(name, holder, seconds)
+
+    def release(self, name: str, holder: str) -> None:
+        self.inner.release(name, holder)
+
+    def changed(self, seen: int) -> bool:
+        return self.inner.changed(seen)
+
+    def wait_for_change(self, seen: int, timeout: float) -> bool:
+        return self.inner.wait_for_change(seen, timeout)
+
+    def delete_events_before(self, seq: int) -> int:
+        return self.inner.delete_events_before(seq)
+
+    def delete_snapshots_before(self, seq: int) -> int:
+        return self.inner.delete_snapshots_before(seq)
+
+    def reclaim(self) -> bool:
+        return self.inner.reclaim()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def rewrite(self, plan: Callable[[Sequence[EventRow]], Rewrite], after: int) -> None:
+        """See :meth:`Store.rewrite`; with an integrity chain, every event from the first one rewritten on is
+        sealed again (its MAC chains the rewritten one's), and every snapshot from that seq on (its link).
+
+        So the chain stays whole: a row put back from before the rewrite no
+        longer fits it. The events and snapshots are read (and checked)
+        before the store's write turn is taken -- erase holds the snapshot
+        lease, so no snapshot changes meanwhile -- which holds them in memory.
+        """
+        p = self.protection
+        if not p.chained:
+
+            def sealed_plan(missed: Sequence[EventRow]) -> Rewrite:
+                events, snaps, rows = plan(list(self._open_events(missed, chain=False)))
+                return Rewrite(
+                    [self._seal_events([r], b"")[0][0] for r in events],
+                    [self._seal_snapshot(SnapshotRow(*s), b"") for s in snaps],
+                    self._seal_events(rows, b"")[0],
+                )
+
+            self.inner.rewrite(sealed_plan, after)
+            return
+        first = self.inner.first_seq()
+        base = self._anchor(first - 1, fresh=True)
+        macs: dict[int, bytes] = {first - 1: base or self.protection.start(first - 1)}
+        before = list(
+            self._open_events(
+                self.inner.read(first - 1, max(0, after - first + 1)),
+                after=None if base is None else (first - 1, base),
+                macs=macs,
+            )
+        )
+        stored_snaps = {}
+        for info in self.inner.snapshots():
+            stored_snaps[info.seq] = self._open_snapshot(SnapshotRow(*self.inner.read_snapshot(info.seq)))
+        result: list[tuple[int, bytes]] = []
+
+        def chained_plan(missed: Sequence[EventRow]) -> Rewrite:
+            # no store call in here: the store holds its write turn (the memory store, its lock)
+            known = {r.seq: r for r in before}
+            last = max(known, default=first - 1)
+            seen = dict(macs)
+            for r in self._open_events(missed, after=(last, seen[last]), macs=seen):
+                known[r.seq] = r
+            events, snaps, rows = plan([r for r in known.values() if r.seq > after])
+            changed = {r[0]: EventRow(*r) for r in events if r[0] in known}
+            start = min(changed, default=max(known, default=first - 1) + 1)
+            redo = [changed.get(s, known[s]) for s in sorted(known) if s >= start]
+            new_events, prev = self._seal_events(redo, seen[start - 1])
+            appended, end = self._seal_events(rows, prev)
+            new_macs = {r.seq: self._mac_of(r) for r in new_events}
+            new_snaps = []
+            replaced = {s[0]: SnapshotRow(*s) for s in snaps}
+            for seq, (row, link) in stored_snaps.items():
+                if seq in replaced or seq >= start:
+                    new_snaps.append(self._seal_snapshot(replaced.get(seq, row), new_macs.get(seq, link)))
+            result[:] = [(rows[-1][0], end)] if rows else []
+            return Rewrite(new_events, new_snaps, appended)
+
+        self.inner.rewrite(chained_plan, after)
+        with self._anchors_lock:
+            self._anchors.clear()
+        for seq, mac in result:
+            self._remember(seq, mac)
+
+    @staticmethod
+    def _mac_of(row: EventRow) -> bytes:
+        return bytes(row.payload[2 + 32 : 2 + 64])
+
+    # -- what the tools ask --------------------------------------------------------------------
+
+    def check_chain(self) -> tuple[int, bytes]:
+        """Read every event and snapshot, checking each and the chain; ``(head seq, head MAC)``.
+
+        Raises:
+            CorruptLogError: the first row that fails (edited, inserted,
+                deleted, reordered, or sealed under another key).
+        """
+        first = self.inner.first_seq()
+        base = self._anchor(first - 1, fresh=True)
+        head_seq, head_mac = first - 1, base or b""
+        snaps = sorted(info.seq for info in self.inner.snapshots())
+        for row in self.inner.read(first - 1):
+            if not row_intact(row):
+                raise CorruptLogError(
+                    f"event seq {row[0]} is corrupt (checksum mismatch)", seq=row[0], table="memimg_events"
+                )
+        macs: dict[int, bytes] = {}
+        start = None if base is None else (head_seq, base)
+        for row in self._open_events(self.inner.read(first - 1), after=start, macs=macs):
+            if row.seq != head_seq + 1:
+                raise CorruptLogError(
+                    f"events {head_seq + 1}..{row.seq - 1} are missing from the log",
+                    seq=head_seq + 1,
+                    table="memimg_events",
+                    tampered=True,
+                )
+            head_seq = row.seq
+        head_mac = macs.get(head_seq, head_mac)
+        for seq in snaps:
+            _, link = self._open_snapshot(SnapshotRow(*self.inner.read_snapshot(seq)))
+            if seq in macs and not hmac.compare_digest(link, macs[seq]):
+                raise CorruptLogError(
+                    f"snapshot at seq {seq} does not belong to this log's integrity chain (its link is not "
+                    f"event {seq}'s MAC): it was replaced; restore the log from a backup",
+                    seq=seq,
+                    table="memimg_snapshots",
+                    tampered=True,
+                )
+        return head_seq, head_mac
+
+
+def _fits(prev: bytes, anchor: bytes | None) -> bool:
+    """Whether a row's previous MAC is *anchor* (None: nothing stored anchors it -- see ProtectedStore._anchor)."""
+    return anchor is None or hmac.compare_digest(prev, anchor)
+
+
+def _mismatch(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
+    """What about *p* does not fit the log's stored *settings* (None: it fits)."""
+    stored_key = settings.get("key_id") if settings else None
+    stored_ikey = settings.get("integrity_key_id") if settings else None
+    if stored_key != p.key_id:
+        if stored_key is None:
+            return f"{description!r} is not encrypted, but an encryption_key was given"
+        if p.key_id is None:
+            return f"{description!r} is encrypted (key {stored_key}); give its encryption_key"
+        return f"{description!r} is encrypted under key {stored_key}; the encryption_key given ({p.key_id}) is another"
+    if stored_ikey != p.integrity_id:
+        if stored_ikey is None:
+            return f"{description!r} has no integrity chain, but an integrity_key was given"
+        if p.integrity_id is None:
+            return f"{description!r} has an integrity chain (key {stored_ikey}); give its integrity_key"
+        return (
+            f"{description!r} has an integrity chain under key {stored_ikey}; the integrity_key given "
+            f"({p.integrity_id}) is another"
+        )
+    return None
+
+
+def protect(store: Store, protection: Protection | None) -> Store:
+    """*store* opened with *protection* (None: no option given): itself, or a :class:`ProtectedStore`.
+
+    Raises:
+        ProtectionError: the log is protected and the keys given are missing
+            or not its keys; or the log is plain (it has rows) and a key was
+            given (``memimg rekey`` converts it). Nothing was read or
+            written but ``memimg_meta``.
+    """
+    p = protection or Protection()
+    meta = store.meta()
+    settings = read_settings(meta)
+    pending_text = meta.get(PENDING_KEY)
+    pending = read_settings({PROTECTION_KEY: pending_text}) if pending_text is not None else None
+    wrong = _mismatch(store.description, settings, p)
+    if wrong is not None and pending is not None and _mismatch(store.description, pending, p) is None:
+        # a rekey to these options started: whether it finished, the rows say
+        if not _opens(store, p):
+            raise ProtectionError(
+                f"{wrong}: a `memimg rekey` to the keys given started and did not finish, so the log is still "
+                "under its old keys; open it with them (or run the rekey again)"
+            )
+        _finish_rekey(store, p)
+        wrong = None
+    elif wrong is None and pending is not None and not _opens(store, p):
+        raise ProtectionError(
+            f"{store.description!r}: a `memimg rekey` finished moving the log to other keys (key "
+            f"{pending.get('key_id')}, integrity key {pending.get('integrity_key_id')}); open it with those"
+        )
+    if wrong is not None:
+        empty = store.head() == 0 and not store.snapshots()
+        if settings is None and empty:
+            _store_settings(store, p)
+            return ProtectedStore(store, p) if p.active else store
+        if settings is None:
+            raise ProtectionError(
+                f"{wrong}: it holds plain rows. To protect it, convert it with "
+                f"`memimg rekey {store.description} --new-encryption-key-env NAME` (and/or "
+                "--new-integrity-key-env NAME); nothing was changed"
+            )
+        raise ProtectionError(f"{wrong}; nothing was read or changed")
+    if settings is not None and p.compression is None and settings.get("compression"):
+        p = p.compressing(settings["compression"])  # the log's own setting, unless another is asked for
+    if p.active and (settings or {}).get("compression") != p.compression:
+        _store_settings(store, p)  # each row says how it is compressed: the setting is what new rows get
+    if settings is None and not p.active:
+        return store
+    return ProtectedStore(store, p)
+
+
+def _store_settings(store: Store, p: Protection) -> None:
+    try:
+        store.set_meta(PROTECTION_KEY, p.settings_text() if p.active else None)
+    except ReadOnlyError:
+        pass
+
+
+def _opens(store: Store, p: Protection) -> bool:
+    """Whether the newest event and the newest snapshot of *store* open under *p* (a rekey's rows do)."""
+    wrapped = ProtectedStore(store, p)
+    try:
+        head = store.head()
+        if head >= store.first_seq():
+            for _ in wrapped._open_events(store.read(head - 1, 1), chain=False):
+                pass
+        for info in store.snapshots()[:1]:
+            wrapped._open_snapshot(SnapshotRow(*store.read_snapshot(info.seq)))
+    except CorruptLogError:
+        return False
+    return True
+
+
+def _finish_rekey(store: Store, p: Protection) -> None:
+    try:
+        store.set_meta(PROTECTION_KEY, p.settings_text() if p.active else None)
+        store.set_meta(PENDING_KEY, None)
+    except ReadOnlyError:
+        pass
+
+
+def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
+    """Re-seal every event and snapshot of *store* (opened with *old*) under *new*; how many rows.
+
+    Crash-safe: the new settings are recorded as pending first, then every
+    row is replaced in one :meth:`Store.rewrite` (one database transaction
+    in the SQL stores and the memory store), then the settings are flipped.
+    A crash before the rewrite commits leaves the old keys valid; after it,
+    the new ones (:func:`protect` finishes the flip at the next open).
+
+    Raises:
+        ProtectionError: *old* does not open the log.
+        MemimgError: another process has the log open (it would go on
+            writing under the old keys).
+    """
+    old = old or Protection()
+    new = new or Protection()
+    source = protect(store, old)
+    live = live_positions(store.meta())
+    if live:
+        raise MemimgError(
+            f"{store.description!r} is open in {len(live)} other image(s) ({', '.join(sorted(live))}); close them "
+            "before a rekey (they would keep writing under the old keys); nothing was changed"
+        )
+    reader = source if isinstance(source, ProtectedStore) else ProtectedStore(store, Protection())
+    first, head = store.first_seq(), store.head()
+    events = list(reader.read(first - 1)) if head >= first else []
+    snaps = [reader.read_snapshot(info.seq) for info in sorted(store.snapshots())]
+    target = ProtectedStore(store, new)
+    sealed_snaps: dict[int, SnapshotRow] = {}
+    for row in snaps:
+        if row.seq < first:
+            sealed_snaps[row.seq] = target._seal_snapshot(row, new.start(row.seq) if new.chained else b"")
+    prev = new.start(first - 1) if new.chained else b""
+    if first - 1 in sealed_snaps and new.chained:
+        prev = new.start(first - 1)
+    sealed, _ = target._seal_events(events, prev)
+    macs = {r.seq: ProtectedStore._mac_of(r) for r in sealed} if new.chained else {}
+    for row in snaps:
+        if row.seq >= first:
+            sealed_snaps[row.seq] = target._seal_snapshot(row, macs.get(row.seq, b""))
+
+    def plan(missed: Sequence[EventRow]) -> Rewrite:
+        if missed:
+            raise MemimgError(
+                f"another process appended to {store.description!r} during the rekey; nothing was changed"
+            )
+        return Rewrite(sealed, list(sealed_snaps.values()), [])
+
+    store.set_meta(PENDING_KEY, new.settings_text())
+    store.rewrite(plan, head)
+    _finish_rekey(store, new)
+    return len(sealed) + len(sealed_snaps)

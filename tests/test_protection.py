@@ -1,0 +1,327 @@
+"""Protection at rest: encryption, the integrity chain and compression, on every store."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import warnings
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+import memimg
+from memimg.core._protect import Protection, is_sealed
+from memimg.core._rows import snapshot_checksum
+from memimg.stores import SnapshotRow
+from tests.conftest import Images, StoreFactory
+from tests.models import Account, Bank
+from tests.protection import (
+    INTEGRITY_KEY,
+    KEY,
+    OPTIONS,
+    OTHER_KEY,
+    SECRET,
+    raw_bytes,
+    raw_events,
+    replace_events,
+)
+
+
+def _fill(img: memimg.MemoryImage) -> None:
+    """A bank with a secret owner name, some history, a snapshot, and events after it."""
+    img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+    for i in range(5):
+        img.root.accounts["ada"].balance += 1
+    img.root.accounts["ada"].tags.add("vip-" + SECRET)
+    img.snapshot()
+    img.root.accounts["bob"] = Account("bob", Decimal("7"))
+    img.root.accounts["ada"].balance += 1000
+
+
+def _check(img: memimg.MemoryImage) -> None:
+    assert img.root.accounts["ada"].owner == SECRET
+    assert img.root.accounts["ada"].balance == Decimal("1105")
+    assert img.root.accounts["ada"].tags == {"vip-" + SECRET}
+    assert img.root.accounts["bob"].balance == Decimal("7")
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_a_protected_image_round_trips_with_snapshots(make_image: Images, stores: StoreFactory, option: str) -> None:
+    """Each option's image reopens to the same state, from the snapshot and the events after it, and a
+    second image on the log follows the first's commits."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, **opts)
+    _fill(img)
+    other = make_image(root=Bank, **opts)
+    _check(other)
+    img.root.accounts["ada"].balance += 1
+    other.refresh()
+    assert other.root.accounts["ada"].balance == Decimal("1106")
+    img.close()
+    other.close()
+    again = make_image(root=Bank, **opts)
+    assert again.root.accounts["ada"].balance == Decimal("1106")
+    assert memimg.replay(again.events()).accounts["ada"].owner == SECRET
+
+
+@pytest.mark.parametrize("option", ["encrypted", "all"])
+def test_encrypted_values_and_type_names_are_absent_from_the_stored_bytes(
+    make_image: Images, stores: StoreFactory, option: str
+) -> None:
+    """With an encryption key, no value, type name or field name appears in what the store keeps."""
+    img = make_image(root=Bank, **OPTIONS[option])
+    _fill(img)
+    with img.transaction(meta={"user": "meta-" + SECRET}):
+        img.root.name = "renamed"
+    img.close()
+    data = raw_bytes(stores)
+    assert SECRET.encode() not in data
+    assert b"tests.Bank" not in data and b"balance" not in data
+    assert all(is_sealed(r.payload) for r in raw_events(stores.raw_store()))
+
+
+def test_without_encryption_the_values_are_in_the_stored_bytes(make_image: Images, stores: StoreFactory) -> None:
+    """The check above can fail: a plain or only chained log keeps its values readable."""
+    img = make_image(root=Bank, **OPTIONS["chained"])
+    _fill(img)
+    img.close()
+    assert SECRET.encode() in raw_bytes(stores)
+
+
+def _snapshot_state(stores: StoreFactory) -> Any:
+    store = stores.raw_store()
+    return (
+        raw_events(store),
+        [(i.seq, bytes(store.read_snapshot(i.seq).payload)) for i in store.snapshots()],
+        {k: v for k, v in store.meta().items() if not k.startswith(("lease.", "position."))},
+    )
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "says"),
+    [
+        ({"encryption_key": KEY}, {}, "give its encryption_key"),
+        ({"encryption_key": KEY}, {"encryption_key": OTHER_KEY}, "is another"),
+        ({"integrity_key": INTEGRITY_KEY}, {}, "give its integrity_key"),
+        ({"integrity_key": INTEGRITY_KEY}, {"integrity_key": KEY}, "is another"),
+        ({}, {"encryption_key": KEY}, "memimg rekey"),
+        ({}, {"integrity_key": KEY}, "memimg rekey"),
+    ],
+)
+def test_a_missing_wrong_or_unneeded_key_is_refused_and_nothing_changes(
+    make_image: Images, stores: StoreFactory, first: dict[str, Any], then: dict[str, Any], says: str
+) -> None:
+    """Opening with the wrong key, without the log's key, or with a key for a plain log raises
+    ProtectionError saying what to do, and leaves every row and meta entry as it was."""
+    img = make_image(root=Bank, **first)
+    _fill(img)
+    img.close()
+    before = _snapshot_state(stores)
+    file_before = raw_bytes(stores) if stores.kind in ("sqlite", "ndjson") else None
+    with pytest.raises(memimg.ProtectionError, match=says) as info:
+        make_image(root=Bank, **then)
+    assert KEY.hex() not in str(info.value) and INTEGRITY_KEY not in str(info.value)
+    assert _snapshot_state(stores) == before
+    if file_before is not None:
+        assert raw_bytes(stores) == file_before
+    _check(make_image(root=Bank, **first))
+
+
+def test_a_malformed_key_is_refused_without_showing_it(tmp_path: Any) -> None:
+    """A key of the wrong length is a ProtectionError naming its type and length, never its value."""
+    with pytest.raises(memimg.ProtectionError, match="32 bytes") as info:
+        memimg.open(str(tmp_path / "x.db"), encryption_key="not-a-key-" + SECRET)
+    assert SECRET not in str(info.value)
+    assert not (tmp_path / "x.db").exists()
+
+
+def _tampered(make_image: Images, stores: StoreFactory, option: str, edit: Any) -> Any:
+    img = make_image(root=Bank, snapshot_every=None, **OPTIONS[option])
+    img.root.accounts["ada"] = Account("ada", Decimal("100"))
+    for _ in range(6):
+        img.root.accounts["ada"].balance += 1
+    img.close()
+    replace_events(stores, edit)
+    with pytest.raises(memimg.CorruptLogError) as info:
+        make_image(root=Bank, **OPTIONS[option])
+    return info.value
+
+
+def _flip(payload: bytes, at: int = -3) -> bytes:
+    b = bytearray(payload)
+    b[at] ^= 0x01
+    return bytes(b)
+
+
+EDITS = {
+    "edit": lambda rows: [r._replace(payload=_flip(r.payload)) if r.seq == 4 else r for r in rows],
+    "insert": lambda rows: rows[:4] + [r._replace(seq=r.seq + 1) for r in rows[3:]],
+    "delete": lambda rows: rows[:3] + [r._replace(seq=r.seq - 1) for r in rows[4:]],
+    "reorder": lambda rows: (
+        [*rows[:3], rows[3]._replace(payload=rows[4].payload), rows[4]._replace(payload=rows[3].payload), *rows[5:]]
+    ),
+    "drop first": lambda rows: rows[1:],
+}
+
+
+@pytest.mark.parametrize("option", ["chained", "all"])
+@pytest.mark.parametrize("how", sorted(EDITS))
+def test_every_tampering_with_events_is_detected(
+    make_image: Images, stores: StoreFactory, option: str, how: str
+) -> None:
+    """An edited, inserted, deleted, reordered or dropped event row -- its CRC-32 recomputed -- is a
+    CorruptLogError at open under the integrity key."""
+    err = _tampered(make_image, stores, option, EDITS[how])
+    assert err.table == "memimg_events"
+
+
+def test_an_edit_that_renumbers_nothing_passes_the_crc_alone(make_image: Images, stores: StoreFactory) -> None:
+    """What the chain adds: without it, a forger's row whose CRC-32 is recomputed opens silently."""
+    img = make_image(root=Bank, snapshot_every=None)
+    img.root.accounts["ada"] = Account("ada", Decimal("100"))
+    for _ in range(3):
+        img.root.accounts["ada"].balance += 1
+    img.close()
+    replace_events(stores, lambda rows: [*rows[:2], rows[3]._replace(seq=3), rows[2]._replace(seq=4), *rows[4:]])
+    make_image(root=Bank)  # opens: only a key can tell a forgery from a log
+
+
+def test_an_edited_integrity_protected_value_is_detected(make_image: Images, stores: StoreFactory) -> None:
+    """A balance of 101 made 901 in a chained (unencrypted) row is caught by its MAC."""
+    img = make_image(root=Bank, snapshot_every=None, integrity_key=INTEGRITY_KEY)
+    img.root.accounts["ada"] = Account("ada", Decimal("100"))
+    img.root.accounts["ada"].balance += 1
+    img.close()
+
+    def edit(rows: list[Any]) -> list[Any]:
+        assert b"101" in rows[-1].payload
+        return [*rows[:-1], rows[-1]._replace(payload=rows[-1].payload.replace(b"101", b"901"))]
+
+    replace_events(stores, edit)
+    with pytest.raises(memimg.CorruptLogError, match="integrity MAC"):
+        make_image(root=Bank, integrity_key=INTEGRITY_KEY)
+
+
+@pytest.mark.parametrize("option", ["chained", "all"])
+def test_an_edited_snapshot_is_detected_not_skipped(make_image: Images, stores: StoreFactory, option: str) -> None:
+    """A snapshot whose bytes were edited (CRC-32 recomputed) is a CorruptLogError, not a damaged snapshot
+    that recovery would skip."""
+    img = make_image(root=Bank, **OPTIONS[option])
+    _fill(img)
+    img.close()
+    store = stores.raw_store()
+    seq = store.snapshots()[0].seq
+    row = store.read_snapshot(seq)
+    payload = _flip(bytes(row.payload), 80)
+    store.write_snapshot(SnapshotRow(seq, row.ts, payload, snapshot_checksum(seq, row.ts, payload)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(memimg.CorruptLogError) as info:
+            make_image(root=Bank, **OPTIONS[option])
+    assert info.value.table == "memimg_snapshots"
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_compaction_erase_and_copy_keep_a_protected_log_whole(
+    make_image: Images, stores: StoreFactory, option: str, tmp_path: Any
+) -> None:
+    """Compaction, erase (which re-chains the rows after the first it rewrites) and copy to another
+    store leave a log that opens and verifies under the same keys."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, **opts)
+    _fill(img)
+    img.erase(img.root.accounts["ada"], "balance", reason="test")
+    img.root.accounts["ada"].balance += 1
+    seq = img.snapshot()
+    img.store.delete_events_before(seq)
+    img.store.delete_snapshots_before(seq)
+    img.root.accounts["ada"].balance += 1
+    img.close()
+    again = make_image(root=Bank, **opts)
+    assert again.root.accounts["ada"].balance == Decimal("1107")
+    assert again.seq > seq
+    again.close()
+    for dst in (str(tmp_path / "copy.db"), str(tmp_path / "copy.ndjson")):
+        memimg.copy(stores.target(), dst, src_options=opts)
+        with memimg.open(dst, root=Bank, **opts) as copied:
+            assert copied.root.accounts["ada"].balance == Decimal("1107")
+
+
+def test_compression_round_trips_and_a_log_may_mix_compressed_and_plain_rows(
+    make_image: Images, stores: StoreFactory
+) -> None:
+    """Rows written before compression was turned on read beside compressed ones; the setting is stored,
+    and a large payload and every snapshot are stored compressed (smaller)."""
+    img = make_image(root=Bank)
+    img.root.accounts["ada"] = Account("x" * 2000)
+    img.close()
+    img = make_image(root=Bank, compression="zstd")
+    img.root.accounts["bob"] = Account("y" * 2000)
+    img.snapshot()
+    img.close()
+    store = stores.raw_store()
+    rows = raw_events(store)
+    assert not is_sealed(rows[1].payload) and len(rows[1].payload) > 2000
+    compressed = [r for r in rows[2:] if is_sealed(r.payload)]
+    assert compressed and len(compressed[0].payload) < 500
+    assert is_sealed(bytes(store.read_snapshot(store.snapshots()[0].seq).payload))
+    assert '"compression":"zstd"' in store.meta()["protection"]
+    img = make_image(root=Bank)  # compression is how rows are stored, not a key: readable without the option
+    assert img.root.accounts["ada"].owner == "x" * 2000
+    assert img.root.accounts["bob"].owner == "y" * 2000
+
+
+def test_no_key_appears_in_reprs_errors_tracebacks_or_logs(
+    make_image: Images, stores: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keys are never shown: not in the store's or the protection's repr, nor in an error's message or
+    traceback (locals included), nor in the log records written while opening, committing and failing."""
+    caplog.set_level(logging.DEBUG)
+    secrets = [
+        KEY.hex()[:40],
+        repr(KEY)[:40],
+        INTEGRITY_KEY,
+        bytes.fromhex(INTEGRITY_KEY).hex(),
+        repr(bytes.fromhex(INTEGRITY_KEY)),
+    ]
+    img = make_image(root=Bank, encryption_key=KEY, integrity_key=INTEGRITY_KEY)
+    _fill(img)
+    texts = [repr(img), repr(img._engine.store), repr(img._engine.store.protection), str(img._engine.store.__dict__)]
+    img.close()
+    with pytest.raises(memimg.ProtectionError) as info:
+        make_image(root=Bank, encryption_key=OTHER_KEY, integrity_key=INTEGRITY_KEY)
+    texts.append(str(info.value))
+    for frame, _ in traceback.walk_tb(info.value.__traceback__):
+        if "/memimg/" in frame.f_code.co_filename:  # memimg's frames (the test's own holds the keys, of course)
+            texts.extend(f"{name}={value!r}" for name, value in frame.f_locals.items())
+    with pytest.raises(memimg.ProtectionError) as info:
+        memimg.open(stores.path + ".x", encryption_key=KEY.hex()[:-2])
+    for frame, _ in traceback.walk_tb(info.value.__traceback__):
+        if "/memimg/" in frame.f_code.co_filename:
+            texts.extend(f"{name}={value!r}" for name, value in frame.f_locals.items())
+    texts.append(caplog.text)
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(Protection(encryption_key=KEY))
+
+
+def test_a_row_put_back_from_before_an_erase_breaks_the_chain(make_image: Images, stores: StoreFactory) -> None:
+    """An erase re-chains the rows after the first it rewrites: an old row put back in its place -- its own MAC
+    valid, its seq the same -- no longer fits the chain, so the erased value cannot be restored unnoticed."""
+    img = make_image(root=Bank, snapshot_every=None, integrity_key=INTEGRITY_KEY)
+    img.root.accounts["ada"] = Account("ada", Decimal("100"))
+    img.root.accounts["ada"].owner = "OLD-" + SECRET
+    img.root.accounts["ada"].owner = "ada"
+    img.root.accounts["ada"].balance += 1
+    old = raw_events(stores.raw_store())
+    img.erase(img.root.accounts["ada"], "owner", reason="test")
+    img.close()
+    k = next(i for i, r in enumerate(old) if b"OLD-" in r.payload)
+    replace_events(stores, lambda rows: [*rows[:k], old[k], *rows[k + 1 :]])
+    with pytest.raises(memimg.CorruptLogError, match="integrity chain"):
+        make_image(root=Bank, integrity_key=INTEGRITY_KEY)

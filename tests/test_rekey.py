@@ -1,0 +1,240 @@
+"""``memimg.rekey`` / ``memimg rekey``: keys rotated, logs protected and unprotected, safe against kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import memimg
+from memimg.cli import cli
+from tests.conftest import POSTGRES_URL
+from tests.models import Account, Bank
+from tests.protection import INTEGRITY_KEY, KEY, OTHER_KEY, SECRET
+
+OLD = {"encryption_key": KEY.hex(), "integrity_key": INTEGRITY_KEY}
+NEW = {"encryption_key": OTHER_KEY.hex(), "integrity_key": INTEGRITY_KEY, "compression": "zstd"}
+
+
+def _target(kind: str, tmp_path: Any) -> tuple[Any, dict[str, Any]]:
+    """A target of *kind* and the store options that reach its log."""
+    if kind == "sqlite":
+        return str(tmp_path / "bank.db"), {}
+    if kind == "ndjson":
+        return str(tmp_path / "bank.ndjson"), {}
+    if not POSTGRES_URL:
+        pytest.skip("needs PostgreSQL: set MEMIMG_TEST_POSTGRES_URL (.ci/run does)")
+    return POSTGRES_URL, {"schema": f"t_rekey_{os.getpid()}_{tmp_path.name[-12:].replace('-', '_')}"}
+
+
+def _make(target: Any, store_options: dict[str, Any], options: dict[str, Any]) -> None:
+    with memimg.open(target, root=Bank, **options, **store_options) as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+        for _ in range(30):
+            img.root.accounts["ada"].balance += 1
+        img.snapshot()
+        img.root.accounts["ada"].balance += 1
+        seq = img.snapshot()
+        img.root.accounts["ada"].balance += 1
+    if options:  # a compacted log: the oldest kept event chains from a snapshot
+        store = memimg._api.store_for(target, **options, **store_options)
+        try:
+            store.delete_events_before(seq)
+            store.delete_snapshots_before(seq)
+        finally:
+            store.close()
+
+
+def _balance(target: Any, store_options: dict[str, Any], options: dict[str, Any]) -> Decimal:
+    with memimg.open(target, root=Bank, **options, **store_options) as img:
+        assert img.root.accounts["ada"].owner == SECRET
+        return img.root.accounts["ada"].balance  # type: ignore[no-any-return]
+
+
+def _drop(kind: str, store_options: dict[str, Any]) -> None:
+    if kind == "postgres":
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(POSTGRES_URL)  # type: ignore[arg-type]
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{store_options["schema"]}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "ndjson", "postgres"])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [({}, NEW), (OLD, NEW), (OLD, {}), (OLD, {"integrity_key": INTEGRITY_KEY})],
+    ids=["protect-a-plain-log", "rotate", "unprotect", "drop-encryption"],
+)
+def test_rekey_changes_the_keys_a_log_opens_with(kind: str, before: Any, after: Any, tmp_path: Any) -> None:
+    """After a rekey the log opens with the new options to the same state, and no longer with the old ones."""
+    target, store_options = _target(kind, tmp_path)
+    try:
+        _make(target, store_options, before)
+        memimg.rekey(target, old_options=before, new_options=after, **store_options)
+        assert _balance(target, store_options, after) == Decimal("132")
+        with pytest.raises(memimg.ProtectionError):
+            _balance(target, store_options, before)
+        if kind != "postgres":
+            data = b"".join(
+                open(os.path.join(root, name), "rb").read()
+                for root, _, names in os.walk(tmp_path)
+                for name in names
+                if os.path.relpath(os.path.join(root, name), tmp_path).startswith("bank")
+            )
+            assert (SECRET.encode() in data) == ("encryption_key" not in after)
+    finally:
+        _drop(kind, store_options)
+
+
+def test_rekey_with_the_wrong_old_key_changes_nothing(tmp_path: Any) -> None:
+    """A rekey given keys that do not open the log is refused before anything is written."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+    before = open(path, "rb").read()
+    with pytest.raises(memimg.ProtectionError):
+        memimg.rekey(path, old_options={**OLD, "encryption_key": OTHER_KEY}, new_options=NEW)
+    assert open(path, "rb").read() == before
+    assert _balance(path, {}, OLD) == Decimal("132")
+
+
+def test_rekey_refuses_a_log_another_image_has_open(tmp_path: Any) -> None:
+    """A live image's position in the log refuses the rekey: that image would go on writing under the old keys."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+    with memimg.open(path, root=Bank, **OLD):
+        with pytest.raises(memimg.MemimgError, match="open in 1 other image"):
+            memimg.rekey(path, old_options=OLD, new_options=NEW)
+    assert _balance(path, {}, OLD) == Decimal("132")
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    sys.path.insert(0, {root!r})
+    import memimg
+    target, store_options, kill_at = json.loads(sys.argv[1])
+    old, new = json.loads(sys.argv[2])
+    count = 0
+    def profile(frame, event, arg):
+        global count
+        if event in ("call", "c_call") and ("/memimg/stores/" in frame.f_code.co_filename
+                                            or "/memimg/_rekey" in frame.f_code.co_filename):
+            count += 1
+            if count == kill_at or (event == "call" and frame.f_code.co_name == kill_at):
+                os.kill(os.getpid(), signal.SIGKILL)
+    sys.setprofile(profile)
+    memimg.rekey(target, old_options=old, new_options=new, **store_options)
+    sys.setprofile(None)
+    print(count)
+    """
+)
+
+
+def _rekey_child(target: Any, store_options: dict[str, Any], kill_at: int | str) -> subprocess.CompletedProcess[str]:
+    script = _CHILD.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run(
+        [sys.executable, "-c", script, json.dumps([target, store_options, kill_at]), json.dumps([OLD, NEW])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "ndjson", "postgres"])
+def test_a_rekey_killed_at_any_point_leaves_the_old_or_the_new_keys_valid(kind: str, tmp_path: Any) -> None:
+    """kill -9 of a rekey at points spread over its whole run (counted calls into the stores): the log then
+    opens, to the same state, with the old keys or with the new ones -- and a rekey run again finishes it."""
+    target, store_options = _target(kind, tmp_path)
+    try:
+        _make(target, store_options, OLD)
+        probe = str(tmp_path / ("probe.ndjson" if kind == "ndjson" else "probe.db"))
+        if kind != "postgres":
+            _make(probe, {}, OLD)
+            done = _rekey_child(probe, {}, 0)
+        else:
+            done = _rekey_child(target, store_options, 0)
+            memimg.rekey(target, old_options=NEW, new_options=OLD, **store_options)  # back, for the kills
+        assert done.returncode == 0, done.stderr
+        total = int(done.stdout.split()[-1])
+        outcomes = set()
+        # calls spread over the whole run, and the steps right after the commit point: before the meta flip
+        # (_finish_rekey), the NDJSON swap's renames (finish_swap), the space given back (reclaim)
+        points: list[int | str] = sorted({max(1, total * i // 8) for i in range(1, 8)} | {total - k for k in (1, 3, 8)})
+        points += ["_finish_rekey", "finish_swap", "reclaim"]
+        for point in points:
+            killed = _rekey_child(target, store_options, point)
+            # (a run may make a few calls fewer than the probe's -- a busy retry less --: then it finishes)
+            assert killed.returncode in (-signal.SIGKILL, 0), killed.stderr
+            opened = {}
+            for name, options in (("old", OLD), ("new", NEW)):
+                try:
+                    opened[name] = _balance(target, store_options, options)
+                except memimg.ProtectionError:
+                    pass
+            assert list(opened.values()) == [Decimal("132")], f"kill at call {point} of {total}: {opened}"
+            outcomes |= set(opened)
+            if "new" in opened:  # back to the old keys, so that the next kill cuts a rekey again
+                memimg.rekey(target, old_options=NEW, new_options=OLD, **store_options)
+        assert outcomes == {"old", "new"}  # the kills fell before and after the commit point
+    finally:
+        _drop(kind, store_options)
+
+
+def test_the_rekey_command_reads_keys_from_the_environment(tmp_path: Any) -> None:
+    """``memimg rekey`` takes the current keys as every command does and the new ones from named variables;
+    ``info`` and ``verify`` then need the new key."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+    env = {"MEMIMG_ENCRYPTION_KEY": OLD["encryption_key"], "IK": INTEGRITY_KEY, "NEWKEY": NEW["encryption_key"]}
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["rekey", path, "--integrity-key-env", "IK", "--new-encryption-key-env", "NEWKEY"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert KEY.hex() not in result.output and OTHER_KEY.hex() not in result.output
+    result = runner.invoke(cli, ["info", path, "--integrity-key-env", "IK"], env=env)
+    assert result.exit_code == 1 and "is another" in result.output
+    env["MEMIMG_ENCRYPTION_KEY"] = NEW["encryption_key"]
+    result = runner.invoke(cli, ["verify", path, "--integrity-key-env", "IK"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "integrity chain: ok" in result.output
+    result = runner.invoke(cli, ["rekey", path, "--integrity-key-env", "UNSET_VARIABLE_X", "--no-integrity"], env=env)
+    assert result.exit_code == 1 and "UNSET_VARIABLE_X" in result.output
+
+
+def test_commands_keep_a_protected_log_protected(tmp_path: Any) -> None:
+    """``compact --archive`` writes a protected log's dropped events sealed, ``import`` with keys makes a
+    protected image, and ``copy`` makes a protected copy: no plain value leaks through a command."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, {"encryption_key": KEY})
+    env = {"MEMIMG_ENCRYPTION_KEY": KEY.hex()}
+    runner = CliRunner()
+    with memimg.open(path, root=Bank, encryption_key=KEY) as img:
+        img.root.accounts["ada"].owner = SECRET + "-2"
+    archive = tmp_path / "archive.ndjson"
+    result = runner.invoke(cli, ["compact", path, "--archive", str(archive)], env=env)
+    assert result.exit_code == 0, result.output
+    assert archive.read_bytes() and SECRET.encode() not in archive.read_bytes()
+    result = runner.invoke(cli, ["copy", path, str(tmp_path / "copy.ndjson")], env=env)
+    assert result.exit_code == 0, result.output
+    copied = b"".join(p.read_bytes() for p in tmp_path.rglob("copy.ndjson*") if p.is_file())
+    assert copied and SECRET.encode() not in copied
+    result = runner.invoke(cli, ["export", path, "-o", str(tmp_path / "dump.json")], env=env)
+    assert result.exit_code == 0, result.output
+    assert SECRET.encode() in (tmp_path / "dump.json").read_bytes()  # an export is the state, in the clear
+    result = runner.invoke(cli, ["import", str(tmp_path / "new.db"), str(tmp_path / "dump.json")], env=env)
+    assert result.exit_code == 0, result.output
+    assert SECRET.encode() not in (tmp_path / "new.db").read_bytes()
+    with memimg.open(str(tmp_path / "new.db"), encryption_key=KEY) as img:
+        assert img.root.accounts["ada"].owner == SECRET + "-2"
