@@ -140,6 +140,12 @@ class _CountedInt(int):
     def __reduce__(self) -> Any:
         return int, (int(self),)
 
+    def __copy__(self) -> Any:
+        return int(self)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return int(self)
+
     def __repr__(self) -> str:
         return int.__repr__(self)
 
@@ -167,6 +173,12 @@ class _CountedDecimal(Decimal):
 
     def __reduce__(self) -> Any:
         return Decimal, (str(self),)
+
+    def __copy__(self) -> Any:
+        return plain(self)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return plain(self)
 
     def __repr__(self) -> str:
         return f"Decimal('{self}')"
@@ -196,6 +208,12 @@ class _CountedFraction(Fraction):
     def __reduce__(self) -> Any:
         return Fraction, (self.numerator, self.denominator)
 
+    def __copy__(self) -> Any:
+        return plain(self)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return plain(self)
+
     def __repr__(self) -> str:
         return f"Fraction({self.numerator}, {self.denominator})"
 
@@ -211,8 +229,9 @@ _COUNTED_SET: Final = frozenset(_BASE)
 COUNTED: Final = _COUNTED_SET
 
 
-def mark(value: Any, origin: tuple[Any, str, Any], delta: Any = 0) -> Any:
-    """*value* as a counted value read from ``origin = (object, field, writer)``, carrying *delta*.
+def mark(value: Any, origin: tuple[Any, str, Any], delta: Any = None) -> Any:
+    """*value* as a counted value read from ``origin = (object, field, writer)``, carrying *delta* (by
+    default zero, of *value*'s type: the adds to a Decimal counter are Decimals, whatever was added).
 
     A value that is not exactly an int, Decimal or Fraction (a subclass, a
     float someone assigned) comes back as it is: it is no counter.
@@ -225,7 +244,7 @@ def mark(value: Any, origin: tuple[Any, str, Any], delta: Any = 0) -> Any:
     else:
         out = t(value)
     out._mi_origin = origin
-    out._mi_delta = delta
+    out._mi_delta = _BASE[t](0) if delta is None else delta
     return out
 
 
