@@ -164,6 +164,25 @@ def test_a_rolled_back_savepoint_drops_its_adds(make_image: Images) -> None:
     assert t.hits == 1
 
 
+def test_a_reader_outside_sees_all_of_a_commit_with_adds_or_none(monkeypatch: Any, make_image: Images) -> None:
+    """While a commit of two adds and an assignment is being applied, a reader in another thread sees the
+    counter with both adds (and the other field assigned), before or after each event is applied."""
+    img, t = start(make_image)
+    t.hits = 10
+    seen: list[Any] = []
+
+    def hook(kind: str, target: Any, args: Any) -> None:
+        run_threads(1, lambda: seen.append((t.hits, t.note)))
+
+    monkeypatch.setattr(img._engine, "before_apply", hook)
+    with img.transaction():
+        t.hits += 2
+        t.note = "x"
+        t.hits += 3
+    assert seen == [(15, "x")] * 3
+    assert t.hits == 15
+
+
 # -- conflicts ----------------------------------------------------------------------------------------------
 
 
@@ -403,13 +422,16 @@ def test_an_indexed_counter_is_found_by_its_sum(make_image: Images) -> None:
 
 
 def test_erasing_a_counters_past_keeps_the_log_replayable(make_image: Images) -> None:
-    """Erasing a counter's past values keeps the value it has now and the adds that make it."""
+    """Erasing a counter's past values erases the adds made to them too, and keeps the value it has now and the
+    adds that make it: the log still replays to it."""
     img, t = start(make_image)
     t.hits = 5
     t.hits += 1
     t.hits = 100
     t.hits += 2
     img.erase(t, "hits", reason="test")
+    # the adds to a replaced value are past with it; those to the current value are current
+    assert [e.data[1] for e in img.events() if e.kind == "obj.add"] == [["erased"], 2]
     img.close()
     img = make_image(root=Box)
     assert img.root.content.hits == 102
