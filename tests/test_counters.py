@@ -84,7 +84,7 @@ def test_threads_adding_in_transactions_never_conflict(make_image: Images) -> No
 
 
 def test_threads_adding_outside_transactions_lose_nothing(make_image: Images) -> None:
-    """``obj.f += 1`` outside a transaction is one atomic add: 6 threads × 50 end at 300."""
+    """``obj.f += 1`` outside a transaction is one atomic add: 6 threads of 50 end at 300."""
     img, t = start(make_image)
 
     def work() -> None:
@@ -323,6 +323,7 @@ def test_a_free_standing_object_holds_plain_numbers(make_image: Images) -> None:
     attached = Tally(hits=4)
     img.root.content = attached
     loose = Tally(hits=attached.hits)
+    assert type(loose.hits) is int
     loose.hits += 1
     assert loose.hits == 5 and type(loose.hits) is int
     img.root.content = loose
