@@ -26,6 +26,7 @@ import memimg
 from memimg import persistent
 from tests.conftest import Images
 from tests.models import Box, Point, Tally
+from tests.versions import Versions
 
 
 def kinds(img: memimg.MemoryImage, since: int) -> list[str]:
@@ -495,3 +496,39 @@ def test_a_counter_of_a_subclass_counts() -> None:
     assert img.root.n == 3
     assert [e.kind for e in img.events(1)] == ["obj.add", "obj.add"]
     assert attrs.fields(Sub).n.default == 0
+
+
+def test_a_renamed_counter_reads_its_adds_under_the_new_name(tmp_path: Any) -> None:
+    """Adds logged under a counter's old name are read into the field renamed from it (``renamed_from``)."""
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @persistent(name="{P}.Page")
+        class Page:
+            visits: int = memimg.field(default=0, merge="add")
+        """,
+        """
+        with memimg.open(path, root=models.Page) as img:
+            img.root.visits += 2
+            img.snapshot()
+            img.root.visits += 3
+            with img.transaction():
+                img.root.visits += 4
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Page")
+        class Page:
+            hits: int = memimg.field(default=0, merge="add", renamed_from="visits")
+        """
+    )
+    with memimg.open(v.path, root=new.Page) as img:
+        assert img.root.hits == 9
+        assert [(c.kind, c.old, c.new) for c in img.history(img.root, "hits")][-2:] == [
+            ("obj.add", 2, 5),
+            ("obj.add", 5, 9),
+        ]
+        img.root.hits += 1
+    with memimg.open(v.path, root=new.Page) as img:
+        assert img.root.hits == 10
