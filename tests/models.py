@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import attrs
@@ -87,3 +88,14 @@ class MutableAttrs:
 
 
 memimg_field_alias = memimg.field
+
+
+@persistent
+class Tally:
+    """Counters (``merge="add"``) of each number type, and a plain field beside them."""
+
+    hits: int = memimg.field(default=0, merge="add")
+    total: Decimal = memimg.field(default=Decimal("0"), merge="add")
+    share: Fraction = memimg.field(default=Fraction(0), merge="add")
+    ranked: int = memimg.field(default=0, merge="add", index=True)
+    note: str = ""

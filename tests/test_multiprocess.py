@@ -320,3 +320,46 @@ def test_any_process_may_snapshot(shared: Any) -> None:
     two.close()
     with open_here(kind, where) as img:
         assert img.root.content["count"] == 2
+
+
+COUNTING = OPEN + textwrap.dedent(
+    """
+    kind, where, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    img = open_image(kind, where)
+    t = img.root.content
+    print("ready", flush=True)
+    sys.stdin.readline()  # all start together
+    for _ in range(n):
+        if mode == "tx":
+            with img.transaction():  # no retries: a conflict would end the process with an error
+                t.hits += 1
+                t.total -= 1
+        else:
+            t.hits += 1
+            t.total -= 1
+    img.close()
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["tx", "auto"])
+def test_processes_adding_to_a_counter_never_conflict(shared: Any, mode: str) -> None:
+    """6 processes each add 1 to a ``merge="add"`` counter 50 times (in transactions without retries, or
+    outside any): nothing conflicts, and the counter ends at 300 in every process's view."""
+    from tests.models import Tally
+
+    kind, where = shared
+    with open_here(kind, where) as img:
+        img.root.content = Tally()
+    procs = [spawn(COUNTING, kind, where, mode, "50", stdin=subprocess.PIPE) for _ in range(6)]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip().endswith("done")
+    with open_here(kind, where) as img:
+        assert (img.root.content.hits, img.root.content.total) == (300, -300)
+        assert memimg.replay(img.events()).content.hits == 300

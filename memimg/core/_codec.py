@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from memimg._errors import CorruptLogError, UnknownTypeError
 from memimg.core import _types
+from memimg.core._counters import COUNTED
 from memimg.core._generic import CustomValue, EnumValue
 from memimg.core._gone import Gone
 from memimg.core._markers import ERASED, Marker
@@ -50,6 +51,7 @@ from memimg.core._values import (
 )
 
 __all__ = [
+    "COUNTED_SHAPE",
     "CUSTOM",
     "ENTITY",
     "ENUM",
@@ -84,6 +86,7 @@ PLAIN: Final = "plain"  # a plain list/dict/set: converted to a tracked one when
 UNSUPPORTED: Final = "unsupported"
 GONE: Final = "gone"  # an object of a removed type, while replaying
 GENERIC: Final = "generic"  # a stand-in for an enum member or user value whose class is not loaded
+COUNTED_SHAPE: Final = "counted"  # a number read from a counter field: stored as the plain number
 ERASED_SHAPE: Final = "erased"  # memimg.ERASED, where memimg.MemoryImage.erase excised a past value
 #: How :data:`~memimg.ERASED` is stored (read back as the marker; see :mod:`memimg.core._values`).
 ERASED_DATA: Final = ("erased",)
@@ -135,6 +138,8 @@ class Codec:
             return GENERIC
         if t is Marker:
             return ERASED_SHAPE
+        if t in COUNTED:
+            return COUNTED_SHAPE
         if issubclass(t, self.shell.entity_base):
             return ENTITY if _types.info_of(t) is not None else UNSUPPORTED
         if t in self.shell.tracked:

@@ -16,7 +16,9 @@ rewritten log ends in the same state as before. Where a value is stored:
 
 * an entity's field: the creation record of the object (``[oid, type,
   state]`` inside the event that attached it, whatever that event's target),
-  its ``obj.set`` / ``obj.update`` events, and its state in each snapshot.
+  its ``obj.set`` / ``obj.update`` events, and its state in each snapshot
+  (a counter's ``obj.add`` deltas belong with the value they add to: current
+  together with it, past together with it).
   The last event that wrote the field (an ``obj.del`` too) holds the current
   value, and so does every snapshot from that seq on; every other place holds
   a past value. A field no stored event writes (its events were compacted
@@ -327,6 +329,8 @@ class _Tracker:
                     self.write(self.field(pair[0]), (pair, 1))
             elif kind == "obj.del":
                 self.write(self.field(data[0]), None)
+            elif kind == "obj.add":  # a counter's delta: the value it adds to is still needed, and so is it
+                self.alias(self.field(data[0]), (data, 1))
         elif shape == DICT:
             if kind == "dict.set":
                 self.write(self.key(data[0]), (data, 1))

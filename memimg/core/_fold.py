@@ -30,7 +30,7 @@ import orjson
 from memimg._errors import CorruptLogError, MemimgError
 from memimg.core import _schema
 from memimg.core._gone import Gone
-from memimg.core._kinds import FIELD, KINDS, Kind
+from memimg.core._kinds import KINDS, Kind
 from memimg.core._meta import META_KIND, check_row
 from memimg.core._reader import Pending, Reader, at_seq
 from memimg.core._rows import BAD_COLUMN, EventRow, event_checksum, verify_event
@@ -157,7 +157,7 @@ def _fold_rows(
             if pending is not None:
                 apply_stored(reader, pending, seq, target)
             continue
-        if k.conflict is FIELD and args[0] not in fast_fields.get(type(obj), _NO_SETTERS):
+        if k.conflict.field and args[0] not in fast_fields.get(type(obj), _NO_SETTERS):
             try:
                 adapted = reader.adapt_field_event(k, obj, args)
             except MemimgError as err:

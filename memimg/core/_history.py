@@ -12,7 +12,9 @@ adding a kind touches no code here.
 What each :class:`Change` says, by target:
 
 * an **entity**: ``field``, ``old`` and ``new`` (``MISSING`` for a field
-  unset before or after); an ``obj.update`` gives one change per field;
+  unset before or after); an ``obj.update`` gives one change per field; an
+  ``obj.add`` (a counter's delta, ``memimg.field(merge="add")``) the value
+  before and the sum after, its kind telling it was an add;
 * a **dict**: ``key``, ``old`` and ``new`` (``MISSING`` for a key absent
   before or after); ``dict.update`` gives one change per pair and
   ``dict.clear`` one per key it removed;
@@ -40,6 +42,7 @@ from typing import Any, Final
 import attrs
 
 from memimg.core import _types
+from memimg.core._counters import add
 from memimg.core._markers import MISSING
 
 __all__ = ["Change", "Collected", "Part", "Recorder", "entity_state", "field_namer"]
@@ -70,7 +73,9 @@ class Change:
     ``seq``, ``tx`` and ``time`` (an aware UTC datetime) are those of the
     event; ``meta`` the metadata of its transaction (``{}`` if none);
     ``target`` the object changed, as live in the image asked; ``kind`` the
-    event kind (``"obj.set"``, ``"dict.set"``, ``"list.append"``...);
+    event kind (``"obj.set"``, ``"dict.set"``, ``"list.append"``...;
+    ``"obj.add"`` for an add to a counter, ``memimg.field(merge="add")``:
+    ``new - old`` is what was added);
     ``field`` the entity field (else ``None``); ``key`` the dict key (else
     ``None``: a dict's change, of kind ``dict.*``, may have the key ``None``
     too); ``old`` the value before and ``new`` the value after
@@ -144,6 +149,13 @@ class Recorder:
         except AttributeError:
             old = MISSING
         self.parts.append((name, None, old, value, None))
+
+    def field_add(self, obj: Any, name: str, delta: Any) -> None:
+        old = obj.get(name, MISSING) if self.copies else self._live_field(obj, name)
+        new = MISSING if old is MISSING else add(old, delta)
+        self.parts.append((name, None, old, new, None))
+        if self.copies:
+            obj[name] = new
 
     def field_del(self, obj: Any, name: str) -> None:
         if self.copies:

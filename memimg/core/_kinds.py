@@ -35,7 +35,21 @@ import attrs
 
 from memimg.core._markers import WHOLE as WHOLE_KEY
 
-__all__ = ["APPEND", "FIELD", "KEY", "KINDS", "MEMBERS", "NONE", "PAIRS", "PARAMS", "WHOLE", "Applier", "Kind", "Rule"]
+__all__ = [
+    "ADD",
+    "APPEND",
+    "FIELD",
+    "KEY",
+    "KINDS",
+    "MEMBERS",
+    "NONE",
+    "PAIRS",
+    "PARAMS",
+    "WHOLE",
+    "Applier",
+    "Kind",
+    "Rule",
+]
 
 
 @attrs.frozen(eq=False)
@@ -57,6 +71,11 @@ class Rule:
     after_any: bool = False
     #: False: the event touches no shared data (root creation, collection).
     shared: bool = True
+    #: ``args[0]`` names an entity field (schemas are declared, renamed fields read, for such events).
+    field: bool = False
+    #: The event's writes merge with each other (a counter's deltas): two such writes of one part never
+    #: conflict; a plain write of the part conflicts with one, and the other way round.
+    merges: bool = False
 
     def __repr__(self) -> str:
         return f"<rule {self.name}>"
@@ -71,7 +90,9 @@ def _no_keys(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 #: ``args[0]`` is a field name.
-FIELD: Final = Rule("field", _first)
+FIELD: Final = Rule("field", _first, field=True)
+#: ``args[0]`` is a counter field, ``args[1]`` what is added to it: commutes with other adds to it.
+ADD: Final = Rule("add", _first, field=True, merges=True)
 #: ``args[0]`` is a dict key.
 KEY: Final = Rule("key", _first, after_whole=True)
 #: ``args[0]`` is a list of (key, value).
@@ -95,6 +116,7 @@ class Applier(Protocol):
 
     def field_set(self, obj: Any, name: str, value: Any) -> None: ...
     def field_del(self, obj: Any, name: str) -> None: ...
+    def field_add(self, obj: Any, name: str, delta: Any) -> None: ...
     def list_append(self, lst: Any, items: list[Any]) -> None: ...
     def list_splice(self, lst: Any, start: int, stop: int, items: list[Any]) -> None: ...
     def list_clear(self, lst: Any) -> None: ...
@@ -173,6 +195,13 @@ def _obj_update(a: Applier, obj: Any, pairs: list[tuple[str, Any]]) -> None:
 def _obj_del(a: Applier, obj: Any, name: str) -> None:
     """Delete field *name* of entity *target* (``del obj.name``)."""
     a.field_del(obj, name)
+
+
+@kind("obj.add", "sv", ADD)
+def _obj_add(a: Applier, obj: Any, name: str, delta: Any) -> None:
+    """Add *delta* to counter field *name* of entity *target* (``obj.name += delta`` on a
+    ``memimg.field(merge="add")`` field): concurrent adds all count."""
+    a.field_add(obj, name, delta)
 
 
 # -- lists --------------------------------------------------------------------

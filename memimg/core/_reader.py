@@ -42,7 +42,7 @@ from memimg.core._codec import ENTITY, FROZENSET, PLAIN, TRACKED, TUPLE, UNSUPPO
 from memimg.core._firststates import FirstStates
 from memimg.core._generic import StandInMaker
 from memimg.core._gone import Gone, caches_hash
-from memimg.core._kinds import FIELD, KINDS, Kind
+from memimg.core._kinds import KINDS, Kind
 from memimg.core._markers import ABSENT
 from memimg.core._records import declared_types
 from memimg.core._table import ObjectTable
@@ -479,7 +479,7 @@ class Reader:
                     self.report.events_skipped += 1
                     return None
             args = self.decode_args(k, p[0])
-            if k.conflict is FIELD:
+            if k.conflict.field:
                 return self.adapt_field_event(k, obj, args)
         except CorruptLogError as err:
             if err.seq is not None:
@@ -528,7 +528,7 @@ class Reader:
         if target is _schema.DROP or target not in info.setters:
             self.report.dropped_fields[(info.name, name)] += 1
             return None
-        return k, obj, (target,)
+        return k, obj, (target, *args[1:])
 
     # -- value objects ------------------------------------------------------------
 

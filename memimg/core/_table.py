@@ -23,6 +23,7 @@ from memimg._errors import CorruptLogError
 from memimg.core import _types
 from memimg.core._born import Born
 from memimg.core._codec import ENTITY, FROZENSET, TRACKED, TUPLE, VALUE, Codec
+from memimg.core._counters import add
 from memimg.core._extents import UNSET, Extents
 from memimg.core._gone import Gone
 from memimg.core._indexes import indexed_fields
@@ -214,6 +215,9 @@ class ObjectTable:
                 extents.reindex(obj, name, value)
 
         return set_indexed
+
+    def field_add(self, obj: Any, name: str, delta: Any) -> None:
+        self.field_set(obj, name, add(_types.info_of(type(obj)).getters[name](obj), delta))  # type: ignore[union-attr]
 
     def field_del(self, obj: Any, name: str) -> None:
         _types.info_of(type(obj)).deleters[name](obj)  # type: ignore[union-attr]

@@ -17,9 +17,24 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
+import attrs
+
 from memimg._errors import UnsupportedValueError, value_repr
 from memimg.core import _types
-from memimg.core._codec import CUSTOM, ENTITY, ENUM, FROZENSET, GENERIC, LEAF, PLAIN, TRACKED, TUPLE, VALUE
+from memimg.core._codec import (
+    COUNTED_SHAPE,
+    CUSTOM,
+    ENTITY,
+    ENUM,
+    FROZENSET,
+    GENERIC,
+    LEAF,
+    PLAIN,
+    TRACKED,
+    TUPLE,
+    VALUE,
+)
+from memimg.core._counters import plain
 from memimg.core._gc import paused_gc
 from memimg.core._table import ObjectTable
 from memimg.core._values import check_text, describe_unsupported, tz_parts
@@ -188,13 +203,24 @@ class Attacher:
             stack.append((tracked, where, v))
             return tracked
         if shape is TUPLE or shape is FROZENSET:
+            changed: dict[int, Any] | None = None
             for i, item in enumerate(v):
-                self._inner(item, (where, "[", i), undo, stack, memo, False)
-            return v
+                out = self._inner(item, (where, "[", i), undo, stack, memo, False)
+                if out is not item:  # a number read from a counter in it: stored as the plain number
+                    if changed is None:
+                        changed = {}
+                    changed[i] = out
+            return v if changed is None else t(changed.get(i, item) for i, item in enumerate(v))
         if shape is VALUE:
+            replaced: dict[str, Any] = {}
             for f in _types.info_of(t).fields:  # type: ignore[union-attr]
-                self._inner(getattr(v, f), (where, ".", f), undo, stack, memo, False)
-            return v
+                item = getattr(v, f)
+                out = self._inner(item, (where, ".", f), undo, stack, memo, False)
+                if out is not item:
+                    replaced[f] = out
+            return attrs.evolve(v, **replaced) if replaced else v
+        if shape is COUNTED_SHAPE:
+            return plain(v)
         raise describe_unsupported(v, render(where))
 
     def _attach_contents(

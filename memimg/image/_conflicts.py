@@ -31,14 +31,17 @@ __all__ = ["ConflictIndex"]
 class ConflictIndex:
     """The seqs of the writes made while transactions are open, by object and part."""
 
-    __slots__ = ("_last", "_last_obj", "_recent", "rebased", "table")
+    __slots__ = ("_last", "_last_obj", "_merged", "_recent", "rebased", "table")
 
     def __init__(self, table: ObjectTable) -> None:
         #: the table whose objects are written (named in messages)
         self.table = table
         self._last: dict[tuple[int, Any], int] = {}  # (oid, part) -> seq of its last write
         self._last_obj: dict[int, int] = {}  # oid -> seq of its last write of any part
-        self._recent: deque[tuple[int, int, list[tuple[int, Any]]]] = deque()  # (seq, oid, keys), oldest first
+        #: (oid, part) -> seq of its last merging write (a counter's add): kept apart, since those merge
+        self._merged: dict[tuple[int, Any], int] = {}
+        #: (seq, oid, keys, the dict they are in), oldest first
+        self._recent: deque[tuple[int, int, list[tuple[int, Any]], dict[tuple[int, Any], int]]] = deque()
         #: the seq the image was reloaded at after the log was compacted past it: every transaction begun
         #: before conflicts (its reads and writes are of objects that were all reloaded)
         self.rebased = 0
@@ -52,24 +55,26 @@ class ConflictIndex:
                 continue
             oid, seq = row[4], row[0]
             keys = [(oid, key) for key in rule.keys(args)]
+            written = self._merged if rule.merges else last
             for key in keys:
-                last[key] = seq
+                written[key] = seq
             last_obj[oid] = seq
-            recent.append((seq, oid, keys))
+            recent.append((seq, oid, keys, written))
 
     def prune(self, horizon: int | None) -> None:
         """Forget the writes at or before *horizon*, the oldest open transaction's start (None: none is open)."""
         if horizon is None:
             self._last.clear()
             self._last_obj.clear()
+            self._merged.clear()
             self._recent.clear()
             return
-        recent, last, last_obj = self._recent, self._last, self._last_obj
+        recent, last_obj = self._recent, self._last_obj
         while recent and recent[0][0] <= horizon:
-            seq, oid, keys = recent.popleft()
+            seq, oid, keys, written = recent.popleft()
             for key in keys:
-                if last.get(key) == seq:
-                    del last[key]
+                if written.get(key) == seq:
+                    del written[key]
             if last_obj.get(oid) == seq:
                 del last_obj[oid]
 
@@ -93,7 +98,7 @@ class ConflictIndex:
             raise self._reloaded(start)
         for oid, part in reads:
             self.check_read(start, oid, part)
-        last, last_obj = self._last, self._last_obj
+        last, last_obj, merged = self._last, self._last_obj, self._merged
         for k, target, args in events:
             rule = k.conflict
             if target is None or not rule.shared:
@@ -101,6 +106,11 @@ class ConflictIndex:
             oid = target._mi_oid
             if oid is None:
                 continue
+            if merged and not rule.merges:  # a plain write over a counter's add since: the add would be lost
+                for part in rule.keys(args):
+                    s = merged.get((oid, part), 0)
+                    if s > start:
+                        raise self._conflict(oid, part, s, "wrote")
             if rule.after_any:
                 seq, key = last_obj.get(oid, 0), WHOLE
             else:

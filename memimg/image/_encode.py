@@ -25,7 +25,7 @@ from memimg._errors import MemimgError
 from memimg.core import _types
 from memimg.core._args import arg_encoder
 from memimg.core._encoders import REF_COMMIT
-from memimg.core._kinds import FIELD, Kind
+from memimg.core._kinds import ADD, FIELD, Kind
 from memimg.core._reader import Pending
 from memimg.core._records import declaration, encode_records
 from memimg.core._rows import event_checksum
@@ -113,7 +113,7 @@ class EncodeSession:
                 toid = target._mi_oid
                 if toid is None:
                     toid = self.ref(target)
-                if k.conflict is FIELD and type(target) not in current:
+                if (k.conflict is FIELD or k.conflict is ADD) and type(target) not in current:
                     self.declare(_types.info_of(type(target)))  # type: ignore[arg-type]
             encoded_args = self._encode_args(k, args)
             if queue or self._new_types:

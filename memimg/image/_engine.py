@@ -365,6 +365,8 @@ class Engine:
                     for k, target, args in events:
                         k.apply(state, target, *args)
                 if _tracking.enabled():
+                    if state.added:
+                        state.resolve_counters()  # readers outside it see the sums, never the adds
                     for view in state.views.values():
                         if type(view) is ListView:
                             view.freeze()  # its base is about to grow under it

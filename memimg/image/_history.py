@@ -51,7 +51,7 @@ from memimg.core._args import arg_decoder
 from memimg.core._fold import SNAPSHOT_KINDS
 from memimg.core._gc import paused_gc
 from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
-from memimg.core._kinds import FIELD, KINDS, Kind
+from memimg.core._kinds import KINDS, Kind
 from memimg.core._reader import Reader
 from memimg.core._rows import EventRow, SnapshotRow, ts_to_datetime, verify_event, verify_snapshot
 from memimg.core._snapshot import held_states, split_snapshot
@@ -433,7 +433,7 @@ class _History:
         namer = self.namer
         if namer is None:
             return k, args
-        if k.conflict is FIELD:
+        if k.conflict.field:
             name = namer(args[0])
             return None if name is None else (k, (name, *args[1:]))
         if k is _OBJ_UPDATE:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from memimg._errors import MemimgError
 from memimg.core import _types
+from memimg.core._counters import COUNTED, Delta, add, delta_for, mark, plain
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED, SELF, WHOLE
 from memimg.core._meta import check_size
@@ -44,6 +45,7 @@ __all__ = ["Savepoint", "TxHost", "TxState"]
 
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
+_OBJ_ADD = KINDS["obj.add"]
 #: read methods whose result stays tied to the collection (iterators and dict views)
 _LIVE_READS = frozenset({"__iter__", "__reversed__", "keys", "values", "items"})
 
@@ -70,6 +72,7 @@ class TxState:
     """One open transaction: its pending events, its delta, what it read."""
 
     __slots__ = (
+        "added",
         "annotated",
         "attacher",
         "busy",
@@ -102,6 +105,8 @@ class TxState:
         self.events: list[Any] = []  # flat: kind, target, args, kind, ... (see pending())
         self.fields: dict[int, dict[str, Any]] = {}
         self.views: dict[int, Any] = {}
+        #: the objects whose counters the overlay holds adds of (``Delta``), or None: none
+        self.added: list[Any] | None = None
         self.reads: set[tuple[int, Any]] = set()
         self.undo: list[Any] = []
         #: the savepoint each event / undo entry belongs to (None: the transaction itself)
@@ -205,6 +210,41 @@ class TxState:
             host.check_read(self.start_seq, oid, sub)
         self.reads.add((oid, sub))
 
+    def read_counter(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
+        """Counter field *name* of *obj*: the committed value now plus this transaction's adds, counted
+        (see :mod:`memimg.core._counters`). Another transaction's adds are no conflict; an assignment is."""
+        if self.done:
+            return self.host.writer.read_counter(obj, name, getter)
+        d = self.fields.get(id(obj))
+        v = ABSENT if d is None else d.get(name, ABSENT)
+        if v is ABSENT or type(v) is Delta:
+            committed = self.read_field_committed(obj, name, getter)
+            v = committed if v is ABSENT else add(committed, v.amount)
+        elif v is DELETED:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
+        return mark(v, (obj, name, self))
+
+    def read_field_committed(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
+        """Field *name* of *obj* as committed, the read recorded (past this transaction's overlay)."""
+        oid = obj._mi_oid
+        try:
+            v = getter(obj)
+        finally:
+            if oid is not None:
+                self.note_read(oid, name)
+        return v
+
+    def resolve_counters(self) -> None:
+        """Replace the adds in the overlay by the sums they make with the committed values (the commit is about
+        to be published: readers outside it read the overlay, then the objects)."""
+        for obj in self.added or ():
+            d = self.fields.get(id(obj))
+            if d is not None:
+                for name, v in d.items():
+                    if type(v) is Delta:
+                        d[name] = add(_types.info_of(type(obj)).getters[name](obj), v.amount)  # type: ignore[union-attr]
+        self.added = None
+
     # -- the delta applier --------------------------------------------------------
 
     def _fields_of(self, obj: Any) -> dict[str, Any]:
@@ -224,6 +264,21 @@ class TxState:
 
     def field_del(self, obj: Any, name: str) -> None:
         self._fields_of(obj)[name] = DELETED
+
+    def field_add(self, obj: Any, name: str, delta: Any) -> None:
+        d = self._fields_of(obj)
+        v = d.get(name, ABSENT)
+        if v is ABSENT:
+            d[name] = Delta(delta)
+            if self.added is None:
+                self.added = []
+            self.added.append(obj)
+        elif type(v) is Delta:
+            v.amount = add(v.amount, delta)
+        elif v is DELETED:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
+        else:  # assigned earlier in this transaction: the overlay holds the value itself
+            d[name] = add(v, delta)
 
     def list_append(self, lst: Any, items: list[Any]) -> None:
         self._view(lst, ListView).append(items)
@@ -301,6 +356,12 @@ class TxState:
         if type(value) in NATIVE and (type(value) is not str or value.isascii()):
             v = value
         else:
+            if type(value) in COUNTED:
+                delta = delta_for(value, obj, name, self)
+                if delta is not None:
+                    self.add_field(obj, name, delta, tag)
+                    return
+                value = plain(value)
             self.writable = False
             self.busy = "attaching a value in a transaction"
             try:
@@ -320,6 +381,13 @@ class TxState:
         if d is None:
             d = self.fields[id(obj)] = {}
         d[name] = v
+
+    def add_field(self, obj: Any, name: str, delta: Any, tag: Savepoint | None) -> None:
+        """Add *delta* to counter field *name* of *obj* (an ``obj.add`` event)."""
+        self.events += (_OBJ_ADD, obj, (name, delta))
+        self.tags.append(tag)
+        self._note_annotations(tag)
+        self.field_add(obj, name, delta)
 
     def check_unique(self, obj: Any, name: str, value: Any) -> None:
         """Unique field *name* of *obj* is being set to *value* here: refuse a clash this transaction sees."""
@@ -463,6 +531,7 @@ class TxState:
         self.events = [part for event in events for part in event]
         self.fields.clear()
         self.views.clear()
+        self.added = None
         for k, target, args in events:
             k.apply(self, target, *args)
 
@@ -488,6 +557,7 @@ class TxState:
         self.tags = []
         self.fields = {}
         self.views = {}
+        self.added = None
         self.undo = []
         self.undo_tags = []
         self.reads = set()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from memimg.core import _types
+from memimg.core._counters import COUNTED, delta_for, mark, plain
 from memimg.core._gc import lazy_pause, paused_gc
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, SELF
@@ -48,6 +49,7 @@ class WriterHost(_recovery.Host, Protocol):
 
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
+_OBJ_ADD = KINDS["obj.add"]
 
 
 def _sizeable(planned: Sequence[tuple[str, tuple[Any, ...]]]) -> bool:
@@ -116,7 +118,10 @@ class AutoWriter:
                 if self.ever_annotated and (layers := self.annotation.get()):
                     events.insert(0, meta_event(layer_meta(layers)))
                 engine.commit(events)
+            elif type(value) in COUNTED and (delta := delta_for(value, obj, name, self)) is not None:
+                engine.commit(self._annotated([(_OBJ_ADD, obj, (name, delta))]))
             else:
+                value = plain(value)
                 # one pause of the collector for attaching and committing: what they create is
                 # traversed by one collection afterwards, not by one after each
                 with paused_gc():
@@ -207,6 +212,10 @@ class AutoWriter:
             if v is not ABSENT:
                 return v
         return getter(obj)
+
+    def read_counter(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
+        """Counter field *name* of *obj* outside a transaction, counted: assigned back with ``+=``, it adds."""
+        return mark(self.read_field(obj, name, getter) if self.publishing else getter(obj), (obj, name, self))
 
     def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any:
         """A read method of a tracked collection outside a transaction (see :meth:`read_field`)."""

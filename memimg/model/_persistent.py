@@ -29,7 +29,7 @@ from typing import Any, TypeVar, dataclass_transform, overload
 import attrs
 from attrs import setters
 
-from memimg.core import _indexes, _types
+from memimg.core import _counters, _indexes, _types
 from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 
@@ -42,7 +42,14 @@ _OBJ_DELATTR = object.__delattr__
 _FORBIDDEN_OPTIONS = {"slots", "frozen", "eq", "order", "unsafe_hash", "hash", "these"}
 
 
-def field(*, renamed_from: str | None = None, index: bool = False, unique: bool = False, **kwargs: Any) -> Any:
+def field(
+    *,
+    renamed_from: str | None = None,
+    index: bool = False,
+    unique: bool = False,
+    merge: str | None = None,
+    **kwargs: Any,
+) -> Any:
     """``attrs.field`` plus memimg options.
 
     Args:
@@ -53,6 +60,10 @@ def field(*, renamed_from: str | None = None, index: bool = False, unique: bool 
         unique: no two reachable instances of the class (subclasses
             included) may hold the same value (``None`` excepted); implies
             an index, and ``img.get`` looks instances up by it.
+        merge: ``"add"`` makes the field a counter (an int, Decimal or
+            Fraction): ``obj.f += n`` (and ``-=``) is recorded as the delta,
+            and concurrent adds never conflict (see the querying guide,
+            "Counters"). Checked when the class is defined.
         **kwargs: anything ``attrs.field`` accepts.
     """
     options: dict[str, Any] = {}
@@ -62,6 +73,8 @@ def field(*, renamed_from: str | None = None, index: bool = False, unique: bool 
         options["index"] = True
     if unique:
         options["unique"] = True
+    if merge is not None:
+        options["merge"] = merge
     if options:
         metadata = dict(kwargs.pop("metadata", None) or {})
         metadata["memimg"] = {**metadata.get("memimg", {}), **options}
@@ -177,7 +190,10 @@ class _EntityBuilder:
     def register(self) -> type:
         cls = self._cls
         fields = attrs.fields(cls)
-        _indexes.check_declaration(cls, {self._original.__name__: cls})
+        localns = {self._original.__name__: cls}
+        _indexes.check_declaration(cls, localns)
+        _counters.check_declaration(cls, localns)
+        _tracking.install_counters(cls, _counters.counter_fields(cls))
         getters: dict[str, Callable[[Any], Any]] = {}
         setters_: dict[str, Callable[[Any, Any], None]] = {}
         deleters: dict[str, Callable[[Any], None]] = {}

@@ -25,14 +25,17 @@ what replay and the commit path use, whatever the mode.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from memimg.core._counters import plain
 from memimg.core._markers import WHOLE
 
 __all__ = [
+    "CounterField",
     "TrackedField",
     "enabled",
+    "install_counters",
     "make_reader",
     "raw_slot",
     "register_collection",
@@ -99,6 +102,36 @@ class TrackedField:
 
     def __delete__(self, obj: Any) -> None:
         self.slot.__delete__(obj)
+
+
+class CounterField(TrackedField):
+    """The descriptor of a counter field (``memimg.field(merge="add")``), installed for good, tracking on or off.
+
+    A read of an attached object's counter hands out a *counted* value, so
+    that ``obj.f += n`` is told from ``obj.f = v`` when it is assigned back
+    (see :mod:`memimg.core._counters`); a write stores plain numbers only.
+    """
+
+    __slots__ = ()
+
+    def __get__(self, obj: Any, cls: type | None = None) -> Any:
+        if obj is None:
+            return self.slot
+        owner = obj._mi_img
+        if owner is None:
+            return self.get(obj)
+        return owner._mi_current.get().read_counter(obj, self.name, self.get)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self.set(obj, plain(value))
+
+
+def install_counters(cls: type, names: Iterable[str]) -> None:
+    """Make fields *names* of *cls* (slots of its own) counters: :class:`CounterField` in place of their slots."""
+    for name in names:
+        current = cls.__dict__.get(name)
+        if current is not None and type(current).__name__ == "member_descriptor":
+            type.__setattr__(cls, name, CounterField(name, current))
 
 
 def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..., Any]:
