@@ -56,6 +56,7 @@ class LogFile:
         self._lock = threading.RLock()
         self._fd = -1
         self._lock_fd = -1
+        self._lock_ident: tuple[int, int] = (-1, -1)
         self._ident: tuple[int, int] = (0, 0)
         self._version = NDJSON_VERSION
         self._first = 1
@@ -118,8 +119,8 @@ class LogFile:
     def _take_turn(self, doing: str) -> None:
         """Take the lock file's lock and bring the index up to the file at the path (this store's lock is held).
 
-        Per commit this is a ``flock``, an ``fstat`` of the lock file and a
-        ``stat`` of the log: when the log is the file this store has open
+        Per commit this is a ``flock``, a ``stat`` of the lock file's path and
+        a ``stat`` of the log: when the log is the file this store has open
         and its size is the offset after the last line indexed -- nothing
         appended, nothing torn -- there is nothing to read. Otherwise
         (another file at the path: a compaction or erase renamed a new one
@@ -148,17 +149,19 @@ class LogFile:
     def _flock(self, doing: str) -> None:
         """Take the lock file's exclusive lock, waiting up to busy_timeout (in steps of 50 µs to 2 ms).
 
-        The lock taken must be on the file the path names: one deleted or
-        replaced since this store opened it (no name left: an ``fstat`` of
-        the kept descriptor says so, no path lookup needed) excludes no one,
-        so the lock file is opened again -- created if need be -- and the
-        lock taken on that one.
+        The lock taken must be on the file the path names: one deleted,
+        replaced or renamed away since this store opened it excludes no one
+        (a ``stat`` of the path names another file, or none), so the lock
+        file is opened again -- created if need be -- and the lock taken on
+        that one.
         """
         deadline = 0.0
         pause = 0.00005
         while True:
             if self._lock_fd < 0:
                 self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                lock_st = os.fstat(self._lock_fd)
+                self._lock_ident = (lock_st.st_dev, lock_st.st_ino)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -176,12 +179,18 @@ class LogFile:
                 pause = min(pause * 2, 0.002)
                 continue
             try:
-                if os.fstat(self._lock_fd).st_nlink:
+                try:
+                    named = os.stat(self.path + ".lock")
+                except FileNotFoundError:
+                    named = None
+                if named is not None and (named.st_dev, named.st_ino) == self._lock_ident:
                     return
             except BaseException:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 raise
-            log.warning("%s: the lock file was deleted or replaced; taking the lock on the new one", self.path)
+            log.warning(
+                "%s: the lock file was deleted, replaced or renamed; taking the lock on the one at its path", self.path
+            )
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = -1

@@ -438,14 +438,18 @@ def test_every_path_to_a_log_shares_one_lock_file(tmp_path: Any, monkeypatch: py
         store.close()
 
 
-def test_a_deleted_lock_file_still_excludes(tmp_path: Any) -> None:
-    """A writer whose lock file was deleted (and another made in its place, held by another process) takes its
-    turn on the file now at the path: it waits for the holder, not on the deleted file."""
+@pytest.mark.parametrize("gone", ["deleted", "renamed away"])
+def test_a_lock_file_no_longer_at_its_path_still_excludes(tmp_path: Any, gone: str) -> None:
+    """A writer whose lock file was deleted or renamed away (and another made in its place, held by another
+    process) takes its turn on the file now at the path: it waits for the holder, not on the file it had."""
     import fcntl
 
     store = NDJSONStore(str(tmp_path / "lock.ndjson"), busy_timeout=0.1)
     store.append([row(1)], 0)
-    os.unlink(store.path + ".lock")
+    if gone == "deleted":
+        os.unlink(store.path + ".lock")
+    else:
+        os.rename(store.path + ".lock", store.path + ".lock.bak")
     holder = os.open(store.path + ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(holder, fcntl.LOCK_EX)
     try:
