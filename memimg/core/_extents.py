@@ -52,7 +52,7 @@ UNSET: Any = object()
 class Extents:
     """The entities of one object table by class (see the module docstring)."""
 
-    __slots__ = ("by_class", "groups", "indexes", "late", "skip", "synced", "table")
+    __slots__ = ("by_class", "groups", "indexes", "late", "links_seq", "shadowed", "skip", "synced", "table")
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -67,6 +67,12 @@ class Extents:
         self.indexes: dict[type, dict[str, FieldIndex]] = {}
         #: filed objects whose indexed fields are to be read again at the next sync (holes filled)
         self.late: list[int] = []
+        #: ``(root, field, value) -> (seq, oids of its holders unreachable at seq) or None (not known)``: the
+        #: unique values filed for more than one holder (see :mod:`memimg.core._indexes`); pruned lazily
+        self.shadowed: dict[tuple[type, str, Any], tuple[int, frozenset[int]] | None] = {}
+        #: the seq of the last commit that may have linked existing objects back into the graph while values
+        #: were shadowed: what was found unreachable before it may be reachable again
+        self.links_seq = 0
 
     def up_to_date(self) -> bool:
         """Whether every object of the table is filed (no :meth:`sync` needed)."""
@@ -78,7 +84,15 @@ class Extents:
         fields = indexed_fields(t)
         if fields:
             getters = _types.info_of(t).getters  # type: ignore[union-attr]
-            self.indexes[t] = {name: FieldIndex(getters[name]) for name in fields}
+            ix = self.indexes[t] = {}
+            for name, root in fields.items():
+                if root is None:
+                    ix[name] = FieldIndex(getters[name])
+                    continue
+                ix[name] = FieldIndex(getters[name], (root, name), self.shadowed)
+                peers = [i[name] for c, i in self.indexes.items() if indexed_fields(c).get(name) is root]
+                for index in peers:
+                    index.peers = [p for p in peers if p is not index]
         return d
 
     def sync(self, upto: int | None = None) -> None:
@@ -186,4 +200,5 @@ class Extents:
         self.groups.clear()
         self.indexes.clear()
         self.late = []
+        self.shadowed.clear()
         self.synced = 1
