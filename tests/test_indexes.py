@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import memimg
 from memimg import persistent
-from memimg.image import _query
+from memimg.image import _query, _unique
 from tests.conftest import POSTGRES_URL, Images
 from tests.versions import Versions
 
@@ -72,6 +72,12 @@ class Vip(User):
 @persistent
 class Users:
     users: list[Any] = attrs.field(factory=list)
+
+
+@persistent
+class Board:
+    users: list[Any] = attrs.field(factory=list)
+    spare: list[Any] = attrs.field(factory=list)
 
 
 def ids(objs: Any) -> set[int]:
@@ -352,6 +358,121 @@ def test_a_value_freed_by_unreachability_can_be_reused(make_image: Images) -> No
     assert len(img.find(User, email="ada@x.io")) == 1
 
 
+def test_a_removed_holder_cannot_be_linked_back_while_its_value_is_reused(make_image: Images) -> None:
+    """A holder made unreachable (not collected yet) whose value another instance then took cannot be linked
+    back into the graph -- directly, inside a new subgraph, in a transaction, or after reopening -- while the
+    other holds the value; nothing is changed. Once the other lets the value go, it can."""
+    img = make_image(root=Users, snapshot_every=None)
+    ada = User("ada@x.io")
+    img.root.users.append(ada)
+    img.root.users.remove(ada)
+    img.root.users.append(User("ada@x.io"))
+    seq = img.seq
+    with pytest.raises(memimg.UniqueError, match=r"User\.email is unique, and 'ada@x\.io'"):
+        img.root.users.append(ada)
+    with pytest.raises(memimg.UniqueError):
+        img.root.users.append([ada])  # inside a new list
+    with pytest.raises(memimg.UniqueError), img.transaction():
+        img.root.users.append(Vip("vip@x.io"))
+        img.root.users.append(ada)
+    assert img.seq == seq and len(img.root.users) == 1 and img.get(User, email="ada@x.io") is img.root.users[0]
+    img.close()
+    img = make_image(root=Users, snapshot_every=None)
+    (ada,) = (u for u in img.all(User) if u not in img.root.users)  # read back, not collected
+    with pytest.raises(memimg.UniqueError):
+        img.root.users.append(ada)
+    with img.transaction():  # the value given up and the old holder linked back in one transaction
+        img.root.users[0].email = "new@x.io"
+        img.root.users.append(ada)
+    assert img.get(User, email="ada@x.io") is ada and img.get(User, email="new@x.io") is img.root.users[0]
+
+
+def test_a_removed_holder_linked_back_in_another_image_is_refused(make_image: Images) -> None:
+    """Two images on one log (two processes as far as they can tell): one drops a holder and gives its value
+    to a new instance; the other, still holding a reference to the dropped one, cannot link it back -- after
+    catching up, or in a transaction begun before and caught up at its commit."""
+    one = make_image(root=Board, snapshot_every=None)
+    ada = User("ada@x.io")
+    one.root.users.append(ada)
+    two = make_image(root=Board, snapshot_every=None)
+    ada2 = two.root.users[0]
+    late = two.begin()
+    two.root.spare.append(ada2)  # a second reference to it, that the drop below does not remove
+    one.root.users.remove(ada)
+    one.root.users.append(User("ada@x.io"))
+    with pytest.raises(memimg.UniqueError):
+        late.save()
+    two.refresh()
+    seq = two.seq
+    with pytest.raises(memimg.UniqueError):
+        two.root.spare.append(ada2)
+    assert two.seq == seq and [u.email for u in two.root.users] == ["ada@x.io"] and two.root.spare == []
+    two.root.users[0].email = "eve@x.io"
+    two.root.spare.append(ada2)
+    one.refresh()
+    assert one.get(User, email="ada@x.io") is one.root.spare[0] is ada
+
+
+def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a removed holder of a value and its successor are both in the index, get returns the reachable
+    one and finds out which that is once, not on every call -- commits that link no existing object in
+    between included; a commit that links one back makes it look again."""
+    img = make_image(root=Users, snapshot_every=None)
+    ada = User("ada@x.io")
+    img.root.users.append(ada)
+    img.root.users.remove(ada)
+    ada2 = User("ada@x.io")
+    img.root.users.append(ada2)
+    walks = []
+    real = _unique.reachable_ids
+
+    def counted(*args: Any) -> Any:
+        walks.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_unique, "reachable_ids", counted)
+    monkeypatch.setattr(_query, "reachable_ids", counted)
+    for i in range(50):
+        assert img.get(User, email="ada@x.io") is ada2
+        img.root.users.append(User(f"u{i}@x.io"))
+    assert len(walks) == 1
+    img.root.users.append(img.root.users[1])  # an existing object linked (again)
+    assert img.get(User, email="ada@x.io") is ada2 and len(walks) == 3
+    with img.transaction():
+        assert img.get(User, email="ada@x.io") is ada2
+        ada2.email = "other@x.io"
+        assert img.get(User, email="other@x.io") is ada2
+
+
+def test_unique_checks_in_a_transaction_look_only_at_the_values_concerned(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N unique assignments, gets and finds in one transaction compare a bounded number of other instances
+    each (O(N) in all, not O(N^2)); what they see is still the transaction's own view."""
+    img = make_image(root=Users)
+    compared = []
+    real = _unique.visible
+
+    def counted(*args: Any) -> Any:
+        compared.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_unique, "visible", counted)
+    n = 400
+    with img.transaction():
+        for i in range(n):
+            u = User(None, f"c{i}")
+            img.root.users.append(u)
+            u.email = f"u{i}@x.io"
+            assert img.get(User, email=f"u{i}@x.io") is u
+            assert img.find(User, city=f"c{i}") == [u]
+            assert len(_query.candidates(img._engine, User, {"city": f"c{i}"})[0]) == 1  # type: ignore[arg-type]
+        with pytest.raises(memimg.UniqueError):
+            img.root.users[0].email = "u1@x.io"
+    assert len(compared) < 10 * n  # a few per assignment; each scanning the earlier ones would be ~n * n / 2
+    assert len(img.all(User)) == n and img.get(User, email="u7@x.io") is img.root.users[7]
+
+
 def test_two_threads_adding_one_value_cannot_both_commit(make_image: Images) -> None:
     """Two transactions in two threads each attach an instance with the same unique value: exactly one
     commits, the other raises UniqueError."""
@@ -499,6 +620,22 @@ def test_index_on_a_collection_or_unhashable_field_is_refused_at_class_definitio
         @persistent
         class Worse:
             box: Mutable | None = memimg.field(default=None, unique=True)
+
+
+def test_a_subclass_cannot_drop_an_inherited_unique_constraint() -> None:
+    """A subclass redeclaring a field its base declares unique must keep ``unique=True``: without it, the
+    class definition raises TypeError naming both classes and the field (its instances are the base's too)."""
+    with pytest.raises(TypeError, match=r"Loose\.email: User\.email is unique, and a subclass cannot drop"):
+
+        @persistent
+        class Loose(User):
+            email: str | None = None
+
+    @persistent
+    class Kept(User):
+        email: str | None = memimg.field(default=None, unique=True)
+
+    assert _unique.indexed_fields(Kept) == {"email": User, "city": None}
 
 
 def test_get_and_find_refuse_fields_that_are_not_a_unique_key(make_image: Images) -> None:
