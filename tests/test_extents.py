@@ -278,6 +278,56 @@ def test_a_transaction_sees_its_own_objects_and_writes_others_do_not(make_image:
         assert len(img.all(Item)) == 2
 
 
+def test_a_transaction_sees_the_extents_as_they_were_when_it_began(make_image: Images) -> None:
+    """Objects another thread commits after a transaction began are not in its extents -- ``len``, ``in``,
+    iteration, find -- while its own are; after it ends, the extents show both."""
+    img = make_image(root=Holder)
+    first = Item(tag=1)
+    img.root.items.append(first)
+    with img.transaction():
+        mine = Special(tag=1)
+        img.root.named["mine"] = mine
+        theirs = [Item(tag=1), Special(tag=1)]
+        t = threading.Thread(target=lambda: img.root.items.extend(theirs))
+        t.start()
+        t.join()
+        assert all(o._mi_oid is not None for o in theirs)  # committed
+        assert (len(img.all(Item)), len(img.all(Special))) == (2, 1)
+        assert ids(img.all(Item)) == ids([first, mine]) and ids(img.all(Special)) == ids([mine])
+        assert not any(o in img.all(Item) for o in theirs) and mine in img.all(Item)
+        assert ids(img.find(Item, tag=1)) == ids([first, mine])
+    assert (len(img.all(Item)), len(img.all(Special))) == (4, 2)
+    assert len(img.find(Item, tag=1)) == 4
+
+
+def test_len_in_a_transaction_reads_its_journal_once(make_image: Images) -> None:
+    """``len`` of an extent inside a transaction reads what the transaction attached once: asked after each
+    of N attachments, the journal entries read add up to O(N), not O(N^2)."""
+
+    class Journal(list[Any]):
+        read = 0
+
+        def __iter__(self) -> Any:
+            Journal.read += len(self)
+            return super().__iter__()
+
+        def __getitem__(self, i: Any) -> Any:
+            got = super().__getitem__(i)
+            Journal.read += len(got) if isinstance(i, slice) else 1
+            return got
+
+    img = make_image(root=Holder)
+    n = 300
+    with img.transaction():
+        state = img._engine.current_tx()
+        state.undo = Journal()
+        for i in range(n):
+            img.root.items.append(Item(tag=i))
+            assert len(img.all(Item)) == i + 1
+    assert Journal.read < 5 * n
+    assert len(img.all(Item)) == n
+
+
 def test_find_compares_with_equality_and_skips_unset_fields(make_image: Images) -> None:
     """find matches by ``==`` (an entity only itself), on every equality given; no equality lists the extent."""
     img = make_image(root=Holder)
