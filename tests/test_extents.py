@@ -437,6 +437,54 @@ def test_extents_hold_objects_read_through_an_upgrader(tmp_path: Any) -> None:
         assert [p.title for p in img.find(new.Product, price=Decimal("2.5"))] == ["bread"]
 
 
+def test_a_read_only_image_has_the_entities_it_fills_in_its_extents(tmp_path: Any) -> None:
+    """Entities a new field's default makes for stored objects are in their extent in a read-only image too
+    (it fills them in memory only), found by their fields; once a writer logs its own, the read-only image's
+    extent holds the writer's after refresh, not both."""
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            shelf: list = attrs.field(factory=list)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.shelf.extend([models.Product("apple"), models.Product("bread")])
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Label")
+        class Label:
+            text: str = memimg.field(default="new", index=True)
+
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+            label: Label = attrs.field(factory=Label)
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            shelf: list = attrs.field(factory=list)
+        """
+    )
+    with memimg.open(v.path, root=new.Shop, readonly=True, snapshot_every=None) as reader:
+        labels = reader.all(new.Label)
+        assert len(labels) == 2 and ids(labels) == ids(p.label for p in reader.root.shelf)
+        assert reader.root.shelf[0].label in labels
+        assert ids(reader.find(new.Label, text="new")) == ids(labels)
+        with memimg.open(v.path, root=new.Shop, snapshot_every=None) as writer:
+            assert len(writer.all(new.Label)) == 2
+        assert reader.refresh() > 0
+        assert len(labels) == 2 and ids(labels) == ids(p.label for p in reader.root.shelf)
+        assert len(reader.find(new.Label, text="new")) == 2
+
+
 def test_an_image_reloaded_after_a_compaction_has_the_new_extents(make_image: Images) -> None:
     """An image behind a compaction reloads in place; its extents then hold what the snapshot holds."""
     ahead = make_image(root=Holder, snapshot_every=None)

@@ -52,7 +52,18 @@ UNSET: Any = object()
 class Extents:
     """The entities of one object table by class (see the module docstring)."""
 
-    __slots__ = ("by_class", "groups", "indexes", "late", "links_seq", "shadowed", "skip", "synced", "table")
+    __slots__ = (
+        "by_class",
+        "groups",
+        "indexes",
+        "late",
+        "links_seq",
+        "shadowed",
+        "skip",
+        "synced",
+        "table",
+        "unlogged",
+    )
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -73,6 +84,9 @@ class Extents:
         #: the seq of the last commit that may have linked existing objects back into the graph while values
         #: were shadowed: what was found unreachable before it may be reachable again
         self.links_seq = 0
+        #: ``id(obj) -> the key it is filed under`` (negative) for the entities a read-only image filled in
+        #: memory only (:meth:`ObjectTable.add_unlogged`): they have no id
+        self.unlogged: dict[int, int] = {}
 
     def up_to_date(self) -> bool:
         """Whether every object of the table is filed (no :meth:`sync` needed)."""
@@ -172,6 +186,29 @@ class Extents:
                     for index in ix.values():
                         index.remove(oid)
 
+    def file_unlogged(self, objs: list[Any]) -> None:
+        """File *objs*, attached without ids by a read-only image (under negative keys of their own)."""
+        for obj in objs:
+            t = type(obj)
+            if t in self.skip or id(obj) in self.unlogged or _types.entity_info(t) is None:
+                continue
+            key = self.unlogged[id(obj)] = -id(obj)  # unique while it lives, and it is held
+            d = self.by_class.get(t)
+            if d is None:
+                d = self._new_class(t)
+            d[key] = obj
+            ix = self.indexes.get(t)
+            if ix is not None:
+                for index in ix.values():
+                    index.file(key, obj)
+
+    def drop_unlogged(self, objs: list[Any]) -> None:
+        """Take *objs* (filed by :meth:`file_unlogged`) out again."""
+        for obj in objs:
+            key = self.unlogged.pop(id(obj), None)
+            if key is not None:
+                self.drop(key, obj)
+
     def reindex(self, obj: Any, name: str, value: Any) -> None:
         """The table's applier set indexed field *name* of *obj* to *value* (:data:`UNSET`: deleted)."""
         oid = obj._mi_oid
@@ -201,4 +238,5 @@ class Extents:
         self.indexes.clear()
         self.late = []
         self.shadowed.clear()
+        self.unlogged.clear()
         self.synced = 1

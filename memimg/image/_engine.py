@@ -503,6 +503,8 @@ class Engine:
             _recovery.check_schema(self)
             if self.reader.has_gone:
                 _recovery.strip_removed(self)
+            if self.table.unlogged:
+                self.table.prune_unlogged()  # a writer's commit replaced what this read-only image filled
             extents = self.table.extents
             if UNIQUE and extents is not None:
                 # file the new objects now: a unique value another process's commit shadowed is then known

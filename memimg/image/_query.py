@@ -110,8 +110,10 @@ class Extent(Set[T]):
             return False
         oid = obj._mi_oid  # type: ignore[attr-defined]
         state = engine.current_tx()
-        if oid is None:
-            return any(x is obj for x in self._new(state))
+        if oid is None:  # attached by this transaction, or filled in memory by a read-only image
+            if any(x is obj for x in self._new(state)):
+                return True
+            return id(obj) in engine.table.extent_index().unlogged
         if state is not None and state.mark is not None and oid >= state.mark:
             return False  # entered after the transaction began
         _groups(engine, self._cls)  # files what entered since the last read
