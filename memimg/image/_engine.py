@@ -302,7 +302,16 @@ class Engine:
                 before = len(self.table.objects) if UNIQUE else 0
                 rows = session.encode_events(events, self.seq + 1, ts)
                 if before:  # unique fields: checked on the state this commit goes on, again after each catch-up
-                    _unique.check_commit(self, events, state, before)
+                    # inline, the test whether there is anything to check (a commit that changes no instance
+                    # of a class with unique fields, attaches none and links nothing back pays only this)
+                    ext = self.table.extents
+                    if (
+                        ext is None
+                        or ext.shadowed
+                        or len(self.table.objects) > before
+                        or (type(events[0][1]) in UNIQUE if len(events) == 1 else _unique.touches(events))
+                    ):
+                        _unique.check_commit(self, events, state, before)
                 store.append(rows, self.seq)
                 self.last_ts = ts
             except SeqTaken as taken:

@@ -66,6 +66,7 @@ __all__ = [
     "committed_holders",
     "dead_holders",
     "reachable_ids",
+    "touches",
     "tx_index",
     "visible",
 ]
@@ -395,6 +396,14 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: in
             _check_shadowed(engine, view, live, upto)
     finally:
         engine.busy = busy
+
+
+def touches(events: list[Any]) -> bool:
+    """Whether *events* change an instance of a class with unique fields (a field of it)."""
+    for e in events:
+        if type(e[1]) in UNIQUE:
+            return True
+    return False
 
 
 def _links_existing(table: Any, events: list[Any], new: Any, upto: int) -> bool:
