@@ -189,7 +189,7 @@ def _committed(engine: Any, state: Any, cls: type, name: str, value: Any) -> lis
     pool = committed_holders(engine, cls, name, value)
     if mark is None or len(engine.table.objects) <= mark:
         return [obj for obj in pool if isinstance(obj, cls)]
-    return [obj for obj in pool if isinstance(obj, cls) and obj._mi_oid < mark]
+    return [obj for obj in pool if isinstance(obj, cls) and obj._mi_oid < mark]  # type: ignore[attr-defined]
 
 
 def unknown_field(what: str, cls: type, info: _types.TypeInfo, name: str) -> TypeError:

@@ -48,7 +48,6 @@ transaction cost O(N), not O(N^2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Final
 
 from memimg._errors import UniqueError
@@ -298,13 +297,14 @@ def dead_holders(engine: Any, root: type, name: str, value: Any) -> frozenset[in
     """The ids of the committed holders of unique *value* that are unreachable (a walk, remembered while the
     value is shadowed and no commit may have linked objects back). Called with the engine's lock held."""
     ext = engine.table.extent_index()
+    key: tuple[type, str, Any] | None = (root, name, value)
     try:
-        key = (root, name, value)
         known = ext.shadowed.get(key)
     except Exception:  # unhashable
         key = known = None
     if known is not None and known[0] >= ext.links_seq:
-        return known[1]
+        dead: frozenset[int] = known[1]
+        return dead
     live = reachable_ids(engine, None)
     dead = frozenset(h._mi_oid for h in committed_holders(engine, root, name, value) if id(h) not in live)
     if key is not None and key in ext.shadowed:
@@ -400,10 +400,7 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: in
 
 def touches(events: list[Any]) -> bool:
     """Whether *events* change an instance of a class with unique fields (a field of it)."""
-    for e in events:
-        if type(e[1]) in UNIQUE:
-            return True
-    return False
+    return any(type(e[1]) in UNIQUE for e in events)
 
 
 def _links_existing(table: Any, events: list[Any], new: Any, upto: int) -> bool:
