@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import memimg
 from memimg import persistent
 from tests.conftest import Images
+from tests.graphs import reachable
 from tests.versions import Versions
 
 
@@ -46,30 +47,13 @@ class Plain:
     tag = 0
 
 
-def reachable(root: Any) -> list[Any]:
-    """Every entity reachable from *root*, read as this thread reads (a transaction's own view inside one)."""
-    seen: dict[int, Any] = {}
-    work = [root]
-    while work:
-        obj = work.pop()
-        if id(obj) in seen:
-            continue
-        seen[id(obj)] = obj
-        if isinstance(obj, Holder):
-            work.extend(obj.items)
-            work.extend(obj.named.values())
-        elif isinstance(obj, Item) and obj.link is not None:
-            work.append(obj.link)
-    return [o for o in seen.values() if isinstance(o, Item)]
-
-
 def ids(objs: Any) -> set[int]:
     return {id(o) for o in objs}
 
 
 def check(img: memimg.MemoryImage, known: set[int], exact: bool) -> None:
     """The extents and find agree with the reachable graph (exactly when nothing was dropped since a snapshot)."""
-    reach = reachable(img.root)
+    reach = [o for o in reachable(img.root) if isinstance(o, Item)]
     for cls in (Item, Special):
         ext = img.all(cls)
         members = list(ext)
@@ -102,6 +86,7 @@ ops = st.lists(
         st.tuples(st.just("discard")),
         st.tuples(st.just("snapshot")),
         st.tuples(st.just("reopen"), st.booleans()),
+        st.tuples(st.just("other"), st.booleans(), st.integers(0, 50)),
     ),
     max_size=25,
 )
@@ -111,6 +96,7 @@ ops = st.lists(
 @given(program=ops)
 @example(program=[("add", False, 0, 0), ("add", True, 1, 0), ("remove", 0), ("snapshot",), ("tag", 0, 2)])
 @example(program=[("begin",), ("add", True, 0, 0), ("link", 0, -1), ("commit",), ("reopen", False), ("snapshot",)])
+@example(program=[("add", False, 1, 0), ("other", False, 0), ("other", True, 1), ("begin",), ("tag", 0, 2)])
 def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images, program: list[Any]) -> None:
     """After every step of a random program -- attaching (also inside linked subgraphs), dropping,
     reassigning, transactions committed and discarded, snapshots and reopening -- ``all`` and ``find``
@@ -119,6 +105,7 @@ def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images
     img.root.items = []  # one log for every example: start from an empty graph
     img.root.named = {}
     img.snapshot()
+    other = make_image(root=Holder, snapshot_every=None)
     pool: list[Any] = []  # every object the program made or read (reachable or not)
     known: set[int] = set()
     exact = True
@@ -166,6 +153,18 @@ def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images
         elif name == "snapshot" and tx is None:
             img.snapshot()
             exact = True
+        elif name == "other" and tx is None:  # another image (process) on the log adds or drops, img catches up
+            other.refresh()
+            if op[1] or not other.root.items:
+                obj = Special(tag=op[2] % 3)
+                other.root.items.append(obj)
+                known.add(id(obj))
+            else:
+                del other.root.items[op[2] % len(other.root.items)]
+                exact = False
+            img.refresh()
+            pool = list(img.all(Item))
+            known |= ids(pool)
         elif name == "reopen" and tx is None:
             if op[1]:
                 img.snapshot()
@@ -175,6 +174,9 @@ def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images
             pool = list(img.all(Item))  # the objects of the new image, unreachable ones not yet collected included
             known = ids(pool)
         check(img, known, exact)
+        if tx is None:
+            other.refresh()
+            check(other, ids(other.all(Item)), exact)
     if tx is not None:
         tx.discard()
         check(img, known, exact)
