@@ -181,6 +181,7 @@ def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images
         tx.discard()
         check(img, known, exact)
     img.close()
+    other.close()
 
 
 def test_len_counts_instances_of_a_class_and_its_subclasses(make_image: Images) -> None:
