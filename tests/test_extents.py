@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import memimg
 from memimg import persistent
 from tests.conftest import Images
+from tests.graphs import reachable
 from tests.versions import Versions
 
 
@@ -46,30 +47,13 @@ class Plain:
     tag = 0
 
 
-def reachable(root: Any) -> list[Any]:
-    """Every entity reachable from *root*, read as this thread reads (a transaction's own view inside one)."""
-    seen: dict[int, Any] = {}
-    work = [root]
-    while work:
-        obj = work.pop()
-        if id(obj) in seen:
-            continue
-        seen[id(obj)] = obj
-        if isinstance(obj, Holder):
-            work.extend(obj.items)
-            work.extend(obj.named.values())
-        elif isinstance(obj, Item) and obj.link is not None:
-            work.append(obj.link)
-    return [o for o in seen.values() if isinstance(o, Item)]
-
-
 def ids(objs: Any) -> set[int]:
     return {id(o) for o in objs}
 
 
 def check(img: memimg.MemoryImage, known: set[int], exact: bool) -> None:
     """The extents and find agree with the reachable graph (exactly when nothing was dropped since a snapshot)."""
-    reach = reachable(img.root)
+    reach = [o for o in reachable(img.root) if isinstance(o, Item)]
     for cls in (Item, Special):
         ext = img.all(cls)
         members = list(ext)
@@ -102,6 +86,7 @@ ops = st.lists(
         st.tuples(st.just("discard")),
         st.tuples(st.just("snapshot")),
         st.tuples(st.just("reopen"), st.booleans()),
+        st.tuples(st.just("other"), st.booleans(), st.integers(0, 50)),
     ),
     max_size=25,
 )
@@ -111,6 +96,7 @@ ops = st.lists(
 @given(program=ops)
 @example(program=[("add", False, 0, 0), ("add", True, 1, 0), ("remove", 0), ("snapshot",), ("tag", 0, 2)])
 @example(program=[("begin",), ("add", True, 0, 0), ("link", 0, -1), ("commit",), ("reopen", False), ("snapshot",)])
+@example(program=[("add", False, 1, 0), ("other", False, 0), ("other", True, 1), ("begin",), ("tag", 0, 2)])
 def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images, program: list[Any]) -> None:
     """After every step of a random program -- attaching (also inside linked subgraphs), dropping,
     reassigning, transactions committed and discarded, snapshots and reopening -- ``all`` and ``find``
@@ -119,6 +105,7 @@ def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images
     img.root.items = []  # one log for every example: start from an empty graph
     img.root.named = {}
     img.snapshot()
+    other = make_image(root=Holder, snapshot_every=None)
     pool: list[Any] = []  # every object the program made or read (reachable or not)
     known: set[int] = set()
     exact = True
@@ -166,6 +153,18 @@ def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images
         elif name == "snapshot" and tx is None:
             img.snapshot()
             exact = True
+        elif name == "other" and tx is None:  # another image (process) on the log adds or drops, img catches up
+            other.refresh()
+            if op[1] or not other.root.items:
+                obj = Special(tag=op[2] % 3)
+                other.root.items.append(obj)
+                known.add(id(obj))
+            else:
+                del other.root.items[op[2] % len(other.root.items)]
+                exact = False
+            img.refresh()
+            pool = list(img.all(Item))
+            known |= ids(pool)
         elif name == "reopen" and tx is None:
             if op[1]:
                 img.snapshot()
@@ -175,10 +174,14 @@ def test_extents_and_find_equal_a_scan_of_the_reachable_graph(make_image: Images
             pool = list(img.all(Item))  # the objects of the new image, unreachable ones not yet collected included
             known = ids(pool)
         check(img, known, exact)
+        if tx is None:
+            other.refresh()
+            check(other, ids(other.all(Item)), exact)
     if tx is not None:
         tx.discard()
         check(img, known, exact)
     img.close()
+    other.close()
 
 
 def test_len_counts_instances_of_a_class_and_its_subclasses(make_image: Images) -> None:
@@ -276,6 +279,56 @@ def test_a_transaction_sees_its_own_objects_and_writes_others_do_not(make_image:
             assert len(img.all(Item)) == 3
             raise KeyError
         assert len(img.all(Item)) == 2
+
+
+def test_a_transaction_sees_the_extents_as_they_were_when_it_began(make_image: Images) -> None:
+    """Objects another thread commits after a transaction began are not in its extents -- ``len``, ``in``,
+    iteration, find -- while its own are; after it ends, the extents show both."""
+    img = make_image(root=Holder)
+    first = Item(tag=1)
+    img.root.items.append(first)
+    with img.transaction():
+        mine = Special(tag=1)
+        img.root.named["mine"] = mine
+        theirs = [Item(tag=1), Special(tag=1)]
+        t = threading.Thread(target=lambda: img.root.items.extend(theirs))
+        t.start()
+        t.join()
+        assert all(o._mi_oid is not None for o in theirs)  # committed
+        assert (len(img.all(Item)), len(img.all(Special))) == (2, 1)
+        assert ids(img.all(Item)) == ids([first, mine]) and ids(img.all(Special)) == ids([mine])
+        assert not any(o in img.all(Item) for o in theirs) and mine in img.all(Item)
+        assert ids(img.find(Item, tag=1)) == ids([first, mine])
+    assert (len(img.all(Item)), len(img.all(Special))) == (4, 2)
+    assert len(img.find(Item, tag=1)) == 4
+
+
+def test_len_in_a_transaction_reads_its_journal_once(make_image: Images) -> None:
+    """``len`` of an extent inside a transaction reads what the transaction attached once: asked after each
+    of N attachments, the journal entries read add up to O(N), not O(N^2)."""
+
+    class Journal(list[Any]):
+        read = 0
+
+        def __iter__(self) -> Any:
+            Journal.read += len(self)
+            return super().__iter__()
+
+        def __getitem__(self, i: Any) -> Any:
+            got = super().__getitem__(i)
+            Journal.read += len(got) if isinstance(i, slice) else 1
+            return got
+
+    img = make_image(root=Holder)
+    n = 300
+    with img.transaction():
+        state = img._engine.current_tx()
+        state.undo = Journal()
+        for i in range(n):
+            img.root.items.append(Item(tag=i))
+            assert len(img.all(Item)) == i + 1
+    assert Journal.read < 5 * n
+    assert len(img.all(Item)) == n
 
 
 def test_find_compares_with_equality_and_skips_unset_fields(make_image: Images) -> None:
@@ -385,6 +438,54 @@ def test_extents_hold_objects_read_through_an_upgrader(tmp_path: Any) -> None:
     with memimg.open(v.path, root=new.Shop) as img:
         assert len(img.all(new.Product)) == 2
         assert [p.title for p in img.find(new.Product, price=Decimal("2.5"))] == ["bread"]
+
+
+def test_a_read_only_image_has_the_entities_it_fills_in_its_extents(tmp_path: Any) -> None:
+    """Entities a new field's default makes for stored objects are in their extent in a read-only image too
+    (it fills them in memory only), found by their fields; once a writer logs its own, the read-only image's
+    extent holds the writer's after refresh, not both."""
+    v = Versions(tmp_path)
+    v.record(
+        """
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            shelf: list = attrs.field(factory=list)
+        """,
+        """
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.shelf.extend([models.Product("apple"), models.Product("bread")])
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Label")
+        class Label:
+            text: str = memimg.field(default="new", index=True)
+
+        @persistent(name="{P}.Product")
+        class Product:
+            title: str
+            label: Label = attrs.field(factory=Label)
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            shelf: list = attrs.field(factory=list)
+        """
+    )
+    with memimg.open(v.path, root=new.Shop, readonly=True, snapshot_every=None) as reader:
+        labels = reader.all(new.Label)
+        assert len(labels) == 2 and ids(labels) == ids(p.label for p in reader.root.shelf)
+        assert reader.root.shelf[0].label in labels
+        assert ids(reader.find(new.Label, text="new")) == ids(labels)
+        with memimg.open(v.path, root=new.Shop, snapshot_every=None) as writer:
+            assert len(writer.all(new.Label)) == 2
+        assert reader.refresh() > 0
+        assert len(labels) == 2 and ids(labels) == ids(p.label for p in reader.root.shelf)
+        assert len(reader.find(new.Label, text="new")) == 2
 
 
 def test_an_image_reloaded_after_a_compaction_has_the_new_extents(make_image: Images) -> None:

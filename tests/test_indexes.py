@@ -11,6 +11,7 @@ assignment or at the commit, also between threads and between processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -25,8 +26,9 @@ from hypothesis import strategies as st
 
 import memimg
 from memimg import persistent
-from memimg.image import _query
+from memimg.image import _query, _unique
 from tests.conftest import POSTGRES_URL, Images
+from tests.graphs import reachable
 from tests.versions import Versions
 
 
@@ -74,14 +76,31 @@ class Users:
     users: list[Any] = attrs.field(factory=list)
 
 
+@persistent
+class Board:
+    users: list[Any] = attrs.field(factory=list)
+    spare: list[Any] = attrs.field(factory=list)
+
+
 def ids(objs: Any) -> set[int]:
     return {id(o) for o in objs}
 
 
-def check(img: memimg.MemoryImage) -> None:
-    """``find`` on the indexed fields equals a brute-force scan of the extent, for every value the program uses."""
+def check(img: memimg.MemoryImage, committed: bool = True) -> None:
+    """``find`` on the indexed fields equals a brute-force scan of the extent, for every value the program uses;
+    the extent holds every reachable instance; in a committed state no two reachable users share an e-mail,
+    and ``get`` finds each (inside a transaction a clash may wait for the commit)."""
+    reach = reachable(img.root)
+    users = [o for o in reach if isinstance(o, User)]
+    if committed:
+        emails = [u.email for u in users if u.email is not None]
+        assert len(emails) == len(set(emails)), "two reachable instances hold one unique value"
+        for u in users:
+            assert u.email is None or img.get(User, email=u.email) is u
+    assert ids(users) <= ids(img.all(User))
     for cls in (Item, Special):
         members = list(img.all(cls))
+        assert ids(o for o in reach if isinstance(o, cls)) <= ids(members)
         for tag in range(3):
             assert ids(img.find(cls, tag=tag)) == ids(m for m in members if m.tag == tag)
         for code in (None, Code("a"), Code("b")):
@@ -105,6 +124,10 @@ ops = st.lists(
         st.tuples(st.just("snapshot")),
         st.tuples(st.just("reopen"), st.booleans()),
         st.tuples(st.just("other"), st.integers(0, 50), st.integers(0, 2)),
+        st.tuples(st.just("user"), st.integers(0, 2)),
+        st.tuples(st.just("email"), st.integers(0, 50), st.integers(-1, 2)),
+        st.tuples(st.just("relink"), st.integers(0, 50)),
+        st.tuples(st.just("other_user"), st.integers(0, 2)),
     ),
     max_size=25,
 )
@@ -116,6 +139,8 @@ ops = st.lists(
 @example(program=[("add", False, 0, 0), ("tag", 0, 2), ("begin",), ("tag", 0, 1), ("discard",), ("reopen", False)])
 @example(program=[("add", True, 1, 1), ("add", False, 1, 1), ("other", 0, 2), ("code", 1, "a"), ("snapshot",)])
 @example(program=[("add", False, 0, 0), ("untag", 0), ("begin",), ("add", True, 0, 1), ("tag", 1, 2), ("commit",)])
+@example(program=[("user", 0), ("remove", 0), ("user", 0), ("relink", 0), ("reopen", False), ("relink", 0)])
+@example(program=[("user", 1), ("remove", 0), ("other_user", 1), ("relink", 0), ("email", 1, 2), ("relink", 0)])
 def test_find_on_indexed_fields_equals_a_scan(make_image: Images, program: list[Any]) -> None:
     """After every step of a random program -- assignments, attaching linked subgraphs, deleting fields,
     dropping objects, transactions committed and discarded (checked inside too), snapshots, reopening, and
@@ -127,6 +152,7 @@ def test_find_on_indexed_fields_equals_a_scan(make_image: Images, program: list[
     other = make_image(root=Holder, snapshot_every=None)
     check(other)  # its indexes are built now, and must follow every commit from here on
     pool: list[Any] = []
+    users: list[Any] = []
     tx: memimg.Transaction | None = None
     check(img)
     for op in program:
@@ -154,7 +180,8 @@ def test_find_on_indexed_fields_equals_a_scan(make_image: Images, program: list[
         elif name == "begin" and tx is None:
             tx = img.begin()
         elif name == "commit" and tx is not None:
-            tx.save()
+            with contextlib.suppress(memimg.UniqueError):  # a clash found at commit: discarded
+                tx.save()
             tx = None
         elif name == "discard" and tx is not None:
             tx.discard()
@@ -167,13 +194,34 @@ def test_find_on_indexed_fields_equals_a_scan(make_image: Images, program: list[
             img.close()
             img = make_image(root=Holder, snapshot_every=None)
             pool = list(img.all(Item))
+            users = list(img.all(User))
+        elif name == "user":
+            u = User(f"{op[1]}@x.io")
+            users.append(u)
+            with contextlib.suppress(memimg.UniqueError):
+                img.root.items.append(u)
+        elif name == "email" and users:
+            u = users[op[1] % len(users)]
+            if u._mi_img is img:
+                with contextlib.suppress(memimg.UniqueError):
+                    u.email = None if op[2] < 0 else f"{op[2]}@x.io"
+        elif name == "relink" and users:  # a user dropped earlier (maybe not collected yet) linked back
+            u = users[op[1] % len(users)]
+            if u._mi_img in (img, None):
+                with contextlib.suppress(memimg.UniqueError):
+                    img.root.named["u"] = u
+        elif name == "other_user" and tx is None:  # another process adds a user, caught up by img
+            other.refresh()
+            with contextlib.suppress(memimg.UniqueError):
+                other.root.items.append(User(f"{op[1]}@x.io"))
+            img.refresh()
         elif name == "other" and tx is None:
             other.refresh()
             items = list(other.all(Item))
             if items:
                 items[op[1] % len(items)].tag = op[2]  # another process's write, caught up by img below
             img.refresh()
-        check(img)
+        check(img, tx is None)
         if tx is None:
             other.refresh()
             check(other)
@@ -352,6 +400,121 @@ def test_a_value_freed_by_unreachability_can_be_reused(make_image: Images) -> No
     assert len(img.find(User, email="ada@x.io")) == 1
 
 
+def test_a_removed_holder_cannot_be_linked_back_while_its_value_is_reused(make_image: Images) -> None:
+    """A holder made unreachable (not collected yet) whose value another instance then took cannot be linked
+    back into the graph -- directly, inside a new subgraph, in a transaction, or after reopening -- while the
+    other holds the value; nothing is changed. Once the other lets the value go, it can."""
+    img = make_image(root=Users, snapshot_every=None)
+    ada = User("ada@x.io")
+    img.root.users.append(ada)
+    img.root.users.remove(ada)
+    img.root.users.append(User("ada@x.io"))
+    seq = img.seq
+    with pytest.raises(memimg.UniqueError, match=r"User\.email is unique, and 'ada@x\.io'"):
+        img.root.users.append(ada)
+    with pytest.raises(memimg.UniqueError):
+        img.root.users.append([ada])  # inside a new list
+    with pytest.raises(memimg.UniqueError), img.transaction():
+        img.root.users.append(Vip("vip@x.io"))
+        img.root.users.append(ada)
+    assert img.seq == seq and len(img.root.users) == 1 and img.get(User, email="ada@x.io") is img.root.users[0]
+    img.close()
+    img = make_image(root=Users, snapshot_every=None)
+    (ada,) = (u for u in img.all(User) if u not in img.root.users)  # read back, not collected
+    with pytest.raises(memimg.UniqueError):
+        img.root.users.append(ada)
+    with img.transaction():  # the value given up and the old holder linked back in one transaction
+        img.root.users[0].email = "new@x.io"
+        img.root.users.append(ada)
+    assert img.get(User, email="ada@x.io") is ada and img.get(User, email="new@x.io") is img.root.users[0]
+
+
+def test_a_removed_holder_linked_back_in_another_image_is_refused(make_image: Images) -> None:
+    """Two images on one log (two processes as far as they can tell): one drops a holder and gives its value
+    to a new instance; the other, still holding a reference to the dropped one, cannot link it back -- after
+    catching up, or in a transaction begun before and caught up at its commit."""
+    one = make_image(root=Board, snapshot_every=None)
+    ada = User("ada@x.io")
+    one.root.users.append(ada)
+    two = make_image(root=Board, snapshot_every=None)
+    ada2 = two.root.users[0]
+    late = two.begin()
+    two.root.spare.append(ada2)  # a second reference to it, that the drop below does not remove
+    one.root.users.remove(ada)
+    one.root.users.append(User("ada@x.io"))
+    with pytest.raises(memimg.UniqueError):
+        late.save()
+    two.refresh()
+    seq = two.seq
+    with pytest.raises(memimg.UniqueError):
+        two.root.spare.append(ada2)
+    assert two.seq == seq and [u.email for u in two.root.users] == ["ada@x.io"] and two.root.spare == []
+    two.root.users[0].email = "eve@x.io"
+    two.root.spare.append(ada2)
+    one.refresh()
+    assert one.get(User, email="ada@x.io") is one.root.spare[0] is ada
+
+
+def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a removed holder of a value and its successor are both in the index, get returns the reachable
+    one and finds out which that is once, not on every call -- commits that link no existing object in
+    between included; a commit that links one back makes it look again."""
+    img = make_image(root=Users, snapshot_every=None)
+    ada = User("ada@x.io")
+    img.root.users.append(ada)
+    img.root.users.remove(ada)
+    ada2 = User("ada@x.io")
+    img.root.users.append(ada2)
+    walks = []
+    real = _unique.reachable_ids
+
+    def counted(*args: Any) -> Any:
+        walks.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_unique, "reachable_ids", counted)
+    monkeypatch.setattr(_query, "reachable_ids", counted)
+    for i in range(50):
+        assert img.get(User, email="ada@x.io") is ada2
+        img.root.users.append(User(f"u{i}@x.io"))
+    assert len(walks) == 1
+    img.root.users.append(img.root.users[1])  # an existing object linked (again)
+    assert img.get(User, email="ada@x.io") is ada2 and len(walks) == 3
+    with img.transaction():
+        assert img.get(User, email="ada@x.io") is ada2
+        ada2.email = "other@x.io"
+        assert img.get(User, email="other@x.io") is ada2
+
+
+def test_unique_checks_in_a_transaction_look_only_at_the_values_concerned(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N unique assignments, gets and finds in one transaction compare a bounded number of other instances
+    each (O(N) in all, not O(N^2)); what they see is still the transaction's own view."""
+    img = make_image(root=Users)
+    compared = []
+    real = _unique.visible
+
+    def counted(*args: Any) -> Any:
+        compared.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_unique, "visible", counted)
+    n = 400
+    with img.transaction():
+        for i in range(n):
+            u = User(None, f"c{i}")
+            img.root.users.append(u)
+            u.email = f"u{i}@x.io"
+            assert img.get(User, email=f"u{i}@x.io") is u
+            assert img.find(User, city=f"c{i}") == [u]
+            assert len(_query.candidates(img._engine, User, {"city": f"c{i}"})[0]) == 1  # type: ignore[arg-type]
+        with pytest.raises(memimg.UniqueError):
+            img.root.users[0].email = "u1@x.io"
+    assert len(compared) < 10 * n  # a few per assignment; each scanning the earlier ones would be ~n * n / 2
+    assert len(img.all(User)) == n and img.get(User, email="u7@x.io") is img.root.users[7]
+
+
 def test_two_threads_adding_one_value_cannot_both_commit(make_image: Images) -> None:
     """Two transactions in two threads each attach an instance with the same unique value: exactly one
     commits, the other raises UniqueError."""
@@ -499,6 +662,22 @@ def test_index_on_a_collection_or_unhashable_field_is_refused_at_class_definitio
         @persistent
         class Worse:
             box: Mutable | None = memimg.field(default=None, unique=True)
+
+
+def test_a_subclass_cannot_drop_an_inherited_unique_constraint() -> None:
+    """A subclass redeclaring a field its base declares unique must keep ``unique=True``: without it, the
+    class definition raises TypeError naming both classes and the field (its instances are the base's too)."""
+    with pytest.raises(TypeError, match=r"Loose\.email: User\.email is unique, and a subclass cannot drop"):
+
+        @persistent
+        class Loose(User):
+            email: str | None = None
+
+    @persistent
+    class Kept(User):
+        email: str | None = memimg.field(default=None, unique=True)
+
+    assert _unique.indexed_fields(Kept) == {"email": User, "city": None}
 
 
 def test_get_and_find_refuse_fields_that_are_not_a_unique_key(make_image: Images) -> None:

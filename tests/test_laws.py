@@ -27,6 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import memimg
 from memimg import TrackedDict, TrackedList, TrackedSet
+from tests.graphs import reachable
 from tests.models import Color, Money, Node
 
 
@@ -43,24 +44,8 @@ def canonical(root: Any) -> Any:
 
 
 def walk(root: Any) -> list[Any]:
-    """Every node and tracked collection reachable from *root* (raw reads)."""
-    seen: dict[int, Any] = {}
-    work = [root]
-    while work:
-        obj = work.pop()
-        if id(obj) in seen:
-            continue
-        seen[id(obj)] = obj
-        if isinstance(obj, Node):
-            kids: list[Any] = [obj.value, obj.next, obj.children, obj.meta]
-        elif isinstance(obj, dict):
-            kids = list(obj.values())
-        elif isinstance(obj, list):
-            kids = list(obj)
-        else:
-            kids = []
-        work.extend(k for k in kids if isinstance(k, (Node, TrackedList, TrackedDict, TrackedSet)))
-    return list(seen.values())
+    """Every node and tracked collection reachable from *root*."""
+    return [o for o in reachable(root) if isinstance(o, (Node, TrackedList, TrackedDict, TrackedSet))]
 
 
 scalars = st.one_of(

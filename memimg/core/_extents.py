@@ -52,7 +52,18 @@ UNSET: Any = object()
 class Extents:
     """The entities of one object table by class (see the module docstring)."""
 
-    __slots__ = ("by_class", "groups", "indexes", "late", "skip", "synced", "table")
+    __slots__ = (
+        "by_class",
+        "groups",
+        "indexes",
+        "late",
+        "links_seq",
+        "shadowed",
+        "skip",
+        "synced",
+        "table",
+        "unlogged",
+    )
 
     def __init__(self, table: Any) -> None:
         self.table = table
@@ -67,6 +78,15 @@ class Extents:
         self.indexes: dict[type, dict[str, FieldIndex]] = {}
         #: filed objects whose indexed fields are to be read again at the next sync (holes filled)
         self.late: list[int] = []
+        #: ``(root, field, value) -> (seq, oids of its holders unreachable at seq) or None (not known)``: the
+        #: unique values filed for more than one holder (see :mod:`memimg.core._indexes`); pruned lazily
+        self.shadowed: dict[tuple[type, str, Any], tuple[int, frozenset[int]] | None] = {}
+        #: the seq of the last commit that may have linked existing objects back into the graph while values
+        #: were shadowed: what was found unreachable before it may be reachable again
+        self.links_seq = 0
+        #: ``id(obj) -> the key it is filed under`` (negative) for the entities a read-only image filled in
+        #: memory only (:meth:`ObjectTable.add_unlogged`): they have no id
+        self.unlogged: dict[int, int] = {}
 
     def up_to_date(self) -> bool:
         """Whether every object of the table is filed (no :meth:`sync` needed)."""
@@ -78,7 +98,15 @@ class Extents:
         fields = indexed_fields(t)
         if fields:
             getters = _types.info_of(t).getters  # type: ignore[union-attr]
-            self.indexes[t] = {name: FieldIndex(getters[name]) for name in fields}
+            ix = self.indexes[t] = {}
+            for name, root in fields.items():
+                if root is None:
+                    ix[name] = FieldIndex(getters[name])
+                    continue
+                ix[name] = FieldIndex(getters[name], (root, name), self.shadowed)
+                peers = [i[name] for c, i in self.indexes.items() if indexed_fields(c).get(name) is root]
+                for index in peers:
+                    index.peers = [p for p in peers if p is not index]
         return d
 
     def sync(self, upto: int | None = None) -> None:
@@ -158,6 +186,29 @@ class Extents:
                     for index in ix.values():
                         index.remove(oid)
 
+    def file_unlogged(self, objs: list[Any]) -> None:
+        """File *objs*, attached without ids by a read-only image (under negative keys of their own)."""
+        for obj in objs:
+            t = type(obj)
+            if t in self.skip or id(obj) in self.unlogged or _types.entity_info(t) is None:
+                continue
+            key = self.unlogged[id(obj)] = -id(obj)  # unique while it lives, and it is held
+            d = self.by_class.get(t)
+            if d is None:
+                d = self._new_class(t)
+            d[key] = obj
+            ix = self.indexes.get(t)
+            if ix is not None:
+                for index in ix.values():
+                    index.file(key, obj)
+
+    def drop_unlogged(self, objs: list[Any]) -> None:
+        """Take *objs* (filed by :meth:`file_unlogged`) out again."""
+        for obj in objs:
+            key = self.unlogged.pop(id(obj), None)
+            if key is not None:
+                self.drop(key, obj)
+
     def reindex(self, obj: Any, name: str, value: Any) -> None:
         """The table's applier set indexed field *name* of *obj* to *value* (:data:`UNSET`: deleted)."""
         oid = obj._mi_oid
@@ -186,4 +237,6 @@ class Extents:
         self.groups.clear()
         self.indexes.clear()
         self.late = []
+        self.shadowed.clear()
+        self.unlogged.clear()
         self.synced = 1

@@ -18,6 +18,15 @@ The indexes of a table live beside its extents
 (:class:`~memimg.core._extents.Extents`), are filled with them and kept
 current by the table's applier (:meth:`ObjectTable.field_set`): a table
 whose classes declare no index does no index work at all.
+
+The index of a unique field also notices a value filed for a second
+holder -- in its own class or, through its :attr:`FieldIndex.peers`, in
+another class the field is unique among: the committed state has such a
+value only while one of the holders is unreachable and not collected yet
+(its successor took the value over). The value is then *shadowed*
+(:attr:`FieldIndex.shadows`, one set per table), and a commit that links
+existing objects back into the graph checks it (see
+:mod:`memimg.image._unique`).
 """
 
 from __future__ import annotations
@@ -106,12 +115,31 @@ def _name(tp: Any) -> str:
     return tp.__qualname__ if isinstance(tp, type) else repr(tp).replace("typing.", "")
 
 
+def _check_inherited(cls: type) -> None:
+    """Refuse a field that a base class declares unique, redeclared without ``unique=True``."""
+    for a in attrs.fields(cls):
+        if _options(a).get("unique"):
+            continue
+        for base in cls.__mro__[1:]:
+            if attrs.has(base):
+                f = getattr(attrs.fields(base), a.name, None)
+                if f is not None and _options(f).get("unique"):
+                    raise TypeError(
+                        f"{cls.__qualname__}.{a.name}: {base.__qualname__}.{a.name} is unique, and a subclass "
+                        f"cannot drop the constraint (its instances are {base.__qualname__}s too); declare it "
+                        f"again with memimg.field(unique=True, ...), or do not redeclare it"
+                    )
+
+
 def check_declaration(cls: type, localns: dict[str, Any] | None = None) -> None:
-    """Refuse ``index=True`` / ``unique=True`` on a field whose values cannot be indexed.
+    """Refuse ``index=True`` / ``unique=True`` on a field whose values cannot be indexed, and a subclass
+    redeclaring a unique field without ``unique=True``.
 
     Raises:
-        TypeError: a collection field, or one whose type's instances are unhashable (naming class and field).
+        TypeError: a collection field, or one whose type's instances are unhashable (naming class and field);
+            a unique field redeclared without the constraint (naming both classes).
     """
+    _check_inherited(cls)
     fields = [a for a in attrs.fields(cls) if _options(a).get("index") or _options(a).get("unique")]
     if not fields:
         return
@@ -143,10 +171,19 @@ def check_declaration(cls: type, localns: dict[str, Any] | None = None) -> None:
 class FieldIndex:
     """The objects of one concrete class by the value of one field (see the module docstring)."""
 
-    __slots__ = ("by_value", "getter", "keys", "odd")
+    __slots__ = ("by_value", "getter", "key", "keys", "odd", "peers", "shadows")
 
-    def __init__(self, getter: Callable[[Any], Any]) -> None:
+    def __init__(
+        self, getter: Callable[[Any], Any], key: tuple[type, str] | None = None, shadows: dict[Any, Any] | None = None
+    ) -> None:
         self.getter = getter
+        #: for a unique field, ``(the class it is unique in, field)``; None for an index that is not unique
+        self.key = key
+        #: for a unique field, the table's shadowed values: ``(root, field, value)`` filed for two holders
+        #: (see :attr:`Extents.shadowed <memimg.core._extents.Extents.shadowed>`)
+        self.shadows = shadows
+        #: for a unique field, the indexes of the same field of the other classes it is unique among
+        self.peers: list[FieldIndex] = []
         #: ``value -> {oid: object}``
         self.by_value: dict[Any, dict[int, Any]] = {}
         #: ``oid -> the value it is filed under`` (:data:`_ODD` for an unhashable one)
@@ -173,6 +210,8 @@ class FieldIndex:
             return
         d[oid] = obj
         self.keys[oid] = value
+        if self.shadows is not None and (len(d) > 1 or any(value in p.by_value for p in self.peers)):
+            self.shadows.setdefault((*self.key, value), None)  # type: ignore[misc]
 
     def remove(self, oid: int) -> None:
         key = self.keys.pop(oid, _ABSENT)

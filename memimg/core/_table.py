@@ -78,6 +78,8 @@ class ObjectTable:
         self.born = Born()
         #: the entities by class, made when first asked for (see :meth:`extent_index`)
         self.extents: Extents | None = None
+        #: ``(object, field, value, objects attached)``: what a read-only image filled in memory only
+        self.unlogged: list[tuple[Any, str, Any, list[Any]]] = []
         self._setters: dict[type, dict[str, Any]] = {}
 
     # -- identity -----------------------------------------------------------
@@ -101,11 +103,35 @@ class ObjectTable:
             raise CorruptLogError(f"a stored reference names object {oid}, which does not exist", seq=None, table="")
         return obj
 
+    def add_unlogged(self, obj: Any, name: str, value: Any, attached: list[Any]) -> None:
+        """A read-only image filled field *name* of *obj* with *value*, attaching the objects *attached* in
+        memory only (no ids): the extents hold its entities until a writer's commit replaces the value."""
+        self.unlogged.append((obj, name, value, attached))
+        if self.extents is not None:
+            self.extents.file_unlogged(attached)
+
+    def prune_unlogged(self) -> None:
+        """Take out of the extents the unlogged objects whose filled value a commit replaced."""
+        kept = []
+        for entry in self.unlogged:
+            obj, name, value, attached = entry
+            try:
+                same = _types.info_of(type(obj)).getters[name](obj) is value  # type: ignore[union-attr]
+            except AttributeError:
+                same = False
+            if same and obj._mi_img is self.owner:
+                kept.append(entry)
+            elif self.extents is not None:
+                self.extents.drop_unlogged(attached)
+        self.unlogged = kept
+
     def extent_index(self) -> Extents:
         """The entities of this table by class (made now if nobody asked before); see :mod:`memimg.core._extents`."""
         extents = self.extents
         if extents is None:
             extents = self.extents = Extents(self)
+            for entry in self.unlogged:
+                extents.file_unlogged(entry[3])
         return extents
 
     def live_count(self) -> int:
@@ -153,6 +179,7 @@ class ObjectTable:
         held = objects[:]
         if self.extents is not None:
             self.extents.reset()
+        self.unlogged = []
         del objects[1:]
         self.holes = 0
         self.root_oid = 0

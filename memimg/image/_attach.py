@@ -39,7 +39,7 @@ from memimg.core._gc import paused_gc
 from memimg.core._table import ObjectTable
 from memimg.core._values import check_text, describe_unsupported, tz_parts
 
-__all__ = ["NATIVE", "Attacher", "attached", "render", "where_coll", "where_field"]
+__all__ = ["NATIVE", "Attacher", "render", "where_coll", "where_field"]
 
 #: Values stored as they are, with nothing to attach: a write of one (an ASCII str) needs no preparing.
 NATIVE: Final = _types.NATIVE_TYPES
@@ -74,16 +74,6 @@ def render(where: Any) -> str:
         else:
             steps.append(step)
     return str(where or "") + "".join(reversed(steps))
-
-
-def attached(undo: list[Any], cls: Any) -> list[Any]:
-    """The instances of *cls* that an undo journal (see :meth:`Attacher.prepare`) attached and that have no id yet.
-
-    Those are the objects a transaction attached (a savepoint rolled back
-    takes its entries out of the journal); one another thread's commit took
-    in meanwhile has its id and is in the table instead.
-    """
-    return [e[1] for e in undo if e[0] == _UNDO_ATTACH and isinstance(e[1], cls) and e[1]._mi_oid is None]
 
 
 def where_field(obj: Any, name: str) -> str:

@@ -209,6 +209,7 @@ class Engine:
                 self.writer.feed.drain()  # before the transaction is this context's writer
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
+            state.mark = len(self.table.objects)
             self.open_txs.add(state)
         _tracking.tx_opened()
         self._mi_current.set(state)
@@ -302,7 +303,16 @@ class Engine:
                 before = len(self.table.objects) if UNIQUE else 0
                 rows = session.encode_events(events, self.seq + 1, ts)
                 if before:  # unique fields: checked on the state this commit goes on, again after each catch-up
-                    _unique.check_commit(self, events, state, self.table.objects[before:], before)
+                    # inline, the test whether there is anything to check (a commit that changes no instance
+                    # of a class with unique fields, attaches none and links nothing back pays only this)
+                    ext = self.table.extents
+                    if (
+                        ext is None
+                        or ext.shadowed
+                        or len(self.table.objects) > before
+                        or (type(events[0][1]) in UNIQUE if len(events) == 1 else _unique.touches(events))
+                    ):
+                        _unique.check_commit(self, events, state, before)
                 store.append(rows, self.seq)
                 self.last_ts = ts
             except SeqTaken as taken:
@@ -505,6 +515,14 @@ class Engine:
             _recovery.check_schema(self)
             if self.reader.has_gone:
                 _recovery.strip_removed(self)
+            if self.table.unlogged:
+                self.table.prune_unlogged()  # a writer's commit replaced what this read-only image filled
+            extents = self.table.extents
+            if UNIQUE and extents is not None:
+                # file the new objects now: a unique value another process's commit shadowed is then known
+                # (see _unique), and what was found unreachable may be reachable again
+                extents.sync()
+                extents.links_seq = self.seq
         _recovery.attach_fills(self)  # also those an earlier attempt failed to log
         if time.monotonic() >= self.position.due:  # a follower that only catches up keeps its position too
             self.position.beat(self.seq)

@@ -30,8 +30,7 @@ from typing import Any, NoReturn, TypeVar
 
 from memimg.core import _types
 from memimg.core._indexes import indexed_fields
-from memimg.image._attach import attached
-from memimg.image._unique import committed_holders, reachable_ids, tx_touched
+from memimg.image._unique import committed_holders, dead_holders, reachable_ids, tx_index
 
 __all__ = ["Extent", "candidates", "entity_class", "find", "get", "unknown_field"]
 
@@ -82,14 +81,27 @@ class Extent(Set[T]):
         self._engine = engine
         self._cls = cls
 
-    def _new(self) -> list[Any]:
-        """The instances the transaction of this thread or task attached (none outside one)."""
-        state = self._engine.current_tx()
-        return attached(state.undo, self._cls) if state is not None and state.undo else []
+    def _new(self, state: Any) -> list[Any]:
+        """The instances transaction *state* attached (none outside one)."""
+        return tx_index(state).attached_of(self._cls) if state is not None and state.undo else []
 
     def __len__(self) -> int:
-        self._engine.check_open()
-        return sum(map(len, _groups(self._engine, self._cls))) + len(self._new())
+        engine = self._engine
+        engine.check_open()
+        groups = _groups(engine, self._cls)
+        n = sum(map(len, groups))
+        state = engine.current_tx()
+        if state is None:
+            return n
+        mark = state.mark
+        if mark is not None and len(engine.table.objects) > mark:  # others' objects since it began: not counted
+            with engine.lock:
+                for d in groups:
+                    for oid in reversed(d):  # filed in id order: the newest last
+                        if oid < mark:
+                            break
+                        n -= 1
+        return n + len(self._new(state))
 
     def __contains__(self, obj: object) -> bool:
         engine = self._engine
@@ -97,8 +109,13 @@ class Extent(Set[T]):
         if not isinstance(obj, self._cls) or getattr(obj, "_mi_img", None) is not engine.table.owner:
             return False
         oid = obj._mi_oid  # type: ignore[attr-defined]
-        if oid is None:
-            return any(x is obj for x in self._new())
+        state = engine.current_tx()
+        if oid is None:  # attached by this transaction, or filled in memory by a read-only image
+            if any(x is obj for x in self._new(state)):
+                return True
+            return id(obj) in engine.table.extent_index().unlogged
+        if state is not None and state.mark is not None and oid >= state.mark:
+            return False  # entered after the transaction began
         _groups(engine, self._cls)  # files what entered since the last read
         d = engine.table.extents.by_class.get(type(obj))
         return d is not None and d.get(oid) is obj
@@ -106,9 +123,14 @@ class Extent(Set[T]):
     def __iter__(self) -> Iterator[T]:
         engine = self._engine
         engine.check_open()
+        state = engine.current_tx()
+        mark = state.mark if state is not None else None
         with engine.lock:
-            items = [x for d in _groups(engine, self._cls) for x in list(d.values())]
-        items += self._new()
+            if mark is None or len(engine.table.objects) <= mark:
+                items = [x for d in _groups(engine, self._cls) for x in list(d.values())]
+            else:
+                items = [x for d in _groups(engine, self._cls) for oid, x in list(d.items()) if oid < mark]
+        items += self._new(state)
         return iter(items)
 
     def __repr__(self) -> str:
@@ -148,16 +170,26 @@ def candidates(engine: Any, cls: type, equalities: dict[str, Any]) -> tuple[Iter
     if not names:
         return Extent(engine, cls), equalities
     name = names[0]
-    with engine.lock:
-        pool = [obj for obj in committed_holders(engine, cls, name, equalities[name]) if isinstance(obj, cls)]
     state = engine.current_tx()
-    if (state is not None and state.events) or (state is not None and state.undo):
+    with engine.lock:
+        pool = _committed(engine, state, cls, name, equalities[name])
+    if state is not None and (state.events or state.undo):
         seen = {id(obj) for obj in pool}
-        for obj in tx_touched(state, cls):
+        for obj in tx_index(state).holders(cls, name, equalities[name]):
             if id(obj) not in seen:
                 seen.add(id(obj))
                 pool.append(obj)
     return pool, equalities
+
+
+def _committed(engine: Any, state: Any, cls: type, name: str, value: Any) -> list[Any]:
+    """The committed instances of *cls* filed under *value* for field *name* that transaction *state* (or the
+    committed state, if None) sees: those that entered after it began are not in its view."""
+    mark = state.mark if state is not None else None
+    pool = committed_holders(engine, cls, name, value)
+    if mark is None or len(engine.table.objects) <= mark:
+        return [obj for obj in pool if isinstance(obj, cls)]
+    return [obj for obj in pool if isinstance(obj, cls) and obj._mi_oid < mark]  # type: ignore[attr-defined]
 
 
 def unknown_field(what: str, cls: type, info: _types.TypeInfo, name: str) -> TypeError:
@@ -222,9 +254,9 @@ def get(engine: Any, cls: type, key: dict[str, Any]) -> Any:
     assert root is not None
     state = engine.current_tx()
     with engine.lock:
-        pool = committed_holders(engine, root, name, value)
-    if state is not None:
-        pool += tx_touched(state, root)
+        pool = _committed(engine, state, root, name, value)
+    if state is not None and (state.events or state.undo):
+        pool += tx_index(state).holders(root, name, value)
     found: dict[int, Any] = {}
     for h in pool:
         if id(h) in found or not isinstance(h, cls):
@@ -237,10 +269,20 @@ def get(engine: Any, cls: type, key: dict[str, Any]) -> Any:
             found[id(h)] = h
     if not found:
         return None
-    if len(found) > 1:  # a holder made unreachable and not collected yet, and its successor
+    if len(found) == 1:
+        return next(iter(found.values()))
+    # a holder made unreachable and not collected yet, and its successor: the one that is reachable. A
+    # transaction that linked no existing object cannot make an unreachable one reachable again, so the
+    # holders unreachable in the committed state (remembered) are left out first; a walk only if that is
+    # not enough (a transaction's own changes)
+    holders = list(found.values())
+    if state is None or not tx_index(state).relinks:
         with engine.lock:
-            live = reachable_ids(engine, state)
-        reachable = [h for h in found.values() if id(h) in live]
-        if reachable:
-            return reachable[0]
-    return next(iter(found.values()))
+            dead = dead_holders(engine, root, name, value)
+        holders = [h for h in holders if h._mi_oid is None or h._mi_oid not in dead] or holders
+        if len(holders) == 1:
+            return holders[0]
+    with engine.lock:
+        live = reachable_ids(engine, state)
+    reachable = [h for h in holders if id(h) in live]
+    return reachable[0] if reachable else holders[0]

@@ -421,10 +421,13 @@ def attach_fills(engine: Host) -> None:
                 for obj, f, v in fills:
                     # attached in place before the commit, and kept if it fails: writes to them then go
                     # through the image, which logs them first (so none is lost untracked)
-                    tracked = engine.attacher.prepare(v, where_field(obj, f), [])
+                    journal: list[Any] = []
+                    tracked = engine.attacher.prepare(v, where_field(obj, f), journal)
                     if tracked is not v:
                         engine.table.field_set(obj, f, tracked)
                     events.append((_OBJ_SET, obj, (f, tracked)))
+                    if engine.readonly:  # its entities are in the extents all the same, until replaced
+                        engine.table.add_unlogged(obj, f, tracked, [e[1] for e in journal if e[0] == 0])
                 reader.fills = [(obj, args[0], args[1]) for _, obj, args in events]
                 if engine.readonly:  # in memory only (entities keep no id): once
                     reader.fills.clear()

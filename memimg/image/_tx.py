@@ -80,6 +80,8 @@ class TxState:
         "events",
         "fields",
         "host",
+        "index",
+        "mark",
         "meta",
         "nested",
         "noted",
@@ -125,6 +127,10 @@ class TxState:
         self.annotated: dict[str, Any] = {}
         #: the annotation layers and savepoint last merged into ``annotated`` (not merged again while the same)
         self.noted: tuple[Any, Any] = ((), None)
+        #: what queries and unique checks read of its changes, kept as they are asked (see ``_unique.TxIndex``)
+        self.index: Any = None
+        #: the table's next object id when it began: objects from it on entered after (not in its extents)
+        self.mark: int | None = None
 
     # -- reads ------------------------------------------------------------------
 
