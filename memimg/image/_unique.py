@@ -52,6 +52,7 @@ from typing import Any, Final
 
 from memimg._errors import UniqueError
 from memimg.core import _types
+from memimg.core._counters import Delta, add
 from memimg.core._indexes import UNIQUE, indexed_fields
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED
@@ -72,6 +73,7 @@ __all__ = [
 
 _OBJ_UPDATE: Final = KINDS["obj.update"]
 _OBJ_SET: Final = KINDS["obj.set"]
+_OBJ_ADD: Final = KINDS["obj.add"]
 _OBJ_DEL: Final = KINDS["obj.del"]
 _UNDO_ATTACH: Final = 0
 
@@ -100,6 +102,17 @@ def committed_holders(engine: Any, cls: type, name: str, value: Any, upto: int |
                 if v is value or v == value:
                     out.append(obj)
     return out
+
+
+def _counter_now(state: TxState, obj: Any, name: str) -> Any:
+    """Counter *name* of *obj* as transaction *state* reads it: the committed value plus its own adds, or the
+    value it assigned (a plain number: see :mod:`memimg.core._counters`)."""
+    d = state.fields.get(id(obj))
+    v = ABSENT if d is None else d.get(name, ABSENT)
+    if v is ABSENT or type(v) is Delta:
+        committed = _types.info_of(type(obj)).getters[name](obj)  # type: ignore[union-attr]
+        return committed if v is ABSENT else add(committed, v.amount)
+    return v
 
 
 class TxIndex:
@@ -186,6 +199,10 @@ class TxIndex:
                     for name, v in args[0] if k is _OBJ_UPDATE else (args,):
                         if name in spec:
                             self._file(type(target), name, target, v)
+            elif k is _OBJ_ADD:  # a counter's add: filed under the value the transaction reads now
+                name = args[0]
+                if name in indexed_fields(type(target)):
+                    self._file(type(target), name, target, _counter_now(state, target, name))
 
     def _file(self, t: type, name: str, obj: Any, value: Any) -> None:
         key = (t, name)
