@@ -47,9 +47,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from threading import get_ident
+from typing import Any, Final
 
 from memimg._errors import MemimgError
 from memimg.core import _types
@@ -58,16 +60,31 @@ from memimg.core._meta import TX_META
 from memimg.core._rows import ts_to_datetime
 from memimg.model import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["Commit", "Feed", "Subscription", "subscribe"]
+__all__ = ["Commit", "Feed", "Subscription", "contain_callbacks", "subscribe"]
 
 log = logging.getLogger("memimg")
 
 _COLLECTIONS = (TrackedList, TrackedDict, TrackedSet)
 
 
-#: A commit queued for delivery: ``(tx, last seq, ts, meta, local, [(index, kind, target, part), ...], rows)``
-#: (*part*: what :class:`~memimg.core._history.Recorder` noted, see its ``Part``; *index*: of the event in *rows*).
-Noted = tuple[int, int, int, dict[str, Any], bool, list[tuple[int, str, Any, Any]], list[Any]]
+#: A commit queued for delivery: ``(tx, last seq, ts, meta, local, [(seq, kind, target, part), ...])``
+#: (*part*: what :class:`~memimg.core._history.Recorder` noted, see its ``Part``), or a gap the image skipped
+#: (reloaded after a compaction): ``(seq before, seq after, oldest seq kept, {}, False, None)``.
+Noted = tuple[int, int, int, dict[str, Any], bool, "list[tuple[int, str, Any, Any]] | None"]
+
+#: The event kinds whose first argument is the name of the field they change.
+_FIELD_KINDS: Final = frozenset(("obj.set", "obj.del"))
+_UNFOLLOWED: Final[Any] = object()
+_HANDED: Final = -1  # Feed.drainer while a helper thread starts (no thread has that id)
+
+#: ``contain``: this thread is one of the image's own (see :func:`contain_callbacks`)
+_own = threading.local()
+
+
+def contain_callbacks() -> None:
+    """Mark this thread as one of the image's own (a follower, a snapshot's, a feed's helper): a BaseException a
+    callback raises in it (KeyboardInterrupt, SystemExit...) is logged, and the thread goes on."""
+    _own.contain = True
 
 
 class Commit:
@@ -81,22 +98,20 @@ class Commit:
     records of the commit that the subscription follows, in the order they
     were made -- never empty (a commit that changes nothing followed is not
     delivered). Each subscription is given a Commit of its own; its
-    ``changes`` and ``time`` are made when first read.
+    ``changes`` and ``time`` are made when first read. It holds nothing
+    else (not the stored rows).
     """
 
     __module__ = "memimg"
-    __slots__ = ("_changes", "_parts", "_rows", "_time", "_ts", "first_seq", "local", "meta", "seq", "tx")
+    __slots__ = ("_changes", "_parts", "_time", "_ts", "first_seq", "local", "meta", "seq", "tx")
 
-    def __init__(
-        self, tx: int, seq: int, ts: int, meta: dict[str, Any], local: bool, parts: list[Any], rows: list[Any]
-    ) -> None:
+    def __init__(self, tx: int, seq: int, ts: int, meta: dict[str, Any], local: bool, parts: list[Any]) -> None:
         self.first_seq = self.tx = tx
         self.seq = seq
         self.meta = meta
         self.local = local
         self._ts = ts
         self._parts = parts
-        self._rows = rows
         self._time: dt.datetime | None = None
         self._changes: list[Change] | None = None
 
@@ -112,22 +127,23 @@ class Commit:
         """The changes this subscription follows, in the order they were made."""
         changes = self._changes
         if changes is None:
-            tx, time, meta, rows = self.tx, self.time, self.meta, self._rows
+            tx, time, meta = self.tx, self.time, self.meta
             changes = self._changes = [
-                Change(rows[at][0], tx, time, meta, target, kind, f, key, old, new, index)
-                for at, kind, target, (f, key, old, new, index) in self._parts
+                Change(seq, tx, time, meta, target, kind, f, key, old, new, index)
+                for seq, kind, target, (f, key, old, new, index) in self._parts
             ]
+            self._parts = []  # the changes hold what they said
         return changes
 
     def _relived(self, changes: list[Change]) -> Commit:
         """This commit with *changes* instead of its own, and ``local`` False: a commit replayed from the log."""
-        other = Commit(self.tx, self.seq, self._ts, self.meta, False, self._parts, self._rows)
+        other = Commit(self.tx, self.seq, self._ts, self.meta, False, [])
         other._time, other._changes = self._time, changes
         return other
 
     def __repr__(self) -> str:
         where = "local" if self.local else "remote"
-        n = len(self._parts)
+        n = len(self._parts) if self._changes is None else len(self._changes)
         return f"<memimg.Commit seq {self.first_seq}..{self.seq} {where}: {n} change{'s' * (n != 1)}>"
 
 
@@ -136,7 +152,7 @@ class Subscription:
     manager, to stop."""
 
     __module__ = "memimg"
-    __slots__ = ("_feed", "callback", "closed", "cls", "field", "number", "obj", "seen")
+    __slots__ = ("_feed", "callback", "closed", "cls", "field", "gap", "number", "obj", "seen")
 
     def __init__(self, feed: Feed, callback: Callable[[Commit], Any], obj: Any, field: str | None, cls: type | None):
         self._feed = feed
@@ -149,6 +165,9 @@ class Subscription:
         self.seen = 0
         self.closed = False
         self.number = 0
+        #: called ``gap(was, now, oldest)`` when the image skips the commits ``was < seq <= now`` (it reloaded
+        #: after a compaction kept only those after *oldest*); None: skipped silently (see the module's docstring)
+        self.gap: Callable[[int, int, int], Any] | None = None
 
     def close(self) -> None:
         """Stop: no commit is delivered to it from now on (one being delivered in another thread still may be)."""
@@ -188,8 +207,8 @@ class Feed:
         self.numbered = 0
         # what some subscription follows, merged (rebuilt at each change of the subscriptions)
         self.everything = False
-        #: the ids of the objects followed (a field of theirs, or all)
-        self.oids: set[int] = set()
+        #: the ids of the objects followed: the names of the fields followed, or None (the whole object)
+        self.oids: dict[int, frozenset[str] | None] = {}
         self.classes: tuple[type, ...] = ()
         self.class_hits: dict[type, bool] = {}
         self.recorder = Recorder(live=True)
@@ -198,8 +217,15 @@ class Feed:
         self.at = 0
         #: the commits noted, applied and not yet delivered, in seq order
         self.queue: deque[Noted] = deque()
-        #: held by the thread delivering
-        self.delivering = threading.Lock()
+        #: guards who delivers (:attr:`drainer`, :attr:`bound`, :attr:`helper`); :attr:`idle` is told when no one does
+        self.mutex = threading.Lock()
+        self.idle = threading.Condition(self.mutex)
+        #: the id of the thread delivering (:data:`_HANDED` while a helper thread starts), or None
+        self.drainer: int | None = None
+        #: the seq up to which the thread delivering delivers before it returns
+        self.bound = 0
+        #: the id of the helper thread delivering what a thread left at its bound, while it runs
+        self.helper: int | None = None
 
     # -- subscriptions (the image's lock held) ------------------------------------
 
@@ -217,16 +243,20 @@ class Feed:
             sub.closed = True
             self.subs = tuple(s for s in self.subs if s is not sub)
             self._merge()
-            if not self.subs and engine.writer.feed is self:
+            if not self.subs and engine.writer.feed is self and not self.queue:
                 engine.writer.feed = None  # commits pay nothing for feeds again
 
     def _merge(self) -> None:
-        oids = set()
+        oids: dict[int, frozenset[str] | None] = {}
         classes = []
         everything = False
         for sub in self.subs:
             if sub.obj is not None:
-                oids.add(sub.obj._mi_oid)
+                oid = sub.obj._mi_oid
+                if sub.field is None:
+                    oids[oid] = None
+                elif oid not in oids or oids[oid] is not None:
+                    oids[oid] = (oids.get(oid) or frozenset()) | {sub.field}
             elif sub.cls is not None:
                 classes.append(sub.cls)
             else:
@@ -237,18 +267,30 @@ class Feed:
     # -- noting, while a commit is applied (the image's lock held) ----------------
 
     def note(self, k: Any, target: Any, args: tuple[Any, ...]) -> None:
-        """Note what event ``(k, target, args)``, about to be applied, changes that someone follows."""
+        """Note what event ``(k, target, args)``, about to be applied, changes that someone follows.
+
+        Matched on the object's id (and, for a field event, the field's name)
+        before anything is computed: an event no subscription follows costs
+        a dict look-up (and a class check, when some subscription follows a
+        class).
+        """
         at = self.at
         self.at = at + 1
         if target is None:  # the image's own events (metadata, snapshots) change no object
             return
-        if not self.everything and target._mi_oid not in self.oids:
-            t = type(target)
-            hit = self.class_hits.get(t)
-            if hit is None:
-                hit = self.class_hits[t] = issubclass(t, self.classes)
-            if not hit:
-                return
+        if not self.everything:
+            fields = self.oids.get(target._mi_oid, _UNFOLLOWED)
+            if fields is not None and (
+                fields is _UNFOLLOWED or (k.name in _FIELD_KINDS and args[0] not in fields)  # type: ignore[operator]
+            ):
+                if not self.classes:
+                    return
+                t = type(target)
+                hit = self.class_hits.get(t)
+                if hit is None:
+                    hit = self.class_hits[t] = issubclass(t, self.classes)
+                if not hit:
+                    return
         recorder = self.recorder
         parts = recorder.parts = []
         k.apply(recorder, target, *args)
@@ -260,7 +302,8 @@ class Feed:
         """The commit of *events* (at *rows*) is applied: queue what it changed that is followed.
 
         *last_seq*: given for another process's commit (its last seq, which
-        may be a row this code skipped), ``None`` for this process's.
+        may be a row this code skipped), ``None`` for this process's. What is
+        queued holds the seq of each change, not the rows (nor their values).
         """
         self.at = 0
         noted = self.noted
@@ -269,56 +312,170 @@ class Feed:
             first = rows[0]
             meta = events[0][2][0] if events[0][0] is TX_META else {}
             seq = rows[-1][0] if last_seq is None else last_seq
-            self.queue.append((first[1], seq, first[2], meta, last_seq is None, noted, rows))
+            parts = [(rows[at][0], kind, target, part) for at, kind, target, part in noted]
+            self.queue.append((first[1], seq, first[2], meta, last_seq is None, parts))
+
+    def reloaded(self, was: int, now: int, oldest: int) -> None:
+        """The image skipped the commits ``was < seq <= now`` (reloaded after a compaction; the lock held):
+        tell the subscriptions that want to know (:attr:`Subscription.gap`), in their place in the queue."""
+        self.noted, self.at = [], 0
+        self.queue.append((was, now, oldest, {}, False, None))
 
     # -- delivery (never under the image's lock) ----------------------------------
 
     def drain(self) -> None:
-        """Deliver the queued commits, unless this thread holds the image's lock or another thread is delivering.
+        """Deliver what is queued, unless this thread holds the image's lock or another thread is delivering.
 
-        The thread holding the token delivers; one that finds it taken leaves
-        its commit to that thread, which looks at the queue again after giving
-        the token back (so a commit queued meanwhile is never stranded). A
-        BaseException from a callback leaves the commit queued: the next
-        drain goes on with it, and :attr:`Subscription.seen` keeps those
-        already called from being called again.
+        A thread delivers at most up to the last commit queued when it
+        started (:attr:`bound`; a callback's own commits move it on, they
+        come after the one in hand) and then returns: what other threads
+        queued meanwhile -- they left it to the thread delivering -- is handed
+        on to a helper thread, which delivers until the queue is empty. So a
+        writer is never kept delivering other threads' commits, and no
+        queued commit waits for a later one. A BaseException from a callback
+        leaves the commit queued for the helper (those already called on it
+        are not called again: :attr:`Subscription.seen`); it propagates,
+        unless this is one of the image's own threads (the follower, a
+        snapshot's, the helper), which log it and go on.
         """
-        if self.engine.lock._is_owned():
-            return  # the thread releases it later, and drains then
-        queue, token = self.queue, self.delivering
-        while queue and token.acquire(blocking=False):
-            try:
-                while queue:
-                    tx, seq, ts, meta, local, parts, rows = queue[0]
-                    for sub in self.subs:
-                        if sub.closed or seq <= sub.seen:
-                            continue
-                        sub.seen = seq
-                        obj, field, cls = sub.obj, sub.field, sub.cls
-                        if obj is None and cls is None:
-                            picked = parts
-                        else:  # a loop, not a comprehension: a commit has few parts, and a call costs more
-                            picked = []
-                            for p in parts:
-                                if (
-                                    (p[2] is obj and (field is None or p[3][0] == field))
-                                    if obj is not None
-                                    else isinstance(p[2], cls)  # type: ignore[arg-type]
-                                ):
-                                    picked.append(p)
-                        if picked:
-                            try:
-                                sub.callback(Commit(tx, seq, ts, meta, local, picked, rows))
-                            except Exception:
-                                log.exception(
-                                    "change feed: %r raised on the commit at seq %d (the commit stands; other "
-                                    "subscriptions are called as usual)",
-                                    sub,
-                                    seq,
-                                )
+        queue = self.queue
+        if not queue or self.engine.lock._is_owned():
+            return  # a thread holding the lock releases it later, and drains then
+        me = get_ident()
+        with self.mutex:
+            if not queue:
+                return
+            drainer = self.drainer
+            if drainer is not None:
+                if drainer == me:  # a callback's own commit: delivered after the one in hand
+                    self.bound = queue[-1][1]
+                return  # the thread delivering hands on what it leaves
+            self.drainer = me
+            self.bound = queue[-1][1]
+        self._deliver(me)
+
+    def flush(self, timeout: float) -> bool:
+        """Deliver what is queued, waiting up to *timeout* seconds for a thread delivering; whether all was.
+
+        Called by ``close()``; from a callback (its thread delivering), only what it can without waiting.
+        """
+        self.drain()
+        deadline = time.monotonic() + timeout
+        me = get_ident()
+        with self.mutex:
+            while self.queue and self.drainer is not None and self.drainer != me:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.idle.wait(left)
+            return not self.queue or self.drainer == me
+
+    def _deliver(self, me: int) -> None:
+        queue = self.queue
+        try:
+            while True:
+                while queue and queue[0][1] <= self.bound:
+                    self._deliver_one(queue[0])
                     queue.popleft()
-            finally:
-                token.release()
+                with self.mutex:
+                    if not queue:
+                        self.drainer = None
+                        if self.helper == me:
+                            self.helper = None
+                        self.idle.notify_all()
+                        return
+                    if self.helper == me:  # the helper delivers until the queue is empty
+                        self.bound = queue[-1][1]
+                        continue
+                    self._hand_on()
+                    return
+        except BaseException:
+            with self.mutex:
+                if self.drainer == me:
+                    if queue:
+                        self._hand_on()
+                    else:
+                        self.drainer = None
+                        self.idle.notify_all()
+                if self.helper == me:
+                    self.helper = None
+            raise
+
+    def _hand_on(self) -> None:
+        """Start a helper thread delivering what is queued (the mutex held)."""
+        self.drainer = _HANDED
+        self.helper = None
+        try:
+            threading.Thread(target=self._help, name=f"memimg-feed-{id(self):x}", daemon=True).start()
+        except RuntimeError:  # no new thread at interpreter shutdown: left to the next drain
+            self.drainer = None
+            self.idle.notify_all()
+
+    def _help(self) -> None:
+        contain_callbacks()
+        me = get_ident()
+        with self.mutex:
+            self.drainer = self.helper = me
+            self.bound = self.queue[-1][1] if self.queue else 0
+        self._deliver(me)
+
+    def _deliver_one(self, entry: Noted) -> None:
+        tx, seq, ts, meta, local, parts = entry
+        if parts is None:  # a gap: the image reloaded after a compaction
+            for sub in self.subs:
+                if not sub.closed and seq > sub.seen:
+                    sub.seen = seq
+                    if sub.gap is not None:
+                        try:
+                            sub.gap(tx, seq, ts)
+                        except BaseException as err:
+                            _failed(sub, seq, err)
+            return
+        for sub in self.subs:
+            if sub.closed or seq <= sub.seen:
+                continue
+            sub.seen = seq
+            obj = sub.obj
+            if obj is not None:
+                field = sub.field
+                picked = [p for p in parts if p[2] is obj and (field is None or p[3][0] == field)]
+                if not picked:
+                    continue
+            elif sub.cls is not None:
+                cls = sub.cls
+                picked = [p for p in parts if isinstance(p[2], cls)]
+                if not picked:
+                    continue
+            else:
+                picked = parts
+            try:
+                sub.callback(Commit(tx, seq, ts, meta, local, picked))
+            except BaseException as err:
+                _failed(sub, seq, err)
+
+
+def _failed(sub: Subscription, seq: int, err: BaseException) -> None:
+    """A callback raised *err*: log it (an Exception, or a BaseException in one of the image's own threads), or
+    let it propagate (a KeyboardInterrupt, SystemExit... in the application's thread)."""
+    if isinstance(err, Exception):
+        log.error(
+            "change feed: %r raised on the commit at seq %d (the commit stands; other subscriptions are called as "
+            "usual)",
+            sub,
+            seq,
+            exc_info=err,
+        )
+    elif not getattr(_own, "contain", False):
+        raise err
+    else:
+        log.error(
+                "change feed: %r raised a BaseException on the commit at seq %d in %s, one of the image's own "
+            "threads, which goes on (the commit stands)",
+            sub,
+            seq,
+            threading.current_thread().name,
+            exc_info=err,
+        )
 
 
 def subscribe(engine: Any, callback: Callable[[Commit], Any], to: Any) -> Subscription:
