@@ -56,6 +56,8 @@ from typing import Any, Final
 from memimg._errors import MemimgError
 from memimg.core import _types
 from memimg.core._history import Change, Recorder
+from memimg.core._kinds import KINDS
+from memimg.core._markers import MISSING
 from memimg.core._meta import TX_META
 from memimg.core._rows import ts_to_datetime
 from memimg.model import TrackedDict, TrackedList, TrackedSet
@@ -67,13 +69,16 @@ log = logging.getLogger("memimg")
 _COLLECTIONS = (TrackedList, TrackedDict, TrackedSet)
 
 
-#: A commit queued for delivery: ``(tx, last seq, ts, meta, local, [(seq, kind, target, part), ...])``
-#: (*part*: what :class:`~memimg.core._history.Recorder` noted, see its ``Part``), or a gap the image skipped
-#: (reloaded after a compaction): ``(seq before, seq after, oldest seq kept, {}, False, None)``.
-Noted = tuple[int, int, int, dict[str, Any], bool, "list[tuple[int, str, Any, Any]] | None"]
+#: A commit queued for delivery: ``(tx, last seq, ts, meta, local, [(at, kind, target, part), ...], seqs)``
+#: (*part*: what :class:`~memimg.core._history.Recorder` noted, see its ``Part``; *at*: the index of its
+#: event in the commit, whose seq is ``tx + at`` for this process's commits (*seqs* None), else ``seqs[at]``),
+#: or a gap the image skipped (reloaded after a compaction): ``(seq before, seq after, oldest kept, {}, False,
+#: None, None)``.
+Noted = tuple[int, int, int, dict[str, Any], bool, "list[tuple[int, str, Any, Any]] | None", "list[int] | None"]
 
 #: The event kinds whose first argument is the name of the field they change.
 _FIELD_KINDS: Final = frozenset(("obj.set", "obj.del"))
+_OBJ_SET: Final = KINDS["obj.set"]
 _UNFOLLOWED: Final[Any] = object()
 _HANDED: Final = -1  # Feed.drainer while a helper thread starts (no thread has that id)
 
@@ -103,17 +108,25 @@ class Commit:
     """
 
     __module__ = "memimg"
-    __slots__ = ("_changes", "_parts", "_time", "_ts", "first_seq", "local", "meta", "seq", "tx")
+    __slots__ = ("_changes", "_parts", "_seqs", "_time", "_ts", "local", "meta", "seq", "tx")
 
-    def __init__(self, tx: int, seq: int, ts: int, meta: dict[str, Any], local: bool, parts: list[Any]) -> None:
-        self.first_seq = self.tx = tx
+    def __init__(
+        self, tx: int, seq: int, ts: int, meta: dict[str, Any], local: bool, parts: list[Any], seqs: Any
+    ) -> None:
+        self.tx = tx
         self.seq = seq
         self.meta = meta
         self.local = local
         self._ts = ts
         self._parts = parts
+        self._seqs = seqs
         self._time: dt.datetime | None = None
         self._changes: list[Change] | None = None
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of its first event (its ``tx``)."""
+        return self.tx
 
     @property
     def time(self) -> dt.datetime:
@@ -126,18 +139,22 @@ class Commit:
     def changes(self) -> list[Change]:
         """The changes this subscription follows, in the order they were made."""
         changes = self._changes
-        if changes is None:
-            tx, time, meta = self.tx, self.time, self.meta
-            changes = self._changes = [
-                Change(seq, tx, time, meta, target, kind, f, key, old, new, index)
-                for seq, kind, target, (f, key, old, new, index) in self._parts
-            ]
+        if changes is None:  # a loop, not a comprehension (a call more): a measured path
+            tx, meta, seqs = self.tx, self.meta, self._seqs
+            time = self._time
+            if time is None:
+                time = self._time = ts_to_datetime(self._ts)
+            changes = self._changes = []
+            for at, kind, target, (f, key, old, new, index) in self._parts:
+                changes.append(
+                    Change(tx + at if seqs is None else seqs[at], tx, time, meta, target, kind, f, key, old, new, index)
+                )
             self._parts = []  # the changes hold what they said
         return changes
 
     def _relived(self, changes: list[Change]) -> Commit:
         """This commit with *changes* instead of its own, and ``local`` False: a commit replayed from the log."""
-        other = Commit(self.tx, self.seq, self._ts, self.meta, False, [])
+        other = Commit(self.tx, self.seq, self._ts, self.meta, False, [], None)
         other._time, other._changes = self._time, changes
         return other
 
@@ -217,9 +234,10 @@ class Feed:
         self.at = 0
         #: the commits noted, applied and not yet delivered, in seq order
         self.queue: deque[Noted] = deque()
-        #: guards who delivers (:attr:`drainer`, :attr:`bound`, :attr:`helper`); :attr:`idle` is told when no one does
-        self.mutex = threading.Lock()
-        self.idle = threading.Condition(self.mutex)
+        #: held by the thread delivering
+        self.delivering = threading.Lock()
+        #: told when a thread stops delivering (see :meth:`flush`)
+        self.idle = threading.Condition()
         #: the id of the thread delivering (:data:`_HANDED` while a helper thread starts), or None
         self.drainer: int | None = None
         #: the seq up to which the thread delivering delivers before it returns
@@ -272,7 +290,8 @@ class Feed:
         Matched on the object's id (and, for a field event, the field's name)
         before anything is computed: an event no subscription follows costs
         a dict look-up (and a class check, when some subscription follows a
-        class).
+        class). A measured path: a field set is read here, not by the
+        recorder (two calls fewer).
         """
         at = self.at
         self.at = at + 1
@@ -291,6 +310,16 @@ class Feed:
                     hit = self.class_hits[t] = issubclass(t, self.classes)
                 if not hit:
                     return
+        if k is _OBJ_SET:
+            name, value = args
+            try:
+                old = self.recorder._getters[type(target)][name](target)
+            except KeyError:
+                old = self.recorder._live_field(target, name)
+            except AttributeError:
+                old = MISSING
+            self.noted.append((at, "obj.set", target, (name, None, old, value, None)))
+            return
         recorder = self.recorder
         parts = recorder.parts = []
         k.apply(recorder, target, *args)
@@ -303,7 +332,7 @@ class Feed:
 
         *last_seq*: given for another process's commit (its last seq, which
         may be a row this code skipped), ``None`` for this process's. What is
-        queued holds the seq of each change, not the rows (nor their values).
+        queued holds the seqs of the events, not the rows (nor their values).
         """
         self.at = 0
         noted = self.noted
@@ -311,147 +340,185 @@ class Feed:
             self.noted = []
             first = rows[0]
             meta = events[0][2][0] if events[0][0] is TX_META else {}
-            seq = rows[-1][0] if last_seq is None else last_seq
-            parts = [(rows[at][0], kind, target, part) for at, kind, target, part in noted]
-            self.queue.append((first[1], seq, first[2], meta, last_seq is None, parts))
+            if last_seq is None:  # this process's commit: its events' seqs follow its tx
+                self.queue.append((first[1], rows[-1][0], first[2], meta, True, noted, None))
+            else:
+                self.queue.append((first[1], last_seq, first[2], meta, False, noted, [r[0] for r in rows]))
 
     def reloaded(self, was: int, now: int, oldest: int) -> None:
         """The image skipped the commits ``was < seq <= now`` (reloaded after a compaction; the lock held):
         tell the subscriptions that want to know (:attr:`Subscription.gap`), in their place in the queue."""
         self.noted, self.at = [], 0
-        self.queue.append((was, now, oldest, {}, False, None))
+        self.queue.append((was, now, oldest, {}, False, None, None))
 
     # -- delivery (never under the image's lock) ----------------------------------
 
     def drain(self) -> None:
         """Deliver what is queued, unless this thread holds the image's lock or another thread is delivering.
 
-        A thread delivers at most up to the last commit queued when it
-        started (:attr:`bound`; a callback's own commits move it on, they
-        come after the one in hand) and then returns: what other threads
-        queued meanwhile -- they left it to the thread delivering -- is handed
-        on to a helper thread, which delivers until the queue is empty. So a
+        The thread holding the token (:attr:`delivering`) delivers, at most up
+        to the last commit queued when it took it (:attr:`bound`; a
+        callback's own commits move it on: they come after the one in hand),
+        then gives it back and returns. A thread that finds the token taken
+        leaves its commit to the thread delivering; what that thread leaves
+        at its bound -- other threads' commits queued meanwhile -- it hands on
+        to a helper thread, which delivers until the queue is empty. So a
         writer is never kept delivering other threads' commits, and no
-        queued commit waits for a later one. A BaseException from a callback
-        leaves the commit queued for the helper (those already called on it
-        are not called again: :attr:`Subscription.seen`); it propagates,
-        unless this is one of the image's own threads (the follower, a
-        snapshot's, the helper), which log it and go on.
+        queued commit waits for a later one.
+
+        A BaseException from a callback leaves the commit queued for the
+        helper (those already called on it are not called again:
+        :attr:`Subscription.seen`); it propagates, unless this is one of the
+        image's own threads (the follower, a snapshot's, the helper), which
+        log it and go on.
         """
         queue = self.queue
         if not queue or self.engine.lock._is_owned():
             return  # a thread holding the lock releases it later, and drains then
+        token = self.delivering
+        if not token.acquire(blocking=False):
+            if self.drainer == get_ident() and queue:  # a callback's own commit: after the one in hand
+                self.bound = queue[-1][1]
+            return  # the thread delivering delivers it, or hands it on
+        self.drainer = get_ident()
+        try:
+            self.bound = queue[-1][1] if queue else 0
+            while queue and queue[0][1] <= self.bound:
+                tx, seq, ts, meta, local, parts, seqs = queue[0]
+                if parts is None:
+                    self._gap(tx, seq, ts)
+                else:
+                    for sub in self.subs:
+                        if sub.closed or seq <= sub.seen:
+                            continue
+                        sub.seen = seq
+                        obj = sub.obj
+                        if obj is not None:
+                            field = sub.field
+                            if len(parts) == 1:  # a single mutation: no list to filter
+                                p = parts[0]
+                                if p[2] is not obj or (field is not None and p[3][0] != field):
+                                    continue
+                                picked = parts
+                            else:
+                                picked = [p for p in parts if p[2] is obj and (field is None or p[3][0] == field)]
+                                if not picked:
+                                    continue
+                        elif sub.cls is not None:
+                            cls = sub.cls
+                            picked = [p for p in parts if isinstance(p[2], cls)]
+                            if not picked:
+                                continue
+                        else:
+                            picked = parts
+                        try:
+                            sub.callback(Commit(tx, seq, ts, meta, local, picked, seqs))
+                        except BaseException as err:
+                            _failed(sub, seq, err)
+                queue.popleft()
+        except BaseException:
+            self._give_back()
+            raise
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Give the token back; if commits are queued, hand them on to a helper thread (or let it go on)."""
+        queue, token = self.queue, self.delivering
+        me = self.drainer
+        self.drainer = None
+        if self.helper == me and me is not None:
+            self.helper = None
+        token.release()
+        # a commit queued before the release was left to this thread; one queued after, to its own
+        if queue and token.acquire(blocking=False):
+            if queue:
+                self._hand_on()
+            else:
+                token.release()
+        with self.idle:
+            self.idle.notify_all()
+
+    def _hand_on(self) -> None:
+        """Start a helper thread delivering what is queued (the token held: the helper takes it over)."""
+        self.drainer = _HANDED
+        try:
+            threading.Thread(target=self._help, name=f"memimg-feed-{id(self):x}", daemon=True).start()
+        except RuntimeError:  # no new thread at interpreter shutdown: left to the next drain
+            self.drainer = None
+            self.delivering.release()
+
+    def _help(self) -> None:
+        contain_callbacks()
         me = get_ident()
-        with self.mutex:
-            if not queue:
-                return
-            drainer = self.drainer
-            if drainer is not None:
-                if drainer == me:  # a callback's own commit: delivered after the one in hand
-                    self.bound = queue[-1][1]
-                return  # the thread delivering hands on what it leaves
-            self.drainer = me
-            self.bound = queue[-1][1]
-        self._deliver(me)
+        self.drainer = self.helper = me
+        try:
+            while True:
+                self.bound = self.queue[-1][1] if self.queue else 0
+                self._deliver_held()
+                if not self.queue:
+                    break
+        finally:
+            self._give_back()
+
+    def _deliver_held(self) -> None:
+        """Deliver up to :attr:`bound`, the token held (the helper thread's loop; :meth:`drain` has its own copy,
+        inline, for the writer's path)."""
+        queue = self.queue
+        while queue and queue[0][1] <= self.bound:
+            tx, seq, ts, meta, local, parts, seqs = queue[0]
+            if parts is None:
+                self._gap(tx, seq, ts)
+            else:
+                for sub in self.subs:
+                    if sub.closed or seq <= sub.seen:
+                        continue
+                    sub.seen = seq
+                    picked = _pick(sub, parts)
+                    if picked:
+                        try:
+                            sub.callback(Commit(tx, seq, ts, meta, local, picked, seqs))
+                        except BaseException as err:
+                            _failed(sub, seq, err)
+            queue.popleft()
+
+    def _gap(self, was: int, now: int, oldest: int) -> None:
+        for sub in self.subs:
+            if not sub.closed and now > sub.seen:
+                sub.seen = now
+                if sub.gap is not None:
+                    try:
+                        sub.gap(was, now, oldest)
+                    except BaseException as err:
+                        _failed(sub, now, err)
 
     def flush(self, timeout: float) -> bool:
         """Deliver what is queued, waiting up to *timeout* seconds for a thread delivering; whether all was.
 
         Called by ``close()``; from a callback (its thread delivering), only what it can without waiting.
         """
-        self.drain()
+        me = get_ident()
         deadline = time.monotonic() + timeout
-        me = get_ident()
-        with self.mutex:
-            while self.queue and self.drainer is not None and self.drainer != me:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.idle.wait(left)
-            return not self.queue or self.drainer == me
+        while True:
+            self.drain()
+            if not self.queue or self.drainer == me:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self.idle:
+                self.idle.wait(min(left, 0.05))
 
-    def _deliver(self, me: int) -> None:
-        queue = self.queue
-        try:
-            while True:
-                while queue and queue[0][1] <= self.bound:
-                    self._deliver_one(queue[0])
-                    queue.popleft()
-                with self.mutex:
-                    if not queue:
-                        self.drainer = None
-                        if self.helper == me:
-                            self.helper = None
-                        self.idle.notify_all()
-                        return
-                    if self.helper == me:  # the helper delivers until the queue is empty
-                        self.bound = queue[-1][1]
-                        continue
-                    self._hand_on()
-                    return
-        except BaseException:
-            with self.mutex:
-                if self.drainer == me:
-                    if queue:
-                        self._hand_on()
-                    else:
-                        self.drainer = None
-                        self.idle.notify_all()
-                if self.helper == me:
-                    self.helper = None
-            raise
 
-    def _hand_on(self) -> None:
-        """Start a helper thread delivering what is queued (the mutex held)."""
-        self.drainer = _HANDED
-        self.helper = None
-        try:
-            threading.Thread(target=self._help, name=f"memimg-feed-{id(self):x}", daemon=True).start()
-        except RuntimeError:  # no new thread at interpreter shutdown: left to the next drain
-            self.drainer = None
-            self.idle.notify_all()
-
-    def _help(self) -> None:
-        contain_callbacks()
-        me = get_ident()
-        with self.mutex:
-            self.drainer = self.helper = me
-            self.bound = self.queue[-1][1] if self.queue else 0
-        self._deliver(me)
-
-    def _deliver_one(self, entry: Noted) -> None:
-        tx, seq, ts, meta, local, parts = entry
-        if parts is None:  # a gap: the image reloaded after a compaction
-            for sub in self.subs:
-                if not sub.closed and seq > sub.seen:
-                    sub.seen = seq
-                    if sub.gap is not None:
-                        try:
-                            sub.gap(tx, seq, ts)
-                        except BaseException as err:
-                            _failed(sub, seq, err)
-            return
-        for sub in self.subs:
-            if sub.closed or seq <= sub.seen:
-                continue
-            sub.seen = seq
-            obj = sub.obj
-            if obj is not None:
-                field = sub.field
-                picked = [p for p in parts if p[2] is obj and (field is None or p[3][0] == field)]
-                if not picked:
-                    continue
-            elif sub.cls is not None:
-                cls = sub.cls
-                picked = [p for p in parts if isinstance(p[2], cls)]
-                if not picked:
-                    continue
-            else:
-                picked = parts
-            try:
-                sub.callback(Commit(tx, seq, ts, meta, local, picked))
-            except BaseException as err:
-                _failed(sub, seq, err)
+def _pick(sub: Subscription, parts: list[Any]) -> list[Any]:
+    """What of *parts* subscription *sub* follows."""
+    obj = sub.obj
+    if obj is not None:
+        field = sub.field
+        return [p for p in parts if p[2] is obj and (field is None or p[3][0] == field)]
+    if sub.cls is not None:
+        cls = sub.cls
+        return [p for p in parts if isinstance(p[2], cls)]
+    return parts
 
 
 def _failed(sub: Subscription, seq: int, err: BaseException) -> None:
