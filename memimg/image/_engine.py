@@ -395,7 +395,10 @@ class Engine:
             if opened:
                 _tracking.tx_closed()
         if feed is not None:
-            feed.commit(events, rows, last_seq)
+            if feed.noted:
+                feed.commit(events, rows, last_seq)
+            else:
+                feed.at = 0  # nothing followed changed
 
     def _tell_snapshot(self, events: list[Pending], rows: list[EventRow] | None = None) -> None:
         """Let the snapshot being written keep what *events* are about to change, and what another process's

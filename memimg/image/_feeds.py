@@ -50,16 +50,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from threading import get_ident
 from typing import Any, Final
 
 from memimg._errors import MemimgError
 from memimg.core import _types
-from memimg.core._history import Change, Recorder
+from memimg.core._history import Change, Recorder, commit_time
 from memimg.core._kinds import KINDS
 from memimg.core._markers import MISSING
 from memimg.core._meta import TX_META
-from memimg.core._rows import ts_to_datetime
 from memimg.model import TrackedDict, TrackedList, TrackedSet
 
 __all__ = ["Commit", "Feed", "Subscription", "contain_callbacks", "subscribe"]
@@ -79,8 +77,10 @@ Noted = tuple[int, int, int, dict[str, Any], bool, "list[tuple[int, str, Any, An
 #: The event kinds whose first argument is the name of the field they change.
 _FIELD_KINDS: Final = frozenset(("obj.set", "obj.del"))
 _OBJ_SET: Final = KINDS["obj.set"]
+#: ``_new_tuple(Change, fields)``: a :class:`memimg.Change` (its time as the log's microseconds), made without a
+#: call of its ``__new__``
+_new_tuple: Final = tuple.__new__
 _UNFOLLOWED: Final[Any] = object()
-_HANDED: Final = -1  # Feed.drainer while a helper thread starts (no thread has that id)
 
 #: ``contain``: this thread is one of the image's own (see :func:`contain_callbacks`)
 _own = threading.local()
@@ -108,7 +108,7 @@ class Commit:
     """
 
     __module__ = "memimg"
-    __slots__ = ("_changes", "_parts", "_seqs", "_time", "_ts", "local", "meta", "seq", "tx")
+    __slots__ = ("_changes", "_parts", "_seqs", "_ts", "local", "meta", "seq", "tx")
 
     def __init__(
         self, tx: int, seq: int, ts: int, meta: dict[str, Any], local: bool, parts: list[Any], seqs: Any
@@ -120,7 +120,6 @@ class Commit:
         self._ts = ts
         self._parts = parts
         self._seqs = seqs
-        self._time: dt.datetime | None = None
         self._changes: list[Change] | None = None
 
     @property
@@ -131,23 +130,21 @@ class Commit:
     @property
     def time(self) -> dt.datetime:
         """The commit time, an aware UTC datetime."""
-        if self._time is None:
-            self._time = ts_to_datetime(self._ts)
-        return self._time
+        return commit_time(self._ts)
 
     @property
     def changes(self) -> list[Change]:
         """The changes this subscription follows, in the order they were made."""
         changes = self._changes
         if changes is None:  # a loop, not a comprehension (a call more): a measured path
-            tx, meta, seqs = self.tx, self.meta, self._seqs
-            time = self._time
-            if time is None:
-                time = self._time = ts_to_datetime(self._ts)
+            tx, ts, meta, seqs = self.tx, self._ts, self.meta, self._seqs
             changes = self._changes = []
             for at, kind, target, (f, key, old, new, index) in self._parts:
                 changes.append(
-                    Change(tx + at if seqs is None else seqs[at], tx, time, meta, target, kind, f, key, old, new, index)
+                    _new_tuple(
+                        Change,
+                        (tx + at if seqs is None else seqs[at], tx, ts, meta, target, kind, f, key, old, new, index),
+                    )
                 )
             self._parts = []  # the changes hold what they said
         return changes
@@ -155,7 +152,7 @@ class Commit:
     def _relived(self, changes: list[Change]) -> Commit:
         """This commit with *changes* instead of its own, and ``local`` False: a commit replayed from the log."""
         other = Commit(self.tx, self.seq, self._ts, self.meta, False, [], None)
-        other._time, other._changes = self._time, changes
+        other._changes = changes
         return other
 
     def __repr__(self) -> str:
@@ -234,16 +231,15 @@ class Feed:
         self.at = 0
         #: the commits noted, applied and not yet delivered, in seq order
         self.queue: deque[Noted] = deque()
-        #: held by the thread delivering
-        self.delivering = threading.Lock()
-        #: told when a thread stops delivering (see :meth:`flush`)
-        self.idle = threading.Condition()
-        #: the id of the thread delivering (:data:`_HANDED` while a helper thread starts), or None
-        self.drainer: int | None = None
+        #: held by the thread delivering (reentrant: a callback's own commit is seen to be that thread's)
+        self.delivering = threading.RLock()
         #: the seq up to which the thread delivering delivers before it returns
         self.bound = 0
-        #: the id of the helper thread delivering what a thread left at its bound, while it runs
-        self.helper: int | None = None
+        #: guards *helpers* (helper threads started and not holding the token yet) and *flushing* (threads
+        #: waiting in :meth:`flush`, told when a thread gives the token back)
+        self.idle = threading.Condition()
+        self.helpers = 0
+        self.flushing = 0
 
     # -- subscriptions (the image's lock held) ------------------------------------
 
@@ -370,17 +366,17 @@ class Feed:
         helper (those already called on it are not called again:
         :attr:`Subscription.seen`); it propagates, unless this is one of the
         image's own threads (the follower, a snapshot's, the helper), which
-        log it and go on.
+        log it and go on. A measured path: the loop is inline.
         """
         queue = self.queue
         if not queue or self.engine.lock._is_owned():
             return  # a thread holding the lock releases it later, and drains then
         token = self.delivering
+        if token._is_owned():  # a callback's own commit: delivered after the one in hand
+            self.bound = queue[-1][1]
+            return
         if not token.acquire(blocking=False):
-            if self.drainer == get_ident() and queue:  # a callback's own commit: after the one in hand
-                self.bound = queue[-1][1]
             return  # the thread delivering delivers it, or hands it on
-        self.drainer = get_ident()
         try:
             self.bound = queue[-1][1] if queue else 0
             while queue and queue[0][1] <= self.bound:
@@ -417,69 +413,69 @@ class Feed:
                             _failed(sub, seq, err)
                 queue.popleft()
         except BaseException:
-            self._give_back()
-            raise
-        self._give_back()
-
-    def _give_back(self) -> None:
-        """Give the token back; if commits are queued, hand them on to a helper thread (or let it go on)."""
-        queue, token = self.queue, self.delivering
-        me = self.drainer
-        self.drainer = None
-        if self.helper == me and me is not None:
-            self.helper = None
-        token.release()
-        # a commit queued before the release was left to this thread; one queued after, to its own
-        if queue and token.acquire(blocking=False):
+            token.release()
             if queue:
                 self._hand_on()
-            else:
-                token.release()
-        with self.idle:
-            self.idle.notify_all()
+            raise
+        token.release()
+        if queue or self.flushing:
+            self._left()
+
+    def _left(self) -> None:
+        """After giving the token back: hand on what other threads queued meanwhile; tell those flushing."""
+        if self.queue:
+            self._hand_on()
+        if self.flushing:
+            with self.idle:
+                self.idle.notify_all()
 
     def _hand_on(self) -> None:
-        """Start a helper thread delivering what is queued (the token held: the helper takes it over)."""
-        self.drainer = _HANDED
+        """Start a helper thread delivering what is queued, unless one is waiting for the token already."""
+        with self.idle:
+            if self.helpers:
+                return  # it delivers what is queued once it has the token
+            self.helpers += 1
         try:
             threading.Thread(target=self._help, name=f"memimg-feed-{id(self):x}", daemon=True).start()
         except RuntimeError:  # no new thread at interpreter shutdown: left to the next drain
-            self.drainer = None
-            self.delivering.release()
+            with self.idle:
+                self.helpers -= 1
 
     def _help(self) -> None:
+        """A helper thread: take the token and deliver until the queue is empty."""
         contain_callbacks()
-        me = get_ident()
-        self.drainer = self.helper = me
+        queue, token = self.queue, self.delivering
         try:
-            while True:
-                self.bound = self.queue[-1][1] if self.queue else 0
-                self._deliver_held()
-                if not self.queue:
-                    break
+            token.acquire()
+            with self.idle:
+                self.helpers -= 1  # from now on, a commit queued is this thread's to deliver, or the next one's
+        except BaseException:
+            with self.idle:
+                self.helpers -= 1
+            raise
+        try:
+            while queue:
+                self.bound = queue[-1][1]
+                while queue and queue[0][1] <= self.bound:
+                    tx, seq, ts, meta, local, parts, seqs = queue[0]
+                    if parts is None:
+                        self._gap(tx, seq, ts)
+                    else:
+                        for sub in self.subs:
+                            if sub.closed or seq <= sub.seen:
+                                continue
+                            sub.seen = seq
+                            picked = _pick(sub, parts)
+                            if picked:
+                                try:
+                                    sub.callback(Commit(tx, seq, ts, meta, local, picked, seqs))
+                                except BaseException as err:
+                                    _failed(sub, seq, err)
+                    queue.popleft()
         finally:
-            self._give_back()
-
-    def _deliver_held(self) -> None:
-        """Deliver up to :attr:`bound`, the token held (the helper thread's loop; :meth:`drain` has its own copy,
-        inline, for the writer's path)."""
-        queue = self.queue
-        while queue and queue[0][1] <= self.bound:
-            tx, seq, ts, meta, local, parts, seqs = queue[0]
-            if parts is None:
-                self._gap(tx, seq, ts)
-            else:
-                for sub in self.subs:
-                    if sub.closed or seq <= sub.seen:
-                        continue
-                    sub.seen = seq
-                    picked = _pick(sub, parts)
-                    if picked:
-                        try:
-                            sub.callback(Commit(tx, seq, ts, meta, local, picked, seqs))
-                        except BaseException as err:
-                            _failed(sub, seq, err)
-            queue.popleft()
+            token.release()
+            if queue or self.flushing:
+                self._left()
 
     def _gap(self, was: int, now: int, oldest: int) -> None:
         for sub in self.subs:
@@ -496,17 +492,20 @@ class Feed:
 
         Called by ``close()``; from a callback (its thread delivering), only what it can without waiting.
         """
-        me = get_ident()
         deadline = time.monotonic() + timeout
         while True:
             self.drain()
-            if not self.queue or self.drainer == me:
+            if not self.queue or self.delivering._is_owned():
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             with self.idle:
-                self.idle.wait(min(left, 0.05))
+                self.flushing += 1
+                try:
+                    self.idle.wait(min(left, 0.05))
+                finally:
+                    self.flushing -= 1
 
 
 def _pick(sub: Subscription, parts: list[Any]) -> list[Any]:
@@ -536,7 +535,7 @@ def _failed(sub: Subscription, seq: int, err: BaseException) -> None:
         raise err
     else:
         log.error(
-                "change feed: %r raised a BaseException on the commit at seq %d in %s, one of the image's own "
+            "change feed: %r raised a BaseException on the commit at seq %d in %s, one of the image's own "
             "threads, which goes on (the commit stands)",
             sub,
             seq,

@@ -133,7 +133,7 @@ class AutoWriter:
                             engine.attacher.undo(undo)
                             raise
         finally:
-            if self.feed is not None:
+            if self.feed is not None and self.feed.queue:
                 self.feed.drain()  # subscribers are called outside the lock, also after a failure (see _feeds)
 
     def check_unique(self, obj: Any, name: str, value: Any) -> None:
@@ -153,7 +153,7 @@ class AutoWriter:
                     if engine.commit(self._annotated([(_OBJ_DEL, obj, (name,))]), replan=True):
                         break
         finally:
-            if self.feed is not None:
+            if self.feed is not None and self.feed.queue:
                 self.feed.drain()
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -200,7 +200,7 @@ class AutoWriter:
                     attacher.undo(undo)  # another process committed first: plan again on its state
                     pause.stop()  # the replan's own work runs with the collector on
         finally:
-            if self.feed is not None:
+            if self.feed is not None and self.feed.queue:
                 self.feed.drain()
         return coll if result is SELF else result
 
