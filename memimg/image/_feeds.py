@@ -257,7 +257,7 @@ class Feed:
             sub.closed = True
             self.subs = tuple(s for s in self.subs if s is not sub)
             self._merge()
-            if not self.subs and engine.writer.feed is self and not self.queue:
+            if not self.subs and engine.writer.feed is self:
                 engine.writer.feed = None  # commits pay nothing for feeds again
 
     def _merge(self) -> None:
