@@ -822,7 +822,7 @@ def test_an_iterator_never_started_holds_no_subscription(make_image: Images) -> 
 def test_since_between_this_images_seq_and_the_head_delivers_each_commit_once(make_image: Images) -> None:
     """since past what this image has applied, but within the log (another process wrote it), gives exactly
     the commits after since -- none of those up to it again -- by changes() and changes_async()."""
-    img, acct = bank_image(make_image)
+    img, _ = bank_image(make_image)
     other = make_image(root=Bank)
     theirs = other.root.accounts["ada"]
     theirs.balance = Decimal(1)
@@ -854,7 +854,7 @@ async def consume_with(img: memimg.MemoryImage, since: int) -> list[Any]:
 def test_an_iterator_behind_a_compaction_raises_history_error(make_image: Images) -> None:
     """An iterator following an image that falls behind a compaction (it reloads from the snapshot, skipping
     commits) raises HistoryError naming the last seq it gave and the oldest one kept -- it never skips silently."""
-    img, acct = bank_image(make_image)
+    img, _ = bank_image(make_image)
     other = make_image(root=Bank)
     stream = img.changes(since=img.seq, timeout=20)
     theirs = other.root.accounts["ada"]

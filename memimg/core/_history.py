@@ -115,7 +115,7 @@ class Change(tuple):  # type: ignore[type-arg]
         key: Any
         old: Any
         new: Any
-        index: int | None
+        index: int | None  # type: ignore[assignment]  # a field, over tuple.index
     else:
         seq = _tuplegetter(0, "The seq of the event.")
         tx = _tuplegetter(1, "The transaction id: the seq of its first event.")
@@ -160,7 +160,7 @@ class Change(tuple):  # type: ignore[type-arg]
 
     __hash__ = tuple.__hash__
 
-    def __getnewargs__(self) -> tuple[Any, ...]:  # type: ignore[override]
+    def __getnewargs__(self) -> tuple[Any, ...]:
         return tuple(self)
 
     def __repr__(self) -> str:

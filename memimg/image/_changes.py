@@ -124,7 +124,7 @@ def _iterate(img: Any, since: int, timeout: float | None) -> Iterator[Commit]:
                 item = waiting.get(timeout=timeout)
             except queue.Empty:
                 return
-            if type(item) is _Gap:
+            if isinstance(item, _Gap):
                 if item.now > last:  # the image skipped commits the consumer has not had
                     raise _behind(img._engine.store, last, item.oldest)
             elif item.seq > last:  # (one applied here after *since*, past this image's seq then, was given)
@@ -223,7 +223,7 @@ async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Comm
             while True:
                 if pending:
                     item = pending.popleft()
-                    if type(item) is _Gap:
+                    if isinstance(item, _Gap):
                         if item.now > last:
                             raise _behind(img._engine.store, last, item.oldest)
                     elif item.seq > last:

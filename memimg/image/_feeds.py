@@ -295,9 +295,7 @@ class Feed:
             return
         if not self.everything:
             fields = self.oids.get(target._mi_oid, _UNFOLLOWED)
-            if fields is not None and (
-                fields is _UNFOLLOWED or (k.name in _FIELD_KINDS and args[0] not in fields)  # type: ignore[operator]
-            ):
+            if fields is not None and (fields is _UNFOLLOWED or (k.name in _FIELD_KINDS and args[0] not in fields)):
                 if not self.classes:
                     return
                 t = type(target)
@@ -372,7 +370,7 @@ class Feed:
         if not queue or self.engine.lock._is_owned():
             return  # a thread holding the lock releases it later, and drains then
         token = self.delivering
-        if token._is_owned():  # a callback's own commit: delivered after the one in hand
+        if token._is_owned():  # type: ignore[attr-defined]  # a callback's own commit: delivered after the one in hand
             self.bound = queue[-1][1]
             return
         if not token.acquire(blocking=False):
@@ -495,7 +493,7 @@ class Feed:
         deadline = time.monotonic() + timeout
         while True:
             self.drain()
-            if not self.queue or self.delivering._is_owned():
+            if not self.queue or self.delivering._is_owned():  # type: ignore[attr-defined]
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
