@@ -3,7 +3,8 @@
 A consumer that stores the ``seq`` of the last commit it handled and asks
 ``changes(since=that)`` after a restart loses nothing, and sees nothing twice:
 
-1. **Follow** -- under the image's lock, an all-subscription
+1. **Follow** -- at the first ``next()`` (an iterator never started holds
+   nothing), under the image's lock, an all-subscription
    (:mod:`memimg.image._feeds`) is made, whose callback puts each commit in
    this iterator's queue; its start is the image's seq then (*start*). The
    image follows the log (:meth:`~memimg.MemoryImage.follow`), so other
@@ -15,7 +16,10 @@ A consumer that stores the ``seq`` of the last commit it handled and asks
    this image's objects of the same id (a :class:`memimg.Collected` for one
    no longer in it). Replayed commits have ``local=False``: the log does not
    say which process wrote them.
-3. Then the queue: the commits after *start*, as they are delivered.
+3. Then the queue: the commits after *start* (and after *since*: it may be
+   past this image's seq), as they are delivered; a gap (the image reloaded
+   after a compaction, skipping commits the consumer has not had) raises
+   ``HistoryError``.
 """
 
 from __future__ import annotations

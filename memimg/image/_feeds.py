@@ -22,24 +22,29 @@ subscription at all the engine holds no feed (``AutoWriter.feed`` is
 **Delivery** is by a per-image queue, never under the image's lock: a noted
 commit joins the queue when it has been applied (so in seq order), and
 whichever thread then releases the lock -- the committer, a ``refresh()``, a
-transaction's start, the snapshot thread -- *drains* it, calling each
-subscription in turn, commit after commit. Only one thread drains at a time:
-a thread that finds the queue being drained leaves its commit to the thread
-draining (which delivers it after the one in hand), and a callback that
-writes to the image finds its own thread draining, so its commit is delivered
-after the current delivery finishes, never re-entrantly. So when a write
-returns, its subscribers have been called, unless another thread was
-draining (then that thread calls them, soon after).
+transaction's start or end, an ``erase()``, the snapshot thread -- *drains*
+it, also when its operation fails after catching up. Only one thread drains
+at a time (it holds a token); a thread that finds the token taken leaves its
+commit to the thread draining. That thread delivers at most up to the last
+commit queued when it began (and the commits its own callbacks make: they
+come after the one in hand, never re-entrantly), then hands what others
+queued meanwhile on to a helper thread, which drains until the queue is
+empty: so a writer is never captured by other threads' commits, and no
+queued commit waits for a later one. ``close()`` delivers what is queued
+(see :meth:`Feed.flush`).
 
 Each subscription remembers the last seq it was handed, so it gets each
 commit once, even if a drain is interrupted (a ``KeyboardInterrupt`` in a
-callback: the commit goes back to the queue for the next drain, and those
-already called are not called again). An exception in a callback is logged
-(logger ``memimg``, naming the subscription and seq) and changes nothing else.
+callback: it propagates to the writer, and the helper goes on with the
+commit, without calling again those already called). An exception in a
+callback is logged (logger ``memimg``, naming the subscription and seq) and
+changes nothing else; so is a BaseException in the image's own threads
+(:func:`contain_callbacks`).
 
 A process that falls behind a compaction reloads from the snapshot (see
-``Engine._reload``): the commits it skipped are not delivered to its callbacks
-(the events are gone); ``changes(since=...)`` raises ``HistoryError`` there.
+``Engine._reload``): the commits it skipped are not delivered to its
+callbacks (the events are gone); a gap entry in the queue tells the
+subscriptions that want to know (``changes()`` raises ``HistoryError``).
 """
 
 from __future__ import annotations
