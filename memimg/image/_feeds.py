@@ -222,6 +222,7 @@ class Feed:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
+        self.image_lock = engine.lock
         self.subs: tuple[Subscription, ...] = ()
         self.numbered = 0
         # what some subscription follows, merged (rebuilt at each change of the subscriptions)
@@ -372,13 +373,13 @@ class Feed:
         log it and go on. A measured path: the loop is inline.
         """
         queue = self.queue
-        if not queue or self.engine.lock._is_owned():
+        if not queue or self.image_lock._is_owned():
             return  # a thread holding the lock releases it later, and drains then
         token = self.delivering
         if token._is_owned():  # type: ignore[attr-defined]  # a callback's own commit: delivered after the one in hand
             self.bound = queue[-1][1]
             return
-        if not token.acquire(blocking=False):
+        if not token.acquire(False):
             return  # the thread delivering delivers it, or hands it on
         try:
             self.bound = queue[-1][1] if queue else 0
