@@ -7,6 +7,7 @@ opened on the same log stands for another process.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 import memimg
 from memimg import MISSING
+from memimg.core._rows import EventRow
 from tests.conftest import Images, StoreFactory
 from tests.models import Account, Bank, Box, Entry, Node
 from tests.test_history_laws import Discard, ops, run
@@ -47,6 +49,14 @@ class Collect:
 
     def said(self) -> list[tuple[str, str | None, Any, Any, Any]]:
         return [(c.kind, c.field, c.key, c.old, c.new) for c in self.changes]
+
+
+def eventually(condition: Any, timeout: float = 20.0) -> None:
+    """Wait until *condition()* holds (a delivery made by another thread), failing after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not delivered in time"
+        time.sleep(0.01)
 
 
 def bank_image(make_image: Images) -> tuple[memimg.MemoryImage, Account]:
@@ -343,7 +353,7 @@ def test_each_commit_is_delivered_once_in_order_from_many_threads(make_image: Im
 
 def test_a_keyboard_interrupt_in_a_callback_loses_no_delivery(make_image: Images) -> None:
     """A BaseException from a callback reaches the writer after its commit; the subscriptions not yet called get
-    that commit at the next delivery, and none gets it twice."""
+    that commit all the same (from a helper thread, at once), and none gets it twice."""
     img, acct = bank_image(make_image)
     first, last = Collect(), Collect()
     interrupt = [True]
@@ -358,8 +368,11 @@ def test_a_keyboard_interrupt_in_a_callback_loses_no_delivery(make_image: Images
     with pytest.raises(KeyboardInterrupt):
         acct.owner = "x"
     assert acct.owner == "x"
+    eventually(lambda: len(last.commits) == 1)
+    assert [c.new for c in first.changes] == [c.new for c in last.changes] == ["x"]
     interrupt.append(False)
     acct.owner = "y"
+    eventually(lambda: len(last.commits) == 2)
     assert [c.new for c in first.changes] == ["x", "y"]
     assert [c.new for c in last.changes] == ["x", "y"]
 
@@ -675,3 +688,203 @@ def test_a_callback_may_snapshot_or_erase_when_a_snapshot_delivers_to_it(make_im
     worker.join(30)
     assert not worker.is_alive(), "a snapshot delivering to a callback that snapshots or erases hung"
     assert len(done) == 1 and acct.balance == Decimal(7)
+
+
+# -- delivery under contention, failures, closing ------------------------------------------------------------------
+
+
+def test_a_writer_delivers_only_what_was_queued_when_it_began(make_image: Images) -> None:
+    """A thread delivering is never kept delivering other threads' commits: those made while its callback runs
+    are delivered by another thread (every commit once, in order), and its write returns after its own."""
+    img, acct = bank_image(make_image)
+    release, first_called = threading.Event(), threading.Event()
+    delivered: list[tuple[int, str]] = []
+
+    def on_commit(commit: memimg.Commit) -> None:
+        delivered.append((commit.seq, threading.current_thread().name))
+        if len(delivered) == 1:
+            first_called.set()
+            assert release.wait(20)
+
+    img.subscribe(on_commit, to=(acct, "balance"))
+    writer = threading.Thread(target=setattr, args=(acct, "balance", Decimal(1)), name="first-writer")
+    writer.start()
+    assert first_called.wait(20)
+    for k in range(5):  # queued while the first writer's callback runs: that thread delivers them, not this one
+        acct.balance = Decimal(10 + k)
+    release.set()
+    writer.join(20)
+    assert not writer.is_alive()
+    eventually(lambda: len(delivered) == 6)
+    assert [seq for seq, _ in delivered] == sorted({seq for seq, _ in delivered})
+    assert [name for _, name in delivered].count("first-writer") == 1
+
+
+def test_commits_caught_up_by_a_failing_operation_or_an_erase_are_delivered_at_once(make_image: Images) -> None:
+    """Another process's commits that an operation catches up with are delivered when it returns, also when it
+    fails, and an erase's catching up and its own commit too -- not at some later commit."""
+    img, acct = bank_image(make_image)
+    acct.owner = "ada"
+    other = make_image(root=Bank)
+    got = Collect()
+    img.subscribe(got)
+    del other.root.accounts["ada"].owner
+    with pytest.raises(AttributeError):
+        del acct.owner  # catches up (the other process deleted it first), then fails
+    assert [(c.field, c.old, c.new) for c in got.changes] == [("owner", "ada", MISSING)]
+    other.root.accounts["ada"].balance = Decimal(9)
+    img.erase(acct, "balance", reason="a test")  # catches up first
+    assert [(c.field, c.new) for c in got.changes][1] == ("balance", Decimal(9))
+
+
+def test_close_delivers_what_is_queued(make_image: Images) -> None:
+    """Commits queued behind a callback running in another thread are delivered by the time close() returns."""
+    img, acct = bank_image(make_image)
+    release, first_called = threading.Event(), threading.Event()
+    seqs: list[int] = []
+
+    def on_commit(commit: memimg.Commit) -> None:
+        seqs.append(commit.seq)
+        if len(seqs) == 1:
+            first_called.set()
+            assert release.wait(20)
+
+    img.subscribe(on_commit, to=(acct, "balance"))
+    threading.Thread(target=setattr, args=(acct, "balance", Decimal(1))).start()
+    assert first_called.wait(20)
+    for k in range(3):
+        acct.balance = Decimal(2 + k)
+    threading.Timer(0.3, release.set).start()
+    img.close()
+    assert len(seqs) == 4 and seqs == sorted(seqs)
+
+
+def test_a_base_exception_in_a_callback_never_stops_the_follower(
+    make_image: Images, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A KeyboardInterrupt raised by a callback run by the follower thread is logged; the follower goes on and
+    delivers the next commits."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    got: list[int] = []
+
+    def on_commit(commit: memimg.Commit) -> None:
+        got.append(commit.seq)
+        if len(got) == 1:
+            raise KeyboardInterrupt
+
+    img.subscribe(on_commit, to=(acct, "balance"))
+    follower = img.follow()
+    with caplog.at_level(logging.ERROR, logger="memimg"):
+        other.root.accounts["ada"].balance = Decimal(1)
+        eventually(lambda: len(got) == 1)
+        other.root.accounts["ada"].balance = Decimal(2)
+        eventually(lambda: len(got) == 2)
+    assert follower.is_alive()
+    assert any("BaseException" in r.getMessage() for r in caplog.records)
+
+
+def test_a_commit_holds_only_what_it_exposes(make_image: Images) -> None:
+    """A delivered Commit refers to its changes' values and metadata, not to the stored rows of the commit."""
+    img, acct = bank_image(make_image)
+    got = Collect()
+    img.subscribe(got, to=acct)
+    acct.balance = Decimal(3)
+    commit = got.commits[0]
+    assert commit.changes[0].new == Decimal(3)
+    held = [r for r in gc.get_referents(commit) if type(r) is list and r]
+    # a stored row is (seq, tx, ts, kind, ...), as an EventRow or a plain tuple
+    assert not any(type(r[0]) is EventRow or (type(r[0]) is tuple and r[0][3:4] == ("obj.set",)) for r in held)
+    assert all(type(c) is memimg.Change for r in held for c in r)
+
+
+# -- the iterators: subscribing, since, compaction, closed loops ------------------------------------------------
+
+
+def test_an_iterator_never_started_holds_no_subscription(make_image: Images) -> None:
+    """changes() subscribes at its first next(): an iterator made and dropped unstarted leaves the image with
+    no subscription (its commits pay nothing), and one started and dropped is unsubscribed when collected."""
+    img, acct = bank_image(make_image)
+    stream = img.changes(since=img.seq, timeout=0.1)
+    assert img._engine.writer.feed is None
+    acct.balance = Decimal(1)
+    del stream
+    gc.collect()
+    assert img._engine.writer.feed is None
+    stream = img.changes(since=img.seq - 1, timeout=0.1)
+    assert next(stream).changes[0].new == Decimal(1)
+    assert img._engine.writer.feed is not None
+    del stream
+    gc.collect()
+    assert img._engine.writer.feed is None
+
+
+def test_since_between_this_images_seq_and_the_head_delivers_each_commit_once(make_image: Images) -> None:
+    """since past what this image has applied, but within the log (another process wrote it), gives exactly
+    the commits after since -- none of those up to it again -- by changes() and changes_async()."""
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    theirs = other.root.accounts["ada"]
+    theirs.balance = Decimal(1)
+    since = other.seq
+    theirs.balance = Decimal(2)
+    assert img.seq < since
+    got = [c.changes[0].new for c in img.changes(since=since, timeout=0.5)]
+    assert got == [Decimal(2)]
+
+    async def consume() -> list[Any]:
+        async for commit in fresh.changes_async(since=since):
+            return [commit.seq, commit.changes[0].new]
+        return []
+
+    fresh = make_image(root=Bank)
+    other.root.accounts["ada"].owner = "later"
+    fresh.refresh()
+    fresh.close()
+    behind = make_image(root=Bank)
+    assert asyncio.run(asyncio.wait_for(consume_with(behind, since), 30)) == [since + 1, Decimal(2)]
+
+
+async def consume_with(img: memimg.MemoryImage, since: int) -> list[Any]:
+    async for commit in img.changes_async(since=since):
+        return [commit.seq, commit.changes[0].new]
+    return []
+
+
+def test_an_iterator_behind_a_compaction_raises_history_error(make_image: Images) -> None:
+    """An iterator following an image that falls behind a compaction (it reloads from the snapshot, skipping
+    commits) raises HistoryError naming the last seq it gave and the oldest one kept -- it never skips silently."""
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    stream = img.changes(since=img.seq, timeout=20)
+    theirs = other.root.accounts["ada"]
+    theirs.balance = Decimal(1)
+    first = next(stream)
+    with img._engine.lock:  # the follower cannot catch up meanwhile
+        theirs.balance = Decimal(2)
+        seq = other.snapshot()
+        theirs.balance = Decimal(3)
+        other.store.delete_events_before(seq)
+    with pytest.raises(memimg.HistoryError, match=f"after seq {first.seq}.*oldest kept commit follows seq") as err:
+        next(stream)
+    assert err.value.seq == first.seq  # type: ignore[attr-defined]
+    assert err.value.oldest == other.store.first_seq() - 1  # type: ignore[attr-defined]
+
+
+def test_changes_async_stops_when_its_event_loop_is_closed(
+    make_image: Images, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An async iterator whose event loop was closed without finishing it stops following: later commits are
+    not handed to the dead loop (no error logged for each), and its subscription is closed."""
+    img, acct = bank_image(make_image)
+    loop = asyncio.new_event_loop()
+    stream = img.changes_async(since=img.seq)
+    task = loop.create_task(stream.__anext__())  # type: ignore[attr-defined]
+    loop.call_later(0.2, setattr, acct, "balance", Decimal(1))
+    assert loop.run_until_complete(task).changes[0].new == Decimal(1)
+    loop.close()  # the generator is left suspended
+    with caplog.at_level(logging.ERROR, logger="memimg"):
+        for k in range(3):
+            acct.balance = Decimal(2 + k)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert img._engine.writer.feed is None

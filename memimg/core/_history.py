@@ -36,16 +36,34 @@ type and id (``<removed shop.Coupon #12>``: see :mod:`memimg.core._gone`).
 from __future__ import annotations
 
 import datetime as dt
+from collections import _tuplegetter  # type: ignore[attr-defined]  # namedtuple's field reader
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from memimg.core import _types
 from memimg.core._counters import add
 from memimg.core._markers import MISSING
+from memimg.core._rows import _EPOCH, ts_to_datetime
 
-__all__ = ["Change", "Collected", "Part", "Recorder", "entity_state", "field_namer"]
+__all__ = ["Change", "Collected", "Part", "Recorder", "commit_time", "entity_state", "field_namer"]
+
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
+#: the last commit time made by :func:`commit_time`: ``(ts, datetime)``
+_last_time: tuple[int, dt.datetime] = (0, _EPOCH)
+
+
+def commit_time(ts: int) -> dt.datetime:
+    """:func:`~memimg.core._rows.ts_to_datetime`, remembering the last one made (the changes of a commit share it)."""
+    global _last_time
+    last = _last_time
+    if last[0] == ts:
+        return last[1]
+    made = ts_to_datetime(ts)
+    _last_time = (ts, made)
+    return made
+
 
 #: What one primitive operation changed: ``(field, key, old, new, index)``.
 Part = tuple[str | None, Any, Any, Any, int | None]
@@ -66,8 +84,7 @@ class Collected:
         return f"<memimg.Collected #{self.oid}>"
 
 
-@attrs.frozen(repr=False)
-class Change:
+class Change(tuple):  # type: ignore[type-arg]
     """One change of an object, as :meth:`memimg.MemoryImage.history` reports it.
 
     ``seq``, ``tx`` and ``time`` (an aware UTC datetime) are those of the
@@ -83,21 +100,73 @@ class Change:
     set, ``old`` is the tuple of items the change took out and ``new`` the
     tuple it put in, and for a list ``index`` is where
     (``lst[index:index + len(old)]`` became ``new``).
+
+    An immutable record, equal to another Change with the same fields. It is
+    a named tuple underneath (like :func:`os.stat` results), so that change
+    feeds make one cheaply; ``time`` is made when read.
     """
 
     __module__ = "memimg"
+    __slots__ = ()
+    __match_args__ = ("seq", "tx", "time", "meta", "target", "kind", "field", "key", "old", "new", "index")
 
-    seq: int
-    tx: int
-    time: dt.datetime
-    meta: dict[str, Any]
-    target: Any
-    kind: str
-    field: str | None
-    key: Any
-    old: Any
-    new: Any
-    index: int | None = None
+    if TYPE_CHECKING:
+        seq: int
+        tx: int
+        meta: dict[str, Any]
+        target: Any
+        kind: str
+        field: str | None
+        key: Any
+        old: Any
+        new: Any
+        index: int | None  # type: ignore[assignment]  # a field, over tuple.index
+    else:
+        seq = _tuplegetter(0, "The seq of the event.")
+        tx = _tuplegetter(1, "The transaction id: the seq of its first event.")
+        meta = _tuplegetter(3, "The metadata of its transaction ({} if none).")
+        target = _tuplegetter(4, "The object changed, as live in the image asked.")
+        kind = _tuplegetter(5, "The event kind.")
+        field = _tuplegetter(6, "The entity field, else None.")
+        key = _tuplegetter(7, "The dict key, else None.")
+        old = _tuplegetter(8, "The value before (MISSING: none); for a list or set, the items taken out.")
+        new = _tuplegetter(9, "The value after (MISSING: none); for a list or set, the items put in.")
+        index = _tuplegetter(10, "For a list, where the change was made, else None.")
+
+    def __new__(
+        cls,
+        seq: int,
+        tx: int,
+        time: dt.datetime | int,
+        meta: dict[str, Any],
+        target: Any,
+        kind: str,
+        field: str | None,
+        key: Any,
+        old: Any,
+        new: Any,
+        index: int | None = None,
+    ) -> Change:
+        """*time*: an aware datetime, or microseconds since the Unix epoch (how the log stores it)."""
+        if type(time) is not int:
+            time = (time - _EPOCH) // _MICROSECOND  # type: ignore[operator]
+        return tuple.__new__(cls, (seq, tx, time, meta, target, kind, field, key, old, new, index))
+
+    @property
+    def time(self) -> dt.datetime:
+        """The commit time of its transaction, an aware UTC datetime."""
+        return commit_time(self[2])
+
+    def __eq__(self, other: object) -> bool:  # a Change is never equal to a plain tuple
+        return type(other) is Change and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return type(other) is not Change or tuple.__ne__(self, other)
+
+    __hash__ = tuple.__hash__
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
 
     def __repr__(self) -> str:
         where = f" {self.field}" if self.field is not None else ""

@@ -125,11 +125,12 @@ def verify_snapshot(row: SnapshotRow) -> None:
 
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TIMEDELTA: Final = dt.timedelta
 
 
 def ts_to_datetime(ts: int) -> dt.datetime:
     """A row timestamp (microseconds since the epoch) as an aware UTC datetime."""
-    return _EPOCH + dt.timedelta(microseconds=ts)
+    return _EPOCH + _TIMEDELTA(0, 0, ts)  # positional: the keyword costs a third of the call
 
 
 @attrs.frozen

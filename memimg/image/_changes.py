@@ -3,7 +3,8 @@
 A consumer that stores the ``seq`` of the last commit it handled and asks
 ``changes(since=that)`` after a restart loses nothing, and sees nothing twice:
 
-1. **Follow** -- under the image's lock, an all-subscription
+1. **Follow** -- at the first ``next()`` (an iterator never started holds
+   nothing), under the image's lock, an all-subscription
    (:mod:`memimg.image._feeds`) is made, whose callback puts each commit in
    this iterator's queue; its start is the image's seq then (*start*). The
    image follows the log (:meth:`~memimg.MemoryImage.follow`), so other
@@ -15,7 +16,10 @@ A consumer that stores the ``seq`` of the last commit it handled and asks
    this image's objects of the same id (a :class:`memimg.Collected` for one
    no longer in it). Replayed commits have ``local=False``: the log does not
    say which process wrote them.
-3. Then the queue: the commits after *start*, as they are delivered.
+3. Then the queue: the commits after *start* (and after *since*: it may be
+   past this image's seq), as they are delivered; a gap (the image reloaded
+   after a compaction, skipping commits the consumer has not had) raises
+   ``HistoryError``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import collections
 import itertools
 import logging
 import queue
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final, NamedTuple
 
 from memimg._errors import HistoryError
 from memimg.core._gone import Gone
@@ -49,11 +53,7 @@ def changes(img: Any, since: int, timeout: float | None) -> Iterator[Commit]:
         HistoryError: *since* is past the head of the log, or behind what a compaction kept.
     """
     _check(img, since, timeout)
-    waiting: queue.SimpleQueue[Commit] = queue.SimpleQueue()
-    with img._engine.lock:
-        sub = img.subscribe(waiting.put)
-        start = img._engine.seq
-    return _iterate(img, sub, waiting, since, start, timeout)
+    return _iterate(img, since, timeout)
 
 
 def _check(img: Any, since: Any, timeout: float | None) -> None:
@@ -65,32 +65,75 @@ def _check(img: Any, since: Any, timeout: float | None) -> None:
         raise ValueError(f"changes(timeout={timeout!r}): a timeout is a number of seconds >= 0, or None")
     store = engine.store
     head = max(store.head(), engine.seq)
-    first = store.first_seq()
-    facts = {"seq": since, "head": head, "oldest": first - 1}
     if since > head:
         raise HistoryError(
             f"changes(since={since}): seq {since} is past the head of {store.description} (seq {head}); a consumer "
             "resumes from the seq of the last commit it was given",
-            **facts,
+            seq=since,
+            head=head,
+            oldest=store.first_seq() - 1,
         )
-    if since < first - 1:
-        raise HistoryError(
-            f"changes(since={since}): the commits after seq {since} of {store.description} are no longer kept (a "
-            f"compaction dropped the events before seq {first}); start again from the current state",
-            **facts,
-        )
+    _check_kept(img, since)
 
 
-def _iterate(img: Any, sub: Any, waiting: Any, since: int, start: int, timeout: float | None) -> Iterator[Commit]:
+def _check_kept(img: Any, since: int) -> None:
+    store = img._engine.store
+    oldest = store.first_seq() - 1
+    if since < oldest:
+        raise _behind(store, since, oldest)
+
+
+def _behind(store: Any, seq: int, oldest: int) -> HistoryError:
+    return HistoryError(
+        f"changes(): the commits after seq {seq} of {store.description} are no longer kept (a compaction dropped "
+        f"the events up to seq {oldest}; the oldest kept commit follows seq {oldest}); start again from the "
+        "current state",
+        seq=seq,
+        oldest=oldest,
+    )
+
+
+class _Gap(NamedTuple):
+    """What a feed subscription is told when the image skipped commits (see Subscription.gap)."""
+
+    was: int
+    now: int
+    oldest: int
+
+
+def _subscribe(img: Any, put: Callable[[Any], Any]) -> tuple[Any, int]:
+    """An all-subscription handing each commit (or :class:`_Gap`) to *put*, and the image's seq then."""
+    engine = img._engine
+    with engine.lock:
+        sub = img.subscribe(put)
+        sub.gap = lambda was, now, oldest: put(_Gap(was, now, oldest))
+        return sub, engine.seq
+
+
+def _iterate(img: Any, since: int, timeout: float | None) -> Iterator[Commit]:
+    # subscribed at the first next(), not at the call: an iterator never started holds nothing (the commits
+    # made between are read back from the log)
+    _check_kept(img, since)
+    waiting: queue.SimpleQueue[Commit | _Gap] = queue.SimpleQueue()
+    sub, start = _subscribe(img, waiting.put)
     try:
+        last = since
         if since < start:
-            yield from _replay(img, since, start)
+            for commit in _replay(img, since, start):
+                yield commit
+                last = commit.seq
         img.follow()
         while True:
             try:
-                yield waiting.get(timeout=timeout)
+                item = waiting.get(timeout=timeout)
             except queue.Empty:
                 return
+            if isinstance(item, _Gap):
+                if item.now > last:  # the image skipped commits the consumer has not had
+                    raise _behind(img._engine.store, last, item.oldest)
+            elif item.seq > last:  # (one applied here after *since*, past this image's seq then, was given)
+                yield item
+                last = item.seq
     finally:
         sub.close()
 
@@ -152,21 +195,28 @@ async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Comm
     wake = asyncio.Event()
     last = since
     while True:
-        pending: collections.deque[Commit] = collections.deque()
+        pending: collections.deque[Commit | _Gap] = collections.deque()
         overflowed = [False]
+        subs: list[Any] = []
 
         def on_commit(
-            commit: Commit, pending: collections.deque[Commit] = pending, overflowed: list[bool] = overflowed
+            commit: Commit | _Gap,
+            pending: collections.deque[Commit | _Gap] = pending,
+            overflowed: list[bool] = overflowed,
+            subs: list[Any] = subs,
         ) -> None:  # in the delivering thread
-            if len(pending) >= buffer:
+            if len(pending) >= buffer and type(commit) is not _Gap:
                 overflowed[0] = True
             elif not overflowed[0]:
                 pending.append(commit)
-            loop.call_soon_threadsafe(wake.set)
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the event loop is closed, the iterator with it: it follows nothing more
+                for s in subs:
+                    s.close()
 
-        with img._engine.lock:
-            sub = img.subscribe(on_commit)
-            start = img._engine.seq
+        sub, start = _subscribe(img, on_commit)
+        subs.append(sub)
         try:
             if last < start:
                 replay = _replay(img, last, start)
@@ -176,9 +226,13 @@ async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Comm
             img.follow()
             while True:
                 if pending:
-                    commit = pending.popleft()
-                    yield commit
-                    last = commit.seq
+                    item = pending.popleft()
+                    if isinstance(item, _Gap):
+                        if item.now > last:
+                            raise _behind(img._engine.store, last, item.oldest)
+                    elif item.seq > last:
+                        yield item
+                        last = item.seq
                     continue
                 if overflowed[0]:
                     log.warning(

@@ -203,10 +203,12 @@ class Engine:
         # not while this thread is in the middle of a change (a key's __hash__ opening a transaction):
         # catching up then would apply other commits between that change's steps
         if self.busy is None and (self.reader.fills or self.store.changed(self.seq)):
-            with self.lock:
-                self.catch_up()
-            if self.writer.feed is not None:
-                self.writer.feed.drain()  # before the transaction is this context's writer
+            try:
+                with self.lock:
+                    self.catch_up()
+            finally:
+                if self.writer.feed is not None:
+                    self.writer.feed.drain()  # before the transaction is this context's writer
         with self.lock:  # never start in the middle of another commit being applied
             state = TxState(self, self.seq)
             state.mark = len(self.table.objects)
@@ -252,8 +254,8 @@ class Engine:
                 self.open_txs.discard(state)
                 self.conflicts.prune(min((t.start_seq for t in self.open_txs), default=None))
             _tracking.tx_closed()
-        if self.writer.feed is not None:
-            self.writer.feed.drain()
+            if self.writer.feed is not None:  # also what a failed commit caught up with
+                self.writer.feed.drain()
 
     def check_read(self, start: int, oid: int, part: Any) -> None:
         """Raise :class:`ConflictError` if a transaction begun at *start* reads what a newer commit wrote."""
@@ -406,7 +408,10 @@ class Engine:
             if opened:
                 _tracking.tx_closed()
         if feed is not None:
-            feed.commit(events, rows, last_seq)
+            if feed.noted:
+                feed.commit(events, rows, last_seq)
+            else:
+                feed.at = 0  # nothing followed changed
 
     def _tell_snapshot(self, events: list[Pending], rows: list[EventRow] | None = None) -> None:
         """Let the snapshot being written keep what *events* are about to change, and what another process's
@@ -529,7 +534,11 @@ class Engine:
         return count
 
     def _reload(self) -> None:
-        """The log was compacted past this image's seq: reload from its snapshot in place; open transactions fail."""
+        """The log was compacted past this image's seq: reload from its snapshot in place; open transactions fail.
+
+        The change feed is told of the commits skipped (``changes()`` raises HistoryError there).
+        """
+        was = self.seq
         # every object is about to change: the snapshot being written gives way
         self.abandon_snapshot(MemimgError("the image was reloaded after the log was compacted"))
         self.conflicts.prune(None)
@@ -545,6 +554,8 @@ class Engine:
             self.publishing.remove(waiting)
             _tracking.tx_closed()
             self.conflicts.rebased = self.seq
+        if self.writer.feed is not None:
+            self.writer.feed.reloaded(was, self.seq, self.store.first_seq() - 1)
 
     def _apply_remote(self, batch: list[tuple[Pending | None, EventRow]]) -> None:
         """Apply another process's transaction (its rows, each with the event it holds)."""

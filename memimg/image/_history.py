@@ -53,7 +53,7 @@ from memimg.core._gc import paused_gc
 from memimg.core._history import Change, Collected, Recorder, entity_state, field_namer
 from memimg.core._kinds import KINDS, Kind
 from memimg.core._reader import Reader
-from memimg.core._rows import EventRow, SnapshotRow, ts_to_datetime, verify_event, verify_snapshot
+from memimg.core._rows import EventRow, SnapshotRow, verify_event, verify_snapshot
 from memimg.core._snapshot import held_states, split_snapshot
 from memimg.image._past import PastStore
 from memimg.stores._protocol import Store
@@ -205,7 +205,7 @@ class _History:
         return Change(
             seq=row.seq,
             tx=row.tx,
-            time=ts_to_datetime(row.ts),
+            time=row.ts,  # microseconds, as stored: Change.time makes the datetime when read
             meta=self._tx_meta(row),
             target=self.obj,
             kind=row.kind,

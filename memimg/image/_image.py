@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Set
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from memimg._errors import ClosedError, CorruptLogError, SchemaError, UnknownTypeError
 from memimg.core import _types
@@ -35,6 +35,9 @@ from memimg.stores._protocol import Store
 __all__ = ["MemoryImage", "diff_past", "open_past"]
 
 log = logging.getLogger("memimg")
+
+#: ``close()`` waits this long at most for a change-feed callback running in another thread.
+CLOSE_FLUSH_SECONDS: Final = 5.0
 
 T = TypeVar("T")
 
@@ -198,10 +201,12 @@ class MemoryImage:
         """Apply events appended by other processes since the last read; returns how many."""
         engine = self._engine
         engine.check_open()
-        with engine.lock:
-            applied = engine.catch_up()
-        if engine.writer.feed is not None:
-            engine.writer.feed.drain()
+        try:
+            with engine.lock:
+                applied = engine.catch_up()
+        finally:
+            if engine.writer.feed is not None:
+                engine.writer.feed.drain()
         return applied
 
     def wait(self, timeout: float | None = None) -> int:
@@ -234,6 +239,7 @@ class MemoryImage:
             return self._follower
 
         def run() -> None:
+            _feeds.contain_callbacks()  # a callback's KeyboardInterrupt here does not stop the follower
             while not engine.closed:
                 try:
                     self.wait(0.5)
@@ -502,7 +508,12 @@ class MemoryImage:
             ReadOnlyError: the image is read-only.
             LockedError: another process's snapshot held the store for over a minute.
         """
-        return _erase.erase(self._engine, obj, field, reason, by)
+        engine = self._engine
+        try:
+            return _erase.erase(engine, obj, field, reason, by)
+        finally:
+            if engine.writer.feed is not None:  # the commits it caught up with, and its own
+                engine.writer.feed.drain()
 
     def history(self, obj: Any, field: str | None = None, *, since: int = 0, until: int | None = None) -> list[Change]:
         """The changes of *obj* -- an entity, or a tracked list, dict or set -- oldest first.
@@ -545,6 +556,14 @@ class MemoryImage:
         if follower is not None and follower is not threading.current_thread():
             follower.join(timeout=5)
         engine.snapshots.join()  # one scheduled since stops at its first slice
+        feed = engine.writer.feed
+        if feed is not None and not feed.flush(CLOSE_FLUSH_SECONDS):
+            log.warning(
+                "close of %s: a change-feed callback was still running after %s s; the commits queued after it "
+                "are delivered by its thread when it returns",
+                engine.store.description,
+                CLOSE_FLUSH_SECONDS,
+            )
         if not engine.readonly:
             engine.position.leave()
         with engine.lock:

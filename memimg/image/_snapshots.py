@@ -37,7 +37,7 @@ from memimg.core._gc import paused_gc
 from memimg.core._kinds import KINDS
 from memimg.core._rows import SnapshotRow, snapshot_checksum
 from memimg.core._snapshotter import SnapshotWriter
-from memimg.image import _recovery
+from memimg.image import _feeds, _recovery
 
 __all__ = ["LEASE", "Snapshots"]
 
@@ -189,6 +189,7 @@ class Snapshots:
             thread.join()
 
     def _automatic(self) -> None:
+        _feeds.contain_callbacks()  # a callback's KeyboardInterrupt here (delivering, see take) is logged
         try:
             self.take(wait=0, automatic=True)
         except Exception as err:  # the commits that made it due are durable: nothing to report to them

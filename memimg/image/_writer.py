@@ -111,33 +111,35 @@ class AutoWriter:
         engine = self.engine
         if engine.snapshot_turn is not None:
             engine.give_turn()
-        with engine.lock:
-            self._enter()
-            if type(value) in NATIVE and (type(value) is not str or value.isascii()):
-                events: list[Pending] = [(_OBJ_SET, obj, (name, value))]
-                if self.ever_annotated and (layers := self.annotation.get()):
-                    events.insert(0, meta_event(layer_meta(layers)))
-                engine.commit(events)
-            elif type(value) in COUNTED and (delta := delta_for(value, obj, name, self)) is not None:
-                engine.commit(self._annotated([(_OBJ_ADD, obj, (name, delta))]))
-            else:
-                value = plain(value)
-                # one pause of the collector for attaching and committing: what they create is
-                # traversed by one collection afterwards, not by one after each
-                with paused_gc():
-                    undo: list[Any] = []
-                    engine.busy = "attaching a value"
-                    try:
-                        v = engine.attacher.prepare(value, where_field(obj, name), undo)
-                    finally:
-                        engine.busy = None
-                    try:
-                        engine.commit(self._annotated([(_OBJ_SET, obj, (name, v))]))
-                    except BaseException:
-                        engine.attacher.undo(undo)
-                        raise
-        if self.feed is not None:
-            self.feed.drain()  # subscribers are called outside the lock (see _feeds)
+        try:
+            with engine.lock:
+                self._enter()
+                if type(value) in NATIVE and (type(value) is not str or value.isascii()):
+                    events: list[Pending] = [(_OBJ_SET, obj, (name, value))]
+                    if self.ever_annotated and (layers := self.annotation.get()):
+                        events.insert(0, meta_event(layer_meta(layers)))
+                    engine.commit(events)
+                elif type(value) in COUNTED and (delta := delta_for(value, obj, name, self)) is not None:
+                    engine.commit(self._annotated([(_OBJ_ADD, obj, (name, delta))]))
+                else:
+                    value = plain(value)
+                    # one pause of the collector for attaching and committing: what they create is
+                    # traversed by one collection afterwards, not by one after each
+                    with paused_gc():
+                        undo: list[Any] = []
+                        engine.busy = "attaching a value"
+                        try:
+                            v = engine.attacher.prepare(value, where_field(obj, name), undo)
+                        finally:
+                            engine.busy = None
+                        try:
+                            engine.commit(self._annotated([(_OBJ_SET, obj, (name, v))]))
+                        except BaseException:
+                            engine.attacher.undo(undo)
+                            raise
+        finally:
+            if self.feed is not None and self.feed.queue:
+                self.feed.drain()  # subscribers are called outside the lock, also after a failure (see _feeds)
 
     def check_unique(self, obj: Any, name: str, value: Any) -> None:
         """Nothing before the write: each change outside a transaction is checked as it commits."""
@@ -148,14 +150,16 @@ class AutoWriter:
         getter = _types.info_of(type(obj)).getters[name]  # type: ignore[union-attr]
         if engine.snapshot_turn is not None:
             engine.give_turn()
-        with engine.lock:
-            self._enter()
-            while True:
-                getter(obj)  # AttributeError when unset (again after catching up), as for any attribute
-                if engine.commit(self._annotated([(_OBJ_DEL, obj, (name,))]), replan=True):
-                    break
-        if self.feed is not None:
-            self.feed.drain()
+        try:
+            with engine.lock:
+                self._enter()
+                while True:
+                    getter(obj)  # AttributeError when unset (again after catching up), as for any attribute
+                    if engine.commit(self._annotated([(_OBJ_DEL, obj, (name,))]), replan=True):
+                        break
+        finally:
+            if self.feed is not None and self.feed.queue:
+                self.feed.drain()
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A collection method call, planned and committed; returns what the method returns."""
@@ -167,40 +171,42 @@ class AutoWriter:
         # nor across a replan
         if engine.snapshot_turn is not None:
             engine.give_turn()
-        with engine.lock, lazy_pause() as pause:
-            self._enter()
-            args = reusable_args(planner, args, kwargs)  # a replan must see the same items again
-            while True:
-                undo: list[Any] = []
+        try:
+            with engine.lock, lazy_pause() as pause:
+                self._enter()
+                args = reusable_args(planner, args, kwargs)  # a replan must see the same items again
+                while True:
+                    undo: list[Any] = []
 
-                def prep(value: Any, where: str, undo: list[Any] = undo) -> Any:
-                    if type(value) in NATIVE and (type(value) is not str or value.isascii()):
-                        return value
-                    pause.start()
-                    return attacher.prepare(value, where_coll(coll) + where, undo)
-
-                try:
-                    engine.busy = "planning a change"  # the planner runs keys' __hash__ and __eq__, sort keys
-                    try:
-                        planned, result = planner(coll, prep, *args, **kwargs)
-                    finally:
-                        engine.busy = None
-                    if not planned:
-                        attacher.undo(undo)
-                        break
-                    if not pause.on and _sizeable(planned):
+                    def prep(value: Any, where: str, undo: list[Any] = undo) -> Any:
+                        if type(value) in NATIVE and (type(value) is not str or value.isascii()):
+                            return value
                         pause.start()
-                    events = self._annotated([(KINDS[name], coll, eargs) for name, eargs in planned])
-                    done = engine.commit(events, replan=True)
-                except BaseException:
-                    attacher.undo(undo)
-                    raise
-                if done:
-                    break
-                attacher.undo(undo)  # another process committed first: plan again on its state
-                pause.stop()  # the replan's own work runs with the collector on
-        if self.feed is not None:
-            self.feed.drain()
+                        return attacher.prepare(value, where_coll(coll) + where, undo)
+
+                    try:
+                        engine.busy = "planning a change"  # the planner runs keys' __hash__ and __eq__, sort keys
+                        try:
+                            planned, result = planner(coll, prep, *args, **kwargs)
+                        finally:
+                            engine.busy = None
+                        if not planned:
+                            attacher.undo(undo)
+                            break
+                        if not pause.on and _sizeable(planned):
+                            pause.start()
+                        events = self._annotated([(KINDS[name], coll, eargs) for name, eargs in planned])
+                        done = engine.commit(events, replan=True)
+                    except BaseException:
+                        attacher.undo(undo)
+                        raise
+                    if done:
+                        break
+                    attacher.undo(undo)  # another process committed first: plan again on its state
+                    pause.stop()  # the replan's own work runs with the collector on
+        finally:
+            if self.feed is not None and self.feed.queue:
+                self.feed.drain()
         return coll if result is SELF else result
 
     # -- reads while a commit is being applied (the hooks read plain values themselves otherwise) -----
