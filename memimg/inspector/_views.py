@@ -566,15 +566,22 @@ def blueprint(
     return bp
 
 
-def create_app(inspector: Inspector, *, hosts: Iterable[str] | None = None) -> Flask:
+def create_app(
+    inspector: Inspector,
+    *,
+    hosts: Iterable[str] | None = None,
+    live: bool = True,
+    stream_lifetime: float = STREAM_LIFETIME,
+) -> Flask:
     """A Flask app serving only the inspector over *inspector* at ``/`` (``memimg serve``).
 
     *hosts*: the host names the ``Host`` header may name (any port); another answers 400. ``memimg serve``
     bound to loopback gives the loopback names, so a page of another site whose name was rebound to
-    127.0.0.1 (DNS rebinding) cannot read the image. ``None``: any.
+    127.0.0.1 (DNS rebinding) cannot read the image. ``None``: any. *live*, *stream_lifetime*: as for
+    :func:`blueprint`.
     """
     app = Flask("memimg.inspector")
-    app.register_blueprint(blueprint(inspector))
+    app.register_blueprint(blueprint(inspector, live=live, stream_lifetime=stream_lifetime))
     allowed = None if hosts is None else {h.lower().strip("[]") for h in hosts}
 
     @app.before_request
