@@ -586,7 +586,12 @@ class Inspector:
                 if census.referrers is None:
                     census.referrers = census.index_referrers()
         objects = self.objects(img)
-        return [(h, w) for h, w in census.referrers.get(oid, ()) if h._mi_oid < len(objects) and objects[h._mi_oid] is h]
+
+        def present(holder: Any) -> bool:  # not collected since the scan
+            at = holder._mi_oid
+            return type(at) is int and at < len(objects) and objects[at] is holder
+
+        return [(h, w) for h, w in census.referrers.get(oid, ()) if present(h)]
 
     def schema(self, img: MemoryImage) -> list[dict[str, Any]]:
         """Every type the log declared (in the events and snapshots read): each stored version with its fields,

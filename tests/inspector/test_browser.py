@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("flask")
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import expect
 
 import memimg
 from tests.inspector.serving import serve

@@ -156,9 +156,7 @@ def test_the_head_shown_is_the_seq_the_content_was_read_at(site: Site, monkeypat
 # -- past states -------------------------------------------------------------------------------------
 
 
-def test_one_past_state_is_built_per_seq_however_many_ask_at_once(
-    site: Site, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_past_state_is_built_per_seq_however_many_ask_at_once(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests asking at the same past seq at the same time share one past image (built once)."""
     built: list[int] = []
     at = site.img.at

@@ -236,7 +236,9 @@ def test_at_takes_an_iso_time(site: Site) -> None:
 
 def test_at_takes_a_time_whose_plus_became_a_space(site: Site) -> None:
     """A ``+`` typed in the address bar arrives as a space: ``?at=…T12:00 01:00`` is read as ``+01:00``."""
-    opened = next(e.ts for e in site.img.events() if e.seq == site.marks.opened).astimezone(dt.timezone(dt.timedelta(hours=1)))
+    opened = next(e.ts for e in site.img.events() if e.seq == site.marks.opened).astimezone(
+        dt.timezone(dt.timedelta(hours=1))
+    )
     typed = opened.isoformat().replace("+", " ")
     assert " 01:00" in typed
     assert "balance 10" in text(site.get(f"/object/{site.marks.ada}?at={typed}"))
