@@ -22,6 +22,7 @@ import datetime as dt
 import itertools
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, final
 
@@ -319,6 +320,15 @@ class _Census:
         return index
 
 
+def _close_pasts(pasts: collections.OrderedDict[tuple[int, int], _Past], lock: threading.Lock) -> None:
+    with lock:
+        while pasts:
+            entry = pasts.popitem()[1]
+            entry.dropped = True
+            if entry.users == 0:
+                entry.image.close()
+
+
 @final
 class Inspector:
     """The read side of the inspector over one open image (see the module docstring).
@@ -343,6 +353,8 @@ class Inspector:
         self._census: dict[int, tuple[MemoryImage, _Census]] = {}
         self._census_lock = threading.Lock()
         self._diffs: collections.OrderedDict[tuple[int, int, int], list[Any]] = collections.OrderedDict()
+        # the past images kept are closed when the inspector goes (or at exit), whoever forgets close()
+        weakref.finalize(self, _close_pasts, self._past, self._lock)
 
     @property
     def image(self) -> MemoryImage:
@@ -471,21 +483,21 @@ class Inspector:
                     entry = self._past.get(key)
                     if entry is not None and entry.source is source:
                         continue
-                with self._builds:
-                    try:
+                try:
+                    with self._builds:
                         image = source.at(seq, on_schema_drift="drop")
-                    except HistoryError as err:
-                        raise BadRequest(str(err)) from None
-                    finally:
-                        with self._lock:
-                            self._past_building.pop(key, None)
-                with self._lock:
-                    entry = _Past(source, image)
-                    entry.users = 1
-                    self._past[key] = entry
-                    while len(self._past) > PAST_CACHE:
-                        self._drop(self._past.popitem(last=False)[1])
-                    return entry
+                    with self._lock:
+                        entry = _Past(source, image)
+                        entry.users = 1
+                        self._past[key] = entry
+                        while len(self._past) > PAST_CACHE:
+                            self._drop(self._past.popitem(last=False)[1])
+                        return entry
+                except HistoryError as err:
+                    raise BadRequest(str(err)) from None
+                finally:
+                    with self._lock:
+                        self._past_building.pop(key, None)
 
     def _release(self, entry: _Past) -> None:
         with self._lock:
@@ -506,10 +518,10 @@ class Inspector:
             self._drop(self._past.pop(key))
 
     def close(self) -> None:
-        """Close the past states kept (not the image); one a request still reads is closed when it is done."""
+        """Close the past states kept (not the image); one a request still reads is closed when it is done.
+        (Done by itself when the inspector is garbage-collected, or at exit.)"""
+        _close_pasts(self._past, self._lock)
         with self._lock:
-            while self._past:
-                self._drop(self._past.popitem()[1])
             self._census.clear()
             self._diffs.clear()
 

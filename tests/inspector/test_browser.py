@@ -222,3 +222,31 @@ def test_many_tabs_share_one_event_stream(browser_page: Any, tmp_path: Path) -> 
         for tab in pages[1:]:
             tab.close()
     img.close()
+
+
+def test_without_web_locks_a_hidden_tab_releases_its_stream(browser_page: Any, tmp_path: Path) -> None:
+    """Where Web Locks are missing (plain HTTP on another host), each tab has its own stream: closed while the
+    tab is hidden, reopened when it is shown, from the last commit it saw (none is missed)."""
+    context = browser_page.context.browser.new_context()
+    context.add_init_script("delete Navigator.prototype.locks;")
+    page = context.new_page()
+    path = str(tmp_path / "bank.db")
+    img = memimg.open(path, root=Bank)
+    marks = build(img)
+    hide = """hidden => {
+        Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    with serve(path) as url:
+        page.goto(f"{url}object/{marks.ada}")
+        assert page.evaluate("navigator.locks === undefined")
+        expect(page.locator("#live")).to_be_visible(timeout=20_000)
+        page.evaluate(hide, True)
+        expect(page.locator("#live")).to_be_hidden()  # its stream is closed
+        img.root.accounts["ada"].balance = Decimal("4.44")
+        page.evaluate(hide, False)
+        expect(page.locator("#live")).to_be_visible(timeout=20_000)
+        expect(page.locator('tr[data-field="balance"] td.value')).to_have_text("4.44", timeout=20_000)
+        expect(page.locator("#head-seq")).to_have_text(str(img.seq))
+    img.close()
+    context.close()

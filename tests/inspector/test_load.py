@@ -3,6 +3,7 @@ stall the image's commits), what it shares between requests, and what it bounds.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -308,3 +309,16 @@ def test_the_objects_are_scanned_once_per_seq(site: Site, monkeypatch: pytest.Mo
     site.img.root.accounts["bob2"] = Account("bob2")
     site.get(f"/object/{site.marks.ada}")
     assert scans == [before, site.img.seq]
+
+
+def test_past_states_are_closed_with_the_inspector(make_image: Images) -> None:
+    """An inspector let go (an app torn down without calling close()) closes the past states it kept."""
+    img = make_image(root=Bank)
+    marks = build(img)
+    ins = Inspector(img)
+    with ins.state(marks.opened) as past:
+        pass
+    assert not past.closed
+    del ins
+    gc.collect()
+    assert past.closed
