@@ -569,9 +569,10 @@ class Inspector:
             self._census[id(img)] = (img, census)
             return census
 
-    def counts(self, img: MemoryImage) -> list[tuple[str, int]]:
-        """How many objects of each type *img* holds, most first (call it outside :meth:`state`)."""
-        by_type = self.census(img).by_type
+    def counts(self, img: MemoryImage, census: _Census | None = None) -> list[tuple[str, int]]:
+        """How many objects of each type *img* holds, most first (from *census*; else call it outside
+        :meth:`state`)."""
+        by_type = (census or self.census(img)).by_type
         return sorted(((name, len(objs)) for name, objs in by_type.items()), key=lambda kv: (-kv[1], kv[0]))
 
     def instances(self, img: MemoryImage, name: str) -> list[Any]:
@@ -605,7 +606,7 @@ class Inspector:
 
         return [(h, w) for h, w in census.referrers.get(oid, ()) if present(h)]
 
-    def schema(self, img: MemoryImage) -> list[dict[str, Any]]:
+    def schema(self, img: MemoryImage, census: _Census | None = None) -> list[dict[str, Any]]:
         """Every type the log declared (in the events and snapshots read): each stored version with its fields,
         and the version of the class loaded for it (``None``: none, or a generic stand-in)."""
         by_name: dict[str, dict[str, Any]] = {}
@@ -627,7 +628,8 @@ class Inspector:
             note(plan.stored_name, plan.version, plan.stored_fields, plan.info)
         for name, (version, fields, _) in img._engine.table.declarations.by_name.items():
             note(name, version, fields, _types.claimed(name))
-        classes = {type(objs[0]) for objs in self.census(img).by_type.values() if isinstance(objs[0], PersistentBase)}
+        by_type = (census or self.census(img)).by_type
+        classes = {type(objs[0]) for objs in by_type.values() if isinstance(objs[0], PersistentBase)}
         for cls in classes:  # what this image wrote itself (it read no declaration of it)
             info = _types.info_of(cls)
             if info is not None and (info.name not in by_name or info.stand_in):

@@ -156,14 +156,15 @@ def overview() -> str:
     ins = _inspector()
     at = _at()
     with ins.image_at(at) as img:
-        counts = ins.counts(img)  # from a copy of the object table, scanned outside the image's lock
+        census = ins.census(img)  # a copy of the object table, scanned outside the image's lock
+        counts = ins.counts(img, census)
         with img._engine.lock:
             head = img.seq
             context = {
                 "counts": counts,
                 "objects": sum(n for _, n in counts),
                 "root": describe(img.root),
-                "schema": ins.schema(img),
+                "schema": ins.schema(img, census),
                 "differences": img.schema_report.differences,
             }
     store = ins.image.store
@@ -335,6 +336,7 @@ def log_view() -> str:
     return _page(
         "log.html",
         at,
+        until,
         groups=rows,
         after=after,
         more=more,
@@ -371,7 +373,14 @@ def diff_view() -> str:
         assert a is not None and b is not None
         rows = [(d.path, describe(d.old), describe(d.new)) for d in ins.diff(a, b)]
     return _page(
-        "diff.html", at, a=a, b=b, rows=rows, a_time=ins.time_of(a) if a else None, b_time=ins.time_of(b) if b else None
+        "diff.html",
+        at,
+        head,
+        a=a,
+        b=b,
+        rows=rows,
+        a_time=ins.time_of(a) if a else None,
+        b_time=ins.time_of(b) if b else None,
     )
 
 
