@@ -12,7 +12,10 @@ from memimg._errors import MemimgError
 from memimg.cli._main import cli, open_image
 from memimg.model import _tracking
 
-__all__ = ["serve"]
+__all__ = ["LOOPBACK_NAMES", "serve"]
+
+#: The Host names a loopback-bound ``memimg serve`` answers for (besides the --host given).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 def _loopback(host: str) -> bool:
@@ -61,7 +64,10 @@ def serve(target: str, host: str, port: int, open_browser: bool) -> None:
     try:
         img.follow()
         _check_free(host, port)
-        server = make_server(host, port, create_app(inspector), threaded=True)
+        # bound to loopback, answer only for loopback names: a foreign page whose name is rebound to 127.0.0.1
+        # (DNS rebinding) sends its own name as Host and is refused
+        hosts = [*LOOPBACK_NAMES, host] if _loopback(host) else None
+        server = make_server(host, port, create_app(inspector, hosts=hosts), threaded=True)
         shown_host = f"[{host}]" if ":" in host else host
         url = f"http://{shown_host}:{server.server_port}/"
         click.echo(f"memimg inspector on {target} at seq {img.seq}: {url}  (read-only; Ctrl-C stops it)", err=False)

@@ -566,6 +566,8 @@ def inspector(
     permission: Callable[[], bool] | None = None,
     debug: bool = False,
     name: str = "memimg_inspector",
+    live: bool = True,
+    stream_lifetime: float = 300.0,
 ) -> Blueprint:
     """The inspector (``memimg serve``'s read-only web UI) as a blueprint to mount in the app.
 
@@ -586,6 +588,13 @@ def inspector(
     outside the request transaction. Other processes' commits appear live
     when the image follows them (``img.follow()``).
 
+    *live*: whether open pages follow commits through a server-sent event
+    stream. A stream holds a connection for up to *stream_lifetime*
+    seconds (then the browser reconnects): under gunicorn's sync workers
+    it holds a worker that long, so use threaded or async workers, or
+    ``live=False`` (pages show the state when loaded). All the tabs of
+    one browser share one stream.
+
     Raises:
         ValueError: no *permission* and not *debug*; *permission* is not callable.
     """
@@ -603,7 +612,13 @@ def inspector(
         log.warning("the memimg inspector is mounted at %s without a permission hook (debug=True)", url_prefix)
     target: MemoryImage | Callable[[], MemoryImage] = img if img is not None else _current_image
     return blueprint(
-        Inspector(target), name=name, url_prefix=url_prefix, permission=permission, decorate=no_transaction
+        Inspector(target),
+        name=name,
+        url_prefix=url_prefix,
+        permission=permission,
+        decorate=no_transaction,
+        live=live,
+        stream_lifetime=stream_lifetime,
     )
 
 

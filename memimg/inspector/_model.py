@@ -22,6 +22,7 @@ import datetime as dt
 import itertools
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, final
 
@@ -53,6 +54,12 @@ __all__ = [
 PAGE_SIZE: Final = 50
 #: Past images kept open (a slider going back and forth asks for the same seqs).
 PAST_CACHE: Final = 3
+#: Past images built at once (each replays the log up to its seq); more requests wait for one.
+PAST_BUILDS: Final = 2
+#: Diffs kept (a history page's diff links are followed back and forth).
+DIFF_CACHE: Final = 8
+#: Digits a number in a URL may have (Python refuses to parse longer ones; no seq or id is near this).
+MAX_DIGITS: Final = 30
 #: Characters of a string shown before it is cut (the object page shows more).
 SHORT_TEXT: Final = 300
 LONG_TEXT: Final = 20_000
@@ -70,6 +77,17 @@ class BadRequest(MemimgError):
 
 class NotFound(MemimgError):
     """What a URL names does not exist (HTTP 404); the message says where to look instead."""
+
+
+def whole_number(text: str, what: str) -> int:
+    """*text* (ASCII digits) as an int.
+
+    Raises:
+        BadRequest: *text* has more than :data:`MAX_DIGITS` digits (no seq, id or page is that big).
+    """
+    if len(text) > MAX_DIGITS:
+        raise BadRequest(f"{what} {text[:20]}… has {len(text)} digits: no {what} is that big (at most {MAX_DIGITS})")
+    return int(text)
 
 
 # -- values, for the templates ------------------------------------------------------------
@@ -189,7 +207,7 @@ def page_number(text: str | None) -> int:
     """
     if text is None or text == "":
         return 1
-    if not _SEQ.fullmatch(text) or int(text) < 1:
+    if not _SEQ.fullmatch(text) or whole_number(text, "page") < 1:
         raise BadRequest(f"page {text!r} is not a page number: give a whole number from 1")
     return int(text)
 
@@ -204,6 +222,21 @@ def paginate(items: Iterable[Any], total: int, number: int, show: Callable[[Any]
 
 
 # -- the inspector ----------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO time from a URL (UTC when it has no offset; ``12:00 01:00`` -- a ``+`` turned into a space by
+    the address bar -- is ``12:00+01:00``).
+
+    Raises:
+        ValueError: not an ISO time.
+    """
+    text = text.strip()
+    if len(text) > 64:
+        raise ValueError(text)
+    text = re.sub(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d(?::?\d\d)?)$", r"\1+\2", text)
+    when = dt.datetime.fromisoformat(text.replace(" ", "T"))
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def fields_of(obj: Any) -> list[tuple[str, Any]]:
@@ -241,7 +274,7 @@ def children(obj: Any) -> Iterator[tuple[str, Any]]:
         for name, value in fields_of(obj):
             yield name, value
     elif isinstance(obj, dict):
-        for key, value in dict.items(obj):
+        for key, value in list(dict.items(obj)):  # a copy: read outside the image's lock
             yield "key", key
             yield f"[{value_repr(key)[:60]}]", value
     elif isinstance(obj, list):
@@ -252,21 +285,76 @@ def children(obj: Any) -> Iterator[tuple[str, Any]]:
             yield "member", value
 
 
+class _Past:
+    """A past image kept by an :class:`Inspector`, with how many requests are reading it (closed when none is
+    and it has been dropped from the cache)."""
+
+    def __init__(self, source: MemoryImage, image: MemoryImage) -> None:
+        self.source = source
+        self.image = image
+        self.users = 0
+        self.dropped = False
+
+
+class _Census:
+    """What a scan of every object of an image at one seq found: the objects of each type, and (built on first
+    use) who refers to whom. Built from a copy of the object table, outside the image's lock."""
+
+    def __init__(self, seq: int, objects: list[Any]) -> None:
+        self.seq = seq
+        self.by_type: dict[str, list[Any]] = collections.defaultdict(list)
+        for obj in objects:
+            if obj is not None:
+                self.by_type[type_name(obj)].append(obj)
+        self.objects = objects
+        self.referrers: dict[int, list[tuple[Any, str]]] | None = None
+
+    def index_referrers(self) -> dict[int, list[tuple[Any, str]]]:
+        index: dict[int, list[tuple[Any, str]]] = collections.defaultdict(list)
+        for holder in self.objects:
+            if holder is None:
+                continue
+            for where, value in children(holder):
+                for ref in _refs_in(value):
+                    index[ref._mi_oid].append((holder, where))
+        return index
+
+
+def _close_pasts(pasts: collections.OrderedDict[tuple[int, int], _Past], lock: threading.Lock) -> None:
+    with lock:
+        while pasts:
+            entry = pasts.popitem()[1]
+            entry.dropped = True
+            if entry.users == 0:
+                entry.image.close()
+
+
 @final
 class Inspector:
     """The read side of the inspector over one open image (see the module docstring).
 
     Thread-safe: pages are served from several threads while the image
-    follows other processes' commits; each question reads under the image's
-    lock, so a page never shows half of a commit.
+    follows other processes' commits (or, embedded, the application
+    commits). A page reads what it shows of one object under the image's
+    lock, so it never shows half of a commit there; what needs every
+    object (the counts by type, a type's instances, who refers to an
+    object) is computed from a copy of the object table taken under the
+    lock, *outside* it -- once per seq, shared by the requests asking -- so
+    a large image's pages never hold up its commits for long.
     """
 
     def __init__(self, image: MemoryImage | Callable[[], MemoryImage], *, title: str | None = None) -> None:
         self._image = image
         self._title = title
         self._lock = threading.Lock()
-        self._past: collections.OrderedDict[int, MemoryImage] = collections.OrderedDict()
-        self._backrefs: tuple[int, int, dict[int, list[tuple[int, str]]]] | None = None
+        self._past: collections.OrderedDict[tuple[int, int], _Past] = collections.OrderedDict()
+        self._past_building: dict[tuple[int, int], threading.Lock] = {}
+        self._builds = threading.BoundedSemaphore(PAST_BUILDS)
+        self._census: dict[int, tuple[MemoryImage, _Census]] = {}
+        self._census_lock = threading.Lock()
+        self._diffs: collections.OrderedDict[tuple[int, int, int], list[Any]] = collections.OrderedDict()
+        # the past images kept are closed when the inspector goes (or at exit), whoever forgets close()
+        weakref.finalize(self, _close_pasts, self._past, self._lock)
 
     @property
     def image(self) -> MemoryImage:
@@ -292,7 +380,8 @@ class Inspector:
 
     def point(self, text: str | None) -> int | None:
         """The seq ``?at=`` names: ``None`` (now) when absent or empty; a seq, or an ISO time (UTC when it has
-        no offset), checked against what the log keeps.
+        no offset), checked against what the log keeps. A space before the offset's hours stands for ``+``
+        (what a ``+`` typed in the address bar arrives as).
 
         Raises:
             BadRequest: neither a seq nor an ISO time, or a state the log cannot give (the message says
@@ -304,7 +393,7 @@ class Inspector:
         store = self.image.store
         try:
             if _SEQ.fullmatch(text):
-                seq = int(text)
+                seq = whole_number(text, "seq")
                 if seq > self.head:
                     raise BadRequest(
                         f"seq {seq} is past the newest seq ({self.head}); ask for a seq from {self.oldest()} "
@@ -312,14 +401,12 @@ class Inspector:
                     )
                 return _past.check_seq(store, seq)
             try:
-                when = dt.datetime.fromisoformat(text.replace(" ", "T"))
+                when = parse_time(text)
             except ValueError:
                 raise BadRequest(
                     f"at={text!r} is neither a seq nor an ISO time: give a seq from {self.oldest()} to {self.head}, "
                     "or a time such as 2026-12-01T12:00:00+00:00 (UTC when no offset is given)"
                 ) from None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=dt.UTC)
             seq = _past.resolve(store, None, when)
             return min(seq, self.head)
         except HistoryError as err:
@@ -331,43 +418,112 @@ class Inspector:
             return None
         return _past.commit_time(self.image.store, seq)
 
+    def tx_end(self, seq: int) -> int | None:
+        """The last seq of the transaction holding *seq* when *seq* is inside one (``None``: it ends there)."""
+        if seq < 1:
+            return None
+        last = None
+        for event in read_events(self.image.store.read, seq - 1):
+            if last is None:
+                if event.seq != seq:
+                    return None
+                tx = event.tx
+            elif event.tx != tx:
+                break
+            last = event.seq
+            if last - seq > 100_000:  # a huge transaction: say so without reading it all
+                break
+        return last if last is not None and last > seq else None
+
     @contextlib.contextmanager
     def state(self, seq: int | None) -> Iterator[MemoryImage]:
-        """The image to read at *seq* (``None`` or the head: the live image), read under its lock."""
-        if seq is None or seq >= self.head:
-            with self.image._engine.lock:
-                yield self.image
+        """The image to read at *seq* (``None`` or the head: the live image), read under its lock; a past image
+        stays open while the block runs, even when dropped from the cache meanwhile."""
+        with self.image_at(seq) as img, img._engine.lock:
+            yield img
+
+    @contextlib.contextmanager
+    def image_at(self, seq: int | None) -> Iterator[MemoryImage]:
+        """The image to read at *seq*, *not* locked (a past image leased for the block): for the questions that
+        take the lock themselves, briefly (:meth:`census`, :meth:`referrers`, :meth:`history`)."""
+        image = self.image
+        if seq is None or seq >= image.seq:
+            yield image
             return
-        past = self._past_image(seq)
-        with past._engine.lock:
+        with self.past(seq) as past:
             yield past
 
-    def _past_image(self, seq: int) -> MemoryImage:
-        with self._lock:
-            past = self._past.get(seq)
-            if past is not None:
-                self._past.move_to_end(seq)
-                return past
+    @contextlib.contextmanager
+    def past(self, seq: int) -> Iterator[MemoryImage]:
+        """The state after *seq* as a read-only image, leased for the block (closed once dropped and unused).
+
+        Each seq's image is built once however many requests ask at the same time, and at most
+        :data:`PAST_BUILDS` are built at once.
+        """
+        entry = self._lease(seq)
         try:
-            past = self.image.at(seq, on_schema_drift="drop")
-        except HistoryError as err:
-            raise BadRequest(str(err)) from None
+            yield entry.image
+        finally:
+            self._release(entry)
+
+    def _lease(self, seq: int) -> _Past:
+        source = self.image
+        key = (id(source), seq)
+        while True:
+            with self._lock:
+                self._drop_closed()
+                entry = self._past.get(key)
+                if entry is not None and entry.source is source:
+                    self._past.move_to_end(key)
+                    entry.users += 1
+                    return entry
+                building = self._past_building.setdefault(key, threading.Lock())
+            with building:  # one build per seq: the others wait here, then find it cached
+                with self._lock:
+                    entry = self._past.get(key)
+                    if entry is not None and entry.source is source:
+                        continue
+                try:
+                    with self._builds:
+                        image = source.at(seq, on_schema_drift="drop")
+                    with self._lock:
+                        entry = _Past(source, image)
+                        entry.users = 1
+                        self._past[key] = entry
+                        while len(self._past) > PAST_CACHE:
+                            self._drop(self._past.popitem(last=False)[1])
+                        return entry
+                except HistoryError as err:
+                    raise BadRequest(str(err)) from None
+                finally:
+                    with self._lock:
+                        self._past_building.pop(key, None)
+
+    def _release(self, entry: _Past) -> None:
         with self._lock:
-            other = self._past.get(seq)
-            if other is not None:  # another request opened it meanwhile: keep one
-                past.close()
-                return other
-            self._past[seq] = past
-            while len(self._past) > PAST_CACHE:
-                # an old state still being read by another thread stays readable: its objects are in memory
-                self._past.popitem(last=False)[1].close()
-        return past
+            entry.users -= 1
+            close = entry.dropped and entry.users == 0
+        if close:
+            entry.image.close()
+
+    def _drop(self, entry: _Past) -> None:
+        """Forget *entry* (called with ``self._lock`` held); closed now if unused, else by its last user."""
+        entry.dropped = True
+        if entry.users == 0:
+            entry.image.close()
+
+    def _drop_closed(self) -> None:
+        """Forget the past images of images closed since (called with ``self._lock`` held)."""
+        for key in [k for k, e in self._past.items() if e.source.closed]:
+            self._drop(self._past.pop(key))
 
     def close(self) -> None:
-        """Close the past states kept (not the image)."""
+        """Close the past states kept (not the image); one a request still reads is closed when it is done.
+        (Done by itself when the inspector is garbage-collected, or at exit.)"""
+        _close_pasts(self._past, self._lock)
         with self._lock:
-            while self._past:
-                self._past.popitem()[1].close()
+            self._census.clear()
+            self._diffs.clear()
 
     # -- objects ------------------------------------------------------------------------
 
@@ -391,46 +547,66 @@ class Inspector:
             )
         return obj
 
-    def counts(self, img: MemoryImage) -> list[tuple[str, int]]:
-        """How many objects of each type *img* holds, most first."""
-        counts: collections.Counter[str] = collections.Counter()
-        for obj in self.objects(img):
-            if obj is not None:
-                counts[type_name(obj)] += 1
-        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    def census(self, img: MemoryImage) -> _Census:
+        """The objects of *img* by type at its seq: built from a copy of the object table taken under the
+        image's lock (held only for the copy), once per seq; requests at the same seq share it.
+
+        Call it *outside* :meth:`state` (it takes the lock itself, briefly).
+        """
+        with img._engine.lock:
+            seq = img.seq
+            cached = self._census.get(id(img))
+            if cached is not None and cached[0] is img and cached[1].seq == seq:
+                return cached[1]
+            objects = list(self.objects(img))
+        with self._census_lock:  # one scan at a time: a request arriving during it waits and shares it
+            cached = self._census.get(id(img))
+            if cached is not None and cached[0] is img and cached[1].seq >= seq:
+                return cached[1]
+            census = _Census(seq, objects)
+            for key in [k for k, (i, _) in self._census.items() if i.closed]:
+                del self._census[key]
+            self._census[id(img)] = (img, census)
+            return census
+
+    def counts(self, img: MemoryImage, census: _Census | None = None) -> list[tuple[str, int]]:
+        """How many objects of each type *img* holds, most first (from *census*; else call it outside
+        :meth:`state`)."""
+        by_type = (census or self.census(img)).by_type
+        return sorted(((name, len(objs)) for name, objs in by_type.items()), key=lambda kv: (-kv[1], kv[0]))
 
     def instances(self, img: MemoryImage, name: str) -> list[Any]:
-        """The objects of type *name* in *img*, by id."""
-        return [obj for obj in self.objects(img) if obj is not None and type_name(obj) == name]
+        """The objects of type *name* in *img*, by id (call it outside :meth:`state`)."""
+        return self.census(img).by_type.get(name, [])
 
     def type_fields(self, name: str, img: MemoryImage) -> tuple[str, ...]:
         """The fields of type *name* (as loaded), or ``()`` for a collection type."""
-        for obj in self.objects(img):
-            if obj is not None and type_name(obj) == name:
-                info = _types.info_of(type(obj))
-                return info.fields if info is not None else ()
+        for obj in self.instances(img, name)[:1]:
+            info = _types.info_of(type(obj))
+            return info.fields if info is not None else ()
         return ()
 
     def referrers(self, img: MemoryImage, oid: int) -> list[tuple[Any, str]]:
-        """The objects of *img* that refer to object *oid*, with where (a field, ``[key]``, ``[index]``)."""
-        key = (id(img), img.seq)
-        with self._lock:
-            cached = self._backrefs
-        if cached is None or cached[:2] != key:
-            index: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
-            for holder in self.objects(img):
-                if holder is None:
-                    continue
-                for where, value in children(holder):
-                    for ref in _refs_in(value):
-                        index[ref._mi_oid].append((holder._mi_oid, where))
-            cached = (key[0], key[1], index)
-            with self._lock:
-                self._backrefs = cached
-        objects = self.objects(img)
-        return [(objects[h], where) for h, where in cached[2].get(oid, ()) if objects[h] is not None]
+        """The objects of *img* that refer to object *oid*, with where (a field, ``[key]``, ``[index]``).
 
-    def schema(self, img: MemoryImage) -> list[dict[str, Any]]:
+        Read from an index of every object's references, built outside the image's lock once per seq (call
+        it outside :meth:`state`): on an image taking commits, it is the index as of the commit before the
+        build began, and a holder collected since is left out.
+        """
+        census = self.census(img)
+        if census.referrers is None:
+            with self._census_lock:
+                if census.referrers is None:
+                    census.referrers = census.index_referrers()
+        objects = self.objects(img)
+
+        def present(holder: Any) -> bool:  # not collected since the scan
+            at = holder._mi_oid
+            return type(at) is int and at < len(objects) and objects[at] is holder
+
+        return [(h, w) for h, w in census.referrers.get(oid, ()) if present(h)]
+
+    def schema(self, img: MemoryImage, census: _Census | None = None) -> list[dict[str, Any]]:
         """Every type the log declared (in the events and snapshots read): each stored version with its fields,
         and the version of the class loaded for it (``None``: none, or a generic stand-in)."""
         by_name: dict[str, dict[str, Any]] = {}
@@ -452,7 +628,8 @@ class Inspector:
             note(plan.stored_name, plan.version, plan.stored_fields, plan.info)
         for name, (version, fields, _) in img._engine.table.declarations.by_name.items():
             note(name, version, fields, _types.claimed(name))
-        classes = {type(obj) for obj in self.objects(img) if isinstance(obj, PersistentBase)}
+        by_type = (census or self.census(img)).by_type
+        classes = {type(objs[0]) for objs in by_type.values() if isinstance(objs[0], PersistentBase)}
         for cls in classes:  # what this image wrote itself (it read no declaration of it)
             info = _types.info_of(cls)
             if info is not None and (info.name not in by_name or info.stand_in):
@@ -507,7 +684,8 @@ class Inspector:
     # -- history and diffs -------------------------------------------------------------------
 
     def history(self, img: MemoryImage, obj: Any, field: str | None) -> list[Change]:
-        """The changes of *obj* (its *field*) up to *img*'s seq, newest first.
+        """The changes of *obj* (its *field*) up to *img*'s seq, newest first (call it outside :meth:`state`:
+        reading the log, and indexing it first on a writable image, happens without the image's lock).
 
         Raises:
             NotFound: *obj* has no field *field*.
@@ -523,8 +701,22 @@ class Inspector:
             raise BadRequest(str(err)) from None
 
     def diff(self, a: int, b: int) -> list[Any]:
-        """The differences from the state after seq *a* to that after seq *b*."""
-        try:
-            return list(self.image.diff(a, b, on_schema_drift="drop"))
-        except HistoryError as err:
-            raise BadRequest(str(err)) from None
+        """The differences from the state after seq *a* to that after seq *b* (the last :data:`DIFF_CACHE`
+        asked are kept; at most :data:`PAST_BUILDS` are computed at once)."""
+        image = self.image
+        key = (id(image), a, b)
+        with self._lock:
+            cached = self._diffs.get(key)
+            if cached is not None:
+                self._diffs.move_to_end(key)
+                return cached
+        with self._builds:
+            try:
+                rows = list(image.diff(a, b, on_schema_drift="drop"))
+            except HistoryError as err:
+                raise BadRequest(str(err)) from None
+        with self._lock:
+            self._diffs[key] = rows
+            while len(self._diffs) > DIFF_CACHE:
+                self._diffs.popitem(last=False)
+        return rows

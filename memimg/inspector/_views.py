@@ -19,7 +19,8 @@ import datetime as dt
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -39,6 +40,8 @@ from memimg.inspector._model import (
     label,
     page_number,
     paginate,
+    parse_time,
+    whole_number,
 )
 from memimg.model._base import PersistentBase
 
@@ -48,6 +51,11 @@ log = logging.getLogger("memimg.inspector")
 
 #: Seconds between the comments that keep an idle event stream open.
 KEEPALIVE: Final = 15.0
+#: Seconds an event stream lasts by default; then it ends and the browser reconnects (with Last-Event-ID),
+#: so a stream never holds a web worker for good.
+STREAM_LIFETIME: Final = 300.0
+#: How many seqs behind the head an event stream replays at most (``?since=`` older than that: from now).
+STREAM_BACKLOG: Final = 10_000
 
 _METHODS: Final = ["GET"]
 
@@ -56,14 +64,32 @@ def _at() -> int | None:
     return _inspector().point(request.args.get("at"))
 
 
-def _inspector() -> Inspector:
+class _Mount:
+    """One registration of the blueprint: its inspector and options (keyed by the blueprint's full dotted
+    name, which is what ``request.blueprint`` says, nested or renamed)."""
+
+    def __init__(self, inspector: Inspector, live: bool, stream_lifetime: float) -> None:
+        self.inspector = inspector
+        self.live = live
+        self.stream_lifetime = stream_lifetime
+
+
+def _mount() -> _Mount:
     return flask.current_app.extensions["memimg_inspector"][request.blueprint]  # type: ignore[no-any-return]
 
 
-def _page(template: str, at: int | None, **context: Any) -> str:
+def _inspector() -> Inspector:
+    return _mount().inspector
+
+
+def _page(template: str, at: int | None, head: int | None = None, **context: Any) -> str:
+    """Render *template*; *head*: the seq the content was read at when it shows the present (read in the same
+    locked block, so the label never runs ahead of the content)."""
     ins = _inspector()
-    head = ins.head
+    if head is None or at is not None:
+        head = ins.head
     shown = head if at is None else at
+    tx_end = ins.tx_end(at) if at is not None else None
     return render_template(
         f"memimg_inspector/{template}",
         **_common(ins),
@@ -73,6 +99,7 @@ def _page(template: str, at: int | None, **context: Any) -> str:
         shown_time=ins.time_of(shown),
         head_time=ins.time_of(head),
         oldest=ins.oldest(),
+        tx_end=tx_end,
         **context,
     )
 
@@ -84,6 +111,7 @@ def _common(ins: Inspector) -> dict[str, Any]:
         "bp": request.blueprint,
         "root_oid": ins.image._engine.table.root_oid,
         "now_href": _query(drop=("at", "page")),
+        "live": _mount().live,
     }
 
 
@@ -95,7 +123,7 @@ def _query(drop: tuple[str, ...] = (), **values: Any) -> str:
 
 
 def _oid(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
+    if not text.isascii() or not text.isdigit() or whole_number(text, "object id") < 1:
         raise NotFound(f"{text!r} is not an object id: object ids are whole numbers from 1 (the root is #1)")
     return int(text)
 
@@ -105,12 +133,11 @@ def _time_arg(name: str) -> dt.datetime | None:
     if not text:
         return None
     try:
-        when = dt.datetime.fromisoformat(text.replace(" ", "T"))
+        return parse_time(text)
     except ValueError:
         raise BadRequest(
             f"{name}={text!r} is not an ISO time (such as 2026-12-01T12:00, UTC unless an offset is given)"
         ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def _seq_arg(name: str, default: int | None = None) -> int | None:
@@ -119,7 +146,7 @@ def _seq_arg(name: str, default: int | None = None) -> int | None:
         return default
     if not text.isascii() or not text.isdigit():
         raise BadRequest(f"{name}={text!r} is not a seq: give a whole number")
-    return int(text)
+    return whole_number(text, name)
 
 
 # -- views ----------------------------------------------------------------------------------------
@@ -128,19 +155,21 @@ def _seq_arg(name: str, default: int | None = None) -> int | None:
 def overview() -> str:
     ins = _inspector()
     at = _at()
-    with ins.state(at) as img:
-        counts = ins.counts(img)
-        root = img.root
-        context = {
-            "counts": counts,
-            "objects": sum(n for _, n in counts),
-            "root": describe(root),
-            "schema": ins.schema(img),
-            "differences": img.schema_report.differences,
-        }
+    with ins.image_at(at) as img:
+        census = ins.census(img)  # a copy of the object table, scanned outside the image's lock
+        counts = ins.counts(img, census)
+        with img._engine.lock:
+            head = img.seq
+            context = {
+                "counts": counts,
+                "objects": sum(n for _, n in counts),
+                "root": describe(img.root),
+                "schema": ins.schema(img, census),
+                "differences": img.schema_report.differences,
+            }
     store = ins.image.store
     snapshots = [(s.seq, s.size, _when(s.ts)) for s in store.snapshots()]
-    return _page("overview.html", at, snapshots=snapshots, first_seq=store.first_seq(), **context)
+    return _page("overview.html", at, head, snapshots=snapshots, first_seq=store.first_seq(), **context)
 
 
 def _when(ts: int) -> dt.datetime:
@@ -151,36 +180,49 @@ def obj(oid: str) -> str:
     ins = _inspector()
     at = _at()
     number = page_number(request.args.get("page"))
-    with ins.state(at) as img:
-        target = ins.get(img, _oid(oid), at)
-        context: dict[str, Any] = {"oid": target._mi_oid, "label": label(target), "type": type_name(target)}
-        if isinstance(target, PersistentBase):
-            context["kind"] = "entity"
-            context["fields"] = [(name, describe(value, limit=20_000)) for name, value in fields_of(target)]
-        elif isinstance(target, dict):
-            context["kind"] = "dict"
-            pairs = dict.items(target)
-            context["page"] = paginate(pairs, len(target), number, lambda kv: (describe(kv[0]), describe(kv[1])))
-        elif isinstance(target, list):
-            context["kind"] = "list"
-            items = enumerate(list.copy(target))
-            context["page"] = paginate(items, len(target), number, lambda iv: (str(iv[0]), describe(iv[1])))
-        else:
-            context["kind"] = "set"
-            members = sorted(set.copy(target), key=value_repr)  # an order that holds from page to page
-            context["page"] = paginate(members, len(target), number, lambda v: (None, describe(v)))
-        context["referrers"] = [(describe(holder), where) for holder, where in ins.referrers(img, target._mi_oid)]
-    return _page("object.html", at, **context)
+    wanted = _oid(oid)
+    with ins.image_at(at) as img:
+        members: list[Any] | None = None
+        with img._engine.lock:
+            head = img.seq
+            target = ins.get(img, wanted, at)
+            context: dict[str, Any] = {"oid": target._mi_oid, "label": label(target), "type": type_name(target)}
+            if isinstance(target, PersistentBase):
+                context["kind"] = "entity"
+                context["fields"] = [(name, describe(value, limit=20_000)) for name, value in fields_of(target)]
+            elif isinstance(target, dict):
+                context["kind"] = "dict"
+                pairs = dict.items(target)
+                context["page"] = paginate(pairs, len(target), number, lambda kv: (describe(kv[0]), describe(kv[1])))
+            elif isinstance(target, list):
+                context["kind"] = "list"
+                items = enumerate(list.copy(target))
+                context["page"] = paginate(items, len(target), number, lambda iv: (str(iv[0]), describe(iv[1])))
+            else:
+                context["kind"] = "set"
+                members = list(set.copy(target))
+        if members is not None:  # sorted outside the lock: an order that holds from page to page
+            members.sort(key=value_repr)
+            context["page"] = paginate(members, len(members), number, lambda v: (None, describe(v)))
+        context["referrers"] = [(describe(holder), where) for holder, where in ins.referrers(img, wanted)]
+    return _page("object.html", at, head, **context)
 
 
 def history(oid: str, field: str | None = None) -> str:
     ins = _inspector()
     at = _at()
-    with ins.state(at) as img:
-        target = ins.get(img, _oid(oid), at)
-        changes = ins.history(img, target, field)
-        rows = [
-            {
+    number = page_number(request.args.get("page"))
+    wanted = _oid(oid)
+    with ins.image_at(at) as img:
+        with img._engine.lock:
+            head = img.seq
+            target = ins.get(img, wanted, at)
+        changes = ins.history(img, target, field)  # outside the lock: it reads (and may index) the log
+        page = paginate(
+            changes,
+            len(changes),
+            number,
+            lambda c: {
                 "seq": c.seq,
                 "tx": c.tx,
                 "time": c.time,
@@ -189,11 +231,10 @@ def history(oid: str, field: str | None = None) -> str:
                 "where": _where(c),
                 "old": describe(c.old),
                 "new": describe(c.new),
-            }
-            for c in changes
-        ]
-        context = {"oid": target._mi_oid, "label": label(target), "field": field, "rows": rows}
-    return _page("history.html", at, **context)
+            },
+        )
+        context = {"oid": wanted, "label": label(target), "field": field, "rows": page.items, "page": page}
+    return _page("history.html", at, head, **context)
 
 
 def _where(c: Any) -> str:
@@ -210,8 +251,8 @@ def type_view(name: str) -> str:
     number = page_number(request.args.get("page"))
     field = request.args.get("field", "").strip() or None
     query = request.args.get("q", "")
-    with ins.state(at) as img:
-        instances = ins.instances(img, name)
+    with ins.image_at(at) as img:
+        instances = ins.instances(img, name)  # from a copy of the object table, outside the image's lock
         if not instances:
             known = ", ".join(n for n, _ in ins.counts(img)[:20])
             raise NotFound(
@@ -221,7 +262,7 @@ def type_view(name: str) -> str:
         fields = ins.type_fields(name, img)
         if field is not None and field not in fields:
             raise BadRequest(f"type {name!r} has no field {field!r}; its fields are {', '.join(fields) or 'none'}")
-        if field is not None and query:
+        if field is not None and query:  # outside the lock too: each field is read whole
             needle = query.casefold()
             instances = [o for o in instances if needle in describe(getattr(o, field, MISSING)).text.casefold()]
         shown = fields[:6]
@@ -229,9 +270,19 @@ def type_view(name: str) -> str:
         def row(o: Any) -> tuple[Any, list[Any]]:
             return describe(o), [describe(v) for n, v in fields_of(o) if n in shown] if shown else [describe(len(o))]
 
-        page = paginate(instances, len(instances), number, row)
+        with img._engine.lock:  # the page's rows: each one whole
+            head = img.seq
+            page = paginate(instances, len(instances), number, row)
     return _page(
-        "type.html", at, name=name, fields=fields, field=field, query=query, page=page, columns=list(shown) or ["items"]
+        "type.html",
+        at,
+        head,
+        name=name,
+        fields=fields,
+        field=field,
+        query=query,
+        page=page,
+        columns=list(shown) or ["items"],
     )
 
 
@@ -242,7 +293,7 @@ def log_view() -> str:
     oid_text = request.args.get("object", "").strip()
     if oid_text and not (oid_text.isascii() and oid_text.isdigit()):
         raise BadRequest(f"object={oid_text!r} is not an object id: give a whole number (the root is #1)")
-    oid = int(oid_text) if oid_text else None
+    oid = whole_number(oid_text, "object id") if oid_text else None
     kinds = tuple(k.strip() for k in request.args.get("kind", "").split(",") if k.strip())
     meta: dict[str, str] = {}
     for item in request.args.getlist("meta"):
@@ -285,6 +336,7 @@ def log_view() -> str:
     return _page(
         "log.html",
         at,
+        until,
         groups=rows,
         after=after,
         more=more,
@@ -321,25 +373,41 @@ def diff_view() -> str:
         assert a is not None and b is not None
         rows = [(d.path, describe(d.old), describe(d.new)) for d in ins.diff(a, b)]
     return _page(
-        "diff.html", at, a=a, b=b, rows=rows, a_time=ins.time_of(a) if a else None, b_time=ins.time_of(b) if b else None
+        "diff.html",
+        at,
+        head,
+        a=a,
+        b=b,
+        rows=rows,
+        a_time=ins.time_of(a) if a else None,
+        b_time=ins.time_of(b) if b else None,
     )
 
 
 def events() -> Response:
-    ins = _inspector()
-    img = ins.image
+    mount = _mount()
+    if not mount.live:
+        raise NotFound("the live event stream is turned off here (live=False): reload the page to see new commits")
+    img = mount.inspector.image
     since = _seq_arg("since", img.seq) or 0
     resumed = request.headers.get("Last-Event-ID", "").strip()  # a browser reconnecting: from what it saw
-    if resumed.isascii() and resumed.isdigit():
+    if resumed.isascii() and resumed.isdigit() and len(resumed) <= 30:
         since = max(since, int(resumed))
-    since = min(since, img.seq)
+    head = img.seq
+    since = min(since, head)
+    if since < head - STREAM_BACKLOG:  # too far behind to replay: from now (the page reloads on the next commit)
+        since = head
+    deadline = time.monotonic() + mount.stream_lifetime
 
     def stream() -> Iterator[str]:
         last = since
         yield "retry: 3000\n\n"
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:  # the browser reconnects, with Last-Event-ID: nothing is missed
+                return
             try:
-                for commit in img.changes(since=last, timeout=KEEPALIVE):
+                for commit in img.changes(since=last, timeout=min(KEEPALIVE, left)):
                     last = commit.seq
                     data = {
                         "seq": commit.seq,
@@ -380,6 +448,7 @@ def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
         shown_time=None,
         head_time=None,
         oldest=1,
+        tx_end=None,
         status=status,
         title=title,
         message=message,
@@ -425,6 +494,8 @@ def blueprint(
     url_prefix: str | None = None,
     permission: Callable[[], bool] | None = None,
     decorate: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+    live: bool = True,
+    stream_lifetime: float = STREAM_LIFETIME,
 ) -> Blueprint:
     """The inspector's pages over *inspector*, as a blueprint to register on an app.
 
@@ -433,7 +504,15 @@ def blueprint(
     the image; when it returns false the answer is 403. ``None`` lets
     everyone in (``memimg serve``, bound to loopback). *decorate* is
     applied to each view (the Flask integration marks them to run outside
-    its request transaction).
+    its request transaction). A hook that raises refuses the request too
+    (403, the error logged).
+
+    *live*: whether pages follow commits through ``/events`` (a server-sent
+    event stream, which holds a connection -- and, on a sync WSGI server, a
+    worker -- while a page is open); false turns the stream off (``/events``
+    answers 404, pages show the state when loaded). *stream_lifetime*: the
+    seconds a stream lasts before the browser reconnects (with
+    ``Last-Event-ID``, so no commit is missed).
     """
     bp = Blueprint(
         name,
@@ -458,13 +537,23 @@ def blueprint(
     route("/diff", diff_view, "diff")
     route("/events", events, "events")
 
-    @bp.record_once
-    def _register(state: Any) -> None:
-        state.app.extensions.setdefault("memimg_inspector", {})[name] = inspector
+    mount = _Mount(inspector, live, stream_lifetime)
+
+    @bp.record
+    def _register(state: Any) -> None:  # under the full dotted name it is registered as (nested, renamed)
+        full = f"{state.name_prefix}.{state.name}".lstrip(".")
+        state.app.extensions.setdefault("memimg_inspector", {})[full] = mount
 
     @bp.before_request
     def _guard() -> Response | None:
-        if permission is not None and not permission():  # nothing of the image, not even its name
+        if permission is None:
+            return None
+        try:
+            allowed = permission()
+        except Exception:  # a hook that fails refuses: nothing of the image, not even its name
+            log.exception("the inspector's permission hook raised on %s: the request is refused", request.path)
+            allowed = False
+        if not allowed:
             return Response("403 Forbidden: you may not look at this image\n", 403, mimetype="text/plain")
         return None
 
@@ -486,10 +575,38 @@ def blueprint(
     return bp
 
 
-def create_app(inspector: Inspector) -> Flask:
-    """A Flask app serving only the inspector over *inspector* at ``/`` (``memimg serve``)."""
+def create_app(
+    inspector: Inspector,
+    *,
+    hosts: Iterable[str] | None = None,
+    live: bool = True,
+    stream_lifetime: float = STREAM_LIFETIME,
+) -> Flask:
+    """A Flask app serving only the inspector over *inspector* at ``/`` (``memimg serve``).
+
+    *hosts*: the host names the ``Host`` header may name (any port); another answers 400. ``memimg serve``
+    bound to loopback gives the loopback names, so a page of another site whose name was rebound to
+    127.0.0.1 (DNS rebinding) cannot read the image. ``None``: any. *live*, *stream_lifetime*: as for
+    :func:`blueprint`.
+    """
     app = Flask("memimg.inspector")
-    app.register_blueprint(blueprint(inspector))
+    app.register_blueprint(blueprint(inspector, live=live, stream_lifetime=stream_lifetime))
+    allowed = None if hosts is None else {h.lower().strip("[]") for h in hosts}
+
+    @app.before_request
+    def _check_host() -> Response | None:
+        if allowed is None:
+            return None
+        host = request.host.lower()
+        name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if name not in allowed:
+            log.warning("refused a request for Host %r (allowed: %s)", request.host, ", ".join(sorted(allowed)))
+            return Response(
+                f"400 Bad Request: this inspector answers for {', '.join(sorted(allowed))} only, not {host!r}\n",
+                400,
+                mimetype="text/plain",
+            )
+        return None
 
     @app.errorhandler(404)
     @app.errorhandler(405)
@@ -516,6 +633,8 @@ def _plain_error(inspector: Inspector, err: HTTPException) -> tuple[str, int, di
         title=err.name,
         message=err.description or "",
         bp="memimg_inspector",
+        live=True,
+        tx_end=None,
     )
     headers = {"Allow": "GET, HEAD"} if code == 405 else {}
     return body, code, headers

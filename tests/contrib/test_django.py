@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import logging
 import os
 import sqlite3
 import subprocess
@@ -33,7 +34,7 @@ from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.core.management.base import CommandError  # noqa: E402
 from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
-from django.test import AsyncClient, Client  # noqa: E402
+from django.test import AsyncClient, Client, RequestFactory  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
 from django.urls import include, path  # noqa: E402
 
@@ -836,6 +837,36 @@ def test_the_inspector_is_behind_the_projects_permission(bank: memimg.MemoryImag
         assert missing.status_code == 404 and b"there is no object #99999" in b"".join(missing.streaming_content)
         assert client.put("/admin/image/", headers=allowed).status_code == 405
     assert bank.seq == seq
+
+
+def test_the_inspectors_stream_and_static_files_are_behind_the_permission(bank: memimg.MemoryImage) -> None:
+    """The include's event stream and its static files answer 403 to a request the hook refuses, like its
+    pages; the allowed user gets them."""
+    with override_settings(MIDDLEWARE=WITH_USERS):
+        client = Client()
+        for headers in ({}, {"X-Test-User": "2"}):
+            for url in (f"/admin/image/events?since={bank.seq}", "/admin/image/static/inspector.js"):
+                refused = client.get(url, headers=headers)
+                assert refused.status_code == 403, (url, headers)
+                assert bank.store.description.encode() not in refused.content
+        script = client.get("/admin/image/static/inspector.js", headers={"X-Test-User": "1"})
+        assert script.status_code == 200 and b"EventSource" in b"".join(script.streaming_content)
+
+
+def test_an_inspector_permission_hook_that_raises_refuses(
+    bank: memimg.MemoryImage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook that raises refuses the request (403, nothing of the image) and logs the error."""
+
+    def permission(request: Any) -> bool:
+        raise AttributeError("'AnonymousUser' object has no attribute 'is_staff'")
+
+    urls = inspector.urls(permission=permission, image=bank)
+    request = RequestFactory().get("/_memimg/")
+    with caplog.at_level(logging.ERROR, logger="memimg.django"):
+        response = urls[0].callback(request, rest="")
+    assert response.status_code == 403 and bank.store.description.encode() not in response.content
+    assert "permission hook raised" in caplog.text and "is_staff" in caplog.text
 
 
 def test_the_inspector_streams_live_under_asgi(bank: memimg.MemoryImage) -> None:

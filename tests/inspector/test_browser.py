@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("flask")
+from playwright.sync_api import expect
 
 import memimg
 from tests.inspector.serving import serve
@@ -65,7 +66,7 @@ def test_browsing_time_travel_diff_and_live_updates(browser_page: Any, tmp_path:
         assert page.locator("h1").inner_text() == f"Account #{marks.ada}"
         assert value_of(page, "owner") == "ada" and value_of(page, "balance") == "20"
         shoot(page, tmp_path, "object")
-        page.locator("h2", has_text="Referred to by")  # back-links are on the page
+        expect(page.locator("h2", has_text="Referred to by")).to_be_visible()  # back-links are on the page
         assert page.locator("ul.refs a.ref").first.inner_text().startswith("dict #")
 
         # the balance's history: one change, 10 → 20, by bob
@@ -165,3 +166,87 @@ def test_pages_fit_a_phone(browser_page: Any, tmp_path: Path) -> None:
             overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 1, (where, overflow)
         shoot(page, tmp_path, "phone")
+
+
+def test_live_updates_never_wipe_a_form_being_filled_in(browser_page: Any, tmp_path: Path) -> None:
+    """A commit arriving while a person types in a page's form leaves the form (and its focus) alone; the page
+    catches up once the form is left as it was."""
+    page = browser_page
+    path = str(tmp_path / "bank.db")
+    img = memimg.open(path, root=Bank)
+    build(img)
+    with serve(path) as url:
+        page.goto(f"{url}log")
+        page.locator("#live").wait_for(state="visible")
+        field = page.locator('input[name="object"]')
+        field.fill("12")
+        field.focus()
+        img.root.accounts["ada"].balance = Decimal(5)
+        expect(page.locator("#head-seq")).to_have_text(str(img.seq), timeout=20_000)
+        expect(page.locator("#main.stale")).to_have_count(1, timeout=20_000)  # the refresh was held back
+        assert field.input_value() == "12"
+        assert page.evaluate("document.activeElement && document.activeElement.name") == "object"
+        page.locator("h1").click()  # left, but changed: still held
+        expect(page.locator("#main.stale")).to_have_count(1)
+        assert field.input_value() == "12"
+        field.fill("")
+        page.locator("h1").click()  # left as it was: the page catches up
+        expect(page.locator("#main.updated")).to_have_count(1, timeout=20_000)
+        expect(page.locator("#main.stale")).to_have_count(0)
+    img.close()
+
+
+def test_many_tabs_share_one_event_stream(browser_page: Any, tmp_path: Path) -> None:
+    """Eight tabs of the inspector all load (a browser allows six connections per host, and each tab's own
+    stream would hold one), and each follows commits live through the one stream they share."""
+    context = browser_page.context
+    path = str(tmp_path / "bank.db")
+    img = memimg.open(path, root=Bank)
+    marks = build(img)
+    with serve(path) as url:
+        pages = []
+        for _ in range(8):
+            tab = context.new_page()
+            tab.goto(f"{url}object/{marks.ada}", timeout=20_000)
+            expect(tab.locator("h1")).to_have_text(f"Account #{marks.ada}")
+            pages.append(tab)
+        expect(pages[0].locator("#live")).to_be_visible(timeout=20_000)
+        img.root.accounts["ada"].balance = Decimal("8.88")
+        for tab in pages:
+            expect(tab.locator('tr[data-field="balance"] td.value')).to_have_text("8.88", timeout=20_000)
+            expect(tab.locator("#head-seq")).to_have_text(str(img.seq))
+        pages[0].close()  # the tab holding the stream goes: another takes it over
+        img.root.accounts["ada"].balance = Decimal("9.99")
+        for tab in pages[1:]:
+            expect(tab.locator('tr[data-field="balance"] td.value')).to_have_text("9.99", timeout=20_000)
+        for tab in pages[1:]:
+            tab.close()
+    img.close()
+
+
+def test_without_web_locks_a_hidden_tab_releases_its_stream(browser_page: Any, tmp_path: Path) -> None:
+    """Where Web Locks are missing (plain HTTP on another host), each tab has its own stream: closed while the
+    tab is hidden, reopened when it is shown, from the last commit it saw (none is missed)."""
+    context = browser_page.context.browser.new_context()
+    context.add_init_script("delete Navigator.prototype.locks;")
+    page = context.new_page()
+    path = str(tmp_path / "bank.db")
+    img = memimg.open(path, root=Bank)
+    marks = build(img)
+    hide = """hidden => {
+        Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
+        document.dispatchEvent(new Event("visibilitychange"));
+    }"""
+    with serve(path) as url:
+        page.goto(f"{url}object/{marks.ada}")
+        assert page.evaluate("navigator.locks === undefined")
+        expect(page.locator("#live")).to_be_visible(timeout=20_000)
+        page.evaluate(hide, True)
+        expect(page.locator("#live")).to_be_hidden()  # its stream is closed
+        img.root.accounts["ada"].balance = Decimal("4.44")
+        page.evaluate(hide, False)
+        expect(page.locator("#live")).to_be_visible(timeout=20_000)
+        expect(page.locator('tr[data-field="balance"] td.value')).to_have_text("4.44", timeout=20_000)
+        expect(page.locator("#head-seq")).to_have_text(str(img.seq))
+    img.close()
+    context.close()

@@ -112,3 +112,48 @@ def test_two_inspectors_on_two_images_in_one_app(img: memimg.MemoryImage, tmp_pa
     assert "the other one" in client.get(f"/other/object/{other.root._mi_oid}").get_data(as_text=True)
     assert "the other one" not in client.get(f"/_memimg/object/{img.root._mi_oid}").get_data(as_text=True)
     other.close()
+
+
+def test_a_permission_hook_that_raises_refuses(img: memimg.MemoryImage, caplog: pytest.LogCaptureFixture) -> None:
+    """A hook that raises (say, current_user has no is_admin for an anonymous user) refuses the request:
+    403 with nothing of the image, the error in the log."""
+
+    def permission() -> bool:
+        raise AttributeError("'AnonymousUserMixin' object has no attribute 'is_admin'")
+
+    app = flask.Flask(__name__)
+    app.register_blueprint(inspector(img, permission=permission))
+    client = app.test_client()
+    with caplog.at_level(logging.ERROR, logger="memimg.inspector"):
+        for url in ("/_memimg/", f"/_memimg/object/{img.root._mi_oid}", "/_memimg/events"):
+            response = client.get(url)
+            body = response.get_data(as_text=True)
+            assert response.status_code == 403, url
+            assert img.store.description not in body and "head" not in body and "accounts" not in body
+    assert "permission hook raised" in caplog.text and "is_admin" in caplog.text
+
+
+def test_the_blueprint_nests_in_another_and_takes_any_name(img: memimg.MemoryImage) -> None:
+    """Registered inside another blueprint, or under another name, the pages work and link under their prefix."""
+    app = flask.Flask(__name__)
+    admin = flask.Blueprint("admin", __name__, url_prefix="/admin")
+    admin.register_blueprint(inspector(img, url_prefix="/image", permission=lambda: True))
+    app.register_blueprint(admin)
+    app.register_blueprint(inspector(img, url_prefix="/again", permission=lambda: True), name="again")
+    client = app.test_client()
+    for prefix in ("/admin/image", "/again"):
+        page = client.get(f"{prefix}/object/{img.root._mi_oid}")
+        body = page.get_data(as_text=True)
+        assert page.status_code == 200, (prefix, text(body)[:300])
+        assert f'href="{prefix}/static/inspector.css"' in body and f'data-events="{prefix}/events?since=' in body
+        assert client.get(f"{prefix}/static/inspector.js").status_code == 200
+
+
+def test_live_false_pages_open_no_stream(img: memimg.MemoryImage) -> None:
+    """inspector(live=False): pages name no event stream, /events is 404 (for apps whose workers cannot be
+    held by streams)."""
+    app = flask.Flask(__name__)
+    app.register_blueprint(inspector(img, permission=lambda: True, live=False))
+    client = app.test_client()
+    assert 'data-events=""' in client.get("/_memimg/").get_data(as_text=True)
+    assert client.get("/_memimg/events").status_code == 404

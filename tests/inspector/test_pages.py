@@ -160,8 +160,13 @@ def test_unknown_type_is_a_404_naming_the_types_there(site: Site) -> None:
 
 def test_log_groups_events_by_transaction_with_meta(site: Site) -> None:
     """The log shows each transaction once, with its time and metadata, then its events."""
-    page = html.unescape(text(site.get("/log")))
-    assert f"tx {site.marks.opened - 1}" in page or "tx " in page
+    body = site.get("/log")
+    page = html.unescape(text(body))
+    opening = [e for e in site.img.events() if e.meta.get("reason") == "opening"]
+    tx = opening[0].tx
+    assert len({e.tx for e in opening}) == 1 and len(opening) > 1  # one transaction of several events
+    assert page.count(f"tx {tx} · ") == 1  # its heading, once for all its events
+    assert "user ada reason opening" in page.split(f"tx {tx} · ", 1)[1].split("tx ", 1)[0]
     assert "user ada reason opening" in page and "user bob" in page and "user carol" in page
     assert "obj.set" in page
 
@@ -222,13 +227,56 @@ def test_every_page_shows_the_state_at_a_seq(site: Site) -> None:
 
 def test_at_takes_an_iso_time(site: Site) -> None:
     """?at=ISO-TIME shows the state after the last commit at or before it (UTC when no offset is given)."""
-    when = memimg.open  # placeholder to keep names short below
-    del when
     opened = next(e.ts for e in site.img.events() if e.seq == site.marks.opened)
     page = text(site.get(f"/object/{site.marks.ada}?at={opened.isoformat().replace('+', '%2B')}"))
     assert "balance 10" in page
     naive = opened.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
     assert "balance 10" in text(site.get(f"/object/{site.marks.ada}?at={naive}"))
+
+
+def test_at_takes_a_time_whose_plus_became_a_space(site: Site) -> None:
+    """A ``+`` typed in the address bar arrives as a space: ``?at=…T12:00 01:00`` is read as ``+01:00``."""
+    opened = next(e.ts for e in site.img.events() if e.seq == site.marks.opened).astimezone(
+        dt.timezone(dt.timedelta(hours=1))
+    )
+    typed = opened.isoformat().replace("+", " ")
+    assert " 01:00" in typed
+    assert "balance 10" in text(site.get(f"/object/{site.marks.ada}?at={typed}"))
+
+
+def test_a_seq_inside_a_transaction_says_so_and_links_its_end(site: Site) -> None:
+    """?at= a seq in the middle of a transaction shows that state, saying it is inside a transaction and
+    linking the state at its end."""
+    inside = site.marks.opened - 1
+    assert next(e.tx for e in site.img.events() if e.seq == inside) == next(
+        e.tx for e in site.img.events() if e.seq == site.marks.opened
+    )
+    body = site.get(f"/object/1?at={inside}")
+    assert f"seq {inside} is inside a transaction, which ends at seq {site.marks.opened}" in text(body)
+    assert f'href="/object/1?at={site.marks.opened}"' in body
+    assert "inside a transaction" not in text(site.get(f"/object/1?at={site.marks.opened}"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/?at={big}",
+        "/object/{big}",
+        "/object/1?page={big}",
+        "/log?after={big}",
+        "/log?object={big}",
+        "/diff?a={big}",
+        "/diff?a=1&b={big}",
+        "/events?since={big}",
+    ],
+)
+def test_a_number_too_long_to_be_a_seq_or_id_is_refused(site: Site, url: str) -> None:
+    """A seq, id or page of thousands of digits answers 400 (or 404 for an object id) saying it is too long,
+    never a 500."""
+    response = site.client.get(url.format(big="9" * 5000))
+    body = text(response.get_data(as_text=True))
+    assert response.status_code in (400, 404), (url, response.status_code, body[:300])
+    assert "digits" in body or "not an object id" in body
 
 
 def test_the_slider_covers_the_kept_range(site: Site) -> None:

@@ -6,6 +6,7 @@ import html
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
@@ -90,3 +91,27 @@ def test_serve_refuses_what_is_not_an_image(tmp_path: Path) -> None:
         port = url.rsplit(":", 1)[1].strip("/")
         taken = subprocess.run([*run, path, "--port", port], capture_output=True, text=True, env=env, timeout=60)
         assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in html.unescape(taken.stderr)
+
+
+def test_serve_on_loopback_answers_only_for_loopback_host_names(bank: tuple[str, Marks]) -> None:
+    """Bound to loopback, a request naming another host (a page whose name was rebound to 127.0.0.1: DNS
+    rebinding) answers 400 with nothing of the image; 127.0.0.1, localhost and [::1], with the port, work."""
+    path, marks = bank
+    with serve(path) as url:
+        port = url.rsplit(":", 1)[1].strip("/")
+        for host, status in (
+            (f"attacker.example:{port}", 400),
+            ("attacker.example", 400),
+            (f"127.0.0.1:{port}", 200),
+            (f"localhost:{port}", 200),
+            (f"[::1]:{port}", 200),
+        ):
+            request = urllib.request.Request(f"{url}object/{marks.ada}", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    got, body = response.status, response.read().decode()
+            except urllib.error.HTTPError as err:
+                got, body = err.code, err.read().decode()
+            assert got == status, (host, got, body[:200])
+            if status == 400:
+                assert "ada" not in body and path not in body

@@ -46,6 +46,8 @@ def urls(
     permission: Callable[[Any], bool] | None = None,
     debug: bool = False,
     image: memimg.MemoryImage | Callable[[], memimg.MemoryImage] | None = None,
+    live: bool = True,
+    stream_lifetime: float = 300.0,
 ) -> list[Any]:
     """The URL patterns of the inspector, for ``include()`` under a prefix of the project's choosing.
 
@@ -55,6 +57,13 @@ def urls(
     without one the patterns are refused unless *debug* is true (local
     development only). *image*: the image to show (default: the project's,
     ``memimg.contrib.django.image()``).
+
+    *live*: whether open pages follow commits through a server-sent event
+    stream; one stream (shared by a browser's tabs) holds a connection for
+    up to *stream_lifetime* seconds, then the browser reconnects. Under
+    WSGI it holds a worker thread that long (size the server's threads for
+    it, or pass ``live=False``: pages show the state when loaded); under
+    ASGI it holds a thread of the sync-to-async pool while waiting.
 
     Raises:
         ValueError: no *permission* and not *debug*; *permission* is not callable.
@@ -71,12 +80,20 @@ def urls(
         raise ValueError(f"permission must be a function of the request returning a bool, not {permission!r}")
     if permission is None:
         log.warning("the memimg inspector is included without a permission hook (debug=True)")
-    app = create_app(Inspector(image if image is not None else _runtime.image))
+    app = create_app(
+        Inspector(image if image is not None else _runtime.image), live=live, stream_lifetime=stream_lifetime
+    )
 
     @non_transactional
     def view(request: HttpRequest, rest: str) -> Any:
-        if permission is not None and not permission(request):
-            return HttpResponseForbidden("you may not look at this image")
+        if permission is not None:
+            try:
+                allowed = permission(request)
+            except Exception:  # a hook that fails refuses (nothing of the image is shown)
+                log.exception("the inspector's permission hook raised on %s: the request is refused", request.path)
+                allowed = False
+            if not allowed:
+                return HttpResponseForbidden("you may not look at this image")
         path = request.path
         prefix = path[: len(path) - len(rest)] if rest else path
         environ = dict(request.META)
