@@ -325,3 +325,47 @@ def test_a_row_put_back_from_before_an_erase_breaks_the_chain(make_image: Images
     replace_events(stores, lambda rows: [*rows[:k], old[k], *rows[k + 1 :]])
     with pytest.raises(memimg.CorruptLogError, match="integrity chain"):
         make_image(root=Bank, integrity_key=INTEGRITY_KEY)
+
+
+def _snapshot_log(img: memimg.MemoryImage, balance: str) -> int:
+    img.root.accounts["ada"] = Account("ada", Decimal(balance))
+    img.root.accounts["ada"].owner = "OLD-" + SECRET
+    seq = img.snapshot()
+    img.root.accounts["ada"].balance += 1
+    return seq
+
+
+@pytest.mark.parametrize("option", ["chained", "all"])
+def test_a_snapshot_from_another_log_under_the_same_keys_is_refused_at_open(
+    make_image: Images, stores: StoreFactory, option: str, tmp_path: Any
+) -> None:
+    """A snapshot row of another log sealed under the same keys (its own MAC valid, same seq) put in place of
+    this log's snapshot is a CorruptLogError at open, not another state loaded."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    seq = _snapshot_log(img, "100")
+    img.close()
+    with memimg.open(str(tmp_path / "other.db"), root=Bank, snapshot_every=None, **opts) as other:
+        assert _snapshot_log(other, "999999") == seq
+        foreign = other.store.inner.read_snapshot(seq)
+    stores.raw_store().write_snapshot(SnapshotRow(*foreign))
+    with pytest.raises(memimg.CorruptLogError, match="snapshot at seq") as info:
+        make_image(root=Bank, **opts)
+    assert info.value.table == "memimg_snapshots" and info.value.tampered
+
+
+@pytest.mark.parametrize("option", ["chained", "all"])
+def test_a_snapshot_put_back_from_before_an_erase_is_refused_at_open(
+    make_image: Images, stores: StoreFactory, option: str
+) -> None:
+    """An erase re-links the snapshots after the row it rewrites: the old snapshot put back (holding the erased
+    value, its own MAC valid) is a CorruptLogError at open."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    seq = _snapshot_log(img, "100")
+    old = stores.raw_store().read_snapshot(seq)
+    img.erase(img.root.accounts["ada"], "owner", reason="test")
+    img.close()
+    stores.raw_store().write_snapshot(SnapshotRow(*old))
+    with pytest.raises(memimg.CorruptLogError, match="snapshot at seq"):
+        make_image(root=Bank, **opts)

@@ -215,8 +215,31 @@ class ProtectedStore:
     def read_snapshot(self, seq: int) -> SnapshotRow:
         row, link = self._open_snapshot(SnapshotRow(*self.inner.read_snapshot(seq)))
         if link:
-            self._remember(seq, link)  # the first event replayed after it must chain from it
+            self._check_link(row.seq, link)
+            self._remember(row.seq, link)  # the first event replayed after it must chain from it
         return row
+
+    def _check_link(self, seq: int, link: bytes) -> None:
+        """Refuse a snapshot at *seq* whose *link* is not the MAC of the stored event *seq* (when it is stored).
+
+        A snapshot sealed under the same keys but taken from another log, or
+        from this log before an erase re-chained it, has a valid MAC of its
+        own: only its link tells it does not belong here.
+        """
+        if seq < 1:
+            return
+        for stored in self.inner.read(seq - 1, 1):
+            if stored[0] != seq or not row_intact(stored):
+                return  # not stored (compacted away), or damaged: the core reports damage as it reads on
+            mac = self.protection.unseal(_E, seq, *stored[1:5], bytes(stored[5]))[2]
+            if not hmac.compare_digest(mac, link):
+                raise CorruptLogError(
+                    f"snapshot at seq {seq} does not belong to this log's integrity chain (its link is not "
+                    f"event {seq}'s MAC): it was replaced; restore the log from a backup",
+                    seq=seq,
+                    table="memimg_snapshots",
+                    tampered=True,
+                )
 
     def meta(self) -> dict[str, str]:
         return self.inner.meta()
