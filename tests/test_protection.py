@@ -369,3 +369,83 @@ def test_a_snapshot_put_back_from_before_an_erase_is_refused_at_open(
     stores.raw_store().write_snapshot(SnapshotRow(*old))
     with pytest.raises(memimg.CorruptLogError, match="snapshot at seq"):
         make_image(root=Bank, **opts)
+
+
+def _nonce_of(stored: bytes) -> bytes:
+    return stored[2:14]  # 0x00 | flags | nonce (12) | ciphertext + tag: encryption alone
+
+
+def test_every_sealed_row_gets_a_nonce_of_its_own_also_across_fork() -> None:
+    """AES-GCM nonces never repeat: not over many seals in one process, not between a forked child and its
+    parent (which shared the nonce state at the fork)."""
+    import os
+
+    p = Protection(encryption_key=KEY)
+
+    def nonces(n: int) -> list[bytes]:
+        return [_nonce_of(p.seal(b"E", i, 1, 0, "obj.set", 1, b"{}", b"")[0]) for i in range(n)]
+
+    before = nonces(5000)
+    assert len(set(before)) == 5000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, b"".join(nonces(200)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    child = [data[i : i + 12] for i in range(0, len(data), 12)]
+    assert len(child) == 200
+    parent = nonces(200)
+    assert len(set(before) | set(child) | set(parent)) == 5400
+
+
+def test_the_nonce_prefix_is_drawn_anew_when_its_counter_runs_out() -> None:
+    """After 2**32 - 1 nonces under one prefix, the next nonces have a new prefix, and none repeats."""
+    import itertools
+
+    from memimg.core import _protect
+
+    nonces = _protect._Nonces()
+    prefix = nonces._state[0]
+    nonces._state = (prefix, itertools.count(0xFFFF_FFFE))
+    got = [nonces() for _ in range(3)]
+    assert got[0] == prefix + (0xFFFF_FFFE).to_bytes(4, "little")
+    assert got[1][:8] != prefix and got[2][:8] == got[1][:8] and len(set(got)) == 3
+
+
+def test_one_key_for_encryption_and_integrity_is_refused(tmp_path: Any) -> None:
+    """The same 32 bytes given as encryption_key and integrity_key (in any spelling) are refused with an error
+    that says to give two keys; nothing is created."""
+    with pytest.raises(memimg.ProtectionError, match="same key"):
+        Protection(encryption_key=KEY, integrity_key=KEY.hex())
+    path = tmp_path / "bank.db"
+    with pytest.raises(memimg.ProtectionError, match="two different keys"):
+        memimg.open(str(path), root=Bank, encryption_key=KEY, integrity_key=KEY)
+    assert not path.exists()
+
+
+def test_missing_cryptography_is_named_and_no_traceback_holds_the_key(monkeypatch: Any, tmp_path: Any) -> None:
+    """Without the cryptography package, an encrypted open says to install memimg[crypto]; neither the error
+    nor any exception chained to it has a frame whose locals hold the key."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
+    with pytest.raises(memimg.ProtectionError, match=r"memimg\[crypto\]") as info:
+        memimg.open(str(tmp_path / "bank.db"), root=Bank, encryption_key=KEY.hex())
+    seen: list[BaseException] = []
+    err: BaseException | None = info.value
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    for exc in seen:
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            if "/memimg/" in frame.f_code.co_filename:
+                for value in frame.f_locals.values():
+                    assert KEY.hex() not in repr(value) and repr(KEY) not in repr(value)

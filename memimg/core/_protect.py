@@ -148,20 +148,30 @@ class _Nonces:
         os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
-        self._prefix = os.urandom(8)
-        self._counter = itertools.count()
+        # one tuple, swapped whole: a reader never pairs one prefix with another prefix's counter
+        self._state = (os.urandom(8), itertools.count())
 
     def __call__(self) -> bytes:
-        n = next(self._counter)  # atomic under the GIL
+        prefix, counter = self._state
+        n = next(counter)  # atomic under the GIL
         if n >= 0xFFFF_FFFF:
             with self._lock:
-                if n >= 0xFFFF_FFFF:
+                if self._state[1] is counter:
                     self._reset()
             return self()
-        return self._prefix + n.to_bytes(4, "little")
+        return prefix + n.to_bytes(4, "little")
 
 
 _nonce = _Nonces()
+
+
+def _aesgcm() -> Any:
+    """The AESGCM class, or None when ``cryptography`` is not installed."""
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        return None
+    return AESGCM
 
 
 def _zstd() -> Any:
@@ -219,19 +229,27 @@ class Protection:
         self.compression = compression
         self._aead: Any = None
         self.key_id: str | None = None
+        key = ikey = None
         if encryption_key is not None:
+            AESGCM = _aesgcm()
+            if AESGCM is None:  # raised outside an except block: no ImportError context whose frames hold a key
+                raise ProtectionError("encryption needs the cryptography package: pip install 'memimg[crypto]'")
             key = parse_key(encryption_key, "encryption_key")
-            try:
-                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-            except ImportError as err:  # pragma: no cover - depends on the environment
-                raise ProtectionError(f"encryption needs cryptography: pip install 'memimg[crypto]' ({err})") from err
+        if integrity_key is not None:
+            ikey = parse_key(integrity_key, "integrity_key")
+        if key is not None and ikey is not None and hmac.compare_digest(key, ikey):
+            raise ProtectionError(
+                "encryption_key and integrity_key are the same key: give two different keys (one key used "
+                "for both AES-GCM and HMAC weakens both); make one with "
+                "python -c 'import secrets; print(secrets.token_hex(32))'"
+            )
+        if key is not None:
             self._aead = AESGCM(key)
             self.key_id = fingerprint(key, b"encryption")
         # the HMAC key lives in a closure: no attribute, no local of a frame that outlives this call, holds it
         self._mac_key: Any = None
         self.integrity_id: str | None = None
-        if integrity_key is not None:
-            ikey = parse_key(integrity_key, "integrity_key")
+        if ikey is not None:
             self.integrity_id = fingerprint(ikey, b"integrity")
             self._mac_key = _mac_function(ikey)
 
