@@ -215,7 +215,7 @@ class Protection:
         ValueError: *compression* is not one of :data:`COMPRESSIONS`.
     """
 
-    __slots__ = ("_aead", "_mac_key", "compression", "integrity_id", "key_id")
+    __slots__ = ("_aead", "_mac_key", "compression", "integrity_id", "key_id", "macs_only")
 
     def __init__(
         self, *, encryption_key: object = None, integrity_key: object = None, compression: str | None = None
@@ -227,6 +227,7 @@ class Protection:
         if compression == "zstd":
             _zstd()
         self.compression = compression
+        self.macs_only = False
         self._aead: Any = None
         self.key_id: str | None = None
         key = ikey = None
@@ -274,6 +275,20 @@ class Protection:
             self.integrity_id,
         )
         other.compression = compression
+        other.macs_only = self.macs_only
+        return other
+
+    def checking_macs_only(self) -> Protection:
+        """This protection (its integrity key) made to check rows' MACs and the chain without decrypting them.
+
+        What ``memimg verify`` uses with the integrity key alone on an
+        encrypted log: :meth:`unseal` returns an encrypted row's stored body
+        (ciphertext) as its payload, and never seals.
+        """
+        if not self.chained:
+            raise ProtectionError("checking MACs only needs an integrity key")
+        other = self.compressing(None)
+        other.macs_only = True
         return other
 
     def __reduce__(self) -> Any:
@@ -321,6 +336,8 @@ class Protection:
 
         The MAC is ``b""`` when there is no integrity key.
         """
+        if self.macs_only:
+            raise ProtectionError("a protection that checks MACs only does not seal rows")
         flags = 0
         data = payload
         if self.compression is not None and (table == _SNAPSHOT or len(payload) > COMPRESS_OVER):
@@ -400,6 +417,8 @@ class Protection:
                 tampered=True,
             )
         data = stored[at:]
+        if self.macs_only:
+            return bytes(data), prev, mac  # the MAC is over the stored bytes: checked; the contents are not opened
         if flags & _AES:
             if self._aead is None:
                 raise CorruptLogError(
