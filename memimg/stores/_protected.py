@@ -370,6 +370,16 @@ class ProtectedStore:
                 )
             head_seq = row.seq
         head_mac = macs.get(head_seq, head_mac)
+        if base is None and macs and not any(seq in macs for seq in snaps):
+            # nothing the key vouches for anchors the first event: neither the event before it nor a snapshot
+            # at or after it (compaction keeps a snapshot at the first event it keeps)
+            raise CorruptLogError(
+                f"events 1..{first - 1} are missing and no snapshot covers them: the oldest events were deleted "
+                "(the chain starts at event 1, or at a snapshot compaction kept); restore the log from a backup",
+                seq=first - 1,
+                table="memimg_events",
+                tampered=True,
+            )
         for seq in snaps:
             _, link = self._open_snapshot(SnapshotRow(*self.inner.read_snapshot(seq)))
             if seq in macs and not hmac.compare_digest(link, macs[seq]):
