@@ -238,3 +238,21 @@ def test_commands_keep_a_protected_log_protected(tmp_path: Any) -> None:
     assert SECRET.encode() not in (tmp_path / "new.db").read_bytes()
     with memimg.open(str(tmp_path / "new.db"), encryption_key=KEY) as img:
         assert img.root.accounts["ada"].owner == SECRET + "-2"
+
+
+def test_an_ndjson_rekey_keeps_the_archived_segments(tmp_path: Any) -> None:
+    """Segments ``compact --keep-segment`` archived survive a rekey of the NDJSON log, byte for byte (they stay
+    under the keys they were written with), and the log opens with the new keys."""
+    path = str(tmp_path / "bank.ndjson")
+    _make(path, {}, OLD)
+    env = {"MEMIMG_ENCRYPTION_KEY": OLD["encryption_key"], "MEMIMG_INTEGRITY_KEY": OLD["integrity_key"]}
+    with memimg.open(path, root=Bank, **OLD) as img:
+        img.root.accounts["ada"].balance += 1
+    result = CliRunner().invoke(cli, ["compact", path, "--keep-segment"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    segments = tmp_path / "bank.ndjson.segments"
+    before = {p.name: p.read_bytes() for p in segments.iterdir()}
+    assert before
+    memimg.rekey(path, old_options=OLD, new_options=NEW)
+    assert {p.name: p.read_bytes() for p in segments.iterdir()} == before
+    assert _balance(path, {}, NEW) == Decimal("133")
