@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
+import orjson
+
 from memimg._errors import CorruptLogError, MemimgError, ReadOnlyError
 from memimg.core._protect import PROTECTION_KEY, Protection, ProtectionError, read_settings
+from memimg.core._meta import META_KIND
 from memimg.core._rows import event_checksum, row_intact, snapshot_checksum
 from memimg.stores._protocol import (
     EventRow,
@@ -43,7 +47,7 @@ from memimg.stores._protocol import (
     live_positions,
 )
 
-__all__ = ["PENDING_KEY", "ProtectedStore", "protect", "rekey"]
+__all__ = ["PENDING_KEY", "ProtectedStore", "protect", "refuse_if_rekeyed", "rekey", "rekey_marker"]
 
 #: The ``memimg_meta`` key of the settings a ``memimg rekey`` is moving the log to, while it runs.
 PENDING_KEY: Final = "protection.pending"
@@ -148,7 +152,11 @@ class ProtectedStore:
                     yield EventRow(*row)  # damaged by accident: the core reports it as it reports any damaged row
                     return
                 seq, tx, ts, kind, target, stored, _ = row
-                payload, prev, mac = p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
+                try:
+                    payload, prev, mac = p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
+                except CorruptLogError:
+                    self._refuse_if_rekeyed(seq)
+                    raise
                 if chained:
                     if seq == last_seq + 1:
                         fits = hmac.compare_digest(prev, last_mac)
@@ -170,12 +178,35 @@ class ProtectedStore:
             if chained and last_mac and (after is None or last_seq != after[0]):
                 self._remember(last_seq, last_mac)
 
+    def _refuse_if_rekeyed(self, seq: int) -> None:
+        """Raise ProtectionError if the log's stored settings are no longer this store's keys (a ``memimg rekey``
+        ran while this store was open): event *seq* failed to open because of that, not because of tampering."""
+        try:
+            meta = self.inner.meta()
+        except MemimgError:
+            return
+        settings = read_settings(meta)
+        pending = meta.get(PENDING_KEY)
+        wrong = _mismatch(self.description, settings, self.protection)
+        if wrong is None and pending is not None:
+            wrong = f"{self.description!r} is being moved to other keys by a `memimg rekey`"
+        if wrong is not None:
+            raise ProtectionError(
+                f"{wrong}: a `memimg rekey` re-sealed the log while this image had it open (event seq {seq} "
+                "is under the new keys). Nothing more was written by this image; open the log again with its "
+                "new keys"
+            )
+
     def _open_snapshot(self, row: SnapshotRow) -> tuple[SnapshotRow, bytes]:
         seq, ts, stored, checksum = row
         stored = bytes(stored)
         if snapshot_checksum(seq, ts, stored) != checksum:
             return SnapshotRow(seq, ts, stored, checksum), b""  # damaged: the core reports it
-        payload, link, _ = self.protection.unseal(_S, seq, 0, ts, "", 0, stored)
+        try:
+            payload, link, _ = self.protection.unseal(_S, seq, 0, ts, "", 0, stored)
+        except CorruptLogError:
+            self._refuse_if_rekeyed(seq)
+            raise
         return SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)), link
 
     # -- the protocol -----------------------------------------------------------------------------
@@ -492,6 +523,40 @@ def _opens(store: Store, p: Protection) -> bool:
     return True
 
 
+def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
+    """Raise ProtectionError if *store*'s log is no longer under the keys it was opened with (a ``memimg rekey``
+    ran since): event *seq* failed to decode because of that. A plain log that was protected meanwhile
+    counts (its image would otherwise report the sealed rows as damage)."""
+    if isinstance(store, ProtectedStore):
+        store._refuse_if_rekeyed(seq or 0)
+        return
+    try:
+        meta = store.meta()
+    except MemimgError:
+        return
+    if PROTECTION_KEY in meta or PENDING_KEY in meta:
+        raise ProtectionError(
+            f"{store.description!r} was protected by a `memimg rekey` while this image had it open (event seq "
+            f"{seq} is sealed). Nothing more was written by this image; open the log again with its new keys"
+        )
+
+
+def rekey_marker(head: int, new: Protection) -> EventRow:
+    """The plain ``tx.meta`` event a rekey appends after *head*, to be sealed under *new*.
+
+    An image that had the log open before the rekey and commits after it
+    finds this row where it meant to write (its append fails with SeqTaken,
+    the store's own head check), cannot open it under its old keys, and
+    stops with a ProtectionError before writing anything (see
+    :meth:`ProtectedStore._refuse_if_rekeyed`). It is also the log's record
+    of the rekey.
+    """
+    meta = {"memimg": "rekey", "key_id": new.key_id, "integrity_key_id": new.integrity_id}
+    payload = orjson.dumps([[meta]])
+    seq, ts = head + 1, time.time_ns() // 1000
+    return EventRow(seq, seq, ts, META_KIND, 0, payload, event_checksum(seq, seq, ts, META_KIND, 0, payload))
+
+
 def _finish_rekey(store: Store, p: Protection) -> None:
     try:
         store.set_meta(PROTECTION_KEY, p.settings_text() if p.active else None)
@@ -541,12 +606,21 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
         if row.seq >= first:
             sealed_snaps[row.seq] = target._seal_snapshot(row, macs.get(row.seq, b""))
 
+    if head >= 1:
+        if sealed and sealed[-1].seq == head:
+            prev = ProtectedStore._mac_of(sealed[-1]) if new.chained else b""
+        else:
+            prev = new.start(head) if new.chained else b""
+        marker, _ = target._seal_events([rekey_marker(head, new)], prev)
+    else:
+        marker = []
+
     def plan(missed: Sequence[EventRow]) -> Rewrite:
         if missed:
             raise MemimgError(
                 f"another process appended to {store.description!r} during the rekey; nothing was changed"
             )
-        return Rewrite(sealed, list(sealed_snaps.values()), [])
+        return Rewrite(sealed, list(sealed_snaps.values()), marker)
 
     store.set_meta(PENDING_KEY, new.settings_text())
     store.rewrite(plan, head)
