@@ -319,3 +319,40 @@ def test_a_writer_that_commits_while_an_sql_rekey_runs_makes_the_rekey_fail_whol
         memimg.rekey(store, old_options=OLD, new_options=NEW)
     store.close()
     assert _balance(path, {}, OLD) == Decimal("1132")
+
+
+def test_an_ndjson_commit_during_the_rekeys_copy_waits_and_then_stops(tmp_path: Any, monkeypatch: Any) -> None:
+    """A commit that comes while an NDJSON rekey copies the log waits for the rekey's write turn (it is not
+    appended to the old file and lost at the swap), then stops with a ProtectionError naming the rekey."""
+    import threading
+
+    import memimg._rekey
+
+    path = str(tmp_path / "bank.ndjson")
+    _make(path, {}, OLD)
+    stale = memimg.open(path, root=Bank, **OLD)
+    _expire_positions(path, {})
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            stale.root.accounts["ada"].balance += 1000
+            outcome.append(None)
+        except BaseException as err:
+            outcome.append(err)
+
+    real_copy = memimg._rekey.copy
+    writer = threading.Thread(target=commit)
+
+    def copy_with_a_commit(src: Any, dst: Any) -> int:
+        writer.start()
+        writer.join(0.5)  # the commit is waiting for the write turn, not done
+        assert not outcome
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(memimg._rekey, "copy", copy_with_a_commit)
+    memimg.rekey(path, old_options=OLD, new_options=NEW)
+    writer.join(10)
+    stale.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], memimg.ProtectionError), outcome
+    assert _balance(path, {}, NEW) == Decimal("132")
