@@ -449,3 +449,82 @@ def test_missing_cryptography_is_named_and_no_traceback_holds_the_key(monkeypatc
             if "/memimg/" in frame.f_code.co_filename:
                 for value in frame.f_locals.values():
                     assert KEY.hex() not in repr(value) and repr(KEY) not in repr(value)
+
+
+@pytest.mark.parametrize("move", ["event to another seq", "snapshot into an event row"])
+def test_an_encrypted_payload_moved_to_another_row_does_not_decrypt(
+    make_image: Images, stores: StoreFactory, move: str
+) -> None:
+    """Encryption alone (no chain): a sealed payload moved to another row -- another seq, or from the snapshots
+    table into the events table -- does not decrypt there (its row's columns and table are its associated
+    data); CorruptLogError at open."""
+    img = make_image(root=Bank, snapshot_every=None, encryption_key=KEY)
+    img.root.accounts["ada"] = Account("ada", Decimal("100"))
+    seq = img.snapshot()
+    for _ in range(4):
+        img.root.accounts["ada"].balance += 1
+    img.close()
+    store = stores.raw_store()
+    snapshot_payload = bytes(store.read_snapshot(seq).payload)
+
+    def edit(rows: list[Any]) -> list[Any]:
+        if move == "event to another seq":  # same kind, same target: only the seq differs
+            return [*rows[:-2], rows[-2]._replace(payload=rows[-1].payload), rows[-1]]
+        return [*rows[:-1], rows[-1]._replace(payload=snapshot_payload)]
+
+    replace_events(stores, edit)
+    with pytest.raises(memimg.CorruptLogError, match="does not decrypt"):
+        make_image(root=Bank, encryption_key=KEY)
+
+
+def test_a_row_grafted_from_another_log_with_its_link_patched_fails_its_mac(
+    make_image: Images, stores: StoreFactory, tmp_path: Any
+) -> None:
+    """A row's MAC covers its previous-MAC field: the tail of another log under the same key, its first row's
+    link field patched to this log's MAC before it, does not open."""
+    from memimg.core._protect import MAC_SIZE
+
+    def build(img: memimg.MemoryImage, start: str) -> None:
+        img.root.accounts["ada"] = Account("ada", Decimal(start))
+        for _ in range(5):
+            img.root.accounts["ada"].balance += 1
+
+    img = make_image(root=Bank, snapshot_every=None, integrity_key=INTEGRITY_KEY)
+    build(img, "100")
+    img.close()
+    other_path = str(tmp_path / "other.db")
+    with memimg.open(other_path, root=Bank, snapshot_every=None, integrity_key=INTEGRITY_KEY) as other:
+        build(other, "900000")
+    other_store = memimg.SQLiteStore(other_path)
+    theirs = raw_events(other_store)
+    other_store.close()
+    k = 4
+
+    def graft(rows: list[Any]) -> list[Any]:
+        mine_prev_mac = rows[k - 1].payload[2 + MAC_SIZE : 2 + 2 * MAC_SIZE]  # the MAC of my row k - 1
+        first = theirs[k]
+        patched = first.payload[:2] + mine_prev_mac + first.payload[2 + MAC_SIZE :]
+        return [*rows[:k], first._replace(payload=patched), *theirs[k + 1 :]]
+
+    replace_events(stores, graft)
+    with pytest.raises(memimg.CorruptLogError, match="integrity MAC"):
+        make_image(root=Bank, integrity_key=INTEGRITY_KEY)
+
+
+def test_check_chain_refuses_a_snapshot_from_another_log(make_image: Images, stores: StoreFactory, tmp_path: Any) -> None:
+    """The whole-log check (what ``memimg verify`` runs first) names a snapshot whose link is not its event's
+    MAC."""
+    opts = OPTIONS["chained"]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    seq = _snapshot_log(img, "100")
+    img.close()
+    with memimg.open(str(tmp_path / "other.db"), root=Bank, snapshot_every=None, **opts) as other:
+        _snapshot_log(other, "999999")
+        foreign = other.store.inner.read_snapshot(seq)
+    stores.raw_store().write_snapshot(SnapshotRow(*foreign))
+    from memimg.stores._protected import ProtectedStore
+
+    checked = ProtectedStore(stores.raw_store(), Protection(integrity_key=INTEGRITY_KEY))
+    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} does not belong") as info:
+        checked.check_chain()
+    assert info.value.seq == seq
