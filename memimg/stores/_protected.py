@@ -137,13 +137,17 @@ class ProtectedStore:
         chain: bool = True,
         after: tuple[int, bytes] | None = None,
         macs: dict[int, bytes] | None = None,
+        only: int | None = None,
     ) -> Iterator[EventRow]:
         """The plain rows of stored event *rows*, each checked; in order and chained when *chain*.
 
         *after*: ``(seq, MAC)`` the first row may chain from (else it is
-        looked up); *macs* collects each row's MAC.
+        looked up); *macs* collects each row's MAC; *only*: yield the rows
+        of that target only (the others' MACs and links are checked, their
+        contents not opened).
         """
         p = self.protection
+        skim = p.checking_macs_only() if only is not None and p.chained else p
         chained = chain and p.chained
         last_seq, last_mac = after if after is not None else (-1, b"")
         try:
@@ -153,10 +157,20 @@ class ProtectedStore:
                     return
                 seq, tx, ts, kind, target, stored, _ = row
                 try:
-                    payload, prev, mac = p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
+                    payload, prev, mac = (p if only is None or target == only else skim).unseal(
+                        _E, seq, tx, ts, kind, target, bytes(stored)
+                    )
                 except CorruptLogError:
                     self._refuse_if_rekeyed(seq)
                     raise
+                if only is not None and last_seq >= 0 and seq != last_seq + 1:
+                    raise CorruptLogError(
+                        f"events {last_seq + 1}..{seq - 1} are missing from the log (read for the history of "
+                        f"object {only}): rows were deleted; restore the log from a backup",
+                        seq=last_seq + 1,
+                        table="memimg_events",
+                        tampered=True,
+                    )
                 if chained:
                     if seq == last_seq + 1:
                         fits = hmac.compare_digest(prev, last_mac)
@@ -173,6 +187,8 @@ class ProtectedStore:
                     last_seq, last_mac = seq, mac
                     if macs is not None:
                         macs[seq] = mac
+                if only is not None and target != only:
+                    continue
                 yield EventRow(seq, tx, ts, kind, target, payload, event_checksum(seq, tx, ts, kind, target, payload))
         finally:
             if chained and last_mac and (after is None or last_seq != after[0]):
@@ -231,8 +247,23 @@ class ProtectedStore:
         return self._open_events(self.inner.read(after, limit))
 
     def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
-        # one object's rows are not consecutive: each is checked by its own MAC, not its place in the chain
-        return self._open_events(self.inner.read_target(target, after, until), chain=False)
+        """See :meth:`Store.read_target`. With an integrity chain, every event of the range is read and the
+        chain checked across it (the other objects' rows by their MACs alone, not decrypted): a deleted row
+        is a CorruptLogError, not a silent gap in the object's history. That costs a scan of the range
+        instead of the target index's rows."""
+        if not self.protection.chained:
+            return self._open_events(self.inner.read_target(target, after, until), chain=False)
+        if target < 1:
+            raise ValueError(f"target must be an object id (>= 1), not {target!r}")
+        return self._read_target_chained(target, after, until)
+
+    def _read_target_chained(self, target: int, after: int, until: int | None) -> Iterator[EventRow]:
+        start = max(after, self.inner.first_seq() - 1)
+        limit = None if until is None else max(0, until - start)
+        rows = self.inner.read(start, limit)
+        # the first row read must be the one after *start* (a row deleted there is a gap too)
+        anchor = self._anchor(start) if start >= 0 else None  # None: nothing stored before (compacted)
+        return self._open_events(rows, only=target, after=None if anchor is None else (start, anchor))
 
     def index_targets(self, upto: int, *, least: int = 1) -> int:
         return self.inner.index_targets(upto, least=least)
