@@ -511,22 +511,21 @@ def test_a_row_grafted_from_another_log_with_its_link_patched_fails_its_mac(
         make_image(root=Bank, integrity_key=INTEGRITY_KEY)
 
 
-def test_check_chain_refuses_a_snapshot_from_another_log(make_image: Images, stores: StoreFactory, tmp_path: Any) -> None:
+def test_check_chain_refuses_a_snapshot_put_back_from_before_an_erase(make_image: Images, stores: StoreFactory) -> None:
     """The whole-log check (what ``memimg verify`` runs first) names a snapshot whose link is not its event's
-    MAC."""
+    MAC (its own MAC valid: this log's snapshot from before an erase re-chained it)."""
+    from memimg.stores._protected import protect
+
     opts = OPTIONS["chained"]
     img = make_image(root=Bank, snapshot_every=None, **opts)
     seq = _snapshot_log(img, "100")
+    old = stores.raw_store().read_snapshot(seq)
+    img.erase(img.root.accounts["ada"], "owner", reason="test")
     img.close()
-    with memimg.open(str(tmp_path / "other.db"), root=Bank, snapshot_every=None, **opts) as other:
-        _snapshot_log(other, "999999")
-        foreign = other.store.inner.read_snapshot(seq)
-    stores.raw_store().write_snapshot(SnapshotRow(*foreign))
-    from memimg.stores._protected import ProtectedStore
-
-    checked = ProtectedStore(stores.raw_store(), Protection(integrity_key=INTEGRITY_KEY))
+    stores.raw_store().write_snapshot(SnapshotRow(*old))
+    checked = protect(stores.raw_store(), Protection(integrity_key=INTEGRITY_KEY))
     with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} does not belong") as info:
-        checked.check_chain()
+        checked.check_chain()  # type: ignore[attr-defined]
     assert info.value.seq == seq
 
 
@@ -561,3 +560,67 @@ def test_history_does_not_skip_a_deleted_row_before_the_newest_snapshot(
         for account in ("ada", "bob"):
             list(img.history(img.root.accounts[account], "balance"))
     assert info.value.seq == victim and info.value.tampered
+
+
+def _six_commits(img: memimg.MemoryImage, start: str) -> None:
+    img.root.accounts["ada"] = Account("ada", Decimal(start))
+    for _ in range(5):
+        img.root.accounts["ada"].balance += 1
+
+
+@pytest.mark.parametrize("option", ["encrypted", "chained", "all"])
+def test_the_rows_of_another_log_under_the_same_keys_do_not_open(
+    make_image: Images, stores: StoreFactory, option: str, tmp_path: Any
+) -> None:
+    """Each log gets a random id at creation, bound into every row's associated data and MAC and the chain's
+    start: another log's rows under the same keys put in place of this log's (all of them, or a copy's
+    divergent tail grafted on) are a CorruptLogError at open."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    _six_commits(img, "100")
+    img.close()
+    other_path = str(tmp_path / "other.db")
+    with memimg.open(other_path, root=Bank, snapshot_every=None, **opts) as other:
+        _six_commits(other, "900000")
+    copy_path = str(tmp_path / "copy.db")
+    memimg.copy(stores.target(), copy_path, src_options=opts)
+    with memimg.open(copy_path, root=Bank, snapshot_every=None, **opts) as copied:
+        copied.root.accounts["ada"].balance += 900000
+    for path, keep in ((other_path, 0), (copy_path, 6)):
+        store = memimg.SQLiteStore(path)
+        foreign = raw_events(store)
+        store.close()
+        mine = raw_events(stores.raw_store())
+        replace_events(stores, lambda rows: [*rows[:keep], *foreign[keep:]])
+        with pytest.raises(memimg.CorruptLogError, match="integrity MAC|does not decrypt"):
+            make_image(root=Bank, **opts)
+        replace_events(stores, lambda rows: mine)
+    with memimg.open(stores.target(), root=Bank, **opts) as again:
+        assert again.root.accounts["ada"].balance == Decimal("105")
+
+
+def test_a_log_protected_before_log_ids_still_opens_and_a_rekey_gives_it_one(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A protected log whose settings hold no log id (written before ids) opens, takes commits and verifies as
+    before; a rekey seals it anew under an id of its own."""
+    import memimg.stores._protected as protected
+
+    path = str(tmp_path / "old.db")
+    opts = OPTIONS["all"]
+    monkeypatch.setattr(protected, "new_log_id", lambda: None)
+    with memimg.open(path, root=Bank, **opts) as img:
+        _six_commits(img, "100")
+    monkeypatch.undo()
+    store = memimg.SQLiteStore(path)
+    assert "log_id" not in store.meta()["protection"] or '"log_id":null' in store.meta()["protection"]
+    store.close()
+    with memimg.open(path, root=Bank, **opts) as img:
+        img.root.accounts["ada"].balance += 1
+    new = {**opts, "encryption_key": OTHER_KEY}
+    memimg.rekey(path, old_options=opts, new_options=new)
+    store = memimg.SQLiteStore(path)
+    assert '"log_id":"' in store.meta()["protection"]
+    store.close()
+    with memimg.open(path, root=Bank, **new) as img:
+        assert img.root.accounts["ada"].balance == Decimal("106")

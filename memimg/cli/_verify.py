@@ -212,7 +212,7 @@ def _macs_only_store(target: str) -> ProtectedStore | None:
     if not settings or not settings.get("key_id") or settings.get("integrity_key_id") != protection.integrity_id:
         store.close()
         return None  # not encrypted, or not this integrity key: the usual open says what is wrong
-    return ProtectedStore(store, protection.checking_macs_only())
+    return ProtectedStore(store, protection.checking_macs_only().for_log(settings.get("log_id")))
 
 
 def _expect(store: Store, seq: int, mac: str | None) -> None:

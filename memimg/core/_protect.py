@@ -64,6 +64,7 @@ __all__ = [
     "Protection",
     "ProtectionError",
     "is_sealed",
+    "new_log_id",
     "parse_key",
 ]
 
@@ -117,6 +118,11 @@ def parse_key(value: object, what: str) -> bytes:
             "python -c 'import secrets; print(secrets.token_hex(32))'"
         )
     return key
+
+
+def new_log_id() -> str:
+    """A fresh random log id (32 hex digits): see :meth:`Protection.for_log`."""
+    return os.urandom(16).hex()
 
 
 def fingerprint(key: bytes, label: bytes) -> str:
@@ -215,7 +221,7 @@ class Protection:
         ValueError: *compression* is not one of :data:`COMPRESSIONS`.
     """
 
-    __slots__ = ("_aead", "_mac_key", "compression", "integrity_id", "key_id", "macs_only")
+    __slots__ = ("_aead", "_log_tag", "_mac_key", "compression", "integrity_id", "key_id", "log_id", "macs_only")
 
     def __init__(
         self, *, encryption_key: object = None, integrity_key: object = None, compression: str | None = None
@@ -228,6 +234,9 @@ class Protection:
             _zstd()
         self.compression = compression
         self.macs_only = False
+        #: the log this protection is bound to (see :meth:`for_log`); None: none (a log made before ids)
+        self.log_id: str | None = None
+        self._log_tag = b""
         self._aead: Any = None
         self.key_id: str | None = None
         key = ikey = None
@@ -276,6 +285,34 @@ class Protection:
         )
         other.compression = compression
         other.macs_only = self.macs_only
+        other.log_id, other._log_tag = self.log_id, self._log_tag
+        return other
+
+    def for_log(self, log_id: str | None) -> Protection:
+        """This protection bound to the log *log_id* (32 hex digits; None: a log made before log ids).
+
+        The id is part of every row's associated data and MAC and of the
+        chain's start: a row, a snapshot or a whole log sealed for one log
+        does not open in another under the same keys.
+
+        Raises:
+            CorruptLogError: *log_id* is not 32 hex digits (the stored settings were edited).
+        """
+        other = self.compressing(self.compression)
+        if log_id is None:
+            other.log_id, other._log_tag = None, b""
+            return other
+        try:
+            raw = bytes.fromhex(log_id) if isinstance(log_id, str) and len(log_id) == 32 else b""
+        except ValueError:
+            raw = b""
+        if not raw:
+            raise CorruptLogError(
+                f"the log id in the {PROTECTION_KEY!r} entry of memimg_meta is damaged; restore it from a backup",
+                seq=None,
+                table="memimg_meta",
+            )
+        other.log_id, other._log_tag = log_id, b"memimg log " + raw
         return other
 
     def checking_macs_only(self) -> Protection:
@@ -316,6 +353,7 @@ class Protection:
             "integrity": "hmac-sha256" if self._mac_key is not None else None,
             "integrity_key_id": self.integrity_id,
             "compression": self.compression,
+            "log_id": self.log_id,
         }
 
     def settings_text(self) -> str:
@@ -325,7 +363,9 @@ class Protection:
 
     def start(self, seq: int) -> bytes:
         """The previous MAC of an event *seq* + 1 when neither event *seq* nor a snapshot at *seq* is stored."""
-        return self._mac_key(b"memimg chain start" + _HEADER.pack(seq, 0, 0, 0))  # type: ignore[no-any-return]
+        return self._mac_key(  # type: ignore[no-any-return]
+            b"memimg chain start" + self._log_tag + _HEADER.pack(seq, 0, 0, 0)
+        )
 
     # -- sealing --------------------------------------------------------------------------------
 
@@ -345,7 +385,7 @@ class Protection:
             if len(packed) < len(payload):
                 data = packed
                 flags |= _ZLIB if self.compression == "zlib" else _ZSTD
-        columns = table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
+        columns = self._log_tag + table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
         if self._aead is not None:
             flags |= _AES
             nonce = _nonce()
@@ -383,7 +423,7 @@ class Protection:
                 )
             return stored, b"", b""
         flags = stored[1]
-        columns = table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
+        columns = self._log_tag + table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
         at = 2
         prev = mac = b""
         if flags & _MAC:

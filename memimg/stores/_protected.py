@@ -34,7 +34,7 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError, ReadOnlyError
-from memimg.core._protect import PROTECTION_KEY, Protection, ProtectionError, read_settings
+from memimg.core._protect import PROTECTION_KEY, Protection, ProtectionError, new_log_id, read_settings
 from memimg.core._meta import META_KIND
 from memimg.core._rows import event_checksum, row_intact, snapshot_checksum
 from memimg.stores._protocol import (
@@ -499,6 +499,7 @@ def protect(store: Store, protection: Protection | None) -> Store:
     wrong = _mismatch(store.description, settings, p)
     if wrong is not None and pending is not None and _mismatch(store.description, pending, p) is None:
         # a rekey to these options started: whether it finished, the rows say
+        p = p.for_log(pending.get("log_id"))
         if not _opens(store, p):
             raise ProtectionError(
                 f"{wrong}: a `memimg rekey` to the keys given started and did not finish, so the log is still "
@@ -506,7 +507,10 @@ def protect(store: Store, protection: Protection | None) -> Store:
             )
         _finish_rekey(store, p)
         wrong = None
-    elif wrong is None and pending is not None and not _opens(store, p):
+        settings = pending
+    elif settings is not None:
+        p = p.for_log(settings.get("log_id"))  # None: a log protected before log ids (still opens)
+    if wrong is None and pending is not None and settings is not pending and not _opens(store, p):
         raise ProtectionError(
             f"{store.description!r}: a `memimg rekey` finished moving the log to other keys (key "
             f"{pending.get('key_id')}, integrity key {pending.get('integrity_key_id')}); open it with those"
@@ -514,6 +518,8 @@ def protect(store: Store, protection: Protection | None) -> Store:
     if wrong is not None:
         empty = store.head() == 0 and not store.snapshots()
         if settings is None and empty:
+            if p.active:
+                p = p.for_log(new_log_id())  # a new log: an id of its own, bound into every row it seals
             _store_settings(store, p)
             return ProtectedStore(store, p) if p.active else store
         if settings is None:
@@ -612,6 +618,8 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
     """
     old = old or Protection()
     new = new or Protection()
+    if new.active:
+        new = new.for_log(new_log_id())  # every row is sealed anew: under a new id (no old row fits)
     source = protect(store, old)
     live = live_positions(store.meta())
     if live:
