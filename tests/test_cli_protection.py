@@ -95,9 +95,7 @@ def test_verify_checks_an_encrypted_logs_chain_with_the_integrity_key_alone(tmp_
     with conn:
         conn.execute("DELETE FROM memimg_events WHERE seq = 3")
         row = conn.execute("SELECT seq, tx, ts, kind, target, payload FROM memimg_events WHERE seq = 4").fetchone()
-        conn.execute(
-            "UPDATE memimg_events SET seq = 3, checksum = ? WHERE seq = 4", (event_checksum(3, *row[1:]),)
-        )
+        conn.execute("UPDATE memimg_events SET seq = 3, checksum = ? WHERE seq = 4", (event_checksum(3, *row[1:]),))
     conn.close()
     result = CliRunner().invoke(cli, ["verify", path], env=env)
     assert result.exit_code == 1 and "seq 3" in result.output, result.output

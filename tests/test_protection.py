@@ -599,9 +599,7 @@ def test_the_rows_of_another_log_under_the_same_keys_do_not_open(
         assert again.root.accounts["ada"].balance == Decimal("105")
 
 
-def test_a_log_protected_before_log_ids_still_opens_and_a_rekey_gives_it_one(
-    tmp_path: Any, monkeypatch: Any
-) -> None:
+def test_a_log_protected_before_log_ids_still_opens_and_a_rekey_gives_it_one(tmp_path: Any, monkeypatch: Any) -> None:
     """A protected log whose settings hold no log id (written before ids) opens, takes commits and verifies as
     before; a rekey seals it anew under an id of its own."""
     import memimg.stores._protected as protected

@@ -34,8 +34,8 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError, ReadOnlyError
-from memimg.core._protect import PROTECTION_KEY, Protection, ProtectionError, new_log_id, read_settings
 from memimg.core._meta import META_KIND
+from memimg.core._protect import PROTECTION_KEY, Protection, ProtectionError, new_log_id, read_settings
 from memimg.core._rows import event_checksum, row_intact, snapshot_checksum
 from memimg.stores._protocol import (
     EventRow,
@@ -546,14 +546,15 @@ def _store_settings(store: Store, p: Protection) -> None:
 
 
 def _opens(store: Store, p: Protection) -> bool:
-    """Whether the newest event and the newest snapshot of *store* open under *p* (a rekey's rows do)."""
+    """Whether the newest event and the newest snapshot (the highest seq) of *store* open under *p* (a rekey's
+    rows do)."""
     wrapped = ProtectedStore(store, p)
     try:
         head = store.head()
         if head >= store.first_seq():
             for _ in wrapped._open_events(store.read(head - 1, 1), chain=False):
                 pass
-        for info in store.snapshots()[:1]:
+        for info in sorted(store.snapshots(), reverse=True)[:1]:  # newest first already; not relied on
             wrapped._open_snapshot(SnapshotRow(*store.read_snapshot(info.seq)))
     except CorruptLogError:
         return False
