@@ -9,9 +9,10 @@ path. Three independent options:
   payloads over :data:`COMPRESS_OVER` bytes, each kept only when it is
   smaller;
 * **encryption** (AES-256-GCM, the ``cryptography`` package): a fresh
-  96-bit nonce per row; the row's plain columns -- table, seq, tx, time,
-  kind, target -- and the sealed header are the associated data, so a
-  sealed payload moved to another row (or table) no longer opens;
+  96-bit nonce per row; the log's id (see :meth:`Protection.for_log`), the
+  row's plain columns -- table, seq, tx, time, kind, target -- and the
+  sealed header are the associated data, so a sealed payload moved to
+  another row, table or log no longer opens;
 * **integrity** (HMAC-SHA256 with a key of its own): each row carries the
   MAC of the row before it in the chain and its own MAC over its columns,
   that previous MAC and its stored body (encrypt-then-MAC: the chain is
