@@ -262,7 +262,7 @@ class ProtectedStore:
         limit = None if until is None else max(0, until - start)
         rows = self.inner.read(start, limit)
         # the first row read must be the one after *start* (a row deleted there is a gap too)
-        anchor = self._anchor(start) if start >= 0 else None  # None: nothing stored before (compacted)
+        anchor = self._anchor(start, fresh=True) if start >= 0 else None  # None: nothing before (compacted)
         return self._open_events(rows, only=target, after=None if anchor is None else (start, anchor))
 
     def index_targets(self, upto: int, *, least: int = 1) -> int:
