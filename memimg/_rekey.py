@@ -76,32 +76,42 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _rekey_ndjson(path: str, old: Any, new: Any) -> int:
-    """The NDJSON log at *path* copied under *new* beside itself, then swapped in (see the module docstring)."""
+    """The NDJSON log at *path* copied under *new* beside itself, then swapped in (see the module docstring).
+
+    The log's write turn (its lock file's lock) is held from the check for
+    live images to the swap: no writer appends to the old file meanwhile (its
+    rows would be lost at the swap). A writer that had the log open commits
+    after the swap onto the rekey's marker event (see
+    :func:`memimg.stores._protected.rekey_marker`) and stops.
+    """
     if not os.path.exists(path):
         raise MemimgError(f"{path!r} does not exist; nothing was changed")
-    source = plain_store(path, sync="full", readonly=True, busy_timeout=10.0)
-    try:
-        live = live_positions(source.meta())
-    finally:
-        source.close()
-    if live:
-        raise MemimgError(
-            f"{path!r} is open in {len(live)} other image(s) ({', '.join(sorted(live))}); close them before a "
-            "rekey (they would keep writing under the old keys); nothing was changed"
-        )
-    tmp = swap_path(path)
-    _remove(tmp)
-    with contextlib.ExitStack() as stack:
-        src = plain_store(path, sync="full", readonly=True, busy_timeout=10.0)
-        stack.callback(src.close)
-        from memimg.stores._protected import protect
+    from memimg.core._protect import Protection
+    from memimg.stores._protected import protect, rekey_marker
 
-        wrapped = protect(src, old)
-        dst = plain_store(tmp, sync="full", readonly=False, busy_timeout=10.0)
-        stack.callback(dst.close)
-        copied = copy(wrapped, protect(dst, new))
-        count = copied + len(src.snapshots())
-    commit_swap(path)
+    with contextlib.ExitStack() as stack:
+        src = plain_store(path, sync="full", readonly=False, busy_timeout=10.0)
+        stack.callback(src.close)
+        wrapped = protect(src, old)  # refuses wrong keys (before the write turn: it may record a setting)
+        stack.enter_context(src._writing("rekeying the log"))  # type: ignore[attr-defined]
+        live = live_positions(src.meta())
+        if live:
+            raise MemimgError(
+                f"{path!r} is open in {len(live)} other image(s) ({', '.join(sorted(live))}); close them before a "
+                "rekey (they would keep writing under the old keys); nothing was changed"
+            )
+        tmp = swap_path(path)
+        _remove(tmp)
+        with contextlib.ExitStack() as inner:
+            dst = plain_store(tmp, sync="full", readonly=False, busy_timeout=10.0)
+            inner.callback(dst.close)
+            target = protect(dst, new)
+            copied = copy(wrapped, target)
+            count = copied + len(src.snapshots())
+            head = dst.head()
+            if head >= 1:
+                target.append([rekey_marker(head, new or Protection())], head)
+        commit_swap(path)
     return count
 
 

@@ -77,3 +77,47 @@ def test_verify_names_a_tampered_row(tmp_path: Any) -> None:
     conn.close()
     result = CliRunner().invoke(cli, ["verify", path], env=ENV)
     assert result.exit_code == 1 and "event seq 3" in result.output
+
+
+def test_verify_checks_an_encrypted_logs_chain_with_the_integrity_key_alone(tmp_path: Any) -> None:
+    """Without the encryption key, ``memimg verify`` with the integrity key checks every MAC and the chain (they
+    are over the stored bytes), says the contents were not decrypted, and still fails on an edited row."""
+    from memimg.core._rows import event_checksum
+
+    path = str(tmp_path / "bank.db")
+    _log(path)
+    env = {"MEMIMG_INTEGRITY_KEY": INTEGRITY_KEY}
+    result = CliRunner().invoke(cli, ["verify", path], env=env)
+    assert result.exit_code == 0, result.output
+    assert "integrity chain: ok, 7 event(s)" in result.output and "not decrypted" in result.output
+    assert SECRET not in result.output
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM memimg_events WHERE seq = 3")
+        row = conn.execute("SELECT seq, tx, ts, kind, target, payload FROM memimg_events WHERE seq = 4").fetchone()
+        conn.execute("UPDATE memimg_events SET seq = 3, checksum = ? WHERE seq = 4", (event_checksum(3, *row[1:]),))
+    conn.close()
+    result = CliRunner().invoke(cli, ["verify", path], env=env)
+    assert result.exit_code == 1 and "seq 3" in result.output, result.output
+
+
+def test_verify_reports_the_oldest_events_deleted_as_a_break(tmp_path: Any) -> None:
+    """Events deleted from the start of a log with no snapshot covering them fail ``memimg verify``; after a
+    compaction (a snapshot at the first event kept) the chain is reported ok."""
+    path = str(tmp_path / "bank.db")
+    _log(path)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM memimg_events WHERE seq <= 2")
+    conn.close()
+    result = CliRunner().invoke(cli, ["verify", path], env=ENV)
+    assert result.exit_code == 1 and "events 1..2 are missing" in result.output, result.output
+    compacted = str(tmp_path / "compacted.db")
+    _log(compacted)
+    with memimg.open(compacted, root=Bank, encryption_key=KEY, integrity_key=INTEGRITY_KEY) as img:
+        img.root.accounts["ada"].balance += 1
+        seq = img.snapshot()
+        img.root.accounts["ada"].balance += 1
+        img.store.delete_events_before(seq)
+    result = CliRunner().invoke(cli, ["verify", compacted], env=ENV)
+    assert result.exit_code == 0 and "integrity chain: ok" in result.output, result.output

@@ -325,3 +325,300 @@ def test_a_row_put_back_from_before_an_erase_breaks_the_chain(make_image: Images
     replace_events(stores, lambda rows: [*rows[:k], old[k], *rows[k + 1 :]])
     with pytest.raises(memimg.CorruptLogError, match="integrity chain"):
         make_image(root=Bank, integrity_key=INTEGRITY_KEY)
+
+
+def _snapshot_log(img: memimg.MemoryImage, balance: str) -> int:
+    img.root.accounts["ada"] = Account("ada", Decimal(balance))
+    img.root.accounts["ada"].owner = "OLD-" + SECRET
+    seq = img.snapshot()
+    img.root.accounts["ada"].balance += 1
+    return seq
+
+
+@pytest.mark.parametrize("option", ["chained", "all"])
+def test_a_snapshot_from_another_log_under_the_same_keys_is_refused_at_open(
+    make_image: Images, stores: StoreFactory, option: str, tmp_path: Any
+) -> None:
+    """A snapshot row of another log sealed under the same keys (its own MAC valid, same seq) put in place of
+    this log's snapshot is a CorruptLogError at open, not another state loaded."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    seq = _snapshot_log(img, "100")
+    img.close()
+    with memimg.open(str(tmp_path / "other.db"), root=Bank, snapshot_every=None, **opts) as other:
+        assert _snapshot_log(other, "999999") == seq
+        foreign = other.store.inner.read_snapshot(seq)
+    stores.raw_store().write_snapshot(SnapshotRow(*foreign))
+    with pytest.raises(memimg.CorruptLogError, match="snapshot at seq") as info:
+        make_image(root=Bank, **opts)
+    assert info.value.table == "memimg_snapshots" and info.value.tampered
+
+
+@pytest.mark.parametrize("option", ["chained", "all"])
+def test_a_snapshot_put_back_from_before_an_erase_is_refused_at_open(
+    make_image: Images, stores: StoreFactory, option: str
+) -> None:
+    """An erase re-links the snapshots after the row it rewrites: the old snapshot put back (holding the erased
+    value, its own MAC valid) is a CorruptLogError at open."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    seq = _snapshot_log(img, "100")
+    old = stores.raw_store().read_snapshot(seq)
+    img.erase(img.root.accounts["ada"], "owner", reason="test")
+    img.close()
+    stores.raw_store().write_snapshot(SnapshotRow(*old))
+    with pytest.raises(memimg.CorruptLogError, match="snapshot at seq"):
+        make_image(root=Bank, **opts)
+
+
+def _nonce_of(stored: bytes) -> bytes:
+    return stored[2:14]  # 0x00 | flags | nonce (12) | ciphertext + tag: encryption alone
+
+
+def test_every_sealed_row_gets_a_nonce_of_its_own_also_across_fork() -> None:
+    """AES-GCM nonces never repeat: not over many seals in one process, not between a forked child and its
+    parent (which shared the nonce state at the fork)."""
+    import os
+
+    p = Protection(encryption_key=KEY)
+
+    def nonces(n: int) -> list[bytes]:
+        return [_nonce_of(p.seal(b"E", i, 1, 0, "obj.set", 1, b"{}", b"")[0]) for i in range(n)]
+
+    before = nonces(5000)
+    assert len(set(before)) == 5000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, b"".join(nonces(200)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    child = [data[i : i + 12] for i in range(0, len(data), 12)]
+    assert len(child) == 200
+    parent = nonces(200)
+    assert len(set(before) | set(child) | set(parent)) == 5400
+
+
+def test_the_nonce_prefix_is_drawn_anew_when_its_counter_runs_out() -> None:
+    """After 2**32 - 1 nonces under one prefix, the next nonces have a new prefix, and none repeats."""
+    import itertools
+
+    from memimg.core import _protect
+
+    nonces = _protect._Nonces()
+    prefix = nonces._state[0]
+    nonces._state = (prefix, itertools.count(0xFFFF_FFFE))
+    got = [nonces() for _ in range(3)]
+    assert got[0] == prefix + (0xFFFF_FFFE).to_bytes(4, "little")
+    assert got[1][:8] != prefix and got[2][:8] == got[1][:8] and len(set(got)) == 3
+
+
+def test_one_key_for_encryption_and_integrity_is_refused(tmp_path: Any) -> None:
+    """The same 32 bytes given as encryption_key and integrity_key (in any spelling) are refused with an error
+    that says to give two keys; nothing is created."""
+    with pytest.raises(memimg.ProtectionError, match="same key"):
+        Protection(encryption_key=KEY, integrity_key=KEY.hex())
+    path = tmp_path / "bank.db"
+    with pytest.raises(memimg.ProtectionError, match="two different keys"):
+        memimg.open(str(path), root=Bank, encryption_key=KEY, integrity_key=KEY)
+    assert not path.exists()
+
+
+def test_missing_cryptography_is_named_and_no_traceback_holds_the_key(monkeypatch: Any, tmp_path: Any) -> None:
+    """Without the cryptography package, an encrypted open says to install memimg[crypto]; neither the error
+    nor any exception chained to it has a frame whose locals hold the key."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
+    with pytest.raises(memimg.ProtectionError, match=r"memimg\[crypto\]") as info:
+        memimg.open(str(tmp_path / "bank.db"), root=Bank, encryption_key=KEY.hex())
+    seen: list[BaseException] = []
+    err: BaseException | None = info.value
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    for exc in seen:
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            if "/memimg/" in frame.f_code.co_filename:
+                for value in frame.f_locals.values():
+                    assert KEY.hex() not in repr(value) and repr(KEY) not in repr(value)
+
+
+@pytest.mark.parametrize("move", ["event to another seq", "snapshot into an event row"])
+def test_an_encrypted_payload_moved_to_another_row_does_not_decrypt(
+    make_image: Images, stores: StoreFactory, move: str
+) -> None:
+    """Encryption alone (no chain): a sealed payload moved to another row -- another seq, or from the snapshots
+    table into the events table -- does not decrypt there (its row's columns and table are its associated
+    data); CorruptLogError at open."""
+    img = make_image(root=Bank, snapshot_every=None, encryption_key=KEY)
+    img.root.accounts["ada"] = Account("ada", Decimal("100"))
+    seq = img.snapshot()
+    for _ in range(4):
+        img.root.accounts["ada"].balance += 1
+    img.close()
+    store = stores.raw_store()
+    snapshot_payload = bytes(store.read_snapshot(seq).payload)
+
+    def edit(rows: list[Any]) -> list[Any]:
+        if move == "event to another seq":  # same kind, same target: only the seq differs
+            return [*rows[:-2], rows[-2]._replace(payload=rows[-1].payload), rows[-1]]
+        return [*rows[:-1], rows[-1]._replace(payload=snapshot_payload)]
+
+    replace_events(stores, edit)
+    with pytest.raises(memimg.CorruptLogError, match="does not decrypt"):
+        make_image(root=Bank, encryption_key=KEY)
+
+
+def test_a_row_grafted_from_another_log_with_its_link_patched_fails_its_mac(
+    make_image: Images, stores: StoreFactory, tmp_path: Any
+) -> None:
+    """A row's MAC covers its previous-MAC field: the tail of another log under the same key, its first row's
+    link field patched to this log's MAC before it, does not open."""
+    from memimg.core._protect import MAC_SIZE
+
+    def build(img: memimg.MemoryImage, start: str) -> None:
+        img.root.accounts["ada"] = Account("ada", Decimal(start))
+        for _ in range(5):
+            img.root.accounts["ada"].balance += 1
+
+    img = make_image(root=Bank, snapshot_every=None, integrity_key=INTEGRITY_KEY)
+    build(img, "100")
+    img.close()
+    other_path = str(tmp_path / "other.db")
+    with memimg.open(other_path, root=Bank, snapshot_every=None, integrity_key=INTEGRITY_KEY) as other:
+        build(other, "900000")
+    other_store = memimg.SQLiteStore(other_path)
+    theirs = raw_events(other_store)
+    other_store.close()
+    k = 4
+
+    def graft(rows: list[Any]) -> list[Any]:
+        mine_prev_mac = rows[k - 1].payload[2 + MAC_SIZE : 2 + 2 * MAC_SIZE]  # the MAC of my row k - 1
+        first = theirs[k]
+        patched = first.payload[:2] + mine_prev_mac + first.payload[2 + MAC_SIZE :]
+        return [*rows[:k], first._replace(payload=patched), *theirs[k + 1 :]]
+
+    replace_events(stores, graft)
+    with pytest.raises(memimg.CorruptLogError, match="integrity MAC"):
+        make_image(root=Bank, integrity_key=INTEGRITY_KEY)
+
+
+def test_check_chain_refuses_a_snapshot_put_back_from_before_an_erase(make_image: Images, stores: StoreFactory) -> None:
+    """The whole-log check (what ``memimg verify`` runs first) names a snapshot whose link is not its event's
+    MAC (its own MAC valid: this log's snapshot from before an erase re-chained it)."""
+    from memimg.stores._protected import protect
+
+    opts = OPTIONS["chained"]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    seq = _snapshot_log(img, "100")
+    old = stores.raw_store().read_snapshot(seq)
+    img.erase(img.root.accounts["ada"], "owner", reason="test")
+    img.close()
+    stores.raw_store().write_snapshot(SnapshotRow(*old))
+    checked = protect(stores.raw_store(), Protection(integrity_key=INTEGRITY_KEY))
+    with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} does not belong") as info:
+        checked.check_chain()  # type: ignore[attr-defined]
+    assert info.value.seq == seq
+
+
+@pytest.mark.parametrize("option", ["chained", "all"])
+def test_history_does_not_skip_a_deleted_row_before_the_newest_snapshot(
+    make_image: Images, stores: StoreFactory, option: str
+) -> None:
+    """Open checks the chain from the newest snapshot on; history reads older rows and checks the chain across
+    the range it reads: an event deleted before the snapshot is a CorruptLogError in history, not a silently
+    shorter history. Without a deletion, history is whole."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    img.root.accounts["ada"] = Account("ada", Decimal("100"))
+    img.root.accounts["bob"] = Account("bob", Decimal("1"))
+    for _ in range(4):
+        img.root.accounts["ada"].balance += 1
+        img.root.accounts["bob"].balance += 1
+    img.snapshot()
+    img.root.accounts["bob"].balance += 1
+    changes = list(img.history(img.root.accounts["ada"], "balance"))
+    assert len(changes) == 4
+    victim = changes[1].seq
+    img.close()
+    replace_events(stores, lambda rows: [r for r in rows if r.seq != victim])
+    if stores.kind == "ndjson":  # its lines are numbered from the header's first seq: the file itself is refused
+        with pytest.raises(memimg.CorruptLogError, match="a line is missing"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make_image(root=Bank, **opts)
+        return
+    img = make_image(root=Bank, **opts)  # opens: the deleted row is before the snapshot it loads
+    with pytest.raises(memimg.CorruptLogError, match="missing") as info:
+        for account in ("ada", "bob"):
+            list(img.history(img.root.accounts[account], "balance"))
+    assert info.value.seq == victim and info.value.tampered
+
+
+def _six_commits(img: memimg.MemoryImage, start: str) -> None:
+    img.root.accounts["ada"] = Account("ada", Decimal(start))
+    for _ in range(5):
+        img.root.accounts["ada"].balance += 1
+
+
+@pytest.mark.parametrize("option", ["encrypted", "chained", "all"])
+def test_the_rows_of_another_log_under_the_same_keys_do_not_open(
+    make_image: Images, stores: StoreFactory, option: str, tmp_path: Any
+) -> None:
+    """Each log gets a random id at creation, bound into every row's associated data and MAC and the chain's
+    start: another log's rows under the same keys put in place of this log's (all of them, or a copy's
+    divergent tail grafted on) are a CorruptLogError at open."""
+    opts = OPTIONS[option]
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    _six_commits(img, "100")
+    img.close()
+    other_path = str(tmp_path / "other.db")
+    with memimg.open(other_path, root=Bank, snapshot_every=None, **opts) as other:
+        _six_commits(other, "900000")
+    copy_path = str(tmp_path / "copy.db")
+    memimg.copy(stores.target(), copy_path, src_options=opts)
+    with memimg.open(copy_path, root=Bank, snapshot_every=None, **opts) as copied:
+        copied.root.accounts["ada"].balance += 900000
+    for path, keep in ((other_path, 0), (copy_path, 6)):
+        store = memimg.SQLiteStore(path)
+        foreign = raw_events(store)
+        store.close()
+        mine = raw_events(stores.raw_store())
+        replace_events(stores, lambda rows: [*rows[:keep], *foreign[keep:]])
+        with pytest.raises(memimg.CorruptLogError, match="integrity MAC|does not decrypt"):
+            make_image(root=Bank, **opts)
+        replace_events(stores, lambda rows: mine)
+    with memimg.open(stores.target(), root=Bank, **opts) as again:
+        assert again.root.accounts["ada"].balance == Decimal("105")
+
+
+def test_a_log_protected_before_log_ids_still_opens_and_a_rekey_gives_it_one(tmp_path: Any, monkeypatch: Any) -> None:
+    """A protected log whose settings hold no log id (written before ids) opens, takes commits and verifies as
+    before; a rekey seals it anew under an id of its own."""
+    import memimg.stores._protected as protected
+
+    path = str(tmp_path / "old.db")
+    opts = OPTIONS["all"]
+    monkeypatch.setattr(protected, "new_log_id", lambda: None)
+    with memimg.open(path, root=Bank, **opts) as img:
+        _six_commits(img, "100")
+    monkeypatch.undo()
+    store = memimg.SQLiteStore(path)
+    assert "log_id" not in store.meta()["protection"] or '"log_id":null' in store.meta()["protection"]
+    store.close()
+    with memimg.open(path, root=Bank, **opts) as img:
+        img.root.accounts["ada"].balance += 1
+    new = {**opts, "encryption_key": OTHER_KEY}
+    memimg.rekey(path, old_options=opts, new_options=new)
+    store = memimg.SQLiteStore(path)
+    assert '"log_id":"' in store.meta()["protection"]
+    store.close()
+    with memimg.open(path, root=Bank, **new) as img:
+        assert img.root.accounts["ada"].balance == Decimal("106")

@@ -238,3 +238,121 @@ def test_commands_keep_a_protected_log_protected(tmp_path: Any) -> None:
     assert SECRET.encode() not in (tmp_path / "new.db").read_bytes()
     with memimg.open(str(tmp_path / "new.db"), encryption_key=KEY) as img:
         assert img.root.accounts["ada"].owner == SECRET + "-2"
+
+
+def test_an_ndjson_rekey_keeps_the_archived_segments(tmp_path: Any) -> None:
+    """Segments ``compact --keep-segment`` archived survive a rekey of the NDJSON log, byte for byte (they stay
+    under the keys they were written with), and the log opens with the new keys."""
+    path = str(tmp_path / "bank.ndjson")
+    _make(path, {}, OLD)
+    env = {"MEMIMG_ENCRYPTION_KEY": OLD["encryption_key"], "MEMIMG_INTEGRITY_KEY": OLD["integrity_key"]}
+    with memimg.open(path, root=Bank, **OLD) as img:
+        img.root.accounts["ada"].balance += 1
+    result = CliRunner().invoke(cli, ["compact", path, "--keep-segment"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    segments = tmp_path / "bank.ndjson.segments"
+    before = {p.name: p.read_bytes() for p in segments.iterdir()}
+    assert before
+    memimg.rekey(path, old_options=OLD, new_options=NEW)
+    assert {p.name: p.read_bytes() for p in segments.iterdir()} == before
+    assert _balance(path, {}, NEW) == Decimal("133")
+
+
+def _expire_positions(target: Any, store_options: dict[str, Any]) -> None:
+    """Expire every image's position in the log, as 600 idle seconds would."""
+    store = memimg._api.plain_store(target, sync="normal", readonly=False, busy_timeout=10.0, **store_options)
+    try:
+        for key, value in store.meta().items():
+            if key.startswith("position."):
+                store.set_meta(key, "00000000000000000001 " + value.partition(" ")[2])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "ndjson", "postgres"])
+@pytest.mark.parametrize("before", [OLD, {}], ids=["protected", "plain"])
+def test_a_writer_left_open_across_a_rekey_stops_with_a_clear_error_and_writes_nothing(
+    kind: str, before: Any, tmp_path: Any
+) -> None:
+    """An image that had the log open when the rekey ran (its position expired, so the rekey went ahead) and
+    commits afterwards gets a ProtectionError naming the rekey; nothing of its commit is in the log, which opens
+    with the new keys and verifies."""
+    target, store_options = _target(kind, tmp_path)
+    try:
+        _make(target, store_options, OLD)
+        if not before:
+            memimg.rekey(target, old_options=OLD, new_options={}, **store_options)
+        stale = memimg.open(target, root=Bank, **before, **store_options)
+        _expire_positions(target, store_options)
+        memimg.rekey(target, old_options=before, new_options=NEW, **store_options)
+        with pytest.raises(memimg.ProtectionError, match="rekey"):
+            stale.root.accounts["ada"].balance += 1000
+        stale.close()
+        assert _balance(target, store_options, NEW) == Decimal("132")
+        if kind != "postgres":
+            result = CliRunner().invoke(
+                cli,
+                ["verify", target],
+                env={"MEMIMG_ENCRYPTION_KEY": NEW["encryption_key"], "MEMIMG_INTEGRITY_KEY": NEW["integrity_key"]},
+            )
+            assert result.exit_code == 0, result.output
+    finally:
+        _drop(kind, store_options)
+
+
+def test_a_writer_that_commits_while_an_sql_rekey_runs_makes_the_rekey_fail_whole(tmp_path: Any) -> None:
+    """An image opening after the rekey's check for live images and committing before its rewrite: the rekey
+    refuses (its rewrite finds the head moved) and changes nothing; the log opens with the old keys, that
+    commit in it."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+
+    class Intruding(memimg.SQLiteStore):
+        def set_meta(self, key: str, value: str | None) -> None:
+            if key == "protection.pending":
+                with memimg.open(path, root=Bank, **OLD) as other:
+                    other.root.accounts["ada"].balance += 1000
+            super().set_meta(key, value)
+
+    store = Intruding(path)
+    with pytest.raises(memimg.MemimgError, match="appended to .* during the rekey"):
+        memimg.rekey(store, old_options=OLD, new_options=NEW)
+    store.close()
+    assert _balance(path, {}, OLD) == Decimal("1132")
+
+
+def test_an_ndjson_commit_during_the_rekeys_copy_waits_and_then_stops(tmp_path: Any, monkeypatch: Any) -> None:
+    """A commit that comes while an NDJSON rekey copies the log waits for the rekey's write turn (it is not
+    appended to the old file and lost at the swap), then stops with a ProtectionError naming the rekey."""
+    import threading
+
+    import memimg._rekey
+
+    path = str(tmp_path / "bank.ndjson")
+    _make(path, {}, OLD)
+    stale = memimg.open(path, root=Bank, **OLD)
+    _expire_positions(path, {})
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            stale.root.accounts["ada"].balance += 1000
+            outcome.append(None)
+        except BaseException as err:
+            outcome.append(err)
+
+    real_copy = memimg._rekey.copy
+    writer = threading.Thread(target=commit)
+
+    def copy_with_a_commit(src: Any, dst: Any) -> int:
+        writer.start()
+        writer.join(0.5)  # the commit is waiting for the write turn, not done
+        assert not outcome
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(memimg._rekey, "copy", copy_with_a_commit)
+    memimg.rekey(path, old_options=OLD, new_options=NEW)
+    writer.join(10)
+    stale.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], memimg.ProtectionError), outcome
+    assert _balance(path, {}, NEW) == Decimal("132")

@@ -9,9 +9,10 @@ path. Three independent options:
   payloads over :data:`COMPRESS_OVER` bytes, each kept only when it is
   smaller;
 * **encryption** (AES-256-GCM, the ``cryptography`` package): a fresh
-  96-bit nonce per row; the row's plain columns -- table, seq, tx, time,
-  kind, target -- and the sealed header are the associated data, so a
-  sealed payload moved to another row (or table) no longer opens;
+  96-bit nonce per row; the log's id (see :meth:`Protection.for_log`), the
+  row's plain columns -- table, seq, tx, time, kind, target -- and the
+  sealed header are the associated data, so a sealed payload moved to
+  another row, table or log no longer opens;
 * **integrity** (HMAC-SHA256 with a key of its own): each row carries the
   MAC of the row before it in the chain and its own MAC over its columns,
   that previous MAC and its stored body (encrypt-then-MAC: the chain is
@@ -64,6 +65,7 @@ __all__ = [
     "Protection",
     "ProtectionError",
     "is_sealed",
+    "new_log_id",
     "parse_key",
 ]
 
@@ -119,6 +121,11 @@ def parse_key(value: object, what: str) -> bytes:
     return key
 
 
+def new_log_id() -> str:
+    """A fresh random log id (32 hex digits): see :meth:`Protection.for_log`."""
+    return os.urandom(16).hex()
+
+
 def fingerprint(key: bytes, label: bytes) -> str:
     """A key's public name: 16 hex digits of an HMAC of *label* under it."""
     return hmac.digest(key, b"memimg key id " + label, "sha256")[:8].hex()
@@ -148,20 +155,30 @@ class _Nonces:
         os.register_at_fork(after_in_child=self._reset)
 
     def _reset(self) -> None:
-        self._prefix = os.urandom(8)
-        self._counter = itertools.count()
+        # one tuple, swapped whole: a reader never pairs one prefix with another prefix's counter
+        self._state = (os.urandom(8), itertools.count())
 
     def __call__(self) -> bytes:
-        n = next(self._counter)  # atomic under the GIL
+        prefix, counter = self._state
+        n = next(counter)  # atomic under the GIL
         if n >= 0xFFFF_FFFF:
             with self._lock:
-                if n >= 0xFFFF_FFFF:
+                if self._state[1] is counter:
                     self._reset()
             return self()
-        return self._prefix + n.to_bytes(4, "little")
+        return prefix + n.to_bytes(4, "little")
 
 
 _nonce = _Nonces()
+
+
+def _aesgcm() -> Any:
+    """The AESGCM class, or None when ``cryptography`` is not installed."""
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        return None
+    return AESGCM
 
 
 def _zstd() -> Any:
@@ -205,7 +222,7 @@ class Protection:
         ValueError: *compression* is not one of :data:`COMPRESSIONS`.
     """
 
-    __slots__ = ("_aead", "_mac_key", "compression", "integrity_id", "key_id")
+    __slots__ = ("_aead", "_log_tag", "_mac_key", "compression", "integrity_id", "key_id", "log_id", "macs_only")
 
     def __init__(
         self, *, encryption_key: object = None, integrity_key: object = None, compression: str | None = None
@@ -217,21 +234,33 @@ class Protection:
         if compression == "zstd":
             _zstd()
         self.compression = compression
+        self.macs_only = False
+        #: the log this protection is bound to (see :meth:`for_log`); None: none (a log made before ids)
+        self.log_id: str | None = None
+        self._log_tag = b""
         self._aead: Any = None
         self.key_id: str | None = None
+        key = ikey = None
         if encryption_key is not None:
+            AESGCM = _aesgcm()
+            if AESGCM is None:  # raised outside an except block: no ImportError context whose frames hold a key
+                raise ProtectionError("encryption needs the cryptography package: pip install 'memimg[crypto]'")
             key = parse_key(encryption_key, "encryption_key")
-            try:
-                from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-            except ImportError as err:  # pragma: no cover - depends on the environment
-                raise ProtectionError(f"encryption needs cryptography: pip install 'memimg[crypto]' ({err})") from err
+        if integrity_key is not None:
+            ikey = parse_key(integrity_key, "integrity_key")
+        if key is not None and ikey is not None and hmac.compare_digest(key, ikey):
+            raise ProtectionError(
+                "encryption_key and integrity_key are the same key: give two different keys (one key used "
+                "for both AES-GCM and HMAC weakens both); make one with "
+                "python -c 'import secrets; print(secrets.token_hex(32))'"
+            )
+        if key is not None:
             self._aead = AESGCM(key)
             self.key_id = fingerprint(key, b"encryption")
         # the HMAC key lives in a closure: no attribute, no local of a frame that outlives this call, holds it
         self._mac_key: Any = None
         self.integrity_id: str | None = None
-        if integrity_key is not None:
-            ikey = parse_key(integrity_key, "integrity_key")
+        if ikey is not None:
             self.integrity_id = fingerprint(ikey, b"integrity")
             self._mac_key = _mac_function(ikey)
 
@@ -256,6 +285,48 @@ class Protection:
             self.integrity_id,
         )
         other.compression = compression
+        other.macs_only = self.macs_only
+        other.log_id, other._log_tag = self.log_id, self._log_tag
+        return other
+
+    def for_log(self, log_id: str | None) -> Protection:
+        """This protection bound to the log *log_id* (32 hex digits; None: a log made before log ids).
+
+        The id is part of every row's associated data and MAC and of the
+        chain's start: a row, a snapshot or a whole log sealed for one log
+        does not open in another under the same keys.
+
+        Raises:
+            CorruptLogError: *log_id* is not 32 hex digits (the stored settings were edited).
+        """
+        other = self.compressing(self.compression)
+        if log_id is None:
+            other.log_id, other._log_tag = None, b""
+            return other
+        try:
+            raw = bytes.fromhex(log_id) if isinstance(log_id, str) and len(log_id) == 32 else b""
+        except ValueError:
+            raw = b""
+        if not raw:
+            raise CorruptLogError(
+                f"the log id in the {PROTECTION_KEY!r} entry of memimg_meta is damaged; restore it from a backup",
+                seq=None,
+                table="memimg_meta",
+            )
+        other.log_id, other._log_tag = log_id, b"memimg log " + raw
+        return other
+
+    def checking_macs_only(self) -> Protection:
+        """This protection (its integrity key) made to check rows' MACs and the chain without decrypting them.
+
+        What ``memimg verify`` uses with the integrity key alone on an
+        encrypted log: :meth:`unseal` returns an encrypted row's stored body
+        (ciphertext) as its payload, and never seals.
+        """
+        if not self.chained:
+            raise ProtectionError("checking MACs only needs an integrity key")
+        other = self.compressing(None)
+        other.macs_only = True
         return other
 
     def __reduce__(self) -> Any:
@@ -283,6 +354,7 @@ class Protection:
             "integrity": "hmac-sha256" if self._mac_key is not None else None,
             "integrity_key_id": self.integrity_id,
             "compression": self.compression,
+            "log_id": self.log_id,
         }
 
     def settings_text(self) -> str:
@@ -292,7 +364,9 @@ class Protection:
 
     def start(self, seq: int) -> bytes:
         """The previous MAC of an event *seq* + 1 when neither event *seq* nor a snapshot at *seq* is stored."""
-        return self._mac_key(b"memimg chain start" + _HEADER.pack(seq, 0, 0, 0))  # type: ignore[no-any-return]
+        return self._mac_key(  # type: ignore[no-any-return]
+            b"memimg chain start" + self._log_tag + _HEADER.pack(seq, 0, 0, 0)
+        )
 
     # -- sealing --------------------------------------------------------------------------------
 
@@ -303,6 +377,8 @@ class Protection:
 
         The MAC is ``b""`` when there is no integrity key.
         """
+        if self.macs_only:
+            raise ProtectionError("a protection that checks MACs only does not seal rows")
         flags = 0
         data = payload
         if self.compression is not None and (table == _SNAPSHOT or len(payload) > COMPRESS_OVER):
@@ -310,7 +386,7 @@ class Protection:
             if len(packed) < len(payload):
                 data = packed
                 flags |= _ZLIB if self.compression == "zlib" else _ZSTD
-        columns = table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
+        columns = self._log_tag + table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
         if self._aead is not None:
             flags |= _AES
             nonce = _nonce()
@@ -348,7 +424,7 @@ class Protection:
                 )
             return stored, b"", b""
         flags = stored[1]
-        columns = table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
+        columns = self._log_tag + table + _HEADER.pack(seq, tx, ts, target) + kind.encode()
         at = 2
         prev = mac = b""
         if flags & _MAC:
@@ -382,6 +458,8 @@ class Protection:
                 tampered=True,
             )
         data = stored[at:]
+        if self.macs_only:
+            return bytes(data), prev, mac  # the MAC is over the stored bytes: checked; the contents are not opened
         if flags & _AES:
             if self._aead is None:
                 raise CorruptLogError(

@@ -64,6 +64,7 @@ from memimg.image._tx import Savepoint, TxState
 from memimg.image._views import ListView
 from memimg.image._writer import AutoWriter
 from memimg.model import SHELL, _tracking
+from memimg.stores._protected import refuse_if_rekeyed
 from memimg.stores._protocol import SeqTaken, Store
 
 __all__ = ["Engine"]
@@ -508,6 +509,7 @@ class Engine:
                     )
                 except CorruptLogError as err:  # the next event missing: compacted away, or lost
                     if err.seq != self.seq + 1 or not _recovery.compacted_past(self):
+                        refuse_if_rekeyed(self.store, err.seq)  # or under keys a rekey changed meanwhile
                         raise
                     end = -1
                 if end == -1 or (end - 1 == start and _recovery.compacted_past(self)):

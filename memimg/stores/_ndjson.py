@@ -171,6 +171,10 @@ class NDJSONStore(LogFile):
                 self._check_file()
             with self._writing("opening the log"):
                 self._remove_stale_temps()  # _writing created the file, cut a torn tail, and indexed it
+            if self._full:
+                # the log's directory entry made durable (a process writing with sync="normal" may have
+                # created it without): once per open, not per commit
+                sync_directory(os.path.dirname(self.path))
         except BaseException:
             self.close()
             raise
@@ -237,7 +241,6 @@ class NDJSONStore(LogFile):
 
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         doing = f"appending events {rows[0][0]}..{rows[-1][0]}"
-        self._check_writable(doing)
         if len(rows) != 1 or rows[0][0] != expected_head + 1:
             for i, row in enumerate(rows):
                 if row[0] != expected_head + 1 + i:
@@ -245,6 +248,7 @@ class NDJSONStore(LogFile):
         data = encode_rows(rows)
         # the write turn by hand (as _writing does), a commit's hot path
         with self._lock:
+            self._check_writable(doing)  # under the lock: another thread's failed fsync is seen
             try:
                 self._take_turn(doing)
                 try:
@@ -270,9 +274,11 @@ class NDJSONStore(LogFile):
         start = self._end
         try:
             written = os.write(self._fd, data)
-        except BaseException:
+        except OSError:
+            # the write itself failed, nothing written: nothing of it stays. (Not on any exception: a signal's
+            # KeyboardInterrupt landing after os.write returned would cut rows readers may have read.)
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)  # the write reported nothing written: nothing of it stays
+                os.ftruncate(self._fd, start)
             raise
         if written != len(data):
             # a short write (a full disk): the transactions whole in what reached the file stay -- a

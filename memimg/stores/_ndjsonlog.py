@@ -108,8 +108,8 @@ class LogFile:
     @contextlib.contextmanager
     def _writing(self, doing: str) -> Iterator[None]:
         """Hold the write turn: this store's thread lock and the lock file's lock, the log indexed and whole."""
-        self._check_writable(doing)
         with self._lock, self._io(doing, write=True):
+            self._check_writable(doing)  # under the lock: another thread's failed fsync is seen
             self._take_turn(doing)
             try:
                 yield

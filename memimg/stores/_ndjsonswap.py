@@ -1,7 +1,8 @@
 """Replacing an NDJSON log by another, whole, as one step that a crash cannot split.
 
-An NDJSON log is several files (the log, ``.meta``, ``.snapshots/``,
-``.segments/``), and no rename moves them together. So the new log is
+An NDJSON log is several files (the log, ``.meta``, ``.snapshots/``), and
+no rename moves them together. (Its ``.segments/``, archives of events
+compaction dropped, stay where they are: a swap leaves them alone.) So the new log is
 written complete beside the old one (``NAME.swap.ndjson`` and its files),
 then a marker file ``NAME.ndjson.swap`` is written atomically: that is the
 commit point. Moving the new files over the old ones, which follows, is
@@ -21,7 +22,9 @@ from memimg.stores._ndjsonformat import sync_directory, write_atomically
 __all__ = ["commit_swap", "finish_swap", "swap_path"]
 
 _COMPANIONS = ("", ".meta")
-_DIRECTORIES = (".snapshots", ".segments")
+#: ``.segments/`` is not swapped: the segments ``compact --keep-segment`` keeps are archives of their own, left
+#: as they are (under the keys they were written with).
+_DIRECTORIES = (".snapshots",)
 
 
 def swap_path(path: str) -> str:

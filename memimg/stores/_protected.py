@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
+import orjson
+
 from memimg._errors import CorruptLogError, MemimgError, ReadOnlyError
-from memimg.core._protect import PROTECTION_KEY, Protection, ProtectionError, read_settings
+from memimg.core._meta import META_KIND
+from memimg.core._protect import PROTECTION_KEY, Protection, ProtectionError, new_log_id, read_settings
 from memimg.core._rows import event_checksum, row_intact, snapshot_checksum
 from memimg.stores._protocol import (
     EventRow,
@@ -43,7 +47,7 @@ from memimg.stores._protocol import (
     live_positions,
 )
 
-__all__ = ["PENDING_KEY", "ProtectedStore", "protect", "rekey"]
+__all__ = ["PENDING_KEY", "ProtectedStore", "protect", "refuse_if_rekeyed", "rekey", "rekey_marker"]
 
 #: The ``memimg_meta`` key of the settings a ``memimg rekey`` is moving the log to, while it runs.
 PENDING_KEY: Final = "protection.pending"
@@ -133,13 +137,17 @@ class ProtectedStore:
         chain: bool = True,
         after: tuple[int, bytes] | None = None,
         macs: dict[int, bytes] | None = None,
+        only: int | None = None,
     ) -> Iterator[EventRow]:
         """The plain rows of stored event *rows*, each checked; in order and chained when *chain*.
 
         *after*: ``(seq, MAC)`` the first row may chain from (else it is
-        looked up); *macs* collects each row's MAC.
+        looked up); *macs* collects each row's MAC; *only*: yield the rows
+        of that target only (the others' MACs and links are checked, their
+        contents not opened).
         """
         p = self.protection
+        skim = p.checking_macs_only() if only is not None and p.chained else p
         chained = chain and p.chained
         last_seq, last_mac = after if after is not None else (-1, b"")
         try:
@@ -148,7 +156,21 @@ class ProtectedStore:
                     yield EventRow(*row)  # damaged by accident: the core reports it as it reports any damaged row
                     return
                 seq, tx, ts, kind, target, stored, _ = row
-                payload, prev, mac = p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
+                try:
+                    payload, prev, mac = (p if only is None or target == only else skim).unseal(
+                        _E, seq, tx, ts, kind, target, bytes(stored)
+                    )
+                except CorruptLogError:
+                    self._refuse_if_rekeyed(seq)
+                    raise
+                if only is not None and last_seq >= 0 and seq != last_seq + 1:
+                    raise CorruptLogError(
+                        f"events {last_seq + 1}..{seq - 1} are missing from the log (read for the history of "
+                        f"object {only}): rows were deleted; restore the log from a backup",
+                        seq=last_seq + 1,
+                        table="memimg_events",
+                        tampered=True,
+                    )
                 if chained:
                     if seq == last_seq + 1:
                         fits = hmac.compare_digest(prev, last_mac)
@@ -165,17 +187,42 @@ class ProtectedStore:
                     last_seq, last_mac = seq, mac
                     if macs is not None:
                         macs[seq] = mac
+                if only is not None and target != only:
+                    continue
                 yield EventRow(seq, tx, ts, kind, target, payload, event_checksum(seq, tx, ts, kind, target, payload))
         finally:
             if chained and last_mac and (after is None or last_seq != after[0]):
                 self._remember(last_seq, last_mac)
+
+    def _refuse_if_rekeyed(self, seq: int) -> None:
+        """Raise ProtectionError if the log's stored settings are no longer this store's keys (a ``memimg rekey``
+        ran while this store was open): event *seq* failed to open because of that, not because of tampering."""
+        try:
+            meta = self.inner.meta()
+        except MemimgError:
+            return
+        settings = read_settings(meta)
+        pending = meta.get(PENDING_KEY)
+        wrong = _mismatch(self.description, settings, self.protection)
+        if wrong is None and pending is not None:
+            wrong = f"{self.description!r} is being moved to other keys by a `memimg rekey`"
+        if wrong is not None:
+            raise ProtectionError(
+                f"{wrong}: a `memimg rekey` re-sealed the log while this image had it open (event seq {seq} "
+                "is under the new keys). Nothing more was written by this image; open the log again with its "
+                "new keys"
+            )
 
     def _open_snapshot(self, row: SnapshotRow) -> tuple[SnapshotRow, bytes]:
         seq, ts, stored, checksum = row
         stored = bytes(stored)
         if snapshot_checksum(seq, ts, stored) != checksum:
             return SnapshotRow(seq, ts, stored, checksum), b""  # damaged: the core reports it
-        payload, link, _ = self.protection.unseal(_S, seq, 0, ts, "", 0, stored)
+        try:
+            payload, link, _ = self.protection.unseal(_S, seq, 0, ts, "", 0, stored)
+        except CorruptLogError:
+            self._refuse_if_rekeyed(seq)
+            raise
         return SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)), link
 
     # -- the protocol -----------------------------------------------------------------------------
@@ -200,8 +247,23 @@ class ProtectedStore:
         return self._open_events(self.inner.read(after, limit))
 
     def read_target(self, target: int, after: int = 0, until: int | None = None) -> Iterator[EventRow]:
-        # one object's rows are not consecutive: each is checked by its own MAC, not its place in the chain
-        return self._open_events(self.inner.read_target(target, after, until), chain=False)
+        """See :meth:`Store.read_target`. With an integrity chain, every event of the range is read and the
+        chain checked across it (the other objects' rows by their MACs alone, not decrypted): a deleted row
+        is a CorruptLogError, not a silent gap in the object's history. That costs a scan of the range
+        instead of the target index's rows."""
+        if not self.protection.chained:
+            return self._open_events(self.inner.read_target(target, after, until), chain=False)
+        if target < 1:
+            raise ValueError(f"target must be an object id (>= 1), not {target!r}")
+        return self._read_target_chained(target, after, until)
+
+    def _read_target_chained(self, target: int, after: int, until: int | None) -> Iterator[EventRow]:
+        start = max(after, self.inner.first_seq() - 1)
+        limit = None if until is None else max(0, until - start)
+        rows = self.inner.read(start, limit)
+        # the first row read must be the one after *start* (a row deleted there is a gap too)
+        anchor = self._anchor(start, fresh=True) if start >= 0 else None  # None: nothing before (compacted)
+        return self._open_events(rows, only=target, after=None if anchor is None else (start, anchor))
 
     def index_targets(self, upto: int, *, least: int = 1) -> int:
         return self.inner.index_targets(upto, least=least)
@@ -215,8 +277,31 @@ class ProtectedStore:
     def read_snapshot(self, seq: int) -> SnapshotRow:
         row, link = self._open_snapshot(SnapshotRow(*self.inner.read_snapshot(seq)))
         if link:
-            self._remember(seq, link)  # the first event replayed after it must chain from it
+            self._check_link(row.seq, link)
+            self._remember(row.seq, link)  # the first event replayed after it must chain from it
         return row
+
+    def _check_link(self, seq: int, link: bytes) -> None:
+        """Refuse a snapshot at *seq* whose *link* is not the MAC of the stored event *seq* (when it is stored).
+
+        A snapshot sealed under the same keys but taken from another log, or
+        from this log before an erase re-chained it, has a valid MAC of its
+        own: only its link tells it does not belong here.
+        """
+        if seq < 1:
+            return
+        for stored in self.inner.read(seq - 1, 1):
+            if stored[0] != seq or not row_intact(stored):
+                return  # not stored (compacted away), or damaged: the core reports damage as it reads on
+            mac = self.protection.unseal(_E, seq, *stored[1:5], bytes(stored[5]))[2]
+            if not hmac.compare_digest(mac, link):
+                raise CorruptLogError(
+                    f"snapshot at seq {seq} does not belong to this log's integrity chain (its link is not "
+                    f"event {seq}'s MAC): it was replaced; restore the log from a backup",
+                    seq=seq,
+                    table="memimg_snapshots",
+                    tampered=True,
+                )
 
     def meta(self) -> dict[str, str]:
         return self.inner.meta()
@@ -347,6 +432,16 @@ class ProtectedStore:
                 )
             head_seq = row.seq
         head_mac = macs.get(head_seq, head_mac)
+        if base is None and macs and not any(seq in macs for seq in snaps):
+            # nothing the key vouches for anchors the first event: neither the event before it nor a snapshot
+            # at or after it (compaction keeps a snapshot at the first event it keeps)
+            raise CorruptLogError(
+                f"events 1..{first - 1} are missing and no snapshot covers them: the oldest events were deleted "
+                "(the chain starts at event 1, or at a snapshot compaction kept); restore the log from a backup",
+                seq=first - 1,
+                table="memimg_events",
+                tampered=True,
+            )
         for seq in snaps:
             _, link = self._open_snapshot(SnapshotRow(*self.inner.read_snapshot(seq)))
             if seq in macs and not hmac.compare_digest(link, macs[seq]):
@@ -404,6 +499,7 @@ def protect(store: Store, protection: Protection | None) -> Store:
     wrong = _mismatch(store.description, settings, p)
     if wrong is not None and pending is not None and _mismatch(store.description, pending, p) is None:
         # a rekey to these options started: whether it finished, the rows say
+        p = p.for_log(pending.get("log_id"))
         if not _opens(store, p):
             raise ProtectionError(
                 f"{wrong}: a `memimg rekey` to the keys given started and did not finish, so the log is still "
@@ -411,7 +507,10 @@ def protect(store: Store, protection: Protection | None) -> Store:
             )
         _finish_rekey(store, p)
         wrong = None
-    elif wrong is None and pending is not None and not _opens(store, p):
+        settings = pending
+    elif settings is not None:
+        p = p.for_log(settings.get("log_id"))  # None: a log protected before log ids (still opens)
+    if wrong is None and pending is not None and settings is not pending and not _opens(store, p):
         raise ProtectionError(
             f"{store.description!r}: a `memimg rekey` finished moving the log to other keys (key "
             f"{pending.get('key_id')}, integrity key {pending.get('integrity_key_id')}); open it with those"
@@ -419,6 +518,8 @@ def protect(store: Store, protection: Protection | None) -> Store:
     if wrong is not None:
         empty = store.head() == 0 and not store.snapshots()
         if settings is None and empty:
+            if p.active:
+                p = p.for_log(new_log_id())  # a new log: an id of its own, bound into every row it seals
             _store_settings(store, p)
             return ProtectedStore(store, p) if p.active else store
         if settings is None:
@@ -445,18 +546,53 @@ def _store_settings(store: Store, p: Protection) -> None:
 
 
 def _opens(store: Store, p: Protection) -> bool:
-    """Whether the newest event and the newest snapshot of *store* open under *p* (a rekey's rows do)."""
+    """Whether the newest event and the newest snapshot (the highest seq) of *store* open under *p* (a rekey's
+    rows do)."""
     wrapped = ProtectedStore(store, p)
     try:
         head = store.head()
         if head >= store.first_seq():
             for _ in wrapped._open_events(store.read(head - 1, 1), chain=False):
                 pass
-        for info in store.snapshots()[:1]:
+        for info in sorted(store.snapshots(), reverse=True)[:1]:  # newest first already; not relied on
             wrapped._open_snapshot(SnapshotRow(*store.read_snapshot(info.seq)))
     except CorruptLogError:
         return False
     return True
+
+
+def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
+    """Raise ProtectionError if *store*'s log is no longer under the keys it was opened with (a ``memimg rekey``
+    ran since): event *seq* failed to decode because of that. A plain log that was protected meanwhile
+    counts (its image would otherwise report the sealed rows as damage)."""
+    if isinstance(store, ProtectedStore):
+        store._refuse_if_rekeyed(seq or 0)
+        return
+    try:
+        meta = store.meta()
+    except MemimgError:
+        return
+    if PROTECTION_KEY in meta or PENDING_KEY in meta:
+        raise ProtectionError(
+            f"{store.description!r} was protected by a `memimg rekey` while this image had it open (event seq "
+            f"{seq} is sealed). Nothing more was written by this image; open the log again with its new keys"
+        )
+
+
+def rekey_marker(head: int, new: Protection) -> EventRow:
+    """The plain ``tx.meta`` event a rekey appends after *head*, to be sealed under *new*.
+
+    An image that had the log open before the rekey and commits after it
+    finds this row where it meant to write (its append fails with SeqTaken,
+    the store's own head check), cannot open it under its old keys, and
+    stops with a ProtectionError before writing anything (see
+    :meth:`ProtectedStore._refuse_if_rekeyed`). It is also the log's record
+    of the rekey.
+    """
+    meta = {"memimg": "rekey", "key_id": new.key_id, "integrity_key_id": new.integrity_id}
+    payload = orjson.dumps([[meta]])
+    seq, ts = head + 1, time.time_ns() // 1000
+    return EventRow(seq, seq, ts, META_KIND, 0, payload, event_checksum(seq, seq, ts, META_KIND, 0, payload))
 
 
 def _finish_rekey(store: Store, p: Protection) -> None:
@@ -483,6 +619,8 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
     """
     old = old or Protection()
     new = new or Protection()
+    if new.active:
+        new = new.for_log(new_log_id())  # every row is sealed anew: under a new id (no old row fits)
     source = protect(store, old)
     live = live_positions(store.meta())
     if live:
@@ -508,12 +646,21 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
         if row.seq >= first:
             sealed_snaps[row.seq] = target._seal_snapshot(row, macs.get(row.seq, b""))
 
+    if head >= 1:
+        if sealed and sealed[-1].seq == head:
+            prev = ProtectedStore._mac_of(sealed[-1]) if new.chained else b""
+        else:
+            prev = new.start(head) if new.chained else b""
+        marker, _ = target._seal_events([rekey_marker(head, new)], prev)
+    else:
+        marker = []
+
     def plan(missed: Sequence[EventRow]) -> Rewrite:
         if missed:
             raise MemimgError(
                 f"another process appended to {store.description!r} during the rekey; nothing was changed"
             )
-        return Rewrite(sealed, list(sealed_snaps.values()), [])
+        return Rewrite(sealed, list(sealed_snaps.values()), marker)
 
     store.set_meta(PENDING_KEY, new.settings_text())
     store.rewrite(plan, head)

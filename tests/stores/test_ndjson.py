@@ -178,6 +178,56 @@ def test_a_short_write_leaves_nothing_of_its_transaction(tmp_path: Any, monkeypa
     store.close()
 
 
+def test_an_interrupt_after_the_write_leaves_the_written_transaction(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt (a signal) landing after the write returned -- the lines are in the file, where lock-free
+    readers may have read them -- does not cut them back out: another store reads them, and the writer's store
+    finds them at its next append."""
+    path = str(tmp_path / "interrupt.ndjson")
+    store = NDJSONStore(path)
+    store.append([row(1, 1)], 0)
+    write = os.write
+
+    def interrupted(fd: int, data: Any) -> int:
+        write(fd, data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.append([row(2, 2), row(3, 2)], 1)
+    monkeypatch.setattr(os, "write", write)
+    reader = NDJSONStore(path, readonly=True)
+    assert [r[0] for r in reader.read()] == [1, 2, 3]
+    reader.close()
+    with pytest.raises(memimg.stores.SeqTaken):
+        store.append([row(2, 2)], 1)
+    store.append([row(4, 4)], 3)
+    assert [r[0] for r in store.read()] == [1, 2, 3, 4]
+    store.close()
+
+
+def test_a_sync_full_open_makes_the_logs_directory_entry_durable(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log created with sync="normal" (its directory entry never fsynced) opened with sync="full" gets its
+    directory fsynced once at that open; a sync="normal" open does not."""
+    import memimg.stores._ndjson as ndjson_module
+
+    path = str(tmp_path / "dir.ndjson")
+    NDJSONStore(path).close()
+    synced: list[str] = []
+    real = ndjson_module.sync_directory
+    monkeypatch.setattr(ndjson_module, "sync_directory", lambda d: synced.append(d) or real(d))
+    NDJSONStore(path).close()
+    assert synced == []
+    store = NDJSONStore(path, sync="full")
+    assert synced == [os.path.dirname(os.path.realpath(path))]
+    store.append([row(1, 1)], 0)
+    assert len(synced) == 1  # once per open, not per commit
+    store.close()
+
+
 def test_a_torn_last_line_is_cut_at_open_and_the_log_goes_on(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A partial last line (a crash mid-write) is never replayed: a read-only open leaves the file as it is and
     ignores it; an open for writing cuts it off, logs what it cut, and the log takes new commits."""
