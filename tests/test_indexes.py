@@ -82,6 +82,11 @@ class Board:
     spare: list[Any] = attrs.field(factory=list)
 
 
+@persistent
+class Order:
+    user: User | None = None
+
+
 def ids(objs: Any) -> set[int]:
     return {id(o) for o in objs}
 
@@ -478,12 +483,65 @@ def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypa
         assert img.get(User, email="ada@x.io") is ada2
         img.root.users.append(User(f"u{i}@x.io"))
     assert len(walks) == 1
-    img.root.users.append(img.root.users[1])  # an existing object linked (again)
+    img.root.users.append(img.root.users[1])  # an existing object linked again: no dropped holder behind it
+    assert img.get(User, email="ada@x.io") is ada2 and len(walks) == 1
+    with pytest.raises(memimg.UniqueError):
+        img.root.users.append(ada)  # the dropped holder: the commit looks at the whole graph, and refuses it
     assert img.get(User, email="ada@x.io") is ada2 and len(walks) == 3
     with img.transaction():
         assert img.get(User, email="ada@x.io") is ada2
         ada2.email = "other@x.io"
         assert img.get(User, email="other@x.io") is ada2
+
+
+def test_a_commit_linking_objects_while_a_value_is_reused_walks_only_what_it_links(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a dropped holder of a unique value and its successor are both in the index (an account deleted
+    and signed up for again), a commit linking existing objects -- an order naming a user -- walks what it
+    links only as far as the objects known reachable: a few steps however big the image. Linking the dropped
+    holder back is still refused -- directly, through a dropped part of the graph, in a transaction, and after
+    its successor was dropped in turn and a third instance took the value."""
+    img = make_image(root=Board, snapshot_every=None)
+    n = 1000
+    with img.transaction():
+        img.root.users.extend(User(f"u{i}@x.io") for i in range(n))
+    with img.transaction():
+        img.root.spare.extend(Order(img.root.users[i]) for i in range(n - 1))  # none for the last
+    gone = img.root.users.pop()
+    box = [Order(gone)]
+    img.root.spare.append(box)
+    box = img.root.spare.pop()  # dropped too: a way back to the dropped holder
+    img.root.users.append(User(gone.email))
+    steps = []
+    real = _unique._contents
+
+    def counted(*args: Any) -> Any:
+        steps.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_unique, "_contents", counted)
+    for i in range(20):
+        img.root.spare.append(Order(img.root.users[i]))
+        with img.transaction():
+            img.root.spare.append(Order(img.root.users[i + 2]))
+            img.root.spare[i].user = img.root.users[i + 1]
+    assert len(steps) < 100  # a few per commit; walking the graph would be ~3 * n per commit
+    seq = img.seq
+    for link in (lambda: img.root.spare.append(box), lambda: img.root.spare.append(Order(gone))):
+        with pytest.raises(memimg.UniqueError, match=r"User\.email is unique"):
+            link()
+        with pytest.raises(memimg.UniqueError), img.transaction():
+            img.root.spare.append(Order(img.root.users[0]))
+            link()
+    assert img.seq == seq and img.get(User, email=gone.email) is img.root.users[-1]
+    second = img.root.users.pop()  # the successor dropped in turn, a third instance takes the value
+    img.root.users.append(User(gone.email))
+    img.root.spare.append(Order(img.root.users[0]))
+    for back in (gone, second):
+        with pytest.raises(memimg.UniqueError):
+            img.root.spare.append(Order(back))
+    assert [u.email for u in reachable(img.root) if isinstance(u, User)].count(gone.email) == 1
 
 
 def test_unique_checks_in_a_transaction_look_only_at_the_values_concerned(

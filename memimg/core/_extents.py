@@ -56,6 +56,8 @@ class Extents:
         "by_class",
         "groups",
         "indexes",
+        "known",
+        "known_seq",
         "late",
         "links_seq",
         "shadowed",
@@ -84,6 +86,13 @@ class Extents:
         #: the seq of the last commit that may have linked existing objects back into the graph while values
         #: were shadowed: what was found unreachable before it may be reachable again
         self.links_seq = 0
+        #: while values are shadowed, ``id()`` of objects known reachable at seq :attr:`known_seq`, or
+        #: reachable then and since unlinked, and closed under references (what a referenced object refers
+        #: to is in it too): a commit that links objects walks only as far as these (see
+        #: :mod:`memimg.image._unique`); None when not known. Objects leaving the table drop it (their ids
+        #: may be reused)
+        self.known: set[int] | None = None
+        self.known_seq = -1
         #: ``id(obj) -> the key it is filed under`` (negative) for the entities a read-only image filled in
         #: memory only (:meth:`ObjectTable.add_unlogged`): they have no id
         self.unlogged: dict[int, int] = {}
@@ -177,6 +186,7 @@ class Extents:
 
     def drop(self, oid: int, obj: Any) -> None:
         """*obj*, at *oid*, left the table."""
+        self.known = None
         if oid < self.synced:
             d = self.by_class.get(type(obj))
             if d is not None:
@@ -224,6 +234,7 @@ class Extents:
 
     def truncate(self, size: int) -> None:
         """The objects at ids from *size* on are about to leave the table."""
+        self.known = None
         objects = self.table.objects
         for oid in range(size, min(self.synced, len(objects))):
             obj = objects[oid]
@@ -238,5 +249,6 @@ class Extents:
         self.indexes.clear()
         self.late = []
         self.shadowed.clear()
+        self.known = None
         self.unlogged.clear()
         self.synced = 1

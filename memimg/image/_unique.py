@@ -326,6 +326,7 @@ def dead_holders(engine: Any, root: type, name: str, value: Any) -> frozenset[in
     dead = frozenset(h._mi_oid for h in committed_holders(engine, root, name, value) if id(h) not in live)
     if key is not None and key in ext.shadowed:
         ext.shadowed[key] = (engine.seq, dead)
+        ext.known, ext.known_seq = live, engine.seq  # what the next commits walk as far as
     return dead
 
 
@@ -372,16 +373,20 @@ def check_assignment(engine: Any, state: TxState, obj: Any, name: str, value: An
             raise _clash(engine, root, name, value, others)
 
 
-def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: int) -> None:
+def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: int, seq: int) -> None:
     """Raise :class:`UniqueError` if the commit of *events* would leave two reachable instances holding one
     unique value: one it changes or attaches clashing with another, or a shadowed value's unreachable holder
     linked back. Called (while some class declares a unique field) under the lock, on the committed state
-    the commit goes on; objects from id *upto* on are this commit's own."""
+    the commit goes on; objects from id *upto* on are this commit's own, and *seq* is the seq it ends at."""
     table = engine.table
     ext = table.extents
     if ext is None:  # built once: from now on it knows the shadowed values
         ext = table.extent_index()
         ext.sync(upto)
+    # the objects known reachable (see Extents.known): taken, and given back below for the state after this
+    # commit only if the commit is checked to the end (a commit refused or failing leaves none)
+    known = ext.known if ext.known_seq == engine.seq else None
+    ext.known = None
     touched: dict[int, Any] | None = None
     for k, target, args in events:
         # kinds compared by identity: `in` a set would hash the (attrs-frozen) kind, field by field, per event
@@ -399,20 +404,83 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: in
             if touched is None:
                 touched = {}
             touched[id(obj)] = obj
-    relink = bool(ext.shadowed) and _links_existing(table, events, new, upto)
-    if touched is None and not relink:
-        return
+    if not ext.shadowed:
+        known = None  # not kept up to date while nothing is shadowed
     busy, engine.busy = engine.busy, "checking unique fields"  # values' __eq__ and __hash__ run
     try:
-        view = _after(engine, events, state)
-        live = _Live(engine, view)
-        if touched is not None:
-            _check_touched(engine, view, live, touched, upto)
-        if relink:
-            ext.links_seq = engine.seq + 1  # what was found unreachable may be reachable after this commit
-            _check_shadowed(engine, view, live, upto)
+        view: TxState | None = None
+        visited: set[int] | None = None
+        relink = False
+        if ext.shadowed:
+            if known is not None:
+                # what this commit links, walked as far as the objects known reachable: a removed holder can
+                # become reachable only through it (see the module docstring)
+                start = [r for r in _linked(table, events, new) if id(r) not in known]
+                if start:
+                    view = _after(engine, events, state)
+                    if view is state:  # the events would not apply: what is known cannot be kept up to date
+                        known = None
+                        relink = _links_existing(table, events, new, upto)
+                    else:
+                        visited = _walk(table, view, start, known)
+                        relink = not _suspects(engine, upto, known).isdisjoint(visited)
+            else:
+                relink = _links_existing(table, events, new, upto)
+        if touched is None and not relink:
+            if known is not None and visited is not None:
+                known |= visited
+        else:
+            if view is None:
+                view = _after(engine, events, state)
+            live = _Live(engine, view)
+            if touched is not None:
+                _check_touched(engine, view, live, touched, upto)
+            if relink:
+                ext.links_seq = engine.seq + 1  # what was found unreachable may be reachable after this commit
+                _check_shadowed(engine, view, live, upto)
+            if live.ids is not None and view is not state:  # walked: exactly what is reachable after it
+                known = live.ids
+            elif known is not None and visited is not None:
+                known |= visited
     finally:
         engine.busy = busy
+    if known is not None and ext.shadowed:
+        ext.known, ext.known_seq = known, seq
+
+
+def _linked(table: Any, events: list[Any], new: Any) -> list[Any]:
+    """The objects the commit of *events* (attaching *new*) makes new references to: every new edge of the
+    graph ends at one of them."""
+    out = table.value_references([args for _, _, args in events], flatten=True)
+    out += new
+    return out
+
+
+def _walk(table: Any, view: TxState, start: list[Any], known: set[int]) -> set[int]:
+    """``id()`` of the objects reachable from *start* in *view* without going through the objects *known*."""
+    seen = {id(obj) for obj in start}
+    work = list(start)
+    while work:
+        for ref in table.value_references(_contents(table, view, work.pop())):
+            if id(ref) not in seen and id(ref) not in known:
+                seen.add(id(ref))
+                work.append(ref)
+    return seen
+
+
+def _suspects(engine: Any, upto: int, known: set[int]) -> set[int]:
+    """``id()`` of the committed holders of the shadowed values that are not among the objects *known*
+    reachable (a value filed for one holder again is no longer shadowed)."""
+    ext = engine.table.extents
+    out: set[int] = set()
+    for key in list(ext.shadowed):
+        root, name, value = key
+        filed = committed_holders(engine, root, name, value, upto)
+        if len(filed) < 2:
+            del ext.shadowed[key]
+            continue
+        out.update(id(h) for h in filed if id(h) not in known)
+    return out
 
 
 def touches(events: list[Any]) -> bool:
