@@ -460,6 +460,29 @@ def test_a_removed_holder_linked_back_in_another_image_is_refused(make_image: Im
     assert one.get(User, email="ada@x.io") is one.root.spare[0] is ada
 
 
+@pytest.mark.parametrize("query_first", [False, True])
+def test_a_removed_holder_linked_back_after_a_subclass_took_its_value_is_refused(
+    make_image: Images, query_first: bool
+) -> None:
+    """As above when the value's new holder is an instance of a subclass (filed in the index of another
+    class): the other image, caught up, cannot link the dropped holder back -- whether its indexes were
+    built before the change or after."""
+    one = make_image(root=Board, snapshot_every=None)
+    ada = User("ada@x.io")
+    one.root.users.append(ada)
+    two = make_image(root=Board, snapshot_every=None)
+    ada2 = two.root.users[0]
+    if query_first:
+        assert two.get(User, email="ada@x.io") is ada2
+    one.root.users.remove(ada)
+    one.root.users.append(Vip("ada@x.io"))
+    two.refresh()
+    seq = two.seq
+    with pytest.raises(memimg.UniqueError, match=r"User\.email is unique, and 'ada@x\.io'"):
+        two.root.spare.append(ada2)
+    assert two.seq == seq and two.root.spare == [] and type(two.get(User, email="ada@x.io")) is Vip
+
+
 def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """While a removed holder of a value and its successor are both in the index, get returns the reachable
     one and finds out which that is once, not on every call -- commits that link no existing object in

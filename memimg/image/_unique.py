@@ -52,7 +52,6 @@ from typing import Any, Final
 
 from memimg._errors import UniqueError
 from memimg.core import _types
-from memimg.core._counters import Delta, add
 from memimg.core._indexes import UNIQUE, indexed_fields
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED
@@ -104,17 +103,6 @@ def committed_holders(engine: Any, cls: type, name: str, value: Any, upto: int |
     return out
 
 
-def _counter_now(state: TxState, obj: Any, name: str) -> Any:
-    """Counter *name* of *obj* as transaction *state* reads it: the committed value plus its own adds, or the
-    value it assigned (a plain number: see :mod:`memimg.core._counters`)."""
-    d = state.fields.get(id(obj))
-    v = ABSENT if d is None else d.get(name, ABSENT)
-    if v is ABSENT or type(v) is Delta:
-        committed = _types.info_of(type(obj)).getters[name](obj)  # type: ignore[union-attr]
-        return committed if v is ABSENT else add(committed, v.amount)
-    return v
-
-
 class TxIndex:
     """A transaction's own changes as queries and unique checks need them (see the module docstring).
 
@@ -122,16 +110,32 @@ class TxIndex:
     or attached, under each value it gave the field (an object may be filed
     under values it no longer holds: callers compare the value it has now);
     ``attached`` holds the entities it attached, by class; ``relinks`` tells
-    whether it linked an existing object (one with an id) anywhere.
+    whether it linked an existing object (one with an id) anywhere. An object
+    whose indexed counter the transaction added to is in ``adds``, returned
+    for every value: the value it reads changes as other threads' adds
+    commit (see :mod:`memimg.core._counters`).
     """
 
-    __slots__ = ("attached", "by_field", "events", "n_events", "n_undo", "odd", "relinks", "undo", "undo_last")
+    __slots__ = (
+        "adds",
+        "attached",
+        "by_field",
+        "events",
+        "n_events",
+        "n_undo",
+        "odd",
+        "relinks",
+        "undo",
+        "undo_last",
+    )
 
     def __init__(self) -> None:
         #: ``(class, field) -> value -> {id(obj): obj}``
         self.by_field: dict[tuple[type, str], dict[Any, dict[int, Any]]] = {}
         #: ``(class, field) -> {id(obj): obj}`` given an unhashable value
         self.odd: dict[tuple[type, str], dict[int, Any]] = {}
+        #: ``(class, field) -> {id(obj): obj}`` whose counter *field* the transaction added to
+        self.adds: dict[tuple[type, str], dict[int, Any]] = {}
         #: ``class -> {id(obj): obj}``: the entities the transaction attached
         self.attached: dict[type, dict[int, Any]] = {}
         self.relinks = False
@@ -199,10 +203,13 @@ class TxIndex:
                     for name, v in args[0] if k is _OBJ_UPDATE else (args,):
                         if name in spec:
                             self._file(type(target), name, target, v)
-            elif k is _OBJ_ADD:  # a counter's add: filed under the value the transaction reads now
+            elif k is _OBJ_ADD:  # a counter's add: the value it reads moves with others' adds
                 name = args[0]
                 if name in indexed_fields(type(target)):
-                    self._file(type(target), name, target, _counter_now(state, target, name))
+                    d = self.adds.get((type(target), name))
+                    if d is None:
+                        d = self.adds[type(target), name] = {}
+                    d[id(target)] = target
 
     def _file(self, t: type, name: str, obj: Any, value: Any) -> None:
         key = (t, name)
@@ -221,7 +228,8 @@ class TxIndex:
 
     def holders(self, cls: type, name: str, value: Any) -> list[Any]:
         """The instances of *cls* the transaction gave field *name* the value *value* (or an unhashable one)
-        at some point, or attached holding it; the caller compares the value they hold now."""
+        at some point, or attached holding it, or added to (a counter); the caller compares the value they
+        hold now."""
         out: list[Any] = []
         for (t, n), by_value in self.by_field.items():
             if n == name and issubclass(t, cls):
@@ -231,9 +239,10 @@ class TxIndex:
                     d = None
                 if d:
                     out += d.values()
-        for (t, n), d in self.odd.items():
-            if n == name and issubclass(t, cls):
-                out += d.values()
+        for table in (self.odd, self.adds):
+            for (t, n), d in table.items():
+                if n == name and issubclass(t, cls):
+                    out += d.values()
         return out
 
     def attached_of(self, cls: type) -> list[Any]:
