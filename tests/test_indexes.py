@@ -284,6 +284,26 @@ def test_a_transaction_finds_its_own_writes_others_see_the_committed_state(make_
     assert img.find(Item, tag=1) == [b]
 
 
+def test_find_and_get_in_a_transaction_leave_out_objects_committed_after_it_began(make_image: Images) -> None:
+    """Objects another thread commits after a transaction began are not found by find or get through an
+    index inside it (as they are not in its extents); after it ends they are."""
+    img = make_image(root=Board)
+    mine = User("me@x.io", city="Oslo")
+    img.root.users.append(mine)
+    with img.transaction():
+        assert img.get(User, email="me@x.io") is mine  # the indexes are built before the other commit
+        theirs = [User("new@x.io", city="Oslo"), Vip("vip@x.io", city="Oslo")]
+        t = threading.Thread(target=lambda: img.root.users.extend(theirs))
+        t.start()
+        t.join()
+        assert all(u._mi_oid is not None for u in theirs)  # committed
+        assert img.find(User, city="Oslo") == [mine] and img.find(Vip, city="Oslo") == []
+        assert img.get(User, email="new@x.io") is None and img.get(Vip, email="vip@x.io") is None
+        assert img.find(User, email="new@x.io") == []
+    assert ids(img.find(User, city="Oslo")) == ids([mine, *theirs])
+    assert img.get(User, email="new@x.io") is theirs[0] and img.get(Vip, email="vip@x.io") is theirs[1]
+
+
 def test_indexes_follow_a_schema_upgrade_at_open_and_at_refresh(tmp_path: Any) -> None:
     """Values an upgrader rewrites -- in the stored states at open, and in an old process's later writes caught
     up at refresh -- are what the index files."""
