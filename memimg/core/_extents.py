@@ -65,6 +65,7 @@ class Extents:
         "synced",
         "table",
         "unlogged",
+        "unordered",
     )
 
     def __init__(self, table: Any) -> None:
@@ -96,6 +97,9 @@ class Extents:
         #: ``id(obj) -> the key it is filed under`` (negative) for the entities a read-only image filled in
         #: memory only (:meth:`ObjectTable.add_unlogged`): they have no id
         self.unlogged: dict[int, int] = {}
+        #: ``id()`` of the dicts of :attr:`by_class` not in id order: a hole filled, or an unlogged entity
+        #: filed (under a negative key) after others; the rest are (objects are filed in id order)
+        self.unordered: set[int] = set()
 
     def up_to_date(self) -> bool:
         """Whether every object of the table is filed (no :meth:`sync` needed)."""
@@ -168,7 +172,8 @@ class Extents:
         return sum(map(len, self.group(cls)))
 
     def members(self, cls: type) -> Iterator[Any]:
-        """The filed instances of *cls* (subclasses included), class by class, each in id order."""
+        """The filed instances of *cls* (subclasses included), class by class, each in the order filed (id
+        order, but for the dicts in :attr:`unordered`)."""
         for d in self.group(cls):
             yield from d.values()
 
@@ -180,6 +185,8 @@ class Extents:
             d = self.by_class.get(type(obj))
             if d is None:
                 d = self._new_class(type(obj))
+            if d and oid < next(reversed(d)):
+                self.unordered.add(id(d))
             d[oid] = obj
             if type(obj) in self.indexes:
                 self.late.append(oid)  # its fields are filled after it is placed
@@ -206,6 +213,8 @@ class Extents:
             d = self.by_class.get(t)
             if d is None:
                 d = self._new_class(t)
+            if d and key < next(reversed(d)):
+                self.unordered.add(id(d))
             d[key] = obj
             ix = self.indexes.get(t)
             if ix is not None:
@@ -249,6 +258,7 @@ class Extents:
         self.indexes.clear()
         self.late = []
         self.shadowed.clear()
+        self.unordered.clear()
         self.known = None
         self.unlogged.clear()
         self.synced = 1
