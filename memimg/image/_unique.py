@@ -38,6 +38,24 @@ holders of a shadowed value are unreachable is remembered (with the seq it
 was found at) until a commit may have linked objects back, so ``img.get``
 of it walks the graph once, not on every call.
 
+So that such commits do not each walk the whole graph, the objects known
+reachable are kept while values are shadowed
+(:attr:`Extents.known <memimg.core._extents.Extents.known>`): filled by a
+walk, kept closed under references and current by every commit (each
+walks the objects it makes new references to -- its events' arguments and
+its new objects -- in the state it leaves, as far as the known ones, and
+adds what it visits), and dropped when the image catches up with other
+writers, objects leave the table (their ids may be reused) or a commit
+fails. Two invariants make this sound: every reachable object is known
+(the root is, and the set is closed), and of the holders of a shadowed
+value at most one is known (a walk fills the set exactly; a commit that
+files a second holder walks, and one that visits an unknown holder walks
+too). A commit leaving two holders reachable has one, not known, that was
+unreachable before it: a path to it starts at a new reference, and past
+that no known object (else the holder would be known) -- so the small walk
+visits it. Only a commit whose walk visits an unknown holder of a shadowed
+value walks the whole graph and checks every shadowed value.
+
 Inside a transaction, the checks and queries read the transaction's own
 changes from a :class:`TxIndex`: its objects of indexed classes by field
 value, and the entities it attached by class, brought up to date from its
@@ -460,7 +478,7 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: in
 def _linked(table: Any, events: list[Any], new: Any) -> list[Any]:
     """The objects the commit of *events* (attaching *new*) makes new references to: every new edge of the
     graph ends at one of them."""
-    out = table.value_references([args for _, _, args in events], flatten=True)
+    out: list[Any] = table.value_references([args for _, _, args in events], flatten=True)
     out += new
     return out
 
