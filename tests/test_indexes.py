@@ -578,10 +578,11 @@ def test_a_commit_linking_objects_while_a_value_is_reused_walks_only_what_it_lin
             img.root.spare.append(Order(img.root.users[0]))
             link()
     assert img.seq == seq and img.get(User, email=gone.email) is img.root.users[-1]
+    img.root.spare.append(Order(img.root.users[0]))
     second = img.root.users.pop()  # the successor dropped in turn, a third instance takes the value
     img.root.users.append(User(gone.email))
     img.root.spare.append(Order(img.root.users[0]))
-    for back in (gone, second):
+    for back in (second, gone):
         with pytest.raises(memimg.UniqueError):
             img.root.spare.append(Order(back))
     assert [u.email for u in reachable(img.root) if isinstance(u, User)].count(gone.email) == 1
