@@ -480,6 +480,31 @@ def test_a_removed_holder_linked_back_in_another_image_is_refused(make_image: Im
     assert one.get(User, email="ada@x.io") is one.root.spare[0] is ada
 
 
+def test_a_commit_retried_after_another_images_commit_is_checked_again(make_image: Images) -> None:
+    """A transaction linking a holder of a shadowed value back, whose commit finds that another image on the
+    log committed first -- dropping that holder and giving the value to a third instance -- is checked again
+    on the state after the other's commit, and refused."""
+    one = make_image(root=Board, snapshot_every=None)
+    ada = User("ada@x.io")
+    one.root.users.append(ada)
+    one.root.users.remove(ada)
+    ada2 = User("ada@x.io")
+    one.root.users.append(ada2)
+    two = make_image(root=Board, snapshot_every=None)
+    back = two.root.users[0]
+    assert two.get(User, email="ada@x.io") is back
+    tx = two.begin()
+    two.root.spare.append(back)
+    two.root.spare.append(back)  # (no new object: its id taken back would hide what is tested)
+    with one.transaction():  # as many events as the transaction's
+        one.root.users.remove(ada2)
+        one.root.users.append(User("ada@x.io"))
+    with pytest.raises(memimg.UniqueError):
+        tx.save()
+    assert two.seq == one.seq and two.root.spare == []
+    assert [u.email for u in reachable(two.root) if isinstance(u, User)] == ["ada@x.io"]
+
+
 @pytest.mark.parametrize("query_first", [False, True])
 def test_a_removed_holder_linked_back_after_a_subclass_took_its_value_is_refused(
     make_image: Images, query_first: bool
