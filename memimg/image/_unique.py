@@ -436,6 +436,7 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: in
     busy, engine.busy = engine.busy, "checking unique fields"  # values' __eq__ and __hash__ run
     try:
         view: TxState | None = None
+        exact = True
         visited: set[int] | None = None
         relink = False
         if ext.shadowed:
@@ -444,8 +445,8 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: in
                 # become reachable only through it (see the module docstring)
                 start = [r for r in _linked(table, events, new) if id(r) not in known]
                 if start:
-                    view = _after(engine, events, state)
-                    if view is state:  # the events would not apply: what is known cannot be kept up to date
+                    view, exact = _after(engine, events, state)
+                    if not exact:  # the events would not apply: what is known cannot be kept up to date
                         known = None
                         relink = _links_existing(table, events, new, upto)
                     else:
@@ -458,14 +459,16 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: in
                 known |= visited
         else:
             if view is None:
-                view = _after(engine, events, state)
+                view, exact = _after(engine, events, state)
             live = _Live(engine, view)
             if touched is not None:
                 _check_touched(engine, view, live, touched, upto)
             if relink:
                 ext.links_seq = engine.seq + 1  # what was found unreachable may be reachable after this commit
                 _check_shadowed(engine, view, live, upto)
-            if live.ids is not None and view is not state:  # walked: exactly what is reachable after it
+            if not exact:
+                known = None
+            elif live.ids is not None:  # walked: exactly what is reachable after it
                 known = live.ids
             elif known is not None and visited is not None:
                 known |= visited
@@ -530,17 +533,18 @@ def _links_existing(table: Any, events: list[Any], new: Any, upto: int) -> bool:
     return False
 
 
-def _after(engine: Any, events: list[Any], state: TxState | None) -> TxState:
+def _after(engine: Any, events: list[Any], state: TxState | None) -> tuple[TxState, bool]:
     """The state the commit will leave: its events over the committed state as it is now (a transaction's
     own delta may have copied a collection before another commit changed it; the events apply to the new
-    one)."""
+    one); and whether it is that (False: the events would fail to apply, and the view is the transaction's
+    own, or the committed state)."""
     view = TxState(engine, engine.seq)
     try:
         for k, target, args in events:
             k.apply(view, target, *args)
     except Exception:  # it would fail to apply: judged on the transaction's own view instead
-        view = state if state is not None else TxState(engine, engine.seq)
-    return view
+        return (state if state is not None else TxState(engine, engine.seq)), False
+    return view, True
 
 
 class _Live:
