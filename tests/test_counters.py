@@ -423,6 +423,27 @@ def test_an_indexed_counter_is_found_by_its_sum(make_image: Images) -> None:
     assert img.find(Tally, ranked=4) == [img.root.content]
 
 
+def test_find_in_a_transaction_follows_a_counter_other_threads_add_to(make_image: Images) -> None:
+    """A transaction that added to an indexed counter finds the object by the value it reads now, also after
+    another thread's add committed: neither by the value it read before nor by the committed one."""
+    img, t = start(make_image)
+    t.ranked += 5
+    with img.transaction():
+        t.ranked += 1
+        assert img.find(Tally, ranked=6) == [t]
+
+        def add() -> None:
+            t.ranked += 10
+
+        other = threading.Thread(target=add)
+        other.start()
+        other.join()
+        assert t.ranked == 16
+        assert img.find(Tally, ranked=16) == [t]
+        assert img.find(Tally, ranked=6) == [] and img.find(Tally, ranked=15) == []
+    assert img.find(Tally, ranked=16) == [t] and img.find(Tally, ranked=15) == []
+
+
 def test_erasing_a_counters_past_keeps_the_log_replayable(make_image: Images) -> None:
     """Erasing a counter's past values erases the adds made to them too, and keeps the value it has now and the
     adds that make it: the log still replays to it."""

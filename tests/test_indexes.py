@@ -82,6 +82,11 @@ class Board:
     spare: list[Any] = attrs.field(factory=list)
 
 
+@persistent
+class Order:
+    user: User | None = None
+
+
 def ids(objs: Any) -> set[int]:
     return {id(o) for o in objs}
 
@@ -279,6 +284,26 @@ def test_a_transaction_finds_its_own_writes_others_see_the_committed_state(make_
     assert img.find(Item, tag=1) == [b]
 
 
+def test_find_and_get_in_a_transaction_leave_out_objects_committed_after_it_began(make_image: Images) -> None:
+    """Objects another thread commits after a transaction began are not found by find or get through an
+    index inside it (as they are not in its extents); after it ends they are."""
+    img = make_image(root=Board)
+    mine = User("me@x.io", city="Oslo")
+    img.root.users.append(mine)
+    with img.transaction():
+        assert img.get(User, email="me@x.io") is mine  # the indexes are built before the other commit
+        theirs = [User("new@x.io", city="Oslo"), Vip("vip@x.io", city="Oslo")]
+        t = threading.Thread(target=lambda: img.root.users.extend(theirs))
+        t.start()
+        t.join()
+        assert all(u._mi_oid is not None for u in theirs)  # committed
+        assert img.find(User, city="Oslo") == [mine] and img.find(Vip, city="Oslo") == []
+        assert img.get(User, email="new@x.io") is None and img.get(Vip, email="vip@x.io") is None
+        assert img.find(User, email="new@x.io") == []
+    assert ids(img.find(User, city="Oslo")) == ids([mine, *theirs])
+    assert img.get(User, email="new@x.io") is theirs[0] and img.get(Vip, email="vip@x.io") is theirs[1]
+
+
 def test_indexes_follow_a_schema_upgrade_at_open_and_at_refresh(tmp_path: Any) -> None:
     """Values an upgrader rewrites -- in the stored states at open, and in an old process's later writes caught
     up at refresh -- are what the index files."""
@@ -455,6 +480,54 @@ def test_a_removed_holder_linked_back_in_another_image_is_refused(make_image: Im
     assert one.get(User, email="ada@x.io") is one.root.spare[0] is ada
 
 
+def test_a_commit_retried_after_another_images_commit_is_checked_again(make_image: Images) -> None:
+    """A transaction linking a holder of a shadowed value back, whose commit finds that another image on the
+    log committed first -- dropping that holder and giving the value to a third instance -- is checked again
+    on the state after the other's commit, and refused."""
+    one = make_image(root=Board, snapshot_every=None)
+    ada = User("ada@x.io")
+    one.root.users.append(ada)
+    one.root.users.remove(ada)
+    ada2 = User("ada@x.io")
+    one.root.users.append(ada2)
+    two = make_image(root=Board, snapshot_every=None)
+    back = two.root.users[0]
+    assert two.get(User, email="ada@x.io") is back
+    tx = two.begin()
+    two.root.spare.append(back)
+    two.root.spare.append(back)  # (no new object: its id taken back would hide what is tested)
+    with one.transaction():  # as many events as the transaction's
+        one.root.users.remove(ada2)
+        one.root.users.append(User("ada@x.io"))
+    with pytest.raises(memimg.UniqueError):
+        tx.save()
+    assert two.seq == one.seq and two.root.spare == []
+    assert [u.email for u in reachable(two.root) if isinstance(u, User)] == ["ada@x.io"]
+
+
+@pytest.mark.parametrize("query_first", [False, True])
+def test_a_removed_holder_linked_back_after_a_subclass_took_its_value_is_refused(
+    make_image: Images, query_first: bool
+) -> None:
+    """As above when the value's new holder is an instance of a subclass (filed in the index of another
+    class): the other image, caught up, cannot link the dropped holder back -- whether its indexes were
+    built before the change or after."""
+    one = make_image(root=Board, snapshot_every=None)
+    ada = User("ada@x.io")
+    one.root.users.append(ada)
+    two = make_image(root=Board, snapshot_every=None)
+    ada2 = two.root.users[0]
+    if query_first:
+        assert two.get(User, email="ada@x.io") is ada2
+    one.root.users.remove(ada)
+    one.root.users.append(Vip("ada@x.io"))
+    two.refresh()
+    seq = two.seq
+    with pytest.raises(memimg.UniqueError, match=r"User\.email is unique, and 'ada@x\.io'"):
+        two.root.spare.append(ada2)
+    assert two.seq == seq and two.root.spare == [] and type(two.get(User, email="ada@x.io")) is Vip
+
+
 def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """While a removed holder of a value and its successor are both in the index, get returns the reachable
     one and finds out which that is once, not on every call -- commits that link no existing object in
@@ -478,12 +551,66 @@ def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypa
         assert img.get(User, email="ada@x.io") is ada2
         img.root.users.append(User(f"u{i}@x.io"))
     assert len(walks) == 1
-    img.root.users.append(img.root.users[1])  # an existing object linked (again)
+    img.root.users.append(img.root.users[1])  # an existing object linked again: no dropped holder behind it
+    assert img.get(User, email="ada@x.io") is ada2 and len(walks) == 1
+    with pytest.raises(memimg.UniqueError):
+        img.root.users.append(ada)  # the dropped holder: the commit looks at the whole graph, and refuses it
     assert img.get(User, email="ada@x.io") is ada2 and len(walks) == 3
     with img.transaction():
         assert img.get(User, email="ada@x.io") is ada2
         ada2.email = "other@x.io"
         assert img.get(User, email="other@x.io") is ada2
+
+
+def test_a_commit_linking_objects_while_a_value_is_reused_walks_only_what_it_links(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a dropped holder of a unique value and its successor are both in the index (an account deleted
+    and signed up for again), a commit linking existing objects -- an order naming a user -- walks what it
+    links only as far as the objects known reachable: a few steps however big the image. Linking the dropped
+    holder back is still refused -- directly, through a dropped part of the graph, in a transaction, and after
+    its successor was dropped in turn and a third instance took the value."""
+    img = make_image(root=Board, snapshot_every=None)
+    n = 1000
+    with img.transaction():
+        img.root.users.extend(User(f"u{i}@x.io") for i in range(n))
+    with img.transaction():
+        img.root.spare.extend(Order(img.root.users[i]) for i in range(n - 1))  # none for the last
+    gone = img.root.users.pop()
+    box = [Order(gone)]
+    img.root.spare.append(box)
+    box = img.root.spare.pop()  # dropped too: a way back to the dropped holder
+    img.root.users.append(User(gone.email))
+    steps = []
+    real = _unique._contents
+
+    def counted(*args: Any) -> Any:
+        steps.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_unique, "_contents", counted)
+    for i in range(20):
+        img.root.spare.append(Order(img.root.users[i]))
+        with img.transaction():
+            img.root.spare.append(Order(img.root.users[i + 2]))
+            img.root.spare[i].user = img.root.users[i + 1]
+    assert len(steps) < 100  # a few per commit; walking the graph would be ~3 * n per commit
+    seq = img.seq
+    for link in (lambda: img.root.spare.append(box), lambda: img.root.spare.append(Order(gone))):
+        with pytest.raises(memimg.UniqueError, match=r"User\.email is unique"):
+            link()
+        with pytest.raises(memimg.UniqueError), img.transaction():
+            img.root.spare.append(Order(img.root.users[0]))
+            link()
+    assert img.seq == seq and img.get(User, email=gone.email) is img.root.users[-1]
+    img.root.spare.append(Order(img.root.users[0]))
+    second = img.root.users.pop()  # the successor dropped in turn, a third instance takes the value
+    img.root.users.append(User(gone.email))
+    img.root.spare.append(Order(img.root.users[0]))
+    for back in (second, gone):
+        with pytest.raises(memimg.UniqueError):
+            img.root.spare.append(Order(back))
+    assert [u.email for u in reachable(img.root) if isinstance(u, User)].count(gone.email) == 1
 
 
 def test_unique_checks_in_a_transaction_look_only_at_the_values_concerned(

@@ -56,6 +56,8 @@ class Extents:
         "by_class",
         "groups",
         "indexes",
+        "known",
+        "known_seq",
         "late",
         "links_seq",
         "shadowed",
@@ -63,6 +65,7 @@ class Extents:
         "synced",
         "table",
         "unlogged",
+        "unordered",
     )
 
     def __init__(self, table: Any) -> None:
@@ -84,9 +87,19 @@ class Extents:
         #: the seq of the last commit that may have linked existing objects back into the graph while values
         #: were shadowed: what was found unreachable before it may be reachable again
         self.links_seq = 0
+        #: while values are shadowed, ``id()`` of objects known reachable at seq :attr:`known_seq`, or
+        #: reachable then and since unlinked, and closed under references (what a referenced object refers
+        #: to is in it too): a commit that links objects walks only as far as these (see
+        #: :mod:`memimg.image._unique`); None when not known. Objects leaving the table drop it (their ids
+        #: may be reused)
+        self.known: set[int] | None = None
+        self.known_seq = -1
         #: ``id(obj) -> the key it is filed under`` (negative) for the entities a read-only image filled in
         #: memory only (:meth:`ObjectTable.add_unlogged`): they have no id
         self.unlogged: dict[int, int] = {}
+        #: ``id()`` of the dicts of :attr:`by_class` not in id order: a hole filled, or an unlogged entity
+        #: filed (under a negative key) after others; the rest are (objects are filed in id order)
+        self.unordered: set[int] = set()
 
     def up_to_date(self) -> bool:
         """Whether every object of the table is filed (no :meth:`sync` needed)."""
@@ -159,7 +172,8 @@ class Extents:
         return sum(map(len, self.group(cls)))
 
     def members(self, cls: type) -> Iterator[Any]:
-        """The filed instances of *cls* (subclasses included), class by class, each in id order."""
+        """The filed instances of *cls* (subclasses included), class by class, each in the order filed (id
+        order, but for the dicts in :attr:`unordered`)."""
         for d in self.group(cls):
             yield from d.values()
 
@@ -171,12 +185,15 @@ class Extents:
             d = self.by_class.get(type(obj))
             if d is None:
                 d = self._new_class(type(obj))
+            if d and oid < next(reversed(d)):
+                self.unordered.add(id(d))
             d[oid] = obj
             if type(obj) in self.indexes:
                 self.late.append(oid)  # its fields are filled after it is placed
 
     def drop(self, oid: int, obj: Any) -> None:
         """*obj*, at *oid*, left the table."""
+        self.known = None
         if oid < self.synced:
             d = self.by_class.get(type(obj))
             if d is not None:
@@ -196,6 +213,8 @@ class Extents:
             d = self.by_class.get(t)
             if d is None:
                 d = self._new_class(t)
+            if d and key < next(reversed(d)):
+                self.unordered.add(id(d))
             d[key] = obj
             ix = self.indexes.get(t)
             if ix is not None:
@@ -224,6 +243,7 @@ class Extents:
 
     def truncate(self, size: int) -> None:
         """The objects at ids from *size* on are about to leave the table."""
+        self.known = None
         objects = self.table.objects
         for oid in range(size, min(self.synced, len(objects))):
             obj = objects[oid]
@@ -238,5 +258,7 @@ class Extents:
         self.indexes.clear()
         self.late = []
         self.shadowed.clear()
+        self.unordered.clear()
+        self.known = None
         self.unlogged.clear()
         self.synced = 1

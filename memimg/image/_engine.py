@@ -315,7 +315,7 @@ class Engine:
                         or len(self.table.objects) > before
                         or (type(events[0][1]) in UNIQUE if len(events) == 1 else _unique.touches(events))
                     ):
-                        _unique.check_commit(self, events, state, before)
+                        _unique.check_commit(self, events, state, before, rows[-1][0])
                 store.append(rows, self.seq)
                 self.last_ts = ts
             except SeqTaken as taken:
@@ -530,6 +530,7 @@ class Engine:
                 # (see _unique), and what was found unreachable may be reachable again
                 extents.sync()
                 extents.links_seq = self.seq
+                extents.known = None
         _recovery.attach_fills(self)  # also those an earlier attempt failed to log
         if time.monotonic() >= self.position.due:  # a follower that only catches up keeps its position too
             self.position.beat(self.seq)

@@ -96,7 +96,11 @@ class Extent(Set[T]):
         mark = state.mark
         if mark is not None and len(engine.table.objects) > mark:  # others' objects since it began: not counted
             with engine.lock:
+                unordered = engine.table.extents.unordered
                 for d in groups:
+                    if unordered and id(d) in unordered:
+                        n -= sum(1 for oid in list(d) if oid >= mark)
+                        continue
                     for oid in reversed(d):  # filed in id order: the newest last
                         if oid < mark:
                             break

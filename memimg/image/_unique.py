@@ -38,6 +38,24 @@ holders of a shadowed value are unreachable is remembered (with the seq it
 was found at) until a commit may have linked objects back, so ``img.get``
 of it walks the graph once, not on every call.
 
+So that such commits do not each walk the whole graph, the objects known
+reachable are kept while values are shadowed
+(:attr:`Extents.known <memimg.core._extents.Extents.known>`): filled by a
+walk, kept closed under references and current by every commit (each
+walks the objects it makes new references to -- its events' arguments and
+its new objects -- in the state it leaves, as far as the known ones, and
+adds what it visits), and dropped when the image catches up with other
+writers, objects leave the table (their ids may be reused) or a commit
+fails. Two invariants make this sound: every reachable object is known
+(the root is, and the set is closed), and of the holders of a shadowed
+value at most one is known (a walk fills the set exactly; a commit that
+files a second holder walks, and one that visits an unknown holder walks
+too). A commit leaving two holders reachable has one, not known, that was
+unreachable before it: a path to it starts at a new reference, and past
+that no known object (else the holder would be known) -- so the small walk
+visits it. Only a commit whose walk visits an unknown holder of a shadowed
+value walks the whole graph and checks every shadowed value.
+
 Inside a transaction, the checks and queries read the transaction's own
 changes from a :class:`TxIndex`: its objects of indexed classes by field
 value, and the entities it attached by class, brought up to date from its
@@ -52,7 +70,6 @@ from typing import Any, Final
 
 from memimg._errors import UniqueError
 from memimg.core import _types
-from memimg.core._counters import Delta, add
 from memimg.core._indexes import UNIQUE, indexed_fields
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED
@@ -104,17 +121,6 @@ def committed_holders(engine: Any, cls: type, name: str, value: Any, upto: int |
     return out
 
 
-def _counter_now(state: TxState, obj: Any, name: str) -> Any:
-    """Counter *name* of *obj* as transaction *state* reads it: the committed value plus its own adds, or the
-    value it assigned (a plain number: see :mod:`memimg.core._counters`)."""
-    d = state.fields.get(id(obj))
-    v = ABSENT if d is None else d.get(name, ABSENT)
-    if v is ABSENT or type(v) is Delta:
-        committed = _types.info_of(type(obj)).getters[name](obj)  # type: ignore[union-attr]
-        return committed if v is ABSENT else add(committed, v.amount)
-    return v
-
-
 class TxIndex:
     """A transaction's own changes as queries and unique checks need them (see the module docstring).
 
@@ -122,16 +128,32 @@ class TxIndex:
     or attached, under each value it gave the field (an object may be filed
     under values it no longer holds: callers compare the value it has now);
     ``attached`` holds the entities it attached, by class; ``relinks`` tells
-    whether it linked an existing object (one with an id) anywhere.
+    whether it linked an existing object (one with an id) anywhere. An object
+    whose indexed counter the transaction added to is in ``adds``, returned
+    for every value: the value it reads changes as other threads' adds
+    commit (see :mod:`memimg.core._counters`).
     """
 
-    __slots__ = ("attached", "by_field", "events", "n_events", "n_undo", "odd", "relinks", "undo", "undo_last")
+    __slots__ = (
+        "adds",
+        "attached",
+        "by_field",
+        "events",
+        "n_events",
+        "n_undo",
+        "odd",
+        "relinks",
+        "undo",
+        "undo_last",
+    )
 
     def __init__(self) -> None:
         #: ``(class, field) -> value -> {id(obj): obj}``
         self.by_field: dict[tuple[type, str], dict[Any, dict[int, Any]]] = {}
         #: ``(class, field) -> {id(obj): obj}`` given an unhashable value
         self.odd: dict[tuple[type, str], dict[int, Any]] = {}
+        #: ``(class, field) -> {id(obj): obj}`` whose counter *field* the transaction added to
+        self.adds: dict[tuple[type, str], dict[int, Any]] = {}
         #: ``class -> {id(obj): obj}``: the entities the transaction attached
         self.attached: dict[type, dict[int, Any]] = {}
         self.relinks = False
@@ -199,10 +221,13 @@ class TxIndex:
                     for name, v in args[0] if k is _OBJ_UPDATE else (args,):
                         if name in spec:
                             self._file(type(target), name, target, v)
-            elif k is _OBJ_ADD:  # a counter's add: filed under the value the transaction reads now
+            elif k is _OBJ_ADD:  # a counter's add: the value it reads moves with others' adds
                 name = args[0]
                 if name in indexed_fields(type(target)):
-                    self._file(type(target), name, target, _counter_now(state, target, name))
+                    d = self.adds.get((type(target), name))
+                    if d is None:
+                        d = self.adds[type(target), name] = {}
+                    d[id(target)] = target
 
     def _file(self, t: type, name: str, obj: Any, value: Any) -> None:
         key = (t, name)
@@ -221,7 +246,8 @@ class TxIndex:
 
     def holders(self, cls: type, name: str, value: Any) -> list[Any]:
         """The instances of *cls* the transaction gave field *name* the value *value* (or an unhashable one)
-        at some point, or attached holding it; the caller compares the value they hold now."""
+        at some point, or attached holding it, or added to (a counter); the caller compares the value they
+        hold now."""
         out: list[Any] = []
         for (t, n), by_value in self.by_field.items():
             if n == name and issubclass(t, cls):
@@ -231,9 +257,10 @@ class TxIndex:
                     d = None
                 if d:
                     out += d.values()
-        for (t, n), d in self.odd.items():
-            if n == name and issubclass(t, cls):
-                out += d.values()
+        for table in (self.odd, self.adds):
+            for (t, n), d in table.items():
+                if n == name and issubclass(t, cls):
+                    out += d.values()
         return out
 
     def attached_of(self, cls: type) -> list[Any]:
@@ -326,6 +353,7 @@ def dead_holders(engine: Any, root: type, name: str, value: Any) -> frozenset[in
     dead = frozenset(h._mi_oid for h in committed_holders(engine, root, name, value) if id(h) not in live)
     if key is not None and key in ext.shadowed:
         ext.shadowed[key] = (engine.seq, dead)
+        ext.known, ext.known_seq = live, engine.seq  # what the next commits walk as far as
     return dead
 
 
@@ -372,16 +400,20 @@ def check_assignment(engine: Any, state: TxState, obj: Any, name: str, value: An
             raise _clash(engine, root, name, value, others)
 
 
-def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: int) -> None:
+def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: int, seq: int) -> None:
     """Raise :class:`UniqueError` if the commit of *events* would leave two reachable instances holding one
     unique value: one it changes or attaches clashing with another, or a shadowed value's unreachable holder
     linked back. Called (while some class declares a unique field) under the lock, on the committed state
-    the commit goes on; objects from id *upto* on are this commit's own."""
+    the commit goes on; objects from id *upto* on are this commit's own, and *seq* is the seq it ends at."""
     table = engine.table
     ext = table.extents
     if ext is None:  # built once: from now on it knows the shadowed values
         ext = table.extent_index()
         ext.sync(upto)
+    # the objects known reachable (see Extents.known): taken, and given back below for the state after this
+    # commit only if the commit is checked to the end (a commit refused or failing leaves none)
+    known = ext.known if ext.known_seq == engine.seq else None
+    ext.known = None
     touched: dict[int, Any] | None = None
     for k, target, args in events:
         # kinds compared by identity: `in` a set would hash the (attrs-frozen) kind, field by field, per event
@@ -399,20 +431,86 @@ def check_commit(engine: Any, events: list[Any], state: TxState | None, upto: in
             if touched is None:
                 touched = {}
             touched[id(obj)] = obj
-    relink = bool(ext.shadowed) and _links_existing(table, events, new, upto)
-    if touched is None and not relink:
-        return
+    if not ext.shadowed:
+        known = None  # not kept up to date while nothing is shadowed
     busy, engine.busy = engine.busy, "checking unique fields"  # values' __eq__ and __hash__ run
     try:
-        view = _after(engine, events, state)
-        live = _Live(engine, view)
-        if touched is not None:
-            _check_touched(engine, view, live, touched, upto)
-        if relink:
-            ext.links_seq = engine.seq + 1  # what was found unreachable may be reachable after this commit
-            _check_shadowed(engine, view, live, upto)
+        view: TxState | None = None
+        exact = True
+        visited: set[int] | None = None
+        relink = False
+        if ext.shadowed:
+            if known is not None:
+                # what this commit links, walked as far as the objects known reachable: a removed holder can
+                # become reachable only through it (see the module docstring)
+                start = [r for r in _linked(table, events, new) if id(r) not in known]
+                if start:
+                    view, exact = _after(engine, events, state)
+                    if not exact:  # the events would not apply: what is known cannot be kept up to date
+                        known = None
+                        relink = _links_existing(table, events, new, upto)
+                    else:
+                        visited = _walk(table, view, start, known)
+                        relink = not _suspects(engine, upto, known).isdisjoint(visited)
+            else:
+                relink = _links_existing(table, events, new, upto)
+        if touched is None and not relink:
+            if known is not None and visited is not None:
+                known |= visited
+        else:
+            if view is None:
+                view, exact = _after(engine, events, state)
+            live = _Live(engine, view)
+            if touched is not None:
+                _check_touched(engine, view, live, touched, upto)
+            if relink:
+                ext.links_seq = engine.seq + 1  # what was found unreachable may be reachable after this commit
+                _check_shadowed(engine, view, live, upto)
+            if not exact:
+                known = None
+            elif live.ids is not None:  # walked: exactly what is reachable after it
+                known = live.ids
+            elif known is not None and visited is not None:
+                known |= visited
     finally:
         engine.busy = busy
+    if known is not None and ext.shadowed:
+        ext.known, ext.known_seq = known, seq
+
+
+def _linked(table: Any, events: list[Any], new: Any) -> list[Any]:
+    """The objects the commit of *events* (attaching *new*) makes new references to: every new edge of the
+    graph ends at one of them."""
+    out: list[Any] = table.value_references([args for _, _, args in events], flatten=True)
+    out += new
+    return out
+
+
+def _walk(table: Any, view: TxState, start: list[Any], known: set[int]) -> set[int]:
+    """``id()`` of the objects reachable from *start* in *view* without going through the objects *known*."""
+    seen = {id(obj) for obj in start}
+    work = list(start)
+    while work:
+        for ref in table.value_references(_contents(table, view, work.pop())):
+            if id(ref) not in seen and id(ref) not in known:
+                seen.add(id(ref))
+                work.append(ref)
+    return seen
+
+
+def _suspects(engine: Any, upto: int, known: set[int]) -> set[int]:
+    """``id()`` of the committed holders of the shadowed values that are not among the objects *known*
+    reachable (a value filed for one holder again is no longer shadowed)."""
+    ext = engine.table.extents
+    out: set[int] = set()
+    for key in list(ext.shadowed):
+        root, name, value = key
+        filed = committed_holders(engine, root, name, value, upto)
+        if len(filed) < 2:
+            del ext.shadowed[key]
+            continue
+        out.update(id(h) for h in filed if id(h) not in known)
+    return out
 
 
 def touches(events: list[Any]) -> bool:
@@ -435,17 +533,18 @@ def _links_existing(table: Any, events: list[Any], new: Any, upto: int) -> bool:
     return False
 
 
-def _after(engine: Any, events: list[Any], state: TxState | None) -> TxState:
+def _after(engine: Any, events: list[Any], state: TxState | None) -> tuple[TxState, bool]:
     """The state the commit will leave: its events over the committed state as it is now (a transaction's
     own delta may have copied a collection before another commit changed it; the events apply to the new
-    one)."""
+    one); and whether it is that (False: the events would fail to apply, and the view is the transaction's
+    own, or the committed state)."""
     view = TxState(engine, engine.seq)
     try:
         for k, target, args in events:
             k.apply(view, target, *args)
     except Exception:  # it would fail to apply: judged on the transaction's own view instead
-        view = state if state is not None else TxState(engine, engine.seq)
-    return view
+        return (state if state is not None else TxState(engine, engine.seq)), False
+    return view, True
 
 
 class _Live:
