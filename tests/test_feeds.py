@@ -588,6 +588,48 @@ def test_changes_refuses_a_seq_past_the_head_or_compacted_away(make_image: Image
     assert [c.changes[0].new for c in img.changes(since=seq, timeout=0.1)] == [Decimal(2)]
 
 
+def test_changes_resumes_from_the_oldest_seq_a_compaction_error_names(make_image: Images) -> None:
+    """The HistoryError of a since behind a compaction names in ``oldest`` a seq changes() resumes from: it
+    replays the commits after it, and the message says which seqs are lost."""
+    img, acct = bank_image(make_image)
+    acct.balance = Decimal(1)
+    acct.balance = Decimal(2)
+    seq = img.snapshot()
+    acct.balance = Decimal(3)
+    img.store.delete_events_before(seq)  # the event at *seq* goes too: the state there is the snapshot's
+    with pytest.raises(memimg.HistoryError, match=r"resume from is \d+") as err:
+        img.changes(since=1)
+    oldest = err.value.oldest  # type: ignore[attr-defined]
+    assert [c.changes[0].new for c in img.changes(since=oldest, timeout=0.1)] == [Decimal(3)]
+    with pytest.raises(memimg.HistoryError):
+        img.changes(since=oldest - 1)
+
+
+def test_a_compaction_during_a_replay_is_a_history_error(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process compacting the log while changes() replays it (between reading the past state and the
+    events after it) gives HistoryError naming the seq to resume from, not a corrupt-log error."""
+    img, acct = bank_image(make_image)
+    since = img.seq
+    acct.balance = Decimal(1)
+    acct.balance = Decimal(2)
+    real_at = memimg.MemoryImage.at
+
+    def at_then_compact(self: memimg.MemoryImage, *args: Any, **kwargs: Any) -> Any:
+        past = real_at(self, *args, **kwargs)
+        seq = img.snapshot()
+        img.store.delete_events_before(seq)
+        return past
+
+    monkeypatch.setattr(memimg.MemoryImage, "at", at_then_compact)
+    with pytest.raises(memimg.HistoryError, match="no longer kept") as err:
+        next(img.changes(since=since, timeout=0.1))
+    monkeypatch.undo()
+    oldest = err.value.oldest  # type: ignore[attr-defined]
+    assert err.value.seq == since  # type: ignore[attr-defined]
+    assert oldest > since
+    assert list(img.changes(since=oldest, timeout=0.1)) == []
+
+
 # -- changes_async(since=...) ----------------------------------------------------------------------------------------
 
 
@@ -865,10 +907,28 @@ def test_an_iterator_behind_a_compaction_raises_history_error(make_image: Images
         seq = other.snapshot()
         theirs.balance = Decimal(3)
         other.store.delete_events_before(seq)
-    with pytest.raises(memimg.HistoryError, match=f"after seq {first.seq}.*oldest kept commit follows seq") as err:
+    with pytest.raises(memimg.HistoryError, match=f"after seq {first.seq}.*resume from is {seq}") as err:
         next(stream)
     assert err.value.seq == first.seq  # type: ignore[attr-defined]
-    assert err.value.oldest == other.store.first_seq() - 1  # type: ignore[attr-defined]
+    assert err.value.oldest == seq  # type: ignore[attr-defined]
+    assert [c.changes[0].new for c in img.changes(since=seq, timeout=0.1)] == [Decimal(3)]
+
+
+def test_an_iterator_whose_image_reloads_reads_the_skipped_commits_still_kept(make_image: Images) -> None:
+    """An iterator whose since is past its image's seq, the image then reloading after a compaction that kept
+    the commits after since, gives those commits from the log: none skipped, none twice."""
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    theirs = other.root.accounts["ada"]
+    with img._engine.lock:  # the follower cannot catch up meanwhile
+        theirs.balance = Decimal(1)
+        since = other.snapshot()
+        theirs.balance = Decimal(2)
+        theirs.balance = Decimal(3)
+        other.store.delete_events_before(since)
+        stream = img.changes(since=since, timeout=0.5)
+    assert img.seq < since
+    assert [(c.seq, c.changes[0].new) for c in stream] == [(since + 1, Decimal(2)), (since + 2, Decimal(3))]
 
 
 def test_changes_async_stops_when_its_event_loop_is_closed(
