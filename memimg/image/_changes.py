@@ -165,9 +165,7 @@ def _replay(img: Any, since: int, start: int) -> Iterator[Commit]:
         return Collected(oid) if found is None or type(found) is Gone else found
 
     def relive(c: Change) -> Change:
-        return Change(
-            c.seq, c.tx, c.time, c.meta, live(c.target), c.kind, c.field, c.key, live(c.old), live(c.new), c.index
-        )
+        return c._replace(target=live(c.target), old=live(c.old), new=live(c.new))
 
     store = engine.store
     last = max(since, 1)  # the seq of the last event applied to *past*
