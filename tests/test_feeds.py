@@ -801,6 +801,67 @@ def test_close_delivers_what_is_queued(make_image: Images) -> None:
     assert len(seqs) == 4 and seqs == sorted(seqs)
 
 
+def test_callbacks_delivered_at_close_may_still_write(make_image: Images, caplog: pytest.LogCaptureFixture) -> None:
+    """The commits queued at close() are delivered while the image is still open: a callback writing derived
+    data for each of them commits it, and only then is the image closed."""
+    img, acct = bank_image(make_image)
+    release, first_called = threading.Event(), threading.Event()
+    wrote: list[int] = []
+
+    def derive(commit: memimg.Commit) -> None:
+        if not first_called.is_set():
+            first_called.set()
+            assert release.wait(20)
+        img.root.accounts[f"derived-{commit.seq}"] = Account("derived", balance=commit.changes[0].new)
+        wrote.append(commit.seq)
+
+    img.subscribe(derive, to=(acct, "balance"))
+    writer = threading.Thread(target=setattr, args=(acct, "balance", Decimal(1)))
+    writer.start()
+    assert first_called.wait(20)
+    for k in range(3):
+        acct.balance = Decimal(2 + k)  # queued behind the callback the writer thread runs
+    threading.Timer(0.3, release.set).start()
+    with caplog.at_level(logging.ERROR, logger="memimg"):
+        img.close()
+    writer.join(20)
+    assert len(wrote) == 4
+    assert sorted(k for k in img.root.accounts if k.startswith("derived-")) == sorted(f"derived-{s}" for s in wrote)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_close_waits_for_a_blocked_callback_no_longer_than_its_bound(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() waits for a callback blocked in the follower thread at most CLOSE_SECONDS in all, then returns
+    with a warning naming what still runs; the callback finishes in its thread."""
+    from memimg.image import _image
+
+    monkeypatch.setattr(_image, "CLOSE_SECONDS", 0.2)
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    release, called = threading.Event(), threading.Event()
+
+    def blocked(commit: memimg.Commit) -> None:
+        called.set()
+        release.wait(30)
+
+    img.subscribe(blocked)
+    img.follow()
+    other.root.accounts["ada"].balance = Decimal(1)
+    assert called.wait(20)
+    other.root.accounts["ada"].balance = Decimal(2)  # the follower is in the callback: it waits
+    closing = threading.Thread(target=img.close)
+    with caplog.at_level(logging.WARNING, logger="memimg"):
+        closing.start()
+        closing.join(4)  # far past the bound: without one, close() waits for the callback (30 s)
+        done = not closing.is_alive()
+        release.set()
+        closing.join(30)
+    assert done
+    assert any("still running after 0.2 s" in r.getMessage() for r in caplog.records)
+
+
 def test_a_base_exception_in_a_callback_never_stops_the_follower(
     make_image: Images, caplog: pytest.LogCaptureFixture
 ) -> None:
