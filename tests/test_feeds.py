@@ -779,6 +779,62 @@ def test_commits_caught_up_by_a_failing_operation_or_an_erase_are_delivered_at_o
     assert [(c.field, c.new) for c in got.changes][1] == ("balance", Decimal(9))
 
 
+def test_a_transaction_failing_with_a_conflict_delivers_the_commit_it_caught_up_with(make_image: Images) -> None:
+    """A transaction whose commit catches up with another process's commit, then fails with ConflictError,
+    has delivered that commit when the error reaches the caller."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    got = Collect()
+    img.subscribe(got)
+    with pytest.raises(memimg.ConflictError), img.transaction():
+        seen = acct.balance
+        other.root.accounts["ada"].balance = Decimal(7)
+        acct.balance = seen + 1
+    assert [(c.field, c.new) for c in got.changes] == [("balance", Decimal(7))]
+
+
+def test_a_collection_mutation_failing_after_catching_up_delivers_what_it_caught_up_with(
+    make_image: Images,
+) -> None:
+    """A collection mutation that catches up with another process's commit and then fails (the key it deletes
+    is gone) has delivered that commit when its error reaches the caller."""
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    got = Collect()
+    img.subscribe(got)
+    del other.root.accounts["ada"]
+    with pytest.raises(KeyError):
+        del img.root.accounts["ada"]
+    assert [(c.kind, c.key) for c in got.changes] == [("dict.del", "ada")]
+
+
+@pytest.mark.parametrize("operation", ["begin", "refresh"])
+def test_beginning_or_refreshing_delivers_what_it_caught_up_with_though_it_fails(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    """A transaction's start or a refresh() that applies another process's commit and then fails has delivered
+    that commit when its error reaches the caller."""
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    got = Collect()
+    img.subscribe(got)
+    other.root.accounts["ada"].balance = Decimal(7)
+    engine = img._engine
+    catch_up = engine.catch_up
+
+    def catch_up_then_fail(*args: Any, **kwargs: Any) -> Any:
+        catch_up(*args, **kwargs)
+        raise OSError("the store went away after the catch-up")
+
+    monkeypatch.setattr(engine, "catch_up", catch_up_then_fail)
+    with pytest.raises(OSError, match="went away"):
+        if operation == "begin":
+            img.begin()
+        else:
+            img.refresh()
+    assert [(c.field, c.new) for c in got.changes] == [("balance", Decimal(7))]
+
+
 def test_close_delivers_what_is_queued(make_image: Images) -> None:
     """Commits queued behind a callback running in another thread are delivered by the time close() returns."""
     img, acct = bank_image(make_image)
