@@ -380,6 +380,51 @@ def test_a_keyboard_interrupt_in_a_callback_loses_no_delivery(make_image: Images
 # -- bad input ----------------------------------------------------------------------------------------------------
 
 
+class InterruptedAfterRelease:
+    """A feed's delivery token whose release, once armed, is followed by a KeyboardInterrupt (as a signal
+    arriving right after it would raise)."""
+
+    def __init__(self, token: Any) -> None:
+        self.token = token
+        self.armed = False
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return bool(self.token.acquire(blocking))
+
+    def release(self) -> None:
+        self.token.release()
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def _is_owned(self) -> bool:
+        return bool(self.token._is_owned())
+
+
+def test_a_keyboard_interrupt_after_a_delivery_leaves_nothing_queued(make_image: Images) -> None:
+    """A KeyboardInterrupt reaching the writer just as it gives back the delivery token still hands another
+    thread's commit, queued meanwhile, on to be delivered (not left until some later commit)."""
+    img, acct = bank_image(make_image)
+    got: list[int] = []
+
+    def on_commit(commit: memimg.Commit) -> None:
+        got.append(commit.seq)
+        if len(got) == 1:  # another thread commits while this one delivers: its commit waits in the queue
+            other = threading.Thread(target=setattr, args=(acct, "owner", "other"))
+            other.start()
+            other.join(20)
+            token.armed = True
+
+    img.subscribe(on_commit)
+    feed = img._engine.writer.feed
+    assert feed is not None
+    token = feed.delivering = InterruptedAfterRelease(feed.delivering)
+    with pytest.raises(KeyboardInterrupt):
+        acct.balance = Decimal(1)
+    eventually(lambda: len(got) == 2)
+    assert got == sorted(got)
+
+
 def test_bad_subscriptions_are_refused_clearly(make_image: Images) -> None:
     """An object of another image, an object not attached yet, a field the class lacks, a field of a collection,
     a class that is not persistent, a non-callable, and a closed image are refused with errors saying so."""

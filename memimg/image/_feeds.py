@@ -417,14 +417,12 @@ class Feed:
                         except BaseException as err:
                             _failed(sub, seq, err)
                 queue.popleft()
-        except BaseException:
-            token.release()
-            if queue:
-                self._hand_on()
-            raise
-        token.release()
-        if queue or self.flushing:
-            self._left()
+        finally:  # (nested: a KeyboardInterrupt right after the release still hands on what is left)
+            try:
+                token.release()
+            finally:
+                if queue or self.flushing:
+                    self._left()
 
     def _left(self) -> None:
         """After giving the token back: hand on what other threads queued meanwhile; tell those flushing."""
@@ -478,9 +476,11 @@ class Feed:
                                     _failed(sub, seq, err)
                     queue.popleft()
         finally:
-            token.release()
-            if queue or self.flushing:
-                self._left()
+            try:
+                token.release()
+            finally:
+                if queue or self.flushing:
+                    self._left()
 
     def _gap(self, was: int, now: int, oldest: int) -> None:
         for sub in self.subs:
