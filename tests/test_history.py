@@ -64,6 +64,7 @@ def test_a_change_is_a_record_of_its_fields(make_image: Images) -> None:
         assert c._fields == ("seq", "tx", "time", "meta", "target", "kind", "field", "key", "old", "new", "index")
         assert len(c) == len(c._fields) and list(c) == [getattr(c, f) for f in c._fields]
         seq, tx, time, meta, target, kind, field, key, old, new, index = c
+        assert (seq, tx, meta, key, index) == (c.seq, c.tx, {}, None, None)
         assert type(time) is dt.datetime and c[2] is c.time and time.tzinfo is dt.UTC
         assert c._asdict() == {f: getattr(c, f) for f in c._fields}
         assert (target, kind, field, old, new) == (acct, "obj.set", "balance", Decimal(0), Decimal(4))

@@ -104,8 +104,8 @@ class Change(tuple):  # type: ignore[type-arg]
     __module__ = "memimg"
     __slots__ = ()
     __match_args__ = _FIELDS
-    #: The names of the fields, in order (as a named tuple has them).
     _fields: tuple[str, ...] = _FIELDS
+    """The names of the fields, in order (as a named tuple has them)."""
 
     if TYPE_CHECKING:
         seq: int
@@ -178,9 +178,8 @@ class Change(tuple):  # type: ignore[type-arg]
         values = self._asdict()
         unknown = fields.keys() - values.keys()
         if unknown:
-            raise TypeError(
-                f"Change._replace(): no field {', '.join(map(repr, sorted(unknown)))} (the fields: {', '.join(_FIELDS)})"
-            )
+            names = ", ".join(map(repr, sorted(unknown)))
+            raise TypeError(f"Change._replace(): no field {names} (the fields: {', '.join(_FIELDS)})")
         values.update(fields)
         return Change(**values)
 
