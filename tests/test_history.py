@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import itertools
+import json
 import pickle
 from decimal import Decimal
 from typing import Any
@@ -65,7 +66,10 @@ def test_a_change_is_a_record_of_its_fields(make_image: Images) -> None:
         assert len(c) == len(c._fields) and list(c) == [getattr(c, f) for f in c._fields]
         seq, tx, time, meta, target, kind, field, key, old, new, index = c
         assert (seq, tx, meta, key, index) == (c.seq, c.tx, {}, None, None)
-        assert type(time) is dt.datetime and c[2] is c.time and time.tzinfo is dt.UTC
+        assert type(time) is dt.datetime and c[2] == c[-9] == c.time and time.tzinfo is dt.UTC
+        assert c[1:3] == (c.tx, c.time) and tuple(c)[2] == c.time and c.time in c
+        with pytest.raises(TypeError, match="datetime is not JSON serializable"):
+            json.dumps(c._replace(target=None, old=0, new=1))  # never an array with the time as a number
         assert c._asdict() == {f: getattr(c, f) for f in c._fields}
         assert (target, kind, field, old, new) == (acct, "obj.set", "balance", Decimal(0), Decimal(4))
     moved = told._replace(new=Decimal(5))

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import _tuplegetter  # type: ignore[attr-defined]  # namedtuple's field reader
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -46,6 +46,8 @@ from memimg.core import _types
 from memimg.core._counters import add
 from memimg.core._markers import MISSING
 from memimg.core._rows import _EPOCH, ts_to_datetime
+
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
 
 __all__ = ["Change", "Collected", "Part", "Recorder", "commit_time", "entity_state", "field_namer"]
 
@@ -134,7 +136,7 @@ class Change(tuple):  # type: ignore[type-arg]
     else:
         seq = _tuplegetter(0, "The seq of the event.")
         tx = _tuplegetter(1, "Its transaction's id: the seq of the transaction's first event.")
-        time = _tuplegetter(2, "The commit time of its transaction, an aware UTC datetime.")
+        _ts = _tuplegetter(2, "The commit time as the log stores it: microseconds since the epoch.")
         meta = _tuplegetter(3, "The metadata of its transaction ({} if none).")
         target = _tuplegetter(4, "The object changed, as live in the image asked.")
         kind = _tuplegetter(5, "The event kind.")
@@ -159,15 +161,42 @@ class Change(tuple):  # type: ignore[type-arg]
         index: int | None = None,
     ) -> Change:
         """*time*: an aware datetime, or microseconds since the Unix epoch (how the log stores it)."""
-        if type(time) is int:
-            time = commit_time(time)
-        elif not isinstance(time, dt.datetime) or time.utcoffset() is None:
-            raise TypeError(f"Change(time={time!r}): a time is an aware datetime, or microseconds since the epoch")
+        if type(time) is not int:
+            if not isinstance(time, dt.datetime) or time.utcoffset() is None:
+                raise TypeError(f"Change(time={time!r}): a time is an aware datetime, or microseconds since the epoch")
+            time = (time - _EPOCH) // _MICROSECOND
         return tuple.__new__(cls, (seq, tx, time, meta, target, kind, field, key, old, new, index))
+
+    if not TYPE_CHECKING:  # (for mypy, the time is a field like the others)
+
+        @property
+        def time(self) -> dt.datetime:
+            """The commit time of its transaction, an aware UTC datetime."""
+            return commit_time(self._ts)
+
+    # positional access gives the fields as their names do (the time a datetime, made when read: a change feed
+    # stores the log's microseconds, the cheaper to make), so the record unpacks, converts and indexes as one
+
+    def _values(self) -> tuple[Any, ...]:
+        raw = tuple.__getitem__
+        return (*raw(self, slice(0, 2)), commit_time(raw(self, 2)), *raw(self, slice(3, None)))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values())
+
+    def __getitem__(self, at: Any) -> Any:
+        return self._values()[at]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def count(self, value: Any) -> int:
+        """How many fields equal *value* (as for a tuple)."""
+        return self._values().count(value)
 
     def _asdict(self) -> dict[str, Any]:
         """The fields, by name, in order."""
-        return dict(zip(_FIELDS, self, strict=True))
+        return dict(zip(_FIELDS, self._values(), strict=True))
 
     def _replace(self, **fields: Any) -> Change:
         """A Change with these *fields* changed (by name), the others as in this one.
@@ -199,7 +228,7 @@ class Change(tuple):  # type: ignore[type-arg]
     __hash__ = tuple.__hash__
 
     def __getnewargs__(self) -> tuple[Any, ...]:
-        return tuple(self)
+        return tuple.__getitem__(self, slice(None))
 
     def __repr__(self) -> str:
         where = f" {self.field}" if self.field is not None else ""

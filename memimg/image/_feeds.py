@@ -83,7 +83,7 @@ Noted = tuple[int, int, int, dict[str, Any], bool, "list[tuple[int, str, Any, An
 _FIELD_KINDS: Final = frozenset(("obj.set", "obj.del"))
 _OBJ_SET: Final = KINDS["obj.set"]
 #: ``_new_tuple(Change, fields)``: a :class:`memimg.Change` made without a call of its ``__new__`` (the fields
-#: as ``Change.__new__`` stores them: the time a datetime)
+#: as ``Change.__new__`` stores them: the time as the log's microseconds)
 _new_tuple: Final = tuple.__new__
 _UNFOLLOWED: Final[Any] = object()
 
@@ -142,8 +142,7 @@ class Commit:
         """The changes this subscription follows, in the order they were made."""
         changes = self._changes
         if changes is None:  # a loop, not a comprehension (a call more): a measured path
-            tx, meta, seqs = self.tx, self.meta, self._seqs
-            ts = commit_time(self._ts)  # one datetime for the commit, shared by its changes
+            tx, ts, meta, seqs = self.tx, self._ts, self.meta, self._seqs
             changes = self._changes = []
             for at, kind, target, (f, key, old, new, index) in self._parts:
                 changes.append(

@@ -205,7 +205,7 @@ class _History:
         return Change(
             seq=row.seq,
             tx=row.tx,
-            time=row.ts,  # microseconds, as stored (the datetime made once for the events of a commit)
+            time=row.ts,  # microseconds, as stored: Change.time makes the datetime when read
             meta=self._tx_meta(row),
             target=self.obj,
             kind=row.kind,
