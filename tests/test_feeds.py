@@ -1078,9 +1078,11 @@ def test_an_iterator_behind_a_compaction_raises_history_error(make_image: Images
 
 def test_an_iterator_whose_image_reloads_reads_the_skipped_commits_still_kept(make_image: Images) -> None:
     """An iterator whose since is past its image's seq, the image then reloading after a compaction that kept
-    the commits after since, gives those commits from the log: none skipped, none twice."""
+    the commits after since, gives those commits from the log: none skipped, none twice -- changes() and
+    changes_async() alike."""
     img, _ = bank_image(make_image)
     other = make_image(root=Bank)
+    behind = make_image(root=Bank)  # (for changes_async: it applies nothing until its iterator starts)
     theirs = other.root.accounts["ada"]
     with img._engine.lock:  # the follower cannot catch up meanwhile
         theirs.balance = Decimal(1)
@@ -1089,8 +1091,19 @@ def test_an_iterator_whose_image_reloads_reads_the_skipped_commits_still_kept(ma
         theirs.balance = Decimal(3)
         other.store.delete_events_before(since)
         stream = img.changes(since=since, timeout=0.5)
-    assert img.seq < since
-    assert [(c.seq, c.changes[0].new) for c in stream] == [(since + 1, Decimal(2)), (since + 2, Decimal(3))]
+    assert img.seq < since and behind.seq < since
+    expected = [(since + 1, Decimal(2)), (since + 2, Decimal(3))]
+    assert [(c.seq, c.changes[0].new) for c in stream] == expected
+
+    async def consume() -> list[Any]:
+        got: list[Any] = []
+        async for commit in behind.changes_async(since=since):
+            got.append((commit.seq, commit.changes[0].new))
+            if len(got) == len(expected):
+                break
+        return got
+
+    assert asyncio.run(asyncio.wait_for(consume(), 30)) == expected
 
 
 def test_changes_async_stops_when_its_event_loop_is_closed(

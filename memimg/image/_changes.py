@@ -244,6 +244,7 @@ async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Comm
         subs.append(sub)
         try:
             if last < start:
+                _check_kept(img, last)
                 replay = _replay(img, last, start)
                 while (commit := await loop.run_in_executor(None, next, replay, None)) is not None:
                     yield commit
@@ -253,8 +254,12 @@ async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Comm
                 if pending:
                     item = pending.popleft()
                     if isinstance(item, _Gap):
-                        if item.now > last:
-                            raise _behind(img._engine.store, last, item.oldest)
+                        if item.now > last:  # the image skipped commits the consumer has not had: from the log
+                            _check_kept(img, last)
+                            replay = _replay(img, last, item.now)
+                            while (commit := await loop.run_in_executor(None, next, replay, None)) is not None:
+                                yield commit
+                                last = commit.seq
                     elif item.seq > last:
                         yield item
                         last = item.seq
