@@ -380,6 +380,51 @@ def test_a_keyboard_interrupt_in_a_callback_loses_no_delivery(make_image: Images
 # -- bad input ----------------------------------------------------------------------------------------------------
 
 
+class InterruptedAfterRelease:
+    """A feed's delivery token whose release, once armed, is followed by a KeyboardInterrupt (as a signal
+    arriving right after it would raise)."""
+
+    def __init__(self, token: Any) -> None:
+        self.token = token
+        self.armed = False
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return bool(self.token.acquire(blocking))
+
+    def release(self) -> None:
+        self.token.release()
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def _is_owned(self) -> bool:
+        return bool(self.token._is_owned())
+
+
+def test_a_keyboard_interrupt_after_a_delivery_leaves_nothing_queued(make_image: Images) -> None:
+    """A KeyboardInterrupt reaching the writer just as it gives back the delivery token still hands another
+    thread's commit, queued meanwhile, on to be delivered (not left until some later commit)."""
+    img, acct = bank_image(make_image)
+    got: list[int] = []
+
+    def on_commit(commit: memimg.Commit) -> None:
+        got.append(commit.seq)
+        if len(got) == 1:  # another thread commits while this one delivers: its commit waits in the queue
+            other = threading.Thread(target=setattr, args=(acct, "owner", "other"))
+            other.start()
+            other.join(20)
+            token.armed = True
+
+    img.subscribe(on_commit)
+    feed = img._engine.writer.feed
+    assert feed is not None
+    token = feed.delivering = InterruptedAfterRelease(feed.delivering)
+    with pytest.raises(KeyboardInterrupt):
+        acct.balance = Decimal(1)
+    eventually(lambda: len(got) == 2)
+    assert got == sorted(got)
+
+
 def test_bad_subscriptions_are_refused_clearly(make_image: Images) -> None:
     """An object of another image, an object not attached yet, a field the class lacks, a field of a collection,
     a class that is not persistent, a non-callable, and a closed image are refused with errors saying so."""
@@ -588,6 +633,48 @@ def test_changes_refuses_a_seq_past_the_head_or_compacted_away(make_image: Image
     assert [c.changes[0].new for c in img.changes(since=seq, timeout=0.1)] == [Decimal(2)]
 
 
+def test_changes_resumes_from_the_oldest_seq_a_compaction_error_names(make_image: Images) -> None:
+    """The HistoryError of a since behind a compaction names in ``oldest`` a seq changes() resumes from: it
+    replays the commits after it, and the message says which seqs are lost."""
+    img, acct = bank_image(make_image)
+    acct.balance = Decimal(1)
+    acct.balance = Decimal(2)
+    seq = img.snapshot()
+    acct.balance = Decimal(3)
+    img.store.delete_events_before(seq)  # the event at *seq* goes too: the state there is the snapshot's
+    with pytest.raises(memimg.HistoryError, match=r"resume from is \d+") as err:
+        img.changes(since=1)
+    oldest = err.value.oldest  # type: ignore[attr-defined]
+    assert [c.changes[0].new for c in img.changes(since=oldest, timeout=0.1)] == [Decimal(3)]
+    with pytest.raises(memimg.HistoryError):
+        img.changes(since=oldest - 1)
+
+
+def test_a_compaction_during_a_replay_is_a_history_error(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process compacting the log while changes() replays it (between reading the past state and the
+    events after it) gives HistoryError naming the seq to resume from, not a corrupt-log error."""
+    img, acct = bank_image(make_image)
+    since = img.seq
+    acct.balance = Decimal(1)
+    acct.balance = Decimal(2)
+    real_at = memimg.MemoryImage.at
+
+    def at_then_compact(self: memimg.MemoryImage, *args: Any, **kwargs: Any) -> Any:
+        past = real_at(self, *args, **kwargs)
+        seq = img.snapshot()
+        img.store.delete_events_before(seq)
+        return past
+
+    monkeypatch.setattr(memimg.MemoryImage, "at", at_then_compact)
+    with pytest.raises(memimg.HistoryError, match="no longer kept") as err:
+        next(img.changes(since=since, timeout=0.1))
+    monkeypatch.undo()
+    oldest = err.value.oldest  # type: ignore[attr-defined]
+    assert err.value.seq == since  # type: ignore[attr-defined]
+    assert oldest > since
+    assert list(img.changes(since=oldest, timeout=0.1)) == []
+
+
 # -- changes_async(since=...) ----------------------------------------------------------------------------------------
 
 
@@ -737,6 +824,62 @@ def test_commits_caught_up_by_a_failing_operation_or_an_erase_are_delivered_at_o
     assert [(c.field, c.new) for c in got.changes][1] == ("balance", Decimal(9))
 
 
+def test_a_transaction_failing_with_a_conflict_delivers_the_commit_it_caught_up_with(make_image: Images) -> None:
+    """A transaction whose commit catches up with another process's commit, then fails with ConflictError,
+    has delivered that commit when the error reaches the caller."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    got = Collect()
+    img.subscribe(got)
+    with pytest.raises(memimg.ConflictError), img.transaction():
+        seen = acct.balance
+        other.root.accounts["ada"].balance = Decimal(7)
+        acct.balance = seen + 1
+    assert [(c.field, c.new) for c in got.changes] == [("balance", Decimal(7))]
+
+
+def test_a_collection_mutation_failing_after_catching_up_delivers_what_it_caught_up_with(
+    make_image: Images,
+) -> None:
+    """A collection mutation that catches up with another process's commit and then fails (the key it deletes
+    is gone) has delivered that commit when its error reaches the caller."""
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    got = Collect()
+    img.subscribe(got)
+    del other.root.accounts["ada"]
+    with pytest.raises(KeyError):
+        del img.root.accounts["ada"]
+    assert [(c.kind, c.key) for c in got.changes] == [("dict.del", "ada")]
+
+
+@pytest.mark.parametrize("operation", ["begin", "refresh"])
+def test_beginning_or_refreshing_delivers_what_it_caught_up_with_though_it_fails(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    """A transaction's start or a refresh() that applies another process's commit and then fails has delivered
+    that commit when its error reaches the caller."""
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    got = Collect()
+    img.subscribe(got)
+    other.root.accounts["ada"].balance = Decimal(7)
+    engine = img._engine
+    catch_up = engine.catch_up
+
+    def catch_up_then_fail(*args: Any, **kwargs: Any) -> Any:
+        catch_up(*args, **kwargs)
+        raise OSError("the store went away after the catch-up")
+
+    monkeypatch.setattr(engine, "catch_up", catch_up_then_fail)
+    with pytest.raises(OSError, match="went away"):
+        if operation == "begin":
+            img.begin()
+        else:
+            img.refresh()
+    assert [(c.field, c.new) for c in got.changes] == [("balance", Decimal(7))]
+
+
 def test_close_delivers_what_is_queued(make_image: Images) -> None:
     """Commits queued behind a callback running in another thread are delivered by the time close() returns."""
     img, acct = bank_image(make_image)
@@ -757,6 +900,67 @@ def test_close_delivers_what_is_queued(make_image: Images) -> None:
     threading.Timer(0.3, release.set).start()
     img.close()
     assert len(seqs) == 4 and seqs == sorted(seqs)
+
+
+def test_callbacks_delivered_at_close_may_still_write(make_image: Images, caplog: pytest.LogCaptureFixture) -> None:
+    """The commits queued at close() are delivered while the image is still open: a callback writing derived
+    data for each of them commits it, and only then is the image closed."""
+    img, acct = bank_image(make_image)
+    release, first_called = threading.Event(), threading.Event()
+    wrote: list[int] = []
+
+    def derive(commit: memimg.Commit) -> None:
+        if not first_called.is_set():
+            first_called.set()
+            assert release.wait(20)
+        img.root.accounts[f"derived-{commit.seq}"] = Account("derived", balance=commit.changes[0].new)
+        wrote.append(commit.seq)
+
+    img.subscribe(derive, to=(acct, "balance"))
+    writer = threading.Thread(target=setattr, args=(acct, "balance", Decimal(1)))
+    writer.start()
+    assert first_called.wait(20)
+    for k in range(3):
+        acct.balance = Decimal(2 + k)  # queued behind the callback the writer thread runs
+    threading.Timer(0.3, release.set).start()
+    with caplog.at_level(logging.ERROR, logger="memimg"):
+        img.close()
+    writer.join(20)
+    assert len(wrote) == 4
+    assert sorted(k for k in img.root.accounts if k.startswith("derived-")) == sorted(f"derived-{s}" for s in wrote)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_close_waits_for_a_blocked_callback_no_longer_than_its_bound(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() waits for a callback blocked in the follower thread at most CLOSE_SECONDS in all, then returns
+    with a warning naming what still runs; the callback finishes in its thread."""
+    from memimg.image import _image
+
+    monkeypatch.setattr(_image, "CLOSE_SECONDS", 0.2)
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    release, called = threading.Event(), threading.Event()
+
+    def blocked(commit: memimg.Commit) -> None:
+        called.set()
+        release.wait(30)
+
+    img.subscribe(blocked)
+    img.follow()
+    other.root.accounts["ada"].balance = Decimal(1)
+    assert called.wait(20)
+    other.root.accounts["ada"].balance = Decimal(2)  # the follower is in the callback: it waits
+    closing = threading.Thread(target=img.close)
+    with caplog.at_level(logging.WARNING, logger="memimg"):
+        closing.start()
+        closing.join(4)  # far past the bound: without one, close() waits for the callback (30 s)
+        done = not closing.is_alive()
+        release.set()
+        closing.join(30)
+    assert done
+    assert any("still running after 0.2 s" in r.getMessage() for r in caplog.records)
 
 
 def test_a_base_exception_in_a_callback_never_stops_the_follower(
@@ -865,10 +1069,41 @@ def test_an_iterator_behind_a_compaction_raises_history_error(make_image: Images
         seq = other.snapshot()
         theirs.balance = Decimal(3)
         other.store.delete_events_before(seq)
-    with pytest.raises(memimg.HistoryError, match=f"after seq {first.seq}.*oldest kept commit follows seq") as err:
+    with pytest.raises(memimg.HistoryError, match=f"after seq {first.seq}.*resume from is {seq}") as err:
         next(stream)
     assert err.value.seq == first.seq  # type: ignore[attr-defined]
-    assert err.value.oldest == other.store.first_seq() - 1  # type: ignore[attr-defined]
+    assert err.value.oldest == seq  # type: ignore[attr-defined]
+    assert [c.changes[0].new for c in img.changes(since=seq, timeout=0.1)] == [Decimal(3)]
+
+
+def test_an_iterator_whose_image_reloads_reads_the_skipped_commits_still_kept(make_image: Images) -> None:
+    """An iterator whose since is past its image's seq, the image then reloading after a compaction that kept
+    the commits after since, gives those commits from the log: none skipped, none twice -- changes() and
+    changes_async() alike."""
+    img, _ = bank_image(make_image)
+    other = make_image(root=Bank)
+    behind = make_image(root=Bank)  # (for changes_async: it applies nothing until its iterator starts)
+    theirs = other.root.accounts["ada"]
+    with img._engine.lock:  # the follower cannot catch up meanwhile
+        theirs.balance = Decimal(1)
+        since = other.snapshot()
+        theirs.balance = Decimal(2)
+        theirs.balance = Decimal(3)
+        other.store.delete_events_before(since)
+        stream = img.changes(since=since, timeout=0.5)
+    assert img.seq < since and behind.seq < since
+    expected = [(since + 1, Decimal(2)), (since + 2, Decimal(3))]
+    assert [(c.seq, c.changes[0].new) for c in stream] == expected
+
+    async def consume() -> list[Any]:
+        got: list[Any] = []
+        async for commit in behind.changes_async(since=since):
+            got.append((commit.seq, commit.changes[0].new))
+            if len(got) == len(expected):
+                break
+        return got
+
+    assert asyncio.run(asyncio.wait_for(consume(), 30)) == expected
 
 
 def test_changes_async_stops_when_its_event_loop_is_closed(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
+import json
+import pickle
 from decimal import Decimal
 from typing import Any
 
@@ -44,6 +47,51 @@ def test_entity_field_changes(make_image: Images) -> None:
     assert all(c.target is acct for c in changes)
     assert [c.seq for c in changes] == sorted(c.seq for c in changes)
     assert all(c.time.tzinfo is dt.UTC and c.meta == {} and c.tx == c.seq for c in changes)
+
+
+def test_a_change_is_a_record_of_its_fields(make_image: Images) -> None:
+    """A Change unpacks, indexes and converts like a named tuple of its fields in ``_fields`` order (its time a
+    datetime everywhere), is copied with ``_replace``, equals only a Change with the same fields (a subclass
+    too, both ways), is never ordered, never a plain tuple, and pickles."""
+    img = make_image(root=Bank)
+    acct = img.root.accounts["ada"] = Account("ada")
+    got: list[memimg.Commit] = []
+    img.subscribe(got.append, to=acct)
+    acct.balance = Decimal(4)
+    fed = got[0].changes[0]
+    (told,) = img.history(acct, "balance")
+    for c in (fed, told):
+        assert c == told and fed == c
+        assert c._fields == ("seq", "tx", "time", "meta", "target", "kind", "field", "key", "old", "new", "index")
+        assert len(c) == len(c._fields) and list(c) == [getattr(c, f) for f in c._fields]
+        seq, tx, time, meta, target, kind, field, key, old, new, index = c
+        assert (seq, tx, meta, key, index) == (c.seq, c.tx, {}, None, None)
+        assert type(time) is dt.datetime and c[2] == c[-9] == c.time and time.tzinfo is dt.UTC
+        assert c[1:3] == (c.tx, c.time) and tuple(c)[2] == c.time and c.time in c
+        with pytest.raises(TypeError, match="datetime is not JSON serializable"):
+            json.dumps(c._replace(target=None, old=0, new=1))  # never an array with the time as a number
+        assert c._asdict() == {f: getattr(c, f) for f in c._fields}
+        assert (target, kind, field, old, new) == (acct, "obj.set", "balance", Decimal(0), Decimal(4))
+    moved = told._replace(new=Decimal(5))
+    assert type(moved) is Change and moved.new == Decimal(5) and moved.seq == told.seq and moved != told
+    with pytest.raises(TypeError, match="no field 'value'"):
+        told._replace(value=1)
+    with pytest.raises(TypeError, match="not ordered"):
+        assert told < moved
+    with pytest.raises(TypeError, match="not ordered"):
+        sorted([told, moved])
+    assert told != tuple(told) and tuple(told) != told
+    micros = (told.time - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    assert Change(*told) == told and Change(*told[:2], micros, *told[3:]) == told  # the time as the log stores it
+
+    class Sub(Change):
+        __slots__ = ()
+
+    assert Sub(*told) == told and told == Sub(*told) and Sub(*told) == Sub(*told)
+    plain = told._replace(target=Collected(1))  # (a persistent object pickles as a copy, not equal)
+    assert pickle.loads(pickle.dumps(plain)) == plain and copy.copy(told) == told
+    with pytest.raises(TypeError, match="aware datetime"):
+        Change(*told[:2], told.time.replace(tzinfo=None), *told[3:])
 
 
 def test_list_changes(make_image: Images) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import _tuplegetter  # type: ignore[attr-defined]  # namedtuple's field reader
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -47,9 +47,10 @@ from memimg.core._counters import add
 from memimg.core._markers import MISSING
 from memimg.core._rows import _EPOCH, ts_to_datetime
 
+_MICROSECOND: Final = dt.timedelta(microseconds=1)
+
 __all__ = ["Change", "Collected", "Part", "Recorder", "commit_time", "entity_state", "field_namer"]
 
-_MICROSECOND: Final = dt.timedelta(microseconds=1)
 #: the last commit time made by :func:`commit_time`: ``(ts, datetime)``
 _last_time: tuple[int, dt.datetime] = (0, _EPOCH)
 
@@ -84,46 +85,58 @@ class Collected:
         return f"<memimg.Collected #{self.oid}>"
 
 
+_FIELDS: Final = ("seq", "tx", "time", "meta", "target", "kind", "field", "key", "old", "new", "index")
+
+
 class Change(tuple):  # type: ignore[type-arg]
-    """One change of an object, as :meth:`memimg.MemoryImage.history` reports it.
+    """One change of an object, as :meth:`memimg.MemoryImage.history` reports it, and as change feeds deliver it.
 
-    ``seq``, ``tx`` and ``time`` (an aware UTC datetime) are those of the
-    event; ``meta`` the metadata of its transaction (``{}`` if none);
-    ``target`` the object changed, as live in the image asked; ``kind`` the
-    event kind (``"obj.set"``, ``"dict.set"``, ``"list.append"``...;
-    ``"obj.add"`` for an add to a counter, ``memimg.field(merge="add")``:
-    ``new - old`` is what was added);
-    ``field`` the entity field (else ``None``); ``key`` the dict key (else
-    ``None``: a dict's change, of kind ``dict.*``, may have the key ``None``
-    too); ``old`` the value before and ``new`` the value after
-    (:data:`memimg.MISSING` where there was, or is, none). For a list or a
-    set, ``old`` is the tuple of items the change took out and ``new`` the
-    tuple it put in, and for a list ``index`` is where
+    An immutable record of the fields below, equal to another Change with
+    the same fields (never to a plain tuple). Like a
+    :func:`~collections.namedtuple` (which it is underneath, so that a
+    change feed makes one cheaply), it unpacks, in the order of
+    ``_fields``, and has ``_asdict()`` and ``_replace(**fields)``; Changes
+    are not ordered (``<`` raises ``TypeError``: sort by ``seq``). It is not
+    an attrs class: ``attrs.evolve`` and ``attrs.asdict`` do not apply.
+    For a list or a set, ``old`` is the tuple of items the change took out
+    and ``new`` the tuple it put in, and ``index`` is where in a list
     (``lst[index:index + len(old)]`` became ``new``).
-
-    An immutable record, equal to another Change with the same fields. It is
-    a named tuple underneath (like :func:`os.stat` results), so that change
-    feeds make one cheaply; ``time`` is made when read.
     """
 
     __module__ = "memimg"
     __slots__ = ()
-    __match_args__ = ("seq", "tx", "time", "meta", "target", "kind", "field", "key", "old", "new", "index")
+    __match_args__ = _FIELDS
+    _fields: tuple[str, ...] = _FIELDS
+    """The names of the fields, in order (as a named tuple has them)."""
 
     if TYPE_CHECKING:
         seq: int
+        """The seq of the event."""
         tx: int
+        """Its transaction's id: the seq of the transaction's first event."""
+        time: dt.datetime
+        """The commit time of its transaction, an aware UTC datetime."""
         meta: dict[str, Any]
+        """The metadata of its transaction (``{}`` if none)."""
         target: Any
+        """The object changed, as live in the image asked (a :class:`memimg.Collected` for one no longer in it)."""
         kind: str
+        """The event kind: ``"obj.set"``, ``"obj.del"``, ``"dict.set"``, ``"list.append"``...; ``"obj.add"`` for
+        an add to a counter (``memimg.field(merge="add")``: ``new - old`` is what was added)."""
         field: str | None
+        """The entity field changed, else ``None``."""
         key: Any
+        """The dict key, else ``None`` (a dict's change, of kind ``dict.*``, may have the key ``None`` too)."""
         old: Any
+        """The value before (:data:`memimg.MISSING`: there was none); for a list or set, the items taken out."""
         new: Any
+        """The value after (:data:`memimg.MISSING`: there is none); for a list or set, the items put in."""
         index: int | None  # type: ignore[assignment]  # a field, over tuple.index
+        """For a list, where the change was made (``lst[index:index + len(old)]`` became ``new``), else ``None``."""
     else:
         seq = _tuplegetter(0, "The seq of the event.")
-        tx = _tuplegetter(1, "The transaction id: the seq of its first event.")
+        tx = _tuplegetter(1, "Its transaction's id: the seq of the transaction's first event.")
+        _ts = _tuplegetter(2, "The commit time as the log stores it: microseconds since the epoch.")
         meta = _tuplegetter(3, "The metadata of its transaction ({} if none).")
         target = _tuplegetter(4, "The object changed, as live in the image asked.")
         kind = _tuplegetter(5, "The event kind.")
@@ -149,24 +162,73 @@ class Change(tuple):  # type: ignore[type-arg]
     ) -> Change:
         """*time*: an aware datetime, or microseconds since the Unix epoch (how the log stores it)."""
         if type(time) is not int:
-            time = (time - _EPOCH) // _MICROSECOND  # type: ignore[operator]
+            if not isinstance(time, dt.datetime) or time.utcoffset() is None:
+                raise TypeError(f"Change(time={time!r}): a time is an aware datetime, or microseconds since the epoch")
+            time = (time - _EPOCH) // _MICROSECOND
         return tuple.__new__(cls, (seq, tx, time, meta, target, kind, field, key, old, new, index))
 
-    @property
-    def time(self) -> dt.datetime:
-        """The commit time of its transaction, an aware UTC datetime."""
-        return commit_time(self[2])
+    if not TYPE_CHECKING:  # (for mypy, the time is a field like the others)
+
+        @property
+        def time(self) -> dt.datetime:
+            """The commit time of its transaction, an aware UTC datetime."""
+            return commit_time(self._ts)
+
+    # positional access gives the fields as their names do (the time a datetime, made when read: a change feed
+    # stores the log's microseconds, the cheaper to make), so the record unpacks, converts and indexes as one
+
+    def _values(self) -> tuple[Any, ...]:
+        raw = tuple.__getitem__
+        return (*raw(self, slice(0, 2)), commit_time(raw(self, 2)), *raw(self, slice(3, None)))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values())
+
+    def __getitem__(self, at: Any) -> Any:
+        return self._values()[at]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def count(self, value: Any) -> int:
+        """How many fields equal *value* (as for a tuple)."""
+        return self._values().count(value)
+
+    def _asdict(self) -> dict[str, Any]:
+        """The fields, by name, in order."""
+        return dict(zip(_FIELDS, self._values(), strict=True))
+
+    def _replace(self, **fields: Any) -> Change:
+        """A Change with these *fields* changed (by name), the others as in this one.
+
+        Raises:
+            TypeError: a name is not a field of a Change.
+        """
+        values = self._asdict()
+        unknown = fields.keys() - values.keys()
+        if unknown:
+            names = ", ".join(map(repr, sorted(unknown)))
+            raise TypeError(f"Change._replace(): no field {names} (the fields: {', '.join(_FIELDS)})")
+        values.update(fields)
+        return Change(**values)
 
     def __eq__(self, other: object) -> bool:  # a Change is never equal to a plain tuple
-        return type(other) is Change and tuple.__eq__(self, other)
+        return isinstance(other, Change) and tuple.__eq__(self, other)
 
     def __ne__(self, other: object) -> bool:
-        return type(other) is not Change or tuple.__ne__(self, other)
+        return not isinstance(other, Change) or tuple.__ne__(self, other)
 
+    def _unordered(self, other: object) -> bool:
+        raise TypeError(
+            f"Changes are not ordered (comparing a Change with a {type(other).__qualname__}); sort them by a field, "
+            "e.g. key=lambda c: c.seq"
+        )
+
+    __lt__ = __le__ = __gt__ = __ge__ = _unordered
     __hash__ = tuple.__hash__
 
     def __getnewargs__(self) -> tuple[Any, ...]:
-        return tuple(self)
+        return tuple.__getitem__(self, slice(None))
 
     def __repr__(self) -> str:
         where = f" {self.field}" if self.field is not None else ""

@@ -32,10 +32,11 @@ import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, NamedTuple
 
-from memimg._errors import HistoryError
+from memimg._errors import CorruptLogError, HistoryError
 from memimg.core._gone import Gone
 from memimg.core._history import Change, Collected
 from memimg.image._feeds import Commit
+from memimg.image._past import oldest_seq
 
 __all__ = ["BUFFER", "changes", "changes_async"]
 
@@ -71,23 +72,27 @@ def _check(img: Any, since: Any, timeout: float | None) -> None:
             "resumes from the seq of the last commit it was given",
             seq=since,
             head=head,
-            oldest=store.first_seq() - 1,
+            oldest=oldest_seq(store),
         )
     _check_kept(img, since)
 
 
 def _check_kept(img: Any, since: int) -> None:
+    """Raise HistoryError unless the commits after *since* can be replayed: the state at *since* is one
+    ``img.at()`` can give (seq 0 counts as seq 1, the root's creation) and the events after it are kept."""
     store = img._engine.store
-    oldest = store.first_seq() - 1
-    if since < oldest:
+    oldest = oldest_seq(store)
+    if max(since, 1) < oldest:
         raise _behind(store, since, oldest)
 
 
 def _behind(store: Any, seq: int, oldest: int) -> HistoryError:
+    """*seq*: the last seq the consumer has; *oldest*: the oldest seq it can resume from (``oldest_seq``)."""
     return HistoryError(
         f"changes(): the commits after seq {seq} of {store.description} are no longer kept (a compaction dropped "
-        f"the events up to seq {oldest}; the oldest kept commit follows seq {oldest}); start again from the "
-        "current state",
+        f"the events before seq {store.first_seq()}); the oldest seq to resume from is {oldest} "
+        f"(changes(since={oldest}): the commits from seq {seq + 1} to {oldest} are lost), or start again from "
+        "the current state",
         seq=seq,
         oldest=oldest,
     )
@@ -129,8 +134,11 @@ def _iterate(img: Any, since: int, timeout: float | None) -> Iterator[Commit]:
             except queue.Empty:
                 return
             if isinstance(item, _Gap):
-                if item.now > last:  # the image skipped commits the consumer has not had
-                    raise _behind(img._engine.store, last, item.oldest)
+                if item.now > last:  # the image skipped commits the consumer has not had: read them from the log
+                    _check_kept(img, last)
+                    for commit in _replay(img, last, item.now):
+                        yield commit
+                        last = commit.seq
             elif item.seq > last:  # (one applied here after *since*, past this image's seq then, was given)
                 yield item
                 last = item.seq
@@ -157,21 +165,38 @@ def _replay(img: Any, since: int, start: int) -> Iterator[Commit]:
         return Collected(oid) if found is None or type(found) is Gone else found
 
     def relive(c: Change) -> Change:
-        return Change(
-            c.seq, c.tx, c.time, c.meta, live(c.target), c.kind, c.field, c.key, live(c.old), live(c.new), c.index
-        )
+        return c._replace(target=live(c.target), old=live(c.old), new=live(c.new))
+
+    store = engine.store
+    last = max(since, 1)  # the seq of the last event applied to *past*
+
+    def behind() -> HistoryError | None:
+        """Another process compacted the log since *past* was made: the events after *last* are gone."""
+        if store.first_seq() > last + 1:
+            return _behind(store, since if last == max(since, 1) else last, oldest_seq(store))
+        return None
 
     with past:
         past.subscribe(replayed.append)
-        rows = engine.store.read(after=max(since, 1))
+        rows = store.read(after=last)
         for _tx, group in itertools.groupby(itertools.takewhile(lambda r: r[0] <= start, rows), key=lambda r: r[1]):
             batch = list(group)
-            with past._engine.lock:
-                past._engine.catch_up(batch)
+            if batch[0][0] != last + 1 and (gone := behind()) is not None:
+                raise gone
+            try:
+                with past._engine.lock:
+                    past._engine.catch_up(batch)
+            except CorruptLogError:
+                if (gone := behind()) is not None:
+                    raise gone from None
+                raise
             past._engine.writer.feed.drain()
+            last = batch[-1][0]
             for commit in replayed:
                 yield commit._relived([relive(c) for c in commit.changes])
             replayed.clear()
+        if last < start and (gone := behind()) is not None:
+            raise gone
 
 
 async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Commit]:
@@ -219,6 +244,7 @@ async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Comm
         subs.append(sub)
         try:
             if last < start:
+                _check_kept(img, last)
                 replay = _replay(img, last, start)
                 while (commit := await loop.run_in_executor(None, next, replay, None)) is not None:
                     yield commit
@@ -228,8 +254,12 @@ async def changes_async(img: Any, since: int, buffer: int) -> AsyncIterator[Comm
                 if pending:
                     item = pending.popleft()
                     if isinstance(item, _Gap):
-                        if item.now > last:
-                            raise _behind(img._engine.store, last, item.oldest)
+                        if item.now > last:  # the image skipped commits the consumer has not had: from the log
+                            _check_kept(img, last)
+                            replay = _replay(img, last, item.now)
+                            while (commit := await loop.run_in_executor(None, next, replay, None)) is not None:
+                                yield commit
+                                last = commit.seq
                     elif item.seq > last:
                         yield item
                         last = item.seq

@@ -82,8 +82,8 @@ Noted = tuple[int, int, int, dict[str, Any], bool, "list[tuple[int, str, Any, An
 #: The event kinds whose first argument is the name of the field they change.
 _FIELD_KINDS: Final = frozenset(("obj.set", "obj.del"))
 _OBJ_SET: Final = KINDS["obj.set"]
-#: ``_new_tuple(Change, fields)``: a :class:`memimg.Change` (its time as the log's microseconds), made without a
-#: call of its ``__new__``
+#: ``_new_tuple(Change, fields)``: a :class:`memimg.Change` made without a call of its ``__new__`` (the fields
+#: as ``Change.__new__`` stores them: the time as the log's microseconds)
 _new_tuple: Final = tuple.__new__
 _UNFOLLOWED: Final[Any] = object()
 
@@ -416,14 +416,12 @@ class Feed:
                         except BaseException as err:
                             _failed(sub, seq, err)
                 queue.popleft()
-        except BaseException:
-            token.release()
-            if queue:
-                self._hand_on()
-            raise
-        token.release()
-        if queue or self.flushing:
-            self._left()
+        finally:  # (nested: a KeyboardInterrupt right after the release still hands on what is left)
+            try:
+                token.release()
+            finally:
+                if queue or self.flushing:
+                    self._left()
 
     def _left(self) -> None:
         """After giving the token back: hand on what other threads queued meanwhile; tell those flushing."""
@@ -477,9 +475,11 @@ class Feed:
                                     _failed(sub, seq, err)
                     queue.popleft()
         finally:
-            token.release()
-            if queue or self.flushing:
-                self._left()
+            try:
+                token.release()
+            finally:
+                if queue or self.flushing:
+                    self._left()
 
     def _gap(self, was: int, now: int, oldest: int) -> None:
         for sub in self.subs:

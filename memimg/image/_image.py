@@ -36,8 +36,9 @@ __all__ = ["MemoryImage", "diff_past", "open_past"]
 
 log = logging.getLogger("memimg")
 
-#: ``close()`` waits this long at most for a change-feed callback running in another thread.
-CLOSE_FLUSH_SECONDS: Final = 5.0
+#: ``close()`` waits this long at most, in all, for change-feed callbacks running in other threads and for the
+#: image's threads (the follower, a background snapshot once it is written) to stop.
+CLOSE_SECONDS: Final = 5.0
 
 T = TypeVar("T")
 
@@ -542,27 +543,52 @@ class MemoryImage:
     def close(self) -> None:
         """Close the store. Objects stay readable; changing them raises :class:`ClosedError`.
 
-        A snapshot being written in the background is finished first.
+        A snapshot being written in the background is finished first. Then
+        the commits queued for change-feed callbacks are delivered while the
+        image is still open (a callback may write derived data), and the
+        image is closed. Past the snapshot, ``close()`` waits at most
+        :data:`CLOSE_SECONDS` (5 s) in all for callbacks running in other
+        threads and for the image's threads to stop (then logs a warning:
+        a callback still running finishes in its thread, and the commits
+        queued after it are delivered there, to callbacks that can no longer
+        write).
         """
         engine = self._engine
         if engine.closed:
             return
-        engine.snapshots.join()  # a snapshot being written in the background is finished first
+        snapshots = engine.snapshots
+        snapshots.join_write()  # a snapshot being written in the background is finished first
+        deadline = time.monotonic() + CLOSE_SECONDS
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        late: list[str] = []
+        snapshots.join(left())  # the commits it caught up with delivered
+        feed = engine.writer.feed
+        if feed is not None and not feed.flush(left()):
+            late.append("a change-feed callback")
         with engine.lock:
             if engine.closed:
                 return
             engine.closed = True
             follower = self._follower
         if follower is not None and follower is not threading.current_thread():
-            follower.join(timeout=5)
-        engine.snapshots.join()  # one scheduled since stops at its first slice
-        feed = engine.writer.feed
-        if feed is not None and not feed.flush(CLOSE_FLUSH_SECONDS):
+            follower.join(left())
+            if follower.is_alive():
+                late.append("the follower thread")
+        if not snapshots.join(left()):  # one scheduled since stops at its first slice
+            late.append("the snapshot thread")
+        feed = engine.writer.feed  # what was applied meanwhile (its callbacks can no longer write)
+        if feed is not None and not feed.flush(left()):
+            late.append("a change-feed callback")
+        if late:
             log.warning(
-                "close of %s: a change-feed callback was still running after %s s; the commits queued after it "
-                "are delivered by its thread when it returns",
+                "close of %s: %s was still running after %s s; a callback still running finishes in its thread, "
+                "and the commits queued after it are delivered there",
                 engine.store.description,
-                CLOSE_FLUSH_SECONDS,
+                " and ".join(dict.fromkeys(late)),
+                CLOSE_SECONDS,
             )
         if not engine.readonly:
             engine.position.leave()

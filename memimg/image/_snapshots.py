@@ -77,6 +77,9 @@ class Snapshots:
         #: held while this process writes a snapshot (and while it erases: see _erase)
         self.lock = self._one = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: set once the background snapshot is written (its thread then delivers what it caught up with)
+        self._written = threading.Event()
+        self._written.set()
         #: an automatic snapshot found the lease held: not tried again before then (monotonic)
         self._quiet_until = 0.0
 
@@ -107,6 +110,8 @@ class Snapshots:
                 finally:
                     self._release()
         finally:
+            if threading.current_thread() is self._thread:
+                self._written.set()
             # other processes' commits the snapshot caught up with, delivered once it is done and the lease
             # given back: a subscriber's callback may take a snapshot or erase (never inside this one's turn)
             feed = self.engine.writer.feed
@@ -179,14 +184,28 @@ class Snapshots:
         """Write a snapshot in the background, unless one is being written (by this process or another)."""
         if (self._thread is not None and self._thread.is_alive()) or time.monotonic() < self._quiet_until:
             return
+        self._written = threading.Event()
         self._thread = threading.Thread(target=self._automatic, name=f"memimg-snapshot-{id(self):x}", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self._written.set()
+            raise
 
-    def join(self) -> None:
-        """Wait for the background snapshot, if one is being written (a closed image's stops at its next slice)."""
+    def join_write(self) -> None:
+        """Wait until the background snapshot, if one is being written, is written (not for the callbacks its
+        thread then calls)."""
+        if self._thread is not threading.current_thread():
+            self._written.wait()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the background snapshot's thread, if one runs (a closed image's stops at its next slice),
+        up to *timeout* seconds; whether it is done."""
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _automatic(self) -> None:
         _feeds.contain_callbacks()  # a callback's KeyboardInterrupt here (delivering, see take) is logged
