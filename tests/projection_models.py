@@ -81,8 +81,24 @@ def expected_json(value: Any, open_: frozenset[int] = frozenset()) -> Any:
     return value
 
 
+def _pg_text(value: Any) -> Any:
+    """*value* as PostgreSQL's text types hold it: no NUL (the projection writes U+FFFD in its place)."""
+    if isinstance(value, str):
+        return value.replace("\0", "\N{REPLACEMENT CHARACTER}")
+    if isinstance(value, list):
+        return [_pg_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_pg_text(k): _pg_text(v) for k, v in value.items()}
+    return value
+
+
 def expected_row(obj: Any, dialect: str) -> dict[str, Any]:
     """The row the projection should hold for *obj*, as the target's driver reads it back."""
+    row = _expected_row(obj, dialect)
+    return {k: _pg_text(v) for k, v in row.items()} if dialect == "postgresql" else row
+
+
+def _expected_row(obj: Any, dialect: str) -> dict[str, Any]:
     row: dict[str, Any] = {"oid": obj._mi_oid}
     for name in attrs.fields_dict(type(obj)):
         value = getattr(obj, name)

@@ -164,6 +164,21 @@ def test_tables_hold_every_object_with_typed_columns(make_image: Images, sql: SQ
     assert sql.rows("premium")[img.root.accounts["bob"]._mi_oid]["friend"] == ada_row["oid"]
 
 
+def test_strings_holding_nul_are_projected(make_image: Images, sql: SQLTarget) -> None:
+    """A string with a NUL character, in a text column or inside JSON, reaches the tables (PostgreSQL cannot
+    hold NUL in text: it is written as U+FFFD there); the projection goes on."""
+    img = make_image(root=Bank)
+    ada, _bob = _fill(img)
+    with sql.project(img) as projection:
+        ada.entries[0].note = "a\x00b"
+        ada.extra["any"].append("c\x00d")
+        ada.extra["k\x00"] = 1
+        assert projection.catch_up() == img.seq and projection.error is None
+        sql.check(img)
+        note = sql.rows("entry")[ada.entries[0]._mi_oid]["note"]
+        assert note == ("a\N{REPLACEMENT CHARACTER}b" if sql.engine.dialect.name == "postgresql" else "a\x00b")
+
+
 def test_commits_after_the_start_are_projected_as_they_happen(make_image: Images, sql: SQLTarget) -> None:
     """Field writes, collection mutations of every kind, new objects and transactions reach the rows."""
     img = make_image(root=Bank)

@@ -31,6 +31,9 @@ application's module is not imported): their values are written as JSON
 them as ``{"$ref": oid}``, other values as :mod:`memimg.core._plain` spells
 them.
 
+On PostgreSQL a NUL character in a string (a ``TEXT`` column or inside JSON) is written as U+FFFD (``\ufffd``):
+PostgreSQL's text types cannot hold NUL. SQLite keeps it.
+
 A value that does not fit its column (a ``str`` in a field annotated
 ``int``, an int past BIGINT) raises :class:`Misfit`, which the projection
 turns into an error naming the object and the field.
@@ -178,7 +181,7 @@ def encoder(kind: str, dialect: str) -> Callable[[Any, Walk], Any]:
     def enc_str(v: Any, walk: Walk) -> Any:
         if not isinstance(v, str) or isinstance(v, enum.Enum):
             raise misfit(v, "a str")
-        return str(v)
+        return _without_nul(str(v)) if pg else str(v)
 
     def enc_bytes(v: Any, walk: Walk) -> Any:
         if not isinstance(v, bytes | bytearray):
@@ -246,7 +249,7 @@ def encoder(kind: str, dialect: str) -> Callable[[Any, Walk], Any]:
         return oid
 
     def enc_json(v: Any, walk: Walk) -> Any:
-        return walk.content(v)
+        return _without_nul(walk.content(v)) if pg else walk.content(v)
 
     found: dict[str, Callable[[Any, Walk], Any]] = {
         "bool": enc_bool,
@@ -266,6 +269,19 @@ def encoder(kind: str, dialect: str) -> Callable[[Any, Walk], Any]:
         "json": enc_json,
     }
     return found[kind]
+
+
+def _without_nul(value: Any) -> Any:
+    """*value* (a str, or JSON content) with every NUL character in its strings made U+FFFD: PostgreSQL's
+    ``TEXT`` and ``JSONB`` cannot hold NUL, and one such string must not stop the projection."""
+    t = type(value)
+    if t is str:
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if t is list:
+        return [_without_nul(v) for v in value]
+    if t is dict:
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
 
 
 def _short(value: Any) -> str:
