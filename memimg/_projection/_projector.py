@@ -10,8 +10,10 @@ stored in the target (the meta table, :mod:`memimg._projection._target`):
   every table dropped, created and filled from the image as it is, labelled
   with the image's seq read *before* the objects were read;
 * else a **resume**: tables whose class gained, lost or retyped fields are
-  altered and rewritten, the rows of objects that entered or left the image
-  meanwhile are inserted or deleted, and ``img.changes(since=seq)`` gives
+  altered, every row is rewritten from the objects as they are (an upgrader
+  run at open or ``open(removed_types=...)`` changes objects with no commit
+  saying so), the rows of objects that left the image meanwhile are
+  deleted, and ``img.changes(since=seq)`` gives
   the commits after the stored seq; those and then the queued ones are
   applied (a commit at or below the seq stored is skipped).
 
@@ -298,10 +300,9 @@ class Projection:
             return
         if how == "altered":
             target.alter(conn, table, self._old_kinds[table.class_name])
-            target.upsert(conn, table, rows)
-        else:
-            present = target.oids(conn, table)
-            target.upsert(conn, table, [r for r in rows if r["oid"] not in present])
+        # every row is rewritten, not only those of objects new meanwhile: what an object holds may have changed
+        # with no commit saying so (an upgrader run at open, ``open(removed_types=...)``, a row edited by hand)
+        target.upsert(conn, table, rows)
         target.delete(conn, table, target.oids(conn, table) - {r["oid"] for r in rows})
 
     # -- the thread ---------------------------------------------------------------------
