@@ -503,6 +503,22 @@ def test_a_new_field_is_a_new_column_and_a_removed_one_is_dropped(v: Versions, s
 # -- bad input -----------------------------------------------------------------------------
 
 
+def test_an_engine_is_a_target_on_postgresql_and_refused_on_sqlite(make_image: Images, sql: SQLTarget) -> None:
+    """An sqlalchemy.Engine on PostgreSQL is a target; one on SQLite is refused before anything is written, the
+    error giving the URL to pass instead (its driver would commit a rebuild's CREATE TABLE by itself)."""
+    img = make_image(root=Bank)
+    _fill(img)
+    if sql.kind == "sqlite":
+        with pytest.raises(memimg.MemimgError, match=r"Engine on SQLite.*give its URL instead") as err:
+            memimg.project(img, sql.engine)
+        assert sql.url in str(err.value)
+        assert sa.inspect(sql.engine).get_table_names() == []
+        return
+    with memimg.project(img, sql.engine, schema=sql.schema) as projection:
+        projection.catch_up()
+    sql.check(img)
+
+
 def test_bad_classes_and_targets_are_clear_errors(make_image: Images, tmp_path: Any) -> None:
     """An unknown class, a class that is not persistent, a URL that is not one, a server that does not answer
     and a database that is neither SQLite nor PostgreSQL are refused at the call, each naming what was given."""

@@ -1,7 +1,8 @@
 """The SQL side of the projection: the target database, its meta table, one table per class, and the writes.
 
 The target is any SQLAlchemy URL of SQLite or PostgreSQL (or an
-``sqlalchemy.Engine`` on one). Its tables, all named with the projection's
+``sqlalchemy.Engine`` on PostgreSQL: an engine on SQLite is refused, see
+below). Its tables, all named with the projection's
 *prefix* (and in its *schema*, on PostgreSQL):
 
 * ``{prefix}memimg_projection`` -- the meta table, ``key``/``value`` text
@@ -17,7 +18,10 @@ The target is any SQLAlchemy URL of SQLite or PostgreSQL (or an
 
 On SQLite, transactions are begun explicitly (``BEGIN IMMEDIATE``): the
 Python driver would otherwise commit by itself before DDL, and a table
-created or altered would not be in the same transaction as the seq.
+created or altered would not be in the same transaction as the seq. That
+is why the projection makes its SQLite engines itself: installing those
+hooks on an engine the caller gave would change how the caller's own
+transactions behave.
 """
 
 from __future__ import annotations
@@ -84,7 +88,14 @@ class Target:
         if schema is not None and self.dialect != "postgresql":
             self.close()
             raise MemimgError(f"project(schema={schema!r}): schemas are for PostgreSQL targets, not {self.dialect}")
-        if self.dialect == "sqlite" and self._owned:
+        if self.dialect == "sqlite":
+            if not self._owned:
+                raise MemimgError(
+                    f"project(): the target is an sqlalchemy.Engine on SQLite ({self.description}); give its URL "
+                    f"instead (project(img, {str(target.url)!r})): the projection makes its own engine, whose "
+                    "transactions include the CREATE and ALTER TABLE of a rebuild (the SQLite driver commits "
+                    "those by itself on other engines, which would leave half-made tables behind a failure)"
+                )
             _explicit_transactions(self.engine)
         self.prefix = prefix
         self.schema = schema
