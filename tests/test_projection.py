@@ -500,6 +500,100 @@ def test_a_new_field_is_a_new_column_and_a_removed_one_is_dropped(v: Versions, s
     assert isinstance(columns["cents"], sa.Float)
 
 
+# -- a failing target ----------------------------------------------------------------------
+
+
+def _block_writes(sql: SQLTarget) -> sa.Connection:
+    """A connection holding a lock that keeps the projection from writing to ``account`` until it commits."""
+    conn = sql.engine.connect()
+    if sql.kind == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.execute(sa.text(f'LOCK TABLE "{sql.schema}".account IN ACCESS EXCLUSIVE MODE'))
+    return conn
+
+
+def _waiting_backend(sql: SQLTarget) -> int:
+    """The PostgreSQL backend waiting for the lock on ``account``."""
+    with sql.engine.connect() as conn:
+        for _ in range(200):
+            pid = conn.execute(
+                sa.text("SELECT pid FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"),
+                {"t": f'"{sql.schema}".account'},
+            ).scalar()
+            if pid is not None:
+                return int(pid)
+            time.sleep(0.05)
+    raise AssertionError("the projection never waited for the lock")
+
+
+def test_a_dropped_connection_or_a_locked_database_is_retried(tmp_path: Any, sql: SQLTarget) -> None:
+    """A batch whose transaction fails on the connection -- the server ended it (PostgreSQL), the database
+    stayed locked past the driver's timeout (SQLite) -- is written again once the target answers: the
+    projection goes on, and the tables end equal to the image."""
+    img = memimg.open(str(tmp_path / "image.db"), root=Bank)  # the target fails, whatever the image's store
+    ada, _ = _fill(img)
+    with sql.project(img) as projection:
+        projection.catch_up()
+        blocker = _block_writes(sql)
+        try:
+            ada.count = 9
+            if sql.kind == "postgres":
+                with sql.engine.connect() as conn:
+                    conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": _waiting_backend(sql)})
+            else:
+                time.sleep(5.5)  # past pysqlite's 5 s busy timeout: the batch fails with "database is locked"
+        finally:
+            blocker.rollback()
+            blocker.close()
+        ada.ratio = 4.5
+        assert projection.catch_up(timeout=60) == img.seq
+        assert projection.running and projection.error is None
+    sql.check(img)
+    img.close()
+
+
+def test_a_target_failing_past_the_retry_time_stops_the_projection_and_its_subscription(
+    tmp_path: Any, sql: SQLTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target that keeps failing for RETRY_FOR seconds stops the projection with an error naming its seq, and
+    its subscription to the image is closed (commits no longer queue up for it)."""
+    monkeypatch.setattr("memimg._projection._projector.RETRY_FOR", 0.3)
+    img = memimg.open(str(tmp_path / "image.db"), root=Bank)  # the target fails, whatever the image's store
+    ada, _ = _fill(img)
+    projection = sql.project(img)
+    stored = projection.catch_up()
+    blocker = _block_writes(sql)
+    try:
+        ada.count = 9
+        if sql.kind == "postgres":
+            blocker.execute(sa.text("SELECT 1"))  # keeps the lock; the projection's backend is ended below
+            with sql.engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": _waiting_backend(sql)})
+                for _ in range(100):  # ended again on each retry, until the projection gives up
+                    if not projection.running:
+                        break
+                    pid = conn.execute(
+                        sa.text("SELECT pid FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"),
+                        {"t": f'"{sql.schema}".account'},
+                    ).scalar()
+                    if pid is not None:
+                        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                    time.sleep(0.1)
+        else:
+            projection._thread.join(timeout=30)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    projection._thread.join(timeout=30)
+    assert not projection.running
+    assert projection._sub.closed
+    with pytest.raises(memimg.MemimgError, match=rf"stopped at seq {stored}: the target failed for 0.3 s"):
+        projection.close()
+    assert sql.meta()["seq"] == str(stored)
+    img.close()
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 

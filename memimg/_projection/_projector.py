@@ -42,6 +42,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
@@ -51,18 +52,20 @@ import sqlalchemy as sa
 
 from memimg._errors import HistoryError, MemimgError
 from memimg._projection._columns import Misfit, Walk, kinds_of
-from memimg._projection._target import FORMAT, ClassTable, Target
+from memimg._projection._target import FORMAT, ClassTable, Target, _first_line
 from memimg.core import _types
 from memimg.core._history import Collected
 from memimg.image._feeds import Commit
 from memimg.model import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["BATCH", "Projection"]
+__all__ = ["BATCH", "RETRY_FOR", "Projection"]
 
 log = logging.getLogger("memimg")
 
 #: the most commits written in one SQL transaction
 BATCH: Final = 1000
+#: how long a batch is tried again while the target's connection fails, in seconds
+RETRY_FOR: Final = 60.0
 _COLLECTIONS: Final = (TrackedList, TrackedDict, TrackedSet)
 
 
@@ -346,6 +349,7 @@ class Projection:
                 markers.clear()
         except BaseException as err:
             self._error = err
+            self._sub.close()  # nothing reads the queue any more: commits must not pile up in it
             log.error("projection to %s stopped at seq %d: %s", self._target.description, self._seq, err, exc_info=err)
 
     def _flush(self, commits: list[Commit]) -> None:
@@ -384,6 +388,43 @@ class Projection:
         seq = commits[-1].seq if commits else self._seq
         if not rows and not gone and seq == self._seq and not self._new_tables:
             return
+        self._write(rows, gone, seq)
+
+    def _write(self, rows: dict[ClassTable, list[dict[str, Any]]], gone: dict[ClassTable, set[int]], seq: int) -> None:
+        """Write a batch in one SQL transaction; retried, with backoff, for up to :data:`RETRY_FOR` seconds while
+        the connection fails (the transaction rolled back, and rewriting the same rows is harmless)."""
+        delay = 0.1
+        deadline = time.monotonic() + RETRY_FOR
+        while True:
+            try:
+                self._transaction(rows, gone, seq)
+                return
+            except sa.exc.DBAPIError as err:
+                if self._stop.is_set() or not (
+                    isinstance(err, sa.exc.OperationalError) or err.connection_invalidated
+                ):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise MemimgError(
+                        f"the projection to {self._target.description} stopped at seq {self._seq}: the target "
+                        f"failed for {RETRY_FOR:g} s ({_first_line(err)}); its tables hold every commit up to that "
+                        "seq: project again once the database answers, to resume",
+                        seq=self._seq,
+                    ) from err
+                log.warning(
+                    "projection to %s: writing up to seq %d failed (%s); trying again in %.1f s",
+                    self._target.description,
+                    seq,
+                    _first_line(err),
+                    delay,
+                )
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, 5.0)
+
+    def _transaction(
+        self, rows: dict[ClassTable, list[dict[str, Any]]], gone: dict[ClassTable, set[int]], seq: int
+    ) -> None:
         target = self._target
         with target.engine.begin() as conn:
             if self._new_tables:

@@ -265,7 +265,7 @@ def _engine(target: Any) -> sa.Engine:
             "(sqlite:///file.db) or PostgreSQL (postgresql+psycopg://...)"
         )
     try:
-        return sa.create_engine(url)
+        return sa.create_engine(url, pool_pre_ping=True)  # a connection the server dropped is replaced at checkout
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as err:
         raise MemimgError(
             f"project(): {_describe(target)} is not a usable database URL ({_first_line(err)}); give a SQLAlchemy "
