@@ -22,9 +22,11 @@ from hypothesis import HealthCheck, given, settings
 import memimg
 from tests.conftest import POSTGRES_URL, Images
 from tests.projection_models import (
+    LONG,
     Account,
     Address,
     Bank,
+    Clash,
     Entry,
     Kind,
     Premium,
@@ -326,6 +328,26 @@ def test_only_the_classes_asked_for_and_their_subclasses(make_image: Images, sql
     with sql.project(img, classes=[Entry]) as projection:  # a narrower projection drops the tables it no longer keeps
         projection.catch_up()
     assert sql.has_table("entry") and not sql.has_table("account")
+
+
+def test_fields_whose_names_clash_get_columns_of_their_own(make_image: Images, sql: SQLTarget) -> None:
+    """A field named ``oid``, fields equal but for case, and fields past 63 bytes that share their start each
+    get a column of its own (``oid`` -> ``oid__`` when a field ``oid_`` exists; the longer ones cut and hashed),
+    holding that field's value."""
+    img = make_image(root=Clash)
+    with sql.project(img) as projection:
+        projection.catch_up()
+    (row,) = sql.rows("clash").values()
+    long_columns = sorted(c for c in row if c.startswith(LONG[:40]))
+    assert len(long_columns) == 2 and all(len(c.encode()) <= 63 for c in long_columns)
+    assert {k: v for k, v in row.items() if k not in long_columns} == {
+        "oid": img.root._mi_oid,
+        "oid__": 1,
+        "oid_": 2,
+        "Name": "upper",
+        "name_": "lower",
+    }
+    assert sorted(row[c] for c in long_columns) == [3, 4]
 
 
 # -- resuming, rebuilding ------------------------------------------------------------------

@@ -11,8 +11,9 @@ below). Its tables, all named with the projection's
   for each class, by stable name, its table and the kind of each column),
   so a restart knows what it wrote.
 * one table per class: ``oid`` (``BIGINT`` primary key) and one column per
-  field (:mod:`memimg._projection._columns`); a field named ``oid`` is the
-  column ``oid_``. The table's name is the class's name in snake case
+  field (:mod:`memimg._projection._columns`), named after the field; a
+  field named ``oid``, or whose name another field's takes (case aside), or
+  longer than 63 characters gets another name (:func:`column_names`). The table's name is the class's name in snake case
   (``LineItem`` -> ``line_item``), or, if two classes projected share it,
   the whole stable name (``shop_models_line_item``).
 
@@ -55,7 +56,7 @@ class ClassTable:
         self.class_name = class_name
         self.name = name
         self.kinds = kinds
-        self.columns = {f: ("oid_" if f == "oid" else f) for f in kinds}
+        self.columns = column_names(kinds)
         self.encoders = {f: encoder(k, dialect) for f, k in kinds.items()}
         self.table = sa.Table(
             name,
@@ -206,12 +207,12 @@ class Target:
         """Make *table*'s columns those of its kinds: add new fields, drop removed ones, retype changed ones."""
         quote = self.engine.dialect.identifier_preparer.quote
         qualified = self._qualified(table.name)
+        old_columns = column_names(old_kinds)
         for f, kind in old_kinds.items():
-            if table.kinds.get(f) != kind:
-                column = "oid_" if f == "oid" else f
-                conn.execute(sa.text(f"ALTER TABLE {qualified} DROP COLUMN {quote(column)}"))
+            if table.kinds.get(f) != kind or table.columns.get(f) != old_columns[f]:
+                conn.execute(sa.text(f"ALTER TABLE {qualified} DROP COLUMN {quote(old_columns[f])}"))
         for f, kind in table.kinds.items():
-            if old_kinds.get(f) != kind:
+            if old_kinds.get(f) != kind or old_columns.get(f) != table.columns[f]:
                 ddl = sa.schema.CreateColumn(table.table.c[table.columns[f]]).compile(dialect=self.engine.dialect)
                 conn.execute(sa.text(f"ALTER TABLE {qualified} ADD COLUMN {ddl}"))
 
@@ -241,6 +242,38 @@ class Target:
     def _qualified(self, name: str) -> str:
         quote = self.engine.dialect.identifier_preparer.quote
         return f"{quote(self.schema)}.{quote(name)}" if self.schema else quote(name)
+
+
+def column_names(fields: Iterable[str]) -> dict[str, str]:
+    """The column of each field: its name, unless that is ``oid``, longer than PostgreSQL's 63 bytes, or (case
+    aside, as SQLite ignores it) another field's column: then the name with ``_`` added (``oid`` -> ``oid_``),
+    or its first 54 bytes and a hash of the whole (``very_long..._1a2b3c4d``). Fields keeping their own name
+    are served first, so a column's name depends only on the class's fields."""
+    fields = list(fields)
+    taken = {"oid"}
+    columns: dict[str, str] = {}
+    for f in fields:
+        if f.casefold() not in taken and _fits(f):
+            columns[f] = f
+            taken.add(f.casefold())
+    for f in fields:
+        if f in columns:
+            continue
+        name = f if _fits(f + "_") else _shortened(f)
+        while name.casefold() in taken:
+            name = name + "_" if _fits(name + "_") else _shortened(name)
+        columns[f] = name
+        taken.add(name.casefold())
+    return {f: columns[f] for f in fields}
+
+
+def _fits(name: str) -> bool:
+    return len(name.encode()) <= _MAX_NAME
+
+
+def _shortened(name: str) -> str:
+    head = name.encode()[: _MAX_NAME - 9].decode(errors="ignore")
+    return f"{head}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def _engine(target: Any) -> sa.Engine:
