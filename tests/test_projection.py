@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -20,6 +22,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 
 import memimg
+from memimg._projection._projector import _image_id
+from memimg.cli._main import open_store
 from tests.conftest import POSTGRES_URL, Images
 from tests.projection_models import (
     LONG,
@@ -433,6 +437,47 @@ def test_values_an_upgrader_changed_are_rewritten_on_restart(v: Versions, sql: S
         assert (img.root.items[0].title, img.root.items[0].cents) == ("APPLE", 12000)
     (row,) = sql.rows("item").values()
     assert (row["title"], row["cents"]) == ("APPLE", 12000)
+
+
+class _SlowMeta:
+    """A store whose meta table takes a while to read: processes reading it at once all find it empty."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def meta(self) -> dict[str, str]:
+        found = self.store.meta()
+        time.sleep(0.2)
+        return dict(found)
+
+
+def test_processes_naming_an_image_at_once_agree_on_its_id(tmp_path: Any) -> None:
+    """Several projections started at once on an image with no id yet all label their tables with the one id
+    the image ends up storing (none with an id another process overwrote, which would rebuild later)."""
+    path = str(tmp_path / "image.db")
+    memimg.open(path, root=Bank).close()
+    stores = [open_store(path, readonly=False) for _ in range(4)]
+    ids: list[str] = []
+    start = threading.Barrier(len(stores))
+
+    def name(store: Any) -> None:
+        start.wait()
+        ids.append(_image_id(types.SimpleNamespace(store=_SlowMeta(store))))
+
+    threads = [threading.Thread(target=name, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert len(ids) == len(stores)
+        assert set(ids) == {stores[0].meta()["image_id"]}
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_tables_of_another_image_are_rebuilt(tmp_path: Any, sql: SQLTarget, caplog: Any) -> None:

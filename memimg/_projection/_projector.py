@@ -400,9 +400,7 @@ class Projection:
                 self._transaction(rows, gone, seq)
                 return
             except sa.exc.DBAPIError as err:
-                if self._stop.is_set() or not (
-                    isinstance(err, sa.exc.OperationalError) or err.connection_invalidated
-                ):
+                if self._stop.is_set() or not (isinstance(err, sa.exc.OperationalError) or err.connection_invalidated):
                     raise
                 if time.monotonic() + delay > deadline:
                     raise MemimgError(
@@ -626,15 +624,64 @@ def _choose(classes: Iterable[Any] | None) -> tuple[type, ...] | None:
 
 
 def _image_id(img: Any) -> str:
-    """The id of the image (the ``image_id`` entry of its store's meta table, made on first use)."""
-    store = img.store
+    """The id of the image: the ``image_id`` entry of its store's meta table, made on first use (see
+    :func:`name_image`); for a store this process may only read and that has none, its log's first event
+    (which a compaction may drop: the projection is then rebuilt)."""
+    found = name_image(img.store)
+    if found is not None:
+        return found
+    first = next(iter(img.events()), None)
+    log.warning(
+        "projection: the image %s has no id and is read-only here: the tables are labelled with its first event, "
+        "so a compaction of its log rebuilds them; open the image writable once (or run memimg project with "
+        "write access once) to give it an id",
+        img.store.description,
+    )
+    return f"log:{first.seq}:{first.ts.isoformat()}" if first is not None else "log:empty"
+
+
+def name_image(store: Any, wait: float = 30.0) -> str | None:
+    """The ``image_id`` entry of *store*'s meta table, made if there is none; ``None`` if it cannot be written.
+
+    Processes naming the same image at once agree on one id: the one writing it holds the store's
+    ``image_id`` lease (atomic in the database), and the others wait for it and read it back, so no process
+    labels tables with an id another process overwrites.
+
+    Raises:
+        MemimgError: another process held the lease for *wait* seconds without writing the id.
+    """
     found = store.meta().get("image_id")
     if found:
         return str(found)
-    made = uuid.uuid4().hex
+    holder = uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            taken = store.lease("image_id", holder, wait)
+        except Exception:  # a store this process may only read
+            return None
+        if taken:
+            break
+        time.sleep(0.05)
+        found = store.meta().get("image_id")
+        if found:
+            return str(found)
+        if time.monotonic() > deadline:
+            raise MemimgError(
+                f"project(): another process has been naming the image {store.description} for {wait:g} s "
+                "(its image_id lease) without finishing; project again"
+            )
     try:
-        store.set_meta("image_id", made)
-    except Exception:  # a read-only store: the log's first event stands for the image
-        first = next(iter(img.events()), None)
-        return f"log:{first.seq}:{first.ts.isoformat()}" if first is not None else "log:empty"
-    return made
+        found = store.meta().get("image_id")
+        if found:
+            return str(found)
+        try:
+            store.set_meta("image_id", holder)
+        except Exception:
+            return None
+        return holder
+    finally:
+        try:
+            store.release("image_id", holder)
+        except Exception:
+            log.debug("projection: releasing the image_id lease of %s failed", store.description, exc_info=True)
