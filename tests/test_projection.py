@@ -661,6 +661,45 @@ def test_a_target_failing_past_the_retry_time_stops_the_projection_and_its_subsc
     img.close()
 
 
+def test_a_new_field_taking_a_column_name_renames_the_column_it_takes(v: Versions, sql: SQLTarget) -> None:
+    """When the code adds a field ``oid_`` to a class with a field ``oid`` (column ``oid_``), the next
+    projection gives ``oid_`` its own column and moves ``oid`` to ``oid__``, each holding its field's value."""
+    v.record(
+        """
+        @persistent(name="{P}.Tag")
+        class Tag:
+            oid: int = 5
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            tags: list = attrs.field(factory=list)
+        """,
+        f"""
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.tags.append(models.Tag())
+            memimg.project(img, {sql.url!r}, schema={sql.schema!r}).close()
+        """,
+    )
+    (row,) = sql.rows("tag").values()
+    assert row == {"oid": row["oid"], "oid_": 5}
+    new = v.load(
+        """
+        @persistent(name="{P}.Tag")
+        class Tag:
+            oid: int = 5
+            oid_: int = 7
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            tags: list = attrs.field(factory=list)
+        """
+    )
+    with v.open(new) as img, memimg.project(img, sql.url, schema=sql.schema) as projection:
+        projection.catch_up()
+    (row,) = sql.rows("tag").values()
+    assert row == {"oid": row["oid"], "oid__": 5, "oid_": 7}
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 
