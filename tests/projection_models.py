@@ -146,3 +146,18 @@ def assert_tables_equal_image(img: memimg.MemoryImage, engine: sa.Engine, schema
         assert set(rows) == set(objects), f"{name}: rows {sorted(rows)} != objects {sorted(objects)}"
         for oid, obj in objects.items():
             assert rows[oid] == expected_row(obj, dialect), f"{name} #{oid}"
+
+
+LONG = "a_field_name_long_enough_to_pass_the_63_bytes_postgresql_keeps_of_an_identifier"
+
+
+@persistent(name="projtest.Clash")
+class Clash:
+    """Fields whose names cannot all be their columns' names."""
+
+    oid: int = 1
+    oid_: int = 2
+    Name: str = "upper"
+    name: str = "lower"
+    a_field_name_long_enough_to_pass_the_63_bytes_postgresql_keeps_of_an_identifier_one: int = 3
+    a_field_name_long_enough_to_pass_the_63_bytes_postgresql_keeps_of_an_identifier_two: int = 4

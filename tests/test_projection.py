@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -20,11 +22,15 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 
 import memimg
+from memimg._projection._projector import _image_id
+from memimg.cli._main import open_store
 from tests.conftest import POSTGRES_URL, Images
 from tests.projection_models import (
+    LONG,
     Account,
     Address,
     Bank,
+    Clash,
     Entry,
     Kind,
     Premium,
@@ -343,12 +349,32 @@ def test_only_the_classes_asked_for_and_their_subclasses(make_image: Images, sql
     assert sql.has_table("entry") and not sql.has_table("account")
 
 
+def test_fields_whose_names_clash_get_columns_of_their_own(make_image: Images, sql: SQLTarget) -> None:
+    """A field named ``oid``, fields equal but for case, and fields past 63 bytes that share their start each
+    get a column of its own (``oid`` -> ``oid__`` when a field ``oid_`` exists; the longer ones cut and hashed),
+    holding that field's value."""
+    img = make_image(root=Clash)
+    with sql.project(img) as projection:
+        projection.catch_up()
+    (row,) = sql.rows("clash").values()
+    long_columns = sorted(c for c in row if c.startswith(LONG[:40]))
+    assert len(long_columns) == 2 and all(len(c.encode()) <= 63 for c in long_columns)
+    assert {k: v for k, v in row.items() if k not in long_columns} == {
+        "oid": img.root._mi_oid,
+        "oid__": 1,
+        "oid_": 2,
+        "Name": "upper",
+        "name_": "lower",
+    }
+    assert sorted(row[c] for c in long_columns) == [3, 4]
+
+
 # -- resuming, rebuilding ------------------------------------------------------------------
 
 
 def test_a_projection_resumes_from_the_seq_it_stored(make_image: Images, sql: SQLTarget) -> None:
-    """Made again, a projection applies only the commits after the seq its tables store: rows it has no reason to
-    touch stay as they are (here, as tampered with), the others follow the image."""
+    """Made again, a projection resumes from the seq its tables store (no rebuild) and ends equal to the image:
+    rows edited by hand meanwhile are rewritten from the objects, the commits since are applied."""
     img = make_image(root=Bank)
     ada, bob = _fill(img)
     with sql.project(img) as projection:
@@ -360,9 +386,113 @@ def test_a_projection_resumes_from_the_seq_it_stored(make_image: Images, sql: SQ
     with sql.project(img) as projection:
         assert projection.seq == stored
         assert projection.catch_up() == img.seq
-    assert sql.rows("account")[ada._mi_oid]["owner"] == "tampered"
+    assert sql.rows("account")[ada._mi_oid]["owner"] == "ada"
     assert sql.rows("premium")[bob._mi_oid]["count"] == 42
     assert _bank(img).accounts["dee"]._mi_oid in sql.rows("account")
+    sql.check(img)
+
+
+def test_objects_collected_while_the_projection_was_down_leave_the_tables(make_image: Images, sql: SQLTarget) -> None:
+    """An object that became unreachable and was collected (by a snapshot) while no projection ran has its row
+    deleted when the projection is made again."""
+    img = make_image(root=Bank)
+    ada, bob = _fill(img)
+    oid = bob._mi_oid
+    with sql.project(img) as projection:
+        projection.catch_up()
+    assert oid in sql.rows("premium")
+    ada.friend = None
+    del _bank(img).accounts["bob"]
+    img.snapshot()
+    assert not [o for o in img.all(Premium) if o._mi_oid == oid]
+    with sql.project(img) as projection:
+        projection.catch_up()
+    assert oid not in sql.rows("premium")
+    sql.check(img)
+
+
+def test_values_an_upgrader_changed_are_rewritten_on_restart(v: Versions, sql: SQLTarget) -> None:
+    """An upgrader that changes values but not column types changes the objects with no commit saying so: the
+    projection made again with the new code rewrites those rows, so the tables equal the image."""
+    v.record(
+        """
+        @persistent(name="{P}.Item")
+        class Item:
+            title: str
+            cents: int = 0
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            items: list = attrs.field(factory=list)
+        """,
+        f"""
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.items.append(models.Item("apple", 120))
+            memimg.project(img, {sql.url!r}, schema={sql.schema!r}).close()
+        """,
+    )
+    new = v.load(
+        """
+        @persistent(name="{P}.Item", version=2)
+        class Item:
+            title: str
+            cents: int = 0
+
+        @memimg.upgrader("{P}.Item", from_version=1)
+        def _upper(state: dict) -> dict:
+            return {**state, "title": state["title"].upper(), "cents": state["cents"] * 100}
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            items: list = attrs.field(factory=list)
+        """
+    )
+    with v.open(new) as img, memimg.project(img, sql.url, schema=sql.schema) as projection:
+        projection.catch_up()
+        assert (img.root.items[0].title, img.root.items[0].cents) == ("APPLE", 12000)
+    (row,) = sql.rows("item").values()
+    assert (row["title"], row["cents"]) == ("APPLE", 12000)
+
+
+class _SlowMeta:
+    """A store whose meta table takes a while to read: processes reading it at once all find it empty."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def meta(self) -> dict[str, str]:
+        found = self.store.meta()
+        time.sleep(0.2)
+        return dict(found)
+
+
+def test_processes_naming_an_image_at_once_agree_on_its_id(tmp_path: Any) -> None:
+    """Several projections started at once on an image with no id yet all label their tables with the one id
+    the image ends up storing (none with an id another process overwrote, which would rebuild later)."""
+    path = str(tmp_path / "image.db")
+    memimg.open(path, root=Bank).close()
+    stores = [open_store(path, readonly=False) for _ in range(4)]
+    ids: list[str] = []
+    start = threading.Barrier(len(stores))
+
+    def name(store: Any) -> None:
+        start.wait()
+        ids.append(_image_id(types.SimpleNamespace(store=_SlowMeta(store))))
+
+    threads = [threading.Thread(target=name, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        assert len(ids) == len(stores)
+        assert set(ids) == {stores[0].meta()["image_id"]}
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_tables_of_another_image_are_rebuilt(tmp_path: Any, sql: SQLTarget, caplog: Any) -> None:
@@ -452,7 +582,156 @@ def test_a_new_field_is_a_new_column_and_a_removed_one_is_dropped(v: Versions, s
     assert isinstance(columns["cents"], sa.Float)
 
 
+# -- a failing target ----------------------------------------------------------------------
+
+
+def _block_writes(sql: SQLTarget) -> sa.Connection:
+    """A connection holding a lock that keeps the projection from writing to ``account`` until it commits."""
+    conn = sql.engine.connect()
+    if sql.kind == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.execute(sa.text(f'LOCK TABLE "{sql.schema}".account IN ACCESS EXCLUSIVE MODE'))
+    return conn
+
+
+def _waiting_backend(sql: SQLTarget) -> int:
+    """The PostgreSQL backend waiting for the lock on ``account``."""
+    with sql.engine.connect() as conn:
+        for _ in range(200):
+            pid = conn.execute(
+                sa.text("SELECT pid FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"),
+                {"t": f'"{sql.schema}".account'},
+            ).scalar()
+            if pid is not None:
+                return int(pid)
+            time.sleep(0.05)
+    raise AssertionError("the projection never waited for the lock")
+
+
+def test_a_dropped_connection_or_a_locked_database_is_retried(tmp_path: Any, sql: SQLTarget) -> None:
+    """A batch whose transaction fails on the connection -- the server ended it (PostgreSQL), the database
+    stayed locked past the driver's timeout (SQLite) -- is written again once the target answers: the
+    projection goes on, and the tables end equal to the image."""
+    img = memimg.open(str(tmp_path / "image.db"), root=Bank)  # the target fails, whatever the image's store
+    ada, _ = _fill(img)
+    with sql.project(img) as projection:
+        projection.catch_up()
+        blocker = _block_writes(sql)
+        try:
+            ada.count = 9
+            if sql.kind == "postgres":
+                with sql.engine.connect() as conn:
+                    conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": _waiting_backend(sql)})
+            else:
+                time.sleep(5.5)  # past pysqlite's 5 s busy timeout: the batch fails with "database is locked"
+        finally:
+            blocker.rollback()
+            blocker.close()
+        ada.ratio = 4.5
+        assert projection.catch_up(timeout=60) == img.seq
+        assert projection.running and projection.error is None
+    sql.check(img)
+    img.close()
+
+
+def test_a_target_failing_past_the_retry_time_stops_the_projection_and_its_subscription(
+    tmp_path: Any, sql: SQLTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target that keeps failing for RETRY_FOR seconds stops the projection with an error naming its seq, and
+    its subscription to the image is closed (commits no longer queue up for it)."""
+    monkeypatch.setattr("memimg._projection._projector.RETRY_FOR", 0.3)
+    img = memimg.open(str(tmp_path / "image.db"), root=Bank)  # the target fails, whatever the image's store
+    ada, _ = _fill(img)
+    projection = sql.project(img)
+    stored = projection.catch_up()
+    blocker = _block_writes(sql)
+    try:
+        ada.count = 9
+        if sql.kind == "postgres":
+            blocker.execute(sa.text("SELECT 1"))  # keeps the lock; the projection's backend is ended below
+            with sql.engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": _waiting_backend(sql)})
+                for _ in range(100):  # ended again on each retry, until the projection gives up
+                    if not projection.running:
+                        break
+                    pid = conn.execute(
+                        sa.text("SELECT pid FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"),
+                        {"t": f'"{sql.schema}".account'},
+                    ).scalar()
+                    if pid is not None:
+                        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                    time.sleep(0.1)
+        else:
+            projection._thread.join(timeout=30)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    projection._thread.join(timeout=30)
+    assert not projection.running
+    assert projection._sub.closed
+    with pytest.raises(memimg.MemimgError, match=rf"stopped at seq {stored}: the target failed for 0.3 s"):
+        projection.close()
+    assert sql.meta()["seq"] == str(stored)
+    img.close()
+
+
+def test_a_new_field_taking_a_column_name_renames_the_column_it_takes(v: Versions, sql: SQLTarget) -> None:
+    """When the code adds a field ``oid_`` to a class with a field ``oid`` (column ``oid_``), the next
+    projection gives ``oid_`` its own column and moves ``oid`` to ``oid__``, each holding its field's value."""
+    v.record(
+        """
+        @persistent(name="{P}.Tag")
+        class Tag:
+            oid: int = 5
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            tags: list = attrs.field(factory=list)
+        """,
+        f"""
+        with memimg.open(path, root=models.Shop) as img:
+            img.root.tags.append(models.Tag())
+            memimg.project(img, {sql.url!r}, schema={sql.schema!r}).close()
+        """,
+    )
+    (row,) = sql.rows("tag").values()
+    assert row == {"oid": row["oid"], "oid_": 5}
+    new = v.load(
+        """
+        @persistent(name="{P}.Tag")
+        class Tag:
+            oid: int = 5
+            oid_: int = 7
+
+        @persistent(name="{P}.Shop")
+        class Shop:
+            tags: list = attrs.field(factory=list)
+        """
+    )
+    with v.open(new) as img, memimg.project(img, sql.url, schema=sql.schema) as projection:
+        projection.catch_up()
+    (row,) = sql.rows("tag").values()
+    assert row == {"oid": row["oid"], "oid__": 5, "oid_": 7}
+
+
 # -- bad input -----------------------------------------------------------------------------
+
+
+def test_an_engine_is_a_target_on_postgresql_and_refused_on_sqlite(make_image: Images, sql: SQLTarget) -> None:
+    """An sqlalchemy.Engine on PostgreSQL is a target; one on SQLite is refused before anything is written, the
+    error giving the URL to pass instead (its driver would commit a rebuild's CREATE TABLE by itself)."""
+    img = make_image(root=Bank)
+    _fill(img)
+    if sql.kind == "sqlite":
+        with pytest.raises(memimg.MemimgError, match=r"Engine on SQLite.*give its URL instead") as err:
+            memimg.project(img, sql.engine)
+        assert sql.url in str(err.value)
+        assert sa.inspect(sql.engine).get_table_names() == []
+        return
+    with memimg.project(img, sql.engine, schema=sql.schema) as projection:
+        projection.catch_up()
+    sql.check(img)
 
 
 def test_bad_classes_and_targets_are_clear_errors(make_image: Images, tmp_path: Any) -> None:

@@ -147,7 +147,8 @@ def account_events(owner: str) -> ResponseReturnValue:
     the image, for the first) and ``data:`` ``{"owner", "balance", "seq"}``.
     A browser that reconnects sends the last id as ``Last-Event-ID``: the
     stream goes on from there (the changes after it, from the account's
-    history) instead of starting over. Other processes' commits arrive
+    history) instead of starting over (it starts over, from the balance
+    now, when a compaction dropped those changes). Other processes' commits arrive
     too: the image follows the log. A comment line is sent every
     ``BANK_SSE_KEEPALIVE`` seconds (15) so proxies keep the connection and
     a gone client is noticed.
@@ -164,16 +165,33 @@ def account_events(owner: str) -> ResponseReturnValue:
         data = json.dumps({"owner": owner, "balance": str(balance), "seq": seq})
         return f"id: {seq}\nevent: balance\ndata: {data}\n\n"
 
+    def missed() -> list[memimg.Change] | None:
+        """The balance changes after ``Last-Event-ID``; ``None``: start over from the balance now (no id, an id
+        past the log's head, or one whose changes a compaction dropped)."""
+        if not last.isdigit():
+            return None
+        if int(last) > img.seq:
+            img.refresh()  # the client saw, through another server, a commit this process has not read yet
+            if int(last) > img.seq:
+                return None
+        if int(last) < img.store.first_seq() - 1:
+            return None  # compacted away: history would miss the changes the compaction dropped
+        try:
+            return img.history(account, "balance", since=int(last))
+        except memimg.MemimgError:  # the account's first state is no longer stored
+            return None
+
     def stream() -> Iterator[str]:
         try:
-            sent = 0
-            if last.isdigit() and int(last) <= img.seq:
-                for change in img.history(account, "balance", since=int(last)):
-                    yield event(change.new, change.seq)
-                    sent = change.seq
-            else:
+            changes = missed()
+            if changes is None:
                 sent = img.seq
                 yield event(account.balance, sent)
+            else:
+                sent = int(last)  # the client has everything up to it: a queued commit at or below it is old
+                for change in changes:
+                    yield event(change.new, change.seq)
+                    sent = change.seq
             while True:
                 try:
                     commit = commits.get(timeout=keepalive)

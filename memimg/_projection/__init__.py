@@ -39,7 +39,7 @@ def project(
     Args:
         img: the image to project (left open by ``close()``).
         target: a SQLAlchemy URL of a SQLite or PostgreSQL database (a plain
-            path is a SQLite file), or an ``sqlalchemy.Engine``.
+            path is a SQLite file), or an ``sqlalchemy.Engine`` on PostgreSQL (on SQLite, give the URL).
         classes: the ``@persistent`` classes (or their stored names) to
             project, subclasses included; ``None``: every class.
         prefix: put before every table's name (the meta table's too).

@@ -10,8 +10,10 @@ stored in the target (the meta table, :mod:`memimg._projection._target`):
   every table dropped, created and filled from the image as it is, labelled
   with the image's seq read *before* the objects were read;
 * else a **resume**: tables whose class gained, lost or retyped fields are
-  altered and rewritten, the rows of objects that entered or left the image
-  meanwhile are inserted or deleted, and ``img.changes(since=seq)`` gives
+  altered, every row is rewritten from the objects as they are (an upgrader
+  run at open or ``open(removed_types=...)`` changes objects with no commit
+  saying so), the rows of objects that left the image meanwhile are
+  deleted, and ``img.changes(since=seq)`` gives
   the commits after the stored seq; those and then the queued ones are
   applied (a commit at or below the seq stored is skipped).
 
@@ -40,6 +42,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
@@ -49,18 +52,20 @@ import sqlalchemy as sa
 
 from memimg._errors import HistoryError, MemimgError
 from memimg._projection._columns import Misfit, Walk, kinds_of
-from memimg._projection._target import FORMAT, ClassTable, Target
+from memimg._projection._target import FORMAT, ClassTable, Target, _first_line
 from memimg.core import _types
 from memimg.core._history import Collected
 from memimg.image._feeds import Commit
 from memimg.model import TrackedDict, TrackedList, TrackedSet
 
-__all__ = ["BATCH", "Projection"]
+__all__ = ["BATCH", "RETRY_FOR", "Projection"]
 
 log = logging.getLogger("memimg")
 
 #: the most commits written in one SQL transaction
 BATCH: Final = 1000
+#: how long a batch is tried again while the target's connection fails, in seconds
+RETRY_FOR: Final = 60.0
 _COLLECTIONS: Final = (TrackedList, TrackedDict, TrackedSet)
 
 
@@ -298,10 +303,9 @@ class Projection:
             return
         if how == "altered":
             target.alter(conn, table, self._old_kinds[table.class_name])
-            target.upsert(conn, table, rows)
-        else:
-            present = target.oids(conn, table)
-            target.upsert(conn, table, [r for r in rows if r["oid"] not in present])
+        # every row is rewritten, not only those of objects new meanwhile: what an object holds may have changed
+        # with no commit saying so (an upgrader run at open, ``open(removed_types=...)``, a row edited by hand)
+        target.upsert(conn, table, rows)
         target.delete(conn, table, target.oids(conn, table) - {r["oid"] for r in rows})
 
     # -- the thread ---------------------------------------------------------------------
@@ -345,6 +349,7 @@ class Projection:
                 markers.clear()
         except BaseException as err:
             self._error = err
+            self._sub.close()  # nothing reads the queue any more: commits must not pile up in it
             log.error("projection to %s stopped at seq %d: %s", self._target.description, self._seq, err, exc_info=err)
 
     def _flush(self, commits: list[Commit]) -> None:
@@ -383,6 +388,41 @@ class Projection:
         seq = commits[-1].seq if commits else self._seq
         if not rows and not gone and seq == self._seq and not self._new_tables:
             return
+        self._write(rows, gone, seq)
+
+    def _write(self, rows: dict[ClassTable, list[dict[str, Any]]], gone: dict[ClassTable, set[int]], seq: int) -> None:
+        """Write a batch in one SQL transaction; retried, with backoff, for up to :data:`RETRY_FOR` seconds while
+        the connection fails (the transaction rolled back, and rewriting the same rows is harmless)."""
+        delay = 0.1
+        deadline = time.monotonic() + RETRY_FOR
+        while True:
+            try:
+                self._transaction(rows, gone, seq)
+                return
+            except sa.exc.DBAPIError as err:
+                if self._stop.is_set() or not (isinstance(err, sa.exc.OperationalError) or err.connection_invalidated):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise MemimgError(
+                        f"the projection to {self._target.description} stopped at seq {self._seq}: the target "
+                        f"failed for {RETRY_FOR:g} s ({_first_line(err)}); its tables hold every commit up to that "
+                        "seq: project again once the database answers, to resume",
+                        seq=self._seq,
+                    ) from err
+                log.warning(
+                    "projection to %s: writing up to seq %d failed (%s); trying again in %.1f s",
+                    self._target.description,
+                    seq,
+                    _first_line(err),
+                    delay,
+                )
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, 5.0)
+
+    def _transaction(
+        self, rows: dict[ClassTable, list[dict[str, Any]]], gone: dict[ClassTable, set[int]], seq: int
+    ) -> None:
         target = self._target
         with target.engine.begin() as conn:
             if self._new_tables:
@@ -584,15 +624,64 @@ def _choose(classes: Iterable[Any] | None) -> tuple[type, ...] | None:
 
 
 def _image_id(img: Any) -> str:
-    """The id of the image (the ``image_id`` entry of its store's meta table, made on first use)."""
-    store = img.store
+    """The id of the image: the ``image_id`` entry of its store's meta table, made on first use (see
+    :func:`name_image`); for a store this process may only read and that has none, its log's first event
+    (which a compaction may drop: the projection is then rebuilt)."""
+    found = name_image(img.store)
+    if found is not None:
+        return found
+    first = next(iter(img.events()), None)
+    log.warning(
+        "projection: the image %s has no id and is read-only here: the tables are labelled with its first event, "
+        "so a compaction of its log rebuilds them; open the image writable once (or run memimg project with "
+        "write access once) to give it an id",
+        img.store.description,
+    )
+    return f"log:{first.seq}:{first.ts.isoformat()}" if first is not None else "log:empty"
+
+
+def name_image(store: Any, wait: float = 30.0) -> str | None:
+    """The ``image_id`` entry of *store*'s meta table, made if there is none; ``None`` if it cannot be written.
+
+    Processes naming the same image at once agree on one id: the one writing it holds the store's
+    ``image_id`` lease (atomic in the database), and the others wait for it and read it back, so no process
+    labels tables with an id another process overwrites.
+
+    Raises:
+        MemimgError: another process held the lease for *wait* seconds without writing the id.
+    """
     found = store.meta().get("image_id")
     if found:
         return str(found)
-    made = uuid.uuid4().hex
+    holder = uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            taken = store.lease("image_id", holder, wait)
+        except Exception:  # a store this process may only read
+            return None
+        if taken:
+            break
+        time.sleep(0.05)
+        found = store.meta().get("image_id")
+        if found:
+            return str(found)
+        if time.monotonic() > deadline:
+            raise MemimgError(
+                f"project(): another process has been naming the image {store.description} for {wait:g} s "
+                "(its image_id lease) without finishing; project again"
+            )
     try:
-        store.set_meta("image_id", made)
-    except Exception:  # a read-only store: the log's first event stands for the image
-        first = next(iter(img.events()), None)
-        return f"log:{first.seq}:{first.ts.isoformat()}" if first is not None else "log:empty"
-    return made
+        found = store.meta().get("image_id")
+        if found:
+            return str(found)
+        try:
+            store.set_meta("image_id", holder)
+        except Exception:
+            return None
+        return holder
+    finally:
+        try:
+            store.release("image_id", holder)
+        except Exception:
+            log.debug("projection: releasing the image_id lease of %s failed", store.description, exc_info=True)

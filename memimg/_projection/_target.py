@@ -1,7 +1,8 @@
 """The SQL side of the projection: the target database, its meta table, one table per class, and the writes.
 
 The target is any SQLAlchemy URL of SQLite or PostgreSQL (or an
-``sqlalchemy.Engine`` on one). Its tables, all named with the projection's
+``sqlalchemy.Engine`` on PostgreSQL: an engine on SQLite is refused, see
+below). Its tables, all named with the projection's
 *prefix* (and in its *schema*, on PostgreSQL):
 
 * ``{prefix}memimg_projection`` -- the meta table, ``key``/``value`` text
@@ -10,14 +11,18 @@ The target is any SQLAlchemy URL of SQLite or PostgreSQL (or an
   for each class, by stable name, its table and the kind of each column),
   so a restart knows what it wrote.
 * one table per class: ``oid`` (``BIGINT`` primary key) and one column per
-  field (:mod:`memimg._projection._columns`); a field named ``oid`` is the
-  column ``oid_``. The table's name is the class's name in snake case
+  field (:mod:`memimg._projection._columns`), named after the field; a
+  field named ``oid``, or whose name another field's takes (case aside), or
+  longer than 63 characters gets another name (:func:`column_names`). The table's name is the class's name in snake case
   (``LineItem`` -> ``line_item``), or, if two classes projected share it,
   the whole stable name (``shop_models_line_item``).
 
 On SQLite, transactions are begun explicitly (``BEGIN IMMEDIATE``): the
 Python driver would otherwise commit by itself before DDL, and a table
-created or altered would not be in the same transaction as the seq.
+created or altered would not be in the same transaction as the seq. That
+is why the projection makes its SQLite engines itself: installing those
+hooks on an engine the caller gave would change how the caller's own
+transactions behave.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class ClassTable:
         self.class_name = class_name
         self.name = name
         self.kinds = kinds
-        self.columns = {f: ("oid_" if f == "oid" else f) for f in kinds}
+        self.columns = column_names(kinds)
         self.encoders = {f: encoder(k, dialect) for f, k in kinds.items()}
         self.table = sa.Table(
             name,
@@ -84,7 +89,14 @@ class Target:
         if schema is not None and self.dialect != "postgresql":
             self.close()
             raise MemimgError(f"project(schema={schema!r}): schemas are for PostgreSQL targets, not {self.dialect}")
-        if self.dialect == "sqlite" and self._owned:
+        if self.dialect == "sqlite":
+            if not self._owned:
+                raise MemimgError(
+                    f"project(): the target is an sqlalchemy.Engine on SQLite ({self.description}); give its URL "
+                    f"instead (project(img, {str(target.url)!r})): the projection makes its own engine, whose "
+                    "transactions include the CREATE and ALTER TABLE of a rebuild (the SQLite driver commits "
+                    "those by itself on other engines, which would leave half-made tables behind a failure)"
+                )
             _explicit_transactions(self.engine)
         self.prefix = prefix
         self.schema = schema
@@ -195,12 +207,12 @@ class Target:
         """Make *table*'s columns those of its kinds: add new fields, drop removed ones, retype changed ones."""
         quote = self.engine.dialect.identifier_preparer.quote
         qualified = self._qualified(table.name)
+        old_columns = column_names(old_kinds)
         for f, kind in old_kinds.items():
-            if table.kinds.get(f) != kind:
-                column = "oid_" if f == "oid" else f
-                conn.execute(sa.text(f"ALTER TABLE {qualified} DROP COLUMN {quote(column)}"))
+            if table.kinds.get(f) != kind or table.columns.get(f) != old_columns[f]:
+                conn.execute(sa.text(f"ALTER TABLE {qualified} DROP COLUMN {quote(old_columns[f])}"))
         for f, kind in table.kinds.items():
-            if old_kinds.get(f) != kind:
+            if old_kinds.get(f) != kind or old_columns.get(f) != table.columns[f]:
                 ddl = sa.schema.CreateColumn(table.table.c[table.columns[f]]).compile(dialect=self.engine.dialect)
                 conn.execute(sa.text(f"ALTER TABLE {qualified} ADD COLUMN {ddl}"))
 
@@ -232,6 +244,38 @@ class Target:
         return f"{quote(self.schema)}.{quote(name)}" if self.schema else quote(name)
 
 
+def column_names(fields: Iterable[str]) -> dict[str, str]:
+    """The column of each field: its name, unless that is ``oid``, longer than PostgreSQL's 63 bytes, or (case
+    aside, as SQLite ignores it) another field's column: then the name with ``_`` added (``oid`` -> ``oid_``),
+    or its first 54 bytes and a hash of the whole (``very_long..._1a2b3c4d``). Fields keeping their own name
+    are served first, so a column's name depends only on the class's fields."""
+    fields = list(fields)
+    taken = {"oid"}
+    columns: dict[str, str] = {}
+    for f in fields:
+        if f.casefold() not in taken and _fits(f):
+            columns[f] = f
+            taken.add(f.casefold())
+    for f in fields:
+        if f in columns:
+            continue
+        name = f if _fits(f + "_") else _shortened(f)
+        while name.casefold() in taken:
+            name = name + "_" if _fits(name + "_") else _shortened(name)
+        columns[f] = name
+        taken.add(name.casefold())
+    return {f: columns[f] for f in fields}
+
+
+def _fits(name: str) -> bool:
+    return len(name.encode()) <= _MAX_NAME
+
+
+def _shortened(name: str) -> str:
+    head = name.encode()[: _MAX_NAME - 9].decode(errors="ignore")
+    return f"{head}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def _engine(target: Any) -> sa.Engine:
     if not isinstance(target, str):
         raise TypeError(
@@ -254,7 +298,7 @@ def _engine(target: Any) -> sa.Engine:
             "(sqlite:///file.db) or PostgreSQL (postgresql+psycopg://...)"
         )
     try:
-        return sa.create_engine(url)
+        return sa.create_engine(url, pool_pre_ping=True)  # a connection the server dropped is replaced at checkout
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as err:
         raise MemimgError(
             f"project(): {_describe(target)} is not a usable database URL ({_first_line(err)}); give a SQLAlchemy "

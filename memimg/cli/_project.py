@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
-import uuid
 from typing import Any
 
 import click
 
 from memimg._errors import MemimgError
 from memimg._projection import project as make_projection
+from memimg._projection._projector import name_image
 from memimg.cli._main import cli, open_image, open_store
 
 __all__ = ["project"]
@@ -68,12 +68,12 @@ def project(
 
 def _name_image(target: str) -> None:
     """Give the image an id (an entry of its meta table), so the tables know which image they hold."""
-    store = open_store(target, readonly=False)
     try:
-        if not store.meta().get("image_id"):
-            store.set_meta("image_id", uuid.uuid4().hex)
+        store = open_store(target, readonly=False)
     except Exception:  # a store this user may only read: the projection names the image by its log
-        pass
+        return
+    try:
+        name_image(store)
     finally:
         store.close()
 

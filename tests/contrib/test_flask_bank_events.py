@@ -59,13 +59,18 @@ class Events:
         self.response.close()
 
 
-def _deposit_from_another_process(path: str, owner: str, amount: str) -> None:
+def _deposit_from_another_process(path: str, owner: str, amount: str) -> int:
+    """Deposit in another process; returns the seq of its commit."""
     code = (
         "import memimg\nfrom decimal import Decimal\nfrom examples.flask_bank.models import Bank\n"
         f"with memimg.open({path!r}, root=Bank) as img:\n"
         f"    img.root.accounts[{owner!r}].deposit(Decimal({amount!r}))\n"
+        "    print(img.seq)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True
+    )
+    return int(done.stdout.decode().split()[-1])
 
 
 def test_the_event_stream_gives_the_balance_then_each_change(bank_app: Flask, tmp_path: Any) -> None:
@@ -105,6 +110,70 @@ def test_a_reconnecting_client_gets_what_it_missed(bank_app: Flask) -> None:
         assert [events.next()["data"]["balance"] for _ in range(2)] == ["101", "103"]
     finally:
         events.close()
+
+
+def test_a_client_ahead_of_this_process_gets_only_later_changes(bank_app: Flask, tmp_path: Any) -> None:
+    """A client whose ``Last-Event-ID`` is a commit this process has not read yet (it saw it through another
+    server) gets neither the balance before it nor that commit again: its next event is the next change."""
+    seen = _deposit_from_another_process(str(tmp_path / "bank.db"), "ada", "10")
+    client = bank_app.test_client()
+    events = Events(client.get("/accounts/ada/events", headers={"Last-Event-ID": str(seen)}, buffered=False))
+    try:
+        assert client.post("/accounts/ada/deposit", json={"amount": "1"}).status_code == 200
+        event = events.next()
+        assert event["data"]["balance"] == "111"
+        assert int(event["id"]) > seen
+    finally:
+        events.close()
+
+
+def test_a_client_behind_a_compaction_starts_over_from_the_balance_now(bank_app: Flask) -> None:
+    """A client whose ``Last-Event-ID`` is older than what the log still holds (a compaction dropped the
+    changes after it) gets the balance now, then the following changes: the stream does not end."""
+    from examples.flask_bank import memimg_ext
+
+    client = bank_app.test_client()
+    events = Events(client.get("/accounts/ada/events", buffered=False))
+    first = events.next()
+    events.close()
+    assert client.post("/accounts/ada/deposit", json={"amount": "1"}).status_code == 200
+    with bank_app.app_context():
+        img = memimg_ext.image
+        seq = img.snapshot()
+        img.store.delete_events_before(seq)
+        img.store.delete_snapshots_before(seq)
+    events = Events(client.get("/accounts/ada/events", headers={"Last-Event-ID": first["id"]}, buffered=False))
+    try:
+        now = events.next()
+        assert now["data"]["balance"] == "101"
+        assert client.post("/accounts/ada/deposit", json={"amount": "2"}).status_code == 200
+        assert events.next()["data"]["balance"] == "103"
+    finally:
+        events.close()
+
+
+def test_a_client_that_goes_away_leaves_no_subscription(bank_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the client disconnects -- after reading events, or before reading any -- the stream's subscription
+    to the image is closed (commits are no longer queued for it)."""
+    import memimg
+
+    made: list[memimg.Subscription] = []
+    subscribe = memimg.MemoryImage.subscribe
+
+    def recording(self: memimg.MemoryImage, *args: Any, **kwargs: Any) -> memimg.Subscription:
+        sub = subscribe(self, *args, **kwargs)
+        made.append(sub)
+        return sub
+
+    monkeypatch.setattr(memimg.MemoryImage, "subscribe", recording)
+    client = bank_app.test_client()
+    events = Events(client.get("/accounts/ada/events", buffered=False))
+    events.next()
+    unread = client.get("/accounts/ada/events", buffered=False)
+    assert len(made) == 2 and not any(sub.closed for sub in made)
+    events.close()
+    unread.close()
+    assert all(sub.closed for sub in made)
 
 
 def test_the_stream_of_an_unknown_account_is_a_404(bank_app: Flask) -> None:
