@@ -82,6 +82,9 @@ class Projection:
         #: what the projection knows of the image: every entity, by oid and by (exact) class
         self._objs: dict[int, Any] = {}
         self._by_class: dict[type, set[int]] = {}
+        #: the image table's removal count when the projection last compared its objects with the image's
+        #: (-1: never; see :meth:`_gone`)
+        self._removals = -1
         #: collection oid -> the projected entities whose rows spell it out, and the reverse
         self._holders: dict[int, set[int]] = {}
         self._contains: dict[int, set[int]] = {}
@@ -489,9 +492,13 @@ class Projection:
         img = self._img
         by_class = self._by_class
         gone: dict[ClassTable, set[int]] = {}
+        # equal counts prove nothing left only if no object left the image since the last look: a collected
+        # object and one not known yet would cancel out
+        removals = img._engine.table.removals
+        counts_tell = removals == self._removals
         for cls in list(by_class):
             subtree = [d for d in by_class if issubclass(d, cls)]
-            if len(img.all(cls)) == sum(len(by_class[d]) for d in subtree):
+            if counts_tell and len(img.all(cls)) == sum(len(by_class[d]) for d in subtree):
                 continue
             for d in subtree:
                 present: dict[int, Any] = {o._mi_oid: o for o in img.all(d) if type(o) is d}  # type: ignore[attr-defined]
@@ -512,6 +519,7 @@ class Projection:
                     if oid not in self._objs:
                         self._know(obj)
                         missed[oid] = obj
+        self._removals = removals
         return gone
 
     # -- rows ---------------------------------------------------------------------------

@@ -72,6 +72,9 @@ class ObjectTable:
         self.owner = owner
         self.objects: list[Any] = [None]
         self.holes = 0  # None entries in objects, besides objects[0]
+        #: how many times objects left the table (forgotten, cut, or all of them at a reload): only ever grows,
+        #: so a reader that saw the same count twice knows no object left in between
+        self.removals = 0
         self.root_oid = 0
         self.declarations = Declarations()
         #: the event that created each object (see :mod:`memimg.core._born`)
@@ -182,6 +185,7 @@ class ObjectTable:
         self.unlogged = []
         del objects[1:]
         self.holes = 0
+        self.removals += 1
         self.root_oid = 0
         self.declarations.clear()
         self.born.clear()
@@ -196,6 +200,7 @@ class ObjectTable:
         objects = self.objects
         set_identity = self.shell.set_identity
         self.truncating(size)
+        self.removals += 1
         for obj in objects[size:]:
             if obj is None:
                 self.holes -= 1
@@ -325,6 +330,7 @@ class ObjectTable:
             if obj is not None:
                 objects[oid] = None
                 self.holes += 1
+                self.removals += 1
                 if extents is not None:
                     extents.drop(oid, obj)
                 if type(obj) is not Gone:
