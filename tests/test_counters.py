@@ -10,6 +10,7 @@ plain numbers to everything but the assignment back to that counter.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import decimal
 import json
@@ -24,6 +25,7 @@ import pytest
 
 import memimg
 from memimg import persistent
+from memimg.core._kinds import KINDS
 from tests.conftest import Images
 from tests.models import Box, Point, Tally
 from tests.versions import Versions
@@ -438,6 +440,119 @@ def test_erasing_a_counters_past_keeps_the_log_replayable(make_image: Images) ->
     img = make_image(root=Box)
     assert img.root.content.hits == 102
     assert memimg.replay(img.events()).content.hits == 102
+
+
+# -- a counter always holds a number ------------------------------------------------------------------------
+
+_REFUSED = [
+    ("hits", None, "NoneType"),
+    ("hits", 1.5, "float"),
+    ("hits", True, "bool"),
+    ("hits", "3", "str"),
+    ("hits", Decimal(3), "Decimal"),
+    ("total", 1.5, "float"),
+    ("total", Decimal("Infinity"), "Decimal"),
+    ("total", Decimal("NaN"), "Decimal"),
+    ("share", 0.5, "float"),
+    ("share", None, "NoneType"),
+]
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside", "in-transaction"])
+def test_a_counter_refuses_anything_but_a_finite_number_of_its_type(make_image: Images, in_tx: bool) -> None:
+    """Assigning a counter anything but a finite number of its declared type (an int is converted exactly for a
+    Decimal or Fraction counter) raises an UnsupportedValueError (a TypeError) naming class and field; nothing
+    is written, the transaction goes on, and the log reopens."""
+    img, t = start(make_image)
+    t.hits = 4
+    seq = img.seq
+    for name, value, tname in _REFUSED:
+        before = getattr(t, name)
+        with img.transaction() if in_tx else contextlib.nullcontext():
+            with pytest.raises(memimg.UnsupportedValueError, match=rf"Tally\.{name} is an? \w+ counter.*\({tname}\)"):
+                setattr(t, name, value)
+            assert getattr(t, name) == before
+    with pytest.raises(TypeError, match=r"Tally\.hits is an int counter.*assigning 5\.5 \(float\) is refused.*float"):
+        t.hits += 1.5  # the sum is a float: never stored in an int counter
+    assert img.seq == seq
+    with img.transaction() if in_tx else contextlib.nullcontext():
+        t.total = 2  # an int for a Decimal counter, exactly
+        t.share = 10**30
+    assert fields_written(img, seq) == [("obj.set", "total", ["D", "2"]), ("obj.set", "share", ["Q", str(10**30)])]
+    img.close()
+    again = make_image(root=Box).root.content
+    assert (again.hits, again.total, again.share) == (4, Decimal(2), Fraction(10**30))
+
+
+def test_a_free_standing_object_refuses_a_counter_value_of_another_type() -> None:
+    """Construction and assignment on an object not in an image check the counter's type as well."""
+    with pytest.raises(memimg.UnsupportedValueError, match=r"Tally\.hits is an int counter.*None"):
+        Tally(hits=None)  # type: ignore[arg-type]
+    t = Tally(total=3)  # type: ignore[arg-type]
+    assert type(t.total) is Decimal
+    with pytest.raises(TypeError, match=r"Tally\.share is a Fraction counter.*float"):
+        t.share = 0.25  # type: ignore[assignment]
+
+
+def test_a_counter_cannot_be_deleted(make_image: Images) -> None:
+    """``del obj.counter`` raises a TypeError naming class and field, in and out of transactions, attached or
+    not: an add would have nothing to apply to. Nothing is written."""
+    img, t = start(make_image)
+    seq = img.seq
+    with pytest.raises(TypeError, match=r"Tally\.hits is a counter.*cannot be deleted"):
+        del t.hits
+    with img.transaction(), pytest.raises(TypeError, match=r"Tally\.total is a counter.*cannot be deleted"):
+        del t.total
+    free = Tally()
+    with pytest.raises(TypeError, match=r"Tally\.share is a counter"):
+        del free.share
+    assert img.seq == seq
+    t.hits += 1
+    assert t.hits == 1
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside", "in-transaction"])
+def test_an_add_whose_sum_would_not_be_finite_is_refused_before_it_is_written(make_image: Images, in_tx: bool) -> None:
+    """Two images add to a Decimal counter near the largest exponent, each from the same start: the second
+    add, once caught up, would overflow, so its commit is refused (naming class, field and seq) and nothing
+    is written; the log reopens with the first add."""
+    img, t = start(make_image)
+    other = make_image(root=Box)
+    t2 = other.root.content
+    big = Decimal("6E+999999")
+    with pytest.raises(memimg.UnsupportedValueError, match=r"Tally\.total is a Decimal counter: adding .* at seq"):
+        if in_tx:
+            with other.transaction():
+                t2.total += big  # finite on what this transaction reads
+                t.total += big  # committed meanwhile by the other image
+        else:
+            t.total += big
+            t2.total += big  # finite on what this image saw; not on the log's value
+    assert t2.total == big
+    img.close()
+    other.close()
+    assert make_image(root=Box).root.content.total == big
+
+
+def test_an_add_onto_something_else_left_in_the_log_is_refused(make_image: Images) -> None:
+    """An image adds to a counter that another process (an older memimg) has meanwhile set to no number: the
+    commit, caught up, is refused naming class, field and seq, nothing is written, and the log reopens."""
+    img, t = start(make_image)
+    other = make_image(root=Box)
+    t2 = other.root.content
+    engine = img._engine
+    with engine.lock:  # an assignment as an older memimg could write it, past today's checks
+        engine.commit([(KINDS["obj.set"], t, ("hits", None))])
+    seq = img.seq
+    with pytest.raises(memimg.UnsupportedValueError, match=rf"Tally\.hits .*adding 1 to the None .* seq {seq}"):
+        t2.hits += 1
+    assert t2.hits is None
+    assert other.seq == seq
+    t2.hits = 2
+    t2.hits += 1
+    img.close()
+    other.close()
+    assert make_image(root=Box).root.content.hits == 3
 
 
 # -- bad input ----------------------------------------------------------------------------------------------

@@ -389,11 +389,12 @@ class TxState:
         d[name] = v
 
     def add_field(self, obj: Any, name: str, delta: Any, tag: Savepoint | None) -> None:
-        """Add *delta* to counter field *name* of *obj* (an ``obj.add`` event)."""
+        """Add *delta* to counter field *name* of *obj* (an ``obj.add`` event): the overlay first, so an add that
+        cannot apply to what this transaction sees raises before the event is recorded."""
+        self.field_add(obj, name, delta)
         self.events += (_OBJ_ADD, obj, (name, delta))
         self.tags.append(tag)
         self._note_annotations(tag)
-        self.field_add(obj, name, delta)
 
     def check_unique(self, obj: Any, name: str, value: Any) -> None:
         """Unique field *name* of *obj* is being set to *value* here: refuse a clash this transaction sees."""
