@@ -186,6 +186,46 @@ def test_a_reader_outside_sees_all_of_a_commit_with_adds_or_none(monkeypatch: An
     assert t.hits == 15
 
 
+def test_a_transaction_reading_counters_sees_all_of_a_commit_being_applied_or_none(
+    monkeypatch: Any, make_image: Images
+) -> None:
+    """A transaction begun before a commit that moves 10 from one counter to another, reading both while that
+    commit is being applied (between its two events), sees the commit whole: 90 and 10."""
+    img, t = start(make_image)
+    other = Tally()
+    img.root.content = [t, other]
+    t.hits = 100
+    begun, between, read = threading.Event(), threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def reader() -> None:
+        with img.transaction():
+            t.note  # begun before the commit
+            begun.set()
+            between.wait(10)
+            seen.append((t.hits, other.hits))
+            read.set()
+
+    calls: list[str] = []
+
+    def hook(kind: str, target: Any, args: Any) -> None:
+        calls.append(kind)
+        if len(calls) == 2:  # the first add applied, the second not yet
+            between.set()
+            read.wait(10)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    begun.wait(10)
+    monkeypatch.setattr(img._engine, "before_apply", hook)
+    with img.transaction():
+        t.hits -= 10
+        other.hits += 10
+    thread.join()
+    assert calls == ["obj.add", "obj.add"]
+    assert seen == [(90, 10)]
+
+
 # -- conflicts ----------------------------------------------------------------------------------------------
 
 

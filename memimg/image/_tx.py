@@ -224,7 +224,11 @@ class TxState:
         d = self.fields.get(id(obj))
         v = ABSENT if d is None else d.get(name, ABSENT)
         if v is ABSENT or type(v) is Delta:
-            committed = self.read_field_committed(obj, name, getter)
+            host = self.host
+            if host.publishing:  # a commit is being applied: all of it or none, as the objects' other readers see
+                committed = self.read_field_committed(obj, name, lambda o: host.writer.read_field(o, name, getter))
+            else:
+                committed = self.read_field_committed(obj, name, getter)
             v = committed if v is ABSENT else add(committed, v.amount)
         elif v is DELETED:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
