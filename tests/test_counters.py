@@ -333,6 +333,45 @@ def test_what_is_recorded_as_an_add_and_what_as_an_assignment(make_image: Images
     assert fields_written(img, seq) == [("obj.set", "hits", 3)]
 
 
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside", "in-transaction"])
+def test_a_number_read_before_an_assignment_of_the_counter_is_assigned_as_it_is(
+    make_image: Images, in_tx: bool
+) -> None:
+    """``x = f; f = 0; f = x + 1`` assigns ``x + 1`` (the number, as Python would), not an add to the 0: a
+    plain write of the counter -- here, by another thread, or by another image -- makes every number read from
+    it before a plain number again. Adds in between do not."""
+    img, t = start(make_image)
+    t.hits = 5
+    seq = img.seq
+    with img.transaction() if in_tx else contextlib.nullcontext():
+        x = t.hits
+        t.hits = 0
+        t.hits = x + 1
+    assert t.hits == 6
+    assert fields_written(img, seq) == [("obj.set", "hits", 0), ("obj.set", "hits", 6)]
+    seq = img.seq
+    with img.transaction() if in_tx else contextlib.nullcontext():
+        x = t.hits
+        t.hits += 1  # an add: x still adds
+        t.hits = x + 2
+    assert t.hits == 9
+    assert fields_written(img, seq) == [("obj.add", "hits", 1), ("obj.add", "hits", 2)]
+    if not in_tx:  # a plain write committed by another thread, then by another image
+        other = make_image(root=Box)
+        for reset in (
+            lambda: run_threads(1, lambda: setattr(t, "hits", 0)),
+            lambda: setattr(other.root.content, "hits", 0),
+        ):
+            x = t.hits
+            reset()
+            img.refresh()
+            seq = img.seq
+            t.hits = x + 1
+            assert t.hits == 10
+            assert fields_written(img, seq) == [("obj.set", "hits", 10)]
+            t.hits = 9
+
+
 def test_numbers_read_from_a_counter_are_plain_numbers_everywhere_else(make_image: Images) -> None:
     """A number read from a counter compares, hashes, prints, pickles, copies and JSON-encodes as the plain
     number; stored anywhere else (a field, a list, a tuple, a value object) it is stored as the plain number."""

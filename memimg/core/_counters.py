@@ -15,8 +15,11 @@ writer that read it) and the sum of the numbers added to it since
 (``delta``). ``+`` and ``-`` with a number return another counted value with
 the delta carried along; every other operation returns a plain number.
 Assigning a counted value back to the field it was read from, by the writer
-that read it, records its delta; any other value (or a counted value read
-elsewhere) is a plain write, stored as the plain number.
+that read it, records its delta -- unless the field was assigned a plain value
+since the read (each plain write of a counter takes a new *generation*, kept
+by the image for committed writes and by a transaction for its own, and the
+counted value remembers the one it was read at); any other value (or a
+counted value read elsewhere) is a plain write, stored as the plain number.
 
 Counted values compare, hash, format, pickle and copy as the plain number
 they stand for (``__reduce__`` gives the plain type), and the codec stores
@@ -39,6 +42,7 @@ something else there).
 from __future__ import annotations
 
 import decimal
+import itertools
 import sys
 import typing
 from decimal import Decimal
@@ -105,7 +109,7 @@ class Delta:
 # -- counted values ---------------------------------------------------------------------------------------
 
 
-def _origin(v: Any) -> tuple[Any, str, Any]:
+def _origin(v: Any) -> tuple[Any, str, Any, int]:
     return v._mi_origin  # type: ignore[no-any-return]
 
 
@@ -132,7 +136,7 @@ def _plain_op(a: Any, b: Any, sign: int) -> Any:
 class _CountedInt(int):
     """An int read from a counter field (see the module docstring)."""
 
-    _mi_origin: tuple[Any, str, Any]
+    _mi_origin: tuple[Any, str, Any, int]
     _mi_delta: Any
 
     def __add__(self, other: Any) -> Any:
@@ -166,7 +170,7 @@ class _CountedInt(int):
 class _CountedDecimal(Decimal):
     """A Decimal read from a counter field (see the module docstring)."""
 
-    _mi_origin: tuple[Any, str, Any]
+    _mi_origin: tuple[Any, str, Any, int]
     _mi_delta: Any
 
     def __add__(self, other: Any) -> Any:
@@ -200,7 +204,7 @@ class _CountedFraction(Fraction):
 
     __slots__ = ("_mi_delta", "_mi_origin")
 
-    _mi_origin: tuple[Any, str, Any]
+    _mi_origin: tuple[Any, str, Any, int]
     _mi_delta: Any
 
     def __add__(self, other: Any) -> Any:
@@ -240,8 +244,8 @@ _COUNTED_SET: Final = frozenset(_BASE)
 COUNTED: Final = _COUNTED_SET
 
 
-def mark(value: Any, origin: tuple[Any, str, Any], delta: Any = None) -> Any:
-    """*value* as a counted value read from ``origin = (object, field, writer)``, carrying *delta* (by
+def mark(value: Any, origin: tuple[Any, str, Any, int], delta: Any = None) -> Any:
+    """*value* as a counted value read from ``origin = (object, field, writer, generation)``, carrying *delta* (by
     default zero, of *value*'s type: the adds to a Decimal counter are Decimals, whatever was added).
 
     A value that is not exactly an int, Decimal or Fraction (a subclass, a
@@ -270,12 +274,18 @@ def plain(value: Any) -> Any:
 
 
 def delta_for(value: Any, obj: Any, name: str, writer: Any) -> Any:
-    """The delta *value* carries if it was read from field *name* of *obj* by *writer*, else ``None``."""
+    """The delta *value* carries if it was read from field *name* of *obj* by *writer* and the field has been
+    assigned no plain value since (its generation, ``writer.counter_generation``, is the one read), else
+    ``None``."""
     if type(value) in _COUNTED_SET:
         o = value._mi_origin
-        if o[0] is obj and o[1] == name and o[2] is writer:
+        if o[0] is obj and o[1] == name and o[2] is writer and o[3] == writer.counter_generation(obj, name):
             return value._mi_delta
     return None
+
+
+#: The source of generations: every plain write of a counter takes the next (see :func:`delta_for`).
+GENERATIONS: Final = itertools.count(1)
 
 
 # -- declarations ------------------------------------------------------------------------------------------

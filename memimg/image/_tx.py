@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from memimg._errors import MemimgError
 from memimg.core import _types
-from memimg.core._counters import COUNTED, Delta, add, delta_for, mark, plain
+from memimg.core._counters import COUNTED, GENERATIONS, Delta, add, delta_for, mark, plain
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED, SELF, WHOLE
 from memimg.core._meta import check_size
@@ -74,6 +74,7 @@ class TxState:
     __slots__ = (
         "added",
         "annotated",
+        "assigned",
         "attacher",
         "busy",
         "done",
@@ -109,6 +110,8 @@ class TxState:
         self.views: dict[int, Any] = {}
         #: the objects whose counters the overlay holds adds of (``Delta``), or None: none
         self.added: list[Any] | None = None
+        #: (id of object, counter field) -> generation of this transaction's last plain write of it, or None: none
+        self.assigned: dict[tuple[int, str], int] | None = None
         self.reads: set[tuple[int, Any]] = set()
         self.undo: list[Any] = []
         #: the savepoint each event / undo entry belongs to (None: the transaction itself)
@@ -232,7 +235,20 @@ class TxState:
             v = committed if v is ABSENT else add(committed, v.amount)
         elif v is DELETED:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
-        return mark(v, (obj, name, self))
+        return mark(v, (obj, name, self, self.counter_generation(obj, name)))
+
+    def counter_generation(self, obj: Any, name: str) -> int:
+        """The generation of counter *name* of *obj* here: that of this transaction's last plain write of it."""
+        assigned = self.assigned
+        return 0 if assigned is None else assigned.get((id(obj), name), 0)
+
+    def counter_written(self, obj: Any, name: str, value: Any) -> None:
+        """Counter *name* of *obj* is about to be assigned *value*: a plain write (not an add of a number read
+        here since the last one) starts a new generation, so numbers read before it add no more."""
+        if delta_for(value, obj, name, self) is None:
+            if self.assigned is None:
+                self.assigned = {}
+            self.assigned[(id(obj), name)] = next(GENERATIONS)
 
     def read_field_committed(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
         """Field *name* of *obj* as committed, the read recorded (past this transaction's overlay)."""

@@ -240,7 +240,11 @@ def _counter_hook(hook: Callable[[Any, Any, Any], Any] | None) -> Callable[[Any,
     def check_counter(obj: Any, attribute: Any, value: Any) -> Any:
         if hook is not None:
             value = hook(obj, attribute, value)
-        return check(type(obj), attribute.name, value)
+        value = check(type(obj), attribute.name, value)
+        owner = obj._mi_img
+        if owner is not None:
+            owner._mi_current.get().counter_written(obj, attribute.name, value)
+        return value
 
     return check_counter
 
