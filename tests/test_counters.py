@@ -86,6 +86,25 @@ def test_threads_adding_in_transactions_never_conflict(make_image: Images) -> No
     assert (again.hits, again.total, again.share) == (300, Decimal("150.0"), Fraction(-100))
 
 
+def test_two_overlapping_transactions_adding_to_one_counter_both_commit(make_image: Images) -> None:
+    """Two threads' transactions each read and add to the same counters, both before either commits (forced by
+    a barrier): both commit without a conflict and without retries, and every add counts."""
+    img, t = start(make_image)
+    barrier = threading.Barrier(2, timeout=10)
+
+    def work() -> None:
+        with img.transaction():
+            t.hits += 1
+            t.total += Decimal("0.5")
+            assert t.hits == 1
+            barrier.wait()  # both have added; neither has committed
+        barrier.wait()  # both committed
+
+    run_threads(2, work)
+    assert (t.hits, t.total) == (2, Decimal("1.0"))
+    assert kinds(img, 2).count("obj.add") == 4
+
+
 def test_threads_adding_outside_transactions_lose_nothing(make_image: Images) -> None:
     """``obj.f += 1`` outside a transaction is one atomic add: 6 threads of 50 end at 300."""
     img, t = start(make_image)
@@ -397,6 +416,19 @@ def test_numbers_read_from_a_counter_are_plain_numbers_everywhere_else(make_imag
     img.close()
     again = make_image(root=Box).root.content
     assert again[:4] == [5, (5, Decimal("1.5")), Point(5, 2), {"k": Fraction(1, 3)}]
+
+
+def test_a_past_state_and_metadata_show_plain_number_types(make_image: Images) -> None:
+    """A counter read from a past state (``img.at``), which is read-only, is the plain number itself; and
+    refusing a counter's Decimal as transaction metadata names the type ``Decimal``."""
+    img, t = start(make_image)
+    t.hits += 2
+    t.total += Decimal("1.5")
+    past = img.at(img.seq).root.content
+    assert (type(past.hits), type(past.total)) == (int, Decimal)
+    with pytest.raises(memimg.UnsupportedValueError, match=r"meta\['n'\]: Decimal is not a JSON scalar"):
+        with img.transaction(meta={"n": t.total}):
+            t.note = "x"
 
 
 def test_a_free_standing_object_holds_plain_numbers(make_image: Images) -> None:

@@ -67,6 +67,7 @@ __all__ = [
     "counter_fields",
     "mark",
     "plain",
+    "public_type",
 ]
 
 #: The one context Decimal counters are added in (see the module docstring).
@@ -394,17 +395,18 @@ def _refuse(cls: type, name: str, what: str, value: Any) -> UnsupportedValueErro
     tp = counter_fields(cls)[name]
     err = UnsupportedValueError(
         f'{cls.__qualname__}.{name} is {_AN[tp]} counter (merge="add"): {what} {plain(value)!r} '
-        f"({_public(type(value)).__name__}) is refused; it holds a finite {tp.__name__} only"
+        f"({public_type(type(value)).__name__}) is refused; it holds a finite {tp.__name__} only"
         f"{'' if tp is int else ' (or an int, converted exactly)'}, so that every add applies"
         f"{f' (a float added to it makes a float: add {_AN[tp]})' if type(value) is float else ''}. "
         "Nothing was changed",
-        value_type=_public(type(value)),
+        value_type=public_type(type(value)),
         where=f"{cls.__qualname__}.{name}",
     )
     return err
 
 
-def _public(t: type) -> type:
+def public_type(t: type) -> type:
+    """*t*, or for a counted type the plain number type it stands for (for messages)."""
     return _BASE.get(t, t)
 
 

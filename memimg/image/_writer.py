@@ -222,6 +222,8 @@ class AutoWriter:
     def read_counter(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
         """Counter field *name* of *obj* outside a transaction, counted: assigned back with ``+=``, it adds."""
         value = self.read_field(obj, name, getter) if self.publishing else getter(obj)
+        if self.engine.readonly:  # nothing is ever assigned back (a read-only image, a past state): a plain number
+            return value
         return mark(value, (obj, name, self, self.engine.table.counter_generation(obj, name)))
 
     def counter_generation(self, obj: Any, name: str) -> int:
