@@ -57,6 +57,8 @@ class TxHost(Protocol):
     #: the image's writer outside transactions (a transaction that has ended hands reads and writes to it)
     writer: Any
     savepoint: contextvars.ContextVar[Savepoint | None]
+    #: the commits being applied right now (readers see each whole or not at all)
+    publishing: list[Any]
 
     @property
     def seq(self) -> int: ...
