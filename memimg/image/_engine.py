@@ -327,7 +327,9 @@ class Engine:
                         or (type(events[0][1]) in UNIQUE if len(events) == 1 else _unique.touches(events))
                     ):
                         _unique.check_commit(self, events, state, before)
-                if _counters.DECLARED and _has_adds(events):  # on the state the commit goes on, as above
+                if _counters.DECLARED and (  # adds: checked on the state the commit goes on, as above
+                    events[0][0] is _OBJ_ADD if len(events) == 1 else _has_adds(events)
+                ):
                     _counters.check_adds(events, _OBJ_ADD, _OBJ_SET, _OBJ_DEL, self.seq)
                 store.append(rows, self.seq)
                 self.last_ts = ts
