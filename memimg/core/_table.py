@@ -16,7 +16,6 @@ consults them, and a ``snapshot`` event -- a snapshot's boundary -- resets them.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -83,8 +82,9 @@ class ObjectTable:
         self.unlogged: list[tuple[Any, str, Any, list[Any]]] = []
         self._setters: dict[type, dict[str, Any]] = {}
         self._add_setters: dict[type, dict[str, Any]] = {}
-        #: object -> {counter field: the generation of its last plain write} (see :func:`_counters.delta_for`)
-        self.counter_writes: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
+        #: object id -> {counter field: the generation of its last plain write} (see :func:`_counters.delta_for`;
+        #: ids are never reused, and an entry is a few dozen bytes per counter object ever assigned)
+        self.counter_writes: dict[int, dict[str, int]] = {}
 
     # -- identity -----------------------------------------------------------
 
@@ -247,16 +247,20 @@ class ObjectTable:
 
         def set_counter(obj: Any, value: Any) -> None:
             setter(obj, value)
-            gens = writes.get(obj)
+            oid = obj._mi_oid
+            gens = writes.get(oid)
             if gens is None:
-                gens = writes[obj] = {}
+                gens = writes[oid] = {}
             gens[name] = next(GENERATIONS)
 
         return set_counter
 
     def counter_generation(self, obj: Any, name: str) -> int:
         """The generation of counter *name* of *obj*: that of its last committed plain write (0: none)."""
-        gens = self.counter_writes.get(obj)
+        writes = self.counter_writes
+        if not writes:
+            return 0
+        gens = writes.get(obj._mi_oid)
         return 0 if gens is None else gens.get(name, 0)
 
     def _indexed_setter(self, name: str, raw: Any) -> Any:
