@@ -10,6 +10,7 @@ plain numbers to everything but the assignment back to that counter.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import decimal
 import json
@@ -24,6 +25,7 @@ import pytest
 
 import memimg
 from memimg import persistent
+from memimg.core._kinds import KINDS
 from tests.conftest import Images
 from tests.models import Box, Point, Tally
 from tests.versions import Versions
@@ -82,6 +84,25 @@ def test_threads_adding_in_transactions_never_conflict(make_image: Images) -> No
     img.close()
     again = make_image(root=Box).root.content
     assert (again.hits, again.total, again.share) == (300, Decimal("150.0"), Fraction(-100))
+
+
+def test_two_overlapping_transactions_adding_to_one_counter_both_commit(make_image: Images) -> None:
+    """Two threads' transactions each read and add to the same counters, both before either commits (forced by
+    a barrier): both commit without a conflict and without retries, and every add counts."""
+    img, t = start(make_image)
+    barrier = threading.Barrier(2, timeout=10)
+
+    def work() -> None:
+        with img.transaction():
+            t.hits += 1
+            t.total += Decimal("0.5")
+            assert t.hits == 1
+            barrier.wait()  # both have added; neither has committed
+        barrier.wait()  # both committed
+
+    run_threads(2, work)
+    assert (t.hits, t.total) == (2, Decimal("1.0"))
+    assert kinds(img, 2).count("obj.add") == 4
 
 
 def test_threads_adding_outside_transactions_lose_nothing(make_image: Images) -> None:
@@ -182,6 +203,46 @@ def test_a_reader_outside_sees_all_of_a_commit_with_adds_or_none(monkeypatch: An
         t.hits += 3
     assert seen == [(15, "x")] * 3
     assert t.hits == 15
+
+
+def test_a_transaction_reading_counters_sees_all_of_a_commit_being_applied_or_none(
+    monkeypatch: Any, make_image: Images
+) -> None:
+    """A transaction begun before a commit that moves 10 from one counter to another, reading both while that
+    commit is being applied (between its two events), sees the commit whole: 90 and 10."""
+    img, t = start(make_image)
+    other = Tally()
+    img.root.content = [t, other]
+    t.hits = 100
+    begun, between, read = threading.Event(), threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def reader() -> None:
+        with img.transaction():
+            t.note  # begun before the commit
+            begun.set()
+            between.wait(10)
+            seen.append((t.hits, other.hits))
+            read.set()
+
+    calls: list[str] = []
+
+    def hook(kind: str, target: Any, args: Any) -> None:
+        calls.append(kind)
+        if len(calls) == 2:  # the first add applied, the second not yet
+            between.set()
+            read.wait(10)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    begun.wait(10)
+    monkeypatch.setattr(img._engine, "before_apply", hook)
+    with img.transaction():
+        t.hits -= 10
+        other.hits += 10
+    thread.join()
+    assert calls == ["obj.add", "obj.add"]
+    assert seen == [(90, 10)]
 
 
 # -- conflicts ----------------------------------------------------------------------------------------------
@@ -291,6 +352,45 @@ def test_what_is_recorded_as_an_add_and_what_as_an_assignment(make_image: Images
     assert fields_written(img, seq) == [("obj.set", "hits", 3)]
 
 
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside", "in-transaction"])
+def test_a_number_read_before_an_assignment_of_the_counter_is_assigned_as_it_is(
+    make_image: Images, in_tx: bool
+) -> None:
+    """``x = f; f = 0; f = x + 1`` assigns ``x + 1`` (the number, as Python would), not an add to the 0: a
+    plain write of the counter -- here, by another thread, or by another image -- makes every number read from
+    it before a plain number again. Adds in between do not."""
+    img, t = start(make_image)
+    t.hits = 5
+    seq = img.seq
+    with img.transaction() if in_tx else contextlib.nullcontext():
+        x = t.hits
+        t.hits = 0
+        t.hits = x + 1
+    assert t.hits == 6
+    assert fields_written(img, seq) == [("obj.set", "hits", 0), ("obj.set", "hits", 6)]
+    seq = img.seq
+    with img.transaction() if in_tx else contextlib.nullcontext():
+        x = t.hits
+        t.hits += 1  # an add: x still adds
+        t.hits = x + 2
+    assert t.hits == 9
+    assert fields_written(img, seq) == [("obj.add", "hits", 1), ("obj.add", "hits", 2)]
+    if not in_tx:  # a plain write committed by another thread, then by another image
+        other = make_image(root=Box)
+        for reset in (
+            lambda: run_threads(1, lambda: setattr(t, "hits", 0)),
+            lambda: setattr(other.root.content, "hits", 0),
+        ):
+            x = t.hits
+            reset()
+            img.refresh()
+            seq = img.seq
+            t.hits = x + 1
+            assert t.hits == 10
+            assert fields_written(img, seq) == [("obj.set", "hits", 10)]
+            t.hits = 9
+
+
 def test_numbers_read_from_a_counter_are_plain_numbers_everywhere_else(make_image: Images) -> None:
     """A number read from a counter compares, hashes, prints, pickles, copies and JSON-encodes as the plain
     number; stored anywhere else (a field, a list, a tuple, a value object) it is stored as the plain number."""
@@ -316,6 +416,19 @@ def test_numbers_read_from_a_counter_are_plain_numbers_everywhere_else(make_imag
     img.close()
     again = make_image(root=Box).root.content
     assert again[:4] == [5, (5, Decimal("1.5")), Point(5, 2), {"k": Fraction(1, 3)}]
+
+
+def test_a_past_state_and_metadata_show_plain_number_types(make_image: Images) -> None:
+    """A counter read from a past state (``img.at``), which is read-only, is the plain number itself; and
+    refusing a counter's Decimal as transaction metadata names the type ``Decimal``."""
+    img, t = start(make_image)
+    t.hits += 2
+    t.total += Decimal("1.5")
+    past = img.at(img.seq).root.content
+    assert (type(past.hits), type(past.total)) == (int, Decimal)
+    with pytest.raises(memimg.UnsupportedValueError, match=r"meta\['n'\]: Decimal is not a JSON scalar"):
+        with img.transaction(meta={"n": t.total}):
+            t.note = "x"
 
 
 def test_a_free_standing_object_holds_plain_numbers(make_image: Images) -> None:
@@ -459,6 +572,119 @@ def test_erasing_a_counters_past_keeps_the_log_replayable(make_image: Images) ->
     img = make_image(root=Box)
     assert img.root.content.hits == 102
     assert memimg.replay(img.events()).content.hits == 102
+
+
+# -- a counter always holds a number ------------------------------------------------------------------------
+
+_REFUSED = [
+    ("hits", None, "NoneType"),
+    ("hits", 1.5, "float"),
+    ("hits", True, "bool"),
+    ("hits", "3", "str"),
+    ("hits", Decimal(3), "Decimal"),
+    ("total", 1.5, "float"),
+    ("total", Decimal("Infinity"), "Decimal"),
+    ("total", Decimal("NaN"), "Decimal"),
+    ("share", 0.5, "float"),
+    ("share", None, "NoneType"),
+]
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside", "in-transaction"])
+def test_a_counter_refuses_anything_but_a_finite_number_of_its_type(make_image: Images, in_tx: bool) -> None:
+    """Assigning a counter anything but a finite number of its declared type (an int is converted exactly for a
+    Decimal or Fraction counter) raises an UnsupportedValueError (a TypeError) naming class and field; nothing
+    is written, the transaction goes on, and the log reopens."""
+    img, t = start(make_image)
+    t.hits = 4
+    seq = img.seq
+    for name, value, tname in _REFUSED:
+        before = getattr(t, name)
+        with img.transaction() if in_tx else contextlib.nullcontext():
+            with pytest.raises(memimg.UnsupportedValueError, match=rf"Tally\.{name} is an? \w+ counter.*\({tname}\)"):
+                setattr(t, name, value)
+            assert getattr(t, name) == before
+    with pytest.raises(TypeError, match=r"Tally\.hits is an int counter.*assigning 5\.5 \(float\) is refused.*float"):
+        t.hits += 1.5  # the sum is a float: never stored in an int counter
+    assert img.seq == seq
+    with img.transaction() if in_tx else contextlib.nullcontext():
+        t.total = 2  # an int for a Decimal counter, exactly
+        t.share = 10**30
+    assert fields_written(img, seq) == [("obj.set", "total", ["D", "2"]), ("obj.set", "share", ["Q", str(10**30)])]
+    img.close()
+    again = make_image(root=Box).root.content
+    assert (again.hits, again.total, again.share) == (4, Decimal(2), Fraction(10**30))
+
+
+def test_a_free_standing_object_refuses_a_counter_value_of_another_type() -> None:
+    """Construction and assignment on an object not in an image check the counter's type as well."""
+    with pytest.raises(memimg.UnsupportedValueError, match=r"Tally\.hits is an int counter.*None"):
+        Tally(hits=None)  # type: ignore[arg-type]
+    t = Tally(total=3)  # type: ignore[arg-type]
+    assert type(t.total) is Decimal
+    with pytest.raises(TypeError, match=r"Tally\.share is a Fraction counter.*float"):
+        t.share = 0.25  # type: ignore[assignment]
+
+
+def test_a_counter_cannot_be_deleted(make_image: Images) -> None:
+    """``del obj.counter`` raises a TypeError naming class and field, in and out of transactions, attached or
+    not: an add would have nothing to apply to. Nothing is written."""
+    img, t = start(make_image)
+    seq = img.seq
+    with pytest.raises(TypeError, match=r"Tally\.hits is a counter.*cannot be deleted"):
+        del t.hits
+    with img.transaction(), pytest.raises(TypeError, match=r"Tally\.total is a counter.*cannot be deleted"):
+        del t.total
+    free = Tally()
+    with pytest.raises(TypeError, match=r"Tally\.share is a counter"):
+        del free.share
+    assert img.seq == seq
+    t.hits += 1
+    assert t.hits == 1
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["outside", "in-transaction"])
+def test_an_add_whose_sum_would_not_be_finite_is_refused_before_it_is_written(make_image: Images, in_tx: bool) -> None:
+    """Two images add to a Decimal counter near the largest exponent, each from the same start: the second
+    add, once caught up, would overflow, so its commit is refused (naming class, field and seq) and nothing
+    is written; the log reopens with the first add."""
+    img, t = start(make_image)
+    other = make_image(root=Box)
+    t2 = other.root.content
+    big = Decimal("6E+999999")
+    with pytest.raises(memimg.UnsupportedValueError, match=r"Tally\.total is a Decimal counter: adding .* at seq"):
+        if in_tx:
+            with other.transaction():
+                t2.total += big  # finite on what this transaction reads
+                t.total += big  # committed meanwhile by the other image
+        else:
+            t.total += big
+            t2.total += big  # finite on what this image saw; not on the log's value
+    assert t2.total == big
+    img.close()
+    other.close()
+    assert make_image(root=Box).root.content.total == big
+
+
+def test_an_add_onto_something_else_left_in_the_log_is_refused(make_image: Images) -> None:
+    """An image adds to a counter that another process (an older memimg) has meanwhile set to no number: the
+    commit, caught up, is refused naming class, field and seq, nothing is written, and the log reopens."""
+    img, t = start(make_image)
+    other = make_image(root=Box)
+    t2 = other.root.content
+    engine = img._engine
+    with engine.lock:  # an assignment as an older memimg could write it, past today's checks
+        engine.commit([(KINDS["obj.set"], t, ("hits", None))])
+    seq = img.seq
+    with pytest.raises(memimg.UnsupportedValueError, match=rf"Tally\.hits .*adding 1 to the None .* seq {seq}"):
+        t2.hits += 1
+    assert t2.hits is None
+    assert other.seq == seq
+    t2.hits = 2
+    t2.hits += 1
+    img.close()
+    other.close()
+    assert make_image(root=Box).root.content.hits == 3
 
 
 # -- bad input ----------------------------------------------------------------------------------------------

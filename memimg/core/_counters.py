@@ -15,8 +15,11 @@ writer that read it) and the sum of the numbers added to it since
 (``delta``). ``+`` and ``-`` with a number return another counted value with
 the delta carried along; every other operation returns a plain number.
 Assigning a counted value back to the field it was read from, by the writer
-that read it, records its delta; any other value (or a counted value read
-elsewhere) is a plain write, stored as the plain number.
+that read it, records its delta -- unless the field was assigned a plain value
+since the read (each plain write of a counter takes a new *generation*, kept
+by the image for committed writes and by a transaction for its own, and the
+counted value remembers the one it was read at); any other value (or a
+counted value read elsewhere) is a plain write, stored as the plain number.
 
 Counted values compare, hash, format, pickle and copy as the plain number
 they stand for (``__reduce__`` gives the plain type), and the codec stores
@@ -24,14 +27,22 @@ them as that plain number wherever they are written, so they never reach
 the log.
 
 Decimals are added in one fixed context (:data:`CONTEXT`: 28 significant
-digits, ``ROUND_HALF_EVEN``) at commit, on replay and in every process, so
-every reader of the log computes the same sums whatever the thread's
-context.
+digits, ``ROUND_HALF_EVEN``, no traps) at commit, on replay and in every
+process, so every reader of the log computes the same sums whatever the
+thread's context, and replaying an add never raises.
+
+A counter holds a number of its declared type, always: :func:`check_value`
+refuses anything else at assignment (and at construction), ``del`` is
+refused, and :func:`check_adds` refuses, before anything is written, a
+commit whose add would not give a finite number of that type on the value
+the log holds now (another process, or an older memimg, may have written
+something else there).
 """
 
 from __future__ import annotations
 
 import decimal
+import itertools
 import sys
 import typing
 from decimal import Decimal
@@ -40,6 +51,8 @@ from typing import Any, Final
 
 import attrs
 
+from memimg._errors import UnsupportedValueError
+from memimg.core import _types
 from memimg.core._markers import ERASED
 
 __all__ = [
@@ -48,14 +61,17 @@ __all__ = [
     "MERGES",
     "Delta",
     "add",
+    "check_adds",
     "check_declaration",
+    "check_value",
     "counter_fields",
     "mark",
     "plain",
+    "public_type",
 ]
 
 #: The one context Decimal counters are added in (see the module docstring).
-CONTEXT: Final = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)
+CONTEXT: Final = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN, traps=[])
 
 #: The ``merge=`` values a field may declare.
 MERGES: Final = ("add",)
@@ -94,7 +110,7 @@ class Delta:
 # -- counted values ---------------------------------------------------------------------------------------
 
 
-def _origin(v: Any) -> tuple[Any, str, Any]:
+def _origin(v: Any) -> tuple[Any, str, Any, int]:
     return v._mi_origin  # type: ignore[no-any-return]
 
 
@@ -121,7 +137,7 @@ def _plain_op(a: Any, b: Any, sign: int) -> Any:
 class _CountedInt(int):
     """An int read from a counter field (see the module docstring)."""
 
-    _mi_origin: tuple[Any, str, Any]
+    _mi_origin: tuple[Any, str, Any, int]
     _mi_delta: Any
 
     def __add__(self, other: Any) -> Any:
@@ -155,7 +171,7 @@ class _CountedInt(int):
 class _CountedDecimal(Decimal):
     """A Decimal read from a counter field (see the module docstring)."""
 
-    _mi_origin: tuple[Any, str, Any]
+    _mi_origin: tuple[Any, str, Any, int]
     _mi_delta: Any
 
     def __add__(self, other: Any) -> Any:
@@ -189,7 +205,7 @@ class _CountedFraction(Fraction):
 
     __slots__ = ("_mi_delta", "_mi_origin")
 
-    _mi_origin: tuple[Any, str, Any]
+    _mi_origin: tuple[Any, str, Any, int]
     _mi_delta: Any
 
     def __add__(self, other: Any) -> Any:
@@ -229,8 +245,8 @@ _COUNTED_SET: Final = frozenset(_BASE)
 COUNTED: Final = _COUNTED_SET
 
 
-def mark(value: Any, origin: tuple[Any, str, Any], delta: Any = None) -> Any:
-    """*value* as a counted value read from ``origin = (object, field, writer)``, carrying *delta* (by
+def mark(value: Any, origin: tuple[Any, str, Any, int], delta: Any = None) -> Any:
+    """*value* as a counted value read from ``origin = (object, field, writer, generation)``, carrying *delta* (by
     default zero, of *value*'s type: the adds to a Decimal counter are Decimals, whatever was added).
 
     A value that is not exactly an int, Decimal or Fraction (a subclass, a
@@ -259,18 +275,37 @@ def plain(value: Any) -> Any:
 
 
 def delta_for(value: Any, obj: Any, name: str, writer: Any) -> Any:
-    """The delta *value* carries if it was read from field *name* of *obj* by *writer*, else ``None``."""
+    """The delta *value* carries if it was read from field *name* of *obj* by *writer* and the field has been
+    assigned no plain value since (its generation, ``writer.counter_generation``, is the one read), else
+    ``None``."""
     if type(value) in _COUNTED_SET:
         o = value._mi_origin
-        if o[0] is obj and o[1] == name and o[2] is writer:
+        if o[0] is obj and o[1] == name and o[2] is writer and o[3] == writer.counter_generation(obj, name):
             return value._mi_delta
     return None
+
+
+#: The source of generations: every plain write of a counter takes the next (see :func:`delta_for`).
+GENERATIONS: Final = itertools.count(1)
 
 
 # -- declarations ------------------------------------------------------------------------------------------
 
 #: class -> {counter field: its number type}
 _SPECS: dict[type, dict[str, type]] = {}
+
+
+def is_counter(a: Any) -> bool:
+    """Whether attrs attribute *a* is declared a counter (``merge=``)."""
+    return _merge_option(a) is not None
+
+
+def refuse_del(cls: type, name: str) -> TypeError:
+    """The error ``del obj.name`` raises on a counter field."""
+    return TypeError(
+        f'{cls.__qualname__}.{name} is a counter (merge="add"): it cannot be deleted, since adds to it '
+        "would have nothing to apply to; assign it 0 instead. Nothing was changed"
+    )
 
 
 def _merge_option(a: Any) -> Any:
@@ -347,3 +382,101 @@ def check_declaration(cls: type, localns: dict[str, Any] | None = None) -> None:
                 "(and no None: a counter always holds a number)"
             )
         _SPECS.setdefault(cls, {})[a.name] = tp
+        DECLARED.append(cls)
+
+
+#: The classes with counter fields (empty: no commit needs :func:`check_adds`).
+DECLARED: list[type] = []
+
+_AN: Final = {int: "an int", Decimal: "a Decimal", Fraction: "a Fraction"}
+
+
+def _refuse(cls: type, name: str, what: str, value: Any) -> UnsupportedValueError:
+    tp = counter_fields(cls)[name]
+    err = UnsupportedValueError(
+        f'{cls.__qualname__}.{name} is {_AN[tp]} counter (merge="add"): {what} {plain(value)!r} '
+        f"({public_type(type(value)).__name__}) is refused; it holds a finite {tp.__name__} only"
+        f"{'' if tp is int else ' (or an int, converted exactly)'}, so that every add applies"
+        f"{f' (a float added to it makes a float: add {_AN[tp]})' if type(value) is float else ''}. "
+        "Nothing was changed",
+        value_type=public_type(type(value)),
+        where=f"{cls.__qualname__}.{name}",
+    )
+    return err
+
+
+def public_type(t: type) -> type:
+    """*t*, or for a counted type the plain number type it stands for (for messages)."""
+    return _BASE.get(t, t)
+
+
+def check_value(cls: type, name: str, value: Any) -> Any:
+    """*value* as counter field *name* of *cls* may hold it: a finite number of the field's type (a counted
+    value as it is), an int converted exactly for a Decimal or Fraction counter.
+
+    Raises:
+        UnsupportedValueError: (a TypeError) anything else: None, a bool, a float, an infinite or NaN
+            Decimal (naming class and field).
+    """
+    tp = counter_fields(cls)[name]
+    t = _BASE.get(type(value), type(value))
+    if t is tp:
+        if tp is Decimal and not value.is_finite():
+            raise _refuse(cls, name, "assigning", value)
+        return value
+    if t is int:  # exact in a Decimal (any size) and a Fraction
+        return tp(int(value))
+    raise _refuse(cls, name, "assigning", value)
+
+
+def _sum_or_none(tp: type, value: Any, delta: Any) -> Any:
+    """``value + delta`` if both are numbers a *tp* counter holds and the sum is a finite *tp*, else None."""
+    for v in (value, delta):
+        t = type(v)
+        if not (t is tp or t is int) or (t is Decimal and not v.is_finite()):
+            return None
+    out = add(value, delta)
+    if tp is Decimal and not out.is_finite():
+        return None
+    return out
+
+
+def check_adds(events: list[Any], add_kind: Any, set_kind: Any, del_kind: Any, seq: int) -> None:
+    """Refuse a commit of *events* (the log at *seq*, caught up) if one of its adds would not apply: the
+    counter does not hold a number of its type now, or the sum is not a finite one.
+
+    Raises:
+        UnsupportedValueError: naming class, field, value and seq; nothing was written.
+    """
+    now: dict[tuple[int, str], Any] = {}
+    for k, target, args in events:
+        if k is add_kind:
+            name, delta = args
+            cls = type(target)
+            key = (id(target), name)
+            if key in now:
+                value = now[key]
+            else:
+                try:
+                    value = _raw_get(cls, name)(target)
+                except AttributeError:
+                    value = None
+            tp = counter_fields(cls).get(name, int)
+            out = _sum_or_none(tp, value, delta)
+            if out is None:
+                where = f"{cls.__qualname__}.{name}"
+                raise UnsupportedValueError(
+                    f"{where} is {_AN[tp]} counter: adding {plain(delta)!r} to the {plain(value)!r} it holds at "
+                    f"seq {seq} {'would not give a finite number' if type(value) in (tp, int) else 'is impossible'}"
+                    f"; nothing was written. Assign {where} a {tp.__name__} first if it holds something else "
+                    "(another process or an older memimg wrote it)",
+                    value_type=type(plain(value)),
+                    where=where,
+                )
+            now[key] = out
+        elif (k is set_kind or k is del_kind) and args[0] in counter_fields(type(target)):
+            now[(id(target), args[0])] = args[1] if k is set_kind else None
+
+
+def _raw_get(cls: type, name: str) -> Any:
+    return _types.info_of(cls).getters[name]  # type: ignore[union-attr]

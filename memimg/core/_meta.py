@@ -21,6 +21,7 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, UnsupportedValueError
+from memimg.core._counters import public_type
 from memimg.core._kinds import KINDS, Kind
 from memimg.core._rows import Event, EventRow, verify_event
 
@@ -77,7 +78,7 @@ def check_meta(meta: Any, *, what: str = "meta") -> dict[str, Any]:
             raise _refuse(
                 where,
                 value,
-                f"{type(value).__qualname__} is not a JSON scalar; give a str, int, float, bool or None "
+                f"{public_type(type(value)).__qualname__} is not a JSON scalar; give a str, int, float, bool or None "
                 "(str(value) or an id of it, for an object)",
             )
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:

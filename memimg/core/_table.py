@@ -23,7 +23,7 @@ from memimg._errors import CorruptLogError
 from memimg.core import _types
 from memimg.core._born import Born
 from memimg.core._codec import ENTITY, FROZENSET, TRACKED, TUPLE, VALUE, Codec
-from memimg.core._counters import add
+from memimg.core._counters import GENERATIONS, add, counter_fields
 from memimg.core._extents import UNSET, Extents
 from memimg.core._gone import Gone
 from memimg.core._indexes import indexed_fields
@@ -84,6 +84,10 @@ class ObjectTable:
         #: ``(object, field, value, objects attached)``: what a read-only image filled in memory only
         self.unlogged: list[tuple[Any, str, Any, list[Any]]] = []
         self._setters: dict[type, dict[str, Any]] = {}
+        self._add_setters: dict[type, dict[str, Any]] = {}
+        #: object id -> {counter field: the generation of its last plain write} (see :func:`_counters.delta_for`;
+        #: ids are never reused, and an entry is a few dozen bytes per counter object ever assigned)
+        self.counter_writes: dict[int, dict[str, int]] = {}
 
     # -- identity -----------------------------------------------------------
 
@@ -228,16 +232,41 @@ class ObjectTable:
             setters = self._setters[type(obj)] = self._setters_of(type(obj))
         setters[name](obj, value)
 
-    def _setters_of(self, t: type) -> dict[str, Any]:
-        """The field setters of class *t*: the raw slot setters, those of indexed fields keeping the indexes."""
+    def _setters_of(self, t: type, adding: bool = False) -> dict[str, Any]:
+        """The field setters of class *t*: the raw slot setters, those of indexed fields keeping the indexes,
+        those of counters (unless *adding*) taking a new generation (see :func:`_counters.delta_for`)."""
         setters = _types.info_of(t).setters  # type: ignore[union-attr]
         indexed = indexed_fields(t)
-        if not indexed:
+        counters = () if adding else counter_fields(t)
+        if not indexed and not counters:
             return setters
         setters = dict(setters)
         for name in indexed:
             setters[name] = self._indexed_setter(name, setters[name])
+        for name in counters:
+            setters[name] = self._counter_setter(name, setters[name])
         return setters
+
+    def _counter_setter(self, name: str, setter: Any) -> Any:
+        writes = self.counter_writes
+
+        def set_counter(obj: Any, value: Any) -> None:
+            setter(obj, value)
+            oid = obj._mi_oid
+            gens = writes.get(oid)
+            if gens is None:
+                gens = writes[oid] = {}
+            gens[name] = next(GENERATIONS)
+
+        return set_counter
+
+    def counter_generation(self, obj: Any, name: str) -> int:
+        """The generation of counter *name* of *obj*: that of its last committed plain write (0: none)."""
+        writes = self.counter_writes
+        if not writes:
+            return 0
+        gens = writes.get(obj._mi_oid)
+        return 0 if gens is None else gens.get(name, 0)
 
     def _indexed_setter(self, name: str, raw: Any) -> Any:
         def set_indexed(obj: Any, value: Any) -> None:
@@ -249,7 +278,11 @@ class ObjectTable:
         return set_indexed
 
     def field_add(self, obj: Any, name: str, delta: Any) -> None:
-        self.field_set(obj, name, add(_types.info_of(type(obj)).getters[name](obj), delta))  # type: ignore[union-attr]
+        t = type(obj)
+        setters = self._add_setters.get(t)
+        if setters is None:
+            setters = self._add_setters[t] = self._setters_of(t, adding=True)
+        setters[name](obj, add(_types.info_of(t).getters[name](obj), delta))  # type: ignore[union-attr]
 
     def field_del(self, obj: Any, name: str) -> None:
         _types.info_of(type(obj)).deleters[name](obj)  # type: ignore[union-attr]

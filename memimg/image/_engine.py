@@ -40,11 +40,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyError
+from memimg.core import _counters
 from memimg.core._codec import Codec
 from memimg.core._firststates import FirstStates
 from memimg.core._fold import SNAPSHOT_KINDS, fold
 from memimg.core._gc import lazy_pause, paused_gc
 from memimg.core._indexes import UNIQUE
+from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT
 from memimg.core._meta import TX_META, meta_event
 from memimg.core._reader import Pending, Reader
@@ -80,6 +82,16 @@ DEFAULT_SNAPSHOT_EVERY: Final = 10_000
 
 #: The longest a commit waits for a snapshot's slice to take the lock first (seconds).
 TURN_WAIT: Final = 0.05
+
+
+_OBJ_ADD: Final = KINDS["obj.add"]
+_OBJ_SET: Final = KINDS["obj.set"]
+_OBJ_DEL: Final = KINDS["obj.del"]
+
+
+def _has_adds(events: list[Pending]) -> bool:
+    """Whether *events* add to a counter."""
+    return any(e[0] is _OBJ_ADD for e in events)
 
 
 def now_us() -> int:
@@ -316,6 +328,10 @@ class Engine:
                         or (type(events[0][1]) in UNIQUE if len(events) == 1 else _unique.touches(events))
                     ):
                         _unique.check_commit(self, events, state, before, rows[-1][0])
+                if _counters.DECLARED and (  # adds: checked on the state the commit goes on, as above
+                    events[0][0] is _OBJ_ADD if len(events) == 1 else _has_adds(events)
+                ):
+                    _counters.check_adds(events, _OBJ_ADD, _OBJ_SET, _OBJ_DEL, self.seq)
                 store.append(rows, self.seq)
                 self.last_ts = ts
             except SeqTaken as taken:

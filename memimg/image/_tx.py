@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from memimg._errors import MemimgError
 from memimg.core import _types
-from memimg.core._counters import COUNTED, Delta, add, delta_for, mark, plain
+from memimg.core._counters import COUNTED, GENERATIONS, Delta, add, delta_for, mark, plain
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED, SELF, WHOLE
 from memimg.core._meta import check_size
@@ -57,6 +57,8 @@ class TxHost(Protocol):
     #: the image's writer outside transactions (a transaction that has ended hands reads and writes to it)
     writer: Any
     savepoint: contextvars.ContextVar[Savepoint | None]
+    #: the commits being applied right now (readers see each whole or not at all)
+    publishing: list[Any]
 
     @property
     def seq(self) -> int: ...
@@ -74,6 +76,7 @@ class TxState:
     __slots__ = (
         "added",
         "annotated",
+        "assigned",
         "attacher",
         "busy",
         "done",
@@ -109,6 +112,8 @@ class TxState:
         self.views: dict[int, Any] = {}
         #: the objects whose counters the overlay holds adds of (``Delta``), or None: none
         self.added: list[Any] | None = None
+        #: (id of object, counter field) -> generation of this transaction's last plain write of it, or None: none
+        self.assigned: dict[tuple[int, str], int] | None = None
         self.reads: set[tuple[int, Any]] = set()
         self.undo: list[Any] = []
         #: the savepoint each event / undo entry belongs to (None: the transaction itself)
@@ -224,11 +229,28 @@ class TxState:
         d = self.fields.get(id(obj))
         v = ABSENT if d is None else d.get(name, ABSENT)
         if v is ABSENT or type(v) is Delta:
-            committed = self.read_field_committed(obj, name, getter)
+            host = self.host
+            if host.publishing:  # a commit is being applied: all of it or none, as the objects' other readers see
+                committed = self.read_field_committed(obj, name, lambda o: host.writer.read_field(o, name, getter))
+            else:
+                committed = self.read_field_committed(obj, name, getter)
             v = committed if v is ABSENT else add(committed, v.amount)
         elif v is DELETED:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
-        return mark(v, (obj, name, self))
+        return mark(v, (obj, name, self, self.counter_generation(obj, name)))
+
+    def counter_generation(self, obj: Any, name: str) -> int:
+        """The generation of counter *name* of *obj* here: that of this transaction's last plain write of it."""
+        assigned = self.assigned
+        return 0 if assigned is None else assigned.get((id(obj), name), 0)
+
+    def counter_written(self, obj: Any, name: str, value: Any) -> None:
+        """Counter *name* of *obj* is about to be assigned *value*: a plain write (not an add of a number read
+        here since the last one) starts a new generation, so numbers read before it add no more."""
+        if delta_for(value, obj, name, self) is None:
+            if self.assigned is None:
+                self.assigned = {}
+            self.assigned[(id(obj), name)] = next(GENERATIONS)
 
     def read_field_committed(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
         """Field *name* of *obj* as committed, the read recorded (past this transaction's overlay)."""
@@ -389,11 +411,12 @@ class TxState:
         d[name] = v
 
     def add_field(self, obj: Any, name: str, delta: Any, tag: Savepoint | None) -> None:
-        """Add *delta* to counter field *name* of *obj* (an ``obj.add`` event)."""
+        """Add *delta* to counter field *name* of *obj* (an ``obj.add`` event): the overlay first, so an add that
+        cannot apply to what this transaction sees raises before the event is recorded."""
+        self.field_add(obj, name, delta)
         self.events += (_OBJ_ADD, obj, (name, delta))
         self.tags.append(tag)
         self._note_annotations(tag)
-        self.field_add(obj, name, delta)
 
     def check_unique(self, obj: Any, name: str, value: Any) -> None:
         """Unique field *name* of *obj* is being set to *value* here: refuse a clash this transaction sees."""

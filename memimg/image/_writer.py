@@ -221,7 +221,17 @@ class AutoWriter:
 
     def read_counter(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
         """Counter field *name* of *obj* outside a transaction, counted: assigned back with ``+=``, it adds."""
-        return mark(self.read_field(obj, name, getter) if self.publishing else getter(obj), (obj, name, self))
+        value = self.read_field(obj, name, getter) if self.publishing else getter(obj)
+        if self.engine.readonly:  # nothing is ever assigned back (a read-only image, a past state): a plain number
+            return value
+        return mark(value, (obj, name, self, self.engine.table.counter_generation(obj, name)))
+
+    def counter_generation(self, obj: Any, name: str) -> int:
+        """The generation of counter *name* of *obj*: that of its last committed plain write, by anyone."""
+        return self.engine.table.counter_generation(obj, name)
+
+    def counter_written(self, obj: Any, name: str, value: Any) -> None:
+        """Nothing: a plain write of a counter takes its new generation as it is applied (see ObjectTable)."""
 
     def read_coll(self, coll: Any, method: str, args: tuple[Any, ...], key: Any) -> Any:
         """A read method of a tracked collection outside a transaction (see :meth:`read_field`)."""

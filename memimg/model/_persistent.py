@@ -150,6 +150,7 @@ class _EntityBuilder:
     def add_setattr(self) -> _EntityBuilder:
         cls = self._cls
         hooks: dict[str, tuple[Any, Callable[[Any, Any, Any], Any] | None]] = {}
+        counters: set[str] = set()
         for a in attrs.fields(cls):
             hook = a.on_setattr if a.on_setattr is not None else self._hook
             if hook is self._hook and self._default_hook and a.converter is None and a.validator is None:
@@ -157,6 +158,9 @@ class _EntityBuilder:
             hook = None if hook is setters.NO_OP or hook is _keep else hook
             if a.name in _indexes.indexed_fields(cls) and _indexes.indexed_fields(cls)[a.name] is not None:
                 hook = _unique_hook(hook)
+            if _counters.is_counter(a):
+                hook = _counter_hook(hook)
+                counters.add(a.name)
             hooks[a.name] = (a, hook)
 
         def __setattr__(self: Any, name: str, value: Any) -> None:
@@ -174,6 +178,8 @@ class _EntityBuilder:
                 owner._mi_current.get().set_field(self, name, value)
 
         def __delattr__(self: Any, name: str) -> None:
+            if name in counters:
+                raise _counters.refuse_del(type(self), name)
             owner = self._mi_img
             if owner is None or name not in hooks:
                 _OBJ_DELATTR(self, name)
@@ -224,6 +230,23 @@ class _EntityBuilder:
         _types.register(info, check=True)
         _tracking.register_entity(info)
         return cls
+
+
+def _counter_hook(hook: Callable[[Any, Any, Any], Any] | None) -> Callable[[Any, Any, Any], Any]:
+    """The setattr hook of a counter field: *hook* (if any), then the value refused unless it is a finite
+    number of the field's type (see :func:`memimg.core._counters.check_value`)."""
+    check = _counters.check_value
+
+    def check_counter(obj: Any, attribute: Any, value: Any) -> Any:
+        if hook is not None:
+            value = hook(obj, attribute, value)
+        value = check(type(obj), attribute.name, value)
+        owner = obj._mi_img
+        if owner is not None:
+            owner._mi_current.get().counter_written(obj, attribute.name, value)
+        return value
+
+    return check_counter
 
 
 def _unique_hook(hook: Callable[[Any, Any, Any], Any] | None) -> Callable[[Any, Any, Any], Any]:

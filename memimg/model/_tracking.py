@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from memimg.core._counters import plain
+from memimg.core._counters import check_value, plain, refuse_del
 from memimg.core._markers import WHOLE
 
 __all__ = [
@@ -123,7 +123,10 @@ class CounterField(TrackedField):
         return owner._mi_current.get().read_counter(obj, self.name, self.get)
 
     def __set__(self, obj: Any, value: Any) -> None:
-        self.set(obj, plain(value))
+        self.set(obj, plain(check_value(type(obj), self.name, value)))
+
+    def __delete__(self, obj: Any) -> None:
+        raise refuse_del(type(obj), self.name)
 
 
 def install_counters(cls: type, names: Iterable[str]) -> None:
