@@ -21,7 +21,6 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, UnsupportedValueError
-from memimg.core._counters import public_type
 from memimg.core._kinds import KINDS, Kind
 from memimg.core._rows import Event, EventRow, verify_event
 
@@ -51,6 +50,12 @@ _SCALARS: Final = (str, int, float, bool, type(None))
 TX_META: Final = KINDS[META_KIND]
 
 
+def _public_type(t: type) -> type:
+    """*t*, or for a counter's counted number (a private subclass, see :mod:`memimg.core._counters`) the number
+    type it stands for: what messages name. (By module, not by import: the stores read meta, not counters.)"""
+    return next(c for c in t.__mro__ if c.__module__ != "memimg.core._counters")
+
+
 def _refuse(where: str, value: Any, problem: str) -> UnsupportedValueError:
     return UnsupportedValueError(
         f"transaction metadata {where}: {problem}; nothing was written", value_type=type(value), where=where
@@ -78,7 +83,7 @@ def check_meta(meta: Any, *, what: str = "meta") -> dict[str, Any]:
             raise _refuse(
                 where,
                 value,
-                f"{public_type(type(value)).__qualname__} is not a JSON scalar; give a str, int, float, bool or None "
+                f"{_public_type(type(value)).__qualname__} is not a JSON scalar; give a str, int, float, bool or None "
                 "(str(value) or an id of it, for an object)",
             )
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
