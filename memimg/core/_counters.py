@@ -134,11 +134,11 @@ def _plain_op(a: Any, b: Any, sign: int) -> Any:
     return a + b if sign > 0 else a - b
 
 
-class _CountedInt(int):
-    """An int read from a counter field (see the module docstring)."""
+class _Counted:
+    """What every counted number does: ``+`` and ``-`` carry the delta (:func:`_counted_add`); a copy, or the
+    left operand's side of a subtraction, is the plain number."""
 
-    _mi_origin: tuple[Any, str, Any, int]
-    _mi_delta: Any
+    __slots__ = ()
 
     def __add__(self, other: Any) -> Any:
         return _counted_add(self, other, 1)
@@ -151,16 +151,23 @@ class _CountedInt(int):
     __isub__ = __sub__
 
     def __rsub__(self, other: Any) -> Any:
-        return other - int(self)
+        return other - plain(self)
+
+    def __copy__(self) -> Any:
+        return plain(self)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return plain(self)
+
+
+class _CountedInt(_Counted, int):
+    """An int read from a counter field (see the module docstring)."""
+
+    _mi_origin: tuple[Any, str, Any, int]
+    _mi_delta: Any
 
     def __reduce__(self) -> Any:
         return int, (int(self),)
-
-    def __copy__(self) -> Any:
-        return int(self)
-
-    def __deepcopy__(self, memo: Any) -> Any:
-        return int(self)
 
     def __repr__(self) -> str:
         return int.__repr__(self)
@@ -168,39 +175,20 @@ class _CountedInt(int):
     __str__ = __repr__
 
 
-class _CountedDecimal(Decimal):
+class _CountedDecimal(_Counted, Decimal):
     """A Decimal read from a counter field (see the module docstring)."""
 
     _mi_origin: tuple[Any, str, Any, int]
     _mi_delta: Any
 
-    def __add__(self, other: Any) -> Any:
-        return _counted_add(self, other, 1)
-
-    __radd__ = __iadd__ = __add__
-
-    def __sub__(self, other: Any) -> Any:
-        return _counted_add(self, other, -1)
-
-    __isub__ = __sub__
-
-    def __rsub__(self, other: Any) -> Any:
-        return other - plain(self)
-
     def __reduce__(self) -> Any:
         return Decimal, (str(self),)
-
-    def __copy__(self) -> Any:
-        return plain(self)
-
-    def __deepcopy__(self, memo: Any) -> Any:
-        return plain(self)
 
     def __repr__(self) -> str:
         return f"Decimal('{self}')"
 
 
-class _CountedFraction(Fraction):
+class _CountedFraction(_Counted, Fraction):
     """A Fraction read from a counter field (see the module docstring)."""
 
     __slots__ = ("_mi_delta", "_mi_origin")
@@ -208,27 +196,8 @@ class _CountedFraction(Fraction):
     _mi_origin: tuple[Any, str, Any, int]
     _mi_delta: Any
 
-    def __add__(self, other: Any) -> Any:
-        return _counted_add(self, other, 1)
-
-    __radd__ = __iadd__ = __add__
-
-    def __sub__(self, other: Any) -> Any:
-        return _counted_add(self, other, -1)
-
-    __isub__ = __sub__
-
-    def __rsub__(self, other: Any) -> Any:
-        return other - plain(self)
-
     def __reduce__(self) -> Any:
         return Fraction, (self.numerator, self.denominator)
-
-    def __copy__(self) -> Any:
-        return plain(self)
-
-    def __deepcopy__(self, memo: Any) -> Any:
-        return plain(self)
 
     def __repr__(self) -> str:
         return f"Fraction({self.numerator}, {self.denominator})"
