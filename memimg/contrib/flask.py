@@ -598,18 +598,15 @@ def inspector(
     Raises:
         ValueError: no *permission* and not *debug*; *permission* is not callable.
     """
-    from memimg.inspector import Inspector, blueprint
+    from memimg.inspector import Inspector, blueprint, require_permission
 
-    if permission is None and not debug:
-        raise ValueError(
-            "memimg.contrib.flask.inspector() needs permission=, a function saying whether the current request may "
-            "look at the image (e.g. lambda: current_user.is_admin): the inspector shows every value in it. "
-            "For local development only, debug=True mounts it without one."
-        )
-    if permission is not None and not callable(permission):
-        raise ValueError(f"permission must be a function of no arguments returning a bool, not {permission!r}")
-    if permission is None:
-        log.warning("the memimg inspector is mounted at %s without a permission hook (debug=True)", url_prefix)
+    require_permission(
+        permission,
+        debug=debug,
+        mount=f"memimg.contrib.flask.inspector(url_prefix={url_prefix!r})",
+        takes="no arguments",
+        example="lambda: current_user.is_admin",
+    )
     target: MemoryImage | Callable[[], MemoryImage] = img if img is not None else _current_image
     return blueprint(
         Inspector(target),

@@ -7,6 +7,7 @@ events); plain browsing works without JavaScript. Needs Flask (the
 """
 
 from memimg.inspector._model import BadRequest, Inspector, NotFound
+from memimg.inspector._permission import permitted, require_permission
 from memimg.inspector._views import blueprint, create_app
 
-__all__ = ["BadRequest", "Inspector", "NotFound", "blueprint", "create_app"]
+__all__ = ["BadRequest", "Inspector", "NotFound", "blueprint", "create_app", "permitted", "require_permission"]

@@ -43,6 +43,7 @@ from memimg.inspector._model import (
     parse_time,
     whole_number,
 )
+from memimg.inspector._permission import permitted
 from memimg.model._base import PersistentBase
 
 __all__ = ["KEEPALIVE", "blueprint", "create_app"]
@@ -546,13 +547,7 @@ def blueprint(
 
     @bp.before_request
     def _guard() -> Response | None:
-        if permission is None:
-            return None
-        try:
-            allowed = permission()
-        except Exception:  # a hook that fails refuses: nothing of the image, not even its name
-            log.exception("the inspector's permission hook raised on %s: the request is refused", request.path)
-            allowed = False
+        allowed = permitted(permission, request.path)
         if not allowed:
             return Response("403 Forbidden: you may not look at this image\n", 403, mimetype="text/plain")
         return None

@@ -68,32 +68,23 @@ def urls(
     Raises:
         ValueError: no *permission* and not *debug*; *permission* is not callable.
     """
-    from memimg.inspector import Inspector, create_app
+    from memimg.inspector import Inspector, create_app, permitted, require_permission
 
-    if permission is None and not debug:
-        raise ValueError(
-            "memimg.contrib.django.inspector.urls() needs permission=, a function of the request saying whether it "
-            "may look at the image (e.g. lambda request: request.user.is_superuser): the inspector shows every "
-            "value in it. For local development only, debug=True includes it without one."
-        )
-    if permission is not None and not callable(permission):
-        raise ValueError(f"permission must be a function of the request returning a bool, not {permission!r}")
-    if permission is None:
-        log.warning("the memimg inspector is included without a permission hook (debug=True)")
+    require_permission(
+        permission,
+        debug=debug,
+        mount="memimg.contrib.django.inspector.urls()",
+        takes="the request",
+        example="lambda request: request.user.is_superuser",
+    )
     app = create_app(
         Inspector(image if image is not None else _runtime.image), live=live, stream_lifetime=stream_lifetime
     )
 
     @non_transactional
     def view(request: HttpRequest, rest: str) -> Any:
-        if permission is not None:
-            try:
-                allowed = permission(request)
-            except Exception:  # a hook that fails refuses (nothing of the image is shown)
-                log.exception("the inspector's permission hook raised on %s: the request is refused", request.path)
-                allowed = False
-            if not allowed:
-                return HttpResponseForbidden("you may not look at this image")
+        if not permitted(permission, request.path, request):
+            return HttpResponseForbidden("you may not look at this image")
         path = request.path
         prefix = path[: len(path) - len(rest)] if rest else path
         environ = dict(request.META)
