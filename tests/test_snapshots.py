@@ -135,6 +135,41 @@ def test_another_threads_commit_goes_on_while_a_snapshot_is_written(
     assert img.root.misc == "from another thread" and img.seq > seq
 
 
+def test_another_threads_commit_goes_on_while_a_snapshot_retries_its_last_commit(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another process's commits keep coming before the snapshot's closing ``gc.drop``, the image's lock
+    is let go between its attempts: a commit from another thread goes on in between, not after the snapshot."""
+    img = make_image(root=Holder, snapshot_every=None)
+    img.root.nodes.extend(_chain(200))
+    img.root.misc = Node("detached", -1)
+    img.root.misc = None  # unreachable: the snapshot ends with a gc.drop
+    store, root_oid = img.store, img.root._mi_oid
+    append = store.append
+    committed = threading.Event()
+    attempts: list[bool] = []
+
+    def commit() -> None:
+        img.root.keyed["t"] = "from another thread"
+        committed.set()
+
+    def racing(rows: Any, expected_head: int) -> None:
+        if rows[0][3] == "gc.drop" and len(attempts) < 5:
+            if not attempts:
+                threading.Thread(target=commit, daemon=True).start()
+                time.sleep(0.2)  # it waits for the image's lock, held here
+            attempts.append(committed.is_set())
+            append_event(store, "obj.set", root_oid, [["misc", f"elsewhere {len(attempts)}"]])  # comes first
+        append(rows, expected_head)
+
+    monkeypatch.setattr(store, "append", racing)
+    seq = img.snapshot()
+    # the other thread committed between two attempts (the image's lock held by none), not after the snapshot
+    assert len(attempts) == 5 and not attempts[0] and attempts[-1]
+    assert img.root.keyed["t"] == "from another thread" and img.root.misc == "elsewhere 5"
+    assert _content(_snapshot_alone(make_image.store(), seq)) == _content(_state_at(img, seq))
+
+
 def test_automatic_snapshots_are_written_in_the_background(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """snapshot_every has snapshots written as events accumulate, by another thread than the committing
     one, each at a ``snapshot`` event and at least snapshot_every events after the one before."""

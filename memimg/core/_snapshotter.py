@@ -280,26 +280,40 @@ class SnapshotWriter:
         written (see the module docstring). Called again after more events,
         it writes what they made necessary.
         """
+        forget = self.complete()
+        payload, count = self.payload(self.header())
+        return payload, count, forget
+
+    def complete(self) -> list[int]:
+        """Walk what is left (and what events since named); the ids of the objects to forget.
+
+        Called again after more events, it walks what they made necessary.
+        """
         self.step()
         while self.keep_named():
             self.step()
         self._flush(self.done)
-        count = self.done
-        header = {
+        objects = self.table.objects
+        unmet = self.seen.translate(_UNMET)  # 1 for each id the walk did not meet (and holes), at C speed
+        return [oid for oid in itertools.compress(range(len(unmet)), unmet) if oid and objects[oid] is not None]
+
+    def header(self) -> dict[str, Any]:
+        """The snapshot's header, once :meth:`complete` (it reads the table: with the image's lock held)."""
+        return {
             "format": 2,
             "seq": self.seq,
             "next_oid": self.limit,
             "root": self.root_oid,
             "types": self.types,
             "names": self.type_names,
-            "count": count,
+            "count": self.done,
             "born": self.table.born.header(self.limit),
         }
-        payload = b"\n".join([orjson.dumps(header), *self.out])
-        objects = self.table.objects
-        unmet = self.seen.translate(_UNMET)  # 1 for each id the walk did not meet (and holes), at C speed
-        forget = [oid for oid in itertools.compress(range(len(unmet)), unmet) if oid and objects[oid] is not None]
-        return payload, count, forget
+
+    def payload(self, header: dict[str, Any]) -> tuple[bytes, int]:
+        """The stored snapshot under *header* and how many objects it holds (reads only this writer: once no
+        event is told to it any more, no lock is needed)."""
+        return b"\n".join([orjson.dumps(header), *self.out]), header["count"]
 
     def keep_named(self) -> bool:
         """Queue the objects made before the seq that events since named (see the module docstring) and the
