@@ -86,7 +86,7 @@ _OBJ_SET: Final = KINDS["obj.set"]
 #: ``_new_tuple(Change, fields)``: a :class:`memimg.Change` made without a call of its ``__new__`` (the fields
 #: as ``Change.__new__`` stores them: the time as the log's microseconds)
 _new_tuple: Final = tuple.__new__
-#: ``_new_object(Commit)``: a Commit made without a call of its ``__init__`` (a measured path: see _deliver)
+#: ``_new_object(Commit)``: a Commit made without a call of its ``__init__`` (a measured path: see _deliver_entry)
 _new_object: Final = object.__new__
 _UNFOLLOWED: Final[Any] = object()
 
@@ -368,12 +368,8 @@ class Feed:
             return
         if not token.acquire(False):
             return  # the thread delivering delivers it, or hands it on
-        try:  # (what _deliver_to_bound does, inline: a measured path)
-            bound = self.bound = queue[-1][0]
-            while queue and queue[0][0] <= bound:
-                _deliver_entry(self, queue[0])
-                queue.popleft()
-                bound = self.bound
+        try:
+            self._deliver_to_bound()
         finally:  # (nested: a KeyboardInterrupt right after the release still hands on what is left)
             try:
                 token.release()
