@@ -97,9 +97,14 @@ class StoreFactory:
             options = {**PROTECTION, **options}
         return memimg.open(self.target(readonly=options.get("readonly", False)), **options)
 
-    def cleanup(self) -> None:
+    def close(self) -> None:
+        """Close the stores made here (the log stays)."""
         for store in self._made:
             store.close()
+        self._made = []
+
+    def cleanup(self) -> None:
+        self.close()
         if self.kind == "postgres":
             import sqlalchemy as sa
 

@@ -499,6 +499,21 @@ def test_a_log_written_with_assignments_only_reads_and_counts_on(make_image: Ima
     assert make_image(root=Box).root.content.hits == 42
 
 
+def test_a_subscription_to_one_counter_gets_its_adds_only(make_image: Images) -> None:
+    """A subscription to one counter field, alone on the image, is delivered the adds to that field, not those
+    to the object's other counters, nor commits that add only to them."""
+    img, t = start(make_image)
+    got: list[list[tuple[Any, ...]]] = []
+    img.subscribe(lambda commit: got.append([(c.kind, c.field, c.old, c.new) for c in commit.changes]), to=(t, "hits"))
+    t.total += 1
+    t.hits += 2
+    with img.transaction():
+        t.share += 1
+        t.hits += 3
+        t.total += 4
+    assert got == [[("obj.add", "hits", 0, 2)], [("obj.add", "hits", 2, 5)]]
+
+
 def test_history_feeds_and_diff_show_each_add_with_the_values_before_and_after(make_image: Images) -> None:
     """``history`` gives each add as a Change of kind ``obj.add`` with the value before and the sum after;
     a subscription to the field gets the same; ``diff`` shows the sums."""

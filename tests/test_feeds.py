@@ -1,7 +1,9 @@
 """Change feeds: ``img.subscribe(callback, to=...)`` -- what is delivered, when, once, and to whom.
 
 Every test runs on every store (the ``make_image`` fixture); a second image
-opened on the same log stands for another process.
+opened on the same log stands for another process -- but for the law on
+random programs, where the other process is a real one
+(``tests/feeds_worker.py``), on every store that processes share.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,8 @@ from hypothesis import strategies as st
 import memimg
 from memimg import MISSING
 from memimg.core._rows import EventRow
-from tests.conftest import Images, StoreFactory
+from tests import feeds_worker
+from tests.conftest import POSTGRES_URL, Images, StoreFactory
 from tests.models import Account, Bank, Box, Entry, Node
 from tests.test_history_laws import Discard, ops, run
 
@@ -453,7 +458,7 @@ def test_bad_subscriptions_are_refused_clearly(make_image: Images) -> None:
         img.subscribe(print)
 
 
-# -- the law: an all-subscription retells the log ----------------------------------------------------------------
+# -- the law: an all-subscription retells the log, in two processes ---------------------------------------------
 
 who = st.sampled_from("AB")
 feed_steps = st.one_of(
@@ -464,83 +469,120 @@ feed_steps = st.one_of(
 )
 
 
-def retold(img: memimg.MemoryImage, since: int) -> list[memimg.Change]:
-    """The history of the log after *since*, as *img* tells it: every object's history() merged in seq order."""
-    objects = [o for o in img._engine.table.objects if o is not None]
-    return sorted((c for o in objects for c in img.history(o, since=since)), key=lambda c: c.seq)
+@pytest.fixture(params=["sqlite", "ndjson"] + (["postgres"] if POSTGRES_URL else []))
+def other_process(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
+    """A process of its own, serving an image on the logs this test opens (``tests/feeds_worker.py``), for all
+    the examples of one store kind."""
+    ours, theirs = multiprocessing.Pipe()
+    proc = multiprocessing.get_context("spawn").Process(target=feeds_worker.serve, args=(theirs,), daemon=True)
+    proc.start()
+    theirs.close()
+    try:
+        yield request.param, ours
+    finally:
+        ours.send(None)
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
+def ask(conn: Any, *command: Any) -> Any:
+    """Send *command* to the other process and return its answer (failing on its error, or after a minute)."""
+    conn.send(command)
+    assert conn.poll(60), f"the other process did not answer {command!r} in time"
+    status, answer = conn.recv()
+    assert status == "ok", f"the other process failed on {command!r}:\n{answer}"
+    return answer
+
+
+def check_retold(since: int, delivered: list[Any], history: list[Any], txs: dict[int, int], local: Any) -> None:
+    """What an all-subscription made at seq *since* was *delivered* (plain data, see ``tests/feeds_worker``),
+    concatenated, is the *history* of the log after it, commit by commit, each once, in seq order; each commit
+    says its seqs, transaction (*txs*: its last seq), time and metadata, and whether it was made here
+    (*local(tx)*)."""
+    assert [c for _, changes in delivered for c in changes] == history
+    seqs = [commit[1] for commit, _ in delivered]
+    assert seqs == sorted(set(seqs)) and all(s > since for s in seqs)
+    for (first_seq, seq, tx, time_, meta, was_local), changes in delivered:
+        assert tx == first_seq and txs[tx] == seq and was_local is local(tx)
+        assert changes and all(c[1] == tx and c[2] == time_ and c[3] == meta for c in changes)
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(program=st.lists(feed_steps, max_size=16))
 @example(program=[("tx", "B", [("del",)], False, False), ("op", "A", ("del",))])  # A deletes what B just did
 def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
-    store_kind: str, program: list[tuple[Any, ...]]
+    other_process: tuple[str, Any], program: list[tuple[Any, ...]]
 ) -> None:
-    """For random programs of two images on one log (single mutations, transactions committed or discarded,
-    refreshes, subscriptions made along the way): what an all-subscription was delivered, concatenated, is the
-    history of the log after it subscribed, in order, each commit once; a field, an object and a class
-    subscription were delivered exactly the matching part, commit by commit."""
+    """For random programs of two processes on one log -- this one (A) and another (B), each with an image
+    (single mutations, transactions committed or discarded, refreshes, subscriptions made along the way): what
+    an all-subscription in either process was delivered, concatenated, is the history of the log after it
+    subscribed, in order, each commit once, each told whether its process made it; a field, an object and a
+    class subscription were delivered exactly the matching part, commit by commit."""
+    kind, conn = other_process
     folder = tempfile.mkdtemp()
-    stores = StoreFactory(store_kind, Path(folder))
-    images: dict[str, memimg.MemoryImage] = {}
+    stores = StoreFactory(kind, Path(folder))
+    a: memimg.MemoryImage | None = None
+    opened = False
     try:
-        images["A"] = a = stores.open(root=Box, snapshot_every=None)
+        a = stores.open(root=Box, snapshot_every=None)
         a.root.content = Node(next=set())
-        images["B"] = stores.open(root=Box, snapshot_every=None)
-        nodes = {name: img.root.content for name, img in images.items()}
-        everything: list[tuple[memimg.MemoryImage, int, Collect]] = []
-        made_by: dict[int, memimg.MemoryImage] = {}  # tx -> the image that committed it
+        b_seq = ask(conn, "open", kind, folder, stores.schema)
+        opened = True
+        n = a.root.content
+        everything: list[tuple[int, Collect]] = []  # A's all-subscriptions
+        made_by: dict[int, str] = {}  # tx -> the process that committed it
 
-        def subscribe_all(name: str) -> None:
+        def subscribe_all(whom: str) -> int:
+            if whom == "B":
+                return int(ask(conn, "subscribe"))
+            assert a is not None
             got = Collect()
-            img = images[name]
-            img.subscribe(got)
-            everything.append((img, img.seq, got))
+            a.subscribe(got)
+            everything.append((a.seq, got))
+            return b_seq
 
         subscribe_all("A")
         subscribe_all("B")
-        n = nodes["A"]
         field, obj, cls = Collect(), Collect(), Collect()
         a.subscribe(field, to=(n, "value"))
         a.subscribe(obj, to=n.children)
         a.subscribe(cls, to=Node)
         for step in program:
             name, whom, *args = step
-            img = images[whom]
-            head = max(i.seq for i in images.values())  # each image applies its own commits at once
-            if name == "op":
-                try:
-                    run(nodes[whom], args[0])
-                except AttributeError:  # del of a field the other image deleted meanwhile (caught up in the call)
-                    assert args[0][0] == "del"
+            head = max(a.seq, b_seq)  # each image applies its own commits at once, and they take turns
+            if whom == "B":
+                b_seq = subscribe_all("B") if name == "subscribe" else ask(conn, name, *args)
+            elif name == "op":
+                feeds_worker.step(n, args[0])
             elif name == "tx":
                 body, discard, with_meta = args
                 try:
-                    with img.transaction(meta={"by": whom} if with_meta else None):
+                    with a.transaction(meta={"by": "A"} if with_meta else None):
                         for o in body:
-                            run(nodes[whom], o)
+                            run(n, o)
                         if discard:
                             raise Discard
                 except (Discard, memimg.ConflictError):
                     pass
             elif name == "refresh":
-                img.refresh()
+                a.refresh()
             else:
-                subscribe_all(whom)
-            made_by.update((e.tx, img) for e in img.events(since=head))
-        for img in images.values():
-            img.refresh()
-        for img, since, got in everything:
-            assert got.changes == retold(img, since)
-            seqs = [c.seq for c in got.commits]
-            assert seqs == sorted(set(seqs)) and all(s > since for s in seqs)
-            txs = {e.tx: e.seq for e in img.events(since=since)}  # the last seq of each transaction
-            for c in got.commits:
-                assert c.tx == c.first_seq and txs[c.tx] == c.seq
-                assert c.local is (made_by[c.tx] is img)
-        _, _, all_a = everything[0]
+                subscribe_all("A")
+            made_by.update((e.tx, whom) for e in a.events(since=head))
+        a.refresh()
+        for since, got in everything:
+            delivered = [(feeds_worker.told(c), [feeds_worker.said(x) for x in c.changes]) for c in got.commits]
+            history = [feeds_worker.said(x) for x in feeds_worker.retold(a, since)]
+            txs = {e.tx: e.seq for e in a.events(since=since)}
+            check_retold(since, delivered, history, txs, lambda tx: made_by[tx] == "A")
+        theirs = ask(conn, "finish")
+        assert len(theirs) == 1 + sum(step[:2] == ("subscribe", "B") for step in program)
+        for since, delivered, history, txs in theirs:
+            check_retold(since, delivered, history, txs, lambda tx: made_by[tx] == "B")
+        _, all_a = everything[0]
         for sub, wanted in (
             (field, lambda c: c.target is n and c.field == "value"),
             (obj, lambda c: c.target is n.children),
@@ -549,8 +591,10 @@ def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
             assert sub.changes == [c for c in all_a.changes if wanted(c)]
             assert [c.seq for c in sub.commits] == [c.seq for c in all_a.commits if any(map(wanted, c.changes))]
     finally:
-        for img in images.values():
-            img.close()
+        if a is not None:
+            a.close()
+        if opened:
+            ask(conn, "close")
         stores.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -381,6 +381,7 @@ class Engine:
         busy, self.busy = self.busy, "applying committed events"
         published: TxState | None = None
         opened = False
+        noted = None  # what the events change that someone follows (see _feeds)
         try:
             if open_txs and (len(open_txs) > 1 or state not in open_txs):
                 self.conflicts.record(events, rows)
@@ -402,12 +403,20 @@ class Engine:
                     self.publishing.append(state)
                     published = state
             hook = self.before_apply
-            for k, target, args in events:
-                if hook is not None:
-                    hook(k.name, target, args)
-                if feed is not None:
-                    feed.note(k, target, args)  # what the event is about to change, for subscribers
-                k.apply(table, target, *args)
+            if feed is None:
+                for k, target, args in events:
+                    if hook is not None:
+                        hook(k.name, target, args)
+                    k.apply(table, target, *args)
+            else:  # someone subscribed: what each event followed is about to change is noted first (see _feeds)
+                at = 0
+                for k, target, args in events:
+                    if hook is not None:
+                        hook(k.name, target, args)
+                    if target is not None and (feed.wide or target._mi_oid in feed.oids):
+                        noted = feed.note(noted, k, target, args, rows[at], events)
+                    k.apply(table, target, *args)
+                    at += 1  # noqa: SIM113  # (not enumerate, nor zip with rows: a measured path)
         except BaseException as err:  # the log has it; memory must not silently differ
             self.closed = True
             if isinstance(err, Exception):
@@ -424,11 +433,8 @@ class Engine:
                 self.publishing.remove(published)
             if opened:
                 _tracking.tx_closed()
-        if feed is not None:
-            if feed.noted:
-                feed.commit(events, rows, last_seq)
-            else:
-                feed.at = 0  # nothing followed changed
+        if noted is not None:  # delivered once the lock is released (see _feeds)
+            feed.queue.append((self.seq, noted, last_seq is None, feed.subs))
 
     def _tell_snapshot(self, events: list[Pending], rows: list[EventRow] | None = None) -> None:
         """Let the snapshot being written keep what *events* are about to change, and what another process's

@@ -11,13 +11,17 @@ object (see :mod:`memimg.core._history`): a subscription to an entity sees its
 fields set, not its collections changed -- follow those as objects of their own.
 
 **How ``old`` is known.** While a commit is applied (the image's lock held),
-each event whose target someone follows is first run against a *live*
+``Engine.apply`` checks each event's target against what is followed (a
+look-up of its id; :meth:`Feed.note` is called only for an event someone
+follows), and :meth:`Feed.note` runs it against a *live*
 :class:`~memimg.core._history.Recorder` -- the applier history uses, reading
-the committed objects and changing nothing -- which notes what the event is
+the committed objects and changing nothing -- which tells what the event is
 about to change; then the event is applied. So ``old`` is computed, as for
-``history()``, and costs nothing for events nobody follows. With no
-subscription at all the engine holds no feed (``AutoWriter.feed`` is
-``None``) and a commit pays one check of that per event.
+``history()``, and costs nothing for events nobody follows. What is noted is
+exactly what some subscription follows, as the :class:`memimg.Change`
+records delivered: a commit with changes noted joins the queue as they are.
+With no subscription at all the engine holds no feed (``AutoWriter.feed`` is
+``None``) and a commit pays one check of that.
 
 **Delivery** is by a per-image queue, never under the image's lock: a noted
 commit joins the queue when it has been applied (so in seq order), and
@@ -59,7 +63,7 @@ from typing import Any, Final
 
 from memimg._errors import MemimgError
 from memimg.core import _types
-from memimg.core._history import Change, Recorder, commit_time
+from memimg.core._history import Change, Recorder
 from memimg.core._kinds import KINDS
 from memimg.core._markers import MISSING
 from memimg.core._meta import TX_META
@@ -72,19 +76,18 @@ log = logging.getLogger("memimg")
 _COLLECTIONS = (TrackedList, TrackedDict, TrackedSet)
 
 
-#: A commit queued for delivery: ``(tx, last seq, ts, meta, local, [(at, kind, target, part), ...], seqs)``
-#: (*part*: what :class:`~memimg.core._history.Recorder` noted, see its ``Part``; *at*: the index of its
-#: event in the commit, whose seq is ``tx + at`` for this process's commits (*seqs* None), else ``seqs[at]``),
-#: or a gap the image skipped (reloaded after a compaction): ``(seq before, seq after, oldest kept, {}, False,
-#: None, None)``.
-Noted = tuple[int, int, int, dict[str, Any], bool, "list[tuple[int, str, Any, Any]] | None", "list[int] | None"]
+#: A commit queued for delivery: ``(last seq, [Change, ...], local, subscriptions)`` -- the changes noted
+#: (what some subscription follows), whether this process made it, and the subscriptions when it was applied
+#: (those made since see it as seen; when one alone, the changes are what it follows) -- or a gap the image
+#: skipped (reloaded after a compaction): ``(seq after, None, seq before, oldest kept)``.
+Entry = tuple[int, "list[Change] | None", Any, Any]
 
-#: The event kinds whose first argument is the name of the field they change.
-_FIELD_KINDS: Final = frozenset(("obj.set", "obj.del"))
 _OBJ_SET: Final = KINDS["obj.set"]
 #: ``_new_tuple(Change, fields)``: a :class:`memimg.Change` made without a call of its ``__new__`` (the fields
 #: as ``Change.__new__`` stores them: the time as the log's microseconds)
 _new_tuple: Final = tuple.__new__
+#: ``_new_object(Commit)``: a Commit made without a call of its ``__init__`` (a measured path: see _deliver_entry)
+_new_object: Final = object.__new__
 _UNFOLLOWED: Final[Any] = object()
 
 #: ``contain``: this thread is one of the image's own (see :func:`contain_callbacks`)
@@ -107,62 +110,47 @@ class Commit:
     and this image applied it); ``changes`` the :class:`memimg.Change`
     records of the commit that the subscription follows, in the order they
     were made -- never empty (a commit that changes nothing followed is not
-    delivered). Each subscription is given a Commit of its own; its
-    ``changes`` and ``time`` are made when first read. It holds nothing
-    else (not the stored rows).
+    delivered). Each subscription is given a Commit of its own, and a list
+    of its own. It holds nothing else (not the stored rows).
     """
 
     __module__ = "memimg"
-    __slots__ = ("_changes", "_parts", "_seqs", "_ts", "local", "meta", "seq", "tx")
+    __slots__ = ("changes", "local", "seq")
 
-    def __init__(
-        self, tx: int, seq: int, ts: int, meta: dict[str, Any], local: bool, parts: list[Any], seqs: Any
-    ) -> None:
-        self.tx = tx
+    def __init__(self, seq: int, local: bool, changes: list[Change]) -> None:
         self.seq = seq
-        self.meta = meta
         self.local = local
-        self._ts = ts
-        self._parts = parts
-        self._seqs = seqs
-        self._changes: list[Change] | None = None
+        self.changes = changes
+
+    # tx, time and meta are those of each of its changes (never none)
+
+    @property
+    def tx(self) -> int:
+        """Its transaction id: the seq of its first event."""
+        return self.changes[0].tx
 
     @property
     def first_seq(self) -> int:
         """The seq of its first event (its ``tx``)."""
-        return self.tx
+        return self.changes[0].tx
 
     @property
     def time(self) -> dt.datetime:
         """The commit time, an aware UTC datetime."""
-        return commit_time(self._ts)
+        return self.changes[0].time
 
     @property
-    def changes(self) -> list[Change]:
-        """The changes this subscription follows, in the order they were made."""
-        changes = self._changes
-        if changes is None:  # a loop, not a comprehension (a call more): a measured path
-            tx, ts, meta, seqs = self.tx, self._ts, self.meta, self._seqs
-            changes = self._changes = []
-            for at, kind, target, (f, key, old, new, index) in self._parts:
-                changes.append(
-                    _new_tuple(
-                        Change,
-                        (tx + at if seqs is None else seqs[at], tx, ts, meta, target, kind, f, key, old, new, index),
-                    )
-                )
-            self._parts = []  # the changes hold what they said
-        return changes
+    def meta(self) -> dict[str, Any]:
+        """Its metadata (``{}`` if none)."""
+        return self.changes[0].meta
 
     def _relived(self, changes: list[Change]) -> Commit:
         """This commit with *changes* instead of its own, and ``local`` False: a commit replayed from the log."""
-        other = Commit(self.tx, self.seq, self._ts, self.meta, False, [], None)
-        other._changes = changes
-        return other
+        return Commit(self.seq, False, changes)
 
     def __repr__(self) -> str:
         where = "local" if self.local else "remote"
-        n = len(self._parts) if self._changes is None else len(self._changes)
+        n = len(self.changes)
         return f"<memimg.Commit seq {self.first_seq}..{self.seq} {where}: {n} change{'s' * (n != 1)}>"
 
 
@@ -231,12 +219,13 @@ class Feed:
         self.oids: dict[int, frozenset[str] | None] = {}
         self.classes: tuple[type, ...] = ()
         self.class_hits: dict[type, bool] = {}
+        #: whether an event may be followed whatever its target's id (everything, or some class, is followed)
+        self.wide = False
         self.recorder = Recorder(live=True)
-        #: what the commit being applied changes that is followed: ``(event's index, kind, target, part)``
-        self.noted: list[tuple[int, str, Any, Any]] = []
-        self.at = 0
+        #: the field getters the recorder reads a field set's old value with (by class, then field name)
+        self.getters = self.recorder._getters
         #: the commits noted, applied and not yet delivered, in seq order
-        self.queue: deque[Noted] = deque()
+        self.queue: deque[Entry] = deque()
         #: held by the thread delivering (reentrant: a callback's own commit is seen to be that thread's)
         self.delivering = threading.RLock()
         #: the seq up to which the thread delivering delivers before it returns
@@ -282,74 +271,72 @@ class Feed:
             else:
                 everything = True
         self.everything, self.oids, self.classes = everything, oids, tuple(classes)
+        self.wide = everything or bool(classes)
         self.class_hits = {}
 
     # -- noting, while a commit is applied (the image's lock held) ----------------
 
-    def note(self, k: Any, target: Any, args: tuple[Any, ...]) -> None:
-        """Note what event ``(k, target, args)``, about to be applied, changes that someone follows.
+    def note(
+        self, noted: list[Change] | None, k: Any, target: Any, args: tuple[Any, ...], row: Any, events: Any
+    ) -> list[Change] | None:
+        """*noted* (a new list if None) with what event ``(k, target, args)`` at *row*, about to be applied,
+        changes that someone follows (*events*: the commit's, for its metadata).
 
-        Matched on the object's id (and, for a field event, the field's name)
-        before anything is computed: an event no subscription follows costs
-        a dict look-up (and a class check, when some subscription follows a
-        class). A measured path: a field set is read here, not by the
-        recorder (two calls fewer).
+        ``Engine.apply`` calls it for an event on an object whose id is
+        followed, or for any event when :attr:`wide`: the event's target is
+        not None. What it notes is exactly what some subscription follows
+        (a field followed alone: that field's changes only). A measured
+        path: a field set is read here, not by the recorder (two calls fewer).
         """
-        at = self.at
-        self.at = at + 1
-        if target is None:  # the image's own events (metadata, snapshots) change no object
-            return
+        fields = None  # the names of the fields followed of *target*, if only some are
         if not self.everything:
             fields = self.oids.get(target._mi_oid, _UNFOLLOWED)
-            if fields is not None and (fields is _UNFOLLOWED or (k.name in _FIELD_KINDS and args[0] not in fields)):
-                if not self.classes:
-                    return
-                t = type(target)
-                hit = self.class_hits.get(t)
-                if hit is None:
-                    hit = self.class_hits[t] = issubclass(t, self.classes)
-                if not hit:
-                    return
+            if fields is not None and self.classes and self._class_hit(type(target)):
+                fields = None  # all of it is followed
+            if fields is _UNFOLLOWED:
+                return noted
         if k is _OBJ_SET:
             name, value = args
+            if fields is not None and name not in fields:
+                return noted
             try:
-                old = self.recorder._getters[type(target)][name](target)
+                old = self.getters[type(target)][name](target)
             except KeyError:
                 old = self.recorder._live_field(target, name)
             except AttributeError:
                 old = MISSING
-            self.noted.append((at, "obj.set", target, (name, None, old, value, None)))
-            return
+            if noted is None:
+                noted, meta = [], events[0][2][0] if events[0][0] is TX_META else {}
+            else:
+                meta = noted[0].meta
+            noted.append(
+                _new_tuple(Change, (row[0], row[1], row[2], meta, target, "obj.set", name, None, old, value, None))
+            )
+            return noted
         recorder = self.recorder
         parts = recorder.parts = []
         k.apply(recorder, target, *args)
-        name, noted = k.name, self.noted
-        for part in parts:
-            noted.append((at, name, target, part))
+        kind = k.name
+        for f, key, old, new, index in parts:
+            if fields is None or f in fields:
+                if noted is None:
+                    noted, meta = [], events[0][2][0] if events[0][0] is TX_META else {}
+                else:
+                    meta = noted[0].meta
+                noted.append(_new_tuple(Change, (row[0], row[1], row[2], meta, target, kind, f, key, old, new, index)))
+        return noted
 
-    def commit(self, events: list[Any], rows: list[Any], last_seq: int | None) -> None:
-        """The commit of *events* (at *rows*) is applied: queue what it changed that is followed.
-
-        *last_seq*: given for another process's commit (its last seq, which
-        may be a row this code skipped), ``None`` for this process's. What is
-        queued holds the seqs of the events, not the rows (nor their values).
-        """
-        self.at = 0
-        noted = self.noted
-        if noted:
-            self.noted = []
-            first = rows[0]
-            meta = events[0][2][0] if events[0][0] is TX_META else {}
-            if last_seq is None:  # this process's commit: its events' seqs follow its tx
-                self.queue.append((first[1], rows[-1][0], first[2], meta, True, noted, None))
-            else:
-                self.queue.append((first[1], last_seq, first[2], meta, False, noted, [r[0] for r in rows]))
+    def _class_hit(self, t: type) -> bool:
+        """Whether some subscription follows every instance of class *t*."""
+        hit = self.class_hits.get(t)
+        if hit is None:
+            hit = self.class_hits[t] = issubclass(t, self.classes)
+        return hit
 
     def reloaded(self, was: int, now: int, oldest: int) -> None:
         """The image skipped the commits ``was < seq <= now`` (reloaded after a compaction; the lock held):
         tell the subscriptions that want to know (:attr:`Subscription.gap`), in their place in the queue."""
-        self.noted, self.at = [], 0
-        self.queue.append((was, now, oldest, {}, False, None, None))
+        self.queue.append((now, None, was, oldest))
 
     # -- delivery (never under the image's lock) ----------------------------------
 
@@ -370,58 +357,35 @@ class Feed:
         helper (those already called on it are not called again:
         :attr:`Subscription.seen`); it propagates, unless this is one of the
         image's own threads (the follower, a snapshot's, the helper), which
-        log it and go on. A measured path: the loop is inline.
+        log it and go on.
         """
         queue = self.queue
         if not queue or self.image_lock._is_owned():
             return  # a thread holding the lock releases it later, and drains then
         token = self.delivering
         if token._is_owned():  # type: ignore[attr-defined]  # a callback's own commit: delivered after the one in hand
-            self.bound = queue[-1][1]
+            self.bound = queue[-1][0]
             return
         if not token.acquire(False):
             return  # the thread delivering delivers it, or hands it on
         try:
-            self.bound = queue[-1][1] if queue else 0
-            while queue and queue[0][1] <= self.bound:
-                tx, seq, ts, meta, local, parts, seqs = queue[0]
-                if parts is None:
-                    self._gap(tx, seq, ts)
-                else:
-                    for sub in self.subs:
-                        if sub.closed or seq <= sub.seen:
-                            continue
-                        sub.seen = seq
-                        obj = sub.obj
-                        if obj is not None:
-                            field = sub.field
-                            if len(parts) == 1:  # a single mutation: no list to filter
-                                p = parts[0]
-                                if p[2] is not obj or (field is not None and p[3][0] != field):
-                                    continue
-                                picked = parts
-                            else:
-                                picked = [p for p in parts if p[2] is obj and (field is None or p[3][0] == field)]
-                                if not picked:
-                                    continue
-                        elif sub.cls is not None:
-                            cls = sub.cls
-                            picked = [p for p in parts if isinstance(p[2], cls)]
-                            if not picked:
-                                continue
-                        else:
-                            picked = parts
-                        try:
-                            sub.callback(Commit(tx, seq, ts, meta, local, picked, seqs))
-                        except BaseException as err:
-                            _failed(sub, seq, err)
-                queue.popleft()
+            self._deliver_to_bound()
         finally:  # (nested: a KeyboardInterrupt right after the release still hands on what is left)
             try:
                 token.release()
             finally:
                 if queue or self.flushing:
                     self._left()
+
+    def _deliver_to_bound(self) -> None:
+        """Deliver the queued commits up to the last one queued now (and those this thread's callbacks make:
+        :meth:`drain` moves :attr:`bound` on); the token held."""
+        queue = self.queue
+        bound = self.bound = queue[-1][0] if queue else 0
+        while queue and queue[0][0] <= bound:
+            _deliver_entry(self, queue[0])
+            queue.popleft()
+            bound = self.bound
 
     def _left(self) -> None:
         """After giving the token back: hand on what other threads queued meanwhile; tell those flushing."""
@@ -457,39 +421,13 @@ class Feed:
             raise
         try:
             while queue:
-                self.bound = queue[-1][1]
-                while queue and queue[0][1] <= self.bound:
-                    tx, seq, ts, meta, local, parts, seqs = queue[0]
-                    if parts is None:
-                        self._gap(tx, seq, ts)
-                    else:
-                        for sub in self.subs:
-                            if sub.closed or seq <= sub.seen:
-                                continue
-                            sub.seen = seq
-                            picked = _pick(sub, parts)
-                            if picked:
-                                try:
-                                    sub.callback(Commit(tx, seq, ts, meta, local, picked, seqs))
-                                except BaseException as err:
-                                    _failed(sub, seq, err)
-                    queue.popleft()
+                self._deliver_to_bound()
         finally:
             try:
                 token.release()
             finally:
                 if queue or self.flushing:
                     self._left()
-
-    def _gap(self, was: int, now: int, oldest: int) -> None:
-        for sub in self.subs:
-            if not sub.closed and now > sub.seen:
-                sub.seen = now
-                if sub.gap is not None:
-                    try:
-                        sub.gap(was, now, oldest)
-                    except BaseException as err:
-                        _failed(sub, now, err)
 
     def flush(self, timeout: float) -> bool:
         """Deliver what is queued, waiting up to *timeout* seconds for a thread delivering; whether all was.
@@ -512,16 +450,54 @@ class Feed:
                     self.flushing -= 1
 
 
-def _pick(sub: Subscription, parts: list[Any]) -> list[Any]:
-    """What of *parts* subscription *sub* follows."""
-    obj = sub.obj
-    if obj is not None:
-        field = sub.field
-        return [p for p in parts if p[2] is obj and (field is None or p[3][0] == field)]
-    if sub.cls is not None:
-        cls = sub.cls
-        return [p for p in parts if isinstance(p[2], cls)]
-    return parts
+def _deliver_entry(feed: Feed, entry: Entry) -> None:
+    """Deliver one queued commit (or gap) to each subscription that has not had it yet, in their order.
+
+    A measured path: a commit noted for one subscription alone is all its own
+    (see :meth:`Feed.note`), and is delivered without a filter, its Commit made
+    without a call of ``__init__``.
+    """
+    seq, changes, local, subs = entry
+    if changes is None:  # a gap: (seq after, None, seq before, oldest kept)
+        for sub in feed.subs:
+            if not sub.closed and seq > sub.seen:
+                sub.seen = seq
+                if sub.gap is not None:
+                    try:
+                        sub.gap(entry[2], seq, entry[3])
+                    except BaseException as err:
+                        _failed(sub, seq, err)
+        return
+    if len(subs) == 1:
+        sub = subs[0]
+        if sub.closed or seq <= sub.seen:
+            return
+        sub.seen = seq
+        commit = _new_object(Commit)
+        commit.seq, commit.local, commit.changes = seq, local, changes
+        try:
+            sub.callback(commit)
+        except BaseException as err:
+            _failed(sub, seq, err)
+        return
+    for sub in subs:  # those subscribed since have seen it; those closed are left out
+        if sub.closed or seq <= sub.seen:
+            continue
+        sub.seen = seq
+        obj = sub.obj
+        if obj is not None:
+            field = sub.field
+            picked = [c for c in changes if c.target is obj and (field is None or c.field == field)]
+        elif sub.cls is not None:
+            cls = sub.cls
+            picked = [c for c in changes if isinstance(c.target, cls)]
+        else:
+            picked = changes.copy()  # a list of its own
+        if picked:
+            try:
+                sub.callback(Commit(seq, local, picked))
+            except BaseException as err:
+                _failed(sub, seq, err)
 
 
 def _failed(sub: Subscription, seq: int, err: BaseException) -> None:
