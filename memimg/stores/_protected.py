@@ -25,6 +25,7 @@ log openable with the old options or the new ones.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import threading
 import time
@@ -576,7 +577,7 @@ def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
         )
 
 
-def rekey_marker(head: int, new: Protection) -> EventRow:
+def rekey_marker(head: int, new: Protection, after_ts: int) -> EventRow:
     """The plain ``tx.meta`` event a rekey appends after *head*, to be sealed under *new*.
 
     An image that had the log open before the rekey and commits after it
@@ -584,11 +585,13 @@ def rekey_marker(head: int, new: Protection) -> EventRow:
     the store's own head check), cannot open it under its old keys, and
     stops with a ProtectionError before writing anything (see
     :meth:`ProtectedStore._refuse_if_rekeyed`). It is also the log's record
-    of the rekey.
+    of the rekey. Its commit time is never before *after_ts* (the newest
+    stored commit time): commit times never decrease with seq, whatever the
+    clock does (``img.at(time=...)`` searches them in order).
     """
     meta = {"memimg": "rekey", "key_id": new.key_id, "integrity_key_id": new.integrity_id}
     payload = orjson.dumps([[meta]])
-    seq, ts = head + 1, time.time_ns() // 1000
+    seq, ts = head + 1, max(time.time_ns() // 1000, after_ts)
     return EventRow(seq, seq, ts, META_KIND, 0, payload, event_checksum(seq, seq, ts, META_KIND, 0, payload))
 
 
@@ -648,7 +651,8 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
             prev = ProtectedStore._mac_of(sealed[-1]) if new.chained else b""
         else:
             prev = new.start(head) if new.chained else b""
-        marker, _ = target._seal_events([rekey_marker(head, new)], prev)
+        after_ts = max([row.ts for row in events[-1:]] + [row.ts for row in snaps])
+        marker, _ = target._seal_events([rekey_marker(head, new, after_ts)], prev)
     else:
         marker = []
 
@@ -660,6 +664,21 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
         return Rewrite(sealed, list(sealed_snaps.values()), marker)
 
     store.set_meta(PENDING_KEY, new.settings_text())
-    store.rewrite(plan, head)
+    try:
+        store.rewrite(plan, head)
+    except BaseException:
+        _settle_rekey(store, source.protection if isinstance(source, ProtectedStore) else Protection(), new)
+        raise
     _finish_rekey(store, new)
     return len(sealed) + len(sealed_snaps)
+
+
+def _settle_rekey(store: Store, old: Protection, new: Protection) -> None:
+    """After a rekey's rewrite failed: the pending entry removed if the rows are still under *old* (the usual
+    case: the rewrite is one transaction), the rekey finished if they are under *new* (the failure came after
+    its commit). Left as it is when the store cannot say (the next open decides, as after a crash)."""
+    with contextlib.suppress(Exception):
+        if _opens(store, old):
+            store.set_meta(PENDING_KEY, None)
+        elif _opens(store, new):
+            _finish_rekey(store, new)
