@@ -144,6 +144,8 @@ def is_sealed(payload: bytes) -> bool:
 
 
 _local = threading.local()
+#: the counter value at which a nonce prefix is used up
+_NONCE_LAST: Final = 0xFFFF_FFFF
 
 
 class _Nonces:
@@ -168,7 +170,7 @@ class _Nonces:
     def __call__(self) -> bytes:
         prefix, counter = self._state
         n = next(counter)  # atomic under the GIL
-        if n >= 0xFFFF_FFFF:
+        if n >= _NONCE_LAST:
             with self._lock:
                 if self._state[1] is counter:
                     self._reset()
@@ -427,7 +429,9 @@ class Protection:
                     flags = _ZLIB if compression == "zlib" else _ZSTD
             if encrypt is not None:
                 flags |= _AES
-                nonce = nonces()
+                prefix8, counter = nonces._state  # _Nonces.__call__, inline (a frame less per row)
+                n = next(counter)
+                nonce = prefix8 + n.to_bytes(4, "little") if n < _NONCE_LAST else nonces()
                 data = nonce + encrypt(nonce, data, prefix + header + name + _FLAGS[flags])
             if mac_of is not None:
                 head = _HEADS[flags | _MAC]
