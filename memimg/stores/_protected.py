@@ -651,7 +651,7 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
             prev = ProtectedStore._mac_of(sealed[-1]) if new.chained else b""
         else:
             prev = new.start(head) if new.chained else b""
-        after_ts = max([row.ts for row in events[-1:]] + [row.ts for row in snaps])
+        after_ts = max([row.ts for row in events[-1:]] + [row.ts for row in snaps] + [0])
         marker, _ = target._seal_events([rekey_marker(head, new, after_ts)], prev)
     else:
         marker = []
