@@ -110,7 +110,8 @@ def _rekey_ndjson(path: str, old: Any, new: Any) -> int:
             count = copied + len(src.snapshots())
             head = dst.head()
             if head >= 1:
-                target.append([rekey_marker(head, new or Protection())], head)
+                after_ts = max([row.ts for row in target.read(head - 1, 1)] + [0])
+                target.append([rekey_marker(head, new or Protection(), after_ts)], head)
         commit_swap(path)
     return count
 

@@ -420,6 +420,20 @@ def test_the_nonce_prefix_is_drawn_anew_when_its_counter_runs_out() -> None:
     assert got[1][:8] != prefix and got[2][:8] == got[1][:8] and len(set(got)) == 3
 
 
+def test_sealing_rows_draws_a_new_nonce_prefix_when_the_counter_runs_out(monkeypatch: Any) -> None:
+    """The sealing loop's own nonces (a commit's rows) change prefix too when the counter runs out."""
+    import itertools
+
+    from memimg.core import _protect
+
+    prefix = _protect._nonce._state[0]
+    monkeypatch.setattr(_protect._nonce, "_state", (prefix, itertools.count(0xFFFF_FFFE)))
+    rows = [(i, 1, 0, "obj.set", 1, b"{}", 0) for i in range(1, 4)]
+    got = [_nonce_of(row[5]) for row in Protection(encryption_key=KEY).seal_events(rows, b"")[0]]
+    assert got[0] == prefix + (0xFFFF_FFFE).to_bytes(4, "little")
+    assert got[1][:8] != prefix and got[2][:8] == got[1][:8] and len(set(got)) == 3
+
+
 def test_one_key_for_encryption_and_integrity_is_refused(tmp_path: Any) -> None:
     """The same 32 bytes given as encryption_key and integrity_key (in any spelling) are refused with an error
     that says to give two keys; nothing is created."""

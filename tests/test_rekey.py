@@ -309,7 +309,7 @@ def test_a_writer_that_commits_while_an_sql_rekey_runs_makes_the_rekey_fail_whol
 
     class Intruding(memimg.SQLiteStore):
         def set_meta(self, key: str, value: str | None) -> None:
-            if key == "protection.pending":
+            if key == "protection.pending" and value is not None:  # once: as the rekey starts
                 with memimg.open(path, root=Bank, **OLD) as other:
                     other.root.accounts["ada"].balance += 1000
             super().set_meta(key, value)
@@ -356,3 +356,48 @@ def test_an_ndjson_commit_during_the_rekeys_copy_waits_and_then_stops(tmp_path: 
     stale.close()
     assert len(outcome) == 1 and isinstance(outcome[0], memimg.ProtectionError), outcome
     assert _balance(path, {}, NEW) == Decimal("132")
+
+
+def test_a_failed_rekey_leaves_nothing_pending_and_can_be_run_again(tmp_path: Any) -> None:
+    """A rekey whose rewrite fails (here: a commit came in meanwhile) removes its ``protection.pending`` entry:
+    the log opens with the old keys, the new keys are refused as plainly not the log's (not as an unfinished
+    rekey), and the same rekey run again succeeds."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+
+    class Intruding(memimg.SQLiteStore):
+        def set_meta(self, key: str, value: str | None) -> None:
+            if key == "protection.pending" and value is not None:
+                with memimg.open(path, root=Bank, **OLD) as other:
+                    other.root.accounts["ada"].balance += 1000
+            super().set_meta(key, value)
+
+    store = Intruding(path)
+    with pytest.raises(memimg.MemimgError, match="during the rekey"):
+        memimg.rekey(store, old_options=OLD, new_options=NEW)
+    assert "protection.pending" not in store.meta()
+    store.close()
+    assert _balance(path, {}, OLD) == Decimal("1132")
+    with pytest.raises(memimg.ProtectionError) as info:
+        _balance(path, {}, NEW)
+    assert "did not finish" not in str(info.value) and "is another" in str(info.value)
+    memimg.rekey(path, old_options=OLD, new_options=NEW)
+    assert _balance(path, {}, NEW) == Decimal("1132")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "ndjson"])
+def test_the_rekey_marker_is_never_stamped_before_the_last_commit(kind: str, tmp_path: Any, monkeypatch: Any) -> None:
+    """With the clock stepped back, the rekey's marker event gets the newest commit time, not an earlier one:
+    commit times never decrease with seq (``img.at(time=...)`` relies on it)."""
+    import memimg.stores._protected as protected
+
+    target, store_options = _target(kind, tmp_path)
+    _make(target, store_options, OLD)
+    monkeypatch.setattr(protected.time, "time_ns", lambda: 1_000_000_000)  # 1970: the clock went back
+    memimg.rekey(target, old_options=OLD, new_options=NEW, **store_options)
+    monkeypatch.undo()
+    with memimg.open(target, root=Bank, **NEW, **store_options) as img:
+        events = list(img.events(img.seq - 3))
+    assert events[-1].kind == "tx.meta" and b"rekey" in events[-1].payload
+    times = [event.ts for event in events]
+    assert times == sorted(times) and times[0].year > 2000

@@ -25,6 +25,7 @@ from memimg.core._kinds import KINDS
 
 __all__ = [
     "BAD_COLUMN",
+    "KIND_CODES",
     "Event",
     "EventRow",
     "SnapshotInfo",
@@ -70,12 +71,12 @@ class SnapshotInfo(NamedTuple):
 _crc32 = zlib.crc32
 _pack = struct.Struct("<qqqq").pack
 #: kind name -> its code (a kind unknown to this memimg: the CRC-32 of its name, as a Kind's code is)
-_CODES: dict[str, int] = {name: k.code for name, k in KINDS.items()}
+KIND_CODES: Final[dict[str, int]] = {name: k.code for name, k in KINDS.items()}
 
 
 def event_checksum(seq: int, tx: int, ts: int, kind: str, target: int, payload: bytes) -> int:
     """The checksum stored with an event row: every column goes into it (the kind through its code)."""
-    code = _CODES.get(kind)
+    code = KIND_CODES.get(kind)
     if code is None:  # not cached: a damaged or crafted log must not grow the table
         code = _crc32(kind.encode())
     return _crc32(payload, _crc32(_pack(seq, tx, ts, target), code))

@@ -38,8 +38,10 @@ __all__ = ["EncodeSession"]
 class EncodeSession:
     """Encodes the commits of one table, one at a time (under the image's lock)."""
 
-    def __init__(self, table: ObjectTable) -> None:
+    def __init__(self, table: ObjectTable, *, checksums: bool = True) -> None:
         self.table = table
+        #: whether rows get their checksum here; not for a store that seals them (it checksums what it stores)
+        self.checksums = checksums
         self.codec = table.codec
         self.shell = table.shell
         self.declarations = table.declarations
@@ -106,6 +108,7 @@ class EncodeSession:
         dumps = orjson.dumps
         current = self.declarations.current
         queue = self._queue
+        checksums = self.checksums
         for k, target, args in pending:
             if target is None:
                 toid = 0
@@ -129,7 +132,8 @@ class EncodeSession:
             else:
                 data = dumps([encoded_args])
             name = k.name
-            rows.append((seq, first_seq, ts, name, toid, data, event_checksum(seq, first_seq, ts, name, toid, data)))
+            checksum = event_checksum(seq, first_seq, ts, name, toid, data) if checksums else 0
+            rows.append((seq, first_seq, ts, name, toid, data, checksum))
             seq += 1
         self._records = []
         self._new_types = {}

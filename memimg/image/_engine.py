@@ -66,7 +66,7 @@ from memimg.image._tx import Savepoint, TxState
 from memimg.image._views import ListView
 from memimg.image._writer import AutoWriter
 from memimg.model import SHELL, _tracking
-from memimg.stores._protected import refuse_if_rekeyed
+from memimg.stores._protected import ProtectedStore, refuse_if_rekeyed
 from memimg.stores._protocol import SeqTaken, Store
 
 __all__ = ["Engine"]
@@ -148,7 +148,8 @@ class Engine:
             self.table, removed_types=removed_types, stand_ins=make_stand_in if generic_types else None
         )
         self.attacher = Attacher(self.table)
-        self.session = EncodeSession(self.table)
+        # a protected store seals the rows and checksums what it stores: the plain rows need no checksum
+        self.session = EncodeSession(self.table, checksums=not isinstance(store, ProtectedStore))
         self.conflicts = ConflictIndex(self.table)
         #: transactions being applied right now (readers outside them see all of one or none)
         self.publishing: list[Any] = []
