@@ -593,6 +593,35 @@ def test_nested_transaction_is_a_savepoint(make_image: Images) -> None:
     assert memimg.replay(img.events()).content == [1, 3]
 
 
+def test_a_transaction_reads_its_latest_write_of_a_field_however_each_was_made(make_image: Images) -> None:
+    """Plain scalar sets (the fast path), sets that attach a value, deletes and counter-free reads interleave on
+    one field: the transaction reads its latest write at every step, commits them in order, and replay agrees."""
+    img = make_image(root=Box)
+    box = img.root
+    start = img.seq
+    with img.transaction():
+        box.content = 1
+        assert box.content == 1
+        box.content = 2
+        box.other = 5
+        box.content = [3]  # attaches a list: the full path, after two fast sets not yet in the overlay
+        assert (box.content, box.other) == ([3], 5)
+        box.content = "four"
+        del box.content
+        with pytest.raises(AttributeError):
+            box.content
+        box.content = 6.0
+        assert (box.content, box.other) == (6.0, 5)
+    assert (box.content, box.other) == (6.0, 5)
+    kinds = [(e.kind, e.data[0]) for e in img.events(since=start)]
+    assert kinds == [("obj.set", "content")] * 2 + [("obj.set", "other")] + [("obj.set", "content")] * 2 + [
+        ("obj.del", "content"),
+        ("obj.set", "content"),
+    ]
+    replayed = memimg.replay(img.events())
+    assert (replayed.content, replayed.other) == (6.0, 5)
+
+
 def test_rolled_back_savepoint_keeps_the_outer_events_in_order(make_image: Images) -> None:
     """Field sets, deletes and collection events of the outer transaction survive an inner rollback, in order."""
     img = make_image(root=Box)

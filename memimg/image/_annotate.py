@@ -49,6 +49,9 @@ class Annotated(Protocol):
     @property
     def writer(self) -> Annotating: ...
 
+    def current_tx(self) -> Any:
+        """The open transaction of this thread or task, or None."""
+
 
 class Rebuilt(dict[str, Any]):
     """Merged metadata rebuilt when a block exited out of order: not checked for size yet (see the module)."""
@@ -104,6 +107,9 @@ class Annotation:
             check_size(merged)
         self._state = "active"
         writer.ever_annotated = True  # before the variable is set: a commit that sees the block looks
+        tx = self._engine.current_tx()
+        if tx is not None:  # its field sets must note this block from now on: none may take the fast path
+            tx.no_fast_path()
         if merged:
             # set, not a token reset on exit: a web framework may enter and exit in two copies of one context
             var.set((*layers, (self, merged)))

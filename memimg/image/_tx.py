@@ -81,6 +81,7 @@ class TxState:
         "busy",
         "done",
         "events",
+        "fast",
         "fields",
         "host",
         "index",
@@ -88,8 +89,10 @@ class TxState:
         "meta",
         "nested",
         "noted",
+        "plain",
         "reads",
         "start_seq",
+        "synced",
         "tags",
         "undo",
         "undo_tags",
@@ -108,7 +111,10 @@ class TxState:
         self.attacher = host.attacher
         self.start_seq = start_seq
         self.events: list[Any] = []  # flat: kind, target, args, kind, ... (see pending())
+        #: the overlay: field values this transaction wrote, by object; the events from ``synced`` on are
+        #: plain sets appended by the fast path (see :attr:`fast`), not in it yet: :meth:`sync` adds them
         self.fields: dict[int, dict[str, Any]] = {}
+        self.synced = 0
         self.views: dict[int, Any] = {}
         #: the objects whose counters the overlay holds adds of (``Delta``), or None: none
         self.added: list[Any] | None = None
@@ -116,7 +122,8 @@ class TxState:
         self.assigned: dict[tuple[int, str], int] | None = None
         self.reads: set[tuple[int, Any]] = set()
         self.undo: list[Any] = []
-        #: the savepoint each event / undo entry belongs to (None: the transaction itself)
+        #: the savepoint each event / undo entry belongs to (None: the transaction itself); events are
+        #: tagged only once a savepoint was ever opened (``nested``): until then every tag is None
         self.tags: list[Savepoint | None] = []
         self.undo_tags: list[Savepoint | None] = []
         self.nested = False  # whether any savepoint was ever opened (tags are looked up only then)
@@ -124,6 +131,12 @@ class TxState:
         #: checked once: the image is open and writable (the commit checks again); false again while
         #: ``busy``, so that a change made then reaches :meth:`_check`, which refuses it
         self.writable = False
+        #: the journal a plain field set goes to straight from the entity's ``__setattr__`` (``Writer.fast``):
+        #: ``events`` while a set needs nothing else -- writable, not busy, no savepoint ever opened, no
+        #: annotation to note (``plain``) -- else None, and every set comes here, to :meth:`set_field`
+        self.fast: list[Any] | None = None
+        #: false once a savepoint opened or an annotate block was entered where this transaction is current
+        self.plain = True
         #: what this transaction is doing while it runs user code (see :func:`reentered`), or None
         self.busy: str | None = None
         #: its own metadata (``transaction(meta=...)``, savepoints' merged in as they are kept) and that of the
@@ -139,9 +152,28 @@ class TxState:
 
     # -- reads ------------------------------------------------------------------
 
+    def sync(self) -> dict[int, dict[str, Any]]:
+        """The overlay (``fields``), with the sets the fast path appended since the last look."""
+        events = self.events
+        n = len(events)
+        if self.synced != n:
+            fields = self.fields
+            for i in range(self.synced, n, 3):  # plain obj.set events only: see :attr:`fast`
+                obj = events[i + 1]
+                name, value = events[i + 2]
+                d = fields.get(id(obj))
+                if d is None:
+                    fields[id(obj)] = {name: value}
+                else:
+                    d[name] = value
+            self.synced = n
+        return self.fields
+
     def read_field(self, obj: Any, name: str, getter: Callable[[Any], Any]) -> Any:
         if self.done:  # ended, though this context still holds it (a task made inside it)
             return self.host.writer.read_field(obj, name, getter)
+        if self.synced != len(self.events):
+            self.sync()
         d = self.fields.get(id(obj))
         if d is not None:
             v = d.get(name, ABSENT)
@@ -226,7 +258,7 @@ class TxState:
         (see :mod:`memimg.core._counters`). Another transaction's adds are no conflict; an assignment is."""
         if self.done:
             return self.host.writer.read_counter(obj, name, getter)
-        d = self.fields.get(id(obj))
+        d = self.sync().get(id(obj))
         v = ABSENT if d is None else d.get(name, ABSENT)
         if v is ABSENT or type(v) is Delta:
             host = self.host
@@ -265,6 +297,7 @@ class TxState:
     def resolve_counters(self) -> None:
         """Replace the adds in the overlay by the sums they make with the committed values (the commit is about
         to be published: readers outside it read the overlay, then the objects)."""
+        self.sync()
         for obj in self.added or ():
             d = self.fields.get(id(obj))
             if d is not None:
@@ -365,6 +398,18 @@ class TxState:
             raise reentered(self.busy)
         self.host.check_writable()
         self.writable = True
+        if self.plain and self.writer.ever_annotated and self.writer.annotation.get():
+            self.plain = False
+        self._refresh_fast()
+
+    def _refresh_fast(self) -> None:
+        """Open or close the fast path of plain field sets (see :attr:`fast`) as things now stand."""
+        self.fast = self.events if self.plain and self.writable and self.busy is None and not self.done else None
+
+    def no_fast_path(self) -> None:
+        """From now on every field set comes to :meth:`set_field` (an annotation to note, a savepoint to tag)."""
+        self.plain = False
+        self.fast = None
 
     def _tag(self) -> Savepoint | None:
         return self.host.savepoint.get() if self.nested else None
@@ -380,6 +425,8 @@ class TxState:
                 self.host.writer.set_field(obj, name, value)
                 return
             self._check()
+        if self.synced != len(self.events):
+            self.sync()
         tag = self.host.savepoint.get() if self.nested else None  # self._tag(), inline: the hot path
         if type(value) in NATIVE and (type(value) is not str or value.isascii()):
             v = value
@@ -391,15 +438,18 @@ class TxState:
                     return
                 value = plain(value)
             self.writable = False
+            self.fast = None
             self.busy = "attaching a value in a transaction"
             try:
                 v = self.attacher.prepare(value, where_field(obj, name), self.undo)
             finally:
                 self.busy = None
                 self.writable = True
+                self._refresh_fast()
             self._tag_undo(tag)
         self.events += (_OBJ_SET, obj, (name, v))
-        self.tags.append(tag)
+        if self.nested:
+            self.tags.append(tag)
         writer = self.writer  # _note_annotations inline (the hot path): a call only when there is something to note
         if writer.ever_annotated:
             layers = writer.annotation.get()
@@ -409,13 +459,16 @@ class TxState:
         if d is None:
             d = self.fields[id(obj)] = {}
         d[name] = v
+        self.synced = len(self.events)
 
     def add_field(self, obj: Any, name: str, delta: Any, tag: Savepoint | None) -> None:
         """Add *delta* to counter field *name* of *obj* (an ``obj.add`` event): the overlay first, so an add that
         cannot apply to what this transaction sees raises before the event is recorded."""
         self.field_add(obj, name, delta)
         self.events += (_OBJ_ADD, obj, (name, delta))
-        self.tags.append(tag)
+        self.synced = len(self.events)
+        if self.nested:
+            self.tags.append(tag)
         self._note_annotations(tag)
 
     def check_unique(self, obj: Any, name: str, value: Any) -> None:
@@ -432,14 +485,17 @@ class TxState:
         self.read_field(obj, name, getter)  # AttributeError if it is not set
         tag = self._tag()
         self.events += (_OBJ_DEL, obj, (name,))
-        self.tags.append(tag)
+        if self.nested:
+            self.tags.append(tag)
         self._note_annotations(tag)
         self.field_del(obj, name)
+        self.synced = len(self.events)
 
     def mutate(self, coll: Any, planner: Planner, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.done:
             return self.host.writer.mutate(coll, planner, args, kwargs)
         self._check()
+        self.sync()
         undo = self.undo
         mark = len(undo)
         attacher = self.attacher
@@ -455,6 +511,7 @@ class TxState:
         if planner in REREADING:
             args = reusable_args(planner, args, kwargs)
         self.writable = False
+        self.fast = None
         self.busy = "planning a change in a transaction"
         try:
             try:
@@ -469,12 +526,15 @@ class TxState:
                 k = KINDS[name]
                 k.apply(self, coll, *eargs)  # first: an event that fails to apply is not recorded either
                 self.events += (k, coll, eargs)
-                self.tags.append(tag)
+                self.synced = len(self.events)
+                if self.nested:
+                    self.tags.append(tag)
             if events:
                 self._note_annotations(tag)
         finally:
             self.busy = None
             self.writable = True
+            self._refresh_fast()
         return coll if result is SELF else result
 
     # -- metadata -----------------------------------------------------------------
@@ -524,7 +584,11 @@ class TxState:
     # -- savepoints and ending ----------------------------------------------------
 
     def savepoint(self, parent: Savepoint | None) -> Savepoint:
-        self.nested = True
+        if not self.nested:  # the events so far are the transaction's own: tagged None from now on
+            self.sync()
+            self.tags = [None] * (len(self.events) // 3)
+            self.nested = True
+            self.no_fast_path()
         return Savepoint(parent)
 
     def release(self, sp: Savepoint) -> None:
@@ -563,6 +627,7 @@ class TxState:
         self.added = None
         for k, target, args in events:
             k.apply(self, target, *args)
+        self.synced = len(self.events)
 
     def pending(self) -> list[Pending]:
         """The transaction's events as ``(kind, target, args)`` triples, in order.
@@ -570,8 +635,10 @@ class TxState:
         They are kept flat (kind, target, args, kind, ...): one object per event
         instead of two survives until the commit, which keeps the cyclic
         garbage collector's work per mutation down in long transactions. The
-        triples are built at commit, where the collector is paused.
+        triples are built at commit, where the collector is paused. (The
+        overlay is brought up to date first: the commit publishes it.)
         """
+        self.sync()
         it = iter(self.events)
         return list(zip(it, it, it))
 
@@ -582,7 +649,9 @@ class TxState:
     def clear(self) -> None:
         self.done = True
         self.writable = False
+        self.fast = None
         self.events = []
+        self.synced = 0
         self.tags = []
         self.fields = {}
         self.views = {}
@@ -594,7 +663,7 @@ class TxState:
     # -- publishing (readers outside the transaction while it is applied) --------
 
     def published_field(self, obj: Any, name: str) -> Any:
-        d = self.fields.get(id(obj))
+        d = self.fields.get(id(obj))  # synced: the commit took its pending() first
         if d is None:
             return ABSENT
         v = d.get(name, ABSENT)

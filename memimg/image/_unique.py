@@ -281,7 +281,7 @@ def tx_index(state: TxState) -> TxIndex:
 def visible(state: TxState | None, obj: Any, name: str) -> Any:
     """Field *name* of *obj* as *state* sees it (committed if None), without recording a read; ABSENT if unset."""
     if state is not None:
-        d = state.fields.get(id(obj))
+        d = state.sync().get(id(obj))
         if d is not None:
             v = d.get(name, ABSENT)
             if v is not ABSENT:

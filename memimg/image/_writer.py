@@ -70,6 +70,8 @@ class AutoWriter:
 
     #: reads outside a transaction record nothing: the hooks read the committed objects themselves
     tracks_reads = False
+    #: no fast path: every field set comes to :meth:`set_field` (see ``Writer.fast``)
+    fast = None
 
     def __init__(self, engine: WriterHost, publishing: list[Any]) -> None:
         self.engine = engine

@@ -66,6 +66,12 @@ class Writer(Protocol):
 
     tracks_reads: bool
     publishing: Any
+    #: the fast path of the hottest write, for a transaction: its journal -- a flat list of ``(kind, object,
+    #: args)`` triples -- when a field with no setattr hook, set to a scalar (``None``, bool, int, float, ASCII
+    #: str), needs nothing but one ``obj.set`` event appended there (the writer brings the rest up to date
+    #: when it next looks); the entity's ``__setattr__`` then appends it itself, with no call. None: every
+    #: set goes to :meth:`set_field`.
+    fast: list[Any] | None
 
     def set_field(self, obj: Any, name: str, value: Any) -> None: ...
 

@@ -24,12 +24,13 @@ from __future__ import annotations
 import enum
 import types
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, dataclass_transform, overload
+from typing import Any, Final, TypeVar, dataclass_transform, overload
 
 import attrs
 from attrs import setters
 
 from memimg.core import _counters, _indexes, _types
+from memimg.core._kinds import KINDS
 from memimg.model import _tracking
 from memimg.model._base import PersistentBase
 
@@ -38,6 +39,9 @@ __all__ = ["field", "persistent"]
 T = TypeVar("T", bound=type)
 
 _OBJ_SETATTR = object.__setattr__
+_OBJ_SET = KINDS["obj.set"]
+#: values a field set stores as they are, with no preparing (str too, when ASCII: see ``Writer.fast``)
+_SCALARS: Final = _types.NATIVE_TYPES - {str}
 _OBJ_DELATTR = object.__delattr__
 _FORBIDDEN_OPTIONS = {"slots", "frozen", "eq", "order", "unsafe_hash", "hash", "these"}
 
@@ -162,8 +166,17 @@ class _EntityBuilder:
                 hook = _counter_hook(hook)
                 counters.add(a.name)
             hooks[a.name] = (a, hook)
+        plain = frozenset(name for name, (_, hook) in hooks.items() if hook is None)
 
         def __setattr__(self: Any, name: str, value: Any) -> None:
+            owner = self._mi_img
+            if owner is not None and name in plain:
+                # the hot path inside a transaction (see Writer.fast): a field with no hook set to a scalar is
+                # one append to the transaction's journal, no further call
+                journal = owner._mi_current.get().fast
+                if journal is not None and (type(value) in _SCALARS or (type(value) is str and value.isascii())):
+                    journal += (_OBJ_SET, self, (name, value))
+                    return
             entry = hooks.get(name)
             if entry is None:
                 _OBJ_SETATTR(self, name, value)
