@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from itertools import groupby, repeat
+from itertools import accumulate, groupby, repeat
 from typing import Any
 
 from memimg.core import _types
@@ -61,7 +61,7 @@ def make_runs(reader: Reader, names: list[str], oids: list[int], kinds: list[int
     runs: list[Run] = []
     start = 0
     for k, group in groupby(kinds):
-        stop = start + sum(1 for _ in group)
+        stop = start + len(list(group))
         name = names[k]
         run_oids = oids[start:stop]
         objs = None if reader.reuse is not None else _make(reader, name, run_oids)
@@ -126,7 +126,10 @@ def fill_run(reader: Reader, run: Run, states: list[Any], decode: Callable[[list
         if t is shell.list:
             if set(map(type, states)) != {list}:
                 return False
-            _consume(map(list.extend, objs, [decode(s) for s in states]))
+            # every item of the run decoded in one pass, then cut back into the lists
+            flat = decode([x for s in states for x in s])
+            ends = list(accumulate(map(len, states)))
+            _consume(map(list.extend, objs, map(flat.__getitem__, map(slice, [0, *ends[:-1]], ends))))
             return True
         if t is shell.dict:
             kinds = set(map(type, states))
