@@ -318,6 +318,24 @@ def test_a_state_that_does_not_fit_its_object_is_named(make_image: Images, what:
     assert info.value.seq == seq and info.value.table == "memimg_snapshots"
 
 
+@pytest.mark.parametrize("ref", [-1, 0, 2, 11], ids=["negative", "zero", "a hole", "past the end"])
+def test_a_reference_to_an_object_the_snapshot_does_not_hold_is_named_by_seq(make_image: Images, ref: int) -> None:
+    """A stored reference to an id the snapshot holds no object at -- below 1, a collected object's, past its
+    last -- is a CorruptLogError naming it and the seq: never read as another object (one counted from the end)."""
+    _small(make_image)
+
+    def edit(payload: bytes) -> bytes:
+        assert b'["a",1,null,' in payload  # node "a": its next field, in a run of nodes loaded at once
+        return payload.replace(b'["a",1,null,', b'["a",1,["r",%d],' % ref, 1)
+
+    seq = edit_snapshot(make_image.store(), edit)
+    with pytest.raises(
+        memimg.CorruptLogError, match=rf"snapshot at seq {seq} .*names object {ref}, which does not"
+    ) as info:
+        make_image(root=Holder)
+    assert info.value.seq == seq
+
+
 def test_two_classes_of_one_name_in_one_snapshot_keep_their_fields(make_image: Images) -> None:
     """A class redefined under the same stored name (fields reordered) while objects of the first are
     still in the graph: the header declares one field order, so the other class's states go by name."""

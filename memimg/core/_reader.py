@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError, UnknownTypeError
-from memimg.core import _schema, _types
+from memimg.core import _bulkload, _schema, _types
 from memimg.core._args import arg_decoder
 from memimg.core._codec import ENTITY, FROZENSET, PLAIN, TRACKED, TUPLE, UNSUPPORTED, VALUE, Codec, kind_mismatch
 from memimg.core._firststates import FirstStates
@@ -206,13 +206,22 @@ class Reader:
         """Load a format-2 snapshot's chunks.
 
         Every object is created from the directories first (references may
-        point forward), then the states are parsed and filled chunk by chunk.
+        point forward), then the states are parsed and filled chunk by chunk,
+        a run of objects of one type at a time (:mod:`memimg.core._bulkload`).
         """
-        made = [self.create(list(zip(oids, [names[k] for k in kinds]))) for oids, kinds, _ in chunks]
+        made = [_bulkload.make_runs(self, names, oids, kinds) for oids, kinds, _ in chunks]
+        decode = _bulkload.decode_values(self)
+        collections = self.shell.by_name
         for i, (oids, _, states) in enumerate(chunks):
             state_list = load_states(states, len(oids), i, None)
             chunks[i] = (oids, [], b"")  # the bytes are not needed any more
-            self.fill_states(made[i], state_list)
+            for run in made[i]:
+                part = state_list[run.start : run.stop]
+                if run.objs is None:
+                    self.fill_states(run.made or [], part)
+                elif not _bulkload.fill_run(self, run, part, decode):
+                    plan = None if run.name in collections else self.plan(run.name)
+                    self.fill_states([(obj, plan) for obj in run.objs], part)
             made[i] = []
 
     def create(self, entries: list[tuple[int, str]]) -> list[tuple[Any, _schema.Plan | None]]:
@@ -346,7 +355,7 @@ class Reader:
 
     def _decode_fast(self, x: Any) -> Any:
         """:attr:`decode` with references resolved inline (the common case in records)."""
-        if type(x) is list and x and x[0] == "r":
+        if type(x) is list and len(x) == 2 and x[0] == "r" and type(x[1]) is int and x[1] > 0:
             try:
                 obj = self.table.objects[x[1]]
             except IndexError:

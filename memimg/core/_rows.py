@@ -26,6 +26,7 @@ from memimg.core._kinds import KINDS
 __all__ = [
     "BAD_COLUMN",
     "KIND_CODES",
+    "PACK_COLUMNS",
     "Event",
     "EventRow",
     "SnapshotInfo",
@@ -80,6 +81,11 @@ def event_checksum(seq: int, tx: int, ts: int, kind: str, target: int, payload: 
     if code is None:  # not cached: a damaged or crafted log must not grow the table
         code = _crc32(kind.encode())
     return _crc32(payload, _crc32(_pack(seq, tx, ts, target), code))
+
+
+#: What :func:`event_checksum` packs the integer columns with, for a loop that computes it inline (the fold,
+#: :mod:`memimg.core._fold`): ``crc32(payload, crc32(PACK_COLUMNS(seq, tx, ts, target), kind.code))``.
+PACK_COLUMNS: Final = _pack
 
 
 #: What computing a checksum raises for a row with a column of the wrong type (a damaged row).

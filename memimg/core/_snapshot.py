@@ -165,14 +165,19 @@ def _chunks(
             or type(directory[0]) is not list
             or type(directory[1]) is not list
             or len(directory[0]) != len(directory[1])
-            or not all(type(oid) is int and 0 < oid < next_oid for oid in directory[0])
-            or not all(type(k) is int and 0 <= k < n_names for k in directory[1])
+            or not _ints_in(directory[0], 1, next_oid)
+            or not _ints_in(directory[1], 0, n_names)
         ):
             raise corrupt(f"has a malformed directory line in chunk {i // 2}")
         if not root_held:
             root_held = root in directory[0]  # the root is written first: this stops at once
         records.append((directory[0], directory[1], lines[i + 1]))
     return records, root_held
+
+
+def _ints_in(values: list[Any], low: int, stop: int) -> bool:
+    """Whether *values* are all ints (not bools) in ``range(low, stop)``: checked by the builtins, not a loop."""
+    return not values or (set(map(type, values)) == {int} and min(values) >= low and max(values) < stop)
 
 
 def _lines(lines: list[bytes], corrupt: Callable[[str], CorruptLogError]) -> list[Any]:

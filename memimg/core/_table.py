@@ -103,11 +103,11 @@ class ObjectTable:
             CorruptLogError: there is none (a stored reference to a missing object).
         """
         try:
-            obj = self.objects[oid]
-        except IndexError:
+            obj = self.objects[oid] if oid > 0 else None  # not counted from the end
+        except (IndexError, TypeError):
             obj = None
         if obj is None:
-            raise CorruptLogError(f"a stored reference names object {oid}, which does not exist", seq=None, table="")
+            raise CorruptLogError(f"a stored reference names object {oid!r}, which does not exist", seq=None, table="")
         return obj
 
     def add_unlogged(self, obj: Any, name: str, value: Any, attached: list[Any]) -> None:
@@ -175,6 +175,15 @@ class ObjectTable:
                     raise CorruptLogError(f"object id {oid} is created twice", seq=None, table="")
         finally:
             self.holes = holes
+
+    def place_run(self, oids: list[int], objs: list[Any]) -> None:
+        """:meth:`place` the objects *objs* at ids *oids*: at once when the ids follow the table's end."""
+        objects = self.objects
+        n = len(objects)
+        if oids and oids[0] == n and oids == list(range(n, n + len(oids))):
+            objects.extend(objs)
+        else:
+            self.place(list(zip(oids, objs)))
 
     def detach_all(self) -> list[Any]:
         """Empty the table, for a reload in place (see :attr:`Reader.reuse`); the objects it held, by id.

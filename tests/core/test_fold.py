@@ -15,7 +15,7 @@ import memimg
 from memimg.core._codec import Codec
 from memimg.core._fold import fold
 from memimg.core._reader import Reader
-from memimg.core._rows import EventRow
+from memimg.core._rows import EventRow, event_checksum
 from memimg.core._table import ObjectTable
 from memimg.model import SHELL
 from tests.models import Box, Node
@@ -133,3 +133,19 @@ def test_a_gap_in_events_not_read_from_a_store_names_no_table() -> None:
     with pytest.raises(memimg.CorruptLogError, match="event seq 3 is missing") as info:
         fold(rows, _reader(), expected=1, where="the events", table="", checked=True)
     assert info.value.table == ""
+
+
+@pytest.mark.parametrize("ref", [-1, 0, 99])
+def test_a_field_set_to_a_reference_to_no_object_is_named_by_seq(ref: int) -> None:
+    """A field set (the fold's fast path) to a reference naming no object -- below 1, or past the last -- is a
+    CorruptLogError naming the row's seq, even with a checksum that holds: never read as another object."""
+    rows = _rows()
+    i = next(i for i, r in enumerate(rows) if r.payload == b'[["value",2]]')
+    row = rows[i]
+    payload = b'[["value",["r",%d]]]' % ref
+    rows[i] = row._replace(
+        payload=payload, checksum=event_checksum(row.seq, row.tx, row.ts, row.kind, row.target, payload)
+    )
+    with pytest.raises(memimg.CorruptLogError, match=rf"event seq {row.seq} .*names object {ref}, which") as info:
+        fold(rows, _reader(), expected=1)
+    assert info.value.seq == row.seq
