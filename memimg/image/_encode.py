@@ -107,7 +107,7 @@ class EncodeSession:
         self._assigned_from = len(self.table.objects)
         self._born_from = len(self.table.born)
         self._declared_before = {}
-        rows = []
+        rows: list[Any] = []
         append = rows.append
         seq = first_seq
         dumps = orjson.dumps
