@@ -106,7 +106,8 @@ class EncodeSession:
         """
         self._assigned_from = len(self.table.objects)
         self._born_from = len(self.table.born)
-        self._declared_before = {}
+        if self._declared_before:
+            self._declared_before = {}
         rows: list[Any] = []
         append = rows.append
         seq = first_seq
@@ -149,8 +150,6 @@ class EncodeSession:
             name = k.name
             append((seq, first_seq, ts, name, toid, data, event_checksum(seq, first_seq, ts, name, toid, data)))
             seq += 1
-        self._records = []
-        self._new_types = {}
         return rows
 
     def _encode_args(self, k: Kind, args: tuple[Any, ...]) -> list[Any]:
@@ -186,6 +185,9 @@ class EncodeSession:
                 declarations.by_name[name] = before
         self._declared_before = {}
         self._queue.clear()
+        # what an event whose encoding failed had gathered (else the next commit's first event would carry it)
+        self._records = []
+        self._new_types = {}
 
 
 _oid_of = operator.attrgetter("_mi_oid")

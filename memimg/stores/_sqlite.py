@@ -145,6 +145,8 @@ class SQLiteStore:
                 f"cannot open {self.path!r} as an SQLite database: {err}", store=self.path, operation="opening"
             ) from err
         self._conn = conn
+        #: the cursor appends run on (a connection's execute makes a cursor per call)
+        self._appender = conn.cursor()
         try:
             self._setup(sync)
             # from here on the store waits for locks itself (retry_busy), and checkpoints off the commit path
@@ -343,21 +345,26 @@ class SQLiteStore:
         if self.readonly or self._gone is not None:
             self._check_writable(f"appending events {rows[0][0]}..{rows[-1][0]}")
         first = (*rows[0], expected_head)
-        conn, timeout = self._conn, self._busy_timeout
+        conn, cur, timeout = self._conn, self._appender, self._busy_timeout
         with self._lock:
             try:
                 if self._others.watching and self._others.committed(conn, timeout):
                     raise SeqTaken(expected_head)
                 # APPEND_AT_HEAD fails (an IntegrityError, below) unless the head is expected_head
                 if len(rows) == 1:
-                    retry_busy(timeout, conn.execute, APPEND_AT_HEAD, first)
+                    try:  # retry_busy's first try, inline: this is every single mutation's cost
+                        cur.execute(APPEND_AT_HEAD, first)
+                    except sqlite3.OperationalError as err:
+                        if not is_busy(err):
+                            raise
+                        retry_busy(timeout, cur.execute, APPEND_AT_HEAD, first)
                     pages = pages_written(len(first[5]), 1)
                 else:
-                    retry_busy(timeout, conn.execute, "BEGIN IMMEDIATE")
+                    retry_busy(timeout, cur.execute, "BEGIN IMMEDIATE")
                     try:
-                        conn.execute(APPEND_AT_HEAD, first)
-                        conn.executemany(APPEND, itertools.islice(rows, 1, None))
-                        conn.execute("COMMIT")
+                        cur.execute(APPEND_AT_HEAD, first)
+                        cur.executemany(APPEND, itertools.islice(rows, 1, None))
+                        cur.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
