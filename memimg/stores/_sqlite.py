@@ -66,6 +66,7 @@ from memimg.stores._sqlitesql import (
     AFTER_SNAPSHOTS,
     APPEND,
     APPEND_AT_HEAD,
+    APPEND_CHUNKS,
     APPEND_FIRST,
     COLUMNS,
     FIRST,
@@ -102,6 +103,20 @@ _LOST = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAI
 # the very same object back (``bytes.__bytes__``), so what is stored does not change for this module or
 # any other (an application's own adapter for bytes, registered before or after, is left to win).
 sqlite3.adapters.setdefault((bytes, sqlite3.PrepareProtocol), bytes.__bytes__)
+
+
+def _insert_rest(cur: sqlite3.Cursor, rows: Sequence[EventRow]) -> None:
+    """Insert *rows* after the first: by the multi-row statements of APPEND_CHUNKS, the rest one by one."""
+    at, end = 1, len(rows)
+    for size, sql in APPEND_CHUNKS:
+        while end - at >= size:
+            cur.execute(sql, list(_flat(rows[at : at + size])))
+            at += size
+    if at < end:
+        cur.executemany(APPEND, itertools.islice(rows, at, None))
+
+
+_flat = itertools.chain.from_iterable
 
 
 class SQLiteStore:
@@ -348,6 +363,8 @@ class SQLiteStore:
         conn, cur, timeout = self._conn, self._appender, self._busy_timeout
         with self._lock:
             try:
+                if cur.connection is not conn:  # (the connection was replaced: tests break it so)
+                    cur = self._appender = conn.cursor()
                 if self._others.watching and self._others.committed(conn, timeout):
                     raise SeqTaken(expected_head)
                 # APPEND_AT_HEAD fails (an IntegrityError, below) unless the head is expected_head
@@ -363,7 +380,7 @@ class SQLiteStore:
                     retry_busy(timeout, cur.execute, "BEGIN IMMEDIATE")
                     try:
                         cur.execute(APPEND_AT_HEAD, first)
-                        cur.executemany(APPEND, itertools.islice(rows, 1, None))
+                        _insert_rest(cur, rows)
                         cur.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:
