@@ -17,9 +17,12 @@ alternating systems, medians).
     case (imports, bulk updates): per-mutation CPU cost dominates, the single
     fsync is amortised. Two cases: 1,000 balances set on consecutive accounts,
     and 1,000 read-modify-write deposits (``balance += amount``) on random
-    accounts of the 1,000, repeats allowed. Raw sqlite3 is ``executemany`` of
-    the same rows in one transaction (for deposits, from balances it keeps in
-    a list: one row per deposit, as memimg writes one event per assignment).
+    accounts of the 1,000, repeats allowed. Raw sqlite3 is ``executemany`` in
+    one transaction: of the same rows memimg writes for the sets; for the
+    deposits, from balances it keeps in a list, of one row per deposit, as the
+    harness of issue 23 writes them (memimg writes one event per account
+    changed: a transaction's repeated assignments of one field are written
+    once, as their outcome).
     After the deposits every system is reopened and the sum of the balances
     checked.
 

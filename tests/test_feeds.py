@@ -196,6 +196,7 @@ def test_old_values_are_those_before_each_event_of_a_transaction(make_image: Ima
         n.meta["a"] = 3
         n.next.clear()
         n.value = 1
+        del n.value  # (two assignments in a row would be one change: see test_tx's outcome tests)
         n.value = 2
     assert got.said() == [
         ("dict.set", None, "a", 1, 2),
@@ -204,7 +205,8 @@ def test_old_values_are_those_before_each_event_of_a_transaction(make_image: Ima
         ("dict.set", None, "a", 2, 3),
         ("set.clear", None, None, (1,), ()),
         ("obj.set", "value", None, None, 1),
-        ("obj.set", "value", None, 1, 2),
+        ("obj.del", "value", None, 1, memimg.MISSING),
+        ("obj.set", "value", None, memimg.MISSING, 2),
     ]
     assert [c.index for c in got.changes if c.kind == "list.append"] == [0, 1]
 

@@ -82,7 +82,8 @@ class _Accounts:
         conn.execute("COMMIT")
 
     def deposit_many(self, pairs: Sequence[tuple[int, int]]) -> None:
-        # one row per deposit, as memimg's log writes one event per assignment
+        # one row per deposit, as the issue-23 harness writes them (memimg writes one per account changed:
+        # a transaction's repeated assignments of a field are one event, its outcome)
         balances, tx, rows = self.balances, self.seq + 1, []
         for i, (key, amount) in enumerate(pairs):
             balance = balances[key] = balances[key] + amount

@@ -32,6 +32,7 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotRow",
     "event_checksum",
+    "pack_columns",
     "row_intact",
     "snapshot_checksum",
     "ts_to_datetime",
@@ -71,6 +72,10 @@ class SnapshotInfo(NamedTuple):
 
 _crc32 = zlib.crc32
 _pack = struct.Struct("<qqqq").pack
+#: the packing of an event's integer columns into its checksum, for the commit's hot loop
+#: (:meth:`memimg.image._encode.EncodeSession.encode_events` computes ``obj.set`` rows' checksums inline:
+#: ``crc32(payload, crc32(pack_columns(seq, tx, ts, target), kind.code))``, as :func:`event_checksum`)
+pack_columns: Final = _pack
 #: kind name -> its code (a kind unknown to this memimg: the CRC-32 of its name, as a Kind's code is)
 KIND_CODES: Final[dict[str, int]] = {name: k.code for name, k in KINDS.items()}
 

@@ -16,6 +16,7 @@ again at the new head.
 from __future__ import annotations
 
 import operator
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -25,14 +26,19 @@ from memimg._errors import MemimgError
 from memimg.core import _types
 from memimg.core._args import arg_encoder
 from memimg.core._encoders import REF_COMMIT
-from memimg.core._kinds import ADD, FIELD, Kind
+from memimg.core._kinds import ADD, FIELD, KINDS, Kind
 from memimg.core._reader import Pending
 from memimg.core._records import declaration, encode_records
-from memimg.core._rows import event_checksum
+from memimg.core._rows import event_checksum, pack_columns
 from memimg.core._table import ObjectTable
 from memimg.core._typetext import field_types
 
 __all__ = ["EncodeSession"]
+
+_OBJ_SET = KINDS["obj.set"]
+_SET_CODE = _OBJ_SET.code
+_crc32 = zlib.crc32
+_pack = pack_columns
 
 
 class EncodeSession:
@@ -102,13 +108,17 @@ class EncodeSession:
         """
         self._assigned_from = len(self.table.objects)
         self._born_from = len(self.table.born)
-        self._declared_before = {}
-        rows = []
+        if self._declared_before:
+            self._declared_before = {}
+        rows: list[Any] = []
+        append = rows.append
         seq = first_seq
         dumps = orjson.dumps
         current = self.declarations.current
         queue = self._queue
         checksums = self.checksums
+        encode = self.encode
+        obj_set = _OBJ_SET
         for k, target, args in pending:
             if target is None:
                 toid = 0
@@ -118,7 +128,16 @@ class EncodeSession:
                     toid = self.ref(target)
                 if (k.conflict is FIELD or k.conflict is ADD) and type(target) not in current:
                     self.declare(_types.info_of(type(target)))  # type: ignore[arg-type]
-            encoded_args = self._encode_args(k, args)
+            if k is obj_set:  # the commonest kind: its row made here, with no per-event dispatch
+                encoded_args = [args[0], encode(args[1])]
+                if not queue and not self._new_types:  # no new object nor class met: a row of its own
+                    data = dumps([encoded_args])
+                    crc = _crc32(data, _crc32(_pack(seq, first_seq, ts, toid), _SET_CODE)) if checksums else 0
+                    append((seq, first_seq, ts, "obj.set", toid, data, crc))
+                    seq += 1
+                    continue
+            else:
+                encoded_args = self._encode_args(k, args)
             if queue or self._new_types:
                 self._drain()
                 if self._records:
@@ -133,10 +152,8 @@ class EncodeSession:
                 data = dumps([encoded_args])
             name = k.name
             checksum = event_checksum(seq, first_seq, ts, name, toid, data) if checksums else 0
-            rows.append((seq, first_seq, ts, name, toid, data, checksum))
+            append((seq, first_seq, ts, name, toid, data, checksum))
             seq += 1
-        self._records = []
-        self._new_types = {}
         return rows
 
     def _encode_args(self, k: Kind, args: tuple[Any, ...]) -> list[Any]:
@@ -172,6 +189,9 @@ class EncodeSession:
                 declarations.by_name[name] = before
         self._declared_before = {}
         self._queue.clear()
+        # what an event whose encoding failed had gathered (else the next commit's first event would carry it)
+        self._records = []
+        self._new_types = {}
 
 
 _oid_of = operator.attrgetter("_mi_oid")

@@ -249,7 +249,7 @@ class Engine:
                     if self.reader.fills:
                         _recovery.attach_fills(self)
                     meta = state.commit_meta()  # refused (too large) before anything is written
-                    events = state.pending()
+                    events = state.outcome()  # repeated assignments of a field: only the last
                     if meta is not None:
                         events.insert(0, meta_event(meta))
                     self.validate(state, events)

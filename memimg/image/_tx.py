@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from memimg._errors import MemimgError
 from memimg.core import _types
-from memimg.core._counters import COUNTED, GENERATIONS, Delta, add, delta_for, mark, plain
+from memimg.core._counters import COUNTED, GENERATIONS, Delta, add, counter_fields, delta_for, mark, plain
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED, SELF, WHOLE
 from memimg.core._meta import check_size
@@ -641,6 +641,42 @@ class TxState:
         self.sync()
         it = iter(self.events)
         return list(zip(it, it, it))
+
+    def outcome(self) -> list[Pending]:
+        """The events its commit writes: :meth:`pending`, less each ``obj.set`` of a scalar that a later
+        ``obj.set`` of the same field replaces with nothing of that field in between.
+
+        The log records outcomes, and nothing uncommitted was ever visible:
+        a field assigned several times in one transaction is written once,
+        with its last value, where that last assignment was made -- the
+        history and the change feed show the commit's outcome, as for any
+        commit. Only scalar values are dropped (an object or collection
+        assigned and replaced keeps its event: it would otherwise stay
+        attached with no id), and never a counter's (``merge="add"``: its
+        assignments and adds keep their order and meaning). Cheap when
+        there is nothing to drop: the overlay holds one entry per field
+        written, so fewer entries than events is the only case looked at.
+        """
+        events = self.events
+        n = len(events) // 3
+        if n < 2 or sum(map(len, self.fields.values())) >= n:
+            return self.pending()
+        native = NATIVE
+        later: set[tuple[int, str]] = set()  # fields assigned again later, nothing else of them in between
+        out: list[Pending] = []
+        for i in range(len(events) - 3, -1, -3):
+            k, target, args = events[i], events[i + 1], events[i + 2]
+            if k is _OBJ_SET:
+                key = (id(target), args[0])
+                if key not in later:
+                    later.add(key)
+                elif type(args[1]) in native and args[0] not in counter_fields(type(target)):
+                    continue  # replaced by a later assignment: never visible, not written
+            elif k is _OBJ_DEL or k is _OBJ_ADD:
+                later.discard((id(target), args[0]))
+            out.append((k, target, args))
+        out.reverse()
+        return out
 
     def discard(self) -> None:
         self.attacher.undo(self.undo)

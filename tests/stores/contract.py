@@ -443,6 +443,22 @@ class StoreContract:
             if ro is not store:
                 ro.close()
 
+    def test_transactions_of_any_size_are_stored_whole_and_in_order(self, store: Store) -> None:
+        """Transactions of 1 to 200 rows (around the sizes a store may group its inserts in) are appended
+        whole, in order, each row as given; one appended at a stale head writes none of its rows."""
+        seq = 0
+        expected: list[tuple[object, ...]] = []
+        for n in (1, 2, 7, 8, 9, 63, 64, 65, 73, 200):
+            rows = [row(seq + 1 + i, tx=seq + 1, payload=b"[%d]" % i) for i in range(n)]
+            store.append(rows, seq)
+            expected += [tuple(r) for r in rows]
+            seq += n
+        assert [tuple(r) for r in store.read()] == expected
+        with pytest.raises(SeqTaken):
+            store.append([row(seq + i, tx=seq) for i in range(79)], seq - 1)  # a writer one event behind
+        assert store.head() == seq
+        assert [tuple(r) for r in store.read(after=seq - 1)] == expected[-1:]
+
     def test_database_failures_are_store_errors(self, store: Store) -> None:
         """While its database fails, every store method raises a StoreError whose __cause__ is the
         driver's error, nothing is written, and the store works again once the database is back."""

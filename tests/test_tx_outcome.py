@@ -1,0 +1,120 @@
+"""A transaction's commit writes its outcome: a field assigned several times in it is written once.
+
+Nothing uncommitted is ever visible, so the log need not record the values a
+field held only inside a transaction: each scalar assignment that a later
+assignment of the same field replaces (with nothing else of that field in
+between) is left out of the commit, and the last one is written where it was
+made. History, the change feed and replay see that one change. Counters,
+deletions, adds and objects assigned keep every event.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import memimg
+from tests.conftest import Images
+from tests.models import Box, Node, Tally
+
+
+def _written(img: memimg.MemoryImage, since: int) -> list[tuple[str, object]]:
+    return [(e.kind, e.data[:2] if e.kind.startswith("obj.") else e.data) for e in img.events(since)]
+
+
+def test_a_field_assigned_several_times_is_written_once_with_its_last_value(make_image: Images) -> None:
+    """``n.value = 1; ...; n.value = 3`` in one transaction is one ``obj.set`` of 3, where the last assignment
+    was made; history and the feed show that one change, and the image reopens to the same state."""
+    img = make_image(root=Box)
+    img.root.content = n = Node(value=0)
+    seq = img.seq
+    changes: list[memimg.Change] = []
+    img.subscribe(lambda commit: changes.extend(commit.changes), to=(n, "value"))
+    with img.transaction():
+        n.value = 1
+        n.children.append("x")
+        n.value = 2
+        n.meta["k"] = "v"
+        n.value = 3
+    assert _written(img, seq) == [
+        ("list.append", [["x"]]),
+        ("dict.set", ["k", "v"]),
+        ("obj.set", ["value", 3]),
+    ]
+    assert [(c.old, c.new) for c in img.history(n, "value", since=seq + 1)] == [(0, 3)]
+    assert [(c.old, c.new) for c in changes] == [(0, 3)]
+    img.close()
+    again = make_image(root=Box)
+    assert (again.root.content.value, again.root.content.children, again.root.content.meta) == (3, ["x"], {"k": "v"})
+
+
+def test_only_assignments_replaced_by_an_assignment_are_left_out(make_image: Images) -> None:
+    """A delete between two assignments keeps all three events; assignments of different fields or objects
+    are all kept."""
+    img = make_image(root=Box)
+    img.root.content = n = Node(value=0)
+    img.root.other = m = Node(value=0)
+    seq = img.seq
+    with img.transaction():
+        n.value = 1
+        del n.value
+        n.value = 2
+        n.next = 5
+        m.value = 7
+    assert _written(img, seq) == [
+        ("obj.set", ["value", 1]),
+        ("obj.del", ["value"]),
+        ("obj.set", ["value", 2]),
+        ("obj.set", ["next", 5]),
+        ("obj.set", ["value", 7]),
+    ]
+
+
+def test_an_object_assigned_and_then_replaced_is_still_written(make_image: Images) -> None:
+    """An object assigned to a field and replaced later in the transaction keeps its event (and gets its
+    id): it may be reachable from elsewhere, and what was attached is logged."""
+    img = make_image(root=Box)
+    box = img.root
+    seq = img.seq
+    with img.transaction():
+        child = Node(value="kept")
+        box.content = child
+        box.other = child
+        box.content = None
+    assert [e.kind for e in img.events(seq)] == ["obj.set", "obj.set", "obj.set"]
+    img.close()
+    again = make_image(root=Box)
+    assert again.root.content is None and again.root.other.value == "kept"
+
+
+def test_a_counters_assignments_are_all_written(make_image: Images) -> None:
+    """A counter (``merge="add"``) keeps every assignment and add, in order: an assignment of it means
+    something else than an add to concurrent writers."""
+    img = make_image(root=Box)
+    img.root.content = t = Tally()
+    seq = img.seq
+    with img.transaction():
+        t.hits = 5
+        t.hits = 6
+        t.note = "a"
+        t.note = "b"
+    assert _written(img, seq) == [
+        ("obj.set", ["hits", 5]),
+        ("obj.set", ["hits", 6]),
+        ("obj.set", ["note", "b"]),
+    ]
+    assert t.hits == 6 and t.note == "b"
+
+
+def test_a_transaction_writing_a_field_twice_still_conflicts(make_image: Images) -> None:
+    """Conflict checks see the field written, however many times the transaction assigned it."""
+    img = make_image(root=Box)
+    img.root.content = n = Node(value=0)
+    other = make_image(root=Box)
+    tx = img.begin()
+    n.value = 1
+    n.value = 2
+    other.root.content.value = 10
+    with pytest.raises(memimg.ConflictError):
+        tx.save()
+    img.refresh()
+    assert n.value == 10
