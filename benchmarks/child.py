@@ -28,32 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.harness import peak_rss
+
 __all__ = ["main"]
-
-
-def _peak_rss() -> int:
-    """Peak resident set size of this process in bytes.
-
-    Linux's ``VmHWM`` belongs to the process image started by ``exec``;
-    ``getrusage``'s ``ru_maxrss`` would also count the parent's memory at
-    ``fork`` time, so it is only the fallback.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-    except ImportError:  # pragma: no cover - Windows
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
 
 
 def load_graph(system_name: str, where: str) -> dict[str, float]:
@@ -63,7 +40,7 @@ def load_graph(system_name: str, where: str) -> dict[str, float]:
     started = time.perf_counter()
     checksum = system.load_graph(Path(where))
     took = time.perf_counter() - started
-    return {"seconds": took, "checksum": checksum, "peak_rss": _peak_rss()}
+    return {"seconds": took, "checksum": checksum, "peak_rss": peak_rss()}
 
 
 def write_graph(system_name: str, where: str, n: str) -> dict[str, object]:
@@ -71,7 +48,7 @@ def write_graph(system_name: str, where: str, n: str) -> dict[str, object]:
 
     system = load_system(system_name)
     phases = system.write_graph(Path(where), int(n))
-    return {"phases": phases, "peak_rss": _peak_rss()}
+    return {"phases": phases, "peak_rss": peak_rss()}
 
 
 def run_tool(args: list[str]) -> dict[str, object]:
@@ -104,9 +81,9 @@ def main(argv: list[str]) -> None:
     elif mode == "tools-open":
         from benchmarks.toolsapp import open_app
 
-        print(json.dumps({"accounts": open_app(*args), "peak_rss": _peak_rss()}), flush=True)
+        print(json.dumps({"accounts": open_app(*args), "peak_rss": peak_rss()}), flush=True)
     elif mode == "tool":
-        print(json.dumps({**run_tool(args), "peak_rss": _peak_rss()}), flush=True)
+        print(json.dumps({**run_tool(args), "peak_rss": peak_rss()}), flush=True)
     elif mode == "snapshot-writer":
         from benchmarks.snapshots import snapshot_writer_main
 

@@ -53,6 +53,7 @@ __all__ = [
     "Results",
     "Sizes",
     "dir_size",
+    "peak_rss",
     "run_child",
     "scratch_dir",
 ]
@@ -108,7 +109,7 @@ FULL = Sizes(
     commits_normal=20_000,
     batches=30,
     histories=(200_000, 1_000_000),
-    graphs=(100_000, 1_000_000),
+    graphs=(50_000, 100_000, 1_000_000),
     history_events=1_000_000,
     ops=1_000_000,
     memory_objects=200_000,
@@ -324,3 +325,28 @@ def scratch_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process in bytes.
+
+    Linux's ``VmHWM`` belongs to the process image started by ``exec``;
+    ``getrusage``'s ``ru_maxrss`` would also count the parent's memory at
+    ``fork`` time, so it is only the fallback.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    except ImportError:  # pragma: no cover - Windows
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)

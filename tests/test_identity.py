@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -220,3 +221,59 @@ def test_a_collection_by_another_image_keeps_what_is_reachable_here(make_image: 
     b.root["fresh"].other = "changed in b"
     with make_image(root=dict) as c:
         assert c.root["fresh"].other == "changed in b"
+
+
+def _chain(n: int) -> list[Node]:
+    """*n* new nodes, each pointing at the next and holding a plain list and a plain dict."""
+    nodes = [Node(value=f"n{i}", children=[i, f"c{i}"], meta={"i": i}) for i in range(n)]
+    for a, b in itertools.pairwise(nodes):
+        a.next = b
+    return nodes
+
+
+def test_a_failed_or_discarded_attach_of_many_objects_leaves_each_as_it_was(make_image: Images) -> None:
+    """An attach of many new objects that fails (a bad value in the last one) or whose transaction is discarded
+    leaves every one of them free-standing, its plain containers its own again, the image and log as they
+    were; the same graph then attaches and reopens whole."""
+    img = make_image(root=Box)
+    nodes = _chain(500)
+    lists = [node.children for node in nodes]
+    nodes[-1].meta["bad"] = lambda: 0
+    seq = img.seq
+    with pytest.raises(memimg.UnsupportedValueError, match=r"Box\.content(\.next)+\.meta\['bad'\]"):
+        img.root.content = nodes[0]
+    assert img.seq == seq and img.root.content is None
+    assert all(node._mi_img is None and node._mi_oid is None for node in nodes)
+    assert all(node.children is plain and type(plain) is list for node, plain in zip(nodes, lists))
+    assert all(type(node.meta) is dict for node in nodes)
+    del nodes[-1].meta["bad"]
+    with img.transaction() as tx:
+        img.root.content = nodes[0]
+        assert nodes[-1]._mi_img is not None
+        tx.discard()
+    assert img.seq == seq and img.root.content is None
+    assert all(node._mi_img is None and node.children is plain for node, plain in zip(nodes, lists))
+    img.root.content = nodes[0]
+    img.close()
+    node, count = reopened(make_image, root=Box).content, 0
+    while node is not None:
+        assert node.value == f"n{count}" and node.children == [count, f"c{count}"] and node.meta == {"i": count}
+        node, count = node.next, count + 1
+    assert count == 500
+
+
+def test_an_entity_with_an_unset_field_has_its_other_fields_attached(make_image: Images) -> None:
+    """A new entity one of whose fields is unset (deleted) is attached field by field: what its set fields
+    hold is stored (plain containers become tracked ones), the unset field stays unset, after reopening too."""
+    img = make_image(root=Box)
+    node = Node(value=Entry("kept"), children=[Entry("a"), [1, 2]])
+    del node.meta
+    img.root.content = node
+    assert type(node.children) is not list and node.children[0]._mi_img is not None
+    with pytest.raises(AttributeError):
+        node.meta
+    img.close()
+    again = reopened(make_image, root=Box).content
+    assert again.value.label == "kept" and again.children[0].label == "a" and again.children[1] == [1, 2]
+    with pytest.raises(AttributeError):
+        again.meta

@@ -37,7 +37,7 @@ from memimg.core._rows import SnapshotRow, verify_snapshot
 from memimg.core._snapshot import load_snapshot, split_snapshot
 from memimg.core._table import ObjectTable
 from memimg.image import _generic
-from memimg.image._attach import Attacher, where_field
+from memimg.image._attach import Attacher, attached_by, where_field
 from memimg.image._past import PastStore
 from memimg.stores._protocol import Store
 
@@ -427,7 +427,7 @@ def attach_fills(engine: Host) -> None:
                         engine.table.field_set(obj, f, tracked)
                     events.append((_OBJ_SET, obj, (f, tracked)))
                     if engine.readonly:  # its entities are in the extents all the same, until replaced
-                        engine.table.add_unlogged(obj, f, tracked, [e[1] for e in journal if e[0] == 0])
+                        engine.table.add_unlogged(obj, f, tracked, list(attached_by(journal)))
                 reader.fills = [(obj, args[0], args[1]) for _, obj, args in events]
                 if engine.readonly:  # in memory only (entities keep no id): once
                     reader.fills.clear()

@@ -73,6 +73,7 @@ from memimg.core import _types
 from memimg.core._indexes import UNIQUE, indexed_fields
 from memimg.core._kinds import KINDS
 from memimg.core._markers import ABSENT, DELETED
+from memimg.image._attach import attached_by
 from memimg.image._tx import TxState
 from memimg.image._views import ListView
 
@@ -92,7 +93,6 @@ _OBJ_UPDATE: Final = KINDS["obj.update"]
 _OBJ_SET: Final = KINDS["obj.set"]
 _OBJ_ADD: Final = KINDS["obj.add"]
 _OBJ_DEL: Final = KINDS["obj.del"]
-_UNDO_ATTACH: Final = 0
 
 
 def committed_holders(engine: Any, cls: type, name: str, value: Any, upto: int | None = None) -> list[Any]:
@@ -188,10 +188,7 @@ class TxIndex:
 
     def _read_undo(self, state: TxState, undo: list[Any], start: int) -> None:
         table = state.host.table  # type: ignore[attr-defined]
-        for e in undo[start:]:
-            if e[0] != _UNDO_ATTACH:
-                continue
-            obj = e[1]
+        for obj in attached_by(undo[start:]):
             t = type(obj)
             if not self.relinks:
                 self.relinks = any(r._mi_oid is not None for r in table.value_references(_contents(table, None, obj)))
