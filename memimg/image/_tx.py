@@ -657,9 +657,10 @@ class TxState:
         there is nothing to drop: the overlay holds one entry per field
         written, so fewer entries than events is the only case looked at.
         """
+        fields = self.sync()  # the commit publishes the overlay: brought up to date with the fast path's sets
         events = self.events
         n = len(events) // 3
-        if n < 2 or sum(map(len, self.fields.values())) >= n:
+        if n < 2 or sum(map(len, fields.values())) >= n:
             return self.pending()
         native = NATIVE
         later: set[tuple[int, str]] = set()  # fields assigned again later, nothing else of them in between
