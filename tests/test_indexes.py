@@ -146,6 +146,9 @@ ops = st.lists(
 @example(program=[("add", False, 0, 0), ("untag", 0), ("begin",), ("add", True, 0, 1), ("tag", 1, 2), ("commit",)])
 @example(program=[("user", 0), ("remove", 0), ("user", 0), ("relink", 0), ("reopen", False), ("relink", 0)])
 @example(program=[("user", 1), ("remove", 0), ("other_user", 1), ("relink", 0), ("email", 1, 2), ("relink", 0)])
+@example(
+    program=[("add", False, 0, 0), ("user", 0), ("email", 0, -1), ("user", 0), ("email", 1, -1), ("add", False, 0, 1)]
+)
 def test_find_on_indexed_fields_equals_a_scan(make_image: Images, program: list[Any]) -> None:
     """After every step of a random program -- assignments, attaching linked subgraphs, deleting fields,
     dropping objects, transactions committed and discarded (checked inside too), snapshots, reopening, and
@@ -526,6 +529,31 @@ def test_a_removed_holder_linked_back_after_a_subclass_took_its_value_is_refused
     with pytest.raises(memimg.UniqueError, match=r"User\.email is unique, and 'ada@x\.io'"):
         two.root.spare.append(ada2)
     assert two.seq == seq and two.root.spare == [] and type(two.get(User, email="ada@x.io")) is Vip
+
+
+def test_any_number_of_reachable_instances_may_hold_none_in_a_unique_field(make_image: Images) -> None:
+    """None is no value of a unique field: while several reachable instances hold it -- given by assignments,
+    attached holding it, caught up from another image, read back at open -- commits that link existing objects
+    (those that check the values reused while a holder was dropped) go through."""
+    img = make_image(root=Board, snapshot_every=None)
+    other = make_image(root=Board, snapshot_every=None)
+    assert other.find(User, email=None) == []  # its indexes are built now, and follow what it catches up
+    ada, bob = User("ada@x.io"), User("bob@x.io")
+    img.root.users.extend([ada, bob, User()])
+    ada.email = bob.email = None
+    assert len(img.find(User, email=None)) == 3
+    img.root.spare.append(ada)  # an existing object linked
+    other.refresh()
+    other.root.spare.append(other.root.users[1])
+    other.root.users.append(Vip())  # a subclass's instance holding None too
+    img.refresh()
+    img.root.spare.append(bob)
+    img.close()
+    img = make_image(root=Board, snapshot_every=None)
+    img.root.spare.append(img.root.users[2])
+    assert [u.email for u in img.root.users] == [None] * 4 and len(img.root.spare) == 4
+    assert len(img.find(User, email=None)) == 4
+    other.close()
 
 
 def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:

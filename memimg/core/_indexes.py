@@ -26,7 +26,8 @@ value only while one of the holders is unreachable and not collected yet
 (its successor took the value over). The value is then *shadowed*
 (:attr:`FieldIndex.shadows`, one set per table), and a commit that links
 existing objects back into the graph checks it (see
-:mod:`memimg.image._unique`).
+:mod:`memimg.image._unique`). ``None`` is never shadowed: it is no value
+of a unique field (any number of instances may hold it).
 """
 
 from __future__ import annotations
@@ -210,7 +211,12 @@ class FieldIndex:
             return
         d[oid] = obj
         self.keys[oid] = value
-        if self.shadows is not None and (len(d) > 1 or any(value in p.by_value for p in self.peers)):
+        # None is no value of a unique field (any number of instances may hold it): never shadowed
+        if (
+            self.shadows is not None
+            and value is not None
+            and (len(d) > 1 or any(value in p.by_value for p in self.peers))
+        ):
             self.shadows.setdefault((*self.key, value), None)  # type: ignore[misc]
 
     def remove(self, oid: int) -> None:
