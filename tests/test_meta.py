@@ -343,6 +343,32 @@ def test_a_task_that_outlives_its_block_commits_with_its_own_context_only(make_i
         assert _last_tx(img)[0].meta == {"user": "ada"}
 
 
+def test_a_task_inheriting_a_block_and_a_transaction_notes_the_block_for_its_changes(make_image: Images) -> None:
+    """A transaction begun inside a block, written to first where the block is no longer active, still
+    carries the block's metadata for the changes a task that inherited both makes."""
+    img = make_image(root=Box)
+
+    async def worker(go: asyncio.Event) -> None:
+        await go.wait()
+        img.root.other = 2  # the block is still active in this task
+
+    async def main() -> memimg.Transaction:
+        go = asyncio.Event()
+        with img.annotate(user="ada"):
+            tx = img.begin()
+            task = asyncio.create_task(worker(go))
+        img.root.content = 1  # the transaction's first change: no block here
+        go.set()
+        await task
+        return tx
+
+    asyncio.run(main()).save()
+    events = _last_tx(img)
+    assert [e.kind for e in events] == ["tx.meta", "obj.set", "obj.set"]
+    assert events[0].meta == {"user": "ada"}
+    assert img.root.content == 1 and img.root.other == 2
+
+
 def test_blocks_exited_out_of_order_leave_nothing_behind(make_image: Images) -> None:
     """Two blocks exited out of order (two generators in one thread): each takes only its own metadata off,
     and none is left once both have exited, even while another thread is annotating."""
