@@ -6,6 +6,7 @@ import gc
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,3 +138,32 @@ def test_a_pause_taken_in_the_middle_of_an_exit_leaves_the_collector_on() -> Non
         sys.settrace(None)
     assert fired and _gc._open == 0
     assert gc.isenabled()
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_young_garbage_is_collected_inside_a_pause_only_past_the_limit_and_if_the_collector_was_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """collect_young collects the cyclic garbage made inside a pause once over YOUNG_LIMIT new objects
+    piled up (the pause goes on); under the limit, or with the collector off before the pause (the
+    application's choice), it collects nothing."""
+    with paused_gc():
+        ref = weakref.ref(_Cycle())
+        monkeypatch.setattr(_gc, "YOUNG_LIMIT", 10**9)
+        _gc.collect_young()
+        assert ref() is not None
+        monkeypatch.setattr(_gc, "YOUNG_LIMIT", 0)
+        _gc.collect_young()
+        assert ref() is None and not gc.isenabled()
+    gc.disable()
+    with paused_gc():
+        ref = weakref.ref(_Cycle())
+        _gc.collect_young()
+        assert ref() is not None
+    gc.enable()
+    gc.collect()
+    assert ref() is None

@@ -12,6 +12,7 @@ assignment or at the commit, also between threads and between processes.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 
 import memimg
 from memimg import persistent
-from memimg.image import _query, _unique
+from memimg.image import _attach, _query, _unique
 from tests.conftest import POSTGRES_URL, Images
 from tests.graphs import reachable
 from tests.versions import Versions
@@ -285,6 +286,34 @@ def test_a_transaction_finds_its_own_writes_others_see_the_committed_state(make_
     assert img.find(Item, tag=1) == []
     tx.discard()
     assert img.find(Item, tag=1) == [b]
+
+
+def test_a_read_by_another_thread_of_the_transaction_in_the_middle_of_an_attach_misses_nothing(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query by another thread of the same transaction (a copied context) while an attach is half done
+    leaves the transaction's own queries whole: all, find and get afterwards see every object it attached."""
+    img = make_image(root=Board)
+    real = _attach.Attacher._attach_contents
+    reads: list[int] = []
+
+    def halfway(self: Any, obj: Any, *args: Any) -> None:
+        if type(obj) is Users and not reads:  # attached, the users it holds not yet
+            ctx = contextvars.copy_context()
+            t = threading.Thread(target=lambda: reads.append(ctx.run(lambda: len(img.all(User)))))
+            t.start()
+            t.join()
+        real(self, obj, *args)
+
+    monkeypatch.setattr(_attach.Attacher, "_attach_contents", halfway)
+    with img.transaction():
+        img.root.users.append(Users([User(f"u{i}@x.io", city="Oslo") for i in range(50)]))
+        assert reads == [0]
+        assert len(img.all(User)) == 50 and len(img.find(User, city="Oslo")) == 50
+        assert img.get(User, email="u49@x.io") is img.root.users[0].users[49]
+        with pytest.raises(memimg.UniqueError):
+            img.root.users[0].users[0].email = "u49@x.io"
+    assert len(img.all(User)) == 50
 
 
 def test_find_and_get_in_a_transaction_leave_out_objects_committed_after_it_began(make_image: Images) -> None:

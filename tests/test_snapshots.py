@@ -12,16 +12,18 @@ processes sharing a log take turns through the store's ``snapshot`` lease.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
 
 import memimg
 from memimg import persistent
-from memimg.core import _snapshotter
+from memimg.core import _gc, _snapshotter
 from memimg.core._codec import Codec
 from memimg.core._reader import Reader
 from memimg.core._snapshot import load_snapshot
@@ -340,3 +342,61 @@ def test_a_snapshot_that_loses_its_lease_is_abandoned(make_image: Images, monkey
         img.snapshot()
     assert img.store.snapshots() == [] and img._engine.snapshot_seq == previous
     img.root.misc = "still writable"
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_other_threads_cyclic_garbage_is_collected_between_the_slices_of_a_snapshot(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector stays paused from a snapshot's first slice to its last, but cyclic garbage made
+    meanwhile (by another thread, or the application between slices) is collected between slices once
+    enough new objects piled up -- while the pause is still on."""
+    _small_slices(monkeypatch)
+    monkeypatch.setattr(_gc, "YOUNG_LIMIT", 0)
+    refs: list[Any] = []
+    seen: list[tuple[bool, bool]] = []  # (garbage collected, collector paused) after each later slice
+
+    def make_garbage() -> None:
+        refs.append(weakref.ref(_Cycle()))
+
+    steps: list[Any] = [make_garbage] + [lambda: seen.append((refs[0]() is None, not gc.isenabled()))] * 5
+    img = make_image(root=Holder, snapshot_every=None, progress=_between_slices(steps))
+    img.root.nodes.extend(_chain(3_000))
+    assert gc.isenabled()
+    img.snapshot()
+    assert len(seen) == 5 and all(paused for _, paused in seen)
+    assert any(collected for collected, _ in seen)
+    assert gc.isenabled()
+
+
+def test_a_snapshot_interrupted_as_it_pauses_the_collector_leaves_no_writer_behind(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt as the snapshot pauses the collector for its slices: no writer is left
+    installed, the next automatic snapshot is not put off, and the collector is on."""
+    img = make_image(root=Holder, snapshot_every=None)
+    img.root.nodes.extend(_chain(10))
+    engine = img._engine
+    before = engine.snapshot_seq
+    real = _gc.paused_gc
+
+    class interrupted(real):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        def __enter__(self) -> None:
+            super().__enter__()
+            if engine.snapshot_writer is not None:  # the first pause after the writer is installed
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(_snapshots, "paused_gc", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        img.snapshot()
+    assert engine.snapshot_writer is None and engine.snapshot_seq == before
+    assert gc.isenabled()
+    monkeypatch.setattr(_snapshots, "paused_gc", real)
+    img.root.nodes.append(Node("after", 1))
+    assert img.snapshot() is not None

@@ -129,27 +129,30 @@ class Attacher:
                 check_text(value, where)
             return value
         mark = len(undo)
+        # one journal entry for every object this attaches (not one each), undone all at once; put in the
+        # journal only once complete: another thread of the transaction reading it meanwhile (a query
+        # indexing what the transaction attached, see _unique.TxIndex) records an entry as read for good
+        attached: list[Any] = []
+        entry = (_UNDO_ATTACH, attached)
         try:
             with paused_gc():
-                return self._prepare(value, where, undo)
+                out = self._prepare(value, where, undo, attached)
+            if attached:  # else nothing to undo: values are put back only inside objects it attached
+                undo.append(entry)
+            return out
         except BaseException:
             self.undo(undo[mark:])
             del undo[mark:]
+            self.undo([entry])  # the objects attached so far (again if already journaled: a no-op)
             raise
 
-    def _prepare(self, value: Any, where: str, undo: list[Any]) -> Any:
+    def _prepare(self, value: Any, where: str, undo: list[Any], attached: list[Any]) -> Any:
         stack: list[tuple[Any, Any, Any]] = []
         memo: dict[int, tuple[Any, Any]] = {}
-        # one journal entry for every object this attaches (not one each): undone all at once
-        attached: list[Any] = []
-        at = len(undo)
-        undo.append((_UNDO_ATTACH, attached))
         out = self._inner(value, where, undo, stack, memo, True, attached)
         while stack:
             obj, w, source = stack.pop()
             self._attach_contents(obj, w, source, undo, stack, memo, attached)
-        if not attached:
-            del undo[at]  # nothing to undo: values are put back only inside objects it attached
         return out
 
     def _inner(

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
 from memimg._errors import LockedError, MemimgError
-from memimg.core._gc import paused_gc
+from memimg.core._gc import collect_young, paused_gc
 from memimg.core._kinds import KINDS
 from memimg.core._rows import SnapshotRow, snapshot_checksum
 from memimg.core._snapshotter import SnapshotWriter
@@ -235,10 +235,11 @@ class Snapshots:
             return None
         # the collector stays paused from the first slice to the last (not only inside each): resumed
         # between slices, it traversed the whole graph again and again (measured: a third of a 100,000-item
-        # snapshot); the states the walk makes are long-lived until stored, nothing it makes is cyclic garbage
+        # snapshot); the states the walk makes are long-lived until stored. Other threads' cyclic garbage
+        # is collected between slices (young generations only: collect_young) once it piles up
         pause = paused_gc()
-        pause.__enter__()
         try:
+            pause.__enter__()  # inside the try: interrupted here, the writer is still removed
             renewed = time.monotonic()
             while True:
                 with self._turn():
@@ -259,8 +260,9 @@ class Snapshots:
                             store=engine.store.description,
                         )
                     renewed = time.monotonic()
-                if threading.active_count() > 1:  # let a commit waiting for the lock take it (none in a lone thread)
-                    time.sleep(RETRY_PAUSE)
+                collect_young()
+                if threading.active_count() > 1:
+                    time.sleep(0)  # let a commit waiting for the lock take it (there is none in a lone thread)
             payload = self._finish(writer)
         except BaseException:
             with engine.lock:
