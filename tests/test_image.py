@@ -20,7 +20,7 @@ import pytest
 import memimg
 from memimg.stores import MemoryStore, SeqTaken
 from tests.conftest import Images
-from tests.models import Account, Bank, Box, Entry
+from tests.models import Account, Bank, Box, Entry, Node
 from tests.stores.contract import row
 from tests.tampering import append_event
 
@@ -282,6 +282,67 @@ def test_a_row_naming_an_object_that_does_not_exist_is_named_by_seq(make_image: 
     seq = append_event(make_image.store(), "dict.set", 1, [["b", ["r", 99]]])
     with pytest.raises(memimg.CorruptLogError) as info:
         make_image(root=dict)
+    assert info.value.seq == seq
+
+
+@pytest.mark.parametrize("target", [-1, -2, 0])
+def test_a_row_targeting_an_object_id_below_1_is_named_by_seq(make_image: Images, target: int) -> None:
+    """A field set (valid checksum) whose target is 0 or negative is a CorruptLogError naming its seq and
+    target: never applied to an object counted from the end of the table."""
+    with make_image(root=Box) as img:
+        img.root.content = Node(1)
+    seq = append_event(make_image.store(), "obj.set", target, [["value", 5]])
+    with pytest.raises(memimg.CorruptLogError, match=rf"event seq {seq} .*targets object {target}, .*backup") as info:
+        make_image(root=Box)
+    assert info.value.seq == seq
+
+
+@pytest.mark.parametrize("ref", [["r", True], ["r", 2, 5], ["r", "2"]], ids=["a bool", "extra items", "text"])
+def test_a_malformed_reference_is_named_by_seq(make_image: Images, ref: list[Any]) -> None:
+    """A stored reference that is not ``["r", id]`` with an int id (True is no object 1; nothing after the
+    id) is a CorruptLogError naming the row's seq, not read as some object."""
+    with make_image(root=Box) as img:
+        img.root.content = Node(1)
+    seq = append_event(make_image.store(), "obj.set", 1, [["other", ref]])
+    with pytest.raises(memimg.CorruptLogError, match=rf"event seq {seq} .*names object .*backup") as info:
+        make_image(root=Box)
+    assert info.value.seq == seq
+
+
+@pytest.mark.parametrize(
+    ("root", "kind", "args"),
+    [
+        (dict, "dict.set", "bX"),
+        (dict, "dict.set", ["b", "X", "junk"]),
+        (Box, "obj.set", "contentX"),
+        (Box, "obj.set", ["content", "X", "junk"]),
+        (Box, "obj.set", "ref"),
+        (Box, "obj.update", [["cX"]]),
+        (Box, "list.append", 7),
+    ],
+    ids=[
+        "a string as a key and value",
+        "a third item",
+        "a string as a field and value",
+        "a third field item",
+        "three letters",
+        "a string as a pair",
+        "no list of items",
+    ],
+)
+def test_stored_arguments_of_the_wrong_shape_are_named_by_seq(
+    make_image: Images, root: type, kind: str, args: Any
+) -> None:
+    """An event whose stored arguments are not the list its kind declares (a string unpacked as a name and
+    a value, items too many) is a CorruptLogError naming its seq, with a valid checksum: never read as
+    another change."""
+    with make_image(root=root) as img:
+        if root is Box:
+            img.root.other = []
+    target = 2 if kind == "list.append" else 1
+    seq = append_event(make_image.store(), kind, target, [args])
+    with pytest.raises(memimg.CorruptLogError, match=rf"event seq {seq} .*not a list of .*backup") as info:
+        make_image(root=root)
     assert info.value.seq == seq
 
 

@@ -44,27 +44,55 @@ def arg_encoder(params: str, encode: Callable[[Any], Any]) -> Callable[[tuple[An
     return encode_args
 
 
-def arg_decoder(params: str, decode: Callable[[Any], Any]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    """The function reading a kind's stored arguments back (*decode* a bound value decoder)."""
+def arg_decoder(params: str, decode: Callable[[Any], Any], optional: int = 0) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """The function reading a kind's stored arguments back (*decode* a bound value decoder).
+
+    The stored arguments must be a list of one item per code (rows written
+    before the last *optional* were added may lack them); any other shape is
+    a :class:`ValueError` (the caller names the row).
+    """
 
     def values(xs: list[Any]) -> list[Any]:
         return [decode(i) for i in xs]
 
     def pairs(xs: list[Any]) -> list[tuple[Any, Any]]:
-        return [(decode(a), decode(b)) for a, b in xs]
+        return [(decode(a), decode(b)) for a, b in _pairs(xs)]
 
     if not params:
         return lambda raw: ()
     if params == "sv":
-        return lambda raw: (raw[0], decode(raw[1]))
+        return lambda raw: (raw[0], decode(raw[1])) if type(raw) is list and len(raw) == 2 else _misshapen(raw, 2)
     if params == "V":
-        return lambda raw: (values(raw[0]),)
+        return lambda raw: (values(raw[0]),) if type(raw) is list and len(raw) == 1 else _misshapen(raw, 1)
     if params == "vv":
-        return lambda raw: (decode(raw[0]), decode(raw[1]))
+        return lambda raw: (
+            (decode(raw[0]), decode(raw[1])) if type(raw) is list and len(raw) == 2 else _misshapen(raw, 2)
+        )
     how: dict[str, Callable[[Any], Any] | None] = {"raw": None, "value": decode, "values": values, "pairs": pairs}
     per = [how[PARAMS[c]] for c in params]
+    most = len(per)
+    least = most - optional
 
     def decode_args(raw: list[Any]) -> tuple[Any, ...]:
+        if type(raw) is not list or not least <= len(raw) <= most:
+            _misshapen(raw, most)
         return tuple([x if f is None else f(x) for f, x in zip(per, raw)])
 
     return decode_args
+
+
+def _pairs(xs: Any) -> list[Any]:
+    """*xs*, checked to be a list of two-item lists."""
+    if type(xs) is not list or any(type(x) is not list or len(x) != 2 for x in xs):
+        raise ValueError(
+            f"the stored pairs {xs!r:.80} are not a list of [key, value] lists: the row was damaged or crafted; "
+            "restore the log from a backup"
+        )
+    return xs
+
+
+def _misshapen(raw: Any, count: int) -> Any:
+    raise ValueError(
+        f"the stored arguments {raw!r:.80} are not a list of {count}: the row was damaged or crafted; "
+        "restore the log from a backup"
+    )

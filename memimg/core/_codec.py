@@ -239,7 +239,7 @@ class Codec:
     # -- decoding -----------------------------------------------------------
 
     def decoder(
-        self, deref: Callable[[int], Any], value: Callable[[list[Any]], Any], *, generic: bool = False
+        self, deref: Callable[[Any], Any], value: Callable[[list[Any]], Any], *, generic: bool = False
     ) -> Callable[[Any], Any]:
         """A function giving the value that JSON data encodes.
 
@@ -264,7 +264,7 @@ class Codec:
             return converter.structure(x[2], info.cls)
 
         table: dict[str, Callable[[list[Any]], Any]] = {
-            "r": lambda x: deref(x[1]),
+            "r": lambda x: deref(x[1] if len(x) == 2 else x),  # ["r", id] and nothing more
             "i": lambda x: int_from_text(x[1]),
             "f": lambda x: float(x[1]),
             "T": lambda x: tuple([decode(i) for i in x[1]]),

@@ -31,7 +31,7 @@ import orjson
 from memimg._errors import CorruptLogError, MemimgError
 from memimg.core import _schema
 from memimg.core._gone import Gone
-from memimg.core._kinds import KINDS, Kind
+from memimg.core._kinds import KINDS, TARGETLESS, Kind
 from memimg.core._meta import META_KIND, check_row
 from memimg.core._reader import Pending, Reader, at_seq
 from memimg.core._rows import PACK_COLUMNS, EventRow, verify_event
@@ -138,7 +138,7 @@ def _fold_rows(
                 intact = checked or crc(payload, crc(pack(seq, tx, ts, target), set_code)) == checksum
                 if intact:
                     (pair,) = loads(payload)  # one [field, value] pair: no objects created, no types declared
-                    if type(pair) is list:
+                    if type(pair) is list and target > 0:  # an object id: never counted from the end
                         name, v = pair
                         obj = objects[target]
                         # KeyError: not a current-schema entity's field (a field to adapt, no such object...)
@@ -163,8 +163,8 @@ def _slow_row(row: Any, reader: Reader, intact: bool) -> bool:
     try:
         p = orjson.loads(payload)
         k = KINDS[kind]
-        obj = objects[target] if target else None
-        simple = len(p) == 1 and (obj is not None or not target) and type(obj) is not Gone
+        obj = objects[target] if target > 0 else None  # below 1: no object (decode_row names the row)
+        simple = len(p) == 1 and (obj is not None or (not target and kind in TARGETLESS)) and type(obj) is not Gone
         if simple:
             decoder = reader.arg_decoders.get(k.params)
             args = decoder(p[0]) if decoder is not None else reader.decode_args(k, p[0])

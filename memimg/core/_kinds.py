@@ -45,6 +45,7 @@ __all__ = [
     "NONE",
     "PAIRS",
     "PARAMS",
+    "TARGETLESS",
     "WHOLE",
     "Applier",
     "Kind",
@@ -147,6 +148,8 @@ class Kind:
     doc: str
     #: Mixed into row checksums, so a row cannot change kind unnoticed.
     code: int = attrs.field(init=False)
+    #: How many trailing arguments rows written before they were added may lack (the apply function's defaults).
+    optional: int = attrs.field(init=False)
 
     @params.validator
     def _known_params(self, attribute: Any, value: str) -> None:
@@ -157,6 +160,10 @@ class Kind:
     @code.default
     def _code(self) -> int:
         return zlib.crc32(self.name.encode())
+
+    @optional.default
+    def _optional(self) -> int:
+        return len(getattr(self.apply, "__defaults__", None) or ())
 
 
 KINDS: dict[str, Kind] = {}
@@ -351,3 +358,7 @@ def _erase(
 def _gc_drop(a: Applier, obj: Any, oids: list[int]) -> None:
     """Forget the objects *oids*: unreachable at the last snapshot's seq, and not referenced since."""
     a.forget(oids)
+
+
+#: The kinds whose events name no object (stored with target 0): every other names one, above 0.
+TARGETLESS: Final = frozenset(k.name for k in KINDS.values() if k.conflict is NONE and k.name != "root")

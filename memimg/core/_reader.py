@@ -42,7 +42,7 @@ from memimg.core._codec import ENTITY, FROZENSET, PLAIN, TRACKED, TUPLE, UNSUPPO
 from memimg.core._firststates import FirstStates
 from memimg.core._generic import StandInMaker
 from memimg.core._gone import Gone, caches_hash
-from memimg.core._kinds import KINDS, Kind
+from memimg.core._kinds import KINDS, TARGETLESS, Kind
 from memimg.core._markers import ABSENT
 from memimg.core._records import declared_types
 from memimg.core._table import ObjectTable
@@ -474,13 +474,13 @@ class Reader:
                     kind=kind_name,
                 )
             obj = None
-            if target:
+            if target or kind_name not in TARGETLESS:
                 objects = self.table.objects
-                obj = objects[target] if target < len(objects) else None
-                if obj is None:
+                obj = objects[target] if type(target) is int and 0 < target < len(objects) else None
+                if obj is None:  # never counted from the end
                     raise CorruptLogError(
-                        f"event seq {seq} ({kind_name}) targets object {target}, which does not exist "
-                        "at that point of the log",
+                        f"event seq {seq} ({kind_name}) targets object {target!r}, which does not exist "
+                        "at that point of the log: the row was damaged or crafted; restore the log from a backup",
                         seq=seq,
                         table="memimg_events",
                     )
@@ -507,7 +507,7 @@ class Reader:
         """The arguments of an event of kind *k*, as stored, decoded."""
         decoder = self.arg_decoders.get(k.params)
         if decoder is None:
-            decoder = self.arg_decoders[k.params] = arg_decoder(k.params, self.decode)
+            decoder = self.arg_decoders[k.params] = arg_decoder(k.params, self.decode, k.optional)
         return decoder(raw)
 
     def adapt_field_event(self, k: Kind, obj: Any, args: tuple[Any, ...]) -> Pending | None:

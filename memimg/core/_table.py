@@ -96,18 +96,23 @@ class ObjectTable:
         """The root object (``None`` before the root event)."""
         return self.objects[self.root_oid] if self.root_oid else None
 
-    def deref(self, oid: int) -> Any:
+    def deref(self, oid: Any) -> Any:
         """The object of id *oid*.
 
         Raises:
             CorruptLogError: there is none (a stored reference to a missing object).
         """
-        try:
-            obj = self.objects[oid] if oid > 0 else None  # not counted from the end
-        except (IndexError, TypeError):
+        try:  # an int above 0: not counted from the end, not a bool (True would be object 1)
+            obj = self.objects[oid] if type(oid) is int and oid > 0 else None
+        except IndexError:
             obj = None
         if obj is None:
-            raise CorruptLogError(f"a stored reference names object {oid!r}, which does not exist", seq=None, table="")
+            raise CorruptLogError(
+                f"a stored reference names object {oid!r:.80}, which does not exist: the log was damaged or "
+                "crafted; restore it from a backup",
+                seq=None,
+                table="",
+            )
         return obj
 
     def add_unlogged(self, obj: Any, name: str, value: Any, attached: list[Any]) -> None:

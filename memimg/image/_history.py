@@ -422,7 +422,7 @@ class _History:
             raw = orjson.loads(row.payload)[0]
             decoder = self._arg_decoders.get(k.params)
             if decoder is None:
-                decoder = self._arg_decoders[k.params] = arg_decoder(k.params, self.decode)
+                decoder = self._arg_decoders[k.params] = arg_decoder(k.params, self.decode, k.optional)
             args = decoder(raw)
         except (ValueError, TypeError, KeyError, IndexError) as err:
             raise CorruptLogError(

@@ -149,3 +149,40 @@ def test_a_field_set_to_a_reference_to_no_object_is_named_by_seq(ref: int) -> No
     with pytest.raises(memimg.CorruptLogError, match=rf"event seq {row.seq} .*names object {ref}, which") as info:
         fold(rows, _reader(), expected=1)
     assert info.value.seq == row.seq
+
+
+def _edited(rows: list[EventRow], seq: int, **changes: Any) -> list[EventRow]:
+    """*rows* with the row at *seq* changed, its checksum made valid (a crafted row)."""
+    row = rows[seq - 1]._replace(**changes)
+    rows[seq - 1] = row._replace(checksum=event_checksum(*row[:6]))
+    return rows
+
+
+@pytest.mark.parametrize("on_tx", [False, True], ids=["row by row", "by transaction"])
+@pytest.mark.parametrize("target", [-1, -36, 0])
+def test_a_row_targeting_an_id_below_1_is_named_by_seq(on_tx: bool, target: int) -> None:
+    """An event whose target is 0 or negative (valid checksum) is a CorruptLogError naming its seq and target,
+    read one by one (the fast path) or a transaction at a time (live catch-up): never counted from the end."""
+    rows = _rows()
+    seq = next(r.seq for r in rows if r.payload == b'[["value",2]]')
+    rows = _edited(rows, seq, target=target)
+    hand = (lambda batch: None) if on_tx else None
+    with pytest.raises(memimg.CorruptLogError, match=rf"event seq {seq} .*targets object {target}, ") as info:
+        fold(rows, _reader(), expected=1, on_tx=hand)
+    assert info.value.seq == seq
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'["valueX"]', b'[["value",2,"junk"]]', b'["ref"]', b'[["value",["r",true]]]', b'[["value",["r",1,5]]]'],
+    ids=["a string", "a third item", "three letters", "a bool reference", "a reference with more"],
+)
+def test_a_field_set_of_the_wrong_shape_is_named_by_seq(payload: bytes) -> None:
+    """A field set whose stored pair (or a reference in it) is not the shape it must be -- a string unpacked
+    as a field and a value, items too many, a reference to True (object 1) -- is a CorruptLogError naming its
+    seq (valid checksum): never read as another field's value."""
+    rows = _rows()
+    seq = next(r.seq for r in rows if r.payload == b'[["value",2]]')
+    rows = _edited(rows, seq, payload=payload)
+    with pytest.raises(memimg.CorruptLogError, match=rf"event seq {seq} .*(not a list of|names object).*backup"):
+        fold(rows, _reader(), expected=1)
