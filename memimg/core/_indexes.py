@@ -26,7 +26,9 @@ value only while one of the holders is unreachable and not collected yet
 (its successor took the value over). The value is then *shadowed*
 (:attr:`FieldIndex.shadows`, one set per table), and a commit that links
 existing objects back into the graph checks it (see
-:mod:`memimg.image._unique`).
+:mod:`memimg.image._unique`) -- until the value is filed for one holder
+again (:meth:`FieldIndex.remove` drops it then: a transaction swapping two
+holders' values passes through a value filed twice).
 """
 
 from __future__ import annotations
@@ -225,6 +227,14 @@ class FieldIndex:
             d.pop(oid, None)
             if not d:
                 del self.by_value[key]
+        # back to one holder (or none), here and in the peers: no longer shadowed
+        shadows = self.shadows
+        if (
+            shadows
+            and (*self.key, key) in shadows  # type: ignore[misc]
+            and len(d or ()) + sum(len(p.by_value.get(key, ())) for p in self.peers) < 2
+        ):
+            del shadows[(*self.key, key)]  # type: ignore[misc]
 
     def lookup(self, value: Any) -> list[Any]:
         """The objects filed under *value*, and those holding unhashable values (for the caller to compare)."""
