@@ -15,6 +15,7 @@ import pytest
 import memimg
 from tests.conftest import Images
 from tests.models import Box, Node, Tally
+from tests.test_indexes import User, Users
 
 
 def _written(img: memimg.MemoryImage, since: int) -> list[tuple[str, object]]:
@@ -118,3 +119,57 @@ def test_a_transaction_writing_a_field_twice_still_conflicts(make_image: Images)
         tx.save()
     img.refresh()
     assert n.value == 10
+
+
+def test_a_savepoint_rolled_back_after_a_second_write_keeps_the_first(make_image: Images) -> None:
+    """``n.value = 1``, then in a savepoint rolled back ``n.value = 2``: the commit writes the first
+    assignment (the one the rollback went back to), and the image reopens with it."""
+    img = make_image(root=Box)
+    img.root.content = n = Node(value=0)
+    seq = img.seq
+    with img.transaction():
+        n.value = 1
+        with pytest.raises(RuntimeError), img.transaction():
+            n.value = 2
+            raise RuntimeError
+        assert n.value == 1
+    assert n.value == 1
+    assert _written(img, seq) == [("obj.set", ["value", 1])]
+    assert [(c.old, c.new) for c in img.history(n, "value", since=seq)] == [(0, 1)]
+    img.close()
+    assert make_image(root=Box).root.content.value == 1
+
+
+def test_an_object_a_scalar_and_an_object_assigned_in_turn(make_image: Images) -> None:
+    """``box.content = a; box.content = 5; box.content = b`` in one transaction: both objects are written
+    (attached, with their ids), the scalar replaced in between is not, and the image reopens with *b*."""
+    img = make_image(root=Box)
+    box = img.root
+    seq = img.seq
+    with img.transaction():
+        box.content = Node(value="a")
+        box.content = 5
+        box.content = Node(value="b")
+    kinds = [(kind, data[0]) for kind, data in _written(img, seq) if kind == "obj.set"]  # type: ignore[index]
+    assert kinds == [("obj.set", "content"), ("obj.set", "content")]
+    assert box.content.value == "b"
+    img.close()
+    assert make_image(root=Box).root.content.value == "b"
+
+
+def test_swapping_unique_values_leaves_nothing_shadowed(make_image: Images) -> None:
+    """Swapping two holders' unique values in one transaction (through a third value) commits both, finds
+    each by its new value, and leaves no value shadowed: later commits do no unique check of them."""
+    img = make_image(root=Users)
+    a, b = User(email="A"), User(email="B")
+    img.root.users.extend([a, b])
+    assert img.get(User, email="A") is a  # the index is built
+    with img.transaction():
+        a.email = "tmp"
+        b.email = "A"
+        a.email = "B"
+    assert (img.get(User, email="A"), img.get(User, email="B"), img.get(User, email="tmp")) == (b, a, None)
+    assert img._engine.table.extent_index().shadowed == {}
+    img.close()
+    again = make_image(root=Users)
+    assert [u.email for u in again.root.users] == ["B", "A"]

@@ -26,8 +26,11 @@ value only while one of the holders is unreachable and not collected yet
 (its successor took the value over). The value is then *shadowed*
 (:attr:`FieldIndex.shadows`, one set per table), and a commit that links
 existing objects back into the graph checks it (see
-:mod:`memimg.image._unique`). ``None`` is never shadowed: it is no value
-of a unique field (any number of instances may hold it).
+:mod:`memimg.image._unique`) -- until the value is filed for one holder
+again (:meth:`FieldIndex.remove` drops it then: a transaction swapping two
+holders' values passes through a value filed twice). ``None`` is never
+shadowed: it is no value of a unique field (any number of instances may
+hold it).
 """
 
 from __future__ import annotations
@@ -231,6 +234,14 @@ class FieldIndex:
             d.pop(oid, None)
             if not d:
                 del self.by_value[key]
+        # back to one holder (or none), here and in the peers: no longer shadowed
+        shadows = self.shadows
+        if (
+            shadows
+            and (*self.key, key) in shadows  # type: ignore[misc]
+            and len(d or ()) + sum(len(p.by_value.get(key, ())) for p in self.peers) < 2
+        ):
+            del shadows[(*self.key, key)]  # type: ignore[misc]
 
     def lookup(self, value: Any) -> list[Any]:
         """The objects filed under *value*, and those holding unhashable values (for the caller to compare)."""

@@ -95,6 +95,8 @@ __all__ = ["SQLiteStore"]
 _PAYLOAD = operator.itemgetter(5)
 #: the constraints an append breaks when another writer got there first (see APPEND_AT_HEAD)
 _LOST = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_NOTNULL})
+#: the one of them a row's own NULL breaks too: read as a lost race only when the head moved
+_NOTNULL = sqlite3.SQLITE_CONSTRAINT_NOTNULL
 
 # The sqlite3 module binds int, float and str parameters directly, but first asks every other one -- a
 # payload's ``bytes`` -- how to adapt it, looking for ``__adapt__`` on its protocol class, which fails by
@@ -219,11 +221,18 @@ class SQLiteStore:
             raise MemimgError(f"{self.path!r} is not a usable SQLite database ({err}); it was left untouched") from err
         for table, columns in (*COLUMNS.items(), ("memimg_targets", targets.COLUMNS)):
             if table in tables:
-                found = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+                info = conn.execute(f"PRAGMA table_info({table})").fetchall()
+                found = [r[1] for r in info]
                 if found != columns:
                     raise MemimgError(
                         f"{self.path!r} has a table {table} with columns {found}, not made by memimg "
                         f"(expected {columns}); it was left untouched"
+                    )
+                if table == "memimg_events" and not info[1][3]:  # APPEND_AT_HEAD refuses a stale append by it
+                    raise MemimgError(
+                        f"{self.path!r} has a table memimg_events whose column tx is not NOT NULL, not made by "
+                        "memimg (a stale append would not be refused); copy its rows into a table made by "
+                        "memimg, or use another file. It was left untouched"
                     )
         if not self.readonly:
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -388,7 +397,11 @@ class SQLiteStore:
                         raise
                     pages = pages_written(sum(map(len, map(_PAYLOAD, rows))), len(rows))
             except sqlite3.IntegrityError as err:
-                if err.sqlite_errorcode in _LOST:  # the head was not expected_head (see APPEND_AT_HEAD)
+                # the head was not expected_head (see APPEND_AT_HEAD) -- or, NOT NULL with the head where it
+                # was expected, a row's own NULL column: refused (retrying would fail alike, forever)
+                if err.sqlite_errorcode in _LOST and (
+                    err.sqlite_errorcode != _NOTNULL or self._head_moved(conn, expected_head)
+                ):
                     raise self._others.lost(conn, expected_head) from None
                 raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
@@ -402,6 +415,13 @@ class SQLiteStore:
                 self._check_files(f"appending events {rows[0][0]}..{rows[-1][0]}", rows[-1][0])
             if self._checkpointer is not None:
                 self._checkpointer.wrote(pages)
+
+    def _head_moved(self, conn: sqlite3.Connection, expected_head: int) -> bool:
+        """Whether the head is no longer *expected_head* (an append's failure path; lock held)."""
+        try:
+            return retry_busy(self._busy_timeout, conn.execute, HEAD).fetchone()[0] != expected_head  # type: ignore[no-any-return]
+        except sqlite3.Error:
+            return False  # the append's own error is the one to report
 
     def read(self, after: int = 0, limit: int | None = None) -> Iterator[EventRow]:
         return read_in_chunks(self._fetch, after, limit)  # type: ignore[return-value]

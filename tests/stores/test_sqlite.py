@@ -100,6 +100,42 @@ def test_foreign_memimg_table_is_refused(tmp_path: Any) -> None:
     conn.close()
 
 
+def test_events_table_without_not_null_tx_is_refused(tmp_path: Any) -> None:
+    """A memimg_events table with memimg's columns but a nullable tx (which a stale append's refusal relies
+    on) is refused, naming the table, and left as it was."""
+    path = str(tmp_path / "x.db")
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE memimg_events (seq INTEGER PRIMARY KEY, tx INTEGER, ts INTEGER NOT NULL, kind TEXT NOT NULL,"
+        " target INTEGER NOT NULL, payload BLOB NOT NULL, checksum INTEGER NOT NULL)"
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(memimg.MemimgError, match="memimg_events whose column tx is not NOT NULL"):
+        SQLiteStore(path)
+    conn = sqlite3.connect(path)
+    assert not conn.execute("PRAGMA table_info(memimg_events)").fetchall()[1][3]
+    conn.close()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_row_with_a_null_column_at_the_head_is_a_store_error(tmp_path: Any, n: int) -> None:
+    """An append at the expected head whose row has a NULL column (a NOT NULL constraint, as a stale append
+    breaks) raises StoreError naming the constraint, not SeqTaken (a commit would retry it forever), and
+    writes nothing."""
+    store = SQLiteStore(str(tmp_path / "n.db"))
+    store.append([row(1)], 0)
+    rows = [row(2 + i) for i in range(n)]
+    rows[-1] = memimg.stores.EventRow(1 + n, 1, 5, "gc", 0, None, 0)  # type: ignore[arg-type]
+    with pytest.raises(memimg.StoreError, match="NOTNULL") as info:
+        store.append(rows, 1)
+    assert not isinstance(info.value, memimg.stores.SeqTaken)
+    assert [r[0] for r in store.read()] == [1]
+    store.append([row(2)], 1)
+    assert store.head() == 2
+    store.close()
+
+
 def test_newer_format_is_refused(tmp_path: Any) -> None:
     """A store written by a newer storage format is refused and left as it was."""
     path = str(tmp_path / "new.db")
