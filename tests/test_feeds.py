@@ -21,13 +21,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import memimg
 from memimg import MISSING
-from memimg.core._rows import EventRow
+from memimg.core._rows import EventRow, event_checksum
 from tests import feeds_worker
 from tests.conftest import POSTGRES_URL, Images, StoreFactory
 from tests.models import Account, Bank, Box, Entry, Node
@@ -222,6 +223,61 @@ def test_a_closed_subscription_gets_nothing_more(make_image: Images) -> None:
     assert [c.new for c in a.changes] == ["x"]
     assert [c.new for c in b.changes] == ["x"]
     assert "closed" in repr(sub)
+
+
+def test_a_lone_field_subscription_gets_no_other_fields_deletion_or_update(make_image: Images) -> None:
+    """A subscription to (obj, field), the only one: deleting another field of obj, or an obj.update (several
+    fields at once, from another process) of other fields, is not delivered; an update of its field and others
+    gives it that field's change alone."""
+    img = make_image(root=Box)
+    box = img.root
+    box.content, box.other = 1, "x"
+    got = Collect()
+    img.subscribe(got, to=(box, "content"))
+    del box.other
+    store = make_image.store()
+
+    def update(*pairs: tuple[str, Any]) -> None:
+        seq = img.seq + 1
+        payload = orjson.dumps([[[list(p) for p in pairs]]])
+        row = EventRow(seq, seq, 5, "obj.update", 1, payload, event_checksum(seq, seq, 5, "obj.update", 1, payload))
+        store.append([row], seq - 1)
+        img.refresh()
+
+    update(("other", "y"))
+    assert box.other == "y" and got.commits == []
+    update(("content", 2), ("other", "z"))
+    assert (box.content, box.other) == (2, "z")
+    assert got.said() == [("obj.update", "content", None, 1, 2)]
+
+
+def test_delivery_follows_the_subscriptions_a_commit_was_noted_for(make_image: Images) -> None:
+    """A commit made in a callback is delivered to the subscriptions there were when it was made, though some
+    close before it is delivered: a field subscription is given its field's changes only, even when it is the
+    last one left."""
+    img, acct = bank_image(make_image)
+    s0_got: list[int] = []
+    s1, s2 = Collect(), Collect()
+    subs: dict[str, memimg.Subscription] = {}
+
+    def s0(commit: memimg.Commit) -> None:
+        s0_got.append(commit.seq)
+        if len(s0_got) == 1:
+            with img.transaction():  # queued behind this delivery, noted for s0, s1 and s2
+                acct.owner = "o"
+                acct.balance = Decimal(5)
+            subs["s2"].close()
+            subs["s0"].close()
+
+    subs["s0"] = img.subscribe(s0)
+    img.subscribe(s1, to=(acct, "balance"))
+    subs["s2"] = img.subscribe(s2)
+    acct.balance = Decimal(1)
+    assert len(s0_got) == 1 and s2.commits == []  # closed before its turn came
+    assert [[(c.field, c.new) for c in commit.changes] for commit in s1.commits] == [
+        [("balance", Decimal(1))],
+        [("balance", Decimal(5))],
+    ]
 
 
 def test_only_commits_after_the_subscription_are_delivered(make_image: Images) -> None:
