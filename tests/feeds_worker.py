@@ -1,11 +1,13 @@
 """The other process of the change-feed law (``tests/test_feeds.py``): an image on the same log, in a process of
 its own, driven step by step over a pipe.
 
-The parent sends ``("open", kind, folder, schema)``, then steps (``("op", op)``, ``("tx", ops, discard,
-with_meta)``, ``("refresh",)``, ``("subscribe",)``), each answered with ``("ok", seq)`` (this image's seq
-after it), then ``("finish",)``, answered with what each all-subscription made here was delivered and the
-history of the log after it, as this image tells it (as plain data: objects as their ids), then ``("close",)``.
-An error in a step is answered ``("error", traceback)``; ``None`` ends the process.
+The parent sends commands, each as ``(number, name, *args)`` and answered ``(number, "ok", answer)`` (the
+number of the command answered, so that an answer is never taken for another's): ``("open", kind, folder,
+schema)``, then steps (``("op", op)``, ``("tx", ops, discard, with_meta)``, ``("refresh",)``,
+``("subscribe",)``), each answered with this image's seq after it, then ``("finish",)``, answered with what
+each all-subscription made here was delivered and the history of the log after it, as this image tells it (as
+plain data: objects as their ids), then ``("close",)``. An error in a step is answered ``(number, "error",
+traceback)``; ``None`` ends the process.
 """
 
 from __future__ import annotations
@@ -64,15 +66,15 @@ def serve(conn: Connection) -> None:
     stores: StoreFactory | None = None
     everything: list[tuple[int, list[memimg.Commit]]] = []
     while (command := conn.recv()) is not None:
+        number, name, *args = command
         try:
-            name, *args = command
             if name == "open":
                 kind, folder, schema = args
                 stores = StoreFactory(kind, Path(folder))
                 stores.schema = schema
                 img = stores.open(root=Box, snapshot_every=None)
                 everything = []
-                conn.send(("ok", img.seq))
+                conn.send((number, "ok", img.seq))
                 continue
             assert img is not None and stores is not None
             node: Node = img.root.content
@@ -98,6 +100,7 @@ def serve(conn: Connection) -> None:
                 img.refresh()
                 conn.send(
                     (
+                        number,
                         "ok",
                         [
                             (
@@ -115,8 +118,8 @@ def serve(conn: Connection) -> None:
                 img.close()
                 stores.close()
                 img = stores = None
-                conn.send(("ok", 0))
+                conn.send((number, "ok", 0))
                 continue
-            conn.send(("ok", img.seq))
+            conn.send((number, "ok", img.seq))
         except BaseException:
-            conn.send(("error", traceback.format_exc()))
+            conn.send((number, "error", traceback.format_exc()))

@@ -9,6 +9,7 @@ random programs, where the other process is a real one
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import logging
 import multiprocessing
@@ -21,13 +22,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import memimg
 from memimg import MISSING
-from memimg.core._rows import EventRow
+from memimg.core._rows import EventRow, event_checksum
 from tests import feeds_worker
 from tests.conftest import POSTGRES_URL, Images, StoreFactory
 from tests.models import Account, Bank, Box, Entry, Node
@@ -224,6 +226,61 @@ def test_a_closed_subscription_gets_nothing_more(make_image: Images) -> None:
     assert [c.new for c in a.changes] == ["x"]
     assert [c.new for c in b.changes] == ["x"]
     assert "closed" in repr(sub)
+
+
+def test_a_lone_field_subscription_gets_no_other_fields_deletion_or_update(make_image: Images) -> None:
+    """A subscription to (obj, field), the only one: deleting another field of obj, or an obj.update (several
+    fields at once, from another process) of other fields, is not delivered; an update of its field and others
+    gives it that field's change alone."""
+    img = make_image(root=Box)
+    box = img.root
+    box.content, box.other = 1, "x"
+    got = Collect()
+    img.subscribe(got, to=(box, "content"))
+    del box.other
+    store = make_image.store()
+
+    def update(*pairs: tuple[str, Any]) -> None:
+        seq = img.seq + 1
+        payload = orjson.dumps([[[list(p) for p in pairs]]])
+        row = EventRow(seq, seq, 5, "obj.update", 1, payload, event_checksum(seq, seq, 5, "obj.update", 1, payload))
+        store.append([row], seq - 1)
+        img.refresh()
+
+    update(("other", "y"))
+    assert box.other == "y" and got.commits == []
+    update(("content", 2), ("other", "z"))
+    assert (box.content, box.other) == (2, "z")
+    assert got.said() == [("obj.update", "content", None, 1, 2)]
+
+
+def test_delivery_follows_the_subscriptions_a_commit_was_noted_for(make_image: Images) -> None:
+    """A commit made in a callback is delivered to the subscriptions there were when it was made, though some
+    close before it is delivered: a field subscription is given its field's changes only, even when it is the
+    last one left."""
+    img, acct = bank_image(make_image)
+    s0_got: list[int] = []
+    s1, s2 = Collect(), Collect()
+    subs: dict[str, memimg.Subscription] = {}
+
+    def s0(commit: memimg.Commit) -> None:
+        s0_got.append(commit.seq)
+        if len(s0_got) == 1:
+            with img.transaction():  # queued behind this delivery, noted for s0, s1 and s2
+                acct.owner = "o"
+                acct.balance = Decimal(5)
+            subs["s2"].close()
+            subs["s0"].close()
+
+    subs["s0"] = img.subscribe(s0)
+    img.subscribe(s1, to=(acct, "balance"))
+    subs["s2"] = img.subscribe(s2)
+    acct.balance = Decimal(1)
+    assert len(s0_got) == 1 and s2.commits == []  # closed before its turn came
+    assert [[(c.field, c.new) for c in commit.changes] for commit in s1.commits] == [
+        [("balance", Decimal(1))],
+        [("balance", Decimal(5))],
+    ]
 
 
 def test_only_commits_after_the_subscription_are_delivered(make_image: Images) -> None:
@@ -471,30 +528,72 @@ feed_steps = st.one_of(
 )
 
 
+class OtherProcessLost(BaseException):  # not an Exception: Hypothesis neither shrinks nor retries it
+    """The other process died, hung or answered out of turn: the law cannot go on with it (every example after
+    would fail alike, for minutes)."""
+
+
+class OtherProcess:
+    """A process of its own serving an image on the logs a test opens (``tests/feeds_worker.py``), asked one
+    numbered command at a time; lost (killed, and failing every ask) once it dies, hangs or answers out of
+    turn."""
+
+    #: seconds an answer may take (a step of the worker takes well under one)
+    timeout = 20.0
+
+    def __init__(self) -> None:
+        self.conn, theirs = multiprocessing.Pipe()
+        self.proc = multiprocessing.get_context("spawn").Process(target=feeds_worker.serve, args=(theirs,), daemon=True)
+        self.proc.start()
+        theirs.close()
+        self.number = 0
+        self.lost: str | None = None
+
+    def ask(self, *command: Any) -> Any:
+        """Send *command* and return its answer (failing on its error); :class:`OtherProcessLost` if the
+        process is lost, or is lost now."""
+        if self.lost is None:
+            self.number += 1
+            try:
+                self.conn.send((self.number, *command))
+                if not self.conn.poll(self.timeout):
+                    raise TimeoutError(f"no answer in {self.timeout} s")
+                number, status, answer = self.conn.recv()
+                if number != self.number:
+                    raise RuntimeError(f"the answer to command #{number}, not #{self.number}")
+            except (OSError, EOFError, TimeoutError, RuntimeError) as err:
+                self.stop()
+                self.lost = (
+                    f"the other process (tests/feeds_worker.py) was lost on {command!r}: {err!r}; "
+                    f"its exit code: {self.proc.exitcode}"
+                )
+            else:
+                assert status == "ok", f"the other process failed on {command!r}:\n{answer}"
+                return answer
+        raise OtherProcessLost(self.lost)
+
+    def stop(self) -> None:
+        """End the process: ask it to, then kill it if it has not ended in a few seconds."""
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(10)
+        self.conn.close()
+
+
 @pytest.fixture(params=["sqlite", "ndjson"] + (["postgres"] if POSTGRES_URL else []))
-def other_process(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
-    """A process of its own, serving an image on the logs this test opens (``tests/feeds_worker.py``), for all
-    the examples of one store kind."""
-    ours, theirs = multiprocessing.Pipe()
-    proc = multiprocessing.get_context("spawn").Process(target=feeds_worker.serve, args=(theirs,), daemon=True)
-    proc.start()
-    theirs.close()
+def other_process(request: pytest.FixtureRequest) -> Iterator[tuple[str, OtherProcess]]:
+    """The other process of the law, for all the examples of one store kind."""
+    other = OtherProcess()
     try:
-        yield request.param, ours
+        yield request.param, other
     finally:
-        ours.send(None)
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-
-
-def ask(conn: Any, *command: Any) -> Any:
-    """Send *command* to the other process and return its answer (failing on its error, or after a minute)."""
-    conn.send(command)
-    assert conn.poll(60), f"the other process did not answer {command!r} in time"
-    status, answer = conn.recv()
-    assert status == "ok", f"the other process failed on {command!r}:\n{answer}"
-    return answer
+        if other.lost is None:
+            other.stop()
 
 
 def check_retold(since: int, delivered: list[Any], history: list[Any], txs: dict[int, int], local: Any) -> None:
@@ -516,14 +615,14 @@ def check_retold(since: int, delivered: list[Any], history: list[Any], txs: dict
 @given(program=st.lists(feed_steps, max_size=16))
 @example(program=[("tx", "B", [("del",)], False, False), ("op", "A", ("del",))])  # A deletes what B just did
 def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
-    other_process: tuple[str, Any], program: list[tuple[Any, ...]]
+    other_process: tuple[str, OtherProcess], program: list[tuple[Any, ...]]
 ) -> None:
     """For random programs of two processes on one log -- this one (A) and another (B), each with an image
     (single mutations, transactions committed or discarded, refreshes, subscriptions made along the way): what
     an all-subscription in either process was delivered, concatenated, is the history of the log after it
     subscribed, in order, each commit once, each told whether its process made it; a field, an object and a
     class subscription were delivered exactly the matching part, commit by commit."""
-    kind, conn = other_process
+    kind, other = other_process
     folder = tempfile.mkdtemp()
     stores = StoreFactory(kind, Path(folder))
     a: memimg.MemoryImage | None = None
@@ -531,7 +630,7 @@ def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
     try:
         a = stores.open(root=Box, snapshot_every=None)
         a.root.content = Node(next=set())
-        b_seq = ask(conn, "open", kind, folder, stores.schema)
+        b_seq = other.ask("open", kind, folder, stores.schema)
         opened = True
         n = a.root.content
         everything: list[tuple[int, Collect]] = []  # A's all-subscriptions
@@ -539,7 +638,7 @@ def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
 
         def subscribe_all(whom: str) -> int:
             if whom == "B":
-                return int(ask(conn, "subscribe"))
+                return int(other.ask("subscribe"))
             assert a is not None
             got = Collect()
             a.subscribe(got)
@@ -556,7 +655,7 @@ def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
             name, whom, *args = step
             head = max(a.seq, b_seq)  # each image applies its own commits at once, and they take turns
             if whom == "B":
-                b_seq = subscribe_all("B") if name == "subscribe" else ask(conn, name, *args)
+                b_seq = subscribe_all("B") if name == "subscribe" else other.ask(name, *args)
             elif name == "op":
                 feeds_worker.step(n, args[0])
             elif name == "tx":
@@ -580,7 +679,7 @@ def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
             history = [feeds_worker.said(x) for x in feeds_worker.retold(a, since)]
             txs = {e.tx: e.seq for e in a.events(since=since)}
             check_retold(since, delivered, history, txs, lambda tx: made_by[tx] == "A")
-        theirs = ask(conn, "finish")
+        theirs = other.ask("finish")
         assert len(theirs) == 1 + sum(step[:2] == ("subscribe", "B") for step in program)
         for since, delivered, history, txs in theirs:
             check_retold(since, delivered, history, txs, lambda tx: made_by[tx] == "B")
@@ -593,12 +692,18 @@ def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
             assert sub.changes == [c for c in all_a.changes if wanted(c)]
             assert [c.seq for c in sub.commits] == [c.seq for c in all_a.commits if any(map(wanted, c.changes))]
     finally:
-        if a is not None:
-            a.close()
-        if opened:
-            ask(conn, "close")
-        stores.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            if a is not None:
+                a.close()
+        finally:
+            try:
+                if opened and other.lost is None:
+                    other.ask("close")
+            finally:
+                try:
+                    stores.cleanup()
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- changes(since=...): the blocking iterator ---------------------------------------------------------------------
@@ -1032,6 +1137,37 @@ def test_a_base_exception_in_a_callback_never_stops_the_follower(
         eventually(lambda: len(got) == 2)
     assert follower.is_alive()
     assert any("BaseException" in r.getMessage() for r in caplog.records)
+
+
+def test_a_commits_seqs_time_and_meta_do_not_depend_on_its_changes(make_image: Images) -> None:
+    """A callback may empty a Commit's list of changes: its tx, first_seq, time and meta are still told; a
+    Commit made with no changes tells what it was made with."""
+    img, acct = bank_image(make_image)
+    told: list[tuple[Any, ...]] = []
+
+    def emptying(commit: memimg.Commit) -> None:
+        commit.changes.clear()
+        told.append((commit.tx, commit.first_seq, commit.seq, commit.time, commit.meta))
+
+    img.subscribe(emptying, to=(acct, "balance"))  # alone: delivered as noted
+    img.subscribe(emptying, to=acct)  # two: filtered
+    with img.transaction(meta={"by": "me"}):
+        acct.balance = Decimal(3)
+    last = img.history(acct)[-1]
+    assert last.tx < img.seq  # its metadata came first
+    assert told == [(last.tx, last.tx, img.seq, last.time, {"by": "me"})] * 2
+    when = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    made = memimg.Commit(7, 9, when, {"a": 1}, False, [])
+    assert (made.tx, made.first_seq, made.seq, made.time, made.meta, made.local, made.changes) == (
+        7,
+        7,
+        9,
+        when,
+        {"a": 1},
+        False,
+        [],
+    )
+    assert memimg.Commit(7, 9, 0, {}, True, []).time == dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def test_a_commit_holds_only_what_it_exposes(make_image: Images) -> None:

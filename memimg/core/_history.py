@@ -116,6 +116,8 @@ class Change(tuple):  # type: ignore[type-arg]
         """Its transaction's id: the seq of the transaction's first event."""
         time: dt.datetime
         """The commit time of its transaction, an aware UTC datetime."""
+        _ts: int
+        """The commit time as the log stores it: microseconds since the epoch."""
         meta: dict[str, Any]
         """The metadata of its transaction (``{}`` if none)."""
         target: Any

@@ -63,7 +63,7 @@ from typing import Any, Final
 
 from memimg._errors import MemimgError
 from memimg.core import _types
-from memimg.core._history import Change, Recorder
+from memimg.core._history import Change, Recorder, commit_time
 from memimg.core._kinds import KINDS
 from memimg.core._markers import MISSING
 from memimg.core._meta import TX_META
@@ -111,42 +111,44 @@ class Commit:
     records of the commit that the subscription follows, in the order they
     were made -- never empty (a commit that changes nothing followed is not
     delivered). Each subscription is given a Commit of its own, and a list
-    of its own. It holds nothing else (not the stored rows).
+    of its own. It holds nothing else (not the stored rows). Its seqs,
+    time and metadata are its own, not read from the list: a callback may
+    change the list.
+
+    ``Commit(tx, seq, time, meta, local, changes)`` makes one (*time*: an
+    aware datetime, or microseconds since the epoch as the log stores it).
     """
 
     __module__ = "memimg"
-    __slots__ = ("changes", "local", "seq")
+    __slots__ = ("_time", "changes", "local", "meta", "seq", "tx")
 
-    def __init__(self, seq: int, local: bool, changes: list[Change]) -> None:
+    def __init__(
+        self, tx: int, seq: int, time: dt.datetime | int, meta: dict[str, Any], local: bool, changes: list[Change]
+    ) -> None:
+        """*time*: an aware datetime, or microseconds since the Unix epoch (how the log stores it)."""
+        self.tx = tx
         self.seq = seq
+        self._time = time
+        self.meta = meta
         self.local = local
         self.changes = changes
 
-    # tx, time and meta are those of each of its changes (never none)
-
-    @property
-    def tx(self) -> int:
-        """Its transaction id: the seq of its first event."""
-        return self.changes[0].tx
+    # its seqs, time and meta are kept apart from its changes (a callback may empty the list)
 
     @property
     def first_seq(self) -> int:
         """The seq of its first event (its ``tx``)."""
-        return self.changes[0].tx
+        return self.tx
 
     @property
     def time(self) -> dt.datetime:
         """The commit time, an aware UTC datetime."""
-        return self.changes[0].time
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """Its metadata (``{}`` if none)."""
-        return self.changes[0].meta
+        t = self._time
+        return commit_time(t) if isinstance(t, int) else t
 
     def _relived(self, changes: list[Change]) -> Commit:
         """This commit with *changes* instead of its own, and ``local`` False: a commit replayed from the log."""
-        return Commit(self.seq, False, changes)
+        return Commit(self.tx, self.seq, self._time, self.meta, False, changes)
 
     def __repr__(self) -> str:
         where = "local" if self.local else "remote"
@@ -473,8 +475,10 @@ def _deliver_entry(feed: Feed, entry: Entry) -> None:
         if sub.closed or seq <= sub.seen:
             return
         sub.seen = seq
+        first = changes[0]
         commit = _new_object(Commit)
-        commit.seq, commit.local, commit.changes = seq, local, changes
+        commit.tx, commit.seq, commit._time, commit.meta = first.tx, seq, first._ts, first.meta
+        commit.local, commit.changes = local, changes
         try:
             sub.callback(commit)
         except BaseException as err:
@@ -494,8 +498,9 @@ def _deliver_entry(feed: Feed, entry: Entry) -> None:
         else:
             picked = changes.copy()  # a list of its own
         if picked:
+            first = picked[0]
             try:
-                sub.callback(Commit(seq, local, picked))
+                sub.callback(Commit(first.tx, seq, first._ts, first.meta, local, picked))
             except BaseException as err:
                 _failed(sub, seq, err)
 
