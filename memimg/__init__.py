@@ -29,6 +29,7 @@ from memimg._rekey import rekey
 from memimg.core._diff import Diff, Difference
 from memimg.core._history import Change, Collected
 from memimg.core._markers import ERASED, MISSING
+from memimg.core._protect import renew_nonces
 from memimg.core._rows import Event
 from memimg.core._schema import SchemaReport, upgrader
 from memimg.core._values import Converter, converter
@@ -84,6 +85,7 @@ __all__ = [
     "persistent",
     "project",
     "rekey",
+    "renew_nonces",
     "replay",
     "serialize",
     "upgrader",

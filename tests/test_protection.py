@@ -406,6 +406,56 @@ def test_every_sealed_row_gets_a_nonce_of_its_own_also_across_fork() -> None:
     assert len(set(before) | set(child) | set(parent)) == 5400
 
 
+def _child_nonces(fork: Any, seal: Any) -> list[bytes]:
+    """The nonces *seal* gives in a child made by *fork* (it writes them to a pipe and exits at once)."""
+    import os
+
+    read, write = os.pipe()
+    pid = fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, b"".join(seal()))
+        finally:
+            os._exit(0)
+    assert pid > 0
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    return [data[i : i + 12] for i in range(0, len(data), 12)]
+
+
+def test_a_child_forked_without_python_fork_hooks_seals_other_nonces_than_its_parent() -> None:
+    """A child forked by libc's fork() itself (as a C server forks its workers, with no Python fork hooks run)
+    seals other nonces than its parent: a commit's sealing call checks the pid its nonces were drawn in."""
+    import ctypes
+
+    p = Protection(encryption_key=KEY)
+
+    def seal() -> list[bytes]:
+        rows = [(i, 1, 0, "obj.set", 1, b"{}", 0) for i in range(1, 4)]
+        return [_nonce_of(row[5]) for row in p.seal_events(rows, b"")[0]]
+
+    seal()
+    child = _child_nonces(ctypes.CDLL(None).fork, seal)
+    assert len(child) == 3
+    parent = [*seal(), _nonce_of(p.seal(b"E", 9, 1, 0, "obj.set", 1, b"{}", b"")[0])]
+    assert not set(child) & set(parent)
+    assert child[0][:8] != parent[0][:8]
+
+
+def test_renew_nonces_draws_a_new_prefix_for_a_restored_process() -> None:
+    """``renew_nonces()`` (for a process restored from a snapshot, whose pid can be the same) makes the next
+    nonces use a new prefix."""
+    p = Protection(encryption_key=KEY)
+    before = _nonce_of(p.seal(b"E", 1, 1, 0, "obj.set", 1, b"{}", b"")[0])
+    memimg.renew_nonces()
+    after = _nonce_of(p.seal(b"E", 2, 1, 0, "obj.set", 1, b"{}", b"")[0])
+    assert before[:8] != after[:8]
+
+
 def test_the_nonce_prefix_is_drawn_anew_when_its_counter_runs_out() -> None:
     """After 2**32 - 1 nonces under one prefix, the next nonces have a new prefix, and none repeats."""
     import itertools
@@ -414,7 +464,7 @@ def test_the_nonce_prefix_is_drawn_anew_when_its_counter_runs_out() -> None:
 
     nonces = _protect._Nonces()
     prefix = nonces._state[0]
-    nonces._state = (prefix, itertools.count(0xFFFF_FFFE))
+    nonces._state = (prefix, itertools.count(0xFFFF_FFFE), nonces._state[2])
     got = [nonces() for _ in range(3)]
     assert got[0] == prefix + (0xFFFF_FFFE).to_bytes(4, "little")
     assert got[1][:8] != prefix and got[2][:8] == got[1][:8] and len(set(got)) == 3
@@ -427,7 +477,8 @@ def test_sealing_rows_draws_a_new_nonce_prefix_when_the_counter_runs_out(monkeyp
     from memimg.core import _protect
 
     prefix = _protect._nonce._state[0]
-    monkeypatch.setattr(_protect._nonce, "_state", (prefix, itertools.count(0xFFFF_FFFE)))
+    pid = _protect._nonce._state[2]
+    monkeypatch.setattr(_protect._nonce, "_state", (prefix, itertools.count(0xFFFF_FFFE), pid))
     rows = [(i, 1, 0, "obj.set", 1, b"{}", 0) for i in range(1, 4)]
     got = [_nonce_of(row[5]) for row in Protection(encryption_key=KEY).seal_events(rows, b"")[0]]
     assert got[0] == prefix + (0xFFFF_FFFE).to_bytes(4, "little")

@@ -401,3 +401,73 @@ def test_the_rekey_marker_is_never_stamped_before_the_last_commit(kind: str, tmp
     assert events[-1].kind == "tx.meta" and b"rekey" in events[-1].payload
     times = [event.ts for event in events]
     assert times == sorted(times) and times[0].year > 2000
+
+
+def _other_rekeys_entry() -> str:
+    """The ``protection.pending`` entry another rekey (to key ``3`` * 32) would write."""
+    from memimg.core._protect import Protection, new_log_id
+
+    return Protection(encryption_key=bytes([3]) * 32).for_log(new_log_id()).settings_text()
+
+
+def test_a_failed_rekey_leaves_another_rekeys_pending_entry_alone(tmp_path: Any) -> None:
+    """A rekey whose rewrite fails removes its own ``protection.pending`` entry only: one another rekey wrote
+    over it meanwhile stays (that rekey may have committed its rows, and the entry is how the log's next open
+    finishes it)."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+    other = _other_rekeys_entry()
+
+    class Raced(memimg.SQLiteStore):
+        def rewrite(self, plan: Any, after: int) -> None:
+            self.set_meta("protection.pending", other)  # the other rekey, started at the same moment
+            raise memimg.MemimgError("the rewrite failed")
+
+    store = Raced(path)
+    with pytest.raises(memimg.MemimgError, match="the rewrite failed"):
+        memimg.rekey(store, old_options=OLD, new_options=NEW)
+    assert store.meta()["protection.pending"] == other
+    store.close()
+    assert _balance(path, {}, OLD) == Decimal("132")
+
+
+def test_a_rekey_refuses_to_start_while_another_rekeys_entry_is_pending(tmp_path: Any) -> None:
+    """With another rekey's ``protection.pending`` entry in the log (running, or killed before its rewrite
+    committed), a rekey to other keys is refused, saying so and how to finish the other, and changes nothing;
+    the same rekey as the pending one runs (that is how an interrupted one is finished)."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+    other = {"encryption_key": bytes([3]) * 32}
+    store = memimg.SQLiteStore(path)
+    store.set_meta("protection.pending", _other_rekeys_entry())  # what a rekey killed mid-way leaves
+    with pytest.raises(memimg.MemimgError, match="another `memimg rekey` .* run that rekey again"):
+        memimg.rekey(store, old_options=OLD, new_options=NEW)
+    store.close()
+    assert _balance(path, {}, OLD) == Decimal("132")
+    memimg.rekey(path, old_options=OLD, new_options=other)
+    assert _balance(path, {}, other) == Decimal("132")
+    store = memimg.SQLiteStore(path)
+    assert "protection.pending" not in store.meta()
+    store.close()
+
+
+def test_a_plain_to_compression_rekey_that_fails_after_its_commit_is_finished(tmp_path: Any) -> None:
+    """A rekey of a plain log to compression alone whose rewrite committed and then raised (a connection lost
+    after COMMIT) is finished, not undone: the log records its compression and opens, its rows being compressed
+    (a protection with nothing set does not count as opening compressed rows)."""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, {})
+
+    class LostAfterCommit(memimg.SQLiteStore):
+        def rewrite(self, plan: Any, after: int) -> None:
+            super().rewrite(plan, after)
+            raise OSError("connection lost after COMMIT")
+
+    store = LostAfterCommit(path)
+    with pytest.raises(OSError, match="after COMMIT"):
+        memimg.rekey(store, old_options={}, new_options={"compression": "zstd"})
+    meta = store.meta()
+    store.close()
+    assert "protection.pending" not in meta and json.loads(meta["protection"])["compression"] == "zstd"
+    assert _balance(path, {}, {}) == Decimal("132")
+    assert _balance(path, {}, {"compression": "zstd"}) == Decimal("132")

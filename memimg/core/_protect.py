@@ -69,6 +69,7 @@ __all__ = [
     "is_sealed",
     "new_log_id",
     "parse_key",
+    "renew_nonces",
 ]
 
 #: Event payloads larger than this many bytes are compressed (when a compression is set); snapshots always are.
@@ -152,10 +153,16 @@ class _Nonces:
     """96-bit GCM nonces, never repeated: a random 64-bit prefix and a 32-bit counter (NIST SP 800-38D 8.2.1).
 
     The prefix is drawn anew when the counter runs out and in a forked
-    child (which would otherwise repeat its parent's stream); two processes
-    share a prefix with a chance of 2**-64 per pair. One ``os.urandom`` per
-    2**32 nonces instead of one per row (a system call: the bulk of an
-    encrypted commit's cost).
+    child (which would otherwise repeat its parent's stream): the state
+    records the pid that drew it, checked once per sealing call
+    (:meth:`current`; one ``getpid``), so a fork that skips Python's fork
+    hooks (a C server forking workers, e.g. uWSGI without
+    ``--py-call-osafterfork``) is caught too. A process restored from a
+    snapshot (CRIU, Lambda SnapStart, a cloned VM) can keep its pid: it
+    calls :func:`renew_nonces` after the restore. Two processes share a
+    prefix with a chance of 2**-64 per pair. One ``os.urandom`` per 2**32
+    nonces instead of one per row (a system call: the bulk of an encrypted
+    commit's cost).
     """
 
     def __init__(self) -> None:
@@ -165,10 +172,21 @@ class _Nonces:
 
     def _reset(self) -> None:
         # one tuple, swapped whole: a reader never pairs one prefix with another prefix's counter
-        self._state = (os.urandom(8), itertools.count())
+        self._state = (os.urandom(8), itertools.count(), os.getpid())
+
+    def current(self) -> tuple[bytes, itertools.count[int], int]:
+        """``(prefix, counter, pid)`` to draw nonces from: renewed first if this is not the process that drew
+        it (the one place a sealing call takes its state from)."""
+        state = self._state
+        if state[2] != os.getpid():
+            with self._lock:
+                if self._state is state:
+                    self._reset()
+            state = self._state
+        return state
 
     def __call__(self) -> bytes:
-        prefix, counter = self._state
+        prefix, counter, _ = self.current()
         n = next(counter)  # atomic under the GIL
         if n >= _NONCE_LAST:
             with self._lock:
@@ -179,6 +197,14 @@ class _Nonces:
 
 
 _nonce = _Nonces()
+_getpid = os.getpid
+
+
+def renew_nonces() -> None:
+    """Draw a new nonce prefix for this process: call it after restoring a process from a snapshot (CRIU,
+    Lambda SnapStart, a cloned VM), whose copies would otherwise go on from the same nonces. Forks need
+    nothing (see :class:`_Nonces`)."""
+    _nonce._reset()
 
 
 def _aesgcm() -> Any:
@@ -414,6 +440,10 @@ class Protection:
         prefix = self._log_tag + table
         codes = KIND_CODES if table == _EVENT else _NO_CODES
         pack, crc, nonces = _HEADER.pack, zlib.crc32, _nonce
+        if encrypt is not None:
+            prefix8, counter, pid = nonces._state  # nonces.current(), its check inline (once per commit)
+            if pid != _getpid():
+                prefix8, counter, _ = nonces.current()
         out = []
         for seq, tx, ts, kind, target, payload, _ in rows:
             if type(payload) is not bytes:
@@ -429,8 +459,7 @@ class Protection:
                     flags = _ZLIB if compression == "zlib" else _ZSTD
             if encrypt is not None:
                 flags |= _AES
-                prefix8, counter = nonces._state  # _Nonces.__call__, inline (a frame less per row)
-                n = next(counter)
+                n = next(counter)  # _Nonces.__call__, inline (a frame less per row)
                 nonce = prefix8 + n.to_bytes(4, "little") if n < _NONCE_LAST else nonces()
                 data = nonce + encrypt(nonce, data, prefix + header + name + _FLAGS[flags])
             if mac_of is not None:

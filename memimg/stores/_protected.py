@@ -36,7 +36,15 @@ import orjson
 
 from memimg._errors import CorruptLogError, MemimgError, ReadOnlyError
 from memimg.core._meta import META_KIND
-from memimg.core._protect import MAC_SIZE, PROTECTION_KEY, Protection, ProtectionError, new_log_id, read_settings
+from memimg.core._protect import (
+    MAC_SIZE,
+    PROTECTION_KEY,
+    Protection,
+    ProtectionError,
+    is_sealed,
+    new_log_id,
+    read_settings,
+)
 from memimg.core._rows import event_checksum, row_intact, snapshot_checksum
 from memimg.stores._protocol import (
     EventRow,
@@ -545,15 +553,20 @@ def _store_settings(store: Store, p: Protection) -> None:
 
 def _opens(store: Store, p: Protection) -> bool:
     """Whether the newest event and the newest snapshot (the highest seq) of *store* open under *p* (a rekey's
-    rows do)."""
+    rows do); under a protection with nothing set, only plain rows do (it would decompress a compressed
+    row, which a rekey to compression alone writes)."""
     wrapped = ProtectedStore(store, p)
     try:
         head = store.head()
-        if head >= store.first_seq():
-            for _ in wrapped._open_events(store.read(head - 1, 1), chain=False):
-                pass
-        for info in sorted(store.snapshots(), reverse=True)[:1]:  # newest first already; not relied on
-            wrapped._open_snapshot(SnapshotRow(*store.read_snapshot(info.seq)))
+        events = list(store.read(head - 1, 1)) if head >= store.first_seq() else []
+        snaps = [SnapshotRow(*store.read_snapshot(info.seq)) for info in sorted(store.snapshots())[-1:]]
+        sealed = any(is_sealed(row[5]) for row in events) or any(is_sealed(row.payload) for row in snaps)
+        if sealed and not p.active:
+            return False
+        for _ in wrapped._open_events(events, chain=False):
+            pass
+        for snap in snaps:
+            wrapped._open_snapshot(snap)
     except CorruptLogError:
         return False
     return True
@@ -628,6 +641,7 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
             f"{store.description!r} is open in {len(live)} other image(s) ({', '.join(sorted(live))}); close them "
             "before a rekey (they would keep writing under the old keys); nothing was changed"
         )
+    _refuse_other_rekey(store, new)
     reader = source if isinstance(source, ProtectedStore) else ProtectedStore(store, Protection())
     first, head = store.first_seq(), store.head()
     events = list(reader.read(first - 1)) if head >= first else []
@@ -669,8 +683,36 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
     except BaseException:
         _settle_rekey(store, source.protection if isinstance(source, ProtectedStore) else Protection(), new)
         raise
-    _finish_rekey(store, new)
+    store.set_meta(PROTECTION_KEY, new.settings_text() if new.active else None)
+    _drop_pending(store, new)
     return len(sealed) + len(sealed_snaps)
+
+
+def _refuse_other_rekey(store: Store, new: Protection) -> None:
+    """Raise MemimgError if another rekey's pending entry, to other options than *new*, is in *store*'s meta
+    (running, or interrupted before its rewrite committed: the rows are still under the old keys); not for a
+    finished rekey's entry (the log's settings are its)."""
+    meta = store.meta()
+    text = meta.get(PENDING_KEY)
+    other = read_settings({PROTECTION_KEY: text}) if text is not None else None
+    if other is None or text == meta.get(PROTECTION_KEY):
+        return  # none, or a finished rekey's (killed between its two meta writes): this rekey's replaces it
+    if _mismatch("", other, new) is None and other.get("compression") == new.compression:
+        return  # the same rekey run again (what finishes an interrupted one)
+    raise MemimgError(
+        f"{store.description!r}: another `memimg rekey` (to key {other.get('key_id')}, integrity key "
+        f"{other.get('integrity_key_id')}, compression {other.get('compression')}) is running or was "
+        "interrupted; wait for it, or if it was interrupted, run that rekey again (same new keys and "
+        "compression) to finish it, then rekey from there; nothing was changed"
+    )
+
+
+def _drop_pending(store: Store, new: Protection) -> None:
+    """Remove *store*'s pending entry if it is still *new*'s (its own log id: this rekey's), never another
+    rekey's. Read, compare and delete: the stores offer no compare-and-delete; the window is the one
+    between two meta statements, and a rekey refuses to start while another's entry is there."""
+    if store.meta().get(PENDING_KEY) == new.settings_text():
+        store.set_meta(PENDING_KEY, None)
 
 
 def _settle_rekey(store: Store, old: Protection, new: Protection) -> None:
@@ -679,6 +721,7 @@ def _settle_rekey(store: Store, old: Protection, new: Protection) -> None:
     its commit). Left as it is when the store cannot say (the next open decides, as after a crash)."""
     with contextlib.suppress(Exception):
         if _opens(store, old):
-            store.set_meta(PENDING_KEY, None)
+            _drop_pending(store, new)
         elif _opens(store, new):
-            _finish_rekey(store, new)
+            store.set_meta(PROTECTION_KEY, new.settings_text() if new.active else None)
+            _drop_pending(store, new)
