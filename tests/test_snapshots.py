@@ -149,26 +149,28 @@ def test_another_threads_commit_goes_on_while_a_snapshot_retries_its_last_commit
     store, root_oid = img.store, img.root._mi_oid
     append = store.append
     committed = threading.Event()
-    attempts: list[bool] = []
+    attempts: list[bool] = []  # per attempt at the gc.drop: whether the other thread's commit had landed
+    cap = 500  # attempts lost to the other process at most (the lock is not fair: a few may pass it by)
 
     def commit() -> None:
         img.root.keyed["t"] = "from another thread"
         committed.set()
 
     def racing(rows: Any, expected_head: int) -> None:
-        if rows[0][3] == "gc.drop" and len(attempts) < 5:
+        if rows[0][3] == "gc.drop" and not (attempts and attempts[-1]) and len(attempts) < cap:
             if not attempts:
                 threading.Thread(target=commit, daemon=True).start()
                 time.sleep(0.2)  # it waits for the image's lock, held here
             attempts.append(committed.is_set())
-            append_event(store, "obj.set", root_oid, [["misc", f"elsewhere {len(attempts)}"]])  # comes first
+            if not attempts[-1]:  # the other process comes first, until the other thread's commit has landed
+                append_event(store, "obj.set", root_oid, [["misc", f"elsewhere {len(attempts)}"]])
         append(rows, expected_head)
 
     monkeypatch.setattr(store, "append", racing)
     seq = img.snapshot()
     # the other thread committed between two attempts (the image's lock held by none), not after the snapshot
-    assert len(attempts) == 5 and not attempts[0] and attempts[-1]
-    assert img.root.keyed["t"] == "from another thread" and img.root.misc == "elsewhere 5"
+    assert not attempts[0] and attempts[-1] and len(attempts) < cap
+    assert img.root.keyed["t"] == "from another thread" and img.root.misc == f"elsewhere {len(attempts) - 1}"
     assert _content(_snapshot_alone(make_image.store(), seq)) == _content(_state_at(img, seq))
 
 

@@ -52,7 +52,8 @@ LEASE: Final = "snapshot"
 LEASE_SECONDS: Final = 30.0
 #: How long a snapshot asked for by a call (not an automatic one) waits for another process's to finish.
 WAIT_SECONDS: Final = 2 * LEASE_SECONDS
-#: How long a snapshot whose commit lost the race to another process lets the image's lock go (seconds).
+#: How long a snapshot lets the image's lock go after its ``snapshot`` or ``gc.drop`` commit lost the race to
+#: another process, before trying again (seconds): a commit waiting for the lock takes it meanwhile.
 RETRY_PAUSE: Final = 0.001
 #: How long automatic snapshots rest after finding another process's lease.
 RETRY_SECONDS: Final = 0.1
@@ -333,6 +334,7 @@ class Snapshots:
                 self._check(writer)
                 if not forget or engine.commit([(_GC_DROP, None, (forget,))], replan=True, auto_snapshot=False):
                     engine.snapshot_writer = None  # the state at its seq is all written: nothing to keep any more
+                    self._check(writer)  # abandoned by an event applied with the gc.drop
                     header = writer.header()
                     break
             # another writer came first: its events may have linked an object of *forget* again
