@@ -13,6 +13,7 @@ import attrs
 import orjson
 
 from memimg.core._rows import event_checksum, snapshot_checksum
+from memimg.core._snapshot import decode_snapshot
 from memimg.stores import EventRow, SnapshotRow, Store
 
 
@@ -59,6 +60,16 @@ def move_snapshot(path: str, seq: int) -> None:
         conn.commit()
     finally:
         conn.close()
+
+
+def format_1(payload: bytes, renumber: Callable[[int], int] = int) -> bytes:
+    """*payload* as a format-1 snapshot (what memimg 0.1 wrote): a header, then ``oid<TAB>type<TAB>state`` lines,
+    each object's id given as ``renumber(oid)`` (references in the states are left as they are)."""
+    data = decode_snapshot(payload)
+    objects = data.pop("objects")
+    header = {**data, "format": 1, "count": len(objects)}
+    lines = [b"%d\t%s\t%s" % (renumber(oid), name.encode(), orjson.dumps(state)) for oid, name, state in objects]
+    return b"\n".join([orjson.dumps(header), *lines])
 
 
 def rewrite_snapshot(where: str | Store, old: bytes, new: bytes) -> int:

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 import memimg
 from memimg.cli import cli
 from tests.models import Account, Bank, Entry
-from tests.tampering import PlantedModule, append_event, plant_module, rewrite_snapshot
+from tests.tampering import PlantedModule, append_event, edit_snapshot, format_1, plant_module, rewrite_snapshot
 from tests.versions import ROOT, Versions
 
 
@@ -159,6 +159,17 @@ def test_verify_finds_a_snapshot_that_disagrees_with_the_log(bank_db: str) -> No
     seq = rewrite_snapshot(bank_db, b'"bob"', b'"rob"')
     r = CliRunner().invoke(cli, ["verify", bank_db])
     assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_verify_names_a_snapshot_object_id_below_1(bank_db: str, last: bool) -> None:
+    """A (format-1) snapshot holding an object under a negative id is reported naming that id, whether the id
+    counted from the end would fall on a free place or on an object; no object is read into the wrong place."""
+    wrong = 6 if last else 3  # the bank's objects are 1 to 6
+    edit_snapshot(bank_db, lambda payload: format_1(payload, lambda oid: oid - 7 if oid == wrong else oid))
+    r = CliRunner().invoke(cli, ["verify", bank_db])
+    assert r.exit_code == 1, r.output
+    assert f"object id {wrong - 7} is not a valid id (object ids run from 1 up)" in r.output
 
 
 def test_verify_names_a_missing_seq(tmp_path: Any) -> None:

@@ -53,7 +53,8 @@ def test_history_of_a_field_and_of_a_collection(bank: tuple[str, int, int]) -> N
     ("what", "extra", "message"),
     [
         ("{acct}.nope", (), "has no field 'nope'"),
-        ("999", (), "object 999 is not in the image"),
+        ("999", (), "object id 999 is out of range: the object ids of the image"),
+        ("²", (), "is not OID[.FIELD]"),
         ("x.y", (), "is not OID[.FIELD]"),
         ("{acct}.", (), "is not OID[.FIELD]"),
         ("{acct}", ("--since", "9", "--until", "2"), "since is past until"),
@@ -68,6 +69,17 @@ def test_history_bad_input(bank: tuple[str, int, int], what: str, extra: tuple[s
     assert r.exit_code == 1 and message in r.output, r.output
     with open(path, "rb") as f:
         assert f.read() == before
+
+
+@pytest.mark.parametrize("oid", ["-1", "-2", "0", "8", "9.balance"])
+def test_history_names_an_object_id_out_of_range_and_the_range(bank: tuple[str, int, int], oid: str) -> None:
+    """An object id below 1 or past the image's last id is an error naming it and the range of ids, never an
+    object counted from the end of the table."""
+    path, _, _ = bank
+    r = CliRunner().invoke(cli, ["history", path, "--", oid])
+    assert r.exit_code == 1, r.output
+    message = f"object id {oid.partition('.')[0]} is out of range"
+    assert message in r.output and "run from 1 to 7" in r.output  # the bank's objects
 
 
 def test_a_none_key_is_shown_and_told_from_a_none_value(tmp_path: Any) -> None:

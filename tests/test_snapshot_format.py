@@ -32,13 +32,13 @@ import memimg
 from memimg import persistent
 from memimg.cli._verify import _canonical_state
 from memimg.core._codec import Codec
-from memimg.core._snapshot import decode_snapshot, split_snapshot
+from memimg.core._snapshot import split_snapshot
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.model import SHELL
 from memimg.model._tracking import disable_now
 from tests.conftest import Images
-from tests.tampering import edit_snapshot, move_snapshot, rewrite_snapshot
+from tests.tampering import edit_snapshot, format_1, move_snapshot, rewrite_snapshot
 
 
 class Colour(enum.Enum):
@@ -183,19 +183,10 @@ def test_snapshot_while_another_thread_holds_a_transaction(make_image: Images) -
         assert img.root.nodes[0].label == "committed"
 
 
-def _format_1(payload: bytes) -> bytes:
-    """*payload* as a format-1 snapshot (what memimg 0.1 wrote): a header, then ``oid<TAB>type<TAB>state`` lines."""
-    data = decode_snapshot(payload)
-    objects = data.pop("objects")
-    header = {**data, "format": 1, "count": len(objects)}
-    lines = [b"%d\t%s\t%s" % (oid, name.encode(), orjson.dumps(state)) for oid, name, state in objects]
-    return b"\n".join([orjson.dumps(header), *lines])
-
-
 def test_format_1_snapshots_still_open(make_image: Images) -> None:
     """An image whose newest snapshot is in the previous format opens to the same graph."""
     seq, expected = _snapshot_of_everything(lambda **options: make_image(**options))
-    edit_snapshot(make_image.store(), _format_1)
+    edit_snapshot(make_image.store(), format_1)
     payload = make_image.store().read_snapshot(seq).payload
     assert orjson.loads(payload.split(b"\n", 1)[0])["format"] == 1
     _only_the_snapshot(make_image.store(), seq)
@@ -600,7 +591,7 @@ def test_history_and_erase_read_format_1_snapshots(make_image: Images) -> None:
     img.root.misc.label = "public"
     img.close()
     store = make_image.store()
-    edit_snapshot(store, _format_1)
+    edit_snapshot(store, format_1)
     store.delete_events_before(seq)
     img = make_image(root=Holder)
     node = img.root.misc

@@ -19,9 +19,10 @@ __all__ = ["history"]
 
 
 def _parse(what: str) -> tuple[int, str | None]:
-    """``OID[.FIELD]`` as ``(oid, field or None)``."""
-    oid_text, _, field = what.partition(".")
-    if not oid_text.isdigit() or int(oid_text) < 1 or (_ and not field):
+    """``OID[.FIELD]`` as ``(oid, field or None)``; the oid may be out of range (:func:`_object` says so)."""
+    oid_text, dot, field = what.partition(".")
+    digits = oid_text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or (dot and not field):
         raise MemimgError(
             f"{what!r} is not OID[.FIELD]: give an object id (memimg log and memimg show --json show them), "
             "optionally followed by a field name, e.g. 12 or 12.balance"
@@ -30,12 +31,23 @@ def _parse(what: str) -> tuple[int, str | None]:
 
 
 def _object(img: Any, oid: int) -> Any:
+    """The object of id *oid* in *img*.
+
+    Raises:
+        MemimgError: *oid* is outside the ids of the image (named, with that range), or no object holds it now.
+    """
     objects = img._engine.table.objects
-    obj = objects[oid] if oid < len(objects) else None
+    where = img.store.description
+    if not 0 < oid < len(objects):
+        raise MemimgError(
+            f"object id {oid} is out of range: the object ids of the image {where} run from 1 to "
+            f"{len(objects) - 1} (memimg log and memimg show --json show them)"
+        )
+    obj = objects[oid]
     if obj is None:
         raise MemimgError(
-            f"object {oid} is not in the image {img.store.description} (never made, or collected since it "
-            f"became unreachable; memimg log {img.store.description} --object {oid} shows its stored events)"
+            f"object {oid} is not in the image {where} (never made, or collected since it "
+            f"became unreachable; memimg log {where} --object {oid} shows its stored events)"
         )
     return obj
 

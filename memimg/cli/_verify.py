@@ -409,7 +409,7 @@ def _equal_as_stored(replayed: Reader, payload: bytes, seq: int) -> bool:
     for i, (oids, kinds, line) in enumerate(chunks):
         chunks[i] = ([], [], b"")  # compared: not needed any more
         for oid, k, state in zip(oids, kinds, load_states(line, len(oids), i, seq), strict=True):
-            obj = objects[oid] if oid < len(objects) else None
+            obj = objects[oid] if 0 < oid < len(objects) else None
             if obj is None or type(obj) is Gone:
                 return False
             try:

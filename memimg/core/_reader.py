@@ -270,7 +270,7 @@ class Reader:
         """
         shell = self.shell
         for i, (oid, obj) in enumerate(placed):
-            was = old[oid] if oid < len(old) else None
+            was = old[oid] if 0 < oid < len(old) else None
             t = type(obj)
             if was is None or type(was) is not t or t is Gone:
                 continue

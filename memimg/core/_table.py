@@ -157,7 +157,7 @@ class ObjectTable:
         without a call each.
 
         Raises:
-            CorruptLogError: an id is in use.
+            CorruptLogError: an id is in use, or below 1.
         """
         objects = self.objects
         holes = self.holes
@@ -171,6 +171,10 @@ class ObjectTable:
                     objects.extend([None] * (oid - n))
                     holes += oid - n
                     objects.append(obj)
+                elif oid < 1:  # not an index from the end
+                    raise CorruptLogError(
+                        f"object id {oid} is not a valid id (object ids run from 1 up)", seq=None, table=""
+                    )
                 elif objects[oid] is None:
                     objects[oid] = obj
                     holes -= 1
