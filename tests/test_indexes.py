@@ -585,6 +585,31 @@ def test_any_number_of_reachable_instances_may_hold_none_in_a_unique_field(make_
     other.close()
 
 
+def test_get_of_none_in_a_unique_field_is_an_error_whoever_holds_it(make_image: Images) -> None:
+    """None is no value of a unique field, so no one instance holds it: ``img.get(Cls, field=None)`` raises
+    ValueError naming class and field and pointing to find -- whether no instance, one or several (reachable or
+    not) leave the field None, inside a transaction or not -- never an arbitrary one of them."""
+    img = make_image(root=Users)
+    message = r"img\.get\(User, email=None\): None is not a unique value .*img\.find\(User, email=None\)"
+
+    def refused() -> None:
+        with pytest.raises(ValueError, match=message):
+            img.get(User, email=None)
+
+    refused()  # none holds it
+    img.root.users.append(User())
+    refused()  # one
+    img.root.users.extend([User(), Vip()])
+    refused()  # several, a subclass's too
+    with img.transaction():
+        img.root.users.append(User())
+        refused()
+    img.root.users.pop(0)  # unreachable, not collected yet
+    refused()
+    found = {id(u) for u in img.find(User, email=None)}
+    assert len(img.root.users) == 3 and all(id(u) in found for u in img.root.users)  # find lists them
+
+
 def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """While a removed holder of a value and its successor are both in the index, get returns the reachable
     one and finds out which that is once, not on every call -- commits that link no existing object in

@@ -384,6 +384,8 @@ class MemoryImage:
         Raises:
             TypeError: *cls* is not a ``@persistent`` class, or *key* is not
                 exactly one of its unique fields (the message names them).
+            ValueError: the value given is ``None``, which any number of
+                instances may hold (use :meth:`find` for them).
             ClosedError: the image is closed.
         """
         return _query.get(self._engine, cls, key)  # type: ignore[no-any-return]

@@ -254,6 +254,12 @@ def get(engine: Any, cls: type, key: dict[str, Any]) -> Any:
             "use img.find for other fields or several"
         )
     ((name, value),) = key.items()
+    if value is None:  # not a value of a unique field: any number of instances may hold it (see memimg.field)
+        raise ValueError(
+            f"img.get({cls.__qualname__}, {name}=None): None is not a unique value (any number of instances may "
+            f"leave {cls.__qualname__}.{name} None), so there is no one instance to get; use "
+            f"img.find({cls.__qualname__}, {name}=None) for all of them"
+        )
     root = spec[name]
     assert root is not None
     state = engine.current_tx()
