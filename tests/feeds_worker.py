@@ -35,6 +35,29 @@ def step(node: Node, op: tuple[Any, ...]) -> None:
         assert op[0] in ("setitem", "delitem")
 
 
+def take(img: memimg.MemoryImage, name: str, args: list[Any], *, by: str) -> None:
+    """Take the step *name* of a program, with *args*, on *img*'s graph: ``op`` (see :func:`step`), ``tx``
+    (its ops in one transaction, whose metadata names *by* if asked, discarded if asked; a conflict leaves it
+    out) or ``refresh``."""
+    node: Node = img.root.content
+    if name == "op":
+        step(node, args[0])
+    elif name == "tx":
+        body, discard, with_meta = args
+        try:
+            with img.transaction(meta={"by": by} if with_meta else None):
+                for o in body:
+                    run(node, o)
+                if discard:
+                    raise Discard
+        except (Discard, memimg.ConflictError):
+            pass
+    elif name == "refresh":
+        img.refresh()
+    else:
+        raise ValueError(f"no step {name!r} in a program (op, tx, refresh)")
+
+
 def plain(v: Any) -> Any:
     """*v* as data another process compares: objects of the graph as their ids, MISSING as a marker."""
     if v is MISSING:
@@ -77,22 +100,7 @@ def serve(conn: Connection) -> None:
                 conn.send((number, "ok", img.seq))
                 continue
             assert img is not None and stores is not None
-            node: Node = img.root.content
-            if name == "op":
-                step(node, args[0])
-            elif name == "tx":
-                body, discard, with_meta = args
-                try:
-                    with img.transaction(meta={"by": "B"} if with_meta else None):
-                        for o in body:
-                            run(node, o)
-                        if discard:
-                            raise Discard
-                except (Discard, memimg.ConflictError):
-                    pass
-            elif name == "refresh":
-                img.refresh()
-            elif name == "subscribe":
+            if name == "subscribe":
                 got: list[memimg.Commit] = []
                 img.subscribe(got.append)
                 everything.append((img.seq, got))
@@ -120,6 +128,8 @@ def serve(conn: Connection) -> None:
                 img = stores = None
                 conn.send((number, "ok", 0))
                 continue
+            else:
+                take(img, name, args, by="B")
             conn.send((number, "ok", img.seq))
         except BaseException:
             conn.send((number, "error", traceback.format_exc()))

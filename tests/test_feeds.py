@@ -33,7 +33,7 @@ from memimg.core._rows import EventRow, event_checksum
 from tests import feeds_worker
 from tests.conftest import POSTGRES_URL, Images, StoreFactory
 from tests.models import Account, Bank, Box, Entry, Node
-from tests.test_history_laws import Discard, ops, run
+from tests.test_history_laws import ops
 
 
 @memimg.persistent
@@ -656,22 +656,10 @@ def test_an_all_subscription_retells_the_log_and_filters_take_their_part(
             head = max(a.seq, b_seq)  # each image applies its own commits at once, and they take turns
             if whom == "B":
                 b_seq = subscribe_all("B") if name == "subscribe" else other.ask(name, *args)
-            elif name == "op":
-                feeds_worker.step(n, args[0])
-            elif name == "tx":
-                body, discard, with_meta = args
-                try:
-                    with a.transaction(meta={"by": "A"} if with_meta else None):
-                        for o in body:
-                            run(n, o)
-                        if discard:
-                            raise Discard
-                except (Discard, memimg.ConflictError):
-                    pass
-            elif name == "refresh":
-                a.refresh()
-            else:
+            elif name == "subscribe":
                 subscribe_all("A")
+            else:
+                feeds_worker.take(a, name, args, by="A")
             made_by.update((e.tx, whom) for e in a.events(since=head))
         a.refresh()
         for since, got in everything:

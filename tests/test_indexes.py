@@ -457,15 +457,23 @@ def test_a_value_freed_by_unreachability_can_be_reused(make_image: Images) -> No
     assert len(img.find(User, email="ada@x.io")) == 1
 
 
+def _reused(img: memimg.MemoryImage) -> tuple[User, User]:
+    """A user of *img* (its root's ``users``) removed, not collected yet, and a new one appended holding its
+    e-mail: a value reused while its dropped holder is still in the index."""
+    ada = User("ada@x.io")
+    img.root.users.append(ada)
+    img.root.users.remove(ada)
+    ada2 = User("ada@x.io")
+    img.root.users.append(ada2)
+    return ada, ada2
+
+
 def test_a_removed_holder_cannot_be_linked_back_while_its_value_is_reused(make_image: Images) -> None:
     """A holder made unreachable (not collected yet) whose value another instance then took cannot be linked
     back into the graph -- directly, inside a new subgraph, in a transaction, or after reopening -- while the
     other holds the value; nothing is changed. Once the other lets the value go, it can."""
     img = make_image(root=Users, snapshot_every=None)
-    ada = User("ada@x.io")
-    img.root.users.append(ada)
-    img.root.users.remove(ada)
-    img.root.users.append(User("ada@x.io"))
+    ada, _ = _reused(img)
     seq = img.seq
     with pytest.raises(memimg.UniqueError, match=r"User\.email is unique, and 'ada@x\.io'"):
         img.root.users.append(ada)
@@ -517,11 +525,7 @@ def test_a_commit_retried_after_another_images_commit_is_checked_again(make_imag
     log committed first -- dropping that holder and giving the value to a third instance -- is checked again
     on the state after the other's commit, and refused."""
     one = make_image(root=Board, snapshot_every=None)
-    ada = User("ada@x.io")
-    one.root.users.append(ada)
-    one.root.users.remove(ada)
-    ada2 = User("ada@x.io")
-    one.root.users.append(ada2)
+    _, ada2 = _reused(one)
     two = make_image(root=Board, snapshot_every=None)
     back = two.root.users[0]
     assert two.get(User, email="ada@x.io") is back
@@ -610,25 +614,28 @@ def test_get_of_none_in_a_unique_field_is_an_error_whoever_holds_it(make_image: 
     assert len(img.root.users) == 3 and all(id(u) in found for u in img.root.users)  # find lists them
 
 
+def _calls(monkeypatch: pytest.MonkeyPatch, name: str, *modules: Any) -> list[int]:
+    """A list that grows by one item at each call of the function *name* of *modules* (it is bound under that
+    name in each), which still does what it did."""
+    calls: list[int] = []
+    real = getattr(modules[0], name)
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    for module in modules:
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 def test_get_of_a_reused_value_walks_the_graph_once(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """While a removed holder of a value and its successor are both in the index, get returns the reachable
     one and finds out which that is once, not on every call -- commits that link no existing object in
     between included; a commit that links one back makes it look again."""
     img = make_image(root=Users, snapshot_every=None)
-    ada = User("ada@x.io")
-    img.root.users.append(ada)
-    img.root.users.remove(ada)
-    ada2 = User("ada@x.io")
-    img.root.users.append(ada2)
-    walks = []
-    real = _unique.reachable_ids
-
-    def counted(*args: Any) -> Any:
-        walks.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(_unique, "reachable_ids", counted)
-    monkeypatch.setattr(_query, "reachable_ids", counted)
+    ada, ada2 = _reused(img)
+    walks = _calls(monkeypatch, "reachable_ids", _unique, _query)
     for i in range(50):
         assert img.get(User, email="ada@x.io") is ada2
         img.root.users.append(User(f"u{i}@x.io"))
@@ -663,14 +670,7 @@ def test_a_commit_linking_objects_while_a_value_is_reused_walks_only_what_it_lin
     img.root.spare.append(box)
     box = img.root.spare.pop()  # dropped too: a way back to the dropped holder
     img.root.users.append(User(gone.email))
-    steps = []
-    real = _unique._contents
-
-    def counted(*args: Any) -> Any:
-        steps.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(_unique, "_contents", counted)
+    steps = _calls(monkeypatch, "_contents", _unique)
     for i in range(20):
         img.root.spare.append(Order(img.root.users[i]))
         with img.transaction():
@@ -701,14 +701,7 @@ def test_unique_checks_in_a_transaction_look_only_at_the_values_concerned(
     """N unique assignments, gets and finds in one transaction compare a bounded number of other instances
     each (O(N) in all, not O(N^2)); what they see is still the transaction's own view."""
     img = make_image(root=Users)
-    compared = []
-    real = _unique.visible
-
-    def counted(*args: Any) -> Any:
-        compared.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(_unique, "visible", counted)
+    compared = _calls(monkeypatch, "visible", _unique)
     n = 400
     with img.transaction():
         for i in range(n):

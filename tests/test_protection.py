@@ -354,6 +354,18 @@ def test_a_snapshot_from_another_log_under_the_same_keys_is_refused_at_open(
     assert info.value.table == "memimg_snapshots" and info.value.tampered
 
 
+def _put_back_a_snapshot_from_before_an_erase(make_image: Images, stores: StoreFactory, opts: dict[str, Any]) -> int:
+    """A log (opened with *opts*) whose snapshot is put back, its own MAC valid, as it was before an erase
+    rewrote it; its seq."""
+    img = make_image(root=Bank, snapshot_every=None, **opts)
+    seq = _snapshot_log(img, "100")
+    old = stores.raw_store().read_snapshot(seq)
+    img.erase(img.root.accounts["ada"], "owner", reason="test")
+    img.close()
+    stores.raw_store().write_snapshot(SnapshotRow(*old))
+    return seq
+
+
 @pytest.mark.parametrize("option", ["chained", "all"])
 def test_a_snapshot_put_back_from_before_an_erase_is_refused_at_open(
     make_image: Images, stores: StoreFactory, option: str
@@ -361,12 +373,7 @@ def test_a_snapshot_put_back_from_before_an_erase_is_refused_at_open(
     """An erase re-links the snapshots after the row it rewrites: the old snapshot put back (holding the erased
     value, its own MAC valid) is a CorruptLogError at open."""
     opts = OPTIONS[option]
-    img = make_image(root=Bank, snapshot_every=None, **opts)
-    seq = _snapshot_log(img, "100")
-    old = stores.raw_store().read_snapshot(seq)
-    img.erase(img.root.accounts["ada"], "owner", reason="test")
-    img.close()
-    stores.raw_store().write_snapshot(SnapshotRow(*old))
+    _put_back_a_snapshot_from_before_an_erase(make_image, stores, opts)
     with pytest.raises(memimg.CorruptLogError, match="snapshot at seq"):
         make_image(root=Bank, **opts)
 
@@ -582,12 +589,7 @@ def test_check_chain_refuses_a_snapshot_put_back_from_before_an_erase(make_image
     from memimg.stores._protected import protect
 
     opts = OPTIONS["chained"]
-    img = make_image(root=Bank, snapshot_every=None, **opts)
-    seq = _snapshot_log(img, "100")
-    old = stores.raw_store().read_snapshot(seq)
-    img.erase(img.root.accounts["ada"], "owner", reason="test")
-    img.close()
-    stores.raw_store().write_snapshot(SnapshotRow(*old))
+    seq = _put_back_a_snapshot_from_before_an_erase(make_image, stores, opts)
     checked = protect(stores.raw_store(), Protection(integrity_key=INTEGRITY_KEY))
     with pytest.raises(memimg.CorruptLogError, match=f"snapshot at seq {seq} does not belong") as info:
         checked.check_chain()  # type: ignore[attr-defined]

@@ -300,11 +300,9 @@ def test_a_writer_left_open_across_a_rekey_stops_with_a_clear_error_and_writes_n
         _drop(kind, store_options)
 
 
-def test_a_writer_that_commits_while_an_sql_rekey_runs_makes_the_rekey_fail_whole(tmp_path: Any) -> None:
-    """An image opening after the rekey's check for live images and committing before its rewrite: the rekey
-    refuses (its rewrite finds the head moved) and changes nothing; the log opens with the old keys, that
-    commit in it."""
-    path = str(tmp_path / "bank.db")
+def _intruded_upon(path: str) -> memimg.SQLiteStore:
+    """The store of a new SQLite log at *path* (old keys) into which another image commits 1000 to ada as a
+    rekey starts (as it sets ``protection.pending``), after the rekey's check for live images."""
     _make(path, {}, OLD)
 
     class Intruding(memimg.SQLiteStore):
@@ -314,7 +312,15 @@ def test_a_writer_that_commits_while_an_sql_rekey_runs_makes_the_rekey_fail_whol
                     other.root.accounts["ada"].balance += 1000
             super().set_meta(key, value)
 
-    store = Intruding(path)
+    return Intruding(path)
+
+
+def test_a_writer_that_commits_while_an_sql_rekey_runs_makes_the_rekey_fail_whole(tmp_path: Any) -> None:
+    """An image opening after the rekey's check for live images and committing before its rewrite: the rekey
+    refuses (its rewrite finds the head moved) and changes nothing; the log opens with the old keys, that
+    commit in it."""
+    path = str(tmp_path / "bank.db")
+    store = _intruded_upon(path)
     with pytest.raises(memimg.MemimgError, match="appended to .* during the rekey"):
         memimg.rekey(store, old_options=OLD, new_options=NEW)
     store.close()
@@ -363,16 +369,7 @@ def test_a_failed_rekey_leaves_nothing_pending_and_can_be_run_again(tmp_path: An
     the log opens with the old keys, the new keys are refused as plainly not the log's (not as an unfinished
     rekey), and the same rekey run again succeeds."""
     path = str(tmp_path / "bank.db")
-    _make(path, {}, OLD)
-
-    class Intruding(memimg.SQLiteStore):
-        def set_meta(self, key: str, value: str | None) -> None:
-            if key == "protection.pending" and value is not None:
-                with memimg.open(path, root=Bank, **OLD) as other:
-                    other.root.accounts["ada"].balance += 1000
-            super().set_meta(key, value)
-
-    store = Intruding(path)
+    store = _intruded_upon(path)
     with pytest.raises(memimg.MemimgError, match="during the rekey"):
         memimg.rekey(store, old_options=OLD, new_options=NEW)
     assert "protection.pending" not in store.meta()
