@@ -484,3 +484,27 @@ def test_the_command_line_erases_a_field_or_every_field(sqlite_path: str) -> Non
         assert bad.exit_code != 0
     assert memimg.SQLiteStore(sqlite_path).head() == head
     assert b"OLD-SSN" not in b"".join(open(f, "rb").read() for f in glob.glob(sqlite_path + "*"))
+
+
+@pytest.mark.parametrize(
+    ("what", "message"),
+    [
+        ("-1", "erase: -1 is not an object id (object ids run from 1 up); nothing was changed"),
+        ("0.ssn", "erase: 0 is not an object id (object ids run from 1 up); nothing was changed"),
+        ("\u00b2", "'\u00b2' is not OID or OID.FIELD"),
+    ],
+)
+def test_cli_erase_names_an_object_id_out_of_range(sqlite_path: str, what: str, message: str) -> None:
+    """``memimg erase`` given an object id below 1, or not of ASCII digits, is an error naming it; nothing is
+    changed."""
+    from click.testing import CliRunner
+
+    from memimg.cli import cli
+
+    img = memimg.open(sqlite_path, root=dict)
+    ada_with_history(img)
+    img.close()
+    head = memimg.SQLiteStore(sqlite_path).head()
+    bad = CliRunner().invoke(cli, ["erase", sqlite_path, "--reason", "r", "--", what])
+    assert bad.exit_code == 1 and message in bad.output, bad.output
+    assert memimg.SQLiteStore(sqlite_path).head() == head

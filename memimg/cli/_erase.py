@@ -6,7 +6,7 @@ import click
 import orjson
 
 from memimg._errors import MemimgError
-from memimg.cli._main import cli, open_image
+from memimg.cli._main import cli, oid_and_field, open_image
 
 __all__ = ["erase"]
 
@@ -25,15 +25,16 @@ def erase(target: str, what: str, reason: str, by: str | None, as_json: bool) ->
     an object no longer in the image (deleted, and forgotten by a snapshot)
     is read from the log, and every stored value of it is erased.
     """
-    oid_text, dot, field = what.partition(".")
-    if not oid_text.isdigit() or (dot and not field):
+    parsed = oid_and_field(what)
+    if parsed is None:
         raise MemimgError(
             f"{what!r} is not OID or OID.FIELD (an object id, e.g. 12 or 12.email; to erase every field, give "
             "the id alone); nothing was changed"
         )
+    oid, field = parsed
     img = open_image(target, writable=True)
     try:
-        result = img.erase(int(oid_text), field or None, reason=reason, by=by)
+        result = img.erase(oid, field, reason=reason, by=by)
     finally:
         img.close()
     click.echo(orjson.dumps(result.as_dict()).decode() if as_json else result.note)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from memimg._errors import MemimgError, value_repr
-from memimg.cli._main import cli, open_image
+from memimg.cli._main import cli, oid_and_field, open_image
 from memimg.core._diff import type_name
 from memimg.core._history import Change, Collected
 from memimg.core._markers import MISSING
@@ -20,14 +20,13 @@ __all__ = ["history"]
 
 def _parse(what: str) -> tuple[int, str | None]:
     """``OID[.FIELD]`` as ``(oid, field or None)``; the oid may be out of range (:func:`_object` says so)."""
-    oid_text, dot, field = what.partition(".")
-    digits = oid_text.removeprefix("-")
-    if not (digits.isascii() and digits.isdigit()) or (dot and not field):
+    parsed = oid_and_field(what)
+    if parsed is None:
         raise MemimgError(
             f"{what!r} is not OID[.FIELD]: give an object id (memimg log and memimg show --json show them), "
             "optionally followed by a field name, e.g. 12 or 12.balance"
         )
-    return int(oid_text), field or None
+    return parsed
 
 
 def _object(img: Any, oid: int) -> Any:

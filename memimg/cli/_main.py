@@ -135,6 +135,19 @@ def _import_modules(modules: Iterable[str]) -> None:
     _api.import_modules(names, "--import/MEMIMG_IMPORT")
 
 
+def oid_and_field(what: str) -> tuple[int, str | None] | None:
+    """``OID[.FIELD]`` as ``(oid, field or None)``, or None if *what* is not of that form.
+
+    The id is read from ASCII digits, a minus sign allowed: an id out of
+    range is for the command to name, with the range.
+    """
+    oid_text, dot, field = what.partition(".")
+    digits = oid_text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or (dot and not field):
+        return None
+    return int(oid_text), field or None
+
+
 def open_store(target: str, *, readonly: bool) -> Store:
     if "://" not in target and target != ":memory:" and not os.path.exists(target):
         raise MemimgError(f"{target!r} does not exist")

@@ -384,7 +384,9 @@ def _request(
         held = table.objects[obj] if 0 < obj < len(table.objects) else None
         if held is None:  # no longer in the image: read from the log, every stored value past
             if obj <= 0:
-                raise MemimgError(f"erase: {obj} is not an object id; nothing was changed", oid=obj)
+                raise MemimgError(
+                    f"erase: {obj} is not an object id (object ids run from 1 up); nothing was changed", oid=obj
+                )
             fields = () if field is None else (field,)
             target = Target(obj, wanted=None if field is None else frozenset(fields), past=True)
             return _Request(obj, "", fields, (target,), unknown_field=field, **base)
