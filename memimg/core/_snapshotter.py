@@ -63,7 +63,10 @@ class SnapshotWriter:
         #: ids from here on were given after *seq*
         self.limit = limit = len(table.objects)
         self.seen = seen = bytearray(limit)  # met by the walk: written into the snapshot
-        self.written = bytearray(limit)  # already written (a change needs no copy of its state)
+        #: already written (a change needs no copy of its state): the queue's first ``_marked`` objects marked,
+        #: the rest of the ``done`` ones only once a change asks (:meth:`before_change`), off the walk's loop
+        self.written = bytearray(limit)
+        self._marked = 0
         #: states at *seq* of objects changed since, not written yet: oid -> (state, objects it refers to)
         self.early: dict[int, tuple[Any, list[Any]]] = {}
         #: ids of the objects made before *seq* that events since named: kept in the snapshot
@@ -149,10 +152,10 @@ class SnapshotWriter:
         first time are marked and queued inline by the generated encoders,
         with no Python call per object.
         """
-        queue, encoders, early, written = self.queue, self._walk, self.early, self.written
+        queue, encoders, early = self.queue, self._walk, self.early
         clock = time.perf_counter
         done = self.done
-        add = self._states.append
+        add, extend = self._states.append, self._states.extend
         while done < len(queue):  # the queue grows while it is walked
             start = self._start
             batch = queue[done : min(start + CHUNK, done + BATCH)]  # the chunk filled with what it meets too
@@ -165,14 +168,11 @@ class SnapshotWriter:
                     else:
                         add(copy[0])
                         self._meet(copy[1])
-            else:
-                for obj in batch:
-                    add(encoders[type(obj)](obj))
-            for oid in map(_get_oid, batch):
-                written[oid] = 1
+            else:  # a comprehension: no method call per object to keep its state
+                extend([encoders[type(obj)](obj) for obj in batch])
             if done - start >= CHUNK:
                 self._flush(done)
-                add = self._states.append
+                add, extend = self._states.append, self._states.extend
             if deadline is not None and clock() >= deadline:
                 break
         self.done = done
@@ -265,6 +265,11 @@ class SnapshotWriter:
         if oid is None or oid >= self.limit:
             return  # made since the seq: no state at the seq
         self.kept.add(oid)
+        if self._marked < self.done:
+            written = self.written
+            for done_oid in map(_get_oid, self.queue[self._marked : self.done]):
+                written[done_oid] = 1
+            self._marked = self.done
         if self.written[oid] or oid in self.early:
             return
         refs: list[Any] = []
