@@ -161,15 +161,21 @@ def test_verify_finds_a_snapshot_that_disagrees_with_the_log(bank_db: str) -> No
     assert r.exit_code == 1 and f"snapshot at seq {seq} differs" in r.output
 
 
-@pytest.mark.parametrize("last", [True, False])
-def test_verify_names_a_snapshot_object_id_below_1(bank_db: str, last: bool) -> None:
-    """A (format-1) snapshot holding an object under a negative id is reported naming that id, whether the id
-    counted from the end would fall on a free place or on an object; no object is read into the wrong place."""
-    wrong = 6 if last else 3  # the bank's objects are 1 to 6
-    edit_snapshot(bank_db, lambda payload: format_1(payload, lambda oid: oid - 7 if oid == wrong else oid))
+@pytest.mark.parametrize(
+    ("renumbered", "line"),
+    # the snapshot's object lines hold ids 1, 2, 3, 7, 4, 5, 8, 9, 6
+    [({6: -1}, 9), ({3: -4}, 3), ({3: 12, 6: -2}, 9)],
+    ids=["on-an-object", "before-the-start", "on-a-free-place"],
+)
+def test_verify_names_a_snapshot_object_id_below_1(bank_db: str, renumbered: dict[int, int], line: int) -> None:
+    """A (format-1) snapshot holding an object under a negative id is reported naming that id and its line,
+    whether the id counted from the end would fall on an object, before the table's start, or on a free place
+    (object 3 moved to 12 leaves 11 free for -2); no object is read into the wrong place."""
+    edit_snapshot(bank_db, lambda payload: format_1(payload, lambda oid: renumbered.get(oid, oid)))
     r = CliRunner().invoke(cli, ["verify", bank_db])
     assert r.exit_code == 1, r.output
-    assert f"object id {wrong - 7} is not a valid id (object ids run from 1 up)" in r.output
+    wrong = min(renumbered.values())
+    assert f"has object id {wrong} on object line {line} (object ids run from 1 up)" in r.output, r.output
 
 
 def test_verify_names_a_missing_seq(tmp_path: Any) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import pathlib
 import sqlite3
 import threading
 from typing import Any
@@ -495,8 +497,8 @@ def test_the_command_line_erases_a_field_or_every_field(sqlite_path: str) -> Non
     ],
 )
 def test_cli_erase_names_an_object_id_out_of_range(sqlite_path: str, what: str, message: str) -> None:
-    """``memimg erase`` given an object id below 1, or not of ASCII digits, is an error naming it; nothing is
-    changed."""
+    """``memimg erase`` given an object id below 1, or not of ASCII digits, is an error naming it, given before
+    the image is opened: no file of the store is written (opening for writing would touch it)."""
     from click.testing import CliRunner
 
     from memimg.cli import cli
@@ -504,7 +506,15 @@ def test_cli_erase_names_an_object_id_out_of_range(sqlite_path: str, what: str, 
     img = memimg.open(sqlite_path, root=dict)
     ada_with_history(img)
     img.close()
-    head = memimg.SQLiteStore(sqlite_path).head()
+    for name in glob.glob(sqlite_path + "*"):
+        os.utime(name, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+
+    def files() -> dict[str, tuple[bytes, int]]:
+        return {
+            name: (pathlib.Path(name).read_bytes(), os.stat(name).st_mtime_ns) for name in glob.glob(sqlite_path + "*")
+        }
+
+    before = files()
     bad = CliRunner().invoke(cli, ["erase", sqlite_path, "--reason", "r", "--", what])
     assert bad.exit_code == 1 and message in bad.output, bad.output
-    assert memimg.SQLiteStore(sqlite_path).head() == head
+    assert files() == before

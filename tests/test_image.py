@@ -297,6 +297,21 @@ def test_a_row_targeting_an_object_id_below_1_is_named_by_seq(make_image: Images
     assert info.value.seq == seq
 
 
+@pytest.mark.parametrize("oids", [[-1], [7, -2]], ids=["on-an-object", "on-a-free-place"])
+def test_an_event_creating_an_object_under_an_id_below_1_is_named_by_seq(make_image: Images, oids: list[int]) -> None:
+    """An event (valid checksum) whose records create an object under a negative id is a CorruptLogError naming
+    its seq and that id, whether the id counted from the end would fall on an object (-1: the last one) or on a
+    free place (-2: 6, left free by 7); no object is placed there."""
+    with make_image(root=Box) as img:
+        img.root.content = Node(1)  # objects 1 to 4
+    records = [[oid, "list", []] for oid in oids]
+    seq = append_event(make_image.store(), "obj.set", 1, [["other", ["r", oids[0]]], records])
+    message = rf"event seq {seq} creates an object under id {min(oids)} \(object ids run from 1 up\): .*backup"
+    with pytest.raises(memimg.CorruptLogError, match=message) as info:
+        make_image(root=Box)
+    assert info.value.seq == seq
+
+
 @pytest.mark.parametrize("ref", [["r", True], ["r", 2, 5], ["r", "2"]], ids=["a bool", "extra items", "text"])
 def test_a_malformed_reference_is_named_by_seq(make_image: Images, ref: list[Any]) -> None:
     """A stored reference that is not ``["r", id]`` with an int id (True is no object 1; nothing after the

@@ -257,6 +257,38 @@ def test_a_malformed_directory_line_skips_the_snapshot_with_a_warning(make_image
         assert [n.label for n in img.root.nodes] == ["a", "b"]
 
 
+def _below_1_in_format_2(payload: bytes) -> bytes:
+    header, directory, states = payload.split(b"\n")
+    oids, kinds = orjson.loads(directory)
+    return b"\n".join([header, orjson.dumps([[*oids[:-1], -3], kinds]), states])
+
+
+def _below_1_in_format_1(payload: bytes) -> bytes:
+    last = orjson.loads(payload.split(b"\n")[1])[0][-1]
+    return format_1(payload, lambda oid: -3 if oid == last else oid)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_below_1_in_format_2, "malformed directory line in chunk 0"),
+        (_below_1_in_format_1, "has object id -3 on object line \\d+ \\(object ids run from 1 up\\)"),
+    ],
+    ids=["format-2", "format-1"],
+)
+def test_an_object_id_below_1_skips_the_snapshot_in_either_format(
+    make_image: Images, damage: Any, message: str
+) -> None:
+    """A snapshot holding an object under an id below 1 (its last, here) is skipped with a warning naming its
+    seq, in format 1 as in format 2, and the log behind it replayed: no object is counted from the end."""
+    _small(make_image)
+    seq = edit_snapshot(make_image.store(), damage)
+    with pytest.warns(UserWarning, match=f"skipping snapshot at seq {seq}: .*{message}"):
+        img = make_image(root=Holder)
+    with img:
+        assert [n.label for n in img.root.nodes] == ["a", "b"]
+
+
 def test_a_chunk_with_too_few_states_is_named_by_seq(make_image: Images) -> None:
     """A states line shorter than its directory cannot be loaded: CorruptLogError naming the snapshot."""
     _small(make_image)
@@ -572,6 +604,16 @@ def test_deserialize_of_data_without_its_root_is_corrupt() -> None:
     for root in (99, 0, "1"):
         with pytest.raises(memimg.CorruptLogError, match=f"names object {root!r} as its root"):
             memimg.deserialize({**data, "root": root})
+
+
+def test_deserialize_of_data_holding_an_object_id_below_1_is_corrupt() -> None:
+    """Snapshot data holding an object under a negative id: CorruptLogError naming the id, even where the id
+    counted from the end would fall on a free place (-2: 8, left free by 9)."""
+    data = memimg.serialize(Holder(nodes=[Node("a")]))  # objects 1 to 7
+    renumbered = {5: 9, 7: -2}
+    objects = [[renumbered.get(oid, oid), name, state] for oid, name, state in data["objects"]]
+    with pytest.raises(memimg.CorruptLogError, match=r"snapshot data has object id -2 \(object ids run from 1 up\)"):
+        memimg.deserialize({**data, "next_oid": 10, "objects": objects})
 
 
 def _cli_verify(path: str) -> Any:

@@ -7,6 +7,7 @@ import orjson
 
 from memimg._errors import MemimgError
 from memimg.cli._main import cli, oid_and_field, open_image
+from memimg.image._erase import not_an_oid
 
 __all__ = ["erase"]
 
@@ -32,6 +33,8 @@ def erase(target: str, what: str, reason: str, by: str | None, as_json: bool) ->
             "the id alone); nothing was changed"
         )
     oid, field = parsed
+    if oid < 1:  # before the image is opened (opening for writing touches the store)
+        raise not_an_oid(oid)
     img = open_image(target, writable=True)
     try:
         result = img.erase(oid, field, reason=reason, by=by)

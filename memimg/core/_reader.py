@@ -197,8 +197,25 @@ class Reader:
 
     # -- records and states -----------------------------------------------------
 
-    def load_records(self, records: list[Any]) -> None:
-        """Create the objects of ``[oid, type, state]`` records, then fill them in."""
+    def load_records(self, records: list[Any], seq: int | None = None) -> None:
+        """Create the objects of ``[oid, type, state]`` records, then fill them in.
+
+        *seq* is the event holding the records (None: snapshot data).
+
+        Raises:
+            CorruptLogError: an id is below 1 (named, with *seq*), or in use.
+        """
+        if records and (low := min(r[0] for r in records)) < 1:  # not an index from the end of the table
+            if seq is None:
+                raise CorruptLogError(
+                    f"snapshot data has object id {low} (object ids run from 1 up)", seq=None, table=""
+                )
+            raise CorruptLogError(
+                f"event seq {seq} creates an object under id {low} (object ids run from 1 up): the log was "
+                "damaged or crafted; restore it from a backup",
+                seq=seq,
+                table="memimg_events",
+            )
         made = self.create([(oid, name) for oid, name, _ in records])
         self.fill_states(made, [state for _, _, state in records])
 
@@ -463,7 +480,7 @@ class Reader:
             if len(p) > 2:
                 self.declare(p[2])
             if len(p) > 1 and p[1]:
-                self.load_records(p[1])
+                self.load_records(p[1], seq)
                 self.table.born.note(p[1][0][0], seq)
             k = KINDS.get(kind_name)
             if k is None:

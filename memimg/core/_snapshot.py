@@ -186,13 +186,16 @@ def _lines(lines: list[bytes], corrupt: Callable[[str], CorruptLogError]) -> lis
     type_names: dict[bytes, str] = {}
     for number, line in enumerate(lines):
         try:
-            oid, name, state = line.split(b"\t", 2)
+            oid_text, name, state = line.split(b"\t", 2)
             text = type_names.get(name)
             if text is None:
                 text = type_names[name] = _loads(name) if name[:1] == b'"' else name.decode()
-            records.append((int(oid), text, state))
+            oid = int(oid_text)
         except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise corrupt(f"has a malformed object line {number + 1}") from err
+        if oid < 1:  # not an index from the end of the table
+            raise corrupt(f"has object id {oid} on object line {number + 1} (object ids run from 1 up)")
+        records.append((oid, text, state))
     return records
 
 

@@ -156,8 +156,11 @@ class ObjectTable:
         The hot loop of loading a snapshot: a million entries are placed
         without a call each.
 
+        The ids are 1 or more (the readers check each batch: a negative
+        index would count from the end of the table).
+
         Raises:
-            CorruptLogError: an id is in use, or below 1.
+            CorruptLogError: an id is in use.
         """
         objects = self.objects
         holes = self.holes
@@ -171,10 +174,6 @@ class ObjectTable:
                     objects.extend([None] * (oid - n))
                     holes += oid - n
                     objects.append(obj)
-                elif oid < 1:  # not an index from the end
-                    raise CorruptLogError(
-                        f"object id {oid} is not a valid id (object ids run from 1 up)", seq=None, table=""
-                    )
                 elif objects[oid] is None:
                     objects[oid] = obj
                     holes -= 1

@@ -56,7 +56,7 @@ from memimg.stores._protocol import Rewrite
 if TYPE_CHECKING:
     from memimg.image._engine import Engine
 
-__all__ = ["Erasure", "erase"]
+__all__ = ["Erasure", "erase", "not_an_oid"]
 
 _ERASE: Final = KINDS["erase"]
 #: the longest reason stored in an audit event
@@ -141,6 +141,11 @@ class Erasure:
 
 def _ids(oids: Sequence[int]) -> str:
     return ", ".join(map(str, oids[:20])) + (f" and {len(oids) - 20} more" if len(oids) > 20 else "")
+
+
+def not_an_oid(oid: int) -> MemimgError:
+    """The error for erasing by an id below 1 (``memimg erase`` says so before it opens the image)."""
+    return MemimgError(f"erase: {oid} is not an object id (object ids run from 1 up); nothing was changed", oid=oid)
 
 
 @attrs.frozen
@@ -384,9 +389,7 @@ def _request(
         held = table.objects[obj] if 0 < obj < len(table.objects) else None
         if held is None:  # no longer in the image: read from the log, every stored value past
             if obj <= 0:
-                raise MemimgError(
-                    f"erase: {obj} is not an object id (object ids run from 1 up); nothing was changed", oid=obj
-                )
+                raise not_an_oid(obj)
             fields = () if field is None else (field,)
             target = Target(obj, wanted=None if field is None else frozenset(fields), past=True)
             return _Request(obj, "", fields, (target,), unknown_field=field, **base)
