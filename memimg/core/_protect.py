@@ -86,7 +86,9 @@ _ZLIB: Final = 1
 _ZSTD: Final = 2
 _AES: Final = 4
 _MAC: Final = 8
-_NONCE: Final = 12
+_NONCE_SIZE: Final = 12
+#: a nonce: its prefix (8 bytes) and its counter (see memimg.core._nonces)
+_NONCE: Final = struct.Struct("<8sI")
 _HEADER: Final = struct.Struct("<qqqq")
 _EVENT: Final = b"E"
 _SNAPSHOT: Final = b"S"
@@ -472,7 +474,7 @@ class Protection:
             from cryptography.exceptions import InvalidTag
 
             try:
-                data = self._aead.decrypt(data[:_NONCE], data[_NONCE:], columns + bytes((flags & ~_MAC,)))
+                data = self._aead.decrypt(data[:_NONCE_SIZE], data[_NONCE_SIZE:], columns + bytes((flags & ~_MAC,)))
             except (InvalidTag, ValueError):
                 raise CorruptLogError(
                     f"{where} seq {seq} does not decrypt: it was edited or moved, or sealed under another key; "
@@ -521,12 +523,14 @@ def _sealer(aead: Any, mac_of: Any, compression: str | None, log_tag: bytes, tab
     prefix = log_tag + table
     compressed = _ZLIB if compression == "zlib" else _ZSTD
     # kind -> (its bytes, its checksum code, the associated data's tail of an uncompressed encrypted row)
+    base = _AES if encrypt is not None else 0  # the flags of a row left uncompressed
+    # kind -> (its bytes, its checksum code, its associated data's tail when uncompressed: name and flags byte)
     kinds = {
-        name: (name.encode(), code, name.encode() + _FLAGS[_AES])
+        name: (name.encode(), code, name.encode() + _FLAGS[base])
         for name, code in (KIND_CODES if table == _EVENT else _NO_CODES).items()
     }
     pack, crc, nonces, getpid, flag_bytes, heads = _HEADER.pack, zlib.crc32, _nonce, os.getpid, _FLAGS, _HEADS
-    aes_head = heads[_AES]
+    pack_nonce = _NONCE.pack
 
     def seal(rows: Iterable[Sequence[Any]], prev: bytes) -> tuple[list[Any], bytes]:
         if encrypt is not None:
@@ -540,29 +544,24 @@ def _sealer(aead: Any, mac_of: Any, compression: str | None, log_tag: bytes, tab
             header = pack(seq, tx, ts, target)
             known = kinds.get(kind)
             if known is None:  # not memimg's own kind (a damaged or crafted row being re-sealed): not cached
-                name = kind.encode()
-                code, tail = crc(name), name + flag_bytes[_AES]
-            else:
-                name, code, tail = known
-            flags = 0
-            data = payload
+                spelled = kind.encode()
+                known = (spelled, crc(spelled), spelled + flag_bytes[base])
+            name, code, tail = known
+            data, flags = payload, base
             if compression is not None and len(payload) > over:
                 packed = _compress(payload, compression)
                 if len(packed) < len(payload):
-                    data, flags = packed, compressed
-                    tail = name + flag_bytes[flags | _AES]
+                    data, flags = packed, base | compressed
+                    tail = name + flag_bytes[flags]
             if encrypt is not None:
                 n = next(counter)  # Nonces.__call__, inline (a frame less per row)
-                nonce = prefix8 + n.to_bytes(4, "little") if n < NONCE_LAST else nonces()
+                nonce = pack_nonce(prefix8, n) if n < NONCE_LAST else nonces()
                 data = nonce + encrypt(nonce, data, prefix + header + tail)
-                flags |= _AES
             if mac_of is not None:
                 head = heads[flags | _MAC]
                 mac = mac_of(prefix + header + name + head + prev, data)
                 stored = head + prev + mac + data
                 prev = mac
-            elif flags == _AES:
-                stored = aes_head + data
             elif flags:
                 stored = heads[flags] + data
             else:

@@ -68,8 +68,8 @@ class ProtectedStore:
         self.inner = inner
         self.protection = protection
         self.description = inner.description
-        self._seal_rows = protection.seal_rows
-        self._chained = protection.chained
+        #: what a commit's append needs, in one attribute (this class's ``__getattr__`` makes each lookup a slow one)
+        self._appending = (protection.seal_rows, protection.chained, inner)
         self._anchors: dict[int, bytes] = {}
         self._anchors_lock = threading.Lock()  # the snapshot thread and followers read beside the committer
 
@@ -235,9 +235,10 @@ class ProtectedStore:
 
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         # every commit's path, measured (benchmarks/protection.py): one call down, the rows sealed in one loop
-        sealed, last = self._seal_rows(rows, self._link(expected_head) if self._chained else b"")
+        seal, chained, inner = self._appending
+        sealed, last = seal(rows, self._link(expected_head) if chained else b"")
         try:
-            self.inner.append(sealed, expected_head)
+            inner.append(sealed, expected_head)
         except SeqTaken as err:
             missed = None if err.missed is None else list(self._open_events(err.missed))
             raise SeqTaken(err.expected, missed, more=err.more) from None
