@@ -12,8 +12,8 @@ from memimg._api import plain_store, protection_for
 from memimg._copy import copy
 from memimg._errors import MemimgError
 from memimg.stores._ndjsonswap import commit_swap, swap_path
-from memimg.stores._protected import rekey as rekey_store
 from memimg.stores._protocol import Store, live_positions
+from memimg.stores._rekeying import rekey as rekey_store
 
 __all__ = ["rekey"]
 
@@ -82,12 +82,13 @@ def _rekey_ndjson(path: str, old: Any, new: Any) -> int:
     live images to the swap: no writer appends to the old file meanwhile (its
     rows would be lost at the swap). A writer that had the log open commits
     after the swap onto the rekey's marker event (see
-    :func:`memimg.stores._protected.rekey_marker`) and stops.
+    :func:`memimg.stores._rekeying.rekey_marker`) and stops.
     """
     if not os.path.exists(path):
         raise MemimgError(f"{path!r} does not exist; nothing was changed")
     from memimg.core._protect import Protection
-    from memimg.stores._protected import protect, rekey_marker
+    from memimg.stores._protected import protect
+    from memimg.stores._rekeying import rekey_marker
 
     with contextlib.ExitStack() as stack:
         src = plain_store(path, sync="full", readonly=False, busy_timeout=10.0)

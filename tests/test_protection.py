@@ -467,9 +467,9 @@ def test_the_nonce_prefix_is_drawn_anew_when_its_counter_runs_out() -> None:
     """After 2**32 - 1 nonces under one prefix, the next nonces have a new prefix, and none repeats."""
     import itertools
 
-    from memimg.core import _protect
+    from memimg.core._nonces import Nonces
 
-    nonces = _protect._Nonces()
+    nonces = Nonces()
     prefix = nonces._state[0]
     nonces._state = (prefix, itertools.count(0xFFFF_FFFE), nonces._state[2])
     got = [nonces() for _ in range(3)]

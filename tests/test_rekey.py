@@ -386,11 +386,11 @@ def test_a_failed_rekey_leaves_nothing_pending_and_can_be_run_again(tmp_path: An
 def test_the_rekey_marker_is_never_stamped_before_the_last_commit(kind: str, tmp_path: Any, monkeypatch: Any) -> None:
     """With the clock stepped back, the rekey's marker event gets the newest commit time, not an earlier one:
     commit times never decrease with seq (``img.at(time=...)`` relies on it)."""
-    import memimg.stores._protected as protected
+    import memimg.stores._rekeying as rekeying
 
     target, store_options = _target(kind, tmp_path)
     _make(target, store_options, OLD)
-    monkeypatch.setattr(protected.time, "time_ns", lambda: 1_000_000_000)  # 1970: the clock went back
+    monkeypatch.setattr(rekeying.time, "time_ns", lambda: 1_000_000_000)  # 1970: the clock went back
     memimg.rekey(target, old_options=OLD, new_options=NEW, **store_options)
     monkeypatch.undo()
     with memimg.open(target, root=Bank, **NEW, **store_options) as img:

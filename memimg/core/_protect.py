@@ -46,17 +46,18 @@ import base64
 import binascii
 import hashlib
 import hmac
-import itertools
 import os
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, final
 
 import orjson
 
 from memimg._errors import CorruptLogError, ProtectionError
+from memimg.core._nonces import NONCE_LAST, renew_nonces
+from memimg.core._nonces import nonces as _nonce
 from memimg.core._rows import KIND_CODES
 
 __all__ = [
@@ -85,12 +86,16 @@ _ZLIB: Final = 1
 _ZSTD: Final = 2
 _AES: Final = 4
 _MAC: Final = 8
-_NONCE: Final = 12
+_NONCE_SIZE: Final = 12
+#: a nonce: its prefix (8 bytes) and its counter (see memimg.core._nonces)
+_NONCE: Final = struct.Struct("<8sI")
 _HEADER: Final = struct.Struct("<qqqq")
 _EVENT: Final = b"E"
 _SNAPSHOT: Final = b"S"
 #: a snapshot's checksum is an event's with kind code 0 (see memimg.core._rows.snapshot_checksum)
 _NO_CODES: Final[dict[str, int]] = {"": 0}
+#: a sealing loop: ``seal(rows, prev) -> (sealed rows, last MAC)`` (see :func:`_sealer`)
+_Seal = Callable[[Iterable[Sequence[Any]], bytes], tuple[list[Any], bytes]]
 #: flags -> the flags byte (in the associated data) and the stored header ``0x00 | flags``
 _FLAGS: Final = tuple(bytes((flags,)) for flags in range(16))
 _HEADS: Final = tuple(bytes((_MAGIC, flags)) for flags in range(16))
@@ -145,66 +150,6 @@ def is_sealed(payload: bytes) -> bool:
 
 
 _local = threading.local()
-#: the counter value at which a nonce prefix is used up
-_NONCE_LAST: Final = 0xFFFF_FFFF
-
-
-class _Nonces:
-    """96-bit GCM nonces, never repeated: a random 64-bit prefix and a 32-bit counter (NIST SP 800-38D 8.2.1).
-
-    The prefix is drawn anew when the counter runs out and in a forked
-    child (which would otherwise repeat its parent's stream): the state
-    records the pid that drew it, checked once per sealing call
-    (:meth:`current`; one ``getpid``), so a fork that skips Python's fork
-    hooks (a C server forking workers, e.g. uWSGI without
-    ``--py-call-osafterfork``) is caught too. A process restored from a
-    snapshot (CRIU, Lambda SnapStart, a cloned VM) can keep its pid: it
-    calls :func:`renew_nonces` after the restore. Two processes share a
-    prefix with a chance of 2**-64 per pair. One ``os.urandom`` per 2**32
-    nonces instead of one per row (a system call: the bulk of an encrypted
-    commit's cost).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
-
-    def _reset(self) -> None:
-        # one tuple, swapped whole: a reader never pairs one prefix with another prefix's counter
-        self._state = (os.urandom(8), itertools.count(), os.getpid())
-
-    def current(self) -> tuple[bytes, itertools.count[int], int]:
-        """``(prefix, counter, pid)`` to draw nonces from: renewed first if this is not the process that drew
-        it (the one place a sealing call takes its state from)."""
-        state = self._state
-        if state[2] != os.getpid():
-            with self._lock:
-                if self._state is state:
-                    self._reset()
-            state = self._state
-        return state
-
-    def __call__(self) -> bytes:
-        prefix, counter, _ = self.current()
-        n = next(counter)  # atomic under the GIL
-        if n >= _NONCE_LAST:
-            with self._lock:
-                if self._state[1] is counter:
-                    self._reset()
-            return self()
-        return prefix + n.to_bytes(4, "little")
-
-
-_nonce = _Nonces()
-_getpid = os.getpid
-
-
-def renew_nonces() -> None:
-    """Draw a new nonce prefix for this process: call it after restoring a process from a snapshot (CRIU,
-    Lambda SnapStart, a cloned VM), whose copies would otherwise go on from the same nonces. Forks need
-    nothing (see :class:`_Nonces`)."""
-    _nonce._reset()
 
 
 def _aesgcm() -> Any:
@@ -257,7 +202,18 @@ class Protection:
         ValueError: *compression* is not one of :data:`COMPRESSIONS`.
     """
 
-    __slots__ = ("_aead", "_log_tag", "_mac_key", "compression", "integrity_id", "key_id", "log_id", "macs_only")
+    __slots__ = (
+        "_aead",
+        "_log_tag",
+        "_mac_key",
+        "_seal_snapshots",
+        "compression",
+        "integrity_id",
+        "key_id",
+        "log_id",
+        "macs_only",
+        "seal_rows",
+    )
 
     def __init__(
         self, *, encryption_key: object = None, integrity_key: object = None, compression: str | None = None
@@ -298,6 +254,18 @@ class Protection:
         if ikey is not None:
             self.integrity_id = fingerprint(ikey, b"integrity")
             self._mac_key = _mac_function(ikey)
+        self._bind()
+
+    def _bind(self) -> None:
+        """Make the sealing loops of these settings (see :func:`_sealer`): once per protection, not per call."""
+        #: ``seal_rows(rows, prev) -> (sealed rows, last MAC)``: :meth:`seal_events` for events (a commit's call)
+        self.seal_rows: _Seal
+        self._seal_snapshots: _Seal
+        if self.macs_only:
+            self.seal_rows = self._seal_snapshots = _refuse_sealing
+            return
+        self.seal_rows = _sealer(self._aead, self._mac_key, self.compression, self._log_tag, _EVENT)
+        self._seal_snapshots = _sealer(self._aead, self._mac_key, self.compression, self._log_tag, _SNAPSHOT)
 
     def __repr__(self) -> str:
         return (
@@ -322,6 +290,7 @@ class Protection:
         other.compression = compression
         other.macs_only = self.macs_only
         other.log_id, other._log_tag = self.log_id, self._log_tag
+        other._bind()
         return other
 
     def for_log(self, log_id: str | None) -> Protection:
@@ -337,6 +306,7 @@ class Protection:
         other = self.compressing(self.compression)
         if log_id is None:
             other.log_id, other._log_tag = None, b""
+            other._bind()
             return other
         try:
             raw = bytes.fromhex(log_id) if isinstance(log_id, str) and len(log_id) == 32 else b""
@@ -349,6 +319,7 @@ class Protection:
                 table="memimg_meta",
             )
         other.log_id, other._log_tag = log_id, b"memimg log " + raw
+        other._bind()
         return other
 
     def checking_macs_only(self) -> Protection:
@@ -362,6 +333,7 @@ class Protection:
             raise ProtectionError("checking MACs only needs an integrity key")
         other = self.compressing(None)
         other.macs_only = True
+        other._bind()
         return other
 
     def __reduce__(self) -> Any:
@@ -422,64 +394,14 @@ class Protection:
         Each sealed row is a tuple of the seven columns, its checksum that of
         the stored payload (:func:`~memimg.core._rows.event_checksum`): the
         one CRC-32 a sealed row gets. (*table* ``b"S"``: snapshot rows, as
-        :meth:`seal_snapshot` gives them.)
-
-        The one sealing loop (the format: see the module docstring), and a
-        single-mutation commit's hot path, measured (``python -m benchmarks
-        --only protection``): what does not change from row to row is looked
-        up once, and each row's header is packed once for its associated
-        data, its MAC and its checksum.
+        :meth:`seal_snapshot` gives them.) :attr:`seal_rows` is this call
+        for events, without the dispatch on *table* (what a commit calls).
         """
-
-        if self.macs_only:
-            raise ProtectionError("a protection that checks MACs only does not seal rows")
-        encrypt = None if self._aead is None else self._aead.encrypt
-        mac_of = self._mac_key
-        compression = self.compression
-        over = COMPRESS_OVER if table == _EVENT else -1  # snapshots: always
-        prefix = self._log_tag + table
-        codes = KIND_CODES if table == _EVENT else _NO_CODES
-        pack, crc, nonces = _HEADER.pack, zlib.crc32, _nonce
-        if encrypt is not None:
-            prefix8, counter, pid = nonces._state  # nonces.current(), its check inline (once per commit)
-            if pid != _getpid():
-                prefix8, counter, _ = nonces.current()
-        out = []
-        for seq, tx, ts, kind, target, payload, _ in rows:
-            if type(payload) is not bytes:
-                payload = bytes(payload)
-            header = pack(seq, tx, ts, target)
-            name = kind.encode()
-            flags = 0
-            data = payload
-            if compression is not None and len(payload) > over:
-                packed = _compress(payload, compression)
-                if len(packed) < len(payload):
-                    data = packed
-                    flags = _ZLIB if compression == "zlib" else _ZSTD
-            if encrypt is not None:
-                flags |= _AES
-                n = next(counter)  # _Nonces.__call__, inline (a frame less per row)
-                nonce = prefix8 + n.to_bytes(4, "little") if n < _NONCE_LAST else nonces()
-                data = nonce + encrypt(nonce, data, prefix + header + name + _FLAGS[flags])
-            if mac_of is not None:
-                head = _HEADS[flags | _MAC]
-                mac = mac_of(prefix + header + name + head + prev, data)
-                stored = head + prev + mac + data
-                prev = mac
-            elif flags:
-                stored = _HEADS[flags] + data
-            else:
-                stored = payload
-            code = codes.get(kind)
-            if code is None:
-                code = crc(name)
-            out.append((seq, tx, ts, kind, target, stored, crc(stored, crc(header, code))))
-        return out, (prev if mac_of is not None else b"")
+        return (self.seal_rows if table == _EVENT else self._seal_snapshots)(rows, prev)
 
     def seal_snapshot(self, seq: int, ts: int, payload: bytes, link: bytes) -> tuple[bytes, int]:
         """``(stored payload, its checksum)`` of a snapshot at *seq* whose chain *link* is event *seq*'s MAC."""
-        row = self.seal_events(((seq, 0, ts, "", 0, payload, 0),), link, _SNAPSHOT)[0][0]
+        row = self._seal_snapshots(((seq, 0, ts, "", 0, payload, 0),), link)[0][0]
         return row[5], row[6]
 
     def unseal(
@@ -552,7 +474,7 @@ class Protection:
             from cryptography.exceptions import InvalidTag
 
             try:
-                data = self._aead.decrypt(data[:_NONCE], data[_NONCE:], columns + bytes((flags & ~_MAC,)))
+                data = self._aead.decrypt(data[:_NONCE_SIZE], data[_NONCE_SIZE:], columns + bytes((flags & ~_MAC,)))
             except (InvalidTag, ValueError):
                 raise CorruptLogError(
                     f"{where} seq {seq} does not decrypt: it was edited or moved, or sealed under another key; "
@@ -577,6 +499,77 @@ class Protection:
                     table=name,
                 ) from None
         return bytes(data), prev, mac
+
+
+def _refuse_sealing(rows: Iterable[Sequence[Any]], prev: bytes) -> tuple[list[Any], bytes]:
+    raise ProtectionError("a protection that checks MACs only does not seal rows")
+
+
+def _sealer(aead: Any, mac_of: Any, compression: str | None, log_tag: bytes, table: bytes) -> _Seal:
+    """The one sealing loop (the format: see the module docstring), bound to one protection's settings and table.
+
+    ``seal(rows, prev) -> (sealed rows, last MAC)``: see
+    :meth:`Protection.seal_events`. A single-mutation commit's hot path,
+    measured (``python -m benchmarks --only protection``): everything that
+    does not change from call to call -- the cipher's method, the MAC
+    function, the compression, the associated data's prefix, each kind's
+    bytes, checksum code and associated-data tail -- is settled here, once per
+    protection; a call checks the pid its nonces were drawn in (one
+    ``getpid``) and each row costs its header packed once (for its
+    associated data, its MAC and its checksum), a nonce and one AES-GCM call.
+    """
+    encrypt = None if aead is None else aead.encrypt
+    over = COMPRESS_OVER if table == _EVENT else -1  # snapshots: always
+    prefix = log_tag + table
+    compressed = _ZLIB if compression == "zlib" else _ZSTD
+    # kind -> (its bytes, its checksum code, the associated data's tail of an uncompressed encrypted row)
+    base = _AES if encrypt is not None else 0  # the flags of a row left uncompressed
+    # kind -> (its bytes, its checksum code, its associated data's tail when uncompressed: name and flags byte)
+    kinds = {
+        name: (name.encode(), code, name.encode() + _FLAGS[base])
+        for name, code in (KIND_CODES if table == _EVENT else _NO_CODES).items()
+    }
+    pack, crc, nonces, getpid, flag_bytes, heads = _HEADER.pack, zlib.crc32, _nonce, os.getpid, _FLAGS, _HEADS
+    pack_nonce = _NONCE.pack
+
+    def seal(rows: Iterable[Sequence[Any]], prev: bytes) -> tuple[list[Any], bytes]:
+        if encrypt is not None:
+            prefix8, counter, pid = nonces._state  # nonces.current(), its check inline (once per call)
+            if pid != getpid():
+                prefix8, counter, _ = nonces.current()
+        out: list[Any] = []
+        for seq, tx, ts, kind, target, payload, _ in rows:
+            if type(payload) is not bytes:
+                payload = bytes(payload)
+            header = pack(seq, tx, ts, target)
+            known = kinds.get(kind)
+            if known is None:  # not memimg's own kind (a damaged or crafted row being re-sealed): not cached
+                spelled = kind.encode()
+                known = (spelled, crc(spelled), spelled + flag_bytes[base])
+            name, code, tail = known
+            data, flags = payload, base
+            if compression is not None and len(payload) > over:
+                packed = _compress(payload, compression)
+                if len(packed) < len(payload):
+                    data, flags = packed, base | compressed
+                    tail = name + flag_bytes[flags]
+            if encrypt is not None:
+                n = next(counter)  # Nonces.__call__, inline (a frame less per row)
+                nonce = pack_nonce(prefix8, n) if n < NONCE_LAST else nonces()
+                data = nonce + encrypt(nonce, data, prefix + header + tail)
+            if mac_of is not None:
+                head = heads[flags | _MAC]
+                mac = mac_of(prefix + header + name + head + prev, data)
+                stored = head + prev + mac + data
+                prev = mac
+            elif flags:
+                stored = heads[flags] + data
+            else:
+                stored = payload
+            out.append((seq, tx, ts, kind, target, stored, crc(stored, crc(header, code))))
+        return out, (prev if mac_of is not None else b"")
+
+    return seal
 
 
 def _mac_function(key: bytes) -> Any:

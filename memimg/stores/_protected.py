@@ -17,25 +17,21 @@ recovery loads a snapshot the first event replayed must chain from it.
 :func:`protect` is where a store is opened protected or not: it compares the
 options with the settings the log stores (``memimg_meta``) and refuses a
 missing, wrong or unneeded key before anything is read or written.
-:func:`rekey` re-seals a whole log under other options in one
-:meth:`Store.rewrite` (one database transaction), bracketed by a
-``protection.pending`` meta entry, so that a crash at any point leaves the
-log openable with the old options or the new ones.
+``memimg rekey`` re-seals a whole log under other options
+(:mod:`memimg.stores._rekeying`), bracketed by a ``protection.pending``
+meta entry (:data:`PENDING_KEY`), so that a crash at any point leaves the
+log openable with the old options or the new ones; :func:`protect`
+finishes a rekey whose rows were rewritten when the flip was cut short.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
-import orjson
-
 from memimg._errors import CorruptLogError, MemimgError, ReadOnlyError
-from memimg.core._meta import META_KIND
 from memimg.core._protect import (
     MAC_SIZE,
     PROTECTION_KEY,
@@ -53,10 +49,9 @@ from memimg.stores._protocol import (
     SnapshotInfo,
     SnapshotRow,
     Store,
-    live_positions,
 )
 
-__all__ = ["PENDING_KEY", "ProtectedStore", "protect", "refuse_if_rekeyed", "rekey", "rekey_marker"]
+__all__ = ["PENDING_KEY", "ProtectedStore", "finish_rekey", "mismatch", "opens_under", "protect", "refuse_if_rekeyed"]
 
 #: The ``memimg_meta`` key of the settings a ``memimg rekey`` is moving the log to, while it runs.
 PENDING_KEY: Final = "protection.pending"
@@ -73,8 +68,8 @@ class ProtectedStore:
         self.inner = inner
         self.protection = protection
         self.description = inner.description
-        self._seal_rows = protection.seal_events
-        self._chained = protection.chained
+        #: what a commit's append needs, in one attribute (this class's ``__getattr__`` makes each lookup a slow one)
+        self._appending = (protection.seal_rows, protection.chained, inner)
         self._anchors: dict[int, bytes] = {}
         self._anchors_lock = threading.Lock()  # the snapshot thread and followers read beside the committer
 
@@ -126,12 +121,12 @@ class ProtectedStore:
         mac = self._anchor(seq)
         return self.protection.start(seq) if mac is None else mac
 
-    def _seal_events(self, rows: Sequence[Any], prev: bytes) -> tuple[list[EventRow], bytes]:
+    def seal_events(self, rows: Sequence[Any], prev: bytes) -> tuple[list[EventRow], bytes]:
         """*rows* sealed in order, chained from *prev* (see :meth:`Protection.seal_events`); and the last MAC."""
         sealed, last = self.protection.seal_events(rows, prev)
         return [EventRow(*row) for row in sealed], last
 
-    def _seal_snapshot(self, row: SnapshotRow, link: bytes) -> SnapshotRow:
+    def seal_snapshot(self, row: SnapshotRow, link: bytes) -> SnapshotRow:
         seq, ts, payload, _ = row
         return SnapshotRow(seq, ts, *self.protection.seal_snapshot(seq, ts, payload, link))
 
@@ -208,7 +203,7 @@ class ProtectedStore:
             return
         settings = read_settings(meta)
         pending = meta.get(PENDING_KEY)
-        wrong = _mismatch(self.description, settings, self.protection)
+        wrong = mismatch(self.description, settings, self.protection)
         if wrong is None and pending is not None:
             wrong = f"{self.description!r} is being moved to other keys by a `memimg rekey`"
         if wrong is not None:
@@ -240,9 +235,10 @@ class ProtectedStore:
 
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         # every commit's path, measured (benchmarks/protection.py): one call down, the rows sealed in one loop
-        sealed, last = self._seal_rows(rows, self._link(expected_head) if self._chained else b"")
+        seal, chained, inner = self._appending
+        sealed, last = seal(rows, self._link(expected_head) if chained else b"")
         try:
-            self.inner.append(sealed, expected_head)
+            inner.append(sealed, expected_head)
         except SeqTaken as err:
             missed = None if err.missed is None else list(self._open_events(err.missed))
             raise SeqTaken(err.expected, missed, more=err.more) from None
@@ -275,7 +271,7 @@ class ProtectedStore:
         return self.inner.index_targets(upto, least=least)
 
     def write_snapshot(self, row: SnapshotRow, holder: str | None = None) -> bool:
-        return self.inner.write_snapshot(self._seal_snapshot(row, self._link(row[0])), holder)
+        return self.inner.write_snapshot(self.seal_snapshot(row, self._link(row[0])), holder)
 
     def snapshots(self) -> list[SnapshotInfo]:
         return self.inner.snapshots()
@@ -301,13 +297,7 @@ class ProtectedStore:
                 return  # not stored (compacted away), or damaged: the core reports damage as it reads on
             mac = self.protection.unseal(_E, seq, *stored[1:5], bytes(stored[5]))[2]
             if not hmac.compare_digest(mac, link):
-                raise CorruptLogError(
-                    f"snapshot at seq {seq} does not belong to this log's integrity chain (its link is not "
-                    f"event {seq}'s MAC): it was replaced; restore the log from a backup",
-                    seq=seq,
-                    table="memimg_snapshots",
-                    tampered=True,
-                )
+                raise _foreign_snapshot(seq)
 
     def meta(self) -> dict[str, str]:
         return self.inner.meta()
@@ -354,9 +344,9 @@ class ProtectedStore:
             def sealed_plan(missed: Sequence[EventRow]) -> Rewrite:
                 events, snaps, rows = plan(list(self._open_events(missed, chain=False)))
                 return Rewrite(
-                    self._seal_events(events, b"")[0],
-                    [self._seal_snapshot(SnapshotRow(*s), b"") for s in snaps],
-                    self._seal_events(rows, b"")[0],
+                    self.seal_events(events, b"")[0],
+                    [self.seal_snapshot(SnapshotRow(*s), b"") for s in snaps],
+                    self.seal_events(rows, b"")[0],
                 )
 
             self.inner.rewrite(sealed_plan, after)
@@ -387,14 +377,14 @@ class ProtectedStore:
             changed = {r[0]: EventRow(*r) for r in events if r[0] in known}
             start = min(changed, default=max(known, default=first - 1) + 1)
             redo = [changed.get(s, known[s]) for s in sorted(known) if s >= start]
-            new_events, prev = self._seal_events(redo, seen[start - 1])
-            appended, end = self._seal_events(rows, prev)
-            new_macs = {r.seq: self._mac_of(r) for r in new_events}
+            new_events, prev = self.seal_events(redo, seen[start - 1])
+            appended, end = self.seal_events(rows, prev)
+            new_macs = {r.seq: self.mac_of(r) for r in new_events}
             new_snaps = []
             replaced = {s[0]: SnapshotRow(*s) for s in snaps}
             for seq, (row, link) in stored_snaps.items():
                 if seq in replaced or seq >= start:
-                    new_snaps.append(self._seal_snapshot(replaced.get(seq, row), new_macs.get(seq, link)))
+                    new_snaps.append(self.seal_snapshot(replaced.get(seq, row), new_macs.get(seq, link)))
             result[:] = [(rows[-1][0], end)] if rows else []
             return Rewrite(new_events, new_snaps, appended)
 
@@ -405,7 +395,7 @@ class ProtectedStore:
             self._remember(seq, mac)
 
     @staticmethod
-    def _mac_of(row: EventRow) -> bytes:
+    def mac_of(row: EventRow) -> bytes:
         return bytes(row.payload[2 + MAC_SIZE : 2 + 2 * MAC_SIZE])
 
     # -- what the tools ask --------------------------------------------------------------------
@@ -451,14 +441,19 @@ class ProtectedStore:
         for seq in snaps:
             _, link = self._open_snapshot(SnapshotRow(*self.inner.read_snapshot(seq)))
             if seq in macs and not hmac.compare_digest(link, macs[seq]):
-                raise CorruptLogError(
-                    f"snapshot at seq {seq} does not belong to this log's integrity chain (its link is not "
-                    f"event {seq}'s MAC): it was replaced; restore the log from a backup",
-                    seq=seq,
-                    table="memimg_snapshots",
-                    tampered=True,
-                )
+                raise _foreign_snapshot(seq)
         return head_seq, head_mac
+
+
+def _foreign_snapshot(seq: int) -> CorruptLogError:
+    """The error for a snapshot at *seq* whose chain link is not the MAC of the stored event *seq*."""
+    return CorruptLogError(
+        f"snapshot at seq {seq} does not belong to this log's integrity chain (its link is not "
+        f"event {seq}'s MAC): it was replaced; restore the log from a backup",
+        seq=seq,
+        table="memimg_snapshots",
+        tampered=True,
+    )
 
 
 def _fits(prev: bytes, anchor: bytes | None) -> bool:
@@ -466,7 +461,7 @@ def _fits(prev: bytes, anchor: bytes | None) -> bool:
     return anchor is None or hmac.compare_digest(prev, anchor)
 
 
-def _mismatch(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
+def mismatch(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
     """What about *p* does not fit the log's stored *settings* (None: it fits)."""
     stored_key = settings.get("key_id") if settings else None
     stored_ikey = settings.get("integrity_key_id") if settings else None
@@ -502,21 +497,21 @@ def protect(store: Store, protection: Protection | None) -> Store:
     settings = read_settings(meta)
     pending_text = meta.get(PENDING_KEY)
     pending = read_settings({PROTECTION_KEY: pending_text}) if pending_text is not None else None
-    wrong = _mismatch(store.description, settings, p)
-    if wrong is not None and pending is not None and _mismatch(store.description, pending, p) is None:
+    wrong = mismatch(store.description, settings, p)
+    if wrong is not None and pending is not None and mismatch(store.description, pending, p) is None:
         # a rekey to these options started: whether it finished, the rows say
         p = p.for_log(pending.get("log_id"))
-        if not _opens(store, p):
+        if not opens_under(store, p):
             raise ProtectionError(
                 f"{wrong}: a `memimg rekey` to the keys given started and did not finish, so the log is still "
                 "under its old keys; open it with them (or run the rekey again)"
             )
-        _finish_rekey(store, p)
+        finish_rekey(store, p)
         wrong = None
         settings = pending
     elif settings is not None:
         p = p.for_log(settings.get("log_id"))  # None: a log protected before log ids (still opens)
-    if wrong is None and pending is not None and settings is not pending and not _opens(store, p):
+    if wrong is None and pending is not None and settings is not pending and not opens_under(store, p):
         raise ProtectionError(
             f"{store.description!r}: a `memimg rekey` finished moving the log to other keys (key "
             f"{pending.get('key_id')}, integrity key {pending.get('integrity_key_id')}); open it with those"
@@ -551,7 +546,7 @@ def _store_settings(store: Store, p: Protection) -> None:
         pass
 
 
-def _opens(store: Store, p: Protection) -> bool:
+def opens_under(store: Store, p: Protection) -> bool:
     """Whether the newest event and the newest snapshot (the highest seq) of *store* open under *p* (a rekey's
     rows do); under a protection with nothing set, only plain rows do (it would decompress a compressed
     row, which a rekey to compression alone writes)."""
@@ -590,138 +585,9 @@ def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
         )
 
 
-def rekey_marker(head: int, new: Protection, after_ts: int) -> EventRow:
-    """The plain ``tx.meta`` event a rekey appends after *head*, to be sealed under *new*.
-
-    An image that had the log open before the rekey and commits after it
-    finds this row where it meant to write (its append fails with SeqTaken,
-    the store's own head check), cannot open it under its old keys, and
-    stops with a ProtectionError before writing anything (see
-    :meth:`ProtectedStore._refuse_if_rekeyed`). It is also the log's record
-    of the rekey. Its commit time is never before *after_ts* (the newest
-    stored commit time): commit times never decrease with seq, whatever the
-    clock does (``img.at(time=...)`` searches them in order).
-    """
-    meta = {"memimg": "rekey", "key_id": new.key_id, "integrity_key_id": new.integrity_id}
-    payload = orjson.dumps([[meta]])
-    seq, ts = head + 1, max(time.time_ns() // 1000, after_ts)
-    return EventRow(seq, seq, ts, META_KIND, 0, payload, event_checksum(seq, seq, ts, META_KIND, 0, payload))
-
-
-def _finish_rekey(store: Store, p: Protection) -> None:
+def finish_rekey(store: Store, p: Protection) -> None:
     try:
         store.set_meta(PROTECTION_KEY, p.settings_text() if p.active else None)
         store.set_meta(PENDING_KEY, None)
     except ReadOnlyError:
         pass
-
-
-def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
-    """Re-seal every event and snapshot of *store* (opened with *old*) under *new*; how many rows.
-
-    Crash-safe: the new settings are recorded as pending first, then every
-    row is replaced in one :meth:`Store.rewrite` (one database transaction
-    in the SQL stores and the memory store), then the settings are flipped.
-    A crash before the rewrite commits leaves the old keys valid; after it,
-    the new ones (:func:`protect` finishes the flip at the next open).
-
-    Raises:
-        ProtectionError: *old* does not open the log.
-        MemimgError: another process has the log open (it would go on
-            writing under the old keys).
-    """
-    old = old or Protection()
-    new = new or Protection()
-    if new.active:
-        new = new.for_log(new_log_id())  # every row is sealed anew: under a new id (no old row fits)
-    source = protect(store, old)
-    live = live_positions(store.meta())
-    if live:
-        raise MemimgError(
-            f"{store.description!r} is open in {len(live)} other image(s) ({', '.join(sorted(live))}); close them "
-            "before a rekey (they would keep writing under the old keys); nothing was changed"
-        )
-    _refuse_other_rekey(store, new)
-    reader = source if isinstance(source, ProtectedStore) else ProtectedStore(store, Protection())
-    first, head = store.first_seq(), store.head()
-    events = list(reader.read(first - 1)) if head >= first else []
-    snaps = [reader.read_snapshot(info.seq) for info in sorted(store.snapshots())]
-    target = ProtectedStore(store, new)
-    sealed_snaps: dict[int, SnapshotRow] = {}
-    for row in snaps:
-        if row.seq < first:
-            sealed_snaps[row.seq] = target._seal_snapshot(row, new.start(row.seq) if new.chained else b"")
-    prev = new.start(first - 1) if new.chained else b""
-    if first - 1 in sealed_snaps and new.chained:
-        prev = new.start(first - 1)
-    sealed, _ = target._seal_events(events, prev)
-    macs = {r.seq: ProtectedStore._mac_of(r) for r in sealed} if new.chained else {}
-    for row in snaps:
-        if row.seq >= first:
-            sealed_snaps[row.seq] = target._seal_snapshot(row, macs.get(row.seq, b""))
-
-    if head >= 1:
-        if sealed and sealed[-1].seq == head:
-            prev = ProtectedStore._mac_of(sealed[-1]) if new.chained else b""
-        else:
-            prev = new.start(head) if new.chained else b""
-        after_ts = max([row.ts for row in events[-1:]] + [row.ts for row in snaps] + [0])
-        marker, _ = target._seal_events([rekey_marker(head, new, after_ts)], prev)
-    else:
-        marker = []
-
-    def plan(missed: Sequence[EventRow]) -> Rewrite:
-        if missed:
-            raise MemimgError(
-                f"another process appended to {store.description!r} during the rekey; nothing was changed"
-            )
-        return Rewrite(sealed, list(sealed_snaps.values()), marker)
-
-    store.set_meta(PENDING_KEY, new.settings_text())
-    try:
-        store.rewrite(plan, head)
-    except BaseException:
-        _settle_rekey(store, source.protection if isinstance(source, ProtectedStore) else Protection(), new)
-        raise
-    store.set_meta(PROTECTION_KEY, new.settings_text() if new.active else None)
-    _drop_pending(store, new)
-    return len(sealed) + len(sealed_snaps)
-
-
-def _refuse_other_rekey(store: Store, new: Protection) -> None:
-    """Raise MemimgError if another rekey's pending entry, to other options than *new*, is in *store*'s meta
-    (running, or interrupted before its rewrite committed: the rows are still under the old keys); not for a
-    finished rekey's entry (the log's settings are its)."""
-    meta = store.meta()
-    text = meta.get(PENDING_KEY)
-    other = read_settings({PROTECTION_KEY: text}) if text is not None else None
-    if other is None or text == meta.get(PROTECTION_KEY):
-        return  # none, or a finished rekey's (killed between its two meta writes): this rekey's replaces it
-    if _mismatch("", other, new) is None and other.get("compression") == new.compression:
-        return  # the same rekey run again (what finishes an interrupted one)
-    raise MemimgError(
-        f"{store.description!r}: another `memimg rekey` (to key {other.get('key_id')}, integrity key "
-        f"{other.get('integrity_key_id')}, compression {other.get('compression')}) is running or was "
-        "interrupted; wait for it, or if it was interrupted, run that rekey again (same new keys and "
-        "compression) to finish it, then rekey from there; nothing was changed"
-    )
-
-
-def _drop_pending(store: Store, new: Protection) -> None:
-    """Remove *store*'s pending entry if it is still *new*'s (its own log id: this rekey's), never another
-    rekey's. Read, compare and delete: the stores offer no compare-and-delete; the window is the one
-    between two meta statements, and a rekey refuses to start while another's entry is there."""
-    if store.meta().get(PENDING_KEY) == new.settings_text():
-        store.set_meta(PENDING_KEY, None)
-
-
-def _settle_rekey(store: Store, old: Protection, new: Protection) -> None:
-    """After a rekey's rewrite failed: the pending entry removed if the rows are still under *old* (the usual
-    case: the rewrite is one transaction), the rekey finished if they are under *new* (the failure came after
-    its commit). Left as it is when the store cannot say (the next open decides, as after a crash)."""
-    with contextlib.suppress(Exception):
-        if _opens(store, old):
-            _drop_pending(store, new)
-        elif _opens(store, new):
-            store.set_meta(PROTECTION_KEY, new.settings_text() if new.active else None)
-            _drop_pending(store, new)
