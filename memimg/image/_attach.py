@@ -42,7 +42,16 @@ from memimg.core._gc import paused_gc
 from memimg.core._table import ObjectTable
 from memimg.core._values import check_text, describe_unsupported, tz_parts
 
-__all__ = ["NATIVE", "Attacher", "attached_by", "render", "where_coll", "where_field"]
+__all__ = [
+    "NATIVE",
+    "Attacher",
+    "attached_by",
+    "journal_attach",
+    "journal_fields",
+    "render",
+    "where_coll",
+    "where_field",
+]
 
 #: Values stored as they are, with nothing to attach: a write of one (an ASCII str) needs no preparing.
 NATIVE: Final = _types.NATIVE_TYPES
@@ -52,6 +61,8 @@ _SCALARS: Final = frozenset({int, float, bool, type(None)})
 _UNDO_ATTACH: Final = 0
 _UNDO_FIELD: Final = 1
 _UNDO_ITEMS: Final = 2
+#: journal entry ``(_UNDO_FIELDS, [obj, setter, old, ...])``: the fields one bulk attach put tracked lists in
+_UNDO_FIELDS: Final = 3
 _WALKER: Final = ("attach fields",)  # the key of the compiled walker among a TypeInfo's encoders
 _counter = itertools.count()
 _list_setitem = list.__setitem__
@@ -85,6 +96,17 @@ def render(where: Any) -> str:
 def attached_by(undo: list[Any]) -> Iterator[Any]:
     """The objects the attaches journaled in *undo* made part of the image, in the order they were met."""
     return itertools.chain.from_iterable(entry[1] for entry in undo if entry[0] == _UNDO_ATTACH)
+
+
+def journal_attach(objects: list[Any]) -> tuple[Any, ...]:
+    """The journal entry of an attach that made *objects* part of the image (undone all at once)."""
+    return (_UNDO_ATTACH, objects)
+
+
+def journal_fields(replaced: list[Any]) -> tuple[Any, ...]:
+    """The journal entry of an attach that replaced values in fields (plain lists by tracked ones):
+    *replaced* is flat, ``[obj, raw setter of the field, old value, ...]``, undone all at once."""
+    return (_UNDO_FIELDS, replaced)
 
 
 def where_field(obj: Any, name: str) -> str:
@@ -362,6 +384,13 @@ class Attacher:
                 for obj in entry[1]:
                     if obj._mi_oid is None:  # else committed meanwhile (by another thread's transaction)
                         set_identity(obj, None, None)
+                continue
+            if tag == _UNDO_FIELDS:
+                replaced = entry[1]
+                for i in range(len(replaced) - 3, -1, -3):
+                    obj, setter, old = replaced[i : i + 3]
+                    if obj._mi_oid is None:
+                        setter(obj, old)
                 continue
             if entry[1]._mi_oid is not None:
                 continue  # committed meanwhile (by another thread's transaction): it is part of the image now
