@@ -48,6 +48,7 @@ _counter = itertools.count()
 _list_new = list.__new__
 _list_extend = list.extend
 _list_iter = list.__iter__
+_join = "".join
 
 
 class _Bail(Exception):
@@ -176,6 +177,13 @@ class BulkAttacher:
         for obj in queue:  # grows as the walk meets new objects
             t = type(obj)
             if t is tlist:
+                if obj and type(obj[0]) is str:  # a list of ASCII strs (the commonest list of scalars) is its state
+                    try:
+                        if _join(obj).isascii():
+                            append([obj._mi_oid, "list", obj])
+                            continue
+                    except TypeError:  # not only strs
+                        pass
                 append(
                     [
                         obj._mi_oid,
