@@ -11,7 +11,7 @@ plain list to a tracked one in place, and writes each object's record from
 the field values it has just read, with code compiled per class. The records
 are handed to the commit's :class:`~._encode.EncodeSession` (``adopt``),
 which writes them inside the event as its own walk would have: the same
-ids, in the same order, the same bytes.
+records, with the same ids in the same order.
 
 The walk knows only the common shapes: entities whose fields are all set
 and hold scalars, ASCII strings, entities and plain lists of those. Met
@@ -213,8 +213,9 @@ def _record_writer(info: _types.TypeInfo, direct: bool) -> Callable[..., Callabl
     ``make(owner, linked, writers, conv, bail, set_owner, set_oid, objects,
     grow, push)`` returns ``write(obj) -> [oid, type name, state]``, the
     state the dict of the field values in declared order as the commit's
-    own encoders write it: every field read through its raw slot getter and
-    tested inline -- an ASCII str, an int of 64 bits, a bool, ``None``, a
+    own encoders write it: every field read (see
+    :func:`~memimg.core._encoders.field_reads`: plain attribute loads if
+    *direct*, else the raw slot getters) and tested inline -- an ASCII str, an int of 64 bits, a bool, ``None``, a
     reference to a numbered object of this image, a free-standing entity of
     a class of *writers* (attached, numbered: ``grow`` the table, ``push``
     on the walk's queue) -- anything else through ``conv``, which is given
