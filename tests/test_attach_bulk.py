@@ -53,6 +53,8 @@ def _graph(n: int = 300) -> list[Group]:
     items[4].ref = items[4]  # a cycle of one
     shared = ["shared"]
     items[5].tags = items[6].tags = shared  # one plain list met twice is one tracked list
+    items[7].value = {"k": items[8], "n": 3, "s": "x", "none": None, "f": 0.5}
+    items[9].value = items[10].value = {}  # one plain dict met twice is one tracked dict
     groups = [Group(f"g{k}", items[k * 50 : (k + 1) * 50]) for k in range(n // 50)]
     groups[0].other = groups[-1]
     return groups
@@ -89,6 +91,8 @@ def test_one_walk_writes_the_records_of_the_general_path(make_image: Images, in_
         expected = _content(img.root)
         assert type(groups[0].items[0].tags) is memimg.TrackedList
         assert groups[0].items[5].tags is groups[0].items[6].tags
+        assert type(groups[0].items[9].value) is memimg.TrackedDict
+        assert groups[0].items[9].value is groups[0].items[10].value
     with make_image(root=Root) as img:
         assert _content(img.root) == expected
 
@@ -118,13 +122,14 @@ def test_the_same_graph_gives_the_same_records_on_both_paths(make_image: Images)
 def test_the_common_shapes_take_one_walk_and_the_others_the_general_path(
     make_image: Images, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Entities, plain lists and scalars: no general attach walk; a dict deep inside: the general path, alone."""
+    """Entities, plain lists and dicts, scalars: no general attach walk; a dict with an int key deep inside
+    (found when its record is written, after every other object was numbered): the general path, alone."""
     with make_image(root=Root, snapshot_every=None) as img:
         calls = _general_path_calls(monkeypatch)  # (the root was attached by the general path)
         img.root.groups = _graph()
         assert calls == []
         groups = _graph()
-        groups[-1].items[-1].value = {"deep": [1, "x"]}  # met after every other object was numbered
+        groups[-1].items[-1].value = {1: "int key"}
         img.root.groups = groups
         assert calls == [groups]
         expected = _content(img.root)
@@ -136,8 +141,8 @@ def test_the_common_shapes_take_one_walk_and_the_others_the_general_path(
 
 @pytest.mark.parametrize(
     "bad",
-    [lambda: lambda: 0, lambda: "\ud800", lambda: [[object()]]],
-    ids=["a function", "a lone surrogate", "a list in a list"],
+    [lambda: lambda: 0, lambda: "\ud800", lambda: [[object()]], lambda: {"k": [object()]}],
+    ids=["a function", "a lone surrogate", "a list in a list", "a list in a dict"],
 )
 def test_a_refused_value_deep_in_the_graph_leaves_nothing(make_image: Images, bad: Any) -> None:
     """The one walk gives up, the general path refuses the value naming where it is: nothing is attached,
@@ -156,6 +161,7 @@ def test_a_refused_value_deep_in_the_graph_leaves_nothing(make_image: Images, ba
                 assert item._mi_img is None and item._mi_oid is None
         assert [item.tags for g in groups for item in g.items] == plain_tags
         assert all(type(t) is list for t in plain_tags)
+        assert type(groups[0].items[7].value) is dict and type(groups[0].items[9].value) is dict
         img.root.kept = Item("after")
         assert img.root.kept._mi_oid == n
         expected = _content(img.root)

@@ -47,8 +47,9 @@ _KEY: Final = "bulk record writer"  # keys the compiled writers among a TypeInfo
 _counter = itertools.count()
 _list_new = list.__new__
 _list_extend = list.extend
-_list_iter = list.__iter__
+_dict_new = dict.__new__
 _join = "".join
+_dict_update = dict.update
 
 
 class _Bail(Exception):
@@ -106,36 +107,45 @@ class BulkAttacher:
         session, shell = self.session, self.shell
         objects = self.table.objects
         owner = self.attacher.owner
-        tlist = shell.list
+        tlist, tdict = shell.list, shell.dict
         tracked_types = shell.tracked
         set_owner, set_oid = shell.set_owner, shell.set_oid
         encode, declare = session.encode, session.declare
         linked: set[type] = set(tracked_types)
         queue: list[Any] = []
-        memo: dict[int, Any] = {}  # id of a plain list -> its tracked list (a list met twice is one list)
+        memo: dict[int, Any] = {}  # id of a plain container -> its tracked one (a list met twice is one list)
         replaced: list[Any] = []  # [obj, setter, old value, ...]: the fields given a tracked list
         writers: dict[type, Callable[[Any], list[Any]]] = {}
         push, grow, note = queue.append, objects.append, replaced.extend
         direct = not shell.reads_hooked()  # fields read as plain attribute loads (see field_reads)
 
-        def conv(v: Any, obj: Any, setter: Any) -> Any:
-            """The stored form of a value the inline tests left: a new entity or plain list attached and
-            numbered (a list put back into the field of *obj* that *setter* sets), a number encoded; else bail."""
-            t = type(v)
-            if t is list:
-                if setter is None:
-                    raise _Bail  # a list in a list: the general path converts it
-                new: Any = memo.get(id(v))
-                if new is None:
-                    new = memo[id(v)] = _list_new(tlist)
-                    new._mi_img = owner
-                    new._mi_oid = len(objects)
-                    grow(new)
-                    _list_extend(new, v)
-                    push(new)
-                note((obj, setter, v))
+        def contain(source: Any, obj: Any, setter: Any) -> Any:
+            """A plain list or dict *source* as a tracked one (one per source), attached, numbered, queued and
+            put back into the field of *obj* that *setter* sets (journaled); the reference to it."""
+            new: Any = memo.get(id(source))
+            if new is None:
+                if type(source) is list:
+                    new = _list_new(tlist)
+                    _list_extend(new, source)
+                else:
+                    new = _dict_new(tdict)
+                    _dict_update(new, source)
+                memo[id(source)] = new
+                new._mi_img = owner
+                new._mi_oid = len(objects)
+                grow(new)
+                push(new)
+            if setter is not None:
+                note((obj, setter, source))
                 setter(obj, new)
-                return ["r", new._mi_oid]
+            return ["r", new._mi_oid]
+
+        def conv(v: Any) -> Any:
+            """The stored form of a value the inline tests left that is not a plain list or dict: a new entity
+            attached and numbered, a number encoded; else bail."""
+            t = type(v)
+            if t is list or t is dict:
+                raise _Bail  # a container in a container: the general path converts it
             if t is float or t is int:
                 return encode(v)
             if t not in writers:
@@ -147,7 +157,7 @@ class BulkAttacher:
                 make = info.encoders.get(key)
                 if make is None:
                     make = info.encoders[key] = _record_writer(info, direct)
-                writers[t] = make(owner, linked, writers, conv, _Bail, set_owner, set_oid, objects, grow, push)
+                writers[t] = make(owner, linked, writers, contain, conv, _Bail, set_owner, set_oid, objects, grow, push)
                 linked.add(t)
             if v._mi_img is not None:
                 if v._mi_img is owner and v._mi_oid is not None:
@@ -162,18 +172,15 @@ class BulkAttacher:
 
         journal.append(journal_fields(replaced))  # filled as the walk goes
         out: Any
-        if type(value) is list:
-            out = _list_new(tlist)
-            out._mi_img = owner
-            out._mi_oid = len(objects)
-            grow(out)
-            _list_extend(out, value)
-            push(out)
+        if type(value) is list or type(value) is dict:
+            contain(value, None, None)
+            out = memo[id(value)]
         else:
             out = value
-            conv(value, None, None)
+            conv(value)
         records: list[Any] = []
         append = records.append
+        list_state, dict_state = _containers(owner, linked, conv, _Bail)
         for obj in queue:  # grows as the walk meets new objects
             t = type(obj)
             if t is tlist:
@@ -184,23 +191,9 @@ class BulkAttacher:
                             continue
                     except TypeError:  # not only strs
                         pass
-                append(
-                    [
-                        obj._mi_oid,
-                        "list",
-                        [
-                            x
-                            if ((tx := type(x)) is str and x.isascii())
-                            or (tx is int and -_X <= x < _X)
-                            or tx is bool
-                            or x is None
-                            else ["r", o]
-                            if tx in linked and x._mi_img is owner and (o := x._mi_oid) is not None
-                            else conv(x, None, None)
-                            for x in _list_iter(obj)
-                        ],
-                    ]
-                )
+                append([obj._mi_oid, "list", list_state(obj)])
+            elif t is tdict:
+                append([obj._mi_oid, "dict", dict_state(obj)])
             else:
                 append(writers[t](obj))
         session.adopt(records)
@@ -210,17 +203,17 @@ class BulkAttacher:
 def _record_writer(info: _types.TypeInfo, direct: bool) -> Callable[..., Callable[[Any], list[Any]]]:
     """Compile the maker of the record writer of *info*'s entities for the bulk walk.
 
-    ``make(owner, linked, writers, conv, bail, set_owner, set_oid, objects,
-    grow, push)`` returns ``write(obj) -> [oid, type name, state]``, the
+    ``make(owner, linked, writers, contain, conv, bail, set_owner, set_oid,
+    objects, grow, push)`` returns ``write(obj) -> [oid, type name, state]``, the
     state the dict of the field values in declared order as the commit's
     own encoders write it: every field read (see
     :func:`~memimg.core._encoders.field_reads`: plain attribute loads if
     *direct*, else the raw slot getters) and tested inline -- an ASCII str, an int of 64 bits, a bool, ``None``, a
     reference to a numbered object of this image, a free-standing entity of
     a class of *writers* (attached, numbered: ``grow`` the table, ``push``
-    on the walk's queue) -- anything else through ``conv``, which is given
-    the field's raw setter to put a converted list back. An unset field
-    raises *bail*.
+    on the walk's queue) -- a plain list or dict through ``contain``, given
+    the field's raw setter to put the tracked one back, anything else
+    through ``conv``. An unset field raises *bail*.
     """
     names = info.fields
     getters, reads = field_reads(info, direct)
@@ -230,6 +223,8 @@ def _record_writer(info: _types.TypeInfo, direct: bool) -> Callable[..., Callabl
         if not ((t is str and v{i}.isascii()) or (t is int and -X <= v{i} < X) or t is bool or v{i} is None):
             if t in linked and v{i}._mi_img is owner and (o := v{i}._mi_oid) is not None:
                 v{i} = ['r', o]
+            elif t is list or t is dict:
+                v{i} = contain(v{i}, obj, s{i})
             elif t in writers and v{i}._mi_img is None:
                 set_owner(v{i}, owner)
                 o = len(objects)
@@ -238,12 +233,12 @@ def _record_writer(info: _types.TypeInfo, direct: bool) -> Callable[..., Callabl
                 push(v{i})
                 v{i} = ['r', o]
             else:
-                v{i} = conv(v{i}, obj, s{i})"""
+                v{i} = conv(v{i})"""
         for i in range(len(names))
     )
     state = ", ".join(f"{f!r}: v{i}" for i, f in enumerate(names))
     source = f"""
-def make(owner, linked, writers, conv, bail, set_owner, set_oid, objects, grow, push):
+def make(owner, linked, writers, contain, conv, bail, set_owner, set_oid, objects, grow, push):
     def write(obj):
         try:
             {reads}
@@ -253,11 +248,44 @@ def make(owner, linked, writers, conv, bail, set_owner, set_oid, objects, grow, 
         return [obj._mi_oid, {info.name!r}, {{{state}}}]
     return write
 """
-    filename = f"<memimg bulk record writer of {info.name} #{next(_counter)}>"
+    setters = {f"s{i}": info.setters[f] for i, f in enumerate(names)}
+    return _compile(source, f"bulk record writer of {info.name}", **getters, **setters)
+
+
+def _compile(source: str, what: str, **names: Any) -> Callable[..., Any]:
+    """The ``make`` of generated *source*, registered with linecache (tracebacks show it); *names* in its namespace."""
+    filename = f"<memimg {what} #{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict[str, Any] = {"X": _X}
-    namespace.update(getters)
-    for i, f in enumerate(names):
-        namespace[f"s{i}"] = info.setters[f]
+    namespace: dict[str, Any] = {"X": _X, **names}
     exec(compile(source, filename, "exec"), namespace)
     return namespace["make"]  # type: ignore[no-any-return]
+
+
+#: The stored form of ``x``, an item of a container of the walk, inline if it can be (as the record writers test).
+_ITEM: Final = (
+    "x if ((tx := type(x)) is str and x.isascii()) or (tx is int and -X <= x < X) or tx is bool or x is None "
+    "else ['r', o] if tx in linked and x._mi_img is owner and (o := x._mi_oid) is not None "
+    "else conv(x)"
+)
+_CONTAINERS: Final = f"""
+def make(owner, linked, conv, bail):
+    def list_state(obj):
+        return [{_ITEM} for x in list_iter(obj)]
+
+    def dict_state(obj):
+        try:  # keys that are all ASCII strs: stored as a dict, as the commit's own encoders store them
+            if not join(obj).isascii():
+                raise bail
+        except TypeError:  # a key not a str: the general path writes the pairs
+            raise bail from None
+        return {{k: {_ITEM} for k, x in dict_items(obj)}}
+
+    return list_state, dict_state
+"""
+
+
+#: ``make(owner, linked, conv, bail) -> (list_state, dict_state)``: the states of the walk's tracked lists and
+#: dicts, items as :data:`_ITEM` writes them; a dict with a key that is not an ASCII str raises *bail*.
+_containers: Final = _compile(
+    _CONTAINERS, "bulk container states", join=_join, list_iter=list.__iter__, dict_items=dict.items
+)
