@@ -7,17 +7,18 @@ validate, convert plain lists, mark new objects as attached) and the
 commit's walk (:mod:`memimg.core._records`: give ids in log order, write
 each new object's ``[oid, type, state]`` record) -- are one: a breadth-first
 walk that gives each new object its id when it first meets it, converts a
-plain list to a tracked one in place, and writes each object's record from
+plain list or dict to a tracked one in place, and writes each object's record from
 the field values it has just read, with code compiled per class. The records
 are handed to the commit's :class:`~._encode.EncodeSession` (``adopt``),
 which writes them inside the event as its own walk would have: the same
 records, with the same ids in the same order.
 
 The walk knows only the common shapes: entities whose fields are all set
-and hold scalars, ASCII strings, entities and plain lists of those. Met
-anything else (a dict, a tuple, a value class, a non-ASCII string, a
-free-standing tracked collection, a list in a list, an object of another
-image), it *bails out*: it takes back everything it did (ids, declarations,
+and hold scalars, ASCII strings, entities, and plain lists and dicts (keyed
+by ASCII strings) of those. Met anything else (a set, a tuple, a value
+class, a non-ASCII string, a dict with another key, a free-standing tracked
+collection, a container in a container, an object of another image), it
+*bails out*: it takes back everything it did (ids, declarations,
 conversions, owners) and the general path attaches the value, with its
 checks and its error messages. If the commit then fails, the session's
 rollback and the attacher's undo take back the ids and the attach, as on
