@@ -30,7 +30,16 @@ from typing import Any, Final
 from memimg.core import _types
 from memimg.core._codec import INLINE, LINKED, Codec
 
-__all__ = ["REF_CALL", "REF_COMMIT", "REF_MARK", "container_encoders", "slow_state", "state_encoder", "value_writer"]
+__all__ = [
+    "REF_CALL",
+    "REF_COMMIT",
+    "REF_MARK",
+    "container_encoders",
+    "field_reads",
+    "slow_state",
+    "state_encoder",
+    "value_writer",
+]
 
 #: How generated code writes a reference to ``{v}``, an object of a linked type, by walk (see the docstring).
 REF_MARK: Final = "o if seen[o := {v}._mi_oid] else mark(o, 1) or push({v}) or o"
@@ -57,8 +66,15 @@ def _item(v: str, ref: str) -> str:
     return f"{v} if {inline} else ['r', {ref.format(v=v)}] if t in linked else value({v})"
 
 
-def _state_encoder(info: _types.TypeInfo, direct: bool, ref: str, keyed: bool) -> Callable[..., Any]:
-    """Compile the maker of an encoder of *info*'s entity states (see :func:`state_encoder`)."""
+def field_reads(info: _types.TypeInfo, direct: bool) -> tuple[dict[str, Any], str]:
+    """Generated code reading every field of an *info* entity ``obj`` into ``v0``, ``v1``, ...
+
+    Returns ``(getters, code)``: the code (indented for a ``try`` block in a
+    nested function) reads a field as a plain attribute load if *direct*
+    and nothing in the class intervenes (a raw slot read: only right while
+    no read hook is installed), else through its raw slot getter ``g<i>``,
+    which *getters* holds for the code's namespace.
+    """
     cls = info.cls
     # a plain attribute load is a raw slot read only if nothing in the class intervenes
     direct = (
@@ -67,7 +83,7 @@ def _state_encoder(info: _types.TypeInfo, direct: bool, ref: str, keyed: bool) -
         and inspect.getattr_static(cls, "__getattr__", None) is None
     )
     getters: dict[str, Any] = {}
-    reads, items = [], []
+    reads = []
     for i, f in enumerate(info.fields):
         getters[f"g{i}"] = info.getters[f]
         plain = (
@@ -78,10 +94,15 @@ def _state_encoder(info: _types.TypeInfo, direct: bool, ref: str, keyed: bool) -
             and type(inspect.getattr_static(cls, f, None)) is types.MemberDescriptorType
         )
         reads.append(f"v{i} = obj.{f}" if plain else f"v{i} = g{i}(obj)")
-        items.append((f"{f!r}: " if keyed else "") + _item(f"v{i}", ref))
+    return getters, "\n            ".join(reads) or "pass"
+
+
+def _state_encoder(info: _types.TypeInfo, direct: bool, ref: str, keyed: bool) -> Callable[..., Any]:
+    """Compile the maker of an encoder of *info*'s entity states (see :func:`state_encoder`)."""
+    getters, reads_code = field_reads(info, direct)
+    items = [(f"{f!r}: " if keyed else "") + _item(f"v{i}", ref) for i, f in enumerate(info.fields)]
     # all fields are read first: only a read's AttributeError (an unset field) means the slow
     # path, never one raised while encoding a value (a user's hook would run twice)
-    reads_code = "\n            ".join(reads) or "pass"
     body = ",\n            ".join(items)
     opening, closing = "{}" if keyed else "[]"
     source = f"""

@@ -42,7 +42,16 @@ from memimg.core._gc import paused_gc
 from memimg.core._table import ObjectTable
 from memimg.core._values import check_text, describe_unsupported, tz_parts
 
-__all__ = ["NATIVE", "Attacher", "attached_by", "render", "where_coll", "where_field"]
+__all__ = [
+    "NATIVE",
+    "Attacher",
+    "attached_by",
+    "journal_attach",
+    "journal_fields",
+    "render",
+    "where_coll",
+    "where_field",
+]
 
 #: Values stored as they are, with nothing to attach: a write of one (an ASCII str) needs no preparing.
 NATIVE: Final = _types.NATIVE_TYPES
@@ -52,6 +61,8 @@ _SCALARS: Final = frozenset({int, float, bool, type(None)})
 _UNDO_ATTACH: Final = 0
 _UNDO_FIELD: Final = 1
 _UNDO_ITEMS: Final = 2
+#: journal entry ``(_UNDO_FIELDS, [obj, setter, old, ...])``: the fields one bulk attach put tracked lists in
+_UNDO_FIELDS: Final = 3
 _WALKER: Final = ("attach fields",)  # the key of the compiled walker among a TypeInfo's encoders
 _counter = itertools.count()
 _list_setitem = list.__setitem__
@@ -87,6 +98,17 @@ def attached_by(undo: list[Any]) -> Iterator[Any]:
     return itertools.chain.from_iterable(entry[1] for entry in undo if entry[0] == _UNDO_ATTACH)
 
 
+def journal_attach(objects: list[Any]) -> tuple[Any, ...]:
+    """The journal entry of an attach that made *objects* part of the image (undone all at once)."""
+    return (_UNDO_ATTACH, objects)
+
+
+def journal_fields(replaced: list[Any]) -> tuple[Any, ...]:
+    """The journal entry of an attach that replaced values in fields (plain lists by tracked ones):
+    *replaced* is flat, ``[obj, raw setter of the field, old value, ...]``, undone all at once."""
+    return (_UNDO_FIELDS, replaced)
+
+
 def where_field(obj: Any, name: str) -> str:
     """Where a value assigned to field *name* of *obj* goes, for messages."""
     return f"{type(obj).__qualname__}.{name}"
@@ -97,6 +119,20 @@ def where_coll(coll: Any) -> str:
     builtin = type(coll).__bases__[0].__name__
     oid = coll._mi_oid
     return f"{builtin} #{oid}" if oid else builtin
+
+
+class _Walk:
+    """The state of one attach walk: the journal, the objects still to walk, the plain containers
+    converted so far (by id: one container met twice is one tracked container) and the objects attached."""
+
+    __slots__ = ("attached", "memo", "stack", "undo")
+
+    def __init__(self, undo: list[Any], attached: list[Any]) -> None:
+        self.undo = undo
+        self.attached = attached
+        #: ``(object, lazy path, plain source or None)`` of each object whose contents are still to attach
+        self.stack: list[tuple[Any, Any, Any]] = []
+        self.memo: dict[int, tuple[Any, Any]] = {}
 
 
 class Attacher:
@@ -136,7 +172,7 @@ class Attacher:
         entry = (_UNDO_ATTACH, attached)
         try:
             with paused_gc():
-                out = self._prepare(value, where, undo, attached)
+                out = self._prepare(value, where, _Walk(undo, attached))
             if attached:  # else nothing to undo: values are put back only inside objects it attached
                 undo.append(entry)
             return out
@@ -146,25 +182,15 @@ class Attacher:
             self.undo([entry])  # the objects attached so far (again if already journaled: a no-op)
             raise
 
-    def _prepare(self, value: Any, where: str, undo: list[Any], attached: list[Any]) -> Any:
-        stack: list[tuple[Any, Any, Any]] = []
-        memo: dict[int, tuple[Any, Any]] = {}
-        out = self._inner(value, where, undo, stack, memo, True, attached)
+    def _prepare(self, value: Any, where: str, walk: _Walk) -> Any:
+        out = self._inner(value, where, walk, True)
+        stack = walk.stack
         while stack:
             obj, w, source = stack.pop()
-            self._attach_contents(obj, w, source, undo, stack, memo, attached)
+            self._attach_contents(obj, w, source, walk)
         return out
 
-    def _inner(
-        self,
-        v: Any,
-        where: Any,
-        undo: list[Any],
-        stack: list[tuple[Any, Any, Any]],
-        memo: dict[int, tuple[Any, Any]],
-        mutable_ok: bool,
-        attached: list[Any],
-    ) -> Any:
+    def _inner(self, v: Any, where: Any, walk: _Walk, mutable_ok: bool) -> Any:
         """Prepare one value met while attaching; *where* is a lazy path (see :func:`render`).
 
         A hot loop of attaching (``python -m benchmarks``, graph commit): one
@@ -190,8 +216,8 @@ class Attacher:
             owner = v._mi_img
             if owner is None:
                 self.shell.set_identity(v, self.owner, None)
-                attached.append(v)
-                stack.append((v, where, None))
+                walk.attached.append(v)
+                walk.stack.append((v, where, None))
             elif owner is not self.owner:
                 at = render(where)
                 raise UnsupportedValueError(
@@ -211,15 +237,15 @@ class Attacher:
                     value_type=t,
                     where=at,
                 )
-            seen = memo.get(id(v))
+            seen = walk.memo.get(id(v))
             if seen is not None:
                 return seen[1]
             cls: Any = self.shell.tracked_for[t]
             tracked = cls.__new__(cls)
             tracked._mi_img = self.owner
-            memo[id(v)] = (v, tracked)
-            attached.append(tracked)
-            stack.append((tracked, where, v))
+            walk.memo[id(v)] = (v, tracked)
+            walk.attached.append(tracked)
+            walk.stack.append((tracked, where, v))
             return tracked
         if shape is LEAF:
             if t is dt.datetime or t is dt.time:
@@ -230,7 +256,7 @@ class Attacher:
         if shape is TUPLE or shape is FROZENSET:
             changed: dict[int, Any] | None = None
             for i, item in enumerate(v):
-                out = self._inner(item, (where, "[", i), undo, stack, memo, False, attached)
+                out = self._inner(item, (where, "[", i), walk, False)
                 if out is not item:  # a number read from a counter in it: stored as the plain number
                     if changed is None:
                         changed = {}
@@ -240,7 +266,7 @@ class Attacher:
             replaced: dict[str, Any] = {}
             for f in _types.info_of(t).fields:  # type: ignore[union-attr]
                 item = getattr(v, f)
-                out = self._inner(item, (where, ".", f), undo, stack, memo, False, attached)
+                out = self._inner(item, (where, ".", f), walk, False)
                 if out is not item:
                     replaced[f] = out
             return attrs.evolve(v, **replaced) if replaced else v
@@ -248,16 +274,7 @@ class Attacher:
             return plain(v)
         raise describe_unsupported(v, render(where))
 
-    def _attach_contents(
-        self,
-        obj: Any,
-        where: Any,
-        source: Any,
-        undo: list[Any],
-        stack: list[tuple[Any, Any, Any]],
-        memo: dict[int, tuple[Any, Any]],
-        attached: list[Any],
-    ) -> None:
+    def _attach_contents(self, obj: Any, where: Any, source: Any, walk: _Walk) -> None:
         """Attach what an object being attached holds (its items, or its fields' values).
 
         A measured hot loop (``python -m benchmarks``, graph commit: attaching
@@ -274,13 +291,13 @@ class Attacher:
             new = [
                 x
                 if (tx := type(x)) in native or (tx is str and x.isascii()) or (tx in linked and x._mi_img is owner)
-                else inner(x, (where, "[", i), undo, stack, memo, True, attached)
+                else inner(x, (where, "[", i), walk, True)
                 for i, x in enumerate(old)
             ]
             if source is not None:
                 list.extend(obj, new)
             elif any(a is not b for a, b in zip(old, new)):
-                undo.append((_UNDO_ITEMS, obj, old))
+                walk.undo.append((_UNDO_ITEMS, obj, old))
                 _list_setitem(obj, slice(None), new)
         elif t is shell.dict:
             old_pairs = list(_dict_items(source if source is not None else obj))
@@ -288,17 +305,17 @@ class Attacher:
                 (
                     k
                     if (tk := type(k)) in native or (tk is str and k.isascii())
-                    else inner(k, (where, "(key)", k), undo, stack, memo, False, attached),
+                    else inner(k, (where, "(key)", k), walk, False),
                     val
                     if (tv := type(val)) in native or (tv is str and val.isascii())
-                    else inner(val, (where, "[k", k), undo, stack, memo, True, attached),
+                    else inner(val, (where, "[k", k), walk, True),
                 )
                 for k, val in old_pairs
             ]
             if source is not None:
                 dict.update(obj, pairs)
             elif any(a[1] is not b[1] or a[0] is not b[0] for a, b in zip(old_pairs, pairs)):
-                undo.append((_UNDO_ITEMS, obj, dict(old_pairs)))
+                walk.undo.append((_UNDO_ITEMS, obj, dict(old_pairs)))
                 dict.clear(obj)
                 dict.update(obj, pairs)
         elif t is shell.set:
@@ -306,16 +323,16 @@ class Attacher:
             new_members = [
                 m
                 if (tm := type(m)) in native or (tm is str and m.isascii())
-                else inner(m, (where, " member", None), undo, stack, memo, False, attached)
+                else inner(m, (where, " member", None), walk, False)
                 for m in members
             ]
             if source is not None:
                 set.update(obj, new_members)
         else:
-            walk = self._walkers.get(t)
-            if walk is None:
-                walk = self._walkers[t] = self._walker(t)
-            walk(obj, where or t.__qualname__, undo, stack, memo, attached)
+            fields = self._walkers.get(t)
+            if fields is None:
+                fields = self._walkers[t] = self._walker(t)
+            fields(obj, where or t.__qualname__, walk)
 
     def _walker(self, t: type) -> Callable[..., None]:
         """The compiled walker of *t*'s fields (see :func:`_fields_walker`), bound to this attacher."""
@@ -326,15 +343,7 @@ class Attacher:
             make = info.encoders[_WALKER] = _fields_walker(info)
         return make(self._inner, _SCALARS, self.owner, self.linked, self._fields_slow)
 
-    def _fields_slow(
-        self,
-        obj: Any,
-        where: Any,
-        undo: list[Any],
-        stack: list[tuple[Any, Any, Any]],
-        memo: dict[int, tuple[Any, Any]],
-        attached: list[Any],
-    ) -> None:
+    def _fields_slow(self, obj: Any, where: Any, walk: _Walk) -> None:
         """Attach what an entity's fields hold, field by field (an entity with an unset field)."""
         inner = self._inner
         native = _SCALARS
@@ -348,9 +357,9 @@ class Attacher:
                 continue
             if type(v) in native or (type(v) is str and v.isascii()):
                 continue
-            nv = inner(v, (where, ".", f), undo, stack, memo, True, attached)
+            nv = inner(v, (where, ".", f), walk, True)
             if nv is not v:
-                undo.append((_UNDO_FIELD, obj, f, v))
+                walk.undo.append((_UNDO_FIELD, obj, f, v))
                 setters[f](obj, nv)
 
     def undo(self, undo: list[Any]) -> None:
@@ -362,6 +371,13 @@ class Attacher:
                 for obj in entry[1]:
                     if obj._mi_oid is None:  # else committed meanwhile (by another thread's transaction)
                         set_identity(obj, None, None)
+                continue
+            if tag == _UNDO_FIELDS:
+                replaced = entry[1]
+                for i in range(len(replaced) - 3, -1, -3):
+                    obj, setter, old = replaced[i : i + 3]
+                    if obj._mi_oid is None:
+                        setter(obj, old)
                 continue
             if entry[1]._mi_oid is not None:
                 continue  # committed meanwhile (by another thread's transaction): it is part of the image now
@@ -380,8 +396,8 @@ class Attacher:
 def _fields_walker(info: _types.TypeInfo) -> Callable[..., Callable[..., None]]:
     """Compile the maker of a walker attaching what an entity of *info*'s class holds in its fields.
 
-    ``make(inner, native, owner, linked, slow)`` returns ``walk(obj, where,
-    undo, stack, memo, attached)``: every field read through its raw slot getter and
+    ``make(inner, native, owner, linked, slow)`` returns ``fields(obj, where,
+    walk)`` (*walk* the state of the attach walk, :class:`_Walk`): every field read through its raw slot getter and
     tested inline -- a scalar, an ASCII str, or an object of this image is
     left as it is with no call; anything else goes through *inner* and is
     put back (journaled) if it comes back as another object (a plain list
@@ -397,20 +413,20 @@ def _fields_walker(info: _types.TypeInfo) -> Callable[..., Callable[..., None]]:
             f"""
         t = type(v{i})
         if not (t in native or (t is str and v{i}.isascii()) or (t in linked and v{i}._mi_img is owner)):
-            nv = inner(v{i}, (where, ".", {f!r}), undo, stack, memo, True, attached)
+            nv = inner(v{i}, (where, ".", {f!r}), walk, True)
             if nv is not v{i}:
-                undo.append(({_UNDO_FIELD}, obj, {f!r}, v{i}))
+                walk.undo.append(({_UNDO_FIELD}, obj, {f!r}, v{i}))
                 s{i}(obj, nv)"""
         )
     source = f"""
 def make(inner, native, owner, linked, slow):
-    def walk(obj, where, undo, stack, memo, attached):
+    def fields(obj, where, walk):
         try:
             {reads}
         except AttributeError:
-            return slow(obj, where, undo, stack, memo, attached)
+            return slow(obj, where, walk)
 {"".join(tests) or "        pass"}
-    return walk
+    return fields
 """
     filename = f"<memimg attach walker of {info.name} #{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)

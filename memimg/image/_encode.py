@@ -61,6 +61,7 @@ class EncodeSession:
         self._assigned_from = 0
         self._born_from = 0
         self._declared_before: dict[str, Any] = {}
+        self._begun = False  # whether the commit being encoded has begun (see begin)
 
     # -- ids and declarations ---------------------------------------------------
 
@@ -101,15 +102,36 @@ class EncodeSession:
 
     # -- rows -------------------------------------------------------------------
 
-    def encode_events(self, pending: list[Pending], first_seq: int, ts: int) -> list[Any]:
-        """The rows of *pending* at seqs ``first_seq`` on (undone by :meth:`rollback`).
+    def begin(self) -> None:
+        """Begin encoding a commit: what :meth:`rollback` takes back is what is done from here on.
 
-        A measured hot loop (``python -m benchmarks``: commit, batch).
+        :meth:`encode_events` begins by itself; a bulk attach (:mod:`._bulk`)
+        begins first, numbers the new objects and hands over their records
+        (:meth:`adopt`) before the commit's events are encoded.
         """
         self._assigned_from = len(self.table.objects)
         self._born_from = len(self.table.born)
         if self._declared_before:
             self._declared_before = {}
+        self._begun = True
+
+    def adopt(self, records: list[Any]) -> None:
+        """Write *records* (of objects numbered since :meth:`begin`) inside the next event encoded."""
+        self._records = records
+
+    @property
+    def first_new(self) -> int:
+        """The id of the first object the commit being encoded (or about to be) makes part of the table."""
+        return self._assigned_from if self._begun else len(self.table.objects)
+
+    def encode_events(self, pending: list[Pending], first_seq: int, ts: int) -> list[Any]:
+        """The rows of *pending* at seqs ``first_seq`` on (undone by :meth:`rollback`).
+
+        A measured hot loop (``python -m benchmarks``: commit, batch).
+        """
+        if not self._begun:
+            self.begin()
+        self._begun = False
         rows: list[Any] = []
         append = rows.append
         seq = first_seq
@@ -130,7 +152,8 @@ class EncodeSession:
                     self.declare(_types.info_of(type(target)))  # type: ignore[arg-type]
             if k is obj_set:  # the commonest kind: its row made here, with no per-event dispatch
                 encoded_args = [args[0], encode(args[1])]
-                if not queue and not self._new_types:  # no new object nor class met: a row of its own
+                # no new object nor class met (nor records handed over): a row of its own
+                if not queue and not self._new_types and not self._records:
                     data = dumps([encoded_args])
                     crc = _crc32(data, _crc32(_pack(seq, first_seq, ts, toid), _SET_CODE)) if checksums else 0
                     append((seq, first_seq, ts, "obj.set", toid, data, crc))
@@ -138,7 +161,7 @@ class EncodeSession:
                     continue
             else:
                 encoded_args = self._encode_args(k, args)
-            if queue or self._new_types:
+            if queue or self._new_types or self._records:
                 self._drain()
                 if self._records:
                     self.table.born.note(self._records[0][0], seq)
@@ -188,6 +211,7 @@ class EncodeSession:
             else:
                 declarations.by_name[name] = before
         self._declared_before = {}
+        self._begun = False
         self._queue.clear()
         # what an event whose encoding failed had gathered (else the next commit's first event would carry it)
         self._records = []

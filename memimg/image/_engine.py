@@ -56,6 +56,7 @@ from memimg.core._table import ObjectTable
 from memimg.core._values import Converter
 from memimg.image import _recovery, _unique
 from memimg.image._attach import Attacher
+from memimg.image._bulk import BulkAttacher
 from memimg.image._conflicts import ConflictIndex
 from memimg.image._encode import EncodeSession
 from memimg.image._generic import make_stand_in
@@ -150,6 +151,8 @@ class Engine:
         self.attacher = Attacher(self.table)
         # a protected store seals the rows and checksums what it stores: the plain rows need no checksum
         self.session = EncodeSession(self.table, checksums=not isinstance(store, ProtectedStore))
+        #: the one-walk attach of an assignment outside a transaction (see _bulk)
+        self.bulk = BulkAttacher(self.attacher, self.session)
         self.conflicts = ConflictIndex(self.table)
         #: transactions being applied right now (readers outside them see all of one or none)
         self.publishing: list[Any] = []
@@ -318,7 +321,7 @@ class Engine:
         while True:
             ts = max(now_us(), self.last_ts)  # see last_ts
             try:
-                before = len(self.table.objects) if UNIQUE else 0
+                before = session.first_new if UNIQUE else 0
                 rows = session.encode_events(events, self.seq + 1, ts)
                 if before:  # unique fields: checked on the state this commit goes on, again after each catch-up
                     # inline, the test whether there is anything to check (a commit that changes no instance

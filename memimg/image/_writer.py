@@ -32,6 +32,7 @@ from memimg.core._reader import Pending
 from memimg.image import _recovery
 from memimg.image._annotate import layer_meta
 from memimg.image._attach import NATIVE, where_coll, where_field
+from memimg.image._bulk import BAILED, BulkAttacher
 from memimg.image._views import raw_method
 from memimg.model._base import Planner
 from memimg.model._collections import reusable_args
@@ -43,6 +44,7 @@ class WriterHost(_recovery.Host, Protocol):
     """What the auto-committing writer needs of its engine: what upkeep needs, and a snapshot's turn."""
 
     snapshot_turn: threading.Event | None
+    bulk: BulkAttacher
 
     def give_turn(self) -> None: ...
 
@@ -129,13 +131,19 @@ class AutoWriter:
                     # traversed by one collection afterwards, not by one after each
                     with paused_gc():
                         undo: list[Any] = []
+                        events = self._annotated([(_OBJ_SET, obj, (name, value))])
                         engine.busy = "attaching a value"
                         try:
-                            v = engine.attacher.prepare(value, where_field(obj, name), undo)
+                            # attached and numbered in one walk when it can (see _bulk): its records are
+                            # written inside the one event that follows
+                            v = engine.bulk.attach(value, undo) if len(events) == 1 else BAILED
+                            if v is BAILED:
+                                v = engine.attacher.prepare(value, where_field(obj, name), undo)
                         finally:
                             engine.busy = None
+                        events[-1] = (_OBJ_SET, obj, (name, v))
                         try:
-                            engine.commit(self._annotated([(_OBJ_SET, obj, (name, v))]))
+                            engine.commit(events)
                         except BaseException:
                             engine.attacher.undo(undo)
                             raise

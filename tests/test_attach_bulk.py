@@ -1,0 +1,209 @@
+"""An assignment outside a transaction attaches and numbers its new graph in one walk (``_bulk``).
+
+The one walk writes the same records -- the same ids, in the same order --
+as the general path (attach walk, then the commit's walk), which a
+transaction's assignment takes; a value it does not know goes through the
+general path with nothing left of the one walk; a commit that fails leaves
+every new object free-standing and every plain list in its field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+
+import memimg
+from memimg import persistent
+from memimg.image import _attach
+from tests.conftest import Images
+from tests.test_snapshot_format import _content
+
+
+@persistent(name="bulk.Item")
+class Item:
+    name: str
+    value: Any = 0
+    tags: Any = attrs.field(factory=list)
+    ref: Any = None
+
+
+@persistent(name="bulk.Group")
+class Group:
+    name: str
+    items: Any = attrs.field(factory=list)
+    other: Any = None
+
+
+@persistent(name="bulk.Root")
+class Root:
+    groups: Any = None
+    kept: Any = None
+
+
+def _graph(n: int = 300) -> list[Group]:
+    """Lists, shared and cyclic references, forward references, every value the one walk writes inline."""
+    items = [Item(f"item-{i}", i, ["red" if i % 2 else "blue", f"t{i % 7}", i, None, True]) for i in range(n)]
+    for i, item in enumerate(items):
+        item.ref = items[(i * 37 + 11) % n]
+    items[1].value, items[2].value, items[3].value = 2**70, -0.0, 1.5  # encoded, not written inline
+    items[4].ref = items[4]  # a cycle of one
+    shared = ["shared"]
+    items[5].tags = items[6].tags = shared  # one plain list met twice is one tracked list
+    items[7].value = {"k": items[8], "n": 3, "s": "x", "none": None, "f": 0.5}
+    items[9].value = items[10].value = {}  # one plain dict met twice is one tracked dict
+    groups = [Group(f"g{k}", items[k * 50 : (k + 1) * 50]) for k in range(n // 50)]
+    groups[0].other = groups[-1]
+    return groups
+
+
+def _records(store: memimg.Store) -> list[Any]:
+    """The records of the last event."""
+    rows = list(store.read(after=0))
+    return list(orjson.loads(rows[-1][5])[1])
+
+
+def _general_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Counts the general path's attach walks (one per call of ``Attacher._prepare``)."""
+    calls: list[Any] = []
+    prepare = _attach.Attacher._prepare
+
+    def counting(self: Any, value: Any, *args: Any) -> Any:
+        calls.append(value)
+        return prepare(self, value, *args)
+
+    monkeypatch.setattr(_attach.Attacher, "_prepare", counting)
+    return calls
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["one walk", "general path"])
+def test_one_walk_writes_the_records_of_the_general_path(make_image: Images, in_tx: bool) -> None:
+    """A graph of every shape the one walk knows, assigned outside or inside a transaction, replays to itself."""
+    with make_image(root=Root, snapshot_every=None) as img:
+        img.root.kept = Item("kept")  # an object with an id the new graph refers to
+        groups = _graph()
+        groups[1].items[0].ref = img.root.kept
+        with img.transaction() if in_tx else contextlib.nullcontext():
+            img.root.groups = groups
+        expected = _content(img.root)
+        assert type(groups[0].items[0].tags) is memimg.TrackedList
+        assert groups[0].items[5].tags is groups[0].items[6].tags
+        assert type(groups[0].items[9].value) is memimg.TrackedDict
+        assert groups[0].items[9].value is groups[0].items[10].value
+    with make_image(root=Root) as img:
+        assert _content(img.root) == expected
+
+
+def test_the_same_graph_gives_the_same_records_on_both_paths(make_image: Images) -> None:
+    """Two graphs alike, one assigned outside a transaction and one inside: records alike but for the ids' offset."""
+    with make_image(root=Root, snapshot_every=None) as img:
+        img.root.groups = _graph()
+        first = _records(img.store)
+        with img.transaction():
+            img.root.groups = _graph()
+        second = _records(img.store)
+    offset = second[0][0] - first[0][0]
+
+    def shifted(v: Any) -> Any:
+        if type(v) is list and len(v) == 2 and v[0] == "r":
+            return ["r", v[1] + offset]
+        if type(v) is list:
+            return [shifted(x) for x in v]
+        if type(v) is dict:
+            return {k: shifted(x) for k, x in v.items()}
+        return v
+
+    assert [[oid + offset, name, shifted(state)] for oid, name, state in first] == second
+
+
+def test_the_common_shapes_take_one_walk_and_the_others_the_general_path(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entities, plain lists and dicts, scalars: no general attach walk; a dict with an int key deep inside
+    (found when its record is written, after every other object was numbered): the general path, alone."""
+    with make_image(root=Root, snapshot_every=None) as img:
+        calls = _general_path_calls(monkeypatch)  # (the root was attached by the general path)
+        img.root.groups = _graph()
+        assert calls == []
+        groups = _graph()
+        groups[-1].items[-1].value = {1: "int key"}
+        img.root.groups = groups
+        assert calls == [groups]
+        expected = _content(img.root)
+        n = len(img._engine.table.objects)
+    with make_image(root=Root) as img:
+        assert _content(img.root) == expected
+        assert len(img._engine.table.objects) == n  # no id taken by the one walk's attempt
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [lambda: lambda: 0, lambda: "\ud800", lambda: [[object()]], lambda: {"k": [object()]}],
+    ids=["a function", "a lone surrogate", "a list in a list", "a list in a dict"],
+)
+def test_a_refused_value_deep_in_the_graph_leaves_nothing(make_image: Images, bad: Any) -> None:
+    """The one walk gives up, the general path refuses the value naming where it is: nothing is attached,
+    every plain list is back in its field, no event is written, and the next commit numbers from where it was."""
+    with make_image(root=Root, snapshot_every=None) as img:
+        groups = _graph()
+        plain_tags = [item.tags for g in groups for item in g.items]
+        groups[-1].items[-1].value = bad()
+        seq, n = img.seq, len(img._engine.table.objects)
+        with pytest.raises(memimg.UnsupportedValueError, match=r"Group\.items\[49\]\.value|Root\.groups"):
+            img.root.groups = groups
+        assert img.seq == seq and len(img._engine.table.objects) == n
+        for g in groups:
+            assert g._mi_img is None and g._mi_oid is None and type(g.items) is list
+            for item in g.items:
+                assert item._mi_img is None and item._mi_oid is None
+        assert [item.tags for g in groups for item in g.items] == plain_tags
+        assert all(type(t) is list for t in plain_tags)
+        assert type(groups[0].items[7].value) is dict and type(groups[0].items[9].value) is dict
+        img.root.kept = Item("after")
+        assert img.root.kept._mi_oid == n
+        expected = _content(img.root)
+    with make_image(root=Root) as img:
+        assert _content(img.root) == expected
+
+
+def test_a_failed_commit_of_the_one_walk_leaves_nothing(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store fails the append: no object keeps an owner or an id, plain lists are back, the image goes on."""
+    with make_image(root=Root, snapshot_every=None) as img:
+        groups = _graph()
+        plain_tags = [item.tags for g in groups for item in g.items]
+        seq, n = img.seq, len(img._engine.table.objects)
+
+        def broken(*args: Any, **kwargs: Any) -> None:
+            raise OSError("disk on fire")
+
+        with monkeypatch.context() as m:
+            m.setattr(img._engine.store, "append", broken)
+            with pytest.raises(memimg.MemimgError, match="disk on fire"):
+                img.root.groups = groups
+        assert img.seq == seq and len(img._engine.table.objects) == n and img.root.groups is None
+        assert all(item._mi_img is None and item._mi_oid is None for g in groups for item in g.items)
+        assert [item.tags for g in groups for item in g.items] == plain_tags
+        img.root.groups = groups  # the same graph, now committed
+        expected = _content(img.root)
+    with make_image(root=Root) as img:
+        assert _content(img.root) == expected
+
+
+def test_a_commit_behind_another_writer_is_numbered_again_at_the_new_head(make_image: Images) -> None:
+    """Another writer attached objects meanwhile: the one walk's ids are taken back and the commit is
+    encoded again after them; both images and a replay hold the same graph."""
+    a = make_image(root=Root, snapshot_every=None)
+    b = make_image(root=Root, snapshot_every=None)
+    a.root.kept = Item("from a", tags=["a"])  # b is behind: its ids would collide with these
+    b.root.groups = _graph()
+    assert b.root.kept.name == "from a"
+    a.refresh()
+    expected = _content(b.root)
+    assert _content(a.root) == expected
+    oids = sorted(o._mi_oid for g in b.root.groups for o in (g, g.items, *g.items))
+    assert oids[0] > a.root.kept._mi_oid and len(set(oids)) == len(oids)
+    with make_image(root=Root) as img:
+        assert _content(img.root) == expected
