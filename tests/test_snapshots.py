@@ -351,6 +351,34 @@ class _Cycle:
         self.me = self
 
 
+def test_a_change_to_an_object_already_written_keeps_no_early_copy(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit between slices that changes objects the snapshot has already written keeps no copy of
+    their earlier state (they are in the snapshot already): every early copy a snapshot keeps is used."""
+    _small_slices(monkeypatch)
+    left: list[dict[int, Any]] = []
+    complete = _snapshotter.SnapshotWriter.complete
+
+    def completing(self: Any) -> Any:
+        out = complete(self)
+        left.append(dict(self.early))
+        return out
+
+    monkeypatch.setattr(_snapshotter.SnapshotWriter, "complete", completing)
+    steps: list[Any] = []
+    img = make_image(root=Holder, snapshot_every=None, progress=_between_slices(steps))
+    img.root.nodes.extend(_chain(1_000))
+    nodes = img.root.nodes
+    steps.extend([lambda: None] * 4)  # four slices walk the first nodes of the chain
+    steps.append(lambda: setattr(nodes[1], "label", "changed after written"))
+    steps.append(lambda: setattr(nodes[2], "label", "changed after written"))
+    seq = img.snapshot()
+    assert not steps
+    assert _content(_snapshot_alone(img.store, seq)) == _content(_state_at(img, seq))
+    assert left == [{}]
+
+
 def test_other_threads_cyclic_garbage_is_collected_between_the_slices_of_a_snapshot(
     make_image: Images, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -265,6 +265,10 @@ class SnapshotWriter:
         if oid is None or oid >= self.limit:
             return  # made since the seq: no state at the seq
         self.kept.add(oid)
+        # The walk marks nothing as it goes: the objects it encoded since the last change
+        # (queue[_marked:done]) are marked here. Sound because step() and this method both run
+        # under the engine's lock (never one inside the other), the queue is only appended to,
+        # and an encoded object keeps its id until its next change reaches this method.
         if self._marked < self.done:
             written = self.written
             for done_oid in map(_get_oid, self.queue[self._marked : self.done]):
