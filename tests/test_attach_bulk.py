@@ -10,6 +10,7 @@ every new object free-standing and every plain list in its field.
 from __future__ import annotations
 
 import contextlib
+import enum
 from typing import Any
 
 import attrs
@@ -18,9 +19,11 @@ import pytest
 
 import memimg
 from memimg import persistent
-from memimg.image import _attach
+from memimg.image import _attach, _bulk
+from memimg.image._encode import EncodeSession
 from tests.conftest import Images
 from tests.test_snapshot_format import _content
+from tests.versions import Versions
 
 
 @persistent(name="bulk.Item")
@@ -36,6 +39,14 @@ class Group:
     name: str
     items: Any = attrs.field(factory=list)
     other: Any = None
+
+
+class Color(enum.StrEnum):
+    RED = "red"
+
+
+class Name(str):
+    """A str subclass: not storable (neither a str nor a registered value class)."""
 
 
 @persistent(name="bulk.Root")
@@ -141,8 +152,22 @@ def test_the_common_shapes_take_one_walk_and_the_others_the_general_path(
 
 @pytest.mark.parametrize(
     "bad",
-    [lambda: lambda: 0, lambda: "\ud800", lambda: [[object()]], lambda: {"k": [object()]}],
-    ids=["a function", "a lone surrogate", "a list in a list", "a list in a dict"],
+    [
+        lambda: lambda: 0,
+        lambda: "\ud800",
+        lambda: ["é", "\ud800"],
+        lambda: {"é": 1, "\ud800": 2},
+        lambda: [[object()]],
+        lambda: {"k": [object()]},
+    ],
+    ids=[
+        "a function",
+        "a lone surrogate",
+        "one in a list of strs",
+        "one in a dict key",
+        "a list in a list",
+        "a list in a dict",
+    ],
 )
 def test_a_refused_value_deep_in_the_graph_leaves_nothing(make_image: Images, bad: Any) -> None:
     """The one walk gives up, the general path refuses the value naming where it is: nothing is attached,
@@ -207,3 +232,130 @@ def test_a_commit_behind_another_writer_is_numbered_again_at_the_new_head(make_i
     assert oids[0] > a.root.kept._mi_oid and len(set(oids)) == len(oids)
     with make_image(root=Root) as img:
         assert _content(img.root) == expected
+
+
+def test_strings_not_ascii_take_the_one_walk(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strings that are not ASCII (but valid UTF-8) in fields, lists, lists of strs and dict keys: stored as
+    they are by the one walk, no general attach walk."""
+    with make_image(root=Root, snapshot_every=None) as img:
+        calls = _general_path_calls(monkeypatch)
+        groups = _graph()
+        groups[0].name = "grüße"
+        groups[1].items[0].tags = ["ascii", "日本語", 3]
+        groups[1].items[1].tags = ["é", "ü"]
+        groups[1].items[2].value = {"clé": "valeur €", "k": "ö"}
+        img.root.groups = groups
+        assert calls == []
+        expected = _content(img.root)
+    with make_image(root=Root) as img:
+        assert _content(img.root) == expected
+        assert img.root.groups[1].items[1].tags == ["é", "ü"]
+        assert img.root.groups[1].items[2].value["clé"] == "valeur €"
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [lambda: ["x", Color.RED], lambda: [Color.RED, "x"], lambda: {Color.RED: 1}, lambda: {"x": 1, Color.RED: 2}],
+    ids=["list item", "first list item", "dict key", "second dict key"],
+)
+def test_str_subclass_members_are_stored_as_themselves(make_image: Images, tags: Any) -> None:
+    """An ``enum.StrEnum`` member among strs in a list or as a dict key reads back as the member, not a str."""
+    with make_image(root=Root, snapshot_every=None) as img:
+        img.root.kept = Item("k", tags=tags())
+        expected = _content(img.root)
+    with make_image(root=Root) as img:
+        assert _content(img.root) == expected
+        stored = list(img.root.kept.tags)
+        assert Color.RED in stored and all(type(x) is Color for x in stored if x == "red")
+
+
+@pytest.mark.parametrize(
+    ("tags", "where"),
+    [(lambda: ["x", Name("y")], r"kept\.tags\[1\]"), (lambda: {"x": 1, Name("y"): 2}, r"kept\.tags\['y'\] \(key\)")],
+    ids=["list item", "dict key"],
+)
+def test_a_str_subclass_is_refused_as_on_the_general_path(make_image: Images, tags: Any, where: str) -> None:
+    """A str subclass that is not a registered value among strs: refused naming where it is, nothing saved."""
+    with make_image(root=Root, snapshot_every=None) as img:
+        seq = img.seq
+        item = Item("k", tags=tags())
+        with pytest.raises(memimg.UnsupportedValueError, match=rf"cannot store a .*Name at Root\.{where}"):
+            img.root.kept = item
+        assert img.seq == seq and item._mi_oid is None and img.root.kept is None
+
+
+def test_a_class_that_made_the_walk_give_up_takes_the_general_path_at_once(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one walk gave up on an object of a class (here, an int key in its dict): the next value of that
+    class goes to the general path without a walk, and the walk of a graph holding that class gives up where
+    it first meets it -- after numbering a few objects, not the whole graph."""
+    walks: list[Any] = []
+    walk = _bulk.BulkAttacher._walk
+    monkeypatch.setattr(_bulk.BulkAttacher, "_walk", lambda self, *a: walks.append(a[0]) or walk(self, *a))
+    numbered: list[int] = []  # how many objects a walk had numbered when it gave up
+    rollback = EncodeSession.rollback
+
+    def counting(self: EncodeSession) -> None:
+        numbered.append(len(self.table.objects) - self.first_new)
+        rollback(self)
+
+    monkeypatch.setattr(EncodeSession, "rollback", counting)
+    with make_image(root=Root, snapshot_every=None) as img:
+        calls = _general_path_calls(monkeypatch)
+        groups = _graph()
+        groups[-1].items[-1].tags = {1: "int key"}
+        img.root.groups = groups
+        assert len(walks) == 1 and numbered[0] > 300 and calls == [groups]  # given up at the last object
+        groups = _graph()
+        groups[-1].items[-1].tags = {2: "int key"}
+        img.root.groups = groups
+        assert len(walks) == 2 and numbered[1] < 20 and calls[1] is groups
+        item = Item("alone", tags={3: "int key"})
+        img.root.kept = item
+        assert len(walks) == 2 and calls[2] is item
+        expected = _content(img.root)
+    with make_image(root=Root) as img:
+        assert _content(img.root) == expected
+
+
+_EVOLVING = """
+from typing import Any
+
+@persistent(name="{P}.Kept")
+class Kept:
+    name: str = "k"
+    EXTRA
+
+@persistent(name="{P}.Holder")
+class Holder:
+    ref: Any = None
+    tags: Any = attrs.field(factory=list)
+
+@persistent(name="{P}.Shop")
+class Shop:
+    kept: Any = None
+    new: Any = None
+"""
+
+
+def test_an_object_saved_before_is_referred_to_without_declaring_its_class(tmp_path: Any) -> None:
+    """A new graph refers to an object saved by an older version of its class: the event declares the new
+    classes only, as the general path does (the saved object's class is declared when it is written)."""
+    v = Versions(tmp_path)
+    v.record(
+        _EVOLVING.replace("EXTRA", ""),
+        """
+        with memimg.open(path, root=models.Shop, snapshot_every=None) as img:
+            img.root.kept = models.Kept("old")
+        """,
+    )
+    new = v.load(_EVOLVING.replace("EXTRA", "extra: int = 0"))
+    with v.open(new, snapshot_every=None) as img:
+        img.root.new = new.Holder(ref=img.root.kept, tags=["x"])
+        rows = list(img.store.read(after=0))
+        declared = orjson.loads(rows[-1][5])[2]
+        assert sorted(declared) == [f"{v.prefix}.Holder"]
+        expected = _content(img.root)
+    with v.open(new) as img:
+        assert _content(img.root) == expected and img.root.new.ref is img.root.kept

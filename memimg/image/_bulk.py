@@ -14,15 +14,21 @@ which writes them inside the event as its own walk would have: the same
 records, with the same ids in the same order.
 
 The walk knows only the common shapes: entities whose fields are all set
-and hold scalars, ASCII strings, entities, and plain lists and dicts (keyed
-by ASCII strings) of those. Met anything else (a set, a tuple, a value
-class, a non-ASCII string, a dict with another key, a free-standing tracked
-collection, a container in a container, an object of another image), it
-*bails out*: it takes back everything it did (ids, declarations,
-conversions, owners) and the general path attaches the value, with its
-checks and its error messages. If the commit then fails, the session's
-rollback and the attacher's undo take back the ids and the attach, as on
-the general path; a commit encoded again (another writer got there first)
+and hold scalars, strings, entities, and plain lists and dicts (keyed by
+strings) of those -- ``str`` itself, not a subclass (an ``enum.StrEnum``
+member is stored as itself), and valid UTF-8. Met anything else (a set, a
+tuple, a value class, a str subclass, a str with a lone surrogate, a dict
+with another key, a free-standing tracked collection, a container in a
+container, an object of another image), it *bails out*: it takes back
+everything it did (ids, declarations, conversions, owners) and the general
+path attaches the value, with its checks and its error messages. It
+remembers the entity class whose object (or list or dict in its field) made
+it bail (``gave_up``): a later graph that meets that class is left to the
+general path when the walk meets it, and at once if it is the value
+assigned, rather than walked to the same end again. An object already
+saved in this image is referred to without its class being declared. If
+the commit then fails, the session's rollback and the attacher's undo take
+back the ids and the attach, as on the general path; a commit encoded again (another writer got there first)
 drops the records and numbers the objects again at the new head.
 """
 
@@ -51,6 +57,19 @@ _list_extend = list.extend
 _dict_new = dict.__new__
 _join = "".join
 _dict_update = dict.update
+_STR: Final = {str}
+
+
+def _text_ok(s: str) -> bool:
+    """Whether the str *s* is stored as it is: ASCII, or else valid UTF-8 (no lone surrogate, which the
+    general path refuses with :func:`~memimg.core._values.check_text`)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Bail(Exception):
@@ -68,12 +87,16 @@ class BulkAttacher:
         self.shell = attacher.shell
         #: entity class -> whether the walk knows it (a registered entity class the codec accepts)
         self._known: dict[type, bool] = {}
+        #: the entity classes whose objects (or their lists and dicts) made the walk give up: a graph meeting
+        #: one is left to the general path at once, not walked again to the same end
+        self.gave_up: set[type] = set()
 
     def attach(self, value: Any, undo: list[Any]) -> Any:
         """Attach *value* (not a native value), number its new objects and hand their records to the
         session (see the module docstring); the attach is journaled in *undo*. :data:`BAILED` if the
         value needs the general path: nothing is changed then."""
-        if type(value) is not list and (not self._knows(type(value)) or value._mi_img is not None):
+        t = type(value)
+        if t is not list and (not self._knows(t) or value._mi_img is not None or t in self.gave_up):
             return BAILED
         session, objects = self.session, self.table.objects
         start = len(objects)
@@ -86,6 +109,8 @@ class BulkAttacher:
             session.rollback()  # ids and declarations
             self.attacher.undo(journal)  # owners and conversions
             if isinstance(err, _Bail):
+                if err.args and err.args[0] is not None:
+                    self.gave_up.add(err.args[0])
                 return BAILED
             raise
         journal.append(journal_attach(objects[start:]))
@@ -119,6 +144,7 @@ class BulkAttacher:
         writers: dict[type, Callable[[Any], list[Any]]] = {}
         push, grow, note = queue.append, objects.append, replaced.extend
         direct = not shell.reads_hooked()  # fields read as plain attribute loads (see field_reads)
+        gave_up = self.gave_up
 
         def contain(source: Any, obj: Any, setter: Any) -> Any:
             """A plain list or dict *source* as a tracked one (one per source), attached, numbered, queued and
@@ -149,9 +175,18 @@ class BulkAttacher:
                 raise _Bail  # a container in a container: the general path converts it
             if t is float or t is int:
                 return encode(v)
+            if t is str:  # not ASCII (else written inline): as it is, unless the general path refuses it
+                if _text_ok(v):
+                    return v
+                raise _Bail
             if t not in writers:
                 if t in tracked_types or not self._knows(t):
                     raise _Bail
+                if v._mi_img is owner and v._mi_oid is not None:  # saved before: its class is not declared
+                    linked.add(t)
+                    return ["r", v._mi_oid]
+                if t in gave_up:
+                    raise _Bail(None)
                 info: Any = _types.info_of(t)
                 declare(info)
                 key = (_KEY, direct, t.__getattribute__, getattr(t, "__getattr__", None))
@@ -182,23 +217,37 @@ class BulkAttacher:
         records: list[Any] = []
         append = records.append
         list_state, dict_state = _containers(owner, linked, conv, _Bail)
-        for obj in queue:  # grows as the walk meets new objects
-            t = type(obj)
-            if t is tlist:
-                if obj and type(obj[0]) is str:  # a list of ASCII strs (the commonest list of scalars) is its state
-                    try:
-                        if _join(obj).isascii():
-                            append([obj._mi_oid, "list", obj])
-                            continue
-                    except TypeError:  # not only strs
-                        pass
-                append([obj._mi_oid, "list", list_state(obj)])
-            elif t is tdict:
-                append([obj._mi_oid, "dict", dict_state(obj)])
-            else:
-                append(writers[t](obj))
+        obj = value
+        try:
+            for obj in queue:  # grows as the walk meets new objects
+                t = type(obj)
+                if t is tlist:
+                    # a list of strs (the commonest list of scalars) is its state
+                    if obj and _STR.issuperset(map(type, obj)) and ((s := _join(obj)).isascii() or _text_ok(s)):
+                        append([obj._mi_oid, "list", obj])
+                    else:
+                        append([obj._mi_oid, "list", list_state(obj)])
+                elif t is tdict:
+                    append([obj._mi_oid, "dict", dict_state(obj)])
+                else:
+                    append(writers[t](obj))
+        except _Bail as err:
+            if err.args:  # met a class given up before: nothing more to remember
+                raise
+            raise _Bail(_holder(obj, tracked_types, memo, replaced)) from None
         session.adopt(records)
         return out
+
+
+def _holder(obj: Any, tracked_types: Any, memo: dict[int, Any], replaced: list[Any]) -> type | None:
+    """The entity class to remember when the walk gave up at *obj*: its own, or that of the entity whose field
+    held the list or dict *obj* (None for the assigned list or dict)."""
+    if type(obj) not in tracked_types:
+        return type(obj)
+    for holder, source in zip(replaced[0::3], replaced[2::3]):
+        if memo.get(id(source)) is obj:
+            return type(holder)
+    return None
 
 
 def _record_writer(info: _types.TypeInfo, direct: bool) -> Callable[..., Callable[[Any], list[Any]]]:
@@ -274,11 +323,10 @@ def make(owner, linked, conv, bail):
         return [{_ITEM} for x in list_iter(obj)]
 
     def dict_state(obj):
-        try:  # keys that are all ASCII strs: stored as a dict, as the commit's own encoders store them
-            if not join(obj).isascii():
-                raise bail
-        except TypeError:  # a key not a str: the general path writes the pairs
-            raise bail from None
+        # keys that are all strs (not a subclass), none refused: stored as a dict, as the commit's own encoders
+        # store them; else the general path (it writes the pairs, or refuses the key)
+        if obj and (not str_only.issuperset(map(type, obj)) or not ((s := join(obj)).isascii() or text_ok(s))):
+            raise bail
         return {{k: {_ITEM} for k, x in dict_items(obj)}}
 
     return list_state, dict_state
@@ -286,7 +334,13 @@ def make(owner, linked, conv, bail):
 
 
 #: ``make(owner, linked, conv, bail) -> (list_state, dict_state)``: the states of the walk's tracked lists and
-#: dicts, items as :data:`_ITEM` writes them; a dict with a key that is not an ASCII str raises *bail*.
+#: dicts, items as :data:`_ITEM` writes them; a dict with a key that is not a str (or is refused) raises *bail*.
 _containers: Final = _compile(
-    _CONTAINERS, "bulk container states", join=_join, list_iter=list.__iter__, dict_items=dict.items
+    _CONTAINERS,
+    "bulk container states",
+    join=_join,
+    str_only=_STR,
+    text_ok=_text_ok,
+    list_iter=list.__iter__,
+    dict_items=dict.items,
 )
