@@ -523,6 +523,18 @@ def test_missing_cryptography_is_named_and_no_traceback_holds_the_key(monkeypatc
                     assert KEY.hex() not in repr(value) and repr(KEY) not in repr(value)
 
 
+@pytest.mark.parametrize("table", ["E", b"X", None])
+def test_sealing_for_a_table_other_than_events_or_snapshots_is_refused(table: Any) -> None:
+    """``seal`` and ``seal_events`` take ``b"E"`` (events) or ``b"S"`` (snapshots): any other table (the str
+    ``"E"`` too) raises ValueError naming it, rather than sealing under another table's associated data."""
+    p = Protection(encryption_key=KEY, integrity_key=INTEGRITY_KEY)
+    with pytest.raises(ValueError, match=f"not {table!r}"):
+        p.seal(table, 1, 1, 0, "obj.set", 1, b"{}", b"")
+    with pytest.raises(ValueError, match=f"not {table!r}"):
+        p.seal_events([(1, 1, 0, "obj.set", 1, b"{}", 0)], b"", table)
+    assert p.seal(b"S", 1, 0, 0, "", 0, b"{}", b"")[0] != p.seal(b"E", 1, 0, 0, "", 0, b"{}", b"")[0]
+
+
 @pytest.mark.parametrize("move", ["event to another seq", "snapshot into an event row"])
 def test_an_encrypted_payload_moved_to_another_row_does_not_decrypt(
     make_image: Images, stores: StoreFactory, move: str

@@ -280,18 +280,7 @@ class Protection:
             raise ProtectionError(f"the log's stored compression {compression!r} is unknown to this memimg")
         if compression == "zstd":
             _zstd()
-        other = object.__new__(Protection)
-        other._aead, other._mac_key, other.key_id, other.integrity_id = (
-            self._aead,
-            self._mac_key,
-            self.key_id,
-            self.integrity_id,
-        )
-        other.compression = compression
-        other.macs_only = self.macs_only
-        other.log_id, other._log_tag = self.log_id, self._log_tag
-        other._bind()
-        return other
+        return self._derive(compression, self.log_id, self._log_tag, self.macs_only)
 
     def for_log(self, log_id: str | None) -> Protection:
         """This protection bound to the log *log_id* (32 hex digits; None: a log made before log ids).
@@ -303,11 +292,8 @@ class Protection:
         Raises:
             CorruptLogError: *log_id* is not 32 hex digits (the stored settings were edited).
         """
-        other = self.compressing(self.compression)
         if log_id is None:
-            other.log_id, other._log_tag = None, b""
-            other._bind()
-            return other
+            return self._derive(self.compression, None, b"", self.macs_only)
         try:
             raw = bytes.fromhex(log_id) if isinstance(log_id, str) and len(log_id) == 32 else b""
         except ValueError:
@@ -318,9 +304,7 @@ class Protection:
                 seq=None,
                 table="memimg_meta",
             )
-        other.log_id, other._log_tag = log_id, b"memimg log " + raw
-        other._bind()
-        return other
+        return self._derive(self.compression, log_id, b"memimg log " + raw, self.macs_only)
 
     def checking_macs_only(self) -> Protection:
         """This protection (its integrity key) made to check rows' MACs and the chain without decrypting them.
@@ -331,8 +315,18 @@ class Protection:
         """
         if not self.chained:
             raise ProtectionError("checking MACs only needs an integrity key")
-        other = self.compressing(None)
-        other.macs_only = True
+        return self._derive(None, self.log_id, self._log_tag, True)
+
+    def _derive(self, compression: str | None, log_id: str | None, log_tag: bytes, macs_only: bool) -> Protection:
+        """A protection with these keys and the given settings, its sealing loops made once (:meth:`_bind`)."""
+        other = object.__new__(Protection)
+        other._aead, other._mac_key, other.key_id, other.integrity_id = (
+            self._aead,
+            self._mac_key,
+            self.key_id,
+            self.integrity_id,
+        )
+        other.compression, other.log_id, other._log_tag, other.macs_only = compression, log_id, log_tag, macs_only
         other._bind()
         return other
 
@@ -397,7 +391,11 @@ class Protection:
         :meth:`seal_snapshot` gives them.) :attr:`seal_rows` is this call
         for events, without the dispatch on *table* (what a commit calls).
         """
-        return (self.seal_rows if table == _EVENT else self._seal_snapshots)(rows, prev)
+        if table == _EVENT:
+            return self.seal_rows(rows, prev)
+        if table == _SNAPSHOT:
+            return self._seal_snapshots(rows, prev)
+        raise ValueError(f"table must be b'E' (events) or b'S' (snapshots), not {table!r}")
 
     def seal_snapshot(self, seq: int, ts: int, payload: bytes, link: bytes) -> tuple[bytes, int]:
         """``(stored payload, its checksum)`` of a snapshot at *seq* whose chain *link* is event *seq*'s MAC."""

@@ -113,9 +113,16 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
     except BaseException:
         _settle_rekey(store, source.protection if isinstance(source, ProtectedStore) else Protection(), new)
         raise
+    _commit_settings(store, new)
+    return len(sealed) + len(sealed_snaps)
+
+
+def _commit_settings(store: Store, new: Protection) -> None:
+    """After the rewrite committed (the rows are under *new*): the log's settings made *new*'s, then the
+    pending entry dropped. A crash before or between the two writes leaves the flip to the next open
+    (:func:`~memimg.stores._protected.protect` finishes it)."""
     store.set_meta(PROTECTION_KEY, new.settings_text() if new.active else None)
     _drop_pending(store, new)
-    return len(sealed) + len(sealed_snaps)
 
 
 def _refuse_other_rekey(store: Store, new: Protection) -> None:
@@ -153,5 +160,4 @@ def _settle_rekey(store: Store, old: Protection, new: Protection) -> None:
         if opens_under(store, old):
             _drop_pending(store, new)
         elif opens_under(store, new):
-            store.set_meta(PROTECTION_KEY, new.settings_text() if new.active else None)
-            _drop_pending(store, new)
+            _commit_settings(store, new)
