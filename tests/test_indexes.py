@@ -494,6 +494,35 @@ def test_a_removed_holder_cannot_be_linked_back_while_its_value_is_reused(make_i
     assert img.get(User, email="ada@x.io") is ada and img.get(User, email="new@x.io") is img.root.users[0]
 
 
+def test_a_removed_holder_linked_back_in_place_of_the_values_new_holder_takes_the_value_back(
+    make_image: Images,
+) -> None:
+    """A removed holder whose value another instance took can be linked back *in place of* that instance --
+    the change leaves one reachable holder, as replacing a holder with a new one does -- and get returns it;
+    linked back *beside* it (a dict item, deep inside a newly attached graph, a list item, in or outside a
+    transaction) it is refused, naming class, field and value, and nothing is changed."""
+    img = make_image(root=Board, snapshot_every=None)
+    ada = User("ada@x.io")
+    img.root.users.append(ada)
+    img.root.users.remove(ada)
+    img.root.users.append(User("ada@x.io"))
+    img.root.spare.append({})
+    box = img.root.spare[0]
+    img.root.users[0] = ada  # in place of its successor: the value passes back
+    assert img.get(User, email="ada@x.io") is ada
+    (ada2,) = (u for u in img.all(User) if u is not ada)  # the successor, removed now, not collected
+    seq = img.seq
+    match = r"User\.email is unique, and 'ada@x\.io' is held by another User"
+    with pytest.raises(memimg.UniqueError, match=match):
+        box["k"] = ada2
+    with pytest.raises(memimg.UniqueError, match=match):
+        img.root.spare.append([{"deep": [ada2]}])
+    with pytest.raises(memimg.UniqueError, match=match), img.transaction():
+        img.root.spare.append(ada2)
+    assert img.seq == seq and img.root.users == [ada] and img.root.spare == [{}] and box == {}
+    assert img.get(User, email="ada@x.io") is ada
+
+
 def test_a_removed_holder_linked_back_in_another_image_is_refused(make_image: Images) -> None:
     """Two images on one log (two processes as far as they can tell): one drops a holder and gives its value
     to a new instance; the other, still holding a reference to the dropped one, cannot link it back -- after

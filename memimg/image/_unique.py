@@ -27,7 +27,10 @@ The walk happens only when a clash is found.
 
 The value is then *shadowed*: its index files two holders, one of them
 unreachable (see :mod:`memimg.core._indexes`). Linking that holder back
-into the graph would make both reachable, so while any value is shadowed,
+into the graph while the other stays reachable would make both reachable,
+and is refused (linking it back *in place of* the other -- the commit
+unlinks the other -- leaves one reachable holder: the value passes back,
+as when a holder is replaced by a new one). So while any value is shadowed,
 a commit that links an existing object (one with an id before the commit)
 -- by an event's argument or a new object's field -- walks the graph as it
 will leave it and checks every shadowed value; a value whose index files
