@@ -76,19 +76,17 @@ log = logging.getLogger("memimg")
 _COLLECTIONS = (TrackedList, TrackedDict, TrackedSet)
 
 
-#: A commit queued for delivery: ``(last seq, [Change, ...], local, subscriptions)`` -- the changes noted
-#: (what some subscription follows), whether this process made it, and the subscriptions when it was applied
-#: (those made since see it as seen; when one alone, the changes are what it follows) -- or a gap the image
-#: skipped (reloaded after a compaction): ``(seq after, None, seq before, oldest kept)``.
-Entry = tuple[int, "list[Change] | None", Any, Any]
-
 _OBJ_SET: Final = KINDS["obj.set"]
 #: ``_new_tuple(Change, fields)``: a :class:`memimg.Change` made without a call of its ``__new__`` (the fields
 #: as ``Change.__new__`` stores them: the time as the log's microseconds)
 _new_tuple: Final = tuple.__new__
-#: ``_new_object(Commit)``: a Commit made without a call of its ``__init__`` (a measured path: see _deliver_entry)
+#: ``_new_object(Commit)``: a Commit made without a call of its ``__init__`` (a measured path: see Feed.note)
 _new_object: Final = object.__new__
-_UNFOLLOWED: Final[Any] = object()
+#: the match table's row of an object not followed as such (only as an instance of a class, or as anything)
+_NOBODY: Final[dict[str | None, tuple[Subscription, ...]]] = {None: ()}
+#: whom a queued commit's changes go to (``Commit._to``, see :meth:`Feed.note`): the subscriptions all of them go
+#: to, or those each goes to (a list parallel to its changes)
+Routing = tuple["Subscription", ...] | list[tuple["Subscription", ...]]
 
 #: ``contain``: this thread is one of the image's own (see :func:`contain_callbacks`)
 _own = threading.local()
@@ -120,7 +118,8 @@ class Commit:
     """
 
     __module__ = "memimg"
-    __slots__ = ("_time", "changes", "local", "meta", "seq", "tx")
+    # _to: while it is queued, whom its changes go to (see Feed.note)
+    __slots__ = ("_time", "_to", "changes", "local", "meta", "seq", "tx")
 
     def __init__(
         self, tx: int, seq: int, time: dt.datetime | int, meta: dict[str, Any], local: bool, changes: list[Change]
@@ -132,6 +131,7 @@ class Commit:
         self.meta = meta
         self.local = local
         self.changes = changes
+        self._to: Routing = ()
 
     # its seqs, time and meta are kept apart from its changes (a callback may empty the list)
 
@@ -215,19 +215,21 @@ class Feed:
         self.image_lock = engine.lock
         self.subs: tuple[Subscription, ...] = ()
         self.numbered = 0
-        # what some subscription follows, merged (rebuilt at each change of the subscriptions)
-        self.everything = False
-        #: the ids of the objects followed: the names of the fields followed, or None (the whole object)
-        self.oids: dict[int, frozenset[str] | None] = {}
-        self.classes: tuple[type, ...] = ()
-        self.class_hits: dict[type, bool] = {}
+        # who follows what, merged (rebuilt at each change of the subscriptions; see note)
+        #: the match table: the ids of the objects followed as such, and for each the subscriptions following
+        #: each of its fields named by some subscription (those following the whole object included) and, under
+        #: None, those following the whole object (any other field, or a collection's items)
+        self.oids: dict[int, dict[str | None, tuple[Subscription, ...]]] = {}
+        #: the subscriptions to a class or to everything, and those of them that follow each class met
+        self.wide_subs: tuple[Subscription, ...] = ()
+        self.by_class: dict[type, tuple[Subscription, ...]] = {}
         #: whether an event may be followed whatever its target's id (everything, or some class, is followed)
         self.wide = False
         self.recorder = Recorder(live=True)
         #: the field getters the recorder reads a field set's old value with (by class, then field name)
         self.getters = self.recorder._getters
-        #: the commits noted, applied and not yet delivered, in seq order
-        self.queue: deque[Entry] = deque()
+        #: the commits noted, applied and not yet delivered (and the gaps), in seq order
+        self.queue: deque[Commit | _Gap] = deque()
         #: held by the thread delivering (reentrant: a callback's own commit is seen to be that thread's)
         self.delivering = threading.RLock()
         #: the seq up to which the thread delivering delivers before it returns
@@ -258,48 +260,53 @@ class Feed:
                 engine.writer.feed = None  # commits pay nothing for feeds again
 
     def _merge(self) -> None:
-        oids: dict[int, frozenset[str] | None] = {}
-        classes = []
-        everything = False
+        whole: dict[int, list[Subscription]] = {}  # by object id, in the order of subscription
+        fields: dict[int, dict[str, list[Subscription]]] = {}
+        wide = []
         for sub in self.subs:
             if sub.obj is not None:
                 oid = sub.obj._mi_oid
                 if sub.field is None:
-                    oids[oid] = None
-                elif oid not in oids or oids[oid] is not None:
-                    oids[oid] = (oids.get(oid) or frozenset()) | {sub.field}
-            elif sub.cls is not None:
-                classes.append(sub.cls)
+                    whole.setdefault(oid, []).append(sub)
+                else:
+                    whole.setdefault(oid, [])
+                    fields.setdefault(oid, {}).setdefault(sub.field, []).append(sub)
             else:
-                everything = True
-        self.everything, self.oids, self.classes = everything, oids, tuple(classes)
-        self.wide = everything or bool(classes)
-        self.class_hits = {}
+                wide.append(sub)
+        oids: dict[int, dict[str | None, tuple[Subscription, ...]]] = {}
+        for oid, subs in whole.items():
+            row: dict[str | None, tuple[Subscription, ...]] = {None: tuple(subs)}
+            for name, named in fields.get(oid, {}).items():
+                row[name] = tuple(sorted(named + subs, key=_number))
+            oids[oid] = row
+        self.oids, self.wide_subs, self.by_class, self.wide = oids, tuple(wide), {}, bool(wide)
 
     # -- noting, while a commit is applied (the image's lock held) ----------------
 
     def note(
-        self, noted: list[Change] | None, k: Any, target: Any, args: tuple[Any, ...], row: Any, events: Any
-    ) -> list[Change] | None:
-        """*noted* (a new list if None) with what event ``(k, target, args)`` at *row*, about to be applied,
+        self, noted: Commit | None, k: Any, target: Any, args: tuple[Any, ...], row: Any, events: Any
+    ) -> Commit | None:
+        """*noted* (a new Commit if None) with what event ``(k, target, args)`` at *row*, about to be applied,
         changes that someone follows (*events*: the commit's, for its metadata).
 
-        ``Engine.apply`` calls it for an event on an object whose id is
-        followed, or for any event when :attr:`wide`: the event's target is
-        not None. What it notes is exactly what some subscription follows
-        (a field followed alone: that field's changes only). A measured
-        path: a field set is read here, not by the recorder (two calls fewer).
+        ``Engine.apply`` calls it for an event on an object in the match
+        table (:attr:`oids`), or for any event when :attr:`wide`: the event's
+        target is not None; then sets the Commit's ``seq`` and ``local``, and
+        queues it. Each change noted is a :class:`memimg.Change` made once,
+        with the subscriptions it goes to, looked up in the match table (a
+        field set: before the recorder is asked; a field not followed costs
+        nothing more). A commit whose changes all go to the same ones -- one
+        event, or several on what one subscription follows -- keeps that
+        tuple (``_to``); else a list of them, one per change. When that tuple
+        holds one subscription, the Commit noted is the one delivered to it.
         """
-        fields = None  # the names of the fields followed of *target*, if only some are
-        if not self.everything:
-            fields = self.oids.get(target._mi_oid, _UNFOLLOWED)
-            if fields is not None and self.classes and self._class_hit(type(target)):
-                fields = None  # all of it is followed
-            if fields is _UNFOLLOWED:
-                return noted
-        if k is _OBJ_SET:
+        follows = self.oids.get(target._mi_oid, _NOBODY)
+        if k is _OBJ_SET:  # a measured path: the field is read here, not by the recorder
             name, value = args
-            if fields is not None and name not in fields:
+            subs = follows.get(name) or follows[None]
+            if self.wide:
+                subs = self._widened(subs, type(target))
+            if not subs:
                 return noted
             try:
                 old = self.getters[type(target)][name](target)
@@ -308,37 +315,63 @@ class Feed:
             except AttributeError:
                 old = MISSING
             if noted is None:
-                noted, meta = [], events[0][2][0] if events[0][0] is TX_META else {}
-            else:
-                meta = noted[0].meta
-            noted.append(
-                _new_tuple(Change, (row[0], row[1], row[2], meta, target, "obj.set", name, None, old, value, None))
-            )
-            return noted
+                noted = _new_object(Commit)
+                noted.tx, noted._time, noted._to = row[1], row[2], subs
+                noted.meta = meta = events[0][2][0] if events[0][0] is TX_META else {}
+                noted.changes = [
+                    _new_tuple(Change, (row[0], row[1], row[2], meta, target, "obj.set", name, None, old, value, None))
+                ]
+                return noted
+            return self._record(noted, subs, row, events, target, "obj.set", name, None, old, value, None)
         recorder = self.recorder
         parts = recorder.parts = []
         k.apply(recorder, target, *args)
         kind = k.name
         for f, key, old, new, index in parts:
-            if fields is None or f in fields:
-                if noted is None:
-                    noted, meta = [], events[0][2][0] if events[0][0] is TX_META else {}
-                else:
-                    meta = noted[0].meta
-                noted.append(_new_tuple(Change, (row[0], row[1], row[2], meta, target, kind, f, key, old, new, index)))
+            subs = follows.get(f) or follows[None]
+            if self.wide:
+                subs = self._widened(subs, type(target))
+            if subs:
+                noted = self._record(noted, subs, row, events, target, kind, f, key, old, new, index)
         return noted
 
-    def _class_hit(self, t: type) -> bool:
-        """Whether some subscription follows every instance of class *t*."""
-        hit = self.class_hits.get(t)
-        if hit is None:
-            hit = self.class_hits[t] = issubclass(t, self.classes)
-        return hit
+    def _record(
+        self,
+        noted: Commit | None,
+        subs: tuple[Subscription, ...],
+        row: Any,
+        events: Any,
+        target: Any,
+        *change: Any,
+    ) -> Commit:
+        """*noted* (a new Commit if None) with the change of *target* at *row* (``kind, field, key, old, new,
+        index``) going to *subs*."""
+        if noted is None:
+            noted = _new_object(Commit)
+            noted.tx, noted._time, noted._to = row[1], row[2], subs
+            noted.meta = meta = events[0][2][0] if events[0][0] is TX_META else {}
+            noted.changes = [_new_tuple(Change, (row[0], row[1], row[2], meta, target, *change))]
+            return noted
+        changes = noted.changes
+        changes.append(_new_tuple(Change, (row[0], row[1], row[2], noted.meta, target, *change)))
+        to = noted._to
+        if type(to) is list:
+            to.append(subs)
+        elif to is not subs:  # its changes go to different subscriptions from now on
+            noted._to = [*([to] * (len(changes) - 1)), subs]  # type: ignore[list-item]
+        return noted
+
+    def _widened(self, subs: tuple[Subscription, ...], t: type) -> tuple[Subscription, ...]:
+        """*subs* and the subscriptions to class *t* (or one it derives from) or to everything."""
+        more = self.by_class.get(t)
+        if more is None:
+            more = self.by_class[t] = tuple(s for s in self.wide_subs if s.cls is None or issubclass(t, s.cls))
+        return more + subs if subs else more
 
     def reloaded(self, was: int, now: int, oldest: int) -> None:
         """The image skipped the commits ``was < seq <= now`` (reloaded after a compaction; the lock held):
         tell the subscriptions that want to know (:attr:`Subscription.gap`), in their place in the queue."""
-        self.queue.append((now, None, was, oldest))
+        self.queue.append(_Gap(now, was, oldest))
 
     # -- delivery (never under the image's lock) ----------------------------------
 
@@ -366,7 +399,7 @@ class Feed:
             return  # a thread holding the lock releases it later, and drains then
         token = self.delivering
         if token._is_owned():  # type: ignore[attr-defined]  # a callback's own commit: delivered after the one in hand
-            self.bound = queue[-1][0]
+            self.bound = queue[-1].seq
             return
         if not token.acquire(False):
             return  # the thread delivering delivers it, or hands it on
@@ -381,11 +414,30 @@ class Feed:
 
     def _deliver_to_bound(self) -> None:
         """Deliver the queued commits up to the last one queued now (and those this thread's callbacks make:
-        :meth:`drain` moves :attr:`bound` on); the token held."""
+        :meth:`drain` moves :attr:`bound` on); the token held.
+
+        A measured path: a commit noted for one subscription is delivered
+        here, as it was noted (see :meth:`note`); others by
+        :func:`_deliver_entry`.
+        """
         queue = self.queue
-        bound = self.bound = queue[-1][0] if queue else 0
-        while queue and queue[0][0] <= bound:
-            _deliver_entry(self, queue[0])
+        bound = self.bound = queue[-1].seq if queue else 0
+        while queue:
+            entry = queue[0]
+            seq = entry.seq
+            if seq > bound:
+                break
+            to = entry._to
+            if type(to) is tuple and len(to) == 1:
+                sub = to[0]
+                if not sub.closed and seq > sub.seen:
+                    sub.seen = seq
+                    try:
+                        sub.callback(entry)  # type: ignore[arg-type]  # (a gap's _to is None)
+                    except BaseException as err:
+                        _failed(sub, seq, err)
+            else:
+                _deliver_entry(self, entry)
             queue.popleft()
             bound = self.bound
 
@@ -452,57 +504,50 @@ class Feed:
                     self.flushing -= 1
 
 
-def _deliver_entry(feed: Feed, entry: Entry) -> None:
-    """Deliver one queued commit (or gap) to each subscription that has not had it yet, in their order.
+class _Gap:
+    """In the queue: the image skipped the commits ``was < seq <= seq`` (it reloaded after a compaction kept only
+    those after *oldest*)."""
 
-    A measured path: a commit noted for one subscription alone is all its own
-    (see :meth:`Feed.note`), and is delivered without a filter, its Commit made
-    without a call of ``__init__``.
-    """
-    seq, changes, local, subs = entry
-    if changes is None:  # a gap: (seq after, None, seq before, oldest kept)
+    __slots__ = ("oldest", "seq", "was")
+    _to = None
+
+    def __init__(self, seq: int, was: int, oldest: int) -> None:
+        self.seq, self.was, self.oldest = seq, was, oldest
+
+
+def _number(sub: Subscription) -> int:
+    return sub.number
+
+
+def _deliver_entry(feed: Feed, entry: Commit | _Gap) -> None:
+    """Deliver a queued commit noted for several subscriptions (or a gap) to each that has not had it yet, in the
+    order they were made: each a Commit and a list of its own, with the changes that go to it."""
+    seq = entry.seq
+    if type(entry) is _Gap:
         for sub in feed.subs:
             if not sub.closed and seq > sub.seen:
                 sub.seen = seq
                 if sub.gap is not None:
                     try:
-                        sub.gap(entry[2], seq, entry[3])
+                        sub.gap(entry.was, seq, entry.oldest)
                     except BaseException as err:
                         _failed(sub, seq, err)
         return
-    if len(subs) == 1:
-        sub = subs[0]
-        if sub.closed or seq <= sub.seen:
-            return
-        sub.seen = seq
-        first = changes[0]
-        commit = _new_object(Commit)
-        commit.tx, commit.seq, commit._time, commit.meta = first.tx, seq, first._ts, first.meta
-        commit.local, commit.changes = local, changes
-        try:
-            sub.callback(commit)
-        except BaseException as err:
-            _failed(sub, seq, err)
-        return
-    for sub in subs:  # those subscribed since have seen it; those closed are left out
+    assert type(entry) is Commit
+    to, changes = entry._to, entry.changes
+    subs = sorted(to if type(to) is tuple else set().union(*to), key=_number)
+    for sub in subs:  # those closed since are left out
         if sub.closed or seq <= sub.seen:
             continue
         sub.seen = seq
-        obj = sub.obj
-        if obj is not None:
-            field = sub.field
-            picked = [c for c in changes if c.target is obj and (field is None or c.field == field)]
-        elif sub.cls is not None:
-            cls = sub.cls
-            picked = [c for c in changes if isinstance(c.target, cls)]
+        if type(to) is tuple:
+            picked = changes.copy()
         else:
-            picked = changes.copy()  # a list of its own
-        if picked:
-            first = picked[0]
-            try:
-                sub.callback(Commit(first.tx, seq, first._ts, first.meta, local, picked))
-            except BaseException as err:
-                _failed(sub, seq, err)
+            picked = [c for c, them in zip(changes, to, strict=True) if sub in them]  # type: ignore[operator]
+        try:
+            sub.callback(Commit(entry.tx, seq, entry._time, entry.meta, entry.local, picked))
+        except BaseException as err:
+            _failed(sub, seq, err)
 
 
 def _failed(sub: Subscription, seq: int, err: BaseException) -> None:
