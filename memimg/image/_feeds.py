@@ -20,6 +20,18 @@ about to change; then the event is applied. So ``old`` is computed, as for
 ``history()``, and costs nothing for events nobody follows. What is noted is
 exactly what some subscription follows, as the :class:`memimg.Change`
 records delivered: a commit with changes noted joins the queue as they are.
+
+**Who follows what** is merged, whenever a subscription is added or
+closed, into a *match table* (:attr:`Feed.oids`): object id -> field name
+-> the subscriptions a change of that field goes to (under None: those
+following the whole object), the subscriptions to a class or to everything
+joined by the target's class (:meth:`Feed._widened`). The queued Commit
+carries whom its changes go to (``_to``): when that is one subscription --
+the usual case -- the Commit noted is the one delivered to it, as is (its
+``_to`` emptied then: it holds nothing of the feed); a commit noted for
+several subscriptions (or a gap) is split by
+:func:`memimg.image._feeddelivery._deliver_entry`, each subscription given
+a Commit and a list of its own.
 With no subscription at all the engine holds no feed (``AutoWriter.feed`` is
 ``None``) and a commit pays one check of that.
 
@@ -53,7 +65,6 @@ subscriptions that want to know (``changes()`` raises ``HistoryError``).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -63,10 +74,11 @@ from typing import Any, Final
 
 from memimg._errors import MemimgError
 from memimg.core import _types
-from memimg.core._history import Change, Recorder, commit_time
+from memimg.core._history import Change, Recorder
 from memimg.core._kinds import KINDS
 from memimg.core._markers import MISSING
 from memimg.core._meta import TX_META
+from memimg.image._feeddelivery import Commit, _deliver_entry, _failed, _Gap, _number, contain_callbacks
 from memimg.model import TrackedDict, TrackedList, TrackedSet
 
 __all__ = ["Commit", "Feed", "Subscription", "contain_callbacks", "subscribe"]
@@ -84,76 +96,6 @@ _new_tuple: Final = tuple.__new__
 _new_object: Final = object.__new__
 #: the match table's row of an object not followed as such (only as an instance of a class, or as anything)
 _NOBODY: Final[dict[str | None, tuple[Subscription, ...]]] = {None: ()}
-#: whom a queued commit's changes go to (``Commit._to``, see :meth:`Feed.note`): the subscriptions all of them go
-#: to, or those each goes to (a list parallel to its changes)
-Routing = tuple["Subscription", ...] | list[tuple["Subscription", ...]]
-
-#: ``contain``: this thread is one of the image's own (see :func:`contain_callbacks`)
-_own = threading.local()
-
-
-def contain_callbacks() -> None:
-    """Mark this thread as one of the image's own (a follower, a snapshot's, a feed's helper): a BaseException a
-    callback raises in it (KeyboardInterrupt, SystemExit...) is logged, and the thread goes on."""
-    _own.contain = True
-
-
-class Commit:
-    """One commit, as a change feed delivers it: its seqs, transaction, time and metadata, and its changes.
-
-    ``first_seq`` and ``seq`` are the seqs of its first and last events;
-    ``tx`` its transaction id (the seq of its first event); ``time`` its
-    commit time (an aware UTC datetime); ``meta`` its metadata (``{}`` if
-    none); ``local`` whether this process made it (else another process did,
-    and this image applied it); ``changes`` the :class:`memimg.Change`
-    records of the commit that the subscription follows, in the order they
-    were made -- never empty (a commit that changes nothing followed is not
-    delivered). Each subscription is given a Commit of its own, and a list
-    of its own. It holds nothing else (not the stored rows). Its seqs,
-    time and metadata are its own, not read from the list: a callback may
-    change the list.
-
-    ``Commit(tx, seq, time, meta, local, changes)`` makes one (*time*: an
-    aware datetime, or microseconds since the epoch as the log stores it).
-    """
-
-    __module__ = "memimg"
-    # _to: while it is queued, whom its changes go to (see Feed.note)
-    __slots__ = ("_time", "_to", "changes", "local", "meta", "seq", "tx")
-
-    def __init__(
-        self, tx: int, seq: int, time: dt.datetime | int, meta: dict[str, Any], local: bool, changes: list[Change]
-    ) -> None:
-        """*time*: an aware datetime, or microseconds since the Unix epoch (how the log stores it)."""
-        self.tx = tx
-        self.seq = seq
-        self._time = time
-        self.meta = meta
-        self.local = local
-        self.changes = changes
-        self._to: Routing = ()
-
-    # its seqs, time and meta are kept apart from its changes (a callback may empty the list)
-
-    @property
-    def first_seq(self) -> int:
-        """The seq of its first event (its ``tx``)."""
-        return self.tx
-
-    @property
-    def time(self) -> dt.datetime:
-        """The commit time, an aware UTC datetime."""
-        t = self._time
-        return commit_time(t) if isinstance(t, int) else t
-
-    def _relived(self, changes: list[Change]) -> Commit:
-        """This commit with *changes* instead of its own, and ``local`` False: a commit replayed from the log."""
-        return Commit(self.tx, self.seq, self._time, self.meta, False, changes)
-
-    def __repr__(self) -> str:
-        where = "local" if self.local else "remote"
-        n = len(self.changes)
-        return f"<memimg.Commit seq {self.first_seq}..{self.seq} {where}: {n} change{'s' * (n != 1)}>"
 
 
 class Subscription:
@@ -223,6 +165,8 @@ class Feed:
         #: the subscriptions to a class or to everything, and those of them that follow each class met
         self.wide_subs: tuple[Subscription, ...] = ()
         self.by_class: dict[type, tuple[Subscription, ...]] = {}
+        #: those of a class joined to a row of the match table (by class and the row's tuple's id)
+        self.joined: dict[tuple[type, int], tuple[Subscription, ...]] = {}
         #: whether an event may be followed whatever its target's id (everything, or some class, is followed)
         self.wide = False
         self.recorder = Recorder(live=True)
@@ -279,7 +223,7 @@ class Feed:
             for name, named in fields.get(oid, {}).items():
                 row[name] = tuple(sorted(named + subs, key=_number))
             oids[oid] = row
-        self.oids, self.wide_subs, self.by_class, self.wide = oids, tuple(wide), {}, bool(wide)
+        self.oids, self.wide_subs, self.by_class, self.joined, self.wide = oids, tuple(wide), {}, {}, bool(wide)
 
     # -- noting, while a commit is applied (the image's lock held) ----------------
 
@@ -366,7 +310,15 @@ class Feed:
         more = self.by_class.get(t)
         if more is None:
             more = self.by_class[t] = tuple(s for s in self.wide_subs if s.cls is None or issubclass(t, s.cls))
-        return more + subs if subs else more
+        if not subs:
+            return more
+        # the same tuple for the same row and class (a row's tuples live as long as the cache: see _merge), so a
+        # commit's changes going to the same subscriptions share one routing (see _record)
+        key = (t, id(subs))
+        both = self.joined.get(key)
+        if both is None:
+            both = self.joined[key] = more + subs
+        return both
 
     def reloaded(self, was: int, now: int, oldest: int) -> None:
         """The image skipped the commits ``was < seq <= now`` (reloaded after a compaction; the lock held):
@@ -430,14 +382,15 @@ class Feed:
             to = entry._to
             if type(to) is tuple and len(to) == 1:
                 sub = to[0]
+                entry._to = ()  # the Commit is the subscription's now: it holds nothing of the feed
                 if not sub.closed and seq > sub.seen:
                     sub.seen = seq
                     try:
-                        sub.callback(entry)  # type: ignore[arg-type]  # (a gap's _to is None)
+                        sub.callback(entry)  # (a Commit: a gap's _to is None)
                     except BaseException as err:
                         _failed(sub, seq, err)
             else:
-                _deliver_entry(self, entry)
+                _deliver_entry(self.subs, entry)
             queue.popleft()
             bound = self.bound
 
@@ -502,76 +455,6 @@ class Feed:
                     self.idle.wait(min(left, 0.05))
                 finally:
                     self.flushing -= 1
-
-
-class _Gap:
-    """In the queue: the image skipped the commits ``was < seq <= seq`` (it reloaded after a compaction kept only
-    those after *oldest*)."""
-
-    __slots__ = ("oldest", "seq", "was")
-    _to = None
-
-    def __init__(self, seq: int, was: int, oldest: int) -> None:
-        self.seq, self.was, self.oldest = seq, was, oldest
-
-
-def _number(sub: Subscription) -> int:
-    return sub.number
-
-
-def _deliver_entry(feed: Feed, entry: Commit | _Gap) -> None:
-    """Deliver a queued commit noted for several subscriptions (or a gap) to each that has not had it yet, in the
-    order they were made: each a Commit and a list of its own, with the changes that go to it."""
-    seq = entry.seq
-    if type(entry) is _Gap:
-        for sub in feed.subs:
-            if not sub.closed and seq > sub.seen:
-                sub.seen = seq
-                if sub.gap is not None:
-                    try:
-                        sub.gap(entry.was, seq, entry.oldest)
-                    except BaseException as err:
-                        _failed(sub, seq, err)
-        return
-    assert type(entry) is Commit
-    to, changes = entry._to, entry.changes
-    subs = sorted(to if type(to) is tuple else set().union(*to), key=_number)
-    for sub in subs:  # those closed since are left out
-        if sub.closed or seq <= sub.seen:
-            continue
-        sub.seen = seq
-        if type(to) is tuple:
-            picked = changes.copy()
-        else:
-            picked = [c for c, them in zip(changes, to, strict=True) if sub in them]  # type: ignore[operator]
-        try:
-            sub.callback(Commit(entry.tx, seq, entry._time, entry.meta, entry.local, picked))
-        except BaseException as err:
-            _failed(sub, seq, err)
-
-
-def _failed(sub: Subscription, seq: int, err: BaseException) -> None:
-    """A callback raised *err*: log it (an Exception, or a BaseException in one of the image's own threads), or
-    let it propagate (a KeyboardInterrupt, SystemExit... in the application's thread)."""
-    if isinstance(err, Exception):
-        log.error(
-            "change feed: %r raised on the commit at seq %d (the commit stands; other subscriptions are called as "
-            "usual)",
-            sub,
-            seq,
-            exc_info=err,
-        )
-    elif not getattr(_own, "contain", False):
-        raise err
-    else:
-        log.error(
-            "change feed: %r raised a BaseException on the commit at seq %d in %s, one of the image's own "
-            "threads, which goes on (the commit stands)",
-            sub,
-            seq,
-            threading.current_thread().name,
-            exc_info=err,
-        )
 
 
 def subscribe(engine: Any, callback: Callable[[Commit], Any], to: Any) -> Subscription:
