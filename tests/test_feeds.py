@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -1170,6 +1171,27 @@ def test_a_commit_holds_only_what_it_exposes(make_image: Images) -> None:
     # a stored row is (seq, tx, ts, kind, ...), as an EventRow or a plain tuple
     assert not any(type(r[0]) is EventRow or (type(r[0]) is tuple and r[0][3:4] == ("obj.set",)) for r in held)
     assert all(type(c) is memimg.Change for r in held for c in r)
+
+
+def test_a_kept_commit_keeps_no_closed_subscription_alive(make_image: Images) -> None:
+    """An application keeping the Commits it was given keeps neither the subscription, once closed, nor its
+    callback or the image's feed: a Commit holds its facts and changes only (also one delivered to a lone
+    subscription)."""
+    img, acct = bank_image(make_image)
+    kept: list[memimg.Commit] = []
+
+    class Keep:
+        def __call__(self, commit: memimg.Commit) -> None:
+            kept.append(commit)
+
+    sub = img.subscribe(Keep(), to=(acct, "balance"))
+    acct.balance = Decimal(6)
+    callback, feed = weakref.ref(sub.callback), weakref.ref(sub._feed)
+    sub.close()
+    del sub
+    gc.collect()
+    assert [c.new for c in kept[0].changes] == [Decimal(6)]
+    assert callback() is None and feed() is None
 
 
 # -- the iterators: subscribing, since, compaction, closed loops ------------------------------------------------

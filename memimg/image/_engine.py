@@ -440,7 +440,8 @@ class Engine:
             if opened:
                 _tracking.tx_closed()
         if noted is not None:  # delivered once the lock is released (see _feeds)
-            feed.queue.append((self.seq, noted, last_seq is None, feed.subs))
+            noted.seq, noted.local = self.seq, last_seq is None
+            feed.queue.append(noted)
 
     def _tell_snapshot(self, events: list[Pending], rows: list[EventRow] | None = None) -> None:
         """Let the snapshot being written keep what *events* are about to change, and what another process's

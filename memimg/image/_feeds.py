@@ -20,6 +20,18 @@ about to change; then the event is applied. So ``old`` is computed, as for
 ``history()``, and costs nothing for events nobody follows. What is noted is
 exactly what some subscription follows, as the :class:`memimg.Change`
 records delivered: a commit with changes noted joins the queue as they are.
+
+**Who follows what** is merged, whenever a subscription is added or
+closed, into a *match table* (:attr:`Feed.oids`): object id -> field name
+-> the subscriptions a change of that field goes to (under None: those
+following the whole object), the subscriptions to a class or to everything
+joined by the target's class (:meth:`Feed._widened`). The queued Commit
+carries whom its changes go to (``_to``): when that is one subscription --
+the usual case -- the Commit noted is the one delivered to it, as is (its
+``_to`` emptied then: it holds nothing of the feed); a commit noted for
+several subscriptions (or a gap) is split by
+:func:`memimg.image._feeddelivery._deliver_entry`, each subscription given
+a Commit and a list of its own.
 With no subscription at all the engine holds no feed (``AutoWriter.feed`` is
 ``None``) and a commit pays one check of that.
 
@@ -53,7 +65,6 @@ subscriptions that want to know (``changes()`` raises ``HistoryError``).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -63,10 +74,11 @@ from typing import Any, Final
 
 from memimg._errors import MemimgError
 from memimg.core import _types
-from memimg.core._history import Change, Recorder, commit_time
+from memimg.core._history import Change, Recorder
 from memimg.core._kinds import KINDS
 from memimg.core._markers import MISSING
 from memimg.core._meta import TX_META
+from memimg.image._feeddelivery import Commit, _deliver_entry, _failed, _Gap, _number, contain_callbacks
 from memimg.model import TrackedDict, TrackedList, TrackedSet
 
 __all__ = ["Commit", "Feed", "Subscription", "contain_callbacks", "subscribe"]
@@ -76,84 +88,14 @@ log = logging.getLogger("memimg")
 _COLLECTIONS = (TrackedList, TrackedDict, TrackedSet)
 
 
-#: A commit queued for delivery: ``(last seq, [Change, ...], local, subscriptions)`` -- the changes noted
-#: (what some subscription follows), whether this process made it, and the subscriptions when it was applied
-#: (those made since see it as seen; when one alone, the changes are what it follows) -- or a gap the image
-#: skipped (reloaded after a compaction): ``(seq after, None, seq before, oldest kept)``.
-Entry = tuple[int, "list[Change] | None", Any, Any]
-
 _OBJ_SET: Final = KINDS["obj.set"]
 #: ``_new_tuple(Change, fields)``: a :class:`memimg.Change` made without a call of its ``__new__`` (the fields
 #: as ``Change.__new__`` stores them: the time as the log's microseconds)
 _new_tuple: Final = tuple.__new__
-#: ``_new_object(Commit)``: a Commit made without a call of its ``__init__`` (a measured path: see _deliver_entry)
+#: ``_new_object(Commit)``: a Commit made without a call of its ``__init__`` (a measured path: see Feed.note)
 _new_object: Final = object.__new__
-_UNFOLLOWED: Final[Any] = object()
-
-#: ``contain``: this thread is one of the image's own (see :func:`contain_callbacks`)
-_own = threading.local()
-
-
-def contain_callbacks() -> None:
-    """Mark this thread as one of the image's own (a follower, a snapshot's, a feed's helper): a BaseException a
-    callback raises in it (KeyboardInterrupt, SystemExit...) is logged, and the thread goes on."""
-    _own.contain = True
-
-
-class Commit:
-    """One commit, as a change feed delivers it: its seqs, transaction, time and metadata, and its changes.
-
-    ``first_seq`` and ``seq`` are the seqs of its first and last events;
-    ``tx`` its transaction id (the seq of its first event); ``time`` its
-    commit time (an aware UTC datetime); ``meta`` its metadata (``{}`` if
-    none); ``local`` whether this process made it (else another process did,
-    and this image applied it); ``changes`` the :class:`memimg.Change`
-    records of the commit that the subscription follows, in the order they
-    were made -- never empty (a commit that changes nothing followed is not
-    delivered). Each subscription is given a Commit of its own, and a list
-    of its own. It holds nothing else (not the stored rows). Its seqs,
-    time and metadata are its own, not read from the list: a callback may
-    change the list.
-
-    ``Commit(tx, seq, time, meta, local, changes)`` makes one (*time*: an
-    aware datetime, or microseconds since the epoch as the log stores it).
-    """
-
-    __module__ = "memimg"
-    __slots__ = ("_time", "changes", "local", "meta", "seq", "tx")
-
-    def __init__(
-        self, tx: int, seq: int, time: dt.datetime | int, meta: dict[str, Any], local: bool, changes: list[Change]
-    ) -> None:
-        """*time*: an aware datetime, or microseconds since the Unix epoch (how the log stores it)."""
-        self.tx = tx
-        self.seq = seq
-        self._time = time
-        self.meta = meta
-        self.local = local
-        self.changes = changes
-
-    # its seqs, time and meta are kept apart from its changes (a callback may empty the list)
-
-    @property
-    def first_seq(self) -> int:
-        """The seq of its first event (its ``tx``)."""
-        return self.tx
-
-    @property
-    def time(self) -> dt.datetime:
-        """The commit time, an aware UTC datetime."""
-        t = self._time
-        return commit_time(t) if isinstance(t, int) else t
-
-    def _relived(self, changes: list[Change]) -> Commit:
-        """This commit with *changes* instead of its own, and ``local`` False: a commit replayed from the log."""
-        return Commit(self.tx, self.seq, self._time, self.meta, False, changes)
-
-    def __repr__(self) -> str:
-        where = "local" if self.local else "remote"
-        n = len(self.changes)
-        return f"<memimg.Commit seq {self.first_seq}..{self.seq} {where}: {n} change{'s' * (n != 1)}>"
+#: the match table's row of an object not followed as such (only as an instance of a class, or as anything)
+_NOBODY: Final[dict[str | None, tuple[Subscription, ...]]] = {None: ()}
 
 
 class Subscription:
@@ -215,19 +157,23 @@ class Feed:
         self.image_lock = engine.lock
         self.subs: tuple[Subscription, ...] = ()
         self.numbered = 0
-        # what some subscription follows, merged (rebuilt at each change of the subscriptions)
-        self.everything = False
-        #: the ids of the objects followed: the names of the fields followed, or None (the whole object)
-        self.oids: dict[int, frozenset[str] | None] = {}
-        self.classes: tuple[type, ...] = ()
-        self.class_hits: dict[type, bool] = {}
+        # who follows what, merged (rebuilt at each change of the subscriptions; see note)
+        #: the match table: the ids of the objects followed as such, and for each the subscriptions following
+        #: each of its fields named by some subscription (those following the whole object included) and, under
+        #: None, those following the whole object (any other field, or a collection's items)
+        self.oids: dict[int, dict[str | None, tuple[Subscription, ...]]] = {}
+        #: the subscriptions to a class or to everything, and those of them that follow each class met
+        self.wide_subs: tuple[Subscription, ...] = ()
+        self.by_class: dict[type, tuple[Subscription, ...]] = {}
+        #: those of a class joined to a row of the match table (by class and the row's tuple's id)
+        self.joined: dict[tuple[type, int], tuple[Subscription, ...]] = {}
         #: whether an event may be followed whatever its target's id (everything, or some class, is followed)
         self.wide = False
         self.recorder = Recorder(live=True)
         #: the field getters the recorder reads a field set's old value with (by class, then field name)
         self.getters = self.recorder._getters
-        #: the commits noted, applied and not yet delivered, in seq order
-        self.queue: deque[Entry] = deque()
+        #: the commits noted, applied and not yet delivered (and the gaps), in seq order
+        self.queue: deque[Commit | _Gap] = deque()
         #: held by the thread delivering (reentrant: a callback's own commit is seen to be that thread's)
         self.delivering = threading.RLock()
         #: the seq up to which the thread delivering delivers before it returns
@@ -258,48 +204,53 @@ class Feed:
                 engine.writer.feed = None  # commits pay nothing for feeds again
 
     def _merge(self) -> None:
-        oids: dict[int, frozenset[str] | None] = {}
-        classes = []
-        everything = False
+        whole: dict[int, list[Subscription]] = {}  # by object id, in the order of subscription
+        fields: dict[int, dict[str, list[Subscription]]] = {}
+        wide = []
         for sub in self.subs:
             if sub.obj is not None:
                 oid = sub.obj._mi_oid
                 if sub.field is None:
-                    oids[oid] = None
-                elif oid not in oids or oids[oid] is not None:
-                    oids[oid] = (oids.get(oid) or frozenset()) | {sub.field}
-            elif sub.cls is not None:
-                classes.append(sub.cls)
+                    whole.setdefault(oid, []).append(sub)
+                else:
+                    whole.setdefault(oid, [])
+                    fields.setdefault(oid, {}).setdefault(sub.field, []).append(sub)
             else:
-                everything = True
-        self.everything, self.oids, self.classes = everything, oids, tuple(classes)
-        self.wide = everything or bool(classes)
-        self.class_hits = {}
+                wide.append(sub)
+        oids: dict[int, dict[str | None, tuple[Subscription, ...]]] = {}
+        for oid, subs in whole.items():
+            row: dict[str | None, tuple[Subscription, ...]] = {None: tuple(subs)}
+            for name, named in fields.get(oid, {}).items():
+                row[name] = tuple(sorted(named + subs, key=_number))
+            oids[oid] = row
+        self.oids, self.wide_subs, self.by_class, self.joined, self.wide = oids, tuple(wide), {}, {}, bool(wide)
 
     # -- noting, while a commit is applied (the image's lock held) ----------------
 
     def note(
-        self, noted: list[Change] | None, k: Any, target: Any, args: tuple[Any, ...], row: Any, events: Any
-    ) -> list[Change] | None:
-        """*noted* (a new list if None) with what event ``(k, target, args)`` at *row*, about to be applied,
+        self, noted: Commit | None, k: Any, target: Any, args: tuple[Any, ...], row: Any, events: Any
+    ) -> Commit | None:
+        """*noted* (a new Commit if None) with what event ``(k, target, args)`` at *row*, about to be applied,
         changes that someone follows (*events*: the commit's, for its metadata).
 
-        ``Engine.apply`` calls it for an event on an object whose id is
-        followed, or for any event when :attr:`wide`: the event's target is
-        not None. What it notes is exactly what some subscription follows
-        (a field followed alone: that field's changes only). A measured
-        path: a field set is read here, not by the recorder (two calls fewer).
+        ``Engine.apply`` calls it for an event on an object in the match
+        table (:attr:`oids`), or for any event when :attr:`wide`: the event's
+        target is not None; then sets the Commit's ``seq`` and ``local``, and
+        queues it. Each change noted is a :class:`memimg.Change` made once,
+        with the subscriptions it goes to, looked up in the match table (a
+        field set: before the recorder is asked; a field not followed costs
+        nothing more). A commit whose changes all go to the same ones -- one
+        event, or several on what one subscription follows -- keeps that
+        tuple (``_to``); else a list of them, one per change. When that tuple
+        holds one subscription, the Commit noted is the one delivered to it.
         """
-        fields = None  # the names of the fields followed of *target*, if only some are
-        if not self.everything:
-            fields = self.oids.get(target._mi_oid, _UNFOLLOWED)
-            if fields is not None and self.classes and self._class_hit(type(target)):
-                fields = None  # all of it is followed
-            if fields is _UNFOLLOWED:
-                return noted
-        if k is _OBJ_SET:
+        follows = self.oids.get(target._mi_oid, _NOBODY)
+        if k is _OBJ_SET:  # a measured path: the field is read here, not by the recorder
             name, value = args
-            if fields is not None and name not in fields:
+            subs = follows.get(name) or follows[None]
+            if self.wide:
+                subs = self._widened(subs, type(target))
+            if not subs:
                 return noted
             try:
                 old = self.getters[type(target)][name](target)
@@ -308,37 +259,71 @@ class Feed:
             except AttributeError:
                 old = MISSING
             if noted is None:
-                noted, meta = [], events[0][2][0] if events[0][0] is TX_META else {}
-            else:
-                meta = noted[0].meta
-            noted.append(
-                _new_tuple(Change, (row[0], row[1], row[2], meta, target, "obj.set", name, None, old, value, None))
-            )
-            return noted
+                noted = _new_object(Commit)
+                noted.tx, noted._time, noted._to = row[1], row[2], subs
+                noted.meta = meta = events[0][2][0] if events[0][0] is TX_META else {}
+                noted.changes = [
+                    _new_tuple(Change, (row[0], row[1], row[2], meta, target, "obj.set", name, None, old, value, None))
+                ]
+                return noted
+            return self._record(noted, subs, row, events, target, "obj.set", name, None, old, value, None)
         recorder = self.recorder
         parts = recorder.parts = []
         k.apply(recorder, target, *args)
         kind = k.name
         for f, key, old, new, index in parts:
-            if fields is None or f in fields:
-                if noted is None:
-                    noted, meta = [], events[0][2][0] if events[0][0] is TX_META else {}
-                else:
-                    meta = noted[0].meta
-                noted.append(_new_tuple(Change, (row[0], row[1], row[2], meta, target, kind, f, key, old, new, index)))
+            subs = follows.get(f) or follows[None]
+            if self.wide:
+                subs = self._widened(subs, type(target))
+            if subs:
+                noted = self._record(noted, subs, row, events, target, kind, f, key, old, new, index)
         return noted
 
-    def _class_hit(self, t: type) -> bool:
-        """Whether some subscription follows every instance of class *t*."""
-        hit = self.class_hits.get(t)
-        if hit is None:
-            hit = self.class_hits[t] = issubclass(t, self.classes)
-        return hit
+    def _record(
+        self,
+        noted: Commit | None,
+        subs: tuple[Subscription, ...],
+        row: Any,
+        events: Any,
+        target: Any,
+        *change: Any,
+    ) -> Commit:
+        """*noted* (a new Commit if None) with the change of *target* at *row* (``kind, field, key, old, new,
+        index``) going to *subs*."""
+        if noted is None:
+            noted = _new_object(Commit)
+            noted.tx, noted._time, noted._to = row[1], row[2], subs
+            noted.meta = meta = events[0][2][0] if events[0][0] is TX_META else {}
+            noted.changes = [_new_tuple(Change, (row[0], row[1], row[2], meta, target, *change))]
+            return noted
+        changes = noted.changes
+        changes.append(_new_tuple(Change, (row[0], row[1], row[2], noted.meta, target, *change)))
+        to = noted._to
+        if type(to) is list:
+            to.append(subs)
+        elif to is not subs:  # its changes go to different subscriptions from now on
+            noted._to = [*([to] * (len(changes) - 1)), subs]  # type: ignore[list-item]
+        return noted
+
+    def _widened(self, subs: tuple[Subscription, ...], t: type) -> tuple[Subscription, ...]:
+        """*subs* and the subscriptions to class *t* (or one it derives from) or to everything."""
+        more = self.by_class.get(t)
+        if more is None:
+            more = self.by_class[t] = tuple(s for s in self.wide_subs if s.cls is None or issubclass(t, s.cls))
+        if not subs:
+            return more
+        # the same tuple for the same row and class (a row's tuples live as long as the cache: see _merge), so a
+        # commit's changes going to the same subscriptions share one routing (see _record)
+        key = (t, id(subs))
+        both = self.joined.get(key)
+        if both is None:
+            both = self.joined[key] = more + subs
+        return both
 
     def reloaded(self, was: int, now: int, oldest: int) -> None:
         """The image skipped the commits ``was < seq <= now`` (reloaded after a compaction; the lock held):
         tell the subscriptions that want to know (:attr:`Subscription.gap`), in their place in the queue."""
-        self.queue.append((now, None, was, oldest))
+        self.queue.append(_Gap(now, was, oldest))
 
     # -- delivery (never under the image's lock) ----------------------------------
 
@@ -366,7 +351,7 @@ class Feed:
             return  # a thread holding the lock releases it later, and drains then
         token = self.delivering
         if token._is_owned():  # type: ignore[attr-defined]  # a callback's own commit: delivered after the one in hand
-            self.bound = queue[-1][0]
+            self.bound = queue[-1].seq
             return
         if not token.acquire(False):
             return  # the thread delivering delivers it, or hands it on
@@ -381,11 +366,31 @@ class Feed:
 
     def _deliver_to_bound(self) -> None:
         """Deliver the queued commits up to the last one queued now (and those this thread's callbacks make:
-        :meth:`drain` moves :attr:`bound` on); the token held."""
+        :meth:`drain` moves :attr:`bound` on); the token held.
+
+        A measured path: a commit noted for one subscription is delivered
+        here, as it was noted (see :meth:`note`); others by
+        :func:`_deliver_entry`.
+        """
         queue = self.queue
-        bound = self.bound = queue[-1][0] if queue else 0
-        while queue and queue[0][0] <= bound:
-            _deliver_entry(self, queue[0])
+        bound = self.bound = queue[-1].seq if queue else 0
+        while queue:
+            entry = queue[0]
+            seq = entry.seq
+            if seq > bound:
+                break
+            to = entry._to
+            if type(to) is tuple and len(to) == 1:
+                sub = to[0]
+                entry._to = ()  # the Commit is the subscription's now: it holds nothing of the feed
+                if not sub.closed and seq > sub.seen:
+                    sub.seen = seq
+                    try:
+                        sub.callback(entry)  # (a Commit: a gap's _to is None)
+                    except BaseException as err:
+                        _failed(sub, seq, err)
+            else:
+                _deliver_entry(self.subs, entry)
             queue.popleft()
             bound = self.bound
 
@@ -450,83 +455,6 @@ class Feed:
                     self.idle.wait(min(left, 0.05))
                 finally:
                     self.flushing -= 1
-
-
-def _deliver_entry(feed: Feed, entry: Entry) -> None:
-    """Deliver one queued commit (or gap) to each subscription that has not had it yet, in their order.
-
-    A measured path: a commit noted for one subscription alone is all its own
-    (see :meth:`Feed.note`), and is delivered without a filter, its Commit made
-    without a call of ``__init__``.
-    """
-    seq, changes, local, subs = entry
-    if changes is None:  # a gap: (seq after, None, seq before, oldest kept)
-        for sub in feed.subs:
-            if not sub.closed and seq > sub.seen:
-                sub.seen = seq
-                if sub.gap is not None:
-                    try:
-                        sub.gap(entry[2], seq, entry[3])
-                    except BaseException as err:
-                        _failed(sub, seq, err)
-        return
-    if len(subs) == 1:
-        sub = subs[0]
-        if sub.closed or seq <= sub.seen:
-            return
-        sub.seen = seq
-        first = changes[0]
-        commit = _new_object(Commit)
-        commit.tx, commit.seq, commit._time, commit.meta = first.tx, seq, first._ts, first.meta
-        commit.local, commit.changes = local, changes
-        try:
-            sub.callback(commit)
-        except BaseException as err:
-            _failed(sub, seq, err)
-        return
-    for sub in subs:  # those subscribed since have seen it; those closed are left out
-        if sub.closed or seq <= sub.seen:
-            continue
-        sub.seen = seq
-        obj = sub.obj
-        if obj is not None:
-            field = sub.field
-            picked = [c for c in changes if c.target is obj and (field is None or c.field == field)]
-        elif sub.cls is not None:
-            cls = sub.cls
-            picked = [c for c in changes if isinstance(c.target, cls)]
-        else:
-            picked = changes.copy()  # a list of its own
-        if picked:
-            first = picked[0]
-            try:
-                sub.callback(Commit(first.tx, seq, first._ts, first.meta, local, picked))
-            except BaseException as err:
-                _failed(sub, seq, err)
-
-
-def _failed(sub: Subscription, seq: int, err: BaseException) -> None:
-    """A callback raised *err*: log it (an Exception, or a BaseException in one of the image's own threads), or
-    let it propagate (a KeyboardInterrupt, SystemExit... in the application's thread)."""
-    if isinstance(err, Exception):
-        log.error(
-            "change feed: %r raised on the commit at seq %d (the commit stands; other subscriptions are called as "
-            "usual)",
-            sub,
-            seq,
-            exc_info=err,
-        )
-    elif not getattr(_own, "contain", False):
-        raise err
-    else:
-        log.error(
-            "change feed: %r raised a BaseException on the commit at seq %d in %s, one of the image's own "
-            "threads, which goes on (the commit stands)",
-            sub,
-            seq,
-            threading.current_thread().name,
-            exc_info=err,
-        )
 
 
 def subscribe(engine: Any, callback: Callable[[Commit], Any], to: Any) -> Subscription:
