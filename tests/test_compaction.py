@@ -145,19 +145,43 @@ def test_a_gap_that_no_snapshot_covers_is_corrupt_and_changes_nothing(make_image
 
 
 def test_an_open_image_keeps_its_position_in_the_store(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A writable image records the seq it reached when it opens, again as it goes (at most once a beat),
-    and removes it when it closes; a read-only image records none."""
+    """A writable image records the seq it reached when it first moves (a commit, or catching up on another
+    process's), again as it goes (at most once a beat), and removes it when it closes; an image that has not
+    moved, or is read-only, records none."""
     monkeypatch.setattr(_position, "BEAT", 0.0)
+    make_image(root=Holder).close()  # created (its root committed)
     img = make_image(root=Holder)
     store = make_image.store()
-    assert list(live_positions(store.meta()).values()) == [img.seq]
+    assert live_positions(store.meta()) == {}
     img.root.misc = 1
     assert list(live_positions(store.meta()).values()) == [img.seq]
+    img.root.misc = 2
+    assert list(live_positions(store.meta()).values()) == [img.seq]
     follower = make_image(root=Holder, readonly=True)
-    assert len(live_positions(store.meta())) == 1
+    other = make_image(root=Holder)
+    img.root.misc = 3
+    other.refresh()
+    assert sorted(live_positions(store.meta()).values()) == [img.seq, img.seq]
+    follower.refresh()
+    assert len(live_positions(store.meta())) == 2
     follower.close()
+    other.close()
     img.close()
     assert live_positions(store.meta()) == {}
+
+
+def test_opening_and_closing_an_image_writes_nothing(tmp_path: Any) -> None:
+    """Opening an existing image and closing it without a commit leaves its file as it was, bytes and
+    modification time: no position, no schema, no WAL to checkpoint."""
+    path = tmp_path / "img.db"
+    with memimg.open(str(path), root=Holder, snapshot_every=None) as img:
+        img.root.misc = 1
+        img.snapshot()
+    before = path.read_bytes(), path.stat().st_mtime_ns
+    time.sleep(0.01)
+    with memimg.open(str(path), root=Holder, snapshot_every=None) as img:
+        assert img.root.misc == 1
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
 
 
 def test_an_expired_position_is_not_live() -> None:
@@ -175,8 +199,10 @@ def test_compact_keeps_the_events_a_live_process_needs(tmp_path: Any, caplog: py
     """memimg compact keeps the events after a live image's position and says so; that image then
     catches up by its events (no reload). With --ignore-positions they are dropped and it reloads."""
     path = str(tmp_path / "img.db")
+    memimg.open(path, root=Holder).close()
     ahead = memimg.open(path, root=Holder, snapshot_every=None)
     behind = memimg.open(path, root=Holder, snapshot_every=None)
+    behind.root.misc = -1  # its first move records its position
     at = behind.seq
     for i in range(5):
         ahead.root.misc = i

@@ -557,7 +557,8 @@ class Engine:
                 extents.links_seq = self.seq
                 extents.known = None
         _recovery.attach_fills(self)  # also those an earlier attempt failed to log
-        if time.monotonic() >= self.position.due:  # a follower that only catches up keeps its position too
+        # a follower that only catches up keeps its position too, once it has moved
+        if (count or self.position.written) and time.monotonic() >= self.position.due:
             self.position.beat(self.seq)
         return count
 
