@@ -227,6 +227,8 @@ class Engine:
             state = TxState(self, self.seq)
             state.mark = len(self.table.objects)
             self.open_txs.add(state)
+            if time.monotonic() >= self.position.due:  # compaction keeps what this transaction may read
+                self.position.beat(self.seq)
         if self.writer.ever_annotated and self.writer.annotation.get():  # a block active at begin: noted per change,
             state.no_fast_path()  # also in a task that inherits it after the block ended here
         _tracking.tx_opened()

@@ -2,16 +2,18 @@
 
 Each writable image keeps a ``position.<holder>`` entry in the store's
 ``memimg_meta``: the seq it has reached and an expiry. It is written when
-the image first moves (its first commit, or a catch-up that applies another
-process's commits), again at most once a :data:`BEAT` as it commits or
-catches up, and removed when it closes if it was written; a process that
-dies leaves an entry that expires after :data:`TTL`. An image that is
-opened and closed without moving writes nothing: opening a store costs no
-write (no sync, no new WAL file, no checkpoint at close). ``memimg compact``
-keeps the events after the oldest live position, so a process that is
-merely behind finds them; one that never moved, was stopped past its expiry,
-or is read-only (it cannot write its position) finds them gone and reloads
-from the snapshot instead (:func:`memimg.image._recovery.rebase`).
+the image first moves (its first commit, a catch-up that applies another
+process's commits, or its first transaction begun: what that transaction
+reads must stay in the log), again at most once a :data:`BEAT` as it
+commits, catches up or begins a transaction, and removed when it closes if
+it was written; a process that dies leaves an entry that expires after
+:data:`TTL`. An image that is opened and closed without moving writes
+nothing: opening a store costs no write (no sync, no new WAL file, no
+checkpoint at close). ``memimg compact`` keeps the events after the oldest
+live position, so a process that is merely behind finds them; one that
+never moved, was stopped past its expiry, or is read-only (it cannot write
+its position) finds them gone and reloads from the snapshot instead
+(:func:`memimg.image._recovery.rebase`).
 """
 
 from __future__ import annotations
