@@ -31,8 +31,10 @@ def rekey(
     (``encryption_key``, ``integrity_key``; ``{}`` or None for a plain
     log), *new_options* those it gets (``{}`` or None: plain;
     ``compression`` too). The log must not be open elsewhere (a process
-    still writing would write under the old keys): a live image's position
-    in the log refuses the rekey.
+    still writing would write under the old keys): the position of a live
+    image -- one that has committed, caught up or begun a transaction since
+    it opened -- refuses the rekey; any other image stops at its next
+    commit (the rekey's ``tx.meta`` event is sealed under the new keys).
 
     Crash-safe: a process killed at any point leaves the log openable with
     the old options or with the new ones, never neither. The SQL stores and
@@ -45,7 +47,8 @@ def rekey(
 
     Raises:
         ProtectionError: *old_options* do not open the log (nothing changed).
-        MemimgError: the log is open in another process, or is empty.
+        MemimgError: another image that has committed, caught up or begun a
+            transaction holds the log open, or the log is empty.
     """
     old, failure = protection_for(**_options(old_options))
     if failure is None:

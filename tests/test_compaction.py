@@ -145,19 +145,54 @@ def test_a_gap_that_no_snapshot_covers_is_corrupt_and_changes_nothing(make_image
 
 
 def test_an_open_image_keeps_its_position_in_the_store(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A writable image records the seq it reached when it opens, again as it goes (at most once a beat),
-    and removes it when it closes; a read-only image records none."""
+    """A writable image records the seq it reached when it first moves (a commit, a transaction begun, or
+    catching up on another process's), again as it goes (at most once a beat), and removes it when it closes;
+    an image that has not moved, or is read-only, records none."""
     monkeypatch.setattr(_position, "BEAT", 0.0)
+    make_image(root=Holder).close()  # created (its root committed)
     img = make_image(root=Holder)
     store = make_image.store()
-    assert list(live_positions(store.meta()).values()) == [img.seq]
+    assert live_positions(store.meta()) == {}
     img.root.misc = 1
     assert list(live_positions(store.meta()).values()) == [img.seq]
+    img.root.misc = 2
+    assert list(live_positions(store.meta()).values()) == [img.seq]
     follower = make_image(root=Holder, readonly=True)
-    assert len(live_positions(store.meta())) == 1
+    other = make_image(root=Holder)
+    img.root.misc = 3
+    other.refresh()
+    assert sorted(live_positions(store.meta()).values()) == [img.seq, img.seq]
+    follower.refresh()
+    assert len(live_positions(store.meta())) == 2
+    third = make_image(root=Holder)
+    with third.transaction():
+        assert len(live_positions(store.meta())) == 3
     follower.close()
+    other.close()
+    third.close()
     img.close()
     assert live_positions(store.meta()) == {}
+
+
+def _files(where: Any) -> dict[str, tuple[int, int]]:
+    return {
+        str(f.relative_to(where)): (f.stat().st_size, f.stat().st_mtime_ns) for f in where.rglob("*") if f.is_file()
+    }
+
+
+@pytest.mark.parametrize("name", ["img.db", "img.ndjson"])
+def test_opening_and_closing_an_image_writes_nothing(tmp_path: Any, name: str) -> None:
+    """Opening an existing image and closing it without a commit leaves every file of its store as it was,
+    size and modification time: no position, no schema, no WAL to checkpoint, no metadata rewritten."""
+    path = str(tmp_path / name)
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        img.root.misc = 1
+        img.snapshot()
+    before = _files(tmp_path)
+    time.sleep(0.01)
+    with memimg.open(path, root=Holder, snapshot_every=None) as img:
+        assert img.root.misc == 1
+    assert _files(tmp_path) == before
 
 
 def test_an_expired_position_is_not_live() -> None:
@@ -175,8 +210,10 @@ def test_compact_keeps_the_events_a_live_process_needs(tmp_path: Any, caplog: py
     """memimg compact keeps the events after a live image's position and says so; that image then
     catches up by its events (no reload). With --ignore-positions they are dropped and it reloads."""
     path = str(tmp_path / "img.db")
+    memimg.open(path, root=Holder).close()
     ahead = memimg.open(path, root=Holder, snapshot_every=None)
     behind = memimg.open(path, root=Holder, snapshot_every=None)
+    behind.root.misc = -1  # its first move records its position
     at = behind.seq
     for i in range(5):
         ahead.root.misc = i
@@ -195,6 +232,51 @@ def test_compact_keeps_the_events_a_live_process_needs(tmp_path: Any, caplog: py
     assert "compacted past" in caplog.text and behind.root.misc == 14
     ahead.close()
     behind.close()
+
+
+def test_compact_keeps_the_events_an_open_transaction_may_read(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An image whose first transaction has begun (it has neither committed nor caught up since it opened) has
+    its position recorded: memimg compact, run while another process commits, keeps the events after it, and
+    the transaction commits over them (no reload, no conflict)."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder) as img:
+        img.root.misc = 0
+    img = memimg.open(path, root=Holder, snapshot_every=None)
+    with caplog.at_level(logging.WARNING, logger="memimg"), img.transaction():
+        start, value = img.seq, img.root.misc
+        with memimg.open(path, root=Holder, snapshot_every=None) as other:
+            for k in range(5):
+                other.root.index[k] = k
+        r = _run("compact", path)
+        assert r.exit_code == 0 and f"kept the events from seq {start + 1} on" in r.output, r.output
+        img.root.misc = value + 1
+    assert "compacted" not in caplog.text and img.root.misc == 1 and img.root.index == {k: k for k in range(5)}
+    img.close()
+    with memimg.open(path, root=Holder) as img:
+        assert img.root.misc == 1 and len(img.root.index) == 5
+
+
+def test_an_idle_image_compacted_past_reloads_and_writes(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An image that has only opened (no commit, no catch-up, no transaction) has no position: memimg compact
+    drops the events after its seq; its next change reloads it from the snapshot in place, with a warning, and
+    then lands."""
+    path = str(tmp_path / "img.db")
+    with memimg.open(path, root=Holder) as img:
+        img.root.misc = 0
+    idle = memimg.open(path, root=Holder, snapshot_every=None)
+    root = idle.root
+    with memimg.open(path, root=Holder, snapshot_every=None) as other:
+        for k in range(5):
+            other.root.index[k] = k
+    r = _run("compact", path)
+    assert r.exit_code == 0 and "kept the events" not in r.output, r.output
+    with caplog.at_level(logging.WARNING, logger="memimg"):
+        root.misc = "later"  # an automatic commit: it finds the log compacted past its seq
+    assert "compacted past" in caplog.text
+    assert idle.root is root and root.misc == "later" and root.index == {k: k for k in range(5)}
+    idle.close()
+    with memimg.open(path, root=Holder) as img:
+        assert img.root.misc == "later" and len(img.root.index) == 5
 
 
 def test_compact_keeps_the_history_asked_for(tmp_path: Any) -> None:

@@ -242,6 +242,7 @@ LAGGING = OPEN + textwrap.dedent(
     kind, where = sys.argv[1], sys.argv[2]
     img = open_image(kind, where)
     held = img.root.content
+    held["count"] += 1  # a commit: its position is recorded
     print("ready", flush=True)
     sys.stdin.readline()  # the log is compacted meanwhile
     img.refresh()
@@ -254,8 +255,9 @@ LAGGING = OPEN + textwrap.dedent(
 
 
 def test_a_process_behind_memimg_compact_reloads_keeps_its_objects_and_writes(shared: Any) -> None:
-    """A process that opened the log, then fell behind a ``memimg compact`` that dropped the events it needed,
-    refreshes: the dict it held is still the image's, with the current count; its next commit lands."""
+    """A process that opened the log and committed (its position recorded), then fell behind a ``memimg
+    compact`` that dropped the events it needed, refreshes: the dict it held is still the image's, with the
+    current count; its next commit lands."""
     from click.testing import CliRunner
 
     from memimg.cli import cli
@@ -275,9 +277,9 @@ def test_a_process_behind_memimg_compact_reloads_keeps_its_objects_and_writes(sh
     proc.stdin.write("go\n")
     proc.stdin.flush()
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and out.split() == ["True", "5", "done"], out
+    assert proc.returncode == 0 and out.split() == ["True", "6", "done"], out
     with open_here(kind, where) as img:
-        assert img.root.content["count"] == 6
+        assert img.root.content["count"] == 7
 
 
 def test_a_snapshot_finishes_while_another_process_commits_without_pause(shared: Any) -> None:

@@ -108,10 +108,12 @@ def test_rekey_with_the_wrong_old_key_changes_nothing(tmp_path: Any) -> None:
 
 
 def test_rekey_refuses_a_log_another_image_has_open(tmp_path: Any) -> None:
-    """A live image's position in the log refuses the rekey: that image would go on writing under the old keys."""
+    """A live image's position in the log (recorded once it has committed) refuses the rekey: that image would
+    go on writing under the old keys."""
     path = str(tmp_path / "bank.db")
     _make(path, {}, OLD)
-    with memimg.open(path, root=Bank, **OLD):
+    with memimg.open(path, root=Bank, **OLD) as img:
+        img.root.accounts["ada"].balance += 0  # a commit: its position is recorded
         with pytest.raises(memimg.MemimgError, match="open in 1 other image"):
             memimg.rekey(path, old_options=OLD, new_options=NEW)
     assert _balance(path, {}, OLD) == Decimal("132")

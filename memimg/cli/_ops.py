@@ -91,7 +91,8 @@ def compact(
     """Snapshot, drop the events and snapshots the new snapshot makes unnecessary, and give their space back.
 
     Events that a live process has not reached yet (its position, kept in the
-    store while it runs) are kept, and so is the history asked for.
+    store from its first commit, catch-up or transaction on) are kept, and so
+    is the history asked for.
     """
     img = open_image(target, writable=True)
     try:

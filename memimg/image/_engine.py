@@ -230,6 +230,8 @@ class Engine:
             state = TxState(self, self.seq)
             state.mark = len(self.table.objects)
             self.open_txs.add(state)
+            if time.monotonic() >= self.position.due:  # compaction keeps what this transaction may read
+                self.position.beat(self.seq)
         if self.writer.ever_annotated and self.writer.annotation.get():  # a block active at begin: noted per change,
             state.no_fast_path()  # also in a task that inherits it after the block ended here
         _tracking.tx_opened()
@@ -561,7 +563,8 @@ class Engine:
                 extents.links_seq = self.seq
                 extents.known = None
         _recovery.attach_fills(self)  # also those an earlier attempt failed to log
-        if time.monotonic() >= self.position.due:  # a follower that only catches up keeps its position too
+        # a follower that only catches up keeps its position too, once it has moved
+        if (count or self.position.written) and time.monotonic() >= self.position.due:
             self.position.beat(self.seq)
         return count
 

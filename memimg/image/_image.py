@@ -85,9 +85,7 @@ class MemoryImage:
         #: the owner protocol the model calls (``memimg.model._base.Owner``): the writer of this context
         self._mi_current = engine._mi_current
         self._follower: threading.Thread | None = None
-        _recovery.open_image(engine, root, generic_types=generic_types)
-        if not readonly:
-            engine.position.beat(engine.seq)
+        _recovery.open_image(engine, root, generic_types=generic_types)  # the position waits for a move
 
     # -- state ------------------------------------------------------------------
 
@@ -592,8 +590,7 @@ class MemoryImage:
                 " and ".join(dict.fromkeys(late)),
                 CLOSE_SECONDS,
             )
-        if not engine.readonly:
-            engine.position.leave()
+        engine.position.leave()
         with engine.lock:
             engine.store.close()
 

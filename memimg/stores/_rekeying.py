@@ -57,8 +57,9 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
 
     Raises:
         ProtectionError: *old* does not open the log.
-        MemimgError: another process has the log open (it would go on
-            writing under the old keys).
+        MemimgError: another image that has committed, caught up or begun a
+            transaction holds the log open (it would go on writing under the
+            old keys).
     """
     old = old or Protection()
     new = new or Protection()
