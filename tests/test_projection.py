@@ -223,6 +223,28 @@ def test_unreachable_objects_leave_the_tables_when_the_image_collects_them(make_
         sql.check(img)
 
 
+def test_objects_detached_before_the_projection_reads_them_are_still_projected(
+    make_image: Images, sql: SQLTarget
+) -> None:
+    """An object a commit attaches and a later one (or the same transaction) detaches is in ``img.all`` until a
+    snapshot collects it, so it has a row, and its class a table, though the projection reads the objects only
+    after it was detached; a snapshot then deletes the row."""
+    img = make_image(root=Bank)
+    with sql.project(img) as projection:
+        accounts = _bank(img).accounts
+        with img.transaction():  # what the projection reads is the state after the commit: the entry is gone
+            accounts["b"] = Account("b", entries=[Entry(1)])
+            popped = accounts["b"].entries.pop(0)
+        projection.catch_up()
+        assert popped in img.all(Entry)
+        assert popped._mi_oid in sql.rows("entry")
+        sql.check(img)
+        img.snapshot()
+        projection.catch_up()
+        assert not sql.rows("entry")
+        sql.check(img)
+
+
 def test_commits_of_many_threads_at_once_end_equal_to_the_image(make_image: Images, sql: SQLTarget) -> None:
     """While threads commit to the image at the same time (new objects, dict, set and list mutations), the
     projection keeps up, and once caught up its tables equal the image."""

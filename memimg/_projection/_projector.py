@@ -22,10 +22,14 @@ batch in one SQL transaction with the new seq: the rows of the entities the
 batch changed are rewritten from the objects as they are *now* -- an entity
 that is a change's target, the entities holding a collection that is one (a
 map from collection to the rows that spelled it out), and the entities new
-to the image, found in the changes' new values. Then the count check: an
-extent (``img.all``) smaller than what the projection knows of its class
-means objects left the image (collected at a snapshot); their rows are
-deleted. The count check runs on idle moments too.
+to the image, found in the changes' new and old values (an entity attached
+and detached again before the batch reads the objects is reached only
+through the old value of the change that detached it, and stays in the
+image until a snapshot collects it). Then the count check: an extent
+(``img.all``) smaller than what the projection knows of its class means
+objects left the image (collected at a snapshot); their rows are deleted;
+one larger (for a class of which it knows no object too) means objects it
+missed, whose rows are written. The count check runs on idle moments too.
 
 **Why reading the objects now is right.** A row is written after every
 commit up to the batch's seq changed it, from a state no older than that:
@@ -373,7 +377,11 @@ class Projection:
                     dirty[oid] = target
                 else:
                     self._discover(target, dirty)
+                # the old value too: an entity attached by one commit and detached by a later one (or the same
+                # transaction) before this reads the objects is reached only through what the detaching change took
+                # out, and it stays in the image (so in its table) until a snapshot collects it
                 self._discover(change.new, dirty)
+                self._discover(change.old, dirty)
                 self._discover(change.key, dirty)
         gone = self._gone(dirty)
         rows: dict[ClassTable, list[dict[str, Any]]] = {}
@@ -496,13 +504,19 @@ class Projection:
         # object and one not known yet would cancel out
         removals = img._engine.table.removals
         counts_tell = removals == self._removals
-        for cls in list(by_class):
-            subtree = [d for d in by_class if issubclass(d, cls)]
-            if counts_tell and len(img.all(cls)) == sum(len(by_class[d]) for d in subtree):
+        # the classes of which the projection knows no object yet are looked at too: objects of a class new to it
+        # that it missed would otherwise never be counted
+        classes = [*by_class, *(i.cls for i in _types.entity_infos() if i.cls not in by_class)]
+        for cls in classes:
+            held = len(img.all(cls))
+            if cls not in by_class and not held:
+                continue
+            subtree = [d for d in classes if issubclass(d, cls)]
+            if counts_tell and held == sum(len(by_class.get(d, ())) for d in subtree):
                 continue
             for d in subtree:
                 present: dict[int, Any] = {o._mi_oid: o for o in img.all(d) if type(o) is d}  # type: ignore[attr-defined]
-                left = by_class[d] - present.keys()
+                left = by_class.get(d, set()) - present.keys()
                 for oid in left:
                     del self._objs[oid]
                     for coll in self._contains.pop(oid, ()):
@@ -511,10 +525,11 @@ class Projection:
                             holders.discard(oid)
                             if not holders:
                                 del self._holders[coll]
-                by_class[d] -= left
-                table = self._table_for(d)
-                if left and table is not None:
-                    gone.setdefault(table, set()).update(left)
+                if left:
+                    by_class[d] -= left
+                    table = self._table_for(d)
+                    if table is not None:
+                        gone.setdefault(table, set()).update(left)
                 for oid, obj in present.items():
                     if oid not in self._objs:
                         self._know(obj)
