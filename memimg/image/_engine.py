@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from memimg._errors import ClosedError, CorruptLogError, MemimgError, ReadOnlyError
 from memimg.core import _counters
@@ -54,9 +54,10 @@ from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.core._values import Converter
-from memimg.image import _recovery, _unique
+from memimg.image import _direct, _recovery, _unique
 from memimg.image._attach import Attacher
 from memimg.image._conflicts import ConflictIndex
+from memimg.image._direct import now_us
 from memimg.image._encode import EncodeSession
 from memimg.image._generic import make_stand_in
 from memimg.image._guard import reentered
@@ -92,11 +93,6 @@ _OBJ_DEL: Final = KINDS["obj.del"]
 def _has_adds(events: list[Pending]) -> bool:
     """Whether *events* add to a counter."""
     return any(e[0] is _OBJ_ADD for e in events)
-
-
-def now_us() -> int:
-    """The commit time: microseconds since the Unix epoch."""
-    return time.time_ns() // 1000
 
 
 class Reloading:
@@ -339,7 +335,7 @@ class Engine:
                 self.last_ts = ts
             except SeqTaken as taken:
                 session.rollback()
-                self._lost(taken)
+                _direct.lost(self, taken)
                 if replan:
                     return False
                 if state is not None:
@@ -347,100 +343,14 @@ class Engine:
                 continue
             except BaseException as err:
                 session.rollback()
-                self._append_failed(err)
+                _direct.append_failed(self, err)
             break
         self.apply(events, rows, state)
         if auto_snapshot:
             self.after_commit()
         return True
 
-    def commit_field(self, obj: Any, name: str, value: Any) -> bool:
-        """``obj.name = value`` outside a transaction, *value* a native scalar: committed by the shortest path.
-
-        The commit of a single field set is the commonest there is, and its
-        general path (:meth:`commit`: a list of events, an encoding session,
-        a dispatch per event, the checks each feature needs) cost more than
-        the SQL insert itself. Here its one row is encoded, appended and
-        applied directly -- with the same seq, time, row, durability and
-        conflict rule as :meth:`commit` -- whenever nothing else must see the
-        commit on its way. Returns ``False`` without committing (having at
-        most caught up with other writers) when something must: a feature in
-        use (a subscription, an annotation, a snapshot being written, an open
-        transaction, unique fields to check, a schema to declare), or an
-        image that would refuse the change; the caller then takes the
-        general path, which does what each needs.
-        """
-        writer = self.writer
-        session = self.session
-        table = self.table
-        oid = obj._mi_oid
-        if self.snapshot_turn is not None:
-            return False
-        lock = self.lock
-        lock.acquire()  # (not ``with``: ~1,100 fewer instructions, callgrind)
-        try:
-            if (
-                self.busy is not None  # refused there
-                or self.closed
-                or self.readonly
-                or oid is None
-                or self.reader.fills
-                or writer.feed is not None
-                or self.open_txs
-                or self.snapshot_writer is not None
-                or self.before_apply is not None
-                or (writer.ever_annotated and writer.annotation.get())
-                or type(obj) not in session.declarations.current
-                or (UNIQUE and ((ext := table.extents) is None or ext.shadowed or type(obj) in UNIQUE))
-            ):
-                return False
-            seq = self.seq + 1
-            ts = now_us()
-            if ts < self.last_ts:  # see last_ts
-                ts = self.last_ts
-            try:
-                self.store.append([session.set_row(seq, ts, oid, name, value)], self.seq)
-            except SeqTaken as taken:
-                self._lost(taken)
-                return False
-            except BaseException as err:
-                self._append_failed(err)
-            self.last_ts = ts
-            self.seq = seq
-            self.busy = "applying committed events"  # (an indexed field's setter hashes the value)
-            try:
-                table.field_set(obj, name, value)
-            except BaseException as err:
-                self._apply_failed(err, seq, seq)
-            finally:
-                self.busy = None
-            self.after_commit()
-        finally:
-            lock.release()
-        return True
-
-    def _lost(self, taken: SeqTaken) -> None:
-        """Another writer appended first (*taken*): catch up with it; refuse a log that lost events meanwhile."""
-        if not self.catch_up(self._missed(taken)) and (head := self.store.head()) < self.seq:
-            # nothing to catch up with and never the expected head: retrying would loop for ever
-            raise CorruptLogError(
-                f"the log of {self.store.description} ends at seq {head}, before this image's seq "
-                f"{self.seq}: events were removed from it while the image was open; nothing was "
-                "written. Open the image again (or restore the log from a backup)",
-                seq=self.seq,
-                table="memimg_events",
-            ) from None
-
-    def _append_failed(self, err: BaseException) -> NoReturn:
-        """Raise for *err*, raised by an append (nothing was written): a MemimgError as it is."""
-        if isinstance(err, MemimgError) or not isinstance(err, Exception):
-            raise err
-        description = self.store.description
-        raise MemimgError(
-            f"writing to {description} failed: {err}; nothing was changed",
-            store=description,
-            operation="appending events",
-        ) from err
+    commit_field = _direct.commit_field
 
     def apply(self, events: list[Pending], rows: list[Any], state: TxState | None, last_seq: int | None = None) -> None:
         """Apply appended events to the committed objects, all at once for every reader.
@@ -495,7 +405,7 @@ class Engine:
                     k.apply(table, target, *args)
                     at += 1  # noqa: SIM113  # (not enumerate, nor zip with rows: a measured path)
         except BaseException as err:
-            self._apply_failed(err, rows[0][0], rows[-1][0])
+            _direct.apply_failed(self, err, rows[0][0], rows[-1][0])
         finally:
             self.busy = busy
             if published is not None:
@@ -504,19 +414,6 @@ class Engine:
                 _tracking.tx_closed()
         if noted is not None:  # delivered once the lock is released (see _feeds)
             feed.queue.append((self.seq, noted, last_seq is None, feed.subs))
-
-    def _apply_failed(self, err: BaseException, first_seq: int, last_seq: int) -> NoReturn:
-        """Close the image and raise: applying appended events *first_seq..last_seq* raised *err* (the log
-        has them; memory must not silently differ)."""
-        self.closed = True
-        if not isinstance(err, Exception):
-            raise err
-        raise MemimgError(
-            f"applying committed events {first_seq}..{last_seq} failed ({err!r}); the "
-            "log is intact but this image is now closed: open it again",
-            first_seq=first_seq,
-            last_seq=last_seq,
-        ) from err
 
     def _tell_snapshot(self, events: list[Pending], rows: list[EventRow] | None = None) -> None:
         """Let the snapshot being written keep what *events* are about to change, and what another process's
