@@ -102,6 +102,13 @@ class EncodeSession:
 
     # -- rows -------------------------------------------------------------------
 
+    def set_row(self, seq: int, ts: int, oid: int, name: str, value: Any) -> Any:
+        """The row of a commit of one ``obj.set`` of *value*, a native scalar, on object *oid*, at *seq*
+        (:meth:`Engine.commit_field`; the row :meth:`encode_events` makes of it)."""
+        data = orjson.dumps([[name, self.encode(value)]])
+        crc = _crc32(data, _crc32(_pack(seq, seq, ts, oid), _SET_CODE)) if self.checksums else 0
+        return (seq, seq, ts, "obj.set", oid, data, crc)
+
     def begin(self) -> None:
         """Begin encoding a commit: what :meth:`rollback` takes back is what is done from here on.
 

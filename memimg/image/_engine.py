@@ -54,10 +54,11 @@ from memimg.core._rows import EventRow
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.core._values import Converter
-from memimg.image import _recovery, _unique
+from memimg.image import _direct, _recovery, _unique
 from memimg.image._attach import Attacher
 from memimg.image._bulk import BulkAttacher
 from memimg.image._conflicts import ConflictIndex
+from memimg.image._direct import now_us
 from memimg.image._encode import EncodeSession
 from memimg.image._generic import make_stand_in
 from memimg.image._guard import reentered
@@ -93,11 +94,6 @@ _OBJ_DEL: Final = KINDS["obj.del"]
 def _has_adds(events: list[Pending]) -> bool:
     """Whether *events* add to a counter."""
     return any(e[0] is _OBJ_ADD for e in events)
-
-
-def now_us() -> int:
-    """The commit time: microseconds since the Unix epoch."""
-    return time.time_ns() // 1000
 
 
 class Reloading:
@@ -344,15 +340,7 @@ class Engine:
                 self.last_ts = ts
             except SeqTaken as taken:
                 session.rollback()
-                if not self.catch_up(self._missed(taken)) and (head := store.head()) < self.seq:
-                    # nothing to catch up with and never the expected head: retrying would loop for ever
-                    raise CorruptLogError(
-                        f"the log of {store.description} ends at seq {head}, before this image's seq "
-                        f"{self.seq}: events were removed from it while the image was open; nothing was "
-                        "written. Open the image again (or restore the log from a backup)",
-                        seq=self.seq,
-                        table="memimg_events",
-                    ) from None
+                _direct.lost(self, taken)
                 if replan:
                     return False
                 if state is not None:
@@ -360,18 +348,14 @@ class Engine:
                 continue
             except BaseException as err:
                 session.rollback()
-                if isinstance(err, MemimgError) or not isinstance(err, Exception):
-                    raise
-                raise MemimgError(
-                    f"writing to {store.description} failed: {err}; nothing was changed",
-                    store=store.description,
-                    operation="appending events",
-                ) from err
+                _direct.append_failed(self, err)
             break
         self.apply(events, rows, state)
         if auto_snapshot:
             self.after_commit()
         return True
+
+    commit_field = _direct.commit_field
 
     def apply(self, events: list[Pending], rows: list[Any], state: TxState | None, last_seq: int | None = None) -> None:
         """Apply appended events to the committed objects, all at once for every reader.
@@ -425,16 +409,8 @@ class Engine:
                         noted = feed.note(noted, k, target, args, rows[at], events)
                     k.apply(table, target, *args)
                     at += 1  # noqa: SIM113  # (not enumerate, nor zip with rows: a measured path)
-        except BaseException as err:  # the log has it; memory must not silently differ
-            self.closed = True
-            if isinstance(err, Exception):
-                raise MemimgError(
-                    f"applying committed events {rows[0][0]}..{rows[-1][0]} failed ({err!r}); the "
-                    "log is intact but this image is now closed: open it again",
-                    first_seq=rows[0][0],
-                    last_seq=rows[-1][0],
-                ) from err
-            raise
+        except BaseException as err:
+            _direct.apply_failed(self, err, rows[0][0], rows[-1][0])
         finally:
             self.busy = busy
             if published is not None:

@@ -48,6 +48,8 @@ class WriterHost(_recovery.Host, Protocol):
 
     def give_turn(self) -> None: ...
 
+    def commit_field(self, obj: Any, name: str, value: Any) -> bool: ...
+
 
 _OBJ_SET = KINDS["obj.set"]
 _OBJ_DEL = KINDS["obj.del"]
@@ -113,6 +115,12 @@ class AutoWriter:
     def set_field(self, obj: Any, name: str, value: Any) -> None:
         """``obj.name = value``, committed."""
         engine = self.engine
+        if (
+            type(value) in NATIVE
+            and (type(value) is not str or value.isascii())
+            and engine.commit_field(obj, name, value)
+        ):
+            return  # nothing in the way: committed by the shortest path
         if engine.snapshot_turn is not None:
             engine.give_turn()
         try:

@@ -171,12 +171,15 @@ class _EntityBuilder:
         def __setattr__(self: Any, name: str, value: Any) -> None:
             owner = self._mi_img
             if owner is not None and name in plain:
+                writer = owner._mi_current.get()
                 # the hot path inside a transaction (see Writer.fast): a field with no hook set to a scalar is
                 # one append to the transaction's journal, no further call
-                journal = owner._mi_current.get().fast
+                journal = writer.fast
                 if journal is not None and (type(value) in _SCALARS or (type(value) is str and value.isascii())):
                     journal += (_OBJ_SET, self, (name, value))
-                    return
+                else:  # no hook to run: straight to the writer (outside a transaction, its own commit)
+                    writer.set_field(self, name, value)
+                return
             entry = hooks.get(name)
             if entry is None:
                 _OBJ_SETATTR(self, name, value)

@@ -22,6 +22,7 @@ from memimg.stores._protocol import (
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
+    check_aligned,
     check_target,
     lease_entry,
     poll,
@@ -63,12 +64,10 @@ class MemoryStore:
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         if self.readonly:
             self._refuse(f"appending events {rows[0][0]}..{rows[-1][0]}")
+        check_aligned(rows, expected_head)
         with self._lock:
             if self.head() != expected_head:
                 raise SeqTaken(expected_head)
-            for i, row in enumerate(rows):
-                if row[0] != expected_head + 1 + i:
-                    raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
             if not self._events:
                 self._first = expected_head + 1
             self._extend(rows)

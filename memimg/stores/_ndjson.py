@@ -89,6 +89,7 @@ from memimg.stores._protocol import (
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
+    check_aligned,
     check_target,
     lease_entry,
     poll,
@@ -241,10 +242,7 @@ class NDJSONStore(LogFile):
 
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
         doing = f"appending events {rows[0][0]}..{rows[-1][0]}"
-        if len(rows) != 1 or rows[0][0] != expected_head + 1:
-            for i, row in enumerate(rows):
-                if row[0] != expected_head + 1 + i:
-                    raise ValueError(f"row seq {row[0]} does not follow {expected_head + i}")
+        check_aligned(rows, expected_head)
         data = encode_rows(rows)
         # the write turn by hand (as _writing does), a commit's hot path
         with self._lock:

@@ -101,6 +101,8 @@ class Store(Protocol):
                 rows are not durable.
             CommitUnknownError: (PostgreSQL) the connection broke after the
                 rows were sent and their outcome could not be learned.
+            ValueError: the seqs of *rows* are not ``expected_head + 1``,
+                ``+ 2``, ... (:func:`check_aligned`); nothing was written.
         """
         ...
 
@@ -299,6 +301,20 @@ def poll(moved: Callable[[], bool], timeout: float, interval: float) -> bool:
         if left <= 0:
             return False
         time.sleep(min(interval, left))
+
+
+def check_aligned(rows: Sequence[EventRow], expected_head: int) -> None:
+    """Raise ``ValueError`` unless *rows* have the seqs ``expected_head + 1`` on, one after another, as
+    :meth:`Store.append` takes them (a caller's error: nothing is written). Each store calls it first; one
+    row's check is a comparison."""
+    if rows[0][0] == expected_head + 1 and len(rows) == 1:
+        return
+    for i, row in enumerate(rows):
+        if row[0] != expected_head + 1 + i:
+            raise ValueError(
+                f"appending events {rows[0][0]}..{rows[-1][0]} after seq {expected_head} was refused: row seq "
+                f"{row[0]} does not follow {expected_head + i}; nothing was written"
+            )
 
 
 def check_target(target: int) -> None:

@@ -70,6 +70,7 @@ from memimg.stores._protocol import (
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
+    check_aligned,
     check_target,
     lease_entry,
     poll,
@@ -243,6 +244,7 @@ class SQLAlchemyStore:
             raise ReadOnlyError(
                 f"{appending(rows)} in {self.description} was refused: the store is open read-only; nothing was written"
             )
+        check_aligned(rows, expected_head)
         with self._lock:
             if self._pg_writer is not None:
                 inserted = self._append_pg(self._pg_writer, rows, expected_head)  # raises SeqTaken with the rows missed

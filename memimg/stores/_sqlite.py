@@ -55,6 +55,7 @@ from memimg.stores._protocol import (
     SeqTaken,
     SnapshotInfo,
     SnapshotRow,
+    check_aligned,
     check_target,
     lease_entry,
     poll,
@@ -85,7 +86,6 @@ from memimg.stores._sqlitewal import (
     Checkpointer,
     OtherWriters,
     is_busy,
-    pages_written,
     retry_busy,
 )
 from memimg.stores._sqlitewal import identity as _identity
@@ -366,15 +366,17 @@ class SQLiteStore:
         return low  # type: ignore[no-any-return]
 
     def append(self, rows: Sequence[EventRow], expected_head: int) -> None:
-        if self.readonly or self._gone is not None:
-            self._check_writable(f"appending events {rows[0][0]}..{rows[-1][0]}")
-        first = (*rows[0], expected_head)
-        conn, cur, timeout = self._conn, self._appender, self._busy_timeout
-        with self._lock:
+        first = rows[0]
+        if self.readonly or self._gone is not None or first[0] != expected_head + 1 or len(rows) > 1:
+            self._check_append(rows, expected_head)
+        conn, cur, lock = self._conn, self._appender, self._lock
+        # (acquire and release, not ``with``: ~1,100 fewer instructions on every commit, callgrind)
+        lock.acquire()
+        try:
             try:
                 if cur.connection is not conn:  # (the connection was replaced: tests break it so)
                     cur = self._appender = conn.cursor()
-                if self._others.watching and self._others.committed(conn, timeout):
+                if self._others.watching and self._others.committed(conn, self._busy_timeout):
                     raise SeqTaken(expected_head)
                 # APPEND_AT_HEAD fails (an IntegrityError, below) unless the head is expected_head
                 if len(rows) == 1:
@@ -383,10 +385,10 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
-                        retry_busy(timeout, cur.execute, APPEND_AT_HEAD, first)
-                    pages = pages_written(len(first[5]), 1)
+                        retry_busy(self._busy_timeout, cur.execute, APPEND_AT_HEAD, first)
+                    size = len(first[5])
                 else:
-                    retry_busy(timeout, cur.execute, "BEGIN IMMEDIATE")
+                    retry_busy(self._busy_timeout, cur.execute, "BEGIN IMMEDIATE")
                     try:
                         cur.execute(APPEND_AT_HEAD, first)
                         _insert_rest(cur, rows)
@@ -395,7 +397,7 @@ class SQLiteStore:
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
                         raise
-                    pages = pages_written(sum(map(len, map(_PAYLOAD, rows))), len(rows))
+                    size = sum(map(len, map(_PAYLOAD, rows)))
             except sqlite3.IntegrityError as err:
                 # the head was not expected_head (see APPEND_AT_HEAD) -- or, NOT NULL with the head where it
                 # was expected, a row's own NULL column: refused (retrying would fail alike, forever)
@@ -403,18 +405,26 @@ class SQLiteStore:
                     err.sqlite_errorcode != _NOTNULL or self._head_moved(conn, expected_head)
                 ):
                     raise self._others.lost(conn, expected_head) from None
-                raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
+                raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
-                raise self._error(err, f"appending events {rows[0][0]}..{rows[-1][0]}", write=True) from err
+                raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
             try:  # _check_files' first step, inline: this is every commit's cost
                 st = os.stat(self._dir)
                 quiet = st.st_ctime_ns == self._quiet_ctime and st.st_ino == self._quiet_ino
             except OSError:
                 quiet = False
             if not quiet:
-                self._check_files(f"appending events {rows[0][0]}..{rows[-1][0]}", rows[-1][0])
+                self._check_files(f"appending events {first[0]}..{rows[-1][0]}", rows[-1][0])
             if self._checkpointer is not None:
-                self._checkpointer.wrote(pages)
+                self._checkpointer.wrote(size, len(rows))
+        finally:
+            lock.release()
+
+    def _check_append(self, rows: Sequence[EventRow], expected_head: int) -> None:
+        """Raise for an append this store refuses (read-only, its file gone, or *rows* not after *expected_head*);
+        the test of anything but a single row's seq, off the single row's path."""
+        self._check_writable(f"appending events {rows[0][0]}..{rows[-1][0]}")
+        check_aligned(rows, expected_head)
 
     def _head_moved(self, conn: sqlite3.Connection, expected_head: int) -> bool:
         """Whether the head is no longer *expected_head* (an append's failure path; lock held)."""
@@ -495,7 +505,7 @@ class SQLiteStore:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, None)
             if self._checkpointer is not None:
-                self._checkpointer.wrote(pages_written(0, max(count, 0)))
+                self._checkpointer.wrote(0, max(count, 0))
         return count
 
     def delete_snapshots_before(self, seq: int) -> int:
@@ -512,7 +522,7 @@ class SQLiteStore:
             self._check_files(doing, None)
             if self._checkpointer is not None:
                 size = sum(len(p) for p in params if isinstance(p, (bytes, str)))
-                self._checkpointer.wrote(pages_written(size, max(count, 0)))
+                self._checkpointer.wrote(size, max(count, 0))
         return count
 
     def reclaim(self) -> bool:

@@ -45,11 +45,12 @@ APPEND_FIRST: Final = (
 #: the table it inserts into is run through a temporary table (a B-tree opened, filled and closed for one
 #: row); a single-row VALUES with the head read in a subquery is not. When the head is not the expected one
 #: the row's ``tx`` is NULL and the insert fails (a NOT NULL constraint, SQLITE_CONSTRAINT_NOTNULL) instead
-#: of inserting nothing: nothing is written either way.
+#: of inserting nothing: nothing is written either way. The head expected is the row's seq - 1 (an append's
+#: rows follow its expected head): the row itself is the statement's parameters, no tuple is made per commit.
 APPEND_AT_HEAD: Final = (
     "INSERT INTO memimg_events (seq, tx, ts, kind, target, payload, checksum) VALUES (?1, CASE WHEN "
-    "coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0) = ?8 THEN ?2 END, "
-    "?3, ?4, ?5, ?6, ?7)"
+    "coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0) = ?1 - 1 "
+    "THEN ?2 END, ?3, ?4, ?5, ?6, ?7)"
 )
 # The head: the last event, or (every event compacted away) the seq the newest snapshot covers.
 HEAD: Final = "SELECT coalesce((SELECT max(seq) FROM memimg_events), (SELECT max(seq) FROM memimg_snapshots), 0)"

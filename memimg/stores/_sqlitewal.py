@@ -40,7 +40,6 @@ __all__ = [
     "OtherWriters",
     "identity",
     "is_busy",
-    "pages_written",
     "retry_busy",
 ]
 
@@ -136,11 +135,6 @@ class OtherWriters:
         return True
 
 
-def pages_written(payload_bytes: int, rows: int) -> int:
-    """About how many WAL pages a commit of *rows* rows holding *payload_bytes* bytes writes."""
-    return 1 + (payload_bytes + 32 * rows) // _PAGE
-
-
 class Checkpointer:
     """Checkpoints one database's WAL from a daemon thread, on a connection of its own.
 
@@ -162,9 +156,10 @@ class Checkpointer:
         #: checkpoints run (for tests and diagnostics)
         self.runs = 0
 
-    def wrote(self, pages: int) -> None:
-        """Count *pages* written to the WAL; wake the thread when enough were. Called with the store's lock."""
-        self._pages += pages
+    def wrote(self, payload_bytes: int, rows: int) -> None:
+        """Count the WAL pages a commit of *rows* rows holding *payload_bytes* bytes wrote (about); wake the
+        thread when enough were. Called with the store's lock."""
+        self._pages += 1 + (payload_bytes + 32 * rows) // _PAGE
         if self._pages >= CHECKPOINT_PAGES:
             self._pages = 0
             self.kick()

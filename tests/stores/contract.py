@@ -148,6 +148,15 @@ class StoreContract:
         assert store.head() == 2
         assert [r[5] for r in store.read()] == [b"[[]]", b"[[]]"]
 
+    def test_append_refuses_rows_out_of_seq(self, store: Store) -> None:
+        """Rows whose seqs do not run on from the expected head (the first, or one after it) raise ValueError
+        naming the seqs; nothing is written."""
+        store.append([row(1)], 0)
+        for rows in ([row(3)], [row(2), row(4)], [row(1), row(2)]):
+            with pytest.raises(ValueError, match="does not follow"):
+                store.append(rows, 1)
+        assert store.head() == 1 and [r[0] for r in store.read()] == [1]
+
     def test_a_refused_append_hands_over_only_events_it_missed(self, store: Store) -> None:
         """Events a SeqTaken carries, if any, are the log's events right after the expected head, in order."""
         store.append([row(1)], 0)
