@@ -12,8 +12,8 @@
  *   anything else calls the Python __setattr__ it wraps.
  *
  * Every shortcut only reads; when one does not apply, the Python code runs from the start.
- * Attributes of writers and of the tracking state are read through a per-type cache that holds
- * a slot offset or a class constant, checked against the type's version tag on every use.
+ * Attributes of writers, of the tracking state and of images (_mi_current) are read through a per-type
+ * cache that holds a slot offset or a class constant, checked against the type's version tag on every use.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -75,7 +75,9 @@ static inline int truth(PyObject *v) {
 #if PY_VERSION_HEX < 0x030C0000
     if (PyLong_CheckExact(v)) return Py_SIZE(v) != 0;
 #endif
+    Py_INCREF(v); /* borrowed from a slot that __bool__ may rebind */
     int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
     if (t < 0) { PyErr_Clear(); return -1; }
     return t;
 }
@@ -102,36 +104,24 @@ static inline int quiet_writer(PyObject *writer) {
     return truth(cached_attr(&c_publishing, writer, s_publishing)) == 0;
 }
 
-/* One entry: the last owner seen (weakly) and its _mi_current (an owner's is fixed for its life). */
-static PyObject *owner_ref = NULL, *owner_var = NULL;
+/* The writer of `owner` in this context (new reference), or NULL with no error: take the slow path.
+ * The owner's _mi_current is read where it is now (a slot of MemoryImage, through the per-type cache;
+ * any other owner by a generic lookup): nothing here keeps an owner or its context variable alive, and
+ * a rebound _mi_current is seen at once. */
+static AttrCache c_current = {NULL, 0, -1, NULL};
 
-static PyObject *weak_target(PyObject *ref) {
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *obj = NULL;
-    if (PyWeakref_GetRef(ref, &obj) < 0) { PyErr_Clear(); return NULL; }
-    Py_XDECREF(obj); /* compared by identity only, while the caller holds the owner */
-    return obj;
-#else
-    return PyWeakref_GET_OBJECT(ref);
-#endif
-}
-
-/* The writer of `owner` in this context (new reference), or NULL with no error: take the slow path. */
 static inline PyObject *current_writer(PyObject *owner) {
-    PyObject *var;
-    if (owner_ref != NULL && weak_target(owner_ref) == owner) {
-        var = owner_var;
+    PyObject *var = cached_attr(&c_current, owner, s_mi_current);
+    if (var != NULL) {
+        Py_INCREF(var);
     } else {
         var = PyObject_GetAttr(owner, s_mi_current);
         if (var == NULL) { PyErr_Clear(); return NULL; }
-        if (!PyContextVar_CheckExact(var)) { Py_DECREF(var); return NULL; }
-        PyObject *ref = PyWeakref_NewRef(owner, NULL);
-        if (ref == NULL) { PyErr_Clear(); Py_DECREF(var); return NULL; }
-        Py_XSETREF(owner_ref, ref);
-        Py_XSETREF(owner_var, var);
     }
     PyObject *writer = NULL;
-    if (PyContextVar_Get(var, NULL, &writer) < 0) { PyErr_Clear(); return NULL; }
+    int failed = !PyContextVar_CheckExact(var) || PyContextVar_Get(var, NULL, &writer) < 0;
+    Py_DECREF(var);
+    if (failed) { PyErr_Clear(); return NULL; }
     return writer;
 }
 
@@ -337,10 +327,12 @@ static PyObject *fs_call(FastSetattr *self, PyObject *const *args, size_t nargsf
     Py_INCREF(journal);
     Py_DECREF(writer);
     PyObject *pair = PyTuple_Pack(2, name, value);
-    if (pair == NULL) { Py_DECREF(journal); return NULL; }
-    int failed = PyList_Append(journal, self->kind) < 0 || PyList_Append(journal, obj) < 0 ||
-                 PyList_Append(journal, pair) < 0;
-    Py_DECREF(pair);
+    PyObject *entry = pair == NULL ? NULL : PyTuple_Pack(3, self->kind, obj, pair);
+    Py_XDECREF(pair);
+    /* the whole (kind, object, (name, value)) entry in one step: a failure leaves the journal as it was */
+    Py_ssize_t n = PyList_GET_SIZE(journal);
+    int failed = entry == NULL || PyList_SetSlice(journal, n, n, entry) < 0;
+    Py_XDECREF(entry);
     Py_DECREF(journal);
     if (failed) return NULL;
     Py_RETURN_NONE;
@@ -411,6 +403,32 @@ static PyObject *fs_descr_get(PyObject *self, PyObject *obj, PyObject *cls) {
     return PyMethod_New(self, obj);
 }
 
+/* The wrapped Python __setattr__'s name, docs and signature (inspect.signature follows __wrapped__). */
+static PyObject *fs_slow_attr(FastSetattr *self, void *name) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "FastSetattr was not initialised");
+        return NULL;
+    }
+    return PyObject_GetAttrString(self->slow, (const char *)name);
+}
+
+static PyObject *fs_wrapped(FastSetattr *self, void *unused) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "FastSetattr was not initialised");
+        return NULL;
+    }
+    return Py_NewRef(self->slow);
+}
+
+static PyGetSetDef fs_getset[] = {
+    {"__name__", (getter)fs_slow_attr, NULL, "the wrapped __setattr__'s name", "__name__"},
+    {"__qualname__", (getter)fs_slow_attr, NULL, "the wrapped __setattr__'s qualified name", "__qualname__"},
+    {"__module__", (getter)fs_slow_attr, NULL, "the wrapped __setattr__'s module", "__module__"},
+    {"__doc__", (getter)fs_slow_attr, NULL, "the wrapped __setattr__'s docstring", "__doc__"},
+    {"__wrapped__", (getter)fs_wrapped, NULL, "the wrapped __setattr__ (slow)", NULL},
+    {NULL},
+};
+
 static PyMemberDef fs_members[] = {
     {"slow", T_OBJECT, offsetof(FastSetattr, slow), READONLY, "the Python __setattr__ (everything off the fast path)"},
     {NULL},
@@ -431,6 +449,7 @@ static PyTypeObject FastSetattrType = {
     .tp_clear = (inquiry)fs_clear,
     .tp_descr_get = fs_descr_get,
     .tp_members = fs_members,
+    .tp_getset = fs_getset,
 };
 
 /* -- module ----------------------------------------------------------------------------------------- */
@@ -487,9 +506,10 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    Py_INCREF(&TrackedFieldType);
-    if (PyModule_AddObject(m, "TrackedField", (PyObject *)&TrackedFieldType) < 0) return NULL;
-    Py_INCREF(&FastSetattrType);
-    if (PyModule_AddObject(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0) return NULL;
+    if (PyModule_AddObjectRef(m, "TrackedField", (PyObject *)&TrackedFieldType) < 0 ||
+        PyModule_AddObjectRef(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -53,6 +53,53 @@ def test_the_compiled_path_and_the_pure_path_see_the_same(tmp_path: Path) -> Non
     assert seen["replayed"] == [True, 30, "ten", 21]
 
 
+_CLOSED_IMAGE = """
+import gc, sys, threading, weakref
+import memimg
+from tests.models import Account
+img = memimg.open(sys.argv[1], root=dict)
+img.root["a"] = Account(owner="ann", balance=1)
+a = img.root["a"]
+started, finish = threading.Event(), threading.Event()
+def hold():
+    with img.transaction():
+        started.set()
+        finish.wait(10)
+t = threading.Thread(target=hold)
+t.start()
+started.wait()
+a.balance  # a tracked read here while another thread's transaction is open: the fast path
+finish.set()
+t.join()
+w = weakref.ref(img)
+img.close()
+del img, a
+gc.collect()
+print(w() is None)
+"""
+
+
+def test_a_closed_image_read_through_the_fast_path_is_freed(tmp_path: Path) -> None:
+    """The last image read with another thread's transaction open is not kept alive by either path: once closed
+    and dropped, it is freed."""
+    for env in ({}, {"MEMIMG_PURE_PYTHON": "1"}):
+        done = _run(env, "-c", _CLOSED_IMAGE, str(tmp_path / f"closed-{len(env)}.db"))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["True"], env
+
+
+def test_an_entity_setattr_names_itself_and_has_a_signature() -> None:
+    """An entity class's __setattr__ is called __setattr__ and inspect.signature reads it, on both paths."""
+    code = (
+        "import inspect; import memimg; from tests.models import Account; f = Account.__setattr__; "
+        "print(f.__name__, list(inspect.signature(f).parameters))"
+    )
+    for env in ({}, {"MEMIMG_PURE_PYTHON": "1"}):
+        done = _run(env, "-c", code)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["__setattr__", "['self',", "'name',", "'value']"], env
+
+
 def test_the_pure_path_is_forced_by_the_environment() -> None:
     """MEMIMG_PURE_PYTHON=1 runs the pure-Python code: no compiled hook or __setattr__ anywhere."""
     code = (
