@@ -53,6 +53,8 @@ class MemoryImage:
     """
 
     __module__ = "memimg"
+    #: _mi_current in a slot: the compiled accelerator reads it where it is (memimg/model/_speedups.c)
+    __slots__ = ("__dict__", "__weakref__", "_mi_current")
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from attrs import setters
 from memimg.core import _counters, _indexes, _types
 from memimg.core._kinds import KINDS
 from memimg.model import _tracking
+from memimg.model._accel import speedups
 from memimg.model._base import PersistentBase
 
 __all__ = ["field", "persistent"]
@@ -205,7 +206,9 @@ class _EntityBuilder:
         for fn in (__setattr__, __delattr__):
             fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
             fn.__module__ = cls.__module__
-        cls.__setattr__ = __setattr__  # type: ignore[assignment]
+        # with the compiled accelerator its twin runs the fast path above and calls this one for the rest
+        setter: Any = __setattr__ if speedups is None else speedups.FastSetattr(plain, _OBJ_SET, _SCALARS, __setattr__)
+        cls.__setattr__ = setter  # type: ignore[method-assign]
         cls.__delattr__ = __delattr__  # type: ignore[assignment]
         return self
 

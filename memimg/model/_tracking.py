@@ -20,6 +20,11 @@ This module switches between the two *per class*, process-wide:
 
 Raw accessors -- the original member descriptors and builtin methods -- are
 what replay and the commit path use, whatever the mode.
+
+With the compiled accelerator (:mod:`memimg.model._accel`) the hook of a
+field is its compiled twin, and each hooked class gets a compiled attribute
+lookup: a read that needs nothing but the slot is done there, and every
+other read calls :meth:`TrackedField.__get__` below, so the two agree.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any, Final
 
 from memimg.core._counters import check_value, plain, refuse_del
 from memimg.core._markers import WHOLE
+from memimg.model._accel import speedups
+from memimg.model._base import PersistentBase
 
 __all__ = [
     "CounterField",
@@ -49,7 +56,7 @@ IDLE_READS: Final = 2000
 
 
 class _State:
-    __slots__ = ("collections", "enabled", "entities", "idle", "lock", "open", "saved")
+    __slots__ = ("collections", "enabled", "entities", "hooked", "idle", "lock", "open", "saved")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -59,6 +66,8 @@ class _State:
         self.entities: list[Any] = []
         self.collections: list[tuple[type, dict[str, Callable[..., Any]]]] = []
         self.saved: list[tuple[type, str, Any]] = []
+        #: classes given the compiled attribute lookup while the hooks are on (accelerator only)
+        self.hooked: list[type] = []
 
     def idle_read(self) -> None:
         self.idle += 1
@@ -129,6 +138,16 @@ class CounterField(TrackedField):
         raise refuse_del(type(obj), self.name)
 
 
+#: what stands in for a field's slot while tracking is on: the compiled hook, or :class:`TrackedField`
+_FIELD: Callable[[str, Any], Any] = TrackedField
+#: the hooks of fields, whichever kind
+_HOOKS: tuple[type[Any], ...] = (TrackedField,)
+if speedups is not None:
+    speedups.configure(PersistentBase, _S, TrackedField.__get__)
+    _FIELD = speedups.TrackedField
+    _HOOKS = (TrackedField, speedups.TrackedField)
+
+
 def install_counters(cls: type, names: Iterable[str]) -> None:
     """Make fields *names* of *cls* (slots of its own) counters: :class:`CounterField` in place of their slots."""
     for name in names:
@@ -178,7 +197,7 @@ def raw_slot(cls: type, name: str) -> Any:
     """The member descriptor that stores field *name* of *cls* (never a hook)."""
     for klass in cls.__mro__:
         found = klass.__dict__.get(name)
-        if isinstance(found, TrackedField):
+        if isinstance(found, _HOOKS):
             return found.slot
         if found is not None and type(found).__name__ == "member_descriptor":
             return found
@@ -187,11 +206,15 @@ def raw_slot(cls: type, name: str) -> Any:
 
 def _install_entity(info: Any) -> None:
     cls = info.cls
+    installed = False
     for name in info.fields:
         current = cls.__dict__.get(name)
         if current is not None and type(current).__name__ == "member_descriptor":
             _S.saved.append((cls, name, current))
-            type.__setattr__(cls, name, TrackedField(name, current))
+            type.__setattr__(cls, name, _FIELD(name, current))
+            installed = True
+    if installed and speedups is not None and speedups.hook(cls):
+        _S.hooked.append(cls)
 
 
 def _install_collection(cls: type, readers: dict[str, Callable[..., Any]]) -> None:
@@ -215,6 +238,14 @@ def _disable() -> None:
         else:
             type.__setattr__(cls, name, previous)
     _S.saved.clear()
+    if speedups is not None:
+        # subclasses made while their base was hooked may have inherited its lookup: they get theirs back too
+        todo = list(_S.hooked)
+        while todo:
+            cls = todo.pop()
+            speedups.unhook(cls)
+            todo.extend(type.__subclasses__(cls))
+        _S.hooked.clear()
     _S.enabled = False
     _S.idle = 0
 

@@ -1,0 +1,29 @@
+"""Type stub of the optional compiled accelerator (memimg/model/_speedups.c); see memimg.model._accel."""
+
+from collections.abc import Callable
+from typing import Any
+
+class TrackedField:
+    """The read hook of an entity field while tracking is on (compiled fast path)."""
+
+    name: str
+    slot: Any
+    get: Callable[[Any], Any]
+    set: Callable[[Any, Any], None]
+    def __init__(self, name: str, slot: Any) -> None: ...
+    def __get__(self, obj: Any, cls: type | None = None) -> Any: ...
+    def __set__(self, obj: Any, value: Any) -> None: ...
+    def __delete__(self, obj: Any) -> None: ...
+
+class FastSetattr:
+    """An entity's ``__setattr__``: the journal fast path compiled, the rest in Python (:attr:`slow`)."""
+
+    slow: Callable[[Any, str, Any], None]
+    def __init__(
+        self, plain: frozenset[str], kind: Any, scalars: frozenset[type], slow: Callable[[Any, str, Any], None]
+    ) -> None: ...
+    def __call__(self, obj: Any, name: str, value: Any) -> None: ...
+
+def configure(base: type, state: Any, python_get: Callable[[Any, Any, type | None], Any], /) -> None: ...
+def hook(cls: type, /) -> bool: ...
+def unhook(cls: type, /) -> bool: ...
