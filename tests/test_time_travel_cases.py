@@ -15,7 +15,7 @@ import memimg
 from memimg import persistent
 from memimg.core import _schema, _types
 from memimg.core._rows import ts_to_datetime
-from memimg.image import _engine
+from memimg.image import _direct
 from tests.conftest import Images
 from tests.models import Box, Color, Money, Node, Point
 from tests.versions import Versions
@@ -228,7 +228,7 @@ def test_commit_times_never_go_back_with_seq_whatever_the_clocks(
     at(time=t) is the state after the last commit at or before t."""
     base = time.time_ns() // 1000 - 60_000_000
     clock = [base]
-    monkeypatch.setattr(_engine, "now_us", lambda: clock[0])
+    monkeypatch.setattr(_direct, "now_us", lambda: clock[0])  # the one clock of every commit path
     a = make_image(root=Box)
     for t, img, field in ((3000, a, "content"), (1000, a, "content"), (500, None, "other"), (5000, a, "content")):
         clock[0] = base + t

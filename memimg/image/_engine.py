@@ -58,7 +58,6 @@ from memimg.image import _direct, _recovery, _unique
 from memimg.image._attach import Attacher
 from memimg.image._bulk import BulkAttacher
 from memimg.image._conflicts import ConflictIndex
-from memimg.image._direct import now_us
 from memimg.image._encode import EncodeSession
 from memimg.image._generic import make_stand_in
 from memimg.image._guard import reentered
@@ -317,7 +316,7 @@ class Engine:
     def _commit_loop(self, events: list[Pending], state: TxState | None, replan: bool, auto_snapshot: bool) -> bool:
         session, store = self.session, self.store
         while True:
-            ts = max(now_us(), self.last_ts)  # see last_ts
+            ts = max(_direct.now_us(), self.last_ts)  # see last_ts (the one clock, _direct.now_us)
             try:
                 before = session.first_new if UNIQUE else 0
                 rows = session.encode_events(events, self.seq + 1, ts)
