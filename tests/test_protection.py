@@ -394,20 +394,7 @@ def test_every_sealed_row_gets_a_nonce_of_its_own_also_across_fork() -> None:
 
     before = nonces(5000)
     assert len(set(before)) == 5000
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.write(write, b"".join(nonces(200)))
-        finally:
-            os._exit(0)
-    os.close(write)
-    data = b""
-    while chunk := os.read(read, 65536):
-        data += chunk
-    os.close(read)
-    os.waitpid(pid, 0)
-    child = [data[i : i + 12] for i in range(0, len(data), 12)]
+    child = _child_nonces(os.fork, lambda: nonces(200))
     assert len(child) == 200
     parent = nonces(200)
     assert len(set(before) | set(child) | set(parent)) == 5400
