@@ -115,18 +115,15 @@ class AutoWriter:
     def set_field(self, obj: Any, name: str, value: Any) -> None:
         """``obj.name = value``, committed."""
         engine = self.engine
-        if (
-            type(value) in NATIVE
-            and (type(value) is not str or value.isascii())
-            and engine.commit_field(obj, name, value)
-        ):
+        native = type(value) in NATIVE and (type(value) is not str or value.isascii())
+        if native and engine.commit_field(obj, name, value):
             return  # nothing in the way: committed by the shortest path
         if engine.snapshot_turn is not None:
             engine.give_turn()
         try:
             with engine.lock:
                 self._enter()
-                if type(value) in NATIVE and (type(value) is not str or value.isascii()):
+                if native:
                     events: list[Pending] = [(_OBJ_SET, obj, (name, value))]
                     if self.ever_annotated and (layers := self.annotation.get()):
                         events.insert(0, meta_event(layer_meta(layers)))
