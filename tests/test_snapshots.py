@@ -346,6 +346,37 @@ def test_a_snapshot_that_loses_its_lease_is_abandoned(make_image: Images, monkey
     img.root.misc = "still writable"
 
 
+def test_a_snapshot_keeps_its_lease_while_its_first_commit_loses_races(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another image commits before every attempt of a snapshot's first commit, for four times the lease's
+    time: the snapshot renews its lease meanwhile (no other process can take it), then is written and
+    stored."""
+    monkeypatch.setattr(_snapshots, "LEASE_SECONDS", 0.3)
+    img = make_image(root=Holder, snapshot_every=None)
+    img.root.nodes.extend(_chain(50))
+    other = make_image(root=Holder, snapshot_every=None)
+    store = make_image.store()
+    engine = img._engine
+    commit = engine.commit
+    until = time.monotonic() + 1.2
+    lost: list[int] = []
+
+    def another_commits_first(events: Any, *args: Any, **kwargs: Any) -> bool:
+        if events[0][0].name == "snapshot" and time.monotonic() < until:
+            other.root.misc = len(lost)
+            lost.append(engine.seq)
+            assert not store.lease(_snapshots.LEASE, "another process", 30)
+        return bool(commit(events, *args, **kwargs))
+
+    monkeypatch.setattr(engine, "commit", another_commits_first)
+    seq = img.snapshot()
+    assert len(lost) > 3 and seq in [s.seq for s in img.store.snapshots()]
+    assert img.root.misc == len(lost) - 1
+    img.close()
+    other.close()
+
+
 class _Cycle:
     def __init__(self) -> None:
         self.me = self

@@ -52,9 +52,6 @@ LEASE: Final = "snapshot"
 LEASE_SECONDS: Final = 30.0
 #: How long a snapshot asked for by a call (not an automatic one) waits for another process's to finish.
 WAIT_SECONDS: Final = 2 * LEASE_SECONDS
-#: How long a snapshot lets the image's lock go after its ``snapshot`` or ``gc.drop`` commit lost the race to
-#: another process, before trying again (seconds): a commit waiting for the lock takes it meanwhile.
-RETRY_PAUSE: Final = 0.001
 #: How long automatic snapshots rest after finding another process's lease.
 RETRY_SECONDS: Final = 0.1
 
@@ -85,6 +82,8 @@ class Snapshots:
         self._written.set()
         #: an automatic snapshot found the lease held: not tried again before then (monotonic)
         self._quiet_until = 0.0
+        #: when this image last took or renewed the lease (monotonic)
+        self._renewed = 0.0
 
     def take(self, *, wait: float = WAIT_SECONDS, automatic: bool = False) -> int | None:
         """Write a snapshot now, in this thread; the seq it covers.
@@ -224,7 +223,27 @@ class Snapshots:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+        self._renewed = time.monotonic()
         return True
+
+    def _keep_lease(self, seq: int) -> None:
+        """Renew the lease if a third of its time went by since it was last taken or renewed (every step of a
+        snapshot calls this: the walk's slices, and each race its ``snapshot`` or ``gc.drop`` commit lost).
+
+        Raises:
+            MemimgError: the lease expired meanwhile and another process took it.
+        """
+        if time.monotonic() - self._renewed <= LEASE_SECONDS / 3:
+            return
+        store = self.engine.store
+        if not store.lease(LEASE, self.holder, LEASE_SECONDS):
+            raise MemimgError(
+                f"the snapshot at seq {seq} of {store.description} lost its lease (it took over "
+                f"{LEASE_SECONDS:g} s between two renewals) and was abandoned",
+                seq=seq,
+                store=store.description,
+            )
+        self._renewed = time.monotonic()
 
     def _write(self, automatic: bool) -> int | None:
         """Begin (the ``snapshot`` event), write in slices, finish (``gc.drop``), store the row."""
@@ -241,7 +260,6 @@ class Snapshots:
         pause = paused_gc()
         try:
             pause.__enter__()  # inside the try: interrupted here, the writer is still removed
-            renewed = time.monotonic()
             while True:
                 with self._turn():
                     engine.check_writable()  # closed meanwhile: give up
@@ -252,18 +270,9 @@ class Snapshots:
                     engine.progress("snapshot", writer.done, max(writer.done, len(writer.queue)))
                 if done:
                     break
-                if time.monotonic() - renewed > LEASE_SECONDS / 3:
-                    if not engine.store.lease(LEASE, self.holder, LEASE_SECONDS):
-                        raise MemimgError(
-                            f"the snapshot at seq {writer.seq} of {engine.store.description} lost its lease "
-                            f"(it took over {LEASE_SECONDS:g} s between two renewals) and was abandoned",
-                            seq=writer.seq,
-                            store=engine.store.description,
-                        )
-                    renewed = time.monotonic()
+                self._keep_lease(writer.seq)
                 collect_young()
-                if threading.active_count() > 1:
-                    time.sleep(0)  # let a commit waiting for the lock take it (there is none in a lone thread)
+                _let_others_in()
             payload = self._finish(writer)
         except BaseException:
             with engine.lock:
@@ -311,7 +320,8 @@ class Snapshots:
                     writer = engine.snapshot_writer = SnapshotWriter(engine.table, engine.seq)
                     return writer
             # another writer came first (caught up with now): the snapshot is of the state after their events
-            time.sleep(RETRY_PAUSE)  # let a commit waiting for the lock take it
+            self._keep_lease(engine.seq + 1)  # however many races it loses to a process committing back to back
+            _let_others_in()
 
     def _finish(self, writer: SnapshotWriter) -> bytes:
         """Finish the walk and commit the ``gc.drop`` of the objects the snapshot leaves out; the payload.
@@ -338,7 +348,8 @@ class Snapshots:
                     header = writer.header()
                     break
             # another writer came first: its events may have linked an object of *forget* again
-            time.sleep(RETRY_PAUSE)  # let a commit waiting for the lock take it
+            self._keep_lease(writer.seq)
+            _let_others_in()
         payload, count = writer.payload(header)
         if engine.progress is not None:
             engine.progress("snapshot", count, count)
@@ -369,3 +380,15 @@ class Snapshots:
                 seq=writer.seq,
                 store=self.engine.store.description,
             ) from writer.abandoned
+
+
+def _let_others_in() -> None:
+    """Between two holds of the image's lock: let a commit of another thread waiting for it take it.
+
+    Only the interpreter is handed over (``sleep(0)``), never a measurable
+    pause: a pause after a lost race (it was 1 ms) let a process committing
+    back to back win every race for many seconds -- a snapshot began
+    22 s late, past its lease, while another process committed.
+    """
+    if threading.active_count() > 1:  # no other thread: nothing to let in
+        time.sleep(0)
