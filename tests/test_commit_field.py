@@ -1,5 +1,5 @@
 """The single field set's own commit path (``Engine.commit_field``): taken when nothing else must see the
-commit, and left for the general path whenever a feature must (unique fields, a subscription, an annotation,
+commit, and left for the general path whenever a feature must (unique fields, an annotation,
 a transaction open elsewhere, a snapshot being written, another writer's commits to catch up with).
 
 Each test first commits twice on the class, so that the direct path is the one a plain set takes, and checks
@@ -91,14 +91,43 @@ def test_a_unique_fields_set_is_checked(make_image: Images, direct: list[bool]) 
     assert [m.email for m in again.root.members] == ["a", "d"]
 
 
-def test_a_subscription_receives_the_change(make_image: Images, direct: list[bool]) -> None:
-    """A subscriber is delivered a set made while it is subscribed."""
+def test_a_subscribed_set_is_committed_directly_and_delivered_as_the_general_path_delivers(
+    make_image: Images, direct: list[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set of a field that a subscription follows (and one to the whole class) still takes the direct path,
+    and each subscription is delivered the Commit the general path delivers: seq, tx, time, meta, the local
+    flag, and the change with its old and new value; a subscription to another object gets nothing."""
     img = make_image(root=Holder)
+    img.root.members.append(Holder())
     _warm(img, direct)
-    seen: list[memimg.Commit] = []
-    img.subscribe(seen.append, to=(img.root, "n"))
+    field: list[memimg.Commit] = []
+    whole: list[memimg.Commit] = []
+    elsewhere: list[memimg.Commit] = []
+    img.subscribe(field.append, to=(img.root, "n"))
+    img.subscribe(whole.append, to=Holder)
+    img.subscribe(elsewhere.append, to=img.root.members[0])
     img.root.n = 5
-    assert len(seen) == 1 and [c.new for c in seen[0].changes] == [5]
+    assert direct[-1] is True
+    monkeypatch.setattr(Engine, "commit_field", lambda *args: False)  # the general path from here on
+    img.root.n = 6
+
+    def shape(commit: memimg.Commit) -> Any:
+        (change,) = commit.changes
+        assert change.target is img.root and (change.seq, change.tx, change.time) == (
+            commit.seq,
+            commit.tx,
+            commit.time,
+        )
+        assert commit.first_seq == commit.seq and commit.meta == {} == change.meta
+        return commit.local, change.kind, change.field, change.key, change.old, change.new, change.index
+
+    for seen in (field, whole):
+        assert [shape(c) for c in seen] == [
+            (True, "obj.set", "n", None, 0, 5, None),
+            (True, "obj.set", "n", None, 5, 6, None),
+        ]
+        assert seen[1].seq == seen[0].seq + 1 and seen[1].time >= seen[0].time
+    assert [c.seq for c in field] == [c.seq for c in whole] and elsewhere == []
 
 
 def test_an_annotation_is_the_sets_meta(make_image: Images, direct: list[bool]) -> None:

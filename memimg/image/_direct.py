@@ -13,9 +13,14 @@ from typing import Any, NoReturn
 
 from memimg._errors import CorruptLogError, MemimgError
 from memimg.core._indexes import UNIQUE
+from memimg.core._kinds import KINDS
 from memimg.stores._protocol import SeqTaken
 
 __all__ = ["append_failed", "apply_failed", "commit_field", "lost", "now_us"]
+
+_OBJ_SET = KINDS["obj.set"]
+#: the events of a commit with no metadata, as a subscription's noting reads them (its first is no ``tx.meta``)
+_NO_META: tuple[tuple[None], ...] = ((None,),)
 
 
 def now_us() -> int:
@@ -34,10 +39,12 @@ def commit_field(self: Any, obj: Any, name: str, value: Any) -> bool:
     conflict rule as :meth:`commit` -- whenever nothing else must see the
     commit on its way. Returns ``False`` without committing (having at
     most caught up with other writers) when something must: a feature in
-    use (a subscription, an annotation, a snapshot being written, an open
-    transaction, unique fields to check, a schema to declare), or an
-    image that would refuse the change; the caller then takes the
-    general path, which does what each needs.
+    use (an annotation, a snapshot being written, an open transaction,
+    unique fields to check, a schema to declare), or an image that would
+    refuse the change; the caller then takes the general path, which does
+    what each needs. A subscription does not: the change is noted for it
+    as :meth:`Engine.apply` notes it, and queued; the caller delivers it
+    once the lock is released.
     """
     writer = self.writer
     session = self.session
@@ -54,7 +61,6 @@ def commit_field(self: Any, obj: Any, name: str, value: Any) -> bool:
             or self.readonly
             or oid is None
             or self.reader.fills
-            or writer.feed is not None
             or self.open_txs
             or self.snapshot_writer is not None
             or self.before_apply is not None
@@ -67,8 +73,9 @@ def commit_field(self: Any, obj: Any, name: str, value: Any) -> bool:
         ts = now_us()
         if ts < self.last_ts:  # see last_ts
             ts = self.last_ts
+        row = session.set_row(seq, ts, oid, name, value)
         try:
-            self.store.append([session.set_row(seq, ts, oid, name, value)], self.seq)
+            self.store.append([row], self.seq)
         except SeqTaken as taken:
             lost(self, taken)
             return False
@@ -77,12 +84,19 @@ def commit_field(self: Any, obj: Any, name: str, value: Any) -> bool:
         self.last_ts = ts
         self.seq = seq
         self.busy = "applying committed events"  # (an indexed field's setter hashes the value)
+        feed = writer.feed  # None unless someone subscribed (see _feeds)
+        noted = None
         try:
+            if feed is not None and (feed.wide or oid in feed.oids):  # noted before it changes, as apply does
+                noted = feed.note(None, _OBJ_SET, obj, (name, value), row, _NO_META)
             table.field_set(obj, name, value)
         except BaseException as err:
             apply_failed(self, err, seq, seq)
         finally:
             self.busy = None
+        if noted is not None:  # delivered by the caller once the lock is released (see _feeds)
+            noted.seq, noted.local = seq, True
+            feed.queue.append(noted)
         self.after_commit()
     finally:
         lock.release()
