@@ -130,6 +130,25 @@ def test_a_subscribed_set_is_committed_directly_and_delivered_as_the_general_pat
     assert [c.seq for c in field] == [c.seq for c in whole] and elsewhere == []
 
 
+def test_a_set_that_fails_after_committing_still_delivers_its_change(
+    make_image: Images, direct: list[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set committed by the direct path whose upkeep afterwards raises (a snapshot thread that cannot
+    start, say): the error reaches the caller, and the subscriber is delivered the change before it does."""
+    img = make_image(root=Holder)
+    _warm(img, direct)
+    seen: list[Any] = []
+    img.subscribe(lambda commit: seen.extend(c.new for c in commit.changes), to=(img.root, "n"))
+
+    def cannot_start(self: Engine) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(Engine, "after_commit", cannot_start)
+    with pytest.raises(RuntimeError, match="new thread"):
+        img.root.n = 42
+    assert direct[-1] is True and seen == [42] and img.root.n == 42
+
+
 def test_an_annotation_is_the_sets_meta(make_image: Images, direct: list[bool]) -> None:
     """A set inside annotate() commits with the annotation as its metadata."""
     img = make_image(root=Holder)

@@ -226,9 +226,11 @@ class Snapshots:
         self._renewed = time.monotonic()
         return True
 
-    def _keep_lease(self, seq: int) -> None:
+    def _keep_lease(self, seq: int | None) -> None:
         """Renew the lease if a third of its time went by since it was last taken or renewed (every step of a
         snapshot calls this: the walk's slices, and each race its ``snapshot`` or ``gc.drop`` commit lost).
+
+        *seq*: the snapshot's, once its first commit is made (None before).
 
         Raises:
             MemimgError: the lease expired meanwhile and another process took it.
@@ -237,8 +239,9 @@ class Snapshots:
             return
         store = self.engine.store
         if not store.lease(LEASE, self.holder, LEASE_SECONDS):
+            which = "a snapshot (before its first commit)" if seq is None else f"the snapshot at seq {seq}"
             raise MemimgError(
-                f"the snapshot at seq {seq} of {store.description} lost its lease (it took over "
+                f"{which} of {store.description} lost its lease (it took over "
                 f"{LEASE_SECONDS:g} s between two renewals) and was abandoned",
                 seq=seq,
                 store=store.description,
@@ -320,7 +323,7 @@ class Snapshots:
                     writer = engine.snapshot_writer = SnapshotWriter(engine.table, engine.seq)
                     return writer
             # another writer came first (caught up with now): the snapshot is of the state after their events
-            self._keep_lease(engine.seq + 1)  # however many races it loses to a process committing back to back
+            self._keep_lease(None)  # however many races it loses to a process committing back to back
             _let_others_in()
 
     def _finish(self, writer: SnapshotWriter) -> bytes:

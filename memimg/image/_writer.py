@@ -116,13 +116,11 @@ class AutoWriter:
         """``obj.name = value``, committed."""
         engine = self.engine
         native = type(value) in NATIVE and (type(value) is not str or value.isascii())
-        if native and engine.commit_field(obj, name, value):  # nothing in the way: committed by the shortest path
-            if self.feed is not None and self.feed.queue:
-                self.feed.drain()  # its change, noted for a subscription, delivered outside the lock
-            return
-        if engine.snapshot_turn is not None:
-            engine.give_turn()
         try:
+            if native and engine.commit_field(obj, name, value):
+                return  # nothing in the way: committed by the shortest path
+            if engine.snapshot_turn is not None:
+                engine.give_turn()
             with engine.lock:
                 self._enter()
                 if native:
