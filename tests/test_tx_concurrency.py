@@ -608,3 +608,43 @@ def test_plain_read_during_a_published_commit_of_an_untouched_field_gives_its_va
         a.value = 1
         a.next = 2
     assert seen == [5]
+
+
+def test_a_transaction_commit_after_other_writers_commits_encodes_its_events_once(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While other images write to the log (this one has lost a race to them), a transaction whose commit
+    comes after another image's commit catches up with it before encoding: its events are encoded once,
+    not again after losing the race; the transaction's outcome and the conflict rule are unchanged."""
+    img = make_image(root=Box)
+    img.root.content = {"mine": 0, "theirs": 0}
+    other = make_image(root=Box)
+    encoded: list[int] = []
+    session = img._engine.session
+    encode = session.encode_events
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        encoded.append(1)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(session, "encode_events", counting)
+
+    def round_trip(n: int) -> None:
+        with img.transaction():
+            img.root.content["mine"] = n
+            other.root.content["theirs"] = n  # another writer commits before this transaction does
+
+    round_trip(1)  # the race is lost once: encoded again after catching up
+    assert len(encoded) == 2
+    encoded.clear()
+    for n in range(2, 6):
+        round_trip(n)
+    assert len(encoded) == 4  # once each
+    assert img.root.content == {"mine": 5, "theirs": 5}
+    with pytest.raises(memimg.ConflictError):
+        with img.transaction():
+            img.root.content["mine"] = img.root.content["theirs"] + 1  # read, then overwritten elsewhere
+            other.root.content["theirs"] = 100
+    assert img.root.content == {"mine": 5, "theirs": 100}
+    other.refresh()
+    assert other.root.content == {"mine": 5, "theirs": 100}

@@ -19,6 +19,8 @@ from memimg.stores._protocol import SeqTaken
 __all__ = ["append_failed", "apply_failed", "commit_field", "lost", "now_us"]
 
 _OBJ_SET = KINDS["obj.set"]
+#: how many transaction commits after a lost race first look whether other writers appended
+CONTENDED = 16
 #: the events of a commit with no metadata, as a subscription's noting reads them (its first is no ``tx.meta``)
 _NO_META: tuple[tuple[None], ...] = ((None,),)
 
@@ -104,7 +106,12 @@ def commit_field(self: Any, obj: Any, name: str, value: Any) -> bool:
 
 
 def lost(self: Any, taken: SeqTaken) -> None:
-    """Another writer appended first (*taken*): catch up with it; refuse a log that lost events meanwhile."""
+    """Another writer appended first (*taken*): catch up with it; refuse a log that lost events meanwhile.
+
+    The next transaction commits look for other writers' commits before
+    encoding (see :attr:`Engine.contended`).
+    """
+    self.contended = CONTENDED
     if not self.catch_up(self._missed(taken)) and (head := self.store.head()) < self.seq:
         # nothing to catch up with and never the expected head: retrying would loop for ever
         raise CorruptLogError(

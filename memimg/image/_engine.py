@@ -169,6 +169,9 @@ class Engine:
         #: the commit time of the newest event this image read or wrote: no commit of its own is stamped
         #: earlier, so commit times never decrease with seq, whatever the clocks of the writers do
         self.last_ts = 0
+        #: transaction commits left that look for other writers' commits before encoding (see end): set when
+        #: an append lost its race, so that a process alone on its log never pays for the look
+        self.contended = 0
         self.open_txs: set[TxState] = set()
         self.stripping = self.filling = False
         #: the snapshot being written, told of every event before it is applied (see _snapshots)
@@ -254,6 +257,14 @@ class Engine:
                     events = state.outcome()  # repeated assignments of a field: only the last
                     if meta is not None:
                         events.insert(0, meta_event(meta))
+                    # other writers are active: what they appended meanwhile is caught up with first, so that
+                    # the events are encoded once (not again after losing the race to them)
+                    if self.contended:
+                        if self.store.changed(self.seq):
+                            self.contended = _direct.CONTENDED
+                            self.catch_up()
+                        else:
+                            self.contended -= 1
                     self.validate(state, events)
                     try:
                         self.commit(events, state)

@@ -486,6 +486,7 @@ class SQLiteStore:
             version = self._pragma("data_version")
         except sqlite3.Error as err:
             raise self._error(err, "checking for other writers' commits") from err
+        self._others.looked(version)  # the caller catches up with what it shows: no append need look again
         if version != self._data_version:
             self._data_version = version
             return True

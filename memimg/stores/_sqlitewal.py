@@ -124,6 +124,12 @@ class OtherWriters:
             self._seen = None
         return SeqTaken(expected_head)
 
+    def looked(self, version: int) -> None:
+        """The store read ``data_version`` *version* (:meth:`SQLiteStore.changed`), and its writer catches up
+        with what other connections committed up to it: the next append does not take those commits for new
+        ones (it would lose its race for nothing, having caught up already)."""
+        self._seen = version
+
     def committed(self, conn: sqlite3.Connection, timeout: float) -> bool:
         """Whether another connection committed since the last look (spuriously ``True`` if it wrote
         something else than events: the append's own check decides)."""
