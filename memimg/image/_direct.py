@@ -111,7 +111,8 @@ def lost(self: Any, taken: SeqTaken) -> None:
     The next transaction commits look for other writers' commits before
     encoding (see :attr:`Engine.contended`).
     """
-    self.contended = CONTENDED
+    if self.looks_first:
+        self.contended = CONTENDED
     if not self.catch_up(self._missed(taken)) and (head := self.store.head()) < self.seq:
         # nothing to catch up with and never the expected head: retrying would loop for ever
         raise CorruptLogError(

@@ -172,6 +172,12 @@ class Engine:
         #: transaction commits left that look for other writers' commits before encoding (see end): set when
         #: an append lost its race, so that a process alone on its log never pays for the look
         self.contended = 0
+        #: whether the look for other writers' commits (:meth:`Store.changed`) said there were some and no
+        #: catch-up has applied them yet (a catch-up that failed leaves it set: the next begin tries again)
+        self.behind = False
+        #: whether a commit may look for other writers' commits before encoding when they are active: not
+        #: where that look is a round trip to a server (the refused append reads what it missed at once)
+        self.looks_first = not getattr(store, "changed_asks_the_server", False)
         self.open_txs: set[TxState] = set()
         self.stripping = self.filling = False
         #: the snapshot being written, told of every event before it is applied (see _snapshots)
@@ -217,7 +223,8 @@ class Engine:
         """Open a transaction in this thread or task (its state), after catching up."""
         # not while this thread is in the middle of a change (a key's __hash__ opening a transaction):
         # catching up then would apply other commits between that change's steps
-        if self.busy is None and (self.reader.fills or self.store.changed(self.seq)):
+        if self.busy is None and (self.reader.fills or self.behind or self.store.changed(self.seq)):
+            self.behind = True  # until a catch-up applies what the look found
             try:
                 with self.lock:
                     self.catch_up()
@@ -262,6 +269,7 @@ class Engine:
                     if self.contended:
                         if self.store.changed(self.seq):
                             self.contended = _direct.CONTENDED
+                            self.behind = True
                             self.catch_up()
                         else:
                             self.contended -= 1
@@ -534,6 +542,7 @@ class Engine:
                     end = self.seq + 1
         finally:
             self.busy = busy
+        self.behind = False
         count = end - 1 - start
         if count:
             _recovery.check_schema(self)

@@ -405,6 +405,10 @@ class SQLAlchemyStore:
         covered = self._run(doing, work, write=True)
         return self._covered(doing) if covered is None else covered
 
+    #: changed() is a round trip to the database: an image does not look before each commit when other writers
+    #: are active (a refused append reads what it missed in its own round trip; see Engine.looks_first)
+    changed_asks_the_server = True
+
     def changed(self, seen: int) -> bool:
         # Exact (one round trip): a notification may still be on its way.
         return self.head() != seen

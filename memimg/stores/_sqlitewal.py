@@ -125,9 +125,10 @@ class OtherWriters:
         return SeqTaken(expected_head)
 
     def looked(self, version: int) -> None:
-        """The store read ``data_version`` *version* (:meth:`SQLiteStore.changed`), and its writer catches up
-        with what other connections committed up to it: the next append does not take those commits for new
-        ones (it would lose its race for nothing, having caught up already)."""
+        """The store read ``data_version`` *version* (:meth:`SQLiteStore.changed`): its image catches up with
+        what other connections committed up to it before appending, so the next append does not take those
+        commits for new ones (it would lose its race for nothing). Only a shortcut: an append behind the head
+        is refused by its INSERT all the same."""
         self._seen = version
 
     def committed(self, conn: sqlite3.Connection, timeout: float) -> bool:
