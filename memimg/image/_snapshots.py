@@ -46,9 +46,9 @@ log = logging.getLogger("memimg")
 _SNAPSHOT = KINDS["snapshot"]
 _GC_DROP = KINDS["gc.drop"]
 #: How long a slice of the walk holds the lock, at most (seconds; give or take one batch of objects). A commit
-#: of this process that comes during a slice waits for its end: at 5 ms, those waits made the p99 commit latency
-#: of 4 PostgreSQL writers with automatic snapshots 4.4-8.4x their median (SPEC: at most 5x); at 2 ms, 3.8-4.5x
-#: (``python -m benchmarks --only snapshots``). A snapshot alone pays ~2.5x as many slice ends (a few µs each).
+#: of this process that comes during a slice waits for its end: 4 PostgreSQL writers with automatic snapshots
+#: had a p99 commit latency of 3.5-6.2 ms with 5 ms slices, 3.0-5.0 ms with 2 ms slices (``python -m benchmarks
+#: --only snapshots``, two runs each). A snapshot alone pays ~2.5x as many slice ends (a few µs each).
 SLICE_SECONDS: Final = 0.002
 #: The store lease that one snapshot writer at a time holds, and for how long it is taken.
 LEASE: Final = "snapshot"
