@@ -1,6 +1,7 @@
 """The commit of a single field set by a path of its own (:meth:`Engine.commit_field`), and the failures every
-commit path shares: another writer appended first (:func:`lost`), the append failed (:func:`append_failed`),
-applying appended events failed (:func:`apply_failed`).
+commit path shares: another writer appended first (:func:`lost`; a transaction's commit then catches up first
+while other writers are active: :func:`catch_up_first`), the append failed (:func:`append_failed`), applying
+appended events failed (:func:`apply_failed`).
 
 The functions take the engine as *self* (typed ``Any``: :mod:`~memimg.image._engine` imports this module);
 ``commit_field`` is :class:`~memimg.image._engine.Engine`'s method.
@@ -16,7 +17,7 @@ from memimg.core._indexes import UNIQUE
 from memimg.core._kinds import KINDS
 from memimg.stores._protocol import SeqTaken
 
-__all__ = ["append_failed", "apply_failed", "commit_field", "lost", "now_us"]
+__all__ = ["append_failed", "apply_failed", "catch_up_first", "commit_field", "lost", "now_us"]
 
 _OBJ_SET = KINDS["obj.set"]
 #: how many transaction commits after a lost race first look whether other writers appended
@@ -122,6 +123,18 @@ def lost(self: Any, taken: SeqTaken) -> None:
             seq=self.seq,
             table="memimg_events",
         ) from None
+
+
+def catch_up_first(self: Any) -> None:
+    """Before a transaction's commit is encoded, the lock held, while other writers are active (this image lost
+    a race lately: ``Engine.contended``): catch up with what they appended meanwhile, so that the events are
+    encoded once -- not again after losing the race to them. Re-armed while they go on, counted down otherwise."""
+    if self.store.changed(self.seq):
+        self.contended = CONTENDED
+        self.behind = True  # until the catch-up applies them (see Engine.behind)
+        self.catch_up()
+    else:
+        self.contended -= 1
 
 
 def append_failed(self: Any, err: BaseException) -> NoReturn:

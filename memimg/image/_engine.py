@@ -264,15 +264,8 @@ class Engine:
                     events = state.outcome()  # repeated assignments of a field: only the last
                     if meta is not None:
                         events.insert(0, meta_event(meta))
-                    # other writers are active: what they appended meanwhile is caught up with first, so that
-                    # the events are encoded once (not again after losing the race to them)
-                    if self.contended:
-                        if self.store.changed(self.seq):
-                            self.contended = _direct.CONTENDED
-                            self.behind = True
-                            self.catch_up()
-                        else:
-                            self.contended -= 1
+                    if self.contended:  # other writers are active: caught up with first (encoded once)
+                        _direct.catch_up_first(self)
                     self.validate(state, events)
                     try:
                         self.commit(events, state)
