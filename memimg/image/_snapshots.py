@@ -46,10 +46,13 @@ log = logging.getLogger("memimg")
 _SNAPSHOT = KINDS["snapshot"]
 _GC_DROP = KINDS["gc.drop"]
 #: How long a slice of the walk holds the lock, at most (seconds; give or take one batch of objects). A commit
-#: of this process that comes during a slice waits for its end: 4 PostgreSQL writers with automatic snapshots
-#: had a p99 commit latency of 3.5-6.2 ms with 5 ms slices, 3.0-5.0 ms with 2 ms slices (``python -m benchmarks
-#: --only snapshots``, two runs each). A snapshot alone pays ~2.5x as many slice ends (a few µs each).
-SLICE_SECONDS: Final = 0.002
+#: of this process that comes during a slice waits for its end, and often for the next one too (the walk may take
+#: the lock again before the waiting thread wakes): 4 PostgreSQL writers with automatic snapshots had a p99 commit
+#: latency of 3.5-6.2 ms with 5 ms slices, 3.0-5.0 ms with 2 ms (``python -m benchmarks --only snapshots``, two
+#: runs each); commits from another thread during a snapshot of 300k objects, p99: 0.6-9.4 ms with 2 ms slices,
+#: 0.13-3.1 ms with 0.5 ms (and twice as many commits made meanwhile; busy machine, 8 snapshots each). A slice end
+#: costs a few µs: ~0.5% of a snapshot alone at 0.5 ms.
+SLICE_SECONDS: Final = 0.0005
 #: The store lease that one snapshot writer at a time holds, and for how long it is taken.
 LEASE: Final = "snapshot"
 LEASE_SECONDS: Final = 30.0
