@@ -12,16 +12,17 @@ import pytest
 
 import memimg
 from memimg.core._protect import Protection, is_sealed
-from memimg.core._rows import snapshot_checksum
 from memimg.stores import SnapshotRow
 from tests.conftest import Images, StoreFactory
 from tests.models import Account, Bank
 from tests.protection import (
+    EDITS,
     INTEGRITY_KEY,
     KEY,
     OPTIONS,
     OTHER_KEY,
     SECRET,
+    edit_snapshot,
     raw_bytes,
     raw_events,
     replace_events,
@@ -148,23 +149,6 @@ def _tampered(make_image: Images, stores: StoreFactory, option: str, edit: Any) 
     return info.value
 
 
-def _flip(payload: bytes, at: int = -3) -> bytes:
-    b = bytearray(payload)
-    b[at] ^= 0x01
-    return bytes(b)
-
-
-EDITS = {
-    "edit": lambda rows: [r._replace(payload=_flip(r.payload)) if r.seq == 4 else r for r in rows],
-    "insert": lambda rows: rows[:4] + [r._replace(seq=r.seq + 1) for r in rows[3:]],
-    "delete": lambda rows: rows[:3] + [r._replace(seq=r.seq - 1) for r in rows[4:]],
-    "reorder": lambda rows: (
-        [*rows[:3], rows[3]._replace(payload=rows[4].payload), rows[4]._replace(payload=rows[3].payload), *rows[5:]]
-    ),
-    "drop first": lambda rows: rows[1:],
-}
-
-
 @pytest.mark.parametrize("option", ["chained", "all"])
 @pytest.mark.parametrize("how", sorted(EDITS))
 def test_every_tampering_with_events_is_detected(
@@ -210,11 +194,7 @@ def test_an_edited_snapshot_is_detected_not_skipped(make_image: Images, stores: 
     img = make_image(root=Bank, **OPTIONS[option])
     _fill(img)
     img.close()
-    store = stores.raw_store()
-    seq = store.snapshots()[0].seq
-    row = store.read_snapshot(seq)
-    payload = _flip(bytes(row.payload), 80)
-    store.write_snapshot(SnapshotRow(seq, row.ts, payload, snapshot_checksum(seq, row.ts, payload)))
+    edit_snapshot(stores)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(memimg.CorruptLogError) as info:

@@ -203,7 +203,7 @@ class ProtectedStore:
             meta = self.inner.meta()
         except MemimgError:
             return
-        wrong = mismatch(self.description, read_settings(meta), self.protection)
+        wrong = _resealed(self.description, read_settings(meta), self.protection)
         if wrong is None and meta.get(PENDING_KEY) is not None:
             wrong = f"{self.description!r} is being moved to other keys by a `memimg rekey`"
         if wrong is not None:
@@ -459,6 +459,28 @@ def _foreign_snapshot(seq: int) -> CorruptLogError:
 def _fits(prev: bytes, anchor: bytes | None) -> bool:
     """Whether a row's previous MAC is *anchor* (None: nothing stored anchors it -- see ProtectedStore._anchor)."""
     return anchor is None or hmac.compare_digest(prev, anchor)
+
+
+def _resealed(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
+    """What about the log's stored *settings* says its rows are no longer sealed as *p* (the protection a
+    store was opened with) seals them (None: nothing does).
+
+    The keys, and the log id each row is bound to: a rekey that changes the
+    compression alone binds the rows to a new id. A protection that checks
+    MACs only (``memimg verify`` with the integrity key alone) has no
+    encryption key to compare: its integrity key and the log id are.
+    """
+    if p.macs_only:
+        stored = settings.get("integrity_key_id") if settings else None
+        if stored != p.integrity_id:
+            return f"{description!r} is no longer under integrity key {p.integrity_id} (now: {stored})"
+    else:
+        wrong = mismatch(description, settings, p)
+        if wrong is not None:
+            return wrong
+    if (p.encrypted or p.chained) and (settings or {}).get("log_id") != p.log_id:
+        return f"{description!r} was sealed anew (under a new log id)"
+    return None
 
 
 def mismatch(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
