@@ -355,6 +355,27 @@ def test_a_writer_left_open_across_a_rekey_stops_with_a_clear_error_and_writes_n
         _drop(kind, store_options)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "ndjson", "postgres"])
+def test_a_writer_left_open_across_a_rekey_of_the_compression_alone_stops_naming_the_rekey(
+    kind: str, tmp_path: Any
+) -> None:
+    """The same with the keys kept and the compression changed: the rekey binds the rows to a new log id, so
+    the stale image's commit meets a row it cannot open, and the error names the rekey, not tampering."""
+    target, store_options = _target(kind, tmp_path)
+    same_keys = {**OLD, "compression": "zstd"}
+    try:
+        _make(target, store_options, OLD)
+        stale = memimg.open(target, root=Bank, **OLD, **store_options)
+        _expire_positions(target, store_options)
+        memimg.rekey(target, old_options=OLD, new_options=same_keys, **store_options)
+        with pytest.raises(memimg.ProtectionError, match="rekey"):
+            stale.root.accounts["ada"].balance += 1000
+        stale.close()
+        assert _balance(target, store_options, same_keys) == Decimal("132")
+    finally:
+        _drop(kind, store_options)
+
+
 def _intruded_upon(path: str) -> memimg.SQLiteStore:
     """The store of a new SQLite log at *path* (old keys) into which another image commits 1000 to ada as a
     rekey starts (as it sets ``protection.pending``), after the rekey's check for live images."""
