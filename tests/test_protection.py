@@ -490,6 +490,33 @@ def test_missing_cryptography_is_named_and_no_traceback_holds_the_key(monkeypatc
                     assert KEY.hex() not in repr(value) and repr(KEY) not in repr(value)
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"compression": "zstd"}, {"compression": "zlib"}], ids=["none", "zstd", "zlib"]
+)
+def test_missing_zstandard_is_named_not_reported_as_damage(
+    monkeypatch: Any, tmp_path: Any, options: dict[str, Any]
+) -> None:
+    """A log with zstd-compressed rows, opened where the zstandard package cannot be imported -- with no
+    compression option, with zstd, or with zlib for the rows to come --, raises a ProtectionError saying to
+    install memimg[zstd], not a CorruptLogError calling its rows damaged."""
+    import sys
+
+    from memimg.core import _protect
+
+    path = str(tmp_path / "bank.db")
+    with memimg.open(path, root=Bank, compression="zstd") as img:
+        img.root.name = "compressible " * 100  # an event payload over COMPRESS_OVER, and a snapshot
+        img.snapshot()
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    for cached in ("zc", "zd"):  # this thread's (de)compressor, made while zstandard was there
+        monkeypatch.delattr(_protect._local, cached, raising=False)
+    with pytest.raises(
+        memimg.ProtectionError, match=r"needs the zstandard package: pip install 'memimg\[zstd\]'"
+    ) as info:
+        memimg.open(path, root=Bank, **options)
+    assert not isinstance(info.value, memimg.CorruptLogError)
+
+
 @pytest.mark.parametrize("table", ["E", b"X", None])
 def test_sealing_for_a_table_other_than_events_or_snapshots_is_refused(table: Any) -> None:
     """``seal`` and ``seal_events`` take ``b"E"`` (events) or ``b"S"`` (snapshots): any other table (the str
