@@ -15,7 +15,7 @@ import memimg
 from memimg.cli import cli
 from tests.conftest import POSTGRES_URL, STORE_KINDS, StoreFactory
 from tests.models import Account, Bank
-from tests.protection import EDITS, INTEGRITY_KEY, KEY, SECRET, edit_snapshot, replace_events
+from tests.protection import EDITS, INTEGRITY_KEY, KEY, OTHER_KEY, SECRET, edit_snapshot, replace_events
 
 ENV = {"MEMIMG_ENCRYPTION_KEY": KEY.hex(), "MEMIMG_INTEGRITY_KEY": INTEGRITY_KEY}
 
@@ -37,6 +37,28 @@ def test_info_prints_the_protection_and_the_head_mac_never_a_key(tmp_path: Any) 
     assert KEY.hex() not in result.output and INTEGRITY_KEY not in result.output
     result = CliRunner().invoke(cli, ["info", path], env={})
     assert result.exit_code == 1 and "give its encryption_key" in result.output
+
+
+def test_the_key_options_name_the_variables_the_keys_are_read_from(tmp_path: Any) -> None:
+    """``--encryption-key-env NAME`` and ``--integrity-key-env NAME`` (before the command or after it) read
+    the keys from those variables instead of the default ones; a variable named but not set is an error
+    naming it, and no key appears in any output."""
+    path = str(tmp_path / "bank.db")
+    _log(path)
+    env = {"MEMIMG_ENCRYPTION_KEY": OTHER_KEY.hex(), "MY_KEY": KEY.hex(), "MY_INTEGRITY_KEY": INTEGRITY_KEY}
+    named = ["--encryption-key-env", "MY_KEY", "--integrity-key-env", "MY_INTEGRITY_KEY"]
+    runner = CliRunner()
+    result = runner.invoke(cli, [*named, "info", path], env=env)
+    assert result.exit_code == 0 and "aes-256-gcm" in result.output, result.output
+    result = runner.invoke(cli, ["verify", path, *named], env=env)
+    assert result.exit_code == 0 and "integrity chain: ok" in result.output, result.output
+    result = runner.invoke(cli, ["info", path, "--integrity-key-env", "MY_INTEGRITY_KEY"], env=env)
+    assert result.exit_code == 1 and "is another" in result.output  # the default variable's key: not the log's
+    result = runner.invoke(cli, ["--encryption-key-env", "UNSET_KEY_VARIABLE", "info", path], env=env)
+    assert result.exit_code == 1, result.output
+    assert "environment variable UNSET_KEY_VARIABLE" in result.output and "is not set" in result.output
+    for output in (result.output, runner.invoke(cli, [*named, "info", path], env=env).output):
+        assert KEY.hex() not in output and OTHER_KEY.hex() not in output and INTEGRITY_KEY not in output
 
 
 def test_verify_checks_the_chain_and_the_expected_head(tmp_path: Any) -> None:

@@ -137,6 +137,80 @@ def test_a_malformed_key_is_refused_without_showing_it(tmp_path: Any) -> None:
     assert not (tmp_path / "x.db").exists()
 
 
+def test_keys_given_as_base64_text_open_the_log_their_bytes_made(tmp_path: Any) -> None:
+    """Both keys may be given as the base64 text of their 32 bytes: a log made with them opens with the same
+    keys as bytes or hex, and the other way round."""
+    import base64
+
+    path = str(tmp_path / "bank.db")
+    as_base64 = {
+        "encryption_key": base64.b64encode(KEY).decode(),
+        "integrity_key": base64.b64encode(bytes.fromhex(INTEGRITY_KEY)).decode(),
+    }
+    with memimg.open(path, root=Bank, **as_base64) as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+    with memimg.open(path, root=Bank, encryption_key=KEY.hex(), integrity_key=bytes.fromhex(INTEGRITY_KEY)) as img:
+        assert img.root.accounts["ada"].owner == SECRET
+        img.root.accounts["ada"].balance += 1
+    with memimg.open(path, root=Bank, **as_base64) as img:
+        assert img.root.accounts["ada"].balance == Decimal("101")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "c2VjcmV0LWxvdmVsYWNlLTQ3MTEtc2VjcmV0LWxvdmVsYWNl",  # base64 of 36 bytes
+        "U0VDUkVULWxvdmVsYWNlLTQ3MTEtLS0tLS0tLS0tLS0t",  # base64 of 33 bytes
+        "SECRET-lovelace-4711!!!!SECRET-lovelace-4711",  # neither base64 nor hex, base64's length
+        "g" * 64,  # hex's length, not hex digits (and base64 of 48 bytes)
+    ],
+)
+@pytest.mark.parametrize("which", ["encryption_key", "integrity_key"])
+def test_a_malformed_base64_or_hex_key_is_refused_without_showing_it(tmp_path: Any, which: str, bad: str) -> None:
+    """A key text that is neither the hex nor the base64 of 32 bytes is a ProtectionError saying what a key
+    must be and how to make one; the text given is nowhere in the message, and nothing is created."""
+    with pytest.raises(memimg.ProtectionError, match="must be 32 bytes.*base64.*secrets.token_hex") as info:
+        memimg.open(str(tmp_path / "x.db"), root=Bank, **{which: bad})
+    assert bad not in str(info.value) and "SECRET" not in str(info.value)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_a_key_for_a_log_that_is_compressed_only_says_to_rekey(tmp_path: Any) -> None:
+    """Opening a log that has only compression with an encryption or integrity key is refused, the message
+    naming ``memimg rekey`` (the way to add keys), and changes nothing."""
+    path = str(tmp_path / "bank.db")
+    with memimg.open(path, root=Bank, compression="zlib") as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+    before = open(path, "rb").read()
+    for key in ({"encryption_key": KEY}, {"integrity_key": INTEGRITY_KEY}):
+        with pytest.raises(memimg.ProtectionError, match=r"memimg rekey .*--new-.*-key-env NAME") as info:
+            memimg.open(path, root=Bank, **key)
+        assert "nothing was read or changed" in str(info.value)
+    assert open(path, "rb").read() == before
+
+
+def test_migrate_keeps_a_protected_log_protected_and_needs_its_keys(tmp_path: Any) -> None:
+    """``memimg.migrate`` on a protected log needs its keys (without them: a ProtectionError, nothing
+    written) and writes its snapshot sealed: no value in the clear, and the log opens with the keys."""
+    path = str(tmp_path / "bank.db")
+    keys = {"encryption_key": KEY, "integrity_key": INTEGRITY_KEY}
+    with memimg.open(path, root=Bank, **keys) as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+    before = open(path, "rb").read()
+    with pytest.raises(memimg.ProtectionError, match="give its encryption_key"):
+        memimg.migrate(path, root=Bank)
+    assert open(path, "rb").read() == before
+    report = memimg.migrate(path, root=Bank, **keys)
+    store = memimg.SQLiteStore(path)
+    try:
+        snapshot = store.read_snapshot(report.snapshot_seq)
+        assert is_sealed(bytes(snapshot.payload)) and SECRET.encode() not in bytes(snapshot.payload)
+    finally:
+        store.close()
+    with memimg.open(path, root=Bank, **keys) as img:
+        assert img.root.accounts["ada"].owner == SECRET
+
+
 def _tampered(make_image: Images, stores: StoreFactory, option: str, edit: Any) -> Any:
     img = make_image(root=Bank, snapshot_every=None, **OPTIONS[option])
     img.root.accounts["ada"] = Account("ada", Decimal("100"))

@@ -536,6 +536,12 @@ def protect(store: Store, protection: Protection | None) -> Store:
                 f"`memimg rekey {store.description} --new-encryption-key-env NAME` (and/or "
                 "--new-integrity-key-env NAME); nothing was changed"
             )
+        if (p.key_id and not settings.get("key_id")) or (p.integrity_id and not settings.get("integrity_key_id")):
+            raise ProtectionError(
+                f"{wrong}. To add a key to the log, convert it with `memimg rekey {store.description} "
+                "--new-encryption-key-env NAME` (and/or --new-integrity-key-env NAME; memimg.rekey in Python), "
+                "giving its current keys as usual; nothing was read or changed"
+            )
         raise ProtectionError(f"{wrong}; nothing was read or changed")
     if settings is not None and p.compression is None and settings.get("compression"):
         p = p.compressing(settings["compression"])  # the log's own setting, unless another is asked for
