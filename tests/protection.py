@@ -8,8 +8,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from memimg.core._rows import event_checksum
-from memimg.stores import EventRow, Store
+from memimg.core._rows import event_checksum, snapshot_checksum
+from memimg.stores import EventRow, SnapshotRow, Store
 from memimg.stores._ndjsonformat import NDJSON_VERSION, encode_rows, header_line
 from tests.conftest import POSTGRES_URL, StoreFactory
 
@@ -85,3 +85,32 @@ def replace_events(stores: StoreFactory, edit: Callable[[list[EventRow]], list[E
                 [r._asdict() for r in rows],
             )
         engine.dispose()
+
+
+def flip(payload: bytes, at: int = -3) -> bytes:
+    """*payload* with one bit of its byte *at* flipped."""
+    b = bytearray(payload)
+    b[at] ^= 0x01
+    return bytes(b)
+
+
+#: name -> an edit of a log's event rows (seven or more) for :func:`replace_events`: a forger's tampering
+EDITS: dict[str, Callable[[list[EventRow]], list[EventRow]]] = {
+    "edit": lambda rows: [r._replace(payload=flip(r.payload)) if r.seq == 4 else r for r in rows],
+    "insert": lambda rows: rows[:4] + [r._replace(seq=r.seq + 1) for r in rows[3:]],
+    "delete": lambda rows: rows[:3] + [r._replace(seq=r.seq - 1) for r in rows[4:]],
+    "reorder": lambda rows: (
+        [*rows[:3], rows[3]._replace(payload=rows[4].payload), rows[4]._replace(payload=rows[3].payload), *rows[5:]]
+    ),
+    "drop first": lambda rows: rows[1:],
+}
+
+
+def edit_snapshot(stores: StoreFactory) -> int:
+    """Flip a bit of the log's first snapshot, its CRC-32 made valid (a forger's edit); the snapshot's seq."""
+    store = stores.raw_store()
+    seq = store.snapshots()[0].seq
+    row = store.read_snapshot(seq)
+    payload = flip(bytes(row.payload), 80)
+    store.write_snapshot(SnapshotRow(seq, row.ts, payload, snapshot_checksum(seq, row.ts, payload)))
+    return seq

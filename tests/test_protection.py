@@ -12,16 +12,17 @@ import pytest
 
 import memimg
 from memimg.core._protect import Protection, is_sealed
-from memimg.core._rows import snapshot_checksum
 from memimg.stores import SnapshotRow
 from tests.conftest import Images, StoreFactory
 from tests.models import Account, Bank
 from tests.protection import (
+    EDITS,
     INTEGRITY_KEY,
     KEY,
     OPTIONS,
     OTHER_KEY,
     SECRET,
+    edit_snapshot,
     raw_bytes,
     raw_events,
     replace_events,
@@ -136,6 +137,80 @@ def test_a_malformed_key_is_refused_without_showing_it(tmp_path: Any) -> None:
     assert not (tmp_path / "x.db").exists()
 
 
+def test_keys_given_as_base64_text_open_the_log_their_bytes_made(tmp_path: Any) -> None:
+    """Both keys may be given as the base64 text of their 32 bytes: a log made with them opens with the same
+    keys as bytes or hex, and the other way round."""
+    import base64
+
+    path = str(tmp_path / "bank.db")
+    as_base64 = {
+        "encryption_key": base64.b64encode(KEY).decode(),
+        "integrity_key": base64.b64encode(bytes.fromhex(INTEGRITY_KEY)).decode(),
+    }
+    with memimg.open(path, root=Bank, **as_base64) as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+    with memimg.open(path, root=Bank, encryption_key=KEY.hex(), integrity_key=bytes.fromhex(INTEGRITY_KEY)) as img:
+        assert img.root.accounts["ada"].owner == SECRET
+        img.root.accounts["ada"].balance += 1
+    with memimg.open(path, root=Bank, **as_base64) as img:
+        assert img.root.accounts["ada"].balance == Decimal("101")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "c2VjcmV0LWxvdmVsYWNlLTQ3MTEtc2VjcmV0LWxvdmVsYWNl",  # base64 of 36 bytes
+        "U0VDUkVULWxvdmVsYWNlLTQ3MTEtLS0tLS0tLS0tLS0t",  # base64 of 33 bytes
+        "SECRET-lovelace-4711!!!!SECRET-lovelace-4711",  # neither base64 nor hex, base64's length
+        "g" * 64,  # hex's length, not hex digits (and base64 of 48 bytes)
+    ],
+)
+@pytest.mark.parametrize("which", ["encryption_key", "integrity_key"])
+def test_a_malformed_base64_or_hex_key_is_refused_without_showing_it(tmp_path: Any, which: str, bad: str) -> None:
+    """A key text that is neither the hex nor the base64 of 32 bytes is a ProtectionError saying what a key
+    must be and how to make one; the text given is nowhere in the message, and nothing is created."""
+    with pytest.raises(memimg.ProtectionError, match="must be 32 bytes.*base64.*secrets.token_hex") as info:
+        memimg.open(str(tmp_path / "x.db"), root=Bank, **{which: bad})
+    assert bad not in str(info.value) and "SECRET" not in str(info.value)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_a_key_for_a_log_that_is_compressed_only_says_to_rekey(tmp_path: Any) -> None:
+    """Opening a log that has only compression with an encryption or integrity key is refused, the message
+    naming ``memimg rekey`` (the way to add keys), and changes nothing."""
+    path = str(tmp_path / "bank.db")
+    with memimg.open(path, root=Bank, compression="zlib") as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+    before = open(path, "rb").read()
+    for key in ({"encryption_key": KEY}, {"integrity_key": INTEGRITY_KEY}):
+        with pytest.raises(memimg.ProtectionError, match=r"memimg rekey .*--new-.*-key-env NAME") as info:
+            memimg.open(path, root=Bank, **key)
+        assert "nothing was read or changed" in str(info.value)
+    assert open(path, "rb").read() == before
+
+
+def test_migrate_keeps_a_protected_log_protected_and_needs_its_keys(tmp_path: Any) -> None:
+    """``memimg.migrate`` on a protected log needs its keys (without them: a ProtectionError, nothing
+    written) and writes its snapshot sealed: no value in the clear, and the log opens with the keys."""
+    path = str(tmp_path / "bank.db")
+    keys = {"encryption_key": KEY, "integrity_key": INTEGRITY_KEY}
+    with memimg.open(path, root=Bank, **keys) as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+    before = open(path, "rb").read()
+    with pytest.raises(memimg.ProtectionError, match="give its encryption_key"):
+        memimg.migrate(path, root=Bank)
+    assert open(path, "rb").read() == before
+    report = memimg.migrate(path, root=Bank, **keys)
+    store = memimg.SQLiteStore(path)
+    try:
+        snapshot = store.read_snapshot(report.snapshot_seq)
+        assert is_sealed(bytes(snapshot.payload)) and SECRET.encode() not in bytes(snapshot.payload)
+    finally:
+        store.close()
+    with memimg.open(path, root=Bank, **keys) as img:
+        assert img.root.accounts["ada"].owner == SECRET
+
+
 def _tampered(make_image: Images, stores: StoreFactory, option: str, edit: Any) -> Any:
     img = make_image(root=Bank, snapshot_every=None, **OPTIONS[option])
     img.root.accounts["ada"] = Account("ada", Decimal("100"))
@@ -146,23 +221,6 @@ def _tampered(make_image: Images, stores: StoreFactory, option: str, edit: Any) 
     with pytest.raises(memimg.CorruptLogError) as info:
         make_image(root=Bank, **OPTIONS[option])
     return info.value
-
-
-def _flip(payload: bytes, at: int = -3) -> bytes:
-    b = bytearray(payload)
-    b[at] ^= 0x01
-    return bytes(b)
-
-
-EDITS = {
-    "edit": lambda rows: [r._replace(payload=_flip(r.payload)) if r.seq == 4 else r for r in rows],
-    "insert": lambda rows: rows[:4] + [r._replace(seq=r.seq + 1) for r in rows[3:]],
-    "delete": lambda rows: rows[:3] + [r._replace(seq=r.seq - 1) for r in rows[4:]],
-    "reorder": lambda rows: (
-        [*rows[:3], rows[3]._replace(payload=rows[4].payload), rows[4]._replace(payload=rows[3].payload), *rows[5:]]
-    ),
-    "drop first": lambda rows: rows[1:],
-}
 
 
 @pytest.mark.parametrize("option", ["chained", "all"])
@@ -210,11 +268,7 @@ def test_an_edited_snapshot_is_detected_not_skipped(make_image: Images, stores: 
     img = make_image(root=Bank, **OPTIONS[option])
     _fill(img)
     img.close()
-    store = stores.raw_store()
-    seq = store.snapshots()[0].seq
-    row = store.read_snapshot(seq)
-    payload = _flip(bytes(row.payload), 80)
-    store.write_snapshot(SnapshotRow(seq, row.ts, payload, snapshot_checksum(seq, row.ts, payload)))
+    edit_snapshot(stores)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(memimg.CorruptLogError) as info:
@@ -508,6 +562,33 @@ def test_missing_cryptography_is_named_and_no_traceback_holds_the_key(monkeypatc
             if "/memimg/" in frame.f_code.co_filename:
                 for value in frame.f_locals.values():
                     assert KEY.hex() not in repr(value) and repr(KEY) not in repr(value)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"compression": "zstd"}, {"compression": "zlib"}], ids=["none", "zstd", "zlib"]
+)
+def test_missing_zstandard_is_named_not_reported_as_damage(
+    monkeypatch: Any, tmp_path: Any, options: dict[str, Any]
+) -> None:
+    """A log with zstd-compressed rows, opened where the zstandard package cannot be imported -- with no
+    compression option, with zstd, or with zlib for the rows to come --, raises a ProtectionError saying to
+    install memimg[zstd], not a CorruptLogError calling its rows damaged."""
+    import sys
+
+    from memimg.core import _protect
+
+    path = str(tmp_path / "bank.db")
+    with memimg.open(path, root=Bank, compression="zstd") as img:
+        img.root.name = "compressible " * 100  # an event payload over COMPRESS_OVER, and a snapshot
+        img.snapshot()
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    for cached in ("zc", "zd"):  # this thread's (de)compressor, made while zstandard was there
+        monkeypatch.delattr(_protect._local, cached, raising=False)
+    with pytest.raises(
+        memimg.ProtectionError, match=r"needs the zstandard package: pip install 'memimg\[zstd\]'"
+    ) as info:
+        memimg.open(path, root=Bank, **options)
+    assert not isinstance(info.value, memimg.CorruptLogError)
 
 
 @pytest.mark.parametrize("table", ["E", b"X", None])

@@ -143,62 +143,107 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _rekey_child(target: Any, store_options: dict[str, Any], kill_at: int | str) -> subprocess.CompletedProcess[str]:
+def _rekey_child(
+    target: Any, store_options: dict[str, Any], kill_at: int | str, change: tuple[dict[str, Any], dict[str, Any]]
+) -> subprocess.CompletedProcess[str]:
     script = _CHILD.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if "schema" in store_options:  # PostgreSQL: a child waiting on the server fails in time rather than hangs
         store_options = {**store_options, "connect_timeout": 20, "connect_args": {"options": "-c lock_timeout=60s"}}
     return subprocess.run(
-        [sys.executable, "-c", script, json.dumps([target, store_options, kill_at]), json.dumps([OLD, NEW])],
+        [sys.executable, "-c", script, json.dumps([target, store_options, kill_at]), json.dumps(list(change))],
         capture_output=True,
         text=True,
         timeout=300,
     )
 
 
+#: name -> (old options, new options) of a rekey the kill test cuts short
+CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "rotate": (OLD, NEW),
+    "protect": ({}, {"encryption_key": KEY.hex()}),
+    "unprotect": (OLD, {}),
+    "compression": ({"encryption_key": KEY.hex()}, {"encryption_key": KEY.hex(), "compression": "zstd"}),
+}
+#: kind -> named steps of a rekey (a call in the rekey's code) -> whether its rows were rewritten by then:
+#: the SQL rewrite not yet run (the pending entry written), the settings flip after its commit
+#: (_commit_settings, and between its two meta writes), the space given back (reclaim); the NDJSON swap
+#: before its marker (commit_swap) and its renames (finish_swap called by commit_swap, not by an open)
+_NAMED_KILLS: dict[str, dict[str, bool]] = {
+    "sql": {"rekey>rewrite": False, "_commit_settings": True, "_commit_settings>_drop_pending": True, "reclaim": True},
+    "ndjson": {"commit_swap": False, "commit_swap>finish_swap": True},
+}
+
+
+def _opened(target: Any, store_options: dict[str, Any], options: dict[str, Any]) -> tuple[Decimal, int] | None:
+    """The balance and head seq of the log opened with *options*; None when they are refused."""
+    try:
+        with memimg.open(target, root=Bank, **options, **store_options) as img:
+            assert img.root.accounts["ada"].owner == SECRET
+            return img.root.accounts["ada"].balance, img.seq
+    except memimg.ProtectionError:
+        return None
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("change", sorted(CHANGES))
 @pytest.mark.parametrize("kind", ["sqlite", "ndjson", "postgres"])
-def test_a_rekey_killed_at_any_point_leaves_the_old_or_the_new_keys_valid(kind: str, tmp_path: Any) -> None:
-    """kill -9 of a rekey at points spread over its whole run (counted calls into the stores): the log then
-    opens, to the same state, with the old keys or with the new ones -- and a rekey run again finishes it."""
+def test_a_rekey_killed_at_any_point_leaves_the_old_or_the_new_keys_valid(
+    kind: str, change: str, tmp_path: Any
+) -> None:
+    """kill -9 of a rekey -- to other keys, protecting a plain log, unprotecting one, or changing the
+    compression alone -- at points spread over its whole run (counted calls into the stores) and at its named
+    steps: the log then opens, to the same state, with the old options or with the new ones (both, when only
+    the compression changes); with the new ones exactly when the rows were rewritten (the rekey's marker
+    event is there), and that open settles the rekey (no pending entry is left). A rekey run again finishes it."""
+    old, new = CHANGES[change]
     target, store_options = _target(kind, tmp_path)
     try:
-        _make(target, store_options, OLD)
+        _make(target, store_options, old)
         probe = str(tmp_path / ("probe.ndjson" if kind == "ndjson" else "probe.db"))
         if kind != "postgres":
-            _make(probe, {}, OLD)
-            done = _rekey_child(probe, {}, 0)
+            _make(probe, {}, old)
+            done = _rekey_child(probe, {}, 0, (old, new))
         else:
-            done = _rekey_child(target, store_options, 0)
-            memimg.rekey(target, old_options=NEW, new_options=OLD, **store_options)  # back, for the kills
+            done = _rekey_child(target, store_options, 0, (old, new))
+            memimg.rekey(target, old_options=new, new_options=old, **store_options)  # back, for the kills
         assert done.returncode == 0, done.stderr
         total = int(done.stdout.split()[-1])
+        spread = range(1, 8) if change == "rotate" else range(2, 8, 2)
+        points: list[int | str] = sorted({max(1, total * i // 8) for i in spread} | {total - k for k in (1, 3, 8)})
+        named = _NAMED_KILLS["ndjson" if kind == "ndjson" else "sql"]
         outcomes = set()
-        # calls spread over the whole run, and the named steps right after the commit point: the settings
-        # flip (_commit_settings) and the space given back (reclaim); the NDJSON swap's renames (finish_swap
-        # called by commit_swap, not by an open)
-        points: list[int | str] = sorted({max(1, total * i // 8) for i in range(1, 8)} | {total - k for k in (1, 3, 8)})
-        named = ["commit_swap>finish_swap"] if kind == "ndjson" else ["_commit_settings", "reclaim"]
         for point in [*points, *named]:
-            killed = _rekey_child(target, store_options, point)
+            before = _opened(target, store_options, old)
+            assert before is not None and before[0] == Decimal("132")
+            killed = _rekey_child(target, store_options, point, (old, new))
             if isinstance(point, str):  # each named step is reached: the child dies there
                 assert killed.returncode == -signal.SIGKILL, f"no kill at {point}: {killed.stderr}"
             else:  # (a run may make a few calls fewer than the probe's -- a busy retry less --: then it finishes)
                 assert killed.returncode in (-signal.SIGKILL, 0), killed.stderr
-            opened = {}
-            for name, options in (("old", OLD), ("new", NEW)):
-                try:
-                    opened[name] = _balance(target, store_options, options)
-                except memimg.ProtectionError:
-                    pass
-            assert list(opened.values()) == [Decimal("132")], f"kill at call {point} of {total}: {opened}"
-            if isinstance(point, str):  # killed after the rewrite committed: the next open finishes the rekey
-                assert set(opened) == {"new"}, f"kill at {point}: {opened}"
-            outcomes |= set(opened)
-            if "new" in opened:  # back to the old keys, so that the next kill cuts a rekey again
-                memimg.rekey(target, old_options=NEW, new_options=OLD, **store_options)
+            opened = {name: _opened(target, store_options, options) for name, options in (("new", new), ("old", old))}
+            valid = {name: state for name, state in opened.items() if state is not None}
+            assert valid and {balance for balance, _ in valid.values()} == {Decimal("132")}, f"at {point}: {opened}"
+            rewritten = max(seq for _, seq in valid.values()) > before[1]  # the rekey's marker event is there
+            if isinstance(point, str):
+                assert rewritten == named[point], f"kill at {point}: {opened}"
+            expected = {"old", "new"} if change == "compression" else {"new" if rewritten else "old"}
+            assert set(valid) == expected, f"kill at call {point} of {total}: {opened}"
+            if rewritten and kind != "ndjson":  # the open with the new options finished the rekey
+                assert "protection.pending" not in _raw_meta(target, store_options), f"kill at {point}"
+            outcomes.add("new" if rewritten else "old")
+            if rewritten:  # back to the old options, so that the next kill cuts a rekey again
+                memimg.rekey(target, old_options=new, new_options=old, **store_options)
         assert outcomes == {"old", "new"}  # the kills fell before and after the commit point
     finally:
         _drop(kind, store_options)
+
+
+def _raw_meta(target: Any, store_options: dict[str, Any]) -> dict[str, str]:
+    store = memimg._api.plain_store(target, sync="normal", readonly=True, busy_timeout=10.0, **store_options)
+    try:
+        return store.meta()
+    finally:
+        store.close()
 
 
 def test_the_rekey_command_reads_keys_from_the_environment(tmp_path: Any) -> None:
@@ -306,6 +351,27 @@ def test_a_writer_left_open_across_a_rekey_stops_with_a_clear_error_and_writes_n
                 env={"MEMIMG_ENCRYPTION_KEY": NEW["encryption_key"], "MEMIMG_INTEGRITY_KEY": NEW["integrity_key"]},
             )
             assert result.exit_code == 0, result.output
+    finally:
+        _drop(kind, store_options)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "ndjson", "postgres"])
+def test_a_writer_left_open_across_a_rekey_of_the_compression_alone_stops_naming_the_rekey(
+    kind: str, tmp_path: Any
+) -> None:
+    """The same with the keys kept and the compression changed: the rekey binds the rows to a new log id, so
+    the stale image's commit meets a row it cannot open, and the error names the rekey, not tampering."""
+    target, store_options = _target(kind, tmp_path)
+    same_keys = {**OLD, "compression": "zstd"}
+    try:
+        _make(target, store_options, OLD)
+        stale = memimg.open(target, root=Bank, **OLD, **store_options)
+        _expire_positions(target, store_options)
+        memimg.rekey(target, old_options=OLD, new_options=same_keys, **store_options)
+        with pytest.raises(memimg.ProtectionError, match="rekey"):
+            stale.root.accounts["ada"].balance += 1000
+        stale.close()
+        assert _balance(target, store_options, same_keys) == Decimal("132")
     finally:
         _drop(kind, store_options)
 

@@ -164,8 +164,11 @@ def _aesgcm() -> Any:
 def _zstd() -> Any:
     try:
         import zstandard
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ProtectionError(f"compression='zstd' needs zstandard: pip install 'memimg[zstd]' ({err})") from err
+    except ImportError as err:
+        raise ProtectionError(
+            f"zstd compression (compression='zstd', or a log's zstd-compressed rows) needs the zstandard "
+            f"package: pip install 'memimg[zstd]' ({err})"
+        ) from err
     return zstandard
 
 
@@ -414,6 +417,7 @@ class Protection:
                 protection seals, its MAC or its ciphertext does not check
                 out (edited, moved, or sealed under another key), or its
                 data does not decompress.
+            ProtectionError: the row is zstd-compressed and zstandard is not installed.
         """
         where = "event" if table == _EVENT else "snapshot at"
         name = "memimg_events" if table == _EVENT else "memimg_snapshots"
@@ -490,6 +494,8 @@ class Protection:
         if flags & (_ZLIB | _ZSTD):
             try:
                 data = _decompress(data, flags)
+            except ProtectionError:
+                raise  # zstandard is not installed: not damage (the error says what to install)
             except Exception as err:
                 raise CorruptLogError(
                     f"{where} seq {seq} does not decompress ({type(err).__name__}); restore the log from a backup",

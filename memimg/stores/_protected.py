@@ -203,10 +203,8 @@ class ProtectedStore:
             meta = self.inner.meta()
         except MemimgError:
             return
-        settings = read_settings(meta)
-        pending = meta.get(PENDING_KEY)
-        wrong = mismatch(self.description, settings, self.protection)
-        if wrong is None and pending is not None:
+        wrong = _resealed(self.description, read_settings(meta), self.protection)
+        if wrong is None and meta.get(PENDING_KEY) is not None:
             wrong = f"{self.description!r} is being moved to other keys by a `memimg rekey`"
         if wrong is not None:
             raise ProtectionError(
@@ -463,6 +461,28 @@ def _fits(prev: bytes, anchor: bytes | None) -> bool:
     return anchor is None or hmac.compare_digest(prev, anchor)
 
 
+def _resealed(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
+    """What about the log's stored *settings* says its rows are no longer sealed as *p* (the protection a
+    store was opened with) seals them (None: nothing does).
+
+    The keys, and the log id each row is bound to: a rekey that changes the
+    compression alone binds the rows to a new id. A protection that checks
+    MACs only (``memimg verify`` with the integrity key alone) has no
+    encryption key to compare: its integrity key and the log id are.
+    """
+    if p.macs_only:
+        stored = settings.get("integrity_key_id") if settings else None
+        if stored != p.integrity_id:
+            return f"{description!r} is no longer under integrity key {p.integrity_id} (now: {stored})"
+    else:
+        wrong = mismatch(description, settings, p)
+        if wrong is not None:
+            return wrong
+    if (p.encrypted or p.chained) and (settings or {}).get("log_id") != p.log_id:
+        return f"{description!r} was sealed anew (under a new log id)"
+    return None
+
+
 def mismatch(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
     """What about *p* does not fit the log's stored *settings* (None: it fits)."""
     stored_key = settings.get("key_id") if settings else None
@@ -497,27 +517,12 @@ def protect(store: Store, protection: Protection | None) -> Store:
     p = protection or Protection()
     meta = store.meta()
     settings = read_settings(meta)
-    pending_text = meta.get(PENDING_KEY)
-    pending = read_settings({PROTECTION_KEY: pending_text}) if pending_text is not None else None
     wrong = mismatch(store.description, settings, p)
-    if wrong is not None and pending is not None and mismatch(store.description, pending, p) is None:
-        # a rekey to these options started: whether it finished, the rows say
-        p = p.for_log(pending.get("log_id"))
-        if not opens_under(store, p):
-            raise ProtectionError(
-                f"{wrong}: a `memimg rekey` to the keys given started and did not finish, so the log is still "
-                "under its old keys; open it with them (or run the rekey again)"
-            )
-        finish_rekey(store, p)
-        wrong = None
-        settings = pending
-    elif settings is not None:
+    pending_text = meta.get(PENDING_KEY)
+    if pending_text is not None:
+        settings, wrong = _settle_pending(store, p, settings, pending_text, wrong)
+    if settings is not None:
         p = p.for_log(settings.get("log_id"))  # None: a log protected before log ids (still opens)
-    if wrong is None and pending is not None and settings is not pending and not opens_under(store, p):
-        raise ProtectionError(
-            f"{store.description!r}: a `memimg rekey` finished moving the log to other keys (key "
-            f"{pending.get('key_id')}, integrity key {pending.get('integrity_key_id')}); open it with those"
-        )
     if wrong is not None:
         empty = store.head() == 0 and not store.snapshots()
         if settings is None and empty:
@@ -531,6 +536,12 @@ def protect(store: Store, protection: Protection | None) -> Store:
                 f"`memimg rekey {store.description} --new-encryption-key-env NAME` (and/or "
                 "--new-integrity-key-env NAME); nothing was changed"
             )
+        if (p.key_id and not settings.get("key_id")) or (p.integrity_id and not settings.get("integrity_key_id")):
+            raise ProtectionError(
+                f"{wrong}. To add a key to the log, convert it with `memimg rekey {store.description} "
+                "--new-encryption-key-env NAME` (and/or --new-integrity-key-env NAME; memimg.rekey in Python), "
+                "giving its current keys as usual; nothing was read or changed"
+            )
         raise ProtectionError(f"{wrong}; nothing was read or changed")
     if settings is not None and p.compression is None and settings.get("compression"):
         p = p.compressing(settings["compression"])  # the log's own setting, unless another is asked for
@@ -539,6 +550,59 @@ def protect(store: Store, protection: Protection | None) -> Store:
     if settings is None and not p.active:
         return store
     return ProtectedStore(store, p)
+
+
+def _settle_pending(
+    store: Store, p: Protection, settings: dict[str, Any] | None, pending_text: str, wrong: str | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The settings the log's rows are under, and what about *p* does not fit them, with a rekey's
+    ``protection.pending`` entry in the log (see :func:`protect`): ``(settings, wrong)``.
+
+    The rows say where the rekey got to. When *p*'s keys are those of the
+    pending settings and the rows open under them (the rewrite committed),
+    the rekey is finished here: the pending settings become the log's and
+    the entry is dropped. That holds whether or not the keys changed: a
+    rekey of the compression alone also binds the rows to a new log id, so
+    the old settings no longer open them. When the rows are still under the
+    old settings, the entry stays (a rekey run again finishes it).
+
+    Raises:
+        ProtectionError: *p*'s keys are the rekey's but its rewrite did not
+            commit (open with the old keys), or *p*'s keys are the old
+            settings' but the rewrite committed (open with the new ones).
+    """
+    pending = read_settings({PROTECTION_KEY: pending_text}) or {}
+    if mismatch(store.description, pending, p) is None:
+        # a rekey to these keys started: whether its rewrite committed, the rows say
+        if opens_under(store, _as_stored(p, pending)):
+            finish_rekey(store, pending_text)
+            return (pending if _any_option(pending) else None), None
+        if wrong is not None:
+            raise ProtectionError(
+                f"{wrong}: a `memimg rekey` to the keys given started and did not finish, so the log is still "
+                "under its old keys; open it with them (or run the rekey again)"
+            )
+        return settings, None  # the same keys (a change of compression alone): the rows are still the old ones
+    if wrong is None and not opens_under(store, _as_stored(p, settings)):
+        if pending.get("key_id") or pending.get("integrity_key_id"):
+            moved = f"to other keys (key {pending.get('key_id')}, integrity key {pending.get('integrity_key_id')})"
+            then = "open it with those"
+        else:
+            moved, then = "to plain rows (no keys)", "open it without keys"
+        raise ProtectionError(f"{store.description!r}: a `memimg rekey` finished moving the log {moved}; {then}")
+    return settings, wrong
+
+
+def _as_stored(p: Protection, settings: dict[str, Any] | None) -> Protection:
+    """*p*'s keys with the compression and log id of *settings* (None: a plain log's): what opens its rows."""
+    if settings is None:
+        return p.compressing(None).for_log(None)
+    return p.compressing(settings.get("compression")).for_log(settings.get("log_id"))
+
+
+def _any_option(settings: dict[str, Any]) -> bool:
+    """Whether stored *settings* set anything (a rekey to a plain log records all of them unset as pending)."""
+    return any(settings.get(name) for name in ("key_id", "integrity_key_id", "compression"))
 
 
 def _store_settings(store: Store, p: Protection) -> None:
@@ -551,8 +615,12 @@ def _store_settings(store: Store, p: Protection) -> None:
 def opens_under(store: Store, p: Protection) -> bool:
     """Whether the newest event and the newest snapshot (the highest seq) of *store* open under *p* (a rekey's
     rows do); under a protection with nothing set, only plain rows do (it would decompress a compressed
-    row, which a rekey to compression alone writes)."""
-    wrapped = ProtectedStore(store, p)
+    row, which a rekey to compression alone writes). A damaged row (its CRC-32 fails) counts as opening:
+    the core reports it when it is read.
+
+    Raises:
+        ProtectionError: a row needs what is not installed (zstandard): not a question of keys.
+    """
     try:
         head = store.head()
         events = list(store.read(head - 1, 1)) if head >= store.first_seq() else []
@@ -560,10 +628,12 @@ def opens_under(store: Store, p: Protection) -> bool:
         sealed = any(is_sealed(row[5]) for row in events) or any(is_sealed(row.payload) for row in snaps)
         if sealed and not p.active:
             return False
-        for _ in wrapped._open_events(events, chain=False):
-            pass
-        for snap in snaps:
-            wrapped._open_snapshot(snap)
+        for seq, tx, ts, kind, target, stored, checksum in events:
+            if row_intact((seq, tx, ts, kind, target, stored, checksum)):
+                p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
+        for seq, ts, stored, checksum in snaps:
+            if snapshot_checksum(seq, ts, bytes(stored)) == checksum:
+                p.unseal(_S, seq, 0, ts, "", 0, bytes(stored))
     except CorruptLogError:
         return False
     return True
@@ -587,9 +657,12 @@ def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
         )
 
 
-def finish_rekey(store: Store, p: Protection) -> None:
+def finish_rekey(store: Store, pending_text: str) -> None:
+    """Make a rekey's pending settings (*pending_text*, as stored) the log's and drop the pending entry: its
+    rewrite committed (the rows are under them)."""
+    pending = read_settings({PROTECTION_KEY: pending_text})
     try:
-        store.set_meta(PROTECTION_KEY, p.settings_text() if p.active else None)
+        store.set_meta(PROTECTION_KEY, pending_text if pending and _any_option(pending) else None)
         store.set_meta(PENDING_KEY, None)
     except ReadOnlyError:
         pass
