@@ -20,9 +20,9 @@ import orjson
 
 from memimg._errors import MemimgError
 from memimg.core._meta import META_KIND
-from memimg.core._protect import PROTECTION_KEY, Protection, new_log_id, read_settings
+from memimg.core._protect import PROTECTION_KEY, Protection, new_log_id
 from memimg.core._rows import event_checksum
-from memimg.stores._protected import PENDING_KEY, ProtectedStore, mismatch, opens_under, protect
+from memimg.stores._protected import PENDING_KEY, ProtectedStore, mismatch, opens_under, protect, read_pending
 from memimg.stores._protocol import EventRow, Rewrite, SnapshotRow, Store, live_positions
 
 __all__ = ["rekey", "rekey_marker"]
@@ -112,7 +112,7 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
     try:
         store.rewrite(plan, head)
     except BaseException:
-        _settle_rekey(store, source.protection if isinstance(source, ProtectedStore) else Protection(), new)
+        _settle_rekey(store, source.protection if isinstance(source, ProtectedStore) else Protection(), new, marker)
         raise
     _commit_settings(store, new)
     return len(sealed) + len(sealed_snaps)
@@ -132,7 +132,7 @@ def _refuse_other_rekey(store: Store, new: Protection) -> None:
     finished rekey's entry (the log's settings are its)."""
     meta = store.meta()
     text = meta.get(PENDING_KEY)
-    other = read_settings({PROTECTION_KEY: text}) if text is not None else None
+    other = read_pending(text) if text is not None else None
     if other is None or text == meta.get(PROTECTION_KEY):
         return  # none, or a finished rekey's (killed between its two meta writes): this rekey's replaces it
     if mismatch("", other, new) is None and other.get("compression") == new.compression:
@@ -153,12 +153,23 @@ def _drop_pending(store: Store, new: Protection) -> None:
         store.set_meta(PENDING_KEY, None)
 
 
-def _settle_rekey(store: Store, old: Protection, new: Protection) -> None:
+def _settle_rekey(store: Store, old: Protection, new: Protection, marker: Sequence[EventRow]) -> None:
     """After a rekey's rewrite failed: the pending entry removed if the rows are still under *old* (the usual
     case: the rewrite is one transaction), the rekey finished if they are under *new* (the failure came after
-    its commit). Left as it is when the store cannot say (the next open decides, as after a crash)."""
+    its commit). Left as it is when the store cannot say (the next open decides, as after a crash).
+
+    The rekey's *marker* (its last row, sealed under *new*) says which: it is the newest row exactly when
+    the rewrite committed -- also on a log without keys, whose rows are bound to nothing (no other row
+    is that one). A log without events (no marker): the rows, by what they open under. Neither (the rows
+    under another rekey's keys): left to the next open."""
     with contextlib.suppress(Exception):
-        if opens_under(store, old):
-            _drop_pending(store, new)
-        elif opens_under(store, new):
+        if marker:
+            mark = marker[-1]
+            newest = [(*row[:5], bytes(row[5])) for row in store.read(mark.seq - 1, 1)]
+            committed = newest == [(*mark[:5], bytes(mark[5]))]
+        else:
+            committed = opens_under(store, new) is True and opens_under(store, old) is not True
+        if committed:
             _commit_settings(store, new)
+        elif opens_under(store, old) is not False:  # still the old rows (or damaged ones: not the rekey's)
+            _drop_pending(store, new)
