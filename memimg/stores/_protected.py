@@ -577,7 +577,9 @@ def _settle_pending(
     """The settings the log's rows are under, and what about *p* does not fit them, with a rekey's
     ``protection.pending`` entry in the log (see :func:`protect`): ``(settings, wrong)``.
 
-    The rows say where the rekey got to, and only rows that open (intact)
+    An entry that is the log's settings is a finished rekey's (killed
+    between its two meta writes): dropped. Otherwise the rows say where the
+    rekey got to, and only rows that open (intact)
     count: a damaged newest row decides nothing. With *p* holding the
     pending keys, the rekey is finished here (the pending settings become
     the log's, the entry is dropped) when the rows open under them and not
@@ -601,6 +603,9 @@ def _settle_pending(
             rekey got to cannot be told.
     """
     pending = read_pending(pending_text)
+    if pending == settings:  # a finished rekey's (killed between its two meta writes): the log's settings are its
+        finish_rekey(store, pending_text)
+        return settings, wrong
     if mismatch(store.description, pending, p) is not None:  # not the rekey's keys: the old ones, or wrong ones
         if wrong is None and _moved_by_rekey(store, _reader(p, settings), pending_text):
             if pending.get("key_id") or pending.get("integrity_key_id"):
