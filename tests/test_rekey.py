@@ -696,3 +696,45 @@ def test_a_pending_rekey_to_zstd_does_not_need_zstandard_before_its_rewrite(tmp_
     with memimg.open(path, root=Bank, encryption_key=KEY) as img:
         assert img.root.accounts["ada"].balance == Decimal("6")
     assert "protection.pending" in _raw_meta(path, {})
+
+
+def test_two_identical_rekeys_at_once_agree_on_the_pending_entry(tmp_path: Any) -> None:
+    """Two rekeys to the same options at the same moment: the second takes the first's pending entry over
+    (seals under its log id) instead of writing its own, and, failing, leaves it (it was there before it
+    started). So when the first's rewrite then commits and it dies before its flip, the entry names the rows
+    and the next open with the new keys finishes the rekey. (With an entry of its own, the second's failure
+    would remove it, leaving rows under a log id the log does not record: neither the old keys nor the new
+    would open it.)"""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+
+    class Killed(Exception):
+        pass
+
+    class Second(memimg.SQLiteStore):
+        def rewrite(self, plan: Any, after: int) -> None:
+            raise OSError("the second rekey's connection is lost")
+
+    class First(memimg.SQLiteStore):
+        def set_meta(self, key: str, value: str | None) -> None:
+            if key == "protection":
+                raise Killed  # the first rekey dies as it flips the settings, its rewrite committed
+            super().set_meta(key, value)
+            if key == "protection.pending" and value is not None:  # the second starts as the first does
+                second = Second(path)
+                try:
+                    with pytest.raises(OSError, match="connection is lost"):
+                        memimg.rekey(second, old_options=OLD, new_options=NEW)
+                    assert second.meta()["protection.pending"] == value
+                finally:
+                    second.close()
+
+    first = First(path)
+    try:
+        with pytest.raises(Killed):
+            memimg.rekey(first, old_options=OLD, new_options=NEW)
+    finally:
+        first.close()
+    assert _opened(path, {}, OLD) is None
+    assert _balance(path, {}, NEW) == Decimal("132")
+    assert "protection.pending" not in _raw_meta(path, {})
