@@ -163,7 +163,23 @@ CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "protect": ({}, {"encryption_key": KEY.hex()}),
     "unprotect": (OLD, {}),
     "compression": ({"encryption_key": KEY.hex()}, {"encryption_key": KEY.hex(), "compression": "zstd"}),
+    "zlib-off": ({"compression": "zlib"}, {}),
+    "zlib-on": ({}, {"compression": "zlib"}),
 }
+#: the changes without keys: their rows are bound to no log id, so the old and the new options read them alike
+_KEYLESS = {"zlib-off", "zlib-on"}
+
+
+def _make_keyless(target: Any, store_options: dict[str, Any], options: dict[str, Any]) -> None:
+    """A log whose rows alone cannot say whether a keyless rekey's rewrite committed: no snapshot, an older
+    event big enough to be compressed, the newest ones small (stored plain under any compression)."""
+    with memimg.open(target, root=Bank, **options, **store_options) as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("100"))
+        img.root.accounts["pad"] = Account("x" * 4000, Decimal("0"))
+        for _ in range(32):
+            img.root.accounts["ada"].balance += 1
+
+
 #: kind -> named steps of a rekey (a call in the rekey's code) -> whether its rows were rewritten by then:
 #: the SQL rewrite not yet run (the pending entry written), the settings flip after its commit
 #: (_commit_settings, and between its two meta writes), the space given back (reclaim); the NDJSON swap
@@ -191,17 +207,21 @@ def test_a_rekey_killed_at_any_point_leaves_the_old_or_the_new_keys_valid(
     kind: str, change: str, tmp_path: Any
 ) -> None:
     """kill -9 of a rekey -- to other keys, protecting a plain log, unprotecting one, or changing the
-    compression alone -- at points spread over its whole run (counted calls into the stores) and at its named
-    steps: the log then opens, to the same state, with the old options or with the new ones (both, when only
-    the compression changes); with the new ones exactly when the rows were rewritten (the rekey's marker
-    event is there), and that open settles the rekey (no pending entry is left). A rekey run again finishes it."""
+    compression alone, with keys or without -- at points spread over its whole run (counted calls into the
+    stores) and at its named steps: the log then opens, to the same state, with the old options or with the
+    new ones (both, when only the compression changes); with the new ones exactly when the rows were
+    rewritten (the rekey's marker event is there), and with keys that open settles the rekey (no pending
+    entry is left). Without keys an open keeps settings that read every row (the old ones when they
+    compress: a plain open of a zlib log whose rekey to plain was cut short before its rewrite keeps the
+    compression its older rows need). A rekey run again finishes it."""
     old, new = CHANGES[change]
+    make = _make_keyless if change in _KEYLESS else _make
     target, store_options = _target(kind, tmp_path)
     try:
-        _make(target, store_options, old)
+        make(target, store_options, old)
         probe = str(tmp_path / ("probe.ndjson" if kind == "ndjson" else "probe.db"))
         if kind != "postgres":
-            _make(probe, {}, old)
+            make(probe, {}, old)
             done = _rekey_child(probe, {}, 0, (old, new))
         else:
             done = _rekey_child(target, store_options, 0, (old, new))
@@ -226,12 +246,15 @@ def test_a_rekey_killed_at_any_point_leaves_the_old_or_the_new_keys_valid(
             rewritten = max(seq for _, seq in valid.values()) > before[1]  # the rekey's marker event is there
             if isinstance(point, str):
                 assert rewritten == named[point], f"kill at {point}: {opened}"
-            expected = {"old", "new"} if change == "compression" else {"new" if rewritten else "old"}
+            both = change == "compression" or change in _KEYLESS
+            expected = {"old", "new"} if both else {"new" if rewritten else "old"}
             assert set(valid) == expected, f"kill at call {point} of {total}: {opened}"
-            if rewritten and kind != "ndjson":  # the open with the new options finished the rekey
+            if rewritten and kind != "ndjson" and change not in _KEYLESS:  # the open with the new options
                 assert "protection.pending" not in _raw_meta(target, store_options), f"kill at {point}"
             outcomes.add("new" if rewritten else "old")
             if rewritten:  # back to the old options, so that the next kill cuts a rekey again
+                if kind != "ndjson" and "protection.pending" in _raw_meta(target, store_options):
+                    memimg.rekey(target, old_options=old, new_options=new, **store_options)  # run again: finished
                 memimg.rekey(target, old_options=new, new_options=old, **store_options)
         assert outcomes == {"old", "new"}  # the kills fell before and after the commit point
     finally:
@@ -524,12 +547,14 @@ def test_a_rekey_refuses_to_start_while_another_rekeys_entry_is_pending(tmp_path
     store.close()
 
 
-def test_a_plain_to_compression_rekey_that_fails_after_its_commit_is_finished(tmp_path: Any) -> None:
+@pytest.mark.parametrize("data", ["snapshots", "no snapshot"])
+def test_a_plain_to_compression_rekey_that_fails_after_its_commit_is_finished(tmp_path: Any, data: str) -> None:
     """A rekey of a plain log to compression alone whose rewrite committed and then raised (a connection lost
-    after COMMIT) is finished, not undone: the log records its compression and opens, its rows being compressed
-    (a protection with nothing set does not count as opening compressed rows)."""
+    after COMMIT) is finished, not undone: the log records its compression and opens, its rows being compressed.
+    Also when its newest rows are small (stored plain) and no snapshot is compressed: the rekey's marker, the
+    newest row, says the rewrite committed."""
     path = str(tmp_path / "bank.db")
-    _make(path, {}, {})
+    (_make if data == "snapshots" else _make_keyless)(path, {}, {})
 
     class LostAfterCommit(memimg.SQLiteStore):
         def rewrite(self, plan: Any, after: int) -> None:
@@ -544,3 +569,172 @@ def test_a_plain_to_compression_rekey_that_fails_after_its_commit_is_finished(tm
     assert "protection.pending" not in meta and json.loads(meta["protection"])["compression"] == "zstd"
     assert _balance(path, {}, {}) == Decimal("132")
     assert _balance(path, {}, {"compression": "zstd"}) == Decimal("132")
+
+
+def _small_log(path: str, options: dict[str, Any]) -> None:
+    """A log of a few small events and no snapshot: its newest event alone says where a rekey got to."""
+    with memimg.open(path, root=Bank, **options) as img:
+        img.root.accounts["ada"] = Account(SECRET, Decimal("1"))
+        for _ in range(5):
+            img.root.accounts["ada"].balance += 1
+
+
+def _pending_entry(options: dict[str, Any], log_id: str | None = None) -> str:
+    """The ``protection.pending`` entry a rekey to *options* writes first (*log_id*: its new log id)."""
+    from memimg.core._protect import Protection, new_log_id
+
+    return Protection(**options).for_log(log_id or new_log_id()).settings_text()
+
+
+def _damage_newest_checksum(path: str) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        (seq,) = conn.execute("SELECT max(seq) FROM memimg_events").fetchone()
+        conn.execute("UPDATE memimg_events SET checksum = checksum + 1 WHERE seq = ?", (seq,))
+        conn.commit()
+    finally:
+        conn.close()
+    return int(seq)
+
+
+@pytest.mark.parametrize(
+    "new",
+    [{"encryption_key": KEY.hex(), "compression": "zlib"}, {"encryption_key": OTHER_KEY.hex()}],
+    ids=["compression", "keys"],
+)
+def test_a_damaged_newest_row_settles_no_pending_rekey(tmp_path: Any, new: dict[str, Any]) -> None:
+    """A rekey cut short before its rewrite, the newest event's checksum then damaged (no snapshot): the
+    damaged row says nothing about where the rekey got to, so an open -- with the old keys or the rekey's --
+    finishes nothing (the log keeps its log id and the pending entry) and reports the damage, naming the row;
+    finishing would bind the log to an id no row is bound to, its old id lost for good."""
+    path = str(tmp_path / "bank.db")
+    old = {"encryption_key": KEY.hex()}
+    _small_log(path, old)
+    store = memimg.SQLiteStore(path)
+    store.set_meta("protection.pending", _pending_entry(new))
+    store.close()
+    seq = _damage_newest_checksum(path)
+    before = _raw_meta(path, {})
+    for options in (old, new):
+        if options is new and "compression" not in new:  # only the rekey's keys: where it got to is unknown
+            with pytest.raises(memimg.CorruptLogError, match=r"checksum mismatch.*cannot be told"):
+                memimg.open(path, root=Bank, **options)
+        else:
+            with pytest.raises(memimg.CorruptLogError, match=rf"event seq {seq} is corrupt \(checksum mismatch\)"):
+                memimg.open(path, root=Bank, **options)
+        after = _raw_meta(path, {})
+        assert after["protection.pending"] == before["protection.pending"]
+        assert json.loads(after["protection"])["log_id"] == json.loads(before["protection"])["log_id"]
+
+
+@pytest.mark.parametrize("keys", ["both", "integrity"])
+def test_a_pending_entry_does_not_turn_tampering_into_a_rekey(tmp_path: Any, keys: str) -> None:
+    """An event edited (its checksum recomputed) in a log that also holds a ``protection.pending`` entry (left
+    over, or forged) is reported as tampering -- by ``memimg verify`` with both keys or the integrity key
+    alone, and by an open -- not blamed on a rekey: the log's newest rows still open under its keys, and a
+    rekey rewrites every row."""
+    import sqlite3
+
+    from memimg.core._rows import event_checksum
+
+    path = str(tmp_path / "bank.db")
+    _small_log(path, {"encryption_key": KEY, "integrity_key": INTEGRITY_KEY})
+    conn = sqlite3.connect(path)
+    row = conn.execute("SELECT * FROM memimg_events WHERE seq = 4").fetchone()
+    payload = bytearray(row[5])
+    payload[-3] ^= 1
+    conn.execute(
+        "UPDATE memimg_events SET payload = ?, checksum = ? WHERE seq = 4",
+        (bytes(payload), event_checksum(4, *row[1:5], bytes(payload))),
+    )
+    conn.execute(
+        "INSERT INTO memimg_meta VALUES ('protection.pending', ?)", (_pending_entry({"encryption_key": OTHER_KEY}),)
+    )
+    conn.commit()
+    conn.close()
+    env = {"MEMIMG_INTEGRITY_KEY": INTEGRITY_KEY}
+    if keys == "both":
+        env["MEMIMG_ENCRYPTION_KEY"] = KEY.hex()
+    result = CliRunner().invoke(cli, ["verify", path], env=env)
+    assert result.exit_code == 1
+    assert "event seq 4 fails its integrity MAC" in result.output and "rekey" not in result.output
+    if keys == "both":
+        with pytest.raises(memimg.CorruptLogError, match="event seq 4 fails its integrity MAC") as info:
+            memimg.open(path, root=Bank, encryption_key=KEY, integrity_key=INTEGRITY_KEY)
+        assert not isinstance(info.value, memimg.ProtectionError)
+
+
+def test_a_damaged_pending_entry_is_named(tmp_path: Any) -> None:
+    """A ``protection.pending`` entry whose log id is damaged is reported as that entry's damage, not the
+    ``protection`` entry's."""
+    path = str(tmp_path / "bank.db")
+    _small_log(path, {"encryption_key": KEY})
+    store = memimg.SQLiteStore(path)
+    entry = json.loads(_pending_entry({"encryption_key": KEY, "compression": "zlib"}))
+    store.set_meta("protection.pending", json.dumps({**entry, "log_id": "not hex"}))
+    store.close()
+    with pytest.raises(memimg.CorruptLogError, match="'protection.pending' entry of memimg_meta .* is damaged"):
+        memimg.open(path, root=Bank, encryption_key=KEY)
+
+
+def test_a_pending_rekey_to_zstd_does_not_need_zstandard_before_its_rewrite(tmp_path: Any, monkeypatch: Any) -> None:
+    """A rekey to zstd (the same key) cut short before its rewrite, in a log whose rows need no zstandard:
+    the log opens with its keys where zstandard is missing (the pending entry asking for zstd is checked
+    against the rows, not compressed with)."""
+    from memimg.core import _protect
+
+    path = str(tmp_path / "bank.db")
+    _small_log(path, {"encryption_key": KEY})
+    store = memimg.SQLiteStore(path)
+    store.set_meta("protection.pending", _pending_entry({"encryption_key": KEY, "compression": "zstd"}))
+    store.close()
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    for cached in ("zc", "zd"):
+        monkeypatch.delattr(_protect._local, cached, raising=False)
+    with memimg.open(path, root=Bank, encryption_key=KEY) as img:
+        assert img.root.accounts["ada"].balance == Decimal("6")
+    assert "protection.pending" in _raw_meta(path, {})
+
+
+def test_two_identical_rekeys_at_once_agree_on_the_pending_entry(tmp_path: Any) -> None:
+    """Two rekeys to the same options at the same moment: the second takes the first's pending entry over
+    (seals under its log id) instead of writing its own, and, failing, leaves it (it was there before it
+    started). So when the first's rewrite then commits and it dies before its flip, the entry names the rows
+    and the next open with the new keys finishes the rekey. (With an entry of its own, the second's failure
+    would remove it, leaving rows under a log id the log does not record: neither the old keys nor the new
+    would open it.)"""
+    path = str(tmp_path / "bank.db")
+    _make(path, {}, OLD)
+
+    class Killed(Exception):
+        pass
+
+    class Second(memimg.SQLiteStore):
+        def rewrite(self, plan: Any, after: int) -> None:
+            raise OSError("the second rekey's connection is lost")
+
+    class First(memimg.SQLiteStore):
+        def set_meta(self, key: str, value: str | None) -> None:
+            if key == "protection":
+                raise Killed  # the first rekey dies as it flips the settings, its rewrite committed
+            super().set_meta(key, value)
+            if key == "protection.pending" and value is not None:  # the second starts as the first does
+                second = Second(path)
+                try:
+                    with pytest.raises(OSError, match="connection is lost"):
+                        memimg.rekey(second, old_options=OLD, new_options=NEW)
+                    assert second.meta()["protection.pending"] == value
+                finally:
+                    second.close()
+
+    first = First(path)
+    try:
+        with pytest.raises(Killed):
+            memimg.rekey(first, old_options=OLD, new_options=NEW)
+    finally:
+        first.close()
+    assert _opened(path, {}, OLD) is None
+    assert _balance(path, {}, NEW) == Decimal("132")
+    assert "protection.pending" not in _raw_meta(path, {})
