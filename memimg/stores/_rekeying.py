@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from memimg._errors import CorruptLogError, MemimgError
+from memimg._errors import MemimgError
 from memimg.core._meta import META_KIND
 from memimg.core._protect import PROTECTION_KEY, Protection, new_log_id
 from memimg.core._rows import event_checksum
@@ -72,7 +72,7 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
             f"{store.description!r} is open in {len(live)} other image(s) ({', '.join(sorted(live))}); close them "
             "before a rekey (they would keep writing under the old keys); nothing was changed"
         )
-    new, adopted = _refuse_other_rekey(store, new)
+    _refuse_other_rekey(store, new)
     reader = source if isinstance(source, ProtectedStore) else ProtectedStore(store, Protection())
     first, head = store.first_seq(), store.head()
     events = list(reader.read(first - 1)) if head >= first else []
@@ -112,8 +112,7 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
     try:
         store.rewrite(plan, head)
     except BaseException:
-        old = source.protection if isinstance(source, ProtectedStore) else Protection()
-        _settle_rekey(store, old, new, marker, adopted)
+        _settle_rekey(store, source.protection if isinstance(source, ProtectedStore) else Protection(), new, marker)
         raise
     _commit_settings(store, new)
     return len(sealed) + len(sealed_snaps)
@@ -127,28 +126,17 @@ def _commit_settings(store: Store, new: Protection) -> None:
     _drop_pending(store, new)
 
 
-def _refuse_other_rekey(store: Store, new: Protection) -> tuple[Protection, bool]:
+def _refuse_other_rekey(store: Store, new: Protection) -> None:
     """Raise MemimgError if another rekey's pending entry, to other options than *new*, is in *store*'s meta
     (running, or interrupted before its rewrite committed: the rows are still under the old keys); not for a
-    finished rekey's entry (the log's settings are its).
-
-    Returns *new*, and whether this rekey takes over the pending entry of the same rekey (the same keys and
-    compression: run again to finish an interrupted one, or running at the same moment): then *new* is
-    bound to that entry's log id, so the entry stays as it is -- whichever of the two commits, it names
-    the rows -- and this rekey never removes it (it was there before this rekey started).
-    """
+    finished rekey's entry (the log's settings are its)."""
     meta = store.meta()
     text = meta.get(PENDING_KEY)
     other = read_pending(text) if text is not None else None
     if other is None or text == meta.get(PROTECTION_KEY):
-        return new, False  # none, or a finished rekey's (killed between its two meta writes): replaced
+        return  # none, or a finished rekey's (killed between its two meta writes): this rekey's replaces it
     if mismatch("", other, new) is None and other.get("compression") == new.compression:
-        if not new.active:
-            return new, True  # a rekey to a plain log: its entry names no log id
-        if other.get("log_id") is not None:
-            with contextlib.suppress(CorruptLogError):  # a damaged id: this rekey's own replaces it
-                return new.for_log(other["log_id"]), True
-        return new, False
+        return  # the same rekey run again (what finishes an interrupted one)
     raise MemimgError(
         f"{store.description!r}: another `memimg rekey` (to key {other.get('key_id')}, integrity key "
         f"{other.get('integrity_key_id')}, compression {other.get('compression')}) is running or was "
@@ -165,11 +153,10 @@ def _drop_pending(store: Store, new: Protection) -> None:
         store.set_meta(PENDING_KEY, None)
 
 
-def _settle_rekey(store: Store, old: Protection, new: Protection, marker: Sequence[EventRow], adopted: bool) -> None:
+def _settle_rekey(store: Store, old: Protection, new: Protection, marker: Sequence[EventRow]) -> None:
     """After a rekey's rewrite failed: the pending entry removed if the rows are still under *old* (the usual
     case: the rewrite is one transaction), the rekey finished if they are under *new* (the failure came after
-    its commit). Left as it is when the store cannot say (the next open decides, as after a crash), and when
-    this rekey took the entry over (*adopted*: the same rekey's, there before it started, perhaps running).
+    its commit). Left as it is when the store cannot say (the next open decides, as after a crash).
 
     The rekey's *marker* (its last row, sealed under *new*) says which: it is the newest row exactly when
     the rewrite committed -- also on a log without keys, whose rows are bound to nothing (no other row
@@ -184,5 +171,5 @@ def _settle_rekey(store: Store, old: Protection, new: Protection, marker: Sequen
             committed = opens_under(store, new) is True and opens_under(store, old) is not True
         if committed:
             _commit_settings(store, new)
-        elif not adopted and opens_under(store, old) is not False:  # still the old rows (or damaged ones)
+        elif opens_under(store, old) is not False:  # still the old rows (or damaged ones: not the rekey's)
             _drop_pending(store, new)
