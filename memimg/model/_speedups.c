@@ -542,35 +542,36 @@ static PyObject *configure_feeds(PyObject *mod, PyObject *args) {
 /* first_noted(row, meta, subs, target, kind, field, key, old, new, index): the Python function's result, made
  * without its calls of tuple.__new__ and object.__new__ (the commonest commit with a subscriber: one field set). */
 static PyObject *noted_commit(PyObject *const *args) {
-    PyObject *row = args[0], *meta = args[1];
-    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 3) {
-        PyErr_Format(PyExc_TypeError, "first_noted(): the row must be a tuple of 3 items or more, not %R", row);
-        return NULL;
+    PyObject *row = args[0], *meta = args[1], *head[3]; /* the row's seq, tx and time */
+    for (Py_ssize_t i = 0; i < 3; i++) {                 /* (a tuple, or any sequence: a driver's row) */
+        head[i] = PyTuple_Check(row) && i < PyTuple_GET_SIZE(row) ? Py_NewRef(PyTuple_GET_ITEM(row, i))
+                                                                   : PySequence_GetItem(row, i);
+        if (head[i] == NULL) {
+            while (i > 0) Py_DECREF(head[--i]);
+            return NULL;
+        }
     }
-    PyObject *tx = PyTuple_GET_ITEM(row, 1), *ts = PyTuple_GET_ITEM(row, 2);
-    PyObject *change = change_type->tp_alloc(change_type, CHANGE_FIELDS);
-    if (change == NULL) return NULL;
-    PyTuple_SET_ITEM(change, 0, Py_NewRef(PyTuple_GET_ITEM(row, 0)));
-    PyTuple_SET_ITEM(change, 1, Py_NewRef(tx));
-    PyTuple_SET_ITEM(change, 2, Py_NewRef(ts));
+    PyObject *change = change_type->tp_alloc(change_type, CHANGE_FIELDS), *changes = NULL, *commit = NULL;
+    if (change == NULL) goto done;
+    for (Py_ssize_t i = 0; i < 3; i++) PyTuple_SET_ITEM(change, i, Py_NewRef(head[i]));
     PyTuple_SET_ITEM(change, 3, Py_NewRef(meta));
     for (Py_ssize_t i = 4; i < CHANGE_FIELDS; i++) PyTuple_SET_ITEM(change, i, Py_NewRef(args[i - 1]));
-    PyObject *changes = PyList_New(1);
-    if (changes == NULL) {
+    if ((changes = PyList_New(1)) == NULL) {
         Py_DECREF(change);
-        return NULL;
+        goto done;
     }
     PyList_SET_ITEM(changes, 0, change);
-    PyObject *commit = commit_type->tp_alloc(commit_type, 0);
-    if (commit == NULL) {
+    if ((commit = commit_type->tp_alloc(commit_type, 0)) == NULL) {
         Py_DECREF(changes);
-        return NULL;
+        goto done;
     }
-    SLOT(commit, off_tx) = Py_NewRef(tx);
-    SLOT(commit, off_time) = Py_NewRef(ts);
+    SLOT(commit, off_tx) = Py_NewRef(head[1]);
+    SLOT(commit, off_time) = Py_NewRef(head[2]);
     SLOT(commit, off_to) = Py_NewRef(args[2]);
     SLOT(commit, off_meta) = Py_NewRef(meta);
     SLOT(commit, off_changes) = changes;
+done:
+    for (Py_ssize_t i = 0; i < 3; i++) Py_DECREF(head[i]);
     return commit;
 }
 
