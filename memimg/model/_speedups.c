@@ -462,14 +462,13 @@ static PyTypeObject FastSetattrType = {
  * type (a _Gap in the queue, a subclass) is read with the generic attribute lookup, as Python does. */
 static PyTypeObject *feed_type = NULL, *sub_type = NULL, *commit_type = NULL, *change_type = NULL;
 static Py_ssize_t off_queue, off_bound, off_subs, off_oids, off_wide, off_getters; /* Feed's */
-static Py_ssize_t off_closed, off_seen, off_callback;       /* Subscription's */
-static Py_ssize_t off_tx, off_time, off_to, off_meta, off_changes, off_seq; /* Commit's */
+static Py_ssize_t off_closed, off_seen, off_callback;                               /* Subscription's */
+static Py_ssize_t off_tx, off_time, off_to, off_meta, off_changes, off_seq;         /* Commit's */
 static PyObject *py_deliver_entry = NULL, *py_failed = NULL; /* memimg.image._feeddelivery's */
-static PyObject *py_note_field = NULL; /* the Python note_field: what the compiled one does not */
-static PyObject *missing = NULL;       /* memimg.MISSING */
-static PyObject *s_obj_set;
+static PyObject *py_note_field = NULL;                       /* the Python note_field: what the compiled one does not */
+static PyObject *missing = NULL;                             /* memimg.MISSING */
 static PyObject *empty_tuple = NULL;
-static PyObject *s_queue, *s_bound, *s_seq, *s_to, *s_closed, *s_seen, *s_callback, *s_subs, *s_popleft;
+static PyObject *s_queue, *s_bound, *s_seq, *s_to, *s_closed, *s_seen, *s_callback, *s_subs, *s_popleft, *s_obj_set;
 #define CHANGE_FIELDS 11
 
 /* The offset of slot `name` of `t` (an object slot, writable), or -1 with TypeError set. */
