@@ -1,4 +1,4 @@
-/* memimg.model._speedups: the optional compiled accelerator of the two hottest paths of the model.
+/* memimg.model._speedups: the optional compiled accelerator of the hottest paths of the model and of change feeds.
  *
  * Pure Python cannot make them cheap enough (docs/performance.md, "The compiled accelerator"):
  *
@@ -10,6 +10,10 @@
  * - FastSetattr: an entity's __setattr__. Its fast path is the Python one's (a field with no hook
  *   set to a scalar, the writer's `fast` journal open): one (kind, object, (name, value)) append;
  *   anything else calls the Python __setattr__ it wraps.
+ * - Change feeds (memimg.image._feeds): first_noted, note_field and deliver_to_bound, the Python functions of the
+ *   same names compiled -- the steps a subscription adds to the commonest commit (one field set), where the
+ *   interpreter's work was most of their cost. note_field calls the Python function for anything but a field
+ *   followed by a subscription to its object or to that field.
  *
  * Every shortcut only reads; when one does not apply, the Python code runs from the start.
  * Attributes of writers, of the tracking state and of images (_mi_current) are read through a per-type
@@ -452,6 +456,282 @@ static PyTypeObject FastSetattrType = {
     .tp_getset = fs_getset,
 };
 
+/* -- change feeds (memimg.image._feeds): a noted commit, and the delivery of the queue -------------------------- */
+
+/* The types configure_feeds() was given, and the offsets of the slots read and written here; an object of another
+ * type (a _Gap in the queue, a subclass) is read with the generic attribute lookup, as Python does. */
+static PyTypeObject *feed_type = NULL, *sub_type = NULL, *commit_type = NULL, *change_type = NULL;
+static Py_ssize_t off_queue, off_bound, off_subs, off_oids, off_wide, off_getters; /* Feed's */
+static Py_ssize_t off_closed, off_seen, off_callback;                               /* Subscription's */
+static Py_ssize_t off_tx, off_time, off_to, off_meta, off_changes, off_seq;         /* Commit's */
+static PyObject *py_deliver_entry = NULL, *py_failed = NULL; /* memimg.image._feeddelivery's */
+static PyObject *py_note_field = NULL;                       /* the Python note_field: what the compiled one does not */
+static PyObject *missing = NULL;                             /* memimg.MISSING */
+static PyObject *empty_tuple = NULL;
+static PyObject *s_queue, *s_bound, *s_seq, *s_to, *s_closed, *s_seen, *s_callback, *s_subs, *s_popleft, *s_obj_set;
+#define CHANGE_FIELDS 11
+
+/* The offset of slot `name` of `t` (an object slot, writable), or -1 with TypeError set. */
+static Py_ssize_t slot_offset(PyTypeObject *t, const char *name) {
+    PyObject *d = PyDict_GetItemString(t->tp_dict, name);
+    if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX ||
+        (((PyMemberDescrObject *)d)->d_member->flags & READONLY)) {
+        PyErr_Format(PyExc_TypeError, "configure_feeds(): %R has no slot %s", t, name);
+        return -1;
+    }
+    return ((PyMemberDescrObject *)d)->d_member->offset;
+}
+
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+/* Attribute `name` of `obj` (a new reference): read from its slot when `obj` is a `t`. */
+static inline PyObject *get_slot(PyObject *obj, PyTypeObject *t, Py_ssize_t offset, PyObject *name) {
+    if (Py_TYPE(obj) == t) {
+        PyObject *v = SLOT(obj, offset);
+        if (v != NULL) return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, name); /* (an empty slot: its AttributeError) */
+}
+
+static inline int set_slot(PyObject *obj, PyTypeObject *t, Py_ssize_t offset, PyObject *name, PyObject *value) {
+    if (Py_TYPE(obj) == t) {
+        Py_XSETREF(SLOT(obj, offset), Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(obj, name, value);
+}
+
+static PyObject *configure_feeds(PyObject *mod, PyObject *args) {
+    PyObject *feed, *sub, *commit, *change, *entry, *failed, *note, *miss;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOOO:configure_feeds", &PyType_Type, &feed, &PyType_Type, &sub,
+                          &PyType_Type, &commit, &PyType_Type, &change, &entry, &failed, &note, &miss))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)change, &PyTuple_Type)) {
+        PyErr_Format(PyExc_TypeError, "configure_feeds(): %R is not a tuple type", change);
+        return NULL;
+    }
+    if (!PyCallable_Check(entry) || !PyCallable_Check(failed) || !PyCallable_Check(note)) {
+        PyErr_SetString(PyExc_TypeError, "configure_feeds(): _deliver_entry, _failed and note_field must be callable");
+        return NULL;
+    }
+    PyTypeObject *f = (PyTypeObject *)feed, *s = (PyTypeObject *)sub, *c = (PyTypeObject *)commit;
+    Py_ssize_t o[15] = {
+        slot_offset(f, "queue"), slot_offset(f, "bound"), slot_offset(f, "subs"),
+        slot_offset(f, "oids"), slot_offset(f, "wide"), slot_offset(f, "getters"),
+        slot_offset(s, "closed"), slot_offset(s, "seen"), slot_offset(s, "callback"),
+        slot_offset(c, "tx"), slot_offset(c, "_time"), slot_offset(c, "_to"),
+        slot_offset(c, "meta"), slot_offset(c, "changes"), slot_offset(c, "seq"),
+    };
+    for (int i = 0; i < 15; i++)
+        if (o[i] < 0) return NULL;
+    off_queue = o[0], off_bound = o[1], off_subs = o[2], off_oids = o[3], off_wide = o[4], off_getters = o[5];
+    off_closed = o[6], off_seen = o[7], off_callback = o[8];
+    off_tx = o[9], off_time = o[10], off_to = o[11], off_meta = o[12], off_changes = o[13], off_seq = o[14];
+    Py_XSETREF(feed_type, (PyTypeObject *)Py_NewRef(feed));
+    Py_XSETREF(sub_type, (PyTypeObject *)Py_NewRef(sub));
+    Py_XSETREF(commit_type, (PyTypeObject *)Py_NewRef(commit));
+    Py_XSETREF(change_type, (PyTypeObject *)Py_NewRef(change));
+    Py_XSETREF(py_deliver_entry, Py_NewRef(entry));
+    Py_XSETREF(py_failed, Py_NewRef(failed));
+    Py_XSETREF(py_note_field, Py_NewRef(note));
+    Py_XSETREF(missing, Py_NewRef(miss));
+    Py_RETURN_NONE;
+}
+
+/* first_noted(row, meta, subs, target, kind, field, key, old, new, index): the Python function's result, made
+ * without its calls of tuple.__new__ and object.__new__ (the commonest commit with a subscriber: one field set). */
+static PyObject *noted_commit(PyObject *const *args) {
+    PyObject *row = args[0], *meta = args[1], *head[3]; /* the row's seq, tx and time */
+    for (Py_ssize_t i = 0; i < 3; i++) {                 /* (a tuple, or any sequence: a driver's row) */
+        head[i] = PyTuple_Check(row) && i < PyTuple_GET_SIZE(row) ? Py_NewRef(PyTuple_GET_ITEM(row, i))
+                                                                   : PySequence_GetItem(row, i);
+        if (head[i] == NULL) {
+            while (i > 0) Py_DECREF(head[--i]);
+            return NULL;
+        }
+    }
+    PyObject *change = change_type->tp_alloc(change_type, CHANGE_FIELDS), *changes = NULL, *commit = NULL;
+    if (change == NULL) goto done;
+    for (Py_ssize_t i = 0; i < 3; i++) PyTuple_SET_ITEM(change, i, Py_NewRef(head[i]));
+    PyTuple_SET_ITEM(change, 3, Py_NewRef(meta));
+    for (Py_ssize_t i = 4; i < CHANGE_FIELDS; i++) PyTuple_SET_ITEM(change, i, Py_NewRef(args[i - 1]));
+    if ((changes = PyList_New(1)) == NULL) {
+        Py_DECREF(change);
+        goto done;
+    }
+    PyList_SET_ITEM(changes, 0, change);
+    if ((commit = commit_type->tp_alloc(commit_type, 0)) == NULL) {
+        Py_DECREF(changes);
+        goto done;
+    }
+    SLOT(commit, off_tx) = Py_NewRef(head[1]);
+    SLOT(commit, off_time) = Py_NewRef(head[2]);
+    SLOT(commit, off_to) = Py_NewRef(args[2]);
+    SLOT(commit, off_meta) = Py_NewRef(meta);
+    SLOT(commit, off_changes) = changes;
+done:
+    for (Py_ssize_t i = 0; i < 3; i++) Py_DECREF(head[i]);
+    return commit;
+}
+
+static PyObject *first_noted(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (commit_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "first_noted(): configure_feeds() was not called");
+        return NULL;
+    }
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "first_noted() takes 10 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    return noted_commit(args);
+}
+
+/* note_field(feed, target, oid, name, value, row): the Python function's result. Compiled: a field one subscription
+ * or more follow as such (not only as part of a class or of everything), read by its getter; anything else is left
+ * to the Python function. */
+static PyObject *note_field(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (py_note_field == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "note_field(): configure_feeds() was not called");
+        return NULL;
+    }
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "note_field() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *feed = args[0], *target = args[1], *oid = args[2], *name = args[3];
+    if (Py_TYPE(feed) != feed_type || SLOT(feed, off_wide) != Py_False || SLOT(feed, off_oids) == NULL ||
+        SLOT(feed, off_getters) == NULL || !PyDict_CheckExact(SLOT(feed, off_oids)) ||
+        !PyDict_CheckExact(SLOT(feed, off_getters)) || !PyUnicode_CheckExact(name))
+        goto python;
+    PyObject *follows = PyDict_GetItemWithError(SLOT(feed, off_oids), oid); /* (borrowed, as below) */
+    if (follows == NULL || !PyDict_CheckExact(follows)) goto python;
+    PyObject *subs = PyDict_GetItemWithError(follows, name); /* follows.get(name) or follows[None] */
+    if (subs != NULL && (!PyTuple_CheckExact(subs))) goto python;
+    if (subs == NULL || PyTuple_GET_SIZE(subs) == 0) {
+        if (PyErr_Occurred()) return NULL;
+        subs = PyDict_GetItemWithError(follows, Py_None);
+        if (subs == NULL || !PyTuple_CheckExact(subs)) goto python;
+        if (PyTuple_GET_SIZE(subs) == 0) Py_RETURN_NONE; /* nobody follows it */
+    }
+    PyObject *getters = PyDict_GetItemWithError(SLOT(feed, off_getters), (PyObject *)Py_TYPE(target));
+    if (getters == NULL || !PyDict_CheckExact(getters)) goto python;
+    PyObject *getter = PyDict_GetItemWithError(getters, name);
+    if (getter == NULL) goto python; /* (the Python function learns the class's getters) */
+    Py_INCREF(subs);
+    PyObject *noted = NULL, *meta = NULL, *old = PyObject_CallOneArg(getter, target);
+    if (old == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) { /* no value before */
+        PyErr_Clear();
+        old = Py_NewRef(missing);
+    }
+    if (old != NULL && (meta = PyDict_New()) != NULL) {
+        PyObject *fields[10] = {args[5], meta, subs, target, s_obj_set, name, Py_None, old, args[4], Py_None};
+        noted = noted_commit(fields);
+        Py_DECREF(meta);
+    }
+    Py_XDECREF(old);
+    Py_DECREF(subs);
+    return noted;
+python:
+    if (PyErr_Occurred()) return NULL;
+    return PyObject_Vectorcall(py_note_field, args, nargs, NULL);
+}
+
+/* Subscription `sub` is handed `entry` (seq `seq`) unless it is closed or has had it; its callback's exception
+ * goes to _failed(sub, seq, err), which logs it or raises it (then -1). */
+static int hand(PyObject *sub, PyObject *entry, PyObject *seq) {
+    PyObject *v = get_slot(sub, sub_type, off_closed, s_closed);
+    if (v == NULL) return -1;
+    int closed = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (closed) return closed < 0 ? -1 : 0;
+    if ((v = get_slot(sub, sub_type, off_seen, s_seen)) == NULL) return -1;
+    int newer = PyObject_RichCompareBool(seq, v, Py_GT);
+    Py_DECREF(v);
+    if (newer <= 0) return newer;
+    if (set_slot(sub, sub_type, off_seen, s_seen, seq) < 0 ||
+        (v = get_slot(sub, sub_type, off_callback, s_callback)) == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(v, entry);
+    Py_DECREF(v);
+    if (r == NULL) {
+        PyObject *type, *err, *tb;
+        PyErr_Fetch(&type, &err, &tb);
+        PyErr_NormalizeException(&type, &err, &tb);
+        if (tb != NULL) PyException_SetTraceback(err, tb);
+        r = PyObject_CallFunctionObjArgs(py_failed, sub, seq, err, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(err);
+        Py_XDECREF(tb);
+        if (r == NULL) return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* deliver_to_bound(feed): the Python function, compiled (the same steps, reading and writing the same attributes). */
+static PyObject *deliver_to_bound(PyObject *mod, PyObject *feed) {
+    if (py_failed == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "deliver_to_bound(): configure_feeds() was not called");
+        return NULL;
+    }
+    PyObject *queue = get_slot(feed, feed_type, off_queue, s_queue), *bound = NULL, *entry = NULL, *seq = NULL;
+    PyObject *to = NULL;
+    if (queue == NULL) return NULL;
+    Py_ssize_t n = PyObject_Length(queue);
+    if (n < 0) goto error;
+    if (n > 0) {
+        if ((entry = PySequence_GetItem(queue, n - 1)) == NULL) goto error;
+        bound = get_slot(entry, commit_type, off_seq, s_seq);
+        Py_CLEAR(entry);
+    } else {
+        bound = PyLong_FromLong(0);
+    }
+    if (bound == NULL || set_slot(feed, feed_type, off_bound, s_bound, bound) < 0) goto error;
+    while ((n = PyObject_Length(queue)) > 0) {
+        if ((entry = PySequence_GetItem(queue, 0)) == NULL) goto error;
+        if ((seq = get_slot(entry, commit_type, off_seq, s_seq)) == NULL) goto error;
+        int over = PyObject_RichCompareBool(seq, bound, Py_GT);
+        if (over < 0) goto error;
+        if (over) break;
+        if ((to = get_slot(entry, commit_type, off_to, s_to)) == NULL) goto error;
+        if (PyTuple_CheckExact(to) && PyTuple_GET_SIZE(to) == 1) {
+            PyObject *sub = Py_NewRef(PyTuple_GET_ITEM(to, 0));
+            /* the Commit is the subscription's now: it holds nothing of the feed */
+            int failed = set_slot(entry, commit_type, off_to, s_to, empty_tuple) < 0 || hand(sub, entry, seq) < 0;
+            Py_DECREF(sub);
+            if (failed) goto error;
+        } else {
+            PyObject *subs = get_slot(feed, feed_type, off_subs, s_subs);
+            if (subs == NULL) goto error;
+            PyObject *r = PyObject_CallFunctionObjArgs(py_deliver_entry, subs, entry, NULL);
+            Py_DECREF(subs);
+            if (r == NULL) goto error;
+            Py_DECREF(r);
+        }
+        Py_CLEAR(to);
+        Py_CLEAR(seq);
+        Py_CLEAR(entry);
+        PyObject *r = PyObject_CallMethodNoArgs(queue, s_popleft);
+        if (r == NULL) goto error;
+        Py_DECREF(r);
+        Py_SETREF(bound, get_slot(feed, feed_type, off_bound, s_bound));
+        if (bound == NULL) goto error;
+    }
+    if (n < 0) goto error;
+    Py_XDECREF(seq);
+    Py_XDECREF(entry);
+    Py_DECREF(bound);
+    Py_DECREF(queue);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(to);
+    Py_XDECREF(seq);
+    Py_XDECREF(entry);
+    Py_XDECREF(bound);
+    Py_DECREF(queue);
+    return NULL;
+}
+
 /* -- module ----------------------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
@@ -485,6 +765,13 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
+    {"configure_feeds", configure_feeds, METH_VARARGS,
+     "configure_feeds(Feed, Subscription, Commit, Change, _deliver_entry, _failed)"},
+    {"deliver_to_bound", deliver_to_bound, METH_O, "deliver_to_bound(feed): deliver the queue up to its bound"},
+    {"note_field", (PyCFunction)(void (*)(void))note_field, METH_FASTCALL,
+     "note_field(feed, target, oid, name, value, row): Feed.note of a field set by Engine.commit_field"},
+    {"first_noted", (PyCFunction)(void (*)(void))first_noted, METH_FASTCALL,
+     "first_noted(row, meta, subs, target, kind, field, key, old, new, index): a Commit noted with its first change"},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {NULL},
 };
@@ -502,7 +789,18 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_fast, "fast")
     INTERN(s_get, "__get__")
     INTERN(s_set, "__set__")
+    INTERN(s_queue, "queue")
+    INTERN(s_bound, "bound")
+    INTERN(s_seq, "seq")
+    INTERN(s_to, "_to")
+    INTERN(s_closed, "closed")
+    INTERN(s_seen, "seen")
+    INTERN(s_callback, "callback")
+    INTERN(s_subs, "subs")
+    INTERN(s_popleft, "popleft")
+    INTERN(s_obj_set, "obj.set")
 #undef INTERN
+    if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
     if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -27,3 +27,31 @@ class FastSetattr:
 def configure(base: type, state: Any, python_get: Callable[[Any, Any, type | None], Any], /) -> None: ...
 def hook(cls: type, /) -> bool: ...
 def unhook(cls: type, /) -> bool: ...
+
+# change feeds (memimg.image._feeds): the Python functions of the same names, compiled
+def configure_feeds(
+    feed: type,
+    subscription: type,
+    commit: type,
+    change: type,
+    deliver_entry: Callable[[Any, Any], None],
+    failed: Callable[[Any, int, BaseException], None],
+    note_field: Callable[[Any, Any, int, str, Any, Any], Any],
+    missing: Any,
+    /,
+) -> None: ...
+def first_noted(
+    row: Any,
+    meta: dict[str, Any],
+    subs: tuple[Any, ...],
+    target: Any,
+    kind: str,
+    field: str | None,
+    key: Any,
+    old: Any,
+    new: Any,
+    index: int | None,
+    /,
+) -> Any: ...
+def note_field(feed: Any, target: Any, oid: int, name: str, value: Any, row: Any, /) -> Any: ...
+def deliver_to_bound(feed: Any, /) -> None: ...
