@@ -545,6 +545,28 @@ def test_one_key_for_encryption_and_integrity_is_refused(tmp_path: Any) -> None:
     assert not path.exists()
 
 
+def test_meta_entry_macs_are_under_a_key_of_their_own_and_the_integrity_key_checks_them() -> None:
+    """A meta entry's MAC (a rekey's pending entry) is under a key derived for it from the integrity key when
+    there is one -- the same whatever the encryption key or the log, so ``memimg verify`` with the integrity
+    key alone checks it -- else from the encryption key; it is not the chain's HMAC, differs under other keys,
+    and a protection without keys has none. No key in it or in the protection's repr."""
+    import hashlib
+    import hmac
+
+    message = b'{"from": {}, "to": {}}'
+    both = Protection(encryption_key=KEY, integrity_key=INTEGRITY_KEY)
+    mac = both.entry_mac(message)
+    assert mac is not None and len(mac) == 64
+    assert Protection(integrity_key=INTEGRITY_KEY).checking_macs_only().entry_mac(message) == mac
+    assert both.for_log("ab" * 16).compressing("zlib").entry_mac(message) == mac
+    assert Protection(encryption_key=KEY).entry_mac(message) not in (None, mac)
+    assert Protection(encryption_key=OTHER_KEY).entry_mac(message) != Protection(encryption_key=KEY).entry_mac(message)
+    assert Protection(compression="zlib").entry_mac(message) is None
+    for key in (bytes.fromhex(INTEGRITY_KEY), KEY):  # not an HMAC under a log's key itself
+        assert hmac.new(key, b"memimg meta entry\0" + message, hashlib.sha256).hexdigest() != mac
+    assert KEY.hex() not in mac + repr(both) and INTEGRITY_KEY not in mac + repr(both)
+
+
 def test_missing_cryptography_is_named_and_no_traceback_holds_the_key(monkeypatch: Any, tmp_path: Any) -> None:
     """Without the cryptography package, an encrypted open says to install memimg[crypto]; neither the error
     nor any exception chained to it has a frame whose locals hold the key."""

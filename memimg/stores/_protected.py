@@ -19,8 +19,8 @@ options with the settings the log stores (``memimg_meta``) and refuses a
 missing, wrong or unneeded key before anything is read or written.
 ``memimg rekey`` re-seals a whole log under other options
 (:mod:`memimg.stores._rekeying`), bracketed by a ``protection.pending``
-meta entry (:data:`PENDING_KEY`), so that a crash at any point leaves the
-log openable with the old options or the new ones; :func:`protect`
+meta entry (:mod:`memimg.stores._pending`), so that a crash at any point
+leaves the log openable with the old options or the new ones; :func:`protect`
 finishes a rekey whose rows were rewritten when the flip was cut short.
 """
 
@@ -37,11 +37,11 @@ from memimg.core._protect import (
     PROTECTION_KEY,
     Protection,
     ProtectionError,
-    is_sealed,
     new_log_id,
     read_settings,
 )
 from memimg.core._rows import event_checksum, row_intact, snapshot_checksum
+from memimg.stores._pending import PENDING_KEY, mismatch, moved_by_rekey, settle_pending
 from memimg.stores._protocol import (
     EventRow,
     Rewrite,
@@ -54,16 +54,11 @@ from memimg.stores._protocol import (
 __all__ = [
     "PENDING_KEY",
     "ProtectedStore",
-    "finish_rekey",
     "mismatch",
-    "opens_under",
     "protect",
-    "read_pending",
     "refuse_if_rekeyed",
 ]
 
-#: The ``memimg_meta`` key of the settings a ``memimg rekey`` is moving the log to, while it runs.
-PENDING_KEY: Final = "protection.pending"
 _E: Final = b"E"
 _S: Final = b"S"
 #: How many chain anchors (seq -> MAC) a store keeps at hand.
@@ -213,15 +208,20 @@ class ProtectedStore:
 
         Only on evidence: the log's stored settings are no longer this
         store's keys, or a rekey's pending entry is there and the rows show
-        its rewrite (see :func:`_moved_by_rekey`). A pending entry alone --
-        left over, or written by someone -- does not turn damage into a
-        rekey: the caller then reports the row.
+        its rewrite (see :func:`~memimg.stores._pending.moved_by_rekey`). A
+        pending entry alone -- left over, or written by someone -- does not
+        turn damage into a rekey: the caller then reports the row.
         """
         try:
             meta = self.inner.meta()
-            wrong = _resealed(self.description, read_settings(meta), self.protection)
+            settings = read_settings(meta)
+            wrong = _resealed(self.description, settings, self.protection)
             pending = meta.get(PENDING_KEY)
-            if wrong is None and pending is not None and _moved_by_rekey(self.inner, self.protection, pending, row):
+            if (
+                wrong is None
+                and pending is not None
+                and moved_by_rekey(self.inner, self.protection, settings, pending, row)
+            ):
                 wrong = f"{self.description!r} is being moved to other keys by a `memimg rekey`"
         except MemimgError:
             return
@@ -502,28 +502,6 @@ def _resealed(description: str, settings: dict[str, Any] | None, p: Protection) 
     return None
 
 
-def mismatch(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
-    """What about *p* does not fit the log's stored *settings* (None: it fits)."""
-    stored_key = settings.get("key_id") if settings else None
-    stored_ikey = settings.get("integrity_key_id") if settings else None
-    if stored_key != p.key_id:
-        if stored_key is None:
-            return f"{description!r} is not encrypted, but an encryption_key was given"
-        if p.key_id is None:
-            return f"{description!r} is encrypted (key {stored_key}); give its encryption_key"
-        return f"{description!r} is encrypted under key {stored_key}; the encryption_key given ({p.key_id}) is another"
-    if stored_ikey != p.integrity_id:
-        if stored_ikey is None:
-            return f"{description!r} has no integrity chain, but an integrity_key was given"
-        if p.integrity_id is None:
-            return f"{description!r} has an integrity chain (key {stored_ikey}); give its integrity_key"
-        return (
-            f"{description!r} has an integrity chain under key {stored_ikey}; the integrity_key given "
-            f"({p.integrity_id}) is another"
-        )
-    return None
-
-
 def protect(store: Store, protection: Protection | None) -> Store:
     """*store* opened with *protection* (None: no option given): itself, or a :class:`ProtectedStore`.
 
@@ -539,7 +517,7 @@ def protect(store: Store, protection: Protection | None) -> Store:
     wrong = mismatch(store.description, settings, p)
     pending_text = meta.get(PENDING_KEY)
     if pending_text is not None:
-        settings, wrong = _settle_pending(store, p, settings, pending_text, wrong)
+        settings, wrong = settle_pending(store, p, settings, pending_text, wrong)
     if settings is not None:
         p = p.for_log(settings.get("log_id"))  # None: a log protected before log ids (still opens)
     if wrong is not None:
@@ -571,222 +549,11 @@ def protect(store: Store, protection: Protection | None) -> Store:
     return ProtectedStore(store, p)
 
 
-def _settle_pending(
-    store: Store, p: Protection, settings: dict[str, Any] | None, pending_text: str, wrong: str | None
-) -> tuple[dict[str, Any] | None, str | None]:
-    """The settings the log's rows are under, and what about *p* does not fit them, with a rekey's
-    ``protection.pending`` entry in the log (see :func:`protect`): ``(settings, wrong)``.
-
-    An entry that is the log's settings is a finished rekey's (killed
-    between its two meta writes): dropped. Otherwise the rows say where the
-    rekey got to, and only rows that open (intact)
-    count: a damaged newest row decides nothing. With *p* holding the
-    pending keys, the rekey is finished here (the pending settings become
-    the log's, the entry is dropped) when the rows open under them and not
-    under the old settings: a rekey binds the rows to a new log id, so with
-    keys the two never both open them. A log without keys binds its rows to
-    nothing and every row records its own compression, so a protection
-    with compression reads any of its rows: its old settings are kept when
-    they compress (they read the rows before and after the rewrite), and
-    the pending ones taken over a plain log's (a plain log is not opened
-    through a protection at all), unless they ask for zstd where zstandard
-    is missing and no row shows the rewrite. Otherwise the entry stays (a
-    rekey run again finishes it).
-
-    Raises:
-        ProtectionError: *p*'s keys are the rekey's but its rewrite did not
-            commit (open with the old keys), or *p*'s keys are the old
-            settings' and the rows show the rewrite committed (open with the
-            new ones).
-        CorruptLogError: the pending entry is damaged; or *p* holds only the
-            rekey's keys and the newest rows are damaged, so where the
-            rekey got to cannot be told.
-    """
-    pending = read_pending(pending_text)
-    if pending == settings:  # a finished rekey's (killed between its two meta writes): the log's settings are its
-        finish_rekey(store, pending_text)
-        return settings, wrong
-    if mismatch(store.description, pending, p) is not None:  # not the rekey's keys: the old ones, or wrong ones
-        if wrong is None and _moved_by_rekey(store, _reader(p, settings), pending_text):
-            if pending.get("key_id") or pending.get("integrity_key_id"):
-                moved = f"to other keys (key {pending.get('key_id')}, integrity key {pending.get('integrity_key_id')})"
-                then = "open it with those"
-            else:
-                moved, then = "to plain rows (no keys)", "open it without keys"
-            raise ProtectionError(f"{store.description!r}: a `memimg rekey` finished moving the log {moved}; {then}")
-        return settings, wrong  # (rows that do not open under the old keys without that evidence: reported as read)
-    new = _reader(p, pending, PENDING_KEY)
-    if wrong is None:  # the old settings' keys too: a change of compression alone
-        if not (p.encrypted or p.chained):
-            if settings is None and (_usable(pending) or opens_under(store, _reader(p, None)) is False):
-                finish_rekey(store, pending_text)
-                return (pending if _any_option(pending) else None), None
-            return settings, None
-        if opens_under(store, _reader(p, settings)) is False and opens_under(store, new) is True:
-            finish_rekey(store, pending_text)
-            return (pending if _any_option(pending) else None), None
-        return settings, None  # still the old rows, or damaged ones (the core reports them as it reads)
-    state = opens_under(store, new)
-    if state is True:
-        finish_rekey(store, pending_text)
-        return (pending if _any_option(pending) else None), None
-    if state is None:
-        raise CorruptLogError(
-            f"{wrong}, and a `memimg rekey` to the keys given is pending (running, or cut short); the log's "
-            "newest rows are damaged (checksum mismatch), so whether its rewrite committed cannot be told: "
-            "nothing was changed. Open it with its old keys to read what is intact, or restore the log from a "
-            "backup",
-            seq=None,
-            table="memimg_events",
-        )
-    raise ProtectionError(
-        f"{wrong}: a `memimg rekey` to the keys given started and did not finish, so the log is still "
-        "under its old keys; open it with them (or run the rekey again)"
-    )
-
-
-def read_pending(text: str) -> dict[str, Any]:
-    """A rekey's pending settings from their stored *text*.
-
-    Raises:
-        CorruptLogError: the entry is damaged (it names the pending entry).
-    """
-    try:
-        pending = read_settings({PROTECTION_KEY: text})
-    except CorruptLogError:
-        pending = None
-    if pending is None:
-        raise _damaged_pending()
-    return pending
-
-
-def _damaged_pending() -> CorruptLogError:
-    return CorruptLogError(
-        f"the {PENDING_KEY!r} entry of memimg_meta (the options a `memimg rekey` moves the log to) is damaged; "
-        "restore it from a backup",
-        seq=None,
-        table="memimg_meta",
-    )
-
-
-def _reader(p: Protection, settings: dict[str, Any] | None, entry: str = PROTECTION_KEY) -> Protection:
-    """What opens rows stored under *settings* (None: a plain log's) with *p*'s keys; it seals nothing.
-
-    Every row records its own compression: the setting only tells whether
-    a protection without keys is active (reads compressed rows), so zlib
-    stands for any -- a zstd setting needs no zstandard to check rows with.
-
-    Raises:
-        CorruptLogError: the log id of *settings* is damaged (naming the meta *entry* they come from).
-    """
-    q = p.compressing("zlib" if settings and settings.get("compression") else None)
-    try:
-        return q.for_log(settings.get("log_id") if settings else None)
-    except CorruptLogError:
-        if entry == PROTECTION_KEY:
-            raise
-        raise _damaged_pending() from None
-
-
-def _usable(settings: dict[str, Any]) -> bool:
-    """Whether the compression *settings* ask for is installed (zstd needs zstandard)."""
-    try:
-        Protection().compressing(settings.get("compression"))
-    except ProtectionError:
-        return False
-    return True
-
-
-def _moved_by_rekey(store: Store, p: Protection, pending_text: str, row: _Row | None = None) -> bool:
-    """Whether the rows of *store* show that the rekey pending in it (*pending_text*) moved them from under
-    *p*: positive evidence, so that a pending entry (left over, or forged) never turns damage into a rekey.
-
-    A rekey rewrites every row in one transaction: the newest rows no
-    longer open under *p*, and they -- or the failing *row*, when given --
-    open under the pending settings when they can be built (*p* holds the
-    pending keys, or the pending settings have none); else (keys *p* does
-    not hold) the oldest stored event does not open under *p* either.
-    """
-    try:
-        pending = read_pending(pending_text)
-        if opens_under(store, p) is not False:
-            return False
-        if mismatch("", pending, p) is None:
-            reader: Protection | None = _reader(p, pending, PENDING_KEY)
-        elif not (pending.get("key_id") or pending.get("integrity_key_id")):
-            reader = _reader(Protection(), pending, PENDING_KEY)
-        else:
-            reader = None
-        if reader is None:
-            return _oldest_fails(store, p)
-        if row is not None:
-            try:
-                reader.unseal(*row)
-            except CorruptLogError:
-                return False
-            return True
-        return opens_under(store, reader) is True
-    except MemimgError:
-        return False
-
-
-def _oldest_fails(store: Store, p: Protection) -> bool:
-    """Whether the oldest stored event is intact and does not open under *p* (True when no event is stored)."""
-    for seq, tx, ts, kind, target, stored, checksum in store.read(store.first_seq() - 1, 1):
-        if not row_intact((seq, tx, ts, kind, target, stored, checksum)):
-            return False
-        try:
-            p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
-        except CorruptLogError:
-            return True
-        return False
-    return True
-
-
-def _any_option(settings: dict[str, Any]) -> bool:
-    """Whether stored *settings* set anything (a rekey to a plain log records all of them unset as pending)."""
-    return any(settings.get(name) for name in ("key_id", "integrity_key_id", "compression"))
-
-
 def _store_settings(store: Store, p: Protection) -> None:
     try:
         store.set_meta(PROTECTION_KEY, p.settings_text() if p.active else None)
     except ReadOnlyError:
         pass
-
-
-def opens_under(store: Store, p: Protection) -> bool | None:
-    """Whether the newest event and the newest snapshot (the highest seq) of *store* open under *p* (a rekey's
-    rows do); under a protection with nothing set, only plain rows do (it would decompress a compressed
-    row, which a rekey to compression alone writes). A damaged row (its CRC-32 fails) is not checked:
-    None when no intact row was (undecided: the core reports the damage when it reads). An empty log's
-    rows all open (True).
-
-    Raises:
-        ProtectionError: a row needs what is not installed (zstandard): not a question of keys.
-    """
-    try:
-        head = store.head()
-        events = list(store.read(head - 1, 1)) if head >= store.first_seq() else []
-        snaps = [SnapshotRow(*store.read_snapshot(info.seq)) for info in sorted(store.snapshots())[-1:]]
-        if not events and not snaps:
-            return True
-        checked = False
-        for seq, tx, ts, kind, target, stored, checksum in events:
-            if row_intact((seq, tx, ts, kind, target, stored, checksum)):
-                if is_sealed(stored) and not p.active:
-                    return False
-                p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
-                checked = True
-        for seq, ts, stored, checksum in snaps:
-            if snapshot_checksum(seq, ts, bytes(stored)) == checksum:
-                if is_sealed(stored) and not p.active:
-                    return False
-                p.unseal(_S, seq, 0, ts, "", 0, bytes(stored))
-                checked = True
-    except CorruptLogError:
-        return False
-    return True if checked else None
 
 
 def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
@@ -801,19 +568,10 @@ def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
     except MemimgError:
         return
     pending = meta.get(PENDING_KEY)
-    if PROTECTION_KEY in meta or (pending is not None and _moved_by_rekey(store, Protection(), pending)):
+    if PROTECTION_KEY in meta or (
+        pending is not None and moved_by_rekey(store, Protection(), read_settings(meta), pending)
+    ):
         raise ProtectionError(
             f"{store.description!r} was protected by a `memimg rekey` while this image had it open (event seq "
             f"{seq} is sealed). Nothing more was written by this image; open the log again with its new keys"
         )
-
-
-def finish_rekey(store: Store, pending_text: str) -> None:
-    """Make a rekey's pending settings (*pending_text*, as stored) the log's and drop the pending entry: its
-    rewrite committed (the rows are under them)."""
-    pending = read_settings({PROTECTION_KEY: pending_text})
-    try:
-        store.set_meta(PROTECTION_KEY, pending_text if pending and _any_option(pending) else None)
-        store.set_meta(PENDING_KEY, None)
-    except ReadOnlyError:
-        pass
