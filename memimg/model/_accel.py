@@ -14,15 +14,23 @@ Environment:
 * ``MEMIMG_PURE_PYTHON=1`` -- run the pure-Python code even when the
   extension is built (to compare, or to rule it out);
 * ``MEMIMG_REQUIRE_ACCEL=1`` -- refuse to import memimg without the extension
-  (CI sets it, so that a broken build cannot pass unnoticed).
+  (CI sets it, so that a broken build cannot pass unnoticed), or with a build
+  of another version than this code's (:data:`SPEEDUPS_VERSION`; without it,
+  such a build is not used, with a warning).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from types import ModuleType
+from typing import Final
 
-__all__ = ["speedups"]
+__all__ = ["SPEEDUPS_VERSION", "speedups"]
+
+#: The version of ``_speedups`` this code calls (its ``VERSION``, bumped with every change of its functions): a build
+#: of another version -- an editable install's file left from before a pull -- is not used.
+SPEEDUPS_VERSION: Final = 2
 
 
 def _load() -> ModuleType | None:
@@ -37,6 +45,20 @@ def _load() -> ModuleType | None:
                 "build it with `pip install -e .` (needs a C compiler) or `python hatch_build.py`, "
                 "or unset MEMIMG_REQUIRE_ACCEL to run the pure-Python code"
             ) from exc
+        return None
+    built = getattr(_speedups, "VERSION", 1)
+    if built != SPEEDUPS_VERSION:  # built from an older (or newer) C file than this Python code's
+        if os.environ.get("MEMIMG_REQUIRE_ACCEL"):
+            raise ImportError(
+                f"MEMIMG_REQUIRE_ACCEL is set but memimg's compiled accelerator is out of date (version {built}, "
+                f"this code needs {SPEEDUPS_VERSION}); rebuild it with `pip install -e .` or `python hatch_build.py`"
+            )
+        warnings.warn(
+            f"memimg's compiled accelerator is out of date (version {built}, this code needs {SPEEDUPS_VERSION}): "
+            "running the pure-Python code; rebuild it with `pip install -e .` or `python hatch_build.py`",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     return _speedups
 

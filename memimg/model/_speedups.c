@@ -23,6 +23,10 @@
 #include <Python.h>
 #include <structmember.h>
 
+/* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
+ * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
+#define SPEEDUPS_VERSION 2
+
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
 static PyTypeObject *base_type = NULL;   /* PersistentBase */
@@ -552,6 +556,9 @@ static PyObject *noted_commit(PyObject *const *args) {
     }
     PyObject *change = change_type->tp_alloc(change_type, CHANGE_FIELDS), *changes = NULL, *commit = NULL;
     if (change == NULL) goto done;
+#if PY_VERSION_HEX >= 0x030E0000
+    ((PyTupleObject *)change)->ob_hash = -1; /* a tuple caches its hash from 3.14 on: not computed yet */
+#endif
     for (Py_ssize_t i = 0; i < 3; i++) PyTuple_SET_ITEM(change, i, Py_NewRef(head[i]));
     PyTuple_SET_ITEM(change, 3, Py_NewRef(meta));
     for (Py_ssize_t i = 4; i < CHANGE_FIELDS; i++) PyTuple_SET_ITEM(change, i, Py_NewRef(args[i - 1]));
@@ -766,7 +773,7 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
     {"configure_feeds", configure_feeds, METH_VARARGS,
-     "configure_feeds(Feed, Subscription, Commit, Change, _deliver_entry, _failed)"},
+     "configure_feeds(Feed, Subscription, Commit, Change, _deliver_entry, _failed, note_field, MISSING)"},
     {"deliver_to_bound", deliver_to_bound, METH_O, "deliver_to_bound(feed): deliver the queue up to its bound"},
     {"note_field", (PyCFunction)(void (*)(void))note_field, METH_FASTCALL,
      "note_field(feed, target, oid, name, value, row): Feed.note of a field set by Engine.commit_field"},
@@ -805,7 +812,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "TrackedField", (PyObject *)&TrackedFieldType) < 0 ||
-        PyModule_AddObjectRef(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0) {
+        PyModule_AddObjectRef(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0 ||
+        PyModule_AddIntConstant(m, "VERSION", SPEEDUPS_VERSION) < 0) {
         Py_DECREF(m);
         return NULL;
     }
