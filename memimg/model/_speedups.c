@@ -478,7 +478,8 @@ static PyObject *s_queue, *s_bound, *s_seq, *s_to, *s_closed, *s_seen, *s_callba
 /* The offset of slot `name` of `t` (an object slot, writable), or -1 with TypeError set. */
 static Py_ssize_t slot_offset(PyTypeObject *t, const char *name) {
     PyObject *d = PyDict_GetItemString(t->tp_dict, name);
-    if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX ||
+    if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type || PyDescr_TYPE(d) != t || /* a slot of t itself */
+        ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX ||
         (((PyMemberDescrObject *)d)->d_member->flags & READONLY)) {
         PyErr_Format(PyExc_TypeError, "configure_feeds(): %R has no slot %s", t, name);
         return -1;
