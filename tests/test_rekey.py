@@ -842,6 +842,34 @@ def test_a_pending_entry_not_authenticated_by_the_logs_keys_is_untrusted(tmp_pat
     assert _raw_meta(path, {})["protection.pending"] == text
 
 
+def test_a_pending_entry_of_another_log_under_the_same_keys_is_untrusted(tmp_path: Any) -> None:
+    """A genuine rekey's pending entry (its rewrite not begun) put into another log sealed with the same keys
+    (its own log id): the MACs cover the old log id too, so the rekey's keys do not finish it there -- the open
+    fails as tampering of the meta entry -- and the log's own keys open it as before (a warning names the
+    entry), its settings unchanged."""
+    from memimg.stores import _rekeying
+
+    first, second = str(tmp_path / "first.db"), str(tmp_path / "second.db")
+    new = {"encryption_key": OTHER_KEY, "integrity_key": INTEGRITY_KEY}
+    _small_log(first, _BOTH)
+    _small_log(second, _BOTH)
+    original = _rekeying._commit_settings
+    _rekeying._commit_settings = lambda *args: None  # killed before its flip
+    try:
+        memimg.rekey(first, old_options=_BOTH, new_options=new)
+    finally:
+        _rekeying._commit_settings = original
+    store = memimg.SQLiteStore(second)
+    store.set_meta("protection.pending", _raw_meta(first, {})["protection.pending"])
+    store.close()
+    before = _raw_meta(second, {})
+    with pytest.raises(memimg.CorruptLogError, match="'protection.pending' entry of memimg_meta .* fails its MAC"):
+        memimg.open(second, root=Bank, **new)
+    with memimg.open(second, root=Bank, **_BOTH) as img:
+        assert img.root.accounts["ada"].balance == Decimal("6")
+    assert _raw_meta(second, {}) == before
+
+
 @pytest.mark.parametrize("keys", ["keys", "no keys"])
 def test_a_damaged_pending_entry_is_named(tmp_path: Any, keys: str) -> None:
     """A ``protection.pending`` entry that is not settings (with keys), or whose log id is damaged (without

@@ -262,7 +262,11 @@ def settle_pending(
                 then = "open it with those"
             else:
                 moved, then = "to plain rows (no keys)", "open it without keys"
-            raise ProtectionError(f"{store.description!r}: a `memimg rekey` finished moving the log {moved}; {then}")
+            raise ProtectionError(
+                f"{store.description!r}: a `memimg rekey` finished moving the log {moved}; {then}. If no rekey "
+                "was run on it, someone who can write its tables made it look so (with an earlier rekey's entry): "
+                "restore the log from a backup"
+            )
         return settings, wrong  # (rows that do not open under the old keys without that evidence: reported as read)
     new = _reader(p, pending, PENDING_KEY)
     if wrong is None:  # the old settings' keys too: a change of compression alone
