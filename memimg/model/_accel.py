@@ -3,8 +3,9 @@
 ``memimg.model._speedups`` (one C file, built by ``hatch_build.py`` when a C
 compiler is at hand) compiles the fast paths of the two hottest operations of
 the model -- a tracked field read while some transaction is open, and a plain
-field set inside a transaction -- and calls the pure-Python code for
-everything else, so both give the same results. Without it (no compiler, no
+field set inside a transaction -- and the rows of a commit's scalar
+field sets (``encode_sets``, :mod:`memimg.image._encode`), and calls the
+pure-Python code for everything else, so both give the same results. Without it (no compiler, no
 wheel for the platform) the pure-Python code runs.
 
 Environment:

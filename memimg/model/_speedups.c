@@ -10,6 +10,8 @@
  * - FastSetattr: an entity's __setattr__. Its fast path is the Python one's (a field with no hook
  *   set to a scalar, the writer's `fast` journal open): one (kind, object, (name, value)) append;
  *   anything else calls the Python __setattr__ it wraps.
+ * - encode_sets: the rows of a commit's runs of obj.set events of scalars (memimg.image._encode), the
+ *   payload, checksum and row the Python loop makes, byte for byte; any other event is left to that loop.
  *
  * Every shortcut only reads; when one does not apply, the Python code runs from the start.
  * Attributes of writers, of the tracking state and of images (_mi_current) are read through a per-type
@@ -452,6 +454,245 @@ static PyTypeObject FastSetattrType = {
     .tp_getset = fs_getset,
 };
 
+/* -- a commit's obj.set rows (memimg.image._encode) ---------------------------------------------------- */
+
+/* encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): the rows of pending[at:], appended
+ * to `rows`, as EncodeSession's loop makes them -- (seq, tx, ts, "obj.set", oid, payload, checksum), seq =
+ * tx + len(rows) -- for as long as the events are obj.set of a scalar on an object that has its id and whose
+ * class the log has declared; returns the index of the first event it left (to the Python loop). The payload
+ * is orjson's `[[name, value]]`: a str, int, bool or None written here, in orjson's bytes; a float, and a str
+ * that needs escaping or is not ASCII, by `dumps` itself, spliced. The checksum is event_checksum's formula
+ * (zlib's CRC-32, computed here). */
+
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++) crc_table[t][i] = crc_table[0][crc_table[t - 1][i] & 0xFF] ^ (crc_table[t - 1][i] >> 8);
+}
+
+/* zlib.crc32(buf, crc) */
+static uint32_t crc_update(uint32_t crc, const unsigned char *p, Py_ssize_t n) {
+    uint32_t c = ~crc;
+    while (n >= 8) { /* slicing by 8, little-endian loads */
+        uint32_t a = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        c = crc_table[7][a & 0xFF] ^ crc_table[6][(a >> 8) & 0xFF] ^ crc_table[5][(a >> 16) & 0xFF] ^
+            crc_table[4][a >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return ~c;
+}
+
+static inline void put_le64(unsigned char *p, long long v) {
+    unsigned long long u = (unsigned long long)v;
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(u >> (8 * i));
+}
+
+/* The JSON text of a str orjson writes as is (printable ASCII, no quote nor backslash): its bytes, else NULL. */
+static inline const char *plain_text(PyObject *s, Py_ssize_t *len) {
+    if (!PyUnicode_IS_COMPACT_ASCII(s)) return NULL;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c < 0x20 || c == '"' || c == '\\' || c >= 0x7F) return NULL;
+    }
+    *len = n;
+    return (const char *)p;
+}
+
+/* One JSON element: literal text (`text`, `len`), or bytes `spliced` (owned) that dumps made. */
+typedef struct {
+    const char *text;
+    Py_ssize_t len;
+    int quoted;
+    PyObject *spliced;
+    char digits[24];
+} Element;
+
+/* 1: `v` is written into `e`; 0: not a value of this path (nothing set); -1: error. */
+static int element(Element *e, PyObject *v, PyObject *dumps) {
+    e->spliced = NULL;
+    e->quoted = 0;
+    if (PyUnicode_CheckExact(v)) {
+        e->text = plain_text(v, &e->len);
+        if (e->text != NULL) {
+            e->quoted = 1;
+            return 1;
+        }
+    } else if (v == Py_None) {
+        e->text = "null", e->len = 4;
+        return 1;
+    } else if (v == Py_True) {
+        e->text = "true", e->len = 4;
+        return 1;
+    } else if (v == Py_False) {
+        e->text = "false", e->len = 5;
+        return 1;
+    } else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) return 0; /* outside the INLINE rule's range: written ["i", text] by the Python loop */
+        if (x == -1 && PyErr_Occurred()) return -1;
+        e->len = snprintf(e->digits, sizeof e->digits, "%lld", x);
+        e->text = e->digits;
+        return 1;
+    } else if (PyFloat_CheckExact(v)) {
+        if (!isfinite(PyFloat_AS_DOUBLE(v))) return 0;
+    } else {
+        return 0;
+    }
+    /* a float, or a str with escapes or beyond ASCII: orjson's own text of it */
+    PyObject *b = PyObject_CallOneArg(dumps, v);
+    if (b == NULL) return -1;
+    if (!PyBytes_CheckExact(b)) {
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_TypeError, "encode_sets(): dumps() did not return bytes");
+        return -1;
+    }
+    e->spliced = b;
+    e->text = PyBytes_AS_STRING(b);
+    e->len = PyBytes_GET_SIZE(b);
+    return 1;
+}
+
+static inline char *put(char *p, Element *e) {
+    if (e->quoted) *p++ = '"';
+    memcpy(p, e->text, e->len);
+    p += e->len;
+    if (e->quoted) *p++ = '"';
+    return p;
+}
+
+static Py_ssize_t oid_offset = -1; /* PersistentBase's _mi_oid slot */
+
+static PyObject *encode_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "encode_sets() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *pending = args[0], *rows = args[2], *tx = args[3], *ts = args[4], *kind = args[5], *current = args[6];
+    PyObject *dumps = args[8];
+    if (base_type == NULL || oid_offset < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "encode_sets(): configure() was not called");
+        return NULL;
+    }
+    if (!PyList_CheckExact(pending) || !PyList_CheckExact(rows) || !PyLong_CheckExact(tx) || !PyLong_CheckExact(ts) ||
+        !PyAnySet_CheckExact(current)) {
+        PyErr_SetString(PyExc_TypeError, "encode_sets(): bad argument types");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred()) return NULL;
+    int checksums = PyObject_IsTrue(args[7]);
+    if (checksums < 0) return NULL;
+    long long txv = PyLong_AsLongLong(tx), tsv = PyLong_AsLongLong(ts);
+    if ((txv == -1 || tsv == -1) && PyErr_Occurred()) return NULL;
+    PyObject *name = PyObject_GetAttrString(kind, "name"), *code_obj = PyObject_GetAttrString(kind, "code");
+    if (name == NULL || code_obj == NULL) {
+        Py_XDECREF(name);
+        Py_XDECREF(code_obj);
+        return NULL;
+    }
+    uint32_t code = (uint32_t)PyLong_AsUnsignedLongMask(code_obj);
+    Py_DECREF(code_obj);
+    if (PyErr_Occurred()) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(pending);
+    for (; at < n; at++) {
+        PyObject *ev = PyList_GET_ITEM(pending, at);
+        if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 3 || PyTuple_GET_ITEM(ev, 0) != kind) break;
+        PyObject *target = PyTuple_GET_ITEM(ev, 1), *a = PyTuple_GET_ITEM(ev, 2);
+        if (!PyObject_TypeCheck(target, base_type) || !PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 2) break;
+        PyObject *oid = *(PyObject **)((char *)target + oid_offset);
+        if (oid == NULL || !PyLong_CheckExact(oid)) break; /* no id yet: the Python loop gives it one */
+        int declared = PySet_Contains(current, (PyObject *)Py_TYPE(target));
+        if (declared < 0) goto error;
+        if (!declared) break;
+        long long oidv = PyLong_AsLongLong(oid);
+        if (oidv == -1 && PyErr_Occurred()) goto error;
+        PyObject *field = PyTuple_GET_ITEM(a, 0);
+        if (!PyUnicode_CheckExact(field)) break;
+        Element f, v;
+        int got = element(&f, field, dumps);
+        if (got < 0) goto error;
+        got = element(&v, PyTuple_GET_ITEM(a, 1), dumps);
+        if (got <= 0) {
+            Py_XDECREF(f.spliced);
+            if (got < 0) goto error;
+            break;
+        }
+        /* [[f,v]] */
+        Py_ssize_t size = 2 + f.len + 2 * f.quoted + 1 + v.len + 2 * v.quoted + 2;
+        PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+        if (data == NULL) {
+            Py_XDECREF(f.spliced);
+            Py_XDECREF(v.spliced);
+            goto error;
+        }
+        char *p = PyBytes_AS_STRING(data);
+        *p++ = '[';
+        *p++ = '[';
+        p = put(p, &f);
+        *p++ = ',';
+        p = put(p, &v);
+        *p++ = ']';
+        *p++ = ']';
+        Py_XDECREF(f.spliced);
+        Py_XDECREF(v.spliced);
+        long long seqv = txv + PyList_GET_SIZE(rows);
+        uint32_t crc = 0;
+        if (checksums) {
+            unsigned char cols[32];
+            put_le64(cols, seqv);
+            put_le64(cols + 8, txv);
+            put_le64(cols + 16, tsv);
+            put_le64(cols + 24, oidv);
+            crc = crc_update(crc_update(code, cols, 32), (const unsigned char *)PyBytes_AS_STRING(data), size);
+        }
+        PyObject *seq = PyLong_FromLongLong(seqv), *sum = PyLong_FromUnsignedLong(crc);
+        if (seq == NULL || sum == NULL) {
+            Py_XDECREF(seq);
+            Py_XDECREF(sum);
+            Py_DECREF(data);
+            goto error;
+        }
+        Py_INCREF(tx);
+        Py_INCREF(ts);
+        Py_INCREF(name);
+        Py_INCREF(oid);
+        PyObject *row = PyTuple_New(7);
+        if (row == NULL) {
+            Py_DECREF(seq), Py_DECREF(sum), Py_DECREF(data), Py_DECREF(tx), Py_DECREF(ts), Py_DECREF(name), Py_DECREF(oid);
+            goto error;
+        }
+        PyTuple_SET_ITEM(row, 0, seq);
+        PyTuple_SET_ITEM(row, 1, tx);
+        PyTuple_SET_ITEM(row, 2, ts);
+        PyTuple_SET_ITEM(row, 3, name);
+        PyTuple_SET_ITEM(row, 4, oid);
+        PyTuple_SET_ITEM(row, 5, data);
+        PyTuple_SET_ITEM(row, 6, sum);
+        int failed = PyList_Append(rows, row);
+        Py_DECREF(row);
+        if (failed) goto error;
+    }
+    Py_DECREF(name);
+    return PyLong_FromSsize_t(at);
+error:
+    Py_DECREF(name);
+    return NULL;
+}
+
 /* -- module ----------------------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
@@ -471,6 +712,12 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
         PyErr_Format(PyExc_TypeError, "configure(): %R has no `open` slot", st);
         return NULL;
     }
+    PyObject *oid = PyDict_GetItemString(((PyTypeObject *)base)->tp_dict, "_mi_oid");
+    if (oid == NULL || Py_TYPE(oid) != &PyMemberDescr_Type || ((PyMemberDescrObject *)oid)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "configure(): %R has no _mi_oid slot", base);
+        return NULL;
+    }
+    oid_offset = ((PyMemberDescrObject *)oid)->d_member->offset;
     open_offset = ((PyMemberDescrObject *)o)->d_member->offset;
     owner_offset = ((PyMemberDescrObject *)d)->d_member->offset;
     Py_INCREF(base);
@@ -485,6 +732,8 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
+    {"encode_sets", (PyCFunction)(void (*)(void))encode_sets, METH_FASTCALL,
+     "encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): obj.set rows; the index reached."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {NULL},
 };
@@ -503,6 +752,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_get, "__get__")
     INTERN(s_set, "__set__")
 #undef INTERN
+    crc_init();
     if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -27,3 +27,17 @@ class FastSetattr:
 def configure(base: type, state: Any, python_get: Callable[[Any, Any, type | None], Any], /) -> None: ...
 def hook(cls: type, /) -> bool: ...
 def unhook(cls: type, /) -> bool: ...
+def encode_sets(
+    pending: list[Any],
+    at: int,
+    rows: list[Any],
+    tx: int,
+    ts: int,
+    kind: Any,
+    current: set[Any],
+    checksums: bool,
+    dumps: Callable[[Any], bytes],
+    /,
+) -> int:
+    """Append the rows of ``pending[at:]``'s leading run of ``obj.set`` events of scalars to *rows*; the index
+    reached (see ``memimg.image._encode``)."""
