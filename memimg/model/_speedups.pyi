@@ -41,3 +41,7 @@ def encode_sets(
 ) -> int:
     """Append the rows of ``pending[at:]``'s leading run of ``obj.set`` events of scalars to *rows*; the index
     reached (see ``memimg.image._encode``)."""
+
+def apply_sets(events: list[Any], at: int, setters: dict[type, dict[str, Any]], kind: Any, /) -> int:
+    """Apply ``events[at:]``'s leading run of ``obj.set`` events with *setters* (``ObjectTable.setters``); the
+    index reached (see ``memimg.image._engine``)."""
