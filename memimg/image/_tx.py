@@ -37,6 +37,7 @@ from memimg.core._reader import Pending
 from memimg.image._attach import NATIVE, Attacher, where_coll, where_field
 from memimg.image._guard import reentered
 from memimg.image._views import RAW, DictView, ListView, SetView, raw_method
+from memimg.model._accel import speedups
 from memimg.model._base import Planner
 from memimg.model._collections import reusable_args
 from memimg.model._planners import REREADING
@@ -707,6 +708,10 @@ class TxState:
         if v is DELETED:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
         return v
+
+
+if speedups is not None:  # a tracked dict's d[k] in a transaction: compiled (see _tracking.make_reader)
+    speedups.configure_reads(TxState, RAW)
 
 
 def _split(

@@ -10,6 +10,8 @@
  * - FastSetattr: an entity's __setattr__. Its fast path is the Python one's (a field with no hook
  *   set to a scalar, the writer's `fast` journal open): one (kind, object, (name, value)) append;
  *   anything else calls the Python __setattr__ it wraps.
+ * - DictRead: a tracked dict's d[k] while tracking is on: the common read inside a transaction (the
+ *   builtin read and the read recorded) compiled; anything else calls the Python reader it wraps.
  * - encode_sets: the rows of a commit's runs of obj.set events of scalars (memimg.image._encode), the
  *   payload, checksum and row the Python loop makes, byte for byte; any other event is left to that loop.
  * - apply_sets: a committed run of obj.set events applied with the table's setters, as field_set does.
@@ -455,6 +457,202 @@ static PyTypeObject FastSetattrType = {
     .tp_getset = fs_getset,
 };
 
+/* -- DictRead: a tracked dict's d[k] while tracking is on ------------------------------------------- */
+
+/* Its fast path is TxState.read_coll's for `d[k]` in the common case -- the dict attached and given its id,
+ * the current writer an open transaction (TxState) with no view of this dict, the key not a tracked
+ * collection, the key present, no commit since the transaction began -- the builtin read, then the read
+ * recorded ((oid, key) added to the transaction's reads: TxState.note_read inline, taken only while
+ * TxState.note_read is the one configured); anything else calls the Python reader it wraps
+ * (`slow`, memimg.model._tracking.make_reader), from the start: the fast path has changed nothing then. */
+
+static PyTypeObject *tx_type = NULL; /* memimg.image._tx.TxState (configure_reads()) */
+static PyObject *raw_types = NULL;   /* memimg.image._views.RAW: the tracked collection types */
+static PyObject *note_read = NULL;   /* TxState.note_read as configured: replaced (a test's), reads go slow */
+static PyObject *s_note_read, *s_mi_img, *s_mi_oid, *s_done, *s_views, *s_reads, *s_host, *s_start_seq, *s_seq;
+static AttrCache c_coll_img = {NULL, 0, -1, NULL}, c_coll_oid = {NULL, 0, -1, NULL};
+static AttrCache c_tx_done = {NULL, 0, -1, NULL}, c_tx_views = {NULL, 0, -1, NULL}, c_tx_reads = {NULL, 0, -1, NULL},
+                 c_tx_host = {NULL, 0, -1, NULL}, c_tx_start = {NULL, 0, -1, NULL};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *slow;
+    vectorcallfunc vectorcall;
+} DictRead;
+
+/* The value of coll[key] (new reference) on the fast path, or NULL with no error: take the slow path;
+ * NULL with an error: the read failed as the Python reader's would (recording the read failed). */
+static PyObject *dr_fast(PyObject *coll, PyObject *key) {
+    if (tx_type == NULL || !PyDict_Check(coll)) return NULL;
+    PyObject *owner = cached_attr(&c_coll_img, coll, s_mi_img);
+    if (owner == NULL || owner == Py_None) return NULL;
+    PyObject *oid = cached_attr(&c_coll_oid, coll, s_mi_oid);
+    if (oid == NULL || !PyLong_CheckExact(oid)) return NULL;
+    int raw = PyDict_Contains(raw_types, (PyObject *)Py_TYPE(key));
+    if (raw != 0) { if (raw < 0) PyErr_Clear(); return NULL; }
+    PyObject *writer = current_writer(owner);
+    if (writer == NULL) return NULL;
+    PyObject *value = NULL, *reads = NULL, *host = NULL, *start = NULL, *seq = NULL;
+    if (Py_TYPE(writer) != tx_type || cached_attr(&c_tx_done, writer, s_done) != Py_False ||
+        _PyType_Lookup(tx_type, s_note_read) != note_read)
+        goto slow;
+    PyObject *views = cached_attr(&c_tx_views, writer, s_views);
+    if (views == NULL || !PyDict_CheckExact(views)) goto slow;
+    if (PyDict_GET_SIZE(views) != 0) { /* a view of this dict: the transaction wrote it, its view answers */
+        PyObject *id = PyLong_FromVoidPtr(coll);
+        if (id == NULL) goto slow;
+        int has = PyDict_Contains(views, id);
+        Py_DECREF(id);
+        if (has != 0) goto slow;
+    }
+    reads = Py_XNewRef(cached_attr(&c_tx_reads, writer, s_reads));
+    host = Py_XNewRef(cached_attr(&c_tx_host, writer, s_host));
+    start = Py_XNewRef(cached_attr(&c_tx_start, writer, s_start_seq));
+    if (reads == NULL || !PySet_CheckExact(reads) || host == NULL || start == NULL) goto slow;
+    Py_INCREF(oid);
+    value = Py_XNewRef(PyDict_GetItemWithError(coll, key)); /* the builtin read (a miss: the slow path raises) */
+    if (value == NULL) { Py_DECREF(oid); goto slow; }
+    /* read first, then checked (as note_read, after the read): no commit since the transaction began */
+    seq = PyObject_GetAttr(host, s_seq);
+    int same = seq == NULL ? -1 : seq == start ? 1 : PyObject_RichCompareBool(seq, start, Py_EQ);
+    if (same != 1) { Py_DECREF(oid); Py_CLEAR(value); goto slow; }
+    PyObject *read = PyTuple_Pack(2, oid, key);
+    Py_DECREF(oid);
+    if (read == NULL || PySet_Add(reads, read) < 0) {
+        Py_XDECREF(read);
+        Py_CLEAR(value);
+        goto done; /* the error stands */
+    }
+    Py_DECREF(read);
+    goto done;
+slow:
+    PyErr_Clear();
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(start);
+    Py_XDECREF(host);
+    Py_XDECREF(reads);
+    Py_DECREF(writer);
+    return value;
+}
+
+static PyObject *dr_call(DictRead *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) == 2 && kwnames == NULL) {
+        PyObject *v = dr_fast(args[0], args[1]);
+        if (v != NULL || PyErr_Occurred()) return v;
+    }
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
+static int dr_init(DictRead *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"slow", NULL};
+    PyObject *slow;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:DictRead", kwlist, &slow)) return -1;
+    if (!PyCallable_Check(slow)) {
+        PyErr_Format(PyExc_TypeError, "DictRead: slow must be callable, not %R", slow);
+        return -1;
+    }
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
+    self->vectorcall = (vectorcallfunc)dr_call;
+    return 0;
+}
+
+static PyObject *dr_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    DictRead *self = (DictRead *)type->tp_alloc(type, 0);
+    if (self != NULL) self->vectorcall = NULL;
+    return (PyObject *)self;
+}
+
+static PyObject *dr_tp_call(DictRead *self, PyObject *args, PyObject *kwds) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return PyVectorcall_Call((PyObject *)self, args, kwds);
+}
+
+static int dr_traverse(DictRead *self, visitproc visit, void *arg) {
+    Py_VISIT(self->slow);
+    return 0;
+}
+
+static int dr_clear(DictRead *self) {
+    Py_CLEAR(self->slow);
+    return 0;
+}
+
+static void dr_dealloc(DictRead *self) {
+    PyObject_GC_UnTrack(self);
+    dr_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *dr_slow_attr(DictRead *self, void *name) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return PyObject_GetAttrString(self->slow, (const char *)name);
+}
+
+static PyObject *dr_wrapped(DictRead *self, void *unused) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return Py_NewRef(self->slow);
+}
+
+static PyGetSetDef dr_getset[] = {
+    {"__name__", (getter)dr_slow_attr, NULL, "the wrapped reader's name", "__name__"},
+    {"__qualname__", (getter)dr_slow_attr, NULL, "the wrapped reader's qualified name", "__qualname__"},
+    {"__module__", (getter)dr_slow_attr, NULL, "the wrapped reader's module", "__module__"},
+    {"__doc__", (getter)dr_slow_attr, NULL, "the wrapped reader's docstring", "__doc__"},
+    {"__wrapped__", (getter)dr_wrapped, NULL, "the wrapped reader (slow)", NULL},
+    {NULL},
+};
+
+static PyMemberDef dr_members[] = {
+    {"slow", T_OBJECT, offsetof(DictRead, slow), READONLY, "the Python reader (everything off the fast path)"},
+    {NULL},
+};
+
+static PyTypeObject DictReadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "memimg.model._speedups.DictRead",
+    .tp_doc = "A tracked dict's __getitem__ while tracking is on: the common read in a transaction compiled.",
+    .tp_basicsize = sizeof(DictRead),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_vectorcall_offset = offsetof(DictRead, vectorcall),
+    .tp_call = (ternaryfunc)dr_tp_call,
+    .tp_new = dr_new,
+    .tp_init = (initproc)dr_init,
+    .tp_dealloc = (destructor)dr_dealloc,
+    .tp_traverse = (traverseproc)dr_traverse,
+    .tp_clear = (inquiry)dr_clear,
+    .tp_descr_get = fs_descr_get,
+    .tp_members = dr_members,
+    .tp_getset = dr_getset,
+};
+
+static PyObject *configure_reads(PyObject *mod, PyObject *args) {
+    PyObject *tx, *raw;
+    if (!PyArg_ParseTuple(args, "O!O!:configure_reads", &PyType_Type, &tx, &PyDict_Type, &raw)) return NULL;
+    Py_INCREF(tx);
+    Py_XSETREF(tx_type, (PyTypeObject *)tx);
+    PyObject *note = _PyType_Lookup((PyTypeObject *)tx, s_note_read);
+    if (note == NULL) {
+        PyErr_Format(PyExc_TypeError, "configure_reads(): %R has no note_read", tx);
+        return NULL;
+    }
+    Py_INCREF(note);
+    Py_XSETREF(note_read, note);
+    Py_INCREF(raw);
+    Py_XSETREF(raw_types, raw);
+    Py_RETURN_NONE;
+}
+
 /* -- a commit's obj.set rows (memimg.image._encode) ---------------------------------------------------- */
 
 /* encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): the rows of pending[at:], appended
@@ -786,6 +984,7 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
+    {"configure_reads", configure_reads, METH_VARARGS, "configure_reads(TxState, RAW): DictRead's fast path on"},
     {"encode_sets", (PyCFunction)(void (*)(void))encode_sets, METH_FASTCALL,
      "encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): obj.set rows; the index reached."},
     {"apply_sets", (PyCFunction)(void (*)(void))apply_sets, METH_FASTCALL,
@@ -807,13 +1006,24 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_fast, "fast")
     INTERN(s_get, "__get__")
     INTERN(s_set, "__set__")
+    INTERN(s_mi_img, "_mi_img")
+    INTERN(s_note_read, "note_read")
+    INTERN(s_mi_oid, "_mi_oid")
+    INTERN(s_done, "done")
+    INTERN(s_views, "views")
+    INTERN(s_reads, "reads")
+    INTERN(s_host, "host")
+    INTERN(s_start_seq, "start_seq")
+    INTERN(s_seq, "seq")
 #undef INTERN
     crc_init();
-    if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0) return NULL;
+    if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0 || PyType_Ready(&DictReadType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "TrackedField", (PyObject *)&TrackedFieldType) < 0 ||
-        PyModule_AddObjectRef(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0) {
+        PyModule_AddObjectRef(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0 ||
+        PyModule_AddObjectRef(m, "DictRead", (PyObject *)&DictReadType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

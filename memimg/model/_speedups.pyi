@@ -45,3 +45,13 @@ def encode_sets(
 def apply_sets(events: list[Any], at: int, setters: dict[type, dict[str, Any]], kind: Any, /) -> int:
     """Apply ``events[at:]``'s leading run of ``obj.set`` events with *setters* (``ObjectTable.setters``); the
     index reached (see ``memimg.image._engine``)."""
+
+class DictRead:
+    """A tracked dict's ``__getitem__`` while tracking is on: the common read in a transaction compiled."""
+
+    slow: Callable[..., Any]
+    __wrapped__: Callable[..., Any]
+    def __init__(self, slow: Callable[..., Any]) -> None: ...
+    def __call__(self, coll: Any, key: Any, /) -> Any: ...
+
+def configure_reads(tx: type, raw: dict[type, type], /) -> None: ...
