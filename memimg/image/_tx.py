@@ -710,8 +710,8 @@ class TxState:
         return v
 
 
-if speedups is not None:  # a tracked dict's d[k] in a transaction: compiled (see _tracking.make_reader)
-    speedups.configure_reads(TxState, RAW)
+if speedups is not None:  # reads inside a transaction, fields' and a dict's d[k]: their common case compiled
+    speedups.configure_reads(TxState, RAW, DELETED)
 
 
 def _split(

@@ -10,6 +10,8 @@
  * - FastSetattr: an entity's __setattr__. Its fast path is the Python one's (a field with no hook
  *   set to a scalar, the writer's `fast` journal open): one (kind, object, (name, value)) append;
  *   anything else calls the Python __setattr__ it wraps.
+ * - TrackedField's read inside a transaction: TxState.read_field's common case (the overlay brought up
+ *   to date, the transaction's own write, or the slot with the read recorded) compiled; the rest in Python.
  * - DictRead: a tracked dict's d[k] while tracking is on: the common read inside a transaction (the
  *   builtin read and the read recorded) compiled; anything else calls the Python reader it wraps.
  * - encode_sets: the rows of a commit's runs of obj.set events of scalars (memimg.image._encode), the
@@ -139,6 +141,127 @@ typedef struct {
 
 static PyTypeObject TrackedFieldType;
 
+/* -- an open transaction's state (memimg.image._tx.TxState), for the reads inside it (configure_reads()) -- */
+
+static Py_ssize_t oid_offset = -1;  /* PersistentBase's _mi_oid slot */
+static PyTypeObject *tx_type = NULL; /* TxState */
+static PyObject *raw_types = NULL;   /* memimg.image._views.RAW: the tracked collection types */
+static PyObject *note_read = NULL;   /* TxState.note_read as configured: replaced (a test's), reads go slow */
+static PyObject *s_note_read, *s_mi_img, *s_mi_oid, *s_done, *s_views, *s_reads, *s_host, *s_start_seq, *s_seq;
+static AttrCache c_coll_img = {NULL, 0, -1, NULL}, c_coll_oid = {NULL, 0, -1, NULL};
+static AttrCache c_tx_done = {NULL, 0, -1, NULL}, c_tx_views = {NULL, 0, -1, NULL}, c_tx_reads = {NULL, 0, -1, NULL},
+                 c_tx_host = {NULL, 0, -1, NULL}, c_tx_start = {NULL, 0, -1, NULL};
+
+/* -- TxState.read_field inline: a tracked field's read inside a transaction ---------------------------- */
+
+static PyObject *read_field = NULL; /* TxState.read_field as configured: replaced (a test's), reads go slow */
+static PyObject *deleted = NULL;    /* memimg.core._markers.DELETED */
+static PyObject *s_read_field, *s_events, *s_synced, *s_fields;
+static AttrCache c_tx_events = {NULL, 0, -1, NULL}, c_tx_synced = {NULL, 0, -1, NULL}, c_tx_fields = {NULL, 0, -1, NULL};
+
+/* TxState.sync(): the fast path's sets since `synced` into the overlay `fields`. 0 done, -1 error, 1 cannot. */
+static int tx_sync(PyObject *tx) {
+    PyObject *events = cached_attr(&c_tx_events, tx, s_events), *synced = cached_attr(&c_tx_synced, tx, s_synced);
+    PyObject *fields = cached_attr(&c_tx_fields, tx, s_fields);
+    if (events == NULL || !PyList_CheckExact(events) || synced == NULL || !PyLong_CheckExact(synced) ||
+        fields == NULL || !PyDict_CheckExact(fields) || c_tx_synced.offset < 0)
+        return 1;
+    Py_ssize_t from = PyLong_AsSsize_t(synced), n = PyList_GET_SIZE(events);
+    if (from < 0) { PyErr_Clear(); return 1; }
+    if (from == n) return 0;
+    Py_INCREF(events);
+    Py_INCREF(fields);
+    int result = 0;
+    for (Py_ssize_t i = from; i + 2 < n; i += 3) {
+        PyObject *pair = PyList_GET_ITEM(events, i + 2);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) { result = 1; break; }
+        PyObject *key = PyLong_FromVoidPtr(PyList_GET_ITEM(events, i + 1));
+        if (key == NULL) { result = -1; break; }
+        PyObject *d = PyDict_GetItemWithError(fields, key);
+        if (d == NULL) {
+            d = PyErr_Occurred() ? NULL : PyDict_New();
+            int failed = d == NULL || PyDict_SetItem(d, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0 ||
+                         PyDict_SetItem(fields, key, d) < 0;
+            Py_XDECREF(d);
+            Py_DECREF(key);
+            if (failed) { result = -1; break; }
+        } else {
+            Py_DECREF(key);
+            if (!PyDict_CheckExact(d)) { result = 1; break; }
+            if (PyDict_SetItem(d, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) { result = -1; break; }
+        }
+    }
+    if (result == 0 && PyList_GET_SIZE(events) == n) {
+        PyObject *now = PyLong_FromSsize_t(n);
+        if (now == NULL) {
+            result = -1;
+        } else { /* self.synced = n (its slot) */
+            PyObject **slot = (PyObject **)((char *)tx + c_tx_synced.offset);
+            Py_XSETREF(*slot, now);
+        }
+    } else if (result == 0) {
+        result = 1;
+    }
+    Py_DECREF(fields);
+    Py_DECREF(events);
+    return result;
+}
+
+/* TxState.read_field(obj, self.name, ...) of transaction `tx` for a TrackedField `self` on entity `obj`
+ * (new reference); NULL with no error: take the slow path (nothing recorded yet); NULL with an error: raised. */
+static PyObject *tx_read(PyObject *tx, PyObject *obj, TrackedField *self) {
+    if (tx_type == NULL || read_field == NULL || deleted == NULL ||
+        cached_attr(&c_tx_done, tx, s_done) != Py_False || _PyType_Lookup(tx_type, s_read_field) != read_field ||
+        _PyType_Lookup(tx_type, s_note_read) != note_read)
+        return NULL;
+    int synced = tx_sync(tx);
+    if (synced != 0) {
+        if (synced > 0) PyErr_Clear();
+        return NULL;
+    }
+    PyObject *fields = cached_attr(&c_tx_fields, tx, s_fields);
+    if (fields == NULL || !PyDict_CheckExact(fields)) return NULL;
+    PyObject *value = NULL;
+    if (PyDict_GET_SIZE(fields) != 0) {
+        PyObject *key = PyLong_FromVoidPtr(obj);
+        if (key == NULL) return NULL;
+        PyObject *d = PyDict_GetItemWithError(fields, key);
+        Py_DECREF(key);
+        if (d == NULL && PyErr_Occurred()) return NULL;
+        if (d != NULL) {
+            if (!PyDict_CheckExact(d)) return NULL;
+            value = PyDict_GetItemWithError(d, self->name);
+            if (value == NULL && PyErr_Occurred()) return NULL;
+            if (value != NULL) return value == deleted ? NULL : Py_NewRef(value); /* its own write */
+        }
+    }
+    PyObject *oid = *(PyObject **)((char *)obj + oid_offset);
+    value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
+    if (value == NULL) return NULL; /* unset: the slow path raises (and records the read) */
+    if (oid == NULL || oid == Py_None) return Py_NewRef(value);
+    Py_INCREF(value);
+    Py_INCREF(oid);
+    PyObject *reads = Py_XNewRef(cached_attr(&c_tx_reads, tx, s_reads));
+    PyObject *host = Py_XNewRef(cached_attr(&c_tx_host, tx, s_host));
+    PyObject *start = Py_XNewRef(cached_attr(&c_tx_start, tx, s_start_seq));
+    PyObject *seq = host == NULL ? NULL : PyObject_GetAttr(host, s_seq);
+    int same = seq == NULL || start == NULL ? -1 : seq == start ? 1 : PyObject_RichCompareBool(seq, start, Py_EQ);
+    PyObject *read = NULL;
+    if (same != 1 || reads == NULL || !PySet_CheckExact(reads)) {
+        PyErr_Clear();
+        Py_CLEAR(value); /* the slow path reads again and checks */
+    } else if ((read = PyTuple_Pack(2, oid, self->name)) == NULL || PySet_Add(reads, read) < 0) {
+        Py_CLEAR(value); /* the error stands */
+    }
+    Py_XDECREF(read);
+    Py_XDECREF(seq);
+    Py_XDECREF(start);
+    Py_XDECREF(host);
+    Py_XDECREF(reads);
+    Py_DECREF(oid);
+    return value;
+}
+
 static int tf_init(TrackedField *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"name", "slot", NULL};
     PyObject *name, *slot;
@@ -206,6 +329,11 @@ static PyObject *tf_fast(TrackedField *self, PyObject *obj, PyObject *cls) {
     if (owner != Py_None) {
         PyObject *writer = current_writer(owner);
         if (writer == NULL) return tf_slow(self, obj, cls);
+        if (Py_TYPE(writer) == tx_type) { /* inside a transaction: TxState.read_field's common case here */
+            PyObject *value = tx_read(writer, obj, self);
+            Py_DECREF(writer);
+            return value != NULL || PyErr_Occurred() ? value : tf_slow(self, obj, cls);
+        }
         int quiet = quiet_writer(writer);
         Py_DECREF(writer);
         if (!quiet) return tf_slow(self, obj, cls);
@@ -466,13 +594,6 @@ static PyTypeObject FastSetattrType = {
  * TxState.note_read is the one configured); anything else calls the Python reader it wraps
  * (`slow`, memimg.model._tracking.make_reader), from the start: the fast path has changed nothing then. */
 
-static PyTypeObject *tx_type = NULL; /* memimg.image._tx.TxState (configure_reads()) */
-static PyObject *raw_types = NULL;   /* memimg.image._views.RAW: the tracked collection types */
-static PyObject *note_read = NULL;   /* TxState.note_read as configured: replaced (a test's), reads go slow */
-static PyObject *s_note_read, *s_mi_img, *s_mi_oid, *s_done, *s_views, *s_reads, *s_host, *s_start_seq, *s_seq;
-static AttrCache c_coll_img = {NULL, 0, -1, NULL}, c_coll_oid = {NULL, 0, -1, NULL};
-static AttrCache c_tx_done = {NULL, 0, -1, NULL}, c_tx_views = {NULL, 0, -1, NULL}, c_tx_reads = {NULL, 0, -1, NULL},
-                 c_tx_host = {NULL, 0, -1, NULL}, c_tx_start = {NULL, 0, -1, NULL};
 
 typedef struct {
     PyObject_HEAD
@@ -637,8 +758,17 @@ static PyTypeObject DictReadType = {
 };
 
 static PyObject *configure_reads(PyObject *mod, PyObject *args) {
-    PyObject *tx, *raw;
-    if (!PyArg_ParseTuple(args, "O!O!:configure_reads", &PyType_Type, &tx, &PyDict_Type, &raw)) return NULL;
+    PyObject *tx, *raw, *gone;
+    if (!PyArg_ParseTuple(args, "O!O!O:configure_reads", &PyType_Type, &tx, &PyDict_Type, &raw, &gone)) return NULL;
+    PyObject *reader = _PyType_Lookup((PyTypeObject *)tx, s_read_field);
+    if (reader == NULL) {
+        PyErr_Format(PyExc_TypeError, "configure_reads(): %R has no read_field", tx);
+        return NULL;
+    }
+    Py_INCREF(reader);
+    Py_XSETREF(read_field, reader);
+    Py_INCREF(gone);
+    Py_XSETREF(deleted, gone);
     Py_INCREF(tx);
     Py_XSETREF(tx_type, (PyTypeObject *)tx);
     PyObject *note = _PyType_Lookup((PyTypeObject *)tx, s_note_read);
@@ -778,7 +908,6 @@ static inline char *put(char *p, Element *e) {
     return p;
 }
 
-static Py_ssize_t oid_offset = -1; /* PersistentBase's _mi_oid slot */
 
 static PyObject *encode_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 9) {
@@ -984,7 +1113,7 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
-    {"configure_reads", configure_reads, METH_VARARGS, "configure_reads(TxState, RAW): DictRead's fast path on"},
+    {"configure_reads", configure_reads, METH_VARARGS, "configure_reads(TxState, RAW, DELETED): the compiled reads inside transactions on"},
     {"encode_sets", (PyCFunction)(void (*)(void))encode_sets, METH_FASTCALL,
      "encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): obj.set rows; the index reached."},
     {"apply_sets", (PyCFunction)(void (*)(void))apply_sets, METH_FASTCALL,
@@ -1008,6 +1137,10 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_set, "__set__")
     INTERN(s_mi_img, "_mi_img")
     INTERN(s_note_read, "note_read")
+    INTERN(s_read_field, "read_field")
+    INTERN(s_events, "events")
+    INTERN(s_synced, "synced")
+    INTERN(s_fields, "fields")
     INTERN(s_mi_oid, "_mi_oid")
     INTERN(s_done, "done")
     INTERN(s_views, "views")
