@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import memimg
+from memimg.image import _tx
 from memimg.image._tx import TxState
 from memimg.model._accel import speedups
 from tests.conftest import Images
@@ -148,3 +149,23 @@ def test_a_replaced_read_field_is_honoured(make_image: Images, monkeypatch: pyte
         assert a.balance == Decimal(3)
         assert a.owner == "a"
     assert seen == ["balance", "owner"]
+
+
+def test_the_overlay_is_brought_up_to_date_with_the_fast_paths_sets(make_image: Images) -> None:
+    """``TxState.sync`` (compiled with the accelerator) puts the sets the fast path journaled into the overlay,
+    the last of each field winning, and marks them synced."""
+    img = _bank(make_image)
+    a, b = img.root.accounts["a"], img.root.accounts["b"]
+    with img.transaction():
+        a.balance = Decimal(1)
+        b.owner = "bee"
+        a.balance = Decimal(2)
+        state = _state(img)
+        if speedups is not None:
+            assert _tx._sync is not None
+            assert _tx._sync(state) is True
+        else:
+            state.sync()
+        assert state.synced == len(state.events) == 9
+        assert state.fields[id(a)] == {"balance": Decimal(2)}
+        assert state.fields[id(b)] == {"owner": "bee"}

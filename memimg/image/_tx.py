@@ -157,7 +157,7 @@ class TxState:
         """The overlay (``fields``), with the sets the fast path appended since the last look."""
         events = self.events
         n = len(events)
-        if self.synced != n:
+        if self.synced != n and (_sync is None or not _sync(self)):  # compiled, or this loop
             fields = self.fields
             for i in range(self.synced, n, 3):  # plain obj.set events only: see :attr:`fast`
                 obj = events[i + 1]
@@ -710,8 +710,11 @@ class TxState:
         return v
 
 
+#: TxState.sync's loop compiled, or None
+_sync: Callable[[TxState], bool] | None = None
 if speedups is not None:  # reads inside a transaction, fields' and a dict's d[k]: their common case compiled
     speedups.configure_reads(TxState, RAW, DELETED)
+    _sync = speedups.sync
 
 
 def _split(

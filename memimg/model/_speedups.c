@@ -757,6 +757,14 @@ static PyTypeObject DictReadType = {
     .tp_getset = dr_getset,
 };
 
+/* sync(tx): TxState.sync's loop (the fast path's sets into the overlay): True done, False left to Python. */
+static PyObject *sync_overlay(PyObject *mod, PyObject *tx) {
+    if (tx_type == NULL || Py_TYPE(tx) != tx_type) Py_RETURN_FALSE;
+    int r = tx_sync(tx);
+    if (r < 0) return NULL;
+    return PyBool_FromLong(r == 0);
+}
+
 static PyObject *configure_reads(PyObject *mod, PyObject *args) {
     PyObject *tx, *raw, *gone;
     if (!PyArg_ParseTuple(args, "O!O!O:configure_reads", &PyType_Type, &tx, &PyDict_Type, &raw, &gone)) return NULL;
@@ -1114,6 +1122,7 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
     {"configure_reads", configure_reads, METH_VARARGS, "configure_reads(TxState, RAW, DELETED): the compiled reads inside transactions on"},
+    {"sync", sync_overlay, METH_O, "sync(tx): TxState.sync's loop; whether it was done (else Python does it)."},
     {"encode_sets", (PyCFunction)(void (*)(void))encode_sets, METH_FASTCALL,
      "encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): obj.set rows; the index reached."},
     {"apply_sets", (PyCFunction)(void (*)(void))apply_sets, METH_FASTCALL,
