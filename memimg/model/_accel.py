@@ -3,7 +3,9 @@
 ``memimg.model._speedups`` (one C file, built by ``hatch_build.py`` when a C
 compiler is at hand) compiles the fast paths of the two hottest operations of
 the model -- a tracked field read while some transaction is open, and a plain
-field set inside a transaction -- and the steps a change feed adds to a
+field set inside a transaction --, the rows of a commit's scalar field sets
+and their apply (``encode_sets``/``apply_sets``, :mod:`memimg.image._encode`), reads inside
+a transaction (fields and dicts), and the steps a change feed adds to a
 single-field commit (``memimg.image._feeds``: noting the change, delivering
 the queue), and calls the pure-Python code for everything else, so both give
 the same results. Without it (no compiler, no
@@ -30,7 +32,7 @@ __all__ = ["SPEEDUPS_VERSION", "speedups"]
 
 #: The version of ``_speedups`` this code calls (its ``VERSION``, bumped with every change of its functions): a build
 #: of another version -- an editable install's file left from before a pull -- is not used.
-SPEEDUPS_VERSION: Final = 2
+SPEEDUPS_VERSION: Final = 3
 
 
 def _load() -> ModuleType | None:

@@ -14,6 +14,13 @@
  *   same names compiled -- the steps a subscription adds to the commonest commit (one field set), where the
  *   interpreter's work was most of their cost. note_field calls the Python function for anything but a field
  *   followed by a subscription to its object or to that field.
+ * - TrackedField's read inside a transaction: TxState.read_field's common case (the overlay brought up
+ *   to date, the transaction's own write, or the slot with the read recorded) compiled; the rest in Python.
+ * - DictRead: a tracked dict's d[k] while tracking is on: the common read inside a transaction (the
+ *   builtin read and the read recorded) compiled; anything else calls the Python reader it wraps.
+ * - encode_sets: the rows of a commit's runs of obj.set events of scalars (memimg.image._encode), the
+ *   payload, checksum and row the Python loop makes, byte for byte; any other event is left to that loop.
+ * - apply_sets: a committed run of obj.set events applied with the table's setters, as field_set does.
  *
  * Every shortcut only reads; when one does not apply, the Python code runs from the start.
  * Attributes of writers, of the tracking state and of images (_mi_current) are read through a per-type
@@ -25,7 +32,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 2
+#define SPEEDUPS_VERSION 3
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -142,6 +149,127 @@ typedef struct {
 
 static PyTypeObject TrackedFieldType;
 
+/* -- an open transaction's state (memimg.image._tx.TxState), for the reads inside it (configure_reads()) -- */
+
+static Py_ssize_t oid_offset = -1;  /* PersistentBase's _mi_oid slot */
+static PyTypeObject *tx_type = NULL; /* TxState */
+static PyObject *raw_types = NULL;   /* memimg.image._views.RAW: the tracked collection types */
+static PyObject *note_read = NULL;   /* TxState.note_read as configured: replaced (a test's), reads go slow */
+static PyObject *s_note_read, *s_mi_img, *s_mi_oid, *s_done, *s_views, *s_reads, *s_host, *s_start_seq, *s_seq;
+static AttrCache c_coll_img = {NULL, 0, -1, NULL}, c_coll_oid = {NULL, 0, -1, NULL};
+static AttrCache c_tx_done = {NULL, 0, -1, NULL}, c_tx_views = {NULL, 0, -1, NULL}, c_tx_reads = {NULL, 0, -1, NULL},
+                 c_tx_host = {NULL, 0, -1, NULL}, c_tx_start = {NULL, 0, -1, NULL};
+
+/* -- TxState.read_field inline: a tracked field's read inside a transaction ---------------------------- */
+
+static PyObject *read_field = NULL; /* TxState.read_field as configured: replaced (a test's), reads go slow */
+static PyObject *deleted = NULL;    /* memimg.core._markers.DELETED */
+static PyObject *s_read_field, *s_events, *s_synced, *s_fields;
+static AttrCache c_tx_events = {NULL, 0, -1, NULL}, c_tx_synced = {NULL, 0, -1, NULL}, c_tx_fields = {NULL, 0, -1, NULL};
+
+/* TxState.sync(): the fast path's sets since `synced` into the overlay `fields`. 0 done, -1 error, 1 cannot. */
+static int tx_sync(PyObject *tx) {
+    PyObject *events = cached_attr(&c_tx_events, tx, s_events), *synced = cached_attr(&c_tx_synced, tx, s_synced);
+    PyObject *fields = cached_attr(&c_tx_fields, tx, s_fields);
+    if (events == NULL || !PyList_CheckExact(events) || synced == NULL || !PyLong_CheckExact(synced) ||
+        fields == NULL || !PyDict_CheckExact(fields) || c_tx_synced.offset < 0)
+        return 1;
+    Py_ssize_t from = PyLong_AsSsize_t(synced), n = PyList_GET_SIZE(events);
+    if (from < 0) { PyErr_Clear(); return 1; }
+    if (from == n) return 0;
+    Py_INCREF(events);
+    Py_INCREF(fields);
+    int result = 0;
+    for (Py_ssize_t i = from; i + 2 < n; i += 3) {
+        PyObject *pair = PyList_GET_ITEM(events, i + 2);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) { result = 1; break; }
+        PyObject *key = PyLong_FromVoidPtr(PyList_GET_ITEM(events, i + 1));
+        if (key == NULL) { result = -1; break; }
+        PyObject *d = PyDict_GetItemWithError(fields, key);
+        if (d == NULL) {
+            d = PyErr_Occurred() ? NULL : PyDict_New();
+            int failed = d == NULL || PyDict_SetItem(d, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0 ||
+                         PyDict_SetItem(fields, key, d) < 0;
+            Py_XDECREF(d);
+            Py_DECREF(key);
+            if (failed) { result = -1; break; }
+        } else {
+            Py_DECREF(key);
+            if (!PyDict_CheckExact(d)) { result = 1; break; }
+            if (PyDict_SetItem(d, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) { result = -1; break; }
+        }
+    }
+    if (result == 0 && PyList_GET_SIZE(events) == n) {
+        PyObject *now = PyLong_FromSsize_t(n);
+        if (now == NULL) {
+            result = -1;
+        } else { /* self.synced = n (its slot) */
+            PyObject **slot = (PyObject **)((char *)tx + c_tx_synced.offset);
+            Py_XSETREF(*slot, now);
+        }
+    } else if (result == 0) {
+        result = 1;
+    }
+    Py_DECREF(fields);
+    Py_DECREF(events);
+    return result;
+}
+
+/* TxState.read_field(obj, self.name, ...) of transaction `tx` for a TrackedField `self` on entity `obj`
+ * (new reference); NULL with no error: take the slow path (nothing recorded yet); NULL with an error: raised. */
+static PyObject *tx_read(PyObject *tx, PyObject *obj, TrackedField *self) {
+    if (tx_type == NULL || read_field == NULL || deleted == NULL ||
+        cached_attr(&c_tx_done, tx, s_done) != Py_False || _PyType_Lookup(tx_type, s_read_field) != read_field ||
+        _PyType_Lookup(tx_type, s_note_read) != note_read)
+        return NULL;
+    int synced = tx_sync(tx);
+    if (synced != 0) {
+        if (synced > 0) PyErr_Clear();
+        return NULL;
+    }
+    PyObject *fields = cached_attr(&c_tx_fields, tx, s_fields);
+    if (fields == NULL || !PyDict_CheckExact(fields)) return NULL;
+    PyObject *value = NULL;
+    if (PyDict_GET_SIZE(fields) != 0) {
+        PyObject *key = PyLong_FromVoidPtr(obj);
+        if (key == NULL) return NULL;
+        PyObject *d = PyDict_GetItemWithError(fields, key);
+        Py_DECREF(key);
+        if (d == NULL && PyErr_Occurred()) return NULL;
+        if (d != NULL) {
+            if (!PyDict_CheckExact(d)) return NULL;
+            value = PyDict_GetItemWithError(d, self->name);
+            if (value == NULL && PyErr_Occurred()) return NULL;
+            if (value != NULL) return value == deleted ? NULL : Py_NewRef(value); /* its own write */
+        }
+    }
+    PyObject *oid = *(PyObject **)((char *)obj + oid_offset);
+    value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
+    if (value == NULL) return NULL; /* unset: the slow path raises (and records the read) */
+    if (oid == NULL || oid == Py_None) return Py_NewRef(value);
+    Py_INCREF(value);
+    Py_INCREF(oid);
+    PyObject *reads = Py_XNewRef(cached_attr(&c_tx_reads, tx, s_reads));
+    PyObject *host = Py_XNewRef(cached_attr(&c_tx_host, tx, s_host));
+    PyObject *start = Py_XNewRef(cached_attr(&c_tx_start, tx, s_start_seq));
+    PyObject *seq = host == NULL ? NULL : PyObject_GetAttr(host, s_seq);
+    int same = seq == NULL || start == NULL ? -1 : seq == start ? 1 : PyObject_RichCompareBool(seq, start, Py_EQ);
+    PyObject *read = NULL;
+    if (same != 1 || reads == NULL || !PySet_CheckExact(reads)) {
+        PyErr_Clear();
+        Py_CLEAR(value); /* the slow path reads again and checks */
+    } else if ((read = PyTuple_Pack(2, oid, self->name)) == NULL || PySet_Add(reads, read) < 0) {
+        Py_CLEAR(value); /* the error stands */
+    }
+    Py_XDECREF(read);
+    Py_XDECREF(seq);
+    Py_XDECREF(start);
+    Py_XDECREF(host);
+    Py_XDECREF(reads);
+    Py_DECREF(oid);
+    return value;
+}
+
 static int tf_init(TrackedField *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"name", "slot", NULL};
     PyObject *name, *slot;
@@ -209,6 +337,11 @@ static PyObject *tf_fast(TrackedField *self, PyObject *obj, PyObject *cls) {
     if (owner != Py_None) {
         PyObject *writer = current_writer(owner);
         if (writer == NULL) return tf_slow(self, obj, cls);
+        if (Py_TYPE(writer) == tx_type) { /* inside a transaction: TxState.read_field's common case here */
+            PyObject *value = tx_read(writer, obj, self);
+            Py_DECREF(writer);
+            return value != NULL || PyErr_Occurred() ? value : tf_slow(self, obj, cls);
+        }
         int quiet = quiet_writer(writer);
         Py_DECREF(writer);
         if (!quiet) return tf_slow(self, obj, cls);
@@ -472,7 +605,7 @@ static PyObject *py_deliver_entry = NULL, *py_failed = NULL; /* memimg.image._fe
 static PyObject *py_note_field = NULL;                       /* the Python note_field: what the compiled one does not */
 static PyObject *missing = NULL;                             /* memimg.MISSING */
 static PyObject *empty_tuple = NULL;
-static PyObject *s_queue, *s_bound, *s_seq, *s_to, *s_closed, *s_seen, *s_callback, *s_subs, *s_popleft, *s_obj_set;
+static PyObject *s_queue, *s_bound, *s_to, *s_closed, *s_seen, *s_callback, *s_subs, *s_popleft, *s_obj_set;
 #define CHANGE_FIELDS 11
 
 /* The offset of slot `name` of `t` (an object slot, writable), or -1 with TypeError set. */
@@ -740,6 +873,503 @@ error:
     return NULL;
 }
 
+/* -- DictRead: a tracked dict's d[k] while tracking is on ------------------------------------------- */
+
+/* Its fast path is TxState.read_coll's for `d[k]` in the common case -- the dict attached and given its id,
+ * the current writer an open transaction (TxState) with no view of this dict, the key not a tracked
+ * collection, the key present, no commit since the transaction began -- the builtin read, then the read
+ * recorded ((oid, key) added to the transaction's reads: TxState.note_read inline, taken only while
+ * TxState.note_read is the one configured); anything else calls the Python reader it wraps
+ * (`slow`, memimg.model._tracking.make_reader), from the start: the fast path has changed nothing then. */
+
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *slow;
+    vectorcallfunc vectorcall;
+} DictRead;
+
+/* The value of coll[key] (new reference) on the fast path, or NULL with no error: take the slow path;
+ * NULL with an error: the read failed as the Python reader's would (recording the read failed). */
+static PyObject *dr_fast(PyObject *coll, PyObject *key) {
+    if (tx_type == NULL || !PyDict_Check(coll)) return NULL;
+    PyObject *owner = cached_attr(&c_coll_img, coll, s_mi_img);
+    if (owner == NULL || owner == Py_None) return NULL;
+    PyObject *oid = cached_attr(&c_coll_oid, coll, s_mi_oid);
+    if (oid == NULL || !PyLong_CheckExact(oid)) return NULL;
+    int raw = PyDict_Contains(raw_types, (PyObject *)Py_TYPE(key));
+    if (raw != 0) { if (raw < 0) PyErr_Clear(); return NULL; }
+    PyObject *writer = current_writer(owner);
+    if (writer == NULL) return NULL;
+    PyObject *value = NULL, *reads = NULL, *host = NULL, *start = NULL, *seq = NULL;
+    if (Py_TYPE(writer) != tx_type || cached_attr(&c_tx_done, writer, s_done) != Py_False ||
+        _PyType_Lookup(tx_type, s_note_read) != note_read)
+        goto slow;
+    PyObject *views = cached_attr(&c_tx_views, writer, s_views);
+    if (views == NULL || !PyDict_CheckExact(views)) goto slow;
+    if (PyDict_GET_SIZE(views) != 0) { /* a view of this dict: the transaction wrote it, its view answers */
+        PyObject *id = PyLong_FromVoidPtr(coll);
+        if (id == NULL) goto slow;
+        int has = PyDict_Contains(views, id);
+        Py_DECREF(id);
+        if (has != 0) goto slow;
+    }
+    reads = Py_XNewRef(cached_attr(&c_tx_reads, writer, s_reads));
+    host = Py_XNewRef(cached_attr(&c_tx_host, writer, s_host));
+    start = Py_XNewRef(cached_attr(&c_tx_start, writer, s_start_seq));
+    if (reads == NULL || !PySet_CheckExact(reads) || host == NULL || start == NULL) goto slow;
+    Py_INCREF(oid);
+    value = Py_XNewRef(PyDict_GetItemWithError(coll, key)); /* the builtin read (a miss: the slow path raises) */
+    if (value == NULL) { Py_DECREF(oid); goto slow; }
+    /* read first, then checked (as note_read, after the read): no commit since the transaction began */
+    seq = PyObject_GetAttr(host, s_seq);
+    int same = seq == NULL ? -1 : seq == start ? 1 : PyObject_RichCompareBool(seq, start, Py_EQ);
+    if (same != 1) { Py_DECREF(oid); Py_CLEAR(value); goto slow; }
+    PyObject *read = PyTuple_Pack(2, oid, key);
+    Py_DECREF(oid);
+    if (read == NULL || PySet_Add(reads, read) < 0) {
+        Py_XDECREF(read);
+        Py_CLEAR(value);
+        goto done; /* the error stands */
+    }
+    Py_DECREF(read);
+    goto done;
+slow:
+    PyErr_Clear();
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(start);
+    Py_XDECREF(host);
+    Py_XDECREF(reads);
+    Py_DECREF(writer);
+    return value;
+}
+
+static PyObject *dr_call(DictRead *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) == 2 && kwnames == NULL) {
+        PyObject *v = dr_fast(args[0], args[1]);
+        if (v != NULL || PyErr_Occurred()) return v;
+    }
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
+static int dr_init(DictRead *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"slow", NULL};
+    PyObject *slow;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:DictRead", kwlist, &slow)) return -1;
+    if (!PyCallable_Check(slow)) {
+        PyErr_Format(PyExc_TypeError, "DictRead: slow must be callable, not %R", slow);
+        return -1;
+    }
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
+    self->vectorcall = (vectorcallfunc)dr_call;
+    return 0;
+}
+
+static PyObject *dr_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    DictRead *self = (DictRead *)type->tp_alloc(type, 0);
+    if (self != NULL) self->vectorcall = NULL;
+    return (PyObject *)self;
+}
+
+static PyObject *dr_tp_call(DictRead *self, PyObject *args, PyObject *kwds) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return PyVectorcall_Call((PyObject *)self, args, kwds);
+}
+
+static int dr_traverse(DictRead *self, visitproc visit, void *arg) {
+    Py_VISIT(self->slow);
+    return 0;
+}
+
+static int dr_clear(DictRead *self) {
+    Py_CLEAR(self->slow);
+    return 0;
+}
+
+static void dr_dealloc(DictRead *self) {
+    PyObject_GC_UnTrack(self);
+    dr_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *dr_slow_attr(DictRead *self, void *name) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return PyObject_GetAttrString(self->slow, (const char *)name);
+}
+
+static PyObject *dr_wrapped(DictRead *self, void *unused) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return Py_NewRef(self->slow);
+}
+
+static PyGetSetDef dr_getset[] = {
+    {"__name__", (getter)dr_slow_attr, NULL, "the wrapped reader's name", "__name__"},
+    {"__qualname__", (getter)dr_slow_attr, NULL, "the wrapped reader's qualified name", "__qualname__"},
+    {"__module__", (getter)dr_slow_attr, NULL, "the wrapped reader's module", "__module__"},
+    {"__doc__", (getter)dr_slow_attr, NULL, "the wrapped reader's docstring", "__doc__"},
+    {"__wrapped__", (getter)dr_wrapped, NULL, "the wrapped reader (slow)", NULL},
+    {NULL},
+};
+
+static PyMemberDef dr_members[] = {
+    {"slow", T_OBJECT, offsetof(DictRead, slow), READONLY, "the Python reader (everything off the fast path)"},
+    {NULL},
+};
+
+static PyTypeObject DictReadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "memimg.model._speedups.DictRead",
+    .tp_doc = "A tracked dict's __getitem__ while tracking is on: the common read in a transaction compiled.",
+    .tp_basicsize = sizeof(DictRead),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_vectorcall_offset = offsetof(DictRead, vectorcall),
+    .tp_call = (ternaryfunc)dr_tp_call,
+    .tp_new = dr_new,
+    .tp_init = (initproc)dr_init,
+    .tp_dealloc = (destructor)dr_dealloc,
+    .tp_traverse = (traverseproc)dr_traverse,
+    .tp_clear = (inquiry)dr_clear,
+    .tp_descr_get = fs_descr_get,
+    .tp_members = dr_members,
+    .tp_getset = dr_getset,
+};
+
+/* sync(tx): TxState.sync's loop (the fast path's sets into the overlay): True done, False left to Python. */
+static PyObject *sync_overlay(PyObject *mod, PyObject *tx) {
+    if (tx_type == NULL || Py_TYPE(tx) != tx_type) Py_RETURN_FALSE;
+    int r = tx_sync(tx);
+    if (r < 0) return NULL;
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *configure_reads(PyObject *mod, PyObject *args) {
+    PyObject *tx, *raw, *gone;
+    if (!PyArg_ParseTuple(args, "O!O!O:configure_reads", &PyType_Type, &tx, &PyDict_Type, &raw, &gone)) return NULL;
+    PyObject *reader = _PyType_Lookup((PyTypeObject *)tx, s_read_field);
+    if (reader == NULL) {
+        PyErr_Format(PyExc_TypeError, "configure_reads(): %R has no read_field", tx);
+        return NULL;
+    }
+    Py_INCREF(reader);
+    Py_XSETREF(read_field, reader);
+    Py_INCREF(gone);
+    Py_XSETREF(deleted, gone);
+    Py_INCREF(tx);
+    Py_XSETREF(tx_type, (PyTypeObject *)tx);
+    PyObject *note = _PyType_Lookup((PyTypeObject *)tx, s_note_read);
+    if (note == NULL) {
+        PyErr_Format(PyExc_TypeError, "configure_reads(): %R has no note_read", tx);
+        return NULL;
+    }
+    Py_INCREF(note);
+    Py_XSETREF(note_read, note);
+    Py_INCREF(raw);
+    Py_XSETREF(raw_types, raw);
+    Py_RETURN_NONE;
+}
+
+/* -- a commit's obj.set rows (memimg.image._encode) ---------------------------------------------------- */
+
+/* encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): the rows of pending[at:], appended
+ * to `rows`, as EncodeSession's loop makes them -- (seq, tx, ts, "obj.set", oid, payload, checksum), seq =
+ * tx + len(rows) -- for as long as the events are obj.set of a scalar on an object that has its id and whose
+ * class the log has declared; returns the index of the first event it left (to the Python loop). The payload
+ * is orjson's `[[name, value]]`: a str, int, bool or None written here, in orjson's bytes; a float, and a str
+ * that needs escaping or is not ASCII, by `dumps` itself, spliced. The checksum is event_checksum's formula
+ * (zlib's CRC-32, computed here). */
+
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++) crc_table[t][i] = crc_table[0][crc_table[t - 1][i] & 0xFF] ^ (crc_table[t - 1][i] >> 8);
+}
+
+/* zlib.crc32(buf, crc) */
+static uint32_t crc_update(uint32_t crc, const unsigned char *p, Py_ssize_t n) {
+    uint32_t c = ~crc;
+    while (n >= 8) { /* slicing by 8, little-endian loads */
+        uint32_t a = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        c = crc_table[7][a & 0xFF] ^ crc_table[6][(a >> 8) & 0xFF] ^ crc_table[5][(a >> 16) & 0xFF] ^
+            crc_table[4][a >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return ~c;
+}
+
+static inline void put_le64(unsigned char *p, long long v) {
+    unsigned long long u = (unsigned long long)v;
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(u >> (8 * i));
+}
+
+/* The JSON text of a str orjson writes as is (printable ASCII, no quote nor backslash): its bytes, else NULL. */
+static inline const char *plain_text(PyObject *s, Py_ssize_t *len) {
+    if (!PyUnicode_IS_COMPACT_ASCII(s)) return NULL;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c < 0x20 || c == '"' || c == '\\' || c >= 0x7F) return NULL;
+    }
+    *len = n;
+    return (const char *)p;
+}
+
+/* One JSON element: literal text (`text`, `len`), or bytes `spliced` (owned) that dumps made. */
+typedef struct {
+    const char *text;
+    Py_ssize_t len;
+    int quoted;
+    PyObject *spliced;
+    char digits[24];
+} Element;
+
+/* 1: `v` is written into `e`; 0: not a value of this path (nothing set); -1: error. */
+static int element(Element *e, PyObject *v, PyObject *dumps) {
+    e->spliced = NULL;
+    e->quoted = 0;
+    if (PyUnicode_CheckExact(v)) {
+        e->text = plain_text(v, &e->len);
+        if (e->text != NULL) {
+            e->quoted = 1;
+            return 1;
+        }
+    } else if (v == Py_None) {
+        e->text = "null", e->len = 4;
+        return 1;
+    } else if (v == Py_True) {
+        e->text = "true", e->len = 4;
+        return 1;
+    } else if (v == Py_False) {
+        e->text = "false", e->len = 5;
+        return 1;
+    } else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) return 0; /* outside the INLINE rule's range: written ["i", text] by the Python loop */
+        if (x == -1 && PyErr_Occurred()) return -1;
+        /* the decimal digits, written backwards from the end of the buffer (snprintf costs ~10x more) */
+        char *end = e->digits + sizeof e->digits, *q = end;
+        unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+        do {
+            *--q = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (x < 0) *--q = '-';
+        e->text = q;
+        e->len = end - q;
+        return 1;
+    } else if (PyFloat_CheckExact(v)) {
+        if (!isfinite(PyFloat_AS_DOUBLE(v))) return 0;
+    } else {
+        return 0;
+    }
+    /* a float, or a str with escapes or beyond ASCII: orjson's own text of it */
+    PyObject *b = PyObject_CallOneArg(dumps, v);
+    if (b == NULL) return -1;
+    if (!PyBytes_CheckExact(b)) {
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_TypeError, "encode_sets(): dumps() did not return bytes");
+        return -1;
+    }
+    e->spliced = b;
+    e->text = PyBytes_AS_STRING(b);
+    e->len = PyBytes_GET_SIZE(b);
+    return 1;
+}
+
+static inline char *put(char *p, Element *e) {
+    if (e->quoted) *p++ = '"';
+    memcpy(p, e->text, e->len);
+    p += e->len;
+    if (e->quoted) *p++ = '"';
+    return p;
+}
+
+
+static PyObject *encode_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "encode_sets() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *pending = args[0], *rows = args[2], *tx = args[3], *ts = args[4], *kind = args[5], *current = args[6];
+    PyObject *dumps = args[8];
+    if (base_type == NULL || oid_offset < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "encode_sets(): configure() was not called");
+        return NULL;
+    }
+    if (!PyList_CheckExact(pending) || !PyList_CheckExact(rows) || !PyLong_CheckExact(tx) || !PyLong_CheckExact(ts) ||
+        !PyAnySet_CheckExact(current)) {
+        PyErr_SetString(PyExc_TypeError, "encode_sets(): bad argument types");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred()) return NULL;
+    int checksums = PyObject_IsTrue(args[7]);
+    if (checksums < 0) return NULL;
+    long long txv = PyLong_AsLongLong(tx), tsv = PyLong_AsLongLong(ts);
+    if ((txv == -1 || tsv == -1) && PyErr_Occurred()) return NULL;
+    PyObject *name = PyObject_GetAttrString(kind, "name"), *code_obj = PyObject_GetAttrString(kind, "code");
+    if (name == NULL || code_obj == NULL) {
+        Py_XDECREF(name);
+        Py_XDECREF(code_obj);
+        return NULL;
+    }
+    uint32_t code = (uint32_t)PyLong_AsUnsignedLongMask(code_obj);
+    Py_DECREF(code_obj);
+    if (PyErr_Occurred()) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(pending);
+    for (; at < n; at++) {
+        PyObject *ev = PyList_GET_ITEM(pending, at);
+        if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 3 || PyTuple_GET_ITEM(ev, 0) != kind) break;
+        PyObject *target = PyTuple_GET_ITEM(ev, 1), *a = PyTuple_GET_ITEM(ev, 2);
+        if (!PyObject_TypeCheck(target, base_type) || !PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 2) break;
+        PyObject *oid = *(PyObject **)((char *)target + oid_offset);
+        if (oid == NULL || !PyLong_CheckExact(oid)) break; /* no id yet: the Python loop gives it one */
+        int declared = PySet_Contains(current, (PyObject *)Py_TYPE(target));
+        if (declared < 0) goto error;
+        if (!declared) break;
+        long long oidv = PyLong_AsLongLong(oid);
+        if (oidv == -1 && PyErr_Occurred()) goto error;
+        PyObject *field = PyTuple_GET_ITEM(a, 0);
+        if (!PyUnicode_CheckExact(field)) break;
+        Element f, v;
+        int got = element(&f, field, dumps);
+        if (got < 0) goto error;
+        got = element(&v, PyTuple_GET_ITEM(a, 1), dumps);
+        if (got <= 0) {
+            Py_XDECREF(f.spliced);
+            if (got < 0) goto error;
+            break;
+        }
+        /* [[f,v]] */
+        Py_ssize_t size = 2 + f.len + 2 * f.quoted + 1 + v.len + 2 * v.quoted + 2;
+        PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+        if (data == NULL) {
+            Py_XDECREF(f.spliced);
+            Py_XDECREF(v.spliced);
+            goto error;
+        }
+        char *p = PyBytes_AS_STRING(data);
+        *p++ = '[';
+        *p++ = '[';
+        p = put(p, &f);
+        *p++ = ',';
+        p = put(p, &v);
+        *p++ = ']';
+        *p++ = ']';
+        Py_XDECREF(f.spliced);
+        Py_XDECREF(v.spliced);
+        long long seqv = txv + PyList_GET_SIZE(rows);
+        uint32_t crc = 0;
+        if (checksums) {
+            unsigned char cols[32];
+            put_le64(cols, seqv);
+            put_le64(cols + 8, txv);
+            put_le64(cols + 16, tsv);
+            put_le64(cols + 24, oidv);
+            crc = crc_update(crc_update(code, cols, 32), (const unsigned char *)PyBytes_AS_STRING(data), size);
+        }
+        PyObject *seq = PyLong_FromLongLong(seqv), *sum = PyLong_FromUnsignedLong(crc);
+        if (seq == NULL || sum == NULL) {
+            Py_XDECREF(seq);
+            Py_XDECREF(sum);
+            Py_DECREF(data);
+            goto error;
+        }
+        Py_INCREF(tx);
+        Py_INCREF(ts);
+        Py_INCREF(name);
+        Py_INCREF(oid);
+        PyObject *row = PyTuple_New(7);
+        if (row == NULL) {
+            Py_DECREF(seq), Py_DECREF(sum), Py_DECREF(data), Py_DECREF(tx), Py_DECREF(ts), Py_DECREF(name), Py_DECREF(oid);
+            goto error;
+        }
+        PyTuple_SET_ITEM(row, 0, seq);
+        PyTuple_SET_ITEM(row, 1, tx);
+        PyTuple_SET_ITEM(row, 2, ts);
+        PyTuple_SET_ITEM(row, 3, name);
+        PyTuple_SET_ITEM(row, 4, oid);
+        PyTuple_SET_ITEM(row, 5, data);
+        PyTuple_SET_ITEM(row, 6, sum);
+        int failed = PyList_Append(rows, row);
+        Py_DECREF(row);
+        if (failed) goto error;
+    }
+    Py_DECREF(name);
+    return PyLong_FromSsize_t(at);
+error:
+    Py_DECREF(name);
+    return NULL;
+}
+
+
+/* apply_sets(events, at, setters, kind): apply events[at:]'s leading run of obj.set events to the committed
+ * objects as ObjectTable.field_set does -- setters[type(obj)][name](obj, value) -- and return the index of the
+ * first event it left (another kind, or a class whose setters the table has not made yet: the Python loop). */
+static PyObject *apply_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "apply_sets() takes 4 arguments");
+        return NULL;
+    }
+    PyObject *events = args[0], *setters = args[2], *kind = args[3];
+    if (!PyList_CheckExact(events) || !PyDict_CheckExact(setters)) {
+        PyErr_SetString(PyExc_TypeError, "apply_sets(): bad argument types");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred()) return NULL;
+    for (; at < PyList_GET_SIZE(events); at++) {
+        PyObject *ev = PyList_GET_ITEM(events, at);
+        if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 3 || PyTuple_GET_ITEM(ev, 0) != kind) break;
+        PyObject *target = PyTuple_GET_ITEM(ev, 1), *a = PyTuple_GET_ITEM(ev, 2);
+        if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 2) break;
+        /* looked up for every event, as field_set does: a setter (an index's) may change the table's */
+        PyObject *of_type = PyDict_GetItemWithError(setters, (PyObject *)Py_TYPE(target));
+        if (of_type == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            break;
+        }
+        if (!PyDict_CheckExact(of_type)) break;
+        PyObject *setter = PyDict_GetItemWithError(of_type, PyTuple_GET_ITEM(a, 0));
+        if (setter == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            break; /* the Python loop raises what field_set raises */
+        }
+        Py_INCREF(ev); /* a setter runs Python code (an index's): the event and the dicts stay alive */
+        Py_INCREF(setter);
+        PyObject *call[2] = {target, PyTuple_GET_ITEM(a, 1)};
+        PyObject *r = PyObject_Vectorcall(setter, call, 2, NULL);
+        Py_DECREF(setter);
+        Py_DECREF(ev);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+    }
+    return PyLong_FromSsize_t(at);
+}
+
 /* -- module ----------------------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
@@ -759,6 +1389,12 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
         PyErr_Format(PyExc_TypeError, "configure(): %R has no `open` slot", st);
         return NULL;
     }
+    PyObject *oid = PyDict_GetItemString(((PyTypeObject *)base)->tp_dict, "_mi_oid");
+    if (oid == NULL || Py_TYPE(oid) != &PyMemberDescr_Type || ((PyMemberDescrObject *)oid)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "configure(): %R has no _mi_oid slot", base);
+        return NULL;
+    }
+    oid_offset = ((PyMemberDescrObject *)oid)->d_member->offset;
     open_offset = ((PyMemberDescrObject *)o)->d_member->offset;
     owner_offset = ((PyMemberDescrObject *)d)->d_member->offset;
     Py_INCREF(base);
@@ -780,6 +1416,12 @@ static PyMethodDef methods[] = {
      "note_field(feed, target, oid, name, value, row): Feed.note of a field set by Engine.commit_field"},
     {"first_noted", (PyCFunction)(void (*)(void))first_noted, METH_FASTCALL,
      "first_noted(row, meta, subs, target, kind, field, key, old, new, index): a Commit noted with its first change"},
+    {"configure_reads", configure_reads, METH_VARARGS, "configure_reads(TxState, RAW, DELETED): the compiled reads inside transactions on"},
+    {"sync", sync_overlay, METH_O, "sync(tx): TxState.sync's loop; whether it was done (else Python does it)."},
+    {"encode_sets", (PyCFunction)(void (*)(void))encode_sets, METH_FASTCALL,
+     "encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): obj.set rows; the index reached."},
+    {"apply_sets", (PyCFunction)(void (*)(void))apply_sets, METH_FASTCALL,
+     "apply_sets(events, at, setters, kind): apply a run of obj.set events; the index reached."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {NULL},
 };
@@ -807,13 +1449,28 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_subs, "subs")
     INTERN(s_popleft, "popleft")
     INTERN(s_obj_set, "obj.set")
+    INTERN(s_mi_img, "_mi_img")
+    INTERN(s_note_read, "note_read")
+    INTERN(s_read_field, "read_field")
+    INTERN(s_events, "events")
+    INTERN(s_synced, "synced")
+    INTERN(s_fields, "fields")
+    INTERN(s_mi_oid, "_mi_oid")
+    INTERN(s_done, "done")
+    INTERN(s_views, "views")
+    INTERN(s_reads, "reads")
+    INTERN(s_host, "host")
+    INTERN(s_start_seq, "start_seq")
 #undef INTERN
     if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
-    if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0) return NULL;
+    crc_init();
+    if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0 || PyType_Ready(&DictReadType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "TrackedField", (PyObject *)&TrackedFieldType) < 0 ||
         PyModule_AddObjectRef(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0 ||
+        PyModule_AddObjectRef(m, "DictRead", (PyObject *)&DictReadType) < 0 ||
         PyModule_AddIntConstant(m, "VERSION", SPEEDUPS_VERSION) < 0) {
         Py_DECREF(m);
         return NULL;
