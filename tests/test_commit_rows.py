@@ -241,3 +241,14 @@ def test_apply_sets_stops_where_the_loop_must_take_over_and_raises_what_a_setter
         setters = {Cell: {"value": boom}}
         with pytest.raises(ValueError, match="7"):
             speedups.apply_sets([(_OBJ_SET, a, ("value", 7))], 0, setters, _OBJ_SET)
+
+
+@compiled
+def test_the_compiled_steps_refuse_a_negative_index() -> None:
+    """``encode_sets`` and ``apply_sets`` are told where in the events to start: a negative index is a
+    ValueError, never a read before the list."""
+    assert speedups is not None
+    with pytest.raises(ValueError, match="not negative"):
+        speedups.apply_sets([], -1, {}, _OBJ_SET)
+    with pytest.raises(ValueError, match="not negative"):
+        speedups.encode_sets([], -1, [], 1, _TS, _OBJ_SET, set(), True, _encode.orjson.dumps)

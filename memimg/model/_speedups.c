@@ -1223,6 +1223,7 @@ static PyObject *encode_sets(PyObject *mod, PyObject *const *args, Py_ssize_t na
     }
     Py_ssize_t at = PyLong_AsSsize_t(args[1]);
     if (at == -1 && PyErr_Occurred()) return NULL;
+    if (at < 0) return PyErr_Format(PyExc_ValueError, "an index of the events is not negative (got %zd)", at);
     int checksums = PyObject_IsTrue(args[7]);
     if (checksums < 0) return NULL;
     long long txv = PyLong_AsLongLong(tx), tsv = PyLong_AsLongLong(ts);
@@ -1341,6 +1342,7 @@ static PyObject *apply_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     }
     Py_ssize_t at = PyLong_AsSsize_t(args[1]);
     if (at == -1 && PyErr_Occurred()) return NULL;
+    if (at < 0) return PyErr_Format(PyExc_ValueError, "an index of the events is not negative (got %zd)", at);
     for (; at < PyList_GET_SIZE(events); at++) {
         PyObject *ev = PyList_GET_ITEM(events, at);
         if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 3 || PyTuple_GET_ITEM(ev, 0) != kind) break;
