@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-from decimal import Decimal
 
 import pytest
 
@@ -19,25 +18,14 @@ from memimg.model import _tracking
 from memimg.model._accel import speedups
 from memimg.model._collections import TrackedDict
 from tests.conftest import Images
-from tests.models import Account, Bank
-
-
-def _bank(make_image: Images) -> memimg.MemoryImage:
-    img = make_image(root=Bank)
-    img.root.accounts.update({k: Account(k, balance=Decimal(10)) for k in "abc"})
-    return img
-
-
-def _state(img: memimg.MemoryImage) -> TxState:
-    state = img._engine.current_tx()
-    assert state is not None
-    return state
+from tests.models import Account
+from tests.txreads import bank, open_state
 
 
 def test_a_dicts_read_in_a_transaction_is_the_compiled_one_with_the_accelerator(make_image: Images) -> None:
     """While read tracking is on, a tracked dict's ``__getitem__`` is the compiled ``DictRead`` wrapping the
     Python reader (the pure-Python reader itself without the accelerator)."""
-    img = _bank(make_image)
+    img = bank(make_image)
     with img.transaction():
         assert _tracking.enabled()
         getitem = TrackedDict.__dict__["__getitem__"]
@@ -52,13 +40,13 @@ def test_a_dicts_read_in_a_transaction_is_the_compiled_one_with_the_accelerator(
 def test_a_read_returns_the_committed_value_and_is_recorded(make_image: Images) -> None:
     """``d[k]`` gives the committed value and records ``(oid of d, k)``; a missing key raises KeyError and is
     recorded too."""
-    img = _bank(make_image)
+    img = bank(make_image)
     accounts = img.root.accounts
     with img.transaction():
         assert accounts["a"].owner == "a"
         with pytest.raises(KeyError):
             accounts["zz"]
-        reads = _state(img).reads
+        reads = open_state(img).reads
         assert (accounts._mi_oid, "a") in reads
         assert (accounts._mi_oid, "zz") in reads
 
@@ -66,7 +54,7 @@ def test_a_read_returns_the_committed_value_and_is_recorded(make_image: Images) 
 def test_a_transaction_reads_its_own_writes_of_the_dict(make_image: Images) -> None:
     """After the transaction writes ``d[k]`` (its view of the dict), reads see its writes, not the committed
     dict; other keys still read through."""
-    img = _bank(make_image)
+    img = bank(make_image)
     accounts = img.root.accounts
     with img.transaction():
         accounts["d"] = Account("d")
@@ -81,7 +69,7 @@ def test_a_transaction_reads_its_own_writes_of_the_dict(make_image: Images) -> N
 def test_a_read_after_another_commit_changed_the_key_raises_conflict(make_image: Images) -> None:
     """A commit since the transaction began that replaced ``d[k]``: reading ``d[k]`` raises ConflictError; a key
     it did not touch reads as committed and is recorded."""
-    img = _bank(make_image)
+    img = bank(make_image)
     accounts = img.root.accounts
 
     def replace() -> None:
@@ -93,7 +81,7 @@ def test_a_read_after_another_commit_changed_the_key_raises_conflict(make_image:
         thread.start()
         thread.join()
         assert accounts["c"].owner == "c"
-        assert (accounts._mi_oid, "c") in _state(img).reads
+        assert (accounts._mi_oid, "c") in open_state(img).reads
         accounts["b"]
     assert accounts["b"].owner == "b2"
 
@@ -101,7 +89,7 @@ def test_a_read_after_another_commit_changed_the_key_raises_conflict(make_image:
 def test_reads_outside_a_transaction_and_of_a_detached_dict_are_plain(make_image: Images) -> None:
     """While another thread's transaction keeps tracking on, a read here outside any transaction, and a read
     of a dict not attached, are plain reads (nothing recorded anywhere)."""
-    img = _bank(make_image)
+    img = bank(make_image)
     accounts = img.root.accounts
     started, finish = threading.Event(), threading.Event()
 
@@ -127,7 +115,7 @@ def test_reads_outside_a_transaction_and_of_a_detached_dict_are_plain(make_image
 def test_a_replaced_note_read_is_honoured(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reads are recorded through ``TxState.note_read``: replaced (as tests do to inject a commit), it is
     called for every dict read."""
-    img = _bank(make_image)
+    img = bank(make_image)
     accounts = img.root.accounts
     seen: list[object] = []
     original = TxState.note_read

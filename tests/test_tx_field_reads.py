@@ -20,19 +20,7 @@ from memimg.image import _tx
 from memimg.image._tx import TxState
 from memimg.model._accel import speedups
 from tests.conftest import Images
-from tests.models import Account, Bank
-
-
-def _bank(make_image: Images) -> memimg.MemoryImage:
-    img = make_image(root=Bank)
-    img.root.accounts.update({k: Account(k, balance=Decimal(10)) for k in "abc"})
-    return img
-
-
-def _state(img: memimg.MemoryImage) -> TxState:
-    state = img._engine.current_tx()
-    assert state is not None
-    return state
+from tests.txreads import bank, open_state
 
 
 def _python_calls(fn: Callable[[], Any], *names: str) -> int:
@@ -56,7 +44,7 @@ def _python_calls(fn: Callable[[], Any], *names: str) -> int:
 def test_the_common_reads_of_a_transaction_run_no_python_with_the_accelerator(make_image: Images) -> None:
     """A field read (after the fast path's sets too) and a dict's ``d[k]`` inside a transaction: no Python code
     of the transaction with the accelerator; the Python methods without it."""
-    img = _bank(make_image)
+    img = bank(make_image)
     accounts = img.root.accounts
 
     def work() -> None:
@@ -72,7 +60,7 @@ def test_the_common_reads_of_a_transaction_run_no_python_with_the_accelerator(ma
 def test_a_transaction_reads_its_own_writes_and_records_committed_reads(make_image: Images) -> None:
     """Its own writes (several, of several objects, made by the fast path) are read back; a committed value
     read is recorded as ``(oid, field)``; a field written first and then read is not recorded."""
-    img = _bank(make_image)
+    img = bank(make_image)
     a, b, c = (img.root.accounts[k] for k in "abc")
     with img.transaction():
         a.balance = Decimal(1)
@@ -81,7 +69,7 @@ def test_a_transaction_reads_its_own_writes_and_records_committed_reads(make_ima
         assert (a.balance, b.owner, b.balance) == (Decimal(2), "bee", Decimal(10))
         c.owner = "sea"
         assert c.owner == "sea"
-        reads = _state(img).reads
+        reads = open_state(img).reads
         assert (b._mi_oid, "balance") in reads
         assert (a._mi_oid, "balance") not in reads
     assert (a.balance, b.owner, c.owner) == (Decimal(2), "bee", "sea")
@@ -89,7 +77,7 @@ def test_a_transaction_reads_its_own_writes_and_records_committed_reads(make_ima
 
 def test_a_deleted_or_unset_field_raises_attribute_error(make_image: Images) -> None:
     """A field this transaction deleted, and one never set, raise AttributeError when read."""
-    img = _bank(make_image)
+    img = bank(make_image)
     a = img.root.accounts["a"]
     with img.transaction():
         del a.owner
@@ -102,7 +90,7 @@ def test_a_deleted_or_unset_field_raises_attribute_error(make_image: Images) -> 
 def test_a_read_after_another_commit_changed_the_field_raises_conflict(make_image: Images) -> None:
     """A commit since the transaction began that changed a field: reading it raises ConflictError; a field it
     did not change reads as committed."""
-    img = _bank(make_image)
+    img = bank(make_image)
     a, b = img.root.accounts["a"], img.root.accounts["b"]
 
     def change() -> None:
@@ -120,7 +108,7 @@ def test_a_read_after_another_commit_changed_the_field_raises_conflict(make_imag
 
 def test_reads_in_a_savepoint_and_after_its_rollback(make_image: Images) -> None:
     """Inside a savepoint (no fast path) reads see its writes; rolled back, they see the transaction's."""
-    img = _bank(make_image)
+    img = bank(make_image)
     a = img.root.accounts["a"]
     with img.transaction():
         a.balance = Decimal(5)
@@ -134,7 +122,7 @@ def test_reads_in_a_savepoint_and_after_its_rollback(make_image: Images) -> None
 
 def test_a_replaced_read_field_is_honoured(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:
     """``TxState.read_field`` replaced (as tests do to inject a commit) is called for every field read."""
-    img = _bank(make_image)
+    img = bank(make_image)
     a = img.root.accounts["a"]
     seen: list[str] = []
     original = TxState.read_field
@@ -154,13 +142,13 @@ def test_a_replaced_read_field_is_honoured(make_image: Images, monkeypatch: pyte
 def test_the_overlay_is_brought_up_to_date_with_the_fast_paths_sets(make_image: Images) -> None:
     """``TxState.sync`` (compiled with the accelerator) puts the sets the fast path journaled into the overlay,
     the last of each field winning, and marks them synced."""
-    img = _bank(make_image)
+    img = bank(make_image)
     a, b = img.root.accounts["a"], img.root.accounts["b"]
     with img.transaction():
         a.balance = Decimal(1)
         b.owner = "bee"
         a.balance = Decimal(2)
-        state = _state(img)
+        state = open_state(img)
         if speedups is not None:
             assert _tx._sync is not None
             assert _tx._sync(state) is True
