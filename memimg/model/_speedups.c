@@ -14,6 +14,9 @@
  * Every shortcut only reads; when one does not apply, the Python code runs from the start.
  * Attributes of writers, of the tracking state and of images (_mi_current) are read through a per-type
  * cache that holds a slot offset or a class constant, checked against the type's version tag on every use.
+ * A read's two questions are answered from caches too: which field a name is on a hooked class (the
+ * class's version tag, as CPython's own method cache does), and whether this context's writer is quiet
+ * (the quiet cache below: a context and an epoch that Python bumps with changed()).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -125,6 +128,116 @@ static inline PyObject *current_writer(PyObject *owner) {
     return writer;
 }
 
+/* -- the quiet cache -------------------------------------------------------------------------------- */
+
+/* Whether a read may take the slot directly -- its owner's writer in this context neither tracks reads
+ * nor is publishing, and some transaction is open -- remembered per thread, so that a read in a loop
+ * does not look up the context variable and the writer's attributes each time.
+ *
+ * An entry answers for one context variable (an image's _mi_current, compared, never dereferenced) in one
+ * context of one thread: the thread state's id and context_ver (CPython bumps context_ver whenever the
+ * thread enters or leaves a context: Context.run, asyncio task steps). What else the answer depends on
+ * changes only where Python calls changed(), which bumps `epoch` (memimg.model._tracking.changed):
+ * a transaction opening or closing anywhere (the `open` count), _mi_current set in this context (the
+ * engine's begin and end: ContextVar.set leaves context_ver as it is), a new engine made (a new context
+ * variable may take a freed one's address). The writer's tracks_reads is a class constant, checked with
+ * its type's version tag; its publishing list (the engine's, bound once) is held and its length read on
+ * every use, so a commit starting to publish is seen at once. An entry is only ever a "may read the slot": anything else is
+ * found out again, by the full lookup and then the Python code. */
+static uint64_t epoch = 1;
+
+typedef struct {
+    PyObject *var;          /* the context variable answered for (compared only), NULL: empty */
+    uint64_t tsid, context_ver, epoch;
+    PyTypeObject *wtype;    /* the writer's type (strong), its tracks_reads false at version wversion */
+    unsigned int wversion;
+    PyObject *publishing;   /* the writer's publishing list (strong): quiet while empty; NULL: a false constant */
+} QuietEntry;
+
+#define QUIET_ENTRIES 8 /* per thread id, modulo */
+static QuietEntry quiet_cache[QUIET_ENTRIES];
+
+/* The full lookup behind an entry of the quiet cache: 1 if the writer of `var` in this context is quiet
+ * and some transaction is open (and the entry now says so), else 0. */
+static int quiet_fill(QuietEntry *e, PyObject *var, PyThreadState *ts) {
+    uint64_t at = epoch, tsid = ts->id, context_ver = ts->context_ver;
+    PyObject *writer = NULL;
+    if (!PyContextVar_CheckExact(var)) return 0;
+    Py_INCREF(var);
+    int failed = PyContextVar_Get(var, NULL, &writer) < 0;
+    Py_DECREF(var);
+    if (failed) { PyErr_Clear(); return 0; }
+    if (writer == NULL) return 0; /* no value, no default: the Python code raises */
+    PyTypeObject *wt = Py_TYPE(writer);
+    PyObject *tracks = cached_attr(&c_tracks, writer, s_tracks_reads);
+    PyObject *publishing = tracks != Py_False || c_tracks.type != wt || c_tracks.offset >= 0
+                               ? NULL : cached_attr(&c_publishing, writer, s_publishing);
+    int quiet = 0;
+    if (publishing == NULL) {
+    } else if (c_publishing.offset >= 0) {
+        if (PyList_CheckExact(publishing)) quiet = 1;    /* held, its length read on each use */
+    } else if (publishing == Py_False || publishing == Py_None) {
+        quiet = 1;
+        publishing = NULL;
+    }
+    if (quiet) quiet = truth(*(PyObject **)((char *)state + open_offset)) == 1;
+    if (!quiet || epoch != at) { Py_DECREF(writer); return 0; }
+    unsigned int wversion = c_tracks.version;
+    PyObject *old_type = (PyObject *)e->wtype, *old_publishing = e->publishing;
+    Py_INCREF(wt);
+    Py_XINCREF(publishing);
+    e->var = var;
+    e->tsid = tsid;
+    e->context_ver = context_ver;
+    e->epoch = at;
+    e->wtype = wt;
+    e->wversion = wversion;
+    e->publishing = publishing;
+    Py_DECREF(writer);
+    Py_XDECREF(old_type);
+    Py_XDECREF(old_publishing); /* may run Python code (a finalizer): the epoch says if it changed anything */
+    return epoch == at && (publishing == NULL || PyList_GET_SIZE(publishing) == 0);
+}
+
+/* Whether a read of a field of `obj` (an entity) may take the slot directly: 1 or 0 from the quiet cache
+ * with no other lookup, -1 when it does not tell (may_read_slot finds out). Runs no Python code. */
+static inline int quiet_hit(PyObject *obj) {
+    PyObject *owner = *(PyObject **)((char *)obj + owner_offset);
+    if (owner == NULL) return 0;
+    PyTypeObject *t = Py_TYPE(owner);
+    if (owner == Py_None || c_current.type != t || c_current.version != t->tp_version_tag) return -1;
+    PyObject *var = c_current.offset >= 0 ? *(PyObject **)((char *)owner + c_current.offset) : c_current.constant;
+    PyThreadState *ts = PyThreadState_Get();
+    QuietEntry *e = &quiet_cache[ts->id % QUIET_ENTRIES];
+    if (var == NULL || e->var != var || e->epoch != epoch || e->tsid != ts->id || e->context_ver != ts->context_ver ||
+        e->wtype->tp_version_tag != e->wversion)
+        return -1;
+    return e->publishing == NULL || PyList_GET_SIZE(e->publishing) == 0;
+}
+
+/* Whether a read of a field of `obj` (an entity) may take the slot directly (may run Python code). */
+static int may_read_slot(PyObject *obj) {
+    int hit = quiet_hit(obj);
+    if (hit >= 0) return hit;
+    PyObject *owner = *(PyObject **)((char *)obj + owner_offset);
+    if (owner == Py_None) return truth(*(PyObject **)((char *)state + open_offset)) == 1;
+    PyObject *var = cached_attr(&c_current, owner, s_mi_current);
+    if (var == NULL) { /* an owner whose _mi_current is not a slot or a class constant: no cache */
+        PyObject *writer = current_writer(owner);
+        if (writer == NULL) return 0;
+        int quiet = quiet_writer(writer);
+        Py_DECREF(writer);
+        return quiet && truth(*(PyObject **)((char *)state + open_offset)) == 1;
+    }
+    PyThreadState *ts = PyThreadState_Get();
+    return quiet_fill(&quiet_cache[ts->id % QUIET_ENTRIES], var, ts);
+}
+
+static PyObject *changed(PyObject *mod, PyObject *unused) {
+    epoch++;
+    Py_RETURN_NONE;
+}
+
 /* -- TrackedField ----------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -196,20 +309,11 @@ static inline int fast_ok(TrackedField *self, PyObject *obj) {
 
 /* A read of `obj` through `self` (fast_ok). */
 static PyObject *tf_fast(TrackedField *self, PyObject *obj, PyObject *cls) {
-    PyObject *owner = *(PyObject **)((char *)obj + owner_offset);
-    if (owner == NULL) return tf_slow(self, obj, cls);
-    if (owner != Py_None) {
-        PyObject *writer = current_writer(owner);
-        if (writer == NULL) return tf_slow(self, obj, cls);
-        int quiet = quiet_writer(writer);
-        Py_DECREF(writer);
-        if (!quiet) return tf_slow(self, obj, cls);
+    if (may_read_slot(obj)) {
+        PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
+        if (value != NULL) return Py_NewRef(value); /* else the slot's own AttributeError */
     }
-    if (truth(*(PyObject **)((char *)state + open_offset)) != 1) return tf_slow(self, obj, cls); /* idle reads count */
-    PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
-    if (value == NULL) return tf_slow(self, obj, cls); /* the slot's own AttributeError */
-    Py_INCREF(value);
-    return value;
+    return tf_slow(self, obj, cls);
 }
 
 static PyObject *tf_descr_get(TrackedField *self, PyObject *obj, PyObject *cls) {
@@ -253,17 +357,56 @@ static PyTypeObject TrackedFieldType = {
     .tp_members = tf_members,
 };
 
-/* The attribute lookup of a hooked class (an entity class: hook() checks): a tracked field's read with no
- * generic lookup around it. */
-static PyObject *tracked_getattro(PyObject *obj, PyObject *name) {
-    PyObject *d = _PyType_Lookup(Py_TYPE(obj), name);
-    if (d != NULL && Py_TYPE(d) == &TrackedFieldType && holds_slot((TrackedField *)d, obj)) {
-        Py_INCREF(d); /* the class may lose it while the read runs Python code */
-        PyObject *r = tf_fast((TrackedField *)d, obj, (PyObject *)Py_TYPE(obj));
-        Py_DECREF(d);
-        return r;
+/* Which tracked field (borrowed) a name is on a hooked class, or NULL: a small cache in front of
+ * _PyType_Lookup, keyed like CPython's own by the type's version tag (unique, and reset when the type or
+ * a base changes, so the field found is still in the class's dict) and the name (held). */
+#define FIELD_ENTRIES 256
+static struct {
+    unsigned int version;
+    PyObject *name;
+    TrackedField *field;
+} field_cache[FIELD_ENTRIES];
+
+static inline TrackedField *tracked_field(PyTypeObject *t, PyObject *name) {
+    unsigned int version = t->tp_version_tag;
+    size_t i = (((uintptr_t)name >> 4) ^ version) % FIELD_ENTRIES;
+    if (field_cache[i].name == name && field_cache[i].version == version && version != 0) return field_cache[i].field;
+    PyObject *d = _PyType_Lookup(t, name); /* assigns the version tag if it can */
+    TrackedField *f = d != NULL && Py_TYPE(d) == &TrackedFieldType ? (TrackedField *)d : NULL;
+    if ((t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && t->tp_version_tag != 0 && PyUnicode_CheckExact(name)) {
+        PyObject *old = field_cache[i].name;
+        field_cache[i].version = t->tp_version_tag;
+        field_cache[i].name = Py_NewRef(name);
+        field_cache[i].field = f;
+        Py_XDECREF(old); /* a str: runs no Python code */
     }
-    return PyObject_GenericGetAttr(obj, name);
+    return f;
+}
+
+/* The attribute lookup of a hooked class (an entity class: hook() checks): a tracked field's read with no
+ * generic lookup around it. tracked_getattro is the common case, from the caches alone and calling
+ * nothing but PyThreadState_Get; any other lookup is getattro_rest's. */
+static Py_NO_INLINE PyObject *getattro_rest(PyObject *obj, PyObject *name) {
+    TrackedField *f = tracked_field(Py_TYPE(obj), name);
+    if (f == NULL || !holds_slot(f, obj)) return PyObject_GenericGetAttr(obj, name);
+    Py_INCREF(f); /* the class may lose it while the read runs Python code */
+    PyObject *r = tf_fast(f, obj, (PyObject *)Py_TYPE(obj));
+    Py_DECREF(f);
+    return r;
+}
+
+static PyObject *tracked_getattro(PyObject *obj, PyObject *name) {
+    unsigned int version = Py_TYPE(obj)->tp_version_tag;
+    size_t i = (((uintptr_t)name >> 4) ^ version) % FIELD_ENTRIES;
+    if (field_cache[i].name == name && field_cache[i].version == version && version != 0) {
+        TrackedField *f = field_cache[i].field;
+        if (f == NULL) return PyObject_GenericGetAttr(obj, name); /* not a field: a method, say */
+        if (holds_slot(f, obj) && quiet_hit(obj) == 1) { /* runs no Python code: f stays in the class meanwhile */
+            PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)f->slot)->d_member->offset);
+            if (value != NULL) return Py_NewRef(value);
+        }
+    }
+    return getattro_rest(obj, name);
 }
 
 static PyObject *hook(PyObject *mod, PyObject *cls) {
@@ -486,6 +629,7 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
+    {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},
 };
 
