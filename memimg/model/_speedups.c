@@ -385,14 +385,19 @@ static inline TrackedField *tracked_field(PyTypeObject *t, PyObject *name) {
 
 /* The attribute lookup of a hooked class (an entity class: hook() checks): a tracked field's read with no
  * generic lookup around it. tracked_getattro is the common case, from the caches alone and calling
- * nothing but PyThreadState_Get; any other lookup is getattro_rest's. */
-static Py_NO_INLINE PyObject *getattro_rest(PyObject *obj, PyObject *name) {
-    TrackedField *f = tracked_field(Py_TYPE(obj), name);
-    if (f == NULL || !holds_slot(f, obj)) return PyObject_GenericGetAttr(obj, name);
+ * nothing but PyThreadState_Get; a read the quiet cache does not answer goes on in field_rest (the full
+ * lookup, then the Python code), a name the field cache does not know in getattro_rest. */
+static Py_NO_INLINE PyObject *field_rest(TrackedField *f, PyObject *obj) {
     Py_INCREF(f); /* the class may lose it while the read runs Python code */
     PyObject *r = tf_fast(f, obj, (PyObject *)Py_TYPE(obj));
     Py_DECREF(f);
     return r;
+}
+
+static Py_NO_INLINE PyObject *getattro_rest(PyObject *obj, PyObject *name) {
+    TrackedField *f = tracked_field(Py_TYPE(obj), name);
+    if (f == NULL || !holds_slot(f, obj)) return PyObject_GenericGetAttr(obj, name);
+    return field_rest(f, obj);
 }
 
 static PyObject *tracked_getattro(PyObject *obj, PyObject *name) {
@@ -400,11 +405,12 @@ static PyObject *tracked_getattro(PyObject *obj, PyObject *name) {
     size_t i = (((uintptr_t)name >> 4) ^ version) % FIELD_ENTRIES;
     if (field_cache[i].name == name && field_cache[i].version == version && version != 0) {
         TrackedField *f = field_cache[i].field;
-        if (f == NULL) return PyObject_GenericGetAttr(obj, name); /* not a field: a method, say */
-        if (holds_slot(f, obj) && quiet_hit(obj) == 1) { /* runs no Python code: f stays in the class meanwhile */
+        if (f == NULL || !holds_slot(f, obj)) return PyObject_GenericGetAttr(obj, name); /* a method, say */
+        if (quiet_hit(obj) == 1) { /* runs no Python code: f stays in the class meanwhile */
             PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)f->slot)->d_member->offset);
             if (value != NULL) return Py_NewRef(value);
         }
+        return field_rest(f, obj);
     }
     return getattro_rest(obj, name);
 }
