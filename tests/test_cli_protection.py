@@ -18,6 +18,7 @@ from tests.models import Account, Bank
 from tests.protection import EDITS, INTEGRITY_KEY, KEY, OTHER_KEY, SECRET, edit_snapshot, replace_events
 
 ENV = {"MEMIMG_ENCRYPTION_KEY": KEY.hex(), "MEMIMG_INTEGRITY_KEY": INTEGRITY_KEY}
+_KEYS = {"encryption_key": KEY, "integrity_key": INTEGRITY_KEY}
 
 
 def _log(path: str) -> None:
@@ -125,6 +126,53 @@ def test_verify_checks_an_encrypted_logs_chain_with_the_integrity_key_alone(tmp_
     result = CliRunner().invoke(cli, ["verify", path], env=env)
     assert result.exit_code == 1, result.output
     assert "event seq 3 fails its integrity MAC" in result.output and "rekey" not in result.output, result.output
+
+
+def test_verify_trusts_a_rekeys_pending_entry_and_names_one_that_fails_its_mac(tmp_path: Any) -> None:
+    """A rekey killed after writing its ``protection.pending`` entry (before its rewrite): ``memimg verify``
+    with both keys and with the integrity key alone checks the entry's MAC and passes. The entry edited (its
+    compression changed): both fail, naming the entry as not trusted, having checked the rows; no key in the
+    output."""
+    import json
+
+    from memimg.stores import _rekeying
+
+    path = str(tmp_path / "bank.db")
+    _log(path)
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args: Any) -> None:
+        raise Killed
+
+    store = memimg.SQLiteStore(path)
+    store.rewrite = killed  # type: ignore[method-assign]
+    original = _rekeying._settle_rekey
+    _rekeying._settle_rekey = lambda *args: None  # killed: nothing cleans up
+    try:
+        with pytest.raises(Killed):
+            memimg.rekey(store, old_options=_KEYS, new_options={**_KEYS, "compression": "zlib"})
+    finally:
+        _rekeying._settle_rekey = original
+        store.close()
+    both = {**ENV}
+    alone = {"MEMIMG_INTEGRITY_KEY": INTEGRITY_KEY}
+    for env in (both, alone):
+        result = CliRunner().invoke(cli, ["verify", path], env=env)
+        assert result.exit_code == 0, result.output
+    conn = sqlite3.connect(path)
+    with conn:
+        (text,) = conn.execute("SELECT value FROM memimg_meta WHERE key = 'protection.pending'").fetchone()
+        edited = json.dumps({**json.loads(text), "compression": "zstd"})
+        conn.execute("UPDATE memimg_meta SET value = ? WHERE key = 'protection.pending'", (edited,))
+    conn.close()
+    for env in (both, alone):
+        result = CliRunner().invoke(cli, ["verify", path], env=env)
+        assert result.exit_code == 1, result.output
+        assert "'protection.pending' entry of memimg_meta" in result.output and "fails its MAC" in result.output
+        assert "integrity chain: ok" in result.output
+        assert KEY.hex() not in result.output and INTEGRITY_KEY not in result.output
 
 
 #: a tampering -> what ``memimg verify`` says of it (the log: :func:`_tamperable`'s)

@@ -130,6 +130,66 @@ def test_a_subscribed_set_is_committed_directly_and_delivered_as_the_general_pat
     assert [c.seq for c in field] == [c.seq for c in whole] and elsewhere == []
 
 
+def test_each_way_of_following_a_directly_committed_set_is_noted_and_delivered(
+    make_image: Images, direct: list[bool], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A set committed by the direct path is noted and delivered, once each, to a lone subscription to the
+    field, to the whole object (the field not named by any subscription), to two subscriptions to the field
+    (each its own Commit), and with ``old`` MISSING for a field with no value before; a callback raising is
+    logged and the next commits are delivered as usual (the compiled noting and delivery, and the Python ones,
+    give the same)."""
+    img = make_image(root=Holder)
+    img.root.members.append(Holder())
+    member = img.root.members[0]
+    _warm(img, direct)
+    member.n = 0
+    lone: list[memimg.Commit] = []
+    whole: list[memimg.Commit] = []
+    twice: tuple[list[memimg.Commit], list[memimg.Commit]] = ([], [])
+
+    def said(commits: list[memimg.Commit]) -> list[Any]:
+        return [(c.seq, [(ch.target, ch.field, ch.old, ch.new, ch.meta) for ch in c.changes]) for c in commits]
+
+    img.subscribe(lone.append, to=(img.root, "n"))
+    img.subscribe(whole.append, to=member)
+    img.root.n = 1
+    member.n = 2
+    img.subscribe(twice[0].append, to=(member, "n"))
+    img.subscribe(twice[1].append, to=(member, "n"))
+    member.n = 3
+    del img.root.n  # (the general path)
+    img.root.n = 4
+    assert direct[-4:] == [True, True, True, True]
+    seq = img.seq
+    assert said(lone) == [
+        (seq - 4, [(img.root, "n", 0, 1, {})]),
+        (seq - 1, [(img.root, "n", 1, memimg.MISSING, {})]),
+        (seq, [(img.root, "n", memimg.MISSING, 4, {})]),
+    ]
+    assert lone[0].local and lone[0].tx == lone[0].seq == seq - 4 and lone[0].changes[0].kind == "obj.set"
+    assert said(whole) == [(seq - 3, [(member, "n", 0, 2, {})]), (seq - 2, [(member, "n", 2, 3, {})])]
+    assert said(twice[0]) == said(twice[1]) == [(seq - 2, [(member, "n", 2, 3, {})])]
+    assert twice[0][0] is not twice[1][0] and twice[0][0].changes is not whole[1].changes
+
+    assert all(c.meta is c.changes[0].meta for c in (*lone, *whole, *twice[0]))
+
+    def fails(commit: memimg.Commit) -> None:
+        raise ValueError("not today")
+
+    img.root.members.append(Holder())
+    third = img.root.members[1]
+    img.subscribe(fails, to=(third, "n"))  # alone on that field
+    with caplog.at_level("ERROR", logger="memimg"):
+        third.n = 5
+        img.root.n = 5
+        third.n = 6
+    assert direct[-3:] == [True, True, True]
+    assert [c.changes[0].new for c in lone[-2:]] == [4, 5]
+    failures = [r for r in caplog.records if "raised on the commit" in r.getMessage()]
+    assert [r.exc_info[1].args for r in failures if r.exc_info] == [("not today",), ("not today",)]
+    assert f"seq {img.seq}" in failures[-1].getMessage()
+
+
 def test_a_set_that_fails_after_committing_still_delivers_its_change(
     make_image: Images, direct: list[bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:

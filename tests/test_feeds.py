@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 import memimg
 from memimg import MISSING
 from memimg.core._rows import EventRow, event_checksum
+from memimg.image._feeds import first_noted
 from tests import feeds_worker
 from tests.conftest import POSTGRES_URL, Images, StoreFactory
 from tests.models import Account, Bank, Box, Entry, Node
@@ -292,6 +293,31 @@ def test_only_commits_after_the_subscription_are_delivered(make_image: Images) -
     img.subscribe(got)
     acct.owner = "after"
     assert [c.new for c in got.changes] == ["after"]
+
+
+def test_a_noted_commit_is_made_from_any_row_a_store_gives() -> None:
+    """The first change noted of a commit makes its Commit from the event's row -- a tuple, an EventRow, or any
+    sequence a driver gives (a row of SQLAlchemy's) -- with the seq, tx and time of the row, compiled or not."""
+
+    class DriverRow:
+        def __init__(self, *items: Any) -> None:
+            self.items = items
+
+        def __getitem__(self, at: int) -> Any:
+            return self.items[at]
+
+    target, meta = object(), {"user": "ada"}
+    rows = [(7, 6, 1_700_000_000_000_000, "obj.set"), EventRow(7, 6, 1_700_000_000_000_000, "obj.set", 1, b"", 0)]
+    for row in [*rows, DriverRow(7, 6, 1_700_000_000_000_000)]:
+        commit = first_noted(row, meta, (), target, "obj.set", "balance", None, 1, 2, None)
+        commit.seq, commit.local = 7, True
+        assert (commit.tx, commit.seq, commit.meta, commit.time) == (6, 7, meta, commit.changes[0].time)
+        assert commit.changes == [
+            memimg.Change(7, 6, 1_700_000_000_000_000, meta, target, "obj.set", "balance", None, 1, 2, None)
+        ]
+        assert commit.meta is commit.changes[0].meta
+    with pytest.raises(IndexError):
+        first_noted((7, 6), meta, (), target, "obj.set", "balance", None, 1, 2, None)
 
 
 # -- other processes' commits --------------------------------------------------------------------------------------

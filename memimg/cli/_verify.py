@@ -45,6 +45,7 @@ from memimg.core._table import ObjectTable
 from memimg.image import _generic
 from memimg.image._recovery import snapshot_past_head
 from memimg.model import SHELL
+from memimg.stores._pending import PENDING_KEY, pending_problem
 from memimg.stores._protected import ProtectedStore
 from memimg.stores._protocol import SnapshotInfo, Store
 
@@ -174,26 +175,36 @@ def verify(target: str, expect_head: int | None, expect_mac: str | None) -> None
     macs_only = _macs_only_store(target)
     store = open_store(target, readonly=True) if macs_only is None else macs_only
     try:
-        if isinstance(store, ProtectedStore) and store.protection.chained:
-            head, mac = store.check_chain()
-            click.echo(
-                f"integrity chain: ok, {head - store.first_seq() + 1} event(s) and every snapshot; "
-                f"head seq {head} MAC {mac.hex()}"
-            )
-        elif expect_mac is not None:
-            raise MemimgError("--expect-mac needs the log's integrity key (--integrity-key-env NAME)")
-        if expect_head is not None:
-            _expect(store, expect_head, expect_mac)
-        if macs_only is not None:
-            click.echo(
-                "contents: not decrypted (no encryption key given): every row's MAC and the chain were checked, "
-                "the rows were not decoded, replayed or compared with the snapshots"
-            )
-            return
-        with paused_gc():  # as an open does: the replay and the comparison make no cyclic garbage to collect
-            _verify(store)
+        untrusted = pending_problem(store.inner, store.protection) if isinstance(store, ProtectedStore) else None
+        if untrusted is not None:
+            click.echo(f"memimg_meta: the {PENDING_KEY!r} entry is not trusted (fails its MAC); the rows are checked")
+        _verify_rows(store, macs_only is not None, expect_head, expect_mac)
+        if untrusted is not None:
+            raise untrusted
     finally:
         store.close()
+
+
+def _verify_rows(store: Store, macs_only: bool, expect_head: int | None, expect_mac: str | None) -> None:
+    """The checks of ``memimg verify`` on the open *store* (*macs_only*: opened with the integrity key alone)."""
+    if isinstance(store, ProtectedStore) and store.protection.chained:
+        head, mac = store.check_chain()
+        click.echo(
+            f"integrity chain: ok, {head - store.first_seq() + 1} event(s) and every snapshot; "
+            f"head seq {head} MAC {mac.hex()}"
+        )
+    elif expect_mac is not None:
+        raise MemimgError("--expect-mac needs the log's integrity key (--integrity-key-env NAME)")
+    if expect_head is not None:
+        _expect(store, expect_head, expect_mac)
+    if macs_only:
+        click.echo(
+            "contents: not decrypted (no encryption key given): every row's MAC and the chain were checked, "
+            "the rows were not decoded, replayed or compared with the snapshots"
+        )
+        return
+    with paused_gc():  # as an open does: the replay and the comparison make no cyclic garbage to collect
+        _verify(store)
 
 
 def _macs_only_store(target: str) -> ProtectedStore | None:

@@ -207,6 +207,7 @@ class Protection:
 
     __slots__ = (
         "_aead",
+        "_entry_mac",
         "_log_tag",
         "_mac_key",
         "_seal_snapshots",
@@ -257,6 +258,10 @@ class Protection:
         if ikey is not None:
             self.integrity_id = fingerprint(ikey, b"integrity")
             self._mac_key = _mac_function(ikey)
+        # the MAC of meta entries (a rekey's pending one): a key of its own, derived from the integrity key
+        # if any, else from the encryption key (see entry_mac)
+        base = ikey if ikey is not None else key
+        self._entry_mac: Any = None if base is None else _mac_function(_derive_key(base, b"meta entry"))
         self._bind()
 
     def _bind(self) -> None:
@@ -323,9 +328,10 @@ class Protection:
     def _derive(self, compression: str | None, log_id: str | None, log_tag: bytes, macs_only: bool) -> Protection:
         """A protection with these keys and the given settings, its sealing loops made once (:meth:`_bind`)."""
         other = object.__new__(Protection)
-        other._aead, other._mac_key, other.key_id, other.integrity_id = (
+        other._aead, other._mac_key, other._entry_mac, other.key_id, other.integrity_id = (
             self._aead,
             self._mac_key,
+            self._entry_mac,
             self.key_id,
             self.integrity_id,
         )
@@ -363,6 +369,16 @@ class Protection:
 
     def settings_text(self) -> str:
         return orjson.dumps(self.settings(), option=orjson.OPT_SORT_KEYS).decode()
+
+    def entry_mac(self, message: bytes) -> str | None:
+        """The MAC (hex) of a ``memimg_meta`` entry's *message* under these keys; None without a key.
+
+        HMAC-SHA256 under a key derived for this purpose alone from the
+        integrity key when there is one, else from the encryption key: the
+        integrity key alone (``memimg verify`` with it) checks what a
+        protection with both keys wrote.
+        """
+        return None if self._entry_mac is None else self._entry_mac(b"memimg meta entry\0", message).hex()
 
     # -- the chain ----------------------------------------------------------------------------
 
@@ -574,6 +590,11 @@ def _sealer(aead: Any, mac_of: Any, compression: str | None, log_tag: bytes, tab
         return out, (prev if mac_of is not None else b"")
 
     return seal
+
+
+def _derive_key(key: bytes, purpose: bytes) -> bytes:
+    """A key for *purpose* alone, derived from *key* (HMAC-SHA256 of a label under it)."""
+    return hmac.digest(key, b"memimg derived key " + purpose, "sha256")
 
 
 def _mac_function(key: bytes) -> Any:

@@ -243,6 +243,12 @@ class ObjectTable:
 
     # -- the committed applier --------------------------------------------------
 
+    @property
+    def setters(self) -> dict[type, dict[str, Any]]:
+        """The field setters :meth:`field_set` uses, by class (a class's made on its first set): the compiled
+        applier of a commit's sets calls them as it does."""
+        return self._setters
+
     def field_set(self, obj: Any, name: str, value: Any) -> None:
         setters = self._setters.get(type(obj))
         if setters is None:

@@ -14,16 +14,13 @@ from typing import Any, NoReturn
 
 from memimg._errors import CorruptLogError, MemimgError
 from memimg.core._indexes import UNIQUE
-from memimg.core._kinds import KINDS
+from memimg.image._feeds import note_field
 from memimg.stores._protocol import SeqTaken
 
 __all__ = ["append_failed", "apply_failed", "catch_up_first", "commit_field", "lost", "now_us"]
 
-_OBJ_SET = KINDS["obj.set"]
 #: how many transaction commits after a lost race first look whether other writers appended
 CONTENDED = 16
-#: the events of a commit with no metadata, as a subscription's noting reads them (its first is no ``tx.meta``)
-_NO_META: tuple[tuple[None], ...] = ((None,),)
 
 
 def now_us() -> int:
@@ -91,7 +88,7 @@ def commit_field(self: Any, obj: Any, name: str, value: Any) -> bool:
         noted = None
         try:
             if feed is not None and (feed.wide or oid in feed.oids):  # noted before it changes, as apply does
-                noted = feed.note(None, _OBJ_SET, obj, (name, value), row, _NO_META)
+                noted = note_field(feed, obj, oid, name, value, row)
             table.field_set(obj, name, value)
         except BaseException as err:
             apply_failed(self, err, seq, seq)

@@ -67,6 +67,7 @@ from memimg.image._tx import Savepoint, TxState
 from memimg.image._views import ListView
 from memimg.image._writer import AutoWriter
 from memimg.model import SHELL, _tracking
+from memimg.model._accel import speedups
 from memimg.stores._protected import ProtectedStore, refuse_if_rekeyed
 from memimg.stores._protocol import SeqTaken, Store
 
@@ -87,6 +88,8 @@ TURN_WAIT: Final = 0.05
 
 _OBJ_ADD: Final = KINDS["obj.add"]
 _OBJ_SET: Final = KINDS["obj.set"]
+#: the compiled applier of obj.set runs (:meth:`Engine.apply`), or None: the Python loop applies every event
+_apply_sets = None if speedups is None else speedups.apply_sets
 _OBJ_DEL: Final = KINDS["obj.del"]
 
 
@@ -409,7 +412,17 @@ class Engine:
                     self.publishing.append(state)
                     published = state
             hook = self.before_apply
-            if feed is None:
+            if feed is None and hook is None and _apply_sets is not None and type(events) is list:
+                # compiled: each run of obj.set events applied by one call (field_set's setters), the rest here
+                at, n, setters = 0, len(events), table.setters
+                while True:
+                    at = _apply_sets(events, at, setters, _OBJ_SET)
+                    if at == n:
+                        break
+                    k, target, args = events[at]
+                    k.apply(table, target, *args)
+                    at += 1
+            elif feed is None:
                 for k, target, args in events:
                     if hook is not None:
                         hook(k.name, target, args)

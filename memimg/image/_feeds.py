@@ -34,6 +34,11 @@ several subscriptions (or a gap) is split by
 a Commit and a list of its own.
 With no subscription at all the engine holds no feed (``AutoWriter.feed`` is
 ``None``) and a commit pays one check of that.
+The steps a subscription adds to the commonest commit (one field set, by
+``Engine.commit_field``) -- :func:`note_field` (and :func:`first_noted`, the
+Commit it makes) and :func:`deliver_to_bound` -- are compiled by the
+accelerator (:mod:`memimg.model._speedups`): the same steps, the same
+results, without the interpreter's work that was most of their cost.
 
 **Delivery** is by a per-image queue, never under the image's lock: a noted
 commit joins the queue when it has been applied (so in seq order), and
@@ -80,8 +85,9 @@ from memimg.core._markers import MISSING
 from memimg.core._meta import TX_META
 from memimg.image._feeddelivery import Commit, _deliver_entry, _failed, _Gap, _number, contain_callbacks
 from memimg.model import TrackedDict, TrackedList, TrackedSet
+from memimg.model._accel import speedups
 
-__all__ = ["Commit", "Feed", "Subscription", "contain_callbacks", "subscribe"]
+__all__ = ["Commit", "Feed", "Subscription", "contain_callbacks", "note_field", "subscribe"]
 
 log = logging.getLogger("memimg")
 
@@ -94,6 +100,23 @@ _OBJ_SET: Final = KINDS["obj.set"]
 _new_tuple: Final = tuple.__new__
 #: ``_new_object(Commit)``: a Commit made without a call of its ``__init__`` (a measured path: see Feed.note)
 _new_object: Final = object.__new__
+
+
+def first_noted(row: Any, meta: dict[str, Any], subs: tuple[Subscription, ...], target: Any, *change: Any) -> Commit:
+    """A new Commit of the event at *row* (*meta*: its commit's metadata), noted with its first change: the
+    change of *target* (``kind, field, key, old, new, index``), going to *subs*.
+
+    Compiled by the accelerator (:mod:`memimg.model._speedups`), the same: the commonest commit with a
+    subscriber (one field set) makes one of these.
+    """
+    noted = _new_object(Commit)
+    noted.tx, noted._time, noted._to, noted.meta = row[1], row[2], subs, meta
+    noted.changes = [_new_tuple(Change, (row[0], row[1], row[2], meta, target, *change))]
+    return noted
+
+
+#: the events of a commit with no metadata, as :meth:`Feed.note` reads them (its first is no ``tx.meta``)
+_NO_META: Final[tuple[tuple[None], ...]] = ((None,),)
 #: the match table's row of an object not followed as such (only as an instance of a class, or as anything)
 _NOBODY: Final[dict[str | None, tuple[Subscription, ...]]] = {None: ()}
 
@@ -151,6 +174,27 @@ class Feed:
     Subscriptions are added and removed with the image's lock held, so a
     commit being applied sees one set of them throughout.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "bound",
+        "by_class",
+        "delivering",
+        "engine",
+        "flushing",
+        "getters",
+        "helpers",
+        "idle",
+        "image_lock",
+        "joined",
+        "numbered",
+        "oids",
+        "queue",
+        "recorder",
+        "subs",
+        "wide",
+        "wide_subs",
+    )
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -259,13 +303,8 @@ class Feed:
             except AttributeError:
                 old = MISSING
             if noted is None:
-                noted = _new_object(Commit)
-                noted.tx, noted._time, noted._to = row[1], row[2], subs
-                noted.meta = meta = events[0][2][0] if events[0][0] is TX_META else {}
-                noted.changes = [
-                    _new_tuple(Change, (row[0], row[1], row[2], meta, target, "obj.set", name, None, old, value, None))
-                ]
-                return noted
+                meta = events[0][2][0] if events[0][0] is TX_META else {}
+                return first_noted(row, meta, subs, target, "obj.set", name, None, old, value, None)
             return self._record(noted, subs, row, events, target, "obj.set", name, None, old, value, None)
         recorder = self.recorder
         parts = recorder.parts = []
@@ -291,11 +330,7 @@ class Feed:
         """*noted* (a new Commit if None) with the change of *target* at *row* (``kind, field, key, old, new,
         index``) going to *subs*."""
         if noted is None:
-            noted = _new_object(Commit)
-            noted.tx, noted._time, noted._to = row[1], row[2], subs
-            noted.meta = meta = events[0][2][0] if events[0][0] is TX_META else {}
-            noted.changes = [_new_tuple(Change, (row[0], row[1], row[2], meta, target, *change))]
-            return noted
+            return first_noted(row, events[0][2][0] if events[0][0] is TX_META else {}, subs, target, *change)
         changes = noted.changes
         changes.append(_new_tuple(Change, (row[0], row[1], row[2], noted.meta, target, *change)))
         to = noted._to
@@ -356,43 +391,13 @@ class Feed:
         if not token.acquire(False):
             return  # the thread delivering delivers it, or hands it on
         try:
-            self._deliver_to_bound()
+            deliver_to_bound(self)
         finally:  # (nested: a KeyboardInterrupt right after the release still hands on what is left)
             try:
                 token.release()
             finally:
                 if queue or self.flushing:
                     self._left()
-
-    def _deliver_to_bound(self) -> None:
-        """Deliver the queued commits up to the last one queued now (and those this thread's callbacks make:
-        :meth:`drain` moves :attr:`bound` on); the token held.
-
-        A measured path: a commit noted for one subscription is delivered
-        here, as it was noted (see :meth:`note`); others by
-        :func:`_deliver_entry`.
-        """
-        queue = self.queue
-        bound = self.bound = queue[-1].seq if queue else 0
-        while queue:
-            entry = queue[0]
-            seq = entry.seq
-            if seq > bound:
-                break
-            to = entry._to
-            if type(to) is tuple and len(to) == 1:
-                sub = to[0]
-                entry._to = ()  # the Commit is the subscription's now: it holds nothing of the feed
-                if not sub.closed and seq > sub.seen:
-                    sub.seen = seq
-                    try:
-                        sub.callback(entry)  # (a Commit: a gap's _to is None)
-                    except BaseException as err:
-                        _failed(sub, seq, err)
-            else:
-                _deliver_entry(self.subs, entry)
-            queue.popleft()
-            bound = self.bound
 
     def _left(self) -> None:
         """After giving the token back: hand on what other threads queued meanwhile; tell those flushing."""
@@ -428,7 +433,7 @@ class Feed:
             raise
         try:
             while queue:
-                self._deliver_to_bound()
+                deliver_to_bound(self)
         finally:
             try:
                 token.release()
@@ -455,6 +460,55 @@ class Feed:
                     self.idle.wait(min(left, 0.05))
                 finally:
                     self.flushing -= 1
+
+
+def deliver_to_bound(self: Feed) -> None:
+    """Deliver the queued commits up to the last one queued now (and those this thread's callbacks make:
+    :meth:`Feed.drain` moves :attr:`Feed.bound` on); the token held.
+
+    A measured path: a commit noted for one subscription is delivered
+    here, as it was noted (see :meth:`Feed.note`); others by
+    :func:`_deliver_entry`. Compiled by the accelerator
+    (:mod:`memimg.model._speedups`), the same steps.
+    """
+    queue = self.queue
+    bound = self.bound = queue[-1].seq if queue else 0
+    while queue:
+        entry = queue[0]
+        seq = entry.seq
+        if seq > bound:
+            break
+        to = entry._to
+        if type(to) is tuple and len(to) == 1:
+            sub = to[0]
+            entry._to = ()  # the Commit is the subscription's now: it holds nothing of the feed
+            if not sub.closed and seq > sub.seen:
+                sub.seen = seq
+                try:
+                    sub.callback(entry)  # (a Commit: a gap's _to is None)
+                except BaseException as err:
+                    _failed(sub, seq, err)
+        else:
+            _deliver_entry(self.subs, entry)
+        queue.popleft()
+        bound = self.bound
+
+
+def note_field(feed: Feed, target: Any, oid: int, name: str, value: Any, row: Any) -> Commit | None:
+    """:meth:`Feed.note` of ``target.name = value`` (*oid*: the target's id), the only event of a commit with no
+    metadata, at *row*: what :meth:`Engine.commit_field` queues (None: nothing followed).
+
+    Compiled by the accelerator (:mod:`memimg.model._speedups`) for a field followed by a subscription to its
+    object (or to the field): the commonest commit with a subscriber; it calls this function for anything else.
+    """
+    return feed.note(None, _OBJ_SET, target, (name, value), row, _NO_META)
+
+
+if speedups is not None:  # the same, compiled: the steps of a commit with a subscriber (see docs/performance.md)
+    speedups.configure_feeds(Feed, Subscription, Commit, Change, _deliver_entry, _failed, note_field, MISSING)
+    first_noted = speedups.first_noted
+    note_field = speedups.note_field
+    deliver_to_bound = speedups.deliver_to_bound
 
 
 def subscribe(engine: Any, callback: Callable[[Commit], Any], to: Any) -> Subscription:

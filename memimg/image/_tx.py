@@ -37,6 +37,7 @@ from memimg.core._reader import Pending
 from memimg.image._attach import NATIVE, Attacher, where_coll, where_field
 from memimg.image._guard import reentered
 from memimg.image._views import RAW, DictView, ListView, SetView, raw_method
+from memimg.model._accel import speedups
 from memimg.model._base import Planner
 from memimg.model._collections import reusable_args
 from memimg.model._planners import REREADING
@@ -156,7 +157,7 @@ class TxState:
         """The overlay (``fields``), with the sets the fast path appended since the last look."""
         events = self.events
         n = len(events)
-        if self.synced != n:
+        if self.synced != n and (_sync is None or not _sync(self)):  # compiled, or this loop
             fields = self.fields
             for i in range(self.synced, n, 3):  # plain obj.set events only: see :attr:`fast`
                 obj = events[i + 1]
@@ -707,6 +708,13 @@ class TxState:
         if v is DELETED:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
         return v
+
+
+#: TxState.sync's loop compiled, or None
+_sync: Callable[[TxState], bool] | None = None
+if speedups is not None:  # reads inside a transaction, fields' and a dict's d[k]: their common case compiled
+    speedups.configure_reads(TxState, RAW, DELETED)
+    _sync = speedups.sync
 
 
 def _split(

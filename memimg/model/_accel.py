@@ -3,8 +3,12 @@
 ``memimg.model._speedups`` (one C file, built by ``hatch_build.py`` when a C
 compiler is at hand) compiles the fast paths of the two hottest operations of
 the model -- a tracked field read while some transaction is open, and a plain
-field set inside a transaction -- and calls the pure-Python code for
-everything else, so both give the same results. Without it (no compiler, no
+field set inside a transaction --, the rows of a commit's scalar field sets
+and their apply (``encode_sets``/``apply_sets``, :mod:`memimg.image._encode`), reads inside
+a transaction (fields and dicts), and the steps a change feed adds to a
+single-field commit (``memimg.image._feeds``: noting the change, delivering
+the queue), and calls the pure-Python code for everything else, so both give
+the same results. Without it (no compiler, no
 wheel for the platform) the pure-Python code runs.
 
 Environment:
@@ -12,15 +16,23 @@ Environment:
 * ``MEMIMG_PURE_PYTHON=1`` -- run the pure-Python code even when the
   extension is built (to compare, or to rule it out);
 * ``MEMIMG_REQUIRE_ACCEL=1`` -- refuse to import memimg without the extension
-  (CI sets it, so that a broken build cannot pass unnoticed).
+  (CI sets it, so that a broken build cannot pass unnoticed), or with a build
+  of another version than this code's (:data:`SPEEDUPS_VERSION`; without it,
+  such a build is not used, with a warning).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from types import ModuleType
+from typing import Final
 
-__all__ = ["speedups"]
+__all__ = ["SPEEDUPS_VERSION", "speedups"]
+
+#: The version of ``_speedups`` this code calls (its ``VERSION``, bumped with every change of its functions): a build
+#: of another version -- an editable install's file left from before a pull -- is not used.
+SPEEDUPS_VERSION: Final = 4
 
 
 def _load() -> ModuleType | None:
@@ -35,6 +47,20 @@ def _load() -> ModuleType | None:
                 "build it with `pip install -e .` (needs a C compiler) or `python hatch_build.py`, "
                 "or unset MEMIMG_REQUIRE_ACCEL to run the pure-Python code"
             ) from exc
+        return None
+    built = getattr(_speedups, "VERSION", 1)
+    if built != SPEEDUPS_VERSION:  # built from an older (or newer) C file than this Python code's
+        if os.environ.get("MEMIMG_REQUIRE_ACCEL"):
+            raise ImportError(
+                f"MEMIMG_REQUIRE_ACCEL is set but memimg's compiled accelerator is out of date (version {built}, "
+                f"this code needs {SPEEDUPS_VERSION}); rebuild it with `pip install -e .` or `python hatch_build.py`"
+            )
+        warnings.warn(
+            f"memimg's compiled accelerator is out of date (version {built}, this code needs {SPEEDUPS_VERSION}): "
+            "running the pure-Python code; rebuild it with `pip install -e .` or `python hatch_build.py`",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     return _speedups
 

@@ -72,8 +72,7 @@ def _build(cls: type, builtin: type, mutators: dict[str, Planner], reads: dict[s
         setattr(cls, name, method)
     readers = {}
     for name, keyed in reads.items():
-        reader = _tracking.make_reader(name, getattr(builtin, name), keyed)
-        reader.__qualname__ = f"{cls.__qualname__}.{name}"
+        reader = _tracking.make_reader(name, getattr(builtin, name), keyed, f"{cls.__qualname__}.{name}")
         readers[name] = reader
     _tracking.register_collection(cls, readers)
 

@@ -1,4 +1,4 @@
-/* memimg.model._speedups: the optional compiled accelerator of the two hottest paths of the model.
+/* memimg.model._speedups: the optional compiled accelerator of the hottest paths of the model and of change feeds.
  *
  * Pure Python cannot make them cheap enough (docs/performance.md, "The compiled accelerator"):
  *
@@ -10,6 +10,17 @@
  * - FastSetattr: an entity's __setattr__. Its fast path is the Python one's (a field with no hook
  *   set to a scalar, the writer's `fast` journal open): one (kind, object, (name, value)) append;
  *   anything else calls the Python __setattr__ it wraps.
+ * - Change feeds (memimg.image._feeds): first_noted, note_field and deliver_to_bound, the Python functions of the
+ *   same names compiled -- the steps a subscription adds to the commonest commit (one field set), where the
+ *   interpreter's work was most of their cost. note_field calls the Python function for anything but a field
+ *   followed by a subscription to its object or to that field.
+ * - TrackedField's read inside a transaction: TxState.read_field's common case (the overlay brought up
+ *   to date, the transaction's own write, or the slot with the read recorded) compiled; the rest in Python.
+ * - DictRead: a tracked dict's d[k] while tracking is on: the common read inside a transaction (the
+ *   builtin read and the read recorded) compiled; anything else calls the Python reader it wraps.
+ * - encode_sets: the rows of a commit's runs of obj.set events of scalars (memimg.image._encode), the
+ *   payload, checksum and row the Python loop makes, byte for byte; any other event is left to that loop.
+ * - apply_sets: a committed run of obj.set events applied with the table's setters, as field_set does.
  *
  * Every shortcut only reads; when one does not apply, the Python code runs from the start.
  * Attributes of writers, of the tracking state and of images (_mi_current) are read through a per-type
@@ -21,6 +32,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+
+/* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
+ * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
+#define SPEEDUPS_VERSION 4
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -113,18 +128,23 @@ static inline int quiet_writer(PyObject *writer) {
  * a rebound _mi_current is seen at once. */
 static AttrCache c_current = {NULL, 0, -1, NULL};
 
-static inline PyObject *current_writer(PyObject *owner) {
-    PyObject *var = cached_attr(&c_current, owner, s_mi_current);
-    if (var != NULL) {
-        Py_INCREF(var);
-    } else {
-        var = PyObject_GetAttr(owner, s_mi_current);
-        if (var == NULL) { PyErr_Clear(); return NULL; }
-    }
+/* The value of context variable `var` (borrowed) in this context (new reference), or NULL with no error. */
+static inline PyObject *var_value(PyObject *var) {
     PyObject *writer = NULL;
+    Py_INCREF(var);
     int failed = !PyContextVar_CheckExact(var) || PyContextVar_Get(var, NULL, &writer) < 0;
     Py_DECREF(var);
     if (failed) { PyErr_Clear(); return NULL; }
+    return writer;
+}
+
+static inline PyObject *current_writer(PyObject *owner) {
+    PyObject *var = cached_attr(&c_current, owner, s_mi_current);
+    if (var != NULL) return var_value(var);
+    var = PyObject_GetAttr(owner, s_mi_current);
+    if (var == NULL) { PyErr_Clear(); return NULL; }
+    PyObject *writer = var_value(var);
+    Py_DECREF(var);
     return writer;
 }
 
@@ -145,6 +165,7 @@ static inline PyObject *current_writer(PyObject *owner) {
  * every use, so a commit starting to publish is seen at once. An entry is only ever a "may read the slot": anything else is
  * found out again, by the full lookup and then the Python code. */
 static uint64_t epoch = 1;
+static uint64_t filled = 0; /* the epoch of the latest fill: no entry answers while it is not `epoch` */
 
 typedef struct {
     PyObject *var;          /* the context variable answered for (compared only), NULL: empty */
@@ -157,19 +178,15 @@ typedef struct {
 #define QUIET_ENTRIES 8 /* per thread id, modulo */
 static QuietEntry quiet_cache[QUIET_ENTRIES];
 
-/* The full lookup behind an entry of the quiet cache: 1 if the writer of `var` in this context is quiet
- * and some transaction is open (and the entry now says so), else 0. */
-static int quiet_fill(QuietEntry *e, PyObject *var, PyThreadState *ts) {
-    uint64_t at = epoch, tsid = ts->id, context_ver = ts->context_ver;
-    PyObject *writer = NULL;
-    if (!PyContextVar_CheckExact(var)) return 0;
-    Py_INCREF(var);
-    int failed = PyContextVar_Get(var, NULL, &writer) < 0;
-    Py_DECREF(var);
-    if (failed) { PyErr_Clear(); return 0; }
-    if (writer == NULL) return 0; /* no value, no default: the Python code raises */
+/* Fill an entry of the quiet cache: 1 if `writer` (stolen), the value of `var` in this context (thread
+ * state `tsid` at `context_ver`, looked up at epoch `at`), is quiet and some transaction is open (and the
+ * entry now says so), else 0. A transaction's state is never quiet (it tracks reads; tf_lookup gives it
+ * to tx_read before asking): the cache never answers for a context inside a transaction. */
+static PyTypeObject *tx_type = NULL; /* TxState (configure_reads()) */
+
+static int quiet_fill(QuietEntry *e, PyObject *var, PyObject *writer, uint64_t at, uint64_t tsid, uint64_t context_ver) {
     PyTypeObject *wt = Py_TYPE(writer);
-    PyObject *tracks = cached_attr(&c_tracks, writer, s_tracks_reads);
+    PyObject *tracks = wt == tx_type ? NULL : cached_attr(&c_tracks, writer, s_tracks_reads);
     PyObject *publishing = tracks != Py_False || c_tracks.type != wt || c_tracks.offset >= 0
                                ? NULL : cached_attr(&c_publishing, writer, s_publishing);
     int quiet = 0;
@@ -193,6 +210,7 @@ static int quiet_fill(QuietEntry *e, PyObject *var, PyThreadState *ts) {
     e->wtype = wt;
     e->wversion = wversion;
     e->publishing = publishing;
+    filled = at;
     Py_DECREF(writer);
     Py_XDECREF(old_type);
     Py_XDECREF(old_publishing); /* may run Python code (a finalizer): the epoch says if it changed anything */
@@ -200,8 +218,9 @@ static int quiet_fill(QuietEntry *e, PyObject *var, PyThreadState *ts) {
 }
 
 /* Whether a read of a field of `obj` (an entity) may take the slot directly: 1 or 0 from the quiet cache
- * with no other lookup, -1 when it does not tell (may_read_slot finds out). Runs no Python code. */
+ * with no other lookup, -1 when it does not tell (tf_lookup finds out). Runs no Python code. */
 static inline int quiet_hit(PyObject *obj) {
+    if (filled != epoch) return -1; /* nothing cached since the last change (inside a transaction, say) */
     PyObject *owner = *(PyObject **)((char *)obj + owner_offset);
     if (owner == NULL) return 0;
     PyTypeObject *t = Py_TYPE(owner);
@@ -213,24 +232,6 @@ static inline int quiet_hit(PyObject *obj) {
         e->wtype->tp_version_tag != e->wversion)
         return -1;
     return e->publishing == NULL || PyList_GET_SIZE(e->publishing) == 0;
-}
-
-/* Whether a read of a field of `obj` (an entity) may take the slot directly (may run Python code). */
-static int may_read_slot(PyObject *obj) {
-    int hit = quiet_hit(obj);
-    if (hit >= 0) return hit;
-    PyObject *owner = *(PyObject **)((char *)obj + owner_offset);
-    if (owner == Py_None) return truth(*(PyObject **)((char *)state + open_offset)) == 1;
-    PyObject *var = cached_attr(&c_current, owner, s_mi_current);
-    if (var == NULL) { /* an owner whose _mi_current is not a slot or a class constant: no cache */
-        PyObject *writer = current_writer(owner);
-        if (writer == NULL) return 0;
-        int quiet = quiet_writer(writer);
-        Py_DECREF(writer);
-        return quiet && truth(*(PyObject **)((char *)state + open_offset)) == 1;
-    }
-    PyThreadState *ts = PyThreadState_Get();
-    return quiet_fill(&quiet_cache[ts->id % QUIET_ENTRIES], var, ts);
 }
 
 static PyObject *changed(PyObject *mod, PyObject *unused) {
@@ -246,6 +247,127 @@ typedef struct {
 } TrackedField;
 
 static PyTypeObject TrackedFieldType;
+
+/* -- an open transaction's state (memimg.image._tx.TxState), for the reads inside it (configure_reads()) -- */
+
+static Py_ssize_t oid_offset = -1;  /* PersistentBase's _mi_oid slot */
+/* tx_type (TxState): defined with the quiet cache, which never answers for it */
+static PyObject *raw_types = NULL;   /* memimg.image._views.RAW: the tracked collection types */
+static PyObject *note_read = NULL;   /* TxState.note_read as configured: replaced (a test's), reads go slow */
+static PyObject *s_note_read, *s_mi_img, *s_mi_oid, *s_done, *s_views, *s_reads, *s_host, *s_start_seq, *s_seq;
+static AttrCache c_coll_img = {NULL, 0, -1, NULL}, c_coll_oid = {NULL, 0, -1, NULL};
+static AttrCache c_tx_done = {NULL, 0, -1, NULL}, c_tx_views = {NULL, 0, -1, NULL}, c_tx_reads = {NULL, 0, -1, NULL},
+                 c_tx_host = {NULL, 0, -1, NULL}, c_tx_start = {NULL, 0, -1, NULL};
+
+/* -- TxState.read_field inline: a tracked field's read inside a transaction ---------------------------- */
+
+static PyObject *read_field = NULL; /* TxState.read_field as configured: replaced (a test's), reads go slow */
+static PyObject *deleted = NULL;    /* memimg.core._markers.DELETED */
+static PyObject *s_read_field, *s_events, *s_synced, *s_fields;
+static AttrCache c_tx_events = {NULL, 0, -1, NULL}, c_tx_synced = {NULL, 0, -1, NULL}, c_tx_fields = {NULL, 0, -1, NULL};
+
+/* TxState.sync(): the fast path's sets since `synced` into the overlay `fields`. 0 done, -1 error, 1 cannot. */
+static int tx_sync(PyObject *tx) {
+    PyObject *events = cached_attr(&c_tx_events, tx, s_events), *synced = cached_attr(&c_tx_synced, tx, s_synced);
+    PyObject *fields = cached_attr(&c_tx_fields, tx, s_fields);
+    if (events == NULL || !PyList_CheckExact(events) || synced == NULL || !PyLong_CheckExact(synced) ||
+        fields == NULL || !PyDict_CheckExact(fields) || c_tx_synced.offset < 0)
+        return 1;
+    Py_ssize_t from = PyLong_AsSsize_t(synced), n = PyList_GET_SIZE(events);
+    if (from < 0) { PyErr_Clear(); return 1; }
+    if (from == n) return 0;
+    Py_INCREF(events);
+    Py_INCREF(fields);
+    int result = 0;
+    for (Py_ssize_t i = from; i + 2 < n; i += 3) {
+        PyObject *pair = PyList_GET_ITEM(events, i + 2);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) { result = 1; break; }
+        PyObject *key = PyLong_FromVoidPtr(PyList_GET_ITEM(events, i + 1));
+        if (key == NULL) { result = -1; break; }
+        PyObject *d = PyDict_GetItemWithError(fields, key);
+        if (d == NULL) {
+            d = PyErr_Occurred() ? NULL : PyDict_New();
+            int failed = d == NULL || PyDict_SetItem(d, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0 ||
+                         PyDict_SetItem(fields, key, d) < 0;
+            Py_XDECREF(d);
+            Py_DECREF(key);
+            if (failed) { result = -1; break; }
+        } else {
+            Py_DECREF(key);
+            if (!PyDict_CheckExact(d)) { result = 1; break; }
+            if (PyDict_SetItem(d, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) { result = -1; break; }
+        }
+    }
+    if (result == 0 && PyList_GET_SIZE(events) == n) {
+        PyObject *now = PyLong_FromSsize_t(n);
+        if (now == NULL) {
+            result = -1;
+        } else { /* self.synced = n (its slot) */
+            PyObject **slot = (PyObject **)((char *)tx + c_tx_synced.offset);
+            Py_XSETREF(*slot, now);
+        }
+    } else if (result == 0) {
+        result = 1;
+    }
+    Py_DECREF(fields);
+    Py_DECREF(events);
+    return result;
+}
+
+/* TxState.read_field(obj, self.name, ...) of transaction `tx` for a TrackedField `self` on entity `obj`
+ * (new reference); NULL with no error: take the slow path (nothing recorded yet); NULL with an error: raised. */
+static PyObject *tx_read(PyObject *tx, PyObject *obj, TrackedField *self) {
+    if (tx_type == NULL || read_field == NULL || deleted == NULL ||
+        cached_attr(&c_tx_done, tx, s_done) != Py_False || _PyType_Lookup(tx_type, s_read_field) != read_field ||
+        _PyType_Lookup(tx_type, s_note_read) != note_read)
+        return NULL;
+    int synced = tx_sync(tx);
+    if (synced != 0) {
+        if (synced > 0) PyErr_Clear();
+        return NULL;
+    }
+    PyObject *fields = cached_attr(&c_tx_fields, tx, s_fields);
+    if (fields == NULL || !PyDict_CheckExact(fields)) return NULL;
+    PyObject *value = NULL;
+    if (PyDict_GET_SIZE(fields) != 0) {
+        PyObject *key = PyLong_FromVoidPtr(obj);
+        if (key == NULL) return NULL;
+        PyObject *d = PyDict_GetItemWithError(fields, key);
+        Py_DECREF(key);
+        if (d == NULL && PyErr_Occurred()) return NULL;
+        if (d != NULL) {
+            if (!PyDict_CheckExact(d)) return NULL;
+            value = PyDict_GetItemWithError(d, self->name);
+            if (value == NULL && PyErr_Occurred()) return NULL;
+            if (value != NULL) return value == deleted ? NULL : Py_NewRef(value); /* its own write */
+        }
+    }
+    PyObject *oid = *(PyObject **)((char *)obj + oid_offset);
+    value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
+    if (value == NULL) return NULL; /* unset: the slow path raises (and records the read) */
+    if (oid == NULL || oid == Py_None) return Py_NewRef(value);
+    Py_INCREF(value);
+    Py_INCREF(oid);
+    PyObject *reads = Py_XNewRef(cached_attr(&c_tx_reads, tx, s_reads));
+    PyObject *host = Py_XNewRef(cached_attr(&c_tx_host, tx, s_host));
+    PyObject *start = Py_XNewRef(cached_attr(&c_tx_start, tx, s_start_seq));
+    PyObject *seq = host == NULL ? NULL : PyObject_GetAttr(host, s_seq);
+    int same = seq == NULL || start == NULL ? -1 : seq == start ? 1 : PyObject_RichCompareBool(seq, start, Py_EQ);
+    PyObject *read = NULL;
+    if (same != 1 || reads == NULL || !PySet_CheckExact(reads)) {
+        PyErr_Clear();
+        Py_CLEAR(value); /* the slow path reads again and checks */
+    } else if ((read = PyTuple_Pack(2, oid, self->name)) == NULL || PySet_Add(reads, read) < 0) {
+        Py_CLEAR(value); /* the error stands */
+    }
+    Py_XDECREF(read);
+    Py_XDECREF(seq);
+    Py_XDECREF(start);
+    Py_XDECREF(host);
+    Py_XDECREF(reads);
+    Py_DECREF(oid);
+    return value;
+}
 
 static int tf_init(TrackedField *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"name", "slot", NULL};
@@ -307,11 +429,48 @@ static inline int fast_ok(TrackedField *self, PyObject *obj) {
     return base_type != NULL && PyObject_TypeCheck(obj, base_type) && holds_slot(self, obj);
 }
 
-/* A read of `obj` through `self` (fast_ok). */
-static PyObject *tf_fast(TrackedField *self, PyObject *obj, PyObject *cls) {
-    if (may_read_slot(obj)) {
+/* A read of `obj` through `self` (fast_ok) that the quiet cache did not answer: this context's writer
+ * looked up. Inside a transaction, TxState.read_field's common case (tx_read); a quiet writer while some
+ * transaction is open, the slot (and the quiet cache remembers it); anything else, the Python code. */
+static PyObject *tf_lookup(TrackedField *self, PyObject *obj, PyObject *cls) {
+    PyObject *owner = *(PyObject **)((char *)obj + owner_offset);
+    if (owner == NULL) return tf_slow(self, obj, cls);
+    int may;
+    if (owner == Py_None) {
+        may = truth(*(PyObject **)((char *)state + open_offset)) == 1;
+    } else {
+        PyObject *var = cached_attr(&c_current, owner, s_mi_current); /* NULL: not a slot or constant, no cache */
+        PyObject *writer = var != NULL ? var_value(var) : current_writer(owner);
+        if (writer == NULL) return tf_slow(self, obj, cls);
+        if (Py_TYPE(writer) == tx_type) { /* inside a transaction: TxState.read_field's common case here */
+            PyObject *value = tx_read(writer, obj, self);
+            Py_DECREF(writer);
+            return value != NULL || PyErr_Occurred() ? value : tf_slow(self, obj, cls);
+        }
+        if (var != NULL) { /* no Python code ran since the writer was looked up: the epoch is its own */
+            uint64_t at = epoch;
+            PyThreadState *ts = PyThreadState_Get();
+            may = quiet_fill(&quiet_cache[ts->id % QUIET_ENTRIES], var, writer, at, ts->id, ts->context_ver);
+        } else {
+            may = quiet_writer(writer);
+            Py_DECREF(writer);
+            may = may && truth(*(PyObject **)((char *)state + open_offset)) == 1; /* idle reads count */
+        }
+    }
+    if (may) {
         PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
         if (value != NULL) return Py_NewRef(value); /* else the slot's own AttributeError */
+    }
+    return tf_slow(self, obj, cls);
+}
+
+/* A read of `obj` through `self` (fast_ok). */
+static PyObject *tf_fast(TrackedField *self, PyObject *obj, PyObject *cls) {
+    int hit = quiet_hit(obj);
+    if (hit < 0) return tf_lookup(self, obj, cls);
+    if (hit) {
+        PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
+        if (value != NULL) return Py_NewRef(value);
     }
     return tf_slow(self, obj, cls);
 }
@@ -389,7 +548,7 @@ static inline TrackedField *tracked_field(PyTypeObject *t, PyObject *name) {
  * lookup, then the Python code), a name the field cache does not know in getattro_rest. */
 static Py_NO_INLINE PyObject *field_rest(TrackedField *f, PyObject *obj) {
     Py_INCREF(f); /* the class may lose it while the read runs Python code */
-    PyObject *r = tf_fast(f, obj, (PyObject *)Py_TYPE(obj));
+    PyObject *r = tf_lookup(f, obj, (PyObject *)Py_TYPE(obj)); /* the quiet cache was asked: not "yes" */
     Py_DECREF(f);
     return r;
 }
@@ -601,6 +760,785 @@ static PyTypeObject FastSetattrType = {
     .tp_getset = fs_getset,
 };
 
+/* -- change feeds (memimg.image._feeds): a noted commit, and the delivery of the queue -------------------------- */
+
+/* The types configure_feeds() was given, and the offsets of the slots read and written here; an object of another
+ * type (a _Gap in the queue, a subclass) is read with the generic attribute lookup, as Python does. */
+static PyTypeObject *feed_type = NULL, *sub_type = NULL, *commit_type = NULL, *change_type = NULL;
+static Py_ssize_t off_queue, off_bound, off_subs, off_oids, off_wide, off_getters; /* Feed's */
+static Py_ssize_t off_closed, off_seen, off_callback;                               /* Subscription's */
+static Py_ssize_t off_tx, off_time, off_to, off_meta, off_changes, off_seq;         /* Commit's */
+static PyObject *py_deliver_entry = NULL, *py_failed = NULL; /* memimg.image._feeddelivery's */
+static PyObject *py_note_field = NULL;                       /* the Python note_field: what the compiled one does not */
+static PyObject *missing = NULL;                             /* memimg.MISSING */
+static PyObject *empty_tuple = NULL;
+static PyObject *s_queue, *s_bound, *s_to, *s_closed, *s_seen, *s_callback, *s_subs, *s_popleft, *s_obj_set;
+#define CHANGE_FIELDS 11
+
+/* The offset of slot `name` of `t` (an object slot, writable), or -1 with TypeError set. */
+static Py_ssize_t slot_offset(PyTypeObject *t, const char *name) {
+    PyObject *d = PyDict_GetItemString(t->tp_dict, name);
+    if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type || PyDescr_TYPE(d) != t || /* a slot of t itself */
+        ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX ||
+        (((PyMemberDescrObject *)d)->d_member->flags & READONLY)) {
+        PyErr_Format(PyExc_TypeError, "configure_feeds(): %R has no slot %s", t, name);
+        return -1;
+    }
+    return ((PyMemberDescrObject *)d)->d_member->offset;
+}
+
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+/* Attribute `name` of `obj` (a new reference): read from its slot when `obj` is a `t`. */
+static inline PyObject *get_slot(PyObject *obj, PyTypeObject *t, Py_ssize_t offset, PyObject *name) {
+    if (Py_TYPE(obj) == t) {
+        PyObject *v = SLOT(obj, offset);
+        if (v != NULL) return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, name); /* (an empty slot: its AttributeError) */
+}
+
+static inline int set_slot(PyObject *obj, PyTypeObject *t, Py_ssize_t offset, PyObject *name, PyObject *value) {
+    if (Py_TYPE(obj) == t) {
+        Py_XSETREF(SLOT(obj, offset), Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(obj, name, value);
+}
+
+static PyObject *configure_feeds(PyObject *mod, PyObject *args) {
+    PyObject *feed, *sub, *commit, *change, *entry, *failed, *note, *miss;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOOO:configure_feeds", &PyType_Type, &feed, &PyType_Type, &sub,
+                          &PyType_Type, &commit, &PyType_Type, &change, &entry, &failed, &note, &miss))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)change, &PyTuple_Type)) {
+        PyErr_Format(PyExc_TypeError, "configure_feeds(): %R is not a tuple type", change);
+        return NULL;
+    }
+    if (!PyCallable_Check(entry) || !PyCallable_Check(failed) || !PyCallable_Check(note)) {
+        PyErr_SetString(PyExc_TypeError, "configure_feeds(): _deliver_entry, _failed and note_field must be callable");
+        return NULL;
+    }
+    PyTypeObject *f = (PyTypeObject *)feed, *s = (PyTypeObject *)sub, *c = (PyTypeObject *)commit;
+    Py_ssize_t o[15] = {
+        slot_offset(f, "queue"), slot_offset(f, "bound"), slot_offset(f, "subs"),
+        slot_offset(f, "oids"), slot_offset(f, "wide"), slot_offset(f, "getters"),
+        slot_offset(s, "closed"), slot_offset(s, "seen"), slot_offset(s, "callback"),
+        slot_offset(c, "tx"), slot_offset(c, "_time"), slot_offset(c, "_to"),
+        slot_offset(c, "meta"), slot_offset(c, "changes"), slot_offset(c, "seq"),
+    };
+    for (int i = 0; i < 15; i++)
+        if (o[i] < 0) return NULL;
+    off_queue = o[0], off_bound = o[1], off_subs = o[2], off_oids = o[3], off_wide = o[4], off_getters = o[5];
+    off_closed = o[6], off_seen = o[7], off_callback = o[8];
+    off_tx = o[9], off_time = o[10], off_to = o[11], off_meta = o[12], off_changes = o[13], off_seq = o[14];
+    Py_XSETREF(feed_type, (PyTypeObject *)Py_NewRef(feed));
+    Py_XSETREF(sub_type, (PyTypeObject *)Py_NewRef(sub));
+    Py_XSETREF(commit_type, (PyTypeObject *)Py_NewRef(commit));
+    Py_XSETREF(change_type, (PyTypeObject *)Py_NewRef(change));
+    Py_XSETREF(py_deliver_entry, Py_NewRef(entry));
+    Py_XSETREF(py_failed, Py_NewRef(failed));
+    Py_XSETREF(py_note_field, Py_NewRef(note));
+    Py_XSETREF(missing, Py_NewRef(miss));
+    Py_RETURN_NONE;
+}
+
+/* first_noted(row, meta, subs, target, kind, field, key, old, new, index): the Python function's result, made
+ * without its calls of tuple.__new__ and object.__new__ (the commonest commit with a subscriber: one field set). */
+static PyObject *noted_commit(PyObject *const *args) {
+    PyObject *row = args[0], *meta = args[1], *head[3]; /* the row's seq, tx and time */
+    for (Py_ssize_t i = 0; i < 3; i++) {                 /* (a tuple, or any sequence: a driver's row) */
+        head[i] = PyTuple_Check(row) && i < PyTuple_GET_SIZE(row) ? Py_NewRef(PyTuple_GET_ITEM(row, i))
+                                                                   : PySequence_GetItem(row, i);
+        if (head[i] == NULL) {
+            while (i > 0) Py_DECREF(head[--i]);
+            return NULL;
+        }
+    }
+    PyObject *change = change_type->tp_alloc(change_type, CHANGE_FIELDS), *changes = NULL, *commit = NULL;
+    if (change == NULL) goto done;
+#if PY_VERSION_HEX >= 0x030E0000
+    ((PyTupleObject *)change)->ob_hash = -1; /* a tuple caches its hash from 3.14 on: not computed yet */
+#endif
+    for (Py_ssize_t i = 0; i < 3; i++) PyTuple_SET_ITEM(change, i, Py_NewRef(head[i]));
+    PyTuple_SET_ITEM(change, 3, Py_NewRef(meta));
+    for (Py_ssize_t i = 4; i < CHANGE_FIELDS; i++) PyTuple_SET_ITEM(change, i, Py_NewRef(args[i - 1]));
+    if ((changes = PyList_New(1)) == NULL) {
+        Py_DECREF(change);
+        goto done;
+    }
+    PyList_SET_ITEM(changes, 0, change);
+    if ((commit = commit_type->tp_alloc(commit_type, 0)) == NULL) {
+        Py_DECREF(changes);
+        goto done;
+    }
+    SLOT(commit, off_tx) = Py_NewRef(head[1]);
+    SLOT(commit, off_time) = Py_NewRef(head[2]);
+    SLOT(commit, off_to) = Py_NewRef(args[2]);
+    SLOT(commit, off_meta) = Py_NewRef(meta);
+    SLOT(commit, off_changes) = changes;
+done:
+    for (Py_ssize_t i = 0; i < 3; i++) Py_DECREF(head[i]);
+    return commit;
+}
+
+static PyObject *first_noted(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (commit_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "first_noted(): configure_feeds() was not called");
+        return NULL;
+    }
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "first_noted() takes 10 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    return noted_commit(args);
+}
+
+/* note_field(feed, target, oid, name, value, row): the Python function's result. Compiled: a field one subscription
+ * or more follow as such (not only as part of a class or of everything), read by its getter; anything else is left
+ * to the Python function. */
+static PyObject *note_field(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (py_note_field == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "note_field(): configure_feeds() was not called");
+        return NULL;
+    }
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "note_field() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *feed = args[0], *target = args[1], *oid = args[2], *name = args[3];
+    if (Py_TYPE(feed) != feed_type || SLOT(feed, off_wide) != Py_False || SLOT(feed, off_oids) == NULL ||
+        SLOT(feed, off_getters) == NULL || !PyDict_CheckExact(SLOT(feed, off_oids)) ||
+        !PyDict_CheckExact(SLOT(feed, off_getters)) || !PyUnicode_CheckExact(name))
+        goto python;
+    PyObject *follows = PyDict_GetItemWithError(SLOT(feed, off_oids), oid); /* (borrowed, as below) */
+    if (follows == NULL || !PyDict_CheckExact(follows)) goto python;
+    PyObject *subs = PyDict_GetItemWithError(follows, name); /* follows.get(name) or follows[None] */
+    if (subs != NULL && (!PyTuple_CheckExact(subs))) goto python;
+    if (subs == NULL || PyTuple_GET_SIZE(subs) == 0) {
+        if (PyErr_Occurred()) return NULL;
+        subs = PyDict_GetItemWithError(follows, Py_None);
+        if (subs == NULL || !PyTuple_CheckExact(subs)) goto python;
+        if (PyTuple_GET_SIZE(subs) == 0) Py_RETURN_NONE; /* nobody follows it */
+    }
+    PyObject *getters = PyDict_GetItemWithError(SLOT(feed, off_getters), (PyObject *)Py_TYPE(target));
+    if (getters == NULL || !PyDict_CheckExact(getters)) goto python;
+    PyObject *getter = PyDict_GetItemWithError(getters, name);
+    if (getter == NULL) goto python; /* (the Python function learns the class's getters) */
+    Py_INCREF(subs);
+    PyObject *noted = NULL, *meta = NULL, *old = PyObject_CallOneArg(getter, target);
+    if (old == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) { /* no value before */
+        PyErr_Clear();
+        old = Py_NewRef(missing);
+    }
+    if (old != NULL && (meta = PyDict_New()) != NULL) {
+        PyObject *fields[10] = {args[5], meta, subs, target, s_obj_set, name, Py_None, old, args[4], Py_None};
+        noted = noted_commit(fields);
+        Py_DECREF(meta);
+    }
+    Py_XDECREF(old);
+    Py_DECREF(subs);
+    return noted;
+python:
+    if (PyErr_Occurred()) return NULL;
+    return PyObject_Vectorcall(py_note_field, args, nargs, NULL);
+}
+
+/* Subscription `sub` is handed `entry` (seq `seq`) unless it is closed or has had it; its callback's exception
+ * goes to _failed(sub, seq, err), which logs it or raises it (then -1). */
+static int hand(PyObject *sub, PyObject *entry, PyObject *seq) {
+    PyObject *v = get_slot(sub, sub_type, off_closed, s_closed);
+    if (v == NULL) return -1;
+    int closed = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (closed) return closed < 0 ? -1 : 0;
+    if ((v = get_slot(sub, sub_type, off_seen, s_seen)) == NULL) return -1;
+    int newer = PyObject_RichCompareBool(seq, v, Py_GT);
+    Py_DECREF(v);
+    if (newer <= 0) return newer;
+    if (set_slot(sub, sub_type, off_seen, s_seen, seq) < 0 ||
+        (v = get_slot(sub, sub_type, off_callback, s_callback)) == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(v, entry);
+    Py_DECREF(v);
+    if (r == NULL) {
+        PyObject *type, *err, *tb;
+        PyErr_Fetch(&type, &err, &tb);
+        PyErr_NormalizeException(&type, &err, &tb);
+        if (tb != NULL) PyException_SetTraceback(err, tb);
+        r = PyObject_CallFunctionObjArgs(py_failed, sub, seq, err, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(err);
+        Py_XDECREF(tb);
+        if (r == NULL) return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* deliver_to_bound(feed): the Python function, compiled (the same steps, reading and writing the same attributes). */
+static PyObject *deliver_to_bound(PyObject *mod, PyObject *feed) {
+    if (py_failed == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "deliver_to_bound(): configure_feeds() was not called");
+        return NULL;
+    }
+    PyObject *queue = get_slot(feed, feed_type, off_queue, s_queue), *bound = NULL, *entry = NULL, *seq = NULL;
+    PyObject *to = NULL;
+    if (queue == NULL) return NULL;
+    Py_ssize_t n = PyObject_Length(queue);
+    if (n < 0) goto error;
+    if (n > 0) {
+        if ((entry = PySequence_GetItem(queue, n - 1)) == NULL) goto error;
+        bound = get_slot(entry, commit_type, off_seq, s_seq);
+        Py_CLEAR(entry);
+    } else {
+        bound = PyLong_FromLong(0);
+    }
+    if (bound == NULL || set_slot(feed, feed_type, off_bound, s_bound, bound) < 0) goto error;
+    while ((n = PyObject_Length(queue)) > 0) {
+        if ((entry = PySequence_GetItem(queue, 0)) == NULL) goto error;
+        if ((seq = get_slot(entry, commit_type, off_seq, s_seq)) == NULL) goto error;
+        int over = PyObject_RichCompareBool(seq, bound, Py_GT);
+        if (over < 0) goto error;
+        if (over) break;
+        if ((to = get_slot(entry, commit_type, off_to, s_to)) == NULL) goto error;
+        if (PyTuple_CheckExact(to) && PyTuple_GET_SIZE(to) == 1) {
+            PyObject *sub = Py_NewRef(PyTuple_GET_ITEM(to, 0));
+            /* the Commit is the subscription's now: it holds nothing of the feed */
+            int failed = set_slot(entry, commit_type, off_to, s_to, empty_tuple) < 0 || hand(sub, entry, seq) < 0;
+            Py_DECREF(sub);
+            if (failed) goto error;
+        } else {
+            PyObject *subs = get_slot(feed, feed_type, off_subs, s_subs);
+            if (subs == NULL) goto error;
+            PyObject *r = PyObject_CallFunctionObjArgs(py_deliver_entry, subs, entry, NULL);
+            Py_DECREF(subs);
+            if (r == NULL) goto error;
+            Py_DECREF(r);
+        }
+        Py_CLEAR(to);
+        Py_CLEAR(seq);
+        Py_CLEAR(entry);
+        PyObject *r = PyObject_CallMethodNoArgs(queue, s_popleft);
+        if (r == NULL) goto error;
+        Py_DECREF(r);
+        Py_SETREF(bound, get_slot(feed, feed_type, off_bound, s_bound));
+        if (bound == NULL) goto error;
+    }
+    if (n < 0) goto error;
+    Py_XDECREF(seq);
+    Py_XDECREF(entry);
+    Py_DECREF(bound);
+    Py_DECREF(queue);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(to);
+    Py_XDECREF(seq);
+    Py_XDECREF(entry);
+    Py_XDECREF(bound);
+    Py_DECREF(queue);
+    return NULL;
+}
+
+/* -- DictRead: a tracked dict's d[k] while tracking is on ------------------------------------------- */
+
+/* Its fast path is TxState.read_coll's for `d[k]` in the common case -- the dict attached and given its id,
+ * the current writer an open transaction (TxState) with no view of this dict, the key not a tracked
+ * collection, the key present, no commit since the transaction began -- the builtin read, then the read
+ * recorded ((oid, key) added to the transaction's reads: TxState.note_read inline, taken only while
+ * TxState.note_read is the one configured); anything else calls the Python reader it wraps
+ * (`slow`, memimg.model._tracking.make_reader), from the start: the fast path has changed nothing then. */
+
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *slow;
+    vectorcallfunc vectorcall;
+} DictRead;
+
+/* The value of coll[key] (new reference) on the fast path, or NULL with no error: take the slow path;
+ * NULL with an error: the read failed as the Python reader's would (recording the read failed). */
+static PyObject *dr_fast(PyObject *coll, PyObject *key) {
+    if (tx_type == NULL || !PyDict_Check(coll)) return NULL;
+    PyObject *owner = cached_attr(&c_coll_img, coll, s_mi_img);
+    if (owner == NULL || owner == Py_None) return NULL;
+    PyObject *oid = cached_attr(&c_coll_oid, coll, s_mi_oid);
+    if (oid == NULL || !PyLong_CheckExact(oid)) return NULL;
+    int raw = PyDict_Contains(raw_types, (PyObject *)Py_TYPE(key));
+    if (raw != 0) { if (raw < 0) PyErr_Clear(); return NULL; }
+    PyObject *writer = current_writer(owner);
+    if (writer == NULL) return NULL;
+    PyObject *value = NULL, *reads = NULL, *host = NULL, *start = NULL, *seq = NULL;
+    if (Py_TYPE(writer) != tx_type || cached_attr(&c_tx_done, writer, s_done) != Py_False ||
+        _PyType_Lookup(tx_type, s_note_read) != note_read)
+        goto slow;
+    PyObject *views = cached_attr(&c_tx_views, writer, s_views);
+    if (views == NULL || !PyDict_CheckExact(views)) goto slow;
+    if (PyDict_GET_SIZE(views) != 0) { /* a view of this dict: the transaction wrote it, its view answers */
+        PyObject *id = PyLong_FromVoidPtr(coll);
+        if (id == NULL) goto slow;
+        int has = PyDict_Contains(views, id);
+        Py_DECREF(id);
+        if (has != 0) goto slow;
+    }
+    reads = Py_XNewRef(cached_attr(&c_tx_reads, writer, s_reads));
+    host = Py_XNewRef(cached_attr(&c_tx_host, writer, s_host));
+    start = Py_XNewRef(cached_attr(&c_tx_start, writer, s_start_seq));
+    if (reads == NULL || !PySet_CheckExact(reads) || host == NULL || start == NULL) goto slow;
+    Py_INCREF(oid);
+    value = Py_XNewRef(PyDict_GetItemWithError(coll, key)); /* the builtin read (a miss: the slow path raises) */
+    if (value == NULL) { Py_DECREF(oid); goto slow; }
+    /* read first, then checked (as note_read, after the read): no commit since the transaction began */
+    seq = PyObject_GetAttr(host, s_seq);
+    int same = seq == NULL ? -1 : seq == start ? 1 : PyObject_RichCompareBool(seq, start, Py_EQ);
+    if (same != 1) { Py_DECREF(oid); Py_CLEAR(value); goto slow; }
+    PyObject *read = PyTuple_Pack(2, oid, key);
+    Py_DECREF(oid);
+    if (read == NULL || PySet_Add(reads, read) < 0) {
+        Py_XDECREF(read);
+        Py_CLEAR(value);
+        goto done; /* the error stands */
+    }
+    Py_DECREF(read);
+    goto done;
+slow:
+    PyErr_Clear();
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(start);
+    Py_XDECREF(host);
+    Py_XDECREF(reads);
+    Py_DECREF(writer);
+    return value;
+}
+
+static PyObject *dr_call(DictRead *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) == 2 && kwnames == NULL) {
+        PyObject *v = dr_fast(args[0], args[1]);
+        if (v != NULL || PyErr_Occurred()) return v;
+    }
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
+static int dr_init(DictRead *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"slow", NULL};
+    PyObject *slow;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:DictRead", kwlist, &slow)) return -1;
+    if (!PyCallable_Check(slow)) {
+        PyErr_Format(PyExc_TypeError, "DictRead: slow must be callable, not %R", slow);
+        return -1;
+    }
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
+    self->vectorcall = (vectorcallfunc)dr_call;
+    return 0;
+}
+
+static PyObject *dr_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    DictRead *self = (DictRead *)type->tp_alloc(type, 0);
+    if (self != NULL) self->vectorcall = NULL;
+    return (PyObject *)self;
+}
+
+static PyObject *dr_tp_call(DictRead *self, PyObject *args, PyObject *kwds) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return PyVectorcall_Call((PyObject *)self, args, kwds);
+}
+
+static int dr_traverse(DictRead *self, visitproc visit, void *arg) {
+    Py_VISIT(self->slow);
+    return 0;
+}
+
+static int dr_clear(DictRead *self) {
+    Py_CLEAR(self->slow);
+    return 0;
+}
+
+static void dr_dealloc(DictRead *self) {
+    PyObject_GC_UnTrack(self);
+    dr_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *dr_slow_attr(DictRead *self, void *name) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return PyObject_GetAttrString(self->slow, (const char *)name);
+}
+
+static PyObject *dr_wrapped(DictRead *self, void *unused) {
+    if (self->slow == NULL) {
+        PyErr_SetString(PyExc_TypeError, "DictRead was not initialised");
+        return NULL;
+    }
+    return Py_NewRef(self->slow);
+}
+
+static PyGetSetDef dr_getset[] = {
+    {"__name__", (getter)dr_slow_attr, NULL, "the wrapped reader's name", "__name__"},
+    {"__qualname__", (getter)dr_slow_attr, NULL, "the wrapped reader's qualified name", "__qualname__"},
+    {"__module__", (getter)dr_slow_attr, NULL, "the wrapped reader's module", "__module__"},
+    {"__doc__", (getter)dr_slow_attr, NULL, "the wrapped reader's docstring", "__doc__"},
+    {"__wrapped__", (getter)dr_wrapped, NULL, "the wrapped reader (slow)", NULL},
+    {NULL},
+};
+
+static PyMemberDef dr_members[] = {
+    {"slow", T_OBJECT, offsetof(DictRead, slow), READONLY, "the Python reader (everything off the fast path)"},
+    {NULL},
+};
+
+static PyTypeObject DictReadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "memimg.model._speedups.DictRead",
+    .tp_doc = "A tracked dict's __getitem__ while tracking is on: the common read in a transaction compiled.",
+    .tp_basicsize = sizeof(DictRead),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_vectorcall_offset = offsetof(DictRead, vectorcall),
+    .tp_call = (ternaryfunc)dr_tp_call,
+    .tp_new = dr_new,
+    .tp_init = (initproc)dr_init,
+    .tp_dealloc = (destructor)dr_dealloc,
+    .tp_traverse = (traverseproc)dr_traverse,
+    .tp_clear = (inquiry)dr_clear,
+    .tp_descr_get = fs_descr_get,
+    .tp_members = dr_members,
+    .tp_getset = dr_getset,
+};
+
+/* sync(tx): TxState.sync's loop (the fast path's sets into the overlay): True done, False left to Python. */
+static PyObject *sync_overlay(PyObject *mod, PyObject *tx) {
+    if (tx_type == NULL || Py_TYPE(tx) != tx_type) Py_RETURN_FALSE;
+    int r = tx_sync(tx);
+    if (r < 0) return NULL;
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *configure_reads(PyObject *mod, PyObject *args) {
+    PyObject *tx, *raw, *gone;
+    if (!PyArg_ParseTuple(args, "O!O!O:configure_reads", &PyType_Type, &tx, &PyDict_Type, &raw, &gone)) return NULL;
+    PyObject *reader = _PyType_Lookup((PyTypeObject *)tx, s_read_field);
+    if (reader == NULL) {
+        PyErr_Format(PyExc_TypeError, "configure_reads(): %R has no read_field", tx);
+        return NULL;
+    }
+    Py_INCREF(reader);
+    Py_XSETREF(read_field, reader);
+    Py_INCREF(gone);
+    Py_XSETREF(deleted, gone);
+    Py_INCREF(tx);
+    Py_XSETREF(tx_type, (PyTypeObject *)tx);
+    PyObject *note = _PyType_Lookup((PyTypeObject *)tx, s_note_read);
+    if (note == NULL) {
+        PyErr_Format(PyExc_TypeError, "configure_reads(): %R has no note_read", tx);
+        return NULL;
+    }
+    Py_INCREF(note);
+    Py_XSETREF(note_read, note);
+    Py_INCREF(raw);
+    Py_XSETREF(raw_types, raw);
+    Py_RETURN_NONE;
+}
+
+/* -- a commit's obj.set rows (memimg.image._encode) ---------------------------------------------------- */
+
+/* encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): the rows of pending[at:], appended
+ * to `rows`, as EncodeSession's loop makes them -- (seq, tx, ts, "obj.set", oid, payload, checksum), seq =
+ * tx + len(rows) -- for as long as the events are obj.set of a scalar on an object that has its id and whose
+ * class the log has declared; returns the index of the first event it left (to the Python loop). The payload
+ * is orjson's `[[name, value]]`: a str, int, bool or None written here, in orjson's bytes; a float, and a str
+ * that needs escaping or is not ASCII, by `dumps` itself, spliced. The checksum is event_checksum's formula
+ * (zlib's CRC-32, computed here). */
+
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++) crc_table[t][i] = crc_table[0][crc_table[t - 1][i] & 0xFF] ^ (crc_table[t - 1][i] >> 8);
+}
+
+/* zlib.crc32(buf, crc) */
+static uint32_t crc_update(uint32_t crc, const unsigned char *p, Py_ssize_t n) {
+    uint32_t c = ~crc;
+    while (n >= 8) { /* slicing by 8, little-endian loads */
+        uint32_t a = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        c = crc_table[7][a & 0xFF] ^ crc_table[6][(a >> 8) & 0xFF] ^ crc_table[5][(a >> 16) & 0xFF] ^
+            crc_table[4][a >> 24] ^ crc_table[3][p[4]] ^ crc_table[2][p[5]] ^ crc_table[1][p[6]] ^ crc_table[0][p[7]];
+        p += 8;
+        n -= 8;
+    }
+    while (n--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return ~c;
+}
+
+static inline void put_le64(unsigned char *p, long long v) {
+    unsigned long long u = (unsigned long long)v;
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(u >> (8 * i));
+}
+
+/* The JSON text of a str orjson writes as is (printable ASCII, no quote nor backslash): its bytes, else NULL. */
+static inline const char *plain_text(PyObject *s, Py_ssize_t *len) {
+    if (!PyUnicode_IS_COMPACT_ASCII(s)) return NULL;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c < 0x20 || c == '"' || c == '\\' || c >= 0x7F) return NULL;
+    }
+    *len = n;
+    return (const char *)p;
+}
+
+/* One JSON element: literal text (`text`, `len`), or bytes `spliced` (owned) that dumps made. */
+typedef struct {
+    const char *text;
+    Py_ssize_t len;
+    int quoted;
+    PyObject *spliced;
+    char digits[24];
+} Element;
+
+/* 1: `v` is written into `e`; 0: not a value of this path (nothing set); -1: error. */
+static int element(Element *e, PyObject *v, PyObject *dumps) {
+    e->spliced = NULL;
+    e->quoted = 0;
+    if (PyUnicode_CheckExact(v)) {
+        e->text = plain_text(v, &e->len);
+        if (e->text != NULL) {
+            e->quoted = 1;
+            return 1;
+        }
+    } else if (v == Py_None) {
+        e->text = "null", e->len = 4;
+        return 1;
+    } else if (v == Py_True) {
+        e->text = "true", e->len = 4;
+        return 1;
+    } else if (v == Py_False) {
+        e->text = "false", e->len = 5;
+        return 1;
+    } else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) return 0; /* outside the INLINE rule's range: written ["i", text] by the Python loop */
+        if (x == -1 && PyErr_Occurred()) return -1;
+        /* the decimal digits, written backwards from the end of the buffer (snprintf costs ~10x more) */
+        char *end = e->digits + sizeof e->digits, *q = end;
+        unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+        do {
+            *--q = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (x < 0) *--q = '-';
+        e->text = q;
+        e->len = end - q;
+        return 1;
+    } else if (PyFloat_CheckExact(v)) {
+        if (!isfinite(PyFloat_AS_DOUBLE(v))) return 0;
+    } else {
+        return 0;
+    }
+    /* a float, or a str with escapes or beyond ASCII: orjson's own text of it */
+    PyObject *b = PyObject_CallOneArg(dumps, v);
+    if (b == NULL) return -1;
+    if (!PyBytes_CheckExact(b)) {
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_TypeError, "encode_sets(): dumps() did not return bytes");
+        return -1;
+    }
+    e->spliced = b;
+    e->text = PyBytes_AS_STRING(b);
+    e->len = PyBytes_GET_SIZE(b);
+    return 1;
+}
+
+static inline char *put(char *p, Element *e) {
+    if (e->quoted) *p++ = '"';
+    memcpy(p, e->text, e->len);
+    p += e->len;
+    if (e->quoted) *p++ = '"';
+    return p;
+}
+
+
+static PyObject *encode_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "encode_sets() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *pending = args[0], *rows = args[2], *tx = args[3], *ts = args[4], *kind = args[5], *current = args[6];
+    PyObject *dumps = args[8];
+    if (base_type == NULL || oid_offset < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "encode_sets(): configure() was not called");
+        return NULL;
+    }
+    if (!PyList_CheckExact(pending) || !PyList_CheckExact(rows) || !PyLong_CheckExact(tx) || !PyLong_CheckExact(ts) ||
+        !PyAnySet_CheckExact(current)) {
+        PyErr_SetString(PyExc_TypeError, "encode_sets(): bad argument types");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred()) return NULL;
+    if (at < 0) return PyErr_Format(PyExc_ValueError, "an index of the events is not negative (got %zd)", at);
+    int checksums = PyObject_IsTrue(args[7]);
+    if (checksums < 0) return NULL;
+    long long txv = PyLong_AsLongLong(tx), tsv = PyLong_AsLongLong(ts);
+    if ((txv == -1 || tsv == -1) && PyErr_Occurred()) return NULL;
+    PyObject *name = PyObject_GetAttrString(kind, "name"), *code_obj = PyObject_GetAttrString(kind, "code");
+    if (name == NULL || code_obj == NULL) {
+        Py_XDECREF(name);
+        Py_XDECREF(code_obj);
+        return NULL;
+    }
+    uint32_t code = (uint32_t)PyLong_AsUnsignedLongMask(code_obj);
+    Py_DECREF(code_obj);
+    if (PyErr_Occurred()) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(pending);
+    for (; at < n; at++) {
+        PyObject *ev = PyList_GET_ITEM(pending, at);
+        if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 3 || PyTuple_GET_ITEM(ev, 0) != kind) break;
+        PyObject *target = PyTuple_GET_ITEM(ev, 1), *a = PyTuple_GET_ITEM(ev, 2);
+        if (!PyObject_TypeCheck(target, base_type) || !PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 2) break;
+        PyObject *oid = *(PyObject **)((char *)target + oid_offset);
+        if (oid == NULL || !PyLong_CheckExact(oid)) break; /* no id yet: the Python loop gives it one */
+        int declared = PySet_Contains(current, (PyObject *)Py_TYPE(target));
+        if (declared < 0) goto error;
+        if (!declared) break;
+        long long oidv = PyLong_AsLongLong(oid);
+        if (oidv == -1 && PyErr_Occurred()) goto error;
+        PyObject *field = PyTuple_GET_ITEM(a, 0);
+        if (!PyUnicode_CheckExact(field)) break;
+        Element f, v;
+        int got = element(&f, field, dumps);
+        if (got < 0) goto error;
+        got = element(&v, PyTuple_GET_ITEM(a, 1), dumps);
+        if (got <= 0) {
+            Py_XDECREF(f.spliced);
+            if (got < 0) goto error;
+            break;
+        }
+        /* [[f,v]] */
+        Py_ssize_t size = 2 + f.len + 2 * f.quoted + 1 + v.len + 2 * v.quoted + 2;
+        PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+        if (data == NULL) {
+            Py_XDECREF(f.spliced);
+            Py_XDECREF(v.spliced);
+            goto error;
+        }
+        char *p = PyBytes_AS_STRING(data);
+        *p++ = '[';
+        *p++ = '[';
+        p = put(p, &f);
+        *p++ = ',';
+        p = put(p, &v);
+        *p++ = ']';
+        *p++ = ']';
+        Py_XDECREF(f.spliced);
+        Py_XDECREF(v.spliced);
+        long long seqv = txv + PyList_GET_SIZE(rows);
+        uint32_t crc = 0;
+        if (checksums) {
+            unsigned char cols[32];
+            put_le64(cols, seqv);
+            put_le64(cols + 8, txv);
+            put_le64(cols + 16, tsv);
+            put_le64(cols + 24, oidv);
+            crc = crc_update(crc_update(code, cols, 32), (const unsigned char *)PyBytes_AS_STRING(data), size);
+        }
+        PyObject *seq = PyLong_FromLongLong(seqv), *sum = PyLong_FromUnsignedLong(crc);
+        if (seq == NULL || sum == NULL) {
+            Py_XDECREF(seq);
+            Py_XDECREF(sum);
+            Py_DECREF(data);
+            goto error;
+        }
+        Py_INCREF(tx);
+        Py_INCREF(ts);
+        Py_INCREF(name);
+        Py_INCREF(oid);
+        PyObject *row = PyTuple_New(7);
+        if (row == NULL) {
+            Py_DECREF(seq), Py_DECREF(sum), Py_DECREF(data), Py_DECREF(tx), Py_DECREF(ts), Py_DECREF(name), Py_DECREF(oid);
+            goto error;
+        }
+        PyTuple_SET_ITEM(row, 0, seq);
+        PyTuple_SET_ITEM(row, 1, tx);
+        PyTuple_SET_ITEM(row, 2, ts);
+        PyTuple_SET_ITEM(row, 3, name);
+        PyTuple_SET_ITEM(row, 4, oid);
+        PyTuple_SET_ITEM(row, 5, data);
+        PyTuple_SET_ITEM(row, 6, sum);
+        int failed = PyList_Append(rows, row);
+        Py_DECREF(row);
+        if (failed) goto error;
+    }
+    Py_DECREF(name);
+    return PyLong_FromSsize_t(at);
+error:
+    Py_DECREF(name);
+    return NULL;
+}
+
+
+/* apply_sets(events, at, setters, kind): apply events[at:]'s leading run of obj.set events to the committed
+ * objects as ObjectTable.field_set does -- setters[type(obj)][name](obj, value) -- and return the index of the
+ * first event it left (another kind, or a class whose setters the table has not made yet: the Python loop). */
+static PyObject *apply_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "apply_sets() takes 4 arguments");
+        return NULL;
+    }
+    PyObject *events = args[0], *setters = args[2], *kind = args[3];
+    if (!PyList_CheckExact(events) || !PyDict_CheckExact(setters)) {
+        PyErr_SetString(PyExc_TypeError, "apply_sets(): bad argument types");
+        return NULL;
+    }
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred()) return NULL;
+    if (at < 0) return PyErr_Format(PyExc_ValueError, "an index of the events is not negative (got %zd)", at);
+    for (; at < PyList_GET_SIZE(events); at++) {
+        PyObject *ev = PyList_GET_ITEM(events, at);
+        if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 3 || PyTuple_GET_ITEM(ev, 0) != kind) break;
+        PyObject *target = PyTuple_GET_ITEM(ev, 1), *a = PyTuple_GET_ITEM(ev, 2);
+        if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 2) break;
+        /* looked up for every event, as field_set does: a setter (an index's) may change the table's */
+        PyObject *of_type = PyDict_GetItemWithError(setters, (PyObject *)Py_TYPE(target));
+        if (of_type == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            break;
+        }
+        if (!PyDict_CheckExact(of_type)) break;
+        PyObject *setter = PyDict_GetItemWithError(of_type, PyTuple_GET_ITEM(a, 0));
+        if (setter == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            break; /* the Python loop raises what field_set raises */
+        }
+        Py_INCREF(ev); /* a setter runs Python code (an index's): the event and the dicts stay alive */
+        Py_INCREF(setter);
+        PyObject *call[2] = {target, PyTuple_GET_ITEM(a, 1)};
+        PyObject *r = PyObject_Vectorcall(setter, call, 2, NULL);
+        Py_DECREF(setter);
+        Py_DECREF(ev);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+    }
+    return PyLong_FromSsize_t(at);
+}
+
 /* -- module ----------------------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
@@ -620,6 +1558,12 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
         PyErr_Format(PyExc_TypeError, "configure(): %R has no `open` slot", st);
         return NULL;
     }
+    PyObject *oid = PyDict_GetItemString(((PyTypeObject *)base)->tp_dict, "_mi_oid");
+    if (oid == NULL || Py_TYPE(oid) != &PyMemberDescr_Type || ((PyMemberDescrObject *)oid)->d_member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "configure(): %R has no _mi_oid slot", base);
+        return NULL;
+    }
+    oid_offset = ((PyMemberDescrObject *)oid)->d_member->offset;
     open_offset = ((PyMemberDescrObject *)o)->d_member->offset;
     owner_offset = ((PyMemberDescrObject *)d)->d_member->offset;
     Py_INCREF(base);
@@ -634,6 +1578,19 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
+    {"configure_feeds", configure_feeds, METH_VARARGS,
+     "configure_feeds(Feed, Subscription, Commit, Change, _deliver_entry, _failed, note_field, MISSING)"},
+    {"deliver_to_bound", deliver_to_bound, METH_O, "deliver_to_bound(feed): deliver the queue up to its bound"},
+    {"note_field", (PyCFunction)(void (*)(void))note_field, METH_FASTCALL,
+     "note_field(feed, target, oid, name, value, row): Feed.note of a field set by Engine.commit_field"},
+    {"first_noted", (PyCFunction)(void (*)(void))first_noted, METH_FASTCALL,
+     "first_noted(row, meta, subs, target, kind, field, key, old, new, index): a Commit noted with its first change"},
+    {"configure_reads", configure_reads, METH_VARARGS, "configure_reads(TxState, RAW, DELETED): the compiled reads inside transactions on"},
+    {"sync", sync_overlay, METH_O, "sync(tx): TxState.sync's loop; whether it was done (else Python does it)."},
+    {"encode_sets", (PyCFunction)(void (*)(void))encode_sets, METH_FASTCALL,
+     "encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): obj.set rows; the index reached."},
+    {"apply_sets", (PyCFunction)(void (*)(void))apply_sets, METH_FASTCALL,
+     "apply_sets(events, at, setters, kind): apply a run of obj.set events; the index reached."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},
@@ -652,12 +1609,39 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_fast, "fast")
     INTERN(s_get, "__get__")
     INTERN(s_set, "__set__")
+    INTERN(s_queue, "queue")
+    INTERN(s_bound, "bound")
+    INTERN(s_seq, "seq")
+    INTERN(s_to, "_to")
+    INTERN(s_closed, "closed")
+    INTERN(s_seen, "seen")
+    INTERN(s_callback, "callback")
+    INTERN(s_subs, "subs")
+    INTERN(s_popleft, "popleft")
+    INTERN(s_obj_set, "obj.set")
+    INTERN(s_mi_img, "_mi_img")
+    INTERN(s_note_read, "note_read")
+    INTERN(s_read_field, "read_field")
+    INTERN(s_events, "events")
+    INTERN(s_synced, "synced")
+    INTERN(s_fields, "fields")
+    INTERN(s_mi_oid, "_mi_oid")
+    INTERN(s_done, "done")
+    INTERN(s_views, "views")
+    INTERN(s_reads, "reads")
+    INTERN(s_host, "host")
+    INTERN(s_start_seq, "start_seq")
 #undef INTERN
-    if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0) return NULL;
+    if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
+    crc_init();
+    if (PyType_Ready(&TrackedFieldType) < 0 || PyType_Ready(&FastSetattrType) < 0 || PyType_Ready(&DictReadType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "TrackedField", (PyObject *)&TrackedFieldType) < 0 ||
-        PyModule_AddObjectRef(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0) {
+        PyModule_AddObjectRef(m, "FastSetattr", (PyObject *)&FastSetattrType) < 0 ||
+        PyModule_AddObjectRef(m, "DictRead", (PyObject *)&DictReadType) < 0 ||
+        PyModule_AddIntConstant(m, "VERSION", SPEEDUPS_VERSION) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -28,3 +28,60 @@ def configure(base: type, state: Any, python_get: Callable[[Any, Any, type | Non
 def hook(cls: type, /) -> bool: ...
 def unhook(cls: type, /) -> bool: ...
 def changed() -> None: ...
+
+# change feeds (memimg.image._feeds): the Python functions of the same names, compiled
+def configure_feeds(
+    feed: type,
+    subscription: type,
+    commit: type,
+    change: type,
+    deliver_entry: Callable[[Any, Any], None],
+    failed: Callable[[Any, int, BaseException], None],
+    note_field: Callable[[Any, Any, int, str, Any, Any], Any],
+    missing: Any,
+    /,
+) -> None: ...
+def first_noted(
+    row: Any,
+    meta: dict[str, Any],
+    subs: tuple[Any, ...],
+    target: Any,
+    kind: str,
+    field: str | None,
+    key: Any,
+    old: Any,
+    new: Any,
+    index: int | None,
+    /,
+) -> Any: ...
+def note_field(feed: Any, target: Any, oid: int, name: str, value: Any, row: Any, /) -> Any: ...
+def deliver_to_bound(feed: Any, /) -> None: ...
+def encode_sets(
+    pending: list[Any],
+    at: int,
+    rows: list[Any],
+    tx: int,
+    ts: int,
+    kind: Any,
+    current: set[Any],
+    checksums: bool,
+    dumps: Callable[[Any], bytes],
+    /,
+) -> int:
+    """Append the rows of ``pending[at:]``'s leading run of ``obj.set`` events of scalars to *rows*; the index
+    reached (see ``memimg.image._encode``)."""
+
+def apply_sets(events: list[Any], at: int, setters: dict[type, dict[str, Any]], kind: Any, /) -> int:
+    """Apply ``events[at:]``'s leading run of ``obj.set`` events with *setters* (``ObjectTable.setters``); the
+    index reached (see ``memimg.image._engine``)."""
+
+class DictRead:
+    """A tracked dict's ``__getitem__`` while tracking is on: the common read in a transaction compiled."""
+
+    slow: Callable[..., Any]
+    __wrapped__: Callable[..., Any]
+    def __init__(self, slow: Callable[..., Any]) -> None: ...
+    def __call__(self, coll: Any, key: Any, /) -> Any: ...
+
+def configure_reads(tx: type, raw: dict[type, type], deleted: Any, /) -> None: ...
+def sync(tx: Any, /) -> bool: ...

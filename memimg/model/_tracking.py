@@ -169,11 +169,13 @@ def install_counters(cls: type, names: Iterable[str]) -> None:
             type.__setattr__(cls, name, CounterField(name, current))
 
 
-def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..., Any]:
-    """A tracked read method of a collection class, standing in for builtin *base*.
+def make_reader(name: str, base: Callable[..., Any], keyed: bool, qualname: str | None = None) -> Callable[..., Any]:
+    """A tracked read method of a collection class, standing in for builtin *base* (named *qualname*).
 
     *keyed* reads (``d[k]``, ``k in s``) record the key they looked at; the
-    others record the whole collection.
+    others record the whole collection. With the compiled accelerator, a
+    dict's ``d[k]`` is its ``DictRead``: the common read inside a transaction
+    compiled, everything else by the reader made here.
     """
     if keyed:
 
@@ -202,7 +204,10 @@ def make_reader(name: str, base: Callable[..., Any], keyed: bool) -> Callable[..
             return base(self, *args)
 
     reader.__name__ = name
+    reader.__qualname__ = qualname or name
     reader.__doc__ = getattr(base, "__doc__", None)
+    if speedups is not None and base is dict.__getitem__:
+        return speedups.DictRead(reader)  # type: ignore[no-any-return]
     return reader
 
 

@@ -19,8 +19,8 @@ options with the settings the log stores (``memimg_meta``) and refuses a
 missing, wrong or unneeded key before anything is read or written.
 ``memimg rekey`` re-seals a whole log under other options
 (:mod:`memimg.stores._rekeying`), bracketed by a ``protection.pending``
-meta entry (:data:`PENDING_KEY`), so that a crash at any point leaves the
-log openable with the old options or the new ones; :func:`protect`
+meta entry (:mod:`memimg.stores._pending`), so that a crash at any point
+leaves the log openable with the old options or the new ones; :func:`protect`
 finishes a rekey whose rows were rewritten when the flip was cut short.
 """
 
@@ -37,11 +37,11 @@ from memimg.core._protect import (
     PROTECTION_KEY,
     Protection,
     ProtectionError,
-    is_sealed,
     new_log_id,
     read_settings,
 )
 from memimg.core._rows import event_checksum, row_intact, snapshot_checksum
+from memimg.stores._pending import PENDING_KEY, mismatch, moved_by_rekey, settle_pending
 from memimg.stores._protocol import (
     EventRow,
     Rewrite,
@@ -51,14 +51,20 @@ from memimg.stores._protocol import (
     Store,
 )
 
-__all__ = ["PENDING_KEY", "ProtectedStore", "finish_rekey", "mismatch", "opens_under", "protect", "refuse_if_rekeyed"]
+__all__ = [
+    "PENDING_KEY",
+    "ProtectedStore",
+    "mismatch",
+    "protect",
+    "refuse_if_rekeyed",
+]
 
-#: The ``memimg_meta`` key of the settings a ``memimg rekey`` is moving the log to, while it runs.
-PENDING_KEY: Final = "protection.pending"
 _E: Final = b"E"
 _S: Final = b"S"
 #: How many chain anchors (seq -> MAC) a store keeps at hand.
 _ANCHORS: Final = 64
+#: A stored row as :meth:`Protection.unseal` takes it: ``(table, seq, tx, ts, kind, target, stored payload)``.
+_Row = tuple[bytes, int, int, int, str, int, bytes]
 
 
 class ProtectedStore:
@@ -163,7 +169,7 @@ class ProtectedStore:
                         _E, seq, tx, ts, kind, target, bytes(stored)
                     )
                 except CorruptLogError:
-                    self._refuse_if_rekeyed(seq)
+                    self._refuse_if_rekeyed(seq, (_E, seq, tx, ts, kind, target, bytes(stored)))
                     raise
                 if only is not None and last_seq >= 0 and seq != last_seq + 1:
                     raise CorruptLogError(
@@ -196,16 +202,29 @@ class ProtectedStore:
             if chained and last_mac and (after is None or last_seq != after[0]):
                 self._remember(last_seq, last_mac)
 
-    def _refuse_if_rekeyed(self, seq: int) -> None:
-        """Raise ProtectionError if the log's stored settings are no longer this store's keys (a ``memimg rekey``
-        ran while this store was open): event *seq* failed to open because of that, not because of tampering."""
+    def _refuse_if_rekeyed(self, seq: int, row: _Row | None = None) -> None:
+        """Raise ProtectionError if a ``memimg rekey`` re-sealed the log while this store was open: event *seq*
+        (*row*, as stored, when known) failed to open because of that, not because of tampering.
+
+        Only on evidence: the log's stored settings are no longer this
+        store's keys, or a rekey's pending entry is there and the rows show
+        its rewrite (see :func:`~memimg.stores._pending.moved_by_rekey`). A
+        pending entry alone -- left over, or written by someone -- does not
+        turn damage into a rekey: the caller then reports the row.
+        """
         try:
             meta = self.inner.meta()
+            settings = read_settings(meta)
+            wrong = _resealed(self.description, settings, self.protection)
+            pending = meta.get(PENDING_KEY)
+            if (
+                wrong is None
+                and pending is not None
+                and moved_by_rekey(self.inner, self.protection, settings, pending, row)
+            ):
+                wrong = f"{self.description!r} is being moved to other keys by a `memimg rekey`"
         except MemimgError:
             return
-        wrong = _resealed(self.description, read_settings(meta), self.protection)
-        if wrong is None and meta.get(PENDING_KEY) is not None:
-            wrong = f"{self.description!r} is being moved to other keys by a `memimg rekey`"
         if wrong is not None:
             raise ProtectionError(
                 f"{wrong}: a `memimg rekey` re-sealed the log while this image had it open (event seq {seq} "
@@ -221,7 +240,7 @@ class ProtectedStore:
         try:
             payload, link, _ = self.protection.unseal(_S, seq, 0, ts, "", 0, stored)
         except CorruptLogError:
-            self._refuse_if_rekeyed(seq)
+            self._refuse_if_rekeyed(seq, (_S, seq, 0, ts, "", 0, stored))
             raise
         return SnapshotRow(seq, ts, payload, snapshot_checksum(seq, ts, payload)), link
 
@@ -483,28 +502,6 @@ def _resealed(description: str, settings: dict[str, Any] | None, p: Protection) 
     return None
 
 
-def mismatch(description: str, settings: dict[str, Any] | None, p: Protection) -> str | None:
-    """What about *p* does not fit the log's stored *settings* (None: it fits)."""
-    stored_key = settings.get("key_id") if settings else None
-    stored_ikey = settings.get("integrity_key_id") if settings else None
-    if stored_key != p.key_id:
-        if stored_key is None:
-            return f"{description!r} is not encrypted, but an encryption_key was given"
-        if p.key_id is None:
-            return f"{description!r} is encrypted (key {stored_key}); give its encryption_key"
-        return f"{description!r} is encrypted under key {stored_key}; the encryption_key given ({p.key_id}) is another"
-    if stored_ikey != p.integrity_id:
-        if stored_ikey is None:
-            return f"{description!r} has no integrity chain, but an integrity_key was given"
-        if p.integrity_id is None:
-            return f"{description!r} has an integrity chain (key {stored_ikey}); give its integrity_key"
-        return (
-            f"{description!r} has an integrity chain under key {stored_ikey}; the integrity_key given "
-            f"({p.integrity_id}) is another"
-        )
-    return None
-
-
 def protect(store: Store, protection: Protection | None) -> Store:
     """*store* opened with *protection* (None: no option given): itself, or a :class:`ProtectedStore`.
 
@@ -520,7 +517,7 @@ def protect(store: Store, protection: Protection | None) -> Store:
     wrong = mismatch(store.description, settings, p)
     pending_text = meta.get(PENDING_KEY)
     if pending_text is not None:
-        settings, wrong = _settle_pending(store, p, settings, pending_text, wrong)
+        settings, wrong = settle_pending(store, p, settings, pending_text, wrong)
     if settings is not None:
         p = p.for_log(settings.get("log_id"))  # None: a log protected before log ids (still opens)
     if wrong is not None:
@@ -552,91 +549,11 @@ def protect(store: Store, protection: Protection | None) -> Store:
     return ProtectedStore(store, p)
 
 
-def _settle_pending(
-    store: Store, p: Protection, settings: dict[str, Any] | None, pending_text: str, wrong: str | None
-) -> tuple[dict[str, Any] | None, str | None]:
-    """The settings the log's rows are under, and what about *p* does not fit them, with a rekey's
-    ``protection.pending`` entry in the log (see :func:`protect`): ``(settings, wrong)``.
-
-    The rows say where the rekey got to. When *p*'s keys are those of the
-    pending settings and the rows open under them (the rewrite committed),
-    the rekey is finished here: the pending settings become the log's and
-    the entry is dropped. That holds whether or not the keys changed: a
-    rekey of the compression alone also binds the rows to a new log id, so
-    the old settings no longer open them. When the rows are still under the
-    old settings, the entry stays (a rekey run again finishes it).
-
-    Raises:
-        ProtectionError: *p*'s keys are the rekey's but its rewrite did not
-            commit (open with the old keys), or *p*'s keys are the old
-            settings' but the rewrite committed (open with the new ones).
-    """
-    pending = read_settings({PROTECTION_KEY: pending_text}) or {}
-    if mismatch(store.description, pending, p) is None:
-        # a rekey to these keys started: whether its rewrite committed, the rows say
-        if opens_under(store, _as_stored(p, pending)):
-            finish_rekey(store, pending_text)
-            return (pending if _any_option(pending) else None), None
-        if wrong is not None:
-            raise ProtectionError(
-                f"{wrong}: a `memimg rekey` to the keys given started and did not finish, so the log is still "
-                "under its old keys; open it with them (or run the rekey again)"
-            )
-        return settings, None  # the same keys (a change of compression alone): the rows are still the old ones
-    if wrong is None and not opens_under(store, _as_stored(p, settings)):
-        if pending.get("key_id") or pending.get("integrity_key_id"):
-            moved = f"to other keys (key {pending.get('key_id')}, integrity key {pending.get('integrity_key_id')})"
-            then = "open it with those"
-        else:
-            moved, then = "to plain rows (no keys)", "open it without keys"
-        raise ProtectionError(f"{store.description!r}: a `memimg rekey` finished moving the log {moved}; {then}")
-    return settings, wrong
-
-
-def _as_stored(p: Protection, settings: dict[str, Any] | None) -> Protection:
-    """*p*'s keys with the compression and log id of *settings* (None: a plain log's): what opens its rows."""
-    if settings is None:
-        return p.compressing(None).for_log(None)
-    return p.compressing(settings.get("compression")).for_log(settings.get("log_id"))
-
-
-def _any_option(settings: dict[str, Any]) -> bool:
-    """Whether stored *settings* set anything (a rekey to a plain log records all of them unset as pending)."""
-    return any(settings.get(name) for name in ("key_id", "integrity_key_id", "compression"))
-
-
 def _store_settings(store: Store, p: Protection) -> None:
     try:
         store.set_meta(PROTECTION_KEY, p.settings_text() if p.active else None)
     except ReadOnlyError:
         pass
-
-
-def opens_under(store: Store, p: Protection) -> bool:
-    """Whether the newest event and the newest snapshot (the highest seq) of *store* open under *p* (a rekey's
-    rows do); under a protection with nothing set, only plain rows do (it would decompress a compressed
-    row, which a rekey to compression alone writes). A damaged row (its CRC-32 fails) counts as opening:
-    the core reports it when it is read.
-
-    Raises:
-        ProtectionError: a row needs what is not installed (zstandard): not a question of keys.
-    """
-    try:
-        head = store.head()
-        events = list(store.read(head - 1, 1)) if head >= store.first_seq() else []
-        snaps = [SnapshotRow(*store.read_snapshot(info.seq)) for info in sorted(store.snapshots())[-1:]]
-        sealed = any(is_sealed(row[5]) for row in events) or any(is_sealed(row.payload) for row in snaps)
-        if sealed and not p.active:
-            return False
-        for seq, tx, ts, kind, target, stored, checksum in events:
-            if row_intact((seq, tx, ts, kind, target, stored, checksum)):
-                p.unseal(_E, seq, tx, ts, kind, target, bytes(stored))
-        for seq, ts, stored, checksum in snaps:
-            if snapshot_checksum(seq, ts, bytes(stored)) == checksum:
-                p.unseal(_S, seq, 0, ts, "", 0, bytes(stored))
-    except CorruptLogError:
-        return False
-    return True
 
 
 def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
@@ -650,19 +567,11 @@ def refuse_if_rekeyed(store: Store, seq: int | None) -> None:
         meta = store.meta()
     except MemimgError:
         return
-    if PROTECTION_KEY in meta or PENDING_KEY in meta:
+    pending = meta.get(PENDING_KEY)
+    if PROTECTION_KEY in meta or (
+        pending is not None and moved_by_rekey(store, Protection(), read_settings(meta), pending)
+    ):
         raise ProtectionError(
             f"{store.description!r} was protected by a `memimg rekey` while this image had it open (event seq "
             f"{seq} is sealed). Nothing more was written by this image; open the log again with its new keys"
         )
-
-
-def finish_rekey(store: Store, pending_text: str) -> None:
-    """Make a rekey's pending settings (*pending_text*, as stored) the log's and drop the pending entry: its
-    rewrite committed (the rows are under them)."""
-    pending = read_settings({PROTECTION_KEY: pending_text})
-    try:
-        store.set_meta(PROTECTION_KEY, pending_text if pending and _any_option(pending) else None)
-        store.set_meta(PENDING_KEY, None)
-    except ReadOnlyError:
-        pass

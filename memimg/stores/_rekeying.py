@@ -3,7 +3,8 @@
 :func:`rekey` re-seals a whole log (opened with its old options, see
 :func:`~memimg.stores._protected.protect`) under new ones in one
 :meth:`Store.rewrite` (one database transaction), bracketed by a
-``protection.pending`` meta entry (:data:`~memimg.stores._protected.PENDING_KEY`),
+``protection.pending`` meta entry (see :mod:`memimg.stores._pending`: it carries MACs under the old
+and the new keys, so that an opener trusts only an entry a rekey wrote),
 so that a crash at any point leaves the log openable with the old options
 or the new ones: :func:`~memimg.stores._protected.protect` finishes an
 interrupted flip at the next open. The NDJSON store's rekey (a file swap)
@@ -22,7 +23,16 @@ from memimg._errors import MemimgError
 from memimg.core._meta import META_KIND
 from memimg.core._protect import PROTECTION_KEY, Protection, new_log_id, read_settings
 from memimg.core._rows import event_checksum
-from memimg.stores._protected import PENDING_KEY, ProtectedStore, mismatch, opens_under, protect
+from memimg.stores._pending import (
+    PENDING_KEY,
+    entry_settings,
+    mismatch,
+    opens_under,
+    pending_entry,
+    read_pending,
+    untrusted,
+)
+from memimg.stores._protected import ProtectedStore, protect
 from memimg.stores._protocol import EventRow, Rewrite, SnapshotRow, Store, live_positions
 
 __all__ = ["rekey", "rekey_marker"]
@@ -72,7 +82,8 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
             f"{store.description!r} is open in {len(live)} other image(s) ({', '.join(sorted(live))}); close them "
             "before a rekey (they would keep writing under the old keys); nothing was changed"
         )
-    _refuse_other_rekey(store, new)
+    old = source.protection if isinstance(source, ProtectedStore) else Protection()
+    _refuse_other_rekey(store, old, new)
     reader = source if isinstance(source, ProtectedStore) else ProtectedStore(store, Protection())
     first, head = store.first_seq(), store.head()
     events = list(reader.read(first - 1)) if head >= first else []
@@ -108,33 +119,38 @@ def rekey(store: Store, old: Protection | None, new: Protection | None) -> int:
             )
         return Rewrite(sealed, list(sealed_snaps.values()), marker)
 
-    store.set_meta(PENDING_KEY, new.settings_text())
+    entry = pending_entry(read_settings(store.meta()), old, new)
+    store.set_meta(PENDING_KEY, entry)
     try:
         store.rewrite(plan, head)
     except BaseException:
-        _settle_rekey(store, source.protection if isinstance(source, ProtectedStore) else Protection(), new)
+        _settle_rekey(store, old, new, entry, marker)
         raise
-    _commit_settings(store, new)
+    _commit_settings(store, new, entry)
     return len(sealed) + len(sealed_snaps)
 
 
-def _commit_settings(store: Store, new: Protection) -> None:
+def _commit_settings(store: Store, new: Protection, entry: str) -> None:
     """After the rewrite committed (the rows are under *new*): the log's settings made *new*'s, then the
-    pending entry dropped. A crash before or between the two writes leaves the flip to the next open
+    pending *entry* dropped. A crash before or between the two writes leaves the flip to the next open
     (:func:`~memimg.stores._protected.protect` finishes it)."""
     store.set_meta(PROTECTION_KEY, new.settings_text() if new.active else None)
-    _drop_pending(store, new)
+    _drop_pending(store, entry)
 
 
-def _refuse_other_rekey(store: Store, new: Protection) -> None:
+def _refuse_other_rekey(store: Store, old: Protection, new: Protection) -> None:
     """Raise MemimgError if another rekey's pending entry, to other options than *new*, is in *store*'s meta
     (running, or interrupted before its rewrite committed: the rows are still under the old keys); not for a
-    finished rekey's entry (the log's settings are its)."""
+    finished rekey's entry (the log's settings are its), nor for one the log's keys (*old*) do not trust (no
+    rekey wrote it: see :func:`~memimg.stores._pending.untrusted`)."""
     meta = store.meta()
     text = meta.get(PENDING_KEY)
-    other = read_settings({PROTECTION_KEY: text}) if text is not None else None
-    if other is None or text == meta.get(PROTECTION_KEY):
-        return  # none, or a finished rekey's (killed between its two meta writes): this rekey's replaces it
+    other = read_pending(text) if text is not None else None
+    settings = read_settings(meta)
+    if other is None or untrusted(settings, other, old):
+        return  # none, or not a rekey's: this rekey's replaces it
+    if entry_settings(other) == settings:
+        return  # a finished rekey's (killed between its two meta writes): this rekey's replaces it
     if mismatch("", other, new) is None and other.get("compression") == new.compression:
         return  # the same rekey run again (what finishes an interrupted one)
     raise MemimgError(
@@ -145,20 +161,26 @@ def _refuse_other_rekey(store: Store, new: Protection) -> None:
     )
 
 
-def _drop_pending(store: Store, new: Protection) -> None:
-    """Remove *store*'s pending entry if it is still *new*'s (its own log id: this rekey's), never another
+def _drop_pending(store: Store, entry: str) -> None:
+    """Remove *store*'s pending entry if it is still *entry* (its own log id: this rekey's), never another
     rekey's. Read, compare and delete: the stores offer no compare-and-delete; the window is the one
     between two meta statements, and a rekey refuses to start while another's entry is there."""
-    if store.meta().get(PENDING_KEY) == new.settings_text():
+    if store.meta().get(PENDING_KEY) == entry:
         store.set_meta(PENDING_KEY, None)
 
 
-def _settle_rekey(store: Store, old: Protection, new: Protection) -> None:
+def _settle_rekey(store: Store, old: Protection, new: Protection, entry: str, marker: Sequence[EventRow]) -> None:
     """After a rekey's rewrite failed: the pending entry removed if the rows are still under *old* (the usual
     case: the rewrite is one transaction), the rekey finished if they are under *new* (the failure came after
-    its commit). Left as it is when the store cannot say (the next open decides, as after a crash)."""
+    its commit). Left as it is when the store cannot say (the next open decides, as after a crash).
+
+    The rekey's *marker* (its last row, sealed under *new*) says which: it is the newest row exactly when
+    the rewrite committed -- also on a log without keys, whose rows are bound to nothing (no other row
+    is that one). A log without events has no marker and nothing to rewrite: its entry is dropped. Neither
+    (the rows under another rekey's keys): left to the next open."""
     with contextlib.suppress(Exception):
-        if opens_under(store, old):
-            _drop_pending(store, new)
-        elif opens_under(store, new):
-            _commit_settings(store, new)
+        newest = [(*row[:5], bytes(row[5])) for mark in marker[-1:] for row in store.read(mark.seq - 1, 1)]
+        if marker and newest == [(*marker[-1][:5], bytes(marker[-1][5]))]:
+            _commit_settings(store, new, entry)
+        elif opens_under(store, old) is not False:  # still the old rows (or damaged ones: not the rekey's)
+            _drop_pending(store, entry)

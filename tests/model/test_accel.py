@@ -11,8 +11,11 @@ import json
 import os
 import subprocess
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,3 +120,45 @@ def test_a_required_accelerator_that_does_not_load_is_refused_with_what_to_do() 
     done = _run({"MEMIMG_REQUIRE_ACCEL": "1"}, "-c", code)
     assert done.returncode != 0
     assert "MEMIMG_REQUIRE_ACCEL is set" in done.stderr and "pip install -e ." in done.stderr
+
+
+# the built extension loaded by its file (importing memimg first would choose the accelerator already), then
+# handed to memimg as a build of version 1 (no VERSION, no configure_feeds)
+_STALE = (
+    "import importlib.util as u, sys, types; "
+    "spec = u.spec_from_file_location('memimg.model._speedups', sys.argv[1]); "
+    "real = u.module_from_spec(spec); spec.loader.exec_module(real); "
+    "stale = types.ModuleType('memimg.model._speedups'); "
+    "stale.__dict__.update({k: v for k, v in vars(real).items() if k not in ('VERSION', 'configure_feeds')}); "
+    "sys.modules['memimg.model._speedups'] = stale; "
+    "import memimg; from memimg.model import _accel; print(_accel.speedups)"
+)
+
+
+def _built() -> str:
+    """The path of the built extension (skipped where none is built; CI builds it, and requires it)."""
+    model = ROOT / "memimg" / "model"
+    found = [p for suffix in EXTENSION_SUFFIXES for p in model.glob(f"_speedups{suffix}")]
+    if not found:
+        if os.environ.get("MEMIMG_REQUIRE_ACCEL"):
+            raise AssertionError("MEMIMG_REQUIRE_ACCEL is set but the accelerator is not built")
+        pytest.skip(
+            "the compiled accelerator is not built here: `python hatch_build.py` builds it (needs a C compiler)"
+        )
+    return str(found[0])
+
+
+def test_an_accelerator_built_from_an_older_c_file_is_not_used() -> None:
+    """A build of another version than the Python code's (an editable install's file left from before a pull):
+    memimg imports and runs the pure-Python code, with a warning saying how to rebuild."""
+    done = _run({}, "-W", "always", "-c", _STALE, _built())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None"]
+    assert "out of date" in done.stderr and "hatch_build.py" in done.stderr
+
+
+def test_a_required_accelerator_that_is_out_of_date_is_refused_with_what_to_do() -> None:
+    """MEMIMG_REQUIRE_ACCEL=1 with a build of another version: importing memimg fails, saying how to rebuild."""
+    done = _run({"MEMIMG_REQUIRE_ACCEL": "1"}, "-c", _STALE, _built())
+    assert done.returncode != 0
+    assert "out of date" in done.stderr and "pip install -e ." in done.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +22,9 @@ from typing import Any
 import pytest
 
 import memimg
+from memimg.image._tx import TxState
 from memimg.model import _tracking
+from memimg.model._accel import speedups
 
 
 @memimg.persistent(name="readcache.Cell")
@@ -86,6 +89,36 @@ def test_a_transaction_opened_after_plain_reads_shows_its_own_writes(img: Any) -
     assert _reads(a) == [5] * 5
     tx.discard()
     assert _reads(a) == [1] * 5
+
+
+@pytest.mark.usefixtures("other_tx")
+def test_a_transaction_opened_after_plain_reads_records_its_reads_without_python(img: Any) -> None:
+    """Plain reads cached, then a transaction in this thread: the cache does not answer for it -- its reads
+    are recorded and show its writes, by the compiled ``TxState.read_field`` (no Python code of it runs)
+    with the accelerator, by the Python one without."""
+    a, b = img.root["a"], img.root["b"]
+    assert _reads(a) + _reads(b) == [1] * 5 + [2] * 5
+    read_field = TxState.read_field.__code__
+    calls = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call" and frame.f_code is read_field:
+            calls += 1
+
+    with img.transaction():
+        state = img._engine.current_tx()
+        a.value = 5
+        sys.setprofile(profile)
+        try:
+            seen = _reads(a) + _reads(b)
+        finally:
+            sys.setprofile(None)
+        assert seen == [5] * 5 + [2] * 5
+        assert (b._mi_oid, "value") in state.reads
+        assert (a._mi_oid, "value") not in state.reads
+    assert calls == 0 if speedups is not None else calls > 0
+    assert _reads(a) + _reads(b) == [5] * 5 + [2] * 5
 
 
 def test_reads_after_the_last_transaction_closed_remove_the_hooks(img: Any) -> None:
