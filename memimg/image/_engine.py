@@ -159,6 +159,7 @@ class Engine:
         self._mi_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
             f"memimg_writer_{id(self):x}", default=self.writer
         )
+        _tracking.changed()  # a new context variable, perhaps where a freed one was: the accelerator forgets
         self.savepoint: contextvars.ContextVar[Savepoint | None] = contextvars.ContextVar(
             f"memimg_savepoint_{id(self):x}", default=None
         )
@@ -244,6 +245,7 @@ class Engine:
             state.no_fast_path()  # also in a task that inherits it after the block ended here
         _tracking.tx_opened()
         self._mi_current.set(state)
+        _tracking.changed()  # this context's writer: reads here must now ask the transaction
         self.savepoint.set(None)
         return state
 
@@ -253,6 +255,7 @@ class Engine:
             raise reentered(state.busy)
         if self._mi_current.get() is state:
             self._mi_current.set(self.writer)
+            _tracking.changed()
             self.savepoint.set(None)
         try:
             if commit and state.events:

@@ -25,6 +25,9 @@
  * Every shortcut only reads; when one does not apply, the Python code runs from the start.
  * Attributes of writers, of the tracking state and of images (_mi_current) are read through a per-type
  * cache that holds a slot offset or a class constant, checked against the type's version tag on every use.
+ * A read's two questions are answered from caches too: which field a name is on a hooked class (the
+ * class's version tag, as CPython's own method cache does), and whether this context's writer is quiet
+ * (the quiet cache below: a context and an epoch that Python bumps with changed()).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,7 +35,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 3
+#define SPEEDUPS_VERSION 4
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -125,19 +128,115 @@ static inline int quiet_writer(PyObject *writer) {
  * a rebound _mi_current is seen at once. */
 static AttrCache c_current = {NULL, 0, -1, NULL};
 
-static inline PyObject *current_writer(PyObject *owner) {
-    PyObject *var = cached_attr(&c_current, owner, s_mi_current);
-    if (var != NULL) {
-        Py_INCREF(var);
-    } else {
-        var = PyObject_GetAttr(owner, s_mi_current);
-        if (var == NULL) { PyErr_Clear(); return NULL; }
-    }
+/* The value of context variable `var` (borrowed) in this context (new reference), or NULL with no error. */
+static inline PyObject *var_value(PyObject *var) {
     PyObject *writer = NULL;
+    Py_INCREF(var);
     int failed = !PyContextVar_CheckExact(var) || PyContextVar_Get(var, NULL, &writer) < 0;
     Py_DECREF(var);
     if (failed) { PyErr_Clear(); return NULL; }
     return writer;
+}
+
+static inline PyObject *current_writer(PyObject *owner) {
+    PyObject *var = cached_attr(&c_current, owner, s_mi_current);
+    if (var != NULL) return var_value(var);
+    var = PyObject_GetAttr(owner, s_mi_current);
+    if (var == NULL) { PyErr_Clear(); return NULL; }
+    PyObject *writer = var_value(var);
+    Py_DECREF(var);
+    return writer;
+}
+
+/* -- the quiet cache -------------------------------------------------------------------------------- */
+
+/* Whether a read may take the slot directly -- its owner's writer in this context neither tracks reads
+ * nor is publishing, and some transaction is open -- remembered per thread, so that a read in a loop
+ * does not look up the context variable and the writer's attributes each time.
+ *
+ * An entry answers for one context variable (an image's _mi_current, compared, never dereferenced) in one
+ * context of one thread: the thread state's id and context_ver (CPython bumps context_ver whenever the
+ * thread enters or leaves a context: Context.run, asyncio task steps). What else the answer depends on
+ * changes only where Python calls changed(), which bumps `epoch` (memimg.model._tracking.changed):
+ * a transaction opening or closing anywhere (the `open` count), _mi_current set in this context (the
+ * engine's begin and end: ContextVar.set leaves context_ver as it is), a new engine made (a new context
+ * variable may take a freed one's address). The writer's tracks_reads is a class constant, checked with
+ * its type's version tag; its publishing list (the engine's, bound once) is held and its length read on
+ * every use, so a commit starting to publish is seen at once. An entry is only ever a "may read the slot": anything else is
+ * found out again, by the full lookup and then the Python code. */
+static uint64_t epoch = 1;
+static uint64_t filled = 0; /* the epoch of the latest fill: no entry answers while it is not `epoch` */
+
+typedef struct {
+    PyObject *var;          /* the context variable answered for (compared only), NULL: empty */
+    uint64_t tsid, context_ver, epoch;
+    PyTypeObject *wtype;    /* the writer's type (strong), its tracks_reads false at version wversion */
+    unsigned int wversion;
+    PyObject *publishing;   /* the writer's publishing list (strong): quiet while empty; NULL: a false constant */
+} QuietEntry;
+
+#define QUIET_ENTRIES 8 /* per thread id, modulo */
+static QuietEntry quiet_cache[QUIET_ENTRIES];
+
+/* Fill an entry of the quiet cache: 1 if `writer` (stolen), the value of `var` in this context (thread
+ * state `tsid` at `context_ver`, looked up at epoch `at`), is quiet and some transaction is open (and the
+ * entry now says so), else 0. A transaction's state is never quiet (it tracks reads; tf_lookup gives it
+ * to tx_read before asking): the cache never answers for a context inside a transaction. */
+static PyTypeObject *tx_type = NULL; /* TxState (configure_reads()) */
+
+static int quiet_fill(QuietEntry *e, PyObject *var, PyObject *writer, uint64_t at, uint64_t tsid, uint64_t context_ver) {
+    PyTypeObject *wt = Py_TYPE(writer);
+    PyObject *tracks = wt == tx_type ? NULL : cached_attr(&c_tracks, writer, s_tracks_reads);
+    PyObject *publishing = tracks != Py_False || c_tracks.type != wt || c_tracks.offset >= 0
+                               ? NULL : cached_attr(&c_publishing, writer, s_publishing);
+    int quiet = 0;
+    if (publishing == NULL) {
+    } else if (c_publishing.offset >= 0) {
+        if (PyList_CheckExact(publishing)) quiet = 1;    /* held, its length read on each use */
+    } else if (publishing == Py_False || publishing == Py_None) {
+        quiet = 1;
+        publishing = NULL;
+    }
+    if (quiet) quiet = truth(*(PyObject **)((char *)state + open_offset)) == 1;
+    if (!quiet || epoch != at) { Py_DECREF(writer); return 0; }
+    unsigned int wversion = c_tracks.version;
+    PyObject *old_type = (PyObject *)e->wtype, *old_publishing = e->publishing;
+    Py_INCREF(wt);
+    Py_XINCREF(publishing);
+    e->var = var;
+    e->tsid = tsid;
+    e->context_ver = context_ver;
+    e->epoch = at;
+    e->wtype = wt;
+    e->wversion = wversion;
+    e->publishing = publishing;
+    filled = at;
+    Py_DECREF(writer);
+    Py_XDECREF(old_type);
+    Py_XDECREF(old_publishing); /* may run Python code (a finalizer): the epoch says if it changed anything */
+    return epoch == at && (publishing == NULL || PyList_GET_SIZE(publishing) == 0);
+}
+
+/* Whether a read of a field of `obj` (an entity) may take the slot directly: 1 or 0 from the quiet cache
+ * with no other lookup, -1 when it does not tell (tf_lookup finds out). Runs no Python code. */
+static inline int quiet_hit(PyObject *obj) {
+    if (filled != epoch) return -1; /* nothing cached since the last change (inside a transaction, say) */
+    PyObject *owner = *(PyObject **)((char *)obj + owner_offset);
+    if (owner == NULL) return 0;
+    PyTypeObject *t = Py_TYPE(owner);
+    if (owner == Py_None || c_current.type != t || c_current.version != t->tp_version_tag) return -1;
+    PyObject *var = c_current.offset >= 0 ? *(PyObject **)((char *)owner + c_current.offset) : c_current.constant;
+    PyThreadState *ts = PyThreadState_Get();
+    QuietEntry *e = &quiet_cache[ts->id % QUIET_ENTRIES];
+    if (var == NULL || e->var != var || e->epoch != epoch || e->tsid != ts->id || e->context_ver != ts->context_ver ||
+        e->wtype->tp_version_tag != e->wversion)
+        return -1;
+    return e->publishing == NULL || PyList_GET_SIZE(e->publishing) == 0;
+}
+
+static PyObject *changed(PyObject *mod, PyObject *unused) {
+    epoch++;
+    Py_RETURN_NONE;
 }
 
 /* -- TrackedField ----------------------------------------------------------------------------------- */
@@ -152,7 +251,7 @@ static PyTypeObject TrackedFieldType;
 /* -- an open transaction's state (memimg.image._tx.TxState), for the reads inside it (configure_reads()) -- */
 
 static Py_ssize_t oid_offset = -1;  /* PersistentBase's _mi_oid slot */
-static PyTypeObject *tx_type = NULL; /* TxState */
+/* tx_type (TxState): defined with the quiet cache, which never answers for it */
 static PyObject *raw_types = NULL;   /* memimg.image._views.RAW: the tracked collection types */
 static PyObject *note_read = NULL;   /* TxState.note_read as configured: replaced (a test's), reads go slow */
 static PyObject *s_note_read, *s_mi_img, *s_mi_oid, *s_done, *s_views, *s_reads, *s_host, *s_start_seq, *s_seq;
@@ -330,27 +429,50 @@ static inline int fast_ok(TrackedField *self, PyObject *obj) {
     return base_type != NULL && PyObject_TypeCheck(obj, base_type) && holds_slot(self, obj);
 }
 
-/* A read of `obj` through `self` (fast_ok). */
-static PyObject *tf_fast(TrackedField *self, PyObject *obj, PyObject *cls) {
+/* A read of `obj` through `self` (fast_ok) that the quiet cache did not answer: this context's writer
+ * looked up. Inside a transaction, TxState.read_field's common case (tx_read); a quiet writer while some
+ * transaction is open, the slot (and the quiet cache remembers it); anything else, the Python code. */
+static PyObject *tf_lookup(TrackedField *self, PyObject *obj, PyObject *cls) {
     PyObject *owner = *(PyObject **)((char *)obj + owner_offset);
     if (owner == NULL) return tf_slow(self, obj, cls);
-    if (owner != Py_None) {
-        PyObject *writer = current_writer(owner);
+    int may;
+    if (owner == Py_None) {
+        may = truth(*(PyObject **)((char *)state + open_offset)) == 1;
+    } else {
+        PyObject *var = cached_attr(&c_current, owner, s_mi_current); /* NULL: not a slot or constant, no cache */
+        PyObject *writer = var != NULL ? var_value(var) : current_writer(owner);
         if (writer == NULL) return tf_slow(self, obj, cls);
         if (Py_TYPE(writer) == tx_type) { /* inside a transaction: TxState.read_field's common case here */
             PyObject *value = tx_read(writer, obj, self);
             Py_DECREF(writer);
             return value != NULL || PyErr_Occurred() ? value : tf_slow(self, obj, cls);
         }
-        int quiet = quiet_writer(writer);
-        Py_DECREF(writer);
-        if (!quiet) return tf_slow(self, obj, cls);
+        if (var != NULL) { /* no Python code ran since the writer was looked up: the epoch is its own */
+            uint64_t at = epoch;
+            PyThreadState *ts = PyThreadState_Get();
+            may = quiet_fill(&quiet_cache[ts->id % QUIET_ENTRIES], var, writer, at, ts->id, ts->context_ver);
+        } else {
+            may = quiet_writer(writer);
+            Py_DECREF(writer);
+            may = may && truth(*(PyObject **)((char *)state + open_offset)) == 1; /* idle reads count */
+        }
     }
-    if (truth(*(PyObject **)((char *)state + open_offset)) != 1) return tf_slow(self, obj, cls); /* idle reads count */
-    PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
-    if (value == NULL) return tf_slow(self, obj, cls); /* the slot's own AttributeError */
-    Py_INCREF(value);
-    return value;
+    if (may) {
+        PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
+        if (value != NULL) return Py_NewRef(value); /* else the slot's own AttributeError */
+    }
+    return tf_slow(self, obj, cls);
+}
+
+/* A read of `obj` through `self` (fast_ok). */
+static PyObject *tf_fast(TrackedField *self, PyObject *obj, PyObject *cls) {
+    int hit = quiet_hit(obj);
+    if (hit < 0) return tf_lookup(self, obj, cls);
+    if (hit) {
+        PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)self->slot)->d_member->offset);
+        if (value != NULL) return Py_NewRef(value);
+    }
+    return tf_slow(self, obj, cls);
 }
 
 static PyObject *tf_descr_get(TrackedField *self, PyObject *obj, PyObject *cls) {
@@ -394,17 +516,62 @@ static PyTypeObject TrackedFieldType = {
     .tp_members = tf_members,
 };
 
-/* The attribute lookup of a hooked class (an entity class: hook() checks): a tracked field's read with no
- * generic lookup around it. */
-static PyObject *tracked_getattro(PyObject *obj, PyObject *name) {
-    PyObject *d = _PyType_Lookup(Py_TYPE(obj), name);
-    if (d != NULL && Py_TYPE(d) == &TrackedFieldType && holds_slot((TrackedField *)d, obj)) {
-        Py_INCREF(d); /* the class may lose it while the read runs Python code */
-        PyObject *r = tf_fast((TrackedField *)d, obj, (PyObject *)Py_TYPE(obj));
-        Py_DECREF(d);
-        return r;
+/* Which tracked field (borrowed) a name is on a hooked class, or NULL: a small cache in front of
+ * _PyType_Lookup, keyed like CPython's own by the type's version tag (unique, and reset when the type or
+ * a base changes, so the field found is still in the class's dict) and the name (held). */
+#define FIELD_ENTRIES 256
+static struct {
+    unsigned int version;
+    PyObject *name;
+    TrackedField *field;
+} field_cache[FIELD_ENTRIES];
+
+static inline TrackedField *tracked_field(PyTypeObject *t, PyObject *name) {
+    unsigned int version = t->tp_version_tag;
+    size_t i = (((uintptr_t)name >> 4) ^ version) % FIELD_ENTRIES;
+    if (field_cache[i].name == name && field_cache[i].version == version && version != 0) return field_cache[i].field;
+    PyObject *d = _PyType_Lookup(t, name); /* assigns the version tag if it can */
+    TrackedField *f = d != NULL && Py_TYPE(d) == &TrackedFieldType ? (TrackedField *)d : NULL;
+    if ((t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && t->tp_version_tag != 0 && PyUnicode_CheckExact(name)) {
+        PyObject *old = field_cache[i].name;
+        field_cache[i].version = t->tp_version_tag;
+        field_cache[i].name = Py_NewRef(name);
+        field_cache[i].field = f;
+        Py_XDECREF(old); /* a str: runs no Python code */
     }
-    return PyObject_GenericGetAttr(obj, name);
+    return f;
+}
+
+/* The attribute lookup of a hooked class (an entity class: hook() checks): a tracked field's read with no
+ * generic lookup around it. tracked_getattro is the common case, from the caches alone and calling
+ * nothing but PyThreadState_Get; a read the quiet cache does not answer goes on in field_rest (the full
+ * lookup, then the Python code), a name the field cache does not know in getattro_rest. */
+static Py_NO_INLINE PyObject *field_rest(TrackedField *f, PyObject *obj) {
+    Py_INCREF(f); /* the class may lose it while the read runs Python code */
+    PyObject *r = tf_lookup(f, obj, (PyObject *)Py_TYPE(obj)); /* the quiet cache was asked: not "yes" */
+    Py_DECREF(f);
+    return r;
+}
+
+static Py_NO_INLINE PyObject *getattro_rest(PyObject *obj, PyObject *name) {
+    TrackedField *f = tracked_field(Py_TYPE(obj), name);
+    if (f == NULL || !holds_slot(f, obj)) return PyObject_GenericGetAttr(obj, name);
+    return field_rest(f, obj);
+}
+
+static PyObject *tracked_getattro(PyObject *obj, PyObject *name) {
+    unsigned int version = Py_TYPE(obj)->tp_version_tag;
+    size_t i = (((uintptr_t)name >> 4) ^ version) % FIELD_ENTRIES;
+    if (field_cache[i].name == name && field_cache[i].version == version && version != 0) {
+        TrackedField *f = field_cache[i].field;
+        if (f == NULL || !holds_slot(f, obj)) return PyObject_GenericGetAttr(obj, name); /* a method, say */
+        if (quiet_hit(obj) == 1) { /* runs no Python code: f stays in the class meanwhile */
+            PyObject *value = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)f->slot)->d_member->offset);
+            if (value != NULL) return Py_NewRef(value);
+        }
+        return field_rest(f, obj);
+    }
+    return getattro_rest(obj, name);
 }
 
 static PyObject *hook(PyObject *mod, PyObject *cls) {
@@ -1425,6 +1592,7 @@ static PyMethodDef methods[] = {
     {"apply_sets", (PyCFunction)(void (*)(void))apply_sets, METH_FASTCALL,
      "apply_sets(events, at, setters, kind): apply a run of obj.set events; the index reached."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
+    {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},
 };
 

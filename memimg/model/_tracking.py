@@ -41,6 +41,7 @@ from memimg.model._base import PersistentBase
 __all__ = [
     "CounterField",
     "TrackedField",
+    "changed",
     "enabled",
     "install_counters",
     "make_reader",
@@ -138,6 +139,17 @@ class CounterField(TrackedField):
         raise refuse_del(type(obj), self.name)
 
 
+def _unchanged() -> None:
+    """Nothing: the pure-Python hooks remember nothing between reads."""
+
+
+#: Tell the compiled accelerator that what a read's fast path depends on may have changed: call it after
+#: a transaction opens or closes, after an image's ``_mi_current`` is set (``ContextVar.set`` does not
+#: tell the accelerator's cache of the context), and when an engine makes its context variable. Its
+#: cached answers of whether a context's writer is quiet are forgotten (memimg/model/_speedups.c, "the
+#: quiet cache"); the pure-Python code remembers nothing, and has nothing to forget.
+changed: Callable[[], None] = _unchanged
+
 #: what stands in for a field's slot while tracking is on: the compiled hook, or :class:`TrackedField`
 _FIELD: Callable[[str, Any], Any] = TrackedField
 #: the hooks of fields, whichever kind
@@ -146,6 +158,7 @@ if speedups is not None:
     speedups.configure(PersistentBase, _S, TrackedField.__get__)
     _FIELD = speedups.TrackedField
     _HOOKS = (TrackedField, speedups.TrackedField)
+    changed = speedups.changed
 
 
 def install_counters(cls: type, names: Iterable[str]) -> None:
@@ -278,12 +291,14 @@ def tx_opened() -> None:
         _S.idle = 0
         if not _S.enabled:
             _enable()
+        changed()
 
 
 def tx_closed() -> None:
     """A transaction ended; the hooks stay until reads go untracked for a while."""
     with _S.lock:
         _S.open -= 1
+        changed()
 
 
 def enabled() -> bool:
