@@ -211,10 +211,11 @@ static int quiet_fill(QuietEntry *e, PyObject *var, PyObject *writer, uint64_t a
     e->wversion = wversion;
     e->publishing = publishing;
     filled = at;
+    int idle = publishing == NULL || PyList_GET_SIZE(publishing) == 0; /* read before any Python code runs */
     Py_DECREF(writer);
     Py_XDECREF(old_type);
     Py_XDECREF(old_publishing); /* may run Python code (a finalizer): the epoch says if it changed anything */
-    return epoch == at && (publishing == NULL || PyList_GET_SIZE(publishing) == 0);
+    return epoch == at && idle;
 }
 
 /* Whether a read of a field of `obj` (an entity) may take the slot directly: 1 or 0 from the quiet cache
