@@ -235,10 +235,25 @@ def _fold_transactions(
         if tx_rows:
             _hand_over(tx_rows, reader, on_tx)
 
-    for row in rows:
+    def settle() -> None:
+        """Reading a row failed, or it is damaged: the transactions read whole before it are handed over."""
+        if run:
+            _hand_over(run, reader, on_run, alone=True)  # type: ignore[arg-type]
+            run.clear()
+
+    rows = iter(rows)
+    while True:
+        try:
+            row = next(rows, None)
+        except BaseException:  # a read that failed partway (the store names what)
+            settle()
+            raise
+        if row is None:
+            break
         r = EventRow(*row)
         seq, tx, ts, kind, target, payload, checksum = r
         if seq != expected:
+            settle()
             raise missing(expected, seq, *where)
         expected += 1
         if not checked:
@@ -247,7 +262,11 @@ def _fold_transactions(
             except Exception:
                 intact = False
             if not intact:
-                verify_event(r)  # computed again: raises naming the row unless it holds
+                try:
+                    verify_event(r)  # computed again: raises naming the row unless it holds
+                except CorruptLogError:
+                    settle()
+                    raise
         if progress is not None and not seq % 10_000:
             progress(seq)
         if batch and tx != batch[0].tx:

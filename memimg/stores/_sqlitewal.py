@@ -127,14 +127,18 @@ class OtherWriters:
         read); the appends after it look first."""
         self.watching = WATCH_APPENDS
         try:
-            return self.look(conn, timeout, expected_head) or SeqTaken(expected_head)
+            return self._missed(conn, timeout, expected_head) or SeqTaken(expected_head)
         except sqlite3.Error:
             return SeqTaken(expected_head)  # the writer reads them itself
 
     def look(self, conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
-        """A :class:`SeqTaken` with the events past *expected_head* if there are any (up to :data:`MISSED`;
-        ``more`` tells if there are others), else ``None``."""
+        """Before an append: a :class:`SeqTaken` with the events past *expected_head* if there are any (up to
+        :data:`MISSED`; ``more`` tells if there are others), else ``None``."""
         self.watching -= 1
+        return self._missed(conn, timeout, expected_head)
+
+    @staticmethod
+    def _missed(conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
         rows = retry_busy(timeout, conn.execute, READ, (expected_head, MISSED + 1)).fetchall()
         if not rows:
             return None
