@@ -347,6 +347,26 @@ def test_other_processes_commits_are_delivered_when_applied(make_image: Images) 
     assert [c.local for c in got.commits] == [False, False, False]
 
 
+def test_other_processes_single_field_sets_applied_together_are_delivered_one_commit_each(make_image: Images) -> None:
+    """Another process's single field sets applied by one refresh() are delivered as one Commit each, in order,
+    each with its own seq and the old value before it."""
+    img, acct = bank_image(make_image)
+    other = make_image(root=Bank)
+    theirs = other.root.accounts["ada"]
+    got = Collect()
+    img.subscribe(got, to=(acct, "balance"))
+    for n in (6, 7, 8):
+        theirs.balance = Decimal(n)
+    assert img.refresh() == 3
+    assert [[(c.old, c.new) for c in commit.changes] for commit in got.commits] == [
+        [(Decimal(5), Decimal(6))],
+        [(Decimal(6), Decimal(7))],
+        [(Decimal(7), Decimal(8))],
+    ]
+    seqs = [commit.seq for commit in got.commits]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == other._engine.seq
+
+
 def test_follow_delivers_other_processes_commits(make_image: Images) -> None:
     """An image following the log (follow()) delivers other processes' commits as its thread applies them."""
     img, acct = bank_image(make_image)

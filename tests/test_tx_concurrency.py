@@ -675,3 +675,82 @@ def test_a_catch_up_that_failed_is_tried_again_by_the_next_transaction(make_imag
     img.root.content["x"] += 1  # and it writes on that state
     other.refresh()
     assert other.root.content["x"] == 3
+
+
+# -- another process's single field sets, caught up with together ------------------------------------------------
+
+
+def _nodes(make_image: Images) -> tuple[memimg.Image, memimg.Image, list[Any], list[Any]]:
+    """An image holding three nodes, and another image on the same log (another process) with its own view."""
+    img = make_image(root=Box)
+    img.root.content = [Node(0), Node(0), Node(0)]
+    other = make_image(root=Box)
+    return img, other, list(img.root.content), list(other.root.content)
+
+
+def test_other_processes_single_field_sets_caught_up_together_are_each_a_commit(make_image: Images) -> None:
+    """Another process's single field sets, applied by one catch-up, are each a commit of its own: every one
+    is applied in order (the last write of a field wins), the image ends at the last seq, and a transaction
+    that read a field one of them wrote -- any of them -- gets ConflictError."""
+    img, other, mine, theirs = _nodes(make_image)
+    for culprit in range(3):
+        seen = []
+        with pytest.raises(memimg.ConflictError):
+            with img.transaction():
+                seen.append(mine[culprit].value)
+
+                def commit_elsewhere(culprit: int = culprit) -> None:
+                    for i, node in enumerate(theirs):
+                        node.value = 10 * culprit + i + 1  # three commits of one event each
+                    theirs[0].value = 100 + culprit  # and a fourth: the first node written twice
+                    assert img.refresh() == 4  # caught up in this thread while the transaction is open
+
+                _in_thread(commit_elsewhere)
+                seen.append(mine[culprit].value)
+        assert seen == [0 if culprit == 0 else 10 * (culprit - 1) + culprit + 1]  # its value before them
+        assert [n.value for n in mine] == [100 + culprit, 10 * culprit + 2, 10 * culprit + 3]
+        assert img._engine.seq == other._engine.seq
+
+
+@pytest.mark.parametrize("damage", ["unreadable", "checksum", "read error"])
+def test_a_run_of_other_processes_commits_is_applied_up_to_a_damaged_one(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch, damage: str, store_kind: str
+) -> None:
+    """Among another process's single field sets caught up with together (in runs), one that cannot be read
+    is reported by its seq and every commit before it is applied, none after it; one whose checksum does not
+    hold, alike, but for the commit just before it, whose end only an intact row can show (an NDJSON log
+    checks a chunk of lines before it gives any: none of that chunk is applied); a read failing after the
+    fifth commit, alike. The image is always at the end of a commit, holding exactly the commits up to it."""
+    from memimg.core import _fold
+    from memimg.core._rows import EventRow, event_checksum
+    from tests.tampering import append_event
+
+    monkeypatch.setattr(_fold, "RUN", 3)  # one run handed over, the next still gathering at the damaged row
+    img, _other, mine, theirs = _nodes(make_image)
+    for i in range(5):
+        theirs[i % 3].value = i + 1
+    store = make_image.store()
+    bad = store.head() + 1
+    if damage == "unreadable":
+        append_event(store, "obj.set", 10**6, [["value", 7]])  # an object that does not exist
+    elif damage == "checksum":
+        oid, data, ts = mine[0]._mi_oid, b'[["value",7]]', 1_700_000_000_000_000
+        checksum = event_checksum(bad, bad, ts, "obj.set", oid, data) ^ 1
+        store.append([EventRow(bad, bad, ts, "obj.set", oid, data, checksum)], bad - 1)
+    else:
+        read = img.store.read
+
+        def failing(after: int = 0, limit: int | None = None) -> Any:
+            yield from read(after, bad - 1 - after)
+            raise memimg.StoreError(f"event seq {bad} could not be read: the connection dropped")
+
+        monkeypatch.setattr(img.store, "read", failing)
+    append_event(store, "obj.set", mine[0]._mi_oid, [["value", 9]])  # after it: never applied
+    with pytest.raises(memimg.MemimgError, match=rf"event seq {bad}\b"):
+        img.refresh()
+    applied = img._engine.seq - (bad - 6)  # of the five commits before the damaged one
+    assert applied == {"unreadable": 5, "checksum": 0 if store_kind == "ndjson" else 4, "read error": 4}[damage]
+    state = [0, 0, 0]
+    for i in range(applied):
+        state[i % 3] = i + 1
+    assert [n.value for n in mine] == state

@@ -39,16 +39,20 @@ from memimg.core._rows import PACK_COLUMNS, EventRow, verify_event
 #: The kinds of the event a snapshot is the state after (``gc`` before memimg 0.3).
 SNAPSHOT_KINDS: Final = frozenset({"snapshot", "gc"})
 
-__all__ = ["apply_stored", "fold", "missing"]
+__all__ = ["RUN", "apply_stored", "fold", "missing"]
 
 _OBJ_SET: Final = KINDS["obj.set"]
 _NO_SETTERS: Final[dict[str, Any]] = {}
 _crc32: Final = zlib.crc32
+_loads: Final = orjson.loads
 
 #: What :func:`fold` hands a transaction to instead of applying it: its rows, each with the event it
 #: holds (``None`` for one that has nothing to apply: an event on an object of a removed type).
 OnTx = Callable[[list[tuple[Pending | None, EventRow]]], None]
 
+
+#: The most single-row transactions :func:`fold` hands to ``on_run`` in one call.
+RUN: Final = 1000
 
 #: the kinds the fold notes as it passes: a snapshot's (where the log declares every type again) and tx.meta
 _NOTED: Final = frozenset({*SNAPSHOT_KINDS, META_KIND})
@@ -74,6 +78,7 @@ def fold(
     checked: bool = False,
     progress: Callable[[int], None] | None = None,
     on_tx: OnTx | None = None,
+    on_run: OnTx | None = None,
 ) -> tuple[int, int]:
     """Fold stored event *rows* (seq ``expected`` on) into *reader*'s table.
 
@@ -88,6 +93,9 @@ def fold(
         progress: called with the seq every 10,000 rows.
         on_tx: hand each transaction's decoded events over instead of
             applying them (see the module docstring).
+        on_run: with *on_tx*, hand consecutive transactions that are each
+            one ``obj.set`` row over together, in one call (up to
+            :data:`RUN` rows): each row is then a transaction of its own.
 
     Returns:
         The next expected seq, and the seq of the last snapshot's event (0 if none).
@@ -97,7 +105,7 @@ def fold(
         SchemaError: an upgrader failed on a state a row holds.
     """
     if on_tx is not None:
-        return _fold_transactions(rows, reader, expected, (where, table), checked, progress, on_tx)
+        return _fold_transactions(rows, reader, expected, (where, table), checked, progress, on_tx, on_run)
     return _fold_rows(rows, reader, expected, (where, table), checked, progress)
 
 
@@ -203,46 +211,120 @@ def _fold_transactions(
     checked: bool,
     progress: Callable[[int], None] | None,
     on_tx: OnTx,
+    on_run: OnTx | None,
 ) -> tuple[int, int]:
-    """Rows decoded and handed over one transaction at a time."""
-    batch: list[EventRow] = []
+    """Rows decoded and handed over one transaction at a time (runs of single field sets together, to
+    *on_run* if given): a running image catching up with other processes' commits, measured by ``python -m
+    benchmarks`` (writers). An ``obj.set`` row's checksum is computed inline, as :func:`_fold_rows` does;
+    any other row's by :func:`verify_event`, which also names a damaged one."""
+    batch: list[EventRow] = []  # the transaction being read
+    run: list[EventRow] = []  # whole transactions of one obj.set row each, read and not handed over yet
     last_snapshot = 0
-    for row in rows:
+    crc, pack, set_code = _crc32, PACK_COLUMNS, _OBJ_SET.code
+
+    def whole(tx_rows: list[EventRow]) -> None:
+        """A transaction read in full: kept in the run, or handed over (after the run, which goes first)."""
+        if on_run is not None and len(tx_rows) == 1 and tx_rows[0].kind == "obj.set":
+            run.extend(tx_rows)
+            if len(run) < RUN:
+                return
+            tx_rows = []
+        if run:
+            _hand_over(run, reader, on_run, alone=True)  # type: ignore[arg-type]
+            run.clear()
+        if tx_rows:
+            _hand_over(tx_rows, reader, on_tx)
+
+    def settle() -> None:
+        """Reading a row failed, or it is damaged: the transactions read whole before it are handed over."""
+        if run:
+            _hand_over(run, reader, on_run, alone=True)  # type: ignore[arg-type]
+            run.clear()
+
+    rows = iter(rows)
+    while True:
+        try:
+            row = next(rows, None)
+        except BaseException:  # a read that failed partway (the store names what)
+            settle()
+            raise
+        if row is None:
+            break
         r = EventRow(*row)
-        if r.seq != expected:
-            raise missing(expected, r.seq, *where)
+        seq, tx, ts, kind, target, payload, checksum = r
+        if seq != expected:
+            settle()
+            raise missing(expected, seq, *where)
         expected += 1
         if not checked:
-            verify_event(r)
-        if progress is not None and not r.seq % 10_000:
-            progress(r.seq)
-        if batch and r.tx != batch[0].tx:
-            _hand_over(batch, reader, on_tx)
+            try:
+                intact = kind == "obj.set" and crc(payload, crc(pack(seq, tx, ts, target), set_code)) == checksum
+            except Exception:
+                intact = False
+            if not intact:
+                try:
+                    verify_event(r)  # computed again: raises naming the row unless it holds
+                except CorruptLogError:
+                    settle()
+                    raise
+        if progress is not None and not seq % 10_000:
+            progress(seq)
+        if batch and tx != batch[0].tx:
+            whole(batch)
             batch = []
         batch.append(r)
-        if r.kind in SNAPSHOT_KINDS:
-            last_snapshot = r.seq
-        elif r.kind == META_KIND:
-            check_row(r)
+        if kind in _NOTED:
+            if kind == META_KIND:
+                check_row(r)
+            else:
+                last_snapshot = seq
     if batch:
-        _hand_over(batch, reader, on_tx)
+        whole(batch)
+    if run:
+        _hand_over(run, reader, on_run, alone=True)  # type: ignore[arg-type]
     return expected, last_snapshot
 
 
-def _hand_over(batch: list[EventRow], reader: Reader, on_tx: OnTx) -> None:
-    """Decode one whole transaction's rows and hand them over.
+def _hand_over(batch: list[EventRow], reader: Reader, on_tx: OnTx, alone: bool = False) -> None:
+    """Decode one whole transaction's rows and hand them over; *alone*: each row is a whole transaction of
+    its own (a run, see :func:`fold`'s ``on_run``).
 
     Rows are decoded only once the whole transaction is read: a read that
     fails partway (a dropped connection, a damaged row) leaves nothing of
     it behind, and the next read starts the transaction again. A decoding
-    that fails partway un-places the objects it made.
+    that fails partway un-places the objects it made; in a run, the
+    transactions before the one that fails are handed over first.
+
+    The commonest row, a field set on an entity whose schema is current, is
+    decoded inline (as :func:`_fold_rows` applies it); anything else, or
+    anything unexpected about it, by :meth:`Reader.decode_row`, which names
+    what is wrong.
     """
     table = reader.table
-    size = len(table.objects)
+    objects, fast_fields, dec = table.objects, reader.fast_fields, reader.decode
+    size = len(objects)
+    decoded: list[tuple[Pending | None, EventRow]] = []
     try:
-        decoded = [(reader.decode_row(r.kind, r.target, r.payload, r.seq), r) for r in batch]
+        for r in batch:
+            if alone:
+                size = len(objects)  # what this transaction's decoding makes
+            if r.kind == "obj.set":
+                try:
+                    (pair,) = _loads(r.payload)
+                    target = r.target
+                    if type(pair) is list and type(target) is int and 0 < target < len(objects):
+                        name, v = pair
+                        obj = objects[target]
+                        if name in fast_fields[type(obj)]:  # KeyError: not a current-schema entity (Gone...)
+                            decoded.append(((_OBJ_SET, obj, (name, v if type(v) is not list else dec(v))), r))
+                            continue
+                except Exception:
+                    pass  # read again the long way, which names what is wrong
+            decoded.append((reader.decode_row(r.kind, r.target, r.payload, r.seq), r))
     except BaseException:
         table.unplace(size)
+        if alone and decoded:
+            on_tx(decoded)  # the whole transactions before the one that failed
         raise
     on_tx(decoded)
 

@@ -374,13 +374,23 @@ class Engine:
 
     commit_field = _direct.commit_field
 
-    def apply(self, events: list[Pending], rows: list[Any], state: TxState | None, last_seq: int | None = None) -> None:
+    def apply(
+        self,
+        events: list[Pending],
+        rows: list[Any],
+        state: TxState | None,
+        last_seq: int | None = None,
+        alone: bool = False,
+    ) -> None:
         """Apply appended events to the committed objects, all at once for every reader.
 
         The writes are recorded for conflict checks and the seq moved *first*,
         so a transaction elsewhere that reads what is being changed gets a
         ConflictError rather than half of it; readers outside transactions are
         shown the finished result (publishing) while the objects change.
+        *alone*: each event is a transaction of its own (another process's
+        single field sets, caught up with together): applied one after the
+        other, each a whole commit, nothing to publish.
         """
         table, open_txs = self.table, self.open_txs
         feed = self.writer.feed  # None unless someone subscribed (see _feeds)
@@ -396,7 +406,7 @@ class Engine:
                 self.conflicts.record(events, rows)
             self.seq = rows[-1][0] if last_seq is None else last_seq
             # several events are published, all at once; one (after its metadata, which changes nothing) need not be
-            if len(events) > 1 and (len(events) > 2 or events[0][0] is not TX_META):
+            if len(events) > 1 and not alone and (len(events) > 2 or events[0][0] is not TX_META):
                 if state is None:  # a single mutation of several events, or another process's commit
                     _tracking.tx_opened()
                     opened = True
@@ -532,6 +542,10 @@ class Engine:
                     pause.start()
                     self._apply_remote(batch)
 
+                def apply_run(batch: list[tuple[Pending | None, EventRow]]) -> None:
+                    pause.start()
+                    self._apply_remote(batch, alone=True)
+
                 start = self.seq
                 try:
                     end, _ = fold(
@@ -540,6 +554,8 @@ class Engine:
                         expected=self.seq + 1,
                         where=self.store.description,
                         on_tx=apply_tx,
+                        # runs of single field sets applied at once, unless each commit is delivered on its own
+                        on_run=apply_run if self.writer.feed is None else None,
                     )
                 except CorruptLogError as err:  # the next event missing: compacted away, or lost
                     if err.seq != self.seq + 1 or not _recovery.compacted_past(self):
@@ -596,15 +612,16 @@ class Engine:
         if self.writer.feed is not None:
             self.writer.feed.reloaded(was, self.seq, self.store.first_seq() - 1)
 
-    def _apply_remote(self, batch: list[tuple[Pending | None, EventRow]]) -> None:
-        """Apply another process's transaction (its rows, each with the event it holds)."""
+    def _apply_remote(self, batch: list[tuple[Pending | None, EventRow]], alone: bool = False) -> None:
+        """Apply another process's transaction (its rows, each with the event it holds); *alone*: a run of
+        transactions of one row each."""
         last_seq = batch[-1][1].seq
-        self.last_ts = max(self.last_ts, batch[-1][1].ts)
+        self.last_ts = max(self.last_ts, max(r.ts for _, r in batch) if alone else batch[-1][1].ts)
         kept = [(e, r) for e, r in batch if e is not None]
         if self.snapshot_writer is not None and len(kept) < len(batch):  # rows this code skips name objects too
             self._tell_snapshot([], [r for _, r in batch])
         if kept:
-            self.apply([e for e, _ in kept], [r for _, r in kept], None, last_seq)
+            self.apply([e for e, _ in kept], [r for _, r in kept], None, last_seq, alone)
         else:
             self.seq = last_seq
         for _, r in batch:

@@ -52,7 +52,6 @@ from memimg.stores._protocol import (
     LEASE,
     EventRow,
     Rewrite,
-    SeqTaken,
     SnapshotInfo,
     SnapshotRow,
     check_aligned,
@@ -376,8 +375,10 @@ class SQLiteStore:
             try:
                 if cur.connection is not conn:  # (the connection was replaced: tests break it so)
                     cur = self._appender = conn.cursor()
-                if self._others.watching and self._others.committed(conn, self._busy_timeout):
-                    raise SeqTaken(expected_head)
+                if self._others.watching:
+                    taken = self._others.look(conn, self._busy_timeout, expected_head)
+                    if taken is not None:
+                        raise taken
                 # APPEND_AT_HEAD fails (an IntegrityError, below) unless the head is expected_head
                 if len(rows) == 1:
                     try:  # retry_busy's first try, inline: this is every single mutation's cost
@@ -404,7 +405,7 @@ class SQLiteStore:
                 if err.sqlite_errorcode in _LOST and (
                     err.sqlite_errorcode != _NOTNULL or self._head_moved(conn, expected_head)
                 ):
-                    raise self._others.lost(conn, expected_head) from None
+                    raise self._others.lost(conn, expected_head, self._busy_timeout) from None
                 raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
                 raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
@@ -486,7 +487,6 @@ class SQLiteStore:
             version = self._pragma("data_version")
         except sqlite3.Error as err:
             raise self._error(err, "checking for other writers' commits") from err
-        self._others.looked(version)  # the caller catches up with what it shows: no append need look again
         if version != self._data_version:
             self._data_version = version
             return True

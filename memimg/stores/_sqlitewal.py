@@ -30,12 +30,15 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Final, TypeVar
 
+from memimg.core._rows import EventRow
 from memimg.stores._protocol import SeqTaken
+from memimg.stores._sqlitesql import READ
 
 __all__ = [
     "ADVICE",
     "CHECKPOINT_PAGES",
     "CHECKPOINT_WAIT",
+    "MISSED",
     "Checkpointer",
     "OtherWriters",
     "identity",
@@ -54,6 +57,8 @@ MAX_WAIT: Final = 2e-3
 CHECKPOINT_PAGES: Final = 1000
 #: After an append loses the race for a seq, how many of the next ones first look for others' commits.
 WATCH_APPENDS: Final = 1000
+#: The most events a refused append hands over (the writer reads any others itself).
+MISSED: Final = 1000
 _PAGE: Final = 4096
 
 
@@ -98,48 +103,46 @@ def retry_busy(timeout: float, fn: Callable[..., _T], *args: object) -> _T:
 
 
 class OtherWriters:
-    """Whether other connections committed since an append last looked, once they have been seen to.
+    """Whether other connections appended past the head an append expects, once they have been seen to.
 
     An append that loses the race for a seq (another writer appended
     first) has queued for the write lock for nothing, and made the other
     writers queue behind it. After one has, the next
-    :data:`WATCH_APPENDS` appends first read ``PRAGMA data_version`` (~2 µs,
-    no lock): a writer behind the head learns it there, catches up and
-    tries again. A store that writes alone never pays for the look.
+    :data:`WATCH_APPENDS` appends first read the events past the head they
+    expect (one read, as cheap as ``PRAGMA data_version`` when there are
+    none): a writer behind the head is refused there with the events it
+    missed (:class:`SeqTaken`), catches up with them without reading them
+    again, and tries again. A refused append hands over what it missed
+    alike. A store that writes alone never pays for the look.
     """
 
-    __slots__ = ("_seen", "watching")
+    __slots__ = ("watching",)
 
     def __init__(self) -> None:
         #: appends left that look first
         self.watching = 0
-        self._seen: int | None = None
 
-    def lost(self, conn: sqlite3.Connection, expected_head: int) -> SeqTaken:
-        """The :class:`SeqTaken` for an append that lost the race; the appends after it look first."""
+    def lost(self, conn: sqlite3.Connection, expected_head: int, timeout: float) -> SeqTaken:
+        """The :class:`SeqTaken` for an append that lost the race (with the events it missed, if they can be
+        read); the appends after it look first."""
         self.watching = WATCH_APPENDS
         try:
-            self._seen = conn.execute("PRAGMA data_version").fetchone()[0]
+            return self._missed(conn, timeout, expected_head) or SeqTaken(expected_head)
         except sqlite3.Error:
-            self._seen = None
-        return SeqTaken(expected_head)
+            return SeqTaken(expected_head)  # the writer reads them itself
 
-    def looked(self, version: int) -> None:
-        """The store read ``data_version`` *version* (:meth:`SQLiteStore.changed`): its image catches up with
-        what other connections committed up to it before appending, so the next append does not take those
-        commits for new ones (it would lose its race for nothing). Only a shortcut: an append behind the head
-        is refused by its INSERT all the same."""
-        self._seen = version
-
-    def committed(self, conn: sqlite3.Connection, timeout: float) -> bool:
-        """Whether another connection committed since the last look (spuriously ``True`` if it wrote
-        something else than events: the append's own check decides)."""
+    def look(self, conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
+        """Before an append: a :class:`SeqTaken` with the events past *expected_head* if there are any (up to
+        :data:`MISSED`; ``more`` tells if there are others), else ``None``."""
         self.watching -= 1
-        version = retry_busy(timeout, conn.execute, "PRAGMA data_version").fetchone()[0]
-        if version == self._seen:
-            return False
-        self._seen = version
-        return True
+        return self._missed(conn, timeout, expected_head)
+
+    @staticmethod
+    def _missed(conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
+        rows = retry_busy(timeout, conn.execute, READ, (expected_head, MISSED + 1)).fetchall()
+        if not rows:
+            return None
+        return SeqTaken(expected_head, list(map(EventRow._make, rows[:MISSED])), more=len(rows) > MISSED)
 
 
 class Checkpointer:

@@ -69,8 +69,8 @@ def test_a_commit_blocked_past_busy_timeout_says_which_store(tmp_path: Any) -> N
 
 def test_a_writer_behind_the_head_finds_out_without_the_write_lock(tmp_path: Any) -> None:
     """After losing the race for a seq, a store reads whether others committed before its next appends: a
-    writer that is behind again gets SeqTaken at once, even while a third connection holds the write lock
-    (rather than queueing for the lock to find out)."""
+    writer that is behind again gets SeqTaken at once, with the events it missed, even while a third
+    connection holds the write lock (rather than queueing for the lock to find out)."""
     path = str(tmp_path / "w.db")
     a, b = SQLiteStore(path), SQLiteStore(path, busy_timeout=0.5)
     a.append([row(1)], 0)
@@ -80,9 +80,10 @@ def test_a_writer_behind_the_head_finds_out_without_the_write_lock(tmp_path: Any
     blocker = _held(path)
     try:
         began = time.monotonic()
-        with pytest.raises(SeqTaken):
+        with pytest.raises(SeqTaken) as info:
             b.append([row(2)], 1)
         assert time.monotonic() - began < 0.4
+        assert info.value.missed == list(a.read(after=1)) and not info.value.more  # handed over, read once
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
