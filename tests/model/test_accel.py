@@ -103,6 +103,42 @@ def test_an_entity_setattr_names_itself_and_has_a_signature() -> None:
         assert done.stdout.split() == ["__setattr__", "['self',", "'name',", "'value']"], env
 
 
+#: For each hot path, whether it is bound to the accelerator's function (printed as JSON by a fresh process).
+_BOUND = """
+import json
+import memimg
+from memimg.image import _encode, _engine, _feeds, _tx
+from memimg.model import _accel, _tracking
+from tests.models import Account
+s = _accel.speedups
+print(json.dumps({
+    "loaded": s is not None,
+    "entity __setattr__": s is not None and type(Account.__dict__["__setattr__"]) is s.FastSetattr,
+    "field hook": s is not None and _tracking._FIELD is s.TrackedField,
+    "changed": s is not None and _tracking.changed is s.changed,
+    "apply_sets": s is not None and _engine._apply_sets is s.apply_sets,
+    "encode_sets": s is not None and _encode._encode_sets is s.encode_sets,
+    "sync": s is not None and _tx._sync is s.sync,
+    "note_field": s is not None and _feeds.note_field is s.note_field,
+    "first_noted": s is not None and _feeds.first_noted is s.first_noted,
+    "deliver_to_bound": s is not None and _feeds.deliver_to_bound is s.deliver_to_bound,
+}))
+"""
+
+
+def test_every_hot_path_takes_the_accelerator_when_it_is_loaded() -> None:
+    """With the extension loaded, every path it compiles is bound to its function (none silently left on the
+    Python code); with MEMIMG_PURE_PYTHON=1, none is."""
+    for env in ({}, {"MEMIMG_PURE_PYTHON": "1"}):
+        done = _run(env, "-c", _BOUND)
+        assert done.returncode == 0, done.stderr
+        bound = json.loads(done.stdout)
+        loaded = bound.pop("loaded")
+        if os.environ.get("MEMIMG_REQUIRE_ACCEL") and not env:  # CI: the extension must be there
+            assert loaded
+        assert bound == dict.fromkeys(bound, loaded), env
+
+
 def test_the_pure_path_is_forced_by_the_environment() -> None:
     """MEMIMG_PURE_PYTHON=1 runs the pure-Python code: no compiled hook or __setattr__ anywhere."""
     code = (
