@@ -222,24 +222,22 @@ def _fold_transactions(
     last_snapshot = 0
     crc, pack, set_code = _crc32, PACK_COLUMNS, _OBJ_SET.code
 
+    def settle() -> None:
+        """Hand the run over: at its size, before a transaction of another shape, at the end, and before an
+        error is raised at a row (reading it failed, or it is damaged)."""
+        if run:
+            _hand_over(run, reader, on_run, alone=True)  # type: ignore[arg-type]
+            run.clear()
+
     def whole(tx_rows: list[EventRow]) -> None:
         """A transaction read in full: kept in the run, or handed over (after the run, which goes first)."""
         if on_run is not None and len(tx_rows) == 1 and tx_rows[0].kind == "obj.set":
             run.extend(tx_rows)
-            if len(run) < RUN:
-                return
-            tx_rows = []
-        if run:
-            _hand_over(run, reader, on_run, alone=True)  # type: ignore[arg-type]
-            run.clear()
-        if tx_rows:
-            _hand_over(tx_rows, reader, on_tx)
-
-    def settle() -> None:
-        """Reading a row failed, or it is damaged: the transactions read whole before it are handed over."""
-        if run:
-            _hand_over(run, reader, on_run, alone=True)  # type: ignore[arg-type]
-            run.clear()
+            if len(run) >= RUN:
+                settle()
+            return
+        settle()
+        _hand_over(tx_rows, reader, on_tx)
 
     rows = iter(rows)
     while True:
@@ -280,8 +278,7 @@ def _fold_transactions(
                 last_snapshot = seq
     if batch:
         whole(batch)
-    if run:
-        _hand_over(run, reader, on_run, alone=True)  # type: ignore[arg-type]
+    settle()
     return expected, last_snapshot
 
 
