@@ -82,6 +82,7 @@ from memimg.stores._sqlitesql import (
 from memimg.stores._sqlitewal import (
     ADVICE,
     CHECKPOINT_WAIT,
+    WAL_SIZE_LIMIT,
     Checkpointer,
     OtherWriters,
     is_busy,
@@ -237,6 +238,7 @@ class SQLiteStore:
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             if not {*COLUMNS, "memimg_targets"} <= tables:
                 self._write_schema()  # a new log, or one made before the target index (see read_target)
             tables.add("memimg_targets")

@@ -13,10 +13,14 @@ runs with SQLite's handler off.
 (checkpoints) inside whichever commit takes the WAL past 1,000 pages, adding
 milliseconds (the copy and its fsyncs) to that one commit. The store turns
 that off on its connection and a :class:`Checkpointer` runs the same
-``PASSIVE`` checkpoint from a thread of its own, on a connection of its own,
-when the store's commits have written about as much. A checkpoint only
-copies committed pages and never blocks writers, so a crash at any point
-loses nothing (the WAL is replayed at the next open, as before).
+checkpoint from a thread of its own, on a connection of its own, when the
+store's commits have written about as much: a ``PASSIVE`` one beside the
+writers, then a ``RESTART`` one that holds the write lock only to copy the
+frames appended meanwhile, so that the next commit writes the WAL from its
+beginning again (see :func:`checkpoint`; without it the WAL of a busy
+writer never starts over and grows without end). A checkpoint only copies
+committed pages, so a crash at any point loses nothing (the WAL is replayed
+at the next open, as before).
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ __all__ = [
     "CHECKPOINT_PAGES",
     "CHECKPOINT_WAIT",
     "MISSED",
+    "RESTART_WAIT",
+    "WAL_SIZE_LIMIT",
     "Checkpointer",
     "OtherWriters",
+    "checkpoint",
     "identity",
     "is_busy",
     "retry_busy",
@@ -57,6 +64,11 @@ MAX_WAIT: Final = 2e-3
 CHECKPOINT_PAGES: Final = 1000
 #: After an append loses the race for a seq, how many of the next ones first look for others' commits.
 WATCH_APPENDS: Final = 1000
+#: How long a checkpoint tries to take the write lock to copy the last frames, so the WAL starts over (seconds).
+RESTART_WAIT: Final = 0.02
+#: The WAL file's size kept after it starts over (SQLite's ``journal_size_limit``): what one burst grew past this is
+#: given back to the disk, what steady commits reuse is kept.
+WAL_SIZE_LIMIT: Final = 64 << 20
 #: The most events a refused append hands over (the writer reads any others itself).
 MISSED: Final = 1000
 _PAGE: Final = 4096
@@ -145,6 +157,34 @@ class OtherWriters:
         return SeqTaken(expected_head, list(map(EventRow._make, rows[:MISSED])), more=len(rows) > MISSED)
 
 
+def checkpoint(conn: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database on *conn* (whose busy timeout is 0) so that the next commit writes the WAL
+    from its beginning again; whether it will.
+
+    A ``PASSIVE`` checkpoint copies what is committed beside the writers,
+    but never the frames they append while it runs: under steady commits it
+    never catches up, the next commit never starts the WAL over, and the
+    WAL grows by a page or more per commit for as long as they go on
+    (hundreds of MB, each new page zeroed by the kernel). So a ``RESTART``
+    checkpoint follows, holding the write lock only while it copies that
+    remainder (well under a millisecond); it is tried again in short waits
+    while a commit holds the lock, for up to :data:`RESTART_WAIT`. Readers
+    still in the WAL (another process reading) make it return busy: a later
+    checkpoint tries again, and nothing waits on it.
+    """
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    deadline = time.monotonic() + RESTART_WAIT
+    wait = FIRST_WAIT
+    while True:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        if not busy:
+            return True
+        if time.monotonic() + wait > deadline:
+            return False
+        time.sleep(wait)
+        wait = min(wait * 2, MAX_WAIT)
+
+
 class Checkpointer:
     """Checkpoints one database's WAL from a daemon thread, on a connection of its own.
 
@@ -163,8 +203,9 @@ class Checkpointer:
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
-        #: checkpoints run (for tests and diagnostics)
+        #: checkpoints run, and how many of them left the WAL to start over (for tests and diagnostics)
         self.runs = 0
+        self.restarted = 0
 
     def wrote(self, payload_bytes: int, rows: int) -> None:
         """Count the WAL pages a commit of *rows* rows holding *payload_bytes* bytes wrote (about); wake the
@@ -218,7 +259,7 @@ class Checkpointer:
                 if self._stopped:
                     return
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.restarted += checkpoint(conn)
                 except sqlite3.Error as err:  # busy, or the disk: the next one tries again
                     log.debug("checkpoint of %s failed: %s", self.path, err)
                 self.runs += 1

@@ -122,6 +122,52 @@ def test_checkpoints_run_in_a_thread_of_their_own(tmp_path: Any) -> None:
         assert _checkpointed_pages(path) > before
 
 
+_FRAME = 4096 + 24  # a WAL frame: a page and its header
+
+
+def test_a_writer_that_never_pauses_keeps_its_wal_bounded(tmp_path: Any) -> None:
+    """Under commits without a pause, each checkpoint leaves the WAL to start over from its beginning (it
+    copies the frames appended while it ran, holding the write lock only for those): the WAL file stays
+    within a few checkpoints' worth of pages instead of growing by a page per commit."""
+    path = str(tmp_path / "c.db")
+    rounds = 10
+    with memimg.open(path, root=dict, snapshot_every=None) as img:
+        store = img.store
+        assert isinstance(store, SQLiteStore) and store._checkpointer is not None
+        for i in range(rounds * _sqlitewal.CHECKPOINT_PAGES):
+            img.root["n"] = i
+        frames = os.path.getsize(path + "-wal") // _FRAME  # the most the WAL ever held: it is not truncated
+        assert store._checkpointer.restarted >= 1
+    assert frames < rounds * _sqlitewal.CHECKPOINT_PAGES / 2, frames
+
+
+def test_a_checkpoint_leaves_a_reader_in_the_wal_alone(tmp_path: Any) -> None:
+    """A checkpoint that cannot start the WAL over because another connection is reading in it gives up
+    after a short wait (the next one tries again); the reader and the writer go on meanwhile."""
+    path = str(tmp_path / "c.db")
+    store = SQLiteStore(path)
+    for seq in range(1, 51):
+        store.append([row(seq)], seq - 1)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM memimg_events").fetchone() == (50,)
+    store.append([row(51)], 50)  # past the reader's snapshot
+    checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
+    started = time.monotonic()
+    assert _sqlitewal.checkpoint(checkpointing) is False
+    assert time.monotonic() - started < 1
+    store.append([row(52)], 51)
+    assert reader.execute("SELECT count(*) FROM memimg_events").fetchone() == (50,)
+    reader.execute("COMMIT")
+    assert _sqlitewal.checkpoint(checkpointing) is True
+    store.append([row(53)], 52)
+    log_frames = checkpointing.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    assert log_frames <= 2  # the commit after it wrote the WAL from its beginning
+    checkpointing.close()
+    reader.close()
+    store.close()
+
+
 def test_close_stops_the_checkpoint_thread_and_empties_the_wal(tmp_path: Any) -> None:
     """close() ends the checkpoint thread and closes its connection before the store's own, so the store's
     connection is the last one and SQLite checkpoints the WAL into the database and removes it."""
