@@ -191,7 +191,7 @@ class SQLiteStore:
                 conn.close()
                 raise MemimgError(f"{self.path!r} disappeared while it was being opened; nothing was written")
             self._check_files("opening", None)
-            self._checkpointer = Checkpointer(self.path, self._db_id)
+            self._checkpointer = Checkpointer(self.path, self._db_id, self._lock)
             weakref.finalize(self, self._checkpointer.stop, 0)  # a store dropped unclosed ends its thread too
 
     def _check_file(self) -> None:

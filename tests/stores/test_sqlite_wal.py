@@ -141,6 +141,18 @@ def test_a_writer_that_never_pauses_keeps_its_wal_bounded(tmp_path: Any) -> None
     assert frames < rounds * _sqlitewal.CHECKPOINT_PAGES / 2, frames
 
 
+def test_a_writer_alone_never_waits_for_its_own_checkpoints(tmp_path: Any) -> None:
+    """A process writing alone with ``busy_timeout=0`` commits without fail while its checkpoint thread takes
+    the write lock to start the WAL over: its commits wait for that on the store's own lock, never on SQLite's."""
+    path = str(tmp_path / "c.db")
+    with memimg.open(path, root=dict, snapshot_every=None, busy_timeout=0) as img:
+        for i in range(10 * _sqlitewal.CHECKPOINT_PAGES):
+            img.root["n"] = i
+        assert img.store._checkpointer.restarted >= 1
+    with memimg.open(path, root=dict) as reopened:
+        assert reopened.root == {"n": 10 * _sqlitewal.CHECKPOINT_PAGES - 1}
+
+
 def test_a_checkpoint_leaves_a_reader_in_the_wal_alone(tmp_path: Any) -> None:
     """A checkpoint that cannot start the WAL over because another connection is reading in it gives up
     after a short wait (the next one tries again); the reader and the writer go on meanwhile."""
