@@ -248,7 +248,7 @@ def _fold_transactions(
             raise
         if row is None:
             break
-        r = EventRow(*row)
+        r = row if type(row) is EventRow else EventRow(*row)  # a refused append's rows are EventRows already
         seq, tx, ts, kind, target, payload, checksum = r
         if seq != expected:
             settle()

@@ -624,6 +624,8 @@ class Engine:
             self.apply([e for e, _ in kept], [r for _, r in kept], None, last_seq, alone)
         else:
             self.seq = last_seq
+        if alone:  # a run holds obj.set rows only (see fold's on_run)
+            return
         for _, r in batch:
             if r.kind in SNAPSHOT_KINDS:
                 self.snapshot_seq = r.seq
