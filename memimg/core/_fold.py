@@ -231,6 +231,7 @@ def _fold_transactions(
 
     def whole(tx_rows: list[EventRow]) -> None:
         """A transaction read in full: kept in the run, or handed over (after the run, which goes first)."""
+        # (only obj.set rows in a run: Engine._apply_remote(alone=True) looks for no other kind)
         if on_run is not None and len(tx_rows) == 1 and tx_rows[0].kind == "obj.set":
             run.extend(tx_rows)
             if len(run) >= RUN:
