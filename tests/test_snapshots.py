@@ -137,6 +137,38 @@ def test_another_threads_commit_goes_on_while_a_snapshot_is_written(
     assert img.root.misc == "from another thread" and img.seq > seq
 
 
+@pytest.mark.parametrize("other_thread", [False, True])
+def test_a_snapshot_hands_the_interpreter_over_between_slices_only_to_a_thread_that_may_commit(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, other_thread: bool
+) -> None:
+    """Between two slices a snapshot lets another thread in (``sleep(0)``, a wait of the timer slack) when one
+    that may commit exists, and not when the only other thread is memimg's checkpoint thread."""
+    _small_slices(monkeypatch)
+    img = memimg.open(str(tmp_path / "s.db"), root=Holder, snapshot_every=None)
+    img.root.nodes.extend(_chain(1_000))
+    checkpointer = img.store._checkpointer
+    checkpointer.kick()
+    assert checkpointer._thread is not None and checkpointer._thread.is_alive()
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    if other_thread:
+        other.start()
+    me = threading.current_thread()
+    handed_over: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(
+        _snapshots.time, "sleep", lambda s: (threading.current_thread() is me and handed_over.append(s), real_sleep(s))
+    )
+    try:
+        img.snapshot()
+    finally:
+        monkeypatch.undo()
+        stop.set()
+        img.close()
+    assert bool(handed_over) is other_thread
+    assert set(handed_over) <= {0}
+
+
 def test_another_threads_commit_goes_on_while_a_snapshot_retries_its_last_commit(
     make_image: Images, monkeypatch: pytest.MonkeyPatch
 ) -> None:

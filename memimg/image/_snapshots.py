@@ -399,5 +399,12 @@ def _let_others_in() -> None:
     back to back win every race for many seconds -- a snapshot began
     22 s late, past its lease, while another process committed.
     """
-    if threading.active_count() > 1:  # no other thread: nothing to let in
-        time.sleep(0)
+    if threading.active_count() > 1 and _others_may_wait():
+        time.sleep(0)  # (a wait of Linux's timer slack, ~60 µs: not for nothing on every slice)
+
+
+def _others_may_wait() -> bool:
+    """Whether a thread besides this one may be waiting for an image's lock: not memimg's checkpoint threads
+    (marked ``never_waits_for_an_image``), which never take one."""
+    me = threading.current_thread()
+    return any(t is not me and not getattr(t, "never_waits_for_an_image", False) for t in threading.enumerate())

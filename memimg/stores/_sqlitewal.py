@@ -238,6 +238,7 @@ class Checkpointer:
         thread = self._thread
         if thread is None or not thread.is_alive():
             thread = threading.Thread(target=self._run, name=f"memimg checkpoints {self.path}", daemon=True)
+            thread.never_waits_for_an_image = True  # type: ignore[attr-defined]  # (a snapshot need not yield to it)
             self._thread = thread
             thread.start()
         self._wake.set()
