@@ -400,7 +400,11 @@ def _let_others_in() -> None:
     22 s late, past its lease, while another process committed.
     """
     if threading.active_count() > 1 and _others_may_wait():
-        time.sleep(0)  # (a wait of Linux's timer slack, ~60 µs: not for nothing on every slice)
+        _sleep(0)  # (a wait of Linux's timer slack, ~60 µs: not for nothing on every slice)
+
+
+#: time.sleep, as :func:`_let_others_in` calls it
+_sleep = time.sleep
 
 
 def _others_may_wait() -> bool:
