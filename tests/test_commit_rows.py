@@ -23,16 +23,10 @@ from memimg import persistent
 from memimg.core._kinds import KINDS
 from memimg.image import _encode, _engine
 from memimg.model._accel import speedups
+from tests.accel import compiled
 
 _OBJ_SET = KINDS["obj.set"]
 _TS = 1_700_000_000_123_456
-
-
-def compiled(test: Any) -> Any:
-    """A test of the accelerator's own functions: it needs the extension built and loaded (CI's main pass
-    requires it; its pure-Python pass deselects these with ``-m "not compiled"``)."""
-    reason = "the compiled accelerator is not loaded: `python hatch_build.py` builds it (with a C compiler)"
-    return pytest.mark.compiled(pytest.mark.skipif(speedups is None, reason=reason)(test))
 
 
 @persistent(name="tests.commit_rows.Cell")

@@ -39,12 +39,25 @@ from memimg.core._rows import PACK_COLUMNS, EventRow, verify_event
 #: The kinds of the event a snapshot is the state after (``gc`` before memimg 0.3).
 SNAPSHOT_KINDS: Final = frozenset({"snapshot", "gc"})
 
-__all__ = ["RUN", "apply_stored", "fold", "missing"]
+__all__ = ["RUN", "apply_stored", "fold", "missing", "use_compiled"]
 
 _OBJ_SET: Final = KINDS["obj.set"]
 _NO_SETTERS: Final[dict[str, Any]] = {}
 _crc32: Final = zlib.crc32
 _loads: Final = orjson.loads
+
+#: The compiled loop of :func:`_fold_rows` (``memimg.model._speedups.fold_sets``), given by :func:`use_compiled`;
+#: None: the Python loop runs.
+_fold_sets: Callable[..., tuple[int, Any]] | None = None
+
+
+def use_compiled(fold_sets: Callable[..., tuple[int, Any]] | None) -> None:
+    """Fold rows with *fold_sets* (the compiled accelerator's, given by :mod:`memimg.model._accel` when it is
+    loaded), or with the Python loop (None). Both apply the same rows alike: the compiled loop takes only the
+    rows of :func:`_fold_rows`'s fast path and hands any other back to :func:`_slow_row`."""
+    global _fold_sets
+    _fold_sets = fold_sets
+
 
 #: What :func:`fold` hands a transaction to instead of applying it: its rows, each with the event it
 #: holds (``None`` for one that has nothing to apply: an event on an object of a removed type).
@@ -133,6 +146,23 @@ def _fold_rows(
     crc, pack, loads, set_code = _crc32, PACK_COLUMNS, orjson.loads, _OBJ_SET.code
     dec = reader.decode
     last_snapshot = 0
+    compiled = _fold_sets
+    if compiled is not None:  # the same fast path, compiled: every other row is handed back, read the long way
+        left = iter(rows)
+        while True:
+            expected, row = compiled(
+                left, expected, objects, fast_fields, set_code, checked, progress is not None, dec, loads
+            )
+            if row is None:
+                return expected, last_snapshot
+            seq, _, _, _, _, _, _ = row
+            if seq != expected:
+                raise missing(expected, seq, *where)
+            expected += 1
+            if progress is not None and not seq % 10_000:
+                progress(seq)
+            if _slow_row(row, reader, checked):
+                last_snapshot = seq
     for row in rows:
         seq, tx, ts, kind, target, payload, checksum = row
         if seq != expected:

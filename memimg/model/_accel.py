@@ -28,11 +28,13 @@ import warnings
 from types import ModuleType
 from typing import Final
 
+from memimg.core import _fold
+
 __all__ = ["SPEEDUPS_VERSION", "speedups"]
 
 #: The version of ``_speedups`` this code calls (its ``VERSION``, bumped with every change of its functions): a build
 #: of another version -- an editable install's file left from before a pull -- is not used.
-SPEEDUPS_VERSION: Final = 4
+SPEEDUPS_VERSION: Final = 5
 
 
 def _load() -> ModuleType | None:
@@ -67,3 +69,4 @@ def _load() -> ModuleType | None:
 
 #: the compiled accelerator, or None: the pure-Python code runs
 speedups: ModuleType | None = _load()
+_fold.use_compiled(None if speedups is None else speedups.fold_sets)  # replay's loop (the core knows no model)

@@ -21,6 +21,9 @@
  * - encode_sets: the rows of a commit's runs of obj.set events of scalars (memimg.image._encode), the
  *   payload, checksum and row the Python loop makes, byte for byte; any other event is left to that loop.
  * - apply_sets: a committed run of obj.set events applied with the table's setters, as field_set does.
+ * - fold_sets: replay's loop (memimg.core._fold) over its commonest row, a field set on an entity whose schema is
+ *   current: seq, checksum, payload and setter as the Python loop checks and applies them; any other row (or
+ *   anything unexpected about one) is handed back to the Python loop, which reads it the long way.
  *
  * Every shortcut only reads; when one does not apply, the Python code runs from the start.
  * Attributes of writers, of the tracking state and of images (_mi_current) are read through a per-type
@@ -35,7 +38,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 4
+#define SPEEDUPS_VERSION 5
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -1540,6 +1543,239 @@ static PyObject *apply_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     return PyLong_FromSsize_t(at);
 }
 
+/* -- replay's loop over obj.set rows (memimg.core._fold) ------------------------------------------------------- */
+
+/* fold_sets(rows, expected, objects, fast_fields, code, checked, progress, decode, loads) -> (expected, row | None):
+ * takes rows from the iterator `rows` and applies each that is an obj.set of one field on an object of
+ * `objects` whose class has its setter in fast_fields -- after the checks _fold_rows's fast path makes: seq ==
+ * expected, the checksum (unless `checked`), the payload one [name, value] pair -- until the iterator ends
+ * (row None) or a row is not of that path: that row is returned untouched, with the seq it must have, for the
+ * Python loop to read the long way (which names what is wrong). With `progress`, a row whose seq is a multiple
+ * of 10,000 is returned too (the loop reports it). The payload is parsed here when it is orjson's text of a
+ * plain ASCII name and an int (at most 18 digits), a plain ASCII str, null, true or false; anything else by
+ * `loads` (orjson's), a list value then decoded by `decode`. An Exception raised on the way (by loads, decode,
+ * a setter) hands the row back; anything else (KeyboardInterrupt...) propagates. */
+
+/* The element at p[*i] if it is one of the plain forms above: a new reference (advancing *i), else NULL with no
+ * error set (or with one: a failed allocation). */
+static PyObject *plain_element(const char *p, Py_ssize_t n, Py_ssize_t *i) {
+    Py_ssize_t j = *i;
+    if (j >= n) return NULL;
+    char c = p[j];
+    if (c == '"') {
+        Py_ssize_t k = j + 1;
+        while (k < n && p[k] != '"') {
+            unsigned char d = (unsigned char)p[k];
+            if (d < 0x20 || d == '\\' || d >= 0x7F) return NULL;
+            k++;
+        }
+        if (k >= n) return NULL;
+        *i = k + 1;
+        return PyUnicode_FromStringAndSize(p + j + 1, k - j - 1);
+    }
+    if (c == 'n' && n - j >= 4 && memcmp(p + j, "null", 4) == 0) {
+        *i = j + 4;
+        Py_RETURN_NONE;
+    }
+    if (c == 't' && n - j >= 4 && memcmp(p + j, "true", 4) == 0) {
+        *i = j + 4;
+        Py_RETURN_TRUE;
+    }
+    if (c == 'f' && n - j >= 5 && memcmp(p + j, "false", 5) == 0) {
+        *i = j + 5;
+        Py_RETURN_FALSE;
+    }
+    int negative = c == '-';
+    Py_ssize_t k = j + negative, start = k;
+    long long v = 0;
+    while (k < n && p[k] >= '0' && p[k] <= '9' && k - start < 18) v = v * 10 + (p[k++] - '0');
+    if (k == start || (p[start] == '0' && k - start > 1)) return NULL; /* no digit; a leading zero */
+    if (k < n && ((p[k] >= '0' && p[k] <= '9') || p[k] == '.' || p[k] == 'e' || p[k] == 'E')) return NULL;
+    *i = k;
+    return PyLong_FromLongLong(negative ? -v : v);
+}
+
+/* Parse `[["name",value]]` (no whitespace, as orjson writes it) into *name (reusing *last when it is the same
+ * text: its hash is kept) and *value, new references: 1; 0 when the payload is not of that form; -1: error. */
+static int plain_pair(const char *p, Py_ssize_t n, PyObject **last, PyObject **name, PyObject **value) {
+    if (n < 8 || p[0] != '[' || p[1] != '[' || p[2] != '"') return 0;
+    Py_ssize_t k = 3;
+    while (k < n && p[k] != '"') {
+        unsigned char d = (unsigned char)p[k];
+        if (d < 0x20 || d == '\\' || d >= 0x7F) return 0;
+        k++;
+    }
+    if (k + 1 >= n || p[k + 1] != ',') return 0;
+    Py_ssize_t len = k - 3, i = k + 2;
+    PyObject *v = plain_element(p, n, &i);
+    if (v == NULL) return PyErr_Occurred() ? -1 : 0;
+    if (i + 2 != n || p[i] != ']' || p[i + 1] != ']') {
+        Py_DECREF(v);
+        return 0;
+    }
+    if (*last == NULL || PyUnicode_GET_LENGTH(*last) != len || memcmp(PyUnicode_1BYTE_DATA(*last), p + 3, len) != 0) {
+        PyObject *s = PyUnicode_FromStringAndSize(p + 3, len);
+        if (s == NULL) {
+            Py_DECREF(v);
+            return -1;
+        }
+        Py_XSETREF(*last, s);
+    }
+    Py_INCREF(*last);
+    *name = *last;
+    *value = v;
+    return 1;
+}
+
+/* A long long of an exact int: 1, or 0 (not one, or out of range; no error set). */
+static inline int small_int(PyObject *o, long long *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return !overflow;
+}
+
+typedef struct {
+    PyObject *objects, *fast, *decode, *loads;
+    uint32_t code;
+    int checked, progress;
+    PyObject *last_name; /* owned */
+} Fold;
+
+/* Apply `row` (seq `expected`): 1 applied; 0 the Python loop's (no error set); -1 an error to raise. */
+static int fold_one(Fold *f, PyObject *row, long long expected) {
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 7) return 0;
+    PyObject *kind = PyTuple_GET_ITEM(row, 3), *payload = PyTuple_GET_ITEM(row, 5);
+    long long seq, tx, ts, target, checksum;
+    if (!small_int(PyTuple_GET_ITEM(row, 0), &seq) || seq != expected) return 0;
+    if (f->progress && seq % 10000 == 0) return 0;
+    if (!PyUnicode_CheckExact(kind) || PyUnicode_GET_LENGTH(kind) != 7 || !PyUnicode_IS_COMPACT_ASCII(kind) ||
+        memcmp(PyUnicode_1BYTE_DATA(kind), "obj.set", 7) != 0 || !PyBytes_CheckExact(payload))
+        return 0;
+    if (!small_int(PyTuple_GET_ITEM(row, 4), &target) || target <= 0 || target >= PyList_GET_SIZE(f->objects))
+        return 0;
+    const char *data = PyBytes_AS_STRING(payload);
+    Py_ssize_t size = PyBytes_GET_SIZE(payload);
+    if (!f->checked) {
+        if (!small_int(PyTuple_GET_ITEM(row, 1), &tx) || !small_int(PyTuple_GET_ITEM(row, 2), &ts) ||
+            !small_int(PyTuple_GET_ITEM(row, 6), &checksum))
+            return 0;
+        unsigned char cols[32];
+        put_le64(cols, seq);
+        put_le64(cols + 8, tx);
+        put_le64(cols + 16, ts);
+        put_le64(cols + 24, target);
+        if ((long long)crc_update(crc_update(f->code, cols, 32), (const unsigned char *)data, size) != checksum) return 0;
+    }
+    PyObject *name = NULL, *value = NULL, *parsed = NULL;
+    int got = plain_pair(data, size, &f->last_name, &name, &value);
+    if (got < 0) goto failed;
+    if (got == 0) { /* orjson's own reading of it, checked as the Python loop does */
+        PyObject *call[1] = {payload};
+        parsed = PyObject_Vectorcall(f->loads, call, 1, NULL);
+        if (parsed == NULL) goto failed;
+        if (!PyList_CheckExact(parsed) || PyList_GET_SIZE(parsed) != 1) goto left;
+        PyObject *pair = PyList_GET_ITEM(parsed, 0);
+        if (!PyList_CheckExact(pair) || PyList_GET_SIZE(pair) != 2) goto left;
+        name = PyList_GET_ITEM(pair, 0);
+        value = PyList_GET_ITEM(pair, 1);
+        Py_INCREF(name);
+        Py_INCREF(value);
+    }
+    PyObject *obj = PyList_GET_ITEM(f->objects, target);
+    Py_INCREF(obj);
+    PyObject *of_type = PyDict_GetItemWithError(f->fast, (PyObject *)Py_TYPE(obj));
+    PyObject *setter = NULL;
+    if (of_type != NULL && PyDict_CheckExact(of_type)) setter = PyDict_GetItemWithError(of_type, name);
+    if (setter == NULL) {
+        Py_DECREF(obj);
+        if (PyErr_Occurred()) goto failed;
+        goto left;
+    }
+    Py_INCREF(setter);
+    if (PyList_CheckExact(value)) {
+        PyObject *call[1] = {value};
+        PyObject *decoded = PyObject_Vectorcall(f->decode, call, 1, NULL);
+        if (decoded == NULL) {
+            Py_DECREF(setter);
+            Py_DECREF(obj);
+            goto failed;
+        }
+        Py_SETREF(value, decoded);
+    }
+    PyObject *call[2] = {obj, value};
+    PyObject *r = PyObject_Vectorcall(setter, call, 2, NULL);
+    Py_DECREF(setter);
+    Py_DECREF(obj);
+    if (r == NULL) goto failed;
+    Py_DECREF(r);
+    Py_DECREF(name);
+    Py_DECREF(value);
+    Py_XDECREF(parsed);
+    return 1;
+failed:
+    Py_XDECREF(name);
+    Py_XDECREF(value);
+    Py_XDECREF(parsed);
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    PyErr_Clear(); /* the Python loop reads the row again, the long way, and names what is wrong */
+    return 0;
+left:
+    Py_XDECREF(name);
+    Py_XDECREF(value);
+    Py_XDECREF(parsed);
+    return 0;
+}
+
+static PyObject *fold_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "fold_sets() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *rows = args[0];
+    Fold f = {args[2], args[3], args[7], args[8], 0, 0, 0, NULL};
+    if (!PyIter_Check(rows) || !PyList_CheckExact(f.objects) || !PyDict_CheckExact(f.fast)) {
+        PyErr_SetString(PyExc_TypeError, "fold_sets(): bad argument types");
+        return NULL;
+    }
+    long long expected = PyLong_AsLongLong(args[1]);
+    if (expected == -1 && PyErr_Occurred()) return NULL;
+    f.code = (uint32_t)PyLong_AsUnsignedLongMask(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if ((f.checked = PyObject_IsTrue(args[5])) < 0 || (f.progress = PyObject_IsTrue(args[6])) < 0) return NULL;
+    PyObject *row;
+    while ((row = PyIter_Next(rows)) != NULL) {
+        int done = fold_one(&f, row, expected);
+        if (done < 0) {
+            Py_DECREF(row);
+            Py_XDECREF(f.last_name);
+            return NULL;
+        }
+        if (done == 0) {
+            Py_XDECREF(f.last_name);
+            PyObject *at = PyLong_FromLongLong(expected);
+            if (at == NULL) {
+                Py_DECREF(row);
+                return NULL;
+            }
+            PyObject *out = PyTuple_New(2);
+            if (out == NULL) {
+                Py_DECREF(at);
+                Py_DECREF(row);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(out, 0, at);
+            PyTuple_SET_ITEM(out, 1, row);
+            return out;
+        }
+        Py_DECREF(row);
+        expected++;
+    }
+    Py_XDECREF(f.last_name);
+    if (PyErr_Occurred()) return NULL; /* the iterator's (a failed read): the store names what */
+    return Py_BuildValue("(LO)", expected, Py_None);
+}
+
 /* -- module ----------------------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
@@ -1592,6 +1828,8 @@ static PyMethodDef methods[] = {
      "encode_sets(pending, at, rows, tx, ts, kind, current, checksums, dumps): obj.set rows; the index reached."},
     {"apply_sets", (PyCFunction)(void (*)(void))apply_sets, METH_FASTCALL,
      "apply_sets(events, at, setters, kind): apply a run of obj.set events; the index reached."},
+    {"fold_sets", (PyCFunction)(void (*)(void))fold_sets, METH_FASTCALL,
+     "fold_sets(rows, expected, objects, fast_fields, code, checked, progress, decode, loads): replay's obj.set rows."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},

@@ -1,6 +1,6 @@
 """Type stub of the optional compiled accelerator (memimg/model/_speedups.c); see memimg.model._accel."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 class TrackedField:
@@ -74,6 +74,21 @@ def encode_sets(
 def apply_sets(events: list[Any], at: int, setters: dict[type, dict[str, Any]], kind: Any, /) -> int:
     """Apply ``events[at:]``'s leading run of ``obj.set`` events with *setters* (``ObjectTable.setters``); the
     index reached (see ``memimg.image._engine``)."""
+
+def fold_sets(
+    rows: Iterator[Any],
+    expected: int,
+    objects: list[Any],
+    fast_fields: dict[type, dict[str, Any]],
+    code: int,
+    checked: bool,
+    progress: bool,
+    decode: Callable[[Any], Any],
+    loads: Callable[[bytes], Any],
+    /,
+) -> tuple[int, Any]:
+    """Apply the rows of ``memimg.core._fold``'s fast path from *rows*; the next expected seq and the row it
+    handed back (None: *rows* ended)."""
 
 class DictRead:
     """A tracked dict's ``__getitem__`` while tracking is on: the common read in a transaction compiled."""

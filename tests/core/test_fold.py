@@ -7,17 +7,24 @@ transaction over whole instead.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import memimg
+from memimg.core import _fold
 from memimg.core._codec import Codec
 from memimg.core._fold import fold
+from memimg.core._kinds import KINDS
 from memimg.core._reader import Reader
 from memimg.core._rows import EventRow, event_checksum
 from memimg.core._table import ObjectTable
 from memimg.model import SHELL
+from memimg.model._accel import speedups
+from tests.accel import compiled
 from tests.models import Box, Node
 
 
@@ -186,3 +193,220 @@ def test_a_field_set_of_the_wrong_shape_is_named_by_seq(payload: bytes) -> None:
     rows = _edited(rows, seq, payload=payload)
     with pytest.raises(memimg.CorruptLogError, match=rf"event seq {seq} .*(not a list of|names object).*backup"):
         fold(rows, _reader(), expected=1)
+
+
+# -- the compiled loop (memimg.model._speedups.fold_sets) ------------------------------------------------------
+
+
+def _both(rows: list[EventRow], **options: Any) -> list[tuple[str, Any]]:
+    """What folding *rows* gives on the pure-Python loop and on the compiled one: for each, the fold's
+    result and the table's fields, or the error raised (its type, message and seq)."""
+    outcomes = []
+    for fold_sets in (None, speedups.fold_sets):  # type: ignore[union-attr]
+        _fold.use_compiled(fold_sets)
+        try:
+            reader = _reader()
+            try:
+                end = fold(list(rows), reader, expected=1, **options)
+            except Exception as err:
+                outcomes.append(("raised", (type(err), str(err), getattr(err, "seq", None))))
+                continue
+            objs = [o for o in reader.table.objects if isinstance(o, Node)]
+            state = [(_plain(o.value), _plain(o.next)) for o in objs]
+            outcomes.append(("folded", (end, state)))
+        finally:
+            _fold.use_compiled(speedups.fold_sets)  # type: ignore[union-attr]
+    return outcomes
+
+
+def _plain(value: Any) -> tuple[type, Any]:
+    """*value*, comparable between two graphs: an entity by its id."""
+    return type(value), getattr(value, "_mi_oid", value)
+
+
+def _with_payloads(payloads: list[bytes]) -> list[EventRow]:
+    """The rows of :func:`_rows` followed by one field set of the node per payload, each a transaction of its own
+    with a checksum that holds."""
+    rows = _rows()
+    node = next(r.target for r in rows if r.payload == b'[["value",2]]')
+    for payload in payloads:
+        seq = rows[-1].seq + 1
+        ts = rows[-1].ts
+        rows.append(
+            EventRow(seq, seq, ts, "obj.set", node, payload, event_checksum(seq, seq, ts, "obj.set", node, payload))
+        )
+    return rows
+
+
+_ODD_PAYLOADS = [
+    b'[["value",-0]]',
+    b'[["value",0]]',
+    b'[["value",01]]',
+    b'[["value",-]]',
+    b'[["value",1.5]]',
+    b'[["value",1e3]]',
+    b'[["value",1E3]]',
+    b'[["value",123456789012345678]]',
+    b'[["value",1234567890123456789]]',
+    b'[["value",-999999999999999999999999]]',
+    b'[["value","plain"]]',
+    b'[["value",""]]',
+    b'[["value","a\\"b"]]',
+    b'[["value","\\u00e9t\\u00e9"]]',
+    b'[["value","\xc3\xa9t\xc3\xa9"]]',
+    b'[["value","tab\there"]]',
+    b'[["value","unterminated]]',
+    b'[["value",null]]',
+    b'[["value",nul]]',
+    b'[["value",true]]',
+    b'[["value",false]]',
+    b'[["value",falsey]]',
+    b'[["valu\\u0065",7]]',
+    b'[["next",["r",2]]]',
+    b'[["next",["r",99]]]',
+    b'[["value",[1,2]]]',
+    b'[ ["value", 3] ]',
+    b'[["value",3]] ',
+    b'[["value",3]]x',
+    b'[["value",3]]]',
+    b'[["value",3],]',
+    b'[["value",3]',
+    b'[["value",3],["next",null]]',
+    b'[["nope",3]]',
+    b'[["",3]]',
+    b'[["value"]]',
+    b'[[3,"value"]]',
+    b'{"value":3}',
+    b'"x"',
+    b"",
+    b"\xff\xfe",
+]
+
+
+@compiled
+@pytest.mark.parametrize("payload", _ODD_PAYLOADS)
+def test_the_compiled_loop_reads_every_payload_as_the_python_loop_does(payload: bytes) -> None:
+    """A field set's payload -- orjson's plain text, or anything else a log might hold (spaces, escapes, floats,
+    long ints, leading zeros, references, damaged JSON) -- folds on the compiled loop to what it folds to on the
+    Python loop: the same values of the same types, or the same error naming the same seq."""
+    pure, fast = _both(_with_payloads([b'[["value",5]]', payload, b'[["value",6]]', payload]))
+    assert fast == pure
+
+
+@compiled
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(min_value=-(2**70), max_value=2**70),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.text(max_size=12),
+            st.tuples(st.sampled_from(["r", "i", "x"]), st.integers(min_value=-2, max_value=6)).map(list),
+        ),
+        max_size=12,
+    ),
+    names=st.lists(st.sampled_from(["value", "next", "nope", "valu", "values"]), min_size=12, max_size=12),
+)
+def test_the_compiled_loop_folds_any_field_sets_as_the_python_loop(values: list[Any], names: list[str]) -> None:
+    """Field sets of any scalars (ints past 64 bits too) and of encoded values (references to objects that exist
+    or not), under field names that change from row to row (names the class has or not), fold alike on both
+    loops."""
+    payloads = [
+        json.dumps([[name, v]], separators=(",", ":"), ensure_ascii=False).encode() for name, v in zip(names, values)
+    ]
+    pure, fast = _both(_with_payloads(payloads))
+    assert fast == pure
+
+
+@compiled
+@pytest.mark.parametrize(
+    "damage",
+    ["checksum", "gap", "seq type", "kind", "target", "tx", "short row", "payload type"],
+)
+def test_the_compiled_loop_hands_every_other_row_back_and_the_python_loop_names_it(damage: str) -> None:
+    """A row the compiled loop cannot take as it is -- damaged, out of order, of another shape -- is handed back
+    untouched and the Python loop reads it: the same error, or the same graph, as on the Python loop alone."""
+    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
+    row = rows[-2]
+    if damage == "checksum":
+        rows[-2] = row._replace(checksum=row.checksum ^ 4)
+    elif damage == "gap":
+        del rows[-2]
+    elif damage == "seq type":
+        rows[-2] = (float(row.seq), *row[1:])  # type: ignore[assignment]
+    elif damage == "kind":
+        rows[-2] = row._replace(kind="obj.sets")
+    elif damage == "target":
+        rows[-2] = row._replace(target=1 << 70)
+    elif damage == "tx":
+        rows[-2] = row._replace(tx=row.tx + 1)
+    elif damage == "short row":
+        rows[-2] = tuple(row[:6])  # type: ignore[assignment]
+    elif damage == "payload type":
+        rows[-2] = row._replace(payload=bytearray(row.payload))
+    pure, fast = _both(rows)
+    assert fast == pure
+    assert _both(rows, checked=True)[1] == _both(rows, checked=True)[0]
+
+
+@compiled
+def test_the_compiled_loop_reports_progress_as_the_python_loop() -> None:
+    """With a progress callback, every seq that is a multiple of 10,000 is reported, once, on both loops."""
+    rows = _with_payloads([b'[["value",%d]]' % i for i in range(20_005)])
+    seen: dict[Any, list[int]] = {}
+    for fold_sets in (None, speedups.fold_sets):  # type: ignore[union-attr]
+        _fold.use_compiled(fold_sets)
+        try:
+            reader = _reader()
+            fold(rows, reader, expected=1, progress=seen.setdefault(fold_sets, []).append)
+        finally:
+            _fold.use_compiled(speedups.fold_sets)  # type: ignore[union-attr]
+        assert next(o for o in reader.table.objects if isinstance(o, Node)).value == 20_004
+    assert seen[None] == seen[speedups.fold_sets] == [10_000, 20_000]  # type: ignore[union-attr]
+
+
+class _Interrupting(dict):  # type: ignore[type-arg]
+    """A class's setters whose every setter raises *error*."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def get_setter(self) -> Any:
+        def setter(obj: Any, value: Any) -> None:
+            raise self.error
+
+        return setter
+
+
+@compiled
+def test_the_compiled_loop_lets_an_interrupt_through_and_hands_a_failed_set_back() -> None:
+    """A setter that raises an Exception hands its row back (to be read the long way); a KeyboardInterrupt (any
+    BaseException that is not an Exception) goes straight through; an iterator's error goes through too."""
+    assert speedups is not None
+    rows = _with_payloads([b'[["value",5]]'])
+    reader = _reader()
+    assert fold(rows[:-1], reader, expected=1)[0] == rows[-1].seq
+    node = next(o for o in reader.table.objects if isinstance(o, Node))
+    loads, code = _fold.orjson.loads, KINDS["obj.set"].code
+    for error, raised in ((ValueError("no"), None), (KeyboardInterrupt(), KeyboardInterrupt)):
+        setter = _Interrupting(error).get_setter()
+        fast = {Node: {"value": setter}}
+        args = (rows[-1].seq, reader.table.objects, fast, code, False, False, reader.decode, loads)
+        if raised is None:
+            assert speedups.fold_sets(iter(rows[-1:]), *args) == (rows[-1].seq, rows[-1])
+        else:
+            with pytest.raises(raised):
+                speedups.fold_sets(iter(rows[-1:]), *args)
+    assert node.value == 2
+
+    def broken() -> Any:
+        yield rows[-1]
+        raise OSError("the disk went away")
+
+    args = (rows[-1].seq, reader.table.objects, reader.fast_fields, code, False, False, reader.decode, loads)
+    with pytest.raises(OSError, match="the disk went away"):
+        speedups.fold_sets(broken(), *args)
+    assert node.value == 5  # the row before the failed read applied
