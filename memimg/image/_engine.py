@@ -261,7 +261,7 @@ class Engine:
             if commit and state.events:
                 if self.snapshot_turn is not None:
                     self.give_turn()
-                with self.lock:
+                with self.lock, paused_gc():
                     self.refuse_if_busy()
                     self.check_writable()
                     if self.reader.fills:

@@ -663,6 +663,10 @@ class TxState:
         n = len(events) // 3
         if n < 2 or sum(map(len, fields.values())) >= n:
             return self.pending()
+        if _outcome is not None:  # the same loop, compiled
+            compiled = _outcome(events, _OBJ_SET, _OBJ_DEL, _OBJ_ADD, NATIVE, counter_fields)
+            if compiled is not None:
+                return compiled
         native = NATIVE
         later: set[tuple[int, str]] = set()  # fields assigned again later, nothing else of them in between
         out: list[Pending] = []
@@ -712,6 +716,8 @@ class TxState:
 
 #: TxState.sync's loop compiled, or None
 _sync: Callable[[TxState], bool] | None = None
+#: TxState.outcome's loop compiled (None: the Python loop runs)
+_outcome: Callable[..., list[Pending] | None] | None = None if speedups is None else speedups.outcome
 if speedups is not None:  # reads inside a transaction, fields' and a dict's d[k]: their common case compiled
     speedups.configure_reads(TxState, RAW, DELETED)
     _sync = speedups.sync

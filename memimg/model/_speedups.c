@@ -21,6 +21,7 @@
  * - encode_sets: the rows of a commit's runs of obj.set events of scalars (memimg.image._encode), the
  *   payload, checksum and row the Python loop makes, byte for byte; any other event is left to that loop.
  * - apply_sets: a committed run of obj.set events applied with the table's setters, as field_set does.
+ * - outcome: the events a transaction's commit writes (TxState.outcome's loop: a field's replaced sets left out).
  * - fold_sets: replay's loop (memimg.core._fold) over its commonest row, a field set on an entity whose schema is
  *   current: seq, checksum, payload and setter as the Python loop checks and applies them; any other row (or
  *   anything unexpected about one) is handed back to the Python loop, which reads it the long way.
@@ -38,7 +39,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 5
+#define SPEEDUPS_VERSION 6
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -1776,6 +1777,94 @@ static PyObject *fold_sets(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     return Py_BuildValue("(LO)", expected, Py_None);
 }
 
+/* -- a transaction's outcome (memimg.image._tx.TxState.outcome) ------------------------------------------------ */
+
+/* outcome(events, set_kind, del_kind, add_kind, native, counter_fields): TxState.outcome's loop -- the triples
+ * of the flat `events`, less each set_kind event of a value whose type is in `native` on a field that is not a
+ * counter (counter_fields(type(target))) which a later set_kind event of the same field replaces with no
+ * del_kind or add_kind event of that field in between; a new list of (kind, target, args) tuples, in order.
+ * None: an event of a shape the Python loop must see (args not a tuple of at least one item, two for a set). */
+static PyObject *outcome(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "outcome() takes 6 arguments");
+        return NULL;
+    }
+    PyObject *events = args[0], *set_kind = args[1], *del_kind = args[2], *add_kind = args[3], *native = args[4];
+    PyObject *counters_of = args[5];
+    if (!PyList_CheckExact(events) || !PyAnySet_Check(native)) {
+        PyErr_SetString(PyExc_TypeError, "outcome(): bad argument types");
+        return NULL;
+    }
+    Py_INCREF(events); /* counter_fields runs Python code: what is read from the list stays alive */
+    PyObject *later = PySet_New(NULL), *counters = PyDict_New(), *out = PyList_New(0);
+    if (later == NULL || counters == NULL || out == NULL) goto error;
+    for (Py_ssize_t i = PyList_GET_SIZE(events) - 3; i >= 0; i -= 3) {
+        if (i + 2 >= PyList_GET_SIZE(events)) goto fallback; /* the list changed under the loop */
+        PyObject *k = PyList_GET_ITEM(events, i), *target = PyList_GET_ITEM(events, i + 1);
+        PyObject *a = PyList_GET_ITEM(events, i + 2);
+        int is_set = k == set_kind;
+        if (is_set || k == del_kind || k == add_kind) {
+            if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) < 1 + is_set) goto fallback;
+            PyObject *id = PyLong_FromVoidPtr(target);
+            if (id == NULL) goto error;
+            PyObject *key = PyTuple_Pack(2, id, PyTuple_GET_ITEM(a, 0));
+            Py_DECREF(id);
+            if (key == NULL) goto error;
+            if (!is_set) {
+                int gone = PySet_Discard(later, key);
+                Py_DECREF(key);
+                if (gone < 0) goto error;
+            } else {
+                int seen = PySet_Contains(later, key);
+                if (seen == 0) seen = PySet_Add(later, key) < 0 ? -1 : 0;
+                Py_DECREF(key);
+                if (seen < 0) goto error;
+                if (seen) {
+                    int plain = PySet_Contains(native, (PyObject *)Py_TYPE(PyTuple_GET_ITEM(a, 1)));
+                    if (plain < 0) goto error;
+                    if (plain) { /* replaced later, unless the field is a counter */
+                        Py_INCREF(k), Py_INCREF(target), Py_INCREF(a);
+                        PyObject *spec = PyDict_GetItemWithError(counters, (PyObject *)Py_TYPE(target));
+                        if (spec == NULL && !PyErr_Occurred()) {
+                            PyObject *call[1] = {(PyObject *)Py_TYPE(target)};
+                            spec = PyObject_Vectorcall(counters_of, call, 1, NULL);
+                            if (spec != NULL && PyDict_SetItem(counters, (PyObject *)Py_TYPE(target), spec) < 0)
+                                Py_CLEAR(spec);
+                            Py_XDECREF(spec); /* borrowed from `counters` from here on */
+                        }
+                        int counted = spec == NULL ? -1 : PySequence_Contains(spec, PyTuple_GET_ITEM(a, 0));
+                        Py_DECREF(k), Py_DECREF(target), Py_DECREF(a);
+                        if (counted < 0) goto error;
+                        if (!counted) continue; /* never visible: not written */
+                    }
+                }
+            }
+        }
+        PyObject *triple = PyTuple_Pack(3, k, target, a);
+        if (triple == NULL) goto error;
+        int failed = PyList_Append(out, triple);
+        Py_DECREF(triple);
+        if (failed) goto error;
+    }
+    if (PyList_Reverse(out) < 0) goto error;
+    Py_DECREF(later);
+    Py_DECREF(counters);
+    Py_DECREF(events);
+    return out;
+fallback:
+    Py_DECREF(later);
+    Py_DECREF(counters);
+    Py_DECREF(out);
+    Py_DECREF(events);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(later);
+    Py_XDECREF(counters);
+    Py_XDECREF(out);
+    Py_DECREF(events);
+    return NULL;
+}
+
 /* -- module ----------------------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
@@ -1830,6 +1919,8 @@ static PyMethodDef methods[] = {
      "apply_sets(events, at, setters, kind): apply a run of obj.set events; the index reached."},
     {"fold_sets", (PyCFunction)(void (*)(void))fold_sets, METH_FASTCALL,
      "fold_sets(rows, expected, objects, fast_fields, code, checked, progress, decode, loads): replay's obj.set rows."},
+    {"outcome", (PyCFunction)(void (*)(void))outcome, METH_FASTCALL,
+     "outcome(events, set_kind, del_kind, add_kind, native, counter_fields): TxState.outcome's events, or None."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},

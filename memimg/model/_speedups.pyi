@@ -90,6 +90,18 @@ def fold_sets(
     """Apply the rows of ``memimg.core._fold``'s fast path from *rows*; the next expected seq and the row it
     handed back (None: *rows* ended)."""
 
+def outcome(
+    events: list[Any],
+    set_kind: Any,
+    del_kind: Any,
+    add_kind: Any,
+    native: Any,
+    counter_fields: Callable[[type], Any],
+    /,
+) -> list[Any] | None:
+    """``TxState.outcome``'s loop over the flat *events*: their triples less the replaced sets; None: an event the
+    Python loop must see."""
+
 class DictRead:
     """A tracked dict's ``__getitem__`` while tracking is on: the common read in a transaction compiled."""
 
