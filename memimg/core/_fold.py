@@ -48,10 +48,10 @@ _loads: Final = orjson.loads
 
 #: The compiled loop of :func:`_fold_rows` (``memimg.model._speedups.fold_sets``), given by :func:`use_compiled`;
 #: None: the Python loop runs.
-_fold_sets: Callable[..., tuple[int, Any]] | None = None
+_fold_sets: Callable[..., tuple[int, Any] | int] | None = None
 
 
-def use_compiled(fold_sets: Callable[..., tuple[int, Any]] | None) -> None:
+def use_compiled(fold_sets: Callable[..., tuple[int, Any] | int] | None) -> None:
     """Fold rows with *fold_sets* (the compiled accelerator's, given by :mod:`memimg.model._accel` when it is
     loaded), or with the Python loop (None). Both apply the same rows alike: the compiled loop takes only the
     rows of :func:`_fold_rows`'s fast path and hands any other back to :func:`_slow_row`."""
@@ -150,11 +150,10 @@ def _fold_rows(
     if compiled is not None:  # the same fast path, compiled: every other row is handed back, read the long way
         left = iter(rows)
         while True:
-            expected, row = compiled(
-                left, expected, objects, fast_fields, set_code, checked, progress is not None, dec, loads
-            )
-            if row is None:
-                return expected, last_snapshot
+            got = compiled(left, expected, objects, fast_fields, set_code, checked, progress is not None, dec, loads)
+            if type(got) is int:  # the rows ended
+                return got, last_snapshot
+            expected, row = got
             seq, _, _, _, _, _, _ = row
             if seq != expected:
                 raise missing(expected, seq, *where)

@@ -261,24 +261,28 @@ class Engine:
             if commit and state.events:
                 if self.snapshot_turn is not None:
                     self.give_turn()
-                with self.lock, paused_gc():
-                    self.refuse_if_busy()
-                    self.check_writable()
-                    if self.reader.fills:
-                        _recovery.attach_fills(self)
-                    meta = state.commit_meta()  # refused (too large) before anything is written
-                    events = state.outcome()  # repeated assignments of a field: only the last
-                    if meta is not None:
-                        events.insert(0, meta_event(meta))
-                    if self.contended:  # other writers are active: caught up with first (encoded once)
-                        _direct.catch_up_first(self)
-                    self.validate(state, events)
-                    try:
-                        self.commit(events, state)
-                    except BaseException:
-                        state.discard()
-                        raise
-                state.clear()
+                # the collector paused until the transaction's journal and the commit's rows are freed: resumed
+                # with them alive, it traversed them all at once (the allocations that freed them count down)
+                with paused_gc():
+                    with self.lock:
+                        self.refuse_if_busy()
+                        self.check_writable()
+                        if self.reader.fills:
+                            _recovery.attach_fills(self)
+                        meta = state.commit_meta()  # refused (too large) before anything is written
+                        events = state.outcome()  # repeated assignments of a field: only the last
+                        if meta is not None:
+                            events.insert(0, meta_event(meta))
+                        if self.contended:  # other writers are active: caught up with first (encoded once)
+                            _direct.catch_up_first(self)
+                        self.validate(state, events)
+                        try:
+                            self.commit(events, state)
+                        except BaseException:
+                            state.discard()
+                            raise
+                    state.clear()
+                    del events
             else:
                 state.discard()
         finally:

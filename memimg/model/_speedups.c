@@ -39,7 +39,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 6
+#define SPEEDUPS_VERSION 7
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -1546,11 +1546,11 @@ static PyObject *apply_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nar
 
 /* -- replay's loop over obj.set rows (memimg.core._fold) ------------------------------------------------------- */
 
-/* fold_sets(rows, expected, objects, fast_fields, code, checked, progress, decode, loads) -> (expected, row | None):
+/* fold_sets(rows, expected, objects, fast_fields, code, checked, progress, decode, loads) -> (expected, row) | expected:
  * takes rows from the iterator `rows` and applies each that is an obj.set of one field on an object of
  * `objects` whose class has its setter in fast_fields -- after the checks _fold_rows's fast path makes: seq ==
  * expected, the checksum (unless `checked`), the payload one [name, value] pair -- until the iterator ends
- * (row None) or a row is not of that path: that row is returned untouched, with the seq it must have, for the
+ * (the next seq returned alone) or a row is not of that path: that row is returned untouched, with the seq it must have, for the
  * Python loop to read the long way (which names what is wrong). With `progress`, a row whose seq is a multiple
  * of 10,000 is returned too (the loop reports it). The payload is parsed here when it is orjson's text of a
  * plain ASCII name and an int (at most 18 digits), a plain ASCII str, null, true or false; anything else by
@@ -1745,7 +1745,13 @@ static PyObject *fold_sets(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     if (PyErr_Occurred()) return NULL;
     if ((f.checked = PyObject_IsTrue(args[5])) < 0 || (f.progress = PyObject_IsTrue(args[6])) < 0) return NULL;
     PyObject *row;
+    unsigned int count = 0;
     while ((row = PyIter_Next(rows)) != NULL) {
+        if (++count % 4096 == 0 && PyErr_CheckSignals() < 0) { /* a long list of rows: Ctrl-C is seen */
+            Py_DECREF(row);
+            Py_XDECREF(f.last_name);
+            return NULL;
+        }
         int done = fold_one(&f, row, expected);
         if (done < 0) {
             Py_DECREF(row);
@@ -1774,7 +1780,7 @@ static PyObject *fold_sets(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     }
     Py_XDECREF(f.last_name);
     if (PyErr_Occurred()) return NULL; /* the iterator's (a failed read): the store names what */
-    return Py_BuildValue("(LO)", expected, Py_None);
+    return PyLong_FromLongLong(expected); /* the rows ended: the next seq alone (a row handed back is a pair) */
 }
 
 /* -- a transaction's outcome (memimg.image._tx.TxState.outcome) ------------------------------------------------ */

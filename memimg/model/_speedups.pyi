@@ -86,9 +86,9 @@ def fold_sets(
     decode: Callable[[Any], Any],
     loads: Callable[[bytes], Any],
     /,
-) -> tuple[int, Any]:
+) -> tuple[int, Any] | int:
     """Apply the rows of ``memimg.core._fold``'s fast path from *rows*; the next expected seq and the row it
-    handed back (None: *rows* ended)."""
+    handed back, or the next expected seq alone once *rows* ended."""
 
 def outcome(
     events: list[Any],

@@ -320,32 +320,53 @@ def test_the_compiled_loop_folds_any_field_sets_as_the_python_loop(values: list[
     assert fast == pure
 
 
+def _resummed(row: EventRow, **changes: Any) -> EventRow:
+    """*row* changed, with a checksum that holds for the change (a crafted row)."""
+    row = row._replace(**changes)
+    return row._replace(checksum=event_checksum(*row[:6]))
+
+
+#: How a row may be unlike the compiled loop's: each a function of the row (None: the row left out).
+_OTHER_ROWS: dict[str, Any] = {
+    "checksum": lambda r: r._replace(checksum=r.checksum ^ 4),
+    "checksum + 2**32": lambda r: r._replace(checksum=r.checksum + 2**32),
+    "checksum - 2**32": lambda r: r._replace(checksum=r.checksum - 2**32),
+    "checksum negative": lambda r: r._replace(checksum=-r.checksum),
+    "checksum a float": lambda r: r._replace(checksum=float(r.checksum)),
+    "gap": lambda r: None,
+    "seq a float": lambda r: (float(r.seq), *r[1:]),
+    "kind": lambda r: r._replace(kind="obj.sets"),
+    "kind another": lambda r: _resummed(r, kind="obj.del", payload=b'["value"]'),
+    "target past 64 bits": lambda r: r._replace(target=1 << 70),
+    "target 0": lambda r: _resummed(r, target=0),
+    "target -1": lambda r: _resummed(r, target=-1),
+    "target one past the last": lambda r: _resummed(r, target=6),  # the rows make objects 1..5
+    "target past the last": lambda r: _resummed(r, target=7),
+    "target far past the last": lambda r: _resummed(r, target=1 << 40),
+    "tx": lambda r: r._replace(tx=r.tx + 1),
+    "tx past 64 bits": lambda r: r._replace(tx=1 << 64),
+    "ts past 64 bits": lambda r: r._replace(ts=1 << 64),
+    "short row": lambda r: tuple(r[:6]),
+    "a list": lambda r: list(r),
+    "a plain tuple": lambda r: tuple(r),
+    "None": lambda r: "none",
+    "payload a bytearray": lambda r: r._replace(payload=bytearray(r.payload)),
+    "payload a str": lambda r: r._replace(payload=r.payload.decode()),
+}
+
+
 @compiled
-@pytest.mark.parametrize(
-    "damage",
-    ["checksum", "gap", "seq type", "kind", "target", "tx", "short row", "payload type"],
-)
+@pytest.mark.parametrize("damage", list(_OTHER_ROWS))
 def test_the_compiled_loop_hands_every_other_row_back_and_the_python_loop_names_it(damage: str) -> None:
-    """A row the compiled loop cannot take as it is -- damaged, out of order, of another shape -- is handed back
-    untouched and the Python loop reads it: the same error, or the same graph, as on the Python loop alone."""
-    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
-    row = rows[-2]
-    if damage == "checksum":
-        rows[-2] = row._replace(checksum=row.checksum ^ 4)
-    elif damage == "gap":
+    """A row the compiled loop cannot take as it is -- damaged, out of order, of another shape or kind,
+    targeting no object -- is handed back untouched and the Python loop reads it: the same error, or the same
+    graph, as on the Python loop alone; rows marked checked alike."""
+    rows: list[Any] = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
+    changed = _OTHER_ROWS[damage](rows[-2])
+    if changed is None:
         del rows[-2]
-    elif damage == "seq type":
-        rows[-2] = (float(row.seq), *row[1:])  # type: ignore[assignment]
-    elif damage == "kind":
-        rows[-2] = row._replace(kind="obj.sets")
-    elif damage == "target":
-        rows[-2] = row._replace(target=1 << 70)
-    elif damage == "tx":
-        rows[-2] = row._replace(tx=row.tx + 1)
-    elif damage == "short row":
-        rows[-2] = tuple(row[:6])  # type: ignore[assignment]
-    elif damage == "payload type":
-        rows[-2] = row._replace(payload=bytearray(row.payload))
+    else:
+        rows[-2] = None if changed == "none" else changed
     pure, fast = _both(rows)
     assert fast == pure
     assert _both(rows, checked=True)[1] == _both(rows, checked=True)[0]
