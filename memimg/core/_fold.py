@@ -151,7 +151,7 @@ def _fold_rows(
         left = iter(rows)
         while True:
             got = compiled(left, expected, objects, fast_fields, set_code, checked, progress is not None, dec, loads)
-            if type(got) is int:  # the rows ended
+            if isinstance(got, int):  # the rows ended
                 return got, last_snapshot
             expected, row = got
             seq, _, _, _, _, _, _ = row
