@@ -29,7 +29,7 @@ from typing import Any, Final
 import orjson
 
 from memimg._errors import CorruptLogError, MemimgError
-from memimg.core import _schema
+from memimg.core import _compiled, _schema
 from memimg.core._gone import Gone
 from memimg.core._kinds import KINDS, TARGETLESS, Kind
 from memimg.core._meta import META_KIND, check_row
@@ -39,25 +39,12 @@ from memimg.core._rows import PACK_COLUMNS, EventRow, verify_event
 #: The kinds of the event a snapshot is the state after (``gc`` before memimg 0.3).
 SNAPSHOT_KINDS: Final = frozenset({"snapshot", "gc"})
 
-__all__ = ["RUN", "apply_stored", "fold", "missing", "use_compiled"]
+__all__ = ["RUN", "apply_stored", "fold", "missing"]
 
 _OBJ_SET: Final = KINDS["obj.set"]
 _NO_SETTERS: Final[dict[str, Any]] = {}
 _crc32: Final = zlib.crc32
 _loads: Final = orjson.loads
-
-#: The compiled loop of :func:`_fold_rows` (``memimg.model._speedups.fold_sets``), given by :func:`use_compiled`;
-#: None: the Python loop runs.
-_fold_sets: Callable[..., tuple[int, Any] | int] | None = None
-
-
-def use_compiled(fold_sets: Callable[..., tuple[int, Any] | int] | None) -> None:
-    """Fold rows with *fold_sets* (the compiled accelerator's, given by :mod:`memimg.model._accel` when it is
-    loaded), or with the Python loop (None). Both apply the same rows alike: the compiled loop takes only the
-    rows of :func:`_fold_rows`'s fast path and hands any other back to :func:`_slow_row`."""
-    global _fold_sets
-    _fold_sets = fold_sets
-
 
 #: What :func:`fold` hands a transaction to instead of applying it: its rows, each with the event it
 #: holds (``None`` for one that has nothing to apply: an event on an object of a removed type).
@@ -146,7 +133,7 @@ def _fold_rows(
     crc, pack, loads, set_code = _crc32, PACK_COLUMNS, orjson.loads, _OBJ_SET.code
     dec = reader.decode
     last_snapshot = 0
-    compiled = _fold_sets
+    compiled = _compiled.fold_sets
     if compiled is not None:  # the same fast path, compiled: every other row is handed back, read the long way
         left = iter(rows)
         while True:

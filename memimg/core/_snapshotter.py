@@ -27,13 +27,14 @@ from __future__ import annotations
 import itertools
 import operator
 import time
+import types
 from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
 
 from memimg._errors import MemimgError
-from memimg.core import _types
+from memimg.core import _compiled, _types
 from memimg.core._encoders import REF_CALL, REF_MARK, container_encoders, slow_state, state_encoder, value_writer
 from memimg.core._gone import Gone
 from memimg.core._records import declaration
@@ -120,6 +121,7 @@ class SnapshotWriter:
         direct = ref_mode != REF_CALL and not shell.reads_hooked()  # copies: raw reads, whoever commits
         list_state, dict_state, set_state = container_encoders(ref_mode)(value, linked, seen, mark, push, ref)
         names, type_names, declare = self.names, self.type_names, self.declare
+        plans: dict[type, tuple[Any, ...]] = {}  # entity class -> its fields' member descriptors (the walk's)
 
         class Entities(dict[type, Callable[[Any], Any]]):
             def __missing__(self, t: type) -> Callable[[Any], Any]:
@@ -134,9 +136,15 @@ class SnapshotWriter:
                     enc = slow  # another class's declaration is in effect: this one's states go by field name
                 else:
                     enc = state_encoder(info, direct, ref_mode, keyed=False)(value, linked, slow, seen, mark, push, ref)
+                    if ref_mode == REF_MARK:
+                        slots = [getattr(info.getters[f], "__self__", None) for f in info.fields]
+                        if all(type(d) is types.MemberDescriptorType for d in slots):
+                            plans[t] = tuple(slots)  # the compiled walk reads these (what the encoder reads)
                 self[t] = enc
                 return enc
 
+        if ref_mode == REF_MARK:
+            self._plans, self._linked, self._value = plans, linked, value
         return Entities({shell.list: list_state, shell.dict: dict_state, shell.set: set_state})
 
     # -- the walk -----------------------------------------------------------------
@@ -156,6 +164,8 @@ class SnapshotWriter:
         clock = time.perf_counter
         done = self.done
         add, extend = self._states.append, self._states.extend
+        compiled = _compiled.encode_states
+        walked = (self._plans, encoders, self.seen, queue, self._linked, self._value, self.table.shell.list)
         while done < len(queue):  # the queue grows while it is walked
             start = self._start
             batch = queue[done : min(start + CHUNK, done + BATCH)]  # the chunk filled with what it meets too
@@ -168,6 +178,8 @@ class SnapshotWriter:
                     else:
                         add(copy[0])
                         self._meet(copy[1])
+            elif compiled is not None:  # the same states, made by the compiled walk
+                compiled(batch, walked[0], encoders, self._states, *walked[2:])
             else:  # a comprehension: no method call per object to keep its state
                 extend([encoders[type(obj)](obj) for obj in batch])
             if done - start >= CHUNK:

@@ -5,9 +5,11 @@ compiler is at hand) compiles the fast paths of the two hottest operations of
 the model -- a tracked field read while some transaction is open, and a plain
 field set inside a transaction --, the rows of a commit's scalar field sets
 and their apply (``encode_sets``/``apply_sets``, :mod:`memimg.image._encode`), reads inside
-a transaction (fields and dicts), and the steps a change feed adds to a
+a transaction (fields and dicts), a transaction's outcome (``outcome``), the steps a change feed adds to a
 single-field commit (``memimg.image._feeds``: noting the change, delivering
-the queue), and calls the pure-Python code for everything else, so both give
+the queue), and two loops of the functional core, handed over through
+:mod:`memimg.core._compiled`: replay's (``fold_sets``) and a snapshot's walk
+(``encode_states``); it calls the pure-Python code for everything else, so both give
 the same results. Without it (no compiler, no
 wheel for the platform) the pure-Python code runs.
 
@@ -28,13 +30,13 @@ import warnings
 from types import ModuleType
 from typing import Final
 
-from memimg.core import _fold
+from memimg.core import _compiled
 
 __all__ = ["SPEEDUPS_VERSION", "speedups"]
 
 #: The version of ``_speedups`` this code calls (its ``VERSION``, bumped with every change of its functions): a build
 #: of another version -- an editable install's file left from before a pull -- is not used.
-SPEEDUPS_VERSION: Final = 7
+SPEEDUPS_VERSION: Final = 8
 
 
 def _load() -> ModuleType | None:
@@ -69,4 +71,4 @@ def _load() -> ModuleType | None:
 
 #: the compiled accelerator, or None: the pure-Python code runs
 speedups: ModuleType | None = _load()
-_fold.use_compiled(None if speedups is None else speedups.fold_sets)  # replay's loop (the core knows no model)
+_compiled.use(speedups)  # the core's loops (it knows no model)

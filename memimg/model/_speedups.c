@@ -22,6 +22,7 @@
  *   payload, checksum and row the Python loop makes, byte for byte; any other event is left to that loop.
  * - apply_sets: a committed run of obj.set events applied with the table's setters, as field_set does.
  * - outcome: the events a transaction's commit writes (TxState.outcome's loop: a field's replaced sets left out).
+ * - encode_states: a snapshot's walk over its objects, their states as its generated encoders make them.
  * - fold_sets: replay's loop (memimg.core._fold) over its commonest row, a field set on an entity whose schema is
  *   current: seq, checksum, payload and setter as the Python loop checks and applies them; any other row (or
  *   anything unexpected about one) is handed back to the Python loop, which reads it the long way.
@@ -39,7 +40,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 7
+#define SPEEDUPS_VERSION 8
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -1871,6 +1872,159 @@ error:
     return NULL;
 }
 
+/* -- a snapshot's walk (memimg.core._snapshotter.SnapshotWriter.step) ------------------------------------------ */
+
+/* encode_states(batch, plans, encoders, out, seen, queue, linked, value, list_type): append the state of each
+ * object of `batch` to `out`, as encoders[type(obj)](obj) -- the walk's generated encoders (REF_MARK) -- makes it:
+ * for an entity whose class has a plan (the member descriptors of its fields, in declared order) and every field
+ * set, and for a tracked list (list_type), the list of its values by the inline rule -- a str, an int of 64
+ * bits, a bool or None as itself; an object of a type in `linked` as ["r", oid], marked in `seen` and pushed on
+ * `queue` when met for the first time; anything else through `value` --; any other object (a dict, a set, a field
+ * unset, an id that is not one) by encoders[type(obj)](obj), which also raises what is wrong. */
+
+static PyObject *s_r = NULL; /* "r" */
+
+/* The stored form of `v` (new reference), NULL with an error, or NULL with none: the Python encoder's. */
+static PyObject *walk_item(PyObject *v, PyObject *seen, PyObject *queue, PyObject *linked, PyObject *value) {
+    PyTypeObject *t = Py_TYPE(v);
+    if (t == &PyUnicode_Type || t == &PyBool_Type || v == Py_None) return Py_NewRef(v);
+    if (t == &PyLong_Type) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (!overflow && !(x == -1 && PyErr_Occurred())) return Py_NewRef(v);
+        PyErr_Clear(); /* past 64 bits: value() writes it */
+    } else {
+        int is_linked = PySet_Contains(linked, (PyObject *)t);
+        if (is_linked < 0) return NULL;
+        if (is_linked) {
+            PyObject *oid;
+            if (base_type != NULL && PyObject_TypeCheck(v, base_type)) {
+                oid = Py_XNewRef(*(PyObject **)((char *)v + oid_offset));
+            } else {
+                oid = PyObject_GetAttr(v, s_mi_oid);
+                if (oid == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+                    PyErr_Clear();
+                }
+            }
+            if (oid == NULL) return NULL; /* no id: the Python encoder raises */
+            Py_ssize_t o = PyLong_CheckExact(oid) ? PyLong_AsSsize_t(oid) : -1;
+            if (o < 0 || o >= PyByteArray_GET_SIZE(seen)) {
+                PyErr_Clear();
+                Py_DECREF(oid);
+                return NULL;
+            }
+            char *met = PyByteArray_AS_STRING(seen) + o;
+            if (!*met) {
+                *met = 1;
+                if (PyList_Append(queue, v) < 0) {
+                    Py_DECREF(oid);
+                    return NULL;
+                }
+            }
+            PyObject *ref = PyList_New(2);
+            if (ref == NULL) {
+                Py_DECREF(oid);
+                return NULL;
+            }
+            PyList_SET_ITEM(ref, 0, Py_NewRef(s_r));
+            PyList_SET_ITEM(ref, 1, oid);
+            return ref;
+        }
+    }
+    PyObject *call[1] = {v};
+    return PyObject_Vectorcall(value, call, 1, NULL);
+}
+
+/* The state of `obj` (new reference): its values, read at `offsets` (n of them) or its list items; NULL with an
+ * error, or NULL with none: the Python encoder's. */
+static PyObject *walk_state(PyObject *obj, PyObject *plan, int is_list, PyObject *seen, PyObject *queue,
+                            PyObject *linked, PyObject *value) {
+    Py_ssize_t n = is_list ? PyList_GET_SIZE(obj) : PyTuple_GET_SIZE(plan);
+    PyObject *state = PyList_New(0);
+    if (state == NULL) return NULL;
+    if (!is_list) { /* every field read first: one unset means the Python encoder (its slow state) */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyMemberDescrObject *d = (PyMemberDescrObject *)PyTuple_GET_ITEM(plan, i);
+            if (*(PyObject **)((char *)obj + d->d_member->offset) == NULL) {
+                Py_DECREF(state);
+                return NULL;
+            }
+        }
+    }
+    for (Py_ssize_t i = 0; i < (is_list ? PyList_GET_SIZE(obj) : n); i++) {
+        PyObject *v;
+        if (is_list) {
+            v = Py_NewRef(PyList_GET_ITEM(obj, i));
+        } else {
+            PyMemberDescrObject *d = (PyMemberDescrObject *)PyTuple_GET_ITEM(plan, i);
+            v = Py_XNewRef(*(PyObject **)((char *)obj + d->d_member->offset));
+            if (v == NULL) { /* unset by value() meanwhile */
+                Py_DECREF(state);
+                return NULL;
+            }
+        }
+        PyObject *item = walk_item(v, seen, queue, linked, value);
+        Py_DECREF(v);
+        if (item == NULL || PyList_Append(state, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(state);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return state;
+}
+
+static PyObject *encode_states(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "encode_states() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *batch = args[0], *plans = args[1], *encoders = args[2], *out = args[3], *seen = args[4];
+    PyObject *queue = args[5], *linked = args[6], *value = args[7], *list_type = args[8];
+    if (!PyList_CheckExact(batch) || !PyDict_CheckExact(plans) || !PyList_CheckExact(out) ||
+        !PyByteArray_CheckExact(seen) || !PyList_CheckExact(queue) || !PyAnySet_Check(linked)) {
+        PyErr_SetString(PyExc_TypeError, "encode_states(): bad argument types");
+        return NULL;
+    }
+    for (Py_ssize_t b = 0; b < PyList_GET_SIZE(batch); b++) {
+        PyObject *obj = Py_NewRef(PyList_GET_ITEM(batch, b));
+        PyTypeObject *t = Py_TYPE(obj);
+        PyObject *state = NULL;
+        int is_list = (PyObject *)t == list_type && PyList_Check(obj);
+        PyObject *plan = is_list ? NULL : PyDict_GetItemWithError(plans, (PyObject *)t);
+        if (plan == NULL && PyErr_Occurred()) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+        if (is_list || (plan != NULL && PyTuple_CheckExact(plan))) {
+            Py_XINCREF(plan);
+            state = walk_state(obj, plan, is_list, seen, queue, linked, value);
+            Py_XDECREF(plan);
+            if (state == NULL && PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(obj);
+                return NULL;
+            }
+            PyErr_Clear(); /* the Python encoder writes it, or raises what is wrong */
+        }
+        if (state == NULL) {
+            PyObject *enc = PyObject_GetItem(encoders, (PyObject *)t);
+            if (enc != NULL) {
+                PyObject *call[1] = {obj};
+                state = PyObject_Vectorcall(enc, call, 1, NULL);
+                Py_DECREF(enc);
+            }
+        }
+        Py_DECREF(obj);
+        if (state == NULL) return NULL;
+        int failed = PyList_Append(out, state);
+        Py_DECREF(state);
+        if (failed) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* -- module ----------------------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
@@ -1927,6 +2081,8 @@ static PyMethodDef methods[] = {
      "fold_sets(rows, expected, objects, fast_fields, code, checked, progress, decode, loads): replay's obj.set rows."},
     {"outcome", (PyCFunction)(void (*)(void))outcome, METH_FASTCALL,
      "outcome(events, set_kind, del_kind, add_kind, native, counter_fields): TxState.outcome's events, or None."},
+    {"encode_states", (PyCFunction)(void (*)(void))encode_states, METH_FASTCALL,
+     "encode_states(batch, plans, encoders, out, seen, queue, linked, value, list_type): a snapshot's states."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},
@@ -1967,6 +2123,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_reads, "reads")
     INTERN(s_host, "host")
     INTERN(s_start_seq, "start_seq")
+    INTERN(s_r, "r")
 #undef INTERN
     if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
     crc_init();

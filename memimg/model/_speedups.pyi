@@ -102,6 +102,21 @@ def outcome(
     """``TxState.outcome``'s loop over the flat *events*: their triples less the replaced sets; None: an event the
     Python loop must see."""
 
+def encode_states(
+    batch: list[Any],
+    plans: dict[type, tuple[Any, ...]],
+    encoders: Any,
+    out: list[Any],
+    seen: bytearray,
+    queue: list[Any],
+    linked: set[type],
+    value: Callable[[Any], Any],
+    list_type: type,
+    /,
+) -> None:
+    """Append the states of *batch*'s objects to *out*, as the snapshot walk's encoders make them (see
+    ``memimg.core._snapshotter``)."""
+
 class DictRead:
     """A tracked dict's ``__getitem__`` while tracking is on: the common read in a transaction compiled."""
 

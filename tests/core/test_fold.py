@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memimg
-from memimg.core import _fold
+from memimg.core import _compiled, _fold
 from memimg.core._codec import Codec
 from memimg.core._fold import fold
 from memimg.core._kinds import KINDS
@@ -203,7 +203,7 @@ def _both(rows: list[EventRow], **options: Any) -> list[tuple[str, Any]]:
     result and the table's fields, or the error raised (its type, message and seq)."""
     outcomes = []
     for fold_sets in (None, speedups.fold_sets):  # type: ignore[union-attr]
-        _fold.use_compiled(fold_sets)
+        _compiled.fold_sets = fold_sets
         try:
             reader = _reader()
             try:
@@ -215,7 +215,7 @@ def _both(rows: list[EventRow], **options: Any) -> list[tuple[str, Any]]:
             state = [(_plain(o.value), _plain(o.next)) for o in objs]
             outcomes.append(("folded", (end, state)))
         finally:
-            _fold.use_compiled(speedups.fold_sets)  # type: ignore[union-attr]
+            _compiled.fold_sets = speedups.fold_sets  # type: ignore[union-attr]
     return outcomes
 
 
@@ -378,12 +378,12 @@ def test_the_compiled_loop_reports_progress_as_the_python_loop() -> None:
     rows = _with_payloads([b'[["value",%d]]' % i for i in range(20_005)])
     seen: dict[Any, list[int]] = {}
     for fold_sets in (None, speedups.fold_sets):  # type: ignore[union-attr]
-        _fold.use_compiled(fold_sets)
+        _compiled.fold_sets = fold_sets
         try:
             reader = _reader()
             fold(rows, reader, expected=1, progress=seen.setdefault(fold_sets, []).append)
         finally:
-            _fold.use_compiled(speedups.fold_sets)  # type: ignore[union-attr]
+            _compiled.fold_sets = speedups.fold_sets  # type: ignore[union-attr]
         assert next(o for o in reader.table.objects if isinstance(o, Node)).value == 20_004
     assert seen[None] == seen[speedups.fold_sets] == [10_000, 20_000]  # type: ignore[union-attr]
 

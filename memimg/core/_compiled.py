@@ -1,0 +1,29 @@
+"""The compiled loops of the functional core, when the accelerator is loaded.
+
+The core knows nothing of the model, where the optional accelerator lives
+(``memimg.model._speedups``, see :mod:`memimg.model._accel`): the model hands
+its functions over here (:func:`use`) when it loads them, and the core's
+loops call them if they are set, their pure-Python code otherwise. Both give
+the same results: each compiled loop takes only the common case and hands
+everything else back to the Python code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+__all__ = ["encode_states", "fold_sets", "use"]
+
+#: replay's loop over its commonest rows (``memimg.core._fold._fold_rows``), or None
+fold_sets: Callable[..., tuple[int, Any] | int] | None = None
+#: a snapshot's walk over a batch of objects (``memimg.core._snapshotter.SnapshotWriter.step``), or None
+encode_states: Callable[..., None] | None = None
+
+
+def use(speedups: ModuleType | None) -> None:
+    """Call *speedups*' compiled loops from now on (None: the pure-Python code runs)."""
+    global fold_sets, encode_states
+    fold_sets = None if speedups is None else speedups.fold_sets
+    encode_states = None if speedups is None else speedups.encode_states
