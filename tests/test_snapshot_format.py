@@ -33,13 +33,14 @@ from hypothesis import strategies as st
 import memimg
 from memimg import persistent
 from memimg.cli._verify import _canonical_state
-from memimg.core import _compiled
+from memimg.core import _compiled, _types
 from memimg.core._codec import Codec
 from memimg.core._snapshot import split_snapshot
 from memimg.core._snapshotter import SnapshotWriter
 from memimg.core._table import ObjectTable
 from memimg.model import SHELL
 from memimg.model._accel import speedups
+from memimg.model._base import PersistentBase
 from memimg.model._tracking import disable_now
 from tests.accel import compiled
 from tests.conftest import Images
@@ -726,3 +727,100 @@ def test_the_compiled_walk_writes_the_snapshot_the_python_walk_writes(shape: lis
     left unset -- is the same bytes with the compiled walk as with the Python one."""
     assert speedups is not None
     assert _walked(shape, speedups.encode_states) == _walked(shape, None)
+
+
+_SET_OID = PersistentBase.__dict__["_mi_oid"].__set__
+
+
+@attrs.frozen
+class Fragile:
+    """A value class whose encoding (a value hook) may fail, or change the entity being written."""
+
+    text: str
+
+
+_HOOK: dict[str, Any] = {"calls": [], "fail": None, "mutate": None}
+
+
+def _fragile_text(v: Fragile) -> str:
+    _HOOK["calls"].append(v.text)
+    if _HOOK["mutate"] is not None and v.text == "x":
+        _types.info_of(Cell).setters["b"](_HOOK["mutate"], "changed by the hook")  # a raw write: no event
+    if _HOOK["fail"] is not None and v.text == "x":
+        raise _HOOK["fail"]
+    return v.text
+
+
+def _hooked_walk(compiled_walk: Any, *, fail: BaseException | None = None, mutate: bool = False) -> Any:
+    """What a snapshot of two cells, one holding a Fragile whose hook fails or mutates, writes or raises, and the
+    hook's calls."""
+    conv = memimg.Converter()
+    conv.register_value(Fragile, name="tests.Fragile", unstructure=_fragile_text, structure=lambda d, t: Fragile(d))
+    img = memimg.open(root=Box, converter=conv, snapshot_every=None)
+    first, cell = Cell(a=Fragile("w"), b="first"), Cell(a=Fragile("x"), b="orig", c=[Fragile("y")])
+    img.root.content = [first, cell]
+    _HOOK.update(calls=[], fail=fail, mutate=cell if mutate else None)
+    saved = _compiled.encode_states
+    _compiled.encode_states = compiled_walk
+    try:
+        writer = SnapshotWriter(img._engine.table, img.seq)
+        while not writer.step():
+            pass
+        writer.complete()
+        out: Any = ("written", writer.payload(writer.header()))
+    except BaseException as err:
+        out = ("raised", type(err), str(err))
+    finally:
+        _compiled.encode_states = saved
+        _HOOK.update(fail=None, mutate=None)
+        img.close()
+    return out, list(_HOOK["calls"])
+
+
+@compiled
+@pytest.mark.parametrize(
+    "case",
+    ["fails", "interrupted", "mutates"],
+)
+def test_the_compiled_walk_runs_value_hooks_once_and_reads_fields_before_encoding(case: str) -> None:
+    """A value's hook runs once per value on both walks: one that raises (an Exception, or a KeyboardInterrupt)
+    raises from the snapshot, never retried; one that changes a later field of the entity being written does
+    not change what is written of it (every field is read first, as the generated encoders read them)."""
+    assert speedups is not None
+    options: dict[str, Any] = {
+        "fails": {"fail": ValueError("no text for x")},
+        "interrupted": {"fail": KeyboardInterrupt()},
+        "mutates": {"mutate": True},
+    }[case]
+    compiled_run, python_run = _hooked_walk(speedups.encode_states, **options), _hooked_walk(None, **options)
+    assert compiled_run == python_run
+    assert python_run[1].count("x") == 1
+
+
+@compiled
+@pytest.mark.parametrize("oid", [None, -1, -2, "the table's length", 10**6, "3", 2**70])
+def test_the_compiled_walk_meets_a_reference_whose_id_is_not_one_as_the_python_walk(oid: Any) -> None:
+    """A reference to an object whose id is None, negative, past the table, not an int: the same bytes or the
+    same error on both walks (a bytearray indexed as Python indexes it)."""
+    assert speedups is not None
+    outcomes = []
+    for walk in (speedups.encode_states, None):
+        img = memimg.open(root=Box, snapshot_every=None)
+        odd, plain = Cell(a=1), Cell(a=2)
+        img.root.content = [Cell(a=odd, b=plain), Cell(a=plain, b=odd)]
+        kept = odd._mi_oid
+        _SET_OID(odd, len(img._engine.table.objects) if oid == "the table's length" else oid)
+        saved = _compiled.encode_states
+        _compiled.encode_states = walk
+        try:
+            writer = SnapshotWriter(img._engine.table, img.seq)
+            while not writer.step():
+                pass
+            outcomes.append(("written", bytes(writer.seen), len(writer.queue)))
+        except Exception as err:
+            outcomes.append(("raised", type(err), str(err)))
+        finally:
+            _compiled.encode_states = saved
+            _SET_OID(odd, kept)
+            img.close()
+    assert outcomes[0] == outcomes[1]

@@ -18,7 +18,7 @@ import memimg
 from memimg.image import _tx
 from tests.accel import compiled
 from tests.conftest import Images
-from tests.models import Box, Node, Tally
+from tests.models import Box, Color, Level, Node, Tally
 from tests.test_indexes import User, Users
 
 
@@ -211,14 +211,23 @@ def _run(ops: list[tuple[str, int, str, object]]) -> tuple[list[tuple[str, objec
             st.sampled_from(["set", "set", "set", "del", "add"]),
             st.integers(0, 1),
             st.sampled_from(["value", "next", "hits", "note"]),
-            st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=3), st.floats(allow_nan=False), st.just("node")),
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(-3, 3),
+                st.text(max_size=3),
+                st.floats(allow_nan=False),
+                st.sampled_from([Level.LOW, Color.RED]),  # an int subclass and an enum: not native
+                st.just("node"),
+            ),
         ),
         max_size=14,
     )
 )
 def test_the_compiled_outcome_leaves_out_what_the_python_loop_does(ops: list[tuple[str, int, str, object]]) -> None:
-    """Any transaction of assignments (scalars, new objects), deletes and counter adds on a few objects writes
-    the same events, and leaves the same state, with the compiled outcome as with the Python loop."""
+    """Any transaction of assignments (scalars, enum members, new objects), deletes and counter adds on a few
+    objects writes the same events, and leaves the same state, with the compiled outcome as with the Python
+    loop."""
     compiled_run = _run(ops)
     saved = _tx._outcome
     _tx._outcome = None

@@ -261,10 +261,11 @@ class Engine:
             if commit and state.events:
                 if self.snapshot_turn is not None:
                     self.give_turn()
-                # the collector paused until the transaction's journal and the commit's rows are freed: resumed
-                # with them alive, it traversed them all at once (the allocations that freed them count down)
-                with paused_gc():
+                # the collector paused (once the lock is held) until the transaction's journal and the commit's
+                # rows are freed: resumed with them alive, it traversed them all at once (freeing counts down)
+                with lazy_pause() as pause:
                     with self.lock:
+                        pause.start()
                         self.refuse_if_busy()
                         self.check_writable()
                         if self.reader.fills:

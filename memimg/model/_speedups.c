@@ -40,7 +40,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 8
+#define SPEEDUPS_VERSION 9
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -1791,6 +1791,56 @@ static PyObject *fold_sets(PyObject *mod, PyObject *const *args, Py_ssize_t narg
  * counter (counter_fields(type(target))) which a later set_kind event of the same field replaces with no
  * del_kind or add_kind event of that field in between; a new list of (kind, target, args) tuples, in order.
  * None: an event of a shape the Python loop must see (args not a tuple of at least one item, two for a set). */
+/* One event of outcome()'s loop, its references held by the caller: 0 left out, 1 kept (appended to `out`),
+ * 2 of a shape the Python loop must see, -1 an error. */
+static int outcome_step(PyObject *k, PyObject *target, PyObject *a, PyObject *set_kind, PyObject *del_kind,
+                        PyObject *add_kind, PyObject *native, PyObject *counters_of, PyObject *later,
+                        PyObject *counters, PyObject *out) {
+    int is_set = k == set_kind;
+    if (is_set || k == del_kind || k == add_kind) {
+        if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) < 1 + is_set) return 2;
+        PyObject *id = PyLong_FromVoidPtr(target);
+        if (id == NULL) return -1;
+        PyObject *key = PyTuple_Pack(2, id, PyTuple_GET_ITEM(a, 0));
+        Py_DECREF(id);
+        if (key == NULL) return -1;
+        if (!is_set) { /* later.discard((id(target), args[0])) */
+            int gone = PySet_Discard(later, key);
+            Py_DECREF(key);
+            if (gone < 0) return -1;
+        } else {
+            int seen = PySet_Contains(later, key);
+            if (seen == 0) seen = PySet_Add(later, key) < 0 ? -1 : 0;
+            Py_DECREF(key);
+            if (seen < 0) return -1;
+            if (seen) { /* replaced by a later assignment: left out if a native value of a field not a counter */
+                int plain = PySet_Contains(native, (PyObject *)Py_TYPE(PyTuple_GET_ITEM(a, 1)));
+                if (plain < 0) return -1;
+                if (plain) {
+                    PyObject *spec = PyDict_GetItemWithError(counters, (PyObject *)Py_TYPE(target));
+                    if (spec != NULL) {
+                        Py_INCREF(spec);
+                    } else if (!PyErr_Occurred()) {
+                        PyObject *call[1] = {(PyObject *)Py_TYPE(target)};
+                        spec = PyObject_Vectorcall(counters_of, call, 1, NULL);
+                        if (spec != NULL && PyDict_SetItem(counters, (PyObject *)Py_TYPE(target), spec) < 0)
+                            Py_CLEAR(spec);
+                    }
+                    int counted = spec == NULL ? -1 : PySequence_Contains(spec, PyTuple_GET_ITEM(a, 0));
+                    Py_XDECREF(spec);
+                    if (counted < 0) return -1;
+                    if (!counted) return 0; /* never visible: not written */
+                }
+            }
+        }
+    }
+    PyObject *triple = PyTuple_Pack(3, k, target, a);
+    if (triple == NULL) return -1;
+    int failed = PyList_Append(out, triple);
+    Py_DECREF(triple);
+    return failed ? -1 : 1;
+}
+
 static PyObject *outcome(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "outcome() takes 6 arguments");
@@ -1802,89 +1852,48 @@ static PyObject *outcome(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "outcome(): bad argument types");
         return NULL;
     }
-    Py_INCREF(events); /* counter_fields runs Python code: what is read from the list stays alive */
-    PyObject *later = PySet_New(NULL), *counters = PyDict_New(), *out = PyList_New(0);
-    if (later == NULL || counters == NULL || out == NULL) goto error;
-    for (Py_ssize_t i = PyList_GET_SIZE(events) - 3; i >= 0; i -= 3) {
-        if (i + 2 >= PyList_GET_SIZE(events)) goto fallback; /* the list changed under the loop */
-        PyObject *k = PyList_GET_ITEM(events, i), *target = PyList_GET_ITEM(events, i + 1);
-        PyObject *a = PyList_GET_ITEM(events, i + 2);
-        int is_set = k == set_kind;
-        if (is_set || k == del_kind || k == add_kind) {
-            if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) < 1 + is_set) goto fallback;
-            PyObject *id = PyLong_FromVoidPtr(target);
-            if (id == NULL) goto error;
-            PyObject *key = PyTuple_Pack(2, id, PyTuple_GET_ITEM(a, 0));
-            Py_DECREF(id);
-            if (key == NULL) goto error;
-            if (!is_set) {
-                int gone = PySet_Discard(later, key);
-                Py_DECREF(key);
-                if (gone < 0) goto error;
-            } else {
-                int seen = PySet_Contains(later, key);
-                if (seen == 0) seen = PySet_Add(later, key) < 0 ? -1 : 0;
-                Py_DECREF(key);
-                if (seen < 0) goto error;
-                if (seen) {
-                    int plain = PySet_Contains(native, (PyObject *)Py_TYPE(PyTuple_GET_ITEM(a, 1)));
-                    if (plain < 0) goto error;
-                    if (plain) { /* replaced later, unless the field is a counter */
-                        Py_INCREF(k), Py_INCREF(target), Py_INCREF(a);
-                        PyObject *spec = PyDict_GetItemWithError(counters, (PyObject *)Py_TYPE(target));
-                        if (spec == NULL && !PyErr_Occurred()) {
-                            PyObject *call[1] = {(PyObject *)Py_TYPE(target)};
-                            spec = PyObject_Vectorcall(counters_of, call, 1, NULL);
-                            if (spec != NULL && PyDict_SetItem(counters, (PyObject *)Py_TYPE(target), spec) < 0)
-                                Py_CLEAR(spec);
-                            Py_XDECREF(spec); /* borrowed from `counters` from here on */
-                        }
-                        int counted = spec == NULL ? -1 : PySequence_Contains(spec, PyTuple_GET_ITEM(a, 0));
-                        Py_DECREF(k), Py_DECREF(target), Py_DECREF(a);
-                        if (counted < 0) goto error;
-                        if (!counted) continue; /* never visible: not written */
-                    }
-                }
-            }
+    PyObject *later = PySet_New(NULL), *counters = PyDict_New(), *out = PyList_New(0), *result = NULL;
+    if (later == NULL || counters == NULL || out == NULL) goto done;
+    Py_INCREF(events); /* counter_fields runs Python code: the list and what is read from it stay alive */
+    int step = 1;
+    for (Py_ssize_t i = PyList_GET_SIZE(events) - 3; i >= 0 && step >= 0 && step < 2; i -= 3) {
+        if (i + 2 >= PyList_GET_SIZE(events)) { /* the list changed under the loop */
+            step = 2;
+            break;
         }
-        PyObject *triple = PyTuple_Pack(3, k, target, a);
-        if (triple == NULL) goto error;
-        int failed = PyList_Append(out, triple);
-        Py_DECREF(triple);
-        if (failed) goto error;
+        PyObject *k = Py_NewRef(PyList_GET_ITEM(events, i)), *target = Py_NewRef(PyList_GET_ITEM(events, i + 1));
+        PyObject *a = Py_NewRef(PyList_GET_ITEM(events, i + 2));
+        step = outcome_step(k, target, a, set_kind, del_kind, add_kind, native, counters_of, later, counters, out);
+        Py_DECREF(k), Py_DECREF(target), Py_DECREF(a);
     }
-    if (PyList_Reverse(out) < 0) goto error;
-    Py_DECREF(later);
-    Py_DECREF(counters);
     Py_DECREF(events);
-    return out;
-fallback:
-    Py_DECREF(later);
-    Py_DECREF(counters);
-    Py_DECREF(out);
-    Py_DECREF(events);
-    Py_RETURN_NONE;
-error:
+    if (step == 2) {
+        result = Py_NewRef(Py_None); /* the Python loop's */
+    } else if (step >= 0 && PyList_Reverse(out) == 0) {
+        result = Py_NewRef(out);
+    }
+done:
     Py_XDECREF(later);
     Py_XDECREF(counters);
     Py_XDECREF(out);
-    Py_DECREF(events);
-    return NULL;
+    return result;
 }
 
 /* -- a snapshot's walk (memimg.core._snapshotter.SnapshotWriter.step) ------------------------------------------ */
 
-/* encode_states(batch, plans, encoders, out, seen, queue, linked, value, list_type): append the state of each
- * object of `batch` to `out`, as encoders[type(obj)](obj) -- the walk's generated encoders (REF_MARK) -- makes it:
- * for an entity whose class has a plan (the member descriptors of its fields, in declared order) and every field
- * set, and for a tracked list (list_type), the list of its values by the inline rule -- a str, an int of 64
- * bits, a bool or None as itself; an object of a type in `linked` as ["r", oid], marked in `seen` and pushed on
- * `queue` when met for the first time; anything else through `value` --; any other object (a dict, a set, a field
- * unset, an id that is not one) by encoders[type(obj)](obj), which also raises what is wrong. */
+/* encode_states(batch, plans, encoders, out, seen, queue, linked, value, list_type): append the states of the
+ * objects of `batch` to `out`, as [encoders[type(obj)](obj) for obj in batch] -- the walk's generated encoders
+ * (REF_MARK) -- makes them: for an entity whose class has a plan (the member descriptors of its fields, in declared
+ * order) and every field set, its fields read first, then each value stored by the inline rule -- a str, an int
+ * of 64 bits, a bool or None as itself; an object of a type in `linked` as ["r", oid], marked in `seen` and pushed
+ * on `queue` when met for the first time; anything else through `value` --; a tracked list (list_type) its items
+ * alike, as it is iterated; any other object (a dict, a set, a field unset) by its encoder. An error is raised
+ * where the encoders raise it (value()'s, a reference's id that is not one), and nothing of the batch is
+ * appended then. */
 
 static PyObject *s_r = NULL; /* "r" */
 
-/* The stored form of `v` (new reference), NULL with an error, or NULL with none: the Python encoder's. */
+/* The stored form of `v` (new reference), or NULL with the error the generated encoders raise. */
 static PyObject *walk_item(PyObject *v, PyObject *seen, PyObject *queue, PyObject *linked, PyObject *value) {
     PyTypeObject *t = Py_TYPE(v);
     if (t == &PyUnicode_Type || t == &PyBool_Type || v == Py_None) return Py_NewRef(v);
@@ -1896,28 +1905,32 @@ static PyObject *walk_item(PyObject *v, PyObject *seen, PyObject *queue, PyObjec
     } else {
         int is_linked = PySet_Contains(linked, (PyObject *)t);
         if (is_linked < 0) return NULL;
-        if (is_linked) {
-            PyObject *oid;
-            if (base_type != NULL && PyObject_TypeCheck(v, base_type)) {
+        if (is_linked) { /* o if seen[o := v._mi_oid] else mark(o, 1) or push(v) or o */
+            PyObject *oid = NULL;
+            if (base_type != NULL && PyObject_TypeCheck(v, base_type))
                 oid = Py_XNewRef(*(PyObject **)((char *)v + oid_offset));
-            } else {
-                oid = PyObject_GetAttr(v, s_mi_oid);
-                if (oid == NULL) {
-                    if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
-                    PyErr_Clear();
-                }
-            }
-            if (oid == NULL) return NULL; /* no id: the Python encoder raises */
+            if (oid == NULL && (oid = PyObject_GetAttr(v, s_mi_oid)) == NULL) return NULL;
             Py_ssize_t o = PyLong_CheckExact(oid) ? PyLong_AsSsize_t(oid) : -1;
-            if (o < 0 || o >= PyByteArray_GET_SIZE(seen)) {
-                PyErr_Clear();
-                Py_DECREF(oid);
-                return NULL;
-            }
-            char *met = PyByteArray_AS_STRING(seen) + o;
-            if (!*met) {
-                *met = 1;
-                if (PyList_Append(queue, v) < 0) {
+            if (o == -1) PyErr_Clear();
+            if (o >= 0 && o < PyByteArray_GET_SIZE(seen)) { /* the common case, at C speed */
+                char *met = PyByteArray_AS_STRING(seen) + o;
+                if (!*met) {
+                    *met = 1;
+                    if (PyList_Append(queue, v) < 0) {
+                        Py_DECREF(oid);
+                        return NULL;
+                    }
+                }
+            } else { /* anything else as Python indexes a bytearray (from its end, or raising) */
+                PyObject *met = PyObject_GetItem(seen, oid);
+                int is_met = met == NULL ? -1 : PyObject_IsTrue(met);
+                Py_XDECREF(met);
+                if (is_met == 0) {
+                    PyObject *one = PyLong_FromLong(1);
+                    is_met = one == NULL || PyObject_SetItem(seen, oid, one) < 0 || PyList_Append(queue, v) < 0 ? -1 : 0;
+                    Py_XDECREF(one);
+                }
+                if (is_met < 0) {
                     Py_DECREF(oid);
                     return NULL;
                 }
@@ -1936,34 +1949,43 @@ static PyObject *walk_item(PyObject *v, PyObject *seen, PyObject *queue, PyObjec
     return PyObject_Vectorcall(value, call, 1, NULL);
 }
 
-/* The state of `obj` (new reference): its values, read at `offsets` (n of them) or its list items; NULL with an
- * error, or NULL with none: the Python encoder's. */
-static PyObject *walk_state(PyObject *obj, PyObject *plan, int is_list, PyObject *seen, PyObject *queue,
-                            PyObject *linked, PyObject *value) {
-    Py_ssize_t n = is_list ? PyList_GET_SIZE(obj) : PyTuple_GET_SIZE(plan);
+#define WALK_FIELDS 64 /* an entity with more fields goes to its encoder */
+
+/* The state of entity `obj` (new reference): its fields, read at the plan's slots first; NULL with an error, or
+ * NULL with none when its encoder is to write it (a field unset, a plan it cannot read). */
+static PyObject *walk_entity(PyObject *obj, PyObject *plan, PyObject *seen, PyObject *queue, PyObject *linked,
+                             PyObject *value) {
+    Py_ssize_t n = PyTuple_GET_SIZE(plan);
+    PyObject *values[WALK_FIELDS];
+    if (n > WALK_FIELDS) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyTuple_GET_ITEM(plan, i);
+        PyObject *v = NULL;
+        if (Py_TYPE(d) == &PyMemberDescr_Type && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+            PyObject_TypeCheck(obj, PyDescr_TYPE(d)))
+            v = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)d)->d_member->offset);
+        if (v == NULL) { /* unset: the encoder's slow state */
+            for (Py_ssize_t j = 0; j < i; j++) Py_DECREF(values[j]);
+            return NULL;
+        }
+        values[i] = Py_NewRef(v);
+    }
+    PyObject *state = PyList_New(n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = state == NULL ? NULL : walk_item(values[i], seen, queue, linked, value);
+        if (item == NULL) Py_CLEAR(state);
+        else PyList_SET_ITEM(state, i, item);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(values[i]);
+    return state;
+}
+
+/* The state of tracked list `obj` (new reference): its items, as it is iterated; NULL with an error. */
+static PyObject *walk_list(PyObject *obj, PyObject *seen, PyObject *queue, PyObject *linked, PyObject *value) {
     PyObject *state = PyList_New(0);
     if (state == NULL) return NULL;
-    if (!is_list) { /* every field read first: one unset means the Python encoder (its slow state) */
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyMemberDescrObject *d = (PyMemberDescrObject *)PyTuple_GET_ITEM(plan, i);
-            if (*(PyObject **)((char *)obj + d->d_member->offset) == NULL) {
-                Py_DECREF(state);
-                return NULL;
-            }
-        }
-    }
-    for (Py_ssize_t i = 0; i < (is_list ? PyList_GET_SIZE(obj) : n); i++) {
-        PyObject *v;
-        if (is_list) {
-            v = Py_NewRef(PyList_GET_ITEM(obj, i));
-        } else {
-            PyMemberDescrObject *d = (PyMemberDescrObject *)PyTuple_GET_ITEM(plan, i);
-            v = Py_XNewRef(*(PyObject **)((char *)obj + d->d_member->offset));
-            if (v == NULL) { /* unset by value() meanwhile */
-                Py_DECREF(state);
-                return NULL;
-            }
-        }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(obj); i++) { /* as list.__iter__: the size read at each step */
+        PyObject *v = Py_NewRef(PyList_GET_ITEM(obj, i));
         PyObject *item = walk_item(v, seen, queue, linked, value);
         Py_DECREF(v);
         if (item == NULL || PyList_Append(state, item) < 0) {
@@ -1988,40 +2010,42 @@ static PyObject *encode_states(PyObject *mod, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "encode_states(): bad argument types");
         return NULL;
     }
-    for (Py_ssize_t b = 0; b < PyList_GET_SIZE(batch); b++) {
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    PyObject *states = PyList_New(n); /* appended to `out` once all are made */
+    if (states == NULL) return NULL;
+    for (Py_ssize_t b = 0; b < n; b++) {
         PyObject *obj = Py_NewRef(PyList_GET_ITEM(batch, b));
         PyTypeObject *t = Py_TYPE(obj);
         PyObject *state = NULL;
-        int is_list = (PyObject *)t == list_type && PyList_Check(obj);
-        PyObject *plan = is_list ? NULL : PyDict_GetItemWithError(plans, (PyObject *)t);
-        if (plan == NULL && PyErr_Occurred()) {
-            Py_DECREF(obj);
-            return NULL;
-        }
-        if (is_list || (plan != NULL && PyTuple_CheckExact(plan))) {
-            Py_XINCREF(plan);
-            state = walk_state(obj, plan, is_list, seen, queue, linked, value);
-            Py_XDECREF(plan);
-            if (state == NULL && PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
-                Py_DECREF(obj);
-                return NULL;
+        if ((PyObject *)t == list_type && PyList_Check(obj)) {
+            state = walk_list(obj, seen, queue, linked, value);
+        } else {
+            PyObject *plan = PyDict_GetItemWithError(plans, (PyObject *)t);
+            if (plan != NULL && PyTuple_CheckExact(plan)) {
+                Py_INCREF(plan);
+                state = walk_entity(obj, plan, seen, queue, linked, value);
+                Py_DECREF(plan);
             }
-            PyErr_Clear(); /* the Python encoder writes it, or raises what is wrong */
-        }
-        if (state == NULL) {
-            PyObject *enc = PyObject_GetItem(encoders, (PyObject *)t);
-            if (enc != NULL) {
-                PyObject *call[1] = {obj};
-                state = PyObject_Vectorcall(enc, call, 1, NULL);
-                Py_DECREF(enc);
+            if (state == NULL && !PyErr_Occurred()) { /* its encoder (which raises what is wrong) */
+                PyObject *enc = PyObject_GetItem(encoders, (PyObject *)t);
+                if (enc != NULL) {
+                    PyObject *call[1] = {obj};
+                    state = PyObject_Vectorcall(enc, call, 1, NULL);
+                    Py_DECREF(enc);
+                }
             }
         }
         Py_DECREF(obj);
-        if (state == NULL) return NULL;
-        int failed = PyList_Append(out, state);
-        Py_DECREF(state);
-        if (failed) return NULL;
+        if (state == NULL) {
+            Py_DECREF(states);
+            return NULL;
+        }
+        PyList_SET_ITEM(states, b, state);
     }
+    Py_ssize_t at = PyList_GET_SIZE(out);
+    int failed = PyList_SetSlice(out, at, at, states);
+    Py_DECREF(states);
+    if (failed) return NULL;
     Py_RETURN_NONE;
 }
 
