@@ -679,6 +679,20 @@ _CELL_VALUES = st.one_of(
 )
 
 
+def _snapshot_with(img: memimg.MemoryImage, compiled_walk: Any) -> tuple[bytes, int]:
+    """The payload of a snapshot of *img* (not stored), written with *compiled_walk* (None: the Python walk)."""
+    saved = _compiled.encode_states
+    _compiled.encode_states = compiled_walk
+    try:
+        writer = SnapshotWriter(img._engine.table, img.seq)
+        while not writer.step():
+            pass
+        writer.complete()
+        return writer.payload(writer.header())
+    finally:
+        _compiled.encode_states = saved
+
+
 def _walked(shape: list[tuple[Any, Any, Any]], compiled_walk: Any) -> tuple[str, Any]:
     """The payload of a snapshot of a graph of cells shaped by *shape* (or what the walk raised), with the given
     compiled walk (None: the Python one)."""
@@ -703,18 +717,11 @@ def _walked(shape: list[tuple[Any, Any, Any]], compiled_walk: Any) -> tuple[str,
         for name, v in zip("abc", values):
             if v == "unset":
                 delattr(cell, name)
-    saved = _compiled.encode_states
-    _compiled.encode_states = compiled_walk
     try:
-        writer = SnapshotWriter(img._engine.table, img.seq)
-        while not writer.step():
-            pass
-        writer.complete()
-        return "written", writer.payload(writer.header())
+        return "written", _snapshot_with(img, compiled_walk)
     except Exception as err:
         return "raised", (type(err), str(err))
     finally:
-        _compiled.encode_states = saved
         img.close()
 
 
@@ -760,18 +767,11 @@ def _hooked_walk(compiled_walk: Any, *, fail: BaseException | None = None, mutat
     first, cell = Cell(a=Fragile("w"), b="first"), Cell(a=Fragile("x"), b="orig", c=[Fragile("y")])
     img.root.content = [first, cell]
     _HOOK.update(calls=[], fail=fail, mutate=cell if mutate else None)
-    saved = _compiled.encode_states
-    _compiled.encode_states = compiled_walk
     try:
-        writer = SnapshotWriter(img._engine.table, img.seq)
-        while not writer.step():
-            pass
-        writer.complete()
-        out: Any = ("written", writer.payload(writer.header()))
+        out: Any = ("written", _snapshot_with(img, compiled_walk))
     except BaseException as err:
         out = ("raised", type(err), str(err))
     finally:
-        _compiled.encode_states = saved
         _HOOK.update(fail=None, mutate=None)
         img.close()
     return out, list(_HOOK["calls"])
@@ -810,17 +810,11 @@ def test_the_compiled_walk_meets_a_reference_whose_id_is_not_one_as_the_python_w
         img.root.content = [Cell(a=odd, b=plain), Cell(a=plain, b=odd)]
         kept = odd._mi_oid
         _SET_OID(odd, len(img._engine.table.objects) if oid == "the table's length" else oid)
-        saved = _compiled.encode_states
-        _compiled.encode_states = walk
         try:
-            writer = SnapshotWriter(img._engine.table, img.seq)
-            while not writer.step():
-                pass
-            outcomes.append(("written", bytes(writer.seen), len(writer.queue)))
+            outcomes.append(("written", _snapshot_with(img, walk)))
         except Exception as err:
             outcomes.append(("raised", type(err), str(err)))
         finally:
-            _compiled.encode_states = saved
             _SET_OID(odd, kept)
             img.close()
     assert outcomes[0] == outcomes[1]

@@ -126,7 +126,9 @@ def _fold_rows(
     directly. Anything else (an unknown kind, a damaged row, objects the
     event creates, a field to adapt, any other kind) leaves the fast path
     for :func:`_slow_row`, which reads the row the long way and names what
-    is wrong.
+    is wrong. With the compiled accelerator (:mod:`memimg.core._compiled`),
+    runs of fast-path rows are folded in C, which hands every other row back
+    to this loop.
     """
     objects = reader.table.objects
     fast_fields = reader.fast_fields
@@ -134,45 +136,40 @@ def _fold_rows(
     dec = reader.decode
     last_snapshot = 0
     compiled = _compiled.fold_sets
-    if compiled is not None:  # the same fast path, compiled: every other row is handed back, read the long way
-        left = iter(rows)
-        while True:
+    left = iter(rows)
+    while True:
+        batch: Iterable[Any] = left
+        if compiled is not None:  # the same fast path, compiled: it hands back any other row, read below
             got = compiled(left, expected, objects, fast_fields, set_code, checked, progress is not None, dec, loads)
             if isinstance(got, int):  # the rows ended
                 return got, last_snapshot
             expected, row = got
-            seq, _, _, _, _, _, _ = row
+            batch = (row,)
+        for row in batch:
+            seq, tx, ts, kind, target, payload, checksum = row
             if seq != expected:
                 raise missing(expected, seq, *where)
             expected += 1
             if progress is not None and not seq % 10_000:
                 progress(seq)
-            if _slow_row(row, reader, checked):
+            intact = checked
+            if kind == "obj.set":
+                try:
+                    intact = checked or crc(payload, crc(pack(seq, tx, ts, target), set_code)) == checksum
+                    if intact:
+                        (pair,) = loads(payload)  # one [field, value] pair: no objects created, no types declared
+                        if type(pair) is list and target > 0:  # an object id: never counted from the end
+                            name, v = pair
+                            obj = objects[target]
+                            # KeyError: not a current-schema entity's field (a field to adapt, no such object...)
+                            fast_fields[type(obj)][name](obj, v if type(v) is not list else dec(v))
+                            continue
+                except Exception:
+                    pass  # read again the long way, which names what is wrong
+            if _slow_row(row, reader, intact):
                 last_snapshot = seq
-    for row in rows:
-        seq, tx, ts, kind, target, payload, checksum = row
-        if seq != expected:
-            raise missing(expected, seq, *where)
-        expected += 1
-        if progress is not None and not seq % 10_000:
-            progress(seq)
-        intact = checked
-        if kind == "obj.set":
-            try:
-                intact = checked or crc(payload, crc(pack(seq, tx, ts, target), set_code)) == checksum
-                if intact:
-                    (pair,) = loads(payload)  # one [field, value] pair: no objects created, no types declared
-                    if type(pair) is list and target > 0:  # an object id: never counted from the end
-                        name, v = pair
-                        obj = objects[target]
-                        # KeyError: not a current-schema entity's field (a field to adapt, no such object...)
-                        fast_fields[type(obj)][name](obj, v if type(v) is not list else dec(v))
-                        continue
-            except Exception:
-                pass  # read again the long way, which names what is wrong
-        if _slow_row(row, reader, intact):
-            last_snapshot = seq
-    return expected, last_snapshot
+        if compiled is None:
+            return expected, last_snapshot
 
 
 def _slow_row(row: Any, reader: Reader, intact: bool) -> bool:
