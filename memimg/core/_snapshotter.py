@@ -165,7 +165,8 @@ class SnapshotWriter:
         done = self.done
         add, extend = self._states.append, self._states.extend
         compiled = _compiled.encode_states
-        walked = (self._plans, encoders, self.seen, queue, self._linked, self._value, self.table.shell.list)
+        seen, plans, linked, value = self.seen, self._plans, self._linked, self._value
+        tracked_list = self.table.shell.list
         while done < len(queue):  # the queue grows while it is walked
             start = self._start
             batch = queue[done : min(start + CHUNK, done + BATCH)]  # the chunk filled with what it meets too
@@ -179,7 +180,7 @@ class SnapshotWriter:
                         add(copy[0])
                         self._meet(copy[1])
             elif compiled is not None:  # the same states, made by the compiled walk
-                compiled(batch, walked[0], encoders, self._states, *walked[2:])
+                compiled(batch, plans, encoders, self._states, seen, queue, linked, value, tracked_list)
             else:  # a comprehension: no method call per object to keep its state
                 extend([encoders[type(obj)](obj) for obj in batch])
             if done - start >= CHUNK:
