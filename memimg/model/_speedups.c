@@ -1293,6 +1293,18 @@ static inline void put_le64(unsigned char *p, long long v) {
     for (int i = 0; i < 8; i++) p[i] = (unsigned char)(u >> (8 * i));
 }
 
+/* An event row's checksum, memimg.core._rows.event_checksum's formula: crc32(payload, crc32(pack("<qqqq", seq, tx, ts,
+ * target), code)), `code` the kind's. */
+static uint32_t event_crc(uint32_t code, long long seq, long long tx, long long ts, long long target,
+                          const char *payload, Py_ssize_t size) {
+    unsigned char cols[32];
+    put_le64(cols, seq);
+    put_le64(cols + 8, tx);
+    put_le64(cols + 16, ts);
+    put_le64(cols + 24, target);
+    return crc_update(crc_update(code, cols, 32), (const unsigned char *)payload, size);
+}
+
 /* The JSON text of a str orjson writes as is (printable ASCII, no quote nor backslash): its bytes, else NULL. */
 static inline const char *plain_text(PyObject *s, Py_ssize_t *len) {
     if (!PyUnicode_IS_COMPACT_ASCII(s)) return NULL;
@@ -1456,15 +1468,7 @@ static PyObject *encode_sets(PyObject *mod, PyObject *const *args, Py_ssize_t na
         Py_XDECREF(f.spliced);
         Py_XDECREF(v.spliced);
         long long seqv = txv + PyList_GET_SIZE(rows);
-        uint32_t crc = 0;
-        if (checksums) {
-            unsigned char cols[32];
-            put_le64(cols, seqv);
-            put_le64(cols + 8, txv);
-            put_le64(cols + 16, tsv);
-            put_le64(cols + 24, oidv);
-            crc = crc_update(crc_update(code, cols, 32), (const unsigned char *)PyBytes_AS_STRING(data), size);
-        }
+        uint32_t crc = checksums ? event_crc(code, seqv, txv, tsv, oidv, PyBytes_AS_STRING(data), size) : 0;
         PyObject *seq = PyLong_FromLongLong(seqv), *sum = PyLong_FromUnsignedLong(crc);
         if (seq == NULL || sum == NULL) {
             Py_XDECREF(seq);
@@ -1662,12 +1666,7 @@ static int fold_one(Fold *f, PyObject *row, long long expected) {
         if (!small_int(PyTuple_GET_ITEM(row, 1), &tx) || !small_int(PyTuple_GET_ITEM(row, 2), &ts) ||
             !small_int(PyTuple_GET_ITEM(row, 6), &checksum))
             return 0;
-        unsigned char cols[32];
-        put_le64(cols, seq);
-        put_le64(cols + 8, tx);
-        put_le64(cols + 16, ts);
-        put_le64(cols + 24, target);
-        if ((long long)crc_update(crc_update(f->code, cols, 32), (const unsigned char *)data, size) != checksum) return 0;
+        if ((long long)event_crc(f->code, seq, tx, ts, target, data, size) != checksum) return 0;
     }
     PyObject *name = NULL, *value = NULL, *parsed = NULL;
     int got = plain_pair(data, size, &f->last_name, &name, &value);
