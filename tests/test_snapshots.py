@@ -385,14 +385,15 @@ def test_a_snapshot_keeps_its_lease_while_its_first_commit_loses_races(
     """Another image commits before every attempt of a snapshot's first commit, for four times the lease's
     time: the snapshot renews its lease meanwhile (no other process can take it), then is written and
     stored."""
-    monkeypatch.setattr(_snapshots, "LEASE_SECONDS", 0.3)
+    # a lease long enough that a loaded machine's stall between two renewals (a third of it apart) stays inside it
+    monkeypatch.setattr(_snapshots, "LEASE_SECONDS", 0.6)
     img = make_image(root=Holder, snapshot_every=None)
     img.root.nodes.extend(_chain(50))
     other = make_image(root=Holder, snapshot_every=None)
     store = make_image.store()
     engine = img._engine
     commit = engine.commit
-    until = time.monotonic() + 1.2
+    until = time.monotonic() + 4 * _snapshots.LEASE_SECONDS
     lost: list[int] = []
 
     def another_commits_first(events: Any, *args: Any, **kwargs: Any) -> bool:
