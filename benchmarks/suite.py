@@ -43,7 +43,7 @@ from benchmarks.ndjson import ndjson
 from benchmarks.protection import protection_workload
 from benchmarks.report import render_table
 from benchmarks.snapshots import snapshots
-from benchmarks.systems import load_systems
+from benchmarks.systems import SYSTEMS, load_systems
 from benchmarks.timetravel import timetravel
 from benchmarks.tools import tools
 from benchmarks.web import web
@@ -143,6 +143,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         unknown = [w for w in args.only.split(",") if w not in WORKLOADS]
         if unknown:
             parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    if args.systems:
+        unknown = [s for s in args.systems.split(",") if s not in SYSTEMS]
+        if unknown:  # (a misspelt peer, "zodb" for "ZODB", silently ran without it)
+            parser.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)} (case matters)")
     return args
 
 

@@ -123,6 +123,14 @@ def test_unknown_workload_is_refused(capsys: Any) -> None:
     assert "unknown workload" in capsys.readouterr().err
 
 
+def test_unknown_system_is_refused(capsys: Any) -> None:
+    """--systems with a name the suite does not have (case matters) exits with an error naming it and the names."""
+    with pytest.raises(SystemExit):
+        main(["--systems", "zodb,sqlite3"])
+    err = capsys.readouterr().err
+    assert "unknown system(s) zodb;" in err and "ZODB" in err
+
+
 def test_workload_names_match_the_docs() -> None:
     """The workloads are the ones the docs describe, in their order."""
     names = ["commit", "batch", "recovery", "graph", "inmemory", "writers", "snapshots", "web", "timetravel", "tools"]

@@ -245,6 +245,8 @@ class SQLiteStore:
         elif not set(COLUMNS) <= tables:
             raise MemimgError(f"{self.path!r} holds no memimg image (opened read-only)")
         self._has_targets = "memimg_targets" in tables
+        #: the events of the target index's next chunk (see targets.resize)
+        self._fill_chunk = targets.CHUNK
         meta = self.meta()
         version = int(meta.get("format_version", FORMAT_VERSION))
         if version > FORMAT_VERSION:
@@ -460,23 +462,27 @@ class SQLiteStore:
         return read_in_chunks(fetch, after, None)  # type: ignore[return-value]
 
     def index_targets(self, upto: int, *, least: int = 1) -> int:
-        """See :meth:`Store.index_targets`: filled a chunk (:data:`targets.CHUNK` events) per transaction, this
-        store's lock and the write lock given up between chunks."""
+        """See :meth:`Store.index_targets`: filled a chunk per transaction (sized to hold the write lock about
+        :data:`targets.CHUNK_SECONDS`, see :func:`targets.resize`), this store's lock and the write lock given up
+        between chunks."""
         doing = f"indexing the targets of the events up to seq {upto}"
         while True:
             with self._lock:
                 try:
-                    before, done = targets.advance(
+                    chunk = self._fill_chunk
+                    before, done, took = targets.advance(
                         self._conn,
                         self._busy_timeout,
                         upto,
                         least,
                         self._has_targets,
                         lambda: self._check_writable(doing),
+                        chunk,
                     )
                 except sqlite3.Error as err:
                     raise self._error(err, doing, write=True) from err
                 if done > before:  # (read-only: nothing waited, nothing was written)
+                    self._fill_chunk = targets.resize(chunk, done - before, took)
                     self._check_files(doing, None)
                     if self._checkpointer is not None:
                         self._checkpointer.kick()  # a fill rewrites many pages of the index

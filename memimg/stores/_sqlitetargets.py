@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from memimg.stores._protocol import TARGETS_KEY
 from memimg.stores._sqlitewal import retry_busy
 
-__all__ = ["COLUMNS", "CREATE", "advance", "covered", "delete_before", "fetch", "immediate"]
+__all__ = ["COLUMNS", "CREATE", "advance", "covered", "delete_before", "fetch", "immediate", "resize"]
 
 #: The table's columns, as memimg makes it.
 COLUMNS: Final = ["target", "seq"]
@@ -82,35 +83,60 @@ def immediate(conn: sqlite3.Connection, timeout: float) -> Iterator[None]:
         raise
 
 
-#: Events indexed per write transaction: a fill holds SQLite's write lock for one chunk at a time (about
-#: 10-15 ms for 2,000 events on a 1M-entry index), so commits of other processes and threads go on between.
+#: A fill's chunk -- the events indexed in one write transaction -- is sized so that it holds SQLite's write lock
+#: about this long (seconds), so that commits of other processes and threads go on between chunks: a store measures
+#: each chunk it writes and sizes the next one by it (:func:`resize`). About 10-15 ms for 2,000 events on a
+#: 1,000,000-entry index; 1.5-3 ms on a small one, where 2,000-event chunks made a snapshot's fill of 10,000 events
+#: cost twice a single chunk's time (each transaction rewrites most of the leaves the last one did).
+CHUNK_SECONDS: Final = 0.01
+#: The events of a store's first chunk, and of its smallest; of its largest.
 CHUNK: Final = 2_000
+MOST: Final = 200_000
+
+
+def resize(chunk: int, filled: int, took: float) -> int:
+    """The next chunk's events after a chunk of *chunk* filled *filled* events in *took* seconds: scaled towards
+    :data:`CHUNK_SECONDS`, by at most 4x up, within :data:`CHUNK` and :data:`MOST`. A chunk cut short (fewer
+    events waited) tells little of a whole one's time: *chunk* unchanged."""
+    if filled < chunk // 2:
+        return chunk
+    want = int(filled * CHUNK_SECONDS / max(took, 1e-6))
+    return max(CHUNK, min(MOST, 4 * chunk, want))
 
 
 def advance(
-    conn: sqlite3.Connection, timeout: float, upto: int, least: int, has_table: bool, check_writable: Callable[[], None]
-) -> tuple[int, int]:
-    """Fill the index by one chunk: up to ``min(upto, head, covered + CHUNK)``, in one transaction, if *least*
+    conn: sqlite3.Connection,
+    timeout: float,
+    upto: int,
+    least: int,
+    has_table: bool,
+    check_writable: Callable[[], None],
+    chunk: int = CHUNK,
+) -> tuple[int, int, float]:
+    """Fill the index by one chunk: up to ``min(upto, head, covered + chunk)``, in one transaction, if *least*
     events wait (up to ``min(upto, head)``).
 
-    Returns the seq covered before and after. Nothing is locked nor written
-    (*check_writable* is not called) while fewer wait. The seq covered is
-    read again under the write lock, so two processes advancing at once
-    fill each entry once. The caller repeats it until it covers *upto*.
+    Returns the seq covered before and after, and the seconds the write
+    lock was held for it (0.0 if nothing was written). Nothing is locked
+    nor written (*check_writable* is not called) while fewer wait. The seq
+    covered is read again under the write lock, so two processes advancing
+    at once fill each entry once. The caller repeats it until it covers
+    *upto*.
     """
     before = done = covered(conn, has_table, timeout)
     if upto - done < least:
-        return before, done
+        return before, done, 0.0
     check_writable()
     with immediate(conn, timeout):
+        started = time.perf_counter()
         before = done = covered(conn, True)
         upto = min(upto, conn.execute(_HEAD).fetchone()[0])
         if upto - done >= least:
-            end = min(upto, done + CHUNK)
+            end = min(upto, done + chunk)
             conn.execute(_FILL, (done, end))
             conn.execute(_MARK, (str(end),))
             done = end
-    return before, done
+    return before, done, time.perf_counter() - started
 
 
 def delete_before(conn: sqlite3.Connection, timeout: float, seq: int) -> int:

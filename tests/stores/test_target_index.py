@@ -63,11 +63,11 @@ def test_sqlite_fill_takes_the_write_lock_one_chunk_at_a_time(tmp_path: Any, mon
     spans: list[tuple[int, int]] = []
     advance = _sqlitetargets.advance
 
-    def spy(*args: Any) -> tuple[int, int]:
-        before, done = advance(*args)
+    def spy(*args: Any) -> tuple[int, int, float]:
+        before, done, took = advance(*args)
         spans.append((before, done))
         other.execute("INSERT OR REPLACE INTO memimg_meta (key, value) VALUES ('between', ?)", (str(done),))
-        return before, done
+        return before, done, 1.0  # each chunk as slow as can be: the next is no larger
 
     monkeypatch.setattr(_sqlitetargets, "advance", spy)
     assert store.index_targets(45) == 45
@@ -75,6 +75,37 @@ def test_sqlite_fill_takes_the_write_lock_one_chunk_at_a_time(tmp_path: Any, mon
     assert _entries(path) == [(s % 3, s) for s in range(1, 46) if s % 3]
     assert _covered(path) == 45
     other.close()
+    store.close()
+
+
+def test_sqlite_fill_sizes_its_chunks_by_the_time_they_hold_the_write_lock(tmp_path: Any, monkeypatch: Any) -> None:
+    """Each chunk is sized by how long the last whole one held the write lock: chunks that take a quarter of
+    CHUNK_SECONDS grow fourfold (never by more), one that takes twice as long halves, none goes below CHUNK nor
+    above MOST; a chunk cut short by the events waiting leaves the size alone. The index ends up whole."""
+    monkeypatch.setattr(_sqlitetargets, "CHUNK", 10)
+    monkeypatch.setattr(_sqlitetargets, "MOST", 100)
+    second = _sqlitetargets.CHUNK_SECONDS
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=s % 5) for s in range(1, 401)], 0)
+    spans: list[tuple[int, int]] = []
+    advance = _sqlitetargets.advance
+    tooks = iter([second / 4, second / 16, second / 4, second * 2, second / 1000, second * 100, second / 1000])
+
+    def spy(*args: Any) -> tuple[int, int, float]:
+        before, done, _ = advance(*args)
+        spans.append((before, done))
+        return before, done, next(tooks)
+
+    monkeypatch.setattr(_sqlitetargets, "advance", spy)
+    assert store.index_targets(325) == 325
+    # 10 (a quarter: x4) -> 40 (a sixteenth: x4 only, 160, capped at MOST) -> 100 (a quarter: capped) -> 100
+    # (twice as long: halved) -> 50 (fast: x4, capped) -> 100, cut short at 325 (size unchanged)
+    assert spans == [(0, 10), (10, 50), (50, 150), (150, 250), (250, 300), (300, 325)]
+    assert store.index_targets(400) == 400  # a chunk of 100 takes the rest
+    assert spans[6:] == [(325, 400)]
+    assert _entries(path) == [(s % 5, s) for s in range(1, 401) if s % 5]
+    assert [_sqlitetargets.resize(10, 10, 100.0), _sqlitetargets.resize(40, 19, 1e-9)] == [10, 40]
     store.close()
 
 
