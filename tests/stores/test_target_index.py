@@ -64,7 +64,7 @@ def test_sqlite_fill_takes_the_write_lock_one_chunk_at_a_time(tmp_path: Any, mon
     advance = _sqlitetargets.advance
 
     def spy(*args: Any) -> tuple[int, int, float]:
-        before, done, took = advance(*args)
+        before, done, _ = advance(*args)
         spans.append((before, done))
         other.execute("INSERT OR REPLACE INTO memimg_meta (key, value) VALUES ('between', ?)", (str(done),))
         return before, done, 1.0  # each chunk as slow as can be: the next is no larger
