@@ -16,11 +16,14 @@ from typing import Any
 import attrs
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import memimg
 from memimg import persistent
 from memimg.image import _attach, _bulk
 from memimg.image._encode import EncodeSession
+from tests.accel import compiled
 from tests.conftest import Images
 from tests.test_snapshot_format import _content
 from tests.versions import Versions
@@ -359,3 +362,109 @@ def test_an_object_saved_before_is_referred_to_without_declaring_its_class(tmp_p
         expected = _content(img.root)
     with v.open(new) as img:
         assert _content(img.root) == expected and img.root.new.ref is img.root.kept
+
+
+# -- the compiled loop (``bulk_records``) writes what the Python walk writes ----------------------------------------
+
+_SCALARS = st.one_of(
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=4),
+    st.text(max_size=3),  # not ASCII at times (and now and then a lone surrogate: refused on both paths)
+    st.integers(min_value=-(2**64), max_value=2**64),  # past 64 bits at times
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, width=32),
+)
+#: how one field of an item is filled: a scalar, a reference to an item (by index), a plain list of scalars and
+#: references, one list shared between two items, a dict, a list in a list, the tracked list or the item saved
+#: before the graph, or left unset
+_FIELD = st.one_of(
+    st.tuples(st.just("scalar"), _SCALARS),
+    st.tuples(st.just("item"), st.integers(0, 7)),
+    st.tuples(
+        st.just("list"), st.lists(st.one_of(_SCALARS, st.tuples(st.just("item"), st.integers(0, 7))), max_size=4)
+    ),
+    st.tuples(st.just("shared"), st.integers(0, 1)),
+    st.tuples(st.just("dict"), st.dictionaries(st.text(max_size=2), _SCALARS, max_size=2)),
+    st.tuples(st.just("nested"), st.none()),
+    st.tuples(st.just("kept"), st.sampled_from(["item", "tags"])),
+    st.tuples(st.just("unset"), st.none()),
+)
+
+
+def _build(spec: list[tuple[Any, Any, Any]], kept: Item) -> list[Item]:
+    """Eight items whose value, tags and ref fields are filled as *spec* says (see _FIELD); the first is assigned."""
+    items = [Item(f"i{i}") for i in range(8)]
+    shared: list[list[Any]] = [["s0"], [1, "s1"]]
+
+    def value(how: str, arg: Any) -> Any:
+        if how == "scalar":
+            return arg
+        if how == "item":
+            return items[arg]
+        if how == "list":
+            return [items[x[1]] if type(x) is tuple else x for x in arg]
+        if how == "shared":
+            return shared[arg]
+        if how == "dict":
+            return dict(arg)
+        if how == "nested":
+            return [[1]]
+        return kept if arg == "item" else kept.tags  # "kept"
+
+    for item, fields in zip(items, spec):
+        for name, (how, arg) in zip(("value", "tags", "ref"), fields):
+            if how == "unset":
+                object.__delattr__(item, name)
+            else:
+                setattr(item, name, value(how, arg))
+    return items
+
+
+def _attach_with(tmp_path: Any, spec: list[tuple[Any, Any, Any]], compiled_loop: Any) -> tuple[Any, ...]:
+    """Assign the graph *spec* makes outside a transaction with the walk's compiled loop set to *compiled_loop*:
+    the payloads written, the error's text, the ids the items got and whether their lists were replaced."""
+    saved = _bulk._bulk_records
+    _bulk._bulk_records = compiled_loop
+    path = tmp_path / f"{'c' if compiled_loop else 'p'}.db"
+    try:
+        with memimg.open(path, root=Root, snapshot_every=None) as img:
+            img.root.kept = Item("kept", tags=["k"])
+            items = _build(spec, img.root.kept)
+            error = None
+            try:
+                img.root.groups = items[0]
+            except memimg.MemimgError as err:
+                error = str(err)
+            ids = [(item._mi_oid, type(getattr(item, "tags", None)).__name__) for item in items]
+            payloads = [bytes(r[5]) for r in img.store.read(after=0)]
+            content = _content(img.root)
+    finally:
+        _bulk._bulk_records = saved
+        path.unlink()
+    return payloads, error, ids, content
+
+
+@compiled
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=st.lists(st.tuples(_FIELD, _FIELD, _FIELD), min_size=8, max_size=8))
+def test_the_compiled_loop_writes_what_the_python_walk_writes(tmp_path: Any, spec: Any) -> None:
+    """Any graph of items whose fields hold scalars (ASCII or not, ints past 64 bits, floats), new items, plain
+    lists (shared, nested, of anything), dicts, an object saved before, or nothing: the same event bytes, the
+    same error, the same ids and the same lists replaced, with the compiled loop as with the Python walk alone."""
+    assert _attach_with(tmp_path, spec, _bulk._bulk_records) == _attach_with(tmp_path, spec, None)
+
+
+@compiled
+def test_the_compiled_loop_refuses_arguments_it_does_not_know() -> None:
+    """Arguments of other types than the walk's raise TypeError, and nothing is written."""
+    from memimg.model._accel import speedups
+
+    assert speedups is not None
+    records: list[Any] = []
+    with pytest.raises(TypeError, match="bad arguments"):
+        speedups.bulk_records([], 0, {}, records, None, set(), {}, [], dict, {}, [])  # not a list type
+    with pytest.raises(TypeError, match="bad arguments"):
+        speedups.bulk_records([], -1, {}, records, None, set(), {}, [], memimg.TrackedList, {}, [])
+    with pytest.raises(TypeError, match="takes 11 arguments"):
+        speedups.bulk_records([], 0)
+    assert records == []

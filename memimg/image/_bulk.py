@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import linecache
+import types
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -44,6 +45,7 @@ from memimg.core._codec import ENTITY
 from memimg.core._encoders import field_reads
 from memimg.image._attach import Attacher, journal_attach, journal_fields
 from memimg.image._encode import EncodeSession
+from memimg.model._accel import speedups
 
 __all__ = ["BAILED", "BulkAttacher"]
 
@@ -58,6 +60,8 @@ _dict_new = dict.__new__
 _join = "".join
 _dict_update = dict.update
 _STR: Final = {str}
+#: the walk's loop over its common case, compiled (``bulk_records``; see :meth:`BulkAttacher._walk`), or None
+_bulk_records: Callable[..., int] | None = None if speedups is None else speedups.bulk_records
 
 
 def _text_ok(s: str) -> bool:
@@ -142,6 +146,7 @@ class BulkAttacher:
         memo: dict[int, Any] = {}  # id of a plain container -> its tracked one (a list met twice is one list)
         replaced: list[Any] = []  # [obj, setter, old value, ...]: the fields given a tracked list
         writers: dict[type, Callable[[Any], list[Any]]] = {}
+        plans: dict[type, tuple[str, tuple[str, ...], tuple[Any, ...], tuple[Any, ...]]] = {}  # the compiled loop's
         push, grow, note = queue.append, objects.append, replaced.extend
         direct = not shell.reads_hooked()  # fields read as plain attribute loads (see field_reads)
         gave_up = self.gave_up
@@ -195,6 +200,9 @@ class BulkAttacher:
                     make = info.encoders[key] = _record_writer(info, direct)
                 writers[t] = make(owner, linked, writers, contain, conv, _Bail, set_owner, set_oid, objects, grow, push)
                 linked.add(t)
+                plan = _plan(info)
+                if plan is not None:
+                    plans[t] = plan
             if v._mi_img is not None:
                 if v._mi_img is owner and v._mi_oid is not None:
                     return ["r", v._mi_oid]
@@ -218,8 +226,16 @@ class BulkAttacher:
         append = records.append
         list_state, dict_state = _containers(owner, linked, conv, _Bail)
         obj = value
+        compiled = _bulk_records
+        at = 0
         try:
-            for obj in queue:  # grows as the walk meets new objects
+            while at < len(queue):  # grows as the walk meets new objects
+                if compiled is not None:  # the common case (what the code below does, the same records)
+                    at = compiled(queue, at, plans, records, owner, linked, writers, objects, tlist, memo, replaced)
+                    if at == len(queue):
+                        break
+                obj = queue[at]
+                at += 1
                 t = type(obj)
                 if t is tlist:
                     # a list of strs (the commonest list of scalars) is its state
@@ -237,6 +253,19 @@ class BulkAttacher:
             raise _Bail(_holder(obj, tracked_types, memo, replaced)) from None
         session.adopt(records)
         return out
+
+
+def _plan(info: _types.TypeInfo) -> tuple[str, tuple[str, ...], tuple[Any, ...], tuple[Any, ...]] | None:
+    """What the compiled loop needs to write *info*'s records: its name, its fields' names, their slots (member
+    descriptors: what the record writer's raw reads read) and raw setters; None if a field is not a plain slot."""
+    members = tuple(getattr(info.getters[f], "__self__", None) for f in info.fields)
+    setters = tuple(info.setters[f] for f in info.fields)
+    if not all(
+        type(d) is types.MemberDescriptorType and getattr(set_, "__self__", None) is d and set_.__name__ == "__set__"
+        for d, set_ in zip(members, setters)
+    ):
+        return None
+    return info.name, info.fields, members, setters
 
 
 def _holder(obj: Any, tracked_types: Any, memo: dict[int, Any], replaced: list[Any]) -> type | None:

@@ -40,7 +40,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 9
+#define SPEEDUPS_VERSION 10
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -1890,7 +1890,8 @@ done:
  * where the encoders raise it (value()'s, a reference's id that is not one), and nothing of the batch is
  * appended then. */
 
-static PyObject *s_r = NULL; /* "r" */
+static PyObject *s_r = NULL;    /* "r" */
+static PyObject *s_list = NULL; /* "list" */
 
 /* The stored form of `v` (new reference), or NULL with the error the generated encoders raise. */
 static PyObject *walk_item(PyObject *v, PyObject *seen, PyObject *queue, PyObject *linked, PyObject *value) {
@@ -2048,6 +2049,292 @@ static PyObject *encode_states(PyObject *mod, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* -- a bulk attach's walk (memimg.image._bulk.BulkAttacher._walk) ------------------------------------------- */
+
+/* bulk_records(queue, at, plans, records, owner, linked, writers, objects, tracked_list, memo, replaced): the walk's
+ * records of queue[at:], appended to `records` -- as the generated record writers and container states of
+ * memimg.image._bulk make them -- for as long as each object is of the common case; the index of the first object
+ * it leaves to the Python walk (len(queue) when none: the queue grows as new objects are met).
+ *
+ * The common case: a tracked list (exactly `tracked_list`) whose items are all kept (below), or an entity whose
+ * class has a plan in `plans` ((name, field names, member descriptors, raw setters), the walk's record writer made)
+ * with every field set and kept. A value is kept if it is an ASCII str, an int of 64 bits, a bool or None (stored
+ * as itself); an object of a type in `linked` whose _mi_img is `owner` and whose _mi_oid is set (["r", oid]); an
+ * entity of a class in `writers` not yet attached (attached: its _mi_img and _mi_oid set, appended to `objects`
+ * and `queue`; ["r", oid]); or, an entity's field only, a plain list (made a tracked one once per list -- `memo`,
+ * by id -- attached and numbered, (obj, setter, list) noted in `replaced` and the field set to it; ["r", oid]).
+ * A list of ASCII strs only is stored as itself. Everything of an object is looked at before anything is done,
+ * so an object left to Python is untouched. */
+
+/* Whether `v` is an entity of this image (base_type) with an id: 1, 0 (no), or -1 when it cannot tell cheaply. */
+static inline int owned_oid(PyObject *v, PyObject *owner, PyObject **oid) {
+    if (!PyObject_TypeCheck(v, base_type)) return -1;
+    PyObject *img = *(PyObject **)((char *)v + owner_offset);
+    *oid = *(PyObject **)((char *)v + oid_offset);
+    if (img == NULL || *oid == NULL) return -1;
+    return img == owner && *oid != Py_None;
+}
+
+enum { KEEP_INLINE = 1, KEEP_REF, KEEP_ATTACH, KEEP_CONTAIN };
+
+/* How value `v` is kept (KEEP_*), 0 if it is left to Python, -1 with an error. `field`: an entity's field (a plain
+ * list is contained there only). */
+static int bulk_keep(PyObject *v, PyObject *owner, PyObject *linked, PyObject *writers, int field) {
+    PyTypeObject *t = Py_TYPE(v);
+    if (t == &PyUnicode_Type) return PyUnicode_IS_ASCII(v) ? KEEP_INLINE : 0;
+    if (t == &PyBool_Type || v == Py_None) return KEEP_INLINE;
+    if (t == &PyLong_Type) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred()) return -1;
+        return overflow ? 0 : KEEP_INLINE;
+    }
+    int is_linked = PySet_Contains(linked, (PyObject *)t);
+    if (is_linked < 0) return -1;
+    if (is_linked) {
+        PyObject *oid;
+        int owned = owned_oid(v, owner, &oid);
+        if (owned > 0) return KEEP_REF;
+        if (owned < 0) { /* a tracked collection: its attributes */
+            PyObject *img = PyObject_GetAttr(v, s_mi_img);
+            oid = img == NULL ? NULL : PyObject_GetAttr(v, s_mi_oid);
+            int ok = img == owner && oid != NULL && oid != Py_None;
+            Py_XDECREF(img);
+            Py_XDECREF(oid);
+            if (PyErr_Occurred()) {
+                PyErr_Clear(); /* Python's walk says what is wrong */
+                return 0;
+            }
+            if (ok) return KEEP_REF;
+        }
+    }
+    if (t == &PyList_Type) return field ? KEEP_CONTAIN : 0;
+    if (t == &PyDict_Type) return 0;
+    int is_writer = PyDict_Contains(writers, (PyObject *)t);
+    if (is_writer < 0) return -1;
+    if (is_writer && PyObject_TypeCheck(v, base_type)) {
+        PyObject *img = *(PyObject **)((char *)v + owner_offset);
+        if (img == Py_None) return KEEP_ATTACH;
+    }
+    return 0;
+}
+
+/* ["r", oid] (new reference). */
+static PyObject *bulk_ref(PyObject *oid) {
+    PyObject *ref = PyList_New(2);
+    if (ref == NULL) return NULL;
+    PyList_SET_ITEM(ref, 0, Py_NewRef(s_r));
+    PyList_SET_ITEM(ref, 1, Py_NewRef(oid));
+    return ref;
+}
+
+/* Attach and number `v` (new): ["r", oid] (new reference). */
+static PyObject *bulk_attach(PyObject *v, PyObject *owner, PyObject *objects, PyObject *queue) {
+    PyObject *oid = PyLong_FromSsize_t(PyList_GET_SIZE(objects));
+    if (oid == NULL) return NULL;
+    Py_XSETREF(*(PyObject **)((char *)v + owner_offset), Py_NewRef(owner));
+    Py_XSETREF(*(PyObject **)((char *)v + oid_offset), Py_NewRef(oid));
+    PyObject *ref = NULL;
+    if (PyList_Append(objects, v) == 0 && PyList_Append(queue, v) == 0) ref = bulk_ref(oid);
+    Py_DECREF(oid);
+    return ref;
+}
+
+/* The stored form of `v`, kept as `how` (new reference). */
+static PyObject *bulk_value(PyObject *v, int how, PyObject *owner, PyObject *objects, PyObject *queue) {
+    if (how == KEEP_INLINE) return Py_NewRef(v);
+    PyObject *oid;
+    if (owned_oid(v, owner, &oid) > 0) return bulk_ref(oid); /* KEEP_REF, or attached since it was looked at */
+    if (how == KEEP_ATTACH) return bulk_attach(v, owner, objects, queue);
+    oid = PyObject_GetAttr(v, s_mi_oid);
+    if (oid == NULL) return NULL;
+    PyObject *ref = bulk_ref(oid);
+    Py_DECREF(oid);
+    return ref;
+}
+
+/* Plain list `source`, in field `member` of `obj` (raw setter `setter`), as the tracked one: ["r", oid]. */
+static PyObject *bulk_contain(PyObject *obj, PyObject *member, PyObject *setter, PyObject *source, PyObject *owner,
+                              PyObject *tracked_list, PyObject *objects, PyObject *queue, PyObject *memo,
+                              PyObject *replaced) {
+    PyObject *key = PyLong_FromVoidPtr(source);
+    if (key == NULL) return NULL;
+    PyObject *made = PyDict_GetItemWithError(memo, key);
+    PyObject *oid = NULL, *ref = NULL;
+    if (made != NULL) {
+        Py_INCREF(made);
+    } else if (PyErr_Occurred()) {
+        goto done;
+    } else {
+        made = PyType_GenericNew((PyTypeObject *)tracked_list, empty_tuple, NULL);
+        if (made == NULL || PyList_SetSlice(made, 0, 0, source) < 0 || PyDict_SetItem(memo, key, made) < 0 ||
+            PyObject_SetAttr(made, s_mi_img, owner) < 0 ||
+            (oid = PyLong_FromSsize_t(PyList_GET_SIZE(objects))) == NULL || PyObject_SetAttr(made, s_mi_oid, oid) < 0 ||
+            PyList_Append(objects, made) < 0 || PyList_Append(queue, made) < 0)
+            goto done;
+        Py_CLEAR(oid);
+    }
+    oid = PyObject_GetAttr(made, s_mi_oid);
+    if (oid == NULL) goto done;
+    { /* noted before the field is set, as the Python walk notes it */
+        Py_ssize_t at = PyList_GET_SIZE(replaced);
+        PyObject *note = PyTuple_Pack(3, obj, setter, source);
+        int failed = note == NULL || PyList_SetSlice(replaced, at, at, note) < 0;
+        Py_XDECREF(note);
+        if (failed) goto done;
+    }
+    Py_XSETREF(*(PyObject **)((char *)obj + ((PyMemberDescrObject *)member)->d_member->offset), Py_NewRef(made));
+    ref = bulk_ref(oid);
+done:
+    Py_DECREF(key);
+    Py_XDECREF(made);
+    Py_XDECREF(oid);
+    return ref;
+}
+
+/* The record of tracked list `obj` (new reference); NULL with no error when Python is to write it. */
+static PyObject *bulk_list(PyObject *obj, PyObject *owner, PyObject *linked, PyObject *writers, PyObject *objects,
+                           PyObject *queue) {
+    Py_ssize_t n = PyList_GET_SIZE(obj);
+    int all_ascii = n > 0;
+    for (Py_ssize_t i = 0; i < n && all_ascii; i++) {
+        PyObject *v = PyList_GET_ITEM(obj, i);
+        all_ascii = Py_TYPE(v) == &PyUnicode_Type && PyUnicode_IS_ASCII(v);
+    }
+    PyObject *oid = PyObject_GetAttr(obj, s_mi_oid);
+    if (oid == NULL) return NULL;
+    PyObject *state = NULL;
+    if (all_ascii) {
+        state = Py_NewRef(obj); /* a list of strs is its own state */
+    } else {
+        PyObject *items = PyList_GetSlice(obj, 0, n); /* what is looked at is what is stored */
+        if (items == NULL) goto fail;
+        char hows[256];
+        char *how = n <= 256 ? hows : PyMem_Malloc(n);
+        if (how == NULL) {
+            Py_DECREF(items);
+            PyErr_NoMemory();
+            goto fail;
+        }
+        int keep = 1;
+        for (Py_ssize_t i = 0; i < n && keep > 0; i++) {
+            keep = bulk_keep(PyList_GET_ITEM(items, i), owner, linked, writers, 0);
+            how[i] = (char)keep;
+        }
+        if (keep > 0) state = PyList_New(n);
+        for (Py_ssize_t i = 0; state != NULL && i < n; i++) {
+            PyObject *item = bulk_value(PyList_GET_ITEM(items, i), how[i], owner, objects, queue);
+            if (item == NULL) Py_CLEAR(state);
+            else PyList_SET_ITEM(state, i, item);
+        }
+        if (how != hows) PyMem_Free(how);
+        Py_DECREF(items);
+        if (state == NULL) goto fail; /* keep 0: Python's (no error); else the error */
+    }
+    PyObject *record = PyList_New(3);
+    if (record == NULL) goto fail;
+    PyList_SET_ITEM(record, 0, oid);
+    PyList_SET_ITEM(record, 1, Py_NewRef(s_list));
+    PyList_SET_ITEM(record, 2, state);
+    return record;
+fail:
+    Py_DECREF(oid);
+    Py_XDECREF(state);
+    return NULL;
+}
+
+/* The record of entity `obj` by `plan` (new reference); NULL with no error when Python is to write it. */
+static PyObject *bulk_entity(PyObject *obj, PyObject *plan, PyObject *owner, PyObject *linked, PyObject *writers,
+                             PyObject *tracked_list, PyObject *objects, PyObject *queue, PyObject *memo,
+                             PyObject *replaced) {
+    PyObject *name = PyTuple_GET_ITEM(plan, 0), *names = PyTuple_GET_ITEM(plan, 1);
+    PyObject *members = PyTuple_GET_ITEM(plan, 2), *setters = PyTuple_GET_ITEM(plan, 3);
+    Py_ssize_t n = PyTuple_GET_SIZE(members);
+    PyObject *values[WALK_FIELDS];
+    int how[WALK_FIELDS];
+    PyObject *oid;
+    if (n > WALK_FIELDS || PyTuple_GET_SIZE(names) != n || PyTuple_GET_SIZE(setters) != n) return NULL;
+    if (!PyObject_TypeCheck(obj, base_type) || (oid = *(PyObject **)((char *)obj + oid_offset)) == NULL) return NULL;
+    Py_INCREF(oid);
+    Py_ssize_t got = 0;
+    for (; got < n; got++) { /* every field read first, as the record writers read them */
+        PyObject *d = PyTuple_GET_ITEM(members, got);
+        PyObject *v = NULL;
+        if (Py_TYPE(d) == &PyMemberDescr_Type && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+            PyObject_TypeCheck(obj, PyDescr_TYPE(d)))
+            v = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)d)->d_member->offset);
+        if (v == NULL) break; /* unset: Python's walk gives up */
+        values[got] = Py_NewRef(v);
+    }
+    PyObject *record = NULL, *state = NULL;
+    int keep = got == n;
+    for (Py_ssize_t i = 0; i < n && keep > 0; i++) keep = how[i] = bulk_keep(values[i], owner, linked, writers, 1);
+    if (keep > 0 && (state = PyDict_New()) != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *v = how[i] == KEEP_CONTAIN
+                              ? bulk_contain(obj, PyTuple_GET_ITEM(members, i), PyTuple_GET_ITEM(setters, i), values[i],
+                                             owner, tracked_list, objects, queue, memo, replaced)
+                              : bulk_value(values[i], how[i], owner, objects, queue);
+            int failed = v == NULL || PyDict_SetItem(state, PyTuple_GET_ITEM(names, i), v) < 0;
+            Py_XDECREF(v);
+            if (failed) {
+                Py_CLEAR(state);
+                break;
+            }
+        }
+    }
+    if (state != NULL && (record = PyList_New(3)) != NULL) {
+        PyList_SET_ITEM(record, 0, Py_NewRef(oid));
+        PyList_SET_ITEM(record, 1, Py_NewRef(name));
+        PyList_SET_ITEM(record, 2, Py_NewRef(state));
+    }
+    Py_XDECREF(state);
+    for (Py_ssize_t i = 0; i < got; i++) Py_DECREF(values[i]);
+    Py_DECREF(oid);
+    return record;
+}
+
+static PyObject *bulk_records(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "bulk_records() takes 11 arguments");
+        return NULL;
+    }
+    PyObject *queue = args[0], *plans = args[2], *records = args[3], *owner = args[4], *linked = args[5];
+    PyObject *writers = args[6], *objects = args[7], *tracked_list = args[8], *memo = args[9], *replaced = args[10];
+    Py_ssize_t at = PyLong_AsSsize_t(args[1]);
+    if (at == -1 && PyErr_Occurred()) return NULL;
+    if (!PyList_CheckExact(queue) || !PyDict_CheckExact(plans) || !PyList_CheckExact(records) || !PyAnySet_Check(linked) ||
+        !PyDict_CheckExact(writers) || !PyList_CheckExact(objects) || !PyType_Check(tracked_list) ||
+        !PyType_IsSubtype((PyTypeObject *)tracked_list, &PyList_Type) || !PyDict_CheckExact(memo) ||
+        !PyList_CheckExact(replaced) || base_type == NULL || at < 0) {
+        PyErr_SetString(PyExc_TypeError, "bulk_records(): bad arguments");
+        return NULL;
+    }
+    for (; at < PyList_GET_SIZE(queue); at++) {
+        PyObject *obj = Py_NewRef(PyList_GET_ITEM(queue, at));
+        PyObject *t = (PyObject *)Py_TYPE(obj), *record = NULL;
+        if (t == tracked_list) {
+            record = bulk_list(obj, owner, linked, writers, objects, queue);
+        } else {
+            PyObject *plan = PyDict_GetItemWithError(plans, t);
+            if (plan != NULL && PyTuple_CheckExact(plan) && PyTuple_GET_SIZE(plan) == 4) {
+                Py_INCREF(plan);
+                record = bulk_entity(obj, plan, owner, linked, writers, tracked_list, objects, queue, memo, replaced);
+                Py_DECREF(plan);
+            }
+        }
+        Py_DECREF(obj);
+        if (record == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            break; /* Python's walk writes this one */
+        }
+        int failed = PyList_Append(records, record);
+        Py_DECREF(record);
+        if (failed) return NULL;
+    }
+    return PyLong_FromSsize_t(at);
+}
+
 /* -- module ----------------------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
@@ -2106,6 +2393,9 @@ static PyMethodDef methods[] = {
      "outcome(events, set_kind, del_kind, add_kind, native, counter_fields): TxState.outcome's events, or None."},
     {"encode_states", (PyCFunction)(void (*)(void))encode_states, METH_FASTCALL,
      "encode_states(batch, plans, encoders, out, seen, queue, linked, value, list_type): a snapshot's states."},
+    {"bulk_records", (PyCFunction)(void (*)(void))bulk_records, METH_FASTCALL,
+     "bulk_records(queue, at, plans, records, owner, linked, writers, objects, tracked_list, memo, replaced): a bulk "
+     "attach's records; the index reached."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},
@@ -2147,6 +2437,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_host, "host")
     INTERN(s_start_seq, "start_seq")
     INTERN(s_r, "r")
+    INTERN(s_list, "list")
 #undef INTERN
     if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
     crc_init();

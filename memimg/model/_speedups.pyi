@@ -117,6 +117,24 @@ def encode_states(
     """Append the states of *batch*'s objects to *out*, as the snapshot walk's encoders make them (see
     ``memimg.core._snapshotter``)."""
 
+def bulk_records(
+    queue: list[Any],
+    at: int,
+    plans: dict[type, tuple[str, tuple[str, ...], tuple[Any, ...], tuple[Any, ...]]],
+    records: list[Any],
+    owner: Any,
+    linked: set[type],
+    writers: dict[type, Any],
+    objects: list[Any],
+    tracked_list: type,
+    memo: dict[int, Any],
+    replaced: list[Any],
+    /,
+) -> int:
+    """Append the records of ``queue[at:]`` to *records* as the bulk attach's record writers make them, for as
+    long as each object is of the common case (see ``memimg.image._bulk``); the index of the first one left to
+    the Python walk (``len(queue)`` when none)."""
+
 class DictRead:
     """A tracked dict's ``__getitem__`` while tracking is on: the common read in a transaction compiled."""
 
