@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, Final
 
 import attrs
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import memimg
@@ -366,29 +368,40 @@ def test_an_object_saved_before_is_referred_to_without_declaring_its_class(tmp_p
 
 # -- the compiled loop (``bulk_records``) writes what the Python walk writes ----------------------------------------
 
-_SCALARS = st.one_of(
+#: the values the compiled loop writes as they are: ASCII strs, ints of 64 bits (and just past them), bools, None
+_PLAIN = st.one_of(
     st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=4),
-    st.text(max_size=3),  # not ASCII at times (and now and then a lone surrogate: refused on both paths)
-    st.integers(min_value=-(2**64), max_value=2**64),  # past 64 bits at times
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.sampled_from([2**63 - 1, -(2**63), 2**63, -(2**63) - 1]),  # the bounds, and just past them
     st.booleans(),
     st.none(),
-    st.floats(allow_nan=False, width=32),
 )
-#: how one field of an item is filled: a scalar, a reference to an item (by index), a plain list of scalars and
-#: references, one list shared between two items, a dict, a list in a list, the tracked list or the item saved
-#: before the graph, or left unset
-_FIELD = st.one_of(
-    st.tuples(st.just("scalar"), _SCALARS),
-    st.tuples(st.just("item"), st.integers(0, 7)),
-    st.tuples(
-        st.just("list"), st.lists(st.one_of(_SCALARS, st.tuples(st.just("item"), st.integers(0, 7))), max_size=4)
-    ),
+#: and those it hands back: strs not ASCII (valid UTF-8), ints past 64 bits, floats
+_SCALARS = st.one_of(
+    _PLAIN, st.text(max_size=3), st.integers(min_value=-(2**64), max_value=2**64), st.floats(allow_nan=False)
+)
+_ITEM_REF = st.tuples(st.just("item"), st.integers(0, 7))
+#: how one field of an item is filled in the common case: a value written as it is, a reference to an item (by
+#: index; the same item may be met twice in one object), a plain list of those (long ones too), one list shared
+#: between two items, or the tracked list or the item saved before the graph
+_COMMON_FIELD = st.one_of(
+    st.tuples(st.just("scalar"), _PLAIN),
+    _ITEM_REF,
+    st.tuples(st.just("list"), st.lists(st.one_of(_PLAIN, _ITEM_REF), max_size=4)),
+    st.tuples(st.just("long"), st.integers(250, 300)),
     st.tuples(st.just("shared"), st.integers(0, 1)),
+    st.tuples(st.just("kept"), st.sampled_from(["item", "tags"])),
+)
+#: and besides: any scalar, lists of any scalars, dicts, a list in a list, a field left unset
+_FIELD = st.one_of(
+    _COMMON_FIELD,
+    st.tuples(st.just("scalar"), _SCALARS),
+    st.tuples(st.just("list"), st.lists(st.one_of(_SCALARS, _ITEM_REF), max_size=4)),
     st.tuples(st.just("dict"), st.dictionaries(st.text(max_size=2), _SCALARS, max_size=2)),
     st.tuples(st.just("nested"), st.none()),
-    st.tuples(st.just("kept"), st.sampled_from(["item", "tags"])),
     st.tuples(st.just("unset"), st.none()),
 )
+_FIELDS: Final = ("value", "tags", "ref")
 
 
 def _build(spec: list[tuple[Any, Any, Any]], kept: Item) -> list[Item]:
@@ -403,6 +416,8 @@ def _build(spec: list[tuple[Any, Any, Any]], kept: Item) -> list[Item]:
             return items[arg]
         if how == "list":
             return [items[x[1]] if type(x) is tuple else x for x in arg]
+        if how == "long":  # past the compiled loop's stack buffer of 256 items
+            return [items[i % 8] if i % 3 == 0 else i for i in range(arg)]
         if how == "shared":
             return shared[arg]
         if how == "dict":
@@ -412,7 +427,7 @@ def _build(spec: list[tuple[Any, Any, Any]], kept: Item) -> list[Item]:
         return kept if arg == "item" else kept.tags  # "kept"
 
     for item, fields in zip(items, spec):
-        for name, (how, arg) in zip(("value", "tags", "ref"), fields):
+        for name, (how, arg) in zip(_FIELDS, fields):
             if how == "unset":
                 object.__delattr__(item, name)
             else:
@@ -420,22 +435,27 @@ def _build(spec: list[tuple[Any, Any, Any]], kept: Item) -> list[Item]:
     return items
 
 
-def _attach_with(tmp_path: Any, spec: list[tuple[Any, Any, Any]], compiled_loop: Any) -> tuple[Any, ...]:
-    """Assign the graph *spec* makes outside a transaction with the walk's compiled loop set to *compiled_loop*:
-    the payloads written, the error's text, the ids the items got and whether their lists were replaced."""
+def _attach_with(
+    tmp_path: Any, build: Callable[[Item], Any], compiled_loop: Any, then: Callable[[], None] = lambda: None
+) -> tuple[Any, ...]:
+    """Assign the graph *build* makes (given the item saved before) outside a transaction, with the walk's compiled
+    loop set to *compiled_loop*, then call *then*: the payloads written, the error's text, each new object's id and
+    the type of each of its fields, and the image's content."""
     saved = _bulk._bulk_records
     _bulk._bulk_records = compiled_loop
     path = tmp_path / f"{'c' if compiled_loop else 'p'}.db"
     try:
         with memimg.open(path, root=Root, snapshot_every=None) as img:
             img.root.kept = Item("kept", tags=["k"])
-            items = _build(spec, img.root.kept)
+            graph = build(img.root.kept)
             error = None
             try:
-                img.root.groups = items[0]
+                img.root.groups = graph
             except memimg.MemimgError as err:
                 error = str(err)
-            ids = [(item._mi_oid, type(getattr(item, "tags", None)).__name__) for item in items]
+            then()
+            objects = graph if type(graph) is list else [graph]
+            ids = [(o._mi_oid, *(type(getattr(o, f, None)).__name__ for f in _FIELDS)) for o in objects]
             payloads = [bytes(r[5]) for r in img.store.read(after=0)]
             content = _content(img.root)
     finally:
@@ -444,14 +464,88 @@ def _attach_with(tmp_path: Any, spec: list[tuple[Any, Any, Any]], compiled_loop:
     return payloads, error, ids, content
 
 
+def _same_on_both_paths(tmp_path: Any, build: Callable[[Item], Any], then: Callable[[], None] = lambda: None) -> None:
+    assert _attach_with(tmp_path, build, _bulk._bulk_records, then) == _attach_with(tmp_path, build, None, then)
+
+
 @compiled
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(spec=st.lists(st.tuples(_FIELD, _FIELD, _FIELD), min_size=8, max_size=8))
+@given(spec=st.lists(st.tuples(_COMMON_FIELD, _COMMON_FIELD, _COMMON_FIELD), min_size=8, max_size=8))
+@example(spec=[(("item", 1), ("item", 1), ("list", [("item", 1), ("item", 1)]))] + [(("scalar", 0),) * 3] * 7)
 def test_the_compiled_loop_writes_what_the_python_walk_writes(tmp_path: Any, spec: Any) -> None:
-    """Any graph of items whose fields hold scalars (ASCII or not, ints past 64 bits, floats), new items, plain
-    lists (shared, nested, of anything), dicts, an object saved before, or nothing: the same event bytes, the
-    same error, the same ids and the same lists replaced, with the compiled loop as with the Python walk alone."""
-    assert _attach_with(tmp_path, spec, _bulk._bulk_records) == _attach_with(tmp_path, spec, None)
+    """Any graph of items whose fields hold ASCII strs, ints of 64 bits and just past them, bools, None, new items
+    (one met twice in an object, in its fields or its list), plain lists of those (long ones, shared ones), the
+    tracked list or the item saved before: the same event bytes, the same ids, the same fields replaced and the
+    same content, with the compiled loop as with the Python walk alone."""
+    _same_on_both_paths(tmp_path, lambda kept: _build(spec, kept)[0])
+
+
+@compiled
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=st.lists(st.tuples(_FIELD, _FIELD, _FIELD), min_size=8, max_size=8))
+def test_the_compiled_loop_hands_back_what_it_does_not_write(tmp_path: Any, spec: Any) -> None:
+    """The same graphs with anything else among them -- strs not ASCII, ints past 64 bits, floats, dicts, a list in
+    a list, an unset field -- the same bytes, error, ids, fields and content on both paths: what the loop hands
+    back is written by the Python walk, or the whole graph by the general path."""
+    _same_on_both_paths(tmp_path, lambda kept: _build(spec, kept)[0])
+
+
+@compiled
+def test_the_compiled_loop_writes_a_common_graph_in_one_call(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A graph of the common case (the benchmark's shape: items with a name, an int, a list of strs and a reference,
+    in groups' lists) is written by the compiled loop alone, once the first object of each class was met."""
+    calls: list[tuple[int, int, int]] = []
+    loop = _bulk._bulk_records
+    assert loop is not None
+
+    def spy(queue: list[Any], at: int, *args: Any) -> int:
+        reached = loop(queue, at, *args)
+        calls.append((at, reached, len(queue)))
+        return reached
+
+    monkeypatch.setattr(_bulk, "_bulk_records", spy)
+    with memimg.open(tmp_path / "g.db", root=Root, snapshot_every=None) as img:
+        items = [Item(f"i{i}", i, ["a", f"t{i}"]) for i in range(200)]
+        for i, item in enumerate(items):
+            item.ref = items[(i * 7) % 200]
+        img.root.groups = [Group(f"g{k}", items[k * 50 : (k + 1) * 50]) for k in range(4)]
+        objects = len(img._engine.table.objects)
+    # the assigned list (a tracked list: no plan needed), then its first group (a class met first: Python), then
+    # that group's list and first item (Python declares Item), then everything else in C
+    assert calls[-1][1] == calls[-1][2] and len(calls) <= 4
+    assert sum(reached - at for at, reached, _ in calls) >= objects - 2 - 10
+
+
+@compiled
+def test_an_object_attached_by_another_threads_open_transaction_is_the_same_on_both_paths(tmp_path: Any) -> None:
+    """An entity of this image with no id yet (attached by a transaction another thread has open) met by the walk:
+    what happens (here: the general path's answer) is the same with the compiled loop as without it."""
+    threads: list[tuple[threading.Thread, threading.Event]] = []
+
+    def build(kept: Item) -> Any:
+        img, pending = kept._mi_img, Item("pending")
+        opened, done = threading.Event(), threading.Event()
+
+        def other() -> None:
+            with contextlib.suppress(KeyError), img.transaction():
+                img.root.kept.ref = pending
+                opened.set()
+                done.wait(10)
+                raise KeyError("rolled back")
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        threads.append((thread, done))
+        assert opened.wait(10) and pending._mi_img is img and pending._mi_oid is None
+        return Item("new", 1, ["a"], pending)
+
+    def end_the_other_transaction() -> None:
+        thread, done = threads[-1]
+        done.set()
+        thread.join(10)
+
+    _same_on_both_paths(tmp_path, build, end_the_other_transaction)
+    assert len(threads) == 2 and not any(thread.is_alive() for thread, _ in threads)
 
 
 @compiled
@@ -467,4 +561,8 @@ def test_the_compiled_loop_refuses_arguments_it_does_not_know() -> None:
         speedups.bulk_records([], -1, {}, records, None, set(), {}, [], memimg.TrackedList, {}, [])
     with pytest.raises(TypeError, match="takes 11 arguments"):
         speedups.bulk_records([], 0)
+    item = Item("i")
+    for plan in [("n", ("name",), ["x"], ("s",)), ("n", ("name",), (), ()), ("n",), "plan"]:
+        with pytest.raises(TypeError, match="bad plan for <class 'tests.test_attach_bulk.Item'>"):
+            speedups.bulk_records([item], 0, {Item: plan}, records, None, set(), {}, [], memimg.TrackedList, {}, [])
     assert records == []

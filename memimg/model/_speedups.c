@@ -2144,7 +2144,12 @@ static PyObject *bulk_attach(PyObject *v, PyObject *owner, PyObject *objects, Py
 static PyObject *bulk_value(PyObject *v, int how, PyObject *owner, PyObject *objects, PyObject *queue) {
     if (how == KEEP_INLINE) return Py_NewRef(v);
     PyObject *oid;
-    if (owned_oid(v, owner, &oid) > 0) return bulk_ref(oid); /* KEEP_REF, or attached since it was looked at */
+    if (owned_oid(v, owner, &oid) > 0) { /* KEEP_REF, or attached since it was looked at */
+        Py_INCREF(oid); /* (bulk_ref allocates: a collection could run code that sets the slot) */
+        PyObject *ref = bulk_ref(oid);
+        Py_DECREF(oid);
+        return ref;
+    }
     if (how == KEEP_ATTACH) return bulk_attach(v, owner, objects, queue);
     oid = PyObject_GetAttr(v, s_mi_oid);
     if (oid == NULL) return NULL;
@@ -2209,6 +2214,7 @@ static PyObject *bulk_list(PyObject *obj, PyObject *owner, PyObject *linked, PyO
     } else {
         PyObject *items = PyList_GetSlice(obj, 0, n); /* what is looked at is what is stored */
         if (items == NULL) goto fail;
+        n = PyList_GET_SIZE(items);
         char hows[256];
         char *how = n <= 256 ? hows : PyMem_Malloc(n);
         if (how == NULL) {
@@ -2253,7 +2259,7 @@ static PyObject *bulk_entity(PyObject *obj, PyObject *plan, PyObject *owner, PyO
     PyObject *values[WALK_FIELDS];
     int how[WALK_FIELDS];
     PyObject *oid;
-    if (n > WALK_FIELDS || PyTuple_GET_SIZE(names) != n || PyTuple_GET_SIZE(setters) != n) return NULL;
+    if (n > WALK_FIELDS) return NULL;
     if (!PyObject_TypeCheck(obj, base_type) || (oid = *(PyObject **)((char *)obj + oid_offset)) == NULL) return NULL;
     Py_INCREF(oid);
     Py_ssize_t got = 0;
@@ -2317,7 +2323,17 @@ static PyObject *bulk_records(PyObject *mod, PyObject *const *args, Py_ssize_t n
             record = bulk_list(obj, owner, linked, writers, objects, queue);
         } else {
             PyObject *plan = PyDict_GetItemWithError(plans, t);
-            if (plan != NULL && PyTuple_CheckExact(plan) && PyTuple_GET_SIZE(plan) == 4) {
+            if (plan != NULL) {
+                Py_ssize_t n;
+                if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) != 4 ||
+                    !PyTuple_CheckExact(PyTuple_GET_ITEM(plan, 1)) || !PyTuple_CheckExact(PyTuple_GET_ITEM(plan, 2)) ||
+                    !PyTuple_CheckExact(PyTuple_GET_ITEM(plan, 3)) ||
+                    (n = PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, 1))) != PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, 2)) ||
+                    n != PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, 3))) {
+                    PyErr_Format(PyExc_TypeError, "bulk_records(): bad plan for %R", t);
+                    Py_DECREF(obj);
+                    return NULL;
+                }
                 Py_INCREF(plan);
                 record = bulk_entity(obj, plan, owner, linked, writers, tracked_list, objects, queue, memo, replaced);
                 Py_DECREF(plan);
