@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Final
@@ -455,13 +456,18 @@ def _attach_with(
                 error = str(err)
             then()
             objects = graph if type(graph) is list else [graph]
-            ids = [(o._mi_oid, *(type(getattr(o, f, None)).__name__ for f in _FIELDS)) for o in objects]
+            # (a tracked list's size too: its storage the exact size, as the Python walk's list.extend makes it)
+            ids = [(o._mi_oid, *(_kind(getattr(o, f, None)) for f in _FIELDS)) for o in objects]
             payloads = [bytes(r[5]) for r in img.store.read(after=0)]
             content = _content(img.root)
     finally:
         _bulk._bulk_records = saved
         path.unlink()
     return payloads, error, ids, content
+
+
+def _kind(v: Any) -> Any:
+    return (type(v).__name__, sys.getsizeof(v)) if type(v) is memimg.TrackedList else type(v).__name__
 
 
 def _same_on_both_paths(tmp_path: Any, build: Callable[[Item], Any], then: Callable[[], None] = lambda: None) -> None:

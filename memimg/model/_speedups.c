@@ -2158,6 +2158,26 @@ static PyObject *bulk_value(PyObject *v, int how, PyObject *owner, PyObject *obj
     return ref;
 }
 
+/* Fill the new, empty list `made` with the items of list `source`, its storage the exact size (as list.extend fills
+ * an empty list; PyList_SetSlice would leave room to grow: 48 bytes more for a list of two). */
+static int list_fill_exact(PyObject *made, PyObject *source) {
+    PyListObject *l = (PyListObject *)made;
+    Py_ssize_t n = PyList_GET_SIZE(source);
+    if (n == 0) return 0;
+    if (l->ob_item != NULL || Py_SIZE(l) != 0) return PyList_SetSlice(made, 0, 0, source);
+    Py_ssize_t size = (n + 1) & ~(Py_ssize_t)1; /* as CPython's list_preallocate_exact: an even number of slots */
+    PyObject **items = PyMem_New(PyObject *, size);
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) items[i] = Py_NewRef(PyList_GET_ITEM(source, i));
+    l->ob_item = items;
+    l->allocated = size;
+    Py_SET_SIZE(l, n);
+    return 0;
+}
+
 /* Plain list `source`, in field `member` of `obj` (raw setter `setter`), as the tracked one: ["r", oid]. */
 static PyObject *bulk_contain(PyObject *obj, PyObject *member, PyObject *setter, PyObject *source, PyObject *owner,
                               PyObject *tracked_list, PyObject *objects, PyObject *queue, PyObject *memo,
@@ -2172,7 +2192,7 @@ static PyObject *bulk_contain(PyObject *obj, PyObject *member, PyObject *setter,
         goto done;
     } else {
         made = PyType_GenericNew((PyTypeObject *)tracked_list, empty_tuple, NULL);
-        if (made == NULL || PyList_SetSlice(made, 0, 0, source) < 0 || PyDict_SetItem(memo, key, made) < 0 ||
+        if (made == NULL || list_fill_exact(made, source) < 0 || PyDict_SetItem(memo, key, made) < 0 ||
             PyObject_SetAttr(made, s_mi_img, owner) < 0 ||
             (oid = PyLong_FromSsize_t(PyList_GET_SIZE(objects))) == NULL || PyObject_SetAttr(made, s_mi_oid, oid) < 0 ||
             PyList_Append(objects, made) < 0 || PyList_Append(queue, made) < 0)
