@@ -148,6 +148,8 @@ class SQLiteStore:
         self.readonly = readonly
         self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
+        #: held by the target index's fill while a chunk is written (on its own connection; see index_targets)
+        self._fill_lock = threading.Lock()
         self._check_file()
         try:
             if readonly:
@@ -390,10 +392,17 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
+                        self._wait_for_fill()
                         retry_busy(self._busy_timeout, cur.execute, APPEND_AT_HEAD, first)
                     size = len(first[5])
                 else:
-                    retry_busy(self._busy_timeout, cur.execute, "BEGIN IMMEDIATE")
+                    try:
+                        cur.execute("BEGIN IMMEDIATE")
+                    except sqlite3.OperationalError as err:
+                        if not is_busy(err):
+                            raise
+                        self._wait_for_fill()
+                        retry_busy(self._busy_timeout, cur.execute, "BEGIN IMMEDIATE")
                     try:
                         cur.execute(APPEND_AT_HEAD, first)
                         _insert_rest(cur, rows)
@@ -463,32 +472,58 @@ class SQLiteStore:
 
     def index_targets(self, upto: int, *, least: int = 1) -> int:
         """See :meth:`Store.index_targets`: filled a chunk per transaction (sized to hold the write lock about
-        :data:`targets.CHUNK_SECONDS`, see :func:`targets.resize`), this store's lock and the write lock given up
-        between chunks."""
+        :data:`targets.CHUNK_SECONDS`, see :func:`targets.resize`), the write lock given up between chunks, on a
+        connection of its own (opened for the call): this store's connection stays free meanwhile for what
+        needs no write lock -- a transaction's begin asking whether others committed, reads -- and an append
+        that finds the write lock held by a chunk waits for that chunk's end (see :meth:`_wait_for_fill`)."""
         doing = f"indexing the targets of the events up to seq {upto}"
-        while True:
+        if self.readonly:  # nothing is written (ReadOnlyError if events wait): on this store's connection
             with self._lock:
                 try:
-                    chunk = self._fill_chunk
-                    before, done, took = targets.advance(
-                        self._conn,
-                        self._busy_timeout,
-                        upto,
-                        least,
-                        self._has_targets,
-                        lambda: self._check_writable(doing),
-                        chunk,
-                    )
+                    check = lambda: self._check_writable(doing)  # noqa: E731
+                    return targets.advance(self._conn, self._busy_timeout, upto, least, self._has_targets, check)[1]
                 except sqlite3.Error as err:
-                    raise self._error(err, doing, write=True) from err
-                if done > before:  # (read-only: nothing waited, nothing was written)
+                    raise self._error(err, doing) from err
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+            conn.execute("PRAGMA synchronous = NORMAL")  # (what it writes is made again from the events)
+        except sqlite3.Error as err:
+            raise self._error(err, doing, write=True) from err
+        try:
+            while True:
+                with self._fill_lock:
+                    try:
+                        chunk = self._fill_chunk
+                        before, done, took = targets.advance(
+                            conn,
+                            self._busy_timeout,
+                            upto,
+                            least,
+                            self._has_targets,
+                            lambda: self._check_writable(doing),
+                            chunk,
+                        )
+                    except sqlite3.Error as err:
+                        raise self._error(err, doing, write=True) from err
+                if done > before:  # (nothing waited: nothing was written)
                     self._fill_chunk = targets.resize(chunk, done - before, took)
-                    self._check_files(doing, None)
+                    with self._lock:
+                        self._check_files(doing, None)
                     if self._checkpointer is not None:
                         self._checkpointer.kick()  # a fill rewrites many pages of the index
-            if done == before or done >= upto:
-                return done
-            least = 1  # the rest of what waited
+                if done == before or done >= upto:
+                    return done
+                least = 1  # the rest of what waited
+        finally:
+            conn.close()
+
+    def _wait_for_fill(self) -> None:
+        """An append found the write lock held: if this store's own fill holds it, wait for its chunk to end
+        (its lock, not polls) before the append tries again with retry_busy."""
+        fill = self._fill_lock
+        if fill.locked():
+            with fill:
+                pass
 
     def changed(self, seen: int) -> bool:
         try:

@@ -3,6 +3,7 @@ compaction removes its entries, and a log made before it gets it when a writable
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 import memimg
-from memimg.stores import SQLiteStore, _sqlitetargets
+from memimg.stores import SQLiteStore, _sqlitetargets, _sqlitewal
 from memimg.stores._protocol import TARGETS_KEY
 from memimg.stores._sqlalchemy import SQLAlchemyStore
 from tests.conftest import POSTGRES_URL, StoreFactory
@@ -54,12 +55,13 @@ def test_sqlite_commits_leave_the_index_alone_and_index_targets_fills_it(tmp_pat
 
 def test_sqlite_fill_takes_the_write_lock_one_chunk_at_a_time(tmp_path: Any, monkeypatch: Any) -> None:
     """A long fill is written a chunk of events per transaction, the write lock given up between chunks: another
-    connection that will not wait for the lock commits between any two chunks, and the index ends up whole."""
+    connection commits between any two chunks (waiting at most for a checkpoint the chunk set off: were the lock
+    held across chunks, it would wait for the fill, which waits for it), and the index ends up whole."""
     monkeypatch.setattr(_sqlitetargets, "CHUNK", 10)
     path = str(tmp_path / "log.db")
     store = SQLiteStore(path)
     store.append([row(s, target=s % 3) for s in range(1, 46)], 0)
-    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other = sqlite3.connect(path, timeout=5, isolation_level=None)
     spans: list[tuple[int, int]] = []
     advance = _sqlitetargets.advance
 
@@ -106,6 +108,95 @@ def test_sqlite_fill_sizes_its_chunks_by_the_time_they_hold_the_write_lock(tmp_p
     assert spans[6:] == [(325, 400)]
     assert _entries(path) == [(s % 5, s) for s in range(1, 401) if s % 5]
     assert [_sqlitetargets.resize(10, 10, 100.0), _sqlitetargets.resize(40, 19, 1e-9)] == [10, 40]
+    store.close()
+
+
+def test_sqlite_fill_leaves_the_stores_connection_free_and_an_append_waits_for_its_chunk(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A fill writes on a connection of its own: while one of its chunks holds the write lock, the store's own
+    connection answers whether others committed and reads events at once, and an append (one row, or several in a
+    transaction) waits for that chunk's end, then goes in; the index ends up whole."""
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=s % 3) for s in range(1, 21)], 0)
+    in_chunk, release = threading.Event(), threading.Event()
+    immediate = _sqlitetargets.immediate
+
+    @contextlib.contextmanager
+    def held(conn: Any, timeout: float) -> Any:
+        with immediate(conn, timeout):
+            assert conn is not store._conn  # the fill's own connection
+            in_chunk.set()
+            assert release.wait(10)
+            yield
+
+    monkeypatch.setattr(_sqlitetargets, "immediate", held)
+    filled: list[int] = []
+    fill = threading.Thread(target=lambda: filled.append(store.index_targets(20)))
+    fill.start()
+    assert in_chunk.wait(10)
+    answers: list[Any] = []
+    asking = threading.Thread(target=lambda: answers.extend([store.changed(20), [r[0] for r in store.read(after=18)]]))
+    asking.start()
+    asking.join(5)
+    assert answers[1:] == [[19, 20]]  # answered while the chunk holds the write lock
+    slept: list[float] = []
+    real_sleep = _sqlitewal.time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is append:
+            slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(_sqlitewal.time, "sleep", sleep)
+    appended: list[int] = []
+    append = threading.Thread(target=lambda: (store.append([row(21, target=1)], 20), appended.append(21)))
+    append.start()
+    append.join(0.3)
+    assert appended == [] and append.is_alive()  # waiting for the chunk
+    release.set()
+    append.join(10)
+    fill.join(10)
+    assert appended == [21] and filled == [20]
+    assert slept == []  # it waited for the chunk's end, not in polls
+    store.append([row(s, target=2) for s in (22, 23)], 21)  # several rows: BEGIN IMMEDIATE, the lock free
+    assert _entries(path) == [(s % 3, s) for s in range(1, 21) if s % 3] and _covered(path) == 20
+    assert [r[0] for r in store.read(after=20)] == [21, 22, 23]
+    store.close()
+
+
+def test_sqlite_append_of_several_rows_waits_for_a_fill_chunk(tmp_path: Any, monkeypatch: Any) -> None:
+    """An append of several rows (one transaction) that finds a fill's chunk holding the write lock waits for its
+    end, then commits all its rows."""
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=1) for s in range(1, 11)], 0)
+    in_chunk, release = threading.Event(), threading.Event()
+    immediate = _sqlitetargets.immediate
+
+    @contextlib.contextmanager
+    def held(conn: Any, timeout: float) -> Any:
+        with immediate(conn, timeout):
+            in_chunk.set()
+            assert release.wait(10)
+            yield
+
+    monkeypatch.setattr(_sqlitetargets, "immediate", held)
+    fill = threading.Thread(target=store.index_targets, args=(10,))
+    fill.start()
+    assert in_chunk.wait(10)
+    done: list[bool] = []
+    append = threading.Thread(
+        target=lambda: (store.append([row(s, target=2) for s in (11, 12, 13)], 10), done.append(True))
+    )
+    append.start()
+    append.join(0.3)
+    assert done == [] and append.is_alive()
+    release.set()
+    append.join(10)
+    fill.join(10)
+    assert done == [True] and [r[0] for r in store.read(after=10)] == [11, 12, 13] and _covered(path) == 10
     store.close()
 
 
