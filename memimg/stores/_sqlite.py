@@ -392,8 +392,7 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
-                        self._wait_for_fill()
-                        retry_busy(self._busy_timeout, cur.execute, APPEND_AT_HEAD, first)
+                        self._after_fill(cur.execute, APPEND_AT_HEAD, first)
                     size = len(first[5])
                 else:
                     try:
@@ -401,8 +400,7 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
-                        self._wait_for_fill()
-                        retry_busy(self._busy_timeout, cur.execute, "BEGIN IMMEDIATE")
+                        self._after_fill(cur.execute, "BEGIN IMMEDIATE")
                     try:
                         cur.execute(APPEND_AT_HEAD, first)
                         _insert_rest(cur, rows)
@@ -475,7 +473,7 @@ class SQLiteStore:
         :data:`targets.CHUNK_SECONDS`, see :func:`targets.resize`), the write lock given up between chunks, on a
         connection of its own (opened for the call): this store's connection stays free meanwhile for what
         needs no write lock -- a transaction's begin asking whether others committed, reads -- and an append
-        that finds the write lock held by a chunk waits for that chunk's end (see :meth:`_wait_for_fill`)."""
+        that finds the write lock held by a chunk waits for that chunk's end (see :meth:`_after_fill`)."""
         doing = f"indexing the targets of the events up to seq {upto}"
         if self.readonly:  # nothing is written (ReadOnlyError if events wait): on this store's connection
             with self._lock:
@@ -484,11 +482,7 @@ class SQLiteStore:
                     return targets.advance(self._conn, self._busy_timeout, upto, least, self._has_targets, check)[1]
                 except sqlite3.Error as err:
                     raise self._error(err, doing) from err
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-            conn.execute("PRAGMA synchronous = NORMAL")  # (what it writes is made again from the events)
-        except sqlite3.Error as err:
-            raise self._error(err, doing, write=True) from err
+        conn = self._fill_connection(doing)
         try:
             while True:
                 with self._fill_lock:
@@ -517,13 +511,43 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    def _wait_for_fill(self) -> None:
-        """An append found the write lock held: if this store's own fill holds it, wait for its chunk to end
-        (its lock, not polls) before the append tries again with retry_busy."""
-        fill = self._fill_lock
-        if fill.locked():
-            with fill:
-                pass
+    def _fill_connection(self, doing: str) -> sqlite3.Connection:
+        """A connection of the fill's own to the database this store opened -- never to a file now at its path
+        instead (:class:`FileGoneError`; nothing is created there) -- set up as the store's own for writing: no
+        automatic checkpoint (the checkpoint thread's work), the WAL's size limit."""
+        self._check_writable(doing)
+        uri = "file:" + urllib.parse.quote(os.path.join(self._dir, os.path.basename(self.path))) + "?mode=rw"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0)
+        except sqlite3.Error as err:
+            with self._lock:
+                self._check_files(doing, None)  # no file at the path: gone
+            raise self._error(err, doing, write=True) from err
+        try:
+            with self._lock:  # before any statement reads a file: the database and WAL are the store's own
+                self._check_files(doing, None)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            conn.execute("PRAGMA synchronous = NORMAL")  # (what it writes is made again from the events)
+        except BaseException as err:
+            conn.close()
+            if isinstance(err, sqlite3.Error):
+                raise self._error(err, doing, write=True) from err
+            raise
+        return conn
+
+    def _after_fill(self, fn: Any, *args: Any) -> Any:
+        """An append found the write lock held: ``retry_busy(fn, *args)`` -- holding the fill's lock first if this
+        store's own fill (:meth:`index_targets`) holds SQLite's, so that the append waits for that chunk's end
+        (not in polls) and goes in before the next chunk. The whole wait is bounded by busy_timeout, the fill's lock
+        included (a fill waiting as long for another process's lock gives up)."""
+        fill, deadline = self._fill_lock, time.monotonic() + self._busy_timeout
+        if fill.locked() and fill.acquire(timeout=self._busy_timeout):
+            try:
+                return retry_busy(max(deadline - time.monotonic(), 0.0), fn, *args)
+            finally:
+                fill.release()
+        return retry_busy(max(deadline - time.monotonic(), 0.0), fn, *args)
 
     def changed(self, seen: int) -> bool:
         try:

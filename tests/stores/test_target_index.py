@@ -4,10 +4,12 @@ compaction removes its entries, and a log made before it gets it when a writable
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 import memimg
@@ -141,15 +143,7 @@ def test_sqlite_fill_leaves_the_stores_connection_free_and_an_append_waits_for_i
     asking.start()
     asking.join(5)
     assert answers[1:] == [[19, 20]]  # answered while the chunk holds the write lock
-    slept: list[float] = []
-    real_sleep = _sqlitewal.time.sleep
-
-    def sleep(seconds: float) -> None:
-        if threading.current_thread() is append:
-            slept.append(seconds)
-        real_sleep(seconds)
-
-    monkeypatch.setattr(_sqlitewal.time, "sleep", sleep)
+    slept = _polls(monkeypatch)
     appended: list[int] = []
     append = threading.Thread(target=lambda: (store.append([row(21, target=1)], 20), appended.append(21)))
     append.start()
@@ -159,7 +153,7 @@ def test_sqlite_fill_leaves_the_stores_connection_free_and_an_append_waits_for_i
     append.join(10)
     fill.join(10)
     assert appended == [21] and filled == [20]
-    assert slept == []  # it waited for the chunk's end, not in polls
+    assert slept.get(append) is None  # it waited for the chunk's end, not in polls
     store.append([row(s, target=2) for s in (22, 23)], 21)  # several rows: BEGIN IMMEDIATE, the lock free
     assert _entries(path) == [(s % 3, s) for s in range(1, 21) if s % 3] and _covered(path) == 20
     assert [r[0] for r in store.read(after=20)] == [21, 22, 23]
@@ -186,6 +180,7 @@ def test_sqlite_append_of_several_rows_waits_for_a_fill_chunk(tmp_path: Any, mon
     fill = threading.Thread(target=store.index_targets, args=(10,))
     fill.start()
     assert in_chunk.wait(10)
+    slept = _polls(monkeypatch)
     done: list[bool] = []
     append = threading.Thread(
         target=lambda: (store.append([row(s, target=2) for s in (11, 12, 13)], 10), done.append(True))
@@ -197,7 +192,47 @@ def test_sqlite_append_of_several_rows_waits_for_a_fill_chunk(tmp_path: Any, mon
     append.join(10)
     fill.join(10)
     assert done == [True] and [r[0] for r in store.read(after=10)] == [11, 12, 13] and _covered(path) == 10
+    assert slept.get(append) is None  # it waited for the chunk's end, not in polls
     store.close()
+
+
+def _polls(monkeypatch: Any) -> dict[threading.Thread, list[float]]:
+    """The waits of retry_busy (and the checkpointer's) from now on, by thread."""
+    slept: dict[threading.Thread, list[float]] = {}
+    real_sleep = _sqlitewal.time.sleep
+
+    def sleep(seconds: float) -> None:
+        slept.setdefault(threading.current_thread(), []).append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(_sqlitewal.time, "sleep", sleep)
+    return slept
+
+
+@pytest.mark.parametrize("how", ["moved away", "replaced"])
+def test_sqlite_fill_never_writes_to_a_file_that_is_no_longer_the_stores(tmp_path: Any, how: str) -> None:
+    """A fill after the database file was moved away or replaced by another image raises FileGoneError: no file
+    is made at the path, and the one put there is left byte for byte as it was."""
+    path = str(tmp_path / "log.db")
+    store = SQLiteStore(path)
+    store.append([row(s, target=1 + s % 50) for s in range(1, 2001)], 0)
+    other_path = str(tmp_path / "other.db")
+    other = SQLiteStore(other_path)
+    other.append([row(1, target=1)], 0)
+    other.close()
+    os.rename(path, str(tmp_path / "moved.db"))
+    if how == "replaced":
+        os.rename(other_path, path)
+    before = open(path, "rb").read() if how == "replaced" else None
+    with pytest.raises(memimg.FileGoneError):
+        store.index_targets(2000)
+    if how == "moved away":
+        assert not os.path.exists(path)
+    else:
+        assert open(path, "rb").read() == before
+    store.close()
+    if how == "replaced":  # the other image, as it was: one event, nothing indexed
+        assert _sqlite(path, "SELECT count(*) FROM memimg_events") == [(1,)] and _entries(path) == []
 
 
 def test_sqlite_query_plan_reads_the_index_by_its_primary_key(tmp_path: Any) -> None:
