@@ -1951,25 +1951,33 @@ static PyObject *walk_item(PyObject *v, PyObject *seen, PyObject *queue, PyObjec
 
 #define WALK_FIELDS 64 /* an entity with more fields goes to its encoder */
 
+/* Read entity `obj`'s fields at the member descriptors of the tuple `members` into `values` (new references), all
+ * first: the count read, the tuple's size when every field is a set slot; else (a field unset, or not a plain
+ * slot of obj's class) none is kept and -1 is returned. */
+static Py_ssize_t read_slots(PyObject *obj, PyObject *members, PyObject **values) {
+    Py_ssize_t n = PyTuple_GET_SIZE(members);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyTuple_GET_ITEM(members, i);
+        PyObject *v = NULL;
+        if (Py_TYPE(d) == &PyMemberDescr_Type && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+            PyObject_TypeCheck(obj, PyDescr_TYPE(d)))
+            v = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)d)->d_member->offset);
+        if (v == NULL) {
+            for (Py_ssize_t j = 0; j < i; j++) Py_DECREF(values[j]);
+            return -1;
+        }
+        values[i] = Py_NewRef(v);
+    }
+    return n;
+}
+
 /* The state of entity `obj` (new reference): its fields, read at the plan's slots first; NULL with an error, or
  * NULL with none when its encoder is to write it (a field unset, a plan it cannot read). */
 static PyObject *walk_entity(PyObject *obj, PyObject *plan, PyObject *seen, PyObject *queue, PyObject *linked,
                              PyObject *value) {
     Py_ssize_t n = PyTuple_GET_SIZE(plan);
     PyObject *values[WALK_FIELDS];
-    if (n > WALK_FIELDS) return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *d = PyTuple_GET_ITEM(plan, i);
-        PyObject *v = NULL;
-        if (Py_TYPE(d) == &PyMemberDescr_Type && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
-            PyObject_TypeCheck(obj, PyDescr_TYPE(d)))
-            v = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)d)->d_member->offset);
-        if (v == NULL) { /* unset: the encoder's slow state */
-            for (Py_ssize_t j = 0; j < i; j++) Py_DECREF(values[j]);
-            return NULL;
-        }
-        values[i] = Py_NewRef(v);
-    }
+    if (n > WALK_FIELDS || read_slots(obj, plan, values) < n) return NULL; /* unset: the encoder's slow state */
     PyObject *state = PyList_New(n);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = state == NULL ? NULL : walk_item(values[i], seen, queue, linked, value);
@@ -2281,19 +2289,12 @@ static PyObject *bulk_entity(PyObject *obj, PyObject *plan, PyObject *owner, PyO
     PyObject *oid;
     if (n > WALK_FIELDS) return NULL;
     if (!PyObject_TypeCheck(obj, base_type) || (oid = *(PyObject **)((char *)obj + oid_offset)) == NULL) return NULL;
+    /* every field read first, as the record writers read them (one unset: Python's walk gives up) */
+    Py_ssize_t got = read_slots(obj, members, values);
+    if (got < 0) return NULL;
     Py_INCREF(oid);
-    Py_ssize_t got = 0;
-    for (; got < n; got++) { /* every field read first, as the record writers read them */
-        PyObject *d = PyTuple_GET_ITEM(members, got);
-        PyObject *v = NULL;
-        if (Py_TYPE(d) == &PyMemberDescr_Type && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
-            PyObject_TypeCheck(obj, PyDescr_TYPE(d)))
-            v = *(PyObject **)((char *)obj + ((PyMemberDescrObject *)d)->d_member->offset);
-        if (v == NULL) break; /* unset: Python's walk gives up */
-        values[got] = Py_NewRef(v);
-    }
     PyObject *record = NULL, *state = NULL;
-    int keep = got == n;
+    int keep = 1;
     for (Py_ssize_t i = 0; i < n && keep > 0; i++) keep = how[i] = bulk_keep(values[i], owner, linked, writers, 1);
     if (keep > 0 && (state = PyDict_New()) != NULL) {
         for (Py_ssize_t i = 0; i < n; i++) {
