@@ -475,14 +475,14 @@ class SQLiteStore:
         needs no write lock -- a transaction's begin asking whether others committed, reads -- and an append
         that finds the write lock held by a chunk waits for that chunk's end (see :meth:`_after_fill`)."""
         doing = f"indexing the targets of the events up to seq {upto}"
-        if self.readonly:  # nothing is written (ReadOnlyError if events wait): on this store's connection
-            with self._lock:
-                try:
-                    check = lambda: self._check_writable(doing)  # noqa: E731
-                    return targets.advance(self._conn, self._busy_timeout, upto, least, self._has_targets, check)[1]
-                except sqlite3.Error as err:
-                    raise self._error(err, doing) from err
-        conn = self._fill_connection(doing)
+        with self._lock:  # first whether anything waits (history asks before each read), on this store's connection
+            try:
+                done = targets.covered(self._conn, self._has_targets, self._busy_timeout)
+            except sqlite3.Error as err:
+                raise self._error(err, doing) from err
+        if upto - done < least:
+            return done
+        conn = self._fill_connection(doing)  # (ReadOnlyError if this store is read-only)
         try:
             while True:
                 with self._fill_lock:
