@@ -36,6 +36,7 @@ __all__ = [
     "REF_MARK",
     "container_encoders",
     "field_reads",
+    "field_slots",
     "slow_state",
     "state_encoder",
     "value_writer",
@@ -64,6 +65,13 @@ def _item(v: str, ref: str) -> str:
     """The expression storing the value held in *v*."""
     inline = INLINE.format(v=v)
     return f"{v} if {inline} else ['r', {ref.format(v=v)}] if t in linked else value({v})"
+
+
+def field_slots(info: _types.TypeInfo) -> tuple[Any, ...] | None:
+    """The member descriptors of *info*'s fields in declared order -- what its raw slot getters read, and what the
+    compiled walks read an entity's fields at -- or None if a field is not a plain slot."""
+    slots = tuple(getattr(info.getters[f], "__self__", None) for f in info.fields)
+    return slots if all(type(d) is types.MemberDescriptorType for d in slots) else None
 
 
 def field_reads(info: _types.TypeInfo, direct: bool) -> tuple[dict[str, Any], str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import operator
 import time
-import types
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -35,7 +34,15 @@ import orjson
 
 from memimg._errors import MemimgError
 from memimg.core import _compiled, _types
-from memimg.core._encoders import REF_CALL, REF_MARK, container_encoders, slow_state, state_encoder, value_writer
+from memimg.core._encoders import (
+    REF_CALL,
+    REF_MARK,
+    container_encoders,
+    field_slots,
+    slow_state,
+    state_encoder,
+    value_writer,
+)
 from memimg.core._gone import Gone
 from memimg.core._records import declaration
 from memimg.core._table import ObjectTable
@@ -136,10 +143,8 @@ class SnapshotWriter:
                     enc = slow  # another class's declaration is in effect: this one's states go by field name
                 else:
                     enc = state_encoder(info, direct, ref_mode, keyed=False)(value, linked, slow, seen, mark, push, ref)
-                    if ref_mode == REF_MARK:
-                        slots = [getattr(info.getters[f], "__self__", None) for f in info.fields]
-                        if all(type(d) is types.MemberDescriptorType for d in slots):
-                            plans[t] = tuple(slots)  # the compiled walk reads these (what the encoder reads)
+                    if ref_mode == REF_MARK and (slots := field_slots(info)) is not None:
+                        plans[t] = slots  # the compiled walk reads these (what the encoder reads)
                 self[t] = enc
                 return enc
 

@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import itertools
 import linecache
-import types
 from collections.abc import Callable
 from typing import Any, Final
 
 from memimg.core import _types
 from memimg.core._codec import ENTITY
-from memimg.core._encoders import field_reads
+from memimg.core._encoders import field_reads, field_slots
 from memimg.image._attach import Attacher, journal_attach, journal_fields
 from memimg.image._encode import EncodeSession
 from memimg.model._accel import speedups
@@ -258,11 +257,10 @@ class BulkAttacher:
 def _plan(info: _types.TypeInfo) -> tuple[str, tuple[str, ...], tuple[Any, ...], tuple[Any, ...]] | None:
     """What the compiled loop needs to write *info*'s records: its name, its fields' names, their slots (member
     descriptors: what the record writer's raw reads read) and raw setters; None if a field is not a plain slot."""
-    members = tuple(getattr(info.getters[f], "__self__", None) for f in info.fields)
+    members = field_slots(info)
     setters = tuple(info.setters[f] for f in info.fields)
-    if not all(
-        type(d) is types.MemberDescriptorType and getattr(set_, "__self__", None) is d and set_.__name__ == "__set__"
-        for d, set_ in zip(members, setters)
+    if members is None or not all(
+        getattr(set_, "__self__", None) is d and set_.__name__ == "__set__" for d, set_ in zip(members, setters)
     ):
         return None
     return info.name, info.fields, members, setters
