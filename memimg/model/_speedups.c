@@ -8,7 +8,8 @@
  *   the two paths cannot disagree. hook()/unhook() give a tracked class an attribute lookup that goes
  *   straight to that fast path (a data descriptor alone costs more than the bar allows).
  * - FastSetattr: an entity's __setattr__. Its fast path is the Python one's (a field with no hook
- *   set to a scalar, the writer's `fast` journal open): one (kind, object, (name, value)) append;
+ *   set to a scalar, the writer's `fast` journal open): one (kind, object, (name, value)) append; with
+ *   no transaction (`fast` None), the call of writer.set_field the Python one makes;
  *   anything else calls the Python __setattr__ it wraps.
  * - Change feeds (memimg.image._feeds): first_noted, note_field and deliver_to_bound, the Python functions of the
  *   same names compiled -- the steps a subscription adds to the commonest commit (one field set), where the
@@ -23,6 +24,7 @@
  * - apply_sets: a committed run of obj.set events applied with the table's setters, as field_set does.
  * - outcome: the events a transaction's commit writes (TxState.outcome's loop: a field's replaced sets left out).
  * - encode_states: a snapshot's walk over its objects, their states as its generated encoders make them.
+ * - same_dir: the SQLite store's look, after each commit, that its directory is as it was (stat(), no result object).
  * - fold_sets: replay's loop (memimg.core._fold) over its commonest row, a field set on an entity whose schema is
  *   current: seq, checksum, payload and setter as the Python loop checks and applies them; any other row (or
  *   anything unexpected about one) is handed back to the Python loop, which reads it the long way.
@@ -37,10 +39,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <sys/stat.h>
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 10
+#define SPEEDUPS_VERSION 11
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -49,7 +52,7 @@ static Py_ssize_t owner_offset = -1;     /* its _mi_img slot */
 static PyObject *state = NULL;           /* memimg.model._tracking._S */
 static Py_ssize_t open_offset = -1;      /* its `open` slot (transactions open in the process) */
 static PyObject *py_get = NULL;          /* the Python TrackedField.__get__: the slow path of a read */
-static PyObject *s_mi_current, *s_tracks_reads, *s_publishing, *s_open, *s_fast, *s_get, *s_set;
+static PyObject *s_mi_current, *s_tracks_reads, *s_publishing, *s_open, *s_fast, *s_get, *s_set, *s_set_field;
 
 /* -- attribute caches ----------------------------------------------------------------------------- */
 
@@ -637,6 +640,14 @@ static PyObject *fs_call(FastSetattr *self, PyObject *const *args, size_t nargsf
     PyObject *writer = current_writer(owner);
     if (writer == NULL) goto slow;
     PyObject *journal = cached_attr(&c_fast, writer, s_fast);
+    if (journal == Py_None) {
+        /* no transaction: the Python __setattr__'s other branch, writer.set_field(obj, name, value) (its own
+         * commit), called from here -- one Python frame fewer on every single-field commit */
+        PyObject *call[4] = {writer, obj, name, value};
+        PyObject *done = PyObject_VectorcallMethod(s_set_field, call, 4, NULL);
+        Py_DECREF(writer);
+        return done;
+    }
     if (journal == NULL || !PyList_CheckExact(journal)) { Py_DECREF(writer); goto slow; }
     Py_INCREF(journal);
     Py_DECREF(writer);
@@ -2408,6 +2419,37 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* same_dir(path, ctime_ns, ino): whether the directory at `path` still has that ctime (ns) and inode number --
+ * SQLiteStore's look after each commit that its files were not moved or replaced (os.stat's result object was most
+ * of that look's cost). False when stat() fails; the caller then looks the long way. */
+static PyObject *same_dir(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyUnicode_Check(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "same_dir(path: str, ctime_ns: int, ino: int)");
+        return NULL;
+    }
+    const char *path = PyUnicode_AsUTF8(args[0]);
+    if (path == NULL) return NULL;
+    long long ctime_ns = PyLong_AsLongLong(args[1]);
+    if (ctime_ns == -1 && PyErr_Occurred()) return NULL;
+    unsigned long long ino = PyLong_AsUnsignedLongLong(args[2]);
+    if (ino == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_FALSE; /* -1: nothing trusted yet */
+    }
+    struct stat st;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = stat(path, &st);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) Py_RETURN_FALSE;
+#if defined(__APPLE__)
+    long long found = (long long)st.st_ctimespec.tv_sec * 1000000000LL + st.st_ctimespec.tv_nsec;
+#else
+    long long found = (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec;
+#endif
+    return PyBool_FromLong(found == ctime_ns && (unsigned long long)st.st_ino == ino);
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(PersistentBase, tracking_state, python_get)"},
     {"hook", hook, METH_O, "Give a class the tracked attribute lookup (if it has the generic one): whether it has it."},
@@ -2433,6 +2475,8 @@ static PyMethodDef methods[] = {
     {"bulk_records", (PyCFunction)(void (*)(void))bulk_records, METH_FASTCALL,
      "bulk_records(queue, at, plans, records, owner, linked, writers, objects, tracked_list, memo, replaced): a bulk "
      "attach's records; the index reached."},
+    {"same_dir", (PyCFunction)(void (*)(void))same_dir, METH_FASTCALL,
+     "same_dir(path, ctime_ns, ino): whether the directory at path still has that ctime (ns) and inode number."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},
@@ -2451,6 +2495,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_fast, "fast")
     INTERN(s_get, "__get__")
     INTERN(s_set, "__set__")
+    INTERN(s_set_field, "set_field")
     INTERN(s_queue, "queue")
     INTERN(s_bound, "bound")
     INTERN(s_seq, "seq")

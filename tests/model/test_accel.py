@@ -107,6 +107,7 @@ def test_an_entity_setattr_names_itself_and_has_a_signature() -> None:
 _BOUND = """
 import json
 import memimg
+from memimg.core import _compiled
 from memimg.image import _encode, _engine, _feeds, _tx
 from memimg.model import _accel, _tracking
 from tests.models import Account
@@ -122,6 +123,9 @@ print(json.dumps({
     "note_field": s is not None and _feeds.note_field is s.note_field,
     "first_noted": s is not None and _feeds.first_noted is s.first_noted,
     "deliver_to_bound": s is not None and _feeds.deliver_to_bound is s.deliver_to_bound,
+    "fold_sets": s is not None and _compiled.fold_sets is s.fold_sets,
+    "encode_states": s is not None and _compiled.encode_states is s.encode_states,
+    "same_dir": s is not None and _compiled.same_dir is s.same_dir,
 }))
 """
 

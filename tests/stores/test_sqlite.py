@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 import memimg
+from memimg.core import _compiled
+from memimg.model._accel import speedups
 from memimg.stores import SQLiteStore, Store, _sqlite
+from tests.accel import NOT_BUILT
 from tests.stores.contract import StoreContract, row
 
 
@@ -294,6 +297,41 @@ def test_deleted_wal_is_found_after_the_directory_was_quiet(tmp_path: Any, monke
     with pytest.raises(memimg.FileGoneError):
         store.append([row(5)], 4)
     store.close()
+
+
+@pytest.mark.parametrize(
+    "compiled",
+    [
+        pytest.param(
+            True, id="compiled", marks=[pytest.mark.compiled, pytest.mark.skipif(speedups is None, reason=NOT_BUILT)]
+        ),
+        pytest.param(False, id="pure"),
+    ],
+)
+def test_a_quiet_directory_is_one_whose_ctime_and_inode_are_as_they_were(
+    tmp_path: Any, monkeypatch: Any, compiled: bool
+) -> None:
+    """The look after each commit -- compiled or not, the same answers: the directory at the path has the
+    ctime and inode the files last checked out with; not when either moved, the path is gone or names a file,
+    or nothing was trusted yet (-1)."""
+    if compiled:
+        assert _compiled.same_dir is speedups.same_dir  # type: ignore[union-attr]
+    else:
+        monkeypatch.setattr(_compiled, "same_dir", None)
+    where = tmp_path / "d"
+    where.mkdir()
+    st = os.stat(where)
+    assert _sqlite._dir_quiet(str(where), st.st_ctime_ns, st.st_ino)
+    assert not _sqlite._dir_quiet(str(where), st.st_ctime_ns + 1, st.st_ino)
+    assert not _sqlite._dir_quiet(str(where), st.st_ctime_ns, st.st_ino + 1)
+    assert not _sqlite._dir_quiet(str(where), -1, -1)
+    moved = tmp_path / "e"
+    where.rename(moved)
+    assert not _sqlite._dir_quiet(str(where), st.st_ctime_ns, st.st_ino)
+    where.write_text("a file at the path now")
+    fst = os.stat(where)
+    assert _sqlite._dir_quiet(str(where), fst.st_ctime_ns, fst.st_ino)  # (what stat says of whatever is there)
+    assert not _sqlite._dir_quiet(str(where), st.st_ctime_ns, st.st_ino)
 
 
 def test_directory_is_trusted_only_once_its_timestamp_clock_moved_past_its_ctime() -> None:
