@@ -8,6 +8,7 @@ that it is; then that the feature still sees the commit."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from memimg import persistent
 from memimg.core import _snapshotter
 from memimg.image import _snapshots
 from memimg.image._engine import Engine
+from tests.accel import compiled
 from tests.conftest import Images
 
 
@@ -319,3 +321,30 @@ def test_set_row_is_the_row_the_general_path_encodes(make_image: Images) -> None
         direct_row = session.set_row(10, 1234, oid, "n", value)
         general = session.encode_events([(KINDS["obj.set"], img.root, ("n", value))], 10, 1234)
         assert [direct_row] == general, value
+
+
+@compiled
+def test_the_compiled_setattr_commits_a_set_outside_a_transaction_itself(make_image: Images) -> None:
+    """With the accelerator, a plain field set outside a transaction goes from the compiled ``__setattr__`` to
+    ``set_field`` with no Python ``__setattr__`` frame between, and holds no reference it does not give back."""
+    img = make_image(root=Holder)
+    holder = img.root
+    holder.n = -1
+    writer = img._mi_current.get()
+    frames: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            frames.append(frame.f_code.co_name)
+
+    before = sys.getrefcount(writer)
+    sys.setprofile(profile)
+    try:
+        holder.n = 1
+    finally:
+        sys.setprofile(None)
+    assert "set_field" in frames and "__setattr__" not in frames, frames
+    for i in range(1000):
+        holder.n = i
+    assert sys.getrefcount(writer) - before < 10
+    assert holder.n == 999 and len(_obj_sets(img)) == 1002

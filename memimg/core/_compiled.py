@@ -20,10 +20,10 @@ __all__ = ["encode_states", "fold_sets", "same_dir", "use"]
 fold_sets: Callable[..., tuple[int, Any] | int] | None = None
 #: a snapshot's walk over a batch of objects (``memimg.core._snapshotter.SnapshotWriter.step``), or None
 encode_states: Callable[..., None] | None = None
-#: ``same_dir(path, ctime_ns, ino)``: whether the directory at *path* still has that ctime and inode number -- the
-#: SQLite store's look after each commit (``memimg.stores._sqlite``; stores sit beside the model, so this is where
-#: they find it) -- or None
-same_dir: Callable[[str, int, int], bool] | None = None
+#: ``same_dir(path, ctime_ns, ino)``: whether the directory at *path* (``os.fsencode``'s bytes) still has that ctime
+#: and inode number -- the SQLite store's look after each commit (``memimg.stores._sqlite``; stores sit beside the
+#: model, so this is where they find it) -- or None
+same_dir: Callable[[bytes, int, int], bool] | None = None
 
 
 def use(speedups: ModuleType | None) -> None:

@@ -39,6 +39,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <string.h>
 #include <sys/stat.h>
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
@@ -2419,22 +2420,35 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* same_dir(path, ctime_ns, ino): whether the directory at `path` still has that ctime (ns) and inode number --
- * SQLiteStore's look after each commit that its files were not moved or replaced (os.stat's result object was most
- * of that look's cost). False when stat() fails; the caller then looks the long way. */
+/* same_dir(path, ctime_ns, ino): whether the directory at `path` (bytes: the file system's encoding of the store's
+ * directory, os.fsencode) still has that ctime (ns) and inode number -- SQLiteStore's look after each commit that its
+ * files were not moved or replaced (os.stat's result object was most of that look's cost). False when stat() fails
+ * or when a number cannot be what stat() gives (-1: nothing trusted yet); it raises only for arguments of the wrong
+ * types, so that a commit already written is never reported as failed by this look. */
 static PyObject *same_dir(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyUnicode_Check(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "same_dir(path: str, ctime_ns: int, ino: int)");
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "same_dir(path: bytes, ctime_ns: int, ino: int)");
         return NULL;
     }
-    const char *path = PyUnicode_AsUTF8(args[0]);
-    if (path == NULL) return NULL;
-    long long ctime_ns = PyLong_AsLongLong(args[1]);
-    if (ctime_ns == -1 && PyErr_Occurred()) return NULL;
+    const char *path = PyBytes_AS_STRING(args[0]);
+    if ((Py_ssize_t)strlen(path) != PyBytes_GET_SIZE(args[0])) Py_RETURN_FALSE; /* a NUL inside: no such path */
+    int overflow = 0;
+    long long ctime_ns = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (overflow || (ctime_ns == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
     unsigned long long ino = PyLong_AsUnsignedLongLong(args[2]);
     if (ino == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
-        Py_RETURN_FALSE; /* -1: nothing trusted yet */
+        Py_RETURN_FALSE;
+    }
+    /* compared as seconds and nanoseconds (st_ctime_ns is sec * 10**9 + nsec, 0 <= nsec < 10**9): no product to
+     * overflow */
+    long long sec = ctime_ns / 1000000000LL, nsec = ctime_ns % 1000000000LL;
+    if (nsec < 0) {
+        nsec += 1000000000LL;
+        sec -= 1;
     }
     struct stat st;
     int rc;
@@ -2443,11 +2457,12 @@ static PyObject *same_dir(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     Py_END_ALLOW_THREADS
     if (rc != 0) Py_RETURN_FALSE;
 #if defined(__APPLE__)
-    long long found = (long long)st.st_ctimespec.tv_sec * 1000000000LL + st.st_ctimespec.tv_nsec;
+    struct timespec ct = st.st_ctimespec;
 #else
-    long long found = (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec;
+    struct timespec ct = st.st_ctim;
 #endif
-    return PyBool_FromLong(found == ctime_ns && (unsigned long long)st.st_ino == ino);
+    return PyBool_FromLong((long long)ct.tv_sec == sec && (long long)ct.tv_nsec == nsec &&
+                           (unsigned long long)st.st_ino == ino);
 }
 
 static PyMethodDef methods[] = {
@@ -2476,7 +2491,7 @@ static PyMethodDef methods[] = {
      "bulk_records(queue, at, plans, records, owner, linked, writers, objects, tracked_list, memo, replaced): a bulk "
      "attach's records; the index reached."},
     {"same_dir", (PyCFunction)(void (*)(void))same_dir, METH_FASTCALL,
-     "same_dir(path, ctime_ns, ino): whether the directory at path still has that ctime (ns) and inode number."},
+     "same_dir(path, ctime_ns, ino): whether the directory at path (bytes) still has that ctime (ns) and inode number."},
     {"unhook", unhook, METH_O, "Give a hooked class its generic attribute lookup back: whether it was hooked."},
     {"changed", changed, METH_NOARGS, "Forget every cached answer of whether a context's writer is quiet."},
     {NULL},

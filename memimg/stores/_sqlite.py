@@ -122,18 +122,20 @@ def _insert_rest(cur: sqlite3.Cursor, rows: Sequence[EventRow]) -> None:
 _flat = itertools.chain.from_iterable
 
 
-def _dir_quiet(path: str, ctime_ns: int, ino: int) -> bool:
-    """Whether the directory at *path* still has ctime *ctime_ns* and inode *ino* (the files checked out then).
+def _dir_quiet(path: bytes, ctime_ns: int, ino: int) -> bool:
+    """Whether the directory at *path* (``os.fsencode``'s bytes, so that any name the file system holds is looked
+    at as ``os.stat`` would) still has ctime *ctime_ns* and inode *ino* (the files checked out then).
 
-    After every commit: compiled when the accelerator is loaded (``stat()`` with no result object; ``os.stat``'s
-    was half the cost of this look, which is about a tenth of a single-field commit's).
+    After every commit, once its row is written: compiled when the accelerator is loaded (``stat()`` with no result
+    object; ``os.stat``'s was half the cost of this look, which is about a tenth of a single-field commit's). It
+    never raises: an answer it cannot give is "not quiet", and the files are looked at the long way.
     """
     same = _compiled.same_dir
     if same is not None:
         return same(path, ctime_ns, ino)
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # (ValueError: a NUL in the path)
         return False
     return st.st_ctime_ns == ctime_ns and st.st_ino == ino
 
@@ -198,6 +200,7 @@ class SQLiteStore:
             raise
         self._gone: str | None = None  # why writes are refused: the file is no longer at the path
         self._dir = os.path.dirname(os.path.abspath(self.path))
+        self._dir_bytes = os.fsencode(self._dir)  # (for _dir_quiet)
         # the directory (ctime, inode) as it was when the files last checked out; -1: not trusted
         self._quiet_ctime = self._quiet_ino = -1
         self._db_id = self._wal_id = None
@@ -437,7 +440,7 @@ class SQLiteStore:
                 raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
                 raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
-            if not _dir_quiet(self._dir, self._quiet_ctime, self._quiet_ino):  # _check_files' first step
+            if not _dir_quiet(self._dir_bytes, self._quiet_ctime, self._quiet_ino):  # _check_files' first step
                 self._check_files(f"appending events {first[0]}..{rows[-1][0]}", rows[-1][0])
             if self._checkpointer is not None:
                 self._checkpointer.wrote(size, len(rows))

@@ -311,27 +311,50 @@ def test_deleted_wal_is_found_after_the_directory_was_quiet(tmp_path: Any, monke
 def test_a_quiet_directory_is_one_whose_ctime_and_inode_are_as_they_were(
     tmp_path: Any, monkeypatch: Any, compiled: bool
 ) -> None:
-    """The look after each commit -- compiled or not, the same answers: the directory at the path has the
-    ctime and inode the files last checked out with; not when either moved, the path is gone or names a file,
-    or nothing was trusted yet (-1)."""
+    """The look after each commit -- compiled or not, the same answers: the directory at the path (its file system
+    bytes, whatever its name) has the ctime -- not the mtime -- and inode the files last checked out with; not when
+    either moved, the path is gone or names a file, or a number cannot be stat's (-1: nothing trusted yet; past
+    64 bits). It never raises."""
     if compiled:
         assert _compiled.same_dir is speedups.same_dir  # type: ignore[union-attr]
     else:
         monkeypatch.setattr(_compiled, "same_dir", None)
-    where = tmp_path / "d"
-    where.mkdir()
-    st = os.stat(where)
-    assert _sqlite._dir_quiet(str(where), st.st_ctime_ns, st.st_ino)
-    assert not _sqlite._dir_quiet(str(where), st.st_ctime_ns + 1, st.st_ino)
-    assert not _sqlite._dir_quiet(str(where), st.st_ctime_ns, st.st_ino + 1)
-    assert not _sqlite._dir_quiet(str(where), -1, -1)
-    moved = tmp_path / "e"
-    where.rename(moved)
-    assert not _sqlite._dir_quiet(str(where), st.st_ctime_ns, st.st_ino)
-    where.write_text("a file at the path now")
-    fst = os.stat(where)
-    assert _sqlite._dir_quiet(str(where), fst.st_ctime_ns, fst.st_ino)  # (what stat says of whatever is there)
-    assert not _sqlite._dir_quiet(str(where), st.st_ctime_ns, st.st_ino)
+    quiet = _sqlite._dir_quiet
+    for name in (b"d", b"caf\xe9", "caf\u00e9-\u6f22".encode()):  # Latin-1 bytes: no UTF-8 name
+        where = os.fsencode(tmp_path) + b"/" + name
+        os.mkdir(where)
+        os.utime(where, ns=(1_000_000_007, 2_000_000_011))  # an mtime unlike its ctime
+        st = os.stat(where)
+        assert st.st_mtime_ns != st.st_ctime_ns
+        assert quiet(where, st.st_ctime_ns, st.st_ino)
+        assert not quiet(where, st.st_mtime_ns, st.st_ino)
+        assert not quiet(where, st.st_ctime_ns + 1, st.st_ino)
+        assert not quiet(where, st.st_ctime_ns - 1_000_000_000, st.st_ino)
+        assert not quiet(where, st.st_ctime_ns, st.st_ino + 1)
+        assert not quiet(where, -1, -1)
+        assert not quiet(where, 1 << 63, st.st_ino) and not quiet(where, st.st_ctime_ns, 1 << 64)
+        assert not quiet(where + b"\0", st.st_ctime_ns, st.st_ino)
+        os.rename(where, where + b"-moved")
+        assert not quiet(where, st.st_ctime_ns, st.st_ino)
+        with open(where, "w") as f:
+            f.write("a file at the path now")
+        fst = os.stat(where)
+        assert quiet(where, fst.st_ctime_ns, fst.st_ino)  # (what stat says of whatever is there)
+        assert not quiet(where, st.st_ctime_ns, st.st_ino)
+
+
+def test_an_image_in_a_directory_whose_name_is_not_utf8_commits(tmp_path: Any) -> None:
+    """A directory name of bytes the file system holds but UTF-8 cannot decode (here Latin-1's) is no obstacle:
+    commits are made, acknowledged and read back."""
+    where = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")
+    os.mkdir(where)
+    path = os.path.join(where, "x.db")
+    with memimg.open(path, root=dict) as img:
+        for i in range(3):
+            img.root[f"k{i}"] = i
+        assert img.root == {"k0": 0, "k1": 1, "k2": 2}
+    with memimg.open(path, root=dict) as reopened:
+        assert reopened.root == {"k0": 0, "k1": 1, "k2": 2}
 
 
 def test_directory_is_trusted_only_once_its_timestamp_clock_moved_past_its_ctime() -> None:
