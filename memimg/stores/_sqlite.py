@@ -40,7 +40,6 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -61,7 +60,7 @@ from memimg.stores._protocol import (
     poll,
     read_in_chunks,
 )
-from memimg.stores._sqlitefiles import gone_error
+from memimg.stores._sqlitefiles import connect_existing, gone_error
 from memimg.stores._sqlitefiles import stamped_after as _stamped_after
 from memimg.stores._sqlitesql import (
     AFTER_SNAPSHOTS,
@@ -172,10 +171,7 @@ class SQLiteStore:
         self._check_file()
         try:
             if readonly:
-                uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
-                conn = sqlite3.connect(
-                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-                )
+                conn = connect_existing(os.path.abspath(self.path), "ro", busy_timeout)
             else:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         except sqlite3.Error as err:
@@ -199,7 +195,10 @@ class SQLiteStore:
             conn.close()
             raise
         self._gone: str | None = None  # why writes are refused: the file is no longer at the path
-        self._dir = os.path.dirname(os.path.abspath(self.path))
+        #: the path made absolute once, at the open: what the store's other connections open, whatever the
+        #: working directory becomes
+        self._abspath = os.path.abspath(self.path)
+        self._dir = os.path.dirname(self._abspath)
         self._dir_bytes = os.fsencode(self._dir)  # (for _dir_quiet)
         # the directory (ctime, inode) as it was when the files last checked out; -1: not trusted
         self._quiet_ctime = self._quiet_ino = -1
@@ -213,7 +212,7 @@ class SQLiteStore:
                 conn.close()
                 raise MemimgError(f"{self.path!r} disappeared while it was being opened; nothing was written")
             self._check_files("opening", None)
-            self._checkpointer = Checkpointer(self.path, self._db_id, self._lock)
+            self._checkpointer = Checkpointer(self._abspath, self._db_id, self._lock)
             weakref.finalize(self, self._checkpointer.stop, 0)  # a store dropped unclosed ends its thread too
 
     def _check_file(self) -> None:
@@ -531,9 +530,8 @@ class SQLiteStore:
         instead (:class:`FileGoneError`; nothing is created there) -- set up as the store's own for writing: no
         automatic checkpoint (the checkpoint thread's work), the WAL's size limit."""
         self._check_writable(doing)
-        uri = "file:" + urllib.parse.quote(os.path.join(self._dir, os.path.basename(self.path))) + "?mode=rw"
         try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0)
+            conn = connect_existing(self._abspath, "rw", 0)
         except sqlite3.Error as err:
             with self._lock:
                 self._check_files(doing, None)  # no file at the path: gone

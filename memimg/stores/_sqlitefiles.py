@@ -1,4 +1,5 @@
-"""When the SQLite store can trust a directory's ctime to tell that its files were not replaced.
+"""The SQLite store's files at their path: opening the one that is there, and when the store can trust a
+directory's ctime to tell that its files were not replaced.
 
 See the SQLite store's module docstring: after each write the store checks
 that its path still names the database and WAL it opened.
@@ -6,17 +7,26 @@ that its path still names the database and WAL it opened.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
+import urllib.parse
 from typing import Final
 
 from memimg._errors import FileGoneError
 
-__all__ = ["gone_error", "stamped_after"]
+__all__ = ["connect_existing", "gone_error", "stamped_after"]
 
 # The clock inode timestamps are read from on Linux (CLOCK_REALTIME_COARSE: it moves once a tick).
 _COARSE_CLOCK: Final = 5 if sys.platform.startswith("linux") else None
 _TICK_NS: Final = 50_000_000  # elsewhere: a bound on the timestamp clock's step
+
+
+def connect_existing(path: str, mode: str, timeout: float) -> sqlite3.Connection:
+    """A connection to the database file at *path* (absolute), opened in *mode* (``"ro"`` or ``"rw"``): never one
+    made where no file is (``sqlite3.OperationalError``), with no implicit transactions, usable from any thread."""
+    uri = "file:" + urllib.parse.quote(path) + "?mode=" + mode
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=timeout)
 
 
 def stamped_after(ctime: int) -> bool:

@@ -30,12 +30,12 @@ import os
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Final, TypeVar
 
 from memimg.core._rows import EventRow
 from memimg.stores._protocol import SeqTaken
+from memimg.stores._sqlitefiles import connect_existing
 from memimg.stores._sqlitesql import READ
 
 __all__ = [
@@ -212,7 +212,7 @@ class Checkpointer:
     """
 
     def __init__(self, path: str, db_id: tuple[int, int] | None, own_commits: threading.RLock | None = None) -> None:
-        self.path = path
+        self.path = path  # absolute: the thread may start after the working directory changed
         self._db_id = db_id
         self._own_commits = own_commits
         self._pages = 0
@@ -253,9 +253,8 @@ class Checkpointer:
 
     def _connect(self) -> sqlite3.Connection | None:
         """A connection to the database the store opened; ``None`` if the path no longer names it."""
-        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
         try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0)
+            conn = connect_existing(self.path, "rw", 0)
         except sqlite3.Error as err:
             log.debug("no checkpoints of %s: %s", self.path, err)
             return None
