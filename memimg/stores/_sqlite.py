@@ -161,8 +161,13 @@ class SQLiteStore:
     ) -> None:
         if sync not in ("normal", "full"):
             raise ValueError(f"sync must be 'normal' or 'full', not {sync!r}")
+        if os.fspath(path) == ":memory:":
+            raise ValueError("SQLiteStore keeps its image in a file; for one in memory use memimg.open(':memory:')")
         self.path = os.fspath(path)
         self.description = self.path
+        #: the path made absolute once, at the open: what the store's file checks and other connections use,
+        #: whatever the working directory becomes (SQLite, too, resolves a relative path once, at its open)
+        self._abspath = os.path.abspath(self.path)
         self.readonly = readonly
         self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
@@ -171,9 +176,11 @@ class SQLiteStore:
         self._check_file()
         try:
             if readonly:
-                conn = connect_existing(os.path.abspath(self.path), "ro", busy_timeout)
+                conn = connect_existing(self._abspath, "ro", busy_timeout)
             else:
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+                conn = sqlite3.connect(
+                    self._abspath, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                )
         except sqlite3.Error as err:
             raise StoreError(
                 f"cannot open {self.path!r} as an SQLite database: {err}", store=self.path, operation="opening"
@@ -195,9 +202,6 @@ class SQLiteStore:
             conn.close()
             raise
         self._gone: str | None = None  # why writes are refused: the file is no longer at the path
-        #: the path made absolute once, at the open: what the store's other connections open, whatever the
-        #: working directory becomes
-        self._abspath = os.path.abspath(self.path)
         self._dir = os.path.dirname(self._abspath)
         self._dir_bytes = os.fsencode(self._dir)  # (for _dir_quiet)
         # the directory (ctime, inode) as it was when the files last checked out; -1: not trusted
@@ -206,8 +210,8 @@ class SQLiteStore:
         self._checkpointer: Checkpointer | None = None
         self._others = OtherWriters()
         if not readonly:
-            self._db_id = _identity(self.path)
-            self._wal_id = _identity(self.path + "-wal")
+            self._db_id = _identity(self._abspath)
+            self._wal_id = _identity(self._abspath + "-wal")
             if self._db_id is None:
                 conn.close()
                 raise MemimgError(f"{self.path!r} disappeared while it was being opened; nothing was written")
@@ -330,7 +334,7 @@ class SQLiteStore:
         # if the clock had not moved past it then
         trusted = st is not None and _stamped_after(st.st_ctime_ns)
         # the directory was taken before the files: a change after it moves its ctime
-        db, wal = _identity(self.path), _identity(self.path + "-wal")
+        db, wal = _identity(self._abspath), _identity(self._abspath + "-wal")
         if self._wal_id is None:
             self._wal_id = wal  # SQLite creates it at the first read of a WAL database
         if db is None or db != self._db_id:
@@ -723,7 +727,7 @@ class SQLiteStore:
         total = 0
         for suffix in ("", "-wal"):
             try:
-                total += os.path.getsize(self.path + suffix)
+                total += os.path.getsize(self._abspath + suffix)
             except OSError:
                 pass
         return total

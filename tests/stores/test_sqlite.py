@@ -383,3 +383,32 @@ def test_database_locked_at_open_is_a_locked_error(tmp_path: Any) -> None:
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
+
+
+def test_an_image_opened_by_a_relative_path_commits_after_the_working_directory_changed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path names the file it named at the open: after the process changes its working directory
+    (a daemon, ``gunicorn --chdir``) commits go on into that file, acknowledged, and a file of the same name in
+    the new directory is neither taken for it nor touched."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "c.db").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    img = memimg.open("c.db", root=dict)
+    img.root["before"] = 1
+    monkeypatch.chdir(elsewhere)
+    img.root["after"] = 2
+    img.snapshot()
+    img.root["later"] = 3
+    assert img.store.size() > 0
+    img.close()
+    assert (elsewhere / "c.db").read_bytes() == b""
+    with memimg.open(str(tmp_path / "c.db"), root=dict) as reopened:
+        assert reopened.root == {"before": 1, "after": 2, "later": 3}
+
+
+def test_an_sqlite_store_at_memory_is_refused_naming_what_to_use() -> None:
+    """``SQLiteStore(":memory:")`` would be a file of that name: refused, naming memimg.open(":memory:")."""
+    with pytest.raises(ValueError, match=r"memimg\.open\(':memory:'\)"):
+        SQLiteStore(":memory:")
