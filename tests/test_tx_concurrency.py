@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import memimg
+from tests.accel import compiled
 from tests.conftest import Images
 from tests.models import Box, Node
 
@@ -710,6 +711,109 @@ def test_other_processes_single_field_sets_caught_up_together_are_each_a_commit(
         assert seen == [0 if culprit == 0 else 10 * (culprit - 1) + culprit + 1]  # its value before them
         assert [n.value for n in mine] == [100 + culprit, 10 * culprit + 2, 10 * culprit + 3]
         assert img._engine.seq == other._engine.seq
+
+
+def test_a_commit_after_a_catch_up_is_stamped_no_earlier_than_the_commits_caught_up_with(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's single field sets stamped ahead of this process's clock (its clock runs fast): once this
+    image has caught up with them, its own commits are stamped no earlier than the latest of them -- commit
+    times never go back along the log."""
+    from memimg.image import _direct
+
+    img, _other, mine, theirs = _nodes(make_image)
+    now = _direct.now_us()
+    ahead = iter(range(now + 3_600_000_000, now + 3_700_000_000, 1000))  # an hour ahead, and moving on
+    monkeypatch.setattr(_direct, "now_us", lambda: next(ahead))
+    for i, node in enumerate(theirs):
+        node.value = i + 1
+    monkeypatch.undo()
+    latest = list(img.store.read())[-1][2]  # (ts) the latest of them
+    assert latest > now + 3_600_000_000 and img.refresh() == 3
+    mine[0].value = 7
+    with img.transaction():
+        mine[1].value = 8
+    rows = list(img.store.read())
+    assert [n.value for n in mine] == [7, 8, 3]
+    assert rows[-1][2] >= rows[-2][2] >= latest  # (ts)
+
+
+@compiled
+def test_other_processes_single_field_sets_are_applied_by_the_compiled_catch_up_unless_something_watches(
+    make_image: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the accelerator, a catch-up applies another process's single field sets in its compiled loop -- the
+    same values, in order, the image at the last seq -- unless something must see each: a transaction open in
+    another thread (it may have read what they change), a subscription; then the Python path applies them,
+    to the same outcome."""
+    from memimg.core import _compiled
+
+    img, other, mine, theirs = _nodes(make_image)
+    loop = _compiled.catch_sets
+    assert loop is not None
+    calls: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        out = loop(*args)
+        calls.append(out[0] - args[2])  # the rows it applied
+        return out
+
+    monkeypatch.setattr(_compiled, "catch_sets", counted)
+    for i in range(30):
+        theirs[i % 3].value = i
+    assert img.refresh() == 30
+    assert [n.value for n in mine] == [27, 28, 29] and img._engine.seq == other._engine.seq
+    assert sum(calls) >= 29  # (the first set after the attach may take the Python path once)
+    calls.clear()
+    opened, done = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with img.transaction():
+            opened.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        opened.wait(10)
+        for i in range(6):
+            theirs[i % 3].value = 100 + i
+        assert img.refresh() == 6
+    finally:
+        done.set()
+        thread.join()
+    assert calls == [] and [n.value for n in mine] == [103, 104, 105]
+    changes: list[Any] = []
+    with img.subscribe(changes.append, to=mine[0]):
+        theirs[0].value = 200
+        theirs[1].value = 201
+        assert img.refresh() == 2
+    assert calls == [] and [n.value for n in mine[:2]] == [200, 201]
+
+
+@compiled
+def test_a_set_interrupted_while_the_compiled_catch_up_applies_it_closes_the_image(make_image: Images) -> None:
+    """An interrupt (KeyboardInterrupt) while a catch-up's compiled loop applies another process's field set:
+    the sets before it are applied and counted, the interrupt reaches the caller, and the image is closed (that
+    set's outcome in memory is unknown): open it again."""
+    img, other, mine, theirs = _nodes(make_image)
+    theirs[0].value = 1
+    img.refresh()  # (the table's setters of Node made)
+    real = img._engine.table.setters[Node]["value"]
+
+    def interrupted(obj: Any, value: Any) -> None:
+        if value == 3:
+            raise KeyboardInterrupt
+        real(obj, value)
+
+    img._engine.table.setters[Node] = {**img._engine.table.setters[Node], "value": interrupted}  # this image's only
+    for i in range(2, 5):
+        theirs[i % 3].value = i
+    with pytest.raises(KeyboardInterrupt):
+        img.refresh()
+    assert [n.value for n in mine][2] == 2 and img._engine.seq == other._engine.seq - 2
+    with pytest.raises(memimg.MemimgError, match="closed"):
+        mine[0].value = 9
 
 
 @pytest.mark.parametrize("damage", ["unreadable", "checksum", "read error"])

@@ -14,10 +14,13 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-__all__ = ["encode_states", "fold_sets", "same_dir", "use"]
+__all__ = ["catch_sets", "encode_states", "fold_sets", "same_dir", "use"]
 
 #: replay's loop over its commonest rows (``memimg.core._fold._fold_rows``), or None
 fold_sets: Callable[..., tuple[int, Any] | int] | None = None
+#: a running image's catch-up over its commonest transactions, one field set each
+#: (``memimg.core._fold._fold_transactions``), or None
+catch_sets: Callable[..., tuple[int, int, Any, Any, BaseException | None, bool]] | None = None
 #: a snapshot's walk over a batch of objects (``memimg.core._snapshotter.SnapshotWriter.step``), or None
 encode_states: Callable[..., None] | None = None
 #: ``same_dir(path, ctime_ns, ino)``: whether the directory at *path* (``os.fsencode``'s bytes) still has that ctime
@@ -28,7 +31,8 @@ same_dir: Callable[[bytes, int, int], bool] | None = None
 
 def use(speedups: ModuleType | None) -> None:
     """Call *speedups*' compiled loops from now on (None: the pure-Python code runs)."""
-    global fold_sets, encode_states, same_dir
+    global fold_sets, catch_sets, encode_states, same_dir
     fold_sets = None if speedups is None else speedups.fold_sets
+    catch_sets = None if speedups is None else speedups.catch_sets
     encode_states = None if speedups is None else speedups.encode_states
     same_dir = None if speedups is None else speedups.same_dir

@@ -50,6 +50,11 @@ _loads: Final = orjson.loads
 #: holds (``None`` for one that has nothing to apply: an event on an object of a removed type).
 OnTx = Callable[[list[tuple[Pending | None, EventRow]]], None]
 
+#: What :func:`fold` tells of the transactions it applied itself (see its ``direct``): the seq of the last, the
+#: largest commit time among them (-1: none), and the exception that stopped it while a row's outcome is unknown
+#: (``None``: none) -- it must raise then.
+Direct = Callable[[int, int, BaseException | None], None]
+
 
 #: The most single-row transactions :func:`fold` hands to ``on_run`` in one call.
 RUN: Final = 1000
@@ -79,6 +84,7 @@ def fold(
     progress: Callable[[int], None] | None = None,
     on_tx: OnTx | None = None,
     on_run: OnTx | None = None,
+    direct: Direct | None = None,
 ) -> tuple[int, int]:
     """Fold stored event *rows* (seq ``expected`` on) into *reader*'s table.
 
@@ -96,6 +102,13 @@ def fold(
         on_run: with *on_tx*, hand consecutive transactions that are each
             one ``obj.set`` row over together, in one call (up to
             :data:`RUN` rows): each row is then a transaction of its own.
+        direct: with *on_tx*, and the compiled accelerator loaded: those
+            transactions (one ``obj.set`` row of the fast path each) are
+            applied here instead, with the table's setters (as
+            ``ObjectTable.field_set`` applies them), each run then told to
+            *direct* -- for a caller with nothing else to do for them (see
+            ``Engine.catch_up``). Without the accelerator they go to
+            *on_run*.
 
     Returns:
         The next expected seq, and the seq of the last snapshot's event (0 if none).
@@ -105,7 +118,9 @@ def fold(
         SchemaError: an upgrader failed on a state a row holds.
     """
     if on_tx is not None:
-        return _fold_transactions(rows, reader, expected, (where, table), checked, progress, on_tx, on_run)
+        if checked or progress is not None:
+            direct = None  # (the compiled loop checks every checksum, and reports no progress)
+        return _fold_transactions(rows, reader, expected, (where, table), checked, progress, on_tx, on_run, direct)
     return _fold_rows(rows, reader, expected, (where, table), checked, progress)
 
 
@@ -225,11 +240,26 @@ def _fold_transactions(
     progress: Callable[[int], None] | None,
     on_tx: OnTx,
     on_run: OnTx | None,
+    direct: Direct | None,
 ) -> tuple[int, int]:
     """Rows decoded and handed over one transaction at a time (runs of single field sets together, to
     *on_run* if given): a running image catching up with other processes' commits, measured by ``python -m
     benchmarks`` (writers). An ``obj.set`` row's checksum is computed inline, as :func:`_fold_rows` does;
-    any other row's by :func:`verify_event`, which also names a damaged one."""
+    any other row's by :func:`verify_event`, which also names a damaged one.
+
+    With *direct* and the compiled accelerator, an ``obj.set`` row that
+    begins a transaction, once read and checked here as any row is (the
+    transaction before it then whole and handed over, and the run with it:
+    transactions are applied in the log's order), goes to the compiled
+    loop, which applies it and the rows after it while each is a whole
+    transaction of one field set of the fast path, and hands back the row
+    it stopped at (and the one after it, if it read it): both read here
+    then, as any other.
+    """
+    catch = _compiled.catch_sets if direct is not None else None
+    objects, fast_fields, setters, dec = reader.table.objects, reader.fast_fields, reader.table.setters, reader.decode
+    back: list[Any] = []  # rows the compiled loop read and handed back, read here first (a stack)
+    stopped: Any = None  # the row it stopped at (read here, not given to it again)
     batch: list[EventRow] = []  # the transaction being read
     run: list[EventRow] = []  # whole transactions of one obj.set row each, read and not handed over yet
     last_snapshot = 0
@@ -255,14 +285,21 @@ def _fold_transactions(
 
     rows = iter(rows)
     while True:
-        try:
-            row = next(rows, None)
-        except BaseException:  # a read that failed partway (the store names what)
-            settle()
-            raise
+        if back:
+            row = back.pop()
+        else:
+            try:
+                row = next(rows, None)
+            except BaseException:  # a read that failed partway (the store names what)
+                settle()
+                raise
         if row is None:
             break
-        r = row if type(row) is EventRow else EventRow(*row)  # a refused append's rows are EventRows already
+        try:
+            r = row if type(row) is EventRow else EventRow(*row)  # a refused append's rows are EventRows already
+        except TypeError:  # not a row of seven columns
+            settle()
+            raise
         seq, tx, ts, kind, target, payload, checksum = r
         if seq != expected:
             settle()
@@ -284,6 +321,23 @@ def _fold_transactions(
         if batch and tx != batch[0].tx:
             whole(batch)
             batch = []
+        if catch is not None and not batch and not back and kind == "obj.set" and row is not stopped:
+            # r begins a transaction, checked as every row is: the compiled loop from it on
+            assert direct is not None
+            settle()  # (the transactions before it applied first: the log's order)
+            expected, latest, stopped, after, err, doubt = catch(
+                r, rows, seq, objects, fast_fields, setters, set_code, dec, _loads
+            )
+            if latest >= 0 or doubt:
+                direct(expected - 1, latest, err if doubt else None)
+            if err is not None:
+                raise err  # a read that failed partway (the row read last not applied)
+            if stopped is None:
+                break
+            if after is not None:
+                back.append(after)
+            back.append(stopped)  # read again here, first (with its seq: ``expected``)
+            continue
         batch.append(r)
         if kind in _NOTED:
             if kind == META_KIND:

@@ -561,6 +561,7 @@ class Engine:
                         on_tx=apply_tx,
                         # runs of single field sets applied at once, unless each commit is delivered on its own
                         on_run=apply_run if self.writer.feed is None else None,
+                        direct=self._sets_applied if self._nothing_watches() else None,
                     )
                 except CorruptLogError as err:  # the next event missing: compacted away, or lost
                     if err.seq != self.seq + 1 or not _recovery.compacted_past(self):
@@ -592,6 +593,28 @@ class Engine:
         if (count or self.position.written) and time.monotonic() >= self.position.due:
             self.position.beat(self.seq)
         return count
+
+    def _nothing_watches(self) -> bool:
+        """Whether applying another process's single field set is all there is to it: no transaction open (this
+        image's lock, held, keeps any from opening), no snapshot being written, no subscription, no hook; then
+        the fold applies them itself (see :func:`fold`'s ``direct``). Called with the lock held."""
+        return (
+            not self.open_txs
+            and self.snapshot_writer is None
+            and self.writer.feed is None
+            and (self.before_apply is None)
+        )
+
+    def _sets_applied(self, last_seq: int, ts: int, doubt: BaseException | None) -> None:
+        """The fold applied other processes' single field sets up to *last_seq* itself (see
+        :meth:`_nothing_watches`): what :meth:`apply` does besides applying them is done here. *doubt*: the
+        apply of the set after them was interrupted (its outcome unknown): the image is closed, as :meth:`apply`
+        closes it."""
+        self.seq = last_seq
+        if ts > self.last_ts:
+            self.last_ts = ts
+        if doubt is not None:
+            _direct.apply_failed(self, doubt, last_seq + 1, last_seq + 1)
 
     def _reload(self) -> None:
         """The log was compacted past this image's seq: reload from its snapshot in place; open transactions fail.

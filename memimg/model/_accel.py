@@ -36,7 +36,7 @@ __all__ = ["SPEEDUPS_VERSION", "speedups"]
 
 #: The version of ``_speedups`` this code calls (its ``VERSION``, bumped with every change of its functions): a build
 #: of another version -- an editable install's file left from before a pull -- is not used.
-SPEEDUPS_VERSION: Final = 11
+SPEEDUPS_VERSION: Final = 12
 
 
 def _load() -> ModuleType | None:

@@ -44,7 +44,7 @@
 
 /* What memimg.model._accel expects (its SPEEDUPS_VERSION): bumped whenever the module's functions change, so that a
  * build older than the Python code is not used (an editable install keeps the built file in the source tree). */
-#define SPEEDUPS_VERSION 11
+#define SPEEDUPS_VERSION 12
 
 /* -- configuration (configure()) ---------------------------------------------------------------- */
 
@@ -1658,6 +1658,7 @@ typedef struct {
     uint32_t code;
     int checked, progress;
     PyObject *last_name; /* owned */
+    PyObject *apply;     /* the setters by class applied with (the table's, as field_set), or NULL: fast's own */
 } Fold;
 
 /* Apply `row` (seq `expected`): 1 applied; 0 the Python loop's (no error set); -1 an error to raise. */
@@ -1700,6 +1701,11 @@ static int fold_one(Fold *f, PyObject *row, long long expected) {
     PyObject *of_type = PyDict_GetItemWithError(f->fast, (PyObject *)Py_TYPE(obj));
     PyObject *setter = NULL;
     if (of_type != NULL && PyDict_CheckExact(of_type)) setter = PyDict_GetItemWithError(of_type, name);
+    if (setter != NULL && f->apply != NULL) { /* a current-schema field: applied with the table's setter */
+        PyObject *applied = PyDict_GetItemWithError(f->apply, (PyObject *)Py_TYPE(obj));
+        setter = NULL;
+        if (applied != NULL && PyDict_CheckExact(applied)) setter = PyDict_GetItemWithError(applied, name);
+    }
     if (setter == NULL) {
         Py_DECREF(obj);
         if (PyErr_Occurred()) goto failed;
@@ -1746,7 +1752,7 @@ static PyObject *fold_sets(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     PyObject *rows = args[0];
-    Fold f = {args[2], args[3], args[7], args[8], 0, 0, 0, NULL};
+    Fold f = {args[2], args[3], args[7], args[8], 0, 0, 0, NULL, NULL};
     if (!PyIter_Check(rows) || !PyList_CheckExact(f.objects) || !PyDict_CheckExact(f.fast)) {
         PyErr_SetString(PyExc_TypeError, "fold_sets(): bad argument types");
         return NULL;
@@ -1793,6 +1799,114 @@ static PyObject *fold_sets(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     Py_XDECREF(f.last_name);
     if (PyErr_Occurred()) return NULL; /* the iterator's (a failed read): the store names what */
     return PyLong_FromLongLong(expected); /* the rows ended: the next seq alone (a row handed back is a pair) */
+}
+
+/* Whether `row` is an obj.set row at `seq` whose checksum holds (its tx in *tx): 1, else 0 (no error set). */
+static int intact_set(Fold *f, PyObject *row, long long seq, long long *tx) {
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 7) return 0;
+    PyObject *kind = PyTuple_GET_ITEM(row, 3), *payload = PyTuple_GET_ITEM(row, 5);
+    long long at, ts, target, checksum;
+    if (!small_int(PyTuple_GET_ITEM(row, 0), &at) || at != seq || !small_int(PyTuple_GET_ITEM(row, 1), tx) ||
+        !small_int(PyTuple_GET_ITEM(row, 2), &ts) || !small_int(PyTuple_GET_ITEM(row, 4), &target) ||
+        !small_int(PyTuple_GET_ITEM(row, 6), &checksum))
+        return 0;
+    if (!PyUnicode_CheckExact(kind) || PyUnicode_GET_LENGTH(kind) != 7 || !PyUnicode_IS_COMPACT_ASCII(kind) ||
+        memcmp(PyUnicode_1BYTE_DATA(kind), "obj.set", 7) != 0 || !PyBytes_CheckExact(payload))
+        return 0;
+    return (long long)event_crc(f->code, seq, *tx, ts, target, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload)) ==
+           checksum;
+}
+
+/* The exception raised (normalized, its traceback on it), taken off the thread: a new reference. */
+static PyObject *take_raised(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* catch_sets(first, rows, expected, objects, fast_fields, setters, code, decode, loads)
+ *   -> (expected, ts, row, next, error, in_doubt):
+ * a running image's catch-up (memimg.core._fold._fold_transactions) over its commonest transaction, one obj.set
+ * row. `first` (a row that begins a transaction) and the rows after it from the iterator `rows` are applied one
+ * after the other while each is a transaction of its own -- the row after it, an obj.set row intact and in
+ * order, has another tx; or the rows ended -- and passes fold_one's checks (seq == expected, the checksum, the payload one [name, value] pair, the field
+ * one of fast_fields' for the object's class); each is applied with setters[type(obj)][name] (the table's, as
+ * ObjectTable.field_set applies it). Nothing is applied before the row after it is read. Returns the next
+ * expected seq, the largest ts applied (-1: none), the row it stopped at (None: the rows ended) and the row after
+ * it if one was read (else None) -- both for the Python loop, untouched -- and `error`: None, or the exception
+ * that stopped it, for the caller to raise once it has counted what was applied (the iterator's: a failed read,
+ * `row` not applied) and whether `row`'s outcome is unknown (`in_doubt`: what stopped it is not an Exception and
+ * was raised while `row` was decoded or applied; an Exception there hands the row back, as fold_sets does). */
+static PyObject *catch_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "catch_sets() takes 9 arguments");
+        return NULL;
+    }
+    PyObject *rows = args[1];
+    Fold f = {args[3], args[4], args[7], args[8], 0, 0, 0, NULL, args[5]};
+    if (!PyIter_Check(rows) || !PyList_CheckExact(f.objects) || !PyDict_CheckExact(f.fast) ||
+        !PyDict_CheckExact(f.apply)) {
+        PyErr_SetString(PyExc_TypeError, "catch_sets(): bad argument types");
+        return NULL;
+    }
+    long long expected = PyLong_AsLongLong(args[2]);
+    if (expected == -1 && PyErr_Occurred()) return NULL;
+    f.code = (uint32_t)PyLong_AsUnsignedLongMask(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    long long latest = -1;
+    PyObject *row = args[0], *next = NULL, *error = NULL;
+    int doubt = 0;
+    Py_INCREF(row);
+    unsigned int count = 0;
+    for (;;) {
+        long long tx, ts, next_tx;
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 7 || !small_int(PyTuple_GET_ITEM(row, 1), &tx) ||
+            !small_int(PyTuple_GET_ITEM(row, 2), &ts))
+            break;
+        if (++count % 4096 == 0 && PyErr_CheckSignals() < 0) { /* a long catch-up: Ctrl-C is seen */
+            error = take_raised();
+            break;
+        }
+        next = PyIter_Next(rows);
+        if (next == NULL && PyErr_Occurred()) { /* a failed read: the store names what */
+            error = take_raised();
+            break;
+        }
+        if (next == Py_None) Py_CLEAR(next); /* the Python loop's end of the rows, as its next(rows, None) reads it */
+        /* the row is a whole transaction if the next is of another -- told by a next row found intact (as the
+         * Python loop finds every row before it takes the one before as whole), else left to the Python loop */
+        if (next != NULL && (!intact_set(&f, next, expected + 1, &next_tx) || next_tx == tx)) break;
+        int done = fold_one(&f, row, expected);
+        f.checked = 1; /* the next row's checksum was just found to hold */
+        if (done < 0) {
+            error = take_raised();
+            doubt = 1;
+            break;
+        }
+        if (done == 0) break;
+        expected++;
+        if (ts > latest) latest = ts;
+        Py_DECREF(row);
+        row = next; /* (NULL: the rows ended) */
+        next = NULL;
+        if (row == NULL) break;
+    }
+    Py_XDECREF(f.last_name);
+    PyObject *out = Py_BuildValue("(LLOOOO)", expected, latest, row != NULL ? row : Py_None,
+                                  next != NULL ? next : Py_None, error != NULL ? error : Py_None,
+                                  doubt ? Py_True : Py_False);
+    Py_XDECREF(row);
+    Py_XDECREF(next);
+    Py_XDECREF(error);
+    return out;
 }
 
 /* -- a transaction's outcome (memimg.image._tx.TxState.outcome) ------------------------------------------------ */
@@ -2483,6 +2597,9 @@ static PyMethodDef methods[] = {
      "apply_sets(events, at, setters, kind): apply a run of obj.set events; the index reached."},
     {"fold_sets", (PyCFunction)(void (*)(void))fold_sets, METH_FASTCALL,
      "fold_sets(rows, expected, objects, fast_fields, code, checked, progress, decode, loads): replay's obj.set rows."},
+    {"catch_sets", (PyCFunction)(void (*)(void))catch_sets, METH_FASTCALL,
+     "catch_sets(first, rows, expected, objects, fast_fields, setters, code, decode, loads): a catch-up's "
+     "one-row obj.set transactions."},
     {"outcome", (PyCFunction)(void (*)(void))outcome, METH_FASTCALL,
      "outcome(events, set_kind, del_kind, add_kind, native, counter_fields): TxState.outcome's events, or None."},
     {"encode_states", (PyCFunction)(void (*)(void))encode_states, METH_FASTCALL,

@@ -91,6 +91,23 @@ def fold_sets(
     """Apply the rows of ``memimg.core._fold``'s fast path from *rows*; the next expected seq and the row it
     handed back, or the next expected seq alone once *rows* ended."""
 
+def catch_sets(
+    first: Any,
+    rows: Iterator[Any],
+    expected: int,
+    objects: list[Any],
+    fast_fields: dict[type, dict[str, Any]],
+    setters: dict[type, dict[str, Any]],
+    code: int,
+    decode: Callable[[Any], Any],
+    loads: Callable[[bytes], Any],
+    /,
+) -> tuple[int, int, Any, Any, BaseException | None, bool]:
+    """Apply *first* and the rows after it from *rows* while each is a transaction of one ``obj.set`` row of
+    ``memimg.core._fold``'s fast path, with *setters* (``ObjectTable.setters``): the next expected seq, the
+    largest ts applied (-1: none), the row it stopped at and the one after it if read (``None`` otherwise), the
+    exception that stopped it (``None``: none) and whether the row it stopped at is in doubt (see the C file)."""
+
 def outcome(
     events: list[Any],
     set_kind: Any,

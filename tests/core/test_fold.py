@@ -431,3 +431,187 @@ def test_the_compiled_loop_lets_an_interrupt_through_and_hands_a_failed_set_back
     with pytest.raises(OSError, match="the disk went away"):
         speedups.fold_sets(broken(), *args)
     assert node.value == 5  # the row before the failed read applied
+
+
+# -- the compiled catch-up (memimg.model._speedups.catch_sets) -------------------------------------------------
+
+
+def _catch_up(rows: list[Any], compiled_loop: bool) -> tuple[Any, ...]:
+    """Fold *rows* as a running image catches up (``on_tx``, ``on_run``, ``direct``; the compiled loop or not): the
+    fold's result or error, the seqs applied in the order they were (each handed-over event applied as the
+    engine applies it; a run told to ``direct`` as its seqs), the transactions handed over, the latest ts told,
+    and the nodes' fields."""
+    reader = _reader()
+    applied: list[int] = []
+    handed: list[list[int]] = []
+    told: list[tuple[int, int]] = []
+
+    def apply(batch: list[Any]) -> None:
+        handed.append([r.seq for _, r in batch])
+        for event, r in batch:
+            if event is not None:
+                k, target, args = event
+                k.apply(reader.table, target, *args)
+            applied.append(r.seq)
+
+    def direct(last_seq: int, ts: int, doubt: BaseException | None) -> None:
+        assert doubt is None
+        start = told[-1][0] if told else 0
+        applied.extend(s for s in range(start + 1, last_seq + 1) if s not in applied)
+        told.append((last_seq, ts))
+
+    _compiled.catch_sets = speedups.catch_sets if compiled_loop else None  # type: ignore[union-attr]
+    try:
+        try:
+            outcome: Any = fold(iter(rows), reader, expected=1, on_tx=apply, on_run=apply, direct=direct)
+        except Exception as err:
+            outcome = (type(err), str(err), getattr(err, "seq", None))
+    finally:
+        _compiled.catch_sets = speedups.catch_sets  # type: ignore[union-attr]
+    nodes = [(_plain(o.value), _plain(o.next)) for o in reader.table.objects if isinstance(o, Node)]
+    latest = max((ts for _, ts in told), default=-1)
+    return outcome, applied, handed, latest, nodes
+
+
+def _grouped(rows: list[EventRow], sizes: list[int]) -> list[EventRow]:
+    """*rows* with their tx numbers regrouped -- consecutive transactions of *sizes* rows, the rest one row each as
+    they were -- and commit times that go back and forth (checksums that hold)."""
+    out, at, tx = [], 0, 10_000
+    for size in sizes:
+        for r in rows[at : at + size]:
+            out.append(_resummed(r, tx=tx, ts=r.ts + len(out) * 7 % 5))  # (times that go back and forth)
+        at += size
+        tx += 1
+    return out + [_resummed(r, ts=r.ts + (len(out) + i) * 7 % 5) for i, r in enumerate(rows[at:])]
+
+
+@compiled
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(min_value=-(2**70), max_value=2**70),
+            st.text(max_size=6),
+            st.tuples(st.sampled_from(["r", "x"]), st.integers(min_value=-1, max_value=6)).map(list),
+        ),
+        max_size=14,
+    ),
+    names=st.lists(st.sampled_from(["value", "next", "nope"]), min_size=14, max_size=14),
+    sizes=st.lists(st.integers(min_value=1, max_value=3), max_size=8),
+    damaged=st.one_of(st.none(), st.integers(min_value=0, max_value=20)),
+)
+def test_the_compiled_catch_up_applies_what_the_python_catch_up_applies(
+    values: list[Any], names: list[str], sizes: list[int], damaged: int | None
+) -> None:
+    """Field sets of any values (ints past 64 bits, references that exist or not, names the class has or not),
+    grouped into transactions of one to three rows, one of them damaged or not: caught up with on the compiled
+    loop, every row is applied once and in the log's order, transactions of several rows are handed over whole
+    as on the Python loop, and the graph, the result or the error, and the latest commit time are the same."""
+    payloads = [
+        json.dumps([[name, v]], separators=(",", ":"), ensure_ascii=False).encode() for name, v in zip(names, values)
+    ]
+    rows: list[Any] = _with_payloads(payloads)
+    base = len(_rows())
+    rows = rows[:base] + _grouped(rows[base:], sizes)
+    if damaged is not None and base + damaged < len(rows):
+        rows[base + damaged] = rows[base + damaged]._replace(checksum=rows[base + damaged].checksum ^ 1)
+    pure = _catch_up(rows, compiled_loop=False)
+    fast = _catch_up(rows, compiled_loop=True)
+    outcome, applied, handed, latest, nodes = fast
+    assert (outcome, nodes) == (pure[0], pure[4])
+    assert applied == sorted(set(applied)) == pure[1]
+    by_tx: dict[int, list[int]] = {}
+    for r in rows:
+        by_tx.setdefault(r.tx, []).append(r.seq)
+    several = [seqs for seqs in by_tx.values() if len(seqs) > 1 and seqs[-1] in applied]
+    assert [h for h in handed if h in several] == several  # each handed over whole, as on the Python loop
+    directly = set(applied) - {seq for h in handed for seq in h}  # applied by the compiled loop
+    assert latest == max((r.ts for r in rows if r.seq in directly), default=-1)
+
+
+@compiled
+@pytest.mark.parametrize("at", [-3, -2, -1], ids=["after one", "inside a run", "last"])
+@pytest.mark.parametrize("damage", list(_OTHER_ROWS))
+def test_a_catch_up_reads_every_other_row_on_the_compiled_loop_as_on_the_python_loop(damage: str, at: int) -> None:
+    """A row the compiled catch-up cannot take as it is -- damaged, out of order, of another shape or kind,
+    targeting no object -- after a transaction of one field set, inside a run of them or last: the transactions
+    before it are applied (or not) as on the Python loop, and the same error or the same graph follows."""
+    rows: list[Any] = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]', b'[["value",8]]'])
+    changed = _OTHER_ROWS[damage](rows[at])
+    if changed is None:
+        del rows[at]
+    else:
+        rows[at] = None if changed == "none" else changed
+    pure, fast = _catch_up(rows, compiled_loop=False), _catch_up(rows, compiled_loop=True)
+    assert (fast[0], fast[1], fast[4]) == (pure[0], pure[1], pure[4])
+
+
+@compiled
+def test_the_compiled_catch_up_applies_one_row_transactions_and_hands_the_rest_over() -> None:
+    """Of a catch-up's rows, the compiled loop applies each transaction of one field set itself (told to
+    ``direct`` with its last seq and its latest commit time) and hands over, whole and in order, a transaction of
+    two field sets and every other kind; none is applied twice."""
+    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]', b'[["value",8]]'])
+    base = len(_rows())
+    rows = rows[:base] + _grouped(rows[base:], [1, 2, 1])
+    outcome, applied, handed, latest, nodes = _catch_up(rows, compiled_loop=True)
+    assert outcome == (len(rows) + 1, 0)
+    assert applied == list(range(1, len(rows) + 1))
+    assert [base + 2, base + 3] in handed  # the transaction of two sets: whole, on on_tx
+    assert [base + 1] not in handed and [base + 4] not in handed  # applied by the compiled loop
+    assert latest == rows[-1].ts
+    assert nodes[0][0] == (int, 8)
+
+
+@compiled
+def test_a_read_failing_during_the_compiled_catch_up_tells_what_was_applied_and_raises() -> None:
+    """A read that fails while the compiled loop runs: the rows it applied are told to ``direct`` first, the row
+    it read last is not applied, and the read's error is raised; the fold goes on from there."""
+    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
+    base = len(_rows())
+    reader = _reader()
+    assert fold(rows[:base], reader, expected=1)[0] == base + 1
+    node = next(o for o in reader.table.objects if isinstance(o, Node))
+    told: list[tuple[int, int, Any]] = []
+
+    def broken() -> Any:
+        yield from rows[base : base + 2]
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError, match="the disk went away"):
+        fold(
+            broken(), reader, expected=base + 1, on_tx=pytest.fail, on_run=pytest.fail, direct=lambda *a: told.append(a)
+        )
+    assert told == [(base + 1, rows[base].ts, None)] and node.value == 5  # the second row read, not applied
+    assert fold(rows[base + 1 :], reader, expected=base + 2, on_tx=pytest.fail, direct=lambda *a: None) == (
+        len(rows) + 1,
+        0,
+    )
+    assert node.value == 7
+
+
+@compiled
+def test_an_interrupt_while_the_compiled_catch_up_applies_a_set_is_told_as_in_doubt() -> None:
+    """A setter interrupted (a BaseException that is not an Exception) while the compiled loop applies a row: the
+    rows before it are told to ``direct`` with the interrupt as the one in doubt (the engine closes the image)."""
+    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]'])
+    base = len(_rows())
+    reader = _reader()
+    fold(rows[:base], reader, expected=1)
+    node = next(o for o in reader.table.objects if isinstance(o, Node))
+    reader.table.field_set(node, "value", 4)  # the table's setters made, as a running image has them
+    real = reader.table.setters[Node]["value"]
+
+    def interrupted(obj: Any, value: Any) -> None:
+        if value == 6:
+            raise KeyboardInterrupt
+        real(obj, value)
+
+    reader.table.setters[Node] = {**reader.table.setters[Node], "value": interrupted}  # (the class's own: a copy)
+    told: list[tuple[int, int, Any]] = []
+    with pytest.raises(KeyboardInterrupt):
+        fold(rows[base:], reader, expected=base + 1, on_tx=pytest.fail, direct=lambda *a: told.append(a))
+    assert len(told) == 1 and told[0][:2] == (base + 1, rows[base].ts) and type(told[0][2]) is KeyboardInterrupt
+    assert node.value == 5

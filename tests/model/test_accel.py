@@ -124,6 +124,7 @@ print(json.dumps({
     "first_noted": s is not None and _feeds.first_noted is s.first_noted,
     "deliver_to_bound": s is not None and _feeds.deliver_to_bound is s.deliver_to_bound,
     "fold_sets": s is not None and _compiled.fold_sets is s.fold_sets,
+    "catch_sets": s is not None and _compiled.catch_sets is s.catch_sets,
     "encode_states": s is not None and _compiled.encode_states is s.encode_states,
     "same_dir": s is not None and _compiled.same_dir is s.same_dir,
 }))
