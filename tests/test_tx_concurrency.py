@@ -792,10 +792,13 @@ def test_other_processes_single_field_sets_are_applied_by_the_compiled_catch_up_
 
 
 @compiled
-def test_a_set_interrupted_while_the_compiled_catch_up_applies_it_closes_the_image(make_image: Images) -> None:
-    """An interrupt (KeyboardInterrupt) while a catch-up's compiled loop applies another process's field set:
-    the sets before it are applied and counted, the interrupt reaches the caller, and the image is closed (that
-    set's outcome in memory is unknown): open it again."""
+@pytest.mark.parametrize("error", [KeyboardInterrupt, ValueError])
+def test_a_set_failing_while_the_compiled_catch_up_applies_it_closes_the_image(
+    make_image: Images, error: type[BaseException]
+) -> None:
+    """An interrupt (KeyboardInterrupt), or an error, while a catch-up's compiled loop applies another process's
+    field set: the sets before it are applied and counted, the interrupt (or a MemimgError naming the set)
+    reaches the caller, and the image is closed -- that set's outcome in memory is unknown: open it again."""
     img, other, mine, theirs = _nodes(make_image)
     theirs[0].value = 1
     img.refresh()  # (the table's setters of Node made)
@@ -803,14 +806,16 @@ def test_a_set_interrupted_while_the_compiled_catch_up_applies_it_closes_the_ima
 
     def interrupted(obj: Any, value: Any) -> None:
         if value == 3:
-            raise KeyboardInterrupt
+            raise error
         real(obj, value)
 
     img._engine.table.setters[Node] = {**img._engine.table.setters[Node], "value": interrupted}  # this image's only
     for i in range(2, 5):
         theirs[i % 3].value = i
-    with pytest.raises(KeyboardInterrupt):
+    raised: Any = KeyboardInterrupt if error is KeyboardInterrupt else memimg.MemimgError
+    with pytest.raises(raised) as info:
         img.refresh()
+    assert error is KeyboardInterrupt or f"applying committed events {other._engine.seq - 1}" in str(info.value)
     assert [n.value for n in mine][2] == 2 and img._engine.seq == other._engine.seq - 2
     with pytest.raises(memimg.MemimgError, match="closed"):
         mine[0].value = 9

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
 import orjson
@@ -51,9 +52,11 @@ _loads: Final = orjson.loads
 OnTx = Callable[[list[tuple[Pending | None, EventRow]]], None]
 
 #: What :func:`fold` tells of the transactions it applied itself (see its ``direct``): the seq of the last, the
-#: largest commit time among them (-1: none), and the exception that stopped it while a row's outcome is unknown
-#: (``None``: none) -- it must raise then.
+#: largest commit time among them, and the exception that stopped it while a row's outcome is unknown (``None``:
+#: none) -- it must raise then.
 Direct = Callable[[int, int, BaseException | None], None]
+#: (what the compiled catch-up starts its largest commit time from: below any)
+_NO_TS: Final = -(2**63)
 
 
 #: The most single-row transactions :func:`fold` hands to ``on_run`` in one call.
@@ -85,6 +88,7 @@ def fold(
     on_tx: OnTx | None = None,
     on_run: OnTx | None = None,
     direct: Direct | None = None,
+    watch: AbstractSet[Any] = frozenset(),
 ) -> tuple[int, int]:
     """Fold stored event *rows* (seq ``expected`` on) into *reader*'s table.
 
@@ -109,6 +113,9 @@ def fold(
             *direct* -- for a caller with nothing else to do for them (see
             ``Engine.catch_up``). Without the accelerator they go to
             *on_run*.
+        watch: with *direct*, a set (the image's open transactions) that
+            must stay empty for the compiled loop to apply a row: once it
+            is not (code a row ran opened one), the rows go to *on_run*.
 
     Returns:
         The next expected seq, and the seq of the last snapshot's event (0 if none).
@@ -120,7 +127,9 @@ def fold(
     if on_tx is not None:
         if checked or progress is not None:
             direct = None  # (the compiled loop checks every checksum, and reports no progress)
-        return _fold_transactions(rows, reader, expected, (where, table), checked, progress, on_tx, on_run, direct)
+        return _fold_transactions(
+            rows, reader, expected, (where, table), checked, progress, on_tx, on_run, direct, watch
+        )
     return _fold_rows(rows, reader, expected, (where, table), checked, progress)
 
 
@@ -241,6 +250,7 @@ def _fold_transactions(
     on_tx: OnTx,
     on_run: OnTx | None,
     direct: Direct | None,
+    watch: AbstractSet[Any],
 ) -> tuple[int, int]:
     """Rows decoded and handed over one transaction at a time (runs of single field sets together, to
     *on_run* if given): a running image catching up with other processes' commits, measured by ``python -m
@@ -321,15 +331,23 @@ def _fold_transactions(
         if batch and tx != batch[0].tx:
             whole(batch)
             batch = []
-        if catch is not None and not batch and not back and kind == "obj.set" and row is not stopped:
+        if catch is not None and not batch and not back and kind == "obj.set" and row is not stopped and not watch:
             # r begins a transaction, checked as every row is: the compiled loop from it on
             assert direct is not None
             settle()  # (the transactions before it applied first: the log's order)
-            expected, latest, stopped, after, err, doubt = catch(
-                r, rows, seq, objects, fast_fields, setters, set_code, dec, _loads
-            )
-            if latest >= 0 or doubt:
-                direct(expected - 1, latest, err if doubt else None)
+            kept: list[int] = [seq, _NO_TS]  # (the loop keeps what it applied here, row by row)
+            told = False
+            try:
+                expected, latest, stopped, after, err, doubt = catch(
+                    r, rows, seq, objects, fast_fields, setters, set_code, dec, _loads, kept, watch
+                )
+                if expected != seq or doubt:
+                    direct(expected - 1, latest, err if doubt else None)
+                told = True
+            except BaseException:  # an interrupt seen once the loop returned, or the image closed for a doubt
+                if not told and kept[0] != seq:
+                    direct(kept[0] - 1, kept[1], None)  # what it applied, told (again: the same)
+                raise
             if err is not None:
                 raise err  # a read that failed partway (the row read last not applied)
             if stopped is None:

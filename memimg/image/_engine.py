@@ -562,6 +562,7 @@ class Engine:
                         # runs of single field sets applied at once, unless each commit is delivered on its own
                         on_run=apply_run if self.writer.feed is None else None,
                         direct=self._sets_applied if self._nothing_watches() else None,
+                        watch=self.open_txs,  # (code a row runs may open one: then they go to apply_run)
                     )
                 except CorruptLogError as err:  # the next event missing: compacted away, or lost
                     if err.seq != self.seq + 1 or not _recovery.compacted_past(self):

@@ -1663,6 +1663,7 @@ typedef struct {
 
 /* Apply `row` (seq `expected`): 1 applied; 0 the Python loop's (no error set); -1 an error to raise. */
 static int fold_one(Fold *f, PyObject *row, long long expected) {
+    int applying = 0;
     if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 7) return 0;
     PyObject *kind = PyTuple_GET_ITEM(row, 3), *payload = PyTuple_GET_ITEM(row, 5);
     long long seq, tx, ts, target, checksum;
@@ -1726,6 +1727,8 @@ static int fold_one(Fold *f, PyObject *row, long long expected) {
     PyObject *r = PyObject_Vectorcall(setter, call, 2, NULL);
     Py_DECREF(setter);
     Py_DECREF(obj);
+    /* a table's setter (catch_sets) that failed may have done part of its work (an index's): never handed back */
+    applying = f->apply != NULL;
     if (r == NULL) goto failed;
     Py_DECREF(r);
     Py_DECREF(name);
@@ -1736,7 +1739,7 @@ failed:
     Py_XDECREF(name);
     Py_XDECREF(value);
     Py_XDECREF(parsed);
-    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    if (applying || !PyErr_ExceptionMatches(PyExc_Exception)) return -1;
     PyErr_Clear(); /* the Python loop reads the row again, the long way, and names what is wrong */
     return 0;
 left:
@@ -1832,7 +1835,7 @@ static PyObject *take_raised(void) {
 #endif
 }
 
-/* catch_sets(first, rows, expected, objects, fast_fields, setters, code, decode, loads)
+/* catch_sets(first, rows, expected, objects, fast_fields, setters, code, decode, loads, progress, watch)
  *   -> (expected, ts, row, next, error, in_doubt):
  * a running image's catch-up (memimg.core._fold._fold_transactions) over its commonest transaction, one obj.set
  * row. `first` (a row that begins a transaction) and the rows after it from the iterator `rows` are applied one
@@ -1843,17 +1846,22 @@ static PyObject *take_raised(void) {
  * expected seq, the largest ts applied (-1: none), the row it stopped at (None: the rows ended) and the row after
  * it if one was read (else None) -- both for the Python loop, untouched -- and `error`: None, or the exception
  * that stopped it, for the caller to raise once it has counted what was applied (the iterator's: a failed read,
- * `row` not applied) and whether `row`'s outcome is unknown (`in_doubt`: what stopped it is not an Exception and
- * was raised while `row` was decoded or applied; an Exception there hands the row back, as fold_sets does). */
+ * `row` not applied) and whether `row`'s outcome is unknown (`in_doubt`: raised while `row` was applied -- by
+ * the table's setter, which may have done part of its work -- or, not an Exception, while it was decoded; an
+ * Exception while it was read or decoded hands it back, as fold_sets does). The largest ts starts at LLONG_MIN.
+ * After each row applied, `progress` (a list of two) holds the next expected seq and the largest ts: what the
+ * caller finds if the call ends otherwise (an interrupt seen at the next bytecode). Before each row, `watch` (a
+ * set: the image's open transactions) must be empty, else it stops there. */
 static PyObject *catch_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "catch_sets() takes 9 arguments");
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "catch_sets() takes 11 arguments");
         return NULL;
     }
-    PyObject *rows = args[1];
+    PyObject *rows = args[1], *progress = args[9], *watch = args[10];
     Fold f = {args[3], args[4], args[7], args[8], 0, 0, 0, NULL, args[5]};
     if (!PyIter_Check(rows) || !PyList_CheckExact(f.objects) || !PyDict_CheckExact(f.fast) ||
-        !PyDict_CheckExact(f.apply)) {
+        !PyDict_CheckExact(f.apply) || !PyList_CheckExact(progress) || PyList_GET_SIZE(progress) != 2 ||
+        !PyAnySet_Check(watch)) {
         PyErr_SetString(PyExc_TypeError, "catch_sets(): bad argument types");
         return NULL;
     }
@@ -1861,7 +1869,7 @@ static PyObject *catch_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     if (expected == -1 && PyErr_Occurred()) return NULL;
     f.code = (uint32_t)PyLong_AsUnsignedLongMask(args[6]);
     if (PyErr_Occurred()) return NULL;
-    long long latest = -1;
+    long long latest = LLONG_MIN;
     PyObject *row = args[0], *next = NULL, *error = NULL;
     int doubt = 0;
     Py_INCREF(row);
@@ -1884,6 +1892,7 @@ static PyObject *catch_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         /* the row is a whole transaction if the next is of another -- told by a next row found intact (as the
          * Python loop finds every row before it takes the one before as whole), else left to the Python loop */
         if (next != NULL && (!intact_set(&f, next, expected + 1, &next_tx) || next_tx == tx)) break;
+        if (PySet_GET_SIZE(watch) != 0) break; /* opened meanwhile (by code a row ran): the Python path's now */
         int done = fold_one(&f, row, expected);
         f.checked = 1; /* the next row's checksum was just found to hold */
         if (done < 0) {
@@ -1894,6 +1903,17 @@ static PyObject *catch_sets(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         if (done == 0) break;
         expected++;
         if (ts > latest) latest = ts;
+        /* what is applied, kept where the caller finds it whatever stops this call or the next bytecode */
+        PyObject *at = PyLong_FromLongLong(expected), *when = PyLong_FromLongLong(latest);
+        if (at == NULL || when == NULL) {
+            Py_XDECREF(at);
+            Py_XDECREF(when);
+            error = take_raised();
+            doubt = 1;
+            break;
+        }
+        PyList_SetItem(progress, 0, at); /* (steals the references; index checked above) */
+        PyList_SetItem(progress, 1, when);
         Py_DECREF(row);
         row = next; /* (NULL: the rows ended) */
         next = NULL;
@@ -2598,8 +2618,8 @@ static PyMethodDef methods[] = {
     {"fold_sets", (PyCFunction)(void (*)(void))fold_sets, METH_FASTCALL,
      "fold_sets(rows, expected, objects, fast_fields, code, checked, progress, decode, loads): replay's obj.set rows."},
     {"catch_sets", (PyCFunction)(void (*)(void))catch_sets, METH_FASTCALL,
-     "catch_sets(first, rows, expected, objects, fast_fields, setters, code, decode, loads): a catch-up's "
-     "one-row obj.set transactions."},
+     "catch_sets(first, rows, expected, objects, fast_fields, setters, code, decode, loads, progress, watch): a "
+     "catch-up's one-row obj.set transactions."},
     {"outcome", (PyCFunction)(void (*)(void))outcome, METH_FASTCALL,
      "outcome(events, set_kind, del_kind, add_kind, native, counter_fields): TxState.outcome's events, or None."},
     {"encode_states", (PyCFunction)(void (*)(void))encode_states, METH_FASTCALL,

@@ -1,6 +1,7 @@
 """Type stub of the optional compiled accelerator (memimg/model/_speedups.c); see memimg.model._accel."""
 
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 class TrackedField:
@@ -101,12 +102,15 @@ def catch_sets(
     code: int,
     decode: Callable[[Any], Any],
     loads: Callable[[bytes], Any],
+    progress: list[int],
+    watch: AbstractSet[Any],
     /,
 ) -> tuple[int, int, Any, Any, BaseException | None, bool]:
     """Apply *first* and the rows after it from *rows* while each is a transaction of one ``obj.set`` row of
     ``memimg.core._fold``'s fast path, with *setters* (``ObjectTable.setters``): the next expected seq, the
     largest ts applied (-1: none), the row it stopped at and the one after it if read (``None`` otherwise), the
-    exception that stopped it (``None``: none) and whether the row it stopped at is in doubt (see the C file)."""
+    exception that stopped it (``None``: none) and whether the row it stopped at is in doubt; *progress* keeps the
+    next expected seq and the largest ts after each row applied; a non-empty *watch* stops it (see the C file)."""
 
 def outcome(
     events: list[Any],

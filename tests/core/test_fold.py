@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memimg
-from memimg.core import _compiled, _fold
+from memimg.core import _compiled, _fold, _types
 from memimg.core._codec import Codec
 from memimg.core._fold import fold
 from memimg.core._kinds import KINDS
@@ -445,6 +445,16 @@ def _catch_up(rows: list[Any], compiled_loop: bool) -> tuple[Any, ...]:
     applied: list[int] = []
     handed: list[list[int]] = []
     told: list[tuple[int, int]] = []
+    calls: list[tuple[Any, ...]] = []  # every setter call, in order: none skipped or made twice
+
+    def recorded(name: str, setter: Any) -> Any:
+        def set_field(obj: Any, value: Any) -> None:
+            calls.append((obj._mi_oid, name, _plain(value)))
+            setter(obj, value)
+
+        return set_field
+
+    reader.table.setters[Node] = {name: recorded(name, f) for name, f in _types.info_of(Node).setters.items()}
 
     def apply(batch: list[Any]) -> None:
         handed.append([r.seq for _, r in batch])
@@ -470,7 +480,7 @@ def _catch_up(rows: list[Any], compiled_loop: bool) -> tuple[Any, ...]:
         _compiled.catch_sets = speedups.catch_sets  # type: ignore[union-attr]
     nodes = [(_plain(o.value), _plain(o.next)) for o in reader.table.objects if isinstance(o, Node)]
     latest = max((ts for _, ts in told), default=-1)
-    return outcome, applied, handed, latest, nodes
+    return outcome, applied, handed, latest, nodes, calls
 
 
 def _grouped(rows: list[EventRow], sizes: list[int]) -> list[EventRow]:
@@ -519,8 +529,8 @@ def test_the_compiled_catch_up_applies_what_the_python_catch_up_applies(
         rows[base + damaged] = rows[base + damaged]._replace(checksum=rows[base + damaged].checksum ^ 1)
     pure = _catch_up(rows, compiled_loop=False)
     fast = _catch_up(rows, compiled_loop=True)
-    outcome, applied, handed, latest, nodes = fast
-    assert (outcome, nodes) == (pure[0], pure[4])
+    outcome, applied, handed, latest, nodes, calls = fast
+    assert (outcome, nodes, calls) == (pure[0], pure[4], pure[5])
     assert applied == sorted(set(applied)) == pure[1]
     by_tx: dict[int, list[int]] = {}
     for r in rows:
@@ -545,7 +555,7 @@ def test_a_catch_up_reads_every_other_row_on_the_compiled_loop_as_on_the_python_
     else:
         rows[at] = None if changed == "none" else changed
     pure, fast = _catch_up(rows, compiled_loop=False), _catch_up(rows, compiled_loop=True)
-    assert (fast[0], fast[1], fast[4]) == (pure[0], pure[1], pure[4])
+    assert (fast[0], fast[1], fast[4], fast[5]) == (pure[0], pure[1], pure[4], pure[5])
 
 
 @compiled
@@ -556,7 +566,7 @@ def test_the_compiled_catch_up_applies_one_row_transactions_and_hands_the_rest_o
     rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]', b'[["value",8]]'])
     base = len(_rows())
     rows = rows[:base] + _grouped(rows[base:], [1, 2, 1])
-    outcome, applied, handed, latest, nodes = _catch_up(rows, compiled_loop=True)
+    outcome, applied, handed, latest, nodes, _ = _catch_up(rows, compiled_loop=True)
     assert outcome == (len(rows) + 1, 0)
     assert applied == list(range(1, len(rows) + 1))
     assert [base + 2, base + 3] in handed  # the transaction of two sets: whole, on on_tx
@@ -593,9 +603,13 @@ def test_a_read_failing_during_the_compiled_catch_up_tells_what_was_applied_and_
 
 
 @compiled
-def test_an_interrupt_while_the_compiled_catch_up_applies_a_set_is_told_as_in_doubt() -> None:
-    """A setter interrupted (a BaseException that is not an Exception) while the compiled loop applies a row: the
-    rows before it are told to ``direct`` with the interrupt as the one in doubt (the engine closes the image)."""
+@pytest.mark.parametrize("error", [KeyboardInterrupt, ValueError])
+def test_a_setter_failing_while_the_compiled_catch_up_applies_a_set_is_told_as_in_doubt(
+    error: type[BaseException],
+) -> None:
+    """The table's setter failing while the compiled loop applies a row -- interrupted, or raising (it may have
+    done part of its work, an index's) -- is never handed back to be applied again: the rows before it are told
+    to ``direct`` with the failure as the one in doubt (the engine closes the image)."""
     rows = _with_payloads([b'[["value",5]]', b'[["value",6]]'])
     base = len(_rows())
     reader = _reader()
@@ -604,14 +618,101 @@ def test_an_interrupt_while_the_compiled_catch_up_applies_a_set_is_told_as_in_do
     reader.table.field_set(node, "value", 4)  # the table's setters made, as a running image has them
     real = reader.table.setters[Node]["value"]
 
-    def interrupted(obj: Any, value: Any) -> None:
+    calls: list[Any] = []
+
+    def failing(obj: Any, value: Any) -> None:
+        calls.append(value)
         if value == 6:
-            raise KeyboardInterrupt
+            raise error
         real(obj, value)
 
-    reader.table.setters[Node] = {**reader.table.setters[Node], "value": interrupted}  # (the class's own: a copy)
+    reader.table.setters[Node] = {**reader.table.setters[Node], "value": failing}  # (the class's own: a copy)
     told: list[tuple[int, int, Any]] = []
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(error):
         fold(rows[base:], reader, expected=base + 1, on_tx=pytest.fail, direct=lambda *a: told.append(a))
-    assert len(told) == 1 and told[0][:2] == (base + 1, rows[base].ts) and type(told[0][2]) is KeyboardInterrupt
-    assert node.value == 5
+    assert len(told) == 1 and told[0][:2] == (base + 1, rows[base].ts) and type(told[0][2]) is error
+    assert node.value == 5 and calls == [5, 6]
+
+
+@compiled
+def test_the_compiled_catch_up_tells_every_set_it_applied_whatever_their_commit_times() -> None:
+    """Field sets whose commit times are at or before the epoch (a clock set back, a crafted log) are applied and
+    told to ``direct`` as any others: the image then knows its seq."""
+    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
+    base = len(_rows())
+    rows = rows[:base] + [_resummed(r, ts=t) for r, t in zip(rows[base:], (-5, 0, -(2**63)))]
+    reader = _reader()
+    fold(rows[:base], reader, expected=1)
+    told: list[tuple[int, int, Any]] = []
+    assert fold(rows[base:], reader, expected=base + 1, on_tx=pytest.fail, direct=lambda *a: told.append(a)) == (
+        len(rows) + 1,
+        0,
+    )
+    assert told == [(len(rows), 0, None)]
+
+
+@compiled
+def test_an_interrupt_before_the_compiled_catch_up_told_what_it_applied_tells_it_then() -> None:
+    """An interrupt seen once the compiled loop returned, before ``direct`` was told what it applied (here: in
+    ``direct`` itself, the first time): what it applied is told again before the interrupt goes on -- the image
+    always knows the seq its objects are at."""
+    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]'])
+    base = len(_rows())
+    reader = _reader()
+    fold(rows[:base], reader, expected=1)
+    told: list[tuple[int, int, Any]] = []
+
+    def direct(*args: Any) -> None:
+        told.append(args)
+        if len(told) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fold(rows[base:], reader, expected=base + 1, on_tx=pytest.fail, direct=direct)
+    assert told == [(len(rows), rows[-1].ts, None)] * 2
+
+
+@compiled
+def test_a_transaction_open_stops_the_compiled_catch_up_and_the_rows_go_to_on_run() -> None:
+    """While the watched set (the image's open transactions) is not empty -- from the start, or once code a row
+    ran opened one -- the compiled loop applies nothing more: the rows go to ``on_run``, which records them for
+    that transaction."""
+    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
+    base = len(_rows())
+    reader = _reader()
+    fold(rows[:base], reader, expected=1)
+    runs: list[list[int]] = []
+    fold(
+        rows[base:],
+        reader,
+        expected=base + 1,
+        on_tx=pytest.fail,
+        on_run=lambda batch: runs.append([r.seq for _, r in batch]),
+        direct=pytest.fail,
+        watch={"a transaction"},
+    )
+    assert runs == [[base + 1, base + 2, base + 3]]
+    # opened while the loop runs: by the decoding of the second row's value (a reference), the third goes to on_run
+    rows = _with_payloads([b'[["value",5]]', b'[["next",["r",2]]]', b'[["value",7]]', b'[["value",8]]'])
+    reader = _reader()
+    fold(rows[:base], reader, expected=1)
+    watch: set[str] = set()
+    decode = reader.decode
+
+    def opening(value: Any) -> Any:
+        watch.add("a transaction")
+        return decode(value)
+
+    reader.decode = opening  # type: ignore[method-assign]
+    runs.clear()
+    told: list[Any] = []
+    fold(
+        rows[base:],
+        reader,
+        expected=base + 1,
+        on_tx=pytest.fail,
+        on_run=lambda batch: runs.append([r.seq for _, r in batch]),
+        direct=lambda *a: told.append(a[0]),
+        watch=watch,
+    )
+    assert told == [base + 2] and runs == [[base + 3, base + 4]]
