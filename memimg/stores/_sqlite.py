@@ -84,8 +84,9 @@ from memimg.stores._sqlitewal import (
     CHECKPOINT_WAIT,
     WAL_SIZE_LIMIT,
     Checkpointer,
-    OtherWriters,
     is_busy,
+    look_behind,
+    lost_race,
     retry_busy,
 )
 from memimg.stores._sqlitewal import identity as _identity
@@ -208,7 +209,6 @@ class SQLiteStore:
         self._quiet_ctime = self._quiet_ino = -1
         self._db_id = self._wal_id = None
         self._checkpointer: Checkpointer | None = None
-        self._others = OtherWriters()
         if not readonly:
             self._db_id = _identity(self._abspath)
             self._wal_id = _identity(self._abspath + "-wal")
@@ -404,10 +404,6 @@ class SQLiteStore:
             try:
                 if cur.connection is not conn:  # (the connection was replaced: tests break it so)
                     cur = self._appender = conn.cursor()
-                if self._others.watching:
-                    taken = self._others.look(conn, self._busy_timeout, expected_head)
-                    if taken is not None:
-                        raise taken
                 # APPEND_AT_HEAD fails (an IntegrityError, below) unless the head is expected_head
                 if len(rows) == 1:
                     try:  # retry_busy's first try, inline: this is every single mutation's cost
@@ -415,6 +411,7 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
+                        look_behind(conn, self._busy_timeout, expected_head)  # behind already? (raises)
                         self._after_fill(cur.execute, APPEND_AT_HEAD, first)
                     size = len(first[5])
                 else:
@@ -423,6 +420,7 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
+                        look_behind(conn, self._busy_timeout, expected_head)
                         self._after_fill(cur.execute, "BEGIN IMMEDIATE")
                     try:
                         cur.execute(APPEND_AT_HEAD, first)
@@ -439,7 +437,7 @@ class SQLiteStore:
                 if err.sqlite_errorcode in _LOST and (
                     err.sqlite_errorcode != _NOTNULL or self._head_moved(conn, expected_head)
                 ):
-                    raise self._others.lost(conn, expected_head, self._busy_timeout) from None
+                    raise lost_race(conn, expected_head, self._busy_timeout) from None
                 raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
                 raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err

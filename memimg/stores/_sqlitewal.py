@@ -46,10 +46,11 @@ __all__ = [
     "RESTART_WAIT",
     "WAL_SIZE_LIMIT",
     "Checkpointer",
-    "OtherWriters",
     "checkpoint",
     "identity",
     "is_busy",
+    "look_behind",
+    "lost_race",
     "retry_busy",
 ]
 
@@ -62,8 +63,6 @@ FIRST_WAIT: Final = 50e-6
 MAX_WAIT: Final = 2e-3
 #: WAL pages the store's commits write between checkpoints (SQLite's own default threshold).
 CHECKPOINT_PAGES: Final = 1000
-#: After an append loses the race for a seq, how many of the next ones first look for others' commits.
-WATCH_APPENDS: Final = 1000
 #: How long a checkpoint tries to take the write lock to copy the last frames, so the WAL starts over (seconds).
 RESTART_WAIT: Final = 0.01
 #: The WAL file's size kept after it starts over (SQLite's ``journal_size_limit``): what one burst grew past this is
@@ -114,47 +113,34 @@ def retry_busy(timeout: float, fn: Callable[..., _T], *args: object) -> _T:
         wait = min(wait * 2, MAX_WAIT, max(deadline - time.monotonic(), 0.0))
 
 
-class OtherWriters:
-    """Whether other connections appended past the head an append expects, once they have been seen to.
+def lost_race(conn: sqlite3.Connection, expected_head: int, timeout: float) -> SeqTaken:
+    """The :class:`SeqTaken` for an append that lost the race for a seq (another writer appended first), with the
+    events it missed if they can be read: the writer catches up with them without reading them again."""
+    try:
+        return _missed(conn, timeout, expected_head) or SeqTaken(expected_head)
+    except sqlite3.Error:
+        return SeqTaken(expected_head)  # the writer reads them itself
 
-    An append that loses the race for a seq (another writer appended
-    first) has queued for the write lock for nothing, and made the other
-    writers queue behind it. After one has, the next
-    :data:`WATCH_APPENDS` appends first read the events past the head they
-    expect (one read, as cheap as ``PRAGMA data_version`` when there are
-    none): a writer behind the head is refused there with the events it
-    missed (:class:`SeqTaken`), catches up with them without reading them
-    again, and tries again. A refused append hands over what it missed
-    alike. A store that writes alone never pays for the look.
+
+def look_behind(conn: sqlite3.Connection, timeout: float, expected_head: int) -> None:
+    """Before an append that found the write lock held waits for it: raise :class:`SeqTaken` with the events
+    other writers appended past *expected_head* (up to :data:`MISSED`; ``more`` tells if there are others), if
+    there are any -- read without the write lock -- rather than queue for the lock only to find the seq taken.
+
+    Only then: looking before every append (as this store did after a lost race, for its next 1,000) cost a
+    read transaction each (~4 µs and its ``fcntl`` locks), and 4 writer processes on one log made 12-20% fewer
+    commits for it (/tmp/w1/wprof.py, see docs/performance.md).
     """
+    taken = _missed(conn, timeout, expected_head)
+    if taken is not None:
+        raise taken
 
-    __slots__ = ("watching",)
 
-    def __init__(self) -> None:
-        #: appends left that look first
-        self.watching = 0
-
-    def lost(self, conn: sqlite3.Connection, expected_head: int, timeout: float) -> SeqTaken:
-        """The :class:`SeqTaken` for an append that lost the race (with the events it missed, if they can be
-        read); the appends after it look first."""
-        self.watching = WATCH_APPENDS
-        try:
-            return self._missed(conn, timeout, expected_head) or SeqTaken(expected_head)
-        except sqlite3.Error:
-            return SeqTaken(expected_head)  # the writer reads them itself
-
-    def look(self, conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
-        """Before an append: a :class:`SeqTaken` with the events past *expected_head* if there are any (up to
-        :data:`MISSED`; ``more`` tells if there are others), else ``None``."""
-        self.watching -= 1
-        return self._missed(conn, timeout, expected_head)
-
-    @staticmethod
-    def _missed(conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
-        rows = retry_busy(timeout, conn.execute, READ, (expected_head, MISSED + 1)).fetchall()
-        if not rows:
-            return None
-        return SeqTaken(expected_head, list(map(EventRow._make, rows[:MISSED])), more=len(rows) > MISSED)
+def _missed(conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
+    rows = retry_busy(timeout, conn.execute, READ, (expected_head, MISSED + 1)).fetchall()
+    if not rows:
+        return None
+    return SeqTaken(expected_head, list(map(EventRow._make, rows[:MISSED])), more=len(rows) > MISSED)
 
 
 def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = None) -> bool:

@@ -68,14 +68,15 @@ def test_a_commit_blocked_past_busy_timeout_says_which_store(tmp_path: Any) -> N
 
 
 def test_a_writer_behind_the_head_finds_out_without_the_write_lock(tmp_path: Any) -> None:
-    """After losing the race for a seq, a store reads whether others committed before its next appends: a
-    writer that is behind again gets SeqTaken at once, with the events it missed, even while a third
-    connection holds the write lock (rather than queueing for the lock to find out)."""
+    """A writer behind the head that finds the write lock held reads whether others committed before it waits:
+    it gets SeqTaken at once, with the events it missed, while a third connection holds the write lock
+    (rather than queueing for the lock to find out); a writer that lost the race is handed the events alike."""
     path = str(tmp_path / "w.db")
     a, b = SQLiteStore(path), SQLiteStore(path, busy_timeout=0.5)
     a.append([row(1)], 0)
-    with pytest.raises(SeqTaken):
-        b.append([row(1)], 0)  # lost: b now looks before appending
+    with pytest.raises(SeqTaken) as lost:
+        b.append([row(1)], 0)  # lost the race: handed the event it missed
+    assert lost.value.missed == list(a.read())
     a.append([row(2)], 1)
     blocker = _held(path)
     try:
@@ -89,6 +90,33 @@ def test_a_writer_behind_the_head_finds_out_without_the_write_lock(tmp_path: Any
         blocker.close()
     b.append([row(3)], 2)  # caught up: appends as usual
     assert a.head() == 3
+    a.append([row(4)], 3)
+    blocker = _held(path)
+    try:
+        with pytest.raises(SeqTaken) as info:
+            b.append([row(4), row(5)], 3)  # several rows (their transaction's begin finds the lock held): alike
+        assert [r[0] for r in info.value.missed or []] == [4]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    a.close()
+    b.close()
+
+
+def test_an_append_with_the_write_lock_free_reads_nothing_first(tmp_path: Any) -> None:
+    """With the write lock free, an append is its one INSERT -- even right after losing a race: no read of the
+    events past the head first (each would be a read transaction more on every commit of busy writers)."""
+    path = str(tmp_path / "w.db")
+    a, b = SQLiteStore(path), SQLiteStore(path)
+    a.append([row(1)], 0)
+    with pytest.raises(SeqTaken):
+        b.append([row(1)], 0)
+    statements: list[str] = []
+    b._conn.set_trace_callback(statements.append)
+    b.append([row(2)], 1)
+    b._conn.set_trace_callback(None)
+    assert [s.split()[0] for s in statements] == ["INSERT"], statements
+    assert a.head() == 2
     a.close()
     b.close()
 
