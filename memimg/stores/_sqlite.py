@@ -411,7 +411,8 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
-                        look_behind(conn, self._busy_timeout, expected_head)  # behind already? (raises)
+                        if (taken := look_behind(conn, self._busy_timeout, expected_head)) is not None:
+                            raise taken from None  # behind already: refused without waiting for the lock
                         self._after_fill(cur.execute, APPEND_AT_HEAD, first)
                     size = len(first[5])
                 else:
@@ -420,7 +421,8 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
-                        look_behind(conn, self._busy_timeout, expected_head)
+                        if (taken := look_behind(conn, self._busy_timeout, expected_head)) is not None:
+                            raise taken from None
                         self._after_fill(cur.execute, "BEGIN IMMEDIATE")
                     try:
                         cur.execute(APPEND_AT_HEAD, first)

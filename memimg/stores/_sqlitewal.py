@@ -122,18 +122,17 @@ def lost_race(conn: sqlite3.Connection, expected_head: int, timeout: float) -> S
         return SeqTaken(expected_head)  # the writer reads them itself
 
 
-def look_behind(conn: sqlite3.Connection, timeout: float, expected_head: int) -> None:
-    """Before an append that found the write lock held waits for it: raise :class:`SeqTaken` with the events
-    other writers appended past *expected_head* (up to :data:`MISSED`; ``more`` tells if there are others), if
-    there are any -- read without the write lock -- rather than queue for the lock only to find the seq taken.
+def look_behind(conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
+    """Before an append that found the write lock held waits for it: the :class:`SeqTaken` to raise, with the
+    events other writers appended past *expected_head* (up to :data:`MISSED`; ``more`` tells if there are
+    others), if there are any -- read without the write lock -- rather than queue for the lock only to find the
+    seq taken; ``None`` if there are none.
 
     Only then: looking before every append (as this store did after a lost race, for its next 1,000) cost a
     read transaction each (~4 µs and its ``fcntl`` locks), and 4 writer processes on one log made 12-20% fewer
-    commits for it (/tmp/w1/wprof.py, see docs/performance.md).
+    commits for it (docs/performance.md, twelfth stop).
     """
-    taken = _missed(conn, timeout, expected_head)
-    if taken is not None:
-        raise taken
+    return _missed(conn, timeout, expected_head)
 
 
 def _missed(conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:

@@ -85,6 +85,7 @@ def test_a_writer_behind_the_head_finds_out_without_the_write_lock(tmp_path: Any
             b.append([row(2)], 1)
         assert time.monotonic() - began < 0.4
         assert info.value.missed == list(a.read(after=1)) and not info.value.more  # handed over, read once
+        assert info.value.__suppress_context__  # refused: not shown as "database is locked" in a traceback
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
