@@ -22,6 +22,7 @@ import memimg
 from tests.accel import compiled
 from tests.conftest import Images
 from tests.models import Box, Node
+from tests.txreads import open_elsewhere
 
 
 def _in_thread(fn: Any) -> None:
@@ -765,23 +766,10 @@ def test_other_processes_single_field_sets_are_applied_by_the_compiled_catch_up_
     assert [n.value for n in mine] == [27, 28, 29] and img._engine.seq == other._engine.seq
     assert sum(calls) >= 29  # (the first set after the attach may take the Python path once)
     calls.clear()
-    opened, done = threading.Event(), threading.Event()
-
-    def reader() -> None:
-        with img.transaction():
-            opened.set()
-            done.wait(10)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
-        opened.wait(10)
+    with open_elsewhere(img):
         for i in range(6):
             theirs[i % 3].value = 100 + i
         assert img.refresh() == 6
-    finally:
-        done.set()
-        thread.join()
     assert calls == [] and [n.value for n in mine] == [103, 104, 105]
     changes: list[Any] = []
     with img.subscribe(changes.append, to=mine[0]):

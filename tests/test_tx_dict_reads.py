@@ -19,7 +19,7 @@ from memimg.model._accel import speedups
 from memimg.model._collections import TrackedDict
 from tests.conftest import Images
 from tests.models import Account
-from tests.txreads import bank, open_state
+from tests.txreads import bank, open_elsewhere, open_state
 
 
 def test_a_dicts_read_in_a_transaction_is_the_compiled_one_with_the_accelerator(make_image: Images) -> None:
@@ -91,25 +91,12 @@ def test_reads_outside_a_transaction_and_of_a_detached_dict_are_plain(make_image
     of a dict not attached, are plain reads (nothing recorded anywhere)."""
     img = bank(make_image)
     accounts = img.root.accounts
-    started, finish = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with img.transaction():
-            started.set()
-            finish.wait(10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        started.wait(10)
+    with open_elsewhere(img):
         assert accounts["a"].owner == "a"
         loose = TrackedDict({"x": 1})
         assert loose["x"] == 1
         with pytest.raises(KeyError):
             loose["y"]
-    finally:
-        finish.set()
-        thread.join()
 
 
 def test_a_replaced_note_read_is_honoured(make_image: Images, monkeypatch: pytest.MonkeyPatch) -> None:

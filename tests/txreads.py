@@ -1,7 +1,11 @@
-"""What the tests of reads inside a transaction share (``test_tx_field_reads``, ``test_tx_dict_reads``)."""
+"""What the tests of reads inside a transaction share (``test_tx_field_reads``, ``test_tx_dict_reads``), and a
+transaction held open in another thread (``test_tx_concurrency`` too)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from decimal import Decimal
 
 import memimg
@@ -22,3 +26,23 @@ def open_state(img: memimg.MemoryImage) -> TxState:
     state = img._engine.current_tx()
     assert state is not None
     return state
+
+
+@contextlib.contextmanager
+def open_elsewhere(img: memimg.MemoryImage) -> Iterator[None]:
+    """A transaction of *img* held open in another thread while the block runs (then closed, the thread joined)."""
+    opened, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with img.transaction():
+            opened.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert opened.wait(10)
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -293,21 +293,25 @@ def test_the_compiled_loop_reads_every_payload_as_the_python_loop_does(payload: 
     assert fast == pure
 
 
+#: Field values a set may hold: scalars (ints past 64 bits too) and encoded values (references to objects that exist
+#: or not, other tags).
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.tuples(st.sampled_from(["r", "i", "x"]), st.integers(min_value=-2, max_value=6)).map(list),
+)
+#: Field names a set may name: the class's own and others.
+_NAMES = st.sampled_from(["value", "next", "nope", "valu", "values"])
+
+
 @compiled
 @settings(max_examples=200, deadline=None)
 @given(
-    values=st.lists(
-        st.one_of(
-            st.none(),
-            st.booleans(),
-            st.integers(min_value=-(2**70), max_value=2**70),
-            st.floats(allow_nan=False, allow_infinity=False),
-            st.text(max_size=12),
-            st.tuples(st.sampled_from(["r", "i", "x"]), st.integers(min_value=-2, max_value=6)).map(list),
-        ),
-        max_size=12,
-    ),
-    names=st.lists(st.sampled_from(["value", "next", "nope", "valu", "values"]), min_size=12, max_size=12),
+    values=st.lists(_VALUES, max_size=12),
+    names=st.lists(_NAMES, min_size=12, max_size=12),
 )
 def test_the_compiled_loop_folds_any_field_sets_as_the_python_loop(values: list[Any], names: list[str]) -> None:
     """Field sets of any scalars (ints past 64 bits too) and of encoded values (references to objects that exist
@@ -483,6 +487,15 @@ def _catch_up(rows: list[Any], compiled_loop: bool) -> tuple[Any, ...]:
     return outcome, applied, handed, latest, nodes, calls
 
 
+def _after_base(payloads: list[bytes]) -> tuple[list[EventRow], int, Reader]:
+    """The rows of :func:`_with_payloads`, how many of them :func:`_rows` makes, and a reader that folded those."""
+    rows = _with_payloads(payloads)
+    base = len(_rows())
+    reader = _reader()
+    fold(rows[:base], reader, expected=1)
+    return rows, base, reader
+
+
 def _grouped(rows: list[EventRow], sizes: list[int]) -> list[EventRow]:
     """*rows* with their tx numbers regrouped -- consecutive transactions of *sizes* rows, the rest one row each as
     they were -- and commit times that go back and forth (checksums that hold)."""
@@ -498,17 +511,8 @@ def _grouped(rows: list[EventRow], sizes: list[int]) -> list[EventRow]:
 @compiled
 @settings(max_examples=150, deadline=None)
 @given(
-    values=st.lists(
-        st.one_of(
-            st.none(),
-            st.booleans(),
-            st.integers(min_value=-(2**70), max_value=2**70),
-            st.text(max_size=6),
-            st.tuples(st.sampled_from(["r", "x"]), st.integers(min_value=-1, max_value=6)).map(list),
-        ),
-        max_size=14,
-    ),
-    names=st.lists(st.sampled_from(["value", "next", "nope"]), min_size=14, max_size=14),
+    values=st.lists(_VALUES, max_size=14),
+    names=st.lists(_NAMES, min_size=14, max_size=14),
     sizes=st.lists(st.integers(min_value=1, max_value=3), max_size=8),
     damaged=st.one_of(st.none(), st.integers(min_value=0, max_value=20)),
 )
@@ -579,10 +583,7 @@ def test_the_compiled_catch_up_applies_one_row_transactions_and_hands_the_rest_o
 def test_a_read_failing_during_the_compiled_catch_up_tells_what_was_applied_and_raises() -> None:
     """A read that fails while the compiled loop runs: the rows it applied are told to ``direct`` first, the row
     it read last is not applied, and the read's error is raised; the fold goes on from there."""
-    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
-    base = len(_rows())
-    reader = _reader()
-    assert fold(rows[:base], reader, expected=1)[0] == base + 1
+    rows, base, reader = _after_base([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
     node = next(o for o in reader.table.objects if isinstance(o, Node))
     told: list[tuple[int, int, Any]] = []
 
@@ -610,10 +611,7 @@ def test_a_setter_failing_while_the_compiled_catch_up_applies_a_set_is_told_as_i
     """The table's setter failing while the compiled loop applies a row -- interrupted, or raising (it may have
     done part of its work, an index's) -- is never handed back to be applied again: the rows before it are told
     to ``direct`` with the failure as the one in doubt (the engine closes the image)."""
-    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]'])
-    base = len(_rows())
-    reader = _reader()
-    fold(rows[:base], reader, expected=1)
+    rows, base, reader = _after_base([b'[["value",5]]', b'[["value",6]]'])
     node = next(o for o in reader.table.objects if isinstance(o, Node))
     reader.table.field_set(node, "value", 4)  # the table's setters made, as a running image has them
     real = reader.table.setters[Node]["value"]
@@ -656,10 +654,7 @@ def test_an_interrupt_before_the_compiled_catch_up_told_what_it_applied_tells_it
     """An interrupt seen once the compiled loop returned, before ``direct`` was told what it applied (here: in
     ``direct`` itself, the first time): what it applied is told again before the interrupt goes on -- the image
     always knows the seq its objects are at."""
-    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]'])
-    base = len(_rows())
-    reader = _reader()
-    fold(rows[:base], reader, expected=1)
+    rows, base, reader = _after_base([b'[["value",5]]', b'[["value",6]]'])
     told: list[tuple[int, int, Any]] = []
 
     def direct(*args: Any) -> None:
@@ -677,42 +672,35 @@ def test_a_transaction_open_stops_the_compiled_catch_up_and_the_rows_go_to_on_ru
     """While the watched set (the image's open transactions) is not empty -- from the start, or once code a row
     ran opened one -- the compiled loop applies nothing more: the rows go to ``on_run``, which records them for
     that transaction."""
-    rows = _with_payloads([b'[["value",5]]', b'[["value",6]]', b'[["value",7]]'])
-    base = len(_rows())
-    reader = _reader()
-    fold(rows[:base], reader, expected=1)
-    runs: list[list[int]] = []
-    fold(
-        rows[base:],
-        reader,
-        expected=base + 1,
-        on_tx=pytest.fail,
-        on_run=lambda batch: runs.append([r.seq for _, r in batch]),
-        direct=pytest.fail,
-        watch={"a transaction"},
-    )
-    assert runs == [[base + 1, base + 2, base + 3]]
+
+    def caught_up(payloads: list[bytes], watch: set[str], opens: bool) -> tuple[list[int], list[list[int]]]:
+        """The last seqs told to ``direct`` and the runs handed to ``on_run``, catching up with *payloads*' sets
+        (*opens*: decoding a value opens a transaction)."""
+        rows, base, reader = _after_base(payloads)
+        decode = reader.decode
+
+        def opening(value: Any) -> Any:
+            watch.add("a transaction")
+            return decode(value)
+
+        if opens:
+            reader.decode = opening  # type: ignore[method-assign]
+        told: list[int] = []
+        runs: list[list[int]] = []
+        on_run = lambda batch: runs.append([r.seq - base for _, r in batch])  # noqa: E731
+        fold(
+            rows[base:],
+            reader,
+            expected=base + 1,
+            on_tx=pytest.fail,
+            on_run=on_run,
+            direct=lambda *a: told.append(a[0] - base),
+            watch=watch,
+        )
+        return told, runs
+
+    sets = [b'[["value",5]]', b'[["value",6]]', b'[["value",7]]']
+    assert caught_up(sets, {"a transaction"}, opens=False) == ([], [[1, 2, 3]])
     # opened while the loop runs: by the decoding of the second row's value (a reference), the third goes to on_run
-    rows = _with_payloads([b'[["value",5]]', b'[["next",["r",2]]]', b'[["value",7]]', b'[["value",8]]'])
-    reader = _reader()
-    fold(rows[:base], reader, expected=1)
-    watch: set[str] = set()
-    decode = reader.decode
-
-    def opening(value: Any) -> Any:
-        watch.add("a transaction")
-        return decode(value)
-
-    reader.decode = opening  # type: ignore[method-assign]
-    runs.clear()
-    told: list[Any] = []
-    fold(
-        rows[base:],
-        reader,
-        expected=base + 1,
-        on_tx=pytest.fail,
-        on_run=lambda batch: runs.append([r.seq for _, r in batch]),
-        direct=lambda *a: told.append(a[0]),
-        watch=watch,
-    )
-    assert told == [base + 2] and runs == [[base + 3, base + 4]]
+    sets = [b'[["value",5]]', b'[["next",["r",2]]]', b'[["value",7]]', b'[["value",8]]']
+    assert caught_up(sets, set(), opens=True) == ([2], [[3, 4]])
