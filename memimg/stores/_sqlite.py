@@ -38,6 +38,7 @@ import itertools
 import operator
 import os
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -71,7 +72,6 @@ from memimg.stores._sqlitesql import (
     COLUMNS,
     FIRST,
     HEAD,
-    HEADER,
     LEASE_RELEASE,
     LEASE_RENEW,
     READ,
@@ -220,17 +220,25 @@ class SQLiteStore:
             weakref.finalize(self, self._checkpointer.stop, 0)  # a store dropped unclosed ends its thread too
 
     def _check_file(self) -> None:
+        """Refuse a directory, and a missing file when read-only, before SQLite opens the path.
+
+        The file is never opened here: closing any descriptor of a file ends
+        every POSIX lock this process holds on it, so reading the header with
+        ``open()`` while another image in the process has the database open
+        would silently drop that connection's shared lock -- and the next
+        process to close its last connection would then take the file for its
+        own, checkpoint and delete the WAL that connection still writes to
+        (its commits lost). SQLite reads the header itself; one that is not
+        SQLite's is refused in :meth:`_setup`.
+        """
         try:
-            with open(self.path, "rb") as f:
-                header = f.read(16)
+            st = os.stat(self._abspath)
         except FileNotFoundError:
             if self.readonly:
                 raise MemimgError(f"{self.path!r} does not exist (opened read-only)") from None
             return
-        except IsADirectoryError:
-            raise MemimgError(f"{self.path!r} is a directory, not an SQLite database file") from None
-        if header and header != HEADER:
-            raise MemimgError(f"{self.path!r} is not an SQLite database (nor a memimg image); it was left untouched")
+        if stat.S_ISDIR(st.st_mode):
+            raise MemimgError(f"{self.path!r} is a directory, not an SQLite database file")
 
     def _pragma(self, name: str) -> Any:
         with self._lock:
@@ -243,6 +251,10 @@ class SQLiteStore:
         except sqlite3.DatabaseError as err:
             if is_busy(err):
                 raise
+            if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+                raise MemimgError(
+                    f"{self.path!r} is not an SQLite database (nor a memimg image); it was left untouched"
+                ) from None
             raise MemimgError(f"{self.path!r} is not a usable SQLite database ({err}); it was left untouched") from err
         for table, columns in (*COLUMNS.items(), ("memimg_targets", targets.COLUMNS)):
             if table in tables:

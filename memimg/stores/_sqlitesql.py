@@ -13,7 +13,6 @@ __all__ = [
     "COLUMNS",
     "FIRST",
     "HEAD",
-    "HEADER",
     "LEASE_RELEASE",
     "LEASE_RENEW",
     "READ",
@@ -22,7 +21,6 @@ __all__ = [
     "SNAPSHOT_LEASED",
 ]
 
-HEADER: Final = b"SQLite format 3\x00"
 COLUMNS: Final = {
     "memimg_events": ["seq", "tx", "ts", "kind", "target", "payload", "checksum"],
     "memimg_snapshots": ["seq", "ts", "payload", "checksum"],

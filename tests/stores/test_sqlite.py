@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -412,3 +414,25 @@ def test_an_sqlite_store_at_memory_is_refused_naming_what_to_use() -> None:
     """``SQLiteStore(":memory:")`` would be a file of that name: refused, naming memimg.open(":memory:")."""
     with pytest.raises(ValueError, match=r"memimg\.open\(':memory:'\)"):
         SQLiteStore(":memory:")
+
+
+@pytest.mark.parametrize("second", ["rw", "ro"])
+def test_a_second_image_on_the_file_keeps_the_first_ones_commits_when_another_process_closes(
+    tmp_path: Any, second: str
+) -> None:
+    """Opening a second image on a database this process already has open (read-only or not) leaves the first
+    image's hold on the file intact: another process that opens and closes the database takes it for its own
+    neither then nor later -- the WAL stays, the first image's next commit lands, and a reopen holds every
+    commit."""
+    path = str(tmp_path / "shared.db")
+    first = memimg.open(path)
+    first.root["a"] = 1
+    again = memimg.open(path, readonly=second == "ro")
+    elsewhere = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM sqlite_master'); c.close()"
+    subprocess.run([sys.executable, "-c", elsewhere, path], check=True)
+    assert os.path.exists(path + "-wal")
+    first.root["b"] = 2  # refused as not durable (FileGoneError) when the other process deleted the WAL
+    again.close()
+    first.close()
+    with memimg.open(path, readonly=True) as img:
+        assert img.root == {"a": 1, "b": 2}
