@@ -21,7 +21,7 @@ __all__ = ["copy"]
 BATCH = 5000
 #: Meta entries that belong to the store or to processes that have it open, not to the image: never copied.
 _NOT_COPIED = ("format_version", TARGETS_KEY, PROTECTION_KEY, PENDING_KEY)
-_PROCESS_KEYS = ("lease.", "position.")
+_PROCESS_KEYS = ("lease.", "position.", "checkpoint.")
 
 
 def copy(

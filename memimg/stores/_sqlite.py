@@ -82,8 +82,10 @@ from memimg.stores._sqlitesql import (
 from memimg.stores._sqlitewal import (
     ADVICE,
     CHECKPOINT_WAIT,
+    MARK,
     WAL_SIZE_LIMIT,
     Checkpointer,
+    checkpoints_alone,
     is_busy,
     look_behind,
     lost_race,
@@ -371,8 +373,10 @@ class SQLiteStore:
         moved file gets every commit (the refused one too); best effort: a
         reader elsewhere holding the WAL makes it a no-op.
         """
-        with contextlib.suppress(sqlite3.Error):  # the connection's busy timeout is 0: no waiting
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with contextlib.suppress(sqlite3.Error, OSError), checkpoints_alone(self._abspath, 0) as alone:
+            if alone:  # (the connection's busy timeout is 0: no waiting)
+                self._conn.execute(MARK)  # see checkpoint(): never a checkpoint on a WAL copied whole
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _gone_error(self, doing: str, seq: int | None) -> FileGoneError:
         return gone_error(self.path, self._gone, doing, seq)
@@ -636,9 +640,18 @@ class SQLiteStore:
         doing = "reclaiming the space of deleted rows"
         self._check_writable(doing)
         deadline = time.monotonic() + CHECKPOINT_WAIT
-        steps = ["PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
+        truncate = "PRAGMA wal_checkpoint(TRUNCATE)"
+        # each checkpoint right after a commit of the MARK, holding the checkpoint lock (see checkpoint())
+        steps = [MARK, truncate, "VACUUM", MARK, truncate]
         while True:
-            with self._lock:
+            with self._lock, checkpoints_alone(self._abspath, self._busy_timeout) as alone:
+                if not alone:
+                    raise LockedError(
+                        f"{doing} in {self.path!r}: another connection kept checkpointing the database for "
+                        f"{self._busy_timeout:g} s; nothing was changed. Retry.",
+                        store=self.path,
+                        operation=doing,
+                    )
                 try:
                     with self._own_waiting():  # a TRUNCATE checkpoint waits for readers through it
                         busy = [self._conn.execute(sql).fetchall() for sql in steps][-1][0][0]
@@ -647,7 +660,7 @@ class SQLiteStore:
                 self._check_files(doing, None)
             if not busy or time.monotonic() >= deadline:
                 return not busy
-            steps = steps[-1:]  # the WAL only, once no reader uses it
+            steps = steps[-2:]  # the WAL only, once no reader uses it
             time.sleep(0.05)
 
     @contextlib.contextmanager

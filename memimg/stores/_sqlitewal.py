@@ -21,16 +21,35 @@ WAL from its beginning again (see :func:`checkpoint`; without it the WAL of a bu
 writer never starts over and grows without end). A checkpoint only copies
 committed pages, so a crash at any point loses nothing (the WAL is replayed
 at the next open, as before).
+
+**SQLite's WAL-reset bug** (3.7.0 to 3.51.2; fixed in 3.51.3). A checkpoint
+that starts while every frame of the WAL is already copied can, if another
+connection's commit starts the WAL over at that moment, record frames as
+copied that are not: readers then read those pages from the database file,
+and the commits in them are gone from every reader's view. Seen here once:
+4 writer processes on one log, 42 acknowledged commits vanished (memimg
+refused to go on, naming the seqs). It needs a checkpoint to *start* on a
+fully copied WAL, which two rules rule out (:func:`checkpoint`): only one
+connection checkpoints a database at a time, across processes
+(:func:`checkpoints_alone`, an ``flock`` on the -wal file), and that
+connection commits a one-row change of its own (:data:`MARK`) right before
+each checkpoint -- a frame not yet copied, which only a checkpoint can copy,
+so the WAL is not fully copied when its checkpoint starts, and no commit
+can start it over until that checkpoint ends. memimg's own connections run
+with SQLite's automatic checkpoints off; another program's connection to
+the file should too (or link SQLite >= 3.51.3).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final, TypeVar
 
 from memimg.core._rows import EventRow
@@ -42,11 +61,13 @@ __all__ = [
     "ADVICE",
     "CHECKPOINT_PAGES",
     "CHECKPOINT_WAIT",
+    "MARK",
     "MISSED",
     "RESTART_WAIT",
     "WAL_SIZE_LIMIT",
     "Checkpointer",
     "checkpoint",
+    "checkpoints_alone",
     "identity",
     "is_busy",
     "look_behind",
@@ -68,6 +89,14 @@ RESTART_WAIT: Final = 0.01
 #: The WAL file's size kept after it starts over (SQLite's ``journal_size_limit``): what one burst grew past this is
 #: given back to the disk, what steady commits reuse is kept.
 WAL_SIZE_LIMIT: Final = 64 << 20
+#: The commit a checkpointing connection makes right before each checkpoint: one row of memimg_meta changed (a
+#: value written as it was is no change to SQLite, and no frame), so the WAL holds a frame not yet copied.
+MARK: Final = (
+    "INSERT INTO memimg_meta (key, value) VALUES ('checkpoint.mark', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+)
+#: How long a checkpoint's :data:`MARK` waits for the write lock other processes hold (seconds).
+MARK_WAIT: Final = 0.05
 #: The most events a refused append hands over (the writer reads any others itself).
 MISSED: Final = 1000
 _PAGE: Final = 4096
@@ -142,9 +171,51 @@ def _missed(conn: sqlite3.Connection, timeout: float, expected_head: int) -> Seq
     return SeqTaken(expected_head, list(map(EventRow._make, rows[:MISSED])), more=len(rows) > MISSED)
 
 
+@contextlib.contextmanager
+def checkpoints_alone(path: str, wait: float) -> Iterator[bool]:
+    """Hold the checkpoint lock of the database at *path* (absolute): an exclusive ``flock`` on its -wal file,
+    tried for up to *wait* seconds; yields whether it is held (also when there is no -wal to lock: then no one
+    else holds it either).
+
+    Every checkpoint memimg runs holds it, so across processes only one
+    connection checkpoints a database at a time (see the module's note on
+    the WAL-reset bug). The -wal, because SQLite takes no POSIX locks on it:
+    opening and closing it here ends none of this process's SQLite locks (as
+    a descriptor of the database or its -shm closed would), and an
+    ``flock`` is not a POSIX lock. A new descriptor each time: one inherited
+    through ``fork`` would share its lock with the parent.
+    """
+    try:
+        fd = os.open(path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield True
+        return
+    try:
+        deadline = time.monotonic() + wait
+        pause = FIRST_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() + pause > deadline:
+                    yield False
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, MAX_WAIT)
+        yield True
+    finally:
+        os.close(fd)  # (the flock ends with it)
+
+
+def mark(conn: sqlite3.Connection, wait: float) -> None:
+    """Commit :data:`MARK` on *conn* (not in a transaction), waiting up to *wait* seconds for the write lock."""
+    retry_busy(wait, conn.execute, MARK)
+
+
 def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = None) -> bool:
     """Copy the WAL into the database on *conn* (whose busy timeout is 0) so that the next commit writes the WAL
-    from its beginning again; whether it will.
+    from its beginning again; whether it will. The caller holds :func:`checkpoints_alone`.
 
     A ``PASSIVE`` checkpoint copies what is committed beside the writers,
     but never the frames they append while it runs: under steady commits it
@@ -163,14 +234,32 @@ def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = N
     for up to :data:`RESTART_WAIT`; once every frame is copied but a reader
     is still in the WAL, it gives up at once (the next checkpoint tries
     again; nothing waits on it).
+
+    Each of them starts right after a :func:`mark` (the module's note: a
+    ``RESTART`` that finds the write lock held runs as a ``PASSIVE`` one,
+    beside the writers, right after one that may have copied everything).
+    A mark that cannot take the write lock within :data:`MARK_WAIT` skips
+    the checkpoint it was for.
     """
+    try:
+        with own_commits if own_commits is not None else contextlib.nullcontext():
+            mark(conn, MARK_WAIT)
+    except sqlite3.Error as err:
+        if not is_busy(err):
+            raise
+        return False
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     deadline = time.monotonic() + RESTART_WAIT
     wait = FIRST_WAIT
     while True:
         if own_commits is None or own_commits.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             try:
+                conn.execute(MARK)
                 busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            except sqlite3.Error as err:
+                if not is_busy(err):
+                    raise
+                busy, frames, copied = 1, 1, 0  # the mark found the write lock held: as a RESTART would
             finally:
                 if own_commits is not None:
                     own_commits.release()
@@ -204,9 +293,11 @@ class Checkpointer:
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
-        #: checkpoints run, and how many of them left the WAL to start over (for tests and diagnostics)
+        #: checkpoints run, how many of them left the WAL to start over, and how many were not run because another
+        #: connection was checkpointing the database (for tests and diagnostics)
         self.runs = 0
         self.restarted = 0
+        self.skipped = 0
 
     def wrote(self, payload_bytes: int, rows: int) -> None:
         """Count the WAL pages a commit of *rows* rows holding *payload_bytes* bytes wrote (about); wake the
@@ -240,6 +331,7 @@ class Checkpointer:
         """A connection to the database the store opened; ``None`` if the path no longer names it."""
         try:
             conn = connect_existing(self.path, "rw", 0)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # (its marks are commits)
         except sqlite3.Error as err:
             log.debug("no checkpoints of %s: %s", self.path, err)
             return None
@@ -260,8 +352,12 @@ class Checkpointer:
                 if self._stopped:
                     return
                 try:
-                    self.restarted += checkpoint(conn, self._own_commits)
-                except sqlite3.Error as err:  # busy, or the disk: the next one tries again
+                    with checkpoints_alone(self.path, 0) as alone:
+                        if not alone:  # another connection is checkpointing: this one is not needed
+                            self.skipped += 1
+                            continue
+                        self.restarted += checkpoint(conn, self._own_commits)
+                except (sqlite3.Error, OSError) as err:  # busy, or the disk: the next one tries again
                     log.debug("checkpoint of %s failed: %s", self.path, err)
                 self.runs += 1
         finally:

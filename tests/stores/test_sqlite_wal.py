@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -263,4 +267,113 @@ def test_the_checkpoint_thread_never_opens_another_file(tmp_path: Any, replaced:
     assert checkpointer._thread is not None
     checkpointer._thread.join(10)
     assert checkpointer.runs == 0 and os.path.exists(path) == replaced
+    store.close()
+
+
+def _statements(conn: sqlite3.Connection) -> list[str]:
+    """The statements *conn* runs from now on, in order."""
+    ran: list[str] = []
+    conn.set_trace_callback(ran.append)
+    return ran
+
+
+def _filled(path: str, rows: int = 50) -> SQLiteStore:
+    store = SQLiteStore(path)
+    for seq in range(1, rows + 1):
+        store.append([row(seq)], seq - 1)
+    return store
+
+
+def test_every_checkpoint_starts_right_after_a_commit_of_its_own(tmp_path: Any) -> None:
+    """Each checkpoint (the PASSIVE one and every RESTART try) runs right after its connection committed a change
+    of its own, so it never starts on a WAL whose every frame is already copied (SQLite's WAL-reset bug); the
+    change is one row of memimg_meta, and the events are untouched."""
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
+    ran = _statements(checkpointing)
+    assert _sqlitewal.checkpoint(checkpointing) is True
+    pragmas = [i for i, sql in enumerate(ran) if sql.startswith("PRAGMA wal_checkpoint")]
+    assert [ran[i] for i in pragmas] == ["PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(RESTART)"]
+    assert all(ran[i - 1] == _sqlitewal.MARK for i in pragmas)
+    marks = checkpointing.execute("SELECT value FROM memimg_meta WHERE key = 'checkpoint.mark'").fetchone()
+    assert marks == ("2",)
+    assert store.head() == 50 and [r[0] for r in store.read(after=0)] == list(range(1, 51))
+    checkpointing.close()
+    store.close()
+
+
+def test_a_checkpoint_whose_commit_finds_the_write_lock_held_is_not_run(tmp_path: Any) -> None:
+    """While another connection holds the write lock, a checkpoint cannot commit its change first: it runs no
+    checkpoint at all (not one beside that writer) and gives up within a short wait; the next one runs."""
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
+    ran = _statements(checkpointing)
+    blocker = _held(path)
+    started = time.monotonic()
+    assert _sqlitewal.checkpoint(checkpointing) is False
+    assert time.monotonic() - started < 1
+    assert not [sql for sql in ran if sql.startswith("PRAGMA wal_checkpoint")]
+    blocker.execute("ROLLBACK")
+    assert _sqlitewal.checkpoint(checkpointing) is True
+    blocker.close()
+    checkpointing.close()
+    store.close()
+
+
+@contextlib.contextmanager
+def _checkpoint_lock_held(path: str, where: str) -> Iterator[None]:
+    """The database's checkpoint lock held by another connection, in this process or another one."""
+    if where == "here":
+        with _sqlitewal.checkpoints_alone(path, 0) as alone:
+            assert alone
+            yield
+        return
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("")
+
+
+_HOLD = """
+import sys
+from memimg.stores._sqlitewal import checkpoints_alone
+with checkpoints_alone(sys.argv[1], 5) as alone:
+    print("held" if alone else "not held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("where", ["here", "elsewhere"])
+def test_only_one_connection_checkpoints_a_database_at_a_time(tmp_path: Any, where: str) -> None:
+    """While another connection (in this process or another one) holds the database's checkpoint lock, the
+    store's checkpoint thread runs none (it is not needed: that one copies the WAL); once the lock is free it
+    does. reclaim() waits for the lock up to busy_timeout, then raises LockedError, changing nothing."""
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    store._busy_timeout = 0.2
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    with _checkpoint_lock_held(path, where):
+        with _sqlitewal.checkpoints_alone(path, 0.05) as again:
+            assert not again
+        checkpointer.kick()
+        deadline = time.monotonic() + 10
+        while checkpointer.skipped == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.skipped == 1 and checkpointer.runs == 0
+        with pytest.raises(memimg.LockedError, match="another connection kept checkpointing"):
+            store.reclaim()
+    checkpointer.kick()
+    deadline = time.monotonic() + 10
+    while checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert checkpointer.runs == 1 and checkpointer.skipped == 1
+    assert store.reclaim() is True
+    assert store.head() == 50
     store.close()
