@@ -644,7 +644,8 @@ class SQLiteStore:
         # each checkpoint right after a commit of the MARK, holding the checkpoint lock (see checkpoint())
         steps = [MARK, truncate, "VACUUM", MARK, truncate]
         while True:
-            with self._lock, checkpoints_alone(self._abspath, self._busy_timeout) as alone:
+            # the checkpoint lock before the store's: a checkpoint thread holds it while it waits for the store's
+            with checkpoints_alone(self._abspath, self._busy_timeout) as alone, self._lock:
                 if not alone:
                     raise LockedError(
                         f"{doing} in {self.path!r}: another connection kept checkpointing the database for "

@@ -208,11 +208,6 @@ def checkpoints_alone(path: str, wait: float) -> Iterator[bool]:
         os.close(fd)  # (the flock ends with it)
 
 
-def mark(conn: sqlite3.Connection, wait: float) -> None:
-    """Commit :data:`MARK` on *conn* (not in a transaction), waiting up to *wait* seconds for the write lock."""
-    retry_busy(wait, conn.execute, MARK)
-
-
 def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = None) -> bool:
     """Copy the WAL into the database on *conn* (whose busy timeout is 0) so that the next commit writes the WAL
     from its beginning again; whether it will. The caller holds :func:`checkpoints_alone`.
@@ -235,7 +230,7 @@ def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = N
     is still in the WAL, it gives up at once (the next checkpoint tries
     again; nothing waits on it).
 
-    Each of them starts right after a :func:`mark` (the module's note: a
+    Each of them starts right after a commit of :data:`MARK` (the module's note: a
     ``RESTART`` that finds the write lock held runs as a ``PASSIVE`` one,
     beside the writers, right after one that may have copied everything).
     A mark that cannot take the write lock within :data:`MARK_WAIT` skips
@@ -243,7 +238,7 @@ def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = N
     """
     try:
         with own_commits if own_commits is not None else contextlib.nullcontext():
-            mark(conn, MARK_WAIT)
+            retry_busy(MARK_WAIT, conn.execute, MARK)
     except sqlite3.Error as err:
         if not is_busy(err):
             raise
