@@ -13,7 +13,7 @@ from memimg._errors import MemimgError
 from memimg.core._protect import PROTECTION_KEY, Protection
 from memimg.core._rows import EventRow, SnapshotRow, snapshot_checksum, verify_event, verify_snapshot
 from memimg.stores._protected import PENDING_KEY, ProtectedStore
-from memimg.stores._protocol import TARGETS_KEY, SeqTaken, Store
+from memimg.stores._protocol import PROCESS_KEYS, TARGETS_KEY, SeqTaken, Store
 
 __all__ = ["copy"]
 
@@ -21,7 +21,6 @@ __all__ = ["copy"]
 BATCH = 5000
 #: Meta entries that belong to the store or to processes that have it open, not to the image: never copied.
 _NOT_COPIED = ("format_version", TARGETS_KEY, PROTECTION_KEY, PENDING_KEY)
-_PROCESS_KEYS = ("lease.", "position.", "checkpoint.")
 
 
 def copy(
@@ -136,7 +135,7 @@ def copy(
         for seq in (s for s in snapshots if s not in early):
             target.write_snapshot(_snapshot(source, seq))
         for key, value in source.meta().items():
-            if key not in _NOT_COPIED and not key.startswith(_PROCESS_KEYS):
+            if key not in _NOT_COPIED and not key.startswith(PROCESS_KEYS):
                 target.set_meta(key, value)
         _verify(source, target, first, head, snapshots)
         return copied

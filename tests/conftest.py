@@ -114,6 +114,12 @@ class StoreFactory:
             engine.dispose()
 
 
+def log_meta(store: Any) -> dict[str, str]:
+    """*store*'s meta without the SQLite store's checkpoint mark, which its checkpoint thread rewrites whenever it
+    runs (snapshot leases and image positions are kept: what a test of "writes nothing" must see)."""
+    return {k: v for k, v in store.meta().items() if not k.startswith("checkpoint.")}
+
+
 class Images:
     """``make_image(root=..., **options)`` opens this test's log on its store (see the module docstring)."""
 

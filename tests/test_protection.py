@@ -14,6 +14,7 @@ import pytest
 import memimg
 from memimg.core._protect import Protection, is_sealed
 from memimg.stores import SnapshotRow
+from memimg.stores._protocol import PROCESS_KEYS
 from tests.conftest import Images, StoreFactory
 from tests.models import Account, Bank
 from tests.protection import (
@@ -96,7 +97,7 @@ def _snapshot_state(stores: StoreFactory) -> Any:
     return (
         raw_events(store),
         [(i.seq, bytes(store.read_snapshot(i.seq).payload)) for i in store.snapshots()],
-        {k: v for k, v in store.meta().items() if not k.startswith(("lease.", "position."))},
+        {k: v for k, v in store.meta().items() if not k.startswith(PROCESS_KEYS)},
     )
 
 

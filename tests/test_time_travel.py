@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import memimg
 from memimg.image import _past
-from tests.conftest import Images
+from tests.conftest import Images, log_meta
 from tests.history_model import apply_diff, program, project, run
 from tests.models import Account, Bank, Entry
 
@@ -117,13 +117,13 @@ def test_at_registers_no_position_takes_no_lease_and_starts_no_thread(make_image
     """Opening and closing a past image writes nothing to the store's meta (no position, no lease) and runs no
     snapshot or follower thread."""
     img, marks = _bank(make_image)
-    meta = img.store.meta()
+    meta = log_meta(img.store)
     threads = {t.name for t in threading.enumerate()}
     with img.at(marks["opened"]) as past:
-        assert img.store.meta() == meta
+        assert log_meta(img.store) == meta
         assert {t.name for t in threading.enumerate()} <= threads
         past.root.accounts["ada"].owner
-    assert img.store.meta() == meta
+    assert log_meta(img.store) == meta
 
 
 def test_at_defaults_to_the_parent_seq_and_follows_snapshots(make_image: Images) -> None:
@@ -167,7 +167,7 @@ def test_bad_seqs_are_refused_naming_the_problem(
     """A seq of 0, past the head, negative, not an int, or with a time too: a clear error; nothing is written,
     and diff() checks both seqs before it reads either state."""
     img, _ = _bank(make_image)
-    before = (img.store.head(), img.store.meta())
+    before = (img.store.head(), log_meta(img.store))
 
     def no_open(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a past state was read before both seqs were checked")
@@ -183,7 +183,7 @@ def test_bad_seqs_are_refused_naming_the_problem(
             img.diff(*args)
         with pytest.raises(error, match=words):
             img.diff(1, *args)
-    assert (img.store.head(), img.store.meta()) == before
+    assert (img.store.head(), log_meta(img.store)) == before
 
 
 @pytest.mark.parametrize(
@@ -198,12 +198,12 @@ def test_bad_seqs_are_refused_naming_the_problem(
 def test_bad_times_are_refused_naming_the_problem(make_image: Images, when: Any, error: type, words: str) -> None:
     """A naive time, one in the future or before the first commit, or not a datetime: a clear error."""
     img, _ = _bank(make_image)
-    before = (img.store.head(), img.store.meta())
+    before = (img.store.head(), log_meta(img.store))
     with pytest.raises(error, match=words) as info:
         img.at(time=when)
     if error is memimg.HistoryError:
         assert info.value.time == when and info.value.oldest == 1 and info.value.head == img.seq
-    assert (img.store.head(), img.store.meta()) == before
+    assert (img.store.head(), log_meta(img.store)) == before
 
 
 def test_a_compacted_seq_raises_history_error_naming_the_oldest(make_image: Images) -> None:

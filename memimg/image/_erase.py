@@ -539,7 +539,7 @@ def _scrub(engine: Engine) -> tuple[bool, str]:
     if not done:
         note = (
             "the old bytes remain in the SQLite write-ahead log: another connection was reading it; close the "
-            "other readers, then run memimg compact (or PRAGMA wal_checkpoint(TRUNCATE))"
+            "other readers, then run memimg compact"
         )
         log.warning("erase in %s is committed, but %s", store.description, note)
         return False, note

@@ -30,6 +30,7 @@ from memimg.core._rows import EventRow, SnapshotInfo, SnapshotRow
 __all__ = [
     "FORMAT_VERSION",
     "LEASE",
+    "PROCESS_KEYS",
     "TARGETS_KEY",
     "EventRow",
     "Rewrite",
@@ -52,6 +53,9 @@ LEASE = "snapshot"
 FORMAT_VERSION = 1
 #: The ``memimg_meta`` key of the seq up to which a SQL store's target index is filled (see Store.index_targets).
 TARGETS_KEY = "targets_indexed"
+#: The prefixes of the ``memimg_meta`` keys that running processes write and rewrite as they go -- snapshot
+#: leases, image positions, the SQLite store's checkpoint mark -- not part of what the log holds (a copy leaves them).
+PROCESS_KEYS = ("lease.", "position.", "checkpoint.")
 
 
 class Rewrite(NamedTuple):

@@ -373,6 +373,8 @@ class SQLiteStore:
         moved file gets every commit (the refused one too); best effort: a
         reader elsewhere holding the WAL makes it a no-op.
         """
+        # (the -wal at the path may be another database's by now: its lock then guards nothing of this one, and
+        # this connection's mark and checkpoint go into the moved file -- harmless, and best effort as the rest)
         with contextlib.suppress(sqlite3.Error, OSError), checkpoints_alone(self._abspath, 0) as alone:
             if alone:  # (the connection's busy timeout is 0: no waiting)
                 self._conn.execute(MARK)  # see checkpoint(): never a checkpoint on a WAL copied whole
@@ -644,25 +646,38 @@ class SQLiteStore:
         # each checkpoint right after a commit of the MARK, holding the checkpoint lock (see checkpoint())
         steps = [MARK, truncate, "VACUUM", MARK, truncate]
         while True:
-            # the checkpoint lock before the store's: a checkpoint thread holds it while it waits for the store's
-            with checkpoints_alone(self._abspath, self._busy_timeout) as alone, self._lock:
-                if not alone:
-                    raise LockedError(
-                        f"{doing} in {self.path!r}: another connection kept checkpointing the database for "
-                        f"{self._busy_timeout:g} s; nothing was changed. Retry.",
-                        store=self.path,
-                        operation=doing,
-                    )
-                try:
-                    with self._own_waiting():  # a TRUNCATE checkpoint waits for readers through it
-                        busy = [self._conn.execute(sql).fetchall() for sql in steps][-1][0][0]
-                except sqlite3.Error as err:
-                    raise self._error(err, doing, write=True) from err
-                self._check_files(doing, None)
+            try:
+                busy = self._reclaim_steps(steps, doing)
+            except OSError as err:  # the -wal could not be opened to take the checkpoint lock
+                raise StoreError(
+                    f"{doing} in {self.path!r}: cannot take the checkpoint lock on its -wal file ({err}); "
+                    "nothing was changed: check the file's permissions",
+                    store=self.path,
+                    operation=doing,
+                ) from err
             if not busy or time.monotonic() >= deadline:
                 return not busy
             steps = steps[-2:]  # the WAL only, once no reader uses it
             time.sleep(0.05)
+
+    def _reclaim_steps(self, steps: list[str], doing: str) -> int:
+        """Run *steps* holding the checkpoint lock, then the store's (the order a checkpoint thread takes them
+        in: it holds the first while it waits for the second); the busy flag of the last checkpoint."""
+        with checkpoints_alone(self._abspath, self._busy_timeout) as alone, self._lock:
+            if not alone:
+                raise LockedError(
+                    f"{doing} in {self.path!r}: another connection kept checkpointing the database for "
+                    f"{self._busy_timeout:g} s; nothing was changed. Retry.",
+                    store=self.path,
+                    operation=doing,
+                )
+            try:
+                with self._own_waiting():  # a TRUNCATE checkpoint waits for readers through it
+                    busy: int = [self._conn.execute(sql).fetchall() for sql in steps][-1][0][0]
+            except sqlite3.Error as err:
+                raise self._error(err, doing, write=True) from err
+            self._check_files(doing, None)
+        return busy
 
     @contextlib.contextmanager
     def _own_waiting(self) -> Iterator[None]:

@@ -182,14 +182,18 @@ def checkpoints_alone(path: str, wait: float) -> Iterator[bool]:
     the WAL-reset bug). The -wal, because SQLite takes no POSIX locks on it:
     opening and closing it here ends none of this process's SQLite locks (as
     a descriptor of the database or its -shm closed would), and an
-    ``flock`` is not a POSIX lock. A new descriptor each time: one inherited
-    through ``fork`` would share its lock with the parent.
+    ``flock`` is not a POSIX lock. A new descriptor each time, and a child
+    forked while one is open closes its copy at once (:func:`_forked`): the
+    lock belongs to the open file, which the copy shares, so a child that
+    kept it would hold the parent's lock for as long as it lives.
     """
     try:
         fd = os.open(path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         yield True
         return
+    _LOCK_FDS.add(fd)
+    pid = os.getpid()
     try:
         deadline = time.monotonic() + wait
         pause = FIRST_WAIT
@@ -205,7 +209,25 @@ def checkpoints_alone(path: str, wait: float) -> Iterator[bool]:
                 pause = min(pause * 2, MAX_WAIT)
         yield True
     finally:
-        os.close(fd)  # (the flock ends with it)
+        if os.getpid() == pid:  # (in a forked child the copy is closed already, its number maybe reused)
+            _LOCK_FDS.discard(fd)
+            os.close(fd)  # (the flock ends with it)
+
+
+#: the descriptors :func:`checkpoints_alone` has open (a forked child closes its copies)
+_LOCK_FDS: set[int] = set()
+
+
+def _forked() -> None:
+    """In a forked child: close the copies of the parent's checkpoint-lock descriptors, without unlocking them
+    (``LOCK_UN`` on a copy would end the parent's lock)."""
+    for fd in list(_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = None) -> bool:
@@ -233,16 +255,21 @@ def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = N
     Each of them starts right after a commit of :data:`MARK` (the module's note: a
     ``RESTART`` that finds the write lock held runs as a ``PASSIVE`` one,
     beside the writers, right after one that may have copied everything).
-    A mark that cannot take the write lock within :data:`MARK_WAIT` skips
-    the checkpoint it was for.
+    A mark that cannot take the write lock (or the store's lock) within
+    :data:`MARK_WAIT` skips the checkpoint it was for: the checkpoint lock
+    is never held long by a checkpoint that is not running.
     """
+    if own_commits is not None and not own_commits.acquire(timeout=MARK_WAIT):
+        return False  # a commit of this process is waiting for another process's write lock: not now
     try:
-        with own_commits if own_commits is not None else contextlib.nullcontext():
-            retry_busy(MARK_WAIT, conn.execute, MARK)
+        retry_busy(MARK_WAIT, conn.execute, MARK)
     except sqlite3.Error as err:
         if not is_busy(err):
             raise
         return False
+    finally:
+        if own_commits is not None:
+            own_commits.release()
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     deadline = time.monotonic() + RESTART_WAIT
     wait = FIRST_WAIT
@@ -273,8 +300,10 @@ class Checkpointer:
 
     The store calls :meth:`wrote` after each commit; once about
     :data:`CHECKPOINT_PAGES` pages were written, the thread (started then,
-    or again in a forked child) runs :func:`checkpoint`, holding
-    *own_commits* (the store's lock) only while it holds SQLite's write lock.
+    or again in a forked child) runs :func:`checkpoint` holding the
+    database's checkpoint lock (:func:`checkpoints_alone`; it skips the
+    checkpoint if another connection holds it), and *own_commits* (the
+    store's lock) only around its own commits and the ``RESTART`` tries.
     :meth:`stop` ends the thread and closes its connection, so that the
     store's own connection, closed last, checkpoints and removes the WAL as
     SQLite does for the last connection to a database.
@@ -327,6 +356,7 @@ class Checkpointer:
         try:
             conn = connect_existing(self.path, "rw", 0)
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # (its marks are commits)
+            conn.execute("PRAGMA synchronous = NORMAL")  # a mark is no commit to wait an fsync for
         except sqlite3.Error as err:
             log.debug("no checkpoints of %s: %s", self.path, err)
             return None

@@ -428,7 +428,9 @@ def test_a_second_image_on_the_file_keeps_the_first_ones_commits_when_another_pr
     first = memimg.open(path)
     first.root["a"] = 1
     again = memimg.open(path, readonly=second == "ro")
-    elsewhere = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM sqlite_master'); c.close()"
+    elsewhere = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM sqlite_master'); c.close()"
+    )
     subprocess.run([sys.executable, "-c", elsewhere, path], check=True)
     assert os.path.exists(path + "-wal")
     first.root["b"] = 2  # refused as not durable (FileGoneError) when the other process deleted the WAL

@@ -367,8 +367,10 @@ def test_only_one_connection_checkpoints_a_database_at_a_time(tmp_path: Any, whe
         while checkpointer.skipped == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert checkpointer.skipped == 1 and checkpointer.runs == 0
+        size, meta = os.path.getsize(path), store.meta()
         with pytest.raises(memimg.LockedError, match="another connection kept checkpointing"):
             store.reclaim()
+        assert (os.path.getsize(path), store.meta(), store.head()) == (size, meta, 50)
     checkpointer.kick()
     deadline = time.monotonic() + 10
     while checkpointer.runs == 0 and time.monotonic() < deadline:
@@ -376,4 +378,43 @@ def test_only_one_connection_checkpoints_a_database_at_a_time(tmp_path: Any, whe
     assert checkpointer.runs == 1 and checkpointer.skipped == 1
     assert store.reclaim() is True
     assert store.head() == 50
+    store.close()
+
+
+def test_reclaim_checkpoints_right_after_commits_of_its_own(tmp_path: Any) -> None:
+    """reclaim()'s checkpoints (before and after its VACUUM) each start right after the store's connection
+    committed its mark, as the checkpoint thread's do."""
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    ran = _statements(store._conn)
+    assert store.reclaim() is True
+    pragmas = [i for i, sql in enumerate(ran) if sql.startswith("PRAGMA wal_checkpoint")]
+    assert len(pragmas) == 2 and all(ran[i - 1] == _sqlitewal.MARK for i in pragmas)
+    assert "VACUUM" in ran[pragmas[0] : pragmas[1]]
+    store.close()
+
+
+def test_a_child_forked_while_the_checkpoint_lock_is_held_does_not_keep_it(tmp_path: Any) -> None:
+    """A process forked while this one holds the checkpoint lock (gunicorn, multiprocessing) does not go on
+    holding it: once this process lets go, the next checkpoint takes it while the child still runs."""
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    with _sqlitewal.checkpoints_alone(path, 0) as alone:
+        assert alone
+        child = os.fork()
+        if child == 0:  # the child: still alive until the parent has tried
+            os.write(ready_w, b"x")
+            os.read(done_r, 1)
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        with _sqlitewal.checkpoints_alone(path, 0.5) as again:
+            assert again
+    finally:
+        os.write(done_w, b"x")
+        os.waitpid(child, 0)
+        for fd in (ready_r, ready_w, done_r, done_w):
+            os.close(fd)
     store.close()
