@@ -603,7 +603,7 @@ class Engine:
             not self.open_txs
             and self.snapshot_writer is None
             and self.writer.feed is None
-            and (self.before_apply is None)
+            and self.before_apply is None
         )
 
     def _sets_applied(self, last_seq: int, ts: int, doubt: BaseException | None) -> None:

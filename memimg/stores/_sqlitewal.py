@@ -146,25 +146,21 @@ def lost_race(conn: sqlite3.Connection, expected_head: int, timeout: float) -> S
     """The :class:`SeqTaken` for an append that lost the race for a seq (another writer appended first), with the
     events it missed if they can be read: the writer catches up with them without reading them again."""
     try:
-        return _missed(conn, timeout, expected_head) or SeqTaken(expected_head)
+        return look_behind(conn, timeout, expected_head) or SeqTaken(expected_head)
     except sqlite3.Error:
         return SeqTaken(expected_head)  # the writer reads them itself
 
 
 def look_behind(conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
-    """Before an append that found the write lock held waits for it: the :class:`SeqTaken` to raise, with the
-    events other writers appended past *expected_head* (up to :data:`MISSED`; ``more`` tells if there are
-    others), if there are any -- read without the write lock -- rather than queue for the lock only to find the
-    seq taken; ``None`` if there are none.
+    """The :class:`SeqTaken` to raise for an append after *expected_head*, with the events other writers appended
+    past it (up to :data:`MISSED`; ``more`` tells if there are others), read without the write lock; ``None`` if
+    there are none. After a lost race (:func:`lost_race`), and before an append that found the write lock held
+    waits for it, rather than queue for the lock only to find the seq taken.
 
     Only then: looking before every append (as this store did after a lost race, for its next 1,000) cost a
     read transaction each (~4 µs and its ``fcntl`` locks), and 4 writer processes on one log made 12-20% fewer
     commits for it (docs/performance.md, twelfth stop).
     """
-    return _missed(conn, timeout, expected_head)
-
-
-def _missed(conn: sqlite3.Connection, timeout: float, expected_head: int) -> SeqTaken | None:
     rows = retry_busy(timeout, conn.execute, READ, (expected_head, MISSED + 1)).fetchall()
     if not rows:
         return None
