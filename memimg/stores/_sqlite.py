@@ -221,6 +221,24 @@ class SQLiteStore:
             self._checkpointer = Checkpointer(self._abspath, self._db_id, self._lock)
             weakref.finalize(self, self._checkpointer.stop, 0)  # a store dropped unclosed ends its thread too
 
+    def adopt(self, conn: Any, path: str | os.PathLike[str]) -> bool:
+        """Have *conn*, another library's DB-API connection (``sqlite3``) to the database file at *path*, leave
+        its checkpoints to this store if that is this store's file: SQLite's automatic checkpoints off on it,
+        and the store's checkpoint thread copying its commits too, within
+        :data:`~memimg.stores._sqlitewal.OTHERS_EVERY` seconds. Whether it did (``False`` for another file, and
+        for a read-only store, which checkpoints nothing).
+
+        For a connection that writes tables of its own in the image's file
+        (Django's, with ``TARGET: "default"``): its automatic checkpoints would
+        run outside the guard memimg's checkpoints keep against SQLite's
+        WAL-reset bug (see :mod:`memimg.stores._sqlitewal`).
+        """
+        if self._checkpointer is None or _identity(os.path.abspath(path)) != self._db_id:
+            return False
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer.copy_others()
+        return True
+
     def _check_file(self) -> None:
         """Refuse a directory, and a missing file when read-only, before SQLite opens the path.
 

@@ -63,6 +63,7 @@ __all__ = [
     "CHECKPOINT_WAIT",
     "MARK",
     "MISSED",
+    "OTHERS_EVERY",
     "RESTART_WAIT",
     "WAL_SIZE_LIMIT",
     "Checkpointer",
@@ -97,6 +98,8 @@ MARK: Final = (
 )
 #: How long a checkpoint's :data:`MARK` waits for the write lock other processes hold (seconds).
 MARK_WAIT: Final = 0.05
+#: How often a checkpoint thread that copies other connections' pages too looks for their commits (seconds).
+OTHERS_EVERY: Final = 1.0
 #: The most events a refused append hands over (the writer reads any others itself).
 MISSED: Final = 1000
 _PAGE: Final = 4096
@@ -318,6 +321,7 @@ class Checkpointer:
         self.runs = 0
         self.restarted = 0
         self.skipped = 0
+        self._others = False
 
     def wrote(self, payload_bytes: int, rows: int) -> None:
         """Count the WAL pages a commit of *rows* rows holding *payload_bytes* bytes wrote (about); wake the
@@ -326,6 +330,13 @@ class Checkpointer:
         if self._pages >= CHECKPOINT_PAGES:
             self._pages = 0
             self.kick()
+
+    def copy_others(self) -> None:
+        """Also copy what other connections of this process commit to the database without checkpointing it
+        themselves (see :meth:`SQLiteStore.adopt`): from now on the thread (started now) also looks every
+        :data:`OTHERS_EVERY` seconds, and checkpoints if the database changed since its last checkpoint."""
+        self._others = True
+        self.kick()
 
     def kick(self) -> None:
         """Have a checkpoint run now (the thread started if it is not running)."""
@@ -367,11 +378,14 @@ class Checkpointer:
             self._stopped = True
             return
         try:
+            seen = None  # the database's data_version after the last checkpoint (for copy_others)
             while True:
-                self._wake.wait()
+                woken = self._wake.wait(OTHERS_EVERY if self._others else None)
                 self._wake.clear()
                 if self._stopped:
                     return
+                if not woken and conn.execute("PRAGMA data_version").fetchone()[0] == seen:
+                    continue  # no commit since the last checkpoint
                 try:
                     with checkpoints_alone(self.path, 0) as alone:
                         if not alone:  # another connection is checkpointing: this one is not needed
@@ -381,6 +395,8 @@ class Checkpointer:
                 except (sqlite3.Error, OSError) as err:  # busy, or the disk: the next one tries again
                     log.debug("checkpoint of %s failed: %s", self.path, err)
                 self.runs += 1
+                if self._others:
+                    seen = conn.execute("PRAGMA data_version").fetchone()[0]
         finally:
             conn.close()
 

@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import time
 import sys
 import threading
 import uuid
@@ -423,6 +424,43 @@ def test_project_sqlite_database_uses_memimgs_sqlite_store(
     assert ContentType.objects.filter(app_label="memimg_test").count() == 1
     with memimg.open(str(project_db)) as again:
         assert again.root.accounts["wal"].balance == Decimal(4)
+
+
+def test_django_leaves_checkpoints_of_the_shared_file_to_memimg(
+    configure: Callable[..., memimg.MemoryImage], project_db: Path, tmp_path: Path
+) -> None:
+    """With TARGET 'default' on SQLite, Django's connections to the file -- the one open when the image opened,
+    and each new one -- run with SQLite's automatic checkpoints off (they would checkpoint outside memimg's
+    guard against SQLite's WAL-reset bug), and memimg's checkpoint thread copies their commits; with the image
+    in a file of its own, Django's connection keeps SQLite's default."""
+    from django.contrib.contenttypes.models import ContentType
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+
+    def autocheckpoint() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA wal_autocheckpoint")
+            return int(cursor.fetchone()[0])
+
+    connection.close()
+    assert autocheckpoint() == 1000  # (opens Django's connection before the image)
+    img = configure(TARGET="default")
+    assert isinstance(img.store, SQLiteStore)
+    checkpointer = img.store._checkpointer
+    assert checkpointer is not None and checkpointer._others
+    assert autocheckpoint() == 0
+    connection.close()
+    assert autocheckpoint() == 0
+    runs = checkpointer.runs
+    ContentType.objects.get_or_create(app_label="memimg_test", model="checkpointed")
+    deadline = time.monotonic() + 10
+    while checkpointer.runs == runs and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert checkpointer.runs > runs
+    configure(TARGET=str(tmp_path / "own.db"))
+    connection.close()
+    assert autocheckpoint() == 1000
 
 
 def test_prefix_in_the_project_database(configure: Callable[..., memimg.MemoryImage], project_db: Path) -> None:

@@ -418,3 +418,38 @@ def test_a_child_forked_while_the_checkpoint_lock_is_held_does_not_keep_it(tmp_p
         for fd in (ready_r, ready_w, done_r, done_w):
             os.close(fd)
     store.close()
+
+
+def test_an_adopted_connection_leaves_its_checkpoints_to_the_store(tmp_path: Any) -> None:
+    """A connection another library opened to the store's file, once adopted, runs with SQLite's automatic
+    checkpoints off, and the store's checkpoint thread copies what it commits within a few seconds, with no
+    commit of the store's own; a connection to another file, or a read-only store, is not adopted."""
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    app = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    elsewhere = sqlite3.connect(str(tmp_path / "other.db"), isolation_level=None)
+    readonly = SQLiteStore(path, readonly=True)
+    assert not store.adopt(elsewhere, str(tmp_path / "other.db"))
+    assert not readonly.adopt(app, path)
+    assert elsewhere.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+    assert app.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+    assert store.adopt(app, os.path.relpath(path))
+    assert app.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    deadline = time.monotonic() + 10
+    while checkpointer.runs == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    runs, pages = checkpointer.runs, _checkpointed_pages(path)
+    app.execute("CREATE TABLE app_blobs (b BLOB)")
+    for _ in range(200):
+        app.execute("INSERT INTO app_blobs VALUES (zeroblob(16000))")  # 800 pages of the app's own
+    deadline = time.monotonic() + 10
+    while _checkpointed_pages(path) < pages + 700 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _checkpointed_pages(path) >= pages + 700 and checkpointer.runs > runs
+    assert store.head() == 50
+    for conn in (app, elsewhere):
+        conn.close()
+    readonly.close()
+    store.close()

@@ -125,6 +125,32 @@ def _install(new: _Opened) -> None:
             atexit.register(close)
             _atexit_registered = True
     _release(old, new)
+    if new.image is not None and isinstance(new.image.store, memimg.SQLiteStore):
+        from django.db import connections  # type: ignore[import-untyped, unused-ignore]
+        from django.db.backends.signals import connection_created  # type: ignore[import-untyped, unused-ignore]
+
+        connection_created.connect(_adopt_created, dispatch_uid="memimg.contrib.django.adopt")
+        for connection in connections.all():  # (this thread's; other threads' take effect as they reconnect)
+            if connection.connection is not None:
+                _adopt(connection)
+
+
+def _adopt_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+    _adopt(connection)
+
+
+def _adopt(connection: Any) -> None:
+    """Leave the checkpoints of a Django connection to the image's file to the image's SQLite store (see
+    :meth:`memimg.SQLiteStore.adopt`): Django's own would run outside memimg's guard against SQLite's WAL-reset
+    bug. Connections to other files are left as they are."""
+    current = _current
+    if connection.vendor != "sqlite" or current is None or current.image is None or current.pid != os.getpid():
+        return
+    store = current.image.store
+    name = connection.settings_dict.get("NAME")
+    if not isinstance(store, memimg.SQLiteStore) or not name or str(name).startswith(("file:", ":memory:")):
+        return
+    store.adopt(connection.connection, str(name))
 
 
 def close() -> None:
