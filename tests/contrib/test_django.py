@@ -17,9 +17,9 @@ import logging
 import os
 import sqlite3
 import subprocess
-import time
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
