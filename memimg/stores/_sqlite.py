@@ -233,7 +233,7 @@ class SQLiteStore:
         run outside the guard memimg's checkpoints keep against SQLite's
         WAL-reset bug (see :mod:`memimg.stores._sqlitewal`).
         """
-        if self._checkpointer is None or _identity(os.path.abspath(path)) != self._db_id:
+        if self._checkpointer is None or self._checkpointer.stopped or _identity(os.path.abspath(path)) != self._db_id:
             return False
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._checkpointer.copy_others()

@@ -229,9 +229,10 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = None) -> bool:
+def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = None) -> bool | None:
     """Copy the WAL into the database on *conn* (whose busy timeout is 0) so that the next commit writes the WAL
-    from its beginning again; whether it will. The caller holds :func:`checkpoints_alone`.
+    from its beginning again; whether it will (``None``: no checkpoint ran). The caller holds
+    :func:`checkpoints_alone`.
 
     A ``PASSIVE`` checkpoint copies what is committed beside the writers,
     but never the frames they append while it runs: under steady commits it
@@ -259,13 +260,13 @@ def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = N
     is never held long by a checkpoint that is not running.
     """
     if own_commits is not None and not own_commits.acquire(timeout=MARK_WAIT):
-        return False  # a commit of this process is waiting for another process's write lock: not now
+        return None  # a commit of this process is waiting for another process's write lock: not now
     try:
         retry_busy(MARK_WAIT, conn.execute, MARK)
     except sqlite3.Error as err:
         if not is_busy(err):
             raise
-        return False
+        return None
     finally:
         if own_commits is not None:
             own_commits.release()
@@ -322,6 +323,7 @@ class Checkpointer:
         self.restarted = 0
         self.skipped = 0
         self._others = False
+        self._starting = threading.Lock()
 
     def wrote(self, payload_bytes: int, rows: int) -> None:
         """Count the WAL pages a commit of *rows* rows holding *payload_bytes* bytes wrote (about); wake the
@@ -342,13 +344,19 @@ class Checkpointer:
         """Have a checkpoint run now (the thread started if it is not running)."""
         if self._stopped:
             return
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            thread = threading.Thread(target=self._run, name=f"memimg checkpoints {self.path}", daemon=True)
-            thread.never_waits_for_an_image = True  # type: ignore[attr-defined]  # (a snapshot need not yield to it)
-            self._thread = thread
-            thread.start()
+        with self._starting:  # (kicked from other threads than the store's, by copy_others)
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._run, name=f"memimg checkpoints {self.path}", daemon=True)
+                thread.never_waits_for_an_image = True  # type: ignore[attr-defined]  # (a snapshot need not yield)
+                self._thread = thread
+                thread.start()
         self._wake.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether no checkpoint will run any more (stopped, or the thread found no database to connect to)."""
+        return self._stopped
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the thread (a checkpoint running finishes first) and close its connection."""
@@ -378,27 +386,46 @@ class Checkpointer:
             self._stopped = True
             return
         try:
-            seen = None  # the database's data_version after the last checkpoint (for copy_others)
+            seen = None  # (data_version, mark) as of the last checkpoint or look (for copy_others)
             while True:
                 woken = self._wake.wait(OTHERS_EVERY if self._others else None)
                 self._wake.clear()
                 if self._stopped:
                     return
-                if not woken and conn.execute("PRAGMA data_version").fetchone()[0] == seen:
-                    continue  # no commit since the last checkpoint
+                try:
+                    look = _look(conn) if self._others else None
+                except sqlite3.Error as err:  # the next look tries again
+                    log.debug("looking for commits to %s failed: %s", self.path, err)
+                    continue
+                if not woken and seen is not None and look is not None and (look[0] == seen[0] or look[1] != seen[1]):
+                    # no commit since, or another connection checkpointed meanwhile (its mark): it copied what was
+                    # committed before it (and looking on would set the processes off in turn)
+                    seen = look
+                    continue
                 try:
                     with checkpoints_alone(self.path, 0) as alone:
                         if not alone:  # another connection is checkpointing: this one is not needed
                             self.skipped += 1
                             continue
-                        self.restarted += checkpoint(conn, self._own_commits)
+                        restarted = checkpoint(conn, self._own_commits)
+                        if restarted is None:
+                            continue
+                        self.restarted += restarted
+                        if look is not None:  # commits during it: a later look finds the version moved
+                            seen = look[0], _look(conn)[1]
                 except (sqlite3.Error, OSError) as err:  # busy, or the disk: the next one tries again
                     log.debug("checkpoint of %s failed: %s", self.path, err)
                 self.runs += 1
-                if self._others:
-                    seen = conn.execute("PRAGMA data_version").fetchone()[0]
         finally:
             conn.close()
+
+
+def _look(conn: sqlite3.Connection) -> tuple[int, str | None]:
+    """The database's ``data_version`` for *conn* (it moves with every other connection's commit) and its
+    checkpoint mark (it moves with every checkpoint memimg runs)."""
+    version = conn.execute("PRAGMA data_version").fetchone()[0]
+    row = conn.execute("SELECT value FROM memimg_meta WHERE key = 'checkpoint.mark'").fetchone()
+    return version, None if row is None else row[0]
 
 
 #: how long :meth:`SQLiteStore.reclaim` tries to empty a WAL another connection is reading

@@ -431,9 +431,8 @@ def test_django_leaves_checkpoints_of_the_shared_file_to_memimg(
 ) -> None:
     """With TARGET 'default' on SQLite, Django's connections to the file -- the one open when the image opened,
     and each new one -- run with SQLite's automatic checkpoints off (they would checkpoint outside memimg's
-    guard against SQLite's WAL-reset bug), and memimg's checkpoint thread copies their commits; with the image
-    in a file of its own, Django's connection keeps SQLite's default."""
-    from django.contrib.contenttypes.models import ContentType
+    guard against SQLite's WAL-reset bug), and memimg's checkpoint thread copies what they commit into the
+    database file; once the image is in a file of its own, the open connection gets SQLite's default back."""
     from django.db import connection
 
     call_command("migrate", verbosity=0)
@@ -452,13 +451,21 @@ def test_django_leaves_checkpoints_of_the_shared_file_to_memimg(
     assert autocheckpoint() == 0
     connection.close()
     assert autocheckpoint() == 0
-    runs = checkpointer.runs
-    ContentType.objects.get_or_create(app_label="memimg_test", model="checkpointed")
+    runs = -1
+    while checkpointer.runs != runs:  # the checkpoints the adoptions started are over
+        runs = checkpointer.runs
+        time.sleep(0.3)
+    pages = project_db.stat().st_size // 4096
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS app_blobs (b BLOB)")
+        for _ in range(100):
+            cursor.execute("INSERT INTO app_blobs VALUES (zeroblob(16000))")  # 400 pages of Django's own
     deadline = time.monotonic() + 10
-    while checkpointer.runs == runs and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert checkpointer.runs > runs
+    while project_db.stat().st_size // 4096 < pages + 350 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert project_db.stat().st_size // 4096 >= pages + 350 and checkpointer.runs > runs
     configure(TARGET=str(tmp_path / "own.db"))
+    assert autocheckpoint() == 1000  # the same connection, given its checkpoints back
     connection.close()
     assert autocheckpoint() == 1000
 
@@ -955,3 +962,20 @@ def test_keys_come_from_environment_variables_named_by_the_setting(
     with pytest.raises(ImproperlyConfigured, match=r"MEMIMG\['ENCRYPTION_KEY_ENV'\].*NOT_SET_VARIABLE") as info:
         configure(ENCRYPTION_KEY_ENV="NOT_SET_VARIABLE", INTEGRITY_KEY_ENV="APP_MAC")
     assert mac not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "file"),
+    [
+        ("/srv/app/db.sqlite3", "/srv/app/db.sqlite3"),
+        (Path("db.sqlite3"), "db.sqlite3"),
+        ("file:/srv/app/my%20db.sqlite3?mode=rwc", "/srv/app/my db.sqlite3"),
+        ("file:memdb1?mode=memory&cache=shared", None),
+        (":memory:", None),
+        ("", None),
+    ],
+)
+def test_the_file_a_django_sqlite_name_opens(name: Any, file: str | None) -> None:
+    """A Django SQLite NAME is matched against the image's file by the file it opens: a path, or a file: URI's
+    path; an in-memory database has none."""
+    assert _runtime._file_of(name) == file

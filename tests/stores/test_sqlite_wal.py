@@ -445,7 +445,7 @@ def test_an_adopted_connection_leaves_its_checkpoints_to_the_store(tmp_path: Any
     for _ in range(200):
         app.execute("INSERT INTO app_blobs VALUES (zeroblob(16000))")  # 800 pages of the app's own
     deadline = time.monotonic() + 10
-    while _checkpointed_pages(path) < pages + 700 and time.monotonic() < deadline:
+    while not (_checkpointed_pages(path) >= pages + 700 and checkpointer.runs > runs) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _checkpointed_pages(path) >= pages + 700 and checkpointer.runs > runs
     assert store.head() == 50
@@ -453,3 +453,28 @@ def test_an_adopted_connection_leaves_its_checkpoints_to_the_store(tmp_path: Any
         conn.close()
     readonly.close()
     store.close()
+    assert not store.adopt(sqlite3.connect(path), path)  # closed: nobody would checkpoint for it
+
+
+def test_images_that_copy_other_connections_commits_do_not_set_each_other_off(tmp_path: Any) -> None:
+    """Several stores (processes) that each copy other connections' commits do not keep checkpointing an idle
+    database in turn: a checkpoint's own commit moves the others' data_version, but also the mark, and the
+    others take that as a checkpoint already done. A commit of another connection is still copied."""
+    path = str(tmp_path / "c.db")
+    stores = [_filled(path)] + [SQLiteStore(path) for _ in range(2)]
+    app = sqlite3.connect(path, isolation_level=None)
+    for store in stores:
+        assert store.adopt(app, path)
+    checkpointers = [store._checkpointer for store in stores]
+    time.sleep(3 * _sqlitewal.OTHERS_EVERY)  # the first looks, and their marks
+    settled = [c.runs for c in checkpointers if c is not None]
+    time.sleep(4 * _sqlitewal.OTHERS_EVERY)
+    assert [c.runs for c in checkpointers if c is not None] == settled
+    app.execute("CREATE TABLE app_rows (x)")
+    deadline = time.monotonic() + 10
+    while sum(c.runs for c in checkpointers if c is not None) == sum(settled) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(c.runs for c in checkpointers if c is not None) > sum(settled)
+    app.close()
+    for store in stores:
+        store.close()

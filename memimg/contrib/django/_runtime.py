@@ -20,6 +20,8 @@ import atexit
 import logging
 import os
 import threading
+import urllib.parse
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,32 +127,64 @@ def _install(new: _Opened) -> None:
             atexit.register(close)
             _atexit_registered = True
     _release(old, new)
-    if new.image is not None and isinstance(new.image.store, memimg.SQLiteStore):
-        from django.db import connections  # type: ignore[import-untyped, unused-ignore]
-        from django.db.backends.signals import connection_created  # type: ignore[import-untyped, unused-ignore]
+    _adopt_open_connections()
 
-        connection_created.connect(_adopt_created, dispatch_uid="memimg.contrib.django.adopt")
-        for connection in connections.all():  # (this thread's; other threads' take effect as they reconnect)
-            if connection.connection is not None:
-                _adopt(connection)
+
+def _adopt_open_connections() -> None:
+    """Adopt this thread's open Django connections to the image's file (see :func:`_adopt`); give those adopted
+    for an image that is no longer open SQLite's own checkpoints back. Other threads' connections follow as
+    they reconnect."""
+    from django.db import connections  # type: ignore[import-untyped, unused-ignore]
+    from django.db.backends.signals import connection_created  # type: ignore[import-untyped, unused-ignore]
+
+    connection_created.connect(_adopt_created, dispatch_uid="memimg.contrib.django.adopt")
+    for connection in connections.all():
+        if connection.connection is None or _adopt(connection):
+            continue
+        if _adopted.pop(connection, None) is connection.connection:
+            try:
+                connection.connection.execute("PRAGMA wal_autocheckpoint = 1000")  # (SQLite's default)
+            except Exception as err:  # a broken connection: Django replaces it
+                log.debug("giving a connection its checkpoints back failed: %s", err)
 
 
 def _adopt_created(sender: Any, connection: Any, **kwargs: Any) -> None:
     _adopt(connection)
 
 
-def _adopt(connection: Any) -> None:
+def _adopt(connection: Any) -> bool:
     """Leave the checkpoints of a Django connection to the image's file to the image's SQLite store (see
     :meth:`memimg.SQLiteStore.adopt`): Django's own would run outside memimg's guard against SQLite's WAL-reset
-    bug. Connections to other files are left as they are."""
+    bug. Connections to other files are left as they are. Whether it was adopted."""
     current = _current
     if connection.vendor != "sqlite" or current is None or current.image is None or current.pid != os.getpid():
-        return
-    store = current.image.store
-    name = connection.settings_dict.get("NAME")
-    if not isinstance(store, memimg.SQLiteStore) or not name or str(name).startswith(("file:", ":memory:")):
-        return
-    store.adopt(connection.connection, str(name))
+        return False
+    image = current.image
+    path = _file_of(connection.settings_dict.get("NAME"))
+    if image.closed or not isinstance(image.store, memimg.SQLiteStore) or path is None:
+        return False
+    if not image.store.adopt(connection.connection, path):
+        return False
+    _adopted[connection] = connection.connection
+    return True
+
+
+def _file_of(name: Any) -> str | None:
+    """The file a Django SQLite ``NAME`` opens (a path, or a ``file:`` URI), ``None`` for an in-memory one."""
+    if not name:
+        return None
+    text = str(name)
+    if text.startswith("file:"):
+        parsed = urllib.parse.urlsplit(text)
+        if "mode=memory" in parsed.query:
+            return None
+        text = urllib.parse.unquote(parsed.path)
+    return None if not text or text == ":memory:" else text
+
+
+#: Django connection -> its DB-API connection adopted for the image (given SQLite's own checkpoints back when the
+#: image is no longer open; a DB-API connection takes no weak reference)
+_adopted: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def close() -> None:
@@ -159,6 +193,11 @@ def close() -> None:
     with _lock:
         old, _current = _current, None
     _release(old, None)
+    if old is not None and old.image is not None:
+        try:
+            _adopt_open_connections()
+        except Exception as err:  # (at interpreter exit Django may be gone)
+            log.debug("giving connections their checkpoints back failed: %s", err)
 
 
 def image() -> memimg.MemoryImage:
