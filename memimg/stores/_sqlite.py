@@ -225,8 +225,8 @@ class SQLiteStore:
         """Have *conn*, another library's DB-API connection (``sqlite3``) to the database file at *path*, leave
         its checkpoints to this store if that is this store's file: SQLite's automatic checkpoints off on it,
         and the store's checkpoint thread copying its commits too, within
-        :data:`~memimg.stores._sqlitewal.OTHERS_EVERY` seconds. Whether it did (``False`` for another file, and
-        for a read-only store, which checkpoints nothing).
+        :data:`~memimg.stores._sqlitewal.OTHERS_EVERY` seconds while it commits. Whether it did (``False`` for
+        another file, and for a read-only or closed store, which checkpoints nothing).
 
         For a connection that writes tables of its own in the image's file
         (Django's, with ``TARGET: "default"``): its automatic checkpoints would

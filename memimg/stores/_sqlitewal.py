@@ -324,6 +324,7 @@ class Checkpointer:
         self.skipped = 0
         self._others = False
         self._starting = threading.Lock()
+        self._pid = os.getpid()
 
     def wrote(self, payload_bytes: int, rows: int) -> None:
         """Count the WAL pages a commit of *rows* rows holding *payload_bytes* bytes wrote (about); wake the
@@ -337,6 +338,9 @@ class Checkpointer:
         """Also copy what other connections of this process commit to the database without checkpointing it
         themselves (see :meth:`SQLiteStore.adopt`): from now on the thread (started now) also looks every
         :data:`OTHERS_EVERY` seconds, and checkpoints if the database changed since its last checkpoint."""
+        thread = self._thread
+        if self._others and thread is not None and thread.is_alive():
+            return  # (a connection a request opens must not cost a checkpoint each)
         self._others = True
         self.kick()
 
@@ -344,7 +348,11 @@ class Checkpointer:
         """Have a checkpoint run now (the thread started if it is not running)."""
         if self._stopped:
             return
+        if self._pid != os.getpid():  # forked: the lock may have been held by a thread the child has not
+            self._starting, self._pid = threading.Lock(), os.getpid()
         with self._starting:  # (kicked from other threads than the store's, by copy_others)
+            if self._stopped:
+                return
             thread = self._thread
             if thread is None or not thread.is_alive():
                 thread = threading.Thread(target=self._run, name=f"memimg checkpoints {self.path}", daemon=True)

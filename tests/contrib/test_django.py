@@ -451,8 +451,8 @@ def test_django_leaves_checkpoints_of_the_shared_file_to_memimg(
     assert autocheckpoint() == 0
     connection.close()
     assert autocheckpoint() == 0
-    runs = -1
-    while checkpointer.runs != runs:  # the checkpoints the adoptions started are over
+    runs, deadline = -1, time.monotonic() + 10
+    while checkpointer.runs != runs and time.monotonic() < deadline:  # the adoption's checkpoint is over
         runs = checkpointer.runs
         time.sleep(0.3)
     pages = project_db.stat().st_size // 4096

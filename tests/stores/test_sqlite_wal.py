@@ -441,6 +441,11 @@ def test_an_adopted_connection_leaves_its_checkpoints_to_the_store(tmp_path: Any
     while checkpointer.runs == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     runs, pages = checkpointer.runs, _checkpointed_pages(path)
+    another = sqlite3.connect(path)
+    assert store.adopt(another, path)  # adopting one more (a connection per request) forces no checkpoint
+    time.sleep(0.3)
+    assert checkpointer.runs == runs
+    another.close()
     app.execute("CREATE TABLE app_blobs (b BLOB)")
     for _ in range(200):
         app.execute("INSERT INTO app_blobs VALUES (zeroblob(16000))")  # 800 pages of the app's own
@@ -453,7 +458,9 @@ def test_an_adopted_connection_leaves_its_checkpoints_to_the_store(tmp_path: Any
         conn.close()
     readonly.close()
     store.close()
-    assert not store.adopt(sqlite3.connect(path), path)  # closed: nobody would checkpoint for it
+    late = sqlite3.connect(path)
+    assert not store.adopt(late, path)  # closed: nobody would checkpoint for it
+    late.close()
 
 
 def test_images_that_copy_other_connections_commits_do_not_set_each_other_off(tmp_path: Any) -> None:

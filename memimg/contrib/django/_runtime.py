@@ -127,7 +127,8 @@ def _install(new: _Opened) -> None:
             atexit.register(close)
             _atexit_registered = True
     _release(old, new)
-    _adopt_open_connections()
+    if (new.image is not None and isinstance(new.image.store, memimg.SQLiteStore)) or _adopted:
+        _adopt_open_connections()
 
 
 def _adopt_open_connections() -> None:
@@ -138,7 +139,7 @@ def _adopt_open_connections() -> None:
     from django.db.backends.signals import connection_created  # type: ignore[import-untyped, unused-ignore]
 
     connection_created.connect(_adopt_created, dispatch_uid="memimg.contrib.django.adopt")
-    for connection in connections.all():
+    for connection in connections.all(initialized_only=True):
         if connection.connection is None or _adopt(connection):
             continue
         if _adopted.pop(connection, None) is connection.connection:
@@ -193,7 +194,7 @@ def close() -> None:
     with _lock:
         old, _current = _current, None
     _release(old, None)
-    if old is not None and old.image is not None:
+    if _adopted:
         try:
             _adopt_open_connections()
         except Exception as err:  # (at interpreter exit Django may be gone)
