@@ -5,7 +5,8 @@ Write-ahead logging (WAL) lets readers run while one writer appends.
 a crash of the process; ``sync="full"`` also survives an OS crash or power
 loss, at the price of an fsync per commit. The store waits for another
 connection's write lock in short steps and checkpoints the WAL from a thread
-of its own, off the commit path (:mod:`memimg.stores._sqlitewal`).
+of its own, off the commit path (:mod:`memimg.stores._sqlitewal`,
+:mod:`memimg.stores._sqlitecheckpoints`).
 
 The append rule is enforced by SQLite itself: an event row is inserted only
 if the table's newest seq is the one the writer expected
@@ -61,6 +62,7 @@ from memimg.stores._protocol import (
     poll,
     read_in_chunks,
 )
+from memimg.stores._sqlitecheckpoints import MARK, Checkpointer, checkpoints_alone
 from memimg.stores._sqlitefiles import connect_existing, gone_error
 from memimg.stores._sqlitefiles import stamped_after as _stamped_after
 from memimg.stores._sqlitesql import (
@@ -82,10 +84,7 @@ from memimg.stores._sqlitesql import (
 from memimg.stores._sqlitewal import (
     ADVICE,
     CHECKPOINT_WAIT,
-    MARK,
     WAL_SIZE_LIMIT,
-    Checkpointer,
-    checkpoints_alone,
     is_busy,
     look_behind,
     lost_race,
@@ -225,13 +224,13 @@ class SQLiteStore:
         """Have *conn*, another library's DB-API connection (``sqlite3``) to the database file at *path*, leave
         its checkpoints to this store if that is this store's file: SQLite's automatic checkpoints off on it,
         and the store's checkpoint thread copying its commits too, within
-        :data:`~memimg.stores._sqlitewal.OTHERS_EVERY` seconds while it commits. Whether it did (``False`` for
+        :data:`~memimg.stores._sqlitecheckpoints.OTHERS_EVERY` seconds while it commits. Whether it did (``False`` for
         another file, and for a read-only or closed store, which checkpoints nothing).
 
         For a connection that writes tables of its own in the image's file
         (Django's, with ``TARGET: "default"``): its automatic checkpoints would
         run outside the guard memimg's checkpoints keep against SQLite's
-        WAL-reset bug (see :mod:`memimg.stores._sqlitewal`).
+        WAL-reset bug (see :mod:`memimg.stores._sqlitecheckpoints`).
         """
         if self._checkpointer is None or self._checkpointer.stopped or _identity(os.path.abspath(path)) != self._db_id:
             return False

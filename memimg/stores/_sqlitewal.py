@@ -1,4 +1,5 @@
-"""Keeping SQLite's locking and checkpoints out of a commit's latency.
+"""Keeping SQLite's locking out of a commit's latency: waiting for the write lock, and reading what a lost race
+missed.
 
 **Waiting for the write lock.** SQLite lets one connection write at a time.
 Its own busy handler (``sqlite3.connect(timeout=...)``) sleeps 1, 2, 5, 10,
@@ -9,66 +10,27 @@ tail latency was these sleeps. :func:`retry_busy` waits in steps of 50 µs,
 doubling up to 2 ms, bounded by the same timeout; the store's connection
 runs with SQLite's handler off.
 
-**Checkpoints.** SQLite copies the WAL back into the database file
-(checkpoints) inside whichever commit takes the WAL past 1,000 pages, adding
-milliseconds (the copy and its fsyncs) to that one commit. The store turns
-that off on its connection and a :class:`Checkpointer` runs the same
-checkpoint from a thread of its own, on a connection of its own, when the
-store's commits have written about as much: a ``PASSIVE`` one beside the
-writers, then a ``RESTART`` one that holds the write lock while it copies
-the frames appended meanwhile and syncs, so that the next commit writes the
-WAL from its beginning again (see :func:`checkpoint`; without it the WAL of a busy
-writer never starts over and grows without end). A checkpoint only copies
-committed pages, so a crash at any point loses nothing (the WAL is replayed
-at the next open, as before).
-
-**SQLite's WAL-reset bug** (3.7.0 to 3.51.2; fixed in 3.51.3). A checkpoint
-that starts while every frame of the WAL is already copied can, if another
-connection's commit starts the WAL over at that moment, record frames as
-copied that are not: readers then read those pages from the database file,
-and the commits in them are gone from every reader's view. Seen here once:
-4 writer processes on one log, 42 acknowledged commits vanished (memimg
-refused to go on, naming the seqs). It needs a checkpoint to *start* on a
-fully copied WAL, which two rules rule out (:func:`checkpoint`): only one
-connection checkpoints a database at a time, across processes
-(:func:`checkpoints_alone`, an ``flock`` on the -wal file), and that
-connection commits a one-row change of its own (:data:`MARK`) right before
-each checkpoint -- a frame not yet copied, which only a checkpoint can copy,
-so the WAL is not fully copied when its checkpoint starts, and no commit
-can start it over until that checkpoint ends. memimg's own connections run
-with SQLite's automatic checkpoints off; another program's connection to
-the file should too (or link SQLite >= 3.51.3).
+The checkpoints -- off the commit path, and kept clear of SQLite's WAL-reset
+bug -- are in :mod:`memimg.stores._sqlitecheckpoints`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final, TypeVar
 
 from memimg.core._rows import EventRow
 from memimg.stores._protocol import SeqTaken
-from memimg.stores._sqlitefiles import connect_existing
 from memimg.stores._sqlitesql import READ
 
 __all__ = [
     "ADVICE",
-    "CHECKPOINT_PAGES",
     "CHECKPOINT_WAIT",
-    "MARK",
     "MISSED",
-    "OTHERS_EVERY",
-    "RESTART_WAIT",
     "WAL_SIZE_LIMIT",
-    "Checkpointer",
-    "checkpoint",
-    "checkpoints_alone",
     "identity",
     "is_busy",
     "look_behind",
@@ -76,33 +38,16 @@ __all__ = [
     "retry_busy",
 ]
 
-log = logging.getLogger("memimg")
-
 _T = TypeVar("_T")
 _BUSY: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 #: The first wait for a lock another connection holds, and the longest (seconds).
 FIRST_WAIT: Final = 50e-6
 MAX_WAIT: Final = 2e-3
-#: WAL pages the store's commits write between checkpoints (SQLite's own default threshold).
-CHECKPOINT_PAGES: Final = 1000
-#: How long a checkpoint tries to take the write lock to copy the last frames, so the WAL starts over (seconds).
-RESTART_WAIT: Final = 0.01
 #: The WAL file's size kept after it starts over (SQLite's ``journal_size_limit``): what one burst grew past this is
 #: given back to the disk, what steady commits reuse is kept.
 WAL_SIZE_LIMIT: Final = 64 << 20
-#: The commit a checkpointing connection makes right before each checkpoint: one row of memimg_meta changed (a
-#: value written as it was is no change to SQLite, and no frame), so the WAL holds a frame not yet copied.
-MARK: Final = (
-    "INSERT INTO memimg_meta (key, value) VALUES ('checkpoint.mark', '1') "
-    "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
-)
-#: How long a checkpoint's :data:`MARK` waits for the write lock other processes hold (seconds).
-MARK_WAIT: Final = 0.05
-#: How often a checkpoint thread that copies other connections' pages too looks for their commits (seconds).
-OTHERS_EVERY: Final = 1.0
 #: The most events a refused append hands over (the writer reads any others itself).
 MISSED: Final = 1000
-_PAGE: Final = 4096
 
 
 def is_busy(err: BaseException) -> bool:
@@ -168,272 +113,6 @@ def look_behind(conn: sqlite3.Connection, timeout: float, expected_head: int) ->
     if not rows:
         return None
     return SeqTaken(expected_head, list(map(EventRow._make, rows[:MISSED])), more=len(rows) > MISSED)
-
-
-@contextlib.contextmanager
-def checkpoints_alone(path: str, wait: float) -> Iterator[bool]:
-    """Hold the checkpoint lock of the database at *path* (absolute): an exclusive ``flock`` on its -wal file,
-    tried for up to *wait* seconds; yields whether it is held (also when there is no -wal to lock: then no one
-    else holds it either).
-
-    Every checkpoint memimg runs holds it, so across processes only one
-    connection checkpoints a database at a time (see the module's note on
-    the WAL-reset bug). The -wal, because SQLite takes no POSIX locks on it:
-    opening and closing it here ends none of this process's SQLite locks (as
-    a descriptor of the database or its -shm closed would), and an
-    ``flock`` is not a POSIX lock. A new descriptor each time, and a child
-    forked while one is open closes its copy at once (:func:`_forked`): the
-    lock belongs to the open file, which the copy shares, so a child that
-    kept it would hold the parent's lock for as long as it lives.
-    """
-    try:
-        fd = os.open(path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        yield True
-        return
-    _LOCK_FDS.add(fd)
-    pid = os.getpid()
-    try:
-        deadline = time.monotonic() + wait
-        pause = FIRST_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() + pause > deadline:
-                    yield False
-                    return
-                time.sleep(pause)
-                pause = min(pause * 2, MAX_WAIT)
-        yield True
-    finally:
-        if os.getpid() == pid:  # (in a forked child the copy is closed already, its number maybe reused)
-            _LOCK_FDS.discard(fd)
-            os.close(fd)  # (the flock ends with it)
-
-
-#: the descriptors :func:`checkpoints_alone` has open (a forked child closes its copies)
-_LOCK_FDS: set[int] = set()
-
-
-def _forked() -> None:
-    """In a forked child: close the copies of the parent's checkpoint-lock descriptors, without unlocking them
-    (``LOCK_UN`` on a copy would end the parent's lock)."""
-    for fd in list(_LOCK_FDS):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _LOCK_FDS.clear()
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = None) -> bool | None:
-    """Copy the WAL into the database on *conn* (whose busy timeout is 0) so that the next commit writes the WAL
-    from its beginning again; whether it will (``None``: no checkpoint ran). The caller holds
-    :func:`checkpoints_alone`.
-
-    A ``PASSIVE`` checkpoint copies what is committed beside the writers,
-    but never the frames they append while it runs: under steady commits it
-    never catches up, the next commit never starts the WAL over, and the
-    WAL grows by a page or more per commit for as long as they go on
-    (hundreds of MB, each new page zeroed by the kernel). Even when it
-    copied every frame, a commit that began meanwhile goes on in the WAL.
-    So a ``RESTART`` checkpoint follows: it holds the write
-    lock while it copies the frames appended meanwhile and syncs the WAL and
-    the database file (a median 0.6 ms, up to 4 ms, on the SSD this was
-    measured on; longer on a slow disk). *own_commits*, the lock this
-    process's commits on the database hold, is held around it, so those
-    commits wait for it there and never find SQLite's lock taken by their
-    own process (with a short ``busy_timeout`` that would fail them). It is
-    tried again in short waits while another process holds the write lock,
-    for up to :data:`RESTART_WAIT`; once every frame is copied but a reader
-    is still in the WAL, it gives up at once (the next checkpoint tries
-    again; nothing waits on it).
-
-    Each of them starts right after a commit of :data:`MARK` (the module's note: a
-    ``RESTART`` that finds the write lock held runs as a ``PASSIVE`` one,
-    beside the writers, right after one that may have copied everything).
-    A mark that cannot take the write lock (or the store's lock) within
-    :data:`MARK_WAIT` skips the checkpoint it was for: the checkpoint lock
-    is never held long by a checkpoint that is not running.
-    """
-    if own_commits is not None and not own_commits.acquire(timeout=MARK_WAIT):
-        return None  # a commit of this process is waiting for another process's write lock: not now
-    try:
-        retry_busy(MARK_WAIT, conn.execute, MARK)
-    except sqlite3.Error as err:
-        if not is_busy(err):
-            raise
-        return None
-    finally:
-        if own_commits is not None:
-            own_commits.release()
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    deadline = time.monotonic() + RESTART_WAIT
-    wait = FIRST_WAIT
-    while True:
-        if own_commits is None or own_commits.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-            try:
-                conn.execute(MARK)
-                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-            except sqlite3.Error as err:
-                if not is_busy(err):
-                    raise
-                busy, frames, copied = 1, 1, 0  # the mark found the write lock held: as a RESTART would
-            finally:
-                if own_commits is not None:
-                    own_commits.release()
-            if not busy:
-                return True
-            if copied == frames:  # all copied: a reader in the WAL keeps it from starting over, for now
-                return False
-        if time.monotonic() + wait > deadline:
-            return False
-        time.sleep(wait)
-        wait = min(wait * 2, MAX_WAIT)
-
-
-class Checkpointer:
-    """Checkpoints one database's WAL from a daemon thread, on a connection of its own.
-
-    The store calls :meth:`wrote` after each commit; once about
-    :data:`CHECKPOINT_PAGES` pages were written, the thread (started then,
-    or again in a forked child) runs :func:`checkpoint` holding the
-    database's checkpoint lock (:func:`checkpoints_alone`; it skips the
-    checkpoint if another connection holds it), and *own_commits* (the
-    store's lock) only around its own commits and the ``RESTART`` tries.
-    :meth:`stop` ends the thread and closes its connection, so that the
-    store's own connection, closed last, checkpoints and removes the WAL as
-    SQLite does for the last connection to a database.
-    """
-
-    def __init__(self, path: str, db_id: tuple[int, int] | None, own_commits: threading.RLock | None = None) -> None:
-        self.path = path  # absolute: the thread may start after the working directory changed
-        self._db_id = db_id
-        self._own_commits = own_commits
-        self._pages = 0
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
-        #: checkpoints run, how many of them left the WAL to start over, and how many were not run because another
-        #: connection was checkpointing the database (for tests and diagnostics)
-        self.runs = 0
-        self.restarted = 0
-        self.skipped = 0
-        self._others = False
-        self._starting = threading.Lock()
-        self._pid = os.getpid()
-
-    def wrote(self, payload_bytes: int, rows: int) -> None:
-        """Count the WAL pages a commit of *rows* rows holding *payload_bytes* bytes wrote (about); wake the
-        thread when enough were. Called with the store's lock."""
-        self._pages += 1 + (payload_bytes + 32 * rows) // _PAGE
-        if self._pages >= CHECKPOINT_PAGES:
-            self._pages = 0
-            self.kick()
-
-    def copy_others(self) -> None:
-        """Also copy what other connections of this process commit to the database without checkpointing it
-        themselves (see :meth:`SQLiteStore.adopt`): from now on the thread (started now) also looks every
-        :data:`OTHERS_EVERY` seconds, and checkpoints if the database changed since its last checkpoint."""
-        thread = self._thread
-        if self._others and thread is not None and thread.is_alive():
-            return  # (a connection a request opens must not cost a checkpoint each)
-        self._others = True
-        self.kick()
-
-    def kick(self) -> None:
-        """Have a checkpoint run now (the thread started if it is not running)."""
-        if self._stopped:
-            return
-        if self._pid != os.getpid():  # forked: the lock may have been held by a thread the child has not
-            self._starting, self._pid = threading.Lock(), os.getpid()
-        with self._starting:  # (kicked from other threads than the store's, by copy_others)
-            if self._stopped:
-                return
-            thread = self._thread
-            if thread is None or not thread.is_alive():
-                thread = threading.Thread(target=self._run, name=f"memimg checkpoints {self.path}", daemon=True)
-                thread.never_waits_for_an_image = True  # type: ignore[attr-defined]  # (a snapshot need not yield)
-                self._thread = thread
-                thread.start()
-        self._wake.set()
-
-    @property
-    def stopped(self) -> bool:
-        """Whether no checkpoint will run any more (stopped, or the thread found no database to connect to)."""
-        return self._stopped
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the thread (a checkpoint running finishes first) and close its connection."""
-        self._stopped = True
-        self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _connect(self) -> sqlite3.Connection | None:
-        """A connection to the database the store opened; ``None`` if the path no longer names it."""
-        try:
-            conn = connect_existing(self.path, "rw", 0)
-            conn.execute("PRAGMA wal_autocheckpoint = 0")  # (its marks are commits)
-            conn.execute("PRAGMA synchronous = NORMAL")  # a mark is no commit to wait an fsync for
-        except sqlite3.Error as err:
-            log.debug("no checkpoints of %s: %s", self.path, err)
-            return None
-        if identity(self.path) != self._db_id:  # opened after the file was replaced: not the store's database
-            conn.close()
-            return None
-        return conn
-
-    def _run(self) -> None:
-        conn = self._connect()
-        if conn is None:
-            self._stopped = True
-            return
-        try:
-            seen = None  # (data_version, mark) as of the last checkpoint or look (for copy_others)
-            while True:
-                woken = self._wake.wait(OTHERS_EVERY if self._others else None)
-                self._wake.clear()
-                if self._stopped:
-                    return
-                try:
-                    look = _look(conn) if self._others else None
-                except sqlite3.Error as err:  # the next look tries again
-                    log.debug("looking for commits to %s failed: %s", self.path, err)
-                    continue
-                if not woken and seen is not None and look is not None and (look[0] == seen[0] or look[1] != seen[1]):
-                    # no commit since, or another connection checkpointed meanwhile (its mark): it copied what was
-                    # committed before it (and looking on would set the processes off in turn)
-                    seen = look
-                    continue
-                try:
-                    with checkpoints_alone(self.path, 0) as alone:
-                        if not alone:  # another connection is checkpointing: this one is not needed
-                            self.skipped += 1
-                            continue
-                        restarted = checkpoint(conn, self._own_commits)
-                        if restarted is None:
-                            continue
-                        self.restarted += restarted
-                        if look is not None:  # commits during it: a later look finds the version moved
-                            seen = look[0], _look(conn)[1]
-                except (sqlite3.Error, OSError) as err:  # busy, or the disk: the next one tries again
-                    log.debug("checkpoint of %s failed: %s", self.path, err)
-                self.runs += 1
-        finally:
-            conn.close()
-
-
-def _look(conn: sqlite3.Connection) -> tuple[int, str | None]:
-    """The database's ``data_version`` for *conn* (it moves with every other connection's commit) and its
-    checkpoint mark (it moves with every checkpoint memimg runs)."""
-    version = conn.execute("PRAGMA data_version").fetchone()[0]
-    row = conn.execute("SELECT value FROM memimg_meta WHERE key = 'checkpoint.mark'").fetchone()
-    return version, None if row is None else row[0]
 
 
 #: how long :meth:`SQLiteStore.reclaim` tries to empty a WAL another connection is reading

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import memimg
-from memimg.stores import SeqTaken, SQLiteStore, _sqlitewal
+from memimg.stores import SeqTaken, SQLiteStore, _sqlitecheckpoints, _sqlitewal
 from tests.stores.contract import row
 
 
@@ -142,7 +142,7 @@ def test_checkpoints_run_in_a_thread_of_their_own(tmp_path: Any) -> None:
         checkpointer = store._checkpointer
         assert checkpointer is not None
         before = _checkpointed_pages(path)
-        for i in range(_sqlitewal.CHECKPOINT_PAGES - 50):
+        for i in range(_sqlitecheckpoints.CHECKPOINT_PAGES - 50):
             img.root["n"] = i
         time.sleep(0.05)
         assert checkpointer.runs == 0 and _checkpointed_pages(path) == before
@@ -167,11 +167,11 @@ def test_a_writer_that_never_pauses_keeps_its_wal_bounded(tmp_path: Any) -> None
     with memimg.open(path, root=dict, snapshot_every=None) as img:
         store = img.store
         assert isinstance(store, SQLiteStore) and store._checkpointer is not None
-        for i in range(rounds * _sqlitewal.CHECKPOINT_PAGES):
+        for i in range(rounds * _sqlitecheckpoints.CHECKPOINT_PAGES):
             img.root["n"] = i
         frames = os.path.getsize(path + "-wal") // _FRAME  # the most the WAL ever held: it is not truncated
         assert store._checkpointer.restarted >= 1
-    assert frames < rounds * _sqlitewal.CHECKPOINT_PAGES / 2, frames
+    assert frames < rounds * _sqlitecheckpoints.CHECKPOINT_PAGES / 2, frames
 
 
 def test_a_writer_alone_never_waits_for_its_own_checkpoints(tmp_path: Any) -> None:
@@ -179,11 +179,11 @@ def test_a_writer_alone_never_waits_for_its_own_checkpoints(tmp_path: Any) -> No
     the write lock to start the WAL over: its commits wait for that on the store's own lock, never on SQLite's."""
     path = str(tmp_path / "c.db")
     with memimg.open(path, root=dict, snapshot_every=None, busy_timeout=0) as img:
-        for i in range(10 * _sqlitewal.CHECKPOINT_PAGES):
+        for i in range(10 * _sqlitecheckpoints.CHECKPOINT_PAGES):
             img.root["n"] = i
         assert img.store._checkpointer.restarted >= 1
     with memimg.open(path, root=dict) as reopened:
-        assert reopened.root == {"n": 10 * _sqlitewal.CHECKPOINT_PAGES - 1}
+        assert reopened.root == {"n": 10 * _sqlitecheckpoints.CHECKPOINT_PAGES - 1}
 
 
 def test_a_checkpoint_leaves_a_reader_in_the_wal_alone(tmp_path: Any) -> None:
@@ -199,12 +199,12 @@ def test_a_checkpoint_leaves_a_reader_in_the_wal_alone(tmp_path: Any) -> None:
     store.append([row(51)], 50)  # past the reader's snapshot
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
     started = time.monotonic()
-    assert _sqlitewal.checkpoint(checkpointing) is False
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is False
     assert time.monotonic() - started < 1
     store.append([row(52)], 51)
     assert reader.execute("SELECT count(*) FROM memimg_events").fetchone() == (50,)
     reader.execute("COMMIT")
-    assert _sqlitewal.checkpoint(checkpointing) is True
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is True
     store.append([row(53)], 52)
     log_frames = checkpointing.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
     assert log_frames <= 2  # the commit after it wrote the WAL from its beginning
@@ -218,7 +218,7 @@ def test_close_stops_the_checkpoint_thread_and_empties_the_wal(tmp_path: Any) ->
     connection is the last one and SQLite checkpoints the WAL into the database and removes it."""
     path = str(tmp_path / "c.db")
     img = memimg.open(path, root=dict, snapshot_every=None)
-    for i in range(_sqlitewal.CHECKPOINT_PAGES + 10):
+    for i in range(_sqlitecheckpoints.CHECKPOINT_PAGES + 10):
         img.root["n"] = i
     checkpointer = img.store._checkpointer
     thread = checkpointer._thread
@@ -228,16 +228,16 @@ def test_close_stops_the_checkpoint_thread_and_empties_the_wal(tmp_path: Any) ->
     assert not thread.is_alive()
     assert not os.path.exists(path + "-wal")
     with sqlite3.connect(path) as conn:  # everything is in the database file
-        assert conn.execute("SELECT count(*) FROM memimg_events").fetchone()[0] > _sqlitewal.CHECKPOINT_PAGES
+        assert conn.execute("SELECT count(*) FROM memimg_events").fetchone()[0] > _sqlitecheckpoints.CHECKPOINT_PAGES
     with memimg.open(path, root=dict) as reopened:
-        assert reopened.root == {"n": _sqlitewal.CHECKPOINT_PAGES + 9, "last": "x"}
+        assert reopened.root == {"n": _sqlitecheckpoints.CHECKPOINT_PAGES + 9, "last": "x"}
 
 
 def test_a_store_dropped_unclosed_ends_its_checkpoint_thread(tmp_path: Any) -> None:
     """A store that is garbage-collected without close() does not leave its checkpoint thread (and that
     thread's connection) behind."""
     store = SQLiteStore(str(tmp_path / "c.db"))
-    for seq in range(1, _sqlitewal.CHECKPOINT_PAGES + 1):
+    for seq in range(1, _sqlitecheckpoints.CHECKPOINT_PAGES + 1):
         store.append([row(seq)], seq - 1)
     assert store._checkpointer is not None
     thread = store._checkpointer._thread
@@ -292,10 +292,10 @@ def test_every_checkpoint_starts_right_after_a_commit_of_its_own(tmp_path: Any) 
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
     ran = _statements(checkpointing)
-    assert _sqlitewal.checkpoint(checkpointing) is True
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is True
     pragmas = [i for i, sql in enumerate(ran) if sql.startswith("PRAGMA wal_checkpoint")]
     assert [ran[i] for i in pragmas] == ["PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(RESTART)"]
-    assert all(ran[i - 1] == _sqlitewal.MARK for i in pragmas)
+    assert all(ran[i - 1] == _sqlitecheckpoints.MARK for i in pragmas)
     marks = checkpointing.execute("SELECT value FROM memimg_meta WHERE key = 'checkpoint.mark'").fetchone()
     assert marks == ("2",)
     assert store.head() == 50 and [r[0] for r in store.read(after=0)] == list(range(1, 51))
@@ -312,11 +312,11 @@ def test_a_checkpoint_whose_commit_finds_the_write_lock_held_is_not_run(tmp_path
     ran = _statements(checkpointing)
     blocker = _held(path)
     started = time.monotonic()
-    assert _sqlitewal.checkpoint(checkpointing) is None  # (none ran)
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is None  # (none ran)
     assert time.monotonic() - started < 1
     assert not [sql for sql in ran if sql.startswith("PRAGMA wal_checkpoint")]
     blocker.execute("ROLLBACK")
-    assert _sqlitewal.checkpoint(checkpointing) is True
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is True
     blocker.close()
     checkpointing.close()
     store.close()
@@ -326,7 +326,7 @@ def test_a_checkpoint_whose_commit_finds_the_write_lock_held_is_not_run(tmp_path
 def _checkpoint_lock_held(path: str, where: str) -> Iterator[None]:
     """The database's checkpoint lock held by another connection, in this process or another one."""
     if where == "here":
-        with _sqlitewal.checkpoints_alone(path, 0) as alone:
+        with _sqlitecheckpoints.checkpoints_alone(path, 0) as alone:
             assert alone
             yield
         return
@@ -342,7 +342,7 @@ def _checkpoint_lock_held(path: str, where: str) -> Iterator[None]:
 
 _HOLD = """
 import sys
-from memimg.stores._sqlitewal import checkpoints_alone
+from memimg.stores._sqlitecheckpoints import checkpoints_alone
 with checkpoints_alone(sys.argv[1], 5) as alone:
     print("held" if alone else "not held", flush=True)
     sys.stdin.read()
@@ -360,7 +360,7 @@ def test_only_one_connection_checkpoints_a_database_at_a_time(tmp_path: Any, whe
     checkpointer = store._checkpointer
     assert checkpointer is not None
     with _checkpoint_lock_held(path, where):
-        with _sqlitewal.checkpoints_alone(path, 0.05) as again:
+        with _sqlitecheckpoints.checkpoints_alone(path, 0.05) as again:
             assert not again
         checkpointer.kick()
         deadline = time.monotonic() + 10
@@ -389,7 +389,7 @@ def test_reclaim_checkpoints_right_after_commits_of_its_own(tmp_path: Any) -> No
     ran = _statements(store._conn)
     assert store.reclaim() is True
     pragmas = [i for i, sql in enumerate(ran) if sql.startswith("PRAGMA wal_checkpoint")]
-    assert len(pragmas) == 2 and all(ran[i - 1] == _sqlitewal.MARK for i in pragmas)
+    assert len(pragmas) == 2 and all(ran[i - 1] == _sqlitecheckpoints.MARK for i in pragmas)
     assert "VACUUM" in ran[pragmas[0] : pragmas[1]]
     store.close()
 
@@ -401,7 +401,7 @@ def test_a_child_forked_while_the_checkpoint_lock_is_held_does_not_keep_it(tmp_p
     store = _filled(path)
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
-    with _sqlitewal.checkpoints_alone(path, 0) as alone:
+    with _sqlitecheckpoints.checkpoints_alone(path, 0) as alone:
         assert alone
         child = os.fork()
         if child == 0:  # the child: still alive until the parent has tried
@@ -410,7 +410,7 @@ def test_a_child_forked_while_the_checkpoint_lock_is_held_does_not_keep_it(tmp_p
             os._exit(0)
     try:
         assert os.read(ready_r, 1) == b"x"
-        with _sqlitewal.checkpoints_alone(path, 0.5) as again:
+        with _sqlitecheckpoints.checkpoints_alone(path, 0.5) as again:
             assert again
     finally:
         os.write(done_w, b"x")
@@ -473,9 +473,9 @@ def test_images_that_copy_other_connections_commits_do_not_set_each_other_off(tm
     for store in stores:
         assert store.adopt(app, path)
     checkpointers = [store._checkpointer for store in stores]
-    time.sleep(3 * _sqlitewal.OTHERS_EVERY)  # the first looks, and their marks
+    time.sleep(3 * _sqlitecheckpoints.OTHERS_EVERY)  # the first looks, and their marks
     settled = [c.runs for c in checkpointers if c is not None]
-    time.sleep(4 * _sqlitewal.OTHERS_EVERY)
+    time.sleep(4 * _sqlitecheckpoints.OTHERS_EVERY)
     assert [c.runs for c in checkpointers if c is not None] == settled
     app.execute("CREATE TABLE app_rows (x)")
     deadline = time.monotonic() + 10
