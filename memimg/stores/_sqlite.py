@@ -446,9 +446,7 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
-                        if (taken := look_behind(conn, self._busy_timeout, expected_head)) is not None:
-                            raise taken from None  # behind already: refused without waiting for the lock
-                        self._after_fill(cur.execute, APPEND_AT_HEAD, first)
+                        self._when_locked(expected_head, cur.execute, APPEND_AT_HEAD, first)
                     size = len(first[5])
                 else:
                     try:
@@ -456,9 +454,7 @@ class SQLiteStore:
                     except sqlite3.OperationalError as err:
                         if not is_busy(err):
                             raise
-                        if (taken := look_behind(conn, self._busy_timeout, expected_head)) is not None:
-                            raise taken from None
-                        self._after_fill(cur.execute, "BEGIN IMMEDIATE")
+                        self._when_locked(expected_head, cur.execute, "BEGIN IMMEDIATE")
                     try:
                         cur.execute(APPEND_AT_HEAD, first)
                         _insert_rest(cur, rows)
@@ -526,7 +522,7 @@ class SQLiteStore:
         :data:`targets.CHUNK_SECONDS`, see :func:`targets.resize`), the write lock given up between chunks, on a
         connection of its own (opened for the call): this store's connection stays free meanwhile for what
         needs no write lock -- a transaction's begin asking whether others committed, reads -- and an append
-        that finds the write lock held by a chunk waits for that chunk's end (see :meth:`_after_fill`)."""
+        that finds the write lock held by a chunk waits for that chunk's end (see :meth:`_when_locked`)."""
         doing = f"indexing the targets of the events up to seq {upto}"
         with self._lock:  # first whether anything waits (history asks before each read), on this store's connection
             try:
@@ -588,11 +584,15 @@ class SQLiteStore:
             raise
         return conn
 
-    def _after_fill(self, fn: Any, *args: Any) -> Any:
-        """An append found the write lock held: ``retry_busy(fn, *args)`` -- holding the fill's lock first if this
-        store's own fill (:meth:`index_targets`) holds SQLite's, so that the append waits for that chunk's end
-        (not in polls) and goes in before the next chunk. The whole wait is bounded by busy_timeout, the fill's lock
-        included (a fill waiting as long for another process's lock gives up)."""
+    def _when_locked(self, expected_head: int, fn: Any, *args: Any) -> Any:
+        """An append found the write lock held. If other writers appended past *expected_head*, raise the
+        :class:`SeqTaken` with what it missed (:func:`look_behind`), without waiting for the lock; otherwise
+        ``retry_busy(fn, *args)`` -- holding the fill's lock first if this store's own fill (:meth:`index_targets`)
+        holds SQLite's, so that the append waits for that chunk's end (not in polls) and goes in before the next
+        chunk. The whole wait is bounded by busy_timeout, the fill's lock included (a fill waiting as long for
+        another process's lock gives up)."""
+        if (taken := look_behind(self._conn, self._busy_timeout, expected_head)) is not None:
+            raise taken from None  # behind already: refused without the "database is locked" it was found in
         fill, deadline = self._fill_lock, time.monotonic() + self._busy_timeout
         if fill.locked() and fill.acquire(timeout=self._busy_timeout):
             try:
