@@ -44,6 +44,7 @@ from examples.django_bank.bank.domain import Account, Bank  # noqa: E402
 from memimg.contrib.django import _runtime, image, inspector, non_transactional, reopen, root  # noqa: E402
 from memimg.contrib.django._config import url_for_database  # noqa: E402
 from memimg.contrib.django.management.commands.memimg import with_default_target  # noqa: E402
+from memimg.stores._protocol import poll  # noqa: E402
 from memimg.stores._sqlite import SQLiteStore  # noqa: E402
 from tests.conftest import POSTGRES_URL  # noqa: E402
 
@@ -460,9 +461,7 @@ def test_django_leaves_checkpoints_of_the_shared_file_to_memimg(
         cursor.execute("CREATE TABLE IF NOT EXISTS app_blobs (b BLOB)")
         for _ in range(100):
             cursor.execute("INSERT INTO app_blobs VALUES (zeroblob(16000))")  # 400 pages of Django's own
-    deadline = time.monotonic() + 10
-    while project_db.stat().st_size // 4096 < pages + 350 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: project_db.stat().st_size // 4096 >= pages + 350, 10, 0.05)
     assert project_db.stat().st_size // 4096 >= pages + 350 and checkpointer.runs > runs
     configure(TARGET=str(tmp_path / "own.db"))
     assert autocheckpoint() == 1000  # the same connection, given its checkpoints back

@@ -17,6 +17,7 @@ import pytest
 
 import memimg
 from memimg.stores import SeqTaken, SQLiteStore, _sqlitecheckpoints, _sqlitewal
+from memimg.stores._protocol import poll
 from tests.stores.contract import row
 
 
@@ -148,9 +149,7 @@ def test_checkpoints_run_in_a_thread_of_their_own(tmp_path: Any) -> None:
         assert checkpointer.runs == 0 and _checkpointed_pages(path) == before
         for i in range(100):
             img.root["n"] = i
-        deadline = time.monotonic() + 10
-        while checkpointer.runs == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        poll(lambda: checkpointer.runs != 0, 10, 0.01)
         assert checkpointer.runs == 1
         assert _checkpointed_pages(path) > before
 
@@ -363,18 +362,14 @@ def test_only_one_connection_checkpoints_a_database_at_a_time(tmp_path: Any, whe
         with _sqlitecheckpoints.checkpoints_alone(path, 0.05) as again:
             assert not again
         checkpointer.kick()
-        deadline = time.monotonic() + 10
-        while checkpointer.skipped == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        poll(lambda: checkpointer.skipped != 0, 10, 0.01)
         assert checkpointer.skipped == 1 and checkpointer.runs == 0
         size, meta = os.path.getsize(path), store.meta()
         with pytest.raises(memimg.LockedError, match="another connection kept checkpointing"):
             store.reclaim()
         assert (os.path.getsize(path), store.meta(), store.head()) == (size, meta, 50)
     checkpointer.kick()
-    deadline = time.monotonic() + 10
-    while checkpointer.runs == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll(lambda: checkpointer.runs != 0, 10, 0.01)
     assert checkpointer.runs == 1 and checkpointer.skipped == 1
     assert store.reclaim() is True
     assert store.head() == 50
@@ -437,9 +432,7 @@ def test_an_adopted_connection_leaves_its_checkpoints_to_the_store(tmp_path: Any
     assert app.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
     assert store.adopt(app, os.path.relpath(path))
     assert app.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
-    deadline = time.monotonic() + 10
-    while checkpointer.runs == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll(lambda: checkpointer.runs != 0, 10, 0.01)
     runs, pages = checkpointer.runs, _checkpointed_pages(path)
     another = sqlite3.connect(path)
     assert store.adopt(another, path)  # adopting one more (a connection per request) forces no checkpoint
@@ -449,9 +442,7 @@ def test_an_adopted_connection_leaves_its_checkpoints_to_the_store(tmp_path: Any
     app.execute("CREATE TABLE app_blobs (b BLOB)")
     for _ in range(200):
         app.execute("INSERT INTO app_blobs VALUES (zeroblob(16000))")  # 800 pages of the app's own
-    deadline = time.monotonic() + 10
-    while not (_checkpointed_pages(path) >= pages + 700 and checkpointer.runs > runs) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: _checkpointed_pages(path) >= pages + 700 and checkpointer.runs > runs, 10, 0.05)
     assert _checkpointed_pages(path) >= pages + 700 and checkpointer.runs > runs
     assert store.head() == 50
     for conn in (app, elsewhere):
@@ -478,9 +469,7 @@ def test_images_that_copy_other_connections_commits_do_not_set_each_other_off(tm
     time.sleep(4 * _sqlitecheckpoints.OTHERS_EVERY)
     assert [c.runs for c in checkpointers if c is not None] == settled
     app.execute("CREATE TABLE app_rows (x)")
-    deadline = time.monotonic() + 10
-    while sum(c.runs for c in checkpointers if c is not None) == sum(settled) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: sum(c.runs for c in checkpointers if c is not None) != sum(settled), 10, 0.05)
     assert sum(c.runs for c in checkpointers if c is not None) > sum(settled)
     app.close()
     for store in stores:
