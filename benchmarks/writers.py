@@ -14,6 +14,15 @@ same runs on PostgreSQL (each run in a schema of its own, dropped
 afterwards), against raw ``psycopg`` writers inserting one row per commit
 with ``synchronous_commit = off`` (what memimg's ``sync="normal"`` sets).
 
+Beside them, for the largest writer count, raw writers keeping **the log's
+own rule** (column ``gap-free raw``): each appends at the seq after the head
+it knows with one conditional ``INSERT`` (taken only if that is still the
+head), and when refused reads the rows it missed, keeps their values and
+tries again -- what any writer of a gap-free, ordered log shared by processes
+that each keep the whole state must do, with no memimg code at all. It is the
+ceiling of memimg's figure on that store; the bars print memimg against it
+too.
+
 Processes are started once per writer count and kept waiting on stdin; each
 repetition sends ``go SECONDS`` to one system's writers at a time (systems
 alternate) and sums the counts they report, so process start-up and imports
@@ -34,9 +43,11 @@ from typing import Any
 
 from benchmarks.harness import ROOT, Context
 
-__all__ = ["POSTGRES_ENV", "writer_main", "writers"]
+__all__ = ["GAP_FREE", "POSTGRES_ENV", "writer_main", "writers"]
 
 POSTGRES_ENV = "MEMIMG_TEST_POSTGRES_URL"
+#: The system name (a column of the table) of the raw writers keeping the log's rule (see the module docstring).
+GAP_FREE = "gap-free raw"
 
 
 # -- the child side ------------------------------------------------------------------
@@ -78,6 +89,40 @@ def _open_writer(kind: str, where: str, wid: int, writers: int) -> tuple[Any, An
             conn.execute("INSERT INTO log (obj, field, value) VALUES (?, 'balance', ?)", (key, value))
 
         return insert, conn.close
+    if kind == "sqlite3-gapfree":
+        import sqlite3
+
+        conn = sqlite3.connect(where, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        at_head = (
+            "INSERT INTO log (seq, obj, field, value) SELECT ?, ?, 'balance', ? "
+            "WHERE coalesce((SELECT max(seq) FROM log), 0) = ?"
+        )
+        return _gap_free(
+            lambda seq, key, value: conn.execute(at_head, (seq, key, value, seq - 1)).rowcount == 1,
+            lambda after: conn.execute(_MISSED, (after,)).fetchall(),
+            conn.close,
+        )
+    if kind == "psycopg-gapfree":
+        import psycopg
+
+        url, schema = where.split("|")
+        pg = psycopg.connect(_libpq(url), autocommit=True)
+        pg.execute("SET synchronous_commit = off")
+        at_head_pg = (
+            f'INSERT INTO "{schema}".log (seq, obj, field, value) SELECT %s, %s, %s, %s '
+            f'WHERE coalesce((SELECT max(seq) FROM "{schema}".log), 0) = %s'
+        )
+        missed_pg = _MISSED.replace("FROM log", f'FROM "{schema}".log').replace("?", "%s")
+
+        def insert_at(seq: int, key: int, value: int) -> bool:
+            try:
+                return bool(pg.execute(at_head_pg, (seq, key, "balance", value, seq - 1)).rowcount == 1)
+            except psycopg.errors.UniqueViolation:  # another writer's insert of the seq committed meanwhile
+                return False
+
+        return _gap_free(insert_at, lambda after: pg.execute(missed_pg, (after,)).fetchall(), pg.close)
     if kind == "psycopg":
         import psycopg
 
@@ -91,6 +136,27 @@ def _open_writer(kind: str, where: str, wid: int, writers: int) -> tuple[Any, An
 
         return insert_pg, pg.close
     raise SystemExit(f"unknown writer kind {kind!r}")
+
+
+_MISSED = "SELECT seq, obj, value FROM log WHERE seq > ? ORDER BY seq LIMIT 1000"
+
+
+def _gap_free(insert_at: Any, missed: Any, close: Any) -> tuple[Any, Any]:
+    """``(update, close)`` of a raw writer keeping the log's rule: *insert_at(seq, key, value)* appends only at
+    the head's next seq; refused, *missed(after)* gives the rows past the head it knew, whose values it keeps."""
+    state: dict[int, int] = {}
+    head = max((row[0] for row in missed(0)), default=0)  # (the table starts empty: one read)
+
+    def update(key: int, value: int) -> None:
+        nonlocal head
+        while not insert_at(head + 1, key, value):
+            for seq, obj, val in missed(head):
+                state[obj] = val
+                head = seq
+        head += 1
+        state[key] = value
+
+    return update, close
 
 
 def writer_main(kind: str, where: str, wid: str, writers: str, accounts: str) -> None:
@@ -194,14 +260,14 @@ def _prepare_sqlite(path: Path) -> None:
     conn.close()
 
 
-def _postgres_setup(url: str, accounts: int) -> tuple[str, str, Any]:
-    """Two fresh schemas (memimg's, raw psycopg's) and a function dropping both."""
+def _postgres_setup(url: str, accounts: int) -> tuple[str, str, str, Any]:
+    """Three fresh schemas (memimg's, raw psycopg's, the gap-free raw writers') and a function dropping them."""
     import psycopg
 
     from memimg.stores._sqlalchemy import SQLAlchemyStore
 
     tag = uuid.uuid4().hex[:10]
-    mem_schema, raw_schema = f"bench_mi_{tag}", f"bench_raw_{tag}"
+    mem_schema, raw_schema, gap_schema = f"bench_mi_{tag}", f"bench_raw_{tag}", f"bench_gap_{tag}"
     _prepare_memimg(SQLAlchemyStore(url, schema=mem_schema), accounts)
     with psycopg.connect(_libpq(url), autocommit=True) as pg:
         pg.execute(f'CREATE SCHEMA "{raw_schema}"')
@@ -209,13 +275,18 @@ def _postgres_setup(url: str, accounts: int) -> tuple[str, str, Any]:
             f'CREATE TABLE "{raw_schema}".log (seq BIGSERIAL PRIMARY KEY, obj INTEGER NOT NULL, '
             "field TEXT NOT NULL, value BIGINT)"
         )
+        pg.execute(f'CREATE SCHEMA "{gap_schema}"')
+        pg.execute(
+            f'CREATE TABLE "{gap_schema}".log (seq BIGINT PRIMARY KEY, obj INTEGER NOT NULL, '
+            "field TEXT NOT NULL, value BIGINT)"
+        )
 
     def drop() -> None:
         with psycopg.connect(_libpq(url), autocommit=True) as pg:
-            for schema in (mem_schema, raw_schema):
+            for schema in (mem_schema, raw_schema, gap_schema):
                 pg.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
-    return f"{url}|{mem_schema}", f"{url}|{raw_schema}", drop
+    return f"{url}|{mem_schema}", f"{url}|{raw_schema}", f"{url}|{gap_schema}", drop
 
 
 def writers(ctx: Context) -> None:
@@ -230,13 +301,19 @@ def writers(ctx: Context) -> None:
         where = ctx.fresh_dir(f"writers-{count}")
         _prepare_memimg(str(where / "image.db"), accounts)
         _prepare_sqlite(where / "raw.db")
+        _prepare_sqlite(where / "gapfree.db")
+        gap_free = count == max(ctx.sizes.writers) and count > 1  # (the bars' count; one writer is never refused)
         sqlite_kinds = [("memimg", "memimg", str(where / "image.db")), ("sqlite3", "sqlite3", str(where / "raw.db"))]
-        backends.append(("SQLite", [k for k in sqlite_kinds if k[0] in names], None))
+        sqlite_kinds = [k for k in sqlite_kinds if k[0] in names]
+        if gap_free and "sqlite3" in names:
+            sqlite_kinds.append((GAP_FREE, "sqlite3-gapfree", str(where / "gapfree.db")))
+        backends.append(("SQLite", sqlite_kinds, None))
         if url and "memimg" in names:
-            mem_where, raw_where, drop = _postgres_setup(url, accounts)
-            backends.append(
-                ("PostgreSQL", [("memimg", "memimg-pg", mem_where), ("psycopg", "psycopg", raw_where)], drop)
-            )
+            mem_where, raw_where, gap_where, drop = _postgres_setup(url, accounts)
+            pg_kinds = [("memimg", "memimg-pg", mem_where), ("psycopg", "psycopg", raw_where)]
+            if gap_free:
+                pg_kinds.append((GAP_FREE, "psycopg-gapfree", gap_where))
+            backends.append(("PostgreSQL", pg_kinds, drop))
         for backend, kinds, drop in backends:
             pools: list[_Pool] = []
             try:

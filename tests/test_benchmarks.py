@@ -18,6 +18,7 @@ from benchmarks.harness import TINY
 from benchmarks.suite import WORKLOADS, main, run
 from benchmarks.systems import SYSTEMS, load_systems
 from benchmarks.web import DJANGO_PATH
+from benchmarks.writers import GAP_FREE
 from tests.conftest import POSTGRES_URL
 
 
@@ -54,7 +55,8 @@ def test_every_workload_measures_every_system(results: Any) -> None:
     assert seen["recovery"] == everyone
     assert seen["graph"] == everyone
     assert seen["in-memory"] >= {"memimg", "attrs", "ZODB", "eventsourcing"}
-    assert {"memimg", "sqlite3"} <= seen["writers"]
+    # raw writers keeping the log's gap-free order beside memimg's and plain raw ones: the ceiling of memimg's figure
+    assert seen["writers"] == {"memimg", "sqlite3", GAP_FREE} | ({"psycopg"} if POSTGRES_URL else set())
     # raw writers at the same pace beside memimg's 4 writers without snapshots: the machine's own spread
     assert seen["snapshots"] == {"memimg", "sqlite3"} | ({"psycopg"} if POSTGRES_URL else set())
     assert seen["history"] == {"memimg"}
@@ -180,6 +182,22 @@ def test_the_bars_are_the_raised_ones_of_the_spec(results: Any) -> None:
     assert any(bar.startswith("history(obj)") for bar in needed)
     assert needed["change feed, one subscriber on a field: added to a single-mutation commit"] == "≤ 10%"
     assert any(bar.startswith("recovery by replay") and need == "≥ 0.5x" for bar, need in needed.items())
+
+
+def test_the_writers_bars_also_show_raw_writers_keeping_the_logs_order(results: Any) -> None:
+    """Raw writers appending only at the next seq of the head they know, catching up when refused, run beside
+    memimg's and plain raw writers; each writers bar keeps plain raw writers as its measure and prints, beside,
+    what the rule itself leaves of them and memimg's share of that."""
+    for backend, peer in (("SQLite", "sqlite3"), ("PostgreSQL", "psycopg")):
+        case = next((c for w, c, _m, _s in results.items if w == "writers" and c.endswith(backend)), None)
+        if case is None:
+            assert backend == "PostgreSQL" and not POSTGRES_URL
+            continue
+        bar = next(b for b in check_bars(results) if b.bar.endswith(f"{backend}, vs raw {peer} writers"))
+        mine, raw, ceiling = (results.median("writers", case, "updates/s", s) for s in ("memimg", peer, GAP_FREE))
+        assert mine and raw and ceiling
+        assert bar.measured.startswith(f"{mine / raw:.2f}x")
+        assert f"{ceiling / raw:.2f}x raw, memimg {mine / ceiling:.2f}x of them" in bar.measured
 
 
 def test_the_deposits_bar_also_shows_raw_sqlite3_writing_the_outcome_rows(results: Any) -> None:
