@@ -461,7 +461,8 @@ def test_django_leaves_checkpoints_of_the_shared_file_to_memimg(
         cursor.execute("CREATE TABLE IF NOT EXISTS app_blobs (b BLOB)")
         for _ in range(100):
             cursor.execute("INSERT INTO app_blobs VALUES (zeroblob(16000))")  # 400 pages of Django's own
-    poll(lambda: project_db.stat().st_size // 4096 >= pages + 350, 10, 0.05)
+    # (the file grows while the checkpoint copies; the run is counted once it has ended, its RESTART and syncs done)
+    poll(lambda: project_db.stat().st_size // 4096 >= pages + 350 and checkpointer.runs > runs, 10, 0.05)
     assert project_db.stat().st_size // 4096 >= pages + 350 and checkpointer.runs > runs
     configure(TARGET=str(tmp_path / "own.db"))
     assert autocheckpoint() == 1000  # the same connection, given its checkpoints back
