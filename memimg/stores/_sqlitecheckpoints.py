@@ -47,12 +47,15 @@ from memimg.stores._sqlitefiles import connect_existing
 from memimg.stores._sqlitewal import FIRST_WAIT, MAX_WAIT, identity, is_busy, retry_busy
 
 __all__ = [
+    "AGAIN_AFTER",
     "CHECKPOINT_PAGES",
     "MARK",
     "MARK_WAIT",
     "OTHERS_EVERY",
+    "PASSIVE_ROUNDS",
     "RESTART_WAIT",
     "Checkpointer",
+    "DatabaseSync",
     "checkpoint",
     "checkpoints_alone",
 ]
@@ -71,6 +74,10 @@ MARK: Final = (
 )
 #: How long a checkpoint's :data:`MARK` waits for the write lock other processes hold (seconds).
 MARK_WAIT: Final = 0.05
+#: A ``PASSIVE`` checkpoint that took longer than this runs again, up to PASSIVE_ROUNDS in all, before the
+#: ``RESTART`` one (see :func:`checkpoint`; seconds).
+AGAIN_AFTER: Final = 0.005
+PASSIVE_ROUNDS: Final = 4
 #: How often a checkpoint thread that copies other connections' pages too looks for their commits (seconds).
 OTHERS_EVERY: Final = 1.0
 _PAGE: Final = 4096
@@ -135,7 +142,9 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = None) -> bool | None:
+def checkpoint(
+    conn: sqlite3.Connection, own_commits: threading.RLock | None = None, database: DatabaseSync | None = None
+) -> bool | None:
     """Copy the WAL into the database on *conn* (whose busy timeout is 0) so that the next commit writes the WAL
     from its beginning again; whether it will (``None``: no checkpoint ran). The caller holds
     :func:`checkpoints_alone`.
@@ -158,6 +167,20 @@ def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = N
     is still in the WAL, it gives up at once (the next checkpoint tries
     again; nothing waits on it).
 
+    The ``RESTART`` holds the write lock, and this process's commits, so
+    it is left as little as can be: the database file is synced after each
+    ``PASSIVE`` one, beside the writers (*database*, :class:`DatabaseSync`;
+    a ``PASSIVE`` checkpoint that cannot copy every frame -- writers
+    appended meanwhile -- leaves what it copied unsynced, and the
+    ``RESTART`` synced it all under the lock), and a ``PASSIVE`` one that
+    took longer than :data:`AGAIN_AFTER` runs again (up to
+    :data:`PASSIVE_ROUNDS` in all), so that what the writers appended while
+    it copied is copied beside them too. (Right after a large attach, with
+    a thread committing in a loop: 5,000 frames copied by one ``PASSIVE``,
+    2,000 more appended meanwhile, and the ``RESTART`` held the lock
+    50-120 ms, mostly syncing the database file; the thread's commit waited
+    as long.)
+
     Each of them starts right after a commit of :data:`MARK` (the module's note: a
     ``RESTART`` that finds the write lock held runs as a ``PASSIVE`` one,
     beside the writers, right after one that may have copied everything).
@@ -165,18 +188,15 @@ def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = N
     :data:`MARK_WAIT` skips the checkpoint it was for: the checkpoint lock
     is never held long by a checkpoint that is not running.
     """
-    if own_commits is not None and not own_commits.acquire(timeout=MARK_WAIT):
-        return None  # a commit of this process is waiting for another process's write lock: not now
-    try:
-        retry_busy(MARK_WAIT, conn.execute, MARK)
-    except sqlite3.Error as err:
-        if not is_busy(err):
-            raise
+    if not _mark(conn, own_commits):
         return None
-    finally:
-        if own_commits is not None:
-            own_commits.release()
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    for rounds in range(1, PASSIVE_ROUNDS + 1):
+        started = time.monotonic()
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if database is not None:
+            database.sync()
+        if rounds == PASSIVE_ROUNDS or time.monotonic() - started <= AGAIN_AFTER or not _mark(conn, own_commits):
+            break  # (a mark that cannot be made now: the RESTART tries make their own)
     deadline = time.monotonic() + RESTART_WAIT
     wait = FIRST_WAIT
     while True:
@@ -199,6 +219,76 @@ def checkpoint(conn: sqlite3.Connection, own_commits: threading.RLock | None = N
             return False
         time.sleep(wait)
         wait = min(wait * 2, MAX_WAIT)
+
+
+class DatabaseSync:
+    """Syncs a database file (``fdatasync``) through a descriptor this process already has open on it -- one of
+    SQLite's, found in ``/proc/self/fd`` -- never through one of its own: closing a descriptor of the database
+    would end every POSIX lock the process holds on it (SQLite's; see :class:`~memimg.stores.SQLiteStore`). Where
+    there is no ``/proc`` (or no descriptor of the file is open), it does nothing: the ``RESTART`` checkpoint
+    syncs the file as before, under the write lock. A descriptor found is checked (device and inode) before each
+    sync, so one closed and reused for another file meanwhile is looked up again (a sync of the wrong file, in the
+    moment between the check and the sync, syncs what did not need it)."""
+
+    __slots__ = ("_db_id", "_fd")
+
+    def __init__(self, db_id: tuple[int, int] | None) -> None:
+        self._db_id = db_id
+        self._fd: int | None = None
+
+    def sync(self) -> bool:
+        """Sync the database file; whether a descriptor of it was found."""
+        if self._db_id is None:
+            return False
+        fd = self._fd
+        if fd is None or not self._is_database(fd):
+            fd = self._fd = self._find()
+            if fd is None:
+                return False
+        try:
+            os.fdatasync(fd)
+        except OSError:  # closed meanwhile (or a file that cannot be synced): the RESTART syncs the database
+            self._fd = None
+            return False
+        return True
+
+    def _is_database(self, fd: int) -> bool:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._db_id
+
+    def _find(self) -> int | None:
+        try:
+            names = os.listdir(_FDS)
+        except OSError:  # no /proc
+            return None
+        for name in names:
+            if name.isdigit() and self._is_database(int(name)):
+                return int(name)
+        return None
+
+
+#: where Linux lists the process's open descriptors
+_FDS: Final = "/proc/self/fd"
+
+
+def _mark(conn: sqlite3.Connection, own_commits: threading.RLock | None) -> bool:
+    """Commit :data:`MARK` on *conn* before a checkpoint, waiting at most :data:`MARK_WAIT` for *own_commits* and
+    for the write lock; whether it was committed (if not, the checkpoint must not run now)."""
+    if own_commits is not None and not own_commits.acquire(timeout=MARK_WAIT):
+        return False  # a commit of this process is waiting for another process's write lock: not now
+    try:
+        retry_busy(MARK_WAIT, conn.execute, MARK)
+    except sqlite3.Error as err:
+        if not is_busy(err):
+            raise
+        return False
+    finally:
+        if own_commits is not None:
+            own_commits.release()
+    return True
 
 
 class Checkpointer:
@@ -299,6 +389,7 @@ class Checkpointer:
         if conn is None:
             self._stopped = True
             return
+        database = DatabaseSync(self._db_id)
         try:
             seen = None  # (data_version, mark) as of the last checkpoint or look (for copy_others)
             while True:
@@ -321,7 +412,7 @@ class Checkpointer:
                         if not alone:  # another connection is checkpointing: this one is not needed
                             self.skipped += 1
                             continue
-                        restarted = checkpoint(conn, self._own_commits)
+                        restarted = checkpoint(conn, self._own_commits, database)
                         if restarted is None:
                             continue
                         self.restarted += restarted

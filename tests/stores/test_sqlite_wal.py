@@ -283,10 +283,11 @@ def _filled(path: str, rows: int = 50) -> SQLiteStore:
     return store
 
 
-def test_every_checkpoint_starts_right_after_a_commit_of_its_own(tmp_path: Any) -> None:
+def test_every_checkpoint_starts_right_after_a_commit_of_its_own(tmp_path: Any, monkeypatch: Any) -> None:
     """Each checkpoint (the PASSIVE one and every RESTART try) runs right after its connection committed a change
     of its own, so it never starts on a WAL whose every frame is already copied (SQLite's WAL-reset bug); the
     change is one row of memimg_meta, and the events are untouched."""
+    monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 3600.0)  # one PASSIVE, however slow the disk
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -299,6 +300,71 @@ def test_every_checkpoint_starts_right_after_a_commit_of_its_own(tmp_path: Any) 
     assert marks == ("2",)
     assert store.head() == 50 and [r[0] for r in store.read(after=0)] == list(range(1, 51))
     checkpointing.close()
+    store.close()
+
+
+def test_a_long_passive_checkpoint_runs_again_before_the_restart(tmp_path: Any, monkeypatch: Any) -> None:
+    """A PASSIVE checkpoint that took long runs again (each after a commit of its own), up to PASSIVE_ROUNDS in
+    all, so that the RESTART one, which holds the write lock, is left only what was appended during the last."""
+    monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 0.0)  # every PASSIVE counts as long
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
+    ran = _statements(checkpointing)
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is True
+    pragmas = [i for i, sql in enumerate(ran) if sql.startswith("PRAGMA wal_checkpoint")]
+    passive = ["PRAGMA wal_checkpoint(PASSIVE)"] * _sqlitecheckpoints.PASSIVE_ROUNDS
+    assert [ran[i] for i in pragmas] == [*passive, "PRAGMA wal_checkpoint(RESTART)"]
+    assert all(ran[i - 1] == _sqlitecheckpoints.MARK for i in pragmas)
+    assert store.head() == 50 and [r[0] for r in store.read(after=0)] == list(range(1, 51))
+    checkpointing.close()
+    store.close()
+
+
+def test_a_checkpoint_syncs_the_database_file_before_the_restart_through_a_descriptor_open_already(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """After each PASSIVE checkpoint the database file is synced beside the writers, so the RESTART one, under the
+    write lock, syncs only what it copies itself; through a descriptor SQLite has open on the file -- the
+    checkpoint never opens the database (closing a descriptor of it would end SQLite's locks on it)."""
+    monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 3600.0)
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
+    ran = _statements(checkpointing)
+    synced: list[tuple[int, int]] = []
+    opened: list[str] = []
+    real_sync, real_open = os.fdatasync, os.open
+
+    def fdatasync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        ran.append("fdatasync")
+        real_sync(fd)
+
+    monkeypatch.setattr(_sqlitecheckpoints.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(_sqlitecheckpoints.os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    database = _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(path))
+    assert _sqlitecheckpoints.checkpoint(checkpointing, None, database) is True
+    steps = [sql for sql in ran if sql.startswith("PRAGMA wal_checkpoint") or sql == "fdatasync"]
+    assert steps == ["PRAGMA wal_checkpoint(PASSIVE)", "fdatasync", "PRAGMA wal_checkpoint(RESTART)"]
+    assert synced == [_sqlitewal.identity(path)] and opened == []
+    checkpointing.close()
+    store.close()
+
+
+def test_a_database_sync_without_a_descriptor_to_sync_through_does_nothing(tmp_path: Any, monkeypatch: Any) -> None:
+    """No descriptor of the file open in this process, no file, or no /proc: nothing is synced (the RESTART
+    checkpoint syncs the file as it always did), and nothing fails."""
+    path = tmp_path / "closed.db"
+    path.write_bytes(b"")
+    assert _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(str(path))).sync() is False
+    assert _sqlitecheckpoints.DatabaseSync(None).sync() is False
+    store = _filled(str(tmp_path / "open.db"), rows=1)
+    database = _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(str(tmp_path / "open.db")))
+    assert database.sync() is True
+    monkeypatch.setattr(_sqlitecheckpoints, "_FDS", str(tmp_path / "no-proc"))
+    assert _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(str(tmp_path / "open.db"))).sync() is False
     store.close()
 
 
