@@ -34,6 +34,7 @@ the file should too (or link SQLite >= 3.51.3).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -77,6 +78,7 @@ MARK_WAIT: Final = 0.05
 #: A ``PASSIVE`` checkpoint that took longer than this runs again, up to PASSIVE_ROUNDS in all, before the
 #: ``RESTART`` one (see :func:`checkpoint`; seconds).
 AGAIN_AFTER: Final = 0.005
+#: The most ``PASSIVE`` checkpoints one checkpoint runs.
 PASSIVE_ROUNDS: Final = 4
 #: How often a checkpoint thread that copies other connections' pages too looks for their commits (seconds).
 OTHERS_EVERY: Final = 1.0
@@ -168,14 +170,15 @@ def checkpoint(
     again; nothing waits on it).
 
     The ``RESTART`` holds the write lock, and this process's commits, so
-    it is left as little as can be: the database file is synced after each
-    ``PASSIVE`` one, beside the writers (*database*, :class:`DatabaseSync`;
-    a ``PASSIVE`` checkpoint that cannot copy every frame -- writers
-    appended meanwhile -- leaves what it copied unsynced, and the
-    ``RESTART`` synced it all under the lock), and a ``PASSIVE`` one that
-    took longer than :data:`AGAIN_AFTER` runs again (up to
-    :data:`PASSIVE_ROUNDS` in all), so that what the writers appended while
-    it copied is copied beside them too. (Right after a large attach, with
+    it is left as little as can be. A ``PASSIVE`` checkpoint that cannot
+    copy every frame (writers appended meanwhile, or a reader holds an
+    older one) leaves what it copied to the database file unsynced, and the
+    ``RESTART`` synced it all under the lock: so the database file is
+    synced after such a ``PASSIVE`` one, beside the writers (*database*,
+    :class:`DatabaseSync`), and if it took longer than :data:`AGAIN_AFTER`
+    it runs again (up to :data:`PASSIVE_ROUNDS` in all), so that what the
+    writers appended while it copied is copied beside them too. One that
+    copied every frame was synced by SQLite, and is the last. (Right after a large attach, with
     a thread committing in a loop: 5,000 frames copied by one ``PASSIVE``,
     2,000 more appended meanwhile, and the ``RESTART`` held the lock
     50-120 ms, mostly syncing the database file; the thread's commit waited
@@ -192,10 +195,13 @@ def checkpoint(
         return None
     for rounds in range(1, PASSIVE_ROUNDS + 1):
         started = time.monotonic()
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        took = time.monotonic() - started
+        if copied == frames:  # every frame copied, none appended meanwhile: SQLite synced the database itself
+            break
         if database is not None:
             database.sync()
-        if rounds == PASSIVE_ROUNDS or time.monotonic() - started <= AGAIN_AFTER or not _mark(conn, own_commits):
+        if rounds == PASSIVE_ROUNDS or took <= AGAIN_AFTER or not _mark(conn, own_commits):
             break  # (a mark that cannot be made now: the RESTART tries make their own)
     deadline = time.monotonic() + RESTART_WAIT
     wait = FIRST_WAIT
@@ -222,13 +228,14 @@ def checkpoint(
 
 
 class DatabaseSync:
-    """Syncs a database file (``fdatasync``) through a descriptor this process already has open on it -- one of
-    SQLite's, found in ``/proc/self/fd`` -- never through one of its own: closing a descriptor of the database
+    """Syncs a database file (``fdatasync``) through a descriptor this process already has open on it (SQLite's,
+    or any other), found in ``/proc/self/fd`` -- never through one of its own: closing a descriptor of the database
     would end every POSIX lock the process holds on it (SQLite's; see :class:`~memimg.stores.SQLiteStore`). Where
     there is no ``/proc`` (or no descriptor of the file is open), it does nothing: the ``RESTART`` checkpoint
     syncs the file as before, under the write lock. A descriptor found is checked (device and inode) before each
     sync, so one closed and reused for another file meanwhile is looked up again (a sync of the wrong file, in the
-    moment between the check and the sync, syncs what did not need it)."""
+    moment between the check and the sync, syncs another file of this process's). A sync that fails with the
+    disk's error raises (:func:`checkpoint` then runs no ``RESTART``; the thread logs it and tries later)."""
 
     __slots__ = ("_db_id", "_fd")
 
@@ -237,7 +244,7 @@ class DatabaseSync:
         self._fd: int | None = None
 
     def sync(self) -> bool:
-        """Sync the database file; whether a descriptor of it was found."""
+        """Sync the database file; whether it was (``False``: no descriptor of it, or one closed meanwhile)."""
         if self._db_id is None:
             return False
         fd = self._fd
@@ -246,10 +253,15 @@ class DatabaseSync:
             if fd is None:
                 return False
         try:
-            os.fdatasync(fd)
-        except OSError:  # closed meanwhile (or a file that cannot be synced): the RESTART syncs the database
+            _fdatasync(fd)
+        except OSError as err:
             self._fd = None
-            return False
+            if err.errno in (errno.EBADF, errno.EINVAL):  # closed meanwhile, or a file that cannot be synced
+                return False  # (the RESTART syncs the database, as it always did)
+            # the disk failed: it reports that once per open file, maybe to this descriptor only -- SQLite's own
+            # sync could then succeed and the RESTART count unsynced pages as copied; so no RESTART now
+            log.warning("syncing the database file %s failed: %s (no checkpoint now)", self._db_id, err)
+            raise
         return True
 
     def _is_database(self, fd: int) -> bool:
@@ -272,6 +284,8 @@ class DatabaseSync:
 
 #: where Linux lists the process's open descriptors
 _FDS: Final = "/proc/self/fd"
+#: (``fsync`` where there is no ``fdatasync``)
+_fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
 def _mark(conn: sqlite3.Connection, own_commits: threading.RLock | None) -> bool:

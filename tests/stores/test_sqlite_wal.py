@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import sqlite3
@@ -132,9 +133,18 @@ def _checkpointed_pages(path: str) -> int:
     return os.path.getsize(path) // 4096
 
 
-def test_checkpoints_run_in_a_thread_of_their_own(tmp_path: Any) -> None:
+def test_checkpoints_run_in_a_thread_of_their_own(tmp_path: Any, monkeypatch: Any) -> None:
     """The WAL is copied into the database file by the store's checkpoint thread once the commits wrote
-    about 1,000 pages; the committing connection never checkpoints (SQLite's automatic checkpoint off)."""
+    about 1,000 pages; the committing connection never checkpoints (SQLite's automatic checkpoint off). The
+    thread syncs the database file beside the writers (a DatabaseSync of that file)."""
+    syncs: list[Any] = []
+    real_checkpoint = _sqlitecheckpoints.checkpoint
+
+    def checkpoint(conn: sqlite3.Connection, own: Any = None, database: Any = None) -> Any:
+        syncs.append(database)
+        return real_checkpoint(conn, own, database)
+
+    monkeypatch.setattr(_sqlitecheckpoints, "checkpoint", checkpoint)
     path = str(tmp_path / "c.db")
     with memimg.open(path, root=dict, snapshot_every=None) as img:
         store = img.store
@@ -152,6 +162,8 @@ def test_checkpoints_run_in_a_thread_of_their_own(tmp_path: Any) -> None:
         poll(lambda: checkpointer.runs != 0, 10, 0.01)
         assert checkpointer.runs == 1
         assert _checkpointed_pages(path) > before
+        assert [type(d) for d in syncs] == [_sqlitecheckpoints.DatabaseSync]
+        assert syncs[0]._db_id == _sqlitewal.identity(path)
 
 
 _FRAME = 4096 + 24  # a WAL frame: a page and its header
@@ -303,53 +315,131 @@ def test_every_checkpoint_starts_right_after_a_commit_of_its_own(tmp_path: Any, 
     store.close()
 
 
-def test_a_long_passive_checkpoint_runs_again_before_the_restart(tmp_path: Any, monkeypatch: Any) -> None:
-    """A PASSIVE checkpoint that took long runs again (each after a commit of its own), up to PASSIVE_ROUNDS in
-    all, so that the RESTART one, which holds the write lock, is left only what was appended during the last."""
+def _pinned(path: str, store: SQLiteStore) -> sqlite3.Connection:
+    """A reader holding a snapshot from before the store's next 20 appends (made here): a PASSIVE checkpoint then
+    cannot copy every frame."""
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM memimg_events").fetchone()
+    head = store.head()
+    for seq in range(head + 1, head + 21):
+        store.append([row(seq)], seq - 1)
+    return reader
+
+
+def _checkpoints(ran: list[str]) -> list[str]:
+    return [sql for sql in ran if sql.startswith("PRAGMA wal_checkpoint") or sql == "fdatasync"]
+
+
+_NO_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc/self/fd")
+
+
+def test_a_long_passive_checkpoint_that_could_not_copy_everything_runs_again(tmp_path: Any, monkeypatch: Any) -> None:
+    """A PASSIVE checkpoint that took long and could not copy every frame runs again (each after a commit of its
+    own), up to PASSIVE_ROUNDS in all, so that the RESTART one, which holds the write lock, is left only what was
+    appended during the last; one that copied every frame is the last."""
     monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 0.0)  # every PASSIVE counts as long
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
     ran = _statements(checkpointing)
-    assert _sqlitecheckpoints.checkpoint(checkpointing) is True
+    reader = _pinned(path, store)
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is False  # (the reader keeps the WAL from starting over)
     pragmas = [i for i, sql in enumerate(ran) if sql.startswith("PRAGMA wal_checkpoint")]
     passive = ["PRAGMA wal_checkpoint(PASSIVE)"] * _sqlitecheckpoints.PASSIVE_ROUNDS
-    assert [ran[i] for i in pragmas] == [*passive, "PRAGMA wal_checkpoint(RESTART)"]
+    assert [ran[i] for i in pragmas[: len(passive) + 1]] == [*passive, "PRAGMA wal_checkpoint(RESTART)"]
+    assert set(ran[i] for i in pragmas[len(passive) :]) == {"PRAGMA wal_checkpoint(RESTART)"}
     assert all(ran[i - 1] == _sqlitecheckpoints.MARK for i in pragmas)
-    assert store.head() == 50 and [r[0] for r in store.read(after=0)] == list(range(1, 51))
+    reader.execute("ROLLBACK")
+    ran.clear()
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is True  # everything copied by the first: no second
+    assert _checkpoints(ran) == ["PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(RESTART)"]
+    assert store.head() == 70 and [r[0] for r in store.read(after=0)] == list(range(1, 71))
+    reader.close()
     checkpointing.close()
     store.close()
 
 
-def test_a_checkpoint_syncs_the_database_file_before_the_restart_through_a_descriptor_open_already(
+def test_a_passive_checkpoints_mark_that_cannot_be_made_leaves_the_rest_to_the_restart(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
-    """After each PASSIVE checkpoint the database file is synced beside the writers, so the RESTART one, under the
-    write lock, syncs only what it copies itself; through a descriptor SQLite has open on the file -- the
-    checkpoint never opens the database (closing a descriptor of it would end SQLite's locks on it)."""
+    """When the commit before another PASSIVE round cannot be made, there is no such round: the RESTART tries
+    follow, each right after a commit of its own as ever."""
+    monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 0.0)
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
+    ran = _statements(checkpointing)
+    real_mark, marks = _sqlitecheckpoints._mark, []
+
+    def mark(conn: sqlite3.Connection, own: Any) -> bool:
+        marks.append(conn)
+        return len(marks) == 1 and real_mark(conn, own)  # the first one only
+
+    monkeypatch.setattr(_sqlitecheckpoints, "_mark", mark)
+    reader = _pinned(path, store)
+    _sqlitecheckpoints.checkpoint(checkpointing)
+    pragmas = [i for i, sql in enumerate(ran) if sql.startswith("PRAGMA wal_checkpoint")]
+    assert [ran[i] for i in pragmas[:2]] == ["PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(RESTART)"]
+    assert len(marks) == 2 and all(ran[i - 1] == _sqlitecheckpoints.MARK for i in pragmas)
+    reader.close()
+    checkpointing.close()
+    store.close()
+
+
+@_NO_PROC
+def test_a_checkpoint_syncs_the_database_file_beside_the_writers_before_the_restart(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """After a PASSIVE checkpoint that could not copy every frame (whose copies SQLite leaves unsynced) the
+    database file is synced beside the writers, so the RESTART one, under the write lock, syncs only what it
+    copies itself; after one that copied everything (SQLite synced it) nothing more is synced."""
     monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 3600.0)
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
     ran = _statements(checkpointing)
-    synced: list[tuple[int, int]] = []
-    opened: list[str] = []
-    real_sync, real_open = os.fdatasync, os.open
+    database_id = _sqlitewal.identity(path)
+    real_sync = _sqlitecheckpoints._fdatasync
 
     def fdatasync(fd: int) -> None:
         st = os.fstat(fd)
-        synced.append((st.st_dev, st.st_ino))
-        ran.append("fdatasync")
+        if (st.st_dev, st.st_ino) == database_id:  # (another test's thread may sync another file)
+            ran.append("fdatasync")
         real_sync(fd)
 
-    monkeypatch.setattr(_sqlitecheckpoints.os, "fdatasync", fdatasync)
-    monkeypatch.setattr(_sqlitecheckpoints.os, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
-    database = _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(path))
+    monkeypatch.setattr(_sqlitecheckpoints, "_fdatasync", fdatasync)
+    database = _sqlitecheckpoints.DatabaseSync(database_id)
+    reader = _pinned(path, store)
+    assert _sqlitecheckpoints.checkpoint(checkpointing, None, database) is False
+    steps = _checkpoints(ran)
+    assert steps[:3] == ["PRAGMA wal_checkpoint(PASSIVE)", "fdatasync", "PRAGMA wal_checkpoint(RESTART)"]
+    assert "fdatasync" not in steps[3:]
+    reader.execute("ROLLBACK")
+    ran.clear()
     assert _sqlitecheckpoints.checkpoint(checkpointing, None, database) is True
-    steps = [sql for sql in ran if sql.startswith("PRAGMA wal_checkpoint") or sql == "fdatasync"]
-    assert steps == ["PRAGMA wal_checkpoint(PASSIVE)", "fdatasync", "PRAGMA wal_checkpoint(RESTART)"]
-    assert synced == [_sqlitewal.identity(path)] and opened == []
+    assert _checkpoints(ran) == ["PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(RESTART)"]
+    reader.close()
     checkpointing.close()
+    store.close()
+
+
+@_NO_PROC
+def test_a_database_sync_leaves_sqlites_hold_on_the_file(tmp_path: Any) -> None:
+    """Syncing the database file goes through a descriptor this process has open already, never one of its own:
+    closing one would end SQLite's locks on the file, and another process closing the database would then take
+    it for its own and delete the WAL under this process's connections."""
+    path = str(tmp_path / "held.db")
+    store = _filled(path, rows=3)
+    database = _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(path))
+    assert database.sync() is True and database.sync() is True
+    elsewhere = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1 FROM sqlite_master'); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", elsewhere, path], check=True)
+    assert os.path.exists(path + "-wal")
+    store.append([row(4)], 3)  # durable: the WAL is still the store's
+    assert store.head() == 4
     store.close()
 
 
@@ -361,10 +451,34 @@ def test_a_database_sync_without_a_descriptor_to_sync_through_does_nothing(tmp_p
     assert _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(str(path))).sync() is False
     assert _sqlitecheckpoints.DatabaseSync(None).sync() is False
     store = _filled(str(tmp_path / "open.db"), rows=1)
-    database = _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(str(tmp_path / "open.db")))
-    assert database.sync() is True
     monkeypatch.setattr(_sqlitecheckpoints, "_FDS", str(tmp_path / "no-proc"))
     assert _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(str(tmp_path / "open.db"))).sync() is False
+    store.close()
+
+
+@_NO_PROC
+def test_a_database_sync_that_the_disk_fails_raises_and_no_restart_follows(tmp_path: Any, monkeypatch: Any) -> None:
+    """A sync the disk fails (EIO) may have been the one to hear of it: the checkpoint raises before its RESTART,
+    which would count the unsynced pages as copied; a descriptor closed meanwhile (EBADF) is no failure."""
+    path = str(tmp_path / "c.db")
+    store = _filled(path)
+    checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
+    ran = _statements(checkpointing)
+    database = _sqlitecheckpoints.DatabaseSync(_sqlitewal.identity(path))
+    failure = [errno.EIO]
+
+    def fdatasync(fd: int) -> None:
+        raise OSError(failure[0], os.strerror(failure[0]))
+
+    monkeypatch.setattr(_sqlitecheckpoints, "_fdatasync", fdatasync)
+    reader = _pinned(path, store)
+    with pytest.raises(OSError):
+        _sqlitecheckpoints.checkpoint(checkpointing, None, database)
+    assert "PRAGMA wal_checkpoint(RESTART)" not in ran
+    failure[0] = errno.EBADF
+    assert database.sync() is False
+    reader.close()
+    checkpointing.close()
     store.close()
 
 
