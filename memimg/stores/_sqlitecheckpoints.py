@@ -50,6 +50,7 @@ from memimg.stores._sqlitewal import FIRST_WAIT, MAX_WAIT, identity, is_busy, re
 __all__ = [
     "AGAIN_AFTER",
     "CHECKPOINT_PAGES",
+    "FEW_FRAMES",
     "MARK",
     "MARK_WAIT",
     "OTHERS_EVERY",
@@ -80,6 +81,9 @@ MARK_WAIT: Final = 0.05
 AGAIN_AFTER: Final = 0.005
 #: The most ``PASSIVE`` checkpoints one checkpoint runs.
 PASSIVE_ROUNDS: Final = 4
+#: Frames appended during a ``PASSIVE`` checkpoint few enough to leave to the ``RESTART`` one (its own mark's
+#: included).
+FEW_FRAMES: Final = 64
 #: How often a checkpoint thread that copies other connections' pages too looks for their commits (seconds).
 OTHERS_EVERY: Final = 1.0
 _PAGE: Final = 4096
@@ -170,15 +174,16 @@ def checkpoint(
     again; nothing waits on it).
 
     The ``RESTART`` holds the write lock, and this process's commits, so
-    it is left as little as can be. A ``PASSIVE`` checkpoint that cannot
-    copy every frame (writers appended meanwhile, or a reader holds an
-    older one) leaves what it copied to the database file unsynced, and the
-    ``RESTART`` synced it all under the lock: so the database file is
-    synced after such a ``PASSIVE`` one, beside the writers (*database*,
-    :class:`DatabaseSync`), and if it took longer than :data:`AGAIN_AFTER`
-    it runs again (up to :data:`PASSIVE_ROUNDS` in all), so that what the
-    writers appended while it copied is copied beside them too. One that
-    copied every frame was synced by SQLite, and is the last. (Right after a large attach, with
+    it is left as little as can be. A ``PASSIVE`` checkpoint during which
+    writers appended frames leaves what it copied to the database file
+    unsynced (SQLite syncs the file only when the WAL has no frame past
+    the last it copied), and the ``RESTART`` synced it all under the lock:
+    so the database file is synced after each ``PASSIVE`` one, beside the
+    writers (*database*, :class:`DatabaseSync`). And one that took longer
+    than :data:`AGAIN_AFTER` runs again (up to :data:`PASSIVE_ROUNDS` in
+    all), so that what the writers appended while it copied is copied beside
+    them too -- until one finds that no more than :data:`FEW_FRAMES` were
+    appended during the one before (the WAL's frame counts they report). (Right after a large attach, with
     a thread committing in a loop: 5,000 frames copied by one ``PASSIVE``,
     2,000 more appended meanwhile, and the ``RESTART`` held the lock
     50-120 ms, mostly syncing the database file; the thread's commit waited
@@ -193,16 +198,22 @@ def checkpoint(
     """
     if not _mark(conn, own_commits):
         return None
+    before: int | None = None
     for rounds in range(1, PASSIVE_ROUNDS + 1):
         started = time.monotonic()
-        _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]  # (the WAL's frames as it began)
         took = time.monotonic() - started
-        if copied == frames:  # every frame copied, none appended meanwhile: SQLite synced the database itself
-            break
         if database is not None:
             database.sync()
-        if rounds == PASSIVE_ROUNDS or took <= AGAIN_AFTER or not _mark(conn, own_commits):
-            break  # (a mark that cannot be made now: the RESTART tries make their own)
+        if (
+            rounds == PASSIVE_ROUNDS
+            or took <= AGAIN_AFTER  # (little can have been appended meanwhile)
+            # so little during the one before (fewer than none: the WAL started over since, with little in it)
+            or (before is not None and frames - before <= FEW_FRAMES)
+            or not _mark(conn, own_commits)  # (a mark that cannot be made now: the RESTART tries make their own)
+        ):
+            break
+        before = frames
     deadline = time.monotonic() + RESTART_WAIT
     wait = FIRST_WAIT
     while True:

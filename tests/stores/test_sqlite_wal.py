@@ -334,11 +334,12 @@ def _checkpoints(ran: list[str]) -> list[str]:
 _NO_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc/self/fd")
 
 
-def test_a_long_passive_checkpoint_that_could_not_copy_everything_runs_again(tmp_path: Any, monkeypatch: Any) -> None:
-    """A PASSIVE checkpoint that took long and could not copy every frame runs again (each after a commit of its
-    own), up to PASSIVE_ROUNDS in all, so that the RESTART one, which holds the write lock, is left only what was
-    appended during the last; one that copied every frame is the last."""
+def test_a_long_passive_checkpoint_runs_again_while_writers_append(tmp_path: Any, monkeypatch: Any) -> None:
+    """A PASSIVE checkpoint that took long runs again (each after a commit of its own), up to PASSIVE_ROUNDS in
+    all, so that the RESTART one, which holds the write lock, is left only what was appended during the last --
+    until one finds that few frames were appended during the one before."""
     monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 0.0)  # every PASSIVE counts as long
+    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", -1)  # and as run beside many appends
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -351,9 +352,12 @@ def test_a_long_passive_checkpoint_that_could_not_copy_everything_runs_again(tmp
     assert set(ran[i] for i in pragmas[len(passive) :]) == {"PRAGMA wal_checkpoint(RESTART)"}
     assert all(ran[i - 1] == _sqlitecheckpoints.MARK for i in pragmas)
     reader.execute("ROLLBACK")
+    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", 64)
     ran.clear()
-    assert _sqlitecheckpoints.checkpoint(checkpointing) is True  # everything copied by the first: no second
-    assert _checkpoints(ran) == ["PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(RESTART)"]
+    # the second finds only its own mark appended during the first: no third
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is True
+    passive = ["PRAGMA wal_checkpoint(PASSIVE)"] * 2
+    assert _checkpoints(ran) == [*passive, "PRAGMA wal_checkpoint(RESTART)"]
     assert store.head() == 70 and [r[0] for r in store.read(after=0)] == list(range(1, 71))
     reader.close()
     checkpointing.close()
@@ -366,6 +370,7 @@ def test_a_passive_checkpoints_mark_that_cannot_be_made_leaves_the_rest_to_the_r
     """When the commit before another PASSIVE round cannot be made, there is no such round: the RESTART tries
     follow, each right after a commit of its own as ever."""
     monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 0.0)
+    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", -1)
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -391,9 +396,9 @@ def test_a_passive_checkpoints_mark_that_cannot_be_made_leaves_the_rest_to_the_r
 def test_a_checkpoint_syncs_the_database_file_beside_the_writers_before_the_restart(
     tmp_path: Any, monkeypatch: Any
 ) -> None:
-    """After a PASSIVE checkpoint that could not copy every frame (whose copies SQLite leaves unsynced) the
+    """After a PASSIVE checkpoint (whose copies SQLite leaves unsynced when writers appended meanwhile) the
     database file is synced beside the writers, so the RESTART one, under the write lock, syncs only what it
-    copies itself; after one that copied everything (SQLite synced it) nothing more is synced."""
+    copies itself."""
     monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 3600.0)
     path = str(tmp_path / "c.db")
     store = _filled(path)
@@ -418,7 +423,7 @@ def test_a_checkpoint_syncs_the_database_file_beside_the_writers_before_the_rest
     reader.execute("ROLLBACK")
     ran.clear()
     assert _sqlitecheckpoints.checkpoint(checkpointing, None, database) is True
-    assert _checkpoints(ran) == ["PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(RESTART)"]
+    assert _checkpoints(ran) == ["PRAGMA wal_checkpoint(PASSIVE)", "fdatasync", "PRAGMA wal_checkpoint(RESTART)"]
     reader.close()
     checkpointing.close()
     store.close()
