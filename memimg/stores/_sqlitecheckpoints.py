@@ -6,7 +6,8 @@ milliseconds (the copy and its fsyncs) to that one commit. The store turns
 that off on its connection and a :class:`Checkpointer` runs the same
 checkpoint from a thread of its own, on a connection of its own, when the
 store's commits have written about as much: a ``PASSIVE`` one beside the
-writers, then a ``RESTART`` one that holds the write lock while it copies
+writers (and the database file synced, and again while they appended much
+meanwhile), then a ``RESTART`` one that holds the write lock while it copies
 the frames appended meanwhile and syncs, so that the next commit writes the
 WAL from its beginning again (see :func:`checkpoint`; without it the WAL of a busy
 writer never starts over and grows without end). A checkpoint only copies
@@ -48,7 +49,6 @@ from memimg.stores._sqlitefiles import connect_existing
 from memimg.stores._sqlitewal import FIRST_WAIT, MAX_WAIT, identity, is_busy, retry_busy
 
 __all__ = [
-    "AGAIN_AFTER",
     "CHECKPOINT_PAGES",
     "FEW_FRAMES",
     "MARK",
@@ -76,13 +76,10 @@ MARK: Final = (
 )
 #: How long a checkpoint's :data:`MARK` waits for the write lock other processes hold (seconds).
 MARK_WAIT: Final = 0.05
-#: A ``PASSIVE`` checkpoint that took longer than this runs again, up to PASSIVE_ROUNDS in all, before the
-#: ``RESTART`` one (see :func:`checkpoint`; seconds).
-AGAIN_AFTER: Final = 0.005
-#: The most ``PASSIVE`` checkpoints one checkpoint runs.
+#: The most ``PASSIVE`` checkpoints one checkpoint runs (see :func:`checkpoint`).
 PASSIVE_ROUNDS: Final = 4
-#: Frames appended during a ``PASSIVE`` checkpoint few enough to leave to the ``RESTART`` one (its own mark's
-#: included).
+#: A ``PASSIVE`` checkpoint that finds the WAL grown by more frames than this since the one before (the first: a
+#: WAL of more) runs again: writers appending that fast appended as many while it copied.
 FEW_FRAMES: Final = 64
 #: How often a checkpoint thread that copies other connections' pages too looks for their commits (seconds).
 OTHERS_EVERY: Final = 1.0
@@ -179,11 +176,13 @@ def checkpoint(
     unsynced (SQLite syncs the file only when the WAL has no frame past
     the last it copied), and the ``RESTART`` synced it all under the lock:
     so the database file is synced after each ``PASSIVE`` one, beside the
-    writers (*database*, :class:`DatabaseSync`). And one that took longer
-    than :data:`AGAIN_AFTER` runs again (up to :data:`PASSIVE_ROUNDS` in
-    all), so that what the writers appended while it copied is copied beside
-    them too -- until one finds that no more than :data:`FEW_FRAMES` were
-    appended during the one before (the WAL's frame counts they report). (Right after a large attach, with
+    writers (*database*, :class:`DatabaseSync`). And the ``PASSIVE`` one
+    runs again (up to :data:`PASSIVE_ROUNDS` in all) while the WAL it found
+    held more than :data:`FEW_FRAMES` frames past those the one before
+    found (for the first: more than that many), so that what the writers
+    appended while it copied is copied beside them too. (By frames, not
+    time: a checkpoint thread's statement waits for the interpreter as long
+    as a busy thread holds it, ~5 ms.) (Right after a large attach, with
     a thread committing in a loop: 5,000 frames copied by one ``PASSIVE``,
     2,000 more appended meanwhile, and the ``RESTART`` held the lock
     50-120 ms, mostly syncing the database file; the thread's commit waited
@@ -198,18 +197,18 @@ def checkpoint(
     """
     if not _mark(conn, own_commits):
         return None
-    before: int | None = None
+    before = 0
     for rounds in range(1, PASSIVE_ROUNDS + 1):
-        started = time.monotonic()
-        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]  # (the WAL's frames as it began)
-        took = time.monotonic() - started
+        busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy:  # (another connection is checkpointing: SQLite's own, not one of memimg's)
+            break
         if database is not None:
             database.sync()
         if (
             rounds == PASSIVE_ROUNDS
-            or took <= AGAIN_AFTER  # (little can have been appended meanwhile)
-            # so little during the one before (fewer than none: the WAL started over since, with little in it)
-            or (before is not None and frames - before <= FEW_FRAMES)
+            # the WAL grew by so little since the one before (or started over since: fewer than none) that as
+            # little can have been appended while this one copied
+            or frames - before <= FEW_FRAMES
             or not _mark(conn, own_commits)  # (a mark that cannot be made now: the RESTART tries make their own)
         ):
             break
@@ -246,7 +245,7 @@ class DatabaseSync:
     syncs the file as before, under the write lock. A descriptor found is checked (device and inode) before each
     sync, so one closed and reused for another file meanwhile is looked up again (a sync of the wrong file, in the
     moment between the check and the sync, syncs another file of this process's). A sync that fails with the
-    disk's error raises (:func:`checkpoint` then runs no ``RESTART``; the thread logs it and tries later)."""
+    disk's error is logged and raises: :func:`checkpoint` then runs no ``RESTART``."""
 
     __slots__ = ("_db_id", "_fd")
 
@@ -269,8 +268,9 @@ class DatabaseSync:
             self._fd = None
             if err.errno in (errno.EBADF, errno.EINVAL):  # closed meanwhile, or a file that cannot be synced
                 return False  # (the RESTART syncs the database, as it always did)
-            # the disk failed: it reports that once per open file, maybe to this descriptor only -- SQLite's own
-            # sync could then succeed and the RESTART count unsynced pages as copied; so no RESTART now
+            # the disk failed: SQLite's own sync may not hear of it again, and the RESTART would then start the WAL
+            # over on pages not on the disk; so no RESTART now (what a PASSIVE marked copied stays so: a disk
+            # failing syncs needs attention, as it does for SQLite alone)
             log.warning("syncing the database file %s failed: %s (no checkpoint now)", self._db_id, err)
             raise
         return True

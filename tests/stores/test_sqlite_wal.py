@@ -299,7 +299,7 @@ def test_every_checkpoint_starts_right_after_a_commit_of_its_own(tmp_path: Any, 
     """Each checkpoint (the PASSIVE one and every RESTART try) runs right after its connection committed a change
     of its own, so it never starts on a WAL whose every frame is already copied (SQLite's WAL-reset bug); the
     change is one row of memimg_meta, and the events are untouched."""
-    monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 3600.0)  # one PASSIVE, however slow the disk
+    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", 10**9)  # one PASSIVE
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -335,11 +335,10 @@ _NO_PROC = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs 
 
 
 def test_a_long_passive_checkpoint_runs_again_while_writers_append(tmp_path: Any, monkeypatch: Any) -> None:
-    """A PASSIVE checkpoint that took long runs again (each after a commit of its own), up to PASSIVE_ROUNDS in
-    all, so that the RESTART one, which holds the write lock, is left only what was appended during the last --
-    until one finds that few frames were appended during the one before."""
-    monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 0.0)  # every PASSIVE counts as long
-    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", -1)  # and as run beside many appends
+    """A PASSIVE checkpoint runs again (each after a commit of its own), up to PASSIVE_ROUNDS in all, while the
+    WAL grew by more than FEW_FRAMES since the one before, so that the RESTART one, which holds the write lock, is
+    left only what was appended during the last; one that finds it grown by fewer is the last."""
+    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", -1)  # every PASSIVE counts as run beside many appends
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -351,14 +350,17 @@ def test_a_long_passive_checkpoint_runs_again_while_writers_append(tmp_path: Any
     assert [ran[i] for i in pragmas[: len(passive) + 1]] == [*passive, "PRAGMA wal_checkpoint(RESTART)"]
     assert set(ran[i] for i in pragmas[len(passive) :]) == {"PRAGMA wal_checkpoint(RESTART)"}
     assert all(ran[i - 1] == _sqlitecheckpoints.MARK for i in pragmas)
-    reader.execute("ROLLBACK")
-    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", 64)
+    reader.close()
+    reader = _pinned(path, store)  # (the WAL cannot start over: its frame count only grows)
+    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", 5)
     ran.clear()
-    # the second finds only its own mark appended during the first: no third
-    assert _sqlitecheckpoints.checkpoint(checkpointing) is True
-    passive = ["PRAGMA wal_checkpoint(PASSIVE)"] * 2
-    assert _checkpoints(ran) == [*passive, "PRAGMA wal_checkpoint(RESTART)"]
-    assert store.head() == 70 and [r[0] for r in store.read(after=0)] == list(range(1, 71))
+    # the first finds over 20 frames; the second only its own mark's more: no third
+    assert _sqlitecheckpoints.checkpoint(checkpointing) is False
+    pragmas = [sql for sql in ran if sql.startswith("PRAGMA wal_checkpoint")]
+    assert pragmas[:3] == ["PRAGMA wal_checkpoint(PASSIVE)"] * 2 + ["PRAGMA wal_checkpoint(RESTART)"]
+    assert set(pragmas[3:]) <= {"PRAGMA wal_checkpoint(RESTART)"}
+    reader.execute("ROLLBACK")
+    assert store.head() == 90 and [r[0] for r in store.read(after=0)] == list(range(1, 91))
     reader.close()
     checkpointing.close()
     store.close()
@@ -369,7 +371,6 @@ def test_a_passive_checkpoints_mark_that_cannot_be_made_leaves_the_rest_to_the_r
 ) -> None:
     """When the commit before another PASSIVE round cannot be made, there is no such round: the RESTART tries
     follow, each right after a commit of its own as ever."""
-    monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 0.0)
     monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", -1)
     path = str(tmp_path / "c.db")
     store = _filled(path)
@@ -399,7 +400,7 @@ def test_a_checkpoint_syncs_the_database_file_beside_the_writers_before_the_rest
     """After a PASSIVE checkpoint (whose copies SQLite leaves unsynced when writers appended meanwhile) the
     database file is synced beside the writers, so the RESTART one, under the write lock, syncs only what it
     copies itself."""
-    monkeypatch.setattr(_sqlitecheckpoints, "AGAIN_AFTER", 3600.0)
+    monkeypatch.setattr(_sqlitecheckpoints, "FEW_FRAMES", 10**9)  # one PASSIVE
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -464,7 +465,8 @@ def test_a_database_sync_without_a_descriptor_to_sync_through_does_nothing(tmp_p
 @_NO_PROC
 def test_a_database_sync_that_the_disk_fails_raises_and_no_restart_follows(tmp_path: Any, monkeypatch: Any) -> None:
     """A sync the disk fails (EIO) may have been the one to hear of it: the checkpoint raises before its RESTART,
-    which would count the unsynced pages as copied; a descriptor closed meanwhile (EBADF) is no failure."""
+    which would start the WAL over on pages not on the disk; a descriptor closed meanwhile (EBADF) is no failure,
+    and the connection checkpoints again once syncs succeed."""
     path = str(tmp_path / "c.db")
     store = _filled(path)
     checkpointing = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -475,14 +477,16 @@ def test_a_database_sync_that_the_disk_fails_raises_and_no_restart_follows(tmp_p
     def fdatasync(fd: int) -> None:
         raise OSError(failure[0], os.strerror(failure[0]))
 
+    real_sync = _sqlitecheckpoints._fdatasync
     monkeypatch.setattr(_sqlitecheckpoints, "_fdatasync", fdatasync)
-    reader = _pinned(path, store)
     with pytest.raises(OSError):
         _sqlitecheckpoints.checkpoint(checkpointing, None, database)
     assert "PRAGMA wal_checkpoint(RESTART)" not in ran
     failure[0] = errno.EBADF
     assert database.sync() is False
-    reader.close()
+    monkeypatch.setattr(_sqlitecheckpoints, "_fdatasync", real_sync)
+    assert _sqlitecheckpoints.checkpoint(checkpointing, None, database) is True
+    assert store.head() == 50 and [r[0] for r in store.read(after=0)] == list(range(1, 51))
     checkpointing.close()
     store.close()
 
