@@ -276,11 +276,7 @@ class DatabaseSync:
         return True
 
     def _is_database(self, fd: int) -> bool:
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._db_id
+        return identity(fd) == self._db_id
 
     def _find(self) -> int | None:
         try:

@@ -56,8 +56,8 @@ def is_busy(err: BaseException) -> bool:
     return code is not None and code & 0xFF in _BUSY
 
 
-def identity(path: str) -> tuple[int, int] | None:
-    """The (device, inode) of the file at *path*, or ``None`` if there is none."""
+def identity(path: str | int) -> tuple[int, int] | None:
+    """The (device, inode) of the file at *path* (or open on descriptor *path*), or ``None`` if there is none."""
     try:
         st = os.stat(path)
     except OSError:

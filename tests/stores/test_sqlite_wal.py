@@ -409,8 +409,7 @@ def test_a_checkpoint_syncs_the_database_file_beside_the_writers_before_the_rest
     real_sync = _sqlitecheckpoints._fdatasync
 
     def fdatasync(fd: int) -> None:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == database_id:  # (another test's thread may sync another file)
+        if _sqlitewal.identity(fd) == database_id:  # (another test's thread may sync another file)
             ran.append("fdatasync")
         real_sync(fd)
 
