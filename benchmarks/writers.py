@@ -99,11 +99,11 @@ def _open_writer(kind: str, where: str, wid: int, writers: int) -> tuple[Any, An
             "INSERT INTO log (seq, obj, field, value) SELECT ?, ?, 'balance', ? "
             "WHERE coalesce((SELECT max(seq) FROM log), 0) = ?"
         )
-        return _gap_free(
+        update = _gap_free(
             lambda seq, key, value: conn.execute(at_head, (seq, key, value, seq - 1)).rowcount == 1,
             lambda after: conn.execute(_MISSED, (after,)).fetchall(),
-            conn.close,
         )
+        return update, conn.close
     if kind == "psycopg-gapfree":
         import psycopg
 
@@ -122,7 +122,7 @@ def _open_writer(kind: str, where: str, wid: int, writers: int) -> tuple[Any, An
             except psycopg.errors.UniqueViolation:  # another writer's insert of the seq committed meanwhile
                 return False
 
-        return _gap_free(insert_at, lambda after: pg.execute(missed_pg, (after,)).fetchall(), pg.close)
+        return _gap_free(insert_at, lambda after: pg.execute(missed_pg, (after,)).fetchall()), pg.close
     if kind == "psycopg":
         import psycopg
 
@@ -141,8 +141,8 @@ def _open_writer(kind: str, where: str, wid: int, writers: int) -> tuple[Any, An
 _MISSED = "SELECT seq, obj, value FROM log WHERE seq > ? ORDER BY seq LIMIT 1000"
 
 
-def _gap_free(insert_at: Any, missed: Any, close: Any) -> tuple[Any, Any]:
-    """``(update, close)`` of a raw writer keeping the log's rule: *insert_at(seq, key, value)* appends only at
+def _gap_free(insert_at: Any, missed: Any) -> Any:
+    """``update(key, value)`` of a raw writer keeping the log's rule: *insert_at(seq, key, value)* appends only at
     the head's next seq; refused, *missed(after)* gives the rows past the head it knew, whose values it keeps."""
     state: dict[int, int] = {}
     head = max((row[0] for row in missed(0)), default=0)  # (the table starts empty: one read)
@@ -156,7 +156,7 @@ def _gap_free(insert_at: Any, missed: Any, close: Any) -> tuple[Any, Any]:
         head += 1
         state[key] = value
 
-    return update, close
+    return update
 
 
 def writer_main(kind: str, where: str, wid: str, writers: str, accounts: str) -> None:
@@ -301,11 +301,11 @@ def writers(ctx: Context) -> None:
         where = ctx.fresh_dir(f"writers-{count}")
         _prepare_memimg(str(where / "image.db"), accounts)
         _prepare_sqlite(where / "raw.db")
-        _prepare_sqlite(where / "gapfree.db")
         gap_free = count == max(ctx.sizes.writers) and count > 1  # (the bars' count; one writer is never refused)
         sqlite_kinds = [("memimg", "memimg", str(where / "image.db")), ("sqlite3", "sqlite3", str(where / "raw.db"))]
         sqlite_kinds = [k for k in sqlite_kinds if k[0] in names]
         if gap_free and "sqlite3" in names:
+            _prepare_sqlite(where / "gapfree.db")
             sqlite_kinds.append((GAP_FREE, "sqlite3-gapfree", str(where / "gapfree.db")))
         backends.append(("SQLite", sqlite_kinds, None))
         if url and "memimg" in names:
