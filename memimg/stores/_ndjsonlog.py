@@ -20,7 +20,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 from array import array
 from collections.abc import Iterator
 
@@ -35,6 +34,7 @@ from memimg.stores._ndjsonformat import (
     parse_lines,
     write_atomically,
 )
+from memimg.stores._waits import lock_waits
 
 __all__ = ["LogFile"]
 
@@ -42,6 +42,7 @@ log = logging.getLogger("memimg")
 
 #: Bytes read at a time when indexing or copying the log.
 CHUNK = 8 << 20
+_HELD = object()  # (no more waits for the lock file: another writer held it throughout)
 
 
 class LogFile:
@@ -147,7 +148,7 @@ class LogFile:
             raise
 
     def _flock(self, doing: str) -> None:
-        """Take the lock file's exclusive lock, waiting up to busy_timeout (in steps of 50 µs to 2 ms).
+        """Take the lock file's exclusive lock, waiting up to busy_timeout (at the pace of :func:`lock_waits`).
 
         The lock taken must be on the file the path names: one deleted,
         replaced or renamed away since this store opened it excludes no one
@@ -155,8 +156,7 @@ class LogFile:
         file is opened again -- created if need be -- and the lock taken on
         that one.
         """
-        deadline = 0.0
-        pause = 0.00005
+        waits: Iterator[None] | None = None  # (from the first time the lock is found held)
         while True:
             if self._lock_fd < 0:
                 self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -165,18 +165,15 @@ class LogFile:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self._busy_timeout
-                elif now >= deadline:
+                if waits is None:
+                    waits = lock_waits(self._busy_timeout)
+                if next(waits, _HELD) is _HELD:
                     raise LockedError(
                         f"{doing} in {self.path!r}: another writer held the lock for more than "
                         f"{self._busy_timeout:g} s; nothing was written",
                         store=self.description,
                         operation=doing,
                     ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
                 continue
             try:
                 try:

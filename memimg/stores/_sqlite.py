@@ -62,7 +62,7 @@ from memimg.stores._protocol import (
     poll,
     read_in_chunks,
 )
-from memimg.stores._sqlitecheckpoints import MARK, Checkpointer, checkpoints_alone
+from memimg.stores._sqlitecheckpoints import Checkpointer, checkpoints_alone, marked_checkpoint
 from memimg.stores._sqlitefiles import connect_existing, gone_error
 from memimg.stores._sqlitefiles import stamped_after as _stamped_after
 from memimg.stores._sqlitesql import (
@@ -394,8 +394,7 @@ class SQLiteStore:
         # this connection's mark and checkpoint go into the moved file -- harmless, and best effort as the rest)
         with contextlib.suppress(sqlite3.Error, OSError), checkpoints_alone(self._abspath, 0) as alone:
             if alone:  # (the connection's busy timeout is 0: no waiting)
-                self._conn.execute(MARK)  # see checkpoint(): never a checkpoint on a WAL copied whole
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                marked_checkpoint(self._conn, "TRUNCATE")
 
     def _gone_error(self, doing: str, seq: int | None) -> FileGoneError:
         return gone_error(self.path, self._gone, doing, seq)
@@ -659,12 +658,10 @@ class SQLiteStore:
         doing = "reclaiming the space of deleted rows"
         self._check_writable(doing)
         deadline = time.monotonic() + CHECKPOINT_WAIT
-        truncate = "PRAGMA wal_checkpoint(TRUNCATE)"
-        # each checkpoint right after a commit of the MARK, holding the checkpoint lock (see checkpoint())
-        steps = [MARK, truncate, "VACUUM", MARK, truncate]
+        vacuum = True
         while True:
             try:
-                busy = self._reclaim_steps(steps, doing)
+                busy = self._reclaim_steps(vacuum, doing)
             except OSError as err:  # the -wal could not be opened to take the checkpoint lock
                 raise StoreError(
                     f"{doing} in {self.path!r}: cannot take the checkpoint lock on its -wal file ({err}); "
@@ -674,12 +671,13 @@ class SQLiteStore:
                 ) from err
             if not busy or time.monotonic() >= deadline:
                 return not busy
-            steps = steps[-2:]  # the WAL only, once no reader uses it
+            vacuum = False  # the WAL only, once no reader uses it
             time.sleep(0.05)
 
-    def _reclaim_steps(self, steps: list[str], doing: str) -> int:
-        """Run *steps* holding the checkpoint lock, then the store's (the order a checkpoint thread takes them
-        in: it holds the first while it waits for the second); the busy flag of the last checkpoint."""
+    def _reclaim_steps(self, vacuum: bool, doing: str) -> int:
+        """Empty the WAL (a ``TRUNCATE`` checkpoint), ``VACUUM`` if *vacuum* and empty it again, holding the
+        checkpoint lock, then the store's (the order a checkpoint thread takes them in: it holds the first while it
+        waits for the second); the busy flag of the last checkpoint."""
         with checkpoints_alone(self._abspath, self._busy_timeout) as alone, self._lock:
             if not alone:
                 raise LockedError(
@@ -690,7 +688,10 @@ class SQLiteStore:
                 )
             try:
                 with self._own_waiting():  # a TRUNCATE checkpoint waits for readers through it
-                    busy: int = [self._conn.execute(sql).fetchall() for sql in steps][-1][0][0]
+                    if vacuum:
+                        marked_checkpoint(self._conn, "TRUNCATE")
+                        self._conn.execute("VACUUM")
+                    busy = marked_checkpoint(self._conn, "TRUNCATE")[0]
             except sqlite3.Error as err:
                 raise self._error(err, doing, write=True) from err
             self._check_files(doing, None)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
@@ -46,7 +47,8 @@ from collections.abc import Iterator
 from typing import Final
 
 from memimg.stores._sqlitefiles import connect_existing
-from memimg.stores._sqlitewal import FIRST_WAIT, MAX_WAIT, identity, is_busy, retry_busy
+from memimg.stores._sqlitewal import identity, is_busy, retry_busy
+from memimg.stores._waits import lock_waits
 
 __all__ = [
     "CHECKPOINT_PAGES",
@@ -60,6 +62,7 @@ __all__ = [
     "DatabaseSync",
     "checkpoint",
     "checkpoints_alone",
+    "marked_checkpoint",
 ]
 
 log = logging.getLogger("memimg")
@@ -110,23 +113,20 @@ def checkpoints_alone(path: str, wait: float) -> Iterator[bool]:
     _LOCK_FDS.add(fd)
     pid = os.getpid()
     try:
-        deadline = time.monotonic() + wait
-        pause = FIRST_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() + pause > deadline:
-                    yield False
-                    return
-                time.sleep(pause)
-                pause = min(pause * 2, MAX_WAIT)
-        yield True
+        yield _flock(fd) or any(_flock(fd) for _ in lock_waits(wait))
     finally:
         if os.getpid() == pid:  # (in a forked child the copy is closed already, its number maybe reused)
             _LOCK_FDS.discard(fd)
             os.close(fd)  # (the flock ends with it)
+
+
+def _flock(fd: int) -> bool:
+    """Take the exclusive ``flock`` on *fd* if no one holds it; whether it is taken."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 #: the descriptors :func:`checkpoints_alone` has open (a forked child closes its copies)
@@ -214,12 +214,10 @@ def checkpoint(
             break
         before = frames
     deadline = time.monotonic() + RESTART_WAIT
-    wait = FIRST_WAIT
-    while True:
+    for _ in itertools.chain((None,), lock_waits(RESTART_WAIT)):  # (the first try, then one after each wait)
         if own_commits is None or own_commits.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             try:
-                conn.execute(MARK)
-                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                busy, frames, copied = marked_checkpoint(conn, "RESTART")
             except sqlite3.Error as err:
                 if not is_busy(err):
                     raise
@@ -231,10 +229,15 @@ def checkpoint(
                 return True
             if copied == frames:  # all copied: a reader in the WAL keeps it from starting over, for now
                 return False
-        if time.monotonic() + wait > deadline:
-            return False
-        time.sleep(wait)
-        wait = min(wait * 2, MAX_WAIT)
+    return False
+
+
+def marked_checkpoint(conn: sqlite3.Connection, mode: str) -> tuple[int, int, int]:
+    """Commit :data:`MARK` on *conn*, then checkpoint in *mode* (``RESTART``, ``TRUNCATE``) right after it: SQLite's
+    ``(busy, frames, copied)``. The rule every checkpoint memimg runs keeps (the module's note); the caller holds
+    :func:`checkpoints_alone`, and whatever this process's commits take first."""
+    conn.execute(MARK)
+    return conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()  # type: ignore[no-any-return]
 
 
 class DatabaseSync:

@@ -8,7 +8,8 @@ it held for a tenth of a millisecond by another process's commit waits a
 whole millisecond or more: with several writer processes most of a commit's
 tail latency was these sleeps. :func:`retry_busy` waits in steps of 50 µs,
 doubling up to 2 ms, bounded by the same timeout; the store's connection
-runs with SQLite's handler off.
+runs with SQLite's handler off. (Every store's waits for what another
+connection holds keep that pace: :mod:`memimg.stores._waits`.)
 
 The checkpoints -- off the commit path, and kept clear of SQLite's WAL-reset
 bug -- are in :mod:`memimg.stores._sqlitecheckpoints`.
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Callable
 from typing import Final, TypeVar
 
 from memimg.core._rows import EventRow
 from memimg.stores._protocol import SeqTaken
 from memimg.stores._sqlitesql import READ
+from memimg.stores._waits import lock_waits
 
 __all__ = [
     "ADVICE",
@@ -40,9 +41,6 @@ __all__ = [
 
 _T = TypeVar("_T")
 _BUSY: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-#: The first wait for a lock another connection holds, and the longest (seconds).
-FIRST_WAIT: Final = 50e-6
-MAX_WAIT: Final = 2e-3
 #: The WAL file's size kept after it starts over (SQLite's ``journal_size_limit``): what one burst grew past this is
 #: given back to the disk, what steady commits reuse is kept.
 WAL_SIZE_LIMIT: Final = 64 << 20
@@ -69,25 +67,24 @@ def retry_busy(timeout: float, fn: Callable[..., _T], *args: object) -> _T:
     """``fn(*args)``, called again while it raises SQLite's busy error, for up to *timeout* seconds.
 
     *fn* must do nothing when it fails busy (one statement in autocommit
-    mode, or a ``BEGIN IMMEDIATE``). The waits start at 50 µs and double up
-    to 2 ms; after *timeout* the last busy error is raised (the store turns
-    it into :class:`~memimg.LockedError`). Any other error is raised at once.
+    mode, or a ``BEGIN IMMEDIATE``). It is tried again at the pace of
+    :func:`~memimg.stores._waits.lock_waits`; after *timeout* the last busy error is raised (the store
+    turns it into :class:`~memimg.LockedError`). Any other error is raised at once.
     """
     try:
         return fn(*args)
     except sqlite3.Error as err:
         if not is_busy(err):
             raise
-    deadline = time.monotonic() + timeout
-    wait = FIRST_WAIT
-    while True:
-        time.sleep(wait)
+        busy = err
+    for _ in lock_waits(timeout):
         try:
             return fn(*args)
         except sqlite3.Error as err:
-            if not is_busy(err) or time.monotonic() >= deadline:
+            if not is_busy(err):
                 raise
-        wait = min(wait * 2, MAX_WAIT, max(deadline - time.monotonic(), 0.0))
+            busy = err
+    raise busy
 
 
 def lost_race(conn: sqlite3.Connection, expected_head: int, timeout: float) -> SeqTaken:

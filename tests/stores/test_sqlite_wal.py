@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import memimg
-from memimg.stores import SeqTaken, SQLiteStore, _sqlitecheckpoints, _sqlitewal
+from memimg.stores import SeqTaken, SQLiteStore, _sqlitecheckpoints, _sqlitewal, _waits
 from memimg.stores._protocol import poll
 from tests.stores.contract import row
 
@@ -36,7 +36,7 @@ def test_a_commit_waits_for_the_lock_in_short_steps(tmp_path: Any, monkeypatch: 
     store = SQLiteStore(path, busy_timeout=10)
     waits: list[float] = []
     real_sleep = time.sleep
-    monkeypatch.setattr(_sqlitewal.time, "sleep", lambda s: waits.append(s) or real_sleep(s))
+    monkeypatch.setattr(_waits.time, "sleep", lambda s: waits.append(s) or real_sleep(s))
     blocker = _held(path)
     releaser = threading.Timer(0.3, lambda: blocker.execute("COMMIT"))
     releaser.start()
@@ -46,9 +46,9 @@ def test_a_commit_waits_for_the_lock_in_short_steps(tmp_path: Any, monkeypatch: 
         releaser.join()
         blocker.close()
     assert store.head() == 1
-    steps = [min(_sqlitewal.FIRST_WAIT * 2**i, _sqlitewal.MAX_WAIT) for i in range(len(waits))]
+    steps = [min(_waits.FIRST_WAIT * 2**i, _waits.MAX_WAIT) for i in range(len(waits))]
     assert waits == pytest.approx(steps), waits[:8]
-    assert len(waits) > 10 and waits[-1] == _sqlitewal.MAX_WAIT  # 0.3 s in steps of at most 2 ms
+    assert len(waits) > 10 and waits[-1] == _waits.MAX_WAIT  # 0.3 s in steps of at most 2 ms
     store.close()
 
 

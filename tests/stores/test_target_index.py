@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 import memimg
-from memimg.stores import SQLiteStore, _sqlitetargets, _sqlitewal
+from memimg.stores import SQLiteStore, _sqlitetargets, _waits
 from memimg.stores._protocol import TARGETS_KEY
 from memimg.stores._sqlalchemy import SQLAlchemyStore
 from tests.conftest import POSTGRES_URL, StoreFactory
@@ -199,13 +199,13 @@ def test_sqlite_append_of_several_rows_waits_for_a_fill_chunk(tmp_path: Any, mon
 def _polls(monkeypatch: Any) -> dict[threading.Thread, list[float]]:
     """The waits of retry_busy (and the checkpointer's) from now on, by thread."""
     slept: dict[threading.Thread, list[float]] = {}
-    real_sleep = _sqlitewal.time.sleep
+    real_sleep = _waits.time.sleep
 
     def sleep(seconds: float) -> None:
         slept.setdefault(threading.current_thread(), []).append(seconds)
         real_sleep(seconds)
 
-    monkeypatch.setattr(_sqlitewal.time, "sleep", sleep)
+    monkeypatch.setattr(_waits.time, "sleep", sleep)
     return slept
 
 
