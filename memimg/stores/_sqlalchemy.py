@@ -457,7 +457,9 @@ class SQLAlchemyStore:
 
         PostgreSQL: memimg's two tables; new rows reuse the space, a table's empty end pages go back to the disk,
         and reads and commits go on (``VACUUM FULL`` gives back the rest but locks the tables: see the deployment
-        docs). SQLite: as :meth:`SQLiteStore.reclaim`. Other databases: nothing is done.
+        docs). SQLite: ``VACUUM``, then a ``TRUNCATE`` checkpoint -- without the checkpoint lock and mark of
+        :meth:`SQLiteStore.reclaim`, as this store's connections keep SQLite's own checkpoints (the deployment docs:
+        open a SQLite image by its path for several writer processes). Other databases: nothing is done.
         """
         tables = (self._events_name, self._snapshots_name)
         statements = [f"VACUUM {t}" for t in tables] if self._pg else ["VACUUM"] if self._sqlite else []

@@ -71,20 +71,20 @@ def retry_busy(timeout: float, fn: Callable[..., _T], *args: object) -> _T:
     :func:`~memimg.stores._waits.lock_waits`; after *timeout* the last busy error is raised (the store
     turns it into :class:`~memimg.LockedError`). Any other error is raised at once.
     """
-    try:
-        return fn(*args)
-    except sqlite3.Error as err:
-        if not is_busy(err):
-            raise
-        busy = err
-    for _ in lock_waits(timeout):
+    waits = None  # (made at the first busy error: most calls never meet one)
+    while True:
         try:
             return fn(*args)
         except sqlite3.Error as err:
             if not is_busy(err):
                 raise
-            busy = err
-    raise busy
+            if waits is None:
+                waits = lock_waits(timeout)
+            if next(waits, _DONE) is _DONE:  # (raised in the except block: no reference kept to the error)
+                raise
+
+
+_DONE: Final = object()
 
 
 def lost_race(conn: sqlite3.Connection, expected_head: int, timeout: float) -> SeqTaken:

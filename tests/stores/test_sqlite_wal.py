@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,40 @@ def test_a_commit_waits_for_the_lock_in_short_steps(tmp_path: Any, monkeypatch: 
     assert waits == pytest.approx(steps), waits[:8]
     assert len(waits) > 10 and waits[-1] == _waits.MAX_WAIT  # 0.3 s in steps of at most 2 ms
     store.close()
+
+
+def _busy_error() -> sqlite3.OperationalError:
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    return busy
+
+
+def test_waiting_for_the_lock_keeps_nothing_it_was_given_alive() -> None:
+    """retry_busy, having met busy errors before its statement went through, keeps no reference to what it was
+    given (an append's row and cursor): with the collector paused, as it is during commits, they are freed as soon
+    as the caller lets go of them."""
+
+    class Payload:
+        pass
+
+    payload = Payload()
+    freed = weakref.ref(payload)
+    tries: list[Payload] = []
+
+    def statement(given: Payload) -> str:
+        tries.append(given)
+        if len(tries) < 3:
+            raise _busy_error()  # (not a local of this frame: the error's traceback holds the frame)
+        return "done"
+
+    gc.disable()
+    try:
+        assert _sqlitewal.retry_busy(1.0, statement, payload) == "done"
+        tries.clear()
+        del payload
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_a_commit_blocked_past_busy_timeout_says_which_store(tmp_path: Any) -> None:
