@@ -42,7 +42,6 @@ log = logging.getLogger("memimg")
 
 #: Bytes read at a time when indexing or copying the log.
 CHUNK = 8 << 20
-_HELD = object()  # (no more waits for the lock file: another writer held it throughout)
 
 
 class LogFile:
@@ -156,7 +155,7 @@ class LogFile:
         file is opened again -- created if need be -- and the lock taken on
         that one.
         """
-        waits: Iterator[None] | None = None  # (from the first time the lock is found held)
+        waits: Iterator[bool] | None = None  # (from the first time the lock is found held)
         while True:
             if self._lock_fd < 0:
                 self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -167,7 +166,7 @@ class LogFile:
             except BlockingIOError:
                 if waits is None:
                     waits = lock_waits(self._busy_timeout)
-                if next(waits, _HELD) is _HELD:
+                if not next(waits, False):
                     raise LockedError(
                         f"{doing} in {self.path!r}: another writer held the lock for more than "
                         f"{self._busy_timeout:g} s; nothing was written",

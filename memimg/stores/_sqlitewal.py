@@ -80,11 +80,8 @@ def retry_busy(timeout: float, fn: Callable[..., _T], *args: object) -> _T:
                 raise
             if waits is None:
                 waits = lock_waits(timeout)
-            if next(waits, _DONE) is _DONE:  # (raised in the except block: no reference kept to the error)
+            if not next(waits, False):  # (raised in the except block: no reference kept to the error)
                 raise
-
-
-_DONE: Final = object()
 
 
 def lost_race(conn: sqlite3.Connection, expected_head: int, timeout: float) -> SeqTaken:

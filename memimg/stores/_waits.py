@@ -16,25 +16,21 @@ FIRST_WAIT: Final = 50e-6
 MAX_WAIT: Final = 2e-3
 
 
-def lock_waits(timeout: float) -> Iterator[None]:
+def lock_waits(timeout: float) -> Iterator[bool]:
     """The pace of a loop trying again, after its first try, to take what another connection holds: each next try
     comes after a wait -- :data:`FIRST_WAIT`, doubling up to :data:`MAX_WAIT`, the last one cut short at the
     deadline -- and the loop ends once *timeout* seconds from the call have passed (the last try made then; for a
-    *timeout* of 0, at once: the first try was all)::
+    *timeout* of 0, at once: the first try was all). Each wait yields ``True``, so ``next(waits, False)`` tells
+    a loop of its own whether to try again::
 
-        if not take():
-            for _ in lock_waits(timeout):
-                if take():
-                    break
-            else:
-                ...  # not taken within timeout
+        taken = take() or any(take() for _ in lock_waits(timeout))
     """
     return _waits(time.monotonic() + timeout)
 
 
-def _waits(deadline: float) -> Iterator[None]:
+def _waits(deadline: float) -> Iterator[bool]:
     wait = FIRST_WAIT
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(wait, left))
-        yield
+        yield True
         wait = min(wait * 2, MAX_WAIT)
