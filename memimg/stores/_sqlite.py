@@ -47,7 +47,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from memimg._errors import FileGoneError, LockedError, MemimgError, ReadOnlyError, StoreError
-from memimg.core import _compiled
 from memimg.stores import _sqlitetargets as targets
 from memimg.stores._protocol import (
     FORMAT_VERSION,
@@ -63,7 +62,7 @@ from memimg.stores._protocol import (
     read_in_chunks,
 )
 from memimg.stores._sqlitecheckpoints import Checkpointer, checkpoints_alone, marked_checkpoint
-from memimg.stores._sqlitefiles import connect_existing, gone_error
+from memimg.stores._sqlitefiles import connect_existing, dir_quiet, gone_error
 from memimg.stores._sqlitefiles import stamped_after as _stamped_after
 from memimg.stores._sqlitesql import (
     AFTER_SNAPSHOTS,
@@ -121,24 +120,6 @@ def _insert_rest(cur: sqlite3.Cursor, rows: Sequence[EventRow]) -> None:
 
 
 _flat = itertools.chain.from_iterable
-
-
-def _dir_quiet(path: bytes, ctime_ns: int, ino: int) -> bool:
-    """Whether the directory at *path* (``os.fsencode``'s bytes, so that any name the file system holds is looked
-    at as ``os.stat`` would) still has ctime *ctime_ns* and inode *ino* (the files checked out then).
-
-    After every commit, once its row is written: compiled when the accelerator is loaded (``stat()`` with no result
-    object; ``os.stat``'s was half the cost of this look, which is about a tenth of a single-field commit's). It
-    never raises: an answer it cannot give is "not quiet", and the files are looked at the long way.
-    """
-    same = _compiled.same_dir
-    if same is not None:
-        return same(path, ctime_ns, ino)
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):  # (ValueError: a NUL in the path)
-        return False
-    return st.st_ctime_ns == ctime_ns and st.st_ino == ino
 
 
 class SQLiteStore:
@@ -205,7 +186,7 @@ class SQLiteStore:
             raise
         self._gone: str | None = None  # why writes are refused: the file is no longer at the path
         self._dir = os.path.dirname(self._abspath)
-        self._dir_bytes = os.fsencode(self._dir)  # (for _dir_quiet)
+        self._dir_bytes = os.fsencode(self._dir)  # (for dir_quiet)
         # the directory (ctime, inode) as it was when the files last checked out; -1: not trusted
         self._quiet_ctime = self._quiet_ino = -1
         self._db_id = self._wal_id = None
@@ -473,7 +454,7 @@ class SQLiteStore:
                 raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
             except sqlite3.Error as err:
                 raise self._error(err, f"appending events {first[0]}..{rows[-1][0]}", write=True) from err
-            if not _dir_quiet(self._dir_bytes, self._quiet_ctime, self._quiet_ino):  # _check_files' first step
+            if not dir_quiet(self._dir_bytes, self._quiet_ctime, self._quiet_ino):  # _check_files' first step
                 self._check_files(f"appending events {first[0]}..{rows[-1][0]}", rows[-1][0])
             if self._checkpointer is not None:
                 self._checkpointer.wrote(size, len(rows))

@@ -17,7 +17,7 @@ import pytest
 import memimg
 from memimg.core import _compiled
 from memimg.model._accel import speedups
-from memimg.stores import SQLiteStore, Store, _sqlite
+from memimg.stores import SQLiteStore, Store, _sqlite, _sqlitefiles
 from tests.accel import NOT_BUILT
 from tests.stores.contract import StoreContract, row
 
@@ -321,7 +321,7 @@ def test_a_quiet_directory_is_one_whose_ctime_and_inode_are_as_they_were(
         assert _compiled.same_dir is speedups.same_dir  # type: ignore[union-attr]
     else:
         monkeypatch.setattr(_compiled, "same_dir", None)
-    quiet = _sqlite._dir_quiet
+    quiet = _sqlitefiles.dir_quiet
     for name in (b"d", b"caf\xe9", "caf\u00e9-\u6f22".encode()):  # Latin-1 bytes: no UTF-8 name
         where = os.fsencode(tmp_path) + b"/" + name
         os.mkdir(where)
